@@ -1,0 +1,44 @@
+"""copybandit's service: HTTP API, persistence and serving state, wired by `create_app`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from flask_openapi3 import Info, OpenAPI
+
+from service import api, db, errors, jsonbody
+from service.config import Settings, load_settings
+from service.errors import validation_error_response
+from service.snapshot import SnapshotCache
+
+__all__ = ["create_app"]
+
+
+def create_app(config: Mapping[str, object] | None = None) -> OpenAPI:
+    """Build an app from defaults, `COPYBANDIT_*` variables and `config`; no global state."""
+    settings: Settings = load_settings(config).validate()
+    logging.basicConfig(level=settings.log_level)
+    app = OpenAPI(
+        __name__,
+        info=Info(
+            title="copybandit",
+            version="1",
+            description="Thompson-sampling decisions over LLM-written marketing copy.",
+        ),
+        security_schemes={"bearer": {"type": "http", "scheme": "bearer"}},
+        validation_error_status=400,
+        validation_error_callback=validation_error_response,
+        doc_ui=False,
+    )
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_request_bytes, SECRET_KEY=settings.secret_key)
+    app.extensions["copybandit.settings"] = settings
+    app.extensions["copybandit.snapshots"] = SnapshotCache(
+        ttl_seconds=settings.snapshot_ttl_seconds,
+        propensity_samples=settings.propensity_samples,
+    )
+    db.init_app(app, settings)
+    jsonbody.init_app(app)
+    errors.register(app)
+    api.register(app)
+    return app

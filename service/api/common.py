@@ -1,0 +1,34 @@
+"""What every blueprint shares: the security requirement and the documented error responses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app
+from pydantic import BaseModel
+
+from service.schemas import ErrorOut
+
+BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+# Documented on every authenticated endpoint, so clients (and the fuzzer) know the error shape.
+AUTH_ERRORS: dict[int, type[BaseModel]] = {
+    400: ErrorOut,
+    401: ErrorOut,
+    403: ErrorOut,
+    404: ErrorOut,
+    409: ErrorOut,
+    413: ErrorOut,
+    415: ErrorOut,
+}
+
+
+def responses(**ok: type[BaseModel]) -> dict[Any, Any]:
+    return {**AUTH_ERRORS, **{int(code.lstrip("_")): model for code, model in ok.items()}}
+
+
+def json_of(model: BaseModel, status: int = 200) -> tuple[dict[str, Any], int]:
+    return model.model_dump(mode="json"), status
+
+
+def settings() -> Any:
+    return current_app.extensions["copybandit.settings"]

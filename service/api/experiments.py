@@ -1,0 +1,149 @@
+"""Marketer/admin endpoints: experiments, variants, reports (`admin` scope)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from flask import current_app
+from flask_openapi3 import APIBlueprint, Tag
+from sqlmodel import Session
+
+from service import db
+from service.api.common import BEARER, json_of, responses
+from service.auth import require
+from service.experiments import (
+    add_variant,
+    create_experiment,
+    get_experiment,
+    list_experiments,
+    segments_of,
+    update_variant,
+    variants_of,
+)
+from service.models import Experiment, Scope, Segment, Variant
+from service.reports import experiment_report
+from service.schemas import (
+    ExperimentCreate,
+    ExperimentList,
+    ExperimentOut,
+    ExperimentPath,
+    ProductOut,
+    Report,
+    SegmentOut,
+    VariantCreate,
+    VariantOut,
+    VariantPatch,
+    VariantPath,
+)
+
+api = APIBlueprint(
+    "experiments",
+    __name__,
+    url_prefix="/v1",
+    abp_tags=[Tag(name="experiments")],
+    abp_security=BEARER,
+)
+
+
+def _variant_out(variant: Variant, segment_key: str) -> VariantOut:
+    return VariantOut(
+        segment=segment_key,
+        **variant.model_dump(
+            include={
+                "id",
+                "text",
+                "origin",
+                "status",
+                "status_reason",
+                "impressions",
+                "conversions",
+                "created_at",
+                "updated_at",
+            }
+        ),
+    )
+
+
+def _experiment_out(session: Session, experiment: Experiment) -> ExperimentOut:
+    segments: Sequence[Segment] = segments_of(session=session, experiment_id=experiment.id)  # type: ignore[arg-type]
+    variants = variants_of(session=session, experiment_id=experiment.id)  # type: ignore[arg-type]
+    return ExperimentOut(
+        id=experiment.id,  # type: ignore[arg-type]
+        name=experiment.name,
+        sticky=experiment.sticky,
+        created_at=experiment.created_at,
+        product=ProductOut(
+            name=experiment.product_name,
+            description=experiment.product_description,
+            price=experiment.product_price,
+            url=experiment.product_url,
+        ),
+        segments=[
+            SegmentOut(
+                key=s.key,
+                description=s.description,
+                variants=[_variant_out(v, s.key) for v in variants if v.segment_id == s.id],
+            )
+            for s in segments
+        ],
+    )
+
+
+@api.post("/experiments", responses=responses(_201=ExperimentOut))
+@require(Scope.ADMIN)
+def create(body: ExperimentCreate) -> tuple[dict[str, Any], int]:
+    """Create an experiment with its product and segments."""
+    session = db.session()
+    experiment = create_experiment(session=session, experiment_create=body)
+    return json_of(_experiment_out(session, experiment), 201)
+
+
+@api.get("/experiments", responses=responses(_200=ExperimentList))
+@require(Scope.ADMIN)
+def index() -> tuple[dict[str, Any], int]:
+    """All experiments with their segments and variants."""
+    session = db.session()
+    return json_of(
+        ExperimentList(
+            experiments=[_experiment_out(session, e) for e in list_experiments(session=session)]
+        )
+    )
+
+
+@api.get("/experiments/<int:experiment_id>", responses=responses(_200=ExperimentOut))
+@require(Scope.ADMIN)
+def show(path: ExperimentPath) -> tuple[dict[str, Any], int]:
+    """One experiment with its segments and variants."""
+    session = db.session()
+    experiment = get_experiment(session=session, experiment_id=path.experiment_id)
+    return json_of(_experiment_out(session, experiment))
+
+
+@api.post("/experiments/<int:experiment_id>/variants", responses=responses(_201=VariantOut))
+@require(Scope.ADMIN)
+def create_variant(path: ExperimentPath, body: VariantCreate) -> tuple[dict[str, Any], int]:
+    """Add hand-written copy to a segment; it is served at once."""
+    variant = add_variant(
+        session=db.session(), experiment_id=path.experiment_id, variant_create=body
+    )
+    current_app.extensions["copybandit.snapshots"].invalidate(path.experiment_id)
+    return json_of(_variant_out(variant, body.segment), 201)
+
+
+@api.patch("/variants/<int:variant_id>", responses=responses(_200=VariantOut))
+@require(Scope.ADMIN)
+def patch_variant(path: VariantPath, body: VariantPatch) -> tuple[dict[str, Any], int]:
+    """Change a variant's status, or the text of one still pending review."""
+    session = db.session()
+    variant = update_variant(session=session, variant_id=path.variant_id, patch=body)
+    current_app.extensions["copybandit.snapshots"].invalidate(variant.experiment_id)
+    segment = session.get(Segment, variant.segment_id)
+    return json_of(_variant_out(variant, segment.key if segment else ""))
+
+
+@api.get("/experiments/<int:experiment_id>/report", responses=responses(_200=Report))
+@require(Scope.ADMIN)
+def report(path: ExperimentPath) -> tuple[dict[str, Any], int]:
+    """Per segment and variant: counts, rate, credible interval, probability best, leader."""
+    return json_of(experiment_report(session=db.session(), experiment_id=path.experiment_id))

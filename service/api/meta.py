@@ -1,0 +1,27 @@
+"""Unauthenticated endpoints: liveness and the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from flask import current_app
+from flask_openapi3 import APIBlueprint, Tag
+
+from service import db
+from service.api.common import json_of
+from service.schemas import ErrorOut, Health
+
+api = APIBlueprint("meta", __name__, abp_tags=[Tag(name="meta")])
+
+
+@api.get("/healthz", responses={200: Health, 503: ErrorOut})
+def healthz() -> tuple[dict[str, Any], int]:
+    """Liveness and database reachability."""
+    db.session().execute(sa.text("SELECT 1"))
+    return json_of(Health(status="ok", database="ok"))
+
+
+@api.get("/openapi.json", doc_ui=False)
+def openapi() -> dict[str, Any]:
+    return current_app.api_doc  # type: ignore[attr-defined]

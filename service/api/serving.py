@@ -1,0 +1,55 @@
+"""Storefront endpoints: decide and events (`serve` scope)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from flask import current_app
+from flask_openapi3 import APIBlueprint, Tag
+
+from service import db
+from service.api.common import BEARER, json_of, responses, settings
+from service.auth import require
+from service.decisions import decide as make_decision
+from service.errors import NotFound
+from service.events import record_events
+from service.models import Scope
+from service.schemas import DecideIn, DecideOut, EventsIn, EventsOut
+
+api = APIBlueprint(
+    "serving", __name__, url_prefix="/v1", abp_tags=[Tag(name="serving")], abp_security=BEARER
+)
+
+
+def _cache() -> Any:
+    return current_app.extensions["copybandit.snapshots"]
+
+
+@api.post("/decide", responses=responses(_200=DecideOut))
+@require(Scope.SERVE)
+def decide(body: DecideIn) -> tuple[dict[str, Any], int]:
+    """Choose a variant for one impression and record it before answering."""
+    decision = make_decision(
+        session=db.session(), cache=_cache(), settings=settings(), decide_in=body
+    )
+    return json_of(DecideOut(**asdict(decision)))
+
+
+@api.post("/events", responses=responses(_200=EventsOut))
+@require(Scope.SERVE)
+def events(body: EventsIn) -> tuple[dict[str, Any], int]:
+    """Report conversions: one event, or `{"events": [...]}` with up to 1,000."""
+    outcome = record_events(session=db.session(), events=body.as_list())
+    for experiment_id in outcome.experiments:
+        _cache().invalidate(experiment_id)
+    if body.events is None and outcome.rejections:
+        raise NotFound("no impression with that id", field="impression_id")
+    return json_of(
+        EventsOut(
+            accepted=outcome.accepted,
+            duplicate=outcome.duplicate,
+            rejected=len(outcome.rejections),
+            rejections=outcome.rejections,
+        )
+    )

@@ -1,0 +1,135 @@
+"""The `copybandit` command: serve, migrate, keys, seed-demo, init."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+from sqlmodel import Session, select
+
+from service import migrate as migrations
+from service.auth import create_key, list_keys, revoke_key
+from service.config import ConfigError, Settings, load_settings
+from service.db import make_engine
+from service.demo import seed_demo
+from service.errors import NotFound
+from service.models import ApiKey, Scope
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings().validate()
+    except ConfigError as exc:
+        raise click.ClickException(f"configuration: {exc}") from None
+
+
+def _session(settings: Settings) -> Session:
+    return Session(make_engine(settings), expire_on_commit=False)
+
+
+@click.group()
+def main() -> None:
+    """copybandit: LLM-written marketing copy, chosen by Thompson sampling."""
+
+
+@main.command()
+@click.option("--check", is_flag=True, help="Only report whether migrations are pending.")
+def migrate(check: bool) -> None:
+    """Apply database migrations (Alembic) up to the latest."""
+    settings = _settings()
+    engine = make_engine(settings)
+    if check:
+        behind = migrations.pending(engine)
+        click.echo("migrations pending" if behind else "database is up to date")
+        sys.exit(1 if behind else 0)
+    migrations.upgrade(engine)
+    click.echo(f"database migrated: {engine.url.render_as_string(hide_password=True)}")
+
+
+@main.command("seed-demo")
+def seed_demo_command() -> None:
+    """Create the demo experiment if the database has no experiments yet."""
+    with _session(_settings()) as session:
+        experiment = seed_demo(session=session)
+    click.echo(
+        f"seeded demo experiment {experiment.id}: {experiment.name}"
+        if experiment
+        else "database already has experiments; nothing seeded"
+    )
+
+
+@main.command()
+def init() -> None:
+    """First-run set-up: migrate, seed the demo, and print an admin key if none exists."""
+    settings = _settings()
+    migrations.upgrade(make_engine(settings))
+    with _session(settings) as session:
+        experiment = seed_demo(session=session)
+        if experiment is not None:
+            click.echo(f"seeded demo experiment {experiment.id}: {experiment.name}")
+        if session.exec(select(ApiKey.id)).first() is None:
+            _, plaintext = create_key(session=session, scope=Scope.ADMIN, label="first run")
+            click.echo(
+                "\nAdmin API key (shown once; keep it):\n\n    "
+                f"{plaintext}\n\nLost it? `copybandit keys create --scope admin`.\n"
+            )
+
+
+@main.group()
+def keys() -> None:
+    """Create, list and revoke API keys."""
+
+
+@keys.command("create")
+@click.option("--scope", type=click.Choice([s.value for s in Scope]), required=True)
+@click.option("--label", default="", help="A note to recognise the key by.")
+def keys_create(scope: str, label: str) -> None:
+    """Create a key and print it (it is stored only as a hash)."""
+    with _session(_settings()) as session:
+        row, plaintext = create_key(session=session, scope=Scope(scope), label=label)
+    click.echo(plaintext)
+    click.echo(f"created {row.scope} key {row.id}", err=True)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """List keys: id, scope, label, created, revoked."""
+    with _session(_settings()) as session:
+        for row in list_keys(session=session):
+            revoked = f"revoked {row.revoked_at:%Y-%m-%d}" if row.revoked_at else "live"
+            click.echo(f"{row.id}  {row.scope:<5}  {revoked:<18}  {row.label}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key by its id (the part after `cb_`, before the second `_`)."""
+    with _session(_settings()) as session:
+        try:
+            revoke_key(session=session, key_id=key_id)
+        except NotFound as exc:
+            raise click.ClickException(exc.message) from None
+    click.echo(f"revoked {key_id}")
+
+
+@main.command()
+@click.option("--host", default=None, help="Default: COPYBANDIT_HOST or 127.0.0.1.")
+@click.option("--port", type=int, default=None, help="Default: COPYBANDIT_PORT or 8000.")
+@click.option("--workers", type=int, default=None, help="Default: COPYBANDIT_WORKERS or 2.")
+@click.option("--access-log/--no-access-log", default=False)
+def serve(host: str | None, port: int | None, workers: int | None, access_log: bool) -> None:
+    """Serve the API with gunicorn."""
+    settings = _settings()
+    if migrations.pending(make_engine(settings)):
+        raise click.ClickException("the database is not migrated; run `copybandit migrate`")
+    options: dict[str, Any] = {
+        "bind": f"{host or settings.host}:{port or settings.port}",
+        "workers": workers or settings.workers,
+        "accesslog": "-" if access_log else None,
+        "errorlog": "-",
+    }
+    from service.gunicorn import run
+
+    click.echo(f"serving on http://{options['bind']} with {options['workers']} workers", err=True)
+    run(options)

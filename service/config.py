@@ -1,0 +1,135 @@
+"""Settings: defaults, `COPYBANDIT_*` environment overrides, validation at start-up.
+
+Every setting is read once, when the app (or a CLI command) starts, and a bad value stops it with a
+message that names the variable and says what would be accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "COPYBANDIT_"
+ENVIRONMENTS = ("development", "test", "production")
+# Development defaults only; production refuses them (see validate()).
+DEV_SECRET = "dev-only-not-secret"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: str = "development"
+    database_url: str = "sqlite:///var/copybandit.db"
+    # Keys the HMAC of user ids: the raw id is never stored, and the same user maps to the same
+    # hash only while this key stays the same.
+    user_id_key: str = DEV_SECRET
+    secret_key: str = DEV_SECRET
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 2
+    # How stale a worker's view of the counters may be before a decision reloads it.
+    snapshot_ttl_seconds: float = 1.0
+    # Monte-Carlo draws behind each recorded propensity, once per snapshot refresh.
+    propensity_samples: int = 10_000
+    max_request_bytes: int = 1024 * 1024
+    log_level: str = "INFO"
+
+    def validate(self) -> Settings:
+        _require(
+            self.env in ENVIRONMENTS, "ENV", f"must be one of {', '.join(ENVIRONMENTS)}", self.env
+        )
+        _require(
+            self.database_url.split(":", 1)[0].split("+", 1)[0]
+            in ("sqlite", "postgresql", "postgres"),
+            "DATABASE_URL",
+            "must be a sqlite:/// or postgresql:// URL",
+            self.database_url,
+        )
+        _require(1 <= self.port <= 65535, "PORT", "must be between 1 and 65535", self.port)
+        _require(1 <= self.workers <= 64, "WORKERS", "must be between 1 and 64", self.workers)
+        _require(
+            self.snapshot_ttl_seconds >= 0,
+            "SNAPSHOT_TTL_SECONDS",
+            "must be >= 0",
+            self.snapshot_ttl_seconds,
+        )
+        _require(
+            100 <= self.propensity_samples <= 1_000_000,
+            "PROPENSITY_SAMPLES",
+            "must be between 100 and 1000000",
+            self.propensity_samples,
+        )
+        _require(
+            self.max_request_bytes >= 1024,
+            "MAX_REQUEST_BYTES",
+            "must be >= 1024",
+            self.max_request_bytes,
+        )
+        if self.env == "production":
+            for name in ("user_id_key", "secret_key"):
+                value = getattr(self, name)
+                _require(
+                    value != DEV_SECRET and len(value) >= 32,
+                    name.upper(),
+                    "must be set to a random value of at least 32 characters in production",
+                    "<default>" if value == DEV_SECRET else "<too short>",
+                )
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def _require(ok: bool, name: str, rule: str, value: object) -> None:
+    if not ok:
+        raise ConfigError(f"{ENV_PREFIX}{name} {rule}, got {value!r}")
+
+
+def _parse(field: dataclasses.Field[Any], raw: str) -> object:
+    kind: Callable[[str], object] = {"int": int, "float": float}.get(str(field.type), str)
+    try:
+        return kind(raw.strip())
+    except ValueError:
+        raise ConfigError(
+            f"{ENV_PREFIX}{field.name.upper()} must be {'an' if kind is int else 'a'} "
+            f"{field.type!s}, got {raw!r}"
+        ) from None
+
+
+def load_settings(
+    overrides: Mapping[str, object] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Defaults, then `COPYBANDIT_<NAME>` variables, then `overrides` (tests), validated."""
+    environ = os.environ if environ is None else environ
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    values: dict[str, object] = {}
+    for name, field in fields.items():
+        raw = environ.get(ENV_PREFIX + name.upper())
+        if raw is not None and raw != "":
+            values[name] = _parse(field, raw)
+    for name, value in (overrides or {}).items():
+        if name not in fields:
+            raise ConfigError(f"unknown setting {name!r}")
+        values[name] = value
+    settings = Settings(**values)  # type: ignore[arg-type]
+    return dataclasses.replace(settings, database_url=normalize_database_url(settings.database_url))
+
+
+def normalize_database_url(url: str) -> str:
+    """Pin PostgreSQL to psycopg 3 and anchor relative SQLite paths at the working directory."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        path = url[len("sqlite:///") :]
+        if path and path != ":memory:":
+            return "sqlite:///" + str(Path(path).resolve())
+    return url

@@ -1,0 +1,73 @@
+"""Engine per app, one Session per request, closed at teardown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, cast
+
+import sqlalchemy as sa
+from flask import Flask, current_app, g
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session
+
+from service.config import Settings
+
+
+def make_engine(settings: Settings) -> sa.Engine:
+    if settings.is_sqlite:
+        return _sqlite_engine(settings.database_url)
+    return sa.create_engine(settings.database_url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+def _sqlite_engine(url: str) -> sa.Engine:
+    database = sa.engine.make_url(url).database
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+    @sa.event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        # WAL lets readers run beside the one writer; synchronous=NORMAL in WAL mode survives a
+        # process crash (only an OS crash or power loss can drop the last commits).
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    return engine
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    app.extensions["copybandit.engine"] = make_engine(settings)
+    app.teardown_appcontext(_close_session)
+
+
+def engine() -> sa.Engine:
+    return current_app.extensions["copybandit.engine"]
+
+
+def session() -> Session:
+    """The request's session, opened on first use."""
+    if "db_session" not in g:
+        g.db_session = Session(engine(), expire_on_commit=False)
+    return g.db_session
+
+
+def _close_session(_exc: BaseException | None) -> None:
+    db_session: Session | None = g.pop("db_session", None)
+    if db_session is not None:
+        db_session.close()
+
+
+def insert_for(session: Session) -> Any:
+    """The dialect's `insert`: SQLite's and PostgreSQL's both have `on_conflict_do_*`."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert
+    return sqlite.insert
+
+
+def rows_changed(session: Session, statement: sa.Executable) -> int:
+    """How many rows an UPDATE matched, or an INSERT wrote (0 when ON CONFLICT skipped it)."""
+    return cast("sa.CursorResult[Any]", session.execute(statement)).rowcount

@@ -1,0 +1,126 @@
+"""POST /v1/decide: pick a variant by Thompson sampling and record the impression durably."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlmodel import Session, col
+
+from service.config import Settings
+from service.db import insert_for, rows_changed
+from service.errors import Conflict
+from service.identity import hash_user_id, new_impression_id
+from service.models import Assignment, Impression, Variant
+from service.schemas import DecideIn
+from service.snapshot import SegmentArms, SnapshotCache
+
+POLICY_THOMPSON = "thompson-v1"
+# A sticky repeat is not a fresh draw: off-policy estimators must not treat it as one.
+POLICY_STICKY = "sticky-v1"
+
+
+@dataclass(frozen=True)
+class Decision:
+    impression_id: str
+    variant_id: int
+    text: str
+    segment: str
+    propensity: float
+
+
+def decide(
+    *, session: Session, cache: SnapshotCache, settings: Settings, decide_in: DecideIn
+) -> Decision:
+    view = cache.get(session=session, experiment_id=decide_in.experiment)
+    arms = view.segment(decide_in.segment)
+    if not arms.variant_ids:
+        raise Conflict(
+            f"segment {arms.key!r} has no active variant", field="segment", code="no_active_variant"
+        )
+    user_hash = (
+        hash_user_id(decide_in.user_id, key=settings.user_id_key)
+        if decide_in.user_id is not None
+        else None
+    )
+    if view.sticky and user_hash is not None:
+        arm, propensity, policy = _sticky_choice(
+            session, cache, view.experiment_id, arms, user_hash
+        )
+    else:
+        arm = cache.select(arms)
+        propensity, policy = float(arms.propensities[arm]), POLICY_THOMPSON
+
+    variant_id = arms.variant_ids[arm]
+    impression_id = new_impression_id()
+    session.execute(
+        sa.insert(Impression).values(
+            id=impression_id,
+            experiment_id=view.experiment_id,
+            segment_id=arms.segment_id,
+            variant_id=variant_id,
+            propensity=propensity,
+            policy=policy,
+            user_hash=user_hash,
+        )
+    )
+    session.execute(
+        sa.update(Variant)
+        .where(col(Variant.id) == variant_id)
+        .values(impressions=Variant.impressions + 1)
+    )
+    session.commit()
+    cache.record_impression(arms, arm)
+    return Decision(
+        impression_id=impression_id,
+        variant_id=variant_id,
+        text=arms.texts[arm],
+        segment=arms.key,
+        propensity=propensity,
+    )
+
+
+def _sticky_choice(
+    session: Session, cache: SnapshotCache, experiment_id: int, arms: SegmentArms, user_hash: str
+) -> tuple[int, float, str]:
+    key = (experiment_id, arms.segment_id, user_hash)
+    existing = session.get(Assignment, key)
+    if existing is not None and existing.variant_id in arms.arm_of:
+        return arms.arm_of[existing.variant_id], existing.propensity, POLICY_STICKY
+
+    arm = cache.select(arms)
+    propensity = float(arms.propensities[arm])
+    values = {"variant_id": arms.variant_ids[arm], "propensity": propensity}
+    if existing is None:
+        inserted = rows_changed(
+            session,
+            insert_for(session)(Assignment)
+            .values(
+                experiment_id=experiment_id,
+                segment_id=arms.segment_id,
+                user_hash=user_hash,
+                **values,
+            )
+            .on_conflict_do_nothing(),
+        )
+    else:
+        # Replace only the stale assignment we saw; a concurrent replacement wins instead.
+        inserted = rows_changed(
+            session,
+            sa.update(Assignment)
+            .where(
+                col(Assignment.experiment_id) == experiment_id,
+                col(Assignment.segment_id) == arms.segment_id,
+                col(Assignment.user_hash) == user_hash,
+                col(Assignment.variant_id) == existing.variant_id,
+            )
+            .values(**values),
+        )
+    if inserted == 1:
+        return arm, propensity, POLICY_THOMPSON
+    # Another request assigned this user first: serve what it chose, if still servable.
+    session.expire_all()
+    winner = session.get(Assignment, key)
+    if winner is not None and winner.variant_id in arms.arm_of:
+        return arms.arm_of[winner.variant_id], winner.propensity, POLICY_STICKY
+    return arm, propensity, POLICY_THOMPSON

@@ -1,0 +1,107 @@
+"""One error family, one JSON shape: {"error": code, "message": text, "field"?: name}."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from service import db
+
+log = logging.getLogger(__name__)
+
+# Werkzeug's status codes mapped to stable, machine-readable codes for clients to branch on.
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+}
+
+
+class APIError(Exception):
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, field: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        if code is not None:
+            self.code = code
+
+    def with_status(self, status: int) -> APIError:
+        self.status = status
+        return self
+
+
+class InvalidInput(APIError):
+    status = 400
+    code = "invalid"
+
+
+class Unauthorized(APIError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(APIError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(APIError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(APIError):
+    status = 409
+    code = "conflict"
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None) -> Response:
+    body: dict[str, Any] = {"error": code, "message": message}
+    if field is not None:
+        body["field"] = field
+    response = jsonify(body)
+    response.status_code = status
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="copybandit"'
+    return response
+
+
+def validation_error_response(exc: ValidationError) -> Response:
+    """pydantic's report, reduced to the first problem, named by its dotted path."""
+    first = exc.errors(include_url=False)[0]
+    field = ".".join(str(part) for part in first["loc"]) or None
+    message = first["msg"] if field is None else f"{field}: {first['msg']}"
+    return error_response(400, "invalid", message, field)
+
+
+def register(app: Flask) -> None:
+    @app.errorhandler(APIError)
+    def _api_error(exc: APIError) -> Response:
+        return error_response(exc.status, exc.code, exc.message, exc.field)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        # abort(response) from the validation layer carries a ready response; pass it through.
+        if exc.response is not None:
+            return exc.response  # type: ignore[return-value]
+        status = exc.code or 500
+        return error_response(status, _HTTP_CODES.get(status, "error"), exc.description or "")
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        db.session().rollback()
+        return error_response(500, "internal", "internal error; it has been logged")

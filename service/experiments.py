@@ -1,0 +1,161 @@
+"""Experiments, their segments and variants: the data functions the API and the CLI share."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from service.db import rows_changed
+from service.errors import Conflict, NotFound
+from service.models import Experiment, Origin, Segment, Variant, VariantStatus, utcnow
+from service.schemas import ExperimentCreate, VariantCreate, VariantPatch
+
+# Which status changes a person may make by hand. Pending copy is reviewed once; retired and
+# rejected copy stays out, so its history is never mixed with a second life.
+_TRANSITIONS: dict[VariantStatus, set[VariantStatus]] = {
+    VariantStatus.PENDING_REVIEW: {VariantStatus.ACTIVE, VariantStatus.REJECTED},
+    VariantStatus.ACTIVE: {VariantStatus.PAUSED, VariantStatus.RETIRED},
+    VariantStatus.PAUSED: {VariantStatus.ACTIVE, VariantStatus.RETIRED},
+    VariantStatus.RETIRED: set(),
+    VariantStatus.REJECTED: set(),
+}
+
+
+def create_experiment(*, session: Session, experiment_create: ExperimentCreate) -> Experiment:
+    product = experiment_create.product
+    experiment = Experiment(
+        name=experiment_create.name,
+        product_name=product.name,
+        product_description=product.description,
+        product_price=product.price,
+        product_url=product.url,
+        sticky=experiment_create.sticky,
+    )
+    session.add(experiment)
+    try:
+        session.flush()
+    except sa.exc.IntegrityError:
+        session.rollback()
+        raise Conflict(
+            f"an experiment named {experiment_create.name!r} already exists", field="name"
+        ) from None
+    for position, segment in enumerate(experiment_create.segments):
+        session.add(
+            Segment(
+                experiment_id=experiment.id,  # type: ignore[arg-type]
+                key=segment.key,
+                description=segment.description,
+                position=position,
+            )
+        )
+    session.commit()
+    return experiment
+
+
+def get_experiment(*, session: Session, experiment_id: int) -> Experiment:
+    experiment = session.get(Experiment, experiment_id)
+    if experiment is None:
+        raise NotFound(f"no experiment with id {experiment_id}", field="experiment_id")
+    return experiment
+
+
+def list_experiments(*, session: Session) -> Sequence[Experiment]:
+    return session.exec(select(Experiment).order_by(col(Experiment.id))).all()
+
+
+def segments_of(*, session: Session, experiment_id: int) -> Sequence[Segment]:
+    query = select(Segment).where(Segment.experiment_id == experiment_id)
+    return session.exec(query.order_by(col(Segment.position))).all()
+
+
+def variants_of(*, session: Session, experiment_id: int) -> Sequence[Variant]:
+    query = select(Variant).where(Variant.experiment_id == experiment_id)
+    return session.exec(query.order_by(col(Variant.id))).all()
+
+
+def find_segment(*, session: Session, experiment_id: int, key: str) -> Segment:
+    segment = session.exec(
+        select(Segment).where(Segment.experiment_id == experiment_id, Segment.key == key)
+    ).first()
+    if segment is None:
+        raise NotFound(f"experiment {experiment_id} has no segment {key!r}", field="segment")
+    return segment
+
+
+def add_variant(*, session: Session, experiment_id: int, variant_create: VariantCreate) -> Variant:
+    get_experiment(session=session, experiment_id=experiment_id)
+    segment = find_segment(session=session, experiment_id=experiment_id, key=variant_create.segment)
+    if variant_create.origin == Origin.CONTROL and _has_control(session, segment.id):  # type: ignore[arg-type]
+        raise Conflict(f"segment {segment.key!r} already has a control variant", field="origin")
+    variant = Variant(
+        experiment_id=experiment_id,
+        segment_id=segment.id,  # type: ignore[arg-type]
+        text=variant_create.text,
+        origin=variant_create.origin,
+        status=VariantStatus.ACTIVE,
+        status_reason="added by hand",
+    )
+    session.add(variant)
+    session.commit()
+    return variant
+
+
+def _has_control(session: Session, segment_id: int) -> bool:
+    query = select(Variant.id).where(
+        Variant.segment_id == segment_id, Variant.origin == Origin.CONTROL
+    )
+    return session.exec(query).first() is not None
+
+
+def get_variant(*, session: Session, variant_id: int) -> Variant:
+    variant = session.get(Variant, variant_id)
+    if variant is None:
+        raise NotFound(f"no variant with id {variant_id}", field="variant_id")
+    return variant
+
+
+def update_variant(*, session: Session, variant_id: int, patch: VariantPatch) -> Variant:
+    variant = get_variant(session=session, variant_id=variant_id)
+    current = VariantStatus(variant.status)
+    values: dict[str, object] = {"updated_at": utcnow()}
+    if patch.text is not None:
+        if current is not VariantStatus.PENDING_REVIEW:
+            raise Conflict(
+                f"only pending variants can be edited; this one is {current}", field="text"
+            )
+        values["text"] = patch.text
+    else:
+        assert patch.status is not None  # VariantPatch guarantees status or text
+        target = patch.status
+        if target is current:
+            return variant
+        if target not in _TRANSITIONS[current]:
+            raise Conflict(f"a variant cannot go from {current} to {target}", field="status")
+        if current is VariantStatus.ACTIVE and _is_last_active(session, variant):
+            raise Conflict(
+                "this is the segment's last active variant; activate another first", field="status"
+            )
+        values["status"] = target.value
+        values["status_reason"] = patch.reason or "changed by hand"
+    # Conditional on the status we checked: a concurrent change makes this a 409, not a lost write.
+    changed = rows_changed(
+        session,
+        sa.update(Variant)
+        .where(col(Variant.id) == variant_id, col(Variant.status) == current.value)
+        .values(**values),
+    )
+    if changed != 1:
+        session.rollback()
+        raise Conflict("the variant changed while this request ran; try again", field="status")
+    session.commit()
+    session.refresh(variant)
+    return variant
+
+
+def _is_last_active(session: Session, variant: Variant) -> bool:
+    query = select(sa.func.count()).where(
+        Variant.segment_id == variant.segment_id, Variant.status == VariantStatus.ACTIVE
+    )
+    return session.exec(query).one() <= 1

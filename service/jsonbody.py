@@ -1,0 +1,67 @@
+"""Request bodies: JSON only, parsed strictly before any view sees them.
+
+Python's json module takes NaN and Infinity, keeps the last of duplicate keys, and overflows the
+stack on deep nesting; each of those would let an ambiguous or hostile body through, so each is a
+400 here instead.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Flask, request
+from flask.json.provider import DefaultJSONProvider
+from werkzeug.exceptions import BadRequest
+
+from service.errors import APIError, InvalidInput
+
+_BODY_METHODS = {"POST", "PUT", "PATCH"}
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+class StrictJSONProvider(DefaultJSONProvider):
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        try:
+            return json.loads(
+                s, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants, **kwargs
+            )
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
+
+
+def _parse_body() -> None:
+    if request.method not in _BODY_METHODS or not request.path.startswith("/v1/"):
+        return
+    if not request.is_json:
+        raise APIError(
+            "send a JSON body with 'Content-Type: application/json'",
+            field="Content-Type",
+            code="unsupported_media_type",
+        ).with_status(415)
+    try:
+        request.get_json()  # parsed once here; the validation layer reads the cached result
+    except BadRequest as exc:
+        cause: BaseException = exc
+        while cause.__context__ is not None:  # the parser's own message is the useful one
+            cause = cause.__context__
+        raise InvalidInput(
+            f"malformed JSON: {cause}", field="body", code="malformed_json"
+        ) from None
+
+
+def init_app(app: Flask) -> None:
+    app.json = StrictJSONProvider(app)
+    app.before_request(_parse_body)

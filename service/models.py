@@ -1,0 +1,149 @@
+"""Database tables. API request/response shapes live in `service.schemas`.
+
+Counters (`Variant.impressions`, `Variant.conversions`) are what the posterior reads; they change
+only through `UPDATE ... SET n = n + k` in the same transaction as the row they count, so they
+always equal a recount of the impression and event rows.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+# Deterministic constraint names: later migrations (and SQLite batch mode) name what they alter.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _timestamp(**kwargs: object) -> datetime:
+    return Field(
+        default_factory=utcnow,
+        sa_type=sa.DateTime(timezone=True),  # type: ignore[call-overload]
+        nullable=False,
+        **kwargs,
+    )
+
+
+class Origin(StrEnum):
+    MANUAL = "manual"
+    CONTROL = "control"
+    GENERATED = "generated"
+
+
+class VariantStatus(StrEnum):
+    PENDING_REVIEW = "pending_review"
+    ACTIVE = "active"
+    PAUSED = "paused"
+    RETIRED = "retired"
+    REJECTED = "rejected"
+
+
+class Scope(StrEnum):
+    SERVE = "serve"
+    ADMIN = "admin"
+
+
+def _one_of(column: str, values: type[StrEnum]) -> sa.CheckConstraint:
+    allowed = ", ".join(f"'{v.value}'" for v in values)
+    return sa.CheckConstraint(f"{column} IN ({allowed})", name=f"{column}_allowed")
+
+
+class Experiment(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200, unique=True)
+    product_name: str = Field(max_length=200)
+    product_description: str = Field(sa_type=sa.Text)
+    product_price: float | None = Field(default=None)
+    product_url: str | None = Field(default=None, max_length=2000)
+    sticky: bool = Field(default=False)
+    created_at: datetime = _timestamp()
+
+
+class Segment(SQLModel, table=True):
+    __table_args__ = (sa.UniqueConstraint("experiment_id", "key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    experiment_id: int = Field(foreign_key="experiment.id", index=True)
+    key: str = Field(max_length=40)
+    description: str = Field(sa_type=sa.Text)
+    # The first segment (position 0) is the experiment's default for unknown or missing keys.
+    position: int
+
+
+class Variant(SQLModel, table=True):
+    __table_args__ = (_one_of("origin", Origin), _one_of("status", VariantStatus))
+
+    id: int | None = Field(default=None, primary_key=True)
+    experiment_id: int = Field(foreign_key="experiment.id", index=True)
+    segment_id: int = Field(foreign_key="segment.id", index=True)
+    text: str = Field(sa_type=sa.Text)
+    origin: str = Field(max_length=16)
+    status: str = Field(max_length=16)
+    status_reason: str | None = Field(default=None, max_length=500)
+    prior_alpha: float = Field(default=1.0)
+    prior_beta: float = Field(default=1.0)
+    impressions: int = Field(default=0, sa_type=sa.BigInteger)
+    conversions: int = Field(default=0, sa_type=sa.BigInteger)
+    created_at: datetime = _timestamp()
+    updated_at: datetime = _timestamp()
+
+
+class Impression(SQLModel, table=True):
+    # Time-ordered text ids (see service.identity): opaque to storefronts, index-friendly.
+    id: str = Field(primary_key=True, max_length=32)
+    experiment_id: int = Field(foreign_key="experiment.id")
+    segment_id: int = Field(foreign_key="segment.id")
+    variant_id: int = Field(foreign_key="variant.id", index=True)
+    propensity: float
+    policy: str = Field(max_length=32)
+    user_hash: str | None = Field(default=None, max_length=64)
+    created_at: datetime = _timestamp(index=True)
+
+
+class Event(SQLModel, table=True):
+    # One conversion per impression, whatever event_id a retry carries.
+    __table_args__ = (sa.UniqueConstraint("impression_id", "type"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str | None = Field(default=None, max_length=128, unique=True)
+    impression_id: str = Field(foreign_key="impression.id", max_length=32)
+    variant_id: int = Field(foreign_key="variant.id", index=True)
+    type: str = Field(max_length=16)
+    value: float | None = Field(default=None)
+    created_at: datetime = _timestamp()
+
+
+class Assignment(SQLModel, table=True):
+    """Sticky experiments: the variant a user keeps seeing while it stays active."""
+
+    experiment_id: int = Field(foreign_key="experiment.id", primary_key=True)
+    segment_id: int = Field(foreign_key="segment.id", primary_key=True)
+    user_hash: str = Field(primary_key=True, max_length=64)
+    variant_id: int = Field(foreign_key="variant.id")
+    propensity: float
+    created_at: datetime = _timestamp()
+
+
+class ApiKey(SQLModel, table=True):
+    __tablename__ = "api_key"
+    __table_args__ = (_one_of("scope", Scope),)
+
+    # The public half of the key; the secret half is stored only as a SHA-256 digest.
+    id: str = Field(primary_key=True, max_length=16)
+    secret_hash: str = Field(max_length=64)
+    scope: str = Field(max_length=16)
+    label: str = Field(default="", max_length=200)
+    created_at: datetime = _timestamp()
+    revoked_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))

@@ -1,0 +1,72 @@
+"""GET /v1/experiments/<id>/report: which copy is winning, and how sure we are."""
+
+from __future__ import annotations
+
+import numpy as np
+from sqlmodel import Session
+
+from bandits import stats
+from service.experiments import get_experiment, segments_of, variants_of
+from service.models import Variant, VariantStatus, utcnow
+from service.schemas import Leader, Report, SegmentReport, VariantStats
+
+
+def experiment_report(*, session: Session, experiment_id: int) -> Report:
+    experiment = get_experiment(session=session, experiment_id=experiment_id)
+    variants = variants_of(session=session, experiment_id=experiment_id)
+    segments = [
+        _segment_report(segment.key, [v for v in variants if v.segment_id == segment.id])
+        for segment in segments_of(session=session, experiment_id=experiment_id)
+    ]
+    return Report(
+        experiment_id=experiment_id, name=experiment.name, generated_at=utcnow(), segments=segments
+    )
+
+
+def _segment_report(key: str, variants: list[Variant]) -> SegmentReport:
+    alpha = np.array([v.prior_alpha + v.conversions for v in variants])
+    beta = np.array([v.prior_beta + v.impressions - v.conversions for v in variants])
+    # Probability best is a contest among what can be served; retired copy has left the race.
+    active = np.array([v.status == VariantStatus.ACTIVE for v in variants], dtype=bool)
+    prob_best = np.full(len(variants), np.nan)
+    loss = np.full(len(variants), np.nan)
+    if active.any():
+        summary = stats.summarize(alpha[active], beta[active])
+        prob_best[active] = summary["prob_best"]
+        loss[active] = summary["expected_loss"]
+    rows = []
+    if variants:
+        mean = stats.posterior_mean(alpha, beta)
+        interval = stats.credible_interval(alpha, beta)
+        for i, v in enumerate(variants):
+            rows.append(
+                VariantStats(
+                    variant_id=v.id,  # type: ignore[arg-type]
+                    text=v.text,
+                    origin=v.origin,  # type: ignore[arg-type]
+                    status=v.status,  # type: ignore[arg-type]
+                    impressions=v.impressions,
+                    conversions=v.conversions,
+                    rate=v.conversions / v.impressions if v.impressions else None,
+                    posterior_mean=float(mean[i]),
+                    interval=(float(interval[i, 0]), float(interval[i, 1])),
+                    prob_best=None if np.isnan(prob_best[i]) else float(prob_best[i]),
+                    expected_loss=None if np.isnan(loss[i]) else float(loss[i]),
+                )
+            )
+    rows.sort(key=lambda row: -1.0 if row.prob_best is None else row.prob_best, reverse=True)
+    leader = next(
+        (
+            Leader(variant_id=r.variant_id, text=r.text, prob_best=r.prob_best)
+            for r in rows
+            if r.prob_best is not None
+        ),
+        None,
+    )
+    return SegmentReport(
+        key=key,
+        impressions=sum(v.impressions for v in variants),
+        conversions=sum(v.conversions for v in variants),
+        leader=leader,
+        variants=rows,
+    )

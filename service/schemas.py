@@ -1,0 +1,262 @@
+"""What the HTTP API accepts and returns. These pydantic classes are the OpenAPI schema too.
+
+Request models are strict (no "1" for 1, no 1 for true), refuse unknown fields and NaN, and refuse
+control characters in text: PostgreSQL cannot store NUL, and nothing a storefront shows needs them.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from service.models import Origin, VariantStatus
+
+MAX_BATCH_EVENTS = 1000
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _clean(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters")
+    value = value.strip()
+    if not value:
+        raise ValueError("must not be blank")
+    return value
+
+
+_Clean = AfterValidator(_clean)
+Name = Annotated[str, Field(min_length=1, max_length=200), _Clean]
+Persona = Annotated[str, Field(min_length=1, max_length=2000), _Clean]
+LongText = Annotated[str, Field(min_length=1, max_length=5000), _Clean]
+CopyText = Annotated[str, Field(min_length=1, max_length=1000), _Clean]
+Reason = Annotated[str, Field(min_length=1, max_length=500), _Clean]
+ClientKey = Annotated[str, Field(min_length=1, max_length=128), _Clean]
+
+
+# Ids are 32-bit in PostgreSQL; a larger number can only be a client error, never a 500.
+DbId = Annotated[int, Field(ge=1, le=2**31 - 1)]
+SegmentKey = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")]
+ImpressionId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+
+# --- experiments -------------------------------------------------------------------------------
+
+
+class ProductIn(Request):
+    name: Name
+    description: LongText
+    price: float | None = Field(default=None, ge=0, le=1e9)
+    url: Annotated[str, Field(max_length=2000, pattern=r"^https?://\S+$")] | None = None
+
+
+class SegmentIn(Request):
+    key: SegmentKey
+    description: Persona
+
+
+class ExperimentCreate(Request):
+    name: Name
+    product: ProductIn
+    segments: list[SegmentIn] = Field(min_length=1, max_length=50)
+    sticky: bool = False
+
+    @model_validator(mode="after")
+    def _unique_segment_keys(self) -> ExperimentCreate:
+        keys = [segment.key for segment in self.segments]
+        if len(set(keys)) != len(keys):
+            raise ValueError("segments: keys must be unique")
+        return self
+
+
+class ExperimentPath(Request):
+    model_config = ConfigDict(extra="forbid")  # path values arrive as ints from the URL converter
+    experiment_id: DbId
+
+
+class ProductOut(BaseModel):
+    name: str
+    description: str
+    price: float | None
+    url: str | None
+
+
+class VariantOut(BaseModel):
+    id: int
+    segment: str
+    text: str
+    origin: Origin
+    status: VariantStatus
+    status_reason: str | None
+    impressions: int
+    conversions: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class SegmentOut(BaseModel):
+    key: str
+    description: str
+    variants: list[VariantOut]
+
+
+class ExperimentOut(BaseModel):
+    id: int
+    name: str
+    product: ProductOut
+    sticky: bool
+    created_at: datetime
+    segments: list[SegmentOut]
+
+
+class ExperimentList(BaseModel):
+    experiments: list[ExperimentOut]
+
+
+# --- variants ----------------------------------------------------------------------------------
+
+
+class VariantCreate(Request):
+    segment: SegmentKey
+    text: CopyText
+    origin: Literal["manual", "control"] = "manual"
+
+
+class VariantPath(Request):
+    model_config = ConfigDict(extra="forbid")
+    variant_id: DbId
+
+
+class VariantPatch(Request):
+    status: VariantStatus | None = None
+    text: CopyText | None = None
+    reason: Reason | None = None
+
+    @model_validator(mode="after")
+    def _status_or_text(self) -> VariantPatch:
+        if (self.status is None) == (self.text is None):
+            raise ValueError("give exactly one of status or text")
+        return self
+
+
+# --- serving -----------------------------------------------------------------------------------
+
+
+class DecideIn(Request):
+    experiment: DbId
+    segment: Annotated[str, Field(max_length=100)] | None = None
+    user_id: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+
+
+class DecideOut(BaseModel):
+    impression_id: str
+    variant_id: int
+    text: str
+    segment: str
+    propensity: float
+
+
+class EventIn(Request):
+    impression_id: ImpressionId
+    type: Literal["conversion"]
+    value: float | None = Field(default=None, ge=0, le=1e12)
+    event_id: ClientKey | None = None
+
+
+class EventsIn(Request):
+    """Either one event (its fields at the top level) or `{"events": [...]}`."""
+
+    impression_id: ImpressionId | None = None
+    type: Literal["conversion"] | None = None
+    value: float | None = Field(default=None, ge=0, le=1e12)
+    event_id: ClientKey | None = None
+    events: list[EventIn] | None = Field(default=None, min_length=1, max_length=MAX_BATCH_EVENTS)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> EventsIn:
+        single = {"impression_id", "type", "value", "event_id"} & self.model_fields_set
+        if self.events is not None and single:
+            raise ValueError("give either one event or an events list, not both")
+        if self.events is None and not {"impression_id", "type"} <= single:
+            raise ValueError("impression_id and type are required (or an events list)")
+        return self
+
+    def as_list(self) -> list[EventIn]:
+        if self.events is not None:
+            return self.events
+        return [
+            EventIn(
+                impression_id=self.impression_id,  # type: ignore[arg-type]
+                type=self.type,  # type: ignore[arg-type]
+                value=self.value,
+                event_id=self.event_id,
+            )
+        ]
+
+
+class RejectedEvent(BaseModel):
+    index: int
+    field: str
+    reason: str
+
+
+class EventsOut(BaseModel):
+    accepted: int
+    duplicate: int
+    rejected: int
+    rejections: list[RejectedEvent]
+
+
+# --- reports -----------------------------------------------------------------------------------
+
+
+class VariantStats(BaseModel):
+    variant_id: int
+    text: str
+    origin: Origin
+    status: VariantStatus
+    impressions: int
+    conversions: int
+    rate: float | None = Field(description="conversions / impressions; null before any impression")
+    posterior_mean: float
+    interval: tuple[float, float] = Field(description="95% equal-tailed credible interval")
+    prob_best: float | None = Field(description="among the segment's active variants; else null")
+    expected_loss: float | None = Field(description="conversion rate given up by serving this one")
+
+
+class Leader(BaseModel):
+    variant_id: int
+    text: str
+    prob_best: float
+
+
+class SegmentReport(BaseModel):
+    key: str
+    impressions: int
+    conversions: int
+    leader: Leader | None
+    variants: list[VariantStats]
+
+
+class Report(BaseModel):
+    experiment_id: int
+    name: str
+    generated_at: datetime
+    segments: list[SegmentReport]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    database: Literal["ok"]
+
+
+class ErrorOut(BaseModel):
+    error: str
+    message: str
+    field: str | None = None
