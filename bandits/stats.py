@@ -7,8 +7,8 @@ data should show the same numbers rather than jitter with each request.
 from __future__ import annotations
 
 import numpy as np
-import scipy.stats
 from numpy.typing import ArrayLike
+from scipy.special import betaincinv
 
 from bandits._validation import (
     FloatArray,
@@ -106,8 +106,8 @@ def credible_interval(alpha: ArrayLike, beta: ArrayLike, level: float = 0.95) ->
     if not (isinstance(level, float | int) and 0.0 < level < 1.0):
         raise ValueError(f"level must be in (0, 1), got {level!r}")
     tail = (1.0 - level) / 2.0
-    lower = scipy.stats.beta.ppf(tail, a, b)
-    upper = scipy.stats.beta.ppf(1.0 - tail, a, b)
+    lower = betaincinv(a, b, tail)
+    upper = betaincinv(a, b, 1.0 - tail)
     return np.column_stack([lower, upper]).astype(np.float64)
 
 

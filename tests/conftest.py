@@ -46,17 +46,28 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def postgres_migrated() -> str:
+def postgres_schema_url(schema: str) -> str:
+    """The test server's URL with its own schema first on the search path."""
     assert PG_URL, "the postgres leg runs only when COPYBANDIT_TEST_DATABASE_URL is set"
-    url = normalize_database_url(PG_URL)
+    url = sa.engine.make_url(normalize_database_url(PG_URL))
+    url = url.update_query_dict({"options": f"-csearch_path={schema}"})
+    return url.render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_migrated() -> Iterator[str]:
+    """A schema of this test run's own, so parallel runs on one server cannot collide."""
+    schema = f"copybandit_test_{os.getpid()}"
+    url = postgres_schema_url(schema)
     engine = sa.create_engine(url)
     with engine.begin() as connection:
-        connection.exec_driver_sql("DROP SCHEMA IF EXISTS public CASCADE")
-        connection.exec_driver_sql("CREATE SCHEMA public")
+        connection.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
     upgrade(engine)
+    yield url
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
     engine.dispose()
-    return url
 
 
 def _truncate_postgres(url: str) -> None:

@@ -1,0 +1,112 @@
+"""The real thing: `copybandit init` then `copybandit serve` (gunicorn, 2 workers) over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _call(base: str, path: str, key: str | None = None, body: Any = None) -> tuple[int, Any]:
+    request = urllib.request.Request(base + path, method="GET" if body is None else "POST")
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
+    if body is not None:
+        request.add_header("Content-Type", "application/json")
+        request.data = json.dumps(body).encode()
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    env = {**os.environ, "COPYBANDIT_DATABASE_URL": f"sqlite:///{tmp_path}/serve.db"}
+    init = subprocess.run(
+        [BIN / "copybandit", "init"], env=env, capture_output=True, text=True, check=True
+    )
+    key = re.search(r"cb_[0-9a-f]{16}_[A-Za-z0-9_-]+", init.stdout)
+    assert key, init.stdout
+    port = _free_port()
+    process = subprocess.Popen(
+        [BIN / "copybandit", "serve", "--port", str(port), "--workers", "2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if _call(base, "/healthz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert process.poll() is None, process.stdout.read()  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "server did not come up in 30 s"
+            time.sleep(0.1)
+        yield base, key.group(0)
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+def test_decide_convert_report_over_http(server: tuple[str, str]) -> None:
+    base, key = server
+    experiments = _call(base, "/v1/experiments", key)[1]["experiments"]
+    demo = experiments[0]["id"]
+
+    decisions = [
+        _call(base, "/v1/decide", key, {"experiment": demo, "segment": "trail-racers"})
+        for _ in range(20)
+    ]
+    assert all(status == 200 for status, _ in decisions)
+    assert {body["segment"] for _, body in decisions} == {"trail-racers"}
+
+    events = [
+        {"impression_id": body["impression_id"], "type": "conversion", "event_id": f"e{i}"}
+        for i, (_, body) in enumerate(decisions[:5])
+    ]
+    status, outcome = _call(base, "/v1/events", key, {"events": events})
+    assert (status, outcome["accepted"], outcome["duplicate"]) == (200, 5, 0)
+    assert _call(base, "/v1/events", key, {"events": events})[1]["duplicate"] == 5
+
+    report = _call(base, f"/v1/experiments/{demo}/report", key)[1]
+    racers = next(s for s in report["segments"] if s["key"] == "trail-racers")
+    assert (racers["impressions"], racers["conversions"]) == (20, 5)
+    assert racers["leader"]["variant_id"] in {v["variant_id"] for v in racers["variants"]}
+
+
+def test_flask_cli_finds_the_app_factory(tmp_path: Path) -> None:
+    env = {**os.environ, "COPYBANDIT_DATABASE_URL": f"sqlite:///{tmp_path}/flask.db"}
+    routes = subprocess.run(
+        [BIN / "flask", "--app", "service", "routes"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "/v1/decide" in routes and "/v1/experiments/<int:experiment_id>/report" in routes
