@@ -68,6 +68,11 @@ class Conflict(APIError):
     code = "conflict"
 
 
+class ServiceUnavailable(APIError):
+    status = 503
+    code = "unavailable"
+
+
 def error_response(status: int, code: str, message: str, field: str | None = None) -> Response:
     body: dict[str, Any] = {"error": code, "message": message}
     if field is not None:

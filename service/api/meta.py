@@ -10,6 +10,7 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from service import db
 from service.api.common import json_of
+from service.errors import ServiceUnavailable
 from service.schemas import ErrorOut, Health
 
 api = APIBlueprint("meta", __name__, abp_tags=[Tag(name="meta")])
@@ -18,7 +19,10 @@ api = APIBlueprint("meta", __name__, abp_tags=[Tag(name="meta")])
 @api.get("/healthz", responses={200: Health, 503: ErrorOut})
 def healthz() -> tuple[dict[str, Any], int]:
     """Liveness and database reachability."""
-    db.session().execute(sa.text("SELECT 1"))
+    try:
+        db.session().execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError:
+        raise ServiceUnavailable("the database is unreachable", field="database") from None
     return json_of(Health(status="ok", database="ok"))
 
 

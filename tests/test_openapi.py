@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+ENDPOINTS = [
+    ("post", "/v1/experiments", "ExperimentCreate", "201", "ExperimentOut"),
+    ("get", "/v1/experiments", None, "200", "ExperimentList"),
+    ("get", "/v1/experiments/{experiment_id}", None, "200", "ExperimentOut"),
+    ("post", "/v1/experiments/{experiment_id}/variants", "VariantCreate", "201", "VariantOut"),
+    ("patch", "/v1/variants/{variant_id}", "VariantPatch", "200", "VariantOut"),
+    ("get", "/v1/experiments/{experiment_id}/report", None, "200", "Report"),
+    ("post", "/v1/decide", "DecideIn", "200", "DecideOut"),
+    ("post", "/v1/events", "EventsIn", "200", "EventsOut"),
+    ("get", "/healthz", None, "200", "Health"),
+]
+
+
+def _ref(content: dict[str, Any]) -> str:
+    return str(content["application/json"]["schema"]["$ref"]).rsplit("/", 1)[-1]
+
+
+@pytest.fixture
+def spec(client: Any) -> dict[str, Any]:
+    response = client.get("/openapi.json")  # no key needed
+    assert response.status_code == 200
+    return response.get_json()  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(("method", "path", "request_schema", "status", "response_schema"),
+                         ENDPOINTS)
+def test_every_endpoint_is_documented_with_its_schemas(
+    spec: dict[str, Any], method: str, path: str, request_schema: str | None, status: str,
+    response_schema: str,
+) -> None:
+    operation = spec["paths"][path][method]
+    assert _ref(operation["responses"][status]["content"]) == response_schema
+    if request_schema is not None:
+        assert _ref(operation["requestBody"]["content"]) == request_schema
+        assert request_schema in spec["components"]["schemas"]
+    if path.startswith("/v1/"):
+        assert operation["security"] == [{"bearer": []}]
+        assert _ref(operation["responses"]["400"]["content"]) == "ErrorOut"
+    if "{" in path:
+        assert [p["in"] for p in operation["parameters"]] == ["path"]
+
+
+def test_nothing_undocumented_is_routed(app: Any, spec: dict[str, Any]) -> None:
+    routed = {rule.rule.replace("<int:", "{").replace(">", "}") for rule in app.url_map.iter_rules()
+              if rule.endpoint != "static"} - {"/openapi.json"}
+    assert routed == set(spec["paths"])
+
+
+def test_healthz_needs_no_key(client: Any) -> None:
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok", "database": "ok"}
