@@ -28,10 +28,15 @@ def spec(client: Any) -> dict[str, Any]:
     return response.get_json()  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize(("method", "path", "request_schema", "status", "response_schema"),
-                         ENDPOINTS)
+@pytest.mark.parametrize(
+    ("method", "path", "request_schema", "status", "response_schema"), ENDPOINTS
+)
 def test_every_endpoint_is_documented_with_its_schemas(
-    spec: dict[str, Any], method: str, path: str, request_schema: str | None, status: str,
+    spec: dict[str, Any],
+    method: str,
+    path: str,
+    request_schema: str | None,
+    status: str,
     response_schema: str,
 ) -> None:
     operation = spec["paths"][path][method]
@@ -47,8 +52,11 @@ def test_every_endpoint_is_documented_with_its_schemas(
 
 
 def test_nothing_undocumented_is_routed(app: Any, spec: dict[str, Any]) -> None:
-    routed = {rule.rule.replace("<int:", "{").replace(">", "}") for rule in app.url_map.iter_rules()
-              if rule.endpoint != "static"} - {"/openapi.json"}
+    routed = {
+        rule.rule.replace("<int:", "{").replace(">", "}")
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint != "static"
+    } - {"/openapi.json"}
     assert routed == set(spec["paths"])
 
 

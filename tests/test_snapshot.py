@@ -1,4 +1,4 @@
-"""The per-worker posterior view: reloaded only after its TTL, or when this worker invalidates it."""
+"""The per-worker posterior view: reloaded after its TTL, or when this worker invalidates it."""
 
 from __future__ import annotations
 
