@@ -6,12 +6,9 @@ slow hash would protect. `admin` keys can do everything `serve` keys can.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 import secrets
-from collections.abc import Callable
-from typing import ParamSpec, TypeVar
 
 from flask import g, request
 from sqlmodel import Session, select
@@ -20,8 +17,6 @@ from service import db
 from service.errors import Forbidden, NotFound, Unauthorized
 from service.models import ApiKey, Scope, utcnow
 
-P = ParamSpec("P")
-R = TypeVar("R")
 _PREFIX = "cb_"
 
 
@@ -68,26 +63,17 @@ def authenticate(*, session: Session, presented: str) -> ApiKey | None:
     return row
 
 
-def require(scope: Scope) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Decorator: the request must carry a live key of `scope` (or admin)."""
-
-    def decorator(view: Callable[P, R]) -> Callable[P, R]:
-        @functools.wraps(view)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            header = request.headers.get("Authorization", "")
-            scheme, _, presented = header.partition(" ")
-            if scheme.lower() != "bearer" or not presented.strip():
-                raise Unauthorized(
-                    "send an API key as 'Authorization: Bearer <key>'", field="Authorization"
-                )
-            key = authenticate(session=db.session(), presented=presented.strip())
-            if key is None:
-                raise Unauthorized("invalid or revoked API key", field="Authorization")
-            if scope is Scope.ADMIN and key.scope != Scope.ADMIN:
-                raise Forbidden("this endpoint needs an admin key", field="Authorization")
-            g.api_key_id = key.id
-            return view(*args, **kwargs)
-
-        return wrapper
-
-    return decorator
+def require_key(scope: Scope) -> None:
+    """The request must carry a live key of `scope` (or admin); raises 401/403 otherwise."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        raise Unauthorized(
+            "send an API key as 'Authorization: Bearer <key>'", field="Authorization"
+        )
+    key = authenticate(session=db.session(), presented=presented.strip())
+    if key is None:
+        raise Unauthorized("invalid or revoked API key", field="Authorization")
+    if scope is Scope.ADMIN and key.scope != Scope.ADMIN:
+        raise Forbidden("this endpoint needs an admin key", field="Authorization")
+    g.api_key_id = key.id

@@ -42,8 +42,9 @@ class StrictJSONProvider(DefaultJSONProvider):
             raise ValueError("JSON nested too deeply") from None
 
 
-def _parse_body() -> None:
-    if request.method not in _BODY_METHODS or not request.path.startswith("/v1/"):
+def parse_json_body() -> None:
+    """Refuse a body that is not strict JSON; called after the key is checked."""
+    if request.method not in _BODY_METHODS:
         return
     if not request.is_json:
         raise APIError(
@@ -64,4 +65,3 @@ def _parse_body() -> None:
 
 def init_app(app: Flask) -> None:
     app.json = StrictJSONProvider(app)
-    app.before_request(_parse_body)

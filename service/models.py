@@ -27,10 +27,27 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class UtcDateTime(sa.TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend: SQLite keeps no offset, so it is restored on read."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime: pass an aware UTC datetime (models.utcnow())")
+        return None if value is None else value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
 def _timestamp(**kwargs: object) -> datetime:
     return Field(
         default_factory=utcnow,
-        sa_type=sa.DateTime(timezone=True),  # type: ignore[call-overload]
+        sa_type=UtcDateTime,  # type: ignore[call-overload]
         nullable=False,
         **kwargs,
     )
@@ -146,4 +163,4 @@ class ApiKey(SQLModel, table=True):
     scope: str = Field(max_length=16)
     label: str = Field(default="", max_length=200)
     created_at: datetime = _timestamp()
-    revoked_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+    revoked_at: datetime | None = Field(default=None, sa_type=UtcDateTime)

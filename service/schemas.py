@@ -10,7 +10,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from service.models import Origin, VariantStatus
 
@@ -67,12 +67,13 @@ class ExperimentCreate(Request):
     segments: list[SegmentIn] = Field(min_length=1, max_length=50)
     sticky: bool = False
 
-    @model_validator(mode="after")
-    def _unique_segment_keys(self) -> ExperimentCreate:
-        keys = [segment.key for segment in self.segments]
+    @field_validator("segments")
+    @classmethod
+    def _unique_segment_keys(cls, segments: list[SegmentIn]) -> list[SegmentIn]:
+        keys = [segment.key for segment in segments]
         if len(set(keys)) != len(keys):
-            raise ValueError("segments: keys must be unique")
-        return self
+            raise ValueError("segment keys must be unique")
+        return segments
 
 
 class ExperimentPath(Request):
@@ -134,7 +135,8 @@ class VariantPath(Request):
 
 
 class VariantPatch(Request):
-    status: VariantStatus | None = None
+    # Strict mode would demand an enum instance; JSON can only send its string value.
+    status: Annotated[VariantStatus, Field(strict=False)] | None = None
     text: CopyText | None = None
     reason: Reason | None = None
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from flask import current_app
+from flask_openapi3 import APIBlueprint
 from pydantic import BaseModel
 
+from service.auth import require_key
+from service.jsonbody import parse_json_body
+from service.models import Scope
 from service.schemas import ErrorOut
 
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -32,3 +36,14 @@ def json_of(model: BaseModel, status: int = 200) -> tuple[dict[str, Any], int]:
 
 def settings() -> Any:
     return current_app.extensions["copybandit.settings"]
+
+
+def guarded(blueprint: APIBlueprint, scope: Scope) -> APIBlueprint:
+    """Every route of `blueprint` checks the key, then the body, before validation sees it."""
+
+    def guard() -> None:
+        require_key(scope)
+        parse_json_body()
+
+    blueprint.before_request(guard)
+    return blueprint

@@ -10,8 +10,7 @@ from flask_openapi3 import APIBlueprint, Tag
 from sqlmodel import Session
 
 from service import db
-from service.api.common import BEARER, json_of, responses
-from service.auth import require
+from service.api.common import BEARER, guarded, json_of, responses
 from service.experiments import (
     add_variant,
     create_experiment,
@@ -37,12 +36,15 @@ from service.schemas import (
     VariantPath,
 )
 
-api = APIBlueprint(
-    "experiments",
-    __name__,
-    url_prefix="/v1",
-    abp_tags=[Tag(name="experiments")],
-    abp_security=BEARER,
+api = guarded(
+    APIBlueprint(
+        "experiments",
+        __name__,
+        url_prefix="/v1",
+        abp_tags=[Tag(name="experiments")],
+        abp_security=BEARER,
+    ),
+    Scope.ADMIN,
 )
 
 
@@ -91,7 +93,6 @@ def _experiment_out(session: Session, experiment: Experiment) -> ExperimentOut:
 
 
 @api.post("/experiments", responses=responses(_201=ExperimentOut))
-@require(Scope.ADMIN)
 def create(body: ExperimentCreate) -> tuple[dict[str, Any], int]:
     """Create an experiment with its product and segments."""
     session = db.session()
@@ -100,7 +101,6 @@ def create(body: ExperimentCreate) -> tuple[dict[str, Any], int]:
 
 
 @api.get("/experiments", responses=responses(_200=ExperimentList))
-@require(Scope.ADMIN)
 def index() -> tuple[dict[str, Any], int]:
     """All experiments with their segments and variants."""
     session = db.session()
@@ -112,7 +112,6 @@ def index() -> tuple[dict[str, Any], int]:
 
 
 @api.get("/experiments/<int:experiment_id>", responses=responses(_200=ExperimentOut))
-@require(Scope.ADMIN)
 def show(path: ExperimentPath) -> tuple[dict[str, Any], int]:
     """One experiment with its segments and variants."""
     session = db.session()
@@ -121,7 +120,6 @@ def show(path: ExperimentPath) -> tuple[dict[str, Any], int]:
 
 
 @api.post("/experiments/<int:experiment_id>/variants", responses=responses(_201=VariantOut))
-@require(Scope.ADMIN)
 def create_variant(path: ExperimentPath, body: VariantCreate) -> tuple[dict[str, Any], int]:
     """Add hand-written copy to a segment; it is served at once."""
     variant = add_variant(
@@ -132,7 +130,6 @@ def create_variant(path: ExperimentPath, body: VariantCreate) -> tuple[dict[str,
 
 
 @api.patch("/variants/<int:variant_id>", responses=responses(_200=VariantOut))
-@require(Scope.ADMIN)
 def patch_variant(path: VariantPath, body: VariantPatch) -> tuple[dict[str, Any], int]:
     """Change a variant's status, or the text of one still pending review."""
     session = db.session()
@@ -143,7 +140,6 @@ def patch_variant(path: VariantPath, body: VariantPatch) -> tuple[dict[str, Any]
 
 
 @api.get("/experiments/<int:experiment_id>/report", responses=responses(_200=Report))
-@require(Scope.ADMIN)
 def report(path: ExperimentPath) -> tuple[dict[str, Any], int]:
     """Per segment and variant: counts, rate, credible interval, probability best, leader."""
     return json_of(experiment_report(session=db.session(), experiment_id=path.experiment_id))

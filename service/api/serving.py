@@ -9,16 +9,18 @@ from flask import current_app
 from flask_openapi3 import APIBlueprint, Tag
 
 from service import db
-from service.api.common import BEARER, json_of, responses, settings
-from service.auth import require
+from service.api.common import BEARER, guarded, json_of, responses, settings
 from service.decisions import decide as make_decision
 from service.errors import NotFound
 from service.events import record_events
 from service.models import Scope
 from service.schemas import DecideIn, DecideOut, EventsIn, EventsOut
 
-api = APIBlueprint(
-    "serving", __name__, url_prefix="/v1", abp_tags=[Tag(name="serving")], abp_security=BEARER
+api = guarded(
+    APIBlueprint(
+        "serving", __name__, url_prefix="/v1", abp_tags=[Tag(name="serving")], abp_security=BEARER
+    ),
+    Scope.SERVE,
 )
 
 
@@ -27,7 +29,6 @@ def _cache() -> Any:
 
 
 @api.post("/decide", responses=responses(_200=DecideOut))
-@require(Scope.SERVE)
 def decide(body: DecideIn) -> tuple[dict[str, Any], int]:
     """Choose a variant for one impression and record it before answering."""
     decision = make_decision(
@@ -37,7 +38,6 @@ def decide(body: DecideIn) -> tuple[dict[str, Any], int]:
 
 
 @api.post("/events", responses=responses(_200=EventsOut))
-@require(Scope.SERVE)
 def events(body: EventsIn) -> tuple[dict[str, Any], int]:
     """Report conversions: one event, or `{"events": [...]}` with up to 1,000."""
     outcome = record_events(session=db.session(), events=body.as_list())

@@ -1,0 +1,167 @@
+"""POST/GET /v1/experiments and GET /v1/experiments/<id>: success shapes and every refusal."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+VALID_BODY: dict[str, Any] = {
+    "name": "Autumn launch",
+    "product": {
+        "name": "Aurora kettle",
+        "description": "A 1.7 l glass kettle.",
+        "price": 49.5,
+        "url": "https://shop.example/aurora",
+    },
+    "segments": [
+        {"key": "tea-lovers", "description": "Brew loose-leaf tea daily."},
+        {"key": "busy-parents", "description": "Need hot water fast."},
+        {"key": "office_1", "description": "Share one kettle among twenty."},
+    ],
+}
+
+
+def _body(**changes: Any) -> dict[str, Any]:
+    """VALID_BODY with top-level fields replaced (a value of ... removes the field)."""
+    body = copy.deepcopy(VALID_BODY)
+    for name, value in changes.items():
+        if value is ...:
+            del body[name]
+        else:
+            body[name] = value
+    return body
+
+
+def _product(**changes: Any) -> dict[str, Any]:
+    return {**VALID_BODY["product"], **changes}
+
+
+def _experiment_count(api: Any) -> int:
+    response = api.get("/v1/experiments")
+    assert response.status_code == 200
+    return len(response.get_json()["experiments"])
+
+
+def test_create_returns_201_with_everything_stored(api: Any) -> None:
+    response = api.post("/v1/experiments", json=VALID_BODY)
+
+    assert response.status_code == 201
+    created = response.get_json()
+    assert isinstance(created["id"], int)
+    assert created["name"] == "Autumn launch"
+    assert created["product"] == VALID_BODY["product"]
+    assert created["sticky"] is False
+    assert [s["key"] for s in created["segments"]] == ["tea-lovers", "busy-parents", "office_1"]
+    assert [s["description"] for s in created["segments"]] == [
+        s["description"] for s in VALID_BODY["segments"]
+    ]
+    assert all(s["variants"] == [] for s in created["segments"])
+    # What the create answered is what a later read returns (timestamps: see the next test).
+    shown = api.get(f"/v1/experiments/{created['id']}").get_json()
+    assert {**shown, "created_at": None} == {**created, "created_at": None}
+
+
+def test_created_at_is_utc_and_reads_back_unchanged(api: Any) -> None:
+    created = api.create_experiment()
+    shown = api.get(f"/v1/experiments/{created['id']}").get_json()
+
+    assert created["created_at"].endswith(("Z", "+00:00")), created["created_at"]
+    assert shown["created_at"] == created["created_at"]
+
+
+def test_create_keeps_sticky_and_optional_product_fields(api: Any) -> None:
+    product = {"name": "Aurora kettle", "description": "A 1.7 l glass kettle."}
+    created = api.create_experiment(name="Sticky one", sticky=True, product=product)
+
+    assert created["sticky"] is True
+    assert created["product"] == {**product, "price": None, "url": None}
+
+
+def test_list_returns_every_experiment_in_creation_order(api: Any) -> None:
+    assert api.get("/v1/experiments").get_json() == {"experiments": []}
+    first = api.create_experiment(name="First")
+    second = api.create_experiment(name="Second")
+
+    listed = api.get("/v1/experiments").get_json()["experiments"]
+
+    assert [e["id"] for e in listed] == [first["id"], second["id"]]
+    assert [e["name"] for e in listed] == ["First", "Second"]
+
+
+def test_get_one_includes_segments_and_their_variants(api: Any, experiment: dict[str, Any]) -> None:
+    shown = api.get(f"/v1/experiments/{experiment['id']}").get_json()
+
+    assert [s["key"] for s in shown["segments"]] == ["tea-lovers", "busy-parents"]
+    for segment in shown["segments"]:
+        variants = segment["variants"]
+        assert [v["origin"] for v in variants] == ["control", "manual"]
+        assert {v["segment"] for v in variants} == {segment["key"]}
+        assert {v["status"] for v in variants} == {"active"}
+        assert all(segment["key"] in v["text"] for v in variants)
+        assert all((v["impressions"], v["conversions"]) == (0, 0) for v in variants)
+
+
+def test_unknown_experiment_is_404(api: Any) -> None:
+    response = api.get("/v1/experiments/424242")
+
+    assert response.status_code == 404
+    body = response.get_json()
+    assert set(body) == {"error", "message", "field"}
+    assert body["error"] == "not_found"
+    assert body["field"] == "experiment_id"
+    assert "424242" in body["message"]
+
+
+def test_duplicate_name_is_409_and_stores_nothing(api: Any) -> None:
+    api.create_experiment(name="Only once")
+
+    response = api.post("/v1/experiments", json=_body(name="Only once"))
+
+    assert response.status_code == 409
+    assert response.get_json()["error"] == "conflict"
+    assert response.get_json()["field"] == "name"
+    assert _experiment_count(api) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        pytest.param(_body(product=...), "product", id="missing-product"),
+        pytest.param(
+            _body(segments=[{"key": "Not A Slug", "description": "x"}]),
+            "segments.0.key",
+            id="bad-segment-key",
+        ),
+        pytest.param(
+            _body(segments=[VALID_BODY["segments"][0], VALID_BODY["segments"][0]]),
+            "segments",
+            id="duplicate-segment-keys",
+        ),
+        pytest.param(_body(segments=[]), "segments", id="zero-segments"),
+        pytest.param(_body(name=5), "name", id="name-not-a-string"),
+        pytest.param(_body(sticky="yes"), "sticky", id="sticky-not-a-bool"),
+        pytest.param(_body(colour="blue"), "colour", id="unknown-field"),
+        pytest.param(_body(product=_product(price=-0.01)), "product.price", id="negative-price"),
+        pytest.param(
+            _body(product=_product(url="ftp://shop.example/a")), "product.url", id="url-not-http"
+        ),
+        pytest.param(_body(name="Spring\x00launch"), "name", id="name-with-nul"),
+        pytest.param(_body(name="Spring\x1blaunch"), "name", id="name-with-escape"),
+        pytest.param(_body(name="   "), "name", id="blank-name"),
+    ],
+)
+def test_invalid_body_is_400_naming_the_field_and_stores_nothing(
+    api: Any, body: dict[str, Any], field: str
+) -> None:
+    api.create_experiment(name="Existing")
+
+    response = api.post("/v1/experiments", json=body)
+
+    assert response.status_code == 400, response.get_json()
+    error = response.get_json()
+    assert error["error"] == "invalid"
+    assert error.get("field") == field, error
+    assert error["message"]
+    assert _experiment_count(api) == 1

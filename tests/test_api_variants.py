@@ -1,0 +1,349 @@
+"""POST /v1/experiments/<id>/variants and PATCH /v1/variants/<id>: creation, review, lifecycle."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlmodel import Session, select
+
+from service.models import Segment, Variant
+
+
+def _variants_url(experiment_id: int) -> str:
+    return f"/v1/experiments/{experiment_id}/variants"
+
+
+def _segment_variants(api: Any, experiment_id: int, segment: str) -> list[dict[str, Any]]:
+    shown = api.get(f"/v1/experiments/{experiment_id}").get_json()
+    return next(s["variants"] for s in shown["segments"] if s["key"] == segment)
+
+
+def _all_variants(api: Any, experiment_id: int) -> dict[int, dict[str, Any]]:
+    shown = api.get(f"/v1/experiments/{experiment_id}").get_json()
+    return {v["id"]: v for s in shown["segments"] for v in s["variants"]}
+
+
+def _untimed(variant: dict[str, Any]) -> dict[str, Any]:
+    """A variant without its timestamps (their format is checked in test_api_experiments)."""
+    return {k: v for k, v in variant.items() if not k.endswith("_at")}
+
+
+def _ids(experiment: dict[str, Any], segment: str = "tea-lovers") -> tuple[int, int]:
+    """The (control, manual) variant ids of one of the fixture's segments."""
+    variants = next(s["variants"] for s in experiment["segments"] if s["key"] == segment)
+    control, manual = variants
+    return control["id"], manual["id"]
+
+
+def _patch(api: Any, variant_id: int, **body: Any) -> Any:
+    return api.patch(f"/v1/variants/{variant_id}", json=body)
+
+
+def _set_status(api: Any, variant_id: int, status: str) -> dict[str, Any]:
+    response = _patch(api, variant_id, status=status)
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["status"] == status
+    return response.get_json()  # type: ignore[no-any-return]
+
+
+def _assert_error(response: Any, status: int, field: str | None) -> None:
+    assert response.status_code == status, response.get_json()
+    body = response.get_json()
+    assert body["message"]
+    if field is not None:
+        assert body.get("field") == field, body
+
+
+def _pending_variant(session: Session, experiment_id: int, segment: str = "tea-lovers") -> int:
+    segment_id = session.exec(
+        select(Segment.id).where(Segment.experiment_id == experiment_id, Segment.key == segment)
+    ).one()
+    variant = Variant(
+        experiment_id=experiment_id,
+        segment_id=segment_id,
+        text="Generated: the kettle that whistles in tune.",
+        origin="generated",
+        status="pending_review",
+    )
+    session.add(variant)
+    session.commit()
+    assert variant.id is not None
+    return variant.id
+
+
+# --- POST /v1/experiments/<id>/variants -------------------------------------------------------
+
+
+def test_add_variant_defaults_to_active_manual_copy(api: Any) -> None:
+    created = api.create_experiment()
+
+    response = api.post(
+        _variants_url(created["id"]), json={"segment": "busy-parents", "text": "  Hot in 90 s.  "}
+    )
+
+    assert response.status_code == 201
+    variant = response.get_json()
+    assert isinstance(variant["id"], int)
+    assert (variant["segment"], variant["text"]) == ("busy-parents", "Hot in 90 s.")
+    assert (variant["origin"], variant["status"]) == ("manual", "active")
+    assert (variant["impressions"], variant["conversions"]) == (0, 0)
+    assert [_untimed(v) for v in _segment_variants(api, created["id"], "busy-parents")] == [
+        _untimed(variant)
+    ]
+
+
+def test_add_control_variant(api: Any) -> None:
+    created = api.create_experiment()
+
+    variant = api.add_variant(created["id"], "tea-lovers", "The Aurora kettle.", origin="control")
+
+    assert (variant["origin"], variant["status"]) == ("control", "active")
+    assert [v["origin"] for v in _segment_variants(api, created["id"], "tea-lovers")] == ["control"]
+
+
+def test_control_in_another_segment_is_allowed(api: Any) -> None:
+    created = api.create_experiment()
+    api.add_variant(created["id"], "tea-lovers", "For tea.", origin="control")
+
+    variant = api.add_variant(created["id"], "busy-parents", "For parents.", origin="control")
+
+    assert variant["origin"] == "control"
+
+
+@pytest.mark.parametrize(
+    ("path_id", "body", "status", "field"),
+    [
+        pytest.param(
+            None,
+            {"segment": "tea-lovers", "text": "A second control.", "origin": "control"},
+            409,
+            "origin",
+            id="second-control",
+        ),
+        pytest.param(None, {"segment": "coffee-fans", "text": "Hi."}, 404, "segment", id="segment"),
+        pytest.param(
+            424242, {"segment": "tea-lovers", "text": "Hi."}, 404, "experiment_id", id="experiment"
+        ),
+        pytest.param(
+            None,
+            {"segment": "tea-lovers", "text": "Hi.", "origin": "generated"},
+            400,
+            "origin",
+            id="generated-origin",
+        ),
+        pytest.param(None, {"segment": "tea-lovers", "text": ""}, 400, "text", id="empty-text"),
+        pytest.param(None, {"segment": "tea-lovers", "text": "  "}, 400, "text", id="blank-text"),
+        pytest.param(
+            None, {"segment": "tea-lovers", "text": "x" * 1001}, 400, "text", id="text-too-long"
+        ),
+    ],
+)
+def test_add_variant_refusals_store_nothing(
+    api: Any,
+    experiment: dict[str, Any],
+    path_id: int | None,
+    body: dict[str, Any],
+    status: int,
+    field: str,
+) -> None:
+    before = _all_variants(api, experiment["id"])
+
+    response = api.post(_variants_url(path_id or experiment["id"]), json=body)
+
+    _assert_error(response, status, field)
+    assert _all_variants(api, experiment["id"]) == before
+
+
+def test_text_of_exactly_1000_characters_is_accepted(api: Any) -> None:
+    created = api.create_experiment()
+
+    variant = api.add_variant(created["id"], "tea-lovers", "x" * 1000)
+
+    assert len(variant["text"]) == 1000
+
+
+# --- PATCH /v1/variants/<id>: status ----------------------------------------------------------
+
+
+def test_pause_then_reactivate(api: Any, experiment: dict[str, Any]) -> None:
+    _, manual = _ids(experiment)
+
+    paused = _set_status(api, manual, "paused")
+    active = _set_status(api, manual, "active")
+
+    assert paused["id"] == active["id"] == manual
+    assert paused["segment"] == "tea-lovers"
+    assert _all_variants(api, experiment["id"])[manual]["status"] == "active"
+
+
+def test_retire_records_the_reason(api: Any, experiment: dict[str, Any]) -> None:
+    _, manual = _ids(experiment)
+
+    response = _patch(api, manual, status="retired", reason="Off-brand tone.")
+
+    assert response.status_code == 200, response.get_json()
+    assert (response.get_json()["status"], response.get_json()["status_reason"]) == (
+        "retired",
+        "Off-brand tone.",
+    )
+    assert _all_variants(api, experiment["id"])[manual]["status"] == "retired"
+
+
+@pytest.mark.parametrize("target", ["active", "paused"])
+def test_retired_copy_never_comes_back(api: Any, experiment: dict[str, Any], target: str) -> None:
+    _, manual = _ids(experiment)
+    _set_status(api, manual, "retired")
+
+    response = _patch(api, manual, status=target)
+
+    _assert_error(response, 409, "status")
+    assert _all_variants(api, experiment["id"])[manual]["status"] == "retired"
+
+
+@pytest.mark.parametrize("target", ["paused", "retired"])
+def test_last_active_variant_cannot_leave(
+    api: Any, experiment: dict[str, Any], target: str
+) -> None:
+    control, manual = _ids(experiment)
+    _set_status(api, manual, "paused")
+
+    response = _patch(api, control, status=target)
+
+    _assert_error(response, 409, "status")
+    assert _all_variants(api, experiment["id"])[control]["status"] == "active"
+
+
+def test_same_status_is_a_no_op(api: Any, experiment: dict[str, Any]) -> None:
+    control, _ = _ids(experiment)
+    before = _all_variants(api, experiment["id"])[control]
+
+    response = _patch(api, control, status="active", reason="Still good.")
+
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["status"] == "active"
+    assert _all_variants(api, experiment["id"])[control] == before
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param({"status": "paused", "text": "New words."}, id="both"),
+        pytest.param({}, id="neither"),
+        pytest.param({"reason": "Because."}, id="reason-only"),
+    ],
+)
+def test_patch_needs_exactly_one_of_status_or_text(
+    api: Any, experiment: dict[str, Any], body: dict[str, Any]
+) -> None:
+    _, manual = _ids(experiment)
+    before = _all_variants(api, experiment["id"])
+
+    response = _patch(api, manual, **body)
+
+    _assert_error(response, 400, None)
+    assert "exactly one of status or text" in response.get_json()["message"]
+    assert _all_variants(api, experiment["id"]) == before
+
+
+def test_unknown_status_is_400(api: Any, experiment: dict[str, Any]) -> None:
+    _, manual = _ids(experiment)
+
+    _assert_error(_patch(api, manual, status="archived"), 400, "status")
+
+
+def test_active_copy_text_cannot_be_edited(api: Any, experiment: dict[str, Any]) -> None:
+    _, manual = _ids(experiment)
+    before = _all_variants(api, experiment["id"])[manual]
+
+    response = _patch(api, manual, text="Sneaky rewrite.")
+
+    _assert_error(response, 409, "text")
+    assert _all_variants(api, experiment["id"])[manual] == before
+
+
+@pytest.mark.parametrize(
+    ("variant_id", "status"),
+    [pytest.param(424242, 404, id="unknown"), pytest.param(99999999999, 400, id="over-int32")],
+)
+def test_patch_bad_variant_id(api: Any, variant_id: int, status: int) -> None:
+    _assert_error(_patch(api, variant_id, text="Hello."), status, "variant_id")
+
+
+# --- pending review ---------------------------------------------------------------------------
+
+
+def test_pending_text_can_be_edited(api: Any, session: Session, experiment: dict[str, Any]) -> None:
+    pending = _pending_variant(session, experiment["id"])
+
+    response = _patch(api, pending, text="Edited: whistles in tune.")
+
+    assert response.status_code == 200, response.get_json()
+    edited = response.get_json()
+    assert (edited["text"], edited["status"], edited["origin"]) == (
+        "Edited: whistles in tune.",
+        "pending_review",
+        "generated",
+    )
+    assert _all_variants(api, experiment["id"])[pending]["text"] == "Edited: whistles in tune."
+
+
+@pytest.mark.parametrize("decision", ["active", "rejected"])
+def test_pending_copy_is_approved_or_rejected(
+    api: Any, session: Session, experiment: dict[str, Any], decision: str
+) -> None:
+    pending = _pending_variant(session, experiment["id"])
+
+    _set_status(api, pending, decision)
+
+    assert _all_variants(api, experiment["id"])[pending]["status"] == decision
+
+
+@pytest.mark.parametrize("target", ["paused", "retired"])
+def test_pending_copy_must_be_reviewed_first(
+    api: Any, session: Session, experiment: dict[str, Any], target: str
+) -> None:
+    pending = _pending_variant(session, experiment["id"])
+
+    _assert_error(_patch(api, pending, status=target), 409, "status")
+    assert _all_variants(api, experiment["id"])[pending]["status"] == "pending_review"
+
+
+def test_rejected_copy_stays_rejected(
+    api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    pending = _pending_variant(session, experiment["id"])
+    _set_status(api, pending, "rejected")
+
+    _assert_error(_patch(api, pending, status="active"), 409, "status")
+    _assert_error(_patch(api, pending, text="Try again."), 409, "text")
+
+
+# --- serving follows status -------------------------------------------------------------------
+
+
+def _served(api: Any, experiment_id: int, n: int) -> set[int]:
+    return {api.decide(experiment_id, segment="tea-lovers")["variant_id"] for _ in range(n)}
+
+
+def test_paused_copy_is_not_served_until_reactivated(api: Any, experiment: dict[str, Any]) -> None:
+    control, manual = _ids(experiment)
+    _set_status(api, manual, "paused")
+
+    assert _served(api, experiment["id"], 50) == {control}
+
+    _set_status(api, manual, "active")
+    # The control now has 50 impressions and no conversions, so the untried copy wins nearly
+    # every draw: missing it 20 times running has a probability far below 1e-20.
+    assert manual in _served(api, experiment["id"], 20)
+
+
+def test_pending_copy_is_not_served_until_approved(
+    api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    pending = _pending_variant(session, experiment["id"])
+
+    assert pending not in _served(api, experiment["id"], 30)
+
+    _set_status(api, pending, "active")
+    assert pending in _served(api, experiment["id"], 20)

@@ -1,0 +1,202 @@
+"""GET /v1/experiments/<id>/report: counts, posterior summaries, probability best, leader."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+import pytest
+import scipy.stats
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from service.models import Variant
+
+VARIANT_FIELDS = {
+    "variant_id",
+    "text",
+    "origin",
+    "status",
+    "impressions",
+    "conversions",
+    "rate",
+    "posterior_mean",
+    "interval",
+    "prob_best",
+    "expected_loss",
+}
+
+
+def _report(api: Any, experiment_id: int) -> dict[str, Any]:
+    response = api.get(f"/v1/experiments/{experiment_id}/report")
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()  # type: ignore[no-any-return]
+
+
+def _segment(report: dict[str, Any], key: str) -> dict[str, Any]:
+    return next(s for s in report["segments"] if s["key"] == key)
+
+
+def _rows(segment: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    return {row["variant_id"]: row for row in segment["variants"]}
+
+
+def _set(session: Session, variant_id: int, **values: Any) -> None:
+    session.execute(sa.update(Variant).where(Variant.id == variant_id).values(**values))
+    session.commit()
+
+
+def _beta_interval(alpha: float, beta: float) -> list[float]:
+    return [float(x) for x in scipy.stats.beta.ppf([0.025, 0.975], alpha, beta)]
+
+
+@pytest.fixture
+def skewed(api: Any, session: Session, experiment: dict[str, Any]) -> dict[str, int]:
+    """tea-lovers: control 20/1000, manual 80/1000, a paused third 10/500. busy-parents: unused."""
+    control, manual = (v["id"] for v in experiment["segments"][0]["variants"])
+    paused = api.add_variant(experiment["id"], "tea-lovers", "Paused copy.")["id"]
+    _set(session, control, impressions=1000, conversions=20)
+    _set(session, manual, impressions=1000, conversions=80)
+    _set(session, paused, impressions=500, conversions=10, status="paused")
+    return {"experiment": experiment["id"], "control": control, "best": manual, "paused": paused}
+
+
+def test_report_shape(api: Any, experiment: dict[str, Any]) -> None:
+    report = _report(api, experiment["id"])
+
+    assert set(report) == {"experiment_id", "name", "generated_at", "segments"}
+    assert (report["experiment_id"], report["name"]) == (experiment["id"], "Spring launch")
+    assert datetime.fromisoformat(report["generated_at"]).tzinfo is not None
+    assert [s["key"] for s in report["segments"]] == ["tea-lovers", "busy-parents"]
+    for segment in report["segments"]:
+        assert set(segment) == {"key", "impressions", "conversions", "leader", "variants"}
+        assert set(segment["leader"]) == {"variant_id", "text", "prob_best"}
+        assert len(segment["variants"]) == 2
+        for row in segment["variants"]:
+            assert set(row) == VARIANT_FIELDS
+            assert len(row["interval"]) == 2
+
+
+def test_clear_winner_leads(api: Any, skewed: dict[str, int]) -> None:
+    tea = _segment(_report(api, skewed["experiment"]), "tea-lovers")
+    rows = _rows(tea)
+    best = rows[skewed["best"]]
+
+    assert tea["leader"] == {
+        "variant_id": skewed["best"],
+        "text": best["text"],
+        "prob_best": best["prob_best"],
+    }
+    assert best["prob_best"] > 0.99
+    active = [row for row in tea["variants"] if row["status"] == "active"]
+    assert math.isclose(sum(row["prob_best"] for row in active), 1.0, abs_tol=1e-9)
+    assert best["expected_loss"] == min(row["expected_loss"] for row in active)
+    assert best["expected_loss"] < rows[skewed["control"]]["expected_loss"]
+    assert (tea["impressions"], tea["conversions"]) == (2500, 110)
+
+
+def test_winner_statistics_match_its_beta_posterior(api: Any, skewed: dict[str, int]) -> None:
+    best = _rows(_segment(_report(api, skewed["experiment"]), "tea-lovers"))[skewed["best"]]
+
+    assert (best["impressions"], best["conversions"]) == (1000, 80)
+    assert best["rate"] == 0.08
+    assert best["posterior_mean"] == pytest.approx(81 / 1002, abs=1e-12)
+    lo, hi = best["interval"]
+    assert lo < 0.08 < hi
+    assert best["interval"] == pytest.approx(_beta_interval(1 + 80, 1 + 920), abs=1e-9)
+
+
+def test_variants_are_sorted_by_prob_best(api: Any, skewed: dict[str, int]) -> None:
+    tea = _segment(_report(api, skewed["experiment"]), "tea-lovers")
+
+    order = [row["variant_id"] for row in tea["variants"]]
+    assert order == [skewed["best"], skewed["control"], skewed["paused"]]
+    scores = [row["prob_best"] for row in tea["variants"] if row["prob_best"] is not None]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_paused_variant_has_no_race_statistics_but_keeps_its_counts(
+    api: Any, skewed: dict[str, int]
+) -> None:
+    paused = _rows(_segment(_report(api, skewed["experiment"]), "tea-lovers"))[skewed["paused"]]
+
+    assert paused["status"] == "paused"
+    assert (paused["prob_best"], paused["expected_loss"]) == (None, None)
+    assert (paused["impressions"], paused["conversions"], paused["rate"]) == (500, 10, 0.02)
+    assert paused["interval"] == pytest.approx(_beta_interval(1 + 10, 1 + 490), abs=1e-9)
+
+
+def test_untried_variants_have_no_rate(api: Any, skewed: dict[str, int]) -> None:
+    parents = _segment(_report(api, skewed["experiment"]), "busy-parents")
+
+    assert (parents["impressions"], parents["conversions"]) == (0, 0)
+    for row in parents["variants"]:
+        assert row["rate"] is None
+        assert row["posterior_mean"] == 0.5
+        assert row["interval"] == pytest.approx([0.025, 0.975], abs=1e-9)
+    assert math.isclose(sum(r["prob_best"] for r in parents["variants"]), 1.0, abs_tol=1e-9)
+
+
+def test_segment_without_active_variants_has_no_leader(
+    api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    for variant in experiment["segments"][0]["variants"]:
+        _set(session, variant["id"], status="paused")
+
+    tea = _segment(_report(api, experiment["id"]), "tea-lovers")
+
+    assert tea["leader"] is None
+    assert [row["prob_best"] for row in tea["variants"]] == [None, None]
+
+
+def test_segment_without_variants(api: Any) -> None:
+    created = api.create_experiment()
+
+    report = _report(api, created["id"])
+
+    assert [s["key"] for s in report["segments"]] == ["tea-lovers", "busy-parents"]
+    for segment in report["segments"]:
+        summary = (segment["impressions"], segment["conversions"], segment["leader"])
+        assert (summary, segment["variants"]) == ((0, 0, None), [])
+
+
+@pytest.mark.parametrize("experiment_id", [424242, 99999999999])
+def test_report_on_unknown_experiment(api: Any, experiment_id: int) -> None:
+    response = api.get(f"/v1/experiments/{experiment_id}/report")
+
+    assert response.status_code == (404 if experiment_id < 2**31 else 400)
+    assert response.get_json()["field"] == "experiment_id"
+
+
+def test_report_counts_real_traffic(api: Any, experiment: dict[str, Any]) -> None:
+    segments = ["tea-lovers", "busy-parents", None, "unknown-segment"]
+    decisions = [
+        api.decide(experiment["id"], **({"segment": segments[i % 4]} if segments[i % 4] else {}))
+        for i in range(20)
+    ]
+    for decision in decisions[:3]:
+        response = api.post(
+            "/v1/events",
+            key="serve",
+            json={"impression_id": decision["impression_id"], "type": "conversion"},
+        )
+        assert response.get_json()["accepted"] == 1
+
+    report = _report(api, experiment["id"])
+
+    assert sum(s["impressions"] for s in report["segments"]) == 20
+    assert sum(s["conversions"] for s in report["segments"]) == 3
+    served = Counter(d["variant_id"] for d in decisions)
+    converted = Counter(d["variant_id"] for d in decisions[:3])
+    by_segment = Counter(d["segment"] for d in decisions)
+    for segment in report["segments"]:
+        assert segment["impressions"] == by_segment[segment["key"]]
+        assert segment["impressions"] == sum(r["impressions"] for r in segment["variants"])
+        assert segment["conversions"] == sum(r["conversions"] for r in segment["variants"])
+        for row in segment["variants"]:
+            assert (row["impressions"], row["conversions"]) == (
+                served[row["variant_id"]],
+                converted[row["variant_id"]],
+            )
