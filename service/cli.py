@@ -63,7 +63,9 @@ def seed_demo_command() -> None:
 def init() -> None:
     """First-run set-up: migrate, seed the demo, and print an admin key if none exists."""
     settings = _settings()
-    migrations.upgrade(make_engine(settings))
+    engine = make_engine(settings)
+    migrations.upgrade(engine)
+    click.echo(f"database migrated: {engine.url.render_as_string(hide_password=True)}")
     with _session(settings) as session:
         experiment = seed_demo(session=session)
         if experiment is not None:

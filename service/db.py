@@ -70,4 +70,6 @@ def insert_for(session: Session) -> Any:
 
 def rows_changed(session: Session, statement: sa.Executable) -> int:
     """How many rows an UPDATE matched, or an INSERT wrote (0 when ON CONFLICT skipped it)."""
-    return cast("sa.CursorResult[Any]", session.execute(statement)).rowcount
+    # Without preserve_rowcount, SQLAlchemy 2.1 reports -1 for a psycopg INSERT.
+    result = session.execute(statement, execution_options={"preserve_rowcount": True})
+    return cast("sa.CursorResult[Any]", result).rowcount

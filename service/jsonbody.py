@@ -55,8 +55,9 @@ def parse_json_body() -> None:
     try:
         request.get_json()  # parsed once here; the validation layer reads the cached result
     except BadRequest as exc:
+        # The parser's ValueError says where the JSON broke; werkzeug's wrappers do not.
         cause: BaseException = exc
-        while cause.__context__ is not None:  # the parser's own message is the useful one
+        while not isinstance(cause, ValueError) and cause.__context__ is not None:
             cause = cause.__context__
         raise InvalidInput(
             f"malformed JSON: {cause}", field="body", code="malformed_json"

@@ -121,7 +121,9 @@ class SnapshotCache:
             beta = np.array([v.prior_beta + v.impressions - v.conversions for v in variants])
             with self._lock:
                 policy = BetaBernoulliTS(len(variants), alpha=alpha, beta=beta, rng=self._rng)
-                propensities = policy.propensities(self._samples)
+                # Floored at the Monte-Carlo resolution: an arm that won no simulated draw can
+                # still win a real one, and a recorded propensity of 0 breaks IPS estimators.
+                propensities = np.maximum(policy.propensities(self._samples), 1 / self._samples)
         return SegmentArms(
             segment_id=segment.id,  # type: ignore[arg-type]
             key=segment.key,

@@ -96,3 +96,15 @@ def test_view_carries_propensities_and_default_segment(
 def test_unknown_experiment_is_not_found(cache: SnapshotCache, session: Session) -> None:
     with pytest.raises(NotFound):
         cache.get(session=session, experiment_id=4242)
+
+
+def test_propensities_never_record_zero(
+    cache: SnapshotCache, session: Session, experiment: dict[str, Any]
+) -> None:
+    """An arm that wins no simulated draw can still win a real one; IPS must not divide by 0."""
+    strong, weak = (v["id"] for v in experiment["segments"][0]["variants"])
+    _set_counters(session, strong, impressions=10_000, conversions=5_000)
+    _set_counters(session, weak, impressions=10_000, conversions=10)
+    arms = cache.get(session=session, experiment_id=experiment["id"]).segment("tea-lovers")
+    assert arms.propensities[0] > 0.99
+    assert arms.propensities[1] == 1 / 1000

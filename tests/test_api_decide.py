@@ -1,0 +1,306 @@
+"""POST /v1/decide: the answer, the impression row behind it, stickiness and propensities."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from service.decisions import POLICY_STICKY, POLICY_THOMPSON
+from service.models import Assignment, Impression, Segment, Variant
+
+HEX32 = re.compile(r"[0-9a-f]{32}")
+HEX64 = re.compile(r"[0-9a-f]{64}")
+MISSING = object()
+
+
+def _variants(experiment: dict[str, Any], segment: str) -> dict[int, str]:
+    """Active variant id -> text, for one segment of an experiment as the API shows it."""
+    found = next(s for s in experiment["segments"] if s["key"] == segment)
+    return {v["id"]: v["text"] for v in found["variants"] if v["status"] == "active"}
+
+
+def _impressions_by_variant(session: Session) -> dict[int, int]:
+    rows = session.exec(select(Variant.id, Variant.impressions)).all()
+    return {variant_id: count for variant_id, count in rows if variant_id}
+
+
+def _impression_rows(session: Session, ids: Sequence[str]) -> list[Impression]:
+    """The rows for `ids`, in the order given, read fresh from the database."""
+    query = select(Impression).where(col(Impression.id).in_(ids))
+    rows = {row.id: row for row in session.exec(query.execution_options(populate_existing=True))}
+    return [rows[i] for i in ids]
+
+
+def _segment_id(session: Session, experiment_id: int, key: str) -> int:
+    query = select(Segment.id).where(Segment.experiment_id == experiment_id, Segment.key == key)
+    segment_id = session.exec(query).one()
+    assert segment_id is not None
+    return segment_id
+
+
+def _post_decide(api: Any, body: dict[str, Any]) -> Any:
+    return api.post("/v1/decide", json=body, key="serve")
+
+
+def _sticky_experiment(api: Any) -> dict[str, Any]:
+    created = api.create_experiment(name="Sticky launch", sticky=True)
+    api.add_variant(created["id"], "tea-lovers", "Steep it right.", origin="control")
+    api.add_variant(created["id"], "tea-lovers", "Tea at the perfect temperature.")
+    api.add_variant(created["id"], "tea-lovers", "Your kettle, your ritual.")
+    return api.get(f"/v1/experiments/{created['id']}").get_json()
+
+
+# --- one decision ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("segment", ["tea-lovers", "busy-parents"])
+def test_decision_answers_and_records_its_impression(
+    api: Any, app: Any, session: Session, experiment: dict[str, Any], segment: str
+) -> None:
+    user_id = "shopper-4711@example.com"
+    before = _impressions_by_variant(session)
+
+    decision = api.decide(experiment["id"], segment=segment, user_id=user_id)
+
+    assert set(decision) == {"impression_id", "variant_id", "text", "segment", "propensity"}
+    assert HEX32.fullmatch(decision["impression_id"])
+    variants = _variants(experiment, segment)
+    assert decision["variant_id"] in variants
+    assert decision["text"] == variants[decision["variant_id"]]
+    assert decision["segment"] == segment
+    assert 0 < decision["propensity"] <= 1
+
+    [row] = _impression_rows(session, [decision["impression_id"]])
+    assert row.experiment_id == experiment["id"]
+    assert row.segment_id == _segment_id(session, experiment["id"], segment)
+    assert row.variant_id == decision["variant_id"]
+    assert row.propensity == pytest.approx(decision["propensity"])
+    assert row.policy == POLICY_THOMPSON
+    key = app.extensions["copybandit.settings"].user_id_key
+    assert row.user_hash == hmac.new(key.encode(), user_id.encode(), hashlib.sha256).hexdigest()
+    assert HEX64.fullmatch(row.user_hash or "")
+    assert not any(user_id in str(value) for value in row.model_dump().values())
+
+    after = _impressions_by_variant(session)
+    assert after == {**before, decision["variant_id"]: before[decision["variant_id"]] + 1}
+
+
+def test_decision_without_user_id_stores_no_hash(
+    api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    decision = api.decide(experiment["id"], segment="tea-lovers")
+    [row] = _impression_rows(session, [decision["impression_id"]])
+    assert row.user_hash is None
+
+
+def test_each_decision_adds_exactly_one_impression(
+    api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    decisions = [
+        api.decide(experiment["id"], segment=("tea-lovers", "busy-parents")[i % 2])
+        for i in range(20)
+    ]
+    ids = [d["impression_id"] for d in decisions]
+    assert len(set(ids)) == 20
+    rows = _impression_rows(session, ids)
+    assert [r.variant_id for r in rows] == [d["variant_id"] for d in decisions]
+    counters = _impressions_by_variant(session)
+    assert sum(counters.values()) == 20
+    assert counters == {v: Counter(r.variant_id for r in rows)[v] for v in counters}
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{}, {"segment": None}, {"segment": "no-such-segment"}, {"segment": "TEA-LOVERS"}],
+    ids=["missing", "null", "unknown", "wrong-case"],
+)
+def test_unknown_or_missing_segment_falls_back_to_the_first(
+    api: Any, session: Session, experiment: dict[str, Any], fields: dict[str, Any]
+) -> None:
+    decision = api.decide(experiment["id"], **fields)
+    assert decision["segment"] == "tea-lovers"
+    assert decision["variant_id"] in _variants(experiment, "tea-lovers")
+    [row] = _impression_rows(session, [decision["impression_id"]])
+    assert row.segment_id == _segment_id(session, experiment["id"], "tea-lovers")
+
+
+# --- refusals ----------------------------------------------------------------------------------
+
+
+def _assert_refused(response: Any, status: int, error: str, field: str | None) -> None:
+    assert response.status_code == status, response.get_json()
+    body = response.get_json()
+    assert body["error"] == error
+    assert body.get("field") == field
+    assert body["message"]
+
+
+def test_unknown_experiment_is_404(api: Any, session: Session, experiment: dict[str, Any]) -> None:
+    response = _post_decide(api, {"experiment": experiment["id"] + 1000, "segment": "tea-lovers"})
+    _assert_refused(response, 404, "not_found", "experiment")
+    assert sum(_impressions_by_variant(session).values()) == 0
+
+
+def test_segment_without_active_variants_is_409(api: Any, session: Session) -> None:
+    created = api.create_experiment(name="Nothing to serve yet")
+    response = _post_decide(api, {"experiment": created["id"], "segment": "busy-parents"})
+    _assert_refused(response, 409, "no_active_variant", "segment")
+    assert session.exec(select(sa.func.count()).select_from(Impression)).one() == 0
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"experiment": "1"}, "experiment"),
+        ({"experiment": 1.0}, "experiment"),
+        ({"experiment": True}, "experiment"),
+        ({"experiment": 0}, "experiment"),
+        ({"experiment": -1}, "experiment"),
+        ({"experiment": 2**31}, "experiment"),
+        ({"experiment": 2**40}, "experiment"),
+        ({"experiment": MISSING}, "experiment"),
+        ({"user_id": ""}, "user_id"),
+        ({"user_id": 42}, "user_id"),
+        ({"user_id": "u" * 257}, "user_id"),
+        ({"segment": ["tea-lovers"]}, "segment"),
+        ({"colour": "red"}, "colour"),
+    ],
+    ids=[
+        "experiment-string",
+        "experiment-float",
+        "experiment-bool",
+        "experiment-zero",
+        "experiment-negative",
+        "experiment-2**31",
+        "experiment-2**40",
+        "experiment-missing",
+        "user-id-empty",
+        "user-id-number",
+        "user-id-too-long",
+        "segment-list",
+        "unknown-field",
+    ],
+)
+def test_bad_bodies_are_400_and_record_nothing(
+    api: Any,
+    session: Session,
+    experiment: dict[str, Any],
+    fields: dict[str, Any],
+    field: str,
+) -> None:
+    body = {"experiment": experiment["id"], **fields}
+    body = {name: value for name, value in body.items() if value is not MISSING}
+    response = _post_decide(api, body)
+    _assert_refused(response, 400, "invalid", field)
+    assert sum(_impressions_by_variant(session).values()) == 0
+
+
+# --- stickiness --------------------------------------------------------------------------------
+
+
+def _decide_many(api: Any, experiment_id: int, user_id: str, times: int) -> list[dict[str, Any]]:
+    return [api.decide(experiment_id, segment="tea-lovers", user_id=user_id) for _ in range(times)]
+
+
+def test_sticky_user_keeps_one_variant(api: Any, session: Session) -> None:
+    experiment = _sticky_experiment(api)
+    decisions = _decide_many(api, experiment["id"], "loyal-customer", 25)
+
+    assert len({d["variant_id"] for d in decisions}) == 1
+    rows = _impression_rows(session, [d["impression_id"] for d in decisions])
+    assert [r.policy for r in rows] == [POLICY_THOMPSON] + [POLICY_STICKY] * 24
+    assert len({r.propensity for r in rows}) == 1
+    assert len({r.user_hash for r in rows}) == 1
+    assignment = session.exec(select(Assignment)).one()
+    assert assignment.variant_id == decisions[0]["variant_id"]
+    assert "loyal-customer" not in str(assignment.model_dump())
+
+
+def test_sticky_users_are_spread_over_variants(api: Any) -> None:
+    experiment = _sticky_experiment(api)
+    first = {
+        user: api.decide(experiment["id"], segment="tea-lovers", user_id=user)["variant_id"]
+        for user in (f"user-{n}" for n in range(40))
+    }
+    assert len(set(first.values())) > 1
+    again = {
+        user: api.decide(experiment["id"], segment="tea-lovers", user_id=user)["variant_id"]
+        for user in first
+    }
+    assert again == first
+
+
+def _pause(api: Any, session: Session, variant_id: int, via: str) -> None:
+    if via == "patch":
+        response = api.patch(f"/v1/variants/{variant_id}", json={"status": "paused"})
+        assert response.status_code == 200, response.get_json()
+        assert response.get_json()["status"] == "paused"
+        return
+    # The same change behind the API's back: with a snapshot TTL of 0 the next decision sees it.
+    session.execute(sa.update(Variant).where(col(Variant.id) == variant_id).values(status="paused"))
+    session.commit()
+
+
+@pytest.mark.parametrize("via", ["patch", "database"])
+def test_sticky_user_moves_when_their_variant_is_paused(
+    api: Any, session: Session, via: str
+) -> None:
+    experiment = _sticky_experiment(api)
+    [before] = _decide_many(api, experiment["id"], "moving-customer", 1)
+
+    _pause(api, session, before["variant_id"], via)
+
+    decisions = _decide_many(api, experiment["id"], "moving-customer", 10)
+    moved_to = decisions[0]["variant_id"]
+    assert moved_to != before["variant_id"]
+    assert moved_to in _variants(experiment, "tea-lovers")
+    assert {d["variant_id"] for d in decisions} == {moved_to}
+    rows = _impression_rows(session, [d["impression_id"] for d in decisions])
+    assert [r.policy for r in rows] == [POLICY_THOMPSON] + [POLICY_STICKY] * 9
+    assert session.exec(select(Assignment.variant_id)).one() == moved_to
+
+
+def test_non_sticky_user_sees_more_than_one_variant(
+    api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    decisions = _decide_many(api, experiment["id"], "curious-customer", 60)
+    assert len({d["variant_id"] for d in decisions}) > 1
+    rows = _impression_rows(session, [d["impression_id"] for d in decisions])
+    assert {r.policy for r in rows} == {POLICY_THOMPSON}
+    assert session.exec(select(sa.func.count()).select_from(Assignment)).one() == 0
+
+
+# --- propensities ------------------------------------------------------------------------------
+
+
+def test_clear_winner_gets_almost_every_decision_with_high_propensity(
+    api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    better, worse = _variants(experiment, "tea-lovers")
+    for variant_id, conversions in ((better, 200), (worse, 10)):
+        session.execute(
+            sa.update(Variant)
+            .where(col(Variant.id) == variant_id)
+            .values(impressions=1000, conversions=conversions)
+        )
+    session.commit()
+
+    decisions = [api.decide(experiment["id"], segment="tea-lovers") for _ in range(50)]
+
+    chosen = Counter(d["variant_id"] for d in decisions)
+    assert chosen[better] >= 48
+    rows = _impression_rows(session, [d["impression_id"] for d in decisions])
+    for decision, row in zip(decisions, rows, strict=True):
+        assert row.propensity == pytest.approx(decision["propensity"])
+        assert 0 < row.propensity <= 1
+        if row.variant_id == better:
+            assert row.propensity > 0.95
+    assert _impressions_by_variant(session)[better] == 1000 + chosen[better]

@@ -1,0 +1,304 @@
+"""POST /v1/events: conversions are stored once per impression and counted exactly once."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from service.identity import new_impression_id
+from service.models import Event, Impression, Variant
+from service.schemas import MAX_BATCH_EVENTS
+
+UNKNOWN = "f" * 32
+
+
+def _send(api: Any, body: dict[str, Any]) -> Any:
+    return api.post("/v1/events", json=body, key="serve")
+
+
+def _conversion(impression_id: str, **fields: Any) -> dict[str, Any]:
+    return {"impression_id": impression_id, "type": "conversion", **fields}
+
+
+def _outcome(accepted: int = 0, duplicate: int = 0, rejected: int = 0) -> dict[str, Any]:
+    return {"accepted": accepted, "duplicate": duplicate, "rejected": rejected}
+
+
+def _stored(session: Session) -> tuple[Counter[int], dict[int, int]]:
+    """Event rows per variant, and every variant's conversion counter."""
+    events = session.exec(select(Event.variant_id)).all()
+    counters = session.exec(select(Variant.id, Variant.conversions)).all()
+    return Counter(events), {variant_id: n for variant_id, n in counters if variant_id}
+
+
+def _assert_counters_match_rows(session: Session) -> Counter[int]:
+    events, counters = _stored(session)
+    assert counters == {variant_id: events[variant_id] for variant_id in counters}
+    return events
+
+
+@pytest.fixture
+def decisions(api: Any, experiment: dict[str, Any]) -> list[dict[str, Any]]:
+    """Eight impressions spread over both segments of the experiment."""
+    segments = ("tea-lovers", "busy-parents")
+    return [api.decide(experiment["id"], segment=segments[i % 2]) for i in range(8)]
+
+
+def _ids(decisions: list[dict[str, Any]]) -> list[str]:
+    return [d["impression_id"] for d in decisions]
+
+
+# --- single events -----------------------------------------------------------------------------
+
+
+def test_single_conversion_is_stored_and_counted(
+    api: Any, session: Session, decisions: list[dict[str, Any]]
+) -> None:
+    decision = decisions[3]
+    response = _send(api, _conversion(decision["impression_id"], value=49.0, event_id="order-1"))
+
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json() == {**_outcome(accepted=1), "rejections": []}
+    event = session.exec(select(Event)).one()
+    assert (event.impression_id, event.variant_id) == (
+        decision["impression_id"],
+        decision["variant_id"],
+    )
+    assert (event.type, event.value, event.event_id) == ("conversion", 49.0, "order-1")
+    assert _assert_counters_match_rows(session) == {decision["variant_id"]: 1}
+
+
+@pytest.mark.parametrize(
+    "retry",
+    [{"event_id": "order-1"}, {"event_id": "order-2"}, {}],
+    ids=["same-event-id", "other-event-id", "no-event-id"],
+)
+def test_an_impression_converts_at_most_once(
+    api: Any, session: Session, decisions: list[dict[str, Any]], retry: dict[str, Any]
+) -> None:
+    impression_id = decisions[0]["impression_id"]
+    assert _send(api, _conversion(impression_id, event_id="order-1")).status_code == 200
+
+    response = _send(api, _conversion(impression_id, **retry))
+
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json() == {**_outcome(duplicate=1), "rejections": []}
+    assert _assert_counters_match_rows(session) == {decisions[0]["variant_id"]: 1}
+
+
+def test_event_id_reused_for_another_impression_is_a_duplicate(
+    api: Any, session: Session, decisions: list[dict[str, Any]]
+) -> None:
+    first, second = _ids(decisions)[:2]
+    assert _send(api, _conversion(first, event_id="order-9")).get_json()["accepted"] == 1
+    response = _send(api, _conversion(second, event_id="order-9"))
+    assert response.get_json() == {**_outcome(duplicate=1), "rejections": []}
+    assert session.exec(select(Event.impression_id)).all() == [first]
+    _assert_counters_match_rows(session)
+
+
+def test_unknown_impression_is_404_and_stores_nothing(
+    api: Any, session: Session, decisions: list[dict[str, Any]]
+) -> None:
+    response = _send(api, _conversion(UNKNOWN, event_id="order-x"))
+    assert response.status_code == 404
+    body = response.get_json()
+    assert (body["error"], body["field"]) == ("not_found", "impression_id")
+    assert sum(_assert_counters_match_rows(session).values()) == 0
+
+
+# --- batches -----------------------------------------------------------------------------------
+
+
+def test_batch_counts_new_repeated_stored_and_unknown_events(
+    api: Any, session: Session, decisions: list[dict[str, Any]]
+) -> None:
+    a, b, c, d, e = _ids(decisions)[:5]
+    assert _send(api, _conversion(a, event_id="ev-a")).get_json()["accepted"] == 1
+    batch = [
+        _conversion(b, event_id="ev-b", value=10.0),  # 0 new
+        _conversion(c),  # 1 new, no event_id
+        _conversion(b, event_id="ev-b"),  # 2 repeated in batch (same event)
+        _conversion(b, event_id="ev-b2"),  # 3 repeated impression, new event_id
+        _conversion(a, event_id="ev-a"),  # 4 stored already
+        _conversion(a, event_id="ev-a2"),  # 5 stored impression, new event_id
+        _conversion(UNKNOWN, event_id="ev-u"),  # 6 unknown impression
+        _conversion(d, event_id="ev-b"),  # 7 event_id used earlier in this batch
+        _conversion(e, event_id="ev-e"),  # 8 new
+        _conversion("0" * 32),  # 9 unknown impression
+    ]
+
+    response = _send(api, {"events": batch})
+
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert {k: body[k] for k in ("accepted", "duplicate", "rejected")} == _outcome(3, 5, 2)
+    assert [(r["index"], r["field"]) for r in body["rejections"]] == [
+        (6, "impression_id"),
+        (9, "impression_id"),
+    ]
+    assert sorted(session.exec(select(Event.impression_id)).all()) == sorted([a, b, c, e])
+    events = _assert_counters_match_rows(session)
+    variant_of = {x["impression_id"]: x["variant_id"] for x in decisions}
+    assert events == Counter(variant_of[i] for i in (a, b, c, e))
+
+
+def test_replaying_a_whole_batch_counts_nothing_twice(
+    api: Any, session: Session, decisions: list[dict[str, Any]]
+) -> None:
+    batch = {"events": [_conversion(i, event_id=f"ev-{i}") for i in _ids(decisions)]}
+    first = _send(api, batch).get_json()
+    again = _send(api, batch).get_json()
+    assert first == {**_outcome(accepted=8), "rejections": []}
+    assert again == {**_outcome(duplicate=8), "rejections": []}
+    assert sum(_assert_counters_match_rows(session).values()) == 8
+
+
+def _insert_impressions(session: Session, experiment_id: int, n: int) -> list[str]:
+    """`n` impressions spread over the experiment's active variants, with matching counters."""
+    variants = session.exec(
+        select(Variant.id, Variant.segment_id).where(Variant.experiment_id == experiment_id)
+    ).all()
+    ids = [new_impression_id() for _ in range(n)]
+    rows = [
+        {
+            "id": impression_id,
+            "experiment_id": experiment_id,
+            "segment_id": variants[i % len(variants)][1],
+            "variant_id": variants[i % len(variants)][0],
+            "propensity": 0.5,
+            "policy": "thompson-v1",
+        }
+        for i, impression_id in enumerate(ids)
+    ]
+    session.execute(sa.insert(Impression), rows)
+    for variant_id, count in Counter(row["variant_id"] for row in rows).items():
+        session.execute(
+            sa.update(Variant)
+            .where(col(Variant.id) == variant_id)
+            .values(impressions=Variant.impressions + count)
+        )
+    session.commit()
+    return ids
+
+
+def test_batch_of_the_maximum_size_is_accepted(
+    api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    ids = _insert_impressions(session, experiment["id"], MAX_BATCH_EVENTS)
+    assert len(set(ids)) == MAX_BATCH_EVENTS
+    response = _send(api, {"events": [_conversion(i, event_id=f"e{n}") for n, i in enumerate(ids)]})
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json() == {**_outcome(accepted=MAX_BATCH_EVENTS), "rejections": []}
+    events = _assert_counters_match_rows(session)
+    assert sum(events.values()) == MAX_BATCH_EVENTS
+    assert len(events) == 4
+
+
+def test_batch_over_the_maximum_is_400_and_stores_nothing(
+    api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    ids = _insert_impressions(session, experiment["id"], MAX_BATCH_EVENTS + 1)
+    response = _send(api, {"events": [_conversion(i) for i in ids]})
+    assert response.status_code == 400
+    assert (response.get_json()["error"], response.get_json()["field"]) == ("invalid", "events")
+    assert sum(_assert_counters_match_rows(session).values()) == 0
+
+
+# --- refused bodies ----------------------------------------------------------------------------
+
+IMPRESSION = "<impression>"
+
+
+def _fill(value: Any, impression_id: str) -> Any:
+    """`value` with every IMPRESSION placeholder replaced by a real impression id."""
+    if value == IMPRESSION:
+        return impression_id
+    if isinstance(value, dict):
+        return {k: _fill(v, impression_id) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, impression_id) for v in value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"impression_id": IMPRESSION, "type": "click"}, "type"),
+        ({"impression_id": IMPRESSION}, None),
+        ({"impression_id": IMPRESSION, "type": "conversion", "value": -1}, "value"),
+        ({"impression_id": IMPRESSION, "type": "conversion", "value": "12.5"}, "value"),
+        ({"impression_id": IMPRESSION, "type": "conversion", "value": 1e13}, "value"),
+        ({"impression_id": "abc123", "type": "conversion"}, "impression_id"),
+        ({"impression_id": "A" * 32, "type": "conversion"}, "impression_id"),
+        ({"impression_id": "a" * 33, "type": "conversion"}, "impression_id"),
+        ({"impression_id": IMPRESSION, "type": "conversion", "event_id": ""}, "event_id"),
+        ({"impression_id": IMPRESSION, "type": "conversion", "event_id": "x" * 129}, "event_id"),
+        ({"impression_id": IMPRESSION, "type": "conversion", "event_id": 7}, "event_id"),
+        ({"impression_id": IMPRESSION, "type": "conversion", "extra": 1}, "extra"),
+        (
+            {
+                "impression_id": IMPRESSION,
+                "type": "conversion",
+                "events": [{"impression_id": IMPRESSION, "type": "conversion"}],
+            },
+            None,
+        ),
+        ({"events": []}, "events"),
+        ({"events": {"impression_id": IMPRESSION, "type": "conversion"}}, "events"),
+        ({"events": [{"impression_id": IMPRESSION, "type": "click"}]}, "events.0.type"),
+        (
+            {
+                "events": [
+                    {"impression_id": IMPRESSION, "type": "conversion", "event_id": "ok"},
+                    {"impression_id": IMPRESSION, "type": "conversion", "value": -5},
+                ]
+            },
+            "events.1.value",
+        ),
+        ({}, None),
+    ],
+    ids=[
+        "type-click",
+        "type-missing",
+        "value-negative",
+        "value-string",
+        "value-too-large",
+        "impression-short",
+        "impression-uppercase",
+        "impression-long",
+        "event-id-empty",
+        "event-id-too-long",
+        "event-id-number",
+        "unknown-field",
+        "single-and-batch",
+        "batch-empty",
+        "batch-not-a-list",
+        "batch-type-click",
+        "batch-one-bad-of-two",
+        "empty-object",
+    ],
+)
+def test_bad_events_are_400_and_change_nothing(
+    api: Any,
+    session: Session,
+    decisions: list[dict[str, Any]],
+    body: dict[str, Any],
+    field: str | None,
+) -> None:
+    # One conversion already stored, so "unchanged" is checked against non-zero counters.
+    assert _send(api, _conversion(decisions[1]["impression_id"])).status_code == 200
+    before = _stored(session)
+
+    response = _send(api, _fill(body, decisions[0]["impression_id"]))
+
+    assert response.status_code == 400, response.get_json()
+    error = response.get_json()
+    assert error["error"] == "invalid"
+    assert error.get("field") == field
+    assert error["message"]
+    assert _stored(session) == before

@@ -1,0 +1,299 @@
+"""Hostile and odd request bodies: refused with a JSON error and no change, or stored exactly."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from sqlmodel import Session, func, select
+
+from service.models import Assignment, Event, Experiment, Impression, Segment, Variant
+
+PATHS = ["/v1/decide", "/v1/events", "/v1/experiments"]
+MIB = 1024 * 1024
+EXPERIMENT = "<experiment>"
+IMPRESSION = "<impression>"
+
+
+def _snapshot(session: Session) -> dict[str, Any]:
+    """Row counts of every stored table and each variant's counters and text."""
+    counts = {
+        model.__name__: session.exec(select(func.count()).select_from(model)).one()
+        for model in (Experiment, Segment, Variant, Impression, Event, Assignment)
+    }
+    variants = session.exec(
+        select(Variant.id, Variant.impressions, Variant.conversions, Variant.text)
+    ).all()
+    return {**counts, "variants": sorted(tuple(v) for v in variants)}
+
+
+def _assert_json_error(response: Any, status: int, error: str | None = None) -> dict[str, Any]:
+    text = response.get_data(as_text=True)
+    assert response.status_code == status, text[:500]
+    assert response.mimetype == "application/json"
+    body: dict[str, Any] = json.loads(text)
+    assert {"error", "message"} <= set(body)
+    assert isinstance(body["message"], str)
+    assert body["message"]
+    for leak in ("Traceback", "sqlalchemy", 'File "'):
+        assert leak not in text
+    if error is not None:
+        assert body["error"] == error
+    return body
+
+
+class Raw:
+    """Requests with an exact body and content type, authorised with the admin key."""
+
+    def __init__(self, api: Any, session: Session, experiment: dict[str, Any]) -> None:
+        self.client = api.client
+        self.session = session
+        self.key = api.keys["admin"]
+        self.experiment_id = experiment["id"]
+        # A fresh, unconverted impression: a body that slipped through would convert it.
+        self.impression_id = api.decide(experiment["id"])["impression_id"]
+        # A stored conversion too, so the counters compared are not all zero.
+        converted = api.decide(experiment["id"])["impression_id"]
+        api.post("/v1/events", json={"impression_id": converted, "type": "conversion"})
+
+    def post(
+        self, path: str, data: str | bytes | None, content_type: str | None = "application/json"
+    ) -> Any:
+        headers = {"Authorization": f"Bearer {self.key}"}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        if isinstance(data, str):
+            data = data.replace(EXPERIMENT, str(self.experiment_id))
+            data = data.replace(IMPRESSION, self.impression_id)
+        path = path.replace(EXPERIMENT, str(self.experiment_id))
+        return self.client.post(path, data=data, headers=headers)
+
+    def refused(
+        self,
+        path: str,
+        data: str | bytes | None,
+        status: int,
+        error: str | None = None,
+        content_type: str | None = "application/json",
+    ) -> dict[str, Any]:
+        """Post, check the JSON error, check that nothing stored changed; return the error."""
+        before = _snapshot(self.session)
+        body = _assert_json_error(self.post(path, data, content_type), status, error)
+        assert _snapshot(self.session) == before
+        return body
+
+
+@pytest.fixture
+def raw(api: Any, session: Session, experiment: dict[str, Any]) -> Raw:
+    return Raw(api, session, experiment)
+
+
+def _deep(levels: int) -> str:
+    return '{"experiment": ' + "[" * levels + "]" * levels + "}"
+
+
+def _event_with_value(literal: str) -> str:
+    return f'{{"impression_id": "{IMPRESSION}", "type": "conversion", "value": {literal}}}'
+
+
+def _each_path(data: str) -> list[Any]:
+    return [pytest.param(path, data, id=path.rsplit("/", 1)[-1]) for path in PATHS]
+
+
+# --- refused before any view runs ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("path", "data"), _each_path('{"experiment": 1,'))
+def test_malformed_json_is_400(raw: Raw, path: str, data: str) -> None:
+    body = raw.refused(path, data, 400, "malformed_json")
+    assert body["field"] == "body"
+    # The parser's own words, saying where the JSON broke.
+    assert "Expecting property name" in body["message"] and "line 1" in body["message"]
+
+
+@pytest.mark.parametrize(("path", "data"), _each_path('{"experiment": <experiment>}'))
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
+def test_non_json_content_type_is_415(raw: Raw, path: str, data: str, content_type: str) -> None:
+    body = raw.refused(path, data, 415, "unsupported_media_type", content_type)
+    assert body["field"] == "Content-Type"
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(
+    ("content_type", "status", "error"),
+    [(None, 415, "unsupported_media_type"), ("application/json", 400, "malformed_json")],
+    ids=["no-content-type", "json-content-type"],
+)
+def test_missing_body_is_refused(
+    raw: Raw, path: str, content_type: str | None, status: int, error: str
+) -> None:
+    body = raw.refused(path, None, status, error, content_type)
+    if error == "malformed_json":
+        assert body["message"] == "malformed JSON: Expecting value: line 1 column 1 (char 0)"
+
+
+@pytest.mark.parametrize(("path", "data"), _each_path(json.dumps({"text": "x" * (2 * MIB)})))
+def test_body_over_one_mib_is_413(raw: Raw, path: str, data: str) -> None:
+    raw.refused(path, data, 413, "payload_too_large")
+
+
+@pytest.mark.parametrize(
+    ("path", "data"),
+    [
+        ("/v1/decide", _deep(100_000)),
+        ("/v1/events", '{"events": ' + '{"a": ' * 100_000 + "1" + "}" * 100_001),
+        ("/v1/experiments", "[" * 100_000 + "]" * 100_000),
+        ("/v1/decide", '{"experiment": 1, "experiment": 2}'),
+        ("/v1/experiments", '{"name": "A", "name": "B"}'),
+        ("/v1/events", _event_with_value("NaN")),
+        ("/v1/events", _event_with_value("Infinity")),
+        ("/v1/events", _event_with_value("-Infinity")),
+        ("/v1/decide", b'{"experiment": 1, "user_id": "\xff\xfe"}'),
+        ("/v1/decide", '{"experiment": ' + "9" * 5000 + "}"),
+    ],
+    ids=[
+        "deep-arrays",
+        "deep-objects",
+        "deep-top-level",
+        "duplicate-key-decide",
+        "duplicate-key-experiments",
+        "nan",
+        "infinity",
+        "minus-infinity",
+        "invalid-utf8",
+        "5000-digit-integer",
+    ],
+)
+def test_ambiguous_or_hostile_json_is_400(raw: Raw, path: str, data: str | bytes) -> None:
+    assert raw.refused(path, data, 400, "malformed_json")["field"] == "body"
+
+
+@pytest.mark.parametrize("data", ["[]", '[{"experiment": 1}]', '"text"', "42", "null", "true"])
+@pytest.mark.parametrize("path", PATHS)
+def test_a_body_that_is_not_an_object_is_400(raw: Raw, path: str, data: str) -> None:
+    raw.refused(path, data, 400)
+
+
+@pytest.mark.parametrize(
+    ("path", "data", "field"),
+    [
+        ("/v1/decide", _deep(200), "experiment"),
+        ("/v1/decide", '{"experiment": 1e400}', "experiment"),
+        ("/v1/decide", '{"experiment": 99999999999999999999999}', "experiment"),
+        ("/v1/decide", '{"experiment": <experiment>, "user_id": "\\ud800"}', "user_id"),
+        ("/v1/events", _event_with_value("1e400"), "value"),
+    ],
+    ids=[
+        "nested-200",
+        "float-overflow",
+        "huge-integer",
+        "lone-surrogate-user-id",
+        "value-overflow",
+    ],
+)
+def test_parseable_but_unusable_values_are_400_naming_the_field(
+    raw: Raw, path: str, data: str, field: str
+) -> None:
+    """Bodies Python's parser accepts reach the validator, which must refuse them as data."""
+    assert raw.refused(path, data, 400, "invalid")["field"] == field
+
+
+# --- unstorable characters -------------------------------------------------------------------
+
+
+def _experiment_body(**changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "name": "Autumn launch",
+        "product": {"name": "Aurora kettle", "description": "A 1.7 l glass kettle."},
+        "segments": [{"key": "tea-lovers", "description": "Brew loose-leaf tea daily."}],
+    }
+    for dotted, value in changes.items():
+        *parents, last = dotted.split("__")
+        target: Any = body
+        for part in parents:
+            target = target[int(part)] if part.isdigit() else target[part]
+        target[last] = value
+    return body
+
+
+@pytest.mark.parametrize(
+    "char", ["\x00", "\x07", "\x1b", "\x7f", "\ud800"], ids=lambda char: f"U+{ord(char):04X}"
+)
+@pytest.mark.parametrize(
+    ("path", "make_body", "field"),
+    [
+        (
+            "/v1/experiments/<experiment>/variants",
+            lambda text: {"segment": "tea-lovers", "text": text},
+            "text",
+        ),
+        ("/v1/experiments", lambda text: _experiment_body(name=text), "name"),
+        (
+            "/v1/experiments",
+            lambda text: _experiment_body(segments__0__description=text),
+            "segments.0.description",
+        ),
+        (
+            "/v1/experiments",
+            lambda text: _experiment_body(product__description=text),
+            "product.description",
+        ),
+        (
+            "/v1/events",
+            lambda text: {"impression_id": IMPRESSION, "type": "conversion", "event_id": text},
+            "event_id",
+        ),
+    ],
+    ids=["variant-text", "experiment-name", "segment-description", "product", "event-id"],
+)
+def test_control_characters_and_lone_surrogates_are_400_naming_the_field(
+    raw: Raw, path: str, make_body: Any, field: str, char: str
+) -> None:
+    body = raw.refused(path, json.dumps(make_body(f"Boil{char}faster")), 400, "invalid")
+    assert body["field"] == field
+
+
+# --- odd but valid text is stored exactly ------------------------------------------------------
+
+ODD_TEXTS = {
+    "emoji": "Tea time ☕🫖 for the whole family 👩‍👩‍👧‍👦",
+    "rtl": "غلاية أورورا: ماء ساخن في دقيقة",
+    "mixed-direction": "Aurora \u202ekettle\u202c — עברית and English",
+    "cjk": "极光水壶：一分钟烧开 — オーロラケトル",  # noqa: RUF001
+    "combining": "Cafe\u0301 cre\u0300me, Zoë's choice",
+    "sql-quote": "'; DROP TABLE variant; --",
+    "sql-or": "\" OR 1=1; DELETE FROM experiment WHERE ''='",
+    "sql-comment": "Robert'); DROP TABLE impression;/* */--",
+    "backslashes": "C:\\kettle\\%s %d {0} $1 \\x00 \\u0000",
+}
+
+
+@pytest.mark.parametrize("ensure_ascii", [True, False], ids=["escaped", "utf8"])
+@pytest.mark.parametrize("text", list(ODD_TEXTS.values()), ids=list(ODD_TEXTS))
+def test_odd_text_is_stored_and_served_verbatim(
+    raw: Raw, api: Any, session: Session, text: str, ensure_ascii: bool
+) -> None:
+    experiment = _experiment_body(
+        name=f"Launch {text}"[:200], segments__0__description=text, product__description=text
+    )
+    response = raw.post("/v1/experiments", json.dumps(experiment, ensure_ascii=ensure_ascii))
+    assert response.status_code == 201, response.get_data(as_text=True)
+    created = response.get_json()
+    assert created["segments"][0]["description"] == text
+    assert created["product"]["description"] == text
+    variant_body = json.dumps({"segment": "tea-lovers", "text": text}, ensure_ascii=ensure_ascii)
+    response = raw.post(f"/v1/experiments/{created['id']}/variants", variant_body)
+    assert response.status_code == 201, response.get_data(as_text=True)
+    assert response.get_json()["text"] == text
+
+    assert api.decide(created["id"])["text"] == text
+    shown = api.get(f"/v1/experiments/{created['id']}").get_json()
+    assert shown["name"] == experiment["name"]
+    assert shown["segments"][0]["variants"][0]["text"] == text
+    stored = session.exec(select(Variant.text).where(Variant.experiment_id == created["id"]))
+    assert stored.one() == text
+    # Every table is still there and still counts: the fixture's rows plus this experiment's.
+    after = _snapshot(session)
+    assert (after["Experiment"], after["Segment"], after["Variant"]) == (2, 3, 5)
+    assert (after["Impression"], after["Event"]) == (3, 1)

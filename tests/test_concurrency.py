@@ -1,0 +1,148 @@
+"""Counters under concurrent writers: every decision and conversion is counted exactly once."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar
+
+from sqlmodel import Session, select
+
+from service.auth import create_key
+from service.models import Event, Impression, Scope, Variant
+
+THREADS = 4
+DECISIONS_PER_THREAD = 150
+T = TypeVar("T")
+
+
+@dataclass
+class Tally:
+    """What one writer thread saw."""
+
+    failures: list[tuple[str, int, Any]] = field(default_factory=list)
+    accepted: int = 0
+    duplicate: int = 0
+
+
+class Writer:
+    """One storefront worker: its own test client and its own serve key."""
+
+    def __init__(self, app: Any, session: Session) -> None:
+        self.client = app.test_client()
+        key = create_key(session=session, scope=Scope.SERVE, label="writer")[1]
+        self.headers = {"Authorization": f"Bearer {key}"}
+        self.tally = Tally()
+
+    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = self.client.post(path, json=body, headers=self.headers)
+        payload: dict[str, Any] = response.get_json()
+        if response.status_code != 200:
+            self.tally.failures.append((path, response.status_code, payload))
+            return {}
+        if path == "/v1/events":
+            self.tally.accepted += payload["accepted"]
+            self.tally.duplicate += payload["duplicate"]
+        return payload
+
+
+def _run_together(work: list[Callable[[], T]]) -> list[T]:
+    """Run each callable on its own thread, released at once by a barrier; re-raise failures."""
+    barrier = threading.Barrier(len(work))
+
+    def start(job: Callable[[], T]) -> T:
+        barrier.wait(timeout=60)
+        return job()
+
+    with ThreadPoolExecutor(max_workers=len(work)) as pool:
+        futures = [pool.submit(start, job) for job in work]
+        return [future.result(timeout=600) for future in futures]
+
+
+def _counts(session: Session) -> dict[str, Any]:
+    """Counters and the rows they count, per variant."""
+    rows = session.exec(select(Variant.id, Variant.impressions, Variant.conversions)).all()
+    counters = {
+        variant_id: (shown, converted) for variant_id, shown, converted in rows if variant_id
+    }
+    impressions = Counter(session.exec(select(Impression.variant_id)))
+    events = Counter(session.exec(select(Event.variant_id)))
+    return {
+        "impression_counters": {v: shown for v, (shown, _) in counters.items()},
+        "conversion_counters": {v: converted for v, (_, converted) in counters.items()},
+        "impression_rows": {v: impressions[v] for v in counters},
+        "event_rows": {v: events[v] for v in counters},
+    }
+
+
+def _decide_and_convert(writer: Writer, experiment_id: int, name: str) -> Tally:
+    segments = ("tea-lovers", "busy-parents")
+    for i in range(DECISIONS_PER_THREAD):
+        body = {"experiment": experiment_id, "segment": segments[i % 2], "user_id": f"{name}-{i}"}
+        decision = writer.post("/v1/decide", body)
+        if i % 3 or not decision:
+            continue
+        event = {
+            "impression_id": decision["impression_id"],
+            "type": "conversion",
+            "event_id": f"{name}-order-{i}",
+        }
+        writer.post("/v1/events", event)
+        writer.post("/v1/events", event)  # a retry: must be a duplicate, never a second count
+    return writer.tally
+
+
+def test_concurrent_decisions_and_conversions_keep_counters_exact(
+    app: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    writers = [Writer(app, session) for _ in range(THREADS)]
+
+    tallies = _run_together(
+        [
+            partial(_decide_and_convert, w, experiment["id"], f"writer{n}")
+            for n, w in enumerate(writers)
+        ]
+    )
+
+    assert [t.failures for t in tallies] == [[]] * THREADS
+    conversions = THREADS * len(range(0, DECISIONS_PER_THREAD, 3))
+    assert conversions == 200
+    assert sum(t.accepted for t in tallies) == conversions
+    assert sum(t.duplicate for t in tallies) == conversions
+    counts = _counts(session)
+    assert sum(counts["impression_counters"].values()) == THREADS * DECISIONS_PER_THREAD == 600
+    assert counts["impression_counters"] == counts["impression_rows"]
+    assert counts["conversion_counters"] == counts["event_rows"]
+    assert sum(counts["conversion_counters"].values()) == conversions
+
+
+def test_the_same_batch_sent_concurrently_is_counted_once(
+    app: Any, api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    writers = [Writer(app, session) for _ in range(THREADS)]
+    segments = ("tea-lovers", "busy-parents")
+    total = 0
+    for round_ in range(3):
+        decisions = [api.decide(experiment["id"], segment=segments[i % 2]) for i in range(40)]
+        batch = {
+            "events": [
+                {
+                    "impression_id": d["impression_id"],
+                    "type": "conversion",
+                    "event_id": f"r{round_}-{i}",
+                }
+                for i, d in enumerate(decisions)
+            ]
+        }
+        tallies = _run_together([partial(w.post, "/v1/events", batch) for w in writers])
+        total += len(decisions)
+        assert all(tallies), [w.tally.failures for w in writers]
+        assert sum(t["accepted"] for t in tallies) == len(decisions), f"round {round_}"
+        assert sum(t["duplicate"] for t in tallies) == (THREADS - 1) * len(decisions)
+        counts = _counts(session)
+        assert counts["conversion_counters"] == counts["event_rows"]
+        assert sum(counts["conversion_counters"].values()) == total
