@@ -4,6 +4,8 @@ from typing import Any
 
 import pytest
 
+from service import create_app
+
 ENDPOINTS = [
     ("post", "/v1/experiments", "ExperimentCreate", "201", "ExperimentOut"),
     ("get", "/v1/experiments", None, "200", "ExperimentList"),
@@ -64,3 +66,11 @@ def test_healthz_needs_no_key(client: Any) -> None:
     response = client.get("/healthz")
     assert response.status_code == 200
     assert response.get_json() == {"status": "ok", "database": "ok"}
+
+
+def test_healthz_reports_an_unreachable_database() -> None:
+    # Port 1 on loopback: nothing listens, so the connection is refused at once.
+    down = create_app({"database_url": "postgresql://nobody@127.0.0.1:1/none", "env": "test"})
+    response = down.test_client().get("/healthz")
+    assert response.status_code == 503
+    assert response.get_json()["error"] == "unavailable"
