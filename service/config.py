@@ -40,6 +40,17 @@ class Settings:
     propensity_samples: int = 10_000
     max_request_bytes: int = 1024 * 1024
     log_level: str = "INFO"
+    # Generation: a local Hugging Face model folder, or "" for the bundled SmolLM2-135M GGUF.
+    model: str = ""
+    model_cache_dir: str = "var/models"
+    model_device: str = "cpu"
+    model_dtype: str = "float32"
+    copy_min_chars: int = 20
+    copy_max_chars: int = 140
+    # Comma-separated; empty keeps generation.lint.DEFAULT_BANNED_PHRASES.
+    banned_phrases: str = ""
+    generation_batch_size: int = 16
+    generation_max_rounds: int = 4
 
     def validate(self) -> Settings:
         _require(
@@ -71,6 +82,36 @@ class Settings:
             "MAX_REQUEST_BYTES",
             "must be >= 1024",
             self.max_request_bytes,
+        )
+        _require(
+            1 <= self.copy_min_chars < self.copy_max_chars <= 1000,
+            "COPY_MIN_CHARS",
+            "must be >= 1 and below COPYBANDIT_COPY_MAX_CHARS (at most 1000)",
+            (self.copy_min_chars, self.copy_max_chars),
+        )
+        _require(
+            1 <= self.generation_batch_size <= 256,
+            "GENERATION_BATCH_SIZE",
+            "must be between 1 and 256",
+            self.generation_batch_size,
+        )
+        _require(
+            1 <= self.generation_max_rounds <= 20,
+            "GENERATION_MAX_ROUNDS",
+            "must be between 1 and 20",
+            self.generation_max_rounds,
+        )
+        _require(
+            self.model_dtype in ("float32", "bfloat16", "float16"),
+            "MODEL_DTYPE",
+            "must be float32, bfloat16 or float16",
+            self.model_dtype,
+        )
+        _require(
+            not self.model or (Path(self.model) / "config.json").is_file(),
+            "MODEL",
+            "must be a local Hugging Face model folder (with config.json)",
+            self.model,
         )
         if self.env == "production":
             for name in ("user_id_key", "secret_key"):

@@ -32,6 +32,8 @@ def create_experiment(*, session: Session, experiment_create: ExperimentCreate) 
         product_price=product.price,
         product_url=product.url,
         sticky=experiment_create.sticky,
+        brand_voice=experiment_create.brand_voice,
+        auto_approve=experiment_create.auto_approve,
     )
     session.add(experiment)
     try:

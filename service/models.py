@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
@@ -67,6 +68,13 @@ class VariantStatus(StrEnum):
     REJECTED = "rejected"
 
 
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
 class Scope(StrEnum):
     SERVE = "serve"
     ADMIN = "admin"
@@ -85,6 +93,9 @@ class Experiment(SQLModel, table=True):
     product_price: float | None = Field(default=None)
     product_url: str | None = Field(default=None, max_length=2000)
     sticky: bool = Field(default=False)
+    brand_voice: str | None = Field(default=None, max_length=500)
+    # Generated copy goes live without review when true.
+    auto_approve: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
     created_at: datetime = _timestamp()
 
 
@@ -113,6 +124,8 @@ class Variant(SQLModel, table=True):
     prior_beta: float = Field(default=1.0)
     impressions: int = Field(default=0, sa_type=sa.BigInteger)
     conversions: int = Field(default=0, sa_type=sa.BigInteger)
+    # For generated copy: model, prompt, seed, lint results and job, so every line can be explained.
+    audit: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
     created_at: datetime = _timestamp()
     updated_at: datetime = _timestamp()
 
@@ -164,3 +177,24 @@ class ApiKey(SQLModel, table=True):
     label: str = Field(default="", max_length=200)
     created_at: datetime = _timestamp()
     revoked_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+
+
+class GenerationJob(SQLModel, table=True):
+    """A request for generated copy, run in the background; its row is its progress report."""
+
+    __tablename__ = "generation_job"
+    __table_args__ = (_one_of("status", JobStatus),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    experiment_id: int = Field(foreign_key="experiment.id", index=True)
+    # None: every segment of the experiment.
+    segment_id: int | None = Field(default=None, foreign_key="segment.id")
+    n: int
+    status: str = Field(default=JobStatus.QUEUED.value, max_length=16)
+    progress: float = Field(default=0.0)
+    message: str = Field(default="queued", max_length=500)
+    result: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
+    error: str | None = Field(default=None, max_length=2000)
+    created_at: datetime = _timestamp()
+    started_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UtcDateTime)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from service.models import Origin, VariantStatus
+from service.models import JobStatus, Origin, VariantStatus
 
 MAX_BATCH_EVENTS = 1000
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -66,6 +66,8 @@ class ExperimentCreate(Request):
     product: ProductIn
     segments: list[SegmentIn] = Field(min_length=1, max_length=50)
     sticky: bool = False
+    brand_voice: Reason | None = Field(default=None, description="how the copy should sound")
+    auto_approve: bool = Field(default=False, description="serve generated copy without review")
 
     @field_validator("segments")
     @classmethod
@@ -97,6 +99,9 @@ class VariantOut(BaseModel):
     status_reason: str | None
     impressions: int
     conversions: int
+    audit: dict[str, Any] | None = Field(
+        default=None, description="generated copy: model, prompt, seed, lint results, job"
+    )
     created_at: datetime
     updated_at: datetime
 
@@ -112,6 +117,8 @@ class ExperimentOut(BaseModel):
     name: str
     product: ProductOut
     sticky: bool
+    brand_voice: str | None
+    auto_approve: bool
     created_at: datetime
     segments: list[SegmentOut]
 
@@ -145,6 +152,41 @@ class VariantPatch(Request):
         if (self.status is None) == (self.text is None):
             raise ValueError("give exactly one of status or text")
         return self
+
+
+# --- generation ------------------------------------------------------------------------------
+
+
+class GenerateIn(Request):
+    segment: SegmentKey | None = Field(default=None, description="default: every segment")
+    n: int = Field(default=4, ge=1, le=20, description="accepted lines wanted per segment")
+
+
+class JobPath(Request):
+    model_config = ConfigDict(extra="forbid")
+    job_id: DbId
+
+
+class JobAccepted(BaseModel):
+    job_id: int
+    status: JobStatus
+
+
+class JobOut(BaseModel):
+    id: int
+    experiment_id: int
+    segment: str | None
+    n: int
+    status: JobStatus
+    progress: float = Field(description="0 to 1")
+    message: str
+    result: dict[str, Any] | None = Field(
+        description="variant_ids per segment, counts, and the reasons lines were rejected"
+    )
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
 
 
 # --- serving -----------------------------------------------------------------------------------

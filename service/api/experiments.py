@@ -20,6 +20,7 @@ from service.experiments import (
     update_variant,
     variants_of,
 )
+from service.generation_jobs import create_job, get_job
 from service.models import Experiment, Scope, Segment, Variant
 from service.reports import experiment_report
 from service.schemas import (
@@ -27,6 +28,10 @@ from service.schemas import (
     ExperimentList,
     ExperimentOut,
     ExperimentPath,
+    GenerateIn,
+    JobAccepted,
+    JobOut,
+    JobPath,
     ProductOut,
     Report,
     SegmentOut,
@@ -74,6 +79,8 @@ def _experiment_out(session: Session, experiment: Experiment) -> ExperimentOut:
         id=experiment.id,  # type: ignore[arg-type]
         name=experiment.name,
         sticky=experiment.sticky,
+        brand_voice=experiment.brand_voice,
+        auto_approve=experiment.auto_approve,
         created_at=experiment.created_at,
         product=ProductOut(
             name=experiment.product_name,
@@ -143,3 +150,24 @@ def patch_variant(path: VariantPath, body: VariantPatch) -> tuple[dict[str, Any]
 def report(path: ExperimentPath) -> tuple[dict[str, Any], int]:
     """Per segment and variant: counts, rate, credible interval, probability best, leader."""
     return json_of(experiment_report(session=db.session(), experiment_id=path.experiment_id))
+
+
+@api.post("/experiments/<int:experiment_id>/generate", responses=responses(_202=JobAccepted))
+def generate(path: ExperimentPath, body: GenerateIn) -> tuple[dict[str, Any], int]:
+    """Have the model write `n` new lines per segment, in the background; poll the job."""
+    job = create_job(
+        session=db.session(), experiment_id=path.experiment_id, segment_key=body.segment, n=body.n
+    )
+    current_app.extensions["copybandit.jobs"].submit(job.id)
+    return json_of(JobAccepted(job_id=job.id, status=job.status), 202)  # type: ignore[arg-type]
+
+
+@api.get("/jobs/<int:job_id>", responses=responses(_200=JobOut))
+def show_job(path: JobPath) -> tuple[dict[str, Any], int]:
+    """A generation job's status, progress and, when done, its result."""
+    session = db.session()
+    job = get_job(session=session, job_id=path.job_id)
+    segment = session.get(Segment, job.segment_id) if job.segment_id is not None else None
+    return json_of(
+        JobOut(segment=segment.key if segment else None, **job.model_dump(exclude={"segment_id"}))
+    )

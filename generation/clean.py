@@ -1,0 +1,48 @@
+"""Turn a raw completion into one clean line of copy, or "" when nothing usable is left."""
+
+from __future__ import annotations
+
+import re
+
+# Labels a small model puts in front of the line it was asked for ("Ad:", "Headline - ").
+# A dash counts as a separator only with a space before it, so "Ad-free" and "User-friendly" stay.
+_LABEL = re.compile(
+    r"^\s*(?:assistant|user|system|copy|ad|advert(?:isement)?|line|headline|tagline|slogan|"
+    r"answer|here(?:['\u2019]s| is) (?:a|an|the|your|my) [\w -]{0,30}?)"
+    r"(?:\s*:|\s+[-\u2013\u2014])\s*",
+    re.IGNORECASE,
+)
+_BULLET = re.compile(r"^\s*(?:[-*\u2022>]+|\d+[.)])\s+")
+_PAIRS = {'"': '"', "'": "'", "\u201c": "\u201d", "\u2018": "\u2019", "`": "`", "*": "*", "_": "_"}
+_QUOTES = "\"'\u201c\u201d\u2018\u2019`"
+_SENTENCE_END = re.compile(r"[.!?][\"'\u201d\u2019)]*(?=\s|$)")
+
+
+def _unwrap(line: str) -> str:
+    """Remove quotes or emphasis wrapping the whole line; keep those inside it."""
+    while len(line) >= 2 and _PAIRS.get(line[0]) == line[-1]:
+        line = line[1:-1].strip()
+    # A lone opening or closing quote is what is left of a wrapper the model broke off.
+    for quote in _QUOTES:
+        if line.count(quote) == 1 and (line.startswith(quote) or line.endswith(quote)):
+            line = line.strip(quote).strip()
+    return line
+
+
+def clean(raw: str, *, finished: bool = True) -> str:
+    """First non-empty line, without labels, bullets or wrapping quotes.
+
+    `finished` is False when generation stopped at the token limit: then the unterminated tail is a
+    fragment and is cut back to the last whole sentence (or the line is dropped). A finished line
+    ends where the model meant it to, so it is kept whole.
+    """
+    line = next((part for part in raw.splitlines() if part.strip()), "")
+    previous = None
+    while previous != line:  # labels, bullets and quotes nest: '- Ad: "..."'
+        previous = line
+        line = _unwrap(_BULLET.sub("", _LABEL.sub("", line)).strip())
+    line = re.sub(r"\s+", " ", line)
+    if not finished:
+        ends = [match.end() for match in _SENTENCE_END.finditer(line)]
+        line = line[: ends[-1]] if ends else ""
+    return _unwrap(line.strip())

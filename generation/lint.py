@@ -1,0 +1,187 @@
+"""Rules a line of generated copy must pass before anyone sees it. Each failure names its rule.
+
+All rules run, so the audit trail shows every reason a line was refused, not only the first.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from generation.brief import Brief
+from generation.prompts import instruction_texts
+
+# Claims a storefront must not make on a model's word: guarantees, health and money promises.
+DEFAULT_BANNED_PHRASES: tuple[str, ...] = (
+    "guarantee",
+    "guaranteed",
+    "risk-free",
+    "risk free",
+    "no risk",
+    "cure",
+    "cures",
+    "heal",
+    "heals",
+    "treats",
+    "prevents disease",
+    "clinically proven",
+    "doctor recommended",
+    "fda approved",
+    "miracle",
+    "lose weight",
+    "weight loss",
+    "get rich",
+    "double your money",
+    "make money fast",
+    "investment",
+    "returns",
+    "free money",
+    "best in the world",
+    "#1",
+    "100%",
+    "lowest price",
+    "cheapest",
+)
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_MARKUP = re.compile(
+    r"https?://|www\.|\.(?:com|net|org|io)\b|<[^>]+>|\[[^\]]*\]\(|\*\*|__|#\w|@\w|`",
+    re.IGNORECASE,
+)
+# A verbatim run this long from the prompt is parroting, not writing.
+_ECHO_WORDS = 6
+_STOPWORDS = {"the", "and", "with", "for", "your", "that", "this", "from", "into", "our"}
+
+
+@dataclass(frozen=True)
+class LintConfig:
+    min_chars: int = 20
+    max_chars: int = 140
+    banned_phrases: tuple[str, ...] = DEFAULT_BANNED_PHRASES
+
+    def validate(self) -> LintConfig:
+        if not 1 <= self.min_chars < self.max_chars:
+            raise ValueError(
+                f"copy length bounds must satisfy 1 <= min < max, got {self.min_chars}, "
+                f"{self.max_chars}"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class LintReport:
+    findings: tuple[Finding, ...] = field(default=())
+
+    @property
+    def passed(self) -> bool:
+        return not self.findings
+
+    def reasons(self) -> list[str]:
+        return [f"{f.rule}: {f.reason}" for f in self.findings]
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+(?:['\u2019-][a-z0-9]+)*", text.lower())
+
+
+def _length(text: str, brief: Brief, config: LintConfig) -> str | None:
+    if not config.min_chars <= len(text) <= config.max_chars:
+        return f"{len(text)} characters, outside {config.min_chars}-{config.max_chars}"
+    return None
+
+
+def _markup(text: str, brief: Brief, config: LintConfig) -> str | None:
+    match = _MARKUP.search(text)
+    return f"contains {match.group(0)!r}" if match else None
+
+
+def _banned(text: str, brief: Brief, config: LintConfig) -> str | None:
+    lowered = text.lower()
+    for phrase in config.banned_phrases:
+        if re.search(rf"(?<![\w#]){re.escape(phrase.lower())}(?!\w)", lowered):
+            return f"uses {phrase!r}"
+    return None
+
+
+def _numbers(text: str, brief: Brief, config: LintConfig) -> str | None:
+    allowed = {_plain(n) for n in _NUMBER.findall(f"{brief.product_name} {brief.facts()}")}
+    invented = [n for n in _NUMBER.findall(text) if _plain(n) not in allowed]
+    if invented:
+        return f"numbers not in the product facts: {', '.join(invented)}"
+    if "%" in text and "%" not in brief.facts():
+        return "a percentage not in the product facts"
+    return None
+
+
+def _plain(number: str) -> str:
+    """'1,299.00' and '1299' are the same claim."""
+    value = number.replace(",", "")
+    return value[:-3] if value.endswith(".00") else value
+
+
+def _echo(text: str, brief: Brief, config: LintConfig) -> str | None:
+    words = _words(text)
+    grams = {tuple(words[i : i + _ECHO_WORDS]) for i in range(len(words) - _ECHO_WORDS + 1)}
+    for source in instruction_texts(brief):
+        source_words = _words(source)
+        for i in range(len(source_words) - _ECHO_WORDS + 1):
+            if tuple(source_words[i : i + _ECHO_WORDS]) in grams:
+                return f"copies the prompt: {' '.join(source_words[i : i + _ECHO_WORDS])!r}"
+    if re.match(r"^\s*(product|facts|customer|voice)\s*:", text, re.IGNORECASE):
+        return "starts with a prompt label"
+    return None
+
+
+def _repetitive(text: str, brief: Brief, config: LintConfig) -> str | None:
+    words = _words(text)
+    trigrams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
+    repeated = next((gram for gram in trigrams if trigrams.count(gram) > 1), None)
+    return f"repeats {' '.join(repeated)!r}" if repeated else None
+
+
+def _stem(word: str) -> str:
+    """'Ridgeline's' and 'shoes' name what 'ridgeline' and 'shoe' do."""
+    return word.removesuffix("'s").removesuffix("\u2019s").removesuffix("s")
+
+
+def product_terms(brief: Brief) -> set[str]:
+    """Words that name the product or its category: 'Ridgeline trail-running shoes' gives
+    ridgeline, trail, running, shoe."""
+    return {
+        _stem(word)
+        for word in _words(brief.product_name.replace("-", " "))
+        if len(word) >= 3 and word not in _STOPWORDS
+    }
+
+
+def _mentions_product(text: str, brief: Brief, config: LintConfig) -> str | None:
+    terms = product_terms(brief)
+    if any(_stem(word) in terms for word in _words(text.replace("-", " "))):
+        return None
+    return f"does not mention {brief.product_name!r} or its category"
+
+
+RULES = {
+    "length": _length,
+    "markup": _markup,
+    "banned_phrase": _banned,
+    "invented_number": _numbers,
+    "prompt_echo": _echo,
+    "repetitive": _repetitive,
+    "off_product": _mentions_product,
+}
+
+
+def lint(text: str, brief: Brief, config: LintConfig | None = None) -> LintReport:
+    config = config or LintConfig()
+    findings = []
+    for rule, check in RULES.items():
+        reason = check(text, brief, config)
+        if reason is not None:
+            findings.append(Finding(rule, reason))
+    return LintReport(tuple(findings))

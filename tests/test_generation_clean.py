@@ -1,0 +1,91 @@
+"""generation.clean: one raw completion in, one clean line of copy (or "") out."""
+
+from __future__ import annotations
+
+import pytest
+
+from generation.clean import clean
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        # labels a small model puts in front of its answer
+        ("Assistant: Grip every weekend trail.", "Grip every weekend trail."),
+        ("Ad: Grip every weekend trail.", "Grip every weekend trail."),
+        ("Headline - Grip every weekend trail.", "Grip every weekend trail."),
+        ("Here's a new ad: Grip every weekend trail.", "Grip every weekend trail."),
+        ("TAGLINE: Grip every weekend trail.", "Grip every weekend trail."),
+        # bullets
+        ("- Grip every weekend trail.", "Grip every weekend trail."),
+        ("* Grip every weekend trail.", "Grip every weekend trail."),
+        ("1. Grip every weekend trail.", "Grip every weekend trail."),
+        ("2) Grip every weekend trail.", "Grip every weekend trail."),
+        # quotes, straight and curly, and markdown emphasis
+        ('"Grip every weekend trail."', "Grip every weekend trail."),
+        ("'Grip every weekend trail.'", "Grip every weekend trail."),
+        ("\u201cGrip every weekend trail.\u201d", "Grip every weekend trail."),
+        ("\u2018Grip every weekend trail.\u2019", "Grip every weekend trail."),
+        ("**Grip every weekend trail.**", "Grip every weekend trail."),
+        # nested combinations
+        ('- Ad: "Grip every weekend trail."', "Grip every weekend trail."),
+        ('  "  - Ad: **Grip every weekend trail.**  "  ', "Grip every weekend trail."),
+        ("Headline: Ad: Grip every weekend trail.", "Grip every weekend trail."),
+        # whitespace and lines
+        ("Grip   every\tweekend    trail.", "Grip every weekend trail."),
+        ("\n\n   Grip every weekend trail.\nSecond line.", "Grip every weekend trail."),
+        ("", ""),
+        ("   \n\t\n", ""),
+        # a finished line ends where the model meant it to: kept whole, abbreviations too
+        ("Great shoes. Buy now", "Great shoes. Buy now"),
+        (
+            "Meet Dr. Lee, who hikes in Ridgeline shoes",
+            "Meet Dr. Lee, who hikes in Ridgeline shoes",
+        ),
+        # an unterminated slogan is kept when the model stopped on its own
+        ("Run wild, run Ridgeline", "Run wild, run Ridgeline"),
+        # a decimal point is not a sentence end
+        ("Only $129.50 today", "Only $129.50 today"),
+        ("Only $129.50 today.", "Only $129.50 today."),
+    ],
+)
+def test_clean_finished(raw: str, expected: str) -> None:
+    assert clean(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Great shoes. Buy no", "Great shoes."),
+        ("Great shoes! Buy no", "Great shoes!"),
+        ("Is it the trail? It is the", "Is it the trail?"),
+        ("Price is $129.50. Buy no", "Price is $129.50."),
+        ('"Grip that lasts." Buy no', "Grip that lasts."),
+        # a closing quote after the sentence end belongs to the sentence
+        ('Hikers call it "the grippy one." Buy no', 'Hikers call it "the grippy one."'),
+        ("Great shoes.", "Great shoes."),
+        # no sentence end at all: the whole line is a fragment
+        ("Ridgeline shoes grip every", ""),
+        ("Only $129.50 today", ""),
+        ("- Ad: Ridgeline shoes grip every", ""),
+    ],
+)
+def test_clean_cut_off_at_token_limit(raw: str, expected: str) -> None:
+    assert clean(raw, finished=False) == expected
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "Ridgeline shoes: built for trail-running.",
+        "Copy that: Ridgeline shoes grip.",
+        # A hyphenated first word is not a "Label -" prefix.
+        "User-friendly lacing on every Ridgeline shoe.",
+        "Ad-free weekends start in Ridgeline shoes.",
+        "Here's a trail-ready shoe for your weekends.",
+        # Quotes are stripped only when they wrap the whole line.
+        '"Grip that lasts," say weekend hikers.',
+    ],
+)
+def test_clean_keeps_copy_that_only_looks_like_a_label_or_quote(line: str) -> None:
+    assert clean(line) == line

@@ -1,0 +1,193 @@
+"""generation.lint: each rule on its own, then several at once."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+
+from generation.brief import Brief
+from generation.lint import RULES, LintConfig, lint, product_terms
+
+BRIEF = Brief(
+    "Ridgeline trail-running shoes",
+    "Lightweight trail-running shoes with a grippy lugged sole, a rock plate and a breathable, "
+    "quick-drying upper.",
+    "Casual hikers who head out on weekends; value comfort and reliable grip over speed.",
+    price=129.0,
+)
+VOICED = dataclasses.replace(BRIEF, brand_voice="Warm and plain-spoken, never pushy about speed.")
+# A four-figure price: facts() writes it "$1,299".
+TENT = Brief("Summit tent", "A four-season tent for 2 people.", "Winter campers.", price=1299.0)
+# The same number written without a thousands separator, and a percentage among the facts.
+TENT_PLAIN = Brief(
+    "Summit tent", "A four-season tent, model 1299, with a 30% recycled fly.", "Winter campers."
+)
+
+
+def rules(text: str, brief: Brief = BRIEF, config: LintConfig | None = None) -> set[str]:
+    return {finding.rule for finding in lint(text, brief, config).findings}
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "Grip every weekend trail in comfort with Ridgeline.",
+        "Ridgeline shoes for $129 give you weekend trail grip.",
+        "Ridgeline shoes for 129 dollars give you weekend trail grip.",
+        "Ridgeline shoes keep your footing secure on weekend trails.",
+        "Find your weekend comfort in a lightweight shoe.",
+        "Built for trail-running on lazy weekends.",
+    ],
+)
+def test_clean_line_passes_every_rule(line: str) -> None:
+    report = lint(line, BRIEF)
+    assert report.passed
+    assert report.findings == ()
+    assert report.reasons() == []
+
+
+@pytest.mark.parametrize(
+    ("line", "rule"),
+    [
+        ("Ridgeline.", "length"),
+        (
+            "Ridgeline shoes carry casual hikers over wet roots, loose gravel, slick boulders and "
+            "muddy switchbacks, then dry out by the time lunch is unpacked at the top.",
+            "length",
+        ),
+        ("Ridgeline shoes: see http://ridgeline.example for more.", "markup"),
+        ("Ridgeline shoes at www.example for your weekends.", "markup"),
+        ("Ridgeline shoes give you <b>real</b> grip on trails.", "markup"),
+        ("Ridgeline shoes give you **real** grip on trails.", "markup"),
+        ("Ridgeline shoes give you real grip on #trails today.", "markup"),
+        ("Ridgeline shoes give you real grip, says @hiker today.", "markup"),
+        ("Ridgeline shoes: [see more](x) for weekend trail grip.", "markup"),
+        ("Ridgeline shoes, guaranteed grip on every weekend trail.", "banned_phrase"),
+        ("Ridgeline shoes, GUARANTEED grip on every weekend trail.", "banned_phrase"),
+        ("Ridgeline shoes: risk-free grip on every weekend trail.", "banned_phrase"),
+        ("Ridgeline shoes: the cure for slippery weekend trails.", "banned_phrase"),
+        ("Lose Weight on weekend trails in Ridgeline shoes.", "banned_phrase"),
+        ("Save 20% on Ridgeline shoes for weekend trail grip.", "invented_number"),
+        ("Ridgeline shoes for $12 give weekend trail grip.", "invented_number"),
+        ("Big % savings on Ridgeline shoes every weekend.", "invented_number"),
+        ("Ridgeline shoes: a grippy lugged sole, a rock plate and more.", "prompt_echo"),
+        ("Ridgeline shoes: value comfort and reliable grip over speed.", "prompt_echo"),
+        ("Ridgeline shoes speaks to the customer described and grips.", "prompt_echo"),
+        ("Product: Ridgeline shoes for weekend trail comfort.", "prompt_echo"),
+        ("Ridgeline grips trails, Ridgeline grips trails, every weekend.", "repetitive"),
+        ("Comfort and grip for every weekend outing, rain or shine.", "off_product"),
+    ],
+)
+def test_line_fails_only_its_rule(line: str, rule: str) -> None:
+    report = lint(line, BRIEF)
+    assert {finding.rule for finding in report.findings} == {rule}
+    assert not report.passed
+
+
+def test_prompt_echo_includes_brand_voice() -> None:
+    line = "Ridgeline shoes: warm and plain-spoken, never pushy about speed."
+    assert rules(line, BRIEF) == set()
+    assert rules(line, VOICED) == {"prompt_echo"}
+
+
+@pytest.mark.parametrize(
+    ("line", "config", "expected"),
+    [
+        ("Ridgeline.", LintConfig(min_chars=10, max_chars=30), set()),
+        ("Ridgeline.", LintConfig(min_chars=11, max_chars=30), {"length"}),
+        ("Ridgeline shoes grip on trails.", LintConfig(min_chars=10, max_chars=31), set()),
+        ("Ridgeline shoes grip on trails.", LintConfig(min_chars=10, max_chars=30), {"length"}),
+    ],
+)
+def test_length_bounds_are_configurable(line: str, config: LintConfig, expected: set[str]) -> None:
+    assert rules(line, config=config) == expected
+
+
+def test_length_reason_names_the_bounds() -> None:
+    (reason,) = lint("Ridgeline.", BRIEF).reasons()
+    assert re.fullmatch(r"length: 10 characters, outside 20\W140", reason)
+
+
+@pytest.mark.parametrize(("min_chars", "max_chars"), [(5, 5), (10, 5), (0, 10), (-3, 10)])
+def test_lint_config_validate_rejects_bad_bounds(min_chars: int, max_chars: int) -> None:
+    with pytest.raises(ValueError, match="1 <= min < max"):
+        LintConfig(min_chars=min_chars, max_chars=max_chars).validate()
+
+
+def test_lint_config_validate_returns_itself() -> None:
+    config = LintConfig(min_chars=1, max_chars=2)
+    assert config.validate() is config
+
+
+def test_custom_banned_phrases_replace_the_default() -> None:
+    config = LintConfig(banned_phrases=("speed",))
+    assert rules("Ridgeline shoes, guaranteed grip on every weekend trail.", config=config) == set()
+    report = lint("Ridgeline shoes trade Speed for grip on weekend trails.", BRIEF, config)
+    assert report.reasons() == ["banned_phrase: uses 'speed'"]
+
+
+@pytest.mark.parametrize(
+    ("line", "brief", "expected"),
+    [
+        ("The Summit tent sleeps 2 for $1299.", TENT, set()),
+        ("The Summit tent sleeps 2 for $1,299.", TENT, set()),
+        ("The Summit tent sleeps 2 for $1,299.00.", TENT, set()),
+        ("The Summit tent sleeps 4 for $1,299.", TENT, {"invented_number"}),
+        ("The Summit tent 1,299 keeps winter out.", TENT_PLAIN, set()),
+        ("A 30% recycled fly on the Summit tent.", TENT_PLAIN, set()),
+        ("A 40% recycled fly on the Summit tent.", TENT_PLAIN, {"invented_number"}),
+        ("A recycled fly on the Summit tent, 20% off.", TENT, {"invented_number"}),
+    ],
+)
+def test_numbers_must_come_from_the_facts(line: str, brief: Brief, expected: set[str]) -> None:
+    assert rules(line, brief) == expected
+
+
+def test_product_terms_split_the_name() -> None:
+    # Stems: "shoes", "shoe" and "Ridgeline's" all match them.
+    assert product_terms(BRIEF) == {"ridgeline", "trail", "running", "shoe"}
+
+
+@pytest.mark.parametrize(
+    ("line", "brief"),
+    [
+        ("Grip every weekend path in Ridgeline comfort.", BRIEF),
+        ("Grip every weekend path in a comfortable shoe.", BRIEF),
+        ("Grip every weekend path in comfortable shoes.", BRIEF),
+        ("Grip every weekend path with trail-ready comfort.", BRIEF),
+        ("Grip every weekend path with running comfort.", BRIEF),
+        ("Grip every weekend path in comfort, in any trails.", BRIEF),
+        # The possessive of the name still names the product.
+        ("Ridgeline's grip keeps you steady all weekend.", BRIEF),
+        ("Ridgeline\u2019s grip keeps you steady all weekend.", BRIEF),
+        # A name made only of short words is still a name.
+        ("Roll out the Zen mat for calmer mornings.", Brief("Zen mat", "A cork mat.", "Yogis.")),
+    ],
+)
+def test_off_product_accepts_a_mention(line: str, brief: Brief) -> None:
+    assert "off_product" not in rules(line, brief)
+
+
+def test_every_failing_rule_is_reported_in_rule_order() -> None:
+    report = lint("Save 20% at www.example with Ridgeline, guaranteed!", BRIEF)
+    assert [finding.rule for finding in report.findings] == [
+        "markup",
+        "banned_phrase",
+        "invented_number",
+    ]
+    assert report.reasons() == [
+        "markup: contains 'www.'",
+        "banned_phrase: uses 'guaranteed'",
+        "invented_number: numbers not in the product facts: 20",
+    ]
+    assert list(RULES) == [
+        "length",
+        "markup",
+        "banned_phrase",
+        "invented_number",
+        "prompt_echo",
+        "repetitive",
+        "off_product",
+    ]
