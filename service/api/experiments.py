@@ -58,6 +58,7 @@ def _variant_out(variant: Variant, segment_key: str) -> VariantOut:
         segment=segment_key,
         **variant.model_dump(
             include={
+                "audit",
                 "id",
                 "text",
                 "origin",

@@ -1,0 +1,151 @@
+"""Generation wired into the service: jobs over HTTP, stored variants, audit trail (fake writer)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from generation.writer import Sample
+
+GOOD = [
+    "Brew every cup right with the Aurora kettle.",
+    "The Aurora kettle boils in three minutes flat.",
+    "Tea lovers, meet the Aurora kettle.",
+    "Aurora: the glass kettle for loose-leaf mornings.",
+]
+
+
+class ScriptedWriter:
+    model_id = "scripted-test-writer"
+
+    def __init__(self, lines: list[str], fail: bool = False) -> None:
+        self.lines = lines
+        self.fail = fail
+        self.calls: list[int] = []
+
+    def sample(self, messages: list[dict[str, str]], n: int, seed: int) -> list[Sample]:
+        if self.fail:
+            raise RuntimeError("the model fell over")
+        self.calls.append(seed)
+        return [
+            Sample(text=line, finished=True, logprob=-1.0 - i / 10)
+            for i, line in enumerate(self.lines)
+        ]
+
+
+@pytest.fixture
+def writer(app: Any) -> ScriptedWriter:
+    scripted = ScriptedWriter([*GOOD, "Guaranteed to cure your mornings, kettle fans!"])
+    app.extensions["copybandit.jobs"].writer_factory = lambda: scripted
+    return scripted
+
+
+def _run(api: Any, app: Any, experiment_id: int, body: dict[str, Any]) -> dict[str, Any]:
+    response = api.post(f"/v1/experiments/{experiment_id}/generate", json=body)
+    assert response.status_code == 202, response.get_json()
+    accepted = response.get_json()
+    assert accepted["status"] == "queued"
+    app.extensions["copybandit.jobs"].join(timeout=30)
+    job = api.get(f"/v1/jobs/{accepted['job_id']}").get_json()
+    return job  # type: ignore[no-any-return]
+
+
+def _variants(api: Any, experiment_id: int, segment: str) -> list[dict[str, Any]]:
+    experiment = api.get(f"/v1/experiments/{experiment_id}").get_json()
+    return next(s["variants"] for s in experiment["segments"] if s["key"] == segment)
+
+
+def test_generated_copy_is_stored_for_review_with_its_audit_trail(
+    api: Any, app: Any, experiment: dict[str, Any], writer: ScriptedWriter
+) -> None:
+    job = _run(api, app, experiment["id"], {"segment": "tea-lovers", "n": 2})
+
+    assert (job["status"], job["progress"], job["segment"]) == ("succeeded", 1.0, "tea-lovers")
+    outcome = job["result"]["segments"]["tea-lovers"]
+    assert len(outcome["variant_ids"]) == 2
+    banned = next(r for r in outcome["rejections"] if r["text"].startswith("Guaranteed"))
+    assert any(reason.startswith("banned_phrase") for reason in banned["reasons"])
+
+    generated = [
+        v for v in _variants(api, experiment["id"], "tea-lovers") if v["origin"] == "generated"
+    ]
+    assert [v["id"] for v in generated] == outcome["variant_ids"]
+    for variant in generated:
+        assert variant["status"] == "pending_review"
+        assert variant["text"] in GOOD
+        audit = variant["audit"]
+        assert audit["model"] == "scripted-test-writer" and audit["job_id"] == job["id"]
+        assert audit["seed"] == writer.calls[0]
+        assert "banned_phrase" in audit["lint"]["passed"]
+        assert audit["prompt"][-1]["role"] == "user"
+        assert "Aurora kettle" in audit["prompt"][-1]["content"]
+    # Pending copy is not served until a marketer approves it.
+    served = {api.decide(experiment["id"], segment="tea-lovers")["variant_id"] for _ in range(30)}
+    assert served.isdisjoint(outcome["variant_ids"])
+
+
+def test_auto_approve_serves_generated_copy_at_once(
+    api: Any, app: Any, writer: ScriptedWriter
+) -> None:
+    created = api.create_experiment(name="Auto", auto_approve=True, brand_voice="Calm and precise.")
+    job = _run(api, app, created["id"], {"n": 1})
+
+    assert set(job["result"]["segments"]) == {"tea-lovers", "busy-parents"}  # every segment
+    for segment in ("tea-lovers", "busy-parents"):
+        (variant,) = _variants(api, created["id"], segment)
+        assert variant["status"] == "active" and variant["origin"] == "generated"
+        assert "Voice: Calm and precise." in variant["audit"]["prompt"][-1]["content"]
+        assert api.decide(created["id"], segment=segment)["variant_id"] == variant["id"]
+
+
+def test_existing_copy_is_not_written_again(
+    api: Any, app: Any, experiment: dict[str, Any], writer: ScriptedWriter
+) -> None:
+    api.add_variant(experiment["id"], "tea-lovers", GOOD[0])
+    job = _run(api, app, experiment["id"], {"segment": "tea-lovers", "n": 4})
+
+    outcome = job["result"]["segments"]["tea-lovers"]
+    texts = [v["text"] for v in _variants(api, experiment["id"], "tea-lovers")]
+    assert texts.count(GOOD[0]) == 1
+    assert len(outcome["variant_ids"]) == 3
+    twin = next(r for r in outcome["rejections"] if r["text"] == GOOD[0])
+    assert twin["reasons"][0].startswith("near_duplicate: 1.00")
+    # Too few survivors: it kept sampling, up to the configured number of rounds.
+    assert writer.calls == [writer.calls[0] + i for i in range(4)]
+
+
+def test_a_failing_model_fails_the_job_and_stores_nothing(
+    api: Any, app: Any, experiment: dict[str, Any]
+) -> None:
+    app.extensions["copybandit.jobs"].writer_factory = lambda: ScriptedWriter([], fail=True)
+    before = _variants(api, experiment["id"], "tea-lovers")
+    job = _run(api, app, experiment["id"], {"segment": "tea-lovers", "n": 2})
+
+    assert job["status"] == "failed"
+    assert job["error"] == "RuntimeError: the model fell over"
+    assert _variants(api, experiment["id"], "tea-lovers") == before
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "field"),
+    [
+        ("/v1/experiments/{id}/generate", {"n": 0}, 400, "n"),
+        ("/v1/experiments/{id}/generate", {"n": 21}, 400, "n"),
+        ("/v1/experiments/{id}/generate", {"n": "3"}, 400, "n"),
+        ("/v1/experiments/{id}/generate", {"segment": "nobody"}, 404, "segment"),
+        ("/v1/experiments/424242/generate", {"n": 1}, 404, "experiment_id"),
+    ],
+)
+def test_generate_refuses_bad_requests(
+    api: Any, experiment: dict[str, Any], path: str, body: dict[str, Any], status: int, field: str
+) -> None:
+    response = api.post(path.format(id=experiment["id"]), json=body)
+    assert (response.status_code, response.get_json()["field"]) == (status, field)
+
+
+def test_jobs_need_an_admin_key_and_an_existing_id(api: Any, experiment: dict[str, Any]) -> None:
+    assert api.get("/v1/jobs/424242").status_code == 404
+    response = api.post(f"/v1/experiments/{experiment['id']}/generate", json={"n": 1}, key="serve")
+    assert response.status_code == 403
+    assert api.get("/v1/jobs/1", key="serve").status_code == 403
