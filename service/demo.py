@@ -17,6 +17,7 @@ DEMO = {
         "price": 129.0,
         "url": "https://shop.example.com/ridgeline",
     },
+    "brand_voice": "Warm, outdoorsy and plain-spoken; no hype.",
     "segments": [
         {
             "key": "weekend-hikers",

@@ -161,7 +161,8 @@ def _generate(
         for s in segments_of(session=session, experiment_id=experiment.id)  # type: ignore[arg-type]
         if job.segment_id is None or s.id == job.segment_id
     ]
-    _update(session, job, message="loading the model")
+    # The first load in a fresh install de-quantizes the default model: say so, it takes a while.
+    _update(session, job, message="loading the model (about 40 s on the very first run)")
     writer = writer_factory()
     status = VariantStatus.ACTIVE if experiment.auto_approve else VariantStatus.PENDING_REVIEW
     result: dict[str, Any] = {"model": writer.model_id, "segments": {}}
