@@ -144,3 +144,20 @@ def summarize(
         "prob_best": _prob_best(draws),
         "expected_loss": _expected_loss(draws),
     }
+
+
+def prob_below(
+    alpha: ArrayLike, beta: ArrayLike, reference_alpha: float, reference_beta: float, *,
+    n_samples: int = 20_000, rng: RNGLike = None,
+) -> FloatArray:
+    """P(each arm's rate < the reference arm's rate), e.g. a challenger against the control.
+
+    Returns
+    -------
+    ndarray of float64, shape (n_arms,)
+    """
+    # One generator for both: two generators from the same seed would draw correlated samples.
+    gen = as_generator(DEFAULT_SEED if rng is None else rng)
+    draws = _draws(alpha, beta, n_samples, gen)
+    reference = _draws([reference_alpha], [reference_beta], n_samples, gen)
+    return (draws < reference).mean(axis=0).astype(np.float64)

@@ -1,0 +1,62 @@
+"""Where a new arm's posterior starts, and how old evidence fades.
+
+A new challenger that starts at Beta(1, 1) claims a 50% conversion rate, so Thompson sampling floods
+it with traffic until it has lost enough; one that starts at a strong prior starves. The segment's
+own history says what a typical rate is: start there, but with few pseudo-trials.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+
+def empirical_bayes_prior(
+    successes: ArrayLike, trials: ArrayLike, *, max_pseudo_count: float = 20.0,
+    min_arms: int = 2,
+) -> tuple[float, float]:
+    """Beta(alpha, beta) fitted to past arms' rates by the method of moments, capped.
+
+    Parameters
+    ----------
+    successes, trials : array_like, shape (n_arms,)
+        Each past arm's conversions and impressions; arms with no trials are ignored.
+    max_pseudo_count : float
+        alpha + beta never exceeds this: the prior is worth at most this many trials.
+    min_arms : int
+        With fewer past arms than this there is no spread to fit, and Beta(1, 1) is returned.
+
+    Returns
+    -------
+    (alpha, beta) : floats, both > 0
+    """
+    s = np.asarray(successes, dtype=np.float64)
+    n = np.asarray(trials, dtype=np.float64)
+    if s.shape != n.shape or s.ndim != 1 or np.any(s < 0) or np.any(s > n):
+        raise ValueError("successes and trials must be 1-D, equal length, 0 <= successes <= trials")
+    if max_pseudo_count <= 0:
+        raise ValueError(f"max_pseudo_count must be > 0, got {max_pseudo_count!r}")
+    seen = n > 0
+    if seen.sum() < min_arms:
+        return 1.0, 1.0
+    s, n = s[seen], n[seen]
+    # Smoothed pooled mean: never exactly 0 or 1, so both parameters stay positive.
+    mean = (s.sum() + 1.0) / (n.sum() + 2.0)
+    rates = s / n
+    # Spread of the true rates = observed spread minus the binomial noise each arm adds.
+    between = rates.var() - np.mean(mean * (1.0 - mean) / n)
+    if between > 0:
+        concentration = min(mean * (1.0 - mean) / between - 1.0, max_pseudo_count)
+    else:
+        concentration = max_pseudo_count  # arms agree within noise: the cap is all we allow
+    concentration = max(concentration, 1e-3)
+    return float(mean * concentration), float((1.0 - mean) * concentration)
+
+
+def discount_factor(per_hour: float, hours: float) -> float:
+    """Weight left on evidence `hours` old when each hour keeps `per_hour` of it (0 < per_hour <= 1)."""
+    if not 0.0 < per_hour <= 1.0:
+        raise ValueError(f"discount per hour must be in (0, 1], got {per_hour!r}")
+    if hours < 0:
+        raise ValueError(f"hours must be >= 0, got {hours!r}")
+    return float(per_hour**hours)
