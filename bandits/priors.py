@@ -12,7 +12,10 @@ from numpy.typing import ArrayLike
 
 
 def empirical_bayes_prior(
-    successes: ArrayLike, trials: ArrayLike, *, max_pseudo_count: float = 20.0,
+    successes: ArrayLike,
+    trials: ArrayLike,
+    *,
+    max_pseudo_count: float = 20.0,
     min_arms: int = 2,
 ) -> tuple[float, float]:
     """Beta(alpha, beta) fitted to past arms' rates by the method of moments, capped.
@@ -54,7 +57,7 @@ def empirical_bayes_prior(
 
 
 def discount_factor(per_hour: float, hours: float) -> float:
-    """Weight left on evidence `hours` old when each hour keeps `per_hour` of it (0 < per_hour <= 1)."""
+    """Weight left on evidence `hours` old when each hour keeps `per_hour` of it."""
     if not 0.0 < per_hour <= 1.0:
         raise ValueError(f"discount per hour must be in (0, 1], got {per_hour!r}")
     if hours < 0:

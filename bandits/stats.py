@@ -147,8 +147,13 @@ def summarize(
 
 
 def prob_below(
-    alpha: ArrayLike, beta: ArrayLike, reference_alpha: float, reference_beta: float, *,
-    n_samples: int = 20_000, rng: RNGLike = None,
+    alpha: ArrayLike,
+    beta: ArrayLike,
+    reference_alpha: float,
+    reference_beta: float,
+    *,
+    n_samples: int = 20_000,
+    rng: RNGLike = None,
 ) -> FloatArray:
     """P(each arm's rate < the reference arm's rate), e.g. a challenger against the control.
 

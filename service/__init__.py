@@ -11,6 +11,8 @@ from service import api, db, errors, jsonbody
 from service.config import Settings, load_settings
 from service.errors import validation_error_response
 from service.generation_jobs import JobRunner
+from service.lifecycle import run_lifecycle
+from service.scheduler import PeriodicJob, start_background
 from service.snapshot import SnapshotCache
 
 __all__ = ["create_app"]
@@ -39,9 +41,18 @@ def create_app(config: Mapping[str, object] | None = None) -> OpenAPI:
         propensity_samples=settings.propensity_samples,
     )
     db.init_app(app, settings)
-    app.extensions["copybandit.jobs"] = JobRunner(
-        engine=app.extensions["copybandit.engine"], settings=settings
-    )
+    jobs = JobRunner(engine=app.extensions["copybandit.engine"], settings=settings)
+    app.extensions["copybandit.jobs"] = jobs
+    if settings.scheduler == "on":
+        lifecycle = PeriodicJob(
+            app.extensions["copybandit.engine"],
+            name="lifecycle",
+            interval_seconds=settings.lifecycle_interval_seconds,
+            job=lambda: run_lifecycle(
+                engine=app.extensions["copybandit.engine"], submit_job=jobs.submit
+            ),
+        )
+        app.extensions["copybandit.scheduler"] = start_background(lifecycle)
     jsonbody.init_app(app)
     errors.register(app)
     api.register(app)

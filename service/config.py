@@ -51,6 +51,9 @@ class Settings:
     banned_phrases: str = ""
     generation_batch_size: int = 16
     generation_max_rounds: int = 4
+    # The lifecycle job (retire, declare, regenerate); "off" leaves it to `copybandit lifecycle`.
+    scheduler: str = "on"
+    lifecycle_interval_seconds: float = 900.0
 
     def validate(self) -> Settings:
         _require(
@@ -112,6 +115,13 @@ class Settings:
             "MODEL",
             "must be a local Hugging Face model folder (with config.json)",
             self.model,
+        )
+        _require(self.scheduler in ("on", "off"), "SCHEDULER", "must be on or off", self.scheduler)
+        _require(
+            self.lifecycle_interval_seconds >= 1,
+            "LIFECYCLE_INTERVAL_SECONDS",
+            "must be >= 1",
+            self.lifecycle_interval_seconds,
         )
         if self.env == "production":
             for name in ("user_id_key", "secret_key"):

@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import sqlalchemy as sa
+from pydantic import ValidationError
 from sqlmodel import Session, col, select
 
 from service.db import rows_changed
-from service.errors import Conflict, NotFound
+from service.errors import Conflict, InvalidInput, NotFound
+from service.lifecycle import assign_prior
 from service.models import Experiment, Origin, Segment, Variant, VariantStatus, utcnow
+from service.policy import LifecyclePolicy, policy_of
 from service.schemas import ExperimentCreate, VariantCreate, VariantPatch
 
 # Which status changes a person may make by hand. Pending copy is reviewed once; retired and
@@ -34,6 +37,11 @@ def create_experiment(*, session: Session, experiment_create: ExperimentCreate) 
         sticky=experiment_create.sticky,
         brand_voice=experiment_create.brand_voice,
         auto_approve=experiment_create.auto_approve,
+        policy=(
+            experiment_create.policy.model_dump(exclude_unset=True)
+            if experiment_create.policy is not None
+            else None
+        ),
     )
     session.add(experiment)
     try:
@@ -87,7 +95,7 @@ def find_segment(*, session: Session, experiment_id: int, key: str) -> Segment:
 
 
 def add_variant(*, session: Session, experiment_id: int, variant_create: VariantCreate) -> Variant:
-    get_experiment(session=session, experiment_id=experiment_id)
+    experiment = get_experiment(session=session, experiment_id=experiment_id)
     segment = find_segment(session=session, experiment_id=experiment_id, key=variant_create.segment)
     if variant_create.origin == Origin.CONTROL and _has_control(session, segment.id):  # type: ignore[arg-type]
         raise Conflict(f"segment {segment.key!r} already has a control variant", field="origin")
@@ -99,9 +107,23 @@ def add_variant(*, session: Session, experiment_id: int, variant_create: Variant
         status=VariantStatus.ACTIVE,
         status_reason="added by hand",
     )
-    session.add(variant)
+    assign_prior(session, variant, policy_of(experiment.policy))
     session.commit()
     return variant
+
+
+def update_policy(*, session: Session, experiment_id: int, changes: LifecyclePolicy) -> Experiment:
+    """Merge the fields given into the stored policy; the result must be valid as a whole."""
+    experiment = get_experiment(session=session, experiment_id=experiment_id)
+    merged = {**(experiment.policy or {}), **changes.model_dump(exclude_unset=True)}
+    try:
+        LifecyclePolicy.model_validate(merged)
+    except ValidationError as exc:
+        raise InvalidInput(f"policy: {exc.errors()[0]['msg']}", field="policy") from None
+    experiment.policy = merged
+    session.add(experiment)
+    session.commit()
+    return experiment
 
 
 def _has_control(session: Session, segment_id: int) -> bool:

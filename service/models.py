@@ -96,6 +96,8 @@ class Experiment(SQLModel, table=True):
     brand_voice: str | None = Field(default=None, max_length=500)
     # Generated copy goes live without review when true.
     auto_approve: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
+    # service.policy.LifecyclePolicy fields that differ from the defaults.
+    policy: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
     created_at: datetime = _timestamp()
 
 
@@ -108,6 +110,9 @@ class Segment(SQLModel, table=True):
     description: str = Field(sa_type=sa.Text)
     # The first segment (position 0) is the experiment's default for unknown or missing keys.
     position: int
+    # Declared by the lifecycle job; no foreign key, since variants already reference segments.
+    winner_variant_id: int | None = Field(default=None)
+    winner_declared_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
 
 
 class Variant(SQLModel, table=True):
@@ -198,3 +203,29 @@ class GenerationJob(SQLModel, table=True):
     created_at: datetime = _timestamp()
     started_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+
+
+class LifecycleEvent(SQLModel, table=True):
+    """Audit trail: what the lifecycle did, to which variant, by which rule, with which numbers."""
+
+    __tablename__ = "lifecycle_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    experiment_id: int = Field(foreign_key="experiment.id", index=True)
+    segment_id: int | None = Field(default=None, foreign_key="segment.id")
+    variant_id: int | None = Field(default=None, foreign_key="variant.id")
+    action: str = Field(max_length=32)
+    reason: str = Field(sa_type=sa.Text)
+    numbers: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
+    created_at: datetime = _timestamp()
+
+
+class SchedulerLease(SQLModel, table=True):
+    """One row per periodic job: the last interval slot some process claimed and ran."""
+
+    __tablename__ = "scheduler_lease"
+
+    name: str = Field(primary_key=True, max_length=64)
+    slot: int = Field(sa_type=sa.BigInteger)
+    holder: str = Field(max_length=200)
+    claimed_at: datetime = _timestamp()

@@ -7,23 +7,28 @@ from sqlmodel import Session
 
 from bandits import stats
 from service.experiments import get_experiment, segments_of, variants_of
-from service.models import Variant, VariantStatus, utcnow
-from service.schemas import Leader, Report, SegmentReport, VariantStats
+from service.models import Segment, Variant, VariantStatus, utcnow
+from service.policy import policy_of
+from service.schemas import Leader, Report, SegmentReport, VariantStats, Winner
 
 
 def experiment_report(*, session: Session, experiment_id: int) -> Report:
     experiment = get_experiment(session=session, experiment_id=experiment_id)
     variants = variants_of(session=session, experiment_id=experiment_id)
     segments = [
-        _segment_report(segment.key, [v for v in variants if v.segment_id == segment.id])
+        _segment_report(segment, [v for v in variants if v.segment_id == segment.id])
         for segment in segments_of(session=session, experiment_id=experiment_id)
     ]
     return Report(
-        experiment_id=experiment_id, name=experiment.name, generated_at=utcnow(), segments=segments
+        experiment_id=experiment_id,
+        name=experiment.name,
+        policy=policy_of(experiment.policy),
+        generated_at=utcnow(),
+        segments=segments,
     )
 
 
-def _segment_report(key: str, variants: list[Variant]) -> SegmentReport:
+def _segment_report(segment: Segment, variants: list[Variant]) -> SegmentReport:
     alpha = np.array([v.prior_alpha + v.conversions for v in variants])
     beta = np.array([v.prior_beta + v.impressions - v.conversions for v in variants])
     # Probability best is a contest among what can be served; retired copy has left the race.
@@ -63,8 +68,14 @@ def _segment_report(key: str, variants: list[Variant]) -> SegmentReport:
         ),
         None,
     )
+    winner = None
+    if segment.winner_variant_id is not None and segment.winner_declared_at is not None:
+        winner = Winner(
+            variant_id=segment.winner_variant_id, declared_at=segment.winner_declared_at
+        )
     return SegmentReport(
-        key=key,
+        key=segment.key,
+        winner=winner,
         impressions=sum(v.impressions for v in variants),
         conversions=sum(v.conversions for v in variants),
         leader=leader,

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from service.models import JobStatus, Origin, VariantStatus
+from service.policy import LifecyclePolicy
 
 MAX_BATCH_EVENTS = 1000
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -68,6 +69,7 @@ class ExperimentCreate(Request):
     sticky: bool = False
     brand_voice: Reason | None = Field(default=None, description="how the copy should sound")
     auto_approve: bool = Field(default=False, description="serve generated copy without review")
+    policy: LifecyclePolicy | None = Field(default=None, description="lifecycle rules; defaults")
 
     @field_validator("segments")
     @classmethod
@@ -119,6 +121,7 @@ class ExperimentOut(BaseModel):
     sticky: bool
     brand_voice: str | None
     auto_approve: bool
+    policy: LifecyclePolicy
     created_at: datetime
     segments: list[SegmentOut]
 
@@ -280,19 +283,40 @@ class Leader(BaseModel):
     prob_best: float
 
 
+class Winner(BaseModel):
+    variant_id: int
+    declared_at: datetime
+
+
 class SegmentReport(BaseModel):
     key: str
     impressions: int
     conversions: int
     leader: Leader | None
+    winner: Winner | None = Field(description="declared by the lifecycle at policy.declare_at")
     variants: list[VariantStats]
 
 
 class Report(BaseModel):
     experiment_id: int
     name: str
+    policy: LifecyclePolicy
     generated_at: datetime
     segments: list[SegmentReport]
+
+
+class AuditEvent(BaseModel):
+    id: int
+    created_at: datetime
+    segment: str | None
+    variant_id: int | None
+    action: str = Field(description="pause, retire, declare_winner, regenerate, prior")
+    reason: str
+    numbers: dict[str, Any] | None
+
+
+class AuditTrail(BaseModel):
+    events: list[AuditEvent] = Field(description="newest first, at most 500")
 
 
 class Health(BaseModel):

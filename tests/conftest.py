@@ -97,6 +97,8 @@ def app_config(database_url: str) -> dict[str, Any]:
         "env": "test",
         "snapshot_ttl_seconds": 0.0,
         "propensity_samples": 2000,
+        # Tests drive the lifecycle themselves; no background ticks.
+        "scheduler": "off",
     }
 
 

@@ -66,12 +66,12 @@ def skewed(api: Any, session: Session, experiment: dict[str, Any]) -> dict[str, 
 def test_report_shape(api: Any, experiment: dict[str, Any]) -> None:
     report = _report(api, experiment["id"])
 
-    assert set(report) == {"experiment_id", "name", "generated_at", "segments"}
+    assert set(report) == {"experiment_id", "name", "policy", "generated_at", "segments"}
     assert (report["experiment_id"], report["name"]) == (experiment["id"], "Spring launch")
     assert datetime.fromisoformat(report["generated_at"]).tzinfo is not None
     assert [s["key"] for s in report["segments"]] == ["tea-lovers", "busy-parents"]
     for segment in report["segments"]:
-        assert set(segment) == {"key", "impressions", "conversions", "leader", "variants"}
+        assert set(segment) == {"key", "impressions", "conversions", "leader", "winner", "variants"}
         assert set(segment["leader"]) == {"variant_id", "text", "prob_best"}
         assert len(segment["variants"]) == 2
         for row in segment["variants"]:

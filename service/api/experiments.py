@@ -17,13 +17,18 @@ from service.experiments import (
     get_experiment,
     list_experiments,
     segments_of,
+    update_policy,
     update_variant,
     variants_of,
 )
 from service.generation_jobs import create_job, get_job
+from service.lifecycle import audit_trail
 from service.models import Experiment, Scope, Segment, Variant
+from service.policy import LifecyclePolicy, policy_of
 from service.reports import experiment_report
 from service.schemas import (
+    AuditEvent,
+    AuditTrail,
     ExperimentCreate,
     ExperimentList,
     ExperimentOut,
@@ -82,6 +87,7 @@ def _experiment_out(session: Session, experiment: Experiment) -> ExperimentOut:
         sticky=experiment.sticky,
         brand_voice=experiment.brand_voice,
         auto_approve=experiment.auto_approve,
+        policy=policy_of(experiment.policy),
         created_at=experiment.created_at,
         product=ProductOut(
             name=experiment.product_name,
@@ -171,4 +177,32 @@ def show_job(path: JobPath) -> tuple[dict[str, Any], int]:
     segment = session.get(Segment, job.segment_id) if job.segment_id is not None else None
     return json_of(
         JobOut(segment=segment.key if segment else None, **job.model_dump(exclude={"segment_id"}))
+    )
+
+
+@api.patch("/experiments/<int:experiment_id>/policy", responses=responses(_200=LifecyclePolicy))
+def patch_policy(path: ExperimentPath, body: LifecyclePolicy) -> tuple[dict[str, Any], int]:
+    """Change lifecycle rules; fields not given keep their current values."""
+    experiment = update_policy(session=db.session(), experiment_id=path.experiment_id, changes=body)
+    return json_of(policy_of(experiment.policy))
+
+
+@api.get("/experiments/<int:experiment_id>/audit", responses=responses(_200=AuditTrail))
+def audit(path: ExperimentPath) -> tuple[dict[str, Any], int]:
+    """What the lifecycle did and why, newest first."""
+    session = db.session()
+    get_experiment(session=session, experiment_id=path.experiment_id)
+    keys = {s.id: s.key for s in segments_of(session=session, experiment_id=path.experiment_id)}
+    return json_of(
+        AuditTrail(
+            events=[
+                AuditEvent(
+                    segment=keys.get(e.segment_id) if e.segment_id else None,
+                    **e.model_dump(
+                        include={"id", "created_at", "variant_id", "action", "reason", "numbers"}
+                    ),
+                )
+                for e in audit_trail(session, experiment_id=path.experiment_id)
+            ]
+        )
     )

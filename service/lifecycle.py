@@ -1,0 +1,361 @@
+"""The lifecycle loop: retire losers, pause what the guardrail catches, declare winners, ask the
+model for challengers, and write down why.
+
+`plan_segment` decides from numbers alone (pure, testable with fake counters); `run_lifecycle`
+applies each segment's plan in one transaction, so a crash mid-run leaves that segment as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from bandits import stats
+from bandits.priors import empirical_bayes_prior
+from service.db import rows_changed
+from service.models import (
+    Experiment,
+    GenerationJob,
+    LifecycleEvent,
+    Origin,
+    Segment,
+    Variant,
+    VariantStatus,
+    utcnow,
+)
+from service.policy import LifecyclePolicy, policy_of
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Arm:
+    variant_id: int
+    origin: str
+    status: str
+    impressions: int
+    conversions: int
+    alpha: float
+    beta: float
+
+    @classmethod
+    def of(cls, variant: Variant) -> Arm:
+        return cls(
+            variant.id,  # type: ignore[arg-type]
+            variant.origin,
+            variant.status,
+            variant.impressions,
+            variant.conversions,
+            variant.prior_alpha + variant.conversions,
+            variant.prior_beta + variant.impressions - variant.conversions,
+        )
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str  # "pause", "retire", "declare_winner", "regenerate"
+    variant_id: int | None
+    reason: str
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+
+def plan_segment(
+    arms: Sequence[Arm],
+    policy: LifecyclePolicy,
+    *,
+    winner_id: int | None = None,
+    pending: int = 0,
+    rng: int | np.random.Generator | None = None,
+) -> list[Action]:
+    """What the lifecycle would do to one segment now. Never leaves it without a live variant,
+    never retires or pauses the control."""
+    active = [a for a in arms if a.status == VariantStatus.ACTIVE]
+    actions: list[Action] = []
+    live = {a.variant_id for a in active}
+    if len(active) >= 2:
+        summary = stats.summarize([a.alpha for a in active], [a.beta for a in active], rng=rng)
+        by_id = {a.variant_id: i for i, a in enumerate(active)}
+        actions += _guardrail(active, policy, live, rng)
+        actions += _retirements(active, policy, summary, by_id, live)
+        winner = _winner(active, policy, summary, winner_id)
+        if winner is not None:
+            actions.append(winner)
+    missing = policy.target_active - len(live)
+    room = policy.max_active - len(live) - pending
+    if policy.regenerate and missing > 0 and room > 0:
+        n = min(missing, room)
+        actions.append(
+            Action(
+                "regenerate",
+                None,
+                f"{len(live)} live variants, target {policy.target_active}: "
+                f"asking the model for {n} more",
+                {"live": len(live), "pending": pending, "n": n},
+            )
+        )
+    return actions
+
+
+def _guardrail(
+    active: list[Arm],
+    policy: LifecyclePolicy,
+    live: set[int],
+    rng: int | np.random.Generator | None,
+) -> list[Action]:
+    control = next((a for a in active if a.origin == Origin.CONTROL), None)
+    if control is None or control.impressions < policy.min_impressions:
+        return []
+    judged = [a for a in active if a is not control and a.impressions >= policy.min_impressions]
+    if not judged:
+        return []
+    worse = stats.prob_below(
+        [a.alpha for a in judged], [a.beta for a in judged], control.alpha, control.beta, rng=rng
+    )
+    actions = []
+    for arm, p in zip(judged, worse, strict=True):
+        if p >= policy.guardrail_at and len(live) > 1:
+            live.discard(arm.variant_id)
+            actions.append(
+                Action(
+                    "pause",
+                    arm.variant_id,
+                    f"guardrail: P(rate below control) = {p:.4f} >= {policy.guardrail_at}",
+                    {
+                        "p_below_control": round(float(p), 6),
+                        "guardrail_at": policy.guardrail_at,
+                        **_counts(arm),
+                        "control_variant_id": control.variant_id,
+                        **{f"control_{k}": v for k, v in _counts(control).items()},
+                    },
+                )
+            )
+    return actions
+
+
+def _retirements(
+    active: list[Arm],
+    policy: LifecyclePolicy,
+    summary: dict[str, np.ndarray],
+    by_id: dict[int, int],
+    live: set[int],
+) -> list[Action]:
+    actions = []
+    # Worst first, so when the floor of one live variant binds, the better ones are the ones kept.
+    for arm in sorted(active, key=lambda a: summary["prob_best"][by_id[a.variant_id]]):
+        if arm.origin == Origin.CONTROL or arm.variant_id not in live:
+            continue
+        if arm.impressions < policy.min_impressions or len(live) <= 1:
+            continue
+        i = by_id[arm.variant_id]
+        best, loss = float(summary["prob_best"][i]), float(summary["expected_loss"][i])
+        numbers = {
+            "prob_best": round(best, 6),
+            "expected_loss": round(loss, 6),
+            **_counts(arm),
+            "min_impressions": policy.min_impressions,
+        }
+        if best < policy.retire_below:
+            reason = f"prob_best {best:.4f} < retire_below {policy.retire_below}"
+            numbers["retire_below"] = policy.retire_below
+        elif policy.retire_loss_above is not None and loss > policy.retire_loss_above:
+            reason = f"expected_loss {loss:.5f} > retire_loss_above {policy.retire_loss_above}"
+            numbers["retire_loss_above"] = policy.retire_loss_above
+        else:
+            continue
+        live.discard(arm.variant_id)
+        actions.append(Action("retire", arm.variant_id, reason, numbers))
+    return actions
+
+
+def _winner(
+    active: list[Arm],
+    policy: LifecyclePolicy,
+    summary: dict[str, np.ndarray],
+    winner_id: int | None,
+) -> Action | None:
+    if any(a.impressions < policy.min_impressions for a in active):
+        return None
+    i = int(np.argmax(summary["prob_best"]))
+    best = float(summary["prob_best"][i])
+    if best < policy.declare_at or active[i].variant_id == winner_id:
+        return None
+    return Action(
+        "declare_winner",
+        active[i].variant_id,
+        f"prob_best {best:.4f} >= declare_at {policy.declare_at}",
+        {"prob_best": round(best, 6), "declare_at": policy.declare_at, **_counts(active[i])},
+    )
+
+
+def _counts(arm: Arm) -> dict[str, Any]:
+    return {"impressions": arm.impressions, "conversions": arm.conversions}
+
+
+# --- applying plans -----------------------------------------------------------------------------
+
+SubmitJob = Callable[[int], None]
+
+
+@dataclass
+class RunReport:
+    experiments: int = 0
+    actions: list[LifecycleEvent] = field(default_factory=list)
+    jobs: list[int] = field(default_factory=list)
+
+
+def run_lifecycle(
+    *, engine: sa.Engine, submit_job: SubmitJob | None = None, now: datetime | None = None
+) -> RunReport:
+    """One pass over every experiment; each segment's changes commit on their own."""
+    report = RunReport()
+    with Session(engine, expire_on_commit=False) as session:
+        experiments = session.exec(select(Experiment).order_by(col(Experiment.id))).all()
+        for experiment in experiments:
+            report.experiments += 1
+            policy = policy_of(experiment.policy)
+            segments = session.exec(
+                select(Segment)
+                .where(Segment.experiment_id == experiment.id)
+                .order_by(col(Segment.position))
+            ).all()
+            for segment in segments:
+                try:
+                    events, job_id = apply_segment(session, experiment, segment, policy, now)
+                except Exception:
+                    session.rollback()
+                    log.exception(
+                        "lifecycle: segment %s of experiment %s left unchanged",
+                        segment.key,
+                        experiment.id,
+                    )
+                    continue
+                report.actions += events
+                if job_id is not None:
+                    report.jobs.append(job_id)
+                    if submit_job is not None:
+                        submit_job(job_id)
+    return report
+
+
+def apply_segment(
+    session: Session,
+    experiment: Experiment,
+    segment: Segment,
+    policy: LifecyclePolicy,
+    now: datetime | None = None,
+) -> tuple[list[LifecycleEvent], int | None]:
+    now = now or utcnow()
+    variants = session.exec(select(Variant).where(Variant.segment_id == segment.id)).all()
+    pending = sum(v.status == VariantStatus.PENDING_REVIEW for v in variants)
+    actions = plan_segment(
+        [Arm.of(v) for v in variants], policy, winner_id=segment.winner_variant_id, pending=pending
+    )
+    events: list[LifecycleEvent] = []
+    job_id = None
+    for action in actions:
+        if action.kind in ("pause", "retire"):
+            _set_status(session, action, now)
+        elif action.kind == "declare_winner":
+            segment.winner_variant_id, segment.winner_declared_at = action.variant_id, now
+            session.add(segment)
+        elif action.kind == "regenerate":
+            job = GenerationJob(
+                experiment_id=experiment.id,  # type: ignore[arg-type]
+                segment_id=segment.id,
+                n=action.numbers["n"],
+                message="queued by the lifecycle",
+            )
+            session.add(job)
+            session.flush()
+            job_id = job.id
+            action.numbers["job_id"] = job.id
+        events.append(
+            LifecycleEvent(
+                experiment_id=experiment.id,  # type: ignore[arg-type]
+                segment_id=segment.id,
+                variant_id=action.variant_id,
+                action=action.kind,
+                reason=action.reason,
+                numbers=action.numbers,
+                created_at=now,
+            )
+        )
+    session.add_all(events)
+    session.commit()
+    return events, job_id
+
+
+def _set_status(session: Session, action: Action, now: datetime) -> None:
+    target = VariantStatus.PAUSED if action.kind == "pause" else VariantStatus.RETIRED
+    changed = rows_changed(
+        session,
+        sa.update(Variant)
+        .where(col(Variant.id) == action.variant_id, col(Variant.status) == VariantStatus.ACTIVE)
+        .values(status=target.value, status_reason=action.reason[:500], updated_at=now),
+    )
+    if changed != 1:
+        raise RuntimeError(f"variant {action.variant_id} changed during the lifecycle run")
+
+
+# --- informed priors ----------------------------------------------------------------------------
+
+
+def assign_prior(session: Session, variant: Variant, policy: LifecyclePolicy) -> None:
+    """Start a new variant at its segment's prior and record why; the caller commits."""
+    variant.prior_alpha, variant.prior_beta = new_arm_prior(
+        session, segment_id=variant.segment_id, policy=policy
+    )
+    session.add(variant)
+    session.flush()
+    informed = (variant.prior_alpha, variant.prior_beta) != (1.0, 1.0)
+    session.add(
+        LifecycleEvent(
+            experiment_id=variant.experiment_id,
+            segment_id=variant.segment_id,
+            variant_id=variant.id,
+            action="prior",
+            reason=(
+                "empirical-Bayes prior from the segment's past variants"
+                if informed
+                else "uniform Beta(1, 1) prior"
+            ),
+            numbers={
+                "alpha": round(variant.prior_alpha, 6),
+                "beta": round(variant.prior_beta, 6),
+                "informed_priors": policy.informed_priors,
+                "prior_max_trials": policy.prior_max_trials,
+            },
+        )
+    )
+
+
+def new_arm_prior(
+    session: Session, *, segment_id: int, policy: LifecyclePolicy
+) -> tuple[float, float]:
+    """Beta(1, 1), or the segment's empirical-Bayes prior when the policy asks for it."""
+    if not policy.informed_priors:
+        return 1.0, 1.0
+    history = session.exec(
+        select(Variant.conversions, Variant.impressions).where(Variant.segment_id == segment_id)
+    ).all()
+    return empirical_bayes_prior(
+        [c for c, _ in history], [n for _, n in history], max_pseudo_count=policy.prior_max_trials
+    )
+
+
+def audit_trail(session: Session, *, experiment_id: int, limit: int = 500) -> list[LifecycleEvent]:
+    return list(
+        session.exec(
+            select(LifecycleEvent)
+            .where(LifecycleEvent.experiment_id == experiment_id)
+            .order_by(col(LifecycleEvent.id).desc())
+            .limit(limit)
+        )
+    )

@@ -1,0 +1,63 @@
+"""An experiment's lifecycle policy: when copy retires, when a winner is declared, when the model
+writes more. Stored with the experiment as JSON; missing fields take these defaults."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class LifecyclePolicy(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+    min_impressions: int = Field(
+        default=200,
+        ge=1,
+        le=10**9,
+        description="evidence a variant needs before any rule judges it",
+    )
+    retire_below: float = Field(
+        default=0.02, ge=0, le=1, description="retire when probability best falls below this"
+    )
+    retire_loss_above: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="also retire when expected loss (conversion rate given up) exceeds this",
+    )
+    target_active: int = Field(
+        default=4, ge=1, le=50, description="below this many live variants, the model writes more"
+    )
+    max_active: int = Field(
+        default=8, ge=1, le=50, description="live plus pending variants never exceed this"
+    )
+    declare_at: float = Field(
+        default=0.95, gt=0.5, le=1, description="declare a winner at this probability best"
+    )
+    informed_priors: bool = Field(
+        default=True, description="start new variants at the segment's typical rate"
+    )
+    prior_max_trials: float = Field(
+        default=20.0,
+        gt=0,
+        le=10_000,
+        description="an informed prior is worth at most this many trials",
+    )
+    guardrail_at: float = Field(
+        default=0.99,
+        gt=0.5,
+        le=1,
+        description="pause a variant this likely to be worse than control",
+    )
+    regenerate: bool = Field(default=True, description="queue generation below target_active")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> LifecyclePolicy:
+        if self.max_active < self.target_active:
+            raise ValueError("max_active must be >= target_active")
+        return self
+
+
+def policy_of(stored: dict[str, Any] | None) -> LifecyclePolicy:
+    return LifecyclePolicy.model_validate(stored or {})

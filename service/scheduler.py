@@ -1,0 +1,90 @@
+"""Periodic jobs that run exactly once per interval, however many processes and hosts share the
+database.
+
+Every process with a scheduler ticks often; on each tick it tries to claim the current interval's
+slot (`floor(now / interval)`) with one conditional UPDATE on the lease row. The database lets
+exactly one claimant move the slot forward; the others see zero rows changed and do nothing. This
+works the same on SQLite and PostgreSQL, and a process that dies mid-run costs only that interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from sqlmodel import Session, col
+
+from service.db import insert_for, rows_changed
+from service.models import SchedulerLease, utcnow
+
+log = logging.getLogger(__name__)
+
+
+def claim(engine: sa.Engine, *, name: str, slot: int, holder: str) -> bool:
+    """True for exactly one caller per (name, slot), across every process on this database."""
+    with Session(engine) as session:
+        session.execute(
+            insert_for(session)(SchedulerLease)
+            .values(name=name, slot=-1, holder=holder)
+            .on_conflict_do_nothing()
+        )
+        won = rows_changed(
+            session,
+            sa.update(SchedulerLease)
+            .where(col(SchedulerLease.name) == name, col(SchedulerLease.slot) < slot)
+            .values(slot=slot, holder=holder, claimed_at=utcnow()),
+        )
+        session.commit()
+    return won == 1
+
+
+class PeriodicJob:
+    """A job and its interval; `tick()` runs it if this process wins the current slot."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        *,
+        name: str,
+        interval_seconds: float,
+        job: Callable[[], object],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self.name = name
+        self.interval = interval_seconds
+        self.job = job
+        self.clock = clock
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+
+    def tick(self) -> bool:
+        slot = int(self.clock() // self.interval)
+        if not claim(self.engine, name=self.name, slot=slot, holder=self.holder):
+            return False
+        log.info("%s: running for slot %s as %s", self.name, slot, self.holder)
+        try:
+            self.job()
+        except Exception:
+            log.exception("%s failed for slot %s", self.name, slot)
+        return True
+
+
+def start_background(job: PeriodicJob) -> object:
+    """An APScheduler thread that ticks `job` often enough to catch each slot early."""
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    scheduler = BackgroundScheduler(daemon=True)
+    scheduler.add_job(
+        job.tick,
+        "interval",
+        seconds=max(1.0, min(60.0, job.interval / 4)),
+        id=job.name,
+        max_instances=1,
+        coalesce=True,
+    )
+    scheduler.start()
+    return scheduler
