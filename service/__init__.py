@@ -11,7 +11,7 @@ from service import api, db, errors, jsonbody
 from service.config import Settings, load_settings
 from service.errors import validation_error_response
 from service.generation_jobs import JobRunner
-from service.lifecycle import run_lifecycle
+from service.lifecycle import GuardrailWatch, run_lifecycle
 from service.scheduler import PeriodicJob, start_background
 from service.snapshot import SnapshotCache
 
@@ -43,6 +43,7 @@ def create_app(config: Mapping[str, object] | None = None) -> OpenAPI:
     db.init_app(app, settings)
     jobs = JobRunner(engine=app.extensions["copybandit.engine"], settings=settings)
     app.extensions["copybandit.jobs"] = jobs
+    app.extensions["copybandit.guardrail"] = GuardrailWatch(app.extensions["copybandit.engine"])
     if settings.scheduler == "on":
         lifecycle = PeriodicJob(
             app.extensions["copybandit.engine"],

@@ -16,6 +16,7 @@ from service.db import make_engine
 from service.demo import seed_demo
 from service.errors import NotFound
 from service.generation_jobs import GenerationOptions, create_job, default_writer, run_job
+from service.lifecycle import run_lifecycle
 from service.models import ApiKey, JobStatus, Scope, Variant
 
 
@@ -126,6 +127,41 @@ def generate(experiment_id: int, segment: str | None, n: int) -> None:
                 variant = session.get(Variant, variant_id)
                 click.echo(f"  [{variant_id}] {variant.text if variant else '?'}")
     click.echo(f"\njob {job.id}: {job.message} (see GET /v1/jobs/{job.id} for the rejections)")
+
+
+@main.command()
+@click.option(
+    "--once",
+    is_flag=True,
+    required=True,
+    help="Run one pass now (the server's scheduler runs it every interval).",
+)
+@click.option(
+    "--generate/--no-generate",
+    default=True,
+    show_default=True,
+    help="Run the generation jobs the pass queues, here and now.",
+)
+def lifecycle(once: bool, generate: bool) -> None:
+    """Retire losers, pause guardrail failures, declare winners, queue new copy."""
+    settings = _settings()
+    logging.basicConfig(level=settings.log_level, format="%(message)s")
+    engine = make_engine(settings)
+    report = run_lifecycle(engine=engine)
+    for event in report.actions:
+        click.echo(
+            f"segment {event.segment_id} variant {event.variant_id}: {event.action}: {event.reason}"
+        )
+    click.echo(
+        f"{report.experiments} experiments, {len(report.actions)} actions, "
+        f"{len(report.jobs)} generation jobs queued"
+    )
+    options = GenerationOptions.from_settings(settings)
+    for job_id in report.jobs if generate else []:
+        job = run_job(
+            engine=engine, job_id=job_id, writer=lambda: default_writer(settings), options=options
+        )
+        click.echo(f"job {job_id}: {job.status}: {job.message}")
 
 
 @main.group()

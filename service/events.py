@@ -23,6 +23,7 @@ class EventsOutcome:
     duplicate: int = 0
     rejections: list[RejectedEvent] = field(default_factory=list)
     experiments: set[int] = field(default_factory=set)
+    segments: set[int] = field(default_factory=set)
 
 
 def record_events(*, session: Session, events: list[EventIn]) -> EventsOutcome:
@@ -80,5 +81,6 @@ def record_events(*, session: Session, events: list[EventIn]) -> EventsOutcome:
                 .values(conversions=Variant.conversions + per_variant[variant_id])
             )
         outcome.experiments = {known[i].experiment_id for i in inserted}
+        outcome.segments = {known[i].segment_id for i in inserted}
     session.commit()
     return outcome

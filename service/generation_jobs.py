@@ -24,6 +24,7 @@ from generation.writer import Writer
 from service.config import Settings
 from service.errors import NotFound
 from service.experiments import find_segment, get_experiment, segments_of
+from service.lifecycle import assign_prior
 from service.models import (
     Experiment,
     GenerationJob,
@@ -34,6 +35,7 @@ from service.models import (
     VariantStatus,
     utcnow,
 )
+from service.policy import policy_of
 
 log = logging.getLogger(__name__)
 # Lines kept in a job's result to explain rejections; the counts cover all of them.
@@ -165,6 +167,7 @@ def _generate(
     _update(session, job, message="loading the model (about 40 s on the very first run)")
     writer = writer_factory()
     status = VariantStatus.ACTIVE if experiment.auto_approve else VariantStatus.PENDING_REVIEW
+    policy = policy_of(experiment.policy)
     result: dict[str, Any] = {"model": writer.model_id, "segments": {}}
     for index, segment in enumerate(segments):
 
@@ -210,7 +213,8 @@ def _generate(
             )
             for candidate in generated.accepted
         ]
-        session.add_all(variants)
+        for variant in variants:
+            assign_prior(session, variant, policy)
         session.commit()  # one segment, one transaction
         result["segments"][segment.key] = {
             "variant_ids": [v.id for v in variants],

@@ -103,6 +103,14 @@ def plan_segment(
     return actions
 
 
+def plan_guardrail(
+    arms: Sequence[Arm], policy: LifecyclePolicy, rng: int | np.random.Generator | None = None
+) -> list[Action]:
+    """Only the circuit breaker: cheap enough to run whenever counters change."""
+    active = [a for a in arms if a.status == VariantStatus.ACTIVE]
+    return _guardrail(active, policy, {a.variant_id for a in active}, rng)
+
+
 def _guardrail(
     active: list[Arm],
     policy: LifecyclePolicy,
@@ -250,13 +258,17 @@ def apply_segment(
     segment: Segment,
     policy: LifecyclePolicy,
     now: datetime | None = None,
+    *,
+    guardrail_only: bool = False,
 ) -> tuple[list[LifecycleEvent], int | None]:
     now = now or utcnow()
     variants = session.exec(select(Variant).where(Variant.segment_id == segment.id)).all()
-    pending = sum(v.status == VariantStatus.PENDING_REVIEW for v in variants)
-    actions = plan_segment(
-        [Arm.of(v) for v in variants], policy, winner_id=segment.winner_variant_id, pending=pending
-    )
+    arms = [Arm.of(v) for v in variants]
+    if guardrail_only:
+        actions = plan_guardrail(arms, policy)
+    else:
+        pending = sum(v.status == VariantStatus.PENDING_REVIEW for v in variants)
+        actions = plan_segment(arms, policy, winner_id=segment.winner_variant_id, pending=pending)
     events: list[LifecycleEvent] = []
     job_id = None
     for action in actions:
@@ -359,3 +371,50 @@ def audit_trail(session: Session, *, experiment_id: int, limit: int = 500) -> li
             .limit(limit)
         )
     )
+
+
+class GuardrailWatch:
+    """Runs the guardrail on segments whose counters just changed, at most once a second each,
+    so a burst of conversions costs one check, not one per request."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        *,
+        min_interval: float = 1.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        import time
+
+        self.engine = engine
+        self.min_interval = min_interval
+        self.clock = clock or time.monotonic
+        self._last: dict[int, float] = {}
+
+    def counters_changed(self, segment_ids: set[int]) -> list[LifecycleEvent]:
+        now = self.clock()
+        due = [s for s in segment_ids if now - self._last.get(s, -1e18) >= self.min_interval]
+        events: list[LifecycleEvent] = []
+        if not due:
+            return events
+        with Session(self.engine, expire_on_commit=False) as session:
+            for segment_id in due:
+                self._last[segment_id] = now
+                segment = session.get(Segment, segment_id)
+                experiment = session.get(Experiment, segment.experiment_id) if segment else None
+                if segment is None or experiment is None:
+                    continue
+                try:
+                    new, _ = apply_segment(
+                        session,
+                        experiment,
+                        segment,
+                        policy_of(experiment.policy),
+                        guardrail_only=True,
+                    )
+                except Exception:
+                    session.rollback()
+                    log.exception("guardrail check failed for segment %s", segment_id)
+                    continue
+                events += new
+        return events

@@ -41,6 +41,7 @@ def decide(body: DecideIn) -> tuple[dict[str, Any], int]:
 def events(body: EventsIn) -> tuple[dict[str, Any], int]:
     """Report conversions: one event, or `{"events": [...]}` with up to 1,000."""
     outcome = record_events(session=db.session(), events=body.as_list())
+    current_app.extensions["copybandit.guardrail"].counters_changed(outcome.segments)
     for experiment_id in outcome.experiments:
         _cache().invalidate(experiment_id)
     if body.events is None and outcome.rejections:
