@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from bandits import stats
-from bandits.priors import empirical_bayes_prior
+from bandits.priors import discount_factor, empirical_bayes_prior
 from service.db import rows_changed
 from service.models import (
     Experiment,
@@ -53,8 +53,7 @@ class Arm:
             variant.status,
             variant.impressions,
             variant.conversions,
-            variant.prior_alpha + variant.conversions,
-            variant.prior_beta + variant.impressions - variant.conversions,
+            *variant.posterior(),
         )
 
 
@@ -263,13 +262,17 @@ def apply_segment(
 ) -> tuple[list[LifecycleEvent], int | None]:
     now = now or utcnow()
     variants = session.exec(select(Variant).where(Variant.segment_id == segment.id)).all()
+    events: list[LifecycleEvent] = []
+    if policy.discount_per_hour is not None and not guardrail_only:
+        events.append(_fold(session, experiment, segment, variants, policy.discount_per_hour, now))
+        session.expire_all()
+        variants = session.exec(select(Variant).where(Variant.segment_id == segment.id)).all()
     arms = [Arm.of(v) for v in variants]
     if guardrail_only:
         actions = plan_guardrail(arms, policy)
     else:
         pending = sum(v.status == VariantStatus.PENDING_REVIEW for v in variants)
         actions = plan_segment(arms, policy, winner_id=segment.winner_variant_id, pending=pending)
-    events: list[LifecycleEvent] = []
     job_id = None
     for action in actions:
         if action.kind in ("pause", "retire"):
@@ -302,6 +305,52 @@ def apply_segment(
     session.add_all(events)
     session.commit()
     return events, job_id
+
+
+def _fold(
+    session: Session,
+    experiment: Experiment,
+    segment: Segment,
+    variants: Sequence[Variant],
+    per_hour: float,
+    now: datetime,
+) -> LifecycleEvent:
+    """Decay each variant's evidence by the hours since its last fold, then fold in what arrived
+    since at full weight (it is at most one interval old). One UPDATE per row reads and writes the
+    counters together, so increments racing with the fold are neither lost nor counted twice."""
+    factors = []
+    for variant in variants:
+        since = variant.folded_at or variant.created_at
+        factor = discount_factor(per_hour, max(0.0, (now - since).total_seconds() / 3600))
+        factors.append(factor)
+        session.execute(
+            sa.update(Variant)
+            .where(col(Variant.id) == variant.id)
+            .values(
+                decayed_successes=col(Variant.decayed_successes) * factor
+                + (col(Variant.conversions) - col(Variant.folded_conversions)),
+                decayed_failures=col(Variant.decayed_failures) * factor
+                + (col(Variant.impressions) - col(Variant.conversions))
+                - (col(Variant.folded_impressions) - col(Variant.folded_conversions)),
+                folded_conversions=col(Variant.conversions),
+                folded_impressions=col(Variant.impressions),
+                folded_at=now,
+            )
+        )
+    return LifecycleEvent(
+        experiment_id=experiment.id,  # type: ignore[arg-type]
+        segment_id=segment.id,
+        variant_id=None,
+        action="discount",
+        reason=f"older evidence weighted by {per_hour} per hour",
+        numbers={
+            "discount_per_hour": per_hour,
+            "variants": len(factors),
+            "factor_min": round(min(factors, default=1.0), 6),
+            "factor_max": round(max(factors, default=1.0), 6),
+        },
+        created_at=now,
+    )
 
 
 def _set_status(session: Session, action: Action, now: datetime) -> None:

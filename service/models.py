@@ -129,10 +129,32 @@ class Variant(SQLModel, table=True):
     prior_beta: float = Field(default=1.0)
     impressions: int = Field(default=0, sa_type=sa.BigInteger)
     conversions: int = Field(default=0, sa_type=sa.BigInteger)
+    # Discounting (policy.discount_per_hour): evidence up to the last fold, decayed, plus the exact
+    # counts since. Never folded, all are zero and the posterior reads the counters as they are.
+    decayed_successes: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})
+    decayed_failures: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})
+    folded_impressions: int = Field(
+        default=0, sa_type=sa.BigInteger, sa_column_kwargs={"server_default": "0"}
+    )
+    folded_conversions: int = Field(
+        default=0, sa_type=sa.BigInteger, sa_column_kwargs={"server_default": "0"}
+    )
+    folded_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     # For generated copy: model, prompt, seed, lint results and job, so every line can be explained.
     audit: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
     created_at: datetime = _timestamp()
     updated_at: datetime = _timestamp()
+
+    def posterior(self) -> tuple[float, float]:
+        """Beta(alpha, beta): the prior plus (discounted) successes and failures."""
+        new_conversions = self.conversions - self.folded_conversions
+        new_failures = (self.impressions - self.conversions) - (
+            self.folded_impressions - self.folded_conversions
+        )
+        return (
+            self.prior_alpha + self.decayed_successes + new_conversions,
+            self.prior_beta + self.decayed_failures + new_failures,
+        )
 
 
 class Impression(SQLModel, table=True):

@@ -51,6 +51,12 @@ class LifecyclePolicy(BaseModel):
         description="pause a variant this likely to be worse than control",
     )
     regenerate: bool = Field(default=True, description="queue generation below target_active")
+    discount_per_hour: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="weight each hour leaves on older evidence (e.g. 0.999); null keeps it all",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> LifecyclePolicy:

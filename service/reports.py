@@ -29,8 +29,7 @@ def experiment_report(*, session: Session, experiment_id: int) -> Report:
 
 
 def _segment_report(segment: Segment, variants: list[Variant]) -> SegmentReport:
-    alpha = np.array([v.prior_alpha + v.conversions for v in variants])
-    beta = np.array([v.prior_beta + v.impressions - v.conversions for v in variants])
+    alpha, beta = np.array([v.posterior() for v in variants]).reshape(-1, 2).T
     # Probability best is a contest among what can be served; retired copy has left the race.
     active = np.array([v.status == VariantStatus.ACTIVE for v in variants], dtype=bool)
     prob_best = np.full(len(variants), np.nan)

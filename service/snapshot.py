@@ -117,8 +117,7 @@ class SnapshotCache:
         policy = None
         propensities = np.zeros(0)
         if variants:
-            alpha = np.array([v.prior_alpha + v.conversions for v in variants])
-            beta = np.array([v.prior_beta + v.impressions - v.conversions for v in variants])
+            alpha, beta = np.array([v.posterior() for v in variants]).T
             with self._lock:
                 policy = BetaBernoulliTS(len(variants), alpha=alpha, beta=beta, rng=self._rng)
                 # Floored at the Monte-Carlo resolution: an arm that won no simulated draw can

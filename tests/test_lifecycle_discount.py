@@ -1,0 +1,96 @@
+"""Discounting: older evidence fades by `discount_per_hour`, applied to the counters the posterior
+reads, while the exact impression and conversion counters stay untouched."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from service.lifecycle import run_lifecycle
+from service.models import LifecycleEvent, Variant
+
+QUIET = {"regenerate": False, "min_impressions": 10**9}  # only the discount acts
+
+
+def _add(session: Session, variant_id: int, impressions: int, conversions: int) -> None:
+    session.execute(
+        sa.update(Variant)
+        .where(col(Variant.id) == variant_id)
+        .values(
+            impressions=col(Variant.impressions) + impressions,
+            conversions=col(Variant.conversions) + conversions,
+        )
+    )
+    session.commit()
+
+
+def _variant(session: Session, variant_id: int) -> Variant:
+    session.expire_all()
+    variant = session.get(Variant, variant_id)
+    assert variant is not None
+    return variant
+
+
+@pytest.fixture
+def setup(api: Any, app: Any, session: Session) -> tuple[Any, int, Variant]:
+    created = api.create_experiment(policy={**QUIET, "discount_per_hour": 0.5})
+    variant_id = api.add_variant(created["id"], "tea-lovers", "The Aurora kettle, fast.")["id"]
+    return app.extensions["copybandit.engine"], variant_id, _variant(session, variant_id)
+
+
+def test_old_evidence_decays_and_new_evidence_counts_in_full(
+    setup: tuple[Any, int, Variant], session: Session
+) -> None:
+    engine, variant_id, fresh = setup
+    start = fresh.created_at
+    prior = (fresh.prior_alpha, fresh.prior_beta)
+
+    _add(session, variant_id, impressions=100, conversions=10)
+    run_lifecycle(engine=engine, now=start + timedelta(hours=2))
+    # Nothing was folded before: everything so far enters at full weight.
+    assert _variant(session, variant_id).posterior() == pytest.approx(
+        (prior[0] + 10, prior[1] + 90)
+    )
+
+    _add(session, variant_id, impressions=50, conversions=10)
+    run_lifecycle(engine=engine, now=start + timedelta(hours=4))
+    # Two hours at 0.5 per hour: the old 10/90 weigh 0.25; the new 10/40 count in full.
+    folded = _variant(session, variant_id)
+    assert folded.posterior() == pytest.approx((prior[0] + 2.5 + 10, prior[1] + 22.5 + 40))
+    assert (folded.impressions, folded.conversions) == (150, 20)  # exact counters untouched
+
+    _add(session, variant_id, impressions=10, conversions=1)  # between passes: added as they come
+    assert _variant(session, variant_id).posterior() == pytest.approx(
+        (prior[0] + 12.5 + 1, prior[1] + 62.5 + 9)
+    )
+
+
+def test_each_fold_is_audited(setup: tuple[Any, int, Variant], session: Session) -> None:
+    engine, _, fresh = setup
+    run_lifecycle(engine=engine, now=fresh.created_at + timedelta(hours=1))
+    (event,) = session.exec(
+        select(LifecycleEvent)
+        .where(LifecycleEvent.action == "discount")
+        .where(LifecycleEvent.segment_id == fresh.segment_id)
+    ).all()
+    assert event.numbers is not None and event.numbers["discount_per_hour"] == 0.5
+    assert event.numbers["factor_min"] == pytest.approx(0.5)
+
+
+def test_without_discount_the_posterior_is_the_exact_counts(
+    api: Any, app: Any, session: Session
+) -> None:
+    created = api.create_experiment(policy=QUIET)
+    variant_id = api.add_variant(created["id"], "tea-lovers", "The Aurora kettle, fast.")["id"]
+    _add(session, variant_id, impressions=100, conversions=10)
+    variant = _variant(session, variant_id)
+    run_lifecycle(
+        engine=app.extensions["copybandit.engine"], now=variant.created_at + timedelta(hours=100)
+    )
+    after = _variant(session, variant_id)
+    assert after.posterior() == (variant.prior_alpha + 10, variant.prior_beta + 90)
+    assert after.folded_at is None

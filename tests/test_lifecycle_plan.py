@@ -1,0 +1,243 @@
+"""plan_segment and plan_guardrail: what the lifecycle decides from counters alone (no database)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from service.lifecycle import Action, Arm, plan_guardrail, plan_segment
+from service.policy import LifecyclePolicy
+
+CONTROL = 1
+
+
+def arm(
+    variant_id: int,
+    impressions: int,
+    conversions: int,
+    *,
+    origin: str = "manual",
+    status: str = "active",
+) -> Arm:
+    """An arm at a uniform prior: alpha = 1 + conversions, beta = 1 + failures."""
+    return Arm(
+        variant_id,
+        origin,
+        status,
+        impressions,
+        conversions,
+        1.0 + conversions,
+        1.0 + impressions - conversions,
+    )
+
+
+def control(impressions: int, conversions: int) -> Arm:
+    return arm(CONTROL, impressions, conversions, origin="control")
+
+
+def policy(**fields: Any) -> LifecyclePolicy:
+    """Regeneration off unless a test asks for it, so only the rule under test acts."""
+    return LifecyclePolicy(**{"regenerate": False, **fields})
+
+
+def of_kind(actions: list[Action], kind: str) -> list[Action]:
+    return [a for a in actions if a.kind == kind]
+
+
+def touched(actions: list[Action], *kinds: str) -> set[int | None]:
+    return {a.variant_id for a in actions if a.kind in kinds}
+
+
+# --- retirement ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("loser", "retired"),
+    [
+        pytest.param(arm(3, 150, 0), False, id="prob_best-low-but-too-few-impressions"),
+        pytest.param(arm(3, 1000, 95), False, id="enough-impressions-but-prob_best-high"),
+        pytest.param(arm(3, 1000, 50), True, id="past-both-thresholds"),
+    ],
+)
+def test_retirement_needs_both_thresholds(loser: Arm, retired: bool) -> None:
+    arms = [arm(2, 1000, 100), loser]
+    rules = policy(min_impressions=200, retire_below=0.02)
+    retirements = of_kind(plan_segment(arms, rules, rng=0), "retire")
+    assert touched(retirements, "retire") == ({3} if retired else set())
+    if retired:
+        (action,) = retirements
+        assert "prob_best" in action.reason and "retire_below" in action.reason
+        numbers = action.numbers
+        assert numbers["prob_best"] < 0.02 and numbers["retire_below"] == 0.02
+        assert numbers["expected_loss"] > 0.03
+        assert (numbers["impressions"], numbers["conversions"]) == (1000, 50)
+
+
+@pytest.mark.parametrize(("loss_above", "retired"), [(None, False), (0.005, True)])
+def test_expected_loss_rule(loss_above: float | None, retired: bool) -> None:
+    # 8% against 10% on 1,000 impressions each: a few percent chance of being best, which is
+    # above retire_below, but about two points of conversion rate given up.
+    arms = [arm(2, 1000, 100), arm(3, 1000, 80)]
+    rules = policy(retire_below=0.001, retire_loss_above=loss_above)
+    retirements = of_kind(plan_segment(arms, rules, rng=0), "retire")
+    assert touched(retirements, "retire") == ({3} if retired else set())
+    if retired:
+        (action,) = retirements
+        assert "expected_loss" in action.reason and "prob_best" not in action.reason
+        assert action.numbers["prob_best"] >= 0.001
+        assert action.numbers["expected_loss"] > 0.005
+        assert action.numbers["retire_loss_above"] == 0.005
+
+
+# --- never zero live variants, never the control -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arms", "kept"),
+    [
+        pytest.param([arm(2, 1000, 50), arm(3, 1000, 52)], 3, id="two-arms"),
+        pytest.param([arm(2, 1000, 40), arm(3, 1000, 60), arm(4, 1000, 50)], 3, id="three-arms"),
+        pytest.param([arm(2, 1000, 10), arm(3, 1000, 100)], 3, id="terrible-vs-great"),
+    ],
+)
+def test_the_best_arm_stays_live_when_every_arm_qualifies(arms: list[Arm], kept: int) -> None:
+    # retire_below 0.99 and a tiny loss threshold: by the rules alone every arm would go.
+    rules = policy(retire_below=0.99, retire_loss_above=1e-9, declare_at=1.0)
+    actions = plan_segment(arms, rules, rng=0)
+    retired = touched(actions, "retire", "pause")
+    assert retired == {a.variant_id for a in arms} - {kept}
+
+
+def test_a_single_active_arm_is_never_retired() -> None:
+    arms = [
+        arm(2, 1000, 1),
+        arm(3, 1000, 200, status="retired"),
+        arm(4, 1000, 150, status="paused"),
+    ]
+    rules = policy(retire_below=0.99, retire_loss_above=1e-9)
+    assert plan_segment(arms, rules, rng=0) == []
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        policy(retire_below=0.99, retire_loss_above=1e-9),
+        policy(retire_below=0.99, guardrail_at=0.51),
+    ],
+    ids=["every-rule-at-its-harshest", "hair-trigger-guardrail"],
+)
+def test_the_control_is_never_retired_or_paused(rules: LifecyclePolicy) -> None:
+    arms = [control(5000, 10), arm(2, 5000, 500), arm(3, 5000, 510)]
+    actions = plan_segment(arms, rules, rng=0)
+    assert CONTROL not in touched(actions, "retire", "pause")
+    # The rules did act: the weaker challenger went, the control stayed beside the best one.
+    assert touched(actions, "retire", "pause") == {2}
+
+
+# --- regeneration -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arms", "fields", "pending", "n"),
+    [
+        pytest.param([arm(2, 0, 0), arm(3, 0, 0)], {}, 0, 2, id="two-live-target-four"),
+        pytest.param([arm(2, 0, 0), arm(3, 0, 0)], {"max_active": 4}, 1, 1, id="capped-by-room"),
+        pytest.param([arm(2, 0, 0), arm(3, 0, 0)], {"max_active": 4}, 2, None, id="no-room"),
+        pytest.param([arm(2, 0, 0), arm(3, 0, 0)], {"regenerate": False}, 0, None, id="off"),
+        pytest.param(
+            [arm(2, 0, 0), arm(3, 0, 0), arm(4, 0, 0), arm(5, 0, 0)], {}, 0, None, id="at-target"
+        ),
+        pytest.param(
+            [arm(2, 1000, 100), arm(3, 1000, 100), arm(4, 1000, 100), arm(5, 1000, 20)],
+            {"declare_at": 1.0},
+            0,
+            1,
+            id="retired-in-same-plan-count-as-gone",
+        ),
+        pytest.param(
+            [arm(2, 0, 0), arm(3, 0, 0, status="paused"), arm(4, 0, 0, status="retired")],
+            {},
+            0,
+            3,
+            id="only-active-arms-are-live",
+        ),
+    ],
+)
+def test_regeneration_below_target(
+    arms: list[Arm], fields: dict[str, Any], pending: int, n: int | None
+) -> None:
+    rules = LifecyclePolicy(**{"target_active": 4, **fields})
+    regenerate = of_kind(plan_segment(arms, rules, pending=pending, rng=0), "regenerate")
+    if n is None:
+        assert regenerate == []
+        return
+    (action,) = regenerate
+    live = sum(a.status == "active" for a in arms) - (1 if any(a.impressions for a in arms) else 0)
+    assert action.variant_id is None
+    assert action.numbers == {"live": live, "pending": pending, "n": n}
+    assert f"asking the model for {n} more" in action.reason
+
+
+# --- guardrail ----------------------------------------------------------------------------------
+
+
+def test_guardrail_pauses_an_arm_far_below_the_control() -> None:
+    arms = [control(1000, 100), arm(2, 1000, 40), arm(3, 1000, 95)]
+    (pause,) = of_kind(plan_segment(arms, policy(min_impressions=200), rng=0), "pause")
+    assert pause.variant_id == 2
+    assert pause.reason.startswith("guardrail")
+    assert pause.numbers["p_below_control"] >= 0.99
+    assert pause.numbers["guardrail_at"] == 0.99
+    assert pause.numbers["control_variant_id"] == CONTROL
+    assert (pause.numbers["control_impressions"], pause.numbers["control_conversions"]) == (
+        1000,
+        100,
+    )
+
+
+@pytest.mark.parametrize(
+    "arms",
+    [
+        pytest.param([control(150, 15), arm(2, 1000, 5)], id="control-too-few-impressions"),
+        pytest.param([control(1000, 100), arm(2, 150, 0)], id="arm-too-few-impressions"),
+        pytest.param([arm(2, 1000, 100), arm(3, 1000, 5)], id="no-control"),
+        pytest.param([control(1000, 100), arm(2, 1000, 90)], id="not-clearly-worse"),
+    ],
+)
+def test_guardrail_holds_off(arms: list[Arm]) -> None:
+    assert of_kind(plan_segment(arms, policy(min_impressions=200), rng=0), "pause") == []
+    assert plan_guardrail(arms, policy(min_impressions=200), rng=0) == []
+
+
+def test_plan_guardrail_returns_only_guardrail_actions() -> None:
+    arms = [control(1000, 100), arm(2, 1000, 40), arm(3, 1000, 150), arm(4, 1000, 60)]
+    rules = LifecyclePolicy(min_impressions=200)
+    full = plan_segment(arms, rules, rng=0)
+    assert {a.kind for a in full} >= {"pause", "retire", "declare_winner", "regenerate"}
+    guardrail = plan_guardrail(arms, rules, rng=0)
+    assert guardrail and {a.kind for a in guardrail} == {"pause"}
+    assert guardrail == of_kind(full, "pause")
+
+
+# --- winner -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arms", "winner_id", "declared"),
+    [
+        pytest.param([arm(2, 1000, 150), arm(3, 1000, 100)], None, 2, id="dominant-arm"),
+        pytest.param([arm(2, 1000, 150), arm(3, 199, 10)], None, None, id="one-arm-too-new"),
+        pytest.param([arm(2, 1000, 150), arm(3, 1000, 100)], 2, None, id="already-declared"),
+        pytest.param([arm(2, 1000, 150), arm(3, 1000, 100)], 3, 2, id="new-winner"),
+        pytest.param([arm(2, 1000, 100), arm(3, 1000, 98)], None, None, id="too-close"),
+    ],
+)
+def test_declare_winner(arms: list[Arm], winner_id: int | None, declared: int | None) -> None:
+    rules = policy(min_impressions=200, declare_at=0.95)
+    winners = of_kind(plan_segment(arms, rules, winner_id=winner_id, rng=0), "declare_winner")
+    assert touched(winners, "declare_winner") == (set() if declared is None else {declared})
+    for action in winners:
+        assert action.numbers["prob_best"] >= 0.95
+        assert action.numbers["declare_at"] == 0.95
+        assert "declare_at" in action.reason
