@@ -101,8 +101,9 @@ def test_expected_loss_rule(loss_above: float | None, retired: bool) -> None:
         pytest.param([arm(2, 1000, 10), arm(3, 1000, 100)], 3, id="terrible-vs-great"),
     ],
 )
-def test_the_best_arm_stays_live_when_every_arm_qualifies(arms: list[Arm], kept: int) -> None:
-    # retire_below 0.99 and a tiny loss threshold: by the rules alone every arm would go.
+def test_without_a_control_the_best_arm_stays_live(arms: list[Arm], kept: int) -> None:
+    # retire_below 0.99 and a tiny loss threshold: by the rules alone every arm but a certain
+    # best one would go, and with close rates every arm qualifies.
     rules = policy(retire_below=0.99, retire_loss_above=1e-9, declare_at=1.0)
     actions = plan_segment(arms, rules, rng=0)
     retired = touched(actions, "retire", "pause")
@@ -122,61 +123,72 @@ def test_a_single_active_arm_is_never_retired() -> None:
 @pytest.mark.parametrize(
     "rules",
     [
-        policy(retire_below=0.99, retire_loss_above=1e-9),
+        policy(retire_below=0.99),
         policy(retire_below=0.99, guardrail_at=0.51),
     ],
-    ids=["every-rule-at-its-harshest", "hair-trigger-guardrail"],
+    ids=["harsh-retire_below", "hair-trigger-guardrail"],
 )
 def test_the_control_is_never_retired_or_paused(rules: LifecyclePolicy) -> None:
-    arms = [control(5000, 10), arm(2, 5000, 500), arm(3, 5000, 510)]
+    arms = [control(5000, 10), arm(2, 5000, 500), arm(3, 5000, 600)]
     actions = plan_segment(arms, rules, rng=0)
     assert CONTROL not in touched(actions, "retire", "pause")
     # The rules did act: the weaker challenger went, the control stayed beside the best one.
     assert touched(actions, "retire", "pause") == {2}
 
 
+def test_with_a_control_the_best_challenger_still_stays_live() -> None:
+    # README: "a segment never drops to zero live variants (the best one stays, whatever the rules
+    # say)". Two equally good challengers each give up about 0.5 points against the other, so a
+    # 0.005 loss threshold qualifies both; the one that stays must not be the far worse control.
+    arms = [control(1000, 20), arm(2, 1000, 100), arm(3, 1000, 100)]
+    rules = policy(retire_loss_above=0.005)
+    retired = touched(plan_segment(arms, rules, rng=0), "retire", "pause")
+    assert CONTROL not in retired
+    assert retired != {2, 3}, "both challengers retired; only the 2% control is left live"
+
+
 # --- regeneration -------------------------------------------------------------------------------
 
 
+IDLE = [arm(2, 0, 0), arm(3, 0, 0)]
+
+
 @pytest.mark.parametrize(
-    ("arms", "fields", "pending", "n"),
+    ("arms", "fields", "pending", "expected"),
     [
-        pytest.param([arm(2, 0, 0), arm(3, 0, 0)], {}, 0, 2, id="two-live-target-four"),
-        pytest.param([arm(2, 0, 0), arm(3, 0, 0)], {"max_active": 4}, 1, 1, id="capped-by-room"),
-        pytest.param([arm(2, 0, 0), arm(3, 0, 0)], {"max_active": 4}, 2, None, id="no-room"),
-        pytest.param([arm(2, 0, 0), arm(3, 0, 0)], {"regenerate": False}, 0, None, id="off"),
-        pytest.param(
-            [arm(2, 0, 0), arm(3, 0, 0), arm(4, 0, 0), arm(5, 0, 0)], {}, 0, None, id="at-target"
-        ),
+        pytest.param(IDLE, {}, 0, {"live": 2, "n": 2}, id="two-live-target-four"),
+        pytest.param(IDLE, {"max_active": 4}, 1, {"live": 2, "n": 1}, id="capped-by-room"),
+        pytest.param(IDLE, {"max_active": 4}, 2, None, id="no-room"),
+        pytest.param(IDLE, {"regenerate": False}, 0, None, id="off"),
+        pytest.param([*IDLE, arm(4, 0, 0), arm(5, 0, 0)], {}, 0, None, id="at-target"),
         pytest.param(
             [arm(2, 1000, 100), arm(3, 1000, 100), arm(4, 1000, 100), arm(5, 1000, 20)],
             {"declare_at": 1.0},
             0,
-            1,
+            {"live": 3, "n": 1},
             id="retired-in-same-plan-count-as-gone",
         ),
         pytest.param(
-            [arm(2, 0, 0), arm(3, 0, 0, status="paused"), arm(4, 0, 0, status="retired")],
+            [arm(2, 0, 0), arm(3, 0, 0, status="paused"), arm(4, 0, 0, status="pending_review")],
             {},
-            0,
-            3,
+            1,
+            {"live": 1, "n": 3},
             id="only-active-arms-are-live",
         ),
     ],
 )
 def test_regeneration_below_target(
-    arms: list[Arm], fields: dict[str, Any], pending: int, n: int | None
+    arms: list[Arm], fields: dict[str, Any], pending: int, expected: dict[str, int] | None
 ) -> None:
     rules = LifecyclePolicy(**{"target_active": 4, **fields})
     regenerate = of_kind(plan_segment(arms, rules, pending=pending, rng=0), "regenerate")
-    if n is None:
+    if expected is None:
         assert regenerate == []
         return
     (action,) = regenerate
-    live = sum(a.status == "active" for a in arms) - (1 if any(a.impressions for a in arms) else 0)
     assert action.variant_id is None
-    assert action.numbers == {"live": live, "pending": pending, "n": n}
-    assert f"asking the model for {n} more" in action.reason
+    assert action.numbers == {**expected, "pending": pending}
+    assert f"asking the model for {expected['n']} more" in action.reason
 
 
 # --- guardrail ----------------------------------------------------------------------------------
@@ -211,7 +223,8 @@ def test_guardrail_holds_off(arms: list[Arm]) -> None:
 
 
 def test_plan_guardrail_returns_only_guardrail_actions() -> None:
-    arms = [control(1000, 100), arm(2, 1000, 40), arm(3, 1000, 150), arm(4, 1000, 60)]
+    # 2 trips the guardrail, 4 is no worse than the control but far behind 3, which wins.
+    arms = [control(1000, 100), arm(2, 1000, 40), arm(3, 1000, 150), arm(4, 1000, 95)]
     rules = LifecyclePolicy(min_impressions=200)
     full = plan_segment(arms, rules, rng=0)
     assert {a.kind for a in full} >= {"pause", "retire", "declare_winner", "regenerate"}
