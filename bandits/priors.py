@@ -52,7 +52,8 @@ def empirical_bayes_prior(
         concentration = min(mean * (1.0 - mean) / between - 1.0, max_pseudo_count)
     else:
         concentration = max_pseudo_count  # arms agree within noise: the cap is all we allow
-    concentration = max(concentration, 1e-3)
+    # A floor keeps both parameters positive; the cap, applied last, always wins.
+    concentration = min(max(concentration, 1e-3), max_pseudo_count)
     return float(mean * concentration), float((1.0 - mean) * concentration)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,7 @@ from service.db import rows_changed
 from service.models import (
     Experiment,
     GenerationJob,
+    JobStatus,
     LifecycleEvent,
     Origin,
     Segment,
@@ -154,9 +155,11 @@ def _retirements(
     live: set[int],
 ) -> list[Action]:
     actions = []
+    # The current leader always stays: retiring it could leave only worse copy (or a worse control).
+    leader = active[int(np.argmax(summary["prob_best"]))].variant_id
     # Worst first, so when the floor of one live variant binds, the better ones are the ones kept.
     for arm in sorted(active, key=lambda a: summary["prob_best"][by_id[a.variant_id]]):
-        if arm.origin == Origin.CONTROL or arm.variant_id not in live:
+        if arm.origin == Origin.CONTROL or arm.variant_id == leader or arm.variant_id not in live:
             continue
         if arm.impressions < policy.min_impressions or len(live) <= 1:
             continue
@@ -272,6 +275,7 @@ def apply_segment(
         actions = plan_guardrail(arms, policy)
     else:
         pending = sum(v.status == VariantStatus.PENDING_REVIEW for v in variants)
+        pending += _copy_on_order(session, segment.id, now)  # type: ignore[arg-type]
         actions = plan_segment(arms, policy, winner_id=segment.winner_variant_id, pending=pending)
     job_id = None
     for action in actions:
@@ -305,6 +309,22 @@ def apply_segment(
     session.add_all(events)
     session.commit()
     return events, job_id
+
+
+# A generation job older than this that still says queued/running was orphaned by a process exit.
+_JOB_STALE_AFTER = timedelta(hours=1)
+
+
+def _copy_on_order(session: Session, segment_id: int, now: datetime) -> int:
+    """Lines that queued or running generation jobs will deliver, so a pass does not order twice."""
+    ordered = session.exec(
+        select(sa.func.coalesce(sa.func.sum(GenerationJob.n), 0)).where(
+            GenerationJob.segment_id == segment_id,
+            col(GenerationJob.status).in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
+            GenerationJob.created_at >= now - _JOB_STALE_AFTER,
+        )
+    ).one()
+    return int(ordered)
 
 
 def _fold(

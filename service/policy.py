@@ -65,5 +65,14 @@ class LifecyclePolicy(BaseModel):
         return self
 
 
+class PolicyChanges(LifecyclePolicy):
+    """A PATCH body: each field is checked alone here; the cross-field rules are checked once the
+    changes are merged with the stored policy (service.experiments.update_policy)."""
+
+    @model_validator(mode="after")
+    def _bounds(self) -> PolicyChanges:
+        return self
+
+
 def policy_of(stored: dict[str, Any] | None) -> LifecyclePolicy:
     return LifecyclePolicy.model_validate(stored or {})

@@ -24,7 +24,7 @@ from service.experiments import (
 from service.generation_jobs import create_job, get_job
 from service.lifecycle import audit_trail
 from service.models import Experiment, Scope, Segment, Variant
-from service.policy import LifecyclePolicy, policy_of
+from service.policy import LifecyclePolicy, PolicyChanges, policy_of
 from service.reports import experiment_report
 from service.schemas import (
     AuditEvent,
@@ -181,7 +181,7 @@ def show_job(path: JobPath) -> tuple[dict[str, Any], int]:
 
 
 @api.patch("/experiments/<int:experiment_id>/policy", responses=responses(_200=LifecyclePolicy))
-def patch_policy(path: ExperimentPath, body: LifecyclePolicy) -> tuple[dict[str, Any], int]:
+def patch_policy(path: ExperimentPath, body: PolicyChanges) -> tuple[dict[str, Any], int]:
     """Change lifecycle rules; fields not given keep their current values."""
     experiment = update_policy(session=db.session(), experiment_id=path.experiment_id, changes=body)
     return json_of(policy_of(experiment.policy))

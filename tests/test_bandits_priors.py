@@ -1,0 +1,165 @@
+"""bandits.priors (empirical-Bayes prior, discounting) and stats.prob_below."""
+
+from __future__ import annotations
+
+import math
+from statistics import fmean, pvariance
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bandits import stats
+from bandits.priors import discount_factor, empirical_bayes_prior
+
+
+def by_hand(successes: list[int], trials: list[int], cap: float) -> tuple[float, float]:
+    """The method of moments as the docstring states it, written out independently."""
+    m = (sum(successes) + 1) / (sum(trials) + 2)
+    rates = [s / n for s, n in zip(successes, trials, strict=True)]
+    between = pvariance(rates) - fmean(m * (1 - m) / n for n in trials)
+    concentration = min(m * (1 - m) / between - 1, cap) if between > 0 else cap
+    return m * concentration, (1 - m) * concentration
+
+
+HISTORIES = [
+    pytest.param([10, 30, 20], [1000, 1000, 1000], 20.0, id="capped-at-20"),
+    pytest.param([10, 30, 20], [1000, 1000, 1000], 10_000.0, id="uncapped-425"),
+    pytest.param([10, 100, 300], [1000, 1000, 1000], 20.0, id="wide-spread-7"),
+    pytest.param([5, 40, 12, 90], [200, 800, 300, 1500], 100.0, id="unequal-trials"),
+]
+
+
+@pytest.mark.parametrize(("successes", "trials", "cap"), HISTORIES)
+def test_method_of_moments_by_hand(successes: list[int], trials: list[int], cap: float) -> None:
+    alpha, beta = empirical_bayes_prior(successes, trials, max_pseudo_count=cap)
+    want_alpha, want_beta = by_hand(successes, trials, cap)
+    assert alpha == pytest.approx(want_alpha, rel=1e-9)
+    assert beta == pytest.approx(want_beta, rel=1e-9)
+    pooled = (sum(successes) + 1) / (sum(trials) + 2)
+    assert alpha / (alpha + beta) == pytest.approx(pooled, rel=1e-12)
+
+
+def test_the_worked_example_values() -> None:
+    # m = 61/3002; rate variance 2e-4/3; binomial noise m(1-m)/1000: concentration ~424.7.
+    m = 61 / 3002
+    between = 2e-4 / 3 - m * (1 - m) / 1000
+    concentration = m * (1 - m) / between - 1
+    assert 424 < concentration < 426
+    alpha, beta = empirical_bayes_prior([10, 30, 20], [1000] * 3, max_pseudo_count=1000)
+    assert (alpha, beta) == pytest.approx((m * concentration, (1 - m) * concentration))
+    assert empirical_bayes_prior([10, 30, 20], [1000] * 3) == pytest.approx((20 * m, 20 * (1 - m)))
+
+
+@pytest.mark.parametrize("cap", [0.5, 5.0, 20.0, 1000.0])
+@pytest.mark.parametrize(
+    ("successes", "trials"),
+    [
+        ([20, 20, 20], [1000, 1000, 1000]),
+        ([19, 21, 20], [1000, 1000, 1000]),
+        ([10, 30, 20], [1000, 1000, 1000]),
+        ([0, 500, 1000], [1000, 1000, 1000]),
+        ([3, 9], [10, 10]),
+    ],
+)
+def test_never_worth_more_than_the_cap(successes: list[int], trials: list[int], cap: float) -> None:
+    alpha, beta = empirical_bayes_prior(successes, trials, max_pseudo_count=cap)
+    assert alpha > 0 and beta > 0
+    assert alpha + beta <= cap * (1 + 1e-12)
+
+
+def test_a_cap_below_the_concentration_floor_is_still_a_cap() -> None:
+    # The policy accepts any prior_max_trials > 0; the docstring promises alpha + beta <= cap.
+    alpha, beta = empirical_bayes_prior([20, 21, 19], [1000, 1000, 1000], max_pseudo_count=1e-4)
+    assert alpha > 0 and beta > 0
+    assert alpha + beta <= 1e-4 * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("cap", [1.0, 20.0, 333.0])
+def test_arms_that_agree_within_noise_get_exactly_the_cap(cap: float) -> None:
+    alpha, beta = empirical_bayes_prior([20, 21, 19], [1000, 1000, 1000], max_pseudo_count=cap)
+    assert alpha + beta == pytest.approx(cap, rel=1e-12)
+    assert alpha / (alpha + beta) == pytest.approx(61 / 3002)
+
+
+@pytest.mark.parametrize(
+    ("successes", "trials", "min_arms"),
+    [
+        ([], [], 2),
+        ([5], [100], 2),
+        ([5, 0, 0], [100, 0, 0], 2),
+        ([5, 9], [100, 100], 3),
+    ],
+)
+def test_too_few_arms_with_trials_give_the_uniform_prior(
+    successes: list[int], trials: list[int], min_arms: int
+) -> None:
+    assert empirical_bayes_prior(successes, trials, min_arms=min_arms) == (1.0, 1.0)
+
+
+def test_arms_with_no_trials_are_ignored() -> None:
+    with_empty = empirical_bayes_prior([10, 0, 100, 0, 300], [1000, 0, 1000, 0, 1000])
+    assert with_empty == empirical_bayes_prior([10, 100, 300], [1000, 1000, 1000])
+    assert with_empty != (1.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("successes", "trials", "options"),
+    [
+        pytest.param([5, 11], [10, 10], {}, id="successes-above-trials"),
+        pytest.param([-1, 3], [10, 10], {}, id="negative-successes"),
+        pytest.param([1, 2, 3], [10, 10], {}, id="mismatched-shapes"),
+        pytest.param([[1, 2]], [[10, 10]], {}, id="two-dimensional"),
+        pytest.param([1, 2], [10, 10], {"max_pseudo_count": 0}, id="cap-zero"),
+        pytest.param([1, 2], [10, 10], {"max_pseudo_count": -5}, id="cap-negative"),
+    ],
+)
+def test_invalid_input_raises(
+    successes: list[Any], trials: list[Any], options: dict[str, Any]
+) -> None:
+    with pytest.raises(ValueError):
+        empirical_bayes_prior(successes, trials, **options)
+
+
+# --- discount_factor ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("per_hour", "hours", "expected"),
+    [
+        (0.999, 24, 0.999**24),
+        (0.999, 0, 1.0),
+        (1.0, 10_000, 1.0),
+        (0.5, 3, 0.125),
+        (0.9, 1.5, 0.9**1.5),
+    ],
+)
+def test_discount_factor(per_hour: float, hours: float, expected: float) -> None:
+    assert discount_factor(per_hour, hours) == pytest.approx(expected, rel=1e-15)
+
+
+@pytest.mark.parametrize(
+    ("per_hour", "hours"), [(0.0, 1), (1.5, 1), (-0.5, 1), (math.nan, 1), (0.999, -1)]
+)
+def test_discount_factor_rejects_invalid_input(per_hour: float, hours: float) -> None:
+    with pytest.raises(ValueError):
+        discount_factor(per_hour, hours)
+
+
+# --- prob_below ---------------------------------------------------------------------------------
+
+
+def test_prob_below_a_reference_arm() -> None:
+    # Against a 10% reference on 1,000 trials: clearly worse (1%), clearly better (20%), the same.
+    alpha, beta = [11, 201, 101], [991, 801, 901]
+    below = stats.prob_below(alpha, beta, 101, 901, rng=0)
+    assert below.shape == (3,)
+    assert below[0] > 0.999
+    assert below[1] < 0.001
+    assert below[2] == pytest.approx(0.5, abs=0.03)
+
+
+def test_prob_below_is_reproducible_by_default() -> None:
+    first = stats.prob_below([50, 60], [950, 940], 55, 945)
+    assert np.array_equal(first, stats.prob_below([50, 60], [950, 940], 55, 945))
+    assert 0 < first[1] < first[0] < 1

@@ -1,0 +1,400 @@
+"""The lifecycle against a real database: runs, audit trail, winners, jobs, priors, policy, crashes,
+the guardrail on conversion events, and `copybandit lifecycle --once`."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+from sqlmodel import Session, col, select
+
+from bandits.priors import empirical_bayes_prior
+from service import lifecycle
+from service.cli import main
+from service.lifecycle import RunReport, run_lifecycle
+from service.models import GenerationJob, LifecycleEvent, Segment, Variant
+from service.policy import LifecyclePolicy
+
+NOW = datetime(2026, 3, 14, 15, 9, 26, tzinfo=UTC)
+TEA, PARENTS = "tea-lovers", "busy-parents"
+DEFAULT_POLICY = LifecyclePolicy().model_dump()
+
+Counts = dict[int, tuple[int, int]]
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def ids(experiment: dict[str, Any], segment: str) -> dict[str, int]:
+    """The segment's variant ids by origin ("control", "manual")."""
+    (found,) = [s for s in experiment["segments"] if s["key"] == segment]
+    return {v["origin"]: v["id"] for v in found["variants"]}
+
+
+def segment_id(session: Session, experiment: dict[str, Any], key: str) -> int:
+    query = select(Segment.id).where(Segment.experiment_id == experiment["id"], Segment.key == key)
+    return session.exec(query).one()  # type: ignore[return-value]
+
+
+def set_counts(session: Session, counts: Counts) -> None:
+    """Impressions and conversions per variant id, written straight to the counters."""
+    for variant_id, (impressions, conversions) in counts.items():
+        session.execute(
+            sa.update(Variant)
+            .where(col(Variant.id) == variant_id)
+            .values(impressions=impressions, conversions=conversions)
+        )
+    session.commit()
+
+
+def variants(session: Session, experiment: dict[str, Any]) -> dict[int, Variant]:
+    session.expire_all()
+    query = select(Variant).where(Variant.experiment_id == experiment["id"])
+    return {v.id: v for v in session.exec(query)}  # type: ignore[misc]
+
+
+def lifecycle_events(session: Session, experiment: dict[str, Any]) -> list[LifecycleEvent]:
+    """What runs wrote, oldest first; the "prior" rows that adding a variant writes are left out."""
+    session.expire_all()
+    query = select(LifecycleEvent).where(
+        LifecycleEvent.experiment_id == experiment["id"], LifecycleEvent.action != "prior"
+    )
+    return list(session.exec(query.order_by(col(LifecycleEvent.id))))
+
+
+def run(app: Any, submitted: list[int] | None = None) -> RunReport:
+    engine = app.extensions["copybandit.engine"]
+    return run_lifecycle(
+        engine=engine, submit_job=None if submitted is None else submitted.append, now=NOW
+    )
+
+
+def patch_policy(api: Any, experiment: dict[str, Any], **changes: Any) -> Any:
+    return api.patch(f"/v1/experiments/{experiment['id']}/policy", json=changes)
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+@pytest.fixture
+def three_arms(api: Any, session: Session, experiment: dict[str, Any]) -> dict[str, int]:
+    """tea-lovers: control and manual at 5%, a new "star" at 15%, 1,000 impressions each. The
+    manual arm is no worse than the control (no guardrail) but has no chance of being best."""
+    star = api.add_variant(experiment["id"], TEA, "Tea at the perfect temperature, every time.")
+    arms = {**ids(experiment, TEA), "star": star["id"]}
+    set_counts(
+        session, {arms["control"]: (1000, 50), arms["manual"]: (1000, 50), star["id"]: (1000, 150)}
+    )
+    assert patch_policy(api, experiment, regenerate=False).status_code == 200
+    return arms
+
+
+# --- a run --------------------------------------------------------------------------------------
+
+
+def test_a_run_retires_a_clear_loser_and_records_why(
+    app: Any, session: Session, experiment: dict[str, Any], three_arms: dict[str, int]
+) -> None:
+    report = run(app)
+
+    rows = variants(session, experiment)
+    loser = rows[three_arms["manual"]]
+    assert loser.status == "retired"
+    assert loser.status_reason is not None
+    assert "prob_best" in loser.status_reason and "retire_below" in loser.status_reason
+    assert loser.updated_at == NOW
+    assert {rows[three_arms[k]].status for k in ("control", "star")} == {"active"}
+    assert {v.status for v in rows.values() if v.segment_id != loser.segment_id} == {"active"}
+
+    events = lifecycle_events(session, experiment)
+    assert [(e.action, e.variant_id) for e in events] == [
+        ("retire", three_arms["manual"]),
+        ("declare_winner", three_arms["star"]),
+    ]
+    assert {e.segment_id for e in events} == {loser.segment_id}
+    assert {e.created_at for e in events} == {NOW}
+    assert events[0].reason == loser.status_reason
+    assert events[0].numbers is not None and events[0].numbers["prob_best"] < 0.02
+    assert report.experiments == 1
+    assert [e.id for e in report.actions] == [e.id for e in events]
+
+
+def test_audit_trail_is_newest_first_with_the_numbers(
+    api: Any, app: Any, session: Session, experiment: dict[str, Any], three_arms: dict[str, int]
+) -> None:
+    run(app)
+    response = api.get(f"/v1/experiments/{experiment['id']}/audit")
+    assert response.status_code == 200
+    trail = response.get_json()["events"]
+
+    assert [e["id"] for e in trail] == sorted((e["id"] for e in trail), reverse=True)
+    # Newest first: the run's winner, then its retirement, then the priors of the 5 variants.
+    assert [e["action"] for e in trail] == ["declare_winner", "retire"] + ["prior"] * 5
+    winner, retire = trail[0], trail[1]
+    assert (winner["segment"], winner["variant_id"]) == (TEA, three_arms["star"])
+    assert (retire["segment"], retire["variant_id"]) == (TEA, three_arms["manual"])
+    assert retire["reason"].startswith("prob_best")
+    assert set(retire["numbers"]) >= {
+        "prob_best",
+        "expected_loss",
+        "impressions",
+        "conversions",
+        "retire_below",
+    }
+    assert (retire["numbers"]["impressions"], retire["numbers"]["conversions"]) == (1000, 50)
+    assert parse_time(retire["created_at"]) == NOW
+    assert {e["segment"] for e in trail[2:]} == {TEA, PARENTS}
+
+
+def test_missing_experiment_has_no_audit_trail(api: Any) -> None:
+    response = api.get("/v1/experiments/999/audit")
+    assert response.status_code == 404
+
+
+def test_report_shows_the_declared_winner_once(
+    api: Any, app: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    tea = ids(experiment, TEA)
+    set_counts(session, {tea["control"]: (1000, 50), tea["manual"]: (1000, 150)})
+
+    run(app)
+    later = NOW.replace(year=NOW.year + 1)
+    run_lifecycle(engine=app.extensions["copybandit.engine"], now=later)
+
+    report = api.get(f"/v1/experiments/{experiment['id']}/report").get_json()
+    winners = {s["key"]: s["winner"] for s in report["segments"]}
+    assert winners[PARENTS] is None
+    assert winners[TEA]["variant_id"] == tea["manual"]
+    # Declared by the first run; the second, seeing the same winner, declares nothing.
+    assert parse_time(winners[TEA]["declared_at"]) == NOW
+    declared = [e for e in lifecycle_events(session, experiment) if e.action == "declare_winner"]
+    assert [e.variant_id for e in declared] == [tea["manual"]]
+
+
+def test_regeneration_queues_a_job_per_segment_and_submits_it(
+    app: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    submitted: list[int] = []
+    report = run(app, submitted)
+
+    session.expire_all()
+    jobs = session.exec(select(GenerationJob).order_by(col(GenerationJob.id))).all()
+    assert submitted == report.jobs == [job.id for job in jobs]
+    segments = [segment_id(session, experiment, key) for key in (TEA, PARENTS)]
+    assert [(job.segment_id, job.n, job.status) for job in jobs] == [
+        (segments[0], 2, "queued"),
+        (segments[1], 2, "queued"),
+    ]
+    regenerate = [e for e in lifecycle_events(session, experiment) if e.action == "regenerate"]
+    assert [(e.segment_id, e.numbers) for e in regenerate] == [
+        (job.segment_id, {"live": 2, "pending": 0, "n": 2, "job_id": job.id}) for job in jobs
+    ]
+
+
+# --- informed priors ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("informed", [True, False])
+def test_a_new_variant_starts_at_its_segments_prior(
+    api: Any, session: Session, experiment: dict[str, Any], informed: bool
+) -> None:
+    tea, parents = ids(experiment, TEA), ids(experiment, PARENTS)
+    history = {tea["control"]: (1000, 10), tea["manual"]: (1000, 30)}
+    # The other segment's history, very different, must not leak into this one's prior.
+    set_counts(session, {**history, parents["control"]: (500, 400), parents["manual"]: (10, 9)})
+    if not informed:
+        assert patch_policy(api, experiment, informed_priors=False).status_code == 200
+
+    new = api.add_variant(experiment["id"], TEA, "Steep it right: the Aurora kettle.")
+
+    expected = (
+        empirical_bayes_prior([10, 30], [1000, 1000], max_pseudo_count=20.0)
+        if informed
+        else (1.0, 1.0)
+    )
+    row = variants(session, experiment)[new["id"]]
+    assert (row.prior_alpha, row.prior_beta) == pytest.approx(expected, rel=1e-12)
+    assert ((row.prior_alpha, row.prior_beta) != (1.0, 1.0)) is informed
+    newest = api.get(f"/v1/experiments/{experiment['id']}/audit").get_json()["events"][0]
+    assert (newest["action"], newest["variant_id"], newest["segment"]) == ("prior", new["id"], TEA)
+    assert (newest["numbers"]["alpha"], newest["numbers"]["beta"]) == pytest.approx(expected)
+    assert newest["numbers"]["informed_priors"] is informed
+    assert ("empirical-Bayes" in newest["reason"]) is informed
+
+
+# --- the policy ---------------------------------------------------------------------------------
+
+
+def test_policy_patch_merges_and_shows_everywhere(api: Any, experiment: dict[str, Any]) -> None:
+    assert experiment["policy"] == DEFAULT_POLICY
+    first = patch_policy(api, experiment, min_impressions=50, target_active=3)
+    assert first.status_code == 200
+    assert first.get_json() == {**DEFAULT_POLICY, "min_impressions": 50, "target_active": 3}
+    second = patch_policy(api, experiment, declare_at=0.9)
+    merged = {**DEFAULT_POLICY, "min_impressions": 50, "target_active": 3, "declare_at": 0.9}
+    assert second.get_json() == merged
+    assert api.get(f"/v1/experiments/{experiment['id']}").get_json()["policy"] == merged
+    assert api.get(f"/v1/experiments/{experiment['id']}/report").get_json()["policy"] == merged
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"max_active": 2},
+        {"retire_below": 2},
+        {"declare_at": 0.5},
+        {"min_impressions": "many"},
+        {"retirement": "early"},
+    ],
+)
+def test_an_invalid_policy_patch_is_rejected_and_changes_nothing(
+    api: Any, experiment: dict[str, Any], body: dict[str, Any]
+) -> None:
+    assert patch_policy(api, experiment, min_impressions=50).status_code == 200
+    response = patch_policy(api, experiment, **body)
+    assert response.status_code == 400
+    error = response.get_json()
+    assert error["error"] == "invalid"
+    assert error.get("field") in {"policy", *body}
+    shown = api.get(f"/v1/experiments/{experiment['id']}").get_json()["policy"]
+    assert shown == {**DEFAULT_POLICY, "min_impressions": 50}
+
+
+@pytest.mark.parametrize(
+    ("stored", "change", "accepted"),
+    [
+        pytest.param({"target_active": 2}, {"max_active": 3}, True, id="max-above-stored-target"),
+        pytest.param({"max_active": 20}, {"target_active": 10}, True, id="target-below-stored-max"),
+        pytest.param(
+            {"target_active": 2, "max_active": 3},
+            {"target_active": 5},
+            False,
+            id="target-above-stored-max",
+        ),
+    ],
+)
+def test_a_policy_patch_is_judged_merged_with_the_stored_policy(
+    api: Any,
+    experiment: dict[str, Any],
+    stored: dict[str, Any],
+    change: dict[str, Any],
+    accepted: bool,
+) -> None:
+    assert patch_policy(api, experiment, **stored).status_code == 200
+    response = patch_policy(api, experiment, **change)
+    assert response.status_code == (200 if accepted else 400), response.get_json()
+    if not accepted:
+        assert response.get_json()["field"] == "policy"
+    expected = {**DEFAULT_POLICY, **stored, **(change if accepted else {})}
+    assert api.get(f"/v1/experiments/{experiment['id']}").get_json()["policy"] == expected
+
+
+# --- failures -----------------------------------------------------------------------------------
+
+
+def test_a_crash_mid_segment_leaves_that_segment_unchanged(
+    api: Any,
+    app: Any,
+    session: Session,
+    experiment: dict[str, Any],
+    three_arms: dict[str, int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A fourth tea-lovers arm as weak as the manual one: two retirements in the same segment.
+    twin = api.add_variant(experiment["id"], TEA, "The kettle for people who love tea.")
+    parents = ids(experiment, PARENTS)
+    # busy-parents: the manual arm trips the guardrail (one status change, in another segment).
+    set_counts(
+        session,
+        {twin["id"]: (1000, 50), parents["control"]: (1000, 150), parents["manual"]: (1000, 50)},
+    )
+    assert patch_policy(api, experiment, target_active=1).status_code == 200
+
+    real = lifecycle._set_status
+    calls: list[int | None] = []
+
+    def second_one_fails(session: Session, action: Any, now: datetime) -> None:
+        calls.append(action.variant_id)
+        if len(calls) == 2:
+            raise RuntimeError("the database went away")
+        real(session, action, now)
+
+    monkeypatch.setattr(lifecycle, "_set_status", second_one_fails)
+    report = run(app)
+
+    assert len(calls) == 3  # two in tea-lovers (the second failed), one in busy-parents
+    tea_segment = segment_id(session, experiment, TEA)
+    rows = variants(session, experiment)
+    assert {v.status for v in rows.values() if v.segment_id == tea_segment} == {"active"}
+    assert rows[parents["manual"]].status == "paused"
+    events = lifecycle_events(session, experiment)
+    assert all(e.segment_id != tea_segment for e in events)
+    assert ("pause", parents["manual"]) in [(e.action, e.variant_id) for e in events]
+    assert all(e.segment_id != tea_segment for e in report.actions)
+    session.expire_all()
+    assert session.get(Segment, tea_segment).winner_variant_id is None  # type: ignore[union-attr]
+
+
+def test_the_guardrail_pauses_on_a_conversion_event(
+    api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    assert patch_policy(api, experiment, min_impressions=50).status_code == 200
+    tea, parents = ids(experiment, TEA), ids(experiment, PARENTS)
+    set_counts(
+        session,
+        {
+            tea["control"]: (1000, 200),
+            tea["manual"]: (1000, 20),
+            parents["control"]: (1000, 200),
+            parents["manual"]: (1000, 20),
+        },
+    )
+    assert variants(session, experiment)[tea["manual"]].status == "active"
+
+    decision = api.decide(experiment["id"], segment=TEA)
+    sent = api.post(
+        "/v1/events",
+        json={"impression_id": decision["impression_id"], "type": "conversion"},
+        key="serve",
+    )
+    assert sent.status_code == 200 and sent.get_json()["accepted"] == 1
+
+    rows = variants(session, experiment)
+    assert rows[tea["manual"]].status == "paused"
+    assert rows[tea["manual"]].status_reason.startswith("guardrail")  # type: ignore[union-attr]
+    assert rows[tea["control"]].status == "active"
+    # Only the segment whose counters changed is checked.
+    assert rows[parents["manual"]].status == "active"
+    trail = api.get(f"/v1/experiments/{experiment['id']}/audit").get_json()["events"]
+    pauses = [e for e in trail if e["action"] == "pause"]
+    assert [(e["variant_id"], e["segment"]) for e in pauses] == [(tea["manual"], TEA)]
+    assert pauses[0]["numbers"]["p_below_control"] >= 0.99
+
+
+# --- the command --------------------------------------------------------------------------------
+
+
+def test_cli_lifecycle_once_prints_what_it_did(
+    session: Session,
+    experiment: dict[str, Any],
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tea = ids(experiment, TEA)
+    set_counts(session, {tea["control"]: (1000, 50), tea["manual"]: (1000, 150)})
+    monkeypatch.setenv("COPYBANDIT_DATABASE_URL", database_url)
+
+    result = CliRunner().invoke(main, ["lifecycle", "--once", "--no-generate"])
+
+    assert result.exit_code == 0, result.output
+    assert "declare_winner: prob_best" in result.output
+    assert result.output.count(": regenerate: ") == 2
+    assert "1 experiments, 3 actions, 2 generation jobs queued" in result.output
+    # --no-generate: the jobs stay queued, nothing ran the model.
+    session.expire_all()
+    assert {job.status for job in session.exec(select(GenerationJob))} == {"queued"}
+    assert not [line for line in result.output.splitlines() if line.startswith("job ")]

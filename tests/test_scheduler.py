@@ -1,0 +1,135 @@
+"""The slot lease: a periodic job runs exactly once per interval, however many schedulers tick."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from service.config import load_settings
+from service.db import make_engine
+from service.models import SchedulerLease
+from service.scheduler import PeriodicJob, claim
+
+INTERVAL = 900.0
+# A realistic epoch time at the start of a slot, so slot numbers are as large as in production.
+START = INTERVAL * 1_888_889
+
+
+class FakeClock:
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def engines(database_url: str) -> Iterator[Callable[[], sa.Engine]]:
+    """Separate engines (separate connection pools) on one database, like separate processes."""
+    made: list[sa.Engine] = []
+
+    def new_engine() -> sa.Engine:
+        made.append(make_engine(load_settings({"database_url": database_url})))
+        return made[-1]
+
+    yield new_engine
+    for engine in made:
+        engine.dispose()
+
+
+def test_claim_is_won_once_per_slot(engines: Callable[[], sa.Engine]) -> None:
+    engine = engines()
+    assert claim(engine, name="lifecycle", slot=10, holder="a") is True
+    assert claim(engine, name="lifecycle", slot=10, holder="b") is False
+    assert claim(engine, name="lifecycle", slot=11, holder="b") is True
+    assert claim(engine, name="lifecycle", slot=9, holder="a") is False
+    assert claim(engine, name="lifecycle", slot=11, holder="a") is False
+    # Each job name has a lease of its own.
+    assert claim(engine, name="other", slot=10, holder="a") is True
+    with Session(engine) as session:
+        lease = session.get(SchedulerLease, "lifecycle")
+        assert lease is not None and (lease.slot, lease.holder) == (11, "b")
+        assert len(session.exec(select(SchedulerLease)).all()) == 2
+
+
+def _tick_together(jobs: list[PeriodicJob], clock: FakeClock, times: list[float]) -> list[bool]:
+    """Every job ticks once at each clock time, all at once from their own threads; the clock
+    moves on only when every thread has finished the previous round."""
+    upcoming = iter(times)
+
+    def advance() -> None:
+        clock.now = next(upcoming, clock.now)
+
+    barrier = threading.Barrier(len(jobs), action=advance)
+
+    def worker(job: PeriodicJob) -> list[bool]:
+        outcomes = []
+        for _ in times:
+            barrier.wait(timeout=60)
+            outcomes.append(job.tick())
+        return outcomes
+
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        return [won for outcomes in pool.map(worker, jobs) for won in outcomes]
+
+
+def _schedulers(
+    engines: Callable[[], sa.Engine], count: int, clock: FakeClock, job: Callable[[], object]
+) -> list[PeriodicJob]:
+    return [
+        PeriodicJob(engines(), name="lifecycle", interval_seconds=INTERVAL, job=job, clock=clock)
+        for _ in range(count)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("schedulers", "times", "slots"),
+    [
+        pytest.param(
+            2,
+            [START + i * INTERVAL / 10 for i in range(30)],
+            3,
+            id="2-schedulers-3-intervals",
+        ),
+        pytest.param(
+            4,
+            [START + i * INTERVAL / 40 for i in range(20)],
+            1,
+            id="4-schedulers-20-ticks-in-1-interval",
+        ),
+    ],
+)
+def test_exactly_once_per_interval_across_schedulers(
+    engines: Callable[[], sa.Engine], schedulers: int, times: list[float], slots: int
+) -> None:
+    clock = FakeClock()
+    runs: list[int] = []
+    jobs = _schedulers(engines, schedulers, clock, lambda: runs.append(int(clock() // INTERVAL)))
+    won = _tick_together(jobs, clock, times)
+    assert len(won) == schedulers * len(times)
+    first_slot = int(START // INTERVAL)
+    assert runs == list(range(first_slot, first_slot + slots))
+    assert sum(won) == slots
+
+
+def test_a_failing_job_still_uses_up_its_slot(engines: Callable[[], sa.Engine]) -> None:
+    clock = FakeClock()
+    calls: list[float] = []
+
+    def broken() -> None:
+        calls.append(clock())
+        raise RuntimeError("the job fell over")
+
+    job, other = _schedulers(engines, 2, clock, broken)
+    assert job.tick() is True
+    clock.now += INTERVAL / 2
+    assert job.tick() is False and other.tick() is False
+    assert calls == [START]
+    clock.now = START + INTERVAL
+    assert other.tick() is True
+    assert calls == [START, START + INTERVAL]
