@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 import sqlalchemy as sa
 from pydantic import ValidationError
@@ -14,6 +15,8 @@ from service.lifecycle import assign_prior
 from service.models import Experiment, Origin, Segment, Variant, VariantStatus, utcnow
 from service.policy import LifecyclePolicy, policy_of
 from service.schemas import ExperimentCreate, VariantCreate, VariantPatch
+
+Row = TypeVar("Row")
 
 # Which status changes a person may make by hand. Pending copy is reviewed once; retired and
 # rejected copy stays out, so its history is never mixed with a second life.
@@ -64,11 +67,16 @@ def create_experiment(*, session: Session, experiment_create: ExperimentCreate) 
     return experiment
 
 
+def fetch(session: Session, model: type[Row], row_id: int, *, what: str, field: str) -> Row:
+    """The row with this primary key, or a 404 naming the field the id came in."""
+    row = session.get(model, row_id)
+    if row is None:
+        raise NotFound(f"no {what} with id {row_id}", field=field)
+    return row
+
+
 def get_experiment(*, session: Session, experiment_id: int) -> Experiment:
-    experiment = session.get(Experiment, experiment_id)
-    if experiment is None:
-        raise NotFound(f"no experiment with id {experiment_id}", field="experiment_id")
-    return experiment
+    return fetch(session, Experiment, experiment_id, what="experiment", field="experiment_id")
 
 
 def list_experiments(*, session: Session) -> Sequence[Experiment]:
@@ -134,10 +142,7 @@ def _has_control(session: Session, segment_id: int) -> bool:
 
 
 def get_variant(*, session: Session, variant_id: int) -> Variant:
-    variant = session.get(Variant, variant_id)
-    if variant is None:
-        raise NotFound(f"no variant with id {variant_id}", field="variant_id")
-    return variant
+    return fetch(session, Variant, variant_id, what="variant", field="variant_id")
 
 
 def update_variant(*, session: Session, variant_id: int, patch: VariantPatch) -> Variant:

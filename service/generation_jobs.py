@@ -22,8 +22,7 @@ from generation import Brief, LintConfig, generate_variants
 from generation.lint import DEFAULT_BANNED_PHRASES
 from generation.writer import Writer
 from service.config import Settings
-from service.errors import NotFound
-from service.experiments import find_segment, get_experiment, segments_of
+from service.experiments import fetch, find_segment, get_experiment, segments_of
 from service.lifecycle import assign_prior
 from service.models import (
     Experiment,
@@ -57,10 +56,7 @@ def create_job(
 
 
 def get_job(*, session: Session, job_id: int) -> GenerationJob:
-    job = session.get(GenerationJob, job_id)
-    if job is None:
-        raise NotFound(f"no generation job with id {job_id}", field="job_id")
-    return job
+    return fetch(session, GenerationJob, job_id, what="generation job", field="job_id")
 
 
 def brief_for(session: Session, experiment: Experiment, segment: Segment) -> Brief:
