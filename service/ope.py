@@ -1,0 +1,290 @@
+"""Off-policy evaluation of an experiment's log: how would another serving policy have done?
+
+Only fresh Thompson draws (policy tag ``thompson-v1``) are random draws with a known propensity;
+sticky repeats (``sticky-v1``) replay an earlier choice, so they are left out and counted as
+``excluded``. Every candidate policy chooses among the variants that appear in a segment's fresh
+log: importance weighting has no data on a variant that was never served.
+
+Candidate policies
+------------------
+``uniform``
+    Each logged variant with equal probability.
+``greedy``
+    Always the logged variant with the highest posterior mean now (``Variant.posterior()``);
+    ties go to the lowest variant id.
+``thompson``
+    Thompson sampling under the current posteriors of the logged variants: the probability it
+    picks each one, estimated from ``n_samples`` seeded draws.
+``variant:<id>``
+    Always that variant; evaluated in its own segment only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlmodel import Session, col
+
+from bandits.ope import Estimate, ips, snips
+from bandits.thompson import BetaBernoulliTS
+from service.decisions import POLICY_THOMPSON
+from service.errors import NotFound
+from service.experiments import find_segment, get_experiment, segments_of, variants_of
+from service.models import Event, Impression, Segment, Variant
+
+POLICIES = ("uniform", "greedy", "thompson", "variant:<id>")
+LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class _Log:
+    """One segment's fresh rows, as arrays of shape (n,)."""
+
+    variant_ids: np.ndarray
+    propensities: np.ndarray
+    rewards: np.ndarray
+
+
+def parse_policy(policy: str) -> tuple[str, int | None]:
+    """Split a policy name into its kind and, for ``variant:<id>``, the variant id.
+
+    Raises
+    ------
+    ValueError
+        For a name that is not one of ``POLICIES``.
+    """
+    name = policy.strip()
+    if name in ("uniform", "greedy", "thompson"):
+        return name, None
+    if name.startswith("variant:"):
+        raw = name.removeprefix("variant:").strip()
+        if raw.isdigit():
+            return "variant", int(raw)
+    raise ValueError(f"unknown policy {policy!r}; accepted: {', '.join(POLICIES)}")
+
+
+def evaluate(
+    *,
+    session: Session,
+    experiment_id: int,
+    policy: str,
+    segment: str | None = None,
+    n_samples: int = 10_000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Estimate, per segment and overall, the conversion rate ``policy`` would have had.
+
+    Parameters
+    ----------
+    experiment_id : int
+    policy : str
+        One of ``uniform``, ``greedy``, ``thompson`` or ``variant:<id>``.
+    segment : str or None
+        A segment key; None evaluates every segment (``variant:<id>``: the variant's own).
+    n_samples, seed : int
+        Monte-Carlo draws and seed for the ``thompson`` policy's choice probabilities.
+
+    Returns
+    -------
+    dict
+        ``experiment_id``, ``policy``, ``level``, ``segments`` (a list, in segment order) and
+        ``overall`` (every evaluated segment's fresh rows pooled). Each row has ``segment``,
+        ``n`` (fresh rows), ``excluded`` (other rows, i.e. sticky repeats), ``logged_rate``,
+        and ``ips`` / ``snips`` dicts of ``value``, ``lower``, ``upper``, ``effective_n``;
+        segment rows also carry ``target``, the policy's probability for each logged variant id.
+        Numbers that are undefined (no rows, or no weight on any logged row) are None.
+
+    Raises
+    ------
+    service.errors.NotFound
+        Unknown experiment, segment, or a ``variant:<id>`` outside the experiment.
+    ValueError
+        Unknown policy, or a ``variant:<id>`` outside the requested segment.
+    """
+    kind, target_variant = parse_policy(policy)
+    get_experiment(session=session, experiment_id=experiment_id)
+    variants = {v.id: v for v in variants_of(session=session, experiment_id=experiment_id)}
+    segments: Sequence[Segment]
+    if segment is not None:
+        segments = [find_segment(session=session, experiment_id=experiment_id, key=segment)]
+    else:
+        segments = segments_of(session=session, experiment_id=experiment_id)
+    if target_variant is not None:
+        chosen = variants.get(target_variant)
+        if chosen is None:
+            raise NotFound(
+                f"experiment {experiment_id} has no variant {target_variant}", field="policy"
+            )
+        segments = [s for s in segments if s.id == chosen.segment_id]
+        if not segments:
+            raise ValueError(f"variant {target_variant} is not in segment {segment!r}")
+
+    # Rows read from the database always have an id.
+    keyed = [(int(s.id or 0), s.key) for s in segments]
+    fresh, excluded = _load(session, experiment_id, [segment_id for segment_id, _ in keyed])
+    rows: list[dict[str, Any]] = []
+    pooled: list[tuple[_Log, np.ndarray]] = []
+    for segment_id, key in keyed:
+        log = fresh[segment_id]
+        target = _target(kind, target_variant, log, variants, n_samples=n_samples, seed=seed)
+        q = np.array([target[v] for v in log.variant_ids.tolist()], dtype=np.float64)
+        pooled.append((log, q))
+        row = _row(key, log, q, excluded[segment_id])
+        row["segment_id"] = segment_id
+        row["target"] = {str(v): p for v, p in target.items()}
+        rows.append(row)
+    overall = _row(
+        "overall",
+        _Log(
+            np.concatenate([log.variant_ids for log, _ in pooled]),
+            np.concatenate([log.propensities for log, _ in pooled]),
+            np.concatenate([log.rewards for log, _ in pooled]),
+        ),
+        np.concatenate([q for _, q in pooled]),
+        sum(excluded.values()),
+    )
+    return {
+        "experiment_id": experiment_id,
+        "policy": policy.strip(),
+        "level": LEVEL,
+        "segments": rows,
+        "overall": overall,
+    }
+
+
+def _load(
+    session: Session, experiment_id: int, segment_ids: list[int]
+) -> tuple[dict[int, _Log], dict[int, int]]:
+    """Fresh rows per segment, and the number of other (sticky) rows per segment."""
+    converted = sa.case((col(Event.id).is_not(None), 1), else_=0)
+    query = (
+        sa.select(
+            col(Impression.segment_id),
+            col(Impression.variant_id),
+            col(Impression.propensity),
+            col(Impression.policy),
+            converted,
+        )
+        .select_from(Impression)
+        .outerjoin(
+            Event,
+            sa.and_(
+                col(Event.impression_id) == col(Impression.id), col(Event.type) == "conversion"
+            ),
+        )
+        .where(
+            col(Impression.experiment_id) == experiment_id,
+            col(Impression.segment_id).in_(segment_ids),
+        )
+        .order_by(col(Impression.id))
+    )
+    grouped: dict[int, list[tuple[int, float, int]]] = {s: [] for s in segment_ids}
+    excluded = dict.fromkeys(segment_ids, 0)
+    for segment_id, variant_id, propensity, tag, reward in session.execute(query).all():
+        if tag == POLICY_THOMPSON:
+            grouped[segment_id].append((variant_id, propensity, reward))
+        else:
+            excluded[segment_id] += 1
+    logs = {}
+    for segment_id, items in grouped.items():
+        v, p, r = zip(*items, strict=True) if items else ((), (), ())
+        logs[segment_id] = _Log(
+            np.array(v, dtype=np.int64), np.array(p, dtype=np.float64), np.array(r, np.float64)
+        )
+    return logs, excluded
+
+
+def _target(
+    kind: str,
+    target_variant: int | None,
+    log: _Log,
+    variants: dict[int | None, Variant],
+    *,
+    n_samples: int,
+    seed: int,
+) -> dict[int, float]:
+    """The candidate policy's probability for each variant in the segment's fresh log."""
+    logged = sorted(set(log.variant_ids.tolist()))
+    if not logged:
+        return {}
+    if kind == "variant":
+        return {v: 1.0 if v == target_variant else 0.0 for v in logged}
+    if kind == "uniform":
+        return dict.fromkeys(logged, 1.0 / len(logged))
+    alpha, beta = np.array([variants[v].posterior() for v in logged], dtype=np.float64).T
+    if kind == "greedy":
+        best = logged[int(np.argmax(alpha / (alpha + beta)))]
+        return {v: 1.0 if v == best else 0.0 for v in logged}
+    ts = BetaBernoulliTS(len(logged), alpha=alpha, beta=beta, rng=seed)
+    return dict(zip(logged, ts.propensities(n_samples).tolist(), strict=True))
+
+
+def _number(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+def _estimate(e: Estimate | None) -> dict[str, float | None] | None:
+    if e is None:
+        return None
+    return {
+        "value": _number(e.value),
+        "lower": _number(e.lower),
+        "upper": _number(e.upper),
+        "effective_n": e.effective_n,
+    }
+
+
+def _row(key: str, log: _Log, q: np.ndarray, excluded: int) -> dict[str, Any]:
+    n = int(log.rewards.size)
+    if n == 0:
+        return {
+            "segment": key,
+            "n": 0,
+            "excluded": excluded,
+            "logged_rate": None,
+            "ips": None,
+            "snips": None,
+        }
+    return {
+        "segment": key,
+        "n": n,
+        "excluded": excluded,
+        "logged_rate": float(np.mean(log.rewards)),
+        "ips": _estimate(ips(log.rewards, log.propensities, q, level=LEVEL)),
+        "snips": _estimate(snips(log.rewards, log.propensities, q, level=LEVEL)),
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A plain-text table of :func:`evaluate`'s result."""
+
+    def cell(est: dict[str, float | None] | None) -> str:
+        if est is None or est["value"] is None:
+            return "n/a"
+        lo, hi = est["lower"], est["upper"]
+        ci = "" if lo is None or hi is None else f" [{lo:.4f}, {hi:.4f}]"
+        return f"{est['value']:.4f}{ci} ess={est['effective_n']:.0f}"
+
+    def rate(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.4f}"
+
+    level = f"{result['level']:.0%}"
+    header = (
+        f"{'segment':<20} {'n':>8} {'excluded':>8} {'logged':>8}  "
+        f"{'IPS [' + level + ' CI]':<40} {'SNIPS [' + level + ' CI]':<40}"
+    )
+    lines = [
+        f"experiment {result['experiment_id']}, policy {result['policy']}",
+        header,
+        "-" * len(header),
+    ]
+    for row in [*result["segments"], result["overall"]]:
+        lines.append(
+            f"{row['segment']:<20} {row['n']:>8} {row['excluded']:>8} "
+            f"{rate(row['logged_rate']):>8}  {cell(row['ips']):<40} {cell(row['snips']):<40}"
+        )
+    return "\n".join(line.rstrip() for line in lines)

@@ -1,0 +1,127 @@
+"""What `copybandit simulate` writes: the JSON summary, three PNG plots, and a printed table."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from bandits.worlds import World
+
+LABELS = {
+    "thompson": "Thompson sampling",
+    "thompson_informed": "Thompson, informed priors",
+    "uniform": "uniform A/B split",
+    "epsilon_greedy": "epsilon-greedy (0.1)",
+    "oracle": "oracle",
+}
+
+
+def lai_robbins_bound(world: World, summary: dict[str, Any]) -> float:
+    """Sum over segments of C_segment * ln(T_segment): the asymptotic regret floor of any
+    consistent policy, for this run's length and traffic split."""
+    total = summary["impressions"]
+    constants = summary["lai_robbins_constant"]
+    return sum(constants[s.key] * math.log(max(total * s.share, 2.0)) for s in world.segments)
+
+
+def write_outputs(world: World, summary: dict[str, Any], out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {**summary, "lai_robbins_bound": round(lai_robbins_bound(world, summary), 2)}
+    paths = [out / "summary.json"]
+    paths[0].write_text(json.dumps(summary, indent=2) + "\n")
+    paths += _plots(summary, out)
+    return paths
+
+
+def _plots(summary: dict[str, Any], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on a server
+    import matplotlib.pyplot as plt
+
+    curves = summary["curves"]
+    x = curves["impressions"]
+    written = []
+    for key, title, ylabel in (
+        ("regret", "Cumulative regret (vs oracle)", "expected conversions lost"),
+        ("rate", "Conversion rate over time", "conversions per impression"),
+    ):
+        fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+        for name, ys in curves[key].items():
+            ax.plot(x, ys, label=LABELS.get(name, name))
+        if key == "regret":
+            ax.axhline(
+                summary["lai_robbins_bound"],
+                color="grey",
+                linestyle=":",
+                label="Lai-Robbins bound at T",
+            )
+        ax.set(title=f"{summary['world']}: {title}", xlabel="impressions", ylabel=ylabel)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        path = out / f"{key}.png"
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+
+    share = curves["share"].get("thompson") or next(iter(curves["share"].values()))
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    values = list(zip(*share["values"], strict=True))  # per variant
+    labels = [text if len(text) <= 48 else text[:45] + "..." for text in share["variants"]]
+    ax.stackplot(
+        x, [[v if v is not None else 0.0 for v in series] for series in values], labels=labels
+    )
+    ax.set(
+        title=f"Thompson sampling: traffic share per variant ({share['segment']})",
+        xlabel="impressions",
+        ylabel="share of the segment's traffic",
+        ylim=(0, 1),
+    )
+    ax.legend(fontsize=7, loc="upper left")
+    path = out / "traffic_share.png"
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    written.append(path)
+    return written
+
+
+def table(world: World, summary: dict[str, Any]) -> str:
+    """The summary as text: one row a policy, mean [2.5%, 97.5%] over seeds."""
+
+    def cell(stat: dict[str, Any], digits: int = 0) -> str:
+        if stat.get("mean") is None:
+            return "-"
+        return f"{stat['mean']:.{digits}f} [{stat['low']:.{digits}f}, {stat['high']:.{digits}f}]"
+
+    lines = [
+        f"{summary['world']}: {summary['impressions']:,} impressions x "
+        f"{len(summary['seeds'])} seeds (mean [2.5%, 97.5%] over seeds)",
+        f"{'policy':<28}{'conversions':>26}{'regret vs oracle':>26}{'share to best':>22}"
+        f"{'impressions to winner':>30}",
+    ]
+    for name, stats in summary["policies"].items():
+        winner = stats["impressions_to_winner"]
+        won = (
+            f"{cell(winner)} ({winner['declared']}/{winner['runs']})"
+            if winner.get("mean") is not None
+            else "-"
+        )
+        lines.append(
+            f"{LABELS.get(name, name):<28}{cell(stats['conversions']):>26}"
+            f"{cell(stats['regret'], 1):>26}{cell(stats['share_to_best'], 3):>22}"
+            f"{won:>30}"
+        )
+    bound = lai_robbins_bound(world, summary)
+    constants = ", ".join(f"{k} {v:.1f}" for k, v in summary["lai_robbins_constant"].items())
+    lines.append(
+        f"Lai-Robbins: constant per segment {constants}; bound sum C*ln(T_segment) = "
+        f"{bound:.1f} expected conversions lost"
+    )
+    if "thompson" in summary["policies"]:
+        regret = summary["policies"]["thompson"]["regret"]["mean"]
+        lines.append(f"Thompson sampling regret {regret:.1f} = {regret / bound:.2f} x the bound")
+    return "\n".join(lines)

@@ -1,0 +1,464 @@
+"""bandits.simulate and bandits.worlds: scenarios, policies, seeded runs, comparison, theory."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bandits.simulate import (
+    POLICIES,
+    EpsilonGreedy,
+    ThompsonInformed,
+    Trace,
+    compare,
+    lai_robbins_bound,
+    lai_robbins_constant,
+    simulate,
+)
+from bandits.worlds import ResponseModel, World, load_scenario
+
+SCENARIOS = Path(__file__).resolve().parent.parent / "bandits" / "scenarios"
+
+
+def plain(rates: list[float], **extra: Any) -> World:
+    """A one-segment plain-mode world."""
+    return load_scenario(
+        {"name": "t", "segments": [{"key": "all", "share": 1, "rates": rates}], **extra}
+    )
+
+
+THREE_ARMS = [0.02, 0.04, 0.06]
+
+
+def two_segments() -> World:
+    return load_scenario(
+        {
+            "name": "two",
+            "segments": [
+                {"key": "a", "share": 3, "rates": [0.03, 0.06, 0.04]},
+                {"key": "b", "share": 1, "rates": [0.05, 0.02]},
+            ],
+            "delay": {"mean_impressions": 200},
+        }
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Response model
+
+
+def test_response_model_features_of_fixed_strings() -> None:
+    model = ResponseModel(
+        0.04,
+        {
+            "word:comfort": 0.3,
+            "word:grip": 0.2,
+            "mentions_price": -0.2,
+            "exclamation": -0.1,
+            "length_per_100_chars": -0.3,
+        },
+    )
+    text = "Comfort AND grip for $89!"  # 25 characters
+    assert model.features(text) == {
+        "word:comfort": 1.0,
+        "word:grip": 1.0,
+        "mentions_price": 1.0,
+        "exclamation": 1.0,
+        "length_per_100_chars": 0.25,
+    }
+    # Whole words only: "gripping" is not "grip"; a digit alone is a price mention.
+    assert model.features("Gripping comfortable shoes, 2 colours") == {
+        "word:comfort": 0.0,
+        "word:grip": 0.0,
+        "mentions_price": 1.0,
+        "exclamation": 0.0,
+        "length_per_100_chars": 0.37,
+    }
+
+
+def test_response_model_rate_by_hand() -> None:
+    model = ResponseModel(0.04, {"word:comfort": 0.3, "mentions_price": -0.2, "exclamation": -0.1})
+    # logit(0.04) = ln(0.04 / 0.96); "comfort!" adds 0.3 - 0.1 = 0.2.
+    score = math.log(0.04 / 0.96) + 0.2
+    assert model.rate("comfort!") == pytest.approx(1 / (1 + math.exp(-score)), rel=1e-12)
+    assert model.rate("plain words") == pytest.approx(0.04, rel=1e-12)
+    with_len = ResponseModel(0.5, {"length_per_100_chars": -1.0})
+    assert with_len.rate("x" * 100) == pytest.approx(1 / (1 + math.e), rel=1e-12)
+    assert with_len.rates(["", "x" * 100]).tolist() == pytest.approx([0.5, 1 / (1 + math.e)])
+
+
+def test_response_model_rejects_unknown_features() -> None:
+    with pytest.raises(ValueError, match="unknown feature 'colour'"):
+        ResponseModel(0.04, {"colour": 1.0})
+    with pytest.raises(ValueError, match="base_rate"):
+        ResponseModel(1.0, {})
+
+
+# ---------------------------------------------------------------------------------------------
+# Scenarios
+
+
+def test_the_three_scenario_files_load() -> None:
+    default = load_scenario(SCENARIOS / "default.json")
+    assert [s.key for s in default.segments] == ["weekend-hikers", "trail-racers", "value-seekers"]
+    assert default.delay_mean == 300
+    assert (default.impressions, default.seeds) == (200_000, 10)
+    assert default.shares.sum() == pytest.approx(1.0)
+    for seg in default.segments:
+        assert seg.response is not None
+        assert 4 <= seg.n_arms <= 6
+        assert np.all((seg.rates >= 0.02) & (seg.rates <= 0.08)), seg.rates
+        top, second = np.sort(seg.rates)[::-1][:2]
+        assert top - second >= 0.005, f"{seg.key}: no clear best ({top:.4f} vs {second:.4f})"
+
+    flat = load_scenario(SCENARIOS / "plain.json")
+    (seg,) = flat.segments
+    assert seg.response is None and seg.n_arms == 10
+    assert sorted(seg.rates.tolist()) == [0.04] * 9 + [0.05]
+
+    drift = load_scenario(SCENARIOS / "drift.json")
+    assert drift.drift is not None and drift.drift.at_fraction == 0.5
+    before, after = drift.rates(drifted=False)[0], drift.rates(drifted=True)[0]
+    assert np.argmax(before) != np.argmax(after)
+    assert sorted(before) == sorted(after)  # a swap, not new rates
+
+
+def test_shares_are_normalised_and_plain_variants_are_named() -> None:
+    world = two_segments()
+    assert world.shares.tolist() == [0.75, 0.25]
+    assert world.segments[1].variants == ("arm 0", "arm 1")
+
+
+GOOD: dict[str, Any] = {
+    "name": "ok",
+    "segments": [
+        {"key": "a", "share": 1, "rates": [0.1, 0.2]},
+        {
+            "key": "b",
+            "share": 1,
+            "response": {"base_rate": 0.05, "weights": {"word:x": 1.0}},
+            "variants": ["x", "y"],
+        },
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (("segments", 1, "share"), 0, r"segments\[1\]\.share must be > 0"),
+        (("segments", 0, "share"), -2, r"segments\[0\]\.share must be > 0"),
+        (("segments", 0, "rates"), [0.1, 1.5], r"segments\[0\]\.rates\[1\]"),
+        (("segments", 0, "key"), "", r"segments\[0\]\.key"),
+        (("segments", 1, "key"), "a", r"segments\[1\]\.key 'a' is used"),
+        (("segments", 1, "response", "base_rate"), 0, r"segments\[1\]\.response\.base_rate"),
+        (("segments", 1, "response", "weights"), {"nope": 1}, r"segments\[1\]\.response\.weights"),
+        (("segments", 0, "variants"), ["one"], r"segments\[0\]\.variants has 1 entries"),
+        (("impressions",), 0, r"impressions must be an integer >= 1"),
+        (("batch",), 2.5, r"batch must be an integer >= 1"),
+        (("segments",), [], r"segments must be a non-empty list"),
+        (("delay",), {"mean_impressions": -1}, r"delay\.mean_impressions"),
+        (("drift",), {"at_fraction": 1.5, "segments": {}}, r"drift\.at_fraction"),
+        (
+            ("drift",),
+            {"at_fraction": 0.5, "segments": {"zzz": {"rates": [0.1]}}},
+            r"drift\.segments\['zzz'\]",
+        ),
+        (
+            ("drift",),
+            {"at_fraction": 0.5, "segments": {"a": {"rates": [0.1]}}},
+            r"drift\.segments\['a'\]\.rates has 1",
+        ),
+        (("colour",), "red", r"unknown field\(s\) \['colour'\]"),
+    ],
+)
+def test_validation_errors_name_the_field(
+    path: tuple[str | int, ...], value: Any, message: str
+) -> None:
+    raw = copy.deepcopy(GOOD)
+    target: Any = raw
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = value
+    with pytest.raises(ValueError, match=message):
+        load_scenario(raw)
+
+
+def test_a_segment_needs_exactly_one_of_rates_or_response() -> None:
+    raw = copy.deepcopy(GOOD)
+    raw["segments"][0]["response"] = {"base_rate": 0.1}
+    with pytest.raises(ValueError, match=r"segments\[0\] needs exactly one"):
+        load_scenario(raw)
+
+
+def test_load_scenario_reads_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"segments": [{"key": "k", "rates": [0.1]}]}))
+    world = load_scenario(path)
+    assert world.name == "mine" and world.batch == 100
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_scenario(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs
+
+
+def assert_same(a: Trace, b: Trace) -> None:
+    for name in ("impressions", "conversions", "regret", "rate", "traffic"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert a.share.keys() == b.share.keys()
+    for key in a.share:
+        np.testing.assert_array_equal(a.share[key], b.share[key])
+    assert (a.total_conversions, a.total_regret, a.share_to_best, a.impressions_to_winner) == (
+        b.total_conversions,
+        b.total_regret,
+        b.share_to_best,
+        b.impressions_to_winner,
+    )
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_same_seed_same_trace_different_seed_different(policy: str) -> None:
+    world = two_segments()
+    first = simulate(world, policy, impressions=20_000, seed=7, batch=100)
+    assert_same(first, simulate(world, policy, impressions=20_000, seed=7, batch=100))
+    other = simulate(world, policy, impressions=20_000, seed=8, batch=100)
+    assert not np.array_equal(first.traffic, other.traffic)
+    assert not np.array_equal(first.conversions, other.conversions)
+
+
+def test_trace_shapes_and_bookkeeping() -> None:
+    world = two_segments()
+    trace = simulate(world, "thompson", impressions=10_050, seed=0, batch=100)
+    n = 101  # the last batch is 50 impressions
+    assert trace.impressions.shape == trace.conversions.shape == trace.regret.shape == (n,)
+    assert trace.impressions[0] == 100 and trace.impressions[-1] == 10_050
+    assert trace.traffic.shape == (n, 2) and trace.traffic.sum() == 10_050
+    assert trace.traffic.sum(axis=1)[-1] == 50
+    assert trace.share["a"].shape == (n, 3) and trace.share["b"].shape == (n, 2)
+    played = trace.traffic[:, 0] > 0
+    np.testing.assert_allclose(trace.share["a"][played].sum(axis=1), 1.0)
+    assert np.all(np.isnan(trace.share["a"][~played]))
+    assert np.all(np.diff(trace.conversions) >= 0) and np.all(np.diff(trace.regret) >= 0)
+    assert trace.total_conversions == trace.conversions[-1]
+    per_batch = np.diff(trace.conversions, prepend=0) / trace.traffic.sum(axis=1)
+    np.testing.assert_allclose(trace.rate, per_batch)
+
+
+def test_every_policy_sees_the_same_traffic_on_a_seed() -> None:
+    world = two_segments()
+    traces = [simulate(world, p, impressions=5_000, seed=3) for p in POLICIES]
+    for trace in traces[1:]:
+        np.testing.assert_array_equal(trace.traffic, traces[0].traffic)
+
+
+def test_the_oracle_has_zero_regret_and_beats_every_policy() -> None:
+    world = load_scenario(SCENARIOS / "default.json")
+    results = {
+        name: [simulate(world, name, impressions=20_000, seed=s) for s in range(3)]
+        for name in POLICIES
+    }
+    for trace in results["oracle"]:
+        assert trace.total_regret == 0.0 and trace.share_to_best == 1.0
+        assert np.all(trace.regret == 0.0)
+    oracle_conv = np.mean([t.total_conversions for t in results["oracle"]])
+    for name, traces in results.items():
+        if name == "oracle":
+            continue
+        assert min(t.total_regret for t in traces) > 0.0, name
+        # Common random numbers: the oracle converts about as much as anyone, or more.
+        assert oracle_conv >= 0.98 * np.mean([t.total_conversions for t in traces]), name
+
+
+def test_thompson_beats_uniform_ab() -> None:
+    world = plain(THREE_ARMS)
+    ts = [simulate(world, "thompson", impressions=50_000, seed=s) for s in range(5)]
+    ab = [simulate(world, "uniform", impressions=50_000, seed=s) for s in range(5)]
+    assert np.mean([t.total_regret for t in ts]) < np.mean([t.total_regret for t in ab])
+    assert np.mean([t.share_to_best for t in ts]) > 0.6
+    # Uniform A/B gives each arm a third: its regret is (0.04 + 0.02) / 3 per impression.
+    assert np.mean([t.total_regret for t in ab]) == pytest.approx(50_000 * 0.02, rel=0.05)
+
+
+def test_a_winner_is_declared_only_by_posterior_policies() -> None:
+    world = plain(THREE_ARMS)
+    ts = simulate(world, "thompson", impressions=30_000, seed=0)
+    assert ts.impressions_to_winner is not None
+    assert ts.impressions_to_winner % 1000 == 0  # checked every 10 batches of 100
+    for name in ("uniform", "epsilon_greedy", "oracle"):
+        assert simulate(world, name, impressions=30_000, seed=0).impressions_to_winner is None
+    hard = plain([0.05, 0.0495])
+    assert simulate(hard, "thompson", impressions=5_000, seed=0).impressions_to_winner is None
+
+
+def test_delay_costs_regret_but_thompson_still_converges() -> None:
+    fast = plain(THREE_ARMS)
+    slow = plain(THREE_ARMS, delay={"mean_impressions": 5_000})
+    seeds = range(3)
+    quick = [simulate(fast, "thompson", impressions=60_000, seed=s) for s in seeds]
+    late = [simulate(slow, "thompson", impressions=60_000, seed=s) for s in seeds]
+    assert np.mean([t.total_regret for t in late]) > np.mean([t.total_regret for t in quick])
+    for trace in late:
+        assert np.nanmean(trace.share["all"][-50:, 2]) > 0.8  # the 0.06 arm, in the last 5,000
+    # Outcomes still pending at the end are not yet known to the policy, but are counted.
+    np.testing.assert_array_equal(late[0].traffic, quick[0].traffic)
+
+
+def test_with_delay_thompson_hears_of_outcomes_late() -> None:
+    # Mean delay of 10,000 impressions: in the first batches nothing has come back, so Thompson
+    # still splits evenly (Beta(1, 1) everywhere), unlike a run with instant feedback.
+    slow = plain(THREE_ARMS, delay={"mean_impressions": 10_000})
+    trace = simulate(slow, "thompson", impressions=2_000, seed=1)
+    assert np.all(trace.share["all"][:5].max(axis=1) < 0.6)
+    instant = simulate(plain(THREE_ARMS), "thompson", impressions=2_000, seed=1)
+    assert instant.share["all"][1:5].max(axis=1).mean() > trace.share["all"][1:5].max(axis=1).mean()
+
+
+def test_after_drift_the_oracle_follows_the_new_best_arm() -> None:
+    world = load_scenario(SCENARIOS / "drift.json")
+    before = int(np.argmax(world.rates()[0]))
+    after = int(np.argmax(world.rates(drifted=True)[0]))
+    trace = simulate(world, "oracle", impressions=10_000, seed=0, batch=100)
+    shares = trace.share["everyone"]
+    assert np.all(shares[:50, before] == 1.0)
+    assert np.all(shares[50:, after] == 1.0)
+    assert trace.total_regret == 0.0
+    # A learner that settled on the old best pays for the change after the drift point.
+    ts = simulate(world, "thompson", impressions=40_000, seed=0)
+    per_batch = np.diff(ts.regret, prepend=0.0)
+    assert per_batch[200:250].mean() > per_batch[150:200].mean()
+
+
+def test_drift_lands_on_a_batch_boundary() -> None:
+    world = plain(
+        [0.1, 0.2], drift={"at_fraction": 0.33, "segments": {"all": {"rates": [0.3, 0.2]}}}
+    )
+    assert world.drift_batch(10_000, 100) == 33
+    assert world.drift_batch(10_000, 1_000) == 4  # 3,300 rounds up to 4,000
+
+
+def test_epsilon_greedy_tries_every_arm_first() -> None:
+    policy = EpsilonGreedy(5, np.random.default_rng(0), epsilon=0.0)
+    first = policy.select(10)
+    assert sorted(set(first.tolist())) == [0, 1, 2, 3, 4]
+    policy.update(np.arange(5), np.array([0.0, 0.0, 1.0, 0.0, 0.0]))
+    assert policy.select(20).tolist() == [2] * 20
+
+
+def test_thompson_informed_new_arms_start_at_the_empirical_prior() -> None:
+    policy = ThompsonInformed(3, np.random.default_rng(0))
+    assert policy.posterior()[0].tolist() == [1.0, 1.0, 1.0]
+    arms = np.repeat(np.arange(3), 1000)
+    rewards = np.zeros(3000)
+    rewards[[0, 1000, 1001, 2000, 2001, 2002]] = 1.0  # 1, 2, 3 conversions per 1,000
+    policy.update(arms, rewards)
+    index = policy.add_arm()
+    alpha, beta = policy.posterior()
+    assert index == 3
+    assert alpha[3] + beta[3] <= 20.0 + 1e-9  # worth at most 20 trials
+    assert alpha[3] / (alpha[3] + beta[3]) == pytest.approx(7 / 3002, rel=1e-9)
+    informed = ThompsonInformed(2, np.random.default_rng(0), history=([10, 30], [1000, 1000]))
+    assert informed.posterior()[0][0] != 1.0
+
+
+def test_unknown_policy_and_bad_arguments() -> None:
+    world = plain(THREE_ARMS)
+    with pytest.raises(ValueError, match="unknown policy 'greedy'"):
+        simulate(world, "greedy", impressions=100)
+    with pytest.raises(ValueError, match="batch"):
+        simulate(world, "thompson", impressions=100, batch=0)
+    with pytest.raises(ValueError, match="seed"):
+        simulate(world, "thompson", impressions=100, seed=-1)
+
+
+def test_progress_is_reported() -> None:
+    calls: list[tuple[int, int]] = []
+    simulate(
+        plain(THREE_ARMS),
+        "uniform",
+        impressions=12_000,
+        seed=0,
+        progress=lambda d, t: calls.append((d, t)),
+    )
+    assert calls == [(5_000, 12_000), (10_000, 12_000), (12_000, 12_000)]
+
+
+# ---------------------------------------------------------------------------------------------
+# compare
+
+
+def test_compare_summarises_over_seeds_as_json() -> None:
+    world = two_segments()
+    seen: list[int] = []
+    result = compare(
+        world,
+        ["thompson", "uniform", "oracle"],
+        impressions=10_000,
+        seeds=3,
+        batch=100,
+        progress=lambda done, total: seen.append(done),
+        max_points=20,
+    )
+    json.dumps(result, allow_nan=False)
+    assert seen == [10_000 * k for k in range(1, 10)]
+    assert result["seeds"] == [0, 1, 2]
+    thompson = result["policies"]["thompson"]
+    for metric in ("conversions", "regret", "share_to_best"):
+        stats = thompson[metric]
+        assert stats["low"] <= stats["mean"] <= stats["high"]
+    regrets = [
+        simulate(world, "thompson", impressions=10_000, seed=s).total_regret for s in range(3)
+    ]
+    assert thompson["regret"]["mean"] == pytest.approx(np.mean(regrets))
+    assert result["policies"]["oracle"]["regret"]["mean"] == 0.0
+    assert thompson["impressions_to_winner"]["runs"] == 3
+    assert result["policies"]["uniform"]["impressions_to_winner"]["declared"] == 0
+    curves = result["curves"]
+    assert len(curves["impressions"]) == 20 and curves["impressions"][-1] == 10_000
+    assert curves["regret"]["thompson"][-1] == pytest.approx(np.mean(regrets))
+    share = curves["share"]["thompson"]
+    assert share["segment"] == "a" and len(share["values"]) == 20
+    assert all(len(row) == 3 and sum(row) == pytest.approx(1.0) for row in share["values"])
+    assert result["lai_robbins_constant"]["a"] == pytest.approx(
+        lai_robbins_constant([0.03, 0.06, 0.04])
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Theory
+
+
+def bernoulli_kl(p: float, q: float) -> float:
+    return p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))
+
+
+def test_lai_robbins_constant_by_hand() -> None:
+    want = 0.1 / bernoulli_kl(0.4, 0.5)  # KL(0.4 || 0.5) = 0.0201355...
+    assert lai_robbins_constant([0.5, 0.4]) == pytest.approx(want, rel=1e-12)
+    assert want == pytest.approx(4.9664, rel=1e-4)
+    three = 0.02 / bernoulli_kl(0.04, 0.06) + 0.04 / bernoulli_kl(0.02, 0.06)
+    assert lai_robbins_constant(THREE_ARMS) == pytest.approx(three, rel=1e-12)
+    assert lai_robbins_bound([0.5, 0.4], 1000) == pytest.approx(want * math.log(1000))
+    assert lai_robbins_constant([0.3, 0.3]) == 0.0
+    with pytest.raises(ValueError, match="rates"):
+        lai_robbins_constant([0.5, 1.2])
+
+
+def test_bandits_imports_only_numpy_scipy_and_stdlib() -> None:
+    code = (
+        "import sys, bandits.simulate, bandits.worlds\n"
+        "bad = [m for m in ('flask', 'sqlmodel', 'service', 'generation', 'matplotlib')"
+        " if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
