@@ -213,14 +213,51 @@ def ope(experiment_id: int, policy: str, segment: str | None, as_json: bool) -> 
 )
 @click.option("--seeds", type=click.IntRange(1), default=None, help="Default: the scenario's.")
 @click.option("--out", type=click.Path(file_okay=False), default="var/sim", show_default=True)
+@click.option(
+    "--http",
+    "http_url",
+    default=None,
+    help="HTTP mode: drive the server at this URL instead (needs --key, --experiment).",
+)
+@click.option("--key", default=None, help="HTTP mode: an API key (admin lets it read the copy).")
+@click.option("--experiment", "experiment_id", type=int, default=None, help="HTTP mode.")
+@click.option(
+    "--clients",
+    type=click.IntRange(1, 64),
+    default=4,
+    show_default=True,
+    help="HTTP mode: concurrent storefront clients.",
+)
 def simulate(
-    scenario: str, policies: str, impressions: int | None, seeds: int | None, out: str
+    scenario: str,
+    policies: str,
+    impressions: int | None,
+    seeds: int | None,
+    out: str,
+    http_url: str | None,
+    key: str | None,
+    experiment_id: int | None,
+    clients: int,
 ) -> None:
-    """Replay synthetic traffic in-process and compare policies on the same worlds and seeds."""
+    """Replay synthetic traffic in-process and compare policies on the same worlds and seeds;
+    or, with --http, drive a running server as storefronts would."""
     from bandits.simulate import compare
     from bandits.worlds import load_scenario
     from service.sim_report import table, write_outputs
 
+    if http_url is not None:
+        if key is None or experiment_id is None:
+            raise click.UsageError("--http needs --key and --experiment")
+        _simulate_http(
+            load_scenario(scenario),
+            http_url,
+            key,
+            experiment_id,
+            impressions or 2000,
+            clients,
+            Path(out),
+        )
+        return
     try:
         world = load_scenario(scenario)
         names = [p.strip() for p in policies.split(",") if p.strip()]
@@ -235,6 +272,29 @@ def simulate(
     click.echo(table(world, summary))
     for path in write_outputs(world, summary, Path(out)):
         click.echo(f"wrote {path}")
+
+
+def _simulate_http(
+    world: Any, url: str, key: str, experiment_id: int, impressions: int, clients: int, out: Path
+) -> None:
+    from service.sim_http import drive
+
+    try:
+        run = drive(
+            world,
+            base_url=url,
+            key=key,
+            experiment_id=experiment_id,
+            impressions=impressions,
+            clients=clients,
+        )
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"HTTP simulation failed: {exc}") from None
+    summary = {"mode": "http", "url": url, "clients": clients, **run.summary()}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "http.json").write_text(json.dumps(summary, indent=2) + "\n")
+    click.echo(json.dumps(summary, indent=2))
+    click.echo(f"wrote {out / 'http.json'}")
 
 
 @main.group()

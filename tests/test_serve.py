@@ -110,3 +110,38 @@ def test_flask_cli_finds_the_app_factory(tmp_path: Path) -> None:
         check=True,
     ).stdout
     assert "/v1/decide" in routes and "/v1/experiments/<int:experiment_id>/report" in routes
+
+
+def test_http_simulation_drives_the_server_as_storefronts_would(
+    server: tuple[str, str], tmp_path: Path
+) -> None:
+    base, key = server
+    out = tmp_path / "sim"
+    subprocess.run(
+        [
+            BIN / "copybandit",
+            "simulate",
+            "--http",
+            base,
+            "--key",
+            key,
+            "--experiment",
+            "1",
+            "--impressions",
+            "300",
+            "--clients",
+            "4",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    run = json.loads((out / "http.json").read_text())
+    assert (run["decisions"], run["errors"]) == (300, {})
+    assert run["decisions_per_second"] > 0 and run["decide_latency_ms"]["p99"] > 0
+    report = _call(base, "/v1/experiments/1/report", key)[1]
+    assert sum(s["impressions"] for s in report["segments"]) == 300
+    assert sum(s["conversions"] for s in report["segments"]) == run["conversions"]
+    assert run["regret_vs_best_served_copy"] >= 0

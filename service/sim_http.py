@@ -1,0 +1,145 @@
+"""HTTP mode of the simulator: drive a running server as storefronts would.
+
+N client threads call POST /v1/decide for an experiment, score the copy they are served with the
+scenario's hidden response model (so whatever copy the server holds, generated copy included, has
+a true rate), and report conversions to POST /v1/events. Measures throughput and errors as well as
+outcomes. The server under test is untouched beyond what a storefront could do.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from bandits.worlds import World
+
+
+@dataclass
+class HttpRun:
+    decisions: int = 0
+    conversions: int = 0
+    expected_conversions: float = 0.0
+    best_expected: float = 0.0
+    errors: Counter[str] = field(default_factory=Counter)
+    latencies_ms: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        lat = np.array(self.latencies_ms) if self.latencies_ms else np.zeros(1)
+        return {
+            "decisions": self.decisions,
+            "conversions": self.conversions,
+            "conversion_rate": self.conversions / self.decisions if self.decisions else None,
+            "regret_vs_best_served_copy": round(self.best_expected - self.expected_conversions, 2),
+            "decisions_per_second": round(self.decisions / self.seconds, 1)
+            if self.seconds
+            else None,
+            "decide_latency_ms": {
+                "p50": round(float(np.percentile(lat, 50)), 2),
+                "p99": round(float(np.percentile(lat, 99)), 2),
+            },
+            "errors": dict(self.errors),
+        }
+
+
+class _Client:
+    def __init__(self, base_url: str, key: str) -> None:
+        parts = urlsplit(base_url)
+        self.connection = http.client.HTTPConnection(
+            parts.hostname or "127.0.0.1", parts.port or 80, timeout=30
+        )
+        self.headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+
+    def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        self.connection.request("POST", path, json.dumps(body), self.headers)
+        response = self.connection.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+
+
+def _best_rates(
+    base_url: str, key: str, experiment_id: int, segments: list[Any]
+) -> dict[str, float]:
+    """The true rate of the best live copy per segment: the server's copy if the key may read it
+    (admin), else the scenario's lines."""
+    texts = {s.key: list(s.variants) for s in segments}
+    connection = _Client(base_url, key).connection
+    connection.request(
+        "GET", f"/v1/experiments/{experiment_id}", headers={"Authorization": f"Bearer {key}"}
+    )
+    response = connection.getresponse()
+    body = json.loads(response.read() or b"null")
+    if response.status == 200:
+        for segment in body["segments"]:
+            live = [v["text"] for v in segment["variants"] if v["status"] == "active"]
+            if segment["key"] in texts and live:
+                texts[segment["key"]] = live
+    return {s.key: max(s.response.rate(t) for t in texts[s.key]) for s in segments}
+
+
+def drive(
+    world: World,
+    *,
+    base_url: str,
+    key: str,
+    experiment_id: int,
+    impressions: int,
+    clients: int = 4,
+    seed: int = 0,
+) -> HttpRun:
+    """Send `impressions` decisions from `clients` threads; segments drawn by the world's shares."""
+    segments = [s for s in world.segments if s.response is not None]
+    if not segments:
+        raise ValueError("HTTP mode needs a scenario with response models (text -> rate)")
+    shares = np.array([s.share for s in segments]) / sum(s.share for s in segments)
+    best_rate = _best_rates(base_url, key, experiment_id, segments)
+    run = HttpRun()
+    lock = threading.Lock()
+    per_client = [impressions // clients + (i < impressions % clients) for i in range(clients)]
+
+    def client(index: int) -> None:
+        rng = np.random.default_rng([seed, index])
+        connection = _Client(base_url, key)
+        for _ in range(per_client[index]):
+            segment = segments[int(rng.choice(len(segments), p=shares))]
+            started = time.perf_counter()
+            status, body = connection.post(
+                "/v1/decide", {"experiment": experiment_id, "segment": segment.key}
+            )
+            elapsed = (time.perf_counter() - started) * 1000
+            if status != 200:
+                with lock:
+                    run.errors[f"decide {status}"] += 1
+                continue
+            rate = segment.response.rate(body["text"])  # type: ignore[union-attr]
+            best = best_rate[segment.key]
+            converted = bool(rng.random() < rate)
+            if converted:
+                status, _ = connection.post(
+                    "/v1/events", {"impression_id": body["impression_id"], "type": "conversion"}
+                )
+                if status != 200:
+                    with lock:
+                        run.errors[f"events {status}"] += 1
+            with lock:
+                run.decisions += 1
+                run.conversions += converted
+                run.expected_conversions += rate
+                run.best_expected += max(best, rate)
+                run.latencies_ms.append(elapsed)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    run.seconds = time.perf_counter() - started
+    return run
