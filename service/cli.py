@@ -228,6 +228,25 @@ def ope(experiment_id: int, policy: str, segment: str | None, as_json: bool) -> 
     show_default=True,
     help="HTTP mode: concurrent storefront clients.",
 )
+@click.option(
+    "--full-loop",
+    is_flag=True,
+    help="Generation and lifecycle in the loop, against a static A/B of round 1's copy.",
+)
+@click.option(
+    "--writer",
+    type=click.Choice(["model", "phrases"]),
+    default="model",
+    show_default=True,
+    help="Full-loop mode: the real model, or a fast phrase bank.",
+)
+@click.option(
+    "--rounds",
+    type=click.IntRange(1, 100),
+    default=6,
+    show_default=True,
+    help="Full-loop mode: rounds of traffic, each followed by a lifecycle pass.",
+)
 def simulate(
     scenario: str,
     policies: str,
@@ -238,13 +257,22 @@ def simulate(
     key: str | None,
     experiment_id: int | None,
     clients: int,
+    full_loop: bool,
+    writer: str,
+    rounds: int,
 ) -> None:
     """Replay synthetic traffic in-process and compare policies on the same worlds and seeds;
-    or, with --http, drive a running server as storefronts would."""
+    with --http, drive a running server as storefronts would; with --full-loop, let the model
+    and the lifecycle change the copy between rounds."""
     from bandits.simulate import compare
     from bandits.worlds import load_scenario
     from service.sim_report import table, write_outputs
 
+    if full_loop:
+        _simulate_full_loop(
+            load_scenario(scenario), writer, rounds, impressions or 20_000, Path(out)
+        )
+        return
     if http_url is not None:
         if key is None or experiment_id is None:
             raise click.UsageError("--http needs --key and --experiment")
@@ -271,6 +299,39 @@ def simulate(
         raise click.ClickException(str(exc)) from None
     click.echo(table(world, summary))
     for path in write_outputs(world, summary, Path(out)):
+        click.echo(f"wrote {path}")
+
+
+def _simulate_full_loop(
+    world: Any, writer_name: str, rounds: int, round_impressions: int, out: Path
+) -> None:
+    from service.sim_loop import PhraseWriter, full_loop
+    from service.sim_report import plot_full_loop
+
+    settings = _settings()
+    logging.basicConfig(level=settings.log_level, format="%(message)s")
+    writer = PhraseWriter() if writer_name == "phrases" else default_writer(settings)
+    with click.progressbar(length=rounds, label="rounds") as bar:
+        result = full_loop(
+            world,
+            writer=writer,
+            rounds=rounds,
+            round_impressions=round_impressions,
+            progress=lambda done, _total: bar.update(done - bar.pos),
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "full_loop.json").write_text(json.dumps(result, indent=2) + "\n")
+    click.echo(f"{'round':>5}{'loop rate':>12}{'static A/B':>12}{'retired':>9}{'written':>9}")
+    for row in result["rounds"]:
+        click.echo(
+            f"{row['round']:>5}{row['loop_rate']:>12.4f}{row['static_ab_rate']:>12.4f}"
+            f"{row['retired']:>9}{row['written']:>9}"
+        )
+    click.echo(
+        f"loop {result['loop_conversions']} vs static A/B {result['static_ab_conversions']} "
+        f"conversions ({result['lift']:+.1%})"
+    )
+    for path in (out / "full_loop.json", plot_full_loop(result, out)):
         click.echo(f"wrote {path}")
 
 

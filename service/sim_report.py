@@ -129,3 +129,33 @@ def table(world: World, summary: dict[str, Any]) -> str:
             "the bound limits how fast regret grows as T -> infinity, not its level at finite T"
         )
     return "\n".join(lines)
+
+
+def plot_full_loop(result: dict[str, Any], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [r["round"] for r in result["rounds"]]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    ax.plot(
+        rounds,
+        [r["loop_rate"] for r in result["rounds"]],
+        marker="o",
+        label=f"the loop (Thompson + lifecycle + {result['writer']})",
+    )
+    ax.plot(
+        rounds,
+        [r["static_ab_rate"] for r in result["rounds"]],
+        marker="o",
+        label="static A/B of round 1's copy",
+    )
+    ax.set(title="Conversion rate per round", xlabel="round", ylabel="conversions per impression")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    path = out / "full_loop.png"
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
