@@ -116,7 +116,8 @@ def full_loop(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Run the loop and the static A/B side by side; JSON-ready per-round figures."""
-    policy = policy or LifecyclePolicy(min_impressions=500, target_active=4, max_active=6)
+    # Brisker than the service defaults, so a few rounds show copy turning over.
+    policy = policy or LifecyclePolicy(min_impressions=300, target_active=5, max_active=6)
     rng = np.random.default_rng(seed)
     segments = [s for s in world.segments if s.response is not None]
     if not segments:
