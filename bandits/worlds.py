@@ -233,12 +233,18 @@ def _rates_field(value: object, where: str) -> FloatArray:
     return np.array(value, dtype=np.float64)
 
 
-def _response_field(value: object, where: str) -> ResponseModel:
+def _object(value: object, where: str, allowed: set[str]) -> dict[str, Any]:
+    """`value` as a JSON object with no fields outside `allowed`; errors name `where`."""
     if not isinstance(value, dict):
         raise ValueError(f"{where} must be an object, got {value!r}")
-    unknown = set(value) - {"base_rate", "weights"}
+    unknown = set(value) - allowed
     if unknown:
         raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}")
+    return value
+
+
+def _response_field(value: object, where: str) -> ResponseModel:
+    value = _object(value, where, {"base_rate", "weights"})
     base = value.get("base_rate")
     if isinstance(base, bool) or not isinstance(base, int | float) or not 0.0 < base < 1.0:
         raise ValueError(f"{where}.base_rate must be a number in (0, 1), got {base!r}")
@@ -254,11 +260,7 @@ def _response_field(value: object, where: str) -> ResponseModel:
 
 def _segment(raw: object, i: int) -> Segment:
     where = f"segments[{i}]"
-    if not isinstance(raw, dict):
-        raise ValueError(f"{where} must be an object, got {raw!r}")
-    unknown = set(raw) - _SEGMENT_KEYS
-    if unknown:
-        raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}")
+    raw = _object(raw, where, _SEGMENT_KEYS)
     key = raw.get("key")
     if not isinstance(key, str) or not key.strip():
         raise ValueError(f"{where}.key must be a non-empty string, got {key!r}")
@@ -294,11 +296,7 @@ def _segment(raw: object, i: int) -> Segment:
 
 
 def _drift(raw: object, segments: list[Segment]) -> Drift:
-    if not isinstance(raw, dict):
-        raise ValueError(f"drift must be an object, got {raw!r}")
-    unknown = set(raw) - {"at_fraction", "segments"}
-    if unknown:
-        raise ValueError(f"drift: unknown field(s) {sorted(unknown)}")
+    raw = _object(raw, "drift", {"at_fraction", "segments"})
     at = raw.get("at_fraction")
     if isinstance(at, bool) or not isinstance(at, int | float) or not 0.0 < at < 1.0:
         raise ValueError(f"drift.at_fraction must be a number in (0, 1), got {at!r}")

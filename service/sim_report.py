@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
+from bandits.simulate import lai_robbins_bound as segment_bound
 from bandits.worlds import World
 
 LABELS = {
@@ -21,12 +21,13 @@ LABELS = {
 def lai_robbins_bound(world: World, summary: dict[str, Any]) -> float:
     """Sum over segments of C_segment * ln(T_segment): the asymptotic regret floor of any
     consistent policy, for this run's length and traffic split."""
-    return _bound_at(world, summary, summary["impressions"])
+    return _bound_at(world, summary["impressions"])
 
 
-def _bound_at(world: World, summary: dict[str, Any], impressions: float) -> float:
-    constants = summary["lai_robbins_constant"]
-    return sum(constants[s.key] * math.log(max(impressions * s.share, 2.0)) for s in world.segments)
+def _bound_at(world: World, impressions: float) -> float:
+    return sum(
+        float(segment_bound(s.rates, max(impressions * s.share, 2.0))) for s in world.segments
+    )
 
 
 def write_outputs(world: World, summary: dict[str, Any], out: Path) -> list[Path]:
@@ -57,7 +58,7 @@ def _plots(world: World, summary: dict[str, Any], out: Path) -> list[Path]:
         if key == "regret":
             ax.plot(
                 x,
-                [_bound_at(world, summary, t) for t in x],
+                [_bound_at(world, t) for t in x],
                 color="grey",
                 linestyle=":",
                 label="Lai-Robbins sum C*ln(t) (asymptotic)",
