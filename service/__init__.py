@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from flask_openapi3 import Info, OpenAPI
 
-from service import api, db, errors, jsonbody
+from service import api, dashboard, db, errors, jsonbody
 from service.config import Settings, load_settings
 from service.errors import validation_error_response
 from service.generation_jobs import JobRunner
@@ -57,4 +57,5 @@ def create_app(config: Mapping[str, object] | None = None) -> OpenAPI:
     jsonbody.init_app(app)
     errors.register(app)
     api.register(app)
+    dashboard.register(app, settings)
     return app

@@ -1,4 +1,4 @@
-"""The `copybandit` command: serve, migrate, init, keys, seed-demo, generate, lifecycle,
+"""The `copybandit` command: serve, migrate, init, keys, users, seed-demo, generate, lifecycle,
 simulate, ope."""
 
 from __future__ import annotations
@@ -17,13 +17,17 @@ from service.auth import create_key, list_keys, revoke_key
 from service.config import ConfigError, Settings, load_settings
 from service.db import make_engine
 from service.demo import seed_demo
-from service.errors import NotFound
+from service.demo_history import seed_demo_history
+from service.errors import APIError, NotFound
 from service.generation_jobs import GenerationOptions, create_job, default_writer, run_job
 from service.lifecycle import run_lifecycle
+from service.marketers import create_marketer, generate_password, list_marketers, set_password
 from service.models import ApiKey, JobStatus, Scope, Variant
 from service.ope import evaluate as evaluate_policy
 from service.ope import format_table as format_ope_table
 
+# The account `init` makes on first run, so `make run` can be signed in to at once.
+FIRST_MARKETER = "marketer@example.com"
 SCENARIOS = Path(__file__).resolve().parent.parent / "bandits" / "scenarios"
 
 
@@ -70,8 +74,15 @@ def seed_demo_command() -> None:
 
 
 @main.command()
-def init() -> None:
-    """First-run set-up: migrate, seed the demo, and print an admin key if none exists."""
+@click.option(
+    "--demo-history/--no-demo-history",
+    default=True,
+    show_default=True,
+    help="Give a newly seeded demo a week of simulated traffic, so its charts have data.",
+)
+def init(demo_history: bool) -> None:
+    """First-run set-up: migrate, seed the demo, and print an admin key and a dashboard sign-in
+    if none exists."""
     settings = _settings()
     engine = make_engine(settings)
     migrations.upgrade(engine)
@@ -80,11 +91,26 @@ def init() -> None:
         experiment = seed_demo(session=session)
         if experiment is not None:
             click.echo(f"seeded demo experiment {experiment.id}: {experiment.name}")
+            if demo_history:
+                served = seed_demo_history(
+                    session=session,
+                    settings=settings,
+                    experiment_id=experiment.id,  # type: ignore[arg-type]
+                )
+                click.echo(f"simulated a week of demo traffic: {served:,} decisions")
         if session.exec(select(ApiKey.id)).first() is None:
             _, plaintext = create_key(session=session, scope=Scope.ADMIN, label="first run")
             click.echo(
                 "\nAdmin API key (shown once; keep it):\n\n    "
                 f"{plaintext}\n\nLost it? `copybandit keys create --scope admin`.\n"
+            )
+        if not list_marketers(session=session):
+            password = generate_password()
+            marketer = create_marketer(session=session, email=FIRST_MARKETER, password=password)
+            click.echo(
+                f"Dashboard sign-in (shown once): http://{settings.host}:{settings.port}/dashboard/"
+                f"\n\n    email:    {marketer.email}\n    password: {password}\n\n"
+                "More accounts: `copybandit users create --email you@example.com`.\n"
             )
 
 
@@ -393,6 +419,63 @@ def keys_revoke(key_id: str) -> None:
         except NotFound as exc:
             raise click.ClickException(exc.message) from None
     click.echo(f"revoked {key_id}")
+
+
+@main.group()
+def users() -> None:
+    """Dashboard accounts for marketers."""
+
+
+@users.command("create")
+@click.option("--email", required=True)
+@click.option(
+    "--password",
+    default=None,
+    help="Default: prompt for one. Use --generate-password for a random one.",
+)
+@click.option("--generate-password", "generate", is_flag=True, help="Make up a password; print it.")
+def users_create(email: str, password: str | None, generate: bool) -> None:
+    """Create a marketer who can sign in to the dashboard."""
+    if generate:
+        password = generate_password()
+    elif password is None:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    with _session(_settings()) as session:
+        try:
+            marketer = create_marketer(session=session, email=email, password=password)
+        except APIError as exc:
+            raise click.ClickException(exc.message) from None
+    click.echo(f"created dashboard user {marketer.email}")
+    if generate:
+        click.echo(f"password: {password}")
+
+
+@users.command("set-password")
+@click.option("--email", required=True)
+@click.password_option()
+def users_set_password(email: str, password: str) -> None:
+    """Change a marketer's password; browsers signed in with the old one are signed out."""
+    with _session(_settings()) as session:
+        try:
+            set_password(session=session, email=email, password=password)
+        except APIError as exc:
+            raise click.ClickException(exc.message) from None
+    click.echo(f"password changed for {email}")
+
+
+@users.command("list")
+def users_list() -> None:
+    """List marketers: email, created, last sign-in."""
+    with _session(_settings()) as session:
+        for marketer in list_marketers(session=session):
+            last = (
+                f"{marketer.last_sign_in_at:%Y-%m-%d %H:%M}"
+                if marketer.last_sign_in_at
+                else "never"
+            )
+            click.echo(
+                f"{marketer.email}  created {marketer.created_at:%Y-%m-%d}  last sign-in {last}"
+            )
 
 
 @main.command()

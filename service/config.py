@@ -54,6 +54,8 @@ class Settings:
     # The lifecycle job (retire, declare, regenerate); "off" leaves it to `copybandit lifecycle`.
     scheduler: str = "on"
     lifecycle_interval_seconds: float = 900.0
+    # How long a dashboard sign-in lasts before the marketer signs in again.
+    dashboard_session_hours: float = 12.0
 
     def validate(self) -> Settings:
         _require(
@@ -122,6 +124,12 @@ class Settings:
             "LIFECYCLE_INTERVAL_SECONDS",
             "must be >= 1",
             self.lifecycle_interval_seconds,
+        )
+        _require(
+            0 < self.dashboard_session_hours <= 24 * 30,
+            "DASHBOARD_SESSION_HOURS",
+            "must be above 0 and at most 720",
+            self.dashboard_session_hours,
         )
         if self.env == "production":
             for name in ("user_id_key", "secret_key"):

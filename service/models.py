@@ -206,6 +206,30 @@ class ApiKey(SQLModel, table=True):
     revoked_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
 
 
+class Marketer(SQLModel, table=True):
+    """A person who signs in to the dashboard. Dashboard sign-ins and API keys never stand in for
+    each other."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=254, unique=True)
+    # werkzeug's salted scrypt hash; the password itself is never stored.
+    password_hash: str = Field(max_length=255)
+    created_at: datetime = _timestamp()
+    last_sign_in_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+
+
+class MarketerSession(SQLModel, table=True):
+    """A dashboard sign-in. Stored server-side, so signing out ends it even for a copied cookie."""
+
+    __tablename__ = "marketer_session"
+
+    # SHA-256 of the token in the cookie: a leaked table does not hand out live sessions.
+    id: str = Field(primary_key=True, max_length=64)
+    marketer_id: int = Field(foreign_key="marketer.id", index=True)
+    created_at: datetime = _timestamp()
+    expires_at: datetime = Field(sa_type=UtcDateTime)
+
+
 class GenerationJob(SQLModel, table=True):
     """A request for generated copy, run in the background; its row is its progress report."""
 

@@ -44,7 +44,11 @@ def _call(base: str, path: str, key: str | None = None, body: Any = None) -> tup
 def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
     env = {**os.environ, "COPYBANDIT_DATABASE_URL": f"sqlite:///{tmp_path}/serve.db"}
     init = subprocess.run(
-        [BIN / "copybandit", "init"], env=env, capture_output=True, text=True, check=True
+        [BIN / "copybandit", "init", "--no-demo-history"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     key = re.search(r"cb_[0-9a-f]{16}_[A-Za-z0-9_-]+", init.stdout)
     assert key, init.stdout

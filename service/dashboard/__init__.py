@@ -1,0 +1,48 @@
+"""The marketer dashboard: server-rendered pages behind a password sign-in.
+
+It is a separate door from the API: pages read only the session cookie, the API reads only the
+`Authorization` header, so an API key never opens a page and a signed-in browser never calls the
+API. Every form carries a per-session CSRF token, and every page is sent with a strict CSP.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from flask import Flask, redirect, url_for
+from werkzeug.routing import IntegerConverter
+from werkzeug.wrappers import Response
+
+from service.config import Settings
+from service.dashboard import account_pages, experiment_pages, review_pages
+from service.dashboard.blueprint import bp
+
+# Imported for their routes, which they attach to `bp`.
+_PAGES = (account_pages, experiment_pages, review_pages)
+
+
+class DbIdConverter(IntegerConverter):
+    def __init__(self, map: Any) -> None:
+        super().__init__(map, min=1, max=2**31 - 1)
+
+
+def register(app: Flask, settings: Settings) -> None:
+    app.config.update(
+        SESSION_COOKIE_NAME="copybandit_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        # Production is expected behind TLS; a Secure cookie would never be sent over plain HTTP.
+        SESSION_COOKIE_SECURE=settings.env == "production",
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=settings.dashboard_session_hours),
+    )
+    # Ids are 32-bit in the database: a larger one in a URL is a 404, never a database error.
+    app.url_map.converters["id"] = DbIdConverter
+    app.register_blueprint(bp)
+
+    # A plain Flask rule: the OpenAPI app's own decorators would document it as part of the API.
+    app.add_url_rule("/", "home", _home)
+
+
+def _home() -> Response:
+    return redirect(url_for("dashboard.experiments"))

@@ -1,0 +1,82 @@
+"""The dashboard blueprint: HTML error pages, template helpers, and the shared form plumbing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+from flask import Blueprint, current_app, render_template
+from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import HTTPException
+
+from service import db
+from service.dashboard.session_auth import csrf_token, protect
+from service.errors import APIError, InvalidInput
+
+bp = Blueprint(
+    "dashboard",
+    __name__,
+    url_prefix="/dashboard",
+    template_folder="templates",
+    static_folder="static",
+)
+protect(bp)
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def validated(model: type[Model], data: dict[str, Any]) -> Model:
+    """`data` as `model`, or a 400 naming the first field that is wrong (same rules as the API)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        field = ".".join(str(part) for part in first["loc"]) or None
+        raise InvalidInput(
+            first["msg"] if field is None else f"{field}: {first['msg']}", field=field
+        ) from None
+
+
+_DB_ID_MAX = 2**31 - 1
+
+
+def form_int(name: str, text: str, *, low: int = 1, high: int = _DB_ID_MAX) -> int:
+    """A form field as an int in [low, high], or a 400 naming it. ASCII digits only: str.isdigit
+    accepts '²', which int() then refuses."""
+    text = text.strip()
+    if not (text.isascii() and text.isdecimal()) or not low <= int(text) <= high:
+        raise InvalidInput(f"{name}: must be a whole number from {low} to {high}", field=name)
+    return int(text)
+
+
+def invalidate(experiment_id: int) -> None:
+    """Workers serve from a cached posterior; a status change must reach this one at once."""
+    current_app.extensions["copybandit.snapshots"].invalidate(experiment_id)
+
+
+@bp.app_template_filter("when")
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M UTC") if value is not None else ""
+
+
+@bp.app_template_filter("pct")
+def _pct(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value * 100:.{digits}f}%"
+
+
+@bp.app_context_processor
+def _helpers() -> dict[str, Callable[..., Any]]:
+    return {"csrf_token": csrf_token}
+
+
+@bp.errorhandler(APIError)
+def _api_error(exc: APIError) -> tuple[str, int]:
+    db.session().rollback()
+    return render_template("error.html", status=exc.status, message=exc.message), exc.status
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> tuple[str, int]:
+    status = exc.code or 500
+    return render_template("error.html", status=status, message=exc.description), status

@@ -1,0 +1,126 @@
+"""Server-rendered SVG charts: geometry here, markup in templates/_charts.html.
+
+SVG drawn on the server needs no script, no chart library and no CDN, so the charts work offline,
+with JavaScript off, and under a CSP that allows no inline code. Colours are presentation
+attributes rather than style attributes for the same reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# Colour-blind-safe (Okabe-Ito), in the order variants are listed.
+PALETTE = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#f0e442", "#000000")
+
+WIDTH, HEIGHT = 560, 200
+LEFT, RIGHT, TOP, BOTTOM = 48, 12, 10, 28
+
+
+def colour(index: int) -> str:
+    return PALETTE[index % len(PALETTE)]
+
+
+@dataclass(frozen=True)
+class Line:
+    label: str
+    colour: str
+    # SVG polyline point lists; a gap (a bucket with no data) starts a new segment.
+    segments: list[str]
+
+
+@dataclass(frozen=True)
+class Tick:
+    position: float
+    label: str
+    # SVG text-anchor: labels at the ends are anchored inward, or the chart's edge clips them.
+    anchor: str = "middle"
+
+
+@dataclass(frozen=True)
+class LineChart:
+    title: str
+    lines: list[Line]
+    y_ticks: list[Tick]
+    x_ticks: list[Tick]
+    width: int = WIDTH
+    height: int = HEIGHT
+    left: int = LEFT
+    right: int = WIDTH - RIGHT
+    top: int = TOP
+    bottom: int = HEIGHT - BOTTOM
+
+
+def line_chart(
+    *,
+    title: str,
+    labels: Sequence[str],
+    series: Sequence[Sequence[float]],
+    x_labels: Sequence[str],
+    y_max: float | None = None,
+    percent: bool = True,
+) -> LineChart:
+    """One line per series over evenly spaced x positions; NaN values leave a gap."""
+    finite = [v for values in series for v in values if not math.isnan(v)]
+    top_value = y_max if y_max is not None else _nice_ceiling(max(finite, default=0.0))
+    n = max((len(values) for values in series), default=0)
+
+    def x(i: int) -> float:
+        return LEFT + (WIDTH - LEFT - RIGHT) * (i / max(n - 1, 1))
+
+    def y(value: float) -> float:
+        return TOP + (HEIGHT - TOP - BOTTOM) * (1 - value / top_value)
+
+    lines = []
+    for index, (label, values) in enumerate(zip(labels, series, strict=True)):
+        segments: list[str] = []
+        current: list[str] = []
+        for i, value in enumerate(values):
+            if math.isnan(value):
+                if current:
+                    segments.append(" ".join(current))
+                current = []
+                continue
+            current.append(f"{x(i):.1f},{y(value):.1f}")
+        if current:
+            segments.append(" ".join(current))
+        lines.append(Line(label=label, colour=colour(index), segments=segments))
+
+    y_ticks = [
+        Tick(y(top_value * f), _format(top_value * f, percent)) for f in (0.0, 0.25, 0.5, 0.75, 1.0)
+    ]
+    step = max(1, math.ceil(n / 5))
+    x_ticks = [
+        Tick(x(i), x_labels[i], "start" if i == 0 else "end" if i == n - 1 else "middle")
+        for i in range(0, n, step)
+    ]
+    return LineChart(title=title, lines=lines, y_ticks=y_ticks, x_ticks=x_ticks)
+
+
+@dataclass(frozen=True)
+class IntervalBar:
+    """A credible interval on a 0..scale axis, as fractions of the bar's width."""
+
+    low: float
+    high: float
+    mean: float
+
+
+def interval_bar(low: float, high: float, mean: float, scale: float) -> IntervalBar:
+    scale = scale if scale > 0 else 1.0
+    return IntervalBar(low=low / scale, high=high / scale, mean=mean / scale)
+
+
+def _nice_ceiling(value: float) -> float:
+    """The smallest 1, 2, 2.5 or 5 times a power of ten that is at least `value`."""
+    if value <= 0:
+        return 1.0
+    power = 10 ** math.floor(math.log10(value))
+    return next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= value)
+
+
+def _format(value: float, percent: bool) -> str:
+    if percent:
+        return f"{value * 100:.3g}%"
+    return f"{value:.3g}"

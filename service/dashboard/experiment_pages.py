@@ -1,0 +1,349 @@
+"""Experiments: the list, one experiment's standings and charts, creation, generation, audit and
+CSV export."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from flask import current_app, flash, g, redirect, render_template, request, url_for
+from sqlmodel import Session, col, select
+from werkzeug.wrappers import Response
+
+from service import db
+from service.dashboard import charts
+from service.dashboard.blueprint import bp, form_int, validated
+from service.dashboard.blueprint import invalidate as invalidate_snapshot
+from service.errors import APIError, InvalidInput, NotFound
+from service.experiments import (
+    add_variant,
+    create_experiment,
+    find_segment,
+    get_experiment,
+    list_experiments,
+    segments_of,
+    variants_of,
+)
+from service.generation_jobs import create_job, get_job
+from service.history import segment_history
+from service.lifecycle import audit_trail
+from service.models import Experiment, Segment, Variant, VariantStatus
+from service.reports import experiment_report
+from service.schemas import ExperimentCreate, GenerateIn, SegmentReport, VariantCreate
+
+CSV_COLUMNS = (
+    "variant_id",
+    "segment",
+    "status",
+    "origin",
+    "text",
+    "impressions",
+    "conversions",
+    "rate",
+    "posterior_mean",
+    "ci95_low",
+    "ci95_high",
+    "prob_best",
+    "expected_loss",
+)
+# Spreadsheet apps run a cell that starts with one of these as a formula; copy is untrusted.
+_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+@dataclass(frozen=True)
+class ExperimentRow:
+    experiment: Experiment
+    segment_keys: list[str]
+    impressions: int
+    conversions: int
+    winners: int
+    pending: int
+
+
+@bp.get("/")
+def experiments() -> str:
+    session = db.session()
+    totals = {
+        experiment_id: (impressions or 0, conversions or 0, pending or 0)
+        for experiment_id, impressions, conversions, pending in session.execute(
+            sa.select(
+                col(Variant.experiment_id),
+                sa.func.sum(Variant.impressions),
+                sa.func.sum(Variant.conversions),
+                sa.func.sum(
+                    sa.case((col(Variant.status) == VariantStatus.PENDING_REVIEW.value, 1), else_=0)
+                ),
+            ).group_by(col(Variant.experiment_id))
+        )
+    }
+    segments: dict[int, list[Segment]] = {}
+    for segment in session.exec(select(Segment).order_by(col(Segment.position))):
+        segments.setdefault(segment.experiment_id, []).append(segment)
+    rows = []
+    for experiment in list_experiments(session=session):
+        assert experiment.id is not None
+        own = segments.get(experiment.id, [])
+        impressions, conversions, pending = totals.get(experiment.id, (0, 0, 0))
+        rows.append(
+            ExperimentRow(
+                experiment=experiment,
+                segment_keys=[s.key for s in own],
+                impressions=int(impressions),
+                conversions=int(conversions),
+                winners=sum(1 for s in own if s.winner_variant_id is not None),
+                pending=int(pending),
+            )
+        )
+    return render_template("experiments.html", rows=rows)
+
+
+@bp.get("/experiments/<id:experiment_id>")
+def experiment(experiment_id: int) -> str:
+    session = db.session()
+    experiment = get_experiment(session=session, experiment_id=experiment_id)
+    report = experiment_report(session=session, experiment_id=experiment_id)
+    return render_template(
+        "experiment.html",
+        experiment=experiment,
+        segments=[_segment_view(session, segment) for segment in report.segments],
+        pending=_pending_count(session, experiment_id),
+    )
+
+
+@dataclass(frozen=True)
+class SegmentView:
+    report: SegmentReport
+    # The declared winner, else the current leader: the copy a marketer most wants to read.
+    headline_id: int | None
+    headline_text: str | None
+    headline_kind: str
+    bars: dict[int, charts.IntervalBar]
+    colours: dict[int, str]
+    share_chart: charts.LineChart | None
+    rate_chart: charts.LineChart | None
+
+
+def _segment_view(session: Session, report: SegmentReport) -> SegmentView:
+    rows = {row.variant_id: row for row in report.variants}
+    headline_id, kind = None, ""
+    if report.winner is not None and report.winner.variant_id in rows:
+        headline_id, kind = report.winner.variant_id, "winner"
+    elif report.leader is not None:
+        headline_id, kind = report.leader.variant_id, "leader"
+    scale = max((row.interval[1] for row in report.variants), default=0.0)
+    bars = {
+        row.variant_id: charts.interval_bar(*row.interval, row.posterior_mean, scale)
+        for row in report.variants
+    }
+    # Charts follow the copy that has been served; pending copy has no history yet.
+    served = [row.variant_id for row in report.variants if row.impressions > 0]
+    colours = {variant_id: charts.colour(i) for i, variant_id in enumerate(served)}
+    share_chart = rate_chart = None
+    if served:
+        history = segment_history(session=session, variant_ids=served)
+        if not history.empty:
+            labels = [f"#{variant_id}" for variant_id in served]
+            fmt = _label_format(history.width)
+            x_labels = [start.strftime(fmt) for start in history.starts]
+            share_chart = charts.line_chart(
+                title="Traffic share per period",
+                labels=labels,
+                series=history.traffic_share().tolist(),
+                x_labels=x_labels,
+                y_max=1.0,
+            )
+            rate_chart = charts.line_chart(
+                title="Conversion rate, cumulative",
+                labels=labels,
+                series=history.cumulative_rate().tolist(),
+                x_labels=x_labels,
+            )
+    return SegmentView(
+        report=report,
+        headline_id=headline_id,
+        headline_text=rows[headline_id].text if headline_id is not None else None,
+        headline_kind=kind,
+        bars=bars,
+        colours=colours,
+        share_chart=share_chart,
+        rate_chart=rate_chart,
+    )
+
+
+def _label_format(width: timedelta) -> str:
+    if width >= timedelta(days=1):
+        return "%b %d"
+    if width >= timedelta(hours=3):
+        return "%b %d %H:00"
+    return "%H:%M"
+
+
+def _pending_count(session: Session, experiment_id: int) -> int:
+    return session.exec(
+        select(sa.func.count()).where(
+            Variant.experiment_id == experiment_id,
+            Variant.status == VariantStatus.PENDING_REVIEW.value,
+        )
+    ).one()
+
+
+@bp.route("/experiments/new", methods=["GET", "POST"])
+def new_experiment() -> Response | str | tuple[str, int]:
+    if request.method == "GET":
+        return render_template("experiment_new.html", form={}, error=None)
+    form = request.form.to_dict()
+    try:
+        body = validated(ExperimentCreate, _experiment_fields(form))
+        experiment = create_experiment(session=db.session(), experiment_create=body)
+    except APIError as exc:
+        # Shown on the form with what was typed, so nothing the marketer wrote is lost.
+        db.session().rollback()
+        return render_template("experiment_new.html", form=form, error=exc.message), exc.status
+    flash(f"Created experiment “{experiment.name}”. Add copy to each segment to start serving.")
+    return redirect(url_for("dashboard.experiment", experiment_id=experiment.id), code=303)
+
+
+def _experiment_fields(form: dict[str, str]) -> dict[str, Any]:
+    """The form's flat fields in the API's shape; segments are `key: description` lines."""
+    segments = []
+    for number, line in enumerate(form.get("segments", "").splitlines(), start=1):
+        if not line.strip():
+            continue
+        key, sep, description = line.partition(":")
+        if not sep:
+            raise InvalidInput(
+                f"segments: line {number} must read 'key: description'", field="segments"
+            )
+        segments.append({"key": key.strip(), "description": description.strip()})
+    price_text = form.get("price", "").strip()
+    try:
+        price = float(price_text) if price_text else None
+    except ValueError:
+        raise InvalidInput("product.price: must be a number", field="product.price") from None
+    return {
+        "name": form.get("name", ""),
+        "product": {
+            "name": form.get("product_name", ""),
+            "description": form.get("product_description", ""),
+            "price": price,
+            "url": form.get("product_url", "").strip() or None,
+        },
+        "segments": segments,
+        "brand_voice": form.get("brand_voice", "").strip() or None,
+        "auto_approve": form.get("auto_approve") == "on",
+    }
+
+
+@bp.post("/experiments/<id:experiment_id>/variants")
+def add_manual_variant(experiment_id: int) -> Response:
+    body = validated(
+        VariantCreate,
+        {"segment": request.form.get("segment", ""), "text": request.form.get("text", "")},
+    )
+    variant = add_variant(session=db.session(), experiment_id=experiment_id, variant_create=body)
+    invalidate_snapshot(experiment_id)
+    flash(f"Added variant #{variant.id} to {body.segment}; it is being served now.")
+    return _back_to(experiment_id, body.segment)
+
+
+@bp.post("/experiments/<id:experiment_id>/generate")
+def generate(experiment_id: int) -> Response:
+    n = form_int("n", request.form.get("n", ""), high=20)
+    body = validated(GenerateIn, {"segment": request.form.get("segment") or None, "n": n})
+    job = create_job(
+        session=db.session(), experiment_id=experiment_id, segment_key=body.segment, n=body.n
+    )
+    current_app.extensions["copybandit.jobs"].submit(job.id)
+    return redirect(url_for("dashboard.job", job_id=job.id), code=303)
+
+
+@bp.get("/jobs/<id:job_id>")
+def job(job_id: int) -> str:
+    session = db.session()
+    found = get_job(session=session, job_id=job_id)
+    segment = session.get(Segment, found.segment_id) if found.segment_id is not None else None
+    return render_template(
+        "job.html",
+        job=found,
+        segment=segment,
+        experiment=get_experiment(session=session, experiment_id=found.experiment_id),
+        finished=found.status in ("succeeded", "failed"),
+    )
+
+
+@bp.get("/experiments/<id:experiment_id>/audit")
+def audit(experiment_id: int) -> str:
+    session = db.session()
+    experiment = get_experiment(session=session, experiment_id=experiment_id)
+    keys = {s.id: s.key for s in segments_of(session=session, experiment_id=experiment_id)}
+    texts = {v.id: v.text for v in variants_of(session=session, experiment_id=experiment_id)}
+    return render_template(
+        "audit.html",
+        experiment=experiment,
+        events=audit_trail(session, experiment_id=experiment_id),
+        segment_keys=keys,
+        texts=texts,
+    )
+
+
+@bp.get("/experiments/<id:experiment_id>/segments/<segment_key>.csv")
+def export_csv(experiment_id: int, segment_key: str) -> Response:
+    session = db.session()
+    find_segment(session=session, experiment_id=experiment_id, key=segment_key)
+    report = experiment_report(session=session, experiment_id=experiment_id)
+    segment = next((s for s in report.segments if s.key == segment_key), None)
+    if segment is None:
+        raise NotFound(f"experiment {experiment_id} has no segment {segment_key!r}")
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS)
+    for row in segment.variants:
+        writer.writerow(
+            [
+                row.variant_id,
+                segment.key,
+                row.status.value,
+                row.origin.value,
+                _cell(row.text),
+                row.impressions,
+                row.conversions,
+                _number(row.rate),
+                _number(row.posterior_mean),
+                _number(row.interval[0]),
+                _number(row.interval[1]),
+                _number(row.prob_best),
+                _number(row.expected_loss),
+            ]
+        )
+    return Response(
+        out.getvalue(),
+        mimetype="text/csv",
+        headers={
+            "Content-Disposition": (
+                f'attachment; filename="experiment-{experiment_id}-{segment.key}.csv"'
+            )
+        },
+    )
+
+
+def _cell(text: str) -> str:
+    return "'" + text if text.startswith(_FORMULA_PREFIXES) else text
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}"
+
+
+def _back_to(experiment_id: int, segment_key: str | None = None) -> Response:
+    anchor = f"segment-{segment_key}" if segment_key else None
+    return redirect(
+        url_for("dashboard.experiment", experiment_id=experiment_id, _anchor=anchor), code=303
+    )
+
+
+def actor() -> str:
+    return str(g.marketer.email)

@@ -1,0 +1,133 @@
+"""Reviewing generated copy, and the hand-made status changes: approve, reject, edit, pause,
+resume, retire. Each goes through `update_variant`, the same rules the API enforces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import current_app, flash, g, redirect, render_template, request, url_for
+from sqlmodel import col, select
+from werkzeug.wrappers import Response
+
+from generation.lint import LintReport, lint
+from service import db
+from service.dashboard.blueprint import bp, form_int, validated
+from service.dashboard.blueprint import invalidate as invalidate_snapshot
+from service.dashboard.session_auth import safe_next
+from service.errors import APIError, InvalidInput
+from service.experiments import get_experiment, segments_of, update_variant
+from service.generation_jobs import GenerationOptions, brief_for
+from service.models import Segment, Variant, VariantStatus
+from service.schemas import VariantPatch
+
+# What each button asks for, and the word the audit reason uses for it.
+ACTIONS: dict[str, tuple[VariantStatus, str]] = {
+    "approve": (VariantStatus.ACTIVE, "approved"),
+    "reject": (VariantStatus.REJECTED, "rejected"),
+    "pause": (VariantStatus.PAUSED, "paused"),
+    "resume": (VariantStatus.ACTIVE, "resumed"),
+    "retire": (VariantStatus.RETIRED, "retired"),
+}
+
+
+@dataclass(frozen=True)
+class PendingRow:
+    variant: Variant
+    segment: Segment
+    # Checked again now, against today's brief and settings, not only when it was written.
+    report: LintReport
+    rules_passed_when_written: list[str]
+
+
+@bp.get("/experiments/<id:experiment_id>/review")
+def review(experiment_id: int) -> str:
+    session = db.session()
+    experiment = get_experiment(session=session, experiment_id=experiment_id)
+    segments = {s.id: s for s in segments_of(session=session, experiment_id=experiment_id)}
+    options = GenerationOptions.from_settings(current_app.extensions["copybandit.settings"])
+    pending = session.exec(
+        select(Variant)
+        .where(
+            Variant.experiment_id == experiment_id,
+            Variant.status == VariantStatus.PENDING_REVIEW.value,
+        )
+        .order_by(col(Variant.segment_id), col(Variant.id))
+    ).all()
+    rows = []
+    briefs = {}
+    for variant in pending:
+        segment = segments[variant.segment_id]
+        if segment.id not in briefs:
+            briefs[segment.id] = brief_for(session, experiment, segment)
+        written = ((variant.audit or {}).get("lint") or {}).get("passed") or []
+        rows.append(
+            PendingRow(
+                variant=variant,
+                segment=segment,
+                report=lint(variant.text, briefs[segment.id], options.lint),
+                rules_passed_when_written=list(written),
+            )
+        )
+    return render_template("review.html", experiment=experiment, rows=rows)
+
+
+@bp.post("/variants/<id:variant_id>/status")
+def change_status(variant_id: int) -> Response:
+    variant = _apply(variant_id, request.form.get("action", ""))
+    flash(f"Variant #{variant.id} {ACTIONS[request.form['action']][1]}.")
+    return _return(variant.experiment_id)
+
+
+@bp.post("/variants/<id:variant_id>/edit")
+def edit_and_approve(variant_id: int) -> Response:
+    patch = validated(VariantPatch, {"text": request.form.get("text", "")})
+    session = db.session()
+    variant = update_variant(session=session, variant_id=variant_id, patch=patch)
+    # Two steps, each checked: if approval is refused, the edit stays and the copy stays pending.
+    variant = _apply(variant_id, "approve", note="after editing")
+    flash(f"Variant #{variant.id} edited and approved.")
+    return _return(variant.experiment_id)
+
+
+@bp.post("/experiments/<id:experiment_id>/review")
+def bulk(experiment_id: int) -> Response:
+    action = request.form.get("action", "")
+    if action not in ("approve", "reject"):
+        raise InvalidInput("action: must be approve or reject", field="action")
+    ids = request.form.getlist("variant_id")
+    if not ids:
+        raise InvalidInput("variant_id: tick at least one variant", field="variant_id")
+    done, refused = [], []
+    for variant_id in sorted({form_int("variant_id", text) for text in ids}):
+        variant = db.session().get(Variant, variant_id)
+        if variant is None or variant.experiment_id != experiment_id:
+            refused.append(f"#{variant_id}: not in this experiment")
+            continue
+        try:
+            _apply(variant_id, action)
+            done.append(variant_id)
+        except APIError as exc:
+            db.session().rollback()
+            refused.append(f"#{variant_id}: {exc.message}")
+    verb = ACTIONS[action][1]
+    if done:
+        flash(f"{verb.capitalize()} {len(done)}: " + ", ".join(f"#{i}" for i in done) + ".")
+    for problem in refused:
+        flash(f"Not {verb} — {problem}", "error")
+    return redirect(url_for("dashboard.review", experiment_id=experiment_id), code=303)
+
+
+def _apply(variant_id: int, action: str, note: str = "") -> Variant:
+    if action not in ACTIONS:
+        raise InvalidInput(f"action: must be one of {', '.join(ACTIONS)}", field="action")
+    status, verb = ACTIONS[action]
+    reason = f"{verb} by {g.marketer.email}" + (f" {note}" if note else "")
+    patch = VariantPatch(status=status, reason=reason)
+    variant = update_variant(session=db.session(), variant_id=variant_id, patch=patch)
+    invalidate_snapshot(variant.experiment_id)
+    return variant
+
+
+def _return(experiment_id: int) -> Response:
+    default = url_for("dashboard.experiment", experiment_id=experiment_id)
+    return redirect(safe_next(request.form.get("next"), default), code=303)

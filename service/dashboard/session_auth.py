@@ -1,0 +1,98 @@
+"""Who is signed in, CSRF tokens, and the headers every dashboard response carries.
+
+Flask's signed session cookie carries a random session token and the CSRF token. The token names a
+row in `marketer_session`, so signing out, or changing the password (`copybandit users
+set-password`), ends the session on the server, not only in this browser.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from urllib.parse import urlsplit
+
+from flask import Blueprint, abort, current_app, g, redirect, request, session, url_for
+from werkzeug.wrappers import Response
+
+from service import db
+from service.marketers import close_session, open_session, session_owner
+from service.models import Marketer
+
+# Pages may load only the app's own stylesheet; no script runs, no other site may frame them.
+CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+_PUBLIC_ENDPOINTS = {"dashboard.sign_in", "dashboard.static"}
+_FORM_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def start_session(marketer: Marketer) -> None:
+    lifetime = current_app.permanent_session_lifetime
+    token = open_session(session=db.session(), marketer=marketer, lifetime=lifetime)
+    # A fresh session on sign-in: nothing set before it (a planted token, an old CSRF token)
+    # carries over.
+    session.clear()
+    session.permanent = True
+    session["token"] = token
+    session["csrf"] = secrets.token_urlsafe(32)
+
+
+def end_session() -> None:
+    token = session.get("token")
+    if isinstance(token, str):
+        close_session(session=db.session(), token=token)
+    session.clear()
+
+
+def current_marketer() -> Marketer | None:
+    token = session.get("token")
+    if not isinstance(token, str):
+        return None
+    return session_owner(session=db.session(), token=token)
+
+
+def csrf_token() -> str:
+    token = session.get("csrf")
+    if not isinstance(token, str):
+        token = session["csrf"] = secrets.token_urlsafe(32)
+    return token
+
+
+def safe_next(target: str | None, default: str) -> str:
+    """`target` if it is a path inside the dashboard, else `default`: no open redirects."""
+    if not target:
+        return default
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not parts.path.startswith("/dashboard/"):
+        return default
+    return target
+
+
+def protect(bp: Blueprint) -> None:
+    @bp.before_request
+    def _require_sign_in() -> Response | None:
+        if request.method in _FORM_METHODS:
+            sent = request.form.get("csrf_token", "")
+            expected = session.get("csrf")
+            if not isinstance(expected, str) or not hmac.compare_digest(sent, expected):
+                abort(400, "this form has expired; reload the page and try again (csrf_token)")
+        if request.endpoint in _PUBLIC_ENDPOINTS:
+            return None
+        g.marketer = current_marketer()
+        if g.marketer is None:
+            if request.method != "GET":
+                abort(401, "sign in first")
+            return redirect(url_for("dashboard.sign_in", next=request.full_path.rstrip("?")))
+        return None
+
+    @bp.after_request
+    def _headers(response: Response) -> Response:
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Referrer-Policy"] = "same-origin"
+        if request.endpoint != "dashboard.static":
+            # Pages show private numbers; no shared cache or back-button cache after sign-out.
+            response.headers["Cache-Control"] = "no-store"
+        return response

@@ -1,0 +1,101 @@
+"""A week of synthetic traffic for the demo, so a first `make run` has numbers and charts to show.
+
+It goes through the service's own decision and event code (the real bandit picks every variant),
+then moves the rows' timestamps back into the past week. The conversion rates behind it are made
+up and fixed per variant; nothing here is used outside the demo.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import numpy as np
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from service.config import Settings
+from service.decisions import decide
+from service.events import record_events
+from service.models import Event, Impression, Segment, Variant, utcnow
+from service.schemas import DecideIn, EventIn
+from service.snapshot import SnapshotCache
+
+# Hidden conversion rates, by segment, in the order demo.VARIANTS lists the copy.
+DEMO_RATES = {
+    "weekend-hikers": (0.040, 0.058, 0.047),
+    "trail-racers": (0.050, 0.064, 0.055),
+    "value-seekers": (0.045, 0.042, 0.061),
+}
+# How often the demo's bandit sees fresh counters, in decisions: a server refreshes each second.
+_REFRESH_EVERY = 150
+
+
+def seed_demo_history(
+    *,
+    session: Session,
+    settings: Settings,
+    experiment_id: int,
+    days: int = 7,
+    decisions_per_day: int = 600,
+    seed: int = 7,
+    now: datetime | None = None,
+) -> int:
+    """Serve `days * decisions_per_day` decisions spread over the past days; return the count."""
+    rng = np.random.default_rng(seed)
+    now = now or utcnow()
+    rates = _rates_by_variant(session, experiment_id)
+    cache = SnapshotCache(
+        ttl_seconds=float("inf"), propensity_samples=settings.propensity_samples, rng=seed
+    )
+    segments = list(DEMO_RATES)
+    total = days * decisions_per_day
+    start = now - timedelta(days=days)
+    step = timedelta(days=days) / total
+    shown: list[dict[str, object]] = []
+    converted: list[dict[str, object]] = []
+    for i in range(total):
+        if i % _REFRESH_EVERY == 0:
+            cache.invalidate(experiment_id)
+        decision = decide(
+            session=session,
+            cache=cache,
+            settings=settings,
+            decide_in=DecideIn(experiment=experiment_id, segment=segments[i % len(segments)]),
+        )
+        when = start + step * i
+        shown.append({"row_id": decision.impression_id, "when": when})
+        if rng.random() < rates[decision.variant_id]:
+            record_events(
+                session=session,
+                events=[EventIn(impression_id=decision.impression_id, type="conversion")],
+            )
+            session.commit()
+            converted.append({"row_id": decision.impression_id, "when": when + _delay(rng)})
+    _backdate(session, Impression.__table__, "id", shown)  # type: ignore[attr-defined]
+    _backdate(session, Event.__table__, "impression_id", converted)  # type: ignore[attr-defined]
+    session.commit()
+    return total
+
+
+def _rates_by_variant(session: Session, experiment_id: int) -> dict[int, float]:
+    rates: dict[int, float] = {}
+    for segment in session.exec(select(Segment).where(Segment.experiment_id == experiment_id)):
+        variants = session.exec(
+            select(Variant).where(Variant.segment_id == segment.id).order_by(col(Variant.id))
+        ).all()
+        for variant, rate in zip(variants, DEMO_RATES.get(segment.key, ()), strict=False):
+            rates[variant.id] = rate  # type: ignore[index]
+    return rates
+
+
+def _delay(rng: np.random.Generator) -> timedelta:
+    return timedelta(minutes=float(rng.exponential(20.0)))
+
+
+def _backdate(session: Session, table: sa.Table, key: str, rows: list[dict[str, object]]) -> None:
+    statement = (
+        sa.update(table)
+        .where(table.c[key] == sa.bindparam("row_id"))
+        .values(created_at=sa.bindparam("when", type_=table.c.created_at.type))
+    )
+    session.connection().execute(statement, rows)

@@ -1,0 +1,105 @@
+"""A segment's traffic and conversions over time, bucketed per variant, for the dashboard charts.
+
+Bucketing is one CASE expression over fixed boundaries rather than a date function, so the same
+query runs on SQLite and PostgreSQL and scans each impression once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from service.models import Event, Impression, utcnow
+
+BUCKETS = 24
+# Bucket widths the chart may use; the smallest that covers the history in BUCKETS steps wins,
+# and the chart shows at most BUCKETS of them.
+_WIDTHS = [timedelta(minutes=m) for m in (1, 5, 15, 30, 60, 180, 360, 720, 1440, 2880, 10080)]
+
+
+@dataclass(frozen=True)
+class History:
+    """Counts per variant and bucket.
+
+    variant_ids : list, shape (n_variants,)
+    starts : list of datetime, shape (n_buckets,), each bucket's first instant
+    impressions, conversions : ndarray, shape (n_variants, n_buckets)
+    """
+
+    variant_ids: list[int]
+    starts: list[datetime]
+    width: timedelta
+    impressions: np.ndarray
+    conversions: np.ndarray
+
+    @property
+    def empty(self) -> bool:
+        return not self.impressions.any()
+
+    def traffic_share(self) -> np.ndarray:
+        """Each variant's share of the bucket's impressions; NaN where a bucket had none."""
+        totals = self.impressions.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(totals > 0, self.impressions / totals, np.nan)
+
+    def cumulative_rate(self) -> np.ndarray:
+        """Conversions over impressions up to the end of each bucket; NaN before the first."""
+        shown = self.impressions.cumsum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(shown > 0, self.conversions.cumsum(axis=1) / shown, np.nan)
+
+
+def segment_history(
+    *, session: Session, variant_ids: list[int], now: datetime | None = None
+) -> History:
+    now = now or utcnow()
+    first = (
+        session.exec(
+            select(sa.func.min(Impression.created_at)).where(
+                col(Impression.variant_id).in_(variant_ids)
+            )
+        ).one()
+        if variant_ids
+        else None
+    )
+    span = now - first if first is not None else timedelta(0)
+    width = next((w for w in _WIDTHS if w * BUCKETS >= span), _WIDTHS[-1])
+    # Align to whole widths so the same moment always lands in the same bucket.
+    epoch = datetime(2000, 1, 1, tzinfo=now.tzinfo)
+    end = epoch + ((now - epoch) // width + 1) * width
+    # Start at the first impression's bucket, so a young segment's chart is not mostly empty.
+    count = min(BUCKETS, max(2, (end - (first or now)) // width + 1))
+    starts = [end - width * (count - i) for i in range(count)]
+    impressions = _counts(session, Impression, variant_ids, starts, width)
+    conversions = _counts(session, Event, variant_ids, starts, width)
+    return History(variant_ids, starts, width, impressions, conversions)
+
+
+def _counts(
+    session: Session,
+    table: type[Impression] | type[Event],
+    variant_ids: list[int],
+    starts: list[datetime],
+    width: timedelta,
+) -> np.ndarray:
+    counts = np.zeros((len(variant_ids), len(starts)), dtype=np.int64)
+    if not variant_ids:
+        return counts
+    created = col(table.created_at)
+    bucket = sa.case(
+        *((created < start + width, index) for index, start in enumerate(starts)),
+        else_=len(starts) - 1,
+    ).label("bucket")
+    rows = session.execute(
+        sa.select(col(table.variant_id), bucket, sa.func.count())
+        .where(col(table.variant_id).in_(variant_ids), created >= starts[0])
+        .group_by(col(table.variant_id), bucket)
+    )
+    row_of = {variant_id: i for i, variant_id in enumerate(variant_ids)}
+    for variant_id, index, count in rows:
+        counts[row_of[variant_id], index] += count
+    return counts

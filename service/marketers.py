@@ -1,0 +1,125 @@
+"""Marketer accounts for the dashboard: created from the CLI, signed in with a password, and
+their sign-in sessions.
+
+Passwords are hashed with werkzeug's salted scrypt. Sign-in costs one hash whether or not the
+email exists, so response time does not tell which addresses have accounts. A session is a random
+token in the browser's cookie and its SHA-256 here; signing out or changing the password deletes
+the row, which ends the session wherever the cookie was copied to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from datetime import timedelta
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from service.errors import Conflict, InvalidInput, NotFound
+from service.models import Marketer, MarketerSession, utcnow
+
+MIN_PASSWORD_CHARS = 10
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,189}$")
+# Checked against when the email is unknown, so both paths spend the same time hashing.
+_DECOY_HASH = generate_password_hash(secrets.token_urlsafe(16))
+
+
+def normalize_email(email: str) -> str:
+    email = email.strip().lower()
+    if not _EMAIL.match(email):
+        raise InvalidInput("email: must look like name@example.com", field="email")
+    return email
+
+
+def _check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise InvalidInput(
+            f"password: must be at least {MIN_PASSWORD_CHARS} characters", field="password"
+        )
+
+
+def generate_password() -> str:
+    return secrets.token_urlsafe(12)
+
+
+def create_marketer(*, session: Session, email: str, password: str) -> Marketer:
+    email = normalize_email(email)
+    _check_password(password)
+    marketer = Marketer(email=email, password_hash=generate_password_hash(password))
+    session.add(marketer)
+    try:
+        session.commit()
+    except sa.exc.IntegrityError:
+        session.rollback()
+        raise Conflict(f"a marketer with email {email!r} already exists", field="email") from None
+    return marketer
+
+
+def set_password(*, session: Session, email: str, password: str) -> Marketer:
+    _check_password(password)
+    marketer = session.exec(
+        select(Marketer).where(Marketer.email == normalize_email(email))
+    ).first()
+    if marketer is None:
+        raise NotFound(f"no marketer with email {email!r}", field="email")
+    marketer.password_hash = generate_password_hash(password)
+    session.add(marketer)
+    # Whoever knew the old password may be signed in somewhere; those sessions end here.
+    session.execute(
+        sa.delete(MarketerSession).where(col(MarketerSession.marketer_id) == marketer.id)
+    )
+    session.commit()
+    return marketer
+
+
+def list_marketers(*, session: Session) -> list[Marketer]:
+    return list(session.exec(select(Marketer).order_by(col(Marketer.id))))
+
+
+def sign_in(*, session: Session, email: str, password: str) -> Marketer | None:
+    """The marketer these credentials belong to, or None; never says which part was wrong."""
+    marketer = session.exec(select(Marketer).where(Marketer.email == email.strip().lower())).first()
+    hashed = marketer.password_hash if marketer is not None else _DECOY_HASH
+    if not check_password_hash(hashed, password) or marketer is None:
+        return None
+    marketer.last_sign_in_at = utcnow()
+    session.add(marketer)
+    session.commit()
+    return marketer
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def open_session(*, session: Session, marketer: Marketer, lifetime: timedelta) -> str:
+    """Start a sign-in session; return the token for the cookie (stored here only as a hash)."""
+    now = utcnow()
+    # Expired sessions are swept here, on the one path that adds rows.
+    session.execute(sa.delete(MarketerSession).where(col(MarketerSession.expires_at) < now))
+    token = secrets.token_urlsafe(32)
+    session.add(
+        MarketerSession(
+            id=_digest(token),
+            marketer_id=marketer.id,  # type: ignore[arg-type]
+            expires_at=now + lifetime,
+        )
+    )
+    session.commit()
+    return token
+
+
+def session_owner(*, session: Session, token: str) -> Marketer | None:
+    """The marketer whose live session `token` is, or None."""
+    row = session.get(MarketerSession, _digest(token))
+    if row is None or row.expires_at <= utcnow():
+        return None
+    return session.get(Marketer, row.marketer_id)
+
+
+def close_session(*, session: Session, token: str) -> None:
+    session.execute(sa.delete(MarketerSession).where(col(MarketerSession.id) == _digest(token)))
+    session.commit()

@@ -1,0 +1,833 @@
+"""The marketer dashboard in a real browser: Playwright drives Debian's Chromium against the app
+served over HTTP by werkzeug, on a migrated SQLite file seeded with the service's own functions.
+
+One server and one browser serve the whole module. Every test gets a browser context of its own:
+the sign-in tests start signed out and use the form; the rest start with the cookies of one
+module-wide sign-in through the same form. Tests that change state make an experiment of their
+own, so no test depends on another's order. The screenshot lands in var/screenshots/.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import os
+import re
+import shutil
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+from sqlmodel import Session, col, select
+from werkzeug.serving import make_server
+
+from service import create_app
+from service.config import Settings
+from service.decisions import decide
+from service.demo import DEMO, VARIANTS, seed_demo
+from service.demo_history import seed_demo_history
+from service.events import record_events
+from service.experiments import add_variant, create_experiment, find_segment
+from service.marketers import create_marketer
+from service.models import Experiment, Origin, Segment, Variant, VariantStatus, utcnow
+from service.reports import experiment_report
+from service.schemas import DecideIn, EventIn, ExperimentCreate, VariantCreate
+from service.snapshot import SnapshotCache
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
+REPO = Path(__file__).resolve().parents[1]
+SCREENSHOT = REPO / "var" / "screenshots" / "experiment.png"
+
+EMAIL = "ana@example.com"
+PASSWORD = "correct-horse-battery"
+
+SCRIPT_TEXT = "<script>alert(1)</script>"
+IMG_TEXT = "<img src=x onerror=alert(1)>"
+
+CSV_HEADER = [
+    "variant_id",
+    "segment",
+    "status",
+    "origin",
+    "text",
+    "impressions",
+    "conversions",
+    "rate",
+    "posterior_mean",
+    "ci95_low",
+    "ci95_high",
+    "prob_best",
+    "expected_loss",
+]
+
+_names = itertools.count(1)
+
+
+# --- the server -----------------------------------------------------------------------------
+
+
+@dataclass
+class Site:
+    base_url: str
+    engine: sa.Engine
+    settings: Settings
+    demo_id: int
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    def variant(self, variant_id: int) -> Variant:
+        with self.session() as session:
+            variant = session.get(Variant, variant_id)
+            assert variant is not None, f"variant {variant_id} is gone from the database"
+            return variant
+
+    def segment_variants(self, experiment_id: int, key: str) -> list[Variant]:
+        with self.session() as session:
+            segment = find_segment(session=session, experiment_id=experiment_id, key=key)
+            return list(
+                session.exec(
+                    select(Variant)
+                    .where(Variant.segment_id == segment.id)
+                    .order_by(col(Variant.id))
+                )
+            )
+
+
+@pytest.fixture(scope="module")
+def site(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    path = tmp_path_factory.mktemp("dashboard-browser") / "copybandit.db"
+    shutil.copy(sqlite_template, path)
+    app = create_app(
+        {
+            "database_url": f"sqlite:///{path}",
+            "env": "test",
+            "snapshot_ttl_seconds": 0.0,
+            "propensity_samples": 2000,
+            "scheduler": "off",
+        }
+    )
+    engine: sa.Engine = app.extensions["copybandit.engine"]
+    settings: Settings = app.extensions["copybandit.settings"]
+    with Session(engine, expire_on_commit=False) as session:
+        create_marketer(session=session, email=EMAIL, password=PASSWORD)
+        demo = seed_demo(session=session)
+        assert demo is not None and demo.id is not None
+        # Four days of traffic through the real bandit: numbers in every row, lines in the charts.
+        seed_demo_history(
+            session=session,
+            settings=settings,
+            experiment_id=demo.id,
+            days=4,
+            decisions_per_day=150,
+        )
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="dashboard-server", daemon=True)
+    thread.start()
+    try:
+        yield Site(
+            base_url=f"http://127.0.0.1:{server.server_port}",
+            engine=engine,
+            settings=settings,
+            demo_id=demo.id,
+        )
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        server.server_close()
+        engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(
+            f"the dashboard browser tests need Debian's Chromium at {CHROMIUM}: "
+            "`apt-get install chromium` (`make test` installs it; Playwright cannot download one)",
+            pytrace=False,
+        )
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@dataclass
+class Tab:
+    page: Page
+    dialogs: list[str]
+
+
+@contextmanager
+def open_tab(browser: Browser, site: Site, **context_options: Any) -> Iterator[Tab]:
+    """A page in a browser context of its own, recording every dialog it opens."""
+    context = browser.new_context(base_url=site.base_url, **context_options)
+    context.set_default_timeout(10_000)
+    page = context.new_page()
+    dialogs: list[str] = []
+
+    def on_dialog(dialog: Any) -> None:
+        dialogs.append(f"{dialog.type}: {dialog.message}")
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    try:
+        yield Tab(page, dialogs)
+    finally:
+        context.close()
+
+
+@pytest.fixture(scope="module")
+def signed_in_state(browser: Browser, site: Site) -> dict[str, Any]:
+    """The cookies of one sign-in through the form, shared by the tests that are not about
+    signing in (each password check costs a deliberately slow hash)."""
+    with open_tab(browser, site) as tab:
+        signed_in(tab.page)
+        return dict(tab.page.context.storage_state())
+
+
+@pytest.fixture
+def guest(browser: Browser, site: Site) -> Iterator[Page]:
+    """A signed-out browser."""
+    with open_tab(browser, site) as tab:
+        yield tab.page
+        assert tab.dialogs == [], f"a page opened a dialog: {tab.dialogs}"
+
+
+@pytest.fixture
+def page(browser: Browser, site: Site, signed_in_state: dict[str, Any]) -> Iterator[Page]:
+    """A browser signed in as EMAIL."""
+    with open_tab(browser, site, storage_state=signed_in_state) as tab:
+        yield tab.page
+        assert tab.dialogs == [], f"a page opened a dialog: {tab.dialogs}"
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def sign_in(page: Page, *, email: str = EMAIL, password: str = PASSWORD) -> None:
+    if "/dashboard/sign-in" not in page.url:
+        page.goto("/dashboard/sign-in")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def signed_in(page: Page) -> None:
+    sign_in(page)
+    expect(page.locator("header .who")).to_have_text(EMAIL)
+
+
+def make_experiment(
+    site: Site,
+    *,
+    segments: tuple[str, ...] = ("tea-lovers",),
+    active: dict[str, list[str]] | None = None,
+    pending: dict[str, list[str]] | None = None,
+) -> tuple[int, dict[str, list[int]]]:
+    """A fresh experiment: `active` copy added by hand (the first of each is the control) and
+    `pending` copy as the generator leaves it. Returns its id and the variant ids per segment."""
+    body = {
+        "name": f"Aurora kettle launch {next(_names)}",
+        "product": {"name": "Aurora kettle", "description": "A 1.7 l glass kettle.", "price": 49},
+        "segments": [{"key": key, "description": f"People who are {key}."} for key in segments],
+    }
+    ids: dict[str, list[int]] = {key: [] for key in segments}
+    with site.session() as session:
+        experiment = create_experiment(
+            session=session, experiment_create=ExperimentCreate.model_validate(body)
+        )
+        assert experiment.id is not None
+        for key, texts in (active or {}).items():
+            for i, text in enumerate(texts):
+                variant = add_variant(
+                    session=session,
+                    experiment_id=experiment.id,
+                    variant_create=VariantCreate(
+                        segment=key, text=text, origin=Origin.CONTROL if i == 0 else Origin.MANUAL
+                    ),
+                )
+                ids[key].append(variant.id)  # type: ignore[arg-type]
+        for key, texts in (pending or {}).items():
+            segment = find_segment(session=session, experiment_id=experiment.id, key=key)
+            for text in texts:
+                variant = Variant(
+                    experiment_id=experiment.id,
+                    segment_id=segment.id,  # type: ignore[arg-type]
+                    text=text,
+                    origin=Origin.GENERATED.value,
+                    status=VariantStatus.PENDING_REVIEW.value,
+                    status_reason="generated by a test",
+                    audit={"lint": {"passed": ["length", "markup", "banned_phrase"]}},
+                )
+                session.add(variant)
+                session.commit()
+                ids[key].append(variant.id)  # type: ignore[arg-type]
+        return experiment.id, ids
+
+
+def serve(
+    site: Site, experiment_id: int, segment: str, n: int, converts: Callable[[int], bool]
+) -> None:
+    """`n` decisions through the real bandit; a conversion whenever `converts(variant_id)`."""
+    cache = SnapshotCache(
+        ttl_seconds=0.0, propensity_samples=site.settings.propensity_samples, rng=3
+    )
+    with site.session() as session:
+        for _ in range(n):
+            decision = decide(
+                session=session,
+                cache=cache,
+                settings=site.settings,
+                decide_in=DecideIn(experiment=experiment_id, segment=segment),
+            )
+            if converts(decision.variant_id):
+                record_events(
+                    session=session,
+                    events=[EventIn(impression_id=decision.impression_id, type="conversion")],
+                )
+                session.commit()
+
+
+def row(page: Page, variant_id: int) -> Any:
+    return page.locator(f'tr[data-variant-id="{variant_id}"]')
+
+
+def flash(page: Page) -> Any:
+    return page.locator("p.flash")
+
+
+def path_of(page: Page) -> str:
+    return "/" + page.url.split("/", 3)[3]
+
+
+# --- signing in and out ---------------------------------------------------------------------
+
+
+def test_wrong_password_shows_an_error_and_stays_on_sign_in(guest: Page) -> None:
+    page = guest
+    page.goto("/dashboard/sign-in")
+    with page.expect_response(
+        lambda r: r.request.method == "POST" and "/dashboard/sign-in" in r.url
+    ) as answer:
+        sign_in(page, password="not-the-password")
+    assert answer.value.status == 401
+
+    expect(page.get_by_role("alert")).to_have_text("Wrong email or password.")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    assert path_of(page).startswith("/dashboard/sign-in")
+    # What was typed stays, except the password.
+    expect(page.get_by_label("Email")).to_have_value(EMAIL)
+    expect(page.get_by_label("Password")).to_have_value("")
+    expect(page.get_by_role("button", name="Sign out")).to_have_count(0)
+
+    # An unknown address gets the same words: the form never says which part was wrong.
+    sign_in(page, email="nobody@example.com", password=PASSWORD)
+    expect(page.get_by_role("alert")).to_have_text("Wrong email or password.")
+
+    # And nothing was signed in: the list still sends the browser to the form.
+    page.goto("/dashboard/")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    assert path_of(page).startswith("/dashboard/sign-in")
+
+
+def test_sign_in_lists_experiments_and_opens_one(guest: Page, site: Site) -> None:
+    page = guest
+    page.goto("/")
+    # Signed out, the root sends the browser to the sign-in form, which returns it to the list.
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    signed_in(page)
+    assert path_of(page) == "/dashboard/"
+    expect(page.get_by_role("heading", name="Experiments")).to_be_visible()
+
+    with site.session() as session:
+        variants = session.exec(select(Variant).where(Variant.experiment_id == site.demo_id)).all()
+    impressions = sum(v.impressions for v in variants)
+    conversions = sum(v.conversions for v in variants)
+    assert impressions == 600 and conversions > 0
+
+    demo_row = page.locator("table.list tbody tr", has_text=DEMO["name"])
+    expect(demo_row).to_have_count(1)
+    cells = demo_row.locator("td")
+    expect(cells.nth(2)).to_have_text("weekend-hikers, trail-racers, value-seekers")
+    expect(cells.nth(3)).to_have_text(f"{impressions:,}")
+    expect(cells.nth(4)).to_have_text(f"{conversions:,}")
+
+    demo_row.get_by_role("link", name=DEMO["name"]).click()
+    expect(page).to_have_url(f"{site.base_url}/dashboard/experiments/{site.demo_id}")
+    expect(page.get_by_role("heading", level=1)).to_have_text(DEMO["name"])
+    expect(page.locator("section.segment")).to_have_count(3)
+    assert page.locator("section.segment").evaluate_all(
+        "sections => sections.map(s => s.dataset.segment)"
+    ) == list(VARIANTS)
+
+    for key in VARIANTS:
+        section = page.locator(f"#segment-{key}")
+        own = site.segment_variants(site.demo_id, key)
+        shown = sum(v.impressions for v in own)
+        expect(section.locator("p.totals")).to_contain_text(f"{shown:,} impressions")
+        expect(section.locator("tbody tr")).to_have_count(len(own))
+        for variant in own:
+            cells = section.locator(f'tr[data-variant-id="{variant.id}"] td')
+            expect(cells.nth(1)).to_have_text(variant.text)
+            expect(cells.nth(2)).to_have_text("active")
+            expect(cells.nth(3)).to_have_text(f"{variant.impressions:,}")
+            expect(cells.nth(4)).to_have_text(f"{variant.conversions:,}")
+        # No winner declared on the demo: the headline is the leader, with its P(best).
+        headline = section.get_by_test_id("headline")
+        expect(headline.locator(".badge")).to_have_text("Leading")
+        expect(headline).to_contain_text("no winner declared yet")
+
+
+def test_sign_out_then_the_experiment_page_asks_to_sign_in(guest: Page, site: Site) -> None:
+    page = guest
+    experiment_path = f"/dashboard/experiments/{site.demo_id}"
+    signed_in(page)
+    page.goto(experiment_path)
+    expect(page.get_by_role("heading", level=1)).to_have_text(DEMO["name"])
+
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    assert path_of(page) == "/dashboard/sign-in"
+
+    # Back does not bring the private page out of a cache (pages are sent no-store).
+    page.go_back()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    expect(page.locator("section.segment")).to_have_count(0)
+
+    page.goto(experiment_path)
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    assert path_of(page).startswith("/dashboard/sign-in?next=")
+    expect(page.locator("section.segment")).to_have_count(0)
+    expect(page.get_by_text(DEMO["name"])).to_have_count(0)
+
+    # Signing in again goes back where the browser was headed.
+    signed_in(page)
+    expect(page).to_have_url(f"{site.base_url}{experiment_path}")
+    expect(page.get_by_role("heading", level=1)).to_have_text(DEMO["name"])
+
+
+# --- the review queue -----------------------------------------------------------------------
+
+
+def test_approve_from_the_review_queue_makes_the_variant_active(page: Page, site: Site) -> None:
+    experiment_id, ids = make_experiment(
+        site,
+        active={"tea-lovers": ["The Aurora kettle: tea, sooner."]},
+        pending={
+            "tea-lovers": [
+                "Loose-leaf mornings start with the Aurora glass kettle.",
+                "Watch your water boil in the Aurora glass kettle.",
+            ]
+        },
+    )
+    _, approved, other = ids["tea-lovers"]
+    page.goto(f"/dashboard/experiments/{experiment_id}")
+    expect(row(page, approved).locator("td.status")).to_have_text("pending review")
+
+    page.get_by_role("link", name="Review queue (2)").click()
+    expect(page.get_by_role("heading", name="Review queue")).to_be_visible()
+    expect(page.locator("table.review tbody tr")).to_have_count(2)
+    expect(row(page, approved).locator("td.lint")).to_contain_text(
+        "when written: passed length, markup, banned_phrase"
+    )
+
+    row(page, approved).get_by_role("button", name="Approve", exact=True).click()
+    expect(flash(page)).to_have_text(f"Variant #{approved} approved.")
+    assert path_of(page) == f"/dashboard/experiments/{experiment_id}/review"
+    expect(row(page, approved)).to_have_count(0)
+    expect(row(page, other)).to_have_count(1)
+
+    page.get_by_role("link", name=re.compile(r"^← Aurora kettle launch")).click()
+    expect(row(page, approved).locator("td.status")).to_have_text("active")
+    expect(row(page, approved)).to_have_class(re.compile(r"\bstatus-active\b"))
+    expect(row(page, approved).get_by_role("button", name="Pause", exact=True)).to_be_visible()
+    expect(page.get_by_role("link", name="Review queue (1)")).to_be_visible()
+
+    variant = site.variant(approved)
+    assert variant.status == VariantStatus.ACTIVE
+    assert variant.status_reason == f"approved by {EMAIL}"
+    assert site.variant(other).status == VariantStatus.PENDING_REVIEW
+
+
+def test_reject_removes_the_variant_from_the_queue(page: Page, site: Site) -> None:
+    experiment_id, ids = make_experiment(
+        site,
+        active={"tea-lovers": ["The Aurora kettle: tea, sooner."]},
+        pending={"tea-lovers": ["Buy the Aurora kettle now!!!", "Aurora: the kettle for tea."]},
+    )
+    _, rejected, kept = ids["tea-lovers"]
+    page.goto(f"/dashboard/experiments/{experiment_id}/review")
+    row(page, rejected).get_by_role("button", name="Reject", exact=True).click()
+
+    expect(flash(page)).to_have_text(f"Variant #{rejected} rejected.")
+    expect(row(page, rejected)).to_have_count(0)
+    expect(row(page, kept)).to_have_count(1)
+    assert site.variant(rejected).status == VariantStatus.REJECTED
+    assert site.variant(kept).status == VariantStatus.PENDING_REVIEW
+
+    # Rejected copy is listed on the experiment page, but offers no buttons.
+    page.goto(f"/dashboard/experiments/{experiment_id}")
+    expect(row(page, rejected).locator("td.status")).to_have_text("rejected")
+    expect(row(page, rejected).get_by_role("button")).to_have_count(0)
+
+
+def test_edit_then_approve_saves_the_new_text(page: Page, site: Site) -> None:
+    experiment_id, ids = make_experiment(
+        site,
+        active={"tea-lovers": ["The Aurora kettle: tea, sooner."]},
+        pending={"tea-lovers": ["The Aurora kettle boils water water water."]},
+    )
+    _, edited = ids["tea-lovers"]
+    new_text = "The Aurora glass kettle: watch your tea water come to the boil."
+    page.goto(f"/dashboard/experiments/{experiment_id}/review")
+
+    box = page.get_by_label(f"edit #{edited}")
+    expect(box).to_have_value("The Aurora kettle boils water water water.")
+    box.fill(new_text)
+    row(page, edited).get_by_role("button", name="Save edit and approve").click()
+
+    expect(flash(page)).to_have_text(f"Variant #{edited} edited and approved.")
+    expect(row(page, edited)).to_have_count(0)
+    variant = site.variant(edited)
+    assert variant.text == new_text
+    assert variant.status == VariantStatus.ACTIVE
+    assert variant.status_reason == f"approved by {EMAIL} after editing"
+
+    page.goto(f"/dashboard/experiments/{experiment_id}")
+    expect(row(page, edited).locator("td.copy")).to_have_text(new_text)
+    expect(row(page, edited).locator("td.status")).to_have_text("active")
+
+
+def test_bulk_approve_the_ticked_variants(page: Page, site: Site) -> None:
+    experiment_id, ids = make_experiment(
+        site,
+        segments=("tea-lovers", "busy-parents"),
+        active={
+            "tea-lovers": ["The Aurora kettle: tea, sooner."],
+            "busy-parents": ["The Aurora kettle: hot water, fast."],
+        },
+        pending={
+            "tea-lovers": ["Brew better tea with the Aurora kettle.", "Aurora: a kettle to see."],
+            "busy-parents": ["Hot water for bottles in a minute: the Aurora kettle."],
+        },
+    )
+    first, untouched = ids["tea-lovers"][1:]
+    second = ids["busy-parents"][1]
+    page.goto(f"/dashboard/experiments/{experiment_id}/review")
+    expect(page.locator("table.review tbody tr")).to_have_count(3)
+
+    page.get_by_label(f"select #{first}").check()
+    page.get_by_label(f"select #{second}").check()
+    page.get_by_role("button", name="Approve selected").click()
+
+    expect(flash(page)).to_have_text(f"Approved 2: #{first}, #{second}.")
+    expect(page.locator("table.review tbody tr")).to_have_count(1)
+    expect(row(page, untouched)).to_have_count(1)
+    expect(page.get_by_label(f"select #{untouched}")).not_to_be_checked()
+    assert site.variant(first).status == VariantStatus.ACTIVE
+    assert site.variant(second).status == VariantStatus.ACTIVE
+    assert site.variant(untouched).status == VariantStatus.PENDING_REVIEW
+
+    # Nothing ticked: refused with a message, and nothing changes.
+    with page.expect_response(lambda r: r.request.method == "POST") as answer:
+        page.get_by_role("button", name="Reject selected").click()
+    assert answer.value.status == 400
+    expect(page.get_by_test_id("error")).to_contain_text("tick at least one variant")
+    assert site.variant(untouched).status == VariantStatus.PENDING_REVIEW
+
+
+# --- reading the results --------------------------------------------------------------------
+
+
+def test_declared_winner_is_the_headline_with_its_full_text(page: Page, site: Site) -> None:
+    long_text = (
+        "The Aurora kettle is a 1.7 litre glass kettle that lets you watch loose-leaf tea water "
+        "come to the boil, switches itself off the moment it is ready, keeps the countertop "
+        "dry with a drip-free spout, and glows a soft blue while it heats so you always know."
+    )
+    experiment_id, ids = make_experiment(
+        site, active={"tea-lovers": ["The Aurora kettle: tea, sooner.", long_text]}
+    )
+    control, winner = ids["tea-lovers"]
+    # Only the control converts, so the control leads: a declared winner must beat the leader.
+    serve(site, experiment_id, "tea-lovers", 40, converts=lambda variant_id: variant_id == control)
+    with site.session() as session:
+        report = experiment_report(session=session, experiment_id=experiment_id)
+    assert report.segments[0].leader is not None
+    assert report.segments[0].leader.variant_id == control
+
+    page.goto(f"/dashboard/experiments/{experiment_id}")
+    headline = page.get_by_test_id("headline")
+    expect(headline.locator(".badge")).to_have_text("Leading")
+    expect(headline.locator(".variant-id")).to_have_text(f"#{control}")
+
+    declared_at = utcnow()
+    with site.session() as session:
+        segment = find_segment(session=session, experiment_id=experiment_id, key="tea-lovers")
+        segment.winner_variant_id = winner
+        segment.winner_declared_at = declared_at
+        session.add(segment)
+        session.commit()
+
+    page.reload()
+    expect(headline).to_have_class(re.compile(r"\bwinner\b"))
+    expect(headline.locator(".badge")).to_have_text("Winner")
+    expect(headline.locator(".variant-id")).to_have_text(f"#{winner}")
+    expect(headline.locator("p.copy")).to_have_text(long_text)
+    expect(headline.locator("p.note")).to_have_text(
+        f"Declared {declared_at.strftime('%Y-%m-%d %H:%M')} UTC."
+    )
+    expect(row(page, winner)).to_have_class(re.compile(r"\bhighlighted\b"))
+    expect(row(page, control)).not_to_have_class(re.compile(r"\bhighlighted\b"))
+
+    page.get_by_role("link", name="Experiments", exact=True).click()
+    with site.session() as session:
+        name = session.get(Experiment, experiment_id).name  # type: ignore[union-attr]
+    listed = page.locator("table.list tbody tr", has_text=name)
+    expect(listed.locator("td").nth(5)).to_have_text("1 / 1")
+
+
+def test_export_csv_matches_the_database(page: Page, site: Site, tmp_path: Path) -> None:
+    key = "weekend-hikers"
+    page.goto(f"/dashboard/experiments/{site.demo_id}")
+    with page.expect_download() as info:
+        page.locator(f"#segment-{key}").get_by_role("link", name="Export CSV").click()
+    download = info.value
+    assert download.failure() is None
+    assert download.suggested_filename == f"experiment-{site.demo_id}-{key}.csv"
+    saved = tmp_path / download.suggested_filename
+    download.save_as(saved)
+
+    with saved.open(newline="", encoding="utf-8") as handle:
+        header, *rows = list(csv.reader(handle))
+    assert header == CSV_HEADER
+    by_id = {int(r[0]): dict(zip(header, r, strict=True)) for r in rows}
+    assert len(by_id) == len(rows)
+
+    variants = site.segment_variants(site.demo_id, key)
+    assert sorted(by_id) == [v.id for v in variants]
+    assert sum(v.impressions for v in variants) > 0
+    for variant in variants:
+        line = by_id[variant.id]  # type: ignore[index]
+        assert line["segment"] == key
+        assert line["status"] == variant.status
+        assert line["origin"] == variant.origin
+        assert line["text"] == variant.text
+        assert int(line["impressions"]) == variant.impressions
+        assert int(line["conversions"]) == variant.conversions
+        if variant.impressions:
+            rate = variant.conversions / variant.impressions
+            assert float(line["rate"]) == pytest.approx(rate, rel=1e-5)
+        else:
+            assert line["rate"] == ""
+        assert 0.0 <= float(line["ci95_low"]) <= float(line["posterior_mean"])
+        assert float(line["posterior_mean"]) <= float(line["ci95_high"]) <= 1.0
+    assert sum(float(line["prob_best"]) for line in by_id.values()) == pytest.approx(1.0, abs=0.01)
+
+
+def test_charts_render_and_the_page_is_screenshotted(page: Page, site: Site) -> None:
+    response = page.goto(f"/dashboard/experiments/{site.demo_id}")
+    assert response is not None and response.ok
+    expect(page.get_by_role("heading", level=1)).to_have_text(DEMO["name"])
+
+    for key in VARIANTS:
+        section = page.locator(f"#segment-{key}")
+        figures = section.locator("figure.chart")
+        expect(figures).to_have_count(2)
+        expect(figures.locator("figcaption")).to_have_text(
+            ["Traffic share per period", "Conversion rate, cumulative"]
+        )
+        served = {v.id for v in site.segment_variants(site.demo_id, key) if v.impressions > 0}
+        table_order = [
+            int(i)
+            for i in section.locator("tbody tr").evaluate_all(
+                "rows => rows.map(r => r.dataset.variantId)"
+            )
+        ]
+        for i in range(2):
+            figure = figures.nth(i)
+            expect(figure.locator("svg").first).to_be_visible()
+            # One line per served variant, each with several points.
+            expect(figure.locator("svg g.series")).to_have_count(len(served))
+            # Labelled in the table's order (most likely best first), skipping unserved copy.
+            expect(figure.locator("ul.legend li")).to_have_text(
+                [f"#{v}" for v in table_order if v in served]
+            )
+            polylines = figure.locator("svg polyline")
+            assert polylines.count() >= len(served)
+            for points in polylines.evaluate_all("ps => ps.map(p => p.getAttribute('points'))"):
+                assert len(points.split()) >= 2, points
+
+    # The stylesheet loaded under the page's CSP (an unstyled page would be a broken screenshot).
+    assert page.evaluate("document.styleSheets.length") == 1
+    assert page.evaluate("document.styleSheets[0].cssRules.length") > 0
+
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    SCREENSHOT.unlink(missing_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    data = SCREENSHOT.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    assert data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    viewport = page.viewport_size
+    assert viewport is not None
+    assert width == viewport["width"]
+    # Full page: three segments of tables and charts reach well below the first screen.
+    assert height > viewport["height"]
+    assert 20_000 < len(data) < 20_000_000
+
+
+def test_chart_axis_labels_fit_inside_the_chart(page: Page, site: Site) -> None:
+    """Every tick label is drawn inside its SVG: inline SVG clips what overflows its box."""
+    page.goto(f"/dashboard/experiments/{site.demo_id}")
+    expect(page.locator("figure.chart")).to_have_count(6)
+    outside = page.locator("figure.chart > svg").evaluate_all(
+        """svgs => svgs.flatMap(svg => {
+            const width = svg.viewBox.baseVal.width;
+            return [...svg.querySelectorAll(":scope > text")].map(t => {
+                const box = t.getBBox();
+                return {label: t.textContent, left: box.x, right: box.x + box.width, width};
+            }).filter(b => b.left < 0 || b.right > b.width);
+        })"""
+    )
+    assert outside == [], f"tick labels cut off at the chart's edge: {outside}"
+
+
+# --- changing copy by hand ------------------------------------------------------------------
+
+
+def test_pause_then_resume_a_variant(page: Page, site: Site) -> None:
+    experiment_id, ids = make_experiment(
+        site,
+        active={"tea-lovers": ["The Aurora kettle: tea, sooner.", "Aurora: see your tea boil."]},
+    )
+    _, variant_id = ids["tea-lovers"]
+    page.goto(f"/dashboard/experiments/{experiment_id}")
+    status = row(page, variant_id).locator("td.status")
+    expect(status).to_have_text("active")
+
+    row(page, variant_id).get_by_role("button", name="Pause", exact=True).click()
+    expect(flash(page)).to_have_text(f"Variant #{variant_id} paused.")
+    assert page.url.endswith(f"/dashboard/experiments/{experiment_id}#segment-tea-lovers")
+    expect(status).to_have_text("paused")
+    expect(row(page, variant_id).get_by_role("button", name="Pause", exact=True)).to_have_count(0)
+    assert site.variant(variant_id).status == VariantStatus.PAUSED
+
+    row(page, variant_id).get_by_role("button", name="Resume", exact=True).click()
+    expect(flash(page)).to_have_text(f"Variant #{variant_id} resumed.")
+    expect(status).to_have_text("active")
+    expect(row(page, variant_id).get_by_role("button", name="Pause", exact=True)).to_be_visible()
+    variant = site.variant(variant_id)
+    assert variant.status == VariantStatus.ACTIVE
+    assert variant.status_reason == f"resumed by {EMAIL}"
+
+
+def test_pausing_the_last_active_variant_is_refused(page: Page, site: Site) -> None:
+    experiment_id, ids = make_experiment(
+        site, active={"tea-lovers": ["The Aurora kettle: tea, sooner."]}
+    )
+    (only,) = ids["tea-lovers"]
+    page.goto(f"/dashboard/experiments/{experiment_id}")
+    with page.expect_response(lambda r: r.request.method == "POST") as answer:
+        row(page, only).get_by_role("button", name="Pause", exact=True).click()
+    assert answer.value.status == 409
+    expect(page.get_by_test_id("error")).to_contain_text("last active variant")
+    assert site.variant(only).status == VariantStatus.ACTIVE
+
+
+def test_add_a_variant_by_hand(page: Page, site: Site) -> None:
+    experiment_id, ids = make_experiment(
+        site,
+        segments=("tea-lovers", "busy-parents"),
+        active={
+            "tea-lovers": ["The Aurora kettle: tea, sooner."],
+            "busy-parents": ["The Aurora kettle: hot water, fast."],
+        },
+    )
+    text = "Two cups in ninety seconds: the Aurora kettle keeps up with busy mornings."
+    page.goto(f"/dashboard/experiments/{experiment_id}")
+    section = page.locator("#segment-busy-parents")
+    section.get_by_label("Add copy by hand").fill(text)
+    section.get_by_role("button", name="Add and serve").click()
+
+    expect(flash(page)).to_contain_text("to busy-parents; it is being served now.")
+    match = re.search(r"#(\d+)", flash(page).inner_text())
+    assert match, flash(page).inner_text()
+    new_id = int(match.group(1))
+    assert new_id not in ids["busy-parents"]
+
+    expect(section.locator("tbody tr")).to_have_count(2)
+    expect(row(page, new_id).locator("td.copy")).to_have_text(text)
+    expect(row(page, new_id).locator("td.status")).to_have_text("active")
+    expect(row(page, new_id).locator("td.id")).to_contain_text("manual")
+    # It went to the segment whose form was used, not the other one.
+    expect(page.locator("#segment-tea-lovers tbody tr")).to_have_count(1)
+
+    variant = site.variant(new_id)
+    assert (variant.text, variant.status, variant.origin) == (text, "active", "manual")
+    with site.session() as session:
+        segment = session.get(Segment, variant.segment_id)
+    assert segment is not None and segment.key == "busy-parents"
+
+
+# --- untrusted copy -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def csp_off_tab(browser: Browser, site: Site, signed_in_state: dict[str, Any]) -> Iterator[Tab]:
+    # The pages' CSP would stop an injected script on its own; with it bypassed, only escaping
+    # stands between the copy and the browser, so a missed escape opens a dialog.
+    with open_tab(browser, site, bypass_csp=True, storage_state=signed_in_state) as tab:
+        yield tab
+
+
+def _assert_inert(page: Page) -> None:
+    scripts = page.locator("script").evaluate_all("ss => ss.map(s => s.textContent)")
+    assert not [s for s in scripts if "alert(1)" in s], scripts
+    expect(page.locator("img[onerror]")).to_have_count(0)
+    expect(page.locator('img[src="x"]')).to_have_count(0)
+
+
+def test_copy_with_markup_renders_as_text(csp_off_tab: Tab, site: Site) -> None:
+    page, dialogs = csp_off_tab.page, csp_off_tab.dialogs
+    experiment_id, ids = make_experiment(
+        site,
+        active={"tea-lovers": ["The Aurora kettle: tea, sooner.", SCRIPT_TEXT, IMG_TEXT]},
+        pending={"tea-lovers": [SCRIPT_TEXT + " pending", IMG_TEXT + " pending"]},
+    )
+    _, script_id, img_id, pending_script, pending_img = ids["tea-lovers"]
+
+    response = page.goto(f"/dashboard/experiments/{experiment_id}")
+    assert response is not None
+    assert "default-src 'none'" in response.headers["content-security-policy"]
+    expect(row(page, script_id).locator("td.copy")).to_have_text(SCRIPT_TEXT)
+    expect(row(page, img_id).locator("td.copy")).to_have_text(IMG_TEXT)
+    expect(page.locator("main")).to_contain_text(SCRIPT_TEXT)
+    expect(page.locator("main")).to_contain_text(IMG_TEXT)
+    _assert_inert(page)
+
+    page.goto(f"/dashboard/experiments/{experiment_id}/review")
+    expect(row(page, pending_script).locator("p.text")).to_have_text(SCRIPT_TEXT + " pending")
+    expect(row(page, pending_img).locator("p.text")).to_have_text(IMG_TEXT + " pending")
+    # The edit box holds the raw text, so an edit does not double-escape it.
+    expect(page.get_by_label(f"edit #{pending_img}")).to_have_value(IMG_TEXT + " pending")
+    _assert_inert(page)
+
+    assert dialogs == [], f"copy ran as script: {dialogs}"
