@@ -66,13 +66,18 @@ def segment_history(
         if variant_ids
         else None
     )
-    span = now - first if first is not None else timedelta(0)
-    width = next((w for w in _WIDTHS if w * BUCKETS >= span), _WIDTHS[-1])
-    # Align to whole widths so the same moment always lands in the same bucket.
+    # Buckets are aligned to whole widths, so the same moment always lands in the same bucket;
+    # the last one ends after `now`, which the width must leave room for.
     epoch = datetime(2000, 1, 1, tzinfo=now.tzinfo)
-    end = epoch + ((now - epoch) // width + 1) * width
-    # Start at the first impression's bucket, so a young segment's chart is not mostly empty.
-    count = min(BUCKETS, max(2, (end - (first or now)) // width + 1))
+
+    def end_for(width: timedelta) -> datetime:
+        return epoch + ((now - epoch) // width + 1) * width
+
+    oldest = first if first is not None else now
+    width = next((w for w in _WIDTHS if end_for(w) - w * BUCKETS <= oldest), _WIDTHS[-1])
+    end = end_for(width)
+    # Start at the oldest impression's bucket, so a young segment's chart is not mostly empty.
+    count = min(BUCKETS, max(2, -(-(end - oldest) // width)))
     starts = [end - width * (count - i) for i in range(count)]
     impressions = _counts(session, Impression, variant_ids, starts, width)
     conversions = _counts(session, Event, variant_ids, starts, width)

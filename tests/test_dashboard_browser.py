@@ -30,6 +30,7 @@ from werkzeug.serving import make_server
 
 from service import create_app
 from service.config import Settings
+from service.dashboard.experiment_pages import CSV_COLUMNS
 from service.decisions import decide
 from service.demo import DEMO, VARIANTS, seed_demo
 from service.demo_history import seed_demo_history
@@ -60,21 +61,8 @@ PASSWORD = "correct-horse-battery"
 SCRIPT_TEXT = "<script>alert(1)</script>"
 IMG_TEXT = "<img src=x onerror=alert(1)>"
 
-CSV_HEADER = [
-    "variant_id",
-    "segment",
-    "status",
-    "origin",
-    "text",
-    "impressions",
-    "conversions",
-    "rate",
-    "posterior_mean",
-    "ci95_low",
-    "ci95_high",
-    "prob_best",
-    "expected_loss",
-]
+# The literal format is pinned in test_dashboard_pages.py; here the browser download must match.
+CSV_HEADER = list(CSV_COLUMNS)
 
 _names = itertools.count(1)
 

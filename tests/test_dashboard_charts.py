@@ -1,0 +1,370 @@
+"""The dashboard's chart geometry (service.dashboard.charts) and the history behind it
+(service.history), checked against hand-computed numbers."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlmodel import Session
+
+from service.dashboard import charts
+from service.history import BUCKETS, History, segment_history
+from service.identity import new_impression_id
+from service.models import Event, Impression, Segment, Variant
+
+NOW = datetime(2026, 3, 2, 12, 0, 30, tzinfo=UTC)
+PLOT_TOP, PLOT_BOTTOM = charts.TOP, charts.HEIGHT - charts.BOTTOM
+PLOT_LEFT, PLOT_RIGHT = charts.LEFT, charts.WIDTH - charts.RIGHT
+
+
+# --- charts.line_chart -------------------------------------------------------------------------
+
+
+def _points(segment: str) -> list[tuple[float, float]]:
+    return [tuple(map(float, point.split(","))) for point in segment.split()]  # type: ignore[misc]
+
+
+def test_points_span_the_plot_area() -> None:
+    chart = charts.line_chart(
+        title="t", labels=["a"], series=[[0.0, 0.5, 1.0]], x_labels=["x0", "x1", "x2"], y_max=1.0
+    )
+    (line,) = chart.lines
+    assert line.label == "a" and line.colour == charts.PALETTE[0]
+    (segment,) = line.segments
+    assert _points(segment) == [
+        (PLOT_LEFT, PLOT_BOTTOM),
+        ((PLOT_LEFT + PLOT_RIGHT) / 2, (PLOT_TOP + PLOT_BOTTOM) / 2),
+        (PLOT_RIGHT, PLOT_TOP),
+    ]
+    assert (chart.left, chart.right, chart.top, chart.bottom) == (
+        PLOT_LEFT,
+        PLOT_RIGHT,
+        PLOT_TOP,
+        PLOT_BOTTOM,
+    )
+
+
+def test_nan_leaves_gaps_that_split_a_line() -> None:
+    nan = math.nan
+    chart = charts.line_chart(
+        title="t",
+        labels=["a", "b", "c"],
+        series=[[0.1, nan, 0.2, 0.3, nan], [nan, nan, nan, nan, nan], [nan, 0.4, nan, nan, 0.5]],
+        x_labels=[f"x{i}" for i in range(5)],
+        y_max=1.0,
+    )
+    first, empty, scattered = chart.lines
+    assert [len(_points(s)) for s in first.segments] == [1, 2]
+    assert empty.segments == []
+    assert [len(_points(s)) for s in scattered.segments] == [1, 1]
+    step = (PLOT_RIGHT - PLOT_LEFT) / 4
+    # The second piece starts at the third x position, not right after the first point.
+    assert _points(first.segments[1])[0][0] == pytest.approx(PLOT_LEFT + 2 * step, abs=0.05)
+    assert _points(scattered.segments[1])[0][0] == pytest.approx(PLOT_RIGHT, abs=0.05)
+    assert [line.colour for line in chart.lines] == list(charts.PALETTE[:3])
+
+
+def test_y_ticks_from_a_nice_ceiling_of_the_data() -> None:
+    chart = charts.line_chart(
+        title="t", labels=["a"], series=[[0.01, 0.034, math.nan]], x_labels=["a", "b", "c"]
+    )
+    assert [tick.label for tick in chart.y_ticks] == ["0%", "1.25%", "2.5%", "3.75%", "5%"]
+    positions = [tick.position for tick in chart.y_ticks]
+    assert positions[0] == pytest.approx(PLOT_BOTTOM) and positions[-1] == pytest.approx(PLOT_TOP)
+    assert positions == sorted(positions, reverse=True)
+    # The highest point sits below the top of the axis: 0.034 of 0.05.
+    top_point = _points(chart.lines[0].segments[0])[1]
+    assert top_point[1] == pytest.approx(
+        PLOT_BOTTOM - (PLOT_BOTTOM - PLOT_TOP) * 0.034 / 0.05, abs=0.05
+    )
+
+
+@pytest.mark.parametrize(
+    ("peak", "ceiling"),
+    [
+        (0.034, 0.05),
+        (0.02, 0.02),
+        (0.021, 0.025),
+        (0.3, 0.5),
+        (0.6, 1.0),
+        (7.0, 10.0),
+        (0.0, 1.0),
+    ],
+)
+def test_the_y_axis_ends_at_a_round_number(peak: float, ceiling: float) -> None:
+    chart = charts.line_chart(
+        title="t", labels=["a"], series=[[peak, 0.0]], x_labels=["a", "b"], percent=False
+    )
+    assert chart.y_ticks[-1].label == f"{ceiling:.3g}"
+    assert chart.y_ticks[2].label == f"{ceiling / 2:.3g}"
+
+
+def test_fixed_y_max_for_shares() -> None:
+    chart = charts.line_chart(
+        title="t", labels=["a"], series=[[0.2, 0.8]], x_labels=["a", "b"], y_max=1.0
+    )
+    assert [tick.label for tick in chart.y_ticks] == ["0%", "25%", "50%", "75%", "100%"]
+
+
+def test_x_ticks_thin_out_to_about_five() -> None:
+    labels = [f"t{i}" for i in range(24)]
+    chart = charts.line_chart(title="t", labels=["a"], series=[[0.1] * 24], x_labels=labels)
+    assert [tick.label for tick in chart.x_ticks] == ["t0", "t5", "t10", "t15", "t20"]
+    assert chart.x_ticks[0].position == pytest.approx(PLOT_LEFT)
+    short = charts.line_chart(title="t", labels=["a"], series=[[0.1, 0.2]], x_labels=["a", "b"])
+    assert [(t.label, t.position) for t in short.x_ticks] == [("a", PLOT_LEFT), ("b", PLOT_RIGHT)]
+    single = charts.line_chart(title="t", labels=["a"], series=[[0.1]], x_labels=["only"])
+    assert [(t.label, t.position) for t in single.x_ticks] == [("only", PLOT_LEFT)]
+
+
+def test_labels_and_series_must_pair_up() -> None:
+    with pytest.raises(ValueError):
+        charts.line_chart(title="t", labels=["a", "b"], series=[[0.1]], x_labels=["x"])
+
+
+def test_colours_cycle_through_the_palette() -> None:
+    n = len(charts.PALETTE)
+    assert [charts.colour(i) for i in range(n)] == list(charts.PALETTE)
+    assert charts.colour(n) == charts.PALETTE[0] and charts.colour(n + 3) == charts.PALETTE[3]
+    assert len(set(charts.PALETTE)) == n
+
+
+# --- charts.interval_bar -----------------------------------------------------------------------
+
+
+def test_interval_bar_is_scaled_to_the_widest_interval() -> None:
+    bar = charts.interval_bar(0.01, 0.03, 0.02, 0.03)
+    assert (bar.low, bar.high, bar.mean) == pytest.approx((1 / 3, 1.0, 2 / 3))
+    smaller = charts.interval_bar(0.0, 0.015, 0.006, 0.03)
+    assert (smaller.low, smaller.high, smaller.mean) == pytest.approx((0.0, 0.5, 0.2))
+
+
+def test_interval_bar_with_no_scale_uses_the_raw_rates() -> None:
+    bar = charts.interval_bar(0.2, 0.6, 0.4, 0.0)
+    assert (bar.low, bar.high, bar.mean) == pytest.approx((0.2, 0.6, 0.4))
+
+
+# --- history.History ---------------------------------------------------------------------------
+
+
+def _history(impressions: list[list[int]], conversions: list[list[int]]) -> History:
+    n = len(impressions[0])
+    return History(
+        variant_ids=list(range(1, len(impressions) + 1)),
+        starts=[NOW + timedelta(hours=i) for i in range(n)],
+        width=timedelta(hours=1),
+        impressions=np.array(impressions, dtype=np.int64),
+        conversions=np.array(conversions, dtype=np.int64),
+    )
+
+
+def test_traffic_share_sums_to_one_where_there_is_traffic() -> None:
+    history = _history([[0, 3, 0, 5], [0, 1, 0, 15]], [[0, 1, 0, 1], [0, 0, 0, 3]])
+    share = history.traffic_share()
+    assert share.shape == (2, 4)
+    assert np.isnan(share[:, 0]).all() and np.isnan(share[:, 2]).all()
+    assert share[:, 1] == pytest.approx([0.75, 0.25])
+    assert share[:, 3] == pytest.approx([0.25, 0.75])
+    assert np.nansum(share, axis=0)[[1, 3]] == pytest.approx([1.0, 1.0])
+    assert not history.empty
+
+
+def test_cumulative_rate_runs_over_every_bucket_so_far() -> None:
+    history = _history([[0, 4, 0, 6], [2, 0, 0, 0]], [[0, 1, 0, 2], [1, 0, 0, 0]])
+    rate = history.cumulative_rate()
+    assert np.isnan(rate[0, 0])
+    assert rate[0, 1:] == pytest.approx([1 / 4, 1 / 4, 3 / 10])
+    assert rate[1] == pytest.approx([0.5, 0.5, 0.5, 0.5])
+
+
+def test_an_all_zero_history_is_empty() -> None:
+    history = _history([[0, 0], [0, 0]], [[0, 0], [0, 0]])
+    assert history.empty
+    assert np.isnan(history.traffic_share()).all()
+    assert np.isnan(history.cumulative_rate()).all()
+
+
+# --- history.segment_history, on the database ---------------------------------------------------
+
+
+def _add_rows(
+    session: Session,
+    variant: Variant,
+    times: list[datetime],
+    converted_at: list[datetime] | None = None,
+) -> None:
+    """Impressions at `times`; the first len(converted_at) of them convert at those times."""
+    converted_at = converted_at or []
+    for i, when in enumerate(times):
+        impression_id = new_impression_id()
+        session.add(
+            Impression(
+                id=impression_id,
+                experiment_id=variant.experiment_id,
+                segment_id=variant.segment_id,
+                variant_id=variant.id,  # type: ignore[arg-type]
+                propensity=0.5,
+                policy="thompson",
+                created_at=when,
+            )
+        )
+        session.flush()
+        if i < len(converted_at):
+            session.add(
+                Event(
+                    impression_id=impression_id,
+                    variant_id=variant.id,  # type: ignore[arg-type]
+                    type="conversion",
+                    created_at=converted_at[i],
+                )
+            )
+    session.commit()
+
+
+@pytest.fixture
+def variants(session: Session, experiment: dict[str, Any]) -> list[Variant]:
+    """The experiment's two tea-lovers variants, then one from busy-parents."""
+    tea = next(s for s in experiment["segments"] if s["key"] == "tea-lovers")
+    busy = next(s for s in experiment["segments"] if s["key"] == "busy-parents")
+    ids = [v["id"] for v in tea["variants"]] + [busy["variants"][0]["id"]]
+    found = [session.get(Variant, i) for i in ids]
+    assert all(v is not None for v in found)
+    return found  # type: ignore[return-value]
+
+
+def _reference(times: list[datetime], starts: list[datetime], width: timedelta) -> list[int]:
+    counts = [0] * len(starts)
+    for when in times:
+        for i, start in enumerate(starts):
+            if start <= when < start + width:
+                counts[i] += 1
+    return counts
+
+
+def test_no_variants_or_no_rows_is_an_empty_history(
+    session: Session, variants: list[Variant]
+) -> None:
+    nothing = segment_history(session=session, variant_ids=[], now=NOW)
+    assert nothing.empty and nothing.impressions.shape == (0, len(nothing.starts))
+    quiet = segment_history(session=session, variant_ids=[v.id for v in variants], now=NOW)  # type: ignore[misc]
+    assert quiet.empty and quiet.impressions.shape == (3, len(quiet.starts))
+    assert len(quiet.starts) >= 2
+
+
+def test_minute_buckets_for_a_young_segment(session: Session, variants: list[Variant]) -> None:
+    a, b, _ = variants
+    a_times = [NOW - timedelta(minutes=m, seconds=s) for m, s in [(9, 50), (9, 10), (5, 0), (0, 5)]]
+    b_times = [NOW - timedelta(minutes=3, seconds=1), NOW - timedelta(seconds=20)]
+    _add_rows(session, a, a_times, converted_at=[NOW - timedelta(minutes=9), NOW])
+    _add_rows(session, b, b_times)
+    history = segment_history(session=session, variant_ids=[a.id, b.id], now=NOW)  # type: ignore[list-item]
+
+    assert history.width == timedelta(minutes=1)
+    assert history.variant_ids == [a.id, b.id]
+    # Whole-minute buckets, the last one holding `now`, the first one the oldest impression.
+    assert all(start.second == 0 and start.microsecond == 0 for start in history.starts)
+    assert history.starts[-1] <= NOW < history.starts[-1] + history.width
+    assert history.starts[0] <= min(a_times) < history.starts[0] + history.width
+    assert len(history.starts) == 11
+    assert all(
+        later - earlier == history.width
+        for earlier, later in zip(history.starts, history.starts[1:], strict=False)
+    )
+    assert history.impressions[0].tolist() == _reference(a_times, history.starts, history.width)
+    assert history.impressions[1].tolist() == _reference(b_times, history.starts, history.width)
+    assert history.impressions.sum() == 6
+    assert history.conversions[0].tolist() == _reference(
+        [NOW - timedelta(minutes=9), NOW], history.starts, history.width
+    )
+    assert history.conversions[1].sum() == 0
+
+
+def test_days_of_history_use_wider_buckets(session: Session, variants: list[Variant]) -> None:
+    a, b, _ = variants
+    a_times = [NOW - timedelta(hours=h) for h in (60, 50, 49.5, 30, 12, 1, 0.2)]
+    b_times = [NOW - timedelta(hours=h) for h in (55, 2)]
+    _add_rows(session, a, a_times, converted_at=[NOW - timedelta(hours=59)])
+    _add_rows(session, b, b_times)
+    history = segment_history(session=session, variant_ids=[a.id, b.id], now=NOW)  # type: ignore[list-item]
+
+    # 60 hours over 24 buckets: the smallest listed width that covers it is three hours.
+    assert history.width == timedelta(hours=3)
+    assert all(start.hour % 3 == 0 and start.minute == 0 for start in history.starts)
+    assert len(history.starts) <= BUCKETS
+    assert history.impressions[0].tolist() == _reference(a_times, history.starts, history.width)
+    assert history.impressions[1].tolist() == _reference(b_times, history.starts, history.width)
+    assert history.impressions.sum() == len(a_times) + len(b_times)
+    assert history.conversions.sum() == 1
+
+    share = history.traffic_share()
+    busy = history.impressions.sum(axis=0) > 0
+    assert np.nansum(share, axis=0)[busy] == pytest.approx(np.ones(busy.sum()))
+    assert np.isnan(share[:, ~busy]).all()
+    rate = history.cumulative_rate()
+    assert rate[0, -1] == pytest.approx(1 / 7)
+    assert rate[1, -1] == pytest.approx(0.0)
+
+
+def test_only_the_variants_asked_for_are_counted(session: Session, variants: list[Variant]) -> None:
+    a, b, other = variants
+    _add_rows(session, a, [NOW - timedelta(minutes=2)])
+    _add_rows(session, other, [NOW - timedelta(hours=200), NOW - timedelta(minutes=1)])
+    history = segment_history(session=session, variant_ids=[a.id, b.id], now=NOW)  # type: ignore[list-item]
+    # The other segment's old impression does not stretch this chart to weeks.
+    assert history.width == timedelta(minutes=1)
+    assert history.impressions.sum() == 1 and history.impressions[1].sum() == 0
+
+
+@pytest.mark.parametrize(
+    "age",
+    [
+        timedelta(minutes=23, seconds=50),
+        timedelta(minutes=119, seconds=50),
+        timedelta(hours=71, minutes=50),
+        timedelta(days=6, hours=23),
+        timedelta(minutes=10),
+    ],
+    ids=["23m50s", "1h59m50s", "71h50m", "6d23h", "10m"],
+)
+def test_the_oldest_impression_is_on_the_chart(
+    session: Session, variants: list[Variant], age: timedelta
+) -> None:
+    """A history just under 24 bucket widths long, with `now` part-way into its bucket: aligning
+    the last bucket's end past `now` must not push the first impression off the front."""
+    a = variants[0]
+    times = [NOW - age, NOW - age / 2, NOW - timedelta(seconds=1)]
+    _add_rows(session, a, times)
+    history = segment_history(session=session, variant_ids=[a.id], now=NOW)  # type: ignore[list-item]
+    assert len(history.starts) <= BUCKETS
+    assert history.starts[0] <= NOW - age, (history.width, history.starts[0], NOW - age)
+    assert history.impressions.sum() == len(times)
+    assert history.impressions[0].tolist() == _reference(times, history.starts, history.width)
+
+
+def test_history_older_than_the_widest_buckets_keeps_the_last_24(
+    session: Session, variants: list[Variant]
+) -> None:
+    a = variants[0]
+    times = [NOW - timedelta(weeks=40), NOW - timedelta(weeks=3), NOW - timedelta(minutes=1)]
+    _add_rows(session, a, times)
+    history = segment_history(session=session, variant_ids=[a.id], now=NOW)  # type: ignore[list-item]
+    assert history.width == timedelta(weeks=1)
+    assert len(history.starts) == BUCKETS
+    # Documented: the chart shows at most 24 buckets, so the 40-week-old row is off it.
+    assert history.impressions.sum() == 2
+
+
+def test_segment_history_defaults_now_to_the_clock(
+    session: Session, variants: list[Variant]
+) -> None:
+    a = variants[0]
+    segment = session.get(Segment, a.segment_id)
+    assert segment is not None
+    _add_rows(session, a, [datetime.now(UTC) - timedelta(minutes=3)])
+    history = segment_history(session=session, variant_ids=[a.id])  # type: ignore[list-item]
+    assert history.impressions.sum() == 1
+    assert history.starts[-1] <= datetime.now(UTC) < history.starts[-1] + history.width

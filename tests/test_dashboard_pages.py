@@ -1,0 +1,1478 @@
+"""The marketer dashboard through Flask's test client (no browser): sign-in, the wall between the
+dashboard and the API, CSRF, security headers, escaping, forms, review, generation, CSV export and
+the experiment pages. Runs on SQLite and, when configured, PostgreSQL (see conftest)."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import re
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from html.parser import HTMLParser
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import sqlalchemy as sa
+from flask.testing import FlaskClient
+from sqlmodel import Session, SQLModel, select
+from werkzeug.security import generate_password_hash
+
+from generation.writer import Sample
+from service.marketers import create_marketer, set_password
+from service.models import (
+    Experiment,
+    GenerationJob,
+    LifecycleEvent,
+    Marketer,
+    Origin,
+    Segment,
+    Variant,
+    VariantStatus,
+    utcnow,
+)
+from service.reports import experiment_report
+
+EMAIL = "mia@example.com"
+PASSWORD = "correct horse battery"
+XSS = "<script>alert(1)</script> Aurora kettle"
+ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt; Aurora kettle"
+BIG_ID = 2**31  # one past the largest 32-bit id
+GOOD = [
+    "Brew every cup right with the Aurora kettle.",
+    "The Aurora kettle boils in three minutes flat.",
+    "Tea lovers, meet the Aurora kettle.",
+    "Aurora: the glass kettle for loose-leaf mornings.",
+]
+BANNED = "Guaranteed to cure your mornings, kettle fans!"
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+class ScriptedWriter:
+    """Stands in for the language model (same approach as tests/test_generation_service.py); a
+    `gate` holds it mid-job so a test can see the job page while the job runs."""
+
+    model_id = "dashboard-test-writer"
+
+    def __init__(
+        self, lines: list[str], *, fail: bool = False, gate: threading.Event | None = None
+    ) -> None:
+        self.lines = lines
+        self.fail = fail
+        self.gate = gate
+
+    def sample(self, messages: list[dict[str, str]], n: int, seed: int) -> list[Sample]:
+        if self.gate is not None and not self.gate.wait(30):
+            raise RuntimeError("the test never opened the gate")
+        if self.fail:
+            raise RuntimeError("the model fell over")
+        return [
+            Sample(text=line, finished=True, logprob=-1.0 - i / 10)
+            for i, line in enumerate(self.lines)
+        ]
+
+
+def csrf_of(client: FlaskClient) -> str | None:
+    with client.session_transaction() as stored:
+        token = stored.get("csrf")
+    return token if isinstance(token, str) else None
+
+
+def session_of(client: FlaskClient) -> dict[str, Any]:
+    with client.session_transaction() as stored:
+        return dict(stored)
+
+
+def signed_in(client: FlaskClient) -> bool:
+    response = client.get("/dashboard/")
+    assert response.status_code in (200, 302)
+    return response.status_code == 200  # type: ignore[no-any-return]
+
+
+def sign_in(
+    client: FlaskClient,
+    *,
+    email: str = EMAIL,
+    password: str = PASSWORD,
+    next_: str | None = None,
+) -> Any:
+    assert client.get("/dashboard/sign-in").status_code == 200
+    data = {"csrf_token": csrf_of(client) or "", "email": email, "password": password}
+    if next_ is not None:
+        data["next"] = next_
+    return client.post("/dashboard/sign-in", data=data)
+
+
+def location(response: Any) -> str:
+    """The redirect target as path?query (Werkzeug may send it relative or absolute)."""
+    parts = urlsplit(response.headers["Location"])
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def redirects_to_sign_in(response: Any, next_: str | None = None) -> bool:
+    if response.status_code != 302:
+        return False
+    parts = urlsplit(response.headers["Location"])
+    if parts.path != "/dashboard/sign-in":
+        return False
+    return next_ is None or parse_qs(parts.query).get("next") == [next_]
+
+
+def stored(app: Any) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, read afresh: "nothing stored changed" compares two of these."""
+    with app.extensions["copybandit.engine"].connect() as connection:
+        return {
+            table.name: [
+                tuple(row)
+                for row in connection.execute(sa.select(table).order_by(*table.primary_key.columns))
+            ]
+            for table in SQLModel.metadata.sorted_tables
+        }
+
+
+def fresh(app: Any, model: type[Any], row_id: Any) -> Any:
+    with Session(app.extensions["copybandit.engine"]) as session:
+        return session.get(model, row_id)
+
+
+def variant_ids(experiment: dict[str, Any], segment: str) -> list[int]:
+    found = next(s for s in experiment["segments"] if s["key"] == segment)
+    return [v["id"] for v in found["variants"]]
+
+
+def add_pending(app: Any, experiment_id: int, segment_key: str, text: str) -> int:
+    with Session(app.extensions["copybandit.engine"]) as session:
+        segment = session.exec(
+            select(Segment).where(
+                Segment.experiment_id == experiment_id, Segment.key == segment_key
+            )
+        ).one()
+        variant = Variant(
+            experiment_id=experiment_id,
+            segment_id=segment.id,  # type: ignore[arg-type]
+            text=text,
+            origin=Origin.GENERATED.value,
+            status=VariantStatus.PENDING_REVIEW.value,
+        )
+        session.add(variant)
+        session.commit()
+        return variant.id  # type: ignore[return-value]
+
+
+def set_counts(app: Any, counts: dict[int, tuple[int, int]]) -> None:
+    """Variant counters as the report reads them (no impression rows, so no chart history)."""
+    with Session(app.extensions["copybandit.engine"]) as session:
+        for variant_id, (impressions, conversions) in counts.items():
+            variant = session.get(Variant, variant_id)
+            assert variant is not None
+            variant.impressions, variant.conversions = impressions, conversions
+            session.add(variant)
+        session.commit()
+
+
+def serve(api: Any, experiment_id: int, segment: str, n: int, convert_every: int) -> list[Any]:
+    """`n` real decisions, and a conversion for every `convert_every`-th one."""
+    decisions = [api.decide(experiment_id, segment=segment) for _ in range(n)]
+    converted = decisions[::convert_every] if convert_every else []
+    if converted:
+        response = api.post(
+            "/v1/events",
+            json={
+                "events": [
+                    {"impression_id": d["impression_id"], "type": "conversion"} for d in converted
+                ]
+            },
+            key="serve",
+        )
+        assert response.status_code == 200, response.get_json()
+    return decisions
+
+
+def section(html: str, segment: str) -> str:
+    match = re.search(
+        rf'<section class="segment" id="segment-{re.escape(segment)}".*?</section>', html, re.S
+    )
+    assert match, f"no section for {segment}"
+    return match.group(0)
+
+
+class _Finder(HTMLParser):
+    """The text inside every element whose attributes include `attrs`."""
+
+    def __init__(self, tag: str | None, attrs: dict[str, str]) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tag, self.attrs, self.found = tag, attrs, []
+        self._depth = 0
+        self._parts: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if self._depth:
+            if tag not in ("br", "input", "meta", "link", "img"):
+                self._depth += 1
+            return
+        have = dict(attrs)
+        if (self.tag is None or tag == self.tag) and all(
+            have.get(k) == v for k, v in self.attrs.items()
+        ):
+            self._depth, self._parts = 1, []
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._depth:
+            self._depth -= 1
+            if not self._depth:
+                self.found.append(" ".join("".join(self._parts).split()))
+
+    def handle_data(self, data: str) -> None:
+        if self._depth:
+            self._parts.append(data)
+
+
+def texts(html: str, tag: str | None = None, **attrs: str) -> list[str]:
+    finder = _Finder(tag, {k.rstrip("_").replace("_", "-"): v for k, v in attrs.items()})
+    finder.feed(html)
+    return finder.found
+
+
+def flashes(html: str) -> list[str]:
+    return [
+        " ".join(re.sub(r"<[^>]+>", "", m).split())
+        for m in re.findall(r'<p class="flash[^"]*"[^>]*>(.*?)</p>', html, re.S)
+    ]
+
+
+def error_text(response: Any) -> str:
+    html = response.get_data(as_text=True)
+    found = texts(html, data_testid="error")
+    assert found, html[:2000]
+    return found[0]
+
+
+# --- fixtures ----------------------------------------------------------------------------------
+
+
+@functools.cache
+def _password_hash() -> str:
+    # Hashed once per run: scrypt takes a tenth of a second, and every test signs someone in.
+    return generate_password_hash(PASSWORD)
+
+
+@pytest.fixture
+def marketer(session: Session) -> Marketer:
+    """As `create_marketer` stores one (tests/test_marketers.py covers that function itself)."""
+    marketer = Marketer(email=EMAIL, password_hash=_password_hash())
+    session.add(marketer)
+    session.commit()
+    return marketer
+
+
+@pytest.fixture
+def writer(app: Any) -> Iterator[ScriptedWriter]:
+    """Every dashboard test gets a scripted model: nothing here may load a real one."""
+    scripted = ScriptedWriter(GOOD)
+    jobs = app.extensions["copybandit.jobs"]
+    jobs.writer_factory = lambda: scripted
+    yield scripted
+    if scripted.gate is not None:
+        scripted.gate.set()
+    jobs.join(timeout=30)
+
+
+class Dashboard:
+    """A signed-in browser: `post` adds the session's CSRF token unless told otherwise."""
+
+    def __init__(self, client: FlaskClient) -> None:
+        self.client = client
+
+    @property
+    def token(self) -> str:
+        token = csrf_of(self.client)
+        assert token is not None
+        return token
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.client.get(path, **kwargs)
+
+    def html(self, path: str) -> str:
+        response = self.client.get(path)
+        assert response.status_code == 200, (path, response.status_code)
+        return response.get_data(as_text=True)  # type: ignore[no-any-return]
+
+    def post(self, path: str, data: dict[str, Any] | None = None, *, csrf: Any = True) -> Any:
+        data = dict(data or {})
+        if csrf is True:
+            data["csrf_token"] = self.token
+        elif csrf is not None:
+            data["csrf_token"] = csrf
+        return self.client.post(path, data=data)
+
+
+@pytest.fixture
+def dash(client: FlaskClient, marketer: Marketer, writer: ScriptedWriter) -> Dashboard:
+    response = sign_in(client)
+    assert response.status_code == 303, response.get_data(as_text=True)
+    return Dashboard(client)
+
+
+def experiment_form(**overrides: str) -> dict[str, str]:
+    return {
+        "name": "Autumn launch",
+        "product_name": "Aurora kettle",
+        "product_description": "A 1.7 l glass kettle.",
+        "price": "49.50",
+        "product_url": "",
+        "brand_voice": "",
+        "segments": "tea-lovers: Brew loose-leaf tea daily.\nbusy-parents: Need hot water fast.",
+        **overrides,
+    }
+
+
+# --- signing in --------------------------------------------------------------------------------
+
+PAGES = [
+    "/dashboard/",
+    "/dashboard/experiments/new",
+    "/dashboard/experiments/1",
+    "/dashboard/experiments/1/review",
+    "/dashboard/experiments/1/audit",
+    "/dashboard/experiments/1/segments/tea-lovers.csv",
+    "/dashboard/jobs/1",
+]
+
+
+@pytest.mark.parametrize("path", [*PAGES, "/dashboard/experiments/1?tab=charts"])
+def test_signed_out_pages_redirect_to_sign_in_with_next(
+    client: FlaskClient, experiment: dict[str, Any], path: str
+) -> None:
+    response = client.get(path)
+    assert redirects_to_sign_in(response, next_=path), (response.status_code, response.headers)
+
+
+def test_home_leads_to_the_dashboard(client: FlaskClient) -> None:
+    response = client.get("/")
+    assert response.status_code == 302 and location(response) == "/dashboard/"
+
+
+def test_sign_in_without_or_with_a_wrong_csrf_token_is_400(
+    app: Any, client: FlaskClient, marketer: Marketer
+) -> None:
+    client.get("/dashboard/sign-in")
+    for token in (None, "forged", csrf_of(client) + "x"):  # type: ignore[operator]
+        data = {"email": EMAIL, "password": PASSWORD}
+        if token is not None:
+            data["csrf_token"] = token
+        response = client.post("/dashboard/sign-in", data=data)
+        assert response.status_code == 400
+        assert "csrf_token" in error_text(response)
+        assert not signed_in(client)
+    # A browser that never loaded the form has no token to send.
+    blank = app.test_client()
+    assert blank.post("/dashboard/sign-in", data={"email": EMAIL}).status_code == 400
+    assert fresh(app, Marketer, marketer.id).last_sign_in_at is None
+
+
+@pytest.mark.parametrize(
+    ("email", "password"),
+    [(EMAIL, "wrong password!"), ("nobody@example.com", PASSWORD), (EMAIL, ""), ("", "")],
+)
+def test_wrong_credentials_are_401_and_start_no_session(
+    app: Any, client: FlaskClient, marketer: Marketer, email: str, password: str
+) -> None:
+    response = sign_in(client, email=email, password=password)
+    assert response.status_code == 401
+    html = response.get_data(as_text=True)
+    assert "Wrong email or password." in html
+    assert redirects_to_sign_in(client.get("/dashboard/"))
+    assert fresh(app, Marketer, marketer.id).last_sign_in_at is None
+
+
+def test_right_password_is_303_to_next_and_opens_pages(
+    app: Any, client: FlaskClient, marketer: Marketer
+) -> None:
+    client.get("/dashboard/sign-in")
+    before_token = csrf_of(client)
+    response = sign_in(client, email="  MIA@Example.com ", next_="/dashboard/experiments/new")
+    assert response.status_code == 303
+    assert location(response) == "/dashboard/experiments/new"
+    # A fresh session on sign-in: the CSRF token from before does not carry over.
+    assert csrf_of(client) not in (None, before_token)
+    page = client.get("/dashboard/experiments/new")
+    assert page.status_code == 200 and EMAIL in page.get_data(as_text=True)
+    assert fresh(app, Marketer, marketer.id).last_sign_in_at is not None
+    # Signed in, the sign-in page sends you on.
+    again = client.get("/dashboard/sign-in?next=/dashboard/experiments/new")
+    assert again.status_code == 302 and location(again) == "/dashboard/experiments/new"
+
+
+def test_next_defaults_to_the_experiment_list(client: FlaskClient, marketer: Marketer) -> None:
+    response = sign_in(client)
+    assert response.status_code == 303 and location(response) == "/dashboard/"
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "http://evil.example/",
+        "//evil.example",
+        "//evil.example/dashboard/",
+        "https://evil.example/dashboard/",
+        "///evil.example/dashboard/",
+        "/\\evil.example",
+        "\\\\evil.example/dashboard/",
+        "javascript:alert(1)",
+        "/v1/experiments",
+        "dashboard/",
+    ],
+)
+def test_off_site_next_is_ignored(client: FlaskClient, marketer: Marketer, target: str) -> None:
+    form = client.get(f"/dashboard/sign-in?next={target}").get_data(as_text=True)
+    assert "evil.example" not in form
+    response = sign_in(client, next_=target)
+    assert response.status_code == 303
+    assert location(response) == "/dashboard/"
+    assert "evil.example" not in response.headers["Location"]
+    # Signed in already: the GET form redirects, and ignores it too.
+    again = client.get("/dashboard/sign-in", query_string={"next": target})
+    assert again.status_code == 302 and location(again) == "/dashboard/"
+
+
+def test_status_form_ignores_an_off_site_next(dash: Dashboard, experiment: dict[str, Any]) -> None:
+    paused = variant_ids(experiment, "tea-lovers")[0]
+    response = dash.post(
+        f"/dashboard/variants/{paused}/status", {"action": "pause", "next": "//evil.example/x"}
+    )
+    assert response.status_code == 303
+    assert location(response) == f"/dashboard/experiments/{experiment['id']}"
+
+
+def _session_cookie(client: FlaskClient) -> str:
+    cookie = client.get_cookie("copybandit_session")
+    assert cookie is not None
+    return cookie.value
+
+
+def test_sign_out_clears_the_session(app: Any, dash: Dashboard) -> None:
+    copied = _session_cookie(dash.client)
+    response = dash.post("/dashboard/sign-out")
+    assert response.status_code == 303 and location(response) == "/dashboard/sign-in"
+    assert session_of(dash.client) == {}
+    assert redirects_to_sign_in(dash.get("/dashboard/"))
+    # A copy of the cookie taken before signing out does not open pages either.
+    replay = app.test_client()
+    replay.set_cookie("copybandit_session", copied)
+    assert redirects_to_sign_in(replay.get("/dashboard/"))
+
+
+def test_a_copied_cookie_works_until_sign_out(app: Any, dash: Dashboard) -> None:
+    """The control for the replay above: the same copy opens pages while the session lives."""
+    replay = app.test_client()
+    replay.set_cookie("copybandit_session", _session_cookie(dash.client))
+    assert signed_in(replay)
+
+
+def test_a_password_change_signs_out_existing_sessions(
+    app: Any, dash: Dashboard, session: Session
+) -> None:
+    assert dash.get("/dashboard/").status_code == 200
+    copied = _session_cookie(dash.client)
+    set_password(session=session, email=EMAIL, password="a brand new password")
+    assert redirects_to_sign_in(dash.get("/dashboard/"), next_="/dashboard/")
+    # Form posts from the old session are refused too, not only pages.
+    refused = dash.post("/dashboard/experiments/new", experiment_form())
+    assert refused.status_code == 401
+    assert stored(app)["experiment"] == []
+    assert sign_in(dash.client, password=PASSWORD).status_code == 401
+    assert sign_in(dash.client, password="a brand new password").status_code == 303
+    # Signing in again starts a new session; the one from before the change stays closed.
+    replay = app.test_client()
+    replay.set_cookie("copybandit_session", copied)
+    assert redirects_to_sign_in(replay.get("/dashboard/"))
+
+
+def test_signed_out_form_posts_are_401(app: Any, client: FlaskClient) -> None:
+    client.get("/dashboard/sign-in")  # a token, but no sign-in
+    response = client.post(
+        "/dashboard/experiments/new", data={"csrf_token": csrf_of(client), **experiment_form()}
+    )
+    assert response.status_code == 401
+    assert stored(app)["experiment"] == []
+
+
+# --- the dashboard and the API are separate doors -----------------------------------------------
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_an_api_key_does_not_open_the_dashboard(
+    app: Any, api: Any, experiment: dict[str, Any], path: str
+) -> None:
+    browser = app.test_client()
+    for key in ("admin", "serve"):
+        response = browser.get(path, headers={"Authorization": f"Bearer {api.keys[key]}"})
+        assert redirects_to_sign_in(response), (key, response.status_code)
+
+
+def test_an_api_key_does_not_post_dashboard_forms(app: Any, api: Any) -> None:
+    before = stored(app)
+    response = app.test_client().post(
+        "/dashboard/experiments/new",
+        data=experiment_form(),
+        headers={"Authorization": f"Bearer {api.keys['admin']}"},
+    )
+    assert response.status_code in (400, 401)
+    assert stored(app) == before
+
+
+def test_a_dashboard_session_does_not_open_the_api(app: Any, dash: Dashboard) -> None:
+    assert dash.get("/dashboard/").status_code == 200
+    assert dash.get("/v1/experiments").status_code == 401
+    response = dash.client.post(
+        "/v1/experiments",
+        json={
+            "name": "Via cookie",
+            "product": {"name": "Kettle", "description": "A kettle."},
+            "segments": [{"key": "all", "description": "Everyone."}],
+        },
+    )
+    assert response.status_code == 401
+    assert stored(app)["experiment"] == []
+
+
+# --- CSRF on every form ------------------------------------------------------------------------
+
+
+def _csrf_cases(app: Any, experiment: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
+    eid = experiment["id"]
+    active = variant_ids(experiment, "tea-lovers")[0]
+    pending = add_pending(app, eid, "tea-lovers", GOOD[0])
+    other = add_pending(app, eid, "busy-parents", GOOD[1])
+    return {
+        "status": (f"/dashboard/variants/{active}/status", {"action": "pause"}),
+        "edit": (f"/dashboard/variants/{pending}/edit", {"text": GOOD[2]}),
+        "bulk": (
+            f"/dashboard/experiments/{eid}/review",
+            {"action": "approve", "variant_id": [str(other)]},
+        ),
+        "add variant": (
+            f"/dashboard/experiments/{eid}/variants",
+            {"segment": "tea-lovers", "text": GOOD[3]},
+        ),
+        "generate": (f"/dashboard/experiments/{eid}/generate", {"segment": "tea-lovers", "n": "1"}),
+        "new experiment": ("/dashboard/experiments/new", experiment_form()),
+    }
+
+
+@pytest.mark.parametrize(
+    "case", ["status", "edit", "bulk", "add variant", "generate", "new experiment"]
+)
+def test_every_form_needs_the_csrf_token(
+    app: Any, dash: Dashboard, experiment: dict[str, Any], case: str
+) -> None:
+    path, data = _csrf_cases(app, experiment)[case]
+    before = stored(app)
+    for token in (None, "", "forged-token", dash.token[:-1]):
+        response = dash.post(path, data, csrf=token)
+        assert response.status_code == 400, (token, response.status_code)
+        assert "csrf_token" in error_text(response)
+        assert stored(app) == before
+    # The same form with the right token goes through: the refusals above were the token's doing.
+    accepted = dash.post(path, data)
+    assert accepted.status_code == 303, accepted.get_data(as_text=True)
+    app.extensions["copybandit.jobs"].join(timeout=30)
+    assert stored(app) != before
+
+
+def test_a_token_from_another_session_is_refused(
+    app: Any, dash: Dashboard, experiment: dict[str, Any], session: Session
+) -> None:
+    create_marketer(session=session, email="ola@example.com", password="another password")
+    other = app.test_client()
+    assert sign_in(other, email="ola@example.com", password="another password").status_code == 303
+    before = stored(app)
+    response = dash.post("/dashboard/experiments/new", experiment_form(), csrf=csrf_of(other))
+    assert response.status_code == 400 and stored(app) == before
+
+
+def test_sign_out_needs_the_csrf_token(dash: Dashboard) -> None:
+    for token in (None, "forged-token"):
+        assert dash.post("/dashboard/sign-out", csrf=token).status_code == 400
+        assert signed_in(dash.client)
+
+
+# --- headers and cookies -----------------------------------------------------------------------
+
+
+def _assert_strict_headers(response: Any) -> None:
+    csp = response.headers["Content-Security-Policy"]
+    assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+    assert "frame-ancestors 'none'" in csp
+    assert "default-src 'none'" in csp
+    assert "script-src" not in csp  # no script source at all: default-src 'none' covers it
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["X-Frame-Options"] == "DENY"
+
+
+def test_sign_in_page_and_cookie_are_locked_down(client: FlaskClient, marketer: Marketer) -> None:
+    page = client.get("/dashboard/sign-in")
+    _assert_strict_headers(page)
+    response = sign_in(client)
+    _assert_strict_headers(response)
+    cookies = [c for c in response.headers.getlist("Set-Cookie") if "copybandit_session=" in c]
+    assert len(cookies) == 1
+    attributes = {part.strip().split("=")[0].lower(): part for part in cookies[0].split(";")}
+    assert "httponly" in attributes
+    assert attributes["samesite"].strip() == "SameSite=Lax"
+    assert "path" in attributes
+
+
+def test_pages_carry_security_headers_and_no_inline_code(
+    app: Any, api: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    eid = experiment["id"]
+    add_pending(app, eid, "tea-lovers", GOOD[0])
+    serve(api, eid, "tea-lovers", 12, convert_every=3)
+    for path in [
+        "/dashboard/",
+        "/dashboard/experiments/new",
+        f"/dashboard/experiments/{eid}",
+        f"/dashboard/experiments/{eid}/review",
+        f"/dashboard/experiments/{eid}/audit",
+        f"/dashboard/experiments/{eid}/segments/tea-lovers.csv",
+        f"/dashboard/experiments/{BIG_ID - 1}",  # an error page
+    ]:
+        response = dash.get(path)
+        assert response.status_code in (200, 404), path
+        _assert_strict_headers(response)
+        html = response.get_data(as_text=True)
+        # The CSP allows no inline script or style; a page that used them would break.
+        assert "<script" not in html and " style=" not in html and "<style" not in html, path
+    redirect = dash.post(
+        f"/dashboard/variants/{variant_ids(experiment, 'tea-lovers')[0]}/status",
+        {"action": "pause"},
+    )
+    _assert_strict_headers(redirect)
+
+
+# --- escaping ----------------------------------------------------------------------------------
+
+
+def test_copy_is_escaped_on_every_page(
+    app: Any, api: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    eid = experiment["id"]
+    live = api.add_variant(eid, "tea-lovers", XSS)
+    pending = add_pending(app, eid, "busy-parents", XSS)
+    # Make the hostile copy the leader, so the headline shows it too.
+    first, second = variant_ids(experiment, "tea-lovers")
+    set_counts(app, {live["id"]: (500, 200), first: (500, 10), second: (500, 10)})
+    with Session(app.extensions["copybandit.engine"]) as session:
+        session.add(
+            LifecycleEvent(
+                experiment_id=eid,
+                variant_id=live["id"],
+                action="retire",
+                reason=f"because {XSS}",
+                numbers={"note": XSS},
+            )
+        )
+        session.commit()
+    pages = {
+        "experiment": f"/dashboard/experiments/{eid}",
+        "review": f"/dashboard/experiments/{eid}/review",
+        "audit": f"/dashboard/experiments/{eid}/audit",
+    }
+    for name, path in pages.items():
+        html = dash.html(path)
+        assert "<script" not in html, name
+        assert ESCAPED in html, name
+    tea = section(dash.html(pages["experiment"]), "tea-lovers")
+    headline = re.search(r'<div class="headline[^"]*" data-testid="headline">.*?</div>', tea, re.S)
+    assert headline and f"#{live['id']}" in headline.group(0)
+    assert ESCAPED in headline.group(0) and "<script" not in headline.group(0)
+    review = dash.html(pages["review"])
+    assert f'data-variant-id="{pending}"' in review
+
+
+def test_names_and_flash_messages_are_escaped(app: Any, dash: Dashboard) -> None:
+    response = dash.post(
+        "/dashboard/experiments/new",
+        experiment_form(name="<b onmouseover=alert(1)>x</b>", product_name="<i>kettle</i>"),
+    )
+    assert response.status_code == 303
+    for path in ("/dashboard/", location(response)):
+        html = dash.html(path)  # the flash on the experiment page repeats the name
+        assert "<b onmouseover" not in html and "<i>kettle" not in html
+        assert "&lt;b onmouseover=alert(1)&gt;x&lt;/b&gt;" in html
+
+
+def test_a_rejected_form_echoes_what_was_typed_escaped(dash: Dashboard) -> None:
+    response = dash.post(
+        "/dashboard/experiments/new", experiment_form(name='"><script>x</script>', price="abc")
+    )
+    assert response.status_code == 400
+    html = response.get_data(as_text=True)
+    assert "<script>x" not in html and "&#34;&gt;&lt;script&gt;x" in html
+
+
+# --- CSV export --------------------------------------------------------------------------------
+
+CSV_HEADER = [
+    "variant_id",
+    "segment",
+    "status",
+    "origin",
+    "text",
+    "impressions",
+    "conversions",
+    "rate",
+    "posterior_mean",
+    "ci95_low",
+    "ci95_high",
+    "prob_best",
+    "expected_loss",
+]
+
+
+def test_csv_export_matches_the_report(
+    app: Any, api: Any, dash: Dashboard, experiment: dict[str, Any], session: Session
+) -> None:
+    eid = experiment["id"]
+    formula = api.add_variant(eid, "tea-lovers", '=HYPERLINK("http://evil.example","Aurora")')
+    plus = api.add_variant(eid, "tea-lovers", '+1 Aurora kettle, with a comma, and "quotes"')
+    at = api.add_variant(eid, "tea-lovers", "@Aurora kettle fans")
+    minus = api.add_variant(eid, "tea-lovers", "-20 seconds to boil with Aurora")
+    pending = add_pending(app, eid, "tea-lovers", GOOD[0])
+    serve(api, eid, "tea-lovers", 40, convert_every=4)
+    serve(api, eid, "busy-parents", 5, convert_every=0)
+
+    response = dash.get(f"/dashboard/experiments/{eid}/segments/tea-lovers.csv")
+    assert response.status_code == 200
+    assert response.mimetype == "text/csv"
+    assert response.headers["Content-Disposition"] == (
+        f'attachment; filename="experiment-{eid}-tea-lovers.csv"'
+    )
+    rows = list(csv.reader(io.StringIO(response.get_data(as_text=True))))
+    assert rows[0] == CSV_HEADER
+    body = [dict(zip(CSV_HEADER, row, strict=True)) for row in rows[1:]]
+    report = experiment_report(session=session, experiment_id=eid)
+    segment = next(s for s in report.segments if s.key == "tea-lovers")
+    assert sorted(int(r["variant_id"]) for r in body) == sorted(
+        v.variant_id for v in segment.variants
+    )
+    assert len(body) == 7 and pending in {int(r["variant_id"]) for r in body}
+    assert {r["segment"] for r in body} == {"tea-lovers"}
+    expected = {v.variant_id: v for v in segment.variants}
+    for row in body:
+        want = expected[int(row["variant_id"])]
+        assert row["status"] == want.status.value and row["origin"] == want.origin.value
+        assert (int(row["impressions"]), int(row["conversions"])) == (
+            want.impressions,
+            want.conversions,
+        )
+        if want.rate is None:
+            assert row["rate"] == ""
+        else:
+            assert float(row["rate"]) == pytest.approx(want.rate, rel=1e-5)
+        assert float(row["posterior_mean"]) == pytest.approx(want.posterior_mean, rel=1e-5)
+        assert float(row["ci95_low"]) == pytest.approx(want.interval[0], rel=1e-5)
+        assert float(row["ci95_high"]) == pytest.approx(want.interval[1], rel=1e-5)
+        # Probability best is estimated from random draws each time: close, not equal.
+        if want.prob_best is None:
+            assert row["prob_best"] == "" and row["expected_loss"] == ""
+        else:
+            assert float(row["prob_best"]) == pytest.approx(want.prob_best, abs=0.03)
+    assert sum(int(r["impressions"]) for r in body) == segment.impressions == 40
+    assert sum(int(r["conversions"]) for r in body) == segment.conversions == 10
+
+    text = {int(r["variant_id"]): r["text"] for r in body}
+    assert text[formula["id"]] == "'" + '=HYPERLINK("http://evil.example","Aurora")'
+    assert text[plus["id"]] == '\'+1 Aurora kettle, with a comma, and "quotes"'
+    assert text[at["id"]] == "'@Aurora kettle fans"
+    assert text[minus["id"]] == "'-20 seconds to boil with Aurora"
+    assert text[pending] == GOOD[0]
+    assert not any(t.startswith(("=", "+", "-", "@")) for t in text.values())
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/dashboard/experiments/{id}/segments/nobody.csv",
+        "/dashboard/experiments/{id}/segments/Tea-Lovers.csv",
+        f"/dashboard/experiments/{BIG_ID - 1}/segments/tea-lovers.csv",
+        f"/dashboard/experiments/{BIG_ID}/segments/tea-lovers.csv",
+    ],
+)
+def test_csv_export_of_an_unknown_segment_is_404(
+    dash: Dashboard, experiment: dict[str, Any], path: str
+) -> None:
+    response = dash.get(path.format(id=experiment["id"]))
+    assert response.status_code == 404
+    assert response.mimetype != "text/csv"
+
+
+def test_csv_export_of_another_experiments_segment_is_404(
+    api: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    other = api.create_experiment(
+        name="Other", segments=[{"key": "gift-buyers", "description": "Buy for others."}]
+    )
+    response = dash.get(f"/dashboard/experiments/{experiment['id']}/segments/gift-buyers.csv")
+    assert response.status_code == 404
+    ok = dash.get(f"/dashboard/experiments/{other['id']}/segments/gift-buyers.csv")
+    assert ok.status_code == 200
+    assert ok.get_data(as_text=True).splitlines() == [",".join(CSV_HEADER)]
+
+
+# --- forms: new experiment ---------------------------------------------------------------------
+
+
+def test_new_experiment_form_creates_one(app: Any, dash: Dashboard, session: Session) -> None:
+    assert 'name="csrf_token"' in dash.html("/dashboard/experiments/new")
+    response = dash.post(
+        "/dashboard/experiments/new",
+        experiment_form(
+            product_url="https://shop.example.com/aurora",
+            brand_voice="Calm.",
+            auto_approve="on",
+            segments=(
+                "\n tea-lovers : Brew loose-leaf tea daily. \n\nbusy-parents: Need: hot water\n"
+            ),
+        ),
+    )
+    assert response.status_code == 303
+    eid = int(location(response).rsplit("/", 1)[1])
+    report = experiment_report(session=session, experiment_id=eid)
+    assert [s.key for s in report.segments] == ["tea-lovers", "busy-parents"]
+    segments = session.exec(select(Segment).where(Segment.experiment_id == eid)).all()
+    assert {s.key: s.description for s in segments}["busy-parents"] == "Need: hot water"
+    row = stored(app)["experiment"]
+    assert len(row) == 1
+    page = dash.html(location(response))
+    assert any("Created experiment “Autumn launch”" in f for f in flashes(page))
+    assert "49.50" in page
+    created = fresh(app, Experiment, eid)
+    assert created.auto_approve is True and created.product_price == 49.5
+    assert created.product_url == "https://shop.example.com/aurora"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"name": ""}, "name"),
+        ({"name": "   "}, "name"),
+        ({"name": "x" * 201}, "name"),
+        ({"product_name": ""}, "product.name"),
+        ({"product_description": "\x00"}, "product.description"),
+        ({"price": "abc"}, "product.price"),
+        ({"price": "nan"}, "product.price"),
+        ({"price": "inf"}, "product.price"),
+        ({"price": "-1"}, "product.price"),
+        ({"price": "1e10"}, "product.price"),
+        ({"product_url": "ftp://shop.example.com"}, "product.url"),
+        ({"segments": "tea-lovers Brew loose-leaf tea daily."}, "segments"),
+        ({"segments": "tea-lovers: Brew tea.\nbusy parents need water"}, "segments"),
+        ({"segments": ""}, "segments"),
+        ({"segments": "tea-lovers: Brew tea.\ntea-lovers: Again."}, "segments"),
+        ({"segments": "Tea Lovers: Brew tea."}, "segments.0.key"),
+        ({"segments": "tea-lovers: "}, "segments.0.description"),
+    ],
+)
+def test_new_experiment_with_bad_input_is_400_naming_the_field(
+    app: Any, dash: Dashboard, overrides: dict[str, str], field: str
+) -> None:
+    before = stored(app)
+    response = dash.post("/dashboard/experiments/new", experiment_form(**overrides))
+    assert response.status_code == 400
+    message = error_text(response)
+    assert message.startswith(f"{field}:"), message
+    if field == "segments" and "line" in message:
+        assert "'key: description'" in message
+    assert stored(app) == before
+    # What was typed is kept on the form.
+    html = response.get_data(as_text=True)
+    assert 'value="Aurora kettle"' in html or overrides.get("product_name") == ""
+
+
+def test_segment_line_without_colon_names_the_line(dash: Dashboard) -> None:
+    response = dash.post(
+        "/dashboard/experiments/new",
+        experiment_form(segments="tea-lovers: Brew tea.\n\nbusy parents need water"),
+    )
+    assert response.status_code == 400
+    assert error_text(response) == "segments: line 3 must read 'key: description'"
+
+
+def test_a_duplicate_experiment_name_is_409(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    before = stored(app)
+    response = dash.post("/dashboard/experiments/new", experiment_form(name=experiment["name"]))
+    assert response.status_code == 409
+    assert error_text(response).startswith("an experiment named 'Spring launch' already exists")
+    assert stored(app) == before
+    # The session is usable after the rolled-back insert.
+    assert dash.post("/dashboard/experiments/new", experiment_form()).status_code == 303
+
+
+# --- forms: add variant and generate -----------------------------------------------------------
+
+
+def test_add_variant_serves_it_at_once(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    eid = experiment["id"]
+    response = dash.post(
+        f"/dashboard/experiments/{eid}/variants", {"segment": "busy-parents", "text": GOOD[1]}
+    )
+    assert response.status_code == 303
+    assert response.headers["Location"].endswith(
+        f"/dashboard/experiments/{eid}#segment-busy-parents"
+    )
+    rows = [r for r in stored(app)["variant"] if GOOD[1] in r]
+    assert len(rows) == 1
+    with Session(app.extensions["copybandit.engine"]) as session:
+        added = session.exec(select(Variant).where(Variant.text == GOOD[1])).one()
+    assert (added.status, added.origin) == ("active", "manual")
+    assert any(
+        f"Added variant #{added.id} to busy-parents" in f
+        for f in flashes(dash.html(f"/dashboard/experiments/{eid}"))
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "field"),
+    [
+        ({"segment": "tea-lovers", "text": ""}, 400, "text"),
+        ({"segment": "tea-lovers", "text": "   \n "}, 400, "text"),
+        ({"segment": "tea-lovers", "text": "Aurora\x00kettle"}, 400, "text"),
+        ({"segment": "tea-lovers", "text": "Aurora\x07kettle"}, 400, "text"),
+        ({"segment": "tea-lovers", "text": "Aurora\x1bkettle"}, 400, "text"),
+        ({"segment": "tea-lovers", "text": "A" * 1001}, 400, "text"),
+        ({"segment": "tea-lovers"}, 400, "text"),
+        ({"segment": "", "text": GOOD[0]}, 400, "segment"),
+        ({"segment": "nobody", "text": GOOD[0]}, 404, None),
+    ],
+)
+def test_add_variant_with_bad_input_changes_nothing(
+    app: Any,
+    dash: Dashboard,
+    experiment: dict[str, Any],
+    data: dict[str, str],
+    status: int,
+    field: str | None,
+) -> None:
+    before = stored(app)
+    response = dash.post(f"/dashboard/experiments/{experiment['id']}/variants", data)
+    assert response.status_code == status
+    if field is not None:
+        assert error_text(response).startswith(f"{field}:"), error_text(response)
+    assert stored(app) == before
+
+
+@pytest.mark.parametrize(
+    "n", ["0", "abc", "21", "", "-1", "1.5", " ", "999999999999999999999", "²"]
+)
+def test_generate_with_a_bad_n_is_400(
+    app: Any, dash: Dashboard, experiment: dict[str, Any], n: str
+) -> None:
+    before = stored(app)
+    response = dash.post(
+        f"/dashboard/experiments/{experiment['id']}/generate", {"segment": "tea-lovers", "n": n}
+    )
+    assert response.status_code == 400, response.get_data(as_text=True)[:500]
+    assert error_text(response).startswith("n:")
+    assert stored(app) == before
+
+
+def test_generate_for_an_unknown_segment_or_experiment_is_404(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    before = stored(app)
+    bad_segment = dash.post(
+        f"/dashboard/experiments/{experiment['id']}/generate", {"segment": "nobody", "n": "2"}
+    )
+    assert bad_segment.status_code == 404
+    unknown = dash.post(f"/dashboard/experiments/{BIG_ID - 1}/generate", {"n": "2"})
+    assert unknown.status_code == 404
+    assert stored(app) == before
+
+
+# --- status changes ----------------------------------------------------------------------------
+
+
+def test_status_change_with_an_unknown_action_is_400(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    vid = variant_ids(experiment, "tea-lovers")[0]
+    before = stored(app)
+    for action in ("delete", "", "APPROVE"):
+        response = dash.post(f"/dashboard/variants/{vid}/status", {"action": action})
+        assert response.status_code == 400
+        assert error_text(response).startswith("action:")
+    assert dash.post(f"/dashboard/variants/{vid}/status", {}).status_code == 400
+    assert stored(app) == before
+
+
+def test_pause_resume_and_retire_by_hand(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    first, second = variant_ids(experiment, "tea-lovers")
+    for action, status, verb in (
+        ("pause", "paused", "paused"),
+        ("resume", "active", "resumed"),
+        ("retire", "retired", "retired"),
+    ):
+        response = dash.post(f"/dashboard/variants/{first}/status", {"action": action})
+        assert response.status_code == 303
+        changed = fresh(app, Variant, first)
+        assert (changed.status, changed.status_reason) == (status, f"{verb} by {EMAIL}")
+    assert fresh(app, Variant, second).status == "active"
+
+
+def test_retired_copy_cannot_come_back(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    first = variant_ids(experiment, "tea-lovers")[0]
+    assert dash.post(f"/dashboard/variants/{first}/status", {"action": "retire"}).status_code == 303
+    before = stored(app)
+    for action in ("resume", "approve", "pause"):
+        response = dash.post(f"/dashboard/variants/{first}/status", {"action": action})
+        assert response.status_code == 409, action
+        assert "cannot go from retired" in error_text(response)
+    assert stored(app) == before
+
+
+def test_the_last_active_variant_cannot_be_retired_or_paused(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    first, last = variant_ids(experiment, "busy-parents")
+    assert dash.post(f"/dashboard/variants/{first}/status", {"action": "retire"}).status_code == 303
+    before = stored(app)
+    for action in ("retire", "pause"):
+        response = dash.post(f"/dashboard/variants/{last}/status", {"action": action})
+        assert response.status_code == 409
+        assert "last active variant" in error_text(response)
+    assert stored(app) == before
+    assert fresh(app, Variant, last).status == "active"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/dashboard/experiments/{BIG_ID}",
+        f"/dashboard/experiments/{2**63}",
+        f"/dashboard/experiments/{10**30}",
+        "/dashboard/experiments/0",
+        f"/dashboard/experiments/{BIG_ID}/review",
+        f"/dashboard/experiments/{BIG_ID}/audit",
+        f"/dashboard/jobs/{BIG_ID}",
+        f"/dashboard/experiments/{BIG_ID - 1}",
+        f"/dashboard/experiments/{BIG_ID - 1}/review",
+        f"/dashboard/experiments/{BIG_ID - 1}/audit",
+        f"/dashboard/jobs/{BIG_ID - 1}",
+    ],
+)
+def test_ids_out_of_range_or_unknown_are_404_pages(dash: Dashboard, path: str) -> None:
+    assert dash.get(path).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("path", "data"),
+    [
+        ("/dashboard/variants/{big}/status", {"action": "pause"}),
+        ("/dashboard/variants/{big}/edit", {"text": GOOD[0]}),
+        ("/dashboard/experiments/{big}/variants", {"segment": "tea-lovers", "text": GOOD[0]}),
+        ("/dashboard/experiments/{big}/generate", {"n": "1"}),
+        ("/dashboard/variants/{unknown}/status", {"action": "pause"}),
+        ("/dashboard/variants/{unknown}/edit", {"text": GOOD[0]}),
+    ],
+)
+def test_posts_to_out_of_range_or_unknown_ids_are_404(
+    app: Any, dash: Dashboard, experiment: dict[str, Any], path: str, data: dict[str, str]
+) -> None:
+    before = stored(app)
+    for big in (BIG_ID, 10**20):
+        response = dash.post(path.format(big=big, unknown=BIG_ID - 1), data)
+        assert response.status_code == 404, response.get_data(as_text=True)[:300]
+    assert stored(app) == before
+
+
+def test_bulk_post_to_an_out_of_range_experiment_is_a_client_error(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """The same path also has a GET rule (the review page), and werkzeug's matcher notes a path
+    match for another method before the id converter refuses the value: 405 there, where other
+    out-of-range ids are 404. Either way a 4xx, and nothing changes."""
+    before = stored(app)
+    response = dash.post(
+        f"/dashboard/experiments/{BIG_ID}/review", {"action": "approve", "variant_id": "1"}
+    )
+    assert response.status_code in (404, 405)
+    assert stored(app) == before
+
+
+# --- review queue ------------------------------------------------------------------------------
+
+
+def test_review_queue_lists_pending_copy_with_lint_findings(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    eid = experiment["id"]
+    clean = add_pending(app, eid, "tea-lovers", GOOD[0])
+    banned = add_pending(app, eid, "busy-parents", BANNED)
+    link = add_pending(app, eid, "busy-parents", "Aurora kettle: see www.aurora.example today")
+    html = dash.html(f"/dashboard/experiments/{eid}/review")
+    rows = {
+        int(m.group(1)): m.group(0)
+        for m in re.finditer(r'<tr data-variant-id="(\d+)">.*?</tr>', html, re.S)
+    }
+    assert set(rows) == {clean, banned, link}  # active copy is not in the queue
+    assert "passes every rule" in rows[clean] and "<strong>" not in rows[clean].split("lint")[-1]
+    assert "<strong>banned_phrase</strong>" in rows[banned]
+    assert "guarantee" in rows[banned].lower()
+    assert "<strong>markup</strong>" in rows[link]
+    # The experiment page and the list count the queue.
+    assert "Review queue (3)" in dash.html(f"/dashboard/experiments/{eid}")
+    listing = dash.html("/dashboard/")
+    assert f'<a href="/dashboard/experiments/{eid}/review">3</a>' in listing
+
+
+def test_an_empty_review_queue_says_so(dash: Dashboard, experiment: dict[str, Any]) -> None:
+    assert "Nothing is waiting for review." in dash.html(
+        f"/dashboard/experiments/{experiment['id']}/review"
+    )
+
+
+def test_approve_and_reject_record_who_did_it(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    eid = experiment["id"]
+    kept = add_pending(app, eid, "tea-lovers", GOOD[0])
+    dropped = add_pending(app, eid, "tea-lovers", GOOD[1])
+    review = f"/dashboard/experiments/{eid}/review"
+    response = dash.post(
+        f"/dashboard/variants/{kept}/status", {"action": "approve", "next": review}
+    )
+    assert response.status_code == 303 and location(response) == review
+    response = dash.post(f"/dashboard/variants/{dropped}/status", {"action": "reject"})
+    assert location(response) == f"/dashboard/experiments/{eid}"
+    approved, rejected = fresh(app, Variant, kept), fresh(app, Variant, dropped)
+    assert (approved.status, approved.status_reason) == ("active", f"approved by {EMAIL}")
+    assert (rejected.status, rejected.status_reason) == ("rejected", f"rejected by {EMAIL}")
+    html = dash.html(review)
+    assert "Nothing is waiting for review." in html
+
+
+def test_edit_then_approve(app: Any, dash: Dashboard, experiment: dict[str, Any]) -> None:
+    eid = experiment["id"]
+    vid = add_pending(app, eid, "tea-lovers", BANNED)
+    review = f"/dashboard/experiments/{eid}/review"
+    response = dash.post(
+        f"/dashboard/variants/{vid}/edit", {"text": "  " + GOOD[2] + " ", "next": review}
+    )
+    assert response.status_code == 303 and location(response) == review
+    edited = fresh(app, Variant, vid)
+    assert edited.text == GOOD[2]
+    assert (edited.status, edited.status_reason) == ("active", f"approved by {EMAIL} after editing")
+    assert any("edited and approved" in f for f in flashes(dash.html(review)))
+
+
+def test_edit_with_bad_text_or_of_live_copy_changes_nothing(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    eid = experiment["id"]
+    vid = add_pending(app, eid, "tea-lovers", GOOD[0])
+    live = variant_ids(experiment, "tea-lovers")[0]
+    before = stored(app)
+    for text in ("", "  ", "bad\x00text", "x" * 1001):
+        response = dash.post(f"/dashboard/variants/{vid}/edit", {"text": text})
+        assert response.status_code == 400 and error_text(response).startswith("text:")
+    response = dash.post(f"/dashboard/variants/{live}/edit", {"text": GOOD[3]})
+    assert response.status_code == 409 and "only pending variants" in error_text(response)
+    assert stored(app) == before
+
+
+def test_bulk_approve_refuses_ids_from_elsewhere_and_reports_them(
+    app: Any, api: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    eid = experiment["id"]
+    mine = [
+        add_pending(app, eid, "tea-lovers", GOOD[0]),
+        add_pending(app, eid, "busy-parents", GOOD[1]),
+    ]
+    other = api.create_experiment(name="Other launch")
+    foreign = add_pending(app, other["id"], "tea-lovers", GOOD[2])
+    already = variant_ids(experiment, "tea-lovers")[0]  # active: approving it again is a no-op
+    missing = BIG_ID - 1
+    response = dash.post(
+        f"/dashboard/experiments/{eid}/review",
+        {"action": "approve", "variant_id": [str(i) for i in [*mine, foreign, missing, mine[0]]]},
+    )
+    assert response.status_code == 303
+    assert location(response) == f"/dashboard/experiments/{eid}/review"
+    for vid in mine:
+        approved = fresh(app, Variant, vid)
+        assert (approved.status, approved.status_reason) == ("active", f"approved by {EMAIL}")
+    untouched = fresh(app, Variant, foreign)
+    assert (untouched.status, untouched.status_reason) == ("pending_review", None)
+    messages = flashes(dash.html(location(response)))
+    assert f"Approved 2: #{mine[0]}, #{mine[1]}." in messages
+    assert f"Not approved — #{foreign}: not in this experiment" in messages
+    assert f"Not approved — #{missing}: not in this experiment" in messages
+    assert fresh(app, Variant, already).status == "active"
+
+
+def test_bulk_reject_and_partial_refusal(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    eid = experiment["id"]
+    pending = add_pending(app, eid, "tea-lovers", GOOD[0])
+    live = variant_ids(experiment, "tea-lovers")[0]  # active copy cannot be rejected
+    response = dash.post(
+        f"/dashboard/experiments/{eid}/review",
+        {"action": "reject", "variant_id": [str(pending), str(live)]},
+    )
+    assert response.status_code == 303
+    assert fresh(app, Variant, pending).status == "rejected"
+    assert fresh(app, Variant, live).status == "active"
+    messages = flashes(dash.html(location(response)))
+    assert f"Rejected 1: #{pending}." in messages
+    assert any(m.startswith(f"Not rejected — #{live}: a variant cannot go from") for m in messages)
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"action": "approve"}, "variant_id"),
+        ({"action": "pause", "variant_id": "1"}, "action"),
+        ({"variant_id": "1"}, "action"),
+        ({"action": "approve", "variant_id": "one"}, "variant_id"),
+        ({"action": "approve", "variant_id": "-1"}, "variant_id"),
+    ],
+)
+def test_bulk_with_bad_input_is_400(
+    app: Any, dash: Dashboard, experiment: dict[str, Any], data: dict[str, str], field: str
+) -> None:
+    add_pending(app, experiment["id"], "tea-lovers", GOOD[0])
+    before = stored(app)
+    response = dash.post(f"/dashboard/experiments/{experiment['id']}/review", data)
+    assert response.status_code == 400
+    assert error_text(response).startswith(f"{field}:")
+    assert stored(app) == before
+
+
+@pytest.mark.parametrize("raw", [str(BIG_ID), str(2**63), "9" * 30, "²"])
+def test_bulk_with_ids_beyond_the_database_is_refused_not_500(
+    app: Any, dash: Dashboard, experiment: dict[str, Any], raw: str
+) -> None:
+    """Either answer is fine: a 400 naming variant_id that changes nothing, or the usual 303 that
+    approves the good id and reports the bad one. A 500 (database overflow, int('²')) is not."""
+    eid = experiment["id"]
+    pending = add_pending(app, eid, "tea-lovers", GOOD[0])
+    before = stored(app)
+    response = dash.post(
+        f"/dashboard/experiments/{eid}/review",
+        {"action": "approve", "variant_id": [str(pending), raw]},
+    )
+    assert response.status_code in (303, 400), response.get_data(as_text=True)[:300]
+    if response.status_code == 400:
+        assert error_text(response).startswith("variant_id:")
+        assert stored(app) == before
+    else:
+        assert fresh(app, Variant, pending).status == "active"
+        messages = flashes(dash.html(location(response)))
+        assert any(m.startswith("Not approved — #") for m in messages), messages
+
+
+# --- generation --------------------------------------------------------------------------------
+
+
+def test_generate_creates_a_job_and_its_page_refreshes_until_done(
+    app: Any, dash: Dashboard, experiment: dict[str, Any], writer: ScriptedWriter
+) -> None:
+    eid = experiment["id"]
+    writer.gate = threading.Event()
+    response = dash.post(
+        f"/dashboard/experiments/{eid}/generate", {"segment": "tea-lovers", "n": "2"}
+    )
+    assert response.status_code == 303
+    match = re.fullmatch(r"/dashboard/jobs/(\d+)", location(response))
+    assert match
+    job_id = int(match.group(1))
+    job = fresh(app, GenerationJob, job_id)
+    assert (job.experiment_id, job.n) == (eid, 2)
+    assert job.segment_id is not None
+
+    running = dash.get(location(response))
+    html = running.get_data(as_text=True)
+    assert running.status_code == 200
+    assert texts(html, "p", class_="job-status")[0].split()[0] in ("queued", "running")
+    assert '<meta http-equiv="refresh" content="2">' in html
+    assert "2 new lines for tea-lovers." in html
+
+    writer.gate.set()
+    app.extensions["copybandit.jobs"].join(timeout=30)
+    done = dash.html(location(response))
+    assert 'data-status="succeeded"' in done
+    assert 'http-equiv="refresh"' not in done
+    assert f'href="/dashboard/experiments/{eid}/review"' in done
+    # The new copy waits in the review queue.
+    review = dash.html(f"/dashboard/experiments/{eid}/review")
+    assert len(re.findall(r'<tr data-variant-id="\d+">', review)) == 2
+
+
+def test_a_failed_job_page_shows_the_error_and_stops_refreshing(
+    app: Any, dash: Dashboard, experiment: dict[str, Any], writer: ScriptedWriter
+) -> None:
+    writer.fail = True
+    response = dash.post(f"/dashboard/experiments/{experiment['id']}/generate", {"n": "1"})
+    assert response.status_code == 303
+    app.extensions["copybandit.jobs"].join(timeout=30)
+    html = dash.html(location(response))
+    assert 'data-status="failed"' in html
+    assert "RuntimeError: the model fell over" in html
+    assert 'http-equiv="refresh"' not in html
+    assert "1 new line for every segment." in html
+
+
+# --- experiment list and page ------------------------------------------------------------------
+
+
+def test_experiment_list_shows_totals(
+    app: Any, api: Any, dash: Dashboard, experiment: dict[str, Any], session: Session
+) -> None:
+    eid = experiment["id"]
+    serve(api, eid, "tea-lovers", 20, convert_every=5)
+    serve(api, eid, "busy-parents", 12, convert_every=3)
+    empty = api.create_experiment(name="Quiet launch")
+    with Session(app.extensions["copybandit.engine"]) as db:
+        segment = db.exec(
+            select(Segment).where(Segment.experiment_id == eid, Segment.key == "tea-lovers")
+        ).one()
+        segment.winner_variant_id = variant_ids(experiment, "tea-lovers")[0]
+        segment.winner_declared_at = utcnow()
+        db.add(segment)
+        db.commit()
+    html = dash.html("/dashboard/")
+    rows = {
+        m.group(1): texts(m.group(0), "td")
+        for m in re.finditer(
+            r'<tr>\s*<td><a href="/dashboard/experiments/(\d+)">.*?</tr>', html, re.S
+        )
+    }
+    assert rows[str(eid)] == [
+        "Spring launch",
+        "Aurora kettle",
+        "tea-lovers, busy-parents",
+        "32",
+        str(4 + 4),
+        "1 / 2",
+        "0",
+    ]
+    assert rows[str(empty["id"])][3:] == ["0", "0", "0 / 2", "0"]
+
+
+def test_experiment_page_shows_interval_bars_and_the_leaders_full_text(
+    app: Any, api: Any, dash: Dashboard, experiment: dict[str, Any], session: Session
+) -> None:
+    eid = experiment["id"]
+    long_text = "The Aurora kettle " + " ".join(["boils water for tea"] * 20) + " the end."
+    leader = api.add_variant(eid, "tea-lovers", long_text)["id"]
+    first, second = variant_ids(experiment, "tea-lovers")
+    set_counts(app, {leader: (1000, 150), first: (1000, 40), second: (500, 20)})
+    html = dash.html(f"/dashboard/experiments/{eid}")
+    tea = section(html, "tea-lovers")
+    headline = texts(tea, data_testid="headline")
+    assert len(headline) == 1
+    assert long_text in headline[0] and "Leading" in headline[0]
+    assert f"#{leader}" in headline[0]
+    # One interval bar per variant, scaled so the highest upper bound ends at the bar's end.
+    bars = re.findall(
+        r'<tr data-variant-id="(\d+)".*?<svg class="interval".*?<rect x="([\d.]+)" y="3" '
+        r'width="([\d.]+)"',
+        tea,
+        re.S,
+    )
+    assert {int(v) for v, _, _ in bars} == {leader, first, second}
+    spans = {int(v): (float(x), float(x) + float(w)) for v, x, w in bars}
+    report = experiment_report(session=session, experiment_id=eid)
+    rows = {
+        v.variant_id: v for v in next(s for s in report.segments if s.key == "tea-lovers").variants
+    }
+    scale = max(r.interval[1] for r in rows.values())
+    for vid, (low, high) in spans.items():
+        assert low == pytest.approx(rows[vid].interval[0] / scale * 160, abs=0.11)
+        assert high == pytest.approx(max(rows[vid].interval[1] / scale * 160, low + 1), abs=0.21)
+    assert spans[leader][1] == pytest.approx(160, abs=0.11)
+    assert spans[leader][0] > spans[first][1]  # separated intervals are drawn apart
+    # The leader's row is highlighted; no history rows yet, so no charts.
+    assert re.search(rf'<tr data-variant-id="{leader}" class="status-active highlighted"', tea)
+    assert "<polyline" not in html and "Charts appear once" in tea
+
+
+def test_a_declared_winner_is_the_headline(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    eid = experiment["id"]
+    first, second = variant_ids(experiment, "busy-parents")
+    set_counts(app, {first: (1000, 10), second: (1000, 90)})
+    with Session(app.extensions["copybandit.engine"]) as db:
+        segment = db.exec(
+            select(Segment).where(Segment.experiment_id == eid, Segment.key == "busy-parents")
+        ).one()
+        segment.winner_variant_id = first
+        segment.winner_declared_at = utcnow() - timedelta(days=1)
+        db.add(segment)
+        db.commit()
+    headline = texts(
+        section(dash.html(f"/dashboard/experiments/{eid}"), "busy-parents"), data_testid="headline"
+    )[0]
+    assert "Winner" in headline and f"#{first}" in headline
+    assert "The Aurora kettle: made for busy-parents." in headline
+
+
+def test_a_segment_with_nothing_live_has_no_headline(app: Any, api: Any, dash: Dashboard) -> None:
+    created = api.create_experiment(name="Fresh")
+    add_pending(app, created["id"], "tea-lovers", GOOD[0])
+    html = dash.html(f"/dashboard/experiments/{created['id']}")
+    assert texts(html, data_testid="headline") == []
+    assert "No copy is being served in this segment yet." in section(html, "tea-lovers")
+
+
+def test_charts_appear_only_after_traffic(
+    api: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    eid = experiment["id"]
+    before = dash.html(f"/dashboard/experiments/{eid}")
+    assert "<polyline" not in before and before.count("Charts appear once") == 2
+    serve(api, eid, "tea-lovers", 30, convert_every=3)
+    html = dash.html(f"/dashboard/experiments/{eid}")
+    tea, busy = section(html, "tea-lovers"), section(html, "busy-parents")
+    assert tea.count('<figure class="chart">') == 2
+    assert "Traffic share per period" in tea and "Conversion rate, cumulative" in tea
+    assert "<polyline" in tea and "<svg viewBox" in tea
+    assert "Charts appear once" in busy and "<polyline" not in busy
+    # Legends name each served variant, in the colour of its row's swatch.
+    with Session(dash.client.application.extensions["copybandit.engine"]) as db:
+        served = [
+            v.id
+            for v in db.exec(select(Variant).where(Variant.experiment_id == eid))
+            if v.impressions > 0
+        ]
+    assert served
+    legend = texts(tea, "ul", class_="legend")[0]
+    assert sorted(int(n) for n in re.findall(r"#(\d+)", legend)) == sorted(served)
+    for vid in served:
+        swatch = re.search(
+            rf'<tr data-variant-id="{vid}".*?<rect width="10" height="10" fill="(#[0-9a-f]{{6}})"',
+            tea,
+            re.S,
+        )
+        assert swatch, vid
+        assert re.search(rf'fill="{swatch.group(1)}"/></svg> #{vid}</li>', tea), (
+            f"legend colour for #{vid}"
+        )

@@ -1,0 +1,391 @@
+"""Dashboard accounts: service.marketers, the `copybandit users` commands, and what `init` prints
+for the dashboard. Runs on SQLite and, when configured, PostgreSQL (see conftest)."""
+
+from __future__ import annotations
+
+import functools
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner, Result
+from sqlmodel import Session, col, select
+
+import service.cli
+import service.marketers
+from service.cli import main
+from service.config import load_settings
+from service.db import make_engine
+from service.demo_history import seed_demo_history
+from service.errors import Conflict, InvalidInput, NotFound
+from service.marketers import (
+    MIN_PASSWORD_CHARS,
+    create_marketer,
+    generate_password,
+    list_marketers,
+    normalize_email,
+    set_password,
+    sign_in,
+)
+from service.models import Event, Experiment, Impression, Marketer, Variant
+
+PASSWORD = "correct horse battery"
+SIGN_IN = re.compile(r"email:\s+(\S+)\n\s+password: (\S+)")
+
+
+# --- service.marketers -------------------------------------------------------------------------
+
+
+def test_create_normalizes_the_email_and_stores_only_a_hash(session: Session) -> None:
+    marketer = create_marketer(session=session, email="  Mia@Example.COM ", password=PASSWORD)
+    assert marketer.id is not None
+    assert marketer.email == "mia@example.com"
+    assert PASSWORD not in marketer.password_hash
+    assert marketer.password_hash.startswith(("scrypt:", "pbkdf2:"))
+    assert marketer.last_sign_in_at is None
+    assert marketer.created_at.tzinfo is not None
+    assert [m.email for m in list_marketers(session=session)] == ["mia@example.com"]
+
+
+@pytest.mark.parametrize(
+    "email", ["", "mia", "mia@", "@example.com", "mia@@example.com", "m ia@example.com"]
+)
+def test_create_refuses_an_address_that_is_not_one(session: Session, email: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        create_marketer(session=session, email=email, password=PASSWORD)
+    assert caught.value.field == "email"
+    assert list_marketers(session=session) == []
+
+
+def test_create_refuses_a_short_password(session: Session) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        create_marketer(session=session, email="mia@example.com", password="x" * 9)
+    assert caught.value.field == "password"
+    assert f"at least {MIN_PASSWORD_CHARS} characters" in caught.value.message
+    assert list_marketers(session=session) == []
+    create_marketer(session=session, email="mia@example.com", password="x" * 10)
+
+
+def test_emails_are_unique_whatever_their_case(session: Session) -> None:
+    create_marketer(session=session, email="mia@example.com", password=PASSWORD)
+    with pytest.raises(Conflict) as caught:
+        create_marketer(session=session, email="MIA@example.com", password="other password")
+    assert caught.value.field == "email" and caught.value.status == 409
+    # The session is usable after the refused insert.
+    create_marketer(session=session, email="ola@example.com", password=PASSWORD)
+    assert [m.email for m in list_marketers(session=session)] == [
+        "mia@example.com",
+        "ola@example.com",
+    ]
+
+
+def test_sign_in_checks_the_password_and_records_the_time(session: Session) -> None:
+    created = create_marketer(session=session, email="mia@example.com", password=PASSWORD)
+    assert sign_in(session=session, email="mia@example.com", password="wrong password") is None
+    assert sign_in(session=session, email="mia@example.com", password=PASSWORD.upper()) is None
+    assert sign_in(session=session, email="nobody@example.com", password=PASSWORD) is None
+    assert sign_in(session=session, email="", password="") is None
+    session.expire_all()
+    assert session.get(Marketer, created.id).last_sign_in_at is None  # type: ignore[union-attr]
+
+    before = datetime.now(UTC)
+    found = sign_in(session=session, email=" MIA@example.com", password=PASSWORD)
+    assert found is not None and found.id == created.id
+    session.expire_all()
+    stamped = session.get(Marketer, created.id).last_sign_in_at  # type: ignore[union-attr]
+    assert stamped is not None and before - timedelta(seconds=1) <= stamped <= datetime.now(UTC)
+
+
+def test_an_unknown_email_costs_a_hash_check_too(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    create_marketer(session=session, email="mia@example.com", password=PASSWORD)
+    calls: list[str] = []
+    real = service.marketers.check_password_hash
+
+    def counting(hashed: str, password: str) -> bool:
+        calls.append(hashed)
+        return real(hashed, password)
+
+    monkeypatch.setattr(service.marketers, "check_password_hash", counting)
+    assert sign_in(session=session, email="nobody@example.com", password=PASSWORD) is None
+    assert sign_in(session=session, email="mia@example.com", password="wrong password") is None
+    assert len(calls) == 2
+    # The decoy is a real hash of the same kind, so it costs the same to check.
+    assert calls[0].split("$")[0] == calls[1].split("$")[0]
+
+
+def test_set_password_replaces_the_old_one(session: Session) -> None:
+    created = create_marketer(session=session, email="mia@example.com", password=PASSWORD)
+    old_hash = created.password_hash
+    changed = set_password(session=session, email="Mia@Example.com", password="a new password!")
+    assert changed.id == created.id and changed.password_hash != old_hash
+    assert sign_in(session=session, email="mia@example.com", password=PASSWORD) is None
+    assert sign_in(session=session, email="mia@example.com", password="a new password!")
+
+
+def test_set_password_refuses_unknown_people_and_short_passwords(session: Session) -> None:
+    created = create_marketer(session=session, email="mia@example.com", password=PASSWORD)
+    with pytest.raises(NotFound) as missing:
+        set_password(session=session, email="nobody@example.com", password="a new password!")
+    assert missing.value.field == "email"
+    with pytest.raises(InvalidInput) as short:
+        set_password(session=session, email="mia@example.com", password="short")
+    assert short.value.field == "password"
+    with pytest.raises(InvalidInput):
+        set_password(session=session, email="not an email", password="a new password!")
+    session.expire_all()
+    assert session.get(Marketer, created.id).password_hash == created.password_hash  # type: ignore[union-attr]
+
+
+def test_generated_passwords_are_long_enough_and_differ() -> None:
+    made = {generate_password() for _ in range(20)}
+    assert len(made) == 20
+    assert all(len(p) >= MIN_PASSWORD_CHARS and p.isascii() and " " not in p for p in made)
+
+
+@pytest.mark.parametrize(
+    ("raw", "normal"),
+    [(" A@B.example ", "a@b.example"), ("x.y+tag@Example.co.uk", "x.y+tag@example.co.uk")],
+)
+def test_normalize_email(raw: str, normal: str) -> None:
+    assert normalize_email(raw) == normal
+
+
+# --- copybandit users ... ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli_database(database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The migrated test database (SQLite copy, or the PostgreSQL schema) for the CLI to use."""
+    monkeypatch.setenv("COPYBANDIT_DATABASE_URL", database_url)
+    return database_url
+
+
+def run(*args: str, input: str | None = None) -> Result:
+    return CliRunner().invoke(main, list(args), input=input, catch_exceptions=False)
+
+
+def _session(url: str) -> Session:
+    return Session(make_engine(load_settings({"database_url": url})))
+
+
+def _checks(url: str, email: str, password: str) -> bool:
+    with _session(url) as session:
+        return sign_in(session=session, email=email, password=password) is not None
+
+
+def test_users_create_with_a_password(cli_database: str) -> None:
+    result = run("users", "create", "--email", "Mia@Example.com", "--password", PASSWORD)
+    assert result.exit_code == 0, result.output
+    assert result.output == "created dashboard user mia@example.com\n"
+    assert PASSWORD not in result.output
+    assert _checks(cli_database, "mia@example.com", PASSWORD)
+
+
+def test_users_create_prompts_twice_for_a_password(cli_database: str) -> None:
+    result = run("users", "create", "--email", "mia@example.com", input=f"{PASSWORD}\n{PASSWORD}\n")
+    assert result.exit_code == 0, result.output
+    assert "created dashboard user mia@example.com" in result.output
+    assert PASSWORD not in result.output  # hidden input is not echoed
+    assert _checks(cli_database, "mia@example.com", PASSWORD)
+
+
+def test_users_create_with_a_generated_password_prints_it(cli_database: str) -> None:
+    result = run("users", "create", "--email", "mia@example.com", "--generate-password")
+    assert result.exit_code == 0, result.output
+    match = re.search(r"^password: (\S+)$", result.output, re.M)
+    assert match and len(match.group(1)) >= MIN_PASSWORD_CHARS
+    assert _checks(cli_database, "mia@example.com", match.group(1))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--email", "mia", "--password", PASSWORD], "email: must look like name@example.com"),
+        (["--email", "mia@example.com", "--password", "short"], "at least 10 characters"),
+    ],
+)
+def test_users_create_refuses_bad_input(cli_database: str, args: list[str], message: str) -> None:
+    result = run("users", "create", *args)
+    assert result.exit_code == 1 and message in result.output
+    with _session(cli_database) as session:
+        assert list_marketers(session=session) == []
+
+
+def test_users_create_refuses_a_second_account_for_an_address(cli_database: str) -> None:
+    assert (
+        run("users", "create", "--email", "mia@example.com", "--password", PASSWORD).exit_code == 0
+    )
+    again = run("users", "create", "--email", "MIA@example.com", "--password", "other password")
+    assert again.exit_code == 1
+    assert "a marketer with email 'mia@example.com' already exists" in again.output
+    assert _checks(cli_database, "mia@example.com", PASSWORD)
+
+
+def test_users_list(cli_database: str) -> None:
+    assert run("users", "list").output == ""
+    run("users", "create", "--email", "mia@example.com", "--password", PASSWORD)
+    run("users", "create", "--email", "ola@example.com", "--password", PASSWORD)
+    _checks(cli_database, "ola@example.com", PASSWORD)
+    lines = run("users", "list").output.splitlines()
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    assert len(lines) == 2
+    assert lines[0] == f"mia@example.com  created {today}  last sign-in never"
+    assert re.fullmatch(
+        rf"ola@example\.com  created {today}  last sign-in {today} \d\d:\d\d", lines[1]
+    )
+    # Only addresses and dates: no hashes.
+    assert "scrypt" not in "\n".join(lines) and "$" not in "\n".join(lines)
+
+
+def test_users_set_password(cli_database: str) -> None:
+    run("users", "create", "--email", "mia@example.com", "--password", PASSWORD)
+    result = run("users", "set-password", "--email", "mia@example.com", "--password", "new one 123")
+    assert result.exit_code == 0 and "password changed for mia@example.com" in result.output
+    assert not _checks(cli_database, "mia@example.com", PASSWORD)
+    assert _checks(cli_database, "mia@example.com", "new one 123")
+
+
+def test_users_set_password_prompts_with_confirmation(cli_database: str) -> None:
+    run("users", "create", "--email", "mia@example.com", "--password", PASSWORD)
+    mismatch = run(
+        "users", "set-password", "--email", "mia@example.com", input="new one 123\nnew one 456\n"
+    )
+    assert mismatch.exit_code != 0
+    assert _checks(cli_database, "mia@example.com", PASSWORD)
+    typed = run(
+        "users",
+        "set-password",
+        "--email",
+        "mia@example.com",
+        input="new one 123\nnew one 123\n",
+    )
+    assert typed.exit_code == 0, typed.output
+    assert _checks(cli_database, "mia@example.com", "new one 123")
+
+
+@pytest.mark.parametrize(
+    ("email", "password", "message"),
+    [
+        ("nobody@example.com", "new one 123", "no marketer with email 'nobody@example.com'"),
+        ("mia@example.com", "short", "at least 10 characters"),
+    ],
+)
+def test_users_set_password_refuses(
+    cli_database: str, email: str, password: str, message: str
+) -> None:
+    run("users", "create", "--email", "mia@example.com", "--password", PASSWORD)
+    result = run("users", "set-password", "--email", email, "--password", password)
+    assert result.exit_code == 1 and message in result.output
+    assert _checks(cli_database, "mia@example.com", PASSWORD)
+
+
+# --- copybandit init ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_history(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`init`'s demo week, at a tenth of the traffic: the same code, a tenth of the time."""
+    monkeypatch.setattr(
+        service.cli, "seed_demo_history", functools.partial(seed_demo_history, decisions_per_day=60)
+    )
+
+
+def _demo_counts(url: str) -> tuple[int, int, int, int]:
+    with _session(url) as session:
+        impressions = session.exec(select(sa.func.count()).select_from(Impression)).one()
+        events = session.exec(select(sa.func.count()).select_from(Event)).one()
+        shown = session.exec(select(sa.func.sum(Variant.impressions))).one() or 0
+        converted = session.exec(select(sa.func.sum(Variant.conversions))).one() or 0
+    return impressions, events, int(shown), int(converted)
+
+
+def test_init_prints_a_dashboard_sign_in_once_and_seeds_a_week_of_history(
+    cli_database: str, small_history: None
+) -> None:
+    first = run("init")
+    assert first.exit_code == 0, first.output
+    assert "simulated a week of demo traffic: 420 decisions" in first.output
+    assert (
+        first.output.count("Dashboard sign-in (shown once): http://127.0.0.1:8000/dashboard/") == 1
+    )
+    (signed,) = SIGN_IN.findall(first.output)
+    assert signed[0] == "marketer@example.com"
+    assert _checks(cli_database, *signed)
+
+    impressions, events, shown, converted = _demo_counts(cli_database)
+    assert impressions == shown == 420
+    assert events == converted and 0 < converted < impressions
+    with _session(cli_database) as session:
+        oldest = session.exec(select(sa.func.min(Impression.created_at))).one()
+        newest = session.exec(select(sa.func.max(Impression.created_at))).one()
+        assert oldest is not None and newest is not None
+        oldest, newest = (
+            t if t.tzinfo is not None else t.replace(tzinfo=UTC) for t in (oldest, newest)
+        )
+        now = datetime.now(UTC)
+        # Spread over the past week, not all stamped now.
+        assert timedelta(days=6) < now - oldest <= timedelta(days=7, minutes=5)
+        assert now - newest < timedelta(hours=1)
+        late = session.exec(
+            select(sa.func.count())
+            .select_from(Event)
+            .join(Impression, col(Impression.id) == col(Event.impression_id))
+            .where(col(Event.created_at) < col(Impression.created_at))
+        ).one()
+        assert late == 0  # no conversion before the impression it follows
+        # All three segments got traffic.
+        experiment = session.exec(select(Experiment)).one()
+        per_segment = session.exec(
+            select(Impression.segment_id, sa.func.count())
+            .where(Impression.experiment_id == experiment.id)
+            .group_by(Impression.segment_id)
+        ).all()
+        assert len(per_segment) == 3 and all(n == 140 for _, n in per_segment)
+
+    again = run("init")
+    assert again.exit_code == 0, again.output
+    assert "Dashboard sign-in" not in again.output and SIGN_IN.findall(again.output) == []
+    assert "simulated" not in again.output
+    assert _demo_counts(cli_database)[0] == 420
+    with _session(cli_database) as session:
+        assert [m.email for m in list_marketers(session=session)] == ["marketer@example.com"]
+
+
+def test_init_without_demo_history(cli_database: str) -> None:
+    result = run("init", "--no-demo-history")
+    assert result.exit_code == 0, result.output
+    assert "seeded demo experiment" in result.output and "simulated" not in result.output
+    assert len(SIGN_IN.findall(result.output)) == 1
+    assert _demo_counts(cli_database) == (0, 0, 0, 0)
+
+
+def test_init_makes_no_account_when_there_is_one(cli_database: str, small_history: None) -> None:
+    run("users", "create", "--email", "mia@example.com", "--password", PASSWORD)
+    result = run("init", "--no-demo-history")
+    assert result.exit_code == 0
+    assert "Dashboard sign-in" not in result.output
+    with _session(cli_database) as session:
+        assert [m.email for m in list_marketers(session=session)] == ["mia@example.com"]
+
+
+def test_init_gives_no_history_to_a_database_that_has_experiments(
+    cli_database: str, api: Any, small_history: None
+) -> None:
+    api.create_experiment(name="Mine")
+    result = run("init")
+    assert result.exit_code == 0
+    assert "seeded" not in result.output and "simulated" not in result.output
+    assert _demo_counts(cli_database) == (0, 0, 0, 0)
+
+
+def test_init_uses_the_configured_host_and_port(
+    cli_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COPYBANDIT_HOST", "0.0.0.0")
+    monkeypatch.setenv("COPYBANDIT_PORT", "9123")
+    result = run("init", "--no-demo-history")
+    assert "Dashboard sign-in (shown once): http://0.0.0.0:9123/dashboard/" in result.output
