@@ -134,6 +134,24 @@ class BetaBernoulliTS:
         np.add.at(self._alpha, idx.astype(np.intp), r)
         np.add.at(self._beta, idx.astype(np.intp), 1.0 - r)
 
+    def add_counts(self, successes: ArrayLike, failures: ArrayLike) -> None:
+        """Add per-arm success and failure counts to the posterior in one step.
+
+        Parameters
+        ----------
+        successes, failures : array_like, shape (n_arms,)
+            Finite and >= 0 (fractional counts allowed).
+        """
+        s = np.asarray(successes, dtype=np.float64)
+        f = np.asarray(failures, dtype=np.float64)
+        for name, counts in (("successes", s), ("failures", f)):
+            if counts.shape != (self.n_arms,):
+                raise ValueError(f"{name} must have shape ({self.n_arms},), got {counts.shape}")
+            if not np.all(np.isfinite(counts) & (counts >= 0.0)):
+                raise ValueError(f"{name} must be finite and >= 0, got {counts.tolist()}")
+        self._alpha += s
+        self._beta += f
+
     def add_arm(self, alpha: float | None = None, beta: float | None = None) -> int:
         """Append an arm and return its index (``n_arms - 1``).
 

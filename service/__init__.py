@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from flask_openapi3 import Info, OpenAPI
 
 from service import api, dashboard, db, errors, jsonbody
+from service.auth import KeyCache
 from service.config import Settings, load_settings
 from service.errors import validation_error_response
 from service.generation_jobs import JobRunner
@@ -40,6 +41,7 @@ def create_app(config: Mapping[str, object] | None = None) -> OpenAPI:
         ttl_seconds=settings.snapshot_ttl_seconds,
         propensity_samples=settings.propensity_samples,
     )
+    app.extensions["copybandit.keys"] = KeyCache(settings.key_cache_seconds)
     db.init_app(app, settings)
     jobs = JobRunner(engine=app.extensions["copybandit.engine"], settings=settings)
     app.extensions["copybandit.jobs"] = jobs

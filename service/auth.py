@@ -2,6 +2,10 @@
 
 The secret is 32 random bytes, so a fast hash is enough: there is nothing to brute-force that a
 slow hash would protect. `admin` keys can do everything `serve` keys can.
+
+Each worker remembers keys it has checked for `COPYBANDIT_KEY_CACHE_SECONDS` (5 s by default), so
+a decision does not pay a database read to authenticate; the price is that a revoked key keeps
+working for up to that long in workers that saw it just before.
 """
 
 from __future__ import annotations
@@ -9,8 +13,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from flask import g, request
+from flask import current_app, g, request
 from sqlmodel import Session, select
 
 from service import db
@@ -63,6 +71,42 @@ def authenticate(*, session: Session, presented: str) -> ApiKey | None:
     return row
 
 
+@dataclass(frozen=True)
+class _Checked:
+    key_id: str
+    scope: str
+    until: float
+
+
+class KeyCache:
+    """Keys this worker authenticated recently, by the SHA-256 of the presented string."""
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, ttl_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl = ttl_seconds
+        self._clock = clock
+        self._entries: dict[str, _Checked] = {}
+        self._lock = threading.Lock()
+
+    def authenticate(self, presented: str) -> tuple[str, str] | None:
+        """(key id, scope) for a live key, or None; reads the database at most once per TTL."""
+        digest = _digest(presented)
+        now = self._clock()
+        hit = self._entries.get(digest)
+        if hit is not None and hit.until > now:
+            return hit.key_id, hit.scope
+        key = authenticate(session=db.session(), presented=presented)
+        if key is None:
+            return None  # failures are never cached: a new key works at once
+        if self._ttl > 0:
+            with self._lock:
+                if len(self._entries) >= self.MAX_ENTRIES:
+                    self._entries.clear()
+                self._entries[digest] = _Checked(key.id, key.scope, now + self._ttl)
+        return key.id, key.scope
+
+
 def require_key(scope: Scope) -> None:
     """The request must carry a live key of `scope` (or admin); raises 401/403 otherwise."""
     header = request.headers.get("Authorization", "")
@@ -71,9 +115,11 @@ def require_key(scope: Scope) -> None:
         raise Unauthorized(
             "send an API key as 'Authorization: Bearer <key>'", field="Authorization"
         )
-    key = authenticate(session=db.session(), presented=presented.strip())
-    if key is None:
+    cache: KeyCache = current_app.extensions["copybandit.keys"]
+    checked = cache.authenticate(presented.strip())
+    if checked is None:
         raise Unauthorized("invalid or revoked API key", field="Authorization")
-    if scope is Scope.ADMIN and key.scope != Scope.ADMIN:
+    key_id, key_scope = checked
+    if scope is Scope.ADMIN and key_scope != Scope.ADMIN:
         raise Forbidden("this endpoint needs an admin key", field="Authorization")
-    g.api_key_id = key.id
+    g.api_key_id = key_id

@@ -493,6 +493,9 @@ def serve(host: str | None, port: int | None, workers: int | None, access_log: b
         "workers": workers or settings.workers,
         "accesslog": "-" if access_log else None,
         "errorlog": "-",
+        # gunicorn's control socket is one path per user: two servers on a host would share it,
+        # and closing it adds seconds to every shutdown. copybandit does not use it.
+        "control_socket_disable": True,
     }
     from service.gunicorn import run
 

@@ -39,6 +39,8 @@ class Settings:
     # Monte-Carlo draws behind each recorded propensity, once per snapshot refresh.
     propensity_samples: int = 10_000
     max_request_bytes: int = 1024 * 1024
+    # How long a worker trusts an API key it has checked; a revoked key lasts at most this long.
+    key_cache_seconds: float = 5.0
     log_level: str = "INFO"
     # Generation: a local Hugging Face model folder, or "" for the bundled SmolLM2-135M GGUF.
     model: str = ""
@@ -81,6 +83,12 @@ class Settings:
             "PROPENSITY_SAMPLES",
             "must be between 100 and 1000000",
             self.propensity_samples,
+        )
+        _require(
+            0 <= self.key_cache_seconds <= 300,
+            "KEY_CACHE_SECONDS",
+            "must be between 0 and 300",
+            self.key_cache_seconds,
         )
         _require(
             self.max_request_bytes >= 1024,

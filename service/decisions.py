@@ -11,13 +11,25 @@ from service.config import Settings
 from service.db import insert_for, rows_changed
 from service.errors import Conflict
 from service.identity import hash_user_id, new_impression_id
-from service.models import Assignment, Impression, Variant
+from service.models import Assignment, Impression, Variant, utcnow
 from service.schemas import DecideIn
 from service.snapshot import SegmentArms, SnapshotCache
 
 POLICY_THOMPSON = "thompson-v1"
 # A sticky repeat is not a fresh draw: off-policy estimators must not treat it as one.
 POLICY_STICKY = "sticky-v1"
+
+# Built once: per request only the parameters change, so SQLAlchemy's compiled cache and the
+# driver's statement cache (sqlite3's, psycopg's prepared statements) are hit every time. Core
+# tables, not ORM entities: the ORM's bulk-statement machinery costs more than the SQL itself.
+_impression = Impression.__table__  # type: ignore[attr-defined]
+_variant = Variant.__table__  # type: ignore[attr-defined]
+_RECORD_IMPRESSION = sa.insert(_impression)
+_COUNT_IMPRESSION = (
+    sa.update(_variant)
+    .where(_variant.c.id == sa.bindparam("variant"))
+    .values(impressions=_variant.c.impressions + 1)
+)
 
 
 @dataclass(frozen=True)
@@ -53,22 +65,21 @@ def decide(
 
     variant_id = arms.variant_ids[arm]
     impression_id = new_impression_id()
-    session.execute(
-        sa.insert(Impression).values(
-            id=impression_id,
-            experiment_id=view.experiment_id,
-            segment_id=arms.segment_id,
-            variant_id=variant_id,
-            propensity=propensity,
-            policy=policy,
-            user_hash=user_hash,
-        )
+    connection = session.connection()
+    connection.execute(
+        _RECORD_IMPRESSION,
+        {
+            "id": impression_id,
+            "experiment_id": view.experiment_id,
+            "segment_id": arms.segment_id,
+            "variant_id": variant_id,
+            "propensity": propensity,
+            "policy": policy,
+            "user_hash": user_hash,
+            "created_at": utcnow(),
+        },
     )
-    session.execute(
-        sa.update(Variant)
-        .where(col(Variant.id) == variant_id)
-        .values(impressions=Variant.impressions + 1)
-    )
+    connection.execute(_COUNT_IMPRESSION, {"variant": variant_id})
     session.commit()
     cache.record_impression(arms, arm)
     return Decision(

@@ -324,6 +324,10 @@ class Health(BaseModel):
     database: Literal["ok"]
 
 
+class Alive(BaseModel):
+    status: Literal["ok"]
+
+
 class ErrorOut(BaseModel):
     error: str
     message: str

@@ -2,8 +2,9 @@
 
 A view is reloaded from the database counters when it is older than the configured TTL, and dropped
 at once when this worker changes something the posterior depends on (a conversion, a status
-change). Impressions this worker records are applied to its view in memory, so a burst of decisions
-between reloads does not keep favouring the same arm.
+change). Impressions this worker records are applied to its view in memory, from the next block of
+posterior draws (bandits.blocks), so a burst of decisions between reloads does not keep favouring
+the same arm.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 from sqlmodel import Session, col, select
 
 from bandits import BetaBernoulliTS
+from bandits.blocks import BlockSampler
 from service.errors import NotFound
 from service.models import Experiment, Segment, Variant, VariantStatus
 
@@ -27,13 +29,18 @@ class SegmentArms:
     key: str
     variant_ids: list[int]
     texts: list[str]
-    policy: BetaBernoulliTS | None
+    # Hands out one Thompson draw per decision, drawn in blocks (see bandits.blocks).
+    sampler: BlockSampler | None
     # P(each arm is chosen) under the posterior as loaded; recorded with every impression.
     propensities: np.ndarray
     arm_of: dict[int, int] = field(init=False)
 
     def __post_init__(self) -> None:
         self.arm_of = {variant_id: arm for arm, variant_id in enumerate(self.variant_ids)}
+
+    @property
+    def policy(self) -> BetaBernoulliTS | None:
+        return self.sampler.policy if self.sampler is not None else None
 
 
 @dataclass
@@ -77,15 +84,14 @@ class SnapshotCache:
         self._views.pop(experiment_id, None)
 
     def select(self, arms: SegmentArms) -> int:
-        assert arms.policy is not None
-        with self._lock:
-            return int(arms.policy.select())
+        assert arms.sampler is not None
+        return arms.sampler.select()
 
     def record_impression(self, arms: SegmentArms, arm: int) -> None:
-        """An impression is a trial whose reward is 0 until a conversion says otherwise."""
-        if arms.policy is not None:
-            with self._lock:
-                arms.policy.update(arm, 0.0)
+        """An impression is a trial whose reward is 0 until a conversion says otherwise; it
+        reaches the posterior at the sampler's next block."""
+        if arms.sampler is not None:
+            arms.sampler.update(arm, 0.0)
 
     def _load(self, session: Session, experiment_id: int) -> ExperimentView:
         experiment = session.get(Experiment, experiment_id)
@@ -128,6 +134,6 @@ class SnapshotCache:
             key=segment.key,
             variant_ids=[v.id for v in variants],  # type: ignore[misc]
             texts=[v.text for v in variants],
-            policy=policy,
+            sampler=BlockSampler(policy, lock=self._lock) if policy is not None else None,
             propensities=propensities,
         )

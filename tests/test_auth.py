@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from sqlmodel import Session
 
-from service.auth import authenticate, create_key, revoke_key
+from service.auth import KeyCache, authenticate, create_key, revoke_key
 from service.models import ApiKey, Scope
 
 
@@ -158,18 +158,53 @@ def test_admin_key_may_use_admin_endpoints(api: Any, experiment: dict[str, Any])
         assert response.status_code == expected, (method, path, response.get_json())
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.mark.parametrize("scope", ["admin", "serve"])
-def test_revoked_key_is_401(
-    api: Any, session: Session, experiment: dict[str, Any], scope: str
+def test_revoked_key_is_401_once_the_workers_key_cache_expires(
+    app: Any, api: Any, session: Session, experiment: dict[str, Any], scope: str
 ) -> None:
+    clock = Clock()
+    app.extensions["copybandit.keys"] = KeyCache(5.0, clock=clock)
     decide = ("POST", "/v1/decide", {"experiment": experiment["id"]})
     assert _call_as(api, scope, *decide).status_code == 200  # it works until it is revoked
 
     revoke_key(session=session, key_id=_key_id(api.keys[scope]))
+    clock.now += 4.9
+    assert _call_as(api, scope, *decide).status_code == 200  # this worker checked it 4.9 s ago
+    clock.now += 0.2
 
     _assert_401(_call_as(api, scope, *decide))
     other = "serve" if scope == "admin" else "admin"
     assert _call_as(api, other, *decide).status_code == 200
+
+
+def test_key_cache_never_remembers_a_failure(app: Any, api: Any, session: Session) -> None:
+    clock = Clock()
+    cache = KeyCache(5.0, clock=clock)
+    _, fresh = create_key(session=session, scope=Scope.SERVE)
+    wrong = fresh[:-1] + ("A" if fresh[-1] != "A" else "B")
+    with app.test_request_context():
+        assert cache.authenticate(wrong) is None
+        assert cache.authenticate(fresh) == (_key_id(fresh), "serve")
+        assert cache.authenticate(wrong) is None  # still refused: no negative caching
+
+
+def test_key_cache_of_zero_seconds_reads_the_database_every_time(
+    app: Any, api: Any, session: Session
+) -> None:
+    cache = KeyCache(0.0)
+    _, key = create_key(session=session, scope=Scope.ADMIN)
+    with app.test_request_context():
+        assert cache.authenticate(key) == (_key_id(key), "admin")
+        revoke_key(session=session, key_id=_key_id(key))
+        assert cache.authenticate(key) is None
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/openapi.json"])

@@ -16,6 +16,7 @@ ENDPOINTS = [
     ("post", "/v1/decide", "DecideIn", "200", "DecideOut"),
     ("post", "/v1/events", "EventsIn", "200", "EventsOut"),
     ("get", "/healthz", None, "200", "Health"),
+    ("get", "/livez", None, "200", "Alive"),
 ]
 
 
@@ -61,6 +62,13 @@ def test_nothing_undocumented_is_routed(app: Any, spec: dict[str, Any]) -> None:
         if rule.endpoint != "static" and not rule.endpoint.startswith("dashboard.")
     } - {"/openapi.json", "/"}
     assert routed == set(spec["paths"])
+
+
+def test_livez_needs_no_key_and_no_database() -> None:
+    down = create_app({"database_url": "postgresql://nobody@127.0.0.1:1/none", "env": "test"})
+    response = down.test_client().get("/livez")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok"}
 
 
 def test_healthz_needs_no_key(client: Any) -> None:

@@ -70,13 +70,15 @@ def test_invalidate_forces_a_reload(
     assert _alpha(cache, session, experiment["id"]).tolist() == [5.0, 1.0]
 
 
-def test_local_impressions_count_as_trials_between_reloads(
+def test_local_impressions_count_as_trials_from_the_next_block_of_draws(
     cache: SnapshotCache, session: Session, experiment: dict[str, Any]
 ) -> None:
     arms = cache.get(session=session, experiment_id=experiment["id"]).segment("tea-lovers")
-    cache.record_impression(arms, 1)
-    cache.record_impression(arms, 1)
     assert arms.policy is not None
+    cache.record_impression(arms, 1)
+    cache.record_impression(arms, 1)
+    assert arms.policy.posterior()[1].tolist() == [1.0, 1.0]  # pending until the next draw
+    cache.select(arms)
     alpha, beta = arms.policy.posterior()
     assert alpha.tolist() == [1.0, 1.0] and beta.tolist() == [1.0, 3.0]
 

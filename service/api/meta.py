@@ -11,9 +11,16 @@ from flask_openapi3 import APIBlueprint, Tag
 from service import db
 from service.api.common import json_of
 from service.errors import ServiceUnavailable
-from service.schemas import ErrorOut, Health
+from service.schemas import Alive, ErrorOut, Health
 
 api = APIBlueprint("meta", __name__, abp_tags=[Tag(name="meta")])
+
+
+@api.get("/livez", responses={200: Alive})
+def livez() -> tuple[dict[str, Any], int]:
+    """Liveness: the process answers. Touches no database, so it is also the baseline the
+    HTTP benchmark compares decisions with."""
+    return json_of(Alive(status="ok"))
 
 
 @api.get("/healthz", responses={200: Health, 503: ErrorOut})

@@ -16,6 +16,7 @@ from generation.model import LoadedModel, ModelConfig, load_model
 from generation.prompts import build_messages
 from generation.similarity import DEFAULT_THRESHOLD, NgramSimilarity, Similarity
 from generation.writer import Sample, SamplingConfig, TransformersWriter
+from tests.benchmarks.targets import target
 
 ROOT = Path(__file__).resolve().parents[2]
 BATCH = 16
@@ -175,6 +176,28 @@ def run() -> dict[str, Any]:
         folder = Path(spec.submodule_search_locations[0]) / "model"
         dedupe.append(_dedupe_figures("all-MiniLM-L6-v2", MiniLMSimilarity(folder), None))
     figures["dedupe"] = dedupe
+    figures["targets"] = [
+        target(
+            "generation warm start",
+            figures["warm_start_s"],
+            "<= 2 s",
+            figures["warm_start_s"] <= 2,
+            unit="s",
+        ),
+        target(
+            "generation pipeline vs raw generate",
+            figures["pipeline_vs_raw"],
+            ">= 0.8",
+            figures["pipeline_vs_raw"] >= 0.8,
+        ),
+        target(
+            "8 accepted variants, one segment",
+            figures["eight_variants_s"],
+            "<= 20 s",
+            figures["eight_variants_s"] <= 20 and figures["eight_variants_accepted"] >= 8,
+            unit="s",
+        ),
+    ]
     _print(figures)
     return figures
 

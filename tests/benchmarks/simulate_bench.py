@@ -8,6 +8,7 @@ from typing import Any
 
 from bandits.simulate import simulate
 from bandits.worlds import load_scenario
+from tests.benchmarks.targets import target
 
 ROOT = Path(__file__).resolve().parents[2]
 IMPRESSIONS = 1_000_000
@@ -28,6 +29,14 @@ def run() -> dict[str, Any]:
         "impressions_per_second": round(IMPRESSIONS / elapsed),
         "impressions_per_minute": round(IMPRESSIONS / elapsed * 60),
     }
+    figures["targets"] = [
+        target(
+            "simulated impressions per minute",
+            figures["impressions_per_minute"],
+            ">= 1,000,000",
+            figures["impressions_per_minute"] >= 1_000_000,
+        )
+    ]
     print(f"\nSimulation (Thompson sampling, {arms} arms, batches of 100)")
     print(
         f"  {IMPRESSIONS:,} impressions in {figures['seconds']} s: "
