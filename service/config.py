@@ -27,6 +27,9 @@ class ConfigError(ValueError):
 class Settings:
     env: str = "development"
     database_url: str = "sqlite:///var/copybandit.db"
+    # "on": test each pooled PostgreSQL connection with a round trip before every use. Off, a
+    # connection the server dropped fails one request (503) and the pool reconnects.
+    database_pre_ping: str = "off"
     # Keys the HMAC of user ids: the raw id is never stored, and the same user maps to the same
     # hash only while this key stays the same.
     user_id_key: str = DEV_SECRET
@@ -127,6 +130,12 @@ class Settings:
             self.model,
         )
         _require(self.scheduler in ("on", "off"), "SCHEDULER", "must be on or off", self.scheduler)
+        _require(
+            self.database_pre_ping in ("on", "off"),
+            "DATABASE_PRE_PING",
+            "must be on or off",
+            self.database_pre_ping,
+        )
         _require(
             self.lifecycle_interval_seconds >= 1,
             "LIFECYCLE_INTERVAL_SECONDS",

@@ -16,7 +16,14 @@ from service.config import Settings
 def make_engine(settings: Settings) -> sa.Engine:
     if settings.is_sqlite:
         return _sqlite_engine(settings.database_url)
-    return sa.create_engine(settings.database_url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    return sa.create_engine(
+        settings.database_url,
+        pool_pre_ping=settings.database_pre_ping == "on",
+        # Servers and proxies drop idle connections; replace them before that happens.
+        pool_recycle=1800,
+        pool_size=5,
+        max_overflow=10,
+    )
 
 
 def _sqlite_engine(url: str) -> sa.Engine:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import sqlalchemy as sa
 from flask import Flask, Response, jsonify
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
@@ -104,6 +105,16 @@ def register(app: Flask) -> None:
             return exc.response  # type: ignore[return-value]
         status = exc.code or 500
         return error_response(status, _HTTP_CODES.get(status, "error"), exc.description or "")
+
+    @app.errorhandler(sa.exc.DBAPIError)
+    def _database_error(exc: sa.exc.DBAPIError) -> Response:
+        db.session().rollback()
+        if exc.connection_invalidated or isinstance(exc, sa.exc.OperationalError):
+            # The pool has dropped the dead connection; the client's retry gets a fresh one.
+            log.warning("database unavailable: %s", exc.orig)
+            return error_response(503, "unavailable", "the database is unavailable; retry")
+        log.exception("database error")
+        return error_response(500, "internal", "internal error; it has been logged")
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

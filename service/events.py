@@ -10,10 +10,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
-from sqlmodel import Session, col, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session
 
-from service.db import insert_for
-from service.models import Event, Impression, Variant
+from service.models import Event, Impression, Variant, utcnow
 from service.schemas import EventIn, RejectedEvent
 
 
@@ -26,13 +26,39 @@ class EventsOutcome:
     segments: set[int] = field(default_factory=set)
 
 
+_impression = Impression.__table__  # type: ignore[attr-defined]
+_event = Event.__table__  # type: ignore[attr-defined]
+_variant = Variant.__table__  # type: ignore[attr-defined]
+# Built once and run with parameter lists: SQLAlchemy compiles each exactly once (a `.values(rows)`
+# statement with a thousand rows would be compiled anew on every batch), and the driver's
+# statement cache and psycopg's prepared statements are reused.
+_KNOWN_IMPRESSIONS = sa.select(
+    _impression.c.id,
+    _impression.c.variant_id,
+    _impression.c.experiment_id,
+    _impression.c.segment_id,
+).where(_impression.c.id.in_(sa.bindparam("ids", expanding=True)))
+_RECORD_EVENTS = {
+    dialect: insert(_event).on_conflict_do_nothing().returning(_event.c.impression_id)
+    for dialect, insert in (("sqlite", sqlite.insert), ("postgresql", postgresql.insert))
+}
+_COUNT_CONVERSIONS = (
+    sa.update(_variant)
+    .where(_variant.c.id == sa.bindparam("variant"))
+    .values(conversions=_variant.c.conversions + sa.bindparam("converted"))
+)
+
+
 def record_events(*, session: Session, events: list[EventIn]) -> EventsOutcome:
     outcome = EventsOutcome()
-    wanted = {event.impression_id for event in events}
+    connection = session.connection()
     known = {
         row.id: row
-        for row in session.exec(select(Impression).where(col(Impression.id).in_(wanted)))
+        for row in connection.execute(
+            _KNOWN_IMPRESSIONS, {"ids": list({event.impression_id for event in events})}
+        )
     }
+    now = utcnow()
     rows: list[dict[str, object]] = []
     seen_impressions: set[str] = set()
     seen_event_ids: set[str] = set()
@@ -57,28 +83,22 @@ def record_events(*, session: Session, events: list[EventIn]) -> EventsOutcome:
                 "variant_id": impression.variant_id,
                 "type": event.type,
                 "value": event.value,
+                "created_at": now,
             }
         )
     if rows:
-        inserted = (
-            session.execute(
-                insert_for(session)(Event)
-                .values(rows)
-                .on_conflict_do_nothing()
-                .returning(col(Event.impression_id))
-            )
-            .scalars()
-            .all()
-        )
+        inserted = connection.execute(_RECORD_EVENTS[connection.dialect.name], rows).scalars().all()
         outcome.accepted = len(inserted)
         outcome.duplicate += len(rows) - len(inserted)
         per_variant = Counter(known[impression_id].variant_id for impression_id in inserted)
-        # Fixed lock order: concurrent batches touching the same variants cannot deadlock.
-        for variant_id in sorted(per_variant):
-            session.execute(
-                sa.update(Variant)
-                .where(col(Variant.id) == variant_id)
-                .values(conversions=Variant.conversions + per_variant[variant_id])
+        if per_variant:
+            # Fixed lock order: concurrent batches touching the same variants cannot deadlock.
+            connection.execute(
+                _COUNT_CONVERSIONS,
+                [
+                    {"variant": variant_id, "converted": per_variant[variant_id]}
+                    for variant_id in sorted(per_variant)
+                ],
             )
         outcome.experiments = {known[i].experiment_id for i in inserted}
         outcome.segments = {known[i].segment_id for i in inserted}

@@ -10,7 +10,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from flask import Flask, redirect, url_for
+from flask import Flask, Request, redirect, url_for
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from werkzeug.routing import IntegerConverter
 from werkzeug.wrappers import Response
 
@@ -20,6 +21,16 @@ from service.dashboard.blueprint import bp
 
 # Imported for their routes, which they attach to `bp`.
 _PAGES = (account_pages, experiment_pages, review_pages)
+
+
+class DashboardOnlySessions(SecureCookieSessionInterface):
+    """The signed-cookie session, opened only for dashboard pages: API requests never read a
+    cookie (the API authenticates by key alone) and skip the cost of looking for one."""
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        if not request.path.startswith("/dashboard/"):
+            return self.make_null_session(app)
+        return super().open_session(app, request)
 
 
 class DbIdConverter(IntegerConverter):
@@ -36,6 +47,7 @@ def register(app: Flask, settings: Settings) -> None:
         SESSION_COOKIE_SECURE=settings.env == "production",
         PERMANENT_SESSION_LIFETIME=timedelta(hours=settings.dashboard_session_hours),
     )
+    app.session_interface = DashboardOnlySessions()
     # Ids are 32-bit in the database: a larger one in a URL is a 404, never a database error.
     app.url_map.converters["id"] = DbIdConverter
     app.register_blueprint(bp)
