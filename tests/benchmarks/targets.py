@@ -24,6 +24,7 @@ def print_targets(targets: list[dict[str, Any]]) -> None:
     print("\nTargets")
     width = max((len(t["name"]) for t in targets), default=0)
     for t in targets:
-        measured = f"{t['measured']:,.3g}" if isinstance(t["measured"], float) else t["measured"]
+        value = t["measured"]
+        measured = f"{value:,.3g}" if isinstance(value, float) else f"{value:,}"
         verdict = "holds" if t["holds"] else "MISSED"
         print(f"  {t['name']:<{width}}  {measured} {t['unit']:<8} {t['goal']:<28} {verdict}")
