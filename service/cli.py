@@ -1,5 +1,5 @@
 """The `copybandit` command: serve, migrate, init, keys, users, seed-demo, generate, lifecycle,
-simulate, ope."""
+simulate, ope, check, purge."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from sqlmodel import Session, select
 from service import migrate as migrations
 from service.auth import create_key, list_keys, revoke_key
 from service.config import ConfigError, Settings, load_settings
+from service.consistency import check_counters
 from service.db import make_engine
 from service.demo import seed_demo
 from service.demo_history import seed_demo_history
@@ -25,6 +26,8 @@ from service.marketers import create_marketer, generate_password, list_marketers
 from service.models import ApiKey, JobStatus, Scope, Variant
 from service.ope import evaluate as evaluate_policy
 from service.ope import format_table as format_ope_table
+from service.retention import PurgeReport, parse_age
+from service.retention import purge as purge_rows
 
 # The account `init` makes on first run, so `make run` can be signed in to at once.
 FIRST_MARKETER = "marketer@example.com"
@@ -382,6 +385,49 @@ def _simulate_http(
     (out / "http.json").write_text(json.dumps(summary, indent=2) + "\n")
     click.echo(json.dumps(summary, indent=2))
     click.echo(f"wrote {out / 'http.json'}")
+
+
+@main.command()
+def check() -> None:
+    """Recount every variant's counters from its rows; exit 1 on any mismatch."""
+    with _session(_settings()) as session:
+        report = check_counters(session=session)
+    for m in report.mismatches:
+        click.echo(
+            f"variant {m.variant_id}: {m.counter} stored {m.stored}, recounted {m.recounted}",
+            err=True,
+        )
+    if not report.ok:
+        raise click.ClickException(
+            f"{len(report.mismatches)} mismatched counter(s) in {report.variants} variants"
+        )
+    click.echo(f"{report.variants} variants checked: every counter matches its rows")
+
+
+@main.command()
+@click.option("--older-than", "older_than", required=True, help="Age, like 90d, 12h or 30m.")
+@click.option("--batch-size", type=click.IntRange(1, 1_000_000), default=5_000, show_default=True)
+def purge(older_than: str, batch_size: int) -> None:
+    """Delete impressions and events older than --older-than, in batches; counters stay exact."""
+    try:
+        age = parse_age(older_than)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    settings = _settings()
+
+    def say(report: PurgeReport) -> None:
+        click.echo(
+            f"  deleted {report.events:,} events, {report.impressions:,} impressions so far",
+            err=True,
+        )
+
+    report = purge_rows(
+        engine=make_engine(settings), older_than=age, batch_size=batch_size, progress=say
+    )
+    click.echo(
+        f"purged {report.events:,} events and {report.impressions:,} impressions older than "
+        f"{report.cutoff:%Y-%m-%d %H:%M} UTC"
+    )
 
 
 @main.group()

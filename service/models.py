@@ -140,6 +140,14 @@ class Variant(SQLModel, table=True):
         default=0, sa_type=sa.BigInteger, sa_column_kwargs={"server_default": "0"}
     )
     folded_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    # Rows `copybandit purge` deleted. The counters keep them, so the statistics stay exact, and
+    # `copybandit check` adds these to its recount of what is left.
+    purged_impressions: int = Field(
+        default=0, sa_type=sa.BigInteger, sa_column_kwargs={"server_default": "0"}
+    )
+    purged_conversions: int = Field(
+        default=0, sa_type=sa.BigInteger, sa_column_kwargs={"server_default": "0"}
+    )
     # For generated copy: model, prompt, seed, lint results and job, so every line can be explained.
     audit: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
     created_at: datetime = _timestamp()
