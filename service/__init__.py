@@ -13,6 +13,7 @@ from service.config import Settings, load_settings
 from service.errors import validation_error_response
 from service.generation_jobs import JobRunner
 from service.lifecycle import GuardrailWatch, run_lifecycle
+from service.ratelimit import RateLimiter
 from service.scheduler import PeriodicJob, start_background
 from service.snapshot import SnapshotCache
 
@@ -42,6 +43,9 @@ def create_app(config: Mapping[str, object] | None = None) -> OpenAPI:
         propensity_samples=settings.propensity_samples,
     )
     app.extensions["copybandit.keys"] = KeyCache(settings.key_cache_seconds)
+    app.extensions["copybandit.ratelimit"] = RateLimiter(
+        settings.rate_limit_per_second, settings.rate_limit_burst
+    )
     db.init_app(app, settings)
     jobs = JobRunner(engine=app.extensions["copybandit.engine"], settings=settings)
     app.extensions["copybandit.jobs"] = jobs

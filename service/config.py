@@ -42,6 +42,9 @@ class Settings:
     # Monte-Carlo draws behind each recorded propensity, once per snapshot refresh.
     propensity_samples: int = 10_000
     max_request_bytes: int = 1024 * 1024
+    # Serving requests (decide, events) per second per API key in each worker; 0 turns it off.
+    rate_limit_per_second: float = 1000.0
+    rate_limit_burst: float = 2000.0
     # How long a worker trusts an API key it has checked; a revoked key lasts at most this long.
     key_cache_seconds: float = 5.0
     log_level: str = "INFO"
@@ -86,6 +89,18 @@ class Settings:
             "PROPENSITY_SAMPLES",
             "must be between 100 and 1000000",
             self.propensity_samples,
+        )
+        _require(
+            self.rate_limit_per_second >= 0,
+            "RATE_LIMIT_PER_SECOND",
+            "must be >= 0 (0 turns rate limiting off)",
+            self.rate_limit_per_second,
+        )
+        _require(
+            self.rate_limit_burst >= 1,
+            "RATE_LIMIT_BURST",
+            "must be >= 1",
+            self.rate_limit_burst,
         )
         _require(
             0 <= self.key_cache_seconds <= 300,

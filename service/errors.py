@@ -69,6 +69,15 @@ class Conflict(APIError):
     code = "conflict"
 
 
+class RateLimited(APIError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: str):
+        super().__init__(message, field="Authorization")
+        self.retry_after = retry_after
+
+
 class ServiceUnavailable(APIError):
     status = 503
     code = "unavailable"
@@ -96,7 +105,10 @@ def validation_error_response(exc: ValidationError) -> Response:
 def register(app: Flask) -> None:
     @app.errorhandler(APIError)
     def _api_error(exc: APIError) -> Response:
-        return error_response(exc.status, exc.code, exc.message, exc.field)
+        response = error_response(exc.status, exc.code, exc.message, exc.field)
+        if isinstance(exc, RateLimited):
+            response.headers["Retry-After"] = exc.retry_after
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

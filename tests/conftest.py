@@ -99,6 +99,8 @@ def app_config(database_url: str) -> dict[str, Any]:
         "propensity_samples": 2000,
         # Tests drive the lifecycle themselves; no background ticks.
         "scheduler": "off",
+        # Loops of decisions on one key would trip it; tests/test_ratelimit.py turns it on.
+        "rate_limit_per_second": 0.0,
     }
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app
+from flask import current_app, g
 from flask_openapi3 import APIBlueprint
 from pydantic import BaseModel
 
 from service.auth import require_key
+from service.errors import RateLimited
 from service.jsonbody import parse_json_body
 from service.models import Scope
+from service.ratelimit import retry_after_header
 from service.schemas import ErrorOut
 
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -23,6 +25,7 @@ AUTH_ERRORS: dict[int, type[BaseModel]] = {
     409: ErrorOut,
     413: ErrorOut,
     415: ErrorOut,
+    429: ErrorOut,
 }
 
 
@@ -38,11 +41,19 @@ def settings() -> Any:
     return current_app.extensions["copybandit.settings"]
 
 
-def guarded(blueprint: APIBlueprint, scope: Scope) -> APIBlueprint:
-    """Every route of `blueprint` checks the key, then the body, before validation sees it."""
+def guarded(blueprint: APIBlueprint, scope: Scope, *, rate_limited: bool = False) -> APIBlueprint:
+    """Every route of `blueprint` checks the key (and, if `rate_limited`, its request budget),
+    then the body, before validation sees it."""
 
     def guard() -> None:
         require_key(scope)
+        if rate_limited:
+            wait = current_app.extensions["copybandit.ratelimit"].take(g.api_key_id)
+            if wait > 0:
+                raise RateLimited(
+                    "too many requests for this API key; retry after the Retry-After seconds",
+                    retry_after=retry_after_header(wait),
+                )
         parse_json_body()
 
     blueprint.before_request(guard)

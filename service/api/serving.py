@@ -20,6 +20,7 @@ api = guarded(
         "serving", __name__, url_prefix="/v1", abp_tags=[Tag(name="serving")], abp_security=BEARER
     ),
     Scope.SERVE,
+    rate_limited=True,
 )
 
 

@@ -1,0 +1,49 @@
+"""Per-key rate limits for the serving endpoints: a token bucket per API key, per worker process.
+
+A storefront that loops or floods spends its own key's budget and gets 429 with `Retry-After`;
+other keys are untouched. Buckets live in the worker's memory, so with N worker processes a key
+can reach N times the configured rate overall: set `COPYBANDIT_RATE_LIMIT_PER_SECOND` to the
+per-process share you want.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+
+
+class RateLimiter:
+    """Allows `rate` requests per second per key on average, bursts up to `burst`."""
+
+    MAX_KEYS = 10_000
+
+    def __init__(
+        self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last refill time)
+        self._lock = threading.Lock()
+
+    def take(self, key: str) -> float:
+        """0.0 if this request may go ahead; otherwise seconds until one would be allowed."""
+        if self.rate <= 0:
+            return 0.0
+        now = self._clock()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            if tokens >= 1.0:
+                if len(self._buckets) >= self.MAX_KEYS and key not in self._buckets:
+                    self._buckets.clear()  # keys are few; this only bounds a pathological case
+                self._buckets[key] = (tokens - 1.0, now)
+                return 0.0
+            self._buckets[key] = (tokens, now)
+            return (1.0 - tokens) / self.rate
+
+
+def retry_after_header(wait: float) -> str:
+    return str(max(1, math.ceil(wait)))

@@ -1,0 +1,68 @@
+"""Per-key rate limits on the serving endpoints: 429 with Retry-After, other keys unaffected."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlmodel import Session
+
+from service.auth import create_key
+from service.models import Scope
+from service.ratelimit import RateLimiter
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_bucket_allows_the_burst_then_the_rate() -> None:
+    clock = Clock()
+    limiter = RateLimiter(rate=2.0, burst=3.0, clock=clock)
+    assert [limiter.take("k") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.take("k") == pytest.approx(0.5)  # empty: one token every 0.5 s
+    clock.now += 0.5
+    assert limiter.take("k") == 0.0
+    assert limiter.take("k") > 0
+    assert limiter.take("other") == 0.0  # every key has its own bucket
+    clock.now += 100
+    assert [limiter.take("k") for _ in range(4)][:3] == [0.0, 0.0, 0.0]  # refills to the burst only
+
+
+def test_rate_zero_turns_it_off() -> None:
+    limiter = RateLimiter(rate=0.0, burst=1.0)
+    assert all(limiter.take("k") == 0.0 for _ in range(1000))
+
+
+def test_decide_over_the_limit_is_429_with_retry_after_and_records_nothing(
+    app: Any, api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    clock = Clock()
+    app.extensions["copybandit.ratelimit"] = RateLimiter(rate=1.0, burst=2.0, clock=clock)
+    body = {"experiment": experiment["id"]}
+    assert api.post("/v1/decide", json=body, key="serve").status_code == 200
+    assert api.post("/v1/decide", json=body, key="serve").status_code == 200
+    before = api.get(f"/v1/experiments/{experiment['id']}/report").get_json()
+    limited = api.post("/v1/decide", json=body, key="serve")
+    assert limited.status_code == 429
+    assert limited.get_json()["error"] == "rate_limited"
+    assert limited.headers["Retry-After"] == "1"
+    after = api.get(f"/v1/experiments/{experiment['id']}/report").get_json()
+    assert [s["impressions"] for s in after["segments"]] == [
+        s["impressions"] for s in before["segments"]
+    ]
+    # Another serve key has its own budget; admin endpoints are not limited.
+    _, other = create_key(session=session, scope=Scope.SERVE)
+    assert api.post("/v1/decide", json=body, key=other).status_code == 200
+    clock.now += 1.0
+    assert api.post("/v1/decide", json=body, key="serve").status_code == 200
+
+
+def test_a_bad_key_is_401_not_429(app: Any, api: Any, experiment: dict[str, Any]) -> None:
+    app.extensions["copybandit.ratelimit"] = RateLimiter(rate=1.0, burst=1.0, clock=Clock())
+    response = api.post("/v1/decide", json={"experiment": experiment["id"]}, key="cb_nope_nope")
+    assert response.status_code == 401
