@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 
 from flask_openapi3 import Info, OpenAPI
 
-from service import api, dashboard, db, errors, jsonbody
+from service import api, dashboard, db, errors, jsonbody, logs
 from service.auth import KeyCache
 from service.config import Settings, load_settings
 from service.errors import validation_error_response
@@ -23,7 +22,7 @@ __all__ = ["create_app"]
 def create_app(config: Mapping[str, object] | None = None) -> OpenAPI:
     """Build an app from defaults, `COPYBANDIT_*` variables and `config`; no global state."""
     settings: Settings = load_settings(config).validate()
-    logging.basicConfig(level=settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     app = OpenAPI(
         __name__,
         info=Info(

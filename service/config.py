@@ -48,6 +48,8 @@ class Settings:
     # How long a worker trusts an API key it has checked; a revoked key lasts at most this long.
     key_cache_seconds: float = 5.0
     log_level: str = "INFO"
+    # "json": one JSON object per line (time, level, logger, message, exception).
+    log_format: str = "text"
     # Generation: a local Hugging Face model folder, or "" for the bundled SmolLM2-135M GGUF.
     model: str = ""
     model_cache_dir: str = "var/models"
@@ -145,6 +147,12 @@ class Settings:
             self.model,
         )
         _require(self.scheduler in ("on", "off"), "SCHEDULER", "must be on or off", self.scheduler)
+        _require(
+            self.log_format in ("text", "json"),
+            "LOG_FORMAT",
+            "must be text or json",
+            self.log_format,
+        )
         _require(
             self.database_pre_ping in ("on", "off"),
             "DATABASE_PRE_PING",

@@ -1,0 +1,44 @@
+"""Logging set-up: plain lines for a terminal, or one JSON object per line for a log pipeline.
+
+What gets logged is chosen so that no raw user id or API key can appear: user ids are HMAC-hashed
+before anything sees them, and keys are only ever compared as digests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+
+FORMATS = ("text", "json")
+
+
+class JsonLines(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            "process": record.process,
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure(level: str, log_format: str) -> None:
+    """Idempotent: a second app in the same process (tests) does not add handlers."""
+    root = logging.getLogger()
+    root.setLevel(level)
+    if log_format == "json":
+        handler = next((h for h in root.handlers if getattr(h, "_copybandit", False)), None)
+        if handler is None:
+            handler = logging.StreamHandler()
+            handler._copybandit = True  # type: ignore[attr-defined]
+            for old in list(root.handlers):
+                root.removeHandler(old)
+            root.addHandler(handler)
+        handler.setFormatter(JsonLines())
+    else:
+        logging.basicConfig(level=level)
