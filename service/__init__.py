@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from flask_openapi3 import Info, OpenAPI
 
-from service import api, dashboard, db, errors, jsonbody, logs
+from service import api, dashboard, db, errors, jsonbody, logs, metrics
 from service.auth import KeyCache
 from service.config import Settings, load_settings
 from service.errors import validation_error_response
@@ -63,4 +63,5 @@ def create_app(config: Mapping[str, object] | None = None) -> OpenAPI:
     errors.register(app)
     api.register(app)
     dashboard.register(app, settings)
+    metrics.init_app(app)
     return app

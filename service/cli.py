@@ -430,6 +430,25 @@ def purge(older_than: str, batch_size: int) -> None:
     )
 
 
+def _prepare_metrics_folder(options: dict[str, Any]) -> None:
+    """Workers write their metrics under one folder (see service.metrics); a fresh one per
+    server, so counts from an earlier run never leak into this one."""
+    import os
+    import shutil
+
+    from prometheus_client import multiprocess
+
+    from service.metrics import MULTIPROC_ENV
+
+    folder = Path(os.environ.get(MULTIPROC_ENV) or f"var/metrics/{os.getpid()}").resolve()
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    os.environ[MULTIPROC_ENV] = str(folder)
+    # A dead worker's live gauges must stop counting; its counters stay in the sums.
+    options["child_exit"] = lambda _server, worker: multiprocess.mark_process_dead(worker.pid)
+    options["on_exit"] = lambda _server: shutil.rmtree(folder, ignore_errors=True)
+
+
 @main.group()
 def keys() -> None:
     """Create, list and revoke API keys."""
@@ -545,5 +564,6 @@ def serve(host: str | None, port: int | None, workers: int | None, access_log: b
     }
     from service.gunicorn import run
 
+    _prepare_metrics_folder(options)
     click.echo(f"serving on http://{options['bind']} with {options['workers']} workers", err=True)
     run(options)

@@ -24,6 +24,7 @@ from generation.writer import Writer
 from service.config import Settings
 from service.experiments import fetch, find_segment, get_experiment, segments_of
 from service.lifecycle import assign_prior
+from service.metrics import metrics
 from service.models import (
     Experiment,
     GenerationJob,
@@ -132,6 +133,7 @@ def run_job(
                 error=f"{type(exc).__name__}: {exc}"[:2000],
                 message="failed",
             )
+            metrics().generation_jobs.labels("failed").inc()
             return job
         accepted = sum(len(s["variant_ids"]) for s in result["segments"].values())
         _update(
@@ -143,6 +145,7 @@ def run_job(
             result=result,
             message=f"done: {accepted} new variants",
         )
+        metrics().generation_jobs.labels("succeeded").inc()
         return job
 
 

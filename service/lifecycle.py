@@ -20,6 +20,7 @@ from sqlmodel import Session, col, select
 from bandits import stats
 from bandits.priors import discount_factor, empirical_bayes_prior
 from service.db import rows_changed
+from service.metrics import metrics
 from service.models import (
     Experiment,
     GenerationJob,
@@ -308,6 +309,8 @@ def apply_segment(
         )
     session.add_all(events)
     session.commit()
+    for event in events:
+        metrics().lifecycle_actions.labels(event.action).inc()
     return events, job_id
 
 

@@ -55,12 +55,12 @@ def test_every_endpoint_is_documented_with_its_schemas(
 
 
 def test_nothing_undocumented_is_routed(app: Any, spec: dict[str, Any]) -> None:
-    # The dashboard's HTML pages (and "/", which redirects to them) are not part of the JSON API.
+    # Not part of the JSON API: the dashboard pages, "/" (a redirect to them) and /metrics.
     routed = {
         rule.rule.replace("<int:", "{").replace(">", "}")
         for rule in app.url_map.iter_rules()
         if rule.endpoint != "static" and not rule.endpoint.startswith("dashboard.")
-    } - {"/openapi.json", "/"}
+    } - {"/openapi.json", "/", "/metrics"}
     assert routed == set(spec["paths"])
 
 

@@ -103,6 +103,14 @@ def test_decide_convert_report_over_http(server: tuple[str, str]) -> None:
     assert (racers["impressions"], racers["conversions"]) == (20, 5)
     assert racers["leader"]["variant_id"] in {v["variant_id"] for v in racers["variants"]}
 
+    # Each scrape reaches one of the two workers; each reports the sum over both.
+    for _ in range(4):
+        with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
+            scraped = response.read().decode()
+        assert "\ncopybandit_decisions_total 20.0\n" in scraped
+        assert 'copybandit_events_total{outcome="accepted"} 5.0' in scraped
+        assert 'copybandit_events_total{outcome="duplicate"} 5.0' in scraped
+
 
 def test_flask_cli_finds_the_app_factory(tmp_path: Path) -> None:
     env = {**os.environ, "COPYBANDIT_DATABASE_URL": f"sqlite:///{tmp_path}/flask.db"}

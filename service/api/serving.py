@@ -12,6 +12,7 @@ from service.api.common import BEARER, guarded, json_of, responses, settings
 from service.decisions import decide as make_decision
 from service.errors import NotFound
 from service.events import record_events
+from service.metrics import metrics
 from service.models import Scope
 from service.schemas import DecideIn, DecideOut, EventsIn, EventsOut
 
@@ -34,6 +35,7 @@ def decide(body: DecideIn) -> tuple[dict[str, Any], int]:
     decision = make_decision(
         session=db.session(), cache=_cache(), settings=settings(), decide_in=body
     )
+    metrics().decisions.inc()
     # DecideOut documents this shape; building the model per decision would only copy it.
     return {
         "impression_id": decision.impression_id,
@@ -51,6 +53,10 @@ def events(body: EventsIn) -> tuple[dict[str, Any], int]:
     current_app.extensions["copybandit.guardrail"].counters_changed(outcome.segments)
     for experiment_id in outcome.experiments:
         _cache().invalidate(experiment_id)
+    counted = metrics().events
+    counted.labels("accepted").inc(outcome.accepted)
+    counted.labels("duplicate").inc(outcome.duplicate)
+    counted.labels("rejected").inc(len(outcome.rejections))
     if body.events is None and outcome.rejections:
         raise NotFound("no impression with that id", field="impression_id")
     return json_of(

@@ -1,0 +1,46 @@
+"""GET /metrics: Prometheus text with decisions, events, responses, latency, lifecycle, jobs."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+
+def _value(text: str, sample: str) -> float:
+    match = re.search(rf"^{re.escape(sample)} ([0-9.e+-]+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_metrics_count_decisions_events_and_responses(
+    api: Any, client: Any, experiment: dict[str, Any]
+) -> None:
+    before = client.get("/metrics").get_data(as_text=True)
+    decision = api.decide(experiment["id"])
+    event = {"impression_id": decision["impression_id"], "type": "conversion", "event_id": "m1"}
+    api.post("/v1/events", json=event, key="serve")
+    api.post("/v1/events", json=event, key="serve")
+    api.post("/v1/decide", json={"experiment": 0}, key="serve")  # a 400
+
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.content_type.startswith("text/plain")
+    after = response.get_data(as_text=True)
+
+    def delta(sample: str) -> float:
+        return _value(after, sample) - _value(before, sample)
+
+    assert delta("copybandit_decisions_total") == 1
+    assert delta('copybandit_events_total{outcome="accepted"}') == 1
+    assert delta('copybandit_events_total{outcome="duplicate"}') == 1
+    assert delta('copybandit_http_responses_total{code="400"}') >= 1
+    assert delta('copybandit_request_seconds_count{route="/v1/decide"}') == 2
+    for name in ("copybandit_lifecycle_actions", "copybandit_generation_jobs"):
+        assert f"# TYPE {name}_total counter" in after
+
+
+def test_metrics_need_no_key_and_show_no_copy_or_ids(
+    api: Any, client: Any, experiment: dict[str, Any]
+) -> None:
+    api.decide(experiment["id"], user_id="someone@example.com")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert "someone@example.com" not in text and "Aurora" not in text
