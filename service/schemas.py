@@ -230,7 +230,8 @@ class EventsIn(Request):
         single = {"impression_id", "type", "value", "event_id"} & self.model_fields_set
         if self.events is not None and single:
             raise ValueError("give either one event or an events list, not both")
-        if self.events is None and not {"impression_id", "type"} <= single:
+        # Sent as null counts as not given: as_list() could not build an event from it.
+        if self.events is None and (self.impression_id is None or self.type is None):
             raise ValueError("impression_id and type are required (or an events list)")
         return self
 
