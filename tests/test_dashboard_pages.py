@@ -78,13 +78,14 @@ class ScriptedWriter:
 
 
 def csrf_of(client: FlaskClient) -> str | None:
-    with client.session_transaction() as stored:
+    # The session cookie is opened only under /dashboard/ (API requests open none).
+    with client.session_transaction("/dashboard/") as stored:
         token = stored.get("csrf")
     return token if isinstance(token, str) else None
 
 
 def session_of(client: FlaskClient) -> dict[str, Any]:
-    with client.session_transaction() as stored:
+    with client.session_transaction("/dashboard/") as stored:
         return dict(stored)
 
 
