@@ -440,6 +440,11 @@ def _prepare_metrics_folder(options: dict[str, Any]) -> None:
 
     from service.metrics import MULTIPROC_ENV
 
+    if not os.environ.get(MULTIPROC_ENV):
+        # Folders of servers that were killed (no clean exit to remove them) are swept here.
+        for old in Path("var/metrics").glob("*"):
+            if old.name.isdigit() and not _alive(int(old.name)):
+                shutil.rmtree(old, ignore_errors=True)
     folder = Path(os.environ.get(MULTIPROC_ENV) or f"var/metrics/{os.getpid()}").resolve()
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -447,6 +452,18 @@ def _prepare_metrics_folder(options: dict[str, Any]) -> None:
     # A dead worker's live gauges must stop counting; its counters stay in the sums.
     options["child_exit"] = lambda _server, worker: multiprocess.mark_process_dead(worker.pid)
     options["on_exit"] = lambda _server: shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @main.group()
