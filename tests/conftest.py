@@ -3,6 +3,7 @@ when COPYBANDIT_TEST_DATABASE_URL names one (CI sets it; `.ci/run` starts the se
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -54,20 +55,28 @@ def postgres_schema_url(schema: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
-@pytest.fixture(scope="session")
-def postgres_migrated() -> Iterator[str]:
-    """A schema of this test run's own, so parallel runs on one server cannot collide."""
-    schema = f"copybandit_test_{os.getpid()}"
+@contextlib.contextmanager
+def postgres_schema(schema: str) -> Iterator[tuple[str, sa.Engine]]:
+    """A fresh, migrated schema on the test server (URL and engine), dropped afterwards."""
     url = postgres_schema_url(schema)
     engine = sa.create_engine(url)
     with engine.begin() as connection:
         connection.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    upgrade(engine)
-    yield url
-    with engine.begin() as connection:
-        connection.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-    engine.dispose()
+    try:
+        upgrade(engine)
+        yield url, engine
+    finally:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_migrated() -> Iterator[str]:
+    """A schema of this test run's own, so parallel runs on one server cannot collide."""
+    with postgres_schema(f"copybandit_test_{os.getpid()}") as (url, _):
+        yield url
 
 
 def _truncate_postgres(url: str) -> None:

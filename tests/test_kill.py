@@ -12,20 +12,15 @@ the kill delay).
 from __future__ import annotations
 
 import contextlib
-import http.client
-import json
 import os
 import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,9 +33,9 @@ from sqlmodel import Session
 
 from service.auth import create_key
 from service.demo import seed_demo
-from service.migrate import upgrade
 from service.models import Scope
-from tests.conftest import BACKENDS, postgres_schema_url
+from tests.conftest import BACKENDS, postgres_schema
+from tests.live_http import call, free_port
 
 BIN = Path(sys.executable).parent
 WORKERS = 2
@@ -60,36 +55,6 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _call(base: str, path: str, key: str | None = None, body: Any = None) -> tuple[int, Any]:
-    """One HTTP request. Status 0: no answer came back (reset, cut short), so the client cannot
-    know whether the server acted on it. Status -1: the connection was refused; nothing was sent."""
-    request = urllib.request.Request(base + path, method="GET" if body is None else "POST")
-    if key:
-        request.add_header("Authorization", f"Bearer {key}")
-    if body is not None:
-        request.add_header("Content-Type", "application/json")
-        request.data = json.dumps(body).encode()
-    try:
-        with urllib.request.urlopen(request, timeout=15) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        raw = error.read()
-        try:
-            return error.code, json.loads(raw)
-        except ValueError:
-            return error.code, raw.decode(errors="replace")
-    except urllib.error.URLError as error:
-        return (-1 if isinstance(error.reason, ConnectionRefusedError) else 0), repr(error)
-    except (OSError, http.client.HTTPException, ValueError) as error:
-        return 0, repr(error)
-
-
 # --- The database and the server ---------------------------------------------------------------
 
 
@@ -104,21 +69,16 @@ class Database:
 def database(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Database]:
     """A migrated database of this test's own (a SQLite file, or a PostgreSQL schema), seeded with
     the demo experiment and a serve key, as `copybandit init --no-demo-history` would."""
-    schema = None
+    cleanup = contextlib.ExitStack()
     if backend == "sqlite":
         path = tmp_path / "kill.db"
         shutil.copy(request.getfixturevalue("sqlite_template"), path)
         url = f"sqlite:///{path}"
         engine = sa.create_engine(url)
+        cleanup.callback(engine.dispose)
     else:
-        schema = f"copybandit_kill_{os.getpid()}"
-        url = postgres_schema_url(schema)
-        engine = sa.create_engine(url)
-        with engine.begin() as connection:
-            connection.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-            connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
-        upgrade(engine)
-    try:
+        url, engine = cleanup.enter_context(postgres_schema(f"copybandit_kill_{os.getpid()}"))
+    with cleanup:
         with Session(engine) as session:
             experiment = seed_demo(session=session)
             assert experiment is not None and experiment.id is not None
@@ -126,11 +86,6 @@ def database(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> It
             experiment_id = experiment.id
         engine.dispose()
         yield Database(url=url, serve_key=key, experiment_id=experiment_id)
-    finally:
-        if schema is not None:
-            with engine.begin() as connection:
-                connection.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        engine.dispose()
 
 
 def _alive(pid: int) -> bool:
@@ -173,7 +128,7 @@ class Server:
 
     def wait_up(self) -> None:
         deadline = time.monotonic() + 60  # a busy CI box may take long to import the app
-        while _call(self.base, "/healthz")[0] != 200 or len(self.workers()) < WORKERS:
+        while call(self.base, "/healthz")[0] != 200 or len(self.workers()) < WORKERS:
             assert self.process.poll() is None, self.log.read_text()
             assert time.monotonic() < deadline, f"server not up in 60 s:\n{self.log.read_text()}"
             time.sleep(0.05)
@@ -248,7 +203,7 @@ class Storefront:
     def send(self, events: list[dict[str, Any]]) -> None:
         body = events[0] if len(events) == 1 and self.rng.random() < 0.5 else {"events": events}
         sent = Sent(body=body, event_ids=[e["event_id"] for e in events])
-        status, answer = _call(self.base, "/v1/events", self.key, body)
+        status, answer = call(self.base, "/v1/events", self.key, body)
         if status <= 0:
             self.errors += 1
             sent.refused = status < 0
@@ -274,7 +229,7 @@ class Storefront:
                 decide["segment"] = self.rng.choice(SEGMENTS)
             if self.rng.random() < 0.3:
                 decide["user_id"] = f"{self.name}-user-{self.rng.randrange(50)}"
-            status, answer = _call(self.base, "/v1/decide", self.key, decide)
+            status, answer = call(self.base, "/v1/decide", self.key, decide)
             if status <= 0:
                 self.errors += 1
                 self.decides_unanswered += status == 0
@@ -334,7 +289,7 @@ def test_kill_9_loses_nothing_acknowledged_and_counts_nothing_twice(
     rng = random.Random(f"{SEED}-{backend}")
     kill_after = rng.uniform(1.0, 3.0)
     where = f"(seed {SEED}, killed after {kill_after:.2f} s)"
-    port = _free_port()
+    port = free_port()
     key = database.serve_key
 
     first = Server(database.url, port, tmp_path / "serve-1.log")
@@ -387,7 +342,7 @@ def test_kill_9_loses_nothing_acknowledged_and_counts_nothing_twice(
         # Requests lost in flight are re-sent exactly as they were: a batch is one transaction, so
         # it was stored whole (all duplicates now) or not at all (all accepted now).
         for sent in client.lost:
-            status, answer = _call(second.base, "/v1/events", key, sent.body)
+            status, answer = call(second.base, "/v1/events", key, sent.body)
             if status != 200:
                 client.failures.append(("retry", status, answer))
                 continue
@@ -400,7 +355,7 @@ def test_kill_9_loses_nothing_acknowledged_and_counts_nothing_twice(
             client.acknowledged.update(sent.event_ids)
         # Events that were still in the client's buffer never reached the server: all new.
         if client.unsent:
-            status, answer = _call(second.base, "/v1/events", key, {"events": client.unsent})
+            status, answer = call(second.base, "/v1/events", key, {"events": client.unsent})
             if status != 200 or (answer["accepted"], answer["duplicate"], answer["rejected"]) != (
                 len(client.unsent),
                 0,
@@ -419,12 +374,12 @@ def test_kill_9_loses_nothing_acknowledged_and_counts_nothing_twice(
             resend = {"impression_id": impression_id, "type": "conversion", "event_id": event_id}
             if n % 3 == 0:
                 resend["event_id"] = f"{event_id}-retry"
-            status, answer = _call(second.base, "/v1/events", key, resend)
+            status, answer = call(second.base, "/v1/events", key, resend)
             if status != 200 or (answer["accepted"], answer["duplicate"]) != (0, 1):
                 client.failures.append(("re-send of an acknowledged event", status, answer))
         # And the restarted server serves.
         for _ in range(5):
-            status, answer = _call(
+            status, answer = call(
                 second.base, "/v1/decide", key, {"experiment": database.experiment_id}
             )
             if status != 200:

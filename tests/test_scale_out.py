@@ -4,16 +4,13 @@ up a variant paused through another worker once the snapshot TTL has passed."""
 
 from __future__ import annotations
 
-import json
+import contextlib
 import multiprocessing
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,9 +24,9 @@ from sqlmodel import Session
 
 from service.auth import create_key
 from service.demo import seed_demo
-from service.migrate import upgrade
 from service.models import Scope
-from tests.conftest import PG_URL, postgres_schema_url
+from tests.conftest import PG_URL, postgres_schema
+from tests.live_http import call, free_port
 
 BIN = Path(sys.executable).parent
 WORKERS = 4
@@ -48,37 +45,6 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _call(
-    base: str, path: str, key: str | None = None, body: Any = None, method: str | None = None
-) -> tuple[int, Any]:
-    """One HTTP request; transport errors come back as status 0 so a client never dies."""
-    request = urllib.request.Request(
-        base + path, method=method or ("GET" if body is None else "POST")
-    )
-    if key:
-        request.add_header("Authorization", f"Bearer {key}")
-    if body is not None:
-        request.add_header("Content-Type", "application/json")
-        request.data = json.dumps(body).encode()
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        raw = error.read()
-        try:
-            return error.code, json.loads(raw)
-        except ValueError:
-            return error.code, raw.decode(errors="replace")
-    except OSError as error:
-        return 0, repr(error)
-
-
 @dataclass
 class Server:
     base: str
@@ -93,16 +59,11 @@ def server(backend: str, tmp_path: Path) -> Iterator[Server]:
     """`copybandit serve --workers 4` on a PostgreSQL schema of this test's own, migrated and
     seeded with the demo experiment here (as `copybandit init --no-demo-history` would)."""
     assert backend == "postgres"
-    schema = f"copybandit_scale_out_{os.getpid()}"
-    url = postgres_schema_url(schema)
-    engine = sa.create_engine(url)
-    with engine.begin() as connection:
-        connection.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    cleanup = contextlib.ExitStack()
+    url, engine = cleanup.enter_context(postgres_schema(f"copybandit_scale_out_{os.getpid()}"))
     process: subprocess.Popen[bytes] | None = None
     log = tmp_path / "serve.log"
     try:
-        upgrade(engine)
         with Session(engine) as session:
             assert seed_demo(session=session) is not None
             admin = create_key(session=session, scope=Scope.ADMIN, label="scale-out admin")[1]
@@ -115,7 +76,7 @@ def server(backend: str, tmp_path: Path) -> Iterator[Server]:
             "COPYBANDIT_SNAPSHOT_TTL_SECONDS": str(SNAPSHOT_TTL),
             "COPYBANDIT_PROPENSITY_SAMPLES": "2000",
         }
-        port = _free_port()
+        port = free_port()
         with log.open("wb") as sink:
             process = subprocess.Popen(
                 [BIN / "copybandit", "serve", "--port", str(port), "--workers", str(WORKERS)],
@@ -127,9 +88,7 @@ def server(backend: str, tmp_path: Path) -> Iterator[Server]:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         # Up means: answering, and every worker booted (so the load spreads over all four).
-        while (
-            _call(base, "/healthz")[0] != 200 or log.read_text().count("Booting worker") < WORKERS
-        ):
+        while call(base, "/healthz")[0] != 200 or log.read_text().count("Booting worker") < WORKERS:
             assert process.poll() is None, log.read_text()
             assert time.monotonic() < deadline, f"server not up in 30 s:\n{log.read_text()}"
             time.sleep(0.1)
@@ -144,9 +103,7 @@ def server(backend: str, tmp_path: Path) -> Iterator[Server]:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=15)
-        with engine.begin() as connection:
-            connection.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        engine.dispose()
+        cleanup.close()
 
 
 def _storefront(base: str, key: str, experiment_id: int, name: str, start_at: float) -> dict:
@@ -160,7 +117,7 @@ def _storefront(base: str, key: str, experiment_id: int, name: str, start_at: fl
     expected_duplicate = 0
 
     def post(path: str, body: Any) -> Any:
-        status, payload = _call(base, path, key, body)
+        status, payload = call(base, path, key, body)
         if status != 200:
             failures.append((path, status, payload))
             return None
@@ -235,7 +192,7 @@ def _storefront(base: str, key: str, experiment_id: int, name: str, start_at: fl
 
 def _together(calls: list[Any]) -> list[Any]:
     with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(lambda call: call(), calls))
+        return list(pool.map(lambda request: request(), calls))
 
 
 def _database_counts(url: str) -> dict[str, Any]:
@@ -271,7 +228,7 @@ def _database_counts(url: str) -> dict[str, Any]:
 
 def test_four_workers_keep_counters_exact_and_snapshots_fresh(server: Server) -> None:
     base, admin, key = server.base, server.admin, server.serve
-    status, listing = _call(base, "/v1/experiments", admin)
+    status, listing = call(base, "/v1/experiments", admin)
     assert status == 200, listing
     experiment_id = listing["experiments"][0]["id"]
 
@@ -304,7 +261,7 @@ def test_four_workers_keep_counters_exact_and_snapshots_fresh(server: Server) ->
             for n, i in enumerate(fresh)
         ]
     }
-    replies = _together([lambda: _call(base, "/v1/events", key, shared)] * CLIENTS)
+    replies = _together([lambda: call(base, "/v1/events", key, shared)] * CLIENTS)
     assert [status for status, _ in replies] == [200] * CLIENTS, replies
     assert sum(body["accepted"] for _, body in replies) == len(fresh)
     assert sum(body["duplicate"] for _, body in replies) == (CLIENTS - 1) * len(fresh)
@@ -323,7 +280,7 @@ def test_four_workers_keep_counters_exact_and_snapshots_fresh(server: Server) ->
     assert sorted(counts["converted_ids"]) == sorted(converted)  # nothing converted twice
 
     # --- Snapshot refresh across workers: a pause through one worker reaches all of them. -----
-    status, detail = _call(base, f"/v1/experiments/{experiment_id}", admin)
+    status, detail = call(base, f"/v1/experiments/{experiment_id}", admin)
     assert status == 200, detail
     segment = next(s for s in detail["segments"] if s["key"] == "trail-racers")
     active = [v["id"] for v in segment["variants"] if v["status"] == "active"]
@@ -331,7 +288,7 @@ def test_four_workers_keep_counters_exact_and_snapshots_fresh(server: Server) ->
     target = max(active, key=lambda v: served[v])
 
     def decide() -> tuple[int, Any]:
-        return _call(
+        return call(
             base, "/v1/decide", key, {"experiment": experiment_id, "segment": segment["key"]}
         )
 
@@ -340,8 +297,12 @@ def test_four_workers_keep_counters_exact_and_snapshots_fresh(server: Server) ->
     assert [status for status, _ in before] == [200] * 40, before
     assert target in {body["variant_id"] for _, body in before}
 
-    status, paused = _call(
-        base, f"/v1/variants/{target}", admin, {"status": "paused", "reason": "scale-out"}, "PATCH"
+    status, paused = call(
+        base,
+        f"/v1/variants/{target}",
+        admin,
+        {"status": "paused", "reason": "scale-out"},
+        method="PATCH",
     )
     assert (status, paused["status"]) == (200, "paused"), paused
     time.sleep(SNAPSHOT_TTL + 0.3)

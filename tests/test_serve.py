@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -13,31 +12,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.live_http import call, free_port
+
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _call(base: str, path: str, key: str | None = None, body: Any = None) -> tuple[int, Any]:
-    request = urllib.request.Request(base + path, method="GET" if body is None else "POST")
-    if key:
-        request.add_header("Authorization", f"Bearer {key}")
-    if body is not None:
-        request.add_header("Content-Type", "application/json")
-        request.data = json.dumps(body).encode()
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        return error.code, json.load(error)
 
 
 @pytest.fixture
@@ -52,7 +32,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
     )
     key = re.search(r"cb_[0-9a-f]{16}_[A-Za-z0-9_-]+", init.stdout)
     assert key, init.stdout
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [BIN / "copybandit", "serve", "--port", str(port), "--workers", "2"],
         env=env,
@@ -64,11 +44,8 @@ def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
     try:
         deadline = time.monotonic() + 30
         while True:
-            try:
-                if _call(base, "/healthz")[0] == 200:
-                    break
-            except OSError:
-                pass
+            if call(base, "/healthz")[0] == 200:
+                break
             assert process.poll() is None, process.stdout.read()  # type: ignore[union-attr]
             assert time.monotonic() < deadline, "server did not come up in 30 s"
             time.sleep(0.1)
@@ -80,11 +57,11 @@ def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
 
 def test_decide_convert_report_over_http(server: tuple[str, str]) -> None:
     base, key = server
-    experiments = _call(base, "/v1/experiments", key)[1]["experiments"]
+    experiments = call(base, "/v1/experiments", key)[1]["experiments"]
     demo = experiments[0]["id"]
 
     decisions = [
-        _call(base, "/v1/decide", key, {"experiment": demo, "segment": "trail-racers"})
+        call(base, "/v1/decide", key, {"experiment": demo, "segment": "trail-racers"})
         for _ in range(20)
     ]
     assert all(status == 200 for status, _ in decisions)
@@ -94,11 +71,11 @@ def test_decide_convert_report_over_http(server: tuple[str, str]) -> None:
         {"impression_id": body["impression_id"], "type": "conversion", "event_id": f"e{i}"}
         for i, (_, body) in enumerate(decisions[:5])
     ]
-    status, outcome = _call(base, "/v1/events", key, {"events": events})
+    status, outcome = call(base, "/v1/events", key, {"events": events})
     assert (status, outcome["accepted"], outcome["duplicate"]) == (200, 5, 0)
-    assert _call(base, "/v1/events", key, {"events": events})[1]["duplicate"] == 5
+    assert call(base, "/v1/events", key, {"events": events})[1]["duplicate"] == 5
 
-    report = _call(base, f"/v1/experiments/{demo}/report", key)[1]
+    report = call(base, f"/v1/experiments/{demo}/report", key)[1]
     racers = next(s for s in report["segments"] if s["key"] == "trail-racers")
     assert (racers["impressions"], racers["conversions"]) == (20, 5)
     assert racers["leader"]["variant_id"] in {v["variant_id"] for v in racers["variants"]}
@@ -153,7 +130,7 @@ def test_http_simulation_drives_the_server_as_storefronts_would(
     run = json.loads((out / "http.json").read_text())
     assert (run["decisions"], run["errors"]) == (300, {})
     assert run["decisions_per_second"] > 0 and run["decide_latency_ms"]["p99"] > 0
-    report = _call(base, "/v1/experiments/1/report", key)[1]
+    report = call(base, "/v1/experiments/1/report", key)[1]
     assert sum(s["impressions"] for s in report["segments"]) == 300
     assert sum(s["conversions"] for s in report["segments"]) == run["conversions"]
     assert run["regret_vs_best_served_copy"] >= 0
