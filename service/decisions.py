@@ -95,9 +95,7 @@ def decide(
     bind = session.get_bind()
     if sticky or not isinstance(bind, sa.Engine):
         # The assignment written above commits with the impression, or neither does.
-        connection = session.connection()
-        connection.execute(_RECORD_IMPRESSION, row)
-        connection.execute(_COUNT_IMPRESSION, {"variant": variant_id})
+        _write(session.connection(), row)
         session.commit()
     else:
         _record(bind, row)
@@ -119,8 +117,13 @@ def _record(engine: sa.Engine, row: dict[str, object]) -> None:
             connection.execute(_RECORD_AND_COUNT_PG, row)
         return
     with engine.begin() as connection:
-        connection.execute(_RECORD_IMPRESSION, row)
-        connection.execute(_COUNT_IMPRESSION, {"variant": row["variant_id"]})
+        _write(connection, row)
+
+
+def _write(connection: sa.Connection, row: dict[str, object]) -> None:
+    """The impression and its counter, in the caller's transaction."""
+    connection.execute(_RECORD_IMPRESSION, row)
+    connection.execute(_COUNT_IMPRESSION, {"variant": row["variant_id"]})
 
 
 def _sticky_choice(

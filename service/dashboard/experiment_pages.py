@@ -18,7 +18,7 @@ from service import db
 from service.dashboard import charts
 from service.dashboard.blueprint import bp, form_int, validated
 from service.dashboard.blueprint import invalidate as invalidate_snapshot
-from service.errors import APIError, InvalidInput, NotFound
+from service.errors import APIError, InvalidInput
 from service.experiments import (
     add_variant,
     create_experiment,
@@ -295,9 +295,8 @@ def export_csv(experiment_id: int, segment_key: str) -> Response:
     session = db.session()
     find_segment(session=session, experiment_id=experiment_id, key=segment_key)
     report = experiment_report(session=session, experiment_id=experiment_id)
-    segment = next((s for s in report.segments if s.key == segment_key), None)
-    if segment is None:
-        raise NotFound(f"experiment {experiment_id} has no segment {segment_key!r}")
+    # find_segment above has already answered 404 for a segment the experiment lacks.
+    segment = next(s for s in report.segments if s.key == segment_key)
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(CSV_COLUMNS)
