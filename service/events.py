@@ -6,14 +6,14 @@ so a crash leaves either both or neither, and a retry of the same batch counts n
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
-from service.models import Event, Impression, Variant, utcnow
+from service.models import UtcDateTime, Variant, utcnow
 from service.schemas import EventIn, RejectedEvent
 
 
@@ -26,49 +26,58 @@ class EventsOutcome:
     segments: set[int] = field(default_factory=set)
 
 
-_impression = Impression.__table__  # type: ignore[attr-defined]
-_event = Event.__table__  # type: ignore[attr-defined]
-_variant = Variant.__table__  # type: ignore[attr-defined]
-# Built once and run with parameter lists: SQLAlchemy compiles each exactly once (a `.values(rows)`
-# statement with a thousand rows would be compiled anew on every batch), and the driver's
-# statement cache and psycopg's prepared statements are reused.
-_KNOWN_IMPRESSIONS = sa.select(
-    _impression.c.id,
-    _impression.c.variant_id,
-    _impression.c.experiment_id,
-    _impression.c.segment_id,
-).where(_impression.c.id.in_(sa.bindparam("ids", expanding=True)))
+# A batch travels as one parameter (a JSON text on SQLite, one array per column on PostgreSQL) and
+# the database unpacks it, looks up each impression's variant and writes the rows in one statement.
+# A parameter set per row cost SQLAlchemy and the driver microseconds of Python for every row, and
+# a separate lookup a second pass: a batch of 1,000 ran at a fifth of a raw executemany that way.
+# RETURNING names the rows written, so ON CONFLICT stays the one duplicate check and concurrent
+# batches cannot both count an event.
 _RECORD_EVENTS = {
-    dialect: insert(_event).on_conflict_do_nothing().returning(_event.c.impression_id)
-    for dialect, insert in (("sqlite", sqlite.insert), ("postgresql", postgresql.insert))
+    # `WHERE true`: SQLite's parser needs it to tell the upsert's ON CONFLICT from a join's ON.
+    "sqlite": sa.text(
+        "INSERT INTO event (event_id, impression_id, variant_id, type, value, created_at)"
+        " SELECT batch.value ->> 0, impression.id, impression.variant_id, batch.value ->> 2,"
+        " batch.value ->> 3, :created_at"
+        " FROM json_each(:rows) AS batch JOIN impression ON impression.id = batch.value ->> 1"
+        " WHERE true ON CONFLICT DO NOTHING RETURNING impression_id, variant_id"
+    ),
+    "postgresql": sa.text(
+        "INSERT INTO event (event_id, impression_id, variant_id, type, value, created_at)"
+        " SELECT batch.event_id, impression.id, impression.variant_id, batch.type, batch.value,"
+        " :created_at"
+        " FROM unnest(CAST(:event_ids AS text[]), CAST(:impression_ids AS text[]),"
+        " CAST(:types AS text[]), CAST(:values AS float8[]))"
+        " AS batch(event_id, impression_id, type, value)"
+        " JOIN impression ON impression.id = batch.impression_id"
+        " ON CONFLICT DO NOTHING RETURNING impression_id, variant_id"
+    ),
 }
+for _statement in _RECORD_EVENTS.values():
+    _statement.bindparams(sa.bindparam("created_at", type_=UtcDateTime))
+_impression_ids = sa.bindparam("ids", expanding=True)
+_KNOWN_IMPRESSIONS = sa.text("SELECT id FROM impression WHERE id IN :ids").bindparams(
+    _impression_ids
+)
+_variant = Variant.__table__  # type: ignore[attr-defined]
 _COUNT_CONVERSIONS = (
     sa.update(_variant)
     .where(_variant.c.id == sa.bindparam("variant"))
     .values(conversions=_variant.c.conversions + sa.bindparam("converted"))
 )
+_WHERE_VARIANTS = sa.select(_variant.c.experiment_id, _variant.c.segment_id).where(
+    _variant.c.id.in_(sa.bindparam("ids", expanding=True))
+)
+
+_Row = tuple[str | None, str, str, float | None]
 
 
 def record_events(*, session: Session, events: list[EventIn]) -> EventsOutcome:
     outcome = EventsOutcome()
-    connection = session.connection()
-    known = {
-        row.id: row
-        for row in connection.execute(
-            _KNOWN_IMPRESSIONS, {"ids": list({event.impression_id for event in events})}
-        )
-    }
-    now = utcnow()
-    rows: list[dict[str, object]] = []
+    rows: list[_Row] = []
+    positions: list[int] = []
     seen_impressions: set[str] = set()
     seen_event_ids: set[str] = set()
     for index, event in enumerate(events):
-        impression = known.get(event.impression_id)
-        if impression is None:
-            outcome.rejections.append(
-                RejectedEvent(index=index, field="impression_id", reason="unknown impression")
-            )
-            continue
         # Repeats inside one batch are duplicates, exactly as they would be across batches.
         if event.impression_id in seen_impressions or event.event_id in seen_event_ids:
             outcome.duplicate += 1
@@ -76,31 +85,63 @@ def record_events(*, session: Session, events: list[EventIn]) -> EventsOutcome:
         seen_impressions.add(event.impression_id)
         if event.event_id is not None:
             seen_event_ids.add(event.event_id)
-        rows.append(
-            {
-                "event_id": event.event_id,
-                "impression_id": event.impression_id,
-                "variant_id": impression.variant_id,
-                "type": event.type,
-                "value": event.value,
-                "created_at": now,
-            }
+        rows.append((event.event_id, event.impression_id, event.type, event.value))
+        positions.append(index)
+
+    connection = session.connection()
+    dialect = connection.dialect.name
+    inserted: dict[str, int] = dict(
+        connection.execute(_RECORD_EVENTS[dialect], _batch(dialect, rows)).all()
+    )
+    outcome.accepted = len(inserted)
+    if len(inserted) < len(rows):
+        _sort_out_the_rest(connection, outcome, rows, positions, inserted)
+    per_variant = Counter(inserted.values())
+    if per_variant:
+        variant_ids = sorted(per_variant)
+        # Fixed lock order: concurrent batches touching the same variants cannot deadlock.
+        connection.execute(
+            _COUNT_CONVERSIONS,
+            [{"variant": v, "converted": per_variant[v]} for v in variant_ids],
         )
-    if rows:
-        inserted = connection.execute(_RECORD_EVENTS[connection.dialect.name], rows).scalars().all()
-        outcome.accepted = len(inserted)
-        outcome.duplicate += len(rows) - len(inserted)
-        per_variant = Counter(known[impression_id].variant_id for impression_id in inserted)
-        if per_variant:
-            # Fixed lock order: concurrent batches touching the same variants cannot deadlock.
-            connection.execute(
-                _COUNT_CONVERSIONS,
-                [
-                    {"variant": variant_id, "converted": per_variant[variant_id]}
-                    for variant_id in sorted(per_variant)
-                ],
-            )
-        outcome.experiments = {known[i].experiment_id for i in inserted}
-        outcome.segments = {known[i].segment_id for i in inserted}
+        for experiment_id, segment_id in connection.execute(_WHERE_VARIANTS, {"ids": variant_ids}):
+            outcome.experiments.add(experiment_id)
+            outcome.segments.add(segment_id)
     session.commit()
     return outcome
+
+
+def _sort_out_the_rest(
+    connection: sa.Connection,
+    outcome: EventsOutcome,
+    rows: list[_Row],
+    positions: list[int],
+    inserted: dict[str, int],
+) -> None:
+    """Rows the INSERT skipped: their impression is unknown, or they were recorded before."""
+    skipped = [
+        (row, index) for row, index in zip(rows, positions, strict=True) if row[1] not in inserted
+    ]
+    known = set(
+        connection.execute(_KNOWN_IMPRESSIONS, {"ids": [row[1] for row, _ in skipped]}).scalars()
+    )
+    for row, index in skipped:
+        if row[1] in known:
+            outcome.duplicate += 1
+        else:
+            outcome.rejections.append(
+                RejectedEvent(index=index, field="impression_id", reason="unknown impression")
+            )
+
+
+def _batch(dialect: str, rows: list[_Row]) -> dict[str, object]:
+    """The rows as the dialect's statement takes them: one JSON array, or one array per column."""
+    if dialect == "sqlite":
+        return {"rows": json.dumps(rows), "created_at": utcnow()}
+    return {
+        "event_ids": [row[0] for row in rows],
+        "impression_ids": [row[1] for row in rows],
+        "types": [row[2] for row in rows],
+        "values": [row[3] for row in rows],
+        "created_at": utcnow(),
+    }
