@@ -54,9 +54,8 @@ _RECORD_EVENTS = {
 }
 for _statement in _RECORD_EVENTS.values():
     _statement.bindparams(sa.bindparam("created_at", type_=UtcDateTime))
-_impression_ids = sa.bindparam("ids", expanding=True)
 _KNOWN_IMPRESSIONS = sa.text("SELECT id FROM impression WHERE id IN :ids").bindparams(
-    _impression_ids
+    sa.bindparam("ids", expanding=True)
 )
 _variant = Variant.__table__  # type: ignore[attr-defined]
 _COUNT_CONVERSIONS = (
