@@ -143,7 +143,10 @@ def _record(engine: sa.Engine, row: dict[str, object]) -> None:
             driver.commit()
     except dialect.loaded_dbapi.Error as exc:
         if dialect.is_disconnect(exc, driver, None):
+            # The server went away, so did every pooled connection: drop them all, as SQLAlchemy
+            # does when its own statements meet a disconnect, and only this request fails.
             pooled.invalidate(exc)
+            engine.dispose(close=False)
         else:
             driver.rollback()
         # As SQLAlchemy would have raised it: the error handlers answer an OperationalError 503.

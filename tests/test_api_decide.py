@@ -13,8 +13,10 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
+from service import create_app
 from service.decisions import POLICY_STICKY, POLICY_THOMPSON
 from service.models import Assignment, Impression, Segment, Variant
+from tests.conftest import Api
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
 HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -115,6 +117,65 @@ def test_each_decision_adds_exactly_one_impression(
     counters = _impressions_by_variant(session)
     assert sum(counters.values()) == 20
     assert counters == {v: Counter(r.variant_id for r in rows)[v] for v in counters}
+
+
+def _set_on_every_pooled_connection(engine: sa.Engine, pragma: str) -> None:
+    pooled = [engine.raw_connection() for _ in range(engine.pool.checkedin())]  # type: ignore[attr-defined]
+    for connection in pooled:
+        connection.driver_connection.execute(pragma)  # type: ignore[union-attr]
+        connection.close()
+
+
+def test_a_failed_impression_write_is_503_stores_nothing_and_the_next_one_succeeds(
+    app_config: dict[str, Any], session: Session, experiment: dict[str, Any]
+) -> None:
+    # An app of its own, whose experiment snapshot and key stay cached: the impression write is
+    # the only thing the second decision asks of the database, so it is what meets the failure.
+    url = sa.engine.make_url(app_config["database_url"])
+    if url.get_backend_name() == "postgresql":
+        url = url.update_query_dict({"application_name": "decide_under_test"})
+    served = create_app(
+        {**app_config, "database_url": url.render_as_string(hide_password=False)}
+        | {"snapshot_ttl_seconds": 600.0}
+    )
+    api = Api(served.test_client(), session)
+    engine = served.extensions["copybandit.engine"]
+    try:
+        api.decide(experiment["id"], segment="tea-lovers")
+        before = _impressions_by_variant(session)
+        stored = session.scalar(sa.select(sa.func.count()).select_from(Impression))
+        if engine.dialect.name == "postgresql":
+            # The server ends the app's connections: a restart or a proxy's idle cut looks alike.
+            session.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE application_name = 'decide_under_test'"
+                )
+            )
+        else:
+            _set_on_every_pooled_connection(engine, "PRAGMA query_only = ON")
+        session.commit()
+
+        response = api.post(
+            "/v1/decide",
+            json={"experiment": experiment["id"], "segment": "tea-lovers"},
+            key="serve",
+        )
+        assert response.status_code == 503, response.get_json()
+        assert response.get_json()["error"] == "unavailable"
+        session.expire_all()
+        assert _impressions_by_variant(session) == before
+        assert session.scalar(sa.select(sa.func.count()).select_from(Impression)) == stored
+
+        if engine.dialect.name == "sqlite":
+            # A read-only connection is not a lost one, so the pool kept it: undo the breakage.
+            _set_on_every_pooled_connection(engine, "PRAGMA query_only = OFF")
+        decision = api.decide(experiment["id"], segment="tea-lovers")
+        [row] = _impression_rows(session, [decision["impression_id"]])
+        assert row.variant_id == decision["variant_id"]
+        assert sum(_impressions_by_variant(session).values()) == sum(before.values()) + 1
+    finally:
+        engine.dispose()
 
 
 @pytest.mark.parametrize(
