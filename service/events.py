@@ -36,9 +36,10 @@ _RECORD_EVENTS = {
     # `WHERE true`: SQLite's parser needs it to tell the upsert's ON CONFLICT from a join's ON.
     "sqlite": sa.text(
         "INSERT INTO event (event_id, impression_id, variant_id, type, value, created_at)"
-        " SELECT batch.value ->> 0, impression.id, impression.variant_id, batch.value ->> 2,"
-        " batch.value ->> 3, :created_at"
-        " FROM json_each(:rows) AS batch JOIN impression ON impression.id = batch.value ->> 1"
+        " SELECT json_extract(batch.value, '$[0]'), impression.id, impression.variant_id,"
+        " json_extract(batch.value, '$[2]'), json_extract(batch.value, '$[3]'), :created_at"
+        " FROM json_each(:rows) AS batch"
+        " JOIN impression ON impression.id = json_extract(batch.value, '$[1]')"
         " WHERE true ON CONFLICT DO NOTHING RETURNING impression_id, variant_id"
     ),
     "postgresql": sa.text(
