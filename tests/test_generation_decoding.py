@@ -1,0 +1,227 @@
+"""generation.decoding with a scripted decoder (no model); its sampling against transformers'."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+from generation.decoding import (
+    FirstLine,
+    Row,
+    candidates,
+    decode,
+    generate_like_transformers,
+    line_break_table,
+)
+
+VOCAB = ["<eos>", "\n", "Hello", " world", ".\n", "\nNext", " more", "\r\n", "<pad>"]
+EOS, NL, HELLO, WORLD, DOT_NL, NL_NEXT, MORE, CRLF, PAD = range(len(VOCAB))
+
+
+def text(ids: list[int]) -> str:
+    return "".join(VOCAB[i] for i in ids if i != EOS)
+
+
+FIRST_LINE = FirstLine(line_break_table(VOCAB), text)
+
+
+@dataclass
+class ScriptCache:
+    rows: list[int] = field(default_factory=lambda: [0])
+    kept: list[list[int]] = field(default_factory=list)
+
+    def repeat(self, n: int) -> None:
+        self.rows = [row for row in self.rows for _ in range(n)]
+
+    def keep(self, rows: torch.Tensor) -> None:
+        self.kept.append(rows.tolist())
+        self.rows = [self.rows[i] for i in rows.tolist()]
+
+
+class ScriptDecoder:
+    """Row r's logits put 10 on script[r][step] and 0 elsewhere; it records every batch size."""
+
+    def __init__(self, script: list[list[int]]) -> None:
+        self.script = script
+        self.step_count = 0
+        self.prefills: list[int] = []
+        self.steps: list[int] = []
+
+    def logits(self, rows: list[int]) -> torch.Tensor:
+        out = torch.zeros(len(rows), len(VOCAB))
+        for position, row in enumerate(rows):
+            out[position, self.script[row][self.step_count]] = 10.0
+        return out
+
+    def prefill(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, ScriptCache]:
+        self.prefills.append(input_ids.shape[0])
+        cache = ScriptCache(rows=list(range(input_ids.shape[0])))
+        return self.logits(cache.rows), cache
+
+    def step(self, tokens: torch.Tensor, cache: ScriptCache) -> torch.Tensor:
+        assert tokens.shape == (len(cache.rows),)
+        self.steps.append(len(cache.rows))
+        self.step_count += 1
+        return self.logits(cache.rows)
+
+
+def run(script: list[list[int]], max_new_tokens: int = 4) -> tuple[list[Row], ScriptDecoder]:
+    decoder = ScriptDecoder(script)
+    logits, cache = decoder.prefill(torch.zeros(len(script), 3, dtype=torch.long))
+    rows = decode(
+        decoder,
+        logits,
+        cache,
+        max_new_tokens=max_new_tokens,
+        stop_ids={EOS},
+        choose=lambda scores: scores.argmax(-1),
+        first_line=FIRST_LINE,
+    )
+    return rows, decoder
+
+
+def test_rows_stop_at_eos_at_a_complete_first_line_or_at_the_limit() -> None:
+    script = [
+        [HELLO, WORLD, EOS, MORE],
+        [NL, HELLO, DOT_NL, MORE],  # a blank first line does not count
+        [HELLO, NL_NEXT, MORE, MORE],  # the break arrives glued to the next line's start
+        [MORE, MORE, MORE, MORE],
+    ]
+    rows, decoder = run(script)
+
+    assert [(row.tokens, row.end) for row in rows] == [
+        ([HELLO, WORLD], "eos"),
+        ([NL, HELLO, DOT_NL], "line"),
+        ([HELLO, NL_NEXT], "line"),
+        ([MORE] * 4, "limit"),
+    ]
+    assert rows[0].eos == EOS and rows[1].eos is None
+    # The EOS's log-probability is kept for scoring, its token is not.
+    assert [len(row.logprobs) for row in rows] == [3, 3, 2, 4]
+    expected = 10 - torch.logsumexp(torch.tensor([10.0] + [0.0] * (len(VOCAB) - 1)), 0).item()
+    assert rows[0].mean_logprob == pytest.approx(expected, rel=1e-3)
+    # Finished rows leave the batch; the limit step asks the model for nothing more.
+    assert decoder.steps == [4, 3, 1]
+    assert text(rows[2].tokens).splitlines()[0] == "Hello"
+
+
+def test_the_rows_left_keep_their_own_scripts_after_others_leave() -> None:
+    script = [
+        [EOS, EOS, EOS, EOS],
+        [MORE, HELLO, WORLD, EOS],
+        [EOS, EOS, EOS, EOS],
+        [HELLO, HELLO, DOT_NL, EOS],
+    ]
+    decoder = ScriptDecoder(script)
+    logits, cache = decoder.prefill(torch.zeros(4, 3, dtype=torch.long))
+    rows = decode(
+        decoder,
+        logits,
+        cache,
+        max_new_tokens=6,
+        stop_ids={EOS},
+        choose=lambda scores: scores.argmax(-1),
+        first_line=FIRST_LINE,
+    )
+    assert cache.kept == [[1, 3], [0]]
+    assert rows[1].tokens == [MORE, HELLO, WORLD] and rows[1].end == "eos"
+    assert rows[3].tokens == [HELLO, HELLO, DOT_NL] and rows[3].end == "line"
+    assert rows[0].tokens == rows[2].tokens == []
+
+
+def test_without_first_line_rows_run_past_line_breaks() -> None:
+    decoder = ScriptDecoder([[HELLO, DOT_NL, MORE, EOS]])
+    logits, cache = decoder.prefill(torch.zeros(1, 3, dtype=torch.long))
+    (row,) = decode(
+        decoder,
+        logits,
+        cache,
+        max_new_tokens=6,
+        stop_ids={EOS},
+        choose=lambda scores: scores.argmax(-1),
+    )
+    assert row.tokens == [HELLO, DOT_NL, MORE] and row.end == "eos"
+
+
+@pytest.mark.parametrize(
+    ("tokens", "complete"),
+    [
+        ([HELLO], False),
+        ([NL], False),
+        ([NL, CRLF], False),
+        ([HELLO, NL], True),
+        ([HELLO, CRLF], True),
+        ([NL, NL_NEXT], False),
+        ([NL, NL_NEXT, NL], True),
+    ],
+)
+def test_a_first_line_is_complete_when_non_blank_text_precedes_a_break(
+    tokens: list[int], complete: bool
+) -> None:
+    assert FIRST_LINE.complete(tokens) is complete
+
+
+def test_line_break_table_marks_every_splitlines_break() -> None:
+    table = line_break_table(["a", "\n", "b\rc", "\u2028", "\x0b", " ", "\t"])
+    assert table.tolist() == [False, True, True, True, True, False, False]
+
+
+def test_generate_shares_one_prefill_when_every_row_repeats_one_prompt() -> None:
+    decoder = ScriptDecoder([[HELLO, WORLD, EOS]])
+    out = generate_like_transformers(
+        decoder, torch.tensor([[5, 6, 7]]).repeat(3, 1), do_sample=False, eos_token_id=EOS
+    )
+    assert decoder.prefills == [1]
+    assert out.tolist() == [[5, 6, 7, HELLO, WORLD, EOS]] * 3
+
+
+def test_generate_returns_prompt_and_continuation_padded_after_eos() -> None:
+    decoder = ScriptDecoder([[HELLO, EOS, EOS], [HELLO, WORLD, MORE]])
+    out = generate_like_transformers(
+        decoder,
+        torch.tensor([[5, 6, 7], [5, 6, 8]]),
+        attention_mask=torch.ones(2, 3, dtype=torch.long),
+        do_sample=False,
+        max_new_tokens=3,
+        pad_token_id=PAD,
+        eos_token_id=EOS,
+    )
+    assert decoder.prefills == [2]
+    assert out.tolist() == [[5, 6, 7, HELLO, EOS, PAD], [5, 6, 8, HELLO, WORLD, MORE]]
+
+
+def test_generate_refuses_padded_prompts() -> None:
+    with pytest.raises(ValueError, match="padded prompts are not supported"):
+        generate_like_transformers(
+            ScriptDecoder([[EOS]]),
+            torch.tensor([[1, 2]]),
+            attention_mask=torch.tensor([[0, 1]]),
+        )
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_k", "top_p"), [(0.9, 50, 0.95), (1.3, None, 0.5), (0.7, 5, 1.0)]
+)
+def test_candidates_match_transformers_warpers(
+    temperature: float, top_k: int | None, top_p: float
+) -> None:
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    logits = torch.randn(4, 300, generator=torch.Generator().manual_seed(7)) * 4
+    expected = TemperatureLogitsWarper(temperature)(None, logits.clone())
+    if top_k is not None:
+        expected = TopKLogitsWarper(top_k)(None, expected)
+    if top_p < 1.0:
+        expected = TopPLogitsWarper(top_p)(None, expected)
+
+    probs, ids = candidates(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+    got = torch.zeros_like(logits).scatter(1, ids, probs)
+    torch.testing.assert_close(got, expected.softmax(-1), atol=1e-6, rtol=1e-5)
+    if top_p < 1.0:
+        assert ((got > 0).sum(-1) < (top_k or logits.shape[-1])).all()
