@@ -211,9 +211,13 @@ def _print(figures: dict[str, Any]) -> None:
         (
             "  of which weights (second load)",
             f"{figures['weights_reload_s']} s",
-            "the rest is transformers importing its modules on first use",
+            "the rest: first-use imports (safetensors, our Llama and tokenizer)",
         ),
-        ("raw model.generate", f"{figures['raw_generate_tok_s']} tok/s", ""),
+        (
+            "raw model.generate (prompt per row)",
+            f"{figures['raw_generate_tok_s']} tok/s",
+            "",
+        ),
         (
             "pipeline (sample+clean+lint+dedupe+rank)",
             f"{figures['pipeline_tok_s']} tok/s",
