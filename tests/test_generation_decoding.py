@@ -67,7 +67,10 @@ class ScriptDecoder:
         return self.logits(cache.rows)
 
 
-def run(script: list[list[int]], max_new_tokens: int = 4) -> tuple[list[Row], ScriptDecoder]:
+def run(
+    script: list[list[int]], max_new_tokens: int = 4, first_line: FirstLine | None = None
+) -> tuple[list[Row], ScriptDecoder, ScriptCache]:
+    """Greedy decoding of `script` (row i's logits favour script[i][step])."""
     decoder = ScriptDecoder(script)
     logits, cache = decoder.prefill(torch.zeros(len(script), 3, dtype=torch.long))
     rows = decode(
@@ -77,9 +80,9 @@ def run(script: list[list[int]], max_new_tokens: int = 4) -> tuple[list[Row], Sc
         max_new_tokens=max_new_tokens,
         stop_ids={EOS},
         choose=lambda scores: scores.argmax(-1),
-        first_line=FIRST_LINE,
+        first_line=first_line,
     )
-    return rows, decoder
+    return rows, decoder, cache
 
 
 def test_rows_stop_at_eos_at_a_complete_first_line_or_at_the_limit() -> None:
@@ -89,7 +92,7 @@ def test_rows_stop_at_eos_at_a_complete_first_line_or_at_the_limit() -> None:
         [HELLO, NL_NEXT, MORE, MORE],  # the break arrives glued to the next line's start
         [MORE, MORE, MORE, MORE],
     ]
-    rows, decoder = run(script)
+    rows, decoder, _ = run(script, first_line=FIRST_LINE)
 
     assert [(row.tokens, row.end) for row in rows] == [
         ([HELLO, WORLD], "eos"),
@@ -114,17 +117,7 @@ def test_the_rows_left_keep_their_own_scripts_after_others_leave() -> None:
         [EOS, EOS, EOS, EOS],
         [HELLO, HELLO, DOT_NL, EOS],
     ]
-    decoder = ScriptDecoder(script)
-    logits, cache = decoder.prefill(torch.zeros(4, 3, dtype=torch.long))
-    rows = decode(
-        decoder,
-        logits,
-        cache,
-        max_new_tokens=6,
-        stop_ids={EOS},
-        choose=lambda scores: scores.argmax(-1),
-        first_line=FIRST_LINE,
-    )
+    rows, _, cache = run(script, max_new_tokens=6, first_line=FIRST_LINE)
     assert cache.kept == [[1, 3], [0]]
     assert rows[1].tokens == [MORE, HELLO, WORLD] and rows[1].end == "eos"
     assert rows[3].tokens == [HELLO, HELLO, DOT_NL] and rows[3].end == "line"
@@ -132,16 +125,7 @@ def test_the_rows_left_keep_their_own_scripts_after_others_leave() -> None:
 
 
 def test_without_first_line_rows_run_past_line_breaks() -> None:
-    decoder = ScriptDecoder([[HELLO, DOT_NL, MORE, EOS]])
-    logits, cache = decoder.prefill(torch.zeros(1, 3, dtype=torch.long))
-    (row,) = decode(
-        decoder,
-        logits,
-        cache,
-        max_new_tokens=6,
-        stop_ids={EOS},
-        choose=lambda scores: scores.argmax(-1),
-    )
+    (row,), _, _ = run([[HELLO, DOT_NL, MORE, EOS]], max_new_tokens=6)
     assert row.tokens == [HELLO, DOT_NL, MORE] and row.end == "eos"
 
 
