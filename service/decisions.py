@@ -14,7 +14,7 @@ from service.config import Settings
 from service.db import insert_for, rows_changed
 from service.errors import Conflict
 from service.identity import hash_user_id, new_impression_id
-from service.models import Assignment, Impression, Variant, utcnow
+from service.models import Assignment, Impression, utcnow
 from service.schemas import DecideIn
 from service.snapshot import SegmentArms, SnapshotCache
 
@@ -22,20 +22,11 @@ POLICY_THOMPSON = "thompson-v1"
 # A sticky repeat is not a fresh draw: off-policy estimators must not treat it as one.
 POLICY_STICKY = "sticky-v1"
 
-# Built once: per request only the parameters change, so SQLAlchemy's compiled cache and the
-# driver's statement cache (sqlite3's, psycopg's prepared statements) are hit every time. Core
-# tables, not ORM entities: the ORM's bulk-statement machinery costs more than the SQL itself.
 _impression = Impression.__table__  # type: ignore[attr-defined]
-_variant = Variant.__table__  # type: ignore[attr-defined]
-_RECORD_IMPRESSION = sa.insert(_impression)
-_COUNT_IMPRESSION = (
-    sa.update(_variant)
-    .where(_variant.c.id == sa.bindparam("variant"))
-    .values(impressions=_variant.c.impressions + 1)
-)
-# The fast path talks to the driver itself: SQLAlchemy's execution context, transaction and
-# result objects cost more CPU than the two statements (most of a decision's time, profiled under
-# gunicorn). Columns in _COLUMNS order; each driver's own placeholders.
+# Plain SQL in each driver's own placeholders, built once: the fast path hands it to the driver
+# itself, because SQLAlchemy's execution context, transaction and result objects cost more CPU than
+# the two statements (most of a decision's time, profiled under gunicorn); the sticky path runs the
+# same SQL in the session's transaction. Parameters in _COLUMNS order.
 _COLUMNS = (
     "id",
     "experiment_id",
@@ -96,23 +87,28 @@ def decide(
 
     variant_id = arms.variant_ids[arm]
     impression_id = new_impression_id()
-    row = {
-        "id": impression_id,
-        "experiment_id": view.experiment_id,
-        "segment_id": arms.segment_id,
-        "variant_id": variant_id,
-        "propensity": propensity,
-        "policy": policy,
-        "user_hash": user_hash,
-        "created_at": utcnow(),
-    }
     bind = session.get_bind()
+    statements = _impression_statements(
+        bind.dialect,
+        (
+            impression_id,
+            view.experiment_id,
+            arms.segment_id,
+            variant_id,
+            propensity,
+            policy,
+            user_hash,
+            utcnow(),
+        ),
+    )
     if sticky or not isinstance(bind, sa.Engine):
         # The assignment written above commits with the impression, or neither does.
-        _write(session.connection(), row)
+        connection = session.connection()
+        for sql, parameters in statements:
+            connection.exec_driver_sql(sql, parameters)
         session.commit()
     else:
-        _record(bind, row)
+        _record(bind, statements)
     cache.record_impression(arms, arm)
     return Decision(
         impression_id=impression_id,
@@ -123,23 +119,33 @@ def decide(
     )
 
 
-def _record(engine: sa.Engine, row: dict[str, object]) -> None:
-    """Write the impression and count it, committed before returning."""
+def _impression_statements(
+    dialect: sa.Dialect, values: tuple[Any, ...]
+) -> list[tuple[str, tuple[Any, ...]]]:
+    """The SQL that stores an impression and counts it: `values` in _COLUMNS order."""
+    *columns, created_at = values
+    values = (*columns, _created_at_processor(dialect)(created_at))
+    if dialect.name == "postgresql":
+        return [(_RECORD_AND_COUNT_PG, values)]
+    return [(_INSERT_SQLITE, values), (_COUNT_SQLITE, (values[_COLUMNS.index("variant_id")],))]
+
+
+def _record(engine: sa.Engine, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+    """Run them and commit before returning (PostgreSQL's one statement in autocommit)."""
     dialect = engine.dialect
-    values = [row[column] for column in _COLUMNS]
-    values[-1] = _created_at_processor(dialect)(row["created_at"])
     pooled = engine.raw_connection()
     driver: Any = pooled.driver_connection
     try:
         if dialect.name == "postgresql":
             driver.autocommit = True
             try:
-                driver.execute(_RECORD_AND_COUNT_PG, values)
+                for sql, parameters in statements:
+                    driver.execute(sql, parameters)
             finally:
                 driver.autocommit = False
         else:
-            driver.execute(_INSERT_SQLITE, values)
-            driver.execute(_COUNT_SQLITE, (row["variant_id"],))
+            for sql, parameters in statements:
+                driver.execute(sql, parameters)
             driver.commit()
     except dialect.loaded_dbapi.Error as exc:
         if dialect.is_disconnect(exc, driver, None):
@@ -151,7 +157,7 @@ def _record(engine: sa.Engine, row: dict[str, object]) -> None:
             driver.rollback()
         # As SQLAlchemy would have raised it: the error handlers answer an OperationalError 503.
         raise sa.exc.DBAPIError.instance(
-            "decide: record impression", values, exc, dialect.loaded_dbapi.Error
+            "decide: record impression", statements, exc, dialect.loaded_dbapi.Error
         ) from exc
     finally:
         pooled.close()
@@ -163,12 +169,6 @@ def _created_at_processor(dialect: sa.Dialect) -> Callable[[Any], Any]:
     rows written here read back exactly like rows SQLAlchemy writes."""
     processor = _impression.c.created_at.type.bind_processor(dialect)
     return processor or (lambda value: value)
-
-
-def _write(connection: sa.Connection, row: dict[str, object]) -> None:
-    """The impression and its counter, in the caller's transaction."""
-    connection.execute(_RECORD_IMPRESSION, row)
-    connection.execute(_COUNT_IMPRESSION, {"variant": row["variant_id"]})
 
 
 def _sticky_choice(
