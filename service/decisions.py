@@ -166,8 +166,10 @@ def _record(engine: sa.Engine, statements: list[tuple[str, tuple[Any, ...]]]) ->
 @functools.cache
 def _created_at_processor(dialect: sa.Dialect) -> Callable[[Any], Any]:
     """The timestamp column's own conversion (an aware UTC datetime to SQLite's text, say), so
-    rows written here read back exactly like rows SQLAlchemy writes."""
-    processor = _impression.c.created_at.type.bind_processor(dialect)
+    rows written here are stored exactly like rows SQLAlchemy writes."""
+    # The dialect's variant of the type: the generic one's processor stops at the decorator and
+    # left the driver to render the time (sqlite3 appends "+00:00", which no other row has).
+    processor = _impression.c.created_at.type.dialect_impl(dialect).bind_processor(dialect)
     return processor or (lambda value: value)
 
 

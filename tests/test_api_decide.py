@@ -119,6 +119,24 @@ def test_each_decision_adds_exactly_one_impression(
     assert counters == {v: Counter(r.variant_id for r in rows)[v] for v in counters}
 
 
+@pytest.mark.parametrize("sticky", [False, True])
+def test_an_impression_time_is_stored_as_sqlalchemy_stores_times(
+    api: Any, session: Session, experiment: dict[str, Any], sticky: bool
+) -> None:
+    """Both write paths bind created_at themselves; the stored value must equal the one
+    SQLAlchemy binds for the same time (SQLite keeps text: an offset suffix would break equality
+    and ordering against every other row's time)."""
+    if sticky:
+        decision = api.decide(_sticky_experiment(api)["id"], segment="tea-lovers", user_id="u-1")
+    else:
+        decision = api.decide(experiment["id"], segment="tea-lovers")
+    [row] = _impression_rows(session, [decision["impression_id"]])
+    same_time = select(sa.func.count()).where(
+        col(Impression.id) == row.id, col(Impression.created_at) == row.created_at
+    )
+    assert session.exec(same_time).one() == 1
+
+
 def _set_on_every_pooled_connection(engine: sa.Engine, pragma: str) -> None:
     pooled = [engine.raw_connection() for _ in range(engine.pool.checkedin())]  # type: ignore[attr-defined]
     for connection in pooled:
