@@ -17,6 +17,7 @@ from service.identity import hash_user_id, new_impression_id
 from service.models import Assignment, Impression, utcnow
 from service.schemas import DecideIn
 from service.snapshot import SegmentArms, SnapshotCache
+from service.sqlite_writers import writer_turn
 
 POLICY_THOMPSON = "thompson-v1"
 # A sticky repeat is not a fresh draw: off-policy estimators must not treat it as one.
@@ -144,9 +145,10 @@ def _record(engine: sa.Engine, statements: list[tuple[str, tuple[Any, ...]]]) ->
             finally:
                 driver.autocommit = False
         else:
-            for sql, parameters in statements:
-                driver.execute(sql, parameters)
-            driver.commit()
+            with writer_turn(engine, driver):
+                for sql, parameters in statements:
+                    driver.execute(sql, parameters)
+                driver.commit()
     except dialect.loaded_dbapi.Error as exc:
         if dialect.is_disconnect(exc, driver, None):
             # The server went away, so did every pooled connection: drop them all, as SQLAlchemy

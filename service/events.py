@@ -15,6 +15,7 @@ from sqlmodel import Session
 
 from service.models import UtcDateTime, Variant, utcnow
 from service.schemas import EventIn, RejectedEvent
+from service.sqlite_writers import writer_turn
 
 
 @dataclass
@@ -90,25 +91,28 @@ def record_events(*, session: Session, events: list[EventIn]) -> EventsOutcome:
 
     connection = session.connection()
     dialect = connection.dialect.name
-    result = connection.execute(_RECORD_EVENTS[dialect], _batch(dialect, rows))
-    # The driver's own tuples: a thousand SQLAlchemy rows around them cost a tenth of a batch.
-    inserted: dict[str, int] = dict(result.cursor.fetchall())
-    result.close()
-    outcome.accepted = len(inserted)
-    if len(inserted) < len(rows):
-        _sort_out_the_rest(connection, outcome, rows, positions, inserted)
-    per_variant = Counter(inserted.values())
-    if per_variant:
-        variant_ids = sorted(per_variant)
-        # Fixed lock order: concurrent batches touching the same variants cannot deadlock.
-        connection.execute(
-            _COUNT_CONVERSIONS,
-            [{"variant": v, "converted": per_variant[v]} for v in variant_ids],
-        )
-        for experiment_id, segment_id in connection.execute(_WHERE_VARIANTS, {"ids": variant_ids}):
-            outcome.experiments.add(experiment_id)
-            outcome.segments.add(segment_id)
-    session.commit()
+    with writer_turn(connection.engine, connection.connection.driver_connection):
+        result = connection.execute(_RECORD_EVENTS[dialect], _batch(dialect, rows))
+        # The driver's own tuples: a thousand SQLAlchemy rows around them cost a tenth of a batch.
+        inserted: dict[str, int] = dict(result.cursor.fetchall())
+        result.close()
+        outcome.accepted = len(inserted)
+        if len(inserted) < len(rows):
+            _sort_out_the_rest(connection, outcome, rows, positions, inserted)
+        per_variant = Counter(inserted.values())
+        if per_variant:
+            variant_ids = sorted(per_variant)
+            # Fixed lock order: concurrent batches touching the same variants cannot deadlock.
+            connection.execute(
+                _COUNT_CONVERSIONS,
+                [{"variant": v, "converted": per_variant[v]} for v in variant_ids],
+            )
+            for experiment_id, segment_id in connection.execute(
+                _WHERE_VARIANTS, {"ids": variant_ids}
+            ):
+                outcome.experiments.add(experiment_id)
+                outcome.segments.add(segment_id)
+        session.commit()
     return outcome
 
 
