@@ -10,6 +10,11 @@ writer when the lock is released.
 Only the hot writes (decisions, event batches) take a turn, and only when their connection holds
 no transaction yet; every other writer still meets SQLite's own lock, so correctness never depends
 on this one. Where the lock file cannot be opened the writes go ahead without it.
+
+The commit that fills the write-ahead log past 1,000 pages checkpoints it inside the turn (about
+4 ms, every couple of hundred decisions), so the other writers wait for it. That is what lets the
+log start over: a checkpoint running beside writers never catches up with them, and with one in a
+background thread the log grew to 579 MB in 8 s of decisions.
 """
 
 from __future__ import annotations
