@@ -5,12 +5,15 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from service.sqlite_writers import LOCK_SUFFIX, _turn_for, writer_turn
+from tests.conftest import Api
 
 HOLD_SECONDS = 0.5
 _fork = multiprocessing.get_context("fork")
@@ -27,25 +30,33 @@ def _hold_a_turn(engine: sa.Engine, holding: Any, done: Any) -> None:
         done.value = time.monotonic()
 
 
-def _wait_for_a_turn_behind_another_process(engine: sa.Engine) -> tuple[float, float]:
-    """Another process takes a turn and holds it; ours must start after it has finished: when
-    ours began, and when theirs ended."""
+def _behind_another_process(engine: sa.Engine, write: Callable[[], object]) -> tuple[float, float]:
+    """Another process takes a turn and holds it while `write` runs here: when `write` finished,
+    and when their turn ended."""
     holding, done = _fork.Event(), _fork.Value("d", 0.0)
     other = _fork.Process(target=_hold_a_turn, args=(engine, holding, done))
     other.start()
     try:
         assert holding.wait(10)
-        with sqlite3.connect(engine.url.database) as driver, writer_turn(engine, driver):
-            ours = time.monotonic()
+        write()
+        ours = time.monotonic()
     finally:
         other.join(10)
     assert other.exitcode == 0
+    assert done.value > 0
     return ours, done.value
+
+
+def _wait_for_a_turn_behind_another_process(engine: sa.Engine) -> tuple[float, float]:
+    def take_a_turn() -> None:
+        with sqlite3.connect(engine.url.database) as driver, writer_turn(engine, driver):
+            pass
+
+    return _behind_another_process(engine, take_a_turn)
 
 
 def test_a_writer_waits_for_another_process_to_finish_its_turn(tmp_path: Path) -> None:
     ours, theirs_ended = _wait_for_a_turn_behind_another_process(_engine(tmp_path))
-    assert theirs_ended > 0
     assert ours >= theirs_ended
     assert (tmp_path / f"turns.db{LOCK_SUFFIX}").exists()
 
@@ -85,3 +96,24 @@ def test_databases_without_a_file_take_no_turn(tmp_path: Path) -> None:
     assert _turn_for(sa.create_engine("sqlite:///:memory:")) is None
     assert _turn_for(sa.create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")) is None
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_decisions_and_event_batches_take_a_turn(
+    api: Api, app: Any, experiment: dict[str, Any]
+) -> None:
+    engine = app.extensions["copybandit.engine"]
+    shown: list[str] = []
+
+    def decide() -> None:
+        shown.append(api.decide(experiment["id"], segment="tea-lovers")["impression_id"])
+
+    def report() -> None:
+        events = [{"impression_id": shown[0], "type": "conversion"}]
+        response = api.post("/v1/events", json={"events": events}, key="serve")
+        assert response.get_json()["accepted"] == 1
+
+    decided, theirs_ended = _behind_another_process(engine, decide)
+    assert decided >= theirs_ended
+    reported, theirs_ended = _behind_another_process(engine, report)
+    assert reported >= theirs_ended
