@@ -85,17 +85,15 @@ def test_a_connection_inside_a_transaction_does_not_wait(tmp_path: Path) -> None
             assert holding.wait(10)
             with writer_turn(engine, driver):
                 entered = time.monotonic()
-            assert done.value == 0.0 or entered < done.value
         finally:
             other.join(10)
     assert done.value > entered
 
 
-def test_databases_without_a_file_take_no_turn(tmp_path: Path) -> None:
+def test_databases_without_a_file_take_no_turn() -> None:
     assert _turn_for(sa.create_engine("sqlite://")) is None
     assert _turn_for(sa.create_engine("sqlite:///:memory:")) is None
     assert _turn_for(sa.create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")) is None
-    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
