@@ -168,11 +168,10 @@ def sample_rows(
     generator: torch.Generator | None = None,
 ) -> list[Row]:
     """n continuations of one prompt (shape (1, length)), the prompt run through the model once."""
-    logits, cache = decoder.prefill(prompt)
-    cache.repeat(n)
+    logits, cache = _prefill_once(decoder, prompt, n)
     return decode(
         decoder,
-        logits.repeat(n, 1),
+        logits,
         cache,
         max_new_tokens=max_new_tokens,
         stop_ids=stop_ids,
@@ -181,6 +180,13 @@ def sample_rows(
         ),
         first_line=first_line,
     )
+
+
+def _prefill_once(decoder: Decoder, prompt: Tensor, n: int) -> tuple[Tensor, Cache]:
+    """The prompt (shape (1, length)) through the model once; its logits and cache for n rows."""
+    logits, cache = decoder.prefill(prompt)
+    cache.repeat(n)
+    return logits.repeat(n, 1), cache
 
 
 def as_decoder(model: Any) -> Decoder:
@@ -251,9 +257,7 @@ def generate_like_transformers(
     stop_ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
     batch = input_ids.shape[0]
     if bool((input_ids == input_ids[:1]).all()):
-        logits, cache = decoder.prefill(input_ids[:1])
-        cache.repeat(batch)
-        logits = logits.repeat(batch, 1)
+        logits, cache = _prefill_once(decoder, input_ids[:1], batch)
     else:
         logits, cache = decoder.prefill(input_ids)
 
