@@ -33,7 +33,9 @@ class EventsOutcome:
 # A parameter set per row cost SQLAlchemy and the driver microseconds of Python for every row, and
 # a separate lookup a second pass: a batch of 1,000 ran at a fifth of a raw executemany that way.
 # ON CONFLICT stays the one duplicate check, so concurrent batches cannot both count an event; what
-# the statement wrote is read back afterwards (see _write_rows).
+# the statement wrote is read back afterwards (see _write_rows). The column's type binds the time,
+# so SQLite stores SQLAlchemy's text format (sqlite3 alone appended "+00:00", unlike other rows).
+_CREATED_AT = sa.bindparam("created_at", type_=UtcDateTime)
 _RECORD_EVENTS = {
     # `WHERE true`: SQLite's parser needs it to tell the upsert's ON CONFLICT from a join's ON.
     "sqlite": sa.text(
@@ -43,7 +45,7 @@ _RECORD_EVENTS = {
         " FROM json_each(:rows) AS batch"
         " JOIN impression ON impression.id = json_extract(batch.value, '$[1]')"
         " WHERE true ON CONFLICT DO NOTHING"
-    ),
+    ).bindparams(_CREATED_AT),
     "postgresql": sa.text(
         "INSERT INTO event (event_id, impression_id, variant_id, type, value, created_at)"
         " SELECT batch.event_id, impression.id, impression.variant_id, batch.type, batch.value,"
@@ -53,10 +55,8 @@ _RECORD_EVENTS = {
         " AS batch(event_id, impression_id, type, value)"
         " JOIN impression ON impression.id = batch.impression_id"
         " ON CONFLICT DO NOTHING RETURNING impression_id, variant_id"
-    ),
+    ).bindparams(_CREATED_AT),
 }
-for _statement in _RECORD_EVENTS.values():
-    _statement.bindparams(sa.bindparam("created_at", type_=UtcDateTime))
 _WRITTEN_PER_VARIANT = sa.text(
     "SELECT variant_id, count(*) FROM event WHERE id BETWEEN :first AND :last GROUP BY variant_id"
 )

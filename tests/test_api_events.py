@@ -72,6 +72,20 @@ def test_single_conversion_is_stored_and_counted(
     assert _assert_counters_match_rows(session) == {decision["variant_id"]: 1}
 
 
+def test_an_event_time_is_stored_as_sqlalchemy_stores_times(
+    api: Any, session: Session, decisions: list[dict[str, Any]]
+) -> None:
+    """The batch statement binds created_at itself; the stored value must equal the one SQLAlchemy
+    binds for the same time (SQLite keeps text: an offset suffix would break equality and ordering
+    against every other row's time)."""
+    assert _send(api, _conversion(decisions[0]["impression_id"])).status_code == 200
+    event = session.exec(select(Event)).one()
+    same_time = select(sa.func.count()).where(
+        col(Event.id) == event.id, col(Event.created_at) == event.created_at
+    )
+    assert session.exec(same_time).one() == 1
+
+
 @pytest.mark.parametrize(
     "retry",
     [{"event_id": "order-1"}, {"event_id": "order-2"}, {}],

@@ -72,26 +72,34 @@ def test_diff_detects_a_schema_drift(empty_engine: sa.Engine) -> None:
     assert any("stray" in repr(change) for change in _diff(empty_engine))
 
 
-def test_impression_times_written_with_an_offset_are_rewritten(tmp_path: Path) -> None:
-    """SQLite rows that decisions stored before 0007 as '… +00:00' read back, compare and sort
-    like the rows SQLAlchemy writes."""
+@pytest.mark.parametrize(
+    ("table", "revision"), [("impression", "0006"), ("event", "0007")], ids=["impression", "event"]
+)
+def test_times_written_with_an_offset_are_rewritten(
+    tmp_path: Path, table: str, revision: str
+) -> None:
+    """SQLite rows that decisions (before 0007) and conversions (before 0008) stored as
+    '… +00:00' read back, compare and sort like the rows SQLAlchemy writes."""
     engine = make_engine(load_settings({"database_url": f"sqlite:///{tmp_path}/old.db"}))
-    migrate.upgrade(engine, "0006")
+    migrate.upgrade(engine, revision)
     rows = {
         "a" * 32: ("2026-11-28 08:52:40.690560+00:00", "2026-11-28 08:52:40.690560"),
         "b" * 32: ("2026-11-28 08:52:41+00:00", "2026-11-28 08:52:41.000000"),
         "c" * 32: ("2026-11-28 08:52:42.000001", "2026-11-28 08:52:42.000001"),
     }
+    insert = {
+        "impression": "INSERT INTO impression (id, experiment_id, segment_id, variant_id,"
+        " propensity, policy, created_at) VALUES (?, 1, 1, 1, 0.5, 'thompson-v1', ?)",
+        "event": "INSERT INTO event (impression_id, variant_id, type, created_at)"
+        " VALUES (?, 1, 'conversion', ?)",
+    }[table]
+    key = "id" if table == "impression" else "impression_id"
     with engine.begin() as connection:
         connection.exec_driver_sql("PRAGMA foreign_keys=OFF")  # the rows need no parents here
-        for impression_id, (stored, _) in rows.items():
-            connection.exec_driver_sql(
-                "INSERT INTO impression (id, experiment_id, segment_id, variant_id, propensity,"
-                " policy, created_at) VALUES (?, 1, 1, 1, 0.5, 'thompson-v1', ?)",
-                (impression_id, stored),
-            )
+        for row_key, (stored, _) in rows.items():
+            connection.exec_driver_sql(insert, (row_key, stored))
     migrate.upgrade(engine)
     with engine.connect() as connection:
-        found = dict(connection.exec_driver_sql("SELECT id, created_at FROM impression").all())
+        found = dict(connection.exec_driver_sql(f"SELECT {key}, created_at FROM {table}").all())
     engine.dispose()
-    assert found == {impression_id: rewritten for impression_id, (_, rewritten) in rows.items()}
+    assert found == {row_key: rewritten for row_key, (_, rewritten) in rows.items()}
