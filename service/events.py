@@ -33,8 +33,8 @@ class EventsOutcome:
 # A parameter set per row cost SQLAlchemy and the driver microseconds of Python for every row, and
 # a separate lookup a second pass: a batch of 1,000 ran at a fifth of a raw executemany that way.
 # ON CONFLICT stays the one duplicate check, so concurrent batches cannot both count an event; what
-# the statement wrote is read back afterwards (see _write_rows). The column's type binds the time,
-# so SQLite stores SQLAlchemy's text format (sqlite3 alone appended "+00:00", unlike other rows).
+# the statement wrote is learnt afterwards (_write_sqlite, _write_postgresql). The column type
+# binds the time, so SQLite stores SQLAlchemy's text format (sqlite3 alone appended "+00:00").
 _CREATED_AT = sa.bindparam("created_at", type_=UtcDateTime)
 _RECORD_EVENTS = {
     # `WHERE true`: SQLite's parser needs it to tell the upsert's ON CONFLICT from a join's ON.
