@@ -24,7 +24,6 @@ class EventsOutcome:
     accepted: int = 0
     duplicate: int = 0
     rejections: list[RejectedEvent] = field(default_factory=list)
-    experiments: set[int] = field(default_factory=set)
     segments: set[int] = field(default_factory=set)
 
 
@@ -58,12 +57,12 @@ _RECORD_EVENTS = {
     ).bindparams(_CREATED_AT),
 }
 # SQLite: the rows one INSERT wrote are an id span (see _write_sqlite); their variants' counters go
-# up in one statement, which names the experiments and segments it touched.
+# up in one statement, which names the segments it touched.
 _COUNT_SPAN = sa.text(
     "UPDATE variant SET conversions = conversions + written.n"
     " FROM (SELECT variant_id, count(*) AS n FROM event WHERE id BETWEEN :first AND :last"
     " GROUP BY variant_id) AS written"
-    " WHERE variant.id = written.variant_id RETURNING experiment_id, segment_id"
+    " WHERE variant.id = written.variant_id RETURNING segment_id"
 )
 _SPAN_IMPRESSIONS = sa.text("SELECT impression_id FROM event WHERE id BETWEEN :first AND :last")
 _KNOWN_IMPRESSIONS = sa.text("SELECT id FROM impression WHERE id IN :ids").bindparams(
@@ -76,7 +75,7 @@ _COUNT_CONVERSIONS = (
     .where(_variant.c.id == sa.bindparam("variant"))
     .values(conversions=_variant.c.conversions + sa.bindparam("converted"))
 )
-_WHERE_VARIANTS = sa.select(_variant.c.experiment_id, _variant.c.segment_id).where(
+_SEGMENTS_OF = sa.select(_variant.c.segment_id).where(
     _variant.c.id.in_(sa.bindparam("ids", expanding=True))
 )
 
@@ -103,17 +102,15 @@ def record_events(*, session: Session, events: list[EventIn]) -> EventsOutcome:
     connection = session.connection()
     write = _write_sqlite if connection.dialect.name == "sqlite" else _write_postgresql
     with writer_turn(connection.engine, connection.connection.driver_connection):
-        for experiment_id, segment_id in write(connection, outcome, rows, positions):
-            outcome.experiments.add(experiment_id)
-            outcome.segments.add(segment_id)
+        outcome.segments.update(write(connection, outcome, rows, positions))
         session.commit()
     return outcome
 
 
 def _write_sqlite(
     connection: sa.Connection, outcome: EventsOutcome, rows: list[_Row], positions: list[int]
-) -> Sequence[sa.Row[int, int]]:
-    """Write the rows and count them; returns the (experiment, segment) of each variant counted."""
+) -> Sequence[int]:
+    """Write the rows and count them; returns the segment of each variant counted."""
     result = connection.execute(
         _RECORD_EVENTS["sqlite"], {"rows": json.dumps(rows), "created_at": utcnow()}
     )
@@ -129,13 +126,13 @@ def _write_sqlite(
     if written < len(rows):
         inserted = set(connection.execute(_SPAN_IMPRESSIONS, span).scalars())
         _sort_out_the_rest(connection, outcome, rows, positions, inserted)
-    return connection.execute(_COUNT_SPAN, span).all()
+    return connection.execute(_COUNT_SPAN, span).scalars().all()
 
 
 def _write_postgresql(
     connection: sa.Connection, outcome: EventsOutcome, rows: list[_Row], positions: list[int]
-) -> Sequence[sa.Row[int, int]]:
-    """Write the rows and count them; returns the (experiment, segment) of each variant counted."""
+) -> Sequence[int]:
+    """Write the rows and count them; returns the segment of each variant counted."""
     result = connection.execute(
         _RECORD_EVENTS["postgresql"],
         {
@@ -160,7 +157,7 @@ def _write_postgresql(
     connection.execute(
         _COUNT_CONVERSIONS, [{"variant": v, "converted": per_variant[v]} for v in variant_ids]
     )
-    return connection.execute(_WHERE_VARIANTS, {"ids": variant_ids}).all()
+    return connection.execute(_SEGMENTS_OF, {"ids": variant_ids}).scalars().all()
 
 
 def _sort_out_the_rest(

@@ -72,6 +72,19 @@ def test_single_conversion_is_stored_and_counted(
     assert _assert_counters_match_rows(session) == {decision["variant_id"]: 1}
 
 
+def test_a_conversion_leaves_the_workers_snapshot_in_place(
+    app: Any, api: Any, experiment: dict[str, Any], decisions: list[dict[str, Any]]
+) -> None:
+    """Conversions reach the posterior at the snapshot's next reload, as other workers' do:
+    dropping it per conversion made the next decision pay for a full reload."""
+    views = app.extensions["copybandit.snapshots"]._views
+    loaded = views[experiment["id"]]
+
+    assert _send(api, _conversion(decisions[0]["impression_id"])).get_json()["accepted"] == 1
+
+    assert views[experiment["id"]] is loaded
+
+
 def test_an_event_time_is_stored_as_sqlalchemy_stores_times(
     api: Any, session: Session, decisions: list[dict[str, Any]]
 ) -> None:

@@ -51,8 +51,10 @@ def events(body: EventsIn) -> tuple[dict[str, Any], int]:
     """Report conversions: one event, or `{"events": [...]}` with up to 1,000."""
     outcome = record_events(session=db.session(), events=body.as_list())
     current_app.extensions["copybandit.guardrail"].counters_changed(outcome.segments)
-    for experiment_id in outcome.experiments:
-        _cache().invalidate(experiment_id)
+    # The worker's snapshot is left as it is: conversions, this worker's as much as any other's,
+    # reach the posterior at its next reload (COPYBANDIT_SNAPSHOT_TTL_SECONDS). Dropping it here
+    # made the next decision reload it (8.6 ms, 10,000 draws per segment for the propensities):
+    # with a conversion every 50 decisions, the work per decision rose from 599 to 770 µs.
     counted = metrics().events
     counted.labels("accepted").inc(outcome.accepted)
     counted.labels("duplicate").inc(outcome.duplicate)
