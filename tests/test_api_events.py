@@ -9,9 +9,11 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
+from service import create_app
 from service.identity import new_impression_id
 from service.models import Event, Impression, Variant
 from service.schemas import MAX_BATCH_EVENTS
+from tests.conftest import Api
 
 UNKNOWN = "f" * 32
 
@@ -73,16 +75,20 @@ def test_single_conversion_is_stored_and_counted(
 
 
 def test_a_conversion_leaves_the_workers_snapshot_in_place(
-    app: Any, api: Any, experiment: dict[str, Any], decisions: list[dict[str, Any]]
+    app_config: dict[str, Any], session: Session, experiment: dict[str, Any]
 ) -> None:
     """Conversions reach the posterior at the snapshot's next reload, as other workers' do:
     dropping it per conversion made the next decision pay for a full reload."""
-    views = app.extensions["copybandit.snapshots"]._views
-    loaded = views[experiment["id"]]
+    served = create_app(app_config | {"snapshot_ttl_seconds": 600.0})
+    api = Api(served.test_client(), session)
+    cache = served.extensions["copybandit.snapshots"]
+    decision = api.decide(experiment["id"], segment="tea-lovers")
+    loaded = cache.get(session=session, experiment_id=experiment["id"])
 
-    assert _send(api, _conversion(decisions[0]["impression_id"])).get_json()["accepted"] == 1
+    assert _send(api, _conversion(decision["impression_id"])).get_json()["accepted"] == 1
 
-    assert views[experiment["id"]] is loaded
+    assert cache.get(session=session, experiment_id=experiment["id"]) is loaded
+    served.extensions["copybandit.engine"].dispose()
 
 
 def test_an_event_time_is_stored_as_sqlalchemy_stores_times(
