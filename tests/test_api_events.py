@@ -91,6 +91,33 @@ def test_a_conversion_leaves_the_workers_snapshot_in_place(
     served.extensions["copybandit.engine"].dispose()
 
 
+def test_a_variant_the_guardrail_pauses_after_a_conversion_is_not_served_again(
+    app_config: dict[str, Any], session: Session, experiment: dict[str, Any]
+) -> None:
+    """The guardrail that a conversion sets off can pause a variant: the worker that paused it
+    stops serving it at once, not at its snapshot's next reload."""
+    served = create_app(app_config | {"snapshot_ttl_seconds": 600.0})
+    api = Api(served.test_client(), session)
+    control, challenger = (v["id"] for v in experiment["segments"][0]["variants"])
+    decision = api.decide(experiment["id"], segment="tea-lovers")  # the snapshot is loaded
+    for variant_id, conversions in ((control, 100), (challenger, 5)):
+        session.execute(
+            sa.update(Variant)
+            .where(col(Variant.id) == variant_id)
+            .values(impressions=1_000, conversions=conversions)
+        )
+    session.commit()
+
+    assert _send(api, _conversion(decision["impression_id"])).get_json()["accepted"] == 1
+
+    assert session.get(Variant, challenger, populate_existing=True).status == "paused"  # type: ignore[union-attr]
+    served_ids = {
+        api.decide(experiment["id"], segment="tea-lovers")["variant_id"] for _ in range(30)
+    }
+    assert served_ids == {control}
+    served.extensions["copybandit.engine"].dispose()
+
+
 def test_an_event_time_is_stored_as_sqlalchemy_stores_times(
     api: Any, session: Session, decisions: list[dict[str, Any]]
 ) -> None:

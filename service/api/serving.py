@@ -50,11 +50,14 @@ def decide(body: DecideIn) -> tuple[dict[str, Any], int]:
 def events(body: EventsIn) -> tuple[dict[str, Any], int]:
     """Report conversions: one event, or `{"events": [...]}` with up to 1,000."""
     outcome = record_events(session=db.session(), events=body.as_list())
-    current_app.extensions["copybandit.guardrail"].counters_changed(outcome.segments)
-    # The worker's snapshot is left as it is: conversions, this worker's as much as any other's,
-    # reach the posterior at its next reload (COPYBANDIT_SNAPSHOT_TTL_SECONDS). Dropping it here
-    # made the next decision reload it (8.6 ms, 10,000 draws per segment for the propensities):
-    # with a conversion every 50 decisions, the work per decision rose from 599 to 770 µs.
+    paused = current_app.extensions["copybandit.guardrail"].counters_changed(outcome.segments)
+    # Conversions, this worker's as much as any other's, reach the posterior at the snapshot's next
+    # reload (COPYBANDIT_SNAPSHOT_TTL_SECONDS). Dropping it for each one made the next decision
+    # reload it (8.6 ms, 10,000 draws per segment for the propensities): with a conversion every
+    # 50 decisions, the work per decision rose from 599 to 770 µs. A variant the guardrail just
+    # paused must stop being served now, so its experiment's snapshot is dropped.
+    for experiment_id in {action.experiment_id for action in paused}:
+        _cache().invalidate(experiment_id)
     counted = metrics().events
     counted.labels("accepted").inc(outcome.accepted)
     counted.labels("duplicate").inc(outcome.duplicate)
