@@ -15,7 +15,7 @@ for its variants. Then, each on impressions of its own:
   with a checkpoint of the write-ahead log, timed as part of that side: both write about the same
   pages per batch, and each pays for copying its own into the database file;
 - the endpoint itself: POST /v1/events through the Flask app's test client (auth, strict JSON,
-  validation, guardrail check, cache invalidation; no socket), single and batched, for scale.
+  validation, guardrail check; no socket), single and batched, for scale.
 
 Afterwards the raw rows are deleted and the service's checked: event rows == events sent, each
 variant's `conversions` == its event rows, and re-sending a batch (with the same event ids, and
