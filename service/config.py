@@ -15,6 +15,7 @@ from typing import Any
 
 ENV_PREFIX = "COPYBANDIT_"
 ENVIRONMENTS = ("development", "test", "production")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Development defaults only; production refuses them (see validate()).
 DEV_SECRET = "dev-only-not-secret"
 
@@ -148,6 +149,12 @@ class Settings:
         )
         _require(self.scheduler in ("on", "off"), "SCHEDULER", "must be on or off", self.scheduler)
         _require(
+            self.log_level in LOG_LEVELS,
+            "LOG_LEVEL",
+            f"must be one of {', '.join(LOG_LEVELS)} (any case)",
+            self.log_level,
+        )
+        _require(
             self.log_format in ("text", "json"),
             "LOG_FORMAT",
             "must be text or json",
@@ -219,7 +226,12 @@ def load_settings(
             raise ConfigError(f"unknown setting {name!r}")
         values[name] = value
     settings = Settings(**values)  # type: ignore[arg-type]
-    return dataclasses.replace(settings, database_url=normalize_database_url(settings.database_url))
+    return dataclasses.replace(
+        settings,
+        database_url=normalize_database_url(settings.database_url),
+        # The JSON log lines spell levels in lower case; either spelling configures them.
+        log_level=str(settings.log_level).upper(),
+    )
 
 
 def normalize_database_url(url: str) -> str:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,7 @@ def test_environment_variables_override_defaults() -> None:
         ("COPYBANDIT_DATABASE_URL", "mysql://x/y", r"COPYBANDIT_DATABASE_URL must be a sqlite"),
         ("COPYBANDIT_SNAPSHOT_TTL_SECONDS", "-1", r"COPYBANDIT_SNAPSHOT_TTL_SECONDS must be >= 0"),
         ("COPYBANDIT_WORKERS", "0", r"COPYBANDIT_WORKERS must be between 1 and 64"),
+        ("COPYBANDIT_LOG_LEVEL", "verbose", r"COPYBANDIT_LOG_LEVEL must be one of DEBUG, INFO"),
     ],
 )
 def test_bad_values_are_refused_naming_the_variable(
@@ -44,6 +46,13 @@ def test_bad_values_are_refused_naming_the_variable(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         load_settings(environ={variable: value}).validate()
+
+
+def test_log_levels_are_taken_in_either_case() -> None:
+    # A lower-case level once reached logging.setLevel unchecked and stopped every worker's boot.
+    settings = load_settings(environ={"COPYBANDIT_LOG_LEVEL": "warning"}).validate()
+    assert settings.log_level == "WARNING"
+    logging.Logger("probe").setLevel(settings.log_level)  # raised ValueError for "warning"
 
 
 def test_production_refuses_default_secrets() -> None:
