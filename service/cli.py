@@ -578,6 +578,7 @@ def serve(host: str | None, port: int | None, workers: int | None, access_log: b
         # gunicorn's control socket is one path per user: two servers on a host would share it,
         # and closing it adds seconds to every shutdown. copybandit does not use it.
         "control_socket_disable": True,
+        "worker_class": "service.gunicorn.SyncWorker",
     }
     from service.gunicorn import run
 

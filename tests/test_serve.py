@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -87,6 +88,34 @@ def test_decide_convert_report_over_http(server: tuple[str, str]) -> None:
         assert "\ncopybandit_decisions_total 20.0\n" in scraped
         assert 'copybandit_events_total{outcome="accepted"} 5.0' in scraped
         assert 'copybandit_events_total{outcome="duplicate"} 5.0' in scraped
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes its side."""
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def test_clients_that_keep_their_sockets_open_after_the_answer_hold_no_worker(
+    server: tuple[str, str],
+) -> None:
+    base = server[0]
+    port = int(base.rsplit(":", 1)[1])
+    started = time.monotonic()
+    kept_open = []
+    # Twice as many as there are workers: gunicorn's own close read from each of them for 2 s
+    # before its worker took the next connection, so these alone took 4 s.
+    for _ in range(4):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(b"GET /livez HTTP/1.1\r\nHost: test\r\n\r\n")
+        assert _answer(sock).startswith(b"HTTP/1.1 200 ")
+        kept_open.append(sock)
+    assert call(base, "/livez")[0] == 200
+    assert time.monotonic() - started < 1.5
+    for sock in kept_open:
+        sock.close()
 
 
 def test_flask_cli_finds_the_app_factory(tmp_path: Path) -> None:
