@@ -60,9 +60,18 @@ class Decision:
 
 
 def decide(
-    *, session: Session, cache: SnapshotCache, settings: Settings, decide_in: DecideIn
+    *,
+    session: Callable[[], Session],
+    bind: sa.Engine | sa.Connection,
+    cache: SnapshotCache,
+    settings: Settings,
+    decide_in: DecideIn,
 ) -> Decision:
-    view = cache.get(session=session, experiment_id=decide_in.experiment)
+    """`session` opens (or returns) the caller's session; `bind` is where it writes. Most
+    decisions need no session: opening and closing one was 7% of a decision's time in process."""
+    view = cache.fresh(decide_in.experiment) or cache.get(
+        session=session(), experiment_id=decide_in.experiment
+    )
     arms = view.segment(decide_in.segment)
     if not arms.variant_ids:
         raise Conflict(
@@ -76,7 +85,7 @@ def decide(
     sticky = view.sticky and user_hash is not None
     if sticky:
         arm, propensity, policy = _sticky_choice(
-            session,
+            session(),
             cache,
             view.experiment_id,
             arms,
@@ -88,7 +97,6 @@ def decide(
 
     variant_id = arms.variant_ids[arm]
     impression_id = new_impression_id()
-    bind = session.get_bind()
     statements = _impression_statements(
         bind.dialect,
         (
@@ -104,10 +112,11 @@ def decide(
     )
     if sticky or not isinstance(bind, sa.Engine):
         # The assignment written above commits with the impression, or neither does.
-        connection = session.connection()
+        current = session()
+        connection = current.connection()
         for sql, parameters in statements:
             connection.exec_driver_sql(sql, parameters)
-        session.commit()
+        current.commit()
     else:
         _record(bind, statements)
     cache.record_impression(arms, arm)

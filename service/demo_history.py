@@ -57,7 +57,8 @@ def seed_demo_history(
         if i % _REFRESH_EVERY == 0:
             cache.invalidate(experiment_id)
         decision = decide(
-            session=session,
+            session=lambda: session,
+            bind=session.get_bind(),
             cache=cache,
             settings=settings,
             decide_in=DecideIn(experiment=experiment_id, segment=segments[i % len(segments)]),

@@ -74,10 +74,17 @@ class SnapshotCache:
         self._lock = threading.Lock()
 
     def get(self, *, session: Session, experiment_id: int) -> ExperimentView:
-        view = self._views.get(experiment_id)
-        if view is None or self._clock() - view.loaded_at >= self._ttl:
+        view = self.fresh(experiment_id)
+        if view is None:
             view = self._load(session, experiment_id)
             self._views[experiment_id] = view
+        return view
+
+    def fresh(self, experiment_id: int) -> ExperimentView | None:
+        """The cached view while it is younger than the TTL, else None; reads no database."""
+        view = self._views.get(experiment_id)
+        if view is None or self._clock() - view.loaded_at >= self._ttl:
+            return None
         return view
 
     def invalidate(self, experiment_id: int) -> None:

@@ -280,7 +280,8 @@ def serve(
     with site.session() as session:
         for _ in range(n):
             decision = decide(
-                session=session,
+                session=lambda: session,
+                bind=session.get_bind(),
                 cache=cache,
                 settings=site.settings,
                 decide_in=DecideIn(experiment=experiment_id, segment=segment),

@@ -83,6 +83,18 @@ def test_local_impressions_count_as_trials_from_the_next_block_of_draws(
     assert alpha.tolist() == [1.0, 1.0] and beta.tolist() == [1.0, 3.0]
 
 
+def test_a_fresh_view_is_handed_out_without_the_database_until_its_ttl(
+    cache: SnapshotCache, clock: Clock, session: Session, experiment: dict[str, Any]
+) -> None:
+    assert cache.fresh(experiment["id"]) is None
+    loaded = cache.get(session=session, experiment_id=experiment["id"])
+    clock.now += 0.9
+    assert cache.fresh(experiment["id"]) is loaded
+    clock.now += 0.1
+    assert cache.fresh(experiment["id"]) is None
+    assert cache.get(session=session, experiment_id=experiment["id"]) is not loaded
+
+
 def test_view_carries_propensities_and_default_segment(
     cache: SnapshotCache, session: Session, experiment: dict[str, Any]
 ) -> None:

@@ -33,7 +33,7 @@ def _cache() -> Any:
 def decide(body: DecideIn) -> tuple[dict[str, Any], int]:
     """Choose a variant for one impression and record it before answering."""
     decision = make_decision(
-        session=db.session(), cache=_cache(), settings=settings(), decide_in=body
+        session=db.session, bind=db.engine(), cache=_cache(), settings=settings(), decide_in=body
     )
     metrics().decisions.inc()
     # DecideOut documents this shape; building the model per decision would only copy it.
