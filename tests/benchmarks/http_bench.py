@@ -8,10 +8,10 @@ Load comes from other processes, so the client's CPU is not the server's:
 - peak throughput: Debian's `wrk` (C, epoll; a few per cent of a core at these rates), one thread,
   8 connections, with rounds of /livez and /v1/decide alternated so that a change in background
   load hits both; the median round of each is its peak;
-- latency: an open-loop client of our own (bare non-blocking sockets on epoll, in a subprocess)
-  that starts a request every 1/rate seconds whether or not earlier ones have answered, at 80% of
-  decide's peak, and times each from when it was due, not when it was sent (plain wrk cannot pace,
-  and a closed loop hides queueing).
+- latency: an open-loop client of our own (`paced_client.c`, compiled here: epoll over
+  non-blocking sockets) that starts a request every 1/rate seconds whether or not earlier ones
+  have answered, at 80% of decide's peak, and times each from when it was due, not when it was
+  sent (plain wrk cannot pace, and a closed loop hides queueing).
 
 Beside req/s, each round records the CPU the gunicorn workers (and, on PostgreSQL, the database's
 server processes) spent per answer, read from /proc: unlike req/s it hardly moves when other work
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import socket
 import statistics
@@ -200,104 +199,60 @@ def _wrk(
     return figures, ids
 
 
-# --- the paced (open-loop) client, run in a subprocess: see _paced() -------------------------
-
-_STATUS = re.compile(rb"HTTP/1\.[01] (\d{3})")
-_LENGTH = re.compile(rb"(?i)\r\ncontent-length:\s*(\d+)")
-_IMPRESSION = re.compile(rb'"impression_id":\s*"([0-9a-f]+)"')
+# --- the paced (open-loop) client: paced_client.c, compiled here -------------------------------
 
 
-def _paced_client(port: int, key: str, rate: float, seconds: float) -> dict[str, Any]:
-    """Start request i at start + i/rate, on a new connection (gunicorn's sync workers close
-    each one), whatever earlier requests are doing; time each from when it was due.
+def _paced_binary(workdir: Path) -> Path:
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise RuntimeError("the paced HTTP client is C: install a compiler (apt-get install gcc)")
+    binary = workdir / "paced_client"
+    source = Path(__file__).with_name("paced_client.c")
+    built = subprocess.run(
+        [compiler, "-O2", "-Wall", "-o", str(binary), str(source), "-lm"],
+        capture_output=True,
+        text=True,
+    )
+    if built.returncode != 0:
+        raise RuntimeError(f"compiling {source.name} failed:\n{built.stderr}")
+    return binary
 
-    Bare non-blocking sockets on one epoll loop: about 0.25 ms of CPU per request, much of it the
-    kernel's TCP set-up (wrk: about 0.1 ms; asyncio streams: about 0.7 ms), which matters when
-    client and server share two cores. The figures say how much it used."""
-    import errno
-    import select
 
+def _paced(port: int, key: str, rate: float, seconds: float, workdir: Path) -> dict[str, Any]:
+    """Start request i at start + i/rate, on a new connection, whatever earlier requests are
+    doing; time each from when it was due. The figures say how much CPU the client used."""
     requests = []
-    for body in _decide_bodies():
-        data = body.encode()
-        requests.append(
+    for i, body in enumerate(_decide_bodies()):
+        request = workdir / f"paced-request-{i}.http"
+        request.write_bytes(
             (
                 f"POST /v1/decide HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
                 f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+                f"Content-Length: {len(body.encode())}\r\nConnection: close\r\n\r\n"
             ).encode()
-            + data
+            + body.encode()
         )
-    poller = select.epoll()
-    open_: dict[int, list[Any]] = {}  # fd -> [socket, due, request, received]
-    latencies: list[float] = []
-    lags: list[float] = []
+        requests.append(str(request))
+    completed = subprocess.run(
+        [str(_paced_binary(workdir)), str(port), repr(rate), repr(seconds), *requests],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 90,
+    )
+    lines = completed.stdout.splitlines()
+    if completed.returncode != 0 or not lines or not lines[-1].startswith("end "):
+        raise RuntimeError(f"paced client failed: {completed.stderr}{completed.stdout[-500:]}")
+    _, wall, cpu = lines.pop().split()
     statuses: Counter[str] = Counter()
-    ids: list[str] = []
-
-    def finish(fd: int, status: str, body: bytes = b"") -> None:
-        sock, due, _, _ = open_.pop(fd)
-        poller.unregister(fd)
-        sock.close()
+    latencies, lags, ids = [], [], []
+    for line in lines:
+        status, latency_us, lag_us, impression_id = line.split()
         statuses[status] += 1
+        lags.append(float(lag_us) / 1e6)
         if status == "200":
-            latencies.append(time.perf_counter() - due)
-            found = _IMPRESSION.search(body)
-            if found:
-                ids.append(found.group(1).decode())
-
-    total = int(rate * seconds)
-    cpu = time.process_time()
-    start = time.perf_counter() + 0.05
-    deadline = start + seconds + 30
-    sent = 0
-    while sent < total or open_:
-        now = time.perf_counter()
-        while sent < total and start + sent / rate <= now:
-            due = start + sent / rate
-            lags.append(now - due)
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setblocking(False)
-            code = sock.connect_ex(("127.0.0.1", port))
-            if code not in (0, errno.EINPROGRESS):
-                sock.close()
-                statuses[f"connect errno {code}"] += 1
-            else:
-                open_[sock.fileno()] = [sock, due, requests[sent % len(requests)], b""]
-                poller.register(sock.fileno(), select.EPOLLOUT)
-            sent += 1
-        if now > deadline:
-            for fd in list(open_):
-                finish(fd, "timeout")
-            break
-        wait = (start + sent / rate - now) if sent < total else 0.1
-        for fd, event in poller.poll(max(0.0, wait)):
-            entry = open_.get(fd)
-            if entry is None:
-                continue
-            sock = entry[0]
-            try:
-                if event & select.EPOLLOUT and entry[2]:
-                    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
-                        finish(fd, "connect error")
-                        continue
-                    entry[2] = entry[2][sock.send(entry[2]) :]
-                    if not entry[2]:
-                        poller.modify(fd, select.EPOLLIN)
-                    continue
-                chunk = sock.recv(65536)
-            except OSError as exc:
-                finish(fd, type(exc).__name__)
-                continue
-            entry[3] += chunk
-            head, found, body = entry[3].partition(b"\r\n\r\n")
-            length = _LENGTH.search(head) if found else None
-            if length is not None and len(body) >= int(length.group(1)):
-                status = _STATUS.match(head)
-                finish(fd, status.group(1).decode() if status else "bad answer", body)
-            elif not chunk:
-                finish(fd, "closed early")
-    wall = time.perf_counter() - start
+            latencies.append(float(latency_us) / 1e6)
+            if impression_id != "-":
+                ids.append(impression_id)
     latencies.sort()
     lags.sort()
 
@@ -306,8 +261,8 @@ def _paced_client(port: int, key: str, rate: float, seconds: float) -> dict[str,
 
     return {
         "requested_rate": rate,
-        "sent": total,
-        "seconds": wall,
+        "sent": len(lines),
+        "seconds": float(wall),
         "statuses": dict(statuses),
         "ok": statuses["200"],
         "p50_ms": pct(latencies, 0.50),
@@ -315,32 +270,9 @@ def _paced_client(port: int, key: str, rate: float, seconds: float) -> dict[str,
         "p99_ms": pct(latencies, 0.99),
         "max_ms": latencies[-1] * 1000 if latencies else 0.0,
         "send_lag_p99_ms": pct(lags, 0.99),
-        "client_cpu_percent": 100 * (time.process_time() - cpu) / wall,
+        "client_cpu_percent": 100 * float(cpu) / float(wall),
         "ids": ids,
     }
-
-
-def _paced_main() -> None:  # pragma: no cover - the client subprocess's entry point
-    port, key, rate, seconds = json.loads(sys.argv[1])
-    print(json.dumps(_paced_client(port, key, rate, seconds)))
-
-
-def _paced(port: int, key: str, rate: float, seconds: float) -> dict[str, Any]:
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from tests.benchmarks.http_bench import _paced_main; _paced_main()",
-            json.dumps([port, key, rate, seconds]),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=seconds + 90,
-    )
-    if completed.returncode != 0:
-        raise RuntimeError(f"paced client failed: {completed.stderr}")
-    return dict(json.loads(completed.stdout))
 
 
 # --- databases and the server ------------------------------------------------------------------
@@ -511,7 +443,7 @@ def _bench_backend(label: str, database_url: str, workdir: Path) -> dict[str, An
         livez = statistics.median(r["rate"] for r in rounds["livez"])
         decide = statistics.median(r["rate"] for r in rounds["decide"])
         before_paced = _settled(database_url)
-        paced = _paced(server.port, key, PACED_FRACTION * decide, PACED_SECONDS)
+        paced = _paced(server.port, key, PACED_FRACTION * decide, PACED_SECONDS, workdir)
         after_paced, _ = _stored(database_url)
     load_after = os.getloadavg()
     paced_ids = paced.pop("ids")
