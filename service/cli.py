@@ -562,8 +562,12 @@ def users_list() -> None:
 
 @main.command()
 @click.option("--host", default=None, help="Default: COPYBANDIT_HOST or 127.0.0.1.")
-@click.option("--port", type=int, default=None, help="Default: COPYBANDIT_PORT or 8000.")
-@click.option("--workers", type=int, default=None, help="Default: COPYBANDIT_WORKERS or 2.")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=None, help="Default: COPYBANDIT_PORT or 8000."
+)
+@click.option(
+    "--workers", type=click.IntRange(1, 64), default=None, help="Default: COPYBANDIT_WORKERS or 2."
+)
 @click.option("--access-log/--no-access-log", default=False)
 def serve(host: str | None, port: int | None, workers: int | None, access_log: bool) -> None:
     """Serve the API with gunicorn."""

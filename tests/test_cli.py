@@ -96,3 +96,16 @@ def test_bad_configuration_is_a_clear_error(database: str, monkeypatch: pytest.M
 def test_serve_refuses_an_unmigrated_database(database: str) -> None:
     result = run("serve", "--port", "1")
     assert result.exit_code == 1 and "copybandit migrate" in result.output
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--port", "70000"), ("--port", "0"), ("--workers", "0"), ("--workers", "-1")],
+)
+def test_serve_refuses_a_port_or_worker_count_out_of_range(
+    database: str, option: str, value: str
+) -> None:
+    # These reached gunicorn: a traceback for the port, 0 workers silently became 2.
+    result = run("serve", option, value)
+    assert result.exit_code == 2
+    assert f"Invalid value for '{option}': {value} is not in the range" in result.output
