@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from service import migrate as migrations
@@ -45,7 +46,25 @@ def _session(settings: Settings) -> Session:
     return Session(make_engine(settings), expire_on_commit=False)
 
 
-@click.group()
+class _Commands(click.Group):
+    """A database that cannot be reached, or has no tables yet, ends a command with one line
+    saying so, not a driver traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
+            # The driver's first line; PostgreSQL goes on with the SQL and a caret under it.
+            reason = str(exc.orig or exc).strip().splitlines()[0]
+            # SQLite says "no such table"; PostgreSQL raises undefined_table (SQLSTATE 42P01).
+            unmigrated = "no such table" in reason or getattr(exc.orig, "sqlstate", "") == "42P01"
+            if isinstance(exc, sa.exc.ProgrammingError) and not unmigrated:
+                raise
+            hint = "; run `copybandit migrate` first" if unmigrated else ""
+            raise click.ClickException(f"database: {reason}{hint}") from None
+
+
+@click.group(cls=_Commands)
 def main() -> None:
     """copybandit: LLM-written marketing copy, chosen by Thompson sampling."""
 

@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from click.testing import CliRunner, Result
 from sqlmodel import Session, select
 
@@ -12,6 +16,7 @@ from service.cli import main
 from service.config import load_settings
 from service.db import make_engine
 from service.models import ApiKey, Experiment, Variant
+from tests.conftest import BACKENDS, postgres_schema_url
 
 KEY = re.compile(r"cb_[0-9a-f]{16}_[A-Za-z0-9_-]+")
 
@@ -91,6 +96,46 @@ def test_bad_configuration_is_a_clear_error(database: str, monkeypatch: pytest.M
     result = run("migrate")
     assert result.exit_code == 1
     assert "COPYBANDIT_PORT must be an int, got 'http'" in result.output
+
+
+def test_a_database_that_cannot_be_reached_is_one_line_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COPYBANDIT_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/nowhere")
+    for command in (["check"], ["migrate"], ["serve"]):
+        result = run(*command)
+        assert result.exit_code == 1, result.output
+        assert result.output.startswith("Error: database: connection failed")
+        assert "Traceback" not in result.output and "port 1" in result.output
+
+
+@contextlib.contextmanager
+def _unmigrated(backend: str, tmp_path: Path) -> Iterator[str]:
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path}/empty.db"
+        return
+    schema = f"copybandit_empty_{os.getpid()}"
+    engine = sa.create_engine(postgres_schema_url(schema))
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    try:
+        yield postgres_schema_url(schema)
+    finally:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        engine.dispose()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_command_on_an_unmigrated_database_says_to_migrate(
+    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _unmigrated(backend, tmp_path) as url:
+        monkeypatch.setenv("COPYBANDIT_DATABASE_URL", url)
+        result = run("check")
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: database: ")
+    assert "run `copybandit migrate` first" in result.output and "Traceback" not in result.output
 
 
 def test_serve_refuses_an_unmigrated_database(database: str) -> None:
