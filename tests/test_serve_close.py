@@ -40,8 +40,8 @@ def test_a_client_still_sending_is_read_to_its_end_before_the_close() -> None:
         client.shutdown(socket.SHUT_WR)
 
     sender = threading.Thread(target=finish_sending)
+    started = time.monotonic()  # before the sender's sleep begins, so the wait is at least 0.3 s
     sender.start()
-    started = time.monotonic()
     util.close_graceful(server_side)
     waited = time.monotonic() - started
     sender.join()
