@@ -218,7 +218,9 @@ def _paced_binary(workdir: Path) -> Path:
     return binary
 
 
-def _paced(port: int, key: str, rate: float, seconds: float, workdir: Path) -> dict[str, Any]:
+def _paced(
+    client: Path, port: int, key: str, rate: float, seconds: float, workdir: Path
+) -> dict[str, Any]:
     """Start request i at start + i/rate, on a new connection, whatever earlier requests are
     doing; time each from when it was due. The figures say how much CPU the client used."""
     requests = []
@@ -234,7 +236,7 @@ def _paced(port: int, key: str, rate: float, seconds: float, workdir: Path) -> d
         )
         requests.append(str(request))
     completed = subprocess.run(
-        [str(_paced_binary(workdir)), str(port), repr(rate), repr(seconds), *requests],
+        [str(client), str(port), repr(rate), repr(seconds), *requests],
         capture_output=True,
         text=True,
         timeout=seconds + 90,
@@ -408,7 +410,9 @@ def _settled(database_url: str) -> set[str]:
     return ids
 
 
-def _bench_backend(label: str, database_url: str, workdir: Path) -> dict[str, Any]:
+def _bench_backend(
+    label: str, database_url: str, workdir: Path, paced_client: Path
+) -> dict[str, Any]:
     import sqlalchemy as sa
 
     env = {
@@ -443,7 +447,9 @@ def _bench_backend(label: str, database_url: str, workdir: Path) -> dict[str, An
         livez = statistics.median(r["rate"] for r in rounds["livez"])
         decide = statistics.median(r["rate"] for r in rounds["decide"])
         before_paced = _settled(database_url)
-        paced = _paced(server.port, key, PACED_FRACTION * decide, PACED_SECONDS, workdir)
+        paced = _paced(
+            paced_client, server.port, key, PACED_FRACTION * decide, PACED_SECONDS, workdir
+        )
         after_paced, _ = _stored(database_url)
     load_after = os.getloadavg()
     paced_ids = paced.pop("ids")
@@ -548,15 +554,19 @@ def run() -> dict[str, Any]:
     targets: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="copybandit-http-bench-") as tmp:
         workdir = Path(tmp)
+        # Built once, before any server starts, so no compiler runs beside a measurement.
+        paced_client = _paced_binary(workdir)
         for label in ("sqlite", "postgresql"):
             if label == "sqlite":
-                result = _bench_backend(label, f"sqlite:///{workdir}/bench.db", workdir)
+                result = _bench_backend(
+                    label, f"sqlite:///{workdir}/bench.db", workdir, paced_client
+                )
             else:
                 with postgres_database("http") as url:
                     if url is None:
                         results[label] = {"skipped": "PostgreSQL unreachable"}
                         continue
-                    result = _bench_backend(label, url, workdir)
+                    result = _bench_backend(label, url, workdir, paced_client)
             results[label] = result
             targets += _targets(label, result)
     _print(results)
