@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 from pathlib import Path
 from typing import Any, cast
 
 import sqlalchemy as sa
-from flask import Flask, current_app, g
+from flask import Flask, Response, current_app, g
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
+from service import sqlite_writers
 from service.config import Settings
+
+log = logging.getLogger(__name__)
 
 
 def make_engine(settings: Settings) -> sa.Engine:
@@ -54,6 +59,9 @@ def _sqlite_engine(url: str) -> sa.Engine:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
+        # The web app checkpoints after its responses (service.sqlite_writers); SQLite's own, run
+        # inside the commit that crosses this many pages, is the backstop for other writers.
+        cursor.execute("PRAGMA wal_autocheckpoint=4000")
         cursor.close()
 
     return engine
@@ -62,6 +70,23 @@ def _sqlite_engine(url: str) -> sa.Engine:
 def init_app(app: Flask, settings: Settings) -> None:
     app.extensions["copybandit.engine"] = make_engine(settings)
     app.teardown_appcontext(_close_session)
+    if settings.is_sqlite:
+        app.after_request(_checkpoint_once_answered)
+
+
+def _checkpoint_once_answered(response: Response) -> Response:
+    """When a checkpoint is due, run it as the response closes: after its last byte is sent."""
+    bound = engine()
+    if sqlite_writers.checkpoint_due(bound):
+        response.call_on_close(functools.partial(_checkpoint, bound))
+    return response
+
+
+def _checkpoint(bound: sa.Engine) -> None:
+    try:
+        sqlite_writers.checkpoint(bound)
+    except Exception:  # the client has its answer; SQLite's own checkpoint will still run
+        log.warning("checkpoint after a response failed", exc_info=True)
 
 
 def engine() -> sa.Engine:

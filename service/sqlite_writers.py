@@ -11,16 +11,23 @@ Only the hot writes (decisions, event batches) take a turn, and only when their 
 no transaction yet; every other writer still meets SQLite's own lock, so correctness never depends
 on this one. Where the lock file cannot be opened the writes go ahead without it.
 
-The commit that fills the write-ahead log past 1,000 pages checkpoints it inside the turn (about
-4 ms, every couple of hundred decisions), so the other writers wait for it. That is what lets the
-log start over: a checkpoint running beside writers never catches up with them, and with one in a
-background thread the log grew to 579 MB in 8 s of decisions.
+Checkpoints (copying the write-ahead log into the database file, and syncing both) run after a
+response has gone out, once the log holds `CHECKPOINT_AT_FRAMES` pages (SQLite's own default), by
+the process whose write took it there, in two steps. The first runs beside the other writers and
+does nearly all of the copying and syncing; the second, in a turn, copies only what they wrote
+meanwhile, and being complete it lets the next writer start the log over. So the turn is held for
+less than before, never longer. Left to SQLite, the commit that crossed the line ran the whole
+checkpoint inside its turn: 4 to 16 ms measured, every other writer waiting behind it. A checkpoint
+beside the writers alone never catches up with them: with one in a background thread the log grew
+to 579 MB in 8 s of decisions. SQLite's own checkpoint stays as a backstop for writers that send
+no responses (the scheduler, the CLI), at a longer log (`db.py`).
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Iterator
@@ -30,15 +37,22 @@ from typing import Any
 import sqlalchemy as sa
 
 LOCK_SUFFIX = "-writer.lock"
+CHECKPOINT_AT_FRAMES = 1000
+# The log's length in pages (frames) is a native-endian 32-bit integer at this offset of the
+# wal-index, the "-shm" file beside the database (https://www.sqlite.org/walformat.html).
+_WAL_INDEX_FRAMES_AT = 16
 
 
 class _Turn:
-    def __init__(self, path: str) -> None:
+    def __init__(self, database: str) -> None:
         self.pid = os.getpid()
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.database = database
+        self.fd = os.open(database + LOCK_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         weakref.finalize(self, os.close, self.fd)
         # flock excludes other open files, not other threads sharing this one.
         self.threads = threading.Lock()
+        # Only a process that wrote since it last looked can have made a checkpoint due.
+        self.wrote = False
 
 
 # Per engine and process: a lock file opened before a fork would be shared with the parent, and a
@@ -62,7 +76,7 @@ def _open(engine: sa.Engine) -> _Turn | None:
     if database.startswith("file:"):  # a URI filename: not a plain path to put a file beside
         return None
     try:
-        return _Turn(database + LOCK_SUFFIX)
+        return _Turn(database)
     except OSError:
         return None
 
@@ -77,9 +91,55 @@ def writer_turn(engine: sa.Engine, driver_connection: Any) -> Iterator[None]:
     if turn is None or driver_connection.in_transaction:
         yield
         return
+    with _holding(turn):
+        turn.wrote = True
+        yield
+
+
+@contextmanager
+def _holding(turn: _Turn) -> Iterator[None]:
     with turn.threads:
         fcntl.flock(turn.fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(turn.fd, fcntl.LOCK_UN)
+
+
+def checkpoint_due(engine: sa.Engine) -> bool:
+    """Whether this process wrote to `engine` since it last asked, and the log has grown long."""
+    turn = _turns.get(engine)
+    if turn is None or not turn.wrote or turn.pid != os.getpid():
+        return False
+    turn.wrote = False
+    return log_frames(turn.database) >= CHECKPOINT_AT_FRAMES
+
+
+def log_frames(database: str) -> int:
+    """Pages in the write-ahead log of the SQLite file `database` (0 when it has none)."""
+    # Opened each time: SQLite deletes the file when its last connection closes.
+    try:
+        fd = os.open(database + "-shm", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return 0
+    try:
+        field = os.pread(fd, 4, _WAL_INDEX_FRAMES_AT)
+    finally:
+        os.close(fd)
+    return int.from_bytes(field, sys.byteorder) if len(field) == 4 else 0
+
+
+def checkpoint(engine: sa.Engine) -> None:
+    """Copy the write-ahead log into the database: the bulk beside the other writers, what they
+    added meanwhile in a turn. For after a response, when no one waits on this process."""
+    turn = _turn_for(engine)
+    if turn is None:
+        return
+    pooled = engine.raw_connection()
+    try:
+        driver: Any = pooled.driver_connection
+        driver.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
+        with _holding(turn):
+            driver.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
+    finally:
+        pooled.close()

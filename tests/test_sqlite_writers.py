@@ -12,7 +12,16 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from service.sqlite_writers import LOCK_SUFFIX, _turn_for, writer_turn
+from service import sqlite_writers
+from service.sqlite_writers import (
+    CHECKPOINT_AT_FRAMES,
+    LOCK_SUFFIX,
+    _turn_for,
+    checkpoint,
+    checkpoint_due,
+    log_frames,
+    writer_turn,
+)
 from tests.conftest import Api
 
 HOLD_SECONDS = 0.5
@@ -115,3 +124,114 @@ def test_decisions_and_event_batches_take_a_turn(
     assert decided >= theirs_ended
     reported, theirs_ended = _behind_another_process(engine, report)
     assert reported >= theirs_ended
+
+
+# --- checkpoints after responses ---------------------------------------------------------------
+
+WAL_FRAME_BYTES = 4096 + 24  # a page and its frame header, at SQLite's default page size
+
+
+def _wal_bytes(database: str) -> int:
+    wal = Path(database + "-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+def test_a_checkpoint_is_due_once_a_write_has_made_the_log_long(tmp_path: Path) -> None:
+    engine = _engine(tmp_path)
+    database = str(engine.url.database)
+    with sqlite3.connect(database, isolation_level=None) as driver:
+        driver.execute("PRAGMA journal_mode=WAL")
+        driver.execute("PRAGMA wal_autocheckpoint=0")
+        driver.execute("CREATE TABLE t (x BLOB)")
+
+        def write() -> None:
+            with writer_turn(engine, driver):
+                driver.execute("INSERT INTO t (x) VALUES (randomblob(3000))")
+
+        while log_frames(database) < CHECKPOINT_AT_FRAMES:
+            write()
+            assert checkpoint_due(engine) == (log_frames(database) >= CHECKPOINT_AT_FRAMES)
+        assert not checkpoint_due(engine)  # nothing written since it last answered
+        write()
+        assert checkpoint_due(engine)
+        checkpoint(engine)
+        write()
+        assert not checkpoint_due(engine)
+        busy, frames, _ = driver.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        assert (busy, frames) == (0, log_frames(database))
+        assert 0 < frames < 10  # the log started over
+
+
+def _write_until(database: str, stop: Any, commits: Any) -> None:
+    """Rows, one commit per turn, until told to stop; SQLite's own checkpoint is off, so only
+    the other process's checkpoints can let the log start over."""
+    engine = sa.create_engine(f"sqlite:///{database}")
+    with sqlite3.connect(database, isolation_level=None) as driver:
+        driver.execute("PRAGMA wal_autocheckpoint=0")
+        while not stop.is_set():
+            with writer_turn(engine, driver):
+                driver.execute("INSERT INTO t (x) VALUES (randomblob(200))")
+            commits.value += 1
+
+
+def test_checkpoints_beside_a_busy_writer_let_the_log_start_over(tmp_path: Path) -> None:
+    """Copying beside the writers alone never catches up with them; the second step, taken in a
+    turn, leaves nothing uncopied, so the writer's next commit starts the log from its beginning."""
+    engine = _engine(tmp_path)
+    database = str(engine.url.database)
+    with sqlite3.connect(database) as setup:
+        setup.execute("PRAGMA journal_mode=WAL")
+        setup.execute("CREATE TABLE t (x BLOB)")
+    stop, commits = _fork.Event(), _fork.Value("l", 0)
+    writer = _fork.Process(target=_write_until, args=(database, stop, commits))
+    writer.start()
+    try:
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            time.sleep(0.02)
+            checkpoint(engine)
+    finally:
+        stop.set()
+        writer.join(10)
+    assert writer.exitcode == 0
+    assert commits.value > 200
+    # Each commit appended at least one frame; a log never started over holds them all.
+    assert _wal_bytes(database) < commits.value * WAL_FRAME_BYTES / 4
+    with sqlite3.connect(database) as reader:
+        assert reader.execute("SELECT COUNT(*) FROM t").fetchone()[0] == commits.value
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_app_checkpoints_when_the_response_whose_write_made_it_due_is_closed(
+    api: Api, app: Any, experiment: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = app.extensions["copybandit.engine"]
+    ran: list[sa.Engine] = []
+    real_checkpoint = sqlite_writers.checkpoint
+
+    def counted_checkpoint(engine: sa.Engine) -> None:
+        ran.append(engine)
+        real_checkpoint(engine)
+
+    monkeypatch.setattr(sqlite_writers, "checkpoint", counted_checkpoint)
+
+    def decide() -> Any:
+        response = api.post("/v1/decide", json={"experiment": experiment["id"]}, key="serve")
+        assert response.status_code == 200, response.get_json()
+        return response
+
+    database = str(engine.url.database)
+    for _ in range(2 * CHECKPOINT_AT_FRAMES):
+        response = decide()
+        if log_frames(database) >= CHECKPOINT_AT_FRAMES:
+            break
+        response.close()
+    assert ran == []  # not while the client may still be waiting for the answer
+    response.close()  # as a WSGI server does once the last byte is sent
+    assert ran == [engine]
+    decide().close()
+    with sqlite3.connect(engine.url.database) as other:
+        busy, frames, _ = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    # The log started over: it holds the last decision's pages, not all the decisions'.
+    assert busy == 0
+    assert 0 < frames < 20
