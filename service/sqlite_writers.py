@@ -12,15 +12,16 @@ no transaction yet; every other writer still meets SQLite's own lock, so correct
 on this one. Where the lock file cannot be opened the writes go ahead without it.
 
 Checkpoints (copying the write-ahead log into the database file, and syncing both) run after a
-response has gone out, once the log holds `CHECKPOINT_AT_FRAMES` pages (SQLite's own default), by
-the process whose write took it there, in two steps. The first runs beside the other writers and
-does nearly all of the copying and syncing; the second, in a turn, copies only what they wrote
-meanwhile, and being complete it lets the next writer start the log over. So the turn is held for
-less than before, never longer. Left to SQLite, the commit that crossed the line ran the whole
-checkpoint inside its turn: 4 to 16 ms measured, every other writer waiting behind it. A checkpoint
-beside the writers alone never catches up with them: with one in a background thread the log grew
-to 579 MB in 8 s of decisions. SQLite's own checkpoint stays as a backstop for writers that send
-no responses (the scheduler, the CLI), at a longer log (`db.py`).
+response has gone out, by a process that has written since it last looked and finds the log at
+`CHECKPOINT_AT_FRAMES` pages (SQLite's own default) or more, in two steps. The first runs beside
+the other writers and does nearly all of the copying and syncing; the second, in a turn, copies
+only what they wrote meanwhile, and being complete it lets the next writer start the log over. The
+turn is held for part of what SQLite's own checkpoint would do in it, never more. Left to SQLite,
+the commit that crossed the line ran the whole checkpoint inside its turn: 4 to 16 ms measured,
+every other writer waiting behind it. A checkpoint beside the writers alone never catches up with
+them: with one in a background thread the log grew to 579 MB in 8 s of decisions. SQLite's own
+checkpoint stays as a backstop for writers that send no responses (the scheduler, the CLI), at a
+longer log (`db.py`).
 """
 
 from __future__ import annotations
