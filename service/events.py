@@ -89,14 +89,15 @@ def record_events(*, session: Session, events: list[EventIn]) -> EventsOutcome:
     seen_impressions: set[str] = set()
     seen_event_ids: set[str] = set()
     for index, event in enumerate(events):
+        impression_id, event_id = event["impression_id"], event.get("event_id")
         # Repeats inside one batch are duplicates, exactly as they would be across batches.
-        if event.impression_id in seen_impressions or event.event_id in seen_event_ids:
+        if impression_id in seen_impressions or event_id in seen_event_ids:
             outcome.duplicate += 1
             continue
-        seen_impressions.add(event.impression_id)
-        if event.event_id is not None:
-            seen_event_ids.add(event.event_id)
-        rows.append((event.event_id, event.impression_id, event.type, event.value))
+        seen_impressions.add(impression_id)
+        if event_id is not None:
+            seen_event_ids.add(event_id)
+        rows.append((event_id, impression_id, event["type"], event.get("value")))
         positions.append(index)
 
     connection = session.connection()

@@ -8,9 +8,20 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+    with_config,
+)
+
+# pydantic reads TypedDicts from typing_extensions only, before Python 3.12.
+from typing_extensions import TypedDict
 
 from service.models import JobStatus, Origin, VariantStatus
 from service.policy import LifecyclePolicy
@@ -209,11 +220,16 @@ class DecideOut(BaseModel):
     propensity: float
 
 
-class EventIn(Request):
+# Checked as strictly as a Request, but into a dict, not a model: a batch of 1,000 validated into
+# models took 3.8 ms, into dicts 1.3 ms (2026-12-02; a quarter of a batch's time on SQLite).
+@with_config(Request.model_config)
+class EventIn(TypedDict):
+    """One conversion of an impression the service handed out."""
+
     impression_id: ImpressionId
     type: Literal["conversion"]
-    value: float | None = Field(default=None, ge=0, le=1e12)
-    event_id: ClientKey | None = None
+    value: NotRequired[Annotated[float, Field(ge=0, le=1e12)] | None]
+    event_id: NotRequired[ClientKey | None]
 
 
 class EventsIn(Request):
@@ -238,10 +254,11 @@ class EventsIn(Request):
     def as_list(self) -> list[EventIn]:
         if self.events is not None:
             return self.events
+        assert self.impression_id is not None and self.type is not None  # _one_form saw to it
         return [
             EventIn(
-                impression_id=self.impression_id,  # type: ignore[arg-type]
-                type=self.type,  # type: ignore[arg-type]
+                impression_id=self.impression_id,
+                type=self.type,
                 value=self.value,
                 event_id=self.event_id,
             )
