@@ -223,8 +223,9 @@ def _bench_backend(database_url: str) -> dict[str, Any]:
         for r in range(ROUNDS):
             chunk = slice(r * BATCHES_PER_ROUND, (r + 1) * BATCHES_PER_ROUND)
             # Each side ends its round by checkpointing the pages it wrote, timed as its own: a
-            # round writes a third of SQLite's automatic checkpoint threshold, so otherwise
-            # whichever side crossed the threshold paid for both (round ratios 0.32-1.01).
+            # round writes about 330 pages, short of SQLite's automatic checkpoint (service/db.py
+            # sets where), so otherwise whichever side crossed that line paid for both (round
+            # ratios 0.32-1.01 when it was 1,000 pages).
             service_calls = [service_call(b) for b in batch_bodies[chunk]] + [raw.checkpoint]
             raw_calls = [lambda rows=rows: raw.batch(rows) for rows in raw_batches[chunk]]
             raw_calls.append(raw.checkpoint)
