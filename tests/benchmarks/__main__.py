@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.benchmarks import (
+    counter_bench,
     decision_bench,
     generation_bench,
     http_bench,
@@ -33,6 +34,7 @@ SECTIONS = (
     ("regret", regret_bench),
     ("ingestion", ingest_bench),
     ("http", http_bench),
+    ("counter", counter_bench),
     ("new_arm_priors", priors_bench),
     ("generation", generation_bench),
 )

@@ -1,0 +1,166 @@
+"""One variant's counter on PostgreSQL: how many decisions per second can share it.
+
+Every decision adds 1 to its variant's `impressions` in the statement that stores the impression
+(`service.decisions`), so the row stays locked until that commit's WAL flush is done, and
+decisions for the same variant commit one after another however many workers and hosts send them.
+Decisions for different variants do not wait for each other.
+
+Setup: a migrated database on the PostgreSQL server, an experiment with one segment per process,
+each segment with one active variant. Then P processes (workers, as on several hosts) each call
+`service.decisions.decide` in a loop for a few seconds, twice: all on one segment (every decision
+increments the same row), then each on its own segment (no two processes share a row). Each
+process has its own engine and snapshot cache, as a worker does; no HTTP. On a machine whose
+cores the processes and the server share, the second figure is bounded by CPU, the first by the
+lock. Afterwards each variant's counter must equal its rows and the decisions made.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from typing import Any
+
+from tests.benchmarks.http_bench import postgres_database
+
+PROCESSES = (4, 8)
+SECONDS = 4.0
+WARMUP = 50
+
+
+def _decide_loop(
+    url: str, segment: str, seconds: float, start: Any, counts: Any, slot: int
+) -> None:
+    from sqlmodel import Session
+
+    from service.config import load_settings
+    from service.db import make_engine
+    from service.decisions import decide
+    from service.schemas import DecideIn
+    from service.snapshot import SnapshotCache
+
+    settings = load_settings({"database_url": url})
+    engine = make_engine(settings)
+    cache = SnapshotCache(ttl_seconds=1.0, propensity_samples=settings.propensity_samples)
+    decide_in = DecideIn.model_validate({"experiment": 1, "segment": segment})
+
+    def one() -> None:
+        with Session(engine) as session:
+            decide(
+                session=lambda: session,
+                bind=engine,
+                cache=cache,
+                settings=settings,
+                decide_in=decide_in,
+            )
+
+    for _ in range(WARMUP):
+        one()
+    start.wait()
+    made, stop = 0, time.monotonic() + seconds
+    while time.monotonic() < stop:
+        one()
+        made += 1
+    counts[slot] = made
+    engine.dispose()
+
+
+def _setup(url: str, segments: int) -> None:
+    from sqlmodel import Session
+
+    from service import create_app
+    from service.demo import DEMO
+    from service.experiments import add_variant, create_experiment
+    from service.migrate import upgrade
+    from service.schemas import ExperimentCreate, VariantCreate
+
+    app = create_app({"database_url": url, "scheduler": "off", "log_level": "WARNING"})
+    engine = app.extensions["copybandit.engine"]
+    upgrade(engine)
+    spec = {
+        **DEMO,
+        "segments": [{"key": f"s{i}", "description": f"segment {i}"} for i in range(segments)],
+    }
+    with Session(engine) as session:
+        experiment = create_experiment(
+            session=session, experiment_create=ExperimentCreate.model_validate(spec)
+        )
+        for i in range(segments):
+            add_variant(
+                session=session,
+                experiment_id=experiment.id,  # type: ignore[arg-type]
+                variant_create=VariantCreate(segment=f"s{i}", text=f"Copy {i}", origin="control"),  # type: ignore[arg-type]
+            )
+    engine.dispose()
+
+
+def _run_once(url: str, processes: int, shared: bool) -> float:
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(processes + 1)
+    counts = context.Array("q", processes)
+    workers = [
+        context.Process(
+            target=_decide_loop,
+            args=(url, "s0" if shared else f"s{i}", SECONDS, start, counts, i),
+        )
+        for i in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    start.wait(timeout=120)
+    for worker in workers:
+        worker.join(timeout=SECONDS + 60)
+        if worker.exitcode != 0:
+            raise RuntimeError(f"a decide process failed (exit code {worker.exitcode})")
+    return sum(counts) / SECONDS
+
+
+def _counters_exact(url: str) -> bool:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            mismatched = connection.exec_driver_sql(
+                "SELECT count(*) FROM variant v WHERE v.impressions <>"
+                " (SELECT count(*) FROM impression i WHERE i.variant_id = v.id)"
+            ).scalar()
+    finally:
+        engine.dispose()
+    return mismatched == 0
+
+
+def run() -> dict[str, Any]:
+    results: dict[str, Any] = {"seconds_per_run": SECONDS}
+    with postgres_database("counter") as url:
+        if url is None:
+            results["skipped"] = "PostgreSQL unreachable"
+            _print(results)
+            return results
+        _setup(url, max(PROCESSES))
+        for processes in PROCESSES:
+            one_variant = _run_once(url, processes, shared=True)
+            own_variants = _run_once(url, processes, shared=False)
+            results[f"{processes}_processes"] = {
+                "one_variant_per_second": round(one_variant),
+                "own_variants_per_second": round(own_variants),
+            }
+        results["counters_match_rows"] = _counters_exact(url)
+    _print(results)
+    return results
+
+
+def _print(results: dict[str, Any]) -> None:
+    print(
+        "\nOne variant's counter, PostgreSQL (service.decisions.decide in P processes, "
+        f"{SECONDS:g} s each; no HTTP)"
+    )
+    if "skipped" in results:
+        print(f"  skipped: {results['skipped']}")
+        return
+    for processes in PROCESSES:
+        figures = results[f"{processes}_processes"]
+        print(
+            f"  {processes} processes: all on one variant {figures['one_variant_per_second']:,}"
+            f" decisions/s; each on its own {figures['own_variants_per_second']:,}"
+        )
+    print(f"  counters == rows afterwards: {results['counters_match_rows']}")
