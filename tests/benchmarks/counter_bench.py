@@ -17,6 +17,7 @@ lock. Afterwards each variant's counter must equal its rows and the decisions ma
 from __future__ import annotations
 
 import multiprocessing
+import threading
 import time
 from typing import Any
 
@@ -53,8 +54,12 @@ def _decide_loop(
                 decide_in=decide_in,
             )
 
-    for _ in range(WARMUP):
-        one()
+    try:
+        for _ in range(WARMUP):
+            one()
+    except BaseException:
+        start.abort()  # the parent stops waiting for this process at once
+        raise
     start.wait()
     made, stop = 0, time.monotonic() + seconds
     while time.monotonic() < stop:
@@ -106,7 +111,16 @@ def _run_once(url: str, processes: int, shared: bool) -> float:
     ]
     for worker in workers:
         worker.start()
-    start.wait(timeout=120)
+    try:
+        start.wait(timeout=120)
+    except threading.BrokenBarrierError:
+        for worker in workers:
+            worker.join(timeout=10)
+            if worker.is_alive():
+                worker.terminate()
+                worker.join()
+        codes = [worker.exitcode for worker in workers]
+        raise RuntimeError(f"decide processes did not all start (exit codes {codes})") from None
     for worker in workers:
         worker.join(timeout=SECONDS + 60)
         if worker.exitcode != 0:
@@ -117,7 +131,9 @@ def _run_once(url: str, processes: int, shared: bool) -> float:
 def _counters_exact(url: str) -> bool:
     import sqlalchemy as sa
 
-    engine = sa.create_engine(url)
+    from service.config import normalize_database_url
+
+    engine = sa.create_engine(normalize_database_url(url))
     try:
         with engine.connect() as connection:
             mismatched = connection.exec_driver_sql(
