@@ -132,22 +132,22 @@ def _run_once(url: str, processes: int, shared: bool) -> tuple[float, int]:
 
 
 def _stored(url: str) -> tuple[int, int]:
-    """Impression rows, and variants whose counter differs from a recount of their rows."""
+    """Impression rows, and how many counters `copybandit check` finds off their rows."""
     import sqlalchemy as sa
+    from sqlmodel import Session
 
-    from service.config import normalize_database_url
+    from service.config import load_settings
+    from service.consistency import check_counters
+    from service.db import make_engine
 
-    engine = sa.create_engine(normalize_database_url(url))
+    engine = make_engine(load_settings({"database_url": url}))
     try:
-        with engine.connect() as connection:
-            rows = connection.exec_driver_sql("SELECT count(*) FROM impression").scalar()
-            mismatched = connection.exec_driver_sql(
-                "SELECT count(*) FROM variant v WHERE v.impressions <>"
-                " (SELECT count(*) FROM impression i WHERE i.variant_id = v.id)"
-            ).scalar()
+        with Session(engine) as session:
+            rows = session.execute(sa.text("SELECT count(*) FROM impression")).scalar_one()
+            report = check_counters(session=session)
     finally:
         engine.dispose()
-    return int(rows or 0), int(mismatched or 0)
+    return int(rows), len(report.mismatches)
 
 
 def run() -> dict[str, Any]:
@@ -200,5 +200,5 @@ def _print(results: dict[str, Any]) -> None:
     checks = results["checks"]
     print(
         f"  afterwards: {checks['rows']:,} impression rows for {checks['decisions']:,} decisions;"
-        f" variants whose counter differs from their rows: {checks['counters_off']}"
+        f" counters that differ from their rows: {checks['counters_off']}"
     )
