@@ -62,6 +62,8 @@ def _sqlite_engine(url: str) -> sa.Engine:
         # The web app checkpoints after its responses (service.sqlite_writers); SQLite's own, run
         # inside the commit that crosses this many pages, is the backstop for other writers.
         cursor.execute("PRAGMA wal_autocheckpoint=4000")
+        # So the log file's size tells how long the log is (service.sqlite_writers).
+        cursor.execute(f"PRAGMA journal_size_limit={sqlite_writers.LOG_FILE_LIMIT_BYTES}")
         cursor.close()
 
     return engine

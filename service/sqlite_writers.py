@@ -13,22 +13,27 @@ on this one. Where the lock file cannot be opened the writes go ahead without it
 
 Checkpoints (copying the write-ahead log into the database file, and syncing both) run after a
 response has gone out, by a process that has written since it last looked and finds the log at
-`CHECKPOINT_AT_FRAMES` pages (SQLite's own default) or more, in two steps. The first runs beside
-the other writers and does nearly all of the copying and syncing; the second, in a turn, copies
-only what they wrote meanwhile, and being complete it lets the next writer start the log over. The
-turn is held for part of what SQLite's own checkpoint would do in it, never more. Left to SQLite,
-the commit that crossed the line ran the whole checkpoint inside its turn: 4 to 16 ms measured,
-every other writer waiting behind it. A checkpoint beside the writers alone never catches up with
-them: with one in a background thread the log grew to 579 MB in 8 s of decisions. SQLite's own
-checkpoint stays as a backstop for writers that send no responses (the scheduler, the CLI), at a
-longer log (`db.py`).
+`CHECKPOINT_AT_BYTES` (SQLite's own default, 1,000 pages) or more, in two steps. The first runs
+beside the other writers and does nearly all of the copying and syncing; the second, in a turn,
+copies only what they wrote meanwhile, and being complete it lets the next writer start the log
+over. The turn is held for part of what SQLite's own checkpoint would do in it, never more. Left
+to SQLite, the commit that crossed the line ran the whole checkpoint inside its turn: 4 to 16 ms
+measured, every other writer waiting behind it. A checkpoint beside the writers alone never
+catches up with them: with one in a background thread the log grew to 579 MB in 8 s of
+decisions. SQLite's own checkpoint stays as a backstop for writers that send no responses (the
+scheduler, the CLI), at a longer log (`db.py`).
+
+Whether the log is that long is read off the size of the log file, not its index: opening and
+closing any file SQLite holds POSIX locks on drops every one of them this process holds on it
+(https://www.sqlite.org/howtocorrupt.html, 2.2). Reading the index ("-shm") that way dropped the
+lock that tells a newly started process the index is in use; that process then rebuilt the index
+under the others, which could die of SIGBUS (5 processes of 60, started in pairs on one file).
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-import sys
 import threading
 import weakref
 from collections.abc import Iterator
@@ -38,10 +43,14 @@ from typing import Any
 import sqlalchemy as sa
 
 LOCK_SUFFIX = "-writer.lock"
-CHECKPOINT_AT_FRAMES = 1000
-# The log's length in pages (frames) is a native-endian 32-bit integer at this offset of the
-# wal-index, the "-shm" file beside the database (https://www.sqlite.org/walformat.html).
-_WAL_INDEX_FRAMES_AT = 16
+# SQLite's own default, 1,000 pages of 4 KiB: the log file is a 32-byte header, then per page
+# written its 24-byte frame header and the page (https://www.sqlite.org/walformat.html).
+CHECKPOINT_AT_BYTES = 32 + 1000 * (24 + 4096)
+# SQLite reuses the log file from its start once a checkpoint has copied all of it, and never
+# shrinks it, unless journal_size_limit is set: then the first commit of the new log truncates the
+# file to that limit (or to what the commit wrote, if more). One byte short of the threshold, the
+# file reaches it only when the log does, and its blocks are written over as before.
+LOG_FILE_LIMIT_BYTES = CHECKPOINT_AT_BYTES - 1
 
 
 class _Turn:
@@ -113,21 +122,16 @@ def checkpoint_due(engine: sa.Engine) -> bool:
     if turn is None or not turn.wrote or turn.pid != os.getpid():
         return False
     turn.wrote = False
-    return log_frames(turn.database) >= CHECKPOINT_AT_FRAMES
+    return log_bytes(turn.database) >= CHECKPOINT_AT_BYTES
 
 
-def log_frames(database: str) -> int:
-    """Pages in the write-ahead log of the SQLite file `database` (0 when it has none)."""
-    # Opened each time: SQLite deletes the file when its last connection closes.
+def log_bytes(database: str) -> int:
+    """The size of `database`'s write-ahead log file (0 when it has none), read without opening
+    it. With LOG_FILE_LIMIT_BYTES set, it reaches the threshold only when the log does."""
     try:
-        fd = os.open(database + "-shm", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
+        return os.stat(database + "-wal").st_size
+    except OSError:  # SQLite deletes it when the last connection closes
         return 0
-    try:
-        field = os.pread(fd, 4, _WAL_INDEX_FRAMES_AT)
-    finally:
-        os.close(fd)
-    return int.from_bytes(field, sys.byteorder) if len(field) == 4 else 0
 
 
 def checkpoint(engine: sa.Engine) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,13 +15,16 @@ import pytest
 import sqlalchemy as sa
 
 from service import sqlite_writers
+from service.config import load_settings
+from service.db import make_engine
 from service.sqlite_writers import (
-    CHECKPOINT_AT_FRAMES,
+    CHECKPOINT_AT_BYTES,
     LOCK_SUFFIX,
+    LOG_FILE_LIMIT_BYTES,
     _turn_for,
     checkpoint,
     checkpoint_due,
-    log_frames,
+    log_bytes,
     writer_turn,
 )
 from tests.conftest import Api
@@ -131,26 +136,28 @@ def test_decisions_and_event_batches_take_a_turn(
 WAL_FRAME_BYTES = 4096 + 24  # a page and its frame header, at SQLite's default page size
 
 
-def _wal_bytes(database: str) -> int:
-    wal = Path(database + "-wal")
-    return wal.stat().st_size if wal.exists() else 0
-
-
 def test_a_checkpoint_is_due_once_a_write_has_made_the_log_long(tmp_path: Path) -> None:
     engine = _engine(tmp_path)
     database = str(engine.url.database)
     with sqlite3.connect(database, isolation_level=None) as driver:
         driver.execute("PRAGMA journal_mode=WAL")
         driver.execute("PRAGMA wal_autocheckpoint=0")
+        driver.execute(f"PRAGMA journal_size_limit={LOG_FILE_LIMIT_BYTES}")  # as the app's engine
         driver.execute("CREATE TABLE t (x BLOB)")
 
         def write() -> None:
             with writer_turn(engine, driver):
                 driver.execute("INSERT INTO t (x) VALUES (randomblob(3000))")
 
-        while log_frames(database) < CHECKPOINT_AT_FRAMES:
-            write()
-            assert checkpoint_due(engine) == (log_frames(database) >= CHECKPOINT_AT_FRAMES)
+        def write_until_due() -> int:
+            writes = 0
+            while log_bytes(database) < CHECKPOINT_AT_BYTES:
+                write()
+                writes += 1
+                assert checkpoint_due(engine) == (log_bytes(database) >= CHECKPOINT_AT_BYTES)
+            return writes
+
+        first_log = write_until_due()
         assert not checkpoint_due(engine)  # nothing written since it last answered
         write()
         assert checkpoint_due(engine)
@@ -158,8 +165,52 @@ def test_a_checkpoint_is_due_once_a_write_has_made_the_log_long(tmp_path: Path) 
         write()
         assert not checkpoint_due(engine)
         busy, frames, _ = driver.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        assert (busy, frames) == (0, log_frames(database))
-        assert 0 < frames < 10  # the log started over
+        assert busy == 0
+        assert 0 < frames < 10  # the log started over: it holds the last write's pages
+        # The file shrank with it, so the next log is due after as many writes as the first.
+        assert log_bytes(database) < CHECKPOINT_AT_BYTES
+        assert abs(write_until_due() - first_log) <= 2
+        busy, frames, _ = driver.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        assert busy == 0
+        assert 32 + frames * WAL_FRAME_BYTES >= CHECKPOINT_AT_BYTES  # SQLite's own count agrees
+
+
+def _dms_lock_free(database: str) -> bool:
+    """Whether another process could lock the byte of the wal-index by which SQLite's first
+    connection in a process tells later ones the index is in use (its unix VFS: byte 128)."""
+    probe = (
+        "import fcntl, os, sys\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+        "try:\n"
+        "    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128)\n"
+        "except OSError:\n"
+        "    sys.exit(3)\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", probe, database + "-shm"], timeout=30)
+    assert completed.returncode in (0, 3)  # not a missing file
+    return completed.returncode == 0
+
+
+def test_asking_whether_a_checkpoint_is_due_keeps_sqlites_locks(tmp_path: Path) -> None:
+    """Closing any descriptor of a file drops all of this process's POSIX locks on it, SQLite's
+    included. Without its lock on the index, a process that connected next took the index for
+    abandoned and rebuilt it under the others: a worker died of SIGBUS."""
+    engine = make_engine(load_settings({"database_url": f"sqlite:///{tmp_path / 'app.db'}"}))
+    database = str(engine.url.database)
+    try:
+        with engine.connect() as connection:
+            connection.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+            connection.commit()
+            assert not _dms_lock_free(database)  # the probe can see SQLite's lock
+            for _ in range(3):
+                with writer_turn(engine, connection.connection.driver_connection):
+                    connection.exec_driver_sql("INSERT INTO t VALUES (1)")
+                    connection.commit()
+                checkpoint_due(engine)
+                checkpoint(engine)
+                assert not _dms_lock_free(database)
+    finally:
+        engine.dispose()
 
 
 def _write_until(database: str, stop: Any, commits: Any) -> None:
@@ -196,7 +247,7 @@ def test_checkpoints_beside_a_busy_writer_let_the_log_start_over(tmp_path: Path)
     assert writer.exitcode == 0
     assert commits.value > 200
     # Each commit appended at least one frame; a log never started over holds them all.
-    assert _wal_bytes(database) < commits.value * WAL_FRAME_BYTES / 4
+    assert log_bytes(database) < commits.value * WAL_FRAME_BYTES / 4
     with sqlite3.connect(database) as reader:
         assert reader.execute("SELECT COUNT(*) FROM t").fetchone()[0] == commits.value
 
@@ -221,17 +272,20 @@ def test_the_app_checkpoints_when_the_response_whose_write_made_it_due_is_closed
         return response
 
     database = str(engine.url.database)
-    for _ in range(2 * CHECKPOINT_AT_FRAMES):
+    for _ in range(CHECKPOINT_AT_BYTES // 4096):
         response = decide()
-        if log_frames(database) >= CHECKPOINT_AT_FRAMES:
+        if log_bytes(database) >= CHECKPOINT_AT_BYTES:
             break
         response.close()
     assert ran == []  # not while the client may still be waiting for the answer
     response.close()  # as a WSGI server does once the last byte is sent
     assert ran == [engine]
     decide().close()
+    # The log started over, and the app's connections let its file shrink with it (otherwise a
+    # checkpoint would be due after every write from now on).
+    assert log_bytes(database) < CHECKPOINT_AT_BYTES
     with sqlite3.connect(engine.url.database) as other:
         busy, frames, _ = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-    # The log started over: it holds the last decision's pages, not all the decisions'.
+    # It holds the last decision's pages, not all the decisions'.
     assert busy == 0
     assert 0 < frames < 20
