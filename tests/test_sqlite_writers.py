@@ -272,7 +272,7 @@ def test_the_app_checkpoints_when_the_response_whose_write_made_it_due_is_closed
         return response
 
     database = str(engine.url.database)
-    for _ in range(CHECKPOINT_AT_BYTES // 4096):
+    for _ in range(2 * CHECKPOINT_AT_BYTES // WAL_FRAME_BYTES):  # a decision writes a page or more
         response = decide()
         if log_bytes(database) >= CHECKPOINT_AT_BYTES:
             break
