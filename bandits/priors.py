@@ -7,6 +7,8 @@ own history says what a typical rate is: start there, but with few pseudo-trials
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numpy.typing import ArrayLike
 
@@ -54,7 +56,13 @@ def empirical_bayes_prior(
         concentration = max_pseudo_count  # arms agree within noise: the cap is all we allow
     # A floor keeps both parameters positive; the cap, applied last, always wins.
     concentration = min(max(concentration, 1e-3), max_pseudo_count)
-    return float(mean * concentration), float((1.0 - mean) * concentration)
+    # Except where a cap so small that a product underflows to 0 would break "both > 0": the
+    # smallest positive double instead (the sum then exceeds such a cap by at most that much).
+    smallest = math.ulp(0.0)
+    return (
+        max(float(mean * concentration), smallest),
+        max(float((1.0 - mean) * concentration), smallest),
+    )
 
 
 def discount_factor(per_hour: float, hours: float) -> float:

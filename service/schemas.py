@@ -65,7 +65,7 @@ class ProductIn(Request):
     name: Name
     description: LongText
     price: float | None = Field(default=None, ge=0, le=1e9)
-    url: Annotated[str, Field(max_length=2000, pattern=r"^https?://\S+$")] | None = None
+    url: Annotated[str, Field(max_length=2000, pattern=r"^https?://\S+$"), _Clean] | None = None
 
 
 class SegmentIn(Request):

@@ -347,3 +347,20 @@ def test_pending_copy_is_not_served_until_approved(
 
     _set_status(api, pending, "active")
     assert pending in _served(api, experiment["id"], 20)
+
+
+def test_a_tiny_prior_max_trials_still_lets_new_copy_be_served(api: Any) -> None:
+    # Accepted by the policy (> 0), it once gave a new variant a prior of exactly 0, and from then
+    # on every decision and report of the experiment raised.
+    created = api.create_experiment(policy={"prior_max_trials": 5e-324})
+    for text in ("Boil in 90 s.", "Tea at the right heat."):
+        api.add_variant(created["id"], "tea-lovers", text)
+    for _ in range(20):
+        api.decide(created["id"], segment="tea-lovers")
+    added = api.add_variant(created["id"], "tea-lovers", "Quiet as a library.")
+
+    served = {api.decide(created["id"], segment="tea-lovers")["variant_id"] for _ in range(200)}
+    report = api.get(f"/v1/experiments/{created['id']}/report")
+
+    assert added["id"] in served
+    assert report.status_code == 200, report.get_json()

@@ -240,12 +240,17 @@ def _experiment_body(**changes: Any) -> dict[str, Any]:
             "product.description",
         ),
         (
+            "/v1/experiments",
+            lambda text: _experiment_body(product__url=f"https://kettle.example/{text}"),
+            "product.url",
+        ),
+        (
             "/v1/events",
             lambda text: {"impression_id": IMPRESSION, "type": "conversion", "event_id": text},
             "event_id",
         ),
     ],
-    ids=["variant-text", "experiment-name", "segment-description", "product", "event-id"],
+    ids=["variant-text", "experiment-name", "segment-description", "product", "url", "event-id"],
 )
 def test_control_characters_and_lone_surrogates_are_400_naming_the_field(
     raw: Raw, path: str, make_body: Any, field: str, char: str

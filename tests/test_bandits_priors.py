@@ -75,6 +75,16 @@ def test_a_cap_below_the_concentration_floor_is_still_a_cap() -> None:
     assert alpha + beta <= 1e-4 * (1 + 1e-12)
 
 
+@pytest.mark.parametrize("cap", [math.ulp(0.0), 1e-320, 1e-300])
+def test_a_cap_so_small_that_a_product_underflows_still_gives_positive_parameters(
+    cap: float,
+) -> None:
+    # A zero parameter made every later draw for the segment raise (decide answered 500).
+    alpha, beta = empirical_bayes_prior([20, 21, 19], [1000, 1000, 1000], max_pseudo_count=cap)
+    assert alpha > 0 and beta > 0
+    assert alpha + beta <= cap + 2 * math.ulp(0.0)
+
+
 @pytest.mark.parametrize("cap", [1.0, 20.0, 333.0])
 def test_arms_that_agree_within_noise_get_exactly_the_cap(cap: float) -> None:
     alpha, beta = empirical_bayes_prior([20, 21, 19], [1000, 1000, 1000], max_pseudo_count=cap)

@@ -362,7 +362,7 @@ def test_sign_in_without_or_with_a_wrong_csrf_token_is_400(
     app: Any, client: FlaskClient, marketer: Marketer
 ) -> None:
     client.get("/dashboard/sign-in")
-    for token in (None, "forged", csrf_of(client) + "x"):  # type: ignore[operator]
+    for token in (None, "forged", csrf_of(client) + "x", "é", "\u2028" + csrf_of(client)):  # type: ignore[operator]
         data = {"email": EMAIL, "password": PASSWORD}
         if token is not None:
             data["csrf_token"] = token
@@ -427,10 +427,15 @@ def test_next_defaults_to_the_experiment_list(client: FlaskClient, marketer: Mar
         "javascript:alert(1)",
         "/v1/experiments",
         "dashboard/",
+        # Control characters cannot go into a Location header: werkzeug raised, a 500.
+        "/dashboard/\r\nSet-Cookie: x=evil.example",
+        "/dashboard/\nevil.example",
+        "/dashboard/\tevil.example",
+        "/dashboard/\x7fevil.example",
     ],
 )
 def test_off_site_next_is_ignored(client: FlaskClient, marketer: Marketer, target: str) -> None:
-    form = client.get(f"/dashboard/sign-in?next={target}").get_data(as_text=True)
+    form = client.get("/dashboard/sign-in", query_string={"next": target}).get_data(as_text=True)
     assert "evil.example" not in form
     response = sign_in(client, next_=target)
     assert response.status_code == 303
@@ -441,10 +446,13 @@ def test_off_site_next_is_ignored(client: FlaskClient, marketer: Marketer, targe
     assert again.status_code == 302 and location(again) == "/dashboard/"
 
 
-def test_status_form_ignores_an_off_site_next(dash: Dashboard, experiment: dict[str, Any]) -> None:
+@pytest.mark.parametrize("target", ["//evil.example/x", "/dashboard/\r\nevil.example"])
+def test_status_form_ignores_an_off_site_next(
+    dash: Dashboard, experiment: dict[str, Any], target: str
+) -> None:
     paused = variant_ids(experiment, "tea-lovers")[0]
     response = dash.post(
-        f"/dashboard/variants/{paused}/status", {"action": "pause", "next": "//evil.example/x"}
+        f"/dashboard/variants/{paused}/status", {"action": "pause", "next": target}
     )
     assert response.status_code == 303
     assert location(response) == f"/dashboard/experiments/{experiment['id']}"

@@ -61,7 +61,9 @@ def csrf_token() -> str:
 
 def safe_next(target: str | None, default: str) -> str:
     """`target` if it is a path inside the dashboard, else `default`: no open redirects."""
-    if not target:
+    # A control character cannot go into a Location header (a newline there would split it):
+    # werkzeug refuses it with an error, after the form's change was already stored.
+    if not target or any(ord(char) < 0x20 or ord(char) == 0x7F for char in target):
         return default
     parts = urlsplit(target)
     if parts.scheme or parts.netloc or not parts.path.startswith("/dashboard/"):
@@ -75,7 +77,10 @@ def protect(bp: Blueprint) -> None:
         if request.method in _FORM_METHODS:
             sent = request.form.get("csrf_token", "")
             expected = session.get("csrf")
-            if not isinstance(expected, str) or not hmac.compare_digest(sent, expected):
+            # As bytes: compare_digest refuses str with non-ASCII characters (TypeError, a 500).
+            if not isinstance(expected, str) or not hmac.compare_digest(
+                sent.encode(), expected.encode()
+            ):
                 abort(400, "this form has expired; reload the page and try again (csrf_token)")
         if request.endpoint in _PUBLIC_ENDPOINTS:
             return None
