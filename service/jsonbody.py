@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask, current_app, request
 from flask.json.provider import DefaultJSONProvider
-from werkzeug.exceptions import BadRequest
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
 from service.errors import APIError, InvalidInput
 
@@ -52,6 +52,7 @@ def parse_json_body() -> None:
             field="Content-Type",
             code="unsupported_media_type",
         ).with_status(415)
+    _refuse_an_unsized_body_over_the_limit()
     try:
         request.get_json()  # parsed once here; the validation layer reads the cached result
     except BadRequest as exc:
@@ -62,6 +63,19 @@ def parse_json_body() -> None:
         raise InvalidInput(
             f"malformed JSON: {cause}", field="body", code="malformed_json"
         ) from None
+
+
+def _refuse_an_unsized_body_over_the_limit() -> None:
+    """A body sent without Content-Length (chunked) that runs past MAX_CONTENT_LENGTH is a 413.
+
+    werkzeug stops reading such a body at the limit without a word, so the first MiB of a
+    larger one would be parsed as if it were the whole body (and stored, had it been valid JSON).
+    """
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is not None or limit is None:
+        return  # werkzeug refused a declared length over the limit already
+    if len(request.get_data(cache=True)) >= limit and request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
 
 
 def init_app(app: Flask) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
@@ -58,7 +59,12 @@ class Raw:
         api.post("/v1/events", json={"impression_id": converted, "type": "conversion"})
 
     def post(
-        self, path: str, data: str | bytes | None, content_type: str | None = "application/json"
+        self,
+        path: str,
+        data: str | bytes | None,
+        content_type: str | None = "application/json",
+        *,
+        chunked: bool = False,
     ) -> Any:
         headers = {"Authorization": f"Bearer {self.key}"}
         if content_type is not None:
@@ -67,6 +73,15 @@ class Raw:
             data = data.replace(EXPERIMENT, str(self.experiment_id))
             data = data.replace(IMPRESSION, self.impression_id)
         path = path.replace(EXPERIMENT, str(self.experiment_id))
+        if chunked:
+            # No Content-Length; the server says it ends the input itself, as gunicorn does.
+            body = data.encode() if isinstance(data, str) else data or b""
+            return self.client.post(
+                path,
+                input_stream=io.BytesIO(body),
+                headers={**headers, "Transfer-Encoding": "chunked"},
+                environ_overrides={"wsgi.input_terminated": True},
+            )
         return self.client.post(path, data=data, headers=headers)
 
     def refused(
@@ -76,10 +91,13 @@ class Raw:
         status: int,
         error: str | None = None,
         content_type: str | None = "application/json",
+        *,
+        chunked: bool = False,
     ) -> dict[str, Any]:
         """Post, check the JSON error, check that nothing stored changed; return the error."""
         before = _snapshot(self.session)
-        body = _assert_json_error(self.post(path, data, content_type), status, error)
+        response = self.post(path, data, content_type, chunked=chunked)
+        body = _assert_json_error(response, status, error)
         assert _snapshot(self.session) == before
         return body
 
@@ -136,6 +154,31 @@ def test_missing_body_is_refused(
 @pytest.mark.parametrize(("path", "data"), _each_path(json.dumps({"text": "x" * (2 * MIB)})))
 def test_body_over_one_mib_is_413(raw: Raw, path: str, data: str) -> None:
     raw.refused(path, data, 413, "payload_too_large")
+
+
+def _valid_body(path: str) -> str:
+    return {
+        "/v1/decide": '{"experiment": <experiment>}',
+        "/v1/events": '{"impression_id": "<impression>", "type": "conversion"}',
+        "/v1/experiments": json.dumps(_experiment_body()),
+    }[path]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("tail", [" " * (2 * MIB), " " * MIB + "GARBAGE"], ids=["spaces", "junk"])
+def test_a_chunked_body_over_one_mib_is_413_even_when_its_first_mib_is_valid(
+    raw: Raw, path: str, tail: str
+) -> None:
+    # werkzeug reads a body without Content-Length only up to the limit: the valid first MiB
+    # alone was parsed and acted on.
+    raw.refused(path, _valid_body(path) + tail, 413, "payload_too_large", chunked=True)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_chunked_body_under_the_limit_is_read_whole(raw: Raw, path: str) -> None:
+    padded = _valid_body(path) + " " * (MIB - 200)
+    response = raw.post(path, padded, chunked=True)
+    assert response.status_code in (200, 201), response.get_json()
 
 
 @pytest.mark.parametrize(
