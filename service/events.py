@@ -84,42 +84,63 @@ _Row = tuple[str | None, str, str, float | None]
 
 def record_events(*, session: Session, events: list[EventIn]) -> EventsOutcome:
     outcome = EventsOutcome()
-    rows: list[_Row] = []
-    positions: list[int] = []
-    seen_impressions: set[str] = set()
-    seen_event_ids: set[str] = set()
-    for index, event in enumerate(events):
-        impression_id, event_id = event["impression_id"], event.get("event_id")
-        # Repeats inside one batch are duplicates, exactly as they would be across batches.
-        if impression_id in seen_impressions or event_id in seen_event_ids:
-            outcome.duplicate += 1
-            continue
-        seen_impressions.add(impression_id)
-        if event_id is not None:
-            seen_event_ids.add(event_id)
-        rows.append((event_id, impression_id, event["type"], event.get("value")))
-        positions.append(index)
-
     connection = session.connection()
     write = _write_sqlite if connection.dialect.name == "sqlite" else _write_postgresql
+    accepted_impressions: set[str] = set()
+    accepted_event_ids: set[str] = set()
+    pending = list(enumerate(events))
     with writer_turn(connection.engine, connection.connection.driver_connection):
-        outcome.segments.update(write(connection, outcome, rows, positions))
+        # Events are judged as if sent one by one, in order. A round writes the events that share
+        # no impression or event_id with an earlier one still waiting; the rest wait for the next,
+        # where an event sharing one with an event accepted before it is a duplicate. Most batches
+        # take one round; a repeat of a refused event (an unknown impression, a conversion stored
+        # before) is not taken for a duplicate of something that was never counted.
+        while pending:
+            rows: list[_Row] = []
+            positions: list[int] = []
+            repeats: list[tuple[int, EventIn]] = []
+            seen_impressions: set[str] = set()
+            seen_event_ids: set[str] = set()
+            for index, event in pending:
+                impression_id, event_id = event["impression_id"], event.get("event_id")
+                if impression_id in accepted_impressions or event_id in accepted_event_ids:
+                    outcome.duplicate += 1
+                    continue
+                repeat = impression_id in seen_impressions or event_id in seen_event_ids
+                # A deferred event's keys stay taken: an event after it that shares one waits too.
+                seen_impressions.add(impression_id)
+                if event_id is not None:
+                    seen_event_ids.add(event_id)
+                if repeat:
+                    repeats.append((index, event))
+                    continue
+                rows.append((event_id, impression_id, event["type"], event.get("value")))
+                positions.append(index)
+            segments, inserted = write(connection, outcome, rows, positions)
+            outcome.segments.update(segments)
+            accepted_impressions |= inserted
+            accepted_event_ids |= {row[0] for row in rows if row[1] in inserted and row[0]}
+            pending = repeats
         session.commit()
+    outcome.rejections.sort(key=lambda rejection: rejection.index)  # later rounds' come last
     return outcome
 
 
 def _write_sqlite(
     connection: sa.Connection, outcome: EventsOutcome, rows: list[_Row], positions: list[int]
-) -> Sequence[int]:
-    """Write the rows and count them; returns the segment of each variant counted."""
+) -> tuple[Sequence[int], set[str]]:
+    """Write the rows and count them; returns the segment of each variant counted, and the
+    impressions of the rows written."""
+    if not rows:
+        return [], set()
     result = connection.execute(
         _RECORD_EVENTS["sqlite"], {"rows": json.dumps(rows), "created_at": utcnow()}
     )
-    written = outcome.accepted = result.rowcount
+    written = result.rowcount
+    outcome.accepted += written
     if written == 0:
-        if rows:
-            _sort_out_the_rest(connection, outcome, rows, positions, inserted=set())
-        return []
+        _sort_out_the_rest(connection, outcome, rows, positions, inserted=set())
+        return [], set()
     # SQLite numbers a new row one past the table's largest id, and the statement held the only
     # write lock, so the rows it wrote are the last `written` ids. Read back that way, not through
     # RETURNING, which cost 0.8 µs an event (a tenth of a batch's time) on SQLite.
@@ -127,13 +148,18 @@ def _write_sqlite(
     if written < len(rows):
         inserted = set(connection.execute(_SPAN_IMPRESSIONS, span).scalars())
         _sort_out_the_rest(connection, outcome, rows, positions, inserted)
-    return connection.execute(_COUNT_SPAN, span).scalars().all()
+    else:
+        inserted = {row[1] for row in rows}
+    return connection.execute(_COUNT_SPAN, span).scalars().all(), inserted
 
 
 def _write_postgresql(
     connection: sa.Connection, outcome: EventsOutcome, rows: list[_Row], positions: list[int]
-) -> Sequence[int]:
-    """Write the rows and count them; returns the segment of each variant counted."""
+) -> tuple[Sequence[int], set[str]]:
+    """Write the rows and count them; returns the segment of each variant counted, and the
+    impressions of the rows written."""
+    if not rows:
+        return [], set()
     result = connection.execute(
         _RECORD_EVENTS["postgresql"],
         {
@@ -147,18 +173,18 @@ def _write_postgresql(
     # The driver's own tuples: a thousand SQLAlchemy rows around them cost a tenth of a batch.
     inserted: dict[str, int] = dict(result.cursor.fetchall())
     result.close()
-    outcome.accepted = len(inserted)
+    outcome.accepted += len(inserted)
     if len(inserted) < len(rows):
         _sort_out_the_rest(connection, outcome, rows, positions, set(inserted))
     per_variant = Counter(inserted.values())
     if not per_variant:
-        return []
+        return [], set()
     variant_ids = sorted(per_variant)
     # Fixed lock order: concurrent batches touching the same variants cannot deadlock.
     connection.execute(
         _COUNT_CONVERSIONS, [{"variant": v, "converted": per_variant[v]} for v in variant_ids]
     )
-    return connection.execute(_SEGMENTS_OF, {"ids": variant_ids}).scalars().all()
+    return connection.execute(_SEGMENTS_OF, {"ids": variant_ids}).scalars().all(), set(inserted)
 
 
 def _sort_out_the_rest(

@@ -207,6 +207,32 @@ def test_batch_counts_new_repeated_stored_and_unknown_events(
     assert events == Counter(variant_of[i] for i in (a, b, c, e))
 
 
+def test_a_repeat_of_a_refused_event_in_a_batch_is_judged_as_if_sent_alone_after_it(
+    api: Any, session: Session, decisions: list[dict[str, Any]]
+) -> None:
+    a, b, c, d = _ids(decisions)[:4]
+    assert _send(api, _conversion(d, event_id="ev-d")).get_json()["accepted"] == 1
+    batch = [
+        _conversion(UNKNOWN, event_id="order-1"),  # 0 unknown impression
+        _conversion(a, event_id="order-1"),  # 1 its event_id was never counted: new
+        _conversion("0" * 32),  # 2 unknown impression
+        _conversion("0" * 32),  # 3 the same unknown impression: refused again, not a duplicate
+        _conversion(d, event_id="order-2"),  # 4 impression converted before
+        _conversion(b, event_id="order-2"),  # 5 its event_id was never counted: new
+        _conversion(c, event_id="order-1"),  # 6 event_id counted at 1
+        _conversion(a),  # 7 impression converted at 1
+    ]
+
+    body = _send(api, {"events": batch}).get_json()
+
+    # Before, 1 and 5 were taken for duplicates of 0 and 4: conversions lost, reported as stored.
+    assert {k: body[k] for k in ("accepted", "duplicate", "rejected")} == _outcome(2, 3, 3)
+    assert [r["index"] for r in body["rejections"]] == [0, 2, 3]
+    stored = dict(session.exec(select(Event.impression_id, Event.event_id)).all())
+    assert stored == {d: "ev-d", a: "order-1", b: "order-2"}
+    _assert_counters_match_rows(session)
+
+
 def test_replaying_a_whole_batch_counts_nothing_twice(
     api: Any, session: Session, decisions: list[dict[str, Any]]
 ) -> None:
