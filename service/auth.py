@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import threading
 import time
@@ -26,6 +27,7 @@ from service.errors import Forbidden, NotFound, Unauthorized
 from service.models import ApiKey, Scope, utcnow
 
 _PREFIX = "cb_"
+_KEY_ID = re.compile(r"[0-9a-f]{16}")  # secrets.token_hex(8)
 
 
 def _digest(secret: str) -> str:
@@ -62,7 +64,8 @@ def authenticate(*, session: Session, presented: str) -> ApiKey | None:
     if not presented.startswith(_PREFIX):
         return None
     key_id, _, secret = presented[len(_PREFIX) :].partition("_")
-    row = session.get(ApiKey, key_id) if key_id and secret else None
+    # Only an id shaped like ours reaches the database (a NUL in it made PostgreSQL raise).
+    row = session.get(ApiKey, key_id) if _KEY_ID.fullmatch(key_id) and secret else None
     # Compare even when the id is unknown, so timing does not reveal which ids exist.
     expected = row.secret_hash if row is not None else _digest("")
     matches = hmac.compare_digest(expected, _digest(secret))
