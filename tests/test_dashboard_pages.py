@@ -22,6 +22,8 @@ from sqlmodel import Session, SQLModel, select
 from werkzeug.security import generate_password_hash
 
 from generation.writer import Sample
+from service.dashboard import account_pages
+from service.dashboard.sign_in_limits import ADDRESS_BURST, EMAIL_BURST, SignInLimits
 from service.marketers import create_marketer, set_password
 from service.models import (
     Experiment,
@@ -389,6 +391,78 @@ def test_wrong_credentials_are_401_and_start_no_session(
     assert "Wrong email or password." in html
     assert redirects_to_sign_in(client.get("/dashboard/"))
     assert fresh(app, Marketer, marketer.id).last_sign_in_at is None
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def limits_clock(app: Any) -> _Clock:
+    clock = _Clock()
+    app.extensions["copybandit.sign_in_limits"] = SignInLimits(clock)
+    return clock
+
+
+def test_after_ten_wrong_passwords_an_email_waits_a_minute_and_no_hash_is_computed(
+    app: Any,
+    client: FlaskClient,
+    session: Session,
+    marketer: Marketer,
+    limits_clock: _Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    checked: list[str] = []
+    check = account_pages.check_credentials
+
+    def counting(**kwargs: Any) -> Any:
+        checked.append(kwargs["email"])
+        return check(**kwargs)
+
+    monkeypatch.setattr(account_pages, "check_credentials", counting)
+    for _ in range(EMAIL_BURST):
+        assert sign_in(client, password="wrong password!").status_code == 401
+
+    # The right password, the same email typed differently: still waits.
+    blocked = sign_in(client, email=" MIA@example.com")
+
+    assert blocked.status_code == 429
+    assert blocked.headers["Retry-After"] == "60"
+    assert "Try again in 60 seconds." in blocked.get_data(as_text=True)
+    assert len(checked) == EMAIL_BURST
+    assert not signed_in(client) and fresh(app, Marketer, marketer.id).last_sign_in_at is None
+    # Another marketer signing in from the same address is not held up.
+    create_marketer(session=session, email="ola@example.com", password="another password")
+    other = app.test_client()
+    assert sign_in(other, email="ola@example.com", password="another password").status_code == 303
+    limits_clock.now += 60
+    assert sign_in(client).status_code == 303
+
+
+def test_many_wrong_sign_ins_from_one_address_make_it_wait(
+    app: Any, client: FlaskClient, limits_clock: _Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checked: list[str] = []
+    # Every guess wrong, without a real hash each: this counts attempts, not passwords.
+    monkeypatch.setattr(
+        account_pages, "check_credentials", lambda **kw: checked.append(kw["email"])
+    )
+    for i in range(ADDRESS_BURST):
+        assert sign_in(client, email=f"guess{i}@example.com").status_code == 401
+
+    blocked = sign_in(client, email="one-more@example.com")
+    elsewhere = app.test_client()
+    elsewhere.environ_base["REMOTE_ADDR"] = "192.0.2.7"
+
+    assert blocked.status_code == 429 and blocked.headers["Retry-After"] == "6"
+    assert len(checked) == ADDRESS_BURST
+    assert sign_in(elsewhere, email="one-more@example.com").status_code == 401
+    limits_clock.now += 6
+    assert sign_in(client, email="one-more@example.com").status_code == 401
 
 
 def test_right_password_is_303_to_next_and_opens_pages(

@@ -33,6 +33,18 @@ def test_bucket_allows_the_burst_then_the_rate() -> None:
     assert [limiter.take("k") for _ in range(4)][:3] == [0.0, 0.0, 0.0]  # refills to the burst only
 
 
+def test_waiting_time_is_told_without_spending_a_token() -> None:
+    clock = Clock()
+    limiter = RateLimiter(rate=2.0, burst=2.0, clock=clock)
+    assert [limiter.wait("k") for _ in range(5)] == [0.0] * 5
+    limiter.take("k")
+    limiter.take("k")
+    assert limiter.wait("k") == pytest.approx(0.5)
+    assert limiter.wait("k") == pytest.approx(0.5)  # asking twice spent nothing
+    clock.now += 0.5
+    assert limiter.wait("k") == 0.0 and limiter.take("k") == 0.0
+
+
 def test_rate_zero_turns_it_off() -> None:
     limiter = RateLimiter(rate=0.0, burst=1.0)
     assert all(limiter.take("k") == 0.0 for _ in range(1000))

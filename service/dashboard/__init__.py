@@ -18,6 +18,7 @@ from werkzeug.wrappers import Response
 from service.config import Settings
 from service.dashboard import account_pages, experiment_pages, review_pages
 from service.dashboard.blueprint import bp
+from service.dashboard.sign_in_limits import SignInLimits
 
 # Imported for their routes, which they attach to `bp`.
 _PAGES = (account_pages, experiment_pages, review_pages)
@@ -48,6 +49,7 @@ def register(app: Flask, settings: Settings) -> None:
         PERMANENT_SESSION_LIFETIME=timedelta(hours=settings.dashboard_session_hours),
     )
     app.session_interface = DashboardOnlySessions()
+    app.extensions["copybandit.sign_in_limits"] = SignInLimits()
     # Ids are 32-bit in the database: a larger one in a URL is a 404, never a database error.
     app.url_map.converters["id"] = DbIdConverter
     app.register_blueprint(bp)

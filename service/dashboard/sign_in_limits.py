@@ -1,0 +1,38 @@
+"""How many wrong passwords the sign-in form takes before it asks the sender to wait.
+
+Each guess costs the server a scrypt hash (~0.14 s of a core), and nothing else stands between a
+password and a guesser. Failures are counted per email typed, so one account cannot be guessed at
+quickly, and per client address, so one client cannot keep the workers hashing. A blocked attempt
+is answered 429 before any hash is computed. Counts live in each worker's memory, like the API's
+rate limits: with N workers a guesser gets up to N times these allowances.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from service.ratelimit import RateLimiter
+
+# An email: 10 wrong passwords in a row, then one more a minute.
+EMAIL_BURST, EMAIL_PER_SECOND = 10, 1 / 60
+# A client address (a proxy's, behind one, so it is shared): more, but not a stream of hashes.
+ADDRESS_BURST, ADDRESS_PER_SECOND = 30, 1 / 6
+
+
+class SignInLimits:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._by_email = RateLimiter(EMAIL_PER_SECOND, EMAIL_BURST, clock)
+        self._by_address = RateLimiter(ADDRESS_PER_SECOND, ADDRESS_BURST, clock)
+
+    def wait(self, *, email: str, address: str | None) -> float:
+        """Seconds before this email may be tried from this address again; 0.0: now."""
+        return max(self._by_email.wait(_email_key(email)), self._by_address.wait(address or ""))
+
+    def failed(self, *, email: str, address: str | None) -> None:
+        self._by_email.take(_email_key(email))
+        self._by_address.take(address or "")
+
+
+def _email_key(email: str) -> str:
+    return email.strip().lower()  # as service.marketers.sign_in looks it up
