@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import alembic.util
 import click
 import sqlalchemy as sa
 from sqlmodel import Session, select
@@ -42,8 +43,19 @@ def _settings() -> Settings:
         raise click.ClickException(f"configuration: {exc}") from None
 
 
+def _engine(settings: Settings) -> sa.Engine:
+    """The database, checked to be at this code's migration: a command on an older schema failed
+    part-way (the lifecycle logged a traceback per segment and exited 0; seed-demo left an
+    experiment without variants)."""
+    engine = make_engine(settings)
+    problem = migrations.mismatch(engine)
+    if problem is not None:
+        raise click.ClickException(f"database: {problem}")
+    return engine
+
+
 def _session(settings: Settings) -> Session:
-    return Session(make_engine(settings), expire_on_commit=False)
+    return Session(_engine(settings), expire_on_commit=False)
 
 
 class _Commands(click.Group):
@@ -76,11 +88,19 @@ def migrate(check: bool) -> None:
     settings = _settings()
     engine = make_engine(settings)
     if check:
-        behind = migrations.pending(engine)
-        click.echo("migrations pending" if behind else "database is up to date")
-        sys.exit(1 if behind else 0)
-    migrations.upgrade(engine)
+        problem = migrations.mismatch(engine)
+        click.echo(f"migrations pending: {problem}" if problem else "database is up to date")
+        sys.exit(1 if problem else 0)
+    _upgrade(engine)
     click.echo(f"database migrated: {engine.url.render_as_string(hide_password=True)}")
+
+
+def _upgrade(engine: sa.Engine) -> None:
+    try:
+        migrations.upgrade(engine)
+    except alembic.util.CommandError:
+        # Alembic's own words ("Can't locate revision identified by ...") with a traceback.
+        raise click.ClickException(f"database: {migrations.mismatch(engine)}") from None
 
 
 @main.command("seed-demo")
@@ -107,7 +127,7 @@ def init(demo_history: bool) -> None:
     if none exists."""
     settings = _settings()
     engine = make_engine(settings)
-    migrations.upgrade(engine)
+    _upgrade(engine)
     click.echo(f"database migrated: {engine.url.render_as_string(hide_password=True)}")
     with _session(settings) as session:
         experiment = seed_demo(session=session)
@@ -151,7 +171,7 @@ def generate(experiment_id: int, segment: str | None, n: int) -> None:
     """Have the language model write new variants now, with a progress bar."""
     settings = _settings()
     logging.basicConfig(level=settings.log_level, format="%(message)s")
-    engine = make_engine(settings)
+    engine = _engine(settings)
     with Session(engine, expire_on_commit=False) as session:
         try:
             job = create_job(session=session, experiment_id=experiment_id, segment_key=segment, n=n)
@@ -201,7 +221,7 @@ def lifecycle(once: bool, generate: bool) -> None:
     """Retire losers, pause guardrail failures, declare winners, queue new copy."""
     settings = _settings()
     logging.basicConfig(level=settings.log_level, format="%(message)s")
-    engine = make_engine(settings)
+    engine = _engine(settings)
     report = run_lifecycle(engine=engine)
     for event in report.actions:
         click.echo(
@@ -441,7 +461,7 @@ def purge(older_than: str, batch_size: int) -> None:
         )
 
     report = purge_rows(
-        engine=make_engine(settings), older_than=age, batch_size=batch_size, progress=say
+        engine=_engine(settings), older_than=age, batch_size=batch_size, progress=say
     )
     click.echo(
         f"purged {report.events:,} events and {report.impressions:,} impressions older than "
@@ -591,8 +611,7 @@ def users_list() -> None:
 def serve(host: str | None, port: int | None, workers: int | None, access_log: bool) -> None:
     """Serve the API with gunicorn."""
     settings = _settings()
-    if migrations.pending(make_engine(settings)):
-        raise click.ClickException("the database is not migrated; run `copybandit migrate`")
+    _engine(settings)
     options: dict[str, Any] = {
         "bind": f"{host or settings.host}:{port or settings.port}",
         "workers": workers or settings.workers,

@@ -26,7 +26,24 @@ def upgrade(engine: sa.Engine, revision: str = "head") -> None:
 
 def pending(engine: sa.Engine) -> bool:
     """True when the database is behind (or ahead of) the code's migration head."""
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    return mismatch(engine) is not None
+
+
+def mismatch(engine: sa.Engine) -> str | None:
+    """Why this code cannot work on the database as it is, or None when it is at the head."""
+    script = ScriptDirectory.from_config(alembic_config())
+    head = script.get_current_head()
     with engine.connect() as connection:
         current = MigrationContext.configure(connection).get_current_revision()
-    return current != head
+    if current == head:
+        return None
+    where = engine.url.render_as_string(hide_password=True)
+    if current is None:
+        return f"{where} has no tables yet; run `copybandit migrate` first"
+    if current not in {revision.revision for revision in script.walk_revisions()}:
+        # Migrating cannot help: only the newer code knows how it got there.
+        return (
+            f"{where} is at migration {current}, which this copybandit does not know: a newer "
+            "version migrated it; run that version"
+        )
+    return f"{where} is at migration {current}, this code needs {head}; run `copybandit migrate`"

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner, Result
 from sqlmodel import Session, select
 
+from service import migrate as migrations
 from service.auth import authenticate
 from service.cli import main
 from service.config import load_settings
@@ -154,3 +155,44 @@ def test_serve_refuses_a_port_or_worker_count_out_of_range(
     result = run("serve", option, value)
     assert result.exit_code == 2
     assert f"Invalid value for '{option}': {value} is not in the range" in result.output
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_commands_on_a_database_from_an_older_migration_say_to_migrate_and_change_nothing(
+    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _unmigrated(backend, tmp_path) as url:
+        monkeypatch.setenv("COPYBANDIT_DATABASE_URL", url)
+        engine = make_engine(load_settings({"database_url": url}))
+        migrations.upgrade(engine, "0004")
+        # Before, the lifecycle logged a traceback per segment and exited 0, and seed-demo left
+        # an experiment without variants behind.
+        commands = [
+            ["check"],
+            ["lifecycle", "--once", "--no-generate"],
+            ["seed-demo"],
+            ["keys", "list"],
+            ["serve", "--port", "1"],
+        ]
+        results = {command[0]: run(*command) for command in commands}
+        with engine.connect() as connection:
+            experiments = connection.exec_driver_sql("SELECT count(*) FROM experiment").scalar()
+        engine.dispose()
+    for name, result in results.items():
+        assert result.exit_code == 1, (name, result.output)
+        assert "is at migration 0004, this code needs" in result.output, (name, result.output)
+        assert "run `copybandit migrate`" in result.output and "Traceback" not in result.output
+    assert experiments == 0
+
+
+def test_a_database_migrated_by_a_newer_version_is_one_clear_line(database: str) -> None:
+    assert run("migrate").exit_code == 0
+    engine = make_engine(load_settings({"database_url": database}))
+    with engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
+    engine.dispose()
+    for command in (["migrate"], ["init"], ["migrate", "--check"], ["check"]):
+        result = run(*command)
+        assert result.exit_code == 1, (command, result.output)
+        assert "is at migration 9999, which this copybandit does not know" in result.output
+        assert "Traceback" not in result.output
