@@ -43,11 +43,18 @@ def _settings() -> Settings:
         raise click.ClickException(f"configuration: {exc}") from None
 
 
+def _make_engine(settings: Settings) -> sa.Engine:
+    try:
+        return make_engine(settings)
+    except OSError as exc:  # a SQLite file's folder that cannot be made
+        raise click.ClickException(f"database: {exc.strerror}: {exc.filename}") from None
+
+
 def _engine(settings: Settings) -> sa.Engine:
     """The database, checked to be at this code's migration: a command on an older schema failed
     part-way (the lifecycle logged a traceback per segment and exited 0; seed-demo left an
     experiment without variants)."""
-    engine = make_engine(settings)
+    engine = _make_engine(settings)
     problem = migrations.mismatch(engine)
     if problem is not None:
         raise click.ClickException(f"database: {problem}")
@@ -65,7 +72,7 @@ class _Commands(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
+        except sa.exc.DatabaseError as exc:  # also a file that is not a database
             # The driver's first line; PostgreSQL goes on with the SQL and a caret under it.
             reason = str(exc.orig or exc).strip().splitlines()[0]
             # SQLite says "no such table"; PostgreSQL raises undefined_table (SQLSTATE 42P01).
@@ -86,7 +93,7 @@ def main() -> None:
 def migrate(check: bool) -> None:
     """Apply database migrations (Alembic) up to the latest."""
     settings = _settings()
-    engine = make_engine(settings)
+    engine = _make_engine(settings)
     if check:
         problem = migrations.mismatch(engine)
         click.echo(f"migrations pending: {problem}" if problem else "database is up to date")
@@ -126,7 +133,7 @@ def init(demo_history: bool) -> None:
     """First-run set-up: migrate, seed the demo, and print an admin key and a dashboard sign-in
     if none exists."""
     settings = _settings()
-    engine = make_engine(settings)
+    engine = _make_engine(settings)
     _upgrade(engine)
     click.echo(f"database migrated: {engine.url.render_as_string(hide_password=True)}")
     with _session(settings) as session:
@@ -150,7 +157,8 @@ def init(demo_history: bool) -> None:
             password = generate_password()
             marketer = create_marketer(session=session, email=FIRST_MARKETER, password=password)
             click.echo(
-                f"Dashboard sign-in (shown once): http://{settings.host}:{settings.port}/dashboard/"
+                f"Dashboard sign-in (shown once): http://{_address(settings.host, settings.port)}"
+                "/dashboard/"
                 f"\n\n    email:    {marketer.email}\n    password: {password}\n\n"
                 "More accounts: `copybandit users create --email you@example.com`.\n"
             )
@@ -336,27 +344,35 @@ def simulate(
     from bandits.worlds import load_scenario
     from service.sim_report import table, write_outputs
 
+    if http_url is not None and (key is None or experiment_id is None):
+        raise click.UsageError("--http needs --key and --experiment")
+    names = [p.strip() for p in policies.split(",") if p.strip()]
+    if not names:
+        raise click.BadParameter("name at least one policy", param_hint="--policies")
+    try:
+        world = load_scenario(scenario)
+    except ValueError as exc:
+        raise click.ClickException(f"scenario {scenario}: {exc}") from None
+    # Before the run, not after it: a folder that cannot be made lost a whole simulation.
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.BadParameter(str(exc), param_hint="--out") from None
     if full_loop:
-        _simulate_full_loop(
-            load_scenario(scenario), writer, rounds, impressions or 20_000, Path(out)
-        )
+        _simulate_full_loop(world, writer, rounds, impressions or 20_000, Path(out))
         return
     if http_url is not None:
-        if key is None or experiment_id is None:
-            raise click.UsageError("--http needs --key and --experiment")
         _simulate_http(
-            load_scenario(scenario),
+            world,
             http_url,
-            key,
-            experiment_id,
+            key,  # type: ignore[arg-type]
+            experiment_id,  # type: ignore[arg-type]
             impressions or 2000,
             clients,
             Path(out),
         )
         return
     try:
-        world = load_scenario(scenario)
-        names = [p.strip() for p in policies.split(",") if p.strip()]
         with click.progressbar(length=1000, label="simulating", show_eta=True) as bar:
 
             def progress(done: int, total: int) -> None:
@@ -469,6 +485,12 @@ def purge(older_than: str, batch_size: int) -> None:
     )
 
 
+def _address(host: str, port: int) -> str:
+    """host:port, with an IPv6 address in brackets (gunicorn read `::1:8000` as host `::1:8000`
+    with no port)."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
 def _prepare_metrics_folder(options: dict[str, Any]) -> None:
     """Workers write their metrics under one folder (see service.metrics); a fresh one per
     server, so counts from an earlier run never leak into this one."""
@@ -505,6 +527,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _label(value: str) -> str:
+    if len(value) > 200:  # the column's width: PostgreSQL refused a longer one with a traceback
+        raise click.BadParameter(f"at most 200 characters, got {len(value)}", param_hint="--label")
+    return value
+
+
 @main.group()
 def keys() -> None:
     """Create, list and revoke API keys."""
@@ -512,7 +540,12 @@ def keys() -> None:
 
 @keys.command("create")
 @click.option("--scope", type=click.Choice([s.value for s in Scope]), required=True)
-@click.option("--label", default="", help="A note to recognise the key by.")
+@click.option(
+    "--label",
+    default="",
+    help="A note to recognise the key by.",
+    callback=lambda _c, _p, v: _label(v),
+)
 def keys_create(scope: str, label: str) -> None:
     """Create a key and print it (it is stored only as a hash)."""
     with _session(_settings()) as session:
@@ -613,7 +646,7 @@ def serve(host: str | None, port: int | None, workers: int | None, access_log: b
     settings = _settings()
     _engine(settings)
     options: dict[str, Any] = {
-        "bind": f"{host or settings.host}:{port or settings.port}",
+        "bind": _address(host or settings.host, port or settings.port),
         "workers": workers or settings.workers,
         "accesslog": "-" if access_log else None,
         "errorlog": "-",

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import sqlalchemy as sa
 
 ENV_PREFIX = "COPYBANDIT_"
 ENVIRONMENTS = ("development", "test", "production")
@@ -73,11 +76,10 @@ class Settings:
             self.env in ENVIRONMENTS, "ENV", f"must be one of {', '.join(ENVIRONMENTS)}", self.env
         )
         _require(
-            self.database_url.split(":", 1)[0].split("+", 1)[0]
-            in ("sqlite", "postgresql", "postgres"),
+            _is_usable_database_url(self.database_url),
             "DATABASE_URL",
-            "must be a sqlite:/// or postgresql:// URL",
-            self.database_url,
+            "must be a sqlite:///path or postgresql://user@host/db URL (driver: psycopg 3)",
+            _without_password(self.database_url),
         )
         _require(1 <= self.port <= 65535, "PORT", "must be between 1 and 65535", self.port)
         _require(1 <= self.workers <= 64, "WORKERS", "must be between 1 and 64", self.workers)
@@ -136,6 +138,12 @@ class Settings:
             self.generation_max_rounds,
         )
         _require(
+            re.fullmatch(r"cpu|mps|cuda(:\d+)?", self.model_device) is not None,
+            "MODEL_DEVICE",
+            "must be cpu, cuda, cuda:N or mps",
+            self.model_device,
+        )
+        _require(
             self.model_dtype in ("float32", "bfloat16", "float16"),
             "MODEL_DTYPE",
             "must be float32, bfloat16 or float16",
@@ -192,6 +200,26 @@ class Settings:
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+
+def _is_usable_database_url(url: str) -> bool:
+    """One SQLAlchemy can parse, for a database and driver copybandit runs on (another parsed
+    here and failed later, with a traceback from the first command)."""
+    try:
+        parsed = sa.engine.make_url(url)
+        parsed.port  # noqa: B018  a port that is not a number raises only when read
+    except (sa.exc.ArgumentError, ValueError):
+        return False
+    if parsed.get_backend_name() == "sqlite":
+        return parsed.get_driver_name() == "pysqlite"
+    return parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "psycopg"
+
+
+def _without_password(url: str) -> str:
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except (sa.exc.ArgumentError, ValueError):
+        return url
 
 
 def _require(ok: bool, name: str, rule: str, value: object) -> None:

@@ -5,6 +5,7 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -196,3 +197,69 @@ def test_a_database_migrated_by_a_newer_version_is_one_clear_line(database: str)
         assert result.exit_code == 1, (command, result.output)
         assert "is at migration 9999, which this copybandit does not know" in result.output
         assert "Traceback" not in result.output
+
+
+def test_a_sqlite_path_that_cannot_be_made_or_is_not_a_database_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    not_a_database = tmp_path / "notes.txt"
+    not_a_database.write_text("hello, not a database\n" * 200)
+    for url in (f"sqlite:///{not_a_database}/copy.db", f"sqlite:///{not_a_database}"):
+        monkeypatch.setenv("COPYBANDIT_DATABASE_URL", url)
+        for command in (["migrate"], ["check"], ["serve", "--port", "1"]):
+            result = run(*command)
+            assert result.exit_code == 1, (url, command, result.output)
+            assert result.output.startswith("Error: database: "), result.output
+            assert "Traceback" not in result.output
+    assert not_a_database.read_text().startswith("hello")
+
+
+def test_a_key_label_longer_than_its_column_is_refused(database: str) -> None:
+    assert run("migrate").exit_code == 0
+    refused = run("keys", "create", "--scope", "serve", "--label", "x" * 201)
+    assert refused.exit_code == 2 and "at most 200 characters, got 201" in refused.output
+    assert "serve" not in run("keys", "list").output
+    assert run("keys", "create", "--scope", "serve", "--label", "x" * 200).exit_code == 0
+
+
+def test_simulate_refuses_bad_arguments_before_simulating(tmp_path: Path) -> None:
+    a_file = tmp_path / "taken"
+    a_file.write_text("")
+    bad_scenario = tmp_path / "bad.json"
+    bad_scenario.write_text('{"segments": "none"}')
+    cases = {
+        "--out under a file": (["--out", str(a_file / "sim")], 2, "--out"),
+        "no policy": (["--policies", " , "], 2, "name at least one policy"),
+        "bad scenario": (["--scenario", str(bad_scenario)], 1, f"scenario {bad_scenario}"),
+        "bad scenario, full loop": (
+            ["--full-loop", "--writer", "phrases", "--scenario", str(bad_scenario)],
+            1,
+            f"scenario {bad_scenario}",
+        ),
+    }
+    for name, (arguments, exit_code, says) in cases.items():
+        result = run("simulate", "--impressions", "100", "--seeds", "1", *arguments)
+        assert result.exit_code == exit_code, (name, result.output)
+        assert says in result.output and "Traceback" not in result.output, (name, result.output)
+        assert "simulating" not in result.output, name
+
+
+@pytest.mark.parametrize(
+    ("host", "bind"),
+    [
+        ("::1", "[::1]:8123"),
+        ("[::1]", "[::1]:8123"),
+        ("::", "[::]:8123"),
+        ("0.0.0.0", "0.0.0.0:8123"),
+    ],
+)
+def test_serve_binds_ipv6_addresses_in_brackets(
+    database: str, monkeypatch: pytest.MonkeyPatch, host: str, bind: str
+) -> None:
+    # gunicorn read "::1:8123" as a host with an empty port and refused to start.
+    assert run("migrate").exit_code == 0
+    started: list[dict[str, Any]] = []
+    monkeypatch.setattr("service.gunicorn.run", started.append)
+    result = run("serve", "--host", host, "--port", "8123")
+    assert result.exit_code == 0, result.output
+    assert started[0]["bind"] == bind and f"serving on http://{bind} " in result.output

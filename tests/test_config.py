@@ -39,6 +39,14 @@ def test_environment_variables_override_defaults() -> None:
         ("COPYBANDIT_SNAPSHOT_TTL_SECONDS", "-1", r"COPYBANDIT_SNAPSHOT_TTL_SECONDS must be >= 0"),
         ("COPYBANDIT_WORKERS", "0", r"COPYBANDIT_WORKERS must be between 1 and 64"),
         ("COPYBANDIT_LOG_LEVEL", "verbose", r"COPYBANDIT_LOG_LEVEL must be one of DEBUG, INFO"),
+        # Each of these passed and then failed with a traceback from the first command.
+        ("COPYBANDIT_DATABASE_URL", "sqlite", r"COPYBANDIT_DATABASE_URL must be a sqlite"),
+        ("COPYBANDIT_DATABASE_URL", "postgresql", r"COPYBANDIT_DATABASE_URL must be a sqlite"),
+        ("COPYBANDIT_DATABASE_URL", "sqlite:foo.db", r"COPYBANDIT_DATABASE_URL must be a sqlite"),
+        ("COPYBANDIT_DATABASE_URL", "postgresql+psycopg2://h/d", r"\(driver: psycopg 3\)"),
+        ("COPYBANDIT_DATABASE_URL", "postgresql://h:notaport/d", r"got 'postgresql\+psycopg://h"),
+        ("COPYBANDIT_MODEL_DEVICE", "banana", r"COPYBANDIT_MODEL_DEVICE must be cpu, cuda, cuda:N"),
+        ("COPYBANDIT_MODEL_DEVICE", "cuda:", r"COPYBANDIT_MODEL_DEVICE must be cpu, cuda, cuda:N"),
     ],
 )
 def test_bad_values_are_refused_naming_the_variable(
@@ -46,6 +54,33 @@ def test_bad_values_are_refused_naming_the_variable(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         load_settings(environ={variable: value}).validate()
+
+
+def test_a_refused_database_url_is_shown_without_its_password() -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ={"COPYBANDIT_DATABASE_URL": "mysql://app:hunter2@db/shop"}).validate()
+    assert "hunter2" not in str(refused.value) and "mysql://app:***@db/shop" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite://",
+        "sqlite:////tmp/copy.db",
+        "postgres://u:p@db.internal:5433/copy",
+        "postgresql+psycopg://db.internal/copy",
+        "postgresql://u@/copy?host=/var/run/postgresql",
+    ],
+)
+def test_database_urls_of_every_documented_form_are_accepted(url: str) -> None:
+    load_settings(environ={"COPYBANDIT_DATABASE_URL": url}).validate()
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda", "cuda:1", "mps"])
+def test_model_devices_torch_knows_are_accepted(device: str) -> None:
+    assert (
+        load_settings(environ={"COPYBANDIT_MODEL_DEVICE": device}).validate().model_device == device
+    )
 
 
 def test_log_levels_are_taken_in_either_case() -> None:
