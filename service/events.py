@@ -83,6 +83,24 @@ _Row = tuple[str | None, str, str, float | None]
 
 
 def record_events(*, session: Session, events: list[EventIn]) -> EventsOutcome:
+    retries = 2
+    while True:
+        try:
+            return _record_events(session, events)
+        except sa.exc.IntegrityError as exc:
+            # PostgreSQL: `copybandit purge` deleted an impression after the INSERT's join saw it,
+            # and the event's foreign key failed. Once more, the join no longer sees it, and the
+            # event is refused as an unknown impression instead of failing the batch with a 500.
+            if retries == 0 or getattr(exc.orig, "sqlstate", None) != _FOREIGN_KEY_VIOLATION:
+                raise
+            retries -= 1
+            session.rollback()
+
+
+_FOREIGN_KEY_VIOLATION = "23503"
+
+
+def _record_events(session: Session, events: list[EventIn]) -> EventsOutcome:
     outcome = EventsOutcome()
     connection = session.connection()
     write = _write_sqlite if connection.dialect.name == "sqlite" else _write_postgresql

@@ -54,38 +54,53 @@ def purge(
     progress: Callable[[PurgeReport], None] | None = None,
 ) -> PurgeReport:
     report = PurgeReport(cutoff=(now or utcnow()) - older_than)
-    old_events = (
-        sa.select(_event.c.id, _event.c.variant_id)
-        .where(_event.c.created_at < report.cutoff)
-        .limit(batch_size)
-    )
     unreferenced = ~sa.exists().where(_event.c.impression_id == _impression.c.id)
-    old_impressions = (
-        sa.select(_impression.c.id, _impression.c.variant_id)
-        .where(_impression.c.created_at < report.cutoff, unreferenced)
-        .limit(batch_size)
-    )
-    for table, select, counter in (
-        (_event, old_events, "purged_conversions"),
-        (_impression, old_impressions, "purged_impressions"),
+    for table, counter, keep_if in (
+        (_event, "purged_conversions", sa.true()),
+        # Checked again by the DELETE itself: a conversion may arrive after the SELECT.
+        (_impression, "purged_impressions", unreferenced),
     ):
+        old = sa.select(table.c.id).where(table.c.created_at < report.cutoff, keep_if)
         while True:
-            with engine.begin() as connection:
-                rows = connection.execute(select).all()
-                if not rows:
-                    break
-                connection.execute(table.delete().where(table.c.id.in_([r.id for r in rows])))
-                per_variant = Counter(r.variant_id for r in rows)
-                for variant_id in sorted(per_variant):  # fixed lock order, as everywhere else
-                    connection.execute(
-                        _variant.update()
-                        .where(_variant.c.id == variant_id)
-                        .values({counter: _variant.c[counter] + per_variant[variant_id]})
-                    )
+            try:
+                deleted = _purge_batch(engine, table, counter, old.limit(batch_size), keep_if)
+            except sa.exc.IntegrityError:
+                # PostgreSQL: a conversion for one of these impressions committed after the
+                # DELETE looked; nothing of this batch was kept, and the next one passes it by.
+                continue
+            if deleted is None:
+                break
             if table is _event:
-                report.events += len(rows)
+                report.events += deleted
             else:
-                report.impressions += len(rows)
+                report.impressions += deleted
             if progress is not None:
                 progress(report)
     return report
+
+
+def _purge_batch(
+    engine: sa.Engine,
+    table: sa.Table,
+    counter: str,
+    old: sa.Select[tuple[int]],
+    keep_if: sa.ColumnElement[bool],
+) -> int | None:
+    """Delete one batch and count it; None when nothing was left to delete."""
+    with engine.begin() as connection:
+        ids = connection.execute(old).scalars().all()
+        if not ids:
+            return None
+        # What the DELETE removed, not what the SELECT saw: a purge running beside this one
+        # may have deleted some of the same rows already, and must not count them twice.
+        deleted = connection.execute(
+            table.delete().where(table.c.id.in_(ids), keep_if).returning(table.c.variant_id)
+        ).scalars()
+        per_variant = Counter(deleted)
+        for variant_id in sorted(per_variant):  # fixed lock order, as everywhere else
+            connection.execute(
+                _variant.update()
+                .where(_variant.c.id == variant_id)
+                .values({counter: _variant.c[counter] + per_variant[variant_id]})
+            )
+    return per_variant.total()

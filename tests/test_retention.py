@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -12,9 +14,10 @@ from sqlmodel import Session, select
 
 from service.cli import main
 from service.consistency import check_counters
+from service.db import make_engine
 from service.models import Event, Impression, Variant, utcnow
 from service.reports import experiment_report
-from service.retention import parse_age, purge
+from service.retention import PurgeReport, parse_age, purge
 
 
 def _traffic(api: Any, experiment_id: int, n: int, convert_every: int) -> list[str]:
@@ -121,6 +124,129 @@ def test_an_old_impression_with_a_young_conversion_is_kept_until_the_conversion_
     result = purge(engine=engine, older_than=timedelta(days=90))
     assert (result.events, result.impressions) == (1, 1)
     assert check_counters(session=session).ok
+
+
+def _second_engine(app: Any) -> sa.Engine:
+    """Another process's view of the same database: its own pool and connections."""
+    return make_engine(app.extensions["copybandit.settings"])
+
+
+def _wait_until_someone_waits_for_a_lock(engine: sa.Engine) -> None:
+    """PostgreSQL tells when a statement waits for a row lock; SQLite does not, so there a
+    fixed pause lets the other thread reach its write, which then waits for the file's lock."""
+    if engine.dialect.name == "sqlite":
+        time.sleep(0.5)
+        return
+    deadline = time.monotonic() + 30
+    with engine.connect() as connection:
+        while time.monotonic() < deadline:
+            waiting = connection.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            ).scalar()
+            if waiting:
+                return
+            time.sleep(0.01)
+    raise AssertionError("nothing came to wait for the lock")
+
+
+def test_a_purge_whose_rows_another_purge_deleted_first_counts_only_what_it_deleted(
+    app: Any, api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    old = _traffic(api, experiment["id"], 30, convert_every=3)
+    _age(session, old, days=100)
+    before = _counters(session)
+    engine, other = app.extensions["copybandit.engine"], _second_engine(app)
+    others: list[PurgeReport] = []
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def _the_other_purge_goes_first(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        # Between this purge's SELECT of a batch and its DELETE: an overlapping cron run.
+        if statement.lstrip().upper().startswith("DELETE") and not others:
+            others.append(purge(engine=other, older_than=timedelta(days=90)))
+
+    mine = purge(engine=engine, older_than=timedelta(days=90), batch_size=4)
+    other.dispose()
+
+    [theirs] = others
+    assert (mine.events + theirs.events, mine.impressions + theirs.impressions) == (10, 30)
+    assert (theirs.events, theirs.impressions) == (10, 30) and (mine.events, mine.impressions) == (
+        0,
+        0,
+    )
+    assert _counters(session) == before
+    assert check_counters(session=session).ok
+
+
+def test_a_conversion_committed_while_the_purge_deletes_its_impression_keeps_it(
+    app: Any, api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    old = [api.decide(experiment["id"])["impression_id"] for _ in range(5)]
+    _age(session, old, days=100)
+    late = session.get(Impression, old[0])
+    assert late is not None
+    converter = _second_engine(app)
+    purged: list[PurgeReport] = []
+    with converter.connect() as in_flight:
+        # A conversion not yet committed when the purge looks: it sees no event for the row.
+        in_flight.execute(
+            sa.insert(Event).values(
+                impression_id=late.id,
+                variant_id=late.variant_id,
+                type="conversion",
+                created_at=utcnow(),
+            )
+        )
+        in_flight.execute(
+            sa.update(Variant)
+            .where(Variant.id == late.variant_id)  # type: ignore[arg-type]
+            .values(conversions=Variant.conversions + 1)  # type: ignore[operator]
+        )
+        purging = threading.Thread(
+            target=lambda: purged.append(
+                purge(engine=app.extensions["copybandit.engine"], older_than=timedelta(days=90))
+            )
+        )
+        purging.start()
+        _wait_until_someone_waits_for_a_lock(converter)
+        in_flight.commit()
+    purging.join(timeout=60)
+    converter.dispose()
+
+    # Before, the purge failed on the event's foreign key (exit 1), on both databases.
+    assert [p.impressions for p in purged] == [4]
+    assert set(session.exec(select(Impression.id)).all()) == {late.id}
+    assert check_counters(session=session).ok
+
+
+def test_a_conversion_for_an_impression_the_purge_is_deleting_is_refused_not_a_500(
+    app: Any, api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    [old] = [api.decide(experiment["id"])["impression_id"]]
+    _age(session, [old], days=100)
+    purger = _second_engine(app)
+    answers: list[Any] = []
+    with purger.connect() as in_flight:
+        # The purge's DELETE, not yet committed when the conversion's INSERT looks.
+        in_flight.execute(sa.delete(Impression).where(Impression.id == old))  # type: ignore[arg-type]
+        reporting = threading.Thread(
+            target=lambda: answers.append(
+                api.post(
+                    "/v1/events", json={"impression_id": old, "type": "conversion"}, key="serve"
+                )
+            )
+        )
+        reporting.start()
+        _wait_until_someone_waits_for_a_lock(purger)
+        in_flight.commit()
+    reporting.join(timeout=60)
+    purger.dispose()
+
+    # PostgreSQL failed the INSERT on the event's foreign key: a 500 for a client's retry.
+    [answer] = answers
+    assert answer.status_code == 404, answer.get_json()
+    assert answer.get_json()["field"] == "impression_id"
+    assert session.exec(select(Event)).all() == []
 
 
 @pytest.mark.parametrize(
