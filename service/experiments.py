@@ -15,6 +15,7 @@ from service.lifecycle import assign_prior
 from service.models import Experiment, Origin, Segment, Variant, VariantStatus, utcnow
 from service.policy import LifecyclePolicy, policy_of
 from service.schemas import ExperimentCreate, VariantCreate, VariantPatch
+from service.segment_guard import another_stays_active, lock_segment
 
 Row = TypeVar("Row")
 
@@ -162,25 +163,38 @@ def update_variant(*, session: Session, variant_id: int, patch: VariantPatch) ->
             return variant
         if target not in _TRANSITIONS[current]:
             raise Conflict(f"a variant cannot go from {current} to {target}", field="status")
-        if current is VariantStatus.ACTIVE and _is_last_active(session, variant):
-            raise Conflict(
-                "this is the segment's last active variant; activate another first", field="status"
-            )
+        if current is VariantStatus.ACTIVE:
+            segment = session.get(Segment, variant.segment_id)
+            assert segment is not None  # the foreign key
+            lock_segment(session, segment)
+            if _is_last_active(session, variant):
+                session.rollback()
+                raise _last_active()
         values["status"] = target.value
         values["status_reason"] = patch.reason or "changed by hand"
     # Conditional on the status we checked: a concurrent change makes this a 409, not a lost write.
-    changed = rows_changed(
-        session,
-        sa.update(Variant)
-        .where(col(Variant.id) == variant_id, col(Variant.status) == current.value)
-        .values(**values),
+    update = sa.update(Variant).where(
+        col(Variant.id) == variant_id, col(Variant.status) == current.value
     )
+    if "status" in values and current is VariantStatus.ACTIVE:
+        update = update.where(another_stays_active())
+    changed = rows_changed(session, update.values(**values))
     if changed != 1:
         session.rollback()
+        if "status" in values and current is VariantStatus.ACTIVE:
+            session.expire_all()
+            if session.get(Variant, variant_id).status == current.value:  # type: ignore[union-attr]
+                raise _last_active()
         raise Conflict("the variant changed while this request ran; try again", field="status")
     session.commit()
     session.refresh(variant)
     return variant
+
+
+def _last_active() -> Conflict:
+    return Conflict(
+        "this is the segment's last active variant; activate another first", field="status"
+    )
 
 
 def _is_last_active(session: Session, variant: Variant) -> bool:

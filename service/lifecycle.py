@@ -2,7 +2,9 @@
 model for challengers, and write down why.
 
 `plan_segment` decides from numbers alone (pure, testable with fake counters); `run_lifecycle`
-applies each segment's plan in one transaction, so a crash mid-run leaves that segment as it was.
+applies each segment's plan in one transaction, so a crash mid-run leaves that segment as it was
+(the discount fold, when the policy asks for one, commits just before: a fold alone is a whole
+state, and its row locks then need not wait out the planning).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from service.models import (
     utcnow,
 )
 from service.policy import LifecyclePolicy, policy_of
+from service.segment_guard import another_stays_active, lock_segment
 
 log = logging.getLogger(__name__)
 
@@ -265,12 +268,25 @@ def apply_segment(
     guardrail_only: bool = False,
 ) -> tuple[list[LifecycleEvent], int | None]:
     now = now or utcnow()
-    variants = session.exec(select(Variant).where(Variant.segment_id == segment.id)).all()
+    # In id order, as event batches update counters: two writers locking rows in opposite orders
+    # deadlock on PostgreSQL (event batches answered 503, lifecycle passes were lost).
+    in_id_order = (
+        select(Variant)
+        .where(Variant.segment_id == segment.id)
+        .order_by(col(Variant.id))
+        # Rows as they are now, not as this session last loaded them (before the fold, say).
+        .execution_options(populate_existing=True)
+    )
     events: list[LifecycleEvent] = []
     if policy.discount_per_hour is not None and not guardrail_only:
+        variants = session.exec(in_id_order).all()
         events.append(_fold(session, experiment, segment, variants, policy.discount_per_hour, now))
-        session.expire_all()
-        variants = session.exec(select(Variant).where(Variant.segment_id == segment.id)).all()
+        # Committed before planning: the fold's row locks no longer wait out the Monte Carlo.
+        session.add_all(events)
+        session.commit()
+    # A status change by hand in this segment commits before the plan reads what it changed.
+    lock_segment(session, segment)
+    variants = session.exec(in_id_order).all()
     arms = [Arm.of(v) for v in variants]
     if guardrail_only:
         actions = plan_guardrail(arms, policy)
@@ -279,10 +295,10 @@ def apply_segment(
         pending += _copy_on_order(session, segment.id, now)  # type: ignore[arg-type]
         actions = plan_segment(arms, policy, winner_id=segment.winner_variant_id, pending=pending)
     job_id = None
+    for action in sorted(_status_changes(actions), key=lambda a: a.variant_id or 0):
+        _set_status(session, action, now)
     for action in actions:
-        if action.kind in ("pause", "retire"):
-            _set_status(session, action, now)
-        elif action.kind == "declare_winner":
+        if action.kind == "declare_winner":
             segment.winner_variant_id, segment.winner_declared_at = action.variant_id, now
             session.add(segment)
         elif action.kind == "regenerate":
@@ -312,6 +328,10 @@ def apply_segment(
     for event in events:
         metrics().lifecycle_actions.labels(event.action).inc()
     return events, job_id
+
+
+def _status_changes(actions: list[Action]) -> list[Action]:
+    return [action for action in actions if action.kind in ("pause", "retire")]
 
 
 # A generation job older than this that still says queued/running was orphaned by a process exit.
@@ -381,7 +401,11 @@ def _set_status(session: Session, action: Action, now: datetime) -> None:
     changed = rows_changed(
         session,
         sa.update(Variant)
-        .where(col(Variant.id) == action.variant_id, col(Variant.status) == VariantStatus.ACTIVE)
+        .where(
+            col(Variant.id) == action.variant_id,
+            col(Variant.status) == VariantStatus.ACTIVE,
+            another_stays_active(),
+        )
         .values(status=target.value, status_reason=action.reason[:500], updated_at=now),
     )
     if changed != 1:

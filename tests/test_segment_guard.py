@@ -1,0 +1,127 @@
+"""A segment keeps an active variant when status changes race, and the lifecycle locks variant
+rows in id order, as event batches do (opposite orders deadlock on PostgreSQL)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from service.db import make_engine
+from service.errors import Conflict
+from service.experiments import update_variant
+from service.lifecycle import run_lifecycle
+from service.models import Variant, VariantStatus
+from service.schemas import VariantPatch
+
+PAUSE = VariantPatch(status=VariantStatus.PAUSED)
+
+
+def _active(session: Session, segment_id: int) -> list[int]:
+    session.expire_all()
+    query = select(Variant.id).where(
+        Variant.segment_id == segment_id, Variant.status == VariantStatus.ACTIVE
+    )
+    return list(session.exec(query))  # type: ignore[arg-type]
+
+
+def _blocked_or_done(engine: sa.Engine, thread: threading.Thread) -> None:
+    """Until the thread has finished, or (PostgreSQL) waits for a lock this test's thread holds."""
+    deadline = time.monotonic() + 30
+    while thread.is_alive() and time.monotonic() < deadline:
+        if engine.dialect.name == "postgresql":
+            with engine.connect() as connection:
+                waiting = connection.exec_driver_sql(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                ).scalar()
+            if waiting:
+                return
+        thread.join(0.01)
+    assert time.monotonic() < deadline, "the other pause neither finished nor waited"
+
+
+def test_pausing_the_last_two_active_variants_at_once_leaves_one_active(
+    app: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    segment = experiment["segments"][0]
+    first, second = (v["id"] for v in segment["variants"])
+    segment_id = session.get(Variant, first).segment_id  # type: ignore[union-attr]
+    engine = app.extensions["copybandit.engine"]
+    elsewhere = make_engine(app.extensions["copybandit.settings"])
+    outcomes: dict[int, str] = {}
+
+    def pause(variant_id: int, on: sa.Engine) -> None:
+        with Session(on, expire_on_commit=False) as own:
+            try:
+                update_variant(session=own, variant_id=variant_id, patch=PAUSE)
+                outcomes[variant_id] = "paused"
+            except Conflict as exc:
+                outcomes[variant_id] = exc.message
+
+    other = threading.Thread(target=pause, args=(second, elsewhere))
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def _the_other_pause_runs_now(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        # After this request found two active variants, before its UPDATE: the other request.
+        if statement.lstrip().upper().startswith("UPDATE VARIANT") and not other.ident:
+            other.start()
+            _blocked_or_done(elsewhere, other)
+
+    pause(first, engine)
+    other.join(timeout=60)
+    elsewhere.dispose()
+
+    # Before, both answered 200 and decisions for the segment answered 409 from then on.
+    assert sorted(outcomes.values()) == sorted(
+        ["paused", "this is the segment's last active variant; activate another first"]
+    ), outcomes
+    assert len(_active(session, segment_id)) == 1
+
+
+def test_the_lifecycle_changes_variant_rows_in_id_order(
+    app: Any, api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    segment = experiment["segments"][0]
+    by_origin = {v["origin"]: v["id"] for v in segment["variants"]}
+    control, manual = by_origin["control"], by_origin["manual"]
+    # Two clear losers, both better than the control (no guardrail pause), so both are retired;
+    # the worse one has the higher id, and retirements are planned worst first.
+    losers = [
+        api.add_variant(experiment["id"], segment["key"], f"Loser {n}.")["id"] for n in (1, 2)
+    ]
+    counts = {
+        control: (20_000, 1000),
+        manual: (20_000, 2100),
+        losers[0]: (20_000, 1940),
+        losers[1]: (20_000, 1880),
+    }
+    for variant_id, (impressions, conversions) in counts.items():
+        session.execute(
+            sa.update(Variant)
+            .where(col(Variant.id) == variant_id)
+            .values(impressions=impressions, conversions=conversions)
+        )
+    session.commit()
+    api.patch(f"/v1/experiments/{experiment['id']}/policy", json={"discount_per_hour": 0.999})
+    engine = app.extensions["copybandit.engine"]
+    updated: list[int] = []
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def _record(_conn: Any, _cursor: Any, statement: str, _p: Any, context: Any, _m: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE VARIANT"):
+            # The row's id, as the statement's WHERE names it.
+            updated.append(context.compiled_parameters[0]["id_1"])
+
+    run_lifecycle(engine=engine, now=datetime(2026, 3, 14, tzinfo=UTC))
+
+    session.expire_all()
+    retired = {v: session.get(Variant, v).status for v in losers}  # type: ignore[union-attr]
+    assert retired == {losers[0]: "retired", losers[1]: "retired"}
+    in_this_segment = [variant_id for variant_id in updated if variant_id in counts]
+    folds, changes = in_this_segment[: len(counts)], in_this_segment[len(counts) :]
+    assert folds == sorted(counts) and changes == sorted(losers), updated
