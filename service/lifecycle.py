@@ -292,7 +292,7 @@ def apply_segment(
         actions = plan_guardrail(arms, policy)
     else:
         pending = sum(v.status == VariantStatus.PENDING_REVIEW for v in variants)
-        pending += _copy_on_order(session, segment.id, now)  # type: ignore[arg-type]
+        pending += _copy_on_order(session, segment, now)
         actions = plan_segment(arms, policy, winner_id=segment.winner_variant_id, pending=pending)
     job_id = None
     for action in sorted(_status_changes(actions), key=lambda a: a.variant_id or 0):
@@ -338,11 +338,18 @@ def _status_changes(actions: list[Action]) -> list[Action]:
 _JOB_STALE_AFTER = timedelta(hours=1)
 
 
-def _copy_on_order(session: Session, segment_id: int, now: datetime) -> int:
-    """Lines that queued or running generation jobs will deliver, so a pass does not order twice."""
+def _copy_on_order(session: Session, segment: Segment, now: datetime) -> int:
+    """Lines that queued or running generation jobs will deliver, so a pass does not order twice:
+    jobs for this segment, and jobs for every segment of its experiment (n lines each)."""
     ordered = session.exec(
         select(sa.func.coalesce(sa.func.sum(GenerationJob.n), 0)).where(
-            GenerationJob.segment_id == segment_id,
+            sa.or_(
+                col(GenerationJob.segment_id) == segment.id,
+                sa.and_(
+                    col(GenerationJob.segment_id).is_(None),
+                    col(GenerationJob.experiment_id) == segment.experiment_id,
+                ),
+            ),
             col(GenerationJob.status).in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
             GenerationJob.created_at >= now - _JOB_STALE_AFTER,
         )

@@ -195,6 +195,40 @@ def test_regeneration_queues_a_job_per_segment_and_submits_it(
     ]
 
 
+@pytest.mark.parametrize("for_every_segment", [False, True], ids=["one-segment", "all-segments"])
+def test_copy_already_on_order_is_not_ordered_again(
+    app: Any, api: Any, session: Session, experiment: dict[str, Any], for_every_segment: bool
+) -> None:
+    # A job asked for by hand, still running: two more lines for tea-lovers on their way.
+    assert patch_policy(api, experiment, target_active=4, max_active=4).status_code == 200
+    tea = segment_id(session, experiment, TEA)
+    session.add(
+        GenerationJob(
+            experiment_id=experiment["id"],
+            segment_id=None if for_every_segment else tea,
+            n=2,
+            status="running",
+            created_at=NOW,
+        )
+    )
+    session.commit()
+
+    run(app)
+
+    # 2 live + 2 on order = max_active: nothing more for tea-lovers. An all-segments job went
+    # unseen before, and the pass ordered 2 more (6 in all, past max_active).
+    ordered = {
+        e.segment_id: e.numbers
+        for e in lifecycle_events(session, experiment)
+        if e.action == "regenerate"
+    }
+    assert tea not in ordered
+    if for_every_segment:
+        assert ordered == {}
+    else:
+        assert [n["n"] for n in ordered.values()] == [2]
+
+
 # --- informed priors ----------------------------------------------------------------------------
 
 
