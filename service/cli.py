@@ -245,6 +245,12 @@ def lifecycle(once: bool, generate: bool) -> None:
             engine=engine, job_id=job_id, writer=lambda: default_writer(settings), options=options
         )
         click.echo(f"job {job_id}: {job.status}: {job.message}")
+    if report.failed_segments:
+        # A scheduler (cron, say) must learn that the pass did not do all it should have.
+        raise click.ClickException(
+            f"{len(report.failed_segments)} segment(s) left unchanged after an error (logged "
+            f"above): {', '.join(map(str, report.failed_segments))}"
+        )
 
 
 @main.command()

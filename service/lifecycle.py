@@ -222,6 +222,8 @@ class RunReport:
     experiments: int = 0
     actions: list[LifecycleEvent] = field(default_factory=list)
     jobs: list[int] = field(default_factory=list)
+    # Segments whose pass failed (logged) and were left as they were.
+    failed_segments: list[int] = field(default_factory=list)
 
 
 def run_lifecycle(
@@ -249,6 +251,7 @@ def run_lifecycle(
                         segment.key,
                         experiment.id,
                     )
+                    report.failed_segments.append(segment.id)  # type: ignore[arg-type]
                     continue
                 report.actions += events
                 if job_id is not None:

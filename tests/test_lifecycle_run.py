@@ -369,6 +369,7 @@ def test_a_crash_mid_segment_leaves_that_segment_unchanged(
     assert all(e.segment_id != tea_segment for e in events)
     assert ("pause", parents["manual"]) in [(e.action, e.variant_id) for e in events]
     assert all(e.segment_id != tea_segment for e in report.actions)
+    assert report.failed_segments == [tea_segment]
     session.expire_all()
     assert session.get(Segment, tea_segment).winner_variant_id is None  # type: ignore[union-attr]
 
@@ -432,3 +433,25 @@ def test_cli_lifecycle_once_prints_what_it_did(
     session.expire_all()
     assert {job.status for job in session.exec(select(GenerationJob))} == {"queued"}
     assert not [line for line in result.output.splitlines() if line.startswith("job ")]
+
+
+def test_cli_lifecycle_once_exits_1_when_a_segment_failed(
+    session: Session,
+    experiment: dict[str, Any],
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tea = ids(experiment, TEA)
+    set_counts(session, {tea["control"]: (1000, 50), tea["manual"]: (1000, 150)})
+    monkeypatch.setenv("COPYBANDIT_DATABASE_URL", database_url)
+
+    def fails(*_: Any, **__: Any) -> None:
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(lifecycle, "plan_segment", fails)
+
+    result = CliRunner().invoke(main, ["lifecycle", "--once", "--no-generate"])
+
+    # Before, it exited 0: a cron job saw success.
+    assert result.exit_code == 1, result.output
+    assert "2 segment(s) left unchanged after an error" in result.output
