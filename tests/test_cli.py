@@ -17,6 +17,7 @@ from service.auth import authenticate
 from service.cli import main
 from service.config import load_settings
 from service.db import make_engine
+from service.metrics import MULTIPROC_ENV
 from service.models import ApiKey, Experiment, Variant
 from tests.conftest import BACKENDS, postgres_schema_url
 
@@ -254,10 +255,12 @@ def test_simulate_refuses_bad_arguments_before_simulating(tmp_path: Path) -> Non
     ],
 )
 def test_serve_binds_ipv6_addresses_in_brackets(
-    database: str, monkeypatch: pytest.MonkeyPatch, host: str, bind: str
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, host: str, bind: str
 ) -> None:
     # gunicorn read "::1:8123" as a host with an empty port and refused to start.
     assert run("migrate").exit_code == 0
+    # serve points this process's metrics at a folder; here one that goes away with the test.
+    monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path / "metrics"))
     started: list[dict[str, Any]] = []
     monkeypatch.setattr("service.gunicorn.run", started.append)
     result = run("serve", "--host", host, "--port", "8123")
