@@ -32,27 +32,32 @@ class RateLimiter:
         """Seconds until `key` may go ahead (0.0: now), spending nothing."""
         if self.rate <= 0:
             return 0.0
-        now = self._clock()
         with self._lock:
-            tokens, last = self._buckets.get(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+            tokens, _ = self._refilled(key)
+        return self._wait_for_one(tokens)
 
     def take(self, key: str) -> float:
         """0.0 if this request may go ahead; otherwise seconds until one would be allowed."""
         if self.rate <= 0:
             return 0.0
-        now = self._clock()
         with self._lock:
-            tokens, last = self._buckets.get(key, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            tokens, now = self._refilled(key)
             if tokens >= 1.0:
                 if len(self._buckets) >= self.MAX_KEYS and key not in self._buckets:
                     self._buckets.clear()  # keys are few; this only bounds a pathological case
                 self._buckets[key] = (tokens - 1.0, now)
                 return 0.0
             self._buckets[key] = (tokens, now)
-            return (1.0 - tokens) / self.rate
+            return self._wait_for_one(tokens)
+
+    def _refilled(self, key: str) -> tuple[float, float]:
+        """The key's tokens now, and now; the caller holds the lock."""
+        now = self._clock()
+        tokens, last = self._buckets.get(key, (self.burst, now))
+        return min(self.burst, tokens + (now - last) * self.rate), now
+
+    def _wait_for_one(self, tokens: float) -> float:
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
 
 
 def retry_after_header(wait: float) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from datetime import timedelta
 from typing import Any
 
@@ -18,6 +17,7 @@ from service.db import make_engine
 from service.models import Event, Impression, Variant, utcnow
 from service.reports import experiment_report
 from service.retention import PurgeReport, parse_age, purge
+from tests.lock_waits import wait_until_someone_waits_for_a_lock
 
 
 def _traffic(api: Any, experiment_id: int, n: int, convert_every: int) -> list[str]:
@@ -131,25 +131,6 @@ def _second_engine(app: Any) -> sa.Engine:
     return make_engine(app.extensions["copybandit.settings"])
 
 
-def _wait_until_someone_waits_for_a_lock(engine: sa.Engine) -> None:
-    """PostgreSQL tells when a statement waits for a row lock; SQLite does not, so there a
-    fixed pause lets the other thread reach its write, which then waits for the file's lock."""
-    if engine.dialect.name == "sqlite":
-        time.sleep(0.5)
-        return
-    deadline = time.monotonic() + 30
-    with engine.connect() as connection:
-        while time.monotonic() < deadline:
-            waiting = connection.exec_driver_sql(
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE wait_event_type = 'Lock' AND datname = current_database()"
-            ).scalar()
-            if waiting:
-                return
-            time.sleep(0.01)
-    raise AssertionError("nothing came to wait for the lock")
-
-
 def test_a_purge_whose_rows_another_purge_deleted_first_counts_only_what_it_deleted(
     app: Any, api: Any, session: Session, experiment: dict[str, Any]
 ) -> None:
@@ -208,7 +189,7 @@ def test_a_conversion_committed_while_the_purge_deletes_its_impression_keeps_it(
             )
         )
         purging.start()
-        _wait_until_someone_waits_for_a_lock(converter)
+        wait_until_someone_waits_for_a_lock(converter)
         in_flight.commit()
     purging.join(timeout=60)
     converter.dispose()
@@ -237,7 +218,7 @@ def test_a_conversion_for_an_impression_the_purge_is_deleting_is_refused_not_a_5
             )
         )
         reporting.start()
-        _wait_until_someone_waits_for_a_lock(purger)
+        wait_until_someone_waits_for_a_lock(purger)
         in_flight.commit()
     reporting.join(timeout=60)
     purger.dispose()

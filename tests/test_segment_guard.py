@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from service.db import make_engine
 from service.errors import Conflict
@@ -17,6 +17,8 @@ from service.experiments import update_variant
 from service.lifecycle import run_lifecycle
 from service.models import Variant, VariantStatus
 from service.schemas import VariantPatch
+from tests.lock_waits import someone_waits_for_a_lock
+from tests.test_lifecycle_run import set_counts
 
 PAUSE = VariantPatch(status=VariantStatus.PAUSED)
 
@@ -33,14 +35,8 @@ def _blocked_or_done(engine: sa.Engine, thread: threading.Thread) -> None:
     """Until the thread has finished, or (PostgreSQL) waits for a lock this test's thread holds."""
     deadline = time.monotonic() + 30
     while thread.is_alive() and time.monotonic() < deadline:
-        if engine.dialect.name == "postgresql":
-            with engine.connect() as connection:
-                waiting = connection.exec_driver_sql(
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
-                ).scalar()
-            if waiting:
-                return
+        if engine.dialect.name == "postgresql" and someone_waits_for_a_lock(engine):
+            return
         thread.join(0.01)
     assert time.monotonic() < deadline, "the other pause neither finished nor waited"
 
@@ -100,13 +96,7 @@ def test_the_lifecycle_changes_variant_rows_in_id_order(
         losers[0]: (20_000, 1940),
         losers[1]: (20_000, 1880),
     }
-    for variant_id, (impressions, conversions) in counts.items():
-        session.execute(
-            sa.update(Variant)
-            .where(col(Variant.id) == variant_id)
-            .values(impressions=impressions, conversions=conversions)
-        )
-    session.commit()
+    set_counts(session, counts)
     api.patch(f"/v1/experiments/{experiment['id']}/policy", json={"discount_per_hour": 0.999})
     engine = app.extensions["copybandit.engine"]
     updated: list[int] = []
