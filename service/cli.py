@@ -650,7 +650,8 @@ def users_list() -> None:
 def serve(host: str | None, port: int | None, workers: int | None, access_log: bool) -> None:
     """Serve the API with gunicorn."""
     settings = _settings()
-    _engine(settings)
+    # Checked, then closed: the workers fork from this process and open their own connections.
+    _engine(settings).dispose()
     options: dict[str, Any] = {
         "bind": _address(host or settings.host, port or settings.port),
         "workers": workers or settings.workers,
