@@ -102,6 +102,23 @@ def validation_error_response(exc: ValidationError) -> Response:
     return error_response(400, "invalid", message, field)
 
 
+def http_error(exc: HTTPException) -> Response:
+    # abort(response) from the validation layer carries a ready response; pass it through.
+    if exc.response is not None:
+        return exc.response  # type: ignore[return-value]
+    status = exc.code or 500
+    response = error_response(status, _HTTP_CODES.get(status, "error"), exc.description or "")
+    return with_allow_header(response, exc)
+
+
+def with_allow_header(response: Response, exc: HTTPException) -> Response:
+    """A 405 names the methods the address takes (RFC 9110, 15.5.6)."""
+    for name, value in exc.get_headers():
+        if name == "Allow":
+            response.headers[name] = value
+    return response
+
+
 def register(app: Flask) -> None:
     @app.errorhandler(APIError)
     def _api_error(exc: APIError) -> Response:
@@ -110,13 +127,7 @@ def register(app: Flask) -> None:
             response.headers["Retry-After"] = exc.retry_after
         return response
 
-    @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException) -> Response:
-        # abort(response) from the validation layer carries a ready response; pass it through.
-        if exc.response is not None:
-            return exc.response  # type: ignore[return-value]
-        status = exc.code or 500
-        return error_response(status, _HTTP_CODES.get(status, "error"), exc.description or "")
+    app.register_error_handler(HTTPException, http_error)
 
     @app.errorhandler(sa.exc.DBAPIError)
     def _database_error(exc: sa.exc.DBAPIError) -> Response:

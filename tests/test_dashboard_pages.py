@@ -699,6 +699,43 @@ def _assert_strict_headers(response: Any) -> None:
     assert response.headers["X-Frame-Options"] == "DENY"
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/dashboard/nope", 404),
+        ("GET", "/dashboard/experiments/1/nope", 404),
+        ("PUT", "/dashboard/", 405),
+        ("DELETE", "/dashboard/sign-in", 405),
+    ],
+)
+def test_an_address_the_dashboard_does_not_have_is_an_html_page_with_its_headers(
+    dash: Dashboard, method: str, path: str, status: int
+) -> None:
+    # No route matched, so neither the blueprint's error page nor its headers applied: the API's
+    # JSON error came back, without a Content-Security-Policy.
+    response = dash.client.open(path, method=method)
+    assert response.status_code == status
+    assert response.content_type.startswith("text/html")
+    assert f"<h1>{status}</h1>" in response.get_data(as_text=True)
+    _assert_strict_headers(response)
+    if status == 405:
+        assert "GET" in response.headers["Allow"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [("GET", "/v1/nope", 404, "not_found"), ("DELETE", "/v1/decide", 405, "method_not_allowed")],
+)
+def test_an_address_the_api_does_not_have_is_still_a_json_error(
+    client: FlaskClient, method: str, path: str, status: int, code: str
+) -> None:
+    response = client.open(path, method=method)
+    assert response.status_code == status and response.get_json()["error"] == code
+    assert "Content-Security-Policy" not in response.headers
+    if status == 405:
+        assert set(response.headers["Allow"].split(", ")) == {"POST", "OPTIONS"}
+
+
 def test_sign_in_page_and_cookie_are_locked_down(client: FlaskClient, marketer: Marketer) -> None:
     page = client.get("/dashboard/sign-in")
     _assert_strict_headers(page)

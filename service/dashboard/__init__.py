@@ -10,14 +10,17 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from flask import Flask, Request, redirect, url_for
+from flask import Flask, Request, make_response, redirect, render_template, request, url_for
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
+from werkzeug.exceptions import HTTPException
 from werkzeug.routing import IntegerConverter
 from werkzeug.wrappers import Response
 
+from service import errors
 from service.config import Settings
 from service.dashboard import account_pages, experiment_pages, review_pages
 from service.dashboard.blueprint import bp
+from service.dashboard.session_auth import page_headers
 from service.dashboard.sign_in_limits import SignInLimits
 
 # Imported for their routes, which they attach to `bp`.
@@ -56,6 +59,17 @@ def register(app: Flask, settings: Settings) -> None:
 
     # A plain Flask rule: the OpenAPI app's own decorators would document it as part of the API.
     app.add_url_rule("/", "home", _home)
+    # No route matched, so no blueprint handler or header hook runs: a mistyped dashboard address
+    # got the API's JSON error, without the pages' headers.
+    for status in (404, 405):
+        app.register_error_handler(status, _unrouted)
+
+
+def _unrouted(exc: HTTPException) -> Response:
+    if not request.path.startswith(f"{bp.url_prefix}/"):
+        return errors.http_error(exc)
+    page = render_template("error.html", status=exc.code, message=exc.description)
+    return page_headers(errors.with_allow_header(make_response(page, exc.code), exc))
 
 
 def _home() -> Response:

@@ -91,13 +91,16 @@ def protect(bp: Blueprint) -> None:
             return redirect(url_for("dashboard.sign_in", next=request.full_path.rstrip("?")))
         return None
 
-    @bp.after_request
-    def _headers(response: Response) -> Response:
-        response.headers["Content-Security-Policy"] = CSP
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["X-Frame-Options"] = "DENY"
-        response.headers["Referrer-Policy"] = "same-origin"
-        if request.endpoint != "dashboard.static":
-            # Pages show private numbers; no shared cache or back-button cache after sign-out.
-            response.headers["Cache-Control"] = "no-store"
-        return response
+    bp.after_request(page_headers)
+
+
+def page_headers(response: Response) -> Response:
+    """What every dashboard response carries."""
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Referrer-Policy"] = "same-origin"
+    if request.endpoint != "dashboard.static":
+        # Pages show private numbers; no shared cache or back-button cache after sign-out.
+        response.headers["Cache-Control"] = "no-store"
+    return response
