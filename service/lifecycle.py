@@ -376,15 +376,20 @@ def _fold(
         since = variant.folded_at or variant.created_at
         factor = discount_factor(per_hour, max(0.0, (now - since).total_seconds() / 3600))
         factors.append(factor)
+        failures = (
+            col(Variant.decayed_failures) * factor
+            + (col(Variant.impressions) - col(Variant.conversions))
+            - (col(Variant.folded_impressions) - col(Variant.folded_conversions))
+        )
         session.execute(
             sa.update(Variant)
             .where(col(Variant.id) == variant.id)
             .values(
                 decayed_successes=col(Variant.decayed_successes) * factor
                 + (col(Variant.conversions) - col(Variant.folded_conversions)),
-                decayed_failures=col(Variant.decayed_failures) * factor
-                + (col(Variant.impressions) - col(Variant.conversions))
-                - (col(Variant.folded_impressions) - col(Variant.folded_conversions)),
+                # Late conversions of folded impressions can take off more than is left (see
+                # Variant.posterior).
+                decayed_failures=sa.case((failures < 0, 0.0), else_=failures),
                 folded_conversions=col(Variant.conversions),
                 folded_impressions=col(Variant.impressions),
                 folded_at=now,

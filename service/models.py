@@ -159,9 +159,12 @@ class Variant(SQLModel, table=True):
         new_failures = (self.impressions - self.conversions) - (
             self.folded_impressions - self.folded_conversions
         )
+        # A late conversion turns a failure that a fold already discounted back into a success,
+        # and takes a whole failure off what is left of them: never below none (beta <= 0 made
+        # every draw for the segment raise).
         return (
             self.prior_alpha + self.decayed_successes + new_conversions,
-            self.prior_beta + self.decayed_failures + new_failures,
+            self.prior_beta + max(0.0, self.decayed_failures + new_failures),
         )
 
 

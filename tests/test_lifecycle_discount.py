@@ -94,3 +94,32 @@ def test_without_discount_the_posterior_is_the_exact_counts(
     after = _variant(session, variant_id)
     assert after.posterior() == (variant.prior_alpha + 10, variant.prior_beta + 90)
     assert after.folded_at is None
+
+
+def test_late_conversions_of_discounted_impressions_keep_beta_at_least_the_prior(
+    setup: tuple[Any, int, Variant], api: Any, session: Session
+) -> None:
+    engine, variant_id, fresh = setup
+    experiment_id, start = fresh.experiment_id, fresh.created_at
+    shown = [api.decide(experiment_id, segment="tea-lovers")["impression_id"] for _ in range(6)]
+    run_lifecycle(engine=engine, now=start + timedelta(hours=1))
+    run_lifecycle(engine=engine, now=start + timedelta(hours=49))  # 6 failures decayed to ~0
+
+    # Every one of them converts afterwards (an order paid days later, say).
+    converted = api.post(
+        "/v1/events",
+        json={"events": [{"impression_id": i, "type": "conversion"} for i in shown]},
+        key="serve",
+    )
+    run_lifecycle(engine=engine, now=start + timedelta(hours=50))
+
+    assert converted.get_json()["accepted"] == 6
+    variant = _variant(session, variant_id)
+    alpha, beta = variant.posterior()
+    # Before, beta went to -2 and every decision and report of the experiment answered 500.
+    assert beta >= fresh.prior_beta and variant.decayed_failures >= 0
+    assert alpha == pytest.approx(fresh.prior_alpha + 6)
+    assert (
+        api.post("/v1/decide", json={"experiment": experiment_id}, key="serve").status_code == 200
+    )
+    assert api.get(f"/v1/experiments/{experiment_id}/report").status_code == 200
