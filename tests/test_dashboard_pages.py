@@ -1094,7 +1094,7 @@ def test_add_variant_with_bad_input_changes_nothing(
 
 
 @pytest.mark.parametrize(
-    "n", ["0", "abc", "21", "", "-1", "1.5", " ", "999999999999999999999", "²"]
+    "n", ["0", "abc", "21", "", "-1", "1.5", " ", "999999999999999999999", "²", "9" * 5000]
 )
 def test_generate_with_a_bad_n_is_400(
     app: Any, dash: Dashboard, experiment: dict[str, Any], n: str

@@ -47,6 +47,9 @@ from generation.clean import clean
         # a decimal point is not a sentence end
         ("Only $129.50 today", "Only $129.50 today"),
         ("Only $129.50 today.", "Only $129.50 today."),
+        # control characters some tokens decode to: dropped (NUL could not even be stored)
+        ("Tea lovers, the Aurora kettle\x00 is here.", "Tea lovers, the Aurora kettle is here."),
+        ("\x07Grip every\x7f weekend\x08 trail.\x1b", "Grip every weekend trail."),
     ],
 )
 def test_clean_finished(raw: str, expected: str) -> None:

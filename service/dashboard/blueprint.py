@@ -45,7 +45,10 @@ def form_int(name: str, text: str, *, low: int = 1, high: int = _DB_ID_MAX) -> i
     """A form field as an int in [low, high], or a 400 naming it. ASCII digits only: str.isdigit
     accepts '²', which int() then refuses."""
     text = text.strip()
-    if not (text.isascii() and text.isdecimal()) or not low <= int(text) <= high:
+    # Long digit strings first: int() refuses more than 4,300 digits with an error (a 500).
+    if len(text) > len(str(high)) or not (text.isascii() and text.isdecimal()):
+        raise InvalidInput(f"{name}: must be a whole number from {low} to {high}", field=name)
+    if not low <= int(text) <= high:
         raise InvalidInput(f"{name}: must be a whole number from {low} to {high}", field=name)
     return int(text)
 
