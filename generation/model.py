@@ -104,12 +104,29 @@ def _dequantize_into(cache: Path, say: Callable[[str], None]) -> None:
     try:
         fresh.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        # Renamed into place only when complete: a crash mid-save leaves no half-written cache.
-        staging.rename(cache)
+        move_into_place(staging, cache)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     say(f"cached de-quantized weights in {cache} ({time.monotonic() - started:.0f} s)")
+
+
+def move_into_place(staging: Path, cache: Path) -> None:
+    """Rename a complete cache into place: a crash mid-save leaves no half-written cache.
+
+    A rename cannot replace a folder that is not empty. If another process finished first (two
+    workers starting together), its cache is as good as ours; a folder without the weights is a
+    leftover (copied or unpacked by hand, say), and before, every load failed on it for good.
+    """
+    staging.chmod(0o755)  # mkdtemp's 0700 let no other user read the cache
+    try:
+        staging.rename(cache)
+    except OSError:
+        if (cache / "model.safetensors").is_file():
+            shutil.rmtree(staging, ignore_errors=True)
+            return
+        shutil.rmtree(cache)
+        staging.rename(cache)
 
 
 def load_model(config: ModelConfig, say: Callable[[str], None] = log.info) -> LoadedModel:
