@@ -33,6 +33,14 @@ class SamplingConfig:
     top_k: int | None = 50
     # 140 characters of English copy is about 30 tokens; longer lines fail the lint anyway.
     max_new_tokens: int = 36
+    # Briefs at the API's longest fields come to ~3,000 tokens of English; other scripts and emoji
+    # take several tokens a character. Memory grows fast with the prompt: 9,727 tokens at batch
+    # 16 peaked at 10.4 GB and wrote nothing usable, and ~29,000 would not fit in this machine.
+    max_prompt_tokens: int = 4096
+
+
+class PromptTooLong(ValueError):
+    """The brief does not fit the model: the job fails saying so, before any memory is spent."""
 
 
 class TransformersWriter:
@@ -55,6 +63,13 @@ class TransformersWriter:
         prompt = tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )["input_ids"].to(loaded.device)
+        context = getattr(getattr(loaded.model, "config", None), "max_position_embeddings", None)
+        limit = min(sampling.max_prompt_tokens, (context or 2**31) - sampling.max_new_tokens)
+        if prompt.shape[-1] > limit:
+            raise PromptTooLong(
+                f"the prompt is {prompt.shape[-1]:,} tokens, and at most {limit:,} fit: shorten "
+                "the product description, the segment's persona or the brand voice"
+            )
         # A generator of its own: the seed alone fixes the batch, whatever else uses torch.
         generator = torch.Generator(device=loaded.device).manual_seed(seed)
         with torch.inference_mode():

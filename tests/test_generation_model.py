@@ -22,7 +22,7 @@ from generation.model import LoadedModel, ModelConfig, load_model
 from generation.prompts import build_messages
 from generation.similarity import DEFAULT_THRESHOLD, NgramSimilarity
 from generation.tokenizer import ChatTokenizer
-from generation.writer import TransformersWriter
+from generation.writer import PromptTooLong, TransformersWriter
 
 CACHE = Path(__file__).resolve().parent.parent / "var" / "models"
 FOLDER = CACHE / "smollm2-135m-instruct-q4_1"
@@ -53,6 +53,21 @@ def test_the_default_model_writes_distinct_copy_that_passes_the_lint(loaded: Loa
     assert result.model_id.startswith("SmolLM2-135M-Instruct")
     assert all(candidate.logprob < 0 for candidate in result.accepted)
     assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_a_brief_too_long_for_the_model_fails_at_once_saying_what_to_shorten(
+    loaded: LoadedModel,
+) -> None:
+    # Fields the API accepts, in a script that takes more tokens a character than English: the
+    # prefill of ~9,700 tokens at batch 16 peaked at 10.4 GB and wrote nothing usable.
+    long_brief = Brief(
+        product_name="Ridgeline",
+        product_description="ñ" * 5000,
+        segment="ü" * 2000,
+        price=None,
+    )
+    with pytest.raises(PromptTooLong, match=r"the prompt is [\d,]+ tokens, and at most 4,096 fit"):
+        TransformersWriter(loaded).sample(build_messages(long_brief), n=16, seed=1)
 
 
 def test_same_seed_same_copy(loaded: LoadedModel) -> None:
