@@ -230,10 +230,13 @@ def _number(x: float) -> float | None:
 def _estimate(e: Estimate | None) -> dict[str, float | None] | None:
     if e is None:
         return None
+    # No logged row carries any weight: the log never showed what this policy would, so it says
+    # nothing of it. IPS would read 0 with a zero-width interval: a certain 0%, which it is not.
+    undefined = e.effective_n == 0
     return {
-        "value": _number(e.value),
-        "lower": _number(e.lower),
-        "upper": _number(e.upper),
+        "value": None if undefined else _number(e.value),
+        "lower": None if undefined else _number(e.lower),
+        "upper": None if undefined else _number(e.upper),
         "effective_n": e.effective_n,
     }
 

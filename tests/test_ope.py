@@ -221,6 +221,19 @@ def test_variant_policy_snips_is_the_variants_logged_rate(
         assert result["overall"]["snips"]["value"] == pytest.approx(rate)
 
 
+def test_a_variant_never_shown_has_no_estimate_rather_than_a_certain_zero(
+    api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    seed_log(session, experiment)
+    unseen = api.add_variant(experiment["id"], "tea-lovers", "Never shown yet.")["id"]
+    result = evaluate(session=session, experiment_id=experiment["id"], policy=f"variant:{unseen}")
+    row = result["segments"][0]
+    undefined = {"value": None, "lower": None, "upper": None, "effective_n": 0.0}
+    # IPS read 0.0 with the interval [0, 0].
+    assert row["n"] == 60 and row["ips"] == undefined and row["snips"] == undefined
+    assert result["overall"]["ips"] == undefined
+
+
 def test_greedy_and_thompson_follow_the_current_posterior(
     session: Session, experiment: dict[str, Any]
 ) -> None:
