@@ -17,6 +17,7 @@ from bandits._validation import (
     require_count,
     require_positive_finite,
 )
+from bandits.ties import argmax_rows
 
 DEFAULT_SEED = 0
 
@@ -33,17 +34,19 @@ def _params(alpha: ArrayLike, beta: ArrayLike) -> tuple[FloatArray, FloatArray]:
     return require_positive_finite("alpha", a), require_positive_finite("beta", b)
 
 
-def _draws(alpha: ArrayLike, beta: ArrayLike, n_samples: int, rng: RNGLike) -> FloatArray:
-    """Posterior draws, shape (n_samples, n_arms)."""
+def _draws(
+    alpha: ArrayLike, beta: ArrayLike, n_samples: int, rng: RNGLike
+) -> tuple[FloatArray, np.random.Generator]:
+    """Posterior draws, shape (n_samples, n_arms), and the generator that drew them."""
     a, b = _params(alpha, beta)
     n_samples = require_count("n_samples", n_samples)
     gen = as_generator(DEFAULT_SEED if rng is None else rng)
-    return gen.beta(a, b, size=(n_samples, a.size))
+    return gen.beta(a, b, size=(n_samples, a.size)), gen
 
 
-def _prob_best(draws: FloatArray) -> FloatArray:
+def _prob_best(draws: FloatArray, gen: np.random.Generator) -> FloatArray:
     n_samples, n_arms = draws.shape
-    return np.bincount(np.argmax(draws, axis=1), minlength=n_arms) / n_samples
+    return np.bincount(argmax_rows(draws, gen), minlength=n_arms) / n_samples
 
 
 def _expected_loss(draws: FloatArray) -> FloatArray:
@@ -71,7 +74,7 @@ def prob_best(
     ndarray of float64, shape (n_arms,)
         Sums to 1; exactly [1.0] for a single arm.
     """
-    return _prob_best(_draws(alpha, beta, n_samples, rng))
+    return _prob_best(*_draws(alpha, beta, n_samples, rng))
 
 
 def expected_loss(
@@ -86,7 +89,7 @@ def expected_loss(
     ndarray of float64, shape (n_arms,)
         Non-negative; exactly [0.0] for a single arm.
     """
-    return _expected_loss(_draws(alpha, beta, n_samples, rng))
+    return _expected_loss(_draws(alpha, beta, n_samples, rng)[0])
 
 
 def credible_interval(alpha: ArrayLike, beta: ArrayLike, level: float = 0.95) -> FloatArray:
@@ -136,12 +139,12 @@ def summarize(
         Each an ndarray of float64, shape (n_arms,).
     """
     interval = credible_interval(alpha, beta, level)
-    draws = _draws(alpha, beta, n_samples, rng)
+    draws, gen = _draws(alpha, beta, n_samples, rng)
     return {
         "mean": posterior_mean(alpha, beta),
         "lower": interval[:, 0],
         "upper": interval[:, 1],
-        "prob_best": _prob_best(draws),
+        "prob_best": _prob_best(draws, gen),
         "expected_loss": _expected_loss(draws),
     }
 
@@ -163,6 +166,6 @@ def prob_below(
     """
     # One generator for both: two generators from the same seed would draw correlated samples.
     gen = as_generator(DEFAULT_SEED if rng is None else rng)
-    draws = _draws(alpha, beta, n_samples, gen)
-    reference = _draws([reference_alpha], [reference_beta], n_samples, gen)
+    draws, _ = _draws(alpha, beta, n_samples, gen)
+    reference, _ = _draws([reference_alpha], [reference_beta], n_samples, gen)
     return (draws < reference).mean(axis=0).astype(np.float64)

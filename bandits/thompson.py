@@ -14,6 +14,7 @@ from bandits._validation import (
     require_count,
     require_positive_finite,
 )
+from bandits.ties import argmax_rows
 
 
 def _prior(name: str, value: ArrayLike, n_arms: int) -> FloatArray:
@@ -95,10 +96,10 @@ class BetaBernoulliTS:
         int, or ndarray of int64, shape (n,)
         """
         if n is None:
-            return int(np.argmax(self._rng.beta(self._alpha, self._beta)))
+            return int(self.select(1)[0])
         n = require_count("n", n)
         draws = self._rng.beta(self._alpha, self._beta, size=(n, self.n_arms))
-        return np.argmax(draws, axis=1).astype(np.int64)
+        return argmax_rows(draws, self._rng)
 
     def update(self, arms: ArrayLike, rewards: ArrayLike) -> None:
         """Add observed rewards to the posterior.

@@ -5,6 +5,7 @@ import pytest
 import scipy.stats
 
 from bandits import stats
+from bandits.ties import argmax_rows
 
 ALPHA = np.array([11.0, 14.0, 9.0])
 BETA = np.array([91.0, 88.0, 93.0])
@@ -153,3 +154,22 @@ def test_parameter_validation(func: object, alpha: object, beta: object, match: 
 def test_n_samples_validation(n_samples: object) -> None:
     with pytest.raises(ValueError, match="n_samples must be an int >= 1"):
         stats.prob_best(ALPHA, BETA, n_samples=n_samples)  # type: ignore[arg-type]
+
+
+def test_identical_posteriors_under_a_tiny_prior_are_equally_likely_best() -> None:
+    # Draws round to exactly 0.0 or 1.0 here; argmax gave every tie to the first arm (0.96 / 0.04,
+    # and the lifecycle declared the first the winner).
+    alpha, beta = [0.001, 0.001], [300.001, 300.001]
+    summary = stats.summarize(alpha, beta, rng=7)
+    assert summary["prob_best"] == pytest.approx([0.5, 0.5], abs=0.02)
+    assert stats.prob_best(alpha, beta, rng=8) == pytest.approx([0.5, 0.5], abs=0.02)
+
+
+def test_exact_ties_are_broken_at_random_and_only_ties() -> None:
+    rng = np.random.default_rng(3)
+    draws = np.array([[1.0, 1.0, 0.2], [0.0, 0.0, 0.0], [0.3, 0.9, 0.1], [1.0, 0.5, 1.0]] * 5000)
+    chosen = argmax_rows(draws, rng).reshape(-1, 4)
+    assert set(chosen[:, 0]) == {0, 1} and abs((chosen[:, 0] == 0).mean() - 0.5) < 0.03
+    assert set(chosen[:, 1]) == {0, 1, 2}
+    assert set(chosen[:, 2]) == {1}  # no tie: the argmax, always
+    assert set(chosen[:, 3]) == {0, 2}

@@ -253,3 +253,10 @@ def test_learns_the_best_of_five_arms() -> None:
     assert np.mean(last == 4) > 0.6
     assert stats.prob_best(alpha, beta)[4] > 0.9
     assert abs(stats.posterior_mean(alpha, beta)[4] - 0.07) < 0.02
+
+
+def test_identical_posteriors_under_a_tiny_prior_are_chosen_evenly() -> None:
+    policy = BetaBernoulliTS(2, alpha=[0.001, 0.001], beta=[300.001, 300.001], rng=5)
+    picks = policy.select(20_000)
+    assert abs(picks.mean() - 0.5) < 0.02  # all 0 before: every tie went to the first arm
+    assert abs(np.mean([policy.select() for _ in range(4000)]) - 0.5) < 0.04
