@@ -36,6 +36,7 @@ from service.models import (
     utcnow,
 )
 from service.policy import policy_of
+from service.segment_guard import lock_segment
 
 log = logging.getLogger(__name__)
 # Lines kept in a job's result to explain rejections; the counts cover all of them.
@@ -116,22 +117,31 @@ def run_job(
     options: GenerationOptions,
     on_progress: JobProgress | None = None,
 ) -> GenerationJob:
-    """Run a queued job to the end; every segment's new variants commit together."""
+    """Run a queued job to the end; each segment's new variants commit together."""
     with Session(engine, expire_on_commit=False) as session:
         job = get_job(session=session, job_id=job_id)
         _update(session, job, status=JobStatus.RUNNING, started_at=utcnow(), message="starting")
+        result: dict[str, Any] = {"segments": {}}
         try:
-            result = _generate(session, job, writer, options, on_progress)
+            _generate(session, job, writer, options, on_progress, result)
         except Exception as exc:
             log.exception("generation job %s failed", job_id)
             session.rollback()
+            # Segments done before the error kept their new copy (each commits on its own): the
+            # job says which, so what is being served or reviewed can be traced back to it.
+            stored = sum(len(s["variant_ids"]) for s in result["segments"].values())
             _update(
                 session,
                 job,
                 status=JobStatus.FAILED,
                 finished_at=utcnow(),
                 error=f"{type(exc).__name__}: {exc}"[:2000],
-                message="failed",
+                result=result if result["segments"] else None,
+                message=(
+                    f"failed after storing {stored} new variants in {', '.join(result['segments'])}"
+                    if result["segments"]
+                    else "failed"
+                ),
             )
             metrics().generation_jobs.labels("failed").inc()
             return job
@@ -155,7 +165,9 @@ def _generate(
     writer_factory: Callable[[], Writer],
     options: GenerationOptions,
     on_progress: JobProgress | None,
-) -> dict[str, Any]:
+    result: dict[str, Any],
+) -> None:
+    """Fills `result` segment by segment, as each segment's copy commits."""
     experiment = get_experiment(session=session, experiment_id=job.experiment_id)
     segments = [
         s
@@ -167,7 +179,7 @@ def _generate(
     writer = writer_factory()
     status = VariantStatus.ACTIVE if experiment.auto_approve else VariantStatus.PENDING_REVIEW
     policy = policy_of(experiment.policy)
-    result: dict[str, Any] = {"model": writer.model_id, "segments": {}}
+    result["model"] = writer.model_id
     for index, segment in enumerate(segments):
 
         def progress(
@@ -212,6 +224,7 @@ def _generate(
             )
             for candidate in generated.accepted
         ]
+        variants = _not_taken_meanwhile(session, segment, variants)
         for variant in variants:
             assign_prior(session, variant, policy)
         session.commit()  # one segment, one transaction
@@ -225,7 +238,42 @@ def _generate(
                 for r in generated.rejected[:_REJECTIONS_KEPT]
             ],
         }
-    return result
+
+
+def _not_taken_meanwhile(
+    session: Session, segment: Segment, variants: list[Variant]
+) -> list[Variant]:
+    """The new variants whose text no other variant of the segment has by now.
+
+    The pipeline compared its lines with the segment's copy as it was when the job started; a job
+    for the same segment in another worker may have stored the same lines since (both stored them,
+    each job's lines twice over). The check runs with the segment's writes held back: PostgreSQL
+    locks the segment row, and on SQLite the flush takes the database's write lock first.
+    """
+    lock_segment(session, segment)
+    session.add_all(variants)
+    session.flush()
+    ours = {variant.id for variant in variants}
+    taken = {
+        _same_text(text)
+        for variant_id, text in session.exec(
+            select(Variant.id, Variant.text).where(Variant.segment_id == segment.id)
+        )
+        if variant_id not in ours
+    }
+    kept = []
+    for variant in variants:
+        if _same_text(variant.text) in taken:
+            session.delete(variant)
+        else:
+            kept.append(variant)
+            taken.add(_same_text(variant.text))
+    session.flush()
+    return kept
+
+
+def _same_text(text: str) -> str:
+    return " ".join(text.casefold().split())
 
 
 def _update(session: Session, job: GenerationJob, **values: Any) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import threading
 from typing import Any
 
 import pytest
+from sqlmodel import Session
 
 from generation.writer import Sample
+from service.generation_jobs import GenerationOptions, create_job, run_job
 
 GOOD = [
     "Brew every cup right with the Aurora kettle.",
@@ -149,3 +153,70 @@ def test_jobs_need_an_admin_key_and_an_existing_id(api: Any, experiment: dict[st
     response = api.post(f"/v1/experiments/{experiment['id']}/generate", json={"n": 1}, key="serve")
     assert response.status_code == 403
     assert api.get("/v1/jobs/1", key="serve").status_code == 403
+
+
+class _AnotherJobGoesFirst(ScriptedWriter):
+    """While this job samples, a job for the same segment in another worker stores its lines."""
+
+    def __init__(self, lines: list[str], other: Any) -> None:
+        super().__init__(lines)
+        self.other = other
+
+    def sample(self, messages: list[dict[str, str]], n: int, seed: int) -> list[Sample]:
+        if self.other is not None:
+            other, self.other = self.other, None
+            worker = threading.Thread(target=other)
+            worker.start()
+            worker.join(timeout=30)
+        return super().sample(messages, n, seed)
+
+
+def test_two_jobs_for_one_segment_at_once_store_no_line_twice(
+    api: Any, app: Any, experiment: dict[str, Any]
+) -> None:
+    engine = app.extensions["copybandit.engine"]
+    options = GenerationOptions.from_settings(app.extensions["copybandit.settings"])
+    with Session(engine, expire_on_commit=False) as session:
+        first, second = (
+            create_job(
+                session=session, experiment_id=experiment["id"], segment_key="tea-lovers", n=2
+            )
+            for _ in range(2)
+        )
+    lines = GOOD[:2]
+    finished: dict[int, Any] = {}
+
+    def run(job_id: int, writer: ScriptedWriter) -> None:
+        finished[job_id] = run_job(
+            engine=engine, job_id=job_id, writer=lambda: writer, options=options
+        )
+
+    later = functools.partial(run, second.id, ScriptedWriter(lines))
+    run(first.id, _AnotherJobGoesFirst(lines, later))
+
+    texts = [v["text"] for v in _variants(api, experiment["id"], "tea-lovers")]
+    # Before, each line was stored twice: both jobs compared with the segment as it was at start.
+    assert sorted(t for t in texts if t in lines) == sorted(lines)
+    assert {job.status for job in finished.values()} == {"succeeded"}
+    assert len(finished[second.id].result["segments"]["tea-lovers"]["variant_ids"]) == 2
+    assert finished[first.id].result["segments"]["tea-lovers"]["variant_ids"] == []
+
+
+class _FailsOnSecondSegment(ScriptedWriter):
+    def sample(self, messages: list[dict[str, str]], n: int, seed: int) -> list[Sample]:
+        if self.calls:
+            raise RuntimeError("the model fell over")
+        return super().sample(messages, n, seed)
+
+
+def test_a_job_that_fails_after_storing_copy_says_what_it_stored(api: Any, app: Any) -> None:
+    created = api.create_experiment(name="Auto", auto_approve=True)
+    app.extensions["copybandit.jobs"].writer_factory = lambda: _FailsOnSecondSegment(GOOD)
+    job = _run(api, app, created["id"], {"n": 1})
+
+    (served,) = _variants(api, created["id"], "tea-lovers")
+    # Before, the job said only "failed", with no result, while this variant was live.
+    assert job["status"] == "failed" and job["error"] == "RuntimeError: the model fell over"
+    assert job["message"] == "failed after storing 1 new variants in tea-lovers"
+    assert job["result"]["segments"]["tea-lovers"]["variant_ids"] == [served["id"]]
+    assert _variants(api, created["id"], "busy-parents") == []
