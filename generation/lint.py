@@ -5,7 +5,9 @@ All rules run, so the audit trail shows every reason a line was refused, not onl
 
 from __future__ import annotations
 
+import functools
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 from generation.brief import Brief
@@ -101,11 +103,38 @@ def _markup(text: str, brief: Brief, config: LintConfig) -> str | None:
 
 
 def _banned(text: str, brief: Brief, config: LintConfig) -> str | None:
-    lowered = text.lower()
+    plain = _plain_text(text)
     for phrase in config.banned_phrases:
-        if re.search(rf"(?<![\w#]){re.escape(phrase.lower())}(?!\w)", lowered):
-            return f"uses {phrase!r}"
+        match = _phrase_pattern(phrase).search(plain)
+        if match:
+            return f"uses {match.group(0)!r}"  # as written: 'guaranteed', a form of 'guarantee'
     return None
+
+
+# Characters that hide a word from a plain match without changing how it reads.
+_INVISIBLE = dict.fromkeys(map(ord, "\u00ad\u200b\u200c\u200d\u2060\ufeff"))
+_DASHES = re.compile("[\u2010-\u2015\u2212\ufe58\ufe63\uff0d]")
+
+
+def _plain_text(text: str) -> str:
+    """As a reader sees it: compatibility forms folded (full-width letters), invisible characters
+    gone, every dash a hyphen, lower case."""
+    return _DASHES.sub("-", unicodedata.normalize("NFKC", text).translate(_INVISIBLE)).casefold()
+
+
+@functools.cache
+def _phrase_pattern(phrase: str) -> re.Pattern[str]:
+    """The phrase with its last word in any of its usual forms: 'guarantee' also finds
+    'guarantees', 'guaranteed' and 'guaranteeing'; 'cure' finds 'cured' and 'curing'."""
+    *head, last = _plain_text(phrase).split(" ")
+    if re.fullmatch(r"[a-z]+", last):
+        stem = last[:-1] if last.endswith("e") else last
+        forms = r"(?:e|es|ed|eing|ing)" if last.endswith("e") else r"(?:s|es|ed|ing)?"
+        last_pattern = re.escape(stem) + forms
+    else:
+        last_pattern = re.escape(last)
+    words = [re.escape(word) for word in head] + [last_pattern]
+    return re.compile(rf"(?<![\w#]){' '.join(words)}(?!\w)")
 
 
 def _numbers(text: str, brief: Brief, config: LintConfig) -> str | None:

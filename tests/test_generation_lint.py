@@ -69,6 +69,15 @@ def test_clean_line_passes_every_rule(line: str) -> None:
         ("Ridgeline shoes: risk-free grip on every weekend trail.", "banned_phrase"),
         ("Ridgeline shoes: the cure for slippery weekend trails.", "banned_phrase"),
         ("Lose Weight on weekend trails in Ridgeline shoes.", "banned_phrase"),
+        # other forms of a banned word, and spellings that only hide it from a plain match
+        ("Ridgeline shoes guarantee grip on weekend trails.", "banned_phrase"),
+        ("Ridgeline shoes, guaranteeing grip on weekend trails.", "banned_phrase"),
+        ("Ridgeline shoes: miracles on weekend trails.", "banned_phrase"),
+        ("Ridgeline shoes cured my slippery weekend trails.", "banned_phrase"),
+        ("Ridgeline shoes: healing for weekend trail feet.", "banned_phrase"),
+        ("Ridgeline shoes, guar\u200banteed grip on weekend trails.", "banned_phrase"),
+        ("Ridgeline shoes: risk\u2011free grip on weekend trails.", "banned_phrase"),
+        ("Ridgeline shoes: \uff47uaranteed grip on weekend trails.", "banned_phrase"),
         ("Save 20% on Ridgeline shoes for weekend trail grip.", "invented_number"),
         ("Ridgeline shoes for $12 give weekend trail grip.", "invented_number"),
         ("Big % savings on Ridgeline shoes every weekend.", "invented_number"),
@@ -84,6 +93,19 @@ def test_line_fails_only_its_rule(line: str, rule: str) -> None:
     report = lint(line, BRIEF)
     assert {finding.rule for finding in report.findings} == {rule}
     assert not report.passed
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "Secure footing on weekend trails in Ridgeline shoes.",  # 'cure' inside a word
+        "Treat your weekend feet to Ridgeline shoes.",  # 'treats' is banned, 'treat' is not
+        "Ridgeline shoes keep weekend hikers healthy and dry.",
+        "Ridgeline shoes, a curious grip on weekend trails.",
+    ],
+)
+def test_words_that_only_contain_a_banned_one_pass(line: str) -> None:
+    assert "banned_phrase" not in rules(line, BRIEF)
 
 
 def test_prompt_echo_includes_brand_voice() -> None:
