@@ -413,16 +413,21 @@ def test_the_guardrail_pauses_on_a_conversion_event(
 # --- the command --------------------------------------------------------------------------------
 
 
-def test_cli_lifecycle_once_prints_what_it_did(
+@pytest.fixture
+def clear_leader(
     session: Session,
     experiment: dict[str, Any],
     database_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """tea-lovers' manual arm clearly ahead, and the CLI pointed at the test database."""
     tea = ids(experiment, TEA)
     set_counts(session, {tea["control"]: (1000, 50), tea["manual"]: (1000, 150)})
     monkeypatch.setenv("COPYBANDIT_DATABASE_URL", database_url)
 
+
+@pytest.mark.usefixtures("clear_leader")
+def test_cli_lifecycle_once_prints_what_it_did(session: Session) -> None:
     result = CliRunner().invoke(main, ["lifecycle", "--once", "--no-generate"])
 
     assert result.exit_code == 0, result.output
@@ -435,16 +440,8 @@ def test_cli_lifecycle_once_prints_what_it_did(
     assert not [line for line in result.output.splitlines() if line.startswith("job ")]
 
 
-def test_cli_lifecycle_once_exits_1_when_a_segment_failed(
-    session: Session,
-    experiment: dict[str, Any],
-    database_url: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    tea = ids(experiment, TEA)
-    set_counts(session, {tea["control"]: (1000, 50), tea["manual"]: (1000, 150)})
-    monkeypatch.setenv("COPYBANDIT_DATABASE_URL", database_url)
-
+@pytest.mark.usefixtures("clear_leader")
+def test_cli_lifecycle_once_exits_1_when_a_segment_failed(monkeypatch: pytest.MonkeyPatch) -> None:
     def fails(*_: Any, **__: Any) -> None:
         raise RuntimeError("the database went away")
 
