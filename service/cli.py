@@ -54,11 +54,29 @@ def _engine(settings: Settings) -> sa.Engine:
     """The database, checked to be at this code's migration: a command on an older schema failed
     part-way (the lifecycle logged a traceback per segment and exited 0; seed-demo left an
     experiment without variants)."""
+    missing = _missing_sqlite_file(settings)
+    if missing is not None:
+        # Connecting would create it, empty: run from another folder, a command made a second
+        # database there, and following its advice to migrate would have filled that one.
+        raise click.ClickException(
+            f"database: no SQLite file at {missing}; run `copybandit migrate` first (or set "
+            "COPYBANDIT_DATABASE_URL to the database you meant)"
+        )
     engine = _make_engine(settings)
     problem = migrations.mismatch(engine)
     if problem is not None:
         raise click.ClickException(f"database: {problem}")
     return engine
+
+
+def _missing_sqlite_file(settings: Settings) -> Path | None:
+    if not settings.is_sqlite:
+        return None
+    url = sa.engine.make_url(settings.database_url)
+    if url.database in (None, "", ":memory:") or url.query.get("mode") == "memory":
+        return None
+    path = Path(url.database)
+    return None if path.exists() else path
 
 
 def _session(settings: Settings) -> Session:

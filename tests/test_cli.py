@@ -266,3 +266,19 @@ def test_serve_binds_ipv6_addresses_in_brackets(
     result = run("serve", "--host", host, "--port", "8123")
     assert result.exit_code == 0, result.output
     assert started[0]["bind"] == bind and f"serving on http://{bind} " in result.output
+
+
+def test_a_command_where_there_is_no_database_file_creates_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Run from another folder, `keys list` made an empty var/copybandit.db there, and its advice
+    # (migrate) would have filled a second database instead of finding the first.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("COPYBANDIT_DATABASE_URL", raising=False)
+    for command in (["keys", "list"], ["check"], ["serve", "--port", "1"]):
+        result = run(*command)
+        assert result.exit_code == 1, (command, result.output)
+        assert f"no SQLite file at {tmp_path / 'var' / 'copybandit.db'}" in result.output
+        assert "run `copybandit migrate` first" in result.output
+    assert list(tmp_path.iterdir()) == []
+    assert run("migrate").exit_code == 0 and run("keys", "list").exit_code == 0
