@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
 from bandits import stats
@@ -302,8 +303,8 @@ def apply_segment(
         _set_status(session, action, now)
     for action in actions:
         if action.kind == "declare_winner":
-            segment.winner_variant_id, segment.winner_declared_at = action.variant_id, now
-            session.add(segment)
+            if not _declare_winner(session, segment, action.variant_id, now):  # type: ignore[arg-type]
+                continue
         elif action.kind == "regenerate":
             job = GenerationJob(
                 experiment_id=experiment.id,  # type: ignore[arg-type]
@@ -331,6 +332,24 @@ def apply_segment(
     for event in events:
         metrics().lifecycle_actions.labels(event.action).inc()
     return events, job_id
+
+
+def _declare_winner(session: Session, segment: Segment, variant_id: int, now: datetime) -> bool:
+    """Declare it only while it is still active. On SQLite the plan was read before this write
+    could lock anything, and a variant paused by hand meanwhile was declared the winner."""
+    still_active = sa.exists().where(
+        col(Variant.id) == variant_id, col(Variant.status) == VariantStatus.ACTIVE.value
+    )
+    declared = rows_changed(
+        session,
+        sa.update(Segment)
+        .where(col(Segment.id) == segment.id, still_active)
+        .values(winner_variant_id=variant_id, winner_declared_at=now),
+    )
+    if declared:
+        set_committed_value(segment, "winner_variant_id", variant_id)
+        set_committed_value(segment, "winner_declared_at", now)
+    return declared == 1
 
 
 def _status_changes(actions: list[Action]) -> list[Action]:

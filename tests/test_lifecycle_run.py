@@ -175,6 +175,38 @@ def test_report_shows_the_declared_winner_once(
     assert [e.variant_id for e in declared] == [tea["manual"]]
 
 
+def test_a_winner_paused_by_hand_after_the_plan_read_it_is_not_declared(
+    app: Any,
+    session: Session,
+    experiment: dict[str, Any],
+    three_arms: dict[str, int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engine = app.extensions["copybandit.engine"]
+    planned = lifecycle.plan_segment
+
+    def paused_meanwhile(*args: Any, **kwargs: Any) -> list[lifecycle.Action]:
+        actions = planned(*args, **kwargs)
+        if any(a.kind == "declare_winner" for a in actions):
+            with engine.begin() as by_hand:  # another connection: nothing here holds its row
+                by_hand.execute(
+                    sa.update(Variant)
+                    .where(col(Variant.id) == three_arms["star"])
+                    .values(status="paused")
+                )
+        return actions
+
+    monkeypatch.setattr(lifecycle, "plan_segment", paused_meanwhile)
+    run(app)
+
+    session.expire_all()
+    tea = session.get(Segment, segment_id(session, experiment, TEA))
+    # Before, the paused star became the declared winner.
+    assert tea is not None and tea.winner_variant_id is None
+    assert "declare_winner" not in {e.action for e in lifecycle_events(session, experiment)}
+    assert variants(session, experiment)[three_arms["manual"]].status == "retired"
+
+
 def test_regeneration_queues_a_job_per_segment_and_submits_it(
     app: Any, session: Session, experiment: dict[str, Any]
 ) -> None:
