@@ -419,14 +419,17 @@ def _simulate_full_loop(
     settings = _settings()
     logging.basicConfig(level=settings.log_level, format="%(message)s")
     writer = PhraseWriter() if writer_name == "phrases" else default_writer(settings)
-    with click.progressbar(length=rounds, label="rounds") as bar:
-        result = full_loop(
-            world,
-            writer=writer,
-            rounds=rounds,
-            round_impressions=round_impressions,
-            progress=lambda done, _total: bar.update(done - bar.pos),
-        )
+    try:
+        with click.progressbar(length=rounds, label="rounds") as bar:
+            result = full_loop(
+                world,
+                writer=writer,
+                rounds=rounds,
+                round_impressions=round_impressions,
+                progress=lambda done, _total: bar.update(done - bar.pos),
+            )
+    except ValueError as exc:  # a scenario full-loop mode cannot run ("needs response models")
+        raise click.ClickException(f"full-loop simulation: {exc}") from None
     out.mkdir(parents=True, exist_ok=True)
     (out / "full_loop.json").write_text(json.dumps(result, indent=2) + "\n")
     click.echo(f"{'round':>5}{'loop rate':>12}{'static A/B':>12}{'retired':>9}{'written':>9}")
@@ -437,7 +440,8 @@ def _simulate_full_loop(
         )
     click.echo(
         f"loop {result['loop_conversions']} vs static A/B {result['static_ab_conversions']} "
-        f"conversions ({result['lift']:+.1%})"
+        # No lift when the static A/B converted nobody: nothing to compare with.
+        f"conversions ({'n/a' if result['lift'] is None else format(result['lift'], '+.1%')})"
     )
     for path in (out / "full_loop.json", plot_full_loop(result, out)):
         click.echo(f"wrote {path}")

@@ -24,8 +24,11 @@ from bandits.worlds import World
 
 @dataclass
 class HttpRun:
+    requested: int = 0
     decisions: int = 0
     conversions: int = 0
+    # Conversions the server answered 200 for; the others are in `errors`.
+    conversions_recorded: int = 0
     expected_conversions: float = 0.0
     best_expected: float = 0.0
     errors: Counter[str] = field(default_factory=Counter)
@@ -35,8 +38,10 @@ class HttpRun:
     def summary(self) -> dict[str, Any]:
         lat = np.array(self.latencies_ms) if self.latencies_ms else np.zeros(1)
         return {
+            "requested": self.requested,
             "decisions": self.decisions,
             "conversions": self.conversions,
+            "conversions_recorded": self.conversions_recorded,
             "conversion_rate": self.conversions / self.decisions if self.decisions else None,
             "regret_vs_best_served_copy": round(self.best_expected - self.expected_conversions, 2),
             "decisions_per_second": round(self.decisions / self.seconds, 1)
@@ -58,10 +63,20 @@ class _Client:
         )
         self.headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
 
-    def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-        self.connection.request("POST", path, json.dumps(body), self.headers)
-        response = self.connection.getresponse()
-        return response.status, json.loads(response.read() or b"null")
+    def post(self, path: str, body: dict[str, Any]) -> tuple[int | str, Any]:
+        """(status, JSON body); a request that got no usable answer is (what went wrong, None),
+        and the connection is opened afresh for the next one."""
+        try:
+            self.connection.request("POST", path, json.dumps(body), self.headers)
+            response = self.connection.getresponse()
+            status, raw = response.status, response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self.connection.close()
+            return type(exc).__name__, None
+        try:
+            return status, json.loads(raw or b"null")
+        except ValueError:  # a proxy's HTML error page, say
+            return f"{status} not JSON", None
 
 
 def _best_rates(
@@ -100,7 +115,7 @@ def drive(
         raise ValueError("HTTP mode needs a scenario with response models (text -> rate)")
     shares = np.array([s.share for s in segments]) / sum(s.share for s in segments)
     best_rate = _best_rates(base_url, key, experiment_id, segments)
-    run = HttpRun()
+    run = HttpRun(requested=impressions)
     lock = threading.Lock()
     per_client = [impressions // clients + (i < impressions % clients) for i in range(clients)]
 
@@ -121,16 +136,19 @@ def drive(
             rate = segment.response.rate(body["text"])  # type: ignore[union-attr]
             best = best_rate[segment.key]
             converted = bool(rng.random() < rate)
+            recorded = False
             if converted:
                 status, _ = connection.post(
                     "/v1/events", {"impression_id": body["impression_id"], "type": "conversion"}
                 )
-                if status != 200:
+                recorded = status == 200
+                if not recorded:
                     with lock:
                         run.errors[f"events {status}"] += 1
             with lock:
                 run.decisions += 1
                 run.conversions += converted
+                run.conversions_recorded += recorded
                 run.expected_conversions += rate
                 run.best_expected += max(best, rate)
                 run.latencies_ms.append(elapsed)

@@ -72,7 +72,9 @@ def _plots(world: World, summary: dict[str, Any], out: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
 
-    share = curves["share"].get("thompson") or next(iter(curves["share"].values()))
+    # Thompson sampling's when it ran, else the first policy's: the title says which.
+    shown = "thompson" if "thompson" in curves["share"] else next(iter(curves["share"]))
+    share = curves["share"][shown]
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
     values = list(zip(*share["values"], strict=True))  # per variant
     labels = [text if len(text) <= 48 else text[:45] + "..." for text in share["variants"]]
@@ -80,7 +82,7 @@ def _plots(world: World, summary: dict[str, Any], out: Path) -> list[Path]:
         x, [[v if v is not None else 0.0 for v in series] for series in values], labels=labels
     )
     ax.set(
-        title=f"Thompson sampling: traffic share per variant ({share['segment']})",
+        title=f"{LABELS.get(shown, shown)}: traffic share per variant ({share['segment']})",
         xlabel="impressions",
         ylabel="share of the segment's traffic",
         ylim=(0, 1),

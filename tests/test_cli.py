@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from sqlmodel import Session, select
 
 from service import migrate as migrations
 from service.auth import authenticate
-from service.cli import main
+from service.cli import SCENARIOS, main
 from service.config import load_settings
 from service.db import make_engine
 from service.metrics import MULTIPROC_ENV
@@ -282,3 +283,56 @@ def test_a_command_where_there_is_no_database_file_creates_none(
         assert "run `copybandit migrate` first" in result.output
     assert list(tmp_path.iterdir()) == []
     assert run("migrate").exit_code == 0 and run("keys", "list").exit_code == 0
+
+
+def test_simulate_full_loop_reports_cleanly_what_it_cannot_compare(tmp_path: Path) -> None:
+    # A static A/B that converts nobody leaves no lift to show: the table's last line crashed.
+    never = tmp_path / "never.json"
+    never.write_text(
+        json.dumps(
+            {
+                "segments": [
+                    {
+                        "key": "weekend-hikers",
+                        "response": {"base_rate": 1e-9, "weights": {}},
+                        "variants": ["Ridgeline shoes.", "Meet Ridgeline: comfort for every mile."],
+                    }
+                ]
+            }
+        )
+    )
+    common = ["simulate", "--full-loop", "--writer", "phrases", "--rounds", "1"]
+    result = run(*common, "--impressions", "200", "--scenario", str(never), "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "conversions (n/a)" in result.output and (tmp_path / "full_loop.png").exists()
+    # A scenario of fixed rates has no response model to score new copy with: one line.
+    plain = str(SCENARIOS / "plain.json")
+    refused = run(*common, "--scenario", plain, "--out", str(tmp_path / "plain"))
+    assert refused.exit_code == 1
+    assert "Error: full-loop simulation: full-loop mode needs a scenario with response" in (
+        refused.output
+    )
+    assert "Traceback" not in refused.output
+
+
+def test_the_traffic_share_plot_names_the_policy_it_shows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from matplotlib.axes import Axes
+
+    titles: list[str] = []
+    set_axes = Axes.set
+
+    def recording(self: Axes, **kwargs: Any) -> Any:
+        if "title" in kwargs:
+            titles.append(kwargs["title"])
+        return set_axes(self, **kwargs)
+
+    monkeypatch.setattr(Axes, "set", recording)
+    arguments = ["--impressions", "600", "--seeds", "1", "--out", str(tmp_path)]
+    result = run("simulate", "--policies", "uniform,oracle", *arguments)
+
+    assert result.exit_code == 0, result.output
+    shares = [title for title in titles if "traffic share" in title]
+    # Without Thompson sampling in the run, the plot showed uniform's split under its name.
+    assert len(shares) == 1 and shares[0].startswith("uniform A/B split: ")

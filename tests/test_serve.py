@@ -157,7 +157,8 @@ def test_http_simulation_drives_the_server_as_storefronts_would(
         text=True,
     )
     run = json.loads((out / "http.json").read_text())
-    assert (run["decisions"], run["errors"]) == (300, {})
+    assert (run["requested"], run["decisions"], run["errors"]) == (300, 300, {})
+    assert run["conversions_recorded"] == run["conversions"]
     assert run["decisions_per_second"] > 0 and run["decide_latency_ms"]["p99"] > 0
     report = call(base, "/v1/experiments/1/report", key)[1]
     assert sum(s["impressions"] for s in report["segments"]) == 300
