@@ -77,10 +77,16 @@ def plan_segment(
     *,
     winner_id: int | None = None,
     pending: int = 0,
+    on_order: int = 0,
     rng: int | np.random.Generator | None = None,
 ) -> list[Action]:
     """What the lifecycle would do to one segment now. Never leaves it without a live variant,
-    never retires or pauses the control."""
+    never retires or pauses the control.
+
+    `pending`: variants waiting for review; `on_order`: lines that queued or running generation
+    jobs will deliver. Both take room under max_active; lines on order also count toward
+    target_active, so a pass does not ask again for copy already asked for.
+    """
     active = [a for a in arms if a.status == VariantStatus.ACTIVE]
     actions: list[Action] = []
     live = {a.variant_id for a in active}
@@ -92,8 +98,8 @@ def plan_segment(
         winner = _winner(active, policy, summary, winner_id)
         if winner is not None:
             actions.append(winner)
-    missing = policy.target_active - len(live)
-    room = policy.max_active - len(live) - pending
+    missing = policy.target_active - len(live) - on_order
+    room = policy.max_active - len(live) - pending - on_order
     if policy.regenerate and missing > 0 and room > 0:
         n = min(missing, room)
         actions.append(
@@ -102,7 +108,7 @@ def plan_segment(
                 None,
                 f"{len(live)} live variants, target {policy.target_active}: "
                 f"asking the model for {n} more",
-                {"live": len(live), "pending": pending, "n": n},
+                {"live": len(live), "pending": pending, "on_order": on_order, "n": n},
             )
         )
     return actions
@@ -295,9 +301,13 @@ def apply_segment(
     if guardrail_only:
         actions = plan_guardrail(arms, policy)
     else:
-        pending = sum(v.status == VariantStatus.PENDING_REVIEW for v in variants)
-        pending += _copy_on_order(session, segment, now)
-        actions = plan_segment(arms, policy, winner_id=segment.winner_variant_id, pending=pending)
+        actions = plan_segment(
+            arms,
+            policy,
+            winner_id=segment.winner_variant_id,
+            pending=sum(v.status == VariantStatus.PENDING_REVIEW for v in variants),
+            on_order=_copy_on_order(session, segment, now),
+        )
     job_id = None
     for action in sorted(_status_changes(actions), key=lambda a: a.variant_id or 0):
         _set_status(session, action, now)

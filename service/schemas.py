@@ -40,6 +40,16 @@ def _clean(value: str) -> str:
 
 
 _Clean = AfterValidator(_clean)
+
+
+def _no_control(value: str) -> str:
+    """Kept exactly as sent (a user id's hash must not change), only refused if it has any."""
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+_NoControl = AfterValidator(_no_control)
 Name = Annotated[str, Field(min_length=1, max_length=200), _Clean]
 Persona = Annotated[str, Field(min_length=1, max_length=2000), _Clean]
 LongText = Annotated[str, Field(min_length=1, max_length=5000), _Clean]
@@ -208,8 +218,8 @@ class JobOut(BaseModel):
 
 class DecideIn(Request):
     experiment: DbId
-    segment: Annotated[str, Field(max_length=100)] | None = None
-    user_id: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    segment: Annotated[str, Field(max_length=100), _NoControl] | None = None
+    user_id: Annotated[str, Field(min_length=1, max_length=256), _NoControl] | None = None
 
 
 class DecideOut(BaseModel):

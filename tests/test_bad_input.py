@@ -70,6 +70,8 @@ class Raw:
         if content_type is not None:
             headers["Content-Type"] = content_type
         if isinstance(data, str):
+            # Quoted, it came from a dict through json.dumps: the id goes in as a number.
+            data = data.replace(f'"{EXPERIMENT}"', str(self.experiment_id))
             data = data.replace(EXPERIMENT, str(self.experiment_id))
             data = data.replace(IMPRESSION, self.impression_id)
         path = path.replace(EXPERIMENT, str(self.experiment_id))
@@ -292,8 +294,20 @@ def _experiment_body(**changes: Any) -> dict[str, Any]:
             lambda text: {"impression_id": IMPRESSION, "type": "conversion", "event_id": text},
             "event_id",
         ),
+        # Answered 200 before: the segment fell back to the default, the user id was hashed.
+        ("/v1/decide", lambda text: {"experiment": EXPERIMENT, "segment": text}, "segment"),
+        ("/v1/decide", lambda text: {"experiment": EXPERIMENT, "user_id": text}, "user_id"),
     ],
-    ids=["variant-text", "experiment-name", "segment-description", "product", "url", "event-id"],
+    ids=[
+        "variant-text",
+        "experiment-name",
+        "segment-description",
+        "product",
+        "url",
+        "event-id",
+        "decide-segment",
+        "decide-user-id",
+    ],
 )
 def test_control_characters_and_lone_surrogates_are_400_naming_the_field(
     raw: Raw, path: str, make_body: Any, field: str, char: str

@@ -187,8 +187,22 @@ def test_regeneration_below_target(
         return
     (action,) = regenerate
     assert action.variant_id is None
-    assert action.numbers == {**expected, "pending": pending}
+    assert action.numbers == {**expected, "pending": pending, "on_order": 0}
     assert f"asking the model for {expected['n']} more" in action.reason
+
+
+@pytest.mark.parametrize(
+    ("pending", "on_order", "n"),
+    [(0, 1, 1), (0, 2, None), (1, 0, 2), (3, 1, 1), (0, 5, None)],
+)
+def test_copy_on_order_counts_toward_the_target_and_review_only_toward_the_room(
+    pending: int, on_order: int, n: int | None
+) -> None:
+    # Two live, target 4, max 8. Before, lines on order only took room, so a pass while a job was
+    # still queued asked for the same two lines again.
+    rules = LifecyclePolicy(target_active=4, max_active=8)
+    actions = plan_segment(IDLE, rules, pending=pending, on_order=on_order, rng=0)
+    assert [a.numbers["n"] for a in of_kind(actions, "regenerate")] == ([] if n is None else [n])
 
 
 # --- guardrail ----------------------------------------------------------------------------------

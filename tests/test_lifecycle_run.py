@@ -223,7 +223,8 @@ def test_regeneration_queues_a_job_per_segment_and_submits_it(
     ]
     regenerate = [e for e in lifecycle_events(session, experiment) if e.action == "regenerate"]
     assert [(e.segment_id, e.numbers) for e in regenerate] == [
-        (job.segment_id, {"live": 2, "pending": 0, "n": 2, "job_id": job.id}) for job in jobs
+        (job.segment_id, {"live": 2, "pending": 0, "on_order": 0, "n": 2, "job_id": job.id})
+        for job in jobs
     ]
 
 
@@ -259,6 +260,17 @@ def test_copy_already_on_order_is_not_ordered_again(
         assert ordered == {}
     else:
         assert [n["n"] for n in ordered.values()] == [2]
+
+
+def test_a_pass_while_its_last_order_is_still_queued_orders_nothing_more(
+    app: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    first = run(app)  # queues a job for 2 lines per segment; nothing runs them here
+    again = run(app)
+
+    assert len(first.jobs) == 2
+    # Before, each pass asked for the same two lines again while the first order still waited.
+    assert again.jobs == [] and not [e for e in again.actions if e.action == "regenerate"]
 
 
 # --- informed priors ----------------------------------------------------------------------------

@@ -54,6 +54,19 @@ def test_every_endpoint_is_documented_with_its_schemas(
         assert [p["in"] for p in operation["parameters"]] == ["path"]
 
 
+def test_429_is_documented_only_where_the_key_has_a_request_budget(
+    spec: dict[str, Any],
+) -> None:
+    # The budget covers decide and events; every other endpoint declared a 429 it never gives.
+    limited = {
+        (method, path)
+        for path, operations in spec["paths"].items()
+        for method, operation in operations.items()
+        if "429" in operation["responses"]
+    }
+    assert limited == {("post", "/v1/decide"), ("post", "/v1/events")}
+
+
 def test_nothing_undocumented_is_routed(app: Any, spec: dict[str, Any]) -> None:
     # Not part of the JSON API: the dashboard pages, "/" (a redirect to them) and /metrics.
     routed = {

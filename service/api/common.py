@@ -25,12 +25,18 @@ AUTH_ERRORS: dict[int, type[BaseModel]] = {
     409: ErrorOut,
     413: ErrorOut,
     415: ErrorOut,
-    429: ErrorOut,
 }
 
 
-def responses(**ok: type[BaseModel]) -> dict[Any, Any]:
-    return {**AUTH_ERRORS, **{int(code.lstrip("_")): model for code, model in ok.items()}}
+def responses(*, rate_limited: bool = False, **ok: type[BaseModel]) -> dict[Any, Any]:
+    """The endpoint's documented answers: its success, the errors every authenticated endpoint
+    can give, and 429 where the key's request budget applies (decide and events only)."""
+    limited = {429: ErrorOut} if rate_limited else {}
+    return {
+        **AUTH_ERRORS,
+        **limited,
+        **{int(code.lstrip("_")): model for code, model in ok.items()},
+    }
 
 
 def json_of(model: BaseModel, status: int = 200) -> tuple[dict[str, Any], int]:

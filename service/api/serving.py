@@ -29,7 +29,7 @@ def _cache() -> Any:
     return current_app.extensions["copybandit.snapshots"]
 
 
-@api.post("/decide", responses=responses(_200=DecideOut))
+@api.post("/decide", responses=responses(rate_limited=True, _200=DecideOut))
 def decide(body: DecideIn) -> tuple[dict[str, Any], int]:
     """Choose a variant for one impression and record it before answering."""
     decision = make_decision(
@@ -46,7 +46,7 @@ def decide(body: DecideIn) -> tuple[dict[str, Any], int]:
     }, 200
 
 
-@api.post("/events", responses=responses(_200=EventsOut))
+@api.post("/events", responses=responses(rate_limited=True, _200=EventsOut))
 def events(body: EventsIn) -> tuple[dict[str, Any], int]:
     """Report conversions: one event, or `{"events": [...]}` with up to 1,000."""
     outcome = record_events(session=db.session(), events=body.as_list())
