@@ -216,10 +216,15 @@ class World:
 # Loading and validation
 
 
+# Far beyond any run this machine finishes, and within numpy's 64-bit integers (a batch of 10**22
+# loaded, then failed deep in the simulator with an OverflowError).
+_MAX_COUNT = 10**12
+
+
 def _int_field(raw: Mapping[str, Any], key: str, default: int) -> int:
     value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_COUNT:
+        raise ValueError(f"{key} must be an integer from 1 to {_MAX_COUNT:,}, got {value!r}")
     return value
 
 

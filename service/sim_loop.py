@@ -133,6 +133,9 @@ def full_loop(
     }
     static_rates = {s.key: np.array([c.rate for c in live[s.key]]) for s in segments}
     history: list[dict[str, Any]] = []
+    # Summed from the counts, not rebuilt from the rounded per-round rates (that was off by 2
+    # in 46,715 conversions).
+    total_loop = total_static = 0.0
     for round_index in range(rounds):
         counts = rng.multinomial(round_impressions, shares)
         loop_conv = static_conv = 0.0
@@ -141,6 +144,8 @@ def full_loop(
             static_conv += float(
                 rng.binomial(1, rng.choice(static_rates[segment.key], size=int(count))).sum()
             )
+        total_loop += loop_conv
+        total_static += static_conv
         changes = [
             _lifecycle(
                 segment, live[segment.key], policy, writer, seed * 1000 + round_index, next_id
@@ -164,8 +169,6 @@ def full_loop(
         )
         if progress is not None:
             progress(round_index + 1, rounds)
-    total_loop = sum(h["loop_rate"] for h in history) * round_impressions
-    total_static = sum(h["static_ab_rate"] for h in history) * round_impressions
     return {
         "mode": "full-loop",
         "writer": writer.model_id,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from bandits.worlds import load_scenario
+from service import sim_loop
 from service.cli import main
 from service.policy import LifecyclePolicy
 from service.sim_loop import PhraseWriter, full_loop
@@ -25,6 +27,16 @@ def test_the_loop_writes_retires_and_beats_a_static_split() -> None:
     assert sum(r["retired"] for r in result["rounds"]) > 0
     assert result["loop_conversions"] > result["static_ab_conversions"]
     assert result["lift"] > 0.2
+
+
+def test_totals_are_counted_not_rebuilt_from_rounded_rates(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 12,345 conversions per segment and round: the per-round rate is rounded to 5 places for the
+    # report, and totals rebuilt from it came out 74,073 instead of 74,070.
+    monkeypatch.setattr(sim_loop, "_serve", lambda *_: 12_345)
+    result = full_loop(
+        WORLD, writer=PhraseWriter(), rounds=2, round_impressions=333_333, policy=EAGER, seed=1
+    )
+    assert result["loop_conversions"] == 12_345 * len(WORLD.segments) * 2
 
 
 def test_same_seed_same_run() -> None:

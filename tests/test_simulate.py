@@ -162,8 +162,10 @@ GOOD: dict[str, Any] = {
         (("segments", 1, "response", "base_rate"), 0, r"segments\[1\]\.response\.base_rate"),
         (("segments", 1, "response", "weights"), {"nope": 1}, r"segments\[1\]\.response\.weights"),
         (("segments", 0, "variants"), ["one"], r"segments\[0\]\.variants has 1 entries"),
-        (("impressions",), 0, r"impressions must be an integer >= 1"),
-        (("batch",), 2.5, r"batch must be an integer >= 1"),
+        (("impressions",), 0, r"impressions must be an integer from 1 to 1,000,000,000,000"),
+        (("batch",), 2.5, r"batch must be an integer from 1 to"),
+        # Loaded before, then an OverflowError deep in the simulator.
+        (("batch",), 10**22, r"batch must be an integer from 1 to 1,000,000,000,000"),
         (("segments",), [], r"segments must be a non-empty list"),
         (("delay",), {"mean_impressions": -1}, r"delay\.mean_impressions"),
         (("drift",), {"at_fraction": 1.5, "segments": {}}, r"drift\.at_fraction"),
