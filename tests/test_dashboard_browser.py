@@ -641,7 +641,7 @@ def test_charts_render_and_the_page_is_screenshotted(page: Page, site: Site) -> 
         figures = section.locator("figure.chart")
         expect(figures).to_have_count(2)
         expect(figures.locator("figcaption")).to_have_text(
-            ["Traffic share per period", "Conversion rate, cumulative"]
+            ["Traffic share per period (UTC)", "Conversion rate, cumulative (UTC)"]
         )
         served = {v.id for v in site.segment_variants(site.demo_id, key) if v.impressions > 0}
         table_order = [

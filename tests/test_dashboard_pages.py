@@ -1573,7 +1573,8 @@ def test_charts_appear_only_after_traffic(
     html = dash.html(f"/dashboard/experiments/{eid}")
     tea, busy = section(html, "tea-lovers"), section(html, "busy-parents")
     assert tea.count('<figure class="chart">') == 2
-    assert "Traffic share per period" in tea and "Conversion rate, cumulative" in tea
+    # The periods are UTC: the captions say so.
+    assert "Traffic share per period (UTC)" in tea and "Conversion rate, cumulative (UTC)" in tea
     assert "<polyline" in tea and "<svg viewBox" in tea
     assert "Charts appear once" in busy and "<polyline" not in busy
     # Legends name each served variant, in the colour of its row's swatch.

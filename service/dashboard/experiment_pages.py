@@ -150,14 +150,15 @@ def _segment_view(session: Session, report: SegmentReport) -> SegmentView:
             fmt = _label_format(history.width)
             x_labels = [start.strftime(fmt) for start in history.starts]
             share_chart = charts.line_chart(
-                title="Traffic share per period",
+                # The periods are UTC days or hours; a marketer elsewhere would misread them.
+                title="Traffic share per period (UTC)",
                 labels=labels,
                 series=history.traffic_share().tolist(),
                 x_labels=x_labels,
                 y_max=1.0,
             )
             rate_chart = charts.line_chart(
-                title="Conversion rate, cumulative",
+                title="Conversion rate, cumulative (UTC)",
                 labels=labels,
                 series=history.cumulative_rate().tolist(),
                 x_labels=x_labels,
