@@ -18,7 +18,7 @@ from service import migrate as migrations
 from service.auth import create_key, list_keys, revoke_key
 from service.config import ConfigError, Settings, load_settings
 from service.consistency import check_counters
-from service.db import make_engine
+from service.db import make_engine, sqlite_file
 from service.demo import seed_demo
 from service.demo_history import seed_demo_history
 from service.errors import APIError, NotFound
@@ -70,13 +70,8 @@ def _engine(settings: Settings) -> sa.Engine:
 
 
 def _missing_sqlite_file(settings: Settings) -> Path | None:
-    if not settings.is_sqlite:
-        return None
-    url = sa.engine.make_url(settings.database_url)
-    if url.database in (None, "", ":memory:") or url.query.get("mode") == "memory":
-        return None
-    path = Path(url.database)
-    return None if path.exists() else path
+    path = sqlite_file(settings.database_url) if settings.is_sqlite else None
+    return path if path is not None and not path.exists() else None
 
 
 def _session(settings: Settings) -> Session:

@@ -34,12 +34,20 @@ def make_engine(settings: Settings) -> sa.Engine:
     )
 
 
-def _sqlite_engine(url: str) -> sa.Engine:
+def sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names; None for an in-memory database."""
     parsed = sa.engine.make_url(url)
     database = parsed.database
-    in_memory = database in (None, "", ":memory:") or parsed.query.get("mode") == "memory"
-    if database and not in_memory:
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    if database in (None, "", ":memory:") or parsed.query.get("mode") == "memory":
+        return None
+    return Path(database)
+
+
+def _sqlite_engine(url: str) -> sa.Engine:
+    database = sqlite_file(url)
+    in_memory = database is None
+    if database is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
     # A file gets a queue of connections; take the last one returned. A SQLite connection drops
     # its whole page cache when another connection has committed since its last transaction, so
     # a pool that rotated between two made each decision read its ~15 B-tree pages again (15.2

@@ -24,11 +24,6 @@ def upgrade(engine: sa.Engine, revision: str = "head") -> None:
         command.upgrade(alembic_config(connection), revision)
 
 
-def pending(engine: sa.Engine) -> bool:
-    """True when the database is behind (or ahead of) the code's migration head."""
-    return mismatch(engine) is not None
-
-
 def mismatch(engine: sa.Engine) -> str | None:
     """Why this code cannot work on the database as it is, or None when it is at the head."""
     script = ScriptDirectory.from_config(alembic_config())

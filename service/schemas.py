@@ -30,25 +30,21 @@ MAX_BATCH_EVENTS = 1000
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
-def _clean(value: str) -> str:
+def _no_control(value: str) -> str:
     if _CONTROL.search(value):
         raise ValueError("must not contain control characters")
-    value = value.strip()
+    return value
+
+
+def _clean(value: str) -> str:
+    value = _no_control(value).strip()
     if not value:
         raise ValueError("must not be blank")
     return value
 
 
 _Clean = AfterValidator(_clean)
-
-
-def _no_control(value: str) -> str:
-    """Kept exactly as sent (a user id's hash must not change), only refused if it has any."""
-    if _CONTROL.search(value):
-        raise ValueError("must not contain control characters")
-    return value
-
-
+# Kept exactly as sent (a user id's hash must not change), only refused with a control character.
 _NoControl = AfterValidator(_no_control)
 Name = Annotated[str, Field(min_length=1, max_length=200), _Clean]
 Persona = Annotated[str, Field(min_length=1, max_length=2000), _Clean]

@@ -48,9 +48,9 @@ def _tables(engine: sa.Engine) -> set[str]:
 
 
 def test_upgrade_head_matches_models(empty_engine: sa.Engine) -> None:
-    assert migrate.pending(empty_engine)
+    assert migrate.mismatch(empty_engine) is not None
     migrate.upgrade(empty_engine)
-    assert not migrate.pending(empty_engine)
+    assert migrate.mismatch(empty_engine) is None
     assert _tables(empty_engine) == set(SQLModel.metadata.tables)
     assert _diff(empty_engine) == []
 
