@@ -13,7 +13,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from service.models import Event, Impression, utcnow
+from service.models import Event, Impression, Variant, utcnow
 
 BUCKETS = 24
 # Bucket widths the chart may use; the smallest that covers the history in BUCKETS steps wins,
@@ -28,6 +28,9 @@ class History:
     variant_ids : list, shape (n_variants,)
     starts : list of datetime, shape (n_buckets,), each bucket's first instant
     impressions, conversions : ndarray, shape (n_variants, n_buckets)
+    earlier_impressions, earlier_conversions : ndarray, shape (n_variants,)
+        Evidence from before the first bucket: rows older than the chart reaches and rows a purge
+        deleted, both of which the variant's counters still hold.
     """
 
     variant_ids: list[int]
@@ -35,6 +38,8 @@ class History:
     width: timedelta
     impressions: np.ndarray
     conversions: np.ndarray
+    earlier_impressions: np.ndarray
+    earlier_conversions: np.ndarray
 
     @property
     def empty(self) -> bool:
@@ -47,10 +52,12 @@ class History:
             return np.where(totals > 0, self.impressions / totals, np.nan)
 
     def cumulative_rate(self) -> np.ndarray:
-        """Conversions over impressions up to the end of each bucket; NaN before the first."""
-        shown = self.impressions.cumsum(axis=1)
+        """All conversions over all impressions up to the end of each bucket, those from before the
+        chart included, so the last point is the variant's rate in the report; NaN before any."""
+        shown = self.earlier_impressions[:, None] + self.impressions.cumsum(axis=1)
+        converted = self.earlier_conversions[:, None] + self.conversions.cumsum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(shown > 0, self.conversions.cumsum(axis=1) / shown, np.nan)
+            return np.where(shown > 0, converted / shown, np.nan)
 
 
 def segment_history(
@@ -81,7 +88,37 @@ def segment_history(
     starts = [end - width * (count - i) for i in range(count)]
     impressions = _counts(session, Impression, variant_ids, starts, width)
     conversions = _counts(session, Event, variant_ids, starts, width)
-    return History(variant_ids, starts, width, impressions, conversions)
+    total_impressions, total_conversions = _totals(session, variant_ids)
+    # Floored: a decision committed between the counts above and the counters' read would
+    # otherwise leave a variant -1 impressions before the chart.
+    return History(
+        variant_ids,
+        starts,
+        width,
+        impressions,
+        conversions,
+        earlier_impressions=np.maximum(total_impressions - impressions.sum(axis=1), 0),
+        earlier_conversions=np.maximum(total_conversions - conversions.sum(axis=1), 0),
+    )
+
+
+def _totals(session: Session, variant_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Each variant's counters, in `variant_ids` order: every impression and conversion it has
+    had, purged ones included, which no count of rows can recover."""
+    impressions = np.zeros(len(variant_ids), dtype=np.int64)
+    conversions = np.zeros(len(variant_ids), dtype=np.int64)
+    if not variant_ids:
+        return impressions, conversions
+    row_of = {variant_id: i for i, variant_id in enumerate(variant_ids)}
+    rows = session.execute(
+        sa.select(col(Variant.id), col(Variant.impressions), col(Variant.conversions)).where(
+            col(Variant.id).in_(variant_ids)
+        )
+    )
+    for variant_id, shown, converted in rows:
+        impressions[row_of[variant_id]] = shown
+        conversions[row_of[variant_id]] = converted
+    return impressions, conversions
 
 
 def _counts(

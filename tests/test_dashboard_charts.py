@@ -110,15 +110,28 @@ def test_fixed_y_max_for_shares() -> None:
     assert [tick.label for tick in chart.y_ticks] == ["0%", "25%", "50%", "75%", "100%"]
 
 
-def test_x_ticks_thin_out_to_about_five() -> None:
+def test_x_ticks_thin_out_to_five_and_keep_the_newest_period() -> None:
     labels = [f"t{i}" for i in range(24)]
     chart = charts.line_chart(title="t", labels=["a"], series=[[0.1] * 24], x_labels=labels)
-    assert [tick.label for tick in chart.x_ticks] == ["t0", "t5", "t10", "t15", "t20"]
+    assert [tick.label for tick in chart.x_ticks] == ["t0", "t6", "t12", "t17", "t23"]
+    assert [tick.anchor for tick in chart.x_ticks] == ["start", *["middle"] * 3, "end"]
     assert chart.x_ticks[0].position == pytest.approx(PLOT_LEFT)
+    assert chart.x_ticks[-1].position == pytest.approx(PLOT_RIGHT)
     short = charts.line_chart(title="t", labels=["a"], series=[[0.1, 0.2]], x_labels=["a", "b"])
     assert [(t.label, t.position) for t in short.x_ticks] == [("a", PLOT_LEFT), ("b", PLOT_RIGHT)]
     single = charts.line_chart(title="t", labels=["a"], series=[[0.1]], x_labels=["only"])
     assert [(t.label, t.position) for t in single.x_ticks] == [("only", PLOT_LEFT)]
+
+
+@pytest.mark.parametrize("n", range(1, 25))
+def test_every_chart_labels_its_first_and_last_period(n: int) -> None:
+    labels = [f"t{i}" for i in range(n)]
+    chart = charts.line_chart(title="t", labels=["a"], series=[[0.1] * n], x_labels=labels)
+    shown = [tick.label for tick in chart.x_ticks]
+    assert shown[0] == "t0" and shown[-1] == f"t{n - 1}"
+    assert len(shown) == min(n, charts.X_TICKS) and len(set(shown)) == len(shown)
+    positions = [tick.position for tick in chart.x_ticks]
+    assert positions == sorted(positions)
 
 
 def test_labels_and_series_must_pair_up() -> None:
@@ -151,7 +164,11 @@ def test_interval_bar_with_no_scale_uses_the_raw_rates() -> None:
 # --- history.History ---------------------------------------------------------------------------
 
 
-def _history(impressions: list[list[int]], conversions: list[list[int]]) -> History:
+def _history(
+    impressions: list[list[int]],
+    conversions: list[list[int]],
+    earlier: tuple[list[int], list[int]] | None = None,
+) -> History:
     n = len(impressions[0])
     return History(
         variant_ids=list(range(1, len(impressions) + 1)),
@@ -159,6 +176,8 @@ def _history(impressions: list[list[int]], conversions: list[list[int]]) -> Hist
         width=timedelta(hours=1),
         impressions=np.array(impressions, dtype=np.int64),
         conversions=np.array(conversions, dtype=np.int64),
+        earlier_impressions=np.array(earlier[0] if earlier else [0] * len(impressions)),
+        earlier_conversions=np.array(earlier[1] if earlier else [0] * len(impressions)),
     )
 
 
@@ -179,6 +198,13 @@ def test_cumulative_rate_runs_over_every_bucket_so_far() -> None:
     assert np.isnan(rate[0, 0])
     assert rate[0, 1:] == pytest.approx([1 / 4, 1 / 4, 3 / 10])
     assert rate[1] == pytest.approx([0.5, 0.5, 0.5, 0.5])
+
+
+def test_cumulative_rate_starts_from_the_evidence_before_the_chart() -> None:
+    history = _history([[0, 4, 0], [0, 0, 0]], [[0, 1, 0], [0, 0, 0]], earlier=([96, 10], [9, 5]))
+    rate = history.cumulative_rate()
+    assert rate[0] == pytest.approx([9 / 96, 10 / 100, 10 / 100])
+    assert rate[1] == pytest.approx([0.5, 0.5, 0.5])
 
 
 def test_an_all_zero_history_is_empty() -> None:
@@ -354,8 +380,29 @@ def test_history_older_than_the_widest_buckets_keeps_the_last_24(
     history = segment_history(session=session, variant_ids=[a.id], now=NOW)  # type: ignore[list-item]
     assert history.width == timedelta(weeks=1)
     assert len(history.starts) == BUCKETS
-    # Documented: the chart shows at most 24 buckets, so the 40-week-old row is off it.
+    # Documented: the chart shows at most 24 buckets, so the 40-week-old row is off it...
     assert history.impressions.sum() == 2
+
+
+def test_evidence_off_the_chart_or_purged_still_counts_in_the_cumulative_rate(
+    session: Session, variants: list[Variant]
+) -> None:
+    """The rows below stand for 103 impressions and 4 conversions by the counters: 100 of them
+    (3 converted) purged or older than the chart, one 40 weeks old, converted, and two recent."""
+    a = variants[0]
+    old, recent = NOW - timedelta(weeks=40), [NOW - timedelta(weeks=3), NOW - timedelta(minutes=1)]
+    _add_rows(session, a, [old], converted_at=[old])
+    _add_rows(session, a, recent)
+    a.impressions, a.conversions = 103, 4
+    session.add(a)
+    session.commit()
+    history = segment_history(session=session, variant_ids=[a.id], now=NOW)  # type: ignore[list-item]
+    assert history.impressions.sum() == 2 and history.conversions.sum() == 0
+    assert history.earlier_impressions.tolist() == [101]
+    assert history.earlier_conversions.tolist() == [4]
+    rate = history.cumulative_rate()[0]
+    # ...but not off its cumulative rate, which ends at the report's rate.
+    assert rate[0] == pytest.approx(4 / 101) and rate[-1] == pytest.approx(4 / 103)
 
 
 def test_segment_history_defaults_now_to_the_clock(

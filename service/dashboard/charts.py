@@ -16,6 +16,8 @@ PALETTE = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#f
 
 WIDTH, HEIGHT = 560, 200
 LEFT, RIGHT, TOP, BOTTOM = 48, 12, 10, 28
+# Labels on the x axis at most; more than this collide at the chart's width.
+X_TICKS = 5
 
 
 def colour(index: int) -> str:
@@ -90,10 +92,9 @@ def line_chart(
     y_ticks = [
         Tick(y(top_value * f), _format(top_value * f, percent)) for f in (0.0, 0.25, 0.5, 0.75, 1.0)
     ]
-    step = max(1, math.ceil(n / 5))
     x_ticks = [
         Tick(x(i), x_labels[i], "start" if i == 0 else "end" if i == n - 1 else "middle")
-        for i in range(0, n, step)
+        for i in _spread(n, at_most=X_TICKS)
     ]
     return LineChart(title=title, lines=lines, y_ticks=y_ticks, x_ticks=x_ticks)
 
@@ -110,6 +111,14 @@ class IntervalBar:
 def interval_bar(low: float, high: float, mean: float, scale: float) -> IntervalBar:
     scale = scale if scale > 0 else 1.0
     return IntervalBar(low=low / scale, high=high / scale, mean=mean / scale)
+
+
+def _spread(n: int, *, at_most: int) -> list[int]:
+    """Up to `at_most` indices into n positions, evenly spread, always the first and the last:
+    the newest period is the one a reader looks for."""
+    if n <= at_most:
+        return list(range(n))
+    return sorted({round(k * (n - 1) / (at_most - 1)) for k in range(at_most)})
 
 
 def _nice_ceiling(value: float) -> float:
