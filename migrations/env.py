@@ -8,6 +8,7 @@ from sqlmodel import SQLModel
 import service.models  # noqa: F401 - registers the tables on SQLModel.metadata
 from service.config import load_settings
 from service.db import make_engine
+from service.migrate import migration_connection
 
 config = context.config
 target_metadata = SQLModel.metadata
@@ -20,7 +21,7 @@ def run_migrations_online() -> None:
         _run(connection)
         return
     engine = make_engine(load_settings().validate())
-    with engine.begin() as connection:
+    with migration_connection(engine) as connection:
         _run(connection)
     engine.dispose()
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
@@ -20,8 +23,53 @@ def alembic_config(connection: sa.Connection | None = None) -> Config:
 
 
 def upgrade(engine: sa.Engine, revision: str = "head") -> None:
-    with engine.begin() as connection:
+    with migration_connection(engine) as connection:
         command.upgrade(alembic_config(connection), revision)
+
+
+def downgrade(engine: sa.Engine, revision: str) -> None:
+    with migration_connection(engine) as connection:
+        command.downgrade(alembic_config(connection), revision)
+
+
+@contextlib.contextmanager
+def migration_connection(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A connection in a transaction to migrate with, committed at the end.
+
+    On SQLite foreign keys are off meanwhile, as Alembic advises for batch mode: it changes a
+    table by copying it and dropping the old one, and dropping a table other rows refer to fails
+    while they are on (every downgrade that removed a column from `variant` did, once a single
+    impression existed). The references are checked once the migration is done instead.
+    """
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            _foreign_keys(connection, "OFF")
+        try:
+            with connection.begin():
+                dangling_before = _dangling(connection) if sqlite else []
+                yield connection
+                dangling = _dangling(connection) if sqlite else []
+                if len(dangling) > len(dangling_before):
+                    raise RuntimeError(
+                        f"the migration left {len(dangling) - len(dangling_before)} more "
+                        "references to rows that do not exist (table, rowid, parent table): "
+                        f"{dangling[:5]}"
+                    )
+        finally:
+            if sqlite:
+                # The connection goes back to the pool; every other user expects them on.
+                _foreign_keys(connection, "ON")
+
+
+def _dangling(connection: sa.Connection) -> list[Any]:
+    return list(connection.exec_driver_sql("PRAGMA foreign_key_check").all())
+
+
+def _foreign_keys(connection: sa.Connection, state: str) -> None:
+    # SQLite ignores this pragma inside a transaction, so it runs and commits on its own.
+    connection.exec_driver_sql(f"PRAGMA foreign_keys={state}")
+    connection.commit()
 
 
 def mismatch(engine: sa.Engine) -> str | None:

@@ -8,14 +8,16 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlmodel import SQLModel
+from sqlmodel import Session, SQLModel
 
 from service import migrate
 from service.config import load_settings
 from service.db import make_engine
+from service.identity import new_impression_id
+from service.models import Event, Experiment, Impression, Segment, Variant
 from tests.conftest import BACKENDS, postgres_schema_url
 
 
@@ -57,11 +59,93 @@ def test_upgrade_head_matches_models(empty_engine: sa.Engine) -> None:
 
 def test_downgrade_to_base_and_back(empty_engine: sa.Engine) -> None:
     migrate.upgrade(empty_engine)
-    with empty_engine.begin() as connection:
-        command.downgrade(migrate.alembic_config(connection), "base")
+    migrate.downgrade(empty_engine, "base")
     assert _tables(empty_engine) == set()
     migrate.upgrade(empty_engine)
     assert _diff(empty_engine) == []
+
+
+def _stored_rows(engine: sa.Engine) -> dict[str, list[tuple[object, ...]]]:
+    with engine.connect() as connection:
+        return {
+            table: connection.exec_driver_sql(f"SELECT {key} FROM {table} ORDER BY 1").all()
+            for table, key in [
+                ("experiment", "id, name"),
+                ("segment", "id, experiment_id, key"),
+                ("variant", "id, segment_id, text, impressions, conversions"),
+                ("impression", "id, variant_id"),
+                ("event", "impression_id, variant_id, type"),
+            ]
+        }
+
+
+def test_a_populated_database_downgrades_and_upgrades_again(empty_engine: sa.Engine) -> None:
+    """Downgrades that drop a column of `variant` rebuild the table on SQLite, which rows in
+    other tables refer to; that failed on the foreign keys once one impression existed."""
+    migrate.upgrade(empty_engine)
+    with Session(empty_engine) as session:
+        experiment = Experiment(name="e", product_name="p", product_description="d")
+        session.add(experiment)
+        session.flush()
+        segment = Segment(experiment_id=experiment.id, key="s", description="d", position=0)  # type: ignore[arg-type]
+        session.add(segment)
+        session.flush()
+        variant = Variant(
+            experiment_id=experiment.id,  # type: ignore[arg-type]
+            segment_id=segment.id,  # type: ignore[arg-type]
+            text="t",
+            origin="manual",
+            status="active",
+            impressions=1,
+            conversions=1,
+        )
+        session.add(variant)
+        session.flush()
+        shown = Impression(
+            id=new_impression_id(),
+            experiment_id=experiment.id,  # type: ignore[arg-type]
+            segment_id=segment.id,  # type: ignore[arg-type]
+            variant_id=variant.id,  # type: ignore[arg-type]
+            propensity=1.0,
+            policy="thompson-v1",
+        )
+        session.add(shown)
+        session.flush()
+        session.add(Event(impression_id=shown.id, variant_id=variant.id, type="conversion"))  # type: ignore[arg-type]
+        session.commit()
+    before = _stored_rows(empty_engine)
+
+    migrate.downgrade(empty_engine, "0005")
+    assert migrate.mismatch(empty_engine) is not None
+    migrate.upgrade(empty_engine)
+
+    assert _stored_rows(empty_engine) == before
+    assert _diff(empty_engine) == []
+    if empty_engine.dialect.name == "sqlite":
+        # The connection that migrated went back to the pool with its foreign keys on again.
+        with empty_engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+def test_a_migration_that_leaves_dangling_references_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make_engine(load_settings({"database_url": f"sqlite:///{tmp_path}/dangling.db"}))
+    migrate.upgrade(engine, "0007")
+
+    def upgrade_leaving_an_orphan(config: Config, revision: str) -> None:
+        config.attributes["connection"].exec_driver_sql(
+            "INSERT INTO event (impression_id, variant_id, type, created_at)"
+            " VALUES ('gone', 99, 'conversion', '2026-01-01 00:00:00.000000')"
+        )
+
+    # One event whose impression and variant are both missing: two dangling references.
+    monkeypatch.setattr(migrate.command, "upgrade", upgrade_leaving_an_orphan)
+    with pytest.raises(RuntimeError, match="2 more references to rows that do not exist"):
+        migrate.upgrade(engine)
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM event").scalar() == 0
+    engine.dispose()
 
 
 def test_diff_detects_a_schema_drift(empty_engine: sa.Engine) -> None:
