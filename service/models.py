@@ -278,7 +278,8 @@ class LifecycleEvent(SQLModel, table=True):
 
 
 class SchedulerLease(SQLModel, table=True):
-    """One row per periodic job: the last interval slot some process claimed and ran."""
+    """One row per periodic job: the last interval slot some process claimed and ran, as the
+    time its interval starts, in milliseconds since the epoch (service.scheduler)."""
 
     __tablename__ = "scheduler_lease"
 

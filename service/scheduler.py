@@ -2,9 +2,13 @@
 database.
 
 Every process with a scheduler ticks often; on each tick it tries to claim the current interval's
-slot (`floor(now / interval)`) with one conditional UPDATE on the lease row. The database lets
-exactly one claimant move the slot forward; the others see zero rows changed and do nothing. This
-works the same on SQLite and PostgreSQL, and a process that dies mid-run costs only that interval.
+slot with one conditional UPDATE on the lease row. The database lets exactly one claimant move the
+slot forward; the others see zero rows changed and do nothing. This works the same on SQLite and
+PostgreSQL, and a process that dies mid-run costs only that interval.
+
+A slot is stored as the time its interval starts (milliseconds since the epoch), not as its number:
+numbers from different interval settings do not compare (after a change from 15 minutes to an hour
+the new numbers stayed below the old one for the next 160 years, and nothing ran), times do.
 """
 
 from __future__ import annotations
@@ -24,21 +28,49 @@ from service.models import SchedulerLease, utcnow
 log = logging.getLogger(__name__)
 
 
-def claim(engine: sa.Engine, *, name: str, slot: int, holder: str) -> bool:
-    """True for exactly one caller per (name, slot), across every process on this database."""
+def claim(
+    engine: sa.Engine, *, name: str, slot: int, holder: str, ahead_above: int | None = None
+) -> bool:
+    """True for exactly one caller per (name, slot), across every process on this database.
+
+    `slot` is the interval's start, in milliseconds. A stored slot later than `ahead_above` (this
+    host's time plus an interval) was claimed by a host whose clock runs more than an interval
+    ahead. Waiting for it would stop every other host until their clocks caught up (days, with a
+    badly set clock), so it is taken over, with a warning: the job may then run twice in an
+    interval, which beats not at all. Smaller differences between clocks only delay a slot.
+    """
+    lease = col(SchedulerLease.slot)
+    due = lease < slot if ahead_above is None else sa.or_(lease < slot, lease > ahead_above)
     with Session(engine) as session:
         session.execute(
             insert_for(session)(SchedulerLease)
             .values(name=name, slot=-1, holder=holder)
             .on_conflict_do_nothing()
         )
+        ahead = (
+            session.execute(
+                sa.select(lease, col(SchedulerLease.holder)).where(
+                    col(SchedulerLease.name) == name, lease > ahead_above
+                )
+            ).first()
+            if ahead_above is not None
+            else None
+        )
         won = rows_changed(
             session,
             sa.update(SchedulerLease)
-            .where(col(SchedulerLease.name) == name, col(SchedulerLease.slot) < slot)
+            .where(col(SchedulerLease.name) == name, due)
             .values(slot=slot, holder=holder, claimed_at=utcnow()),
         )
         session.commit()
+    if won and ahead is not None:
+        log.warning(
+            "%s: took over the lease from %s, whose slot starts %.0f s after this host's next "
+            "one; check the hosts' clocks",
+            name,
+            ahead[1],
+            (ahead[0] - slot) / 1000,
+        )
     return won == 1
 
 
@@ -62,8 +94,12 @@ class PeriodicJob:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
 
     def tick(self) -> bool:
-        slot = int(self.clock() // self.interval)
-        if not claim(self.engine, name=self.name, slot=slot, holder=self.holder):
+        now = self.clock()
+        slot = int(now // self.interval * self.interval * 1000)
+        ahead_above = int((now + self.interval) * 1000)
+        if not claim(
+            self.engine, name=self.name, slot=slot, holder=self.holder, ahead_above=ahead_above
+        ):
             return False
         log.info("%s: running for slot %s as %s", self.name, slot, self.holder)
         try:

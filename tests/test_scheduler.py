@@ -133,3 +133,69 @@ def test_a_failing_job_still_uses_up_its_slot(engines: Callable[[], sa.Engine]) 
     clock.now = START + INTERVAL
     assert other.tick() is True
     assert calls == [START, START + INTERVAL]
+
+
+def _job(engines: Callable[[], sa.Engine], clock: FakeClock, interval: float, runs: list[float]):  # type: ignore[no-untyped-def]
+    return PeriodicJob(
+        engines(),
+        name="lifecycle",
+        interval_seconds=interval,
+        job=lambda: runs.append(clock()),
+        clock=clock,
+    )
+
+
+def _tick_every(job: PeriodicJob, clock: FakeClock, *, until: float, step: float) -> None:
+    while clock.now < until:
+        job.tick()
+        clock.now += step
+
+
+def test_a_longer_interval_keeps_running_after_the_setting_changes(
+    engines: Callable[[], sa.Engine],
+) -> None:
+    """The slot numbers of an hour's interval stayed below those of 15 minutes for 160 years."""
+    clock, runs = FakeClock(), []
+    assert _job(engines, clock, INTERVAL, runs).tick() is True
+    hourly = _job(engines, clock, 4 * INTERVAL, runs)
+    _tick_every(hourly, clock, until=START + 24 * 3600, step=60)
+    hours = [int(when // 3600) for when in runs[1:]]
+    # Every hour from the next whole one on, once each, for the rest of the day.
+    assert hours == list(range(hours[0], hours[0] + len(hours))) and len(hours) >= 23
+    assert runs[1] - START <= 3600
+
+
+def test_a_lease_from_a_clock_days_ahead_is_taken_over(
+    engines: Callable[[], sa.Engine], caplog: pytest.LogCaptureFixture
+) -> None:
+    clock, runs = FakeClock(), []
+    ahead = FakeClock(START + 2 * 86400)
+    assert _job(engines, ahead, INTERVAL, runs).tick() is True
+    healthy = _job(engines, clock, INTERVAL, runs)
+    _tick_every(healthy, clock, until=START + 3 * INTERVAL, step=60)
+    assert runs[1:] == [START, START + INTERVAL, START + 2 * INTERVAL]
+    assert "took over the lease" in caplog.text and "check the hosts' clocks" in caplog.text
+
+
+def test_clocks_a_little_apart_still_run_a_slot_once(engines: Callable[[], sa.Engine]) -> None:
+    """A host 30 s ahead claims each slot first; the others must not run it again."""
+    clock, runs = FakeClock(START - 120), []
+    ahead_clock = FakeClock(START - 90)
+    ahead, behind = _job(engines, ahead_clock, INTERVAL, runs), _job(engines, clock, INTERVAL, runs)
+    while clock.now < START + 3 * INTERVAL:
+        ahead.tick()
+        behind.tick()
+        clock.now += 10
+        ahead_clock.now += 10
+    # The slot before START, START's and the next three (the host ahead reaches the third).
+    assert [int(when // INTERVAL) for when in runs] == [
+        int(START // INTERVAL) + i for i in range(-1, 4)
+    ]
+
+
+def test_a_lease_stored_as_a_slot_number_gives_way(engines: Callable[[], sa.Engine]) -> None:
+    """Earlier versions stored the slot's number; their rows compare below any slot time."""
+    engine = engines()
+    assert claim(engine, name="lifecycle", slot=int(START // INTERVAL), holder="old") is True
+    clock, runs = FakeClock(), []
+    assert _job(engines, clock, INTERVAL, runs).tick() is True and runs == [START]
