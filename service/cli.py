@@ -529,13 +529,34 @@ def _prepare_metrics_folder(options: dict[str, Any]) -> None:
         for old in Path("var/metrics").glob("*"):
             if old.name.isdigit() and not _alive(int(old.name)):
                 shutil.rmtree(old, ignore_errors=True)
-    folder = Path(os.environ.get(MULTIPROC_ENV) or f"var/metrics/{os.getpid()}").resolve()
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    given = os.environ.get(MULTIPROC_ENV)
+    folder = Path(given or f"var/metrics/{os.getpid()}").resolve()
+    if given:
+        # The operator's folder may hold anything (it once held the database): only the files
+        # prometheus_client writes are ours to remove.
+        def clear() -> None:
+            _remove_metric_files(folder)
+    else:
+
+        def clear() -> None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    clear()
+    folder.mkdir(parents=True, exist_ok=True)
     os.environ[MULTIPROC_ENV] = str(folder)
     # A dead worker's live gauges must stop counting; its counters stay in the sums.
     options["child_exit"] = lambda _server, worker: multiprocess.mark_process_dead(worker.pid)
-    options["on_exit"] = lambda _server: shutil.rmtree(folder, ignore_errors=True)
+    options["on_exit"] = lambda _server: clear()
+
+
+# prometheus_client's multiprocess files: counter_<pid>.db, gauge_<mode>_<pid>.db and so on.
+_METRIC_FILES = ("counter_*.db", "gauge_*.db", "histogram_*.db", "summary_*.db")
+
+
+def _remove_metric_files(folder: Path) -> None:
+    for pattern in _METRIC_FILES:
+        for path in folder.glob(pattern):
+            path.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:

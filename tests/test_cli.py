@@ -269,6 +269,32 @@ def test_serve_binds_ipv6_addresses_in_brackets(
     assert started[0]["bind"] == bind and f"serving on http://{bind} " in result.output
 
 
+def test_serve_clears_only_metric_files_from_a_folder_it_was_given(
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PROMETHEUS_MULTIPROC_DIR=var removed the whole folder, the database in it included, when
+    the server started and again when it stopped."""
+    assert run("migrate").exit_code == 0
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    keep = [folder / "copybandit.db", folder / "notes.txt"]
+    for path in keep:
+        path.write_text("not ours")
+    stale = [folder / "counter_123.db", folder / "gauge_livesum_123.db"]
+    for path in stale:
+        path.write_bytes(b"old counts")
+    monkeypatch.setenv(MULTIPROC_ENV, str(folder))
+    started: list[dict[str, Any]] = []
+    monkeypatch.setattr("service.gunicorn.run", started.append)
+    assert run("serve", "--port", "8123").exit_code == 0
+    assert sorted(folder.iterdir()) == sorted(keep)
+    for path in stale:
+        path.write_bytes(b"this run's counts")
+    started[0]["on_exit"](None)
+    assert sorted(folder.iterdir()) == sorted(keep)
+    assert all(path.read_text() == "not ours" for path in keep)
+
+
 def test_a_command_where_there_is_no_database_file_creates_none(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
