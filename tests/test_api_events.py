@@ -388,3 +388,86 @@ def test_bad_events_are_400_and_change_nothing(
     assert error.get("field") == field
     assert error["message"]
     assert _stored(session) == before
+
+
+def _one_by_one(
+    batch: list[dict[str, Any]], known: set[str], converted: set[str], stored_ids: set[str]
+) -> tuple[dict[str, int], list[int]]:
+    """What sending the events one at a time, in order, would answer: the reference."""
+    outcome, refused = _outcome(), []
+    converted, stored_ids = set(converted), set(stored_ids)
+    for index, event in enumerate(batch):
+        impression_id, event_id = event["impression_id"], event.get("event_id")
+        if impression_id not in known:
+            outcome["rejected"] += 1
+            refused.append(index)
+        elif impression_id in converted or event_id in stored_ids:
+            outcome["duplicate"] += 1
+        else:
+            outcome["accepted"] += 1
+            converted.add(impression_id)
+            if event_id is not None:
+                stored_ids.add(event_id)
+    return outcome, refused
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_batch_of_tangled_repeats_is_judged_as_if_sent_one_by_one(
+    api: Any, session: Session, decisions: list[dict[str, Any]], seed: int
+) -> None:
+    import random
+
+    rng = random.Random(seed)
+    ids = _ids(decisions)
+    assert _send(api, _conversion(ids[0], event_id="before")).get_json()["accepted"] == 1
+    pool = [*ids, UNKNOWN, "0" * 32]
+    batch = [
+        _conversion(
+            rng.choice(pool),
+            **({"event_id": rng.choice(["e1", "e2", "before"])} if rng.random() < 0.7 else {}),
+        )
+        for _ in range(60)
+    ]
+    expected, refused = _one_by_one(batch, set(ids), {ids[0]}, {"before"})
+
+    body = _send(api, {"events": batch}).get_json()
+
+    assert {k: body[k] for k in ("accepted", "duplicate", "rejected")} == expected
+    assert [r["index"] for r in body["rejections"]] == refused
+    _assert_counters_match_rows(session)
+
+
+def test_repeating_one_event_a_thousand_times_takes_a_few_statements(
+    app: Any, api: Any, session: Session, decisions: list[dict[str, Any]]
+) -> None:
+    """Each repeat of a refused event took a write round of its own: a thousand repeats of one
+    unknown impression held SQLite's write lock for 0.2 s a batch, stalling every decision."""
+    statements: list[str] = []
+    engine = app.extensions["copybandit.engine"]
+
+    def count(*args: Any) -> None:
+        statements.append(args[2])
+
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        unknown = _send(api, {"events": [_conversion(UNKNOWN)] * MAX_BATCH_EVENTS}).get_json()
+        known = _send(
+            api,
+            {
+                "events": [
+                    _conversion(decisions[1]["impression_id"], event_id=f"e{i}")
+                    for i in range(MAX_BATCH_EVENTS)
+                ]
+            },
+        ).get_json()
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+
+    assert {k: unknown[k] for k in ("accepted", "duplicate", "rejected")} == _outcome(
+        rejected=MAX_BATCH_EVENTS
+    )
+    assert {k: known[k] for k in ("accepted", "duplicate", "rejected")} == _outcome(
+        accepted=1, duplicate=MAX_BATCH_EVENTS - 1
+    )
+    assert len(statements) <= 30, statements[:40]
+    _assert_counters_match_rows(session)
