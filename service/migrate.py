@@ -40,13 +40,22 @@ def migration_connection(engine: sa.Engine) -> Iterator[sa.Connection]:
     table by copying it and dropping the old one, and dropping a table other rows refer to fails
     while they are on (every downgrade that removed a column from `variant` did, once a single
     impression existed). The references are checked once the migration is done instead.
+
+    SQLite's transaction is begun here, not by the driver: Python's sqlite3 opens one only before
+    an INSERT, UPDATE or DELETE, so the schema changes before the first of those committed one by
+    one, and a migration killed half-way left columns its rerun then failed to add, for good.
     """
     with engine.connect() as connection:
         sqlite = connection.dialect.name == "sqlite"
         if sqlite:
             _foreign_keys(connection, "OFF")
+        driver = connection.connection.driver_connection
+        implicit = getattr(driver, "isolation_level", None)
         try:
             with connection.begin():
+                if sqlite:
+                    driver.isolation_level = None  # type: ignore[union-attr]
+                    connection.exec_driver_sql("BEGIN")
                 dangling_before = _dangling(connection) if sqlite else []
                 yield connection
                 dangling = _dangling(connection) if sqlite else []
@@ -58,7 +67,9 @@ def migration_connection(engine: sa.Engine) -> Iterator[sa.Connection]:
                     )
         finally:
             if sqlite:
-                # The connection goes back to the pool; every other user expects them on.
+                # The connection goes back to the pool; every other user expects the driver's
+                # usual transactions and foreign keys on.
+                driver.isolation_level = implicit  # type: ignore[union-attr]
                 _foreign_keys(connection, "ON")
 
 

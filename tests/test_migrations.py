@@ -187,3 +187,38 @@ def test_times_written_with_an_offset_are_rewritten(
         found = dict(connection.exec_driver_sql(f"SELECT {key}, created_at FROM {table}").all())
     engine.dispose()
     assert found == {row_key: rewritten for row_key, (_, rewritten) in rows.items()}
+
+
+def test_a_migration_that_fails_half_way_changes_nothing_on_sqlite(tmp_path: Path) -> None:
+    """0006 adds columns, 0007 rewrites rows; when 0007 fails, 0006's columns must go too, or
+    every rerun fails adding them again (a migration killed half-way left exactly that)."""
+    engine = make_engine(load_settings({"database_url": f"sqlite:///{tmp_path}/half.db"}))
+    migrate.upgrade(engine, "0005")
+    with engine.begin() as connection:
+        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        connection.exec_driver_sql(
+            "INSERT INTO impression (id, experiment_id, segment_id, variant_id, propensity,"
+            " policy, created_at) VALUES ('a', 1, 1, 1, 1.0, 'thompson-v1',"
+            " '2026-11-28 08:52:40.690560+00:00')"
+        )
+        connection.exec_driver_sql(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON impression BEGIN"
+            " SELECT RAISE(ABORT, 'the disk is full'); END"
+        )
+    with pytest.raises(sa.exc.IntegrityError, match="the disk is full"):
+        migrate.upgrade(engine)
+    columns = {column["name"] for column in sa.inspect(engine).get_columns("variant")}
+    assert "purged_impressions" not in columns
+    with engine.connect() as connection:
+        assert (
+            connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0005"
+        )
+        connection.exec_driver_sql("DROP TRIGGER refuse")
+        connection.commit()
+    migrate.upgrade(engine)
+    assert migrate.mismatch(engine) is None
+    with engine.connect() as connection:
+        # The pooled connection is back to the driver's own transactions, foreign keys on.
+        assert connection.connection.driver_connection.isolation_level == ""  # type: ignore[union-attr]
+        assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    engine.dispose()
