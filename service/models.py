@@ -40,9 +40,13 @@ class UtcDateTime(sa.TypeDecorator[datetime]):
         return None if value is None else value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
-        return value
+        # PostgreSQL answers in the session's TimeZone, which a server or database may set to
+        # local time: the dashboard then printed New York times labelled UTC.
+        return value.astimezone(UTC)
 
 
 def _timestamp(**kwargs: object) -> datetime:

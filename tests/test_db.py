@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlmodel import Session, select
+
 from service.config import load_settings
 from service.db import make_engine
+from service.models import LifecycleEvent, UtcDateTime
 
 
 def test_the_pool_hands_out_the_connection_returned_last(database_url: str) -> None:
@@ -20,3 +28,35 @@ def test_the_pool_hands_out_the_connection_returned_last(database_url: str) -> N
         again.close()
     finally:
         engine.dispose()
+
+
+def test_times_read_back_in_utc_whatever_the_servers_time_zone(
+    session: Session, experiment: dict[str, Any]
+) -> None:
+    """A PostgreSQL database set to another TimeZone answered in local time, which the
+    dashboard printed labelled UTC, five hours off; SQLite keeps no offset at all."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sa.text("SET TIME ZONE 'America/New_York'"))
+    stored = datetime(2026, 12, 5, 0, 32, 23, tzinfo=UTC)
+    session.add(
+        LifecycleEvent(
+            experiment_id=experiment["id"],
+            action="discount",
+            reason="time zone check",
+            created_at=stored,
+        )
+    )
+    session.commit()
+    (read,) = session.exec(
+        select(LifecycleEvent.created_at).where(LifecycleEvent.reason == "time zone check")
+    ).all()
+    assert read == stored and read.utcoffset() == timedelta(0)
+    assert read.isoformat() == "2026-12-05T00:32:23+00:00"
+
+
+def test_an_aware_time_from_the_driver_is_turned_to_utc() -> None:
+    new_york = timezone(timedelta(hours=-5))
+    read = UtcDateTime().process_result_value(
+        datetime(2026, 12, 4, 19, 32, tzinfo=new_york), postgresql.dialect()
+    )
+    assert read is not None and read.tzinfo is UTC and read.hour == 0 and read.day == 5
