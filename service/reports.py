@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from bandits import stats
 from service.experiments import get_experiment, segments_of, variants_of
@@ -26,6 +26,21 @@ def experiment_report(*, session: Session, experiment_id: int) -> Report:
         generated_at=utcnow(),
         segments=segments,
     )
+
+
+def serving_winners(session: Session, segments: list[Segment]) -> set[int]:
+    """The segments (ids) whose declared winner is still served. Copy paused or retired after
+    it won is no segment's winner any more: the report and the dashboard showed it as one, beside
+    a leader that was actually winning the traffic."""
+    declared = {s.winner_variant_id: s.id for s in segments if s.winner_variant_id is not None}
+    if not declared:
+        return set()
+    serving = session.exec(
+        select(Variant.id).where(
+            col(Variant.id).in_(declared), Variant.status == VariantStatus.ACTIVE.value
+        )
+    )
+    return {declared[variant_id] for variant_id in serving}  # type: ignore[misc]
 
 
 def _segment_report(segment: Segment, variants: list[Variant]) -> SegmentReport:
@@ -68,7 +83,9 @@ def _segment_report(segment: Segment, variants: list[Variant]) -> SegmentReport:
         None,
     )
     winner = None
-    if segment.winner_variant_id is not None and segment.winner_declared_at is not None:
+    if segment.winner_declared_at is not None and segment.winner_variant_id in {
+        v.id for v in variants if v.status == VariantStatus.ACTIVE
+    }:
         winner = Winner(
             variant_id=segment.winner_variant_id, declared_at=segment.winner_declared_at
         )

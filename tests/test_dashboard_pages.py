@@ -1555,6 +1555,42 @@ def test_a_declared_winner_is_the_headline(
     assert "The Aurora kettle: made for busy-parents." in headline
 
 
+@pytest.mark.parametrize("status", ["paused", "retired"])
+def test_a_winner_taken_out_of_service_is_no_longer_shown_as_one(
+    app: Any, api: Any, dash: Dashboard, experiment: dict[str, Any], status: str
+) -> None:
+    """The headline said "Winner" for copy no longer served, and the list counted it."""
+    eid = experiment["id"]
+    first, second = variant_ids(experiment, "busy-parents")
+    set_counts(app, {first: (1000, 10), second: (1000, 90)})
+    with Session(app.extensions["copybandit.engine"]) as db:
+        segment = db.exec(
+            select(Segment).where(Segment.experiment_id == eid, Segment.key == "busy-parents")
+        ).one()
+        segment.winner_variant_id = first
+        segment.winner_declared_at = utcnow() - timedelta(days=1)
+        db.add(segment)
+        db.commit()
+    assert "1 / 2" in dash.html("/dashboard/")
+    response = api.patch(f"/v1/variants/{first}", json={"status": status})
+    assert response.status_code == 200, response.get_json()
+
+    headline = texts(
+        section(dash.html(f"/dashboard/experiments/{eid}"), "busy-parents"), data_testid="headline"
+    )[0]
+    assert headline.startswith(f"Leading #{second}") and "Winner" not in headline
+    assert "0 / 2" in dash.html("/dashboard/")
+    report = api.get(f"/v1/experiments/{eid}/report").get_json()
+    busy = next(s for s in report["segments"] if s["key"] == "busy-parents")
+    assert busy["winner"] is None and busy["leader"]["variant_id"] == second
+    if status == "paused":
+        # Served again, it is the declared winner again.
+        assert api.patch(f"/v1/variants/{first}", json={"status": "active"}).status_code == 200
+        report = api.get(f"/v1/experiments/{eid}/report").get_json()
+        busy = next(s for s in report["segments"] if s["key"] == "busy-parents")
+        assert busy["winner"]["variant_id"] == first
+
+
 def test_a_segment_with_nothing_live_has_no_headline(app: Any, api: Any, dash: Dashboard) -> None:
     created = api.create_experiment(name="Fresh")
     add_pending(app, created["id"], "tea-lovers", GOOD[0])

@@ -32,7 +32,7 @@ from service.generation_jobs import create_job, get_job
 from service.history import segment_history
 from service.lifecycle import audit_trail
 from service.models import Experiment, Segment, Variant, VariantStatus
-from service.reports import experiment_report
+from service.reports import experiment_report, serving_winners
 from service.schemas import ExperimentCreate, GenerateIn, SegmentReport, VariantCreate
 
 CSV_COLUMNS = (
@@ -83,6 +83,7 @@ def experiments() -> str:
     segments: dict[int, list[Segment]] = {}
     for segment in session.exec(select(Segment).order_by(col(Segment.position))):
         segments.setdefault(segment.experiment_id, []).append(segment)
+    won = serving_winners(session, [s for own in segments.values() for s in own])
     rows = []
     for experiment in list_experiments(session=session):
         assert experiment.id is not None
@@ -94,7 +95,7 @@ def experiments() -> str:
                 segment_keys=[s.key for s in own],
                 impressions=int(impressions),
                 conversions=int(conversions),
-                winners=sum(1 for s in own if s.winner_variant_id is not None),
+                winners=sum(1 for s in own if s.id in won),
                 pending=int(pending),
             )
         )
