@@ -32,15 +32,19 @@ def serving_winners(session: Session, segments: list[Segment]) -> set[int]:
     """The segments (ids) whose declared winner is still served. Copy paused or retired after
     it won is no segment's winner any more: the report and the dashboard showed it as one, beside
     a leader that was actually winning the traffic."""
-    declared = {s.winner_variant_id: s.id for s in segments if s.winner_variant_id is not None}
+    declared: dict[int, int] = {
+        s.winner_variant_id: s.id  # type: ignore[misc]
+        for s in segments
+        if s.winner_variant_id is not None
+    }
     if not declared:
         return set()
     serving = session.exec(
-        select(Variant.id).where(
+        select(col(Variant.id)).where(
             col(Variant.id).in_(declared), Variant.status == VariantStatus.ACTIVE.value
         )
     )
-    return {declared[variant_id] for variant_id in serving}  # type: ignore[misc]
+    return {declared[variant_id] for variant_id in serving if variant_id is not None}
 
 
 def _segment_report(segment: Segment, variants: list[Variant]) -> SegmentReport:
@@ -83,12 +87,13 @@ def _segment_report(segment: Segment, variants: list[Variant]) -> SegmentReport:
         None,
     )
     winner = None
-    if segment.winner_declared_at is not None and segment.winner_variant_id in {
-        v.id for v in variants if v.status == VariantStatus.ACTIVE
-    }:
-        winner = Winner(
-            variant_id=segment.winner_variant_id, declared_at=segment.winner_declared_at
-        )
+    winner_id = segment.winner_variant_id
+    if (
+        winner_id is not None
+        and segment.winner_declared_at is not None
+        and winner_id in {v.id for v in variants if v.status == VariantStatus.ACTIVE}
+    ):
+        winner = Winner(variant_id=winner_id, declared_at=segment.winner_declared_at)
     return SegmentReport(
         key=segment.key,
         winner=winner,
