@@ -131,8 +131,27 @@ def update_policy(*, session: Session, experiment_id: int, changes: LifecyclePol
         raise InvalidInput(f"policy: {exc.errors()[0]['msg']}", field="policy") from None
     experiment.policy = merged
     session.add(experiment)
+    if merged.get("discount_per_hour") is None:
+        _undo_discounting(session, experiment_id)
     session.commit()
     return experiment
+
+
+def _undo_discounting(session: Session, experiment_id: int) -> None:
+    """Without a discount every piece of evidence counts in full again. The posterior reads the
+    folds' decayed totals whenever a fold happened, so turning the discount off had left the
+    evidence up to the last fold shrunk for good (Beta(1, 11) for a variant at 500 of 1,000)."""
+    session.execute(
+        sa.update(Variant)
+        .where(col(Variant.experiment_id) == experiment_id, col(Variant.folded_at).is_not(None))
+        .values(
+            decayed_successes=0.0,
+            decayed_failures=0.0,
+            folded_impressions=0,
+            folded_conversions=0,
+            folded_at=None,
+        )
+    )
 
 
 def _has_control(session: Session, segment_id: int) -> bool:

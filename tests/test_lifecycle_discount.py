@@ -123,3 +123,36 @@ def test_late_conversions_of_discounted_impressions_keep_beta_at_least_the_prior
         api.post("/v1/decide", json={"experiment": experiment_id}, key="serve").status_code == 200
     )
     assert api.get(f"/v1/experiments/{experiment_id}/report").status_code == 200
+
+
+def test_turning_the_discount_off_counts_all_evidence_in_full_again(
+    setup: tuple[Any, int, Variant], api: Any, session: Session
+) -> None:
+    engine, variant_id, fresh = setup
+    experiment_id = fresh.experiment_id
+    prior = (fresh.prior_alpha, fresh.prior_beta)
+    other = api.create_experiment(
+        name="Still discounting", policy={**QUIET, "discount_per_hour": 0.5}
+    )
+    other_id = api.add_variant(other["id"], "tea-lovers", "The Aurora kettle, quick.")["id"]
+    for variant in (variant_id, other_id):
+        _add(session, variant, impressions=1000, conversions=500)
+    run_lifecycle(engine=engine, now=fresh.created_at + timedelta(hours=1))
+    _add(session, variant_id, impressions=10, conversions=0)
+    run_lifecycle(engine=engine, now=fresh.created_at + timedelta(hours=20))
+    assert _variant(session, variant_id).posterior()[0] < prior[0] + 1  # shrunk to almost nothing
+
+    response = api.patch(
+        f"/v1/experiments/{experiment_id}/policy", json={"discount_per_hour": None}
+    )
+    assert response.status_code == 200, response.get_json()
+    run_lifecycle(engine=engine, now=fresh.created_at + timedelta(hours=21))
+
+    assert _variant(session, variant_id).posterior() == pytest.approx(
+        (prior[0] + 500, prior[1] + 510)
+    )
+    report = api.get(f"/v1/experiments/{experiment_id}/report").get_json()
+    (row,) = [r for s in report["segments"] for r in s["variants"] if r["variant_id"] == variant_id]
+    assert row["posterior_mean"] == pytest.approx((prior[0] + 500) / (sum(prior) + 1010))
+    # Only this experiment's evidence counts in full again.
+    assert _variant(session, other_id).posterior()[0] < 2
