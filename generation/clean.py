@@ -16,10 +16,10 @@ _BULLET = re.compile(r"^\s*(?:[-*\u2022>]+|\d+[.)])\s+")
 _PAIRS = {'"': '"', "'": "'", "\u201c": "\u201d", "\u2018": "\u2019", "`": "`", "*": "*", "_": "_"}
 _QUOTES = "\"'\u201c\u201d\u2018\u2019`"
 _SENTENCE_END = re.compile(r"[.!?][\"'\u201d\u2019)]*(?=\s|$)")
-# Control characters (whitespace aside, which becomes a space): some of the model's tokens decode
-# to them, no storefront can show them, the API refuses them in copy written by hand, and
-# PostgreSQL cannot store NUL.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Control characters, C0 and C1 (whitespace aside, which becomes a space): some of the model's
+# tokens decode to them, no storefront can show them (\x9b starts a terminal escape), the API
+# refuses them in text written by hand, and PostgreSQL cannot store NUL.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 def _unwrap(line: str) -> str:
@@ -40,7 +40,7 @@ def clean(raw: str, *, finished: bool = True) -> str:
     fragment and is cut back to the last whole sentence (or the line is dropped). A finished line
     ends where the model meant it to, so it is kept whole.
     """
-    line = next((part for part in _CONTROL.sub("", raw).splitlines() if part.strip()), "")
+    line = next((part for part in CONTROL_CHARACTERS.sub("", raw).splitlines() if part.strip()), "")
     previous = None
     while previous != line:  # labels, bullets and quotes nest: '- Ad: "..."'
         previous = line

@@ -6,7 +6,7 @@ control characters in text: PostgreSQL cannot store NUL, and nothing a storefron
 
 from __future__ import annotations
 
-import re
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Any, Literal, NotRequired
 
@@ -23,24 +23,30 @@ from pydantic import (
 # pydantic reads TypedDicts from typing_extensions only, before Python 3.12.
 from typing_extensions import TypedDict
 
+from generation.clean import CONTROL_CHARACTERS
 from service.models import JobStatus, Origin, VariantStatus
 from service.policy import LifecyclePolicy
 
 MAX_BATCH_EVENTS = 1000
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def _no_control(value: str) -> str:
-    if _CONTROL.search(value):
+    if CONTROL_CHARACTERS.search(value):
         raise ValueError("must not contain control characters")
     return value
 
 
 def _clean(value: str) -> str:
     value = _no_control(value).strip()
-    if not value:
+    if not any(_visible(character) for character in value):
         raise ValueError("must not be blank")
     return value
+
+
+def _visible(character: str) -> bool:
+    # Zero-width and other format characters (U+200B, U+2060, U+FEFF) show nothing: a name
+    # made only of them is as blank as one made of spaces.
+    return not character.isspace() and unicodedata.category(character) != "Cf"
 
 
 _Clean = AfterValidator(_clean)

@@ -263,7 +263,10 @@ def _experiment_body(**changes: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    "char", ["\x00", "\x07", "\x1b", "\x7f", "\ud800"], ids=lambda char: f"U+{ord(char):04X}"
+    # C1 too: U+009B is an 8-bit terminal escape that was stored and served to storefronts.
+    "char",
+    ["\x00", "\x07", "\x1b", "\x7f", "\x85", "\x9b", "\ud800"],
+    ids=lambda char: f"U+{ord(char):04X}",
 )
 @pytest.mark.parametrize(
     ("path", "make_body", "field"),
@@ -314,6 +317,31 @@ def test_control_characters_and_lone_surrogates_are_400_naming_the_field(
 ) -> None:
     body = raw.refused(path, json.dumps(make_body(f"Boil{char}faster")), 400, "invalid")
     assert body["field"] == field
+
+
+@pytest.mark.parametrize(
+    "text",
+    [" ", "\u200b", "\u200b\u2060\ufeff", " \u2060 "],
+    ids=["space", "zwsp", "three", "mixed"],
+)
+@pytest.mark.parametrize(
+    ("path", "make_body", "field"),
+    [
+        (
+            "/v1/experiments/<experiment>/variants",
+            lambda text: {"segment": "tea-lovers", "text": text},
+            "text",
+        ),
+        ("/v1/experiments", lambda text: _experiment_body(name=text), "name"),
+    ],
+    ids=["variant-text", "experiment-name"],
+)
+def test_text_of_nothing_visible_is_blank(
+    raw: Raw, path: str, make_body: Any, field: str, text: str
+) -> None:
+    # Zero-width characters alone made a variant that served nothing a reader could see.
+    body = raw.refused(path, json.dumps(make_body(text)), 400, "invalid")
+    assert body["field"] == field and "blank" in body["message"]
 
 
 # --- odd but valid text is stored exactly ------------------------------------------------------
