@@ -6,8 +6,9 @@ row by the importance weight ``w_i = q_i / p_i`` turns the logged rewards into a
 target policy's mean reward, provided the logging policy gave every action the target policy might
 take a non-zero probability.
 
-Both estimators here return a normal-approximation confidence interval; no resampling is used, so
-the results are deterministic functions of the inputs.
+Both estimators here return a normal-approximation confidence interval, or a Wilson score interval
+on the effective sample size when the weighted rewards have no spread at all; no resampling is used,
+so the results are deterministic functions of the inputs.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ class Estimate:
     value : float
         The estimate; NaN when it is undefined (SNIPS with every weight zero).
     lower, upper : float
-        Confidence bounds; NaN when the spread cannot be estimated (n = 1, or ``value`` is NaN).
-        Not clipped to [0, 1].
+        Confidence bounds; NaN when the spread cannot be estimated (n = 1, ``value`` is NaN, or
+        no row carries any weight). Not clipped to [0, 1].
     n : int
         Number of logged rows used.
     effective_n : float
@@ -87,6 +88,24 @@ def _effective_n(w: FloatArray) -> float:
     return float(np.sum(w)) ** 2 / total_sq if total_sq > 0.0 else 0.0
 
 
+def _wilson(value: float, effective_n: float, z: float) -> tuple[float, float]:
+    """Wilson score bounds for a mean of ``effective_n`` rewards in [0, 1] that all equal ``value``.
+
+    When every weighted reward is the same (typically: a variant shown some dozens of times and
+    never converted), the sample spread is 0 and the normal interval collapses to the point: a
+    certain 0%. The score interval does not lean on the sample spread, so it stays honest there.
+    """
+    if effective_n <= 0.0:
+        nan = float("nan")
+        return nan, nan
+    # IPS can overshoot 1 when every weight exceeds 1; the bounds then still hold the estimate.
+    p = min(max(value, 0.0), 1.0)
+    shrink = 1.0 + z * z / effective_n
+    centre = (p + z * z / (2.0 * effective_n)) / shrink
+    half = z * np.sqrt(p * (1.0 - p) / effective_n + z * z / (4.0 * effective_n**2)) / shrink
+    return min(centre - half, value), max(centre + half, value)
+
+
 def ips(
     rewards: ArrayLike,
     logging_propensities: ArrayLike,
@@ -99,7 +118,8 @@ def ips(
     Unbiased when the logged propensities are the true ones and cover the target's support.
     The interval is the normal approximation ``mean +/- z * sd / sqrt(n)``, with ``sd`` the
     sample standard deviation (ddof=1) of ``w * r`` and ``z`` the two-sided normal quantile for
-    ``level``.
+    ``level``. When every ``w * r`` is the same, ``sd`` is 0 and says nothing; the interval is
+    then the Wilson score interval for that mean over ``effective_n`` rows.
 
     Parameters
     ----------
@@ -115,7 +135,7 @@ def ips(
     Returns
     -------
     Estimate
-        ``lower`` and ``upper`` are NaN when n = 1.
+        ``lower`` and ``upper`` are NaN when n = 1 or every weight is 0.
 
     Raises
     ------
@@ -128,8 +148,13 @@ def ips(
     x = w * r
     n = int(x.size)
     value = float(np.mean(x))
-    half = z * float(np.std(x, ddof=1)) / np.sqrt(n) if n > 1 else float("nan")
-    return Estimate(value, value - half, value + half, n, _effective_n(w))
+    eff = _effective_n(w)
+    if n < 2:
+        return Estimate(value, float("nan"), float("nan"), n, eff)
+    if np.ptp(x) == 0.0:
+        return Estimate(value, *_wilson(value, eff, z), n, eff)
+    half = z * float(np.std(x, ddof=1)) / np.sqrt(n)
+    return Estimate(value, value - half, value + half, n, eff)
 
 
 def snips(
@@ -145,7 +170,9 @@ def snips(
     within [0, 1] for rewards in [0, 1]. The interval is the delta-method normal approximation
     ``value +/- z * se`` with ``se**2 = sum(w**2 * (r - value)**2) / sum(w)**2``. When the target
     policy puts all its weight on one logged action, every non-zero weight is equal and this is
-    that action's logged mean with its binomial standard error ``sqrt(v * (1 - v) / k)``.
+    that action's logged mean with its binomial standard error ``sqrt(v * (1 - v) / k)``. When
+    every row with a non-zero weight has the same reward, that standard error is 0; the interval
+    is then the Wilson score interval for ``value`` over ``effective_n`` rows.
 
     Parameters
     ----------
@@ -181,5 +208,7 @@ def snips(
     value = float(np.sum(w * r)) / total
     if np.count_nonzero(w) < 2:
         return Estimate(value, float("nan"), float("nan"), n, eff)
+    if np.ptp(r[w > 0.0]) == 0.0:
+        return Estimate(value, *_wilson(value, eff, z), n, eff)
     se = float(np.sqrt(np.sum((w * (r - value)) ** 2))) / total
     return Estimate(value, value - z * se, value + z * se, n, eff)

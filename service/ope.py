@@ -231,7 +231,7 @@ def _estimate(e: Estimate | None) -> dict[str, float | None] | None:
     if e is None:
         return None
     # No logged row carries any weight: the log never showed what this policy would, so it says
-    # nothing of it. IPS would read 0 with a zero-width interval: a certain 0%, which it is not.
+    # nothing of it. IPS would still read 0, which it is not.
     undefined = e.effective_n == 0
     return {
         "value": None if undefined else _number(e.value),

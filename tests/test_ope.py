@@ -59,6 +59,42 @@ def test_confidence_intervals_cover_the_truth(estimator: Any, target: str) -> No
     assert 0.7 < half_width / values.std(ddof=1) < 1.4
 
 
+@pytest.mark.parametrize("estimator", [ips, snips], ids=["ips", "snips"])
+def test_a_rarely_converting_target_is_not_a_certain_zero(estimator: Any) -> None:
+    # Arm 2 converts 2% of the time and gets about 60 of 300 rows, so about 30% of the logs hold
+    # no conversion for it at all. Those logs gave the interval [0, 0]: 71% coverage in all.
+    probs, truth, rows = np.array([0.0, 0.0, 1.0]), 0.02, 300
+    covered, degenerate = [], 0
+    for seed in range(400):
+        rng = np.random.default_rng(seed)
+        arms = rng.choice(3, size=rows, p=LOGGING)
+        rewards = (rng.random(rows) < RATES[arms]).astype(np.float64)
+        estimate = estimator(rewards, LOGGING[arms], probs[arms])
+        covered.append(estimate.lower <= truth <= estimate.upper)
+        degenerate += estimate.lower == estimate.upper
+    assert degenerate == 0
+    assert np.mean(covered) >= 0.9
+
+
+def test_rewards_without_spread_get_the_wilson_interval() -> None:
+    z = 1.959964
+    # Twenty rows of the target's action, none converted: Wilson's upper bound is z^2 / (k + z^2).
+    never = snips([0.0] * 20 + [1.0] * 5, [0.5] * 25, [1.0] * 20 + [0.0] * 5)
+    assert never.value == 0.0 and never.lower == 0.0
+    assert never.upper == pytest.approx(z * z / (20 + z * z), rel=1e-6)
+    # Every row converted, with equal weights: the mirror image below 1.
+    always = ips([1.0] * 20, [0.5] * 20, [0.5] * 20)
+    assert always.value == 1.0 and always.upper == pytest.approx(1.0)
+    assert always.lower == pytest.approx(20 / (20 + z * z), rel=1e-6)
+    # Every weight above 1 and every weighted reward equal: IPS overshoots 1, and its own
+    # interval still holds it.
+    over = ips([1.0] * 10, [0.25] * 10, [0.5] * 10)
+    assert over.value == pytest.approx(2.0) and over.lower < 1.0 and over.upper == over.value
+    # No row carries any weight: nothing is known, not a certain 0.
+    unseen = ips([0.0, 0.0], [0.5, 0.5], [0.0, 0.0])
+    assert unseen.value == 0.0 and np.isnan(unseen.lower) and np.isnan(unseen.upper)
+
+
 def test_estimating_the_logging_policy_itself_gives_the_logged_mean() -> None:
     _, rewards, propensities = simulate(7)
     for estimator in (ips, snips):
