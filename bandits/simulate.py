@@ -375,6 +375,7 @@ def simulate(
     size = require_count("batch", world.batch if batch is None else batch)
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    world.check_run_size(impressions=total, batch=size, seeds=1)
 
     traffic_ss, policy_ss, stats_ss = np.random.SeedSequence(int(seed)).spawn(3)
     traffic = np.random.default_rng(traffic_ss)
@@ -560,11 +561,10 @@ def compare(
         _policy_factory(name)
     total = require_count("impressions", world.impressions if impressions is None else impressions)
     size = require_count("batch", world.batch if batch is None else batch)
-    seed_list = (
-        list(range(world.seeds if seeds is None else seeds))
-        if not isinstance(seeds, Sequence)
-        else [int(s) for s in seeds]
-    )
+    count = len(seeds) if isinstance(seeds, Sequence) else world.seeds if seeds is None else seeds
+    # Before the seeds are listed: a count of 10**12 ended in a MemoryError there.
+    world.check_run_size(impressions=total, batch=size, seeds=count)
+    seed_list = [int(s) for s in seeds] if isinstance(seeds, Sequence) else list(range(count))
     if not seed_list:
         raise ValueError("seeds must name at least one seed")
 

@@ -31,6 +31,21 @@ def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
+def _finite(value: object) -> float | None:
+    """``value`` as a float if it is a finite number (bool excluded), else None.
+
+    JSON integers have no size limit, and ``math.isfinite(10**400)`` raises OverflowError rather
+    than answering.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _sigmoid(x: float) -> float:
     # Two branches so neither exp() can overflow.
     if x >= 0:
@@ -67,7 +82,7 @@ class ResponseModel:
             raise ValueError(f"base_rate must be in (0, 1), got {self.base_rate!r}")
         for name, weight in self.weights.items():
             _check_feature_name(name, "weights")
-            if not (isinstance(weight, int | float) and math.isfinite(weight)):
+            if _finite(weight) is None:
                 raise ValueError(f"weights[{name!r}] must be a finite number, got {weight!r}")
 
     def features(self, text: str) -> dict[str, float]:
@@ -93,10 +108,19 @@ class ResponseModel:
         return out
 
     def rate(self, text: str) -> float:
-        """True conversion probability of ``text``, in (0, 1)."""
+        """True conversion probability of ``text``, in (0, 1).
+
+        Raises
+        ------
+        ValueError
+            When weights that are each finite add up to no number for ``text`` (one sum
+            overflows to +inf, another to -inf).
+        """
         score = _logit(self.base_rate)
         for name, value in self.features(text).items():
             score += float(self.weights[name]) * value
+        if math.isnan(score):
+            raise ValueError(f"the weights give {text!r} no rate: their sum is not a number")
         return _sigmoid(score)
 
     def rates(self, texts: Sequence[str]) -> FloatArray:
@@ -112,6 +136,12 @@ def _check_feature_name(name: object, where: str) -> None:
         raise ValueError(
             f"{where}: unknown feature {name!r}; use 'word:<word>', "
             f"or one of {', '.join(PLAIN_FEATURES)}"
+        )
+    # A word the text is never split into ('all day', 'café') would weigh nothing, silently.
+    if isinstance(name, str) and name.startswith("word:") and not _WORD.fullmatch(name[5:].lower()):
+        raise ValueError(
+            f"{where}: feature {name!r} can never match; a word is letters a-z and digits, "
+            "joined by inner apostrophes or hyphens"
         )
 
 
@@ -204,6 +234,29 @@ class World:
                 out[i] = r.copy()
         return out
 
+    def check_run_size(self, *, impressions: int, batch: int, seeds: int) -> None:
+        """Raise ValueError, naming the field, for a run too large to hold in memory.
+
+        Called before anything is allocated: such runs otherwise failed deep inside the
+        simulator (a 14.6 TiB draw, or a MemoryError listing the seeds).
+        """
+        most_arms = max(seg.n_arms for seg in self.segments)
+        if batch * most_arms > MAX_BATCH_DRAWS:
+            raise ValueError(
+                f"batch must be at most {MAX_BATCH_DRAWS // most_arms:,} for a segment of "
+                f"{most_arms} variants (a batch draws batch x variants numbers at once), "
+                f"got {batch:,}"
+            )
+        batches = math.ceil(impressions / batch)
+        row = 4 + len(self.segments) + sum(seg.n_arms for seg in self.segments)
+        if seeds * batches * row > MAX_TRACE_NUMBERS:
+            raise ValueError(
+                f"seeds x batches (impressions / batch) must be at most "
+                f"{MAX_TRACE_NUMBERS // row:,} for this world (a comparison keeps {row} numbers "
+                f"per batch of every seed's run), got {seeds:,} x {batches:,}; use fewer seeds "
+                "or impressions, or a larger batch"
+            )
+
     def drift_batch(self, impressions: int, batch: int) -> int | None:
         """Index of the first batch that sees drifted rates in a run of this length, or None."""
         if self.drift is None:
@@ -219,6 +272,11 @@ class World:
 # Far beyond any run this machine finishes, and within numpy's 64-bit integers (a batch of 10**22
 # loaded, then failed deep in the simulator with an OverflowError).
 _MAX_COUNT = 10**12
+# Memory, not time, bounds the rest (see World.check_run_size): a batch's policy draws
+# (Thompson sampling draws batch x arms numbers at once) and the traces a comparison keeps until
+# it summarises them, 80 MB and 800 MB of float64.
+MAX_BATCH_DRAWS = 10**7
+MAX_TRACE_NUMBERS = 10**8
 
 
 def _int_field(raw: Mapping[str, Any], key: str, default: int) -> int:
@@ -258,7 +316,7 @@ def _response_field(value: object, where: str) -> ResponseModel:
         raise ValueError(f"{where}.weights must be an object, got {weights!r}")
     for name, w in weights.items():
         _check_feature_name(name, f"{where}.weights")
-        if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w):
+        if _finite(w) is None:
             raise ValueError(f"{where}.weights[{name!r}] must be a finite number, got {w!r}")
     return ResponseModel(float(base), {str(k): float(v) for k, v in weights.items()})
 
@@ -269,10 +327,9 @@ def _segment(raw: object, i: int) -> Segment:
     key = raw.get("key")
     if not isinstance(key, str) or not key.strip():
         raise ValueError(f"{where}.key must be a non-empty string, got {key!r}")
-    share = raw.get("share", 1.0)
-    ok = isinstance(share, int | float) and not isinstance(share, bool)
-    if not (ok and math.isfinite(share) and share > 0):
-        raise ValueError(f"{where}.share must be > 0, got {share!r}")
+    share = _finite(raw.get("share", 1.0))
+    if share is None or share <= 0:
+        raise ValueError(f"{where}.share must be a finite number > 0, got {raw.get('share')!r}")
     variants = raw.get("variants")
     if variants is not None and (
         not isinstance(variants, list)
@@ -288,7 +345,7 @@ def _segment(raw: object, i: int) -> Segment:
         response = _response_field(raw["response"], f"{where}.response")
         if variants is None:
             raise ValueError(f"{where}.variants is required with a response model")
-        rates = response.rates(variants)
+        rates = _response_rates(response, variants, f"{where}.response")
     else:
         rates = _rates_field(raw["rates"], f"{where}.rates")
         if variants is None:
@@ -297,7 +354,14 @@ def _segment(raw: object, i: int) -> Segment:
             raise ValueError(
                 f"{where}.variants has {len(variants)} entries but {where}.rates has {rates.size}"
             )
-    return Segment(key, float(share), tuple(variants), rates, response)
+    return Segment(key, share, tuple(variants), rates, response)
+
+
+def _response_rates(response: ResponseModel, variants: Sequence[str], where: str) -> FloatArray:
+    try:
+        return response.rates(variants)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 def _drift(raw: object, segments: list[Segment]) -> Drift:
@@ -324,7 +388,8 @@ def _drift(raw: object, segments: list[Segment]) -> Drift:
         if "rates" in change:
             new = _rates_field(change["rates"], f"{where}.rates")
         else:
-            new = _response_field(change["response"], f"{where}.response").rates(seg.variants)
+            response = _response_field(change["response"], f"{where}.response")
+            new = _response_rates(response, seg.variants, f"{where}.response")
         if new.size != seg.n_arms:
             raise ValueError(
                 f"{where}.rates has {new.size} entries but the segment has {seg.n_arms}"
@@ -349,7 +414,8 @@ def load_scenario(source: str | Path | Mapping[str, Any]) -> World:
     Raises
     ------
     ValueError
-        Naming the offending field, e.g. ``"segments[1].share must be > 0, got 0"``.
+        Naming the offending field, e.g. ``"segments[1].share must be a finite number > 0,
+        got 0"``.
     """
     default_name = "scenario"
     if isinstance(source, str | Path):
@@ -386,20 +452,26 @@ def load_scenario(source: str | Path | Mapping[str, Any]) -> World:
         if seg.key in seen:
             raise ValueError(f"segments[{i}].key {seg.key!r} is used by an earlier segment")
         seen.add(seg.key)
-    total = sum(s.share for s in segments)
-    segments = [Segment(s.key, s.share / total, s.variants, s.rates, s.response) for s in segments]
+    # Scaled by the largest first: two shares of 1e308 summed to inf and both normalised to 0.
+    largest = max(s.share for s in segments)
+    total = sum(s.share / largest for s in segments)
+    segments = [
+        Segment(s.key, s.share / largest / total, s.variants, s.rates, s.response) for s in segments
+    ]
     delay_mean = 0.0
     delay = raw.get("delay")
     if delay is not None:
         if not isinstance(delay, dict) or set(delay) - {"mean_impressions"}:
             raise ValueError("delay must be an object with only 'mean_impressions'")
-        mean = delay.get("mean_impressions", 0)
-        ok = isinstance(mean, int | float) and not isinstance(mean, bool)
-        if not (ok and math.isfinite(mean) and mean >= 0):
-            raise ValueError(f"delay.mean_impressions must be a number >= 0, got {mean!r}")
-        delay_mean = float(mean)
+        mean = _finite(delay.get("mean_impressions", 0))
+        if mean is None or mean < 0:
+            raise ValueError(
+                "delay.mean_impressions must be a finite number >= 0, "
+                f"got {delay.get('mean_impressions')!r}"
+            )
+        delay_mean = mean
     drift = None if raw.get("drift") is None else _drift(raw["drift"], segments)
-    return World(
+    world = World(
         name=name,
         description=description,
         impressions=impressions,
@@ -409,3 +481,5 @@ def load_scenario(source: str | Path | Mapping[str, Any]) -> World:
         delay_mean=delay_mean,
         drift=drift,
     )
+    world.check_run_size(impressions=impressions, batch=batch, seeds=seeds)
+    return world

@@ -154,8 +154,8 @@ GOOD: dict[str, Any] = {
 @pytest.mark.parametrize(
     ("path", "value", "message"),
     [
-        (("segments", 1, "share"), 0, r"segments\[1\]\.share must be > 0"),
-        (("segments", 0, "share"), -2, r"segments\[0\]\.share must be > 0"),
+        (("segments", 1, "share"), 0, r"segments\[1\]\.share must be a finite number > 0"),
+        (("segments", 0, "share"), -2, r"segments\[0\]\.share must be a finite number > 0"),
         (("segments", 0, "rates"), [0.1, 1.5], r"segments\[0\]\.rates\[1\]"),
         (("segments", 0, "key"), "", r"segments\[0\]\.key"),
         (("segments", 1, "key"), "a", r"segments\[1\]\.key 'a' is used"),
@@ -180,6 +180,38 @@ GOOD: dict[str, Any] = {
             r"drift\.segments\['a'\]\.rates has 1",
         ),
         (("colour",), "red", r"unknown field\(s\) \['colour'\]"),
+        # JSON integers beyond a float: an OverflowError from math.isfinite before.
+        (("segments", 0, "share"), 10**400, r"segments\[0\]\.share must be a finite number"),
+        (
+            ("segments", 1, "response", "weights"),
+            {"word:x": 10**400},
+            r"segments\[1\]\.response\.weights\['word:x'\] must be a finite number",
+        ),
+        (("delay",), {"mean_impressions": 10**400}, r"delay\.mean_impressions must be a finite"),
+        # Finite weights whose sums overflow both ways: the rate was NaN.
+        (
+            ("segments", 1),
+            {
+                "key": "b",
+                "response": {
+                    "base_rate": 0.05,
+                    "weights": {"word:x": -1e308, "word:y": -1e308, "length_per_100_chars": 1e308},
+                },
+                "variants": ["plain", "x y " + "z" * 200],
+            },
+            r"segments\[1\]\.response: the weights give 'x y z+' no rate",
+        ),
+        # The text is split into words of letters, digits, inner apostrophes and hyphens.
+        (
+            ("segments", 1, "response", "weights"),
+            {"word:all day": 1.0},
+            r"segments\[1\]\.response\.weights: feature 'word:all day' can never match",
+        ),
+        # Counts that load but do not fit in memory: a draw of batch x arms numbers, and the
+        # traces of every seed (a 14.6 TiB draw and a MemoryError listing the seeds before).
+        (("batch",), 10**12, r"batch must be at most 5,000,000 for a segment of 2 variants"),
+        (("seeds",), 10**12, r"seeds x batches \(impressions / batch\) must be at most"),
+        (("impressions",), 10**12, r"seeds x batches \(impressions / batch\) must be at most"),
     ],
 )
 def test_validation_errors_name_the_field(
@@ -192,6 +224,54 @@ def test_validation_errors_name_the_field(
     target[path[-1]] = value
     with pytest.raises(ValueError, match=message):
         load_scenario(raw)
+
+
+def test_shares_too_large_to_sum_are_normalised() -> None:
+    world = load_scenario(
+        {
+            "segments": [
+                {"key": "a", "share": 1e308, "rates": [0.01, 0.2]},
+                {"key": "b", "share": 1e308, "rates": [0.2, 0.01]},
+            ]
+        }
+    )
+    # Their sum was inf: both normalised to 0 and every impression went to the last segment.
+    assert world.shares.tolist() == [0.5, 0.5]
+    traffic = simulate(world, "uniform", impressions=10_000, seed=0).traffic.sum(axis=0)
+    assert 4_000 < traffic[0] < 6_000
+
+
+def test_drifted_weights_that_give_no_rate_are_refused() -> None:
+    overflowing = {"word:x": -1e308, "word:y": -1e308, "length_per_100_chars": 1e308}
+    raw = {
+        "segments": [
+            {"key": "a", "response": {"base_rate": 0.1}, "variants": ["plain", "x y " + "z" * 200]}
+        ],
+        "drift": {
+            "at_fraction": 0.5,
+            "segments": {"a": {"response": {"base_rate": 0.1, "weights": overflowing}}},
+        },
+    }
+    with pytest.raises(ValueError, match=r"drift\.segments\['a'\]\.response: the weights give"):
+        load_scenario(raw)
+
+
+def test_a_word_feature_must_be_a_word_the_text_splits_into() -> None:
+    for word in ("all day", "café", "-trail"):
+        with pytest.raises(ValueError, match="can never match"):
+            ResponseModel(0.1, {f"word:{word}": 1.0})
+    model = ResponseModel(0.1, {"word:All-Day": 1.0, "word:it's": 1.0})
+    assert model.features("All-day comfort, it's true") == {"word:All-Day": 1.0, "word:it's": 1.0}
+
+
+def test_run_sizes_beyond_memory_are_refused_before_running() -> None:
+    world = plain(THREE_ARMS)
+    with pytest.raises(ValueError, match="batch must be at most 3,333,333"):
+        simulate(world, "thompson", impressions=10**12, batch=10**12)
+    with pytest.raises(ValueError, match=r"seeds x batches"):
+        simulate(world, "thompson", impressions=10**12, batch=100)
+    with pytest.raises(ValueError, match=r"seeds x batches .* got 1,000,000,000,000 x 1"):
+        compare(world, ["uniform"], impressions=100, seeds=10**12)
 
 
 def test_a_segment_needs_exactly_one_of_rates_or_response() -> None:
