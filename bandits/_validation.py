@@ -30,7 +30,11 @@ def require_positive_finite(name: str, values: ArrayLike) -> FloatArray:
     -------
     ndarray, same shape as ``values``
     """
-    arr = np.asarray(values, dtype=np.float64)
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except OverflowError:
+        # A Python int has no size limit, and 10**400 has no float to become.
+        raise ValueError(f"{name} must be finite and > 0, got {values!r}") from None
     # Beta(a, b) is undefined for a <= 0 and NaN would silently poison every draw.
     if not np.all(np.isfinite(arr) & (arr > 0)):
         raise ValueError(f"{name} must be finite and > 0, got {values!r}")

@@ -74,6 +74,15 @@ def _validate(
         raise ValueError("logging_propensities must be in (0, 1]")
     if not np.all(np.isfinite(q) & (q >= 0.0) & (q <= 1.0)):
         raise ValueError("target_probabilities must be in [0, 1]")
+    with np.errstate(over="ignore"):
+        weight_squares = np.sum((q / p) ** 2)
+    # A propensity like 1e-310 passes the range check, but its weight overflows to inf, and
+    # inf * 0 made the estimate, the interval and the effective sample size NaN.
+    if not np.isfinite(weight_squares):
+        raise ValueError(
+            "logging_propensities are too small: the importance weights "
+            "target_probabilities / logging_propensities overflow"
+        )
     return r, p, q
 
 
@@ -84,8 +93,12 @@ def _z(level: float) -> float:
 
 
 def _effective_n(w: FloatArray) -> float:
-    total_sq = float(np.sum(w * w))
-    return float(np.sum(w)) ** 2 / total_sq if total_sq > 0.0 else 0.0
+    largest = float(np.max(w))
+    if largest <= 0.0:
+        return 0.0
+    # Scaled by the largest weight: (sum w)**2 can overflow where sum w**2 does not.
+    u = w / largest
+    return float(np.sum(u)) ** 2 / float(np.sum(u * u))
 
 
 def _wilson(value: float, effective_n: float, z: float) -> tuple[float, float]:

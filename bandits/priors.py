@@ -8,6 +8,7 @@ own history says what a typical rate is: start there, but with few pseudo-trials
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -37,10 +38,14 @@ def empirical_bayes_prior(
     """
     s = np.asarray(successes, dtype=np.float64)
     n = np.asarray(trials, dtype=np.float64)
-    if s.shape != n.shape or s.ndim != 1 or np.any(s < 0) or np.any(s > n):
-        raise ValueError("successes and trials must be 1-D, equal length, 0 <= successes <= trials")
-    if max_pseudo_count <= 0:
-        raise ValueError(f"max_pseudo_count must be > 0, got {max_pseudo_count!r}")
+    # Written so that NaN fails every comparison: NaN successes gave the prior (nan, nan).
+    if s.shape != n.shape or s.ndim != 1 or not np.all((s >= 0) & (s <= n) & np.isfinite(n)):
+        raise ValueError(
+            "successes and trials must be 1-D, equal length, finite, 0 <= successes <= trials"
+        )
+    # An infinite cap gave (inf, inf), and a NaN cap was ignored: both parameters must be finite.
+    if not 0 < max_pseudo_count <= sys.float_info.max:
+        raise ValueError(f"max_pseudo_count must be finite and > 0, got {max_pseudo_count!r}")
     seen = n > 0
     if seen.sum() < min_arms:
         return 1.0, 1.0

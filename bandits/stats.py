@@ -23,15 +23,15 @@ DEFAULT_SEED = 0
 
 
 def _params(alpha: ArrayLike, beta: ArrayLike) -> tuple[FloatArray, FloatArray]:
-    a = np.asarray(alpha, dtype=np.float64)
-    b = np.asarray(beta, dtype=np.float64)
+    a = require_positive_finite("alpha", alpha)
+    b = require_positive_finite("beta", beta)
     if a.ndim != 1 or a.shape != b.shape:
         raise ValueError(
             f"alpha and beta must be 1-D arrays of the same shape, got {a.shape} and {b.shape}"
         )
     if a.size == 0:
         raise ValueError("alpha and beta must describe at least one arm")
-    return require_positive_finite("alpha", a), require_positive_finite("beta", b)
+    return a, b
 
 
 def _draws(
@@ -117,7 +117,11 @@ def credible_interval(alpha: ArrayLike, beta: ArrayLike, level: float = 0.95) ->
 def posterior_mean(alpha: ArrayLike, beta: ArrayLike) -> FloatArray:
     """Posterior mean alpha / (alpha + beta), shape (n_arms,)."""
     a, b = _params(alpha, beta)
-    return a / (a + b)
+    # Written without the sum: alpha + beta overflows to inf for parameters near 1e308, and the
+    # mean read 0. b / a may still overflow, to inf, which gives the right limit 0.
+    with np.errstate(over="ignore"):
+        mean: FloatArray = 1.0 / (1.0 + b / a)
+    return mean
 
 
 def summarize(

@@ -18,13 +18,13 @@ from bandits.ties import argmax_rows
 
 
 def _prior(name: str, value: ArrayLike, n_arms: int) -> FloatArray:
-    arr = np.asarray(value, dtype=np.float64)
+    arr = require_positive_finite(name, value)
     if arr.ndim == 0:
         arr = np.full(n_arms, arr)
     elif arr.shape != (n_arms,):
         raise ValueError(f"{name} must have shape ({n_arms},), got {arr.shape}")
     # Copy so later updates never write through to an array the caller still holds.
-    return require_positive_finite(name, arr).copy()
+    return arr.copy()
 
 
 class BetaBernoulliTS:

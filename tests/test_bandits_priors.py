@@ -122,6 +122,12 @@ def test_arms_with_no_trials_are_ignored() -> None:
         pytest.param([[1, 2]], [[10, 10]], {}, id="two-dimensional"),
         pytest.param([1, 2], [10, 10], {"max_pseudo_count": 0}, id="cap-zero"),
         pytest.param([1, 2], [10, 10], {"max_pseudo_count": -5}, id="cap-negative"),
+        # These gave (nan, nan), (inf, inf), and a NaN cap was ignored.
+        pytest.param([np.nan, 1, 2], [10, 10, 10], {}, id="nan-successes"),
+        pytest.param([1, 1, 2], [10, np.inf, 10], {}, id="infinite-trials"),
+        pytest.param([1, 5, 1], [10, 10, 10], {"max_pseudo_count": np.inf}, id="cap-infinite"),
+        pytest.param([1, 5, 1], [10, 10, 10], {"max_pseudo_count": np.nan}, id="cap-nan"),
+        pytest.param([1, 5, 1], [10, 10, 10], {"max_pseudo_count": 10**400}, id="cap-huge-int"),
     ],
 )
 def test_invalid_input_raises(

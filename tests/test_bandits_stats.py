@@ -97,6 +97,13 @@ def test_posterior_mean() -> None:
     np.testing.assert_allclose(stats.posterior_mean([1.0, 3.0], [1.0, 1.0]), [0.5, 0.75])
 
 
+def test_posterior_mean_of_parameters_whose_sum_overflows() -> None:
+    # alpha + beta was inf, and the mean read 0 for an even posterior.
+    assert stats.posterior_mean([1e308, 1e308], [1e308, 5e307]).tolist() == [0.5, 2 / 3]
+    # The other extremes give their limits rather than NaN.
+    assert stats.posterior_mean([5e-324, 1e308], [1e308, 5e-324]).tolist() == [0.0, 1.0]
+
+
 def test_summarize_keys_shapes_and_consistency() -> None:
     summary = stats.summarize(ALPHA, BETA, n_samples=5_000, rng=8, level=0.9)
     assert set(summary) == {"mean", "lower", "upper", "prob_best", "expected_loss"}
@@ -133,6 +140,7 @@ def test_summarize_draws_only_once() -> None:
         ([1.0, 1.0], [-2.0, 1.0], "beta must be finite and > 0"),
         ([1.0, np.nan], [1.0, 1.0], "alpha must be finite and > 0"),
         ([1.0, 1.0], [np.inf, 1.0], "beta must be finite and > 0"),
+        ([1.0, 10**400], [1.0, 1.0], "alpha must be finite and > 0"),
     ],
 )
 @pytest.mark.parametrize(

@@ -195,6 +195,9 @@ def test_remove_arm_errors() -> None:
         ({"n_arms": 2, "alpha": [1.0, -1.0]}, "alpha must be finite and > 0"),
         ({"n_arms": 2, "beta": np.inf}, "beta must be finite and > 0"),
         ({"n_arms": 2, "beta": [1.0, np.nan]}, "beta must be finite and > 0"),
+        # An int beyond any float: an OverflowError before.
+        ({"n_arms": 2, "alpha": 10**400}, "alpha must be finite and > 0"),
+        ({"n_arms": 2, "beta": [1, 10**400]}, "beta must be finite and > 0"),
         ({"n_arms": 2, "rng": "seed"}, "rng must be"),
     ],
 )

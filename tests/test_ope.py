@@ -141,6 +141,8 @@ def test_snips_is_undefined_when_the_target_never_takes_a_logged_action() -> Non
         ([0.0, np.nan], [0.5, 0.5], [0.5, 0.5], "rewards"),
         ([0.0, 1.0], [0.0, 0.5], [0.5, 0.5], "logging_propensities"),
         ([0.0, 1.0], [0.5, 1.2], [0.5, 0.5], "logging_propensities"),
+        # In range, but its weight overflows to inf: the estimate was NaN.
+        ([0.0, 1.0], [1e-310, 0.5], [0.5, 0.5], "logging_propensities are too small"),
         ([0.0, 1.0], [0.5, 0.5], [-0.1, 0.5], "target_probabilities"),
         ([0.0, 1.0], [0.5, 0.5], [0.5, 1.1], "target_probabilities"),
         ([[0.0, 1.0]], [[0.5, 0.5]], [[0.5, 0.5]], "rewards must be a 1-D"),
@@ -151,6 +153,13 @@ def test_validation(rewards: Any, logging: Any, target: Any, named: str) -> None
     for estimator in (ips, snips):
         with pytest.raises(ValueError, match=named):
             estimator(rewards, logging, target)
+
+
+def test_large_weights_keep_a_finite_effective_sample_size() -> None:
+    # Each w = 1e151; (sum w)**2 overflowed to inf where sum w**2 did not.
+    rows = 10_000
+    estimate = ips(np.zeros(rows), np.full(rows, 1e-151), np.ones(rows))
+    assert estimate.effective_n == pytest.approx(rows)
 
 
 def test_level_is_validated() -> None:
