@@ -13,6 +13,14 @@ import sys
 import numpy as np
 from numpy.typing import ArrayLike
 
+# No pseudo-count below Jeffreys' 1/2 where the cap allows. Far below it, Beta draws round to
+# exactly 0.0 (P(draw == 0) is about exp(-745 * alpha)): Beta(6e-6, 1e-3), the fit to a 0/1000
+# and a 5/10 arm, drew 0.0 99% of the time, so a new variant drew nothing but ties and
+# prob_best broke them at random instead of by the posterior. The cap still wins, keeping the
+# pooled mean; under the default cap of 20 that leaves alpha at 20 x the pooled rate, whose zero
+# draws stay rare (5e-7) down to rates of 0.1%.
+MIN_PSEUDO_COUNT = 0.5
+
 
 def empirical_bayes_prior(
     successes: ArrayLike,
@@ -35,6 +43,7 @@ def empirical_bayes_prior(
     Returns
     -------
     (alpha, beta) : floats, both > 0
+        Both at least ``MIN_PSEUDO_COUNT`` unless the cap forbids it.
     """
     s = np.asarray(successes, dtype=np.float64)
     n = np.asarray(trials, dtype=np.float64)
@@ -59,8 +68,9 @@ def empirical_bayes_prior(
         concentration = min(mean * (1.0 - mean) / between - 1.0, max_pseudo_count)
     else:
         concentration = max_pseudo_count  # arms agree within noise: the cap is all we allow
-    # A floor keeps both parameters positive; the cap, applied last, always wins.
-    concentration = min(max(concentration, 1e-3), max_pseudo_count)
+    # The floor keeps both parameters at MIN_PSEUDO_COUNT or more; the cap, applied last, wins.
+    floor = MIN_PSEUDO_COUNT / min(mean, 1.0 - mean)
+    concentration = min(max(concentration, floor), max_pseudo_count)
     # Except where a cap so small that a product underflows to 0 would break "both > 0": the
     # smallest positive double instead (the sum then exceeds such a cap by at most that much).
     smallest = math.ulp(0.0)

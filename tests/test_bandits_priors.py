@@ -85,6 +85,21 @@ def test_a_cap_so_small_that_a_product_underflows_still_gives_positive_parameter
     assert alpha + beta <= cap + 2 * math.ulp(0.0)
 
 
+def test_a_widely_spread_history_gives_a_prior_whose_draws_are_not_all_zero() -> None:
+    # A 0/1000 and a 5/10 arm: the method of moments asks for almost no concentration, and the
+    # fit was Beta(5.9e-6, 9.9e-4), which drew exactly 0.0 99% of the time; a new variant's
+    # draws then tied with every other zero and prob_best split them at random.
+    alpha, beta = empirical_bayes_prior([0, 5], [1000, 10])
+    assert alpha + beta == pytest.approx(20.0)  # the cap wins over the floor ...
+    assert alpha / (alpha + beta) == pytest.approx(6 / 1012)  # ... at the pooled mean
+    after_ten_misses = np.random.default_rng(0).beta(alpha, beta + 10, size=200_000)
+    assert np.count_nonzero(after_ten_misses == 0.0) == 0
+    # Where the cap allows, neither parameter falls below the floor.
+    alpha, beta = empirical_bayes_prior([0, 5], [1000, 10], max_pseudo_count=1000)
+    assert alpha == pytest.approx(0.5) and beta > 0.5
+    assert alpha / (alpha + beta) == pytest.approx(6 / 1012)
+
+
 @pytest.mark.parametrize("cap", [1.0, 20.0, 333.0])
 def test_arms_that_agree_within_noise_get_exactly_the_cap(cap: float) -> None:
     alpha, beta = empirical_bayes_prior([20, 21, 19], [1000, 1000, 1000], max_pseudo_count=cap)
