@@ -122,3 +122,32 @@ def test_propensities_never_record_zero(
     arms = cache.get(session=session, experiment_id=experiment["id"]).segment("tea-lovers")
     assert arms.propensities[0] > 0.99
     assert arms.propensities[1] == 1 / 1000
+
+
+def test_a_load_builds_only_the_segments_decisions_ask_for(
+    cache: SnapshotCache,
+    session: Session,
+    experiment: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The propensities cost milliseconds a segment; a decision that reloaded a 50-segment
+    experiment computed all fifty before answering."""
+    from bandits import BetaBernoulliTS
+
+    computed: list[int] = []
+    original = BetaBernoulliTS.propensities
+
+    def counting(policy: BetaBernoulliTS, n_samples: int = 10_000) -> np.ndarray:
+        computed.append(policy.n_arms)
+        return original(policy, n_samples)
+
+    monkeypatch.setattr(BetaBernoulliTS, "propensities", counting)
+    view = cache.get(session=session, experiment_id=experiment["id"])
+    assert computed == []
+    tea = view.segment("tea-lovers")
+    assert len(computed) == 1
+    # Later decisions in the segment reuse its arms: their sampler carries the in-memory updates.
+    assert view.segment("tea-lovers") is tea and view.segment("unknown") is tea
+    assert len(computed) == 1
+    view.segment("busy-parents")
+    assert len(computed) == 2
