@@ -15,7 +15,7 @@ from service.lifecycle import assign_prior
 from service.models import Experiment, Origin, Segment, Variant, VariantStatus, utcnow
 from service.policy import LifecyclePolicy, policy_of
 from service.schemas import ExperimentCreate, VariantCreate, VariantPatch
-from service.segment_guard import another_stays_active, lock_segment
+from service.segment_guard import another_stays_active, lock_row, lock_segment
 
 Row = TypeVar("Row")
 
@@ -106,8 +106,13 @@ def find_segment(*, session: Session, experiment_id: int, key: str) -> Segment:
 def add_variant(*, session: Session, experiment_id: int, variant_create: VariantCreate) -> Variant:
     experiment = get_experiment(session=session, experiment_id=experiment_id)
     segment = find_segment(session=session, experiment_id=experiment_id, key=variant_create.segment)
-    if variant_create.origin == Origin.CONTROL and _has_control(session, segment.id):  # type: ignore[arg-type]
-        raise Conflict(f"segment {segment.key!r} already has a control variant", field="origin")
+    if variant_create.origin == Origin.CONTROL:
+        # Two requests adding a control at once both found none and both added one; the second
+        # control was never guarded against nor retirable. One adds at a time in a segment.
+        lock_segment(session, segment)
+        if _has_control(session, segment.id):  # type: ignore[arg-type]
+            session.rollback()
+            raise Conflict(f"segment {segment.key!r} already has a control variant", field="origin")
     variant = Variant(
         experiment_id=experiment_id,
         segment_id=segment.id,  # type: ignore[arg-type]
@@ -124,6 +129,9 @@ def add_variant(*, session: Session, experiment_id: int, variant_create: Variant
 def update_policy(*, session: Session, experiment_id: int, changes: LifecyclePolicy) -> Experiment:
     """Merge the fields given into the stored policy; the result must be valid as a whole."""
     experiment = get_experiment(session=session, experiment_id=experiment_id)
+    # Two changes at once each merged into the policy as it was before either and wrote it back
+    # whole: one acknowledged change was lost. The second merges into the first's result.
+    lock_row(session, experiment)
     merged = {**(experiment.policy or {}), **changes.model_dump(exclude_unset=True)}
     try:
         LifecyclePolicy.model_validate(merged)

@@ -345,8 +345,9 @@ def apply_segment(
 
 
 def _declare_winner(session: Session, segment: Segment, variant_id: int, now: datetime) -> bool:
-    """Declare it only while it is still active. On SQLite the plan was read before this write
-    could lock anything, and a variant paused by hand meanwhile was declared the winner."""
+    """Declare it only while it is still active: a writer that does not lock the segment first
+    (SQL by hand, an older copybandit) can pause it between the plan and this write, and a variant
+    paused that way was declared the winner."""
     still_active = sa.exists().where(
         col(Variant.id) == variant_id, col(Variant.status) == VariantStatus.ACTIVE.value
     )

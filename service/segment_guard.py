@@ -4,14 +4,13 @@ A check ("is this the last active one?") followed by an update lets two writers 
 the last two variants: both see two active, both succeed, and decisions for the segment answer 409
 until someone intervenes (reproduced in 20 of 20 tries with two concurrent requests). So the update
 carries the check itself, and on PostgreSQL, where two UPDATEs of different rows do not see each
-other's uncommitted work, writers that change statuses first lock the segment's row; SQLite runs
-one writing statement at a time, so there the check inside the UPDATE is enough.
+other's uncommitted work, writers that change statuses first lock the segment's row (lock_row).
 """
 
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlmodel import Session, col
+from sqlmodel import Session, SQLModel, col
 
 from service.models import Segment, Variant, VariantStatus
 
@@ -19,9 +18,24 @@ _other = sa.orm.aliased(Variant)
 
 
 def lock_segment(session: Session, segment: Segment) -> None:
-    """Wait for other status changes in this segment to commit, and read it afresh (PostgreSQL's
-    row lock, held to the end of the transaction; a plain read on SQLite)."""
-    session.refresh(segment, with_for_update=True)
+    """Wait for other status changes in this segment to commit, and read it afresh."""
+    lock_row(session, segment)
+
+
+def lock_row(session: Session, row: SQLModel) -> None:
+    """Hold `row` against other writers to the end of this transaction, and read it afresh:
+    what is read next is what the writes after it act on.
+
+    PostgreSQL: the row's lock. SQLite: the database's write lock, taken by a write that changes
+    nothing. Python's sqlite3 begins a transaction only at a write, so two writers could both read,
+    decide and then write, each on what the other was about to change."""
+    if session.get_bind().dialect.name == "sqlite":
+        model = type(row)
+        (key,) = sa.inspect(model).primary_key
+        identity = sa.inspect(row).identity
+        assert identity is not None, "lock a row that is stored"
+        session.execute(sa.update(model).where(key == identity[0]).values({key.name: key}))
+    session.refresh(row, with_for_update=True)
 
 
 def another_stays_active() -> sa.ColumnElement[bool]:

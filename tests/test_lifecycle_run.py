@@ -3,6 +3,7 @@ the guardrail on conversion events, and `copybandit lifecycle --once`."""
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
@@ -184,16 +185,24 @@ def test_a_winner_paused_by_hand_after_the_plan_read_it_is_not_declared(
 ) -> None:
     engine = app.extensions["copybandit.engine"]
     planned = lifecycle.plan_segment
+    refused: list[str] = []
 
     def paused_meanwhile(*args: Any, **kwargs: Any) -> list[lifecycle.Action]:
         actions = planned(*args, **kwargs)
-        if any(a.kind == "declare_winner" for a in actions):
+        if not any(a.kind == "declare_winner" for a in actions):
+            return actions
+        pause = "UPDATE variant SET status = 'paused' WHERE id = ?"
+        if engine.dialect.name == "sqlite":
+            # The pass holds SQLite's write lock from before its plan read anything: a pause by
+            # hand waits for it to commit, and cannot land between the plan and the declaration.
+            by_hand = sqlite3.connect(engine.url.database, timeout=0.2)
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                by_hand.execute(pause, (three_arms["star"],))
+            by_hand.close()
+            refused.append("waited")
+        else:
             with engine.begin() as by_hand:  # another connection: nothing here holds its row
-                by_hand.execute(
-                    sa.update(Variant)
-                    .where(col(Variant.id) == three_arms["star"])
-                    .values(status="paused")
-                )
+                by_hand.exec_driver_sql(pause.replace("?", "%s"), (three_arms["star"],))
         return actions
 
     monkeypatch.setattr(lifecycle, "plan_segment", paused_meanwhile)
@@ -201,9 +210,13 @@ def test_a_winner_paused_by_hand_after_the_plan_read_it_is_not_declared(
 
     session.expire_all()
     tea = session.get(Segment, segment_id(session, experiment, TEA))
-    # Before, the paused star became the declared winner.
-    assert tea is not None and tea.winner_variant_id is None
-    assert "declare_winner" not in {e.action for e in lifecycle_events(session, experiment)}
+    declared = "declare_winner" in {e.action for e in lifecycle_events(session, experiment)}
+    if engine.dialect.name == "sqlite":
+        assert refused == ["waited"]
+        assert tea is not None and tea.winner_variant_id == three_arms["star"] and declared
+    else:
+        # Before, the paused star became the declared winner.
+        assert tea is not None and tea.winner_variant_id is None and not declared
     assert variants(session, experiment)[three_arms["manual"]].status == "retired"
 
 

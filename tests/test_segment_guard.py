@@ -13,10 +13,11 @@ from sqlmodel import Session, select
 
 from service.db import make_engine
 from service.errors import Conflict
-from service.experiments import update_variant
+from service.experiments import add_variant, update_policy, update_variant
 from service.lifecycle import run_lifecycle
-from service.models import Variant, VariantStatus
-from service.schemas import VariantPatch
+from service.models import Experiment, Variant, VariantStatus
+from service.policy import PolicyChanges
+from service.schemas import VariantCreate, VariantPatch
 from tests.lock_waits import someone_waits_for_a_lock
 from tests.test_lifecycle_run import set_counts
 
@@ -59,15 +60,8 @@ def test_pausing_the_last_two_active_variants_at_once_leaves_one_active(
             except Conflict as exc:
                 outcomes[variant_id] = exc.message
 
-    other = threading.Thread(target=pause, args=(second, elsewhere))
-
-    @sa.event.listens_for(engine, "before_cursor_execute")
-    def _the_other_pause_runs_now(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        # After this request found two active variants, before its UPDATE: the other request.
-        if statement.lstrip().upper().startswith("UPDATE VARIANT") and not other.ident:
-            other.start()
-            _blocked_or_done(elsewhere, other)
-
+    # After this request found two active variants, before its UPDATE: the other request.
+    other = _interleave(engine, elsewhere, "UPDATE VARIANT", lambda: pause(second, elsewhere))
     pause(first, engine)
     other.join(timeout=60)
     elsewhere.dispose()
@@ -115,3 +109,101 @@ def test_the_lifecycle_changes_variant_rows_in_id_order(
     in_this_segment = [variant_id for variant_id in updated if variant_id in counts]
     folds, changes = in_this_segment[: len(counts)], in_this_segment[len(counts) :]
     assert folds == sorted(counts) and changes == sorted(losers), updated
+
+
+def _interleave(
+    engine: sa.Engine, elsewhere: sa.Engine, starts_with: str, other: Any
+) -> threading.Thread:
+    """Run `other` in a thread when this engine is about to send a statement starting with
+    `starts_with`, and go on once it has finished or waits for a lock this side holds."""
+    reached_lock = threading.Event()
+
+    @sa.event.listens_for(elsewhere, "before_cursor_execute")
+    def _locking(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith(("UPDATE SEGMENT", "UPDATE EXPERIMENT SET ID")):
+            reached_lock.set()
+
+    thread = threading.Thread(target=other)
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def _now(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith(starts_with) and not thread.ident:
+            thread.start()
+            if engine.dialect.name == "postgresql":
+                _blocked_or_done(elsewhere, thread)
+            else:
+                # SQLite shows no lock waits: once the other side has sent its locking write and
+                # still runs a moment later, it is waiting in SQLite's busy handler.
+                while thread.is_alive() and not reached_lock.wait(0.01):
+                    pass
+                thread.join(0.3)
+
+    return thread
+
+
+def test_two_controls_added_at_once_make_one_control(
+    app: Any, api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    """Both requests found no control and both added one: the second was never guarded against
+    nor retirable (36 of 40 tries on PostgreSQL, 13 of 40 on SQLite)."""
+    engine = app.extensions["copybandit.engine"]
+    elsewhere = make_engine(app.extensions["copybandit.settings"])
+    fresh = api.create_experiment(name="No control yet")
+    outcomes: list[str] = []
+
+    def add(on: sa.Engine, text: str) -> None:
+        with Session(on, expire_on_commit=False) as own:
+            try:
+                add_variant(
+                    session=own,
+                    experiment_id=fresh["id"],
+                    variant_create=VariantCreate(
+                        segment="busy-parents", text=text, origin="control"
+                    ),
+                )
+                outcomes.append("added")
+            except Conflict as exc:
+                outcomes.append(exc.message)
+
+    other = _interleave(
+        engine, elsewhere, "INSERT INTO VARIANT", lambda: add(elsewhere, "Control two.")
+    )
+    add(engine, "Control one.")
+    other.join(timeout=60)
+    elsewhere.dispose()
+
+    assert sorted(outcomes) == ["added", "segment 'busy-parents' already has a control variant"]
+    controls = session.exec(
+        select(Variant.id).where(Variant.experiment_id == fresh["id"], Variant.origin == "control")
+    ).all()
+    assert len(controls) == 1
+
+
+def test_two_policy_changes_at_once_both_stay(
+    app: Any, api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    """Each merged its change into the policy as it was before either, and the second write
+    dropped the first's (37 of 40 tries on PostgreSQL)."""
+    engine = app.extensions["copybandit.engine"]
+    elsewhere = make_engine(app.extensions["copybandit.settings"])
+
+    def change(on: sa.Engine, **fields: Any) -> None:
+        with Session(on, expire_on_commit=False) as own:
+            update_policy(
+                session=own, experiment_id=experiment["id"], changes=PolicyChanges(**fields)
+            )
+
+    other = _interleave(
+        engine,
+        elsewhere,
+        "UPDATE EXPERIMENT SET POLICY",
+        lambda: change(elsewhere, retire_below=0.05),
+    )
+    change(engine, min_impressions=500)
+    other.join(timeout=60)
+    elsewhere.dispose()
+
+    session.expire_all()
+    stored = session.get(Experiment, experiment["id"])
+    assert stored is not None and stored.policy is not None
+    assert stored.policy["min_impressions"] == 500 and stored.policy["retire_below"] == 0.05
