@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TypeVar
 
 import sqlalchemy as sa
@@ -173,9 +173,29 @@ def get_variant(*, session: Session, variant_id: int) -> Variant:
     return fetch(session, Variant, variant_id, what="variant", field="variant_id")
 
 
-def update_variant(*, session: Session, variant_id: int, patch: VariantPatch) -> Variant:
+class StatusMoved(Conflict):
+    """The variant is not in any status the caller expected: its page was drawn before someone
+    changed it."""
+
+    def __init__(self, message: str, *, current: VariantStatus) -> None:
+        super().__init__(message, field="status")
+        self.current = current
+
+
+def update_variant(
+    *,
+    session: Session,
+    variant_id: int,
+    patch: VariantPatch,
+    starts_from: Collection[VariantStatus] | None = None,
+) -> Variant:
+    """Apply `patch`. With `starts_from`, only to a variant in one of those statuses: the update
+    below is conditional on the status read here, so a change that lands meanwhile is refused too.
+    """
     variant = get_variant(session=session, variant_id=variant_id)
     current = VariantStatus(variant.status)
+    if starts_from is not None and current not in starts_from:
+        raise StatusMoved(f"variant {variant_id} is {current}", current=current)
     values: dict[str, object] = {"updated_at": utcnow()}
     if patch.text is not None:
         if current is not VariantStatus.PENDING_REVIEW:

@@ -22,6 +22,7 @@ from sqlmodel import Session, SQLModel, select
 from werkzeug.security import generate_password_hash
 
 from generation.writer import Sample
+from service import experiments
 from service.dashboard import account_pages
 from service.dashboard.sign_in_limits import ADDRESS_BURST, EMAIL_BURST, SignInLimits
 from service.marketers import create_marketer, set_password
@@ -1162,8 +1163,90 @@ def test_retired_copy_cannot_come_back(
     for action in ("resume", "approve", "pause"):
         response = dash.post(f"/dashboard/variants/{first}/status", {"action": action})
         assert response.status_code == 409, action
-        assert "cannot go from retired" in error_text(response)
+        assert error_text(response).endswith("it is retired")
     assert stored(app) == before
+
+
+@pytest.mark.parametrize(
+    ("now", "action", "refusal"),
+    [
+        ("paused", "approve", "is no longer waiting for review: it is paused"),
+        ("active", "approve", "is no longer waiting for review: it is active"),
+        ("paused", "reject", "is no longer waiting for review: it is paused"),
+        ("active", "resume", "is not paused: it is active"),
+        ("paused", "pause", "is not active: it is paused"),
+        ("pending_review", "retire", "is neither active nor paused: it is pending review"),
+    ],
+)
+def test_a_button_from_a_stale_page_is_refused_once_the_variant_moved_on(
+    app: Any,
+    api: Any,
+    dash: Dashboard,
+    experiment: dict[str, Any],
+    now: str,
+    action: str,
+    refusal: str,
+) -> None:
+    """The page showed the button while the variant was in the status it starts from; someone
+    (another marketer, the lifecycle) changed it since. Approving copy paused meanwhile must not
+    put it back on air."""
+    eid = experiment["id"]
+    vid = add_pending(app, eid, "tea-lovers", GOOD[0])
+    if now != "pending_review":
+        assert api.patch(f"/v1/variants/{vid}", json={"status": "active"}).status_code == 200
+    if now == "paused":
+        assert api.patch(f"/v1/variants/{vid}", json={"status": "paused"}).status_code == 200
+    before = stored(app)
+    response = dash.post(f"/dashboard/variants/{vid}/status", {"action": action})
+    assert response.status_code == 409
+    assert error_text(response) == f"#{vid} {refusal}"
+    assert stored(app) == before
+
+
+def test_bulk_approve_of_copy_that_moved_on_names_it_and_changes_nothing(
+    app: Any, api: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    eid = experiment["id"]
+    paused, approved, waiting = (add_pending(app, eid, "tea-lovers", text) for text in GOOD[:3])
+    for vid in (paused, approved):
+        assert api.patch(f"/v1/variants/{vid}", json={"status": "active"}).status_code == 200
+    assert api.patch(f"/v1/variants/{paused}", json={"status": "paused"}).status_code == 200
+    response = dash.post(
+        f"/dashboard/experiments/{eid}/review",
+        {"action": "approve", "variant_id": [str(paused), str(approved), str(waiting)]},
+    )
+    assert response.status_code == 303
+    assert fresh(app, Variant, paused).status == "paused"
+    assert fresh(app, Variant, approved).status_reason != f"approved by {EMAIL}"
+    assert fresh(app, Variant, waiting).status == "active"
+    messages = flashes(dash.html(location(response)))
+    assert f"Approved 1: #{waiting}." in messages
+    assert f"Not approved — #{paused} is no longer waiting for review: it is paused" in messages
+    assert f"Not approved — #{approved} is no longer waiting for review: it is active" in messages
+
+
+def test_a_status_change_landing_after_the_check_is_refused(
+    app: Any, dash: Dashboard, experiment: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The status is checked and changed in one conditional UPDATE: a pause that commits between
+    the dashboard reading the variant and writing it makes the approval a 409, not a resume."""
+    eid = experiment["id"]
+    vid = add_pending(app, eid, "tea-lovers", GOOD[0])
+    real_get = experiments.get_variant
+
+    def get_then_someone_pauses(*, session: Session, variant_id: int) -> Variant:
+        variant = real_get(session=session, variant_id=variant_id)
+        with Session(app.extensions["copybandit.engine"]) as other:
+            other.execute(
+                sa.update(Variant).where(Variant.id == vid).values(status="paused")  # type: ignore[arg-type]
+            )
+            other.commit()
+        return variant
+
+    monkeypatch.setattr(experiments, "get_variant", get_then_someone_pauses)
+    response = dash.post(f"/dashboard/variants/{vid}/status", {"action": "approve"})
+    assert response.status_code == 409
+    assert fresh(app, Variant, vid).status == "paused"
 
 
 def test_the_last_active_variant_cannot_be_retired_or_paused(
@@ -1361,7 +1444,7 @@ def test_bulk_reject_and_partial_refusal(
     assert fresh(app, Variant, live).status == "active"
     messages = flashes(dash.html(location(response)))
     assert f"Rejected 1: #{pending}." in messages
-    assert any(m.startswith(f"Not rejected — #{live}: a variant cannot go from") for m in messages)
+    assert f"Not rejected — #{live} is no longer waiting for review: it is active" in messages
 
 
 @pytest.mark.parametrize(

@@ -15,19 +15,51 @@ from service.dashboard.blueprint import bp, form_int, validated
 from service.dashboard.blueprint import invalidate as invalidate_snapshot
 from service.dashboard.session_auth import safe_next
 from service.errors import APIError, InvalidInput
-from service.experiments import get_experiment, segments_of, update_variant
+from service.experiments import StatusMoved, get_experiment, segments_of, update_variant
 from service.generation_jobs import GenerationOptions, brief_for
 from service.models import Segment, Variant, VariantStatus
 from service.schemas import VariantPatch
 
-# What each button asks for, and the word the audit reason uses for it.
-ACTIONS: dict[str, tuple[VariantStatus, str]] = {
-    "approve": (VariantStatus.ACTIVE, "approved"),
-    "reject": (VariantStatus.REJECTED, "rejected"),
-    "pause": (VariantStatus.PAUSED, "paused"),
-    "resume": (VariantStatus.ACTIVE, "resumed"),
-    "retire": (VariantStatus.RETIRED, "retired"),
+
+@dataclass(frozen=True)
+class Action:
+    target: VariantStatus
+    # The word the audit reason and the flash use.
+    verb: str
+    # The statuses its button is shown for. A variant that has left them since the page was drawn
+    # is refused: approving copy that someone paused meanwhile would put it back on air.
+    starts_from: frozenset[VariantStatus]
+    # Why it is refused then, after "#12 ".
+    elsewhere: str
+
+
+_PENDING = frozenset({VariantStatus.PENDING_REVIEW})
+ACTIONS: dict[str, Action] = {
+    "approve": Action(
+        VariantStatus.ACTIVE, "approved", _PENDING, "is no longer waiting for review"
+    ),
+    "reject": Action(
+        VariantStatus.REJECTED, "rejected", _PENDING, "is no longer waiting for review"
+    ),
+    "pause": Action(
+        VariantStatus.PAUSED, "paused", frozenset({VariantStatus.ACTIVE}), "is not active"
+    ),
+    "resume": Action(
+        VariantStatus.ACTIVE, "resumed", frozenset({VariantStatus.PAUSED}), "is not paused"
+    ),
+    "retire": Action(
+        VariantStatus.RETIRED,
+        "retired",
+        frozenset({VariantStatus.ACTIVE, VariantStatus.PAUSED}),
+        "is neither active nor paused",
+    ),
 }
+
+
+@bp.app_template_global()
+def actions_for(status: VariantStatus) -> list[str]:
+    """The buttons a variant in `status` gets."""
+    return [name for name, action in ACTIONS.items() if status in action.starts_from]
 
 
 @dataclass(frozen=True)
@@ -74,7 +106,7 @@ def review(experiment_id: int) -> str:
 @bp.post("/variants/<id:variant_id>/status")
 def change_status(variant_id: int) -> Response:
     variant = _apply(variant_id, request.form.get("action", ""))
-    flash(f"Variant #{variant.id} {ACTIONS[request.form['action']][1]}.")
+    flash(f"Variant #{variant.id} {ACTIONS[request.form['action']].verb}.")
     return _return(variant.experiment_id)
 
 
@@ -108,8 +140,10 @@ def bulk(experiment_id: int) -> Response:
             done.append(variant_id)
         except APIError as exc:
             db.session().rollback()
-            refused.append(f"#{variant_id}: {exc.message}")
-    verb = ACTIONS[action][1]
+            # A StatusMoved message already starts with the variant's id.
+            named = exc.message if isinstance(exc, StatusMoved) else f"#{variant_id}: {exc.message}"
+            refused.append(named)
+    verb = ACTIONS[action].verb
     if done:
         flash(f"{verb.capitalize()} {len(done)}: " + ", ".join(f"#{i}" for i in done) + ".")
     for problem in refused:
@@ -120,10 +154,18 @@ def bulk(experiment_id: int) -> Response:
 def _apply(variant_id: int, action: str, note: str = "") -> Variant:
     if action not in ACTIONS:
         raise InvalidInput(f"action: must be one of {', '.join(ACTIONS)}", field="action")
-    status, verb = ACTIONS[action]
-    reason = f"{verb} by {g.marketer.email}" + (f" {note}" if note else "")
-    patch = VariantPatch(status=status, reason=reason)
-    variant = update_variant(session=db.session(), variant_id=variant_id, patch=patch)
+    chosen = ACTIONS[action]
+    reason = f"{chosen.verb} by {g.marketer.email}" + (f" {note}" if note else "")
+    patch = VariantPatch(status=chosen.target, reason=reason)
+    try:
+        variant = update_variant(
+            session=db.session(), variant_id=variant_id, patch=patch, starts_from=chosen.starts_from
+        )
+    except StatusMoved as moved:
+        now = moved.current.replace("_", " ")
+        raise StatusMoved(
+            f"#{variant_id} {chosen.elsewhere}: it is {now}", current=moved.current
+        ) from None
     invalidate_snapshot(variant.experiment_id)
     return variant
 
