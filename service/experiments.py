@@ -6,7 +6,7 @@ from collections.abc import Collection, Sequence
 from typing import TypeVar
 
 import sqlalchemy as sa
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from sqlmodel import Session, col, select
 
 from service.db import rows_changed
@@ -14,10 +14,11 @@ from service.errors import Conflict, InvalidInput, NotFound
 from service.lifecycle import assign_prior
 from service.models import Experiment, Origin, Segment, Variant, VariantStatus, utcnow
 from service.policy import LifecyclePolicy, policy_of
-from service.schemas import ExperimentCreate, VariantCreate, VariantPatch
+from service.schemas import ExperimentCreate, SegmentKey, VariantCreate, VariantPatch
 from service.segment_guard import another_stays_active, lock_row, lock_segment
 
 Row = TypeVar("Row")
+_SEGMENT_KEY: TypeAdapter[str] = TypeAdapter(SegmentKey)
 
 # Which status changes a person may make by hand. Pending copy is reviewed once; retired and
 # rejected copy stays out, so its history is never mixed with a second life.
@@ -95,12 +96,26 @@ def variants_of(*, session: Session, experiment_id: int) -> Sequence[Variant]:
 
 
 def find_segment(*, session: Session, experiment_id: int, key: str) -> Segment:
-    segment = session.exec(
-        select(Segment).where(Segment.experiment_id == experiment_id, Segment.key == key)
-    ).first()
+    # Keys are made as SegmentKey slugs, so another key names none; it is not looked up, since one
+    # with a NUL (from a URL) is a database error on PostgreSQL.
+    segment = (
+        session.exec(
+            select(Segment).where(Segment.experiment_id == experiment_id, Segment.key == key)
+        ).first()
+        if _is_segment_key(key)
+        else None
+    )
     if segment is None:
         raise NotFound(f"experiment {experiment_id} has no segment {key!r}", field="segment")
     return segment
+
+
+def _is_segment_key(key: str) -> bool:
+    try:
+        _SEGMENT_KEY.validate_python(key)
+    except ValidationError:
+        return False
+    return True
 
 
 def add_variant(*, session: Session, experiment_id: int, variant_create: VariantCreate) -> Variant:

@@ -22,7 +22,9 @@ from service.errors import Conflict, InvalidInput, NotFound
 from service.models import Marketer, MarketerSession, utcnow
 
 MIN_PASSWORD_CHARS = 10
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,189}$")
+# No control characters: nobody types one into an address, and a NUL is a database error on
+# PostgreSQL.
+_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f]{1,189}$")
 # Checked against when the email is unknown, so both paths spend the same time hashing.
 _DECOY_HASH = generate_password_hash(secrets.token_urlsafe(16))
 
@@ -81,7 +83,13 @@ def list_marketers(*, session: Session) -> list[Marketer]:
 
 def sign_in(*, session: Session, email: str, password: str) -> Marketer | None:
     """The marketer these credentials belong to, or None; never says which part was wrong."""
-    marketer = session.exec(select(Marketer).where(Marketer.email == email.strip().lower())).first()
+    email = email.strip().lower()
+    # Accounts are made through normalize_email, so an address it refuses has none: no lookup.
+    marketer = (
+        session.exec(select(Marketer).where(Marketer.email == email)).first()
+        if _EMAIL.match(email)
+        else None
+    )
     hashed = marketer.password_hash if marketer is not None else _DECOY_HASH
     if not check_password_hash(hashed, password) or marketer is None:
         return None

@@ -466,6 +466,19 @@ def test_many_wrong_sign_ins_from_one_address_make_it_wait(
     assert sign_in(client, email="one-more@example.com").status_code == 401
 
 
+def test_an_email_with_a_nul_is_a_wrong_sign_in_and_counts_as_one(
+    app: Any, client: FlaskClient, marketer: Marketer, limits_clock: _Clock
+) -> None:
+    """PostgreSQL refuses a NUL in a query; anyone could send one, signed in or not."""
+    for _ in range(EMAIL_BURST):
+        response = sign_in(client, email="mia\x00@example.com")
+        assert response.status_code == 401
+        assert "Wrong email or password." in response.get_data(as_text=True)
+    assert sign_in(client, email="mia\x00@example.com").status_code == 429
+    assert fresh(app, Marketer, marketer.id).last_sign_in_at is None
+    assert sign_in(client).status_code == 303
+
+
 def test_right_password_is_303_to_next_and_opens_pages(
     app: Any, client: FlaskClient, marketer: Marketer
 ) -> None:
@@ -925,6 +938,9 @@ def test_csv_export_matches_the_report(
         "/dashboard/experiments/{id}/segments/Tea-Lovers.csv",
         f"/dashboard/experiments/{BIG_ID - 1}/segments/tea-lovers.csv",
         f"/dashboard/experiments/{BIG_ID}/segments/tea-lovers.csv",
+        # PostgreSQL refuses a NUL in a query: these are 404s, not database errors.
+        "/dashboard/experiments/{id}/segments/a%00.csv",
+        "/dashboard/experiments/{id}/segments/tea-lovers%00.csv",
     ],
 )
 def test_csv_export_of_an_unknown_segment_is_404(
@@ -932,7 +948,7 @@ def test_csv_export_of_an_unknown_segment_is_404(
 ) -> None:
     response = dash.get(path.format(id=experiment["id"]))
     assert response.status_code == 404
-    assert response.mimetype != "text/csv"
+    assert response.mimetype == "text/html"
 
 
 def test_csv_export_of_another_experiments_segment_is_404(

@@ -50,7 +50,18 @@ def test_create_normalizes_the_email_and_stores_only_a_hash(session: Session) ->
 
 
 @pytest.mark.parametrize(
-    "email", ["", "mia", "mia@", "@example.com", "mia@@example.com", "m ia@example.com"]
+    "email",
+    [
+        "",
+        "mia",
+        "mia@",
+        "@example.com",
+        "mia@@example.com",
+        "m ia@example.com",
+        "m\x00ia@example.com",
+        "mia@exa\x01mple.com",
+        "mia\x7f@example.com",
+    ],
 )
 def test_create_refuses_an_address_that_is_not_one(session: Session, email: str) -> None:
     with pytest.raises(InvalidInput) as caught:
@@ -115,6 +126,25 @@ def test_an_unknown_email_costs_a_hash_check_too(
     assert len(calls) == 2
     # The decoy is a real hash of the same kind, so it costs the same to check.
     assert calls[0].split("$")[0] == calls[1].split("$")[0]
+
+
+def test_an_address_with_a_control_character_is_a_wrong_sign_in_with_its_hash_check(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No account can have one, and PostgreSQL refuses a NUL in a query with an error."""
+    create_marketer(session=session, email="mia@example.com", password=PASSWORD)
+    calls: list[str] = []
+    real = service.marketers.check_password_hash
+
+    def counting(hashed: str, password: str) -> bool:
+        calls.append(hashed)
+        return real(hashed, password)
+
+    monkeypatch.setattr(service.marketers, "check_password_hash", counting)
+    for email in ("mia@example.com\x00", "m\x00ia@example.com", "mia\x01@example.com"):
+        assert sign_in(session=session, email=email, password=PASSWORD) is None
+    assert len(calls) == 3
+    assert sign_in(session=session, email="mia@example.com", password=PASSWORD) is not None
 
 
 def test_set_password_replaces_the_old_one(session: Session) -> None:
