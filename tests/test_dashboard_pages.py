@@ -1034,6 +1034,25 @@ def test_new_experiment_with_bad_input_is_400_naming_the_field(
     assert 'value="Aurora kettle"' in html or overrides.get("product_name") == ""
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"name": "   "}, "name: must not be blank"),
+        ({"brand_voice": "Warm\x0cand plain"}, "brand_voice: must not contain control characters"),
+        (
+            {"segments": "tea-lovers: Brew tea.\ntea-lovers: Again."},
+            "segments: segment keys must be unique",
+        ),
+    ],
+)
+def test_a_form_error_reads_without_pydantics_prefix(
+    dash: Dashboard, overrides: dict[str, str], message: str
+) -> None:
+    response = dash.post("/dashboard/experiments/new", experiment_form(**overrides))
+    assert response.status_code == 400
+    assert error_text(response) == message
+
+
 def test_segment_line_without_colon_names_the_line(dash: Dashboard) -> None:
     response = dash.post(
         "/dashboard/experiments/new",

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 from flask import Blueprint, current_app, render_template
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 from werkzeug.exceptions import HTTPException
 
 from service import db
@@ -33,9 +34,16 @@ def validated(model: type[Model], data: dict[str, Any]) -> Model:
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         field = ".".join(str(part) for part in first["loc"]) or None
+        message = in_words(first)
         raise InvalidInput(
-            first["msg"] if field is None else f"{field}: {first['msg']}", field=field
+            message if field is None else f"{field}: {message}", field=field
         ) from None
+
+
+def in_words(error: ErrorDetails) -> str:
+    """pydantic's message for one error, without the "Value error, " it puts before the words of
+    our own validators: a marketer reads these."""
+    return error["msg"].removeprefix("Value error, ")
 
 
 _DB_ID_MAX = 2**31 - 1
