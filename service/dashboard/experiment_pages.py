@@ -11,12 +11,13 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import current_app, flash, g, redirect, render_template, request, url_for
+from pydantic import ValidationError
 from sqlmodel import Session, col, select
 from werkzeug.wrappers import Response
 
 from service import db
 from service.dashboard import charts
-from service.dashboard.blueprint import bp, form_int, validated
+from service.dashboard.blueprint import bp, form_int, in_words, validated
 from service.dashboard.blueprint import invalidate as invalidate_snapshot
 from service.errors import APIError, InvalidInput
 from service.experiments import (
@@ -33,7 +34,13 @@ from service.history import segment_history
 from service.lifecycle import audit_trail
 from service.models import Experiment, Segment, Variant, VariantStatus
 from service.reports import experiment_report, serving_winners
-from service.schemas import ExperimentCreate, GenerateIn, SegmentReport, VariantCreate
+from service.schemas import (
+    ExperimentCreate,
+    GenerateIn,
+    SegmentIn,
+    SegmentReport,
+    VariantCreate,
+)
 
 CSV_COLUMNS = (
     "variant_id",
@@ -217,10 +224,10 @@ def _experiment_fields(form: dict[str, str]) -> dict[str, Any]:
             continue
         key, sep, description = line.partition(":")
         if not sep:
-            raise InvalidInput(
-                f"segments: line {number} must read 'key: description'", field="segments"
-            )
-        segments.append({"key": key.strip(), "description": description.strip()})
+            raise _segment_line_error(number, "must read 'key: description'")
+        segment = {"key": key.strip(), "description": description.strip()}
+        _check_segment_line(number, segment)
+        segments.append(segment)
     price_text = form.get("price", "").strip()
     try:
         price = float(price_text) if price_text else None
@@ -238,6 +245,31 @@ def _experiment_fields(form: dict[str, str]) -> dict[str, Any]:
         "brand_voice": form.get("brand_voice", "").strip() or None,
         "auto_approve": form.get("auto_approve") == "on",
     }
+
+
+def _check_segment_line(number: int, segment: dict[str, str]) -> None:
+    """Each line on its own, so a problem is named by the line the marketer sees: blank lines are
+    skipped, so the position in the list would point at the wrong one."""
+    try:
+        SegmentIn.model_validate(segment)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        if first["loc"][0] == "key":
+            raise _segment_line_error(number, _KEY_RULE) from None
+        # pydantic says "String should have at least 1 character": the string is the description.
+        problem = in_words(first).removeprefix("String ")
+        raise _segment_line_error(number, f"the description after the colon {problem}") from None
+
+
+# SegmentKey's pattern, for people.
+_KEY_RULE = (
+    "the key must be lower-case letters, digits, - or _, up to 40 characters, "
+    "starting with a letter or digit"
+)
+
+
+def _segment_line_error(number: int, problem: str) -> InvalidInput:
+    return InvalidInput(f"segments, line {number}: {problem}", field="segments")
 
 
 @bp.post("/experiments/<id:experiment_id>/variants")
