@@ -31,6 +31,7 @@ from service.models import (
     GenerationJob,
     LifecycleEvent,
     Marketer,
+    MarketerSession,
     Origin,
     Segment,
     Variant,
@@ -562,6 +563,22 @@ def test_sign_out_clears_the_session(app: Any, dash: Dashboard) -> None:
     replay = app.test_client()
     replay.set_cookie("copybandit_session", copied)
     assert redirects_to_sign_in(replay.get("/dashboard/"))
+
+
+def test_sign_out_after_the_session_ended_leads_to_the_sign_in_page(
+    dash: Dashboard, session: Session
+) -> None:
+    session.execute(sa.update(MarketerSession).values(expires_at=utcnow() - timedelta(seconds=1)))
+    session.commit()
+    after_expiry = dash.post("/dashboard/sign-out")
+    assert after_expiry.status_code == 303 and location(after_expiry) == "/dashboard/sign-in"
+    assert session_of(dash.client) == {}
+
+    assert sign_in(dash.client).status_code == 303
+    set_password(session=session, email=EMAIL, password="a brand new password")
+    after_change = dash.post("/dashboard/sign-out")
+    assert after_change.status_code == 303 and location(after_change) == "/dashboard/sign-in"
+    assert session_of(dash.client) == {}
 
 
 def test_a_copied_cookie_works_until_sign_out(app: Any, dash: Dashboard) -> None:

@@ -23,7 +23,9 @@ CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'"
 )
-_PUBLIC_ENDPOINTS = {"dashboard.sign_in", "dashboard.static"}
+# Open without a live sign-in. Signing out too: after the session expired, or a password change
+# ended it, its button should still lead to the sign-in page, not to "sign in first".
+_PUBLIC_ENDPOINTS = {"dashboard.sign_in", "dashboard.sign_out", "dashboard.static"}
 _FORM_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
