@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 import sqlalchemy as sa
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col
 
 from service.models import Event, Impression, Variant, utcnow
 
@@ -64,15 +64,7 @@ def segment_history(
     *, session: Session, variant_ids: list[int], now: datetime | None = None
 ) -> History:
     now = now or utcnow()
-    first = (
-        session.exec(
-            select(sa.func.min(Impression.created_at)).where(
-                col(Impression.variant_id).in_(variant_ids)
-            )
-        ).one()
-        if variant_ids
-        else None
-    )
+    first = _oldest_impression(session, variant_ids)
     # Buckets are aligned to whole widths, so the same moment always lands in the same bucket;
     # the last one ends after `now`, which the width must leave room for.
     epoch = datetime(2000, 1, 1, tzinfo=now.tzinfo)
@@ -100,6 +92,21 @@ def segment_history(
         earlier_impressions=np.maximum(total_impressions - impressions.sum(axis=1), 0),
         earlier_conversions=np.maximum(total_conversions - conversions.sum(axis=1), 0),
     )
+
+
+def _oldest_impression(session: Session, variant_ids: list[int]) -> datetime | None:
+    """Asked per variant, so each answer is the first entry of that variant in
+    ix_impression_variant_id_created_at; PostgreSQL answered one min() over the whole list by
+    walking the time index through every other experiment's impressions instead."""
+    if not variant_ids:
+        return None
+    oldest_of_variant = (
+        sa.select(sa.func.min(col(Impression.created_at)))
+        .where(col(Impression.variant_id) == col(Variant.id))
+        .scalar_subquery()
+    )
+    oldest = sa.select(sa.func.min(oldest_of_variant)).where(col(Variant.id).in_(variant_ids))
+    return session.execute(oldest).scalar_one()
 
 
 def _totals(session: Session, variant_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:

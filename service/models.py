@@ -173,11 +173,15 @@ class Variant(SQLModel, table=True):
 
 
 class Impression(SQLModel, table=True):
+    # A variant's rows over a span of time, as the dashboard's charts read them; the index serves
+    # lookups by variant alone too.
+    __table_args__ = (sa.Index("ix_impression_variant_id_created_at", "variant_id", "created_at"),)
+
     # Time-ordered text ids (see service.identity): opaque to storefronts, index-friendly.
     id: str = Field(primary_key=True, max_length=32)
     experiment_id: int = Field(foreign_key="experiment.id")
     segment_id: int = Field(foreign_key="segment.id")
-    variant_id: int = Field(foreign_key="variant.id", index=True)
+    variant_id: int = Field(foreign_key="variant.id")
     propensity: float
     policy: str = Field(max_length=32)
     user_hash: str | None = Field(default=None, max_length=64)
@@ -185,13 +189,17 @@ class Impression(SQLModel, table=True):
 
 
 class Event(SQLModel, table=True):
-    # One conversion per impression, whatever event_id a retry carries.
-    __table_args__ = (sa.UniqueConstraint("impression_id", "type"),)
+    __table_args__ = (
+        # One conversion per impression, whatever event_id a retry carries.
+        sa.UniqueConstraint("impression_id", "type"),
+        # As on impression: a variant's conversions over a span of time, for the charts.
+        sa.Index("ix_event_variant_id_created_at", "variant_id", "created_at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     event_id: str | None = Field(default=None, max_length=128, unique=True)
     impression_id: str = Field(foreign_key="impression.id", max_length=32)
-    variant_id: int = Field(foreign_key="variant.id", index=True)
+    variant_id: int = Field(foreign_key="variant.id")
     type: str = Field(max_length=16)
     value: float | None = Field(default=None)
     created_at: datetime = _timestamp()

@@ -4,14 +4,20 @@
 from __future__ import annotations
 
 import math
+import re
+import shutil
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from sqlmodel import Session
 
+from service.config import load_settings
 from service.dashboard import charts
+from service.db import make_engine
 from service.history import BUCKETS, History, segment_history
 from service.identity import new_impression_id
 from service.models import Event, Impression, Segment, Variant
@@ -415,3 +421,41 @@ def test_segment_history_defaults_now_to_the_clock(
     history = segment_history(session=session, variant_ids=[a.id])  # type: ignore[list-item]
     assert history.impressions.sum() == 1
     assert history.starts[-1] <= datetime.now(UTC) < history.starts[-1] + history.width
+
+
+def test_history_finds_rows_by_variant_and_time_in_one_index(
+    sqlite_template: Path, tmp_path: Path
+) -> None:
+    """With an index on the variant alone, or the time alone, each of these queries read every
+    other experiment's rows too. SQLite's plans name the index whatever the tables hold, so the
+    plans are read there."""
+    path = tmp_path / "plans.db"
+    shutil.copy(sqlite_template, path)
+    engine = make_engine(load_settings({"database_url": f"sqlite:///{path}"}))
+    statements: list[tuple[str, Any]] = []
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def remember(_c: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        statements.append((statement, parameters))
+
+    with Session(engine) as session:
+        segment_history(session=session, variant_ids=[1, 2], now=NOW)
+    sa.event.remove(engine, "before_cursor_execute", remember)
+    with engine.connect() as connection:
+        reads = [
+            detail
+            for statement, parameters in statements
+            for *_, detail in connection.exec_driver_sql(
+                f"EXPLAIN QUERY PLAN {statement}", parameters
+            )
+            if re.search(r"\b(impression|event)\b", detail)
+        ]
+    engine.dispose()
+    # The oldest impression, then impressions and conversions per bucket.
+    assert len(reads) == 3, reads
+    for read in reads:
+        assert re.match(
+            r"SEARCH (impression|event) USING (COVERING )?INDEX ix_\1_variant_id_created_at "
+            r"\(variant_id=\?",
+            read,
+        ), read
