@@ -14,7 +14,7 @@ from service.config import Settings
 from service.db import insert_for, rows_changed
 from service.errors import Conflict
 from service.identity import hash_user_id, new_impression_id
-from service.models import Assignment, Impression, utcnow
+from service.models import ASSIGNMENT_USE_NOTED_EVERY, Assignment, Impression, utcnow
 from service.schemas import DecideIn
 from service.snapshot import SegmentArms, SnapshotCache
 from service.sqlite_writers import writer_turn
@@ -190,6 +190,7 @@ def _sticky_choice(
     key = (experiment_id, arms.segment_id, user_hash)
     existing = session.get(Assignment, key)
     if existing is not None and existing.variant_id in arms.arm_of:
+        _note_use(session, existing)
         return arms.arm_of[existing.variant_id], existing.propensity, POLICY_STICKY
 
     arm = cache.select(arms)
@@ -218,7 +219,7 @@ def _sticky_choice(
                 col(Assignment.user_hash) == user_hash,
                 col(Assignment.variant_id) == existing.variant_id,
             )
-            .values(**values),
+            .values(**values, last_used_at=utcnow()),
         )
     if inserted == 1:
         return arm, propensity, POLICY_THOMPSON
@@ -228,3 +229,20 @@ def _sticky_choice(
     if winner is not None and winner.variant_id in arms.arm_of:
         return arms.arm_of[winner.variant_id], winner.propensity, POLICY_STICKY
     return arm, propensity, POLICY_THOMPSON
+
+
+def _note_use(session: Session, assignment: Assignment) -> None:
+    """Keep `last_used_at` within ASSIGNMENT_USE_NOTED_EVERY of the last use, for `copybandit
+    purge`; it commits with the impression."""
+    now = utcnow()
+    if now - assignment.last_used_at < ASSIGNMENT_USE_NOTED_EVERY:
+        return
+    session.execute(
+        sa.update(Assignment)
+        .where(
+            col(Assignment.experiment_id) == assignment.experiment_id,
+            col(Assignment.segment_id) == assignment.segment_id,
+            col(Assignment.user_hash) == assignment.user_hash,
+        )
+        .values(last_used_at=now)
+    )

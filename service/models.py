@@ -7,7 +7,7 @@ always equal a recount of the impression and event rows.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -205,6 +205,11 @@ class Event(SQLModel, table=True):
     created_at: datetime = _timestamp()
 
 
+# A sticky repeat writes the time it used its assignment only once the stored one is this old:
+# noting every use would add a write to each repeat, which otherwise only reads.
+ASSIGNMENT_USE_NOTED_EVERY = timedelta(days=1)
+
+
 class Assignment(SQLModel, table=True):
     """Sticky experiments: the variant a user keeps seeing while it stays active."""
 
@@ -214,6 +219,9 @@ class Assignment(SQLModel, table=True):
     variant_id: int = Field(foreign_key="variant.id")
     propensity: float
     created_at: datetime = _timestamp()
+    # When a decision last served it, to within ASSIGNMENT_USE_NOTED_EVERY; `copybandit purge`
+    # deletes assignments unused for longer than the rows it deletes.
+    last_used_at: datetime = _timestamp(index=True)
 
 
 class ApiKey(SQLModel, table=True):

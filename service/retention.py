@@ -4,6 +4,8 @@ Each batch is one transaction that deletes rows and adds what it deleted to the 
 `purged_*` counts, so the counters (and the posteriors read from them) never move, and
 `copybandit check` still balances. Events go first; an impression is deleted only once no event
 refers to it, so a late conversion keeps its impression until the conversion itself ages out.
+Sticky assignments go last, once unused for longer than the age: they hold hashed user ids, and
+no counter counts them.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from service.models import Event, Impression, utcnow
+from service.models import ASSIGNMENT_USE_NOTED_EVERY, Assignment, Event, Impression, utcnow
 
 _impression = Impression.__table__  # type: ignore[attr-defined]
 _event = Event.__table__  # type: ignore[attr-defined]
 _variant = Event.metadata.tables["variant"]
+_assignment = Assignment.__table__  # type: ignore[attr-defined]
 _DURATION = re.compile(r"^(\d{1,6})([dhm])$")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes"}
 # Beyond this the cutoff would fall before year 1, which datetime cannot hold.
@@ -43,6 +46,7 @@ class PurgeReport:
     cutoff: datetime
     events: int = 0
     impressions: int = 0
+    assignments: int = 0
 
 
 def purge(
@@ -76,6 +80,13 @@ def purge(
                 report.impressions += deleted
             if progress is not None:
                 progress(report)
+    # A decision notes an assignment's use only once the noted time is this much older, so one
+    # noted before the cutoff by less than that may have been used since.
+    unused = _assignment.c.last_used_at < report.cutoff - ASSIGNMENT_USE_NOTED_EVERY
+    while deleted := _purge_assignments(engine, unused, batch_size):
+        report.assignments += deleted
+        if progress is not None:
+            progress(report)
     return report
 
 
@@ -104,3 +115,12 @@ def _purge_batch(
                 .values({counter: _variant.c[counter] + per_variant[variant_id]})
             )
     return per_variant.total()
+
+
+def _purge_assignments(engine: sa.Engine, unused: sa.ColumnElement[bool], batch_size: int) -> int:
+    """Delete one batch of unused assignments; how many went. The DELETE checks `unused` again:
+    a decision may have noted a use since the batch was chosen."""
+    key = sa.tuple_(_assignment.c.experiment_id, _assignment.c.segment_id, _assignment.c.user_hash)
+    batch = sa.select(*key.clauses).where(unused).limit(batch_size)
+    with engine.begin() as connection:
+        return connection.execute(_assignment.delete().where(key.in_(batch), unused)).rowcount

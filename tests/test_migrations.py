@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -11,13 +13,22 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlmodel import Session, SQLModel
+from sqlmodel import Session, SQLModel, select
 
 from service import migrate
 from service.config import load_settings
 from service.db import make_engine
 from service.identity import new_impression_id
-from service.models import Event, Experiment, Impression, Segment, Variant
+from service.models import (
+    Assignment,
+    Event,
+    Experiment,
+    Impression,
+    Segment,
+    UtcDateTime,
+    Variant,
+    utcnow,
+)
 from tests.conftest import BACKENDS, postgres_schema_url
 
 
@@ -125,6 +136,54 @@ def test_a_populated_database_downgrades_and_upgrades_again(empty_engine: sa.Eng
         # The connection that migrated went back to the pool with its foreign keys on again.
         with empty_engine.connect() as connection:
             assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+def test_assignments_stored_before_0010_count_as_used_at_the_migration(
+    empty_engine: sa.Engine,
+) -> None:
+    migrate.upgrade(empty_engine, "0009")
+    with Session(empty_engine) as session:
+        experiment = Experiment(name="e", product_name="p", product_description="d", sticky=True)
+        session.add(experiment)
+        session.flush()
+        segment = Segment(experiment_id=experiment.id, key="s", description="d", position=0)  # type: ignore[arg-type]
+        session.add(segment)
+        session.flush()
+        variant = Variant(
+            experiment_id=experiment.id,  # type: ignore[arg-type]
+            segment_id=segment.id,  # type: ignore[arg-type]
+            text="t",
+            origin="manual",
+            status="active",
+        )
+        session.add(variant)
+        session.flush()
+        session.execute(
+            sa.text(
+                "INSERT INTO assignment"
+                " (experiment_id, segment_id, user_hash, variant_id, propensity, created_at)"
+                " VALUES (:experiment, :segment, 'u', :variant, 1.0, :created)"
+            ).bindparams(sa.bindparam("created", type_=UtcDateTime)),
+            {
+                "experiment": experiment.id,
+                "segment": segment.id,
+                "variant": variant.id,
+                "created": utcnow() - timedelta(days=400),
+            },
+        )
+        session.commit()
+    before = utcnow()
+    migrate.upgrade(empty_engine)
+    after = utcnow()
+
+    with Session(empty_engine) as session:
+        [assignment] = session.exec(select(Assignment)).all()
+    assert before <= assignment.last_used_at <= after
+    if empty_engine.dialect.name == "sqlite":
+        # The text format every other time has, so SQLite compares it with them correctly.
+        with empty_engine.connect() as connection:
+            stored = connection.exec_driver_sql("SELECT last_used_at FROM assignment").scalar()
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", stored), stored
 
 
 def test_a_migration_that_leaves_dangling_references_is_refused(

@@ -14,7 +14,8 @@ from sqlmodel import Session, select
 from service.cli import main
 from service.consistency import check_counters
 from service.db import make_engine
-from service.models import Event, Impression, Variant, utcnow
+from service.identity import hash_user_id
+from service.models import Assignment, Event, Impression, Variant, utcnow
 from service.reports import experiment_report
 from service.retention import PurgeReport, parse_age, purge
 from tests.lock_waits import wait_until_someone_waits_for_a_lock
@@ -124,6 +125,77 @@ def test_an_old_impression_with_a_young_conversion_is_kept_until_the_conversion_
     result = purge(engine=engine, older_than=timedelta(days=90))
     assert (result.events, result.impressions) == (1, 1)
     assert check_counters(session=session).ok
+
+
+def _sticky_experiment(api: Any) -> int:
+    created = api.create_experiment(name="Sticky launch", sticky=True)
+    for text in ("Steep it right.", "Tea at the perfect temperature."):
+        api.add_variant(created["id"], "tea-lovers", text)
+    return created["id"]  # type: ignore[no-any-return]
+
+
+def _hash(app: Any, user_id: str) -> str:
+    return hash_user_id(user_id, key=app.extensions["copybandit.settings"].user_id_key)
+
+
+def _last_used(session: Session) -> dict[str, Any]:
+    """Each assignment's last use, by the user's hash."""
+    session.expire_all()
+    return {a.user_hash: a.last_used_at for a in session.exec(select(Assignment))}
+
+
+def _set_last_used(session: Session, user_hash: str, when: Any) -> None:
+    session.execute(
+        sa.update(Assignment).where(Assignment.user_hash == user_hash).values(last_used_at=when)  # type: ignore[arg-type]
+    )
+    session.commit()
+
+
+def test_purge_deletes_assignments_unused_for_longer_than_the_age(
+    app: Any, api: Any, session: Session
+) -> None:
+    experiment_id = _sticky_experiment(api)
+    gone, late, recent = (_hash(app, user) for user in ("gone", "noted-a-day-late", "recent"))
+    for user in ("gone", "noted-a-day-late", "recent"):
+        api.decide(experiment_id, segment="tea-lovers", user_id=user)
+    now = utcnow()
+    _set_last_used(session, gone, now - timedelta(days=92))
+    # Noted before the cutoff, but less than a day before: a use since may not have been noted.
+    _set_last_used(session, late, now - timedelta(days=90, hours=12))
+    batches: list[int] = []
+
+    result = purge(
+        engine=app.extensions["copybandit.engine"],
+        older_than=timedelta(days=90),
+        batch_size=1,
+        now=now,
+        progress=lambda r: batches.append(r.assignments),
+    )
+
+    assert result.assignments == 1 and batches == [1]
+    assert set(_last_used(session)) == {late, recent}
+    assert check_counters(session=session).ok
+
+
+def test_a_sticky_repeat_notes_its_use_once_a_day_and_keeps_its_assignment_past_a_purge(
+    app: Any, api: Any, session: Session
+) -> None:
+    experiment_id = _sticky_experiment(api)
+    first = api.decide(experiment_id, segment="tea-lovers", user_id="returning")
+    user_hash = _hash(app, "returning")
+    _set_last_used(session, user_hash, utcnow() - timedelta(days=100))
+
+    again = api.decide(experiment_id, segment="tea-lovers", user_id="returning")
+    noted = _last_used(session)[user_hash]
+    assert utcnow() - noted < timedelta(minutes=5)
+    # Within the day a repeat writes nothing.
+    api.decide(experiment_id, segment="tea-lovers", user_id="returning")
+    assert _last_used(session)[user_hash] == noted
+
+    result = purge(engine=app.extensions["copybandit.engine"], older_than=timedelta(days=90))
+    assert result.assignments == 0
+    last = api.decide(experiment_id, segment="tea-lovers", user_id="returning")
+    assert first["variant_id"] == again["variant_id"] == last["variant_id"]
 
 
 def _second_engine(app: Any) -> sa.Engine:
