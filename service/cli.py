@@ -486,7 +486,8 @@ def check() -> None:
 @click.option("--older-than", "older_than", required=True, help="Age, like 90d, 12h or 30m.")
 @click.option("--batch-size", type=click.IntRange(1, 1_000_000), default=5_000, show_default=True)
 def purge(older_than: str, batch_size: int) -> None:
-    """Delete impressions and events older than --older-than, in batches; counters stay exact."""
+    """Delete impressions and events older than --older-than, and sticky assignments unused
+    since a day before that, in batches; counters stay exact."""
     try:
         age = parse_age(older_than)
     except ValueError as exc:
@@ -495,7 +496,8 @@ def purge(older_than: str, batch_size: int) -> None:
 
     def say(report: PurgeReport) -> None:
         click.echo(
-            f"  deleted {report.events:,} events, {report.impressions:,} impressions so far",
+            f"  deleted {report.events:,} events, {report.impressions:,} impressions, "
+            f"{report.assignments:,} sticky assignments so far",
             err=True,
         )
 
@@ -504,7 +506,8 @@ def purge(older_than: str, batch_size: int) -> None:
     )
     click.echo(
         f"purged {report.events:,} events and {report.impressions:,} impressions older than "
-        f"{report.cutoff:%Y-%m-%d %H:%M} UTC"
+        f"{report.cutoff:%Y-%m-%d %H:%M} UTC, and {report.assignments:,} sticky assignments "
+        "unused since a day before that"
     )
 
 

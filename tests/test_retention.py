@@ -339,6 +339,7 @@ def test_cli_check_and_purge(
     purged = runner.invoke(main, ["purge", "--older-than", "7d", "--batch-size", "5"])
     assert purged.exit_code == 0, purged.output
     assert "purged 3 events and 12 impressions" in purged.output
+    assert "and 0 sticky assignments unused since a day before that" in purged.output
     assert runner.invoke(main, ["check"]).exit_code == 0
     refused = runner.invoke(main, ["purge", "--older-than", "soon"])
     assert refused.exit_code == 2 and "90d, 12h or 30m" in refused.output
