@@ -8,6 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Flask, Response, jsonify
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 from werkzeug.exceptions import HTTPException
 
 from service import db
@@ -95,11 +96,22 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
 
 
 def validation_error_response(exc: ValidationError) -> Response:
-    """pydantic's report, reduced to the first problem, named by its dotted path."""
+    return error_response(400, "invalid", *first_problem(exc))
+
+
+def first_problem(exc: ValidationError) -> tuple[str, str | None]:
+    """pydantic's report, reduced to its first problem (message, field), named by its dotted
+    path."""
     first = exc.errors(include_url=False)[0]
     field = ".".join(str(part) for part in first["loc"]) or None
-    message = first["msg"] if field is None else f"{field}: {first['msg']}"
-    return error_response(400, "invalid", message, field)
+    message = in_words(first)
+    return (message if field is None else f"{field}: {message}"), field
+
+
+def in_words(error: ErrorDetails) -> str:
+    """pydantic's message for one error, without the "Value error, " it puts before the words of
+    our own validators: people read these."""
+    return error["msg"].removeprefix("Value error, ")
 
 
 def http_error(exc: HTTPException) -> Response:

@@ -387,3 +387,11 @@ def test_odd_text_is_stored_and_served_verbatim(
     after = _snapshot(session)
     assert (after["Experiment"], after["Segment"], after["Variant"]) == (2, 3, 5)
     assert (after["Impression"], after["Event"]) == (3, 1)
+
+
+def test_our_own_rules_read_without_pydantics_prefix(raw: Raw) -> None:
+    # The API said "name: Value error, must not be blank", as the dashboard did.
+    body = raw.refused(
+        "/v1/experiments", json.dumps(_experiment_body(name="\u200b")), 400, "invalid"
+    )
+    assert body["message"] == "name: must not be blank"

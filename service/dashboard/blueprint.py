@@ -8,12 +8,11 @@ from typing import Any, TypeVar
 
 from flask import Blueprint, current_app, render_template
 from pydantic import BaseModel, ValidationError
-from pydantic_core import ErrorDetails
 from werkzeug.exceptions import HTTPException
 
 from service import db
 from service.dashboard.session_auth import csrf_token, protect
-from service.errors import APIError, InvalidInput
+from service.errors import APIError, InvalidInput, first_problem
 
 bp = Blueprint(
     "dashboard",
@@ -32,18 +31,8 @@ def validated(model: type[Model], data: dict[str, Any]) -> Model:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        field = ".".join(str(part) for part in first["loc"]) or None
-        message = in_words(first)
-        raise InvalidInput(
-            message if field is None else f"{field}: {message}", field=field
-        ) from None
-
-
-def in_words(error: ErrorDetails) -> str:
-    """pydantic's message for one error, without the "Value error, " it puts before the words of
-    our own validators: a marketer reads these."""
-    return error["msg"].removeprefix("Value error, ")
+        message, field = first_problem(exc)
+        raise InvalidInput(message, field=field) from None
 
 
 _DB_ID_MAX = 2**31 - 1

@@ -17,9 +17,9 @@ from werkzeug.wrappers import Response
 
 from service import db
 from service.dashboard import charts
-from service.dashboard.blueprint import bp, form_int, in_words, validated
+from service.dashboard.blueprint import bp, form_int, validated
 from service.dashboard.blueprint import invalidate as invalidate_snapshot
-from service.errors import APIError, InvalidInput
+from service.errors import APIError, InvalidInput, in_words
 from service.experiments import (
     add_variant,
     create_experiment,
