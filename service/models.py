@@ -173,13 +173,9 @@ class Variant(SQLModel, table=True):
 
 
 class Impression(SQLModel, table=True):
-    __table_args__ = (
-        # A variant's rows over a span of time, as the dashboard's charts read them; the index
-        # serves lookups by variant alone too.
-        sa.Index("ix_impression_variant_id_created_at", "variant_id", "created_at"),
-        # One experiment's rows in some of its segments, as `copybandit ope` reads them.
-        sa.Index("ix_impression_experiment_id_segment_id", "experiment_id", "segment_id"),
-    )
+    # A variant's rows over a span of time, as the dashboard's charts read them; the index serves
+    # lookups by variant alone too.
+    __table_args__ = (sa.Index("ix_impression_variant_id_created_at", "variant_id", "created_at"),)
 
     # Time-ordered text ids (see service.identity): opaque to storefronts, index-friendly.
     id: str = Field(primary_key=True, max_length=32)

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -31,7 +29,6 @@ from service.models import (
     Variant,
     utcnow,
 )
-from service.ope import evaluate
 from tests.conftest import BACKENDS, postgres_schema_url
 
 
@@ -187,44 +184,6 @@ def test_assignments_stored_before_0010_count_as_used_at_the_migration(
         with empty_engine.connect() as connection:
             stored = connection.exec_driver_sql("SELECT last_used_at FROM assignment").scalar()
         assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", stored), stored
-
-
-def test_ope_reads_one_experiments_impressions_through_an_index(
-    sqlite_template: Path, tmp_path: Path
-) -> None:
-    """With none, `copybandit ope` read every experiment's impressions. SQLite's plans name the
-    index whatever the table holds, so the plan is read there."""
-    path = tmp_path / "plans.db"
-    shutil.copy(sqlite_template, path)
-    engine = make_engine(load_settings({"database_url": f"sqlite:///{path}"}))
-    with Session(engine) as session:
-        experiment = Experiment(name="e", product_name="p", product_description="d")
-        session.add(experiment)
-        session.flush()
-        session.add(Segment(experiment_id=experiment.id, key="s", description="d", position=0))  # type: ignore[arg-type]
-        session.commit()
-        statements: list[tuple[str, Any]] = []
-
-        @sa.event.listens_for(engine, "before_cursor_execute")
-        def remember(_c: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-            statements.append((statement, parameters))
-
-        evaluate(session=session, experiment_id=experiment.id, policy="uniform")  # type: ignore[arg-type]
-        sa.event.remove(engine, "before_cursor_execute", remember)
-    with engine.connect() as connection:
-        reads = [
-            detail
-            for statement, parameters in statements
-            for *_, detail in connection.exec_driver_sql(
-                f"EXPLAIN QUERY PLAN {statement}", parameters
-            )
-            if re.match(r"(SCAN|SEARCH) impression\b", detail)
-        ]
-    engine.dispose()
-    assert len(reads) == 1, reads
-    assert reads[0].startswith(
-        "SEARCH impression USING INDEX ix_impression_experiment_id_segment_id (experiment_id=?"
-    ), reads
 
 
 def test_a_migration_that_leaves_dangling_references_is_refused(
