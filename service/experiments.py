@@ -124,7 +124,7 @@ def add_variant(*, session: Session, experiment_id: int, variant_create: Variant
     if variant_create.origin == Origin.CONTROL:
         # Two requests adding a control at once both found none and both added one; the second
         # control was never guarded against nor retirable. One adds at a time in a segment.
-        lock_segment(session, segment)
+        lock_row(session, segment)
         if _has_control(session, segment.id):  # type: ignore[arg-type]
             session.rollback()
             raise Conflict(f"segment {segment.key!r} already has a control variant", field="origin")

@@ -36,7 +36,7 @@ from service.models import (
     utcnow,
 )
 from service.policy import LifecyclePolicy, policy_of
-from service.segment_guard import another_stays_active, lock_segment
+from service.segment_guard import another_stays_active, lock_row, lock_segment
 
 log = logging.getLogger(__name__)
 
@@ -294,8 +294,12 @@ def apply_segment(
         # Committed before planning: the fold's row locks no longer wait out the Monte Carlo.
         session.add_all(events)
         session.commit()
-    # A status change by hand in this segment commits before the plan reads what it changed.
-    lock_segment(session, segment)
+    # A status change by hand in this segment, or another pass's order for it, commits before the
+    # plan reads what it changed (two passes at once on SQLite, where a plain read locks nothing,
+    # each counted the other's order as missing: 52 jobs for 30 segments). The guardrail alone
+    # orders nothing and its pauses check their own condition; on SQLite the write lock would
+    # hold every writer back for its Monte Carlo, about once a second per segment.
+    (lock_segment if guardrail_only else lock_row)(session, segment)
     variants = session.exec(in_id_order).all()
     arms = [Arm.of(v) for v in variants]
     if guardrail_only:

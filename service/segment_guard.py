@@ -4,7 +4,10 @@ A check ("is this the last active one?") followed by an update lets two writers 
 the last two variants: both see two active, both succeed, and decisions for the segment answer 409
 until someone intervenes (reproduced in 20 of 20 tries with two concurrent requests). So the update
 carries the check itself, and on PostgreSQL, where two UPDATEs of different rows do not see each
-other's uncommitted work, writers that change statuses first lock the segment's row (lock_row).
+other's uncommitted work, writers that change statuses first lock the segment's row; SQLite runs
+one writing statement at a time, so there the check inside the UPDATE is enough. A writer that
+decides from what it reads (adds a control if there is none, orders the copy that is missing)
+takes lock_row instead, which on SQLite is the database's write lock.
 """
 
 from __future__ import annotations
@@ -18,17 +21,21 @@ _other = sa.orm.aliased(Variant)
 
 
 def lock_segment(session: Session, segment: Segment) -> None:
-    """Wait for other status changes in this segment to commit, and read it afresh."""
-    lock_row(session, segment)
+    """Wait for other status changes in this segment to commit, and read it afresh (PostgreSQL's
+    row lock, held to the end of the transaction; a plain read on SQLite, where the UPDATE that
+    changes a status carries its own check)."""
+    session.refresh(segment, with_for_update=True)
 
 
 def lock_row(session: Session, row: SQLModel) -> None:
-    """Hold `row` against other writers to the end of this transaction, and read it afresh:
-    what is read next is what the writes after it act on.
+    """For a writer that decides from what it reads next (is there a control yet? how much copy
+    is on order?): hold `row` against other writers to the end of this transaction, and read it
+    afresh.
 
     PostgreSQL: the row's lock. SQLite: the database's write lock, taken by a write that changes
-    nothing. Python's sqlite3 begins a transaction only at a write, so two writers could both read,
-    decide and then write, each on what the other was about to change."""
+    nothing; Python's sqlite3 begins a transaction only at a write, so two writers could both read,
+    decide and then write, each on what the other was about to change. Every SQLite writer waits
+    for it meanwhile: hold it for one piece of work."""
     if session.get_bind().dialect.name == "sqlite":
         model = type(row)
         (key,) = sa.inspect(model).primary_key
