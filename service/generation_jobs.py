@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -302,14 +302,24 @@ class JobRunner:
         self._writer_lock = threading.Lock()
         self.writer_factory = writer_factory or self._load_default_writer
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generation")
-        self._futures: list[Future[GenerationJob]] = []
+        self._unfinished = 0
+        self._all_finished = threading.Condition()
 
     def submit(self, job_id: int) -> None:
-        self._futures.append(
-            self._executor.submit(
-                run_job, engine=self.engine, job_id=job_id, writer=self.writer, options=self.options
-            )
-        )
+        with self._all_finished:
+            self._unfinished += 1
+        # Nothing of a job is kept once it ends: its outcome is in its row. Keeping each job's
+        # future held the job and its result (~45 KB) for the worker's whole life, a few more
+        # every lifecycle pass.
+        self._executor.submit(self._run, job_id)
+
+    def _run(self, job_id: int) -> None:
+        try:
+            run_job(engine=self.engine, job_id=job_id, writer=self.writer, options=self.options)
+        finally:
+            with self._all_finished:
+                self._unfinished -= 1
+                self._all_finished.notify_all()
 
     def writer(self) -> Writer:
         with self._writer_lock:
@@ -318,8 +328,9 @@ class JobRunner:
             return self._writer
 
     def join(self, timeout: float | None = None) -> None:
-        """Wait for every submitted job (tests, and a clean shutdown)."""
-        wait(self._futures, timeout=timeout)
+        """Wait until every submitted job has ended (tests, and a clean shutdown)."""
+        with self._all_finished:
+            self._all_finished.wait_for(lambda: self._unfinished == 0, timeout=timeout)
 
     def _load_default_writer(self) -> Writer:
         return default_writer(self._settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import threading
 from typing import Any
 
@@ -11,6 +12,7 @@ from sqlmodel import Session
 
 from generation.writer import Sample
 from service.generation_jobs import GenerationOptions, create_job, run_job
+from service.models import GenerationJob
 
 GOOD = [
     "Brew every cup right with the Aurora kettle.",
@@ -220,3 +222,27 @@ def test_a_job_that_fails_after_storing_copy_says_what_it_stored(api: Any, app: 
     assert job["message"] == "failed after storing 1 new variants in tea-lovers"
     assert job["result"]["segments"]["tea-lovers"]["variant_ids"] == [served["id"]]
     assert _variants(api, created["id"], "busy-parents") == []
+
+
+def test_a_runner_keeps_nothing_of_the_jobs_it_finished(
+    api: Any, app: Any, experiment: dict[str, Any], writer: ScriptedWriter
+) -> None:
+    runner = app.extensions["copybandit.jobs"]
+    with Session(app.extensions["copybandit.engine"]) as session:
+        job_ids = [
+            create_job(
+                session=session, experiment_id=experiment["id"], segment_key="tea-lovers", n=1
+            ).id
+            for _ in range(3)
+        ]
+    for job_id in job_ids:
+        runner.submit(job_id)
+    runner.join(timeout=30)
+    gc.collect()
+
+    # Before, the runner kept every finished job and its result: a worker's memory only grew.
+    alive = [o for o in gc.get_objects() if isinstance(o, GenerationJob) and o.id in job_ids]
+    assert alive == []
+    assert {api.get(f"/v1/jobs/{job_id}").get_json()["status"] for job_id in job_ids} == {
+        "succeeded"
+    }
