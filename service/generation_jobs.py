@@ -2,7 +2,8 @@
 
 The HTTP request only creates the row and hands its id to this process's runner, so a slow model
 never holds a request open. The runner loads the model once per process, on the first job.
-A job interrupted by a process exit stays `running`; its row says when it started.
+A job that a process exit interrupted, or that nothing ran, is failed by the next lifecycle pass
+once it is an hour old (`JOB_STALE_AFTER`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from generation import Brief, LintConfig, generate_variants
 from generation.lint import DEFAULT_BANNED_PHRASES
 from generation.writer import Writer
 from service.config import Settings
+from service.db import rows_changed
 from service.experiments import fetch, find_segment, get_experiment, segments_of
 from service.lifecycle import assign_prior
 from service.metrics import metrics
@@ -42,6 +45,15 @@ log = logging.getLogger(__name__)
 # Lines kept in a job's result to explain rejections; the counts cover all of them.
 _REJECTIONS_KEPT = 50
 _LEADERS = 2
+# A job that has not ended this long after it was queued never will: the process running it exited
+# (a crash, a restart with jobs still in its queue), or nothing ran it (`copybandit lifecycle --once
+# --no-generate` queues jobs and runs none).
+JOB_STALE_AFTER = timedelta(hours=1)
+INTERRUPTED = (
+    "interrupted: no worker finished it within an hour; its process exited or nothing ran it "
+    "(the lifecycle orders copy still missing again)"
+)
+_UNFINISHED = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 
 
 def create_job(
@@ -59,6 +71,39 @@ def create_job(
 
 def get_job(*, session: Session, job_id: int) -> GenerationJob:
     return fetch(session, GenerationJob, job_id, what="generation job", field="job_id")
+
+
+def interrupted(job: GenerationJob, now: datetime) -> bool:
+    """Whether the job is unfinished and too old to end (see JOB_STALE_AFTER)."""
+    return job.status in _UNFINISHED and job.created_at < now - JOB_STALE_AFTER
+
+
+def fail_interrupted_jobs(*, session: Session, now: datetime) -> list[int]:
+    """Mark the jobs that will never end failed, so their rows say so; returns their ids."""
+    unfinished = session.exec(
+        select(GenerationJob).where(col(GenerationJob.status).in_(_UNFINISHED))
+    ).all()
+    failed: list[int] = []
+    for job in unfinished:
+        if not interrupted(job, now):
+            continue
+        # Unless it ended meanwhile: then its worker's word stands.
+        still_unfinished = rows_changed(
+            session,
+            sa.update(GenerationJob)
+            .where(col(GenerationJob.id) == job.id, col(GenerationJob.status).in_(_UNFINISHED))
+            .values(
+                status=JobStatus.FAILED.value,
+                finished_at=now,
+                message=INTERRUPTED,
+                error=INTERRUPTED,
+            ),
+        )
+        if still_unfinished:
+            log.warning("generation job %s: %s", job.id, INTERRUPTED)
+            failed.append(job.id)  # type: ignore[arg-type]
+    session.commit()
+    return failed
 
 
 def brief_for(session: Session, experiment: Experiment, segment: Segment) -> Brief:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -231,14 +231,21 @@ class RunReport:
     jobs: list[int] = field(default_factory=list)
     # Segments whose pass failed (logged) and were left as they were.
     failed_segments: list[int] = field(default_factory=list)
+    # Generation jobs failed as interrupted (see generation_jobs.JOB_STALE_AFTER).
+    interrupted_jobs: list[int] = field(default_factory=list)
 
 
 def run_lifecycle(
     *, engine: sa.Engine, submit_job: SubmitJob | None = None, now: datetime | None = None
 ) -> RunReport:
     """One pass over every experiment; each segment's changes commit on their own."""
+    # Imported here: generation_jobs imports this module (assign_prior).
+    from service.generation_jobs import fail_interrupted_jobs
+
     report = RunReport()
     with Session(engine, expire_on_commit=False) as session:
+        # First, so the jobs that will never deliver no longer count as copy on order.
+        report.interrupted_jobs = fail_interrupted_jobs(session=session, now=now or utcnow())
         experiments = session.exec(select(Experiment).order_by(col(Experiment.id))).all()
         for experiment in experiments:
             report.experiments += 1
@@ -310,7 +317,7 @@ def apply_segment(
             policy,
             winner_id=segment.winner_variant_id,
             pending=sum(v.status == VariantStatus.PENDING_REVIEW for v in variants),
-            on_order=_copy_on_order(session, segment, now),
+            on_order=_copy_on_order(session, segment),
         )
     job_id = None
     for action in sorted(_status_changes(actions), key=lambda a: a.variant_id or 0):
@@ -371,13 +378,10 @@ def _status_changes(actions: list[Action]) -> list[Action]:
     return [action for action in actions if action.kind in ("pause", "retire")]
 
 
-# A generation job older than this that still says queued/running was orphaned by a process exit.
-_JOB_STALE_AFTER = timedelta(hours=1)
-
-
-def _copy_on_order(session: Session, segment: Segment, now: datetime) -> int:
+def _copy_on_order(session: Session, segment: Segment) -> int:
     """Lines that queued or running generation jobs will deliver, so a pass does not order twice:
-    jobs for this segment, and jobs for every segment of its experiment (n lines each)."""
+    jobs for this segment, and jobs for every segment of its experiment (n lines each). Jobs that
+    will never end were failed at the start of the pass."""
     ordered = session.exec(
         select(sa.func.coalesce(sa.func.sum(GenerationJob.n), 0)).where(
             sa.or_(
@@ -388,7 +392,6 @@ def _copy_on_order(session: Session, segment: Segment, now: datetime) -> int:
                 ),
             ),
             col(GenerationJob.status).in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
-            GenerationJob.created_at >= now - _JOB_STALE_AFTER,
         )
     ).one()
     return int(ordered)

@@ -1620,6 +1620,29 @@ def test_a_failed_job_page_shows_the_error_and_stops_refreshing(
     assert "1 new line for every segment." in html
 
 
+@pytest.mark.parametrize("status", ["queued", "running"])
+def test_an_interrupted_job_page_says_so_and_stops_refreshing(
+    app: Any, dash: Dashboard, session: Session, experiment: dict[str, Any], status: str
+) -> None:
+    # Its worker was killed (or nothing ran it) two hours ago; no lifecycle pass has failed it yet.
+    job = GenerationJob(
+        experiment_id=experiment["id"],
+        n=2,
+        status=status,
+        message="segment tea-lovers: round 1/4, 0/2 accepted",
+        created_at=utcnow() - timedelta(hours=2),
+    )
+    session.add(job)
+    session.commit()
+
+    html = dash.html(f"/dashboard/jobs/{job.id}")
+
+    # Before, the page refreshed itself every 2 seconds, forever.
+    assert 'http-equiv="refresh"' not in html
+    assert "interrupted: no worker finished it within an hour" in html
+    assert "refreshes itself" not in html
+
+
 # --- experiment list and page ------------------------------------------------------------------
 
 

@@ -4,7 +4,7 @@ the guardrail on conversion events, and `copybandit lifecycle --once`."""
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -284,6 +284,43 @@ def test_a_pass_while_its_last_order_is_still_queued_orders_nothing_more(
     assert len(first.jobs) == 2
     # Before, each pass asked for the same two lines again while the first order still waited.
     assert again.jobs == [] and not [e for e in again.actions if e.action == "regenerate"]
+
+
+def test_a_pass_fails_jobs_no_worker_finished_within_an_hour_and_orders_again(
+    app: Any, api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    tea, parents = (segment_id(session, experiment, key) for key in (TEA, PARENTS))
+    # A worker killed mid-job, a job nothing ran, and one still within its hour.
+    crashed, never_ran, recent = (
+        GenerationJob(
+            experiment_id=experiment["id"],
+            segment_id=segment,
+            n=2,
+            status=status,
+            created_at=NOW - age,
+        )
+        for segment, status, age in [
+            (tea, "running", timedelta(hours=3)),
+            (tea, "queued", timedelta(minutes=61)),
+            (parents, "queued", timedelta(minutes=59)),
+        ]
+    )
+    session.add_all([crashed, never_ran, recent])
+    session.commit()
+
+    report = run(app)
+
+    for job in (crashed, never_ran):
+        shown = api.get(f"/v1/jobs/{job.id}").get_json()
+        # Before, they said running and queued forever.
+        assert shown["status"] == "failed"
+        assert shown["message"].startswith("interrupted: no worker finished it within an hour")
+        assert parse_time(shown["finished_at"]) == NOW
+    assert api.get(f"/v1/jobs/{recent.id}").get_json()["status"] == "queued"
+    assert sorted(report.interrupted_jobs) == sorted([crashed.id, never_ran.id])
+    # Tea-lovers' lines will never come, so they are ordered again; busy-parents' are on their way.
+    ordered = {e.segment_id: e.numbers["n"] for e in report.actions if e.action == "regenerate"}
+    assert ordered == {tea: 2}
 
 
 # --- informed priors ----------------------------------------------------------------------------

@@ -29,10 +29,10 @@ from service.experiments import (
     segments_of,
     variants_of,
 )
-from service.generation_jobs import create_job, get_job
+from service.generation_jobs import INTERRUPTED, create_job, get_job, interrupted
 from service.history import segment_history
 from service.lifecycle import audit_trail
-from service.models import Experiment, Segment, Variant, VariantStatus
+from service.models import Experiment, Segment, Variant, VariantStatus, utcnow
 from service.reports import experiment_report, serving_winners
 from service.schemas import (
     ExperimentCreate,
@@ -300,12 +300,15 @@ def job(job_id: int) -> str:
     session = db.session()
     found = get_job(session=session, job_id=job_id)
     segment = session.get(Segment, found.segment_id) if found.segment_id is not None else None
+    # Until the lifecycle marks it failed, an interrupted job's row still says queued or running.
+    gave_up = interrupted(found, utcnow())
     return render_template(
         "job.html",
         job=found,
         segment=segment,
         experiment=get_experiment(session=session, experiment_id=found.experiment_id),
-        finished=found.status in ("succeeded", "failed"),
+        finished=found.status in ("succeeded", "failed") or gave_up,
+        interrupted=INTERRUPTED if gave_up else None,
     )
 
 
