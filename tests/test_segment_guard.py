@@ -8,14 +8,16 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from service import lifecycle
 from service.db import make_engine
 from service.errors import Conflict
 from service.experiments import add_variant, update_policy, update_variant
 from service.lifecycle import run_lifecycle
-from service.models import Experiment, Variant, VariantStatus
+from service.models import Experiment, GenerationJob, Segment, Variant, VariantStatus
 from service.policy import PolicyChanges
 from service.schemas import VariantCreate, VariantPatch
 from tests.lock_waits import someone_waits_for_a_lock
@@ -116,29 +118,66 @@ def _interleave(
 ) -> threading.Thread:
     """Run `other` in a thread when this engine is about to send a statement starting with
     `starts_with`, and go on once it has finished or waits for a lock this side holds."""
-    reached_lock = threading.Event()
-
-    @sa.event.listens_for(elsewhere, "before_cursor_execute")
-    def _locking(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if statement.lstrip().upper().startswith(("UPDATE SEGMENT", "UPDATE EXPERIMENT SET ID")):
-            reached_lock.set()
-
-    thread = threading.Thread(target=other)
+    thread = _writer_elsewhere(elsewhere, other)
 
     @sa.event.listens_for(engine, "before_cursor_execute")
     def _now(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
         if statement.lstrip().upper().startswith(starts_with) and not thread.ident:
-            thread.start()
-            if engine.dialect.name == "postgresql":
-                _blocked_or_done(elsewhere, thread)
-            else:
-                # SQLite shows no lock waits: once the other side has sent its locking write and
-                # still runs a moment later, it is waiting in SQLite's busy handler.
-                while thread.is_alive() and not reached_lock.wait(0.01):
-                    pass
-                thread.join(0.3)
+            thread.start_until_blocked_or_done()  # type: ignore[attr-defined]
 
     return thread
+
+
+def _writer_elsewhere(elsewhere: sa.Engine, work: Any) -> threading.Thread:
+    """A thread for `work`, writing on `elsewhere`, with start_until_blocked_or_done()."""
+    asked_for_lock = threading.Event()
+
+    @sa.event.listens_for(elsewhere, "before_cursor_execute")
+    def _locking(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith(("UPDATE SEGMENT", "UPDATE EXPERIMENT SET ID")):
+            asked_for_lock.set()
+
+    thread = threading.Thread(target=work)
+
+    def start_until_blocked_or_done() -> None:
+        thread.start()
+        if elsewhere.dialect.name == "postgresql":
+            _blocked_or_done(elsewhere, thread)
+            return
+        # SQLite shows no lock waits: once the other side has sent its locking write and still
+        # runs a moment later, it is waiting in SQLite's busy handler.
+        while thread.is_alive() and not asked_for_lock.wait(0.01):
+            pass
+        thread.join(0.3)
+
+    thread.start_until_blocked_or_done = start_until_blocked_or_done  # type: ignore[attr-defined]
+    return thread
+
+
+def test_two_lifecycle_passes_at_once_order_a_segments_copy_once(
+    app: Any, session: Session, experiment: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = app.extensions["copybandit.engine"]
+    elsewhere = make_engine(app.extensions["copybandit.settings"])
+    other = _writer_elsewhere(elsewhere, lambda: run_lifecycle(engine=elsewhere))
+    plan = lifecycle.plan_segment
+
+    def the_other_pass_runs_now(*args: Any, **kwargs: Any) -> Any:
+        # After this pass has counted the first segment's copy on order, before it orders more.
+        if not other.ident:
+            other.start_until_blocked_or_done()  # type: ignore[attr-defined]
+        return plan(*args, **kwargs)
+
+    monkeypatch.setattr(lifecycle, "plan_segment", the_other_pass_runs_now)
+    run_lifecycle(engine=engine)
+    other.join(timeout=60)
+    elsewhere.dispose()
+
+    session.expire_all()
+    ordered = session.exec(select(GenerationJob.segment_id, GenerationJob.n)).all()
+    segments = session.exec(select(Segment.id).where(Segment.experiment_id == experiment["id"]))
+    # Before, on SQLite, both passes ordered the first segment's two missing lines.
+    assert sorted(ordered) == sorted((segment_id, 2) for segment_id in segments)
 
 
 def test_two_controls_added_at_once_make_one_control(
