@@ -406,13 +406,21 @@ def _fold(
     now: datetime,
 ) -> LifecycleEvent:
     """Decay each variant's evidence by the hours since its last fold, then fold in what arrived
-    since at full weight (it is at most one interval old). One UPDATE per row reads and writes the
+    since at full weight (it is at most one interval old). A variant's first fold has nothing to
+    decay: all its evidence so far enters at full weight. One UPDATE per row reads and writes the
     counters together, so increments racing with the fold are neither lost nor counted twice."""
     factors = []
+    first_folds = 0
     for variant in variants:
-        since = variant.folded_at or variant.created_at
-        factor = discount_factor(per_hour, max(0.0, (now - since).total_seconds() / 3600))
-        factors.append(factor)
+        if variant.folded_at is None:
+            factor = 1.0
+            # The audit says what weighed the evidence: a factor for nothing made a first fold
+            # look like a decay (factor_min 0.00072 over a month-old variant kept in full).
+            first_folds += 1
+        else:
+            hours = max(0.0, (now - variant.folded_at).total_seconds() / 3600)
+            factor = discount_factor(per_hour, hours)
+            factors.append(factor)
         failures = (
             col(Variant.decayed_failures) * factor
             + (col(Variant.impressions) - col(Variant.conversions))
@@ -437,10 +445,13 @@ def _fold(
         segment_id=segment.id,
         variant_id=None,
         action="discount",
-        reason=f"older evidence weighted by {per_hour} per hour",
+        reason=f"older evidence weighted by {per_hour} per hour"
+        + (f"; {first_folds} folded for the first time, in full" if first_folds else ""),
         numbers={
             "discount_per_hour": per_hour,
-            "variants": len(factors),
+            "variants": len(variants),
+            "first_folds": first_folds,
+            # Over the variants folded before, whose older evidence was decayed.
             "factor_min": round(min(factors, default=1.0), 6),
             "factor_max": round(max(factors, default=1.0), 6),
         },

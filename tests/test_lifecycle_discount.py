@@ -69,16 +69,32 @@ def test_old_evidence_decays_and_new_evidence_counts_in_full(
     )
 
 
-def test_each_fold_is_audited(setup: tuple[Any, int, Variant], session: Session) -> None:
-    engine, _, fresh = setup
-    run_lifecycle(engine=engine, now=fresh.created_at + timedelta(hours=1))
-    (event,) = session.exec(
+def test_each_fold_is_audited_with_the_weight_it_applied(
+    setup: tuple[Any, int, Variant], session: Session
+) -> None:
+    engine, variant_id, fresh = setup
+    _add(session, variant_id, impressions=1000, conversions=100)
+    # Discounting turned on a month after the variant started: its first fold keeps it all.
+    month_later = fresh.created_at + timedelta(days=30)
+    run_lifecycle(engine=engine, now=month_later)
+    run_lifecycle(engine=engine, now=month_later + timedelta(hours=1))
+
+    first, second = session.exec(
         select(LifecycleEvent)
         .where(LifecycleEvent.action == "discount")
         .where(LifecycleEvent.segment_id == fresh.segment_id)
+        .order_by(col(LifecycleEvent.id))
     ).all()
-    assert event.numbers is not None and event.numbers["discount_per_hour"] == 0.5
-    assert event.numbers["factor_min"] == pytest.approx(0.5)
+    assert _variant(session, variant_id).posterior() == pytest.approx(
+        (fresh.prior_alpha + 50, fresh.prior_beta + 450)
+    )
+    assert first.numbers is not None and second.numbers is not None
+    assert first.numbers["discount_per_hour"] == 0.5
+    # Before, the first fold's audit said factor_min 0.5**720 while it kept the evidence in full.
+    assert first.numbers["factor_min"] == 1.0
+    assert first.numbers["first_folds"] == 1
+    assert "1 folded for the first time, in full" in first.reason
+    assert (second.numbers["factor_min"], second.numbers["first_folds"]) == (0.5, 0)
 
 
 def test_without_discount_the_posterior_is_the_exact_counts(
