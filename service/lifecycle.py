@@ -10,7 +10,7 @@ state, and its row locks then need not wait out the planning).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -521,15 +521,26 @@ def new_arm_prior(
     )
 
 
-def audit_trail(session: Session, *, experiment_id: int, limit: int = 500) -> list[LifecycleEvent]:
-    return list(
-        session.exec(
-            select(LifecycleEvent)
-            .where(LifecycleEvent.experiment_id == experiment_id)
-            .order_by(col(LifecycleEvent.id).desc())
-            .limit(limit)
-        )
+# Every kind of row in the audit trail.
+AUDIT_ACTIONS = ("pause", "retire", "declare_winner", "regenerate", "prior", "discount")
+AUDIT_PAGE = 500
+
+
+def audit_trail(
+    session: Session,
+    *,
+    experiment_id: int,
+    limit: int = AUDIT_PAGE,
+    before: int | None = None,
+    actions: Collection[str] = AUDIT_ACTIONS,
+) -> list[LifecycleEvent]:
+    """Newest first; `before` an event id: only older ones, the page after the one it ended."""
+    query = select(LifecycleEvent).where(
+        LifecycleEvent.experiment_id == experiment_id, col(LifecycleEvent.action).in_(actions)
     )
+    if before is not None:
+        query = query.where(col(LifecycleEvent.id) < before)
+    return list(session.exec(query.order_by(col(LifecycleEvent.id).desc()).limit(limit)))
 
 
 class GuardrailWatch:

@@ -335,18 +335,33 @@ class Report(BaseModel):
     segments: list[SegmentReport]
 
 
+AuditAction = Literal["pause", "retire", "declare_winner", "regenerate", "prior", "discount"]
+
+
+class AuditQuery(BaseModel):
+    # Not strict: query values arrive as text.
+    model_config = ConfigDict(extra="forbid")
+    before: DbId | None = Field(
+        default=None, description="only events older than this id: pass next_before for a page"
+    )
+    action: AuditAction | None = Field(default=None, description="only events of this action")
+
+
 class AuditEvent(BaseModel):
     id: int
     created_at: datetime
     segment: str | None
     variant_id: int | None
-    action: str = Field(description="pause, retire, declare_winner, regenerate, prior")
+    action: str = Field(description="pause, retire, declare_winner, regenerate, prior, discount")
     reason: str
     numbers: dict[str, Any] | None
 
 
 class AuditTrail(BaseModel):
     events: list[AuditEvent] = Field(description="newest first, at most 500")
+    next_before: int | None = Field(
+        description="the `before` that fetches the next, older page; null on the last page"
+    )
 
 
 class Health(BaseModel):

@@ -1643,6 +1643,33 @@ def test_an_interrupted_job_page_says_so_and_stops_refreshing(
     assert "refreshes itself" not in html
 
 
+def test_the_audit_page_hides_discount_rows_until_asked_and_pages_through_them(
+    app: Any, dash: Dashboard, session: Session, experiment: dict[str, Any]
+) -> None:
+    eid = experiment["id"]
+    # A retirement, then two days of discount folds (600 passes) on top of it.
+    rows = [("retire", "prob_best 0.0100 < retire_below 0.02")] + [
+        ("discount", "older evidence weighted by 0.999 per hour")
+    ] * 600
+    session.add_all(LifecycleEvent(experiment_id=eid, action=a, reason=r) for a, r in rows)
+    session.commit()
+    audit = f"/dashboard/experiments/{eid}/audit"
+
+    shown = dash.html(audit)
+    # Before, the newest 500 rows were all discount rows and the retirement never showed.
+    assert "prob_best 0.0100 &lt; retire_below 0.02" in shown
+    assert "older evidence weighted" not in shown
+
+    folds = dash.html(f"{audit}?action=discount")
+    older = re.search(r'<a href="([^"]*before=\d+[^"]*)">Older entries</a>', folds)
+    assert older is not None
+    rest = dash.html(older.group(1).replace("&amp;", "&"))
+    assert folds.count("older evidence weighted") == 500
+    assert rest.count("older evidence weighted") == 100 and "Older entries" not in rest
+    assert dash.get(f"{audit}?action=nap").status_code == 400
+    assert dash.get(f"{audit}?before=x").status_code == 400
+
+
 # --- experiment list and page ------------------------------------------------------------------
 
 

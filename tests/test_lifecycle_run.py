@@ -323,6 +323,45 @@ def test_a_pass_fails_jobs_no_worker_finished_within_an_hour_and_orders_again(
     assert ordered == {tea: 2}
 
 
+# --- the audit trail ---------------------------------------------------------------------------
+
+
+def test_the_audit_trail_pages_and_filters_so_discount_rows_hide_nothing(
+    api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    tea = segment_id(session, experiment, TEA)
+    # A retirement, then two days of discount folds (600 passes) on top of it.
+    rows = [("retire", "prob_best 0.0100 < retire_below 0.02")] + [
+        ("discount", "older evidence weighted by 0.999 per hour")
+    ] * 600
+    session.add_all(
+        LifecycleEvent(experiment_id=experiment["id"], segment_id=tea, action=a, reason=r)
+        for a, r in rows
+    )
+    session.commit()
+    audit = f"/v1/experiments/{experiment['id']}/audit"
+
+    first = api.get(audit).get_json()
+    second = api.get(f"{audit}?before={first['next_before']}").get_json()
+    retired = api.get(f"{audit}?action=retire").get_json()
+
+    assert len(first["events"]) == 500 and {e["action"] for e in first["events"]} == {"discount"}
+    # Before, the newest 500 were all there was: the retirement could not be reached.
+    assert "retire" in {e["action"] for e in second["events"]}
+    assert second["next_before"] is None
+    every = session.exec(
+        select(LifecycleEvent.id)
+        .where(LifecycleEvent.experiment_id == experiment["id"])
+        .order_by(col(LifecycleEvent.id).desc())
+    ).all()
+    assert [e["id"] for e in first["events"] + second["events"]] == every
+    assert [(e["action"], e["segment"]) for e in retired["events"]] == [("retire", TEA)]
+    assert retired["next_before"] is None
+    for bad, field in [("before=0", "before"), ("before=x", "before"), ("action=nap", "action")]:
+        response = api.get(f"{audit}?{bad}")
+        assert (response.status_code, response.get_json()["field"]) == (400, field), bad
+
+
 # --- informed priors ----------------------------------------------------------------------------
 
 

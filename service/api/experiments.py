@@ -22,12 +22,13 @@ from service.experiments import (
     variants_of,
 )
 from service.generation_jobs import create_job, get_job
-from service.lifecycle import audit_trail
+from service.lifecycle import AUDIT_ACTIONS, AUDIT_PAGE, audit_trail
 from service.models import Experiment, Scope, Segment, Variant
 from service.policy import LifecyclePolicy, PolicyChanges, policy_of
 from service.reports import experiment_report
 from service.schemas import (
     AuditEvent,
+    AuditQuery,
     AuditTrail,
     ExperimentCreate,
     ExperimentList,
@@ -188,11 +189,20 @@ def patch_policy(path: ExperimentPath, body: PolicyChanges) -> tuple[dict[str, A
 
 
 @api.get("/experiments/<int:experiment_id>/audit", responses=responses(_200=AuditTrail))
-def audit(path: ExperimentPath) -> tuple[dict[str, Any], int]:
-    """What the lifecycle did and why, newest first."""
+def audit(path: ExperimentPath, query: AuditQuery) -> tuple[dict[str, Any], int]:
+    """What the lifecycle did and why, newest first, 500 at a time."""
     session = db.session()
     get_experiment(session=session, experiment_id=path.experiment_id)
     keys = {s.id: s.key for s in segments_of(session=session, experiment_id=path.experiment_id)}
+    # One more than a page, to tell whether another follows.
+    events = audit_trail(
+        session,
+        experiment_id=path.experiment_id,
+        limit=AUDIT_PAGE + 1,
+        before=query.before,
+        actions=AUDIT_ACTIONS if query.action is None else (query.action,),
+    )
+    page = events[:AUDIT_PAGE]
     return json_of(
         AuditTrail(
             events=[
@@ -202,7 +212,8 @@ def audit(path: ExperimentPath) -> tuple[dict[str, Any], int]:
                         include={"id", "created_at", "variant_id", "action", "reason", "numbers"}
                     ),
                 )
-                for e in audit_trail(session, experiment_id=path.experiment_id)
-            ]
+                for e in page
+            ],
+            next_before=page[-1].id if len(events) > AUDIT_PAGE else None,
         )
     )

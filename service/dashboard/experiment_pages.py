@@ -31,7 +31,7 @@ from service.experiments import (
 )
 from service.generation_jobs import INTERRUPTED, create_job, get_job, interrupted
 from service.history import segment_history
-from service.lifecycle import audit_trail
+from service.lifecycle import AUDIT_ACTIONS, AUDIT_PAGE, audit_trail
 from service.models import Experiment, Segment, Variant, VariantStatus, utcnow
 from service.reports import experiment_report, serving_winners
 from service.schemas import (
@@ -312,16 +312,34 @@ def job(job_id: int) -> str:
     )
 
 
+# One discount row per segment per pass soon fills the log; they show only when asked for.
+_AUDIT_DEFAULT = tuple(a for a in AUDIT_ACTIONS if a != "discount")
+
+
 @bp.get("/experiments/<id:experiment_id>/audit")
 def audit(experiment_id: int) -> str:
     session = db.session()
     experiment = get_experiment(session=session, experiment_id=experiment_id)
+    action = request.args.get("action", "")
+    if action and action not in AUDIT_ACTIONS:
+        raise InvalidInput(f"action: must be one of {', '.join(AUDIT_ACTIONS)}", field="action")
+    before = request.args.get("before")
+    events = audit_trail(
+        session,
+        experiment_id=experiment_id,
+        limit=AUDIT_PAGE + 1,
+        before=None if before is None else form_int("before", before),
+        actions=(action,) if action else _AUDIT_DEFAULT,
+    )
     keys = {s.id: s.key for s in segments_of(session=session, experiment_id=experiment_id)}
     texts = {v.id: v.text for v in variants_of(session=session, experiment_id=experiment_id)}
     return render_template(
         "audit.html",
         experiment=experiment,
-        events=audit_trail(session, experiment_id=experiment_id),
+        events=events[:AUDIT_PAGE],
+        older=events[AUDIT_PAGE - 1].id if len(events) > AUDIT_PAGE else None,
+        action=action,
+        actions=AUDIT_ACTIONS,
         segment_keys=keys,
         texts=texts,
     )
