@@ -14,6 +14,7 @@ import click
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from service import logs
 from service import migrate as migrations
 from service.auth import create_key, list_keys, revoke_key
 from service.config import ConfigError, Settings, load_settings
@@ -41,6 +42,12 @@ def _settings() -> Settings:
         return load_settings().validate()
     except ConfigError as exc:
         raise click.ClickException(f"configuration: {exc}") from None
+
+
+def _log_to_terminal(settings: Settings) -> None:
+    """Bare messages beside a command's own output, or with COPYBANDIT_LOG_FORMAT=json the
+    service's JSON lines, so a pipeline that collects the log can parse every line of it."""
+    logs.configure(settings.log_level, settings.log_format, text_format="%(message)s")
 
 
 def _make_engine(settings: Settings) -> sa.Engine:
@@ -191,7 +198,7 @@ def init(demo_history: bool) -> None:
 def generate(experiment_id: int, segment: str | None, n: int) -> None:
     """Have the language model write new variants now, with a progress bar."""
     settings = _settings()
-    logging.basicConfig(level=settings.log_level, format="%(message)s")
+    _log_to_terminal(settings)
     engine = _engine(settings)
     with Session(engine, expire_on_commit=False) as session:
         try:
@@ -241,7 +248,7 @@ def generate(experiment_id: int, segment: str | None, n: int) -> None:
 def lifecycle(once: bool, generate: bool) -> None:
     """Retire losers, pause guardrail failures, declare winners, queue new copy."""
     settings = _settings()
-    logging.basicConfig(level=settings.log_level, format="%(message)s")
+    _log_to_terminal(settings)
     engine = _engine(settings)
     report = run_lifecycle(engine=engine)
     for event in report.actions:
@@ -412,7 +419,7 @@ def _simulate_full_loop(
     from service.sim_report import plot_full_loop
 
     settings = _settings()
-    logging.basicConfig(level=settings.log_level, format="%(message)s")
+    _log_to_terminal(settings)
     writer = PhraseWriter() if writer_name == "phrases" else default_writer(settings)
     try:
         with click.progressbar(length=rounds, label="rounds") as bar:
@@ -702,9 +709,21 @@ def serve(host: str | None, port: int | None, workers: int | None, access_log: b
         # and closing it adds seconds to every shutdown. copybandit does not use it.
         "control_socket_disable": True,
         "worker_class": "service.gunicorn.SyncWorker",
+        "loglevel": settings.log_level,
+        "logger_class": (
+            "service.gunicorn.JsonLinesLogger"
+            if settings.log_format == "json"
+            else "service.gunicorn.Logger"
+        ),
     }
     from service.gunicorn import run
 
     _prepare_metrics_folder(options)
-    click.echo(f"serving on http://{options['bind']} with {options['workers']} workers", err=True)
+    # The master logs too (gunicorn's lines, and whatever it imports), in the workers' format.
+    logs.configure(settings.log_level, settings.log_format)
+    starting = f"serving on http://{options['bind']} with {options['workers']} workers"
+    if settings.log_format == "json":
+        logging.getLogger(__name__).info(starting)
+    else:
+        click.echo(starting, err=True)
     run(options)

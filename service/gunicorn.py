@@ -6,8 +6,11 @@ import gc
 import socket
 from typing import Any
 
+from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers import sync
+
+from service.logs import JsonLines
 
 
 class _Server(BaseApplication):
@@ -68,6 +71,24 @@ class SyncWorker(sync.SyncWorker):
     def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
         adopted = _ClosesOnceAnswered(client.family, client.type, client.proto, client.detach())
         super().handle(listener, adopted, addr)
+
+
+class Logger(glogging.Logger):
+    """gunicorn's own lines (starting, workers booting and exiting, access lines) at the
+    service's log level: gunicorn logs each access at INFO whatever its level says."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        self.access_log.setLevel(self.loglevel)
+
+
+class JsonLinesLogger(Logger):
+    """As Logger, and in the service's JSON lines, so a log pipeline can parse every line."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for handler in [*self.error_log.handlers, *self.access_log.handlers]:
+            handler.setFormatter(JsonLines())
 
 
 def run(options: dict[str, Any]) -> None:

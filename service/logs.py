@@ -27,7 +27,7 @@ class JsonLines(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure(level: str, log_format: str) -> None:
+def configure(level: str, log_format: str, *, text_format: str = logging.BASIC_FORMAT) -> None:
     """Idempotent: a second app in the same process (tests) does not add handlers."""
     root = logging.getLogger()
     root.setLevel(level)
@@ -41,4 +41,4 @@ def configure(level: str, log_format: str) -> None:
             root.addHandler(handler)
         handler.setFormatter(JsonLines())
     else:
-        logging.basicConfig(level=level)
+        logging.basicConfig(level=level, format=text_format)

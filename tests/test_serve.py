@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -164,3 +167,76 @@ def test_http_simulation_drives_the_server_as_storefronts_would(
     assert sum(s["impressions"] for s in report["segments"]) == 300
     assert sum(s["conversions"] for s in report["segments"]) == run["conversions"]
     assert run["regret_vs_best_served_copy"] >= 0
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid`: for gunicorn's master, its workers."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            continue
+        if parent == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+@pytest.mark.parametrize("level", ["INFO", "ERROR"])
+def test_json_logs_hold_gunicorns_own_lines_at_the_configured_level(
+    tmp_path: Path, sqlite_template: Path, level: str
+) -> None:
+    # gunicorn's lines (starting, booting and losing workers, access lines) were plain text
+    # among the JSON ones, and logged at INFO whatever COPYBANDIT_LOG_LEVEL said.
+    env = {
+        **os.environ,
+        "COPYBANDIT_DATABASE_URL": f"sqlite:///{tmp_path}/serve.db",
+        "COPYBANDIT_LOG_FORMAT": "json",
+        "COPYBANDIT_LOG_LEVEL": level,
+    }
+    shutil.copy(sqlite_template, tmp_path / "serve.db")
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [BIN / "copybandit", "serve", "--port", str(port), "--workers", "2", "--access-log"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while call(base, "/healthz")[0] != 200:
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "server did not come up in 30 s"
+            time.sleep(0.1)
+        victim = _children(process.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        while f"Worker (pid:{victim}) was sent SIGKILL!" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+    finally:
+        process.terminate()
+        # A worker forked just before the signal may miss it: gunicorn then waits out its
+        # graceful timeout (30 s) before it kills that worker and exits.
+        process.wait(timeout=45)
+
+    entries = []
+    for line in log.read_text().splitlines():
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            pytest.fail(f"not a JSON line: {line!r}")
+    assert {e["level"] for e in entries} <= {
+        name.lower()
+        for name in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+        if logging.getLevelName(name) >= logging.getLevelName(level)
+    }
+    loggers = {e["logger"] for e in entries}
+    if level == "INFO":
+        assert {"gunicorn.error", "gunicorn.access"} <= loggers
+        messages = "\n".join(e["message"] for e in entries)
+        assert "Starting gunicorn" in messages and "Booting worker" in messages
+    else:
+        assert loggers == {"gunicorn.error"}
