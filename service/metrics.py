@@ -27,6 +27,12 @@ from prometheus_client import (
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
+# Every value each label can take, made at 0 up front: in multiprocess mode a label value is
+# listed only once it has been counted, and an alert on, say, failed jobs saw no series at all.
+EVENT_OUTCOMES = ("accepted", "duplicate", "rejected")
+JOB_STATUSES = ("succeeded", "failed")  # the finished ones (service.models.JobStatus)
+LIFECYCLE_ACTIONS = ("pause", "retire", "declare_winner", "regenerate")  # service.lifecycle
+
 
 @dataclass(frozen=True)
 class Metrics:
@@ -43,7 +49,7 @@ def metrics() -> Metrics:
     if os.environ.get(MULTIPROC_ENV):
         # Imported before the variable was set (the CLI imports everything): choose again.
         values.ValueClass = values.get_value_class()
-    return Metrics(
+    created = Metrics(
         decisions=Counter("copybandit_decisions", "Impressions recorded by POST /v1/decide"),
         events=Counter(
             "copybandit_events", "Conversion events: accepted, duplicate, rejected", ["outcome"]
@@ -62,6 +68,14 @@ def metrics() -> Metrics:
             "copybandit_generation_jobs", "Generation jobs finished, by status", ["status"]
         ),
     )
+    for counter, labels in (
+        (created.events, EVENT_OUTCOMES),
+        (created.generation_jobs, JOB_STATUSES),
+        (created.lifecycle_actions, LIFECYCLE_ACTIONS),
+    ):
+        for label in labels:
+            counter.labels(label)
+    return created
 
 
 def _registry() -> CollectorRegistry:

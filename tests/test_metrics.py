@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
+
+from service.metrics import MULTIPROC_ENV
 
 
 def _value(text: str, sample: str) -> float:
@@ -44,3 +50,40 @@ def test_metrics_need_no_key_and_show_no_copy_or_ids(
     api.decide(experiment["id"], user_id="someone@example.com")
     text = client.get("/metrics").get_data(as_text=True)
     assert "someone@example.com" not in text and "Aurora" not in text
+
+
+SCRAPE_AS_A_WORKER = """
+import sys
+from service import create_app
+app = create_app({"database_url": sys.argv[1], "scheduler": "off"})
+sys.stdout.write(app.test_client().get("/metrics").get_data(as_text=True))
+"""
+
+
+def test_under_serve_every_outcome_is_listed_at_zero_before_it_happens(tmp_path: Path) -> None:
+    # In prometheus_client's multiprocess mode (each worker of `copybandit serve`) a labelled
+    # metric is listed only once a label has been used: an alert on failed generation jobs or
+    # rejected events saw no series at all, not 0. A fresh process, since the mode is chosen
+    # when the metrics are made.
+    env = {**os.environ, MULTIPROC_ENV: str(tmp_path)}
+    scraped = subprocess.run(
+        [sys.executable, "-c", SCRAPE_AS_A_WORKER, f"sqlite:///{tmp_path}/unused.db"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    expected = [
+        *(
+            f'copybandit_events_total{{outcome="{o}"}}'
+            for o in ("accepted", "duplicate", "rejected")
+        ),
+        *(f'copybandit_generation_jobs_total{{status="{s}"}}' for s in ("succeeded", "failed")),
+        *(
+            f'copybandit_lifecycle_actions_total{{action="{a}"}}'
+            for a in ("pause", "retire", "declare_winner", "regenerate")
+        ),
+        "copybandit_decisions_total",
+    ]
+    for sample in expected:
+        assert re.search(rf"^{re.escape(sample)} 0\.0$", scraped, re.MULTILINE), (sample, scraped)
