@@ -65,9 +65,18 @@ class LifecyclePolicy(BaseModel):
         return self
 
 
+def _without_defaults(schema: dict[str, Any]) -> None:
+    for field in schema.get("properties", {}).values():
+        field.pop("default", None)
+
+
 class PolicyChanges(LifecyclePolicy):
     """A PATCH body: each field is checked alone here; the cross-field rules are checked once the
     changes are merged with the stored policy (service.experiments.update_policy)."""
+
+    # A field left out keeps its stored value, so the schema publishes no defaults: a client
+    # generated from it that filled them in would reset the rest of the policy.
+    model_config = ConfigDict(json_schema_extra=_without_defaults)
 
     @model_validator(mode="after")
     def _bounds(self) -> PolicyChanges:

@@ -96,3 +96,41 @@ def test_healthz_reports_an_unreachable_database() -> None:
     response = down.test_client().get("/healthz")
     assert response.status_code == 503
     assert response.get_json()["error"] == "unavailable"
+
+
+def test_every_api_operation_documents_the_503_of_a_database_that_is_down(
+    spec: dict[str, Any],
+) -> None:
+    down = create_app({"database_url": "postgresql://nobody@127.0.0.1:1/none", "env": "test"})
+    key = {"Authorization": "Bearer cb_0123456789abcdef_secret"}
+    response = down.test_client().get("/v1/experiments", headers=key)
+    assert (response.status_code, response.get_json()["error"]) == (503, "unavailable")
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            if path.startswith("/v1/") or path == "/healthz":
+                assert _ref(operation["responses"]["503"]["content"]) == "ErrorOut", (method, path)
+
+
+def test_the_policy_patch_publishes_no_defaults(spec: dict[str, Any]) -> None:
+    # A field left out keeps its stored value; a generated client that filled in the published
+    # defaults (200, 0.95, ...) reset every policy it changed one field of.
+    changes = spec["components"]["schemas"]["PolicyChanges"]["properties"]
+    assert "declare_at" in changes
+    assert [name for name, field in changes.items() if "default" in field] == []
+
+
+def test_the_unauthenticated_probes_document_only_what_they_answer(
+    spec: dict[str, Any], client: Any
+) -> None:
+    # They take no parameters and no body, so they never answer 400.
+    assert set(spec["paths"]["/livez"]["get"]["responses"]) == {"200"}
+    assert set(spec["paths"]["/healthz"]["get"]["responses"]) == {"200", "503"}
+    assert client.get("/livez?x=1", data="{", content_type="application/json").status_code == 200
+    # Validation errors answer in ErrorOut's shape, never flask-openapi3's default model.
+    assert "ValidationErrorModel" not in str(spec)
+
+
+def test_every_summary_is_a_whole_sentence(spec: dict[str, Any]) -> None:
+    # The summary is a docstring's first line: /livez's stopped at "...also the baseline the".
+    summaries = [op["summary"] for ops in spec["paths"].values() for op in ops.values()]
+    assert [s for s in summaries if not s.endswith(".")] == []

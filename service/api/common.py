@@ -17,6 +17,7 @@ from service.schemas import ErrorOut
 
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 # Documented on every authenticated endpoint, so clients (and the fuzzer) know the error shape.
+# Each of them reads the key from the database, so each can find it unreachable.
 AUTH_ERRORS: dict[int, type[BaseModel]] = {
     400: ErrorOut,
     401: ErrorOut,
@@ -25,6 +26,7 @@ AUTH_ERRORS: dict[int, type[BaseModel]] = {
     409: ErrorOut,
     413: ErrorOut,
     415: ErrorOut,
+    503: ErrorOut,  # the database is unreachable: {"error": "unavailable"}, retry
 }
 
 
