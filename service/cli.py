@@ -12,7 +12,7 @@ from typing import Any
 import alembic.util
 import click
 import sqlalchemy as sa
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from service import logs
 from service import migrate as migrations
@@ -150,13 +150,14 @@ def seed_demo_command() -> None:
     help="Give a newly seeded demo a week of simulated traffic, so its charts have data.",
 )
 def init(demo_history: bool) -> None:
-    """First-run set-up: migrate, seed the demo, and print an admin key and a dashboard sign-in
-    if none exists."""
+    """First-run set-up: migrate, seed the demo, and print an admin key if no live one exists
+    and a dashboard sign-in if there is no account."""
     settings = _settings()
     engine = _make_engine(settings)
     _upgrade(engine)
     click.echo(f"database migrated: {engine.url.render_as_string(hide_password=True)}")
     with _session(settings) as session:
+        _lock_first_run(session)
         experiment = seed_demo(session=session)
         if experiment is not None:
             click.echo(f"seeded demo experiment {experiment.id}: {experiment.name}")
@@ -167,12 +168,14 @@ def init(demo_history: bool) -> None:
                     experiment_id=experiment.id,  # type: ignore[arg-type]
                 )
                 click.echo(f"simulated a week of demo traffic: {served:,} decisions")
-        if session.exec(select(ApiKey.id)).first() is None:
+        _lock_first_run(session)
+        if session.exec(_LIVE_ADMIN_KEY).first() is None:
             _, plaintext = create_key(session=session, scope=Scope.ADMIN, label="first run")
             click.echo(
                 "\nAdmin API key (shown once; keep it):\n\n    "
                 f"{plaintext}\n\nLost it? `copybandit keys create --scope admin`.\n"
             )
+        _lock_first_run(session)
         if not list_marketers(session=session):
             password = generate_password()
             marketer = create_marketer(session=session, email=FIRST_MARKETER, password=password)
@@ -182,6 +185,24 @@ def init(demo_history: bool) -> None:
                 f"\n\n    email:    {marketer.email}\n    password: {password}\n\n"
                 "More accounts: `copybandit users create --email you@example.com`.\n"
             )
+
+
+# A serve key, or a revoked admin key, lets no one administer the service.
+_LIVE_ADMIN_KEY = select(ApiKey.id).where(
+    ApiKey.scope == Scope.ADMIN.value, col(ApiKey.revoked_at).is_(None)
+)
+# Any number no other code takes a PostgreSQL advisory lock with.
+_FIRST_RUN_LOCK = 7_243_901
+
+
+def _lock_first_run(session: Session) -> None:
+    """Until the session's next commit, another init waits here: two at once each found no demo,
+    no admin key or no account, and each made one (two first-run admin keys, or a Conflict)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sa.text("SELECT pg_advisory_xact_lock(:lock)"), {"lock": _FIRST_RUN_LOCK})
+    else:
+        # An UPDATE of nothing still takes SQLite's write lock, which a SELECT would not.
+        session.execute(sa.update(ApiKey).where(sa.false()).values(id=ApiKey.id))
 
 
 @main.command()

@@ -3,10 +3,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pkgutil
 import re
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +24,8 @@ from service.cli import SCENARIOS, main
 from service.config import load_settings
 from service.db import make_engine
 from service.metrics import MULTIPROC_ENV
-from service.models import ApiKey, Experiment, Variant
-from tests.conftest import BACKENDS, postgres_schema_url
+from service.models import ApiKey, Experiment, Marketer, Variant
+from tests.conftest import BACKENDS, postgres_schema, postgres_schema_url
 
 KEY = re.compile(r"cb_[0-9a-f]{16}_[A-Za-z0-9_-]+")
 
@@ -60,6 +62,78 @@ def test_init_migrates_seeds_and_prints_one_admin_key(database: str) -> None:
         assert len(session.exec(select(Variant)).all()) == 9
         key = authenticate(session=session, presented=printed[0])
         assert key is not None and key.scope == "admin"
+
+
+def test_init_prints_an_admin_key_while_no_live_one_exists(database: str) -> None:
+    # A serve key, or an admin key since revoked, made init think one had been printed.
+    assert run("migrate").exit_code == 0
+    assert run("keys", "create", "--scope", "serve").exit_code == 0
+    revoked = KEY.findall(run("keys", "create", "--scope", "admin").output)[0]
+    assert run("keys", "revoke", revoked.split("_")[1]).exit_code == 0
+
+    first = run("init", "--no-demo-history")
+    assert first.exit_code == 0, first.output
+    printed = KEY.findall(first.output)
+    assert len(printed) == 1 and "Admin API key" in first.output
+    assert KEY.findall(run("init", "--no-demo-history").output) == []
+    with _session(database) as session:
+        key = authenticate(session=session, presented=printed[0])
+        assert key is not None and key.scope == "admin"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "creates",
+    ["service.demo.create_experiment", "service.cli.create_key", "service.cli.create_marketer"],
+)
+def test_two_inits_at_once_make_one_of_each_and_neither_fails(
+    backend: str,
+    creates: str,
+    sqlite_template: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each init checked (no demo, no admin key, no account) and then created: two at once both
+    found none, and one of them stored a second first-run admin key or died on a Conflict."""
+    with contextlib.ExitStack() as cleanup:
+        if backend == "sqlite":
+            shutil.copy(sqlite_template, tmp_path / "init.db")
+            url = f"sqlite:///{tmp_path}/init.db"
+        else:
+            url, _ = cleanup.enter_context(postgres_schema(f"copybandit_init_{os.getpid()}"))
+        monkeypatch.setenv("COPYBANDIT_DATABASE_URL", url)
+        first_checked, second_done = threading.Event(), threading.Event()
+        real_create = pkgutil.resolve_name(creates)
+
+        def create_after_the_other_init(**kwargs: Any) -> Any:
+            # The first init to get here, past its check, lets the other one run first: it
+            # must wait for this one instead of finding nothing and creating its own.
+            if not first_checked.is_set():
+                first_checked.set()
+                second_done.wait(timeout=2)
+            return real_create(**kwargs)
+
+        monkeypatch.setattr(creates, create_after_the_other_init)
+        failures: list[BaseException] = []
+
+        def init() -> None:
+            try:
+                main(["init", "--no-demo-history"], standalone_mode=False)
+            except BaseException as exc:
+                failures.append(exc)
+
+        first = threading.Thread(target=init)
+        first.start()
+        assert first_checked.wait(timeout=30)
+        init()
+        second_done.set()
+        first.join(timeout=60)
+
+        assert failures == []
+        with _session(url) as session:
+            assert len(session.exec(select(Experiment)).all()) == 1
+            assert len(session.exec(select(ApiKey)).all()) == 1
+            assert len(session.exec(select(Marketer)).all()) == 1
 
 
 def test_keys_create_list_revoke(database: str) -> None:
