@@ -41,8 +41,24 @@ def lock_row(session: Session, row: SQLModel) -> None:
         (key,) = sa.inspect(model).primary_key
         identity = sa.inspect(row).identity
         assert identity is not None, "lock a row that is stored"
-        session.execute(sa.update(model).where(key == identity[0]).values({key.name: key}))
+        untouched = _unkeyed_column(model.__table__)  # type: ignore[attr-defined]
+        session.execute(
+            sa.update(model)
+            .where(key == identity[0])
+            .values({untouched.name: untouched})
+            .execution_options(synchronize_session=False)
+        )
     session.refresh(row, with_for_update=True)
+
+
+def _unkeyed_column(table: sa.Table) -> sa.Column[object]:
+    """A column no key, foreign key or index covers. Setting a parent key to itself made SQLite
+    check every row that refers to it: `SET id = id` on a segment scanned all impressions twice,
+    0.1 s a million, with every writer held back."""
+    covered = {column for index in table.indexes for column in index.columns}
+    covered |= {column for constraint in table.constraints for column in constraint.columns}  # type: ignore[attr-defined]
+    covered |= {column for column in table.columns if column.primary_key or column.foreign_keys}
+    return next(column for column in table.columns if column not in covered)
 
 
 def another_stays_active() -> sa.ColumnElement[bool]:
