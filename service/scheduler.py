@@ -33,11 +33,10 @@ def claim(
 ) -> bool:
     """True for exactly one caller per (name, slot), across every process on this database.
 
-    `slot` is the interval's start, in milliseconds. A stored slot later than `ahead_above` (this
-    host's time plus an interval) was claimed by a host whose clock runs more than an interval
-    ahead. Waiting for it would stop every other host until their clocks caught up (days, with a
-    badly set clock), so it is taken over, with a warning: the job may then run twice in an
-    interval, which beats not at all. Smaller differences between clocks only delay a slot.
+    `slot` is the interval's start, in milliseconds. A stored slot later than `ahead_above` (the
+    clock's time plus an interval) was claimed when the clock read later: it was set back, or an
+    older copybandit claimed by a host's own clock. Waiting for it would stop the job until the
+    clock caught up (days, with a badly set clock), so it is taken over, with a warning.
     """
     lease = col(SchedulerLease.slot)
     due = lease < slot if ahead_above is None else sa.or_(lease < slot, lease > ahead_above)
@@ -65,13 +64,30 @@ def claim(
         session.commit()
     if won and ahead is not None:
         log.warning(
-            "%s: took over the lease from %s, whose slot starts %.0f s after this host's next "
-            "one; check the hosts' clocks",
+            "%s: took over the lease from %s, whose slot starts %.0f s after the clock's next "
+            "one; was the clock set back?",
             name,
             ahead[1],
             (ahead[0] - slot) / 1000,
         )
     return won == 1
+
+
+def database_clock(engine: sa.Engine) -> Callable[[], float]:
+    """Seconds since the epoch by the clock every process sharing the database agrees on.
+
+    Hosts' own clocks disagree: with one an interval or more ahead, each took the lease back
+    from the other on every tick, and the job ran every minute. PostgreSQL's server has one
+    clock; a SQLite file is shared only by processes on one host, which share its clock."""
+    if engine.dialect.name != "postgresql":
+        return time.time
+
+    def now() -> float:
+        with engine.connect() as connection:
+            seconds = connection.exec_driver_sql("SELECT extract(epoch FROM clock_timestamp())")
+            return float(seconds.scalar_one())
+
+    return now
 
 
 class PeriodicJob:
@@ -84,13 +100,13 @@ class PeriodicJob:
         name: str,
         interval_seconds: float,
         job: Callable[[], object],
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.engine = engine
         self.name = name
         self.interval = interval_seconds
         self.job = job
-        self.clock = clock
+        self.clock = clock or database_clock(engine)
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
 
     def tick(self) -> bool:
