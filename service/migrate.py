@@ -53,9 +53,14 @@ def migration_connection(engine: sa.Engine) -> Iterator[sa.Connection]:
         implicit = getattr(driver, "isolation_level", None)
         try:
             with connection.begin():
+                # Two migrations at once (two `copybandit init` on a fresh database) both created
+                # the tables, and the second failed: each waits for the other's to commit first,
+                # then finds nothing left to do.
                 if sqlite:
                     driver.isolation_level = None  # type: ignore[union-attr]
-                    connection.exec_driver_sql("BEGIN")
+                    connection.exec_driver_sql("BEGIN IMMEDIATE")
+                else:
+                    connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
                 dangling_before = _dangling(connection) if sqlite else []
                 yield connection
                 dangling = _dangling(connection) if sqlite else []
@@ -71,6 +76,10 @@ def migration_connection(engine: sa.Engine) -> Iterator[sa.Connection]:
                 # usual transactions and foreign keys on.
                 driver.isolation_level = implicit  # type: ignore[union-attr]
                 _foreign_keys(connection, "ON")
+
+
+# Any number no other code takes a PostgreSQL advisory lock with (service.cli has its own).
+_MIGRATION_LOCK = 7_243_902
 
 
 def _dangling(connection: sa.Connection) -> list[Any]:

@@ -281,3 +281,28 @@ def test_a_migration_that_fails_half_way_changes_nothing_on_sqlite(tmp_path: Pat
         assert connection.connection.driver_connection.isolation_level == ""  # type: ignore[union-attr]
         assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     engine.dispose()
+
+
+def test_two_migrations_at_once_both_end_at_the_head(empty_engine: sa.Engine) -> None:
+    """Two `copybandit init` on a fresh database both created the tables; the second failed
+    (PostgreSQL: duplicate key in pg_type)."""
+    import threading
+
+    start = threading.Barrier(2)
+    failures: list[BaseException] = []
+
+    def migrate_now() -> None:
+        start.wait(timeout=30)
+        try:
+            migrate.upgrade(empty_engine)
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=migrate_now, daemon=True) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads), "a migration never ended"
+    assert failures == []
+    assert migrate.mismatch(empty_engine) is None and _diff(empty_engine) == []
