@@ -103,6 +103,9 @@ def fail_interrupted_jobs(*, session: Session, now: datetime) -> list[int]:
             log.warning("generation job %s: %s", job.id, INTERRUPTED)
             failed.append(job.id)  # type: ignore[arg-type]
     session.commit()
+    if failed:
+        # The failures an alert on failed jobs is most for: a worker killed mid-job.
+        metrics().generation_jobs.labels("failed").inc(len(failed))
     return failed
 
 
@@ -165,7 +168,22 @@ def run_job(
     """Run a queued job to the end; each segment's new variants commit together."""
     with Session(engine, expire_on_commit=False) as session:
         job = get_job(session=session, job_id=job_id)
-        _update(session, job, status=JobStatus.RUNNING, started_at=utcnow(), message="starting")
+        # Only a job still queued: one a lifecycle pass failed as interrupted while it waited
+        # behind others ran anyway, and the copy the pass then ordered again came twice.
+        started = rows_changed(
+            session,
+            sa.update(GenerationJob)
+            .where(
+                col(GenerationJob.id) == job_id,
+                col(GenerationJob.status) == JobStatus.QUEUED.value,
+            )
+            .values(status=JobStatus.RUNNING.value, started_at=utcnow(), message="starting"),
+        )
+        session.commit()
+        session.refresh(job)
+        if not started:
+            log.warning("generation job %s is %s, not queued: not run", job_id, job.status)
+            return job
         result: dict[str, Any] = {"segments": {}}
         try:
             _generate(session, job, writer, options, on_progress, result)
@@ -199,6 +217,8 @@ def run_job(
             progress=1.0,
             result=result,
             message=f"done: {accepted} new variants",
+            # A pass may have given it up as interrupted meanwhile; it ended, and its copy is in.
+            error=None,
         )
         metrics().generation_jobs.labels("succeeded").inc()
         return job

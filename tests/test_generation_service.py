@@ -8,7 +8,8 @@ import threading
 from typing import Any
 
 import pytest
-from sqlmodel import Session
+import sqlalchemy as sa
+from sqlmodel import Session, col
 
 from generation.writer import Sample
 from service.generation_jobs import GenerationOptions, create_job, run_job
@@ -246,3 +247,43 @@ def test_a_runner_keeps_nothing_of_the_jobs_it_finished(
     assert {api.get(f"/v1/jobs/{job_id}").get_json()["status"] for job_id in job_ids} == {
         "succeeded"
     }
+
+
+def test_a_job_given_up_as_interrupted_before_it_ran_is_not_run(
+    api: Any, app: Any, session: Session, experiment: dict[str, Any], writer: ScriptedWriter
+) -> None:
+    """A job queued behind others for over an hour was failed by a pass, which ordered its copy
+    again; when its turn came it ran anyway, stored its copy too, and said it succeeded while its
+    error still said interrupted."""
+    from datetime import timedelta
+
+    from service.generation_jobs import fail_interrupted_jobs
+    from service.metrics import metrics
+
+    engine = app.extensions["copybandit.engine"]
+    job = create_job(session=session, experiment_id=experiment["id"], segment_key="tea-lovers", n=2)
+    now = job.created_at
+    session.execute(
+        sa.update(GenerationJob)
+        .where(col(GenerationJob.id) == job.id)
+        .values(created_at=job.created_at - timedelta(hours=2))
+    )
+    session.commit()
+    session.expire_all()
+    failed = metrics().generation_jobs.labels("failed")
+    before = failed._value.get()
+    variants_before = len(_variants(api, experiment["id"], "tea-lovers"))
+
+    assert fail_interrupted_jobs(session=session, now=now) == [job.id]
+    # The failures an alert on failed jobs is most for count too.
+    assert failed._value.get() == before + 1
+    ran = run_job(
+        engine=engine,
+        job_id=job.id,  # type: ignore[arg-type]
+        writer=lambda: writer,
+        options=GenerationOptions.from_settings(app.extensions["copybandit.settings"]),
+    )
+
+    assert ran.status == "failed" and ran.error is not None and ran.error.startswith("interrupted")
+    assert writer.calls == []
+    assert len(_variants(api, experiment["id"], "tea-lovers")) == variants_before
