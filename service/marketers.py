@@ -24,7 +24,7 @@ from service.models import Marketer, MarketerSession, utcnow
 MIN_PASSWORD_CHARS = 10
 # No control characters: nobody types one into an address, and a NUL is a database error on
 # PostgreSQL.
-_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f]{1,189}$")
+_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f-\x9f]{1,64}@[^@\s\x00-\x1f\x7f-\x9f]{1,189}$")
 # Checked against when the email is unknown, so both paths spend the same time hashing.
 _DECOY_HASH = generate_password_hash(secrets.token_urlsafe(16))
 

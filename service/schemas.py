@@ -44,9 +44,18 @@ def _clean(value: str) -> str:
 
 
 def _visible(character: str) -> bool:
-    # Zero-width and other format characters (U+200B, U+2060, U+FEFF) show nothing: a name
-    # made only of them is as blank as one made of spaces.
-    return not character.isspace() and unicodedata.category(character) != "Cf"
+    # Zero-width and other format characters (U+200B, U+2060, U+FEFF) and the fillers show
+    # nothing: a name made only of them is as blank as one made of spaces.
+    return (
+        not character.isspace()
+        and unicodedata.category(character) != "Cf"
+        and character not in _FILLERS
+    )
+
+
+# Letters and marks that fonts draw as nothing: Hangul fillers, the blank Braille pattern, the
+# combining grapheme joiner, the Mongolian vowel separator.
+_FILLERS = frozenset("\u115f\u1160\u3164\uffa0\u2800\u034f\u180e")
 
 
 _Clean = AfterValidator(_clean)

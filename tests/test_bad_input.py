@@ -321,8 +321,8 @@ def test_control_characters_and_lone_surrogates_are_400_naming_the_field(
 
 @pytest.mark.parametrize(
     "text",
-    [" ", "\u200b", "\u200b\u2060\ufeff", " \u2060 "],
-    ids=["space", "zwsp", "three", "mixed"],
+    [" ", "\u200b", "\u200b\u2060\ufeff", " \u2060 ", "\u3164\u2800", "\u115f\u1160\u034f"],
+    ids=["space", "zwsp", "three", "mixed", "hangul-braille", "fillers"],
 )
 @pytest.mark.parametrize(
     ("path", "make_body", "field"),

@@ -1068,6 +1068,33 @@ def test_a_form_error_reads_without_pydantics_prefix(
     assert error_text(response) == message
 
 
+def test_segment_lines_are_counted_as_the_browser_sent_them(dash: Dashboard) -> None:
+    # splitlines() also broke at U+2028 inside a description: a line with a colon was "without
+    # one", and the bad key after it was on the wrong line.
+    response = dash.post(
+        "/dashboard/experiments/new",
+        experiment_form(segments="tea-lovers: Brew loose-leaf\u2028tea daily.\r\nBad Key: x"),
+    )
+    assert response.status_code == 400
+    assert error_text(response).startswith("segments, line 2: the key must be")
+
+
+def test_the_audit_page_with_only_discount_rows_points_to_them(
+    app: Any, api: Any, dash: Dashboard
+) -> None:
+    quiet = api.create_experiment(name="Only discounting")
+    with Session(app.extensions["copybandit.engine"]) as db:
+        db.add(
+            LifecycleEvent(
+                experiment_id=quiet["id"], action="discount", reason="folded", numbers={}
+            )
+        )
+        db.commit()
+    html = dash.html(f"/dashboard/experiments/{quiet['id']}/audit")
+    # It said the lifecycle had not acted on the experiment.
+    assert "has not acted" not in html and "see the discount rows" in html
+
+
 def test_segment_line_without_colon_names_the_line(dash: Dashboard) -> None:
     response = dash.post(
         "/dashboard/experiments/new",

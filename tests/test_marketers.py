@@ -61,6 +61,7 @@ def test_create_normalizes_the_email_and_stores_only_a_hash(session: Session) ->
         "m\x00ia@example.com",
         "mia@exa\x01mple.com",
         "mia\x7f@example.com",
+        "a\x9b[31mb@example.com",  # C1: an 8-bit terminal escape
     ],
 )
 def test_create_refuses_an_address_that_is_not_one(session: Session, email: str) -> None:

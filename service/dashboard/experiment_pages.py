@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -41,6 +42,8 @@ from service.schemas import (
     SegmentReport,
     VariantCreate,
 )
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 CSV_COLUMNS = (
     "variant_id",
@@ -219,7 +222,9 @@ def new_experiment() -> Response | str | tuple[str, int]:
 def _experiment_fields(form: dict[str, str]) -> dict[str, Any]:
     """The form's flat fields in the API's shape; segments are `key: description` lines."""
     segments = []
-    for number, line in enumerate(form.get("segments", "").splitlines(), start=1):
+    # Split only where a browser ends a textarea's lines: splitlines() also broke at U+2028 and
+    # other separators inside a description, and the line numbers it named were off.
+    for number, line in enumerate(_LINE_BREAK.split(form.get("segments", "")), start=1):
         if not line.strip():
             continue
         key, sep, description = line.partition(":")
