@@ -262,6 +262,15 @@ def _experiment_body(**changes: Any) -> dict[str, Any]:
     return body
 
 
+# (path, body with the text in one field, the field's name)
+VARIANT_TEXT = (
+    "/v1/experiments/<experiment>/variants",
+    lambda text: {"segment": "tea-lovers", "text": text},
+    "text",
+)
+EXPERIMENT_NAME = ("/v1/experiments", lambda text: _experiment_body(name=text), "name")
+
+
 @pytest.mark.parametrize(
     # C1 too: U+009B is an 8-bit terminal escape that was stored and served to storefronts.
     "char",
@@ -271,12 +280,8 @@ def _experiment_body(**changes: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("path", "make_body", "field"),
     [
-        (
-            "/v1/experiments/<experiment>/variants",
-            lambda text: {"segment": "tea-lovers", "text": text},
-            "text",
-        ),
-        ("/v1/experiments", lambda text: _experiment_body(name=text), "name"),
+        VARIANT_TEXT,
+        EXPERIMENT_NAME,
         (
             "/v1/experiments",
             lambda text: _experiment_body(segments__0__description=text),
@@ -327,12 +332,8 @@ def test_control_characters_and_lone_surrogates_are_400_naming_the_field(
 @pytest.mark.parametrize(
     ("path", "make_body", "field"),
     [
-        (
-            "/v1/experiments/<experiment>/variants",
-            lambda text: {"segment": "tea-lovers", "text": text},
-            "text",
-        ),
-        ("/v1/experiments", lambda text: _experiment_body(name=text), "name"),
+        VARIANT_TEXT,
+        EXPERIMENT_NAME,
     ],
     ids=["variant-text", "experiment-name"],
 )

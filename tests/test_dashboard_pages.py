@@ -1772,20 +1772,27 @@ def test_experiment_page_shows_interval_bars_and_the_leaders_full_text(
     assert "<polyline" not in html and "Charts appear once" in tea
 
 
+def declare_winner(app: Any, experiment_id: int, segment_key: str, variant_id: int) -> None:
+    """As the lifecycle records a winner, a day ago."""
+    with Session(app.extensions["copybandit.engine"]) as db:
+        segment = db.exec(
+            select(Segment).where(
+                Segment.experiment_id == experiment_id, Segment.key == segment_key
+            )
+        ).one()
+        segment.winner_variant_id = variant_id
+        segment.winner_declared_at = utcnow() - timedelta(days=1)
+        db.add(segment)
+        db.commit()
+
+
 def test_a_declared_winner_is_the_headline(
     app: Any, dash: Dashboard, experiment: dict[str, Any]
 ) -> None:
     eid = experiment["id"]
     first, second = variant_ids(experiment, "busy-parents")
     set_counts(app, {first: (1000, 10), second: (1000, 90)})
-    with Session(app.extensions["copybandit.engine"]) as db:
-        segment = db.exec(
-            select(Segment).where(Segment.experiment_id == eid, Segment.key == "busy-parents")
-        ).one()
-        segment.winner_variant_id = first
-        segment.winner_declared_at = utcnow() - timedelta(days=1)
-        db.add(segment)
-        db.commit()
+    declare_winner(app, eid, "busy-parents", first)
     headline = texts(
         section(dash.html(f"/dashboard/experiments/{eid}"), "busy-parents"), data_testid="headline"
     )[0]
@@ -1801,14 +1808,7 @@ def test_a_winner_taken_out_of_service_is_no_longer_shown_as_one(
     eid = experiment["id"]
     first, second = variant_ids(experiment, "busy-parents")
     set_counts(app, {first: (1000, 10), second: (1000, 90)})
-    with Session(app.extensions["copybandit.engine"]) as db:
-        segment = db.exec(
-            select(Segment).where(Segment.experiment_id == eid, Segment.key == "busy-parents")
-        ).one()
-        segment.winner_variant_id = first
-        segment.winner_declared_at = utcnow() - timedelta(days=1)
-        db.add(segment)
-        db.commit()
+    declare_winner(app, eid, "busy-parents", first)
     assert "1 / 2" in dash.html("/dashboard/")
     response = api.patch(f"/v1/variants/{first}", json={"status": status})
     assert response.status_code == 200, response.get_json()

@@ -110,10 +110,8 @@ def test_sign_in_checks_the_password_and_records_the_time(session: Session) -> N
     assert stamped is not None and before - timedelta(seconds=1) <= stamped <= datetime.now(UTC)
 
 
-def test_an_unknown_email_costs_a_hash_check_too(
-    session: Session, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    create_marketer(session=session, email="mia@example.com", password=PASSWORD)
+def _count_hash_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every password hash sign_in checks, from now on."""
     calls: list[str] = []
     real = service.marketers.check_password_hash
 
@@ -122,6 +120,14 @@ def test_an_unknown_email_costs_a_hash_check_too(
         return real(hashed, password)
 
     monkeypatch.setattr(service.marketers, "check_password_hash", counting)
+    return calls
+
+
+def test_an_unknown_email_costs_a_hash_check_too(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    create_marketer(session=session, email="mia@example.com", password=PASSWORD)
+    calls = _count_hash_checks(monkeypatch)
     assert sign_in(session=session, email="nobody@example.com", password=PASSWORD) is None
     assert sign_in(session=session, email="mia@example.com", password="wrong password") is None
     assert len(calls) == 2
@@ -134,14 +140,7 @@ def test_an_address_with_a_control_character_is_a_wrong_sign_in_with_its_hash_ch
 ) -> None:
     """No account can have one, and PostgreSQL refuses a NUL in a query with an error."""
     create_marketer(session=session, email="mia@example.com", password=PASSWORD)
-    calls: list[str] = []
-    real = service.marketers.check_password_hash
-
-    def counting(hashed: str, password: str) -> bool:
-        calls.append(hashed)
-        return real(hashed, password)
-
-    monkeypatch.setattr(service.marketers, "check_password_hash", counting)
+    calls = _count_hash_checks(monkeypatch)
     for email in ("mia@example.com\x00", "m\x00ia@example.com", "mia\x01@example.com"):
         assert sign_in(session=session, email=email, password=PASSWORD) is None
     assert len(calls) == 3

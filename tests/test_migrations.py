@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -90,32 +91,37 @@ def _stored_rows(engine: sa.Engine) -> dict[str, list[tuple[object, ...]]]:
         }
 
 
+def _a_variant(session: Session, **fields: Any) -> Variant:
+    """An active variant in a segment of a sticky experiment of its own, flushed."""
+    experiment = Experiment(name="e", product_name="p", product_description="d", sticky=True)
+    session.add(experiment)
+    session.flush()
+    segment = Segment(experiment_id=experiment.id, key="s", description="d", position=0)  # type: ignore[arg-type]
+    session.add(segment)
+    session.flush()
+    variant = Variant(
+        experiment_id=experiment.id,  # type: ignore[arg-type]
+        segment_id=segment.id,  # type: ignore[arg-type]
+        text="t",
+        origin="manual",
+        status="active",
+        **fields,
+    )
+    session.add(variant)
+    session.flush()
+    return variant
+
+
 def test_a_populated_database_downgrades_and_upgrades_again(empty_engine: sa.Engine) -> None:
     """Downgrades that drop a column of `variant` rebuild the table on SQLite, which rows in
     other tables refer to; that failed on the foreign keys once one impression existed."""
     migrate.upgrade(empty_engine)
     with Session(empty_engine) as session:
-        experiment = Experiment(name="e", product_name="p", product_description="d")
-        session.add(experiment)
-        session.flush()
-        segment = Segment(experiment_id=experiment.id, key="s", description="d", position=0)  # type: ignore[arg-type]
-        session.add(segment)
-        session.flush()
-        variant = Variant(
-            experiment_id=experiment.id,  # type: ignore[arg-type]
-            segment_id=segment.id,  # type: ignore[arg-type]
-            text="t",
-            origin="manual",
-            status="active",
-            impressions=1,
-            conversions=1,
-        )
-        session.add(variant)
-        session.flush()
+        variant = _a_variant(session, impressions=1, conversions=1)
         shown = Impression(
             id=new_impression_id(),
-            experiment_id=experiment.id,  # type: ignore[arg-type]
-            segment_id=segment.id,  # type: ignore[arg-type]
+            experiment_id=variant.experiment_id,
+            segment_id=variant.segment_id,
             variant_id=variant.id,  # type: ignore[arg-type]
             propensity=1.0,
             policy="thompson-v1",
@@ -143,21 +149,7 @@ def test_assignments_stored_before_0010_count_as_used_at_the_migration(
 ) -> None:
     migrate.upgrade(empty_engine, "0009")
     with Session(empty_engine) as session:
-        experiment = Experiment(name="e", product_name="p", product_description="d", sticky=True)
-        session.add(experiment)
-        session.flush()
-        segment = Segment(experiment_id=experiment.id, key="s", description="d", position=0)  # type: ignore[arg-type]
-        session.add(segment)
-        session.flush()
-        variant = Variant(
-            experiment_id=experiment.id,  # type: ignore[arg-type]
-            segment_id=segment.id,  # type: ignore[arg-type]
-            text="t",
-            origin="manual",
-            status="active",
-        )
-        session.add(variant)
-        session.flush()
+        variant = _a_variant(session)
         session.execute(
             sa.text(
                 "INSERT INTO assignment"
@@ -165,8 +157,8 @@ def test_assignments_stored_before_0010_count_as_used_at_the_migration(
                 " VALUES (:experiment, :segment, 'u', :variant, 1.0, :created)"
             ).bindparams(sa.bindparam("created", type_=UtcDateTime)),
             {
-                "experiment": experiment.id,
-                "segment": segment.id,
+                "experiment": variant.experiment_id,
+                "segment": variant.segment_id,
                 "variant": variant.id,
                 "created": utcnow() - timedelta(days=400),
             },
