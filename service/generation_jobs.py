@@ -74,8 +74,15 @@ def get_job(*, session: Session, job_id: int) -> GenerationJob:
 
 
 def interrupted(job: GenerationJob, now: datetime) -> bool:
-    """Whether the job is unfinished and too old to end (see JOB_STALE_AFTER)."""
-    return job.status in _UNFINISHED and job.created_at < now - JOB_STALE_AFTER
+    """Whether the job is unfinished and too old to end (see JOB_STALE_AFTER): a queued job
+    counted from when it was queued, a running one from when it started. From the queueing alone,
+    a job that had waited most of an hour behind others was given up while it ran, and the copy
+    the pass then ordered again came twice."""
+    if job.status not in _UNFINISHED:
+        return False
+    running = job.status == JobStatus.RUNNING.value and job.started_at is not None
+    since = job.started_at if running else job.created_at
+    return since < now - JOB_STALE_AFTER  # type: ignore[operator]
 
 
 def fail_interrupted_jobs(*, session: Session, now: datetime) -> list[int]:
@@ -87,11 +94,11 @@ def fail_interrupted_jobs(*, session: Session, now: datetime) -> list[int]:
     for job in unfinished:
         if not interrupted(job, now):
             continue
-        # Unless it ended meanwhile: then its worker's word stands.
+        # Unless it started or ended meanwhile: then its worker's word stands.
         still_unfinished = rows_changed(
             session,
             sa.update(GenerationJob)
-            .where(col(GenerationJob.id) == job.id, col(GenerationJob.status).in_(_UNFINISHED))
+            .where(col(GenerationJob.id) == job.id, col(GenerationJob.status) == job.status)
             .values(
                 status=JobStatus.FAILED.value,
                 finished_at=now,
@@ -193,7 +200,7 @@ def run_job(
             # Segments done before the error kept their new copy (each commits on its own): the
             # job says which, so what is being served or reviewed can be traced back to it.
             stored = sum(len(s["variant_ids"]) for s in result["segments"].values())
-            _update(
+            _finish(
                 session,
                 job,
                 status=JobStatus.FAILED,
@@ -206,10 +213,9 @@ def run_job(
                     else "failed"
                 ),
             )
-            metrics().generation_jobs.labels("failed").inc()
             return job
         accepted = sum(len(s["variant_ids"]) for s in result["segments"].values())
-        _update(
+        _finish(
             session,
             job,
             status=JobStatus.SUCCEEDED,
@@ -217,11 +223,35 @@ def run_job(
             progress=1.0,
             result=result,
             message=f"done: {accepted} new variants",
-            # A pass may have given it up as interrupted meanwhile; it ended, and its copy is in.
-            error=None,
         )
-        metrics().generation_jobs.labels("succeeded").inc()
         return job
+
+
+def _finish(session: Session, job: GenerationJob, **values: Any) -> None:
+    """Record how the job ended, while it still says running: a pass that gave it up as
+    interrupted meanwhile has counted it failed and ordered its copy again, and its row keeps
+    saying so."""
+    ended = rows_changed(
+        session,
+        sa.update(GenerationJob)
+        .where(
+            col(GenerationJob.id) == job.id,
+            col(GenerationJob.status) == JobStatus.RUNNING.value,
+        )
+        .values(**values),
+    )
+    session.commit()
+    if not ended:
+        log.warning(
+            "generation job %s ended (%s) after it was given up as interrupted",
+            job.id,
+            values["status"],
+        )
+        session.refresh(job)
+        return
+    for name, value in values.items():
+        setattr(job, name, value)
+    metrics().generation_jobs.labels(str(values["status"])).inc()
 
 
 def _generate(

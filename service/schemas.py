@@ -6,6 +6,7 @@ control characters in text: PostgreSQL cannot store NUL, and nothing a storefron
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from datetime import datetime
 from typing import Annotated, Any, Literal, NotRequired
@@ -49,13 +50,17 @@ def _visible(character: str) -> bool:
     return (
         not character.isspace()
         and unicodedata.category(character) != "Cf"
-        and character not in _FILLERS
+        and not _DRAWN_AS_NOTHING.match(character)
     )
 
 
-# Letters and marks that fonts draw as nothing: Hangul fillers, the blank Braille pattern, the
-# combining grapheme joiner, the Mongolian vowel separator.
-_FILLERS = frozenset("\u115f\u1160\u3164\uffa0\u2800\u034f\u180e")
+# Unicode's default-ignorable letters and marks (fonts draw them as nothing) that are not format
+# characters: Hangul fillers, the combining grapheme joiner, Khmer inherent vowels, variation
+# selectors; and the blank Braille pattern.
+_DRAWN_AS_NOTHING = re.compile(
+    "[\u115f\u1160\u3164\uffa0\u034f\u17b4\u17b5\u180b-\u180f\u2800"
+    "\ufe00-\ufe0f\U000e0100-\U000e01ef]"
+)
 
 
 _Clean = AfterValidator(_clean)

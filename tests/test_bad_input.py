@@ -326,8 +326,17 @@ def test_control_characters_and_lone_surrogates_are_400_naming_the_field(
 
 @pytest.mark.parametrize(
     "text",
-    [" ", "\u200b", "\u200b\u2060\ufeff", " \u2060 ", "\u3164\u2800", "\u115f\u1160\u034f"],
-    ids=["space", "zwsp", "three", "mixed", "hangul-braille", "fillers"],
+    [
+        " ",
+        "\u200b",
+        "\u200b\u2060\ufeff",
+        " \u2060 ",
+        "\u3164\u2800",
+        "\u115f\u1160\u034f",
+        "\ufe0f\u17b4\u17b5",
+        "\U000e0100\u180b",
+    ],
+    ids=["space", "zwsp", "three", "mixed", "hangul-braille", "fillers", "selectors", "more"],
 )
 @pytest.mark.parametrize(
     ("path", "make_body", "field"),

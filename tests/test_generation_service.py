@@ -288,3 +288,63 @@ def test_a_job_given_up_as_interrupted_before_it_ran_is_not_run(
     assert ran.status == "failed" and ran.error is not None and ran.error.startswith("interrupted")
     assert writer.calls == []
     assert len(_variants(api, experiment["id"], "tea-lovers")) == variants_before
+
+
+def test_a_job_that_waited_its_turn_is_not_given_up_while_it_runs(
+    api: Any, app: Any, session: Session, experiment: dict[str, Any], writer: ScriptedWriter
+) -> None:
+    """Counted from its queueing, a job that had waited most of an hour was failed mid-run, the
+    pass ordered its copy again, and the job then delivered its own and flipped to succeeded."""
+    from datetime import timedelta
+
+    from service.generation_jobs import fail_interrupted_jobs
+    from service.metrics import metrics
+
+    job = create_job(session=session, experiment_id=experiment["id"], segment_key="tea-lovers", n=2)
+    queued_at = job.created_at
+    started = queued_at + timedelta(minutes=59)
+    session.execute(
+        sa.update(GenerationJob)
+        .where(col(GenerationJob.id) == job.id)
+        .values(status="running", started_at=started)
+    )
+    session.commit()
+    # Two hours after it was queued, one after it started: still its worker's.
+    assert (
+        fail_interrupted_jobs(session=session, now=queued_at + timedelta(hours=1, minutes=58)) == []
+    )
+    # Given up an hour after it started, it stays given up when its worker ends after all.
+    assert fail_interrupted_jobs(session=session, now=started + timedelta(hours=1, minutes=1)) == [
+        job.id
+    ]
+    succeeded = metrics().generation_jobs.labels("succeeded")
+    before = succeeded._value.get()
+    session.execute(
+        sa.update(GenerationJob).where(col(GenerationJob.id) == job.id).values(status="running")
+    )
+    session.commit()
+    ended = _run_given_up_meanwhile(app, job.id, writer)  # type: ignore[arg-type]
+    assert ended.status == "failed" and ended.error is not None
+    assert ended.error.startswith("interrupted") and succeeded._value.get() == before
+
+
+def _run_given_up_meanwhile(app: Any, job_id: int, writer: ScriptedWriter) -> GenerationJob:
+    """Run the job's work as a worker that had started it would, with the job given up as
+    interrupted while the model wrote."""
+    from service.generation_jobs import INTERRUPTED, _finish, _generate
+
+    engine = app.extensions["copybandit.engine"]
+    options = GenerationOptions.from_settings(app.extensions["copybandit.settings"])
+    with Session(engine, expire_on_commit=False) as own:
+        job = own.get(GenerationJob, job_id)
+        assert job is not None
+        result: dict[str, Any] = {"segments": {}}
+        _generate(own, job, lambda: writer, options, None, result)
+        own.execute(
+            sa.update(GenerationJob)
+            .where(col(GenerationJob.id) == job_id)
+            .values(status="failed", error=INTERRUPTED)
+        )
+        own.commit()
+        _finish(own, job, status="succeeded", result=result, message="done")
+        return job
