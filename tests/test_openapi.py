@@ -78,7 +78,9 @@ def test_nothing_undocumented_is_routed(app: Any, spec: dict[str, Any]) -> None:
 
 
 def test_livez_needs_no_key_and_no_database() -> None:
-    down = create_app({"database_url": "postgresql://nobody@127.0.0.1:1/none", "env": "test"})
+    down = create_app(
+        {"database_url": "postgresql://nobody@127.0.0.1:1/none", "env": "test", "scheduler": "off"}
+    )
     response = down.test_client().get("/livez")
     assert response.status_code == 200
     assert response.get_json() == {"status": "ok"}
@@ -92,7 +94,9 @@ def test_healthz_needs_no_key(client: Any) -> None:
 
 def test_healthz_reports_an_unreachable_database() -> None:
     # Port 1 on loopback: nothing listens, so the connection is refused at once.
-    down = create_app({"database_url": "postgresql://nobody@127.0.0.1:1/none", "env": "test"})
+    down = create_app(
+        {"database_url": "postgresql://nobody@127.0.0.1:1/none", "env": "test", "scheduler": "off"}
+    )
     response = down.test_client().get("/healthz")
     assert response.status_code == 503
     assert response.get_json()["error"] == "unavailable"
@@ -101,7 +105,9 @@ def test_healthz_reports_an_unreachable_database() -> None:
 def test_every_api_operation_documents_the_503_of_a_database_that_is_down(
     spec: dict[str, Any],
 ) -> None:
-    down = create_app({"database_url": "postgresql://nobody@127.0.0.1:1/none", "env": "test"})
+    down = create_app(
+        {"database_url": "postgresql://nobody@127.0.0.1:1/none", "env": "test", "scheduler": "off"}
+    )
     key = {"Authorization": "Bearer cb_0123456789abcdef_secret"}
     response = down.test_client().get("/v1/experiments", headers=key)
     assert (response.status_code, response.get_json()["error"]) == (503, "unavailable")
