@@ -3,7 +3,7 @@
 The HTTP request only creates the row and hands its id to this process's runner, so a slow model
 never holds a request open. The runner loads the model once per process, on the first job.
 A job that a process exit interrupted, or that nothing ran, is failed by the next lifecycle pass
-once it is an hour old (`JOB_STALE_AFTER`).
+an hour after it was queued, or if it started, an hour after it started (`JOB_STALE_AFTER`).
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ log = logging.getLogger(__name__)
 # Lines kept in a job's result to explain rejections; the counts cover all of them.
 _REJECTIONS_KEPT = 50
 _LEADERS = 2
-# A job that has not ended this long after it was queued never will: the process running it exited
+# A job still queued this long after it was queued, or still running this long after it started,
+# never will end: the process running it exited
 # (a crash, a restart with jobs still in its queue), or nothing ran it (`copybandit lifecycle --once
 # --no-generate` queues jobs and runs none).
 JOB_STALE_AFTER = timedelta(hours=1)
