@@ -46,9 +46,8 @@ log = logging.getLogger(__name__)
 _REJECTIONS_KEPT = 50
 _LEADERS = 2
 # A job still queued this long after it was queued, or still running this long after it started,
-# never will end: the process running it exited
-# (a crash, a restart with jobs still in its queue), or nothing ran it (`copybandit lifecycle --once
-# --no-generate` queues jobs and runs none).
+# will never end: the process running it exited (a crash, a restart with jobs still in its queue),
+# or nothing ran it (`copybandit lifecycle --once --no-generate` queues jobs and runs none).
 JOB_STALE_AFTER = timedelta(hours=1)
 INTERRUPTED = (
     "interrupted: no worker finished it within an hour; its process exited or nothing ran it "
