@@ -177,17 +177,14 @@ def run_job(
         job = get_job(session=session, job_id=job_id)
         # Only a job still queued: one a lifecycle pass failed as interrupted while it waited
         # behind others ran anyway, and the copy the pass then ordered again came twice.
-        started = rows_changed(
+        started = _update(
             session,
-            sa.update(GenerationJob)
-            .where(
-                col(GenerationJob.id) == job_id,
-                col(GenerationJob.status) == JobStatus.QUEUED.value,
-            )
-            .values(status=JobStatus.RUNNING.value, started_at=utcnow(), message="starting"),
+            job,
+            while_status=JobStatus.QUEUED,
+            status=JobStatus.RUNNING,
+            started_at=utcnow(),
+            message="starting",
         )
-        session.commit()
-        session.refresh(job)
         if not started:
             log.warning("generation job %s is %s, not queued: not run", job_id, job.status)
             return job
@@ -231,26 +228,13 @@ def _finish(session: Session, job: GenerationJob, **values: Any) -> None:
     """Record how the job ended, while it still says running: a pass that gave it up as
     interrupted meanwhile has counted it failed and ordered its copy again, and its row keeps
     saying so."""
-    ended = rows_changed(
-        session,
-        sa.update(GenerationJob)
-        .where(
-            col(GenerationJob.id) == job.id,
-            col(GenerationJob.status) == JobStatus.RUNNING.value,
-        )
-        .values(**values),
-    )
-    session.commit()
-    if not ended:
+    if not _update(session, job, while_status=JobStatus.RUNNING, **values):
         log.warning(
             "generation job %s ended (%s) after it was given up as interrupted",
             job.id,
             values["status"],
         )
-        session.refresh(job)
         return
-    for name, value in values.items():
-        setattr(job, name, value)
     metrics().generation_jobs.labels(str(values["status"])).inc()
 
 
@@ -371,13 +355,22 @@ def _same_text(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
-def _update(session: Session, job: GenerationJob, **values: Any) -> None:
-    session.execute(
-        sa.update(GenerationJob).where(col(GenerationJob.id) == job.id).values(**values)
-    )
+def _update(
+    session: Session, job: GenerationJob, *, while_status: JobStatus | None = None, **values: Any
+) -> bool:
+    """Write `values` to the job's row and to `job`; with `while_status`, only while the row
+    still says so (False, and `job` read afresh, when it no longer does)."""
+    update = sa.update(GenerationJob).where(col(GenerationJob.id) == job.id)
+    if while_status is not None:
+        update = update.where(col(GenerationJob.status) == while_status.value)
+    changed = rows_changed(session, update.values(**values))
     session.commit()
+    if not changed:
+        session.refresh(job)
+        return False
     for name, value in values.items():
         setattr(job, name, value)
+    return True
 
 
 class JobRunner:
