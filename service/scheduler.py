@@ -28,9 +28,7 @@ from service.models import SchedulerLease, utcnow
 log = logging.getLogger(__name__)
 
 
-def claim(
-    engine: sa.Engine, *, name: str, slot: int, holder: str, ahead_above: int | None = None
-) -> bool:
+def claim(engine: sa.Engine, *, name: str, slot: int, holder: str, ahead_above: int) -> bool:
     """True for exactly one caller per (name, slot), across every process on this database.
 
     `slot` is the interval's start, in milliseconds. A stored slot later than `ahead_above` (the
@@ -39,26 +37,21 @@ def claim(
     clock caught up (days, with a badly set clock), so it is taken over, with a warning.
     """
     lease = col(SchedulerLease.slot)
-    due = lease < slot if ahead_above is None else sa.or_(lease < slot, lease > ahead_above)
     with Session(engine) as session:
         session.execute(
             insert_for(session)(SchedulerLease)
             .values(name=name, slot=-1, holder=holder)
             .on_conflict_do_nothing()
         )
-        ahead = (
-            session.execute(
-                sa.select(lease, col(SchedulerLease.holder)).where(
-                    col(SchedulerLease.name) == name, lease > ahead_above
-                )
-            ).first()
-            if ahead_above is not None
-            else None
-        )
+        ahead = session.execute(
+            sa.select(lease, col(SchedulerLease.holder)).where(
+                col(SchedulerLease.name) == name, lease > ahead_above
+            )
+        ).first()
         won = rows_changed(
             session,
             sa.update(SchedulerLease)
-            .where(col(SchedulerLease.name) == name, due)
+            .where(col(SchedulerLease.name) == name, sa.or_(lease < slot, lease > ahead_above))
             .values(slot=slot, holder=holder, claimed_at=utcnow()),
         )
         session.commit()

@@ -19,6 +19,8 @@ from service.scheduler import PeriodicJob, claim
 INTERVAL = 900.0
 # A realistic epoch time at the start of a slot, so slot numbers are as large as in production.
 START = INTERVAL * 1_888_889
+# A time no clock here reaches: the lease is never taken for one a clock set back left ahead.
+NO_CLOCK_YET = 10**15
 
 
 class FakeClock:
@@ -45,13 +47,13 @@ def engines(database_url: str) -> Iterator[Callable[[], sa.Engine]]:
 
 def test_claim_is_won_once_per_slot(engines: Callable[[], sa.Engine]) -> None:
     engine = engines()
-    assert claim(engine, name="lifecycle", slot=10, holder="a") is True
-    assert claim(engine, name="lifecycle", slot=10, holder="b") is False
-    assert claim(engine, name="lifecycle", slot=11, holder="b") is True
-    assert claim(engine, name="lifecycle", slot=9, holder="a") is False
-    assert claim(engine, name="lifecycle", slot=11, holder="a") is False
+    assert claim(engine, name="lifecycle", slot=10, holder="a", ahead_above=NO_CLOCK_YET) is True
+    assert claim(engine, name="lifecycle", slot=10, holder="b", ahead_above=NO_CLOCK_YET) is False
+    assert claim(engine, name="lifecycle", slot=11, holder="b", ahead_above=NO_CLOCK_YET) is True
+    assert claim(engine, name="lifecycle", slot=9, holder="a", ahead_above=NO_CLOCK_YET) is False
+    assert claim(engine, name="lifecycle", slot=11, holder="a", ahead_above=NO_CLOCK_YET) is False
     # Each job name has a lease of its own.
-    assert claim(engine, name="other", slot=10, holder="a") is True
+    assert claim(engine, name="other", slot=10, holder="a", ahead_above=NO_CLOCK_YET) is True
     with Session(engine) as session:
         lease = session.get(SchedulerLease, "lifecycle")
         assert lease is not None and (lease.slot, lease.holder) == (11, "b")
@@ -197,7 +199,16 @@ def test_clocks_a_little_apart_still_run_a_slot_once(engines: Callable[[], sa.En
 def test_a_lease_stored_as_a_slot_number_gives_way(engines: Callable[[], sa.Engine]) -> None:
     """Earlier versions stored the slot's number; their rows compare below any slot time."""
     engine = engines()
-    assert claim(engine, name="lifecycle", slot=int(START // INTERVAL), holder="old") is True
+    assert (
+        claim(
+            engine,
+            name="lifecycle",
+            slot=int(START // INTERVAL),
+            holder="old",
+            ahead_above=NO_CLOCK_YET,
+        )
+        is True
+    )
     clock, runs = FakeClock(), []
     assert _job(engines, clock, INTERVAL, runs).tick() is True and runs == [START]
 
