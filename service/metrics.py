@@ -31,7 +31,9 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # listed only once it has been counted, and an alert on, say, failed jobs saw no series at all.
 EVENT_OUTCOMES = ("accepted", "duplicate", "rejected")
 JOB_STATUSES = ("succeeded", "failed")  # the finished ones (service.models.JobStatus)
-LIFECYCLE_ACTIONS = ("pause", "retire", "declare_winner", "regenerate")  # service.lifecycle
+# The actions a lifecycle pass counts (service.lifecycle.apply_segment): every audit action but
+# "prior", which is recorded when copy is added, outside a pass.
+LIFECYCLE_ACTIONS = ("pause", "retire", "declare_winner", "regenerate", "discount")
 
 
 @dataclass(frozen=True)

@@ -81,9 +81,17 @@ def test_under_serve_every_outcome_is_listed_at_zero_before_it_happens(tmp_path:
         *(f'copybandit_generation_jobs_total{{status="{s}"}}' for s in ("succeeded", "failed")),
         *(
             f'copybandit_lifecycle_actions_total{{action="{a}"}}'
-            for a in ("pause", "retire", "declare_winner", "regenerate")
+            for a in ("pause", "retire", "declare_winner", "regenerate", "discount")
         ),
         "copybandit_decisions_total",
     ]
     for sample in expected:
         assert re.search(rf"^{re.escape(sample)} 0\.0$", scraped, re.MULTILINE), (sample, scraped)
+
+
+def test_every_action_a_pass_counts_is_listed_up_front() -> None:
+    # The list of pre-made labels had left out "discount", which every discounting pass counts.
+    from service.lifecycle import AUDIT_ACTIONS
+    from service.metrics import LIFECYCLE_ACTIONS
+
+    assert set(LIFECYCLE_ACTIONS) == set(AUDIT_ACTIONS) - {"prior"}
