@@ -7,6 +7,16 @@ batched cost. The price is staleness: updates reported between refills reach the
 next refill, so a block is drawn from the posterior as of its start. Blocks start small and double,
 so a quiet segment never pays for draws it will not use.
 
+Each choice carries its propensity: the share of its refill's draws that its arm won. Draws are
+independent, so given a refill's draws every one of them is equally likely to be any decision's, and
+that share is exactly the probability the decision had of being that arm, as importance-weighting
+estimators need it, however far the posterior has moved since it was loaded. (A Monte-Carlo
+estimate made once at load time described the loaded posterior, not the one a later block was
+drawn from after this worker's own impressions had been added: at a 5 s reload interval, one arm's
+recorded propensity read 0.68 where it was served 0.55 of the time.) A refill draws at least
+``propensity_draws`` so that small blocks still see the rarer arms; an arm that wins none of them
+cannot be chosen from that block, which keeps every recorded propensity above 0.
+
 Threads: handing out a choice is a `list.pop`, atomic in CPython, so it takes no lock; only a refill
 (which runs numpy's Generator, not thread-safe) takes `lock`, which samplers sharing a Generator
 must share too.
@@ -34,6 +44,9 @@ class BlockSampler:
         ``max_block``.
     lock : threading.Lock or None
         Held while refilling; pass the same lock to every sampler whose policy shares a Generator.
+    propensity_draws : int
+        Each refill draws at least this many decisions and hands out the first ``block`` of them;
+        the rest only sharpen the propensities. Above ``max_block`` every refill wastes draws.
     """
 
     def __init__(
@@ -42,6 +55,7 @@ class BlockSampler:
         first_block: int = 8,
         max_block: int = 1024,
         lock: threading.Lock | None = None,
+        propensity_draws: int = 1,
     ) -> None:
         self.policy = policy
         self._lock = lock or threading.Lock()
@@ -49,14 +63,21 @@ class BlockSampler:
         self._max_block = require_count("max_block", max_block)
         if self._max_block < self._next_block:
             raise ValueError(f"max_block must be >= first_block, got {max_block} < {first_block}")
+        self._propensity_draws = require_count("propensity_draws", propensity_draws)
         self._n_arms = policy.n_arms
-        self._choices: list[int] = []
+        # (arm, propensity) pairs: one pop hands out both, so a refill by another thread in
+        # between cannot pair a choice with another block's propensities.
+        self._choices: list[tuple[int, float]] = []
         # Plain lists: a per-decision increment on a numpy array costs more than the draw.
         self._pending_trials = [0.0] * self._n_arms
         self._pending_successes = [0.0] * self._n_arms
 
     def select(self) -> int:
         """The next arm; one independent posterior draw per call."""
+        return self.choose()[0]
+
+    def choose(self) -> tuple[int, float]:
+        """The next arm, and the probability it had of being chosen (see the module's text)."""
         try:
             return self._choices.pop()
         except IndexError:
@@ -87,4 +108,8 @@ class BlockSampler:
             self._pending_successes = [0.0] * self._n_arms
         block = self._next_block
         self._next_block = min(self._max_block, block * 2)
-        self._choices = self.policy.select(block).tolist()
+        draws = self.policy.select(max(block, self._propensity_draws))
+        shares = np.bincount(draws, minlength=self._n_arms) / len(draws)
+        # One shared pair per arm: building a pair per decision cost more than the draw.
+        pairs = list(enumerate(shares.tolist()))
+        self._choices = [pairs[arm] for arm in draws[:block].tolist()]

@@ -39,7 +39,7 @@ def create_app(config: Mapping[str, object] | None = None) -> OpenAPI:
     app.extensions["copybandit.settings"] = settings
     app.extensions["copybandit.snapshots"] = SnapshotCache(
         ttl_seconds=settings.snapshot_ttl_seconds,
-        propensity_samples=settings.propensity_samples,
+        propensity_draws=settings.propensity_samples,
     )
     app.extensions["copybandit.keys"] = KeyCache(settings.key_cache_seconds)
     app.extensions["copybandit.ratelimit"] = RateLimiter(

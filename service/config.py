@@ -43,8 +43,9 @@ class Settings:
     workers: int = 2
     # How stale a worker's view of the counters may be before a decision reloads it.
     snapshot_ttl_seconds: float = 1.0
-    # Monte-Carlo draws behind each recorded propensity, once per snapshot refresh.
-    propensity_samples: int = 10_000
+    # Posterior draws behind each recorded propensity: every block of decisions is drawn with at
+    # least this many (bandits.blocks), and busy segments' blocks grow to it.
+    propensity_samples: int = 1024
     max_request_bytes: int = 1024 * 1024
     # Serving requests (decide, events) per second per API key in each worker; 0 turns it off.
     rate_limit_per_second: float = 1000.0

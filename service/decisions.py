@@ -92,8 +92,8 @@ def decide(
             user_hash,  # type: ignore[arg-type]
         )
     else:
-        arm = cache.select(arms)
-        propensity, policy = float(arms.propensities[arm]), POLICY_THOMPSON
+        arm, propensity = cache.choose(arms)
+        policy = POLICY_THOMPSON
 
     variant_id = arms.variant_ids[arm]
     impression_id = new_impression_id()
@@ -193,8 +193,7 @@ def _sticky_choice(
         _note_use(session, existing)
         return arms.arm_of[existing.variant_id], existing.propensity, POLICY_STICKY
 
-    arm = cache.select(arms)
-    propensity = float(arms.propensities[arm])
+    arm, propensity = cache.choose(arms)
     values = {"variant_id": arms.variant_ids[arm], "propensity": propensity}
     if existing is None:
         inserted = rows_changed(

@@ -45,7 +45,7 @@ def seed_demo_history(
     now = now or utcnow()
     rates = _rates_by_variant(session, experiment_id)
     cache = SnapshotCache(
-        ttl_seconds=float("inf"), propensity_samples=settings.propensity_samples, rng=seed
+        ttl_seconds=float("inf"), propensity_draws=settings.propensity_samples, rng=seed
     )
     segments = list(DEMO_RATES)
     total = days * decisions_per_day

@@ -4,7 +4,7 @@ A view is reloaded from the database counters when it is older than the configur
 at once when this worker changes something the posterior depends on (a conversion, a status
 change). Impressions this worker records are applied to its view in memory, from the next block of
 posterior draws (bandits.blocks), so a burst of decisions between reloads does not keep favouring
-the same arm.
+the same arm. Each decision's propensity comes with its draw, from the block it was drawn in.
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ from bandits.blocks import BlockSampler
 from service.errors import NotFound
 from service.models import Experiment, Segment, Variant, VariantStatus
 
+# The largest block of decisions a busy segment draws at once: its pending impressions reach the
+# posterior at least this often between reloads.
+MAX_BLOCK = 1024
+
 
 @dataclass
 class SegmentArms:
@@ -29,10 +33,9 @@ class SegmentArms:
     key: str
     variant_ids: list[int]
     texts: list[str]
-    # Hands out one Thompson draw per decision, drawn in blocks (see bandits.blocks).
+    # Hands out one Thompson draw per decision with its propensity, drawn in blocks (see
+    # bandits.blocks).
     sampler: BlockSampler | None
-    # P(each arm is chosen) under the posterior as loaded; recorded with every impression.
-    propensities: np.ndarray
     arm_of: dict[int, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -69,9 +72,10 @@ class ExperimentView:
     def segment(self, key: str | None) -> SegmentArms:
         """Unknown or missing keys fall back to the experiment's first segment.
 
-        A segment's arms are built at its first decision after a load, not at the load: the
-        Monte-Carlo propensities cost ~4 ms a segment, and a decision that reloaded a 50-segment
-        experiment paid for all fifty (0.4-1.4 s), about once a second per worker."""
+        A segment's arms are built at its first decision after a load, not at the load: when each
+        segment's arms came with Monte-Carlo propensities (~4 ms a segment), a decision that
+        reloaded a 50-segment experiment paid for all fifty (0.4-1.4 s), about once a second per
+        worker, and a segment no one asks for still needs no draws."""
         if key not in self.loaded:
             key = self.default_key
         arms = self._arms.get(key)
@@ -86,12 +90,12 @@ class SnapshotCache:
         self,
         *,
         ttl_seconds: float,
-        propensity_samples: int,
+        propensity_draws: int,
         rng: np.random.Generator | int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._ttl = ttl_seconds
-        self._samples = propensity_samples
+        self._propensity_draws = propensity_draws
         self._rng = np.random.default_rng(rng)
         self._clock = clock
         self._views: dict[int, ExperimentView] = {}
@@ -115,9 +119,10 @@ class SnapshotCache:
     def invalidate(self, experiment_id: int) -> None:
         self._views.pop(experiment_id, None)
 
-    def select(self, arms: SegmentArms) -> int:
+    def choose(self, arms: SegmentArms) -> tuple[int, float]:
+        """An arm by Thompson sampling, and the probability it had of being chosen."""
         assert arms.sampler is not None
-        return arms.sampler.select()
+        return arms.sampler.choose()
 
     def record_impression(self, arms: SegmentArms, arm: int) -> None:
         """An impression is a trial whose reward is 0 until a conversion says otherwise; it
@@ -148,27 +153,31 @@ class SnapshotCache:
             loaded={s.key: _loaded(s, by_segment[s.id]) for s in segments},  # type: ignore[index]
             default_key=segments[0].key,
             loaded_at=self._clock(),
-            arms_of=self._arms,
+            arms_of=self.arms_for,
         )
 
-    def _arms(self, segment: LoadedSegment) -> SegmentArms:
-        policy = None
-        propensities = np.zeros(0)
+    def arms_for(self, segment: LoadedSegment) -> SegmentArms:
+        """A loaded segment's arms: a sampler over its posteriors, or none without variants."""
+        sampler = None
         if segment.variant_ids:
             with self._lock:
                 policy = BetaBernoulliTS(
                     len(segment.variant_ids), alpha=segment.alpha, beta=segment.beta, rng=self._rng
                 )
-                # Floored at the Monte-Carlo resolution: an arm that won no simulated draw can
-                # still win a real one, and a recorded propensity of 0 breaks IPS estimators.
-                propensities = np.maximum(policy.propensities(self._samples), 1 / self._samples)
+            # Blocks grow to the propensity draws a refill makes anyway, so none are wasted once
+            # a segment is busy.
+            sampler = BlockSampler(
+                policy,
+                max_block=max(MAX_BLOCK, self._propensity_draws),
+                lock=self._lock,
+                propensity_draws=self._propensity_draws,
+            )
         return SegmentArms(
             segment_id=segment.segment_id,
             key=segment.key,
             variant_ids=segment.variant_ids,
             texts=segment.texts,
-            sampler=BlockSampler(policy, lock=self._lock) if policy is not None else None,
-            propensities=propensities,
+            sampler=sampler,
         )
 
 

@@ -114,3 +114,29 @@ def test_threads_share_samplers_without_losing_or_repeating_choices() -> None:
     for thread in threads:
         thread.join()
     assert errors == [] and counts == [5_000] * 8
+
+
+def test_each_choice_carries_its_arms_share_of_the_refills_draws() -> None:
+    policy = BetaBernoulliTS(3, alpha=[30.0, 20.0, 10.0], beta=[70.0, 80.0, 90.0], rng=1)
+    sampler = BlockSampler(policy, first_block=4, max_block=4, propensity_draws=400)
+    first = [sampler.choose() for _ in range(4)]
+    # The four handed out are the first of 400 draws; every arm's share is a multiple of 1/400.
+    for _, propensity in first:
+        assert 0 < propensity <= 1
+        assert (propensity * 400) == pytest.approx(round(propensity * 400))
+    assert len({propensity for arm, propensity in first if arm == first[0][0]}) == 1
+    assert len(sampler._choices) == 0  # the other 396 only sharpened the shares
+
+
+def test_propensities_follow_the_posterior_the_updates_moved() -> None:
+    """1/propensity averages 1 per arm over the decisions served, as importance weighting needs,
+    while pending updates move the posterior at every refill."""
+    policy = BetaBernoulliTS(2, alpha=[4.0, 3.0], beta=[8.0, 9.0], rng=2)
+    sampler = BlockSampler(policy, first_block=8, max_block=256, propensity_draws=256)
+    decisions = 30_000
+    weights = np.zeros(2)
+    for _ in range(decisions):
+        arm, propensity = sampler.choose()
+        weights[arm] += 1 / propensity
+        sampler.update(arm, 0.0)
+    assert weights / decisions == pytest.approx([1.0, 1.0], abs=0.05)

@@ -274,9 +274,7 @@ def serve(
     site: Site, experiment_id: int, segment: str, n: int, converts: Callable[[int], bool]
 ) -> None:
     """`n` decisions through the real bandit; a conversion whenever `converts(variant_id)`."""
-    cache = SnapshotCache(
-        ttl_seconds=0.0, propensity_samples=site.settings.propensity_samples, rng=3
-    )
+    cache = SnapshotCache(ttl_seconds=0.0, propensity_draws=site.settings.propensity_samples, rng=3)
     with site.session() as session:
         for _ in range(n):
             decision = decide(

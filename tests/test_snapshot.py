@@ -11,7 +11,7 @@ from sqlmodel import Session
 
 from service.errors import NotFound
 from service.models import Variant
-from service.snapshot import SnapshotCache
+from service.snapshot import LoadedSegment, SegmentArms, SnapshotCache
 
 
 class Clock:
@@ -29,7 +29,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def cache(clock: Clock) -> SnapshotCache:
-    return SnapshotCache(ttl_seconds=1.0, propensity_samples=1000, rng=3, clock=clock)
+    return SnapshotCache(ttl_seconds=1.0, propensity_draws=1000, rng=3, clock=clock)
 
 
 def _set_counters(session: Session, variant_id: int, impressions: int, conversions: int) -> None:
@@ -78,7 +78,7 @@ def test_local_impressions_count_as_trials_from_the_next_block_of_draws(
     cache.record_impression(arms, 1)
     cache.record_impression(arms, 1)
     assert arms.policy.posterior()[1].tolist() == [1.0, 1.0]  # pending until the next draw
-    cache.select(arms)
+    cache.choose(arms)
     alpha, beta = arms.policy.posterior()
     assert alpha.tolist() == [1.0, 1.0] and beta.tolist() == [1.0, 3.0]
 
@@ -95,16 +95,34 @@ def test_a_fresh_view_is_handed_out_without_the_database_until_its_ttl(
     assert cache.get(session=session, experiment_id=experiment["id"]) is not loaded
 
 
-def test_view_carries_propensities_and_default_segment(
+def test_unknown_and_missing_segments_fall_back_to_the_first(
     cache: SnapshotCache, session: Session, experiment: dict[str, Any]
 ) -> None:
     view = cache.get(session=session, experiment_id=experiment["id"])
     assert view.segment(None).key == "tea-lovers"
     assert view.segment("no-such-segment").key == "tea-lovers"
     assert view.segment("busy-parents").key == "busy-parents"
-    propensities = view.segment("busy-parents").propensities
-    assert propensities.sum() == pytest.approx(1.0)
-    assert propensities == pytest.approx([0.5, 0.5], abs=0.06)
+
+
+def test_recorded_propensities_match_how_often_each_arm_is_served(
+    cache: SnapshotCache, session: Session, experiment: dict[str, Any]
+) -> None:
+    """Importance weights 1/propensity must average 1 for every arm, as IPS assumes, though the
+    worker's own impressions move the posterior between reloads: propensities worked out once at
+    the load drifted from what the later blocks served (one arm's weights averaged 1.4)."""
+    first, second = (v["id"] for v in experiment["segments"][0]["variants"])
+    _set_counters(session, first, impressions=10, conversions=3)
+    _set_counters(session, second, impressions=10, conversions=2)
+    arms = cache.get(session=session, experiment_id=experiment["id"]).segment("tea-lovers")
+    decisions = 40_000
+    weights = np.zeros(2)
+    for _ in range(decisions):
+        arm, propensity = cache.choose(arms)
+        assert 0 < propensity <= 1
+        weights[arm] += 1 / propensity
+        cache.record_impression(arms, arm)
+    assert arms.policy is not None and arms.policy.posterior()[1].sum() > 20_000  # it moved
+    assert weights / decisions == pytest.approx([1.0, 1.0], abs=0.05)
 
 
 def test_unknown_experiment_is_not_found(cache: SnapshotCache, session: Session) -> None:
@@ -112,16 +130,22 @@ def test_unknown_experiment_is_not_found(cache: SnapshotCache, session: Session)
         cache.get(session=session, experiment_id=4242)
 
 
-def test_propensities_never_record_zero(
+def test_a_rarely_chosen_arm_records_its_share_never_zero(
     cache: SnapshotCache, session: Session, experiment: dict[str, Any]
 ) -> None:
-    """An arm that wins no simulated draw can still win a real one; IPS must not divide by 0."""
+    """IPS divides by the propensity: the weak arm, when a block's draw picks it, records the
+    share of that block's draws it won (1 in 1,000 or more), the strong arm nearly 1."""
     strong, weak = (v["id"] for v in experiment["segments"][0]["variants"])
     _set_counters(session, strong, impressions=10_000, conversions=5_000)
-    _set_counters(session, weak, impressions=10_000, conversions=10)
+    _set_counters(session, weak, impressions=1_000, conversions=480)
     arms = cache.get(session=session, experiment_id=experiment["id"]).segment("tea-lovers")
-    assert arms.propensities[0] > 0.99
-    assert arms.propensities[1] == 1 / 1000
+    recorded: dict[int, list[float]] = {0: [], 1: []}
+    for _ in range(20_000):
+        arm, propensity = cache.choose(arms)
+        recorded[arm].append(propensity)
+    assert recorded[1], "the weak arm should win a few draws"
+    assert min(recorded[1]) >= 1 / 1000 and max(recorded[1]) < 0.2
+    assert min(recorded[0]) > 0.8
 
 
 def test_a_load_builds_only_the_segments_decisions_ask_for(
@@ -130,24 +154,22 @@ def test_a_load_builds_only_the_segments_decisions_ask_for(
     experiment: dict[str, Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The propensities cost milliseconds a segment; a decision that reloaded a 50-segment
-    experiment computed all fifty before answering."""
-    from bandits import BetaBernoulliTS
+    """Arms cost posterior draws; a decision that reloaded a 50-segment experiment once built
+    all fifty before answering."""
+    built: list[str] = []
+    original = SnapshotCache.arms_for
 
-    computed: list[int] = []
-    original = BetaBernoulliTS.propensities
+    def counting(self: SnapshotCache, segment: LoadedSegment) -> SegmentArms:
+        built.append(segment.key)
+        return original(self, segment)
 
-    def counting(policy: BetaBernoulliTS, n_samples: int = 10_000) -> np.ndarray:
-        computed.append(policy.n_arms)
-        return original(policy, n_samples)
-
-    monkeypatch.setattr(BetaBernoulliTS, "propensities", counting)
+    monkeypatch.setattr(SnapshotCache, "arms_for", counting)
     view = cache.get(session=session, experiment_id=experiment["id"])
-    assert computed == []
+    assert built == []
     tea = view.segment("tea-lovers")
-    assert len(computed) == 1
+    assert built == ["tea-lovers"]
     # Later decisions in the segment reuse its arms: their sampler carries the in-memory updates.
     assert view.segment("tea-lovers") is tea and view.segment("unknown") is tea
-    assert len(computed) == 1
+    assert built == ["tea-lovers"]
     view.segment("busy-parents")
-    assert len(computed) == 2
+    assert built == ["tea-lovers", "busy-parents"]

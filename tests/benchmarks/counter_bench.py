@@ -43,7 +43,7 @@ def _decide_loop(
 
     settings = load_settings({"database_url": url})
     engine = make_engine(settings)
-    cache = SnapshotCache(ttl_seconds=1.0, propensity_samples=settings.propensity_samples)
+    cache = SnapshotCache(ttl_seconds=1.0, propensity_draws=settings.propensity_samples)
     decide_in = DecideIn.model_validate({"experiment": 1, "segment": segment})
 
     def one() -> None:

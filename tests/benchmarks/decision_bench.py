@@ -1,7 +1,7 @@
 """Bandit decision cost for K = 10 arms, one decision per call as the service makes them.
 
 Three ways to pick one arm by Thompson sampling from the same posterior:
-- service: `SnapshotCache.select` then `record_impression`, exactly what a decide request runs,
+- service: `SnapshotCache.choose` then `record_impression`, exactly what a decide request runs,
 - floor: numpy's batched Beta draws plus argmax, divided by the number of decisions,
 - MABWiser 2.7.4's Thompson sampling `predict` (a benchmark-only dependency),
 plus, for scale, one `Generator.beta` call per decision (what a naive service does).
@@ -15,9 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from bandits import BetaBernoulliTS
-from bandits.blocks import BlockSampler
-from service.snapshot import SegmentArms, SnapshotCache
+from service.config import Settings
+from service.snapshot import LoadedSegment, SnapshotCache
 from tests.benchmarks.targets import target
 
 ARMS = 10
@@ -45,18 +44,22 @@ def _per_call(fn: Callable[[], object], calls: int, repeats: int = 3) -> float:
 
 def service_us() -> float:
     alpha, beta, _ = _posterior()
-    cache = SnapshotCache(ttl_seconds=1.0, propensity_samples=1000, rng=1)
-    arms = SegmentArms(
-        segment_id=1,
-        key="everyone",
-        variant_ids=list(range(1, ARMS + 1)),
-        texts=[f"copy {i}" for i in range(ARMS)],
-        sampler=BlockSampler(BetaBernoulliTS(ARMS, alpha=alpha, beta=beta, rng=1)),
-        propensities=np.full(ARMS, 1 / ARMS),
+    # The service's own settings and arms, propensity draws included.
+    cache = SnapshotCache(ttl_seconds=1.0, propensity_draws=Settings().propensity_samples, rng=1)
+    arms = cache.arms_for(
+        LoadedSegment(
+            segment_id=1,
+            key="everyone",
+            variant_ids=list(range(1, ARMS + 1)),
+            texts=[f"copy {i}" for i in range(ARMS)],
+            alpha=alpha,
+            beta=beta,
+        )
     )
 
     def decide() -> None:
-        cache.record_impression(arms, cache.select(arms))
+        arm, _ = cache.choose(arms)
+        cache.record_impression(arms, arm)
 
     return _per_call(decide, DECISIONS)
 
@@ -110,7 +113,7 @@ def run() -> dict[str, Any]:
         "mabwiser_vs_service": None if mabwiser is None else round(mabwiser / service, 1),
     }
     print(f"\nDecision cost, {ARMS} arms, one decision per call (best of 3)")
-    print(f"  service (SnapshotCache.select + record_impression)  {service:8.2f} µs")
+    print(f"  service (SnapshotCache.choose + record_impression)  {service:8.2f} µs")
     print(f"  floor: batched numpy Beta draws + argmax            {floor:8.2f} µs")
     print(f"  one Generator.beta call per decision                {naive:8.2f} µs")
     if mabwiser is None:
