@@ -38,7 +38,10 @@ def _no_control(value: str) -> str:
 
 
 def _clean(value: str) -> str:
-    value = _no_control(value).strip()
+    return _not_blank(_no_control(value).strip())
+
+
+def _not_blank(value: str) -> str:
     if not any(_visible(character) for character in value):
         raise ValueError("must not be blank")
     return value
@@ -71,7 +74,18 @@ Persona = Annotated[str, Field(min_length=1, max_length=2000), _Clean]
 LongText = Annotated[str, Field(min_length=1, max_length=5000), _Clean]
 CopyText = Annotated[str, Field(min_length=1, max_length=1000), _Clean]
 Reason = Annotated[str, Field(min_length=1, max_length=500), _Clean]
-ClientKey = Annotated[str, Field(min_length=1, max_length=128), _Clean]
+# Compared exactly, so kept exactly: stripped, " ord-1 " and "ord-1" were one key, and the second
+# of two real conversions was counted as a duplicate of the first.
+ClientKey = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=128,
+        description="compared exactly as sent (spaces and case count); a repeat is a duplicate",
+    ),
+    _NoControl,
+    AfterValidator(_not_blank),
+]
 
 
 # Ids are 32-bit in PostgreSQL; a larger number can only be a client error, never a 500.

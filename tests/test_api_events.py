@@ -161,6 +161,18 @@ def test_event_id_reused_for_another_impression_is_a_duplicate(
     _assert_counters_match_rows(session)
 
 
+def test_event_ids_are_kept_exactly_as_sent(
+    api: Any, session: Session, decisions: list[dict[str, Any]]
+) -> None:
+    # Stripped, " order-9 " was stored as "order-9" and the second, real conversion was dropped.
+    first, second = _ids(decisions)[:2]
+    assert _send(api, _conversion(first, event_id=" order-9 ")).get_json()["accepted"] == 1
+    response = _send(api, _conversion(second, event_id="order-9"))
+    assert response.get_json() == {**_outcome(accepted=1), "rejections": []}
+    stored = session.exec(select(Event.event_id).order_by(col(Event.id))).all()
+    assert stored == [" order-9 ", "order-9"]
+
+
 def test_unknown_impression_is_404_and_stores_nothing(
     api: Any, session: Session, decisions: list[dict[str, Any]]
 ) -> None:
@@ -324,6 +336,7 @@ def _fill(value: Any, impression_id: str) -> Any:
         ({"impression_id": "a" * 33, "type": "conversion"}, "impression_id"),
         ({"impression_id": IMPRESSION, "type": "conversion", "event_id": ""}, "event_id"),
         ({"impression_id": IMPRESSION, "type": "conversion", "event_id": "x" * 129}, "event_id"),
+        ({"impression_id": IMPRESSION, "type": "conversion", "event_id": " \u200b "}, "event_id"),
         ({"impression_id": IMPRESSION, "type": "conversion", "event_id": 7}, "event_id"),
         ({"impression_id": IMPRESSION, "type": "conversion", "extra": 1}, "extra"),
         (
@@ -359,6 +372,7 @@ def _fill(value: Any, impression_id: str) -> Any:
         "impression-long",
         "event-id-empty",
         "event-id-too-long",
+        "event-id-blank",
         "event-id-number",
         "unknown-field",
         "single-and-batch",
