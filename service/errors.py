@@ -101,9 +101,9 @@ def validation_error_response(exc: ValidationError) -> Response:
 
 def first_problem(exc: ValidationError) -> tuple[str, str | None]:
     """pydantic's report, reduced to its first problem (message, field), named by its dotted
-    path."""
+    path, or, for a rule over several fields, by the field the rule names (schemas._at_fault)."""
     first = exc.errors(include_url=False)[0]
-    field = ".".join(str(part) for part in first["loc"]) or None
+    field = ".".join(str(part) for part in first["loc"]) or first.get("ctx", {}).get("field")
     message = in_words(first)
     return (message if field is None else f"{field}: {message}"), field
 

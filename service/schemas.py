@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
     with_config,
 )
+from pydantic_core import PydanticCustomError
 
 # pydantic reads TypedDicts from typing_extensions only, before Python 3.12.
 from typing_extensions import TypedDict
@@ -96,6 +97,22 @@ ImpressionId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
 
 class Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+
+def _at_fault(field: str, message: str) -> PydanticCustomError:
+    """A model validator's error naming the field it is about (errors.first_problem reads it):
+    pydantic gives a model validator's own errors no location."""
+    return PydanticCustomError("invalid", message, {"field": field})
+
+
+def _one_of(*forms: tuple[str, ...]) -> dict[str, Any]:
+    """JSON Schema for a body that takes exactly one of these sets of fields (null is not given)."""
+    return {
+        "oneOf": [
+            {"required": list(form), "properties": {f: {"not": {"type": "null"}} for f in form}}
+            for form in forms
+        ]
+    }
 
 
 # --- experiments -------------------------------------------------------------------------------
@@ -196,6 +213,9 @@ class VariantPath(Request):
 
 
 class VariantPatch(Request):
+    """Either `{"status": ..., "reason"?: ...}` or `{"text": ...}`."""
+
+    model_config = ConfigDict(json_schema_extra=_one_of(("status",), ("text",)))
     # Strict mode would demand an enum instance; JSON can only send its string value.
     status: Annotated[VariantStatus, Field(strict=False)] | None = None
     text: CopyText | None = None
@@ -203,8 +223,10 @@ class VariantPatch(Request):
 
     @model_validator(mode="after")
     def _status_or_text(self) -> VariantPatch:
-        if (self.status is None) == (self.text is None):
-            raise ValueError("give exactly one of status or text")
+        if self.status is None and self.text is None:
+            raise _at_fault("status", "required (or text, to edit pending copy)")
+        if self.status is not None and self.text is not None:
+            raise _at_fault("text", "give either status or text, not both")
         return self
 
 
@@ -275,6 +297,7 @@ class EventIn(TypedDict):
 class EventsIn(Request):
     """Either one event (its fields at the top level) or `{"events": [...]}`."""
 
+    model_config = ConfigDict(json_schema_extra=_one_of(("impression_id", "type"), ("events",)))
     impression_id: ImpressionId | None = None
     type: Literal["conversion"] | None = None
     value: float | None = Field(default=None, ge=0, le=1e12)
@@ -285,10 +308,12 @@ class EventsIn(Request):
     def _one_form(self) -> EventsIn:
         single = {"impression_id", "type", "value", "event_id"} & self.model_fields_set
         if self.events is not None and single:
-            raise ValueError("give either one event or an events list, not both")
-        # Sent as null counts as not given: as_list() could not build an event from it.
-        if self.events is None and (self.impression_id is None or self.type is None):
-            raise ValueError("impression_id and type are required (or an events list)")
+            raise _at_fault("events", "give either one event or an events list, not both")
+        if self.events is None:
+            # Sent as null counts as not given: as_list() could not build an event from it.
+            for field in ("impression_id", "type"):
+                if getattr(self, field) is None:
+                    raise _at_fault(field, "required (or an events list)")
         return self
 
     def as_list(self) -> list[EventIn]:

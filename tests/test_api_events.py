@@ -327,7 +327,7 @@ def _fill(value: Any, impression_id: str) -> Any:
     ("body", "field"),
     [
         ({"impression_id": IMPRESSION, "type": "click"}, "type"),
-        ({"impression_id": IMPRESSION}, None),
+        ({"impression_id": IMPRESSION}, "type"),
         ({"impression_id": IMPRESSION, "type": "conversion", "value": -1}, "value"),
         ({"impression_id": IMPRESSION, "type": "conversion", "value": "12.5"}, "value"),
         ({"impression_id": IMPRESSION, "type": "conversion", "value": 1e13}, "value"),
@@ -345,7 +345,7 @@ def _fill(value: Any, impression_id: str) -> Any:
                 "type": "conversion",
                 "events": [{"impression_id": IMPRESSION, "type": "conversion"}],
             },
-            None,
+            "events",
         ),
         ({"events": []}, "events"),
         ({"events": {"impression_id": IMPRESSION, "type": "conversion"}}, "events"),
@@ -359,7 +359,7 @@ def _fill(value: Any, impression_id: str) -> Any:
             },
             "events.1.value",
         ),
-        ({}, None),
+        ({}, "impression_id"),
     ],
     ids=[
         "type-click",
@@ -388,7 +388,7 @@ def test_bad_events_are_400_and_change_nothing(
     session: Session,
     decisions: list[dict[str, Any]],
     body: dict[str, Any],
-    field: str | None,
+    field: str,
 ) -> None:
     # One conversion already stored, so "unchanged" is checked against non-zero counters.
     assert _send(api, _conversion(decisions[1]["impression_id"])).status_code == 200

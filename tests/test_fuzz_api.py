@@ -92,8 +92,8 @@ def _aim(case: Any, seeded: dict[str, Any]) -> None:
 
     Impression ids are 32 random hex digits and segment keys free text, so generated ones almost
     never exist, and the paths that record events or add variants would only ever see "unknown".
-    Three in four well-formed ones are swapped for a seeded one of the same form. Two bodies have
-    a rule their schema cannot say: /v1/events takes one event or a list, never both, and a
+    Three in four well-formed ones are swapped for a seeded one of the same form. Two bodies take
+    one of two forms (a oneOf in their schema): /v1/events one event or a list, never both, and a
     variant's PATCH exactly one of status and text. So half of theirs drop the fields sent as
     null, and keep only one of status and text, which turns most of them into a usable form.
     """
