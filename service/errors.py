@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Flask, Response, jsonify
 from pydantic import ValidationError
-from pydantic_core import ErrorDetails
+from pydantic_core import ErrorDetails, PydanticCustomError
 from werkzeug.exceptions import HTTPException
 
 from service import db
@@ -101,11 +101,20 @@ def validation_error_response(exc: ValidationError) -> Response:
 
 def first_problem(exc: ValidationError) -> tuple[str, str | None]:
     """pydantic's report, reduced to its first problem (message, field), named by its dotted
-    path, or, for a rule over several fields, by the field the rule names (schemas._at_fault)."""
+    path; a rule over several fields adds the field it names (at_fault) to its model's path."""
     first = exc.errors(include_url=False)[0]
-    field = ".".join(str(part) for part in first["loc"]) or first.get("ctx", {}).get("field")
+    path = [str(part) for part in first["loc"]]
+    if "field" in first.get("ctx", {}):
+        path.append(first["ctx"]["field"])
+    field = ".".join(path) or None
     message = in_words(first)
     return (message if field is None else f"{field}: {message}"), field
+
+
+def at_fault(field: str, message: str) -> PydanticCustomError:
+    """A model validator's error naming the field it is about, for first_problem: pydantic gives
+    a model validator's own errors no location."""
+    return PydanticCustomError("invalid", message, {"field": field})
 
 
 def in_words(error: ErrorDetails) -> str:

@@ -10,7 +10,7 @@ from pydantic import TypeAdapter, ValidationError
 from sqlmodel import Session, col, select
 
 from service.db import rows_changed
-from service.errors import Conflict, InvalidInput, NotFound
+from service.errors import Conflict, InvalidInput, NotFound, first_problem
 from service.lifecycle import assign_prior
 from service.models import Experiment, Origin, Segment, Variant, VariantStatus, utcnow
 from service.policy import LifecyclePolicy, policy_of
@@ -151,7 +151,8 @@ def update_policy(*, session: Session, experiment_id: int, changes: LifecyclePol
     try:
         LifecyclePolicy.model_validate(merged)
     except ValidationError as exc:
-        raise InvalidInput(f"policy: {exc.errors()[0]['msg']}", field="policy") from None
+        message, field = first_problem(exc)
+        raise InvalidInput(message, field=field or "policy") from None
     experiment.policy = merged
     session.add(experiment)
     if merged.get("discount_per_hour") is None:

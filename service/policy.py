@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from service.errors import at_fault
+
 
 class LifecyclePolicy(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
@@ -61,7 +63,7 @@ class LifecyclePolicy(BaseModel):
     @model_validator(mode="after")
     def _bounds(self) -> LifecyclePolicy:
         if self.max_active < self.target_active:
-            raise ValueError("max_active must be >= target_active")
+            raise at_fault("max_active", "must be >= target_active")
         return self
 
 

@@ -20,12 +20,12 @@ from pydantic import (
     model_validator,
     with_config,
 )
-from pydantic_core import PydanticCustomError
 
 # pydantic reads TypedDicts from typing_extensions only, before Python 3.12.
 from typing_extensions import TypedDict
 
 from generation.clean import CONTROL_CHARACTERS
+from service.errors import at_fault
 from service.models import JobStatus, Origin, VariantStatus
 from service.policy import LifecyclePolicy
 
@@ -97,12 +97,6 @@ ImpressionId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
 
 class Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
-
-
-def _at_fault(field: str, message: str) -> PydanticCustomError:
-    """A model validator's error naming the field it is about (errors.first_problem reads it):
-    pydantic gives a model validator's own errors no location."""
-    return PydanticCustomError("invalid", message, {"field": field})
 
 
 def _one_of(*forms: tuple[str, ...]) -> dict[str, Any]:
@@ -224,9 +218,9 @@ class VariantPatch(Request):
     @model_validator(mode="after")
     def _status_or_text(self) -> VariantPatch:
         if self.status is None and self.text is None:
-            raise _at_fault("status", "required (or text, to edit pending copy)")
+            raise at_fault("status", "required (or text, to edit pending copy)")
         if self.status is not None and self.text is not None:
-            raise _at_fault("text", "give either status or text, not both")
+            raise at_fault("text", "give either status or text, not both")
         return self
 
 
@@ -308,12 +302,12 @@ class EventsIn(Request):
     def _one_form(self) -> EventsIn:
         single = {"impression_id", "type", "value", "event_id"} & self.model_fields_set
         if self.events is not None and single:
-            raise _at_fault("events", "give either one event or an events list, not both")
+            raise at_fault("events", "give either one event or an events list, not both")
         if self.events is None:
             # Sent as null counts as not given: as_list() could not build an event from it.
             for field in ("impression_id", "type"):
                 if getattr(self, field) is None:
-                    raise _at_fault(field, "required (or an events list)")
+                    raise at_fault(field, "required (or an events list)")
         return self
 
     def as_list(self) -> list[EventIn]:

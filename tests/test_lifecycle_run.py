@@ -455,9 +455,30 @@ def test_a_policy_patch_is_judged_merged_with_the_stored_policy(
     response = patch_policy(api, experiment, **change)
     assert response.status_code == (200 if accepted else 400), response.get_json()
     if not accepted:
-        assert response.get_json()["field"] == "policy"
+        # It read "policy: Value error, max_active must be >= target_active", naming no field.
+        error = response.get_json()
+        assert (error["field"], error["message"]) == (
+            "max_active",
+            "max_active: must be >= target_active",
+        )
     expected = {**DEFAULT_POLICY, **stored, **(change if accepted else {})}
     assert api.get(f"/v1/experiments/{experiment['id']}").get_json()["policy"] == expected
+
+
+def test_a_policy_given_at_creation_names_the_field_at_fault(api: Any) -> None:
+    body = {
+        "name": "Bounds",
+        "product": {"name": "Kettle", "description": "A kettle."},
+        "segments": [{"key": "all", "description": "Everyone."}],
+        "policy": {"target_active": 5, "max_active": 3},
+    }
+    response = api.post("/v1/experiments", json=body)
+    assert response.status_code == 400
+    error = response.get_json()
+    assert (error["field"], error["message"]) == (
+        "policy.max_active",
+        "policy.max_active: must be >= target_active",
+    )
 
 
 # --- failures -----------------------------------------------------------------------------------
