@@ -362,6 +362,21 @@ def test_the_audit_trail_pages_and_filters_so_discount_rows_hide_nothing(
         assert (response.status_code, response.get_json()["field"]) == (400, field), bad
 
 
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [("action=prior&action=retire", "action"), ("before=5&before=6", "before")],
+)
+def test_a_repeated_audit_parameter_is_refused(
+    api: Any, experiment: dict[str, Any], query: str, field: str
+) -> None:
+    # The first value was used and the rest dropped: asked for prior and retire, it gave prior.
+    response = api.get(f"/v1/experiments/{experiment['id']}/audit?{query}")
+    assert response.status_code == 400, response.get_json()
+    error = response.get_json()
+    assert (error["error"], error["field"]) == ("invalid", field)
+    assert error["message"] == f"{field}: give it once, not 2 times"
+
+
 # --- informed priors ----------------------------------------------------------------------------
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app, g
+from flask import current_app, g, request
 from flask_openapi3 import APIBlueprint
 from pydantic import BaseModel
 
 from service.auth import require_key
-from service.errors import RateLimited
+from service.errors import InvalidInput, RateLimited
 from service.jsonbody import parse_json_body
 from service.models import Scope
 from service.ratelimit import retry_after_header
@@ -62,7 +62,17 @@ def guarded(blueprint: APIBlueprint, scope: Scope, *, rate_limited: bool = False
                     "too many requests for this API key; retry after the Retry-After seconds",
                     retry_after=retry_after_header(wait),
                 )
+        if request.method == "GET":
+            refuse_repeated_parameters()
         parse_json_body()
 
     blueprint.before_request(guard)
     return blueprint
+
+
+def refuse_repeated_parameters() -> None:
+    """No query parameter takes a list: flask-openapi3 reads the first of a repeated one, so
+    `?action=prior&action=retire` answered for prior alone, as if retire had not been asked for."""
+    for name, values in request.args.lists():
+        if len(values) > 1:
+            raise InvalidInput(f"{name}: give it once, not {len(values)} times", field=name)
