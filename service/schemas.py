@@ -221,6 +221,9 @@ class VariantPatch(Request):
             raise at_fault("status", "required (or text, to edit pending copy)")
         if self.status is not None and self.text is not None:
             raise at_fault("text", "give either status or text, not both")
+        # It was dropped without a word: an edit keeps the status and the reason it has.
+        if self.text is not None and self.reason is not None:
+            raise at_fault("reason", "goes with a status change, not a text edit")
         return self
 
 

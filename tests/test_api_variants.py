@@ -301,6 +301,20 @@ def test_pending_text_can_be_edited(api: Any, session: Session, experiment: dict
     assert _all_variants(api, experiment["id"])[pending]["text"] == "Edited: whistles in tune."
 
 
+def test_a_reason_with_an_edit_is_refused(
+    api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    # It answered 200 and dropped the reason: the status and its reason stay as they were.
+    pending = _pending_variant(session, experiment["id"])
+    before = _all_variants(api, experiment["id"])
+
+    response = _patch(api, pending, text="Edited: whistles in tune.", reason="Fixed a typo.")
+
+    _assert_error(response, 400, "reason")
+    assert response.get_json()["message"] == "reason: goes with a status change, not a text edit"
+    assert _all_variants(api, experiment["id"]) == before
+
+
 @pytest.mark.parametrize("decision", ["active", "rejected"])
 def test_pending_copy_is_approved_or_rejected(
     api: Any, session: Session, experiment: dict[str, Any], decision: str
