@@ -2,6 +2,8 @@
 
 Request models are strict (no "1" for 1, no 1 for true), refuse unknown fields and NaN, and refuse
 control characters in text: PostgreSQL cannot store NUL, and nothing a storefront shows needs them.
+Text people write (names, descriptions, copy, reasons) is stored stripped and in Unicode NFC; keys a
+client compares (event_id, user_id) are kept exactly as sent.
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ def _no_control(value: str) -> str:
 
 
 def _clean(value: str) -> str:
-    return _not_blank(_no_control(value).strip())
+    # NFC: "Café" typed with a combining accent is the same name as with a precomposed é, and
+    # is stored as one text, not two that read alike.
+    return _not_blank(unicodedata.normalize("NFC", _no_control(value)).strip())
 
 
 def _not_blank(value: str) -> str:

@@ -354,14 +354,15 @@ def test_text_of_nothing_visible_is_blank(
     assert body["field"] == field and "blank" in body["message"]
 
 
-# --- odd but valid text is stored exactly ------------------------------------------------------
+# --- odd but valid text is stored exactly (in NFC) ---------------------------------------------
 
 ODD_TEXTS = {
     "emoji": "Tea time ☕🫖 for the whole family 👩‍👩‍👧‍👦",
     "rtl": "غلاية أورورا: ماء ساخن في دقيقة",
     "mixed-direction": "Aurora \u202ekettle\u202c — עברית and English",
     "cjk": "极光水壶：一分钟烧开 — オーロラケトル",  # noqa: RUF001
-    "combining": "Cafe\u0301 cre\u0300me, Zoë's choice",
+    # Marks no precomposed letter replaces, so NFC keeps them (test_text_that_reads_alike...).
+    "combining": "Tea for q\u0307ahwa and g\u0331 lovers, Zoë's choice",
     "sql-quote": "'; DROP TABLE variant; --",
     "sql-or": "\" OR 1=1; DELETE FROM experiment WHERE ''='",
     "sql-comment": "Robert'); DROP TABLE impression;/* */--",
@@ -397,6 +398,21 @@ def test_odd_text_is_stored_and_served_verbatim(
     after = _snapshot(session)
     assert (after["Experiment"], after["Segment"], after["Variant"]) == (2, 3, 5)
     assert (after["Impression"], after["Event"]) == (3, 1)
+
+
+def test_text_that_reads_alike_is_stored_alike(raw: Raw, api: Any, session: Session) -> None:
+    # NFD "Café" (e + combining acute) was a second experiment beside the NFC one, its copy a
+    # second text that reads the same.
+    nfc, nfd = "Caf\u00e9", "Cafe\u0301"
+    created = api.create_experiment(name=f"{nfc} launch")
+    response = raw.post("/v1/experiments", json.dumps(_experiment_body(name=f"{nfd} launch")))
+    assert response.status_code == 409, response.get_data(as_text=True)
+    assert response.get_json()["field"] == "name"
+
+    variant = api.add_variant(created["id"], "tea-lovers", f"{nfd} au lait, every morning.")
+    assert variant["text"] == f"{nfc} au lait, every morning."
+    stored = session.exec(select(Variant.text).where(Variant.id == variant["id"])).one()
+    assert stored == f"{nfc} au lait, every morning."
 
 
 def test_our_own_rules_read_without_pydantics_prefix(raw: Raw) -> None:
