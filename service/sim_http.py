@@ -83,7 +83,7 @@ def _best_rates(
     base_url: str, key: str, experiment_id: int, segments: list[Any]
 ) -> dict[str, float]:
     """The true rate of the best live copy per segment: the server's copy if the key may read it
-    (admin), else the scenario's lines."""
+    (admin), else the scenario's lines. Refuses an experiment that lacks a scenario segment."""
     texts = {s.key: list(s.variants) for s in segments}
     connection = _Client(base_url, key).connection
     connection.request(
@@ -92,6 +92,14 @@ def _best_rates(
     response = connection.getresponse()
     body = json.loads(response.read() or b"null")
     if response.status == 200:
+        # The server answers an unknown segment with its first one, whose copy the scenario
+        # would then score with another segment's response model.
+        missing = sorted(texts.keys() - {segment["key"] for segment in body["segments"]})
+        if missing:
+            raise ValueError(
+                f"experiment {experiment_id} lacks the scenario's segments {', '.join(missing)}"
+                " (the server would serve its first segment's copy for them)"
+            )
         for segment in body["segments"]:
             live = [v["text"] for v in segment["variants"] if v["status"] == "active"]
             if segment["key"] in texts and live:
@@ -132,6 +140,11 @@ def drive(
             if status != 200:
                 with lock:
                     run.errors[f"decide {status}"] += 1
+                continue
+            if body.get("segment") != segment.key:
+                # Copy of another segment: the scenario has no true rate for it here.
+                with lock:
+                    run.errors["decide other segment"] += 1
                 continue
             rate = segment.response.rate(body["text"])  # type: ignore[union-attr]
             best = best_rate[segment.key]
