@@ -297,7 +297,9 @@ def apply_segment(
     events: list[LifecycleEvent] = []
     if policy.discount_per_hour is not None and not guardrail_only:
         variants = session.exec(in_id_order).all()
-        events.append(_fold(session, experiment, segment, variants, policy.discount_per_hour, now))
+        fold = _fold(session, experiment, segment, variants, policy.discount_per_hour, now)
+        if fold is not None:
+            events.append(fold)
         # Committed before planning: the fold's row locks no longer wait out the Monte Carlo.
         session.add_all(events)
         session.commit()
@@ -404,31 +406,40 @@ def _fold(
     variants: Sequence[Variant],
     per_hour: float,
     now: datetime,
-) -> LifecycleEvent:
+) -> LifecycleEvent | None:
     """Decay each variant's evidence by the hours since its last fold, then fold in what arrived
     since at full weight (it is at most one interval old). A variant's first fold has nothing to
     decay: all its evidence so far enters at full weight. One UPDATE per row reads and writes the
-    counters together, so increments racing with the fold are neither lost nor counted twice."""
+    counters together, so increments racing with the fold are neither lost nor counted twice.
+
+    A variant is folded only from the fold it was read at: another pass (the scheduler's and
+    `copybandit lifecycle --once`, say) that folded it meanwhile has already decayed that
+    evidence, and applying this pass's factor too decayed it twice. None when no variant was
+    folded, so the audit shows no discount that did not happen."""
     factors = []
-    first_folds = 0
+    folded = first_folds = 0
+    unchanged_since_read: sa.ColumnElement[bool]
     for variant in variants:
-        if variant.folded_at is None:
+        read_at = variant.folded_at
+        if read_at is not None and read_at >= now:
+            # Folded by a pass that started later: moving folded_at back would decay the same
+            # hours again at the next fold.
+            continue
+        if read_at is None:
             factor = 1.0
-            # The audit says what weighed the evidence: a factor for nothing made a first fold
-            # look like a decay (factor_min 0.00072 over a month-old variant kept in full).
-            first_folds += 1
+            unchanged_since_read = col(Variant.folded_at).is_(None)
         else:
-            hours = max(0.0, (now - variant.folded_at).total_seconds() / 3600)
-            factor = discount_factor(per_hour, hours)
-            factors.append(factor)
+            factor = discount_factor(per_hour, (now - read_at).total_seconds() / 3600)
+            unchanged_since_read = col(Variant.folded_at) == read_at
         failures = (
             col(Variant.decayed_failures) * factor
             + (col(Variant.impressions) - col(Variant.conversions))
             - (col(Variant.folded_impressions) - col(Variant.folded_conversions))
         )
-        session.execute(
+        changed = rows_changed(
+            session,
             sa.update(Variant)
-            .where(col(Variant.id) == variant.id)
+            .where(col(Variant.id) == variant.id, unchanged_since_read)
             .values(
                 decayed_successes=col(Variant.decayed_successes) * factor
                 + (col(Variant.conversions) - col(Variant.folded_conversions)),
@@ -438,8 +449,19 @@ def _fold(
                 folded_conversions=col(Variant.conversions),
                 folded_impressions=col(Variant.impressions),
                 folded_at=now,
-            )
+            ),
         )
+        if not changed:
+            continue
+        folded += 1
+        if read_at is None:
+            # The audit says what weighed the evidence: a factor for nothing made a first fold
+            # look like a decay (factor_min 0.00072 over a month-old variant kept in full).
+            first_folds += 1
+        else:
+            factors.append(factor)
+    if not folded:
+        return None
     return LifecycleEvent(
         experiment_id=experiment.id,  # type: ignore[arg-type]
         segment_id=segment.id,
@@ -449,7 +471,7 @@ def _fold(
         + (f"; {first_folds} folded for the first time, in full" if first_folds else ""),
         numbers={
             "discount_per_hour": per_hour,
-            "variants": len(variants),
+            "variants": folded,
             "first_folds": first_folds,
             # Over the variants folded before, whose older evidence was decayed.
             "factor_min": round(min(factors, default=1.0), 6),

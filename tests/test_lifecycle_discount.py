@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
+from service import lifecycle
 from service.lifecycle import run_lifecycle
 from service.models import LifecycleEvent, Variant
 
@@ -95,6 +96,44 @@ def test_each_fold_is_audited_with_the_weight_it_applied(
     assert first.numbers["first_folds"] == 1
     assert "1 folded for the first time, in full" in first.reason
     assert (second.numbers["factor_min"], second.numbers["first_folds"]) == (0.5, 0)
+
+
+def test_two_passes_at_once_decay_the_evidence_once(
+    setup: tuple[Any, int, Variant], session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, variant_id, fresh = setup
+    prior = (fresh.prior_alpha, fresh.prior_beta)
+    _add(session, variant_id, impressions=100, conversions=10)
+    run_lifecycle(engine=engine, now=fresh.created_at + timedelta(hours=1))
+    later = fresh.created_at + timedelta(hours=3)
+
+    # The other pass (the scheduler's beside `copybandit lifecycle --once`, say) folds between
+    # this pass's read of the variant and its write.
+    decay = lifecycle.discount_factor
+    others: list[bool] = []
+
+    def other_pass_folds_first(per_hour: float, hours: float) -> float:
+        if not others:
+            others.append(True)
+            run_lifecycle(engine=engine, now=later)
+        return decay(per_hour, hours)
+
+    monkeypatch.setattr(lifecycle, "discount_factor", other_pass_folds_first)
+    run_lifecycle(engine=engine, now=later)
+
+    # Two hours at 0.5 per hour, once: before, the evidence weighed 0.0625, and two audit rows
+    # each said 0.25.
+    assert others
+    assert _variant(session, variant_id).posterior() == pytest.approx(
+        (prior[0] + 2.5, prior[1] + 22.5)
+    )
+    discounts = session.exec(
+        select(LifecycleEvent)
+        .where(LifecycleEvent.action == "discount")
+        .where(LifecycleEvent.segment_id == fresh.segment_id)
+        .where(LifecycleEvent.created_at == later)
+    ).all()
+    assert [d.numbers["factor_min"] for d in discounts if d.numbers] == [0.25]
 
 
 def test_without_discount_the_posterior_is_the_exact_counts(
