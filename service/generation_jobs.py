@@ -3,7 +3,9 @@
 The HTTP request only creates the row and hands its id to this process's runner, so a slow model
 never holds a request open. The runner loads the model once per process, on the first job.
 A job that a process exit interrupted, or that nothing ran, is failed by the next lifecycle pass
-an hour after it was queued, or if it started, an hour after it started (`JOB_STALE_AFTER`).
+an hour after it was queued, or if it started, an hour after its worker last wrote its progress
+(`JOB_STALE_AFTER`). A job given up that way while its worker still lives stops at its next write
+and stores nothing more.
 """
 
 from __future__ import annotations
@@ -45,9 +47,10 @@ log = logging.getLogger(__name__)
 # Lines kept in a job's result to explain rejections; the counts cover all of them.
 _REJECTIONS_KEPT = 50
 _LEADERS = 2
-# A job still queued this long after it was queued, or still running this long after it started,
-# will never end: the process running it exited (a crash, a restart with jobs still in its queue),
-# or nothing ran it (`copybandit lifecycle --once --no-generate` queues jobs and runs none).
+# A job still queued this long after it was queued, or still running this long after its worker
+# last wrote its row, will never end: the process running it exited (a crash, a restart with jobs
+# still in its queue), or nothing ran it (`copybandit lifecycle --once --no-generate` queues jobs
+# and runs none).
 JOB_STALE_AFTER = timedelta(hours=1)
 INTERRUPTED = (
     "interrupted: no worker finished it within an hour; its process exited or nothing ran it "
@@ -75,14 +78,13 @@ def get_job(*, session: Session, job_id: int) -> GenerationJob:
 
 def interrupted(job: GenerationJob, now: datetime) -> bool:
     """Whether the job is unfinished and too old to end (see JOB_STALE_AFTER): a queued job
-    counted from when it was queued, a running one from when it started. From the queueing alone,
-    a job that had waited most of an hour behind others was given up while it ran, and the copy
-    the pass then ordered again came twice."""
+    counted from when it was queued, a running one from its last progress. From the queueing, a
+    job that had waited most of an hour behind others was given up while it ran; from its start,
+    one whose model took over an hour was; and the copy the pass then ordered again came twice."""
     if job.status not in _UNFINISHED:
         return False
-    running = job.status == JobStatus.RUNNING.value and job.started_at is not None
-    since = job.started_at if running else job.created_at
-    return since < now - JOB_STALE_AFTER  # type: ignore[operator]
+    since = job.updated_at if job.status == JobStatus.RUNNING.value else job.created_at
+    return since < now - JOB_STALE_AFTER
 
 
 def fail_interrupted_jobs(*, session: Session, now: datetime) -> list[int]:
@@ -94,14 +96,19 @@ def fail_interrupted_jobs(*, session: Session, now: datetime) -> list[int]:
     for job in unfinished:
         if not interrupted(job, now):
             continue
-        # Unless it started or ended meanwhile: then its worker's word stands.
+        # Unless its worker started it, wrote its progress or ended it meanwhile.
         still_unfinished = rows_changed(
             session,
             sa.update(GenerationJob)
-            .where(col(GenerationJob.id) == job.id, col(GenerationJob.status) == job.status)
+            .where(
+                col(GenerationJob.id) == job.id,
+                col(GenerationJob.status) == job.status,
+                col(GenerationJob.updated_at) == job.updated_at,
+            )
             .values(
                 status=JobStatus.FAILED.value,
                 finished_at=now,
+                updated_at=now,
                 message=INTERRUPTED,
                 error=INTERRUPTED,
             ),
@@ -191,6 +198,16 @@ def run_job(
         result: dict[str, Any] = {"segments": {}}
         try:
             _generate(session, job, writer, options, on_progress, result)
+        except _GivenUp:
+            # The pass that gave it up counted it failed and ordered its copy again.
+            session.rollback()
+            session.refresh(job)
+            log.warning(
+                "generation job %s was given up as interrupted while it ran: stopped, storing "
+                "nothing more",
+                job_id,
+            )
+            return job
         except Exception as exc:
             log.exception("generation job %s failed", job_id)
             session.rollback()
@@ -238,6 +255,10 @@ def _finish(session: Session, job: GenerationJob, **values: Any) -> None:
     metrics().generation_jobs.labels(str(values["status"])).inc()
 
 
+class _GivenUp(Exception):
+    """The job's row no longer says running: a lifecycle pass gave it up as interrupted."""
+
+
 def _generate(
     session: Session,
     job: GenerationJob,
@@ -254,7 +275,7 @@ def _generate(
         if job.segment_id is None or s.id == job.segment_id
     ]
     # The first load in a fresh install de-quantizes the default model: say so, it takes a while.
-    _update(session, job, message="loading the model (about 40 s on the very first run)")
+    _progress(session, job, message="loading the model (about 40 s on the very first run)")
     writer = writer_factory()
     status = VariantStatus.ACTIVE if experiment.auto_approve else VariantStatus.PENDING_REVIEW
     policy = policy_of(experiment.policy)
@@ -266,7 +287,7 @@ def _generate(
         ) -> None:
             fraction = (index + done / total) / len(segments)
             message = f"segment {key}: round {done}/{total}, {accepted}/{job.n} accepted"
-            _update(session, job, progress=round(fraction, 3), message=message)
+            _progress(session, job, progress=round(fraction, 3), message=message)
             if on_progress is not None:
                 on_progress(fraction, message)
 
@@ -303,6 +324,11 @@ def _generate(
             )
             for candidate in generated.accepted
         ]
+        lock_segment(session, segment)
+        # Under the segment's lock, where a pass plans this segment: either the pass sees this
+        # copy, or it gave the job up first and ordered the copy again.
+        if not _still_running(session, job):
+            raise _GivenUp
         variants = _not_taken_meanwhile(session, segment, variants)
         for variant in variants:
             assign_prior(session, variant, policy)
@@ -326,10 +352,9 @@ def _not_taken_meanwhile(
 
     The pipeline compared its lines with the segment's copy as it was when the job started; a job
     for the same segment in another worker may have stored the same lines since (both stored them,
-    each job's lines twice over). The check runs with the segment's writes held back: PostgreSQL
-    locks the segment row, and on SQLite the flush takes the database's write lock first.
+    each job's lines twice over). The caller holds the segment's writes back first: PostgreSQL
+    locks the segment row, and on SQLite a write has taken the database's write lock.
     """
-    lock_segment(session, segment)
     session.add_all(variants)
     session.flush()
     ours = {variant.id for variant in variants}
@@ -355,14 +380,39 @@ def _same_text(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
+def _progress(session: Session, job: GenerationJob, **values: Any) -> None:
+    """Write the job's progress while it still runs; it stops once a pass has given it up."""
+    if not _update(session, job, while_status=JobStatus.RUNNING, **values):
+        raise _GivenUp
+
+
+def _still_running(session: Session, job: GenerationJob) -> bool:
+    """Whether the job's row still says running, asked by writing it, and not committed: on
+    PostgreSQL a pass's attempt to give the job up then waits for this transaction, and on SQLite
+    the write takes the database's write lock."""
+    return bool(
+        rows_changed(
+            session,
+            sa.update(GenerationJob)
+            .where(
+                col(GenerationJob.id) == job.id,
+                col(GenerationJob.status) == JobStatus.RUNNING.value,
+            )
+            .values(updated_at=utcnow()),
+        )
+    )
+
+
 def _update(
     session: Session, job: GenerationJob, *, while_status: JobStatus | None = None, **values: Any
 ) -> bool:
-    """Write `values` to the job's row and to `job`; with `while_status`, only while the row
-    still says so (False, and `job` read afresh, when it no longer does)."""
+    """Write `values` to the job's row and to `job`, noting the time as its last write; with
+    `while_status`, only while the row still says so (False, and `job` read afresh, when it no
+    longer does)."""
     update = sa.update(GenerationJob).where(col(GenerationJob.id) == job.id)
     if while_status is not None:
         update = update.where(col(GenerationJob.status) == while_status.value)
+    values = {"updated_at": utcnow(), **values}
     changed = rows_changed(session, update.values(**values))
     session.commit()
     if not changed:

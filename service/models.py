@@ -280,6 +280,9 @@ class GenerationJob(SQLModel, table=True):
     created_at: datetime = _timestamp()
     started_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    # Its last write: a running job's worker writes its progress every round of the model, so a
+    # running job whose row stays unwritten has no worker (see generation_jobs.interrupted).
+    updated_at: datetime = _timestamp()
 
 
 class LifecycleEvent(SQLModel, table=True):

@@ -1658,6 +1658,7 @@ def test_an_interrupted_job_page_says_so_and_stops_refreshing(
         status=status,
         message="segment tea-lovers: round 1/4, 0/2 accepted",
         created_at=utcnow() - timedelta(hours=2),
+        updated_at=utcnow() - timedelta(hours=2),
     )
     session.add(job)
     session.commit()

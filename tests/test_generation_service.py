@@ -306,14 +306,14 @@ def test_a_job_that_waited_its_turn_is_not_given_up_while_it_runs(
     session.execute(
         sa.update(GenerationJob)
         .where(col(GenerationJob.id) == job.id)
-        .values(status="running", started_at=started)
+        .values(status="running", started_at=started, updated_at=started)
     )
     session.commit()
     # Two hours after it was queued, one after it started: still its worker's.
     assert (
         fail_interrupted_jobs(session=session, now=queued_at + timedelta(hours=1, minutes=58)) == []
     )
-    # Given up an hour after it started, it stays given up when its worker ends after all.
+    # Given up an hour after its last write, it stays given up when its worker ends after all.
     assert fail_interrupted_jobs(session=session, now=started + timedelta(hours=1, minutes=1)) == [
         job.id
     ]
@@ -326,6 +326,107 @@ def test_a_job_that_waited_its_turn_is_not_given_up_while_it_runs(
     ended = _run_given_up_meanwhile(app, job.id, writer)  # type: ignore[arg-type]
     assert ended.status == "failed" and ended.error is not None
     assert ended.error.startswith("interrupted") and succeeded._value.get() == before
+
+
+def test_a_running_job_is_given_up_an_hour_after_its_last_progress_not_its_start(
+    session: Session, experiment: dict[str, Any]
+) -> None:
+    """Counted from its start, a job whose model took over an hour was given up while it still
+    wrote its progress, and the pass ordered its copy again."""
+    from datetime import timedelta
+
+    from service.generation_jobs import fail_interrupted_jobs
+
+    job = create_job(session=session, experiment_id=experiment["id"], segment_key="tea-lovers", n=2)
+    started = job.created_at
+    last_progress = started + timedelta(hours=2)
+    session.execute(
+        sa.update(GenerationJob)
+        .where(col(GenerationJob.id) == job.id)
+        .values(status="running", started_at=started, updated_at=last_progress)
+    )
+    session.commit()
+
+    assert fail_interrupted_jobs(session=session, now=last_progress + timedelta(minutes=59)) == []
+    assert fail_interrupted_jobs(session=session, now=last_progress + timedelta(minutes=61)) == [
+        job.id
+    ]
+
+
+def test_a_job_that_writes_its_progress_while_a_pass_decides_is_not_given_up(
+    app: Any, session: Session, experiment: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import timedelta
+
+    from service import generation_jobs
+    from service.generation_jobs import _progress, fail_interrupted_jobs
+
+    job = create_job(session=session, experiment_id=experiment["id"], segment_key="tea-lovers", n=2)
+    silent_since = job.created_at - timedelta(hours=2)
+    session.execute(
+        sa.update(GenerationJob)
+        .where(col(GenerationJob.id) == job.id)
+        .values(status="running", started_at=silent_since, updated_at=silent_since)
+    )
+    session.commit()
+    decide = generation_jobs.interrupted
+
+    def worker_writes_meanwhile(found: GenerationJob, now: Any) -> bool:
+        with Session(app.extensions["copybandit.engine"]) as worker:
+            running = worker.get(GenerationJob, found.id)
+            assert running is not None
+            _progress(worker, running, progress=0.5, message="segment tea-lovers: round 2/4")
+        return decide(found, now)
+
+    monkeypatch.setattr(generation_jobs, "interrupted", worker_writes_meanwhile)
+
+    assert fail_interrupted_jobs(session=session, now=job.created_at) == []
+    session.expire_all()
+    assert session.get(GenerationJob, job.id).status == "running"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("given_up", ["while the model writes", "after its last progress"])
+def test_a_job_given_up_while_it_runs_stops_and_stores_nothing_more(
+    api: Any, app: Any, experiment: dict[str, Any], writer: ScriptedWriter, given_up: str
+) -> None:
+    """A job a pass gave up as interrupted went on: it stored its copy after the pass had ordered
+    it again, and its progress wrote over the row's interrupted message."""
+    from datetime import timedelta
+
+    from service.generation_jobs import INTERRUPTED, fail_interrupted_jobs
+    from service.models import utcnow
+
+    engine = app.extensions["copybandit.engine"]
+    with Session(engine) as session:
+        job_id = create_job(
+            session=session, experiment_id=experiment["id"], segment_key="tea-lovers", n=2
+        ).id
+    before = _variants(api, experiment["id"], "tea-lovers")
+
+    def a_pass_gives_it_up(*_: Any) -> None:
+        with Session(engine) as session:
+            later = utcnow() + timedelta(hours=2)
+            assert fail_interrupted_jobs(session=session, now=later) == [job_id]
+
+    sample = writer.sample
+
+    def give_up_then_sample(*args: Any) -> list[Sample]:
+        if given_up == "while the model writes":
+            a_pass_gives_it_up()
+        return sample(*args)
+
+    writer.sample = give_up_then_sample  # type: ignore[method-assign]
+    ended = run_job(
+        engine=engine,
+        job_id=job_id,  # type: ignore[arg-type]
+        writer=lambda: writer,
+        options=GenerationOptions.from_settings(app.extensions["copybandit.settings"]),
+        on_progress=a_pass_gives_it_up if given_up == "after its last progress" else None,
+    )
+
+    assert (ended.status, ended.message, ended.error) == ("failed", INTERRUPTED, INTERRUPTED)
+    assert len(writer.calls) == 1
+    assert _variants(api, experiment["id"], "tea-lovers") == before
 
 
 def _run_given_up_meanwhile(app: Any, job_id: int, writer: ScriptedWriter) -> GenerationJob:

@@ -255,6 +255,7 @@ def test_copy_already_on_order_is_not_ordered_again(
             n=2,
             status="running",
             created_at=NOW,
+            updated_at=NOW,
         )
     )
     session.commit()
@@ -298,6 +299,7 @@ def test_a_pass_fails_jobs_no_worker_finished_within_an_hour_and_orders_again(
             n=2,
             status=status,
             created_at=NOW - age,
+            updated_at=NOW - age,
         )
         for segment, status, age in [
             (tea, "running", timedelta(hours=3)),

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlmodel import Session, SQLModel, select
+from sqlmodel import Session, SQLModel, col, select
 
 from service import migrate
 from service.config import load_settings
@@ -24,6 +24,7 @@ from service.models import (
     Assignment,
     Event,
     Experiment,
+    GenerationJob,
     Impression,
     Segment,
     UtcDateTime,
@@ -176,6 +177,39 @@ def test_assignments_stored_before_0010_count_as_used_at_the_migration(
         with empty_engine.connect() as connection:
             stored = connection.exec_driver_sql("SELECT last_used_at FROM assignment").scalar()
         assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", stored), stored
+
+
+def test_jobs_stored_before_0011_count_as_last_written_when_they_last_changed(
+    empty_engine: sa.Engine,
+) -> None:
+    migrate.upgrade(empty_engine, "0010")
+    queued_at = utcnow() - timedelta(days=3)
+    started_at = queued_at + timedelta(minutes=5)
+    with Session(empty_engine) as session:
+        variant = _a_variant(session)
+        for status, started in [("queued", None), ("running", started_at)]:
+            session.execute(
+                sa.text(
+                    "INSERT INTO generation_job"
+                    " (experiment_id, n, status, progress, message, created_at, started_at)"
+                    " VALUES (:experiment, 1, :status, 0, 'm', :created, :started)"
+                ).bindparams(
+                    sa.bindparam("created", type_=UtcDateTime),
+                    sa.bindparam("started", type_=UtcDateTime),
+                ),
+                {
+                    "experiment": variant.experiment_id,
+                    "status": status,
+                    "created": queued_at,
+                    "started": started,
+                },
+            )
+        session.commit()
+    migrate.upgrade(empty_engine)
+
+    with Session(empty_engine) as session:
+        jobs = session.exec(select(GenerationJob).order_by(col(GenerationJob.id))).all()
+    assert [job.updated_at for job in jobs] == [queued_at, started_at]
 
 
 def test_a_migration_that_leaves_dangling_references_is_refused(
