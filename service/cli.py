@@ -281,17 +281,28 @@ def lifecycle(once: bool, generate: bool) -> None:
         f"{len(report.jobs)} generation jobs queued"
     )
     options = GenerationOptions.from_settings(settings)
+    failed_jobs = []
     for job_id in report.jobs if generate else []:
         job = run_job(
             engine=engine, job_id=job_id, writer=lambda: default_writer(settings), options=options
         )
         click.echo(f"job {job_id}: {job.status}: {job.message}")
+        if job.status != JobStatus.SUCCEEDED:
+            failed_jobs.append(job_id)
+    # A scheduler (cron, say) must learn that the pass did not do all it should have.
+    problems = []
     if report.failed_segments:
-        # A scheduler (cron, say) must learn that the pass did not do all it should have.
-        raise click.ClickException(
+        problems.append(
             f"{len(report.failed_segments)} segment(s) left unchanged after an error (logged "
             f"above): {', '.join(map(str, report.failed_segments))}"
         )
+    if failed_jobs:
+        problems.append(
+            f"{len(failed_jobs)} generation job(s) did not succeed: "
+            f"{', '.join(map(str, failed_jobs))}"
+        )
+    if problems:
+        raise click.ClickException("; ".join(problems))
 
 
 @main.command()

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from sqlmodel import Session, col, select
 
 from bandits.priors import empirical_bayes_prior
-from service import lifecycle
+from service import cli, lifecycle
 from service.cli import main
 from service.lifecycle import RunReport, run_lifecycle
 from service.models import GenerationJob, LifecycleEvent, Segment, Variant
@@ -609,6 +609,23 @@ def test_cli_lifecycle_once_prints_what_it_did(session: Session) -> None:
     session.expire_all()
     assert {job.status for job in session.exec(select(GenerationJob))} == {"queued"}
     assert not [line for line in result.output.splitlines() if line.startswith("job ")]
+
+
+@pytest.mark.usefixtures("clear_leader")
+def test_cli_lifecycle_once_exits_1_when_a_job_it_ran_failed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_model(_: Any) -> None:
+        raise RuntimeError("no model here")
+
+    monkeypatch.setattr(cli, "default_writer", no_model)
+
+    result = CliRunner().invoke(main, ["lifecycle", "--once"])
+
+    # Before, it exited 0 while `copybandit generate` with the same failure exits 1.
+    assert result.exit_code == 1, result.output
+    assert "job 1: failed: failed" in result.output
+    assert "2 generation job(s) did not succeed: 1, 2" in result.output
 
 
 @pytest.mark.usefixtures("clear_leader")
