@@ -13,7 +13,7 @@ from service.db import rows_changed
 from service.errors import Conflict, InvalidInput, NotFound, first_problem
 from service.lifecycle import assign_prior
 from service.models import Experiment, Origin, Segment, Variant, VariantStatus, utcnow
-from service.policy import LifecyclePolicy, policy_of
+from service.policy import LifecyclePolicy, policy_shown
 from service.schemas import ExperimentCreate, SegmentKey, VariantCreate, VariantPatch
 from service.segment_guard import another_stays_active, lock_row, lock_segment
 
@@ -136,7 +136,8 @@ def add_variant(*, session: Session, experiment_id: int, variant_create: Variant
         status=VariantStatus.ACTIVE,
         status_reason="added by hand",
     )
-    assign_prior(session, variant, policy_of(experiment.policy))
+    # Copy is still added while the stored policy does not validate, at the fields that do.
+    assign_prior(session, variant, policy_shown(experiment.policy)[0])
     session.commit()
     return variant
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
+from pydantic import ValidationError
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
@@ -249,12 +250,24 @@ def run_lifecycle(
         experiments = session.exec(select(Experiment).order_by(col(Experiment.id))).all()
         for experiment in experiments:
             report.experiments += 1
-            policy = policy_of(experiment.policy)
             segments = session.exec(
                 select(Segment)
                 .where(Segment.experiment_id == experiment.id)
                 .order_by(col(Segment.position))
             ).all()
+            try:
+                policy = policy_of(experiment.policy)
+            except ValidationError as exc:
+                # Every other experiment still gets its pass (one such policy stopped them all).
+                log.error(
+                    "lifecycle: experiment %s left unchanged: its stored policy does not validate"
+                    " (%s); PATCH /v1/experiments/%s/policy makes it valid",
+                    experiment.id,
+                    exc.errors()[0]["msg"],
+                    experiment.id,
+                )
+                report.failed_segments += [s.id for s in segments]  # type: ignore[misc]
+                continue
             for segment in segments:
                 try:
                     events, job_id = apply_segment(session, experiment, segment, policy, now)

@@ -3,9 +3,10 @@ writes more. Stored with the experiment as JSON; missing fields take these defau
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from service.errors import at_fault
 
@@ -86,4 +87,19 @@ class PolicyChanges(LifecyclePolicy):
 
 
 def policy_of(stored: dict[str, Any] | None) -> LifecyclePolicy:
+    """The stored policy; ValidationError when it no longer validates (written by hand, or by
+    another version of copybandit): the lifecycle then leaves the experiment alone."""
     return LifecyclePolicy.model_validate(stored or {})
+
+
+def policy_shown(stored: dict[str, Any] | None) -> tuple[LifecyclePolicy, str | None]:
+    """The policy to show, and why the stored one does not validate (None when it does): then
+    the defaults, and the stored fields are quoted in the reason, for fixing."""
+    try:
+        return policy_of(stored), None
+    except ValidationError as exc:
+        why = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"]
+            for e in exc.errors()
+        )
+    return LifecyclePolicy(), f"stored policy {json.dumps(stored)} does not validate: {why}"

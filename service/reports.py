@@ -8,7 +8,7 @@ from sqlmodel import Session, col, select
 from bandits import stats
 from service.experiments import get_experiment, segments_of, variants_of
 from service.models import Segment, Variant, VariantStatus, utcnow
-from service.policy import policy_of
+from service.policy import policy_shown
 from service.schemas import Leader, Report, SegmentReport, VariantStats, Winner
 
 
@@ -19,10 +19,12 @@ def experiment_report(*, session: Session, experiment_id: int) -> Report:
         _segment_report(segment, [v for v in variants if v.segment_id == segment.id])
         for segment in segments_of(session=session, experiment_id=experiment_id)
     ]
+    policy, policy_error = policy_shown(experiment.policy)
     return Report(
         experiment_id=experiment_id,
         name=experiment.name,
-        policy=policy_of(experiment.policy),
+        policy=policy,
+        policy_error=policy_error,
         generated_at=utcnow(),
         segments=segments,
     )

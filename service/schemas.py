@@ -188,6 +188,12 @@ class ExperimentOut(BaseModel):
     brand_voice: str | None
     auto_approve: bool
     policy: LifecyclePolicy
+    policy_error: str | None = Field(
+        default=None,
+        description="why the stored policy does not validate (null when it does): the lifecycle "
+        "leaves the experiment alone until PATCH /v1/experiments/<id>/policy makes it valid, "
+        "and `policy` shows the defaults",
+    )
     created_at: datetime
     segments: list[SegmentOut]
 
@@ -385,6 +391,12 @@ class Report(BaseModel):
     experiment_id: int
     name: str
     policy: LifecyclePolicy
+    policy_error: str | None = Field(
+        default=None,
+        description="why the stored policy does not validate (null when it does): the lifecycle "
+        "leaves the experiment alone until PATCH /v1/experiments/<id>/policy makes it valid, "
+        "and `policy` shows the defaults",
+    )
     generated_at: datetime
     segments: list[SegmentReport]
 

@@ -16,7 +16,7 @@ from bandits.priors import empirical_bayes_prior
 from service import cli, lifecycle
 from service.cli import main
 from service.lifecycle import RunReport, run_lifecycle
-from service.models import GenerationJob, LifecycleEvent, Segment, Variant
+from service.models import Experiment, GenerationJob, LifecycleEvent, Segment, Variant
 from service.policy import LifecyclePolicy
 
 NOW = datetime(2026, 3, 14, 15, 9, 26, tzinfo=UTC)
@@ -325,6 +325,27 @@ def test_a_pass_fails_jobs_no_worker_finished_within_an_hour_and_orders_again(
     assert ordered == {tea: 2}
 
 
+def test_a_stored_policy_that_no_longer_validates_leaves_only_its_experiment_alone(
+    app: Any, api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    broken = api.create_experiment(name="Edited by hand")
+    session.execute(
+        sa.update(Experiment)
+        .where(col(Experiment.id) == broken["id"])
+        .values(policy={"max_active": 2})  # below the default target_active
+    )
+    session.commit()
+
+    report = run(app)
+
+    # Before, the pass raised at this experiment: no other experiment got anything.
+    assert sorted(report.failed_segments) == sorted(
+        segment_id(session, broken, key) for key in (TEA, PARENTS)
+    )
+    ordered = {e.experiment_id for e in report.actions if e.action == "regenerate"}
+    assert ordered == {experiment["id"]}
+
+
 # --- the audit trail ---------------------------------------------------------------------------
 
 
@@ -423,6 +444,33 @@ def test_policy_patch_merges_and_shows_everywhere(api: Any, experiment: dict[str
     assert second.get_json() == merged
     assert api.get(f"/v1/experiments/{experiment['id']}").get_json()["policy"] == merged
     assert api.get(f"/v1/experiments/{experiment['id']}/report").get_json()["policy"] == merged
+
+
+def test_a_stored_policy_that_no_longer_validates_is_shown_with_why(
+    api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    # Written by hand, or by another version of copybandit.
+    session.execute(
+        sa.update(Experiment)
+        .where(col(Experiment.id) == experiment["id"])
+        .values(policy={"max_active": 2})
+    )
+    session.commit()
+    path = f"/v1/experiments/{experiment['id']}"
+
+    # Before, every one of these answered 500.
+    (listed,) = api.get("/v1/experiments").get_json()["experiments"]
+    for shown in (listed, api.get(path).get_json(), api.get(f"{path}/report").get_json()):
+        assert shown["policy"] == DEFAULT_POLICY
+        assert shown["policy_error"] == (
+            'stored policy {"max_active": 2} does not validate: '
+            "Value error, max_active must be >= target_active"
+        )
+    assert api.add_variant(experiment["id"], TEA, "Aurora: boils before you blink.")["id"]
+
+    assert patch_policy(api, experiment, target_active=2).status_code == 200
+    fixed = api.get(path).get_json()
+    assert (fixed["policy"]["max_active"], fixed["policy_error"]) == (2, None)
 
 
 @pytest.mark.parametrize(

@@ -66,7 +66,15 @@ def skewed(api: Any, session: Session, experiment: dict[str, Any]) -> dict[str, 
 def test_report_shape(api: Any, experiment: dict[str, Any]) -> None:
     report = _report(api, experiment["id"])
 
-    assert set(report) == {"experiment_id", "name", "policy", "generated_at", "segments"}
+    assert set(report) == {
+        "experiment_id",
+        "name",
+        "policy",
+        "policy_error",
+        "generated_at",
+        "segments",
+    }
+    assert report["policy_error"] is None
     assert (report["experiment_id"], report["name"]) == (experiment["id"], "Spring launch")
     assert datetime.fromisoformat(report["generated_at"]).tzinfo is not None
     assert [s["key"] for s in report["segments"]] == ["tea-lovers", "busy-parents"]

@@ -24,7 +24,7 @@ from service.experiments import (
 from service.generation_jobs import create_job, get_job
 from service.lifecycle import AUDIT_ACTIONS, AUDIT_PAGE, audit_trail
 from service.models import Experiment, Scope, Segment, Variant
-from service.policy import LifecyclePolicy, PolicyChanges, policy_of
+from service.policy import LifecyclePolicy, PolicyChanges, policy_of, policy_shown
 from service.reports import experiment_report
 from service.schemas import (
     AuditEvent,
@@ -82,13 +82,15 @@ def _variant_out(variant: Variant, segment_key: str) -> VariantOut:
 def _experiment_out(session: Session, experiment: Experiment) -> ExperimentOut:
     segments: Sequence[Segment] = segments_of(session=session, experiment_id=experiment.id)  # type: ignore[arg-type]
     variants = variants_of(session=session, experiment_id=experiment.id)  # type: ignore[arg-type]
+    policy, policy_error = policy_shown(experiment.policy)
     return ExperimentOut(
         id=experiment.id,  # type: ignore[arg-type]
         name=experiment.name,
         sticky=experiment.sticky,
         brand_voice=experiment.brand_voice,
         auto_approve=experiment.auto_approve,
-        policy=policy_of(experiment.policy),
+        policy=policy,
+        policy_error=policy_error,
         created_at=experiment.created_at,
         product=ProductOut(
             name=experiment.product_name,
