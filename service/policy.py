@@ -33,7 +33,11 @@ class LifecyclePolicy(BaseModel):
         default=4, ge=1, le=50, description="below this many live variants, the model writes more"
     )
     max_active: int = Field(
-        default=8, ge=1, le=50, description="live plus pending variants never exceed this"
+        default=8,
+        ge=1,
+        le=50,
+        description="the lifecycle orders no copy beyond this many live, pending and on-order "
+        "variants; hand generation and approvals are not capped",
     )
     declare_at: float = Field(
         default=0.95, gt=0.5, le=1, description="declare a winner at this probability best"
