@@ -266,3 +266,32 @@ def _is_last_active(session: Session, variant: Variant) -> bool:
         Variant.segment_id == variant.segment_id, Variant.status == VariantStatus.ACTIVE
     )
     return session.exec(query).one() <= 1
+
+
+def approve_edited(*, session: Session, variant_id: int, text: str, reason: str) -> Variant:
+    """Replace a pending variant's text and approve it, in one UPDATE conditional on it still
+    waiting for review. As an edit and then an approval, two marketers saving at once each stored
+    their text before either approved, and the first approval put the other's text live under
+    its own name. Raises StatusMoved when the variant is no longer pending."""
+    variant = get_variant(session=session, variant_id=variant_id)
+    update = (
+        sa.update(Variant)
+        .where(
+            col(Variant.id) == variant_id,
+            col(Variant.status) == VariantStatus.PENDING_REVIEW.value,
+        )
+        .values(
+            text=text,
+            status=VariantStatus.ACTIVE.value,
+            status_reason=reason,
+            updated_at=utcnow(),
+        )
+    )
+    if rows_changed(session, update) != 1:
+        session.rollback()
+        session.refresh(variant)
+        current = VariantStatus(variant.status)
+        raise StatusMoved(f"variant {variant_id} is {current}", current=current)
+    session.commit()
+    session.refresh(variant)
+    return variant

@@ -1500,8 +1500,75 @@ def test_edit_with_bad_text_or_of_live_copy_changes_nothing(
         response = dash.post(f"/dashboard/variants/{vid}/edit", {"text": text})
         assert response.status_code == 400 and error_text(response).startswith("text:")
     response = dash.post(f"/dashboard/variants/{live}/edit", {"text": GOOD[3]})
-    assert response.status_code == 409 and "only pending variants" in error_text(response)
+    assert response.status_code == 409
+    assert error_text(response) == f"#{live} is no longer waiting for review: it is active"
     assert stored(app) == before
+
+
+def test_an_edit_from_a_stale_page_is_refused_naming_it_and_shows_the_text_typed(
+    app: Any, api: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """The review page was drawn while the copy waited; someone paused it since. The edit is not
+    stored, and the refusal keeps what was typed, so the marketer does not have to type it again."""
+    vid = add_pending(app, experiment["id"], "tea-lovers", GOOD[0])
+    assert api.patch(f"/v1/variants/{vid}", json={"status": "active"}).status_code == 200
+    assert api.patch(f"/v1/variants/{vid}", json={"status": "paused"}).status_code == 200
+    before = stored(app)
+    response = dash.post(f"/dashboard/variants/{vid}/edit", {"text": XSS})
+    assert response.status_code == 409
+    assert error_text(response) == f"#{vid} is no longer waiting for review: it is paused"
+    assert texts(response.get_data(as_text=True), "textarea", data_testid="unsaved") == [XSS]
+    assert ESCAPED in response.get_data(as_text=True)
+    assert stored(app) == before
+
+
+def test_two_edits_saved_at_once_put_live_only_the_text_of_the_one_credited(
+    app: Any, dash: Dashboard, experiment: dict[str, Any], session: Session
+) -> None:
+    """Two marketers press "Save edit and approve" on the same line. The second request runs from
+    the moment the first has stored anything until it has stored something itself (or finished):
+    as an edit followed by an approval, the second's text landed between the first's two steps,
+    and went live approved by the first, who never saw it."""
+    create_marketer(session=session, email="ola@example.com", password="another password")
+    other = app.test_client()
+    assert sign_in(other, email="ola@example.com", password="another password").status_code == 303
+    eid = experiment["id"]
+    vid = add_pending(app, eid, "tea-lovers", BANNED)
+    mine, theirs = GOOD[2], GOOD[3]
+    their_post = {"text": theirs, "csrf_token": csrf_of(other)}
+    their_response: list[Any] = []
+    theirs_stored_or_done = threading.Event()
+
+    def they_save() -> None:
+        try:
+            their_response.append(other.post(f"/dashboard/variants/{vid}/edit", data=their_post))
+        finally:
+            theirs_stored_or_done.set()
+
+    def after_commit(_session: Session) -> None:
+        if threading.current_thread() is not main:
+            theirs_stored_or_done.set()
+        elif not their_response and not them.is_alive() and fresh(app, Variant, vid).text == mine:
+            them.start()
+            assert theirs_stored_or_done.wait(30), "the second request never got going"
+
+    main, them = threading.current_thread(), threading.Thread(target=they_save)
+    sa.event.listen(Session, "after_commit", after_commit)
+    try:
+        response = dash.post(f"/dashboard/variants/{vid}/edit", {"text": mine})
+    finally:
+        sa.event.remove(Session, "after_commit", after_commit)
+        them.join(30)
+    assert response.status_code == 303
+    variant = fresh(app, Variant, vid)
+    assert (variant.text, variant.status, variant.status_reason) == (
+        mine,
+        "active",
+        f"approved by {EMAIL} after editing",
+    )
+    [refused] = their_response
+    assert refused.status_code == 409
+    assert error_text(refused) == f"#{vid} is no longer waiting for review: it is active"
 
 
 def test_bulk_approve_refuses_ids_from_elsewhere_and_reports_them(

@@ -1,5 +1,6 @@
 """Reviewing generated copy, and the hand-made status changes: approve, reject, edit, pause,
-resume, retire. Each goes through `update_variant`, the same rules the API enforces."""
+resume, retire. Each goes through `update_variant`, the same rules the API enforces; an edit and
+its approval go through `approve_edited`, as one write."""
 
 from __future__ import annotations
 
@@ -15,7 +16,13 @@ from service.dashboard.blueprint import bp, form_int, validated
 from service.dashboard.blueprint import invalidate as invalidate_snapshot
 from service.dashboard.session_auth import safe_next
 from service.errors import APIError, InvalidInput
-from service.experiments import StatusMoved, get_experiment, segments_of, update_variant
+from service.experiments import (
+    StatusMoved,
+    approve_edited,
+    get_experiment,
+    segments_of,
+    update_variant,
+)
 from service.generation_jobs import GenerationOptions, brief_for
 from service.models import Segment, Variant, VariantStatus
 from service.schemas import VariantPatch
@@ -111,12 +118,28 @@ def change_status(variant_id: int) -> Response:
 
 
 @bp.post("/variants/<id:variant_id>/edit")
-def edit_and_approve(variant_id: int) -> Response:
-    patch = validated(VariantPatch, {"text": request.form.get("text", "")})
-    session = db.session()
-    variant = update_variant(session=session, variant_id=variant_id, patch=patch)
-    # Two steps, each checked: if approval is refused, the edit stays and the copy stays pending.
-    variant = _apply(variant_id, "approve", note="after editing")
+def edit_and_approve(variant_id: int) -> Response | tuple[str, int]:
+    typed = request.form.get("text", "")
+    patch = validated(VariantPatch, {"text": typed})
+    assert patch.text is not None  # VariantPatch was given only text
+    approve = ACTIONS["approve"]
+    try:
+        variant = approve_edited(
+            session=db.session(),
+            variant_id=variant_id,
+            text=patch.text,
+            reason=_reason(approve, note="after editing"),
+        )
+    except StatusMoved as moved:
+        # The edit was not stored; the refusal shows it so the marketer can copy it elsewhere.
+        page = render_template(
+            "error.html",
+            status=moved.status,
+            message=_moved_on(variant_id, approve, moved.current),
+            unsaved=typed,
+        )
+        return page, moved.status
+    invalidate_snapshot(variant.experiment_id)
     flash(f"Variant #{variant.id} edited and approved.")
     return _return(variant.experiment_id)
 
@@ -151,23 +174,29 @@ def bulk(experiment_id: int) -> Response:
     return redirect(url_for("dashboard.review", experiment_id=experiment_id), code=303)
 
 
-def _apply(variant_id: int, action: str, note: str = "") -> Variant:
+def _apply(variant_id: int, action: str) -> Variant:
     if action not in ACTIONS:
         raise InvalidInput(f"action: must be one of {', '.join(ACTIONS)}", field="action")
     chosen = ACTIONS[action]
-    reason = f"{chosen.verb} by {g.marketer.email}" + (f" {note}" if note else "")
-    patch = VariantPatch(status=chosen.target, reason=reason)
+    patch = VariantPatch(status=chosen.target, reason=_reason(chosen))
     try:
         variant = update_variant(
             session=db.session(), variant_id=variant_id, patch=patch, starts_from=chosen.starts_from
         )
     except StatusMoved as moved:
-        now = moved.current.replace("_", " ")
         raise StatusMoved(
-            f"#{variant_id} {chosen.elsewhere}: it is {now}", current=moved.current
+            _moved_on(variant_id, chosen, moved.current), current=moved.current
         ) from None
     invalidate_snapshot(variant.experiment_id)
     return variant
+
+
+def _reason(action: Action, note: str = "") -> str:
+    return f"{action.verb} by {g.marketer.email}" + (f" {note}" if note else "")
+
+
+def _moved_on(variant_id: int, action: Action, current: VariantStatus) -> str:
+    return f"#{variant_id} {action.elsewhere}: it is {current.replace('_', ' ')}"
 
 
 def _return(experiment_id: int) -> Response:
