@@ -76,6 +76,10 @@ def safe_next(target: str | None, default: str) -> str:
 def protect(bp: Blueprint) -> None:
     @bp.before_request
     def _require_sign_in() -> Response | None:
+        if request.endpoint == "dashboard.sign_out" and not isinstance(session.get("token"), str):
+            # Signed out already (in another tab, say): the CSRF token went with the session, and
+            # there is nothing left for a forged sign-out to end.
+            return redirect(url_for("dashboard.sign_in"), code=303)
         if request.method in _FORM_METHODS:
             sent = request.form.get("csrf_token", "")
             expected = session.get("csrf")
@@ -83,7 +87,7 @@ def protect(bp: Blueprint) -> None:
             if not isinstance(expected, str) or not hmac.compare_digest(
                 sent.encode(), expected.encode()
             ):
-                abort(400, "this form has expired; reload the page and try again (csrf_token)")
+                abort(400, "this form has expired; reload the page and try again")
         if request.endpoint in _PUBLIC_ENDPOINTS:
             return None
         g.marketer = current_marketer()
