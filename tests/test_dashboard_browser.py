@@ -602,7 +602,8 @@ def test_export_csv_matches_the_database(page: Page, site: Site, tmp_path: Path)
     saved = tmp_path / download.suggested_filename
     download.save_as(saved)
 
-    with saved.open(newline="", encoding="utf-8") as handle:
+    assert saved.read_bytes().startswith("\ufeff".encode())
+    with saved.open(newline="", encoding="utf-8-sig") as handle:
         header, *rows = list(csv.reader(handle))
     assert header == CSV_HEADER
     by_id = {int(r[0]): dict(zip(header, r, strict=True)) for r in rows}

@@ -919,7 +919,9 @@ def test_csv_export_matches_the_report(
     assert response.headers["Content-Disposition"] == (
         f'attachment; filename="experiment-{eid}-tea-lovers.csv"'
     )
-    rows = list(csv.reader(io.StringIO(response.get_data(as_text=True))))
+    # A byte-order mark first, so Excel reads the file as UTF-8.
+    assert response.get_data().startswith("\ufeff".encode())
+    rows = list(csv.reader(io.StringIO(response.get_data().decode("utf-8-sig"))))
     assert rows[0] == CSV_HEADER
     body = [dict(zip(CSV_HEADER, row, strict=True)) for row in rows[1:]]
     report = experiment_report(session=session, experiment_id=eid)
@@ -991,7 +993,7 @@ def test_csv_export_of_another_experiments_segment_is_404(
     assert response.status_code == 404
     ok = dash.get(f"/dashboard/experiments/{other['id']}/segments/gift-buyers.csv")
     assert ok.status_code == 200
-    assert ok.get_data(as_text=True).splitlines() == [",".join(CSV_HEADER)]
+    assert ok.get_data().decode("utf-8-sig").splitlines() == [",".join(CSV_HEADER)]
 
 
 # --- forms: new experiment ---------------------------------------------------------------------

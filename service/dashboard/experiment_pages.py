@@ -358,6 +358,9 @@ def export_csv(experiment_id: int, segment_key: str) -> Response:
     # find_segment above has already answered 404 for a segment the experiment lacks.
     segment = next(s for s in report.segments if s.key == segment_key)
     out = io.StringIO()
+    # The byte-order mark tells Excel the file is UTF-8: without it, Excel read non-Latin copy as
+    # Windows-1252 and showed mojibake. Read it in Python with encoding="utf-8-sig".
+    out.write("\ufeff")
     writer = csv.writer(out)
     writer.writerow(CSV_COLUMNS)
     for row in segment.variants:
