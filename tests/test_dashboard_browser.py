@@ -37,7 +37,15 @@ from service.demo_history import seed_demo_history
 from service.events import record_events
 from service.experiments import add_variant, create_experiment, find_segment
 from service.marketers import create_marketer
-from service.models import Experiment, Origin, Segment, Variant, VariantStatus, utcnow
+from service.models import (
+    Experiment,
+    LifecycleEvent,
+    Origin,
+    Segment,
+    Variant,
+    VariantStatus,
+    utcnow,
+)
 from service.reports import experiment_report
 from service.schemas import DecideIn, EventIn, ExperimentCreate, VariantCreate
 from service.snapshot import SnapshotCache
@@ -776,6 +784,45 @@ def test_add_a_variant_by_hand(page: Page, site: Site) -> None:
 
 
 # --- untrusted copy -------------------------------------------------------------------------
+
+
+def test_long_unbroken_text_wraps_inside_the_window(page: Page, site: Site) -> None:
+    """Names, copy and reasons with nowhere to break (a pasted URL, a run-on line from the model)
+    wrap instead of widening the page past the window."""
+    eid, ids = make_experiment(
+        site,
+        active={"tea-lovers": ["Aurora kettle control.", "W" * 1000]},
+        pending={"tea-lovers": ["Q" * 1000]},
+    )
+    with site.session() as session:
+        experiment = session.get(Experiment, eid)
+        assert experiment is not None
+        experiment.name = "Ж" * 190 + str(eid)
+        experiment.product_name = "P" * 200
+        experiment.product_description = "D" * 5000
+        session.add(experiment)
+        segment = find_segment(session=session, experiment_id=eid, key="tea-lovers")
+        session.add(
+            LifecycleEvent(
+                experiment_id=eid,
+                segment_id=segment.id,
+                variant_id=ids["tea-lovers"][1],
+                action="pause",
+                reason="R" * 2000,
+            )
+        )
+        session.commit()
+    for path in [
+        "/dashboard/",
+        f"/dashboard/experiments/{eid}",
+        f"/dashboard/experiments/{eid}/review",
+        f"/dashboard/experiments/{eid}/audit",
+    ]:
+        page.goto(path)
+        scroll_width, window_width = page.evaluate(
+            "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+        )
+        assert scroll_width <= window_width, (path, scroll_width, window_width)
 
 
 @pytest.fixture
