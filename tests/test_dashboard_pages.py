@@ -355,6 +355,8 @@ def test_signed_out_pages_redirect_to_sign_in_with_next(
 ) -> None:
     response = client.get(path)
     assert redirects_to_sign_in(response, next_=path), (response.status_code, response.headers)
+    head = client.head(path)
+    assert redirects_to_sign_in(head, next_=path), (head.status_code, head.headers)
 
 
 def test_home_leads_to_the_dashboard(client: FlaskClient) -> None:

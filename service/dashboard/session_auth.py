@@ -92,7 +92,8 @@ def protect(bp: Blueprint) -> None:
             return None
         g.marketer = current_marketer()
         if g.marketer is None:
-            if request.method != "GET":
+            # HEAD is a GET without the body (link checkers, curl -I): the same redirect.
+            if request.method not in ("GET", "HEAD"):
                 abort(401, "sign in first")
             return redirect(url_for("dashboard.sign_in", next=request.full_path.rstrip("?")))
         return None
