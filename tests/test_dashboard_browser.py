@@ -381,7 +381,7 @@ def test_sign_in_lists_experiments_and_opens_one(guest: Page, site: Site) -> Non
         for variant in own:
             cells = section.locator(f'tr[data-variant-id="{variant.id}"] td')
             expect(cells.nth(1)).to_have_text(variant.text)
-            expect(cells.nth(2)).to_have_text("active")
+            expect(cells.nth(2).locator(".state")).to_have_text("active")
             expect(cells.nth(3)).to_have_text(f"{variant.impressions:,}")
             expect(cells.nth(4)).to_have_text(f"{variant.conversions:,}")
         # No winner declared on the demo: the headline is the leader, with its P(best).
@@ -434,7 +434,7 @@ def test_approve_from_the_review_queue_makes_the_variant_active(page: Page, site
     )
     _, approved, other = ids["tea-lovers"]
     page.goto(f"/dashboard/experiments/{experiment_id}")
-    expect(row(page, approved).locator("td.status")).to_have_text("pending review")
+    expect(row(page, approved).locator("td.status .state")).to_have_text("pending review")
 
     page.get_by_role("link", name="Review queue (2)").click()
     expect(page.get_by_role("heading", name="Review queue")).to_be_visible()
@@ -450,7 +450,8 @@ def test_approve_from_the_review_queue_makes_the_variant_active(page: Page, site
     expect(row(page, other)).to_have_count(1)
 
     page.get_by_role("link", name=re.compile(r"^← Aurora kettle launch")).click()
-    expect(row(page, approved).locator("td.status")).to_have_text("active")
+    expect(row(page, approved).locator("td.status .state")).to_have_text("active")
+    expect(row(page, approved).locator("td.status .reason")).to_have_text(f"approved by {EMAIL}")
     expect(row(page, approved)).to_have_class(re.compile(r"\bstatus-active\b"))
     expect(row(page, approved).get_by_role("button", name="Pause", exact=True)).to_be_visible()
     expect(page.get_by_role("link", name="Review queue (1)")).to_be_visible()
@@ -479,7 +480,7 @@ def test_reject_removes_the_variant_from_the_queue(page: Page, site: Site) -> No
 
     # Rejected copy is listed on the experiment page, but offers no buttons.
     page.goto(f"/dashboard/experiments/{experiment_id}")
-    expect(row(page, rejected).locator("td.status")).to_have_text("rejected")
+    expect(row(page, rejected).locator("td.status .state")).to_have_text("rejected")
     expect(row(page, rejected).get_by_role("button")).to_have_count(0)
 
 
@@ -507,7 +508,7 @@ def test_edit_then_approve_saves_the_new_text(page: Page, site: Site) -> None:
 
     page.goto(f"/dashboard/experiments/{experiment_id}")
     expect(row(page, edited).locator("td.copy")).to_have_text(new_text)
-    expect(row(page, edited).locator("td.status")).to_have_text("active")
+    expect(row(page, edited).locator("td.status .state")).to_have_text("active")
 
 
 def test_bulk_approve_the_ticked_variants(page: Page, site: Site) -> None:
@@ -716,7 +717,7 @@ def test_pause_then_resume_a_variant(page: Page, site: Site) -> None:
     )
     _, variant_id = ids["tea-lovers"]
     page.goto(f"/dashboard/experiments/{experiment_id}")
-    status = row(page, variant_id).locator("td.status")
+    status = row(page, variant_id).locator("td.status .state")
     expect(status).to_have_text("active")
 
     row(page, variant_id).get_by_role("button", name="Pause", exact=True).click()
@@ -771,7 +772,7 @@ def test_add_a_variant_by_hand(page: Page, site: Site) -> None:
 
     expect(section.locator("tbody tr")).to_have_count(2)
     expect(row(page, new_id).locator("td.copy")).to_have_text(text)
-    expect(row(page, new_id).locator("td.status")).to_have_text("active")
+    expect(row(page, new_id).locator("td.status .state")).to_have_text("active")
     expect(row(page, new_id).locator("td.id")).to_contain_text("manual")
     # It went to the segment whose form was used, not the other one.
     expect(page.locator("#segment-tea-lovers tbody tr")).to_have_count(1)

@@ -1492,6 +1492,28 @@ def test_approve_and_reject_record_who_did_it(
     assert "Nothing is waiting for review." in html
 
 
+def test_the_experiment_page_shows_why_each_variant_is_in_its_status(
+    app: Any, api: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    eid = experiment["id"]
+    approved = add_pending(app, eid, "tea-lovers", GOOD[0])
+    response = dash.post(f"/dashboard/variants/{approved}/status", {"action": "approve"})
+    assert response.status_code == 303
+    paused = variant_ids(experiment, "tea-lovers")[0]
+    response = api.patch(f"/v1/variants/{paused}", json={"status": "paused", "reason": XSS})
+    assert response.status_code == 200
+    html = section(dash.html(f"/dashboard/experiments/{eid}"), "tea-lovers")
+
+    def reason_of(variant_id: int) -> list[str]:
+        row = re.search(rf'<tr data-variant-id="{variant_id}".*?</tr>', html, re.S)
+        assert row, f"no row for #{variant_id}"
+        return texts(row.group(0), "small", class_="reason")
+
+    assert reason_of(approved) == [f"approved by {EMAIL}"]
+    assert reason_of(paused) == [XSS]
+    assert ESCAPED in html and XSS not in html
+
+
 def test_edit_then_approve(app: Any, dash: Dashboard, experiment: dict[str, Any]) -> None:
     eid = experiment["id"]
     vid = add_pending(app, eid, "tea-lovers", BANNED)

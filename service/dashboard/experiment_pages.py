@@ -122,7 +122,16 @@ def experiment(experiment_id: int) -> str:
         experiment=experiment,
         segments=[_segment_view(session, segment) for segment in report.segments],
         pending=_pending_count(session, experiment_id),
+        reasons=_status_reasons(session, experiment_id),
     )
+
+
+def _status_reasons(session: Session, experiment_id: int) -> dict[int, str | None]:
+    """Why each variant is in its status: who changed it by hand, or which job or rule did."""
+    query = sa.select(col(Variant.id), col(Variant.status_reason)).where(
+        col(Variant.experiment_id) == experiment_id
+    )
+    return {variant_id: reason for variant_id, reason in session.execute(query)}
 
 
 @dataclass(frozen=True)
