@@ -122,11 +122,15 @@ def _plain_text(text: str) -> str:
     return _DASHES.sub("-", unicodedata.normalize("NFKC", text).translate(_INVISIBLE)).casefold()
 
 
+# "FDA-approved" makes the claim "FDA approved" does; _plain_text has made every dash a hyphen.
+_BETWEEN_WORDS = r"[\s-]+"
+
+
 @functools.cache
 def _phrase_pattern(phrase: str) -> re.Pattern[str]:
     """The phrase with its last word in any of its usual forms: 'guarantee' also finds
     'guarantees', 'guaranteed' and 'guaranteeing'; 'cure' finds 'cured' and 'curing'."""
-    *head, last = _plain_text(phrase).split(" ")
+    *head, last = re.split(_BETWEEN_WORDS, _plain_text(phrase))
     if re.fullmatch(r"[a-z]+", last):
         stem = last[:-1] if last.endswith("e") else last
         forms = r"(?:e|es|ed|eing|ing)" if last.endswith("e") else r"(?:s|es|ed|ing)?"
@@ -134,7 +138,7 @@ def _phrase_pattern(phrase: str) -> re.Pattern[str]:
     else:
         last_pattern = re.escape(last)
     words = [re.escape(word) for word in head] + [last_pattern]
-    return re.compile(rf"(?<![\w#]){' '.join(words)}(?!\w)")
+    return re.compile(rf"(?<![\w#]){_BETWEEN_WORDS.join(words)}(?!\w)")
 
 
 def _numbers(text: str, brief: Brief, config: LintConfig) -> str | None:

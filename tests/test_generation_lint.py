@@ -78,6 +78,12 @@ def test_clean_line_passes_every_rule(line: str) -> None:
         ("Ridgeline shoes, guar\u200banteed grip on weekend trails.", "banned_phrase"),
         ("Ridgeline shoes: risk\u2011free grip on weekend trails.", "banned_phrase"),
         ("Ridgeline shoes: \uff47uaranteed grip on weekend trails.", "banned_phrase"),
+        # a hyphen where the phrase has a space makes the same claim
+        ("FDA-approved Ridgeline shoes for weekend trails.", "banned_phrase"),
+        ("Clinically-proven grip in Ridgeline shoes on weekend trails.", "banned_phrase"),
+        ("Doctor\u2011recommended Ridgeline shoes for weekend trails.", "banned_phrase"),
+        ("Ridgeline shoes: weight-loss walks on weekend trails.", "banned_phrase"),
+        ("Ridgeline shoes: no-risk grip on weekend trails.", "banned_phrase"),
         ("Save 20% on Ridgeline shoes for weekend trail grip.", "invented_number"),
         ("Ridgeline shoes for $12 give weekend trail grip.", "invented_number"),
         ("Big % savings on Ridgeline shoes every weekend.", "invented_number"),
