@@ -45,8 +45,12 @@ DEFAULT_BANNED_PHRASES: tuple[str, ...] = (
     "cheapest",
 )
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+# A bare domain (aurora-kettle.shop, bit.ly, aurora.co.uk): a name with a letter in it, then one or
+# more dots each followed by 2-24 letters. Numbers (1.7, 3.5mm) have no letter before the dot,
+# and abbreviations (e.g., U.S.) only one letter after it.
+_DOMAIN = r"\b(?=[\w-]*[a-z])[\w-]+(?:\.[a-z]{2,24})+\b"
 _MARKUP = re.compile(
-    r"https?://|www\.|\.(?:com|net|org|io)\b|<[^>]+>|\[[^\]]*\]\(|\*\*|__|#\w|@\w|`",
+    rf"https?://|www\.|{_DOMAIN}|<[^>]+>|\[[^\]]*\]\(|\*\*|__|#\w|@\w|`",
     re.IGNORECASE,
 )
 # A verbatim run this long from the prompt is parroting, not writing.

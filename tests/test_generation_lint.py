@@ -59,6 +59,9 @@ def test_clean_line_passes_every_rule(line: str) -> None:
         ),
         ("Ridgeline shoes: see http://ridgeline.example for more.", "markup"),
         ("Ridgeline shoes at www.example for your weekends.", "markup"),
+        ("Ridgeline shoes at ridgeline-shoes.shop for your weekends.", "markup"),
+        ("Ridgeline shoes at bit.ly/grip for your weekends.", "markup"),
+        ("Ridgeline shoes at Ridgeline.co.uk for your weekends.", "markup"),
         ("Ridgeline shoes give you <b>real</b> grip on trails.", "markup"),
         ("Ridgeline shoes give you **real** grip on trails.", "markup"),
         ("Ridgeline shoes give you real grip on #trails today.", "markup"),
@@ -112,6 +115,20 @@ def test_line_fails_only_its_rule(line: str, rule: str) -> None:
 )
 def test_words_that_only_contain_a_banned_one_pass(line: str) -> None:
     assert "banned_phrase" not in rules(line, BRIEF)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "Ridgeline shoes weigh 1.7 pounds for weekend trails.",
+        "Ridgeline shoes: a 3.5 mm rock plate, 4.5mm lugs.",
+        "Ridgeline shoes for weekend trails, e.g. muddy ones.",
+        "Ridgeline shoes for every U.S. weekend trail.",
+        "Ridgeline shoes for trails... and weekends.",
+    ],
+)
+def test_numbers_and_abbreviations_are_not_domains(line: str) -> None:
+    assert "markup" not in rules(line)
 
 
 def test_prompt_echo_includes_brand_voice() -> None:
