@@ -92,7 +92,7 @@ class LintReport:
 
 
 def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+(?:['\u2019-][a-z0-9]+)*", text.lower())
+    return re.findall(r"[^\W_]+(?:['\u2019-][^\W_]+)*", _plain_text(text))
 
 
 def _length(text: str, brief: Brief, config: LintConfig) -> str | None:
@@ -188,17 +188,32 @@ def _stem(word: str) -> str:
 
 def product_terms(brief: Brief) -> set[str]:
     """Words that name the product or its category: 'Ridgeline trail-running shoes' gives
-    ridgeline, trail, running, shoe."""
+    ridgeline, trail, running, shoe. A short word counts when it mixes letters and digits, as
+    model names do ('X5'); other short words are mostly 'a', 'of' and 'to'."""
     return {
         _stem(word)
         for word in _words(brief.product_name.replace("-", " "))
-        if len(word) >= 3 and word not in _STOPWORDS
+        if (len(word) >= 3 or _MODEL_NAME.fullmatch(word)) and word not in _STOPWORDS
     }
+
+
+_MODEL_NAME = re.compile(r"(?=.*\d)(?=.*[^\W\d_])\w+")
+# Scripts written without spaces between words (Thai, Lao, Myanmar, Khmer, Japanese kana, Chinese
+# characters): a word of the name is found inside a longer run of text, not on its own.
+_UNSPACED = re.compile(
+    "[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
+    "\uf900-\ufaff\U00020000-\U0003ffff]"
+)
 
 
 def _mentions_product(text: str, brief: Brief, config: LintConfig) -> str | None:
     terms = product_terms(brief)
     if any(_stem(word) in terms for word in _words(text.replace("-", " "))):
+        return None
+    plain, name = _plain_text(text), _plain_text(brief.product_name)
+    if any(term in plain for term in terms if _UNSPACED.search(term)):
+        return None
+    if not terms and name in plain:  # a name of one letter, or of signs that split words
         return None
     return f"does not mention {brief.product_name!r} or its category"
 

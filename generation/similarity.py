@@ -25,7 +25,7 @@ class Similarity(Protocol):
 
 
 def _grams(text: str, n: int) -> Counter[str]:
-    normalized = " " + re.sub(r"[^a-z0-9]+", " ", text.lower()).strip() + " "
+    normalized = " " + re.sub(r"[\W_]+", " ", text.casefold()).strip() + " "
     return Counter(normalized[i : i + n] for i in range(len(normalized) - n + 1))
 
 

@@ -196,6 +196,28 @@ def test_product_terms_split_the_name() -> None:
 
 
 @pytest.mark.parametrize(
+    ("name", "terms"),
+    [
+        ("Bügeleisen Kraft", {"bügeleisen", "kraft"}),
+        ("Чайник Аврора", {"чайник", "аврора"}),
+        ("Ｘ5 phone", {"x5", "phone"}),  # noqa: RUF001 (full-width, folded)
+        ("Summit tent 2", {"summit", "tent"}),
+    ],
+)
+def test_product_terms_in_any_script(name: str, terms: set[str]) -> None:
+    assert product_terms(Brief(name, "A product.", "Anyone.")) == terms
+
+
+def test_off_product_reason_and_echo_keep_the_brief_as_written() -> None:
+    kettle = Brief("Чайник Аврора", "Стеклянный чайник закипает за три минуты.", "Все.")  # noqa: RUF001
+    assert lint("Завтрак больше никогда не будет ждать вас утром.", kettle).reasons() == [
+        "off_product: does not mention 'Чайник Аврора' or its category"
+    ]
+    (reason,) = lint("Аврора: стеклянный чайник закипает за три минуты.", kettle).reasons()
+    assert reason == "prompt_echo: copies the prompt: 'стеклянный чайник закипает за три минуты'"
+
+
+@pytest.mark.parametrize(
     ("line", "brief"),
     [
         ("Grip every weekend path in Ridgeline comfort.", BRIEF),
@@ -209,10 +231,31 @@ def test_product_terms_split_the_name() -> None:
         ("Ridgeline\u2019s grip keeps you steady all weekend.", BRIEF),
         # A name made only of short words is still a name.
         ("Roll out the Zen mat for calmer mornings.", Brief("Zen mat", "A cork mat.", "Yogis.")),
+        # Letters outside a-z, and a model name of two characters.
+        ("Чайник Аврора кипятит воду за три минуты.", Brief("Чайник Аврора", "Чайник.", "Все.")),  # noqa: RUF001
+        ("Das Bügeleisen glättet jedes Hemd im Nu.", Brief("Bügeleisen Kraft", "Ein.", "Alle.")),
+        ("The X5 fits every pocket and every budget.", Brief("X5", "A phone.", "Students.")),
+        # Scripts written without spaces: the name's words sit inside a longer run.
+        ("オーロラケトルなら朝食を待たせません。", Brief("オーロラ ケトル", "ケトル。", "親。")),
+        ("这款极光水壶三分钟烧开水。", Brief("极光水壶", "玻璃水壶。", "父母。")),
+        # Vowel signs split Devanagari words, so the name itself is looked for.
+        ("केतली अरोरा तीन मिनट में पानी उबालती है।", Brief("केतली अरोरा", "केतली।", "माता-पिता।")),
     ],
 )
 def test_off_product_accepts_a_mention(line: str, brief: Brief) -> None:
     assert "off_product" not in rules(line, brief)
+
+
+@pytest.mark.parametrize(
+    ("line", "brief"),
+    [
+        ("The X500 fits every pocket and every budget.", Brief("X5", "A phone.", "Students.")),
+        ("Новое утро для всей семьи, каждый день.", Brief("Чайник Аврора", "Стекло.", "Все.")),  # noqa: RUF001
+        ("新しいケトルで朝食を待たせません。", Brief("オーロラケトル", "ケトル。", "親。")),
+    ],
+)
+def test_off_product_refuses_a_line_without_the_name(line: str, brief: Brief) -> None:
+    assert "off_product" in rules(line, brief)
 
 
 def test_every_failing_rule_is_reported_in_rule_order() -> None:

@@ -104,6 +104,7 @@ def score(left: str, right: str) -> float:
         (LINE, LINE.upper()),
         ("Grip every trail!", "grip, every   trail"),
         ("Ridgeline: grip - every trail.", "Ridgeline grip every trail"),
+        ("Аврора — лучший чайник для всей семьи.", "АВРОРА: лучший чайник для всей семьи!"),  # noqa: RUF001
     ],
 )
 def test_same_words_score_one(left: str, right: str) -> None:
@@ -116,6 +117,20 @@ def test_one_word_swap_is_a_near_duplicate() -> None:
 
 def test_unrelated_lines_score_low() -> None:
     assert score(LINE, UNRELATED) < 0.5
+
+
+@pytest.mark.parametrize(
+    ("left", "right"),
+    [
+        ("Aurora: Чайник, который закипает за три минуты.", "Aurora: Завтрак больше не ждёт вас."),
+        (
+            "Aurora: Чайник, который закипает за три минуты.",
+            "Aurora: 三分で沸くので、朝食は待たせません。",
+        ),
+    ],
+)
+def test_lines_in_other_scripts_are_compared_by_their_own_letters(left: str, right: str) -> None:
+    assert score(left, right) < 0.5
 
 
 @pytest.mark.parametrize(("left", "right"), [("", LINE), (LINE, ""), ("", ""), ("...", LINE)])
