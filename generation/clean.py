@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-# Labels a small model puts in front of the line it was asked for ("Ad:", "Headline - ").
+# Labels a small model puts in front of the line it was asked for ("Ad:", "Headline - "), on the
+# line itself or on one of their own ("Here's a line for busy parents:" and the line below it).
 # A dash counts as a separator only with a space before it, so "Ad-free" and "User-friendly" stay.
 _LABEL = re.compile(
     r"^\s*(?:assistant|user|system|copy|ad|advert(?:isement)?|line|headline|tagline|slogan|"
@@ -15,6 +16,8 @@ _LABEL = re.compile(
 _BULLET = re.compile(r"^\s*(?:[-*\u2022>]+|\d+[.)])\s+")
 _PAIRS = {'"': '"', "'": "'", "\u201c": "\u201d", "\u2018": "\u2019", "`": "`", "*": "*", "_": "_"}
 _QUOTES = "\"'\u201c\u201d\u2018\u2019`"
+# Words that begin with an apostrophe standing for the letters left out ('Tis the season).
+_ELISION = re.compile(r"['\u2019](?:tis|twas|til|cause|em|round)\b", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"[.!?][\"'\u201d\u2019)]*(?=\s|$)")
 # Control characters, C0 and C1 (whitespace aside, which becomes a space): some of the model's
 # tokens decode to them, no storefront can show them (\x9b starts a terminal escape), the API
@@ -29,22 +32,34 @@ def _unwrap(line: str) -> str:
     # A lone opening or closing quote is what is left of a wrapper the model broke off.
     for quote in _QUOTES:
         if line.count(quote) == 1 and (line.startswith(quote) or line.endswith(quote)):
+            if _ELISION.match(line):
+                continue
             line = line.strip(quote).strip()
     return line
 
 
+def _copy_in(line: str) -> str:
+    """The line without labels, bullets or wrapping quotes; "" when that was all it held."""
+    previous = None
+    while previous != line:  # labels, bullets and quotes nest: '- Ad: "..."'
+        previous = line
+        line = _unwrap(_BULLET.sub("", _LABEL.sub("", line)).strip())
+    return line
+
+
+def holds_copy(line: str) -> bool:
+    """Whether `clean` would keep anything of this line, so it is the one `clean` picks."""
+    return bool(_copy_in(CONTROL_CHARACTERS.sub("", line)))
+
+
 def clean(raw: str, *, finished: bool = True) -> str:
-    """First non-empty line, without labels, bullets or wrapping quotes.
+    """First line with copy in it, without labels, bullets or wrapping quotes.
 
     `finished` is False when generation stopped at the token limit: then the unterminated tail is a
     fragment and is cut back to the last whole sentence (or the line is dropped). A finished line
     ends where the model meant it to, so it is kept whole.
     """
-    line = next((part for part in CONTROL_CHARACTERS.sub("", raw).splitlines() if part.strip()), "")
-    previous = None
-    while previous != line:  # labels, bullets and quotes nest: '- Ad: "..."'
-        previous = line
-        line = _unwrap(_BULLET.sub("", _LABEL.sub("", line)).strip())
+    line = next(filter(None, map(_copy_in, CONTROL_CHARACTERS.sub("", raw).splitlines())), "")
     line = re.sub(r"\s+", " ", line)
     if not finished:
         ends = [match.end() for match in _SENTENCE_END.finditer(line)]

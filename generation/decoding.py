@@ -18,6 +18,8 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor
 
+from generation.clean import holds_copy
+
 # What str.splitlines() splits on, and so where `clean` ends a line.
 _BREAK = re.compile("[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 
@@ -63,7 +65,8 @@ def line_break_table(texts: Sequence[str]) -> Tensor:
 
 @dataclass(frozen=True)
 class FirstLine:
-    """Ends a row once its text holds a complete, non-blank line: all that `clean` keeps."""
+    """Ends a row once its text holds a complete line with copy in it: all that `clean` keeps.
+    A label on a line of its own ("Headline:") does not count; the line after it is the copy."""
 
     breaks: Tensor
     """bool (vocab,) from `line_break_table`: only these tokens can complete a line."""
@@ -72,7 +75,7 @@ class FirstLine:
     def complete(self, tokens: list[int]) -> bool:
         # Decoded whole, not token by token: a character split over two tokens reads right.
         *lines, _rest = _BREAK.split(self.decode(tokens))
-        return any(line.strip() for line in lines)
+        return any(holds_copy(line) for line in lines)
 
 
 def candidates(

@@ -36,6 +36,10 @@ from generation.clean import clean
         ("\n\n   Grip every weekend trail.\nSecond line.", "Grip every weekend trail."),
         ("", ""),
         ("   \n\t\n", ""),
+        # a label on a line of its own: the copy is the line below it
+        ("Headline:\nGrip every weekend trail.", "Grip every weekend trail."),
+        ('Here\'s a line for hikers:\n\n"Grip every weekend trail."', "Grip every weekend trail."),
+        ('Tagline -\n**"Grip every weekend trail."**', "Grip every weekend trail."),
         # a finished line ends where the model meant it to: kept whole, abbreviations too
         ("Great shoes. Buy now", "Great shoes. Buy now"),
         (
@@ -88,6 +92,9 @@ def test_clean_cut_off_at_token_limit(raw: str, expected: str) -> None:
         "Here's a trail-ready shoe for your weekends.",
         # Quotes are stripped only when they wrap the whole line.
         '"Grip that lasts," say weekend hikers.',
+        # An apostrophe that stands for letters left out is part of the first word.
+        "'Tis the season for Ridgeline shoes.",
+        "\u2019Til the last weekend trail, Ridgeline grips.",
     ],
 )
 def test_clean_keeps_copy_that_only_looks_like_a_label_or_quote(line: str) -> None:

@@ -147,6 +147,13 @@ def test_a_first_line_is_complete_when_non_blank_text_precedes_a_break(
     assert FIRST_LINE.complete(tokens) is complete
 
 
+def test_a_label_on_a_line_of_its_own_does_not_complete_the_first_line() -> None:
+    vocab = ["Headline:", "\n", "Grip every trail."]
+    first_line = FirstLine(line_break_table(vocab), lambda ids: "".join(vocab[i] for i in ids))
+    assert not first_line.complete([0, 1])
+    assert first_line.complete([0, 1, 2, 1])
+
+
 def test_line_break_table_marks_every_splitlines_break() -> None:
     table = line_break_table(["a", "\n", "b\rc", "\u2028", "\x0b", " ", "\t"])
     assert table.tolist() == [False, True, True, True, True, False, False]
