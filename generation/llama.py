@@ -39,6 +39,8 @@ class LlamaConfig:
     rms_norm_eps: float
     rope_theta: float
     tie_word_embeddings: bool
+    max_position_embeddings: int
+    """The context length the model was trained for; the writer refuses longer prompts."""
 
     @classmethod
     def parse(cls, raw: dict[str, Any]) -> LlamaConfig | None:
@@ -67,6 +69,9 @@ class LlamaConfig:
             rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
             rope_theta=rope.get("rope_theta", raw.get("rope_theta", 10000.0)),
             tie_word_embeddings=raw.get("tie_word_embeddings", True),
+            max_position_embeddings=raw.get(
+                "max_position_embeddings", 2048
+            ),  # transformers' default
         )
 
 

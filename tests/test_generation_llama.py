@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from generation import llama
+from generation.model import LoadedModel
+from generation.writer import PromptTooLong, TransformersWriter
 
 BASE: dict[str, Any] = {
     "model_type": "llama",
@@ -23,12 +25,13 @@ BASE: dict[str, Any] = {
 }
 
 
-def _save_transformers_llama(folder: Path, *, tied: bool) -> Any:
+def _save_transformers_llama(folder: Path, *, tied: bool, **settings: Any) -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     config = LlamaConfig(
         **{k: v for k, v in BASE.items() if k != "model_type"},
+        **settings,
         tie_word_embeddings=tied,
         bos_token_id=1,
         eos_token_id=2,
@@ -113,3 +116,30 @@ def test_config_reads_old_and_new_rotary_fields() -> None:
     assert old is not None and old.rope_theta == 5e5
     assert new is not None and new.rope_theta == 1e5
     assert cached is not None and cached.head_dim == 8 and cached.num_key_value_heads == 2
+
+
+def test_config_reads_the_context_length() -> None:
+    short = llama.LlamaConfig.parse({**BASE, "max_position_embeddings": 512})
+    unstated = llama.LlamaConfig.parse(BASE)
+    assert short is not None and short.max_position_embeddings == 512
+    assert unstated is not None and unstated.max_position_embeddings == 2048
+
+
+class _PromptOf:
+    """A tokenizer whose chat template always comes to `length` tokens."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def apply_chat_template(self, messages: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        return {"input_ids": torch.full((1, self.length), 5)}
+
+
+def test_a_prompt_longer_than_the_models_context_is_refused(tmp_path: Path) -> None:
+    _save_transformers_llama(tmp_path, tied=True, max_position_embeddings=64)
+    model = llama.load(tmp_path, torch.float32, "cpu")
+    loaded = LoadedModel(model=model, tokenizer=_PromptOf(40), model_id="tiny", device="cpu")
+    messages = [{"role": "user", "content": "Write one line."}]
+    # 64 positions, less the 36 the copy may take.
+    with pytest.raises(PromptTooLong, match="the prompt is 40 tokens, and at most 28 fit"):
+        TransformersWriter(loaded).sample(messages, n=2, seed=1)
