@@ -118,7 +118,12 @@ def move_into_place(staging: Path, cache: Path) -> None:
     workers starting together), its cache is as good as ours; a folder without the weights is a
     leftover (copied or unpacked by hand, say), and before, every load failed on it for good.
     """
-    staging.chmod(0o755)  # mkdtemp's 0700 let no other user read the cache
+    # mkdtemp's 0700 and safetensors' 0600 let no other user (the service's) read the cache.
+    staging.chmod(0o755)
+    file_mode = 0o644 & ~_umask()
+    for file in staging.rglob("*"):
+        if file.is_file():
+            file.chmod(file_mode)
     try:
         staging.rename(cache)
     except OSError:
@@ -127,6 +132,14 @@ def move_into_place(staging: Path, cache: Path) -> None:
             return
         shutil.rmtree(cache)
         staging.rename(cache)
+
+
+def _umask() -> int:
+    """The process's umask. os.umask reads it only by setting it: 022 in the meantime, the usual
+    value, so a file another thread creates in that instant is not left open to everyone."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def load_model(config: ModelConfig, say: Callable[[str], None] = log.info) -> LoadedModel:
