@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -49,12 +50,71 @@ class ModelConfig:
     def validate(self) -> ModelConfig:
         if self.dtype not in _DTYPES:
             raise ValueError(f"model dtype must be one of {', '.join(_DTYPES)}, got {self.dtype!r}")
-        if self.path is not None and not (Path(self.path) / "config.json").is_file():
-            raise ValueError(
-                f"model folder {self.path!r} has no config.json; give a local Hugging Face "
-                "causal-LM folder (nothing is downloaded)"
-            )
+        problems = [
+            ("device", self.device, device_problem(self.device)),
+            ("folder", self.path, self.path and folder_problem(Path(self.path))),
+            ("cache_dir", self.cache_dir, self.path is None and cache_dir_problem(self.cache_dir)),
+        ]
+        for name, value, problem in problems:
+            if problem:
+                raise ValueError(f"model {name} {problem}, got {str(value)!r}")
         return self
+
+
+# What transformers needs of a local folder beyond config.json, in any of its formats.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def device_problem(device: str) -> str | None:
+    """Why `device` cannot run the model here, or None. Imports torch for any device but cpu
+    (about 1 s), so a process set up to generate on a GPU learns at start that it has none."""
+    if re.fullmatch(r"cpu|mps|cuda(:\d+)?", device) is None:
+        return "must be cpu, cuda, cuda:N or mps"
+    if device == "cpu":
+        return None
+    import torch
+
+    if device == "mps":
+        return None if torch.backends.mps.is_available() else "must be a device this machine has"
+    index = int(device.partition(":")[2] or 0)
+    if not torch.cuda.is_available():
+        return "must be a device this machine has (torch sees no CUDA GPU)"
+    if index >= torch.cuda.device_count():
+        return f"must be a device this machine has (CUDA GPUs: {torch.cuda.device_count()})"
+    return None
+
+
+def folder_problem(folder: Path) -> str | None:
+    """Why `folder` is not a model folder this process can load, or None."""
+    if not (folder / "config.json").is_file():
+        return (
+            "must be a local Hugging Face causal-LM folder with config.json (nothing is downloaded)"
+        )
+    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        return f"must hold the model's tokenizer ({', '.join(_TOKENIZER_FILES)})"
+    if not any((folder / name).is_file() for name in _WEIGHT_FILES):
+        return f"must hold the model's weights ({', '.join(_WEIGHT_FILES)})"
+    return None
+
+
+def cache_dir_problem(cache_dir: Path) -> str | None:
+    """Why the default model's cache cannot be used or made under `cache_dir`, or None."""
+    if (cache_dir / _CACHE_NAME / "model.safetensors").is_file():
+        return None  # made already, by this user or another: reading it is all that is left
+    existing = next(
+        folder for folder in (cache_dir, *cache_dir.absolute().parents) if folder.exists()
+    )
+    if not existing.is_dir():
+        return "must be a folder (or a path one can be made at), not a file"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"must be a folder this process can write; {str(existing)!r} is not"
+    return None
 
 
 @dataclass

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+
+from generation.model import cache_dir_problem, device_problem, folder_problem
 
 ENV_PREFIX = "COPYBANDIT_"
 ENVIRONMENTS = ("development", "test", "production")
@@ -138,24 +139,18 @@ class Settings:
             "must be between 1 and 20",
             self.generation_max_rounds,
         )
-        _require(
-            re.fullmatch(r"cpu|mps|cuda(:\d+)?", self.model_device) is not None,
-            "MODEL_DEVICE",
-            "must be cpu, cuda, cuda:N or mps",
-            self.model_device,
-        )
+        _refuse(device_problem(self.model_device), "MODEL_DEVICE", self.model_device)
         _require(
             self.model_dtype in ("float32", "bfloat16", "float16"),
             "MODEL_DTYPE",
             "must be float32, bfloat16 or float16",
             self.model_dtype,
         )
-        _require(
-            not self.model or (Path(self.model) / "config.json").is_file(),
-            "MODEL",
-            "must be a local Hugging Face model folder (with config.json)",
-            self.model,
-        )
+        if self.model:
+            _refuse(folder_problem(Path(self.model)), "MODEL", self.model)
+        else:
+            cache_problem = cache_dir_problem(Path(self.model_cache_dir))
+            _refuse(cache_problem, "MODEL_CACHE_DIR", self.model_cache_dir)
         _require(self.scheduler in ("on", "off"), "SCHEDULER", "must be on or off", self.scheduler)
         _require(
             self.log_level in LOG_LEVELS,
@@ -226,6 +221,12 @@ def _without_password(url: str) -> str:
 def _require(ok: bool, name: str, rule: str, value: object) -> None:
     if not ok:
         raise ConfigError(f"{ENV_PREFIX}{name} {rule}, got {value!r}")
+
+
+def _refuse(problem: str | None, name: str, value: object) -> None:
+    """_require for a check that says what is wrong itself."""
+    if problem is not None:
+        raise ConfigError(f"{ENV_PREFIX}{name} {problem}, got {value!r}")
 
 
 def _parse(field: dataclasses.Field[Any], raw: str) -> object:

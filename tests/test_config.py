@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -76,11 +78,82 @@ def test_database_urls_of_every_documented_form_are_accepted(url: str) -> None:
     load_settings(environ={"COPYBANDIT_DATABASE_URL": url}).validate()
 
 
+@pytest.fixture
+def gpus(monkeypatch: pytest.MonkeyPatch) -> Callable[[int, bool], None]:
+    """Make torch see `cuda` CUDA GPUs and an MPS device or none, whatever this machine has."""
+    import torch
+
+    def see(cuda: int, mps: bool) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda)
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+
+    return see
+
+
 @pytest.mark.parametrize("device", ["cpu", "cuda", "cuda:1", "mps"])
-def test_model_devices_torch_knows_are_accepted(device: str) -> None:
+def test_model_devices_the_machine_has_are_accepted(
+    device: str, gpus: Callable[[int, bool], None]
+) -> None:
+    gpus(2, True)
     assert (
         load_settings(environ={"COPYBANDIT_MODEL_DEVICE": device}).validate().model_device == device
     )
+
+
+@pytest.mark.parametrize(
+    ("device", "cuda", "mps"), [("cuda", 0, True), ("cuda:2", 2, False), ("mps", 1, False)]
+)
+def test_model_devices_the_machine_lacks_are_refused(
+    device: str, cuda: int, mps: bool, gpus: Callable[[int, bool], None]
+) -> None:
+    # Each passed, and every generation job then failed on it.
+    gpus(cuda, mps)
+    with pytest.raises(ConfigError, match="COPYBANDIT_MODEL_DEVICE must be a device this machine"):
+        load_settings(environ={"COPYBANDIT_MODEL_DEVICE": device}).validate()
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ([], r"COPYBANDIT_MODEL must be a local Hugging Face causal-LM folder with config\.json"),
+        # It had failed every job with "install sentencepiece or tiktoken".
+        (["config.json", "model.safetensors"], r"COPYBANDIT_MODEL must hold the model's tokenizer"),
+        (["config.json", "tokenizer.json"], r"COPYBANDIT_MODEL must hold the model's weights"),
+    ],
+)
+def test_a_model_folder_missing_what_loading_needs_is_refused(
+    tmp_path: Path, files: list[str], message: str
+) -> None:
+    for name in files:
+        (tmp_path / name).write_text("{}")
+    with pytest.raises(ConfigError, match=message):
+        load_settings(environ={"COPYBANDIT_MODEL": str(tmp_path)}).validate()
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "tokenizer.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_text("{}")
+    load_settings(environ={"COPYBANDIT_MODEL": str(tmp_path)}).validate()
+
+
+def test_a_model_cache_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    # It had failed only at the first job, with FileExistsError.
+    (tmp_path / "a-file").write_text("")
+    for path in (tmp_path / "a-file", tmp_path / "a-file" / "models"):
+        with pytest.raises(ConfigError, match="COPYBANDIT_MODEL_CACHE_DIR must be a folder"):
+            load_settings(environ={"COPYBANDIT_MODEL_CACHE_DIR": str(path)}).validate()
+    not_yet = tmp_path / "not" / "yet"
+    load_settings(environ={"COPYBANDIT_MODEL_CACHE_DIR": str(not_yet)}).validate()
+    assert not not_yet.exists()  # checked, not made
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_a_model_cache_dir_this_process_cannot_write_is_refused(tmp_path: Path) -> None:
+    tmp_path.chmod(0o500)
+    try:
+        with pytest.raises(ConfigError, match="COPYBANDIT_MODEL_CACHE_DIR must be a folder this"):
+            load_settings(environ={"COPYBANDIT_MODEL_CACHE_DIR": str(tmp_path)}).validate()
+    finally:
+        tmp_path.chmod(0o700)
 
 
 def test_log_levels_are_taken_in_either_case() -> None:

@@ -141,5 +141,5 @@ def test_tokenizers_transformers_would_rebuild_are_left_to_it(tmp_path: Path) ->
 
 
 def test_a_folder_without_a_model_is_refused_clearly(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"has no config\.json; give a local Hugging Face"):
+    with pytest.raises(ValueError, match=r"model folder must be a local Hugging Face causal-LM"):
         load_model(ModelConfig(path=str(tmp_path)))
