@@ -2,18 +2,20 @@
 
 The HTTP request only creates the row and hands its id to this process's runner, so a slow model
 never holds a request open. The runner loads the model once per process, on the first job.
-A job that a process exit interrupted, or that nothing ran, is failed by the next lifecycle pass
-an hour after it was queued, or if it started, an hour after its worker last wrote its progress
-(`JOB_STALE_AFTER`). A job given up that way while its worker still lives stops at its next write
-and stores nothing more.
+A job its process still held when it stopped is failed as it exits (`JobRunner`); one whose
+process was killed, or that nothing ran, is failed by the next lifecycle pass an hour after it was
+queued, or if it started, an hour after its worker last wrote its progress (`JOB_STALE_AFTER`). A
+job given up that way while its worker still lives stops at its next write and stores nothing more.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
+import weakref
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -423,8 +425,18 @@ def _update(
     return True
 
 
+# A job this process held when it stopped: no wait for an hour, its copy is ordered again at once.
+STOPPED = "interrupted: the server stopped (the lifecycle orders copy still missing again)"
+
+
 class JobRunner:
-    """One background thread per process runs jobs in order; the model loads once, lazily."""
+    """One background thread per process runs jobs in order; the model loads once, lazily.
+
+    The thread is a daemon: the interpreter does not wait for a job (a model load alone takes
+    40 s) at exit, where gunicorn, waiting on a stopping worker, killed it after 30 s. What the
+    thread held is written off at exit instead (`interrupt_held_jobs`), so those rows say failed
+    at once and the next lifecycle pass orders their copy again, not an hour later.
+    """
 
     def __init__(
         self,
@@ -439,25 +451,44 @@ class JobRunner:
         self._writer: Writer | None = None
         self._writer_lock = threading.Lock()
         self.writer_factory = writer_factory or self._load_default_writer
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generation")
-        self._unfinished = 0
+        # Guards the queue, the running job and whether a thread is draining the queue.
         self._all_finished = threading.Condition()
+        self._queued: deque[int] = deque()
+        self._running: int | None = None
+        self._draining = False
+        _runners.add(self)
 
     def submit(self, job_id: int) -> None:
-        with self._all_finished:
-            self._unfinished += 1
         # Nothing of a job is kept once it ends: its outcome is in its row. Keeping each job's
         # future held the job and its result (~45 KB) for the worker's whole life, a few more
         # every lifecycle pass.
-        self._executor.submit(self._run, job_id)
+        with self._all_finished:
+            self._queued.append(job_id)
+            if self._draining:
+                return
+            self._draining = True
+        # A thread only while there is work: an idle one would keep this runner (and its
+        # engine) alive for the process's life, one per app a test process builds.
+        threading.Thread(target=self._drain, name="generation", daemon=True).start()
 
-    def _run(self, job_id: int) -> None:
-        try:
-            run_job(engine=self.engine, job_id=job_id, writer=self.writer, options=self.options)
-        finally:
+    def _drain(self) -> None:
+        while True:
             with self._all_finished:
-                self._unfinished -= 1
+                self._running = None
                 self._all_finished.notify_all()
+                if not self._queued:
+                    self._draining = False
+                    return
+                self._running = self._queued.popleft()
+            try:
+                run_job(
+                    engine=self.engine,
+                    job_id=self._running,
+                    writer=self.writer,
+                    options=self.options,
+                )
+            except Exception:
+                log.exception("generation job %s could not be run", self._running)
 
     def writer(self) -> Writer:
         with self._writer_lock:
@@ -466,12 +497,62 @@ class JobRunner:
             return self._writer
 
     def join(self, timeout: float | None = None) -> None:
-        """Wait until every submitted job has ended (tests, and a clean shutdown)."""
+        """Wait until every submitted job has ended (tests)."""
         with self._all_finished:
-            self._all_finished.wait_for(lambda: self._unfinished == 0, timeout=timeout)
+            self._all_finished.wait_for(
+                lambda: not self._draining and self._running is None, timeout=timeout
+            )
+
+    def interrupt_held_jobs(self) -> list[int]:
+        """Fail the jobs this runner holds, running or waiting their turn, as interrupted by the
+        server stopping; returns their ids. Runs at exit: its thread ends with the process."""
+        with self._all_finished:
+            held = [*([] if self._running is None else [self._running]), *self._queued]
+            self._queued.clear()
+        if not held:
+            return []
+        now = utcnow()
+        with Session(self.engine) as session:
+            still_unfinished = (
+                session.execute(
+                    sa.update(GenerationJob)
+                    .where(
+                        col(GenerationJob.id).in_(held), col(GenerationJob.status).in_(_UNFINISHED)
+                    )
+                    .values(
+                        status=JobStatus.FAILED.value,
+                        finished_at=now,
+                        updated_at=now,
+                        message=STOPPED,
+                        error=STOPPED,
+                    )
+                    .returning(col(GenerationJob.id))
+                )
+                .scalars()
+                .all()
+            )
+            session.commit()
+        for job_id in still_unfinished:
+            log.warning("generation job %s: %s", job_id, STOPPED)
+        if still_unfinished:
+            metrics().generation_jobs.labels("failed").inc(len(still_unfinished))
+        return list(still_unfinished)
 
     def _load_default_writer(self) -> Writer:
         return default_writer(self._settings)
+
+
+_runners: weakref.WeakSet[JobRunner] = weakref.WeakSet()
+
+
+@atexit.register
+def _interrupt_held_jobs_at_exit() -> None:
+    for runner in list(_runners):
+        try:
+            runner.interrupt_held_jobs()
+        except Exception:
+            # The database may be what is going away; the next lifecycle pass fails them then.
+            log.exception("could not mark this process's generation jobs interrupted")
 
 
 def default_writer(settings: Settings) -> Writer:

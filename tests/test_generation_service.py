@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import gc
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -449,3 +451,47 @@ def _run_given_up_meanwhile(app: Any, job_id: int, writer: ScriptedWriter) -> Ge
         own.commit()
         _finish(own, job, status="succeeded", result=result, message="done")
         return job
+
+
+# A process whose job is stuck in the model load exits: the job thread is a daemon, and the jobs
+# it held are failed on the way out. The writer never returns, so a process that waited for its
+# job never ended (gunicorn killed such a worker after 30 s, its job left "running" for an hour).
+EXIT_WHILE_LOADING = """
+import sys, threading
+from service import create_app
+from service.generation_jobs import create_job
+from sqlmodel import Session
+app = create_app({"database_url": sys.argv[1], "scheduler": "off", "env": "test"})
+loading = threading.Event()
+def never_loads():
+    loading.set()
+    threading.Event().wait()
+runner = app.extensions["copybandit.jobs"]
+runner.writer_factory = never_loads
+with Session(app.extensions["copybandit.engine"]) as session:
+    for _ in range(2):
+        job = create_job(
+            session=session, experiment_id=int(sys.argv[2]), segment_key="tea-lovers", n=1
+        )
+        print(job.id)
+        runner.submit(job.id)
+loading.wait()
+"""
+
+
+def test_a_process_stopping_mid_job_exits_and_fails_the_jobs_it_held(
+    api: Any, app: Any, database_url: str, experiment: dict[str, Any]
+) -> None:
+    from service.generation_jobs import STOPPED
+
+    held = subprocess.run(
+        [sys.executable, "-c", EXIT_WHILE_LOADING, database_url, str(experiment["id"])],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,  # only so that the bug fails the test instead of hanging it
+    ).stdout.split()
+
+    jobs = [api.get(f"/v1/jobs/{job_id}").get_json() for job_id in held]
+    # The one loading the model and the one waiting behind it: the next pass orders their copy.
+    assert [(job["status"], job["error"]) for job in jobs] == [("failed", STOPPED)] * 2
