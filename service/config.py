@@ -85,10 +85,12 @@ class Settings:
         )
         _require(1 <= self.port <= 65535, "PORT", "must be between 1 and 65535", self.port)
         _require(1 <= self.workers <= 64, "WORKERS", "must be between 1 and 64", self.workers)
+        # Upper bounds here and below also keep out inf, which a float setting parses: it passed
+        # ">= 0", then each use failed (the scheduler's slot arithmetic on every tick).
         _require(
-            self.snapshot_ttl_seconds >= 0,
+            0 <= self.snapshot_ttl_seconds <= 3600,
             "SNAPSHOT_TTL_SECONDS",
-            "must be >= 0",
+            "must be between 0 and 3600",
             self.snapshot_ttl_seconds,
         )
         _require(
@@ -98,15 +100,15 @@ class Settings:
             self.propensity_samples,
         )
         _require(
-            self.rate_limit_per_second >= 0,
+            0 <= self.rate_limit_per_second <= 1_000_000,
             "RATE_LIMIT_PER_SECOND",
-            "must be >= 0 (0 turns rate limiting off)",
+            "must be between 0 and 1000000 (0 turns rate limiting off)",
             self.rate_limit_per_second,
         )
         _require(
-            self.rate_limit_burst >= 1,
+            1 <= self.rate_limit_burst <= 10_000_000,
             "RATE_LIMIT_BURST",
-            "must be >= 1",
+            "must be between 1 and 10000000",
             self.rate_limit_burst,
         )
         _require(
@@ -170,10 +172,11 @@ class Settings:
             "must be on or off",
             self.database_pre_ping,
         )
+        # The scheduler's slots are milliseconds in a BIGINT: a year keeps them far inside it.
         _require(
-            self.lifecycle_interval_seconds >= 1,
+            1 <= self.lifecycle_interval_seconds <= 365 * 24 * 3600,
             "LIFECYCLE_INTERVAL_SECONDS",
-            "must be >= 1",
+            "must be between 1 and 31536000 (a year)",
             self.lifecycle_interval_seconds,
         )
         _require(

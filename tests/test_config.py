@@ -38,7 +38,11 @@ def test_environment_variables_override_defaults() -> None:
         ("COPYBANDIT_PORT", "70000", r"COPYBANDIT_PORT must be between 1 and 65535"),
         ("COPYBANDIT_ENV", "staging", r"COPYBANDIT_ENV must be one of development, test"),
         ("COPYBANDIT_DATABASE_URL", "mysql://x/y", r"COPYBANDIT_DATABASE_URL must be a sqlite"),
-        ("COPYBANDIT_SNAPSHOT_TTL_SECONDS", "-1", r"COPYBANDIT_SNAPSHOT_TTL_SECONDS must be >= 0"),
+        (
+            "COPYBANDIT_SNAPSHOT_TTL_SECONDS",
+            "-1",
+            r"COPYBANDIT_SNAPSHOT_TTL_SECONDS must be between 0",
+        ),
         ("COPYBANDIT_WORKERS", "0", r"COPYBANDIT_WORKERS must be between 1 and 64"),
         ("COPYBANDIT_LOG_LEVEL", "verbose", r"COPYBANDIT_LOG_LEVEL must be one of DEBUG, INFO"),
         # Each of these passed and then failed with a traceback from the first command.
@@ -49,6 +53,14 @@ def test_environment_variables_override_defaults() -> None:
         ("COPYBANDIT_DATABASE_URL", "postgresql://h:notaport/d", r"got 'postgresql\+psycopg://h"),
         ("COPYBANDIT_MODEL_DEVICE", "banana", r"COPYBANDIT_MODEL_DEVICE must be cpu, cuda, cuda:N"),
         ("COPYBANDIT_MODEL_DEVICE", "cuda:", r"COPYBANDIT_MODEL_DEVICE must be cpu, cuda, cuda:N"),
+        # Each of these passed, then failed every scheduler tick or every use.
+        *(
+            ("COPYBANDIT_LIFECYCLE_INTERVAL_SECONDS", v, r"INTERVAL_SECONDS must be between 1 and")
+            for v in ("inf", "1e308", "1e17", "nan")
+        ),
+        ("COPYBANDIT_SNAPSHOT_TTL_SECONDS", "inf", r"TTL_SECONDS must be between 0 and 3600"),
+        ("COPYBANDIT_RATE_LIMIT_PER_SECOND", "inf", r"PER_SECOND must be between 0 and"),
+        ("COPYBANDIT_RATE_LIMIT_BURST", "inf", r"BURST must be between 1 and"),
     ],
 )
 def test_bad_values_are_refused_naming_the_variable(
