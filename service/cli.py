@@ -584,7 +584,19 @@ def _prepare_metrics_folder(options: dict[str, Any]) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
     clear()
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        # Started from a folder it may not write (systemd's default WorkingDirectory=/ for a
+        # non-root user, a read-only container root): one line, not mkdir's traceback.
+        fix = (
+            f"set {MULTIPROC_ENV} to a folder serve may write"
+            if given
+            else f"run serve from a folder it may write, or set {MULTIPROC_ENV} to one"
+        )
+        raise click.ClickException(
+            f"cannot make the metrics folder {folder} ({exc.strerror}): {fix}"
+        ) from None
     os.environ[MULTIPROC_ENV] = str(folder)
     # A dead worker's live gauges must stop counting; its counters stay in the sums.
     options["child_exit"] = lambda _server, worker: multiprocess.mark_process_dead(worker.pid)

@@ -372,6 +372,25 @@ def test_serve_clears_only_metric_files_from_a_folder_it_was_given(
     assert all(path.read_text() == "not ours" for path in keep)
 
 
+def test_serve_where_it_cannot_make_its_metrics_folder_is_one_line(
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Run from a folder it could not write, serve ended in mkdir's traceback.
+    assert run("migrate").exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "var").write_text("a file where var/metrics would go")
+    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
+    started: list[dict[str, Any]] = []
+    monkeypatch.setattr("service.gunicorn.run", started.append)
+    result = CliRunner().invoke(main, ["serve", "--port", "8123"])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(
+        f"Error: cannot make the metrics folder {tmp_path / 'var' / 'metrics'}/"
+    )
+    assert f"run serve from a folder it may write, or set {MULTIPROC_ENV} to one" in result.output
+    assert started == []
+
+
 def test_a_command_where_there_is_no_database_file_creates_none(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
