@@ -51,6 +51,13 @@ def _log_to_terminal(settings: Settings) -> None:
 
 
 def _make_engine(settings: Settings) -> sa.Engine:
+    if settings.is_sqlite and sqlite_file(settings.database_url) is None:
+        # Each command would start on an empty database and lose it at exit: `init` said it
+        # migrated, and the next command found no tables.
+        raise click.ClickException(
+            "database: COPYBANDIT_DATABASE_URL names an in-memory SQLite database, which no "
+            "command keeps; name a file (sqlite:///path/to/copybandit.db)"
+        )
     try:
         return make_engine(settings)
     except OSError as exc:  # a SQLite file's folder that cannot be made
@@ -113,6 +120,10 @@ def main() -> None:
 def migrate(check: bool) -> None:
     """Apply database migrations (Alembic) up to the latest."""
     settings = _settings()
+    if check and (missing := _missing_sqlite_file(settings)) is not None:
+        # Connecting would create it, empty, where every other command refuses to.
+        click.echo(f"migrations pending: no SQLite file at {missing} yet")
+        sys.exit(1)
     engine = _make_engine(settings)
     if check:
         problem = migrations.mismatch(engine)

@@ -166,6 +166,31 @@ def test_migrate_check_reports_pending_then_current(database: str) -> None:
     assert checked.exit_code == 0 and "up to date" in checked.output
 
 
+def test_migrate_check_where_there_is_no_database_file_creates_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It made an empty var/copybandit.db, which every other command refuses to do.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("COPYBANDIT_DATABASE_URL", raising=False)
+    checked = run("migrate", "--check")
+    assert checked.exit_code == 1
+    assert f"no SQLite file at {tmp_path / 'var' / 'copybandit.db'}" in checked.output
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("url", ["sqlite:///:memory:", "sqlite://"])
+def test_commands_refuse_an_in_memory_sqlite_database(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # init said it migrated one, then failed on its missing tables; no command could work.
+    monkeypatch.setenv("COPYBANDIT_DATABASE_URL", url)
+    for command in (["init"], ["migrate"], ["migrate", "--check"], ["keys", "list"]):
+        result = run(*command)
+        assert result.exit_code == 1, (command, result.output)
+        assert "names an in-memory SQLite database" in result.output, result.output
+        assert "migrated" not in result.output
+
+
 def test_seed_demo_only_fills_an_empty_database(database: str) -> None:
     run("migrate")
     assert "seeded demo experiment" in run("seed-demo").output
