@@ -699,6 +699,9 @@ def users() -> None:
 @click.option("--generate-password", "generate", is_flag=True, help="Make up a password; print it.")
 def users_create(email: str, password: str | None, generate: bool) -> None:
     """Create a marketer who can sign in to the dashboard."""
+    if generate and password is not None:
+        # Which was meant is not ours to guess: the given password was silently dropped.
+        raise click.UsageError("give --password or --generate-password, not both")
     if generate:
         password = generate_password()
     elif password is None:

@@ -231,6 +231,16 @@ def test_users_create_with_a_generated_password_prints_it(cli_database: str) -> 
     assert _checks(cli_database, "mia@example.com", match.group(1))
 
 
+def test_users_create_refuses_a_password_and_a_generated_one(cli_database: str) -> None:
+    # The given password was dropped for a generated one without a word.
+    both = ["--password", PASSWORD, "--generate-password"]
+    result = run("users", "create", "--email", "mia@example.com", *both)
+    assert result.exit_code == 2
+    assert "give --password or --generate-password, not both" in result.output
+    with _session(cli_database) as session:
+        assert list_marketers(session=session) == []
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
