@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -363,6 +364,7 @@ def ope(experiment_id: int, policy: str, segment: str | None, as_json: bool) -> 
     "http_url",
     default=None,
     help="HTTP mode: drive the server at this URL instead (needs --key, --experiment).",
+    callback=lambda _c, _p, v: _http_url(v),
 )
 @click.option("--key", default=None, help="HTTP mode: an API key (admin lets it read the copy).")
 @click.option("--experiment", "experiment_id", type=int, default=None, help="HTTP mode.")
@@ -639,6 +641,24 @@ def _alive(pid: int) -> bool:
 def _label(value: str) -> str:
     if len(value) > 200:  # the column's width: PostgreSQL refused a longer one with a traceback
         raise click.BadParameter(f"at most 200 characters, got {len(value)}", param_hint="--label")
+    return value
+
+
+def _http_url(value: str | None) -> str | None:
+    """A URL the simulation can reach: "notaurl" was taken as a path and ended in a connection
+    error from wherever it led."""
+    if value is None:
+        return None
+    parts = urllib.parse.urlsplit(value)
+    try:
+        parts.port  # noqa: B018  a port that is not a number raises only when read
+    except ValueError:
+        parts = parts._replace(netloc="")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise click.BadParameter(
+            f"{value!r} is not a URL: give http:// or https://, a host and optionally a port",
+            param_hint="--http",
+        )
     return value
 
 

@@ -335,6 +335,15 @@ def test_simulate_refuses_bad_arguments_before_simulating(tmp_path: Path) -> Non
         "--out under a file": (["--out", str(a_file / "sim")], 2, "--out"),
         "no policy": (["--policies", " , "], 2, "name at least one policy"),
         "bad scenario": (["--scenario", str(bad_scenario)], 1, f"scenario {bad_scenario}"),
+        # These were tried, and ended in a connection error.
+        **{
+            f"--http {url}": (
+                ["--http", url, "--key", "k", "--experiment", "1"],
+                2,
+                f"'{url}' is not a URL: give http:// or https://",
+            )
+            for url in ("notaurl", "localhost:8000", "ftp://host/", "http://", "http://h:port/")
+        },
         "bad scenario, full loop": (
             ["--full-loop", "--writer", "phrases", "--scenario", str(bad_scenario)],
             1,
