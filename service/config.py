@@ -63,7 +63,7 @@ class Settings:
     model_dtype: str = "float32"
     copy_min_chars: int = 20
     copy_max_chars: int = 140
-    # Comma-separated; empty keeps generation.lint.DEFAULT_BANNED_PHRASES.
+    # Comma-separated; empty keeps generation.lint.DEFAULT_BANNED_PHRASES, "," bans none.
     banned_phrases: str = ""
     generation_batch_size: int = 16
     generation_max_rounds: int = 4

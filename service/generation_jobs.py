@@ -161,12 +161,13 @@ class GenerationOptions:
     @classmethod
     def from_settings(cls, settings: Settings) -> GenerationOptions:
         banned = tuple(p.strip() for p in settings.banned_phrases.split(",") if p.strip())
+        # Unset keeps the default list; a value naming no phrase (",") is a choice of none.
+        if not settings.banned_phrases:
+            banned = DEFAULT_BANNED_PHRASES
         return cls(
             batch_size=settings.generation_batch_size,
             max_rounds=settings.generation_max_rounds,
-            lint=LintConfig(
-                settings.copy_min_chars, settings.copy_max_chars, banned or DEFAULT_BANNED_PHRASES
-            ).validate(),
+            lint=LintConfig(settings.copy_min_chars, settings.copy_max_chars, banned).validate(),
         )
 
 

@@ -13,7 +13,9 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, col
 
+from generation.lint import DEFAULT_BANNED_PHRASES
 from generation.writer import Sample
+from service.config import load_settings
 from service.generation_jobs import GenerationOptions, create_job, run_job
 from service.models import GenerationJob
 
@@ -495,3 +497,22 @@ def test_a_process_stopping_mid_job_exits_and_fails_the_jobs_it_held(
     jobs = [api.get(f"/v1/jobs/{job_id}").get_json() for job_id in held]
     # The one loading the model and the one waiting behind it: the next pass orders their copy.
     assert [(job["status"], job["error"]) for job in jobs] == [("failed", STOPPED)] * 2
+
+
+@pytest.mark.parametrize(
+    ("value", "banned"),
+    [
+        (None, DEFAULT_BANNED_PHRASES),
+        ("", DEFAULT_BANNED_PHRASES),
+        (" speed , fast,", ("speed", "fast")),
+        # A value naming no phrase chose none: it brought back the default list.
+        (",", ()),
+        (" , ", ()),
+    ],
+)
+def test_banned_phrases_replace_the_default_list(
+    value: str | None, banned: tuple[str, ...]
+) -> None:
+    environ = {} if value is None else {"COPYBANDIT_BANNED_PHRASES": value}
+    settings = load_settings(environ=environ).validate()
+    assert GenerationOptions.from_settings(settings).lint.banned_phrases == banned
