@@ -18,7 +18,7 @@ from sqlmodel import Session, col, select
 from service import logs
 from service import migrate as migrations
 from service.auth import create_key, list_keys, revoke_key
-from service.config import ConfigError, Settings, load_settings
+from service.config import ConfigError, Settings, load_settings, unknown_variables
 from service.consistency import check_counters
 from service.db import make_engine, sqlite_file
 from service.demo import seed_demo
@@ -114,6 +114,9 @@ class _Commands(click.Group):
 @click.group(cls=_Commands)
 def main() -> None:
     """copybandit: LLM-written marketing copy, chosen by Thompson sampling."""
+    unknown = unknown_variables()
+    if unknown:
+        click.echo(f"warning: ignoring unknown settings: {', '.join(unknown)}", err=True)
 
 
 @main.command()

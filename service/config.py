@@ -7,6 +7,7 @@ message that names the variable and says what would be accepted.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -265,6 +266,25 @@ def load_settings(
         # The JSON log lines spell levels in lower case; either spelling configures them.
         log_level=str(settings.log_level).upper(),
     )
+
+
+# Read by the test suite and the benchmarks, not by the service.
+_NOT_SETTINGS = ("TEST_DATABASE_URL", "KILL_SEED", "BENCH_MAKE_STARTED")
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """`COPYBANDIT_*` variables that name no setting, each with the setting it may have meant:
+    a misspelt one is otherwise ignored and its default used without a word."""
+    environ = os.environ if environ is None else environ
+    known = [f.name.upper() for f in dataclasses.fields(Settings)] + list(_NOT_SETTINGS)
+    unknown = []
+    for name in sorted(environ):
+        suffix = name[len(ENV_PREFIX) :]
+        if name.startswith(ENV_PREFIX) and suffix not in known:
+            # Without the prefix they share, any two names looked alike.
+            close = difflib.get_close_matches(suffix, known, n=1)
+            unknown.append(f"{name} (did you mean {ENV_PREFIX}{close[0]}?)" if close else name)
+    return unknown
 
 
 def normalize_database_url(url: str) -> str:

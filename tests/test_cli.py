@@ -204,6 +204,20 @@ def test_bad_configuration_is_a_clear_error(database: str, monkeypatch: pytest.M
     assert "COPYBANDIT_PORT must be an int, got 'http'" in result.output
 
 
+def test_a_misspelt_setting_is_named_once_not_silently_ignored(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COPYBANDIT_SCHEDULAR", "off")
+    monkeypatch.setenv("COPYBANDIT_NONSENSE", "1")
+    result = run("migrate")
+    assert result.exit_code == 0, result.output
+    warning = (
+        "warning: ignoring unknown settings: COPYBANDIT_NONSENSE, "
+        "COPYBANDIT_SCHEDULAR (did you mean COPYBANDIT_SCHEDULER?)"
+    )
+    assert result.output.count(warning) == 1, result.output
+
+
 def test_a_database_that_cannot_be_reached_is_one_line_not_a_traceback(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
