@@ -18,7 +18,13 @@ from sqlmodel import Session, col, select
 from service import logs
 from service import migrate as migrations
 from service.auth import create_key, list_keys, revoke_key
-from service.config import ConfigError, Settings, load_settings, unknown_variables
+from service.config import (
+    ConfigError,
+    Settings,
+    display_url,
+    load_settings,
+    unknown_variables,
+)
 from service.consistency import check_counters
 from service.db import make_engine, sqlite_file
 from service.demo import seed_demo
@@ -134,7 +140,7 @@ def migrate(check: bool) -> None:
         click.echo(f"migrations pending: {problem}" if problem else "database is up to date")
         sys.exit(1 if problem else 0)
     _upgrade(engine)
-    click.echo(f"database migrated: {engine.url.render_as_string(hide_password=True)}")
+    click.echo(f"database migrated: {display_url(engine.url)}")
 
 
 def _upgrade(engine: sa.Engine) -> None:
@@ -170,7 +176,7 @@ def init(demo_history: bool) -> None:
     settings = _settings()
     engine = _make_engine(settings)
     _upgrade(engine)
-    click.echo(f"database migrated: {engine.url.render_as_string(hide_password=True)}")
+    click.echo(f"database migrated: {display_url(engine.url)}")
     with _session(settings) as session:
         _lock_first_run(session)
         experiment = seed_demo(session=session)

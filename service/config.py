@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +83,7 @@ class Settings:
             _is_usable_database_url(self.database_url),
             "DATABASE_URL",
             "must be a sqlite:///path or postgresql://user@host/db URL (driver: psycopg 3)",
-            _without_password(self.database_url),
+            display_url(self.database_url),
         )
         _require(1 <= self.port <= 65535, "PORT", "must be between 1 and 65535", self.port)
         _require(1 <= self.workers <= 64, "WORKERS", "must be between 1 and 64", self.workers)
@@ -215,11 +216,14 @@ def _is_usable_database_url(url: str) -> bool:
     return parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "psycopg"
 
 
-def _without_password(url: str) -> str:
+def display_url(url: str | sa.URL) -> str:
+    """The URL to show a person: its password hidden, and its other parts as written, where
+    SQLAlchemy percent-encodes them (sqlite:///%3Amemory%3A, a path's colons)."""
     try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
+        rendered = sa.engine.make_url(url).render_as_string(hide_password=True)
     except (sa.exc.ArgumentError, ValueError):
-        return url
+        return str(url)
+    return urllib.parse.unquote(rendered)
 
 
 def _require(ok: bool, name: str, rule: str, value: object) -> None:

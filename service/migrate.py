@@ -13,6 +13,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from service.config import display_url
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -100,7 +102,7 @@ def mismatch(engine: sa.Engine) -> str | None:
         current = MigrationContext.configure(connection).get_current_revision()
     if current == head:
         return None
-    where = engine.url.render_as_string(hide_password=True)
+    where = display_url(engine.url)
     if current is None:
         return f"{where} has no tables yet; run `copybandit migrate` first"
     if current not in {revision.revision for revision in script.walk_revisions()}:

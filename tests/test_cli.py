@@ -191,6 +191,15 @@ def test_commands_refuse_an_in_memory_sqlite_database(
         assert "migrated" not in result.output
 
 
+def test_migrate_shows_the_database_url_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A colon in the path printed as %3A.
+    url = f"sqlite:///{tmp_path}/copy:2026/cli.db"
+    monkeypatch.setenv("COPYBANDIT_DATABASE_URL", url)
+    assert run("migrate").output == f"database migrated: {url}\n"
+
+
 def test_seed_demo_only_fills_an_empty_database(database: str) -> None:
     run("migrate")
     assert "seeded demo experiment" in run("seed-demo").output

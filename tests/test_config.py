@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from service import create_app
-from service.config import DEV_SECRET, ConfigError, load_settings
+from service.config import DEV_SECRET, ConfigError, display_url, load_settings
 
 
 def test_defaults_serve_an_embedded_sqlite_file_on_loopback() -> None:
@@ -74,6 +74,22 @@ def test_a_refused_database_url_is_shown_without_its_password() -> None:
     with pytest.raises(ConfigError) as refused:
         load_settings(environ={"COPYBANDIT_DATABASE_URL": "mysql://app:hunter2@db/shop"}).validate()
     assert "hunter2" not in str(refused.value) and "mysql://app:***@db/shop" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        # SQLAlchemy wrote sqlite:///%3Amemory%3A, and %3A for every colon in a path or query.
+        ("sqlite:///:memory:", "sqlite:///:memory:"),
+        ("sqlite:////srv/copy:2026/copybandit.db", "sqlite:////srv/copy:2026/copybandit.db"),
+        (
+            "postgresql+psycopg://app:hunter2@db:5433/shop?options=-csearch_path%3Dcb",
+            "postgresql+psycopg://app:***@db:5433/shop?options=-csearch_path=cb",
+        ),
+    ],
+)
+def test_database_urls_are_shown_as_written_without_their_password(url: str, shown: str) -> None:
+    assert display_url(url) == shown
 
 
 @pytest.mark.parametrize(
