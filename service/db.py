@@ -112,8 +112,16 @@ def session() -> Session:
 
 def _close_session(_exc: BaseException | None) -> None:
     db_session: Session | None = g.pop("db_session", None)
-    if db_session is not None:
+    if db_session is None:
+        return
+    try:
         db_session.close()
+    except sa.exc.DBAPIError:
+        # The answer is built, and what it reports may have committed on another connection (a
+        # decision's impression): the session's own ROLLBACK meeting a connection the server
+        # dropped must not turn it into gunicorn's 500. Drop the connection instead of pooling it.
+        log.warning("closing the request's database session failed", exc_info=True)
+        db_session.invalidate()
 
 
 def insert_for(session: Session) -> Any:

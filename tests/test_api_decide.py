@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+import flask
 import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
@@ -16,7 +17,7 @@ from sqlmodel import Session, col, select
 from service import create_app
 from service.decisions import POLICY_STICKY, POLICY_THOMPSON
 from service.models import Assignment, Impression, Segment, Variant
-from tests.conftest import Api
+from tests.conftest import PG_URL, Api
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
 HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -194,6 +195,30 @@ def test_a_failed_impression_write_is_503_stores_nothing_and_the_next_one_succee
         assert sum(_impressions_by_variant(session).values()) == sum(before.values()) + 1
     finally:
         engine.dispose()
+
+
+# The request's session reads the snapshot in a transaction while the decision commits on a
+# connection of its own: a connection the server drops between the two is a PostgreSQL matter.
+@pytest.mark.parametrize("database_url", ["postgres"] if PG_URL else [], indirect=True)
+def test_a_decision_stored_before_its_session_lost_the_connection_is_answered(
+    app: Any, api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    """The session's ROLLBACK at teardown met the dead connection and raised out of the app,
+    so gunicorn answered 500 HTML for an impression that had been stored and counted."""
+
+    def drop_the_sessions_connection(_sender: Any, **_: Any) -> None:
+        pid = flask.g.db_session.connection().connection.driver_connection.info.backend_pid
+        session.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        session.commit()
+
+    with flask.request_finished.connected_to(drop_the_sessions_connection, app):
+        response = _post_decide(api, {"experiment": experiment["id"], "segment": "tea-lovers"})
+
+    assert response.status_code == 200, response.get_data()
+    decision = response.get_json()
+    [row] = _impression_rows(session, [decision["impression_id"]])
+    assert row.variant_id == decision["variant_id"]
+    assert api.decide(experiment["id"], segment="tea-lovers")["impression_id"]
 
 
 @pytest.mark.parametrize(
