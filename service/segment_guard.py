@@ -18,13 +18,18 @@ from sqlmodel import Session, SQLModel, col
 from service.models import Segment, Variant, VariantStatus
 
 _other = sa.orm.aliased(Variant)
+# PostgreSQL's FOR NO KEY UPDATE: it excludes the other writers that lock the row, but not the
+# key-share lock a new impression's foreign key check takes on its segment and experiment. FOR
+# UPDATE excluded that too: every decision for the segment waited out a lifecycle pass's planning,
+# and one that had counted a variant the pass then changed deadlocked with it.
+_WRITERS_ONLY = {"key_share": True}
 
 
 def lock_segment(session: Session, segment: Segment) -> None:
     """Wait for other status changes in this segment to commit, and read it afresh (PostgreSQL's
-    row lock, held to the end of the transaction; a plain read on SQLite, where the UPDATE that
-    changes a status carries its own check)."""
-    session.refresh(segment, with_for_update=True)
+    row lock, held to the end of the transaction, which decisions do not wait for; a plain read on
+    SQLite, where the UPDATE that changes a status carries its own check)."""
+    session.refresh(segment, with_for_update=_WRITERS_ONLY)
 
 
 def lock_row(session: Session, row: SQLModel) -> None:
@@ -32,10 +37,10 @@ def lock_row(session: Session, row: SQLModel) -> None:
     is on order?): hold `row` against other writers to the end of this transaction, and read it
     afresh.
 
-    PostgreSQL: the row's lock. SQLite: the database's write lock, taken by a write that changes
-    nothing; Python's sqlite3 begins a transaction only at a write, so two writers could both read,
-    decide and then write, each on what the other was about to change. Every SQLite writer waits
-    for it meanwhile: hold it for one piece of work."""
+    PostgreSQL: the row's lock, which decisions do not wait for. SQLite: the database's write lock,
+    taken by a write that changes nothing; Python's sqlite3 begins a transaction only at a write, so
+    two writers could both read, decide and then write, each on what the other was about to change.
+    Every SQLite writer waits for it meanwhile: hold it for one piece of work."""
     if session.get_bind().dialect.name == "sqlite":
         model = type(row)
         (key,) = sa.inspect(model).primary_key
@@ -48,7 +53,7 @@ def lock_row(session: Session, row: SQLModel) -> None:
             .values({untouched.name: untouched})
             .execution_options(synchronize_session=False)
         )
-    session.refresh(row, with_for_update=True)
+    session.refresh(row, with_for_update=_WRITERS_ONLY)
 
 
 def _unkeyed_column(table: sa.Table) -> sa.Column[object]:

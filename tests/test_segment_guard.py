@@ -20,7 +20,8 @@ from service.lifecycle import run_lifecycle
 from service.models import Experiment, GenerationJob, Segment, Variant, VariantStatus
 from service.policy import PolicyChanges
 from service.schemas import VariantCreate, VariantPatch
-from service.segment_guard import lock_row
+from service.segment_guard import lock_row, lock_segment
+from tests.conftest import PG_URL
 from tests.lock_waits import someone_waits_for_a_lock
 from tests.test_lifecycle_run import set_counts
 
@@ -249,6 +250,42 @@ def test_two_policy_changes_at_once_both_stay(
     assert stored.policy["min_impressions"] == 500 and stored.policy["retire_below"] == 0.05
 
 
+# On SQLite lock_row is the database's write lock, which every writer waits for by design.
+@pytest.mark.parametrize("database_url", ["postgres"] if PG_URL else [], indirect=True)
+@pytest.mark.parametrize(
+    ("held", "lock"),
+    [("segment", lock_segment), ("segment", lock_row), ("experiment", lock_row)],
+    ids=["segment-status-change", "segment-lifecycle-pass", "experiment-policy-change"],
+)
+def test_a_decision_does_not_wait_for_a_writer_holding_its_segment_or_experiment(
+    app: Any,
+    api: Any,
+    session: Session,
+    experiment: dict[str, Any],
+    held: str,
+    lock: Any,
+) -> None:
+    """FOR UPDATE on the segment kept out the key-share lock that the new impression's foreign
+    key check takes: every decision for the segment waited out a lifecycle pass's planning, and
+    one whose counter update the pass then wanted deadlocked with it."""
+    segment = session.exec(select(Segment).where(Segment.experiment_id == experiment["id"])).first()
+    row = segment if held == "segment" else session.get(Experiment, experiment["id"])
+    decided: list[dict[str, Any]] = []
+    decision = threading.Thread(
+        target=lambda: decided.append(api.decide(experiment["id"], segment="tea-lovers"))
+    )
+    with Session(app.extensions["copybandit.engine"], expire_on_commit=False) as writer:
+        lock(writer, writer.merge(row))
+        decision.start()
+        _blocked_or_done(app.extensions["copybandit.engine"], decision)
+        finished_while_held = not decision.is_alive()
+        writer.rollback()
+    decision.join(timeout=60)
+
+    assert finished_while_held
+    assert decided and decided[0]["segment"] == "tea-lovers"
+
+
 def test_locking_a_row_touches_no_key(
     app: Any, session: Session, experiment: dict[str, Any]
 ) -> None:
@@ -272,7 +309,7 @@ def test_locking_a_row_touches_no_key(
     session.rollback()
 
     if engine.dialect.name == "postgresql":
-        assert [s for s, _ in sent if "FOR UPDATE" in s] and not [
+        assert [s for s, _ in sent if "FOR NO KEY UPDATE" in s] and not [
             s for s, _ in sent if s.startswith("UPDATE")
         ]
         return
