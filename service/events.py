@@ -53,6 +53,9 @@ _RECORD_EVENTS = {
         " CAST(:types AS text[]), CAST(:values AS float8[]))"
         " AS batch(event_id, impression_id, type, value)"
         " JOIN impression ON impression.id = batch.impression_id"
+        # Rows go in in the order of the key they meet on: two batches naming the same
+        # impressions in different orders each waited for a row the other had written first.
+        " ORDER BY impression.id"
         " ON CONFLICT DO NOTHING RETURNING impression_id, variant_id"
     ).bindparams(_CREATED_AT),
 }
@@ -95,17 +98,22 @@ def record_events(*, session: Session, events: list[EventIn]) -> EventsOutcome:
     while True:
         try:
             return _record_events(session, events)
-        except sa.exc.IntegrityError as exc:
+        except (sa.exc.IntegrityError, sa.exc.OperationalError) as exc:
             # PostgreSQL: `copybandit purge` deleted an impression after the INSERT's join saw it,
             # and the event's foreign key failed. Once more, the join no longer sees it, and the
             # event is refused as an unknown impression instead of failing the batch with a 500.
-            if retries == 0 or getattr(exc.orig, "sqlstate", None) != _FOREIGN_KEY_VIOLATION:
+            # Or the batch deadlocked with another whose rows share both an impression and an
+            # event_id with its own, in an order that sorting by impression cannot make agree;
+            # the other goes on, and this one runs again behind it.
+            if retries == 0 or getattr(exc.orig, "sqlstate", None) not in _RUN_AGAIN:
                 raise
             retries -= 1
             session.rollback()
 
 
 _FOREIGN_KEY_VIOLATION = "23503"
+_DEADLOCK_DETECTED = "40P01"
+_RUN_AGAIN = {_FOREIGN_KEY_VIOLATION, _DEADLOCK_DETECTED}
 
 
 def _record_events(session: Session, events: list[EventIn]) -> EventsOutcome:
