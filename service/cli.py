@@ -26,7 +26,7 @@ from service.config import (
     unknown_variables,
 )
 from service.consistency import check_counters
-from service.db import make_engine, sqlite_file
+from service.db import LOCK_WAIT_SECONDS, make_engine, sqlite_file
 from service.demo import seed_demo
 from service.demo_history import seed_demo_history
 from service.errors import APIError, NotFound
@@ -42,6 +42,8 @@ from service.retention import purge as purge_rows
 # The account `init` makes on first run, so `make run` can be signed in to at once.
 FIRST_MARKETER = "marketer@example.com"
 SCENARIOS = Path(__file__).resolve().parent.parent / "bandits" / "scenarios"
+# gunicorn's default, now set on purpose: three times the longest a request waits for a lock.
+WORKER_TIMEOUT_SECONDS = round(3 * LOCK_WAIT_SECONDS)
 
 
 def _settings() -> Settings:
@@ -796,6 +798,10 @@ def serve(host: str | None, port: int | None, workers: int | None, access_log: b
         # and closing it adds seconds to every shutdown. copybandit does not use it.
         "control_socket_disable": True,
         "worker_class": "service.gunicorn.SyncWorker",
+        # gunicorn kills a worker busy with one request longer than this and answers 500 HTML: a
+        # request waiting on a lock gives up first, after LOCK_WAIT_SECONDS (and on SQLite up to
+        # TURN_WAIT_SECONDS for its writer turn before that), with a 503 the client can retry.
+        "timeout": WORKER_TIMEOUT_SECONDS,
         "loglevel": settings.log_level,
         "logger_class": (
             "service.gunicorn.JsonLinesLogger"

@@ -17,11 +17,22 @@ from service.config import Settings
 
 log = logging.getLogger(__name__)
 
+# How long a web request's statement waits for a lock another writer holds (a long maintenance
+# transaction, a migration) before the request answers 503: well inside the worker timeout that
+# `copybandit serve` gives gunicorn, which kills a worker it finds busier than that and answers
+# 500 HTML. SQLite's busy_timeout had been 30 s, gunicorn's default timeout, and PostgreSQL waited
+# as long as the lock was held.
+LOCK_WAIT_SECONDS = 10.0
+# Commands (migrate, purge, lifecycle) may wait longer: no worker timeout or client waits on them.
+_COMMAND_SQLITE_WAIT_SECONDS = 30.0
 
-def make_engine(settings: Settings) -> sa.Engine:
+
+def make_engine(settings: Settings, *, lock_wait: float | None = None) -> sa.Engine:
+    """`lock_wait`: seconds a statement waits for another writer's lock; None waits as commands
+    do (SQLite 30 s, PostgreSQL as long as it takes)."""
     if settings.is_sqlite:
-        return _sqlite_engine(settings.database_url)
-    return sa.create_engine(
+        return _sqlite_engine(settings.database_url, lock_wait or _COMMAND_SQLITE_WAIT_SECONDS)
+    engine = sa.create_engine(
         settings.database_url,
         pool_pre_ping=settings.database_pre_ping == "on",
         # Servers and proxies drop idle connections; replace them before that happens.
@@ -32,6 +43,21 @@ def make_engine(settings: Settings) -> sa.Engine:
         # and spares go idle for the server to drop.
         pool_use_lifo=True,
     )
+    if lock_wait is not None:
+        _set_lock_timeout(engine, lock_wait)
+    return engine
+
+
+def _set_lock_timeout(engine: sa.Engine, seconds: float) -> None:
+    """Each new PostgreSQL connection gives up on a lock after `seconds` (LockNotAvailable, an
+    OperationalError: the error handlers answer 503)."""
+
+    @sa.event.listens_for(engine, "connect")
+    def _lock_timeout(dbapi_connection: Any, _record: Any) -> None:
+        # In autocommit, so that the pool's first ROLLBACK does not undo it.
+        dbapi_connection.autocommit = True
+        dbapi_connection.execute(f"SET lock_timeout = {round(seconds * 1000)}")
+        dbapi_connection.autocommit = False
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -43,7 +69,7 @@ def sqlite_file(url: str) -> Path | None:
     return Path(database)
 
 
-def _sqlite_engine(url: str) -> sa.Engine:
+def _sqlite_engine(url: str, lock_wait: float) -> sa.Engine:
     database = sqlite_file(url)
     in_memory = database is None
     if database is not None:
@@ -54,7 +80,7 @@ def _sqlite_engine(url: str) -> sa.Engine:
     # pread64 per decision; last in, first out: 0.4). In memory there is one connection anyway.
     engine = sa.create_engine(
         url,
-        connect_args={"check_same_thread": False, "timeout": 30},
+        connect_args={"check_same_thread": False, "timeout": lock_wait},
         **({} if in_memory else {"pool_use_lifo": True}),
     )
 
@@ -66,7 +92,7 @@ def _sqlite_engine(url: str) -> sa.Engine:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={round(lock_wait * 1000)}")
         # The web app checkpoints after its responses (service.sqlite_writers); SQLite's own, run
         # inside the commit that crosses this many pages, is the backstop for other writers.
         cursor.execute("PRAGMA wal_autocheckpoint=4000")
@@ -78,7 +104,7 @@ def _sqlite_engine(url: str) -> sa.Engine:
 
 
 def init_app(app: Flask, settings: Settings) -> None:
-    app.extensions["copybandit.engine"] = make_engine(settings)
+    app.extensions["copybandit.engine"] = make_engine(settings, lock_wait=LOCK_WAIT_SECONDS)
     app.teardown_appcontext(_close_session)
     if settings.is_sqlite:
         app.after_request(_checkpoint_once_answered)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import threading
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from service import create_app
+from service import create_app, db
 from service.decisions import POLICY_STICKY, POLICY_THOMPSON
 from service.models import Assignment, Impression, Segment, Variant
 from tests.conftest import PG_URL, Api
@@ -219,6 +220,39 @@ def test_a_decision_stored_before_its_session_lost_the_connection_is_answered(
     [row] = _impression_rows(session, [decision["impression_id"]])
     assert row.variant_id == decision["variant_id"]
     assert api.decide(experiment["id"], segment="tea-lovers")["impression_id"]
+
+
+def test_a_decision_behind_a_long_held_lock_is_503_before_gunicorn_would_kill_it(
+    app_config: dict[str, Any],
+    session: Session,
+    experiment: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A lock held longer than gunicorn's worker timeout (a maintenance transaction, a migration)
+    got the worker killed and 500 HTML: SQLite waited 30 s, gunicorn's default timeout, and
+    PostgreSQL as long as the lock was held."""
+    monkeypatch.setattr(db, "LOCK_WAIT_SECONDS", 0.2)
+    served = create_app(app_config)
+    engine = served.extensions["copybandit.engine"]
+    api = Api(served.test_client(), session)
+    holder = sa.create_engine(app_config["database_url"]).connect()
+    if engine.dialect.name == "postgresql":
+        holder.execute(sa.text("SELECT id FROM variant FOR UPDATE"))
+    else:
+        holder.exec_driver_sql("BEGIN IMMEDIATE")
+    # Only so that a decision that would wait for the lock without a limit ends (answered 200).
+    released_by_timer = threading.Timer(30, holder.rollback)
+    released_by_timer.start()
+    try:
+        response = _post_decide(api, {"experiment": experiment["id"], "segment": "tea-lovers"})
+    finally:
+        released_by_timer.cancel()
+        holder.rollback()
+        holder.close()
+        engine.dispose()
+
+    assert response.status_code == 503, response.get_data()
+    assert response.get_json()["error"] == "unavailable"
 
 
 @pytest.mark.parametrize(

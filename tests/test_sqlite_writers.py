@@ -75,6 +75,17 @@ def test_a_writer_waits_for_another_process_to_finish_its_turn(tmp_path: Path) -
     assert (tmp_path / f"turns.db{LOCK_SUFFIX}").exists()
 
 
+def test_a_writer_that_waited_long_for_its_turn_writes_without_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A turn's holder may wait out its whole busy_timeout on SQLite's lock (another process's
+    long transaction): the writers queued behind it each waited for the one before, past
+    gunicorn's worker timeout, which answers 500 HTML."""
+    monkeypatch.setattr(sqlite_writers, "TURN_WAIT_SECONDS", HOLD_SECONDS / 10)
+    ours, theirs_ended = _wait_for_a_turn_behind_another_process(_engine(tmp_path))
+    assert ours < theirs_ended
+
+
 def test_a_forked_worker_takes_turns_with_the_process_that_forked_it(tmp_path: Path) -> None:
     """The lock file is opened in the parent before the fork (as an app built before gunicorn
     forks would); a child sharing that open file would not be excluded by its flock."""
