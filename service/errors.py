@@ -103,12 +103,17 @@ def first_problem(exc: ValidationError) -> tuple[str, str | None]:
     """pydantic's report, reduced to its first problem (message, field), named by its dotted
     path; a rule over several fields adds the field it names (at_fault) to its model's path."""
     first = exc.errors(include_url=False)[0]
-    path = [str(part) for part in first["loc"]]
-    if "field" in first.get("ctx", {}):
-        path.append(first["ctx"]["field"])
-    field = ".".join(path) or None
+    field = field_of(first)
     message = in_words(first)
     return (message if field is None else f"{field}: {message}"), field
+
+
+def field_of(error: ErrorDetails) -> str | None:
+    """The dotted path of the field one error is about, None for the whole input."""
+    path = [str(part) for part in error["loc"]]
+    if "field" in error.get("ctx", {}):
+        path.append(error["ctx"]["field"])
+    return ".".join(path) or None
 
 
 def at_fault(field: str, message: str) -> PydanticCustomError:

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from service.errors import at_fault
+from service.errors import at_fault, field_of, in_words
 
 
 class LifecyclePolicy(BaseModel):
@@ -103,7 +103,7 @@ def policy_shown(stored: dict[str, Any] | None) -> tuple[LifecyclePolicy, str | 
         return policy_of(stored), None
     except ValidationError as exc:
         why = "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"]
+            in_words(e) if field_of(e) is None else f"{field_of(e)}: {in_words(e)}"
             for e in exc.errors()
         )
     return LifecyclePolicy(), f"stored policy {json.dumps(stored)} does not validate: {why}"

@@ -436,6 +436,8 @@ def test_serve_where_it_cannot_make_its_metrics_folder_is_one_line(
     assert run("migrate").exit_code == 0
     monkeypatch.chdir(tmp_path)
     (tmp_path / "var").write_text("a file where var/metrics would go")
+    # The model cache's default folder is under var/ too, and the settings refuse it first.
+    monkeypatch.setenv("COPYBANDIT_MODEL_CACHE_DIR", str(tmp_path / "models"))
     monkeypatch.delenv(MULTIPROC_ENV, raising=False)
     started: list[dict[str, Any]] = []
     monkeypatch.setattr("service.gunicorn.run", started.append)

@@ -4,6 +4,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -174,14 +175,25 @@ def test_a_model_cache_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
     assert not not_yet.exists()  # checked, not made
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
-def test_a_model_cache_dir_this_process_cannot_write_is_refused(tmp_path: Path) -> None:
-    tmp_path.chmod(0o500)
-    try:
+def test_a_model_cache_dir_this_process_cannot_write_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Root may write anywhere, and CI runs as root, so the permission check is answered here as
+    # it is for a service account in a folder it does not own.
+    real_access = os.access
+    unwritable = tmp_path / "not-ours"
+    unwritable.mkdir()
+
+    def access(path: Any, mode: int, **kwargs: Any) -> bool:
+        if Path(path) == unwritable and mode & os.W_OK:
+            return False
+        return real_access(path, mode, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+    for path in (unwritable, unwritable / "models" / "cache"):
         with pytest.raises(ConfigError, match="COPYBANDIT_MODEL_CACHE_DIR must be a folder this"):
-            load_settings(environ={"COPYBANDIT_MODEL_CACHE_DIR": str(tmp_path)}).validate()
-    finally:
-        tmp_path.chmod(0o700)
+            load_settings(environ={"COPYBANDIT_MODEL_CACHE_DIR": str(path)}).validate()
+    load_settings(environ={"COPYBANDIT_MODEL_CACHE_DIR": str(tmp_path / "ours")}).validate()
 
 
 def test_log_levels_are_taken_in_either_case() -> None:

@@ -464,7 +464,7 @@ def test_a_stored_policy_that_no_longer_validates_is_shown_with_why(
         assert shown["policy"] == DEFAULT_POLICY
         assert shown["policy_error"] == (
             'stored policy {"max_active": 2} does not validate: '
-            "Value error, max_active must be >= target_active"
+            "max_active: must be >= target_active"
         )
     assert api.add_variant(experiment["id"], TEA, "Aurora: boils before you blink.")["id"]
 
