@@ -17,14 +17,6 @@ Candidate policies
     picks each one, estimated from ``n_samples`` seeded draws.
 ``variant:<id>``
     Always that variant; evaluated in its own segment only.
-
-Copy comes and goes while a segment is logged. Importance weighting can only re-weigh rows whose
-logging policy could have served what the candidate policy would: a row logged before a variant
-existed, or after it was retired, had no chance of showing it, and counting it as a row where
-the variant happened not to be drawn pulls the estimate toward 0 (a variant added half-way read
-0.056 against a true 0.10). So each segment is evaluated over the stretch of its log in which every
-variant the candidate gives weight to was being served, from the latest of their first rows to
-the earliest of their last; the rows outside it are counted as ``outside_support``.
 """
 
 from __future__ import annotations
@@ -101,11 +93,9 @@ def evaluate(
     dict
         ``experiment_id``, ``policy``, ``level``, ``segments`` (a list, in segment order) and
         ``overall`` (every evaluated segment's fresh rows pooled). Each row has ``segment``,
-        ``n`` (fresh rows evaluated), ``excluded`` (other rows, i.e. sticky repeats),
-        ``outside_support`` (fresh rows logged while a weighted variant was not served),
-        ``logged_rate``, and ``ips`` / ``snips`` dicts of ``value``, ``lower``, ``upper``,
-        ``effective_n``; segment rows also carry ``target``, the policy's probability for each
-        logged variant id.
+        ``n`` (fresh rows), ``excluded`` (other rows, i.e. sticky repeats), ``logged_rate``,
+        and ``ips`` / ``snips`` dicts of ``value``, ``lower``, ``upper``, ``effective_n``;
+        segment rows also carry ``target``, the policy's probability for each logged variant id.
         Numbers that are undefined (no rows, or no weight on any logged row) are None.
 
     Raises
@@ -139,13 +129,11 @@ def evaluate(
     rows: list[dict[str, Any]] = []
     pooled: list[tuple[_Log, np.ndarray]] = []
     for segment_id, key in keyed:
-        target = _target(
-            kind, target_variant, fresh[segment_id], variants, n_samples=n_samples, seed=seed
-        )
-        log, outside = _while_served(fresh[segment_id], {v for v, p in target.items() if p > 0})
+        log = fresh[segment_id]
+        target = _target(kind, target_variant, log, variants, n_samples=n_samples, seed=seed)
         q = np.array([target[v] for v in log.variant_ids.tolist()], dtype=np.float64)
         pooled.append((log, q))
-        row = _row(key, log, q, excluded[segment_id], outside)
+        row = _row(key, log, q, excluded[segment_id])
         row["segment_id"] = segment_id
         row["target"] = {str(v): p for v, p in target.items()}
         rows.append(row)
@@ -158,7 +146,6 @@ def evaluate(
         ),
         np.concatenate([q for _, q in pooled]),
         sum(excluded.values()),
-        sum(row["outside_support"] for row in rows),
     )
     return {
         "experiment_id": experiment_id,
@@ -211,21 +198,6 @@ def _load(
     return logs, excluded
 
 
-def _while_served(log: _Log, weighted: set[int]) -> tuple[_Log, int]:
-    """The rows logged while every variant in `weighted` was being served (the log is in the
-    order it was written), and how many rows fell outside that stretch."""
-    if not weighted:
-        return log, 0
-    shown = [np.flatnonzero(log.variant_ids == v) for v in weighted]
-    start = max(int(rows[0]) for rows in shown)
-    stop = min(int(rows[-1]) for rows in shown) + 1
-    if stop <= start:
-        start = stop = 0
-    kept = slice(start, stop)
-    served = _Log(log.variant_ids[kept], log.propensities[kept], log.rewards[kept])
-    return served, int(log.variant_ids.size - served.variant_ids.size)
-
-
 def _target(
     kind: str,
     target_variant: int | None,
@@ -269,14 +241,13 @@ def _estimate(e: Estimate | None) -> dict[str, float | None] | None:
     }
 
 
-def _row(key: str, log: _Log, q: np.ndarray, excluded: int, outside: int) -> dict[str, Any]:
+def _row(key: str, log: _Log, q: np.ndarray, excluded: int) -> dict[str, Any]:
     n = int(log.rewards.size)
     if n == 0:
         return {
             "segment": key,
             "n": 0,
             "excluded": excluded,
-            "outside_support": outside,
             "logged_rate": None,
             "ips": None,
             "snips": None,
@@ -285,7 +256,6 @@ def _row(key: str, log: _Log, q: np.ndarray, excluded: int, outside: int) -> dic
         "segment": key,
         "n": n,
         "excluded": excluded,
-        "outside_support": outside,
         "logged_rate": float(np.mean(log.rewards)),
         "ips": _estimate(ips(log.rewards, log.propensities, q, level=LEVEL)),
         "snips": _estimate(snips(log.rewards, log.propensities, q, level=LEVEL)),
@@ -307,7 +277,7 @@ def format_table(result: dict[str, Any]) -> str:
 
     level = f"{result['level']:.0%}"
     header = (
-        f"{'segment':<20} {'n':>8} {'excluded':>8} {'outside':>8} {'logged':>8}  "
+        f"{'segment':<20} {'n':>8} {'excluded':>8} {'logged':>8}  "
         f"{'IPS [' + level + ' CI]':<40} {'SNIPS [' + level + ' CI]':<40}"
     )
     lines = [
@@ -317,7 +287,7 @@ def format_table(result: dict[str, Any]) -> str:
     ]
     for row in [*result["segments"], result["overall"]]:
         lines.append(
-            f"{row['segment']:<20} {row['n']:>8} {row['excluded']:>8} {row['outside_support']:>8} "
+            f"{row['segment']:<20} {row['n']:>8} {row['excluded']:>8} "
             f"{rate(row['logged_rate']):>8}  {cell(row['ips']):<40} {cell(row['snips']):<40}"
         )
     return "\n".join(line.rstrip() for line in lines)
