@@ -119,7 +119,16 @@ def test_threads_share_samplers_without_losing_or_repeating_choices() -> None:
 def test_each_choice_carries_its_arms_share_of_the_refills_draws() -> None:
     policy = BetaBernoulliTS(3, alpha=[30.0, 20.0, 10.0], beta=[70.0, 80.0, 90.0], rng=1)
     sampler = BlockSampler(policy, first_block=4, max_block=4, propensity_draws=400)
+    drawn: list[int] = []
+    select = policy.select
+
+    def counting(n: int) -> np.ndarray:
+        drawn.append(n)
+        return select(n)
+
+    policy.select = counting  # type: ignore[method-assign,assignment]
     first = [sampler.choose() for _ in range(4)]
+    assert drawn == [400]
     # The four handed out are the first of 400 draws; every arm's share is a multiple of 1/400.
     for _, propensity in first:
         assert 0 < propensity <= 1

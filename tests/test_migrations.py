@@ -185,23 +185,30 @@ def test_jobs_stored_before_0011_count_as_last_written_when_they_last_changed(
     migrate.upgrade(empty_engine, "0010")
     queued_at = utcnow() - timedelta(days=3)
     started_at = queued_at + timedelta(minutes=5)
+    finished_at = started_at + timedelta(minutes=2)
     with Session(empty_engine) as session:
         variant = _a_variant(session)
-        for status, started in [("queued", None), ("running", started_at)]:
+        for status, started, finished in [
+            ("queued", None, None),
+            ("running", started_at, None),
+            ("failed", started_at, finished_at),
+        ]:
             session.execute(
                 sa.text(
-                    "INSERT INTO generation_job"
-                    " (experiment_id, n, status, progress, message, created_at, started_at)"
-                    " VALUES (:experiment, 1, :status, 0, 'm', :created, :started)"
+                    "INSERT INTO generation_job (experiment_id, n, status, progress, message,"
+                    " created_at, started_at, finished_at)"
+                    " VALUES (:experiment, 1, :status, 0, 'm', :created, :started, :finished)"
                 ).bindparams(
                     sa.bindparam("created", type_=UtcDateTime),
                     sa.bindparam("started", type_=UtcDateTime),
+                    sa.bindparam("finished", type_=UtcDateTime),
                 ),
                 {
                     "experiment": variant.experiment_id,
                     "status": status,
                     "created": queued_at,
                     "started": started,
+                    "finished": finished,
                 },
             )
         session.commit()
@@ -209,7 +216,7 @@ def test_jobs_stored_before_0011_count_as_last_written_when_they_last_changed(
 
     with Session(empty_engine) as session:
         jobs = session.exec(select(GenerationJob).order_by(col(GenerationJob.id))).all()
-    assert [job.updated_at for job in jobs] == [queued_at, started_at]
+    assert [job.updated_at for job in jobs] == [queued_at, started_at, finished_at]
 
 
 def test_a_migration_that_leaves_dangling_references_is_refused(
