@@ -1112,6 +1112,18 @@ def test_the_audit_page_with_only_discount_rows_points_to_them(
     assert "has not acted" not in html and "see the discount rows" in html
 
 
+def test_a_repeated_audit_parameter_is_refused_as_the_api_refuses_it(
+    api: Any, dash: Dashboard
+) -> None:
+    # The page showed the first action asked for and dropped the rest, as the API once did.
+    experiment = api.create_experiment(name="Asked twice")
+    response = dash.get(
+        f"/dashboard/experiments/{experiment['id']}/audit?action=prior&action=retire"
+    )
+    assert response.status_code == 400
+    assert error_text(response) == "action: give it once, not 2 times"
+
+
 def test_segment_line_without_colon_names_the_line(dash: Dashboard) -> None:
     response = dash.post(
         "/dashboard/experiments/new",

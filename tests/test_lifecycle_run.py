@@ -398,6 +398,11 @@ def test_a_repeated_audit_parameter_is_refused(
     error = response.get_json()
     assert (error["error"], error["field"]) == ("invalid", field)
     assert error["message"] == f"{field}: give it once, not 2 times"
+    # HEAD is a GET without the body: answered 200 for the first value alone.
+    head = api.client.head(
+        f"/v1/experiments/{experiment['id']}/audit?{query}", headers=api._headers("admin")
+    )
+    assert head.status_code == 400
 
 
 # --- informed priors ----------------------------------------------------------------------------

@@ -9,9 +9,10 @@ from flask_openapi3 import APIBlueprint
 from pydantic import BaseModel
 
 from service.auth import require_key
-from service.errors import InvalidInput, RateLimited
+from service.errors import RateLimited
 from service.jsonbody import parse_json_body
 from service.models import Scope
+from service.query import refuse_repeated_parameters
 from service.ratelimit import retry_after_header
 from service.schemas import ErrorOut
 
@@ -62,17 +63,9 @@ def guarded(blueprint: APIBlueprint, scope: Scope, *, rate_limited: bool = False
                     "too many requests for this API key; retry after the Retry-After seconds",
                     retry_after=retry_after_header(wait),
                 )
-        if request.method == "GET":
+        if request.method in ("GET", "HEAD"):
             refuse_repeated_parameters()
         parse_json_body()
 
     blueprint.before_request(guard)
     return blueprint
-
-
-def refuse_repeated_parameters() -> None:
-    """No query parameter takes a list: flask-openapi3 reads the first of a repeated one, so
-    `?action=prior&action=retire` answered for prior alone, as if retire had not been asked for."""
-    for name, values in request.args.lists():
-        if len(values) > 1:
-            raise InvalidInput(f"{name}: give it once, not {len(values)} times", field=name)

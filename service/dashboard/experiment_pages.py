@@ -34,6 +34,7 @@ from service.generation_jobs import INTERRUPTED, create_job, get_job, interrupte
 from service.history import segment_history
 from service.lifecycle import AUDIT_ACTIONS, AUDIT_PAGE, audit_trail
 from service.models import Experiment, Segment, Variant, VariantStatus, utcnow
+from service.query import refuse_repeated_parameters
 from service.reports import experiment_report, serving_winners
 from service.schemas import (
     ExperimentCreate,
@@ -332,6 +333,7 @@ _AUDIT_DEFAULT = tuple(a for a in AUDIT_ACTIONS if a != "discount")
 
 @bp.get("/experiments/<id:experiment_id>/audit")
 def audit(experiment_id: int) -> str:
+    refuse_repeated_parameters()
     session = db.session()
     experiment = get_experiment(session=session, experiment_id=experiment_id)
     action = request.args.get("action", "")
