@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, NotRequired
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     field_validator,
@@ -40,10 +41,15 @@ def _no_control(value: str) -> str:
     return value
 
 
+def _nfc(value: Any) -> Any:
+    """ "Café" typed with a combining accent is the same name as with a precomposed é, and is
+    stored as one text, not two that read alike. Before the length limits: NFC can lengthen text
+    (U+FB2C becomes three code points), and a name past its column's width was a 500."""
+    return unicodedata.normalize("NFC", value) if isinstance(value, str) else value
+
+
 def _clean(value: str) -> str:
-    # NFC: "Café" typed with a combining accent is the same name as with a precomposed é, and
-    # is stored as one text, not two that read alike.
-    return _not_blank(unicodedata.normalize("NFC", _no_control(value)).strip())
+    return _not_blank(_no_control(value).strip())
 
 
 def _not_blank(value: str) -> str:
@@ -71,14 +77,15 @@ _DRAWN_AS_NOTHING = re.compile(
 )
 
 
+_Normalized = BeforeValidator(_nfc)
 _Clean = AfterValidator(_clean)
 # Kept exactly as sent (a user id's hash must not change), only refused with a control character.
 _NoControl = AfterValidator(_no_control)
-Name = Annotated[str, Field(min_length=1, max_length=200), _Clean]
-Persona = Annotated[str, Field(min_length=1, max_length=2000), _Clean]
-LongText = Annotated[str, Field(min_length=1, max_length=5000), _Clean]
-CopyText = Annotated[str, Field(min_length=1, max_length=1000), _Clean]
-Reason = Annotated[str, Field(min_length=1, max_length=500), _Clean]
+Name = Annotated[str, _Normalized, Field(min_length=1, max_length=200), _Clean]
+Persona = Annotated[str, _Normalized, Field(min_length=1, max_length=2000), _Clean]
+LongText = Annotated[str, _Normalized, Field(min_length=1, max_length=5000), _Clean]
+CopyText = Annotated[str, _Normalized, Field(min_length=1, max_length=1000), _Clean]
+Reason = Annotated[str, _Normalized, Field(min_length=1, max_length=500), _Clean]
 # Compared exactly, so kept exactly: stripped, " ord-1 " and "ord-1" were one key, and the second
 # of two real conversions was counted as a duplicate of the first.
 ClientKey = Annotated[
@@ -103,12 +110,17 @@ class Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
 
-def _one_of(*forms: tuple[str, ...]) -> dict[str, Any]:
-    """JSON Schema for a body that takes exactly one of these sets of fields (null is not given)."""
+def _one_of(*forms: tuple[tuple[str, ...], tuple[str, ...]]) -> dict[str, Any]:
+    """JSON Schema for a body that takes exactly one of these forms, each the fields it needs
+    (null is not given) and the fields it may not carry at all."""
     return {
         "oneOf": [
-            {"required": list(form), "properties": {f: {"not": {"type": "null"}} for f in form}}
-            for form in forms
+            {
+                "required": list(needs),
+                "properties": {f: {"not": {"type": "null"}} for f in needs},
+                "not": {"anyOf": [{"required": [f]} for f in refuses]},
+            }
+            for needs, refuses in forms
         ]
     }
 
@@ -219,7 +231,13 @@ class VariantPath(Request):
 class VariantPatch(Request):
     """Either `{"status": ..., "reason"?: ...}` or `{"text": ...}`."""
 
-    model_config = ConfigDict(json_schema_extra=_one_of(("status",), ("text",)))
+    model_config = ConfigDict(
+        json_schema_extra=_one_of(
+            (("status",), ("text",)),
+            # A reason goes with a status change; an edit keeps the reason the variant has.
+            (("text",), ("status", "reason")),
+        )
+    )
     # Strict mode would demand an enum instance; JSON can only send its string value.
     status: Annotated[VariantStatus, Field(strict=False)] | None = None
     text: CopyText | None = None
@@ -304,7 +322,12 @@ class EventIn(TypedDict):
 class EventsIn(Request):
     """Either one event (its fields at the top level) or `{"events": [...]}`."""
 
-    model_config = ConfigDict(json_schema_extra=_one_of(("impression_id", "type"), ("events",)))
+    model_config = ConfigDict(
+        json_schema_extra=_one_of(
+            (("impression_id", "type"), ("events",)),
+            (("events",), ("impression_id", "type", "value", "event_id")),
+        )
+    )
     impression_id: ImpressionId | None = None
     type: Literal["conversion"] | None = None
     value: float | None = Field(default=None, ge=0, le=1e12)

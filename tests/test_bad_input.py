@@ -415,6 +415,17 @@ def test_text_that_reads_alike_is_stored_alike(raw: Raw, api: Any, session: Sess
     assert stored == f"{nfc} au lait, every morning."
 
 
+def test_text_that_normalising_lengthens_is_held_to_the_limit(raw: Raw, api: Any) -> None:
+    # U+FB2C is three code points in NFC: 200 of them made a 600-character name, past the column
+    # (a 500 on PostgreSQL, stored past the documented limit on SQLite).
+    body = raw.refused(
+        "/v1/experiments", json.dumps(_experiment_body(name="\ufb2c" * 200)), 400, "invalid"
+    )
+    assert body["field"] == "name"
+    created = api.create_experiment(name="\ufb2c" * 66)
+    assert len(created["name"]) == 198
+
+
 def test_our_own_rules_read_without_pydantics_prefix(raw: Raw) -> None:
     # The API said "name: Value error, must not be blank", as the dashboard did.
     body = raw.refused(

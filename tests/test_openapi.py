@@ -165,6 +165,18 @@ def test_every_summary_is_a_whole_sentence(spec: dict[str, Any]) -> None:
         ("VariantPatch", {"reason": "Off-brand."}, False),
         ("VariantPatch", {}, False),
         ("VariantPatch", {"status": "paused", "text": "New words."}, False),
+        # The server refuses these; the schemas had let them through.
+        ("VariantPatch", {"text": "New words.", "reason": "Typo."}, False),
+        (
+            "EventsIn",
+            {"events": [{"impression_id": "a" * 32, "type": "conversion"}], "value": 3},
+            False,
+        ),
+        (
+            "EventsIn",
+            {"events": [{"impression_id": "a" * 32, "type": "conversion"}], "event_id": None},
+            False,
+        ),
     ],
 )
 def test_bodies_of_two_forms_publish_both(
