@@ -83,10 +83,13 @@ def device_problem(device: str) -> str | None:
     if device == "mps":
         return None if torch.backends.mps.is_available() else "must be a device this machine has"
     index = int(device.partition(":")[2] or 0)
-    if not torch.cuda.is_available():
+    # device_count asks NVML, which leaves CUDA uninitialised; is_available initialises it, and
+    # serve checks here in gunicorn's master, whose forked workers then could not use CUDA.
+    count = torch.cuda.device_count()
+    if count == 0:
         return "must be a device this machine has (torch sees no CUDA GPU)"
-    if index >= torch.cuda.device_count():
-        return f"must be a device this machine has (CUDA GPUs: {torch.cuda.device_count()})"
+    if index >= count:
+        return f"must be a device this machine has (CUDA GPUs: {count})"
     return None
 
 

@@ -142,6 +142,23 @@ def test_model_devices_the_machine_lacks_are_refused(
         load_settings(environ={"COPYBANDIT_MODEL_DEVICE": device}).validate()
 
 
+def test_a_cuda_device_is_checked_without_initialising_cuda(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # serve checks in gunicorn's master: CUDA initialised there cannot be used by the workers
+    # it forks, so the GPUs are counted through NVML and the CUDA runtime is never asked.
+    import torch
+
+    def initialise_cuda() -> int:
+        raise AssertionError("the device check initialised CUDA")
+
+    monkeypatch.setattr(torch._C, "_cuda_getDeviceCount", initialise_cuda, raising=False)
+    monkeypatch.setattr(torch.cuda, "_is_compiled", lambda: True)
+    monkeypatch.setattr(torch.cuda, "_device_count_nvml", lambda: 2)
+    settings = load_settings(environ={"COPYBANDIT_MODEL_DEVICE": "cuda:1"}).validate()
+    assert settings.model_device == "cuda:1"
+
+
 @pytest.mark.parametrize(
     ("files", "message"),
     [
