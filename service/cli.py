@@ -46,9 +46,11 @@ SCENARIOS = Path(__file__).resolve().parent.parent / "bandits" / "scenarios"
 WORKER_TIMEOUT_SECONDS = round(3 * LOCK_WAIT_SECONDS)
 
 
-def _settings() -> Settings:
+def _settings(*, loads_model: bool = False) -> Settings:
+    """The validated settings; `loads_model` for a command that may load the language model."""
     try:
-        return load_settings().validate()
+        settings = load_settings().validate()
+        return settings.validate_model() if loads_model else settings
     except ConfigError as exc:
         raise click.ClickException(f"configuration: {exc}") from None
 
@@ -241,7 +243,7 @@ def _lock_first_run(session: Session) -> None:
 )
 def generate(experiment_id: int, segment: str | None, n: int) -> None:
     """Have the language model write new variants now, with a progress bar."""
-    settings = _settings()
+    settings = _settings(loads_model=True)
     _log_to_terminal(settings)
     engine = _engine(settings)
     with Session(engine, expire_on_commit=False) as session:
@@ -291,7 +293,7 @@ def generate(experiment_id: int, segment: str | None, n: int) -> None:
 )
 def lifecycle(once: bool, generate: bool) -> None:
     """Retire losers, pause guardrail failures, declare winners, queue new copy."""
-    settings = _settings()
+    settings = _settings(loads_model=generate)
     _log_to_terminal(settings)
     engine = _engine(settings)
     report = run_lifecycle(engine=engine)
@@ -474,7 +476,7 @@ def _simulate_full_loop(
     from service.sim_loop import PhraseWriter, full_loop
     from service.sim_report import plot_full_loop
 
-    settings = _settings()
+    settings = _settings(loads_model=writer_name != "phrases")
     _log_to_terminal(settings)
     writer = PhraseWriter() if writer_name == "phrases" else default_writer(settings)
     try:
@@ -616,7 +618,10 @@ def _prepare_metrics_folder(options: dict[str, Any]) -> None:
         fix = (
             f"set {MULTIPROC_ENV} to a folder serve may write"
             if given
-            else f"run serve from a folder it may write, or set {MULTIPROC_ENV} to one"
+            else (
+                f"run serve from a folder it may write, or set {MULTIPROC_ENV} to one (and, for "
+                "the default model, COPYBANDIT_MODEL_CACHE_DIR, whose default is var/models)"
+            )
         )
         raise click.ClickException(
             f"cannot make the metrics folder {folder} ({exc.strerror}): {fix}"
@@ -786,7 +791,7 @@ def users_list() -> None:
 @click.option("--access-log/--no-access-log", default=False)
 def serve(host: str | None, port: int | None, workers: int | None, access_log: bool) -> None:
     """Serve the API with gunicorn."""
-    settings = _settings()
+    settings = _settings(loads_model=True)
     # Checked, then closed: the workers fork from this process and open their own connections.
     _engine(settings).dispose()
     options: dict[str, Any] = {

@@ -143,18 +143,12 @@ class Settings:
             "must be between 1 and 20",
             self.generation_max_rounds,
         )
-        _refuse(device_problem(self.model_device), "MODEL_DEVICE", self.model_device)
         _require(
             self.model_dtype in ("float32", "bfloat16", "float16"),
             "MODEL_DTYPE",
             "must be float32, bfloat16 or float16",
             self.model_dtype,
         )
-        if self.model:
-            _refuse(folder_problem(Path(self.model)), "MODEL", self.model)
-        else:
-            cache_problem = cache_dir_problem(Path(self.model_cache_dir))
-            _refuse(cache_problem, "MODEL_CACHE_DIR", self.model_cache_dir)
         _require(self.scheduler in ("on", "off"), "SCHEDULER", "must be on or off", self.scheduler)
         _require(
             self.log_level in LOG_LEVELS,
@@ -196,6 +190,18 @@ class Settings:
                     "must be set to a random value of at least 32 characters in production",
                     "<default>" if value == DEV_SECRET else "<too short>",
                 )
+        return self
+
+    def validate_model(self) -> Settings:
+        """What loading the model needs: its device, its folder, or the default model's cache.
+        Only the commands that may load it check these, so the others run where the cache cannot
+        be made (a read-only working directory) and skip torch's import (about 1 s)."""
+        _refuse(device_problem(self.model_device), "MODEL_DEVICE", self.model_device)
+        if self.model:
+            _refuse(folder_problem(Path(self.model)), "MODEL", self.model)
+        else:
+            cache_problem = cache_dir_problem(Path(self.model_cache_dir))
+            _refuse(cache_problem, "MODEL_CACHE_DIR", self.model_cache_dir)
         return self
 
     @property

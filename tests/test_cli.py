@@ -450,6 +450,34 @@ def test_serve_where_it_cannot_make_its_metrics_folder_is_one_line(
     assert started == []
 
 
+def test_only_commands_that_may_load_the_model_check_its_cache_folder(
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every command checked it, so `keys list` failed where var/models could not be made (a
+    # read-only working directory; here var is a file).
+    assert run("migrate").exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "var").write_text("a file where var/models would go")
+    monkeypatch.delenv("COPYBANDIT_MODEL_CACHE_DIR", raising=False)
+    for command in (
+        ["keys", "list"],
+        ["migrate", "--check"],
+        ["lifecycle", "--once", "--no-generate"],
+    ):
+        result = run(*command)
+        assert result.exit_code == 0, (command, result.output)
+    started: list[dict[str, Any]] = []
+    monkeypatch.setattr("service.gunicorn.run", started.append)
+    for command in (["serve", "--port", "8123"], ["lifecycle", "--once"]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 1, (command, result.output)
+        assert result.output == (
+            "Error: configuration: COPYBANDIT_MODEL_CACHE_DIR must be a folder (or a path one can "
+            "be made at), not a file, got 'var/models'\n"
+        )
+    assert started == []
+
+
 def test_a_command_where_there_is_no_database_file_creates_none(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
