@@ -212,6 +212,26 @@ def test_a_model_cache_dir_this_process_cannot_write_is_refused(
     load_settings(environ={"COPYBANDIT_MODEL_CACHE_DIR": str(tmp_path / "ours")}).validate_model()
 
 
+def test_model_paths_this_process_cannot_read_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A path under a folder this user may not search (/root/.cache/x for a service account) made
+    # Python 3.11's is_file and exists raise, and the check ended in PermissionError's traceback.
+    # CI runs as root, which may search anything, so the refusal is answered here.
+    locked = tmp_path / "locked"
+    real_stat = os.stat
+
+    def stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if Path(path).is_relative_to(locked) and Path(path) != locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat)
+    for variable in ("COPYBANDIT_MODEL", "COPYBANDIT_MODEL_CACHE_DIR"):
+        with pytest.raises(ConfigError, match=f"{variable} cannot be read: .*Permission denied"):
+            load_settings(environ={variable: str(locked / "x")}).validate_model()
+
+
 @pytest.mark.parametrize("device", ["banana", "cuda:"])
 def test_a_model_device_torch_does_not_name_is_refused(device: str) -> None:
     with pytest.raises(ConfigError, match=r"COPYBANDIT_MODEL_DEVICE must be cpu, cuda, cuda:N"):
