@@ -213,9 +213,18 @@ def _mentions_product(text: str, brief: Brief, config: LintConfig) -> str | None
     plain, name = _plain_text(text), _plain_text(brief.product_name)
     if any(term in plain for term in terms if _UNSPACED.search(term)):
         return None
-    if not terms and name in plain:  # a name of one letter, or of signs that split words
+    if not terms and _name_pattern(name).search(plain):  # short words only, or split by signs
         return None
     return f"does not mention {brief.product_name!r} or its category"
+
+
+@functools.cache
+def _name_pattern(name: str) -> re.Pattern[str]:
+    """The name as a word of its own ('Go' is not in 'Good', 'Oz' not in 'cozy'), except in a
+    script written without spaces, where it sits inside a longer run."""
+    if _UNSPACED.search(name):
+        return re.compile(re.escape(name))
+    return re.compile(rf"(?<!\w){re.escape(name)}(?!\w)")
 
 
 RULES = {

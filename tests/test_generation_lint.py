@@ -235,6 +235,8 @@ def test_off_product_reason_and_echo_keep_the_brief_as_written() -> None:
         ("Чайник Аврора кипятит воду за три минуты.", Brief("Чайник Аврора", "Чайник.", "Все.")),  # noqa: RUF001
         ("Das Bügeleisen glättet jedes Hemd im Nu.", Brief("Bügeleisen Kraft", "Ein.", "Alle.")),
         ("The X5 fits every pocket and every budget.", Brief("X5", "A phone.", "Students.")),
+        ("Go further on every morning run.", Brief("Go", "A cup.", "Anyone.")),
+        ("Meet X, the cup for every evening.", Brief("X", "A cup.", "Anyone.")),
         # Scripts written without spaces: the name's words sit inside a longer run.
         ("オーロラケトルなら朝食を待たせません。", Brief("オーロラ ケトル", "ケトル。", "親。")),
         ("这款极光水壶三分钟烧开水。", Brief("极光水壶", "玻璃水壶。", "父母。")),
@@ -252,6 +254,10 @@ def test_off_product_accepts_a_mention(line: str, brief: Brief) -> None:
         ("The X500 fits every pocket and every budget.", Brief("X5", "A phone.", "Students.")),
         ("Новое утро для всей семьи, каждый день.", Brief("Чайник Аврора", "Стекло.", "Все.")),  # noqa: RUF001
         ("新しいケトルで朝食を待たせません。", Brief("オーロラケトル", "ケトル。", "親。")),
+        # A short name's letters inside another word are not the name.
+        ("Good mornings start with a warm cup.", Brief("Go", "A cup.", "Anyone.")),
+        ("Relax with a warm cup every evening.", Brief("X", "A cup.", "Anyone.")),
+        ("A cozy cup for chilly winter mornings.", Brief("Oz", "A cup.", "Anyone.")),
     ],
 )
 def test_off_product_refuses_a_line_without_the_name(line: str, brief: Brief) -> None:
