@@ -45,10 +45,19 @@ DEFAULT_BANNED_PHRASES: tuple[str, ...] = (
     "cheapest",
 )
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
-# A bare domain (aurora-kettle.shop, bit.ly, aurora.co.uk): a name with a letter in it, then one or
-# more dots each followed by 2-24 letters. Numbers (1.7, 3.5mm) have no letter before the dot,
-# and abbreviations (e.g., U.S.) only one letter after it.
-_DOMAIN = r"\b(?=[\w-]*[a-z])[\w-]+(?:\.[a-z]{2,24})+\b"
+# Endings of the domains copy would point at; a word after a dot with no space (vs.the rest) is not.
+_TLDS = (
+    "com|net|org|edu|gov|io|co|uk|de|eu|fr|es|it|nl|ch|se|dk|pl|jp|cn|br|ru|au|ca|us|me|ly|tv|ai"
+    "|dev|app|shop|store|info|biz|xyz|online|site"
+)
+# A bare domain (aurora-kettle.shop, bit.ly/aurora, aurora.co.uk): a name with a letter in it, then
+# lower-case labels after dots, the last a known ending or followed by a path. Numbers (1.7, 3.5mm)
+# have no letter before the dot, abbreviations (e.g., U.S.) one letter after it, and sentences run
+# together (Brew.Sip.Repeat., faster.Try it) a capital.
+_DOMAIN = (
+    r"\b(?=[\w-]*[a-z])[\w-]+"
+    rf"(?-i:(?:\.[a-z]{{2,24}})*\.(?:{_TLDS})(?![a-zA-Z])|(?:\.[a-z]{{2,24}})+(?=/))"
+)
 _MARKUP = re.compile(
     rf"https?://|www\.|{_DOMAIN}|<[^>]+>|\[[^\]]*\]\(|\*\*|__|#\w|@\w|`",
     re.IGNORECASE,

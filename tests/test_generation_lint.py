@@ -62,6 +62,8 @@ def test_clean_line_passes_every_rule(line: str) -> None:
         ("Ridgeline shoes at ridgeline-shoes.shop for your weekends.", "markup"),
         ("Ridgeline shoes at bit.ly/grip for your weekends.", "markup"),
         ("Ridgeline shoes at Ridgeline.co.uk for your weekends.", "markup"),
+        ("Ridgeline shoes at ridgeline.com for your weekends.", "markup"),
+        ("Ridgeline shoes at ridgeline.example/grip for your weekends.", "markup"),
         ("Ridgeline shoes give you <b>real</b> grip on trails.", "markup"),
         ("Ridgeline shoes give you **real** grip on trails.", "markup"),
         ("Ridgeline shoes give you real grip on #trails today.", "markup"),
@@ -125,9 +127,14 @@ def test_words_that_only_contain_a_banned_one_pass(line: str) -> None:
         "Ridgeline shoes for weekend trails, e.g. muddy ones.",
         "Ridgeline shoes for every U.S. weekend trail.",
         "Ridgeline shoes for trails... and weekends.",
+        # Sentences run together without a space are not domains either.
+        "Ridgeline shoes. Lace.Step.Repeat. Every weekend.",
+        "Ridgeline shoes grip fast.Drains clean on weekend trails.",
+        "Ridgeline shoes vs.the rest on weekend trails.",
+        "Ridgeline shoes grip faster.Try them on weekend trails.",
     ],
 )
-def test_numbers_and_abbreviations_are_not_domains(line: str) -> None:
+def test_what_only_looks_like_a_domain_is_not_markup(line: str) -> None:
     assert "markup" not in rules(line)
 
 
