@@ -143,12 +143,19 @@ def add_variant(*, session: Session, experiment_id: int, variant_create: Variant
 
 
 def update_policy(*, session: Session, experiment_id: int, changes: LifecyclePolicy) -> Experiment:
-    """Merge the fields given into the stored policy; the result must be valid as a whole."""
+    """Merge the fields given into the stored policy; the result must be valid as a whole. A stored
+    field this version does not know (written by another) is dropped: kept, it refused every PATCH,
+    the one way to make the policy valid again."""
     experiment = get_experiment(session=session, experiment_id=experiment_id)
     # Two changes at once each merged into the policy as it was before either and wrote it back
     # whole: one acknowledged change was lost. The second merges into the first's result.
     lock_row(session, experiment)
-    merged = {**(experiment.policy or {}), **changes.model_dump(exclude_unset=True)}
+    known = {
+        name: value
+        for name, value in (experiment.policy or {}).items()
+        if name in LifecyclePolicy.model_fields
+    }
+    merged = {**known, **changes.model_dump(exclude_unset=True)}
     try:
         LifecyclePolicy.model_validate(merged)
     except ValidationError as exc:

@@ -478,6 +478,30 @@ def test_a_stored_policy_that_no_longer_validates_is_shown_with_why(
     assert (fixed["policy"]["max_active"], fixed["policy_error"]) == (2, None)
 
 
+def test_a_stored_policy_with_a_field_no_longer_known_is_fixed_by_a_patch(
+    api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    # A field another version of copybandit wrote: merged into every PATCH, it refused them all
+    # ("retired_rule: Extra inputs are not permitted"), though the log says a PATCH makes it valid.
+    session.execute(
+        sa.update(Experiment)
+        .where(col(Experiment.id) == experiment["id"])
+        .values(policy={"max_active": 8, "retired_rule": 3})
+    )
+    session.commit()
+    response = patch_policy(api, experiment, min_impressions=50)
+    assert response.status_code == 200, response.get_json()
+    expected = {**DEFAULT_POLICY, "max_active": 8, "min_impressions": 50}
+    assert response.get_json() == expected
+    shown = api.get(f"/v1/experiments/{experiment['id']}").get_json()
+    assert (shown["policy"], shown["policy_error"]) == (expected, None)
+    session.expire_all()
+    assert session.get(Experiment, experiment["id"]).policy == {  # type: ignore[union-attr]
+        "max_active": 8,
+        "min_impressions": 50,
+    }
+
+
 @pytest.mark.parametrize(
     "body",
     [
