@@ -198,8 +198,9 @@ def move_into_place(staging: Path, cache: Path) -> None:
     leftover (copied or unpacked by hand, say), and before, every load failed on it for good.
     """
     # mkdtemp's 0700 and safetensors' 0600 let no other user (the service's) read the cache.
-    staging.chmod(0o755)
-    file_mode = 0o644 & ~_umask()
+    umask = _umask()
+    staging.chmod(0o755 & ~umask)
+    file_mode = 0o644 & ~umask
     for file in staging.rglob("*"):
         if file.is_file():
             file.chmod(file_mode)

@@ -42,11 +42,16 @@ def test_a_new_cache_is_renamed_into_place_readable_by_others(tmp_path: Path) ->
 
 
 @pytest.mark.usefixtures("umask")
-def test_the_cache_files_keep_what_the_umask_takes_away(tmp_path: Path) -> None:
+def test_the_cache_keeps_what_the_umask_takes_away(tmp_path: Path) -> None:
     staging = _staged(tmp_path, b"ours")
     os.umask(0o027)
     move_into_place(staging, tmp_path / "model")
-    assert _modes(tmp_path / "model")["model.safetensors"] == 0o640
+    # The folder had been opened to everyone (0o755) whatever the umask said.
+    assert _modes(tmp_path / "model") == {
+        "model": 0o750,
+        "config.json": 0o640,
+        "model.safetensors": 0o640,
+    }
 
 
 def test_a_leftover_folder_without_weights_is_replaced(tmp_path: Path) -> None:
