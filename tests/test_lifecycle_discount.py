@@ -136,6 +136,35 @@ def test_two_passes_at_once_decay_the_evidence_once(
     assert [d.numbers["factor_min"] for d in discounts if d.numbers] == [0.25]
 
 
+def test_a_pass_that_reads_a_later_passs_fold_leaves_it_alone(
+    setup: tuple[Any, int, Variant], session: Session
+) -> None:
+    engine, variant_id, fresh = setup
+    _add(session, variant_id, impressions=100, conversions=10)
+    run_lifecycle(engine=engine, now=fresh.created_at + timedelta(hours=1))
+    _add(session, variant_id, impressions=50, conversions=10)
+    # A pass that started later (the scheduler's, say) folds before one that started earlier
+    # reads the variant.
+    later, earlier = (fresh.created_at + timedelta(hours=h) for h in (3, 2))
+    run_lifecycle(engine=engine, now=later)
+    folded = _variant(session, variant_id)
+    expected = (folded.posterior(), folded.folded_at, folded.folded_impressions)
+
+    report = run_lifecycle(engine=engine, now=earlier)
+
+    # Folding it again would decay by a negative age (refused: the segment failed its pass) and
+    # move folded_at back, so the next fold would decay that hour again.
+    assert report.failed_segments == []
+    after = _variant(session, variant_id)
+    assert (after.posterior(), after.folded_at, after.folded_impressions) == expected
+    assert expected[1] == later
+    assert not session.exec(
+        select(LifecycleEvent)
+        .where(LifecycleEvent.action == "discount")
+        .where(LifecycleEvent.created_at == earlier)
+    ).all()
+
+
 def test_without_discount_the_posterior_is_the_exact_counts(
     api: Any, app: Any, session: Session
 ) -> None:
