@@ -3,6 +3,7 @@ the guardrail on conversion events, and `copybandit lifecycle --once`."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,7 +16,7 @@ from sqlmodel import Session, col, select
 from bandits.priors import empirical_bayes_prior
 from service import cli, lifecycle
 from service.cli import main
-from service.lifecycle import RunReport, run_lifecycle
+from service.lifecycle import GuardrailWatch, RunReport, run_lifecycle
 from service.models import Experiment, GenerationJob, LifecycleEvent, Segment, Variant
 from service.policy import LifecyclePolicy
 
@@ -344,6 +345,24 @@ def test_a_stored_policy_that_no_longer_validates_leaves_only_its_experiment_alo
     )
     ordered = {e.experiment_id for e in report.actions if e.action == "regenerate"}
     assert ordered == {experiment["id"]}
+
+
+def test_the_guardrail_leaves_an_experiment_with_a_broken_policy_alone_quietly(
+    app: Any, api: Any, session: Session, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It logged a traceback for each segment at every check, up to once a second while
+    # conversions arrived.
+    broken = api.create_experiment(name="Edited by hand")
+    session.execute(
+        sa.update(Experiment)
+        .where(col(Experiment.id) == broken["id"])
+        .values(policy={"max_active": 2})
+    )
+    session.commit()
+    watch = GuardrailWatch(app.extensions["copybandit.engine"])
+    with caplog.at_level(logging.ERROR):
+        events = watch.counters_changed({segment_id(session, broken, TEA)})
+    assert events == [] and caplog.records == []
 
 
 # --- the audit trail ---------------------------------------------------------------------------
