@@ -81,11 +81,11 @@ _Normalized = BeforeValidator(_nfc)
 _Clean = AfterValidator(_clean)
 # Kept exactly as sent (a user id's hash must not change), only refused with a control character.
 _NoControl = AfterValidator(_no_control)
-Name = Annotated[str, _Normalized, Field(min_length=1, max_length=200), _Clean]
-Persona = Annotated[str, _Normalized, Field(min_length=1, max_length=2000), _Clean]
-LongText = Annotated[str, _Normalized, Field(min_length=1, max_length=5000), _Clean]
-CopyText = Annotated[str, _Normalized, Field(min_length=1, max_length=1000), _Clean]
-Reason = Annotated[str, _Normalized, Field(min_length=1, max_length=500), _Clean]
+Name = Annotated[str, Field(min_length=1, max_length=200), _Normalized, _Clean]
+Persona = Annotated[str, Field(min_length=1, max_length=2000), _Normalized, _Clean]
+LongText = Annotated[str, Field(min_length=1, max_length=5000), _Normalized, _Clean]
+CopyText = Annotated[str, Field(min_length=1, max_length=1000), _Normalized, _Clean]
+Reason = Annotated[str, Field(min_length=1, max_length=500), _Normalized, _Clean]
 # Compared exactly, so kept exactly: stripped, " ord-1 " and "ord-1" were one key, and the second
 # of two real conversions was counted as a duplicate of the first.
 ClientKey = Annotated[
