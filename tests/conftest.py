@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from flask.testing import FlaskClient
-from sqlmodel import Session, SQLModel
+from sqlmodel import Session, SQLModel, col
 
 from service import create_app
 from service.auth import create_key
 from service.config import load_settings, normalize_database_url
 from service.db import make_engine
 from service.migrate import upgrade
-from service.models import Scope
+from service.models import Experiment, Scope
 
 PG_URL = os.environ.get("COPYBANDIT_TEST_DATABASE_URL")
 BACKENDS = ["sqlite", "postgres"] if PG_URL else ["sqlite"]
@@ -202,3 +202,11 @@ def experiment(api: Api) -> dict[str, Any]:
         )
         api.add_variant(created["id"], segment, f"Boil faster with the Aurora kettle, {segment}.")
     return api.get(f"/v1/experiments/{created['id']}").get_json()  # type: ignore[no-any-return]
+
+
+def store_policy_by_hand(session: Session, experiment_id: int, policy: Any) -> None:
+    """A stored policy the API would refuse: written by hand, or by another version."""
+    session.execute(
+        sa.update(Experiment).where(col(Experiment.id) == experiment_id).values(policy=policy)
+    )
+    session.commit()

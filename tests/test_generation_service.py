@@ -17,7 +17,8 @@ from generation.lint import DEFAULT_BANNED_PHRASES
 from generation.writer import Sample
 from service.config import load_settings
 from service.generation_jobs import GenerationOptions, create_job, run_job
-from service.models import Experiment, GenerationJob
+from service.models import GenerationJob
+from tests.conftest import store_policy_by_hand
 
 GOOD = [
     "Brew every cup right with the Aurora kettle.",
@@ -143,12 +144,7 @@ def test_a_job_for_an_experiment_whose_stored_policy_does_not_validate_runs(
 ) -> None:
     # Accepted with 202, the job then failed on pydantic's ValidationError; copy added by hand
     # goes in at the policy shown, and so does the model's.
-    session.execute(
-        sa.update(Experiment)
-        .where(col(Experiment.id) == experiment["id"])
-        .values(policy={"max_active": 2})
-    )
-    session.commit()
+    store_policy_by_hand(session, experiment["id"], {"max_active": 2})
     job = _run(api, app, experiment["id"], {"segment": "tea-lovers", "n": 2})
     assert (job["status"], job["error"]) == ("succeeded", None)
     assert len(job["result"]["segments"]["tea-lovers"]["variant_ids"]) == 2

@@ -19,6 +19,7 @@ from service.cli import main
 from service.lifecycle import GuardrailWatch, RunReport, run_lifecycle
 from service.models import Experiment, GenerationJob, LifecycleEvent, Segment, Variant
 from service.policy import LifecyclePolicy
+from tests.conftest import store_policy_by_hand
 
 NOW = datetime(2026, 3, 14, 15, 9, 26, tzinfo=UTC)
 TEA, PARENTS = "tea-lovers", "busy-parents"
@@ -330,12 +331,9 @@ def test_a_stored_policy_that_no_longer_validates_leaves_only_its_experiment_alo
     app: Any, api: Any, session: Session, experiment: dict[str, Any]
 ) -> None:
     broken = api.create_experiment(name="Edited by hand")
-    session.execute(
-        sa.update(Experiment)
-        .where(col(Experiment.id) == broken["id"])
-        .values(policy={"max_active": 2})  # below the default target_active
-    )
-    session.commit()
+    store_policy_by_hand(
+        session, broken["id"], {"max_active": 2}
+    )  # below the default target_active
 
     report = run(app)
 
@@ -353,12 +351,7 @@ def test_the_guardrail_leaves_an_experiment_with_a_broken_policy_alone_quietly(
     # It logged a traceback for each segment at every check, up to once a second while
     # conversions arrived.
     broken = api.create_experiment(name="Edited by hand")
-    session.execute(
-        sa.update(Experiment)
-        .where(col(Experiment.id) == broken["id"])
-        .values(policy={"max_active": 2})
-    )
-    session.commit()
+    store_policy_by_hand(session, broken["id"], {"max_active": 2})
     watch = GuardrailWatch(app.extensions["copybandit.engine"])
     with caplog.at_level(logging.ERROR):
         events = watch.counters_changed({segment_id(session, broken, TEA)})
@@ -474,12 +467,7 @@ def test_a_stored_policy_that_no_longer_validates_is_shown_with_why(
     api: Any, session: Session, experiment: dict[str, Any]
 ) -> None:
     # Written by hand, or by another version of copybandit.
-    session.execute(
-        sa.update(Experiment)
-        .where(col(Experiment.id) == experiment["id"])
-        .values(policy={"max_active": 2})
-    )
-    session.commit()
+    store_policy_by_hand(session, experiment["id"], {"max_active": 2})
     path = f"/v1/experiments/{experiment['id']}"
 
     # Before, every one of these answered 500.
@@ -502,12 +490,7 @@ def test_a_stored_policy_with_a_field_no_longer_known_is_fixed_by_a_patch(
 ) -> None:
     # A field another version of copybandit wrote: merged into every PATCH, it refused them all
     # ("retired_rule: Extra inputs are not permitted"), though the log says a PATCH makes it valid.
-    session.execute(
-        sa.update(Experiment)
-        .where(col(Experiment.id) == experiment["id"])
-        .values(policy={"max_active": 8, "retired_rule": 3})
-    )
-    session.commit()
+    store_policy_by_hand(session, experiment["id"], {"max_active": 8, "retired_rule": 3})
     response = patch_policy(api, experiment, min_impressions=50)
     assert response.status_code == 200, response.get_json()
     expected = {**DEFAULT_POLICY, "max_active": 8, "min_impressions": 50}
