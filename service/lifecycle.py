@@ -24,6 +24,7 @@ from sqlmodel import Session, col, select
 from bandits import stats
 from bandits.priors import discount_factor, empirical_bayes_prior
 from service.db import rows_changed
+from service.errors import first_problem
 from service.metrics import metrics
 from service.models import (
     Experiment,
@@ -263,7 +264,7 @@ def run_lifecycle(
                     "lifecycle: experiment %s left unchanged: its stored policy does not validate"
                     " (%s); PATCH /v1/experiments/%s/policy makes it valid",
                     experiment.id,
-                    exc.errors()[0]["msg"],
+                    first_problem(exc)[0],
                     experiment.id,
                 )
                 report.failed_segments += [s.id for s in segments]  # type: ignore[misc]
