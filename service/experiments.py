@@ -136,7 +136,7 @@ def add_variant(*, session: Session, experiment_id: int, variant_create: Variant
         status=VariantStatus.ACTIVE,
         status_reason="added by hand",
     )
-    # Copy is still added while the stored policy does not validate, at the fields that do.
+    # Copy is still added while the stored policy does not validate, at the default policy's prior.
     assign_prior(session, variant, policy_shown(experiment.policy)[0])
     session.commit()
     return variant
