@@ -11,6 +11,7 @@ transformers load is `local_files_only`.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -93,16 +94,23 @@ def device_problem(device: str) -> str | None:
     return None
 
 
+def _unreadable_is_a_problem(check: Callable[[Path], str | None]) -> Callable[[Path], str | None]:
+    """Python 3.11's is_file and exists raise, not return False, where a parent folder may not
+    be searched: that is a problem to name, not a traceback."""
+
+    @functools.wraps(check)
+    def checked(path: Path) -> str | None:
+        try:
+            return check(path)
+        except OSError as exc:
+            return f"cannot be read: {exc}"
+
+    return checked
+
+
+@_unreadable_is_a_problem
 def folder_problem(folder: Path) -> str | None:
     """Why `folder` is not a model folder this process can load, or None."""
-    # Python 3.11's is_file raises, not returns False, where a parent folder may not be searched.
-    try:
-        return _folder_problem(folder)
-    except OSError as exc:
-        return f"cannot be read: {exc}"
-
-
-def _folder_problem(folder: Path) -> str | None:
     if not (folder / "config.json").is_file():
         return (
             "must be a local Hugging Face causal-LM folder with config.json (nothing is downloaded)"
@@ -114,16 +122,9 @@ def _folder_problem(folder: Path) -> str | None:
     return None
 
 
+@_unreadable_is_a_problem
 def cache_dir_problem(cache_dir: Path) -> str | None:
     """Why the default model's cache cannot be used or made under `cache_dir`, or None."""
-    # As in folder_problem: is_file and exists raise where a parent folder may not be searched.
-    try:
-        return _cache_dir_problem(cache_dir)
-    except OSError as exc:
-        return f"cannot be read: {exc}"
-
-
-def _cache_dir_problem(cache_dir: Path) -> str | None:
     if (cache_dir / _CACHE_NAME / "model.safetensors").is_file():
         return None  # made already, by this user or another: reading it is all that is left
     existing = next(
