@@ -107,13 +107,7 @@ def fail_interrupted_jobs(*, session: Session, now: datetime) -> list[int]:
                 col(GenerationJob.status) == job.status,
                 col(GenerationJob.updated_at) == job.updated_at,
             )
-            .values(
-                status=JobStatus.FAILED.value,
-                finished_at=now,
-                updated_at=now,
-                message=INTERRUPTED,
-                error=INTERRUPTED,
-            ),
+            .values(**_written_off(INTERRUPTED, now)),
         )
         if still_unfinished:
             log.warning("generation job %s: %s", job.id, INTERRUPTED)
@@ -407,6 +401,17 @@ def _still_running(session: Session, job: GenerationJob) -> bool:
     )
 
 
+def _written_off(reason: str, now: datetime) -> dict[str, Any]:
+    """A job's row once no worker will finish it: failed, saying why."""
+    return {
+        "status": JobStatus.FAILED.value,
+        "finished_at": now,
+        "updated_at": now,
+        "message": reason,
+        "error": reason,
+    }
+
+
 def _update(
     session: Session, job: GenerationJob, *, while_status: JobStatus | None = None, **values: Any
 ) -> bool:
@@ -521,13 +526,7 @@ class JobRunner:
                     .where(
                         col(GenerationJob.id).in_(held), col(GenerationJob.status).in_(_UNFINISHED)
                     )
-                    .values(
-                        status=JobStatus.FAILED.value,
-                        finished_at=now,
-                        updated_at=now,
-                        message=STOPPED,
-                        error=STOPPED,
-                    )
+                    .values(**_written_off(STOPPED, now))
                     .returning(col(GenerationJob.id))
                 )
                 .scalars()
