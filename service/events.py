@@ -145,7 +145,11 @@ def _row(event: EventIn) -> _Row:
 def _first_of_each(events: list[EventIn]) -> tuple[list[_Row], list[int], list[_Indexed]]:
     """The events that share no impression or event_id with an earlier one, with their
     positions; and the rest."""
-    rows: list[_Row] = []
+    rows = list(map(_row, events))
+    keyed = [row[0] for row in rows if row[0] is not None]
+    if len({row[1] for row in rows}) == len(rows) and len(set(keyed)) == len(keyed):
+        return rows, list(range(len(rows))), []  # no repeats: most batches
+    rows = []
     positions: list[int] = []
     repeats: list[_Indexed] = []
     seen_impressions: set[str] = set()

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from sqlmodel import Session, func, select
 
+from service import schemas
 from service.models import Assignment, Event, Experiment, Impression, Segment, Variant
 
 PATHS = ["/v1/decide", "/v1/events", "/v1/experiments"]
@@ -343,8 +344,13 @@ def test_control_characters_and_lone_surrogates_are_400_naming_the_field(
     [
         VARIANT_TEXT,
         EXPERIMENT_NAME,
+        (
+            "/v1/events",
+            lambda text: {"impression_id": IMPRESSION, "type": "conversion", "event_id": text},
+            "event_id",
+        ),
     ],
-    ids=["variant-text", "experiment-name"],
+    ids=["variant-text", "experiment-name", "event-id"],
 )
 def test_text_of_nothing_visible_is_blank(
     raw: Raw, path: str, make_body: Any, field: str, text: str
@@ -432,3 +438,25 @@ def test_our_own_rules_read_without_pydantics_prefix(raw: Raw) -> None:
         "/v1/experiments", json.dumps(_experiment_body(name="\u200b")), 400, "invalid"
     )
     assert body["message"] == "name: must not be blank"
+
+
+def _judged(check: Any, value: str) -> str:
+    try:
+        return check(value)
+    except ValueError as exc:
+        return f"refused: {exc}"
+
+
+def test_an_event_id_is_judged_alike_with_or_without_the_ascii_shortcut() -> None:
+    values = (
+        [chr(code) for code in range(128)]
+        + [f"ord{chr(code)}1" for code in range(128)]
+        + ["   ", " \t ", "a b", " ord-1 ", "\x85", "é", "\u200b", "ord\u200b", "\ud800"]
+    )
+    shortcut = {value: _judged(schemas._client_key, value) for value in values}
+    full = {
+        value: _judged(lambda v: schemas._not_blank(schemas._no_control(v)), value)
+        for value in values
+    }
+    assert shortcut == full
+    assert sum(judged.startswith("refused") for judged in full.values()) > 60
