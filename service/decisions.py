@@ -8,13 +8,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlmodel import Session, col
+from sqlmodel import Session, col, select
 
 from service.config import Settings
 from service.db import insert_for, rows_changed
 from service.errors import Conflict
 from service.identity import hash_user_id, new_impression_id
-from service.models import ASSIGNMENT_USE_NOTED_EVERY, Assignment, Impression, utcnow
+from service.models import (
+    ASSIGNMENT_USE_NOTED_EVERY,
+    Assignment,
+    Impression,
+    Variant,
+    VariantStatus,
+    utcnow,
+)
 from service.schemas import DecideIn
 from service.snapshot import SegmentArms, SnapshotCache
 from service.sqlite_writers import writer_turn
@@ -84,7 +91,7 @@ def decide(
     )
     sticky = view.sticky and user_hash is not None
     if sticky:
-        arm, propensity, policy = _sticky_choice(
+        arms, arm, propensity, policy = _sticky_choice(
             session(),
             cache,
             view.experiment_id,
@@ -186,12 +193,16 @@ def _created_at_processor(dialect: sa.Dialect) -> Callable[[Any], Any]:
 
 def _sticky_choice(
     session: Session, cache: SnapshotCache, experiment_id: int, arms: SegmentArms, user_hash: str
-) -> tuple[int, float, str]:
+) -> tuple[SegmentArms, int, float, str]:
+    """The arms to serve from (reloaded when the user's variant is newer than them), the arm, its
+    propensity and the policy to log it under."""
     key = (experiment_id, arms.segment_id, user_hash)
     existing = session.get(Assignment, key)
-    if existing is not None and existing.variant_id in arms.arm_of:
-        _note_use(session, existing)
-        return arms.arm_of[existing.variant_id], existing.propensity, POLICY_STICKY
+    if existing is not None:
+        serving = _arms_serving(session, cache, experiment_id, arms, existing.variant_id)
+        if existing.variant_id in serving.arm_of:
+            _note_use(session, existing)
+            return serving, serving.arm_of[existing.variant_id], existing.propensity, POLICY_STICKY
 
     arm, propensity = cache.choose(arms)
     values = {"variant_id": arms.variant_ids[arm], "propensity": propensity}
@@ -221,13 +232,40 @@ def _sticky_choice(
             .values(**values, last_used_at=utcnow()),
         )
     if inserted == 1:
-        return arm, propensity, POLICY_THOMPSON
+        return arms, arm, propensity, POLICY_THOMPSON
     # Another request assigned this user first: serve what it chose, if still servable.
     session.expire_all()
     winner = session.get(Assignment, key)
-    if winner is not None and winner.variant_id in arms.arm_of:
-        return arms.arm_of[winner.variant_id], winner.propensity, POLICY_STICKY
-    return arm, propensity, POLICY_THOMPSON
+    if winner is not None:
+        serving = _arms_serving(session, cache, experiment_id, arms, winner.variant_id)
+        if winner.variant_id in serving.arm_of:
+            return serving, serving.arm_of[winner.variant_id], winner.propensity, POLICY_STICKY
+    return arms, arm, propensity, POLICY_THOMPSON
+
+
+def _arms_serving(
+    session: Session, cache: SnapshotCache, experiment_id: int, arms: SegmentArms, variant_id: int
+) -> SegmentArms:
+    """`arms`, or the segment's arms from a reloaded snapshot when `variant_id` is active but newer
+    than this worker's snapshot. A snapshot is up to the TTL old and does not list copy added,
+    approved or resumed since (by this worker's peers, say); judged by it alone, a user assigned
+    that copy elsewhere was moved off it for good. Only an assignment the snapshot lacks pays for
+    the look-up."""
+    if variant_id in arms.arm_of or not _is_active_in(session, variant_id, arms.segment_id):
+        return arms
+    cache.invalidate(experiment_id)
+    return cache.get(session=session, experiment_id=experiment_id).segment(arms.key)
+
+
+def _is_active_in(session: Session, variant_id: int, segment_id: int) -> bool:
+    found = session.exec(
+        select(Variant.id).where(
+            Variant.id == variant_id,
+            Variant.segment_id == segment_id,
+            Variant.status == VariantStatus.ACTIVE,
+        )
+    ).first()
+    return found is not None
 
 
 def _note_use(session: Session, assignment: Assignment) -> None:

@@ -406,6 +406,36 @@ def test_sticky_user_moves_when_their_variant_is_paused(
     assert session.exec(select(Assignment.variant_id)).one() == moved_to
 
 
+def test_sticky_user_keeps_copy_newer_than_a_workers_snapshot(
+    app_config: dict[str, Any], api: Any, session: Session
+) -> None:
+    """A worker whose snapshot predates the user's variant (added, then served by another worker)
+    serves it as a repeat; judged by its snapshot alone, it moved the user off live copy."""
+    created = api.create_experiment(name="Sticky launch", sticky=True)
+    old = api.add_variant(created["id"], "tea-lovers", "Steep it right.", origin="control")["id"]
+    behind = create_app(app_config | {"snapshot_ttl_seconds": 600.0})
+    worker = Api(behind.test_client(), session)
+    try:
+        worker.decide(created["id"], segment="tea-lovers", user_id="early")  # loads `old` alone
+        new = api.add_variant(created["id"], "tea-lovers", "Tea at the perfect temperature.")["id"]
+        _pause(api, session, old, "patch")
+        [first] = _decide_many(api, created["id"], "newcomer", 1)
+        assert first["variant_id"] == new
+        response = api.patch(f"/v1/variants/{old}", json={"status": "active"})
+        assert response.status_code == 200, response.get_json()
+
+        again = worker.decide(created["id"], segment="tea-lovers", user_id="newcomer")
+
+        assert again["variant_id"] == new
+        [row] = _impression_rows(session, [again["impression_id"]])
+        assert row.policy == POLICY_STICKY
+        assert row.propensity == first["propensity"]
+        kept = select(Assignment.variant_id).where(Assignment.user_hash == row.user_hash)
+        assert session.exec(kept.execution_options(populate_existing=True)).one() == new
+    finally:
+        behind.extensions["copybandit.engine"].dispose()
+
+
 def test_non_sticky_user_sees_more_than_one_variant(
     api: Any, session: Session, experiment: dict[str, Any]
 ) -> None:
