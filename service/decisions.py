@@ -64,6 +64,7 @@ class Decision:
     text: str
     segment: str
     propensity: float
+    policy: str
 
 
 def decide(
@@ -133,6 +134,7 @@ def decide(
         text=arms.texts[arm],
         segment=arms.key,
         propensity=propensity,
+        policy=policy,
     )
 
 

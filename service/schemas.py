@@ -314,7 +314,14 @@ class DecideOut(BaseModel):
     variant_id: int
     text: str
     segment: str
-    propensity: float
+    propensity: float = Field(
+        description="the chance the policy that chose this variant had of choosing it: for a"
+        " sticky repeat, the chance of the draw that first assigned the user, not of this answer"
+    )
+    # The values of service.decisions' POLICY_THOMPSON and POLICY_STICKY, as the impression stores.
+    policy: Literal["thompson-v1", "sticky-v1"] = Field(
+        description="thompson-v1 for a fresh Thompson draw; sticky-v1 for a sticky user's repeat"
+    )
 
 
 # Checked as strictly as a Request, but into a dict, not a model: a batch of 1,000 validated into

@@ -74,7 +74,14 @@ def test_decision_answers_and_records_its_impression(
 
     decision = api.decide(experiment["id"], segment=segment, user_id=user_id)
 
-    assert set(decision) == {"impression_id", "variant_id", "text", "segment", "propensity"}
+    assert set(decision) == {
+        "impression_id",
+        "variant_id",
+        "text",
+        "segment",
+        "propensity",
+        "policy",
+    }
     assert HEX32.fullmatch(decision["impression_id"])
     variants = _variants(experiment, segment)
     assert decision["variant_id"] in variants
@@ -87,7 +94,7 @@ def test_decision_answers_and_records_its_impression(
     assert row.segment_id == _segment_id(session, experiment["id"], segment)
     assert row.variant_id == decision["variant_id"]
     assert row.propensity == pytest.approx(decision["propensity"])
-    assert row.policy == POLICY_THOMPSON
+    assert row.policy == decision["policy"] == POLICY_THOMPSON
     key = app.extensions["copybandit.settings"].user_id_key
     assert row.user_hash == hmac.new(key.encode(), user_id.encode(), hashlib.sha256).hexdigest()
     assert HEX64.fullmatch(row.user_hash or "")
@@ -356,6 +363,9 @@ def test_sticky_user_keeps_one_variant(api: Any, session: Session) -> None:
     rows = _impression_rows(session, [d["impression_id"] for d in decisions])
     assert [r.policy for r in rows] == [POLICY_THOMPSON] + [POLICY_STICKY] * 24
     assert len({r.propensity for r in rows}) == 1
+    # The answer says a repeat is one, and carries the draw's propensity that assigned the user.
+    assert [d["policy"] for d in decisions] == [r.policy for r in rows]
+    assert {d["propensity"] for d in decisions} == {rows[0].propensity}
     assert len({r.user_hash for r in rows}) == 1
     assignment = session.exec(select(Assignment)).one()
     assert assignment.variant_id == decisions[0]["variant_id"]

@@ -143,6 +143,23 @@ def test_every_summary_is_a_whole_sentence(spec: dict[str, Any]) -> None:
     assert [s for s in summaries if not s.endswith(".")] == []
 
 
+def test_a_decision_names_the_policy_behind_its_propensity(spec: dict[str, Any], api: Any) -> None:
+    # A sticky repeat carries the first draw's propensity; without the policy a client could not
+    # tell it from a fresh draw's.
+    decide_out = spec["components"]["schemas"]["DecideOut"]
+    assert decide_out["properties"]["policy"]["enum"] == ["thompson-v1", "sticky-v1"]
+    assert "policy" in decide_out["required"]
+    created = api.create_experiment(sticky=True)
+    api.add_variant(created["id"], "tea-lovers", "Steep it right.", origin="control")
+    validator = jsonschema_rs.Draft202012Validator(
+        {"$ref": "#/components/schemas/DecideOut", "components": spec["components"]}
+    )
+    for policy in ("thompson-v1", "sticky-v1"):
+        decision = api.decide(created["id"], user_id="returning")
+        assert decision["policy"] == policy
+        assert validator.is_valid(decision)
+
+
 @pytest.mark.parametrize(
     ("schema", "body", "valid"),
     [

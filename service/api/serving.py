@@ -43,6 +43,7 @@ def decide(body: DecideIn) -> tuple[dict[str, Any], int]:
         "text": decision.text,
         "segment": decision.segment,
         "propensity": decision.propensity,
+        "policy": decision.policy,
     }, 200
 
 
