@@ -2,8 +2,11 @@
 
 Only fresh Thompson draws (policy tag ``thompson-v1``) are random draws with a known propensity;
 sticky repeats (``sticky-v1``) replay an earlier choice, so they are left out and counted as
-``excluded``. Every candidate policy chooses among the variants that appear in a segment's fresh
-log: importance weighting has no data on a variant that was never served.
+``excluded``. A repeat's conversion is credited to the fresh row that assigned that user (same
+segment and hashed user, the latest fresh row before it, of the same variant), so in a sticky
+experiment a fresh row's reward is whether the user converted while on that assignment. Every
+candidate policy chooses among the variants that appear in a segment's fresh log: importance
+weighting has no data on a variant that was never served.
 
 Candidate policies
 ------------------
@@ -47,6 +50,15 @@ class _Log:
     variant_ids: np.ndarray
     propensities: np.ndarray
     rewards: np.ndarray
+
+
+@dataclass(slots=True)
+class _Fresh:
+    """A fresh row as read; its reward also counts its user's conversions on sticky repeats."""
+
+    variant_id: int
+    propensity: float
+    reward: int
 
 
 def parse_policy(policy: str) -> tuple[str, int | None]:
@@ -159,7 +171,12 @@ def evaluate(
 def _load(
     session: Session, experiment_id: int, segment_ids: list[int]
 ) -> tuple[dict[int, _Log], dict[int, int]]:
-    """Fresh rows per segment, and the number of other (sticky) rows per segment."""
+    """Fresh rows per segment, and the number of other (sticky) rows per segment.
+
+    A conversion on a sticky repeat is credited to the fresh row that assigned that user: the
+    repeat only replays that draw, and the storefront reports a purchase on the impression just
+    before it, most often a repeat. Left out with its repeat, it was lost, and every policy read
+    about 0 in a sticky experiment."""
     converted = sa.case((col(Event.id).is_not(None), 1), else_=0)
     query = (
         sa.select(
@@ -167,6 +184,7 @@ def _load(
             col(Impression.variant_id),
             col(Impression.propensity),
             col(Impression.policy),
+            col(Impression.user_hash),
             converted,
         )
         .select_from(Impression)
@@ -182,18 +200,28 @@ def _load(
         )
         .order_by(col(Impression.id))
     )
-    grouped: dict[int, list[tuple[int, float, int]]] = {s: [] for s in segment_ids}
+    grouped: dict[int, list[_Fresh]] = {s: [] for s in segment_ids}
     excluded = dict.fromkeys(segment_ids, 0)
-    for segment_id, variant_id, propensity, tag, reward in session.execute(query).all():
+    # (segment, user hash) -> that user's latest fresh row so far; ids increase with time.
+    assigned_by: dict[tuple[int, str], _Fresh] = {}
+    for segment_id, variant_id, propensity, tag, user_hash, reward in session.execute(query):
         if tag == POLICY_THOMPSON:
-            grouped[segment_id].append((variant_id, propensity, reward))
-        else:
-            excluded[segment_id] += 1
+            fresh = _Fresh(variant_id, propensity, reward)
+            grouped[segment_id].append(fresh)
+            if user_hash is not None:
+                assigned_by[(segment_id, user_hash)] = fresh
+            continue
+        excluded[segment_id] += 1
+        assignment = assigned_by.get((segment_id, user_hash)) if user_hash else None
+        # A repeat of another variant was assigned by a row no longer in the log (purged).
+        if reward and assignment is not None and assignment.variant_id == variant_id:
+            assignment.reward = 1
     logs = {}
     for segment_id, items in grouped.items():
-        v, p, r = zip(*items, strict=True) if items else ((), (), ())
         logs[segment_id] = _Log(
-            np.array(v, dtype=np.int64), np.array(p, dtype=np.float64), np.array(r, np.float64)
+            np.array([f.variant_id for f in items], dtype=np.int64),
+            np.array([f.propensity for f in items], dtype=np.float64),
+            np.array([f.reward for f in items], dtype=np.float64),
         )
     return logs, excluded
 
