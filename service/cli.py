@@ -33,7 +33,7 @@ from service.errors import APIError, NotFound
 from service.generation_jobs import GenerationOptions, create_job, default_writer, run_job
 from service.lifecycle import run_lifecycle
 from service.marketers import create_marketer, generate_password, list_marketers, set_password
-from service.models import ApiKey, JobStatus, Scope, Variant
+from service.models import ApiKey, JobStatus, LifecycleEvent, Scope, Segment, Variant
 from service.ope import evaluate as evaluate_policy
 from service.ope import format_table as format_ope_table
 from service.retention import PurgeReport, parse_age
@@ -297,10 +297,10 @@ def lifecycle(once: bool, generate: bool) -> None:
     _log_to_terminal(settings)
     engine = _engine(settings)
     report = run_lifecycle(engine=engine)
+    acted_on = [e.segment_id for e in report.actions]
+    places = _segment_places(engine, [*acted_on, *report.failed_segments])
     for event in report.actions:
-        click.echo(
-            f"segment {event.segment_id} variant {event.variant_id}: {event.action}: {event.reason}"
-        )
+        click.echo(f"{_event_place(event, places)}: {event.action}: {event.reason}")
     click.echo(
         f"{report.experiments} experiments, {len(report.actions)} actions, "
         f"{len(report.jobs)} generation jobs queued"
@@ -319,7 +319,7 @@ def lifecycle(once: bool, generate: bool) -> None:
     if report.failed_segments:
         problems.append(
             f"{len(report.failed_segments)} segment(s) left unchanged after an error (logged "
-            f"above): {', '.join(map(str, report.failed_segments))}"
+            f"above): {', '.join(places[s] for s in report.failed_segments)}"
         )
     if failed_jobs:
         problems.append(
@@ -328,6 +328,27 @@ def lifecycle(once: bool, generate: bool) -> None:
         )
     if problems:
         raise click.ClickException("; ".join(problems))
+
+
+def _segment_places(engine: sa.Engine, segment_ids: list[int | None]) -> dict[int, str]:
+    """Each segment by its experiment and key, as the audit trail and the API name it, keyed by
+    its row id, which they never show."""
+    wanted = {i for i in segment_ids if i is not None}
+    with Session(engine) as session:
+        segments = session.exec(select(Segment).where(col(Segment.id).in_(wanted))).all()
+        return {
+            s.id: f"experiment {s.experiment_id} segment {s.key}"  # type: ignore[misc]
+            for s in segments
+        }
+
+
+def _event_place(event: LifecycleEvent, places: dict[int, str]) -> str:
+    """Where a lifecycle action happened; a regenerate or discount row names no variant."""
+    if event.segment_id is None:
+        place = f"experiment {event.experiment_id}"
+    else:
+        place = places[event.segment_id]
+    return place if event.variant_id is None else f"{place} variant {event.variant_id}"
 
 
 @main.command()

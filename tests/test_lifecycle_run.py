@@ -677,12 +677,20 @@ def clear_leader(
 
 
 @pytest.mark.usefixtures("clear_leader")
-def test_cli_lifecycle_once_prints_what_it_did(session: Session) -> None:
+def test_cli_lifecycle_once_prints_what_it_did(
+    session: Session, experiment: dict[str, Any]
+) -> None:
     result = CliRunner().invoke(main, ["lifecycle", "--once", "--no-generate"])
 
     assert result.exit_code == 0, result.output
-    assert "declare_winner: prob_best" in result.output
-    assert result.output.count(": regenerate: ") == 2
+    # Segments by experiment and key, as the audit trail names them; before, by row id, and a
+    # regenerate row read "variant None".
+    tea = f"experiment {experiment['id']} segment {TEA}"
+    winner = ids(experiment, TEA)["manual"]
+    assert f"{tea} variant {winner}: declare_winner: prob_best" in result.output
+    assert f"{tea}: regenerate: " in result.output
+    assert f"experiment {experiment['id']} segment {PARENTS}: regenerate: " in result.output
+    assert "None" not in result.output
     assert "1 experiments, 3 actions, 2 generation jobs queued" in result.output
     # --no-generate: the jobs stay queued, nothing ran the model.
     session.expire_all()
@@ -708,7 +716,9 @@ def test_cli_lifecycle_once_exits_1_when_a_job_it_ran_failed(
 
 
 @pytest.mark.usefixtures("clear_leader")
-def test_cli_lifecycle_once_exits_1_when_a_segment_failed(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_lifecycle_once_exits_1_when_a_segment_failed(
+    monkeypatch: pytest.MonkeyPatch, experiment: dict[str, Any]
+) -> None:
     def fails(*_: Any, **__: Any) -> None:
         raise RuntimeError("the database went away")
 
@@ -718,4 +728,6 @@ def test_cli_lifecycle_once_exits_1_when_a_segment_failed(monkeypatch: pytest.Mo
 
     # Before, it exited 0: a cron job saw success.
     assert result.exit_code == 1, result.output
-    assert "2 segment(s) left unchanged after an error" in result.output
+    place = f"experiment {experiment['id']} segment"
+    named = f"(logged above): {place} {TEA}, {place} {PARENTS}"  # before: "1, 2", the row ids
+    assert f"2 segment(s) left unchanged after an error {named}" in result.output
