@@ -278,17 +278,25 @@ def _generate(
     # As for copy added by hand: a stored policy that does not validate still lets copy in.
     policy = policy_shown(experiment.policy)[0]
     result["model"] = writer.model_id
+
+    def report(fraction: float, message: str) -> None:
+        _progress(session, job, progress=round(fraction, 3), message=message)
+        if on_progress is not None:
+            on_progress(fraction, message)
+
     for index, segment in enumerate(segments):
 
         def progress(
             done: int, total: int, accepted: int, index: int = index, key: str = segment.key
         ) -> None:
-            fraction = (index + done / total) / len(segments)
             message = f"segment {key}: round {done}/{total}, {accepted}/{job.n} accepted"
-            _progress(session, job, progress=round(fraction, 3), message=message)
-            if on_progress is not None:
-                on_progress(fraction, message)
+            report((index + done / total) / len(segments), message)
 
+        # The pipeline reports a round once it is done: until then the status would still say
+        # the model is loading, or show the previous segment's last round.
+        report(
+            index / len(segments), f"segment {segment.key}: sampling round 1/{options.max_rounds}"
+        )
         existing = session.exec(select(Variant.text).where(Variant.segment_id == segment.id)).all()
         seed = job.id * 1000 + index  # type: ignore[operator]
         generated = generate_variants(

@@ -241,6 +241,36 @@ def test_a_job_that_fails_after_storing_copy_says_what_it_stored(api: Any, app: 
     assert _variants(api, created["id"], "busy-parents") == []
 
 
+class _ReadsItsJob(ScriptedWriter):
+    """Notes what the job's row says while each sampling round runs, as a client polling
+    GET /v1/jobs/<id> would see it."""
+
+    def __init__(self, lines: list[str], engine: sa.Engine) -> None:
+        super().__init__(lines)
+        self.engine = engine
+        self.shown: list[str] = []
+
+    def sample(self, messages: list[dict[str, str]], n: int, seed: int) -> list[Sample]:
+        with self.engine.connect() as connection:
+            self.shown.append(connection.execute(sa.select(GenerationJob.message)).scalar_one())
+        return super().sample(messages, n, seed)
+
+
+def test_a_job_says_which_segment_it_samples_while_the_first_round_runs(api: Any, app: Any) -> None:
+    created = api.create_experiment(name="Two segments")
+    writer = _ReadsItsJob(GOOD, app.extensions["copybandit.engine"])
+    app.extensions["copybandit.jobs"].writer_factory = lambda: writer
+    job = _run(api, app, created["id"], {"n": 1})
+
+    assert job["status"] == "succeeded"
+    # Before, the first round showed "loading the model (about 40 s ...)", long loaded, and the
+    # second segment's first round showed the first segment's last ("round 1/4, 1/1 accepted").
+    assert writer.shown == [
+        "segment tea-lovers: sampling round 1/4",
+        "segment busy-parents: sampling round 1/4",
+    ]
+
+
 def test_a_runner_keeps_nothing_of_the_jobs_it_finished(
     api: Any, app: Any, experiment: dict[str, Any], writer: ScriptedWriter
 ) -> None:
