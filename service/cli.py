@@ -389,7 +389,11 @@ def ope(experiment_id: int, policy: str, segment: str | None, as_json: bool) -> 
     help="Comma-separated.",
 )
 @click.option(
-    "--impressions", type=click.IntRange(1), default=None, help="Per run (default: the scenario's)."
+    "--impressions",
+    type=click.IntRange(1),
+    default=None,
+    help="Per run (default: the scenario's); HTTP mode: in all (default 2000); full-loop mode: "
+    "per round (default 20000).",
 )
 @click.option("--seeds", type=click.IntRange(1), default=None, help="Default: the scenario's.")
 @click.option("--out", type=click.Path(file_okay=False), default="var/sim", show_default=True)
@@ -549,6 +553,10 @@ def _simulate_http(
     (out / "http.json").write_text(json.dumps(summary, indent=2) + "\n")
     click.echo(json.dumps(summary, indent=2))
     click.echo(f"wrote {out / 'http.json'}")
+    if not run.decisions:
+        raise click.ClickException(
+            f"HTTP simulation: none of {run.requested} decisions succeeded (errors above)"
+        )
 
 
 @main.command()

@@ -36,23 +36,27 @@ class HttpRun:
     seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
-        lat = np.array(self.latencies_ms) if self.latencies_ms else np.zeros(1)
+        # With no decision made, regret and latency are null: 0.0 read as a perfect, instant run.
         return {
             "requested": self.requested,
             "decisions": self.decisions,
             "conversions": self.conversions,
             "conversions_recorded": self.conversions_recorded,
             "conversion_rate": self.conversions / self.decisions if self.decisions else None,
-            "regret_vs_best_served_copy": round(self.best_expected - self.expected_conversions, 2),
+            "regret_vs_best_served_copy": round(self.best_expected - self.expected_conversions, 2)
+            if self.decisions
+            else None,
             "decisions_per_second": round(self.decisions / self.seconds, 1)
             if self.seconds
             else None,
-            "decide_latency_ms": {
-                "p50": round(float(np.percentile(lat, 50)), 2),
-                "p99": round(float(np.percentile(lat, 99)), 2),
-            },
+            "decide_latency_ms": {"p50": self._latency_ms(50), "p99": self._latency_ms(99)},
             "errors": dict(self.errors),
         }
+
+    def _latency_ms(self, percentile: int) -> float | None:
+        if not self.latencies_ms:
+            return None
+        return round(float(np.percentile(self.latencies_ms, percentile)), 2)
 
 
 class _Client:
@@ -83,7 +87,8 @@ def _best_rates(
     base_url: str, key: str, experiment_id: int, segments: list[Any]
 ) -> dict[str, float]:
     """The true rate of the best live copy per segment: the server's copy if the key may read it
-    (admin), else the scenario's lines. Refuses an experiment that lacks a scenario segment."""
+    (admin), else the scenario's lines. Refuses an experiment that lacks a scenario segment, and
+    a key or experiment the server does not know."""
     texts = {s.key: list(s.variants) for s in segments}
     connection = _Client(base_url, key).connection
     connection.request(
@@ -91,6 +96,12 @@ def _best_rates(
     )
     response = connection.getresponse()
     body = json.loads(response.read() or b"null")
+    # Every decision would fail the same way. A 403 is a serve key, which may not read the copy.
+    if response.status in (401, 404):
+        problem = body.get("message") if isinstance(body, dict) else None
+        raise ValueError(
+            f"GET /v1/experiments/{experiment_id} answered {response.status}: {problem or body}"
+        )
     if response.status == 200:
         # The server answers an unknown segment with its first one, whose copy the scenario
         # would then score with another segment's response model.

@@ -9,9 +9,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from bandits.worlds import load_scenario
-from service.cli import SCENARIOS
+from service.cli import SCENARIOS, main
 from service.sim_http import drive
 
 
@@ -139,3 +140,76 @@ def test_answers_from_another_segment_are_errors_not_scored(one_segment: str) ->
     summary = run.summary()
     assert summary["errors"] == {"decide other segment": 20}
     assert (summary["decisions"], summary["conversions"]) == (0, 0)
+
+
+class _Refuses(BaseHTTPRequestHandler):
+    """Answers every decision 401, as the service answers a key it does not know; its GET of the
+    experiment answers `read_status` (401 for such a key, 403 for a serve key)."""
+
+    protocol_version = "HTTP/1.1"
+    read_status = 401
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+    def _send(self, status: int) -> None:
+        data = json.dumps({"error": "unauthorized", "message": "unknown key", "field": None})
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data.encode())
+
+    def do_GET(self) -> None:
+        self._send(self.read_status)
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self._send(401)
+
+
+@pytest.fixture
+def refuses() -> Iterator[str]:
+    _Refuses.read_status = 401
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Refuses)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("status", [401, 404])
+def test_a_key_or_experiment_the_server_refuses_stops_the_run_before_it_starts(
+    refuses: str, status: int
+) -> None:
+    _Refuses.read_status = status
+    # Before, all 2000 decisions were sent and refused, and the run exited 0.
+    world = load_scenario(SCENARIOS / "default.json")
+    with pytest.raises(ValueError, match=f"GET /v1/experiments/1 answered {status}: unknown key"):
+        drive(world, base_url=refuses, key="bad", experiment_id=1, impressions=10, clients=1)
+
+
+def test_a_run_without_one_decision_reports_no_latency_or_regret_and_fails(
+    refuses: str, tmp_path: Any
+) -> None:
+    _Refuses.read_status = 403  # a serve key: the copy cannot be read, so the run goes ahead
+    arguments = ["--http", refuses, "--key", "k", "--experiment", "1", "--impressions", "6"]
+    result = CliRunner().invoke(main, ["simulate", *arguments, "--out", str(tmp_path)])
+
+    summary = json.loads((tmp_path / "http.json").read_text())
+    # Before, p50 and p99 read 0.0 ms and regret 0.0, and the command exited 0.
+    assert summary["errors"] == {"decide 401": 6} and summary["decisions"] == 0
+    assert summary["decide_latency_ms"] == {"p50": None, "p99": None}
+    assert summary["regret_vs_best_served_copy"] is None
+    assert result.exit_code == 1
+    assert "none of 6 decisions succeeded" in result.output
+
+
+def test_the_impressions_help_gives_each_modes_default() -> None:
+    result = CliRunner().invoke(main, ["simulate", "--help"])
+
+    # Before, "default: the scenario's" for all three; HTTP and full-loop modes have their own.
+    text = " ".join(result.output.split())
+    assert "HTTP mode: in all (default 2000)" in text
+    assert "full-loop mode: per round (default 20000)" in text
