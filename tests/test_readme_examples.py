@@ -1,0 +1,58 @@
+"""The README's API examples, run in its order against a server seeded as `copybandit init` seeds
+one, so a reader who follows them gets the answers they show."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session
+
+from service.demo import seed_demo
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+# From creating an experiment to changing a variant: the examples that build on each other.
+FIRST, LAST = "### Create an experiment", "### Choose copy for an impression"
+CURL = re.compile(
+    r"curl -s (?:-X (?P<method>[A-Z]+) )?\$CB(?P<path>\S+).*?(?:-d '(?P<body>.*?)')?$"
+)
+
+
+def _examples() -> list[tuple[str, str, Any]]:
+    """(method, path, JSON body or None) of each curl call in those sections, in order."""
+    text = README.read_text()
+    part = text[text.index(FIRST) : text.index(LAST)]
+    calls = []
+    for block in re.findall(r"```sh\n(.*?)```", part, re.DOTALL):
+        # A command continues over lines ending in a backslash, and its -d body over several.
+        joined = re.sub(r"\\\n\s*", " ", block)
+        for command in re.split(r"\n(?=curl )", joined):
+            if not command.startswith("curl "):
+                continue
+            without_answers = " ".join(line.split("#")[0] for line in command.splitlines())
+            call = CURL.match(without_answers.strip())
+            assert call is not None, command
+            body = json.loads(call["body"]) if call["body"] else None
+            method = call["method"] or ("POST" if body is not None else "GET")
+            calls.append((method, call["path"].strip('"'), body))
+    return calls
+
+
+def test_the_readme_examples_from_creating_an_experiment_to_pausing_a_variant_work_in_order(
+    api: Any, session: Session
+) -> None:
+    seed_demo(session=session)  # experiment 1 and its variants, as `copybandit init` makes them
+    calls = _examples()
+    assert [m for m, _, _ in calls].count("PATCH") == 1
+
+    for method, path, body in calls:
+        send = getattr(api, method.lower())
+        response = send(path) if body is None else send(path, json=body)
+        # Before, the PATCH paused the new experiment's only tea-lovers variant: 409, "this is the
+        # segment's last active variant".
+        assert response.status_code < 300, (method, path, response.get_json())
+    created = api.get("/v1/experiments/2").get_json()
+    (tea,) = [s for s in created["segments"] if s["key"] == "tea-lovers"]
+    assert {v["id"]: v["status"] for v in tea["variants"]} == {10: "paused", 11: "active"}
