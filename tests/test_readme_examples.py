@@ -8,8 +8,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+import click
 from sqlmodel import Session
 
+from service.cli import users
 from service.demo import seed_demo
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -56,3 +58,16 @@ def test_the_readme_examples_from_creating_an_experiment_to_pausing_a_variant_wo
     created = api.get("/v1/experiments/2").get_json()
     (tea,) = [s for s in created["segments"] if s["key"] == "tea-lovers"]
     assert {v["id"]: v["status"] for v in tea["variants"]} == {10: "paused", 11: "active"}
+
+
+def test_the_readme_names_every_option_of_the_users_commands() -> None:
+    usage = {
+        line.split()[2]: line
+        for line in README.read_text().splitlines()
+        if line.startswith("copybandit users ")
+    }
+    for name, command in users.commands.items():
+        options = [p for p in command.params if isinstance(p, click.Option)]
+        # Before, set-password's --password was left out.
+        missing = [p.opts[0] for p in options if not any(o in usage[name] for o in p.opts)]
+        assert missing == [], f"README's copybandit users {name} leaves out {missing}"
