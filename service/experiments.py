@@ -157,7 +157,7 @@ def update_policy(*, session: Session, experiment_id: int, changes: LifecyclePol
     }
     merged = {**known, **changes.model_dump(exclude_unset=True)}
     try:
-        LifecyclePolicy.model_validate(merged)
+        LifecyclePolicy.model_validate(merged, context={"sent": changes.model_fields_set})
     except ValidationError as exc:
         message, field = first_problem(exc)
         raise InvalidInput(message, field=field or "policy") from None

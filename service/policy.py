@@ -6,7 +6,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 from service.errors import at_fault, field_of, in_words
 
@@ -66,8 +73,12 @@ class LifecyclePolicy(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _bounds(self) -> LifecyclePolicy:
+    def _bounds(self, info: ValidationInfo) -> LifecyclePolicy:
         if self.max_active < self.target_active:
+            # A change to target_active alone is at fault there: the client sent no max_active.
+            sent = (info.context or {}).get("sent", set())
+            if "target_active" in sent and "max_active" not in sent:
+                raise at_fault("target_active", f"must be <= max_active ({self.max_active})")
             raise at_fault("max_active", "must be >= target_active")
         return self
 
@@ -86,7 +97,7 @@ class PolicyChanges(LifecyclePolicy):
     model_config = ConfigDict(json_schema_extra=_without_defaults)
 
     @model_validator(mode="after")
-    def _bounds(self) -> PolicyChanges:
+    def _bounds(self, info: ValidationInfo) -> PolicyChanges:
         return self
 
 

@@ -528,15 +528,27 @@ def test_an_invalid_policy_patch_is_rejected_and_changes_nothing(
 
 
 @pytest.mark.parametrize(
-    ("stored", "change", "accepted"),
+    ("stored", "change", "refused"),
     [
-        pytest.param({"target_active": 2}, {"max_active": 3}, True, id="max-above-stored-target"),
-        pytest.param({"max_active": 20}, {"target_active": 10}, True, id="target-below-stored-max"),
+        pytest.param({"target_active": 2}, {"max_active": 3}, None, id="max-above-stored-target"),
+        pytest.param({"max_active": 20}, {"target_active": 10}, None, id="target-below-stored-max"),
         pytest.param(
             {"target_active": 2, "max_active": 3},
             {"target_active": 5},
-            False,
+            ("target_active", "target_active: must be <= max_active (3)"),
             id="target-above-stored-max",
+        ),
+        pytest.param(
+            {"target_active": 2, "max_active": 3},
+            {"max_active": 1},
+            ("max_active", "max_active: must be >= target_active"),
+            id="max-below-stored-target",
+        ),
+        pytest.param(
+            {},
+            {"target_active": 5, "max_active": 3},
+            ("max_active", "max_active: must be >= target_active"),
+            id="both-sent",
         ),
     ],
 )
@@ -545,18 +557,17 @@ def test_a_policy_patch_is_judged_merged_with_the_stored_policy(
     experiment: dict[str, Any],
     stored: dict[str, Any],
     change: dict[str, Any],
-    accepted: bool,
+    refused: tuple[str, str] | None,
 ) -> None:
+    accepted = refused is None
     assert patch_policy(api, experiment, **stored).status_code == 200
     response = patch_policy(api, experiment, **change)
     assert response.status_code == (200 if accepted else 400), response.get_json()
     if not accepted:
-        # It read "policy: Value error, max_active must be >= target_active", naming no field.
+        # It read "policy: Value error, max_active must be >= target_active", naming no field;
+        # then it named max_active where the client had sent only target_active.
         error = response.get_json()
-        assert (error["field"], error["message"]) == (
-            "max_active",
-            "max_active: must be >= target_active",
-        )
+        assert (error["field"], error["message"]) == refused
     expected = {**DEFAULT_POLICY, **stored, **(change if accepted else {})}
     assert api.get(f"/v1/experiments/{experiment['id']}").get_json()["policy"] == expected
 
