@@ -160,6 +160,16 @@ def test_a_decision_names_the_policy_behind_its_propensity(spec: dict[str, Any],
         assert validator.is_valid(decision)
 
 
+def test_no_description_begins_with_markup(spec: dict[str, Any]) -> None:
+    # A docstring's lines after its summary become the description, joined with <br/>: the policy
+    # PATCH's blank line made it "<br/>Stored fields ...".
+    descriptions = [
+        op.get("description", "") for ops in spec["paths"].values() for op in ops.values()
+    ]
+    assert [d for d in descriptions if d.startswith("<br/>")] == []
+    assert any(d.startswith("Stored fields this version does not know") for d in descriptions)
+
+
 @pytest.mark.parametrize(
     ("schema", "body", "valid"),
     [

@@ -185,10 +185,10 @@ def show_job(path: JobPath) -> tuple[dict[str, Any], int]:
 
 @api.patch("/experiments/<int:experiment_id>/policy", responses=responses(_200=LifecyclePolicy))
 def patch_policy(path: ExperimentPath, body: PolicyChanges) -> tuple[dict[str, Any], int]:
+    # No blank line after the summary: flask-openapi3 joins the docstring's other lines with
+    # <br/> into the description, which then began with one.
     """Change lifecycle rules; fields not given keep their current values.
-
-    Stored fields this version does not know (written by another) are dropped.
-    """
+    Stored fields this version does not know (written by another) are dropped."""
     experiment = update_policy(session=db.session(), experiment_id=path.experiment_id, changes=body)
     return json_of(policy_of(experiment.policy))
 
