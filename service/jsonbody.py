@@ -54,7 +54,7 @@ def parse_json_body() -> None:
         ).with_status(415)
     _refuse_an_unsized_body_over_the_limit()
     try:
-        request.get_json()  # parsed once here; the validation layer reads the cached result
+        body = request.get_json()  # parsed once here; the validation layer reads the cached result
     except BadRequest as exc:
         # The parser's ValueError says where the JSON broke; werkzeug's wrappers do not.
         cause: BaseException = exc
@@ -63,6 +63,19 @@ def parse_json_body() -> None:
         raise InvalidInput(
             f"malformed JSON: {cause}", field="body", code="malformed_json"
         ) from None
+    _refuse_a_body_that_is_not_an_object(body)
+
+
+_JSON_TYPE_NAMES = {str: "a string", list: "an array", bool: "a boolean", type(None): "null"}
+
+
+def _refuse_a_body_that_is_not_an_object(body: Any) -> None:
+    """Every body the API takes is an object. A string must stop here: the validation layer
+    would decode it a second time as JSON, outside the strict parser (duplicate keys and all)."""
+    if isinstance(body, dict):
+        return
+    got = _JSON_TYPE_NAMES.get(type(body), "a number")
+    raise InvalidInput(f"the body must be a JSON object, got {got}", field="body")
 
 
 def _refuse_an_unsized_body_over_the_limit() -> None:

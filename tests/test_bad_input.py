@@ -218,7 +218,25 @@ def test_ambiguous_or_hostile_json_is_400(raw: Raw, path: str, data: str | bytes
 @pytest.mark.parametrize("data", ["[]", '[{"experiment": 1}]', '"text"', "42", "null", "true"])
 @pytest.mark.parametrize("path", PATHS)
 def test_a_body_that_is_not_an_object_is_400(raw: Raw, path: str, data: str) -> None:
-    raw.refused(path, data, 400)
+    body = raw.refused(path, data, 400, "invalid")
+    assert body["field"] == "body"
+    assert "must be a JSON object" in body["message"]
+
+
+def _with_a_decoy_first_key(body: str) -> str:
+    """A valid body whose first key is given twice, the decoy first: '{"k": 0, "k": ...'."""
+    first_key = body[1 : body.index(":")]
+    return "{" + first_key + ": 0, " + body[1:]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_json_string_holding_a_body_is_not_decoded_again(raw: Raw, path: str) -> None:
+    # The validation layer decoded a str body as JSON a second time, outside the strict parser:
+    # the duplicate key passed and the last one won (201 on experiments, 200 on decide).
+    inner = _with_a_decoy_first_key(_valid_body(path))
+    body = raw.refused(path, json.dumps(inner), 400, "invalid")
+    assert body["field"] == "body"
+    assert body["message"] == "the body must be a JSON object, got a string"
 
 
 @pytest.mark.parametrize(
