@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -112,6 +113,26 @@ def test_unknown_experiment_is_404(api: Any) -> None:
     assert body["error"] == "not_found"
     assert body["field"] == "experiment_id"
     assert "424242" in body["message"]
+
+
+def _other_writings(number: int) -> list[str]:
+    """The id as werkzeug's int converter also read it: other Unicode digits, a leading zero."""
+    digits = str(number)
+    zeros = {"arabic-indic": 0x0660, "full-width": 0xFF10, "math-bold": 0x1D7CE}
+    other = [digits.translate({48 + d: zero + d for d in range(10)}) for zero in zeros.values()]
+    return [*other, "0" + digits]
+
+
+@pytest.mark.parametrize("suffix", ["", "/report", "/audit"])
+def test_an_id_not_written_in_plain_ascii_digits_is_400(
+    api: Any, experiment: dict[str, Any], suffix: str
+) -> None:
+    # Each of these answered with the experiment itself.
+    for writing in [*_other_writings(experiment["id"]), "-1", "x"]:
+        response = api.get(f"/v1/experiments/{quote(writing)}{suffix}")
+
+        assert response.status_code == 400, (writing, response.get_json())
+        assert response.get_json()["field"] == "experiment_id"
 
 
 def test_duplicate_name_is_409_and_stores_nothing(api: Any) -> None:

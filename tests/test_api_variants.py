@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from sqlmodel import Session, select
@@ -281,6 +282,20 @@ def test_active_copy_text_cannot_be_edited(api: Any, experiment: dict[str, Any])
 )
 def test_patch_bad_variant_id(api: Any, variant_id: int, status: int) -> None:
     _assert_error(_patch(api, variant_id, text="Hello."), status, "variant_id")
+
+
+def test_a_variant_id_in_other_unicode_digits_changes_nothing(
+    api: Any, experiment: dict[str, Any]
+) -> None:
+    _, manual = _ids(experiment)
+    before = _all_variants(api, experiment["id"])[manual]
+    arabic_indic = str(manual).translate({48 + d: 0x0660 + d for d in range(10)})
+
+    # It paused the variant whose id it spelled.
+    response = api.patch(f"/v1/variants/{quote(arabic_indic)}", json={"status": "paused"})
+
+    _assert_error(response, 400, "variant_id")
+    assert _all_variants(api, experiment["id"])[manual] == before
 
 
 # --- pending review ---------------------------------------------------------------------------

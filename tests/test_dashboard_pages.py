@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from html.parser import HTMLParser
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 import sqlalchemy as sa
@@ -983,6 +983,17 @@ def test_csv_export_of_an_unknown_segment_is_404(
     response = dash.get(path.format(id=experiment["id"]))
     assert response.status_code == 404
     assert response.mimetype == "text/html"
+
+
+def test_an_experiment_id_in_other_unicode_digits_or_with_a_leading_zero_is_404(
+    dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    digits = str(experiment["id"])
+    arabic_indic = digits.translate({48 + d: 0x0660 + d for d in range(10)})
+    for writing in (arabic_indic, "0" + digits):
+        # werkzeug's int converter read both as the experiment's own id and showed its page.
+        response = dash.get(f"/dashboard/experiments/{quote(writing)}")
+        assert response.status_code == 404, writing
 
 
 def test_csv_export_of_another_experiments_segment_is_404(

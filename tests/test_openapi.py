@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jsonschema_rs  # schemathesis's validator
@@ -71,7 +72,7 @@ def test_429_is_documented_only_where_the_key_has_a_request_budget(
 def test_nothing_undocumented_is_routed(app: Any, spec: dict[str, Any]) -> None:
     # Not part of the JSON API: the dashboard pages, "/" (a redirect to them) and /metrics.
     routed = {
-        rule.rule.replace("<int:", "{").replace(">", "}")
+        re.sub(r"<(\w+:)?", "{", rule.rule).replace(">", "}")
         for rule in app.url_map.iter_rules()
         if rule.endpoint != "static" and not rule.endpoint.startswith("dashboard.")
     } - {"/openapi.json", "/", "/metrics"}

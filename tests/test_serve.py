@@ -130,7 +130,7 @@ def test_flask_cli_finds_the_app_factory(tmp_path: Path) -> None:
         text=True,
         check=True,
     ).stdout
-    assert "/v1/decide" in routes and "/v1/experiments/<int:experiment_id>/report" in routes
+    assert "/v1/decide" in routes and "/v1/experiments/<path_id:experiment_id>/report" in routes
 
 
 def test_http_simulation_drives_the_server_as_storefronts_would(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import current_app, g, request
 from flask_openapi3 import APIBlueprint
 from pydantic import BaseModel
+from werkzeug.routing import BaseConverter
 
 from service.auth import require_key
 from service.errors import RateLimited
@@ -29,6 +31,23 @@ AUTH_ERRORS: dict[int, type[BaseModel]] = {
     415: ErrorOut,
     503: ErrorOut,  # the database is unreachable: {"error": "unavailable"}, retry
 }
+
+
+# ASCII digits, no leading zero, no plus; bounded so int() never meets Python's digit limit.
+_CANONICAL_ID = re.compile(r"-?(0|[1-9][0-9]{0,99})")
+
+
+class PathIdConverter(BaseConverter):
+    """A path id (`<path_id:experiment_id>`): any segment, an int only when written canonically.
+
+    werkzeug's int converter matches `\\d+`, so Arabic-Indic, full-width and other Unicode
+    digits, and leading zeros, reached the row of their ASCII twin. Anything else stays a str
+    here, which the strict path model refuses as a 400 naming the field; 0 and -1 reach its
+    `>= 1` check, as an id that is too large reaches its upper bound.
+    """
+
+    def to_python(self, value: str) -> int | str:
+        return int(value) if _CANONICAL_ID.fullmatch(value) else value
 
 
 def responses(*, rate_limited: bool = False, **ok: type[BaseModel]) -> dict[Any, Any]:

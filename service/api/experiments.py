@@ -128,7 +128,7 @@ def index() -> tuple[dict[str, Any], int]:
     )
 
 
-@api.get("/experiments/<int:experiment_id>", responses=responses(_200=ExperimentOut))
+@api.get("/experiments/<path_id:experiment_id>", responses=responses(_200=ExperimentOut))
 def show(path: ExperimentPath) -> tuple[dict[str, Any], int]:
     """One experiment with its segments and variants."""
     session = db.session()
@@ -136,7 +136,7 @@ def show(path: ExperimentPath) -> tuple[dict[str, Any], int]:
     return json_of(_experiment_out(session, experiment))
 
 
-@api.post("/experiments/<int:experiment_id>/variants", responses=responses(_201=VariantOut))
+@api.post("/experiments/<path_id:experiment_id>/variants", responses=responses(_201=VariantOut))
 def create_variant(path: ExperimentPath, body: VariantCreate) -> tuple[dict[str, Any], int]:
     """Add hand-written copy to a segment; it is served at once."""
     variant = add_variant(
@@ -146,7 +146,7 @@ def create_variant(path: ExperimentPath, body: VariantCreate) -> tuple[dict[str,
     return json_of(_variant_out(variant, body.segment), 201)
 
 
-@api.patch("/variants/<int:variant_id>", responses=responses(_200=VariantOut))
+@api.patch("/variants/<path_id:variant_id>", responses=responses(_200=VariantOut))
 def patch_variant(path: VariantPath, body: VariantPatch) -> tuple[dict[str, Any], int]:
     """Change a variant's status, or the text of one still pending review."""
     session = db.session()
@@ -156,13 +156,13 @@ def patch_variant(path: VariantPath, body: VariantPatch) -> tuple[dict[str, Any]
     return json_of(_variant_out(variant, segment.key if segment else ""))
 
 
-@api.get("/experiments/<int:experiment_id>/report", responses=responses(_200=Report))
+@api.get("/experiments/<path_id:experiment_id>/report", responses=responses(_200=Report))
 def report(path: ExperimentPath) -> tuple[dict[str, Any], int]:
     """Per segment and variant: counts, rate, credible interval, probability best, leader."""
     return json_of(experiment_report(session=db.session(), experiment_id=path.experiment_id))
 
 
-@api.post("/experiments/<int:experiment_id>/generate", responses=responses(_202=JobAccepted))
+@api.post("/experiments/<path_id:experiment_id>/generate", responses=responses(_202=JobAccepted))
 def generate(path: ExperimentPath, body: GenerateIn) -> tuple[dict[str, Any], int]:
     """Have the model write `n` new lines per segment, in the background; poll the job."""
     job = create_job(
@@ -172,7 +172,7 @@ def generate(path: ExperimentPath, body: GenerateIn) -> tuple[dict[str, Any], in
     return json_of(JobAccepted(job_id=job.id, status=job.status), 202)  # type: ignore[arg-type]
 
 
-@api.get("/jobs/<int:job_id>", responses=responses(_200=JobOut))
+@api.get("/jobs/<path_id:job_id>", responses=responses(_200=JobOut))
 def show_job(path: JobPath) -> tuple[dict[str, Any], int]:
     """A generation job's status, progress and, when done, its result."""
     session = db.session()
@@ -183,7 +183,7 @@ def show_job(path: JobPath) -> tuple[dict[str, Any], int]:
     )
 
 
-@api.patch("/experiments/<int:experiment_id>/policy", responses=responses(_200=LifecyclePolicy))
+@api.patch("/experiments/<path_id:experiment_id>/policy", responses=responses(_200=LifecyclePolicy))
 def patch_policy(path: ExperimentPath, body: PolicyChanges) -> tuple[dict[str, Any], int]:
     # No blank line after the summary: flask-openapi3 joins the docstring's other lines with
     # <br/> into the description, which then began with one.
@@ -193,7 +193,7 @@ def patch_policy(path: ExperimentPath, body: PolicyChanges) -> tuple[dict[str, A
     return json_of(policy_of(experiment.policy))
 
 
-@api.get("/experiments/<int:experiment_id>/audit", responses=responses(_200=AuditTrail))
+@api.get("/experiments/<path_id:experiment_id>/audit", responses=responses(_200=AuditTrail))
 def audit(path: ExperimentPath, query: AuditQuery) -> tuple[dict[str, Any], int]:
     """What the lifecycle did and why, newest first, 500 at a time."""
     session = db.session()

@@ -38,6 +38,10 @@ class DashboardOnlySessions(SecureCookieSessionInterface):
 
 
 class DbIdConverter(IntegerConverter):
+    # ASCII digits without a leading zero: the int converter's \d+ also took Arabic-Indic,
+    # full-width and other Unicode digits, and "01", and read each as the id it spelled.
+    regex = r"[1-9][0-9]*"
+
     def __init__(self, map: Any) -> None:
         super().__init__(map, min=1, max=2**31 - 1)
 
