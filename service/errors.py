@@ -29,6 +29,11 @@ _HTTP_CODES = {
 }
 
 
+# Seconds a 503's client is told to wait (Retry-After): the pool replaces a dropped connection at
+# once, and a lock held past the 10 s wait is rarely free a moment later.
+UNAVAILABLE_RETRY_AFTER = "5"
+
+
 class APIError(Exception):
     status = 400
     code = "bad_request"
@@ -92,6 +97,8 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
     response.status_code = status
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="copybandit"'
+    if status == 503:
+        response.headers["Retry-After"] = UNAVAILABLE_RETRY_AFTER
     return response
 
 
@@ -161,7 +168,9 @@ def register(app: Flask) -> None:
         if exc.connection_invalidated or isinstance(exc, sa.exc.OperationalError):
             # The pool has dropped the dead connection; the client's retry gets a fresh one.
             log.warning("database unavailable: %s", exc.orig)
-            return error_response(503, "unavailable", "the database is unavailable; retry")
+            return error_response(
+                503, "unavailable", "the database is unavailable; retry", field="database"
+            )
         log.exception("database error")
         return error_response(500, "internal", "internal error; it has been logged")
 

@@ -260,6 +260,7 @@ def test_a_decision_behind_a_long_held_lock_is_503_before_gunicorn_would_kill_it
 
     assert response.status_code == 503, response.get_data()
     assert response.get_json()["error"] == "unavailable"
+    assert response.headers["Retry-After"] == "5"
 
 
 @pytest.mark.parametrize(

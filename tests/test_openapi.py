@@ -104,6 +104,25 @@ def test_healthz_reports_an_unreachable_database() -> None:
     assert response.get_json()["error"] == "unavailable"
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [("GET", "/healthz", None), ("GET", "/v1/experiments", None), ("POST", "/v1/decide", {})],
+)
+def test_every_503_says_when_to_retry_and_names_the_database(
+    method: str, path: str, body: Any
+) -> None:
+    down = create_app(
+        {"database_url": "postgresql://nobody@127.0.0.1:1/none", "env": "test", "scheduler": "off"}
+    )
+    key = {"Authorization": "Bearer cb_0123456789abcdef_secret"}
+    response = down.test_client().open(path, method=method, json=body, headers=key)
+    # The API's 503 had no Retry-After (its 429 has one) and no field, which /healthz's named.
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    assert response.get_json()["error"] == "unavailable"
+    assert response.get_json()["field"] == "database"
+
+
 def test_every_api_operation_documents_the_503_of_a_database_that_is_down(
     spec: dict[str, Any],
 ) -> None:
