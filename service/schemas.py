@@ -120,15 +120,21 @@ class Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
 
+_NOT_NULL = {"not": {"type": "null"}}
+
+
 def _one_of(*forms: tuple[tuple[str, ...], tuple[str, ...]]) -> dict[str, Any]:
-    """JSON Schema for a body that takes exactly one of these forms, each the fields it needs
-    (null is not given) and the fields it may not carry at all."""
+    """JSON Schema for a body that takes exactly one of these forms, each the fields it needs and
+    the fields it refuses. Null is not given, as the server reads it: a needed field may not be
+    null, and a refused one may be absent or null."""
     return {
         "oneOf": [
             {
                 "required": list(needs),
-                "properties": {f: {"not": {"type": "null"}} for f in needs},
-                "not": {"anyOf": [{"required": [f]} for f in refuses]},
+                "properties": {f: _NOT_NULL for f in needs},
+                "not": {
+                    "anyOf": [{"required": [f], "properties": {f: _NOT_NULL}} for f in refuses]
+                },
             }
             for needs, refuses in forms
         ]
@@ -353,7 +359,9 @@ class EventsIn(Request):
 
     @model_validator(mode="after")
     def _one_form(self) -> EventsIn:
-        single = {"impression_id", "type", "value", "event_id"} & self.model_fields_set
+        # Null is not given, in either form, as the published schema says.
+        fields = ("impression_id", "type", "value", "event_id")
+        single = [field for field in fields if getattr(self, field) is not None]
         if self.events is not None and single:
             raise at_fault("events", "give either one event or an events list, not both")
         if self.events is None:
