@@ -16,7 +16,7 @@ from service import db
 log = logging.getLogger(__name__)
 
 # Werkzeug's status codes mapped to stable, machine-readable codes for clients to branch on.
-_HTTP_CODES = {
+HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
     403: "forbidden",
@@ -26,6 +26,12 @@ _HTTP_CODES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
     429: "rate_limited",
+    # Only gunicorn gives these, for a request it could not parse (service/gunicorn.py).
+    414: "uri_too_long",
+    417: "expectation_failed",
+    431: "request_header_fields_too_large",
+    500: "internal",
+    501: "not_implemented",
 }
 
 
@@ -140,7 +146,7 @@ def http_error(exc: HTTPException) -> Response:
     if exc.response is not None:
         return exc.response  # type: ignore[return-value]
     status = exc.code or 500
-    response = error_response(status, _HTTP_CODES.get(status, "error"), exc.description or "")
+    response = error_response(status, HTTP_CODES.get(status, "error"), exc.description or "")
     return with_allow_header(response, exc)
 
 

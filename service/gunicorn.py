@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import gc
+import json
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from gunicorn import glogging
+from gunicorn import glogging, util
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers import sync
 
+from service.errors import HTTP_CODES
 from service.logs import JsonLines
 
 
@@ -65,12 +69,47 @@ class _ClosesOnceAnswered(socket.socket):
         return data
 
 
+# The part of the request gunicorn refused before the app saw it, where one part is at fault.
+_FIELDS_AT_FAULT = {414: "url", 431: "headers"}
+
+
+def _write_json_error(sock: socket.socket, status: int, reason: str, message: str) -> None:
+    """gunicorn's util.write_error, in the API's error shape instead of an HTML page."""
+    error: dict[str, Any] = {"error": HTTP_CODES.get(status, "error"), "message": message or reason}
+    if status in _FIELDS_AT_FAULT:
+        error["field"] = _FIELDS_AT_FAULT[status]
+    body = json.dumps(error).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+@contextmanager
+def _errors_written_as_json() -> Iterator[None]:
+    # handle_error builds the status and words for every request gunicorn could not parse (414,
+    # 431, 400, ...) and has util.write_error send them; only that last step changes. A sync
+    # worker handles one connection at a time, so nothing else writes while it is swapped.
+    html_writer = util.write_error
+    util.write_error = _write_json_error
+    try:
+        yield
+    finally:
+        util.write_error = html_writer
+
+
 class SyncWorker(sync.SyncWorker):
-    """gunicorn's sync worker, but a connection is closed without waiting on an idle client."""
+    """gunicorn's sync worker, but a connection is closed without waiting on an idle client,
+    and a request gunicorn itself refuses is answered in JSON, as the app answers every error."""
 
     def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
         adopted = _ClosesOnceAnswered(client.family, client.type, client.proto, client.detach())
         super().handle(listener, adopted, addr)
+
+    def handle_error(self, req: Any, client: socket.socket, addr: Any, exc: BaseException) -> None:
+        with _errors_written_as_json():
+            super().handle_error(req, client, addr, exc)
 
 
 class Logger(glogging.Logger):

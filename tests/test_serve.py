@@ -121,6 +121,32 @@ def test_clients_that_keep_their_sockets_open_after_the_answer_hold_no_worker(
         sock.close()
 
 
+_UNPARSABLE = [
+    (f"GET /v1/experiments?q={'x' * 5000} HTTP/1.1\r\nHost: t\r\n", 414, "uri_too_long", "url"),
+    (
+        f"GET /livez HTTP/1.1\r\nHost: t\r\nX-Big: {'x' * 20_000}\r\n",
+        431,
+        "request_header_fields_too_large",
+        "headers",
+    ),
+    ("GET /livez HTTP/1.1\r\nHost: t\r\nBad Name: 1\r\n", 400, "bad_request", None),
+]
+
+
+def test_a_request_gunicorn_cannot_parse_is_refused_in_json(server: tuple[str, str]) -> None:
+    port = int(server[0].rsplit(":", 1)[1])
+    for request_head, status, error, field in _UNPARSABLE:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(request_head.encode() + b"\r\n")
+            head, _, body = _answer(sock).partition(b"\r\n\r\n")
+        # gunicorn answered these with its own text/html page.
+        assert head.startswith(f"HTTP/1.1 {status} ".encode()), head
+        assert b"\r\nContent-Type: application/json\r\n" in head, head
+        refusal = json.loads(body)
+        assert (refusal["error"], refusal.get("field")) == (error, field)
+        assert refusal["message"]
+
+
 def test_flask_cli_finds_the_app_factory(tmp_path: Path) -> None:
     env = {**os.environ, "COPYBANDIT_DATABASE_URL": f"sqlite:///{tmp_path}/flask.db"}
     routes = subprocess.run(
