@@ -401,10 +401,16 @@ def ope(experiment_id: int, policy: str, segment: str | None, as_json: bool) -> 
     "--http",
     "http_url",
     default=None,
-    help="HTTP mode: drive the server at this URL instead (needs --key, --experiment).",
+    help="HTTP mode: drive the server at this URL instead (needs a key and --experiment).",
     callback=lambda _c, _p, v: _http_url(v),
 )
-@click.option("--key", default=None, help="HTTP mode: an API key (admin lets it read the copy).")
+@click.option(
+    "--key",
+    default=None,
+    envvar="COPYBANDIT_SIM_KEY",
+    help="HTTP mode: an API key (admin lets it read the copy); or COPYBANDIT_SIM_KEY, so that the"
+    " key is not in the process list.",
+)
 @click.option("--experiment", "experiment_id", type=int, default=None, help="HTTP mode.")
 @click.option(
     "--clients",
@@ -454,7 +460,7 @@ def simulate(
     from service.sim_report import table, write_outputs
 
     if http_url is not None and (key is None or experiment_id is None):
-        raise click.UsageError("--http needs --key and --experiment")
+        raise click.UsageError("--http needs --key (or COPYBANDIT_SIM_KEY) and --experiment")
     names = [p.strip() for p in policies.split(",") if p.strip()]
     if not names:
         raise click.BadParameter("name at least one policy", param_hint="--policies")

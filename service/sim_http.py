@@ -59,19 +59,27 @@ class HttpRun:
         return round(float(np.percentile(self.latencies_ms, percentile)), 2)
 
 
+def _connection(base_url: str) -> http.client.HTTPConnection:
+    """A connection as the URL's scheme says: an https server got the key in plain HTTP."""
+    parts = urlsplit(base_url)
+    host = parts.hostname or "127.0.0.1"
+    if parts.scheme == "https":
+        return http.client.HTTPSConnection(host, parts.port or 443, timeout=30)
+    return http.client.HTTPConnection(host, parts.port or 80, timeout=30)
+
+
 class _Client:
     def __init__(self, base_url: str, key: str) -> None:
-        parts = urlsplit(base_url)
-        self.connection = http.client.HTTPConnection(
-            parts.hostname or "127.0.0.1", parts.port or 80, timeout=30
-        )
+        self.connection = _connection(base_url)
+        # A server behind a path (https://shop.example/copybandit) answers under it.
+        self.prefix = urlsplit(base_url).path.rstrip("/")
         self.headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
 
     def post(self, path: str, body: dict[str, Any]) -> tuple[int | str, Any]:
         """(status, JSON body); a request that got no usable answer is (what went wrong, None),
         and the connection is opened afresh for the next one."""
         try:
-            self.connection.request("POST", path, json.dumps(body), self.headers)
+            self.connection.request("POST", self.prefix + path, json.dumps(body), self.headers)
             response = self.connection.getresponse()
             status, raw = response.status, response.read()
         except (OSError, http.client.HTTPException) as exc:
@@ -90,11 +98,13 @@ def _best_rates(
     (admin), else the scenario's lines. Refuses an experiment that lacks a scenario segment, and
     a key or experiment the server does not know."""
     texts = {s.key: list(s.variants) for s in segments}
-    connection = _Client(base_url, key).connection
-    connection.request(
-        "GET", f"/v1/experiments/{experiment_id}", headers={"Authorization": f"Bearer {key}"}
+    client = _Client(base_url, key)
+    client.connection.request(
+        "GET",
+        f"{client.prefix}/v1/experiments/{experiment_id}",
+        headers={"Authorization": f"Bearer {key}"},
     )
-    response = connection.getresponse()
+    response = client.connection.getresponse()
     body = json.loads(response.read() or b"null")
     # Every decision would fail the same way. A 403 is a serve key, which may not read the copy.
     if response.status in (401, 404):

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 from click.testing import CliRunner
 
 from bandits.worlds import load_scenario
 from service.cli import SCENARIOS, main
-from service.sim_http import drive
+from service.sim_http import _Client, drive
 
 
 class _Flaky(BaseHTTPRequestHandler):
@@ -213,3 +215,77 @@ def test_the_impressions_help_gives_each_modes_default() -> None:
     text = " ".join(result.output.split())
     assert "HTTP mode: in all (default 2000)" in text
     assert "full-loop mode: per round (default 20000)" in text
+
+
+def test_an_https_url_is_spoken_to_over_tls() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    received: list[bytes] = []
+
+    def first_bytes() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            received.append(connection.recv(4096))
+
+    thread = threading.Thread(target=first_bytes)
+    thread.start()
+    status, _ = _Client(f"https://127.0.0.1:{port}", "cb_secret").post("/v1/decide", {})
+    thread.join(timeout=10)
+    listener.close()
+
+    # It sent "POST /v1/decide ... Authorization: Bearer cb_secret" in plain text.
+    assert received[0][:1] == b"\x16"  # a TLS handshake record
+    assert b"cb_secret" not in received[0]
+    assert not isinstance(status, int)  # no TLS here, so no answer
+
+
+class _Recording(BaseHTTPRequestHandler):
+    """Keeps every request's path and Authorization header; answers the experiment's GET 403 (as
+    a serve key is answered, so the run goes ahead) and every decision 404."""
+
+    protocol_version = "HTTP/1.1"
+    seen: ClassVar[list[tuple[str, str]]] = []
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+    def _answer(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.seen.append((self.path, self.headers.get("Authorization", "")))
+        self.send_response(403 if self.command == "GET" else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    do_GET = do_POST = _answer
+
+
+@pytest.fixture
+def recording() -> Iterator[str]:
+    _Recording.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recording)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_key_may_come_from_the_environment_and_the_urls_path_prefixes_every_request(
+    recording: str, tmp_path: Path
+) -> None:
+    arguments = ["--http", f"{recording}/copybandit/", "--experiment", "1", "--impressions", "3"]
+    result = CliRunner().invoke(
+        main,
+        ["simulate", *arguments, "--clients", "1", "--out", str(tmp_path)],
+        env={"COPYBANDIT_SIM_KEY": "cb_from_env"},
+    )
+
+    assert result.exit_code == 1 and "none of 3 decisions succeeded" in result.output
+    # The URL's path was dropped: a server behind /copybandit got /v1/... and answered 404.
+    assert {path for path, _ in _Recording.seen} == {
+        "/copybandit/v1/experiments/1",
+        "/copybandit/v1/decide",
+    }
+    assert {key for _, key in _Recording.seen} == {"Bearer cb_from_env"}
