@@ -222,14 +222,32 @@ def _is_usable_database_url(url: str) -> bool:
     return parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "psycopg"
 
 
+# libpq takes a password as a query parameter too (postgresql://app@db/shop?password=...).
+_SECRET_PARAMETERS = ("password", "sslpassword")
+
+
 def display_url(url: str | sa.URL) -> str:
-    """The URL to show a person: its password hidden, and its other parts as written, where
+    """The URL to show a person: its passwords hidden, and its other parts as written, where
     SQLAlchemy percent-encodes them (sqlite:///%3Amemory%3A, a path's colons)."""
     try:
-        rendered = sa.engine.make_url(url).render_as_string(hide_password=True)
+        parsed = sa.engine.make_url(url)
     except (sa.exc.ArgumentError, ValueError):
-        return str(url)
+        return _unparsed_url_masked(str(url))
+    hidden = {name: "***" for name in _SECRET_PARAMETERS if name in parsed.query}
+    rendered = parsed.update_query_dict(hidden).render_as_string(hide_password=True)
     return urllib.parse.unquote(rendered)
+
+
+def _unparsed_url_masked(url: str) -> str:
+    """A URL SQLAlchemy could not parse (a password holding an unescaped @ or :, say), with
+    everything between :// and the last @ hidden, and its query too: which part is the password
+    cannot be told, and the refusal that shows it was printed in clear."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return url
+    credentials, at, location = rest.rpartition("@")
+    location, question_mark, _ = location.partition("?")
+    return f"{scheme}://{'***' if credentials else ''}{at}{location}{question_mark and '?***'}"
 
 
 def _require(ok: bool, name: str, rule: str, value: object) -> None:

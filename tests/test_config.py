@@ -75,6 +75,15 @@ def test_a_refused_database_url_is_shown_without_its_password() -> None:
     assert "hunter2" not in str(refused.value) and "mysql://app:***@db/shop" in str(refused.value)
 
 
+def test_a_database_url_that_cannot_be_parsed_is_refused_without_its_password() -> None:
+    url = "postgresql://app:Sup3r@S3cret:Pw@db.internal:5432/prod"
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ={"COPYBANDIT_DATABASE_URL": url}).validate()
+    # Every command's start-up error printed it whole, password and all.
+    assert "S3cret" not in str(refused.value)
+    assert "postgresql+psycopg://***@db.internal:5432/prod" in str(refused.value)
+
+
 @pytest.mark.parametrize(
     ("url", "shown"),
     [
@@ -84,6 +93,18 @@ def test_a_refused_database_url_is_shown_without_its_password() -> None:
         (
             "postgresql+psycopg://app:hunter2@db:5433/shop?options=-csearch_path%3Dcb",
             "postgresql+psycopg://app:***@db:5433/shop?options=-csearch_path=cb",
+        ),
+        # libpq's password parameters were shown in clear.
+        (
+            "postgresql://app@db/shop?password=hunter2&sslmode=require&sslpassword=hunter3",
+            "postgresql://app@db/shop?password=***&sslmode=require&sslpassword=***",
+        ),
+        # SQLAlchemy cannot parse these (an unescaped @ and : in the password, a port that is not
+        # a number), and they were shown whole.
+        ("postgresql://app:hun@ter:2@db:5432/shop", "postgresql://***@db:5432/shop"),
+        (
+            "postgresql://app:hunter2@db:port/shop?password=hunter2",
+            "postgresql://***@db:port/shop?***",
         ),
     ],
 )
