@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import os
 from pathlib import Path
 from typing import Any, cast
 
@@ -69,11 +71,21 @@ def sqlite_file(url: str) -> Path | None:
     return Path(database)
 
 
+def _create_owner_only(database: Path) -> None:
+    """Create a new database file readable by its owner alone (0600), before SQLite makes it
+    with the umask's 0644: it holds marketers' password hashes and the digests of sessions and
+    keys, and SQLite gives the -wal and -shm files beside it the database file's mode. A file
+    that exists keeps the mode it has."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+
+
 def _sqlite_engine(url: str, lock_wait: float) -> sa.Engine:
     database = sqlite_file(url)
     in_memory = database is None
     if database is not None:
         database.parent.mkdir(parents=True, exist_ok=True)
+        _create_owner_only(database)
     # A file gets a queue of connections; take the last one returned. A SQLite connection drops
     # its whole page cache when another connection has committed since its last transaction, so
     # a pool that rotated between two made each decision read its ~15 B-tree pages again (15.2

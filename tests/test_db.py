@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import stat
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlmodel import Session, select
@@ -60,3 +65,39 @@ def test_an_aware_time_from_the_driver_is_turned_to_utc() -> None:
         datetime(2026, 12, 4, 19, 32, tzinfo=new_york), postgresql.dialect()
     )
     assert read is not None and read.tzinfo is UTC and read.hour == 0 and read.day == 5
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def _modes_once_written(database: Path) -> dict[str, int]:
+    """The modes of the database file and of the -wal and -shm files SQLite makes beside it."""
+    engine = make_engine(load_settings({"database_url": f"sqlite:///{database}"}, environ={}))
+    try:
+        with engine.begin() as connection:
+            connection.execute(sa.text("CREATE TABLE IF NOT EXISTS t (x INTEGER)"))
+            connection.execute(sa.text("INSERT INTO t VALUES (1)"))
+        with engine.connect():  # an open connection keeps the -wal and -shm files there
+            paths = [database.with_name(database.name + suffix) for suffix in ("", "-wal", "-shm")]
+            return {path.name: stat.S_IMODE(path.stat().st_mode) for path in paths}
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_a_new_sqlite_database_is_readable_by_its_owner_alone(tmp_path: Path) -> None:
+    # Created 0644 under the usual umask, so any local user could read the marketers' password
+    # hashes; SQLite gives its -wal and -shm files the same mode.
+    modes = _modes_once_written(tmp_path / "var" / "copybandit.db")
+    assert modes == {"copybandit.db": 0o600, "copybandit.db-wal": 0o600, "copybandit.db-shm": 0o600}
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_an_existing_sqlite_database_keeps_its_mode(tmp_path: Path) -> None:
+    database = tmp_path / "shared.db"
+    database.touch(mode=0o640)
+    assert _modes_once_written(database)["shared.db"] == 0o640
