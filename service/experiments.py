@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Collection, Sequence
 from typing import TypeVar
 
@@ -206,20 +207,38 @@ class StatusMoved(Conflict):
         self.current = current
 
 
+class TextMoved(Conflict):
+    """The variant's text is not the one the caller's page showed: it was edited since."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, field="text")
+
+
+def text_version(text: str) -> str:
+    """A short stand-in for `text` that a page sends back with its buttons. A pending variant's
+    text may be edited after the page was drawn; approving it must not put the new text live
+    under the name of someone who never read it."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def update_variant(
     *,
     session: Session,
     variant_id: int,
     patch: VariantPatch,
     starts_from: Collection[VariantStatus] | None = None,
+    text_seen: str | None = None,
 ) -> Variant:
-    """Apply `patch`. With `starts_from`, only to a variant in one of those statuses: the update
-    below is conditional on the status read here, so a change that lands meanwhile is refused too.
+    """Apply `patch`. With `starts_from`, only to a variant in one of those statuses; with
+    `text_seen` (a `text_version`), only to one whose text is still that. The update below is
+    conditional on the status and text read here, so a change that lands meanwhile is refused too.
     """
     variant = get_variant(session=session, variant_id=variant_id)
     current = VariantStatus(variant.status)
     if starts_from is not None and current not in starts_from:
         raise StatusMoved(f"variant {variant_id} is {current}", current=current)
+    if text_seen is not None and text_version(variant.text) != text_seen:
+        raise TextMoved(f"variant {variant_id} was edited since it was read")
     values: dict[str, object] = {"updated_at": utcnow()}
     if patch.text is not None:
         if current is not VariantStatus.PENDING_REVIEW:
@@ -249,6 +268,8 @@ def update_variant(
     )
     if "status" in values and current is VariantStatus.ACTIVE:
         update = update.where(another_stays_active())
+    if text_seen is not None:
+        update = update.where(col(Variant.text) == variant.text)
     changed = rows_changed(session, update.values(**values))
     if changed != 1:
         session.rollback()

@@ -169,6 +169,17 @@ def add_pending(app: Any, experiment_id: int, segment_key: str, text: str) -> in
         return variant.id  # type: ignore[return-value]
 
 
+def shown(app: Any, variant_id: int) -> str:
+    """What a page carries with its Approve button: the version of the text it showed."""
+    return experiments.text_version(fresh(app, Variant, variant_id).text)
+
+
+def bulk_form(app: Any, action: str, ids: list[int | str]) -> dict[str, Any]:
+    """The review page's bulk form with `ids` ticked, each with the text its row showed."""
+    versions = {f"shown-{i}": shown(app, int(i)) for i in ids if fresh(app, Variant, int(i))}
+    return {"action": action, "variant_id": [str(i) for i in ids], **versions}
+
+
 def set_counts(app: Any, counts: dict[int, tuple[int, int]]) -> None:
     """Variant counters as the report reads them (no impression rows, so no chart history)."""
     with Session(app.extensions["copybandit.engine"]) as session:
@@ -671,7 +682,7 @@ def _csrf_cases(app: Any, experiment: dict[str, Any]) -> dict[str, tuple[str, di
         "edit": (f"/dashboard/variants/{pending}/edit", {"text": GOOD[2]}),
         "bulk": (
             f"/dashboard/experiments/{eid}/review",
-            {"action": "approve", "variant_id": [str(other)]},
+            bulk_form(app, "approve", [other]),
         ),
         "add variant": (
             f"/dashboard/experiments/{eid}/variants",
@@ -1306,7 +1317,9 @@ def test_retired_copy_cannot_come_back(
     assert dash.post(f"/dashboard/variants/{first}/status", {"action": "retire"}).status_code == 303
     before = stored(app)
     for action in ("resume", "approve", "pause"):
-        response = dash.post(f"/dashboard/variants/{first}/status", {"action": action})
+        response = dash.post(
+            f"/dashboard/variants/{first}/status", {"action": action, "shown": shown(app, first)}
+        )
         assert response.status_code == 409, action
         assert error_text(response).endswith("it is retired")
     assert stored(app) == before
@@ -1342,7 +1355,9 @@ def test_a_button_from_a_stale_page_is_refused_once_the_variant_moved_on(
     if now == "paused":
         assert api.patch(f"/v1/variants/{vid}", json={"status": "paused"}).status_code == 200
     before = stored(app)
-    response = dash.post(f"/dashboard/variants/{vid}/status", {"action": action})
+    response = dash.post(
+        f"/dashboard/variants/{vid}/status", {"action": action, "shown": shown(app, vid)}
+    )
     assert response.status_code == 409
     assert error_text(response) == f"#{vid} {refusal}"
     assert stored(app) == before
@@ -1358,7 +1373,7 @@ def test_bulk_approve_of_copy_that_moved_on_names_it_and_changes_nothing(
     assert api.patch(f"/v1/variants/{paused}", json={"status": "paused"}).status_code == 200
     response = dash.post(
         f"/dashboard/experiments/{eid}/review",
-        {"action": "approve", "variant_id": [str(paused), str(approved), str(waiting)]},
+        bulk_form(app, "approve", [paused, approved, waiting]),
     )
     assert response.status_code == 303
     assert fresh(app, Variant, paused).status == "paused"
@@ -1368,6 +1383,68 @@ def test_bulk_approve_of_copy_that_moved_on_names_it_and_changes_nothing(
     assert f"Approved 1: #{waiting}." in messages
     assert f"Not approved — #{paused} is no longer waiting for review: it is paused" in messages
     assert f"Not approved — #{approved} is no longer waiting for review: it is active" in messages
+
+
+def hidden_value(html: str, name: str) -> str:
+    found = re.findall(rf'<input type="hidden" name="{re.escape(name)}" value="([^"]*)"', html)
+    assert found, f"no hidden {name}"
+    return found[0]
+
+
+def test_approving_copy_edited_since_the_page_was_drawn_is_refused_naming_it(
+    app: Any, api: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """The review page showed one text; a PATCH edited it since (allowed while pending). Approve,
+    one at a time or ticked, must not put the new text live under the name of someone who never
+    read it."""
+    eid = experiment["id"]
+    one, ticked = (
+        add_pending(app, eid, "tea-lovers", GOOD[0]),
+        add_pending(app, eid, "tea-lovers", GOOD[1]),
+    )
+    html = dash.html(f"/dashboard/experiments/{eid}/review")
+    row = re.search(rf'<tr data-variant-id="{one}".*?</tr>', html, re.S)
+    assert row
+    seen_one, seen_ticked = (
+        hidden_value(row.group(0), "shown"),
+        hidden_value(html, f"shown-{ticked}"),
+    )
+    for vid in (one, ticked):
+        assert api.patch(f"/v1/variants/{vid}", json={"text": GOOD[3]}).status_code == 200
+    before = stored(app)
+    response = dash.post(
+        f"/dashboard/variants/{one}/status", {"action": "approve", "shown": seen_one}
+    )
+    assert response.status_code == 409
+    assert error_text(response) == f"#{one} was edited since you read it"
+    response = dash.post(
+        f"/dashboard/experiments/{eid}/review",
+        {"action": "approve", "variant_id": [str(ticked)], f"shown-{ticked}": seen_ticked},
+    )
+    assert response.status_code == 303
+    assert flashes(dash.html(location(response))) == [
+        f"Not approved — #{ticked} was edited since you read it"
+    ]
+    assert stored(app) == before
+    # Drawn again, the page shows the new text, and approving it works.
+    html = dash.html(f"/dashboard/experiments/{eid}/review")
+    response = dash.post(
+        f"/dashboard/variants/{one}/status",
+        {"action": "approve", "shown": hidden_value(html, "shown")},
+    )
+    assert response.status_code == 303
+    assert (fresh(app, Variant, one).status, fresh(app, Variant, one).text) == ("active", GOOD[3])
+
+
+def test_an_approve_that_does_not_say_which_text_it_showed_is_400(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    vid = add_pending(app, experiment["id"], "tea-lovers", GOOD[0])
+    before = stored(app)
+    response = dash.post(f"/dashboard/variants/{vid}/status", {"action": "approve"})
+    assert response.status_code == 400
+    assert error_text(response).startswith("shown:")
+    assert stored(app) == before
 
 
 def test_a_status_change_landing_after_the_check_is_refused(
@@ -1389,7 +1466,9 @@ def test_a_status_change_landing_after_the_check_is_refused(
         return variant
 
     monkeypatch.setattr(experiments, "get_variant", get_then_someone_pauses)
-    response = dash.post(f"/dashboard/variants/{vid}/status", {"action": "approve"})
+    response = dash.post(
+        f"/dashboard/variants/{vid}/status", {"action": "approve", "shown": shown(app, vid)}
+    )
     assert response.status_code == 409
     assert fresh(app, Variant, vid).status == "paused"
 
@@ -1503,7 +1582,8 @@ def test_approve_and_reject_record_who_did_it(
     dropped = add_pending(app, eid, "tea-lovers", GOOD[1])
     review = f"/dashboard/experiments/{eid}/review"
     response = dash.post(
-        f"/dashboard/variants/{kept}/status", {"action": "approve", "next": review}
+        f"/dashboard/variants/{kept}/status",
+        {"action": "approve", "next": review, "shown": shown(app, kept)},
     )
     assert response.status_code == 303 and location(response) == review
     response = dash.post(f"/dashboard/variants/{dropped}/status", {"action": "reject"})
@@ -1520,7 +1600,10 @@ def test_the_experiment_page_shows_why_each_variant_is_in_its_status(
 ) -> None:
     eid = experiment["id"]
     approved = add_pending(app, eid, "tea-lovers", GOOD[0])
-    response = dash.post(f"/dashboard/variants/{approved}/status", {"action": "approve"})
+    response = dash.post(
+        f"/dashboard/variants/{approved}/status",
+        {"action": "approve", "shown": shown(app, approved)},
+    )
     assert response.status_code == 303
     paused = variant_ids(experiment, "tea-lovers")[0]
     response = api.patch(f"/v1/variants/{paused}", json={"status": "paused", "reason": XSS})
@@ -1647,7 +1730,7 @@ def test_bulk_approve_refuses_ids_from_elsewhere_and_reports_them(
     missing = BIG_ID - 1
     response = dash.post(
         f"/dashboard/experiments/{eid}/review",
-        {"action": "approve", "variant_id": [str(i) for i in [*mine, foreign, missing, mine[0]]]},
+        bulk_form(app, "approve", [*mine, foreign, missing, mine[0]]),
     )
     assert response.status_code == 303
     assert location(response) == f"/dashboard/experiments/{eid}/review"
@@ -1713,7 +1796,11 @@ def test_bulk_with_ids_beyond_the_database_is_refused_not_500(
     before = stored(app)
     response = dash.post(
         f"/dashboard/experiments/{eid}/review",
-        {"action": "approve", "variant_id": [str(pending), raw]},
+        {
+            "action": "approve",
+            "variant_id": [str(pending), raw],
+            f"shown-{pending}": shown(app, pending),
+        },
     )
     assert response.status_code in (303, 400), response.get_data(as_text=True)[:300]
     if response.status_code == 400:

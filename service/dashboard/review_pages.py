@@ -18,9 +18,11 @@ from service.dashboard.session_auth import safe_next
 from service.errors import APIError, InvalidInput
 from service.experiments import (
     StatusMoved,
+    TextMoved,
     approve_edited,
     get_experiment,
     segments_of,
+    text_version,
     update_variant,
 )
 from service.generation_jobs import GenerationOptions, brief_for
@@ -38,12 +40,19 @@ class Action:
     starts_from: frozenset[VariantStatus]
     # Why it is refused then, after "#12 ".
     elsewhere: str
+    # Whether the form must say which text its page showed (`shown`, a `text_version`): pending
+    # copy may be edited after the page was drawn, and approving puts that text live.
+    checks_text: bool = False
 
 
 _PENDING = frozenset({VariantStatus.PENDING_REVIEW})
 ACTIONS: dict[str, Action] = {
     "approve": Action(
-        VariantStatus.ACTIVE, "approved", _PENDING, "is no longer waiting for review"
+        VariantStatus.ACTIVE,
+        "approved",
+        _PENDING,
+        "is no longer waiting for review",
+        checks_text=True,
     ),
     "reject": Action(
         VariantStatus.REJECTED, "rejected", _PENDING, "is no longer waiting for review"
@@ -61,6 +70,9 @@ ACTIONS: dict[str, Action] = {
         "is neither active nor paused",
     ),
 }
+
+
+bp.add_app_template_filter(text_version, "text_version")
 
 
 @bp.app_template_global()
@@ -112,7 +124,7 @@ def review(experiment_id: int) -> str:
 
 @bp.post("/variants/<id:variant_id>/status")
 def change_status(variant_id: int) -> Response:
-    variant = _apply(variant_id, request.form.get("action", ""))
+    variant = _apply(variant_id, request.form.get("action", ""), request.form.get("shown"))
     flash(f"Variant #{variant.id} {ACTIONS[request.form['action']].verb}.")
     return _return(variant.experiment_id)
 
@@ -159,12 +171,13 @@ def bulk(experiment_id: int) -> Response:
             refused.append(f"#{variant_id}: not in this experiment")
             continue
         try:
-            _apply(variant_id, action)
+            _apply(variant_id, action, request.form.get(f"shown-{variant_id}"))
             done.append(variant_id)
         except APIError as exc:
             db.session().rollback()
-            # A StatusMoved message already starts with the variant's id.
-            named = exc.message if isinstance(exc, StatusMoved) else f"#{variant_id}: {exc.message}"
+            # A StatusMoved or TextMoved message already starts with the variant's id.
+            moved = isinstance(exc, (StatusMoved, TextMoved))
+            named = exc.message if moved else f"#{variant_id}: {exc.message}"
             refused.append(named)
     verb = ACTIONS[action].verb
     if done:
@@ -174,19 +187,30 @@ def bulk(experiment_id: int) -> Response:
     return redirect(url_for("dashboard.review", experiment_id=experiment_id), code=303)
 
 
-def _apply(variant_id: int, action: str) -> Variant:
+def _apply(variant_id: int, action: str, shown: str | None) -> Variant:
     if action not in ACTIONS:
         raise InvalidInput(f"action: must be one of {', '.join(ACTIONS)}", field="action")
     chosen = ACTIONS[action]
+    if chosen.checks_text and not shown:
+        raise InvalidInput(
+            "shown: the form did not say which text it showed; reload the page",
+            field="shown",
+        )
     patch = VariantPatch(status=chosen.target, reason=_reason(chosen))
     try:
         variant = update_variant(
-            session=db.session(), variant_id=variant_id, patch=patch, starts_from=chosen.starts_from
+            session=db.session(),
+            variant_id=variant_id,
+            patch=patch,
+            starts_from=chosen.starts_from,
+            text_seen=shown if chosen.checks_text else None,
         )
     except StatusMoved as moved:
         raise StatusMoved(
             _moved_on(variant_id, chosen, moved.current), current=moved.current
         ) from None
+    except TextMoved:
+        raise TextMoved(f"#{variant_id} was edited since you read it") from None
     invalidate_snapshot(variant.experiment_id)
     return variant
 
