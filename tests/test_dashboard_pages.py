@@ -630,6 +630,47 @@ def test_signed_out_form_posts_are_401(app: Any, client: FlaskClient) -> None:
     assert stored(app)["experiment"] == []
 
 
+def test_a_form_posted_after_the_sign_in_ran_out_shows_what_was_typed_and_a_way_back(
+    app: Any, dash: Dashboard, experiment: dict[str, Any], session: Session
+) -> None:
+    """The marketer typed copy while their sign-in ran out. Going back finds the form empty (the
+    page is no-store), so the refusal itself shows the text and links to sign in, returning to the
+    page the form was on."""
+    eid = experiment["id"]
+    page = f"/dashboard/experiments/{eid}"
+    dash.html(page)
+    session.execute(sa.update(MarketerSession).values(expires_at=utcnow() - timedelta(seconds=1)))
+    session.commit()
+    before = stored(app)
+    response = dash.client.post(
+        f"{page}/variants",
+        data={"csrf_token": dash.token, "segment": "tea-lovers", "text": XSS},
+        headers={"Referer": f"http://localhost{page}"},
+    )
+    assert response.status_code == 401
+    html = response.get_data(as_text=True)
+    assert error_text(response).startswith("Your sign-in ran out; nothing was saved.")
+    assert texts(html, "textarea", data_testid="unsaved") == ["tea-lovers", XSS]
+    assert ESCAPED in html
+    [link] = re.findall(r'<a href="([^"]*)"[^>]*data-testid="sign-in"', html)
+    parts = urlsplit(link.replace("&amp;", "&"))
+    assert (parts.path, parse_qs(parts.query)["next"]) == ("/dashboard/sign-in", [page])
+    assert stored(app) == before
+
+
+def test_a_form_posted_once_the_session_cookie_is_gone_too_keeps_the_text(app: Any) -> None:
+    """The cookie, and its CSRF token, ran out with the sign-in: still the page with the text, not
+    "this form has expired" with the text lost."""
+    before = stored(app)
+    response = app.test_client().post(
+        "/dashboard/experiments/new", data={**experiment_form(), "next": "/dashboard/experiments"}
+    )
+    assert response.status_code == 401
+    unsaved = texts(response.get_data(as_text=True), "textarea", data_testid="unsaved")
+    assert experiment_form()["product_description"] in unsaved
+    assert stored(app) == before
+
+
 # --- the dashboard and the API are separate doors -----------------------------------------------
 
 

@@ -11,7 +11,17 @@ import hmac
 import secrets
 from urllib.parse import urlsplit
 
-from flask import Blueprint, abort, current_app, g, redirect, request, session, url_for
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from werkzeug.wrappers import Response
 
 from service import db
@@ -27,6 +37,8 @@ CSP = (
 # ended it, its button should still lead to the sign-in page, not to "sign in first".
 _PUBLIC_ENDPOINTS = {"dashboard.sign_in", "dashboard.sign_out", "dashboard.static"}
 _FORM_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+# Form fields the page filled in itself; the rest is what the marketer typed or chose.
+_NOT_TYPED = {"csrf_token", "next", "action", "shown", "variant_id"}
 
 
 def start_session(marketer: Marketer) -> None:
@@ -75,11 +87,22 @@ def safe_next(target: str | None, default: str) -> str:
 
 def protect(bp: Blueprint) -> None:
     @bp.before_request
-    def _require_sign_in() -> Response | None:
+    def _require_sign_in() -> Response | tuple[str, int] | None:
         if request.endpoint == "dashboard.sign_out" and not isinstance(session.get("token"), str):
             # Signed out already (in another tab, say): the CSRF token went with the session, and
             # there is nothing left for a forged sign-out to end.
             return redirect(url_for("dashboard.sign_in"), code=303)
+        if request.endpoint not in _PUBLIC_ENDPOINTS:
+            g.marketer = current_marketer()
+            if g.marketer is None:
+                # HEAD is a GET without the body (link checkers, curl -I): the same redirect.
+                if request.method in ("GET", "HEAD"):
+                    return redirect(
+                        url_for("dashboard.sign_in", next=request.full_path.rstrip("?"))
+                    )
+                # Before the CSRF check: a sign-in that ran out while the cookie did too would be
+                # "this form has expired", and the text typed into it lost just the same.
+                return _signed_out_form()
         if request.method in _FORM_METHODS:
             sent = request.form.get("csrf_token", "")
             expected = session.get("csrf")
@@ -88,17 +111,37 @@ def protect(bp: Blueprint) -> None:
                 sent.encode(), expected.encode()
             ):
                 abort(400, "this form has expired; reload the page and try again")
-        if request.endpoint in _PUBLIC_ENDPOINTS:
-            return None
-        g.marketer = current_marketer()
-        if g.marketer is None:
-            # HEAD is a GET without the body (link checkers, curl -I): the same redirect.
-            if request.method not in ("GET", "HEAD"):
-                abort(401, "sign in first")
-            return redirect(url_for("dashboard.sign_in", next=request.full_path.rstrip("?")))
         return None
 
     bp.after_request(page_headers)
+
+
+def _signed_out_form() -> tuple[str, int]:
+    """The sign-in ran out while the marketer filled in a form. Nothing is stored; the page shows
+    what they typed, read-only, since the form's own page is no-store and going back to it after
+    signing in finds it empty."""
+    typed = [
+        (name, value)
+        for name, value in request.form.items(multi=True)
+        if name not in _NOT_TYPED and not name.startswith("shown-") and value.strip()
+    ]
+    page = render_template(
+        "error.html",
+        status=401,
+        message="Your sign-in ran out; nothing was saved. Copy what you typed, then sign in again.",
+        unsaved_fields=typed,
+        sign_in_url=url_for("dashboard.sign_in", next=_form_page()),
+    )
+    return page, 401
+
+
+def _form_page() -> str:
+    """The page the form was on, to return to once signed in again."""
+    default = safe_next(request.form.get("next"), url_for("dashboard.experiments"))
+    referrer = request.referrer or ""
+    if not referrer.startswith(request.host_url):
+        return default
+    return safe_next("/" + referrer[len(request.host_url) :], default)
 
 
 def page_headers(response: Response) -> Response:
