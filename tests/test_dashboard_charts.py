@@ -8,6 +8,7 @@ import re
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -16,11 +17,11 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from service.config import load_settings
-from service.dashboard import charts
+from service.dashboard import charts, experiment_pages
 from service.db import make_engine
 from service.history import BUCKETS, History, segment_history
 from service.identity import new_impression_id
-from service.models import Event, Impression, Segment, Variant
+from service.models import Event, Impression, Segment, Variant, VariantStatus
 
 NOW = datetime(2026, 3, 2, 12, 0, 30, tzinfo=UTC)
 PLOT_TOP, PLOT_BOTTOM = charts.TOP, charts.HEIGHT - charts.BOTTOM
@@ -39,7 +40,7 @@ def test_points_span_the_plot_area() -> None:
         title="t", labels=["a"], series=[[0.0, 0.5, 1.0]], x_labels=["x0", "x1", "x2"], y_max=1.0
     )
     (line,) = chart.lines
-    assert line.label == "a" and line.colour == charts.PALETTE[0]
+    assert line.label == "a" and line.style == charts.LineStyle(charts.PALETTE[0], "")
     (segment,) = line.segments
     assert _points(segment) == [
         (PLOT_LEFT, PLOT_BOTTOM),
@@ -71,7 +72,7 @@ def test_nan_leaves_gaps_that_split_a_line() -> None:
     # The second piece starts at the third x position, not right after the first point.
     assert _points(first.segments[1])[0][0] == pytest.approx(PLOT_LEFT + 2 * step, abs=0.05)
     assert _points(scattered.segments[1])[0][0] == pytest.approx(PLOT_RIGHT, abs=0.05)
-    assert [line.colour for line in chart.lines] == list(charts.PALETTE[:3])
+    assert [line.style.colour for line in chart.lines] == list(charts.PALETTE[:3])
 
 
 def test_y_ticks_from_a_nice_ceiling_of_the_data() -> None:
@@ -145,11 +146,67 @@ def test_labels_and_series_must_pair_up() -> None:
         charts.line_chart(title="t", labels=["a", "b"], series=[[0.1]], x_labels=["x"])
 
 
-def test_colours_cycle_through_the_palette() -> None:
+def test_colours_cycle_through_the_palette_then_come_round_dashed() -> None:
     n = len(charts.PALETTE)
-    assert [charts.colour(i) for i in range(n)] == list(charts.PALETTE)
-    assert charts.colour(n) == charts.PALETTE[0] and charts.colour(n + 3) == charts.PALETTE[3]
+    assert [charts.style(i).colour for i in range(n)] == list(charts.PALETTE)
+    assert {charts.style(i).dash for i in range(n)} == {""}
     assert len(set(charts.PALETTE)) == n
+    # The ninth line has the first one's colour: only its dash tells them apart.
+    assert charts.style(n).colour == charts.PALETTE[0] and charts.style(n).dash != ""
+    assert len({charts.style(i) for i in range(charts.MAX_LINES)}) == charts.MAX_LINES
+
+
+def test_a_chart_of_more_lines_than_colours_draws_each_line_and_swatch_differently(
+    app: Any,
+) -> None:
+    """Nine variants served in a segment: the ninth line and its legend swatch had the first's
+    colour and looked the same."""
+    n = len(charts.PALETTE) + 1
+    chart = charts.line_chart(
+        title="t",
+        labels=[f"#{i}" for i in range(n)],
+        series=[[0.1, 0.2]] * n,
+        x_labels=["x0", "x1"],
+    )
+    with app.test_request_context("/dashboard/"):
+        html = app.jinja_env.get_template("_charts.html").module.line_chart(chart)
+    look = r'stroke="(#[0-9a-f]{6})"[^/]*?(?: stroke-dasharray="([^"]+)")?/>'
+    lines = re.findall(r"<polyline [^>]*?" + look, html)
+    swatches = re.findall(r'<li><svg class="swatch"[^>]*><line [^>]*?' + look, html)
+    assert len(lines) == len(swatches) == n
+    assert len(set(lines)) == n and swatches == lines
+
+
+def _report(*rows: tuple[int, str, int]) -> Any:
+    return SimpleNamespace(
+        variants=[
+            SimpleNamespace(variant_id=vid, status=VariantStatus(status), impressions=impressions)
+            for vid, status, impressions in rows
+        ]
+    )
+
+
+def test_charts_draw_every_served_variant_up_to_the_styles_there_are() -> None:
+    report = _report((1, "active", 5), (2, "retired", 9), (3, "pending_review", 0))
+    assert experiment_pages._charted(report) == ([1, 2], "")
+
+
+def test_past_the_styles_there_are_charts_keep_active_copy_then_the_most_served_and_say_so() -> (
+    None
+):
+    extra = 3
+    retired = [(100 + i, "retired", 1000 + i) for i in range(charts.MAX_LINES + extra - 2)]
+    report = _report(*retired, (1, "active", 1), (2, "paused", 2))
+    charted, note = experiment_pages._charted(report)
+    assert len(charted) == charts.MAX_LINES
+    # The active line stays however little it was served; the paused one and the least served
+    # retired ones go. The rest keep the table's order.
+    assert ({vid for vid, _, _ in retired} | {1, 2}) - set(charted) == {100, 101, 2}
+    assert charted == [vid for vid, _, _ in retired[2:]] + [1]
+    assert note == (
+        f"The charts show {charts.MAX_LINES} of the {charts.MAX_LINES + extra} variants served "
+        "here: the active ones, then the most served."
+    )
 
 
 # --- charts.interval_bar -----------------------------------------------------------------------

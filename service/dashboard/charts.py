@@ -13,6 +13,12 @@ from dataclasses import dataclass
 
 # Colour-blind-safe (Okabe-Ito), in the order variants are listed.
 PALETTE = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#f0e442", "#000000")
+# SVG stroke-dasharray values, "" a solid line. Each time the palette runs out the colours come
+# round again with the next pattern: two lines of one colour could not be told apart, in the
+# chart or by its legend.
+DASHES = ("", "7 3", "2 2", "9 3 2 3")
+# The most lines a chart draws so that no two look alike.
+MAX_LINES = len(PALETTE) * len(DASHES)
 
 WIDTH, HEIGHT = 560, 200
 LEFT, RIGHT, TOP, BOTTOM = 48, 12, 10, 28
@@ -20,14 +26,22 @@ LEFT, RIGHT, TOP, BOTTOM = 48, 12, 10, 28
 X_TICKS = 5
 
 
-def colour(index: int) -> str:
-    return PALETTE[index % len(PALETTE)]
+@dataclass(frozen=True)
+class LineStyle:
+    colour: str
+    dash: str
+
+
+def style(index: int) -> LineStyle:
+    """The look of the `index`-th line: distinct for every index below MAX_LINES."""
+    round_, place = divmod(index, len(PALETTE))
+    return LineStyle(colour=PALETTE[place], dash=DASHES[round_ % len(DASHES)])
 
 
 @dataclass(frozen=True)
 class Line:
     label: str
-    colour: str
+    style: LineStyle
     # SVG polyline point lists; a gap (a bucket with no data) starts a new segment.
     segments: list[str]
 
@@ -87,7 +101,7 @@ def line_chart(
             current.append(f"{x(i):.1f},{y(value):.1f}")
         if current:
             segments.append(" ".join(current))
-        lines.append(Line(label=label, colour=colour(index), segments=segments))
+        lines.append(Line(label=label, style=style(index), segments=segments))
 
     y_ticks = [
         Tick(y(top_value * f), _format(top_value * f, percent)) for f in (0.0, 0.25, 0.5, 0.75, 1.0)

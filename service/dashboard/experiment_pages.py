@@ -143,7 +143,9 @@ class SegmentView:
     headline_text: str | None
     headline_kind: str
     bars: dict[int, charts.IntervalBar]
-    colours: dict[int, str]
+    styles: dict[int, charts.LineStyle]
+    # Why some served variants have no line, when the chart would hold more than it can tell apart.
+    charted_note: str
     share_chart: charts.LineChart | None
     rate_chart: charts.LineChart | None
 
@@ -160,9 +162,8 @@ def _segment_view(session: Session, report: SegmentReport) -> SegmentView:
         row.variant_id: charts.interval_bar(*row.interval, row.posterior_mean, scale)
         for row in report.variants
     }
-    # Charts follow the copy that has been served; pending copy has no history yet.
-    served = [row.variant_id for row in report.variants if row.impressions > 0]
-    colours = {variant_id: charts.colour(i) for i, variant_id in enumerate(served)}
+    served, charted_note = _charted(report)
+    styles = {variant_id: charts.style(i) for i, variant_id in enumerate(served)}
     share_chart = rate_chart = None
     if served:
         history = segment_history(session=session, variant_ids=served)
@@ -190,10 +191,28 @@ def _segment_view(session: Session, report: SegmentReport) -> SegmentView:
         headline_text=rows[headline_id].text if headline_id is not None else None,
         headline_kind=kind,
         bars=bars,
-        colours=colours,
+        styles=styles,
+        charted_note=charted_note,
         share_chart=share_chart,
         rate_chart=rate_chart,
     )
+
+
+def _charted(report: SegmentReport) -> tuple[list[int], str]:
+    """The variants the charts draw, in the table's order, and a note when some are left out.
+    Charts follow the copy that has been served (pending copy has no history yet); past
+    MAX_LINES, the active copy and then the most served, since the lines would no longer look
+    different."""
+    served = [row for row in report.variants if row.impressions > 0]
+    if len(served) <= charts.MAX_LINES:
+        return [row.variant_id for row in served], ""
+    first = sorted(served, key=lambda row: (row.status != VariantStatus.ACTIVE, -row.impressions))
+    kept = {row.variant_id for row in first[: charts.MAX_LINES]}
+    note = (
+        f"The charts show {charts.MAX_LINES} of the {len(served)} variants served here: "
+        "the active ones, then the most served."
+    )
+    return [row.variant_id for row in served if row.variant_id in kept], note
 
 
 def _label_format(width: timedelta) -> str:
