@@ -915,6 +915,84 @@ def test_copy_is_escaped_on_every_page(
     assert f'data-variant-id="{pending}"' in review
 
 
+RTL_NAME = "إطلاق الخريف"
+RTL_COPY = "اغلِ الماء في ثلاث دقائق مع غلاية أورورا."
+_VOID = {"br", "input", "meta", "link", "img", "hr"}
+
+
+class _DirectionOf(HTMLParser):
+    """For every place `needle` is shown (text, or an input's value): the element that holds it."""
+
+    def __init__(self, needle: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.needle, self.holders = needle, []
+        self._open: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        have = dict(attrs)
+        if tag == "input" and self.needle in (have.get("value") or ""):
+            self.holders.append((tag, have))
+        if tag not in _VOID:
+            self._open.append((tag, have))
+
+    def handle_endtag(self, tag: str) -> None:
+        while self._open and self._open.pop()[0] != tag:
+            pass
+
+    def handle_data(self, data: str) -> None:
+        if self.needle in data and self._open and self._open[-1][0] != "title":
+            self.holders.append(self._open[-1])
+
+
+def shown_in_its_own_direction(html: str, needle: str) -> list[str]:
+    """Where `needle` is shown without dir="auto" (or a <bdi>): the browser lays it out left to
+    right, so right-to-left copy reads in the wrong order."""
+    finder = _DirectionOf(needle)
+    finder.feed(html)
+    assert finder.holders, f"{needle!r} is not on the page"
+    return [
+        f"<{tag} {attrs}>"
+        for tag, attrs in finder.holders
+        if not (tag == "bdi" or attrs.get("dir") == "auto")
+    ]
+
+
+def test_right_to_left_copy_and_names_are_laid_out_in_their_own_direction(
+    app: Any, api: Any, dash: Dashboard
+) -> None:
+    created = api.create_experiment(
+        name=RTL_NAME,
+        product={"name": RTL_NAME, "description": RTL_COPY},
+    )
+    eid = created["id"]
+    live = api.add_variant(eid, "tea-lovers", RTL_COPY)
+    add_pending(app, eid, "busy-parents", RTL_COPY)
+    with Session(app.extensions["copybandit.engine"]) as session:
+        session.add(
+            LifecycleEvent(
+                experiment_id=eid, variant_id=live["id"], action="retire", reason=RTL_COPY
+            )
+        )
+        session.commit()
+    pages = [
+        "/dashboard/",
+        f"/dashboard/experiments/{eid}",
+        f"/dashboard/experiments/{eid}/review",
+        f"/dashboard/experiments/{eid}/audit",
+    ]
+    for path in pages:
+        html = dash.html(path)
+        for needle in (RTL_NAME, RTL_COPY):
+            if needle in html:
+                assert shown_in_its_own_direction(html, needle) == [], (path, needle)
+    # Copy typed into a form comes back in the same direction when the form is refused.
+    response = dash.post(
+        "/dashboard/experiments/new", experiment_form(name=RTL_NAME, segments="Bad Key: x")
+    )
+    assert response.status_code == 400
+    assert shown_in_its_own_direction(response.get_data(as_text=True), RTL_NAME) == []
+
+
 def test_names_and_flash_messages_are_escaped(app: Any, dash: Dashboard) -> None:
     response = dash.post(
         "/dashboard/experiments/new",
@@ -1977,7 +2055,7 @@ def test_experiment_list_shows_totals(
     rows = {
         m.group(1): texts(m.group(0), "td")
         for m in re.finditer(
-            r'<tr>\s*<td><a href="/dashboard/experiments/(\d+)">.*?</tr>', html, re.S
+            r'<tr>\s*<td><a href="/dashboard/experiments/(\d+)"[^>]*>.*?</tr>', html, re.S
         )
     }
     assert rows[str(eid)] == [
