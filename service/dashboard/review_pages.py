@@ -179,12 +179,32 @@ def bulk(experiment_id: int) -> Response:
             moved = isinstance(exc, (StatusMoved, TextMoved))
             named = exc.message if moved else f"#{variant_id}: {exc.message}"
             refused.append(named)
-    verb = ACTIONS[action].verb
-    if done:
-        flash(f"{verb.capitalize()} {len(done)}: " + ", ".join(f"#{i}" for i in done) + ".")
-    for problem in refused:
-        flash(f"Not {verb} — {problem}", "error")
+    flash(_summary(ACTIONS[action].verb, done, refused), "error" if refused else "message")
     return redirect(url_for("dashboard.review", experiment_id=experiment_id), code=303)
+
+
+# How many ids, and how many refusals with their reasons, one summary names. Flash messages travel
+# in the session cookie, which a browser drops past 4 KB: a message per variant of a large bulk
+# action lost them all, the confirmation with them.
+_IDS_NAMED = 10
+_REFUSALS_NAMED = 3
+
+
+def _summary(verb: str, done: list[int], refused: list[str]) -> str:
+    """One message for a bulk action: "Approved 1,503: #1, ..., and 1,493 more; 12 refused: #7 is
+    no longer waiting for review: it is paused; ...; and 9 more." """
+    summary = f"{verb.capitalize()} {len(done):,}"
+    if done:
+        summary += ": " + _capped([f"#{i}" for i in done], _IDS_NAMED, ", ")
+    if refused:
+        summary += f"; {len(refused):,} refused: " + _capped(refused, _REFUSALS_NAMED, "; ")
+    return summary + "."
+
+
+def _capped(items: list[str], at_most: int, separator: str) -> str:
+    named = separator.join(items[:at_most])
+    rest = len(items) - at_most
+    return named + (f"{separator}and {rest:,} more" if rest > 0 else "")
 
 
 def _apply(variant_id: int, action: str, shown: str | None) -> Variant:
