@@ -1997,6 +1997,27 @@ def test_generate_creates_a_job_and_its_page_refreshes_until_done(
     assert len(re.findall(r'<tr data-variant-id="\d+">', review)) == 2
 
 
+def test_a_finished_job_of_an_auto_approving_experiment_links_to_the_copy_being_served(
+    app: Any, api: Any, dash: Dashboard
+) -> None:
+    """The copy went live as it was written: the page offered "Review the new copy", a queue
+    with nothing in it."""
+    eid = api.create_experiment(name="Auto launch", auto_approve=True)["id"]
+    response = dash.post(
+        f"/dashboard/experiments/{eid}/generate", {"segment": "tea-lovers", "n": "2"}
+    )
+    assert response.status_code == 303
+    app.extensions["copybandit.jobs"].join(timeout=30)
+    done = dash.html(location(response))
+    assert 'data-status="succeeded"' in done
+    assert "Review the new copy" not in done
+    assert f'/dashboard/experiments/{eid}/review"' not in done
+    assert "now being served" in texts(done, "a", href=f"/dashboard/experiments/{eid}")
+    with Session(app.extensions["copybandit.engine"]) as session:
+        statuses = session.exec(select(Variant.status).where(Variant.experiment_id == eid)).all()
+    assert statuses and set(statuses) == {"active"}
+
+
 def test_a_failed_job_page_shows_the_error_and_stops_refreshing(
     app: Any, dash: Dashboard, experiment: dict[str, Any], writer: ScriptedWriter
 ) -> None:
