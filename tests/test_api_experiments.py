@@ -80,6 +80,19 @@ def test_create_keeps_sticky_and_optional_product_fields(api: Any) -> None:
     assert created["product"] == {**product, "price": None, "url": None}
 
 
+def test_a_url_scheme_is_read_in_any_case_and_a_refusal_is_in_plain_words(api: Any) -> None:
+    created = api.create_experiment(name="Upper", product=_product(url="HTTPS://shop.example/a"))
+    assert created["product"]["url"] == "HTTPS://shop.example/a"
+
+    response = api.post("/v1/experiments", json=_body(product=_product(url="ftp://shop.example")))
+    assert response.status_code == 400
+    assert response.get_json() == {
+        "error": "invalid",
+        "message": "product.url: must start with http:// or https:// and contain no spaces",
+        "field": "product.url",
+    }
+
+
 def test_list_returns_every_experiment_in_creation_order(api: Any) -> None:
     assert api.get("/v1/experiments").get_json() == {"experiments": []}
     first = api.create_experiment(name="First")

@@ -1188,7 +1188,7 @@ def test_new_experiment_form_creates_one(app: Any, dash: Dashboard, session: Ses
         ({"segments": "tea-lovers Brew loose-leaf tea daily."}, "segments, line 1"),
         ({"segments": "tea-lovers: Brew tea.\nbusy parents need water"}, "segments, line 2"),
         ({"segments": ""}, "segments"),
-        ({"segments": "tea-lovers: Brew tea.\ntea-lovers: Again."}, "segments"),
+        ({"segments": "tea-lovers: Brew tea.\ntea-lovers: Again."}, "segments, line 2"),
         ({"segments": "Tea Lovers: Brew tea."}, "segments, line 1"),
         ({"segments": "tea-lovers: "}, "segments, line 1"),
     ],
@@ -1207,14 +1207,30 @@ def test_new_experiment_with_bad_input_is_400_naming_the_field(
     assert 'value="Aurora kettle"' in html or overrides.get("product_name") == ""
 
 
+def test_an_upper_case_url_scheme_is_a_web_address(app: Any, dash: Dashboard) -> None:
+    """A scheme is case-insensitive; HTTPS://... was refused quoting pydantic's regex."""
+    response = dash.post(
+        "/dashboard/experiments/new",
+        experiment_form(product_url="HTTPS://shop.example.com/aurora"),
+    )
+    assert response.status_code == 303, error_text(response)
+    with Session(app.extensions["copybandit.engine"]) as session:
+        [created] = session.exec(select(Experiment)).all()
+    assert created.product_url == "HTTPS://shop.example.com/aurora"
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
         ({"name": "   "}, "name: must not be blank"),
         ({"brand_voice": "Warm\x0cand plain"}, "brand_voice: must not contain control characters"),
         (
-            {"segments": "tea-lovers: Brew tea.\ntea-lovers: Again."},
-            "segments: segment keys must be unique",
+            {"segments": "tea-lovers: Brew tea.\n\nbusy-parents: Fast.\ntea-lovers: Again."},
+            "segments, line 4: the key tea-lovers is already on line 1",
+        ),
+        (
+            {"product_url": "shop.example.com/aurora"},
+            "product.url: must start with http:// or https:// and contain no spaces",
         ),
     ],
 )

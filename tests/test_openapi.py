@@ -285,3 +285,22 @@ def test_an_events_body_is_accepted_exactly_when_its_schema_says_so(
     response = api.post("/v1/events", json=body, key="serve")
     accepted = response.status_code == 200
     assert accepted is _valid_against(spec, "EventsIn", body), response.get_json()
+
+
+@pytest.mark.parametrize(
+    ("url", "valid"),
+    [
+        ("https://shop.example/a", True),
+        ("HTTPS://shop.example/a", True),
+        ("Http://shop.example/a", True),
+        ("ftp://shop.example/a", False),
+        ("https://shop example", False),
+    ],
+)
+def test_the_published_url_pattern_reads_the_scheme_in_any_case_as_the_server_does(
+    spec: dict[str, Any], url: str, valid: bool
+) -> None:
+    # An ECMA-262 regex engine (JSON Schema's), without inline flags it may not support.
+    document = {"$ref": "#/components/schemas/ProductIn", "components": spec["components"]}
+    body = {"name": "Kettle", "description": "A kettle.", "url": url}
+    assert jsonschema_rs.Draft202012Validator(document).is_valid(body) is valid

@@ -251,6 +251,9 @@ def new_experiment() -> Response | str | tuple[str, int]:
 def _experiment_fields(form: dict[str, str]) -> dict[str, Any]:
     """The form's flat fields in the API's shape; segments are `key: description` lines."""
     segments = []
+    # The line each key was first given on: a repeat is named by both lines, not only as "segment
+    # keys must be unique", which left the marketer to find it.
+    first_line: dict[str, int] = {}
     # Split only where a browser ends a textarea's lines: splitlines() also broke at U+2028 and
     # other separators inside a description, and the line numbers it named were off.
     for number, line in enumerate(_LINE_BREAK.split(form.get("segments", "")), start=1):
@@ -261,6 +264,10 @@ def _experiment_fields(form: dict[str, str]) -> dict[str, Any]:
             raise _segment_line_error(number, "must read 'key: description'")
         segment = {"key": key.strip(), "description": description.strip()}
         _check_segment_line(number, segment)
+        if segment["key"] in first_line:
+            problem = f"the key {segment['key']} is already on line {first_line[segment['key']]}"
+            raise _segment_line_error(number, problem)
+        first_line[segment["key"]] = number
         segments.append(segment)
     price_text = form.get("price", "").strip()
     try:
