@@ -443,7 +443,7 @@ def test_approve_from_the_review_queue_makes_the_variant_active(page: Page, site
         "when written: passed length, markup, banned_phrase"
     )
 
-    row(page, approved).get_by_role("button", name="Approve", exact=True).click()
+    row(page, approved).get_by_role("button", name=f"Approve #{approved}", exact=True).click()
     expect(flash(page)).to_have_text(f"Variant #{approved} approved.")
     assert path_of(page) == f"/dashboard/experiments/{experiment_id}/review"
     expect(row(page, approved)).to_have_count(0)
@@ -453,7 +453,9 @@ def test_approve_from_the_review_queue_makes_the_variant_active(page: Page, site
     expect(row(page, approved).locator("td.status .state")).to_have_text("active")
     expect(row(page, approved).locator("td.status .reason")).to_have_text(f"approved by {EMAIL}")
     expect(row(page, approved)).to_have_class(re.compile(r"\bstatus-active\b"))
-    expect(row(page, approved).get_by_role("button", name="Pause", exact=True)).to_be_visible()
+    expect(
+        row(page, approved).get_by_role("button", name=f"Pause #{approved}", exact=True)
+    ).to_be_visible()
     expect(page.get_by_role("link", name="Review queue (1)")).to_be_visible()
 
     variant = site.variant(approved)
@@ -470,7 +472,7 @@ def test_reject_removes_the_variant_from_the_queue(page: Page, site: Site) -> No
     )
     _, rejected, kept = ids["tea-lovers"]
     page.goto(f"/dashboard/experiments/{experiment_id}/review")
-    row(page, rejected).get_by_role("button", name="Reject", exact=True).click()
+    row(page, rejected).get_by_role("button", name=f"Reject #{rejected}", exact=True).click()
 
     expect(flash(page)).to_have_text(f"Variant #{rejected} rejected.")
     expect(row(page, rejected)).to_have_count(0)
@@ -720,17 +722,21 @@ def test_pause_then_resume_a_variant(page: Page, site: Site) -> None:
     status = row(page, variant_id).locator("td.status .state")
     expect(status).to_have_text("active")
 
-    row(page, variant_id).get_by_role("button", name="Pause", exact=True).click()
+    row(page, variant_id).get_by_role("button", name=f"Pause #{variant_id}", exact=True).click()
     expect(flash(page)).to_have_text(f"Variant #{variant_id} paused.")
     assert page.url.endswith(f"/dashboard/experiments/{experiment_id}#segment-tea-lovers")
     expect(status).to_have_text("paused")
-    expect(row(page, variant_id).get_by_role("button", name="Pause", exact=True)).to_have_count(0)
+    expect(
+        row(page, variant_id).get_by_role("button", name=f"Pause #{variant_id}", exact=True)
+    ).to_have_count(0)
     assert site.variant(variant_id).status == VariantStatus.PAUSED
 
-    row(page, variant_id).get_by_role("button", name="Resume", exact=True).click()
+    row(page, variant_id).get_by_role("button", name=f"Resume #{variant_id}", exact=True).click()
     expect(flash(page)).to_have_text(f"Variant #{variant_id} resumed.")
     expect(status).to_have_text("active")
-    expect(row(page, variant_id).get_by_role("button", name="Pause", exact=True)).to_be_visible()
+    expect(
+        row(page, variant_id).get_by_role("button", name=f"Pause #{variant_id}", exact=True)
+    ).to_be_visible()
     variant = site.variant(variant_id)
     assert variant.status == VariantStatus.ACTIVE
     assert variant.status_reason == f"resumed by {EMAIL}"
@@ -743,7 +749,7 @@ def test_pausing_the_last_active_variant_is_refused(page: Page, site: Site) -> N
     (only,) = ids["tea-lovers"]
     page.goto(f"/dashboard/experiments/{experiment_id}")
     with page.expect_response(lambda r: r.request.method == "POST") as answer:
-        row(page, only).get_by_role("button", name="Pause", exact=True).click()
+        row(page, only).get_by_role("button", name=f"Pause #{only}", exact=True).click()
     assert answer.value.status == 409
     expect(page.get_by_test_id("error")).to_contain_text("last active variant")
     assert site.variant(only).status == VariantStatus.ACTIVE

@@ -915,6 +915,71 @@ def test_copy_is_escaped_on_every_page(
     assert f'data-variant-id="{pending}"' in review
 
 
+class _Controls(HTMLParser):
+    """Each button, textarea and visible input, with the name a screen reader gives it: its
+    aria-label, else its own text (a button) or its label's (a field inside a <label>)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.names: list[tuple[str, str]] = []
+        self._label: list[str] | None = None
+        self._button: tuple[dict[str, str | None], list[str]] | None = None
+        self._fields_in_label: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        have = dict(attrs)
+        if tag == "label":
+            self._label, self._fields_in_label = [], []
+        elif tag == "button":
+            self._button = (have, [])
+        elif tag == "textarea" or (tag == "input" and have.get("type") not in ("hidden",)):
+            if have.get("aria-label"):
+                self.names.append((tag, str(have["aria-label"])))
+            elif self._label is not None:
+                self._fields_in_label.append((tag, have))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "button" and self._button is not None:
+            have, text = self._button
+            self.names.append(
+                ("button", str(have.get("aria-label") or " ".join("".join(text).split())))
+            )
+            self._button = None
+        elif tag == "label" and self._label is not None:
+            label = " ".join("".join(self._label).split())
+            self.names.extend((field, label) for field, _ in self._fields_in_label)
+            self._label = None
+
+    def handle_data(self, data: str) -> None:
+        if self._button is not None:
+            self._button[1].append(data)
+        if self._label is not None:
+            self._label.append(data)
+
+
+def repeated_control_names(html: str) -> list[tuple[str, str]]:
+    controls = _Controls()
+    controls.feed(html)
+    return sorted({name for name in controls.names if controls.names.count(name) > 1})
+
+
+def test_every_rows_buttons_and_every_segments_fields_have_names_of_their_own(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """A screen reader listing a page's controls read "Approve, Approve, Approve", and the two
+    segments' "Add copy by hand" boxes had one name between them."""
+    eid = experiment["id"]
+    pending = [add_pending(app, eid, "tea-lovers", GOOD[i]) for i in range(2)]
+    review = dash.html(f"/dashboard/experiments/{eid}/review")
+    page = dash.html(f"/dashboard/experiments/{eid}")
+    assert repeated_control_names(review) == []
+    assert repeated_control_names(page) == []
+    for vid in pending:
+        for name in ("Approve", "Reject", "Save edit and approve"):
+            assert f'aria-label="{name} #{vid}"' in review
+    assert 'aria-label="Add copy by hand to tea-lovers"' in page
+
+
 RTL_NAME = "إطلاق الخريف"
 RTL_COPY = "اغلِ الماء في ثلاث دقائق مع غلاية أورورا."
 _VOID = {"br", "input", "meta", "link", "img", "hr"}
