@@ -179,10 +179,10 @@ def test_assignments_stored_before_0010_count_as_used_at_the_migration(
         assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", stored), stored
 
 
-def test_jobs_stored_before_0011_count_as_last_written_when_they_last_changed(
+def test_jobs_stored_before_0012_count_as_last_written_when_they_last_changed(
     empty_engine: sa.Engine,
 ) -> None:
-    migrate.upgrade(empty_engine, "0010")
+    migrate.upgrade(empty_engine, "0011")
     queued_at = utcnow() - timedelta(days=3)
     started_at = queued_at + timedelta(minutes=5)
     finished_at = started_at + timedelta(minutes=2)
@@ -217,6 +217,48 @@ def test_jobs_stored_before_0011_count_as_last_written_when_they_last_changed(
     with Session(empty_engine) as session:
         jobs = session.exec(select(GenerationJob).order_by(col(GenerationJob.id))).all()
     assert [job.updated_at for job in jobs] == [queued_at, started_at, finished_at]
+
+
+def _columns_and_indexes(engine: sa.Engine) -> dict[str, tuple[set[str], set[str]]]:
+    inspector = sa.inspect(engine)
+    return {
+        table: (
+            {column["name"] for column in inspector.get_columns(table)},
+            {str(index["name"]) for index in inspector.get_indexes(table)},
+        )
+        for table in _tables(engine)
+    }
+
+
+def test_a_database_migrated_by_the_first_0011_ends_at_the_same_schema(
+    empty_engine: sa.Engine,
+) -> None:
+    """Revision id 0011 was first an index on impression (c0eb4fa, reverted), then
+    generation_job.updated_at. A database migrated by the first read as up to date, and the
+    lifecycle then failed on the missing column."""
+    migrate.upgrade(empty_engine, "0010")
+    with empty_engine.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE INDEX ix_impression_experiment_id_segment_id"
+            " ON impression (experiment_id, segment_id)"
+        )
+        connection.exec_driver_sql("UPDATE alembic_version SET version_num = '0011'")
+    assert migrate.mismatch(empty_engine) is not None
+
+    migrate.upgrade(empty_engine)
+
+    assert migrate.mismatch(empty_engine) is None
+    assert _diff(empty_engine) == []
+    migrated = _columns_and_indexes(empty_engine)
+    # The same database built afresh, so both sides come from the same backend.
+    migrate.downgrade(empty_engine, "base")
+    migrate.upgrade(empty_engine)
+    assert migrated == _columns_and_indexes(empty_engine)
+    # Back at the 0011 the last release knew, with its column, and up again.
+    migrate.downgrade(empty_engine, "0011")
+    assert "updated_at" in _columns_and_indexes(empty_engine)["generation_job"][0]
+    migrate.upgrade(empty_engine)
+    assert _diff(empty_engine) == []
 
 
 def test_a_migration_that_leaves_dangling_references_is_refused(

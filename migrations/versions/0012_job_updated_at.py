@@ -1,12 +1,16 @@
 """generation jobs note their last write, so a running job is given up by its silence
 
-Revision ID: 0011
-Revises: 0010
-Create Date: 2026-12-05 22:00:00
+Revision ID: 0012
+Revises: 0011
+Create Date: 2026-12-06 10:00:00
 
 A running job was given up as interrupted an hour after it started, even while its worker still
 wrote progress; a pass then ordered its copy again. Jobs stored before this revision count as last
 written when they last changed: finished, started or queued.
+
+This was released as revision 0011, an id an earlier migration had already used (see 0011), so a
+database may have the column already: it is added only where it is missing. A database that ran the
+earlier 0011 has its index on impression instead, dropped here.
 """
 
 from __future__ import annotations
@@ -16,13 +20,23 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0011"
-down_revision: str | None = "0010"
+revision: str = "0012"
+down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+_STRAY_INDEX = "ix_impression_experiment_id_segment_id"
+
 
 def upgrade() -> None:
+    bind = op.get_bind()
+    if any(index["name"] == _STRAY_INDEX for index in sa.inspect(bind).get_indexes("impression")):
+        op.drop_index(_STRAY_INDEX, table_name="impression")
+    if not any(c["name"] == "updated_at" for c in sa.inspect(bind).get_columns("generation_job")):
+        _add_updated_at()
+
+
+def _add_updated_at() -> None:
     with op.batch_alter_table("generation_job", schema=None) as batch_op:
         batch_op.add_column(sa.Column("updated_at", sa.DateTime(timezone=True), nullable=True))
     # Copied from the row's own times, so SQLite keeps the text format they are stored in.
@@ -36,5 +50,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("generation_job", schema=None) as batch_op:
-        batch_op.drop_column("updated_at")
+    # The column stays: the release before this one knew it as revision 0011, and its code needs
+    # it there. 0011's downgrade drops it.
+    pass
