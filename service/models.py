@@ -49,6 +49,12 @@ class UtcDateTime(sa.TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
+def _timestamp_defaulting_to_now(**kwargs: object) -> datetime:
+    """A timestamp the database fills in when an INSERT leaves it out: for columns a server of the
+    release before did not know, so it keeps working while `copybandit migrate` runs (0012)."""
+    return _timestamp(sa_column_kwargs={"server_default": sa.text("CURRENT_TIMESTAMP")}, **kwargs)
+
+
 def _timestamp(**kwargs: object) -> datetime:
     return Field(
         default_factory=utcnow,
@@ -221,7 +227,7 @@ class Assignment(SQLModel, table=True):
     created_at: datetime = _timestamp()
     # When a decision last served it, to within ASSIGNMENT_USE_NOTED_EVERY; `copybandit purge`
     # deletes assignments unused for longer than the rows it deletes.
-    last_used_at: datetime = _timestamp(index=True)
+    last_used_at: datetime = _timestamp_defaulting_to_now(index=True)
 
 
 class ApiKey(SQLModel, table=True):
@@ -282,7 +288,7 @@ class GenerationJob(SQLModel, table=True):
     finished_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     # Its last write: a running job's worker writes its progress every round of the model, so a
     # running job whose row stays unwritten has no worker (see generation_jobs.interrupted).
-    updated_at: datetime = _timestamp()
+    updated_at: datetime = _timestamp_defaulting_to_now()
 
 
 class LifecycleEvent(SQLModel, table=True):

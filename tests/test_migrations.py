@@ -261,6 +261,48 @@ def test_a_database_migrated_by_the_first_0011_ends_at_the_same_schema(
     assert _diff(empty_engine) == []
 
 
+def test_a_server_of_the_release_before_inserts_without_the_new_columns(
+    empty_engine: sa.Engine,
+) -> None:
+    """A previous release's server, still running while `copybandit migrate` runs, writes no
+    assignment.last_used_at (0010) or generation_job.updated_at: its first sticky decision and
+    its generate request were 500s on NOT NULL."""
+    migrate.upgrade(empty_engine)
+    with Session(empty_engine) as session:
+        variant = _a_variant(session)
+        ids = {
+            "experiment": variant.experiment_id,
+            "segment": variant.segment_id,
+            "variant": variant.id,
+        }
+        session.commit()
+    # SQLite's CURRENT_TIMESTAMP has whole seconds.
+    before = utcnow().replace(microsecond=0)
+    with empty_engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO assignment"
+                " (experiment_id, segment_id, user_hash, variant_id, propensity, created_at)"
+                " VALUES (:experiment, :segment, 'u', :variant, 1.0, :now)"
+            ).bindparams(sa.bindparam("now", type_=UtcDateTime)),
+            {**ids, "now": utcnow()},
+        )
+        connection.execute(
+            sa.text(
+                "INSERT INTO generation_job (experiment_id, n, status, progress, message,"
+                " created_at) VALUES (:experiment, 1, 'queued', 0, 'queued', :now)"
+            ).bindparams(sa.bindparam("now", type_=UtcDateTime)),
+            {"experiment": ids["experiment"], "now": utcnow()},
+        )
+    after = utcnow()
+
+    with Session(empty_engine) as session:
+        [assignment] = session.exec(select(Assignment)).all()
+        [job] = session.exec(select(GenerationJob)).all()
+    assert before <= assignment.last_used_at <= after
+    assert before <= job.updated_at <= after
+
+
 def test_a_migration_that_leaves_dangling_references_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

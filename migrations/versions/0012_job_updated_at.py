@@ -11,6 +11,11 @@ written when they last changed: finished, started or queued.
 This was released as revision 0011, an id an earlier migration had already used (see 0011), so a
 database may have the column already: it is added only where it is missing. A database that ran the
 earlier 0011 has its index on impression instead, dropped here.
+
+It also gives generation_job.updated_at and assignment.last_used_at (0010) the database's current
+time as their default, so a server of the release before, still running while this migrates, can
+insert the rows it knows without them (its first sticky decision and every job it queued failed
+NOT NULL). The code sets both itself.
 """
 
 from __future__ import annotations
@@ -34,6 +39,19 @@ def upgrade() -> None:
         op.drop_index(_STRAY_INDEX, table_name="impression")
     if not any(c["name"] == "updated_at" for c in sa.inspect(bind).get_columns("generation_job")):
         _add_updated_at()
+    _set_server_default(sa.text("CURRENT_TIMESTAMP"))
+
+
+def _set_server_default(default: sa.TextClause | None) -> None:
+    # On SQLite each table is rebuilt (batch mode), as 0010 and the earlier 0011 rebuilt them.
+    for table, column in [("assignment", "last_used_at"), ("generation_job", "updated_at")]:
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            batch_op.alter_column(
+                column,
+                existing_type=sa.DateTime(timezone=True),
+                existing_nullable=False,
+                server_default=default,
+            )
 
 
 def _add_updated_at() -> None:
@@ -50,6 +68,6 @@ def _add_updated_at() -> None:
 
 
 def downgrade() -> None:
+    _set_server_default(None)
     # The column stays: the release before this one knew it as revision 0011, and its code needs
     # it there. 0011's downgrade drops it.
-    pass
