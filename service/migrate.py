@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -98,8 +99,7 @@ def mismatch(engine: sa.Engine) -> str | None:
     """Why this code cannot work on the database as it is, or None when it is at the head."""
     script = ScriptDirectory.from_config(alembic_config())
     head = script.get_current_head()
-    with engine.connect() as connection:
-        current = MigrationContext.configure(connection).get_current_revision()
+    current = _current_revision(engine)
     if current == head:
         return None
     where = display_url(engine.url)
@@ -112,3 +112,16 @@ def mismatch(engine: sa.Engine) -> str | None:
             "version migrated it; run that version"
         )
     return f"{where} is at migration {current}, this code needs {head}; run `copybandit migrate`"
+
+
+def _current_revision(engine: sa.Engine) -> str | None:
+    # Alembic's context logs its dialect at INFO ("Context impl SQLiteImpl."), which every command
+    # that only checks the schema (a lifecycle pass, serve's start) printed as if it migrated.
+    quiet = logging.getLogger("alembic.runtime.migration")
+    level = quiet.level
+    quiet.setLevel(max(level, logging.WARNING))
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        quiet.setLevel(level)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from service.cli import SCENARIOS, main
 from service.config import load_settings
 from service.db import make_engine
 from service.metrics import MULTIPROC_ENV
-from service.models import ApiKey, Experiment, Marketer, Variant
+from service.models import ApiKey, Experiment, GenerationJob, Marketer, Variant, utcnow
 from tests.conftest import BACKENDS, postgres_schema, postgres_schema_url
 
 KEY = re.compile(r"cb_[0-9a-f]{16}_[A-Za-z0-9_-]+")
@@ -552,11 +553,24 @@ def test_commands_log_json_lines_when_the_log_format_is_json(
 ) -> None:
     # generate, lifecycle and simulate logged bare messages whatever COPYBANDIT_LOG_FORMAT said.
     shutil.copy(sqlite_template, tmp_path / "cli.db")
-    env = {
-        **os.environ,
-        "COPYBANDIT_DATABASE_URL": f"sqlite:///{tmp_path}/cli.db",
-        "COPYBANDIT_LOG_FORMAT": "json",
-    }
+    url = f"sqlite:///{tmp_path}/cli.db"
+    # A job silent for two hours, which the pass gives up with a warning: something to log.
+    with _session(url) as session:
+        experiment = Experiment(name="e", product_name="p", product_description="d")
+        session.add(experiment)
+        session.flush()
+        silent_since = utcnow() - timedelta(hours=2)
+        session.add(
+            GenerationJob(
+                experiment_id=experiment.id,  # type: ignore[arg-type]
+                n=1,
+                status="running",
+                started_at=silent_since,
+                updated_at=silent_since,
+            )
+        )
+        session.commit()
+    env = {**os.environ, "COPYBANDIT_DATABASE_URL": url, "COPYBANDIT_LOG_FORMAT": "json"}
     result = subprocess.run(
         [Path(sys.executable).parent / "copybandit", "lifecycle", "--once", "--no-generate"],
         env=env,
@@ -564,9 +578,7 @@ def test_commands_log_json_lines_when_the_log_format_is_json(
         text=True,
         check=True,
     )
-    logged = result.stderr.splitlines()
-    assert logged  # at least Alembic's lines on checking the schema, at INFO
-    for line in logged:
-        assert json.loads(line)["logger"], line
+    logged = [json.loads(line) for line in result.stderr.splitlines()]
+    assert [line["logger"] for line in logged] == ["service.generation_jobs"], result.stderr
     # What the command prints for the person who ran it stays as it was.
-    assert result.stdout == "0 experiments, 0 actions, 0 generation jobs queued\n"
+    assert result.stdout == "1 experiments, 0 actions, 0 generation jobs queued\n"

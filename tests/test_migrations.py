@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -301,6 +302,20 @@ def test_a_server_of_the_release_before_inserts_without_the_new_columns(
         [job] = session.exec(select(GenerationJob)).all()
     assert before <= assignment.last_used_at <= after
     assert before <= job.updated_at <= after
+
+
+def test_checking_the_schema_logs_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Every command checks the schema first; a `lifecycle --once` pass logged Alembic's
+    "Context impl SQLiteImpl." and "Will assume non-transactional DDL." each time."""
+    engine = make_engine(load_settings({"database_url": f"sqlite:///{tmp_path}/quiet.db"}))
+    migrate.upgrade(engine)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert migrate.mismatch(engine) is None
+    engine.dispose()
+    assert [record.getMessage() for record in caplog.records] == []
+    # Quiet for the check only: a migration still says what it does.
+    assert logging.getLogger("alembic.runtime.migration").level == logging.NOTSET
 
 
 def test_a_migration_that_leaves_dangling_references_is_refused(
