@@ -141,10 +141,19 @@ def migrate(check: bool) -> None:
     engine = _make_engine(settings)
     if check:
         problem = migrations.mismatch(engine)
-        click.echo(f"migrations pending: {problem}" if problem else "database is up to date")
+        click.echo(_check_result(engine, problem))
         sys.exit(1 if problem else 0)
     _upgrade(engine)
     click.echo(f"database migrated: {display_url(engine.url)}")
+
+
+def _check_result(engine: sa.Engine, problem: str | None) -> str:
+    if problem is None:
+        return "database is up to date"
+    # No migration of this version's is pending there: it is the code that is behind.
+    if migrations.is_newer(engine):
+        return f"database is newer than this copybandit: {problem}"
+    return f"migrations pending: {problem}"
 
 
 def _upgrade(engine: sa.Engine) -> None:

@@ -105,13 +105,23 @@ def mismatch(engine: sa.Engine) -> str | None:
     where = display_url(engine.url)
     if current is None:
         return f"{where} has no tables yet; run `copybandit migrate` first"
-    if current not in {revision.revision for revision in script.walk_revisions()}:
+    if _unknown(script, current):
         # Migrating cannot help: only the newer code knows how it got there.
         return (
             f"{where} is at migration {current}, which this copybandit does not know: a newer "
             "version migrated it; run that version"
         )
     return f"{where} is at migration {current}, this code needs {head}; run `copybandit migrate`"
+
+
+def is_newer(engine: sa.Engine) -> bool:
+    """Whether a newer copybandit migrated the database, past every migration this one knows."""
+    current = _current_revision(engine)
+    return current is not None and _unknown(ScriptDirectory.from_config(alembic_config()), current)
+
+
+def _unknown(script: ScriptDirectory, revision: str) -> bool:
+    return revision not in {known.revision for known in script.walk_revisions()}
 
 
 def _current_revision(engine: sa.Engine) -> str | None:

@@ -325,6 +325,10 @@ def test_a_database_migrated_by_a_newer_version_is_one_clear_line(database: str)
         assert result.exit_code == 1, (command, result.output)
         assert "is at migration 9999, which this copybandit does not know" in result.output
         assert "Traceback" not in result.output
+    # It said "migrations pending", for a database no migration of this version can help.
+    checked = run("migrate", "--check")
+    assert checked.output.startswith("database is newer than this copybandit: ")
+    assert "pending" not in checked.output
 
 
 def test_a_sqlite_path_that_cannot_be_made_or_is_not_a_database_is_one_line(
