@@ -22,7 +22,7 @@ from sqlmodel import Session, SQLModel, select
 from werkzeug.security import generate_password_hash
 
 from generation.writer import Sample
-from service import experiments
+from service import experiments, retention
 from service.dashboard import account_pages
 from service.dashboard.sign_in_limits import ADDRESS_BURST, EMAIL_BURST, SignInLimits
 from service.marketers import create_marketer, set_password
@@ -2234,9 +2234,9 @@ def test_experiment_page_shows_interval_bars_and_the_leaders_full_text(
         assert high == pytest.approx(max(rows[vid].interval[1] / scale * 160, low + 1), abs=0.21)
     assert spans[leader][1] == pytest.approx(160, abs=0.11)
     assert spans[leader][0] > spans[first][1]  # separated intervals are drawn apart
-    # The leader's row is highlighted; no history rows yet, so no charts.
+    # The leader's row is highlighted; counters without rows (as a purge leaves), so no charts.
     assert re.search(rf'<tr data-variant-id="{leader}" class="status-active highlighted"', tea)
-    assert "<polyline" not in html and "Charts appear once" in tea
+    assert "<polyline" not in html and "No rows left in the retention window" in tea
 
 
 def declare_winner(app: Any, experiment_id: int, segment_key: str, variant_id: int) -> None:
@@ -2302,6 +2302,21 @@ def test_a_segment_with_nothing_live_has_no_headline(app: Any, api: Any, dash: D
     html = dash.html(f"/dashboard/experiments/{created['id']}")
     assert texts(html, data_testid="headline") == []
     assert "No copy is being served in this segment yet." in section(html, "tea-lovers")
+
+
+def test_a_segment_whose_rows_were_all_purged_says_so_instead_of_awaiting_traffic(
+    app: Any, api: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """It said "Charts appear once this segment has served copy." beside a table of the
+    impressions the purge had removed."""
+    eid = experiment["id"]
+    serve(api, eid, "tea-lovers", 30, convert_every=3)
+    purged = retention.purge(engine=app.extensions["copybandit.engine"], older_than=timedelta(0))
+    assert purged.impressions == 30
+
+    tea = section(dash.html(f"/dashboard/experiments/{eid}"), "tea-lovers")
+    assert "<polyline" not in tea and "Charts appear once" not in tea
+    assert "No rows left in the retention window; the totals include purged traffic." in tea
 
 
 def test_charts_appear_only_after_traffic(

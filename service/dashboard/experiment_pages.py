@@ -146,6 +146,9 @@ class SegmentView:
     styles: dict[int, charts.LineStyle]
     # Why some served variants have no line, when the chart would hold more than it can tell apart.
     charted_note: str
+    # Whether any copy has been served: without charts, a segment that has served copy has had
+    # every row purged, and its totals are the counters alone.
+    served: bool
     share_chart: charts.LineChart | None
     rate_chart: charts.LineChart | None
 
@@ -193,6 +196,7 @@ def _segment_view(session: Session, report: SegmentReport) -> SegmentView:
         bars=bars,
         styles=styles,
         charted_note=charted_note,
+        served=bool(served),
         share_chart=share_chart,
         rate_chart=rate_chart,
     )
