@@ -152,7 +152,7 @@ def _impression_statements(
 def _record(engine: sa.Engine, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
     """Run them and commit before returning (PostgreSQL's one statement in autocommit)."""
     dialect = engine.dialect
-    pooled = engine.raw_connection()
+    pooled = _connect(engine)
     driver: Any = pooled.driver_connection
     try:
         if dialect.name == "postgresql":
@@ -181,6 +181,23 @@ def _record(engine: sa.Engine, statements: list[tuple[str, tuple[Any, ...]]]) ->
         ) from exc
     finally:
         pooled.close()
+
+
+def _connect(engine: sa.Engine) -> sa.PoolProxiedConnection:
+    """A pooled connection; one that cannot be made is raised as a Session raises it."""
+    dialect = engine.dialect
+    try:
+        return engine.raw_connection()
+    except dialect.loaded_dbapi.Error as exc:
+        # The pool hands the driver's own error on (psycopg's OperationalError when the server is
+        # down or the database gone), which the error handlers answered 500; wrapped, it is 503.
+        raise sa.exc.DBAPIError.instance(
+            "decide: connect",
+            None,
+            exc,
+            dialect.loaded_dbapi.Error,
+            connection_invalidated=dialect.is_disconnect(exc, None, None),
+        ) from exc
 
 
 @functools.cache

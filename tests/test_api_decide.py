@@ -205,6 +205,42 @@ def test_a_failed_impression_write_is_503_stores_nothing_and_the_next_one_succee
         engine.dispose()
 
 
+def test_a_decision_that_cannot_connect_to_the_database_is_503(
+    app_config: dict[str, Any],
+    session: Session,
+    experiment: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The impression's connection is taken from the pool by hand: the driver's own error from a
+    fresh connect (the server down, the database renamed away) was answered 500 'internal'."""
+    served = create_app(app_config | {"snapshot_ttl_seconds": 600.0})
+    api = Api(served.test_client(), session)
+    engine = served.extensions["copybandit.engine"]
+    try:
+        api.decide(experiment["id"], segment="tea-lovers")
+        stored = session.scalar(sa.select(sa.func.count()).select_from(Impression))
+        engine.dispose()  # the next connection is a fresh connect, and it fails
+        refused = engine.dialect.loaded_dbapi.OperationalError("connection refused")
+        monkeypatch.setattr(engine.dialect, "connect", _raises(refused))
+
+        response = _post_decide(api, {"experiment": experiment["id"], "segment": "tea-lovers"})
+
+        assert response.status_code == 503, response.get_json()
+        assert response.get_json()["error"] == "unavailable"
+        monkeypatch.undo()
+        assert session.scalar(sa.select(sa.func.count()).select_from(Impression)) == stored
+        assert api.decide(experiment["id"], segment="tea-lovers")["impression_id"]
+    finally:
+        engine.dispose()
+
+
+def _raises(exc: Exception) -> Any:
+    def raising(*_args: Any, **_kwargs: Any) -> Any:
+        raise exc
+
+    return raising
+
+
 # The request's session reads the snapshot in a transaction while the decision commits on a
 # connection of its own: a connection the server drops between the two is a PostgreSQL matter.
 @pytest.mark.parametrize("database_url", ["postgres"] if PG_URL else [], indirect=True)
