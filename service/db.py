@@ -162,6 +162,12 @@ def _close_session(_exc: BaseException | None) -> None:
         db_session.invalidate()
 
 
+def database_unavailable(exc: sa.exc.DBAPIError) -> bool:
+    """The database could not be reached or written (a lost server, a lock held too long, a
+    read-only file): a condition to report and retry, not a bug to trace."""
+    return exc.connection_invalidated or isinstance(exc, sa.exc.OperationalError)
+
+
 def insert_for(session: Session) -> Any:
     """The dialect's `insert`: SQLite's and PostgreSQL's both have `on_conflict_do_*`."""
     if session.get_bind().dialect.name == "postgresql":

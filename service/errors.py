@@ -171,7 +171,7 @@ def register(app: Flask) -> None:
     @app.errorhandler(sa.exc.DBAPIError)
     def _database_error(exc: sa.exc.DBAPIError) -> Response:
         db.session().rollback()
-        if exc.connection_invalidated or isinstance(exc, sa.exc.OperationalError):
+        if db.database_unavailable(exc):
             # The pool has dropped the dead connection; the client's retry gets a fresh one.
             log.warning("database unavailable: %s", exc.orig)
             return error_response(

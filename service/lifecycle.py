@@ -23,7 +23,7 @@ from sqlmodel import Session, col, select
 
 from bandits import stats
 from bandits.priors import discount_factor, empirical_bayes_prior
-from service.db import rows_changed
+from service.db import database_unavailable, rows_changed
 from service.errors import first_problem
 from service.metrics import metrics
 from service.models import (
@@ -272,13 +272,9 @@ def run_lifecycle(
             for segment in segments:
                 try:
                     events, job_id = apply_segment(session, experiment, segment, policy, now)
-                except Exception:
+                except Exception as exc:
                     session.rollback()
-                    log.exception(
-                        "lifecycle: segment %s of experiment %s left unchanged",
-                        segment.key,
-                        experiment.id,
-                    )
+                    _log_left_unchanged(experiment, segment, exc)
                     report.failed_segments.append(segment.id)  # type: ignore[arg-type]
                     continue
                 report.actions += events
@@ -287,6 +283,17 @@ def run_lifecycle(
                     if submit_job is not None:
                         submit_job(job_id)
     return report
+
+
+def _log_left_unchanged(experiment: Experiment, segment: Segment, exc: Exception) -> None:
+    """Called while `exc` is handled."""
+    where = f"lifecycle: segment {segment.key} of experiment {experiment.id} left unchanged"
+    if isinstance(exc, sa.exc.DBAPIError) and database_unavailable(exc):
+        # The reason is the news (a read-only file, a lost server), not where in the pass it met
+        # it: a traceback per segment buried it.
+        log.warning("%s: database unavailable: %s", where, exc.orig)
+    else:
+        log.exception(where)
 
 
 def apply_segment(

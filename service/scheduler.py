@@ -22,7 +22,7 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from sqlmodel import Session, col
 
-from service.db import insert_for, rows_changed
+from service.db import database_unavailable, insert_for, rows_changed
 from service.models import SchedulerLease, utcnow
 
 log = logging.getLogger(__name__)
@@ -103,12 +103,15 @@ class PeriodicJob:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
 
     def tick(self) -> bool:
-        now = self.clock()
-        slot = int(now // self.interval * self.interval * 1000)
-        ahead_above = int((now + self.interval) * 1000)
-        if not claim(
-            self.engine, name=self.name, slot=slot, holder=self.holder, ahead_above=ahead_above
-        ):
+        try:
+            won, slot = self._claim_current_slot()
+        except sa.exc.DBAPIError as exc:
+            if not database_unavailable(exc):
+                raise
+            # One line per tick: APScheduler's traceback was 20 lines, every tick in every worker.
+            log.warning("%s: database unavailable, slot skipped: %s", self.name, exc.orig)
+            return False
+        if not won:
             return False
         log.info("%s: running for slot %s as %s", self.name, slot, self.holder)
         try:
@@ -116,6 +119,16 @@ class PeriodicJob:
         except Exception:
             log.exception("%s failed for slot %s", self.name, slot)
         return True
+
+    def _claim_current_slot(self) -> tuple[bool, int]:
+        """Whether this process won the slot the clock is in now, and that slot."""
+        now = self.clock()
+        slot = int(now // self.interval * self.interval * 1000)
+        ahead_above = int((now + self.interval) * 1000)
+        won = claim(
+            self.engine, name=self.name, slot=slot, holder=self.holder, ahead_above=ahead_above
+        )
+        return won, slot
 
 
 def start_background(job: PeriodicJob) -> object:

@@ -16,6 +16,7 @@ from sqlmodel import Session, col, select
 from bandits.priors import empirical_bayes_prior
 from service import cli, lifecycle
 from service.cli import main
+from service.db import make_engine
 from service.lifecycle import GuardrailWatch, RunReport, run_lifecycle
 from service.models import Experiment, GenerationJob, LifecycleEvent, Segment, Variant
 from service.policy import LifecyclePolicy
@@ -633,6 +634,31 @@ def test_a_crash_mid_segment_leaves_that_segment_unchanged(
     assert report.failed_segments == [tea_segment]
     session.expire_all()
     assert session.get(Segment, tea_segment).winner_variant_id is None  # type: ignore[union-attr]
+
+
+# SQLite's query_only is a read-only file's error without making one (root may write any file).
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_pass_on_a_database_it_cannot_write_logs_the_reason_once_per_segment(
+    app: Any, experiment: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each segment's failed write was logged as a 30-line traceback; the reason (a read-only
+    file) was its last line."""
+    engine = make_engine(app.extensions["copybandit.settings"])
+
+    @sa.event.listens_for(engine, "connect")
+    def _query_only(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute("PRAGMA query_only = ON")
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="service.lifecycle"):
+            report = run_lifecycle(engine=engine, now=NOW)
+    finally:
+        engine.dispose()
+
+    assert len(report.failed_segments) == 2  # both of the experiment's segments
+    assert [r.exc_info for r in caplog.records] == [None, None]
+    assert all(r.levelno == logging.WARNING for r in caplog.records)
+    assert all("left unchanged: database unavailable: " in r.getMessage() for r in caplog.records)
 
 
 def test_the_guardrail_pauses_on_a_conversion_event(
