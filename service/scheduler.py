@@ -135,6 +135,7 @@ def start_background(job: PeriodicJob) -> object:
     """An APScheduler thread that ticks `job` often enough to catch each slot early."""
     from apscheduler.schedulers.background import BackgroundScheduler
 
+    _quiet_apscheduler()
     scheduler = BackgroundScheduler(daemon=True)
     scheduler.add_job(
         job.tick,
@@ -146,3 +147,12 @@ def start_background(job: PeriodicJob) -> object:
     )
     scheduler.start()
     return scheduler
+
+
+def _quiet_apscheduler() -> None:
+    """APScheduler logs 'Running job' and 'executed successfully' at INFO: two lines per tick in
+    every worker, where tick's own line says when the job ran. COPYBANDIT_LOG_LEVEL=DEBUG keeps
+    them."""
+    apscheduler = logging.getLogger("apscheduler")
+    if apscheduler.getEffectiveLevel() > logging.DEBUG:
+        apscheduler.setLevel(logging.WARNING)

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -16,7 +17,7 @@ from sqlmodel import Session, select
 from service.config import load_settings
 from service.db import make_engine
 from service.models import SchedulerLease
-from service.scheduler import PeriodicJob, claim
+from service.scheduler import PeriodicJob, claim, start_background
 
 INTERVAL = 900.0
 # A realistic epoch time at the start of a slot, so slot numbers are as large as in production.
@@ -267,3 +268,30 @@ def test_a_tick_during_an_outage_skips_its_slot_with_one_warning(
     [record] = caplog.records
     assert record.levelno == logging.WARNING and record.exc_info is None
     assert record.getMessage().startswith("lifecycle: database unavailable, slot skipped: ")
+
+
+@pytest.mark.parametrize(
+    ("level", "apscheduler_lines"), [(logging.INFO, False), (logging.DEBUG, True)]
+)
+def test_apscheduler_says_nothing_about_its_ticks_unless_logs_are_at_debug(
+    engines: Callable[[], sa.Engine],
+    caplog: pytest.LogCaptureFixture,
+    level: int,
+    apscheduler_lines: bool,
+) -> None:
+    """At the default INFO it logged its start-up, then 'Running job' and 'executed successfully'
+    on every tick of every worker."""
+    ticked = threading.Event()
+    job = PeriodicJob(engines(), name="lifecycle", interval_seconds=4.0, job=ticked.set)
+    logging.getLogger("apscheduler").setLevel(logging.NOTSET)
+    try:
+        with caplog.at_level(level):
+            scheduler: Any = start_background(job)
+            try:
+                assert ticked.wait(timeout=10)
+            finally:
+                scheduler.shutdown()
+    finally:
+        logging.getLogger("apscheduler").setLevel(logging.NOTSET)
+    from_apscheduler = [r for r in caplog.records if r.name.startswith("apscheduler")]
+    assert bool(from_apscheduler) == apscheduler_lines
