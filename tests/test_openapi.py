@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 import jsonschema_rs  # schemathesis's validator
 import pytest
 
-from service import create_app
+from service import create_app, db
 
 ENDPOINTS = [
     ("post", "/v1/experiments", "ExperimentCreate", "201", "ExperimentOut"),
@@ -304,3 +306,31 @@ def test_the_published_url_pattern_reads_the_scheme_in_any_case_as_the_server_do
     document = {"$ref": "#/components/schemas/ProductIn", "components": spec["components"]}
     body = {"name": "Kettle", "description": "A kettle.", "url": url}
     assert jsonschema_rs.Draft202012Validator(document).is_valid(body) is valid
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("where", ["file", "folder"])
+def test_healthz_reports_a_sqlite_database_it_may_not_write(
+    app_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """A read-only (or immutable) file still answered SELECT 1: /healthz said ok while every
+    decision answered 503. Root may write a file whatever its mode, so the refusal is os.access's
+    answer for a file chattr +i made immutable."""
+    served = create_app(app_config)
+    database = db.sqlite_file(app_config["database_url"])
+    assert database is not None
+    refused = database if where == "file" else database.parent
+    real_access = os.access
+
+    def access(path: Any, mode: int, **kwargs: Any) -> bool:
+        if Path(path) == refused and mode & os.W_OK:
+            return False
+        return real_access(path, mode, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+    response = served.test_client().get("/healthz")
+
+    assert response.status_code == 503
+    body = response.get_json()
+    assert (body["error"], body["field"]) == ("unavailable", "database")
+    assert body["message"] == f"the database {where} {refused} cannot be written"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any
 
 import sqlalchemy as sa
@@ -26,12 +27,32 @@ def livez() -> tuple[dict[str, Any], int]:
 
 @api.get("/healthz", responses={200: Health, 503: ErrorOut})
 def healthz() -> tuple[dict[str, Any], int]:
-    """Liveness and database reachability."""
+    """Liveness, database reachability and, for SQLite, that its file may be written."""
     try:
         db.session().execute(sa.text("SELECT 1"))
     except sa.exc.OperationalError:
         raise ServiceUnavailable("the database is unreachable", field="database") from None
+    settings = current_app.extensions["copybandit.settings"]
+    problem = _sqlite_write_problem(settings.database_url) if settings.is_sqlite else None
+    if problem is not None:
+        raise ServiceUnavailable(problem, field="database")
     return json_of(Health(status="ok", database="ok"))
+
+
+def _sqlite_write_problem(url: str) -> str | None:
+    """Why SQLite may not write the database file, as its permissions tell; None when it may.
+
+    A file that reads but cannot be written (read-only, immutable, its folder closed to the
+    write-ahead log's files) answered SELECT 1, so /healthz said ok while every write failed.
+    Another process holding the write lock is not seen: taking the lock here would stall writers.
+    """
+    database = db.sqlite_file(url)
+    if database is None:
+        return None
+    for path, what in ((database, "file"), (database.parent, "folder")):
+        if not os.access(path, os.W_OK):
+            return f"the database {what} {path} cannot be written"
+    return None
 
 
 @api.get("/openapi.json", doc_ui=False)
