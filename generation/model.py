@@ -11,6 +11,7 @@ transformers load is `local_files_only`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import logging
@@ -19,7 +20,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -47,6 +48,9 @@ class ModelConfig:
     cache_dir: Path = Path("var/models")
     device: str = "cpu"
     dtype: str = "float32"
+    progress_bars: bool = True
+    """transformers' tqdm bars on stderr while it converts, loads or saves weights: for a person at
+    a terminal, not for a log pipeline (they are raw lines between JSON ones)."""
 
     def validate(self) -> ModelConfig:
         if self.dtype not in _DTYPES:
@@ -167,7 +171,7 @@ def _gguf_folder() -> Path:
     return Path(spec.submodule_search_locations[0])
 
 
-def _dequantize_into(cache: Path, say: Callable[[str], None]) -> None:
+def _dequantize_into(cache: Path, say: Callable[[str], None], *, progress_bars: bool) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -175,20 +179,44 @@ def _dequantize_into(cache: Path, say: Callable[[str], None]) -> None:
     say(f"first start: de-quantizing {GGUF_FILE} (about 30-40 s, once) ...")
     started = time.monotonic()
     kwargs = {"gguf_file": GGUF_FILE, "local_files_only": True}
-    tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
-    quantized = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs)
+    with transformers_progress_bars(progress_bars):
+        tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+        quantized = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs)
     # A GGUF-loaded model refuses save_pretrained; a fresh one from its config saves fine.
     fresh = AutoModelForCausalLM.from_config(quantized.config, dtype=torch.float32)
     fresh.load_state_dict(quantized.state_dict())
     staging = Path(tempfile.mkdtemp(prefix=f".{cache.name}-", dir=cache.parent))
     try:
-        fresh.save_pretrained(staging)
+        with transformers_progress_bars(progress_bars):
+            fresh.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         move_into_place(staging, cache)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     say(f"cached de-quantized weights in {cache} ({time.monotonic() - started:.0f} s)")
+
+
+@contextlib.contextmanager
+def transformers_progress_bars(shown: bool) -> Iterator[None]:
+    """transformers' tqdm bars ("Loading weights", "Writing model shards", the GGUF conversion's)
+    shown or not while inside; as they were afterwards."""
+    if shown:
+        yield
+        return
+    from transformers import modeling_gguf_pytorch_utils as gguf
+    from transformers.utils import logging as transformers_logging
+
+    was_shown, gguf_bar = transformers_logging.is_progress_bar_enabled(), gguf.tqdm
+    transformers_logging.disable_progress_bar()
+    # The GGUF conversion calls tqdm itself, past transformers' switch.
+    gguf.tqdm = functools.partial(gguf_bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf.tqdm = gguf_bar
+        if was_shown:
+            transformers_logging.enable_progress_bar()
 
 
 def move_into_place(staging: Path, cache: Path) -> None:
@@ -236,7 +264,7 @@ def load_model(config: ModelConfig, say: Callable[[str], None] = log.info) -> Lo
         folder, model_id = config.cache_dir / _CACHE_NAME, DEFAULT_MODEL_ID
         if not (folder / "model.safetensors").is_file():
             folder.parent.mkdir(parents=True, exist_ok=True)
-            _dequantize_into(folder, say)
+            _dequantize_into(folder, say, progress_bars=config.progress_bars)
     started = time.monotonic()
     dtype = getattr(torch, config.dtype)
     tokenizer: Any = ChatTokenizer.from_folder(folder)
@@ -248,7 +276,8 @@ def load_model(config: ModelConfig, say: Callable[[str], None] = log.info) -> Lo
     if model is None:
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+        with transformers_progress_bars(config.progress_bars):
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
         model.to(config.device).eval()
     stop_ids = {*llama.eos_token_ids(folder), tokenizer.eos_token_id} - {None}
     say(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import sys
 import threading
 import weakref
 from collections import deque
@@ -574,5 +575,12 @@ def default_writer(settings: Settings) -> Writer:
         cache_dir=Path(settings.model_cache_dir),
         device=settings.model_device,
         dtype=settings.model_dtype,
+        progress_bars=progress_bars_wanted(settings),
     )
     return TransformersWriter(load_model(config))
+
+
+def progress_bars_wanted(settings: Settings) -> bool:
+    """transformers' bars are raw lines on stderr: only for text logs a person reads at a terminal
+    (JSON logs are one object per line, and a log file or journal keeps every redraw)."""
+    return settings.log_format == "text" and sys.stderr.isatty()

@@ -143,3 +143,42 @@ def test_tokenizers_transformers_would_rebuild_are_left_to_it(tmp_path: Path) ->
 def test_a_folder_without_a_model_is_refused_clearly(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"model folder must be a local Hugging Face causal-LM"):
         load_model(ModelConfig(path=str(tmp_path)))
+
+
+def _tiny_gpt2_folder(folder: Path) -> Path:
+    """A two-token GPT-2 that loads through transformers' Auto classes, in a blink."""
+    from tokenizers import Tokenizer, models
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    Tokenizer(models.WordLevel({"<eos>": 0, "a": 1}, unk_token="<eos>")).save(
+        str(folder / "tokenizer.json")
+    )
+    tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<eos>"}
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    config = GPT2Config(vocab_size=2, n_embd=8, n_layer=1, n_head=1, eos_token_id=0)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("shown", [True, False])
+def test_transformers_progress_bars_stay_off_stderr_when_not_wanted(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], shown: bool
+) -> None:
+    """With JSON logs the first start wrote tqdm's raw bars (de-quantizing, loading weights,
+    writing shards) between the JSON lines on stderr."""
+    from transformers import modeling_gguf_pytorch_utils as gguf
+
+    from generation.model import transformers_progress_bars
+
+    folder = _tiny_gpt2_folder(tmp_path)
+    capfd.readouterr()
+
+    load_model(ModelConfig(path=str(folder), progress_bars=shown))
+    with transformers_progress_bars(shown):
+        list(gguf.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."))
+
+    stderr = capfd.readouterr().err
+    assert ("Loading weights" in stderr) == shown
+    assert ("de-quantizing GGUF tensors" in stderr) == shown
+    list(gguf.tqdm(range(3), desc="Converting again"))  # as they were afterwards
+    assert "Converting again" in capfd.readouterr().err

@@ -16,7 +16,7 @@ from sqlmodel import Session, col
 from generation.lint import DEFAULT_BANNED_PHRASES
 from generation.writer import Sample
 from service.config import load_settings
-from service.generation_jobs import GenerationOptions, create_job, run_job
+from service.generation_jobs import GenerationOptions, create_job, progress_bars_wanted, run_job
 from service.models import GenerationJob
 from tests.conftest import store_policy_by_hand
 
@@ -558,3 +558,22 @@ def test_banned_phrases_replace_the_default_list(
     environ = {} if value is None else {"COPYBANDIT_BANNED_PHRASES": value}
     settings = load_settings(environ=environ).validate()
     assert GenerationOptions.from_settings(settings).lint.banned_phrases == banned
+
+
+class _Terminal:
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("log_format", "terminal", "wanted"),
+    [("text", True, True), ("json", True, False), ("text", False, False)],
+)
+def test_the_model_shows_progress_bars_only_to_a_terminal_reading_text_logs(
+    monkeypatch: pytest.MonkeyPatch, log_format: str, terminal: bool, wanted: bool
+) -> None:
+    """JSON logs are one object per line: the first start's tqdm bars came between them."""
+    if terminal:
+        monkeypatch.setattr(sys, "stderr", _Terminal())
+    settings = load_settings({"log_format": log_format})
+    assert progress_bars_wanted(settings) is wanted
