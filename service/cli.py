@@ -858,8 +858,9 @@ def serve(host: str | None, port: int | None, workers: int | None, access_log: b
             else "service.gunicorn.Logger"
         ),
     }
-    from service.gunicorn import run
+    from service.gunicorn import run, worker_exit
 
+    options["worker_exit"] = worker_exit
     _prepare_metrics_folder(options)
     # The master logs too (gunicorn's lines, and whatever it imports), in the workers' format.
     logs.configure(settings.log_level, settings.log_format)

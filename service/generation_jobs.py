@@ -519,6 +519,10 @@ class JobRunner:
                 lambda: not self._draining and self._running is None, timeout=timeout
             )
 
+    def busy(self) -> bool:
+        with self._all_finished:
+            return self._draining
+
     def interrupt_held_jobs(self) -> list[int]:
         """Fail the jobs this runner holds, running or waiting their turn, as interrupted by the
         server stopping; returns their ids. Runs at exit: its thread ends with the process."""
@@ -555,8 +559,14 @@ class JobRunner:
 _runners: weakref.WeakSet[JobRunner] = weakref.WeakSet()
 
 
+def generating() -> bool:
+    """Whether a job thread of this process is at work (inside the model, most likely)."""
+    return any(runner.busy() for runner in list(_runners))
+
+
 @atexit.register
-def _interrupt_held_jobs_at_exit() -> None:
+def interrupt_held_jobs() -> None:
+    """Every runner's held jobs written off (at exit, or by a worker ending before it)."""
     for runner in list(_runners):
         try:
             runner.interrupt_held_jobs()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
+import os
 import socket
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -128,6 +131,35 @@ class JsonLinesLogger(Logger):
         super().setup(cfg)
         for handler in [*self.error_log.handlers, *self.access_log.handlers]:
             handler.setFormatter(JsonLines())
+
+
+def worker_exit(_server: Any, _worker: Any) -> None:
+    """A worker stopping while a generation job runs ends here, once that job is written off.
+
+    Finalizing the interpreter stops the generation thread where it next wants the GIL: inside
+    torch's C++, which then aborted the worker (SIGABRT, 'terminate called without an active
+    exception'). Ending the process at once, with the code it was exiting with, stops the thread
+    with it; without a job running, the worker exits as usual.
+    """
+    from service import generation_jobs
+
+    if not generation_jobs.generating():
+        return
+    generation_jobs.interrupt_held_jobs()  # what the atexit handler would have done
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(_exit_code_unwinding())
+
+
+def _exit_code_unwinding() -> int:
+    """The code of the sys.exit unwinding now: gunicorn calls worker_exit in a finally block."""
+    exiting = sys.exc_info()[1]
+    if not isinstance(exiting, SystemExit):
+        return 1
+    if exiting.code is None or isinstance(exiting.code, int):
+        return exiting.code or 0
+    return 1  # sys.exit("message") prints it and exits 1
 
 
 def run(options: dict[str, Any]) -> None:

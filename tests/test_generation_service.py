@@ -577,3 +577,55 @@ def test_the_model_shows_progress_bars_only_to_a_terminal_reading_text_logs(
         monkeypatch.setattr(sys, "stderr", _Terminal())
     settings = load_settings({"log_format": log_format})
     assert progress_bars_wanted(settings) is wanted
+
+
+# A worker's end as gunicorn's spawn_worker runs it: sys.exit(0), then worker_exit in the finally,
+# while the job's writer is inside torch's C++ (a matrix product releases the GIL).
+_WORKER_STOPPING_MID_JOB = """
+import sys, threading
+import torch
+from service import create_app
+from service.gunicorn import worker_exit
+
+class InsideTorch:
+    model_id = "inside-torch"
+    def sample(self, messages, n, seed):
+        product = torch.randn(1500, 1500)
+        started.set()
+        while True:
+            product = torch.mm(product, product).clamp_(-1, 1)
+
+started = threading.Event()
+app = create_app({"database_url": sys.argv[1], "env": "test", "scheduler": "off"})
+jobs = app.extensions["copybandit.jobs"]
+jobs.writer_factory = InsideTorch
+jobs.submit(int(sys.argv[2]))
+assert started.wait(timeout=60)
+try:
+    sys.exit(0)
+finally:
+    worker_exit(None, None)
+"""
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_worker_stopped_mid_job_exits_cleanly_with_the_job_written_off(
+    app: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    """Stopping serve while a job ran ended the worker with SIGABRT ('terminate called without an
+    active exception'): the interpreter finalized under the generation thread inside torch."""
+    job = create_job(session=session, experiment_id=experiment["id"], segment_key="tea-lovers", n=2)
+    url = app.extensions["copybandit.settings"].database_url
+    worker = subprocess.run(
+        [sys.executable, "-c", _WORKER_STOPPING_MID_JOB, url, str(job.id)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert worker.returncode == 0, worker.stderr[-2000:]
+    assert "terminate called" not in worker.stderr
+    session.expire_all()
+    stopped = session.get(GenerationJob, job.id)
+    assert stopped is not None and stopped.status == "failed"
+    assert stopped.error is not None and stopped.error.startswith("interrupted: the server stopped")
