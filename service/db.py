@@ -85,7 +85,6 @@ def _sqlite_engine(url: str, lock_wait: float) -> sa.Engine:
     in_memory = database is None
     if database is not None:
         database.parent.mkdir(parents=True, exist_ok=True)
-        _create_owner_only(database)
     # A file gets a queue of connections; take the last one returned. A SQLite connection drops
     # its whole page cache when another connection has committed since its last transaction, so
     # a pool that rotated between two made each decision read its ~15 B-tree pages again (15.2
@@ -95,6 +94,10 @@ def _sqlite_engine(url: str, lock_wait: float) -> sa.Engine:
         connect_args={"check_same_thread": False, "timeout": lock_wait},
         **({} if in_memory else {"pool_use_lifo": True}),
     )
+    if database is not None:
+        # As SQLite does, only when a connection is opened: an engine that never connects (an
+        # app made only to be inspected) leaves no empty file behind.
+        sa.event.listen(engine, "do_connect", lambda *_: _create_owner_only(database))
 
     @sa.event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
