@@ -75,8 +75,9 @@ def _create_owner_only(database: Path) -> None:
     """Create a new database file readable by its owner alone (0600), before SQLite makes it
     with the umask's 0644: it holds marketers' password hashes and the digests of sessions and
     keys, and SQLite gives the -wal and -shm files beside it the database file's mode. A file
-    that exists keeps the mode it has."""
-    with contextlib.suppress(FileExistsError):
+    that exists keeps the mode it has. One that cannot be made (its folder gone or closed) is
+    left to SQLite's connect, whose error the handlers know (503); this one's was a 500."""
+    with contextlib.suppress(OSError):
         os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
 
 
@@ -165,10 +166,21 @@ def _close_session(_exc: BaseException | None) -> None:
         db_session.invalidate()
 
 
+# SQLite's primary result codes for a file it cannot reach or write: PERM, BUSY, LOCKED, READONLY,
+# IOERR, FULL, CANTOPEN, PROTOCOL. It raises OperationalError for a missing table or column and
+# for a syntax error too: those are bugs to trace, not outages to wait out.
+_SQLITE_UNAVAILABLE = frozenset({3, 5, 6, 8, 10, 13, 14, 15})
+
+
 def database_unavailable(exc: sa.exc.DBAPIError) -> bool:
     """The database could not be reached or written (a lost server, a lock held too long, a
     read-only file): a condition to report and retry, not a bug to trace."""
-    return exc.connection_invalidated or isinstance(exc, sa.exc.OperationalError)
+    if exc.connection_invalidated:
+        return True
+    if not isinstance(exc, sa.exc.OperationalError):
+        return False
+    sqlite_code = getattr(exc.orig, "sqlite_errorcode", None)
+    return sqlite_code is None or sqlite_code & 0xFF in _SQLITE_UNAVAILABLE
 
 
 def insert_for(session: Session) -> Any:

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlmodel import Session, select
 
+from service import db
 from service.config import load_settings
 from service.db import make_engine
 from service.models import LifecycleEvent, UtcDateTime
@@ -101,3 +102,36 @@ def test_an_existing_sqlite_database_keeps_its_mode(tmp_path: Path) -> None:
     database = tmp_path / "shared.db"
     database.touch(mode=0o640)
     assert _modes_once_written(database)["shared.db"] == 0o640
+
+
+def test_a_database_whose_folder_is_gone_fails_as_sqlite_says(tmp_path: Path) -> None:
+    engine = make_engine(load_settings({"database_url": f"sqlite:///{tmp_path}/data/x.db"}))
+    (tmp_path / "data").rmdir()  # renamed away or unmounted after start-up
+    # Before, the owner-only create raised FileNotFoundError, which the handlers answered 500.
+    with pytest.raises(sa.exc.OperationalError, match="unable to open database file"):
+        engine.connect()
+
+
+@pytest.mark.parametrize(
+    ("statement", "unavailable"),
+    [
+        ("SELECT updated_at FROM no_such_table", False),
+        ("SELEC 1", False),
+        ("PRAGMA query_only = ON; INSERT INTO t VALUES (1)", True),
+    ],
+)
+def test_only_what_keeps_sqlite_from_its_file_counts_as_unavailable(
+    tmp_path: Path, statement: str, unavailable: bool
+) -> None:
+    # SQLite raises OperationalError for a missing table or a syntax error as for a read-only
+    # file; logged as "database unavailable", the bugs had looked like outages.
+    engine = make_engine(load_settings({"database_url": f"sqlite:///{tmp_path}/x.db"}))
+    with engine.connect() as connection:
+        connection.exec_driver_sql("CREATE TABLE t (a INTEGER)")
+        connection.commit()
+        *setup, failing = statement.split("; ")
+        for sql in setup:
+            connection.exec_driver_sql(sql)
+        with pytest.raises(sa.exc.OperationalError) as raised:
+            connection.exec_driver_sql(failing)
+    assert db.database_unavailable(raised.value) is unavailable
