@@ -212,10 +212,8 @@ class Settings:
 def _is_usable_database_url(url: str) -> bool:
     """One SQLAlchemy can parse, for a database and driver copybandit runs on (another parsed
     here and failed later, with a traceback from the first command)."""
-    try:
-        parsed = sa.engine.make_url(url)
-        parsed.port  # noqa: B018  a port that is not a number raises only when read
-    except (sa.exc.ArgumentError, ValueError):
+    parsed = _parsed_url(url)
+    if parsed is None:
         return False
     if parsed.get_backend_name() == "sqlite":
         return parsed.get_driver_name() == "pysqlite"
@@ -229,13 +227,24 @@ _SECRET_PARAMETERS = ("password", "sslpassword")
 def display_url(url: str | sa.URL) -> str:
     """The URL to show a person: its passwords hidden, and its other parts as written, where
     SQLAlchemy percent-encodes them (sqlite:///%3Amemory%3A, a path's colons)."""
-    try:
-        parsed = sa.engine.make_url(url)
-    except (sa.exc.ArgumentError, ValueError):
+    parsed = _parsed_url(url)
+    if parsed is None:
         return _unparsed_url_masked(str(url))
     hidden = {name: "***" for name in _SECRET_PARAMETERS if name in parsed.query}
     rendered = parsed.update_query_dict(hidden).render_as_string(hide_password=True)
     return urllib.parse.unquote(rendered)
+
+
+def _parsed_url(url: str | sa.URL) -> sa.URL | None:
+    """The URL as SQLAlchemy reads it; None where it cannot, or where it reads a host that holds
+    an @: a password with one unescaped @ (app:p@ss@db) parses as password "p" and host "ss@db",
+    so the rest of the password was shown, and the driver printed it resolving that host."""
+    try:
+        parsed = sa.engine.make_url(url)
+        parsed.port  # noqa: B018  a port that is not a number raises only when read
+    except (sa.exc.ArgumentError, ValueError):
+        return None
+    return None if parsed.host is not None and "@" in parsed.host else parsed
 
 
 def _unparsed_url_masked(url: str) -> str:

@@ -75,8 +75,15 @@ def test_a_refused_database_url_is_shown_without_its_password() -> None:
     assert "hunter2" not in str(refused.value) and "mysql://app:***@db/shop" in str(refused.value)
 
 
-def test_a_database_url_that_cannot_be_parsed_is_refused_without_its_password() -> None:
-    url = "postgresql://app:Sup3r@S3cret:Pw@db.internal:5432/prod"
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:Sup3r@S3cret:Pw@db.internal:5432/prod",
+        # Parsed as host "S3cret@db.internal", which the driver printed failing to resolve it.
+        "postgresql://app:Sup3r@S3cret@db.internal:5432/prod",
+    ],
+)
+def test_a_database_url_that_cannot_be_parsed_is_refused_without_its_password(url: str) -> None:
     with pytest.raises(ConfigError) as refused:
         load_settings(environ={"COPYBANDIT_DATABASE_URL": url}).validate()
     # Every command's start-up error printed it whole, password and all.
@@ -102,6 +109,8 @@ def test_a_database_url_that_cannot_be_parsed_is_refused_without_its_password() 
         # SQLAlchemy cannot parse these (an unescaped @ and : in the password, a port that is not
         # a number), and they were shown whole.
         ("postgresql://app:hun@ter:2@db:5432/shop", "postgresql://***@db:5432/shop"),
+        # This one parses, as password "p" and host "ss@db": the rest of the password showed.
+        ("postgresql://app:p@ss@db:5432/shop?sslmode=require", "postgresql://***@db:5432/shop?***"),
         (
             "postgresql://app:hunter2@db:port/shop?password=hunter2",
             "postgresql://***@db:port/shop?***",
