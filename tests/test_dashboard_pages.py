@@ -650,7 +650,8 @@ def test_a_form_posted_after_the_sign_in_ran_out_shows_what_was_typed_and_a_way_
     assert response.status_code == 401
     html = response.get_data(as_text=True)
     assert error_text(response).startswith("Your sign-in ran out; nothing was saved.")
-    assert texts(html, "textarea", data_testid="unsaved") == ["tea-lovers", XSS]
+    assert texts(html, "textarea", data_testid="unsaved") == [XSS]
+    assert texts(html, "label", class_="unsaved") == [f"Copy, not saved: {XSS}"]
     assert ESCAPED in html
     [link] = re.findall(r'<a href="([^"]*)"[^>]*data-testid="sign-in"', html)
     parts = urlsplit(link.replace("&amp;", "&"))
@@ -663,12 +664,55 @@ def test_a_form_posted_once_the_session_cookie_is_gone_too_keeps_the_text(app: A
     "this form has expired" with the text lost."""
     before = stored(app)
     response = app.test_client().post(
-        "/dashboard/experiments/new", data={**experiment_form(), "next": "/dashboard/experiments"}
+        "/dashboard/experiments/new",
+        data={**experiment_form(), "next": "/dashboard/experiments"},
+        headers={"Sec-Fetch-Site": "same-origin"},
     )
     assert response.status_code == 401
     unsaved = texts(response.get_data(as_text=True), "textarea", data_testid="unsaved")
     assert experiment_form()["product_description"] in unsaved
     assert stored(app) == before
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "https://evil.example", "Referer": "https://evil.example/x"},
+        {"Sec-Fetch-Site": "cross-site", "Referer": "http://localhost/dashboard/experiments"},
+        {},
+    ],
+    ids=["other-origin", "cross-site-fetch", "no-origin"],
+)
+def test_a_form_posted_from_another_site_shows_none_of_its_fields(
+    app: Any, experiment: dict[str, Any], headers: dict[str, str]
+) -> None:
+    """SameSite=Lax leaves the cookie off any other site's POST, so it reads as signed out: the
+    401 must not show that site's text on the dashboard's origin."""
+    bait = "IT security: your account is locked. Call +1 555 0100"
+    response = app.test_client().post(
+        f"/dashboard/experiments/{experiment['id']}/variants",
+        data={bait: "Reference 4471", "text": bait, "segment": "tea-lovers"},
+        headers=headers,
+    )
+    assert response.status_code == 401
+    html = response.get_data(as_text=True)
+    assert "IT security" not in html and "Reference 4471" not in html
+    assert texts(html, "textarea", data_testid="unsaved") == []
+
+
+def test_a_signed_out_form_shows_back_only_the_boxes_a_marketer_types_into(
+    app: Any, experiment: dict[str, Any]
+) -> None:
+    """Same origin, but a field the forms do not have (its name chosen by whoever posted) is not
+    shown, and the ones shown are labelled as their form labels them."""
+    response = app.test_client().post(
+        f"/dashboard/experiments/{experiment['id']}/variants",
+        data={"Call +1 555 0100": "Reference 4471", "text": "Tea, warmly", "segment": "tea-lovers"},
+        headers={"Origin": "http://localhost"},
+    )
+    html = response.get_data(as_text=True)
+    assert "555 0100" not in html and "Reference 4471" not in html
+    assert texts(html, "label", class_="unsaved") == ["Copy, not saved: Tea, warmly"]
 
 
 # --- the dashboard and the API are separate doors -----------------------------------------------

@@ -37,8 +37,18 @@ CSP = (
 # ended it, its button should still lead to the sign-in page, not to "sign in first".
 _PUBLIC_ENDPOINTS = {"dashboard.sign_in", "dashboard.sign_out", "dashboard.static"}
 _FORM_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
-# Form fields the page filled in itself; the rest is what the marketer typed or chose.
-_NOT_TYPED = {"csrf_token", "next", "action", "shown", "variant_id"}
+# The boxes a marketer types into, by the label their form gives them. Only these are shown back
+# after the sign-in ran out: a field's name is the poster's to choose, and any site can post here.
+_TYPED_FIELDS = {
+    "text": "Copy",
+    "name": "Experiment name",
+    "product_name": "Product name",
+    "product_description": "Product description",
+    "price": "Price",
+    "product_url": "Product URL",
+    "brand_voice": "Brand voice",
+    "segments": "Segments",
+}
 
 
 def start_session(marketer: Marketer) -> None:
@@ -120,11 +130,9 @@ def _signed_out_form() -> tuple[str, int]:
     """The sign-in ran out while the marketer filled in a form. Nothing is stored; the page shows
     what they typed, read-only, since the form's own page is no-store and going back to it after
     signing in finds it empty."""
-    typed = [
-        (name, value)
-        for name, value in request.form.items(multi=True)
-        if name not in _NOT_TYPED and not name.startswith("shown-") and value.strip()
-    ]
+    # SameSite=Lax leaves the cookie off every cross-site POST, so another site's form lands here
+    # as "signed out": showing its text would put that site's words on the dashboard's page.
+    typed = _typed_fields() if _same_origin() else []
     page = render_template(
         "error.html",
         status=401,
@@ -133,6 +141,29 @@ def _signed_out_form() -> tuple[str, int]:
         sign_in_url=url_for("dashboard.sign_in", next=_form_page()),
     )
     return page, 401
+
+
+def _typed_fields() -> list[tuple[str, str]]:
+    return [
+        (label, value)
+        for name, label in _TYPED_FIELDS.items()
+        for value in request.form.getlist(name)
+        if value.strip()
+    ]
+
+
+def _same_origin() -> bool:
+    """Whether the browser says the form came from the dashboard's own pages."""
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None:
+        return fetch_site == "same-origin"
+    source = request.headers.get("Origin") or request.referrer or ""
+    return _same_host(source)
+
+
+def _same_host(url: str) -> bool:
+    # By host alone: behind a TLS proxy the app sees http:// while the browser sent https://.
+    return urlsplit(url).netloc == request.host
 
 
 def _form_page() -> str:
