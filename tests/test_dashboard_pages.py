@@ -659,6 +659,24 @@ def test_a_form_posted_after_the_sign_in_ran_out_shows_what_was_typed_and_a_way_
     assert stored(app) == before
 
 
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_sign_in_again_returns_to_the_forms_page_behind_a_tls_proxy(
+    app: Any, experiment: dict[str, Any], scheme: str
+) -> None:
+    """Behind a proxy that ends TLS the app sees http:// while the browser's Referer says
+    https://: the link still returns to the form's page, its query kept."""
+    page = f"/dashboard/experiments/{experiment['id']}?segment=tea-lovers"
+    response = app.test_client().post(
+        f"/dashboard/experiments/{experiment['id']}/variants",
+        data={"segment": "tea-lovers", "text": "Tea, warmly"},
+        headers={"Referer": f"{scheme}://localhost{page}"},
+    )
+    [link] = re.findall(
+        r'<a href="([^"]*)"[^>]*data-testid="sign-in"', response.get_data(as_text=True)
+    )
+    assert parse_qs(urlsplit(link.replace("&amp;", "&")).query)["next"] == [page]
+
+
 def test_a_form_posted_once_the_session_cookie_is_gone_too_keeps_the_text(app: Any) -> None:
     """The cookie, and its CSRF token, ran out with the sign-in: still the page with the text, not
     "this form has expired" with the text lost."""

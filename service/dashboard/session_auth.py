@@ -170,9 +170,10 @@ def _form_page() -> str:
     """The page the form was on, to return to once signed in again."""
     default = safe_next(request.form.get("next"), url_for("dashboard.experiments"))
     referrer = request.referrer or ""
-    if not referrer.startswith(request.host_url):
+    if not _same_host(referrer):
         return default
-    return safe_next("/" + referrer[len(request.host_url) :], default)
+    parts = urlsplit(referrer)
+    return safe_next(parts.path + (f"?{parts.query}" if parts.query else ""), default)
 
 
 def page_headers(response: Response) -> Response:
