@@ -19,6 +19,8 @@ BUCKETS = 24
 # Bucket widths the chart may use; the smallest that covers the history in BUCKETS steps wins,
 # and the chart shows at most BUCKETS of them.
 _WIDTHS = [timedelta(minutes=m) for m in (1, 5, 15, 30, 60, 180, 360, 720, 1440, 2880, 10080)]
+# The furthest back a chart reaches: rows older than this are in the counters but in no bucket.
+REACH = _WIDTHS[-1] * BUCKETS
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,16 @@ def segment_history(
         earlier_impressions=np.maximum(total_impressions - impressions.sum(axis=1), 0),
         earlier_conversions=np.maximum(total_conversions - conversions.sum(axis=1), 0),
     )
+
+
+def purged_impressions(*, session: Session, variant_ids: list[int]) -> int:
+    """How many of these variants' impressions a retention purge deleted."""
+    if not variant_ids:
+        return 0
+    total = sa.select(sa.func.coalesce(sa.func.sum(col(Variant.purged_impressions)), 0)).where(
+        col(Variant.id).in_(variant_ids)
+    )
+    return int(session.execute(total).scalar_one())
 
 
 def _oldest_impression(session: Session, variant_ids: list[int]) -> datetime | None:

@@ -27,8 +27,10 @@ from service.dashboard import account_pages
 from service.dashboard.sign_in_limits import ADDRESS_BURST, EMAIL_BURST, SignInLimits
 from service.marketers import create_marketer, set_password
 from service.models import (
+    Event,
     Experiment,
     GenerationJob,
+    Impression,
     LifecycleEvent,
     Marketer,
     MarketerSession,
@@ -2296,9 +2298,9 @@ def test_experiment_page_shows_interval_bars_and_the_leaders_full_text(
         assert high == pytest.approx(max(rows[vid].interval[1] / scale * 160, low + 1), abs=0.21)
     assert spans[leader][1] == pytest.approx(160, abs=0.11)
     assert spans[leader][0] > spans[first][1]  # separated intervals are drawn apart
-    # The leader's row is highlighted; counters without rows (as a purge leaves), so no charts.
+    # The leader's row is highlighted; counters without rows, so no charts.
     assert re.search(rf'<tr data-variant-id="{leader}" class="status-active highlighted"', tea)
-    assert "<polyline" not in html and "No rows left in the retention window" in tea
+    assert "<polyline" not in html and "No traffic in the last 24 weeks" in tea
 
 
 def declare_winner(app: Any, experiment_id: int, segment_key: str, variant_id: int) -> None:
@@ -2379,6 +2381,27 @@ def test_a_segment_whose_rows_were_all_purged_says_so_instead_of_awaiting_traffi
     tea = section(dash.html(f"/dashboard/experiments/{eid}"), "tea-lovers")
     assert "<polyline" not in tea and "Charts appear once" not in tea
     assert "No rows left in the retention window; the totals include purged traffic." in tea
+
+
+def test_a_segment_whose_traffic_is_older_than_the_charts_reach_says_so_not_that_it_was_purged(
+    app: Any, api: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """Rows older than the charts' 24 weekly periods, none purged: it said "No rows left in the
+    retention window; the totals include purged traffic."."""
+    eid = experiment["id"]
+    serve(api, eid, "tea-lovers", 30, convert_every=3)
+    long_ago = utcnow() - timedelta(days=200)
+    with Session(app.extensions["copybandit.engine"]) as session:
+        session.execute(sa.update(Impression).values(created_at=long_ago))
+        session.execute(sa.update(Event).values(created_at=long_ago))
+        session.commit()
+
+    tea = section(dash.html(f"/dashboard/experiments/{eid}"), "tea-lovers")
+    assert "<polyline" not in tea and "purged" not in tea
+    assert (
+        "No traffic in the last 24 weeks, as far back as the charts reach; the totals are older "
+        "traffic." in texts(tea, "p", class_="empty")
+    )
 
 
 def test_charts_appear_only_after_traffic(

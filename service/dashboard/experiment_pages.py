@@ -31,7 +31,7 @@ from service.experiments import (
     variants_of,
 )
 from service.generation_jobs import INTERRUPTED, create_job, get_job, interrupted
-from service.history import segment_history
+from service.history import REACH, purged_impressions, segment_history
 from service.lifecycle import AUDIT_ACTIONS, AUDIT_PAGE, audit_trail
 from service.models import Experiment, Segment, Variant, VariantStatus, utcnow
 from service.query import refuse_repeated_parameters
@@ -124,6 +124,7 @@ def experiment(experiment_id: int) -> str:
         segments=[_segment_view(session, segment) for segment in report.segments],
         pending=_pending_count(session, experiment_id),
         reasons=_status_reasons(session, experiment_id),
+        reach_weeks=REACH.days // 7,
     )
 
 
@@ -146,9 +147,11 @@ class SegmentView:
     styles: dict[int, charts.LineStyle]
     # Why some served variants have no line, when the chart would hold more than it can tell apart.
     charted_note: str
-    # Whether any copy has been served: without charts, a segment that has served copy has had
-    # every row purged, and its totals are the counters alone.
+    # Whether any copy has been served: without charts, a segment that has served copy has no
+    # rows in the charts' window, either purged or older than the charts reach.
     served: bool
+    # Whether a retention purge deleted some of its rows, so the totals hold traffic no row shows.
+    purged: bool
     share_chart: charts.LineChart | None
     rate_chart: charts.LineChart | None
 
@@ -168,6 +171,7 @@ def _segment_view(session: Session, report: SegmentReport) -> SegmentView:
     served, charted_note = _charted(report)
     styles = {variant_id: charts.style(i) for i, variant_id in enumerate(served)}
     share_chart = rate_chart = None
+    purged = False
     if served:
         history = segment_history(session=session, variant_ids=served)
         if not history.empty:
@@ -188,6 +192,8 @@ def _segment_view(session: Session, report: SegmentReport) -> SegmentView:
                 series=history.cumulative_rate().tolist(),
                 x_labels=x_labels,
             )
+        else:
+            purged = purged_impressions(session=session, variant_ids=served) > 0
     return SegmentView(
         report=report,
         headline_id=headline_id,
@@ -197,6 +203,7 @@ def _segment_view(session: Session, report: SegmentReport) -> SegmentView:
         styles=styles,
         charted_note=charted_note,
         served=bool(served),
+        purged=purged,
         share_chart=share_chart,
         rate_chart=rate_chart,
     )
