@@ -2163,6 +2163,26 @@ def test_a_finished_job_of_an_auto_approving_experiment_links_to_the_copy_being_
     assert statuses and set(statuses) == {"active"}
 
 
+@pytest.mark.parametrize("auto_approve", [True, False])
+def test_a_finished_job_that_stored_no_copy_says_so_instead_of_pointing_to_new_copy(
+    app: Any, api: Any, dash: Dashboard, writer: ScriptedWriter, auto_approve: bool
+) -> None:
+    """Every line failed the checks: the page said "done: 0 new variants" beside "The new copy is
+    now being served"."""
+    eid = api.create_experiment(name="Auto launch", auto_approve=auto_approve)["id"]
+    writer.lines = ["<b>bad</b>"]
+    response = dash.post(
+        f"/dashboard/experiments/{eid}/generate", {"segment": "tea-lovers", "n": "2"}
+    )
+    app.extensions["copybandit.jobs"].join(timeout=30)
+    done = dash.html(location(response))
+    assert 'data-status="succeeded"' in done and "done: 0 new variants" in done
+    assert "now being served" not in done and "Review the new copy" not in done
+    assert texts(done, data_testid="none-accepted") == [
+        "No copy passed the checks, so there is nothing new to serve or review."
+    ]
+
+
 def test_a_failed_job_page_shows_the_error_and_stops_refreshing(
     app: Any, dash: Dashboard, experiment: dict[str, Any], writer: ScriptedWriter
 ) -> None:

@@ -33,7 +33,7 @@ from service.experiments import (
 from service.generation_jobs import INTERRUPTED, create_job, get_job, interrupted
 from service.history import REACH, purged_impressions, segment_history
 from service.lifecycle import AUDIT_ACTIONS, AUDIT_PAGE, audit_trail
-from service.models import Experiment, Segment, Variant, VariantStatus, utcnow
+from service.models import Experiment, GenerationJob, Segment, Variant, VariantStatus, utcnow
 from service.query import refuse_repeated_parameters
 from service.reports import experiment_report, serving_winners
 from service.schemas import (
@@ -361,7 +361,14 @@ def job(job_id: int) -> str:
         experiment=get_experiment(session=session, experiment_id=found.experiment_id),
         finished=found.status in ("succeeded", "failed") or gave_up,
         interrupted=INTERRUPTED if gave_up else None,
+        accepted=_accepted_count(found),
     )
+
+
+def _accepted_count(job: GenerationJob) -> int:
+    """How many new variants the job stored, as its result lists them per segment."""
+    segments = (job.result or {}).get("segments", {})
+    return sum(len(done.get("variant_ids", [])) for done in segments.values())
 
 
 # One discount row per segment per pass soon fills the log; they show only when asked for.
