@@ -238,7 +238,7 @@ def update_variant(
     if starts_from is not None and current not in starts_from:
         raise StatusMoved(f"variant {variant_id} is {current}", current=current)
     if text_seen is not None and text_version(variant.text) != text_seen:
-        raise TextMoved(f"variant {variant_id} was edited since it was read")
+        raise _text_moved(variant_id)
     values: dict[str, object] = {"updated_at": utcnow()}
     if patch.text is not None:
         if current is not VariantStatus.PENDING_REVIEW:
@@ -277,10 +277,23 @@ def update_variant(
             session.expire_all()
             if session.get(Variant, variant_id).status == current.value:  # type: ignore[union-attr]
                 raise _last_active()
+        # An edit that landed after the read above: the same refusal as one that landed before.
+        if text_seen is not None and text_version(_text_now(session, variant_id)) != text_seen:
+            raise _text_moved(variant_id)
         raise Conflict("the variant changed while this request ran; try again", field="status")
     session.commit()
     session.refresh(variant)
     return variant
+
+
+def _text_moved(variant_id: int) -> TextMoved:
+    return TextMoved(f"variant {variant_id} was edited since it was read")
+
+
+def _text_now(session: Session, variant_id: int) -> str:
+    return session.execute(
+        sa.select(col(Variant.text)).where(col(Variant.id) == variant_id)
+    ).scalar_one()
 
 
 def _last_active() -> Conflict:

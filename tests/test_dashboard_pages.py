@@ -1704,6 +1704,31 @@ def test_approving_copy_edited_since_the_page_was_drawn_is_refused_naming_it(
     assert (fresh(app, Variant, one).status, fresh(app, Variant, one).text) == ("active", GOOD[3])
 
 
+def test_an_edit_landing_between_the_approves_read_and_its_update_is_refused_naming_it(
+    app: Any, api: Any, dash: Dashboard, experiment: dict[str, Any], monkeypatch: Any
+) -> None:
+    """The text changed after the approve read it but before its UPDATE: refused, as it was, but
+    with "the variant changed while this request ran; try again" naming field status."""
+    vid = add_pending(app, experiment["id"], "tea-lovers", GOOD[0])
+    read = experiments.get_variant
+
+    def read_then_edit(*, session: Session, variant_id: int) -> Variant:
+        variant = read(session=session, variant_id=variant_id)
+        with Session(app.extensions["copybandit.engine"]) as other:
+            other.execute(sa.update(Variant).where(Variant.id == vid).values(text=GOOD[3]))
+            other.commit()
+        return variant
+
+    monkeypatch.setattr(experiments, "get_variant", read_then_edit)
+    response = dash.post(
+        f"/dashboard/variants/{vid}/status",
+        {"action": "approve", "shown": experiments.text_version(GOOD[0])},
+    )
+    assert response.status_code == 409
+    assert error_text(response) == f"#{vid} was edited since you read it"
+    assert fresh(app, Variant, vid).status == VariantStatus.PENDING_REVIEW
+
+
 def test_an_approve_that_does_not_say_which_text_it_showed_is_400(
     app: Any, dash: Dashboard, experiment: dict[str, Any]
 ) -> None:
