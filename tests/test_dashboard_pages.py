@@ -1293,11 +1293,23 @@ def test_new_experiment_form_creates_one(app: Any, dash: Dashboard, session: Ses
     row = stored(app)["experiment"]
     assert len(row) == 1
     page = dash.html(location(response))
-    assert any("Created experiment “Autumn launch”" in f for f in flashes(page))
+    assert any("Created experiment “\u2068Autumn launch\u2069”" in f for f in flashes(page))
     assert "49.50" in page
     created = fresh(app, Experiment, eid)
     assert created.auto_approve is True and created.product_price == 49.5
     assert created.product_url == "https://shop.example.com/aurora"
+
+
+def test_the_created_flash_isolates_a_right_to_left_name_from_its_sentence(
+    dash: Dashboard,
+) -> None:
+    """The flash is plain text, so no <bdi>: an Arabic name sat straight in the sentence and
+    reordered the closing quote and period around it."""
+    response = dash.post("/dashboard/experiments/new", experiment_form(name="خصم 20%"))
+    assert response.status_code == 303
+    assert flashes(dash.html(location(response)))[0].startswith(
+        "Created experiment “\u2068خصم 20%\u2069”. "
+    )
 
 
 @pytest.mark.parametrize(

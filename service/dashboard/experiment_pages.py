@@ -255,7 +255,12 @@ def new_experiment() -> Response | str | tuple[str, int]:
         # Shown on the form with what was typed, so nothing the marketer wrote is lost.
         db.session().rollback()
         return render_template("experiment_new.html", form=form, error=exc.message), exc.status
-    flash(f"Created experiment “{experiment.name}”. Add copy to each segment to start serving.")
+    # Isolated (a flash is text, no <bdi>): a right-to-left name would otherwise reorder the
+    # sentence around it, its closing quote and the period included.
+    flash(
+        f"Created experiment “\u2068{experiment.name}\u2069”. "
+        "Add copy to each segment to start serving."
+    )
     return redirect(url_for("dashboard.experiment", experiment_id=experiment.id), code=303)
 
 
