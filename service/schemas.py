@@ -90,8 +90,8 @@ Reason = Annotated[str, Field(min_length=1, max_length=500), _Normalized, _Clean
 
 def _client_key(value: str) -> str:
     # Printable ASCII that is not all spaces has neither control characters nor only invisible
-    # ones: most keys are that, and the character-by-character checks were a third of a
-    # 1,000-event batch's validation.
+    # ones: most keys are that, and the character-by-character checks were about half of a
+    # 1,000-event batch's validation (2.1 ms of it, 1.1 without them).
     if value.isascii() and value.isprintable() and not value.isspace():
         return value
     return _not_blank(_no_control(value))
