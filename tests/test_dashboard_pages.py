@@ -2491,3 +2491,17 @@ def test_charts_appear_only_after_traffic(
         )
         assert swatch, vid
         assert f"<li>{swatch.group(1)} #{vid}</li>" in tea, f"legend swatch for #{vid}"
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_an_error_pages_go_back_link_returns_to_the_page_behind_a_tls_proxy(
+    dash: Dashboard, scheme: str
+) -> None:
+    # The link compared the Referer with the app's own http:// address, so behind a proxy that
+    # ends TLS it always led to the experiment list.
+    page = "/dashboard/experiments/1?segment=tea-lovers"
+    response = dash.client.get(
+        "/dashboard/nope", headers={"Referer": f"{scheme}://localhost{page}"}
+    )
+    [link] = re.findall(r'<a href="([^"]*)">Go back</a>', response.get_data(as_text=True))
+    assert link.replace("&amp;", "&") == page

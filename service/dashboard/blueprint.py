@@ -6,12 +6,12 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
-from flask import Blueprint, current_app, render_template
+from flask import Blueprint, current_app, render_template, url_for
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
 from service import db
-from service.dashboard.session_auth import csrf_token, protect
+from service.dashboard.session_auth import csrf_token, page_came_from, protect
 from service.errors import APIError, InvalidInput, first_problem
 
 bp = Blueprint(
@@ -67,7 +67,12 @@ def _pct(value: float | None, digits: int = 2) -> str:
 
 @bp.app_context_processor
 def _helpers() -> dict[str, Callable[..., Any]]:
-    return {"csrf_token": csrf_token}
+    return {"csrf_token": csrf_token, "came_from": _came_from}
+
+
+def _came_from() -> str:
+    # By host, as the sign-in link does: behind a TLS proxy the Referer's scheme is not ours.
+    return page_came_from(url_for("dashboard.experiments"))
 
 
 @bp.errorhandler(APIError)

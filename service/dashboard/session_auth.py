@@ -168,7 +168,11 @@ def _same_host(url: str) -> bool:
 
 def _form_page() -> str:
     """The page the form was on, to return to once signed in again."""
-    default = safe_next(request.form.get("next"), url_for("dashboard.experiments"))
+    return page_came_from(safe_next(request.form.get("next"), url_for("dashboard.experiments")))
+
+
+def page_came_from(default: str) -> str:
+    """The dashboard page this request came from (its Referer, on this host), else `default`."""
     referrer = request.referrer or ""
     if not _same_host(referrer):
         return default
