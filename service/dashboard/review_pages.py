@@ -148,7 +148,7 @@ def edit_and_approve(variant_id: int) -> Response | tuple[str, int]:
             "error.html",
             status=moved.status,
             message=_moved_on(variant_id, approve, moved.current),
-            unsaved=typed,
+            unsaved_fields=[("Your edit", typed)],
         )
         return page, moved.status
     invalidate_snapshot(variant.experiment_id)
