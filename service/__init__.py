@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from flask import Response
 from flask_openapi3 import Info, OpenAPI
 
 from service import api, dashboard, db, errors, jsonbody, logs, metrics
@@ -19,11 +20,21 @@ from service.snapshot import SnapshotCache
 __all__ = ["create_app"]
 
 
+class _App(OpenAPI):
+    def make_default_options_response(self) -> Response:
+        """An OPTIONS request's answer: the methods the address takes (Allow), and no body. Flask's
+        own is a 200 with an empty text/html body."""
+        response = super().make_default_options_response()
+        response.status_code = 204
+        del response.headers["Content-Type"]
+        return response
+
+
 def create_app(config: Mapping[str, object] | None = None) -> OpenAPI:
     """Build an app from defaults, `COPYBANDIT_*` variables and `config`; no global state."""
     settings: Settings = load_settings(config).validate()
     logs.configure(settings.log_level, settings.log_format)
-    app = OpenAPI(
+    app = _App(
         __name__,
         info=Info(
             title="copybandit",

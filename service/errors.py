@@ -6,10 +6,10 @@ import logging
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, current_app, jsonify, request
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails, PydanticCustomError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from service import db
 
@@ -141,13 +141,35 @@ def in_words(error: ErrorDetails) -> str:
     return error["msg"].removeprefix("Value error, ")
 
 
+# The part of the request a refusal werkzeug raises is about: an address no route has, a method
+# the address does not take, a body over the size limit. Clients branch on `field` as they do for
+# every other 4xx.
+_FIELDS_AT_FAULT = {404: "url", 405: "method", 413: "body"}
+
+
 def http_error(exc: HTTPException) -> Response:
     # abort(response) from the validation layer carries a ready response; pass it through.
     if exc.response is not None:
         return exc.response  # type: ignore[return-value]
     status = exc.code or 500
-    response = error_response(status, HTTP_CODES.get(status, "error"), exc.description or "")
+    response = error_response(
+        status,
+        HTTP_CODES.get(status, "error"),
+        _in_words(exc, status),
+        _FIELDS_AT_FAULT.get(status),
+    )
     return with_allow_header(response, exc)
+
+
+def _in_words(exc: HTTPException, status: int) -> str:
+    """werkzeug's description, or for a wrong method or size what would have been right."""
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+        allowed = ", ".join(sorted(set(exc.valid_methods) - {"OPTIONS"}))
+        return f"{request.method} is not allowed here; this address takes {allowed}"
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if status == 413 and limit is not None:
+        return f"the body is over the {limit:,}-byte limit (COPYBANDIT_MAX_REQUEST_BYTES)"
+    return exc.description or ""
 
 
 def with_allow_header(response: Response, exc: HTTPException) -> Response:

@@ -113,6 +113,17 @@ ClientKey = Annotated[
 # Ids are 32-bit in PostgreSQL; a larger number can only be a client error, never a 500.
 DbId = Annotated[int, Field(ge=1, le=2**31 - 1)]
 SegmentKey = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")]
+
+
+def _digits_only(value: Any) -> Any:
+    """Query values arrive as text, and pydantic reads text as int() does: '1_000', '+5' and
+    ' 7 ' all passed as ids."""
+    if isinstance(value, str) and not (value.isascii() and value.isdecimal()):
+        raise ValueError("must be a whole number written in the digits 0-9")
+    return value
+
+
+QueryId = Annotated[DbId, BeforeValidator(_digits_only)]
 ImpressionId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
 
 
@@ -475,7 +486,7 @@ AuditAction = Literal["pause", "retire", "declare_winner", "regenerate", "prior"
 class AuditQuery(BaseModel):
     # Not strict: query values arrive as text.
     model_config = ConfigDict(extra="forbid")
-    before: DbId | None = Field(
+    before: QueryId | None = Field(
         default=None, description="only events older than this id: pass next_before for a page"
     )
     action: AuditAction | None = Field(default=None, description="only events of this action")

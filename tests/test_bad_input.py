@@ -156,7 +156,12 @@ def test_missing_body_is_refused(
 
 @pytest.mark.parametrize(("path", "data"), _each_path(json.dumps({"text": "x" * (2 * MIB)})))
 def test_body_over_one_mib_is_413(raw: Raw, path: str, data: str) -> None:
-    raw.refused(path, data, 413, "payload_too_large")
+    body = raw.refused(path, data, 413, "payload_too_large")
+    # werkzeug's words ("The data value transmitted exceeds the capacity limit.") named no limit.
+    assert body["field"] == "body"
+    assert body["message"] == (
+        "the body is over the 1,048,576-byte limit (COPYBANDIT_MAX_REQUEST_BYTES)"
+    )
 
 
 def _valid_body(path: str) -> str:
@@ -478,3 +483,40 @@ def test_an_event_id_is_judged_alike_with_or_without_the_ascii_shortcut() -> Non
     }
     assert shortcut == full
     assert sum(judged.startswith("refused") for judged in full.values()) > 60
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_query_parameter_on_a_body_endpoint_is_refused_and_nothing_is_stored(
+    raw: Raw, path: str
+) -> None:
+    # None of them reads one: `?dry_run=1` was ignored and the decision or events stored.
+    body = raw.refused(f"{path}?dry_run=1", _valid_body(path), 400, "invalid")
+    assert body["field"] == "dry_run"
+    assert body["message"] == "dry_run: unknown query parameter; this address takes none"
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "message"),
+    [
+        ("/v1/experiments", "limit=10", "limit: unknown query parameter; this address takes none"),
+        (
+            "/v1/experiments/<experiment>/audit",
+            "befor=5",
+            "befor: unknown query parameter; this address takes action, before",
+        ),
+    ],
+)
+def test_a_query_parameter_a_get_does_not_read_is_refused(
+    raw: Raw, path: str, query: str, message: str
+) -> None:
+    # A misspelt or unsupported parameter answered the unfiltered first page as if it applied.
+    url = f"{path.replace(EXPERIMENT, str(raw.experiment_id))}?{query}"
+    for method in ("GET", "HEAD"):
+        response = raw.client.open(
+            url, method=method, headers={"Authorization": f"Bearer {raw.key}"}
+        )
+        assert response.status_code == 400, (method, response.get_data(as_text=True))
+    body = _assert_json_error(
+        raw.client.get(url, headers={"Authorization": f"Bearer {raw.key}"}), 400
+    )
+    assert (body["field"], body["message"]) == (query.split("=")[0], message)

@@ -885,17 +885,25 @@ def test_an_address_the_dashboard_does_not_have_is_an_html_page_with_its_headers
 
 
 @pytest.mark.parametrize(
-    ("method", "path", "status", "code"),
-    [("GET", "/v1/nope", 404, "not_found"), ("DELETE", "/v1/decide", 405, "method_not_allowed")],
+    ("method", "path", "status", "code", "field"),
+    [
+        ("GET", "/v1/nope", 404, "not_found", "url"),
+        ("DELETE", "/v1/decide", 405, "method_not_allowed", "method"),
+    ],
 )
 def test_an_address_the_api_does_not_have_is_still_a_json_error(
-    client: FlaskClient, method: str, path: str, status: int, code: str
+    client: FlaskClient, method: str, path: str, status: int, code: str, field: str
 ) -> None:
     response = client.open(path, method=method)
     assert response.status_code == status and response.get_json()["error"] == code
+    # Like every other refusal, it names what was wrong: werkzeug's own said only the status.
+    assert response.get_json()["field"] == field
     assert "Content-Security-Policy" not in response.headers
     if status == 405:
         assert set(response.headers["Allow"].split(", ")) == {"POST", "OPTIONS"}
+        assert (
+            response.get_json()["message"] == "DELETE is not allowed here; this address takes POST"
+        )
 
 
 def test_sign_in_page_and_cookie_are_locked_down(client: FlaskClient, marketer: Marketer) -> None:

@@ -78,3 +78,21 @@ def test_a_bad_key_is_401_not_429(app: Any, api: Any, experiment: dict[str, Any]
     app.extensions["copybandit.ratelimit"] = RateLimiter(rate=1.0, burst=1.0, clock=Clock())
     response = api.post("/v1/decide", json={"experiment": experiment["id"]}, key="cb_nope_nope")
     assert response.status_code == 401
+
+
+@pytest.mark.parametrize("key", ["serve", None], ids=["with-key", "without-key"])
+def test_options_reads_the_allowed_methods_without_a_key_or_the_budget(
+    app: Any, api: Any, experiment: dict[str, Any], key: str | None
+) -> None:
+    # An OPTIONS with the key took a token from its budget and answered an empty text/html 200;
+    # without a key it was a 401, though it reads only what the OpenAPI document publishes.
+    app.extensions["copybandit.ratelimit"] = RateLimiter(rate=1.0, burst=1.0, clock=Clock())
+    for _ in range(3):
+        response = api.client.options("/v1/decide", headers=api._headers(key))
+        assert response.status_code == 204
+        assert set(response.headers["Allow"].split(", ")) == {"POST", "OPTIONS"}
+        assert response.get_data() == b"" and "Content-Type" not in response.headers
+    assert (
+        api.post("/v1/decide", json={"experiment": experiment["id"]}, key="serve").status_code
+        == 200
+    )

@@ -14,7 +14,7 @@ from service.auth import require_key
 from service.errors import RateLimited
 from service.jsonbody import parse_json_body
 from service.models import Scope
-from service.query import refuse_repeated_parameters
+from service.query import refuse_repeated_parameters, refuse_unknown_parameters
 from service.ratelimit import retry_after_header
 from service.schemas import ErrorOut
 
@@ -74,6 +74,10 @@ def guarded(blueprint: APIBlueprint, scope: Scope, *, rate_limited: bool = False
     then the body, before validation sees it."""
 
     def guard() -> None:
+        if request.method == "OPTIONS":
+            # It reads only which methods the address takes, as public as the OpenAPI document:
+            # no key to check, no request budget to spend.
+            return
         require_key(scope)
         if rate_limited:
             wait = current_app.extensions["copybandit.ratelimit"].take(g.api_key_id)
@@ -84,6 +88,7 @@ def guarded(blueprint: APIBlueprint, scope: Scope, *, rate_limited: bool = False
                 )
         if request.method in ("GET", "HEAD"):
             refuse_repeated_parameters()
+        refuse_unknown_parameters()
         parse_json_body()
 
     blueprint.before_request(guard)
