@@ -343,9 +343,18 @@ def apply_segment(
             on_order=_copy_on_order(session, segment),
         )
     job_id = None
-    for action in sorted(_status_changes(actions), key=lambda a: a.variant_id or 0):
-        _set_status(session, action, now)
+    # A pause or retirement that no longer applies is left out of the audit: on SQLite the
+    # guardrail plans without a lock, so another worker's guardrail, a pass or a pause by hand can
+    # change the variant first. Raising for it logged a traceback as a failed check, and rolled
+    # back the segment's other pauses.
+    not_applied = [
+        action
+        for action in sorted(_status_changes(actions), key=lambda a: a.variant_id or 0)
+        if not _set_status(session, action, now)
+    ]
     for action in actions:
+        if any(action is stale for stale in not_applied):
+            continue
         if action.kind == "declare_winner":
             if not _declare_winner(session, segment, action.variant_id, now):  # type: ignore[arg-type]
                 continue
@@ -502,7 +511,8 @@ def _fold(
     )
 
 
-def _set_status(session: Session, action: Action, now: datetime) -> None:
+def _set_status(session: Session, action: Action, now: datetime) -> bool:
+    """False when the variant is no longer active, or is its segment's last active one."""
     target = VariantStatus.PAUSED if action.kind == "pause" else VariantStatus.RETIRED
     changed = rows_changed(
         session,
@@ -514,8 +524,7 @@ def _set_status(session: Session, action: Action, now: datetime) -> None:
         )
         .values(status=target.value, status_reason=action.reason[:500], updated_at=now),
     )
-    if changed != 1:
-        raise RuntimeError(f"variant {action.variant_id} changed during the lifecycle run")
+    return changed == 1
 
 
 # --- informed priors ----------------------------------------------------------------------------

@@ -617,11 +617,11 @@ def test_a_crash_mid_segment_leaves_that_segment_unchanged(
     real = lifecycle._set_status
     calls: list[int | None] = []
 
-    def second_one_fails(session: Session, action: Any, now: datetime) -> None:
+    def second_one_fails(session: Session, action: Any, now: datetime) -> bool:
         calls.append(action.variant_id)
         if len(calls) == 2:
             raise RuntimeError("the database went away")
-        real(session, action, now)
+        return real(session, action, now)
 
     monkeypatch.setattr(lifecycle, "_set_status", second_one_fails)
     report = run(app)
@@ -699,6 +699,52 @@ def test_the_guardrail_pauses_on_a_conversion_event(
     pauses = [e for e in trail if e["action"] == "pause"]
     assert [(e["variant_id"], e["segment"]) for e in pauses] == [(tea["manual"], TEA)]
     assert pauses[0]["numbers"]["p_below_control"] >= 0.99
+
+
+def test_a_guardrail_pause_another_writer_made_first_is_no_failure(
+    app: Any,
+    api: Any,
+    session: Session,
+    experiment: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """On SQLite the guardrail plans without a lock: another worker's guardrail (or a pass, or a
+    pause by hand) can pause the same variant between its plan and its write."""
+    assert patch_policy(api, experiment, min_impressions=50).status_code == 200
+    twin = api.add_variant(experiment["id"], TEA, "The kettle for people who love tea.")
+    tea = ids(experiment, TEA)
+    set_counts(
+        session,
+        {tea["control"]: (1000, 200), tea["manual"]: (1000, 20), twin["id"]: (1000, 20)},
+    )
+    engine = app.extensions["copybandit.engine"]
+    planned = lifecycle.plan_guardrail
+
+    def paused_elsewhere_meanwhile(*args: Any, **kwargs: Any) -> list[lifecycle.Action]:
+        actions = planned(*args, **kwargs)
+        with engine.begin() as elsewhere:
+            elsewhere.execute(
+                sa.update(Variant)
+                .where(col(Variant.id) == tea["manual"])
+                .values(status="paused", status_reason="another worker's guardrail")
+            )
+        return actions
+
+    monkeypatch.setattr(lifecycle, "plan_guardrail", paused_elsewhere_meanwhile)
+    with caplog.at_level(logging.INFO, logger="service.lifecycle"):
+        events = GuardrailWatch(engine).counters_changed({segment_id(session, experiment, TEA)})
+
+    # Before, the check raised "changed during the lifecycle run": an ERROR with a traceback, and
+    # the twin, which nothing else had paused, stayed in service.
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    rows = variants(session, experiment)
+    assert rows[twin["id"]].status == "paused"
+    assert rows[tea["manual"]].status_reason == "another worker's guardrail"
+    assert [(e.action, e.variant_id) for e in events] == [("pause", twin["id"])]
+    assert [(e.action, e.variant_id) for e in lifecycle_events(session, experiment)] == [
+        ("pause", twin["id"])
+    ]
 
 
 # --- the command --------------------------------------------------------------------------------
