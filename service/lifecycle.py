@@ -384,6 +384,10 @@ def apply_segment(
     session.commit()
     for event in events:
         metrics().lifecycle_actions.labels(event.action).inc()
+        # The caller's record of what was done, kept out of later transactions: a later segment's
+        # rollback expired them, and `lifecycle --once` then died reading them once the session
+        # had closed (DetachedInstanceError), before it printed anything or ran its jobs.
+        session.expunge(event)
     return events, job_id
 
 

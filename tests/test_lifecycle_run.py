@@ -701,6 +701,42 @@ def test_the_guardrail_pauses_on_a_conversion_event(
     assert pauses[0]["numbers"]["p_below_control"] >= 0.99
 
 
+def test_the_guardrail_s_pauses_stay_readable_when_a_later_segment_s_check_fails(
+    app: Any,
+    api: Any,
+    session: Session,
+    experiment: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert patch_policy(api, experiment, min_impressions=50).status_code == 200
+    tea, parents = ids(experiment, TEA), ids(experiment, PARENTS)
+    set_counts(
+        session,
+        {
+            tea["control"]: (1000, 200),
+            tea["manual"]: (1000, 20),
+            parents["control"]: (1000, 200),
+            parents["manual"]: (1000, 20),
+        },
+    )
+    planned = lifecycle.plan_guardrail
+    checked: list[int] = []
+
+    def second_check_fails(*args: Any, **kwargs: Any) -> list[lifecycle.Action]:
+        checked.append(1)
+        if len(checked) == 2:
+            raise RuntimeError("the database went away")
+        return planned(*args, **kwargs)
+
+    monkeypatch.setattr(lifecycle, "plan_guardrail", second_check_fails)
+    segments = {segment_id(session, experiment, key) for key in (TEA, PARENTS)}
+    events = GuardrailWatch(app.extensions["copybandit.engine"]).counters_changed(segments)
+
+    # Before, the second check's rollback expired the first one's pause, and the events endpoint,
+    # reading its experiment to drop the snapshot, answered 500 (DetachedInstanceError).
+    assert [(e.action, e.experiment_id) for e in events] == [("pause", experiment["id"])]
+
+
 def test_a_guardrail_pause_another_writer_made_first_is_no_failure(
     app: Any,
     api: Any,
@@ -800,6 +836,30 @@ def test_cli_lifecycle_once_exits_1_when_a_job_it_ran_failed(
     assert result.exit_code == 1, result.output
     assert "job 1: failed: failed" in result.output
     assert "2 generation job(s) did not succeed: 1, 2" in result.output
+
+
+@pytest.mark.usefixtures("clear_leader")
+def test_cli_lifecycle_once_prints_what_it_did_before_a_later_segment_failed(
+    experiment: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    planned = lifecycle.plan_segment
+
+    def busy_parents_fails(arms: list[lifecycle.Arm], *args: Any, **kwargs: Any) -> Any:
+        if {a.variant_id for a in arms} == set(ids(experiment, PARENTS).values()):
+            raise RuntimeError("the database went away")
+        return planned(arms, *args, **kwargs)
+
+    monkeypatch.setattr(lifecycle, "plan_segment", busy_parents_fails)
+    result = CliRunner().invoke(main, ["lifecycle", "--once", "--no-generate"])
+
+    # Before, the failure's rollback expired the first segment's audit rows, and reading them
+    # once the pass's session had closed raised DetachedInstanceError: no output, a traceback.
+    assert result.exit_code == 1, result.output
+    tea = f"experiment {experiment['id']} segment {TEA}"
+    assert f"{tea} variant {ids(experiment, TEA)['manual']}: declare_winner: " in result.output
+    assert "1 experiments, 2 actions, 1 generation jobs queued" in result.output
+    parents = f"experiment {experiment['id']} segment {PARENTS}"
+    assert f"1 segment(s) left unchanged after an error (logged above): {parents}" in result.output
 
 
 @pytest.mark.usefixtures("clear_leader")
