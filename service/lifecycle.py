@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from bandits import stats
 from bandits.priors import discount_factor, empirical_bayes_prior
@@ -270,8 +271,17 @@ def run_lifecycle(
                 report.failed_segments += [s.id for s in segments]  # type: ignore[misc]
                 continue
             for segment in segments:
+                at = now or utcnow()
                 try:
-                    events, job_id = apply_segment(session, experiment, segment, policy, now)
+                    if policy.discount_per_hour is not None:
+                        # Reported as soon as it commits: a plan that then failed (a lock wait
+                        # that timed out, say) left the fold done and out of the pass's output.
+                        fold = fold_segment(
+                            session, experiment, segment, policy.discount_per_hour, at
+                        )
+                        if fold is not None:
+                            report.actions.append(fold)
+                    events, job_id = apply_segment(session, experiment, segment, policy, at)
                 except Exception as exc:
                     session.rollback()
                     _log_left_unchanged(experiment, segment, exc)
@@ -296,6 +306,35 @@ def _log_left_unchanged(experiment: Experiment, segment: Segment, exc: Exception
         log.exception(where)
 
 
+def _in_id_order(segment: Segment) -> SelectOfScalar[Variant]:
+    """The segment's variants in id order, as event batches update counters: two writers locking
+    rows in opposite orders deadlock on PostgreSQL (event batches answered 503, lifecycle passes
+    were lost)."""
+    return (
+        select(Variant)
+        .where(Variant.segment_id == segment.id)
+        .order_by(col(Variant.id))
+        # Rows as they are now, not as this session last loaded them (before the fold, say).
+        .execution_options(populate_existing=True)
+    )
+
+
+def fold_segment(
+    session: Session, experiment: Experiment, segment: Segment, per_hour: float, now: datetime
+) -> LifecycleEvent | None:
+    """Discount the segment's older evidence (see _fold) and commit, before the plan: the fold's
+    row locks then need not wait out the Monte Carlo."""
+    variants = session.exec(_in_id_order(segment)).all()
+    fold = _fold(session, experiment, segment, variants, per_hour, now)
+    if fold is not None:
+        session.add(fold)
+    session.commit()
+    if fold is not None:
+        metrics().lifecycle_actions.labels(fold.action).inc()
+        session.expunge(fold)  # as apply_segment's: the plan's rollback must not expire it
+    return fold
+
+
 def apply_segment(
     session: Session,
     experiment: Experiment,
@@ -305,25 +344,11 @@ def apply_segment(
     *,
     guardrail_only: bool = False,
 ) -> tuple[list[LifecycleEvent], int | None]:
+    """Plan the segment (its fold, when the policy discounts, is fold_segment's) and apply the
+    plan in one transaction."""
     now = now or utcnow()
-    # In id order, as event batches update counters: two writers locking rows in opposite orders
-    # deadlock on PostgreSQL (event batches answered 503, lifecycle passes were lost).
-    in_id_order = (
-        select(Variant)
-        .where(Variant.segment_id == segment.id)
-        .order_by(col(Variant.id))
-        # Rows as they are now, not as this session last loaded them (before the fold, say).
-        .execution_options(populate_existing=True)
-    )
+    in_id_order = _in_id_order(segment)
     events: list[LifecycleEvent] = []
-    if policy.discount_per_hour is not None and not guardrail_only:
-        variants = session.exec(in_id_order).all()
-        fold = _fold(session, experiment, segment, variants, policy.discount_per_hour, now)
-        if fold is not None:
-            events.append(fold)
-        # Committed before planning: the fold's row locks no longer wait out the Monte Carlo.
-        session.add_all(events)
-        session.commit()
     # A status change by hand in this segment, or another pass's order for it, commits before the
     # plan reads what it changed (two passes at once on SQLite, where a plain read locks nothing,
     # each counted the other's order as missing: 52 jobs for 30 segments). The guardrail alone

@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner
 from sqlmodel import Session, col, select
 
 from service import lifecycle
+from service.cli import main
 from service.lifecycle import run_lifecycle
 from service.models import LifecycleEvent, Variant
 
@@ -240,3 +242,31 @@ def test_turning_the_discount_off_counts_all_evidence_in_full_again(
     assert row["posterior_mean"] == pytest.approx((prior[0] + 500) / (sum(prior) + 1010))
     # Only this experiment's evidence counts in full again.
     assert _variant(session, other_id).posterior()[0] < 2
+
+
+def test_a_fold_whose_plan_then_fails_is_in_the_pass_report(
+    setup: tuple[Any, int, Variant],
+    session: Session,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fold commits before the plan; a plan that then failed (a lock wait that timed out,
+    say) left it done and audited, but out of the pass's report: `lifecycle --once` printed
+    "0 actions" beside the segment it called unchanged."""
+    _, variant_id, _ = setup
+    _add(session, variant_id, impressions=100, conversions=10)
+
+    def fails(*_: Any, **__: Any) -> None:
+        raise RuntimeError("the plan went wrong")
+
+    monkeypatch.setattr(lifecycle, "plan_segment", fails)
+    monkeypatch.setenv("COPYBANDIT_DATABASE_URL", database_url)
+    result = CliRunner().invoke(main, ["lifecycle", "--once", "--no-generate"])
+
+    assert result.exit_code == 1
+    audited = session.exec(select(LifecycleEvent).where(LifecycleEvent.action == "discount")).all()
+    assert len(audited) == 1  # the segment with a variant; the empty one folds nothing
+    place = f"experiment {audited[0].experiment_id} segment tea-lovers"
+    assert f"{place}: discount: older evidence weighted by 0.5 per hour" in result.output
+    assert "1 experiments, 1 actions, 0 generation jobs queued" in result.output
+    assert f"2 segment(s) left unchanged after an error (logged above): {place}" in result.output
