@@ -305,8 +305,9 @@ def load_settings(
     )
 
 
-# Read by the test suite and the benchmarks, not by the service.
-_NOT_SETTINGS = ("TEST_DATABASE_URL", "KILL_SEED", "BENCH_MAKE_STARTED")
+# Read by the test suite and the benchmarks, or by one command's option (simulate --key), not by
+# the service.
+_NOT_SETTINGS = ("TEST_DATABASE_URL", "KILL_SEED", "BENCH_MAKE_STARTED", "SIM_KEY")
 
 
 def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:

@@ -283,6 +283,8 @@ def test_the_key_may_come_from_the_environment_and_the_urls_path_prefixes_every_
     )
 
     assert result.exit_code == 1 and "none of 3 decisions succeeded" in result.output
+    # README's way to pass the key was called a misspelling of COPYBANDIT_USER_ID_KEY.
+    assert "unknown settings" not in result.output
     # The URL's path was dropped: a server behind /copybandit got /v1/... and answered 404.
     assert {path for path, _ in _Recording.seen} == {
         "/copybandit/v1/experiments/1",
