@@ -541,7 +541,8 @@ def compare(
     seeds : int, sequence of int, or None
         An int ``k`` means seeds ``0 .. k-1``; None uses ``world.seeds``.
     progress : callable (done, total) or None
-        Called after each run with impressions simulated so far and in all.
+        Called every 50 batches of each run and at its end, with impressions simulated so far
+        and in all.
     max_points : int
         Curves are averaged into at most this many points.
 
@@ -582,10 +583,19 @@ def compare(
     for name in names:
         traces: list[Trace] = []
         for seed in seed_list:
-            traces.append(simulate(world, name, impressions=total, seed=seed, batch=size))
+            # Passed into the run, not called after it: one long run (--seeds 1, a large
+            # --impressions) held the bar at 0% until it ended. The run reports its end too.
+            run_progress = (
+                None
+                if progress is None
+                else lambda d, _t, before=done: progress(before + d, grand_total)
+            )
+            traces.append(
+                simulate(
+                    world, name, impressions=total, seed=seed, batch=size, progress=run_progress
+                )
+            )
             done += total
-            if progress is not None:
-                progress(done, grand_total)
         winners = [t.impressions_to_winner for t in traces if t.impressions_to_winner is not None]
         summary[name] = {
             "conversions": _interval([t.total_conversions for t in traces]),
