@@ -99,20 +99,30 @@ def _best_rates(
     a key or experiment the server does not know."""
     texts = {s.key: list(s.variants) for s in segments}
     client = _Client(base_url, key)
-    client.connection.request(
-        "GET",
-        f"{client.prefix}/v1/experiments/{experiment_id}",
-        headers={"Authorization": f"Bearer {key}"},
-    )
-    response = client.connection.getresponse()
-    body = json.loads(response.read() or b"null")
-    # Every decision would fail the same way. A 403 is a serve key, which may not read the copy.
-    if response.status in (401, 404):
-        problem = body.get("message") if isinstance(body, dict) else None
-        raise ValueError(
-            f"GET /v1/experiments/{experiment_id} answered {response.status}: {problem or body}"
+    path = f"/v1/experiments/{experiment_id}"
+    what = f"GET {path}"
+    try:
+        client.connection.request(
+            "GET", client.prefix + path, headers={"Authorization": f"Bearer {key}"}
         )
-    if response.status == 200:
+        response = client.connection.getresponse()
+        status, raw = response.status, response.read()
+    except http.client.HTTPException as exc:  # something else listens there (OSError: nothing)
+        raise ValueError(f"{what} got no HTTP answer: {type(exc).__name__}: {exc}") from None
+    finally:
+        client.connection.close()
+    try:
+        body = json.loads(raw or b"null")
+    except ValueError:  # a web server's or proxy's HTML page: the URL is not copybandit's API
+        raise ValueError(
+            f"{what} answered {status} with no JSON: is {base_url} a copybandit server "
+            "(with its path, if one is in front of it)?"
+        ) from None
+    # Every decision would fail the same way. A 403 is a serve key, which may not read the copy.
+    if status in (401, 404):
+        problem = body.get("message") if isinstance(body, dict) else None
+        raise ValueError(f"{what} answered {status}: {problem or body}")
+    if status == 200:
         # The server answers an unknown segment with its first one, whose copy the scenario
         # would then score with another segment's response model.
         missing = sorted(texts.keys() - {segment["key"] for segment in body["segments"]})

@@ -291,3 +291,74 @@ def test_the_key_may_come_from_the_environment_and_the_urls_path_prefixes_every_
         "/copybandit/v1/decide",
     }
     assert {key for _, key in _Recording.seen} == {"Bearer cb_from_env"}
+
+
+class _NotTheApi(BaseHTTPRequestHandler):
+    """A web server that is not copybandit (or a proxy at the wrong path): HTML 404 pages."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+    def _answer(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        data = b"<html><body>404 Not Found</body></html>"
+        self.send_response(404)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = _answer
+
+
+def test_a_url_that_is_not_the_api_stops_the_run_saying_so(tmp_path: Path) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _NotTheApi)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def not_http() -> None:  # an SSH server, say
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(4096)
+            connection.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+    thread = threading.Thread(target=not_http)
+    thread.start()
+    html_url = f"http://127.0.0.1:{server.server_address[1]}"
+    other_url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        results = [
+            CliRunner().invoke(
+                main,
+                [
+                    "simulate",
+                    "--http",
+                    url,
+                    "--key",
+                    "k",
+                    "--experiment",
+                    "1",
+                    "--out",
+                    str(tmp_path),
+                ],
+            )
+            for url in (html_url, other_url)
+        ]
+    finally:
+        thread.join(timeout=10)
+        listener.close()
+        server.shutdown()
+        server.server_close()
+
+    html, other = results
+    # Before: "HTTP simulation failed: Expecting value: line 1 column 1 (char 0)".
+    assert html.exit_code == 1
+    assert (
+        "GET /v1/experiments/1 answered 404 with no JSON: is "
+        f"{html_url} a copybandit server" in html.output
+    )
+    # Before: a traceback ending in http.client.BadStatusLine.
+    assert other.exit_code == 1 and isinstance(other.exception, SystemExit), other.output
+    assert "GET /v1/experiments/1 got no HTTP answer: BadStatusLine" in other.output
