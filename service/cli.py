@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import tempfile
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -477,11 +478,18 @@ def simulate(
         world = load_scenario(scenario)
     except ValueError as exc:
         raise click.ClickException(f"scenario {scenario}: {exc}") from None
-    # Before the run, not after it: a folder that cannot be made lost a whole simulation.
+    # Before the run, not after it: a folder that cannot be made, or that takes no new file (read
+    # only, not ours), lost a whole simulation.
     try:
         Path(out).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise click.BadParameter(str(exc), param_hint="--out") from None
+    try:
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as exc:  # its name is a random one, of no use to the reader
+        raise click.BadParameter(
+            f"cannot write a file in {out}: {exc.strerror}", param_hint="--out"
+        ) from None
     if full_loop:
         _simulate_full_loop(world, writer, rounds, impressions or 20_000, Path(out))
         return

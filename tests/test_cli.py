@@ -361,6 +361,13 @@ def test_simulate_refuses_bad_arguments_before_simulating(tmp_path: Path) -> Non
     bad_scenario.write_text('{"segments": "none"}')
     cases = {
         "--out under a file": (["--out", str(a_file / "sim")], 2, "--out"),
+        # A folder that exists but takes no new file, root's included: the results were lost in
+        # a PermissionError traceback after the whole run.
+        **(
+            {"--out read-only": (["--out", "/proc/self"], 2, "cannot write a file in /proc/self")}
+            if Path("/proc/self").is_dir()
+            else {}
+        ),
         "no policy": (["--policies", " , "], 2, "name at least one policy"),
         "bad scenario": (["--scenario", str(bad_scenario)], 1, f"scenario {bad_scenario}"),
         # These were tried, and ended in a connection error.
