@@ -45,6 +45,9 @@ FIRST_MARKETER = "marketer@example.com"
 SCENARIOS = Path(__file__).resolve().parent.parent / "bandits" / "scenarios"
 # gunicorn's default, now set on purpose: three times the longest a request waits for a lock.
 WORKER_TIMEOUT_SECONDS = round(3 * LOCK_WAIT_SECONDS)
+# An experiment id as the API takes one (schemas.DbId): a plain int let 10**23 reach SQLite,
+# whose driver raised OverflowError with a traceback.
+EXPERIMENT_ID = click.IntRange(1, 2**31 - 1)
 
 
 def _settings(*, loads_model: bool = False) -> Settings:
@@ -241,7 +244,9 @@ def _lock_first_run(session: Session) -> None:
 
 
 @main.command()
-@click.option("--experiment", "experiment_id", type=int, required=True, help="Experiment id.")
+@click.option(
+    "--experiment", "experiment_id", type=EXPERIMENT_ID, required=True, help="Experiment id."
+)
 @click.option("--segment", default=None, help="Segment key (default: every segment).")
 @click.option(
     "-n",
@@ -362,7 +367,9 @@ def _event_place(event: LifecycleEvent, places: dict[int, str]) -> str:
 
 
 @main.command()
-@click.option("--experiment", "experiment_id", type=int, required=True, help="Experiment id.")
+@click.option(
+    "--experiment", "experiment_id", type=EXPERIMENT_ID, required=True, help="Experiment id."
+)
 @click.option(
     "--policy",
     required=True,
