@@ -24,6 +24,7 @@ Candidate policies
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,7 @@ from service.experiments import find_segment, get_experiment, segments_of, varia
 from service.models import Event, Impression, Segment, Variant
 
 POLICIES = ("uniform", "greedy", "thompson", "variant:<id>")
+_VARIANT_ID = re.compile(r"[0-9]{1,20}")
 LEVEL = 0.95
 
 
@@ -74,7 +76,9 @@ def parse_policy(policy: str) -> tuple[str, int | None]:
         return name, None
     if name.startswith("variant:"):
         raw = name.removeprefix("variant:").strip()
-        if raw.isdigit():
+        # ASCII digits only, and few enough for int(): str.isdigit also passes "²", which int()
+        # refuses with Python's own words, and "٣", which evaluated variant 3 under another name.
+        if _VARIANT_ID.fullmatch(raw):
             return "variant", int(raw)
     raise ValueError(f"unknown policy {policy!r}; accepted: {', '.join(POLICIES)}")
 

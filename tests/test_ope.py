@@ -16,7 +16,7 @@ from service.cli import main
 from service.errors import NotFound
 from service.identity import new_impression_id
 from service.models import Event, Impression, Variant
-from service.ope import evaluate
+from service.ope import evaluate, parse_policy
 
 LOGGING = np.array([0.5, 0.3, 0.2])
 RATES = np.array([0.05, 0.10, 0.02])
@@ -363,6 +363,19 @@ def test_evaluate_rejects_unknown_input(session: Session, experiment: dict[str, 
         evaluate(
             session=session, experiment_id=experiment["id"], policy="uniform", segment="nobody"
         )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["variant:\u00b2", "variant:\u0663", "variant:\uff13", "variant:" + "9" * 5000],
+    ids=["superscript-two", "arabic-indic-three", "full-width-three", "5000-digits"],
+)
+def test_a_variant_id_is_ascii_digits(raw: str) -> None:
+    # str.isdigit passed all of these: int() then refused "²" and 5,000 digits in Python's own
+    # words, and read Arabic-Indic and full-width 3 as variant 3, under a name that is not its id.
+    with pytest.raises(ValueError, match=r"unknown policy .*accepted: uniform"):
+        parse_policy(raw)
+    assert parse_policy("variant: 3") == ("variant", 3)
 
 
 def test_segment_filter(session: Session, experiment: dict[str, Any]) -> None:
