@@ -3,11 +3,14 @@ simulate, ope, check, purge."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import signal
 import sys
 import tempfile
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,14 @@ from service.db import LOCK_WAIT_SECONDS, make_engine, sqlite_file
 from service.demo import seed_demo
 from service.demo_history import seed_demo_history
 from service.errors import APIError, NotFound
-from service.generation_jobs import GenerationOptions, create_job, default_writer, run_job
+from service.generation_jobs import (
+    COMMAND_STOPPED,
+    GenerationOptions,
+    create_job,
+    default_writer,
+    run_job,
+    write_off,
+)
 from service.lifecycle import run_lifecycle
 from service.marketers import create_marketer, generate_password, list_marketers, set_password
 from service.models import ApiKey, JobStatus, LifecycleEvent, Scope, Segment, Variant
@@ -243,6 +253,21 @@ def _lock_first_run(session: Session) -> None:
         session.execute(sa.update(ApiKey).where(sa.false()).values(id=ApiKey.id))
 
 
+@contextlib.contextmanager
+def _written_off_if_stopped(engine: sa.Engine, job_ids: list[int]) -> Iterator[None]:
+    """The jobs this command runs, failed as interrupted if it is stopped (Ctrl-C, or SIGTERM from
+    `timeout` or a scheduler). Before, their rows said running or queued for an hour: the
+    dashboard showed them at work, and the lifecycle counted their copy as on order until then."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    except KeyboardInterrupt:
+        write_off(engine=engine, job_ids=job_ids, reason=COMMAND_STOPPED)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @main.command()
 @click.option(
     "--experiment", "experiment_id", type=EXPERIMENT_ID, required=True, help="Experiment id."
@@ -266,7 +291,10 @@ def generate(experiment_id: int, segment: str | None, n: int) -> None:
             job = create_job(session=session, experiment_id=experiment_id, segment_key=segment, n=n)
         except NotFound as exc:
             raise click.ClickException(exc.message) from None
-    with click.progressbar(length=1000, label="loading the model", show_eta=False) as bar:
+    with (
+        _written_off_if_stopped(engine, [job.id]),  # type: ignore[list-item]
+        click.progressbar(length=1000, label="loading the model", show_eta=False) as bar,
+    ):
 
         def on_progress(fraction: float, message: str) -> None:
             bar.label = message
@@ -322,13 +350,18 @@ def lifecycle(once: bool, generate: bool) -> None:
     )
     options = GenerationOptions.from_settings(settings)
     failed_jobs = []
-    for job_id in report.jobs if generate else []:
-        job = run_job(
-            engine=engine, job_id=job_id, writer=lambda: default_writer(settings), options=options
-        )
-        click.echo(f"job {job_id}: {job.status}: {job.message}")
-        if job.status != JobStatus.SUCCEEDED:
-            failed_jobs.append(job_id)
+    run_here = report.jobs if generate else []
+    with _written_off_if_stopped(engine, run_here):
+        for job_id in run_here:
+            job = run_job(
+                engine=engine,
+                job_id=job_id,
+                writer=lambda: default_writer(settings),
+                options=options,
+            )
+            click.echo(f"job {job_id}: {job.status}: {job.message}")
+            if job.status != JobStatus.SUCCEEDED:
+                failed_jobs.append(job_id)
     # A scheduler (cron, say) must learn that the pass did not do all it should have.
     problems = []
     if report.failed_segments:

@@ -443,6 +443,11 @@ def _update(
 
 # A job this process held when it stopped: no wait for an hour, its copy is ordered again at once.
 STOPPED = "interrupted: the server stopped (the lifecycle orders copy still missing again)"
+# The same for `copybandit generate` or `lifecycle --once` stopped (Ctrl-C, SIGTERM) mid-job.
+COMMAND_STOPPED = (
+    "interrupted: the command running it was stopped (the lifecycle orders copy still missing "
+    "again)"
+)
 
 
 class JobRunner:
@@ -529,31 +534,35 @@ class JobRunner:
         with self._all_finished:
             held = [*([] if self._running is None else [self._running]), *self._queued]
             self._queued.clear()
-        if not held:
-            return []
-        now = utcnow()
-        with Session(self.engine) as session:
-            still_unfinished = (
-                session.execute(
-                    sa.update(GenerationJob)
-                    .where(
-                        col(GenerationJob.id).in_(held), col(GenerationJob.status).in_(_UNFINISHED)
-                    )
-                    .values(**_written_off(STOPPED, now))
-                    .returning(col(GenerationJob.id))
-                )
-                .scalars()
-                .all()
-            )
-            session.commit()
-        for job_id in still_unfinished:
-            log.warning("generation job %s: %s", job_id, STOPPED)
-        if still_unfinished:
-            metrics().generation_jobs.labels("failed").inc(len(still_unfinished))
-        return list(still_unfinished)
+        return write_off(engine=self.engine, job_ids=held, reason=STOPPED)
 
     def _load_default_writer(self) -> Writer:
         return default_writer(self._settings)
+
+
+def write_off(*, engine: sa.Engine, job_ids: list[int], reason: str) -> list[int]:
+    """Fail those of the jobs still queued or running, saying why; returns their ids."""
+    if not job_ids:
+        return []
+    with Session(engine) as session:
+        still_unfinished = (
+            session.execute(
+                sa.update(GenerationJob)
+                .where(
+                    col(GenerationJob.id).in_(job_ids), col(GenerationJob.status).in_(_UNFINISHED)
+                )
+                .values(**_written_off(reason, utcnow()))
+                .returning(col(GenerationJob.id))
+            )
+            .scalars()
+            .all()
+        )
+        session.commit()
+    for job_id in still_unfinished:
+        log.warning("generation job %s: %s", job_id, reason)
+    if still_unfinished:
+        metrics().generation_jobs.labels("failed").inc(len(still_unfinished))
+    return list(still_unfinished)
 
 
 _runners: weakref.WeakSet[JobRunner] = weakref.WeakSet()

@@ -6,6 +6,7 @@ import os
 import pkgutil
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -593,3 +594,39 @@ def test_commands_log_json_lines_when_the_log_format_is_json(
     assert [line["logger"] for line in logged] == ["service.generation_jobs"], result.stderr
     # What the command prints for the person who ran it stays as it was.
     assert result.stdout == "1 experiments, 0 actions, 0 generation jobs queued\n"
+
+
+class _StoppedMidJob:
+    """A model whose first sampling round is cut short by Ctrl-C or a SIGTERM (`timeout`, cron)."""
+
+    model_id = "stopped-mid-job"
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    def sample(self, messages: list[dict[str, str]], n: int, seed: int) -> list[Any]:
+        if self.how == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("command", ["generate", "lifecycle"])
+def test_a_command_stopped_mid_job_fails_the_jobs_it_held(
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, how: str
+) -> None:
+    from service.generation_jobs import COMMAND_STOPPED
+
+    assert run("init", "--no-demo-history").exit_code == 0
+    monkeypatch.setenv("COPYBANDIT_MODEL_CACHE_DIR", str(tmp_path / "models"))
+    monkeypatch.setattr("service.cli.default_writer", lambda settings: _StoppedMidJob(how))
+    args = ["generate", "--experiment", "1"] if command == "generate" else ["lifecycle", "--once"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "Aborted!" in result.output, result.output
+    with _session(database) as session:
+        jobs = session.exec(select(GenerationJob)).all()
+    # Before, the job said running (and a pass's other jobs queued) for an hour: the dashboard
+    # showed it at work, and the lifecycle counted its copy as on order until then.
+    assert len(jobs) == (1 if command == "generate" else 3)
+    assert {(job.status, job.error) for job in jobs} == {("failed", COMMAND_STOPPED)}
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
