@@ -252,19 +252,39 @@ def _umask() -> int:
 
 
 def load_model(config: ModelConfig, say: Callable[[str], None] = log.info) -> LoadedModel:
+    config.validate()
+    if config.path is not None:
+        return _load_folder(Path(config.path), Path(config.path).name, config, say)
+    folder = config.cache_dir / _CACHE_NAME
+    if (folder / "model.safetensors").is_file():
+        try:
+            return _load_folder(folder, DEFAULT_MODEL_ID, config, say)
+        except RuntimeError:
+            raise  # torch's own (the device, its memory): a new cache would not help
+        except Exception as exc:
+            # The cache is made from the GGUF, so a damaged one is made again: one cut short (a
+            # power cut before its writes reached the disk, a copy interrupted) failed every
+            # job, for good, on the loader's words ("incomplete metadata, file not fully covered").
+            log.warning(
+                "the cached model in %s cannot be read (%s: %s): making it again",
+                folder,
+                type(exc).__name__,
+                exc,
+            )
+            shutil.rmtree(folder, ignore_errors=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    _dequantize_into(folder, say, progress_bars=config.progress_bars)
+    return _load_folder(folder, DEFAULT_MODEL_ID, config, say)
+
+
+def _load_folder(
+    folder: Path, model_id: str, config: ModelConfig, say: Callable[[str], None]
+) -> LoadedModel:
     import torch
 
     from generation import llama
     from generation.tokenizer import ChatTokenizer
 
-    config.validate()
-    if config.path is not None:
-        folder, model_id = Path(config.path), Path(config.path).name
-    else:
-        folder, model_id = config.cache_dir / _CACHE_NAME, DEFAULT_MODEL_ID
-        if not (folder / "model.safetensors").is_file():
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            _dequantize_into(folder, say, progress_bars=config.progress_bars)
     started = time.monotonic()
     dtype = getattr(torch, config.dtype)
     tokenizer: Any = ChatTokenizer.from_folder(folder)

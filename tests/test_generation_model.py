@@ -140,6 +140,36 @@ def test_tokenizers_transformers_would_rebuild_are_left_to_it(tmp_path: Path) ->
     assert ChatTokenizer.from_folder(tmp_path) is not None
 
 
+@pytest.mark.usefixtures("loaded")  # the cached folder is the good copy
+@pytest.mark.parametrize("damaged", ["model.safetensors", "tokenizer.json"])
+def test_a_damaged_cache_is_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, damaged: str
+) -> None:
+    cache = tmp_path / FOLDER.name
+    cache.mkdir()
+    for file in FOLDER.iterdir():
+        shutil.copy(file, cache / file.name)
+    with open(
+        cache / damaged, "r+b"
+    ) as cut_short:  # as a power cut or an interrupted copy leaves it
+        cut_short.truncate(1000)
+    made: list[Path] = []
+
+    def dequantize(folder: Path, say: Any, *, progress_bars: bool) -> None:
+        made.append(folder)
+        folder.mkdir()  # the damaged cache is gone
+        for file in FOLDER.iterdir():
+            (folder / file.name).symlink_to(file)
+
+    monkeypatch.setattr("generation.model._dequantize_into", dequantize)
+    # Before, every load failed on the loader's words ("incomplete metadata, file not fully
+    # covered"), and with it every generation job, until someone deleted the folder by hand.
+    loaded = load_model(ModelConfig(cache_dir=tmp_path))
+    assert made == [cache]
+    assert isinstance(loaded.model, Llama)
+    assert f"the cached model in {cache} cannot be read" in caplog.text
+
+
 def test_a_folder_without_a_model_is_refused_clearly(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"model folder must be a local Hugging Face causal-LM"):
         load_model(ModelConfig(path=str(tmp_path)))
