@@ -307,8 +307,8 @@ def generate(experiment_id: int, segment: str | None, n: int) -> None:
             options=GenerationOptions.from_settings(settings),
             on_progress=on_progress,
         )
-    if job.status != JobStatus.SUCCEEDED:
-        raise click.ClickException(f"generation job {job.id} failed: {job.error}")
+    # Also for a failed job: the segments it finished keep their copy, served or waiting for
+    # review, and before, the command said only that it failed.
     with Session(engine) as session:
         for key, outcome in (job.result or {}).get("segments", {}).items():
             click.echo(
@@ -318,6 +318,8 @@ def generate(experiment_id: int, segment: str | None, n: int) -> None:
             for variant_id in outcome["variant_ids"]:
                 variant = session.get(Variant, variant_id)
                 click.echo(f"  [{variant_id}] {variant.text if variant else '?'}")
+    if job.status != JobStatus.SUCCEEDED:
+        raise click.ClickException(f"generation job {job.id} failed: {job.error}")
     click.echo(f"\njob {job.id}: {job.message} (see GET /v1/jobs/{job.id} for the rejections)")
 
 

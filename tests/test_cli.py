@@ -630,3 +630,42 @@ def test_a_command_stopped_mid_job_fails_the_jobs_it_held(
     assert len(jobs) == (1 if command == "generate" else 3)
     assert {(job.status, job.error) for job in jobs} == {("failed", COMMAND_STOPPED)}
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+class _FailsOnSecondSegment:
+    model_id = "fails-on-second-segment"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def sample(self, messages: list[dict[str, str]], n: int, seed: int) -> list[Any]:
+        from generation.writer import Sample
+
+        self.calls += 1
+        if self.calls > 1:
+            raise RuntimeError("CUDA out of memory")
+        lines = [
+            "Ridgeline trail-running shoes grip every rocky weekend trail.",
+            "Weekend hikers stay sure-footed in Ridgeline trail-running shoes.",
+        ]
+        return [Sample(text=line, finished=True, logprob=-1.0) for line in lines]
+
+
+def test_generate_that_fails_midway_lists_the_copy_it_stored(
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert run("init", "--no-demo-history").exit_code == 0
+    monkeypatch.setenv("COPYBANDIT_MODEL_CACHE_DIR", str(tmp_path / "models"))
+    writer = _FailsOnSecondSegment()
+    monkeypatch.setattr("service.cli.default_writer", lambda settings: writer)
+    result = CliRunner().invoke(main, ["generate", "--experiment", "1", "-n", "2"])
+    assert result.exit_code == 1
+    # Before, it said only "failed", while these two waited for review.
+    with _session(database) as session:
+        stored = session.exec(select(Variant).where(Variant.origin == "generated")).all()
+    assert len(stored) == 2
+    assert "weekend-hikers: 2 new, 0 rejected of 2 sampled" in result.output
+    assert all(f"[{v.id}] {v.text}" in result.output for v in stored)
+    assert result.output.endswith(
+        "Error: generation job 1 failed: RuntimeError: CUDA out of memory\n"
+    )
