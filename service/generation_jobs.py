@@ -27,6 +27,7 @@ from sqlmodel import Session, col, select
 
 from generation import Brief, LintConfig, generate_variants
 from generation.lint import DEFAULT_BANNED_PHRASES
+from generation.similarity import DEFAULT_THRESHOLD, NgramSimilarity, most_similar
 from generation.writer import Writer
 from service.config import Settings
 from service.db import rows_changed
@@ -355,36 +356,33 @@ def _generate(
 def _not_taken_meanwhile(
     session: Session, segment: Segment, variants: list[Variant]
 ) -> list[Variant]:
-    """The new variants whose text no other variant of the segment has by now.
+    """The new variants that are not near-duplicates of another variant of the segment by now.
 
     The pipeline compared its lines with the segment's copy as it was when the job started; a job
-    for the same segment in another worker may have stored the same lines since (both stored them,
-    each job's lines twice over). The caller holds the segment's writes back first: PostgreSQL
-    locks the segment row, and on SQLite a write has taken the database's write lock.
+    for the same segment in another worker may have stored the same lines, or lines a word or a
+    mark apart, since (both stored them). The caller holds the segment's writes back first:
+    PostgreSQL locks the segment row, and on SQLite a write has taken the database's write lock.
     """
     session.add_all(variants)
     session.flush()
     ours = {variant.id for variant in variants}
-    taken = {
-        _same_text(text)
+    taken = [
+        text
         for variant_id, text in session.exec(
             select(Variant.id, Variant.text).where(Variant.segment_id == segment.id)
         )
         if variant_id not in ours
-    }
+    ]
+    similarity = NgramSimilarity()  # as the pipeline measured, at its threshold
     kept = []
     for variant in variants:
-        if _same_text(variant.text) in taken:
+        if most_similar(variant.text, taken, similarity)[0] >= DEFAULT_THRESHOLD:
             session.delete(variant)
         else:
             kept.append(variant)
-            taken.add(_same_text(variant.text))
+            taken.append(variant.text)
     session.flush()
     return kept
-
-
-def _same_text(text: str) -> str:
-    return " ".join(text.casefold().split())
 
 
 def _progress(session: Session, job: GenerationJob, **values: Any) -> None:

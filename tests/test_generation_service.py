@@ -221,6 +221,44 @@ def test_two_jobs_for_one_segment_at_once_store_no_line_twice(
     assert finished[first.id].result["segments"]["tea-lovers"]["variant_ids"] == []
 
 
+def test_two_jobs_for_one_segment_at_once_store_no_near_duplicates(
+    api: Any, app: Any, experiment: dict[str, Any]
+) -> None:
+    engine = app.extensions["copybandit.engine"]
+    options = GenerationOptions.from_settings(app.extensions["copybandit.settings"])
+    with Session(engine, expire_on_commit=False) as session:
+        first, second = (
+            create_job(
+                session=session, experiment_id=experiment["id"], segment_key="tea-lovers", n=2
+            )
+            for _ in range(2)
+        )
+    theirs = GOOD[:2]
+    # A mark or a word apart: what the pipeline's de-duplication refuses within one job.
+    ours = [
+        "Brew every cup right with the Aurora kettle!",
+        "The Aurora kettle boils in three minutes, flat.",
+    ]
+    later = functools.partial(
+        run_job,
+        engine=engine,
+        job_id=second.id,
+        writer=lambda: ScriptedWriter(theirs),
+        options=options,
+    )
+    done = run_job(
+        engine=engine,
+        job_id=first.id,
+        writer=lambda: _AnotherJobGoesFirst(ours, later),
+        options=options,
+    )
+
+    texts = [v["text"] for v in _variants(api, experiment["id"], "tea-lovers")]
+    # Before, only the same text (up to case and spaces) counted as taken: all four were stored.
+    assert sorted(t for t in texts if t in [*theirs, *ours]) == sorted(theirs)
+    assert done.status == "succeeded" and done.result["segments"]["tea-lovers"]["variant_ids"] == []
+
+
 class _FailsOnSecondSegment(ScriptedWriter):
     def sample(self, messages: list[dict[str, str]], n: int, seed: int) -> list[Sample]:
         if self.calls:
