@@ -294,6 +294,12 @@ def _row(key: str, log: _Log, q: np.ndarray, excluded: int) -> dict[str, Any]:
     }
 
 
+# Below this many effectively weighted rows an estimate says more about the few rows that carry the
+# weight than about the policy: in logs the service wrote, a variant the posterior had all but
+# stopped serving read low, its 95% interval missing the truth in 12 of 19 runs, at 4 to 30.
+FEW_EFFECTIVE_ROWS = 30
+
+
 def format_table(result: dict[str, Any]) -> str:
     """A plain-text table of :func:`evaluate`'s result."""
 
@@ -321,5 +327,16 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(
             f"{row['segment']:<20} {row['n']:>8} {row['excluded']:>8} "
             f"{rate(row['logged_rate']):>8}  {cell(row['ips']):<40} {cell(row['snips']):<40}"
+        )
+    few = [
+        row["segment"]
+        for row in result["segments"]
+        if row["ips"] is not None and 0 < row["ips"]["effective_n"] < FEW_EFFECTIVE_ROWS
+    ]
+    if few:
+        lines.append(
+            f"note: ess under {FEW_EFFECTIVE_ROWS} in {', '.join(few)}: the log holds too few rows"
+            " this policy would have chosen to judge it there; the estimate may be far off and"
+            " its interval miss"
         )
     return "\n".join(line.rstrip() for line in lines)

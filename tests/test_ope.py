@@ -404,6 +404,14 @@ def test_cli_prints_the_table_and_json(
     assert lines["tea-lovers"].split()[1:4] == ["60", "5", "0.2333"]
     assert "0.3000" in lines["tea-lovers"]  # SNIPS: B's logged rate
     assert "overall" in lines
+    # B's 20 rows at weight 2.5 are 20 effective rows, busy-parents' 10 at weight 2 are 10: too
+    # few to trust, said under the table. Uniform weighs tea-lovers' 60 rows nearly alike (57.6).
+    assert table.output.splitlines()[-1] == (
+        "note: ess under 30 in tea-lovers: the log holds too few rows this policy would have"
+        " chosen to judge it there; the estimate may be far off and its interval miss"
+    )
+    uniform = runner.invoke(main, [*args[:-1], "uniform"]).output
+    assert "note: ess under 30 in busy-parents:" in uniform.splitlines()[-1]
 
     as_json = runner.invoke(main, [*args, "--json"])
     assert as_json.exit_code == 0, as_json.output
