@@ -117,9 +117,22 @@ def _session(settings: Settings) -> Session:
     return Session(_engine(settings), expire_on_commit=False)
 
 
+# PostgreSQL's errors (by SQLSTATE) that say how the database was set up, not that a statement
+# of ours is wrong, with what would fix each; psycopg raises them as ProgrammingError, like a bug.
+_SET_UP_HINTS = {
+    # undefined_table
+    "42P01": "run `copybandit migrate` first",
+    # insufficient_privilege: a role given no GRANT (on the tables, or CREATE on the schema)
+    "42501": "the database role needs privileges on copybandit's tables (and CREATE on the "
+    "schema to migrate): GRANT them, or connect as the role that owns them",
+    # duplicate_table: a migration's CREATE TABLE meets a table copybandit did not make
+    "42P07": "the database already has a table of that name; give copybandit a database of its own",
+}
+
+
 class _Commands(click.Group):
-    """A database that cannot be reached, or has no tables yet, ends a command with one line
-    saying so, not a driver traceback."""
+    """A database that cannot be reached, has no tables yet, or whose role may not use them,
+    ends a command with one line saying so, not a driver traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -128,11 +141,11 @@ class _Commands(click.Group):
             # The driver's first line; PostgreSQL goes on with the SQL and a caret under it.
             reason = str(exc.orig or exc).strip().splitlines()[0]
             # SQLite says "no such table"; PostgreSQL raises undefined_table (SQLSTATE 42P01).
-            unmigrated = "no such table" in reason or getattr(exc.orig, "sqlstate", "") == "42P01"
-            if isinstance(exc, sa.exc.ProgrammingError) and not unmigrated:
+            sqlstate = "42P01" if "no such table" in reason else getattr(exc.orig, "sqlstate", "")
+            hint = _SET_UP_HINTS.get(sqlstate or "")
+            if isinstance(exc, sa.exc.ProgrammingError) and hint is None:
                 raise
-            hint = "; run `copybandit migrate` first" if unmigrated else ""
-            raise click.ClickException(f"database: {reason}{hint}") from None
+            raise click.ClickException(f"database: {reason}{f'; {hint}' if hint else ''}") from None
 
 
 @click.group(cls=_Commands)

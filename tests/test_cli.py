@@ -269,6 +269,49 @@ def test_a_command_on_an_unmigrated_database_says_to_migrate(
     assert "run `copybandit migrate` first" in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.skipif("postgres" not in BACKENDS, reason="PostgreSQL roles and privileges")
+def test_a_postgres_role_without_privileges_or_a_table_in_the_way_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # psycopg raises both as ProgrammingError, which was left to print its traceback as a bug.
+    role = f"copybandit_nogrant_{os.getpid()}"
+    with _unmigrated("postgres", tmp_path) as url:
+        admin = sa.create_engine(url)
+        schema = f"copybandit_empty_{os.getpid()}"
+        with admin.begin() as connection:
+            connection.exec_driver_sql(f"CREATE ROLE {role} LOGIN PASSWORD 'pw'")
+            connection.exec_driver_sql(f"GRANT USAGE ON SCHEMA {schema} TO {role}")
+            connection.exec_driver_sql("CREATE TABLE marketer (id integer)")
+        try:
+            monkeypatch.setenv("COPYBANDIT_DATABASE_URL", url)
+            in_the_way = run("migrate")
+            with admin.begin() as connection:
+                connection.exec_driver_sql("DROP TABLE marketer")
+            assert run("migrate").exit_code == 0
+            as_role = sa.engine.make_url(url).set(username=role, password="pw")
+            monkeypatch.setenv(
+                "COPYBANDIT_DATABASE_URL", as_role.render_as_string(hide_password=False)
+            )
+            unprivileged = {"keys list": run("keys", "list"), "migrate": run("migrate")}
+        finally:
+            with admin.begin() as connection:
+                connection.exec_driver_sql(f"DROP OWNED BY {role}")
+                connection.exec_driver_sql(f"DROP ROLE {role}")
+            admin.dispose()
+    assert in_the_way.exit_code == 1, in_the_way.output
+    assert in_the_way.output == (
+        'Error: database: relation "marketer" already exists; the database already has a table '
+        "of that name; give copybandit a database of its own\n"
+    )
+    for name, result in unprivileged.items():
+        assert result.exit_code == 1, (name, result.output)
+        assert result.output.startswith(
+            "Error: database: permission denied for table alembic_version; the database role "
+            "needs privileges"
+        ), (name, result.output)
+        assert len(result.output.splitlines()) == 1, (name, result.output)
+
+
 def test_serve_refuses_an_unmigrated_database(database: str) -> None:
     result = run("serve", "--port", "1")
     assert result.exit_code == 1 and "copybandit migrate" in result.output
