@@ -812,7 +812,10 @@ def keys_list() -> None:
     with _session(_settings()) as session:
         for row in list_keys(session=session):
             revoked = f"revoked {row.revoked_at:%Y-%m-%d}" if row.revoked_at else "live"
-            click.echo(f"{row.id}  {row.scope:<5}  {revoked:<18}  {row.label}")
+            click.echo(
+                f"{row.id}  {row.scope:<5}  created {row.created_at:%Y-%m-%d}  {revoked:<18}  "
+                f"{row.label}"
+            )
 
 
 @keys.command("revoke")

@@ -145,6 +145,10 @@ def test_keys_create_list_revoke(database: str) -> None:
     key_id = plaintext.split("_")[1]
     listing = run("keys", "list").output
     assert key_id in listing and "serve" in listing and "storefront" in listing
+    # --help promises the day each was created, which the list left out.
+    with _session(database) as session:
+        made = session.get(ApiKey, key_id).created_at  # type: ignore[union-attr]
+    assert f"created {made:%Y-%m-%d}  live" in listing, listing
     # The secret half is never shown again.
     assert plaintext not in listing
 
