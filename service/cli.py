@@ -53,6 +53,9 @@ from service.retention import purge as purge_rows
 # The account `init` makes on first run, so `make run` can be signed in to at once.
 FIRST_MARKETER = "marketer@example.com"
 SCENARIOS = Path(__file__).resolve().parent.parent / "bandits" / "scenarios"
+# The experiment ids the API and the dashboard take (service.schemas.DbId): a larger one reached
+# the database, where SQLite's driver raised OverflowError with a traceback.
+EXPERIMENT_ID = click.IntRange(1, 2**31 - 1)
 # gunicorn's default, now set on purpose: three times the longest a request waits for a lock.
 WORKER_TIMEOUT_SECONDS = round(3 * LOCK_WAIT_SECONDS)
 # An experiment id as the API takes one (schemas.DbId): a plain int let 10**23 reach SQLite,
@@ -476,7 +479,7 @@ def ope(experiment_id: int, policy: str, segment: str | None, as_json: bool) -> 
     help="HTTP mode: an API key (admin lets it read the copy); or COPYBANDIT_SIM_KEY, so that the"
     " key is not in the process list.",
 )
-@click.option("--experiment", "experiment_id", type=int, default=None, help="HTTP mode.")
+@click.option("--experiment", "experiment_id", type=EXPERIMENT_ID, default=None, help="HTTP mode.")
 @click.option(
     "--clients",
     type=click.IntRange(1, 64),

@@ -402,6 +402,28 @@ def test_a_key_label_longer_than_its_column_is_refused(database: str) -> None:
     assert run("keys", "create", "--scope", "serve", "--label", "x" * 200).exit_code == 0
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["ope", "--policy", "uniform"],
+        ["generate"],
+        ["simulate", "--http", "http://127.0.0.1:1", "--key", "k", "--out", "{tmp}"],
+    ],
+)
+@pytest.mark.parametrize("experiment", ["0", "-1", str(2**31), "99999999999999999999"])
+def test_an_experiment_id_the_api_would_refuse_is_a_usage_error(
+    database: str, tmp_path: Path, command: list[str], experiment: str
+) -> None:
+    # A larger id reached SQLite's driver and ended in an OverflowError traceback; simulate sent
+    # every decision to a server that refused each one.
+    assert run("migrate").exit_code == 0
+    arguments = [a.replace("{tmp}", str(tmp_path / "sim")) for a in command]
+    result = run(*arguments, "--experiment", experiment)
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--experiment'" in result.output
+    assert "1<=x<=2147483647" in result.output
+
+
 def test_simulate_refuses_bad_arguments_before_simulating(tmp_path: Path) -> None:
     a_file = tmp_path / "taken"
     a_file.write_text("")
