@@ -58,9 +58,6 @@ SCENARIOS = Path(__file__).resolve().parent.parent / "bandits" / "scenarios"
 EXPERIMENT_ID = click.IntRange(1, 2**31 - 1)
 # gunicorn's default, now set on purpose: three times the longest a request waits for a lock.
 WORKER_TIMEOUT_SECONDS = round(3 * LOCK_WAIT_SECONDS)
-# An experiment id as the API takes one (schemas.DbId): a plain int let 10**23 reach SQLite,
-# whose driver raised OverflowError with a traceback.
-EXPERIMENT_ID = click.IntRange(1, 2**31 - 1)
 
 
 def _settings(*, loads_model: bool = False) -> Settings:
