@@ -821,7 +821,11 @@ def keys_list() -> None:
 @keys.command("revoke")
 @click.argument("key_id")
 def keys_revoke(key_id: str) -> None:
-    """Revoke a key by its id (the part after `cb_`, before the second `_`)."""
+    """Revoke a key by its id (the part after `cb_`, before the second `_`), or by the whole key."""
+    if key_id.startswith("cb_"):
+        # The whole key pasted: its id is what names it, and its secret must not be echoed back
+        # into the terminal's scrollback ("no API key with id 'cb_..._<secret>'").
+        key_id = key_id.removeprefix("cb_").partition("_")[0]
     with _session(_settings()) as session:
         try:
             revoke_key(session=session, key_id=key_id)

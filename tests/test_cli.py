@@ -160,6 +160,20 @@ def test_keys_create_list_revoke(database: str) -> None:
     assert missing.exit_code != 0 and "no API key with id '0000'" in missing.output
 
 
+def test_keys_revoke_takes_the_whole_key_and_never_echoes_its_secret(database: str) -> None:
+    assert run("migrate").exit_code == 0
+    plaintext = KEY.findall(run("keys", "create", "--scope", "serve").output)[0]
+    key_id, secret = plaintext.split("_")[1:]
+    revoked = run("keys", "revoke", plaintext)
+    # It said "no API key with id 'cb_<id>_<secret>'": the secret, printed to the terminal.
+    assert (revoked.exit_code, revoked.output) == (0, f"revoked {key_id}\n")
+    with _session(database) as session:
+        assert authenticate(session=session, presented=plaintext) is None
+    unknown = run("keys", "revoke", f"cb_0000_{secret}")
+    assert unknown.exit_code != 0 and "no API key with id '0000'" in unknown.output
+    assert secret not in unknown.output
+
+
 def test_keys_create_rejects_unknown_scope(database: str) -> None:
     result = run("keys", "create", "--scope", "root")
     assert result.exit_code == 2 and "'root' is not one of" in result.output
