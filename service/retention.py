@@ -24,21 +24,27 @@ _impression = Impression.__table__  # type: ignore[attr-defined]
 _event = Event.__table__  # type: ignore[attr-defined]
 _variant = Event.metadata.tables["variant"]
 _assignment = Assignment.__table__  # type: ignore[attr-defined]
-_DURATION = re.compile(r"^(\d{1,6})([dhm])$")
+# ASCII digits, as many as given: a long number is too old an age, not a different form.
+_DURATION = re.compile(r"^([0-9]+)([dhm])$")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes"}
 # Beyond this the cutoff would fall before year 1, which datetime cannot hold.
 _MAX_AGE = timedelta(days=36_500)
 
 
 def parse_age(text: str) -> timedelta:
-    """'90d', '12h' or '30m' as a timedelta; ValueError names the format otherwise."""
+    """'90d', '12h' or '30m' as a timedelta; a ValueError says what is wrong otherwise (the CLI
+    puts the option's name before it)."""
     match = _DURATION.match(text.strip())
-    if match is None or int(match.group(1)) == 0:
-        raise ValueError(f"--older-than must look like 90d, 12h or 30m, got {text!r}")
-    age = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
-    if age > _MAX_AGE:
-        raise ValueError(f"--older-than must be at most 36500d (100 years), got {text!r}")
-    return age
+    if match is None:
+        raise ValueError(f"must look like 90d, 12h or 30m, got {text!r}")
+    digits, unit = match.groups()
+    significant = digits.lstrip("0")
+    if not significant:
+        raise ValueError(f"must be more than 0, like 90d, 12h or 30m, got {text!r}")
+    # Past 12 digits the age is centuries in any unit; int() would refuse 4,300 with a traceback.
+    if len(significant) > 12 or timedelta(**{_UNITS[unit]: int(significant)}) > _MAX_AGE:
+        raise ValueError(f"must be at most 36500d (100 years), got {text!r}")
+    return timedelta(**{_UNITS[unit]: int(significant)})
 
 
 @dataclass
