@@ -247,6 +247,28 @@ def test_a_misspelt_setting_is_named_once_not_silently_ignored(
     assert result.output.count(warning) == 1, result.output
 
 
+def test_the_readmes_production_steps_leave_an_admin_key_and_a_sign_in_and_no_demo(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The steps stopped at migrate and serve: a server nobody held a key for, and no account.
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("## Running in production", 1)[1].split("```sh\n", 1)[1]
+    block = block.split("```", 1)[0]
+    monkeypatch.setenv("COPYBANDIT_ENV", "production")
+    monkeypatch.setenv("COPYBANDIT_SECRET_KEY", "s" * 32)
+    monkeypatch.setenv("COPYBANDIT_USER_ID_KEY", "u" * 32)
+    for line in block.splitlines():
+        command = line.split("#", 1)[0].split()
+        if command[:1] != ["copybandit"] or command[1] == "serve":
+            continue
+        result = CliRunner().invoke(main, command[1:], input="a-password-1\n" * 2)
+        assert result.exit_code == 0, (line, result.output)
+    with _session(database) as session:
+        assert [key.scope for key in session.exec(select(ApiKey)).all()] == ["admin"]
+        assert len(session.exec(select(Marketer)).all()) == 1
+        assert session.exec(select(Experiment)).all() == []
+
+
 def test_a_database_that_cannot_be_reached_is_one_line_not_a_traceback(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -61,11 +61,11 @@ def test_the_readme_examples_from_creating_an_experiment_to_pausing_a_variant_wo
 
 
 def test_the_readme_names_every_option_of_the_users_commands() -> None:
-    usage = {
-        line.split()[2]: line
-        for line in README.read_text().splitlines()
-        if line.startswith("copybandit users ")
-    }
+    usage: dict[str, str] = {}
+    for line in README.read_text().splitlines():
+        if line.startswith("copybandit users "):
+            # The first is the Command line section's; later ones are examples of one use.
+            usage.setdefault(line.split()[2], line)
     for name, command in users.commands.items():
         options = [p for p in command.params if isinstance(p, click.Option)]
         # Before, set-password's --password was left out.
