@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -153,7 +154,17 @@ def main() -> None:
     """copybandit: LLM-written marketing copy, chosen by Thompson sampling."""
     unknown = unknown_variables()
     if unknown:
-        click.echo(f"warning: ignoring unknown settings: {', '.join(unknown)}", err=True)
+        _warn(f"ignoring unknown settings: {', '.join(unknown)}")
+
+
+def _warn(message: str) -> None:
+    """A warning on stderr before the settings are read; with COPYBANDIT_LOG_FORMAT=json a JSON
+    line, as every other line there is: a plain one broke a pipeline that parses each line."""
+    if os.environ.get("COPYBANDIT_LOG_FORMAT", "").strip() == "json":
+        record = logging.LogRecord(__name__, logging.WARNING, __file__, 0, message, None, None)
+        click.echo(logs.JsonLines().format(record), err=True)
+    else:
+        click.echo(f"warning: {message}", err=True)
 
 
 @main.command()

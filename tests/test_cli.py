@@ -247,6 +247,30 @@ def test_a_misspelt_setting_is_named_once_not_silently_ignored(
     assert result.output.count(warning) == 1, result.output
 
 
+def test_a_misspelt_setting_is_a_json_line_when_the_log_format_is_json(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COPYBANDIT_LOG_FORMAT", "json")
+    monkeypatch.setenv("COPYBANDIT_SCHEDULAR", "off")
+    result = run("migrate")
+    assert result.exit_code == 0, result.output
+    (line,) = result.stderr.splitlines()
+    logged = json.loads(line)
+    assert logged["level"] == "warning" and logged["message"] == (
+        "ignoring unknown settings: COPYBANDIT_SCHEDULAR (did you mean COPYBANDIT_SCHEDULER?)"
+    )
+
+
+def test_the_simulators_key_variable_is_not_called_unknown(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The README's HTTP mode passes the key this way; the warning said it was ignored and asked
+    # whether COPYBANDIT_USER_ID_KEY was meant.
+    monkeypatch.setenv("COPYBANDIT_SIM_KEY", "cb_from_env")
+    result = run("migrate")
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+
+
 def test_the_readmes_production_steps_leave_an_admin_key_and_a_sign_in_and_no_demo(
     database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
