@@ -163,7 +163,7 @@ def test_keys_create_list_revoke(database: str) -> None:
 def test_keys_revoke_takes_the_whole_key_and_never_echoes_its_secret(database: str) -> None:
     assert run("migrate").exit_code == 0
     plaintext = KEY.findall(run("keys", "create", "--scope", "serve").output)[0]
-    key_id, secret = plaintext.split("_")[1:]
+    key_id, _, secret = plaintext.removeprefix("cb_").partition("_")
     revoked = run("keys", "revoke", plaintext)
     # It said "no API key with id 'cb_<id>_<secret>'": the secret, printed to the terminal.
     assert (revoked.exit_code, revoked.output) == (0, f"revoked {key_id}\n")
