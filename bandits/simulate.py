@@ -640,9 +640,11 @@ def compare(
 
 def _bernoulli_kl(p: FloatArray, q: float) -> FloatArray:
     """KL(Bernoulli(p) || Bernoulli(q)), elementwise; inf where q is 0 or 1 and p differs."""
+    # log1p of the relative difference, not log of the ratio: for close rates the ratio's
+    # rounding error outweighed the KL itself, which came out negative.
     with np.errstate(divide="ignore", invalid="ignore"):
-        a = np.where(p > 0, p * np.log(p / q), 0.0)
-        b = np.where(p < 1, (1 - p) * np.log((1 - p) / (1 - q)), 0.0)
+        a = np.where(p > 0, p * np.log1p((p - q) / q), 0.0)
+        b = np.where(p < 1, (1 - p) * np.log1p((q - p) / (1 - q)), 0.0)
     result: FloatArray = a + b
     return result
 
@@ -661,13 +663,16 @@ def lai_robbins_constant(rates: ArrayLike) -> float:
     Returns
     -------
     float
-        0.0 when every arm is optimal (or the best rate is 1, where the KL is infinite).
+        0.0 when every arm is optimal (or the best rate is 1, where the KL is infinite). An arm
+        whose rate equals the best's up to rounding (math.isclose) is an optimal arm.
     """
     mu = np.asarray(rates, dtype=np.float64)
     if mu.ndim != 1 or mu.size == 0 or not np.all((mu >= 0) & (mu <= 1)):
         raise ValueError(f"rates must be a non-empty 1-D array in [0, 1], got {rates!r}")
     star = float(mu.max())
-    sub = mu[mu < star]
+    # Rates a rounding step apart (0.3 and 0.1 + 0.2) made a huge or negative constant: the
+    # gap over a KL that is all rounding error.
+    sub = np.array([m for m in mu if not math.isclose(m, star)])
     if sub.size == 0:
         return 0.0
     kl = _bernoulli_kl(sub, star)

@@ -537,6 +537,22 @@ def test_lai_robbins_constant_by_hand() -> None:
         lai_robbins_constant([0.5, 1.2])
 
 
+def test_lai_robbins_constant_of_rates_a_rounding_step_apart() -> None:
+    # Before, -0.83 and -9.0e15: the gap divided by a KL that was all rounding error.
+    assert lai_robbins_constant([0.3, 0.1 + 0.2]) == 0.0
+    assert lai_robbins_constant([0.5, 0.5000000000000001]) == 0.0
+    assert lai_robbins_constant([0.02, 0.04, 0.06, 0.06 * (1 + 1e-12)]) == pytest.approx(
+        0.02 / bernoulli_kl(0.04, 0.06) + 0.04 / bernoulli_kl(0.02, 0.06), rel=1e-9
+    )
+    # Arms close to the best but clearly apart: a large constant, never a negative one.
+    for star in (1e-4, 0.05, 0.3, 0.5, 0.97):
+        for gap in (1e-8, 1e-6, 1e-5):
+            near = star * (1 - gap)
+            assert lai_robbins_constant([near, star]) == pytest.approx(
+                2 * near * (1 - near) / (star - near), rel=1e-3
+            ), (star, gap)
+
+
 def test_bandits_imports_only_numpy_scipy_and_stdlib() -> None:
     code = (
         "import sys, bandits.simulate, bandits.worlds\n"
