@@ -250,11 +250,14 @@ class World:
         batches = math.ceil(impressions / batch)
         row = 4 + len(self.segments) + sum(seg.n_arms for seg in self.segments)
         if seeds * batches * row > MAX_TRACE_NUMBERS:
+            # The batch is the scenario's: `copybandit simulate` has no option for it, and
+            # suggesting "a larger batch" sent users looking for one.
             raise ValueError(
                 f"seeds x batches (impressions / batch) must be at most "
                 f"{MAX_TRACE_NUMBERS // row:,} for this world (a comparison keeps {row} numbers "
                 f"per batch of every seed's run), got {seeds:,} x {batches:,}; use fewer seeds "
-                "or impressions, or a larger batch"
+                'or impressions, or a larger "batch" in the scenario file (at most '
+                f"{MAX_BATCH_DRAWS // most_arms:,} for this world)"
             )
 
     def drift_batch(self, impressions: int, batch: int) -> int | None:

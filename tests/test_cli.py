@@ -522,6 +522,17 @@ def test_simulate_refuses_bad_arguments_before_simulating(tmp_path: Path) -> Non
         assert "simulating" not in result.output, name
 
 
+def test_a_run_too_large_for_memory_says_where_its_batch_is_set(tmp_path: Path) -> None:
+    arguments = ["--seeds", "1000", "--impressions", "10000000", "--out", str(tmp_path)]
+    result = run("simulate", *arguments)
+
+    assert result.exit_code == 1, result.output
+    # Before, "or a larger batch", and simulate has no --batch: only the scenario sets it.
+    assert 'or a larger "batch" in the scenario file (at most 2,000,000 for this world)' in (
+        result.output
+    )
+
+
 @pytest.mark.parametrize(
     ("host", "bind"),
     [
