@@ -560,6 +560,10 @@ def compare(
     names = list(policies)
     for name in names:
         _policy_factory(name)
+    # The summary has one row per name: a policy named twice ran twice and showed once.
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"name each policy once; named more than once: {', '.join(repeated)}")
     total = require_count("impressions", world.impressions if impressions is None else impressions)
     size = require_count("batch", world.batch if batch is None else batch)
     count = len(seeds) if isinstance(seeds, Sequence) else world.seeds if seeds is None else seeds

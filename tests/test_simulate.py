@@ -264,6 +264,20 @@ def test_a_word_feature_must_be_a_word_the_text_splits_into() -> None:
     assert model.features("All-day comfort, it's true") == {"word:All-Day": 1.0, "word:it's": 1.0}
 
 
+def test_a_policy_named_twice_is_refused_before_running() -> None:
+    ran: list[int] = []
+    # Before, it ran twice and the summary, keyed by name, showed it once.
+    with pytest.raises(ValueError, match=r"named more than once: thompson, uniform$"):
+        compare(
+            plain(THREE_ARMS),
+            ["uniform", "thompson", "uniform", "oracle", "thompson"],
+            impressions=100,
+            seeds=1,
+            progress=lambda done, _total: ran.append(done),
+        )
+    assert ran == []
+
+
 def test_run_sizes_beyond_memory_are_refused_before_running() -> None:
     world = plain(THREE_ARMS)
     with pytest.raises(ValueError, match="batch must be at most 3,333,333"):
