@@ -18,6 +18,7 @@ from typing import Any
 import alembic.util
 import click
 import sqlalchemy as sa
+from click.core import ParameterSource
 from sqlmodel import Session, col, select
 
 from service import logs
@@ -450,6 +451,31 @@ def ope(experiment_id: int, policy: str, segment: str | None, as_json: bool) -> 
     click.echo(json.dumps(result, indent=2) if as_json else format_ope_table(result))
 
 
+# The options only one mode of `simulate` reads (--scenario, --impressions and --out: every mode),
+# and how that mode is chosen. Given to another mode they were ignored without a word (full-loop
+# mode ran seed 0 whatever --seeds said), and whoever gave them believed they applied.
+_SIMULATE_MODES = {
+    "in-process": ("without --http or --full-loop", ("policies", "seeds")),
+    "HTTP": ("--http", ("http_url", "key", "experiment_id", "clients")),
+    "full-loop": ("--full-loop", ("full_loop", "writer", "rounds")),
+}
+
+
+def _refuse_other_modes_options(ctx: click.Context, mode: str) -> None:
+    """A usage error for an option of another mode given on the command line; a default, or the
+    key from COPYBANDIT_SIM_KEY, is not the user asking for it."""
+    if mode == "full-loop" and ctx.params["http_url"] is not None:
+        raise click.UsageError("--full-loop and --http are two modes: give one of them")
+    options = {p.name: p.opts[0] for p in ctx.command.params}
+    for other, (how, names) in _SIMULATE_MODES.items():
+        for name in names:
+            if other != mode and ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
+                raise click.UsageError(
+                    f"{options[name]} is read only in {other} mode ({how}); this run is in "
+                    f"{mode} mode"
+                )
+
+
 @main.command()
 @click.option(
     "--scenario",
@@ -462,16 +488,21 @@ def ope(experiment_id: int, policy: str, segment: str | None, as_json: bool) -> 
     "--policies",
     default="thompson,thompson_informed,uniform,epsilon_greedy,oracle",
     show_default=True,
-    help="Comma-separated.",
+    help="In-process mode: comma-separated.",
 )
 @click.option(
     "--impressions",
     type=click.IntRange(1),
     default=None,
-    help="Per run (default: the scenario's); HTTP mode: in all (default 2000); full-loop mode: "
-    "per round (default 20000).",
+    help="In-process mode: per run (default: the scenario's); HTTP mode: in all (default "
+    "2000); full-loop mode: per round (default 20000).",
 )
-@click.option("--seeds", type=click.IntRange(1), default=None, help="Default: the scenario's.")
+@click.option(
+    "--seeds",
+    type=click.IntRange(1),
+    default=None,
+    help="In-process mode: runs per policy (default: the scenario's).",
+)
 @click.option("--out", type=click.Path(file_okay=False), default="var/sim", show_default=True)
 @click.option(
     "--http",
@@ -487,7 +518,13 @@ def ope(experiment_id: int, policy: str, segment: str | None, as_json: bool) -> 
     help="HTTP mode: an API key (admin lets it read the copy); or COPYBANDIT_SIM_KEY, so that the"
     " key is not in the process list.",
 )
-@click.option("--experiment", "experiment_id", type=EXPERIMENT_ID, default=None, help="HTTP mode.")
+@click.option(
+    "--experiment",
+    "experiment_id",
+    type=EXPERIMENT_ID,
+    default=None,
+    help="HTTP mode: the experiment.",
+)
 @click.option(
     "--clients",
     type=click.IntRange(1, 64),
@@ -530,11 +567,16 @@ def simulate(
 ) -> None:
     """Replay synthetic traffic in-process and compare policies on the same worlds and seeds;
     with --http, drive a running server as storefronts would; with --full-loop, let the model
-    and the lifecycle change the copy between rounds."""
+    and the lifecycle change the copy between rounds.
+
+    Each mode reads --scenario, --impressions and --out, and only its own options besides (the
+    help of each says its mode); another mode's option is refused."""
     from bandits.simulate import compare
     from bandits.worlds import load_scenario
     from service.sim_report import table, write_outputs
 
+    mode = "full-loop" if full_loop else "in-process" if http_url is None else "HTTP"
+    _refuse_other_modes_options(click.get_current_context(), mode)
     if http_url is not None and (key is None or experiment_id is None):
         raise click.UsageError("--http needs --key (or COPYBANDIT_SIM_KEY) and --experiment")
     names = [p.strip() for p in policies.split(",") if p.strip()]

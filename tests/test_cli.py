@@ -516,10 +516,47 @@ def test_simulate_refuses_bad_arguments_before_simulating(tmp_path: Path) -> Non
         ),
     }
     for name, (arguments, exit_code, says) in cases.items():
-        result = run("simulate", "--impressions", "100", "--seeds", "1", *arguments)
+        result = run("simulate", "--impressions", "100", *arguments)
         assert result.exit_code == exit_code, (name, result.output)
         assert says in result.output and "Traceback" not in result.output, (name, result.output)
         assert "simulating" not in result.output, name
+
+
+def test_simulate_refuses_the_options_its_mode_does_not_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    http = ["--http", "http://127.0.0.1:9", "--key", "k", "--experiment", "1"]
+    full_loop = ["--full-loop", "--writer", "phrases"]
+    in_process = "read only in in-process mode (without --http or --full-loop); this run is in"
+    # Before, each was ignored without a word: full-loop mode ran seed 0 whatever --seeds said,
+    # and HTTP mode sent --impressions decisions however many --seeds, --rounds or --writer.
+    cases = [
+        ([*full_loop, "--seeds", "3"], f"--seeds is {in_process} full-loop mode"),
+        ([*full_loop, "--policies", "uniform"], f"--policies is {in_process} full-loop mode"),
+        ([*full_loop, *http], "--full-loop and --http are two modes: give one of them"),
+        ([*http, "--seeds", "3"], f"--seeds is {in_process} HTTP mode"),
+        ([*http, "--policies", "uniform"], f"--policies is {in_process} HTTP mode"),
+        (
+            [*http, "--rounds", "2"],
+            "--rounds is read only in full-loop mode (--full-loop); this run is in HTTP mode",
+        ),
+        ([*http, "--writer", "phrases"], "--writer is read only in full-loop mode"),
+        (["--rounds", "2"], "--rounds is read only in full-loop mode"),
+        (["--experiment", "1"], "--experiment is read only in HTTP mode (--http); this run is in"),
+        ([*full_loop, "--clients", "2"], "--clients is read only in HTTP mode"),
+    ]
+    for arguments, says in cases:
+        result = run("simulate", *arguments, "--out", str(tmp_path))
+        assert result.exit_code == 2, (arguments, result.output)
+        assert says in result.output, (arguments, result.output)
+        assert "simulating" not in result.output and "wrote" not in result.output, arguments
+    assert list(tmp_path.iterdir()) == []
+
+    # A default is no one's request, nor is a key in the environment, which serves HTTP mode.
+    monkeypatch.setenv("COPYBANDIT_SIM_KEY", "k")
+    arguments = ["--rounds", "1", "--impressions", "300", "--out", str(tmp_path)]
+    result = run("simulate", *full_loop, *arguments)
+    assert result.exit_code == 0, result.output
 
 
 def test_a_run_too_large_for_memory_says_where_its_batch_is_set(tmp_path: Path) -> None:
