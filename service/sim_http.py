@@ -93,10 +93,10 @@ class _Client:
 
 def _best_rates(
     base_url: str, key: str, experiment_id: int, segments: list[Any]
-) -> dict[str, float]:
+) -> tuple[dict[str, float], bool]:
     """The true rate of the best live copy per segment: the server's copy if the key may read it
-    (admin), else the scenario's lines. Refuses an experiment that lacks a scenario segment, and
-    a key or experiment the server does not know."""
+    (admin), else the scenario's lines; and whether it could read it. Refuses an experiment that
+    lacks a scenario segment, and a key or experiment the server does not know."""
     texts = {s.key: list(s.variants) for s in segments}
     client = _Client(base_url, key)
     path = f"/v1/experiments/{experiment_id}"
@@ -118,7 +118,8 @@ def _best_rates(
             f"{what} answered {status} with no JSON: is {base_url} a copybandit server "
             "(with its path, if one is in front of it)?"
         ) from None
-    # Every decision would fail the same way. A 403 is a serve key, which may not read the copy.
+    # Every decision would fail the same way. A 403 is a serve key, which may not read the
+    # experiment: `drive` checks it with the run's first decision.
     if status in (401, 404):
         problem = body.get("message") if isinstance(body, dict) else None
         raise ValueError(f"{what} answered {status}: {problem or body}")
@@ -135,7 +136,8 @@ def _best_rates(
             live = [v["text"] for v in segment["variants"] if v["status"] == "active"]
             if segment["key"] in texts and live:
                 texts[segment["key"]] = live
-    return {s.key: max(s.response.rate(t) for t in texts[s.key]) for s in segments}
+    rates = {s.key: max(s.response.rate(t) for t in texts[s.key]) for s in segments}
+    return rates, status == 200
 
 
 def drive(
@@ -153,51 +155,66 @@ def drive(
     if not segments:
         raise ValueError("HTTP mode needs a scenario with response models (text -> rate)")
     shares = np.array([s.share for s in segments]) / sum(s.share for s in segments)
-    best_rate = _best_rates(base_url, key, experiment_id, segments)
+    best_rate, checked = _best_rates(base_url, key, experiment_id, segments)
     run = HttpRun(requested=impressions)
     lock = threading.Lock()
     per_client = [impressions // clients + (i < impressions % clients) for i in range(clients)]
+    rngs = [np.random.default_rng([seed, i]) for i in range(clients)]
+    connections = [_Client(base_url, key) for _ in range(clients)]
+
+    def decision(index: int) -> tuple[int | str, Any]:
+        """One decision of client `index`, scored and counted; the server's answer to it."""
+        rng, connection = rngs[index], connections[index]
+        segment = segments[int(rng.choice(len(segments), p=shares))]
+        started = time.perf_counter()
+        status, body = connection.post(
+            "/v1/decide", {"experiment": experiment_id, "segment": segment.key}
+        )
+        elapsed = (time.perf_counter() - started) * 1000
+        if status != 200:
+            with lock:
+                run.errors[f"decide {status}"] += 1
+            return status, body
+        if body.get("segment") != segment.key:
+            # Copy of another segment: the scenario has no true rate for it here.
+            with lock:
+                run.errors["decide other segment"] += 1
+            return status, body
+        rate = segment.response.rate(body["text"])  # type: ignore[union-attr]
+        best = best_rate[segment.key]
+        converted = bool(rng.random() < rate)
+        recorded = False
+        if converted:
+            event_status, _ = connection.post(
+                "/v1/events", {"impression_id": body["impression_id"], "type": "conversion"}
+            )
+            recorded = event_status == 200
+            if not recorded:
+                with lock:
+                    run.errors[f"events {event_status}"] += 1
+        with lock:
+            run.decisions += 1
+            run.conversions += converted
+            run.conversions_recorded += recorded
+            run.expected_conversions += rate
+            run.best_expected += max(best, rate)
+            run.latencies_ms.append(elapsed)
+        return status, body
 
     def client(index: int) -> None:
-        rng = np.random.default_rng([seed, index])
-        connection = _Client(base_url, key)
         for _ in range(per_client[index]):
-            segment = segments[int(rng.choice(len(segments), p=shares))]
-            started = time.perf_counter()
-            status, body = connection.post(
-                "/v1/decide", {"experiment": experiment_id, "segment": segment.key}
-            )
-            elapsed = (time.perf_counter() - started) * 1000
-            if status != 200:
-                with lock:
-                    run.errors[f"decide {status}"] += 1
-                continue
-            if body.get("segment") != segment.key:
-                # Copy of another segment: the scenario has no true rate for it here.
-                with lock:
-                    run.errors["decide other segment"] += 1
-                continue
-            rate = segment.response.rate(body["text"])  # type: ignore[union-attr]
-            best = best_rate[segment.key]
-            converted = bool(rng.random() < rate)
-            recorded = False
-            if converted:
-                status, _ = connection.post(
-                    "/v1/events", {"impression_id": body["impression_id"], "type": "conversion"}
-                )
-                recorded = status == 200
-                if not recorded:
-                    with lock:
-                        run.errors[f"events {status}"] += 1
-            with lock:
-                run.decisions += 1
-                run.conversions += converted
-                run.conversions_recorded += recorded
-                run.expected_conversions += rate
-                run.best_expected += max(best, rate)
-                run.latencies_ms.append(elapsed)
+            decision(index)
 
     started = time.perf_counter()
+    if not checked:
+        # A serve key may not read the experiment (403), and one the server lacks failed every
+        # decision with 404. The run's first decision, made before the clients start, checks it:
+        # no impression beyond the run's own is recorded, as a probe decision would have been.
+        per_client[0] -= 1
+        status, body = decision(0)
+        if status == 404:
+            problem = body.get("message") if isinstance(body, dict) else None
+            raise ValueError(f"POST /v1/decide answered 404: {problem or body}")
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for thread in threads:
         thread.start()

@@ -192,6 +192,48 @@ def test_a_key_or_experiment_the_server_refuses_stops_the_run_before_it_starts(
         drive(world, base_url=refuses, key="bad", experiment_id=1, impressions=10, clients=1)
 
 
+class _NoExperiment(_Refuses):
+    """A server without the experiment, to a serve key: its GET answers 403, and each decision
+    404, as the service answers them."""
+
+    decisions = 0
+
+    def do_GET(self) -> None:
+        self._send(403)
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        type(self).decisions += 1
+        data = json.dumps(
+            {"error": "not_found", "message": f"no experiment with id {body['experiment']}"}
+        ).encode()
+        self.send_response(404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def test_an_experiment_a_serve_key_cannot_read_is_checked_by_the_first_decision(
+    tmp_path: Path,
+) -> None:
+    _NoExperiment.decisions = 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _NoExperiment)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    arguments = ["--http", url, "--key", "k", "--experiment", "99", "--impressions", "50"]
+    try:
+        result = CliRunner().invoke(main, ["simulate", *arguments, "--out", str(tmp_path)])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    # Before, the 403 let the run go ahead, and all 50 decisions failed with 404.
+    assert result.exit_code == 1, result.output
+    assert "POST /v1/decide answered 404: no experiment with id 99" in result.output
+    assert _NoExperiment.decisions == 1 and not (tmp_path / "http.json").exists()
+
+
 def test_a_run_without_one_decision_reports_no_latency_or_regret_and_fails(
     refuses: str, tmp_path: Any
 ) -> None:
@@ -241,7 +283,8 @@ def test_an_https_url_is_spoken_to_over_tls() -> None:
 
 class _Recording(BaseHTTPRequestHandler):
     """Keeps every request's path and Authorization header; answers the experiment's GET 403 (as
-    a serve key is answered, so the run goes ahead) and every decision 404."""
+    a serve key is answered, so the run's first decision checks the experiment) and every
+    decision 404."""
 
     protocol_version = "HTTP/1.1"
     seen: ClassVar[list[tuple[str, str]]] = []
@@ -282,7 +325,7 @@ def test_the_key_may_come_from_the_environment_and_the_urls_path_prefixes_every_
         env={"COPYBANDIT_SIM_KEY": "cb_from_env"},
     )
 
-    assert result.exit_code == 1 and "none of 3 decisions succeeded" in result.output
+    assert result.exit_code == 1 and "POST /v1/decide answered 404" in result.output
     # README's way to pass the key was called a misspelling of COPYBANDIT_USER_ID_KEY.
     assert "unknown settings" not in result.output
     # The URL's path was dropped: a server behind /copybandit got /v1/... and answered 404.
