@@ -125,10 +125,18 @@ class Settings:
             "must be >= 1024",
             self.max_request_bytes,
         )
+        # Each bound named where it alone is wrong: COPY_MAX_CHARS=5 was reported as COPY_MIN_CHARS.
+        _require(self.copy_min_chars >= 1, "COPY_MIN_CHARS", "must be >= 1", self.copy_min_chars)
         _require(
-            1 <= self.copy_min_chars < self.copy_max_chars <= 1000,
+            self.copy_max_chars <= 1000,
+            "COPY_MAX_CHARS",
+            "must be at most 1000",
+            self.copy_max_chars,
+        )
+        _require(
+            self.copy_min_chars < self.copy_max_chars,
             "COPY_MIN_CHARS",
-            "must be >= 1 and below COPYBANDIT_COPY_MAX_CHARS (at most 1000)",
+            "must be below COPYBANDIT_COPY_MAX_CHARS (min, max)",
             (self.copy_min_chars, self.copy_max_chars),
         )
         _require(

@@ -60,6 +60,15 @@ def test_environment_variables_override_defaults() -> None:
         ("COPYBANDIT_SNAPSHOT_TTL_SECONDS", "inf", r"TTL_SECONDS must be between 0 and 3600"),
         ("COPYBANDIT_RATE_LIMIT_PER_SECOND", "inf", r"PER_SECOND must be between 0 and"),
         ("COPYBANDIT_RATE_LIMIT_BURST", "inf", r"BURST must be between 1 and"),
+        # A maximum under the default minimum was blamed on COPYBANDIT_COPY_MIN_CHARS.
+        ("COPYBANDIT_COPY_MAX_CHARS", "1001", r"^COPYBANDIT_COPY_MAX_CHARS must be at most 1000"),
+        ("COPYBANDIT_COPY_MIN_CHARS", "0", r"^COPYBANDIT_COPY_MIN_CHARS must be >= 1, got 0"),
+        (
+            "COPYBANDIT_COPY_MAX_CHARS",
+            "5",
+            r"^COPYBANDIT_COPY_MIN_CHARS must be below COPYBANDIT_COPY_MAX_CHARS \(min, max\), "
+            r"got \(20, 5\)",
+        ),
     ],
 )
 def test_bad_values_are_refused_naming_the_variable(
