@@ -736,6 +736,23 @@ def purge(older_than: str, batch_size: int) -> None:
     )
 
 
+def _check_host(host: str, *, from_option: bool) -> None:
+    """A host this machine cannot resolve is one line naming where it came from: gunicorn said
+    "connection to ('not_a_host', 8000) failed: Name or service not known" five times over and
+    named neither --host nor COPYBANDIT_HOST."""
+    import socket
+
+    try:
+        socket.getaddrinfo(host.strip("[]"), None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        where = "--host" if from_option else "COPYBANDIT_HOST"
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise click.ClickException(
+            f"{where}: cannot listen on {host!r}: {reason}; give an address of this machine,"
+            " like 127.0.0.1 or 0.0.0.0"
+        ) from None
+
+
 def _address(host: str, port: int) -> str:
     """host:port, with an IPv6 address in brackets (gunicorn read `::1:8000` as host `::1:8000`
     with no port)."""
@@ -961,6 +978,7 @@ def serve(host: str | None, port: int | None, workers: int | None, access_log: b
     settings = _settings(loads_model=True)
     # Checked, then closed: the workers fork from this process and open their own connections.
     _engine(settings).dispose()
+    _check_host(host or settings.host, from_option=host is not None)
     options: dict[str, Any] = {
         "bind": _address(host or settings.host, port or settings.port),
         "workers": workers or settings.workers,

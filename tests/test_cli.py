@@ -293,6 +293,23 @@ def test_the_readmes_production_steps_leave_an_admin_key_and_a_sign_in_and_no_de
         assert session.exec(select(Experiment)).all() == []
 
 
+@pytest.mark.parametrize("from_option", [True, False], ids=["--host", "COPYBANDIT_HOST"])
+def test_serve_refuses_a_host_it_cannot_resolve_naming_where_it_came_from(
+    database: str, monkeypatch: pytest.MonkeyPatch, from_option: bool
+) -> None:
+    # gunicorn tried the name five times, each "Name or service not known", naming no setting.
+    assert run("migrate").exit_code == 0
+    if from_option:
+        result = run("serve", "--host", "not_a_host.invalid", "--port", "1")
+    else:
+        monkeypatch.setenv("COPYBANDIT_HOST", "not_a_host.invalid")
+        result = run("serve", "--port", "1")
+    where = "--host" if from_option else "COPYBANDIT_HOST"
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"Error: {where}: cannot listen on 'not_a_host.invalid': ")
+    assert "serving on" not in result.output
+
+
 def test_a_database_that_cannot_be_reached_is_one_line_not_a_traceback(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
