@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 
 # Labels a small model puts in front of the line it was asked for ("Ad:", "Headline - "), on the
 # line itself or on one of their own ("Here's a line for busy parents:" and the line below it).
@@ -59,7 +60,10 @@ def clean(raw: str, *, finished: bool = True) -> str:
     fragment and is cut back to the last whole sentence (or the line is dropped). A finished line
     ends where the model meant it to, so it is kept whole.
     """
-    line = next(filter(None, map(_copy_in, CONTROL_CHARACTERS.sub("", raw).splitlines())), "")
+    # NFC, as the API stores copy written by hand: a line the model spelled with combining accents
+    # looks the same as one typed precomposed, and must compare (de-duplication, exports) the same.
+    text = unicodedata.normalize("NFC", CONTROL_CHARACTERS.sub("", raw))
+    line = next(filter(None, map(_copy_in, text.splitlines())), "")
     line = re.sub(r"\s+", " ", line)
     if not finished:
         ends = [match.end() for match in _SENTENCE_END.finditer(line)]

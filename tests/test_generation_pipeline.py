@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -137,6 +138,31 @@ def test_near_duplicates_are_dropped(
     assert rejection.reasons[0].startswith("near_duplicate: ")
     assert repr(twin) in rejection.reasons[0]
     assert rejection.reasons == (twin_reason(rejection.text, twin),)
+
+
+# Vietnamese stacks accents: written with combining marks, this line looks the same as written
+# precomposed, and it passed de-duplication against itself (0.56 similar) and was stored as is.
+VIETNAMESE = "Giày Ridgeline: bước chân nhẹ nhàng trên mọi nẻo đường."
+DECOMPOSED = unicodedata.normalize("NFD", VIETNAMESE)
+
+
+def test_lines_are_kept_in_nfc_as_copy_written_by_hand_is() -> None:
+    result = run(FakeWriter([DECOMPOSED]), 1, max_rounds=1)
+    assert texts(result) == [VIETNAMESE]
+
+
+@pytest.mark.parametrize(
+    ("existing", "sampled"),
+    [([VIETNAMESE], DECOMPOSED), ([DECOMPOSED], VIETNAMESE)],
+    ids=["hand-written-nfc", "stored-before-nfc"],
+)
+def test_the_same_line_in_another_normal_form_is_a_duplicate(
+    existing: list[str], sampled: str
+) -> None:
+    result = run(FakeWriter([sampled, G2]), 1, existing=existing, max_rounds=1)
+    assert texts(result) == [G2]
+    (rejection,) = result.rejected
+    assert rejection.reasons == (f"near_duplicate: 1.00 similar to {existing[0]!r}",)
 
 
 def test_stops_after_the_first_round_when_enough_survive() -> None:
