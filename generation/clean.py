@@ -24,6 +24,17 @@ _SENTENCE_END = re.compile(r"[.!?][\"'\u201d\u2019)]*(?=\s|$)")
 # tokens decode to them, no storefront can show them (\x9b starts a terminal escape), the API
 # refuses them in text written by hand, and PostgreSQL cannot store NUL.
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# Format characters that change how the text around them is drawn, or hide in it: bidi embeddings,
+# overrides and isolates (U+202A-U+202E, U+2066-U+2069; after U+202E a storefront draws the line
+# backwards, not as a reviewer reads it), the deprecated shaping controls (U+206A-U+206F), the
+# zero-width space and the byte-order mark (U+200B, U+FEFF). Not ZWJ and ZWNJ (U+200D, U+200C):
+# emoji sequences and Persian and Indic words need them; nor the marks LRM, RLM and ALM, which
+# only say which way a neutral character such as "!" faces. The API refuses these in copy.
+INVISIBLE_FORMATTING = re.compile("[\u200b\u202a-\u202e\u2066-\u206f\ufeff]")
+# Removed from the model's output, as control characters are, rather than the line refused: a small
+# model emits them as stray tokens, not to mean anything, and once they are gone the line reviewers
+# read, lint checks and de-duplication compares is the line a storefront draws.
+_UNWANTED = re.compile(f"{CONTROL_CHARACTERS.pattern}|{INVISIBLE_FORMATTING.pattern}")
 
 
 def _unwrap(line: str) -> str:
@@ -50,7 +61,7 @@ def _copy_in(line: str) -> str:
 
 def holds_copy(line: str) -> bool:
     """Whether `clean` would keep anything of this line, so it is the one `clean` picks."""
-    return bool(_copy_in(CONTROL_CHARACTERS.sub("", line)))
+    return bool(_copy_in(_UNWANTED.sub("", line)))
 
 
 def clean(raw: str, *, finished: bool = True) -> str:
@@ -62,7 +73,7 @@ def clean(raw: str, *, finished: bool = True) -> str:
     """
     # NFC, as the API stores copy written by hand: a line the model spelled with combining accents
     # looks the same as one typed precomposed, and must compare (de-duplication, exports) the same.
-    text = unicodedata.normalize("NFC", CONTROL_CHARACTERS.sub("", raw))
+    text = unicodedata.normalize("NFC", _UNWANTED.sub("", raw))
     line = next(filter(None, map(_copy_in, text.splitlines())), "")
     line = re.sub(r"\s+", " ", line)
     if not finished:

@@ -27,7 +27,7 @@ from pydantic import (
 # pydantic reads TypedDicts from typing_extensions only, before Python 3.12.
 from typing_extensions import TypedDict
 
-from generation.clean import CONTROL_CHARACTERS
+from generation.clean import CONTROL_CHARACTERS, INVISIBLE_FORMATTING
 from service.errors import at_fault
 from service.models import JobStatus, Origin, VariantStatus
 from service.policy import LifecyclePolicy
@@ -38,6 +38,18 @@ MAX_BATCH_EVENTS = 1000
 def _no_control(value: str) -> str:
     if CONTROL_CHARACTERS.search(value):
         raise ValueError("must not contain control characters")
+    return value
+
+
+def _no_invisible_formatting(value: str) -> str:
+    """Copy is served as it is stored: a bidi override (U+202E) in it draws the rest of the line
+    backwards on a storefront, not as the marketer who reviewed it read it."""
+    found = INVISIBLE_FORMATTING.search(value)
+    if found:
+        raise ValueError(
+            f"must not contain the invisible formatting character U+{ord(found.group()):04X} "
+            "(bidi controls, zero-width spaces and byte-order marks change or hide what is shown)"
+        )
     return value
 
 
@@ -84,7 +96,13 @@ _NoControl = AfterValidator(_no_control)
 Name = Annotated[str, Field(min_length=1, max_length=200), _Normalized, _Clean]
 Persona = Annotated[str, Field(min_length=1, max_length=2000), _Normalized, _Clean]
 LongText = Annotated[str, Field(min_length=1, max_length=5000), _Normalized, _Clean]
-CopyText = Annotated[str, Field(min_length=1, max_length=1000), _Normalized, _Clean]
+CopyText = Annotated[
+    str,
+    Field(min_length=1, max_length=1000),
+    _Normalized,
+    _Clean,
+    AfterValidator(_no_invisible_formatting),
+]
 Reason = Annotated[str, Field(min_length=1, max_length=500), _Normalized, _Clean]
 
 

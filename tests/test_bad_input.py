@@ -348,6 +348,31 @@ def test_control_characters_and_lone_surrogates_are_400_naming_the_field(
     assert body["field"] == field
 
 
+# Bidi controls, the zero-width space and the byte-order mark in copy: served as stored, a U+202E
+# drew the rest of the line backwards on a storefront, not as its reviewer read it.
+INVISIBLE_FORMATTING = [
+    *map(chr, range(0x202A, 0x202F)),
+    *map(chr, range(0x2066, 0x206A)),
+    "\u200b",
+    "\ufeff",
+]
+
+
+@pytest.mark.parametrize("char", INVISIBLE_FORMATTING, ids=lambda char: f"U+{ord(char):04X}")
+def test_invisible_formatting_in_copy_is_400_naming_the_field(
+    raw: Raw, api: Any, session: Session, experiment: dict[str, Any], char: str
+) -> None:
+    path, make_body, field = VARIANT_TEXT
+    body = raw.refused(path, json.dumps(make_body(f"Boil {char}faster")), 400, "invalid")
+    assert body["field"] == field and f"U+{ord(char):04X}" in body["message"], body
+
+    variant_id = experiment["segments"][0]["variants"][0]["id"]
+    before = _snapshot(session)
+    response = api.patch(f"/v1/variants/{variant_id}", json={"text": f"Boil {char}faster"})
+    assert _assert_json_error(response, 400, "invalid")["field"] == "text"
+    assert _snapshot(session) == before
+
+
 @pytest.mark.parametrize(
     "text",
     [
@@ -388,7 +413,10 @@ def test_text_of_nothing_visible_is_blank(
 ODD_TEXTS = {
     "emoji": "Tea time ☕🫖 for the whole family 👩‍👩‍👧‍👦",
     "rtl": "غلاية أورورا: ماء ساخن في دقيقة",
-    "mixed-direction": "Aurora \u202ekettle\u202c — עברית and English",
+    # Right-to-left letters, and the marks that place a neutral "!" among them (RLM, LRM).
+    "mixed-direction": "Aurora kettle\u200f! — עברית and English\u200e",
+    # ZWNJ keeps Persian letters from joining; ZWJ builds the family emoji above.
+    "persian": "کتری\u200cهای Aurora برای چای",  # noqa: RUF001
     "cjk": "极光水壶：一分钟烧开 — オーロラケトル",  # noqa: RUF001
     # Marks no precomposed letter replaces, so NFC keeps them (test_text_that_reads_alike...).
     "combining": "Tea for q\u0307ahwa and g\u0331 lovers, Zoë's choice",

@@ -1512,6 +1512,8 @@ def test_add_variant_serves_it_at_once(
         ({"segment": "tea-lovers", "text": "Aurora\x00kettle"}, 400, "text"),
         ({"segment": "tea-lovers", "text": "Aurora\x07kettle"}, 400, "text"),
         ({"segment": "tea-lovers", "text": "Aurora\x1bkettle"}, 400, "text"),
+        # A bidi override: the storefront would draw the copy backwards from the override on.
+        ({"segment": "tea-lovers", "text": "Aurora \u202eelttek"}, 400, "text"),
         ({"segment": "tea-lovers", "text": "A" * 1001}, 400, "text"),
         ({"segment": "tea-lovers"}, 400, "text"),
         ({"segment": "", "text": GOOD[0]}, 400, "segment"),
@@ -1954,7 +1956,7 @@ def test_edit_with_bad_text_or_of_live_copy_changes_nothing(
     vid = add_pending(app, eid, "tea-lovers", GOOD[0])
     live = variant_ids(experiment, "tea-lovers")[0]
     before = stored(app)
-    for text in ("", "  ", "bad\x00text", "x" * 1001):
+    for text in ("", "  ", "bad\x00text", "x" * 1001, "Aurora \u202eelttek"):
         response = dash.post(f"/dashboard/variants/{vid}/edit", {"text": text})
         assert response.status_code == 400 and error_text(response).startswith("text:")
     response = dash.post(f"/dashboard/variants/{live}/edit", {"text": GOOD[3]})

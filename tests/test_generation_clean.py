@@ -6,6 +6,8 @@ import pytest
 
 from generation.clean import clean
 
+PERSIAN = "کتری\u200cهای Ridgeline"  # noqa: RUF001 (ZWNJ keeps its letters from joining)
+
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
@@ -54,6 +56,21 @@ from generation.clean import clean
         # control characters some tokens decode to: dropped (NUL could not even be stored)
         ("Tea lovers, the Aurora kettle\x00 is here.", "Tea lovers, the Aurora kettle is here."),
         ("\x07Grip every\x7f weekend\x08 trail.\x1b", "Grip every weekend trail."),
+        # invisible formatting, which the API refuses in copy: dropped (after a U+202E a storefront
+        # drew the rest of the line backwards, not as its reviewer read it)
+        ("Grip every \u202eweekend trail.\u202c", "Grip every weekend trail."),
+        ("\ufeffGrip \u2067every\u2069 weekend\u200b trail.", "Grip every weekend trail."),
+        ("\u202b\u200b\n Grip every weekend trail.", "Grip every weekend trail."),
+        # but not what words and emoji are made of: ZWNJ (Persian), ZWJ (emoji), RLM, and
+        # right-to-left letters themselves
+        (PERSIAN, PERSIAN),
+        ("Hike together \U0001f469\u200d\U0001f467", "Hike together \U0001f469\u200d\U0001f467"),
+        (
+            "Ridgeline \u05e0\u05e2\u05dc\u05d9\u05d9\u05dd\u200f!",
+            "Ridgeline \u05e0\u05e2\u05dc\u05d9\u05d9\u05dd\u200f!",
+        ),
+        # and in NFC, as copy written by hand is stored
+        ("Cafe\u0301-ready Ridgeline shoes.", "Caf\u00e9-ready Ridgeline shoes."),
     ],
 )
 def test_clean_finished(raw: str, expected: str) -> None:
