@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -123,7 +124,69 @@ def folder_problem(folder: Path) -> str | None:
         return f"must hold the model's tokenizer ({', '.join(_TOKENIZER_FILES)})"
     if not any((folder / name).is_file() for name in _WEIGHT_FILES):
         return f"must hold the model's weights ({', '.join(_WEIGHT_FILES)})"
-    return None
+    return _not_causal_lm(folder) or _no_chat_template(folder)
+
+
+def _not_causal_lm(folder: Path) -> str | None:
+    """Why config.json does not describe a model that writes text, or None. An encoder (a BERT
+    folder) loaded, and every job then failed inside sampling with "'NoneType' object has no
+    attribute 'batch_repeat_interleave'". Read from the config: no weights are loaded."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError is one too
+        return f"must hold a config.json that reads as JSON ({exc})"
+    if not isinstance(config, dict):
+        return "must hold a config.json that is a JSON object"
+    # The classes AutoModelForCausalLM loads. Importing them imports torch (~2 s), paid only when
+    # COPYBANDIT_MODEL names a folder, whose loading needs transformers anyway.
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    architectures = config.get("architectures")
+    model_type = config.get("model_type")
+    if isinstance(architectures, list) and architectures:
+        # The type alone is not enough: "bert" maps to a causal class too (BertLMHeadModel), and a
+        # BertModel or BertForMaskedLM folder passed as one.
+        causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+        if any(name in causal for name in architectures):
+            return None
+        named = f"its config.json names {', '.join(map(str, architectures))}"
+    elif isinstance(model_type, str) and model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return None
+    elif model_type is not None:
+        named = f"its config.json names the model type {model_type!r}"
+    else:
+        named = "its config.json names neither architectures nor a model_type"
+    return f"must be a causal language model, one that writes text; {named}"
+
+
+def _no_chat_template(folder: Path) -> str | None:
+    """Why the folder's tokenizer has no chat template to build the prompt with, or None; without
+    one every job failed at its first prompt. Where transformers and ChatTokenizer look for it."""
+    if (folder / "chat_template.jinja").is_file():
+        return None
+    config_path = folder / "tokenizer_config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        config = {}
+    except ValueError as exc:
+        return f"must hold a tokenizer_config.json that reads as JSON ({exc})"
+    template = config.get("chat_template") if isinstance(config, dict) else None
+    if isinstance(template, list):  # named templates: the prompt uses the one named default
+        template = next(
+            (
+                t.get("template")
+                for t in template
+                if isinstance(t, dict) and t.get("name") == "default"
+            ),
+            None,
+        )
+    if isinstance(template, str) and template.strip():
+        return None
+    return (
+        "must hold a chat template (chat_template.jinja, or chat_template in "
+        "tokenizer_config.json): the prompt is built with it"
+    )
 
 
 @_unreadable_is_a_problem

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -213,10 +214,95 @@ def test_a_model_folder_missing_what_loading_needs_is_refused(
         (tmp_path / name).write_text("{}")
     with pytest.raises(ConfigError, match=message):
         load_settings(environ={"COPYBANDIT_MODEL": str(tmp_path)}).validate_model()
-    (tmp_path / "config.json").write_text("{}")
-    (tmp_path / "tokenizer.json").write_text("{}")
-    (tmp_path / "model.safetensors").write_text("{}")
+    _model_folder(tmp_path)
     load_settings(environ={"COPYBANDIT_MODEL": str(tmp_path)}).validate_model()
+
+
+def _model_folder(
+    folder: Path,
+    config: dict[str, Any] | None = None,
+    tokenizer_config: dict[str, Any] | None = None,
+) -> Path:
+    """The files a model folder's check reads, written by hand (the weights are not read): a
+    causal LM with a chat template unless told otherwise."""
+    folder.mkdir(exist_ok=True)
+    if config is None:
+        config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama"}
+    if tokenizer_config is None:
+        tokenizer_config = {"chat_template": "{% for m in messages %}{{ m.content }}{% endfor %}"}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    (folder / "tokenizer.json").write_text("{}")
+    (folder / "model.safetensors").write_text("{}")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("config", "named"),
+    [
+        (
+            {"architectures": ["BertForMaskedLM"], "model_type": "bert"},
+            "; its config.json names BertForMaskedLM, got",
+        ),
+        ({"architectures": ["BertModel"], "model_type": "bert"}, "BertModel"),
+        ({"architectures": ["T5ForConditionalGeneration"], "model_type": "t5"}, "T5For"),
+        ({"model_type": "distilbert"}, "the model type 'distilbert'"),
+        ({}, "names neither architectures nor a model_type"),
+    ],
+    ids=["bert-masked-lm", "bert-encoder", "t5", "distilbert-type-only", "nothing"],
+)
+def test_a_model_folder_that_is_not_a_causal_lm_is_refused(
+    tmp_path: Path, config: dict[str, Any], named: str
+) -> None:
+    # An encoder folder passed, and every job failed in sampling with "'NoneType' object has no
+    # attribute 'batch_repeat_interleave'".
+    folder = _model_folder(tmp_path / "encoder", config)
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ={"COPYBANDIT_MODEL": str(folder)}).validate_model()
+    message = str(refused.value)
+    assert message.startswith("COPYBANDIT_MODEL must be a causal language model"), message
+    assert named in message and message.endswith(f"got {str(folder)!r}") and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2"},
+        {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"},
+        {"model_type": "mistral"},  # no architectures: the type decides
+    ],
+    ids=["qwen2", "gpt2", "type-only"],
+)
+def test_a_causal_lm_folder_passes(tmp_path: Path, config: dict[str, Any]) -> None:
+    folder = _model_folder(tmp_path / "lm", config)
+    load_settings(environ={"COPYBANDIT_MODEL": str(folder)}).validate_model()
+
+
+def test_a_model_folder_without_a_chat_template_is_refused(tmp_path: Path) -> None:
+    # Every job failed at its first prompt, the tokenizer having no template to build it with.
+    folder = _model_folder(tmp_path / "base", tokenizer_config={"eos_token": "</s>"})
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ={"COPYBANDIT_MODEL": str(folder)}).validate_model()
+    message = str(refused.value)
+    assert message.startswith("COPYBANDIT_MODEL must hold a chat template"), message
+    assert message.endswith(f"got {str(folder)!r}")
+    (folder / "tokenizer_config.json").unlink()
+    with pytest.raises(ConfigError, match="must hold a chat template"):
+        load_settings(environ={"COPYBANDIT_MODEL": str(folder)}).validate_model()
+    # transformers saves it beside the tokenizer config, or names it among several there.
+    (folder / "chat_template.jinja").write_text("{{ messages[0].content }}")
+    load_settings(environ={"COPYBANDIT_MODEL": str(folder)}).validate_model()
+    (folder / "chat_template.jinja").unlink()
+    named = [{"name": "tool_use", "template": "x"}, {"name": "default", "template": "y"}]
+    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": named}))
+    load_settings(environ={"COPYBANDIT_MODEL": str(folder)}).validate_model()
+
+
+def test_a_model_folder_whose_config_is_not_json_is_refused(tmp_path: Path) -> None:
+    folder = _model_folder(tmp_path / "broken")
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"COPYBANDIT_MODEL must hold a config\.json that reads"):
+        load_settings(environ={"COPYBANDIT_MODEL": str(folder)}).validate_model()
 
 
 def test_a_model_cache_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:

@@ -183,7 +183,11 @@ def _tiny_gpt2_folder(folder: Path) -> Path:
     Tokenizer(models.WordLevel({"<eos>": 0, "a": 1}, unk_token="<eos>")).save(
         str(folder / "tokenizer.json")
     )
-    tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<eos>"}
+    tokenizer_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "eos_token": "<eos>",
+        "chat_template": "{% for m in messages %}{{ m.content }}{% endfor %}",
+    }
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
     config = GPT2Config(vocab_size=2, n_embd=8, n_layer=1, n_head=1, eos_token_id=0)
     GPT2LMHeadModel(config).save_pretrained(folder)
