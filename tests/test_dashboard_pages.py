@@ -2244,6 +2244,42 @@ def test_a_failed_job_page_shows_the_error_and_stops_refreshing(
     assert "1 new line for every segment." in html
 
 
+@pytest.mark.parametrize("auto_approve", [False, True], ids=["review", "auto-approve"])
+def test_a_job_that_failed_after_storing_copy_links_to_that_copy(
+    app: Any, api: Any, dash: Dashboard, writer: ScriptedWriter, auto_approve: bool
+) -> None:
+    """The first segment's copy was stored, then the model fell over: the page said "failed after
+    storing 2 new variants in tea-lovers" and gave no way to the copy waiting for review."""
+    eid = api.create_experiment(name="Half launch", auto_approve=auto_approve)["id"]
+    first_segment = writer.sample
+
+    def fail_after_the_first_segment(messages: Any, n: int, seed: int) -> list[Sample]:
+        writer.sample = fail  # type: ignore[method-assign]
+        return first_segment(messages, n, seed)
+
+    def fail(messages: Any, n: int, seed: int) -> list[Sample]:
+        raise RuntimeError("the model fell over")
+
+    writer.sample = fail_after_the_first_segment  # type: ignore[method-assign]
+    response = dash.post(f"/dashboard/experiments/{eid}/generate", {"n": "2"})
+    app.extensions["copybandit.jobs"].join(timeout=30)
+    html = dash.html(location(response))
+    assert 'data-status="failed"' in html
+    assert "failed after storing 2 new variants in tea-lovers" in html
+    assert "RuntimeError: the model fell over" in html
+    if auto_approve:
+        assert "The new copy it stored before it failed is now being served." in texts(html, "p")
+        assert "now being served" in texts(html, "a", href=f"/dashboard/experiments/{eid}")
+        assert f"/dashboard/experiments/{eid}/review" not in html
+    else:
+        assert "Review the new copy it stored before it failed" in texts(html, "p")
+        assert texts(html, "a", href=f"/dashboard/experiments/{eid}/review") == [
+            "Review the new copy"
+        ]
+        review = dash.html(f"/dashboard/experiments/{eid}/review")
+        assert len(re.findall(r'<tr data-variant-id="\d+">', review)) == 2
+
+
 @pytest.mark.parametrize("status", ["queued", "running"])
 def test_an_interrupted_job_page_says_so_and_stops_refreshing(
     app: Any, dash: Dashboard, session: Session, experiment: dict[str, Any], status: str
