@@ -151,8 +151,12 @@ def start_background(job: PeriodicJob) -> object:
 
 def _quiet_apscheduler() -> None:
     """APScheduler logs 'Running job' and 'executed successfully' at INFO: two lines per tick in
-    every worker, where tick's own line says when the job ran. COPYBANDIT_LOG_LEVEL=DEBUG keeps
-    them."""
+    every worker, where tick's own line says when the job ran. Its WARNINGs are about ticks too:
+    a tick due while a pass still runs (longer than the tick period, a minute at most) is
+    'skipped: maximum number of running instances reached', and one the thread woke late for
+    'was missed by'; the next tick claims the slot all the same, but a line a minute through a
+    long pass read as lifecycle runs lost. A job that raises is still logged, at ERROR.
+    COPYBANDIT_LOG_LEVEL=DEBUG keeps them all."""
     apscheduler = logging.getLogger("apscheduler")
     if apscheduler.getEffectiveLevel() > logging.DEBUG:
-        apscheduler.setLevel(logging.WARNING)
+        apscheduler.setLevel(logging.ERROR)

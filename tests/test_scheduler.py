@@ -295,3 +295,41 @@ def test_apscheduler_says_nothing_about_its_ticks_unless_logs_are_at_debug(
         logging.getLogger("apscheduler").setLevel(logging.NOTSET)
     from_apscheduler = [r for r in caplog.records if r.name.startswith("apscheduler")]
     assert bool(from_apscheduler) == apscheduler_lines
+
+
+def test_a_pass_longer_than_the_tick_period_logs_no_apscheduler_warnings(
+    engines: Callable[[], sa.Engine], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A tick due while the pass still ran logged 'skipped: maximum number of running instances
+    reached' at WARNING, once a tick period (a minute at most) through a long pass; the next tick
+    claims the slot all the same. A tick that raises is still logged."""
+    finished = threading.Event()
+
+    def long_pass() -> None:
+        time.sleep(2.5)  # the tick period is 1 s at this interval
+        finished.set()
+
+    job = PeriodicJob(engines(), name="lifecycle", interval_seconds=4.0, job=long_pass)
+    broken = PeriodicJob(
+        engines(), name="broken", interval_seconds=4.0, job=long_pass, clock=_raises
+    )
+    logging.getLogger("apscheduler").setLevel(logging.NOTSET)
+    try:
+        with caplog.at_level(logging.INFO):
+            schedulers: list[Any] = [start_background(job), start_background(broken)]
+            try:
+                assert finished.wait(timeout=10)
+            finally:
+                for scheduler in schedulers:
+                    scheduler.shutdown()
+    finally:
+        logging.getLogger("apscheduler").setLevel(logging.NOTSET)
+    from_apscheduler = [r for r in caplog.records if r.name.startswith("apscheduler")]
+    assert from_apscheduler, "the broken tick's exception is logged"
+    assert {r.levelno for r in from_apscheduler} == {logging.ERROR}, [
+        r.getMessage() for r in from_apscheduler
+    ]
+
+
+def _raises() -> float:
+    raise RuntimeError("no clock")
