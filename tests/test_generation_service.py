@@ -190,11 +190,12 @@ class _AnotherJobGoesFirst(ScriptedWriter):
         return super().sample(messages, n, seed)
 
 
-def test_two_jobs_for_one_segment_at_once_store_no_line_twice(
-    api: Any, app: Any, experiment: dict[str, Any]
-) -> None:
-    engine = app.extensions["copybandit.engine"]
-    options = GenerationOptions.from_settings(app.extensions["copybandit.settings"])
+def _options(app: Any) -> GenerationOptions:
+    return GenerationOptions.from_settings(app.extensions["copybandit.settings"])
+
+
+def _two_jobs(engine: Any, experiment: dict[str, Any]) -> tuple[Any, Any]:
+    """Two queued jobs for tea-lovers, as two workers' Generate buttons make them."""
     with Session(engine, expire_on_commit=False) as session:
         first, second = (
             create_job(
@@ -202,6 +203,14 @@ def test_two_jobs_for_one_segment_at_once_store_no_line_twice(
             )
             for _ in range(2)
         )
+    return first, second
+
+
+def test_two_jobs_for_one_segment_at_once_store_no_line_twice(
+    api: Any, app: Any, experiment: dict[str, Any]
+) -> None:
+    engine, options = app.extensions["copybandit.engine"], _options(app)
+    first, second = _two_jobs(engine, experiment)
     lines = GOOD[:2]
     finished: dict[int, Any] = {}
 
@@ -224,15 +233,8 @@ def test_two_jobs_for_one_segment_at_once_store_no_line_twice(
 def test_two_jobs_for_one_segment_at_once_store_no_near_duplicates(
     api: Any, app: Any, experiment: dict[str, Any]
 ) -> None:
-    engine = app.extensions["copybandit.engine"]
-    options = GenerationOptions.from_settings(app.extensions["copybandit.settings"])
-    with Session(engine, expire_on_commit=False) as session:
-        first, second = (
-            create_job(
-                session=session, experiment_id=experiment["id"], segment_key="tea-lovers", n=2
-            )
-            for _ in range(2)
-        )
+    engine, options = app.extensions["copybandit.engine"], _options(app)
+    first, second = _two_jobs(engine, experiment)
     theirs = GOOD[:2]
     # A mark or a word apart: what the pipeline's de-duplication refuses within one job.
     ours = [
