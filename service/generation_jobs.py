@@ -337,7 +337,7 @@ def _generate(
         # copy, or it gave the job up first and ordered the copy again.
         if not _still_running(session, job):
             raise _GivenUp
-        variants = _not_taken_meanwhile(session, segment, variants)
+        variants = _not_taken_meanwhile(session, segment, variants, compared=set(existing))
         for variant in variants:
             assign_prior(session, variant, policy)
         session.commit()  # one segment, one transaction
@@ -354,14 +354,16 @@ def _generate(
 
 
 def _not_taken_meanwhile(
-    session: Session, segment: Segment, variants: list[Variant]
+    session: Session, segment: Segment, variants: list[Variant], *, compared: set[str]
 ) -> list[Variant]:
     """The new variants that are not near-duplicates of another variant of the segment by now.
 
-    The pipeline compared its lines with the segment's copy as it was when the job started; a job
-    for the same segment in another worker may have stored the same lines, or lines a word or a
-    mark apart, since (both stored them). The caller holds the segment's writes back first:
-    PostgreSQL locks the segment row, and on SQLite a write has taken the database's write lock.
+    The pipeline compared its lines with the segment's copy as it was when the job started
+    (`compared`); a job for the same segment in another worker may have stored the same lines, or
+    lines a word or a mark apart, since (both stored them). The caller holds the segment's writes
+    back first: PostgreSQL locks the segment row, and on SQLite a write has taken the database's
+    write lock, which decisions and events wait for; so only texts the pipeline has not seen are
+    compared again (against the segment's every text, 3,000 of them held the lock a second).
     """
     session.add_all(variants)
     session.flush()
@@ -371,7 +373,7 @@ def _not_taken_meanwhile(
         for variant_id, text in session.exec(
             select(Variant.id, Variant.text).where(Variant.segment_id == segment.id)
         )
-        if variant_id not in ours
+        if variant_id not in ours and text not in compared
     ]
     similarity = NgramSimilarity()  # as the pipeline measured, at its threshold
     kept = []
