@@ -125,7 +125,7 @@ class Settings:
             "must be >= 1024",
             self.max_request_bytes,
         )
-        # Each bound named where it alone is wrong: COPY_MAX_CHARS=5 was reported as COPY_MIN_CHARS.
+        # Each bound named where it alone is wrong; COPY_MAX_CHARS=5 was blamed on COPY_MIN_CHARS.
         _require(self.copy_min_chars >= 1, "COPY_MIN_CHARS", "must be >= 1", self.copy_min_chars)
         _require(
             self.copy_max_chars <= 1000,
@@ -133,12 +133,12 @@ class Settings:
             "must be at most 1000",
             self.copy_max_chars,
         )
-        _require(
-            self.copy_min_chars < self.copy_max_chars,
-            "COPY_MIN_CHARS",
-            "must be below COPYBANDIT_COPY_MAX_CHARS (min, max)",
-            (self.copy_min_chars, self.copy_max_chars),
-        )
+        if self.copy_min_chars >= self.copy_max_chars:
+            # Either may be the one set wrong, so the message blames neither.
+            raise ConfigError(
+                f"{ENV_PREFIX}COPY_MIN_CHARS and {ENV_PREFIX}COPY_MAX_CHARS: the minimum"
+                f" ({self.copy_min_chars}) must be below the maximum ({self.copy_max_chars})"
+            )
         _require(
             1 <= self.generation_batch_size <= 256,
             "GENERATION_BATCH_SIZE",

@@ -67,8 +67,8 @@ def test_environment_variables_override_defaults() -> None:
         (
             "COPYBANDIT_COPY_MAX_CHARS",
             "5",
-            r"^COPYBANDIT_COPY_MIN_CHARS must be below COPYBANDIT_COPY_MAX_CHARS \(min, max\), "
-            r"got \(20, 5\)",
+            r"^COPYBANDIT_COPY_MIN_CHARS and COPYBANDIT_COPY_MAX_CHARS: the minimum \(20\) must be"
+            r" below the maximum \(5\)$",
         ),
     ],
 )
