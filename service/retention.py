@@ -41,8 +41,9 @@ def parse_age(text: str) -> timedelta:
     significant = digits.lstrip("0")
     if not significant:
         raise ValueError(f"must be more than 0, like 90d, 12h or 30m, got {text!r}")
-    # Past 12 digits the age is centuries in any unit; int() would refuse 4,300 with a traceback.
-    if len(significant) > 12 or timedelta(**{_UNITS[unit]: int(significant)}) > _MAX_AGE:
+    # Compared as a count of units, never built: timedelta overflows (a traceback) past 10 digits
+    # of days, and int() refuses 4,300 digits. Past 9 digits the age is over 100 years in any unit.
+    if len(significant) > 9 or int(significant) > _MAX_AGE // timedelta(**{_UNITS[unit]: 1}):
         raise ValueError(f"must be at most 36500d (100 years), got {text!r}")
     return timedelta(**{_UNITS[unit]: int(significant)})
 

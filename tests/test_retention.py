@@ -323,9 +323,13 @@ def test_parse_age_refuses_zero_saying_so(text: str) -> None:
         parse_age(text)
 
 
-@pytest.mark.parametrize("text", ["999999d", "9999999d", "9" * 5000 + "h"])
+@pytest.mark.parametrize(
+    "text",
+    ["999999d", "9999999d", "9999999999d", "99999999999h", "999999999999h", "9" * 5000 + "h"],
+)
 def test_parse_age_refuses_ages_before_year_one(text: str) -> None:
-    # Seven digits or more were told the format was wrong, and were not.
+    # Seven digits or more were told the format was wrong, and were not; then 10 to 12 digits of
+    # days or hours overflowed timedelta (OverflowError, a traceback).
     with pytest.raises(ValueError, match=r"^must be at most 36500d"):
         parse_age(text)
     assert parse_age("36500d") == timedelta(days=36_500)
