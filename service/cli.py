@@ -278,16 +278,29 @@ def _lock_first_run(session: Session) -> None:
         session.execute(sa.update(ApiKey).where(sa.false()).values(id=ApiKey.id))
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is, so that the jobs it holds are written off first."""
+
+
+def _raise_terminated(_signum: int, _frame: Any) -> None:
+    raise _Terminated
+
+
 @contextlib.contextmanager
 def _written_off_if_stopped(engine: sa.Engine, job_ids: list[int]) -> Iterator[None]:
     """The jobs this command runs, failed as interrupted if it is stopped (Ctrl-C, or SIGTERM from
     `timeout` or a scheduler). Before, their rows said running or queued for an hour: the
     dashboard showed them at work, and the lifecycle counted their copy as on order until then."""
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stopped:
         write_off(engine=engine, job_ids=job_ids, reason=COMMAND_STOPPED)
+        if isinstance(stopped, _Terminated):
+            # Ended by the signal, as it was before the write-off: a supervisor (systemd, cron's
+            # wrapper) tells a stop from a failed pass (exit 1) by that.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)

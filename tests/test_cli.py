@@ -791,17 +791,28 @@ def test_commands_log_json_lines_when_the_log_format_is_json(
 
 
 class _StoppedMidJob:
-    """A model whose first sampling round is cut short by Ctrl-C or a SIGTERM (`timeout`, cron)."""
+    """A model whose first sampling round is cut short by Ctrl-C."""
 
     model_id = "stopped-mid-job"
 
-    def __init__(self, how: str) -> None:
-        self.how = how
-
     def sample(self, messages: list[dict[str, str]], n: int, seed: int) -> list[Any]:
-        if self.how == "sigterm":
-            os.kill(os.getpid(), signal.SIGTERM)
         raise KeyboardInterrupt
+
+
+_STOPPED_BY_SIGTERM = """
+import os, signal, sys
+import service.cli
+
+class StoppedMidJob:
+    model_id = "stopped-mid-job"
+
+    def sample(self, messages, n, seed):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the job")
+
+service.cli.default_writer = lambda settings: StoppedMidJob()
+service.cli.main(sys.argv[1:])
+"""
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
@@ -813,10 +824,22 @@ def test_a_command_stopped_mid_job_fails_the_jobs_it_held(
 
     assert run("init", "--no-demo-history").exit_code == 0
     monkeypatch.setenv("COPYBANDIT_MODEL_CACHE_DIR", str(tmp_path / "models"))
-    monkeypatch.setattr("service.cli.default_writer", lambda settings: _StoppedMidJob(how))
     args = ["generate", "--experiment", "1"] if command == "generate" else ["lifecycle", "--once"]
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 1 and "Aborted!" in result.output, result.output
+    if how == "sigterm":
+        # In a process of its own: it ends by the signal, which would end pytest too.
+        stopped = subprocess.run(
+            [sys.executable, "-c", _STOPPED_BY_SIGTERM, *args],
+            env={**os.environ, "COPYBANDIT_DATABASE_URL": database},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        # Ended by SIGTERM, as before the write-off; it exited 1 ("Aborted!") like a failed pass.
+        assert stopped.returncode == -signal.SIGTERM, (stopped.returncode, stopped.stderr[-2000:])
+    else:
+        monkeypatch.setattr("service.cli.default_writer", lambda settings: _StoppedMidJob())
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1 and "Aborted!" in result.output, result.output
     with _session(database) as session:
         jobs = session.exec(select(GenerationJob)).all()
     # Before, the job said running (and a pass's other jobs queued) for an hour: the dashboard
