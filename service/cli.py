@@ -46,7 +46,7 @@ from service.generation_jobs import (
 )
 from service.lifecycle import run_lifecycle
 from service.marketers import create_marketer, generate_password, list_marketers, set_password
-from service.models import ApiKey, JobStatus, LifecycleEvent, Scope, Segment, Variant
+from service.models import MAX_DB_ID, ApiKey, JobStatus, LifecycleEvent, Scope, Segment, Variant
 from service.ope import evaluate as evaluate_policy
 from service.ope import format_table as format_ope_table
 from service.retention import PurgeReport, parse_age
@@ -57,7 +57,7 @@ FIRST_MARKETER = "marketer@example.com"
 SCENARIOS = Path(__file__).resolve().parent.parent / "bandits" / "scenarios"
 # The experiment ids the API and the dashboard take (service.schemas.DbId): a larger one reached
 # the database, where SQLite's driver raised OverflowError with a traceback.
-EXPERIMENT_ID = click.IntRange(1, 2**31 - 1)
+EXPERIMENT_ID = click.IntRange(1, MAX_DB_ID)
 # gunicorn's default, now set on purpose: three times the longest a request waits for a lock.
 WORKER_TIMEOUT_SECONDS = round(3 * LOCK_WAIT_SECONDS)
 
@@ -891,12 +891,14 @@ def keys_create(scope: str, label: str) -> None:
 
 @keys.command("list")
 def keys_list() -> None:
-    """List keys: id, scope, label, created, revoked."""
+    """List keys: id, scope, live or revoked (with the day), created (the day), label."""
     with _session(_settings()) as session:
         for row in list_keys(session=session):
             revoked = f"revoked {row.revoked_at:%Y-%m-%d}" if row.revoked_at else "live"
+            # The day it was created goes after the columns there were before it, so that scripts
+            # reading them by position (`awk '$3 == "live"'`) still read the same.
             click.echo(
-                f"{row.id}  {row.scope:<5}  created {row.created_at:%Y-%m-%d}  {revoked:<18}  "
+                f"{row.id}  {row.scope:<5}  {revoked:<18}  created {row.created_at:%Y-%m-%d}  "
                 f"{row.label}"
             )
 
@@ -991,7 +993,7 @@ def serve(host: str | None, port: int | None, workers: int | None, access_log: b
     settings = _settings(loads_model=True)
     # Checked, then closed: the workers fork from this process and open their own connections.
     _engine(settings).dispose()
-    _check_host(host or settings.host, from_option=host is not None)
+    _check_host(host or settings.host, from_option=bool(host))
     options: dict[str, Any] = {
         "bind": _address(host or settings.host, port or settings.port),
         "workers": workers or settings.workers,

@@ -24,6 +24,12 @@ SQLModel.metadata.naming_convention = {
 }
 
 
+# Ids are PostgreSQL's 32-bit integers: every place that reads an id from a client (the API's
+# bodies and paths, the dashboard's forms and addresses, the CLI's options) refuses a larger one,
+# which could only end in the database's error.
+MAX_DB_ID = 2**31 - 1
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

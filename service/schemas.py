@@ -29,7 +29,7 @@ from typing_extensions import TypedDict
 
 from generation.clean import CONTROL_CHARACTERS, INVISIBLE_FORMATTING
 from service.errors import at_fault
-from service.models import JobStatus, Origin, VariantStatus
+from service.models import MAX_DB_ID, JobStatus, Origin, VariantStatus
 from service.policy import LifecyclePolicy
 
 MAX_BATCH_EVENTS = 1000
@@ -128,8 +128,8 @@ ClientKey = Annotated[
 ]
 
 
-# Ids are 32-bit in PostgreSQL; a larger number can only be a client error, never a 500.
-DbId = Annotated[int, Field(ge=1, le=2**31 - 1)]
+# A larger number can only be a client error, never a 500.
+DbId = Annotated[int, Field(ge=1, le=MAX_DB_ID)]
 SegmentKey = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")]
 
 

@@ -148,7 +148,8 @@ def test_keys_create_list_revoke(database: str) -> None:
     # --help promises the day each was created, which the list left out.
     with _session(database) as session:
         made = session.get(ApiKey, key_id).created_at  # type: ignore[union-attr]
-    assert f"created {made:%Y-%m-%d}  live" in listing, listing
+    (line,) = listing.splitlines()
+    assert line.split()[:5] == [key_id, "serve", "live", "created", f"{made:%Y-%m-%d}"], line
     # The secret half is never shown again.
     assert plaintext not in listing
 

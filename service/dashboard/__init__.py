@@ -22,6 +22,7 @@ from service.dashboard import account_pages, experiment_pages, review_pages
 from service.dashboard.blueprint import bp
 from service.dashboard.session_auth import page_headers
 from service.dashboard.sign_in_limits import SignInLimits
+from service.models import MAX_DB_ID
 
 # Imported for their routes, which they attach to `bp`.
 _PAGES = (account_pages, experiment_pages, review_pages)
@@ -43,7 +44,7 @@ class DbIdConverter(IntegerConverter):
     regex = r"[1-9][0-9]*"
 
     def __init__(self, map: Any) -> None:
-        super().__init__(map, min=1, max=2**31 - 1)
+        super().__init__(map, min=1, max=MAX_DB_ID)
 
 
 def register(app: Flask, settings: Settings) -> None:

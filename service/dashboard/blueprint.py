@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 from service import db
 from service.dashboard.session_auth import csrf_token, page_came_from, protect
 from service.errors import APIError, InvalidInput, first_problem
+from service.models import MAX_DB_ID
 
 bp = Blueprint(
     "dashboard",
@@ -35,10 +36,7 @@ def validated(model: type[Model], data: dict[str, Any]) -> Model:
         raise InvalidInput(message, field=field) from None
 
 
-_DB_ID_MAX = 2**31 - 1
-
-
-def form_int(name: str, text: str, *, low: int = 1, high: int = _DB_ID_MAX) -> int:
+def form_int(name: str, text: str, *, low: int = 1, high: int = MAX_DB_ID) -> int:
     """A form field as an int in [low, high], or a 400 naming it. ASCII digits only: str.isdigit
     accepts '²', which int() then refuses."""
     text = text.strip()
