@@ -162,10 +162,12 @@ def http_error(exc: HTTPException) -> Response:
 
 
 def _in_words(exc: HTTPException, status: int) -> str:
-    """werkzeug's description, or for a wrong method or size what would have been right."""
+    """werkzeug's description, or for a wrong address, method or size what would be right."""
     if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
         allowed = ", ".join(sorted(set(exc.valid_methods) - {"OPTIONS"}))
         return f"{request.method} is not allowed here; this address takes {allowed}"
+    if status == 404:
+        return f"no such address: {request.path}; /openapi.json lists the API's"
     limit = current_app.config.get("MAX_CONTENT_LENGTH")
     if status == 413 and limit is not None:
         return f"the body is over the {limit:,}-byte limit (COPYBANDIT_MAX_REQUEST_BYTES)"

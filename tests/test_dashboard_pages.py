@@ -898,6 +898,10 @@ def test_an_address_the_api_does_not_have_is_still_a_json_error(
     assert response.status_code == status and response.get_json()["error"] == code
     # Like every other refusal, it names what was wrong: werkzeug's own said only the status.
     assert response.get_json()["field"] == field
+    if status == 404:
+        assert response.get_json()["message"] == (
+            "no such address: /v1/nope; /openapi.json lists the API's"
+        )
     assert "Content-Security-Policy" not in response.headers
     if status == 405:
         assert set(response.headers["Allow"].split(", ")) == {"POST", "OPTIONS"}

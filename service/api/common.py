@@ -87,8 +87,9 @@ def guarded(blueprint: APIBlueprint, scope: Scope, *, rate_limited: bool = False
                     retry_after=retry_after_header(wait),
                 )
         if request.method in ("GET", "HEAD"):
+            # Where the query picks the answer; a storefront's cache-buster on a POST is let be.
             refuse_repeated_parameters()
-        refuse_unknown_parameters()
+            refuse_unknown_parameters()
         parse_json_body()
 
     blueprint.before_request(guard)
