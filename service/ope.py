@@ -331,7 +331,8 @@ def format_table(result: dict[str, Any]) -> str:
     few = [
         row["segment"]
         for row in result["segments"]
-        if row["ips"] is not None and 0 < row["ips"]["effective_n"] < FEW_EFFECTIVE_ROWS
+        # As the table shows it (rounded): a segment at 29.6 reads ess=30 there.
+        if row["ips"] is not None and 0 < round(row["ips"]["effective_n"]) < FEW_EFFECTIVE_ROWS
     ]
     if few:
         lines.append(
