@@ -16,7 +16,7 @@ from service.cli import main
 from service.errors import NotFound
 from service.identity import new_impression_id
 from service.models import Event, Impression, Variant
-from service.ope import evaluate, parse_policy
+from service.ope import evaluate, format_table, parse_policy
 
 LOGGING = np.array([0.5, 0.3, 0.2])
 RATES = np.array([0.05, 0.10, 0.02])
@@ -436,3 +436,28 @@ def test_cli_rejects_bad_input(
     missing = runner.invoke(main, ["ope", "--experiment", "424242", "--policy", "uniform"])
     assert missing.exit_code != 0
     assert "424242" in missing.output
+
+
+def test_the_low_ess_note_reads_ess_as_the_table_prints_it() -> None:
+    def row(segment: str, ess: float) -> dict[str, Any]:
+        estimate = {"value": 0.1, "lower": 0.05, "upper": 0.15, "effective_n": ess}
+        return {
+            "segment": segment,
+            "n": 100,
+            "excluded": 0,
+            "logged_rate": 0.1,
+            "ips": estimate,
+            "snips": estimate,
+        }
+
+    result = {
+        "experiment_id": 1,
+        "policy": "uniform",
+        "level": 0.95,
+        "segments": [row("rounds-up", 29.6), row("rounds-down", 29.4), row("none-left", 0.0)],
+        "overall": row("overall", 59.0),
+    }
+    table = format_table(result)
+    # 29.6 shows as ess=30, so it is not under 30; a segment with no weighted row has no estimate.
+    assert "ess=30" in table and "ess=29" in table
+    assert table.splitlines()[-1].startswith("note: ess under 30 in rounds-down: ")
