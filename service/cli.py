@@ -405,9 +405,15 @@ def lifecycle(once: bool, generate: bool) -> None:
     # A scheduler (cron, say) must learn that the pass did not do all it should have.
     problems = []
     if report.failed_segments:
+        # A fold commits before the plan: such a segment's discount line is printed above.
+        folded = {e.segment_id for e in report.actions if e.action == "discount"}
         problems.append(
             f"{len(report.failed_segments)} segment(s) left unchanged after an error (logged "
-            f"above): {', '.join(places[s] for s in report.failed_segments)}"
+            "above): "
+            + ", ".join(
+                places[s] + (" (but for its discount fold)" if s in folded else "")
+                for s in report.failed_segments
+            )
         )
     if failed_jobs:
         problems.append(

@@ -2,7 +2,8 @@
 
 The HTTP request only creates the row and hands its id to this process's runner, so a slow model
 never holds a request open. The runner loads the model once per process, on the first job.
-A job its process still held when it stopped is failed as it exits (`JobRunner`); one whose
+A job its process still held when it stopped is failed as it exits (`JobRunner` in a server,
+`write_off` from the `generate` and `lifecycle --once` commands); one whose
 process was killed, or that nothing ran, is failed by the next lifecycle pass an hour after it was
 queued, or if it started, an hour after its worker last wrote its progress (`JOB_STALE_AFTER`). A
 job given up that way while its worker still lives stops at its next write and stores nothing more.
@@ -56,9 +57,11 @@ _LEADERS = 2
 # still in its queue), or nothing ran it (`copybandit lifecycle --once --no-generate` queues jobs
 # and runs none).
 JOB_STALE_AFTER = timedelta(hours=1)
+# What every interrupted job's message ends with: a marketer reading it learns nothing is lost.
+_REORDERED = "(the lifecycle orders copy still missing again)"
 INTERRUPTED = (
-    "interrupted: no worker finished it within an hour; its process exited or nothing ran it "
-    "(the lifecycle orders copy still missing again)"
+    f"interrupted: no worker finished it within an hour; its process exited or nothing ran it "
+    f"{_REORDERED}"
 )
 _UNFINISHED = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 
@@ -442,12 +445,9 @@ def _update(
 
 
 # A job this process held when it stopped: no wait for an hour, its copy is ordered again at once.
-STOPPED = "interrupted: the server stopped (the lifecycle orders copy still missing again)"
+STOPPED = f"interrupted: the server stopped {_REORDERED}"
 # The same for `copybandit generate` or `lifecycle --once` stopped (Ctrl-C, SIGTERM) mid-job.
-COMMAND_STOPPED = (
-    "interrupted: the command running it was stopped (the lifecycle orders copy still missing "
-    "again)"
-)
+COMMAND_STOPPED = f"interrupted: the command running it was stopped {_REORDERED}"
 
 
 class JobRunner:

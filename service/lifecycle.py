@@ -272,6 +272,7 @@ def run_lifecycle(
                 continue
             for segment in segments:
                 at = now or utcnow()
+                folded = False
                 try:
                     if policy.discount_per_hour is not None:
                         # Reported as soon as it commits: a plan that then failed (a lock wait
@@ -281,10 +282,11 @@ def run_lifecycle(
                         )
                         if fold is not None:
                             report.actions.append(fold)
+                            folded = True
                     events, job_id = apply_segment(session, experiment, segment, policy, at)
                 except Exception as exc:
                     session.rollback()
-                    _log_left_unchanged(experiment, segment, exc)
+                    _log_left_unchanged(experiment, segment, exc, folded=folded)
                     report.failed_segments.append(segment.id)  # type: ignore[arg-type]
                     continue
                 report.actions += events
@@ -295,9 +297,13 @@ def run_lifecycle(
     return report
 
 
-def _log_left_unchanged(experiment: Experiment, segment: Segment, exc: Exception) -> None:
-    """Called while `exc` is handled."""
-    where = f"lifecycle: segment {segment.key} of experiment {experiment.id} left unchanged"
+def _log_left_unchanged(
+    experiment: Experiment, segment: Segment, exc: Exception, *, folded: bool
+) -> None:
+    """Called while `exc` is handled. `folded`: its discount fold committed before the error."""
+    where = f"lifecycle: segment {segment.key} of experiment {experiment.id} left unchanged" + (
+        " but for its discount fold" if folded else ""
+    )
     if isinstance(exc, sa.exc.DBAPIError) and database_unavailable(exc):
         # The reason is the news (a read-only file, a lost server), not where in the pass it met
         # it: a traceback per segment buried it.
@@ -377,8 +383,20 @@ def apply_segment(
         for action in sorted(_status_changes(actions), key=lambda a: a.variant_id or 0)
         if not _set_status(session, action, now)
     ]
+    for stale in not_applied:
+        # Expected of the guardrail on SQLite; in a pass, which planned under the segment's lock,
+        # a writer went around the lock (SQL by hand, an older release), and the plan's other
+        # actions (a winner, the copy to order) were reckoned with this one done.
+        log.log(
+            logging.INFO if guardrail_only else logging.WARNING,
+            "lifecycle: %s of variant %s in segment %s skipped: another writer changed it first",
+            stale.kind,
+            stale.variant_id,
+            segment.key,
+        )
+    skipped = {id(stale) for stale in not_applied}
     for action in actions:
-        if any(action is stale for stale in not_applied):
+        if id(action) in skipped:
             continue
         if action.kind == "declare_winner":
             if not _declare_winner(session, segment, action.variant_id, now):  # type: ignore[arg-type]

@@ -773,6 +773,11 @@ def test_a_guardrail_pause_another_writer_made_first_is_no_failure(
     # Before, the check raised "changed during the lifecycle run": an ERROR with a traceback, and
     # the twin, which nothing else had paused, stayed in service.
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    # Said at INFO, where an operator asking why the audit lacks the pause can find it.
+    assert (
+        f"lifecycle: pause of variant {tea['manual']} in segment {TEA} skipped: another writer"
+        " changed it first"
+    ) in [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     rows = variants(session, experiment)
     assert rows[twin["id"]].status == "paused"
     assert rows[tea["manual"]].status_reason == "another worker's guardrail"
