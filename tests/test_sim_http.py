@@ -154,13 +154,17 @@ class _Refuses(BaseHTTPRequestHandler):
     def log_message(self, *_: Any) -> None:
         pass
 
-    def _send(self, status: int) -> None:
-        data = json.dumps({"error": "unauthorized", "message": "unknown key", "field": None})
+    def _send(self, status: int, body: Any = None, content_type: str = "application/json") -> None:
+        """Answer `body` as JSON, or as it is where it is bytes (a web page); by default the
+        service's refusal of a key it does not know."""
+        if body is None:
+            body = {"error": "unauthorized", "message": "unknown key", "field": None}
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data.encode())
+        self.wfile.write(data)
 
     def do_GET(self) -> None:
         self._send(self.read_status)
@@ -204,14 +208,9 @@ class _NoExperiment(_Refuses):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
         type(self).decisions += 1
-        data = json.dumps(
-            {"error": "not_found", "message": f"no experiment with id {body['experiment']}"}
-        ).encode()
-        self.send_response(404)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self._send(
+            404, {"error": "not_found", "message": f"no experiment with id {body['experiment']}"}
+        )
 
 
 def test_an_experiment_a_serve_key_cannot_read_is_checked_by_the_first_decision(
@@ -281,25 +280,17 @@ def test_an_https_url_is_spoken_to_over_tls() -> None:
     assert not isinstance(status, int)  # no TLS here, so no answer
 
 
-class _Recording(BaseHTTPRequestHandler):
+class _Recording(_Refuses):
     """Keeps every request's path and Authorization header; answers the experiment's GET 403 (as
     a serve key is answered, so the run's first decision checks the experiment) and every
     decision 404."""
 
-    protocol_version = "HTTP/1.1"
     seen: ClassVar[list[tuple[str, str]]] = []
-
-    def log_message(self, *_: Any) -> None:
-        pass
 
     def _answer(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         self.seen.append((self.path, self.headers.get("Authorization", "")))
-        self.send_response(403 if self.command == "GET" else 404)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"{}")
+        self._send(403 if self.command == "GET" else 404, {})
 
     do_GET = do_POST = _answer
 
@@ -336,22 +327,12 @@ def test_the_key_may_come_from_the_environment_and_the_urls_path_prefixes_every_
     assert {key for _, key in _Recording.seen} == {"Bearer cb_from_env"}
 
 
-class _NotTheApi(BaseHTTPRequestHandler):
+class _NotTheApi(_Refuses):
     """A web server that is not copybandit (or a proxy at the wrong path): HTML 404 pages."""
-
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *_: Any) -> None:
-        pass
 
     def _answer(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        data = b"<html><body>404 Not Found</body></html>"
-        self.send_response(404)
-        self.send_header("Content-Type", "text/html")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self._send(404, b"<html><body>404 Not Found</body></html>", "text/html")
 
     do_GET = do_POST = _answer
 
