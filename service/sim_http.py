@@ -111,19 +111,26 @@ def _best_rates(
         raise ValueError(f"{what} got no HTTP answer: {type(exc).__name__}: {exc}") from None
     finally:
         client.connection.close()
+
+    def not_the_api(answer: str) -> ValueError:
+        return ValueError(
+            f"{what} answered {status} with {answer}: is {base_url} a copybandit server "
+            "(with its path, if one is in front of it)?"
+        )
+
     try:
         body = json.loads(raw or b"null")
     except ValueError:  # a web server's or proxy's HTML page: the URL is not copybandit's API
-        raise ValueError(
-            f"{what} answered {status} with no JSON: is {base_url} a copybandit server "
-            "(with its path, if one is in front of it)?"
-        ) from None
+        raise not_the_api("no JSON") from None
     # Every decision would fail the same way. A 403 is a serve key, which may not read the
     # experiment: `drive` checks it with the run's first decision.
     if status in (401, 404):
         problem = body.get("message") if isinstance(body, dict) else None
         raise ValueError(f"{what} answered {status}: {problem or body}")
     if status == 200:
+        # Another service's JSON ({"status": "ok"}, a list) ended in a KeyError or TypeError.
+        if not isinstance(body, dict) or not isinstance(body.get("segments"), list):
+            raise not_the_api("JSON that is not an experiment")
         # The server answers an unknown segment with its first one, whose copy the scenario
         # would then score with another segment's response model.
         missing = sorted(texts.keys() - {segment["key"] for segment in body["segments"]})

@@ -386,3 +386,33 @@ def test_a_url_that_is_not_the_api_stops_the_run_saying_so(tmp_path: Path) -> No
     # Before: a traceback ending in http.client.BadStatusLine.
     assert other.exit_code == 1 and isinstance(other.exception, SystemExit), other.output
     assert "GET /v1/experiments/1 got no HTTP answer: BadStatusLine" in other.output
+
+
+class _OtherJson(_Refuses):
+    """Another service's JSON where the experiment should be: its GET answers 200 with `body`."""
+
+    body: ClassVar[Any] = None
+
+    def do_GET(self) -> None:
+        self._send(200, self.body)
+
+
+@pytest.mark.parametrize("body", [{"status": "ok"}, [1, 2], {"segments": "all"}])
+def test_json_that_is_not_an_experiment_stops_the_run_saying_so(body: Any) -> None:
+    _OtherJson.body = body
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _OtherJson)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    world = load_scenario(SCENARIOS / "default.json")
+    try:
+        # Before, a KeyError or TypeError traceback: only OSError and ValueError are reported.
+        with pytest.raises(ValueError) as caught:
+            drive(world, base_url=url, key="k", experiment_id=1, impressions=10, clients=1)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert str(caught.value) == (
+        "GET /v1/experiments/1 answered 200 with JSON that is not an experiment: "
+        f"is {url} a copybandit server (with its path, if one is in front of it)?"
+    )
