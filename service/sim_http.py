@@ -147,6 +147,26 @@ def _best_rates(
     return rates, status == 200
 
 
+def _lasting_failure(status: int | str, body: Any) -> str | None:
+    """What went wrong with a decision that every other would repeat, or None: an answer but 200
+    other than 429 and 5xx (an overloaded or restarting server), which the run counts and goes on.
+    An experiment the server lacks (404), a segment without live copy (409), a refused key, a
+    proxy's page or no connection failed every decision of the run the same way."""
+    if status == 200:
+        return None
+    if isinstance(status, str):  # "404 not JSON", or what went wrong ("ConnectionRefusedError")
+        code = status.split(" ", 1)[0]
+        if not code.isdigit():
+            return f"got no HTTP answer: {status}"
+        if int(code) == 429 or int(code) >= 500:
+            return None
+        return f"answered {code} with no JSON"
+    if status == 429 or status >= 500:
+        return None
+    problem = body.get("message") if isinstance(body, dict) else None
+    return f"answered {status}: {problem or body}"
+
+
 def drive(
     world: World,
     *,
@@ -214,14 +234,13 @@ def drive(
 
     started = time.perf_counter()
     if not checked:
-        # A serve key may not read the experiment (403), and one the server lacks failed every
-        # decision with 404. The run's first decision, made before the clients start, checks it:
-        # no impression beyond the run's own is recorded, as a probe decision would have been.
+        # A serve key may not read the experiment (403). The run's first decision, made before
+        # the clients start, checks what the read would have: no impression beyond the run's own
+        # is recorded, as a probe decision would have been.
         per_client[0] -= 1
-        status, body = decision(0)
-        if status == 404:
-            problem = body.get("message") if isinstance(body, dict) else None
-            raise ValueError(f"POST /v1/decide answered 404: {problem or body}")
+        problem = _lasting_failure(*decision(0))
+        if problem:
+            raise ValueError(f"POST /v1/decide {problem}")
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for thread in threads:
         thread.start()

@@ -233,20 +233,91 @@ def test_an_experiment_a_serve_key_cannot_read_is_checked_by_the_first_decision(
     assert _NoExperiment.decisions == 1 and not (tmp_path / "http.json").exists()
 
 
+class _ServeKey(_Refuses):
+    """A serve key's view: its GET of the experiment answers 403, and every decision `answer`
+    (the arguments of `_send`), or the server hangs up where that is None."""
+
+    answer: ClassVar[tuple[Any, ...] | None] = (503, {"error": "unavailable"})
+    decisions = 0
+    lock = threading.Lock()
+
+    def do_GET(self) -> None:
+        self._send(403, {"error": "forbidden", "message": "a serve key", "field": None})
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        with self.lock:
+            type(self).decisions += 1
+        if self.answer is None:
+            self.close_connection = True
+            return
+        self._send(*self.answer)
+
+
+@pytest.fixture
+def serve_key() -> Iterator[str]:
+    _ServeKey.answer, _ServeKey.decisions = (503, {"error": "unavailable"}), 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ServeKey)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
 def test_a_run_without_one_decision_reports_no_latency_or_regret_and_fails(
-    refuses: str, tmp_path: Any
+    serve_key: str, tmp_path: Any
 ) -> None:
-    _Refuses.read_status = 403  # a serve key: the copy cannot be read, so the run goes ahead
-    arguments = ["--http", refuses, "--key", "k", "--experiment", "1", "--impressions", "6"]
+    # A serve key cannot read the copy, and a 503 may pass, so the run goes ahead.
+    arguments = ["--http", serve_key, "--key", "k", "--experiment", "1", "--impressions", "6"]
     result = CliRunner().invoke(main, ["simulate", *arguments, "--out", str(tmp_path)])
 
     summary = json.loads((tmp_path / "http.json").read_text())
     # Before, p50 and p99 read 0.0 ms and regret 0.0, and the command exited 0.
-    assert summary["errors"] == {"decide 401": 6} and summary["decisions"] == 0
+    assert summary["errors"] == {"decide 503": 6} and summary["decisions"] == 0
     assert summary["decide_latency_ms"] == {"p50": None, "p99": None}
     assert summary["regret_vs_best_served_copy"] is None
     assert result.exit_code == 1
     assert "none of 6 decisions succeeded" in result.output
+
+
+@pytest.mark.parametrize(
+    ("answer", "says"),
+    [
+        (
+            (409, {"error": "no_active_variant", "message": "no live copy", "field": "segment"}),
+            "answered 409: no live copy",
+        ),
+        ((400, {"error": "invalid", "message": "bad segment", "field": "segment"}), "400: bad"),
+        ((401,), "answered 401: unknown key"),
+        ((403, {"error": "forbidden", "message": "not this one", "field": None}), "403: not this"),
+        ((404, b"<html>Not Found</html>", "text/html"), "answered 404 with no JSON"),
+        (None, "got no HTTP answer: RemoteDisconnected"),
+    ],
+)
+def test_a_first_decision_every_other_would_repeat_stops_the_run(
+    serve_key: str, answer: tuple[Any, ...] | None, says: str
+) -> None:
+    _ServeKey.answer = answer
+    world = load_scenario(SCENARIOS / "default.json")
+    # Before, only an integer 404 stopped it: all 20 decisions were sent and failed alike.
+    with pytest.raises(ValueError, match=f"^POST /v1/decide .*{says}"):
+        drive(world, base_url=serve_key, key="k", experiment_id=1, impressions=20, clients=2)
+    assert _ServeKey.decisions == 1
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [(429, {"error": "rate_limited"}), (503, b"<html>Service Unavailable</html>", "text/html")],
+)
+def test_a_first_decision_that_may_pass_lets_the_run_go_on(
+    serve_key: str, answer: tuple[Any, ...]
+) -> None:
+    _ServeKey.answer = answer
+    world = load_scenario(SCENARIOS / "default.json")
+    run = drive(world, base_url=serve_key, key="k", experiment_id=1, impressions=20, clients=2)
+
+    assert _ServeKey.decisions == 20 == sum(run.errors.values())
 
 
 def test_the_impressions_help_gives_each_modes_default() -> None:
