@@ -375,7 +375,7 @@ def simulate(
     size = require_count("batch", world.batch if batch is None else batch)
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-    world.check_run_size(impressions=total, batch=size, seeds=1)
+    world.check_run_size(impressions=total, batch=size, seeds=1, batch_given=batch is not None)
 
     traffic_ss, policy_ss, stats_ss = np.random.SeedSequence(int(seed)).spawn(3)
     traffic = np.random.default_rng(traffic_ss)
@@ -568,7 +568,7 @@ def compare(
     size = require_count("batch", world.batch if batch is None else batch)
     count = len(seeds) if isinstance(seeds, Sequence) else world.seeds if seeds is None else seeds
     # Before the seeds are listed: a count of 10**12 ended in a MemoryError there.
-    world.check_run_size(impressions=total, batch=size, seeds=count)
+    world.check_run_size(impressions=total, batch=size, seeds=count, batch_given=batch is not None)
     seed_list = [int(s) for s in seeds] if isinstance(seeds, Sequence) else list(range(count))
     if not seed_list:
         raise ValueError("seeds must name at least one seed")

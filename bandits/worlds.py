@@ -234,11 +234,14 @@ class World:
                 out[i] = r.copy()
         return out
 
-    def check_run_size(self, *, impressions: int, batch: int, seeds: int) -> None:
+    def check_run_size(
+        self, *, impressions: int, batch: int, seeds: int, batch_given: bool = False
+    ) -> None:
         """Raise ValueError, naming the field, for a run too large to hold in memory.
 
         Called before anything is allocated: such runs otherwise failed deep inside the
-        simulator (a 14.6 TiB draw, or a MemoryError listing the seeds).
+        simulator (a 14.6 TiB draw, or a MemoryError listing the seeds). `batch_given` says the
+        caller passed the batch; otherwise it is the scenario's.
         """
         most_arms = max(seg.n_arms for seg in self.segments)
         if batch * most_arms > MAX_BATCH_DRAWS:
@@ -250,14 +253,20 @@ class World:
         batches = math.ceil(impressions / batch)
         row = 4 + len(self.segments) + sum(seg.n_arms for seg in self.segments)
         if seeds * batches * row > MAX_TRACE_NUMBERS:
-            # The batch is the scenario's: `copybandit simulate` has no option for it, and
-            # suggesting "a larger batch" sent users looking for one.
+            # A larger batch is suggested only where one that the draws allow makes the run fit.
+            # Without `batch_given` the batch is the scenario's: `copybandit simulate` has no
+            # option for it, and "a larger batch" sent users looking for one.
+            advice = "use fewer seeds or impressions"
+            most_batches = MAX_TRACE_NUMBERS // (seeds * row)
+            least = math.ceil(impressions / most_batches) if most_batches else None
+            most = MAX_BATCH_DRAWS // most_arms
+            if least is not None and least <= most:
+                where = "batch" if batch_given else '"batch" (the scenario\'s)'
+                advice += f", or a larger {where}: from {least:,} to {most:,} for this world"
             raise ValueError(
                 f"seeds x batches (impressions / batch) must be at most "
                 f"{MAX_TRACE_NUMBERS // row:,} for this world (a comparison keeps {row} numbers "
-                f"per batch of every seed's run), got {seeds:,} x {batches:,}; use fewer seeds "
-                'or impressions, or a larger "batch" in the scenario file (at most '
-                f"{MAX_BATCH_DRAWS // most_arms:,} for this world)"
+                f"per batch of every seed's run), got {seeds:,} x {batches:,}; {advice}"
             )
 
     def drift_batch(self, impressions: int, batch: int) -> int | None:

@@ -583,7 +583,7 @@ def test_a_run_too_large_for_memory_says_where_its_batch_is_set(tmp_path: Path) 
 
     assert result.exit_code == 1, result.output
     # Before, "or a larger batch", and simulate has no --batch: only the scenario sets it.
-    assert 'or a larger "batch" in the scenario file (at most 2,000,000 for this world)' in (
+    assert 'or a larger "batch" (the scenario\'s): from 2,101 to 2,000,000 for this world' in (
         result.output
     )
 

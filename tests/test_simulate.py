@@ -288,6 +288,26 @@ def test_run_sizes_beyond_memory_are_refused_before_running() -> None:
         compare(world, ["uniform"], impressions=100, seeds=10**12)
 
 
+def test_a_larger_batch_is_suggested_only_where_one_fits_and_named_as_the_caller_gave_it() -> None:
+    world = plain(THREE_ARMS)  # keeps 8 numbers a batch; a batch of at most 3,333,333
+    with pytest.raises(ValueError) as caught:
+        compare(world, ["uniform"], impressions=10**7, seeds=5 * 10**6)
+    # Before: "or a larger "batch" in the scenario file (at most 3,333,333 for this world)",
+    # though 5 million seeds of the 3 batches of that size keep 20 million numbers too many.
+    assert str(caught.value).endswith("; use fewer seeds or impressions")
+
+    with pytest.raises(ValueError) as caught:
+        compare(world, ["uniform"], impressions=10**7, seeds=10**4, batch=1000)
+    # Before, it named the scenario file's "batch", which this caller had overridden.
+    assert str(caught.value).endswith(
+        "use fewer seeds or impressions, or a larger batch: from 8,000 to 3,333,333 for this world"
+    )
+    # A batch of 8,000 fits; one less does not.
+    world.check_run_size(impressions=10**7, batch=8000, seeds=10**4)
+    with pytest.raises(ValueError):
+        world.check_run_size(impressions=10**7, batch=7999, seeds=10**4)
+
+
 def test_a_segment_needs_exactly_one_of_rates_or_response() -> None:
     raw = copy.deepcopy(GOOD)
     raw["segments"][0]["response"] = {"base_rate": 0.1}
