@@ -202,6 +202,11 @@ def drive(
             with lock:
                 run.errors[f"decide {status}"] += 1
             return status, body
+        if not isinstance(body, dict) or not isinstance(body.get("text"), str):
+            # Not a decision (another server's JSON): counted, not a traceback in a client thread.
+            with lock:
+                run.errors["decide 200 not a decision"] += 1
+            return status, body
         if body.get("segment") != segment.key:
             # Copy of another segment: the scenario has no true rate for it here.
             with lock:

@@ -487,3 +487,17 @@ def test_json_that_is_not_an_experiment_stops_the_run_saying_so(body: Any) -> No
         "GET /v1/experiments/1 answered 200 with JSON that is not an experiment: "
         f"is {url} a copybandit server (with its path, if one is in front of it)?"
     )
+
+
+@pytest.mark.parametrize(
+    "body", [[1, 2], {"status": "ok"}, {"text": 5}], ids=["list", "other", "text"]
+)
+def test_a_200_that_is_not_a_decision_is_counted_not_a_traceback(serve_key: str, body: Any) -> None:
+    # `body.get("segment")` on a list raised AttributeError: a traceback in the command for the
+    # first decision, and a dead client thread for the rest.
+    _ServeKey.answer = (200, body)
+    world = load_scenario(SCENARIOS / "default.json")
+    run = drive(world, base_url=serve_key, key="k", experiment_id=1, impressions=20, clients=2)
+
+    assert _ServeKey.decisions == 20
+    assert run.errors == {"decide 200 not a decision": 20}
