@@ -145,9 +145,14 @@ def _not_causal_lm(folder: Path) -> str | None:
     model_type = config.get("model_type")
     if isinstance(architectures, list) and architectures:
         # The type alone is not enough: "bert" maps to a causal class too (BertLMHeadModel), and a
-        # BertModel or BertForMaskedLM folder passed as one.
+        # BertModel or BertForMaskedLM folder passed as one. A causal name outside the mapping (a
+        # legacy "LLaMAForCausalLM", a custom class) passes too: AutoModelForCausalLM picks the
+        # class from model_type, and such a folder loads.
         causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
-        if any(name in causal for name in architectures):
+        if any(
+            name in causal or str(name).endswith(("ForCausalLM", "LMHeadModel"))
+            for name in architectures
+        ):
             return None
         named = f"its config.json names {', '.join(map(str, architectures))}"
     elif isinstance(model_type, str) and model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:

@@ -270,8 +270,12 @@ def test_a_model_folder_that_is_not_a_causal_lm_is_refused(
         {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2"},
         {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"},
         {"model_type": "mistral"},  # no architectures: the type decides
+        # A legacy or custom causal name outside transformers' mapping: AutoModelForCausalLM picks
+        # the class from model_type, and the folder loads; it was refused.
+        {"architectures": ["LLaMAForCausalLM"], "model_type": "llama"},
+        {"architectures": ["MyCustomLMHeadModel"], "model_type": "gpt2"},
     ],
-    ids=["qwen2", "gpt2", "type-only"],
+    ids=["qwen2", "gpt2", "type-only", "legacy-llama-name", "custom-lm-head"],
 )
 def test_a_causal_lm_folder_passes(tmp_path: Path, config: dict[str, Any]) -> None:
     folder = _model_folder(tmp_path / "lm", config)
