@@ -21,6 +21,7 @@ import re
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -325,24 +326,68 @@ def load_model(config: ModelConfig, say: Callable[[str], None] = log.info) -> Lo
         return _load_folder(Path(config.path), Path(config.path).name, config, say)
     folder = config.cache_dir / _CACHE_NAME
     if (folder / "model.safetensors").is_file():
+        read = folder.stat()
         try:
             return _load_folder(folder, DEFAULT_MODEL_ID, config, say)
-        except RuntimeError:
-            raise  # torch's own (the device, its memory): a new cache would not help
         except Exception as exc:
-            # The cache is made from the GGUF, so a damaged one is made again: one cut short (a
-            # power cut before its writes reached the disk, a copy interrupted) failed every
-            # job, for good, on the loader's words ("incomplete metadata, file not fully covered").
-            log.warning(
-                "the cached model in %s cannot be read (%s: %s): making it again",
-                folder,
-                type(exc).__name__,
-                exc,
-            )
-            shutil.rmtree(folder, ignore_errors=True)
+            moved_away = isinstance(exc, FileNotFoundError) and not _same_folder(folder, read)
+            if _is_damage(exc):
+                # The cache is made from the GGUF, so a damaged one is made again: one cut short
+                # (a power cut before its writes reached the disk, a copy interrupted) failed
+                # every job, for good, on the loader's words ("incomplete metadata, file not
+                # fully covered").
+                log.warning(
+                    "the cached model in %s cannot be read (%s: %s): making it again",
+                    folder,
+                    type(exc).__name__,
+                    exc,
+                )
+                _move_aside(folder, read)
+            elif not moved_away:  # by another worker, finding it damaged while this one read
+                # Not damage a new cache would mend (a cache another user made and this one may
+                # not read, torch's RuntimeError for the device or its memory): say so instead.
+                raise
     folder.parent.mkdir(parents=True, exist_ok=True)
-    _dequantize_into(folder, say, progress_bars=config.progress_bars)
+    if not (folder / "model.safetensors").is_file():  # another worker may have made it meanwhile
+        _dequantize_into(folder, say, progress_bars=config.progress_bars)
     return _load_folder(folder, DEFAULT_MODEL_ID, config, say)
+
+
+def _is_damage(exc: Exception) -> bool:
+    """Whether loading the cache failed on what a cut-short or garbled file makes the loaders raise:
+    safetensors' SafetensorError, a ValueError (JSONDecodeError, UnicodeDecodeError), or the bare
+    Exception the tokenizers library raises for a tokenizer.json it cannot parse (it has no class
+    of its own). Not an OSError: a cache this process may not read is not damaged."""
+    from safetensors import SafetensorError
+
+    return isinstance(exc, (SafetensorError, ValueError)) or type(exc) is Exception
+
+
+def _same_folder(folder: Path, seen: os.stat_result) -> bool:
+    try:
+        return os.path.samestat(folder.stat(), seen)
+    except FileNotFoundError:
+        return False
+
+
+def _move_aside(folder: Path, damaged: os.stat_result) -> None:
+    """Take the damaged cache out of the way with one rename, then remove it. Deleting it in place
+    pulled files from under another worker still reading it, and where two workers failed on it
+    together, the second deleted the fresh cache the first had just moved in."""
+    aside = folder.with_name(f".{folder.name}-damaged-{uuid.uuid4().hex}")
+    try:
+        folder.rename(aside)
+    except FileNotFoundError:
+        return  # another worker moved it aside first
+    if not _same_folder(aside, damaged):
+        # Another worker moved a fresh cache in between this one's read and its rename: put it
+        # back. Should yet another have taken the place meanwhile, that one is as good.
+        try:
+            aside.rename(folder)
+            return
+        except OSError:
+            pass
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _load_folder(

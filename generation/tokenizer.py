@@ -47,7 +47,10 @@ class ChatTokenizer:
             content = value.get("content") if isinstance(value, dict) else value
             if key.endswith("_token") and isinstance(content, str):
                 special[key] = content
-        return cls(Tokenizer.from_file(str(tokenizer_path)), template, special)
+        # Read here, not by Tokenizer.from_file: that raises a bare Exception for a file it may not
+        # read as for one it cannot parse, and the model cache is made again only for the second.
+        tokenizer = Tokenizer.from_str(tokenizer_path.read_text(encoding="utf-8"))
+        return cls(tokenizer, template, special)
 
     def __len__(self) -> int:
         return int(self.tokenizer.get_vocab_size(with_added_tokens=True))

@@ -168,6 +168,7 @@ def test_a_damaged_cache_is_made_again(
     assert made == [cache]
     assert isinstance(loaded.model, Llama)
     assert f"the cached model in {cache} cannot be read" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == [cache.name]  # moved aside, removed
 
 
 def test_a_folder_without_a_model_is_refused_clearly(tmp_path: Path) -> None:
