@@ -29,11 +29,13 @@ CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 # backwards, not as a reviewer reads it), the deprecated shaping controls (U+206A-U+206F), the
 # zero-width space and the byte-order mark (U+200B, U+FEFF). Not ZWJ and ZWNJ (U+200D, U+200C):
 # emoji sequences and Persian and Indic words need them; nor the marks LRM, RLM and ALM, which
-# only say which way a neutral character such as "!" faces. The API refuses these in copy.
+# only say which way a neutral character such as "!" faces. The API refuses the overrides and the
+# rest in copy written by hand, and takes embeddings and isolates there only when each is closed.
 INVISIBLE_FORMATTING = re.compile("[\u200b\u202a-\u202e\u2066-\u206f\ufeff]")
 # Removed from the model's output, as control characters are, rather than the line refused: a small
-# model emits them as stray tokens, not to mean anything, and once they are gone the line reviewers
-# read, lint checks and de-duplication compares is the line a storefront draws.
+# model emits them as stray tokens, not to mean anything (balanced ones too: it does not set an
+# English name apart in Arabic copy on purpose), and once they are gone the line reviewers read,
+# lint checks and de-duplication compares is the line a storefront draws.
 _UNWANTED = re.compile(f"{CONTROL_CHARACTERS.pattern}|{INVISIBLE_FORMATTING.pattern}")
 
 

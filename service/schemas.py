@@ -27,7 +27,7 @@ from pydantic import (
 # pydantic reads TypedDicts from typing_extensions only, before Python 3.12.
 from typing_extensions import TypedDict
 
-from generation.clean import CONTROL_CHARACTERS, INVISIBLE_FORMATTING
+from generation.clean import CONTROL_CHARACTERS
 from service.errors import at_fault
 from service.models import MAX_DB_ID, JobStatus, Origin, VariantStatus
 from service.policy import LifecyclePolicy
@@ -41,16 +41,60 @@ def _no_control(value: str) -> str:
     return value
 
 
+# Refused in copy wherever they are: the overrides LRO and RLO (after U+202E a storefront draws the
+# rest of the line backwards, not as the marketer who reviewed it read it), the deprecated shaping
+# controls, the zero-width space and the byte-order mark, which only change or hide what is shown.
+_REFUSED_FORMATTING = re.compile("[\u200b\u202d\u202e\u206a-\u206f\ufeff]")
+# Embeddings (LRE, RLE; closed by PDF) and isolates (LRI, RLI, FSI; closed by PDI) are how W3C
+# says to embed text of the other direction (an English product name in Arabic copy), and a CMS
+# writes them: accepted when each is closed inside the copy, so its direction cannot spill into
+# the page the copy is served into.
+_CLOSER_OF = {
+    "\u202a": "\u202c",
+    "\u202b": "\u202c",
+    "\u2066": "\u2069",
+    "\u2067": "\u2069",
+    "\u2068": "\u2069",
+}
+_KIND_CLOSED = {"\u202c": "embedding", "\u2069": "isolate"}
+
+
 def _no_invisible_formatting(value: str) -> str:
-    """Copy is served as it is stored: a bidi override (U+202E) in it draws the rest of the line
-    backwards on a storefront, not as the marketer who reviewed it read it."""
-    found = INVISIBLE_FORMATTING.search(value)
+    """Copy is served as it is stored, into a page whose text it must leave as it is."""
+    found = _REFUSED_FORMATTING.search(value)
     if found:
         raise ValueError(
             f"must not contain the invisible formatting character U+{ord(found.group()):04X} "
-            "(bidi controls, zero-width spaces and byte-order marks change or hide what is shown)"
+            "(bidi overrides, zero-width spaces, byte-order marks and the deprecated U+206A-U+206F "
+            "change or hide what is shown)"
         )
+    problem = _unbalanced_bidi(value)
+    if problem:
+        raise ValueError(f"must close every bidi embedding and isolate it opens: {problem}")
     return value
+
+
+def _unbalanced_bidi(value: str) -> str | None:
+    """What leaves a bidi embedding or isolate in `value` open or closes one it did not open, or
+    None when each opener is closed by its own closer, properly nested."""
+    opened: list[str] = []
+    for character in value:
+        if character in _CLOSER_OF:
+            opened.append(character)
+        elif character in _KIND_CLOSED:
+            kind = _KIND_CLOSED[character]
+            if not any(_CLOSER_OF[opener] == character for opener in opened):
+                return f"U+{ord(character):04X} closes no {kind} opened before it"
+            inner = opened.pop()
+            if _CLOSER_OF[inner] != character:
+                return (
+                    f"U+{ord(inner):04X} is not closed by U+{ord(_CLOSER_OF[inner]):04X} "
+                    f"before U+{ord(character):04X} closes the {kind} around it"
+                )
+    if opened:
+        last = opened[-1]
+        return f"U+{ord(last):04X} is not closed by U+{ord(_CLOSER_OF[last]):04X}"
+    return None
 
 
 def _nfc(value: Any) -> Any:

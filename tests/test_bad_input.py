@@ -348,11 +348,12 @@ def test_control_characters_and_lone_surrogates_are_400_naming_the_field(
     assert body["field"] == field
 
 
-# Bidi controls, the zero-width space and the byte-order mark in copy: served as stored, a U+202E
-# drew the rest of the line backwards on a storefront, not as its reviewer read it.
+# Bidi controls, the zero-width space, the byte-order mark and the deprecated shaping controls in
+# copy: served as stored, a U+202E drew the rest of the line backwards on a storefront, not as its
+# reviewer read it. An embedding or isolate is refused here only for being left open or stray.
 INVISIBLE_FORMATTING = [
     *map(chr, range(0x202A, 0x202F)),
-    *map(chr, range(0x2066, 0x206A)),
+    *map(chr, range(0x2066, 0x2070)),
     "\u200b",
     "\ufeff",
 ]
@@ -371,6 +372,52 @@ def test_invisible_formatting_in_copy_is_400_naming_the_field(
     response = api.patch(f"/v1/variants/{variant_id}", json={"text": f"Boil {char}faster"})
     assert _assert_json_error(response, 400, "invalid")["field"] == "text"
     assert _snapshot(session) == before
+
+
+# An English name set apart in Arabic copy, as W3C recommends and a CMS writes it: refused, these
+# were a 400 that the same copy pasted from the CMS had not been before.
+BALANCED_BIDI = {
+    "isolate": "جرّب \u2066Aurora kettle\u2069 اليوم",
+    "first-strong-isolate": "Meet the \u2068أورورا\u2069 kettle",  # noqa: RUF001
+    "embedding": "الغلاية \u202aAurora\u202c الجديدة",
+    "nested": "Aurora \u202bعربي \u2066English\u2069 \u202aand\u202c\u202c kettle",
+}
+
+
+@pytest.mark.parametrize("text", list(BALANCED_BIDI.values()), ids=list(BALANCED_BIDI))
+def test_balanced_bidi_embeddings_and_isolates_in_copy_are_stored_verbatim(
+    api: Any, experiment: dict[str, Any], text: str
+) -> None:
+    created = api.add_variant(experiment["id"], "tea-lovers", text)
+    assert created["text"] == text
+    shown = api.get(f"/v1/experiments/{experiment['id']}").get_json()
+    assert {v["id"]: v["text"] for v in shown["segments"][0]["variants"]}[created["id"]] == text
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("Aurora \u2067kettle", "U+2067 is not closed by U+2069"),
+        ("Aurora \u202bkettle", "U+202B is not closed by U+202C"),
+        ("Aurora kettle\u2069", "U+2069 closes no isolate opened before it"),
+        ("\u2066Aurora\u202c kettle\u2069", "U+202C closes no embedding opened before it"),
+        (
+            "\u202b\u2066Aurora\u202c kettle\u2069",
+            "U+2066 is not closed by U+2069 before U+202C closes the embedding around it",
+        ),
+        ("\u202bAurora\u202c\u202c kettle", "U+202C closes no embedding opened before it"),
+    ],
+    ids=["open-isolate", "open-embedding", "stray-pdi", "pdf-for-isolate", "crossed", "extra-pdf"],
+)
+def test_unbalanced_bidi_embeddings_and_isolates_in_copy_are_400_saying_which(
+    raw: Raw, text: str, problem: str
+) -> None:
+    path, make_body, field = VARIANT_TEXT
+    body = raw.refused(path, json.dumps(make_body(text)), 400, "invalid")
+    assert body["field"] == field, body
+    assert body["message"].endswith(
+        f"must close every bidi embedding and isolate it opens: {problem}"
+    ), body
 
 
 @pytest.mark.parametrize(
