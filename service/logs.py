@@ -11,6 +11,10 @@ import logging
 from datetime import UTC, datetime
 
 FORMATS = ("text", "json")
+# As gunicorn writes its own lines beside them under `serve`: BASIC_FORMAT's had no time, so a
+# scheduler warning could not be placed among the access lines around it.
+TEXT_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
+TEXT_DATE_FORMAT = "[%Y-%m-%d %H:%M:%S %z]"
 
 
 class JsonLines(logging.Formatter):
@@ -27,7 +31,7 @@ class JsonLines(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure(level: str, log_format: str, *, text_format: str = logging.BASIC_FORMAT) -> None:
+def configure(level: str, log_format: str, *, text_format: str = TEXT_FORMAT) -> None:
     """Idempotent: a second app in the same process (tests) does not add handlers."""
     root = logging.getLogger()
     root.setLevel(level)
@@ -41,4 +45,4 @@ def configure(level: str, log_format: str, *, text_format: str = logging.BASIC_F
             root.addHandler(handler)
         handler.setFormatter(JsonLines())
     else:
-        logging.basicConfig(level=level, format=text_format)
+        logging.basicConfig(level=level, format=text_format, datefmt=TEXT_DATE_FORMAT)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import subprocess
 import sys
 from typing import Any
 
@@ -24,6 +26,24 @@ def test_json_lines_carry_time_level_logger_message_and_exception() -> None:
     assert entry["level"] == "error" and entry["logger"] == "service.x"
     assert entry["message"] == "failed for slot 7"
     assert "ValueError: boom" in entry["exception"] and entry["time"].endswith("+00:00")
+
+
+def test_text_lines_carry_the_time_and_process_as_gunicorns_do() -> None:
+    # In a process of its own: basicConfig does nothing where pytest's handlers are set up.
+    logged = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import logging; from service import logs; logs.configure('INFO', 'text');"
+            " logging.getLogger('service.x').warning('slot %s skipped', 7)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stderr
+    # It was "WARNING:service.x:slot 7 skipped", with no time beside gunicorn's stamped lines.
+    stamp = r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}\] \[\d+\]"
+    assert re.fullmatch(rf"{stamp} \[WARNING\] service\.x: slot 7 skipped\n", logged), logged
 
 
 def test_requests_never_log_the_user_id_or_the_key(
