@@ -517,6 +517,13 @@ def test_simulate_refuses_bad_arguments_before_simulating(tmp_path: Path) -> Non
             else {}
         ),
         "no policy": (["--policies", " , "], 2, "name at least one policy"),
+        # Both were refused once "simulating" was drawn and --out made, with exit 1.
+        "unknown policy": (
+            ["--policies", "thompson,bogus", "--out", str(tmp_path / "unmade")],
+            2,
+            "unknown policy 'bogus'; choose from ",
+        ),
+        "policy twice": (["--policies", "uniform,uniform"], 2, "named more than once: uniform"),
         "bad scenario": (["--scenario", str(bad_scenario)], 1, f"scenario {bad_scenario}"),
         # These were tried, and ended in a connection error.
         **{
@@ -538,6 +545,7 @@ def test_simulate_refuses_bad_arguments_before_simulating(tmp_path: Path) -> Non
         assert result.exit_code == exit_code, (name, result.output)
         assert says in result.output and "Traceback" not in result.output, (name, result.output)
         assert "simulating" not in result.output, name
+    assert not (tmp_path / "unmade").exists()
 
 
 def test_simulate_refuses_the_options_its_mode_does_not_read(
