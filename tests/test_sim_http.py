@@ -6,6 +6,7 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
@@ -16,6 +17,18 @@ from click.testing import CliRunner
 from bandits.worlds import load_scenario
 from service.cli import SCENARIOS, main
 from service.sim_http import _Client, drive
+
+
+@contextmanager
+def _serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A server of `handler` on a free loopback port, for the block; its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 class _Flaky(BaseHTTPRequestHandler):
@@ -58,12 +71,8 @@ class _Flaky(BaseHTTPRequestHandler):
 @pytest.fixture
 def flaky() -> Iterator[str]:
     _Flaky.decisions = 0
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with _serving(_Flaky) as url:
+        yield url
 
 
 def test_answers_that_are_not_json_and_refused_conversions_are_counted_not_lost(
@@ -118,12 +127,8 @@ class _OneSegment(BaseHTTPRequestHandler):
 @pytest.fixture
 def one_segment() -> Iterator[str]:
     _OneSegment.readable = True
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _OneSegment)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with _serving(_OneSegment) as url:
+        yield url
 
 
 def test_an_experiment_without_the_scenarios_segments_is_refused(one_segment: str) -> None:
@@ -177,12 +182,8 @@ class _Refuses(BaseHTTPRequestHandler):
 @pytest.fixture
 def refuses() -> Iterator[str]:
     _Refuses.read_status = 401
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Refuses)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with _serving(_Refuses) as url:
+        yield url
 
 
 @pytest.mark.parametrize("status", [401, 404])
@@ -217,15 +218,9 @@ def test_an_experiment_a_serve_key_cannot_read_is_checked_by_the_first_decision(
     tmp_path: Path,
 ) -> None:
     _NoExperiment.decisions = 0
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _NoExperiment)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    arguments = ["--http", url, "--key", "k", "--experiment", "99", "--impressions", "50"]
-    try:
+    with _serving(_NoExperiment) as url:
+        arguments = ["--http", url, "--key", "k", "--experiment", "99", "--impressions", "50"]
         result = CliRunner().invoke(main, ["simulate", *arguments, "--out", str(tmp_path)])
-    finally:
-        server.shutdown()
-        server.server_close()
 
     # Before, the 403 let the run go ahead, and all 50 decisions failed with 404.
     assert result.exit_code == 1, result.output
@@ -257,12 +252,8 @@ class _ServeKey(_Refuses):
 @pytest.fixture
 def serve_key() -> Iterator[str]:
     _ServeKey.answer, _ServeKey.decisions = (503, {"error": "unavailable"}), 0
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ServeKey)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with _serving(_ServeKey) as url:
+        yield url
 
 
 def test_a_run_without_one_decision_reports_no_latency_or_regret_and_fails(
@@ -369,12 +360,8 @@ class _Recording(_Refuses):
 @pytest.fixture
 def recording() -> Iterator[str]:
     _Recording.seen = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recording)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with _serving(_Recording) as url:
+        yield url
 
 
 def test_the_key_may_come_from_the_environment_and_the_urls_path_prefixes_every_request(
@@ -409,8 +396,6 @@ class _NotTheApi(_Refuses):
 
 
 def test_a_url_that_is_not_the_api_stops_the_run_saying_so(tmp_path: Path) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _NotTheApi)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     listener = socket.create_server(("127.0.0.1", 0))
 
     def not_http() -> None:  # an SSH server, say
@@ -421,31 +406,29 @@ def test_a_url_that_is_not_the_api_stops_the_run_saying_so(tmp_path: Path) -> No
 
     thread = threading.Thread(target=not_http)
     thread.start()
-    html_url = f"http://127.0.0.1:{server.server_address[1]}"
     other_url = f"http://127.0.0.1:{listener.getsockname()[1]}"
     try:
-        results = [
-            CliRunner().invoke(
-                main,
-                [
-                    "simulate",
-                    "--http",
-                    url,
-                    "--key",
-                    "k",
-                    "--experiment",
-                    "1",
-                    "--out",
-                    str(tmp_path),
-                ],
-            )
-            for url in (html_url, other_url)
-        ]
+        with _serving(_NotTheApi) as html_url:
+            results = [
+                CliRunner().invoke(
+                    main,
+                    [
+                        "simulate",
+                        "--http",
+                        url,
+                        "--key",
+                        "k",
+                        "--experiment",
+                        "1",
+                        "--out",
+                        str(tmp_path),
+                    ],
+                )
+                for url in (html_url, other_url)
+            ]
     finally:
         thread.join(timeout=10)
         listener.close()
-        server.shutdown()
-        server.server_close()
 
     html, other = results
     # Before: "HTTP simulation failed: Expecting value: line 1 column 1 (char 0)".
@@ -471,17 +454,10 @@ class _OtherJson(_Refuses):
 @pytest.mark.parametrize("body", [{"status": "ok"}, [1, 2], {"segments": "all"}])
 def test_json_that_is_not_an_experiment_stops_the_run_saying_so(body: Any) -> None:
     _OtherJson.body = body
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _OtherJson)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
     world = load_scenario(SCENARIOS / "default.json")
-    try:
-        # Before, a KeyError or TypeError traceback: only OSError and ValueError are reported.
-        with pytest.raises(ValueError) as caught:
-            drive(world, base_url=url, key="k", experiment_id=1, impressions=10, clients=1)
-    finally:
-        server.shutdown()
-        server.server_close()
+    # Before, a KeyError or TypeError traceback: only OSError and ValueError are reported.
+    with _serving(_OtherJson) as url, pytest.raises(ValueError) as caught:
+        drive(world, base_url=url, key="k", experiment_id=1, impressions=10, clients=1)
 
     assert str(caught.value) == (
         "GET /v1/experiments/1 answered 200 with JSON that is not an experiment: "
