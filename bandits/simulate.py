@@ -37,6 +37,7 @@ __all__ = [
     "ThompsonInformed",
     "Trace",
     "UniformAB",
+    "check_policy_names",
     "compare",
     "lai_robbins_bound",
     "lai_robbins_constant",
@@ -340,6 +341,16 @@ def _policy_factory(policy_name: str) -> Callable[..., Policy]:
         ) from None
 
 
+def check_policy_names(names: Sequence[str]) -> None:
+    """ValueError unless each name is a policy of POLICIES, named once: the summary has one row
+    per name, so a policy named twice ran twice and showed once."""
+    for name in names:
+        _policy_factory(name)
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"name each policy once; named more than once: {', '.join(repeated)}")
+
+
 def simulate(
     world: World,
     policy_name: str,
@@ -558,12 +569,7 @@ def compare(
         that declared a winner (None where none did).
     """
     names = list(policies)
-    for name in names:
-        _policy_factory(name)
-    # The summary has one row per name: a policy named twice ran twice and showed once.
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise ValueError(f"name each policy once; named more than once: {', '.join(repeated)}")
+    check_policy_names(names)
     total = require_count("impressions", world.impressions if impressions is None else impressions)
     size = require_count("batch", world.batch if batch is None else batch)
     count = len(seeds) if isinstance(seeds, Sequence) else world.seeds if seeds is None else seeds

@@ -590,7 +590,7 @@ def simulate(
 
     Each mode reads --scenario, --impressions and --out, and only its own options besides (the
     help of each says its mode); another mode's option is refused."""
-    from bandits.simulate import POLICIES, compare
+    from bandits.simulate import check_policy_names, compare
     from bandits.worlds import load_scenario
     from service.sim_report import table, write_outputs
 
@@ -603,18 +603,10 @@ def simulate(
         raise click.BadParameter("name at least one policy", param_hint="--policies")
     # Here, before the scenario, --out and the progress bar: compare() refused them only after
     # "simulating" had been drawn and the folder made, and exited 1 where a bad option exits 2.
-    unknown = [name for name in names if name not in POLICIES]
-    if unknown:
-        raise click.BadParameter(
-            f"unknown policy {unknown[0]!r}; choose from {', '.join(POLICIES)}",
-            param_hint="--policies",
-        )
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise click.BadParameter(
-            f"name each policy once; named more than once: {', '.join(repeated)}",
-            param_hint="--policies",
-        )
+    try:
+        check_policy_names(names)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--policies") from None
     try:
         world = load_scenario(scenario)
     except ValueError as exc:
