@@ -33,6 +33,10 @@ HTTP_CODES = {
     500: "internal",
     501: "not_implemented",
 }
+# The part of the request a refusal by status alone is about: an address no route has, a method it
+# does not take, a body over the size limit (werkzeug's), a request line or header too long
+# (gunicorn's, service/gunicorn.py). Clients branch on `field` as they do for every other 4xx.
+FIELDS_AT_FAULT = {404: "url", 405: "method", 413: "body", 414: "url", 431: "headers"}
 
 
 # Seconds a 503's client is told to wait (Retry-After): the pool replaces a dropped connection at
@@ -141,12 +145,6 @@ def in_words(error: ErrorDetails) -> str:
     return error["msg"].removeprefix("Value error, ")
 
 
-# The part of the request a refusal werkzeug raises is about: an address no route has, a method
-# the address does not take, a body over the size limit. Clients branch on `field` as they do for
-# every other 4xx.
-_FIELDS_AT_FAULT = {404: "url", 405: "method", 413: "body"}
-
-
 def http_error(exc: HTTPException) -> Response:
     # abort(response) from the validation layer carries a ready response; pass it through.
     if exc.response is not None:
@@ -156,7 +154,7 @@ def http_error(exc: HTTPException) -> Response:
         status,
         HTTP_CODES.get(status, "error"),
         _in_words(exc, status),
-        _FIELDS_AT_FAULT.get(status),
+        FIELDS_AT_FAULT.get(status),
     )
     return with_allow_header(response, exc)
 

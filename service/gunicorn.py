@@ -16,7 +16,7 @@ from gunicorn import glogging, util
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers import sync
 
-from service.errors import HTTP_CODES
+from service.errors import FIELDS_AT_FAULT, HTTP_CODES
 from service.logs import JsonLines
 
 
@@ -72,15 +72,11 @@ class _ClosesOnceAnswered(socket.socket):
         return data
 
 
-# The part of the request gunicorn refused before the app saw it, where one part is at fault.
-_FIELDS_AT_FAULT = {414: "url", 431: "headers"}
-
-
 def _write_json_error(sock: socket.socket, status: int, reason: str, message: str) -> None:
     """gunicorn's util.write_error, in the API's error shape instead of an HTML page."""
     error: dict[str, Any] = {"error": HTTP_CODES.get(status, "error"), "message": message or reason}
-    if status in _FIELDS_AT_FAULT:
-        error["field"] = _FIELDS_AT_FAULT[status]
+    if status in FIELDS_AT_FAULT:
+        error["field"] = FIELDS_AT_FAULT[status]
     body = json.dumps(error).encode()
     head = (
         f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
