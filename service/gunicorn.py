@@ -6,6 +6,7 @@ import gc
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 from collections.abc import Iterator
@@ -14,16 +15,54 @@ from typing import Any
 
 from gunicorn import glogging, util
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 from gunicorn.workers import sync
 
 from service.errors import FIELDS_AT_FAULT, HTTP_CODES
 from service.logs import JsonLines
+
+# The signals a worker installs handlers for: how the master (and a terminal's Ctrl-C, sent to
+# the whole process group) tells a worker to stop.
+_WORKER_SIGNALS = {
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGABRT,
+    signal.SIGUSR1,
+    signal.SIGWINCH,
+}
+
+
+class _Arbiter(Arbiter):
+    """gunicorn's master, but a signal sent to a worker before it installs its handlers waits
+    for them instead of being lost.
+
+    A new worker runs the master's handlers until its own are in place, and the master's only
+    queue a signal in the worker's copy of the master's state. A SIGTERM that came then (the
+    server stopped just as its last worker forked) was dropped, and the master waited out its
+    whole graceful timeout, 30 s, for a worker that never heard it.
+    """
+
+    def spawn_worker(self) -> int:
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _WORKER_SIGNALS)
+        try:
+            # The child leaves this call only by exiting; SyncWorker.init_signals unblocks them.
+            return super().spawn_worker()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 class _Server(BaseApplication):
     def __init__(self, options: dict[str, Any]) -> None:
         self._options = options
         super().__init__()
+
+    def run(self) -> None:
+        try:
+            _Arbiter(self).run()
+        except RuntimeError as error:  # as BaseApplication.run reports a bad configuration
+            print(f"\nError: {error}\n", file=sys.stderr)
+            sys.exit(1)
 
     def load_config(self) -> None:
         for key, value in self._options.items():
@@ -101,6 +140,11 @@ def _errors_written_as_json() -> Iterator[None]:
 class SyncWorker(sync.SyncWorker):
     """gunicorn's sync worker, but a connection is closed without waiting on an idle client,
     and a request gunicorn itself refuses is answered in JSON, as the app answers every error."""
+
+    def init_signals(self) -> None:
+        super().init_signals()
+        # Held since the fork (_Arbiter.spawn_worker): one that came meanwhile is handled now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _WORKER_SIGNALS)
 
     def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
         adopted = _ClosesOnceAnswered(client.family, client.type, client.proto, client.detach())

@@ -147,6 +147,44 @@ def test_a_request_gunicorn_cannot_parse_is_refused_in_json(server: tuple[str, s
         assert refusal["message"]
 
 
+# A worker that takes its time between the fork and installing its own signal handlers, as one
+# does on a loaded machine: the stop below comes inside that window every time.
+_SLOW_WORKER_START = """
+import sys, time
+from service.gunicorn import run
+run({
+    "bind": sys.argv[1],
+    "workers": 1,
+    "worker_class": "service.gunicorn.SyncWorker",
+    "control_socket_disable": True,
+    "graceful_timeout": 120,
+    "post_fork": lambda _server, _worker: time.sleep(2),
+})
+"""
+
+
+def test_a_server_stopped_while_a_worker_starts_stops_at_once(tmp_path: Path) -> None:
+    env = {**os.environ, "COPYBANDIT_DATABASE_URL": f"sqlite:///{tmp_path}/serve.db"}
+    subprocess.run([BIN / "copybandit", "init", "--no-demo-history"], env=env, check=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_WORKER_START, f"127.0.0.1:{free_port()}"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        for line in process.stdout:  # type: ignore[union-attr]
+            if "Booting worker" in line:
+                break
+        process.send_signal(signal.SIGTERM)
+        # The worker lost the signal, and the master waited out its 120 s graceful timeout.
+        assert process.wait(timeout=30) == 0
+    finally:
+        process.kill()
+        process.wait()
+
+
 def test_flask_cli_finds_the_app_factory(tmp_path: Path) -> None:
     env = {**os.environ, "COPYBANDIT_DATABASE_URL": f"sqlite:///{tmp_path}/flask.db"}
     routes = subprocess.run(
