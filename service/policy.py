@@ -76,7 +76,9 @@ class LifecyclePolicy(BaseModel):
     def _bounds(self, info: ValidationInfo) -> LifecyclePolicy:
         if self.max_active < self.target_active:
             # A change to target_active alone is at fault there: the client sent no max_active.
-            sent = (info.context or {}).get("sent", set())
+            # A PATCH names what it sent (the stored fields are merged in); a policy given whole,
+            # at creation, sent the fields it has.
+            sent = (info.context or {}).get("sent", self.model_fields_set)
             if "target_active" in sent and "max_active" not in sent:
                 raise at_fault("target_active", f"must be <= max_active ({self.max_active})")
             raise at_fault("max_active", "must be >= target_active")

@@ -577,20 +577,42 @@ def test_a_policy_patch_is_judged_merged_with_the_stored_policy(
     assert api.get(f"/v1/experiments/{experiment['id']}").get_json()["policy"] == expected
 
 
-def test_a_policy_given_at_creation_names_the_field_at_fault(api: Any) -> None:
+@pytest.mark.parametrize(
+    ("policy", "refused"),
+    [
+        pytest.param(
+            {"target_active": 5, "max_active": 3},
+            ("policy.max_active", "policy.max_active: must be >= target_active"),
+            id="both-sent",
+        ),
+        # It named max_active, which the client had not sent, as a PATCH of the same change no
+        # longer did.
+        pytest.param(
+            {"target_active": 9},
+            ("policy.target_active", "policy.target_active: must be <= max_active (8)"),
+            id="target-above-default-max",
+        ),
+        pytest.param(
+            {"max_active": 3},
+            ("policy.max_active", "policy.max_active: must be >= target_active"),
+            id="max-below-default-target",
+        ),
+    ],
+)
+def test_a_policy_given_at_creation_names_the_field_at_fault(
+    api: Any, policy: dict[str, Any], refused: tuple[str, str]
+) -> None:
     body = {
         "name": "Bounds",
         "product": {"name": "Kettle", "description": "A kettle."},
         "segments": [{"key": "all", "description": "Everyone."}],
-        "policy": {"target_active": 5, "max_active": 3},
+        "policy": policy,
     }
     response = api.post("/v1/experiments", json=body)
     assert response.status_code == 400
     error = response.get_json()
-    assert (error["field"], error["message"]) == (
-        "policy.max_active",
-        "policy.max_active: must be >= target_active",
-    )
+    assert (error["field"], error["message"]) == refused
+    assert api.get("/v1/experiments").get_json()["experiments"] == []
 
 
 # --- failures -----------------------------------------------------------------------------------
