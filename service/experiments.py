@@ -128,7 +128,10 @@ def add_variant(*, session: Session, experiment_id: int, variant_create: Variant
         lock_row(session, segment)
         if _has_control(session, segment.id):  # type: ignore[arg-type]
             session.rollback()
-            raise Conflict(f"segment {segment.key!r} already has a control variant", field="origin")
+            raise Conflict(
+                f"segment {segment.key!r} already has a control variant; retire it to add another",
+                field="origin",
+            )
     variant = Variant(
         experiment_id=experiment_id,
         segment_id=segment.id,  # type: ignore[arg-type]
@@ -188,8 +191,12 @@ def _undo_discounting(session: Session, experiment_id: int) -> None:
 
 
 def _has_control(session: Session, segment_id: int) -> bool:
+    """A live control (active or paused): a retired one never comes back, and counting it left
+    the segment without a guardrail for good, refusing every new control."""
     query = select(Variant.id).where(
-        Variant.segment_id == segment_id, Variant.origin == Origin.CONTROL
+        Variant.segment_id == segment_id,
+        Variant.origin == Origin.CONTROL,
+        Variant.status != VariantStatus.RETIRED,
     )
     return session.exec(query).first() is not None
 

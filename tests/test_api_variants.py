@@ -112,6 +112,23 @@ def test_control_in_another_segment_is_allowed(api: Any) -> None:
     assert variant["origin"] == "control"
 
 
+def test_a_retired_control_can_be_replaced_and_a_paused_one_cannot(api: Any) -> None:
+    created = api.create_experiment()
+    api.add_variant(created["id"], "tea-lovers", "Copy that stays on air.")
+    first = api.add_variant(created["id"], "tea-lovers", "The old control.", origin="control")
+    _set_status(api, first["id"], "retired")
+
+    second = api.add_variant(created["id"], "tea-lovers", "The new control.", origin="control")
+    _set_status(api, second["id"], "paused")
+    third = api.post(
+        _variants_url(created["id"]),
+        json={"segment": "tea-lovers", "text": "A third control.", "origin": "control"},
+    )
+
+    assert (second["origin"], second["status"]) == ("control", "active")
+    _assert_error(third, 409, "origin")
+
+
 @pytest.mark.parametrize(
     ("path_id", "body", "status", "field"),
     [

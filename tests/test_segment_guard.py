@@ -213,7 +213,10 @@ def test_two_controls_added_at_once_make_one_control(
     other.join(timeout=60)
     elsewhere.dispose()
 
-    assert sorted(outcomes) == ["added", "segment 'busy-parents' already has a control variant"]
+    assert sorted(outcomes) == [
+        "added",
+        "segment 'busy-parents' already has a control variant; retire it to add another",
+    ]
     controls = session.exec(
         select(Variant.id).where(Variant.experiment_id == fresh["id"], Variant.origin == "control")
     ).all()
