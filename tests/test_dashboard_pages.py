@@ -819,6 +819,36 @@ def test_every_form_needs_the_csrf_token(
     assert stored(app) != before
 
 
+def test_a_form_from_before_signing_in_again_shows_what_was_typed(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """Signing in again (in another tab) gives the session a new CSRF token, so a form drawn before
+    is refused. Reloading its page, as the refusal says to, empties it: the refusal shows the
+    text, as it does when the sign-in ran out."""
+    stale = dash.token
+    again = dash.post("/dashboard/sign-in", {"email": EMAIL, "password": PASSWORD})
+    assert again.status_code == 303 and dash.token != stale
+    before = stored(app)
+    form = {**experiment_form(product_description=XSS), "csrf_token": stale}
+    response = dash.client.post(
+        "/dashboard/experiments/new", data=form, headers={"Sec-Fetch-Site": "same-origin"}
+    )
+    assert response.status_code == 400
+    assert error_text(response) == "this form has expired; reload the page and try again"
+    html = response.get_data(as_text=True)
+    unsaved = texts(html, "label", class_="unsaved")
+    assert f"Product description, not saved: {XSS}" in unsaved
+    assert "Segments, not saved: " + " ".join(experiment_form()["segments"].split()) in unsaved
+    assert ESCAPED in html and XSS not in html
+    assert stored(app) == before
+    # As for a form posted while signed out, another site's words are not shown.
+    response = dash.client.post(
+        "/dashboard/experiments/new", data=form, headers={"Sec-Fetch-Site": "cross-site"}
+    )
+    assert response.status_code == 400
+    assert texts(response.get_data(as_text=True), "textarea", data_testid="unsaved") == []
+
+
 def test_a_token_from_another_session_is_refused(
     app: Any, dash: Dashboard, experiment: dict[str, Any], session: Session
 ) -> None:
@@ -1537,6 +1567,29 @@ def test_add_variant_with_bad_input_changes_nothing(
     assert response.status_code == status
     if field is not None:
         assert error_text(response).startswith(f"{field}:"), error_text(response)
+    assert stored(app) == before
+
+
+@pytest.mark.parametrize(
+    ("path", "segment"),
+    [("experiments/{eid}/variants", "tea-lovers"), ("variants/{pending}/edit", None)],
+    ids=["add copy", "edit"],
+)
+def test_copy_refused_for_its_text_is_shown_back_to_copy(
+    app: Any, dash: Dashboard, experiment: dict[str, Any], path: str, segment: str | None
+) -> None:
+    """Copy refused for what it holds (a bidi isolate left open, pasted from a CMS) is not lost:
+    the error page's "Go back" link finds the form empty."""
+    eid = experiment["id"]
+    pending = add_pending(app, eid, "tea-lovers", GOOD[0])
+    typed = "<b>Tea</b> at the right \u2067temperature, every morning"
+    before = stored(app)
+    data = {"text": typed, **({"segment": segment} if segment else {})}
+    response = dash.post("/dashboard/" + path.format(eid=eid, pending=pending), data)
+    assert response.status_code == 400
+    assert error_text(response).startswith("text: must close every bidi embedding")
+    assert texts(response.get_data(as_text=True), "textarea", data_testid="unsaved") == [typed]
+    assert "&lt;b&gt;Tea&lt;/b&gt;" in response.get_data(as_text=True)
     assert stored(app) == before
 
 

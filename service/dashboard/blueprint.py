@@ -6,12 +6,12 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
-from flask import Blueprint, current_app, render_template, url_for
+from flask import Blueprint, current_app, render_template, request, url_for
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
 from service import db
-from service.dashboard.session_auth import csrf_token, page_came_from, protect
+from service.dashboard.session_auth import csrf_token, page_came_from, protect, typed_fields
 from service.errors import APIError, InvalidInput, first_problem
 from service.models import MAX_DB_ID
 
@@ -76,7 +76,13 @@ def _came_from() -> str:
 @bp.errorhandler(APIError)
 def _api_error(exc: APIError) -> tuple[str, int]:
     db.session().rollback()
-    return render_template("error.html", status=exc.status, message=exc.message), exc.status
+    # A refused form shows what was typed into it: the "Go back" link, and reloading the form's
+    # page, find it empty. Its CSRF token passed, so the text is the marketer's own.
+    typed = typed_fields() if request.method == "POST" else []
+    page = render_template(
+        "error.html", status=exc.status, message=exc.message, unsaved_fields=typed
+    )
+    return page, exc.status
 
 
 @bp.errorhandler(HTTPException)

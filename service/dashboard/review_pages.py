@@ -130,9 +130,8 @@ def change_status(variant_id: int) -> Response:
 
 
 @bp.post("/variants/<id:variant_id>/edit")
-def edit_and_approve(variant_id: int) -> Response | tuple[str, int]:
-    typed = request.form.get("text", "")
-    patch = validated(VariantPatch, {"text": typed})
+def edit_and_approve(variant_id: int) -> Response:
+    patch = validated(VariantPatch, {"text": request.form.get("text", "")})
     assert patch.text is not None  # VariantPatch was given only text
     approve = ACTIONS["approve"]
     try:
@@ -143,14 +142,11 @@ def edit_and_approve(variant_id: int) -> Response | tuple[str, int]:
             reason=_reason(approve, note="after editing"),
         )
     except StatusMoved as moved:
-        # The edit was not stored; the refusal shows it so the marketer can copy it elsewhere.
-        page = render_template(
-            "error.html",
-            status=moved.status,
-            message=_moved_on(variant_id, approve, moved.current),
-            unsaved_fields=[("Your edit", typed)],
-        )
-        return page, moved.status
+        # The edit was not stored; the error page shows it, as any refused form's text, so the
+        # marketer can copy it elsewhere.
+        raise StatusMoved(
+            _moved_on(variant_id, approve, moved.current), current=moved.current
+        ) from None
     invalidate_snapshot(variant.experiment_id)
     flash(f"Variant #{variant.id} edited and approved.")
     return _return(variant.experiment_id)

@@ -13,7 +13,6 @@ from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
-    abort,
     current_app,
     g,
     redirect,
@@ -120,7 +119,7 @@ def protect(bp: Blueprint) -> None:
             if not isinstance(expected, str) or not hmac.compare_digest(
                 sent.encode(), expected.encode()
             ):
-                abort(400, "this form has expired; reload the page and try again")
+                return _expired_form()
         return None
 
     bp.after_request(page_headers)
@@ -132,18 +131,37 @@ def _signed_out_form() -> tuple[str, int]:
     signing in finds it empty."""
     # SameSite=Lax leaves the cookie off every cross-site POST, so another site's form lands here
     # as "signed out": showing its text would put that site's words on the dashboard's page.
-    typed = _typed_fields() if _same_origin() else []
     page = render_template(
         "error.html",
         status=401,
         message="Your sign-in ran out; nothing was saved. Copy what you typed, then sign in again.",
-        unsaved_fields=typed,
+        unsaved_fields=typed_back(),
         sign_in_url=url_for("dashboard.sign_in", next=_form_page()),
     )
     return page, 401
 
 
-def _typed_fields() -> list[tuple[str, str]]:
+def _expired_form() -> tuple[str, int]:
+    """The form's CSRF token is not this session's: signing in again (in another tab, say) made a
+    new one after the page was drawn. Nothing is stored, and, as for a sign-in that ran out, the
+    page shows what was typed: reloading the form's page, as it says to, empties the form."""
+    page = render_template(
+        "error.html",
+        status=400,
+        message="this form has expired; reload the page and try again",
+        unsaved_fields=typed_back(),
+    )
+    return page, 400
+
+
+def typed_back() -> list[tuple[str, str]]:
+    """The boxes a marketer typed into, to show on the page that refuses their form; none for a
+    form the browser does not say came from the dashboard, whose words are not ours to show."""
+    return typed_fields() if _same_origin() else []
+
+
+def typed_fields() -> list[tuple[str, str]]:
+    """What was typed into the form's boxes, under their labels."""
     return [
         (label, value)
         for name, label in _TYPED_FIELDS.items()
