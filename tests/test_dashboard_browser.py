@@ -342,6 +342,21 @@ def test_wrong_password_shows_an_error_and_stays_on_sign_in(guest: Page) -> None
     assert path_of(page).startswith("/dashboard/sign-in")
 
 
+@pytest.mark.parametrize("email", ["zoë@example.com", "ana@müller.example"])
+def test_an_account_with_a_non_ascii_address_can_sign_in(
+    guest: Page, site: Site, email: str
+) -> None:
+    """`users create` takes any address with an @: Chromium's <input type=email> refused to send
+    a non-ASCII name before the @, and sent a non-ASCII domain as punycode (xn--...), which named
+    no account: "Wrong email or password." either way."""
+    with site.session() as session:
+        create_marketer(session=session, email=email, password=PASSWORD)
+    page = guest
+    sign_in(page, email=email)
+    expect(page.locator("header .who")).to_have_text(email)
+    assert path_of(page) == "/dashboard/"
+
+
 def test_sign_in_lists_experiments_and_opens_one(guest: Page, site: Site) -> None:
     page = guest
     page.goto("/")
