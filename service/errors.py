@@ -99,6 +99,11 @@ class ServiceUnavailable(APIError):
     code = "unavailable"
 
 
+class InternalError(APIError):
+    status = 500
+    code = "internal"
+
+
 def error_response(status: int, code: str, message: str, field: str | None = None) -> Response:
     body: dict[str, Any] = {"error": code, "message": message}
     if field is not None:
@@ -192,18 +197,27 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(sa.exc.DBAPIError)
     def _database_error(exc: sa.exc.DBAPIError) -> Response:
-        db.session().rollback()
-        if db.database_unavailable(exc):
-            # The pool has dropped the dead connection; the client's retry gets a fresh one.
-            log.warning("database unavailable: %s", exc.orig)
-            return error_response(
-                503, "unavailable", "the database is unavailable; retry", field="database"
-            )
-        log.exception("database error")
-        return error_response(500, "internal", "internal error; it has been logged")
+        return _api_error(database_error(exc))
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        log.exception("unhandled error")
-        db.session().rollback()
-        return error_response(500, "internal", "internal error; it has been logged")
+        return _api_error(unexpected_error(exc))
+
+
+def database_error(exc: sa.exc.DBAPIError) -> APIError:
+    """A database failure, logged and rolled back, as the error that answers it: 503 when the
+    database could not be reached or written, else 500."""
+    db.session().rollback()
+    if db.database_unavailable(exc):
+        # The pool has dropped the dead connection; the client's retry gets a fresh one.
+        log.warning("database unavailable: %s", exc.orig)
+        return ServiceUnavailable("the database is unavailable; retry", field="database")
+    log.exception("database error")
+    return InternalError("internal error; it has been logged")
+
+
+def unexpected_error(exc: Exception) -> APIError:
+    """A bug, logged and rolled back, as the 500 that answers it."""
+    log.exception("unhandled error")
+    db.session().rollback()
+    return InternalError("internal error; it has been logged")

@@ -23,7 +23,7 @@ from werkzeug.security import generate_password_hash
 
 from generation.writer import Sample
 from service import experiments, retention
-from service.dashboard import account_pages
+from service.dashboard import account_pages, experiment_pages, session_auth
 from service.dashboard.sign_in_limits import ADDRESS_BURST, EMAIL_BURST, SignInLimits
 from service.marketers import create_marketer, set_password
 from service.models import (
@@ -912,6 +912,56 @@ def test_an_address_the_dashboard_does_not_have_is_an_html_page_with_its_headers
     _assert_strict_headers(response)
     if status == 405:
         assert "GET" in response.headers["Allow"]
+
+
+def test_a_database_that_stays_locked_is_a_page_that_keeps_the_copy_typed(
+    app: Any, dash: Dashboard, experiment: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write lock held past the 10 s wait (a lifecycle pass, a large event batch) got the API's
+    JSON error in the marketer's browser, and the copy they had typed was gone with the page."""
+    locked = app.extensions["copybandit.engine"].dialect.loaded_dbapi.OperationalError(
+        "database is locked"
+    )
+
+    def add_variant(**kwargs: Any) -> Any:
+        raise sa.exc.OperationalError("INSERT INTO variant ...", {}, locked)
+
+    monkeypatch.setattr(experiment_pages, "add_variant", add_variant)
+    before = stored(app)
+    response = dash.post(
+        f"/dashboard/experiments/{experiment['id']}/variants",
+        {"segment": "tea-lovers", "text": XSS},
+    )
+    assert response.status_code == 503 and response.content_type.startswith("text/html")
+    assert response.headers["Retry-After"] == "5"
+    assert error_text(response) == "the database is unavailable; retry"
+    assert texts(response.get_data(as_text=True), "textarea", data_testid="unsaved") == [XSS]
+    _assert_strict_headers(response)
+    assert stored(app) == before
+    # Failing before the form's CSRF token was checked, the text might be any site's: not shown.
+    monkeypatch.setattr(session_auth, "session_owner", add_variant)
+    response = dash.post(
+        f"/dashboard/experiments/{experiment['id']}/variants",
+        {"segment": "tea-lovers", "text": XSS},
+    )
+    assert response.status_code == 503
+    assert texts(response.get_data(as_text=True), "textarea", data_testid="unsaved") == []
+
+
+def test_a_bug_behind_a_page_is_an_html_page(
+    dash: Dashboard, experiment: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def experiment_report(**kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(experiment_pages, "experiment_report", experiment_report)
+    response = dash.get(f"/dashboard/experiments/{experiment['id']}")
+    assert response.status_code == 500 and response.content_type.startswith("text/html")
+    assert error_text(response) == "internal error; it has been logged"
+    assert "a bug" not in response.get_data(as_text=True)
+    _assert_strict_headers(response)
+    # Signed in, the page still has the header's way around.
+    assert "Sign out" in response.get_data(as_text=True)
 
 
 @pytest.mark.parametrize(

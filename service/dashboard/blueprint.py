@@ -6,13 +6,21 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
-from flask import Blueprint, current_app, render_template, request, url_for
+import sqlalchemy as sa
+from flask import Blueprint, current_app, g, render_template, url_for
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
 from service import db
 from service.dashboard.session_auth import csrf_token, page_came_from, protect, typed_fields
-from service.errors import APIError, InvalidInput, first_problem
+from service.errors import (
+    UNAVAILABLE_RETRY_AFTER,
+    APIError,
+    InvalidInput,
+    database_error,
+    first_problem,
+    unexpected_error,
+)
 from service.models import MAX_DB_ID
 
 bp = Blueprint(
@@ -74,15 +82,30 @@ def _came_from() -> str:
 
 
 @bp.errorhandler(APIError)
-def _api_error(exc: APIError) -> tuple[str, int]:
+def _api_error(exc: APIError) -> tuple[str, int, dict[str, str]]:
     db.session().rollback()
     # A refused form shows what was typed into it: the "Go back" link, and reloading the form's
-    # page, find it empty. Its CSRF token passed, so the text is the marketer's own.
-    typed = typed_fields() if request.method == "POST" else []
+    # page, find it empty. Only once its CSRF token passed, so the text is the marketer's own: a
+    # database failure can come before the check.
+    typed = typed_fields() if g.get("form_is_ours") else []
     page = render_template(
         "error.html", status=exc.status, message=exc.message, unsaved_fields=typed
     )
-    return page, exc.status
+    headers = {"Retry-After": UNAVAILABLE_RETRY_AFTER} if exc.status == 503 else {}
+    return page, exc.status, headers
+
+
+# The app's handlers answer these in JSON, which a marketer's browser showed as raw text: a lock
+# held past its wait, a lost database or a bug gets the pages' own error page, the text typed
+# into a form included.
+@bp.errorhandler(sa.exc.DBAPIError)
+def _database_error(exc: sa.exc.DBAPIError) -> tuple[str, int, dict[str, str]]:
+    return _api_error(database_error(exc))
+
+
+@bp.errorhandler(Exception)
+def _unexpected(exc: Exception) -> tuple[str, int, dict[str, str]]:
+    return _api_error(unexpected_error(exc))
 
 
 @bp.errorhandler(HTTPException)

@@ -120,6 +120,7 @@ def protect(bp: Blueprint) -> None:
                 sent.encode(), expected.encode()
             ):
                 return _expired_form()
+            g.form_is_ours = True
         return None
 
     bp.after_request(page_headers)
