@@ -52,7 +52,7 @@ def parse_json_body() -> None:
             field="Content-Type",
             code="unsupported_media_type",
         ).with_status(415)
-    _refuse_an_unsized_body_over_the_limit()
+    refuse_an_unsized_body_over_the_limit()
     try:
         body = request.get_json()  # parsed once here; the validation layer reads the cached result
     except BadRequest as exc:
@@ -78,11 +78,12 @@ def _refuse_a_body_that_is_not_an_object(body: Any) -> None:
     raise InvalidInput(f"the body must be a JSON object, got {got}", field="body")
 
 
-def _refuse_an_unsized_body_over_the_limit() -> None:
+def refuse_an_unsized_body_over_the_limit() -> None:
     """A body sent without Content-Length (chunked) that runs past MAX_CONTENT_LENGTH is a 413.
 
     werkzeug stops reading such a body at the limit without a word, so the first MiB of a
-    larger one would be parsed as if it were the whole body (and stored, had it been valid JSON).
+    larger one would be parsed as if it were the whole body (and stored, had it been valid JSON;
+    a dashboard form's fields past the cut were dropped, and the one it fell in cut short).
     """
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     if request.content_length is not None or limit is None:

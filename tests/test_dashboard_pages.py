@@ -1392,6 +1392,50 @@ def test_new_experiment_form_creates_one(app: Any, dash: Dashboard, session: Ses
     assert created.product_url == "https://shop.example.com/aurora"
 
 
+def _post_chunked(dash: Dashboard, path: str, body: bytes) -> Any:
+    # No Content-Length; the server says it ends the input itself, as gunicorn does.
+    return dash.client.post(
+        path,
+        input_stream=io.BytesIO(body),
+        content_type="application/x-www-form-urlencoded",
+        headers={"Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+
+
+def test_a_chunked_form_over_the_size_limit_is_413_and_stores_nothing(
+    app: Any, dash: Dashboard
+) -> None:
+    """werkzeug reads a body without Content-Length only up to the limit: the form's first MiB
+    was taken as all of it, and an experiment was made with the segments before the cut."""
+    limit = app.config["MAX_CONTENT_LENGTH"]
+    form = experiment_form(segments="")
+    head = "&".join(f"{name}={quote(value)}" for name, value in form.items() if name != "segments")
+    first = "&segments=" + quote("tea-lovers: Brew loose-leaf tea daily.")
+    padding = "&pad=" + "x" * (limit - len(head) - len(first) - len("&csrf_token=") - 100)
+    rest = quote("\nbusy-parents: Need hot water fast.") + "x" * 200
+    body = f"csrf_token={dash.token}&{head}{padding}{first}{rest}".encode()
+    assert len(body) > limit
+    before = stored(app)
+
+    response = _post_chunked(dash, "/dashboard/experiments/new", body)
+
+    assert response.status_code == 413
+    assert stored(app) == before
+
+
+def test_a_chunked_form_under_the_size_limit_is_read_whole(app: Any, dash: Dashboard) -> None:
+    limit = app.config["MAX_CONTENT_LENGTH"]
+    fields = "&".join(f"{name}={quote(value)}" for name, value in experiment_form().items())
+    body = f"csrf_token={dash.token}&pad={'x' * (limit - 1000)}&{fields}".encode()
+    assert len(body) < limit
+
+    response = _post_chunked(dash, "/dashboard/experiments/new", body)
+
+    assert response.status_code == 303
+    assert len(stored(app)["segment"]) == 2
+
+
 def test_the_created_flash_isolates_a_right_to_left_name_from_its_sentence(
     dash: Dashboard,
 ) -> None:

@@ -24,6 +24,7 @@ from flask import (
 from werkzeug.wrappers import Response
 
 from service import db
+from service.jsonbody import refuse_an_unsized_body_over_the_limit
 from service.marketers import close_session, open_session, session_owner
 from service.models import Marketer
 
@@ -97,6 +98,9 @@ def safe_next(target: str | None, default: str) -> str:
 def protect(bp: Blueprint) -> None:
     @bp.before_request
     def _require_sign_in() -> Response | tuple[str, int] | None:
+        if request.method in _FORM_METHODS:
+            # Before anything reads request.form, which would hold only the first MiB of it.
+            refuse_an_unsized_body_over_the_limit()
         if request.endpoint == "dashboard.sign_out" and not isinstance(session.get("token"), str):
             # Signed out already (in another tab, say): the CSRF token went with the session, and
             # there is nothing left for a forged sign-out to end.
