@@ -483,6 +483,18 @@ def test_many_wrong_sign_ins_from_one_address_make_it_wait(
     assert sign_in(client, email="one-more@example.com").status_code == 401
 
 
+def test_a_wrong_sign_in_with_a_huge_email_keeps_no_copy_of_it(
+    app: Any, client: FlaskClient, marketer: Marketer, limits_clock: _Clock
+) -> None:
+    """The limits kept each email typed, whole: anyone could leave a MiB per wrong sign-in in
+    every worker's memory, up to 10,000 of them."""
+    huge = "x" * 500_000 + "@example.com"
+    assert sign_in(client, email=huge).status_code == 401
+
+    by_email = app.extensions["copybandit.sign_in_limits"]._by_email._buckets
+    assert len(by_email) == 1 and all(len(key) <= 64 for key in by_email)
+
+
 def test_an_email_with_a_nul_is_a_wrong_sign_in_and_counts_as_one(
     app: Any, client: FlaskClient, marketer: Marketer, limits_clock: _Clock
 ) -> None:
