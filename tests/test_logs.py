@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import re
 import subprocess
 import sys
+from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from gunicorn.config import Config
 
+from service.gunicorn import Logger
 from service.logs import JsonLines
 
 
@@ -62,3 +67,33 @@ def test_requests_never_log_the_user_id_or_the_key(
     assert user_id not in logged
     for key in api.keys.values():
         assert key not in logged and key.split("_")[-1] not in logged
+
+
+def test_the_access_log_does_not_carry_a_key_sent_as_basic_auth() -> None:
+    """gunicorn logs a Basic Authorization header's user name; `curl -u "$KEY:"` is refused
+    (keys go as Bearer), and its key was written whole into the access log."""
+    key = "cb_0123456789abcdef_" + "s3cret" * 7
+    cfg = Config()
+    cfg.set("accesslog", "-")
+    logger = Logger(cfg)
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logger.access_log.handlers = [handler]
+    basic = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+    environ = {
+        "REMOTE_ADDR": "192.0.2.1",
+        "REQUEST_METHOD": "GET",
+        "RAW_URI": "/v1/experiments",
+        "PATH_INFO": "/v1/experiments",
+        "QUERY_STRING": "",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_AUTHORIZATION": basic,
+    }
+    response = SimpleNamespace(status="401 UNAUTHORIZED", sent=110, headers=[])
+    request = SimpleNamespace(headers=[("AUTHORIZATION", basic)])
+
+    logger.access(response, request, environ, timedelta(milliseconds=1))
+
+    assert len(lines) == 1 and '"GET /v1/experiments HTTP/1.1" 401' in lines[0]
+    assert key not in lines[0] and key.split("_")[-1] not in lines[0]
