@@ -45,7 +45,9 @@ def create_key(*, session: Session, scope: Scope, label: str = "") -> tuple[ApiK
 
 
 def revoke_key(*, session: Session, key_id: str) -> ApiKey:
-    row = session.get(ApiKey, key_id)
+    # As in authenticate: only an id shaped like ours reaches the database (one holding bytes
+    # that are not UTF-8 could not even be sent to it).
+    row = session.get(ApiKey, key_id) if _KEY_ID.fullmatch(key_id) else None
     if row is None:
         raise NotFound(f"no API key with id {key_id!r}", field="key_id")
     if row.revoked_at is None:

@@ -857,6 +857,9 @@ def _alive(pid: int) -> bool:
 
 
 def _label(value: str) -> str:
+    if any("\ud800" <= char <= "\udfff" for char in value):
+        # Bytes the command line could not read as UTF-8: no database driver encodes them.
+        raise click.BadParameter("holds bytes that are not UTF-8", param_hint="--label")
     if len(value) > 200:  # the column's width: PostgreSQL refused a longer one with a traceback
         raise click.BadParameter(f"at most 200 characters, got {len(value)}", param_hint="--label")
     return value

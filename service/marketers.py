@@ -23,8 +23,11 @@ from service.models import Marketer, MarketerSession, utcnow
 
 MIN_PASSWORD_CHARS = 10
 # No control characters: nobody types one into an address, and a NUL is a database error on
-# PostgreSQL.
-_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f-\x9f]{1,64}@[^@\s\x00-\x1f\x7f-\x9f]{1,189}$")
+# PostgreSQL. No lone surrogates either: they are bytes a command line could not read as UTF-8,
+# which no database driver will encode.
+_EMAIL = re.compile(
+    r"^[^@\s\x00-\x1f\x7f-\x9f\ud800-\udfff]{1,64}@[^@\s\x00-\x1f\x7f-\x9f\ud800-\udfff]{1,189}$"
+)
 # Checked against when the email is unknown, so both paths spend the same time hashing.
 _DECOY_HASH = generate_password_hash(secrets.token_urlsafe(16))
 
@@ -37,6 +40,13 @@ def normalize_email(email: str) -> str:
 
 
 def _check_password(password: str) -> None:
+    if any("\ud800" <= char <= "\udfff" for char in password):
+        # Bytes the command line could not read as UTF-8 (a terminal in another encoding): the
+        # hash cannot be computed, and what was typed could not be typed again at sign-in.
+        raise InvalidInput(
+            "password: holds bytes that are not UTF-8; check the terminal's encoding",
+            field="password",
+        )
     if len(password) < MIN_PASSWORD_CHARS:
         raise InvalidInput(
             f"password: must be at least {MIN_PASSWORD_CHARS} characters", field="password"

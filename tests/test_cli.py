@@ -472,6 +472,18 @@ def test_a_sqlite_path_that_cannot_be_made_or_is_not_a_database_is_one_line(
     assert not_a_database.read_text().startswith("hello")
 
 
+def test_key_text_the_command_line_could_not_read_as_utf8_is_refused(database: str) -> None:
+    """Such bytes arrive as lone surrogates, which the database driver cannot encode: a
+    traceback, where every other refusal names what was wrong."""
+    assert run("migrate").exit_code == 0
+    refused = run("keys", "create", "--scope", "serve", "--label", "caf\udce9")
+    assert refused.exit_code == 2 and "--label" in refused.output
+    assert "not UTF-8" in refused.output
+    assert run("keys", "list").output == ""
+    unknown = run("keys", "revoke", "caf\udce9")
+    assert unknown.exit_code == 1 and unknown.output.startswith("Error: no API key with id")
+
+
 def test_a_key_label_longer_than_its_column_is_refused(database: str) -> None:
     assert run("migrate").exit_code == 0
     refused = run("keys", "create", "--scope", "serve", "--label", "x" * 201)

@@ -246,6 +246,13 @@ def test_users_create_refuses_a_password_and_a_generated_one(cli_database: str) 
     [
         (["--email", "mia", "--password", PASSWORD], "email: must look like name@example.com"),
         (["--email", "mia@example.com", "--password", "short"], "at least 10 characters"),
+        # Bytes the command line could not read as UTF-8 (a Latin-1 terminal, a C locale) arrive
+        # as lone surrogates, which no driver or hash encodes: it ended in a traceback.
+        (["--email", "m\udce9a@example.com", "--password", PASSWORD], "email: must look like"),
+        (
+            ["--email", "mia@example.com", "--password", "p\udce4sswort-lang"],
+            "password: holds bytes that are not UTF-8",
+        ),
     ],
 )
 def test_users_create_refuses_bad_input(cli_database: str, args: list[str], message: str) -> None:
@@ -312,6 +319,8 @@ def test_users_set_password_prompts_with_confirmation(cli_database: str) -> None
     [
         ("nobody@example.com", "new one 123", "no marketer with email 'nobody@example.com'"),
         ("mia@example.com", "short", "at least 10 characters"),
+        ("mia@example.com", "p\udce4sswort-lang", "password: holds bytes that are not UTF-8"),
+        ("m\udce9a@example.com", "new one 123", "email: must look like"),
     ],
 )
 def test_users_set_password_refuses(
