@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from flask import Response
 from flask_openapi3 import Info, OpenAPI
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from service import api, dashboard, db, errors, jsonbody, logs, metrics
 from service.auth import KeyCache
@@ -47,6 +48,12 @@ def create_app(config: Mapping[str, object] | None = None) -> OpenAPI:
         doc_ui=False,
     )
     app.config.update(MAX_CONTENT_LENGTH=settings.max_request_bytes, SECRET_KEY=settings.secret_key)
+    if settings.trusted_proxies:
+        # The client's address (what the sign-in limits count by) from the header the nearest
+        # proxy wrote; nothing else it forwards is taken on trust.
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=settings.trusted_proxies, x_proto=0, x_host=0, x_port=0
+        )
     app.extensions["copybandit.settings"] = settings
     app.extensions["copybandit.snapshots"] = SnapshotCache(
         ttl_seconds=settings.snapshot_ttl_seconds,

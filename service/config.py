@@ -74,6 +74,11 @@ class Settings:
     lifecycle_interval_seconds: float = 900.0
     # How long a dashboard sign-in lasts before the marketer signs in again.
     dashboard_session_hours: float = 12.0
+    # Proxies in front of `serve` that append the client's address to X-Forwarded-For. Behind one
+    # the socket's address is the proxy's, shared by every marketer: the sign-in limits per client
+    # address then counted everyone's wrong passwords together. 0: the header is not read (any
+    # client could write anything in it).
+    trusted_proxies: int = 0
 
     def validate(self) -> Settings:
         _require(
@@ -188,6 +193,12 @@ class Settings:
             "DASHBOARD_SESSION_HOURS",
             "must be above 0 and at most 720",
             self.dashboard_session_hours,
+        )
+        _require(
+            0 <= self.trusted_proxies <= 10,
+            "TRUSTED_PROXIES",
+            "must be between 0 and 10",
+            self.trusted_proxies,
         )
         if self.env == "production":
             for name in ("user_id_key", "secret_key"):

@@ -46,6 +46,11 @@ def test_environment_variables_override_defaults() -> None:
             r"COPYBANDIT_SNAPSHOT_TTL_SECONDS must be between 0",
         ),
         ("COPYBANDIT_WORKERS", "0", r"COPYBANDIT_WORKERS must be between 1 and 64"),
+        (
+            "COPYBANDIT_TRUSTED_PROXIES",
+            "-1",
+            r"COPYBANDIT_TRUSTED_PROXIES must be between 0 and 10",
+        ),
         ("COPYBANDIT_LOG_LEVEL", "verbose", r"COPYBANDIT_LOG_LEVEL must be one of DEBUG, INFO"),
         # Each of these passed and then failed with a traceback from the first command.
         ("COPYBANDIT_DATABASE_URL", "sqlite", r"COPYBANDIT_DATABASE_URL must be a sqlite"),

@@ -22,7 +22,7 @@ from sqlmodel import Session, SQLModel, select
 from werkzeug.security import generate_password_hash
 
 from generation.writer import Sample
-from service import experiments, retention
+from service import create_app, experiments, retention
 from service.dashboard import account_pages, experiment_pages, session_auth
 from service.dashboard.sign_in_limits import ADDRESS_BURST, EMAIL_BURST, SignInLimits
 from service.marketers import create_marketer, set_password
@@ -481,6 +481,50 @@ def test_many_wrong_sign_ins_from_one_address_make_it_wait(
     assert sign_in(elsewhere, email="one-more@example.com").status_code == 401
     limits_clock.now += 6
     assert sign_in(client, email="one-more@example.com").status_code == 401
+
+
+def _behind_a_proxy(app: Any, forwarded_for: str) -> FlaskClient:
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = "10.0.0.2"  # the proxy's, for every client
+    client.environ_base["HTTP_X_FORWARDED_FOR"] = forwarded_for
+    return client  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def proxied_app(app_config: dict[str, Any]) -> Iterator[Any]:
+    app = create_app({**app_config, "trusted_proxies": 1})
+    app.extensions["copybandit.sign_in_limits"] = SignInLimits(_Clock())
+    yield app
+    app.extensions["copybandit.engine"].dispose()
+
+
+def test_behind_a_trusted_proxy_each_client_address_has_its_own_count(
+    proxied_app: Any, marketer: Marketer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Behind the TLS proxy of the production set-up every client had the proxy's address:
+    30 wrong passwords from anyone, and every marketer waited 6 s per try."""
+    app = proxied_app
+    guesser = _behind_a_proxy(app, "203.0.113.9, 198.51.100.66")
+    monkeypatch.setattr(account_pages, "check_credentials", lambda **kw: None)
+    for i in range(ADDRESS_BURST):
+        assert sign_in(guesser, email=f"guess{i}@example.com").status_code == 401
+    assert sign_in(guesser, email="one-more@example.com").status_code == 429
+    monkeypatch.undo()
+
+    # The address the proxy appended is the one counted, not one the client wrote before it.
+    assert sign_in(_behind_a_proxy(app, "203.0.113.9, 198.51.100.67")).status_code == 303
+    spoofed = _behind_a_proxy(app, "192.0.2.1, 198.51.100.66")
+    assert sign_in(spoofed, email="one-more@example.com").status_code == 429
+
+
+def test_without_trusted_proxies_x_forwarded_for_is_not_read(
+    app: Any, marketer: Marketer, limits_clock: _Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(account_pages, "check_credentials", lambda **kw: None)
+    for i in range(ADDRESS_BURST):
+        guesser = _behind_a_proxy(app, f"198.51.100.{i}")
+        assert sign_in(guesser, email=f"guess{i}@example.com").status_code == 401
+    assert sign_in(_behind_a_proxy(app, "198.51.100.200")).status_code == 429
 
 
 def test_a_wrong_sign_in_with_a_huge_email_keeps_no_copy_of_it(

@@ -17,7 +17,8 @@ from service.ratelimit import RateLimiter
 
 # An email: 10 wrong passwords in a row, then one more a minute.
 EMAIL_BURST, EMAIL_PER_SECOND = 10, 1 / 60
-# A client address (a proxy's, behind one, so it is shared): more, but not a stream of hashes.
+# A client address: more, but not a stream of hashes. Behind a proxy it is the proxy's, shared
+# by everyone, unless COPYBANDIT_TRUSTED_PROXIES lets the app read the client's.
 ADDRESS_BURST, ADDRESS_PER_SECOND = 30, 1 / 6
 
 
