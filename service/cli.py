@@ -45,7 +45,13 @@ from service.generation_jobs import (
     write_off,
 )
 from service.lifecycle import run_lifecycle
-from service.marketers import create_marketer, generate_password, list_marketers, set_password
+from service.marketers import (
+    MIN_PASSWORD_CHARS,
+    create_marketer,
+    generate_password,
+    list_marketers,
+    set_password,
+)
 from service.models import MAX_DB_ID, ApiKey, JobStatus, LifecycleEvent, Scope, Segment, Variant
 from service.ope import evaluate as evaluate_policy
 from service.ope import format_table as format_ope_table
@@ -944,7 +950,8 @@ def users() -> None:
 @click.option(
     "--password",
     default=None,
-    help="Default: prompt for one. Use --generate-password for a random one.",
+    help=f"At least {MIN_PASSWORD_CHARS} characters. Default: prompt for one. Use "
+    "--generate-password for a random one.",
 )
 @click.option("--generate-password", "generate", is_flag=True, help="Make up a password; print it.")
 def users_create(email: str, password: str | None, generate: bool) -> None:
@@ -968,7 +975,9 @@ def users_create(email: str, password: str | None, generate: bool) -> None:
 
 @users.command("set-password")
 @click.option("--email", required=True)
-@click.password_option()
+@click.password_option(
+    help=f"At least {MIN_PASSWORD_CHARS} characters. Default: prompt for one, twice."
+)
 def users_set_password(email: str, password: str) -> None:
     """Change a marketer's password; browsers signed in with the old one are signed out."""
     with _session(_settings()) as session:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -438,3 +439,15 @@ def test_init_uses_the_configured_host_and_port(
     monkeypatch.setenv("COPYBANDIT_PORT", "9123")
     result = run("init", "--no-demo-history")
     assert "Dashboard sign-in (shown once): http://0.0.0.0:9123/dashboard/" in result.output
+
+
+def test_the_password_rule_is_told_where_passwords_are_given() -> None:
+    """The commands refused a password under 10 characters that neither --help nor the README
+    mentioned."""
+    rule = f"at least {MIN_PASSWORD_CHARS} characters"
+    for command in ("create", "set-password"):
+        help_text = " ".join(run("users", command, "--help").output.split())
+        assert rule in help_text.lower(), help_text
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Command line") : readme.index("## Configuration")]
+    assert f"a password has {rule}" in section
