@@ -483,6 +483,39 @@ def test_many_wrong_sign_ins_from_one_address_make_it_wait(
     assert sign_in(client, email="one-more@example.com").status_code == 401
 
 
+def _from(app: Any, address: str) -> FlaskClient:
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = address
+    return client  # type: ignore[no-any-return]
+
+
+def test_an_ipv6_client_is_counted_by_its_64_bit_network(
+    app: Any, limits_clock: _Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An IPv6 host is given a /64 and may send from any address in it: one new address per
+    guess, and the limit per client address never came into play."""
+    monkeypatch.setattr(account_pages, "check_credentials", lambda **kw: None)
+    for i in range(ADDRESS_BURST):
+        guesser = _from(app, f"2001:db8::{i + 1:x}")
+        assert sign_in(guesser, email=f"guess{i}@example.com").status_code == 401
+
+    assert sign_in(_from(app, "2001:db8::ffff:1"), email="x@example.com").status_code == 429
+    assert sign_in(_from(app, "2001:db8:0:1::1"), email="x@example.com").status_code == 401
+
+
+def test_an_ipv4_client_on_a_dual_stack_socket_is_counted_as_its_ipv4_address(
+    app: Any, limits_clock: _Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(account_pages, "check_credentials", lambda **kw: None)
+    for i in range(ADDRESS_BURST):
+        guesser = _from(app, "::ffff:192.0.2.7" if i % 2 else "192.0.2.7")
+        assert sign_in(guesser, email=f"guess{i}@example.com").status_code == 401
+
+    assert sign_in(_from(app, "192.0.2.7"), email="x@example.com").status_code == 429
+    # Not every IPv4 client in one bucket, as the /64 of ::ffff:a.b.c.d would have made them.
+    assert sign_in(_from(app, "::ffff:192.0.2.8"), email="x@example.com").status_code == 401
+
+
 def _behind_a_proxy(app: Any, forwarded_for: str) -> FlaskClient:
     client = app.test_client()
     client.environ_base["REMOTE_ADDR"] = "10.0.0.2"  # the proxy's, for every client

@@ -10,6 +10,7 @@ rate limits: with N workers a guesser gets up to N times these allowances.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import time
 from collections.abc import Callable
 
@@ -29,11 +30,13 @@ class SignInLimits:
 
     def wait(self, *, email: str, address: str | None) -> float:
         """Seconds before this email may be tried from this address again; 0.0: now."""
-        return max(self._by_email.wait(_email_key(email)), self._by_address.wait(address or ""))
+        return max(
+            self._by_email.wait(_email_key(email)), self._by_address.wait(_address_key(address))
+        )
 
     def failed(self, *, email: str, address: str | None) -> None:
         self._by_email.take(_email_key(email))
-        self._by_address.take(address or "")
+        self._by_address.take(_address_key(address))
 
 
 def _email_key(email: str) -> str:
@@ -41,3 +44,18 @@ def _email_key(email: str) -> str:
     # into it, up to the body limit, and each wrong sign-in kept its text here (a MiB apiece, up
     # to 10,000 of them per worker).
     return hashlib.sha256(email.strip().lower().encode()).hexdigest()
+
+
+def _address_key(address: str | None) -> str:
+    """The client: its IPv4 address, or the /64 network of its IPv6 one. One IPv6 host is given
+    a /64 of its own and may send from any address in it, so per address it had 2**64 allowances;
+    an IPv4 client on a dual-stack socket comes as ::ffff:a.b.c.d, and is counted as a.b.c.d."""
+    try:
+        parsed = ipaddress.ip_address(address or "")
+    except ValueError:
+        return address or ""  # not an IP address (a Unix socket's peer): counted as it is
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+    return str(parsed)
