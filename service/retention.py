@@ -29,6 +29,10 @@ _DURATION = re.compile(r"^([0-9]+)([dhm])$")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes"}
 # Beyond this the cutoff would fall before year 1, which datetime cannot hold.
 _MAX_AGE = timedelta(days=36_500)
+# Each id a DELETE names is a bound parameter, and a statement may hold only so many: PostgreSQL's
+# protocol 65,535, SQLite 32,766 (999 before 3.32). --batch-size goes to 1,000,000, and a batch of
+# 70,000 on PostgreSQL, or the default 5,000 on an older SQLite, failed with the driver's error.
+_IDS_PER_DELETE = 900
 
 
 def parse_age(text: str) -> timedelta:
@@ -111,10 +115,13 @@ def _purge_batch(
             return None
         # What the DELETE removed, not what the SELECT saw: a purge running beside this one
         # may have deleted some of the same rows already, and must not count them twice.
-        deleted = connection.execute(
-            table.delete().where(table.c.id.in_(ids), keep_if).returning(table.c.variant_id)
-        ).scalars()
-        per_variant = Counter(deleted)
+        per_variant: Counter[int] = Counter()
+        for start in range(0, len(ids), _IDS_PER_DELETE):
+            some = ids[start : start + _IDS_PER_DELETE]
+            deleted = connection.execute(
+                table.delete().where(table.c.id.in_(some), keep_if).returning(table.c.variant_id)
+            ).scalars()
+            per_variant.update(deleted)
         for variant_id in sorted(per_variant):  # fixed lock order, as everywhere else
             connection.execute(
                 _variant.update()

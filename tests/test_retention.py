@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from datetime import timedelta
 from typing import Any
@@ -15,7 +16,7 @@ from service.cli import main
 from service.consistency import check_counters
 from service.db import make_engine
 from service.identity import hash_user_id
-from service.models import Assignment, Event, Impression, Variant, utcnow
+from service.models import Assignment, Event, Impression, UtcDateTime, Variant, utcnow
 from service.reports import experiment_report
 from service.retention import PurgeReport, parse_age, purge
 from tests.lock_waits import wait_until_someone_waits_for_a_lock
@@ -364,3 +365,51 @@ def test_cli_check_and_purge(
     session.commit()
     broken = runner.invoke(main, ["check"])
     assert broken.exit_code == 1 and "mismatched counter(s)" in broken.output
+
+
+def test_a_batch_larger_than_a_statement_may_bind_is_purged(
+    app: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    """Each id a DELETE names is a bound parameter: `--batch-size 100000` on PostgreSQL (at most
+    65,535 a statement) ended in the driver's error, as would the default 5,000 on a SQLite built
+    before 3.32 (999), which this SQLite is made to act as."""
+    engine = app.extensions["copybandit.engine"]
+    if engine.dialect.name == "sqlite":
+        limit = 999
+
+        @sa.event.listens_for(engine, "connect")
+        def _old_sqlite(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, limit)
+
+        engine.dispose()
+    else:
+        limit = 65_535
+    variant = session.get(Variant, experiment["segments"][0]["variants"][0]["id"])
+    assert variant is not None
+    rows = limit + 1
+    session.execute(
+        sa.text(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :rows)"
+            " INSERT INTO impression"
+            " (id, experiment_id, segment_id, variant_id, propensity, policy, created_at)"
+            " SELECT 'old-' || i, :experiment, :segment, :variant, 0.5, 'thompson-v1', :when"
+            " FROM n"
+        ).bindparams(sa.bindparam("when", type_=UtcDateTime)),
+        {
+            "rows": rows,
+            "experiment": variant.experiment_id,
+            "segment": variant.segment_id,
+            "variant": variant.id,
+            "when": utcnow() - timedelta(days=100),
+        },
+    )
+    session.execute(
+        sa.update(Variant).where(Variant.id == variant.id).values(impressions=rows)  # type: ignore[arg-type]
+    )
+    session.commit()
+
+    result = purge(engine=engine, older_than=timedelta(days=90), batch_size=rows)
+
+    assert result.impressions == rows
+    assert session.exec(select(sa.func.count()).select_from(Impression)).one() == 0
+    assert check_counters(session=session).ok
