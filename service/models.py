@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
 from sqlmodel import Field, SQLModel
 
 # Deterministic constraint names: later migrations (and SQLite batch mode) name what they alter.
@@ -55,10 +56,29 @@ class UtcDateTime(sa.TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
+class DatabaseNow(sa.sql.expression.FunctionElement[datetime]):
+    """The database's current time, as a column's server default (migrations 0012 and 0013)."""
+
+    inherit_cache = True
+
+
+@compiles(DatabaseNow)
+def _database_now(element: DatabaseNow, compiler: Any, **kwargs: Any) -> str:
+    return "CURRENT_TIMESTAMP"
+
+
+@compiles(DatabaseNow, "sqlite")
+def _database_now_sqlite(element: DatabaseNow, compiler: Any, **kwargs: Any) -> str:
+    # In the text every other time is stored in: SQLite's CURRENT_TIMESTAMP has no fraction, and
+    # SQLite compares the text, so such a time never equalled itself bound from Python (a job an
+    # older server queued was never given up as interrupted).
+    return "strftime('%Y-%m-%d %H:%M:%f000', 'now')"
+
+
 def _timestamp_defaulting_to_now(**kwargs: object) -> datetime:
     """A timestamp the database fills in when an INSERT leaves it out: for columns a server of the
     release before did not know, so it keeps working while `copybandit migrate` runs (0012)."""
-    return _timestamp(sa_column_kwargs={"server_default": sa.text("CURRENT_TIMESTAMP")}, **kwargs)
+    return _timestamp(sa_column_kwargs={"server_default": DatabaseNow()}, **kwargs)
 
 
 def _timestamp(**kwargs: object) -> datetime:

@@ -20,6 +20,7 @@ from sqlmodel import Session, SQLModel, col, select
 from service import migrate
 from service.config import load_settings
 from service.db import make_engine
+from service.generation_jobs import fail_interrupted_jobs
 from service.identity import new_impression_id
 from service.models import (
     Assignment,
@@ -277,7 +278,7 @@ def test_a_server_of_the_release_before_inserts_without_the_new_columns(
             "variant": variant.id,
         }
         session.commit()
-    # SQLite's CURRENT_TIMESTAMP has whole seconds.
+    # SQLite fills in whole milliseconds.
     before = utcnow().replace(microsecond=0)
     with empty_engine.begin() as connection:
         connection.execute(
@@ -302,6 +303,55 @@ def test_a_server_of_the_release_before_inserts_without_the_new_columns(
         [job] = session.exec(select(GenerationJob)).all()
     assert before <= assignment.last_used_at <= after
     assert before <= job.updated_at <= after
+
+
+@pytest.mark.parametrize("stored_at", ["0012", "head"])
+def test_times_the_database_fills_in_are_stored_as_every_other_time_is(
+    empty_engine: sa.Engine, stored_at: str
+) -> None:
+    """0012's CURRENT_TIMESTAMP default wrote '2026-12-06 04:52:25' on SQLite, where every other
+    time has six decimals. SQLite compares the text, so a lifecycle pass never matched a job a
+    server of the release before had queued, to give it up: it stayed queued, its copy on order,
+    for good. 0013 rewrites such rows and writes the fraction from then on."""
+    migrate.upgrade(empty_engine, stored_at)
+    with Session(empty_engine) as session:
+        variant = _a_variant(session)
+        ids = {
+            "experiment": variant.experiment_id,
+            "segment": variant.segment_id,
+            "variant": variant.id,
+        }
+        session.commit()
+    # As the release before writes them: without assignment.last_used_at or job.updated_at.
+    with empty_engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO assignment"
+                " (experiment_id, segment_id, user_hash, variant_id, propensity, created_at)"
+                " VALUES (:experiment, :segment, 'u', :variant, 1.0, :now)"
+            ).bindparams(sa.bindparam("now", type_=UtcDateTime)),
+            {**ids, "now": utcnow()},
+        )
+        job_id = connection.execute(
+            sa.text(
+                "INSERT INTO generation_job (experiment_id, n, status, progress, message,"
+                " created_at) VALUES (:experiment, 1, 'queued', 0, 'queued', :now) RETURNING id"
+            ).bindparams(sa.bindparam("now", type_=UtcDateTime)),
+            {"experiment": ids["experiment"], "now": utcnow()},
+        ).scalar_one()
+    migrate.upgrade(empty_engine)
+
+    if empty_engine.dialect.name == "sqlite":
+        with empty_engine.connect() as connection:
+            stored = connection.exec_driver_sql(
+                "SELECT last_used_at FROM assignment"
+                " UNION ALL SELECT updated_at FROM generation_job"
+            ).scalars()
+            for text in stored:
+                assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", text), text
+    with Session(empty_engine) as session:
+        gave_up = fail_interrupted_jobs(session=session, now=utcnow() + timedelta(hours=2))
+    assert gave_up == [job_id]
 
 
 def test_checking_the_schema_logs_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
