@@ -135,6 +135,10 @@ _SET_UP_HINTS = {
     "schema to migrate): GRANT them, or connect as the role that owns them",
     # duplicate_table: a migration's CREATE TABLE meets a table copybandit did not make
     "42P07": "the database already has a table of that name; give copybandit a database of its own",
+    # invalid_schema_name: no schema on the search_path exists (a URL's options=-csearch_path=...
+    # naming one not made yet), so `migrate` had nowhere to create its tables
+    "3F000": "the search_path names no schema that exists: create it (CREATE SCHEMA), or name "
+    "one that does",
 }
 
 

@@ -394,6 +394,24 @@ def test_a_postgres_role_without_privileges_or_a_table_in_the_way_is_one_line(
         assert len(result.output.splitlines()) == 1, (name, result.output)
 
 
+@pytest.mark.skipif("postgres" not in BACKENDS, reason="PostgreSQL's search_path")
+def test_a_postgres_search_path_naming_no_schema_is_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # InvalidSchemaName is a ProgrammingError too: `migrate` printed its traceback, right after
+    # every other command had said to run it.
+    monkeypatch.setenv(
+        "COPYBANDIT_DATABASE_URL", postgres_schema_url(f"copybandit_never_made_{os.getpid()}")
+    )
+    for command in (["migrate"], ["init"]):
+        result = run(*command)
+        assert result.exit_code == 1, (command, result.output)
+        assert result.output == (
+            "Error: database: no schema has been selected to create in; the search_path names "
+            "no schema that exists: create it (CREATE SCHEMA), or name one that does\n"
+        ), (command, result.output)
+
+
 def test_serve_refuses_an_unmigrated_database(database: str) -> None:
     result = run("serve", "--port", "1")
     assert result.exit_code == 1 and "copybandit migrate" in result.output
