@@ -49,33 +49,53 @@ def seed_demo_history(
     )
     segments = list(DEMO_RATES)
     total = days * decisions_per_day
-    start = now - timedelta(days=days)
-    step = timedelta(days=days) / total
-    shown: list[dict[str, object]] = []
-    converted: list[dict[str, object]] = []
-    for i in range(total):
-        if i % _REFRESH_EVERY == 0:
-            cache.invalidate(experiment_id)
-        decision = decide(
-            session=lambda: session,
-            bind=session.get_bind(),
-            cache=cache,
-            settings=settings,
-            decide_in=DecideIn(experiment=experiment_id, segment=segments[i % len(segments)]),
-        )
-        when = start + step * i
-        shown.append({"row_id": decision.impression_id, "when": when})
-        if rng.random() < rates[decision.variant_id]:
-            record_events(
-                session=session,
-                events=[EventIn(impression_id=decision.impression_id, type="conversion")],
+    # Each decision served, and each converted one's index and delay, in order: their times are
+    # given at the end, spread over the days by how many were served.
+    shown: list[str] = []
+    converted: list[tuple[int, str, timedelta]] = []
+    try:
+        for i in range(total):
+            if i % _REFRESH_EVERY == 0:
+                cache.invalidate(experiment_id)
+            decision = decide(
+                session=lambda: session,
+                bind=session.get_bind(),
+                cache=cache,
+                settings=settings,
+                decide_in=DecideIn(experiment=experiment_id, segment=segments[i % len(segments)]),
             )
-            session.commit()
-            converted.append({"row_id": decision.impression_id, "when": when + _delay(rng)})
-    _backdate(session, Impression.__table__, "id", shown)  # type: ignore[attr-defined]
-    _backdate(session, Event.__table__, "impression_id", converted)  # type: ignore[attr-defined]
-    session.commit()
+            shown.append(decision.impression_id)
+            if rng.random() < rates[decision.variant_id]:
+                record_events(
+                    session=session,
+                    events=[EventIn(impression_id=decision.impression_id, type="conversion")],
+                )
+                session.commit()
+                converted.append((len(shown) - 1, decision.impression_id, _delay(rng)))
+    except KeyboardInterrupt:
+        # Ctrl-C during `make run`'s first run: what was served still goes back over the days,
+        # only thinner. Left at the second it was served, the demo showed all its traffic there,
+        # and no later `init` seeds it again. An event half-written is not kept.
+        session.rollback()
+        _spread(session, now - timedelta(days=days), timedelta(days=days), shown, converted)
+        raise
+    _spread(session, now - timedelta(days=days), timedelta(days=days), shown, converted)
     return total
+
+
+def _spread(
+    session: Session,
+    start: datetime,
+    span: timedelta,
+    shown: list[str],
+    converted: list[tuple[int, str, timedelta]],
+) -> None:
+    step = span / max(len(shown), 1)
+    when = [{"row_id": row_id, "when": start + step * i} for i, row_id in enumerate(shown)]
+    later = [{"row_id": row_id, "when": start + step * i + delay} for i, row_id, delay in converted]
+    _backdate(session, Impression.__table__, "id", when)  # type: ignore[attr-defined]
+    _backdate(session, Event.__table__, "impression_id", later)  # type: ignore[attr-defined]
+    session.commit()
 
 
 def _rates_by_variant(session: Session, experiment_id: int) -> dict[int, float]:
@@ -94,6 +114,8 @@ def _delay(rng: np.random.Generator) -> timedelta:
 
 
 def _backdate(session: Session, table: sa.Table, key: str, rows: list[dict[str, object]]) -> None:
+    if not rows:
+        return
     statement = (
         sa.update(table)
         .where(table.c[key] == sa.bindparam("row_id"))

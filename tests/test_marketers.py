@@ -15,6 +15,7 @@ from click.testing import CliRunner, Result
 from sqlmodel import Session, col, select
 
 import service.cli
+import service.demo_history
 import service.marketers
 from service.cli import main
 from service.config import load_settings
@@ -403,6 +404,49 @@ def test_init_prints_a_dashboard_sign_in_once_and_seeds_a_week_of_history(
     assert _demo_counts(cli_database)[0] == 420
     with _session(cli_database) as session:
         assert [m.email for m in list_marketers(session=session)] == ["marketer@example.com"]
+
+
+def test_init_stopped_while_it_simulates_leaves_what_it_served_spread_over_the_week(
+    cli_database: str, small_history: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C during `make run`'s first run: the decisions served so far were left stamped at the
+    second they were made, the dashboard showed the demo's whole history there, and no later
+    `init` seeds it again."""
+    served = 0
+    real_decide = service.demo_history.decide
+
+    def decide_until_stopped(**kwargs: Any) -> Any:
+        nonlocal served
+        if served == 200:
+            raise KeyboardInterrupt
+        served += 1
+        return real_decide(**kwargs)
+
+    monkeypatch.setattr(service.demo_history, "decide", decide_until_stopped)
+    stopped = CliRunner().invoke(main, ["init"])
+    assert stopped.exit_code == 1 and "Aborted!" in stopped.output, stopped.output
+
+    impressions, events, shown, converted = _demo_counts(cli_database)
+    assert impressions == shown == 200 and events == converted
+    with _session(cli_database) as session:
+        oldest, newest = session.exec(
+            select(sa.func.min(Impression.created_at), sa.func.max(Impression.created_at))
+        ).one()
+        assert oldest is not None and newest is not None
+        oldest, newest = (
+            t if t.tzinfo is not None else t.replace(tzinfo=UTC) for t in (oldest, newest)
+        )
+        now = datetime.now(UTC)
+        assert timedelta(days=6) < now - oldest <= timedelta(days=7, minutes=5)
+        assert timedelta(minutes=30) < now - newest < timedelta(hours=1)
+        late = session.exec(
+            select(sa.func.count())
+            .select_from(Event)
+            .join(Impression, col(Impression.id) == col(Event.impression_id))
+            .where(col(Event.created_at) < col(Impression.created_at))
+        ).one()
+        assert late == 0
+    assert run("check").exit_code == 0
 
 
 def test_init_without_demo_history(cli_database: str) -> None:
