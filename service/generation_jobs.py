@@ -36,6 +36,7 @@ from service.experiments import fetch, find_segment, get_experiment, segments_of
 from service.lifecycle import assign_prior
 from service.metrics import metrics
 from service.models import (
+    JOB_MESSAGE_MAX_CHARS,
     Experiment,
     GenerationJob,
     JobStatus,
@@ -223,11 +224,7 @@ def run_job(
                 finished_at=utcnow(),
                 error=f"{type(exc).__name__}: {exc}"[:2000],
                 result=result if result["segments"] else None,
-                message=(
-                    f"failed after storing {stored} new variants in {', '.join(result['segments'])}"
-                    if result["segments"]
-                    else "failed"
-                ),
+                message=_failure_message(stored, list(result["segments"])),
             )
             return job
         accepted = sum(len(s["variant_ids"]) for s in result["segments"].values())
@@ -238,9 +235,29 @@ def run_job(
             finished_at=utcnow(),
             progress=1.0,
             result=result,
-            message=f"done: {accepted} new variants",
+            message=f"done: {_new_variants(accepted)}",
         )
         return job
+
+
+def _new_variants(count: int) -> str:
+    return f"{count} new variant" if count == 1 else f"{count} new variants"
+
+
+def _failure_message(stored: int, segment_keys: list[str]) -> str:
+    """What a job that failed midway stored, naming the segments that fit the message's column:
+    PostgreSQL refused a longer one (20 segments of 40-letter keys), the job could not record its
+    failure, and it read running until a pass wrote it off an hour later. Its result names them
+    all."""
+    if not segment_keys:
+        return "failed"
+    head = f"failed after storing {_new_variants(stored)} in "
+    for shown in range(len(segment_keys), 0, -1):
+        rest = len(segment_keys) - shown
+        message = head + ", ".join(segment_keys[:shown]) + (f" and {rest} more" if rest else "")
+        if len(message) <= JOB_MESSAGE_MAX_CHARS:
+            return message
+    return f"{head}{len(segment_keys)} segments"
 
 
 def _finish(session: Session, job: GenerationJob, **values: Any) -> None:

@@ -29,6 +29,8 @@ SQLModel.metadata.naming_convention = {
 # bodies and paths, the dashboard's forms and addresses, the CLI's options) refuses a larger one,
 # which could only end in the database's error.
 MAX_DB_ID = 2**31 - 1
+# A generation job's one-line message (the column's width).
+JOB_MESSAGE_MAX_CHARS = 500
 
 
 def utcnow() -> datetime:
@@ -306,7 +308,7 @@ class GenerationJob(SQLModel, table=True):
     n: int
     status: str = Field(default=JobStatus.QUEUED.value, max_length=16)
     progress: float = Field(default=0.0)
-    message: str = Field(default="queued", max_length=500)
+    message: str = Field(default="queued", max_length=JOB_MESSAGE_MAX_CHARS)
     result: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
     error: str | None = Field(default=None, max_length=2000)
     created_at: datetime = _timestamp()

@@ -276,9 +276,41 @@ def test_a_job_that_fails_after_storing_copy_says_what_it_stored(api: Any, app: 
     (served,) = _variants(api, created["id"], "tea-lovers")
     # Before, the job said only "failed", with no result, while this variant was live.
     assert job["status"] == "failed" and job["error"] == "RuntimeError: the model fell over"
-    assert job["message"] == "failed after storing 1 new variants in tea-lovers"
+    assert job["message"] == "failed after storing 1 new variant in tea-lovers"
     assert job["result"]["segments"]["tea-lovers"]["variant_ids"] == [served["id"]]
     assert _variants(api, created["id"], "busy-parents") == []
+
+
+class _FailsOnLastSegment(ScriptedWriter):
+    def __init__(self, lines: list[str], segments: int) -> None:
+        super().__init__(lines)
+        self.segments = segments
+
+    def sample(self, messages: list[dict[str, str]], n: int, seed: int) -> list[Sample]:
+        if len(self.calls) == self.segments - 1:
+            raise RuntimeError("the model fell over")
+        return super().sample(messages, n, seed)
+
+
+def test_a_job_that_fails_after_storing_copy_in_many_segments_still_records_it(
+    api: Any, app: Any
+) -> None:
+    keys = [f"segment-{i:02d}-" + "x" * 29 for i in range(21)]  # 40 letters, the longest key
+    created = api.create_experiment(
+        name="Wide",
+        auto_approve=True,
+        segments=[{"key": key, "description": "Tea drinkers."} for key in keys],
+    )
+    app.extensions["copybandit.jobs"].writer_factory = lambda: _FailsOnLastSegment(GOOD, len(keys))
+    job = _run(api, app, created["id"], {"n": 1})
+
+    # Naming all 20 segments took 878 characters: PostgreSQL refused the row, and the job read
+    # running until a pass wrote it off an hour later.
+    assert job["status"] == "failed" and job["error"] == "RuntimeError: the model fell over"
+    assert len(job["message"]) <= 500
+    assert job["message"].startswith(f"failed after storing 20 new variants in {keys[0]}, ")
+    assert job["message"].endswith(" more")
+    assert list(job["result"]["segments"]) == keys[:-1]
 
 
 class _ReadsItsJob(ScriptedWriter):
