@@ -1037,6 +1037,33 @@ def test_a_database_that_stays_locked_is_a_page_that_keeps_the_copy_typed(
     assert texts(response.get_data(as_text=True), "textarea", data_testid="unsaved") == []
 
 
+def test_a_lost_database_is_the_pages_own_503_drawn_without_it(
+    app: Any, dash: Dashboard, experiment: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rollback before the error page expires the signed-in marketer, and the page's header
+    read their email back from the database that had just been lost: the page itself failed, and
+    the browser got the server's bare 500 instead of the 503 with the copy typed."""
+    engine = app.extensions["copybandit.engine"]
+    gone = engine.dialect.loaded_dbapi.OperationalError("unable to open database file")
+
+    def no_connection(*args: Any, **kwargs: Any) -> Any:
+        raise sa.exc.OperationalError("connect", {}, gone)
+
+    def add_variant(**kwargs: Any) -> Any:
+        monkeypatch.setattr(engine.pool, "connect", no_connection)
+        raise sa.exc.OperationalError("INSERT INTO variant ...", {}, gone)
+
+    monkeypatch.setattr(experiment_pages, "add_variant", add_variant)
+    response = dash.post(
+        f"/dashboard/experiments/{experiment['id']}/variants",
+        {"segment": "tea-lovers", "text": XSS},
+    )
+    assert response.status_code == 503 and response.content_type.startswith("text/html")
+    assert error_text(response) == "the database is unavailable; retry"
+    assert texts(response.get_data(as_text=True), "textarea", data_testid="unsaved") == [XSS]
+    assert texts(response.get_data(as_text=True), "span", class_="who") == [EMAIL]
+
+
 def test_a_bug_behind_a_page_is_an_html_page(
     dash: Dashboard, experiment: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

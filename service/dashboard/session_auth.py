@@ -116,6 +116,9 @@ def protect(bp: Blueprint) -> None:
                 # Before the CSRF check: a sign-in that ran out while the cookie did too would be
                 # "this form has expired", and the text typed into it lost just the same.
                 return _signed_out_form()
+            # The header's name as text: an error page is drawn after a rollback, which expires
+            # g.marketer, and reading it again would need the database that may have just failed.
+            g.signed_in_as = g.marketer.email
         if request.method in _FORM_METHODS:
             sent = request.form.get("csrf_token", "")
             expected = session.get("csrf")
