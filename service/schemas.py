@@ -97,11 +97,17 @@ def _unbalanced_bidi(value: str) -> str | None:
     return None
 
 
-def _nfc(value: Any) -> Any:
+def _normalized(value: Any) -> Any:
     """ "Café" typed with a combining accent is the same name as with a precomposed é, and is
     stored as one text, not two that read alike. Before the length limits: NFC can lengthen text
-    (U+FB2C becomes three code points), and a name past its column's width was a 500."""
-    return unicodedata.normalize("NFC", value) if isinstance(value, str) else value
+    (U+FB2C becomes three code points), and a name past its column's width was a 500.
+
+    Line breaks are stored as LF, as the API's clients send them: a browser sends a textarea's as
+    CRLF, and counts each as one character against the box's maxlength, so copy that fit the
+    dashboard's box came to the server longer than its limit, and was refused."""
+    if not isinstance(value, str):
+        return value
+    return unicodedata.normalize("NFC", value.replace("\r\n", "\n").replace("\r", "\n"))
 
 
 def _clean(value: str) -> str:
@@ -133,7 +139,7 @@ _DRAWN_AS_NOTHING = re.compile(
 )
 
 
-_Normalized = BeforeValidator(_nfc)
+_Normalized = BeforeValidator(_normalized)
 _Clean = AfterValidator(_clean)
 # Kept exactly as sent (a user id's hash must not change), only refused with a control character.
 _NoControl = AfterValidator(_no_control)

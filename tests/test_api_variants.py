@@ -112,6 +112,14 @@ def test_control_in_another_segment_is_allowed(api: Any) -> None:
     assert variant["origin"] == "control"
 
 
+def test_line_breaks_in_copy_are_stored_as_lf(api: Any) -> None:
+    created = api.create_experiment()
+
+    variant = api.add_variant(created["id"], "tea-lovers", "Boiled in 3 minutes.\r\nPoured\rhot.")
+
+    assert variant["text"] == "Boiled in 3 minutes.\nPoured\nhot."
+
+
 def test_a_retired_control_can_be_replaced_and_a_paused_one_cannot(api: Any) -> None:
     created = api.create_experiment()
     api.add_variant(created["id"], "tea-lovers", "Copy that stays on air.")

@@ -1780,6 +1780,24 @@ def test_add_variant_with_bad_input_changes_nothing(
     assert stored(app) == before
 
 
+def test_copy_that_fits_the_box_is_taken_with_its_line_breaks_as_lf(
+    session: Session, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    # As a browser sends a textarea holding its maxlength, 1,000 characters, ten of them line
+    # breaks: each goes as CRLF, so 1,010 arrived and were refused as over 1,000.
+    typed = "\n".join(["Brewed right, every time." + "x" * 65] * 11)[:1000]
+    sent = typed.replace("\n", "\r\n")
+    assert (len(typed), len(sent)) == (1000, 1010)
+
+    response = dash.post(
+        f"/dashboard/experiments/{experiment['id']}/variants",
+        {"segment": "tea-lovers", "text": sent},
+    )
+
+    assert response.status_code == 303, error_text(response)
+    assert session.exec(select(Variant.text).where(Variant.text == typed)).all() == [typed]
+
+
 @pytest.mark.parametrize(
     ("path", "segment"),
     [("experiments/{eid}/variants", "tea-lovers"), ("variants/{pending}/edit", None)],
