@@ -30,8 +30,9 @@ _UNITS = {"d": "days", "h": "hours", "m": "minutes"}
 # Beyond this the cutoff would fall before year 1, which datetime cannot hold.
 _MAX_AGE = timedelta(days=36_500)
 # Each id a DELETE names is a bound parameter, and a statement may hold only so many: PostgreSQL's
-# protocol 65,535, SQLite 32,766 (999 before 3.32). --batch-size goes to 1,000,000, and a batch of
-# 70,000 on PostgreSQL, or the default 5,000 on an older SQLite, failed with the driver's error.
+# protocol 65,535, SQLite 32,766 or whatever less its build set (SQLITE_MAX_VARIABLE_NUMBER; an
+# older SQLite's 999 is moot, since DELETE ... RETURNING needs 3.35). --batch-size goes to
+# 1,000,000, and a batch of 70,000 on PostgreSQL failed with the driver's error.
 _IDS_PER_DELETE = 900
 
 
