@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,14 +125,41 @@ def _unknown(script: ScriptDirectory, revision: str) -> bool:
     return revision not in {known.revision for known in script.walk_revisions()}
 
 
+def behind(connection: sa.Connection) -> str | None:
+    """Why this code cannot serve from the database as it is now: it has no tables, or is at a
+    migration older than this code's; None when it is at the head, or past it.
+
+    A database a newer copybandit migrated is left out: the hosts still on this version keep
+    serving while the newer ones start (serve refuses to start on it, see `mismatch`)."""
+    head, known = _script_revisions()
+    current = _revision_on(connection)
+    if current == head or (current is not None and current not in known):
+        return None
+    if current is None:
+        return "the database has no tables"
+    return f"the database is at migration {current}, this code needs {head}"
+
+
+@functools.cache
+def _script_revisions() -> tuple[str | None, frozenset[str]]:
+    """The head and every revision the migration files name, read once: they change only with
+    the code."""
+    script = ScriptDirectory.from_config(alembic_config())
+    return script.get_current_head(), frozenset(r.revision for r in script.walk_revisions())
+
+
 def _current_revision(engine: sa.Engine) -> str | None:
+    with engine.connect() as connection:
+        return _revision_on(connection)
+
+
+def _revision_on(connection: sa.Connection) -> str | None:
     # Alembic's context logs its dialect at INFO ("Context impl SQLiteImpl."), which every command
     # that only checks the schema (a lifecycle pass, serve's start) printed as if it migrated.
     quiet = logging.getLogger("alembic.runtime.migration")
     level = quiet.level
     quiet.setLevel(max(level, logging.WARNING))
     try:
-        with engine.connect() as connection:
-            return MigrationContext.configure(connection).get_current_revision()
+        return MigrationContext.configure(connection).get_current_revision()
     finally:
         quiet.setLevel(level)

@@ -8,7 +8,7 @@ from typing import Any
 import jsonschema_rs  # schemathesis's validator
 import pytest
 
-from service import create_app, db
+from service import create_app, db, migrate
 
 ENDPOINTS = [
     ("post", "/v1/experiments", "ExperimentCreate", "201", "ExperimentOut"),
@@ -306,6 +306,46 @@ def test_the_published_url_pattern_reads_the_scheme_in_any_case_as_the_server_do
     document = {"$ref": "#/components/schemas/ProductIn", "components": spec["components"]}
     body = {"name": "Kettle", "description": "A kettle.", "url": url}
     assert jsonschema_rs.Draft202012Validator(document).is_valid(body) is valid
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_healthz_reports_a_database_behind_this_codes_migrations(
+    app_config: dict[str, Any],
+) -> None:
+    """A database restored from an older backup answered SELECT 1, so /healthz said ok while
+    requests needing the newer schema failed with 500. SQLite only: the PostgreSQL schema is
+    shared by the whole test run."""
+    served = create_app(app_config)
+    engine = served.extensions["copybandit.engine"]
+    migrate.downgrade(engine, "0009")  # before assignment.last_used_at, which sticky decide reads
+
+    response = served.test_client().get("/healthz")
+
+    assert response.status_code == 503
+    body = response.get_json()
+    assert (body["error"], body["field"]) == ("unavailable", "database")
+    assert "copybandit migrate" in body["message"]
+    migrate.upgrade(engine)
+    assert served.test_client().get("/healthz").status_code == 200
+
+
+def test_healthz_reports_a_database_without_tables(tmp_path: Path) -> None:
+    # The URL naming an empty database (a new server, the wrong file): every request failed.
+    empty = create_app({"database_url": f"sqlite:///{tmp_path / 'empty.db'}", "scheduler": "off"})
+    response = empty.test_client().get("/healthz")
+    assert response.status_code == 503
+    assert response.get_json()["field"] == "database"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_healthz_stays_ok_on_a_database_a_newer_version_migrated(
+    app_config: dict[str, Any],
+) -> None:
+    """Hosts still on this version keep serving while the newer ones start."""
+    served = create_app(app_config)
+    with served.extensions["copybandit.engine"].begin() as connection:
+        connection.exec_driver_sql("UPDATE alembic_version SET version_num = 'f00dface'")
+    assert served.test_client().get("/healthz").status_code == 200
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -12,6 +12,7 @@ from flask import current_app
 from flask_openapi3 import APIBlueprint, Tag
 
 from service import db
+from service import migrate as migrations
 from service.api.common import json_of
 from service.errors import ServiceUnavailable
 from service.schemas import Alive, ErrorOut, Health
@@ -29,7 +30,7 @@ def livez() -> tuple[dict[str, Any], int]:
 
 @api.get("/healthz", responses={200: Health, 503: ErrorOut})
 def healthz() -> tuple[dict[str, Any], int]:
-    """Liveness, database reachability and, for SQLite, that its file may be written."""
+    """Liveness, database reachability, migrations, and for SQLite that its file may be written."""
     try:
         db.session().execute(sa.text("SELECT 1"))
     except sa.exc.OperationalError:
@@ -38,6 +39,15 @@ def healthz() -> tuple[dict[str, Any], int]:
     problem = _sqlite_write_problem(settings.database_url) if settings.is_sqlite else None
     if problem is not None:
         raise ServiceUnavailable(problem, field="database")
+    # A database restored from an older backup, or an empty one the URL now names, answered
+    # SELECT 1: /healthz said ok while every request failed with 500 on a missing table or column.
+    pending = migrations.behind(db.session().connection())
+    if pending is not None:
+        log.warning("healthz: %s; run `copybandit migrate`", pending)
+        raise ServiceUnavailable(
+            "the database is not migrated to this version; run `copybandit migrate`",
+            field="database",
+        )
     return json_of(Health(status="ok", database="ok"))
 
 
