@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 from datetime import timedelta
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -97,3 +98,18 @@ def test_the_access_log_does_not_carry_a_key_sent_as_basic_auth() -> None:
 
     assert len(lines) == 1 and '"GET /v1/experiments HTTP/1.1" 401' in lines[0]
     assert key not in lines[0] and key.split("_")[-1] not in lines[0]
+
+
+def test_the_readme_names_every_field_of_a_json_line() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `COPYBANDIT_LOG_FORMAT`"))
+    listed = re.search(r"one JSON object per line \(([^)]*)\)", row)
+    assert listed is not None
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord(
+            "service.x", logging.ERROR, __file__, 1, "m", None, sys.exc_info()
+        )
+    # "process" was written on every line and left out of the list.
+    assert set(listed.group(1).split(", ")) == set(json.loads(JsonLines().format(record)))
