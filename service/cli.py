@@ -144,9 +144,21 @@ _SET_UP_HINTS = {
 
 class _Commands(click.Group):
     """A database that cannot be reached, has no tables yet, or whose role may not use them,
-    ends a command with one line saying so, not a driver traceback."""
+    ends a command with one line saying so, not a driver traceback; with
+    COPYBANDIT_LOG_FORMAT=json, that line and every other that ends a command is a JSON line."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return self._invoke_in_words(ctx)
+        except click.ClickException as exc:
+            if isinstance(exc, click.UsageError) or not _logs_as_json():
+                raise
+            # click's "Error: ..." was the one plain line among the JSON ones: why serve did not
+            # start was the line a log pipeline could not parse.
+            _echo_log_line(logging.ERROR, exc.format_message())
+            raise click.exceptions.Exit(exc.exit_code) from None
+
+    def _invoke_in_words(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except sa.exc.DatabaseError as exc:  # also a file that is not a database
@@ -171,11 +183,20 @@ def main() -> None:
 def _warn(message: str) -> None:
     """A warning on stderr before the settings are read; with COPYBANDIT_LOG_FORMAT=json a JSON
     line, as every other line there is: a plain one broke a pipeline that parses each line."""
-    if os.environ.get("COPYBANDIT_LOG_FORMAT", "").strip() == "json":
-        record = logging.LogRecord(__name__, logging.WARNING, __file__, 0, message, None, None)
-        click.echo(logs.JsonLines().format(record), err=True)
+    if _logs_as_json():
+        _echo_log_line(logging.WARNING, message)
     else:
         click.echo(f"warning: {message}", err=True)
+
+
+def _logs_as_json() -> bool:
+    """Read from the variable, not the settings: they may be what failed to load."""
+    return os.environ.get("COPYBANDIT_LOG_FORMAT", "").strip() == "json"
+
+
+def _echo_log_line(level: int, message: str) -> None:
+    record = logging.LogRecord(__name__, level, __file__, 0, message, None, None)
+    click.echo(logs.JsonLines().format(record), err=True)
 
 
 @main.command()

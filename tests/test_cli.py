@@ -262,6 +262,28 @@ def test_a_misspelt_setting_is_a_json_line_when_the_log_format_is_json(
     )
 
 
+def test_the_error_that_ends_a_command_is_a_json_line_when_the_log_format_is_json(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # click's plain "Error: ..." was the one line a log pipeline could not parse: serve's reason
+    # for not starting among them.
+    monkeypatch.setenv("COPYBANDIT_LOG_FORMAT", "json")
+    result = run("serve")
+    assert result.exit_code == 1
+    (line,) = result.stderr.splitlines()
+    logged = json.loads(line)
+    assert logged["level"] == "error" and logged["logger"] == "service.cli"
+    assert logged["message"].startswith("database: no SQLite file at ")
+    # A mistyped option is for the person at the terminal: click's usage text, as before.
+    assert run("serve", "--bogus").exit_code == 2
+
+
+def test_the_error_that_ends_a_command_stays_plain_with_text_logs(database: str) -> None:
+    result = run("serve")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: database: no SQLite file at ")
+
+
 def test_the_simulators_key_variable_is_not_called_unknown(
     database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
