@@ -10,9 +10,10 @@ from typing import Any
 
 import click
 import pytest
+from click.testing import CliRunner
 from sqlmodel import Session
 
-from service.cli import users
+from service.cli import main, users
 from service.config import Settings
 from service.demo import seed_demo
 from service.demo_history import seed_demo_history
@@ -149,3 +150,20 @@ def test_the_readme_generation_run_is_what_the_default_model_writes(
             reasons.append(line.strip())
     recorded = {r["text"]: r["reasons"] for r in result["rejections"]}
     assert shown == {t: recorded.get(t) for t in shown}
+
+
+def test_the_readme_shows_what_init_prints_on_a_first_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COPYBANDIT_DATABASE_URL", f"sqlite:///{tmp_path}/first.db")
+    for name in ("COPYBANDIT_HOST", "COPYBANDIT_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    printed = CliRunner().invoke(main, ["init", "--no-demo-history"], catch_exceptions=False)
+    assert printed.exit_code == 0, printed.output
+    shown = "\n".join(_fenced_after(README.read_text(), "On first run it prints"))
+    # The README's key and password are made up; the lines around them are init's own.
+    made_up = re.split(r"cb_[0-9a-f]{16}_[\w-]+|example-only-xyz", shown)
+    assert len(made_up) == 3
+    pattern = r"\S+".join(map(re.escape, made_up))
+    # Before, it left out the two lines telling how to make another key and more accounts.
+    assert re.search(pattern, printed.output), printed.output
