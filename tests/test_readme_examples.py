@@ -17,6 +17,7 @@ from service.cli import main, users
 from service.config import Settings
 from service.demo import seed_demo
 from service.demo_history import seed_demo_history
+from service.schemas import GenerateIn
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 # Where `make run` caches the default model, as tests/test_generation_model.py loads it.
@@ -167,3 +168,16 @@ def test_the_readme_shows_what_init_prints_on_a_first_run(
     pattern = r"\S+".join(map(re.escape, made_up))
     # Before, it left out the two lines telling how to make another key and more accounts.
     assert re.search(pattern, printed.output), printed.output
+
+
+def test_the_readme_gives_the_defaults_and_bounds_of_n_and_of_the_full_loop_rounds() -> None:
+    text = " ".join(README.read_text().split())
+    (option,) = [p for p in main.commands["generate"].params if p.name == "n"]
+    assert isinstance(option.type, click.IntRange)
+    bounds = f"{option.type.min} to {option.type.max}"
+    assert option.default == GenerateIn.model_fields["n"].default
+    # Before, neither the API nor the command line said how many lines a job asks for unless told.
+    assert f"`n` is {bounds} (default {option.default})" in text
+    assert f"({bounds}, default {option.default}; progress bar)" in text
+    (rounds,) = [p for p in main.commands["simulate"].params if p.name == "rounds"]
+    assert f"({rounds.default} rounds of 20,000 by default)" in text
