@@ -901,11 +901,12 @@ def _http_url(value: str | None) -> str | None:
     error from wherever it led."""
     if value is None:
         return None
-    parts = urllib.parse.urlsplit(value)
     try:
+        # urlsplit itself refuses an IPv6 host missing its closing bracket (http://[::1:8000).
+        parts = urllib.parse.urlsplit(value)
         parts.port  # noqa: B018  a port that is not a number raises only when read
     except ValueError:
-        parts = parts._replace(netloc="")
+        parts = urllib.parse.SplitResult("", "", "", "", "")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise click.BadParameter(
             f"{value!r} is not a URL: give http:// or https://, a host and optionally a port",

@@ -584,7 +584,15 @@ def test_simulate_refuses_bad_arguments_before_simulating(tmp_path: Path) -> Non
                 2,
                 f"'{url}' is not a URL: give http:// or https://",
             )
-            for url in ("notaurl", "localhost:8000", "ftp://host/", "http://", "http://h:port/")
+            # An IPv6 address missing its closing bracket ended in urlsplit's traceback.
+            for url in (
+                "notaurl",
+                "localhost:8000",
+                "ftp://host/",
+                "http://",
+                "http://h:port/",
+                "http://[::1:8000",
+            )
         },
         "bad scenario, full loop": (
             ["--full-loop", "--writer", "phrases", "--scenario", str(bad_scenario)],
