@@ -798,8 +798,11 @@ def _check_host(host: str, *, from_option: bool) -> None:
     named neither --host nor COPYBANDIT_HOST."""
     import socket
 
+    # Only a pair of brackets comes off: with one alone ("[::1") the check passed and gunicorn
+    # was given "[::1:8000", which it refused as "'' is not a valid port number."
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
-        socket.getaddrinfo(host.strip("[]"), None, type=socket.SOCK_STREAM)
+        socket.getaddrinfo(bare, None, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
         where = "--host" if from_option else "COPYBANDIT_HOST"
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)

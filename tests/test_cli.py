@@ -330,6 +330,18 @@ def test_serve_refuses_a_host_it_cannot_resolve_naming_where_it_came_from(
     where = "--host" if from_option else "COPYBANDIT_HOST"
     assert result.exit_code == 1, result.output
     assert result.output.startswith(f"Error: {where}: cannot listen on 'not_a_host.invalid': ")
+
+
+@pytest.mark.parametrize("host", ["[::1", "::1]"])
+def test_serve_refuses_an_ipv6_host_with_one_bracket_naming_the_option(
+    database: str, host: str
+) -> None:
+    # The check read it without its brackets, so gunicorn got "[::1:1" and said only
+    # "'' is not a valid port number."
+    assert run("migrate").exit_code == 0
+    result = run("serve", "--host", host, "--port", "1")
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"Error: --host: cannot listen on {host!r}: ")
     assert "serving on" not in result.output
 
 
