@@ -56,7 +56,7 @@ class Settings:
     # How long a worker trusts an API key it has checked; a revoked key lasts at most this long.
     key_cache_seconds: float = 5.0
     log_level: str = "INFO"
-    # "json": one JSON object per line (time, level, logger, message, exception).
+    # "json": one JSON object per line (time, level, logger, message, process, exception).
     log_format: str = "text"
     # Generation: a local Hugging Face model folder, or "" for the bundled SmolLM2-135M GGUF.
     model: str = ""
