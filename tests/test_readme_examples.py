@@ -14,14 +14,10 @@ from click.testing import CliRunner
 from sqlmodel import Session
 
 from service.cli import main, users
-from service.config import Settings
 from service.demo import seed_demo
-from service.demo_history import seed_demo_history
 from service.schemas import GenerateIn
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-# Where `make run` caches the default model, as tests/test_generation_model.py loads it.
-MODEL_CACHE = README.parent / "var" / "models"
 # From creating an experiment to changing a variant: the examples that build on each other.
 FIRST, LAST = "### Create an experiment", "### Choose copy for an impression"
 CURL = re.compile(
@@ -100,57 +96,6 @@ def _fenced_after(text: str, lead: str) -> list[str]:
     """The lines of the first fenced block after `lead`."""
     start = text.index("```\n", text.index(lead)) + len("```\n")
     return text[start : text.index("```", start)].splitlines()
-
-
-@pytest.fixture
-def as_make_run(app_config: dict[str, Any]) -> dict[str, Any]:
-    """The app `make run` serves: the default propensity draws shape the demo's week, whose best
-    lines go into the brief, and the default model is read from the cache that make made."""
-    app_config.update(
-        propensity_samples=Settings().propensity_samples, model_cache_dir=str(MODEL_CACHE)
-    )
-    return app_config
-
-
-@pytest.mark.slow
-def test_the_readme_generation_run_is_what_the_default_model_writes(
-    as_make_run: dict[str, Any], api: Any, app: Any, session: Session
-) -> None:
-    if not as_make_run["database_url"].startswith("sqlite"):
-        pytest.skip("the model's lines do not depend on the database; once is enough")
-    experiment = seed_demo(session=session)
-    assert experiment is not None
-    seed_demo_history(
-        session=session,
-        settings=app.extensions["copybandit.settings"],
-        experiment_id=experiment.id,  # type: ignore[arg-type]
-    )
-    response = api.post(
-        "/v1/experiments/1/generate", json={"segment": "weekend-hikers", "n": 3}
-    ).get_json()
-    assert response == {"job_id": 1, "status": "queued"}
-    app.extensions["copybandit.jobs"].join(timeout=300)
-    job = api.get("/v1/jobs/1").get_json()
-    assert job["status"] == "succeeded", job
-    result = job["result"]["segments"]["weekend-hikers"]
-
-    text = README.read_text()
-    section = text[text.index("A real run (`make run`") :]
-    counts = re.search(r"(\d+) sampled, (\d+) rejected", section)
-    assert counts is not None
-    # Before, the README showed lines an earlier sampling loop wrote: 8 rejected, other copy.
-    assert (result["sampled"], result["rejected"]) == tuple(map(int, counts.groups()))
-    (hikers, *_) = api.get("/v1/experiments/1").get_json()["segments"]
-    kept = {v["id"]: v["text"] for v in hikers["variants"] if v["status"] == "pending_review"}
-    assert _fenced_after(section, "these three kept") == [kept[i] for i in result["variant_ids"]]
-    shown: dict[str, list[str]] = {}
-    for line in _fenced_after(section, "two of the rejections"):
-        if line.startswith('"'):
-            shown[json.loads(line)] = reasons = []
-        else:
-            reasons.append(line.strip())
-    recorded = {r["text"]: r["reasons"] for r in result["rejections"]}
-    assert shown == {t: recorded.get(t) for t in shown}
 
 
 def test_the_readme_shows_what_init_prints_on_a_first_run(
