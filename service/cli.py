@@ -1073,7 +1073,11 @@ def serve(host: str | None, port: int | None, workers: int | None, access_log: b
     _prepare_metrics_folder(options)
     # The master logs too (gunicorn's lines, and whatever it imports), in the workers' format.
     logs.configure(settings.log_level, settings.log_format)
-    starting = f"serving on http://{options['bind']} with {options['workers']} workers"
+    worker_count = options["workers"]
+    starting = (
+        f"serving on http://{options['bind']} with {worker_count} "
+        f"worker{'' if worker_count == 1 else 's'}"
+    )
     if settings.log_format == "json":
         logging.getLogger(__name__).info(starting)
     else:

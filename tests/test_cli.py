@@ -691,6 +691,18 @@ def test_serve_binds_ipv6_addresses_in_brackets(
     assert started[0]["bind"] == bind and f"serving on http://{bind} " in result.output
 
 
+@pytest.mark.parametrize(("workers", "said"), [("1", "with 1 worker\n"), ("3", "with 3 workers\n")])
+def test_serve_says_how_many_workers_it_starts(
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: str, said: str
+) -> None:
+    assert run("migrate").exit_code == 0
+    monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path / "metrics"))
+    monkeypatch.setattr("service.gunicorn.run", lambda _options: None)
+    result = run("serve", "--workers", workers)
+    assert result.exit_code == 0, result.output
+    assert said in result.output
+
+
 def test_serve_clears_only_metric_files_from_a_folder_it_was_given(
     database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
