@@ -25,7 +25,7 @@ class LifecyclePolicy(BaseModel):
         default=200,
         ge=1,
         le=10**9,
-        description="evidence a variant needs before a rule retires, pauses or declares it winner",
+        description="evidence a variant needs before any rule judges it",
     )
     retire_below: float = Field(
         default=0.02, ge=0, le=1, description="retire when probability best falls below this"

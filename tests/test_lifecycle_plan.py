@@ -254,24 +254,7 @@ def test_plan_guardrail_returns_only_guardrail_actions() -> None:
     ("arms", "winner_id", "declared"),
     [
         pytest.param([arm(2, 1000, 150), arm(3, 1000, 100)], None, 2, id="dominant-arm"),
-        pytest.param([arm(2, 1000, 150), arm(3, 20, 2)], None, None, id="one-arm-too-new"),
-        pytest.param([arm(2, 150, 40), arm(3, 1000, 50)], None, None, id="the-leader-too-new"),
-        pytest.param(
-            # Its informed prior, worth 1,000 trials at 5%, is no evidence about this copy.
-            [arm(2, 1000, 150), Arm(3, "generated", "active", 0, 0, 50.0, 950.0)],
-            None,
-            None,
-            id="a-new-arm-behind-by-its-prior-alone",
-        ),
-        pytest.param(
-            # From six simulated days through the API at 3,600 decisions a day: 7 (true rate 4%)
-            # and 11 (2%) were served about once a day or less once behind 8 (8%), so they would
-            # not reach min_impressions for months, and no winner was declared meanwhile.
-            [control(1699, 98), arm(8, 17903, 1442), arm(7, 154, 2), arm(11, 143, 3)],
-            None,
-            8,
-            id="arms-the-bandit-stopped-serving-before-min_impressions",
-        ),
+        pytest.param([arm(2, 1000, 150), arm(3, 199, 10)], None, None, id="one-arm-too-new"),
         pytest.param([arm(2, 1000, 150), arm(3, 1000, 100)], 2, None, id="already-declared"),
         pytest.param([arm(2, 1000, 150), arm(3, 1000, 100)], 3, 2, id="new-winner"),
         pytest.param([arm(2, 1000, 100), arm(3, 1000, 98)], None, None, id="too-close"),
@@ -285,11 +268,3 @@ def test_declare_winner(arms: list[Arm], winner_id: int | None, declared: int | 
         assert action.numbers["prob_best"] >= 0.95
         assert action.numbers["declare_at"] == 0.95
         assert "declare_at" in action.reason
-        assert action.numbers["impressions"] >= 200
-
-
-def test_a_winner_declared_beside_newer_arms_says_how_far_behind_they_are() -> None:
-    arms = [control(1699, 98), arm(8, 17903, 1442), arm(7, 154, 2), arm(11, 143, 3)]
-    (winner,) = of_kind(plan_segment(arms, policy(), rng=0), "declare_winner")
-    assert winner.numbers["newer_variants"] == [7, 11]
-    assert 0.95 <= winner.numbers["newer_p_below_winner"] < 1
