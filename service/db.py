@@ -166,6 +166,20 @@ def _close_session(_exc: BaseException | None) -> None:
         db_session.invalidate()
 
 
+def roll_back() -> None:
+    """Roll the request's session back after a failure. Its connection may be as dead as the one
+    that failed: a decision reads its snapshot in the session and writes on a pooled connection
+    of its own, and a server restart ends both, but only the write saw it, so the session's
+    ROLLBACK raised inside the error handler and a 503 became a 500. Such a connection is
+    dropped instead of pooled."""
+    current = session()
+    try:
+        current.rollback()
+    except sa.exc.DBAPIError as exc:
+        log.warning("rolling back the request's database session failed: %s", exc.orig)
+        current.invalidate()
+
+
 # SQLite's primary result codes for a file it cannot reach or write: PERM, BUSY, LOCKED, READONLY,
 # IOERR, FULL, CANTOPEN, PROTOCOL. It raises OperationalError for a missing table or column and
 # for a syntax error too: those are bugs to trace, not outages to wait out.

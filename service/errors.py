@@ -207,7 +207,7 @@ def register(app: Flask) -> None:
 def database_error(exc: sa.exc.DBAPIError) -> APIError:
     """A database failure, logged and rolled back, as the error that answers it: 503 when the
     database could not be reached or written, else 500."""
-    db.session().rollback()
+    db.roll_back()
     if db.database_unavailable(exc):
         # The pool has dropped the dead connection; the client's retry gets a fresh one.
         log.warning("database unavailable: %s", exc.orig)
@@ -219,5 +219,5 @@ def database_error(exc: sa.exc.DBAPIError) -> APIError:
 def unexpected_error(exc: Exception) -> APIError:
     """A bug, logged and rolled back, as the 500 that answers it."""
     log.exception("unhandled error")
-    db.session().rollback()
+    db.roll_back()
     return InternalError("internal error; it has been logged")

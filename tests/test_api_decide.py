@@ -265,6 +265,56 @@ def test_a_decision_stored_before_its_session_lost_the_connection_is_answered(
     assert api.decide(experiment["id"], segment="tea-lovers")["impression_id"]
 
 
+@pytest.mark.parametrize("database_url", ["postgres"] if PG_URL else [], indirect=True)
+def test_a_server_restart_between_the_snapshot_read_and_the_write_is_503(
+    app_config: dict[str, Any],
+    session: Session,
+    experiment: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The snapshot is read in the request's session, the impression written on a connection of
+    its own: a restart ends both, the write answered 503, and the session's ROLLBACK in the error
+    handler then raised on its own dead connection, so the storefront got a 500."""
+    url = sa.engine.make_url(app_config["database_url"])
+    url = url.update_query_dict({"application_name": "restarted_under_test"})
+    # Every decision reloads its snapshot, so the session holds a connection when the write fails.
+    served = create_app(
+        app_config
+        | {"database_url": url.render_as_string(hide_password=False), "snapshot_ttl_seconds": 0.0}
+    )
+    api = Api(served.test_client(), session)
+    engine = served.extensions["copybandit.engine"]
+    cache = served.extensions["copybandit.snapshots"]
+    choose = cache.choose
+
+    def restart_then_choose(arms: Any) -> tuple[int, float]:
+        session.execute(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = 'restarted_under_test'"
+            )
+        )
+        session.commit()
+        return choose(arms)
+
+    try:
+        api.decide(experiment["id"], segment="tea-lovers")
+        before = _impressions_by_variant(session)
+        monkeypatch.setattr(cache, "choose", restart_then_choose)
+
+        response = _post_decide(api, {"experiment": experiment["id"], "segment": "tea-lovers"})
+
+        assert response.status_code == 503, response.get_data()
+        assert response.get_json()["error"] == "unavailable"
+        assert response.headers["Retry-After"]
+        monkeypatch.undo()
+        session.expire_all()
+        assert _impressions_by_variant(session) == before
+        assert api.decide(experiment["id"], segment="tea-lovers")["impression_id"]
+    finally:
+        engine.dispose()
+
+
 def test_a_decision_behind_a_long_held_lock_is_503_before_gunicorn_would_kill_it(
     app_config: dict[str, Any],
     session: Session,
