@@ -184,12 +184,18 @@ def roll_back() -> None:
 # IOERR, FULL, CANTOPEN, PROTOCOL. It raises OperationalError for a missing table or column and
 # for a syntax error too: those are bugs to trace, not outages to wait out.
 _SQLITE_UNAVAILABLE = frozenset({3, 5, 6, 8, 10, 13, 14, 15})
+# PostgreSQL's read_only_sql_transaction: a hot standby that a failover left the URL pointing at,
+# or default_transaction_read_only set for maintenance. psycopg raises it as an InternalError,
+# which read as a bug (500 and a traceback a request) while SQLite's read-only file was a 503.
+_POSTGRES_READ_ONLY = "25006"
 
 
 def database_unavailable(exc: sa.exc.DBAPIError) -> bool:
     """The database could not be reached or written (a lost server, a lock held too long, a
     read-only file): a condition to report and retry, not a bug to trace."""
     if exc.connection_invalidated:
+        return True
+    if getattr(exc.orig, "sqlstate", None) == _POSTGRES_READ_ONLY:
         return True
     if not isinstance(exc, sa.exc.OperationalError):
         return False

@@ -315,6 +315,43 @@ def test_a_server_restart_between_the_snapshot_read_and_the_write_is_503(
         engine.dispose()
 
 
+@pytest.mark.parametrize("database_url", ["postgres"] if PG_URL else [], indirect=True)
+def test_a_read_only_postgresql_database_is_503_and_unhealthy(
+    app_config: dict[str, Any], api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    """A hot standby a failover left the URL pointing at refuses every write as a read-only
+    transaction, which psycopg raises as an InternalError: decisions and events were 500s with a
+    traceback each, and /healthz said ok."""
+    impression_id = api.decide(experiment["id"], segment="tea-lovers")["impression_id"]
+    before = _impressions_by_variant(session)
+    url = sa.engine.make_url(app_config["database_url"])
+    options = f"{url.query['options']} -cdefault_transaction_read_only=on"
+    url = url.update_query_dict({"options": options})
+    standby = create_app(app_config | {"database_url": url.render_as_string(hide_password=False)})
+    client = Api(standby.test_client(), session)
+    try:
+        refused = [
+            _post_decide(client, {"experiment": experiment["id"], "segment": "tea-lovers"}),
+            client.post(
+                "/v1/events",
+                json={"impression_id": impression_id, "type": "conversion"},
+                key="serve",
+            ),
+            standby.test_client().get("/healthz"),
+        ]
+
+        for response in refused:
+            assert response.status_code == 503, response.get_data()
+            assert response.get_json()["error"] == "unavailable"
+            assert response.get_json()["field"] == "database"
+            assert response.headers["Retry-After"]
+        assert refused[-1].get_json()["message"] == "the database is read-only"
+        session.expire_all()
+        assert _impressions_by_variant(session) == before
+    finally:
+        standby.extensions["copybandit.engine"].dispose()
+
+
 def test_a_decision_behind_a_long_held_lock_is_503_before_gunicorn_would_kill_it(
     app_config: dict[str, Any],
     session: Session,

@@ -30,13 +30,17 @@ def livez() -> tuple[dict[str, Any], int]:
 
 @api.get("/healthz", responses={200: Health, 503: ErrorOut})
 def healthz() -> tuple[dict[str, Any], int]:
-    """Liveness, database reachability, migrations, and for SQLite that its file may be written."""
+    """Liveness, database reachability, migrations, and that the database may be written."""
     try:
         db.session().execute(sa.text("SELECT 1"))
     except sa.exc.OperationalError:
         raise ServiceUnavailable("the database is unreachable", field="database") from None
     settings = current_app.extensions["copybandit.settings"]
-    problem = _sqlite_write_problem(settings.database_url) if settings.is_sqlite else None
+    problem = (
+        _sqlite_write_problem(settings.database_url)
+        if settings.is_sqlite
+        else _postgres_write_problem()
+    )
     if problem is not None:
         raise ServiceUnavailable(problem, field="database")
     # A database restored from an older backup, or an empty one the URL now names, answered
@@ -67,6 +71,17 @@ def _sqlite_write_problem(url: str) -> str | None:
             log.warning("healthz: the database %s %s cannot be written", what, path)
             return f"the database {what} cannot be written"
     return None
+
+
+def _postgres_write_problem() -> str | None:
+    """Why PostgreSQL refuses this connection's writes; None when it takes them.
+
+    A hot standby (where a failover left the URL pointing) or a database set
+    default_transaction_read_only answered SELECT 1, so /healthz said ok while every decision
+    failed.
+    """
+    read_only = db.session().execute(sa.text("SHOW transaction_read_only")).scalar_one()
+    return "the database is read-only" if read_only == "on" else None
 
 
 @api.get("/openapi.json", doc_ui=False)
