@@ -669,22 +669,31 @@ class GuardrailWatch:
         with Session(self.engine, expire_on_commit=False) as session:
             for segment_id in due:
                 self._last[segment_id] = now
-                segment = session.get(Segment, segment_id)
-                experiment = session.get(Experiment, segment.experiment_id) if segment else None
-                if segment is None or experiment is None:
-                    continue
-                policy, why = policy_shown(experiment.policy)
-                if why is not None:
-                    # Left alone, as the lifecycle leaves it, until a PATCH fixes the policy; its
-                    # pass logs why, and a traceback per segment each second here told no more.
-                    continue
+                # The conversions that set the check off have committed, and their request
+                # answers as stored whatever happens here: the scheduled pass checks again.
                 try:
-                    new, _ = apply_segment(
-                        session, experiment, segment, policy, guardrail_only=True
-                    )
-                except Exception:
+                    events += self._check(session, segment_id)
+                except Exception as exc:
                     session.rollback()
-                    log.exception("guardrail check failed for segment %s", segment_id)
-                    continue
-                events += new
+                    if isinstance(exc, sa.exc.DBAPIError) and database_unavailable(exc):
+                        log.warning(
+                            "guardrail check skipped for segment %s: database unavailable: %s",
+                            segment_id,
+                            exc.orig,
+                        )
+                    else:
+                        log.exception("guardrail check failed for segment %s", segment_id)
         return events
+
+    def _check(self, session: Session, segment_id: int) -> list[LifecycleEvent]:
+        segment = session.get(Segment, segment_id)
+        experiment = session.get(Experiment, segment.experiment_id) if segment else None
+        if segment is None or experiment is None:
+            return []
+        policy, why = policy_shown(experiment.policy)
+        if why is not None:
+            # Left alone, as the lifecycle leaves it, until a PATCH fixes the policy; its pass
+            # logs why, and a traceback per segment each second here told no more.
+            return []
+        new, _ = apply_segment(session, experiment, segment, policy, guardrail_only=True)
+        return new

@@ -10,10 +10,11 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from service import create_app
+from service.api import serving
 from service.identity import new_impression_id
 from service.models import Event, Impression, Variant
 from service.schemas import MAX_BATCH_EVENTS
-from tests.conftest import Api
+from tests.conftest import PG_URL, Api
 
 UNKNOWN = "f" * 32
 
@@ -116,6 +117,50 @@ def test_a_variant_the_guardrail_pauses_after_a_conversion_is_not_served_again(
     }
     assert served_ids == {control}
     served.extensions["copybandit.engine"].dispose()
+
+
+@pytest.mark.parametrize("database_url", ["postgres"] if PG_URL else [], indirect=True)
+def test_events_stored_before_the_database_went_away_are_answered_as_stored(
+    app_config: dict[str, Any],
+    session: Session,
+    experiment: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The guardrail check that conversions set off runs after their batch has committed. A
+    restart between the two made its first read raise out of the request: the storefront got a
+    503 for conversions that were stored (its retry read them as duplicates), and a check that
+    did fail logged a traceback for a lost connection."""
+    url = sa.engine.make_url(app_config["database_url"])
+    url = url.update_query_dict({"application_name": "events_under_test"})
+    served = create_app(app_config | {"database_url": url.render_as_string(hide_password=False)})
+    api = Api(served.test_client(), session)
+    decision = api.decide(experiment["id"], segment="tea-lovers")
+    stored_then_restarted = serving.record_events
+
+    def record_then_restart(**kwargs: Any) -> Any:
+        outcome = stored_then_restarted(**kwargs)
+        session.execute(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = 'events_under_test'"
+            )
+        )
+        session.commit()
+        return outcome
+
+    monkeypatch.setattr(serving, "record_events", record_then_restart)
+    try:
+        response = _send(api, _conversion(decision["impression_id"], event_id="order-9"))
+
+        assert response.status_code == 200, response.get_data()
+        assert response.get_json() == {**_outcome(accepted=1), "rejections": []}
+        assert session.exec(select(Event.event_id)).all() == ["order-9"]
+        [check] = [r for r in caplog.records if r.name == "service.lifecycle"]
+        assert check.getMessage().startswith("guardrail check skipped for segment")
+        assert check.exc_info is None
+    finally:
+        served.extensions["copybandit.engine"].dispose()
 
 
 def test_an_event_time_is_stored_as_sqlalchemy_stores_times(
