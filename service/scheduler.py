@@ -116,8 +116,16 @@ class PeriodicJob:
         log.info("%s: running for slot %s as %s", self.name, slot, self.holder)
         try:
             self.job()
-        except Exception:
-            log.exception("%s failed for slot %s", self.name, slot)
+        except Exception as exc:
+            if isinstance(exc, sa.exc.DBAPIError) and database_unavailable(exc):
+                # As for a claim: the reason is the news. A pass that met it before its first
+                # segment (a restart ended the pooled connection it started on) logged a
+                # traceback.
+                log.warning(
+                    "%s: database unavailable, slot %s given up: %s", self.name, slot, exc.orig
+                )
+            else:
+                log.exception("%s failed for slot %s", self.name, slot)
         return True
 
     def _claim_current_slot(self) -> tuple[bool, int]:

@@ -270,6 +270,30 @@ def test_a_tick_during_an_outage_skips_its_slot_with_one_warning(
     assert record.getMessage().startswith("lifecycle: database unavailable, slot skipped: ")
 
 
+def test_a_pass_that_loses_the_database_gives_up_its_slot_with_one_warning(
+    engines: Callable[[], sa.Engine], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pass that met a restart before its first segment (its pooled connection ended) raised
+    out to tick, which logged a traceback for an outage."""
+    clock = FakeClock()
+
+    def restarted() -> None:
+        raise sa.exc.OperationalError(
+            "SELECT 1", None, RuntimeError("terminating connection due to administrator command")
+        )
+
+    [job] = _schedulers(engines, 1, clock, restarted)
+    with caplog.at_level(logging.WARNING, logger="service.scheduler"):
+        assert job.tick() is True
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    slot = int(START * 1000)
+    assert record.getMessage() == (
+        f"lifecycle: database unavailable, slot {slot} given up: "
+        "terminating connection due to administrator command"
+    )
+
+
 @pytest.mark.parametrize(
     ("level", "apscheduler_lines"), [(logging.INFO, False), (logging.DEBUG, True)]
 )
