@@ -158,11 +158,12 @@ def _close_session(_exc: BaseException | None) -> None:
         return
     try:
         db_session.close()
-    except sa.exc.DBAPIError:
+    except sa.exc.DBAPIError as exc:
         # The answer is built, and what it reports may have committed on another connection (a
         # decision's impression): the session's own ROLLBACK meeting a connection the server
         # dropped must not turn it into gunicorn's 500. Drop the connection instead of pooling it.
-        log.warning("closing the request's database session failed", exc_info=True)
+        # One line: a restart met this in request after request, a traceback each.
+        log.warning("closing the request's database session failed: %s", exc.orig)
         db_session.invalidate()
 
 

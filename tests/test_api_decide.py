@@ -245,10 +245,15 @@ def _raises(exc: Exception) -> Any:
 # connection of its own: a connection the server drops between the two is a PostgreSQL matter.
 @pytest.mark.parametrize("database_url", ["postgres"] if PG_URL else [], indirect=True)
 def test_a_decision_stored_before_its_session_lost_the_connection_is_answered(
-    app: Any, api: Any, session: Session, experiment: dict[str, Any]
+    app: Any,
+    api: Any,
+    session: Session,
+    experiment: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The session's ROLLBACK at teardown met the dead connection and raised out of the app,
-    so gunicorn answered 500 HTML for an impression that had been stored and counted."""
+    so gunicorn answered 500 HTML for an impression that had been stored and counted; then it
+    logged a traceback for each such request."""
 
     def drop_the_sessions_connection(_sender: Any, **_: Any) -> None:
         pid = flask.g.db_session.connection().connection.driver_connection.info.backend_pid
@@ -259,6 +264,9 @@ def test_a_decision_stored_before_its_session_lost_the_connection_is_answered(
         response = _post_decide(api, {"experiment": experiment["id"], "segment": "tea-lovers"})
 
     assert response.status_code == 200, response.get_data()
+    [closing] = [r for r in caplog.records if r.name == "service.db"]
+    assert closing.getMessage().startswith("closing the request's database session failed: ")
+    assert closing.exc_info is None
     decision = response.get_json()
     [row] = _impression_rows(session, [decision["impression_id"]])
     assert row.variant_id == decision["variant_id"]
