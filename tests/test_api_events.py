@@ -9,10 +9,10 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from service import create_app
+from service import create_app, db
 from service.api import serving
 from service.identity import new_impression_id
-from service.models import Event, Impression, Variant
+from service.models import Event, Impression, Segment, Variant
 from service.schemas import MAX_BATCH_EVENTS
 from tests.conftest import PG_URL, Api
 
@@ -160,6 +160,41 @@ def test_events_stored_before_the_database_went_away_are_answered_as_stored(
         assert check.getMessage().startswith("guardrail check skipped for segment")
         assert check.exc_info is None
     finally:
+        served.extensions["copybandit.engine"].dispose()
+
+
+@pytest.mark.parametrize("database_url", ["postgres"] if PG_URL else [], indirect=True)
+def test_conversions_wait_for_one_segment_lock_at_most(
+    app_config: dict[str, Any],
+    session: Session,
+    experiment: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The guardrail check after a batch locks each segment it touched. With those locks held by
+    another writer, each segment waited the full lock wait: a batch over three segments held its
+    worker 30 s, gunicorn's limit, where a request is to wait about 10 s at most."""
+    monkeypatch.setattr(db, "LOCK_WAIT_SECONDS", 0.2)
+    served = create_app(app_config)
+    api = Api(served.test_client(), session)
+    decisions = [api.decide(experiment["id"], segment=s) for s in ("tea-lovers", "busy-parents")]
+    holder = sa.create_engine(app_config["database_url"]).connect()
+    try:
+        holder.execute(sa.text("SELECT id FROM segment FOR NO KEY UPDATE"))
+        batch = [_conversion(d["impression_id"]) for d in decisions]
+
+        response = _send(api, {"events": batch})
+
+        assert response.status_code == 200, response.get_data()
+        assert response.get_json()["accepted"] == 2
+        segment_ids = sorted(session.exec(select(Segment.id)).all())
+        [check] = [r for r in caplog.records if r.name == "service.lifecycle"]
+        assert check.getMessage().startswith(
+            f"guardrail check skipped for segments {', '.join(map(str, segment_ids))}: "
+        )
+    finally:
+        holder.rollback()
+        holder.close()
         served.extensions["copybandit.engine"].dispose()
 
 
