@@ -31,7 +31,7 @@ from generation.lint import DEFAULT_BANNED_PHRASES
 from generation.similarity import DEFAULT_THRESHOLD, NgramSimilarity, most_similar
 from generation.writer import Writer
 from service.config import Settings
-from service.db import rows_changed
+from service.db import database_unavailable, rows_changed
 from service.experiments import fetch, find_segment, get_experiment, segments_of
 from service.lifecycle import assign_prior
 from service.metrics import metrics
@@ -184,17 +184,16 @@ def run_job(
 ) -> GenerationJob:
     """Run a queued job to the end; each segment's new variants commit together."""
     with Session(engine, expire_on_commit=False) as session:
-        job = get_job(session=session, job_id=job_id)
-        # Only a job still queued: one a lifecycle pass failed as interrupted while it waited
-        # behind others ran anyway, and the copy the pass then ordered again came twice.
-        started = _update(
-            session,
-            job,
-            while_status=JobStatus.QUEUED,
-            status=JobStatus.RUNNING,
-            started_at=utcnow(),
-            message="starting",
-        )
+        try:
+            job, started = _start(session, job_id)
+        except sa.exc.DBAPIError as exc:
+            if not database_unavailable(exc):
+                raise
+            # A job waits its turn for minutes: a restart meanwhile ended the pooled connections,
+            # and its first read met one. The pool has dropped them, so a fresh one starts it; it
+            # stayed queued until a pass gave it up an hour later.
+            session.rollback()
+            job, started = _start(session, job_id)
         if not started:
             log.warning("generation job %s is %s, not queued: not run", job_id, job.status)
             return job
@@ -238,6 +237,22 @@ def run_job(
             message=f"done: {_new_variants(accepted)}",
         )
         return job
+
+
+def _start(session: Session, job_id: int) -> tuple[GenerationJob, bool]:
+    """The job, and whether it was queued and now runs."""
+    job = get_job(session=session, job_id=job_id)
+    # Only a job still queued: one a lifecycle pass failed as interrupted while it waited behind
+    # others ran anyway, and the copy the pass then ordered again came twice.
+    started = _update(
+        session,
+        job,
+        while_status=JobStatus.QUEUED,
+        status=JobStatus.RUNNING,
+        started_at=utcnow(),
+        message="starting",
+    )
+    return job, started
 
 
 def _new_variants(count: int) -> str:
@@ -518,15 +533,19 @@ class JobRunner:
                     self._draining = False
                     return
                 self._running = self._queued.popleft()
-            try:
-                run_job(
-                    engine=self.engine,
-                    job_id=self._running,
-                    writer=self.writer,
-                    options=self.options,
-                )
-            except Exception:
-                log.exception("generation job %s could not be run", self._running)
+            self._run(self._running)
+
+    def _run(self, job_id: int) -> None:
+        try:
+            run_job(engine=self.engine, job_id=job_id, writer=self.writer, options=self.options)
+        except Exception as exc:
+            if not (isinstance(exc, sa.exc.DBAPIError) and database_unavailable(exc)):
+                log.exception("generation job %s could not be run", job_id)
+                return
+            # Still away: the job waits in its row, and the next pass gives it up in an hour.
+            log.warning(
+                "generation job %s could not be run: database unavailable: %s", job_id, exc.orig
+            )
 
     def writer(self) -> Writer:
         with self._writer_lock:

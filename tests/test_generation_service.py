@@ -15,10 +15,11 @@ from sqlmodel import Session, col
 
 from generation.lint import DEFAULT_BANNED_PHRASES
 from generation.writer import Sample
+from service import create_app
 from service.config import load_settings
 from service.generation_jobs import GenerationOptions, create_job, progress_bars_wanted, run_job
 from service.models import GenerationJob
-from tests.conftest import store_policy_by_hand
+from tests.conftest import PG_URL, store_policy_by_hand
 
 GOOD = [
     "Brew every cup right with the Aurora kettle.",
@@ -366,6 +367,45 @@ def test_a_runner_keeps_nothing_of_the_jobs_it_finished(
     assert {api.get(f"/v1/jobs/{job_id}").get_json()["status"] for job_id in job_ids} == {
         "succeeded"
     }
+
+
+@pytest.mark.parametrize("database_url", ["postgres"] if PG_URL else [], indirect=True)
+def test_a_job_queued_before_a_database_restart_still_runs(
+    app_config: dict[str, Any],
+    session: Session,
+    experiment: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A job waits its turn behind others for minutes. A restart meanwhile ended the pooled
+    connections, and the job's first read met one: the job said queued for the hour until a pass
+    gave it up, its copy was not ordered again until then, and the worker logged a traceback."""
+    url = sa.engine.make_url(app_config["database_url"])
+    url = url.update_query_dict({"application_name": "jobs_under_test"})
+    served = create_app(app_config | {"database_url": url.render_as_string(hide_password=False)})
+    runner = served.extensions["copybandit.jobs"]
+    runner.writer_factory = lambda: ScriptedWriter(GOOD)
+    engine = served.extensions["copybandit.engine"]
+    try:
+        with Session(engine) as pooled:
+            job_id = create_job(
+                session=pooled, experiment_id=experiment["id"], segment_key="tea-lovers", n=2
+            ).id
+        session.execute(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = 'jobs_under_test'"
+            )
+        )
+        session.commit()
+
+        runner.submit(job_id)
+        runner.join(timeout=30)
+
+        job = session.get(GenerationJob, job_id, populate_existing=True)
+        assert job is not None and job.status == "succeeded", job
+        assert not [r for r in caplog.records if r.exc_info]
+    finally:
+        engine.dispose()
 
 
 def test_a_job_given_up_as_interrupted_before_it_ran_is_not_run(
