@@ -335,9 +335,14 @@ def _generate(
             index / len(segments), f"segment {segment.key}: sampling round 1/{options.max_rounds}"
         )
         existing = session.exec(select(Variant.text).where(Variant.segment_id == segment.id)).all()
+        brief = brief_for(session, experiment, segment)
+        # Ends the reads' transaction before the model samples for seconds or minutes: left
+        # open, PostgreSQL's idle_in_transaction_session_timeout ended the connection under a
+        # long round and the job failed, and its snapshot held back vacuum meanwhile.
+        session.commit()
         seed = job.id * 1000 + index  # type: ignore[operator]
         generated = generate_variants(
-            brief_for(session, experiment, segment),
+            brief,
             job.n,
             writer=writer,
             existing=existing,

@@ -408,6 +408,47 @@ def test_a_job_queued_before_a_database_restart_still_runs(
         engine.dispose()
 
 
+@pytest.mark.parametrize("database_url", ["postgres"] if PG_URL else [], indirect=True)
+def test_a_job_holds_no_transaction_open_while_the_model_samples(
+    app_config: dict[str, Any], session: Session, experiment: dict[str, Any]
+) -> None:
+    """The job read the segment's copy and brief, then sampled a round with that transaction
+    still open: PostgreSQL's idle_in_transaction_session_timeout, which production servers set,
+    ended the connection under a round that ran longer, and the job failed at its first progress
+    write; meanwhile the open snapshot held back vacuum."""
+    url = sa.engine.make_url(app_config["database_url"])
+    url = url.update_query_dict({"application_name": "job_sampling_under_test"})
+    engine = sa.create_engine(url.render_as_string(hide_password=False))
+    seen: list[str] = []
+
+    class Watching(ScriptedWriter):
+        def sample(self, messages: list[dict[str, str]], n: int, seed: int) -> list[Sample]:
+            seen.extend(
+                session.execute(
+                    sa.text(
+                        "SELECT state FROM pg_stat_activity"
+                        " WHERE application_name = 'job_sampling_under_test'"
+                    )
+                ).scalars()
+            )
+            session.commit()  # the next look reads pg_stat_activity afresh
+            return super().sample(messages, n, seed)
+
+    job = create_job(session=session, experiment_id=experiment["id"], segment_key="tea-lovers", n=2)
+    try:
+        ran = run_job(
+            engine=engine,
+            job_id=job.id,  # type: ignore[arg-type]
+            writer=lambda: Watching(GOOD),
+            options=GenerationOptions.from_settings(load_settings(app_config)),
+        )
+    finally:
+        engine.dispose()
+
+    assert ran.status == "succeeded", ran.error
+    assert seen and "idle in transaction" not in seen
+
+
 def test_a_job_given_up_as_interrupted_before_it_ran_is_not_run(
     api: Any, app: Any, session: Session, experiment: dict[str, Any], writer: ScriptedWriter
 ) -> None:
