@@ -83,7 +83,7 @@ def _came_from() -> str:
 
 @bp.errorhandler(APIError)
 def _api_error(exc: APIError) -> tuple[str, int, dict[str, str]]:
-    db.session().rollback()
+    db.roll_back()  # the connection may be as dead as the one that failed
     # A refused form shows what was typed into it: the "Go back" link, and reloading the form's
     # page, find it empty. Only once its CSRF token passed, so the text is the marketer's own: a
     # database failure can come before the check.
