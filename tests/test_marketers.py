@@ -354,6 +354,15 @@ def _demo_counts(url: str) -> tuple[int, int, int, int]:
     return impressions, events, int(shown), int(converted)
 
 
+def _conversions_before_their_impressions(session: Session) -> int:
+    return session.exec(
+        select(sa.func.count())
+        .select_from(Event)
+        .join(Impression, col(Impression.id) == col(Event.impression_id))
+        .where(col(Event.created_at) < col(Impression.created_at))
+    ).one()
+
+
 def test_init_prints_a_dashboard_sign_in_once_and_seeds_a_week_of_history(
     cli_database: str, small_history: None
 ) -> None:
@@ -381,13 +390,7 @@ def test_init_prints_a_dashboard_sign_in_once_and_seeds_a_week_of_history(
         # Spread over the past week, not all stamped now.
         assert timedelta(days=6) < now - oldest <= timedelta(days=7, minutes=5)
         assert now - newest < timedelta(hours=1)
-        late = session.exec(
-            select(sa.func.count())
-            .select_from(Event)
-            .join(Impression, col(Impression.id) == col(Event.impression_id))
-            .where(col(Event.created_at) < col(Impression.created_at))
-        ).one()
-        assert late == 0  # no conversion before the impression it follows
+        assert _conversions_before_their_impressions(session) == 0
         # All three segments got traffic.
         experiment = session.exec(select(Experiment)).one()
         per_segment = session.exec(
@@ -439,13 +442,7 @@ def test_init_stopped_while_it_simulates_leaves_what_it_served_spread_over_the_w
         now = datetime.now(UTC)
         assert timedelta(days=6) < now - oldest <= timedelta(days=7, minutes=5)
         assert timedelta(minutes=30) < now - newest < timedelta(hours=1)
-        late = session.exec(
-            select(sa.func.count())
-            .select_from(Event)
-            .join(Impression, col(Impression.id) == col(Event.impression_id))
-            .where(col(Event.created_at) < col(Impression.created_at))
-        ).one()
-        assert late == 0
+        assert _conversions_before_their_impressions(session) == 0
     assert run("check").exit_code == 0
 
 

@@ -94,6 +94,19 @@ def _stored_rows(engine: sa.Engine) -> dict[str, list[tuple[object, ...]]]:
         }
 
 
+def _a_stored_variant(engine: sa.Engine) -> dict[str, int]:
+    """_a_variant, committed: its experiment's, segment's and own ids, for SQL by hand."""
+    with Session(engine) as session:
+        variant = _a_variant(session)
+        ids = {
+            "experiment": variant.experiment_id,
+            "segment": variant.segment_id,
+            "variant": variant.id,
+        }
+        session.commit()
+    return ids  # type: ignore[return-value]
+
+
 def _a_variant(session: Session, **fields: Any) -> Variant:
     """An active variant in a segment of a sticky experiment of its own, flushed."""
     experiment = Experiment(name="e", product_name="p", product_description="d", sticky=True)
@@ -270,14 +283,7 @@ def test_a_server_of_the_release_before_inserts_without_the_new_columns(
     assignment.last_used_at (0010) or generation_job.updated_at: its first sticky decision and
     its generate request were 500s on NOT NULL."""
     migrate.upgrade(empty_engine)
-    with Session(empty_engine) as session:
-        variant = _a_variant(session)
-        ids = {
-            "experiment": variant.experiment_id,
-            "segment": variant.segment_id,
-            "variant": variant.id,
-        }
-        session.commit()
+    ids = _a_stored_variant(empty_engine)
     # SQLite fills in whole milliseconds.
     before = utcnow().replace(microsecond=0)
     with empty_engine.begin() as connection:
@@ -314,14 +320,7 @@ def test_times_the_database_fills_in_are_stored_as_every_other_time_is(
     server of the release before had queued, to give it up: it stayed queued, its copy on order,
     for good. 0013 rewrites such rows and writes the fraction from then on."""
     migrate.upgrade(empty_engine, stored_at)
-    with Session(empty_engine) as session:
-        variant = _a_variant(session)
-        ids = {
-            "experiment": variant.experiment_id,
-            "segment": variant.segment_id,
-            "variant": variant.id,
-        }
-        session.commit()
+    ids = _a_stored_variant(empty_engine)
     # As the release before writes them: without assignment.last_used_at or job.updated_at.
     with empty_engine.begin() as connection:
         connection.execute(
