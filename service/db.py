@@ -7,7 +7,7 @@ import functools
 import logging
 import os
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeGuard, cast
 
 import sqlalchemy as sa
 from flask import Flask, Response, current_app, g
@@ -191,9 +191,12 @@ _SQLITE_UNAVAILABLE = frozenset({3, 5, 6, 8, 10, 13, 14, 15})
 _POSTGRES_READ_ONLY = "25006"
 
 
-def database_unavailable(exc: sa.exc.DBAPIError) -> bool:
+def database_unavailable(exc: BaseException) -> TypeGuard[sa.exc.DBAPIError]:
     """The database could not be reached or written (a lost server, a lock held too long, a
-    read-only file): a condition to report and retry, not a bug to trace."""
+    read-only file): a condition to report and retry, not a bug to trace. Any exception may be
+    asked about: the handlers that catch everything ask it too."""
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
     if exc.connection_invalidated:
         return True
     if getattr(exc.orig, "sqlstate", None) == _POSTGRES_READ_ONLY:

@@ -544,7 +544,7 @@ class JobRunner:
         try:
             run_job(engine=self.engine, job_id=job_id, writer=self.writer, options=self.options)
         except Exception as exc:
-            if not (isinstance(exc, sa.exc.DBAPIError) and database_unavailable(exc)):
+            if not database_unavailable(exc):
                 log.exception("generation job %s could not be run", job_id)
                 return
             # Still away: the job waits in its row, and the next pass gives it up in an hour.

@@ -304,7 +304,7 @@ def _log_left_unchanged(
     where = f"lifecycle: segment {segment.key} of experiment {experiment.id} left unchanged" + (
         " but for its discount fold" if folded else ""
     )
-    if isinstance(exc, sa.exc.DBAPIError) and database_unavailable(exc):
+    if database_unavailable(exc):
         # The reason is the news (a read-only file, a lost server), not where in the pass it met
         # it: a traceback per segment buried it.
         log.warning("%s: database unavailable: %s", where, exc.orig)
@@ -675,7 +675,7 @@ class GuardrailWatch:
                     events += self._check(session, segment_id)
                 except Exception as exc:
                     session.rollback()
-                    if not (isinstance(exc, sa.exc.DBAPIError) and database_unavailable(exc)):
+                    if not database_unavailable(exc):
                         log.exception("guardrail check failed for segment %s", segment_id)
                         continue
                     # The rest would meet it too: each segment's lock, held by another writer,

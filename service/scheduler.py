@@ -117,7 +117,7 @@ class PeriodicJob:
         try:
             self.job()
         except Exception as exc:
-            if isinstance(exc, sa.exc.DBAPIError) and database_unavailable(exc):
+            if database_unavailable(exc):
                 # As for a claim: the reason is the news. A pass that met it before its first
                 # segment (a restart ended the pooled connection it started on) logged a
                 # traceback.
