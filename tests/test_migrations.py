@@ -107,6 +107,20 @@ def _a_stored_variant(engine: sa.Engine) -> dict[str, int]:
     return ids  # type: ignore[return-value]
 
 
+def _an_assignment_as_the_release_before_writes(
+    connection: sa.Connection, ids: dict[str, int]
+) -> None:
+    """A sticky assignment of _a_stored_variant's, without assignment.last_used_at (0010)."""
+    connection.execute(
+        sa.text(
+            "INSERT INTO assignment"
+            " (experiment_id, segment_id, user_hash, variant_id, propensity, created_at)"
+            " VALUES (:experiment, :segment, 'u', :variant, 1.0, :now)"
+        ).bindparams(sa.bindparam("now", type_=UtcDateTime)),
+        {**ids, "now": utcnow()},
+    )
+
+
 def _a_variant(session: Session, **fields: Any) -> Variant:
     """An active variant in a segment of a sticky experiment of its own, flushed."""
     experiment = Experiment(name="e", product_name="p", product_description="d", sticky=True)
@@ -287,14 +301,7 @@ def test_a_server_of_the_release_before_inserts_without_the_new_columns(
     # SQLite fills in whole milliseconds.
     before = utcnow().replace(microsecond=0)
     with empty_engine.begin() as connection:
-        connection.execute(
-            sa.text(
-                "INSERT INTO assignment"
-                " (experiment_id, segment_id, user_hash, variant_id, propensity, created_at)"
-                " VALUES (:experiment, :segment, 'u', :variant, 1.0, :now)"
-            ).bindparams(sa.bindparam("now", type_=UtcDateTime)),
-            {**ids, "now": utcnow()},
-        )
+        _an_assignment_as_the_release_before_writes(connection, ids)
         connection.execute(
             sa.text(
                 "INSERT INTO generation_job (experiment_id, n, status, progress, message,"
@@ -323,14 +330,7 @@ def test_times_the_database_fills_in_are_stored_as_every_other_time_is(
     ids = _a_stored_variant(empty_engine)
     # As the release before writes them: without assignment.last_used_at or job.updated_at.
     with empty_engine.begin() as connection:
-        connection.execute(
-            sa.text(
-                "INSERT INTO assignment"
-                " (experiment_id, segment_id, user_hash, variant_id, propensity, created_at)"
-                " VALUES (:experiment, :segment, 'u', :variant, 1.0, :now)"
-            ).bindparams(sa.bindparam("now", type_=UtcDateTime)),
-            {**ids, "now": utcnow()},
-        )
+        _an_assignment_as_the_release_before_writes(connection, ids)
         job_id = connection.execute(
             sa.text(
                 "INSERT INTO generation_job (experiment_id, n, status, progress, message,"
