@@ -34,7 +34,7 @@ from service.config import Settings
 from service.db import database_unavailable, rows_changed
 from service.experiments import fetch, find_segment, get_experiment, segments_of
 from service.lifecycle import assign_prior
-from service.metrics import metrics
+from service.metrics import count
 from service.models import (
     JOB_MESSAGE_MAX_CHARS,
     Experiment,
@@ -121,7 +121,7 @@ def fail_interrupted_jobs(*, session: Session, now: datetime) -> list[int]:
     session.commit()
     if failed:
         # The failures an alert on failed jobs is most for: a worker killed mid-job.
-        metrics().generation_jobs.labels("failed").inc(len(failed))
+        count(lambda m: m.generation_jobs.labels("failed").inc(len(failed)))
     return failed
 
 
@@ -286,7 +286,7 @@ def _finish(session: Session, job: GenerationJob, **values: Any) -> None:
             values["status"],
         )
         return
-    metrics().generation_jobs.labels(str(values["status"])).inc()
+    count(lambda m: m.generation_jobs.labels(str(values["status"])).inc())
 
 
 class _GivenUp(Exception):
@@ -602,7 +602,7 @@ def write_off(*, engine: sa.Engine, job_ids: list[int], reason: str) -> list[int
     for job_id in still_unfinished:
         log.warning("generation job %s: %s", job_id, reason)
     if still_unfinished:
-        metrics().generation_jobs.labels("failed").inc(len(still_unfinished))
+        count(lambda m: m.generation_jobs.labels("failed").inc(len(still_unfinished)))
     return list(still_unfinished)
 
 

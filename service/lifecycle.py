@@ -26,7 +26,7 @@ from bandits import stats
 from bandits.priors import discount_factor, empirical_bayes_prior
 from service.db import database_unavailable, rows_changed
 from service.errors import first_problem
-from service.metrics import metrics
+from service.metrics import Metrics, count
 from service.models import (
     Experiment,
     GenerationJob,
@@ -336,7 +336,7 @@ def fold_segment(
         session.add(fold)
     session.commit()
     if fold is not None:
-        metrics().lifecycle_actions.labels(fold.action).inc()
+        count(lambda m: m.lifecycle_actions.labels(fold.action).inc())
         session.expunge(fold)  # as apply_segment's: the plan's rollback must not expire it
     return fold
 
@@ -425,8 +425,13 @@ def apply_segment(
         )
     session.add_all(events)
     session.commit()
+
+    def count_actions(m: Metrics) -> None:
+        for event in events:
+            m.lifecycle_actions.labels(event.action).inc()
+
+    count(count_actions)
     for event in events:
-        metrics().lifecycle_actions.labels(event.action).inc()
         # The caller's record of what was done, kept out of later transactions: a later segment's
         # rollback expired them, and `lifecycle --once` then died reading them once the session
         # had closed (DetachedInstanceError), before it printed anything or ran its jobs.

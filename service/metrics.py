@@ -5,13 +5,19 @@ Under gunicorn each worker counts its own requests; `copybandit serve` points pr
 multiprocess mode at a fresh folder (PROMETHEUS_MULTIPROC_DIR) before the workers fork, so one
 scrape of any worker reports the sum over all of them. The metrics are created on first use, in
 the worker, because prometheus_client picks its value storage from that variable at creation.
+
+Everything counted is counted through `count`, after the work it counts is done: a folder that
+cannot be written costs the counts, never the request or the pass.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from flask import Flask, Response, g, request
@@ -24,6 +30,10 @@ from prometheus_client import (
     multiprocess,
     values,
 )
+
+from service.errors import ServiceUnavailable
+
+log = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -80,6 +90,51 @@ def metrics() -> Metrics:
     return created
 
 
+def count(update: Callable[[Metrics], object]) -> None:
+    """Apply `update` to the metrics, or log why it could not be and carry on.
+
+    Each count follows work already committed: a decision stored, events recorded, a pass's
+    actions applied. With the metrics folder removed under a running server, or its disk full,
+    every count raised, so a stored decision answered 500 and its client's retry stored a second
+    impression.
+    """
+    try:
+        update(metrics())
+    except Exception as exc:
+        _failures.report(exc)
+
+
+class _FailureLog:
+    """One warning a minute per process: a folder that fails one count fails them all, and a line
+    per request buried everything else the log said."""
+
+    INTERVAL_SECONDS = 60.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: float | None = None
+        self._since = 0
+
+    def report(self, exc: Exception) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if self._last is not None and now - self._last < self.INTERVAL_SECONDS:
+                self._since += 1
+                return
+            unreported, self._since, self._last = self._since, 0, now
+        more = f"; {unreported} more failed since the last such line" if unreported else ""
+        log.warning(
+            "metrics not recorded, in %s: %s: %s (the work they count is done)%s",
+            os.environ.get(MULTIPROC_ENV) or "this process's memory",
+            type(exc).__name__,
+            exc,
+            more,
+        )
+
+
+_failures = _FailureLog()
+
+
 def _registry() -> CollectorRegistry:
     if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
@@ -97,15 +152,27 @@ def init_app(app: Flask) -> None:
 
     @app.after_request
     def _observe(response: Response) -> Response:
-        m = metrics()
-        m.responses.labels(str(response.status_code)).inc()
         started = g.get("metrics_started")
-        if started is not None and request.url_rule is not None:
-            m.latency.labels(request.url_rule.rule).observe(time.perf_counter() - started)
+        rule = request.url_rule
+
+        def observe(m: Metrics) -> None:
+            m.responses.labels(str(response.status_code)).inc()
+            if started is not None and rule is not None:
+                m.latency.labels(rule.rule).observe(time.perf_counter() - started)
+
+        count(observe)
         return response
 
     def scrape() -> Response:
-        metrics()  # so a scrape before any request still lists every metric
+        try:
+            metrics()  # so a scrape before any request still lists every metric
+        except Exception as exc:
+            # A scrape that answered with the counts it could read would hide that this worker
+            # counts nothing: the target's `up` goes to 0 instead.
+            _failures.report(exc)
+            raise ServiceUnavailable(
+                f"this worker cannot record its metrics: {type(exc).__name__}: {exc}"
+            ) from None
         return Response(generate_latest(_registry()), mimetype=CONTENT_TYPE_LATEST)
 
     # A plain Flask rule, like "/": not part of the JSON API's OpenAPI document.

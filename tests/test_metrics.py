@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -95,3 +96,59 @@ def test_every_action_a_pass_counts_is_listed_up_front() -> None:
     from service.metrics import LIFECYCLE_ACTIONS
 
     assert set(LIFECYCLE_ACTIONS) == set(AUDIT_ACTIONS) - {"prior"}
+
+
+WORKER_WITHOUT_ITS_METRICS_FOLDER = """
+import json, sys
+from service import create_app
+config, key, experiment = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+client = create_app(config).test_client()
+headers = {"Authorization": "Bearer " + key}
+decided = client.post("/v1/decide", json={"experiment": experiment}, headers=headers)
+event = {"impression_id": (decided.get_json() or {}).get("impression_id"), "type": "conversion",
+         "event_id": "folder-gone"}
+reported = client.post("/v1/events", json=event, headers=headers)
+scraped = client.get("/metrics")
+print(json.dumps([[r.status_code, r.get_json(silent=True)] for r in (decided, reported, scraped)]))
+"""
+
+
+def test_a_metrics_folder_that_cannot_be_written_costs_the_counts_not_the_request(
+    api: Any, app_config: dict[str, Any], experiment: dict[str, Any], session: Any, tmp_path: Path
+) -> None:
+    # The folder serve made, removed under it (a tmp cleaner, `rm -rf var`): the decision was
+    # committed, then counting it raised, and the storefront got a 500 it would retry, storing a
+    # second impression. A fresh process, as the metrics' storage is chosen when they are made.
+    from sqlmodel import func, select
+
+    from service.models import Event, Impression
+
+    env = {**os.environ, MULTIPROC_ENV: str(tmp_path / "removed")}
+    worker = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            WORKER_WITHOUT_ITS_METRICS_FOLDER,
+            json.dumps(app_config),
+            api.keys["serve"],
+            str(experiment["id"]),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (decided, decision), (reported, outcome), (scraped, refusal) = json.loads(worker.stdout)
+
+    assert decided == 200, decision
+    assert reported == 200 and outcome["accepted"] == 1, outcome
+    assert session.exec(select(func.count()).select_from(Impression)).one() == 1
+    assert session.exec(select(func.count()).select_from(Event)).one() == 1
+    # The scrape says so rather than answer with no counts for this worker.
+    assert scraped == 503 and refusal["error"] == "unavailable", refusal
+    assert "cannot record its metrics" in refusal["message"]
+    # Every count of every request failed; the log says so once.
+    warnings = [line for line in worker.stderr.splitlines() if "metrics not recorded" in line]
+    assert len(warnings) == 1, worker.stderr
+    assert str(tmp_path / "removed") in warnings[0] and "FileNotFoundError" in warnings[0]
+    assert "Traceback" not in worker.stderr

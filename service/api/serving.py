@@ -12,7 +12,7 @@ from service.api.common import BEARER, guarded, json_of, responses, settings
 from service.decisions import decide as make_decision
 from service.errors import NotFound
 from service.events import record_events
-from service.metrics import metrics
+from service.metrics import Metrics, count
 from service.models import Scope
 from service.schemas import DecideIn, DecideOut, EventsIn, EventsOut
 
@@ -35,7 +35,7 @@ def decide(body: DecideIn) -> tuple[dict[str, Any], int]:
     decision = make_decision(
         session=db.session, bind=db.engine(), cache=_cache(), settings=settings(), decide_in=body
     )
-    metrics().decisions.inc()
+    count(lambda m: m.decisions.inc())
     # DecideOut documents this shape; building the model per decision would only copy it.
     return {
         "impression_id": decision.impression_id,
@@ -59,10 +59,13 @@ def events(body: EventsIn) -> tuple[dict[str, Any], int]:
     # paused must stop being served now, so its experiment's snapshot is dropped.
     for experiment_id in {action.experiment_id for action in paused}:
         _cache().invalidate(experiment_id)
-    counted = metrics().events
-    counted.labels("accepted").inc(outcome.accepted)
-    counted.labels("duplicate").inc(outcome.duplicate)
-    counted.labels("rejected").inc(len(outcome.rejections))
+
+    def count_outcomes(m: Metrics) -> None:
+        m.events.labels("accepted").inc(outcome.accepted)
+        m.events.labels("duplicate").inc(outcome.duplicate)
+        m.events.labels("rejected").inc(len(outcome.rejections))
+
+    count(count_outcomes)
     if body.events is None and outcome.rejections:
         raise NotFound("no impression with that id", field="impression_id")
     return json_of(
