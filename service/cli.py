@@ -823,6 +823,7 @@ def _prepare_metrics_folder(options: dict[str, Any]) -> None:
     server, so counts from an earlier run never leak into this one."""
     import os
     import shutil
+    import tempfile
 
     from prometheus_client import multiprocess
 
@@ -845,22 +846,27 @@ def _prepare_metrics_folder(options: dict[str, Any]) -> None:
         def clear() -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
-    clear()
+    fix = (
+        f"set {MULTIPROC_ENV} to a folder serve may write"
+        if given
+        else (
+            f"run serve from a folder it may write, or set {MULTIPROC_ENV} to one (and, for "
+            "the default model, COPYBANDIT_MODEL_CACHE_DIR, whose default is var/models)"
+        )
+    )
     try:
+        clear()
         folder.mkdir(parents=True, exist_ok=True)
+        # A folder that exists but may not be written (another user's, a read-only mount) passed
+        # mkdir, and every worker then failed to count anything.
+        with tempfile.TemporaryFile(dir=folder):
+            pass
     except OSError as exc:
         # Started from a folder it may not write (systemd's default WorkingDirectory=/ for a
         # non-root user, a read-only container root): one line, not mkdir's traceback.
-        fix = (
-            f"set {MULTIPROC_ENV} to a folder serve may write"
-            if given
-            else (
-                f"run serve from a folder it may write, or set {MULTIPROC_ENV} to one (and, for "
-                "the default model, COPYBANDIT_MODEL_CACHE_DIR, whose default is var/models)"
-            )
-        )
+        doing = "write in" if folder.is_dir() else "make"
         raise click.ClickException(
-            f"cannot make the metrics folder {folder} ({exc.strerror}): {fix}"
+            f"cannot {doing} the metrics folder {folder} ({exc.strerror}): {fix}"
         ) from None
     os.environ[MULTIPROC_ENV] = str(folder)
     # A dead worker's live gauges must stop counting; its counters stay in the sums.

@@ -750,6 +750,25 @@ def test_serve_where_it_cannot_make_its_metrics_folder_is_one_line(
     assert started == []
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_serve_given_a_metrics_folder_it_cannot_write_in_is_one_line(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A folder that exists passed mkdir, serve started, and every decision it then stored was
+    # answered 500 as its worker failed to count it. /proc: a folder no user, root included, may
+    # make a file in, as another user's folder or a read-only mount would be.
+    assert run("migrate").exit_code == 0
+    monkeypatch.setenv(MULTIPROC_ENV, "/proc")
+    started: list[dict[str, Any]] = []
+    monkeypatch.setattr("service.gunicorn.run", started.append)
+    result = CliRunner().invoke(main, ["serve", "--port", "8123"])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: cannot write in the metrics folder /proc (")
+    assert result.output.endswith(f"set {MULTIPROC_ENV} to a folder serve may write\n")
+    assert len(result.output.splitlines()) == 1
+    assert started == []
+
+
 def test_only_commands_that_may_load_the_model_check_its_cache_folder(
     database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
