@@ -161,7 +161,11 @@ def _record(engine: sa.Engine, statements: list[tuple[str, tuple[Any, ...]]]) ->
                 for sql, parameters in statements:
                     driver.execute(sql, parameters)
             finally:
-                driver.autocommit = False
+                # On a connection the server ended, this raised "the connection is lost" in place
+                # of the error that says why (terminating connection due to administrator
+                # command); such a connection is invalidated below, never used again.
+                if not driver.broken:
+                    driver.autocommit = False
         else:
             with writer_turn(engine, driver):
                 for sql, parameters in statements:
