@@ -3,8 +3,8 @@ their sign-in sessions.
 
 Passwords are hashed with werkzeug's salted scrypt. Sign-in costs one hash whether or not the
 email exists, so response time does not tell which addresses have accounts. A session is a random
-token in the browser's cookie and its SHA-256 here; signing out or changing the password deletes
-the row, which ends the session wherever the cookie was copied to.
+token in the browser's cookie and its SHA-256 here; signing out, signing in again or changing the
+password deletes the row, which ends the session wherever the cookie was copied to.
 """
 
 from __future__ import annotations
@@ -113,11 +113,21 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def open_session(*, session: Session, marketer: Marketer, lifetime: timedelta) -> str:
-    """Start a sign-in session; return the token for the cookie (stored here only as a hash)."""
+def open_session(
+    *, session: Session, marketer: Marketer, lifetime: timedelta, replacing: str | None = None
+) -> str:
+    """Start a sign-in session; return the token for the cookie (stored here only as a hash).
+
+    `replacing` is the token of the session this browser held before, which ends in the same
+    commit: a copy of the cookie from before signing in again stays signed out.
+    """
     now = utcnow()
     # Expired sessions are swept here, on the one path that adds rows.
     session.execute(sa.delete(MarketerSession).where(col(MarketerSession.expires_at) < now))
+    if replacing is not None:
+        session.execute(
+            sa.delete(MarketerSession).where(col(MarketerSession.id) == _digest(replacing))
+        )
     token = secrets.token_urlsafe(32)
     session.add(
         MarketerSession(

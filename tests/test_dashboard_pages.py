@@ -693,6 +693,23 @@ def test_a_copied_cookie_works_until_sign_out(app: Any, dash: Dashboard) -> None
     assert signed_in(replay)
 
 
+@pytest.mark.parametrize("as_who", [EMAIL, "ola@example.com"])
+def test_signing_in_again_ends_the_session_from_before(
+    app: Any, dash: Dashboard, session: Session, as_who: str
+) -> None:
+    session.add(Marketer(email="ola@example.com", password_hash=_password_hash()))
+    session.commit()
+    copied = _session_cookie(dash.client)
+    # Signed in, the sign-in page redirects; a sign-in form posted from another tab still lands.
+    response = dash.post("/dashboard/sign-in", {"email": as_who, "password": PASSWORD})
+    assert response.status_code == 303
+    assert signed_in(dash.client) and as_who in dash.html("/dashboard/")
+    replay = app.test_client()
+    replay.set_cookie("copybandit_session", copied)
+    assert redirects_to_sign_in(replay.get("/dashboard/"))
+    assert len(stored(app)["marketer_session"]) == 1
+
+
 def test_a_password_change_signs_out_existing_sessions(
     app: Any, dash: Dashboard, session: Session
 ) -> None:

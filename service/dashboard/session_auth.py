@@ -53,7 +53,15 @@ _TYPED_FIELDS = {
 
 def start_session(marketer: Marketer) -> None:
     lifetime = current_app.permanent_session_lifetime
-    token = open_session(session=db.session(), marketer=marketer, lifetime=lifetime)
+    # Signing in while signed in (as someone else, or again) ends the session from before on the
+    # server too: left alive, any copy of the old cookie stayed signed in until it expired.
+    before = session.get("token")
+    token = open_session(
+        session=db.session(),
+        marketer=marketer,
+        lifetime=lifetime,
+        replacing=before if isinstance(before, str) else None,
+    )
     # A fresh session on sign-in: nothing set before it (a planted token, an old CSRF token)
     # carries over.
     session.clear()
