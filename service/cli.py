@@ -50,6 +50,7 @@ from service.marketers import (
     create_marketer,
     generate_password,
     list_marketers,
+    remove_marketer,
     set_password,
 )
 from service.models import MAX_DB_ID, ApiKey, JobStatus, LifecycleEvent, Scope, Segment, Variant
@@ -1021,6 +1022,19 @@ def users_set_password(email: str, password: str) -> None:
         except APIError as exc:
             raise click.ClickException(exc.message) from None
     click.echo(f"password changed for {email}")
+
+
+@users.command("remove")
+@click.option("--email", required=True)
+def users_remove(email: str) -> None:
+    """Remove a marketer's account; browsers signed in with it are signed out. Status reasons
+    that name them ("paused by ...") keep their address."""
+    with _session(_settings()) as session:
+        try:
+            marketer = remove_marketer(session=session, email=email)
+        except APIError as exc:
+            raise click.ClickException(exc.message) from None
+    click.echo(f"removed dashboard user {marketer.email}")
 
 
 @users.command("list")

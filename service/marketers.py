@@ -87,6 +87,28 @@ def set_password(*, session: Session, email: str, password: str) -> Marketer:
     return marketer
 
 
+def remove_marketer(*, session: Session, email: str) -> Marketer:
+    """Delete a marketer's account and every session it has, in one commit.
+
+    Nothing else references the row: what the dashboard records about a marketer's changes (a
+    variant's status reason, "paused by mia@example.com") holds their address as text, so it
+    still says who it was after the account is gone.
+    """
+    marketer = session.exec(
+        # Locked: a sign-in that adds a session row now waits for this commit, rather than
+        # ending the delete in a foreign-key error.
+        select(Marketer).where(Marketer.email == normalize_email(email)).with_for_update()
+    ).first()
+    if marketer is None:
+        raise NotFound(f"no marketer with email {email!r}", field="email")
+    session.execute(
+        sa.delete(MarketerSession).where(col(MarketerSession.marketer_id) == marketer.id)
+    )
+    session.delete(marketer)
+    session.commit()
+    return marketer
+
+
 def list_marketers(*, session: Session) -> list[Marketer]:
     return list(session.exec(select(Marketer).order_by(col(Marketer.id))))
 

@@ -25,7 +25,7 @@ from generation.writer import Sample
 from service import create_app, experiments, retention
 from service.dashboard import account_pages, experiment_pages, session_auth
 from service.dashboard.sign_in_limits import ADDRESS_BURST, EMAIL_BURST, SignInLimits
-from service.marketers import create_marketer, set_password
+from service.marketers import create_marketer, remove_marketer, set_password
 from service.models import (
     Event,
     Experiment,
@@ -727,6 +727,18 @@ def test_a_password_change_signs_out_existing_sessions(
     replay = app.test_client()
     replay.set_cookie("copybandit_session", copied)
     assert redirects_to_sign_in(replay.get("/dashboard/"))
+
+
+def test_removing_a_marketer_signs_their_browsers_out_and_keeps_their_name_on_changes(
+    app: Any, dash: Dashboard, experiment: dict[str, Any], session: Session
+) -> None:
+    paused = variant_ids(experiment, "tea-lovers")[0]
+    assert dash.post(f"/dashboard/variants/{paused}/status", {"action": "pause"}).status_code == 303
+    remove_marketer(session=session, email=EMAIL)
+    assert redirects_to_sign_in(dash.get("/dashboard/"), next_="/dashboard/")
+    assert dash.post("/dashboard/experiments/new", experiment_form()).status_code == 401
+    assert fresh(app, Variant, paused).status_reason == f"paused by {EMAIL}"
+    assert stored(app)["marketer_session"] == []
 
 
 def test_signed_out_form_posts_are_401(app: Any, client: FlaskClient) -> None:

@@ -28,6 +28,9 @@ from service.marketers import (
     generate_password,
     list_marketers,
     normalize_email,
+    open_session,
+    remove_marketer,
+    session_owner,
     set_password,
     sign_in,
 )
@@ -170,6 +173,30 @@ def test_set_password_refuses_unknown_people_and_short_passwords(session: Sessio
         set_password(session=session, email="not an email", password="a new password!")
     session.expire_all()
     assert session.get(Marketer, created.id).password_hash == created.password_hash  # type: ignore[union-attr]
+
+
+def test_remove_deletes_the_account_and_ends_its_sessions(session: Session) -> None:
+    mia = create_marketer(session=session, email="mia@example.com", password=PASSWORD)
+    ola = create_marketer(session=session, email="ola@example.com", password=PASSWORD)
+    mias = [open_session(session=session, marketer=mia, lifetime=timedelta(hours=1)) for _ in "ab"]
+    olas = open_session(session=session, marketer=ola, lifetime=timedelta(hours=1))
+    removed = remove_marketer(session=session, email=" MIA@example.com")
+    assert removed.email == "mia@example.com"
+    assert [m.email for m in list_marketers(session=session)] == ["ola@example.com"]
+    assert all(session_owner(session=session, token=token) is None for token in mias)
+    owner = session_owner(session=session, token=olas)
+    assert owner is not None and owner.email == "ola@example.com"
+    assert sign_in(session=session, email="mia@example.com", password=PASSWORD) is None
+
+
+def test_remove_refuses_an_unknown_address(session: Session) -> None:
+    create_marketer(session=session, email="mia@example.com", password=PASSWORD)
+    with pytest.raises(NotFound) as missing:
+        remove_marketer(session=session, email="nobody@example.com")
+    assert missing.value.field == "email"
+    with pytest.raises(InvalidInput):
+        remove_marketer(session=session, email="not an email")
+    assert [m.email for m in list_marketers(session=session)] == ["mia@example.com"]
 
 
 def test_generated_passwords_are_long_enough_and_differ() -> None:
@@ -332,6 +359,45 @@ def test_users_set_password_refuses(
     result = run("users", "set-password", "--email", email, "--password", password)
     assert result.exit_code == 1 and message in result.output
     assert _checks(cli_database, "mia@example.com", PASSWORD)
+
+
+def test_users_remove(cli_database: str) -> None:
+    run("users", "create", "--email", "mia@example.com", "--password", PASSWORD)
+    run("users", "create", "--email", "ola@example.com", "--password", PASSWORD)
+    with _session(cli_database) as session:
+        mia = session.exec(select(Marketer).where(Marketer.email == "mia@example.com")).one()
+        token = open_session(session=session, marketer=mia, lifetime=timedelta(hours=1))
+    result = run("users", "remove", "--email", "Mia@Example.com")
+    assert result.exit_code == 0, result.output
+    assert result.output == "removed dashboard user mia@example.com\n"
+    assert [line.split()[0] for line in run("users", "list").output.splitlines()] == [
+        "ola@example.com"
+    ]
+    assert not _checks(cli_database, "mia@example.com", PASSWORD)
+    with _session(cli_database) as session:
+        assert session_owner(session=session, token=token) is None
+
+
+@pytest.mark.parametrize(
+    ("email", "message"),
+    [
+        ("nobody@example.com", "no marketer with email 'nobody@example.com'"),
+        ("not an email", "email: must look like name@example.com"),
+    ],
+)
+def test_users_remove_refuses_an_unknown_address(
+    cli_database: str, email: str, message: str
+) -> None:
+    run("users", "create", "--email", "mia@example.com", "--password", PASSWORD)
+    result = run("users", "remove", "--email", email)
+    assert result.exit_code == 1 and message in result.output
+    assert _checks(cli_database, "mia@example.com", PASSWORD)
+
+
+def test_users_help_lists_remove() -> None:
+    listed = run("users", "--help").output
+    assert re.search(r"^\s+remove\s+Remove a marketer's account", listed, re.M), listed
+    assert "--email" in run("users", "remove", "--help").output
 
 
 # --- copybandit init ---------------------------------------------------------------------------
