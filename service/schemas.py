@@ -2,8 +2,9 @@
 
 Request models are strict (no "1" for 1, no 1 for true), refuse unknown fields and NaN, and refuse
 control characters in text: PostgreSQL cannot store NUL, and nothing a storefront shows needs them.
-Text people write (names, descriptions, copy, reasons) is stored stripped and in Unicode NFC; keys a
-client compares (event_id, user_id) are kept exactly as sent.
+Text people write (names, descriptions, copy, reasons) is stored stripped and in Unicode NFC, and
+refused with a bidi override or another invisible character that disguises it; keys a client
+compares (event_id, user_id) are kept exactly as sent.
 """
 
 from __future__ import annotations
@@ -59,8 +60,10 @@ _CLOSER_OF = {
 _KIND_CLOSED = {"\u202c": "embedding", "\u2069": "isolate"}
 
 
-def _no_invisible_formatting(value: str) -> str:
-    """Copy is served as it is stored, into a page whose text it must leave as it is."""
+def no_invisible_formatting(value: str) -> str:
+    """Copy is served as it is stored, into a page whose text it must leave as it is; a name or a
+    description is shown on the dashboard's pages and in the API's answers, where an override
+    made it read as something else."""
     found = _REFUSED_FORMATTING.search(value)
     if found:
         raise ValueError(
@@ -141,19 +144,16 @@ _DRAWN_AS_NOTHING = re.compile(
 
 _Normalized = BeforeValidator(_normalized)
 _Clean = AfterValidator(_clean)
+# One rule for all text people write, not copy alone: names and descriptions took U+202E, after
+# which the dashboard and the API's answers showed "Sale\u202e2024 TSAL" as "Sale LAST 4202".
+_Unformatted = AfterValidator(no_invisible_formatting)
 # Kept exactly as sent (a user id's hash must not change), only refused with a control character.
 _NoControl = AfterValidator(_no_control)
-Name = Annotated[str, Field(min_length=1, max_length=200), _Normalized, _Clean]
-Persona = Annotated[str, Field(min_length=1, max_length=2000), _Normalized, _Clean]
-LongText = Annotated[str, Field(min_length=1, max_length=5000), _Normalized, _Clean]
-CopyText = Annotated[
-    str,
-    Field(min_length=1, max_length=1000),
-    _Normalized,
-    _Clean,
-    AfterValidator(_no_invisible_formatting),
-]
-Reason = Annotated[str, Field(min_length=1, max_length=500), _Normalized, _Clean]
+Name = Annotated[str, Field(min_length=1, max_length=200), _Normalized, _Clean, _Unformatted]
+Persona = Annotated[str, Field(min_length=1, max_length=2000), _Normalized, _Clean, _Unformatted]
+LongText = Annotated[str, Field(min_length=1, max_length=5000), _Normalized, _Clean, _Unformatted]
+CopyText = Annotated[str, Field(min_length=1, max_length=1000), _Normalized, _Clean, _Unformatted]
+Reason = Annotated[str, Field(min_length=1, max_length=500), _Normalized, _Clean, _Unformatted]
 
 
 def _client_key(value: str) -> str:

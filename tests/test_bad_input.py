@@ -420,6 +420,60 @@ def test_unbalanced_bidi_embeddings_and_isolates_in_copy_are_400_saying_which(
     ), body
 
 
+# Names and descriptions follow copy's rule: with a U+202E in it, "Sale\u202e2024 TSAL" was stored,
+# and the dashboard and the API's answers showed it as "Sale LAST 4202".
+PEOPLE_TEXT = {
+    "experiment-name": ("name", lambda text: _experiment_body(name=text)),
+    "product-name": ("product.name", lambda text: _experiment_body(product__name=text)),
+    "product-description": (
+        "product.description",
+        lambda text: _experiment_body(product__description=text),
+    ),
+    "segment-description": (
+        "segments.0.description",
+        lambda text: _experiment_body(segments__0__description=text),
+    ),
+    "brand-voice": ("brand_voice", lambda text: _experiment_body(brand_voice=text)),
+}
+
+
+@pytest.mark.parametrize("char", INVISIBLE_FORMATTING, ids=lambda char: f"U+{ord(char):04X}")
+@pytest.mark.parametrize(("field", "make_body"), PEOPLE_TEXT.values(), ids=list(PEOPLE_TEXT))
+def test_invisible_formatting_in_names_and_descriptions_is_400_naming_the_field(
+    raw: Raw, field: str, make_body: Any, char: str
+) -> None:
+    body = raw.refused("/v1/experiments", json.dumps(make_body(f"Sale {char}2024")), 400)
+    assert body["field"] == field, body
+    assert f"U+{ord(char):04X}" in body["message"], body
+
+
+@pytest.mark.parametrize("char", ["\u202e", "\u2067"], ids=["U+202E", "U+2067"])
+def test_invisible_formatting_in_a_status_reason_is_400_and_changes_nothing(
+    api: Any, session: Session, experiment: dict[str, Any], char: str
+) -> None:
+    variant_id = experiment["segments"][0]["variants"][0]["id"]
+    before = session.exec(select(Variant.status, Variant.status_reason)).all()
+    response = api.patch(
+        f"/v1/variants/{variant_id}", json={"status": "paused", "reason": f"off {char}brand"}
+    )
+    assert _assert_json_error(response, 400, "invalid")["field"] == "reason"
+    session.expire_all()
+    assert session.exec(select(Variant.status, Variant.status_reason)).all() == before
+
+
+@pytest.mark.parametrize(("field", "make_body"), PEOPLE_TEXT.values(), ids=list(PEOPLE_TEXT))
+def test_balanced_bidi_isolates_in_names_and_descriptions_are_stored_verbatim(
+    api: Any, field: str, make_body: Any
+) -> None:
+    text = BALANCED_BIDI["isolate"]
+    response = api.post("/v1/experiments", json=make_body(text))
+    assert response.status_code == 201, response.get_json()
+    stored: Any = response.get_json()
+    for part in field.replace(".0.", ".").split("."):
+        stored = stored[part][0] if part == "segments" else stored[part]
+    assert stored == text
+
+
 @pytest.mark.parametrize(
     "text",
     [

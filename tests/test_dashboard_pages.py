@@ -1613,6 +1613,12 @@ def test_the_created_flash_isolates_a_right_to_left_name_from_its_sentence(
         ({"segments": "tea-lovers: Brew tea.\ntea-lovers: Again."}, "segments, line 2"),
         ({"segments": "Tea Lovers: Brew tea."}, "segments, line 1"),
         ({"segments": "tea-lovers: "}, "segments, line 1"),
+        # Invisible formatting, refused as in copy: after U+202E the name read backwards.
+        ({"name": "Sale \u202e2024 TSAL"}, "name"),
+        ({"product_name": "Aurora\u200bkettle"}, "product.name"),
+        ({"product_description": "A \u2067glass kettle."}, "product.description"),
+        ({"segments": "tea-lovers: Brew \u202dtea."}, "segments, line 1"),
+        ({"brand_voice": "Warm\ufeff"}, "brand_voice"),
     ],
 )
 def test_new_experiment_with_bad_input_is_400_naming_the_field(
@@ -1626,7 +1632,17 @@ def test_new_experiment_with_bad_input_is_400_naming_the_field(
     assert stored(app) == before
     # What was typed is kept on the form.
     html = response.get_data(as_text=True)
-    assert 'value="Aurora kettle"' in html or overrides.get("product_name") == ""
+    assert 'value="Aurora kettle"' in html or "product_name" in overrides
+
+
+def test_a_name_refused_for_a_bidi_override_is_kept_on_the_form(dash: Dashboard) -> None:
+    typed = "Sale \u202e2024 TSAL"
+    response = dash.post("/dashboard/experiments/new", experiment_form(name=typed))
+    assert response.status_code == 400
+    assert error_text(response).startswith(
+        "name: must not contain the invisible formatting character U+202E"
+    )
+    assert f'value="{typed}"' in response.get_data(as_text=True)
 
 
 def test_an_upper_case_url_scheme_is_a_web_address(app: Any, dash: Dashboard) -> None:
