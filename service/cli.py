@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -58,6 +59,7 @@ from service.ope import evaluate as evaluate_policy
 from service.ope import format_table as format_ope_table
 from service.retention import PurgeReport, parse_age
 from service.retention import purge as purge_rows
+from service.schemas import no_invisible_formatting
 
 # The account `init` makes on first run, so `make run` can be signed in to at once.
 FIRST_MARKETER = "marketer@example.com"
@@ -897,13 +899,37 @@ def _alive(pid: int) -> bool:
     return True
 
 
+# What ends or breaks a line of `keys list`: control characters (newline, tab, carriage return,
+# escape, C1) and Unicode's line and paragraph separators.
+_BREAKS_A_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def _label(value: str) -> str:
     if any("\ud800" <= char <= "\udfff" for char in value):
         # Bytes the command line could not read as UTF-8: no database driver encodes them.
         raise click.BadParameter("holds bytes that are not UTF-8", param_hint="--label")
     if len(value) > 200:  # the column's width: PostgreSQL refused a longer one with a traceback
         raise click.BadParameter(f"at most 200 characters, got {len(value)}", param_hint="--label")
+    # A newline made a second line of `keys list` that a script read as another key; an escape
+    # sequence restyled the terminal. A bidi override disguised the line as names do on a page.
+    found = _BREAKS_A_LINE.search(value)
+    if found:
+        raise click.BadParameter(
+            f"must be one line of text without control characters; it holds "
+            f"U+{ord(found.group()):04X}",
+            param_hint="--label",
+        )
+    try:
+        no_invisible_formatting(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--label") from None
     return value
+
+
+def _on_one_line(text: str) -> str:
+    """`text` with what would break its line written as an escape (\\n, \\x1b): labels stored
+    before they were refused still list as one line each."""
+    return _BREAKS_A_LINE.sub(lambda found: repr(found.group())[1:-1], text)
 
 
 def _http_url(value: str | None) -> str | None:
@@ -956,7 +982,7 @@ def keys_list() -> None:
             # reading them by position (`awk '$3 == "live"'`) still read the same.
             click.echo(
                 f"{row.id}  {row.scope:<5}  {revoked:<18}  created {row.created_at:%Y-%m-%d}  "
-                f"{row.label}"
+                f"{_on_one_line(row.label)}"
             )
 
 

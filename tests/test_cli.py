@@ -545,6 +545,41 @@ def test_a_key_label_longer_than_its_column_is_refused(database: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("label", "shown"),
+    [
+        ("shop\nfake  serve  live", "U+000A"),
+        ("shop\r", "U+000D"),
+        ("shop\tfront", "U+0009"),
+        ("\x1b[31mshop", "U+001B"),
+        ("shop\x85", "U+0085"),
+        ("shop\u2028front", "U+2028"),
+        ("shop\u202epots", "U+202E"),
+        ("shop\u2067front", "U+2067 is not closed by U+2069"),
+    ],
+    ids=["newline", "cr", "tab", "escape", "c1", "line-separator", "override", "open-isolate"],
+)
+def test_a_key_label_that_would_break_the_key_list_is_refused(
+    database: str, label: str, shown: str
+) -> None:
+    """A newline in a label made a second line of `keys list`, read by scripts as another key."""
+    assert run("migrate").exit_code == 0
+    refused = run("keys", "create", "--scope", "serve", "--label", label)
+    assert refused.exit_code == 2 and "--label" in refused.output, refused.output
+    assert shown in refused.output, refused.output
+    assert run("keys", "list").output == ""
+
+
+def test_a_label_stored_before_with_a_newline_lists_on_one_line(database: str) -> None:
+    assert run("migrate").exit_code == 0
+    run("keys", "create", "--scope", "serve", "--label", "storefront")
+    with _session(database) as session:
+        session.execute(sa.update(ApiKey).values(label="shop\nfake\x1b[31m"))
+        session.commit()
+    (line,) = run("keys", "list").output.splitlines()
+    assert line.endswith("  shop\\nfake\\x1b[31m"), line
+
+
+@pytest.mark.parametrize(
     "command",
     [
         ["ope", "--policy", "uniform"],
