@@ -274,6 +274,15 @@ def test_users_create_refuses_a_password_and_a_generated_one(cli_database: str) 
     ("args", "message"),
     [
         (["--email", "mia", "--password", PASSWORD], "email: must look like name@example.com"),
+        # Invisible, they made an address that `users list` showed as another one.
+        (
+            ["--email", "mia\u202e@example.com", "--password", PASSWORD],
+            "email: must not contain the invisible formatting character U+202E",
+        ),
+        (
+            ["--email", "m\u200dia@example.com", "--password", PASSWORD],
+            "email: must not contain the invisible formatting character U+200D",
+        ),
         (["--email", "mia@example.com", "--password", "short"], "at least 10 characters"),
         # Bytes the command line could not read as UTF-8 (a Latin-1 terminal, a C locale) arrive
         # as lone surrogates, which no driver or hash encodes: it ended in a traceback.
