@@ -44,6 +44,15 @@ FIELDS_AT_FAULT = {404: "url", 405: "method", 413: "body", 414: "url", 431: "hea
 UNAVAILABLE_RETRY_AFTER = "5"
 
 
+def quoted(text: str) -> str:
+    """`text` in quotes for a message people read, with each character that shows nothing or is
+    not text (an RLM, a no-break space, a newline) written as its code point in brackets,
+    [U+200F]. repr() wrote one as \\u200f, which the dashboard's page showed as those six
+    characters, and a name holding both quote marks with a backslash before one of them."""
+    shown = "".join(char if char.isprintable() else f"[U+{ord(char):04X}]" for char in text)
+    return f"'{shown}'"
+
+
 class APIError(Exception):
     status = 400
     code = "bad_request"

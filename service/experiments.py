@@ -11,7 +11,7 @@ from pydantic import TypeAdapter, ValidationError
 from sqlmodel import Session, col, select
 
 from service.db import rows_changed
-from service.errors import Conflict, InvalidInput, NotFound, first_problem
+from service.errors import Conflict, InvalidInput, NotFound, first_problem, quoted
 from service.lifecycle import assign_prior
 from service.models import Experiment, Origin, Segment, Variant, VariantStatus, utcnow
 from service.policy import LifecyclePolicy, policy_shown
@@ -55,7 +55,7 @@ def create_experiment(*, session: Session, experiment_create: ExperimentCreate) 
     except sa.exc.IntegrityError:
         session.rollback()
         raise Conflict(
-            f"an experiment named {experiment_create.name!r} already exists", field="name"
+            f"an experiment named {quoted(experiment_create.name)} already exists", field="name"
         ) from None
     for position, segment in enumerate(experiment_create.segments):
         session.add(

@@ -1768,6 +1768,35 @@ def test_a_duplicate_experiment_name_is_409(
     assert dash.post("/dashboard/experiments/new", experiment_form()).status_code == 303
 
 
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        # A right-to-left mark ends many Hebrew and Arabic names typed on a phone.
+        ("خصم الربيع\u200f", "'خصم الربيع[U+200F]'"),
+        ("Spring\u00a0sale", "'Spring[U+00A0]sale'"),
+        ('Mia\'s "big" sale', "'Mia's \"big\" sale'"),
+    ],
+    ids=["rlm", "no-break-space", "both-quotes"],
+)
+def test_a_duplicate_name_is_shown_without_backslash_escapes(
+    api: Any, dash: Dashboard, name: str, shown: str
+) -> None:
+    """repr() wrote the name into the message, and the page showed the RLM as \\u200f."""
+    assert dash.post("/dashboard/experiments/new", experiment_form(name=name)).status_code == 303
+    response = dash.post("/dashboard/experiments/new", experiment_form(name=name))
+    assert response.status_code == 409
+    assert error_text(response) == f"an experiment named {shown} already exists"
+    assert "\\" not in error_text(response)
+    body = {
+        "name": name,
+        "product": {"name": "Aurora kettle", "description": "A 1.7 l glass kettle."},
+        "segments": [{"key": "tea-lovers", "description": "Brew loose-leaf tea daily."}],
+    }
+    refused = api.post("/v1/experiments", json=body)
+    assert refused.status_code == 409
+    assert refused.get_json()["message"] == f"an experiment named {shown} already exists"
+
+
 # --- forms: add variant and generate -----------------------------------------------------------
 
 
