@@ -252,6 +252,15 @@ def test_a_json_string_holding_a_body_is_not_decoded_again(raw: Raw, path: str) 
         ("/v1/decide", '{"experiment": 99999999999999999999999}', "experiment"),
         ("/v1/decide", '{"experiment": <experiment>, "user_id": "\\ud800"}', "user_id"),
         ("/v1/events", _event_with_value("1e400"), "value"),
+        # The dashboard's price box took "1_000" through float(); JSON's strict numbers never did.
+        (
+            "/v1/experiments",
+            '{"name": "Autumn launch", "product": {"name": "Aurora kettle", "description": '
+            '"A 1.7 l glass kettle.", "price": "1_000"}, "segments": [{"key": "tea-lovers", '
+            '"description": "Brew loose-leaf tea daily."}]}',
+            "product.price",
+        ),
+        ("/v1/events", _event_with_value('"1_000"'), "value"),
     ],
     ids=[
         "nested-200",
@@ -259,6 +268,8 @@ def test_a_json_string_holding_a_body_is_not_decoded_again(raw: Raw, path: str) 
         "huge-integer",
         "lone-surrogate-user-id",
         "value-overflow",
+        "price-as-text",
+        "value-as-text",
     ],
 )
 def test_parseable_but_unusable_values_are_400_naming_the_field(

@@ -1606,6 +1606,10 @@ def test_the_created_flash_isolates_a_right_to_left_name_from_its_sentence(
         ({"price": "inf"}, "product.price"),
         ({"price": "-1"}, "product.price"),
         ({"price": "1e10"}, "product.price"),
+        # float() reads these as numbers; the box's digits are ASCII, as the API's JSON is.
+        ({"price": "1_000"}, "product.price"),
+        ({"price": "٤٩"}, "product.price"),
+        ({"price": "infinity"}, "product.price"),
         ({"product_url": "ftp://shop.example.com"}, "product.url"),
         ({"segments": "tea-lovers Brew loose-leaf tea daily."}, "segments, line 1"),
         ({"segments": "tea-lovers: Brew tea.\nbusy parents need water"}, "segments, line 2"),
@@ -1643,6 +1647,28 @@ def test_a_name_refused_for_a_bidi_override_is_kept_on_the_form(dash: Dashboard)
         "name: must not contain the invisible formatting character U+202E"
     )
     assert f'value="{typed}"' in response.get_data(as_text=True)
+
+
+def test_a_price_with_an_underscore_is_refused_with_what_was_typed_kept(
+    app: Any, dash: Dashboard
+) -> None:
+    before = stored(app)
+    response = dash.post("/dashboard/experiments/new", experiment_form(price="1_000"))
+    assert response.status_code == 400
+    assert error_text(response) == "product.price: must be a number"
+    assert 'value="1_000"' in response.get_data(as_text=True)
+    assert stored(app) == before
+
+
+@pytest.mark.parametrize(("typed", "price"), [("49", 49.0), (" 49.50 ", 49.5), (".5", 0.5)])
+def test_a_price_in_plain_digits_is_taken(
+    app: Any, dash: Dashboard, typed: str, price: float
+) -> None:
+    response = dash.post("/dashboard/experiments/new", experiment_form(price=typed))
+    assert response.status_code == 303, error_text(response)
+    with Session(app.extensions["copybandit.engine"]) as session:
+        [created] = session.exec(select(Experiment)).all()
+    assert created.product_price == price
 
 
 def test_an_upper_case_url_scheme_is_a_web_address(app: Any, dash: Dashboard) -> None:

@@ -45,6 +45,9 @@ from service.schemas import (
 )
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
+# A price as the API's JSON takes one: ASCII digits, a point, an exponent. float() alone also read
+# "1_000" as 1000, "٤٩" as 49, and "nan" and "infinity" as numbers.
+_PRICE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 CSV_COLUMNS = (
     "variant_id",
@@ -286,10 +289,9 @@ def _experiment_fields(form: dict[str, str]) -> dict[str, Any]:
         first_line[segment["key"]] = number
         segments.append(segment)
     price_text = form.get("price", "").strip()
-    try:
-        price = float(price_text) if price_text else None
-    except ValueError:
-        raise InvalidInput("product.price: must be a number", field="product.price") from None
+    if price_text and not _PRICE.fullmatch(price_text):
+        raise InvalidInput("product.price: must be a number", field="product.price")
+    price = float(price_text) if price_text else None
     return {
         "name": form.get("name", ""),
         "product": {
