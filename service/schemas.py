@@ -232,6 +232,15 @@ def _web_address(value: str) -> str:
     # Checked here rather than by Field(pattern=...): pydantic's refusal quotes the regex.
     if not re.match(_WEB_ADDRESS, value):
         raise ValueError("must start with http:// or https:// and contain no spaces")
+    # Shown as a link on the dashboard: U+202E in "https://shop.example/\u202egpj.exe" showed
+    # "exe.jpg", and a zero-width space hid where the address really went. Unlike in names, no
+    # embedding is wanted in an address, balanced or not.
+    hidden = next((c for c in value if unicodedata.category(c) == "Cf"), None)
+    if hidden is not None:
+        raise ValueError(
+            f"must not contain the invisible formatting character U+{ord(hidden):04X} "
+            "(it changes or hides where the address seems to go)"
+        )
     return value
 
 

@@ -93,6 +93,23 @@ def test_a_url_scheme_is_read_in_any_case_and_a_refusal_is_in_plain_words(api: A
     }
 
 
+@pytest.mark.parametrize("hidden", ["\u202e", "\u200b", "\u2066", "\ufeff"])
+def test_a_url_with_invisible_formatting_is_refused_and_nothing_is_stored(
+    api: Any, hidden: str
+) -> None:
+    url = f"https://shop.example/{hidden}gpj.exe"
+    response = api.post("/v1/experiments", json=_body(product=_product(url=url)))
+
+    assert response.status_code == 400
+    body = response.get_json()
+    assert body["field"] == "product.url"
+    assert f"U+{ord(hidden):04X}" in body["message"]
+    assert api.get("/v1/experiments").get_json() == {"experiments": []}
+    # An address in another script is still an address.
+    created = api.create_experiment(product=_product(url="https://müller.example/kessel"))
+    assert created["product"]["url"] == "https://müller.example/kessel"
+
+
 def test_list_returns_every_experiment_in_creation_order(api: Any) -> None:
     assert api.get("/v1/experiments").get_json() == {"experiments": []}
     first = api.create_experiment(name="First")
