@@ -17,11 +17,28 @@ from alembic.script import ScriptDirectory
 
 from service.config import display_url
 
-ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = Path(__file__).resolve().parent
+
+
+def migrations_folder() -> Path:
+    """Where the Alembic scripts are: inside the package once installed from a wheel (pyproject's
+    package-dir ships the repository's migrations/ as service/migrations), else at the root of a
+    source checkout, next to this package."""
+    for folder in (PACKAGE / "migrations", PACKAGE.parent / "migrations"):
+        if (folder / "env.py").is_file():
+            return folder
+    raise RuntimeError(
+        f"no Alembic migrations at {PACKAGE / 'migrations'} or {PACKAGE.parent / 'migrations'}: "
+        "this copybandit was installed without them"
+    )
 
 
 def alembic_config(connection: sa.Connection | None = None) -> Config:
-    config = Config(str(ROOT / "alembic.ini"))
+    # Built here rather than read from alembic.ini: a wheel carries no alembic.ini, and the file's
+    # other settings (logging, sys.path) are for running `alembic` by hand in a checkout.
+    config = Config()
+    # Options are interpolated as ConfigParser's are, so a % in the path is doubled.
+    config.set_main_option("script_location", str(migrations_folder()).replace("%", "%%"))
     config.attributes["connection"] = connection
     return config
 
