@@ -16,10 +16,13 @@ from pydantic import (
 )
 
 from service.errors import at_fault, field_of, in_words
+from service.integers import describe_integers
 
 
 class LifecyclePolicy(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(
+        strict=True, extra="forbid", allow_inf_nan=False, json_schema_extra=describe_integers
+    )
 
     min_impressions: int = Field(
         default=200,
@@ -86,6 +89,7 @@ class LifecyclePolicy(BaseModel):
 
 
 def _without_defaults(schema: dict[str, Any]) -> None:
+    describe_integers(schema)
     for field in schema.get("properties", {}).values():
         field.pop("default", None)
 

@@ -30,6 +30,7 @@ from typing_extensions import TypedDict
 
 from generation.clean import CONTROL_CHARACTERS
 from service.errors import at_fault
+from service.integers import describe_integers
 from service.models import MAX_DB_ID, JobStatus, Origin, VariantStatus
 from service.policy import LifecyclePolicy
 
@@ -196,7 +197,10 @@ ImpressionId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
 
 
 class Request(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+    # Strict: an integer field refuses 1.0, which its published description says.
+    model_config = ConfigDict(
+        strict=True, extra="forbid", allow_inf_nan=False, json_schema_extra=describe_integers
+    )
 
 
 _NOT_NULL = {"not": {"type": "null"}}
@@ -561,8 +565,8 @@ AuditAction = Literal["pause", "retire", "declare_winner", "regenerate", "prior"
 
 
 class AuditQuery(BaseModel):
-    # Not strict: query values arrive as text.
-    model_config = ConfigDict(extra="forbid")
+    # Not strict: query values arrive as text (digits only for an id, so not 1.0 either).
+    model_config = ConfigDict(extra="forbid", json_schema_extra=describe_integers)
     before: QueryId | None = Field(
         default=None, description="only events older than this id: pass next_before for a page"
     )

@@ -9,6 +9,7 @@ import jsonschema_rs  # schemathesis's validator
 import pytest
 
 from service import create_app, db, migrate
+from service.integers import WRITTEN_WHOLE
 
 ENDPOINTS = [
     ("post", "/v1/experiments", "ExperimentCreate", "201", "ExperimentOut"),
@@ -306,6 +307,76 @@ def test_the_published_url_pattern_reads_the_scheme_in_any_case_as_the_server_do
     document = {"$ref": "#/components/schemas/ProductIn", "components": spec["components"]}
     body = {"name": "Kettle", "description": "A kettle.", "url": url}
     assert jsonschema_rs.Draft202012Validator(document).is_valid(body) is valid
+
+
+def _integers_sent(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every integer a client sends, by where it is: request bodies' properties (followed through
+    $ref, arrays and anyOf) and path and query parameters."""
+    found: dict[str, dict[str, Any]] = {}
+    components = spec["components"]["schemas"]
+
+    def walk(schema: dict[str, Any], where: str, seen: frozenset[str]) -> None:
+        if "$ref" in schema:
+            name = schema["$ref"].rsplit("/", 1)[-1]
+            if name not in seen:
+                walk(components[name], name, seen | {name})
+            return
+        for option in schema.get("anyOf", []) + schema.get("oneOf", []):
+            walk(option, where, seen)
+        if "items" in schema:
+            walk(schema["items"], where, seen)
+        for field, prop in schema.get("properties", {}).items():
+            if prop.get("type") == "integer" or any(
+                option.get("type") == "integer" for option in prop.get("anyOf", [])
+            ):
+                found[f"{where}.{field}"] = prop
+            walk(prop, f"{where}.{field}", seen)
+
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            for parameter in operation.get("parameters", []):
+                walk({"properties": {parameter["name"]: parameter["schema"]}}, path, frozenset())
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json")
+            if body:
+                walk(body["schema"], f"{method} {path}", frozenset())
+    return found
+
+
+def test_every_integer_a_client_sends_says_1_0_is_refused(spec: dict[str, Any]) -> None:
+    # JSON Schema's integer admits 1.0 and 1e0, which the strict models refuse: a client checking
+    # its body against the document, or generated from it, sent 1.0 and got a 400.
+    integers = _integers_sent(spec)
+    assert {
+        "DecideIn.experiment",
+        "GenerateIn.n",
+        "PolicyChanges.min_impressions",
+        "LifecyclePolicy.target_active",
+        "/v1/variants/{variant_id}.variant_id",
+        "/v1/experiments/{experiment_id}/audit.before",
+    } <= set(integers)
+    undescribed = [
+        where for where, prop in integers.items() if WRITTEN_WHOLE not in prop["description"]
+    ]
+    assert undescribed == []
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/experiments/{id}/generate", {"n": 4.0}, "n"),
+        ("/v1/experiments/{id}/policy", {"min_impressions": 300.0}, "min_impressions"),
+        ("/v1/experiments/{id}/policy", {"target_active": 2e0}, "target_active"),
+    ],
+)
+def test_an_integer_written_with_a_fraction_is_refused_as_documented(
+    api: Any, experiment: dict[str, Any], path: str, body: dict[str, Any], field: str
+) -> None:
+    before = api.get(f"/v1/experiments/{experiment['id']}").get_json()
+    method = api.patch if path.endswith("/policy") else api.post
+    response = method(path.format(id=experiment["id"]), json=body)
+    assert response.status_code == 400
+    assert (response.get_json()["error"], response.get_json()["field"]) == ("invalid", field)
+    assert api.get(f"/v1/experiments/{experiment['id']}").get_json() == before
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
