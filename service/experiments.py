@@ -10,6 +10,8 @@ import sqlalchemy as sa
 from pydantic import TypeAdapter, ValidationError
 from sqlmodel import Session, col, select
 
+from generation.lint import LintConfig
+from service.copy_checks import audit_after_edit
 from service.db import rows_changed
 from service.errors import Conflict, InvalidInput, NotFound, first_problem, quoted
 from service.lifecycle import assign_prior
@@ -235,10 +237,13 @@ def update_variant(
     patch: VariantPatch,
     starts_from: Collection[VariantStatus] | None = None,
     text_seen: str | None = None,
+    lint_config: LintConfig | None = None,
 ) -> Variant:
     """Apply `patch`. With `starts_from`, only to a variant in one of those statuses; with
     `text_seen` (a `text_version`), only to one whose text is still that. The update below is
     conditional on the status and text read here, so a change that lands meanwhile is refused too.
+    A text edit needs `lint_config`: the new text's lint replaces the generated line's in the
+    variant's audit.
     """
     variant = get_variant(session=session, variant_id=variant_id)
     current = VariantStatus(variant.status)
@@ -252,7 +257,10 @@ def update_variant(
             raise Conflict(
                 f"only pending variants can be edited; this one is {current}", field="text"
             )
+        if lint_config is None:
+            raise TypeError("update_variant: a text edit needs lint_config to check the new text")
         values["text"] = patch.text
+        values["audit"] = audit_after_edit(session, variant, patch.text, lint_config)
     else:
         assert patch.status is not None  # VariantPatch guarantees status or text
         target = patch.status
@@ -316,12 +324,16 @@ def _is_last_active(session: Session, variant: Variant) -> bool:
     return session.exec(query).one() <= 1
 
 
-def approve_edited(*, session: Session, variant_id: int, text: str, reason: str) -> Variant:
+def approve_edited(
+    *, session: Session, variant_id: int, text: str, reason: str, lint_config: LintConfig
+) -> Variant:
     """Replace a pending variant's text and approve it, in one UPDATE conditional on it still
     waiting for review. As an edit and then an approval, two marketers saving at once each stored
     their text before either approved, and the first approval put the other's text live under
-    its own name. Raises StatusMoved when the variant is no longer pending."""
+    its own name. The new text's lint replaces the generated line's in the audit. Raises
+    StatusMoved when the variant is no longer pending."""
     variant = get_variant(session=session, variant_id=variant_id)
+    audit = audit_after_edit(session, variant, text, lint_config)
     update = (
         sa.update(Variant)
         .where(
@@ -330,6 +342,7 @@ def approve_edited(*, session: Session, variant_id: int, text: str, reason: str)
         )
         .values(
             text=text,
+            audit=audit,
             status=VariantStatus.ACTIVE.value,
             status_reason=reason,
             updated_at=utcnow(),

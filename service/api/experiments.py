@@ -11,6 +11,7 @@ from sqlmodel import Session
 
 from service import db
 from service.api.common import BEARER, guarded, json_of, responses
+from service.copy_checks import lint_config
 from service.experiments import (
     add_variant,
     create_experiment,
@@ -150,7 +151,12 @@ def create_variant(path: ExperimentPath, body: VariantCreate) -> tuple[dict[str,
 def patch_variant(path: VariantPath, body: VariantPatch) -> tuple[dict[str, Any], int]:
     """Change a variant's status, or the text of one still pending review."""
     session = db.session()
-    variant = update_variant(session=session, variant_id=path.variant_id, patch=body)
+    variant = update_variant(
+        session=session,
+        variant_id=path.variant_id,
+        patch=body,
+        lint_config=lint_config(current_app.extensions["copybandit.settings"]),
+    )
     current_app.extensions["copybandit.snapshots"].invalidate(variant.experiment_id)
     segment = session.get(Segment, variant.segment_id)
     return json_of(_variant_out(variant, segment.key if segment else ""))

@@ -12,6 +12,7 @@ from werkzeug.wrappers import Response
 
 from generation.lint import LintReport, lint
 from service import db
+from service.copy_checks import brief_for, lint_config
 from service.dashboard.blueprint import bp, form_int, validated
 from service.dashboard.blueprint import invalidate as invalidate_snapshot
 from service.dashboard.session_auth import safe_next
@@ -25,7 +26,6 @@ from service.experiments import (
     text_version,
     update_variant,
 )
-from service.generation_jobs import GenerationOptions, brief_for
 from service.models import Segment, Variant, VariantStatus
 from service.schemas import VariantPatch
 
@@ -87,7 +87,9 @@ class PendingRow:
     segment: Segment
     # Checked again now, against today's brief and settings, not only when it was written.
     report: LintReport
+    # From the audit: as the model wrote it, or as it was last edited through the API.
     rules_passed_when_written: list[str]
+    edited: bool
 
 
 @bp.get("/experiments/<id:experiment_id>/review")
@@ -95,7 +97,7 @@ def review(experiment_id: int) -> str:
     session = db.session()
     experiment = get_experiment(session=session, experiment_id=experiment_id)
     segments = {s.id: s for s in segments_of(session=session, experiment_id=experiment_id)}
-    options = GenerationOptions.from_settings(current_app.extensions["copybandit.settings"])
+    checks = lint_config(current_app.extensions["copybandit.settings"])
     pending = session.exec(
         select(Variant)
         .where(
@@ -110,13 +112,14 @@ def review(experiment_id: int) -> str:
         segment = segments[variant.segment_id]
         if segment.id not in briefs:
             briefs[segment.id] = brief_for(session, experiment, segment)
-        written = ((variant.audit or {}).get("lint") or {}).get("passed") or []
+        recorded = (variant.audit or {}).get("lint") or {}
         rows.append(
             PendingRow(
                 variant=variant,
                 segment=segment,
-                report=lint(variant.text, briefs[segment.id], options.lint),
-                rules_passed_when_written=list(written),
+                report=lint(variant.text, briefs[segment.id], checks),
+                rules_passed_when_written=list(recorded.get("passed") or []),
+                edited=bool(recorded.get("edited")),
             )
         )
     return render_template("review.html", experiment=experiment, rows=rows)
@@ -140,6 +143,7 @@ def edit_and_approve(variant_id: int) -> Response:
             variant_id=variant_id,
             text=patch.text,
             reason=_reason(approve, note="after editing"),
+            lint_config=lint_config(current_app.extensions["copybandit.settings"]),
         )
     except StatusMoved as moved:
         # The edit was not stored; the error page shows it, as any refused form's text, so the
