@@ -15,6 +15,7 @@ import atexit
 import logging
 import sys
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -394,10 +395,48 @@ def _not_taken_meanwhile(
     return kept
 
 
+# Seconds before each new try of a progress write the database could not take: 15.5 s in all,
+# about what a PostgreSQL restart takes, and short beside a job's rounds.
+_PROGRESS_RETRY_WAITS = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+
 def _progress(session: Session, job: GenerationJob, **values: Any) -> None:
-    """Write the job's progress while it still runs; it stops once a pass has given it up."""
-    if not _update(session, job, while_status=JobStatus.RUNNING, **values):
-        raise _GivenUp
+    """Write the job's progress while it still runs; it stops once a pass has given it up.
+
+    The write is also the job's one look at whether it was given up, so a write that fails on an
+    unavailable database is no answer: it is tried again on a fresh connection, for a while. A
+    PostgreSQL restart, or a proxy dropping the connection, under a model round failed the job at
+    its next progress, and its copy was not ordered again until the next pass."""
+    job_id = job.id  # read before a rollback expires it
+    for wait in (*_PROGRESS_RETRY_WAITS, None):
+        try:
+            still_running = _update(session, job, while_status=JobStatus.RUNNING, **values)
+        except sa.exc.DBAPIError as exc:
+            if wait is None or not database_unavailable(exc):
+                raise
+            log.warning(
+                "generation job %s: progress not written, database unavailable: %s; "
+                "trying again in %s s",
+                job_id,
+                exc.orig,
+                wait,
+            )
+            _drop_connection(session)
+            time.sleep(wait)
+            continue
+        if not still_running:
+            raise _GivenUp
+        return
+
+
+def _drop_connection(session: Session) -> None:
+    """End the session's failed transaction; a connection too dead to roll back is discarded, so
+    the next statement gets a fresh one. Nothing is lost: a progress write's transaction holds
+    only reads besides, the job having committed its last segment's copy before."""
+    try:
+        session.rollback()
+    except sa.exc.DBAPIError:
+        session.invalidate()
 
 
 def _still_running(session: Session, job: GenerationJob) -> bool:

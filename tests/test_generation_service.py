@@ -449,6 +449,54 @@ def test_a_job_holds_no_transaction_open_while_the_model_samples(
     assert seen and "idle in transaction" not in seen
 
 
+@pytest.mark.parametrize("database_url", ["postgres"] if PG_URL else [], indirect=True)
+def test_a_job_whose_connection_is_lost_while_the_model_samples_carries_on(
+    app_config: dict[str, Any],
+    session: Session,
+    experiment: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A PostgreSQL restart, or a proxy dropping the connection, while the model sampled a round:
+    the progress write after it met the ended connection, and the job failed, because that write
+    is also its look at whether it was given up. It is written again on a fresh connection."""
+    url = sa.engine.make_url(app_config["database_url"])
+    url = url.update_query_dict({"application_name": "job_cut_off_under_test"})
+    served = create_app(app_config | {"database_url": url.render_as_string(hide_password=False)})
+    engine = served.extensions["copybandit.engine"]
+    ended: list[int] = []
+
+    class CutOff(ScriptedWriter):
+        def sample(self, messages: list[dict[str, str]], n: int, seed: int) -> list[Sample]:
+            if not ended:
+                ended.extend(
+                    session.execute(
+                        sa.text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                            " WHERE application_name = 'job_cut_off_under_test'"
+                        )
+                    ).scalars()
+                )
+                session.commit()
+            return super().sample(messages, n, seed)
+
+    job = create_job(session=session, experiment_id=experiment["id"], segment_key="tea-lovers", n=2)
+    try:
+        ran = run_job(
+            engine=engine,
+            job_id=job.id,  # type: ignore[arg-type]
+            writer=lambda: CutOff(GOOD),
+            options=GenerationOptions.from_settings(load_settings(app_config)),
+        )
+    finally:
+        engine.dispose()
+
+    assert ended == [True]
+    assert (ran.status, ran.error, ran.progress) == ("succeeded", None, 1.0)
+    assert len(ran.result["segments"]["tea-lovers"]["variant_ids"]) == 2  # type: ignore[index]
+    assert [r.getMessage() for r in caplog.records if "progress not written" in r.getMessage()]
+    assert not [r for r in caplog.records if r.exc_info]
+
+
 def test_a_job_given_up_as_interrupted_before_it_ran_is_not_run(
     api: Any, app: Any, session: Session, experiment: dict[str, Any], writer: ScriptedWriter
 ) -> None:
