@@ -13,7 +13,7 @@ from service.auth import KeyCache
 from service.config import Settings, load_settings
 from service.errors import validation_error_response
 from service.generation_jobs import JobRunner
-from service.lifecycle import GuardrailWatch, run_lifecycle
+from service.lifecycle import GuardrailWatch, scheduled_pass
 from service.ratelimit import RateLimiter
 from service.scheduler import PeriodicJob, start_background
 from service.snapshot import SnapshotCache
@@ -72,7 +72,7 @@ def create_app(config: Mapping[str, object] | None = None) -> OpenAPI:
             app.extensions["copybandit.engine"],
             name="lifecycle",
             interval_seconds=settings.lifecycle_interval_seconds,
-            job=lambda: run_lifecycle(
+            job=lambda: scheduled_pass(
                 engine=app.extensions["copybandit.engine"], submit_job=jobs.submit
             ),
         )

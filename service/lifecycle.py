@@ -39,6 +39,7 @@ from service.models import (
     utcnow,
 )
 from service.policy import LifecyclePolicy, policy_of, policy_shown
+from service.scheduler import NotStarted
 from service.segment_guard import another_stays_active, lock_row, lock_segment
 
 log = logging.getLogger(__name__)
@@ -242,59 +243,90 @@ def run_lifecycle(
     *, engine: sa.Engine, submit_job: SubmitJob | None = None, now: datetime | None = None
 ) -> RunReport:
     """One pass over every experiment; each segment's changes commit on their own."""
+    with Session(engine, expire_on_commit=False) as session:
+        report, experiments = _begin_pass(session, now)
+        _pass_over(session, report, experiments, submit_job, now)
+    return report
+
+
+def scheduled_pass(*, engine: sa.Engine, submit_job: SubmitJob | None = None) -> RunReport:
+    """run_lifecycle for the scheduler: a pass that meets an unavailable database before its
+    first segment raises NotStarted, and the process holding the slot runs it again at its next
+    tick. A PostgreSQL restart that ended the pooled connection a pass started on lost the
+    interval's pass."""
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            report, experiments = _begin_pass(session, None)
+        except Exception as exc:
+            if not database_unavailable(exc):
+                raise
+            raise NotStarted(str(exc.orig)) from exc
+        _pass_over(session, report, experiments, submit_job, None)
+    return report
+
+
+def _begin_pass(session: Session, now: datetime | None) -> tuple[RunReport, Sequence[Experiment]]:
+    """Fail the jobs that will never end, then read the experiments; nothing else has changed
+    if this raises (failing a job twice fails none)."""
     # Imported here: generation_jobs imports this module (assign_prior).
     from service.generation_jobs import fail_interrupted_jobs
 
     report = RunReport()
-    with Session(engine, expire_on_commit=False) as session:
-        # First, so the jobs that will never deliver no longer count as copy on order.
-        report.interrupted_jobs = fail_interrupted_jobs(session=session, now=now or utcnow())
-        experiments = session.exec(select(Experiment).order_by(col(Experiment.id))).all()
-        for experiment in experiments:
-            report.experiments += 1
-            segments = session.exec(
-                select(Segment)
-                .where(Segment.experiment_id == experiment.id)
-                .order_by(col(Segment.position))
-            ).all()
+    # First, so the jobs that will never deliver no longer count as copy on order.
+    report.interrupted_jobs = fail_interrupted_jobs(session=session, now=now or utcnow())
+    experiments = session.exec(select(Experiment).order_by(col(Experiment.id))).all()
+    return report, experiments
+
+
+def _pass_over(
+    session: Session,
+    report: RunReport,
+    experiments: Sequence[Experiment],
+    submit_job: SubmitJob | None,
+    now: datetime | None,
+) -> None:
+    for experiment in experiments:
+        report.experiments += 1
+        segments = session.exec(
+            select(Segment)
+            .where(Segment.experiment_id == experiment.id)
+            .order_by(col(Segment.position))
+        ).all()
+        try:
+            policy = policy_of(experiment.policy)
+        except ValidationError as exc:
+            # Every other experiment still gets its pass (one such policy stopped them all).
+            log.error(
+                "lifecycle: experiment %s left unchanged: its stored policy does not validate"
+                " (%s); PATCH /v1/experiments/%s/policy makes it valid",
+                experiment.id,
+                first_problem(exc)[0],
+                experiment.id,
+            )
+            report.failed_segments += [s.id for s in segments]  # type: ignore[misc]
+            continue
+        for segment in segments:
+            at = now or utcnow()
+            folded = False
             try:
-                policy = policy_of(experiment.policy)
-            except ValidationError as exc:
-                # Every other experiment still gets its pass (one such policy stopped them all).
-                log.error(
-                    "lifecycle: experiment %s left unchanged: its stored policy does not validate"
-                    " (%s); PATCH /v1/experiments/%s/policy makes it valid",
-                    experiment.id,
-                    first_problem(exc)[0],
-                    experiment.id,
-                )
-                report.failed_segments += [s.id for s in segments]  # type: ignore[misc]
+                if policy.discount_per_hour is not None:
+                    # Reported as soon as it commits: a plan that then failed (a lock wait
+                    # that timed out, say) left the fold done and out of the pass's output.
+                    fold = fold_segment(session, experiment, segment, policy.discount_per_hour, at)
+                    if fold is not None:
+                        report.actions.append(fold)
+                        folded = True
+                events, job_id = apply_segment(session, experiment, segment, policy, at)
+            except Exception as exc:
+                session.rollback()
+                _log_left_unchanged(experiment, segment, exc, folded=folded)
+                report.failed_segments.append(segment.id)  # type: ignore[arg-type]
                 continue
-            for segment in segments:
-                at = now or utcnow()
-                folded = False
-                try:
-                    if policy.discount_per_hour is not None:
-                        # Reported as soon as it commits: a plan that then failed (a lock wait
-                        # that timed out, say) left the fold done and out of the pass's output.
-                        fold = fold_segment(
-                            session, experiment, segment, policy.discount_per_hour, at
-                        )
-                        if fold is not None:
-                            report.actions.append(fold)
-                            folded = True
-                    events, job_id = apply_segment(session, experiment, segment, policy, at)
-                except Exception as exc:
-                    session.rollback()
-                    _log_left_unchanged(experiment, segment, exc, folded=folded)
-                    report.failed_segments.append(segment.id)  # type: ignore[arg-type]
-                    continue
-                report.actions += events
-                if job_id is not None:
-                    report.jobs.append(job_id)
-                    if submit_job is not None:
-                        submit_job(job_id)
-    return report
+            report.actions += events
+            if job_id is not None:
+                report.jobs.append(job_id)
+                if submit_job is not None:
+                    submit_job(job_id)
 
 
 def _log_left_unchanged(

@@ -4,7 +4,9 @@ database.
 Every process with a scheduler ticks often; on each tick it tries to claim the current interval's
 slot with one conditional UPDATE on the lease row. The database lets exactly one claimant move the
 slot forward; the others see zero rows changed and do nothing. This works the same on SQLite and
-PostgreSQL, and a process that dies mid-run costs only that interval.
+PostgreSQL, and a process that dies mid-run costs only that interval. A job that stopped before
+it changed anything (it raised NotStarted: the database was away as it began) is run again by the
+process holding the slot, at its next tick within the interval.
 
 A slot is stored as the time its interval starts (milliseconds since the epoch), not as its number:
 numbers from different interval settings do not compare (after a change from 15 minutes to an hour
@@ -83,6 +85,11 @@ def database_clock(engine: sa.Engine) -> Callable[[], float]:
     return now
 
 
+class NotStarted(Exception):
+    """Raised by a job, from the error that stopped it, when it stopped before changing anything:
+    its slot is not used up."""
+
+
 class PeriodicJob:
     """A job and its interval; `tick()` runs it if this process wins the current slot."""
 
@@ -101,8 +108,13 @@ class PeriodicJob:
         self.job = job
         self.clock = clock or database_clock(engine)
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        # The slot this process won and whose job raised NotStarted: no other process can claim
+        # it, so this one runs it while the clock is still in it.
+        self._not_started: int | None = None
 
     def tick(self) -> bool:
+        """Run the job if this process wins the current slot, or won it and the job did not
+        start; True if it ran."""
         try:
             won, slot = self._claim_current_slot()
         except sa.exc.DBAPIError as exc:
@@ -111,11 +123,23 @@ class PeriodicJob:
             # One line per tick: APScheduler's traceback was 20 lines, every tick in every worker.
             log.warning("%s: database unavailable, slot skipped: %s", self.name, exc.orig)
             return False
-        if not won:
+        if won:
+            log.info("%s: running for slot %s as %s", self.name, slot, self.holder)
+        elif slot == self._not_started:
+            log.info("%s: running again for slot %s, not started before", self.name, slot)
+        else:
             return False
-        log.info("%s: running for slot %s as %s", self.name, slot, self.holder)
+        self._not_started = None
         try:
             self.job()
+        except NotStarted as exc:
+            self._not_started = slot
+            log.warning(
+                "%s: database unavailable, slot %s not started, tried again at the next tick: %s",
+                self.name,
+                slot,
+                exc,
+            )
         except Exception as exc:
             if database_unavailable(exc):
                 # As for a claim: the reason is the news. A pass that met it before its first

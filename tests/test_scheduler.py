@@ -16,8 +16,10 @@ from sqlmodel import Session, select
 
 from service.config import load_settings
 from service.db import make_engine
+from service.lifecycle import RunReport, scheduled_pass
 from service.models import SchedulerLease
-from service.scheduler import PeriodicJob, claim, start_background
+from service.scheduler import NotStarted, PeriodicJob, claim, start_background
+from tests.conftest import PG_URL
 
 INTERVAL = 900.0
 # A realistic epoch time at the start of a slot, so slot numbers are as large as in production.
@@ -273,8 +275,9 @@ def test_a_tick_during_an_outage_skips_its_slot_with_one_warning(
 def test_a_pass_that_loses_the_database_gives_up_its_slot_with_one_warning(
     engines: Callable[[], sa.Engine], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A pass that met a restart before its first segment (its pooled connection ended) raised
-    out to tick, which logged a traceback for an outage."""
+    """A pass that met a restart once it had begun (reading an experiment's segments) raised out
+    to tick, which logged a traceback for an outage. It may have changed segments already, so its
+    slot is used up."""
     clock = FakeClock()
 
     def restarted() -> None:
@@ -292,6 +295,82 @@ def test_a_pass_that_loses_the_database_gives_up_its_slot_with_one_warning(
         f"lifecycle: database unavailable, slot {slot} given up: "
         "terminating connection due to administrator command"
     )
+
+
+def test_a_job_that_did_not_start_runs_again_at_the_next_tick_of_its_slot(
+    engines: Callable[[], sa.Engine], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pass that found the database away as it began gave up its slot: a restart lost the
+    interval's pass. Its holder runs it again; no one else does, and a pass that ran is not."""
+    clock = FakeClock()
+    calls: list[float] = []
+
+    def away_at_first() -> None:
+        calls.append(clock())
+        if len(calls) < 3:
+            raise NotStarted("terminating connection due to administrator command")
+
+    job, other = _schedulers(engines, 2, clock, away_at_first)
+    with caplog.at_level(logging.WARNING, logger="service.scheduler"):
+        assert job.tick() is True
+    assert [r.getMessage() for r in caplog.records] == [
+        f"lifecycle: database unavailable, slot {int(START * 1000)} not started, tried again at "
+        "the next tick: terminating connection due to administrator command"
+    ]
+    for step in (1, 2):
+        clock.now = START + step * INTERVAL / 4
+        assert other.tick() is False
+        assert job.tick() is True
+    clock.now = START + 3 * INTERVAL / 4
+    assert job.tick() is False and other.tick() is False
+    assert calls == [START, START + INTERVAL / 4, START + INTERVAL / 2]
+    clock.now = START + INTERVAL
+    assert other.tick() is True and job.tick() is False
+    assert calls[-1] == START + INTERVAL
+
+
+@pytest.mark.parametrize("database_url", ["postgres"] if PG_URL else [], indirect=True)
+def test_a_scheduled_pass_that_meets_a_restart_as_it_begins_runs_at_the_next_tick(
+    database_url: str, experiment: dict[str, Any]
+) -> None:
+    """The server restarts between the claim and the pass: the pass's first read meets the ended
+    connection."""
+    url = sa.engine.make_url(database_url).update_query_dict(
+        {"application_name": "pass_under_test"}
+    )
+    engine = make_engine(load_settings({"database_url": url.render_as_string(False)}))
+    admin = sa.create_engine(database_url)
+    reports: list[RunReport] = []
+
+    def restart_then_pass() -> None:
+        if not restarted:
+            with admin.begin() as connection:
+                restarted.extend(
+                    connection.execute(
+                        sa.text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                            " WHERE application_name = 'pass_under_test'"
+                        )
+                    ).scalars()
+                )
+        reports.append(scheduled_pass(engine=engine))
+
+    restarted: list[bool] = []
+    job = PeriodicJob(
+        engine,
+        name="lifecycle",
+        interval_seconds=INTERVAL,
+        job=restart_then_pass,
+        clock=FakeClock(),
+    )
+    try:
+        assert job.tick() is True and restarted == [True] and reports == []
+        assert job.tick() is True and len(reports) == 1
+        assert reports[0].experiments == 1
+        assert job.tick() is False
+    finally:
+        engine.dispose()
+        admin.dispose()
 
 
 @pytest.mark.parametrize(
