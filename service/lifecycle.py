@@ -312,7 +312,7 @@ def _pass_over(
                 if policy.discount_per_hour is not None:
                     # Reported as soon as it commits: a plan that then failed (a lock wait
                     # that timed out, say) left the fold done and out of the pass's output.
-                    fold = fold_segment(session, experiment, segment, policy.discount_per_hour, at)
+                    fold = fold_segment(session, experiment, segment, at)
                     if fold is not None:
                         report.actions.append(fold)
                         folded = True
@@ -358,10 +358,21 @@ def _in_id_order(segment: Segment) -> SelectOfScalar[Variant]:
 
 
 def fold_segment(
-    session: Session, experiment: Experiment, segment: Segment, per_hour: float, now: datetime
+    session: Session, experiment: Experiment, segment: Segment, now: datetime
 ) -> LifecycleEvent | None:
     """Discount the segment's older evidence (see _fold) and commit, before the plan: the fold's
-    row locks then need not wait out the Monte Carlo."""
+    row locks then need not wait out the Monte Carlo.
+
+    The discount is the policy's as it stands under the experiment's lock, which a PATCH of the
+    policy takes too: the policy the pass read at its start may have been changed since, and a
+    fold after a PATCH that turned discounting off (and cleared every fold) folded again, so the
+    posterior then read decayed counts no pass would fold any more (and turning discounting on
+    later decayed all the hours since at once, not nothing)."""
+    lock_row(session, experiment)
+    per_hour = policy_shown(experiment.policy)[0].discount_per_hour
+    if per_hour is None:
+        session.commit()
+        return None
     variants = session.exec(_in_id_order(segment)).all()
     fold = _fold(session, experiment, segment, variants, per_hour, now)
     if fold is not None:

@@ -14,7 +14,7 @@ from sqlmodel import Session, col, select
 from service import lifecycle
 from service.cli import main
 from service.lifecycle import run_lifecycle
-from service.models import LifecycleEvent, Variant
+from service.models import Experiment, LifecycleEvent, Segment, Variant
 
 QUIET = {"regenerate": False, "min_impressions": 10**9}  # only the discount acts
 
@@ -109,18 +109,19 @@ def test_two_passes_at_once_decay_the_evidence_once(
     run_lifecycle(engine=engine, now=fresh.created_at + timedelta(hours=1))
     later = fresh.created_at + timedelta(hours=3)
 
-    # The other pass (the scheduler's beside `copybandit lifecycle --once`, say) folds between
-    # this pass's read of the variant and its write.
-    decay = lifecycle.discount_factor
+    # The other pass (the scheduler's beside `copybandit lifecycle --once`, say) folds after this
+    # pass started, before it folds: this one reads the variants under the experiment's lock,
+    # after the other's fold committed.
+    fold = lifecycle.fold_segment
     others: list[bool] = []
 
-    def other_pass_folds_first(per_hour: float, hours: float) -> float:
+    def other_pass_folds_first(*args: Any, **kwargs: Any) -> LifecycleEvent | None:
         if not others:
             others.append(True)
             run_lifecycle(engine=engine, now=later)
-        return decay(per_hour, hours)
+        return fold(*args, **kwargs)
 
-    monkeypatch.setattr(lifecycle, "discount_factor", other_pass_folds_first)
+    monkeypatch.setattr(lifecycle, "fold_segment", other_pass_folds_first)
     run_lifecycle(engine=engine, now=later)
 
     # Two hours at 0.5 per hour, once: before, the evidence weighed 0.0625, and two audit rows
@@ -136,6 +137,32 @@ def test_two_passes_at_once_decay_the_evidence_once(
         .where(LifecycleEvent.created_at == later)
     ).all()
     assert [d.numbers["factor_min"] for d in discounts if d.numbers] == [0.25]
+
+
+def test_a_fold_of_variants_another_writer_folded_since_they_were_read_changes_nothing(
+    setup: tuple[Any, int, Variant], session: Session
+) -> None:
+    """Passes of this version fold one at a time under the experiment's lock; a writer that does
+    not take it (an older release's pass during a deploy) can still fold between a read and its
+    write."""
+    engine, variant_id, fresh = setup
+    prior = (fresh.prior_alpha, fresh.prior_beta)
+    _add(session, variant_id, impressions=100, conversions=10)
+    run_lifecycle(engine=engine, now=fresh.created_at + timedelta(hours=1))
+    later = fresh.created_at + timedelta(hours=3)
+    experiment = session.get(Experiment, fresh.experiment_id)
+    segment = session.get(Segment, fresh.segment_id)
+    assert experiment is not None and segment is not None
+    read = session.exec(select(Variant).where(Variant.segment_id == fresh.segment_id)).all()
+
+    run_lifecycle(engine=engine, now=later)
+    stale_fold = lifecycle._fold(session, experiment, segment, read, 0.5, later)
+    session.commit()
+
+    assert stale_fold is None  # no audit row for a discount that did not happen
+    assert _variant(session, variant_id).posterior() == pytest.approx(
+        (prior[0] + 2.5, prior[1] + 22.5)
+    )
 
 
 def test_a_pass_that_reads_a_later_passs_fold_leaves_it_alone(
@@ -273,4 +300,53 @@ def test_a_fold_whose_plan_then_fails_is_in_the_pass_report(
     assert (
         f"2 segment(s) left unchanged after an error (logged above): {place} (but for its"
         " discount fold), " in result.output
+    )
+
+
+def test_a_pass_does_not_fold_after_a_patch_turned_discounting_off(
+    setup: tuple[Any, int, Variant],
+    api: Any,
+    session: Session,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engine, variant_id, fresh = setup
+    experiment_id, start = fresh.experiment_id, fresh.created_at
+    prior = (fresh.prior_alpha, fresh.prior_beta)
+    _add(session, variant_id, impressions=100, conversions=10)
+    run_lifecycle(engine=engine, now=start + timedelta(hours=1))
+    assert _variant(session, variant_id).folded_at is not None
+
+    # The PATCH commits after the pass read the policy (discounting on), before it folds.
+    fold = lifecycle.fold_segment
+    patched: list[int] = []
+
+    def patch_commits_first(*args: Any, **kwargs: Any) -> LifecycleEvent | None:
+        if not patched:
+            response = api.patch(
+                f"/v1/experiments/{experiment_id}/policy", json={"discount_per_hour": None}
+            )
+            patched.append(response.status_code)
+        return fold(*args, **kwargs)
+
+    monkeypatch.setattr(lifecycle, "fold_segment", patch_commits_first)
+    report = run_lifecycle(engine=engine, now=start + timedelta(hours=3))
+    monkeypatch.undo()
+
+    assert patched == [200]
+    assert [a.action for a in report.actions] == []
+    after = _variant(session, variant_id)
+    # Before, the fold went ahead: a discount row after discounting was off, and folded_at set.
+    assert (after.folded_at, after.posterior()) == (None, (prior[0] + 10, prior[1] + 90))
+    assert not session.exec(
+        select(LifecycleEvent)
+        .where(LifecycleEvent.action == "discount")
+        .where(LifecycleEvent.created_at == start + timedelta(hours=3))
+    ).all()
+    # So turning it on again keeps everything so far in full, as a first fold does; the stray
+    # fold's folded_at had the next fold decay the seven hours since it.
+    response = api.patch(f"/v1/experiments/{experiment_id}/policy", json={"discount_per_hour": 0.5})
+    assert response.status_code == 200
+    run_lifecycle(engine=engine, now=start + timedelta(hours=10))
+    assert _variant(session, variant_id).posterior() == pytest.approx(
+        (prior[0] + 10, prior[1] + 90)
     )
