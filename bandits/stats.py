@@ -6,6 +6,8 @@ data should show the same numbers rather than jitter with each request.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy.special import betaincinv
@@ -17,7 +19,7 @@ from bandits._validation import (
     require_count,
     require_positive_finite,
 )
-from bandits.ties import argmax_rows
+from bandits.ties import argmax_rows_untied, break_ties
 
 DEFAULT_SEED = 0
 
@@ -34,25 +36,55 @@ def _params(alpha: ArrayLike, beta: ArrayLike) -> tuple[FloatArray, FloatArray]:
     return a, b
 
 
-def _draws(
-    alpha: ArrayLike, beta: ArrayLike, n_samples: int, rng: RNGLike
-) -> tuple[FloatArray, np.random.Generator]:
-    """Posterior draws, shape (n_samples, n_arms), and the generator that drew them."""
+# Draws are held at most this many (rows x arms, 32 MiB) at a time: 20,000 joint draws of a
+# segment of 3,000 arms are 480 MB, and expected loss took as much again (about 1 GB per lifecycle
+# plan). A generator draws the same numbers in row blocks as in one array, so a seed gives the same
+# results at any block size. Up to 209 arms, 20,000 draws are one block.
+DRAW_BLOCK = 1 << 22
+
+
+def _row_blocks(n_rows: int, n_arms: int) -> list[slice]:
+    """Consecutive row ranges of at most DRAW_BLOCK entries each (one row at least), covering
+    n_rows."""
+    step = max(1, DRAW_BLOCK // n_arms)
+    return [slice(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
+
+
+def _best_and_loss(
+    alpha: ArrayLike,
+    beta: ArrayLike,
+    n_samples: int,
+    rng: RNGLike,
+    *,
+    loss: bool,
+) -> tuple[FloatArray, FloatArray | None]:
+    """Probability best and (with `loss`) expected loss, from n_samples joint posterior draws made
+    block by block, with the numbers one array of them gives: exact ties are broken after the last
+    draw, as argmax_rows over all of them breaks them, and the losses are summed row after row, in
+    the order a mean over the rows adds them."""
     a, b = _params(alpha, beta)
     n_samples = require_count("n_samples", n_samples)
     gen = as_generator(DEFAULT_SEED if rng is None else rng)
-    return gen.beta(a, b, size=(n_samples, a.size)), gen
-
-
-def _prob_best(draws: FloatArray, gen: np.random.Generator) -> FloatArray:
-    n_samples, n_arms = draws.shape
-    return np.bincount(argmax_rows(draws, gen), minlength=n_arms) / n_samples
-
-
-def _expected_loss(draws: FloatArray) -> FloatArray:
-    # Each term is >= 0 by construction, so the mean is too (no cancellation to clip).
-    result: FloatArray = (draws.max(axis=1, keepdims=True) - draws).mean(axis=0)
-    return result
+    n_arms = a.size
+    wins = np.zeros(n_arms, dtype=np.int64)
+    loss_sum = np.zeros(n_arms) if loss else None
+    tied_blocks = []
+    for rows in _row_blocks(n_samples, n_arms):
+        draws = gen.beta(a, b, size=(rows.stop - rows.start, n_arms))
+        choice, suspect, tied = argmax_rows_untied(draws)
+        wins += np.bincount(np.delete(choice, suspect), minlength=n_arms)
+        tied_blocks.append(tied)
+        if loss_sum is not None:
+            # The running sum as the first row: a sum of block sums rounds differently.
+            terms = np.empty((len(draws) + 1, n_arms))
+            terms[0] = loss_sum
+            # Each term is >= 0 by construction, so the mean is too (no cancellation to clip).
+            np.subtract(draws.max(axis=1, keepdims=True), draws, out=terms[1:])
+            loss_sum = terms.sum(axis=0)
+    tied = np.concatenate(tied_blocks)
+    for rows in _row_blocks(len(tied), n_arms):
+        wins += np.bincount(break_ties(tied[rows], gen), minlength=n_arms)
+    return wins / n_samples, None if loss_sum is None else loss_sum / n_samples
 
 
 def prob_best(
@@ -74,7 +106,7 @@ def prob_best(
     ndarray of float64, shape (n_arms,)
         Sums to 1; exactly [1.0] for a single arm.
     """
-    return _prob_best(*_draws(alpha, beta, n_samples, rng))
+    return _best_and_loss(alpha, beta, n_samples, rng, loss=False)[0]
 
 
 def expected_loss(
@@ -89,7 +121,9 @@ def expected_loss(
     ndarray of float64, shape (n_arms,)
         Non-negative; exactly [0.0] for a single arm.
     """
-    return _expected_loss(_draws(alpha, beta, n_samples, rng)[0])
+    loss = _best_and_loss(alpha, beta, n_samples, rng, loss=True)[1]
+    assert loss is not None
+    return loss
 
 
 def credible_interval(alpha: ArrayLike, beta: ArrayLike, level: float = 0.95) -> FloatArray:
@@ -143,13 +177,14 @@ def summarize(
         Each an ndarray of float64, shape (n_arms,).
     """
     interval = credible_interval(alpha, beta, level)
-    draws, gen = _draws(alpha, beta, n_samples, rng)
+    best, loss = _best_and_loss(alpha, beta, n_samples, rng, loss=True)
+    assert loss is not None
     return {
         "mean": posterior_mean(alpha, beta),
         "lower": interval[:, 0],
         "upper": interval[:, 1],
-        "prob_best": _prob_best(draws, gen),
-        "expected_loss": _expected_loss(draws),
+        "prob_best": best,
+        "expected_loss": loss,
     }
 
 
@@ -168,8 +203,32 @@ def prob_below(
     -------
     ndarray of float64, shape (n_arms,)
     """
+    a, b = _params(alpha, beta)
+    n_samples = require_count("n_samples", n_samples)
     # One generator for both: two generators from the same seed would draw correlated samples.
     gen = as_generator(DEFAULT_SEED if rng is None else rng)
-    draws, _ = _draws(alpha, beta, n_samples, gen)
-    reference, _ = _draws([reference_alpha], [reference_beta], n_samples, gen)
-    return (draws < reference).mean(axis=0).astype(np.float64)
+    blocks = _row_blocks(n_samples, a.size)
+    if len(blocks) == 1:
+        draws = gen.beta(a, b, size=(n_samples, a.size))
+        reference = _reference_draws(reference_alpha, reference_beta, n_samples, gen)
+        return (draws < reference).mean(axis=0).astype(np.float64)
+    # The reference is drawn after the arms, as it always was, so a seed keeps its results: the
+    # arms' draws are made twice, to reach the reference's and then to compare with them, rather
+    # than kept (480 MB for 3,000 arms). Only past one block, so only there does it cost the time.
+    replay = copy.deepcopy(gen)
+    for rows in blocks:
+        gen.beta(a, b, size=(rows.stop - rows.start, a.size))
+    reference = _reference_draws(reference_alpha, reference_beta, n_samples, gen)
+    below = np.zeros(a.size, dtype=np.int64)
+    for rows in blocks:
+        draws = replay.beta(a, b, size=(rows.stop - rows.start, a.size))
+        below += (draws < reference[rows]).sum(axis=0)
+    return below / n_samples
+
+
+def _reference_draws(
+    reference_alpha: float, reference_beta: float, n_samples: int, gen: np.random.Generator
+) -> FloatArray:
+    """Shape (n_samples, 1)."""
+    a, b = _params([reference_alpha], [reference_beta])
+    return gen.beta(a, b, size=(n_samples, 1))
