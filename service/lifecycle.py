@@ -545,6 +545,8 @@ def _fold(
     folded = first_folds = 0
     unchanged_since_read: sa.ColumnElement[bool]
     for variant in variants:
+        if _left_unfolded(variant):
+            continue
         read_at = variant.folded_at
         if read_at is not None and read_at >= now:
             # Folded by a pass that started later: moving folded_at back would decay the same
@@ -604,6 +606,47 @@ def _fold(
         },
         created_at=now,
     )
+
+
+# Copy that is never served again (retired, rejected): nothing decides from its posterior, and
+# its fold was one UPDATE per variant and pass, more with every variant retired.
+_OUT_OF_SERVICE = (VariantStatus.RETIRED, VariantStatus.REJECTED)
+
+
+def _left_unfolded(variant: Variant) -> bool:
+    """Out of service, folded once since discounting began, and nothing new since: the passes
+    leave it to `posteriors`, which decays it as their folds would have. Its first fold still
+    happens, as does a fold of late conversions: each says from when on its evidence decays."""
+    return (
+        variant.status in _OUT_OF_SERVICE
+        and variant.folded_at is not None
+        and variant.impressions == variant.folded_impressions
+        and variant.conversions == variant.folded_conversions
+    )
+
+
+def posteriors(
+    variants: Sequence[Variant], discount_per_hour: float | None
+) -> dict[int, tuple[float, float]]:
+    """Each variant's posterior by id, those the passes leave unfolded (see _left_unfolded)
+    decayed as folds would have left them: by the hours from their last fold to their segment's
+    latest. For readers that show out-of-service copy beside the rest (the report, off-policy
+    evaluation); `variants` are whole segments, `discount_per_hour` the experiment's."""
+    latest: dict[int, datetime] = {}
+    for variant in variants:
+        if variant.folded_at is not None:
+            latest[variant.segment_id] = max(
+                variant.folded_at, latest.get(variant.segment_id, variant.folded_at)
+            )
+    result: dict[int, tuple[float, float]] = {}
+    for variant in variants:
+        decay, folded_at = 1.0, variant.folded_at
+        if discount_per_hour is not None and folded_at is not None and _left_unfolded(variant):
+            hours = (latest[variant.segment_id] - folded_at).total_seconds() / 3600
+            decay = discount_factor(discount_per_hour, hours)
+        # Rows read from the database always have an id.
+        result[variant.id or 0] = variant.posterior(decay=decay)
+    return result
 
 
 def _set_status(session: Session, action: Action, now: datetime) -> bool:

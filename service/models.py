@@ -191,8 +191,10 @@ class Variant(SQLModel, table=True):
     created_at: datetime = _timestamp()
     updated_at: datetime = _timestamp()
 
-    def posterior(self) -> tuple[float, float]:
-        """Beta(alpha, beta): the prior plus (discounted) successes and failures."""
+    def posterior(self, *, decay: float = 1.0) -> tuple[float, float]:
+        """Beta(alpha, beta): the prior plus (discounted) successes and failures. `decay`: the
+        weight a fold now would leave on the evidence folded so far (see
+        service.lifecycle.posteriors), applied here without one."""
         new_conversions = self.conversions - self.folded_conversions
         new_failures = (self.impressions - self.conversions) - (
             self.folded_impressions - self.folded_conversions
@@ -201,8 +203,8 @@ class Variant(SQLModel, table=True):
         # and takes a whole failure off what is left of them: never below none (beta <= 0 made
         # every draw for the segment raise).
         return (
-            self.prior_alpha + self.decayed_successes + new_conversions,
-            self.prior_beta + max(0.0, self.decayed_failures + new_failures),
+            self.prior_alpha + self.decayed_successes * decay + new_conversions,
+            self.prior_beta + max(0.0, self.decayed_failures * decay + new_failures),
         )
 
 

@@ -13,7 +13,7 @@ Candidate policies
 ``uniform``
     Each logged variant with equal probability.
 ``greedy``
-    Always the logged variant with the highest posterior mean now (``Variant.posterior()``);
+    Always the logged variant with the highest posterior mean now (``lifecycle.posteriors``);
     ties go to the lowest variant id.
 ``thompson``
     Thompson sampling under the current posteriors of the logged variants: the probability it
@@ -38,7 +38,9 @@ from bandits.thompson import BetaBernoulliTS
 from service.decisions import POLICY_THOMPSON
 from service.errors import NotFound
 from service.experiments import find_segment, get_experiment, segments_of, variants_of
-from service.models import Event, Impression, Segment, Variant
+from service.lifecycle import posteriors
+from service.models import Event, Impression, Segment
+from service.policy import policy_shown
 
 POLICIES = ("uniform", "greedy", "thompson", "variant:<id>")
 _VARIANT_ID = re.compile(r"[0-9]{1,20}")
@@ -122,8 +124,10 @@ def evaluate(
         Unknown policy, or a ``variant:<id>`` outside the requested segment.
     """
     kind, target_variant = parse_policy(policy)
-    get_experiment(session=session, experiment_id=experiment_id)
-    variants = {v.id: v for v in variants_of(session=session, experiment_id=experiment_id)}
+    stored = get_experiment(session=session, experiment_id=experiment_id)
+    every_variant = variants_of(session=session, experiment_id=experiment_id)
+    variants = {v.id: v for v in every_variant}
+    posterior = posteriors(every_variant, policy_shown(stored.policy)[0].discount_per_hour)
     segments: Sequence[Segment]
     if segment is not None:
         segments = [find_segment(session=session, experiment_id=experiment_id, key=segment)]
@@ -146,7 +150,7 @@ def evaluate(
     pooled: list[tuple[_Log, np.ndarray]] = []
     for segment_id, key in keyed:
         log = fresh[segment_id]
-        target = _target(kind, target_variant, log, variants, n_samples=n_samples, seed=seed)
+        target = _target(kind, target_variant, log, posterior, n_samples=n_samples, seed=seed)
         q = np.array([target[v] for v in log.variant_ids.tolist()], dtype=np.float64)
         pooled.append((log, q))
         row = _row(key, log, q, excluded[segment_id])
@@ -234,7 +238,7 @@ def _target(
     kind: str,
     target_variant: int | None,
     log: _Log,
-    variants: dict[int | None, Variant],
+    posterior: dict[int, tuple[float, float]],
     *,
     n_samples: int,
     seed: int,
@@ -247,7 +251,7 @@ def _target(
         return {v: 1.0 if v == target_variant else 0.0 for v in logged}
     if kind == "uniform":
         return dict.fromkeys(logged, 1.0 / len(logged))
-    alpha, beta = np.array([variants[v].posterior() for v in logged], dtype=np.float64).T
+    alpha, beta = np.array([posterior[v] for v in logged], dtype=np.float64).T
     if kind == "greedy":
         best = logged[int(np.argmax(alpha / (alpha + beta)))]
         return {v: 1.0 if v == best else 0.0 for v in logged}

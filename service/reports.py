@@ -7,6 +7,7 @@ from sqlmodel import Session, col, select
 
 from bandits import stats
 from service.experiments import get_experiment, segments_of, variants_of
+from service.lifecycle import posteriors
 from service.models import Segment, Variant, VariantStatus, utcnow
 from service.policy import policy_shown
 from service.schemas import Leader, Report, SegmentReport, VariantStats, Winner
@@ -15,11 +16,12 @@ from service.schemas import Leader, Report, SegmentReport, VariantStats, Winner
 def experiment_report(*, session: Session, experiment_id: int) -> Report:
     experiment = get_experiment(session=session, experiment_id=experiment_id)
     variants = variants_of(session=session, experiment_id=experiment_id)
+    policy, policy_error = policy_shown(experiment.policy)
+    posterior = posteriors(variants, policy.discount_per_hour)
     segments = [
-        _segment_report(segment, [v for v in variants if v.segment_id == segment.id])
+        _segment_report(segment, [v for v in variants if v.segment_id == segment.id], posterior)
         for segment in segments_of(session=session, experiment_id=experiment_id)
     ]
-    policy, policy_error = policy_shown(experiment.policy)
     return Report(
         experiment_id=experiment_id,
         name=experiment.name,
@@ -49,8 +51,10 @@ def serving_winners(session: Session, segments: list[Segment]) -> set[int]:
     return {declared[variant_id] for variant_id in serving if variant_id is not None}
 
 
-def _segment_report(segment: Segment, variants: list[Variant]) -> SegmentReport:
-    alpha, beta = np.array([v.posterior() for v in variants]).reshape(-1, 2).T
+def _segment_report(
+    segment: Segment, variants: list[Variant], posterior: dict[int, tuple[float, float]]
+) -> SegmentReport:
+    alpha, beta = np.array([posterior[v.id or 0] for v in variants]).reshape(-1, 2).T
     # Probability best is a contest among what can be served; retired copy has left the race.
     active = np.array([v.status == VariantStatus.ACTIVE for v in variants], dtype=bool)
     prob_best = np.full(len(variants), np.nan)

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from sqlmodel import Session, col, select
 
+from bandits import stats
 from service import lifecycle
 from service.cli import main
 from service.lifecycle import run_lifecycle
@@ -349,4 +350,47 @@ def test_a_pass_does_not_fold_after_a_patch_turned_discounting_off(
     run_lifecycle(engine=engine, now=start + timedelta(hours=10))
     assert _variant(session, variant_id).posterior() == pytest.approx(
         (prior[0] + 10, prior[1] + 90)
+    )
+
+
+def test_retired_copy_is_folded_no_more_and_reads_as_if_it_were(
+    setup: tuple[Any, int, Variant], api: Any, session: Session
+) -> None:
+    engine, retired_id, fresh = setup
+    experiment_id, start = fresh.experiment_id, fresh.created_at
+    prior = (fresh.prior_alpha, fresh.prior_beta)
+    live_id = api.add_variant(experiment_id, "tea-lovers", "The Aurora kettle, quiet.")["id"]
+    _add(session, retired_id, impressions=100, conversions=10)
+    _add(session, live_id, impressions=100, conversions=20)
+    run_lifecycle(engine=engine, now=start + timedelta(hours=1))
+    response = api.patch(f"/v1/variants/{retired_id}", json={"status": "retired"})
+    assert response.status_code == 200, response.get_json()
+
+    for hours in (2, 4):
+        run_lifecycle(engine=engine, now=start + timedelta(hours=hours))
+
+    # Nothing written to it after its retirement: each pass folded it, one UPDATE more per
+    # variant ever retired.
+    retired = _variant(session, retired_id)
+    assert (retired.folded_at, retired.decayed_successes) == (start + timedelta(hours=1), 10)
+    discounts = session.exec(
+        select(LifecycleEvent)
+        .where(LifecycleEvent.action == "discount")
+        .where(LifecycleEvent.created_at > start + timedelta(hours=1))
+    ).all()
+    assert [d.numbers["variants"] for d in discounts if d.numbers] == [1, 1]
+    # The report still shows its evidence decayed to the latest fold: three hours at 0.5.
+    alpha, beta = prior[0] + 10 * 0.125, prior[1] + 90 * 0.125
+    report = api.get(f"/v1/experiments/{experiment_id}/report").get_json()
+    (row,) = [r for s in report["segments"] for r in s["variants"] if r["variant_id"] == retired_id]
+    assert row["posterior_mean"] == pytest.approx(alpha / (alpha + beta))
+    assert row["interval"] == pytest.approx(stats.credible_interval([alpha], [beta])[0].tolist())
+
+    # A late conversion of one of its impressions is folded in, from when it is seen.
+    _add(session, retired_id, impressions=0, conversions=1)
+    run_lifecycle(engine=engine, now=start + timedelta(hours=5))
+    retired = _variant(session, retired_id)
+    assert retired.folded_at == start + timedelta(hours=5)
+    assert retired.posterior() == pytest.approx(
+        (prior[0] + 10 * 0.0625 + 1, prior[1] + 90 * 0.0625 - 1)
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from bandits.ope import Estimate, ips, snips
 from service.cli import main
 from service.errors import NotFound
 from service.identity import new_impression_id
+from service.lifecycle import run_lifecycle
 from service.models import Event, Impression, Variant
 from service.ope import evaluate, format_table, parse_policy
 
@@ -293,6 +295,32 @@ def test_greedy_and_thompson_follow_the_current_posterior(
     target = first["segments"][0]["target"]
     assert sum(target.values()) == pytest.approx(1.0)
     assert 0.3 < target[str(ids["a"])] < 0.7
+
+
+def test_retired_copy_weighs_in_with_its_evidence_decayed_as_the_live_copys_is(
+    api: Any, app: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    """Passes no longer fold retired copy (nothing serves it); greedy and thompson read its
+    evidence decayed all the same, as the report does."""
+    ids = seed_log(session, experiment)
+    quiet = {"discount_per_hour": 0.5, "regenerate": False, "min_impressions": 10**9}
+    assert api.patch(f"/v1/experiments/{experiment['id']}/policy", json=quiet).status_code == 200
+    engine = app.extensions["copybandit.engine"]
+    start = datetime.fromisoformat(experiment["created_at"])
+    run_lifecycle(engine=engine, now=start + timedelta(hours=1))  # a first fold keeps it all
+    assert api.patch(f"/v1/variants/{ids['b']}", json={"status": "retired"}).status_code == 200
+    session.execute(
+        sa.update(Variant)
+        .where(col(Variant.id) == ids["a"])
+        .values(impressions=Variant.impressions + 100, conversions=Variant.conversions + 40)
+    )
+    session.commit()
+    run_lifecycle(engine=engine, now=start + timedelta(hours=10))
+
+    greedy = _by_segment(evaluate(session=session, experiment_id=experiment["id"], policy="greedy"))
+    # A: its new 40 of 100 in full, mean 0.40. B: its 6 of 20 weigh 0.5**9, mean 0.50 (its
+    # prior's), as when every pass folded it; left as folded at its retirement, 7/22 = 0.32 lost.
+    assert greedy["tea-lovers"]["target"] == {str(ids["a"]): 0.0, str(ids["b"]): 1.0}
 
 
 def test_a_conversion_on_a_sticky_repeat_counts_for_the_draw_that_assigned_the_user(
