@@ -231,7 +231,9 @@ def test_batches_naming_the_same_rows_in_different_orders_are_both_answered(
         assert [w.tally.failures for w in writers] == [[], []], f"round {round_}"
         assert sum(t["accepted"] for t in tallies) == converted
         assert sum(t["duplicate"] for t in tallies) == sum(map(len, batches)) - converted
-    assert deadlocks == []
+    if pair is _reversed:
+        # Rows in impression order meet in one order; crossed event_ids can deadlock, and run again.
+        assert deadlocks == []
     counts = _counts(session)
     assert counts["conversion_counters"] == counts["event_rows"]
 
@@ -248,19 +250,20 @@ def _deadlocks(app: Any) -> list[str]:
     return deadlocks
 
 
-def test_clients_reusing_event_ids_across_impressions_never_deadlock(
+def test_clients_reusing_event_ids_across_impressions_are_all_answered(
     app: Any, session: Session, experiment: dict[str, Any]
 ) -> None:
-    """Four clients each send a batch pairing event_ids and impressions that the others pair
-    otherwise. A row has two keys, and no one order of rows sorts both: batches in impression order
-    deadlocked on each other's event_ids (18 times in 160 batches of four clients here), and those
-    that deadlocked past their two retries were answered 503 (4 of 320 batches of eight clients).
-    Every event is stored once or reported a duplicate, and the counters count what is stored."""
-    writers = [Writer(app, session) for _ in range(THREADS)]
+    """Eight clients each send a batch pairing event_ids and impressions that the others pair
+    otherwise. A row has two keys, and no one order of rows sorts both, so such batches deadlock
+    on each other's rows (PostgreSQL ends one of each such pair after its deadlock_timeout, 1 s);
+    those that deadlocked again on each of their two reruns were answered 503 (4 of 320 batches). A
+    rerun now takes turns with the batches that share a key with it. Every
+    event is stored once or reported a duplicate, and the counters count what is stored."""
+    writers = [Writer(app, session) for _ in range(2 * THREADS)]
     deadlocks = _deadlocks(app)
     rng = random.Random(7)
     sent = 0
-    for round_ in range(20):
+    for round_ in range(10):
         impressions = _stored_impressions(session, experiment, 60)
         event_ids = [f"r{round_}-{n}" for n in range(60)]
         batches = [
@@ -277,10 +280,49 @@ def test_clients_reusing_event_ids_across_impressions_never_deadlock(
             ]
         )
         sent += sum(map(len, batches))
-        assert [w.tally.failures for w in writers] == [[]] * THREADS, f"round {round_}"
-    assert deadlocks == []
+        assert [w.tally.failures for w in writers] == [[]] * len(writers), f"round {round_}"
+    if app.extensions["copybandit.engine"].dialect.name == "postgresql":
+        # SQLite writes one batch at a time; on PostgreSQL the reruns must have been tried.
+        assert deadlocks, "no batch deadlocked: the test no longer tries the reruns"
     counts = _counts(session)
     accepted = sum(w.tally.accepted for w in writers)
     assert accepted == sum(counts["event_rows"].values()) > 0
     assert accepted + sum(w.tally.duplicate for w in writers) == sent
     assert counts["conversion_counters"] == counts["event_rows"]
+
+
+class _Deadlocked(Exception):
+    sqlstate = "40P01"
+
+
+class _ForeignKeyViolated(Exception):
+    sqlstate = "23503"
+
+
+@pytest.mark.parametrize(
+    ("failure", "runs"),
+    [(_Deadlocked, [False, True, True]), (_ForeignKeyViolated, [False, False, False])],
+    ids=["deadlock", "foreign-key"],
+)
+def test_a_batch_that_deadlocked_runs_again_taking_turns(
+    monkeypatch: pytest.MonkeyPatch, failure: type[Exception], runs: list[bool]
+) -> None:
+    """Only a rerun after a deadlock takes slots: batches that always took them were written one
+    at a time (four clients: 32,000-34,000 events/s against 56,000-60,000)."""
+    from unittest.mock import MagicMock
+
+    from service import events
+
+    taking_slots: list[bool] = []
+
+    def run(session: Any, batch: Any, *, take_slots: bool) -> events.EventsOutcome:
+        taking_slots.append(take_slots)
+        if len(taking_slots) < len(runs):
+            raise sa.exc.OperationalError("INSERT INTO event", {}, failure())
+        return events.EventsOutcome(accepted=1)
+
+    monkeypatch.setattr(events, "_record_events", run)
+    outcome = events.record_events(session=MagicMock(), events=[])
+
+    assert outcome.accepted == 1
+    assert taking_slots == runs
