@@ -109,7 +109,7 @@ def find_segment(*, session: Session, experiment_id: int, key: str) -> Segment:
         else None
     )
     if segment is None:
-        raise NotFound(f"experiment {experiment_id} has no segment {key!r}", field="segment")
+        raise NotFound(f"experiment {experiment_id} has no segment {quoted(key)}", field="segment")
     return segment
 
 

@@ -1482,6 +1482,18 @@ def test_csv_export_of_an_unknown_segment_is_404(
     assert response.mimetype == "text/html"
 
 
+def test_an_unknown_segment_key_with_a_mark_that_shows_nothing_is_named_with_its_code_point(
+    dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    response = dash.get(f"/dashboard/experiments/{experiment['id']}/segments/tea%E2%80%8F.csv")
+
+    assert response.status_code == 404
+    page = response.get_data(as_text=True)
+    # repr() wrote the right-to-left mark as the six characters \u200f.
+    assert "tea[U+200F]" in page
+    assert "\\u200f" not in page
+
+
 def test_an_experiment_id_in_other_unicode_digits_or_with_a_leading_zero_is_404(
     dash: Dashboard, experiment: dict[str, Any]
 ) -> None:
