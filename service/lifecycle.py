@@ -628,10 +628,13 @@ def _left_unfolded(variant: Variant) -> bool:
 def posteriors(
     variants: Sequence[Variant], discount_per_hour: float | None
 ) -> dict[int, tuple[float, float]]:
-    """Each variant's posterior by id, those the passes leave unfolded (see _left_unfolded)
-    decayed as folds would have left them: by the hours from their last fold to their segment's
-    latest. For readers that show out-of-service copy beside the rest (the report, off-policy
-    evaluation); `variants` are whole segments, `discount_per_hour` the experiment's."""
+    """Each variant's posterior by id, out-of-service copy's folded evidence decayed as the folds
+    the passes leave out (see _left_unfolded) would have left it: by the hours from its last fold
+    to its segment's latest. A late conversion not folded yet counts in full beside it, as it
+    would after such a fold; decayed only once folded, the older evidence read as it stood at
+    the retirement until the next pass. For readers that show out-of-service copy beside the rest
+    (the report, off-policy evaluation); `variants` are whole segments, `discount_per_hour` the
+    experiment's."""
     latest: dict[int, datetime] = {}
     for variant in variants:
         if variant.folded_at is not None:
@@ -641,7 +644,11 @@ def posteriors(
     result: dict[int, tuple[float, float]] = {}
     for variant in variants:
         decay, folded_at = 1.0, variant.folded_at
-        if discount_per_hour is not None and folded_at is not None and _left_unfolded(variant):
+        if (
+            discount_per_hour is not None
+            and folded_at is not None
+            and variant.status in _OUT_OF_SERVICE
+        ):
             hours = (latest[variant.segment_id] - folded_at).total_seconds() / 3600
             decay = discount_factor(discount_per_hour, hours)
         # Rows read from the database always have an id.

@@ -381,16 +381,28 @@ def test_retired_copy_is_folded_no_more_and_reads_as_if_it_were(
     assert [d.numbers["variants"] for d in discounts if d.numbers] == [1, 1]
     # The report still shows its evidence decayed to the latest fold: three hours at 0.5.
     alpha, beta = prior[0] + 10 * 0.125, prior[1] + 90 * 0.125
-    report = api.get(f"/v1/experiments/{experiment_id}/report").get_json()
-    (row,) = [r for s in report["segments"] for r in s["variants"] if r["variant_id"] == retired_id]
+    row = _report_row(api, experiment_id, retired_id)
     assert row["posterior_mean"] == pytest.approx(alpha / (alpha + beta))
     assert row["interval"] == pytest.approx(stats.credible_interval([alpha], [beta])[0].tolist())
 
-    # A late conversion of one of its impressions is folded in, from when it is seen.
+    # A late conversion of one of its impressions counts in full beside the older evidence,
+    # decayed as before: as if the last pass had folded it and the conversion came after. Until
+    # the next pass folded it, the report read that older evidence as at the retirement (10 of
+    # 100 in full, not an eighth).
     _add(session, retired_id, impressions=0, conversions=1)
+    alpha, beta = prior[0] + 10 * 0.125 + 1, prior[1] + 90 * 0.125 - 1
+    row = _report_row(api, experiment_id, retired_id)
+    assert row["posterior_mean"] == pytest.approx(alpha / (alpha + beta))
+    # It is folded in by the next pass, from when it is seen.
     run_lifecycle(engine=engine, now=start + timedelta(hours=5))
     retired = _variant(session, retired_id)
     assert retired.folded_at == start + timedelta(hours=5)
     assert retired.posterior() == pytest.approx(
         (prior[0] + 10 * 0.0625 + 1, prior[1] + 90 * 0.0625 - 1)
     )
+
+
+def _report_row(api: Any, experiment_id: int, variant_id: int) -> dict[str, Any]:
+    report = api.get(f"/v1/experiments/{experiment_id}/report").get_json()
+    (row,) = [r for s in report["segments"] for r in s["variants"] if r["variant_id"] == variant_id]
+    return row  # type: ignore[no-any-return]
