@@ -142,9 +142,9 @@ class PeriodicJob:
             )
         except Exception as exc:
             if database_unavailable(exc):
-                # As for a claim: the reason is the news. A pass that met it before its first
-                # segment (a restart ended the pooled connection it started on) logged a
-                # traceback.
+                # As for a claim: the reason is the news. A pass that met it once under way
+                # (reading an experiment's segments) logged a traceback; it may have changed
+                # segments before, so unlike NotStarted its slot is used up.
                 log.warning(
                     "%s: database unavailable, slot %s given up: %s", self.name, slot, exc.orig
                 )
