@@ -824,9 +824,7 @@ def _address(host: str, port: int) -> str:
 def _prepare_metrics_folder(options: dict[str, Any]) -> None:
     """Workers write their metrics under one folder (see service.metrics); a fresh one per
     server, so counts from an earlier run never leak into this one."""
-    import os
     import shutil
-    import tempfile
 
     from prometheus_client import multiprocess
 

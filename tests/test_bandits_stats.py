@@ -211,7 +211,7 @@ def test_draws_in_blocks_give_the_numbers_of_one_array(
         return summary, others, gen.bit_generator.state
 
     in_one = everything(11)
-    monkeypatch.setattr(stats, "DRAW_BLOCK", block, raising=False)
+    monkeypatch.setattr(stats, "DRAW_BLOCK", block)
     in_blocks = everything(11)
 
     assert in_blocks[0].keys() == in_one[0].keys()
@@ -225,7 +225,7 @@ def test_draws_in_blocks_give_the_numbers_of_one_array(
 def test_a_segment_of_many_arms_never_holds_all_its_draws(monkeypatch: pytest.MonkeyPatch) -> None:
     """20,000 draws of 3,000 arms took about 1 GB per lifecycle plan; here the same at a scale a
     test can afford: 4,000 draws of 500 arms are 16 MB, in blocks of 0.5 MiB."""
-    monkeypatch.setattr(stats, "DRAW_BLOCK", 1 << 16, raising=False)
+    monkeypatch.setattr(stats, "DRAW_BLOCK", 1 << 16)
     alpha, beta = np.linspace(2.0, 60.0, 500), np.full(500, 900.0)
     tracemalloc.start()
     try:
