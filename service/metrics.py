@@ -166,6 +166,10 @@ def init_app(app: Flask) -> None:
     def scrape() -> Response:
         try:
             metrics()  # so a scrape before any request still lists every metric
+            # A worker whose metrics were made before its folder was removed counts on into
+            # files no scrape can read, and reading the folder raises here: it answered 500,
+            # with a traceback at every scrape.
+            text = generate_latest(_registry())
         except Exception as exc:
             # A scrape that answered with the counts it could read would hide that this worker
             # counts nothing: the target's `up` goes to 0 instead.
@@ -173,7 +177,7 @@ def init_app(app: Flask) -> None:
             raise ServiceUnavailable(
                 f"this worker cannot record its metrics: {type(exc).__name__}: {exc}"
             ) from None
-        return Response(generate_latest(_registry()), mimetype=CONTENT_TYPE_LATEST)
+        return Response(text, mimetype=CONTENT_TYPE_LATEST)
 
     # A plain Flask rule, like "/": not part of the JSON API's OpenAPI document.
     app.add_url_rule("/metrics", "metrics", scrape)

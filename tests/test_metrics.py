@@ -152,3 +152,53 @@ def test_a_metrics_folder_that_cannot_be_written_costs_the_counts_not_the_reques
     assert len(warnings) == 1, worker.stderr
     assert str(tmp_path / "removed") in warnings[0] and "FileNotFoundError" in warnings[0]
     assert "Traceback" not in worker.stderr
+
+
+WORKER_WHOSE_METRICS_FOLDER_GOES = """
+import json, shutil, sys
+from service import create_app
+config, key, experiment, folder = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3]), \\
+    sys.argv[4]
+client = create_app(config).test_client()
+headers = {"Authorization": "Bearer " + key}
+before = client.post("/v1/decide", json={"experiment": experiment}, headers=headers)
+shutil.rmtree(folder)
+after = client.post("/v1/decide", json={"experiment": experiment}, headers=headers)
+scraped = [client.get("/metrics") for _ in range(2)]
+print(json.dumps([[r.status_code, r.get_json(silent=True)] for r in (before, after, *scraped)]))
+"""
+
+
+def test_a_metrics_folder_removed_under_a_worker_that_counted_is_a_503(
+    api: Any, app_config: dict[str, Any], experiment: dict[str, Any], tmp_path: Path
+) -> None:
+    # The usual case: every worker has counted since its first request, so its metrics exist and
+    # count on into files no scrape can read. The scrape answered 500 and logged a traceback
+    # each time (MultiProcessCollector refuses a folder that is gone), not the 503 and the line a
+    # minute of a worker that could not make its metrics.
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    worker = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            WORKER_WHOSE_METRICS_FOLDER_GOES,
+            json.dumps(app_config),
+            api.keys["serve"],
+            str(experiment["id"]),
+            str(folder),
+        ],
+        env={**os.environ, MULTIPROC_ENV: str(folder)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (before, _), (after, _), *scrapes = json.loads(worker.stdout)
+
+    assert (before, after) == (200, 200)
+    for scraped, refusal in scrapes:
+        assert scraped == 503 and refusal["error"] == "unavailable", refusal
+        assert "cannot record its metrics" in refusal["message"]
+    warnings = [line for line in worker.stderr.splitlines() if "metrics not recorded" in line]
+    assert len(warnings) == 1 and str(folder) in warnings[0], worker.stderr
+    assert "Traceback" not in worker.stderr
