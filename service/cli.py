@@ -11,6 +11,7 @@ import re
 import signal
 import sys
 import tempfile
+import unicodedata
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -925,9 +926,15 @@ def _label(value: str) -> str:
 
 
 def _on_one_line(text: str) -> str:
-    """`text` with what would break its line written as an escape (\\n, \\x1b): labels stored
-    before they were refused still list as one line each."""
-    return _BREAKS_A_LINE.sub(lambda found: repr(found.group())[1:-1], text)
+    """`text` with what would break its line, or reorder or hide the rest of it (a bidi override,
+    a zero-width space), written as an escape (\\n, \\x1b, \\u202e): labels stored before they
+    were refused still list as one line each, read as stored."""
+    return "".join(
+        repr(char)[1:-1]
+        if _BREAKS_A_LINE.match(char) or unicodedata.category(char) == "Cf"
+        else char
+        for char in text
+    )
 
 
 def _http_url(value: str | None) -> str | None:

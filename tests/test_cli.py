@@ -573,10 +573,11 @@ def test_a_label_stored_before_with_a_newline_lists_on_one_line(database: str) -
     assert run("migrate").exit_code == 0
     run("keys", "create", "--scope", "serve", "--label", "storefront")
     with _session(database) as session:
-        session.execute(sa.update(ApiKey).values(label="shop\nfake\x1b[31m"))
+        session.execute(sa.update(ApiKey).values(label="shop\nfake\x1b[31m\u202eyek"))
         session.commit()
     (line,) = run("keys", "list").output.splitlines()
-    assert line.endswith("  shop\\nfake\\x1b[31m"), line
+    # U+202E, listed as it is, drew the rest of the terminal's line right to left.
+    assert line.endswith("  shop\\nfake\\x1b[31m\\u202eyek"), line
 
 
 @pytest.mark.parametrize(
