@@ -97,5 +97,45 @@ def test_a_copybandit_installed_from_the_wheel_migrates(wheel: Path, tmp_path: P
     assert checked.stdout.strip() == "database is up to date"
 
 
+# What an installed copybandit reads besides its modules: the dashboard's templates and style
+# sheet, and the scenario `simulate` runs by default.
+_READS_ITS_DATA = """
+from service import create_app
+from service.cli import SCENARIOS
+from bandits.worlds import load_scenario
+
+client = create_app().test_client()
+page = client.get("/dashboard/sign-in")
+assert page.status_code == 200 and b'name="password"' in page.data, page.status_code
+sheet = client.get("/dashboard/static/dashboard.css")
+assert sheet.status_code == 200 and sheet.data, sheet.status_code
+sheet.close()
+load_scenario(SCENARIOS / "default.json")
+print("read")
+"""
+
+
+def test_a_copybandit_installed_from_the_wheel_serves_its_dashboard_and_finds_its_scenarios(
+    wheel: Path, tmp_path: Path
+) -> None:
+    # pyproject lists the packages and their data by hand; a template, the style sheet or a
+    # scenario left off would be a 500 or a missing file only once installed.
+    installed = tmp_path / "site-packages"
+    zipfile.ZipFile(wheel).extractall(installed)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("COPYBANDIT_")}
+    env["PYTHONPATH"] = str(installed)
+    env["COPYBANDIT_DATABASE_URL"] = f"sqlite:///{tmp_path}/installed.db"
+    read = subprocess.run(
+        [sys.executable, "-c", _READS_ITS_DATA],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.strip() == "read"
+
+
 def test_a_source_checkout_migrates_from_the_folder_at_its_root() -> None:
     assert migrate.migrations_folder() == ROOT / "migrations"
