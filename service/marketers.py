@@ -16,6 +16,7 @@ import unicodedata
 from datetime import timedelta
 
 import sqlalchemy as sa
+from sqlalchemy.orm.exc import StaleDataError
 from sqlmodel import Session, col, select
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -141,7 +142,13 @@ def sign_in(*, session: Session, email: str, password: str) -> Marketer | None:
         return None
     marketer.last_sign_in_at = utcnow()
     session.add(marketer)
-    session.commit()
+    try:
+        session.commit()
+    except StaleDataError:
+        # `users remove` took the account while its password was checked: there is none to sign
+        # in to, and the update that matched no row was a 500.
+        session.rollback()
+        return None
     return marketer
 
 

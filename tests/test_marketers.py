@@ -199,6 +199,24 @@ def test_remove_refuses_an_unknown_address(session: Session) -> None:
     assert [m.email for m in list_marketers(session=session)] == ["mia@example.com"]
 
 
+def test_an_account_removed_while_its_password_is_checked_is_not_signed_in(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `users remove` committing during the sign-in's password hash (tens of milliseconds): the
+    # sign-in's write of last_sign_in_at then matched no row, and the dashboard answered 500.
+    create_marketer(session=session, email="mia@example.com", password=PASSWORD)
+    checked = service.marketers.check_password_hash
+
+    def removed_meanwhile(hashed: str, password: str) -> bool:
+        with Session(session.get_bind()) as other:
+            remove_marketer(session=other, email="mia@example.com")
+        return checked(hashed, password)
+
+    monkeypatch.setattr(service.marketers, "check_password_hash", removed_meanwhile)
+    assert sign_in(session=session, email="mia@example.com", password=PASSWORD) is None
+    assert list_marketers(session=session) == []
+
+
 def test_generated_passwords_are_long_enough_and_differ() -> None:
     made = {generate_password() for _ in range(20)}
     assert len(made) == 20
