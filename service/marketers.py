@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-import unicodedata
 from datetime import timedelta
 
 import sqlalchemy as sa
@@ -22,6 +21,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from service.errors import Conflict, InvalidInput, NotFound
 from service.models import Marketer, MarketerSession, utcnow
+from service.schemas import any_format_character
 
 MIN_PASSWORD_CHARS = 10
 # No control characters: nobody types one into an address, and a NUL is a database error on
@@ -59,7 +59,7 @@ def _check_no_format_characters(email: str) -> None:
     """Refused for new accounts only, so an account made before still signs in: an invisible
     character (a zero-width joiner, a bidi override) made an address that `users list` and the
     dashboard's "paused by ..." showed as another one."""
-    found = next((char for char in email if unicodedata.category(char) == "Cf"), None)
+    found = any_format_character(email)
     if found is not None:
         raise InvalidInput(
             f"email: must not contain the invisible formatting character U+{ord(found):04X}",

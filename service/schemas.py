@@ -78,6 +78,13 @@ def no_invisible_formatting(value: str) -> str:
     return value
 
 
+def any_format_character(value: str) -> str | None:
+    """The first invisible formatting character (Unicode's Cf: bidi marks, embeddings and
+    isolates included, zero-width joiners) in `value`, or None: refused outright where no
+    formatting is wanted at all, as in a web address or an email address."""
+    return next((char for char in value if unicodedata.category(char) == "Cf"), None)
+
+
 def _unbalanced_bidi(value: str) -> str | None:
     """What leaves a bidi embedding or isolate in `value` open or closes one it did not open, or
     None when each opener is closed by its own closer, properly nested."""
@@ -239,7 +246,7 @@ def _web_address(value: str) -> str:
     # Shown as a link on the dashboard: U+202E in "https://shop.example/\u202egpj.exe" showed
     # "exe.jpg", and a zero-width space hid where the address really went. Unlike in names, no
     # embedding is wanted in an address, balanced or not.
-    hidden = next((c for c in value if unicodedata.category(c) == "Cf"), None)
+    hidden = any_format_character(value)
     if hidden is not None:
         raise ValueError(
             f"must not contain the invisible formatting character U+{ord(hidden):04X} "

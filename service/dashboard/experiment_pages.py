@@ -45,8 +45,9 @@ from service.schemas import (
 )
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
-# A price as the API's JSON takes one: ASCII digits, a point, an exponent. float() alone also read
-# "1_000" as 1000, "٤٩" as 49, and "nan" and "infinity" as numbers.
+# A price in ASCII digits, with an optional sign, point and exponent (a little looser than JSON's
+# numbers: ".5" and "5." are taken). float() alone also read "1_000" as 1000, "٤٩" as 49, and
+# "nan" and "infinity" as numbers.
 _PRICE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 CSV_COLUMNS = (

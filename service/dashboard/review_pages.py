@@ -87,8 +87,9 @@ class PendingRow:
     segment: Segment
     # Checked again now, against today's brief and settings, not only when it was written.
     report: LintReport
-    # From the audit: as the model wrote it, or as it was last edited through the API.
-    rules_passed_when_written: list[str]
+    # From the audit: the rules the text passed when the model wrote it, or, with `edited`, when
+    # it was last edited through the API (an edit on this page approves, so leaves the queue).
+    rules_passed_as_recorded: list[str]
     edited: bool
 
 
@@ -118,7 +119,7 @@ def review(experiment_id: int) -> str:
                 variant=variant,
                 segment=segment,
                 report=lint(variant.text, briefs[segment.id], checks),
-                rules_passed_when_written=list(recorded.get("passed") or []),
+                rules_passed_as_recorded=list(recorded.get("passed") or []),
                 edited=bool(recorded.get("edited")),
             )
         )
