@@ -19,7 +19,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from sqlmodel import Session, col, select
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from service.errors import Conflict, InvalidInput, NotFound
+from service.errors import Conflict, InvalidInput, NotFound, quoted
 from service.models import Marketer, MarketerSession, utcnow
 from service.schemas import any_format_character
 
@@ -81,7 +81,9 @@ def create_marketer(*, session: Session, email: str, password: str) -> Marketer:
         session.commit()
     except sa.exc.IntegrityError:
         session.rollback()
-        raise Conflict(f"a marketer with email {email!r} already exists", field="email") from None
+        raise Conflict(
+            f"a marketer with email {quoted(email)} already exists", field="email"
+        ) from None
     return marketer
 
 
@@ -91,7 +93,7 @@ def set_password(*, session: Session, email: str, password: str) -> Marketer:
         select(Marketer).where(Marketer.email == normalize_email(email))
     ).first()
     if marketer is None:
-        raise NotFound(f"no marketer with email {email!r}", field="email")
+        raise NotFound(f"no marketer with email {quoted(email)}", field="email")
     marketer.password_hash = generate_password_hash(password)
     session.add(marketer)
     # Whoever knew the old password may be signed in somewhere; those sessions end here.
@@ -115,7 +117,7 @@ def remove_marketer(*, session: Session, email: str) -> Marketer:
         select(Marketer).where(Marketer.email == normalize_email(email)).with_for_update()
     ).first()
     if marketer is None:
-        raise NotFound(f"no marketer with email {email!r}", field="email")
+        raise NotFound(f"no marketer with email {quoted(email)}", field="email")
     session.execute(
         sa.delete(MarketerSession).where(col(MarketerSession.marketer_id) == marketer.id)
     )

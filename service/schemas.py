@@ -257,7 +257,14 @@ def _web_address(value: str) -> str:
 
 WebAddress = Annotated[
     str,
-    Field(max_length=2000, json_schema_extra={"pattern": _WEB_ADDRESS}),
+    Field(
+        max_length=2000,
+        # The pattern cannot say it in ECMA-262 without the u flag: the description does.
+        description="An http:// or https:// address with no spaces and no invisible formatting "
+        "characters (Unicode category Cf: bidi controls, zero-width spaces, U+FEFF); one with "
+        "either is refused.",
+        json_schema_extra={"pattern": _WEB_ADDRESS},
+    ),
     AfterValidator(_web_address),
     _Clean,
 ]

@@ -309,6 +309,17 @@ def test_the_published_url_pattern_reads_the_scheme_in_any_case_as_the_server_do
     assert jsonschema_rs.Draft202012Validator(document).is_valid(body) is valid
 
 
+def test_the_published_url_says_what_its_pattern_cannot(spec: dict[str, Any]) -> None:
+    """The server refuses invisible formatting in an address (a link that read '…/exe.jpg');
+    an ECMA-262 pattern without the u flag cannot name Unicode's Cf, so the description does."""
+    (documented,) = [
+        option
+        for option in spec["components"]["schemas"]["ProductIn"]["properties"]["url"]["anyOf"]
+        if option.get("type") == "string"
+    ]
+    assert "invisible formatting" in documented["description"]
+
+
 def _integers_sent(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Every integer a client sends, by where it is: request bodies' properties (followed through
     $ref, arrays and anyOf) and path and query parameters."""
