@@ -888,3 +888,29 @@ def test_copy_with_markup_renders_as_text(csp_off_tab: Tab, site: Site) -> None:
     _assert_inert(page)
 
     assert dialogs == [], f"copy ran as script: {dialogs}"
+
+
+# --- keyboard and screen readers ------------------------------------------------------------
+
+
+def test_a_refused_new_experiment_puts_the_cursor_in_the_box_to_fix(page: Page) -> None:
+    """The error is read with the box it is about, where the cursor lands, as a screen reader
+    meets it; the cursor was at the top of the page, the error tied to no box."""
+    page.goto("/dashboard/experiments/new")
+    page.get_by_label("Experiment name").fill(f"Aurora kettle launch {next(_names)}")
+    page.get_by_label("Product name").fill("Aurora kettle")
+    page.get_by_label("Product description").fill("A 1.7 l glass kettle.")
+    page.get_by_label("Price (optional)").fill("forty-nine")
+    page.get_by_label("Segments, one per line").fill("tea-lovers: Brew loose-leaf tea daily.")
+    page.get_by_role("button", name="Create experiment").click()
+
+    expect(page.get_by_role("alert")).to_have_text("product.price: must be a number")
+    price = page.get_by_label("Price (optional)")
+    expect(price).to_be_focused()
+    expect(price).to_have_value("forty-nine")
+    expect(price).to_have_accessible_description("product.price: must be a number")
+    expect(price).to_have_attribute("aria-invalid", "true")
+    # Typing goes straight into the box.
+    page.keyboard.press("ControlOrMeta+a")
+    page.keyboard.type("49")
+    expect(price).to_have_value("49")

@@ -26,6 +26,7 @@ from generation.writer import Sample
 from service import create_app, experiments, retention
 from service.dashboard import account_pages, experiment_pages, session_auth
 from service.dashboard.sign_in_limits import ADDRESS_BURST, EMAIL_BURST, SignInLimits
+from service.errors import ServiceUnavailable
 from service.marketers import create_marketer, remove_marketer, set_password
 from service.models import (
     Event,
@@ -2995,3 +2996,89 @@ def test_an_error_pages_go_back_link_returns_to_the_page_behind_a_tls_proxy(
     )
     [link] = re.findall(r'<a href="([^"]*)">Go back</a>', response.get_data(as_text=True))
     assert link.replace("&amp;", "&") == page
+
+
+# --- accessibility -----------------------------------------------------------------------------
+
+
+class _ControlAttributes(HTMLParser):
+    """The attributes of every form control, by its name (hidden inputs left out)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.found: dict[str, dict[str, str | None]] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        have = dict(attrs)
+        if tag in ("input", "textarea", "select") and have.get("type") != "hidden":
+            self.found[have.get("name") or ""] = have
+
+
+def control_attributes(html: str) -> dict[str, dict[str, str | None]]:
+    parser = _ControlAttributes()
+    parser.feed(html)
+    return parser.found
+
+
+def marked_invalid(html: str) -> dict[str, dict[str, str | None]]:
+    return {
+        name: attrs for name, attrs in control_attributes(html).items() if "aria-invalid" in attrs
+    }
+
+
+@pytest.mark.parametrize(
+    ("overrides", "box"),
+    [
+        ({"name": "   "}, "name"),
+        ({"product_name": ""}, "product_name"),
+        ({"product_description": "\x00"}, "product_description"),
+        ({"price": "abc"}, "price"),
+        ({"product_url": "ftp://shop.example.com"}, "product_url"),
+        ({"brand_voice": "Warm\ufeff"}, "brand_voice"),
+        ({"segments": "Tea Lovers: Brew tea."}, "segments"),
+        ({"segments": ""}, "segments"),
+    ],
+)
+def test_a_refused_new_experiment_marks_the_box_its_error_names(
+    dash: Dashboard, overrides: dict[str, str], box: str
+) -> None:
+    """The error sat above the form, tied to nothing: a screen reader heard the boxes without it,
+    and the cursor was nowhere near the one to fix."""
+    response = dash.post("/dashboard/experiments/new", experiment_form(**overrides))
+    assert response.status_code == 400
+    html = response.get_data(as_text=True)
+    assert texts(html, id="form-error") == [error_text(response)]
+    marked = marked_invalid(html)
+    assert list(marked) == [box]
+    assert marked[box]["aria-invalid"] == "true"
+    assert marked[box]["aria-describedby"] == "form-error"
+    assert "autofocus" in marked[box]
+
+
+def test_a_new_experiment_refused_for_a_taken_name_marks_the_name(dash: Dashboard) -> None:
+    assert dash.post("/dashboard/experiments/new", experiment_form()).status_code == 303
+    response = dash.post("/dashboard/experiments/new", experiment_form())
+    assert response.status_code == 409
+    name = control_attributes(response.get_data(as_text=True))["name"]
+    assert name["aria-invalid"] == "true" and "autofocus" in name
+
+
+def test_the_new_experiment_form_marks_nothing_before_it_is_sent(dash: Dashboard) -> None:
+    html = dash.html("/dashboard/experiments/new")
+    assert 'id="form-error"' not in html
+    assert marked_invalid(html) == {}
+
+
+def test_a_new_experiment_error_that_names_no_box_takes_the_cursor_itself(
+    dash: Dashboard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def create_experiment(**_: Any) -> Experiment:
+        raise ServiceUnavailable("database unavailable: try again shortly")
+
+    monkeypatch.setattr(experiment_pages, "create_experiment", create_experiment)
+    response = dash.post("/dashboard/experiments/new", experiment_form())
+    assert response.status_code == 503
+    html = response.get_data(as_text=True)
+    assert marked_invalid(html) == {}
+    error = re.search(r'<p [^>]*id="form-error"[^>]*>', html)
+    assert error and 'tabindex="-1"' in error.group(0) and "autofocus" in error.group(0)

@@ -258,7 +258,13 @@ def new_experiment() -> Response | str | tuple[str, int]:
     except APIError as exc:
         # Shown on the form with what was typed, so nothing the marketer wrote is lost.
         db.session().rollback()
-        return render_template("experiment_new.html", form=form, error=exc.message), exc.status
+        page = render_template(
+            "experiment_new.html",
+            form=form,
+            error=exc.message,
+            error_box=_box_for(exc.field),
+        )
+        return page, exc.status
     # Isolated (a flash is text, no <bdi>): a right-to-left name would otherwise reorder the
     # sentence around it, its closing quote and the period included.
     flash(
@@ -266,6 +272,27 @@ def new_experiment() -> Response | str | tuple[str, int]:
         "Add copy to each segment to start serving."
     )
     return redirect(url_for("dashboard.experiment", experiment_id=experiment.id), code=303)
+
+
+# The form's box for each field an error names, by the API's dotted path.
+_FORM_BOXES = {
+    "name": "name",
+    "product.name": "product_name",
+    "product.description": "product_description",
+    "product.price": "price",
+    "product.url": "product_url",
+    "brand_voice": "brand_voice",
+    "segments": "segments",
+    "auto_approve": "auto_approve",
+}
+
+
+def _box_for(field: str | None) -> str | None:
+    """The box the page marks invalid and puts the cursor in, so a screen reader reads the error
+    with the box's label; a segment's path ("segments.0.key") is found by its first part."""
+    if field is None:
+        return None
+    return _FORM_BOXES.get(field, _FORM_BOXES.get(field.split(".")[0]))
 
 
 def _experiment_fields(form: dict[str, str]) -> dict[str, Any]:
