@@ -3082,3 +3082,29 @@ def test_a_new_experiment_error_that_names_no_box_takes_the_cursor_itself(
     assert marked_invalid(html) == {}
     error = re.search(r'<p [^>]*id="form-error"[^>]*>', html)
     assert error and 'tabindex="-1"' in error.group(0) and "autofocus" in error.group(0)
+
+
+def test_every_table_column_has_a_header_a_screen_reader_can_read(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """The buttons' column had an empty header: moving along a row, a screen reader announced
+    Pause and Retire under no column at all."""
+    eid = experiment["id"]
+    add_pending(app, eid, "tea-lovers", GOOD[0])
+    for path in (
+        "/dashboard/",
+        f"/dashboard/experiments/{eid}",
+        f"/dashboard/experiments/{eid}/review",
+    ):
+        headers = texts(dash.html(path), "th")
+        assert headers and all(headers), (path, headers)
+
+
+def test_the_interval_bar_is_hidden_from_screen_readers_beside_its_numbers(
+    dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """Each row's bar was an image named "95% interval", read before the interval's own numbers
+    under the column of that name."""
+    html = dash.html(f"/dashboard/experiments/{experiment['id']}")
+    bars = re.findall(r'<svg class="interval"[^>]*>', html)
+    assert bars and all('aria-hidden="true"' in bar and "role=" not in bar for bar in bars)
