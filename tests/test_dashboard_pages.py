@@ -3108,3 +3108,43 @@ def test_the_interval_bar_is_hidden_from_screen_readers_beside_its_numbers(
     html = dash.html(f"/dashboard/experiments/{experiment['id']}")
     bars = re.findall(r'<svg class="interval"[^>]*>', html)
     assert bars and all('aria-hidden="true"' in bar and "role=" not in bar for bar in bars)
+
+
+class _Links(HTMLParser):
+    """Each link's name as a screen reader's list of links gives it (its aria-label, else its
+    text) and where it goes."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.links: list[tuple[str, str]] = []
+        self._open: tuple[dict[str, str | None], list[str]] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self._open = (dict(attrs), [])
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "a" and self._open is not None:
+            have, text = self._open
+            name = have.get("aria-label") or " ".join("".join(text).split())
+            self.links.append((str(name), str(have.get("href"))))
+            self._open = None
+
+    def handle_data(self, data: str) -> None:
+        if self._open is not None:
+            self._open[1].append(data)
+
+
+def test_no_two_links_on_an_experiment_page_share_a_name_but_not_a_target(
+    dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """Every segment's download was a link named "Export CSV": a screen reader's list of links
+    offered the same words once per segment, with nothing to tell which segment each fetched."""
+    links = _Links()
+    links.feed(dash.html(f"/dashboard/experiments/{experiment['id']}"))
+    targets: dict[str, set[str]] = {}
+    for name, href in links.links:
+        targets.setdefault(name, set()).add(href)
+    assert {name: hrefs for name, hrefs in targets.items() if len(hrefs) > 1} == {}
+    for key in ("tea-lovers", "busy-parents"):
+        assert f"Export CSV of {key}" in targets
