@@ -3148,3 +3148,41 @@ def test_no_two_links_on_an_experiment_page_share_a_name_but_not_a_target(
     assert {name: hrefs for name, hrefs in targets.items() if len(hrefs) > 1} == {}
     for key in ("tea-lovers", "busy-parents"):
         assert f"Export CSV of {key}" in targets
+
+
+@pytest.mark.parametrize(
+    ("status", "hours_ago", "title"),
+    [
+        ("running", 0, "running"),
+        ("failed", 0, "failed"),
+        ("running", 2, "interrupted"),
+    ],
+)
+def test_a_job_pages_title_says_how_the_job_stands_and_its_progress_bar_is_named(
+    dash: Dashboard,
+    session: Session,
+    experiment: dict[str, Any],
+    status: str,
+    hours_ago: int,
+    title: str,
+) -> None:
+    """The page reloads every 2 seconds and a screen reader starts again at its title, which said
+    only "Generation job 7"; the progress bar had no name, and a failure was not announced."""
+    job = GenerationJob(
+        experiment_id=experiment["id"],
+        n=2,
+        status=status,
+        message="segment tea-lovers: round 1/4, 0/2 accepted",
+        progress=0.25,
+        error="RuntimeError: the model fell over" if status == "failed" else None,
+        created_at=utcnow() - timedelta(hours=hours_ago),
+        updated_at=utcnow() - timedelta(hours=hours_ago),
+    )
+    session.add(job)
+    session.commit()
+    html = dash.html(f"/dashboard/jobs/{job.id}")
+    assert texts(html, "title") == [f"Generation job {job.id}: {title} · copybandit"]
+    assert re.search(r'<progress [^>]*aria-label="Progress"', html)
+    errors = re.findall(r'<p class="flash error"[^>]*>', html)
+    assert all('role="alert"' in error for error in errors)
+    assert bool(errors) == (title != "running")
