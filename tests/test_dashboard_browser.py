@@ -914,3 +914,15 @@ def test_a_refused_new_experiment_puts_the_cursor_in_the_box_to_fix(page: Page) 
     page.keyboard.press("ControlOrMeta+a")
     page.keyboard.type("49")
     expect(price).to_have_value("49")
+
+
+def test_a_wrong_password_is_read_with_the_box_the_cursor_is_in(guest: Page) -> None:
+    """The error was an alert tied to neither box: a screen reader moving back to the email or
+    password heard no reason to change it."""
+    page = guest
+    sign_in(page, password="not-the-password")
+    expect(page.get_by_role("alert")).to_have_text("Wrong email or password.")
+    email, password = page.get_by_label("Email"), page.get_by_label("Password")
+    expect(email).to_be_focused()
+    for box in (email, password):
+        expect(box).to_have_accessible_description("Wrong email or password.")

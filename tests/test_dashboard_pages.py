@@ -3186,3 +3186,15 @@ def test_a_job_pages_title_says_how_the_job_stands_and_its_progress_bar_is_named
     errors = re.findall(r'<p class="flash error"[^>]*>', html)
     assert all('role="alert"' in error for error in errors)
     assert bool(errors) == (title != "running")
+
+
+def test_the_sign_in_error_describes_both_boxes(client: FlaskClient, marketer: Marketer) -> None:
+    page = client.get("/dashboard/sign-in").get_data(as_text=True)
+    assert "aria-describedby" not in page
+    refused = sign_in(client, password="not the password")
+    assert refused.status_code == 401
+    html = refused.get_data(as_text=True)
+    assert texts(html, id="sign-in-error") == ["Wrong email or password."]
+    boxes = control_attributes(html)
+    assert boxes["email"]["aria-describedby"] == "sign-in-error"
+    assert boxes["password"]["aria-describedby"] == "sign-in-error"
