@@ -160,8 +160,9 @@ def _digest(token: str) -> str:
 
 def open_session(
     *, session: Session, marketer: Marketer, lifetime: timedelta, replacing: str | None = None
-) -> str:
-    """Start a sign-in session; return the token for the cookie (stored here only as a hash).
+) -> str | None:
+    """Start a sign-in session; return the token for the cookie (stored here only as a hash), or
+    None when the account was removed since its password was checked.
 
     `replacing` is the token of the session this browser held before, which ends in the same
     commit: a copy of the cookie from before signing in again stays signed out.
@@ -181,7 +182,13 @@ def open_session(
             expires_at=now + lifetime,
         )
     )
-    session.commit()
+    try:
+        session.commit()
+    except sa.exc.IntegrityError:
+        # `users remove` committed between the password check and this row: its foreign key
+        # names no account any more, and the sign-in was a 500.
+        session.rollback()
+        return None
     return token
 
 

@@ -34,7 +34,7 @@ from service.marketers import (
     set_password,
     sign_in,
 )
-from service.models import Event, Experiment, Impression, Marketer, Variant
+from service.models import Event, Experiment, Impression, Marketer, MarketerSession, Variant
 
 PASSWORD = "correct horse battery"
 SIGN_IN = re.compile(r"email:\s+(\S+)\n\s+password: (\S+)")
@@ -215,6 +215,19 @@ def test_an_account_removed_while_its_password_is_checked_is_not_signed_in(
     monkeypatch.setattr(service.marketers, "check_password_hash", removed_meanwhile)
     assert sign_in(session=session, email="mia@example.com", password=PASSWORD) is None
     assert list_marketers(session=session) == []
+
+
+def test_an_account_removed_after_its_password_was_checked_gets_no_session(
+    session: Session,
+) -> None:
+    # `users remove` committing between the password check and the session row: the row's
+    # foreign key named no account, and the dashboard answered 500.
+    marketer = create_marketer(session=session, email="mia@example.com", password=PASSWORD)
+    with Session(session.get_bind()) as other:
+        remove_marketer(session=other, email="mia@example.com")
+
+    assert open_session(session=session, marketer=marketer, lifetime=timedelta(hours=1)) is None
+    assert session.exec(select(MarketerSession)).all() == []
 
 
 def test_generated_passwords_are_long_enough_and_differ() -> None:

@@ -36,7 +36,7 @@ def sign_in() -> Response | tuple[str, int] | tuple[str, int, dict[str, str]] | 
     marketer = check_credentials(
         session=db.session(), email=email, password=request.form.get("password", "")
     )
-    if marketer is None:
+    if marketer is None or not start_session(marketer):
         limits.failed(email=email, address=request.remote_addr)
         return (
             render_template(
@@ -44,7 +44,6 @@ def sign_in() -> Response | tuple[str, int] | tuple[str, int, dict[str, str]] | 
             ),
             401,
         )
-    start_session(marketer)
     return redirect(target, code=303)
 
 

@@ -51,7 +51,8 @@ _TYPED_FIELDS = {
 }
 
 
-def start_session(marketer: Marketer) -> None:
+def start_session(marketer: Marketer) -> bool:
+    """Sign the browser in as `marketer`; False when the account was removed meanwhile."""
     lifetime = current_app.permanent_session_lifetime
     # Signing in while signed in (as someone else, or again) ends the session from before on the
     # server too: left alive, any copy of the old cookie stayed signed in until it expired.
@@ -62,12 +63,15 @@ def start_session(marketer: Marketer) -> None:
         lifetime=lifetime,
         replacing=before if isinstance(before, str) else None,
     )
+    if token is None:
+        return False
     # A fresh session on sign-in: nothing set before it (a planted token, an old CSRF token)
     # carries over.
     session.clear()
     session.permanent = True
     session["token"] = token
     session["csrf"] = secrets.token_urlsafe(32)
+    return True
 
 
 def end_session() -> None:
