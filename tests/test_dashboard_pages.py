@@ -2279,7 +2279,7 @@ def test_review_queue_lists_pending_copy_with_lint_findings(
     # The experiment page and the list count the queue.
     assert "Review queue (3)" in dash.html(f"/dashboard/experiments/{eid}")
     listing = dash.html("/dashboard/")
-    assert f'<a href="/dashboard/experiments/{eid}/review">3</a>' in listing
+    assert re.search(rf'<a href="/dashboard/experiments/{eid}/review"[^>]*>3</a>', listing)
 
 
 def test_an_empty_review_queue_says_so(dash: Dashboard, experiment: dict[str, Any]) -> None:
@@ -3198,3 +3198,23 @@ def test_the_sign_in_error_describes_both_boxes(client: FlaskClient, marketer: M
     boxes = control_attributes(html)
     assert boxes["email"]["aria-describedby"] == "sign-in-error"
     assert boxes["password"]["aria-describedby"] == "sign-in-error"
+
+
+def test_the_experiment_lists_review_links_say_what_they_open(
+    app: Any, api: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """The "To review" column's links were named by their count alone: a screen reader's list of
+    links read "1" and "2", with nothing to say they led to a review queue, or whose."""
+    eid = experiment["id"]
+    add_pending(app, eid, "tea-lovers", GOOD[0])
+    other = api.create_experiment(name="Quiet launch")["id"]
+    add_pending(app, other, "tea-lovers", GOOD[1])
+    add_pending(app, other, "busy-parents", GOOD[2])
+    links = _Links()
+    links.feed(dash.html("/dashboard/"))
+    assert ("1 variant to review in Spring launch", f"/dashboard/experiments/{eid}/review") in (
+        links.links
+    )
+    assert ("2 variants to review in Quiet launch", f"/dashboard/experiments/{other}/review") in (
+        links.links
+    )
