@@ -3218,3 +3218,16 @@ def test_the_experiment_lists_review_links_say_what_they_open(
     assert ("2 variants to review in Quiet launch", f"/dashboard/experiments/{other}/review") in (
         links.links
     )
+
+
+@pytest.mark.parametrize("action", ["", "retire", "discount"])
+def test_the_audit_filter_marks_its_current_choice_for_screen_readers(
+    dash: Dashboard, experiment: dict[str, Any], action: str
+) -> None:
+    """The choice in force was only bold, which a screen reader does not say: it read as one more
+    word beside the links to the others."""
+    query = f"?action={action}" if action else ""
+    html = dash.html(f"/dashboard/experiments/{experiment['id']}/audit{query}")
+    (choices,) = re.findall(r'<p class="audit-filter">.*?</p>', html, re.S)
+    assert texts(choices, aria_current="true") == [action or "every action but discount"]
+    assert "aria-current" not in "".join(re.findall(r"<a [^>]*>", choices))
