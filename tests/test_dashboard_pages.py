@@ -1028,7 +1028,9 @@ def test_an_address_the_dashboard_does_not_have_is_an_html_page_with_its_headers
     response = dash.client.open(path, method=method)
     assert response.status_code == status
     assert response.content_type.startswith("text/html")
-    assert f"<h1>{status}</h1>" in response.get_data(as_text=True)
+    assert texts(response.get_data(as_text=True), class_="error-status")[0].startswith(
+        f"Error {status}: "
+    )
     _assert_strict_headers(response)
     if status == 405:
         assert "GET" in response.headers["Allow"]
@@ -3231,3 +3233,33 @@ def test_the_audit_filter_marks_its_current_choice_for_screen_readers(
     (choices,) = re.findall(r'<p class="audit-filter">.*?</p>', html, re.S)
     assert texts(choices, aria_current="true") == [action or "every action but discount"]
     assert "aria-current" not in "".join(re.findall(r"<a [^>]*>", choices))
+
+
+def test_an_error_pages_title_and_heading_say_what_went_wrong_beside_its_status(
+    dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """The heading was the status alone ("404") and every error of one status had the same
+    title ("Error 404"): a screen reader, which reads the title first and jumps to the heading,
+    heard the number and not what was wrong, and two such tabs read alike."""
+    eid = experiment["id"]
+    pages = {
+        "segment": dash.get(f"/dashboard/experiments/{eid}/segments/nope.csv"),
+        "experiment": dash.get(f"/dashboard/experiments/{BIG_ID - 1}"),
+        "action": dash.get(f"/dashboard/experiments/{eid}/audit?action=nap"),
+    }
+    segment_gone = f"experiment {eid} has no segment 'nope'"
+    assert pages["segment"].status_code == 404
+    html = pages["segment"].get_data(as_text=True)
+    assert texts(html, "title") == [f"Not found: {segment_gone} · copybandit"]
+    assert texts(html, "h1") == [segment_gone]
+    assert texts(html, class_="error-status") == ["Error 404: Not found"]
+
+    html = pages["action"].get_data(as_text=True)
+    assert pages["action"].status_code == 400
+    (title,) = texts(html, "title")
+    assert title.startswith("Bad request: action: must be one of ")
+    assert texts(html, "h1") == [error_text(pages["action"])]
+    assert texts(html, class_="error-status") == ["Error 400: Bad request"]
+
+    titles = {texts(page.get_data(as_text=True), "title")[0] for page in pages.values()}
+    assert len(titles) == len(pages)

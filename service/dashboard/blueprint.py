@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from flask import Blueprint, current_app, g, render_template, url_for
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import HTTP_STATUS_CODES
 
 from service import db
 from service.dashboard.session_auth import csrf_token, page_came_from, protect, typed_fields
@@ -69,6 +70,12 @@ def _when(value: datetime | None) -> str:
 @bp.app_template_filter("pct")
 def _pct(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value * 100:.{digits}f}%"
+
+
+@bp.app_template_filter("status_phrase")
+def _status_phrase(status: int) -> str:
+    """An error page's status in words, as a sentence starts: 'Not found' for 404."""
+    return HTTP_STATUS_CODES.get(status, "Error").capitalize()
 
 
 @bp.app_context_processor
