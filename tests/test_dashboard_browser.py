@@ -392,7 +392,7 @@ def test_sign_in_lists_experiments_and_opens_one(guest: Page, site: Site) -> Non
         own = site.segment_variants(site.demo_id, key)
         shown = sum(v.impressions for v in own)
         expect(section.locator("p.totals")).to_contain_text(f"{shown:,} impressions")
-        expect(section.locator("tbody tr")).to_have_count(len(own))
+        expect(section.locator("table.variants tbody tr")).to_have_count(len(own))
         for variant in own:
             cells = section.locator(f'tr[data-variant-id="{variant.id}"] td')
             expect(cells.nth(1)).to_have_text(variant.text)
@@ -671,7 +671,7 @@ def test_charts_render_and_the_page_is_screenshotted(page: Page, site: Site) -> 
         served = {v.id for v in site.segment_variants(site.demo_id, key) if v.impressions > 0}
         table_order = [
             int(i)
-            for i in section.locator("tbody tr").evaluate_all(
+            for i in section.locator("table.variants tbody tr").evaluate_all(
                 "rows => rows.map(r => r.dataset.variantId)"
             )
         ]
@@ -722,6 +722,28 @@ def test_chart_axis_labels_fit_inside_the_chart(page: Page, site: Site) -> None:
         })"""
     )
     assert outside == [], f"tick labels cut off at the chart's edge: {outside}"
+
+
+def test_a_charts_numbers_open_as_a_table_by_keyboard(page: Page, site: Site) -> None:
+    """The chart is one image to a screen reader; its table, closed until asked for, opens from
+    the keyboard and stays within the chart's width."""
+    page.goto(f"/dashboard/experiments/{site.demo_id}")
+    key = next(iter(VARIANTS))
+    figure = page.locator(f"#segment-{key} figure.chart").first
+    table = figure.locator("details.chart-data table")
+    expect(table).to_be_hidden()
+    summary = figure.get_by_text("As a table")
+    summary.focus()
+    page.keyboard.press("Enter")
+    expect(table).to_be_visible()
+    served = [v for v in site.segment_variants(site.demo_id, key) if v.impressions > 0]
+    expect(table.get_by_role("columnheader")).to_have_count(1 + len(served))
+    assert table.get_by_role("rowheader").count() >= 2
+    chart_width = figure.locator("svg").first.bounding_box()
+    details = figure.locator("details.chart-data").bounding_box()
+    assert chart_width is not None and details is not None
+    assert details["width"] <= chart_width["width"] + 1
+    assert page.evaluate("document.scrollingElement.scrollWidth <= window.innerWidth")
 
 
 # --- changing copy by hand ------------------------------------------------------------------
@@ -791,12 +813,12 @@ def test_add_a_variant_by_hand(page: Page, site: Site) -> None:
     new_id = int(match.group(1))
     assert new_id not in ids["busy-parents"]
 
-    expect(section.locator("tbody tr")).to_have_count(2)
+    expect(section.locator("table.variants tbody tr")).to_have_count(2)
     expect(row(page, new_id).locator("td.copy")).to_have_text(text)
     expect(row(page, new_id).locator("td.status .state")).to_have_text("active")
     expect(row(page, new_id).locator("td.id")).to_contain_text("manual")
     # It went to the segment whose form was used, not the other one.
-    expect(page.locator("#segment-tea-lovers tbody tr")).to_have_count(1)
+    expect(page.locator("#segment-tea-lovers table.variants tbody tr")).to_have_count(1)
 
     variant = site.variant(new_id)
     assert (variant.text, variant.status, variant.origin) == (text, "active", "manual")

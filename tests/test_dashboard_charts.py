@@ -75,6 +75,28 @@ def test_nan_leaves_gaps_that_split_a_line() -> None:
     assert [line.style.colour for line in chart.lines] == list(charts.PALETTE[:3])
 
 
+def test_every_period_and_value_is_written_out_for_the_charts_table() -> None:
+    """The drawing is one image to a screen reader: its table, the text alternative, has a row
+    for every period (the x axis names only a few) and a cell for every value, "-" in a gap."""
+    nan = math.nan
+    labels = [f"Mar {day:02d}" for day in range(1, 8)]
+    shares = charts.line_chart(
+        title="t",
+        labels=["#1", "#2"],
+        series=[[0.5, nan, 0.12345, 1.0, 0.0, 0.25, 0.005], [0.5, nan] + [0.1] * 5],
+        x_labels=labels,
+        y_max=1.0,
+    )
+    assert shares.periods == labels and len(shares.x_ticks) < len(labels)
+    first, second = shares.lines
+    assert first.values == ["50.00%", "-", "12.35%", "100.00%", "0.00%", "25.00%", "0.50%"]
+    assert second.values == ["50.00%", "-"] + ["10.00%"] * 5
+    counts = charts.line_chart(
+        title="t", labels=["a"], series=[[1234.6, nan]], x_labels=["x", "y"], percent=False
+    )
+    assert counts.lines[0].values == ["1235", "-"]
+
+
 def test_y_ticks_from_a_nice_ceiling_of_the_data() -> None:
     chart = charts.line_chart(
         title="t", labels=["a"], series=[[0.01, 0.034, math.nan]], x_labels=["a", "b", "c"]

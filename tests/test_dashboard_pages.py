@@ -3263,3 +3263,44 @@ def test_an_error_pages_title_and_heading_say_what_went_wrong_beside_its_status(
 
     titles = {texts(page.get_data(as_text=True), "title")[0] for page in pages.values()}
     assert len(titles) == len(pages)
+
+
+def chart_tables(html: str) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Each chart's table: its summary, its column headers and its rows (period first)."""
+    found = []
+    for table in re.findall(r'<details class="chart-data">.*?</details>', html, re.S):
+        (summary,) = texts(table, "summary")
+        rows = re.findall(r"<tr>.*?</tr>", table, re.S)
+        cells = [texts(row, "th") + texts(row, "td") for row in rows[1:]]
+        found.append((summary, texts(rows[0], "th"), cells))
+    return found
+
+
+def test_each_chart_has_its_numbers_as_a_table(
+    api: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """A chart was one image named by its title: its numbers per period, the traffic share and
+    the rate, were nowhere a screen reader could read them."""
+    eid = experiment["id"]
+    serve(api, eid, "tea-lovers", 30, convert_every=3)
+    serve(api, eid, "busy-parents", 10, convert_every=2)
+    html = dash.html(f"/dashboard/experiments/{eid}")
+    tea = section(html, "tea-lovers")
+    (shares, rates) = chart_tables(tea)
+    legend = texts(tea, "ul", class_="legend")[0].split()
+    for _, headers, rows in (shares, rates):
+        assert headers == ["Period", *legend]
+        assert rows and all(len(row) == len(headers) for row in rows)
+    assert shares[0] == "As a table: Traffic share per period (UTC) in tea-lovers"
+    assert rates[0] == "As a table: Conversion rate, cumulative (UTC) in tea-lovers"
+    # The shares of a period with traffic add up to all of it.
+    for row in shares[2]:
+        if "-" not in row[1:]:
+            assert sum(float(cell.rstrip("%")) for cell in row[1:]) == pytest.approx(100, abs=0.1)
+    # The last period's cumulative rate is each variant's rate in the table above the charts.
+    for label, rate in zip(legend, rates[2][-1][1:], strict=True):
+        (row,) = re.findall(rf'<tr data-variant-id="{label[1:]}".*?</tr>', tea, re.S)
+        assert texts(row, "td")[5] == rate
+    # A summary names its segment, so each segment's tables can be told apart in a list.
+    summaries = [table[0] for table in chart_tables(html)]
+    assert len(summaries) == 4 and len(set(summaries)) == 4

@@ -44,6 +44,8 @@ class Line:
     style: LineStyle
     # SVG polyline point lists; a gap (a bucket with no data) starts a new segment.
     segments: list[str]
+    # Its value in each period, written out for the chart's table; "-" in a gap.
+    values: list[str]
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,9 @@ class LineChart:
     lines: list[Line]
     y_ticks: list[Tick]
     x_ticks: list[Tick]
+    # Every period's label, where x_ticks names a few: the rows of the chart's table, its text
+    # alternative, since the drawing is one image to a screen reader.
+    periods: list[str]
     width: int = WIDTH
     height: int = HEIGHT
     left: int = LEFT
@@ -101,7 +106,8 @@ def line_chart(
             current.append(f"{x(i):.1f},{y(value):.1f}")
         if current:
             segments.append(" ".join(current))
-        lines.append(Line(label=label, style=style(index), segments=segments))
+        written = [_cell(value, percent) for value in values]
+        lines.append(Line(label=label, style=style(index), segments=segments, values=written))
 
     y_ticks = [
         Tick(y(top_value * f), _format(top_value * f, percent)) for f in (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -110,7 +116,9 @@ def line_chart(
         Tick(x(i), x_labels[i], "start" if i == 0 else "end" if i == n - 1 else "middle")
         for i in _spread(n, at_most=X_TICKS)
     ]
-    return LineChart(title=title, lines=lines, y_ticks=y_ticks, x_ticks=x_ticks)
+    return LineChart(
+        title=title, lines=lines, y_ticks=y_ticks, x_ticks=x_ticks, periods=list(x_labels[:n])
+    )
 
 
 @dataclass(frozen=True)
@@ -141,6 +149,14 @@ def _nice_ceiling(value: float) -> float:
         return 1.0
     power = 10 ** math.floor(math.log10(value))
     return next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= value)
+
+
+def _cell(value: float, percent: bool) -> str:
+    """A value as the chart's table writes it: to the hundredth of a percent, as the variants'
+    table writes rates."""
+    if math.isnan(value):
+        return "-"
+    return f"{value * 100:.2f}%" if percent else f"{value:.4g}"
 
 
 def _format(value: float, percent: bool) -> str:
