@@ -779,6 +779,26 @@ def test_pause_then_resume_a_variant(page: Page, site: Site) -> None:
     assert variant.status_reason == f"resumed by {EMAIL}"
 
 
+def test_the_message_after_an_action_is_in_view_where_the_page_lands(
+    page: Page, site: Site
+) -> None:
+    """The page returns to the segment acted on (#segment-key); its message was at the top of the
+    page, 1,900 px above the third segment, where nobody saw it."""
+    segments = ("tea-lovers", "busy-parents", "night-owls")
+    copy = ["The Aurora kettle: tea, sooner.", "Aurora: see your tea boil."]
+    experiment_id, ids = make_experiment(
+        site, segments=segments, active={key: copy for key in segments}
+    )
+    _, variant_id = ids["night-owls"]
+    page.goto(f"/dashboard/experiments/{experiment_id}")
+    row(page, variant_id).get_by_role("button", name=f"Pause #{variant_id}", exact=True).click()
+    assert page.url.endswith("#segment-night-owls")
+    expect(flash(page)).to_have_text(f"Variant #{variant_id} paused.")
+    expect(flash(page)).to_be_in_viewport()
+    # In its segment's section, still announced.
+    expect(page.locator("#segment-night-owls p.flash[role=status]")).to_have_count(1)
+
+
 def test_pausing_the_last_active_variant_is_refused(page: Page, site: Site) -> None:
     experiment_id, ids = make_experiment(
         site, active={"tea-lovers": ["The Aurora kettle: tea, sooner."]}

@@ -3304,3 +3304,66 @@ def test_each_chart_has_its_numbers_as_a_table(
     # A summary names its segment, so each segment's tables can be told apart in a list.
     summaries = [table[0] for table in chart_tables(html)]
     assert len(summaries) == 4 and len(set(summaries)) == 4
+
+
+def test_a_message_about_a_segments_copy_is_shown_in_its_section_where_the_page_lands(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """The redirect after Add, Pause or Approve lands at #segment-key, and the message saying
+    what happened was at the top of the page, out of view (1,900 px above the third segment)."""
+    eid = experiment["id"]
+    page = f"/dashboard/experiments/{eid}"
+    _, paused = variant_ids(experiment, "busy-parents")
+    pending = add_pending(app, eid, "busy-parents", GOOD[0])
+    answers = [
+        dash.post(f"{page}/variants", {"segment": "busy-parents", "text": GOOD[1]}),
+        dash.post(
+            f"/dashboard/variants/{paused}/status",
+            {"action": "pause", "next": f"{page}#segment-busy-parents"},
+        ),
+        dash.post(
+            f"/dashboard/variants/{pending}/status",
+            {
+                "action": "approve",
+                "next": f"{page}#segment-busy-parents",
+                "shown": shown(app, pending),
+            },
+        ),
+    ]
+    assert [urlsplit(a.headers["Location"]).fragment for a in answers] == [
+        "segment-busy-parents"
+    ] * 3
+    html = dash.html(location(answers[-1]))
+    busy = section(html, "busy-parents")
+    assert flashes(busy)[0].startswith("Added variant #")
+    assert flashes(busy)[1:] == [f"Variant #{paused} paused.", f"Variant #{pending} approved."]
+    assert (
+        re.findall(r'<p class="flash[^"]*"[^>]*>', busy)
+        == ['<p class="flash message" role="status">'] * 3
+    )
+    # Right under the segment's heading, before its tables and forms.
+    assert busy.index('class="flash') < busy.index("<table")
+    assert flashes(section(html, "tea-lovers")) == []
+    assert flashes(html.split('<section class="segment"')[0]) == []
+
+
+def test_a_message_about_a_segment_is_at_the_top_of_any_other_page(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """Approving from the review queue lands on the queue, which has no sections: the message is
+    at its top, as every other page's is."""
+    eid = experiment["id"]
+    pending = add_pending(app, eid, "tea-lovers", GOOD[0])
+    review = f"/dashboard/experiments/{eid}/review"
+    response = dash.post(
+        f"/dashboard/variants/{pending}/status",
+        {"action": "approve", "next": review, "shown": shown(app, pending)},
+    )
+    assert location(response) == review
+    html = dash.html(review)
+    assert flashes(html.split("<h1>")[0]) == [f"Variant #{pending} approved."]
+    # So does any page without a section for that segment: the experiment list, say.
+    _, second = variant_ids(experiment, "tea-lovers")
+    dash.post(f"/dashboard/variants/{second}/status", {"action": "pause"})
+    listing = dash.html("/dashboard/")
+    assert flashes(listing.split("<h1>")[0]) == [f"Variant #{second} paused."]

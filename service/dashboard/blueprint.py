@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
-from flask import Blueprint, current_app, g, render_template, url_for
+from flask import Blueprint, current_app, flash, g, get_flashed_messages, render_template, url_for
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
@@ -60,6 +61,47 @@ def form_int(name: str, text: str, *, low: int = 1, high: int = MAX_DB_ID) -> in
 def invalidate(experiment_id: int) -> None:
     """Workers serve from a cached posterior; a status change must reach this one at once."""
     current_app.extensions["copybandit.snapshots"].invalidate(experiment_id)
+
+
+# A flash about one segment's copy carries the segment's id in its category ("message:segment-12"):
+# the experiment page shows it in that segment's section, where the action's redirect lands
+# (#segment-key). At the top of the page it was out of view, 1,900 px above the third segment.
+# Any other page, or one without that segment's section, shows it at the top with the rest.
+_ABOUT_SEGMENT = ":segment-"
+
+
+def flash_about_segment(message: str, segment_id: int) -> None:
+    flash(message, f"message{_ABOUT_SEGMENT}{segment_id}")
+
+
+@dataclass(frozen=True)
+class Flash:
+    # "message" or "error": the class it is drawn with.
+    kind: str
+    message: str
+    segment_id: int | None
+
+
+def _flashes() -> list[Flash]:
+    # Flask keeps a request's messages once they are read, so every call here sees them all.
+    found = []
+    messages = cast(list[tuple[str, str]], get_flashed_messages(with_categories=True))
+    for category, message in messages:
+        kind, _, segment = category.partition(_ABOUT_SEGMENT)
+        found.append(Flash(kind, message, int(segment) if segment.isdecimal() else None))
+    return found
+
+
+@bp.app_template_global()
+def flashes_at_top(sections: Collection[int] = ()) -> list[Flash]:
+    """The messages a page shows at its top: all but those about a segment whose section (by id)
+    the page shows them in."""
+    return [found for found in _flashes() if found.segment_id not in sections]
+
+
+@bp.app_template_global()
+def flashes_about(segment_id: int) -> list[Flash]:
+    return [found for found in _flashes() if found.segment_id == segment_id]
 
 
 @bp.app_template_filter("when")

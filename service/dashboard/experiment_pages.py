@@ -18,7 +18,7 @@ from werkzeug.wrappers import Response
 
 from service import db
 from service.dashboard import charts
-from service.dashboard.blueprint import bp, form_int, validated
+from service.dashboard.blueprint import bp, flash_about_segment, form_int, validated
 from service.dashboard.blueprint import invalidate as invalidate_snapshot
 from service.errors import APIError, InvalidInput, in_words
 from service.experiments import (
@@ -122,10 +122,13 @@ def experiment(experiment_id: int) -> str:
     session = db.session()
     experiment = get_experiment(session=session, experiment_id=experiment_id)
     report = experiment_report(session=session, experiment_id=experiment_id)
+    # By id, which a message about a segment's copy names (flash_about_segment).
+    rows = segments_of(session=session, experiment_id=experiment_id)
+    ids = {segment.key: segment.id for segment in rows if segment.id is not None}
     return render_template(
         "experiment.html",
         experiment=experiment,
-        segments=[_segment_view(session, segment) for segment in report.segments],
+        segments=[_segment_view(session, ids[segment.key], segment) for segment in report.segments],
         pending=_pending_count(session, experiment_id),
         reasons=_status_reasons(session, experiment_id),
         reach_weeks=REACH.days // 7,
@@ -142,6 +145,7 @@ def _status_reasons(session: Session, experiment_id: int) -> dict[int, str | Non
 
 @dataclass(frozen=True)
 class SegmentView:
+    segment_id: int
     report: SegmentReport
     # The declared winner, else the current leader: the copy a marketer most wants to read.
     headline_id: int | None
@@ -160,7 +164,7 @@ class SegmentView:
     rate_chart: charts.LineChart | None
 
 
-def _segment_view(session: Session, report: SegmentReport) -> SegmentView:
+def _segment_view(session: Session, segment_id: int, report: SegmentReport) -> SegmentView:
     rows = {row.variant_id: row for row in report.variants}
     headline_id, kind = None, ""
     if report.winner is not None and report.winner.variant_id in rows:
@@ -199,6 +203,7 @@ def _segment_view(session: Session, report: SegmentReport) -> SegmentView:
         else:
             purged = purged_impressions(session=session, variant_ids=served) > 0
     return SegmentView(
+        segment_id=segment_id,
         report=report,
         headline_id=headline_id,
         headline_text=rows[headline_id].text if headline_id is not None else None,
@@ -367,7 +372,10 @@ def add_manual_variant(experiment_id: int) -> Response:
     )
     variant = add_variant(session=db.session(), experiment_id=experiment_id, variant_create=body)
     invalidate_snapshot(experiment_id)
-    flash(f"Added variant #{variant.id} to {body.segment}; it is being served now.")
+    flash_about_segment(
+        f"Added variant #{variant.id} to {body.segment}; it is being served now.",
+        variant.segment_id,
+    )
     return _back_to(experiment_id, body.segment)
 
 

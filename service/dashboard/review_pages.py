@@ -13,7 +13,7 @@ from werkzeug.wrappers import Response
 from generation.lint import LintReport, lint
 from service import db
 from service.copy_checks import brief_for, lint_config
-from service.dashboard.blueprint import bp, form_int, validated
+from service.dashboard.blueprint import bp, flash_about_segment, form_int, validated
 from service.dashboard.blueprint import invalidate as invalidate_snapshot
 from service.dashboard.session_auth import safe_next
 from service.errors import APIError, InvalidInput
@@ -129,7 +129,9 @@ def review(experiment_id: int) -> str:
 @bp.post("/variants/<id:variant_id>/status")
 def change_status(variant_id: int) -> Response:
     variant = _apply(variant_id, request.form.get("action", ""), request.form.get("shown"))
-    flash(f"Variant #{variant.id} {ACTIONS[request.form['action']].verb}.")
+    flash_about_segment(
+        f"Variant #{variant.id} {ACTIONS[request.form['action']].verb}.", variant.segment_id
+    )
     return _return(variant.experiment_id)
 
 
