@@ -145,7 +145,12 @@ def evaluate(
 
     # Rows read from the database always have an id.
     keyed = [(int(s.id or 0), s.key) for s in segments]
-    fresh, excluded = _load(session, experiment_id, [segment_id for segment_id, _ in keyed])
+    segment_ids = [segment_id for segment_id, _ in keyed]
+    fresh, excluded = _load(
+        session,
+        segment_ids,
+        [int(v.id or 0) for v in every_variant if v.segment_id in segment_ids],
+    )
     rows: list[dict[str, Any]] = []
     pooled: list[tuple[_Log, np.ndarray]] = []
     for segment_id, key in keyed:
@@ -177,9 +182,10 @@ def evaluate(
 
 
 def _load(
-    session: Session, experiment_id: int, segment_ids: list[int]
+    session: Session, segment_ids: list[int], variant_ids: list[int]
 ) -> tuple[dict[int, _Log], dict[int, int]]:
-    """Fresh rows per segment, and the number of other (sticky) rows per segment.
+    """Fresh rows per segment, and the number of other (sticky) rows per segment; `variant_ids`
+    are every variant of those segments.
 
     A conversion on a sticky repeat is credited to the fresh row that assigned that user: the
     repeat only replays that draw, and the storefront reports a purchase on the impression just
@@ -202,10 +208,10 @@ def _load(
                 col(Event.impression_id) == col(Impression.id), col(Event.type) == "conversion"
             ),
         )
-        .where(
-            col(Impression.experiment_id) == experiment_id,
-            col(Impression.segment_id).in_(segment_ids),
-        )
+        # Found by variant, through ix_impression_variant_id_created_at: impression has no index
+        # on its experiment or segment, and SQLite read the whole table for them (a segment of
+        # 200 rows took 0.7 s beside a year's 2M of other experiments).
+        .where(col(Impression.variant_id).in_(variant_ids))
         .order_by(col(Impression.id))
     )
     grouped: dict[int, list[_Fresh]] = {s: [] for s in segment_ids}

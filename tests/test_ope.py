@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -413,6 +414,45 @@ def test_segment_filter(session: Session, experiment: dict[str, Any]) -> None:
     )
     assert [row["segment"] for row in result["segments"]] == ["busy-parents"]
     assert result["overall"]["n"] == 10 and result["overall"]["excluded"] == 2
+
+
+def test_the_log_is_read_through_its_variants_index(
+    session: Session, experiment: dict[str, Any]
+) -> None:
+    """impression has no index on its experiment or segment: read by them, SQLite went through
+    the whole table (every other experiment's rows) for a segment of 200 rows. Its plans name the
+    index whatever the tables hold, so they are read there."""
+    if session.get_bind().dialect.name != "sqlite":
+        pytest.skip("PostgreSQL's plans depend on the table's statistics")
+    seed_log(session, experiment)
+    engine = session.get_bind()
+    statements: list[tuple[str, Any]] = []
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def remember(_c: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        statements.append((statement, parameters))
+
+    try:
+        for segment in (None, "busy-parents"):
+            evaluate(
+                session=session, experiment_id=experiment["id"], policy="uniform", segment=segment
+            )
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", remember)
+    with engine.connect() as connection:
+        reads = [
+            detail
+            for statement, parameters in statements
+            for *_, detail in connection.exec_driver_sql(
+                f"EXPLAIN QUERY PLAN {statement}", parameters
+            )
+            if re.search(r"\bimpression\b", detail)
+        ]
+    assert len(reads) == 2, reads
+    for read in reads:
+        assert read.startswith(
+            "SEARCH impression USING INDEX ix_impression_variant_id_created_at (variant_id=?"
+        ), read
 
 
 def test_cli_prints_the_table_and_json(
