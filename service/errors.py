@@ -49,8 +49,13 @@ def quoted(text: str) -> str:
     not text (an RLM, a no-break space, a newline) written as its code point in brackets,
     [U+200F]. repr() wrote one as \\u200f, which the dashboard's page showed as those six
     characters, and a name holding both quote marks with a backslash before one of them."""
-    shown = "".join(char if char.isprintable() else f"[U+{ord(char):04X}]" for char in text)
-    return f"'{shown}'"
+    return f"'{spelled_out(text)}'"
+
+
+def spelled_out(text: str) -> str:
+    """`text` with each character that shows nothing or is not text written as its code point
+    in brackets, as `quoted` shows it, without the quotes."""
+    return "".join(char if char.isprintable() else f"[U+{ord(char):04X}]" for char in text)
 
 
 class APIError(Exception):

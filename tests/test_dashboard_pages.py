@@ -2311,6 +2311,43 @@ def test_approve_and_reject_record_who_did_it(
     assert "Nothing is waiting for review." in html
 
 
+def test_an_account_made_before_invisible_formatting_was_refused_still_changes_copy(
+    app: Any,
+    client: FlaskClient,
+    session: Session,
+    writer: ScriptedWriter,
+    experiment: dict[str, Any],
+) -> None:
+    """Its address, as an older release stored it, broke a reason's rule: every change was a 500."""
+    email = "mia\u202e@example.com"
+    session.add(Marketer(email=email, password_hash=_password_hash()))
+    session.commit()
+    assert sign_in(client, email=email).status_code == 303
+    dash = Dashboard(client)
+    eid = experiment["id"]
+    paused = variant_ids(experiment, "tea-lovers")[0]
+    approved = add_pending(app, eid, "tea-lovers", GOOD[0])
+    edited = add_pending(app, eid, "tea-lovers", GOOD[1])
+    ticked = add_pending(app, eid, "tea-lovers", GOOD[2])
+    for path, form in (
+        (f"/dashboard/variants/{paused}/status", {"action": "pause"}),
+        (
+            f"/dashboard/variants/{approved}/status",
+            {"action": "approve", "shown": shown(app, approved)},
+        ),
+        (f"/dashboard/variants/{edited}/edit", {"text": GOOD[3]}),
+        (f"/dashboard/experiments/{eid}/review", bulk_form(app, "approve", [ticked])),
+    ):
+        assert dash.post(path, form).status_code == 303, path
+    by = "by mia[U+202E]@example.com"
+    assert [fresh(app, Variant, v).status_reason for v in (paused, approved, edited, ticked)] == [
+        f"paused {by}",
+        f"approved {by}",
+        f"approved {by} after editing",
+        f"approved {by}",
+    ]
+
+
 def test_the_experiment_page_shows_why_each_variant_is_in_its_status(
     app: Any, api: Any, dash: Dashboard, experiment: dict[str, Any]
 ) -> None:

@@ -16,7 +16,7 @@ from service.copy_checks import brief_for, lint_config
 from service.dashboard.blueprint import bp, flash_about_segment, form_int, validated
 from service.dashboard.blueprint import invalidate as invalidate_snapshot
 from service.dashboard.session_auth import safe_next
-from service.errors import APIError, InvalidInput
+from service.errors import APIError, InvalidInput, spelled_out
 from service.experiments import (
     StatusMoved,
     TextMoved,
@@ -239,7 +239,10 @@ def _apply(variant_id: int, action: str, shown: str | None) -> Variant:
 
 
 def _reason(action: Action, note: str = "") -> str:
-    return f"{action.verb} by {g.marketer.email}" + (f" {note}" if note else "")
+    # An account made before addresses with invisible formatting were refused (U+202E, U+200D)
+    # still signs in; its address as stored fails a reason's rule for them, so every change that
+    # marketer made was a 500, and the reason would show it as another address.
+    return f"{action.verb} by {spelled_out(g.marketer.email)}" + (f" {note}" if note else "")
 
 
 def _moved_on(variant_id: int, action: Action, current: VariantStatus) -> str:
