@@ -187,6 +187,39 @@ def test_migrate_check_reports_pending_then_current(database: str) -> None:
     assert checked.exit_code == 0 and "up to date" in checked.output
 
 
+class _Deadlocked(Exception):
+    sqlstate = "40P01"
+
+
+@pytest.mark.parametrize("deadlocks", [2, 3])
+def test_a_migration_that_deadlocks_with_a_running_server_runs_again(
+    database: str, monkeypatch: pytest.MonkeyPatch, deadlocks: int
+) -> None:
+    """A rolling upgrade on PostgreSQL: the release before's sticky decision and the migration
+    each waited for a table the other held, and migrate exited 1 with "deadlock detected"."""
+    upgrade = migrations.upgrade
+    runs: list[int] = []
+
+    def deadlocking(engine: sa.Engine, revision: str = "head") -> None:
+        runs.append(1)
+        if len(runs) <= deadlocks:
+            raise sa.exc.OperationalError("CREATE INDEX", {}, _Deadlocked())
+        upgrade(engine, revision)
+
+    monkeypatch.setattr(migrations, "upgrade", deadlocking)
+    result = run("migrate")
+
+    if deadlocks < 3:
+        assert result.exit_code == 0, result.output
+        assert "migrating again (2/3)" in result.output
+        assert run("migrate", "--check").exit_code == 0
+    else:
+        assert result.exit_code == 1
+        assert "deadlock detected 3 times" in result.output
+        assert "nothing was changed" in result.output
+    assert len(runs) == 3
+
+
 def test_migrate_check_where_there_is_no_database_file_creates_none(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
