@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from flask import current_app, flash, g, redirect, render_template, request, url_for
+from flask import current_app, flash, redirect, render_template, request, url_for
 from pydantic import ValidationError
 from sqlmodel import Session, col, select
 from werkzeug.wrappers import Response
@@ -503,7 +503,3 @@ def _back_to(experiment_id: int, segment_key: str | None = None) -> Response:
     return redirect(
         url_for("dashboard.experiment", experiment_id=experiment_id, _anchor=anchor), code=303
     )
-
-
-def actor() -> str:
-    return str(g.marketer.email)
