@@ -157,6 +157,10 @@ _Clean = AfterValidator(_clean)
 _Unformatted = AfterValidator(no_invisible_formatting)
 # Kept exactly as sent (a user id's hash must not change), only refused with a control character.
 _NoControl = AfterValidator(_no_control)
+# _no_control's rule as the published schemas say it, in ECMA-262 (JSON Schema's dialect, which
+# reads \xHH as Python does): a client checked against /openapi.json, or generated from it, sent
+# an event_id or a user_id with U+0001 in it and got a 400 the document did not foretell.
+NO_CONTROL_PATTERN = f"^[^{CONTROL_CHARACTERS.pattern[1:-1]}]*$"
 Name = Annotated[str, Field(min_length=1, max_length=200), _Normalized, _Clean, _Unformatted]
 Persona = Annotated[str, Field(min_length=1, max_length=2000), _Normalized, _Clean, _Unformatted]
 LongText = Annotated[str, Field(min_length=1, max_length=5000), _Normalized, _Clean, _Unformatted]
@@ -180,7 +184,11 @@ ClientKey = Annotated[
     Field(
         min_length=1,
         max_length=128,
-        description="compared exactly as sent (spaces and case count); a repeat is a duplicate",
+        # Blank is more than the pattern can say without the u flag: the description does.
+        description="compared exactly as sent (spaces and case count); a repeat is a duplicate; "
+        "one with a control character (the pattern's), or of spaces and invisible characters "
+        "alone, is refused",
+        json_schema_extra={"pattern": NO_CONTROL_PATTERN},
     ),
     AfterValidator(_client_key),
 ]
@@ -437,8 +445,22 @@ class JobOut(BaseModel):
 
 class DecideIn(Request):
     experiment: DbId
-    segment: Annotated[str, Field(max_length=100), _NoControl] | None = None
-    user_id: Annotated[str, Field(min_length=1, max_length=256), _NoControl] | None = None
+    segment: (
+        Annotated[
+            str,
+            Field(max_length=100, json_schema_extra={"pattern": NO_CONTROL_PATTERN}),
+            _NoControl,
+        ]
+        | None
+    ) = None
+    user_id: (
+        Annotated[
+            str,
+            Field(min_length=1, max_length=256, json_schema_extra={"pattern": NO_CONTROL_PATTERN}),
+            _NoControl,
+        ]
+        | None
+    ) = None
 
 
 class DecideOut(BaseModel):
