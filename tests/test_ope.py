@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from sqlmodel import Session, col
 
 from bandits.ope import Estimate, ips, snips
+from service import ope as ope_module
 from service.cli import main
 from service.errors import NotFound
 from service.identity import new_impression_id
@@ -378,6 +379,119 @@ def test_a_conversion_on_a_sticky_repeat_counts_for_the_draw_that_assigned_the_u
             session=session, experiment_id=experiment["id"], policy=f"variant:{variant}"
         )
         assert alone["segments"][0]["snips"]["value"] == pytest.approx(rate)
+
+
+def _load_row_by_row(
+    session: Session, segment_ids: list[int], variant_ids: list[int]
+) -> tuple[dict[int, Any], dict[int, int]]:
+    """The log as service.ope read it before it read columns into arrays: a Python object per
+    row (3 s and 146 MB for a whole experiment of 340K rows)."""
+    converted = sa.case((col(Event.id).is_not(None), 1), else_=0)
+    query = (
+        sa.select(
+            col(Impression.segment_id),
+            col(Impression.variant_id),
+            col(Impression.propensity),
+            col(Impression.policy),
+            col(Impression.user_hash),
+            converted,
+        )
+        .select_from(Impression)
+        .outerjoin(
+            Event,
+            sa.and_(
+                col(Event.impression_id) == col(Impression.id), col(Event.type) == "conversion"
+            ),
+        )
+        .where(col(Impression.variant_id).in_(variant_ids))
+        .order_by(col(Impression.id))
+    )
+    grouped: dict[int, list[list[Any]]] = {s: [] for s in segment_ids}
+    excluded = dict.fromkeys(segment_ids, 0)
+    assigned_by: dict[tuple[int, str], list[Any]] = {}
+    for segment_id, variant_id, propensity, tag, user_hash, reward in session.execute(query):
+        if tag == "thompson-v1":
+            fresh = [variant_id, propensity, reward]
+            grouped[segment_id].append(fresh)
+            if user_hash is not None:
+                assigned_by[(segment_id, user_hash)] = fresh
+            continue
+        excluded[segment_id] += 1
+        assignment = assigned_by.get((segment_id, user_hash)) if user_hash else None
+        if reward and assignment is not None and assignment[0] == variant_id:
+            assignment[2] = 1
+    logs = {
+        segment_id: ope_module._Log(
+            np.array([f[0] for f in items], dtype=np.int64),
+            np.array([f[1] for f in items], dtype=np.float64),
+            np.array([f[2] for f in items], dtype=np.float64),
+        )
+        for segment_id, items in grouped.items()
+    }
+    return logs, excluded
+
+
+def test_the_log_read_as_columns_gives_what_reading_it_row_by_row_gave(
+    api: Any, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three segments of fresh draws, some by users and some not, sticky repeats of the
+    assigned variant and of others, conversions on both, and repeats whose draw was purged:
+    every estimate, interval and count is the same, to the last bit, as row by row."""
+    segments = [
+        {"key": key, "description": f"Shoppers who are {key}."}
+        for key in ("regulars", "bargain-hunters", "gift-buyers")
+    ]
+    created = api.create_experiment(segments=segments)
+    variants: dict[int, list[int]] = {}
+    for segment in segments:
+        for k in range(3):
+            text = f"Copy {k} for {segment['key']}."
+            added = api.add_variant(created["id"], segment["key"], text)
+            row = session.get(Variant, added["id"])
+            assert row is not None
+            variants.setdefault(row.segment_id, []).append(added["id"])
+    rng = np.random.default_rng(7)
+    impressions: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    for _ in range(600):
+        segment_id = int(rng.choice(list(variants)))
+        variant = int(rng.choice(variants[segment_id]))
+        users = [None, "", *(f"{u:064x}" for u in range(8))]
+        impression_id = new_impression_id()
+        impressions.append(
+            {
+                "id": impression_id,
+                "experiment_id": created["id"],
+                "segment_id": segment_id,
+                "variant_id": variant,
+                "propensity": float(rng.uniform(0.05, 1.0)),
+                "policy": "thompson-v1" if rng.random() < 0.4 else "sticky-v1",
+                "user_hash": users[int(rng.integers(len(users)))],
+            }
+        )
+        if rng.random() < 0.3:
+            events.append(
+                {"impression_id": impression_id, "variant_id": variant, "type": "conversion"}
+            )
+    session.execute(sa.insert(Impression), impressions)
+    session.execute(sa.insert(Event), events)
+    session.commit()
+    policies = ["uniform", "greedy", "thompson", f"variant:{variants[min(variants)][1]}"]
+    by_columns = [
+        evaluate(session=session, experiment_id=created["id"], policy=policy) for policy in policies
+    ]
+    monkeypatch.setattr(ope_module, "_load", _load_row_by_row)
+    by_rows = [
+        evaluate(session=session, experiment_id=created["id"], policy=policy) for policy in policies
+    ]
+    assert by_columns == by_rows
+    # The fixture holds what it is for: repeats credited to their draws, in every segment.
+    credited = {row["segment"]: row["logged_rate"] for row in by_rows[0]["segments"]}
+    monkeypatch.undo()
+    monkeypatch.setattr(ope_module, "_credit_sticky_conversions", lambda log: None)
+    uncredited = evaluate(session=session, experiment_id=created["id"], policy="uniform")
+    for row in uncredited["segments"]:
+        assert row["excluded"] > 0 and row["logged_rate"] < credited[row["segment"]]
 
 
 def test_evaluate_rejects_unknown_input(session: Session, experiment: dict[str, Any]) -> None:
