@@ -91,9 +91,14 @@ def _validate(
 def _z(level: float) -> float:
     if isinstance(level, bool) or not isinstance(level, float | int) or not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
+    upper = 0.5 + level / 2.0
+    if upper >= 1.0:
+        # A level within a rounding of 1 (0.9999999999999999) passes the check above, but its
+        # quantile is at 1: the interval would be infinite.
+        raise ValueError(f"level {level!r} is too close to 1 for a finite interval")
     # The standard library's quantile, not scipy.stats': importing that took 0.7 s of every
     # copybandit command's start (the service imports this module), for one number.
-    return _STANDARD_NORMAL.inv_cdf(0.5 + level / 2.0)
+    return _STANDARD_NORMAL.inv_cdf(upper)
 
 
 def _effective_n(w: FloatArray) -> float:
