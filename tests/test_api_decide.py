@@ -19,6 +19,7 @@ from service import create_app, db
 from service.decisions import POLICY_STICKY, POLICY_THOMPSON
 from service.models import Assignment, Impression, Segment, Variant
 from tests.conftest import PG_URL, Api
+from tests.pg_backends import end_backends, named
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
 HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -176,12 +177,7 @@ def test_a_failed_impression_write_is_503_stores_nothing_and_the_next_one_succee
         stored = session.scalar(sa.select(sa.func.count()).select_from(Impression))
         if engine.dialect.name == "postgresql":
             # The server ends the app's connections: a restart or a proxy's idle cut looks alike.
-            session.execute(
-                sa.text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE application_name = 'decide_under_test'"
-                )
-            )
+            end_backends(session, "decide_under_test")
         else:
             _set_on_every_pooled_connection(engine, "PRAGMA query_only = ON")
         session.commit()
@@ -294,12 +290,13 @@ def test_a_server_restart_between_the_snapshot_read_and_the_write_is_503(
     """The snapshot is read in the request's session, the impression written on a connection of
     its own: a restart ends both, the write answered 503, and the session's ROLLBACK in the error
     handler then raised on its own dead connection, so the storefront got a 500."""
-    url = sa.engine.make_url(app_config["database_url"])
-    url = url.update_query_dict({"application_name": "restarted_under_test"})
     # Every decision reloads its snapshot, so the session holds a connection when the write fails.
     served = create_app(
         app_config
-        | {"database_url": url.render_as_string(hide_password=False), "snapshot_ttl_seconds": 0.0}
+        | {
+            "database_url": named(app_config["database_url"], "restarted_under_test"),
+            "snapshot_ttl_seconds": 0.0,
+        }
     )
     api = Api(served.test_client(), session)
     engine = served.extensions["copybandit.engine"]
@@ -307,12 +304,7 @@ def test_a_server_restart_between_the_snapshot_read_and_the_write_is_503(
     choose = cache.choose
 
     def restart_then_choose(arms: Any) -> tuple[int, float]:
-        session.execute(
-            sa.text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE application_name = 'restarted_under_test'"
-            )
-        )
+        end_backends(session, "restarted_under_test")
         session.commit()
         return choose(arms)
 

@@ -15,6 +15,7 @@ from service.identity import new_impression_id
 from service.models import Event, Impression, Segment, Variant
 from service.schemas import MAX_BATCH_EVENTS
 from tests.conftest import PG_URL, Api
+from tests.pg_backends import end_backends, named
 
 UNKNOWN = "f" * 32
 
@@ -131,21 +132,16 @@ def test_events_stored_before_the_database_went_away_are_answered_as_stored(
     restart between the two made its first read raise out of the request: the storefront got a
     503 for conversions that were stored (its retry read them as duplicates), and a check that
     did fail logged a traceback for a lost connection."""
-    url = sa.engine.make_url(app_config["database_url"])
-    url = url.update_query_dict({"application_name": "events_under_test"})
-    served = create_app(app_config | {"database_url": url.render_as_string(hide_password=False)})
+    served = create_app(
+        app_config | {"database_url": named(app_config["database_url"], "events_under_test")}
+    )
     api = Api(served.test_client(), session)
     decision = api.decide(experiment["id"], segment="tea-lovers")
     stored_then_restarted = serving.record_events
 
     def record_then_restart(**kwargs: Any) -> Any:
         outcome = stored_then_restarted(**kwargs)
-        session.execute(
-            sa.text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE application_name = 'events_under_test'"
-            )
-        )
+        end_backends(session, "events_under_test")
         session.commit()
         return outcome
 

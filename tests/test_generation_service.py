@@ -20,6 +20,7 @@ from service.config import load_settings
 from service.generation_jobs import GenerationOptions, create_job, progress_bars_wanted, run_job
 from service.models import GenerationJob
 from tests.conftest import PG_URL, store_policy_by_hand
+from tests.pg_backends import end_backends, named
 
 GOOD = [
     "Brew every cup right with the Aurora kettle.",
@@ -379,9 +380,9 @@ def test_a_job_queued_before_a_database_restart_still_runs(
     """A job waits its turn behind others for minutes. A restart meanwhile ended the pooled
     connections, and the job's first read met one: the job said queued for the hour until a pass
     gave it up, its copy was not ordered again until then, and the worker logged a traceback."""
-    url = sa.engine.make_url(app_config["database_url"])
-    url = url.update_query_dict({"application_name": "jobs_under_test"})
-    served = create_app(app_config | {"database_url": url.render_as_string(hide_password=False)})
+    served = create_app(
+        app_config | {"database_url": named(app_config["database_url"], "jobs_under_test")}
+    )
     runner = served.extensions["copybandit.jobs"]
     runner.writer_factory = lambda: ScriptedWriter(GOOD)
     engine = served.extensions["copybandit.engine"]
@@ -390,12 +391,7 @@ def test_a_job_queued_before_a_database_restart_still_runs(
             job_id = create_job(
                 session=pooled, experiment_id=experiment["id"], segment_key="tea-lovers", n=2
             ).id
-        session.execute(
-            sa.text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE application_name = 'jobs_under_test'"
-            )
-        )
+        end_backends(session, "jobs_under_test")
         session.commit()
 
         runner.submit(job_id)
@@ -416,9 +412,7 @@ def test_a_job_holds_no_transaction_open_while_the_model_samples(
     still open: PostgreSQL's idle_in_transaction_session_timeout, which production servers set,
     ended the connection under a round that ran longer, and the job failed at its first progress
     write; meanwhile the open snapshot held back vacuum."""
-    url = sa.engine.make_url(app_config["database_url"])
-    url = url.update_query_dict({"application_name": "job_sampling_under_test"})
-    engine = sa.create_engine(url.render_as_string(hide_password=False))
+    engine = sa.create_engine(named(app_config["database_url"], "job_sampling_under_test"))
     seen: list[str] = []
 
     class Watching(ScriptedWriter):
@@ -459,23 +453,16 @@ def test_a_job_whose_connection_is_lost_while_the_model_samples_carries_on(
     """A PostgreSQL restart, or a proxy dropping the connection, while the model sampled a round:
     the progress write after it met the ended connection, and the job failed, because that write
     is also its look at whether it was given up. It is written again on a fresh connection."""
-    url = sa.engine.make_url(app_config["database_url"])
-    url = url.update_query_dict({"application_name": "job_cut_off_under_test"})
-    served = create_app(app_config | {"database_url": url.render_as_string(hide_password=False)})
+    served = create_app(
+        app_config | {"database_url": named(app_config["database_url"], "job_cut_off_under_test")}
+    )
     engine = served.extensions["copybandit.engine"]
-    ended: list[int] = []
+    ended: list[bool] = []
 
     class CutOff(ScriptedWriter):
         def sample(self, messages: list[dict[str, str]], n: int, seed: int) -> list[Sample]:
             if not ended:
-                ended.extend(
-                    session.execute(
-                        sa.text(
-                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                            " WHERE application_name = 'job_cut_off_under_test'"
-                        )
-                    ).scalars()
-                )
+                ended.extend(end_backends(session, "job_cut_off_under_test"))
                 session.commit()
             return super().sample(messages, n, seed)
 

@@ -20,6 +20,7 @@ from service.lifecycle import RunReport, scheduled_pass
 from service.models import SchedulerLease
 from service.scheduler import NotStarted, PeriodicJob, claim, start_background
 from tests.conftest import PG_URL
+from tests.pg_backends import end_backends, named
 
 INTERVAL = 900.0
 # A realistic epoch time at the start of a slot, so slot numbers are as large as in production.
@@ -335,24 +336,14 @@ def test_a_scheduled_pass_that_meets_a_restart_as_it_begins_runs_at_the_next_tic
 ) -> None:
     """The server restarts between the claim and the pass: the pass's first read meets the ended
     connection."""
-    url = sa.engine.make_url(database_url).update_query_dict(
-        {"application_name": "pass_under_test"}
-    )
-    engine = make_engine(load_settings({"database_url": url.render_as_string(False)}))
+    engine = make_engine(load_settings({"database_url": named(database_url, "pass_under_test")}))
     admin = sa.create_engine(database_url)
     reports: list[RunReport] = []
 
     def restart_then_pass() -> None:
         if not restarted:
             with admin.begin() as connection:
-                restarted.extend(
-                    connection.execute(
-                        sa.text(
-                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                            " WHERE application_name = 'pass_under_test'"
-                        )
-                    ).scalars()
-                )
+                restarted.extend(end_backends(connection, "pass_under_test"))
         reports.append(scheduled_pass(engine=engine))
 
     restarted: list[bool] = []
