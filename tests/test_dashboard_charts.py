@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import sqlalchemy as sa
 from sqlmodel import Session
 
 from service.config import load_settings
@@ -22,6 +21,7 @@ from service.db import make_engine
 from service.history import BUCKETS, History, segment_history
 from service.identity import new_impression_id
 from service.models import Event, Impression, Segment, Variant, VariantStatus
+from tests.query_plans import sqlite_reads, statements_sent
 
 NOW = datetime(2026, 3, 2, 12, 0, 30, tzinfo=UTC)
 PLOT_TOP, PLOT_BOTTOM = charts.TOP, charts.HEIGHT - charts.BOTTOM
@@ -511,24 +511,9 @@ def test_history_finds_rows_by_variant_and_time_in_one_index(
     path = tmp_path / "plans.db"
     shutil.copy(sqlite_template, path)
     engine = make_engine(load_settings({"database_url": f"sqlite:///{path}"}))
-    statements: list[tuple[str, Any]] = []
-
-    @sa.event.listens_for(engine, "before_cursor_execute")
-    def remember(_c: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        statements.append((statement, parameters))
-
-    with Session(engine) as session:
+    with statements_sent(engine) as sent, Session(engine) as session:
         segment_history(session=session, variant_ids=[1, 2], now=NOW)
-    sa.event.remove(engine, "before_cursor_execute", remember)
-    with engine.connect() as connection:
-        reads = [
-            detail
-            for statement, parameters in statements
-            for *_, detail in connection.exec_driver_sql(
-                f"EXPLAIN QUERY PLAN {statement}", parameters
-            )
-            if re.search(r"\b(impression|event)\b", detail)
-        ]
+    reads = sqlite_reads(engine, sent, "impression|event")
     engine.dispose()
     # The oldest impression, then impressions and conversions per bucket.
     assert len(reads) == 3, reads

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,6 +20,7 @@ from service.identity import new_impression_id
 from service.lifecycle import run_lifecycle
 from service.models import Event, Impression, Variant
 from service.ope import evaluate, format_table, parse_policy
+from tests.query_plans import sqlite_reads, statements_sent
 
 LOGGING = np.array([0.5, 0.3, 0.2])
 RATES = np.array([0.05, 0.10, 0.02])
@@ -543,28 +543,13 @@ def test_the_log_is_read_through_its_variants_index(
     the whole table (every other experiment's rows) for a segment of 200 rows."""
     seed_log(session, experiment)
     engine = session.get_bind()
-    statements: list[tuple[str, Any]] = []
-
-    @sa.event.listens_for(engine, "before_cursor_execute")
-    def remember(_c: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        statements.append((statement, parameters))
-
-    try:
+    assert isinstance(engine, sa.Engine)
+    with statements_sent(engine) as sent:
         for segment in (None, "busy-parents"):
             evaluate(
                 session=session, experiment_id=experiment["id"], policy="uniform", segment=segment
             )
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", remember)
-    with engine.connect() as connection:
-        reads = [
-            detail
-            for statement, parameters in statements
-            for *_, detail in connection.exec_driver_sql(
-                f"EXPLAIN QUERY PLAN {statement}", parameters
-            )
-            if re.search(r"\bimpression\b", detail)
-        ]
+    reads = sqlite_reads(engine, sent, "impression")
     assert len(reads) == 2, reads
     for read in reads:
         assert read.startswith(
