@@ -2348,6 +2348,22 @@ def test_an_account_made_before_invisible_formatting_was_refused_still_changes_c
     ]
 
 
+def test_an_old_account_whose_spelled_out_address_outgrows_a_reason_still_changes_copy(
+    app: Any, client: FlaskClient, session: Session, experiment: dict[str, Any]
+) -> None:
+    """Eighty U+200D spell out to 640 characters, over a reason's 500: the change was a 500."""
+    email = "m" + "\u200d" * 60 + "x@ex" + "\u200d" * 20 + "ample.com"
+    session.add(Marketer(email=email, password_hash=_password_hash()))
+    session.commit()
+    assert sign_in(client, email=email).status_code == 303
+    paused = variant_ids(experiment, "tea-lovers")[0]
+    response = Dashboard(client).post(f"/dashboard/variants/{paused}/status", {"action": "pause"})
+    assert response.status_code == 303
+    reason = fresh(app, Variant, paused).status_reason
+    assert reason.startswith("paused by m[U+200D][U+200D]") and reason.endswith("…")
+    assert len(reason) <= 500
+
+
 def test_the_experiment_page_shows_why_each_variant_is_in_its_status(
     app: Any, api: Any, dash: Dashboard, experiment: dict[str, Any]
 ) -> None:

@@ -242,7 +242,16 @@ def _reason(action: Action, note: str = "") -> str:
     # An account made before addresses with invisible formatting were refused (U+202E, U+200D)
     # still signs in; its address as stored fails a reason's rule for them, so every change that
     # marketer made was a 500, and the reason would show it as another address.
-    return f"{action.verb} by {spelled_out(g.marketer.email)}" + (f" {note}" if note else "")
+    who = spelled_out(g.marketer.email)
+    if len(who) > _WHO_AT_MOST:
+        # Spelled out, 30 or more such characters in a 254-character address outgrew a reason's
+        # 500 characters: the change was a 500 again.
+        who = who[: _WHO_AT_MOST - 1] + "…"
+    return f"{action.verb} by {who}" + (f" {note}" if note else "")
+
+
+# Room for the longest verb and note beside it within a reason's 500 characters.
+_WHO_AT_MOST = 400
 
 
 def _moved_on(variant_id: int, action: Action, current: VariantStatus) -> str:
