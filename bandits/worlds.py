@@ -437,6 +437,8 @@ def load_scenario(source: str | Path | Mapping[str, Any]) -> World:
             raw: Any = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: not valid JSON: {exc}") from exc
+        except RecursionError:  # a few thousand nested brackets: a traceback from the parser
+            raise ValueError(f"{path}: JSON nested too deeply to read") from None
     else:
         raw = dict(source)
     if not isinstance(raw, dict):

@@ -640,6 +640,8 @@ def test_simulate_refuses_bad_arguments_before_simulating(tmp_path: Path) -> Non
     a_file.write_text("")
     bad_scenario = tmp_path / "bad.json"
     bad_scenario.write_text('{"segments": "none"}')
+    deep_scenario = tmp_path / "deep.json"
+    deep_scenario.write_text("[" * 100_000 + "]" * 100_000)
     cases = {
         "--out under a file": (["--out", str(a_file / "sim")], 2, "--out"),
         # A folder that exists but takes no new file, root's included: the results were lost in
@@ -658,6 +660,8 @@ def test_simulate_refuses_bad_arguments_before_simulating(tmp_path: Path) -> Non
         ),
         "policy twice": (["--policies", "uniform,uniform"], 2, "named more than once: uniform"),
         "bad scenario": (["--scenario", str(bad_scenario)], 1, f"scenario {bad_scenario}"),
+        # The JSON parser's RecursionError was a traceback.
+        "deep scenario": (["--scenario", str(deep_scenario)], 1, "JSON nested too deeply"),
         # These were tried, and ended in a connection error.
         **{
             f"--http {url}": (

@@ -323,6 +323,10 @@ def test_load_scenario_reads_a_file(tmp_path: Path) -> None:
     path.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_scenario(path)
+    # The parser's RecursionError went past `copybandit simulate` as a traceback.
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        load_scenario(path)
 
 
 # ---------------------------------------------------------------------------------------------
