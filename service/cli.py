@@ -671,6 +671,18 @@ def simulate(
         world = load_scenario(scenario)
     except ValueError as exc:
         raise click.ClickException(f"scenario {scenario}: {exc}") from None
+    if mode == "in-process":
+        # Like the policies, before --out and the bar: compare() refused a run too large for
+        # memory with "simulating" drawn and the folder made. The scenario's own run fitted
+        # (load_scenario checked it), so the options given are what made it too large.
+        try:
+            world.check_run_size(
+                impressions=impressions or world.impressions,
+                batch=world.batch,
+                seeds=seeds or world.seeds,
+            )
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--impressions' / '--seeds'") from None
     # Before the run, not after it: a folder that cannot be made, or that takes no new file (read
     # only, not ours), lost a whole simulation.
     try:

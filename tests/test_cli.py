@@ -659,6 +659,11 @@ def test_simulate_refuses_bad_arguments_before_simulating(tmp_path: Path) -> Non
             "unknown policy 'bogus'; choose from ",
         ),
         "policy twice": (["--policies", "uniform,uniform"], 2, "named more than once: uniform"),
+        "run too large": (
+            ["--seeds", str(10**8), "--out", str(tmp_path / "unmade")],
+            2,
+            "Invalid value for '--impressions' / '--seeds': seeds x batches (impressions / batch)",
+        ),
         "bad scenario": (["--scenario", str(bad_scenario)], 1, f"scenario {bad_scenario}"),
         # The JSON parser's RecursionError was a traceback.
         "deep scenario": (["--scenario", str(deep_scenario)], 1, "JSON nested too deeply"),
