@@ -46,6 +46,16 @@ def _finite(value: object) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json keeps the last of two; a scenario that gives a segment "rates" twice meant one of them.
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"field {key!r} is given twice in one object")
+        result[key] = value
+    return result
+
+
 def _sigmoid(x: float) -> float:
     # Two branches so neither exp() can overflow.
     if x >= 0:
@@ -434,9 +444,13 @@ def load_scenario(source: str | Path | Mapping[str, Any]) -> World:
         path = Path(source)
         default_name = path.stem
         try:
-            raw: Any = json.loads(path.read_text(encoding="utf-8"))
+            raw: Any = json.loads(
+                path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys
+            )
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: not valid JSON: {exc}") from exc
+        except ValueError as exc:  # a key given twice, or bytes that are not UTF-8
+            raise ValueError(f"{path}: {exc}") from None
         except RecursionError:  # a few thousand nested brackets: a traceback from the parser
             raise ValueError(f"{path}: JSON nested too deeply to read") from None
     else:

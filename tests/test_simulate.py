@@ -323,6 +323,10 @@ def test_load_scenario_reads_a_file(tmp_path: Path) -> None:
     path.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_scenario(path)
+    # json kept the last of the two, and the run used rates the author may not have meant.
+    path.write_text('{"segments": [{"key": "k", "rates": [0.1], "rates": [0.9]}]}')
+    with pytest.raises(ValueError, match=r"mine\.json: field 'rates' is given twice"):
+        load_scenario(path)
     # The parser's RecursionError went past `copybandit simulate` as a traceback.
     path.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(ValueError, match="nested too deeply"):
