@@ -671,6 +671,12 @@ def simulate(
         world = load_scenario(scenario)
     except ValueError as exc:
         raise click.ClickException(f"scenario {scenario}: {exc}") from None
+    if mode != "in-process" and all(s.response is None for s in world.segments):
+        # Here, not where the run finds out: full-loop mode had loaded the model first (a
+        # minute, and its weights written under var/models, on a first start).
+        raise click.ClickException(
+            f"{mode} simulation: {mode} mode needs a scenario with response models (text -> rate)"
+        )
     if mode == "in-process":
         # Like the policies, before --out and the bar: compare() refused a run too large for
         # memory with "simulating" drawn and the folder made. The scenario's own run fitted

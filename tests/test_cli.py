@@ -921,6 +921,29 @@ def test_simulate_full_loop_reports_cleanly_what_it_cannot_compare(tmp_path: Pat
     assert "Traceback" not in refused.output
 
 
+def test_a_scenario_of_fixed_rates_is_refused_before_the_model_loads_or_out_is_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loaded: list[object] = []
+    # The real model: a minute, and its weights written under var/models, on a first start.
+    monkeypatch.setattr("service.cli.default_writer", lambda settings: loaded.append(settings))
+    plain = str(SCENARIOS / "plain.json")
+    for mode in (
+        ["--full-loop"],
+        ["--http", "http://127.0.0.1:9", "--key", "k", "--experiment", "1"],
+    ):
+        out = tmp_path / mode[0].lstrip("-")
+        result = run("simulate", *mode, "--scenario", plain, "--out", str(out))
+        name = "full-loop" if mode == ["--full-loop"] else "HTTP"
+        assert result.exit_code == 1, result.output
+        assert result.output.endswith(
+            f"Error: {name} simulation: {name} mode needs a scenario with response models "
+            "(text -> rate)\n"
+        ), result.output
+        assert "rounds" not in result.output and not out.exists(), result.output
+    assert loaded == []
+
+
 def test_the_traffic_share_plot_names_the_policy_it_shows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
