@@ -571,7 +571,9 @@ def _refuse_other_modes_options(ctx: click.Context, mode: str) -> None:
 )
 @click.option(
     "--impressions",
-    type=click.IntRange(1),
+    # As many as a scenario may ask for (bandits.worlds): more overflowed numpy's multinomial in
+    # full-loop mode, a traceback.
+    type=click.IntRange(1, 10**12),
     default=None,
     help="In-process mode: per run (default: the scenario's); HTTP mode: in all (default "
     "2000); full-loop mode: per round (default 20000).",

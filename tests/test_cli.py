@@ -659,6 +659,12 @@ def test_simulate_refuses_bad_arguments_before_simulating(tmp_path: Path) -> Non
             "unknown policy 'bogus'; choose from ",
         ),
         "policy twice": (["--policies", "uniform,uniform"], 2, "named more than once: uniform"),
+        # Full-loop mode's traffic split overflowed numpy's integers: a traceback.
+        "impressions past int64, full loop": (
+            ["--full-loop", "--writer", "phrases", "--impressions", str(10**20)],
+            2,
+            "Invalid value for '--impressions': 100000000000000000000 is not in the range",
+        ),
         "run too large": (
             ["--seeds", str(10**8), "--out", str(tmp_path / "unmade")],
             2,
