@@ -56,6 +56,53 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def _read_file(path: Path) -> Any:
+    """A scenario file's contents: YAML for a .yaml or .yml name, JSON otherwise."""
+    language = "YAML" if path.suffix.lower() in YAML_SUFFIXES else "JSON"
+    try:
+        text = path.read_text(encoding="utf-8")
+        return _parse_yaml(text) if language == "YAML" else _parse_json(text)
+    except RecursionError:  # a few thousand nested brackets: a traceback from the parser
+        raise ValueError(f"{path}: {language} nested too deeply to read") from None
+    except ValueError as exc:  # a key given twice, bytes that are not UTF-8, a syntax error
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def _parse_json(text: str) -> Any:
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON: {exc}") from None
+
+
+def _parse_yaml(text: str) -> Any:
+    # Imported here: only a YAML scenario needs it, and the bandits themselves are numpy alone.
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        """Safe YAML (no object tags), and a key given twice is refused as in JSON: PyYAML keeps
+        the last one."""
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            pairs = []
+            for key_node, value_node in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if not isinstance(key, str):
+                    # `1: x` or `on: x` (a boolean in YAML 1.1): no field has such a name.
+                    line = key_node.start_mark.line + 1
+                    raise ValueError(f"field names must be text, got {key!r} (line {line})")
+                pairs.append((key, self.construct_object(value_node, deep=True)))
+            return _no_duplicate_keys(pairs)
+
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"not valid YAML: {' '.join(str(exc).split())}") from None
+
+
 def _sigmoid(x: float) -> float:
     # Two branches so neither exp() can overflow.
     if x >= 0:
@@ -426,7 +473,8 @@ def load_scenario(source: str | Path | Mapping[str, Any]) -> World:
     Parameters
     ----------
     source : str, Path or mapping
-        A path to a JSON file, or the already-parsed scenario.
+        A path to a JSON file (YAML when its name ends in .yaml or .yml), or the
+        already-parsed scenario.
 
     Returns
     -------
@@ -443,20 +491,11 @@ def load_scenario(source: str | Path | Mapping[str, Any]) -> World:
     if isinstance(source, str | Path):
         path = Path(source)
         default_name = path.stem
-        try:
-            raw: Any = json.loads(
-                path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys
-            )
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON: {exc}") from exc
-        except ValueError as exc:  # a key given twice, or bytes that are not UTF-8
-            raise ValueError(f"{path}: {exc}") from None
-        except RecursionError:  # a few thousand nested brackets: a traceback from the parser
-            raise ValueError(f"{path}: JSON nested too deeply to read") from None
+        raw: Any = _read_file(path)
     else:
         raw = dict(source)
     if not isinstance(raw, dict):
-        raise ValueError("a scenario must be a JSON object")
+        raise ValueError("a scenario must be an object of fields (a JSON object, a YAML mapping)")
     unknown = set(raw) - _TOP_KEYS
     if unknown:
         raise ValueError(

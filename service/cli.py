@@ -561,7 +561,7 @@ def _refuse_other_modes_options(ctx: click.Context, mode: str) -> None:
     type=click.Path(exists=True, dir_okay=False),
     default=str(SCENARIOS / "default.json"),
     show_default="the bundled default.json",
-    help="A scenario file (see bandits/scenarios/).",
+    help="A scenario file, JSON or (named .yaml or .yml) YAML; see bandits/scenarios/.",
 )
 @click.option(
     "--policies",

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
 from bandits.simulate import (
     POLICIES,
@@ -330,6 +331,42 @@ def test_load_scenario_reads_a_file(tmp_path: Path) -> None:
     # The parser's RecursionError went past `copybandit simulate` as a traceback.
     path.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(ValueError, match="nested too deeply"):
+        load_scenario(path)
+
+
+def test_a_yaml_scenario_reads_as_its_json_twin(tmp_path: Path) -> None:
+    """Issue #5 asked for scenario files in YAML or JSON; a .yaml file had been read as JSON."""
+    shipped = SCENARIOS / "default.json"
+    twin = tmp_path / "default.yaml"
+    # Written in block style, as a person would write one (JSON is YAML too).
+    twin.write_text(yaml.safe_dump(json.loads(shipped.read_text()), sort_keys=False))
+    assert "{" not in twin.read_text()
+    from_yaml, from_json = load_scenario(twin), load_scenario(shipped)
+    assert repr(from_yaml) == repr(from_json)
+    for ours, theirs in zip(from_yaml.segments, from_json.segments, strict=True):
+        np.testing.assert_array_equal(ours.rates, theirs.rates)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("segments: [", r"mine\.yaml: not valid YAML: .*line 1"),
+        (
+            "segments:\n- key: k\n  rates: [0.1]\n  rates: [0.9]\n",
+            r"mine\.yaml: field 'rates' is given twice",
+        ),
+        ("1: x\nsegments: []\n", r"mine\.yaml: field names must be text, got 1 \(line 1\)"),
+        ("- just\n- a list\n", "a scenario must be an object of fields"),
+        ("!!python/object/apply:os.system [echo hi]\n", r"mine\.yaml: not valid YAML"),
+        ("[" * 100_000 + "]" * 100_000, "YAML nested too deeply"),
+    ],
+)
+def test_a_bad_yaml_scenario_is_refused_naming_the_file(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
         load_scenario(path)
 
 
