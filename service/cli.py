@@ -672,7 +672,9 @@ def simulate(
     try:
         world = load_scenario(scenario)
     except ValueError as exc:
-        raise click.ClickException(f"scenario {scenario}: {exc}") from None
+        # A fault in the file as a whole (its syntax, a key given twice) already names the file.
+        problem = str(exc).removeprefix(f"{scenario}: ")
+        raise click.ClickException(f"scenario {scenario}: {problem}") from None
     if mode != "in-process" and all(s.response is None for s in world.segments):
         # Here, not where the run finds out: full-loop mode had loaded the model first (a
         # minute, and its weights written under var/models, on a first start).

@@ -672,7 +672,12 @@ def test_simulate_refuses_bad_arguments_before_simulating(tmp_path: Path) -> Non
         ),
         "bad scenario": (["--scenario", str(bad_scenario)], 1, f"scenario {bad_scenario}"),
         # The JSON parser's RecursionError was a traceback.
-        "deep scenario": (["--scenario", str(deep_scenario)], 1, "JSON nested too deeply"),
+        # The file's own faults are named once ("scenario F: F: not valid JSON" had named it twice).
+        "deep scenario": (
+            ["--scenario", str(deep_scenario)],
+            1,
+            f"Error: scenario {deep_scenario}: JSON nested too deeply to read\n",
+        ),
         # These were tried, and ended in a connection error.
         **{
             f"--http {url}": (
