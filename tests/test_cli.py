@@ -1122,3 +1122,20 @@ def test_a_command_starts_without_importing_scipy_stats() -> None:
         check=True,
     )
     assert imported.stdout.strip() == "False"
+
+
+def test_a_command_starts_without_making_a_password_hash() -> None:
+    # The dashboard's decoy hash (for sign-ins with an unknown email) was made when
+    # service.marketers was imported: an scrypt hash, 0.1 s of every command's start.
+    code = """
+import werkzeug.security
+made = []
+real = werkzeug.security.generate_password_hash
+werkzeug.security.generate_password_hash = lambda *args: made.append(args) or real(*args)
+import service.cli
+print(len(made))
+"""
+    imported = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert imported.stdout.strip() == "0"

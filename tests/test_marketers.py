@@ -16,7 +16,9 @@ from sqlmodel import Session, col, select
 
 import service.cli
 import service.demo_history
+import service.gunicorn
 import service.marketers
+from service import create_app
 from service.cli import main
 from service.config import load_settings
 from service.db import make_engine
@@ -138,6 +140,22 @@ def test_an_unknown_email_costs_a_hash_check_too(
     assert len(calls) == 2
     # The decoy is a real hash of the same kind, so it costs the same to check.
     assert calls[0].split("$")[0] == calls[1].split("$")[0]
+
+
+def test_the_decoy_is_made_by_the_app_and_the_server_not_at_the_first_unknown_sign_in(
+    app_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Making it is a hash of its own: the first unknown email it was made for would take twice
+    as long as a known one."""
+    service.marketers.decoy_hash.cache_clear()
+    app = create_app(app_config)
+    app.extensions["copybandit.engine"].dispose()
+    assert service.marketers.decoy_hash.cache_info().currsize == 1
+    # `serve` makes it in the master, before the workers fork and build their apps.
+    service.marketers.decoy_hash.cache_clear()
+    monkeypatch.setattr(service.gunicorn._Server, "run", lambda _self: None)
+    service.gunicorn.run({})
+    assert service.marketers.decoy_hash.cache_info().currsize == 1
 
 
 def test_an_address_with_a_control_character_is_a_wrong_sign_in_with_its_hash_check(
