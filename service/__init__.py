@@ -8,7 +8,7 @@ from flask import Response
 from flask_openapi3 import Info, OpenAPI
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from service import api, dashboard, db, errors, jsonbody, logs, metrics
+from service import api, dashboard, db, errors, jsonbody, logs, marketers, metrics
 from service.auth import KeyCache
 from service.config import Settings, load_settings
 from service.errors import validation_error_response
@@ -18,7 +18,7 @@ from service.ratelimit import RateLimiter
 from service.scheduler import PeriodicJob, start_background
 from service.snapshot import SnapshotCache
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "preload"]
 
 
 class _App(OpenAPI):
@@ -31,9 +31,24 @@ class _App(OpenAPI):
         return response
 
 
+def preload() -> None:
+    """What the app's requests need made or imported before the first one comes, left out of
+    the package's import because `copybandit`'s commands (service.cli is in this package) do not.
+
+    create_app calls it; `serve` calls it once in gunicorn's master, before the workers fork.
+    """
+    # bandits.stats imports it when a report is first asked for (0.3 s).
+    import scipy.special  # noqa: F401
+
+    # Made at the first sign-in with an unknown email, it would slow that one: a difference in
+    # time that tells an unknown address from a known one.
+    marketers.decoy_hash()
+
+
 def create_app(config: Mapping[str, object] | None = None) -> OpenAPI:
     """Build an app from defaults, `COPYBANDIT_*` variables and `config`; no global state."""
     settings: Settings = load_settings(config).validate()
+    preload()
     logs.configure(settings.log_level, settings.log_format)
     app = _App(
         __name__,

@@ -20,7 +20,6 @@ from gunicorn.workers import sync
 
 from service.errors import FIELDS_AT_FAULT, HTTP_CODES
 from service.logs import JsonLines
-from service.marketers import decoy_hash
 
 # The signals a worker installs handlers for: how the master (and a terminal's Ctrl-C, sent to
 # the whole process group) tells a worker to stop.
@@ -212,7 +211,9 @@ def _exit_code_unwinding() -> int:
 
 
 def run(options: dict[str, Any]) -> None:
-    # Made once here in the master, whose workers fork with it made, not once in each worker's
-    # create_app: the CLI no longer makes it at import.
-    decoy_hash()
+    from service import preload
+
+    # Done once here in the master, whose workers fork with it done, not once in each worker's
+    # create_app.
+    preload()
     _Server(options).run()

@@ -1112,16 +1112,42 @@ def test_generate_that_fails_midway_lists_the_copy_it_stored(
     )
 
 
-def test_a_command_starts_without_importing_scipy_stats() -> None:
-    # bandits.ope took one normal quantile from scipy.stats, whose import was 0.7 s of every
-    # command's start (about a third of `copybandit keys list`, say).
+@pytest.mark.parametrize(
+    "module",
+    [
+        # bandits.ope took one normal quantile from scipy.stats, whose import was 0.7 s of every
+        # command's start (about a third of `copybandit keys list`, say).
+        "scipy.stats",
+        # bandits.stats's inverse incomplete beta, for reports: 0.3 s with the parts of numpy it
+        # pulls in, a quarter of `copybandit keys list`.
+        "scipy.special",
+    ],
+)
+def test_a_command_starts_without_importing(module: str) -> None:
     imported = subprocess.run(
-        [sys.executable, "-c", "import sys, service.cli; print('scipy.stats' in sys.modules)"],
+        [sys.executable, "-c", f"import sys, service.cli; print({module!r} in sys.modules)"],
         capture_output=True,
         text=True,
         check=True,
     )
     assert imported.stdout.strip() == "False"
+
+
+_SERVE_MASTER = """
+import sys
+import service.gunicorn
+service.gunicorn._Server.run = lambda _self: None
+service.gunicorn.run({})
+print('scipy.special' in sys.modules)
+"""
+
+
+def test_serve_imports_what_reports_need_before_the_workers_fork() -> None:
+    """Imported by each worker after the fork, or at its first report, it would cost each."""
+    imported = subprocess.run(
+        [sys.executable, "-c", _SERVE_MASTER], capture_output=True, text=True, check=True
+    )
+    assert imported.stdout.strip() == "True"
 
 
 def test_a_command_starts_without_making_a_password_hash() -> None:

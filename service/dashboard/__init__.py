@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import IntegerConverter
 from werkzeug.wrappers import Response
 
-from service import errors, marketers
+from service import errors
 from service.config import Settings
 from service.dashboard import account_pages, experiment_pages, review_pages
 from service.dashboard.blueprint import bp
@@ -58,9 +58,6 @@ def register(app: Flask, settings: Settings) -> None:
     )
     app.session_interface = DashboardOnlySessions()
     app.extensions["copybandit.sign_in_limits"] = SignInLimits()
-    # Made now rather than at the first sign-in with an unknown email, which making it would have
-    # slowed, telling that address apart from a known one.
-    marketers.decoy_hash()
     # Ids are 32-bit in the database: a larger one in a URL is a 404, never a database error.
     app.url_map.converters["id"] = DbIdConverter
     app.register_blueprint(bp)
