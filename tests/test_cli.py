@@ -750,7 +750,8 @@ def test_a_run_too_large_for_memory_says_where_its_batch_is_set(tmp_path: Path) 
     arguments = ["--seeds", "1000", "--impressions", "10000000", "--out", str(tmp_path)]
     result = run("simulate", *arguments)
 
-    assert result.exit_code == 1, result.output
+    # A usage error, given before the run starts.
+    assert result.exit_code == 2, result.output
     # Before, "or a larger batch", and simulate has no --batch: only the scenario sets it.
     assert 'or a larger "batch" (the scenario\'s): from 2,101 to 2,000,000 for this world' in (
         result.output
