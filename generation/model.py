@@ -323,7 +323,8 @@ def _umask() -> int:
 def load_model(config: ModelConfig, say: Callable[[str], None] = log.info) -> LoadedModel:
     config.validate()
     if config.path is not None:
-        return _load_folder(Path(config.path), Path(config.path).name, config, say)
+        folder = Path(config.path)
+        return _load_folder(folder, folder.name, config, say, configured=True)
     folder = config.cache_dir / _CACHE_NAME
     if (folder / "model.safetensors").is_file():
         read = folder.stat()
@@ -391,8 +392,16 @@ def _move_aside(folder: Path, damaged: os.stat_result) -> None:
 
 
 def _load_folder(
-    folder: Path, model_id: str, config: ModelConfig, say: Callable[[str], None]
+    folder: Path,
+    model_id: str,
+    config: ModelConfig,
+    say: Callable[[str], None],
+    *,
+    configured: bool = False,
 ) -> LoadedModel:
+    """The model in `folder`. For a `configured` folder (COPYBANDIT_MODEL), whatever fails is a
+    ModelUnavailable naming the folder and the part; the default cache keeps the loaders' own
+    exceptions, by which load_model tells a damaged cache from one it may not read."""
     import torch
 
     from generation import llama
@@ -400,19 +409,24 @@ def _load_folder(
 
     started = time.monotonic()
     dtype = getattr(torch, config.dtype)
-    tokenizer: Any = ChatTokenizer.from_folder(folder)
-    if tokenizer is None:
-        from transformers import AutoTokenizer
+    with _unloadable(folder, "its tokenizer", configured):
+        tokenizer: Any = ChatTokenizer.from_folder(folder)
+        if tokenizer is None:
+            from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    model: Any = llama.load(folder, dtype, config.device)
-    if model is None:
-        from transformers import AutoModelForCausalLM
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    with _unloadable(folder, "its weights", configured):
+        model: Any = llama.load(folder, dtype, config.device)
+        if model is None:
+            from transformers import AutoModelForCausalLM
 
-        with transformers_progress_bars(config.progress_bars):
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
-        model.to(config.device).eval()
-    stop_ids = {*llama.eos_token_ids(folder), tokenizer.eos_token_id} - {None}
+            with transformers_progress_bars(config.progress_bars):
+                model = AutoModelForCausalLM.from_pretrained(
+                    folder, dtype=dtype, local_files_only=True
+                )
+            model.to(config.device).eval()
+    with _unloadable(folder, "its generation_config.json", configured):
+        stop_ids = {*llama.eos_token_ids(folder), tokenizer.eos_token_id} - {None}
     say(
         f"loaded {model_id} ({type(model).__name__}) on {config.device} "
         f"in {time.monotonic() - started:.1f} s"
@@ -424,3 +438,26 @@ def _load_folder(
         device=config.device,
         stop_ids=frozenset(stop_ids),
     )
+
+
+# The loaders' own words are cut to this: a shape mismatch lists every tensor, hundreds of lines.
+_REASON_MAX_CHARS = 300
+
+
+@contextlib.contextmanager
+def _unloadable(folder: Path, part: str, explain: bool) -> Iterator[None]:
+    """With `explain`, a failure inside as one line naming the folder and the part that failed: a
+    cut-short model.safetensors failed the job with only "SafetensorError: Error while
+    deserializing header: invalid header length", a garbled tokenizer.json with "Exception: key
+    must be a string", and a command printed the loader's traceback."""
+    try:
+        yield
+    except Exception as exc:
+        if not explain:
+            raise
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        if len(reason) > _REASON_MAX_CHARS:
+            reason = reason[: _REASON_MAX_CHARS - 1] + "\u2026"
+        raise ModelUnavailable(
+            f"the model folder {str(folder)!r} cannot be loaded: {part} ({reason})"
+        ) from exc

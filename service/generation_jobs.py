@@ -28,8 +28,9 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from generation import LintConfig, generate_variants
+from generation.model import ModelUnavailable
 from generation.similarity import DEFAULT_THRESHOLD, NgramSimilarity, most_similar
-from generation.writer import Writer
+from generation.writer import PromptTooLong, Writer
 from service.config import Settings
 from service.copy_checks import brief_for, lint_config
 from service.db import database_unavailable, rows_changed
@@ -64,6 +65,8 @@ INTERRUPTED = (
     f"{_REORDERED}"
 )
 _UNFINISHED = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+# Failures caused by the configuration or the brief, not by a bug here.
+_SAID_IN_FULL = (ModelUnavailable, PromptTooLong)
 
 
 def create_job(
@@ -179,7 +182,12 @@ def run_job(
             )
             return job
         except Exception as exc:
-            log.exception("generation job %s failed", job_id)
+            if isinstance(exc, _SAID_IN_FULL):
+                # Their message says all (what is wrong, where): a traceback under it was noise
+                # a command's user read as a crash.
+                log.error("generation job %s failed: %s", job_id, exc)
+            else:
+                log.exception("generation job %s failed", job_id)
             session.rollback()
             # Segments done before the error kept their new copy (each commits on its own): the
             # job says which, so what is being served or reviewed can be traced back to it.

@@ -217,3 +217,26 @@ def test_transformers_progress_bars_stay_off_stderr_when_not_wanted(
     assert ("de-quantizing GGUF tensors" in stderr) == shown
     list(gguf.tqdm(range(3), desc="Converting again"))  # as they were afterwards
     assert "Converting again" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("damaged", "part"),
+    [("model.safetensors", "its weights"), ("tokenizer.json", "its tokenizer")],
+)
+def test_a_configured_folder_that_cannot_be_loaded_is_named_in_one_line(
+    tmp_path: Path, damaged: str, part: str
+) -> None:
+    """A cut-short file passes the start-up check (it is there) and fails at the load: before,
+    the job said only "SafetensorError: Error while deserializing header: invalid header length"
+    or "Exception: key must be a string", naming neither the folder nor the file's part."""
+    from generation.model import ModelUnavailable
+
+    folder = _tiny_gpt2_folder(tmp_path)
+    with open(folder / damaged, "r+b") as cut_short:
+        cut_short.truncate(5)
+
+    with pytest.raises(ModelUnavailable) as raised:
+        load_model(ModelConfig(path=str(folder), progress_bars=False))
+    message = str(raised.value)
+    assert message.startswith(f"the model folder {str(folder)!r} cannot be loaded: {part} (")
+    assert "\n" not in message

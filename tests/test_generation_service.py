@@ -141,6 +141,28 @@ def test_a_failing_model_fails_the_job_and_stores_nothing(
     assert _variants(api, experiment["id"], "tea-lovers") == before
 
 
+def test_a_model_that_cannot_be_loaded_fails_the_job_in_one_logged_line(
+    api: Any, app: Any, experiment: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its message says what is wrong and where; `copybandit generate` printed the loader's
+    traceback under it, on the terminal."""
+    from generation.model import ModelUnavailable
+
+    reason = "the model folder '/models/x' cannot be loaded: its weights (SafetensorError: bad)"
+
+    def unloadable() -> ScriptedWriter:
+        raise ModelUnavailable(reason)
+
+    app.extensions["copybandit.jobs"].writer_factory = unloadable
+    job = _run(api, app, experiment["id"], {"segment": "tea-lovers", "n": 2})
+
+    assert job["status"] == "failed"
+    assert job["error"] == f"ModelUnavailable: {reason}"
+    failed = [r for r in caplog.records if r.getMessage().endswith("failed: " + reason)]
+    assert len(failed) == 1
+    assert failed[0].exc_info is None
+
+
 def test_a_job_for_an_experiment_whose_stored_policy_does_not_validate_runs(
     api: Any, app: Any, session: Session, experiment: dict[str, Any], writer: ScriptedWriter
 ) -> None:
