@@ -303,7 +303,10 @@ def _generate(
             done: int, total: int, accepted: int, index: int = index, key: str = segment.key
         ) -> None:
             message = f"segment {key}: round {done}/{total}, {accepted}/{job.n} accepted"
-            report((index + done / total) / len(segments), message)
+            # Enough accepted ends the segment before its last round: counted as done, where
+            # `copybandit generate`'s bar ended a job that was done at a quarter.
+            share = 1.0 if accepted >= job.n else done / total
+            report((index + share) / len(segments), message)
 
         # The pipeline reports a round once it is done: until then the status would still say
         # the model is loading, or show the previous segment's last round.

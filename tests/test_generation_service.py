@@ -367,6 +367,27 @@ def test_a_job_says_which_segment_it_samples_while_the_first_round_runs(api: Any
     ]
 
 
+def test_a_segment_that_has_its_copy_before_its_last_round_counts_as_done(
+    app: Any, experiment: dict[str, Any], writer: ScriptedWriter
+) -> None:
+    engine = app.extensions["copybandit.engine"]
+    with Session(engine, expire_on_commit=False) as session:
+        job = create_job(session=session, experiment_id=experiment["id"], segment_key=None, n=2)
+    reported: list[float] = []
+
+    run_job(
+        engine=engine,
+        job_id=job.id,  # type: ignore[arg-type]
+        writer=lambda: writer,
+        options=_options(app),
+        on_progress=lambda fraction, message: reported.append(fraction),
+    )
+
+    assert len(writer.calls) == 2  # one round of four per segment was enough
+    # Before: 0.125 after the first segment, and the command's bar ended the job at 0.625.
+    assert reported == [0.0, 0.5, 0.5, 1.0]
+
+
 def test_a_runner_keeps_nothing_of_the_jobs_it_finished(
     api: Any, app: Any, experiment: dict[str, Any], writer: ScriptedWriter
 ) -> None:
