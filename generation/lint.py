@@ -111,8 +111,16 @@ def _length(text: str, brief: Brief, config: LintConfig) -> str | None:
 
 
 def _markup(text: str, brief: Brief, config: LintConfig) -> str | None:
-    match = _MARKUP.search(text)
+    match = _MARKUP.search(_folded(text))
     return f"contains {match.group(0)!r}" if match else None
+
+
+def _folded(text: str) -> str:
+    """Compatibility forms as the characters they stand for, case kept (the domain pattern reads
+    it): copy in Chinese or Japanese writes full-width forms (U+FF01-U+FF5E), and a full-width
+    'www.aurora.shop', '<b>' or '@aurora' passed as plain text, while a full-width '129' was a
+    number the facts lacked."""
+    return unicodedata.normalize("NFKC", text).translate(_INVISIBLE)
 
 
 def _banned(text: str, brief: Brief, config: LintConfig) -> str | None:
@@ -155,18 +163,20 @@ def _phrase_pattern(phrase: str) -> re.Pattern[str]:
 
 
 def _numbers(text: str, brief: Brief, config: LintConfig) -> str | None:
-    allowed = {_plain(n) for n in _NUMBER.findall(f"{brief.product_name} {brief.facts()}")}
-    invented = [n for n in _NUMBER.findall(text) if _plain(n) not in allowed]
+    facts = _folded(f"{brief.product_name} {brief.facts()}")
+    allowed = {_plain(n) for n in _NUMBER.findall(facts)}
+    invented = [n for n in _NUMBER.findall(_folded(text)) if _plain(n) not in allowed]
     if invented:
         return f"numbers not in the product facts: {', '.join(invented)}"
-    if "%" in text and "%" not in brief.facts():
+    if "%" in _folded(text) and "%" not in facts:
         return "a percentage not in the product facts"
     return None
 
 
 def _plain(number: str) -> str:
-    """'1,299.00' and '1299' are the same claim."""
-    value = number.replace(",", "")
+    """'1,299.00' and '1299' are the same claim, and so are '129' and Arabic-Indic '١٢٩'."""
+    value = "".join(str(unicodedata.decimal(c)) if c.isdecimal() else c for c in number)
+    value = value.replace(",", "")
     return value[:-3] if value.endswith(".00") else value
 
 

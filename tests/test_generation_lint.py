@@ -197,6 +197,33 @@ def test_numbers_must_come_from_the_facts(line: str, brief: Brief, expected: set
     assert rules(line, brief) == expected
 
 
+def _full_width(text: str) -> str:
+    """As copy in Chinese or Japanese writes ASCII: each printable character's full-width form."""
+    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        # Before, each of these passed the markup rule, and the price was an invented number.
+        (f"Ridgeline shoes at {_full_width('www.ridgeline.com')} for trails.", {"markup"}),
+        (f"Ridgeline shoes at {_full_width('ridgeline.shop')} for trails.", {"markup"}),
+        (f"Ridgeline shoes at {_full_width('https://x')} for trails.", {"markup"}),
+        (f"Ridgeline shoes give you {_full_width('<b>real</b>')} grip.", {"markup"}),
+        (f"Ridgeline shoes, says {_full_width('@hiker')} on weekend trails.", {"markup"}),
+        (f"Ridgeline shoes give you {_full_width('**real**')} grip on trails.", {"markup"}),
+        (f"Ridgeline shoes, {_full_width('129')} dollars of weekend grip.", set()),
+        ("Ridgeline shoes, \u0661\u0662\u0669 dollars of weekend grip.", set()),
+        (f"Ridgeline shoes, {_full_width('130')} dollars of weekend grip.", {"invented_number"}),
+        (f"Ridgeline shoes give weekend hikers {_full_width('%')} more grip.", {"invented_number"}),
+    ],
+)
+def test_full_width_and_other_digits_read_as_what_they_stand_for(
+    line: str, expected: set[str]
+) -> None:
+    assert rules(line) == expected
+
+
 def test_product_terms_split_the_name() -> None:
     # Stems: "shoes", "shoe" and "Ridgeline's" all match them.
     assert product_terms(BRIEF) == {"ridgeline", "trail", "running", "shoe"}
