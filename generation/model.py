@@ -140,10 +140,17 @@ def _not_causal_lm(folder: Path) -> str | None:
         return "must hold a config.json that is a JSON object"
     # The classes AutoModelForCausalLM loads. Importing them imports torch (~2 s), paid only when
     # COPYBANDIT_MODEL names a folder, whose loading needs transformers anyway.
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     architectures = config.get("architectures")
     model_type = config.get("model_type")
+    if isinstance(model_type, str) and model_type not in CONFIG_MAPPING_NAMES:
+        # Only the folder's own code (config.json's auto_map) could load it, and none is run.
+        return (
+            f"must be a model type transformers knows; its config.json names {model_type!r}, "
+            "whose code only the folder could supply, and a model folder's own code is not run"
+        )
     if isinstance(architectures, list) and architectures:
         # The type alone is not enough: "bert" maps to a causal class too (BertLMHeadModel), and a
         # BertModel or BertForMaskedLM folder passed as one. A causal name outside the mapping (a
@@ -414,15 +421,20 @@ def _load_folder(
         if tokenizer is None:
             from transformers import AutoTokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(
+                folder, local_files_only=True, trust_remote_code=False
+            )
     with _unloadable(folder, "its weights", configured):
         model: Any = llama.load(folder, dtype, config.device)
         if model is None:
             from transformers import AutoModelForCausalLM
 
             with transformers_progress_bars(config.progress_bars):
+                # Never the folder's own code: left unsaid, transformers asked at a terminal
+                # whether to run it ("Do you wish to run the custom code? [y/N]"), inside the
+                # command's progress bar, and ran it on a "y".
                 model = AutoModelForCausalLM.from_pretrained(
-                    folder, dtype=dtype, local_files_only=True
+                    folder, dtype=dtype, local_files_only=True, trust_remote_code=False
                 )
             model.to(config.device).eval()
     with _unloadable(folder, "its generation_config.json", configured):

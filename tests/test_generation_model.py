@@ -240,3 +240,21 @@ def test_a_configured_folder_that_cannot_be_loaded_is_named_in_one_line(
     message = str(raised.value)
     assert message.startswith(f"the model folder {str(folder)!r} cannot be loaded: {part} (")
     assert "\n" not in message
+
+
+def test_a_folder_that_needs_its_own_code_is_refused_at_start(tmp_path: Path) -> None:
+    """Before, it passed the check (its class name ends in ForCausalLM), and at a terminal
+    transformers then asked whether to run the folder's code, inside the command's progress bar."""
+    folder = _tiny_gpt2_folder(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config |= {
+        "architectures": ["HomeGrownForCausalLM"],
+        "model_type": "home-grown",
+        "auto_map": {"AutoModelForCausalLM": "modeling_home.HomeGrownForCausalLM"},
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+
+    with pytest.raises(
+        ValueError, match=r"must be a model type transformers knows; .*'home-grown'"
+    ):
+        ModelConfig(path=str(folder)).validate()
