@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import itertools
 import os
+import queue
 import re
 import shutil
 import struct
@@ -28,6 +29,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from sqlmodel import Session, col, select
 from werkzeug.serving import make_server
 
+from generation.writer import Sample
 from service import create_app
 from service.config import Settings
 from service.dashboard.experiment_pages import CSV_COLUMNS
@@ -36,9 +38,11 @@ from service.demo import DEMO, VARIANTS, seed_demo
 from service.demo_history import seed_demo_history
 from service.events import record_events
 from service.experiments import add_variant, create_experiment, find_segment
+from service.generation_jobs import JobRunner
 from service.marketers import create_marketer
 from service.models import (
     Experiment,
+    GenerationJob,
     LifecycleEvent,
     Origin,
     Segment,
@@ -78,12 +82,40 @@ _names = itertools.count(1)
 # --- the server -----------------------------------------------------------------------------
 
 
+class SteppedWriter:
+    """Stands in for the model, one round at a time: each round waits for the lines a test puts
+    in `rounds`, so the test sees the job's page between rounds. No test loads a real model."""
+
+    model_id = "browser-test-writer"
+
+    def __init__(self) -> None:
+        self.rounds: queue.Queue[list[str]] = queue.Queue()
+
+    def sample(self, messages: list[dict[str, str]], n: int, seed: int) -> list[Sample]:
+        try:
+            lines = self.rounds.get(timeout=30)
+        except queue.Empty:
+            raise RuntimeError("the test gave the writer no round") from None
+        return [Sample(text=line, finished=True, logprob=-1.0) for line in lines]
+
+    def finish_the_job(self, jobs: JobRunner) -> None:
+        """Lets a job that a test left midway run out its rounds, then forgets the rounds it
+        did not take, so the next test's job starts from an empty queue."""
+        for _ in range(jobs.options.max_rounds):
+            self.rounds.put([])
+        jobs.join(timeout=30)
+        while not self.rounds.empty():
+            self.rounds.get_nowait()
+
+
 @dataclass
 class Site:
     base_url: str
     engine: sa.Engine
     settings: Settings
     demo_id: int
+    writer: SteppedWriter
+    jobs: JobRunner
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
@@ -121,6 +153,9 @@ def site(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     )
     engine: sa.Engine = app.extensions["copybandit.engine"]
     settings: Settings = app.extensions["copybandit.settings"]
+    writer = SteppedWriter()
+    jobs: JobRunner = app.extensions["copybandit.jobs"]
+    jobs.writer_factory = lambda: writer
     with Session(engine, expire_on_commit=False) as session:
         create_marketer(session=session, email=EMAIL, password=PASSWORD)
         demo = seed_demo(session=session)
@@ -142,6 +177,8 @@ def site(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
             engine=engine,
             settings=settings,
             demo_id=demo.id,
+            writer=writer,
+            jobs=jobs,
         )
     finally:
         server.shutdown()
@@ -968,3 +1005,89 @@ def test_a_wrong_password_is_read_with_the_box_the_cursor_is_in(guest: Page) -> 
     expect(email).to_be_focused()
     for box in (email, password):
         expect(box).to_have_accessible_description("Wrong email or password.")
+
+
+def test_a_running_jobs_page_updates_in_place_then_shows_the_result(page: Page, site: Site) -> None:
+    """The page reloaded itself every 2 seconds: a screen reader started again from the top each
+    time, and the keyboard focus was lost. Now the status line changes in place, read out as a
+    polite live region, and the page reloads once, when the job is done, to show its result."""
+    experiment_id, _ = make_experiment(
+        site, active={"tea-lovers": ["The Aurora kettle: tea, sooner."]}
+    )
+    page.goto(f"/dashboard/experiments/{experiment_id}")
+    page.get_by_label("Have the model write this many more for tea-lovers").fill("2")
+    page.get_by_role("button", name="Generate for tea-lovers").click()
+    expect(page).to_have_url(re.compile(r"/dashboard/jobs/\d+$"))
+    job_path = path_of(page)
+    status = page.get_by_role("status").filter(has_text="—")
+    bar = page.get_by_role("progressbar", name="Progress")
+    try:
+        # The writer waits for its first round: the job is running its first segment.
+        expect(status).to_have_text(re.compile(r"running — segment tea-lovers: sampling round 1/"))
+        page.evaluate("window.notReloaded = true")
+        back = page.get_by_role("link", name=re.compile("Aurora kettle launch"))
+        back.focus()
+
+        site.writer.rounds.put(["Brew every cup right with the Aurora kettle."])
+        expect(status).to_have_text(
+            re.compile(r"running — segment tea-lovers: round 1/\d+, 1/2 accepted")
+        )
+        expect(page).to_have_title(re.compile(r"^Generation job \d+: running · copybandit$"))
+        assert float(bar.get_attribute("value") or 0) > 0
+        assert page.evaluate("window.notReloaded") is True, "the page reloaded itself"
+        expect(back).to_be_focused()
+        expect(page.locator(".job-poll-problem")).to_have_text("")
+
+        site.writer.rounds.put(["Tea lovers, meet the Aurora kettle."])
+        # Done: the page reloads once and the server draws the result.
+        expect(page.locator("p.job-status")).to_have_attribute("data-status", "succeeded")
+        expect(page.get_by_role("link", name="Review the new copy")).to_be_visible()
+        expect(page).to_have_title(re.compile(r"^Generation job \d+: succeeded · copybandit$"))
+        assert path_of(page) == job_path
+        assert page.evaluate("window.notReloaded") is None
+        # Nothing follows a finished job.
+        expect(page.locator("script")).to_have_count(0)
+    finally:
+        site.writer.finish_the_job(site.jobs)
+
+
+def test_a_jobs_page_says_when_it_cannot_follow_the_job(page: Page, site: Site) -> None:
+    """A failed check is said on the page, and the next comes later each time, not every 2
+    seconds forever; signed out, the page stops and says how to sign in again."""
+    experiment_id, _ = make_experiment(site)
+    with site.session() as session:
+        job = GenerationJob(experiment_id=experiment_id, n=2, status="running", message="round 1")
+        session.add(job)
+        session.commit()
+        job_id = job.id
+    progress = f"**/dashboard/jobs/{job_id}/progress"
+    page.route(progress, lambda route: route.fulfill(status=503, body="down"))
+    page.goto(f"/dashboard/jobs/{job_id}")
+    problem = page.locator(".job-poll-problem")
+    expect(problem).to_have_text(
+        "Could not check the job's progress (the server answered 503); trying again in 4 seconds."
+    )
+    page.unroute(progress)
+    page.route(progress, lambda route: route.abort())
+    expect(problem).to_have_text(
+        "Could not check the job's progress (no answer from the server); trying again in 8 seconds."
+    )
+    page.evaluate("window.notReloaded = true")
+    page.unroute(progress)
+    with site.session() as session:
+        session.execute(
+            sa.update(GenerationJob)
+            .where(GenerationJob.id == job_id)  # type: ignore[arg-type]
+            .values(message="round 2", progress=0.5)
+        )
+        session.commit()
+    # Back: the problem goes and the status catches up, still without a reload.
+    expect(page.locator("p.job-status")).to_have_text("running — round 2", timeout=15_000)
+    expect(problem).to_have_text("")
+    assert page.evaluate("window.notReloaded") is True
+
+    page.context.clear_cookies()
+    expect(problem).to_contain_text("You are signed out")
+    sign_in_again = problem.get_by_role("link", name="Sign in again")
+    expect(sign_in_again).to_have_attribute("href", f"/dashboard/jobs/{job_id}")
+    assert page.evaluate("window.notReloaded") is True

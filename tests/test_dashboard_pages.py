@@ -2801,7 +2801,119 @@ def test_an_interrupted_job_page_says_so_and_stops_refreshing(
     # Before, the page refreshed itself every 2 seconds, forever.
     assert 'http-equiv="refresh"' not in html
     assert "interrupted: no worker finished it within an hour" in html
+    assert "follows the job" not in html and "<script" not in html
+
+
+def _job_row(session: Session, experiment_id: int, status: str, hours_ago: int = 0) -> int:
+    job = GenerationJob(
+        experiment_id=experiment_id,
+        n=2,
+        status=status,
+        message="segment tea-lovers: round 1/4, 0/2 accepted",
+        progress=0.25,
+        created_at=utcnow() - timedelta(hours=hours_ago),
+        updated_at=utcnow() - timedelta(hours=hours_ago),
+    )
+    session.add(job)
+    session.commit()
+    assert job.id is not None
+    return job.id
+
+
+def test_a_running_job_page_follows_the_job_by_script_and_reloads_only_without_it(
+    dash: Dashboard, session: Session, experiment: dict[str, Any]
+) -> None:
+    """The page reloaded itself every 2 seconds, sending a screen reader back to the top each
+    time; now job.js updates it in place, and only a browser without JavaScript reloads it."""
+    job_id = _job_row(session, experiment["id"], "running")
+    response = dash.get(f"/dashboard/jobs/{job_id}")
+    assert response.status_code == 200
+    html = response.get_data(as_text=True)
+    head = html.split("</head>")[0]
+    assert re.search(r'<noscript><meta http-equiv="refresh" content="2"></noscript>', head)
+    # The refresh is only inside the noscript: a browser running the script does not reload.
+    assert len(re.findall(r'http-equiv="refresh"', html)) == 1
+    scripts = re.findall(r"<script[^>]*>(.*?)</script>", html, re.S)
+    assert scripts == [""]  # one script, loaded from its file, nothing inline
+    assert '<script src="/dashboard/static/job.js" defer>' in head
+    status = re.search(r'<p class="job-status"[^>]*>', html)
+    assert status is not None
+    assert f'data-progress-url="/dashboard/jobs/{job_id}/progress"' in status.group()
+    assert 'role="status"' in status.group()
+    assert re.search(r'<p class="job-poll-problem" role="status"></p>', html)
+    assert "This page follows the job as it runs, checking every 2 seconds." in html
     assert "refreshes itself" not in html
+
+    csp = response.headers["Content-Security-Policy"]
+    directives = dict(d.strip().split(" ", 1) for d in csp.split(";"))
+    assert directives["script-src"] == "'self'" and directives["connect-src"] == "'self'"
+    assert directives["default-src"] == "'none'"
+    assert "unsafe-inline" not in csp and "unsafe-eval" not in csp and "*" not in csp
+
+    script = dash.get("/dashboard/static/job.js")
+    assert script.status_code == 200
+    assert script.mimetype in ("text/javascript", "application/javascript")
+    assert script.headers["X-Content-Type-Options"] == "nosniff"
+    script.close()
+
+
+@pytest.mark.parametrize(("status", "hours_ago"), [("succeeded", 0), ("running", 2)])
+def test_a_finished_job_page_runs_no_script_and_its_csp_allows_none(
+    dash: Dashboard, session: Session, experiment: dict[str, Any], status: str, hours_ago: int
+) -> None:
+    job_id = _job_row(session, experiment["id"], status, hours_ago)
+    response = dash.get(f"/dashboard/jobs/{job_id}")
+    html = response.get_data(as_text=True)
+    assert "<script" not in html and "<noscript" not in html and "refresh" not in html
+    assert "data-progress-url" not in html and "job-poll-problem" not in html
+    _assert_strict_headers(response)
+
+
+@pytest.mark.parametrize(
+    ("status", "hours_ago", "finished"),
+    [
+        ("queued", 0, False),
+        ("running", 0, False),
+        ("succeeded", 0, True),
+        ("failed", 0, True),
+        ("running", 2, True),  # interrupted: no worker wrote to it for an hour
+    ],
+)
+def test_a_jobs_progress_is_json_for_the_signed_in_marketer(
+    dash: Dashboard,
+    session: Session,
+    experiment: dict[str, Any],
+    status: str,
+    hours_ago: int,
+    finished: bool,
+) -> None:
+    job_id = _job_row(session, experiment["id"], status, hours_ago)
+    response = dash.get(f"/dashboard/jobs/{job_id}/progress")
+    assert response.status_code == 200 and response.is_json
+    assert response.get_json() == {
+        "status": status,
+        "message": "segment tea-lovers: round 1/4, 0/2 accepted",
+        "progress": 0.25,
+        "finished": finished,
+    }
+    assert response.headers["Cache-Control"] == "no-store"
+    # What job.js reloads the page on is what the page itself goes by: disagreeing, the page
+    # would reload forever.
+    page = dash.html(f"/dashboard/jobs/{job_id}")
+    assert ("data-progress-url" not in page) == finished
+
+
+def test_a_jobs_progress_is_not_shown_signed_out_or_for_a_missing_job(
+    client: FlaskClient, dash: Dashboard, session: Session, experiment: dict[str, Any]
+) -> None:
+    job_id = _job_row(session, experiment["id"], "running")
+    missing = dash.get(f"/dashboard/jobs/{job_id + 1}/progress")
+    assert missing.status_code == 404
+    dash.post("/dashboard/sign-out", {})
+    signed_out = client.get(f"/dashboard/jobs/{job_id}/progress")
+    # job.js takes the redirect for "signed out" and says so on the page.
+    assert redirects_to_sign_in(signed_out, f"/dashboard/jobs/{job_id}/progress")
+    assert b"segment tea-lovers" not in signed_out.get_data()
 
 
 def test_the_audit_page_hides_discount_rows_until_asked_and_pages_through_them(

@@ -97,8 +97,8 @@ def test_a_copybandit_installed_from_the_wheel_migrates(wheel: Path, tmp_path: P
     assert checked.stdout.strip() == "database is up to date"
 
 
-# What an installed copybandit reads besides its modules: the dashboard's templates and style
-# sheet, and the scenario `simulate` runs by default.
+# What an installed copybandit reads besides its modules: the dashboard's templates, style
+# sheet and script, and the scenario `simulate` runs by default.
 _READS_ITS_DATA = """
 from service import create_app
 from service.cli import SCENARIOS
@@ -110,6 +110,9 @@ assert page.status_code == 200 and b'name="password"' in page.data, page.status_
 sheet = client.get("/dashboard/static/dashboard.css")
 assert sheet.status_code == 200 and sheet.data, sheet.status_code
 sheet.close()
+script = client.get("/dashboard/static/job.js")
+assert script.status_code == 200 and script.data, script.status_code
+script.close()
 load_scenario(SCENARIOS / "default.json")
 print("read")
 """

@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from flask import current_app, flash, redirect, render_template, request, url_for
+from flask import current_app, flash, g, redirect, render_template, request, url_for
 from pydantic import ValidationError
 from sqlmodel import Session, col, select
 from werkzeug.wrappers import Response
@@ -397,15 +397,37 @@ def job(job_id: int) -> str:
     segment = session.get(Segment, found.segment_id) if found.segment_id is not None else None
     # Until the lifecycle marks it failed, an interrupted job's row still says queued or running.
     gave_up = interrupted(found, utcnow())
+    finished = _finished(found, gave_up)
+    # job.js follows a running job in place; a finished job's page has nothing to follow.
+    g.runs_script = not finished
     return render_template(
         "job.html",
         job=found,
         segment=segment,
         experiment=get_experiment(session=session, experiment_id=found.experiment_id),
-        finished=found.status in ("succeeded", "failed") or gave_up,
+        finished=finished,
         interrupted=INTERRUPTED if gave_up else None,
         accepted=_accepted_count(found),
     )
+
+
+@bp.get("/jobs/<id:job_id>/progress")
+def job_progress(job_id: int) -> dict[str, Any]:
+    """What job.js updates the job's page with in place: a reload sent a screen reader back to
+    the top of the page every 2 seconds, and took the keyboard focus with it."""
+    found = get_job(session=db.session(), job_id=job_id)
+    return {
+        "status": found.status,
+        "message": found.message,
+        "progress": found.progress,
+        # The script reloads the page once this is true, to show the result: the same test as
+        # the page's own, or the page would go on reloading.
+        "finished": _finished(found, interrupted(found, utcnow())),
+    }
+
+
+def _finished(job: GenerationJob, gave_up: bool) -> bool:
+    return job.status in ("succeeded", "failed") or gave_up
 
 
 def _accepted_count(job: GenerationJob) -> int:

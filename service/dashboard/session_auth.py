@@ -33,6 +33,9 @@ CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'"
 )
+# A running job's page alone runs a script: the app's own static/job.js (never an inline one),
+# which asks this origin for the job's progress (connect-src). Set g.runs_script for it.
+SCRIPTED_CSP = f"{CSP}; script-src 'self'; connect-src 'self'"
 # Open without a live sign-in. Signing out too: after the session expired, or a password change
 # ended it, its button should still lead to the sign-in page, not to "sign in first".
 _PUBLIC_ENDPOINTS = {"dashboard.sign_in", "dashboard.sign_out", "dashboard.static"}
@@ -220,7 +223,7 @@ def page_came_from(default: str) -> str:
 
 def page_headers(response: Response) -> Response:
     """What every dashboard response carries."""
-    response.headers["Content-Security-Policy"] = CSP
+    response.headers["Content-Security-Policy"] = SCRIPTED_CSP if g.get("runs_script") else CSP
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["X-Frame-Options"] = "DENY"
     response.headers["Referrer-Policy"] = "same-origin"
