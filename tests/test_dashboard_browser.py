@@ -926,6 +926,32 @@ def test_long_unbroken_text_wraps_inside_the_window(page: Page, site: Site) -> N
         assert scroll_width <= window_width, (path, scroll_width, window_width)
 
 
+def test_a_variants_origin_is_never_split_across_lines(page: Page, site: Site) -> None:
+    """The id column is narrow, and letting every cell wrap at any letter let the table squeeze
+    it: at 1280 px the README's screenshot showed "generate" over "d"."""
+    eid, _ = make_experiment(
+        site,
+        active={
+            "tea-lovers": [
+                "Wherever the weekend takes you, the Aurora kettle keeps your tea hot and ready.",
+                "Sure-footed mornings, every morning: meet your new weekend tea kettle.",
+            ]
+        },
+        pending={
+            "tea-lovers": [
+                "The Aurora kettle boils in three minutes flat, so it's your go-to kettle for "
+                "every loose-leaf morning and every busy afternoon."
+            ]
+        },
+    )
+    page.set_viewport_size({"width": 1280, "height": 720})
+    page.goto(f"/dashboard/experiments/{eid}")
+    origins = page.locator("table.variants td.id small")
+    expect(origins).to_have_text(["control", "manual", "generated"])
+    lines = origins.evaluate_all("smalls => smalls.map(s => s.getClientRects().length)")
+    assert lines == [1, 1, 1], lines
+
+
 @pytest.fixture
 def csp_off_tab(browser: Browser, site: Site, signed_in_state: dict[str, Any]) -> Iterator[Tab]:
     # The pages' CSP would stop an injected script on its own; with it bypassed, only escaping
