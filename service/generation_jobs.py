@@ -297,6 +297,7 @@ def _generate(
         if on_progress is not None:
             on_progress(fraction, message)
 
+    too_long: list[str] = []
     for index, segment in enumerate(segments):
 
         def progress(
@@ -320,17 +321,23 @@ def _generate(
         # long round and the job failed, and its snapshot held back vacuum meanwhile.
         session.commit()
         seed = job.id * 1000 + index  # type: ignore[operator]
-        generated = generate_variants(
-            brief,
-            job.n,
-            writer=writer,
-            existing=existing,
-            seed=seed,
-            batch_size=options.batch_size,
-            max_rounds=options.max_rounds,
-            lint_config=options.lint,
-            progress=progress,
-        )
+        try:
+            generated = generate_variants(
+                brief,
+                job.n,
+                writer=writer,
+                existing=existing,
+                seed=seed,
+                batch_size=options.batch_size,
+                max_rounds=options.max_rounds,
+                lint_config=options.lint,
+                progress=progress,
+            )
+        except PromptTooLong as exc:
+            # This segment's brief alone: the segments after it still get their copy, where
+            # the job had stopped at the first such segment. The job fails at the end naming it.
+            too_long.append(f"segment {segment.key}: {exc}")
+            continue
         variants = [
             Variant(
                 experiment_id=experiment.id,  # type: ignore[arg-type]
@@ -370,6 +377,8 @@ def _generate(
                 for r in generated.rejected[:_REJECTIONS_KEPT]
             ],
         }
+    if too_long:
+        raise PromptTooLong("; ".join(too_long))
 
 
 def _not_taken_meanwhile(

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col
 
 from generation.lint import DEFAULT_BANNED_PHRASES
-from generation.writer import Sample
+from generation.writer import PromptTooLong, Sample
 from service import create_app
 from service.config import load_settings
 from service.generation_jobs import GenerationOptions, create_job, progress_bars_wanted, run_job
@@ -335,6 +335,46 @@ def test_a_job_that_fails_after_storing_copy_in_many_segments_still_records_it(
     assert job["message"].startswith(f"failed after storing 20 new variants in {keys[0]}, ")
     assert job["message"].endswith(" more")
     assert list(job["result"]["segments"]) == keys[:-1]
+
+
+class _BriefTooLongFor(ScriptedWriter):
+    def __init__(self, lines: list[str], persona: str) -> None:
+        super().__init__(lines)
+        self.persona = persona
+
+    def sample(self, messages: list[dict[str, str]], n: int, seed: int) -> list[Sample]:
+        if any(self.persona in message["content"] for message in messages):
+            raise PromptTooLong("the prompt is 5,201 tokens, and at most 4,096 fit")
+        return super().sample(messages, n, seed)
+
+
+def test_a_brief_too_long_for_one_segment_leaves_the_others_their_copy(api: Any, app: Any) -> None:
+    persona = "茶" * 2000  # 2,000 characters, over 4,096 tokens
+    created = api.create_experiment(
+        name="Wordy",
+        auto_approve=True,
+        segments=[
+            {"key": "first", "description": "Tea drinkers."},
+            {"key": "wordy", "description": persona},
+            {"key": "last", "description": "Coffee drinkers."},
+        ],
+    )
+    writer = _BriefTooLongFor(GOOD, persona)
+    app.extensions["copybandit.jobs"].writer_factory = lambda: writer
+    job = _run(api, app, created["id"], {"n": 1})
+
+    # The job had stopped at "wordy": "last" got no copy until its brief was shortened.
+    assert [len(_variants(api, created["id"], key)) for key in ("first", "wordy", "last")] == [
+        1,
+        0,
+        1,
+    ]
+    assert job["status"] == "failed"
+    assert job["error"] == (
+        "PromptTooLong: segment wordy: the prompt is 5,201 tokens, and at most 4,096 fit"
+    )
+    assert job["message"] == "failed after storing 2 new variants in first, last"
+    assert list(job["result"]["segments"]) == ["first", "last"]
 
 
 class _ReadsItsJob(ScriptedWriter):
