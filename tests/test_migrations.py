@@ -34,6 +34,7 @@ from service.models import (
     utcnow,
 )
 from tests.conftest import BACKENDS, postgres_schema_url
+from tests.query_plans import statements_sent
 
 
 @pytest.fixture(params=BACKENDS)
@@ -487,3 +488,21 @@ def test_two_migrations_at_once_both_end_at_the_head(empty_engine: sa.Engine) ->
     assert not any(thread.is_alive() for thread in threads), "a migration never ended"
     assert failures == []
     assert migrate.mismatch(empty_engine) is None and _diff(empty_engine) == []
+
+
+def test_a_database_at_the_head_is_migrated_without_scanning_its_references(
+    tmp_path: Path,
+) -> None:
+    """`migrate` with nothing to do (every deploy's, every `init`'s) holds SQLite's write lock:
+    checking every reference of every impression and event in it, twice, held each decision back
+    for the scans (0.2 s each per 2M impressions, growing with the table). A migration still
+    checks."""
+    engine = make_engine(load_settings({"database_url": f"sqlite:///{tmp_path}/head.db"}))
+    migrate.upgrade(engine, "0012")
+    with statements_sent(engine) as pending:
+        migrate.upgrade(engine)
+    with statements_sent(engine) as nothing_pending:
+        migrate.upgrade(engine)
+    engine.dispose()
+    assert [s for s, _ in pending].count("PRAGMA foreign_key_check") == 2
+    assert "PRAGMA foreign_key_check" not in [s for s, _ in nothing_pending]
