@@ -57,6 +57,9 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 YAML_SUFFIXES = (".yaml", ".yml")
+# What a YAML scenario may come to once its aliases are written out in full, in characters: far
+# above any scenario a person writes, far below what nine nested aliases of nine make of 1 KB.
+_MAX_YAML_WRITTEN_OUT = 10**7
 
 
 def _read_file(path: Path) -> Any:
@@ -97,10 +100,43 @@ def _parse_yaml(text: str) -> Any:
                 pairs.append((key, self.construct_object(value_node, deep=True)))
             return _no_duplicate_keys(pairs)
 
+        def get_single_data(self) -> Any:
+            # Nine nested lists of nine aliases to the one before ("billion laughs") build small,
+            # as the values share what an alias names; but a message that shows a field's value
+            # writes it out in full, gigabytes of it. So it is measured here, before building.
+            node = self.get_single_node()
+            if node is None:
+                return None
+            if _written_out(node, {}) > _MAX_YAML_WRITTEN_OUT:
+                raise ValueError(
+                    f"its aliases (*name) write out to more than {_MAX_YAML_WRITTEN_OUT:,} "
+                    "characters; repeat less through them"
+                )
+            return self.construct_document(node)
+
     try:
         return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         raise ValueError(f"not valid YAML: {' '.join(str(exc).split())}") from None
+
+
+def _written_out(node: Any, sizes: dict[int, int]) -> int:
+    """About how many characters YAML `node` comes to with every alias written out in full."""
+    import yaml  # only a YAML scenario gets here
+
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    # A node inside itself (`&a [*a]`) counts once; building it is refused as recursive.
+    sizes[id(node)] = 0
+    if isinstance(node, yaml.ScalarNode):
+        size = len(node.value) + 2
+    elif isinstance(node, yaml.MappingNode):
+        size = 2 + sum(_written_out(k, sizes) + _written_out(v, sizes) for k, v in node.value)
+    else:
+        size = 2 + sum(_written_out(item, sizes) for item in node.value)
+    sizes[id(node)] = size
+    return size
 
 
 def _sigmoid(x: float) -> float:

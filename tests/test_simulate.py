@@ -370,6 +370,27 @@ def test_a_bad_yaml_scenario_is_refused_naming_the_file(
         load_scenario(path)
 
 
+def test_a_yaml_scenario_whose_aliases_write_out_huge_is_refused(tmp_path: Path) -> None:
+    """Seven nested lists of nine aliases to the one before, under 1 KB, came to 73 MB in the
+    error message about `name` (a second to build it, and the terminal flooded); two more levels
+    and it would not have fit in memory."""
+    lines = ["- &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"- &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 7)]
+    path = tmp_path / "laughs.yaml"
+    path.write_text("name:\n" + "\n".join(f"  {line}" for line in lines) + "\nsegments: []\n")
+    assert path.stat().st_size < 1000
+    with pytest.raises(ValueError) as refused:
+        load_scenario(path)
+    assert str(refused.value) == (
+        f"{path}: its aliases (*name) write out to more than 10,000,000 characters; "
+        "repeat less through them"
+    )
+    # An alias that saves repeating a list is read as the list.
+    path.write_text("segments:\n- {key: a, rates: &r [0.1, 0.2]}\n- {key: b, rates: *r}\n")
+    world = load_scenario(path)
+    np.testing.assert_array_equal(world.segments[1].rates, [0.1, 0.2])
+
+
 # ---------------------------------------------------------------------------------------------
 # Runs
 
