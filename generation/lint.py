@@ -118,8 +118,7 @@ def _markup(text: str, brief: Brief, config: LintConfig) -> str | None:
 def _folded(text: str) -> str:
     """Compatibility forms as the characters they stand for, case kept (the domain pattern reads
     it): copy in Chinese or Japanese writes full-width forms (U+FF01-U+FF5E), and a full-width
-    'www.aurora.shop', '<b>' or '@aurora' passed as plain text, while a full-width '129' was a
-    number the facts lacked."""
+    'www.aurora.shop', '<b>' or '@aurora' passed as plain text."""
     return unicodedata.normalize("NFKC", text).translate(_INVISIBLE)
 
 
@@ -162,13 +161,20 @@ def _phrase_pattern(phrase: str) -> re.Pattern[str]:
     return re.compile(rf"(?<![\w#]){_BETWEEN_WORDS.join(words)}(?!\w)")
 
 
+# Full-width forms as ASCII, for the number rule: a full-width comma or percent sign is the facts'
+# own. Not all of NFKC, which also reads a superscript or subscript as a digit: 'CO₂', 'm²' and
+# '㎡' had each become an invented number 2. (Digits of any script are read by _plain.)
+_FULL_WIDTH = {**_INVISIBLE, **{code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)}}
+
+
 def _numbers(text: str, brief: Brief, config: LintConfig) -> str | None:
-    facts = _folded(f"{brief.product_name} {brief.facts()}")
+    facts = f"{brief.product_name} {brief.facts()}".translate(_FULL_WIDTH)
+    text = text.translate(_FULL_WIDTH)
     allowed = {_plain(n) for n in _NUMBER.findall(facts)}
-    invented = [n for n in _NUMBER.findall(_folded(text)) if _plain(n) not in allowed]
+    invented = [n for n in _NUMBER.findall(text) if _plain(n) not in allowed]
     if invented:
         return f"numbers not in the product facts: {', '.join(invented)}"
-    if "%" in _folded(text) and "%" not in facts:
+    if "%" in text and "%" not in facts:
         return "a percentage not in the product facts"
     return None
 

@@ -216,6 +216,10 @@ def _full_width(text: str) -> str:
         ("Ridgeline shoes, \u0661\u0662\u0669 dollars of weekend grip.", set()),
         (f"Ridgeline shoes, {_full_width('130')} dollars of weekend grip.", {"invented_number"}),
         (f"Ridgeline shoes give weekend hikers {_full_width('%')} more grip.", {"invented_number"}),
+        # A superscript or subscript is no number of its own: NFKC reads each as the digit 2.
+        ("Ridgeline shoes, made with less CO₂, for weekend trails.", set()),
+        ("Ridgeline shoes grip every m² of your weekend trails.", set()),
+        ("Ridgeline shoes grip every ㎡ of your weekend trails.", set()),
     ],
 )
 def test_full_width_and_other_digits_read_as_what_they_stand_for(
