@@ -672,8 +672,9 @@ def simulate(
     try:
         world = load_scenario(scenario)
     except ValueError as exc:
-        # A fault in the file as a whole (its syntax, a key given twice) already names the file.
-        problem = str(exc).removeprefix(f"{scenario}: ")
+        # A fault in the file as a whole (its syntax, a key given twice) already names the file,
+        # as a Path writes it: "./mine.yaml" is "mine.yaml" there, and was named twice.
+        problem = str(exc).removeprefix(f"{Path(scenario)}: ")
         raise click.ClickException(f"scenario {scenario}: {problem}") from None
     if mode != "in-process" and all(s.response is None for s in world.segments):
         # Here, not where the run finds out: full-loop mode had loaded the model first (a

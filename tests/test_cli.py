@@ -933,6 +933,18 @@ def test_simulate_full_loop_reports_cleanly_what_it_cannot_compare(tmp_path: Pat
     assert "Traceback" not in refused.output
 
 
+def test_a_scenario_file_named_with_a_leading_dot_slash_is_named_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file's own faults are named by the file as a Path writes it, without the "./" typed:
+    "scenario ./mine.yaml: mine.yaml: not valid YAML" named it twice."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.yaml").write_text("segments: [\n")
+    result = run("simulate", "--scenario", "./mine.yaml", "--out", str(tmp_path / "out"))
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: scenario ./mine.yaml: not valid YAML: "), result.output
+
+
 def test_a_scenario_of_fixed_rates_is_refused_before_the_model_loads_or_out_is_made(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
