@@ -1,8 +1,8 @@
 """Simulated worlds: segments of traffic, their copy variants and hidden true conversion rates.
 
-A world is read from a scenario (a JSON file or a dict). Each segment either has fixed true rates
-("plain" mode) or a hidden :class:`ResponseModel` that turns copy text into a true rate, so newly
-written copy can genuinely be better or worse than what it replaces.
+A world is read from a scenario (a JSON or YAML file, or a dict). Each segment either has fixed
+true rates ("plain" mode) or a hidden :class:`ResponseModel` that turns copy text into a true rate,
+so newly written copy can genuinely be better or worse than what it replaces.
 """
 
 from __future__ import annotations
