@@ -19,7 +19,7 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.workers import sync
 
 from service.errors import FIELDS_AT_FAULT, HTTP_CODES
-from service.logs import JsonLines
+from service.logs import HidesApiKeys, JsonLines
 
 # The signals a worker installs handlers for: how the master (and a terminal's Ctrl-C, sent to
 # the whole process group) tells a worker to stop.
@@ -155,6 +155,9 @@ class SyncWorker(sync.SyncWorker):
             super().handle_error(req, client, addr, exc)
 
 
+_HIDES_API_KEYS = HidesApiKeys()
+
+
 class Logger(glogging.Logger):
     """gunicorn's own lines (starting, workers booting and exiting, access lines) at the
     service's log level: gunicorn logs each access at INFO whatever its level says."""
@@ -162,6 +165,9 @@ class Logger(glogging.Logger):
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)
         self.access_log.setLevel(self.loglevel)
+        # One filter for every setup: gunicorn sets up its logger again on each reload (HUP).
+        for log in (self.access_log, self.error_log):
+            log.addFilter(_HIDES_API_KEYS)
 
     def atoms(self, resp: Any, req: Any, environ: Any, request_time: Any) -> dict[str, Any]:
         atoms: dict[str, Any] = super().atoms(resp, req, environ, request_time)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import UTC, datetime
 
 FORMATS = ("text", "json")
@@ -15,6 +16,27 @@ FORMATS = ("text", "json")
 # scheduler warning could not be placed among the access lines around it.
 TEXT_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 TEXT_DATE_FORMAT = "[%Y-%m-%d %H:%M:%S %z]"
+# An API key's shape (service.auth): `cb_<16 hex id>_<secret>`. The id alone names the key, as
+# `keys list` shows it, and tells the operator which key to revoke; the secret must not be seen.
+_API_KEY = re.compile(r"cb_([0-9a-f]{16})_[A-Za-z0-9_-]+")
+
+
+def hide_api_keys(text: str) -> str:
+    """`text` with the secret of each API key in it replaced by ***, its id kept."""
+    return _API_KEY.sub(r"cb_\1_***", text)
+
+
+class HidesApiKeys(logging.Filter):
+    """Hides keys in lines that write what a client sent: gunicorn's access lines carry the
+    request line and the Referer as sent, so a key put in a query string (`?key=cb_...`, refused:
+    keys go as Bearer) was written whole."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        hidden = hide_api_keys(message)
+        if hidden != message:
+            record.msg, record.args = hidden, None
+        return True
 
 
 class JsonLines(logging.Formatter):

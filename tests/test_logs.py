@@ -100,6 +100,38 @@ def test_the_access_log_does_not_carry_a_key_sent_as_basic_auth() -> None:
     assert key not in lines[0] and key.split("_")[-1] not in lines[0]
 
 
+def test_gunicorns_lines_hide_a_key_sent_in_the_address() -> None:
+    """A key put in a query string or a path (refused: keys go as Bearer) was written whole into
+    the access line's request line and Referer, and into the request's DEBUG line."""
+    key = "cb_0123456789abcdef_" + "s3cr-t_" * 6
+    cfg = Config()
+    cfg.set("accesslog", "-")
+    cfg.set("loglevel", "debug")
+    logger = Logger(cfg)
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logger.access_log.handlers = logger.error_log.handlers = [handler]
+    environ = {
+        "REMOTE_ADDR": "192.0.2.1",
+        "REQUEST_METHOD": "GET",
+        "RAW_URI": f"/v1/experiments?key={key}",
+        "PATH_INFO": "/v1/experiments",
+        "QUERY_STRING": f"key={key}",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_REFERER": f"https://shop.example/?key={key}",
+    }
+    response = SimpleNamespace(status="400 BAD REQUEST", sent=110, headers=[])
+
+    logger.access(response, SimpleNamespace(headers=[]), environ, timedelta(milliseconds=1))
+    logger.debug("%s %s", "GET", f"/v1/{key}")
+
+    assert len(lines) == 2
+    assert '"GET /v1/experiments?key=cb_0123456789abcdef_*** HTTP/1.1" 400' in lines[0]
+    assert lines[1] == "GET /v1/cb_0123456789abcdef_***"
+    assert all(key.split("_", 2)[-1] not in line for line in lines)
+
+
 def test_the_readme_names_every_field_of_a_json_line() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     row = next(line for line in readme.splitlines() if line.startswith("| `COPYBANDIT_LOG_FORMAT`"))
