@@ -20,6 +20,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from datetime import UTC
 
 import sqlalchemy as sa
 from sqlmodel import Session, col
@@ -168,7 +169,10 @@ def start_background(job: PeriodicJob) -> object:
     from apscheduler.schedulers.background import BackgroundScheduler
 
     _quiet_apscheduler()
-    scheduler = BackgroundScheduler(daemon=True)
+    # Slots are epoch times and ticks an interval, so no zone changes when anything runs; left to
+    # APScheduler, it asked tzlocal for the host's, which refuses a POSIX TZ ("UTC+3", "JST-9"),
+    # and every server process failed to start.
+    scheduler = BackgroundScheduler(daemon=True, timezone=UTC)
     scheduler.add_job(
         job.tick,
         "interval",

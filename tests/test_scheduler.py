@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -423,6 +426,26 @@ def test_a_pass_longer_than_the_tick_period_logs_no_apscheduler_warnings(
     assert {r.levelno for r in from_apscheduler} == {logging.ERROR}, [
         r.getMessage() for r in from_apscheduler
     ]
+
+
+@pytest.mark.parametrize("zone", ["UTC+3", "JST-9"])
+def test_a_server_starts_its_scheduler_under_a_posix_time_zone(tmp_path: Path, zone: str) -> None:
+    """A TZ in POSIX form, which the C library reads, stopped every server process at start-up:
+    APScheduler asked tzlocal for the host's zone, which takes only names like Asia/Tokyo. A
+    fresh process, as a server's worker is: tzlocal keeps the first zone it finds."""
+    starts = (
+        "from service import create_app\n"
+        "app = create_app({'database_url': 'sqlite:///' + sys.argv[1], 'scheduler': 'on'})\n"
+        "app.extensions['copybandit.scheduler'].shutdown()\n"
+    )
+    started = subprocess.run(
+        [sys.executable, "-c", "import sys\n" + starts, str(tmp_path / "db.sqlite")],
+        env={**os.environ, "TZ": zone},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode == 0, started.stderr
 
 
 def _raises() -> float:
