@@ -1118,11 +1118,13 @@ def users_remove(email: str) -> None:
 
 @users.command("list")
 def users_list() -> None:
-    """List marketers: email, created, last sign-in."""
+    """List marketers: email, created, last sign-in (UTC)."""
     with _session(_settings()) as session:
         for marketer in list_marketers(session=session):
+            # Named, as the dashboard's times and purge's cutoff are: read on a host whose clock
+            # is local time, an unlabelled time passed for one and was hours off.
             last = (
-                f"{marketer.last_sign_in_at:%Y-%m-%d %H:%M}"
+                f"{marketer.last_sign_in_at:%Y-%m-%d %H:%M} UTC"
                 if marketer.last_sign_in_at
                 else "never"
             )

@@ -369,7 +369,7 @@ def test_users_list(cli_database: str) -> None:
     assert len(lines) == 2
     assert lines[0] == f"mia@example.com  created {today}  last sign-in never"
     assert re.fullmatch(
-        rf"ola@example\.com  created {today}  last sign-in {today} \d\d:\d\d", lines[1]
+        rf"ola@example\.com  created {today}  last sign-in {today} \d\d:\d\d UTC", lines[1]
     )
     # Only addresses and dates: no hashes.
     assert "scrypt" not in "\n".join(lines) and "$" not in "\n".join(lines)
