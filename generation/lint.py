@@ -161,15 +161,36 @@ def _phrase_pattern(phrase: str) -> re.Pattern[str]:
     return re.compile(rf"(?<![\w#]){_BETWEEN_WORDS.join(words)}(?!\w)")
 
 
-# Full-width forms as ASCII, for the number rule: a full-width comma or percent sign is the facts'
-# own. Not all of NFKC, which also reads a superscript or subscript as a digit: 'CO₂', 'm²' and
-# '㎡' had each become an invented number 2. (Digits of any script are read by _plain.)
-_FULL_WIDTH = {**_INVISIBLE, **{code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)}}
+def _as_numbers(text: str) -> str:
+    """`text` as the number rule reads it: full-width forms as ASCII (a full-width comma or
+    percent sign is the facts' own), and any other form with a digit in it as that digit."""
+    return "".join(_as_number(char) for char in text.translate(_INVISIBLE))
+
+
+@functools.cache
+def _as_number(char: str) -> str:
+    if 0xFF01 <= ord(char) <= 0xFF5E:
+        return chr(ord(char) - 0xFEE0)
+    # Not all of NFKC, which also reads a superscript or subscript as a digit: 'CO₂', 'm²' and '㎡'
+    # had each become an invented number 2. But '½ price' and '⑳ off' are claims the facts must
+    # make, as NFKC read them. (Digits of any script are read by _plain.)
+    folded = _without_super_or_subscripts(char)
+    return folded if any(c.isdecimal() for c in folded) else char
+
+
+def _without_super_or_subscripts(char: str) -> str:
+    """`char` decomposed in full, as NFKC does, but for its superscripts and subscripts."""
+    parts = unicodedata.decomposition(char).split()
+    if not parts or parts[0] in ("<super>", "<sub>"):
+        return char
+    if parts[0].startswith("<"):
+        parts = parts[1:]
+    return "".join(_without_super_or_subscripts(chr(int(code, 16))) for code in parts)
 
 
 def _numbers(text: str, brief: Brief, config: LintConfig) -> str | None:
-    facts = f"{brief.product_name} {brief.facts()}".translate(_FULL_WIDTH)
-    text = text.translate(_FULL_WIDTH)
+    facts = _as_numbers(f"{brief.product_name} {brief.facts()}")
+    text = _as_numbers(text)
     allowed = {_plain(n) for n in _NUMBER.findall(facts)}
     invented = [n for n in _NUMBER.findall(text) if _plain(n) not in allowed]
     if invented:

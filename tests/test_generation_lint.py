@@ -220,6 +220,9 @@ def _full_width(text: str) -> str:
         ("Ridgeline shoes, made with less CO₂, for weekend trails.", set()),
         ("Ridgeline shoes grip every m² of your weekend trails.", set()),
         ("Ridgeline shoes grip every ㎡ of your weekend trails.", set()),
+        # Whereas a fraction or a circled number is one: the facts must give it.
+        ("Ridgeline shoes at ½ price for weekend trails.", {"invented_number"}),
+        ("Ridgeline shoes, ⑳ dollars off for weekend trail grip.", {"invented_number"}),
     ],
 )
 def test_full_width_and_other_digits_read_as_what_they_stand_for(
