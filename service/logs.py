@@ -32,7 +32,12 @@ class HidesApiKeys(logging.Filter):
     keys go as Bearer) was written whole."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:
+            # Arguments that do not fit the format: the handler reports that, as logging does,
+            # where raising here made the call that logged fail instead.
+            return True
         hidden = hide_api_keys(message)
         if hidden != message:
             record.msg, record.args = hidden, None

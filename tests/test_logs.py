@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import logging
 import re
@@ -130,6 +131,19 @@ def test_gunicorns_lines_hide_a_key_sent_in_the_address() -> None:
     assert '"GET /v1/experiments?key=cb_0123456789abcdef_*** HTTP/1.1" 400' in lines[0]
     assert lines[1] == "GET /v1/cb_0123456789abcdef_***"
     assert all(key.split("_", 2)[-1] not in line for line in lines)
+
+
+def test_a_gunicorn_line_whose_arguments_do_not_fit_fails_only_as_a_logging_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Formatting the line to look for a key raised out of the call that logged it: logging
+    itself reports such a line on stderr and goes on."""
+    logger = Logger(Config())
+    logger.error_log.handlers = [logging.StreamHandler(io.StringIO())]
+
+    logger.error_log.error("%d workers", "two")
+
+    assert "--- Logging error ---" in capsys.readouterr().err
 
 
 def test_the_readme_names_every_field_of_a_json_line() -> None:
