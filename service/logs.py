@@ -38,9 +38,9 @@ class HidesApiKeys(logging.Filter):
             # Arguments that do not fit the format: the handler reports that, as logging does,
             # where raising here made the call that logged fail instead.
             return True
-        hidden = hide_api_keys(message)
-        if hidden != message:
-            record.msg, record.args = hidden, None
+        # Kept formatted, key or not: the handler formatted each access line a second time
+        # (5 of its 26 us).
+        record.msg, record.args = hide_api_keys(message), None
         return True
 
 
