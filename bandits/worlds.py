@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,9 +52,20 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise ValueError(f"field {key!r} is given twice in one object")
+            raise ValueError(f"field {_shown(key)} is given twice in one object")
         result[key] = value
     return result
+
+
+def _shown(value: Any) -> str:
+    """`value` as an error message quotes it: cut short, so a long string or a large list (a YAML
+    alias repeated into millions of entries, a file's worth of JSON) does not become the message."""
+    return _SHORT_REPR.repr(value)
+
+
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxlist, _SHORT_REPR.maxdict = 3, 6, 6
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = 60
 
 
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -96,7 +108,7 @@ def _parse_yaml(text: str) -> Any:
                 if not isinstance(key, str):
                     # `1: x` or `on: x` (a boolean in YAML 1.1): no field has such a name.
                     line = key_node.start_mark.line + 1
-                    raise ValueError(f"field names must be text, got {key!r} (line {line})")
+                    raise ValueError(f"field names must be text, got {_shown(key)} (line {line})")
                 pairs.append((key, self.construct_object(value_node, deep=True)))
             return _no_duplicate_keys(pairs)
 
@@ -172,11 +184,13 @@ class ResponseModel:
 
     def __post_init__(self) -> None:
         if not (isinstance(self.base_rate, int | float) and 0.0 < self.base_rate < 1.0):
-            raise ValueError(f"base_rate must be in (0, 1), got {self.base_rate!r}")
+            raise ValueError(f"base_rate must be in (0, 1), got {_shown(self.base_rate)}")
         for name, weight in self.weights.items():
             _check_feature_name(name, "weights")
             if _finite(weight) is None:
-                raise ValueError(f"weights[{name!r}] must be a finite number, got {weight!r}")
+                raise ValueError(
+                    f"weights[{_shown(name)}] must be a finite number, got {_shown(weight)}"
+                )
 
     def features(self, text: str) -> dict[str, float]:
         """Value of every feature this model weighs, for ``text``.
@@ -213,7 +227,7 @@ class ResponseModel:
         for name, value in self.features(text).items():
             score += float(self.weights[name]) * value
         if math.isnan(score):
-            raise ValueError(f"the weights give {text!r} no rate: their sum is not a number")
+            raise ValueError(f"the weights give {_shown(text)} no rate: their sum is not a number")
         return _sigmoid(score)
 
     def rates(self, texts: Sequence[str]) -> FloatArray:
@@ -227,13 +241,13 @@ def _check_feature_name(name: object, where: str) -> None:
     )
     if not ok:
         raise ValueError(
-            f"{where}: unknown feature {name!r}; use 'word:<word>', "
+            f"{where}: unknown feature {_shown(name)}; use 'word:<word>', "
             f"or one of {', '.join(PLAIN_FEATURES)}"
         )
     # A word the text is never split into ('all day', 'café') would weigh nothing, silently.
     if isinstance(name, str) and name.startswith("word:") and not _WORD.fullmatch(name[5:].lower()):
         raise ValueError(
-            f"{where}: feature {name!r} can never match; a word is letters a-z and digits, "
+            f"{where}: feature {_shown(name)} can never match; a word is letters a-z and digits, "
             "joined by inner apostrophes or hyphens"
         )
 
@@ -387,24 +401,24 @@ MAX_TRACE_NUMBERS = 10**8
 def _int_field(raw: Mapping[str, Any], key: str, default: int) -> int:
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_COUNT:
-        raise ValueError(f"{key} must be an integer from 1 to {_MAX_COUNT:,}, got {value!r}")
+        raise ValueError(f"{key} must be an integer from 1 to {_MAX_COUNT:,}, got {_shown(value)}")
     return value
 
 
 def _rates_field(value: object, where: str) -> FloatArray:
     if not isinstance(value, list) or not value:
-        raise ValueError(f"{where} must be a non-empty list of rates, got {value!r}")
+        raise ValueError(f"{where} must be a non-empty list of rates, got {_shown(value)}")
     for j, r in enumerate(value):
         ok = isinstance(r, int | float) and not isinstance(r, bool) and 0.0 <= r <= 1.0
         if not ok:
-            raise ValueError(f"{where}[{j}] must be a number in [0, 1], got {r!r}")
+            raise ValueError(f"{where}[{j}] must be a number in [0, 1], got {_shown(r)}")
     return np.array(value, dtype=np.float64)
 
 
 def _object(value: object, where: str, allowed: set[str]) -> dict[str, Any]:
     """`value` as a JSON object with no fields outside `allowed`; errors name `where`."""
     if not isinstance(value, dict):
-        raise ValueError(f"{where} must be an object, got {value!r}")
+        raise ValueError(f"{where} must be an object, got {_shown(value)}")
     unknown = set(value) - allowed
     if unknown:
         raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}")
@@ -415,14 +429,16 @@ def _response_field(value: object, where: str) -> ResponseModel:
     value = _object(value, where, {"base_rate", "weights"})
     base = value.get("base_rate")
     if isinstance(base, bool) or not isinstance(base, int | float) or not 0.0 < base < 1.0:
-        raise ValueError(f"{where}.base_rate must be a number in (0, 1), got {base!r}")
+        raise ValueError(f"{where}.base_rate must be a number in (0, 1), got {_shown(base)}")
     weights = value.get("weights", {})
     if not isinstance(weights, dict):
-        raise ValueError(f"{where}.weights must be an object, got {weights!r}")
+        raise ValueError(f"{where}.weights must be an object, got {_shown(weights)}")
     for name, w in weights.items():
         _check_feature_name(name, f"{where}.weights")
         if _finite(w) is None:
-            raise ValueError(f"{where}.weights[{name!r}] must be a finite number, got {w!r}")
+            raise ValueError(
+                f"{where}.weights[{_shown(name)}] must be a finite number, got {_shown(w)}"
+            )
     return ResponseModel(float(base), {str(k): float(v) for k, v in weights.items()})
 
 
@@ -431,10 +447,11 @@ def _segment(raw: object, i: int) -> Segment:
     raw = _object(raw, where, _SEGMENT_KEYS)
     key = raw.get("key")
     if not isinstance(key, str) or not key.strip():
-        raise ValueError(f"{where}.key must be a non-empty string, got {key!r}")
+        raise ValueError(f"{where}.key must be a non-empty string, got {_shown(key)}")
     share = _finite(raw.get("share", 1.0))
     if share is None or share <= 0:
-        raise ValueError(f"{where}.share must be a finite number > 0, got {raw.get('share')!r}")
+        shown = _shown(raw.get("share"))
+        raise ValueError(f"{where}.share must be a finite number > 0, got {shown}")
     variants = raw.get("variants")
     if variants is not None and (
         not isinstance(variants, list)
@@ -473,16 +490,16 @@ def _drift(raw: object, segments: list[Segment]) -> Drift:
     raw = _object(raw, "drift", {"at_fraction", "segments"})
     at = raw.get("at_fraction")
     if isinstance(at, bool) or not isinstance(at, int | float) or not 0.0 < at < 1.0:
-        raise ValueError(f"drift.at_fraction must be a number in (0, 1), got {at!r}")
+        raise ValueError(f"drift.at_fraction must be a number in (0, 1), got {_shown(at)}")
     changes = raw.get("segments")
     if not isinstance(changes, dict) or not changes:
         raise ValueError("drift.segments must be a non-empty object keyed by segment key")
     index = {s.key: i for i, s in enumerate(segments)}
     rates: dict[int, FloatArray] = {}
     for key, change in changes.items():
-        where = f"drift.segments[{key!r}]"
+        where = f"drift.segments[{_shown(key)}]"
         if key not in index:
-            raise ValueError(f"{where}: no segment has key {key!r}")
+            raise ValueError(f"{where}: no segment has key {_shown(key)}")
         seg = segments[index[key]]
         if (
             not isinstance(change, dict)
@@ -539,10 +556,10 @@ def load_scenario(source: str | Path | Mapping[str, Any]) -> World:
         )
     name = raw.get("name", default_name)
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"name must be a non-empty string, got {name!r}")
+        raise ValueError(f"name must be a non-empty string, got {_shown(name)}")
     description = raw.get("description", "")
     if not isinstance(description, str):
-        raise ValueError(f"description must be a string, got {description!r}")
+        raise ValueError(f"description must be a string, got {_shown(description)}")
     impressions = _int_field(raw, "impressions", 200_000)
     seeds = _int_field(raw, "seeds", 10)
     batch = _int_field(raw, "batch", 100)
@@ -553,7 +570,7 @@ def load_scenario(source: str | Path | Mapping[str, Any]) -> World:
     seen: set[str] = set()
     for i, seg in enumerate(segments):
         if seg.key in seen:
-            raise ValueError(f"segments[{i}].key {seg.key!r} is used by an earlier segment")
+            raise ValueError(f"segments[{i}].key {_shown(seg.key)} is used by an earlier segment")
         seen.add(seg.key)
     # Scaled by the largest first: two shares of 1e308 summed to inf and both normalised to 0.
     largest = max(s.share for s in segments)
@@ -570,7 +587,7 @@ def load_scenario(source: str | Path | Mapping[str, Any]) -> World:
         if mean is None or mean < 0:
             raise ValueError(
                 "delay.mean_impressions must be a finite number >= 0, "
-                f"got {delay.get('mean_impressions')!r}"
+                f"got {_shown(delay.get('mean_impressions'))}"
             )
         delay_mean = mean
     drift = None if raw.get("drift") is None else _drift(raw["drift"], segments)

@@ -200,7 +200,7 @@ GOOD: dict[str, Any] = {
                 },
                 "variants": ["plain", "x y " + "z" * 200],
             },
-            r"segments\[1\]\.response: the weights give 'x y z+' no rate",
+            r"segments\[1\]\.response: the weights give 'x y z+\.\.\.z+' no rate",
         ),
         # The text is split into words of letters, digits, inner apostrophes and hyphens.
         (
@@ -332,6 +332,19 @@ def test_load_scenario_reads_a_file(tmp_path: Path) -> None:
     path.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(ValueError, match="nested too deeply"):
         load_scenario(path)
+
+
+@pytest.mark.parametrize(
+    "value", [[0.1] * 1_000_000, "x" * 1_000_000, [[[[[1]]]]]], ids=["list", "text", "nested"]
+)
+def test_an_error_quotes_a_bad_value_cut_short(value: Any) -> None:
+    """A million-entry list (or a YAML alias repeated into one) became a 10 MB error line."""
+    scenario = {"segments": [{"key": "k", "rates": [0.1], "share": value}]}
+    with pytest.raises(ValueError) as refused:
+        load_scenario(scenario)
+    message = str(refused.value)
+    assert message.startswith("segments[0].share must be a finite number > 0, got ")
+    assert "..." in message and len(message) < 150
 
 
 def test_a_yaml_scenario_reads_as_its_json_twin(tmp_path: Path) -> None:
