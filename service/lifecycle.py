@@ -171,10 +171,17 @@ def _retirements(
 ) -> list[Action]:
     actions = []
     # The current leader always stays: retiring it could leave only worse copy (or a worse control).
-    leader = active[int(np.argmax(summary["prob_best"]))].variant_id
+    # So does the best of the copy judged so far: new lines' probability best is their prior's,
+    # and two at Beta(1, 1) beside a proven 5% line put it at 0.0025, so the line the model had
+    # been asked to beat was retired for copy nobody had yet seen convert.
+    prob_best = summary["prob_best"]
+    judged = [i for i, a in enumerate(active) if a.impressions >= policy.min_impressions]
+    kept = {active[int(np.argmax(prob_best))].variant_id}
+    if judged:
+        kept.add(active[max(judged, key=lambda i: prob_best[i])].variant_id)
     # Worst first, so when the floor of one live variant binds, the better ones are the ones kept.
-    for arm in sorted(active, key=lambda a: summary["prob_best"][by_id[a.variant_id]]):
-        if arm.origin == Origin.CONTROL or arm.variant_id == leader or arm.variant_id not in live:
+    for arm in sorted(active, key=lambda a: prob_best[by_id[a.variant_id]]):
+        if arm.origin == Origin.CONTROL or arm.variant_id in kept or arm.variant_id not in live:
             continue
         if arm.impressions < policy.min_impressions or len(live) <= 1:
             continue

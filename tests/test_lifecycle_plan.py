@@ -147,6 +147,25 @@ def test_with_a_control_the_best_challenger_still_stays_live() -> None:
     assert retired != {2, 3}, "both challengers retired; only the 2% control is left live"
 
 
+def new_arm(variant_id: int) -> Arm:
+    """A line just written, at Beta(1, 1): the prior a segment with one past arm gives it."""
+    return Arm(variant_id, "generated", "active", 0, 0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("rules", [policy(), policy(retire_loss_above=1e-9)])
+def test_new_copy_does_not_retire_the_best_copy_judged_so_far(rules: LifecyclePolicy) -> None:
+    # Three untested lines beside a proven 5% line: its probability best is P(three uniform
+    # draws all below ~5%), about 1e-4, and one of the new lines leads.
+    proven = arm(2, 5000, 250)
+    actions = plan_segment([proven, new_arm(3), new_arm(4), new_arm(5)], rules, rng=0)
+    assert touched(actions, "retire", "pause") == set()
+
+
+def test_a_judged_loser_still_retires_beside_new_copy() -> None:
+    arms = [arm(2, 5000, 250), arm(3, 5000, 150), new_arm(4), new_arm(5)]
+    assert touched(plan_segment(arms, policy(), rng=0), "retire") == {3}
+
+
 # --- regeneration -------------------------------------------------------------------------------
 
 
