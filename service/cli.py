@@ -217,8 +217,14 @@ def migrate(check: bool) -> None:
         problem = migrations.mismatch(engine)
         click.echo(_check_result(engine, problem))
         sys.exit(1 if problem else 0)
-    _upgrade(engine)
-    click.echo(f"database migrated: {display_url(engine.url)}")
+    _say_migrated(engine, _upgrade(engine))
+
+
+def _say_migrated(engine: sa.Engine, changed: bool) -> None:
+    # "migrated" for a database that was already up to date read as if this release had changed
+    # it (a read-only file included, which nothing could have changed).
+    done = "database migrated" if changed else "database already up to date"
+    click.echo(f"{done}: {display_url(engine.url)}")
 
 
 def _check_result(engine: sa.Engine, problem: str | None) -> str:
@@ -234,11 +240,13 @@ def _check_result(engine: sa.Engine, problem: str | None) -> str:
 MIGRATE_TRIES = 3
 
 
-def _upgrade(engine: sa.Engine) -> None:
-    for attempt in range(1, MIGRATE_TRIES + 1):
+def _upgrade(engine: sa.Engine) -> bool:
+    """Whether the database changed (see migrations.upgrade)."""
+    attempt = 0
+    while True:
+        attempt += 1
         try:
-            migrations.upgrade(engine)
-            return
+            return migrations.upgrade(engine)
         except alembic.util.CommandError:
             # Alembic's own words ("Can't locate revision identified by ...") with a traceback.
             raise click.ClickException(f"database: {migrations.mismatch(engine)}") from None
@@ -287,8 +295,7 @@ def init(demo_history: bool) -> None:
     and a dashboard sign-in if there is no account."""
     settings = _settings()
     engine = _make_engine(settings)
-    _upgrade(engine)
-    click.echo(f"database migrated: {display_url(engine.url)}")
+    _say_migrated(engine, _upgrade(engine))
     with _session(settings) as session:
         _lock_first_run(session)
         experiment = seed_demo(session=session)

@@ -43,10 +43,13 @@ def alembic_config(connection: sa.Connection | None = None) -> Config:
     return config
 
 
-def upgrade(engine: sa.Engine, revision: str = "head") -> None:
+def upgrade(engine: sa.Engine, revision: str = "head") -> bool:
+    """Whether it changed the database: one already at `revision` is left as it was."""
     target = _script_revisions()[0] if revision == "head" else revision
     with migration_connection(engine, unless_at=target) as connection:
+        before = _revision_on(connection)
         command.upgrade(alembic_config(connection), revision)
+        return _revision_on(connection) != before
 
 
 def downgrade(engine: sa.Engine, revision: str) -> None:

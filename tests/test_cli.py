@@ -252,6 +252,9 @@ def test_migrate_shows_the_database_url_as_written(
     url = f"sqlite:///{tmp_path}/copy:2026/cli.db"
     monkeypatch.setenv("COPYBANDIT_DATABASE_URL", url)
     assert run("migrate").output == f"database migrated: {url}\n"
+    # It had said "migrated" again, as if this release had changed the database.
+    assert run("migrate").output == f"database already up to date: {url}\n"
+    assert run("init").output.startswith(f"database already up to date: {url}\n")
 
 
 def test_seed_demo_only_fills_an_empty_database(database: str) -> None:
