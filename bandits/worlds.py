@@ -134,16 +134,15 @@ def _parse_yaml(text: str) -> Any:
 
 def _written_out(node: Any, sizes: dict[int, int]) -> int:
     """About how many characters YAML `node` comes to with every alias written out in full."""
-    import yaml  # only a YAML scenario gets here
-
     known = sizes.get(id(node))
     if known is not None:
         return known
     # A node inside itself (`&a [*a]`) counts once; building it is refused as recursive.
     sizes[id(node)] = 0
-    if isinstance(node, yaml.ScalarNode):
+    # PyYAML's node kinds, by the name each class carries ("scalar", "sequence", "mapping").
+    if node.id == "scalar":
         size = len(node.value) + 2
-    elif isinstance(node, yaml.MappingNode):
+    elif node.id == "mapping":
         size = 2 + sum(_written_out(k, sizes) + _written_out(v, sizes) for k, v in node.value)
     else:
         size = 2 + sum(_written_out(item, sizes) for item in node.value)
