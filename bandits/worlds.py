@@ -375,6 +375,17 @@ class World:
                 f"per batch of every seed's run), got {seeds:,} x {batches:,}; {advice}"
             )
 
+    def outside_response_models(self) -> list[str]:
+        """The fields a run of response models alone leaves out (HTTP and full-loop modes):
+        segments of fixed rates by key, a drift and a delay; empty when it leaves out nothing."""
+        fixed = [s.key for s in self.segments if s.response is None]
+        left_out = [f"fixed-rate segment(s) {', '.join(map(_shown, fixed))}"] if fixed else []
+        if self.drift is not None:
+            left_out.append("drift")
+        if self.delay_mean > 0:
+            left_out.append(f"delay (mean {self.delay_mean:g} impressions)")
+        return left_out
+
     def drift_batch(self, impressions: int, batch: int) -> int | None:
         """Index of the first batch that sees drifted rates in a run of this length, or None."""
         if self.drift is None:

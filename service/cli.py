@@ -689,6 +689,13 @@ def simulate(
         raise click.ClickException(
             f"{mode} simulation: {mode} mode needs a scenario with response models (text -> rate)"
         )
+    if mode != "in-process" and world.outside_response_models():
+        # A warning, not a refusal: the shipped default's delay would refuse the documented run.
+        # Before, these were left out without a word, and the run read as the whole scenario's.
+        _warn(
+            f"{mode} mode runs only segments with a response model: it leaves out {scenario}'s "
+            + "; ".join(world.outside_response_models())
+        )
     if mode == "in-process":
         # Like the policies, before --out and the bar: compare() refused a run too large for
         # memory with "simulating" drawn and the folder made. The scenario's own run fitted

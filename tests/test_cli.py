@@ -971,6 +971,52 @@ def test_a_scenario_of_fixed_rates_is_refused_before_the_model_loads_or_out_is_m
     assert loaded == []
 
 
+def test_a_mixed_scenario_says_what_the_response_model_modes_leave_out(tmp_path: Path) -> None:
+    """HTTP and full-loop modes run only segments with a response model: a fixed-rate segment, a
+    drift and a delay were left out without a word, and the run read as the whole scenario's."""
+    mixed = tmp_path / "mixed.json"
+    mixed.write_text(
+        json.dumps(
+            {
+                "segments": [
+                    {"key": "hikers", "response": {"base_rate": 0.05}, "variants": ["A", "B"]},
+                    {"key": "racers", "rates": [0.1, 0.2]},
+                ],
+                "delay": {"mean_impressions": 300},
+                "drift": {"at_fraction": 0.5, "segments": {"racers": {"rates": [0.2, 0.1]}}},
+            }
+        )
+    )
+    warning = (
+        "mode runs only segments with a response model: it leaves out "
+        f"{mixed}'s fixed-rate segment(s) 'racers'; drift; delay (mean 300 impressions)\n"
+    )
+    full_loop = ["--full-loop", "--writer", "phrases", "--rounds", "1", "--impressions", "300"]
+    result = run("simulate", *full_loop, "--scenario", str(mixed), "--out", str(tmp_path / "f"))
+    assert result.exit_code == 0, result.output
+    assert result.stderr == f"warning: full-loop {warning}", result.stderr
+    http = ["--http", "http://127.0.0.1:9", "--key", "k", "--experiment", "1"]
+    result = run("simulate", *http, "--scenario", str(mixed), "--out", str(tmp_path / "h"))
+    assert result.stderr.startswith(f"warning: HTTP {warning}"), result.stderr
+    # In-process mode runs all of it; a scenario of response models alone leaves out nothing.
+    result = run(
+        "simulate",
+        "--seeds",
+        "1",
+        "--impressions",
+        "200",
+        "--scenario",
+        str(mixed),
+        "--out",
+        str(tmp_path / "i"),
+    )
+    assert result.exit_code == 0 and result.stderr == "", result.output
+    whole = {"segments": json.loads(mixed.read_text())["segments"][:1]}
+    mixed.write_text(json.dumps(whole))
+    result = run("simulate", *full_loop, "--scenario", str(mixed), "--out", str(tmp_path / "w"))
+    assert result.exit_code == 0 and result.stderr == "", result.output
+
+
 def test_the_traffic_share_plot_names_the_policy_it_shows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
