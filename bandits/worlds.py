@@ -99,18 +99,44 @@ def _parse_yaml(text: str) -> Any:
 
     class _Loader(yaml.SafeLoader):
         """Safe YAML (no object tags), and a key given twice is refused as in JSON: PyYAML keeps
-        the last one."""
+        the last one. Merge keys (`<<: *base`) share fields between mappings: a field the mapping
+        gives itself overrides a merged one, as YAML means, and of several merged mappings
+        (`<<: [*a, *b]`) the first to give a field wins."""
 
         def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
             pairs = []
+            merged: dict[Any, Any] = {}
+            merges = 0
             for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    merges += 1
+                    if merges > 1:  # PyYAML takes a second `<<` too; it is a key given twice
+                        line = key_node.start_mark.line + 1
+                        raise ValueError(
+                            f"merge key << is given twice in one mapping (line {line}); "
+                            "merge several as <<: [*a, *b]"
+                        )
+                    for source in self._merged(value_node):
+                        for key, value in source.items():
+                            merged.setdefault(key, value)
+                    continue
                 key = self.construct_object(key_node, deep=True)
                 if not isinstance(key, str):
                     # `1: x` or `on: x` (a boolean in YAML 1.1): no field has such a name.
                     line = key_node.start_mark.line + 1
                     raise ValueError(f"field names must be text, got {_shown(key)} (line {line})")
                 pairs.append((key, self.construct_object(value_node, deep=True)))
-            return _no_duplicate_keys(pairs)
+            return {**merged, **_no_duplicate_keys(pairs)}
+
+        def _merged(self, node: Any) -> list[dict[Any, Any]]:
+            """The mappings a merge key names, each built (and checked) as any mapping is."""
+            nodes = node.value if node.id == "sequence" else [node]
+            if not all(item.id == "mapping" for item in nodes):
+                line = node.start_mark.line + 1
+                raise ValueError(
+                    f"merge key << takes a mapping or a list of mappings (line {line})"
+                )
+            return [self.construct_object(item, deep=True) for item in nodes]
 
         def get_single_data(self) -> Any:
             # Nine nested lists of nine aliases to the one before ("billion laughs") build small,

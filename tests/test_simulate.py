@@ -404,6 +404,64 @@ def test_a_yaml_scenario_whose_aliases_write_out_huge_is_refused(tmp_path: Path)
     np.testing.assert_array_equal(world.segments[1].rates, [0.1, 0.2])
 
 
+def test_a_yaml_scenario_shares_segment_fields_through_merge_keys(tmp_path: Path) -> None:
+    """`<<: *base` was refused as an unknown tag. A field the mapping gives itself overrides the
+    merged one; of several merged mappings the first to give a field wins."""
+    path = tmp_path / "merged.yaml"
+    path.write_text(
+        "segments:\n"
+        "- &hikers\n"
+        "  key: hikers\n"
+        "  share: 2\n"
+        "  response: {base_rate: 0.05, weights: {exclamation: 0.3}}\n"
+        "  variants: [Go far, Go far!]\n"
+        "- <<: *hikers\n"
+        "  key: racers\n"
+        "  share: 1\n"
+        "- <<: [{share: 5}, *hikers]\n"
+        "  key: walkers\n"
+    )
+    world = load_scenario(path)
+    assert [(s.key, s.share * 8) for s in world.segments] == [
+        ("hikers", 2.0),
+        ("racers", 1.0),
+        ("walkers", 5.0),
+    ]
+    assert all(s.response == world.segments[0].response for s in world.segments)
+    assert all(s.variants == ("Go far", "Go far!") for s in world.segments)
+
+
+@pytest.mark.parametrize(
+    ("merge", "message"),
+    [
+        ("- <<: *h\n  key: b\n  key: c\n", "field 'key' is given twice in one object"),
+        ("- <<: {key: b, key: c}\n", "field 'key' is given twice in one object"),
+        ("- <<: *h\n  <<: *h\n  key: b\n", r"merge key << is given twice .*<<: \[\*a, \*b\]"),
+        ("- <<: [*h, 3]\n  key: b\n", "merge key << takes a mapping or a list of mappings"),
+        ("- &r {<<: *r}\n", "not valid YAML: found unconstructable recursive node"),
+    ],
+    ids=["key-twice", "twice-in-merged", "merge-twice", "merge-scalar", "recursive"],
+)
+def test_a_yaml_merge_keeps_the_refusals(tmp_path: Path, merge: str, message: str) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_text("segments:\n- &h {key: a, rates: [0.1]}\n" + merge)
+    with pytest.raises(ValueError, match=message):
+        load_scenario(path)
+
+
+def test_the_alias_size_limit_counts_what_a_merge_writes_out(tmp_path: Path) -> None:
+    lines = ["- &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"- &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 7)]
+    path = tmp_path / "laughs.yaml"
+    path.write_text(
+        "segments:\n- &h\n  key: a\n  rates: [0.1]\n  variants:\n"
+        + "\n".join(f"  {line}" for line in lines)
+        + "\n- {<<: *h, key: b}\n"
+    )
+    with pytest.raises(ValueError, match="write out to more than 10,000,000 characters"):
+        load_scenario(path)
+
+
 # ---------------------------------------------------------------------------------------------
 # Runs
 
