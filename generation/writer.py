@@ -40,7 +40,12 @@ class SamplingConfig:
 
 
 class PromptTooLong(ValueError):
-    """The brief does not fit the model: the job fails saying so, before any memory is spent."""
+    """The brief does not fit the model: the job fails saying so, before any memory is spent.
+    `tokens` and `limit` say by how much, where the writer counted."""
+
+    def __init__(self, message: str, *, tokens: int | None = None, limit: int | None = None):
+        super().__init__(message)
+        self.tokens, self.limit = tokens, limit
 
 
 class TransformersWriter:
@@ -68,7 +73,9 @@ class TransformersWriter:
         if prompt.shape[-1] > limit:
             raise PromptTooLong(
                 f"the prompt is {prompt.shape[-1]:,} tokens, and at most {limit:,} fit: shorten "
-                "the product description, the segment's persona or the brand voice"
+                "the product description, the segment's persona or the brand voice",
+                tokens=prompt.shape[-1],
+                limit=limit,
             )
         # A generator of its own: the seed alone fixes the batch, whatever else uses torch.
         generator = torch.Generator(device=loaded.device).manual_seed(seed)

@@ -36,8 +36,10 @@ from service.copy_checks import brief_for, lint_config
 from service.db import database_unavailable, rows_changed
 from service.experiments import fetch, find_segment, get_experiment, segments_of
 from service.lifecycle import assign_prior
+from service.long_briefs import BRIEFS_TOO_LONG, too_long_record
 from service.metrics import count
 from service.models import (
+    JOB_ERROR_MAX_CHARS,
     JOB_MESSAGE_MAX_CHARS,
     GenerationJob,
     JobStatus,
@@ -197,8 +199,9 @@ def run_job(
                 job,
                 status=JobStatus.FAILED,
                 finished_at=utcnow(),
-                error=f"{type(exc).__name__}: {exc}"[:2000],
-                result=result if result["segments"] else None,
+                error=f"{type(exc).__name__}: {exc}"[:JOB_ERROR_MAX_CHARS],
+                # A brief too long is kept, so the lifecycle orders no more until it changes.
+                result=result if result["segments"] or result.get(BRIEFS_TOO_LONG) else None,
                 message=_failure_message(stored, list(result["segments"])),
             )
             return job
@@ -243,12 +246,19 @@ def _failure_message(stored: int, segment_keys: list[str]) -> str:
     if not segment_keys:
         return "failed"
     head = f"failed after storing {_new_variants(stored)} in "
-    for shown in range(len(segment_keys), 0, -1):
-        rest = len(segment_keys) - shown
-        message = head + ", ".join(segment_keys[:shown]) + (f" and {rest} more" if rest else "")
-        if len(message) <= JOB_MESSAGE_MAX_CHARS:
+    listed = _listed_within(head, segment_keys, ", ", JOB_MESSAGE_MAX_CHARS)
+    return listed or f"{head}{len(segment_keys)} segments"
+
+
+def _listed_within(head: str, items: list[str], separator: str, limit: int) -> str | None:
+    """`head` and as many of `items` as fit in `limit` characters, then "and K more" for the
+    rest; None when not even one fits."""
+    for shown in range(len(items), 0, -1):
+        rest = len(items) - shown
+        message = head + separator.join(items[:shown]) + (f" and {rest} more" if rest else "")
+        if len(message) <= limit:
             return message
-    return f"{head}{len(segment_keys)} segments"
+    return None
 
 
 def _finish(session: Session, job: GenerationJob, **values: Any) -> None:
@@ -337,6 +347,9 @@ def _generate(
             # This segment's brief alone: the segments after it still get their copy, where
             # the job had stopped at the first such segment. The job fails at the end naming it.
             too_long.append(f"segment {segment.key}: {exc}")
+            result.setdefault(BRIEFS_TOO_LONG, {})[segment.key] = too_long_record(
+                experiment, segment, exc
+            )
             continue
         variants = [
             Variant(
@@ -378,7 +391,13 @@ def _generate(
             ],
         }
     if too_long:
-        raise PromptTooLong("; ".join(too_long))
+        # Within the error column, naming whole segments: cut at its width, 25 or so such
+        # segments ended mid-name and the rest went unnamed.
+        room = JOB_ERROR_MAX_CHARS - len(f"{PromptTooLong.__name__}: ")
+        listed = _listed_within("", too_long, "; ", room)
+        raise PromptTooLong(
+            listed or f"{len(too_long)} segments' briefs are too long for the model"
+        )
 
 
 def _not_taken_meanwhile(

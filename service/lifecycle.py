@@ -26,6 +26,7 @@ from bandits import stats
 from bandits.priors import discount_factor, empirical_bayes_prior
 from service.db import database_unavailable, rows_changed
 from service.errors import first_problem
+from service.long_briefs import brief_refused
 from service.metrics import Metrics, count
 from service.models import (
     Experiment,
@@ -36,6 +37,7 @@ from service.models import (
     Segment,
     Variant,
     VariantStatus,
+    jobs_covering,
     utcnow,
 )
 from service.policy import LifecyclePolicy, policy_of, policy_shown
@@ -423,6 +425,7 @@ def apply_segment(
             pending=sum(v.status == VariantStatus.PENDING_REVIEW for v in variants),
             on_order=_copy_on_order(session, segment),
         )
+        actions = _unless_brief_refused(session, experiment, segment, actions)
     job_id = None
     # A pause or retirement that no longer applies is left out of the audit: on SQLite the
     # guardrail plans without a lock, so another worker's guardrail, a pass or a pause by hand can
@@ -508,6 +511,26 @@ def _declare_winner(session: Session, segment: Segment, variant_id: int, now: da
     return declared == 1
 
 
+def _unless_brief_refused(
+    session: Session, experiment: Experiment, segment: Segment, actions: list[Action]
+) -> list[Action]:
+    """The plan without its order for copy when a job found the segment's brief, unchanged since,
+    too long for the model: every job for it fails, and each pass ordered another (loading the
+    model every time). Logged each pass it holds back an order."""
+    if not any(action.kind == "regenerate" for action in actions):
+        return actions
+    refused = brief_refused(session, experiment, segment)
+    if refused is None:
+        return actions
+    log.warning(
+        "lifecycle: segment %s of experiment %s gets no new copy: %s",
+        segment.key,
+        experiment.id,
+        refused,
+    )
+    return [action for action in actions if action.kind != "regenerate"]
+
+
 def _status_changes(actions: list[Action]) -> list[Action]:
     return [action for action in actions if action.kind in ("pause", "retire")]
 
@@ -518,13 +541,7 @@ def _copy_on_order(session: Session, segment: Segment) -> int:
     will never end were failed at the start of the pass."""
     ordered = session.exec(
         select(sa.func.coalesce(sa.func.sum(GenerationJob.n), 0)).where(
-            sa.or_(
-                col(GenerationJob.segment_id) == segment.id,
-                sa.and_(
-                    col(GenerationJob.segment_id).is_(None),
-                    col(GenerationJob.experiment_id) == segment.experiment_id,
-                ),
-            ),
+            jobs_covering(segment),
             col(GenerationJob.status).in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
         )
     ).one()

@@ -13,7 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
 # Deterministic constraint names: later migrations (and SQLite batch mode) name what they alter.
 SQLModel.metadata.naming_convention = {
@@ -31,6 +31,8 @@ SQLModel.metadata.naming_convention = {
 MAX_DB_ID = 2**31 - 1
 # A generation job's one-line message (the column's width).
 JOB_MESSAGE_MAX_CHARS = 500
+# And its error (the column's width).
+JOB_ERROR_MAX_CHARS = 2000
 
 
 def utcnow() -> datetime:
@@ -312,13 +314,25 @@ class GenerationJob(SQLModel, table=True):
     progress: float = Field(default=0.0)
     message: str = Field(default="queued", max_length=JOB_MESSAGE_MAX_CHARS)
     result: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
-    error: str | None = Field(default=None, max_length=2000)
+    error: str | None = Field(default=None, max_length=JOB_ERROR_MAX_CHARS)
     created_at: datetime = _timestamp()
     started_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     # Its last write: a running job's worker writes its progress every round of the model, so a
     # running job whose row stays unwritten has no worker (see generation_jobs.interrupted).
     updated_at: datetime = _timestamp_defaulting_to_now()
+
+
+def jobs_covering(segment: Segment) -> sa.ColumnElement[bool]:
+    """The generation jobs that write the segment's copy: its own, and its experiment's jobs for
+    every segment."""
+    return sa.or_(
+        col(GenerationJob.segment_id) == segment.id,
+        sa.and_(
+            col(GenerationJob.segment_id).is_(None),
+            col(GenerationJob.experiment_id) == segment.experiment_id,
+        ),
+    )
 
 
 class LifecycleEvent(SQLModel, table=True):

@@ -2389,6 +2389,47 @@ def test_the_experiment_page_shows_why_each_variant_is_in_its_status(
     assert ESCAPED in html and XSS not in html
 
 
+def test_the_experiment_page_says_why_a_segment_gets_no_new_copy(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """A job found the segment's brief too long for the model: the lifecycle orders it no more
+    copy until the brief changes, and the page says so, where the marketer looks for new copy."""
+    from service.long_briefs import brief_fingerprint
+
+    eid = experiment["id"]
+    with Session(app.extensions["copybandit.engine"]) as session:
+        segment = session.exec(select(Segment).where(Segment.key == "tea-lovers")).one()
+        record = {
+            "brief": brief_fingerprint(session.get_one(Experiment, eid), segment),
+            "tokens": 6453,
+            "limit": 4096,
+        }
+        session.add(
+            GenerationJob(
+                experiment_id=eid,
+                segment_id=segment.id,
+                n=2,
+                status="failed",
+                result={"segments": {}, "briefs_too_long": {"tea-lovers": record}},
+            )
+        )
+        session.commit()
+    page = dash.html(f"/dashboard/experiments/{eid}")
+    assert texts(section(page, "tea-lovers"), "p", data_testid="no-copy") == [
+        "The lifecycle orders no new copy for this segment: brief too long for the model: 6,453 "
+        "tokens of 4,096; shorten it (the product description, brand voice or this segment's "
+        "persona)."
+    ]
+    assert texts(section(page, "busy-parents"), "p", data_testid="no-copy") == []
+    with Session(app.extensions["copybandit.engine"]) as session:
+        segment = session.exec(select(Segment).where(Segment.key == "tea-lovers")).one()
+        segment.description = "Brew loose-leaf tea by the pot."
+        session.add(segment)
+        session.commit()
+    page = dash.html(f"/dashboard/experiments/{eid}")
+    assert texts(section(page, "tea-lovers"), "p", data_testid="no-copy") == []
+
+
 def test_edit_then_approve(app: Any, dash: Dashboard, experiment: dict[str, Any]) -> None:
     eid = experiment["id"]
     vid = add_pending(app, eid, "tea-lovers", BANNED)

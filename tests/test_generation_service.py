@@ -18,7 +18,8 @@ from generation.writer import PromptTooLong, Sample
 from service import create_app
 from service.config import load_settings
 from service.generation_jobs import GenerationOptions, create_job, progress_bars_wanted, run_job
-from service.models import GenerationJob
+from service.lifecycle import run_lifecycle
+from service.models import GenerationJob, Segment
 from tests.conftest import PG_URL, store_policy_by_hand
 from tests.pg_backends import end_backends, named
 
@@ -344,23 +345,33 @@ class _BriefTooLongFor(ScriptedWriter):
 
     def sample(self, messages: list[dict[str, str]], n: int, seed: int) -> list[Sample]:
         if any(self.persona in message["content"] for message in messages):
-            raise PromptTooLong("the prompt is 5,201 tokens, and at most 4,096 fit")
+            raise PromptTooLong(
+                "the prompt is 5,201 tokens, and at most 4,096 fit", tokens=5201, limit=4096
+            )
         return super().sample(messages, n, seed)
 
 
-def test_a_brief_too_long_for_one_segment_leaves_the_others_their_copy(api: Any, app: Any) -> None:
-    persona = "茶" * 2000  # 2,000 characters, over 4,096 tokens
-    created = api.create_experiment(
-        name="Wordy",
-        auto_approve=True,
-        segments=[
-            {"key": "first", "description": "Tea drinkers."},
-            {"key": "wordy", "description": persona},
-            {"key": "last", "description": "Coffee drinkers."},
-        ],
-    )
-    writer = _BriefTooLongFor(GOOD, persona)
+# 2,000 characters, over 4,096 tokens
+WORDY = "茶" * 2000
+
+
+def _wordy_experiment(api: Any, app: Any, *, also_last: bool) -> dict[str, Any]:
+    """Segments "first", "wordy" (a persona too long for the model) and, if asked, "last"; the
+    writer refuses the wordy one's prompt as too long."""
+    segments = [
+        {"key": "first", "description": "Tea drinkers."},
+        {"key": "wordy", "description": WORDY},
+    ]
+    if also_last:
+        segments.append({"key": "last", "description": "Coffee drinkers."})
+    created = api.create_experiment(name="Wordy", auto_approve=True, segments=segments)
+    writer = _BriefTooLongFor(GOOD, WORDY)
     app.extensions["copybandit.jobs"].writer_factory = lambda: writer
+    return created  # type: ignore[no-any-return]
+
+
+def test_a_brief_too_long_for_one_segment_leaves_the_others_their_copy(api: Any, app: Any) -> None:
+    created = _wordy_experiment(api, app, also_last=True)
     job = _run(api, app, created["id"], {"n": 1})
 
     # The job had stopped at "wordy": "last" got no copy until its brief was shortened.
@@ -375,6 +386,71 @@ def test_a_brief_too_long_for_one_segment_leaves_the_others_their_copy(api: Any,
     )
     assert job["message"] == "failed after storing 2 new variants in first, last"
     assert list(job["result"]["segments"]) == ["first", "last"]
+
+
+def _lifecycle_pass(app: Any) -> list[GenerationJob]:
+    """One pass with its jobs run by the app's runner; the jobs it ordered."""
+    engine = app.extensions["copybandit.engine"]
+    runner = app.extensions["copybandit.jobs"]
+    report = run_lifecycle(engine=engine, submit_job=runner.submit)
+    runner.join(timeout=30)
+    with Session(engine) as session:
+        return [session.get_one(GenerationJob, job_id) for job_id in report.jobs]
+
+
+def test_the_lifecycle_orders_no_copy_for_a_brief_too_long_until_it_changes(
+    api: Any, app: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every job for such a segment fails, and each pass ordered another, loading the model."""
+    created = _wordy_experiment(api, app, also_last=False)
+    jobs = _lifecycle_pass(app)
+    assert [(job.status, job.segment_id is not None) for job in jobs] == [
+        ("succeeded", True),
+        ("failed", True),
+    ]
+    wordy_id = jobs[1].segment_id
+    assert jobs[1].error == (
+        "PromptTooLong: segment wordy: the prompt is 5,201 tokens, and at most 4,096 fit"
+    )
+
+    caplog.clear()
+    assert _lifecycle_pass(app) == []
+    assert (
+        f"lifecycle: segment wordy of experiment {created['id']} gets no new copy: brief too long "
+        "for the model: 5,201 tokens of 4,096; shorten it"
+    ) in caplog.messages
+    engine = app.extensions["copybandit.engine"]
+    with Session(engine) as session:
+        segment = session.get_one(Segment, wordy_id)
+        segment.description = "Drink tea by the pot."  # the brief edited, by hand
+        session.add(segment)
+        session.commit()
+    jobs = _lifecycle_pass(app)
+    assert [(job.segment_id, job.status) for job in jobs] == [(wordy_id, "succeeded")]
+
+
+def test_a_job_failing_many_briefs_names_whole_segments_then_how_many_more(
+    api: Any, app: Any
+) -> None:
+    """Cut at the column's 2,000 characters, 25 or so such segments ended mid-name."""
+    persona = "茶" * 50
+    keys = [f"wordy-{i:02}" for i in range(30)]
+    created = api.create_experiment(
+        name="Wordier", segments=[{"key": key, "description": persona} for key in keys]
+    )
+    app.extensions["copybandit.jobs"].writer_factory = lambda: _BriefTooLongFor(GOOD, persona)
+    job = _run(api, app, created["id"], {"n": 1})
+    error = job["error"]
+    assert job["status"] == "failed" and len(error) <= 2000
+    named = error.removeprefix("PromptTooLong: ").split("; ")
+    head, tail = named[:-1], named[-1]
+    shown = [*head, tail.rsplit(" and ", 1)[0]]
+    assert all(
+        part == f"segment {key}: the prompt is 5,201 tokens, and at most 4,096 fit"
+        for part, key in zip(shown, keys, strict=False)
+    )
+    assert tail.endswith(f" and {len(keys) - len(shown)} more"), tail
+    assert sorted(job["result"]["briefs_too_long"]) == keys
 
 
 class _ReadsItsJob(ScriptedWriter):

@@ -33,6 +33,7 @@ from service.experiments import (
 from service.generation_jobs import INTERRUPTED, create_job, get_job, interrupted
 from service.history import REACH, purged_impressions, segment_history
 from service.lifecycle import AUDIT_ACTIONS, AUDIT_PAGE, audit_trail
+from service.long_briefs import brief_refused
 from service.models import Experiment, GenerationJob, Segment, Variant, VariantStatus, utcnow
 from service.query import refuse_repeated_parameters
 from service.reports import experiment_report, serving_winners
@@ -125,10 +126,14 @@ def experiment(experiment_id: int) -> str:
     # By id, which a message about a segment's copy names (flash_about_segment).
     rows = segments_of(session=session, experiment_id=experiment_id)
     ids = {segment.key: segment.id for segment in rows if segment.id is not None}
+    no_copy = {segment.key: brief_refused(session, experiment, segment) for segment in rows}
     return render_template(
         "experiment.html",
         experiment=experiment,
-        segments=[_segment_view(session, ids[segment.key], segment) for segment in report.segments],
+        segments=[
+            _segment_view(session, ids[segment.key], segment, no_copy.get(segment.key))
+            for segment in report.segments
+        ],
         pending=_pending_count(session, experiment_id),
         reasons=_status_reasons(session, experiment_id),
         reach_weeks=REACH.days // 7,
@@ -162,9 +167,13 @@ class SegmentView:
     purged: bool
     share_chart: charts.LineChart | None
     rate_chart: charts.LineChart | None
+    # Why the lifecycle orders no copy for it (a brief too long for the model), if it orders none.
+    no_copy: str | None = None
 
 
-def _segment_view(session: Session, segment_id: int, report: SegmentReport) -> SegmentView:
+def _segment_view(
+    session: Session, segment_id: int, report: SegmentReport, no_copy: str | None = None
+) -> SegmentView:
     rows = {row.variant_id: row for row in report.variants}
     headline_id, kind = None, ""
     if report.winner is not None and report.winner.variant_id in rows:
@@ -215,6 +224,7 @@ def _segment_view(session: Session, segment_id: int, report: SegmentReport) -> S
         purged=purged,
         share_chart=share_chart,
         rate_chart=rate_chart,
+        no_copy=no_copy,
     )
 
 

@@ -1,0 +1,73 @@
+"""Briefs the model cannot take. A job that finds a segment's prompt too long for the model records
+it against the brief as it stood; the lifecycle then orders no copy for that segment until the
+brief changes, and the dashboard says why.
+
+A brief's limits are in characters, the model's context in tokens, and the web workers do not load
+the tokenizer: 2,000 characters of Chinese come to some 19,000 tokens against 4,096. Every job for
+such a segment failed, and every pass ordered another, loading the model each time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING, Any
+
+from sqlmodel import Session, col, select
+
+from service.models import Experiment, GenerationJob, JobStatus, Segment, jobs_covering
+
+if TYPE_CHECKING:
+    from generation.writer import PromptTooLong
+
+# Where a job's result keeps them: segment key -> {"brief", "tokens", "limit"}.
+BRIEFS_TOO_LONG = "briefs_too_long"
+
+
+def brief_fingerprint(experiment: Experiment, segment: Segment) -> str:
+    """The fields a marketer edits that go into the segment's prompt. The best lines it quotes
+    are left out: they change with traffic, and a pass would order again whenever they did."""
+    fields = [
+        experiment.product_name,
+        experiment.product_description,
+        experiment.product_price,
+        experiment.brand_voice,
+        segment.description,
+    ]
+    return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
+
+
+def too_long_record(experiment: Experiment, segment: Segment, exc: PromptTooLong) -> dict[str, Any]:
+    return {
+        "brief": brief_fingerprint(experiment, segment),
+        "tokens": exc.tokens,
+        "limit": exc.limit,
+    }
+
+
+def refusal(record: dict[str, Any]) -> str:
+    tokens, limit = record.get("tokens"), record.get("limit")
+    if not isinstance(tokens, int) or not isinstance(limit, int):
+        return "brief too long for the model; shorten it"
+    return f"brief too long for the model: {tokens:,} tokens of {limit:,}; shorten it"
+
+
+def brief_refused(session: Session, experiment: Experiment, segment: Segment) -> str | None:
+    """Why no copy is ordered for the segment: the last job to end that covered it found its
+    brief, unchanged since, too long for the model; None otherwise."""
+    last = session.exec(
+        select(GenerationJob)
+        .where(
+            jobs_covering(segment),
+            col(GenerationJob.status).in_([JobStatus.SUCCEEDED.value, JobStatus.FAILED.value]),
+        )
+        .order_by(col(GenerationJob.id).desc())
+        .limit(1)
+    ).first()
+    found = (last.result or {}) if last is not None else {}
+    record = found.get(BRIEFS_TOO_LONG, {}).get(segment.key)
+    if not isinstance(record, dict):
+        return None
+    return (
+        refusal(record) if record.get("brief") == brief_fingerprint(experiment, segment) else None
+    )
