@@ -1,9 +1,10 @@
 """The `copybandit` command: serve, migrate, init, keys, users, seed-demo, generate, lifecycle,
-simulate, ope, check, purge."""
+simulate, ope, check, purge, copy-database."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -30,7 +31,9 @@ from service.config import (
     ConfigError,
     Settings,
     display_url,
+    is_postgresql_url,
     load_settings,
+    normalize_database_url,
     unknown_variables,
 )
 from service.consistency import check_counters
@@ -855,6 +858,78 @@ def purge(older_than: str, batch_size: int) -> None:
         f"purged {report.events:,} events and {report.impressions:,} impressions older than "
         f"{report.cutoff:%Y-%m-%d %H:%M} UTC, and {report.assignments:,} sticky assignments "
         "unused since a day before that"
+    )
+
+
+def _postgresql_url(value: str) -> str:
+    """The --to URL, pinned to psycopg 3 as COPYBANDIT_DATABASE_URL is."""
+    url = normalize_database_url(value)
+    if not is_postgresql_url(url):
+        raise click.BadParameter(
+            f"{display_url(value)!r} is not a PostgreSQL URL: give postgresql://user@host/db",
+            param_hint="--to",
+        )
+    return url
+
+
+@main.command("copy-database")
+@click.option(
+    "--to",
+    "to",
+    required=True,
+    metavar="URL",
+    help="The PostgreSQL database to copy into: migrated (`copybandit migrate`) and empty.",
+    callback=lambda _c, _p, v: _postgresql_url(v),
+)
+@click.option("--batch-size", type=click.IntRange(1, 1_000_000), default=5_000, show_default=True)
+def copy_database_command(to: str, batch_size: int) -> None:
+    """Copy every row of the configured database (COPYBANDIT_DATABASE_URL) into an empty
+    PostgreSQL database, in one transaction there; then verify the counts and set its id
+    sequences past the copied ids. Rows the source's servers write after the copy begins are not
+    copied: stop them first."""
+    from service.transfer import CopyRefused, copy_database
+
+    settings = _settings()
+    source = _engine(settings)
+    if to == settings.database_url:
+        raise click.BadParameter(
+            "names the configured database itself; give the one to copy into", param_hint="--to"
+        )
+    target = make_engine(dataclasses.replace(settings, database_url=to))
+    where = display_url(to)
+    try:
+        with target.connect():
+            pass
+    except sa.exc.DBAPIError as exc:
+        # Not "database: ...", which reads as the configured database, the source.
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        raise click.ClickException(f"--to: {where}: {reason}") from None
+    click.echo(f"copying {display_url(settings.database_url)} to {where}", err=True)
+
+    def say(table: str, done: int, total: int) -> None:
+        click.echo(f"  {table}: {done:,} of {total:,} rows", err=True)
+
+    try:
+        report = copy_database(source=source, target=target, batch_size=batch_size, progress=say)
+    except CopyRefused as exc:
+        raise click.ClickException(f"copy-database: {exc}") from None
+    finally:
+        target.dispose()
+    width = max(map(len, report.rows))
+    for table, rows in report.rows.items():
+        click.echo(f"  {table:<{width}}  {rows:>12,} rows")
+    counters = (
+        "match their rows"
+        if report.counters.ok
+        else "read as on the source, where they do not match (see `copybandit check`)"
+    )
+    click.echo(
+        f"copied {sum(report.rows.values()):,} rows in {len(report.rows)} tables to {where}; "
+        f"row counts match the source's, and {report.counters.variants} variants' counters "
+        f"{counters}"
+    )
+    click.echo(
+        "next ids: " + ", ".join(f"{t} {n}" for t, n in report.sequences.items()),
     )
 
 

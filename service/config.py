@@ -236,7 +236,16 @@ def _is_usable_database_url(url: str) -> bool:
         return False
     if parsed.get_backend_name() == "sqlite":
         return parsed.get_driver_name() == "pysqlite"
-    return parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "psycopg"
+    return is_postgresql_url(url)
+
+
+def is_postgresql_url(url: str) -> bool:
+    """A PostgreSQL URL copybandit runs on (psycopg 3: see normalize_database_url)."""
+    parsed = _parsed_url(url)
+    return parsed is not None and (parsed.get_backend_name(), parsed.get_driver_name()) == (
+        "postgresql",
+        "psycopg",
+    )
 
 
 # libpq takes a password as a query parameter too (postgresql://app@db/shop?password=...).

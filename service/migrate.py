@@ -177,6 +177,11 @@ def _script_revisions() -> tuple[str | None, frozenset[str]]:
     return script.get_current_head(), frozenset(r.revision for r in script.walk_revisions())
 
 
+def revision_on(connection: sa.Connection) -> str | None:
+    """The migration the database is at; None where it has no tables yet."""
+    return _revision_on(connection)
+
+
 def _current_revision(engine: sa.Engine) -> str | None:
     with engine.connect() as connection:
         return _revision_on(connection)
