@@ -271,3 +271,15 @@ def test_a_postgresql_source_is_copied_too(
 
         assert result.exit_code == 0, result.output
         assert _rows(again) == _rows(source)
+
+
+@needs_postgres
+def test_the_configured_database_as_its_own_target_is_refused(
+    target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COPYBANDIT_DATABASE_URL", target)
+
+    result = run("copy-database", "--to", target)
+
+    assert result.exit_code == 2
+    assert "Invalid value for --to: names the configured database itself" in result.output
