@@ -10,6 +10,7 @@ state, and its row locks then need not wait out the planning).
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -151,9 +152,10 @@ def _guardrail(
                 Action(
                     "pause",
                     arm.variant_id,
-                    f"guardrail: P(rate below control) = {p:.4f} >= {policy.guardrail_at}",
+                    f"guardrail: P(rate below control) = "
+                    f"{_shown(p, operator.ge, policy.guardrail_at, 4)} >= {policy.guardrail_at}",
                     {
-                        "p_below_control": round(float(p), 6),
+                        "p_below_control": float(_shown(p, operator.ge, policy.guardrail_at, 6)),
                         "guardrail_at": policy.guardrail_at,
                         **_counts(arm),
                         "control_variant_id": control.variant_id,
@@ -195,12 +197,17 @@ def _retirements(
             **_counts(arm),
             "min_impressions": policy.min_impressions,
         }
-        if best < policy.retire_below:
-            reason = f"prob_best {best:.4f} < retire_below {policy.retire_below}"
-            numbers["retire_below"] = policy.retire_below
-        elif policy.retire_loss_above is not None and loss > policy.retire_loss_above:
-            reason = f"expected_loss {loss:.5f} > retire_loss_above {policy.retire_loss_above}"
-            numbers["retire_loss_above"] = policy.retire_loss_above
+        below, above = policy.retire_below, policy.retire_loss_above
+        if best < below:
+            reason = f"prob_best {_shown(best, operator.lt, below, 4)} < retire_below {below}"
+            numbers["prob_best"] = float(_shown(best, operator.lt, below, 6))
+            numbers["retire_below"] = below
+        elif above is not None and loss > above:
+            reason = (
+                f"expected_loss {_shown(loss, operator.gt, above, 5)} > retire_loss_above {above}"
+            )
+            numbers["expected_loss"] = float(_shown(loss, operator.gt, above, 6))
+            numbers["retire_loss_above"] = above
         else:
             continue
         live.discard(arm.variant_id)
@@ -220,12 +227,31 @@ def _winner(
     best = float(summary["prob_best"][i])
     if best < policy.declare_at or active[i].variant_id == winner_id:
         return None
+    at = policy.declare_at
     return Action(
         "declare_winner",
         active[i].variant_id,
-        f"prob_best {best:.4f} >= declare_at {policy.declare_at}",
-        {"prob_best": round(best, 6), "declare_at": policy.declare_at, **_counts(active[i])},
+        f"prob_best {_shown(best, operator.ge, at, 4)} >= declare_at {at}",
+        {
+            "prob_best": float(_shown(best, operator.ge, at, 6)),
+            "declare_at": at,
+            **_counts(active[i]),
+        },
     )
+
+
+def _shown(
+    value: float, compare: Callable[[float, float], bool], threshold: float, places: int
+) -> str:
+    """`value` to `places` decimals, or to more where fewer would make `compare(value,
+    threshold)`, printed beside it, read false: 0.04995 is 0.0500 at four, and "prob_best 0.0500
+    < retire_below 0.05" stood as the reason a variant was retired. The threshold prints exactly
+    (str of a float), and so in the end does `value`."""
+    for more in range(places, 18):
+        shown = f"{value:.{more}f}"
+        if compare(float(shown), threshold):
+            return shown
+    return repr(float(value))
 
 
 def _counts(arm: Arm) -> dict[str, Any]:

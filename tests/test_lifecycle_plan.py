@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+import numpy as np
 import pytest
 
+from bandits import stats
 from service.lifecycle import Action, Arm, plan_guardrail, plan_segment
 from service.policy import LifecyclePolicy
 
@@ -287,3 +290,68 @@ def test_declare_winner(arms: list[Arm], winner_id: int | None, declared: int | 
         assert action.numbers["prob_best"] >= 0.95
         assert action.numbers["declare_at"] == 0.95
         assert "declare_at" in action.reason
+
+
+# --- reasons ------------------------------------------------------------------------------------
+
+
+def _comparison_holds(reason: str) -> bool:
+    """Whether the comparison a reason ends with ("x 0.0500 < y 0.05", "= 0.99 >= 0.99") reads
+    true."""
+    printed = re.search(r"(\S+) (<|>|>=) (?:\w+ )?(\S+)$", reason)
+    assert printed is not None, reason
+    left, op, right = printed.groups()
+    compare = {"<": float.__lt__, ">": float.__gt__, ">=": float.__ge__}[op]
+    return compare(float(left), float(right))
+
+
+@pytest.mark.parametrize(
+    ("prob_best", "loss", "rules"),
+    [
+        # 0.04995 printed to four places was 0.0500: "prob_best 0.0500 < retire_below 0.05".
+        pytest.param([0.9, 0.04995], [0.0, 0.01], {"retire_below": 0.05}, id="retire_below"),
+        pytest.param([0.9, 0.04999995], [0.0, 0.01], {"retire_below": 0.05}, id="sixth_place"),
+        pytest.param(
+            [0.6, 0.4],
+            [0.0, 0.00010000004],
+            {"retire_below": 0.01, "retire_loss_above": 0.0001},
+            id="retire_loss_above",
+        ),
+        pytest.param([0.9500004, 0.05], [0.0, 0.0], {"declare_at": 0.9500001}, id="declare_at"),
+    ],
+)
+def test_a_reason_never_prints_a_comparison_that_reads_false(
+    monkeypatch: pytest.MonkeyPatch,
+    prob_best: list[float],
+    loss: list[float],
+    rules: dict[str, float],
+) -> None:
+    summary = {"prob_best": np.array(prob_best), "expected_loss": np.array(loss)}
+    monkeypatch.setattr(stats, "summarize", lambda *_a, **_k: summary)
+    actions = plan_segment([arm(2, 1000, 100), arm(3, 1000, 50)], policy(**rules), rng=0)
+    assert actions
+    for action in actions:
+        assert _comparison_holds(action.reason), action.reason
+        assert _numbers_hold(action.numbers), action.numbers
+
+
+def _numbers_hold(numbers: dict[str, Any]) -> bool:
+    """Whether the audit's numbers say the same as the reason: rounded to six places,
+    0.04999995 was 0.05 there too."""
+    if "retire_below" in numbers:
+        return bool(numbers["prob_best"] < numbers["retire_below"])
+    if "retire_loss_above" in numbers:
+        return bool(numbers["expected_loss"] > numbers["retire_loss_above"])
+    if "declare_at" in numbers:
+        return bool(numbers["prob_best"] >= numbers["declare_at"])
+    return bool(numbers["p_below_control"] >= numbers["guardrail_at"])
+
+
+def test_a_guardrail_reason_never_prints_a_comparison_that_reads_false(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(stats, "prob_below", lambda *_a, **_k: np.array([0.9900004]))
+    rules = policy(min_impressions=200, guardrail_at=0.9900001)
+    (pause,) = plan_guardrail([control(1000, 100), arm(2, 1000, 90)], rules)
+    assert _comparison_holds(pause.reason), pause.reason
+    assert _numbers_hold(pause.numbers), pause.numbers
