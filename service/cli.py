@@ -1116,14 +1116,17 @@ def keys_create(scope: str, label: str) -> None:
 
 @keys.command("list")
 def keys_list() -> None:
-    """List keys: id, scope, live or revoked (with the day), created (the day), label."""
+    """List keys: id, scope, live or revoked (with the day), created (the day), label; days in
+    UTC."""
     with _session(_settings()) as session:
         for row in list_keys(session=session):
-            revoked = f"revoked {row.revoked_at:%Y-%m-%d}" if row.revoked_at else "live"
+            # Days in UTC, and said so, as users list and purge say theirs: read on a host whose
+            # clock is local time, a key made in the evening was listed as made the next day.
+            revoked = f"revoked {row.revoked_at:%Y-%m-%d} UTC" if row.revoked_at else "live"
             # The day it was created goes after the columns there were before it, so that scripts
             # reading them by position (`awk '$3 == "live"'`) still read the same.
             click.echo(
-                f"{row.id}  {row.scope:<5}  {revoked:<18}  created {row.created_at:%Y-%m-%d}  "
+                f"{row.id}  {row.scope:<5}  {revoked:<22}  created {row.created_at:%Y-%m-%d} UTC  "
                 f"{_on_one_line(row.label)}"
             )
 
@@ -1207,7 +1210,7 @@ def users_remove(email: str) -> None:
 
 @users.command("list")
 def users_list() -> None:
-    """List marketers: email, created, last sign-in (UTC)."""
+    """List marketers: email, created (the day), last sign-in; in UTC."""
     with _session(_settings()) as session:
         for marketer in list_marketers(session=session):
             # Named, as the dashboard's times and purge's cutoff are: read on a host whose clock
@@ -1218,7 +1221,7 @@ def users_list() -> None:
                 else "never"
             )
             click.echo(
-                f"{marketer.email}  created {marketer.created_at:%Y-%m-%d}  last sign-in {last}"
+                f"{marketer.email}  created {marketer.created_at:%Y-%m-%d} UTC  last sign-in {last}"
             )
 
 

@@ -149,14 +149,24 @@ def test_keys_create_list_revoke(database: str) -> None:
     with _session(database) as session:
         made = session.get(ApiKey, key_id).created_at  # type: ignore[union-attr]
     (line,) = listing.splitlines()
-    assert line.split()[:5] == [key_id, "serve", "live", "created", f"{made:%Y-%m-%d}"], line
+    # Its day is UTC's, and says so: unlabelled, it read as the host's local day.
+    assert line.split()[:6] == [key_id, "serve", "live", "created", f"{made:%Y-%m-%d}", "UTC"], line
     # The secret half is never shown again.
     assert plaintext not in listing
 
     assert run("keys", "revoke", key_id).exit_code == 0
     with _session(database) as session:
         assert authenticate(session=session, presented=plaintext) is None
-        assert session.get(ApiKey, key_id).revoked_at is not None  # type: ignore[union-attr]
+        revoked_at = session.get(ApiKey, key_id).revoked_at  # type: ignore[union-attr]
+    assert revoked_at is not None
+    (line,) = run("keys", "list").output.splitlines()
+    assert line.split()[2:7] == [
+        "revoked",
+        f"{revoked_at:%Y-%m-%d}",
+        "UTC",
+        "created",
+        f"{made:%Y-%m-%d}",
+    ]
     missing = run("keys", "revoke", "0000")
     assert missing.exit_code != 0 and "no API key with id '0000'" in missing.output
 

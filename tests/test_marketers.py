@@ -367,9 +367,10 @@ def test_users_list(cli_database: str) -> None:
     lines = run("users", "list").output.splitlines()
     today = datetime.now(UTC).strftime("%Y-%m-%d")
     assert len(lines) == 2
-    assert lines[0] == f"mia@example.com  created {today}  last sign-in never"
+    # The day created says UTC too: it read as the host's local day.
+    assert lines[0] == f"mia@example.com  created {today} UTC  last sign-in never"
     assert re.fullmatch(
-        rf"ola@example\.com  created {today}  last sign-in {today} \d\d:\d\d UTC", lines[1]
+        rf"ola@example\.com  created {today} UTC  last sign-in {today} \d\d:\d\d UTC", lines[1]
     )
     # Only addresses and dates: no hashes.
     assert "scrypt" not in "\n".join(lines) and "$" not in "\n".join(lines)
