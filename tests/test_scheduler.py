@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,36 @@ def test_a_longer_interval_keeps_running_after_the_setting_changes(
     # Every hour from the next whole one on, once each, for the rest of the day.
     assert hours == list(range(hours[0], hours[0] + len(hours))) and len(hours) >= 23
     assert runs[1] - START <= 3600
+
+
+@pytest.mark.parametrize(
+    ("interval", "starts"),
+    [
+        pytest.param(24 * 3600.0, {"00:00"}, id="daily-at-midnight-utc"),
+        # 1970-01-01, where the slots count from, was a Thursday.
+        pytest.param(7 * 24 * 3600.0, {"Thu 00:00"}, id="weekly-on-thursday-utc"),
+    ],
+)
+def test_a_daily_or_weekly_interval_runs_on_utc_boundaries(
+    engines: Callable[[], sa.Engine], interval: float, starts: set[str]
+) -> None:
+    """As README says: slots are whole intervals since the epoch, whatever the host's zone."""
+    engine = engines()
+    clock, slots = FakeClock(START + 3 * 3600 + 17 * 60), []
+
+    def job() -> None:
+        with Session(engine) as session:
+            lease = session.get(SchedulerLease, "lifecycle")
+            assert lease is not None
+            slots.append(datetime.fromtimestamp(lease.slot / 1000, UTC))
+
+    scheduler = PeriodicJob(
+        engine, name="lifecycle", interval_seconds=interval, job=job, clock=clock
+    )
+    _tick_every(scheduler, clock, until=clock.now + 3 * interval, step=interval / 8)
+    assert len(slots) in (3, 4)
+    shape = "%a %H:%M" if interval > 24 * 3600 else "%H:%M"
+    assert {f"{slot:{shape}}" for slot in slots} == starts
 
 
 def test_a_lease_from_a_clock_days_ahead_is_taken_over(
