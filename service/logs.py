@@ -44,6 +44,34 @@ class HidesApiKeys(logging.Filter):
         return True
 
 
+def on_one_line(text: str) -> str:
+    """`text` with its line breaks written as ` | `, each line's own indent dropped.
+
+    PostgreSQL's errors come in several lines (DETAIL, HINT, CONTEXT, a `LINE 1:` with a caret
+    under it; a refused connection's advice after a tab), and a text log line quoting one went on
+    over several, which grep and journald read as separate records."""
+    lines = text.splitlines()
+    if len(lines) < 2:
+        return text
+    return " | ".join(stripped for line in lines if (stripped := line.strip()))
+
+
+class TextLines(logging.Formatter):
+    """The text format, each record's line whole: its message on one line (on_one_line).
+
+    A traceback still follows on lines of its own, as Python writes it: it belongs to the line
+    above it, its frames are read by people and by the tools that parse Python tracebacks, and
+    one folded into a single line would be kilobytes long. The service logs its expected
+    failures (an unavailable database) without one; a traceback means a bug. A pipeline that
+    needs every record in one line has COPYBANDIT_LOG_FORMAT=json, whose `exception` field
+    holds it."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # format() sets record.message afresh for each handler, so no other handler sees this.
+        record.message = on_one_line(record.message)
+        return super().formatMessage(record)
+
+
 class JsonLines(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
@@ -72,4 +100,6 @@ def configure(level: str, log_format: str, *, text_format: str = TEXT_FORMAT) ->
             root.addHandler(handler)
         handler.setFormatter(JsonLines())
     else:
-        logging.basicConfig(level=level, format=text_format, datefmt=TEXT_DATE_FORMAT)
+        handler = logging.StreamHandler()
+        handler.setFormatter(TextLines(text_format, TEXT_DATE_FORMAT))
+        logging.basicConfig(level=level, handlers=[handler])

@@ -53,6 +53,38 @@ def test_text_lines_carry_the_time_and_process_as_gunicorns_do() -> None:
     assert re.fullmatch(rf"{stamp} \[WARNING\] service\.x: slot 7 skipped\n", logged), logged
 
 
+def test_a_text_line_quoting_a_postgresql_error_stays_one_line() -> None:
+    """psycopg's messages run over several lines (DETAIL, HINT, a refused connection's advice
+    after a tab), and the text log's record did too: grep and journald cut it into pieces."""
+    logged = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import logging; from service import logs; logs.configure('INFO', 'text')\n"
+            "log = logging.getLogger('service.db')\n"
+            "log.warning('database unavailable: %s', 'connection failed: port 1 failed: "
+            "Connection refused\\n\\tIs the server running on that host?')\n"
+            "try:\n"
+            "    raise ValueError('boom')\n"
+            "except ValueError:\n"
+            "    log.exception('failed: %s', 'duplicate key\\nDETAIL:  Key (id)=(1) exists.\\n')",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stderr
+    lines = logged.splitlines()
+    assert lines[0].endswith(
+        "[WARNING] service.db: database unavailable: connection failed: port 1 failed: "
+        "Connection refused | Is the server running on that host?"
+    ), logged
+    assert lines[1].endswith(
+        "[ERROR] service.db: failed: duplicate key | DETAIL:  Key (id)=(1) exists."
+    )
+    # A traceback follows its record's line, as Python writes it.
+    assert lines[2] == "Traceback (most recent call last):" and lines[-1] == "ValueError: boom"
+
+
 def test_requests_never_log_the_user_id_or_the_key(
     api: Any, experiment: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
