@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import operator
+import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -322,46 +323,90 @@ def _pass_over(
 ) -> None:
     for experiment in experiments:
         report.experiments += 1
-        segments = session.exec(
-            select(Segment)
-            .where(Segment.experiment_id == experiment.id)
-            .order_by(col(Segment.position))
-        ).all()
+        started = time.monotonic()
+        before = (len(report.actions), len(report.jobs), len(report.failed_segments))
+        passed = _pass_over_experiment(session, report, experiment, submit_job, now)
+        _log_experiment_passed(experiment, report, before, passed, time.monotonic() - started)
+
+
+def _pass_over_experiment(
+    session: Session,
+    report: RunReport,
+    experiment: Experiment,
+    submit_job: SubmitJob | None,
+    now: datetime | None,
+) -> int:
+    """The experiment's segments passed, each applied on its own; how many passed."""
+    segments = session.exec(
+        select(Segment)
+        .where(Segment.experiment_id == experiment.id)
+        .order_by(col(Segment.position))
+    ).all()
+    try:
+        policy = policy_of(experiment.policy)
+    except ValidationError as exc:
+        # Every other experiment still gets its pass (one such policy stopped them all).
+        log.error(
+            "lifecycle: experiment %s left unchanged: its stored policy does not validate"
+            " (%s); PATCH /v1/experiments/%s/policy makes it valid",
+            experiment.id,
+            first_problem(exc)[0],
+            experiment.id,
+        )
+        report.failed_segments += [s.id for s in segments]  # type: ignore[misc]
+        return 0
+    passed = 0
+    for segment in segments:
+        at = now or utcnow()
+        folded = False
         try:
-            policy = policy_of(experiment.policy)
-        except ValidationError as exc:
-            # Every other experiment still gets its pass (one such policy stopped them all).
-            log.error(
-                "lifecycle: experiment %s left unchanged: its stored policy does not validate"
-                " (%s); PATCH /v1/experiments/%s/policy makes it valid",
-                experiment.id,
-                first_problem(exc)[0],
-                experiment.id,
-            )
-            report.failed_segments += [s.id for s in segments]  # type: ignore[misc]
+            if policy.discount_per_hour is not None:
+                # Reported as soon as it commits: a plan that then failed (a lock wait
+                # that timed out, say) left the fold done and out of the pass's output.
+                fold = fold_segment(session, experiment, segment, at)
+                if fold is not None:
+                    report.actions.append(fold)
+                    folded = True
+            events, job_id = apply_segment(session, experiment, segment, policy, at)
+        except Exception as exc:
+            session.rollback()
+            _log_left_unchanged(experiment, segment, exc, folded=folded)
+            report.failed_segments.append(segment.id)  # type: ignore[arg-type]
             continue
-        for segment in segments:
-            at = now or utcnow()
-            folded = False
-            try:
-                if policy.discount_per_hour is not None:
-                    # Reported as soon as it commits: a plan that then failed (a lock wait
-                    # that timed out, say) left the fold done and out of the pass's output.
-                    fold = fold_segment(session, experiment, segment, at)
-                    if fold is not None:
-                        report.actions.append(fold)
-                        folded = True
-                events, job_id = apply_segment(session, experiment, segment, policy, at)
-            except Exception as exc:
-                session.rollback()
-                _log_left_unchanged(experiment, segment, exc, folded=folded)
-                report.failed_segments.append(segment.id)  # type: ignore[arg-type]
-                continue
-            report.actions += events
-            if job_id is not None:
-                report.jobs.append(job_id)
-                if submit_job is not None:
-                    submit_job(job_id)
+        passed += 1
+        report.actions += events
+        if job_id is not None:
+            report.jobs.append(job_id)
+            if submit_job is not None:
+                submit_job(job_id)
+    return passed
+
+
+def _log_experiment_passed(
+    experiment: Experiment,
+    report: RunReport,
+    before: tuple[int, int, int],
+    passed: int,
+    seconds: float,
+) -> None:
+    """One line per experiment and pass, whatever it did: the scheduler's "running for slot"
+    was all the log said of a pass, and only the audit trail told whether it had done anything.
+    `before`: the report's actions, jobs and failed segments as the experiment's pass began."""
+    actions = report.actions[before[0] :]
+    done = {kind: sum(e.action == kind for e in actions) for kind in AUDIT_ACTIONS}
+    log.info(
+        "lifecycle: experiment %s: %d segments passed, %d failed; %d retired, %d paused,"
+        " %d winners declared, %d generation jobs ordered, %d discount folds; %.2f s",
+        experiment.id,
+        passed,
+        len(report.failed_segments) - before[2],
+        done["retire"],
+        done["pause"],
+        done["declare_winner"],
+        len(report.jobs) - before[1],
+        done["discount"],
+        seconds,
+    )
 
 
 def _log_left_unchanged(

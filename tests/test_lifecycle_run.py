@@ -4,6 +4,7 @@ the guardrail on conversion events, and `copybandit lifecycle --once`."""
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -344,6 +345,32 @@ def test_a_stored_policy_that_no_longer_validates_leaves_only_its_experiment_alo
     )
     ordered = {e.experiment_id for e in report.actions if e.action == "regenerate"}
     assert ordered == {experiment["id"]}
+
+
+def test_a_pass_logs_one_line_per_experiment_saying_what_it_did(
+    app: Any,
+    api: Any,
+    session: Session,
+    experiment: dict[str, Any],
+    three_arms: dict[str, int],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The scheduler's "running for slot" was all the log said of a pass."""
+    broken = api.create_experiment(name="Edited by hand")
+    store_policy_by_hand(session, broken["id"], {"max_active": 2})
+    caplog.set_level(logging.INFO, logger="service.lifecycle")
+
+    run(app)
+
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    # tea-lovers retires its loser and declares its star; busy-parents has nothing to do.
+    assert len(said) == 2, said
+    assert re.fullmatch(
+        rf"lifecycle: experiment {experiment['id']}: 2 segments passed, 0 failed; 1 retired, "
+        r"0 paused, 1 winners declared, 0 generation jobs ordered, 0 discount folds; \d+\.\d\d s",
+        said[0],
+    ), said[0]
+    assert said[1].startswith(f"lifecycle: experiment {broken['id']}: 0 segments passed, 2 failed;")
 
 
 def test_the_guardrail_leaves_an_experiment_with_a_broken_policy_alone_quietly(
