@@ -8,7 +8,17 @@ from flask import Response
 from flask_openapi3 import Info, OpenAPI
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from service import api, dashboard, db, errors, jsonbody, logs, marketers, metrics
+from service import (
+    api,
+    dashboard,
+    db,
+    errors,
+    jsonbody,
+    logs,
+    marketers,
+    metrics,
+    write_health,
+)
 from service.auth import KeyCache
 from service.config import Settings, load_settings
 from service.errors import validation_error_response
@@ -79,6 +89,7 @@ def create_app(config: Mapping[str, object] | None = None) -> OpenAPI:
         settings.rate_limit_per_second, settings.rate_limit_burst
     )
     db.init_app(app, settings)
+    write_health.init_app(app)
     jobs = JobRunner(engine=app.extensions["copybandit.engine"], settings=settings)
     app.extensions["copybandit.jobs"] = jobs
     app.extensions["copybandit.guardrail"] = GuardrailWatch(app.extensions["copybandit.engine"])

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails, PydanticCustomError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from service import db
+from service import db, write_health
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +223,7 @@ def database_error(exc: sa.exc.DBAPIError) -> APIError:
     database could not be reached or written, else 500."""
     db.roll_back()
     if db.database_unavailable(exc):
+        write_health.of_app().met(exc)
         # The pool has dropped the dead connection; the client's retry gets a fresh one.
         log.warning("database unavailable: %s", exc.orig)
         return ServiceUnavailable("the database is unavailable; retry", field="database")

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from flask import current_app
 from flask_openapi3 import APIBlueprint, Tag
 
-from service import db
+from service import db, write_health
 from service import migrate as migrations
 from service.api.common import json_of
 from service.errors import ServiceUnavailable
@@ -30,7 +30,8 @@ def livez() -> tuple[dict[str, Any], int]:
 
 @api.get("/healthz", responses={200: Health, 503: ErrorOut})
 def healthz() -> tuple[dict[str, Any], int]:
-    """Liveness, database reachability, migrations, and that the database may be written."""
+    """Liveness, database reachability, migrations, and that the database may be written.
+    On SQLite, also that this process's last writes did not fail for want of space."""
     try:
         db.session().execute(sa.text("SELECT 1"))
     except sa.exc.OperationalError:
@@ -41,6 +42,8 @@ def healthz() -> tuple[dict[str, Any], int]:
         if settings.is_sqlite
         else _postgres_write_problem()
     )
+    if problem is None and settings.is_sqlite:
+        problem = write_health.of_app().problem()
     if problem is not None:
         raise ServiceUnavailable(problem, field="database")
     # A database restored from an older backup, or an empty one the URL now names, answered
