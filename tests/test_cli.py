@@ -1081,7 +1081,8 @@ def test_commands_log_json_lines_when_the_log_format_is_json(
         check=True,
     )
     logged = [json.loads(line) for line in result.stderr.splitlines()]
-    assert [line["logger"] for line in logged] == ["service.generation_jobs"], result.stderr
+    loggers = [line["logger"] for line in logged]
+    assert loggers == ["service.generation_jobs", "service.lifecycle"], result.stderr
     # What the command prints for the person who ran it stays as it was.
     assert result.stdout == "1 experiments, 0 actions, 0 generation jobs queued\n"
 
