@@ -1077,15 +1077,20 @@ def test_a_running_jobs_page_updates_in_place_then_shows_the_result(page: Page, 
         site.writer.finish_the_job(site.jobs)
 
 
-def test_a_jobs_page_says_when_it_cannot_follow_the_job(page: Page, site: Site) -> None:
-    """A failed check is said on the page, and the next comes later each time, not every 2
-    seconds forever; signed out, the page stops and says how to sign in again."""
+def a_running_job_row(site: Site) -> int:
+    """A job whose row says running in a new experiment, with no worker behind it."""
     experiment_id, _ = make_experiment(site)
     with site.session() as session:
         job = GenerationJob(experiment_id=experiment_id, n=2, status="running", message="round 1")
         session.add(job)
         session.commit()
-        job_id = job.id
+        return job.id  # type: ignore[return-value]
+
+
+def test_a_jobs_page_says_when_it_cannot_follow_the_job(page: Page, site: Site) -> None:
+    """A failed check is said on the page, and the next comes later each time, not every 2
+    seconds forever; signed out, the page stops and says how to sign in again."""
+    job_id = a_running_job_row(site)
     progress = f"**/dashboard/jobs/{job_id}/progress"
     page.route(progress, lambda route: route.fulfill(status=503, body="down"))
     page.goto(f"/dashboard/jobs/{job_id}")
@@ -1117,3 +1122,25 @@ def test_a_jobs_page_says_when_it_cannot_follow_the_job(page: Page, site: Site) 
     sign_in_again = problem.get_by_role("link", name="Sign in again")
     expect(sign_in_again).to_have_attribute("href", f"/dashboard/jobs/{job_id}")
     assert page.evaluate("window.notReloaded") is True
+
+
+def test_a_jobs_page_stops_following_a_job_that_is_not_there(page: Page, site: Site) -> None:
+    """The progress address answered 404 (the job deleted, or the database restored from before
+    it), and the page asked again every minute forever, still saying running."""
+    job_id = a_running_job_row(site)
+    # Counts the polls the page schedules: the first at load, then one after each answer.
+    page.add_init_script(
+        "window.polls = 0; const later = window.setTimeout.bind(window);"
+        " window.setTimeout = (f, ms) => { window.polls += 1; return later(f, ms); };"
+    )
+    page.route(
+        f"**/dashboard/jobs/{job_id}/progress",
+        lambda route: route.fulfill(status=404, json={"error": "not_found"}),
+    )
+    page.goto(f"/dashboard/jobs/{job_id}")
+
+    expect(page.locator(".job-poll-problem")).to_have_text(
+        "This job no longer exists (the server answered 404), so this page has stopped "
+        "following it."
+    )
+    assert page.evaluate("window.polls") == 1

@@ -57,6 +57,13 @@
     problem.append(link);
   }
 
+  function gone() {
+    // The job is not there (deleted, or the database was restored from before it): asking again
+    // every minute forever would only get the same answer, while the page still said "running".
+    problem.textContent =
+      "This job no longer exists (the server answered 404), so this page has stopped following it.";
+  }
+
   function poll() {
     // "manual": a signed-out request is redirected to the sign-in page, which fetch would
     // otherwise follow and answer with that page's HTML.
@@ -64,6 +71,10 @@
       .then((response) => {
         if (response.type === "opaqueredirect") {
           signedOut();
+          return;
+        }
+        if (response.status === 404) {
+          gone();
           return;
         }
         if (!response.ok) {
