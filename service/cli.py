@@ -14,7 +14,7 @@ import sys
 import tempfile
 import unicodedata
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from service.consistency import check_counters
 from service.db import LOCK_WAIT_SECONDS, make_engine, sqlite_file
 from service.demo import seed_demo
 from service.demo_history import seed_demo_history
-from service.errors import APIError, NotFound
+from service.errors import APIError, Conflict, NotFound
 from service.generation_jobs import (
     COMMAND_STOPPED,
     GenerationOptions,
@@ -49,6 +49,7 @@ from service.generation_jobs import (
     run_job,
     write_off,
 )
+from service.job_cancel import cancel_job
 from service.lifecycle import run_lifecycle
 from service.marketers import (
     MIN_PASSWORD_CHARS,
@@ -361,11 +362,37 @@ def _written_off_if_stopped(engine: sa.Engine, job_ids: list[int]) -> Iterator[N
     """The jobs this command runs, failed as interrupted if it is stopped (Ctrl-C, or SIGTERM from
     `timeout` or a scheduler). Before, their rows said running or queued for an hour: the
     dashboard showed them at work, and the lifecycle counted their copy as on order until then."""
+    with _on_stop(
+        lambda terminated: write_off(engine=engine, job_ids=job_ids, reason=COMMAND_STOPPED)
+    ):
+        yield
+
+
+@contextlib.contextmanager
+def _cancelled_if_stopped(engine: sa.Engine, job_id: int) -> Iterator[None]:
+    """The job `generate` runs, cancelled if the command is stopped: the person who pressed
+    Ctrl-C (or a `timeout` that sent SIGTERM) asked for it to end. It read failed, "interrupted",
+    which sounded like a fault, and said the lifecycle would order its copy again, which it never
+    ordered."""
+
+    def cancel(terminated: bool) -> None:
+        by = "SIGTERM to copybandit generate" if terminated else "Ctrl-C in copybandit generate"
+        # Conflict: it had ended already.
+        with Session(engine) as session, contextlib.suppress(Conflict):
+            cancel_job(session=session, job_id=job_id, by=by)
+
+    with _on_stop(cancel):
+        yield
+
+
+@contextlib.contextmanager
+def _on_stop(ended: Callable[[bool], object]) -> Iterator[None]:
+    """`ended(terminated)` once the command is stopped, by Ctrl-C or by SIGTERM (True)."""
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
     except KeyboardInterrupt as stopped:
-        write_off(engine=engine, job_ids=job_ids, reason=COMMAND_STOPPED)
+        ended(isinstance(stopped, _Terminated))
         if isinstance(stopped, _Terminated):
             # Ended by the signal, as it was before the write-off: a supervisor (systemd, cron's
             # wrapper) tells a stop from a failed pass (exit 1) by that.
@@ -400,7 +427,7 @@ def generate(experiment_id: int, segment: str | None, n: int) -> None:
         except NotFound as exc:
             raise click.ClickException(exc.message) from None
     with (
-        _written_off_if_stopped(engine, [job.id]),  # type: ignore[list-item]
+        _cancelled_if_stopped(engine, job.id),  # type: ignore[arg-type]
         click.progressbar(length=1000, label="loading the model", show_eta=False) as bar,
     ):
 
@@ -426,6 +453,9 @@ def generate(experiment_id: int, segment: str | None, n: int) -> None:
             for variant_id in outcome["variant_ids"]:
                 variant = session.get(Variant, variant_id)
                 click.echo(f"  [{variant_id}] {variant.text if variant else '?'}")
+    if job.status == JobStatus.CANCELLED:
+        # By the API or the dashboard, while this command ran it.
+        raise click.ClickException(f"generation job {job.id} {job.message}")
     if job.status != JobStatus.SUCCEEDED:
         raise click.ClickException(f"generation job {job.id} failed: {job.error}")
     click.echo(f"\njob {job.id}: {job.message} (see GET /v1/jobs/{job.id} for the rejections)")

@@ -3,10 +3,11 @@
 The HTTP request only creates the row and hands its id to this process's runner, so a slow model
 never holds a request open. The runner loads the model once per process, on the first job.
 A job its process still held when it stopped is failed as it exits (`JobRunner` in a server,
-`write_off` from the `generate` and `lifecycle --once` commands); one whose
+`write_off` from `lifecycle --once`; `copybandit generate` cancels its own); one whose
 process was killed, or that nothing ran, is failed by the next lifecycle pass an hour after it was
 queued, or if it started, an hour after its worker last wrote its progress (`JOB_STALE_AFTER`). A
-job given up that way while its worker still lives stops at its next write and stores nothing more.
+job given up that way while its worker still lives stops at its next write and stores nothing more,
+as does one cancelled (service.job_cancel).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from service.config import Settings
 from service.copy_checks import brief_for, lint_config
 from service.db import database_unavailable, rows_changed
 from service.experiments import fetch, find_segment, get_experiment, segments_of
-from service.lifecycle import assign_prior
+from service.lifecycle import assign_prior, jobs_it_ordered
 from service.long_briefs import BRIEFS_TOO_LONG, too_long_record
 from service.metrics import count
 from service.models import (
@@ -60,11 +61,15 @@ _REJECTIONS_KEPT = 50
 # still in its queue), or nothing ran it (`copybandit lifecycle --once --no-generate` queues jobs
 # and runs none).
 JOB_STALE_AFTER = timedelta(hours=1)
-# What every interrupted job's message ends with: a marketer reading it learns nothing is lost.
+# What an interrupted job's message ends with: a marketer reading it learns whether anything is
+# lost. Only copy the lifecycle ordered is ordered again; a job started by hand asked for lines the
+# lifecycle's plan may not miss, and its message said they would come, which they never did.
 _REORDERED = "(the lifecycle orders copy still missing again)"
+_NOT_REORDERED = (
+    "(it was started by hand, so nothing orders its copy again: start another job if still wanted)"
+)
 INTERRUPTED = (
-    f"interrupted: no worker finished it within an hour; its process exited or nothing ran it "
-    f"{_REORDERED}"
+    "interrupted: no worker finished it within an hour; its process exited or nothing ran it"
 )
 _UNFINISHED = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 # Failures caused by the configuration or the brief, not by a bug here.
@@ -99,15 +104,21 @@ def interrupted(job: GenerationJob, now: datetime) -> bool:
     return since < now - JOB_STALE_AFTER
 
 
+def interruption(reason: str, *, by_lifecycle: bool) -> str:
+    """An interrupted job's message: why, and whether its copy is ordered again."""
+    return f"{reason} {_REORDERED if by_lifecycle else _NOT_REORDERED}"
+
+
 def fail_interrupted_jobs(*, session: Session, now: datetime) -> list[int]:
     """Mark the jobs that will never end failed, so their rows say so; returns their ids."""
     unfinished = session.exec(
         select(GenerationJob).where(col(GenerationJob.status).in_(_UNFINISHED))
     ).all()
+    stale = [job for job in unfinished if interrupted(job, now)]
+    ordered = jobs_it_ordered(session, [job.id for job in stale])  # type: ignore[misc]
     failed: list[int] = []
-    for job in unfinished:
-        if not interrupted(job, now):
-            continue
+    for job in stale:
+        reason = interruption(INTERRUPTED, by_lifecycle=job.id in ordered)
         # Unless its worker started it, wrote its progress or ended it meanwhile.
         still_unfinished = rows_changed(
             session,
@@ -117,10 +128,10 @@ def fail_interrupted_jobs(*, session: Session, now: datetime) -> list[int]:
                 col(GenerationJob.status) == job.status,
                 col(GenerationJob.updated_at) == job.updated_at,
             )
-            .values(**_written_off(INTERRUPTED, now)),
+            .values(**_written_off(reason, now)),
         )
         if still_unfinished:
-            log.warning("generation job %s: %s", job.id, INTERRUPTED)
+            log.warning("generation job %s: %s", job.id, reason)
             failed.append(job.id)  # type: ignore[arg-type]
     session.commit()
     if failed:
@@ -168,11 +179,24 @@ def run_job(
             session.rollback()
             job, started = _start(session, job_id)
         if not started:
-            log.warning("generation job %s is %s, not queued: not run", job_id, job.status)
+            # A job cancelled while it waited is as asked; any other was given up meanwhile.
+            cancelled = job.status == JobStatus.CANCELLED.value
+            log.log(
+                logging.INFO if cancelled else logging.WARNING,
+                "generation job %s is %s, not queued: not run",
+                job_id,
+                job.status,
+            )
             return job
         result: dict[str, Any] = {"segments": {}}
         try:
             _generate(session, job, writer, options, on_progress, result)
+        except _Cancelled:
+            # Whoever cancelled it wrote its row's end, with the copy kept by then: nothing since.
+            session.rollback()
+            session.refresh(job)
+            log.info("generation job %s was cancelled while it ran: stopped", job_id)
+            return job
         except _GivenUp:
             # The pass that gave it up counted it failed and ordered its copy again.
             session.rollback()
@@ -239,13 +263,15 @@ def _new_variants(count: int) -> str:
 
 
 def _failure_message(stored: int, segment_keys: list[str]) -> str:
-    """What a job that failed midway stored, naming the segments that fit the message's column:
-    PostgreSQL refused a longer one (20 segments of 40-letter keys), the job could not record its
-    failure, and it read running until a pass wrote it off an hour later. Its result names them
-    all."""
-    if not segment_keys:
-        return "failed"
-    head = f"failed after storing {_new_variants(stored)} in "
+    return stored_in("failed after storing", stored, segment_keys) if segment_keys else "failed"
+
+
+def stored_in(said: str, stored: int, segment_keys: list[str]) -> str:
+    """`said`, then what the job stored, naming the segments that fit the message's column:
+    PostgreSQL refused a longer one (20 segments of 40-letter keys), a job that failed midway could
+    not record its failure, and it read running until a pass wrote it off an hour later. Its
+    result names them all."""
+    head = f"{said} {_new_variants(stored)} in "
     listed = _listed_within(head, segment_keys, ", ", JOB_MESSAGE_MAX_CHARS)
     return listed or f"{head}{len(segment_keys)} segments"
 
@@ -277,6 +303,15 @@ def _finish(session: Session, job: GenerationJob, **values: Any) -> None:
 
 class _GivenUp(Exception):
     """The job's row no longer says running: a lifecycle pass gave it up as interrupted."""
+
+
+class _Cancelled(_GivenUp):
+    """The job's row says cancelled: someone stopped it (see job_cancel)."""
+
+
+def _stopped(job: GenerationJob) -> _GivenUp:
+    """Why a running job's row no longer says running; `job` as read afresh."""
+    return _Cancelled() if job.status == JobStatus.CANCELLED.value else _GivenUp()
 
 
 def _generate(
@@ -373,13 +408,15 @@ def _generate(
         ]
         lock_segment(session, segment)
         # Under the segment's lock, where a pass plans this segment: either the pass sees this
-        # copy, or it gave the job up first and ordered the copy again.
+        # copy, or it gave the job up first and ordered the copy again. The same for a cancel:
+        # either it reads this segment's copy in the job's result, or no copy is stored.
         if not _still_running(session, job):
-            raise _GivenUp
+            session.rollback()
+            session.refresh(job)
+            raise _stopped(job)
         variants = _not_taken_meanwhile(session, segment, variants, compared=set(existing))
         for variant in variants:
             assign_prior(session, variant, policy)
-        session.commit()  # one segment, one transaction
         result["segments"][segment.key] = {
             "variant_ids": [v.id for v in variants],
             "sampled": generated.sampled,
@@ -390,6 +427,12 @@ def _generate(
                 for r in generated.rejected[:_REJECTIONS_KEPT]
             ],
         }
+        # With the copy, so the row's result always lists what is stored: a cancel says what it
+        # kept from it, and stopping the job meanwhile stores no more.
+        session.execute(
+            sa.update(GenerationJob).where(col(GenerationJob.id) == job.id).values(result=result)
+        )
+        session.commit()  # one segment, one transaction
     if too_long:
         # Within the error column, naming whole segments: cut at its width, 25 or so such
         # segments ended mid-name and the rest went unnamed.
@@ -464,7 +507,7 @@ def _progress(session: Session, job: GenerationJob, **values: Any) -> None:
             time.sleep(wait)
             continue
         if not still_running:
-            raise _GivenUp
+            raise _stopped(job)
         return
 
 
@@ -527,9 +570,9 @@ def _update(
 
 
 # A job this process held when it stopped: no wait for an hour, its copy is ordered again at once.
-STOPPED = f"interrupted: the server stopped {_REORDERED}"
-# The same for `copybandit generate` or `lifecycle --once` stopped (Ctrl-C, SIGTERM) mid-job.
-COMMAND_STOPPED = f"interrupted: the command running it was stopped {_REORDERED}"
+STOPPED = "interrupted: the server stopped"
+# The same for `copybandit lifecycle --once` stopped (Ctrl-C, SIGTERM) mid-job.
+COMMAND_STOPPED = "interrupted: the command running it was stopped"
 
 
 class JobRunner:
@@ -630,22 +673,30 @@ def write_off(*, engine: sa.Engine, job_ids: list[int], reason: str) -> list[int
     """Fail those of the jobs still queued or running, saying why; returns their ids."""
     if not job_ids:
         return []
+    still_unfinished: list[int] = []
     with Session(engine) as session:
-        still_unfinished = (
-            session.execute(
-                sa.update(GenerationJob)
-                .where(
-                    col(GenerationJob.id).in_(job_ids), col(GenerationJob.status).in_(_UNFINISHED)
+        ordered = jobs_it_ordered(session, job_ids)
+        for by_lifecycle in (True, False):
+            ids = [job_id for job_id in job_ids if (job_id in ordered) == by_lifecycle]
+            if not ids:
+                continue
+            said = interruption(reason, by_lifecycle=by_lifecycle)
+            ended = (
+                session.execute(
+                    sa.update(GenerationJob)
+                    .where(
+                        col(GenerationJob.id).in_(ids), col(GenerationJob.status).in_(_UNFINISHED)
+                    )
+                    .values(**_written_off(said, utcnow()))
+                    .returning(col(GenerationJob.id))
                 )
-                .values(**_written_off(reason, utcnow()))
-                .returning(col(GenerationJob.id))
+                .scalars()
+                .all()
             )
-            .scalars()
-            .all()
-        )
+            for job_id in ended:
+                log.warning("generation job %s: %s", job_id, said)
+            still_unfinished.extend(ended)
         session.commit()
-    for job_id in still_unfinished:
-        log.warning("generation job %s: %s", job_id, reason)
     if still_unfinished:
         count(lambda m: m.generation_jobs.labels("failed").inc(len(still_unfinished)))
     return list(still_unfinished)

@@ -42,9 +42,12 @@ class StrictJSONProvider(DefaultJSONProvider):
             raise ValueError("JSON nested too deeply") from None
 
 
-def parse_json_body() -> None:
-    """Refuse a body that is not strict JSON; called after the key is checked."""
+def parse_json_body(*, optional: bool = False) -> None:
+    """Refuse a body that is not strict JSON; called after the key is checked. With `optional`
+    (an endpoint that reads no body), a request without one is let through."""
     if request.method not in _BODY_METHODS:
+        return
+    if optional and not request.content_length and "Transfer-Encoding" not in request.headers:
         return
     if not request.is_json:
         raise APIError(

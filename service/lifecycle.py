@@ -619,6 +619,24 @@ def _copy_on_order(session: Session, segment: Segment) -> int:
     return int(ordered)
 
 
+def jobs_it_ordered(session: Session, job_ids: Collection[int]) -> set[int]:
+    """Those of the generation jobs a pass ordered (its regenerate events name them); the others
+    were started by hand, and a pass orders only what its plan misses, not their copy."""
+    if not job_ids:
+        return set()
+    job_id = col(LifecycleEvent.numbers)["job_id"].as_integer()
+    experiments = select(GenerationJob.experiment_id).where(col(GenerationJob.id).in_(job_ids))
+    ordered = session.exec(
+        select(job_id).where(
+            # By experiment first: its index leaves the JSON read to that experiment's events.
+            col(LifecycleEvent.experiment_id).in_(experiments),
+            col(LifecycleEvent.action) == "regenerate",
+            job_id.in_(job_ids),
+        )
+    ).all()
+    return {int(found) for found in ordered}
+
+
 def _fold(
     session: Session,
     experiment: Experiment,

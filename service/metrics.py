@@ -40,7 +40,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Every value each label can take, made at 0 up front: in multiprocess mode a label value is
 # listed only once it has been counted, and an alert on, say, failed jobs saw no series at all.
 EVENT_OUTCOMES = ("accepted", "duplicate", "rejected")
-JOB_STATUSES = ("succeeded", "failed")  # the finished ones (service.models.JobStatus)
+JOB_STATUSES = ("succeeded", "failed", "cancelled")  # the finished ones (service.models.JobStatus)
 # The actions a lifecycle pass counts (service.lifecycle.apply_segment): every audit action but
 # "prior", which is recorded when copy is added, outside a pass.
 LIFECYCLE_ACTIONS = ("pause", "retire", "declare_winner", "regenerate", "discount")

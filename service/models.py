@@ -113,6 +113,8 @@ class JobStatus(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    # Stopped on request (the API, the dashboard, Ctrl-C in `copybandit generate`), migration 0014.
+    CANCELLED = "cancelled"
 
 
 class Scope(StrEnum):

@@ -1114,10 +1114,10 @@ service.cli.main(sys.argv[1:])
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 @pytest.mark.parametrize("command", ["generate", "lifecycle"])
-def test_a_command_stopped_mid_job_fails_the_jobs_it_held(
+def test_a_command_stopped_mid_job_ends_the_jobs_it_held(
     database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, how: str
 ) -> None:
-    from service.generation_jobs import COMMAND_STOPPED
+    from service.generation_jobs import COMMAND_STOPPED, interruption
 
     assert run("init", "--no-demo-history").exit_code == 0
     monkeypatch.setenv("COPYBANDIT_MODEL_CACHE_DIR", str(tmp_path / "models"))
@@ -1142,7 +1142,15 @@ def test_a_command_stopped_mid_job_fails_the_jobs_it_held(
     # Before, the job said running (and a pass's other jobs queued) for an hour: the dashboard
     # showed it at work, and the lifecycle counted its copy as on order until then.
     assert len(jobs) == (1 if command == "generate" else 3)
-    assert {(job.status, job.error) for job in jobs} == {("failed", COMMAND_STOPPED)}
+    if command == "generate":
+        # Cancelled, by the person who stopped it: it read failed, "interrupted", and said the
+        # lifecycle would order its copy again, which it had never ordered.
+        by = "Ctrl-C in" if how == "ctrl-c" else "SIGTERM to"
+        said = f"cancelled by {by} copybandit generate; it had stored no copy yet"
+        assert [(job.status, job.message, job.error) for job in jobs] == [("cancelled", said, None)]
+    else:
+        said = interruption(COMMAND_STOPPED, by_lifecycle=True)
+        assert {(job.status, job.error) for job in jobs} == {("failed", said)}
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 

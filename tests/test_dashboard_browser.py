@@ -1033,10 +1033,9 @@ def test_a_wrong_password_is_read_with_the_box_the_cursor_is_in(guest: Page) -> 
         expect(box).to_have_accessible_description("Wrong email or password.")
 
 
-def test_a_running_jobs_page_updates_in_place_then_shows_the_result(page: Page, site: Site) -> None:
-    """The page reloaded itself every 2 seconds: a screen reader started again from the top each
-    time, and the keyboard focus was lost. Now the status line changes in place, read out as a
-    polite live region, and the page reloads once, when the job is done, to show its result."""
+def start_a_job(page: Page, site: Site) -> tuple[int, str]:
+    """From a new experiment's page, a job for two lines for tea-lovers: the experiment's id and
+    the job page's path, where the page lands."""
     experiment_id, _ = make_experiment(
         site, active={"tea-lovers": ["The Aurora kettle: tea, sooner."]}
     )
@@ -1044,7 +1043,14 @@ def test_a_running_jobs_page_updates_in_place_then_shows_the_result(page: Page, 
     page.get_by_label("Have the model write this many more for tea-lovers").fill("2")
     page.get_by_role("button", name="Generate for tea-lovers").click()
     expect(page).to_have_url(re.compile(r"/dashboard/jobs/\d+$"))
-    job_path = path_of(page)
+    return experiment_id, path_of(page)
+
+
+def test_a_running_jobs_page_updates_in_place_then_shows_the_result(page: Page, site: Site) -> None:
+    """The page reloaded itself every 2 seconds: a screen reader started again from the top each
+    time, and the keyboard focus was lost. Now the status line changes in place, read out as a
+    polite live region, and the page reloads once, when the job is done, to show its result."""
+    _, job_path = start_a_job(page, site)
     status = page.get_by_role("status").filter(has_text="—")
     bar = page.get_by_role("progressbar", name="Progress")
     try:
@@ -1144,3 +1150,31 @@ def test_a_jobs_page_stops_following_a_job_that_is_not_there(page: Page, site: S
         "following it."
     )
     assert page.evaluate("window.polls") == 1
+
+
+def test_cancel_a_running_job_from_its_page(page: Page, site: Site) -> None:
+    experiment_id, job_path = start_a_job(page, site)
+    status = page.locator("p.job-status")
+    try:
+        expect(status).to_have_text(re.compile(r"running — segment tea-lovers: sampling round 1/"))
+
+        page.get_by_role("button", name="Cancel").click()
+
+        expect(status).to_have_attribute("data-status", "cancelled")
+        expect(status).to_have_text(f"cancelled — cancelled by {EMAIL}; it had stored no copy yet")
+        expect(page).to_have_title(re.compile(r"^Generation job \d+: cancelled · copybandit$"))
+        assert path_of(page) == job_path
+        expect(page.get_by_role("button", name="Cancel")).to_have_count(0)
+        expect(page.locator("script")).to_have_count(0)
+    finally:
+        # The model's round ends; the job stops there and stores nothing.
+        site.writer.finish_the_job(site.jobs)
+    with site.session() as session:
+        generated = session.exec(
+            select(Variant).where(
+                Variant.experiment_id == experiment_id, Variant.origin == Origin.GENERATED
+            )
+        ).all()
+        job = session.get(GenerationJob, int(job_path.rsplit("/", 1)[1]))
+    assert generated == []
+    assert job is not None and job.status == "cancelled"

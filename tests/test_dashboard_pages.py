@@ -902,6 +902,8 @@ def _csrf_cases(app: Any, experiment: dict[str, Any]) -> dict[str, tuple[str, di
     active = variant_ids(experiment, "tea-lovers")[0]
     pending = add_pending(app, eid, "tea-lovers", GOOD[0])
     other = add_pending(app, eid, "busy-parents", GOOD[1])
+    with Session(app.extensions["copybandit.engine"]) as session:
+        queued = _job_row(session, eid, "queued")
     return {
         "status": (f"/dashboard/variants/{active}/status", {"action": "pause"}),
         "edit": (f"/dashboard/variants/{pending}/edit", {"text": GOOD[2]}),
@@ -915,11 +917,12 @@ def _csrf_cases(app: Any, experiment: dict[str, Any]) -> dict[str, tuple[str, di
         ),
         "generate": (f"/dashboard/experiments/{eid}/generate", {"segment": "tea-lovers", "n": "1"}),
         "new experiment": ("/dashboard/experiments/new", experiment_form()),
+        "cancel job": (f"/dashboard/jobs/{queued}/cancel", {}),
     }
 
 
 @pytest.mark.parametrize(
-    "case", ["status", "edit", "bulk", "add variant", "generate", "new experiment"]
+    "case", ["status", "edit", "bulk", "add variant", "generate", "new experiment", "cancel job"]
 )
 def test_every_form_needs_the_csrf_token(
     app: Any, dash: Dashboard, experiment: dict[str, Any], case: str
@@ -2842,7 +2845,24 @@ def test_an_interrupted_job_page_says_so_and_stops_refreshing(
     # Before, the page refreshed itself every 2 seconds, forever.
     assert 'http-equiv="refresh"' not in html
     assert "interrupted: no worker finished it within an hour" in html
+    # No pass ordered it: before, the page said the lifecycle would order its copy again.
+    assert "it was started by hand, so nothing orders its copy again" in html
     assert "follows the job" not in html and "<script" not in html
+
+
+def test_cancelling_a_job_that_has_ended_says_so_and_changes_nothing(
+    app: Any, dash: Dashboard, session: Session, experiment: dict[str, Any]
+) -> None:
+    job_id = _job_row(session, experiment["id"], "succeeded")
+    before = stored(app)
+
+    response = dash.post(f"/dashboard/jobs/{job_id}/cancel")
+    html = dash.html(f"/dashboard/jobs/{job_id}")
+
+    assert response.status_code == 303
+    assert response.headers["Location"] == f"/dashboard/jobs/{job_id}"
+    assert "The job had already ended, so there was nothing to cancel." in html
+    assert stored(app) == before
 
 
 def _job_row(session: Session, experiment_id: int, status: str, hours_ago: int = 0) -> int:

@@ -786,7 +786,7 @@ def test_a_job_given_up_while_it_runs_stops_and_stores_nothing_more(
     it again, and its progress wrote over the row's interrupted message."""
     from datetime import timedelta
 
-    from service.generation_jobs import INTERRUPTED, fail_interrupted_jobs
+    from service.generation_jobs import INTERRUPTED, fail_interrupted_jobs, interruption
     from service.models import utcnow
 
     engine = app.extensions["copybandit.engine"]
@@ -817,7 +817,8 @@ def test_a_job_given_up_while_it_runs_stops_and_stores_nothing_more(
         on_progress=a_pass_gives_it_up if given_up == "after its last progress" else None,
     )
 
-    assert (ended.status, ended.message, ended.error) == ("failed", INTERRUPTED, INTERRUPTED)
+    said = interruption(INTERRUPTED, by_lifecycle=False)
+    assert (ended.status, ended.message, ended.error) == ("failed", said, said)
     assert len(writer.calls) == 1
     assert _variants(api, experiment["id"], "tea-lovers") == before
 
@@ -873,7 +874,7 @@ loading.wait()
 def test_a_process_stopping_mid_job_exits_and_fails_the_jobs_it_held(
     api: Any, app: Any, database_url: str, experiment: dict[str, Any]
 ) -> None:
-    from service.generation_jobs import STOPPED
+    from service.generation_jobs import STOPPED, interruption
 
     held = subprocess.run(
         [sys.executable, "-c", EXIT_WHILE_LOADING, database_url, str(experiment["id"])],
@@ -884,8 +885,9 @@ def test_a_process_stopping_mid_job_exits_and_fails_the_jobs_it_held(
     ).stdout.split()
 
     jobs = [api.get(f"/v1/jobs/{job_id}").get_json() for job_id in held]
-    # The one loading the model and the one waiting behind it: the next pass orders their copy.
-    assert [(job["status"], job["error"]) for job in jobs] == [("failed", STOPPED)] * 2
+    # The one loading the model and the one waiting behind it, both started by hand.
+    said = interruption(STOPPED, by_lifecycle=False)
+    assert [(job["status"], job["error"]) for job in jobs] == [("failed", said)] * 2
 
 
 @pytest.mark.parametrize(

@@ -79,7 +79,10 @@ def test_under_serve_every_outcome_is_listed_at_zero_before_it_happens(tmp_path:
             f'copybandit_events_total{{outcome="{o}"}}'
             for o in ("accepted", "duplicate", "rejected")
         ),
-        *(f'copybandit_generation_jobs_total{{status="{s}"}}' for s in ("succeeded", "failed")),
+        *(
+            f'copybandit_generation_jobs_total{{status="{s}"}}'
+            for s in ("succeeded", "failed", "cancelled")
+        ),
         *(
             f'copybandit_lifecycle_actions_total{{action="{a}"}}'
             for a in ("pause", "retire", "declare_winner", "regenerate", "discount")

@@ -249,6 +249,29 @@ def test_jobs_stored_before_0012_count_as_last_written_when_they_last_changed(
     assert [job.updated_at for job in jobs] == [queued_at, started_at, finished_at]
 
 
+def test_a_job_may_end_cancelled_and_reads_failed_after_a_downgrade(
+    empty_engine: sa.Engine,
+) -> None:
+    migrate.upgrade(empty_engine)
+    with Session(empty_engine) as session:
+        variant = _a_variant(session)
+        job = GenerationJob(
+            experiment_id=variant.experiment_id, n=1, status="cancelled", message="cancelled by x"
+        )
+        session.add(job)
+        # Before 0014 the status column's CHECK constraint refused it (IntegrityError).
+        session.commit()
+        job_id = job.id
+
+    migrate.downgrade(empty_engine, "0013")
+
+    with empty_engine.connect() as connection:
+        row = connection.exec_driver_sql(
+            f"SELECT status, error FROM generation_job WHERE id = {job_id}"
+        ).one()
+    assert tuple(row) == ("failed", "cancelled by x")
+
+
 def _columns_and_indexes(engine: sa.Engine) -> dict[str, tuple[set[str], set[str]]]:
     inspector = sa.inspect(engine)
     return {

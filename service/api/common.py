@@ -21,6 +21,8 @@ from service.schemas import ErrorOut
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 # Documented on every authenticated endpoint, so clients (and the fuzzer) know the error shape.
 # Each of them reads the key from the database, so each can find it unreachable.
+# POSTs that read no body: `curl -X POST` alone does (a 415 asked for a JSON body of nothing).
+TAKES_NO_BODY = {"experiments.cancel"}
 AUTH_ERRORS: dict[int, type[BaseModel]] = {
     400: ErrorOut,
     401: ErrorOut,
@@ -90,7 +92,7 @@ def guarded(blueprint: APIBlueprint, scope: Scope, *, rate_limited: bool = False
             # Where the query picks the answer; a storefront's cache-buster on a POST is let be.
             refuse_repeated_parameters()
             refuse_unknown_parameters()
-        parse_json_body()
+        parse_json_body(optional=request.endpoint in TAKES_NO_BODY)
 
     blueprint.before_request(guard)
     return blueprint

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from flask import current_app
+from flask import current_app, g
 from flask_openapi3 import APIBlueprint, Tag
 from sqlmodel import Session
 
@@ -23,8 +23,9 @@ from service.experiments import (
     variants_of,
 )
 from service.generation_jobs import create_job, get_job
+from service.job_cancel import cancel_job
 from service.lifecycle import AUDIT_ACTIONS, AUDIT_PAGE, audit_trail
-from service.models import Experiment, Scope, Segment, Variant
+from service.models import Experiment, GenerationJob, Scope, Segment, Variant
 from service.policy import LifecyclePolicy, PolicyChanges, policy_of, policy_shown
 from service.reports import experiment_report
 from service.schemas import (
@@ -182,11 +183,22 @@ def generate(path: ExperimentPath, body: GenerateIn) -> tuple[dict[str, Any], in
 def show_job(path: JobPath) -> tuple[dict[str, Any], int]:
     """A generation job's status, progress and, when done, its result."""
     session = db.session()
-    job = get_job(session=session, job_id=path.job_id)
+    return json_of(_job_out(session, get_job(session=session, job_id=path.job_id)))
+
+
+def _job_out(session: Session, job: GenerationJob) -> JobOut:
     segment = session.get(Segment, job.segment_id) if job.segment_id is not None else None
-    return json_of(
-        JobOut(segment=segment.key if segment else None, **job.model_dump(exclude={"segment_id"}))
+    return JobOut(
+        segment=segment.key if segment else None, **job.model_dump(exclude={"segment_id"})
     )
+
+
+@api.post("/jobs/<path_id:job_id>/cancel", responses=responses(_200=JobOut))
+def cancel(path: JobPath) -> tuple[dict[str, Any], int]:
+    """Stop a queued or running job; copy it stored stays. 409 once it has ended."""
+    session = db.session()
+    job = cancel_job(session=session, job_id=path.job_id, by=f"API key {g.api_key_id}")
+    return json_of(_job_out(session, job))
 
 
 @api.patch("/experiments/<path_id:experiment_id>/policy", responses=responses(_200=LifecyclePolicy))

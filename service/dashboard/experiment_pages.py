@@ -20,7 +20,7 @@ from service import db
 from service.dashboard import charts
 from service.dashboard.blueprint import bp, flash_about_segment, form_int, validated
 from service.dashboard.blueprint import invalidate as invalidate_snapshot
-from service.errors import APIError, InvalidInput, in_words
+from service.errors import APIError, Conflict, InvalidInput, in_words
 from service.experiments import (
     add_variant,
     create_experiment,
@@ -30,11 +30,20 @@ from service.experiments import (
     segments_of,
     variants_of,
 )
-from service.generation_jobs import INTERRUPTED, create_job, get_job, interrupted
+from service.generation_jobs import INTERRUPTED, create_job, get_job, interrupted, interruption
 from service.history import REACH, purged_impressions, segment_history
-from service.lifecycle import AUDIT_ACTIONS, AUDIT_PAGE, audit_trail
+from service.job_cancel import cancel_job
+from service.lifecycle import AUDIT_ACTIONS, AUDIT_PAGE, audit_trail, jobs_it_ordered
 from service.long_briefs import brief_refused
-from service.models import Experiment, GenerationJob, Segment, Variant, VariantStatus, utcnow
+from service.models import (
+    Experiment,
+    GenerationJob,
+    JobStatus,
+    Segment,
+    Variant,
+    VariantStatus,
+    utcnow,
+)
 from service.query import refuse_repeated_parameters
 from service.reports import experiment_report, serving_winners
 from service.schemas import (
@@ -416,9 +425,23 @@ def job(job_id: int) -> str:
         segment=segment,
         experiment=get_experiment(session=session, experiment_id=found.experiment_id),
         finished=finished,
-        interrupted=INTERRUPTED if gave_up else None,
+        interrupted=(
+            interruption(INTERRUPTED, by_lifecycle=bool(jobs_it_ordered(session, [job_id])))
+            if gave_up
+            else None
+        ),
         accepted=_accepted_count(found),
     )
+
+
+@bp.post("/jobs/<id:job_id>/cancel")
+def cancel(job_id: int) -> Response:
+    try:
+        cancel_job(session=db.session(), job_id=job_id, by=g.signed_in_as)
+    except Conflict:
+        # It ended while its page was open: the page, drawn again, says how.
+        flash("The job had already ended, so there was nothing to cancel.", "error")
+    return redirect(url_for("dashboard.job", job_id=job_id), code=303)
 
 
 @bp.get("/jobs/<id:job_id>/progress")
@@ -437,7 +460,7 @@ def job_progress(job_id: int) -> dict[str, Any]:
 
 
 def _finished(job: GenerationJob, gave_up: bool) -> bool:
-    return job.status in ("succeeded", "failed") or gave_up
+    return job.status not in (JobStatus.QUEUED, JobStatus.RUNNING) or gave_up
 
 
 def _accepted_count(job: GenerationJob) -> int:
