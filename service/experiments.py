@@ -52,13 +52,7 @@ def create_experiment(*, session: Session, experiment_create: ExperimentCreate) 
         ),
     )
     session.add(experiment)
-    try:
-        session.flush()
-    except sa.exc.IntegrityError:
-        session.rollback()
-        raise Conflict(
-            f"an experiment named {quoted(experiment_create.name)} already exists", field="name"
-        ) from None
+    flush_named(session, experiment)
     for position, segment in enumerate(experiment_create.segments):
         session.add(
             Segment(
@@ -70,6 +64,18 @@ def create_experiment(*, session: Session, experiment_create: ExperimentCreate) 
         )
     session.commit()
     return experiment
+
+
+def flush_named(session: Session, experiment: Experiment) -> None:
+    """Write the experiment's row, or roll the whole transaction back and answer 409 when another
+    experiment has its name."""
+    # Read first: the rollback expires a stored row, whose name then reads as it was before.
+    name = experiment.name
+    try:
+        session.flush()
+    except sa.exc.IntegrityError:
+        session.rollback()
+        raise Conflict(f"an experiment named {quoted(name)} already exists", field="name") from None
 
 
 def fetch(session: Session, model: type[Row], row_id: int, *, what: str, field: str) -> Row:

@@ -832,7 +832,7 @@ def new_arm_prior(
 
 
 # Every kind of row in the audit trail.
-AUDIT_ACTIONS = ("pause", "retire", "declare_winner", "regenerate", "prior", "discount")
+AUDIT_ACTIONS = ("pause", "retire", "declare_winner", "regenerate", "prior", "discount", "edit")
 AUDIT_PAGE = 500
 
 

@@ -308,6 +308,76 @@ class ExperimentCreate(Request):
         return segments
 
 
+# Fields a PATCH of the experiment refuses by name, with where to change them instead: as unknown
+# fields they were refused as "Extra inputs are not permitted", which says nothing of why.
+_NOT_EDITED_HERE = {
+    "segments": "is changed with POST /v1/experiments/<id>/segments and "
+    "PATCH /v1/experiments/<id>/segments/<key>",
+    "policy": "is changed with PATCH /v1/experiments/<id>/policy",
+    "sticky": "is fixed at creation: switched midway, one experiment's impressions would be "
+    "served two ways, and users assigned before would get their old variant back",
+}
+
+
+class ProductPatch(Request):
+    """The product fields to change; a name and a description cannot be cleared, a price and an
+    address can (null)."""
+
+    name: Name | None = None
+    description: LongText | None = None
+    price: float | None = Field(default=None, ge=0, le=1e9)
+    url: WebAddress | None = None
+
+    @model_validator(mode="after")
+    def _some_change(self) -> ProductPatch:
+        if not self.model_fields_set:
+            raise ValueError("give at least one product field to change")
+        for name in ("name", "description"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise at_fault(name, "must not be null: a product keeps one")
+        return self
+
+
+class ExperimentPatch(Request):
+    """The brief and settings to change; fields not given keep their values."""
+
+    name: Name | None = None
+    product: ProductPatch | None = None
+    brand_voice: Reason | None = Field(default=None, description="how the copy should sound")
+    auto_approve: bool | None = Field(default=None, description="serve generated copy unreviewed")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _changed_elsewhere(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, where in _NOT_EDITED_HERE.items():
+                if name in data:
+                    raise at_fault(name, where)
+        return data
+
+    @model_validator(mode="after")
+    def _some_change(self) -> ExperimentPatch:
+        if not self.model_fields_set:
+            raise ValueError(
+                "give at least one field to change: name, product, brand_voice or auto_approve"
+            )
+        for name in ("name", "product", "auto_approve"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise at_fault(name, "must not be null")
+        return self
+
+
+class SegmentPatch(Request):
+    description: Persona
+
+
+class SegmentPath(Request):
+    model_config = ConfigDict(extra="forbid")
+    experiment_id: DbId
+    # Any text: one that is not a segment key names no segment, a 404 (see find_segment).
+    segment_key: str
+
+
 class ExperimentPath(Request):
     model_config = ConfigDict(extra="forbid")  # path values arrive as ints from the URL converter
     experiment_id: DbId
@@ -597,7 +667,9 @@ class Report(BaseModel):
     segments: list[SegmentReport]
 
 
-AuditAction = Literal["pause", "retire", "declare_winner", "regenerate", "prior", "discount"]
+AuditAction = Literal[
+    "pause", "retire", "declare_winner", "regenerate", "prior", "discount", "edit"
+]
 
 
 class AuditQuery(BaseModel):
@@ -614,7 +686,9 @@ class AuditEvent(BaseModel):
     created_at: datetime
     segment: str | None
     variant_id: int | None
-    action: str = Field(description="pause, retire, declare_winner, regenerate, prior, discount")
+    action: str = Field(
+        description="pause, retire, declare_winner, regenerate, prior, discount, edit"
+    )
     reason: str
     numbers: dict[str, Any] | None
 

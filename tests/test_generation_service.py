@@ -19,7 +19,7 @@ from service import create_app
 from service.config import load_settings
 from service.generation_jobs import GenerationOptions, create_job, progress_bars_wanted, run_job
 from service.lifecycle import run_lifecycle
-from service.models import GenerationJob, Segment
+from service.models import GenerationJob
 from tests.conftest import PG_URL, store_policy_by_hand
 from tests.pg_backends import end_backends, named
 
@@ -419,14 +419,32 @@ def test_the_lifecycle_orders_no_copy_for_a_brief_too_long_until_it_changes(
         f"lifecycle: segment wordy of experiment {created['id']} gets no new copy: brief too long "
         "for the model: 5,201 tokens of 4,096; shorten it"
     ) in caplog.messages
-    engine = app.extensions["copybandit.engine"]
-    with Session(engine) as session:
-        segment = session.get_one(Segment, wordy_id)
-        segment.description = "Drink tea by the pot."  # the brief edited, by hand
-        session.add(segment)
-        session.commit()
+    edited = api.patch(
+        f"/v1/experiments/{created['id']}/segments/wordy",
+        json={"description": "Drink tea by the pot."},
+    )
+    assert edited.status_code == 200, edited.get_json()
     jobs = _lifecycle_pass(app)
     assert [(job.segment_id, job.status) for job in jobs] == [(wordy_id, "succeeded")]
+
+
+def test_a_brief_too_long_is_held_until_its_product_description_is_edited(
+    api: Any, app: Any
+) -> None:
+    """The hold covers the whole brief the prompt is built from, not the persona alone."""
+    created = _wordy_experiment(api, app, also_last=False)
+    wordy_id = _lifecycle_pass(app)[1].segment_id
+    same = api.patch(f"/v1/experiments/{created['id']}", json={"name": created["name"]})
+    assert same.status_code == 200
+    assert _lifecycle_pass(app) == []
+
+    edited = api.patch(
+        f"/v1/experiments/{created['id']}", json={"product": {"description": "A glass kettle."}}
+    )
+    assert edited.status_code == 200, edited.get_json()
+    # The writer still refuses the persona: the pass orders again, and that job fails again.
+    assert [(job.segment_id, job.status) for job in _lifecycle_pass(app)] == [(wordy_id, "failed")]
+    assert _lifecycle_pass(app) == []
 
 
 def test_a_job_failing_many_briefs_names_whole_segments_then_how_many_more(

@@ -11,6 +11,7 @@ from sqlmodel import Session
 
 from service import db
 from service.api.common import BEARER, guarded, json_of, responses
+from service.brief_edits import add_segment, update_experiment, update_segment
 from service.copy_checks import lint_config
 from service.experiments import (
     add_variant,
@@ -35,6 +36,7 @@ from service.schemas import (
     ExperimentCreate,
     ExperimentList,
     ExperimentOut,
+    ExperimentPatch,
     ExperimentPath,
     GenerateIn,
     JobAccepted,
@@ -42,7 +44,10 @@ from service.schemas import (
     JobPath,
     ProductOut,
     Report,
+    SegmentIn,
     SegmentOut,
+    SegmentPatch,
+    SegmentPath,
     VariantCreate,
     VariantOut,
     VariantPatch,
@@ -136,6 +141,60 @@ def show(path: ExperimentPath) -> tuple[dict[str, Any], int]:
     session = db.session()
     experiment = get_experiment(session=session, experiment_id=path.experiment_id)
     return json_of(_experiment_out(session, experiment))
+
+
+def _by_key() -> str:
+    # The key's public half, as `copybandit keys list` shows it; the secret never reaches a row.
+    return f"API key {g.api_key_id}"
+
+
+@api.patch("/experiments/<path_id:experiment_id>", responses=responses(_200=ExperimentOut))
+def patch(path: ExperimentPath, body: ExperimentPatch) -> tuple[dict[str, Any], int]:
+    # No blank line after the summary: see patch_policy.
+    """Change the name, product, brand voice or auto-approval; fields not given keep their values.
+    Each change is an `edit` in the audit trail, with who made it and the old and new values."""
+    session = db.session()
+    experiment = update_experiment(
+        session=session, experiment_id=path.experiment_id, patch=body, by=_by_key()
+    )
+    return json_of(_experiment_out(session, experiment))
+
+
+@api.post("/experiments/<path_id:experiment_id>/segments", responses=responses(_201=SegmentOut))
+def create_segment(path: ExperimentPath, body: SegmentIn) -> tuple[dict[str, Any], int]:
+    # No blank line after the summary: see patch_policy.
+    """Add a segment, after the others; it has no copy until some is added or generated.
+    Decisions for its key answer 409 no_active_variant until it has active copy."""
+    segment = add_segment(
+        session=db.session(), experiment_id=path.experiment_id, segment_in=body, by=_by_key()
+    )
+    # Decisions for its key went to the first segment; from now on they go to it.
+    current_app.extensions["copybandit.snapshots"].invalidate(path.experiment_id)
+    return json_of(SegmentOut(key=segment.key, description=segment.description, variants=[]), 201)
+
+
+@api.patch(
+    "/experiments/<path_id:experiment_id>/segments/<segment_key>",
+    responses=responses(_200=SegmentOut),
+)
+def patch_segment(path: SegmentPath, body: SegmentPatch) -> tuple[dict[str, Any], int]:
+    """Rewrite a segment's description, the persona its copy is written for."""
+    session = db.session()
+    segment = update_segment(
+        session=session,
+        experiment_id=path.experiment_id,
+        key=path.segment_key,
+        description=body.description,
+        by=_by_key(),
+    )
+    variants = variants_of(session=session, experiment_id=path.experiment_id)
+    return json_of(
+        SegmentOut(
+            key=segment.key,
+            description=segment.description,
+            variants=[_variant_out(v, segment.key) for v in variants if v.segment_id == segment.id],
+        )
+    )
 
 
 @api.post("/experiments/<path_id:experiment_id>/variants", responses=responses(_201=VariantOut))

@@ -1,0 +1,182 @@
+"""Changes to an experiment's brief after creation: its name, product, brand voice and
+auto-approval, and its segments (a new one, or a persona rewritten). Each change is written under
+the experiment's lock, as a policy change is, and recorded in the audit trail as an `edit` that
+says who changed which fields, from what to what.
+
+A brief the model found too long is held back from the lifecycle until it changes
+(service.long_briefs), so an edit here is also how such a segment gets copy again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from service.errors import Conflict, quoted
+from service.experiments import find_segment, flush_named, get_experiment
+from service.models import Experiment, LifecycleEvent, Segment
+from service.schemas import ExperimentPatch, SegmentIn
+from service.segment_guard import lock_row
+
+# The audit's reason shows each old and new value cut to this many characters: a description
+# runs to 5,000, and the trail is read a page of 500 at a time.
+SHOWN_CHARS = 60
+
+# ExperimentPatch's fields by the column each changes, under the name the audit gives them.
+_EXPERIMENT_FIELDS = {
+    "name": "name",
+    "brand_voice": "brand_voice",
+    "auto_approve": "auto_approve",
+}
+_PRODUCT_FIELDS = {
+    "name": "product_name",
+    "description": "product_description",
+    "price": "product_price",
+    "url": "product_url",
+}
+
+
+def update_experiment(
+    *, session: Session, experiment_id: int, patch: ExperimentPatch, by: str
+) -> Experiment:
+    """Apply the fields `patch` gives; one given with the value it has changes nothing and is left
+    out of the audit. `by` says who, for the audit ("API key k1", a marketer's email)."""
+    experiment = get_experiment(session=session, experiment_id=experiment_id)
+    # Two edits at once each compare with what the other left, not with what both first read, so
+    # the audit's old values are the ones each replaced.
+    lock_row(session, experiment)
+    wanted: dict[str, tuple[str, Any]] = {
+        label: (column, getattr(patch, label))
+        for label, column in _EXPERIMENT_FIELDS.items()
+        if label in patch.model_fields_set
+    }
+    if patch.product is not None:
+        wanted |= {
+            f"product.{label}": (column, getattr(patch.product, label))
+            for label, column in _PRODUCT_FIELDS.items()
+            if label in patch.product.model_fields_set
+        }
+    changes = _changes(experiment, wanted)
+    if not changes:
+        session.rollback()
+        return experiment
+    for column, _, new in changes.values():
+        setattr(experiment, column, new)
+    session.add(experiment)
+    # A name taken refuses the whole edit: none of its other fields is stored either.
+    flush_named(session, experiment)
+    session.add(_edit_event(experiment_id, None, _edited(by, changes), list(changes)))
+    session.commit()
+    return experiment
+
+
+def add_segment(*, session: Session, experiment_id: int, segment_in: SegmentIn, by: str) -> Segment:
+    """A new segment, after the others (the first stays the default). It has no copy: the next
+    lifecycle pass orders some, as for any segment short of its target."""
+    experiment = get_experiment(session=session, experiment_id=experiment_id)
+    # Two adds at once would take the same position, and a duplicate key's check the other's gap.
+    lock_row(session, experiment)
+    taken = session.exec(
+        select(Segment.id).where(
+            Segment.experiment_id == experiment_id, Segment.key == segment_in.key
+        )
+    ).first()
+    if taken is not None:
+        session.rollback()
+        raise _duplicate_key(experiment_id, segment_in.key)
+    last = session.exec(
+        select(sa.func.max(Segment.position)).where(Segment.experiment_id == experiment_id)
+    ).one()
+    segment = Segment(
+        experiment_id=experiment_id,
+        key=segment_in.key,
+        description=segment_in.description,
+        position=(last if last is not None else -1) + 1,
+    )
+    session.add(segment)
+    try:
+        session.flush()
+    except sa.exc.IntegrityError:
+        # A writer that went around the lock (SQL by hand) added the key meanwhile.
+        session.rollback()
+        raise _duplicate_key(experiment_id, segment_in.key) from None
+    session.add(
+        _edit_event(
+            experiment_id,
+            segment.id,
+            f"added by {by}: segment {quoted(segment.key)}, "
+            f"description {shown(segment.description)}",
+            ["key", "description"],
+        )
+    )
+    session.commit()
+    return segment
+
+
+def update_segment(
+    *, session: Session, experiment_id: int, key: str, description: str, by: str
+) -> Segment:
+    """Rewrite the segment's persona; the same text changes nothing and is left out of the
+    audit."""
+    experiment = get_experiment(session=session, experiment_id=experiment_id)
+    segment = find_segment(session=session, experiment_id=experiment_id, key=key)
+    lock_row(session, experiment)
+    session.refresh(segment)
+    changes = _changes(segment, {"description": ("description", description)})
+    if not changes:
+        session.rollback()
+        return segment
+    segment.description = description
+    session.add(segment)
+    session.add(_edit_event(experiment_id, segment.id, _edited(by, changes), list(changes)))
+    session.commit()
+    return segment
+
+
+def _duplicate_key(experiment_id: int, key: str) -> Conflict:
+    return Conflict(f"experiment {experiment_id} already has a segment {quoted(key)}", field="key")
+
+
+def _changes(row: Any, wanted: dict[str, tuple[str, Any]]) -> dict[str, tuple[str, Any, Any]]:
+    """label -> (column, old, new) for each wanted value that differs from the row's."""
+    return {
+        label: (column, getattr(row, column), new)
+        for label, (column, new) in wanted.items()
+        if getattr(row, column) != new
+    }
+
+
+def _edited(by: str, changes: dict[str, tuple[str, Any, Any]]) -> str:
+    said = "; ".join(
+        f"{label} {shown(old)} → {shown(new)}" for label, (_, old, new) in changes.items()
+    )
+    return f"edited by {by}: {said}"
+
+
+def _edit_event(
+    experiment_id: int, segment_id: int | None, reason: str, fields: list[str]
+) -> LifecycleEvent:
+    return LifecycleEvent(
+        experiment_id=experiment_id,
+        segment_id=segment_id,
+        variant_id=None,
+        action="edit",
+        reason=reason,
+        numbers={"fields": fields},
+    )
+
+
+def shown(value: Any) -> str:
+    """A value as the audit's reason shows it: text quoted and cut to SHOWN_CHARS, none as none."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float):
+        return str(value)
+    text = str(value)
+    if len(text) > SHOWN_CHARS:
+        text = text[: SHOWN_CHARS - 1] + "…"
+    return quoted(text)
