@@ -884,6 +884,68 @@ def test_add_a_variant_by_hand(page: Page, site: Site) -> None:
     assert segment is not None and segment.key == "busy-parents"
 
 
+def test_edit_the_brief_and_a_persona_then_add_a_segment(page: Page, site: Site) -> None:
+    experiment_id, _ = make_experiment(
+        site, active={"tea-lovers": ["The Aurora kettle: tea, sooner."]}
+    )
+    page.goto(f"/dashboard/experiments/{experiment_id}")
+    page.get_by_text("Edit brief").click()
+    page.get_by_label("Price (optional)").fill("45.50")
+    page.get_by_label("Brand voice (optional)").fill("Calm, precise, a little warm.")
+    page.get_by_role("button", name="Save brief").click()
+
+    expect(flash(page)).to_have_text("Saved the brief.")
+    expect(page.locator("p.product")).to_contain_text("45.50")
+    with site.session() as session:
+        stored = session.get_one(Experiment, experiment_id)
+        assert (stored.product_price, stored.brand_voice) == (45.5, "Calm, precise, a little warm.")
+
+    section = page.locator("#segment-tea-lovers")
+    section.get_by_label("Edit the persona of tea-lovers").click()
+    section.get_by_role("textbox", name="Persona of tea-lovers").fill(
+        "Brew loose-leaf tea at 80 °C."
+    )
+    section.get_by_role("button", name="Save the persona of tea-lovers").click()
+    expect(section.get_by_test_id("persona")).to_have_text("Brew loose-leaf tea at 80 °C.")
+    expect(section.locator(".flash")).to_have_text("Saved the persona of tea-lovers.")
+
+    adding = page.locator("#add-segment")
+    adding.get_by_label("Segment key").fill("night-owls")
+    adding.get_by_label("Who they are").fill("Brew after midnight.")
+    adding.get_by_role("button", name="Add segment").click()
+    added = page.locator("#segment-night-owls")
+    expect(added.get_by_test_id("persona")).to_have_text("Brew after midnight.")
+    expect(added.locator(".flash")).to_contain_text("Added segment night-owls.")
+    with site.session() as session:
+        reasons = session.exec(
+            select(LifecycleEvent.reason).where(
+                LifecycleEvent.experiment_id == experiment_id, LifecycleEvent.action == "edit"
+            )
+        ).all()
+    assert [reason.split(":")[0] for reason in reasons] == [f"edited by {EMAIL}"] * 2 + [
+        f"added by {EMAIL}"
+    ]
+
+
+def test_a_refused_persona_puts_the_cursor_in_its_box(page: Page, site: Site) -> None:
+    """As on the New experiment page: the error is read with the box it is about."""
+    experiment_id, _ = make_experiment(site)
+    page.goto(f"/dashboard/experiments/{experiment_id}")
+    section = page.locator("#segment-tea-lovers")
+    section.get_by_label("Edit the persona of tea-lovers").click()
+    section.get_by_role("textbox", name="Persona of tea-lovers").fill("Tea \u200b lovers")
+    section.get_by_role("button", name="Save the persona of tea-lovers").click()
+
+    box = page.locator("#segment-tea-lovers").get_by_role("textbox", name="Persona of tea-lovers")
+    expect(box).to_be_focused()
+    expect(box).to_have_attribute("aria-invalid", "true")
+    expect(box).to_have_value("Tea \u200b lovers")
+    expect(box).to_have_accessible_description(re.compile("U\\+200B"))
+    with site.session() as session:
+        segment = find_segment(session=session, experiment_id=experiment_id, key="tea-lovers")
+        assert segment.description == "People who are tea-lovers."
+
+
 # --- untrusted copy -------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ import re
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
+from html import unescape
 from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -1303,7 +1304,9 @@ class _DirectionOf(HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         have = dict(attrs)
-        if tag == "input" and self.needle in (have.get("value") or ""):
+        # A hidden input's value is not shown (the brief form's was_* values).
+        shown = tag == "input" and have.get("type") != "hidden"
+        if shown and self.needle in (have.get("value") or ""):
             self.holders.append((tag, have))
         if tag not in _VOID:
             self._open.append((tag, have))
@@ -3593,3 +3596,225 @@ def test_a_message_about_a_segment_is_at_the_top_of_any_other_page(
     dash.post(f"/dashboard/variants/{second}/status", {"action": "pause"})
     listing = dash.html("/dashboard/")
     assert flashes(listing.split("<h1>")[0]) == [f"Variant #{second} paused."]
+
+
+# --- editing the brief -------------------------------------------------------------------------
+
+
+def brief_form(html: str, **typed: str) -> dict[str, str]:
+    """The Edit brief form as the page drew it (its boxes and the was_* values beside them), with
+    `typed` typed into its boxes."""
+    start = html.index('class="edit-brief"')
+    form = html[start : html.index("</form>", start)]
+    values = {}
+    for attributes in re.findall(r"<input([^>]*)>", form):
+        name = re.search(r'name="(\w+)"', attributes)
+        value = re.search(r'value="([^"]*)"', attributes)
+        if name and name[1] != "csrf_token":
+            values[name[1]] = unescape(value[1]) if value else "on"
+    values |= {
+        name: unescape(value)
+        for name, value in re.findall(r'<textarea name="(\w+)"[^>]*>([^<]*)</textarea>', form)
+    }
+    if 'name="auto_approve" checked' not in form:
+        values.pop("auto_approve", None)
+    return {**values, **typed}
+
+
+def edits(app: Any, experiment_id: int) -> list[LifecycleEvent]:
+    with Session(app.extensions["copybandit.engine"]) as session:
+        return list(
+            session.exec(
+                select(LifecycleEvent).where(
+                    LifecycleEvent.experiment_id == experiment_id, LifecycleEvent.action == "edit"
+                )
+            )
+        )
+
+
+def test_the_brief_form_saves_what_was_changed_and_audits_it_under_the_marketer(
+    dash: Dashboard, app: Any, experiment: dict[str, Any]
+) -> None:
+    page = f"/dashboard/experiments/{experiment['id']}"
+    form = brief_form(dash.html(page), price="45.50", brand_voice="Warm.")
+
+    response = dash.post(f"{page}/brief", form)
+
+    assert response.status_code == 303, error_text(response)
+    stored_now = fresh(app, Experiment, experiment["id"])
+    assert (stored_now.product_price, stored_now.brand_voice) == (45.5, "Warm.")
+    assert stored_now.name == experiment["name"]
+    [edit] = edits(app, experiment["id"])
+    assert (
+        edit.reason == f"edited by {EMAIL}: brand_voice none → 'Warm.'; product.price 49.0 → 45.5"
+    )
+    assert "Saved the brief." in flashes(dash.html(page))
+
+
+def test_the_brief_form_leaves_alone_what_someone_changed_since_the_page_was_drawn(
+    dash: Dashboard, api: Any, app: Any, experiment: dict[str, Any]
+) -> None:
+    """Every box is sent, the ones not touched holding what the page showed: saved as sent, they
+    put back the name and price another marketer had changed meanwhile."""
+    page = f"/dashboard/experiments/{experiment['id']}"
+    form = brief_form(dash.html(page), brand_voice="Warm.")
+    changed = api.patch(
+        f"/v1/experiments/{experiment['id']}", json={"name": "Renamed", "product": {"price": 39.0}}
+    )
+    assert changed.status_code == 200
+
+    assert dash.post(f"{page}/brief", form).status_code == 303
+
+    stored_now = fresh(app, Experiment, experiment["id"])
+    assert (stored_now.name, stored_now.product_price, stored_now.brand_voice) == (
+        "Renamed",
+        39.0,
+        "Warm.",
+    )
+
+
+def test_a_brief_form_changing_nothing_stores_nothing(
+    dash: Dashboard, app: Any, experiment: dict[str, Any]
+) -> None:
+    page = f"/dashboard/experiments/{experiment['id']}"
+    before = stored(app)
+
+    response = dash.post(f"{page}/brief", brief_form(dash.html(page)))
+
+    assert response.status_code == 303
+    assert stored(app) == before
+    assert "Nothing in the brief was changed." in flashes(dash.html(page))
+
+
+@pytest.mark.parametrize(
+    ("typed", "box", "status"),
+    [
+        ({"brand_voice": "Warm\ufeff"}, "brand_voice", 400),
+        ({"price": "٤٩"}, "price", 400),
+        ({"product_description": " "}, "product_description", 400),
+        ({"product_url": "ftp://shop.example"}, "product_url", 400),
+        ({"name": "Taken"}, "name", 409),
+    ],
+)
+def test_a_refused_brief_form_opens_again_with_what_was_typed_and_the_box_marked(
+    dash: Dashboard,
+    api: Any,
+    app: Any,
+    experiment: dict[str, Any],
+    typed: dict[str, str],
+    box: str,
+    status: int,
+) -> None:
+    api.create_experiment(name="Taken")
+    page = f"/dashboard/experiments/{experiment['id']}"
+    changes = {"price": "12", **typed}
+    form = brief_form(dash.html(page), **changes)
+    before = stored(app)
+
+    response = dash.post(f"{page}/brief", form)
+
+    assert response.status_code == status
+    html = response.get_data(as_text=True)
+    assert stored(app) == before
+    assert '<details class="edit-brief" open>' in html
+    assert texts(html, id="form-error") == [error_text(response)]
+    marked = marked_invalid(html)
+    assert list(marked) == [box]
+    assert marked[box]["aria-describedby"] == "form-error" and "autofocus" in marked[box]
+    # What was typed is in the boxes, the other box the marketer changed too.
+    shown_again = brief_form(html)
+    assert {name: shown_again[name] for name in changes} == changes
+
+
+def test_a_brief_form_without_the_csrf_token_stores_nothing(
+    dash: Dashboard, app: Any, experiment: dict[str, Any]
+) -> None:
+    page = f"/dashboard/experiments/{experiment['id']}"
+    form = brief_form(dash.html(page), brand_voice="Warm.")
+    before = stored(app)
+
+    response = dash.post(f"{page}/brief", form, csrf=None)
+
+    assert response.status_code == 400
+    assert stored(app) == before
+
+
+def test_the_persona_form_rewrites_a_segments_description(
+    dash: Dashboard, app: Any, experiment: dict[str, Any]
+) -> None:
+    page = f"/dashboard/experiments/{experiment['id']}"
+    assert "Need hot water fast." in section(dash.html(page), "busy-parents")
+
+    response = dash.post(
+        f"{page}/segments/busy-parents",
+        {"description": "Hot water in a minute.", "was_description": "Need hot water fast."},
+    )
+
+    assert response.status_code == 303
+    assert response.headers["Location"].endswith(f"{page}#segment-busy-parents")
+    html = section(dash.html(page), "busy-parents")
+    assert texts(html, data_testid="persona") == ["Hot water in a minute."]
+    assert "Saved the persona of busy-parents." in flashes(html)
+    [edit] = edits(app, experiment["id"])
+    assert edit.reason == (
+        f"edited by {EMAIL}: description 'Need hot water fast.' → 'Hot water in a minute.'"
+    )
+
+
+def test_a_refused_persona_opens_its_form_again_in_its_section(
+    dash: Dashboard, app: Any, experiment: dict[str, Any]
+) -> None:
+    page = f"/dashboard/experiments/{experiment['id']}"
+    before = stored(app)
+
+    response = dash.post(
+        f"{page}/segments/busy-parents",
+        {"description": "Fast\u202e water", "was_description": "Need hot water fast."},
+    )
+
+    assert response.status_code == 400
+    assert stored(app) == before
+    html = section(response.get_data(as_text=True), "busy-parents")
+    assert '<details class="edit-persona" open>' in html
+    assert "U+202E" in error_text(response)
+    [(name, attrs)] = marked_invalid(html).items()
+    assert name == "description" and attrs["aria-label"] == "Persona of busy-parents"
+    assert "Fast\u202e water</textarea>" in html
+
+
+def test_the_add_segment_form_adds_one_last_and_a_taken_key_is_refused(
+    dash: Dashboard, app: Any, experiment: dict[str, Any]
+) -> None:
+    page = f"/dashboard/experiments/{experiment['id']}"
+
+    response = dash.post(
+        f"{page}/segments", {"key": " night-owls ", "description": "Brew after midnight."}
+    )
+
+    assert response.status_code == 303, error_text(response)
+    assert response.headers["Location"].endswith(f"{page}#segment-night-owls")
+    html = dash.html(page)
+    assert re.findall(r'data-segment="([^"]+)"', html) == [
+        "tea-lovers",
+        "busy-parents",
+        "night-owls",
+    ]
+    assert texts(section(html, "night-owls"), data_testid="persona") == ["Brew after midnight."]
+    [edit] = edits(app, experiment["id"])
+    assert edit.reason.startswith(f"added by {EMAIL}: segment 'night-owls'")
+
+    before = stored(app)
+    refused = dash.post(f"{page}/segments", {"key": "night-owls", "description": "Again."})
+    assert refused.status_code == 409
+    assert stored(app) == before
+    marked = marked_invalid(refused.get_data(as_text=True))
+    assert list(marked) == ["key"] and marked["key"]["aria-describedby"] == "form-error"
+
+
+def test_the_experiment_page_marks_no_brief_box_before_a_form_is_sent(
+    dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    html = dash.html(f"/dashboard/experiments/{experiment['id']}")
+    assert 'id="form-error"' not in html
+    assert marked_invalid(html) == {}
+    assert '<details class="edit-brief">' in html

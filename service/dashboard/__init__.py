@@ -18,14 +18,14 @@ from werkzeug.wrappers import Response
 
 from service import errors
 from service.config import Settings
-from service.dashboard import account_pages, experiment_pages, review_pages
+from service.dashboard import account_pages, brief_pages, experiment_pages, review_pages
 from service.dashboard.blueprint import bp
 from service.dashboard.session_auth import page_headers
 from service.dashboard.sign_in_limits import SignInLimits
 from service.models import MAX_DB_ID
 
 # Imported for their routes, which they attach to `bp`.
-_PAGES = (account_pages, experiment_pages, review_pages)
+_PAGES = (account_pages, brief_pages, experiment_pages, review_pages)
 
 
 class DashboardOnlySessions(SecureCookieSessionInterface):

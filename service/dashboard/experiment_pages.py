@@ -127,8 +127,23 @@ def experiments() -> str:
     return render_template("experiments.html", rows=rows)
 
 
+@dataclass(frozen=True)
+class RefusedForm:
+    """A form on the experiment page that was refused: which one ("brief", "add-segment", or a
+    segment's key), the error, the box it names, and what was typed, shown back in it."""
+
+    form: str
+    error: str
+    box: str | None
+    typed: dict[str, str]
+
+
 @bp.get("/experiments/<id:experiment_id>")
 def experiment(experiment_id: int) -> str:
+    return experiment_page(experiment_id)
+
+
+def experiment_page(experiment_id: int, refused: RefusedForm | None = None) -> str:
     session = db.session()
     experiment = get_experiment(session=session, experiment_id=experiment_id)
     report = experiment_report(session=session, experiment_id=experiment_id)
@@ -146,6 +161,8 @@ def experiment(experiment_id: int) -> str:
         pending=_pending_count(session, experiment_id),
         reasons=_status_reasons(session, experiment_id),
         reach_weeks=REACH.days // 7,
+        personas={segment.key: segment.description for segment in rows},
+        refused=refused,
     )
 
 
@@ -286,7 +303,7 @@ def new_experiment() -> Response | str | tuple[str, int]:
             "experiment_new.html",
             form=form,
             error=exc.message,
-            error_box=_box_for(exc.field),
+            error_box=box_for(exc.field),
         )
         return page, exc.status
     # Isolated (a flash is text, no <bdi>): a right-to-left name would otherwise reorder the
@@ -311,7 +328,7 @@ _FORM_BOXES = {
 }
 
 
-def _box_for(field: str | None) -> str | None:
+def box_for(field: str | None) -> str | None:
     """The box the page marks invalid and puts the cursor in, so a screen reader reads the error
     with the box's label; a segment's path ("segments.0.key") is found by its first part."""
     if field is None:
@@ -340,10 +357,7 @@ def _experiment_fields(form: dict[str, str]) -> dict[str, Any]:
             raise _segment_line_error(number, problem)
         first_line[segment["key"]] = number
         segments.append(segment)
-    price_text = form.get("price", "").strip()
-    if price_text and not _PRICE.fullmatch(price_text):
-        raise InvalidInput("product.price: must be a number", field="product.price")
-    price = float(price_text) if price_text else None
+    price = form_price(form.get("price", ""))
     return {
         "name": form.get("name", ""),
         "product": {
@@ -356,6 +370,14 @@ def _experiment_fields(form: dict[str, str]) -> dict[str, Any]:
         "brand_voice": form.get("brand_voice", "").strip() or None,
         "auto_approve": form.get("auto_approve") == "on",
     }
+
+
+def form_price(text: str) -> float | None:
+    """The price box's text as a number; empty is none."""
+    text = text.strip()
+    if text and not _PRICE.fullmatch(text):
+        raise InvalidInput("product.price: must be a number", field="product.price")
+    return float(text) if text else None
 
 
 def _check_segment_line(number: int, segment: dict[str, str]) -> None:
@@ -395,7 +417,7 @@ def add_manual_variant(experiment_id: int) -> Response:
         f"Added variant #{variant.id} to {body.segment}; it is being served now.",
         variant.segment_id,
     )
-    return _back_to(experiment_id, body.segment)
+    return back_to(experiment_id, body.segment)
 
 
 @bp.post("/experiments/<id:experiment_id>/generate")
@@ -553,7 +575,7 @@ def _number(value: float | None) -> str:
     return "" if value is None else f"{value:.6g}"
 
 
-def _back_to(experiment_id: int, segment_key: str | None = None) -> Response:
+def back_to(experiment_id: int, segment_key: str | None = None) -> Response:
     anchor = f"segment-{segment_key}" if segment_key else None
     return redirect(
         url_for("dashboard.experiment", experiment_id=experiment_id, _anchor=anchor), code=303

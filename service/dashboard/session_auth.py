@@ -51,6 +51,8 @@ _TYPED_FIELDS = {
     "product_url": "Product URL",
     "brand_voice": "Brand voice",
     "segments": "Segments",
+    "key": "Segment key",
+    "description": "Segment description",
 }
 
 

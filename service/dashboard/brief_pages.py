@@ -1,0 +1,143 @@
+"""The experiment page's forms that change its brief: the product, name, brand voice and
+auto-approval; a segment's persona; a new segment. Each goes through the API's data functions and
+rules, and is audited as an `edit` under the marketer's email."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import flash, g, request
+from werkzeug.wrappers import Response
+
+from service import db
+from service.brief_edits import add_segment, update_experiment, update_segment
+from service.dashboard.blueprint import bp, flash_about_segment, validated
+from service.dashboard.blueprint import invalidate as invalidate_snapshot
+from service.dashboard.experiment_pages import (
+    RefusedForm,
+    back_to,
+    box_for,
+    experiment_page,
+    form_price,
+)
+from service.errors import APIError, spelled_out
+from service.schemas import ExperimentPatch, SegmentIn, SegmentPatch
+
+# The brief form's boxes. Each comes with a hidden "was_<box>": what the page showed in it.
+BRIEF_BOXES = (
+    "name",
+    "product_name",
+    "product_description",
+    "price",
+    "product_url",
+    "brand_voice",
+    "auto_approve",
+)
+
+
+@bp.post("/experiments/<id:experiment_id>/brief")
+def edit_brief(experiment_id: int) -> Response | tuple[str, int]:
+    form = {box: request.form.get(box, "") for box in BRIEF_BOXES}
+    shown = {box: request.form.get(f"was_{box}", "") for box in BRIEF_BOXES}
+    try:
+        # Only the boxes the marketer changed: the others hold what the page showed, and sent
+        # back they would undo a change someone made since it was drawn. A box the form left out
+        # is not a change; a checkbox left unticked is left out, so it is read as it was sent.
+        changed = {
+            box
+            for box in BRIEF_BOXES
+            if (box in request.form or box == "auto_approve") and form[box] != shown[box]
+        }
+        if not changed:
+            flash("Nothing in the brief was changed.")
+            return back_to(experiment_id)
+        patch = validated(ExperimentPatch, _brief_patch(form, changed))
+        update_experiment(
+            session=db.session(), experiment_id=experiment_id, patch=patch, by=_by_marketer()
+        )
+    except APIError as exc:
+        return _refused(experiment_id, "brief", exc, box_for(exc.field))
+    flash("Saved the brief.")
+    return back_to(experiment_id)
+
+
+def _brief_patch(form: dict[str, str], changed: set[str]) -> dict[str, Any]:
+    """The changed boxes in ExperimentPatch's shape; an optional box left empty clears its field."""
+    product_boxes = {
+        "product_name": ("name", form["product_name"]),
+        "product_description": ("description", form["product_description"]),
+        "price": ("price", form_price(form["price"]) if "price" in changed else None),
+        "product_url": ("url", form["product_url"].strip() or None),
+    }
+    patch: dict[str, Any] = {}
+    product = {field: value for box, (field, value) in product_boxes.items() if box in changed}
+    if product:
+        patch["product"] = product
+    if "name" in changed:
+        patch["name"] = form["name"]
+    if "brand_voice" in changed:
+        patch["brand_voice"] = form["brand_voice"].strip() or None
+    if "auto_approve" in changed:
+        patch["auto_approve"] = form["auto_approve"] == "on"
+    return patch
+
+
+@bp.post("/experiments/<id:experiment_id>/segments")
+def new_segment(experiment_id: int) -> Response | tuple[str, int]:
+    try:
+        body = validated(
+            SegmentIn,
+            {
+                "key": request.form.get("key", "").strip(),
+                "description": request.form.get("description", ""),
+            },
+        )
+        segment = add_segment(
+            session=db.session(), experiment_id=experiment_id, segment_in=body, by=_by_marketer()
+        )
+    except APIError as exc:
+        return _refused(experiment_id, "add-segment", exc, exc.field)
+    invalidate_snapshot(experiment_id)
+    flash_about_segment(
+        f"Added segment {segment.key}. It has no copy yet: add some by hand or have the model "
+        "write some; until then decisions for it are refused (no_active_variant).",
+        segment.id,  # type: ignore[arg-type]
+    )
+    return back_to(experiment_id, segment.key)
+
+
+@bp.post("/experiments/<id:experiment_id>/segments/<segment_key>")
+def edit_segment(experiment_id: int, segment_key: str) -> Response | tuple[str, int]:
+    description = request.form.get("description", "")
+    if description == request.form.get("was_description"):
+        flash("Nothing in the persona was changed.")
+        return back_to(experiment_id, segment_key)
+    try:
+        body = validated(SegmentPatch, {"description": description})
+        segment = update_segment(
+            session=db.session(),
+            experiment_id=experiment_id,
+            key=segment_key,
+            description=body.description,
+            by=_by_marketer(),
+        )
+    except APIError as exc:
+        # A segment that is not there has no form to show the error in: the error page says so.
+        if exc.field == "segment":
+            raise
+        return _refused(experiment_id, segment_key, exc, exc.field)
+    flash_about_segment(f"Saved the persona of {segment.key}.", segment.id)  # type: ignore[arg-type]
+    return back_to(experiment_id, segment.key)
+
+
+def _by_marketer() -> str:
+    return spelled_out(g.marketer.email)
+
+
+def _refused(experiment_id: int, form: str, exc: APIError, box: str | None) -> tuple[str, int]:
+    """The experiment page again, the refused form open with what was typed and its error."""
+    db.session().rollback()
+    typed = request.form.to_dict()
+    typed.pop("csrf_token", None)
+    refused = RefusedForm(form=form, error=exc.message, box=box, typed=typed)
+    return experiment_page(experiment_id, refused), exc.status
