@@ -50,7 +50,8 @@ def test_the_readme_examples_from_creating_an_experiment_to_pausing_a_variant_wo
 ) -> None:
     seed_demo(session=session)  # experiment 1 and its variants, as `copybandit init` makes them
     calls = _examples()
-    assert [m for m, _, _ in calls].count("PATCH") == 1
+    # The brief's, a persona's and a variant's.
+    assert [m for m, _, _ in calls].count("PATCH") == 3
 
     for method, path, body in calls:
         send = getattr(api, method.lower())
@@ -61,6 +62,9 @@ def test_the_readme_examples_from_creating_an_experiment_to_pausing_a_variant_wo
     created = api.get("/v1/experiments/2").get_json()
     (tea,) = [s for s in created["segments"] if s["key"] == "tea-lovers"]
     assert {v["id"]: v["status"] for v in tea["variants"]} == {10: "paused", 11: "active"}
+    assert tea["description"] == "Brew loose-leaf tea at 80 °C."
+    assert created["product"]["price"] == 45.0
+    assert [s["key"] for s in created["segments"]][-1] == "night-owls"
 
 
 def test_the_readme_names_every_option_of_the_users_commands() -> None:
