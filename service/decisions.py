@@ -82,9 +82,13 @@ def decide(
     )
     arms = view.segment(decide_in.segment)
     if not arms.variant_ids:
-        raise Conflict(
-            f"segment {arms.key!r} has no active variant", field="segment", code="no_active_variant"
-        )
+        message = f"segment {arms.key!r} has no active variant"
+        if decide_in.segment is not None and decide_in.segment != arms.key:
+            message = (
+                f"neither segment {decide_in.segment!r} nor the default segment {arms.key!r} "
+                "has an active variant"
+            )
+        raise Conflict(message, field="segment", code="no_active_variant")
     user_hash = (
         hash_user_id(decide_in.user_id, key=settings.user_id_key)
         if decide_in.user_id is not None

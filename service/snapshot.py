@@ -70,18 +70,22 @@ class ExperimentView:
     _arms: dict[str, SegmentArms] = field(default_factory=dict)
 
     def segment(self, key: str | None) -> SegmentArms:
-        """Unknown or missing keys fall back to the experiment's first segment.
+        """Unknown or missing keys fall back to the experiment's first segment, and so does a
+        segment with no active copy yet (one just added, or whose copy waits for review): a
+        storefront already sending its key had been served the first segment's copy, and got a
+        409 for every impression from the moment the segment was added until its copy was live.
 
         A segment's arms are built at its first decision after a load, not at the load: when each
         segment's arms came with Monte-Carlo propensities (~4 ms a segment), a decision that
         reloaded a 50-segment experiment paid for all fifty (0.4-1.4 s), about once a second per
         worker, and a segment no one asks for still needs no draws."""
-        if key not in self.loaded:
-            key = self.default_key
-        arms = self._arms.get(key)
+        loaded = self.loaded.get(key) if key is not None else None
+        if loaded is None or not loaded.variant_ids:
+            loaded = self.loaded[self.default_key]
+        arms = self._arms.get(loaded.key)
         if arms is None:
             # Two threads may both build it; the first stored is the one every decision uses.
-            arms = self._arms.setdefault(key, self.arms_of(self.loaded[key]))
+            arms = self._arms.setdefault(loaded.key, self.arms_of(loaded))
         return arms
 
 

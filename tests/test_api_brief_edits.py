@@ -183,12 +183,15 @@ def test_an_added_segment_comes_last_and_the_next_pass_orders_its_copy(
     assert edit["reason"] == (
         f"added by API key {_key_id(api)}: segment 'night-owls', description 'Brew after midnight.'"
     )
-    # Its key no longer falls back to the first segment, and it has no copy yet.
-    refused = api.post(
+    # With no copy yet its key is served the first segment's, as before it was added: a 409
+    # would have failed every impression a storefront already sent with that key.
+    default_ids = {v["id"] for v in shown["segments"][0]["variants"]}
+    served = api.post(
         "/v1/decide", json={"experiment": experiment["id"], "segment": "night-owls"}, key="serve"
     )
-    assert refused.status_code == 409
-    assert refused.get_json()["error"] == "no_active_variant"
+    assert served.status_code == 200, served.get_json()
+    assert served.get_json()["segment"] == "tea-lovers"
+    assert served.get_json()["variant_id"] in default_ids
 
     engine = app.extensions["copybandit.engine"]
     report = run_lifecycle(engine=engine)
@@ -198,6 +201,17 @@ def test_an_added_segment_comes_last_and_the_next_pass_orders_its_copy(
             for job_id in report.jobs
         }
     assert "night-owls" in ordered
+
+    # Once it has live copy of its own, its key gets it.
+    own = api.add_variant(experiment["id"], "night-owls", "The Aurora kettle, for 2 a.m. tea.")
+    served = api.post(
+        "/v1/decide", json={"experiment": experiment["id"], "segment": "night-owls"}, key="serve"
+    )
+    assert served.status_code == 200, served.get_json()
+    assert (served.get_json()["segment"], served.get_json()["variant_id"]) == (
+        "night-owls",
+        own["id"],
+    )
 
 
 def test_a_segment_key_taken_is_409(api: Any) -> None:

@@ -433,7 +433,26 @@ def test_segment_without_active_variants_is_409(api: Any, session: Session) -> N
     created = api.create_experiment(name="Nothing to serve yet")
     response = _post_decide(api, {"experiment": created["id"], "segment": "busy-parents"})
     _assert_refused(response, 409, "no_active_variant", "segment")
+    assert response.get_json()["message"] == (
+        "neither segment 'busy-parents' nor the default segment 'tea-lovers' has an active variant"
+    )
     assert session.exec(select(sa.func.count()).select_from(Impression)).one() == 0
+
+
+def test_a_segment_with_no_copy_yet_is_served_the_default_segments(
+    api: Any, session: Session
+) -> None:
+    created = api.create_experiment(name="No copy for busy parents yet")
+    control = api.add_variant(created["id"], "tea-lovers", "The Aurora kettle.", origin="control")
+
+    response = _post_decide(api, {"experiment": created["id"], "segment": "busy-parents"})
+
+    assert response.status_code == 200, response.get_json()
+    assert (response.get_json()["segment"], response.get_json()["variant_id"]) == (
+        "tea-lovers",
+        control["id"],
+    )
+    assert _impressions_by_variant(session) == {control["id"]: 1}
 
 
 @pytest.mark.parametrize(

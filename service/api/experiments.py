@@ -164,11 +164,11 @@ def patch(path: ExperimentPath, body: ExperimentPatch) -> tuple[dict[str, Any], 
 def create_segment(path: ExperimentPath, body: SegmentIn) -> tuple[dict[str, Any], int]:
     # No blank line after the summary: see patch_policy.
     """Add a segment, after the others; it has no copy until some is added or generated.
-    Decisions for its key answer 409 no_active_variant until it has active copy."""
+    Decisions for its key are served the default segment's copy until it has active copy."""
     segment = add_segment(
         session=db.session(), experiment_id=path.experiment_id, segment_in=body, by=_by_key()
     )
-    # Decisions for its key went to the first segment; from now on they go to it.
+    # A view lists the segments it loaded: this worker's lists the new one at once.
     current_app.extensions["copybandit.snapshots"].invalidate(path.experiment_id)
     return json_of(SegmentOut(key=segment.key, description=segment.description, variants=[]), 201)
 
