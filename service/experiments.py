@@ -331,20 +331,34 @@ def _is_last_active(session: Session, variant: Variant) -> bool:
 
 
 def approve_edited(
-    *, session: Session, variant_id: int, text: str, reason: str, lint_config: LintConfig
+    *,
+    session: Session,
+    variant_id: int,
+    text: str,
+    reason: str,
+    lint_config: LintConfig,
+    text_seen: str,
 ) -> Variant:
     """Replace a pending variant's text and approve it, in one UPDATE conditional on it still
-    waiting for review. As an edit and then an approval, two marketers saving at once each stored
-    their text before either approved, and the first approval put the other's text live under
-    its own name. The new text's lint replaces the generated line's in the audit. Raises
-    StatusMoved when the variant is no longer pending."""
+    waiting for review with the text the editor's page showed (`text_seen`, a `text_version`). As
+    an edit and then an approval, two marketers saving at once each stored their text before
+    either approved, and the first approval put the other's text live under its own name. Without
+    the text, an edit typed over the page's text replaced one made through the API since, unseen.
+    The new text's lint replaces the generated line's in the audit. Raises StatusMoved when the
+    variant is no longer pending, TextMoved when its text is no longer the one shown."""
     variant = get_variant(session=session, variant_id=variant_id)
+    if text_version(variant.text) != text_seen:
+        current = VariantStatus(variant.status)
+        if current is not VariantStatus.PENDING_REVIEW:
+            raise StatusMoved(f"variant {variant_id} is {current}", current=current)
+        raise _text_moved(variant_id)
     audit = audit_after_edit(session, variant, text, lint_config)
     update = (
         sa.update(Variant)
         .where(
             col(Variant.id) == variant_id,
             col(Variant.status) == VariantStatus.PENDING_REVIEW.value,
+            col(Variant.text) == variant.text,
         )
         .values(
             text=text,
@@ -358,6 +372,8 @@ def approve_edited(
         session.rollback()
         session.refresh(variant)
         current = VariantStatus(variant.status)
+        if current is VariantStatus.PENDING_REVIEW:
+            raise _text_moved(variant_id)
         raise StatusMoved(f"variant {variant_id} is {current}", current=current)
     session.commit()
     session.refresh(variant)

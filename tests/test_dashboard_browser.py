@@ -32,12 +32,13 @@ from werkzeug.serving import make_server
 from generation.writer import Sample
 from service import create_app
 from service.config import Settings
+from service.copy_checks import lint_config
 from service.dashboard.experiment_pages import CSV_COLUMNS
 from service.decisions import decide
 from service.demo import DEMO, VARIANTS, seed_demo
 from service.demo_history import seed_demo_history
 from service.events import record_events
-from service.experiments import add_variant, create_experiment, find_segment
+from service.experiments import add_variant, create_experiment, find_segment, update_variant
 from service.generation_jobs import JobRunner
 from service.marketers import create_marketer
 from service.models import (
@@ -51,7 +52,7 @@ from service.models import (
     utcnow,
 )
 from service.reports import experiment_report
-from service.schemas import DecideIn, EventIn, ExperimentCreate, VariantCreate
+from service.schemas import DecideIn, EventIn, ExperimentCreate, VariantCreate, VariantPatch
 from service.snapshot import SnapshotCache
 
 pytestmark = pytest.mark.slow
@@ -538,13 +539,18 @@ def test_reject_removes_the_variant_from_the_queue(page: Page, site: Site) -> No
     expect(row(page, rejected).get_by_role("button")).to_have_count(0)
 
 
-def test_edit_then_approve_saves_the_new_text(page: Page, site: Site) -> None:
+def one_line_to_edit(site: Site) -> tuple[int, int]:
+    """A fresh experiment with one line live and one waiting for review: their ids."""
     experiment_id, ids = make_experiment(
         site,
         active={"tea-lovers": ["The Aurora kettle: tea, sooner."]},
         pending={"tea-lovers": ["The Aurora kettle boils water water water."]},
     )
-    _, edited = ids["tea-lovers"]
+    return experiment_id, ids["tea-lovers"][1]
+
+
+def test_edit_then_approve_saves_the_new_text(page: Page, site: Site) -> None:
+    experiment_id, edited = one_line_to_edit(site)
     new_text = "The Aurora glass kettle: watch your tea water come to the boil."
     page.goto(f"/dashboard/experiments/{experiment_id}/review")
 
@@ -563,6 +569,31 @@ def test_edit_then_approve_saves_the_new_text(page: Page, site: Site) -> None:
     page.goto(f"/dashboard/experiments/{experiment_id}")
     expect(row(page, edited).locator("td.copy")).to_have_text(new_text)
     expect(row(page, edited).locator("td.status .state")).to_have_text("active")
+
+
+def test_an_edit_over_text_changed_since_the_page_was_drawn_is_refused(
+    page: Page, site: Site
+) -> None:
+    """The review page is open; an API client fixes the line meanwhile. Saving the edit typed
+    over the old text would have replaced the fix unseen; it is refused, keeping what was typed."""
+    experiment_id, edited = one_line_to_edit(site)
+    typed = "The Aurora glass kettle: watch your tea water come to the boil."
+    fixed = "The Aurora kettle: 1.7 l of tea water in three minutes."
+    page.goto(f"/dashboard/experiments/{experiment_id}/review")
+    page.get_by_label(f"edit #{edited}").fill(typed)
+    with site.session() as session:
+        update_variant(
+            session=session,
+            variant_id=edited,
+            patch=VariantPatch(text=fixed),
+            lint_config=lint_config(site.settings),
+        )
+    row(page, edited).get_by_role("button", name="Save edit and approve").click()
+
+    expect(page.get_by_test_id("error")).to_have_text(f"#{edited} was edited since you read it")
+    expect(page.get_by_test_id("unsaved")).to_have_value(typed)
+    variant = site.variant(edited)
+    assert (variant.text, variant.status) == (fixed, VariantStatus.PENDING_REVIEW)
 
 
 def test_bulk_approve_the_ticked_variants(page: Page, site: Site) -> None:

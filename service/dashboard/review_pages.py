@@ -147,13 +147,16 @@ def edit_and_approve(variant_id: int) -> Response:
             text=patch.text,
             reason=_reason(approve, note="after editing"),
             lint_config=lint_config(current_app.extensions["copybandit.settings"]),
+            text_seen=_shown_text(request.form.get("shown")),
         )
+    # The edit was not stored; the error page shows it, as any refused form's text, so the
+    # marketer can copy it elsewhere.
     except StatusMoved as moved:
-        # The edit was not stored; the error page shows it, as any refused form's text, so the
-        # marketer can copy it elsewhere.
         raise StatusMoved(
             _moved_on(variant_id, approve, moved.current), current=moved.current
         ) from None
+    except TextMoved:
+        raise _edited_since(variant_id) from None
     invalidate_snapshot(variant.experiment_id)
     flash(f"Variant #{variant.id} edited and approved.")
     return _return(variant.experiment_id)
@@ -214,11 +217,8 @@ def _apply(variant_id: int, action: str, shown: str | None) -> Variant:
     if action not in ACTIONS:
         raise InvalidInput(f"action: must be one of {', '.join(ACTIONS)}", field="action")
     chosen = ACTIONS[action]
-    if chosen.checks_text and not shown:
-        raise InvalidInput(
-            "shown: the form did not say which text it showed; reload the page",
-            field="shown",
-        )
+    if chosen.checks_text:
+        shown = _shown_text(shown)
     patch = VariantPatch(status=chosen.target, reason=_reason(chosen))
     try:
         variant = update_variant(
@@ -233,9 +233,22 @@ def _apply(variant_id: int, action: str, shown: str | None) -> Variant:
             _moved_on(variant_id, chosen, moved.current), current=moved.current
         ) from None
     except TextMoved:
-        raise TextMoved(f"#{variant_id} was edited since you read it") from None
+        raise _edited_since(variant_id) from None
     invalidate_snapshot(variant.experiment_id)
     return variant
+
+
+def _shown_text(shown: str | None) -> str:
+    if not shown:
+        raise InvalidInput(
+            "shown: the form did not say which text it showed; reload the page",
+            field="shown",
+        )
+    return shown
+
+
+def _edited_since(variant_id: int) -> TextMoved:
+    return TextMoved(f"#{variant_id} was edited since you read it")
 
 
 def _reason(action: Action, note: str = "") -> str:
