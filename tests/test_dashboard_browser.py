@@ -847,6 +847,34 @@ def test_pause_then_resume_a_variant(page: Page, site: Site) -> None:
     assert variant.status_reason == f"resumed by {EMAIL}"
 
 
+def test_retiring_copy_resumed_in_another_browser_since_is_refused(
+    browser: Browser, page: Page, site: Site, signed_in_state: dict[str, Any]
+) -> None:
+    """Two browsers show the same paused line. One resumes it; the other, still showing it
+    paused, presses Retire. Retire starts from either status, so it went ahead, and undid the
+    resume for good."""
+    experiment_id, ids = make_experiment(
+        site,
+        active={"tea-lovers": ["The Aurora kettle: tea, sooner.", "Aurora: see your tea boil."]},
+    )
+    _, variant_id = ids["tea-lovers"]
+    page.goto(f"/dashboard/experiments/{experiment_id}")
+    row(page, variant_id).get_by_role("button", name=f"Pause #{variant_id}", exact=True).click()
+    expect(row(page, variant_id).locator("td.status .state")).to_have_text("paused")
+
+    with open_tab(browser, site, storage_state=signed_in_state) as other:
+        other.page.goto(f"/dashboard/experiments/{experiment_id}")
+        resume = f"Resume #{variant_id}"
+        row(other.page, variant_id).get_by_role("button", name=resume, exact=True).click()
+        expect(flash(other.page)).to_have_text(f"Variant #{variant_id} resumed.")
+
+    row(page, variant_id).get_by_role("button", name=f"Retire #{variant_id}", exact=True).click()
+    expect(page.get_by_test_id("error")).to_have_text(
+        f"#{variant_id} is no longer paused: it is active"
+    )
+    assert site.variant(variant_id).status == VariantStatus.ACTIVE
+
+
 def test_the_message_after_an_action_is_in_view_where_the_page_lands(
     page: Page, site: Site
 ) -> None:

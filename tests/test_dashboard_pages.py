@@ -1977,7 +1977,7 @@ def test_generate_for_an_unknown_segment_or_experiment_is_404(
 # --- status changes ----------------------------------------------------------------------------
 
 
-def test_status_change_with_an_unknown_action_is_400(
+def test_status_change_with_an_unknown_action_or_shown_status_is_400(
     app: Any, dash: Dashboard, experiment: dict[str, Any]
 ) -> None:
     vid = variant_ids(experiment, "tea-lovers")[0]
@@ -1987,6 +1987,12 @@ def test_status_change_with_an_unknown_action_is_400(
         assert response.status_code == 400
         assert error_text(response).startswith("action:")
     assert dash.post(f"/dashboard/variants/{vid}/status", {}).status_code == 400
+    for status in ("", "live", "ACTIVE"):
+        response = dash.post(
+            f"/dashboard/variants/{vid}/status", {"action": "retire", "shown_status": status}
+        )
+        assert response.status_code == 400, status
+        assert error_text(response).startswith("shown_status: must be one of pending_review,")
     assert stored(app) == before
 
 
@@ -2022,14 +2028,23 @@ def test_retired_copy_cannot_come_back(
 
 
 @pytest.mark.parametrize(
-    ("now", "action", "refusal"),
+    ("drawn", "now", "action", "refusal"),
     [
-        ("paused", "approve", "is no longer waiting for review: it is paused"),
-        ("active", "approve", "is no longer waiting for review: it is active"),
-        ("paused", "reject", "is no longer waiting for review: it is paused"),
-        ("active", "resume", "is not paused: it is active"),
-        ("paused", "pause", "is not active: it is paused"),
-        ("pending_review", "retire", "is neither active nor paused: it is pending review"),
+        ("pending_review", "paused", "approve", "is no longer waiting for review: it is paused"),
+        ("pending_review", "active", "approve", "is no longer waiting for review: it is active"),
+        ("pending_review", "paused", "reject", "is no longer waiting for review: it is paused"),
+        ("paused", "active", "resume", "is not paused: it is active"),
+        ("active", "paused", "pause", "is not active: it is paused"),
+        (
+            "active",
+            "pending_review",
+            "retire",
+            "is neither active nor paused: it is pending review",
+        ),
+        # Retire starts from either status, so it went ahead whichever the variant was in: copy
+        # the page showed paused was retired for good after someone had put it back on air.
+        ("paused", "active", "retire", "is no longer paused: it is active"),
+        ("active", "paused", "retire", "is no longer active: it is paused"),
     ],
 )
 def test_a_button_from_a_stale_page_is_refused_once_the_variant_moved_on(
@@ -2037,13 +2052,14 @@ def test_a_button_from_a_stale_page_is_refused_once_the_variant_moved_on(
     api: Any,
     dash: Dashboard,
     experiment: dict[str, Any],
+    drawn: str,
     now: str,
     action: str,
     refusal: str,
 ) -> None:
-    """The page showed the button while the variant was in the status it starts from; someone
-    (another marketer, the lifecycle) changed it since. Approving copy paused meanwhile must not
-    put it back on air."""
+    """The page showed the button while the variant was in the status it starts from (`drawn`);
+    someone (another marketer, the lifecycle) changed it since. Approving copy paused meanwhile
+    must not put it back on air."""
     eid = experiment["id"]
     vid = add_pending(app, eid, "tea-lovers", GOOD[0])
     if now != "pending_review":
@@ -2052,7 +2068,8 @@ def test_a_button_from_a_stale_page_is_refused_once_the_variant_moved_on(
         assert api.patch(f"/v1/variants/{vid}", json={"status": "paused"}).status_code == 200
     before = stored(app)
     response = dash.post(
-        f"/dashboard/variants/{vid}/status", {"action": action, "shown": shown(app, vid)}
+        f"/dashboard/variants/{vid}/status",
+        {"action": action, "shown": shown(app, vid), "shown_status": drawn},
     )
     assert response.status_code == 409
     assert error_text(response) == f"#{vid} {refusal}"

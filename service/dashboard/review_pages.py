@@ -128,7 +128,12 @@ def review(experiment_id: int) -> str:
 
 @bp.post("/variants/<id:variant_id>/status")
 def change_status(variant_id: int) -> Response:
-    variant = _apply(variant_id, request.form.get("action", ""), request.form.get("shown"))
+    variant = _apply(
+        variant_id,
+        request.form.get("action", ""),
+        request.form.get("shown"),
+        request.form.get("shown_status"),
+    )
     flash_about_segment(
         f"Variant #{variant.id} {ACTIONS[request.form['action']].verb}.", variant.segment_id
     )
@@ -213,25 +218,36 @@ def _capped(items: list[str], at_most: int, separator: str) -> str:
     return named + (f"{separator}and {rest:,} more" if rest > 0 else "")
 
 
-def _apply(variant_id: int, action: str, shown: str | None) -> Variant:
+def _apply(
+    variant_id: int, action: str, shown: str | None, shown_status: str | None = None
+) -> Variant:
+    """`shown_status`, where the form says it: the status its page showed. Retire starts from
+    active or paused; without it, retiring copy that the page showed paused went ahead once
+    someone had resumed it meanwhile, and undid their decision for good."""
     if action not in ACTIONS:
         raise InvalidInput(f"action: must be one of {', '.join(ACTIONS)}", field="action")
     chosen = ACTIONS[action]
     if chosen.checks_text:
         shown = _shown_text(shown)
+    starts_from = chosen.starts_from
+    was = _status_shown(shown_status) if shown_status is not None else None
+    if was is not None:
+        starts_from = starts_from & {was}
     patch = VariantPatch(status=chosen.target, reason=_reason(chosen))
     try:
         variant = update_variant(
             session=db.session(),
             variant_id=variant_id,
             patch=patch,
-            starts_from=chosen.starts_from,
+            starts_from=starts_from,
             text_seen=shown if chosen.checks_text else None,
         )
     except StatusMoved as moved:
-        raise StatusMoved(
-            _moved_on(variant_id, chosen, moved.current), current=moved.current
-        ) from None
+        if was is not None and moved.current in chosen.starts_from:
+            message = f"#{variant_id} is no longer {_words(was)}: it is {_words(moved.current)}"
+        else:
+            message = _moved_on(variant_id, chosen, moved.current)
+        raise StatusMoved(message, current=moved.current) from None
     except TextMoved:
         raise _edited_since(variant_id) from None
     invalidate_snapshot(variant.experiment_id)
@@ -245,6 +261,16 @@ def _shown_text(shown: str | None) -> str:
             field="shown",
         )
     return shown
+
+
+def _status_shown(text: str) -> VariantStatus:
+    try:
+        return VariantStatus(text)
+    except ValueError:
+        statuses = ", ".join(status.value for status in VariantStatus)
+        raise InvalidInput(
+            f"shown_status: must be one of {statuses}; reload the page", field="shown_status"
+        ) from None
 
 
 def _edited_since(variant_id: int) -> TextMoved:
@@ -268,7 +294,11 @@ _WHO_AT_MOST = 400
 
 
 def _moved_on(variant_id: int, action: Action, current: VariantStatus) -> str:
-    return f"#{variant_id} {action.elsewhere}: it is {current.replace('_', ' ')}"
+    return f"#{variant_id} {action.elsewhere}: it is {_words(current)}"
+
+
+def _words(status: VariantStatus) -> str:
+    return status.replace("_", " ")
 
 
 def _return(experiment_id: int) -> Response:
