@@ -9,8 +9,10 @@ state, and its row locks then need not wait out the planning).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import operator
+import threading
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -853,27 +855,44 @@ def audit_trail(
     return list(session.exec(query.order_by(col(LifecycleEvent.id).desc()).limit(limit)))
 
 
+# A check is a few reads and a Monte Carlo over the segment's arms, 14 ms on SQLite here: a batch
+# of 1,000 conversions in 1,000 segments held its request 15.6 s, half gunicorn's worker timeout.
+GUARDRAIL_CHECKS_PER_REQUEST = 20
+
+
 class GuardrailWatch:
     """Runs the guardrail on segments whose counters just changed, at most once a second each,
-    so a burst of conversions costs one check, not one per request."""
+    so a burst of conversions costs one check, not one per request; and at most `max_checks`
+    segments per call, the rest waiting, oldest first, for the next calls."""
 
     def __init__(
         self,
         engine: sa.Engine,
         *,
         min_interval: float = 1.0,
+        max_checks: int = GUARDRAIL_CHECKS_PER_REQUEST,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        import time
-
         self.engine = engine
         self.min_interval = min_interval
+        self.max_checks = max_checks
         self.clock = clock or time.monotonic
         self._last: dict[int, float] = {}
+        # Due but not yet checked, in the order they came due (a dict as an ordered set).
+        self._waiting: dict[int, None] = {}
+        self._lock = threading.Lock()
 
     def counters_changed(self, segment_ids: set[int]) -> list[LifecycleEvent]:
         now = self.clock()
-        due = sorted(s for s in segment_ids if now - self._last.get(s, -1e18) >= self.min_interval)
+        with self._lock:
+            for s in sorted(segment_ids):
+                if now - self._last.get(s, -1e18) >= self.min_interval:
+                    self._waiting.setdefault(s)
+            taken = list(itertools.islice(self._waiting, self.max_checks))
+            for s in taken:
+                del self._waiting[s]
+        # In id order, as a pass takes the segments' locks.
+        due = sorted(taken)
         events: list[LifecycleEvent] = []
         if not due:
             return events
