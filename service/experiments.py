@@ -8,6 +8,7 @@ from typing import TypeVar
 
 import sqlalchemy as sa
 from pydantic import TypeAdapter, ValidationError
+from sqlalchemy.orm import defer
 from sqlmodel import Session, col, select
 
 from generation.lint import LintConfig
@@ -90,8 +91,34 @@ def get_experiment(*, session: Session, experiment_id: int) -> Experiment:
     return fetch(session, Experiment, experiment_id, what="experiment", field="experiment_id")
 
 
-def list_experiments(*, session: Session) -> Sequence[Experiment]:
-    return session.exec(select(Experiment).order_by(col(Experiment.id))).all()
+def list_experiments(
+    *, session: Session, after: int | None = None, limit: int | None = None
+) -> Sequence[Experiment]:
+    """Oldest first; `after` an experiment id: only newer ones, the page after the one it ended."""
+    query = select(Experiment)
+    if after is not None:
+        query = query.where(col(Experiment.id) > after)
+    return session.exec(query.order_by(col(Experiment.id)).limit(limit)).all()
+
+
+def contents_of(
+    *, session: Session, experiment_ids: Collection[int]
+) -> tuple[Sequence[Segment], Sequence[Variant]]:
+    """The segments (by position) and variants (by id) of many experiments in two queries; one
+    pair of queries each made a list of 300 experiments 602 queries. The variants come without
+    their `audit` (a generated line's whole prompt), which raises if read."""
+    segments = session.exec(
+        select(Segment)
+        .where(col(Segment.experiment_id).in_(experiment_ids))
+        .order_by(col(Segment.position))
+    ).all()
+    variants = session.exec(
+        select(Variant)
+        .where(col(Variant.experiment_id).in_(experiment_ids))
+        .options(defer(Variant.audit, raiseload=True))  # type: ignore[arg-type]
+        .order_by(col(Variant.id))
+    ).all()
+    return segments, variants
 
 
 def segments_of(*, session: Session, experiment_id: int) -> Sequence[Segment]:

@@ -400,7 +400,9 @@ class VariantOut(BaseModel):
     impressions: int
     conversions: int
     audit: dict[str, Any] | None = Field(
-        default=None, description="generated copy: model, prompt, seed, lint results, job"
+        default=None,
+        description="generated copy: model, prompt, seed, lint results, job; left out of the list "
+        "GET /v1/experiments, whose pages it made several times larger",
     )
     created_at: datetime
     updated_at: datetime
@@ -430,8 +432,31 @@ class ExperimentOut(BaseModel):
     segments: list[SegmentOut]
 
 
+# Experiments of 20 segments of 8 variants each are 53 KB apiece without the variants' `audit`, a
+# page of 100 of them 5.3 MB; the whole list had been 57 MB and 602 queries for 300. Also the
+# largest page a client may ask for: a larger one costs the worker more, a page only 3 queries.
+EXPERIMENT_PAGE = 100
+
+
+class ExperimentListQuery(BaseModel):
+    # Not strict: query values arrive as text (digits only, as the audit trail's `before`).
+    model_config = ConfigDict(extra="forbid", json_schema_extra=describe_integers)
+    after: QueryId | None = Field(
+        default=None, description="only experiments with a larger id: pass next_after for a page"
+    )
+    limit: Annotated[int, Field(ge=1, le=EXPERIMENT_PAGE), BeforeValidator(_digits_only)] = Field(
+        default=EXPERIMENT_PAGE, description=f"experiments per page, 1 to {EXPERIMENT_PAGE}"
+    )
+
+
 class ExperimentList(BaseModel):
-    experiments: list[ExperimentOut]
+    experiments: list[ExperimentOut] = Field(
+        description="oldest first (by id), at most `limit`; each variant without its `audit`, "
+        "which GET /v1/experiments/<id> has"
+    )
+    next_after: int | None = Field(
+        description="the `after` that fetches the next page; null on the last page"
+    )
 
 
 # --- variants ----------------------------------------------------------------------------------

@@ -140,7 +140,8 @@ def test_serve_key_is_403_on_every_admin_endpoint(api: Any, experiment: dict[str
         assert response.status_code == 403, (method, path, response.get_json())
         assert response.get_json()["error"] == "forbidden"
 
-    assert api.get("/v1/experiments").get_json()["experiments"] == [before]
+    assert api.get(f"/v1/experiments/{experiment['id']}").get_json() == before
+    assert [e["id"] for e in api.get("/v1/experiments").get_json()["experiments"]] == [before["id"]]
 
 
 def test_serve_key_may_serve_and_record_events(api: Any, experiment: dict[str, Any]) -> None:

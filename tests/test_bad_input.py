@@ -635,7 +635,11 @@ def test_a_post_is_answered_whatever_its_query_string(raw: Raw, path: str) -> No
 @pytest.mark.parametrize(
     ("path", "query", "message"),
     [
-        ("/v1/experiments", "limit=10", "limit: unknown query parameter; this address takes none"),
+        (
+            "/v1/experiments",
+            "offset=100",
+            "offset: unknown query parameter; this address takes after, limit",
+        ),
         (
             "/v1/experiments/<experiment>/audit",
             "befor=5",

@@ -384,6 +384,8 @@ def test_every_integer_a_client_sends_says_1_0_is_refused(spec: dict[str, Any]) 
         "LifecyclePolicy.target_active",
         "/v1/variants/{variant_id}.variant_id",
         "/v1/experiments/{experiment_id}/audit.before",
+        "/v1/experiments.after",
+        "/v1/experiments.limit",
     } <= set(integers)
     undescribed = [
         where for where, prop in integers.items() if WRITTEN_WHOLE not in prop["description"]

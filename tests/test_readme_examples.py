@@ -21,7 +21,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 # From creating an experiment to changing a variant: the examples that build on each other.
 FIRST, LAST = "### Create an experiment", "### Choose copy for an impression"
 CURL = re.compile(
-    r"curl -s (?:-X (?P<method>[A-Z]+) )?\$CB(?P<path>\S+).*?(?:-d '(?P<body>.*?)')?$"
+    r"curl -s (?:-X (?P<method>[A-Z]+) )?\"?\$CB(?P<path>\S+).*?(?:-d '(?P<body>.*?)')?$"
 )
 
 
@@ -65,6 +65,8 @@ def test_the_readme_examples_from_creating_an_experiment_to_pausing_a_variant_wo
     assert tea["description"] == "Brew loose-leaf tea at 80 °C."
     assert created["product"]["price"] == 45.0
     assert [s["key"] for s in created["segments"]][-1] == "night-owls"
+    first = api.get("/v1/experiments?limit=1").get_json()
+    assert ([e["id"] for e in first["experiments"]], first["next_after"]) == ([1], 1)
 
 
 def test_the_readme_names_every_option_of_the_users_commands() -> None:

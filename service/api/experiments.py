@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ from service.brief_edits import add_segment, update_experiment, update_segment
 from service.copy_checks import lint_config
 from service.experiments import (
     add_variant,
+    contents_of,
     create_experiment,
     get_experiment,
     list_experiments,
@@ -35,6 +37,7 @@ from service.schemas import (
     AuditTrail,
     ExperimentCreate,
     ExperimentList,
+    ExperimentListQuery,
     ExperimentOut,
     ExperimentPatch,
     ExperimentPath,
@@ -66,30 +69,46 @@ api = guarded(
 )
 
 
-def _variant_out(variant: Variant, segment_key: str) -> VariantOut:
-    return VariantOut(
-        segment=segment_key,
-        **variant.model_dump(
-            include={
-                "audit",
-                "id",
-                "text",
-                "origin",
-                "status",
-                "status_reason",
-                "impressions",
-                "conversions",
-                "created_at",
-                "updated_at",
-            }
-        ),
-    )
+_VARIANT_FIELDS = {
+    "id",
+    "text",
+    "origin",
+    "status",
+    "status_reason",
+    "impressions",
+    "conversions",
+    "created_at",
+    "updated_at",
+}
+# The list leaves the key out, rather than writing null, which would read as copy never generated.
+_NO_AUDIT = {
+    "experiments": {"__all__": {"segments": {"__all__": {"variants": {"__all__": {"audit"}}}}}}
+}
+
+
+def _variant_out(variant: Variant, segment_key: str, *, with_audit: bool = True) -> VariantOut:
+    fields = _VARIANT_FIELDS | {"audit"} if with_audit else _VARIANT_FIELDS
+    return VariantOut(segment=segment_key, **variant.model_dump(include=fields))
 
 
 def _experiment_out(session: Session, experiment: Experiment) -> ExperimentOut:
-    segments: Sequence[Segment] = segments_of(session=session, experiment_id=experiment.id)  # type: ignore[arg-type]
+    segments = segments_of(session=session, experiment_id=experiment.id)  # type: ignore[arg-type]
     variants = variants_of(session=session, experiment_id=experiment.id)  # type: ignore[arg-type]
+    return _shown(experiment, segments, variants, with_audit=True)
+
+
+def _shown(
+    experiment: Experiment,
+    segments: Sequence[Segment],
+    variants: Sequence[Variant],
+    *,
+    with_audit: bool,
+) -> ExperimentOut:
+    """`segments` and `variants` are the experiment's, in the order they are shown."""
     policy, policy_error = policy_shown(experiment.policy)
+    by_segment: dict[int, list[Variant]] = defaultdict(list)
+    for variant in variants:
+        by_segment[variant.segment_id].append(variant)
     return ExperimentOut(
         id=experiment.id,  # type: ignore[arg-type]
         name=experiment.name,
@@ -109,7 +128,10 @@ def _experiment_out(session: Session, experiment: Experiment) -> ExperimentOut:
             SegmentOut(
                 key=s.key,
                 description=s.description,
-                variants=[_variant_out(v, s.key) for v in variants if v.segment_id == s.id],
+                variants=[
+                    _variant_out(v, s.key, with_audit=with_audit)
+                    for v in by_segment[s.id]  # type: ignore[index]
+                ],
             )
             for s in segments
         ],
@@ -125,14 +147,27 @@ def create(body: ExperimentCreate) -> tuple[dict[str, Any], int]:
 
 
 @api.get("/experiments", responses=responses(_200=ExperimentList))
-def index() -> tuple[dict[str, Any], int]:
-    """All experiments with their segments and variants."""
+def index(query: ExperimentListQuery) -> tuple[dict[str, Any], int]:
+    """Experiments with their segments and variants, oldest first, 100 at a time."""
     session = db.session()
-    return json_of(
-        ExperimentList(
-            experiments=[_experiment_out(session, e) for e in list_experiments(session=session)]
-        )
+    # One more than a page, to tell whether another follows.
+    experiments = list_experiments(session=session, after=query.after, limit=query.limit + 1)
+    page = experiments[: query.limit]
+    segments, variants = contents_of(session=session, experiment_ids=[e.id for e in page])  # type: ignore[misc]
+    segments_by: dict[int, list[Segment]] = defaultdict(list)
+    variants_by: dict[int, list[Variant]] = defaultdict(list)
+    for segment in segments:
+        segments_by[segment.experiment_id].append(segment)
+    for variant in variants:
+        variants_by[variant.experiment_id].append(variant)
+    listed = ExperimentList(
+        experiments=[
+            _shown(e, segments_by[e.id], variants_by[e.id], with_audit=False)  # type: ignore[index]
+            for e in page
+        ],
+        next_after=page[-1].id if len(experiments) > query.limit else None,
     )
+    return listed.model_dump(mode="json", exclude=_NO_AUDIT), 200
 
 
 @api.get("/experiments/<path_id:experiment_id>", responses=responses(_200=ExperimentOut))
