@@ -17,7 +17,7 @@ from sqlmodel import Session, select
 from service.errors import Conflict, quoted
 from service.experiments import find_segment, flush_named, get_experiment
 from service.models import Experiment, LifecycleEvent, Segment
-from service.schemas import ExperimentPatch, SegmentIn
+from service.schemas import MAX_SEGMENTS, ExperimentPatch, SegmentIn
 from service.segment_guard import lock_row
 
 # The audit's reason shows each old and new value cut to this many characters: a description
@@ -86,9 +86,17 @@ def add_segment(*, session: Session, experiment_id: int, segment_in: SegmentIn, 
     if taken is not None:
         session.rollback()
         raise _duplicate_key(experiment_id, segment_in.key)
-    last = session.exec(
-        select(sa.func.max(Segment.position)).where(Segment.experiment_id == experiment_id)
+    count, last = session.exec(
+        select(sa.func.count(), sa.func.max(Segment.position)).where(
+            Segment.experiment_id == experiment_id
+        )
     ).one()
+    if count >= MAX_SEGMENTS:
+        # Creation's limit holds for segments added later too.
+        session.rollback()
+        raise Conflict(
+            f"experiment {experiment_id} has {count} segments, the most it may have", field="key"
+        )
     segment = Segment(
         experiment_id=experiment_id,
         key=segment_in.key,

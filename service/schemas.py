@@ -35,6 +35,8 @@ from service.models import MAX_DB_ID, JobStatus, Origin, VariantStatus
 from service.policy import LifecyclePolicy
 
 MAX_BATCH_EVENTS = 1000
+# An experiment's segments, at creation and as added later.
+MAX_SEGMENTS = 50
 
 
 def _no_control(value: str) -> str:
@@ -293,7 +295,7 @@ class SegmentIn(Request):
 class ExperimentCreate(Request):
     name: Name
     product: ProductIn
-    segments: list[SegmentIn] = Field(min_length=1, max_length=50)
+    segments: list[SegmentIn] = Field(min_length=1, max_length=MAX_SEGMENTS)
     sticky: bool = False
     brand_voice: Reason | None = Field(default=None, description="how the copy should sound")
     auto_approve: bool = Field(default=False, description="serve generated copy without review")

@@ -227,6 +227,26 @@ def test_a_segment_key_taken_is_409(api: Any) -> None:
     assert api.get(f"/v1/experiments/{created['id']}").get_json() == created
 
 
+def test_a_segment_past_creations_limit_of_50_is_409(api: Any) -> None:
+    created = api.create_experiment(
+        segments=[{"key": f"s{n}", "description": "Someone."} for n in range(49)]
+    )
+    url = f"/v1/experiments/{created['id']}/segments"
+    assert api.post(url, json={"key": "s49", "description": "Fiftieth."}).status_code == 201
+
+    response = api.post(url, json={"key": "s50", "description": "One too many."})
+
+    assert response.status_code == 409
+    assert response.get_json() == {
+        "error": "conflict",
+        "field": "key",
+        "message": f"experiment {created['id']} has 50 segments, the most it may have",
+    }
+    shown = api.get(f"/v1/experiments/{created['id']}").get_json()
+    assert [s["key"] for s in shown["segments"]][-1] == "s49"
+    assert len(_edits(api, created["id"])) == 1
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
