@@ -3889,6 +3889,11 @@ def test_the_add_segment_form_adds_one_last_and_a_taken_key_is_refused(
         "night-owls",
     ]
     assert texts(section(html, "night-owls"), data_testid="persona") == ["Brew after midnight."]
+    # As decide serves it: a key with no copy of its own gets the default segment's.
+    assert flashes(section(html, "night-owls")) == [
+        "Added segment night-owls. It has no copy yet: add some by hand or have the model write "
+        "some; until then decisions for it are served copy from the default segment."
+    ]
     [edit] = edits(app, experiment["id"])
     assert edit.reason.startswith(f"added by {EMAIL}: segment 'night-owls'")
 

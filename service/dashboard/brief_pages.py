@@ -100,7 +100,7 @@ def new_segment(experiment_id: int) -> Response | tuple[str, int]:
     invalidate_snapshot(experiment_id)
     flash_about_segment(
         f"Added segment {segment.key}. It has no copy yet: add some by hand or have the model "
-        "write some; until then decisions for it are refused (no_active_variant).",
+        "write some; until then decisions for it are served copy from the default segment.",
         segment.id,  # type: ignore[arg-type]
     )
     return back_to(experiment_id, segment.key)
