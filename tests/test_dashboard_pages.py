@@ -3871,6 +3871,30 @@ def test_a_refused_persona_opens_its_form_again_in_its_section(
     assert "Fast\u202e water</textarea>" in html
 
 
+@pytest.mark.parametrize("key", ["brief", "add-segment"])
+def test_a_refused_persona_of_a_segment_keyed_as_another_form_opens_only_its_own(
+    dash: Dashboard, api: Any, app: Any, experiment: dict[str, Any], key: str
+) -> None:
+    page = f"/dashboard/experiments/{experiment['id']}"
+    added = api.post(
+        f"/v1/experiments/{experiment['id']}/segments", json={"key": key, "description": "Who."}
+    )
+    assert added.status_code == 201, added.get_json()
+
+    response = dash.post(
+        f"{page}/segments/{key}", {"description": "Fast\u202e water", "was_description": "Who."}
+    )
+
+    assert response.status_code == 400
+    html = response.get_data(as_text=True)
+    # The error once, in the persona's form: not also in the brief's or the add-segment form.
+    assert len(texts(html, id="form-error")) == 1
+    assert '<details class="edit-persona" open>' in section(html, key)
+    assert '<details class="edit-brief" open>' not in html
+    assert list(marked_invalid(section(html, key))) == ["description"]
+    assert "aria-invalid" not in html.replace(section(html, key), "")
+
+
 def test_the_add_segment_form_adds_one_last_and_a_taken_key_is_refused(
     dash: Dashboard, app: Any, experiment: dict[str, Any]
 ) -> None:

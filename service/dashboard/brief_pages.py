@@ -125,7 +125,7 @@ def edit_segment(experiment_id: int, segment_key: str) -> Response | tuple[str, 
         # A segment that is not there has no form to show the error in: the error page says so.
         if exc.field == "segment":
             raise
-        return _refused(experiment_id, segment_key, exc, exc.field)
+        return _refused(experiment_id, persona_form(segment_key), exc, exc.field)
     flash_about_segment(f"Saved the persona of {segment.key}.", segment.id)  # type: ignore[arg-type]
     return back_to(experiment_id, segment.key)
 
@@ -141,3 +141,10 @@ def _refused(experiment_id: int, form: str, exc: APIError, box: str | None) -> t
     typed.pop("csrf_token", None)
     refused = RefusedForm(form=form, error=exc.message, box=box, typed=typed)
     return experiment_page(experiment_id, refused), exc.status
+
+
+def persona_form(segment_key: str) -> str:
+    """The name a refused persona form goes by on the experiment page. A key alone would be taken
+    for the brief's or the add-segment form's name by a segment keyed `brief` or `add-segment`;
+    a key never holds a colon."""
+    return f"persona:{segment_key}"

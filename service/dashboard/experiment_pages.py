@@ -129,8 +129,9 @@ def experiments() -> str:
 
 @dataclass(frozen=True)
 class RefusedForm:
-    """A form on the experiment page that was refused: which one ("brief", "add-segment", or a
-    segment's key), the error, the box it names, and what was typed, shown back in it."""
+    """A form on the experiment page that was refused: which one ("brief", "add-segment", or
+    "persona:" and a segment's key), the error, the box it names, and what was typed, shown back
+    in it."""
 
     form: str
     error: str
