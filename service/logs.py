@@ -51,7 +51,9 @@ def on_one_line(text: str) -> str:
     under it; a refused connection's advice after a tab), and a text log line quoting one went on
     over several, which grep and journald read as separate records."""
     lines = text.splitlines()
-    if len(lines) < 2:
+    # A single line is kept as it is, but not one that ends in a break ("CUDA out of memory\n"):
+    # its record ended in an empty line of its own.
+    if lines == [text]:
         return text
     return " | ".join(stripped for line in lines if (stripped := line.strip()))
 

@@ -18,7 +18,7 @@ import pytest
 from gunicorn.config import Config
 
 from service.gunicorn import Logger
-from service.logs import JsonLines
+from service.logs import JsonLines, TextLines
 
 
 def test_json_lines_carry_time_level_logger_message_and_exception() -> None:
@@ -83,6 +83,21 @@ def test_a_text_line_quoting_a_postgresql_error_stays_one_line() -> None:
     )
     # A traceback follows its record's line, as Python writes it.
     assert lines[2] == "Traceback (most recent call last):" and lines[-1] == "ValueError: boom"
+
+
+@pytest.mark.parametrize("quoted", ["CUDA out of memory\n", "CUDA out of memory\r\n"])
+def test_a_text_line_quoting_one_line_that_ends_in_a_break_leaves_no_empty_line(
+    quoted: str,
+) -> None:
+    """Not only several lines: one ending in a break left its record an empty line of its own."""
+    record = logging.LogRecord(
+        "service.jobs", logging.WARNING, "", 0, "failed: %s", (quoted,), None
+    )
+
+    assert (
+        TextLines("%(levelname)s %(message)s").format(record)
+        == "WARNING failed: CUDA out of memory"
+    )
 
 
 def test_requests_never_log_the_user_id_or_the_key(
