@@ -784,6 +784,28 @@ def test_the_guardrail_checks_at_most_its_share_of_segments_per_call_and_the_res
     assert watch.counters_changed(set()) == []
 
 
+def test_segments_left_waiting_are_checked_before_a_later_request_s_own(
+    app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Oldest first, as README says: taken by id instead, a steady stream of conversions in
+    low-numbered segments would keep a high-numbered one waiting for good."""
+    watch = GuardrailWatch(app.extensions["copybandit.engine"], max_checks=2)
+    checked: list[int] = []
+
+    def check(_session: Session, segment_id: int) -> list[LifecycleEvent]:
+        checked.append(segment_id)
+        return []
+
+    monkeypatch.setattr(watch, "_check", check)
+
+    watch.counters_changed({7, 8, 9})
+    watch.counters_changed({1, 2})
+    watch.counters_changed({3})
+
+    # Each call's share in id order, as a pass takes the segments' locks.
+    assert checked == [7, 8, 1, 9, 2, 3]
+
+
 def test_the_guardrail_s_pauses_stay_readable_when_a_later_segment_s_check_fails(
     app: Any,
     api: Any,
