@@ -3,9 +3,10 @@ the file had become read-only, as /healthz reports it.
 
 With the disk full, SELECT 1 still answered and the file's permissions still allowed writing, so
 /healthz said ok while every decision and event answered 503. Nothing here writes: the state
-comes from the writes requests made anyway. A write that fails that way marks it; a write that
-succeeds clears it; and it lapses HOLD_SECONDS after the last failure, so that a server a load
-balancer took out of service, which then has no writes to succeed with, is tried again.
+comes from the writes requests made anyway. A write that fails that way marks it; a decision or
+a creation that succeeds, having stored its row, clears it; and it lapses HOLD_SECONDS after the
+last failure, so that a server a load balancer took out of service, which then has no writes to
+succeed with, is tried again.
 
 PostgreSQL is left out: every server shares its one database, so a full disk there would take
 them all out of service at once, which helps no one; its errors are logged, one line each.
@@ -69,12 +70,12 @@ def init_app(app: Flask) -> None:
 
 
 def _cleared_by_a_write(response: Response) -> Response:
-    # The API's POSTs and PATCHes write when they succeed (a decision's impression, events,
-    # experiments, copy, jobs, a policy); the dashboard's forms answer 200 when they refuse too.
-    if (
-        200 <= response.status_code < 300
-        and request.method in ("POST", "PATCH")
-        and request.path.startswith("/v1/")
-    ):
+    # Only answers that always stored a row: a decision's impression, or something created (201).
+    # An events batch answers 200 with every event rejected or a duplicate, and a PATCH that
+    # changes nothing 200, having written nothing: on a full disk one of those said ok again.
+    stored = response.status_code == 201 or (
+        response.status_code == 200 and request.path == "/v1/decide"
+    )
+    if stored and request.method == "POST" and request.path.startswith("/v1/"):
         of_app().succeeded()
     return response

@@ -90,6 +90,32 @@ def test_healthz_says_503_while_writes_fail_for_a_full_disk_and_ok_once_one_succ
     assert client.get("/healthz").status_code == 200
 
 
+@pytest.mark.usefixtures("clock")
+def test_an_answer_that_stored_nothing_does_not_say_ok_again(
+    app: Any, api: Any, experiment: dict[str, Any], page_limit: dict[str, int | None]
+) -> None:
+    client = app.test_client()
+    _capped(app, page_limit, 0)
+    _fill(api, experiment)
+
+    # A batch whose one conversion names no impression: 200, rejected, nothing written.
+    rejected = api.post(
+        "/v1/events",
+        json={"events": [{"impression_id": "0" * 32, "type": "conversion", "event_id": "e-1"}]},
+        key="serve",
+    )
+    # A policy PATCH that changes nothing: 200, nothing written.
+    policy = api.get(f"/v1/experiments/{experiment['id']}").get_json()["policy"]
+    unchanged = api.patch(
+        f"/v1/experiments/{experiment['id']}/policy",
+        json={"min_impressions": policy["min_impressions"]},
+    )
+
+    assert rejected.status_code == 200 and rejected.get_json()["accepted"] == 0
+    assert unchanged.status_code == 200, unchanged.get_json()
+    assert client.get("/healthz").status_code == 503
+
+
 def test_healthz_tries_the_server_again_after_a_while_without_failed_writes(
     app: Any,
     api: Any,
