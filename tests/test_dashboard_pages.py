@@ -2142,6 +2142,19 @@ def test_approving_copy_edited_since_the_page_was_drawn_is_refused_naming_it(
     assert flashes(dash.html(location(response))) == [
         f"Approved 0; 1 refused: #{ticked} was edited since you read it."
     ]
+    # Rejecting is final: a line mended since is not thrown out unread either.
+    response = dash.post(
+        f"/dashboard/variants/{one}/status", {"action": "reject", "shown": seen_one}
+    )
+    assert response.status_code == 409
+    assert error_text(response) == f"#{one} was edited since you read it"
+    response = dash.post(
+        f"/dashboard/experiments/{eid}/review",
+        {"action": "reject", "variant_id": [str(ticked)], f"shown-{ticked}": seen_ticked},
+    )
+    assert flashes(dash.html(location(response))) == [
+        f"Rejected 0; 1 refused: #{ticked} was edited since you read it."
+    ]
     assert stored(app) == before
     # Drawn again, the page shows the new text, and approving it works.
     html = dash.html(f"/dashboard/experiments/{eid}/review")
@@ -2328,7 +2341,9 @@ def test_approve_and_reject_record_who_did_it(
         {"action": "approve", "next": review, "shown": shown(app, kept)},
     )
     assert response.status_code == 303 and location(response) == review
-    response = dash.post(f"/dashboard/variants/{dropped}/status", {"action": "reject"})
+    response = dash.post(
+        f"/dashboard/variants/{dropped}/status", {"action": "reject", "shown": shown(app, dropped)}
+    )
     assert location(response) == f"/dashboard/experiments/{eid}"
     approved, rejected = fresh(app, Variant, kept), fresh(app, Variant, dropped)
     assert (approved.status, approved.status_reason) == ("active", f"approved by {EMAIL}")
@@ -2728,8 +2743,7 @@ def test_bulk_reject_and_partial_refusal(
     pending = add_pending(app, eid, "tea-lovers", GOOD[0])
     live = variant_ids(experiment, "tea-lovers")[0]  # active copy cannot be rejected
     response = dash.post(
-        f"/dashboard/experiments/{eid}/review",
-        {"action": "reject", "variant_id": [str(pending), str(live)]},
+        f"/dashboard/experiments/{eid}/review", bulk_form(app, "reject", [pending, live])
     )
     assert response.status_code == 303
     assert fresh(app, Variant, pending).status == "rejected"

@@ -41,7 +41,9 @@ class Action:
     # Why it is refused then, after "#12 ".
     elsewhere: str
     # Whether the form must say which text its page showed (`shown`, a `text_version`): pending
-    # copy may be edited after the page was drawn, and approving puts that text live.
+    # copy may be edited after the page was drawn. Approving puts that text live; rejecting ends
+    # it for good, and an edit made to mend the copy would be thrown out by someone who never
+    # read it.
     checks_text: bool = False
 
 
@@ -55,7 +57,11 @@ ACTIONS: dict[str, Action] = {
         checks_text=True,
     ),
     "reject": Action(
-        VariantStatus.REJECTED, "rejected", _PENDING, "is no longer waiting for review"
+        VariantStatus.REJECTED,
+        "rejected",
+        _PENDING,
+        "is no longer waiting for review",
+        checks_text=True,
     ),
     "pause": Action(
         VariantStatus.PAUSED, "paused", frozenset({VariantStatus.ACTIVE}), "is not active"
