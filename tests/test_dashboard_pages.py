@@ -2129,32 +2129,21 @@ def test_approving_copy_edited_since_the_page_was_drawn_is_refused_naming_it(
     for vid in (one, ticked):
         assert api.patch(f"/v1/variants/{vid}", json={"text": GOOD[3]}).status_code == 200
     before = stored(app)
-    response = dash.post(
-        f"/dashboard/variants/{one}/status", {"action": "approve", "shown": seen_one}
-    )
-    assert response.status_code == 409
-    assert error_text(response) == f"#{one} was edited since you read it"
-    response = dash.post(
-        f"/dashboard/experiments/{eid}/review",
-        {"action": "approve", "variant_id": [str(ticked)], f"shown-{ticked}": seen_ticked},
-    )
-    assert response.status_code == 303
-    assert flashes(dash.html(location(response))) == [
-        f"Approved 0; 1 refused: #{ticked} was edited since you read it."
-    ]
     # Rejecting is final: a line mended since is not thrown out unread either.
-    response = dash.post(
-        f"/dashboard/variants/{one}/status", {"action": "reject", "shown": seen_one}
-    )
-    assert response.status_code == 409
-    assert error_text(response) == f"#{one} was edited since you read it"
-    response = dash.post(
-        f"/dashboard/experiments/{eid}/review",
-        {"action": "reject", "variant_id": [str(ticked)], f"shown-{ticked}": seen_ticked},
-    )
-    assert flashes(dash.html(location(response))) == [
-        f"Rejected 0; 1 refused: #{ticked} was edited since you read it."
-    ]
+    for action, done in (("approve", "Approved"), ("reject", "Rejected")):
+        response = dash.post(
+            f"/dashboard/variants/{one}/status", {"action": action, "shown": seen_one}
+        )
+        assert response.status_code == 409
+        assert error_text(response) == f"#{one} was edited since you read it"
+        response = dash.post(
+            f"/dashboard/experiments/{eid}/review",
+            {"action": action, "variant_id": [str(ticked)], f"shown-{ticked}": seen_ticked},
+        )
+        assert response.status_code == 303
+        assert flashes(dash.html(location(response))) == [
+            f"{done} 0; 1 refused: #{ticked} was edited since you read it."
+        ]
     assert stored(app) == before
     # Drawn again, the page shows the new text, and approving it works.
     html = dash.html(f"/dashboard/experiments/{eid}/review")

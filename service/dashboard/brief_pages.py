@@ -143,6 +143,7 @@ def _refused(experiment_id: int, form: str, exc: APIError, box: str | None) -> t
     return experiment_page(experiment_id, refused), exc.status
 
 
+@bp.app_template_global()
 def persona_form(segment_key: str) -> str:
     """The name a refused persona form goes by on the experiment page. A key alone would be taken
     for the brief's or the add-segment form's name by a segment keyed `brief` or `add-segment`;
