@@ -443,8 +443,12 @@ EXPERIMENT_PAGE = 100
 class ExperimentListQuery(BaseModel):
     # Not strict: query values arrive as text (digits only, as the audit trail's `before`).
     model_config = ConfigDict(extra="forbid", json_schema_extra=describe_integers)
-    after: QueryId | None = Field(
-        default=None, description="only experiments with a larger id: pass next_after for a page"
+    # 0 is allowed as a cursor (no id is smaller than 1): a client that starts its loop at 0,
+    # as cursors commonly do, gets the first page rather than a 400.
+    after: Annotated[int, Field(ge=0, le=MAX_DB_ID), BeforeValidator(_digits_only)] | None = Field(
+        default=None,
+        description="only experiments with a larger id (0: from the first); "
+        "pass next_after for the next page",
     )
     limit: Annotated[int, Field(ge=1, le=EXPERIMENT_PAGE), BeforeValidator(_digits_only)] = Field(
         default=EXPERIMENT_PAGE, description=f"experiments per page, 1 to {EXPERIMENT_PAGE}"

@@ -158,6 +158,15 @@ def test_the_list_pages_through_every_experiment_once_in_order(api: Any) -> None
     assert [len(s["variants"]) for e in whole["experiments"] for s in e["segments"]] == [1] * 10
 
 
+def test_the_list_after_0_is_the_first_page_and_a_bad_after_is_refused_naming_it(api: Any) -> None:
+    ids = _created(api, 2)
+    first = api.get("/v1/experiments?after=0").get_json()
+    assert [e["id"] for e in first["experiments"]] == ids
+    for after in ["-1", "x", "1.5", "%2B5", "1_0", ""]:
+        response = api.get(f"/v1/experiments?after={after}")
+        assert (response.status_code, response.get_json()["field"]) == (400, "after"), after
+
+
 def test_the_list_takes_a_limit_of_1_to_100_and_refuses_another_naming_it(api: Any) -> None:
     assert [api.get(f"/v1/experiments?limit={n}").status_code for n in (1, 100)] == [200, 200]
     # As ids are: int() reads '1_0', '+5' and a full-width 5, and pydantic with it.
