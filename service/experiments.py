@@ -131,6 +131,10 @@ def variants_of(*, session: Session, experiment_id: int) -> Sequence[Variant]:
     return session.exec(query.order_by(col(Variant.id))).all()
 
 
+# A little longer than the longest key, so that any key that could exist is shown whole.
+_KEY_SHOWN = 48
+
+
 def find_segment(*, session: Session, experiment_id: int, key: str) -> Segment:
     # Keys are made as SegmentKey slugs, so another key names none; it is not looked up, since one
     # with a NUL (from a URL) is a database error on PostgreSQL.
@@ -142,7 +146,12 @@ def find_segment(*, session: Session, experiment_id: int, key: str) -> Segment:
         else None
     )
     if segment is None:
-        raise NotFound(f"experiment {experiment_id} has no segment {quoted(key)}", field="segment")
+        # No key is longer than 40 characters, so a longer one is shown cut: a 3,000-character
+        # path segment was quoted back whole, filling the error and every log line with it.
+        shown = key if len(key) <= _KEY_SHOWN else key[: _KEY_SHOWN - 1] + "…"
+        raise NotFound(
+            f"experiment {experiment_id} has no segment {quoted(shown)}", field="segment"
+        )
     return segment
 
 

@@ -370,3 +370,18 @@ def test_segments_stored_keep_their_order(session: Session, api: Any) -> None:
         ("a", 2),
         ("b", 3),
     ]
+
+
+def test_an_unknown_segment_key_is_quoted_cut_short_in_the_404(api: Any) -> None:
+    created = api.create_experiment()
+    longest = "k" * 40
+
+    answers = [
+        api.patch(f"/v1/experiments/{created['id']}/segments/{key}", json={"description": "x"})
+        for key in (longest, "q" * 3000)
+    ]
+
+    assert [a.status_code for a in answers] == [404, 404]
+    assert f"'{longest}'" in answers[0].get_json()["message"]
+    message = answers[1].get_json()["message"]
+    assert message == f"experiment {created['id']} has no segment '{'q' * 47}…'"
