@@ -937,7 +937,7 @@ def copy_database_command(to: str, batch_size: int) -> None:
     click.echo(f"copying {display_url(settings.database_url)} to {where}", err=True)
 
     def say(table: str, done: int, total: int) -> None:
-        click.echo(f"  {table}: {done:,} of {total:,} rows", err=True)
+        click.echo(f"  {table}: {done:,} of {_rows(total)}", err=True)
 
     try:
         report = copy_database(source=source, target=target, batch_size=batch_size, progress=say)
@@ -947,20 +947,25 @@ def copy_database_command(to: str, batch_size: int) -> None:
         target.dispose()
     width = max(map(len, report.rows))
     for table, rows in report.rows.items():
-        click.echo(f"  {table:<{width}}  {rows:>12,} rows")
+        # The numbers stay in one column, whichever word follows them.
+        click.echo(f"  {table:<{width}}  {rows:>12,} {'row' if rows == 1 else 'rows'}")
     counters = (
         "match their rows"
         if report.counters.ok
         else "read as on the source, where they do not match (see `copybandit check`)"
     )
     click.echo(
-        f"copied {sum(report.rows.values()):,} rows in {len(report.rows)} tables to {where}; "
+        f"copied {_rows(sum(report.rows.values()))} in {len(report.rows)} tables to {where}; "
         f"row counts match the source's, and {report.counters.variants} variants' counters "
         f"{counters}"
     )
     click.echo(
         "next ids: " + ", ".join(f"{t} {n}" for t, n in report.sequences.items()),
     )
+
+
+def _rows(count: int) -> str:
+    return f"{count:,} row" if count == 1 else f"{count:,} rows"
 
 
 def _check_host(host: str, *, from_option: bool) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -118,6 +119,10 @@ def test_every_row_arrives_exactly_and_the_target_serves_new_rows(source: str, t
     assert result.exit_code == 0, result.output
     assert "impression: 1,000 of 4,20" in result.stderr
     assert "counters match their rows" in result.stdout
+    for table, rows in before.items():
+        counted = f"{len(rows):,} row" if len(rows) == 1 else f"{len(rows):,} rows"
+        assert re.search(rf"^  {table} +{counted}$", result.stdout, re.MULTILINE), table
+    assert any(len(rows) == 1 for rows in before.values())  # "1 rows" had been printed
     after = _rows(target)
     assert after == before
     assert {row[-1] for row in after["variant"]} == {True, False}  # both kinds of null were there
