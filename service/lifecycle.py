@@ -828,8 +828,13 @@ def new_arm_prior(
     history = session.exec(
         select(Variant.conversions, Variant.impressions).where(Variant.segment_id == segment_id)
     ).all()
+    # A conversion replayed while a purge has deleted its event but not yet its impression counts
+    # twice, so a variant can read more conversions than impressions; the prior refused such a
+    # history, and every variant added to the segment afterwards answered 500.
     return empirical_bayes_prior(
-        [c for c, _ in history], [n for _, n in history], max_pseudo_count=policy.prior_max_trials
+        [min(c, n) for c, n in history],
+        [n for _, n in history],
+        max_pseudo_count=policy.prior_max_trials,
     )
 
 

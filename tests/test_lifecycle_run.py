@@ -480,6 +480,22 @@ def test_a_new_variant_starts_at_its_segments_prior(
     assert ("empirical-Bayes" in newest["reason"]) is informed
 
 
+def test_a_variant_converted_more_than_shown_does_not_refuse_new_copy(
+    api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    # A conversion replayed while `copybandit purge` has deleted its impression's event but not
+    # yet the impression is counted again: 2 conversions of 1 impression. Every variant added to
+    # that segment afterwards answered 500, its informed prior refusing the history.
+    tea = ids(experiment, TEA)
+    set_counts(session, {tea["control"]: (1, 2), tea["manual"]: (1000, 30)})
+
+    new = api.add_variant(experiment["id"], TEA, "Steep it right: the Aurora kettle.")
+
+    expected = empirical_bayes_prior([1, 30], [1, 1000], max_pseudo_count=20.0)
+    row = variants(session, experiment)[new["id"]]
+    assert (row.prior_alpha, row.prior_beta) == pytest.approx(expected, rel=1e-12)
+
+
 # --- the policy ---------------------------------------------------------------------------------
 
 
