@@ -3939,3 +3939,34 @@ def test_the_experiment_page_marks_no_brief_box_before_a_form_is_sent(
     assert 'id="form-error"' not in html
     assert marked_invalid(html) == {}
     assert '<details class="edit-brief">' in html
+
+
+def test_probability_best_is_shown_rounded_down_so_it_never_reads_past_a_threshold(
+    dash: Dashboard, experiment: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rounded to nearest, a leader at 0.94996 read "95.0%; no winner declared yet" beside
+    declare_at 0.95, and 0.99996 read 100.0%."""
+    real = experiment_pages.experiment_report
+    chances = {"tea-lovers": [0.94996, 0.05004], "busy-parents": [0.99996, 0.00004]}
+
+    def experiment_report(**kwargs: Any) -> Any:
+        report = real(**kwargs)
+        for segment in report.segments:
+            for row, chance in zip(segment.variants, chances[segment.key], strict=True):
+                row.prob_best = chance
+            assert segment.leader is not None
+            segment.leader.prob_best = chances[segment.key][0]
+        return report
+
+    monkeypatch.setattr(experiment_pages, "experiment_report", experiment_report)
+    html = dash.html(f"/dashboard/experiments/{experiment['id']}")
+
+    tea, busy = section(html, "tea-lovers"), section(html, "busy-parents")
+    assert (
+        "Probability best 94.9%; no winner declared yet." in texts(tea, data_testid="headline")[0]
+    )
+    assert "Probability best 99.9%" in texts(busy, data_testid="headline")[0]
+    assert re.findall(r'<td class="num">([0-9.]+%)</td>\s*<td class="num">[0-9.]+%</td>', tea)[
+        :2
+    ] == ["94.9%", "5.0%"]
+    assert "100.0%" not in busy

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import ROUND_FLOOR, Decimal
 from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
@@ -112,6 +113,19 @@ def _when(value: datetime | None) -> str:
 @bp.app_template_filter("pct")
 def _pct(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value * 100:.{digits}f}%"
+
+
+@bp.app_template_filter("pct_down")
+def _pct_down(value: float | None, digits: int = 1) -> str:
+    """A probability the lifecycle compares with a threshold, rounded down: rounded to nearest,
+    0.94996 read "95.0%; no winner declared yet" beside declare_at 0.95, 0.04996 read 5.0% for a
+    variant retired below 5%, and 0.99996 read 100.0%. Rounded down, a shown figure at or over a
+    threshold (on the shown grid) means the value is too, and one under it means it is under."""
+    if value is None:
+        return "-"
+    # Through the shortest decimal that reads back as the float: 0.29 * 100 is 28.999999999999996.
+    shown = (Decimal(repr(value)) * 100).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_FLOOR)
+    return f"{shown}%"
 
 
 @bp.app_template_filter("status_phrase")
