@@ -828,9 +828,10 @@ def new_arm_prior(
     history = session.exec(
         select(Variant.conversions, Variant.impressions).where(Variant.segment_id == segment_id)
     ).all()
-    # A conversion replayed while a purge has deleted its event but not yet its impression counts
-    # twice, so a variant can read more conversions than impressions; the prior refused such a
-    # history, and every variant added to the segment afterwards answered 500.
+    # A conversion replayed while a purge had deleted its event but not yet its impression (before
+    # `copybandit purge` deleted both in one transaction) counted twice, so a variant purged then
+    # can read more conversions than impressions; the prior refused such a history, and every
+    # variant added to the segment afterwards answered 500.
     return empirical_bayes_prior(
         [min(c, n) for c, n in history],
         [n for _, n in history],

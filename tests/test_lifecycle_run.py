@@ -483,9 +483,10 @@ def test_a_new_variant_starts_at_its_segments_prior(
 def test_a_variant_converted_more_than_shown_does_not_refuse_new_copy(
     api: Any, session: Session, experiment: dict[str, Any]
 ) -> None:
-    # A conversion replayed while `copybandit purge` has deleted its impression's event but not
-    # yet the impression is counted again: 2 conversions of 1 impression. Every variant added to
-    # that segment afterwards answered 500, its informed prior refusing the history.
+    # A conversion replayed while `copybandit purge` had deleted its impression's event but not
+    # yet the impression was counted again (purges before they deleted both in one transaction):
+    # 2 conversions of 1 impression. Every variant added to that segment afterwards answered
+    # 500, its informed prior refusing the history.
     tea = ids(experiment, TEA)
     set_counts(session, {tea["control"]: (1, 2), tea["manual"]: (1000, 30)})
 

@@ -90,7 +90,8 @@ def test_purge_deletes_old_rows_in_batches_and_keeps_counters_and_report_exact(
     )
 
     assert (result.events, result.impressions) == (14, 40)  # 40 old, one in three converted
-    assert len(batches) == 2 + 6  # events in 2 batches of at most 7, impressions in 6
+    # 6 batches of at most 7 impressions, each with its conversions.
+    assert batches == [(3, 7), (5, 14), (7, 21), (10, 28), (12, 35), (14, 40)]
     left = set(session.exec(select(Impression.id)).all())
     assert left == set(young)
     assert _counters(session) == before
@@ -125,6 +126,123 @@ def test_an_old_impression_with_a_young_conversion_is_kept_until_the_conversion_
     _age(session, [impression], days=100)
     result = purge(engine=engine, older_than=timedelta(days=90))
     assert (result.events, result.impressions) == (1, 1)
+    assert check_counters(session=session).ok
+
+
+def _orders(api: Any, experiment_id: int, n: int) -> tuple[list[str], list[dict[str, str]]]:
+    """`n` impressions, every other one converted with an event_id: the events a queue that
+    delivers at least once may send again."""
+    ids, events = [], []
+    for i in range(n):
+        impression = api.decide(experiment_id, segment="tea-lovers")["impression_id"]
+        ids.append(impression)
+        if i % 2 == 0:
+            event = {"impression_id": impression, "type": "conversion", "event_id": f"order-{i}"}
+            assert api.post("/v1/events", json=event, key="serve").status_code == 200
+            events.append(event)
+    return ids, events
+
+
+def _replay(api: Any, events: list[dict[str, str]]) -> dict[str, Any]:
+    response = api.post("/v1/events", json={"events": events}, key="serve")
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()  # type: ignore[no-any-return]
+
+
+class _Stopped(Exception):
+    """A purge stopped between two batches (killed, or its host restarted)."""
+
+
+def test_replayed_conversions_count_nothing_even_after_a_purge_stopped_half_way(
+    app: Any, api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    old, events = _orders(api, experiment["id"], 12)
+    _age(session, old, days=100)
+    before = _counters(session)
+    engine = app.extensions["copybandit.engine"]
+
+    def stop(_report: PurgeReport) -> None:
+        raise _Stopped
+
+    with pytest.raises(_Stopped):
+        purge(engine=engine, older_than=timedelta(days=90), batch_size=4, progress=stop)
+    # Events were purged in batches before impressions: a replay found the impression without its
+    # event and counted again (4 of the 6 here), so a variant could convert more than it showed.
+    replayed = _replay(api, events)
+    assert replayed["accepted"] == 0 and replayed["duplicate"] + replayed["rejected"] == 6
+    assert _counters(session) == before
+    assert check_counters(session=session).ok
+
+    result = purge(engine=engine, older_than=timedelta(days=90), batch_size=4)
+    assert result.impressions + 4 == 12
+    replayed = _replay(api, events)
+    # Every impression is gone: each replay names an unknown impression.
+    assert (replayed["accepted"], replayed["duplicate"], replayed["rejected"]) == (0, 0, 6)
+    assert {r["reason"] for r in replayed["rejections"]} == {"unknown impression"}
+    single = api.post("/v1/events", json=events[0], key="serve")
+    assert single.status_code == 404 and single.get_json()["field"] == "impression_id"
+    assert _counters(session) == before
+    assert check_counters(session=session).ok
+
+
+def test_an_old_conversion_of_a_young_impression_waits_for_its_impression(
+    app: Any, api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    """Hosts whose clocks disagree: a conversion stamped before the cutoff, its impression after."""
+    [impression], [event] = _orders(api, experiment["id"], 1)
+    session.execute(
+        sa.update(Event)
+        .where(Event.impression_id == impression)  # type: ignore[arg-type]
+        .values(created_at=utcnow() - timedelta(days=100))
+    )
+    session.commit()
+    before = _counters(session)
+
+    result = purge(engine=app.extensions["copybandit.engine"], older_than=timedelta(days=90))
+
+    # The event went, its impression stayed, and replays counted again until the impression aged.
+    assert (result.events, result.impressions) == (0, 0)
+    assert _replay(api, [event])["duplicate"] == 1
+    assert _counters(session) == before
+    assert check_counters(session=session).ok
+
+
+def test_a_conversion_replayed_while_the_purge_deletes_it_is_refused(
+    app: Any, api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    old, events = _orders(api, experiment["id"], 1)
+    _age(session, old, days=100)
+    before = _counters(session)
+    engine, watcher = app.extensions["copybandit.engine"], _second_engine(app)
+    answers: list[Any] = []
+    threads: list[threading.Thread] = []
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def _replay_meanwhile(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        # The batch has deleted the event, not yet the impression, and has not committed.
+        if statement.lstrip().startswith("DELETE FROM impression") and not threads:
+            threads.append(
+                threading.Thread(
+                    target=lambda: answers.append(
+                        api.post("/v1/events", json=events[0], key="serve")
+                    )
+                )
+            )
+            threads[0].start()
+            wait_until_someone_waits_for_a_lock(watcher)
+
+    try:
+        result = purge(engine=engine, older_than=timedelta(days=90))
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", _replay_meanwhile)
+    [replaying] = threads
+    replaying.join(timeout=60)
+    watcher.dispose()
+
+    assert (result.events, result.impressions) == (1, 1)
+    [answer] = answers
+    assert answer.status_code == 404, answer.get_json()
+    assert _counters(session) == before
     assert check_counters(session=session).ok
 
 
@@ -253,9 +371,9 @@ def test_a_batch_is_chosen_and_deleted_by_one_statement(
     finally:
         sa.event.remove(engine, "before_cursor_execute", _note)
     assert (result.events, result.impressions) == (4, 12)
-    # Events in 1 batch, impressions in 3, and each table's last, empty one, which looks once
-    # more whether another purge took it or nothing is left.
-    assert reads == ["DELETE", "DELETE", "SELECT"] + ["DELETE"] * 4 + ["SELECT"], reads
+    # 3 batches, each deleting events and then their impressions, and the last, empty one, which
+    # looks once more whether another purge took it or nothing is left.
+    assert reads == ["DELETE", "DELETE"] * 4 + ["SELECT"], reads
 
 
 def test_a_conversion_committed_while_the_purge_deletes_its_impression_keeps_it(
