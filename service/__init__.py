@@ -99,7 +99,9 @@ def create_app(config: Mapping[str, object] | None = None) -> OpenAPI:
             name="lifecycle",
             interval_seconds=settings.lifecycle_interval_seconds,
             job=lambda: scheduled_pass(
-                engine=app.extensions["copybandit.engine"], submit_job=jobs.submit
+                engine=app.extensions["copybandit.engine"],
+                model=settings.model,
+                submit_job=jobs.submit,
             ),
         )
         app.extensions["copybandit.scheduler"] = start_background(lifecycle)

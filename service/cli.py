@@ -479,7 +479,7 @@ def lifecycle(once: bool, generate: bool) -> None:
     settings = _settings(loads_model=generate)
     _log_to_terminal(settings)
     engine = _engine(settings)
-    report = run_lifecycle(engine=engine)
+    report = run_lifecycle(engine=engine, model=settings.model)
     acted_on = [e.segment_id for e in report.actions]
     places = _segment_places(engine, [*acted_on, *report.failed_segments])
     for event in report.actions:

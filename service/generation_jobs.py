@@ -145,6 +145,8 @@ class GenerationOptions:
     batch_size: int
     max_rounds: int
     lint: LintConfig
+    # As configured (Settings.model): a brief too long for it is held against it (long_briefs).
+    model: str
 
     @classmethod
     def from_settings(cls, settings: Settings) -> GenerationOptions:
@@ -152,6 +154,7 @@ class GenerationOptions:
             batch_size=settings.generation_batch_size,
             max_rounds=settings.generation_max_rounds,
             lint=lint_config(settings),
+            model=settings.model,
         )
 
 
@@ -383,7 +386,7 @@ def _generate(
             # the job had stopped at the first such segment. The job fails at the end naming it.
             too_long.append(f"segment {segment.key}: {exc}")
             result.setdefault(BRIEFS_TOO_LONG, {})[segment.key] = too_long_record(
-                experiment, segment, exc
+                experiment, segment, exc, model=options.model
             )
             continue
         variants = [

@@ -278,16 +278,24 @@ class RunReport:
 
 
 def run_lifecycle(
-    *, engine: sa.Engine, submit_job: SubmitJob | None = None, now: datetime | None = None
+    *,
+    engine: sa.Engine,
+    model: str,
+    submit_job: SubmitJob | None = None,
+    now: datetime | None = None,
 ) -> RunReport:
-    """One pass over every experiment; each segment's changes commit on their own."""
+    """One pass over every experiment; each segment's changes commit on their own. `model`: as
+    configured (Settings.model), which a brief held as too long for the model is judged against
+    (service.long_briefs)."""
     with Session(engine, expire_on_commit=False) as session:
         report, experiments = _begin_pass(session, now)
-        _pass_over(session, report, experiments, submit_job, now)
+        _pass_over(session, report, experiments, submit_job, now, model)
     return report
 
 
-def scheduled_pass(*, engine: sa.Engine, submit_job: SubmitJob | None = None) -> RunReport:
+def scheduled_pass(
+    *, engine: sa.Engine, model: str, submit_job: SubmitJob | None = None
+) -> RunReport:
     """run_lifecycle for the scheduler: a pass that meets an unavailable database before its
     first segment raises NotStarted, and the process holding the slot runs it again at its next
     tick. A PostgreSQL restart that ended the pooled connection a pass started on lost the
@@ -299,7 +307,7 @@ def scheduled_pass(*, engine: sa.Engine, submit_job: SubmitJob | None = None) ->
             if not database_unavailable(exc):
                 raise
             raise NotStarted(str(exc.orig)) from exc
-        _pass_over(session, report, experiments, submit_job, None)
+        _pass_over(session, report, experiments, submit_job, None, model)
     return report
 
 
@@ -322,12 +330,13 @@ def _pass_over(
     experiments: Sequence[Experiment],
     submit_job: SubmitJob | None,
     now: datetime | None,
+    model: str,
 ) -> None:
     for experiment in experiments:
         report.experiments += 1
         started = time.monotonic()
         before = (len(report.actions), len(report.jobs), len(report.failed_segments))
-        passed = _pass_over_experiment(session, report, experiment, submit_job, now)
+        passed = _pass_over_experiment(session, report, experiment, submit_job, now, model)
         _log_experiment_passed(experiment, report, before, passed, time.monotonic() - started)
 
 
@@ -337,6 +346,7 @@ def _pass_over_experiment(
     experiment: Experiment,
     submit_job: SubmitJob | None,
     now: datetime | None,
+    model: str,
 ) -> int:
     """The experiment's segments passed, each applied on its own; how many passed."""
     segments = session.exec(
@@ -369,7 +379,7 @@ def _pass_over_experiment(
                 if fold is not None:
                     report.actions.append(fold)
                     folded = True
-            events, job_id = apply_segment(session, experiment, segment, policy, at)
+            events, job_id = apply_segment(session, experiment, segment, policy, at, model=model)
         except Exception as exc:
             session.rollback()
             _log_left_unchanged(experiment, segment, exc, folded=folded)
@@ -474,9 +484,11 @@ def apply_segment(
     now: datetime | None = None,
     *,
     guardrail_only: bool = False,
+    model: str | None = None,
 ) -> tuple[list[LifecycleEvent], int | None]:
     """Plan the segment (its fold, when the policy discounts, is fold_segment's) and apply the
-    plan in one transaction."""
+    plan in one transaction. `model`: as configured, for a pass, whose order for copy a brief
+    held as too long for that model withholds; the guardrail orders none and needs none."""
     now = now or utcnow()
     in_id_order = _in_id_order(segment)
     events: list[LifecycleEvent] = []
@@ -498,7 +510,9 @@ def apply_segment(
             pending=sum(v.status == VariantStatus.PENDING_REVIEW for v in variants),
             on_order=_copy_on_order(session, segment),
         )
-        actions = _unless_brief_refused(session, experiment, segment, actions)
+        if model is None:
+            raise TypeError("apply_segment: a pass orders copy, and needs the configured model")
+        actions = _unless_brief_refused(session, experiment, segment, actions, model=model)
     job_id = None
     # A pause or retirement that no longer applies is left out of the audit: on SQLite the
     # guardrail plans without a lock, so another worker's guardrail, a pass or a pause by hand can
@@ -585,14 +599,19 @@ def _declare_winner(session: Session, segment: Segment, variant_id: int, now: da
 
 
 def _unless_brief_refused(
-    session: Session, experiment: Experiment, segment: Segment, actions: list[Action]
+    session: Session,
+    experiment: Experiment,
+    segment: Segment,
+    actions: list[Action],
+    *,
+    model: str,
 ) -> list[Action]:
     """The plan without its order for copy when a job found the segment's brief, unchanged since,
-    too long for the model: every job for it fails, and each pass ordered another (loading the
-    model every time). Logged each pass it holds back an order."""
+    too long for the model, still the one configured: every job for it fails, and each pass
+    ordered another (loading the model every time). Logged each pass it holds back an order."""
     if not any(action.kind == "regenerate" for action in actions):
         return actions
-    refused = brief_refused(session, experiment, segment)
+    refused = brief_refused(session, experiment, segment, model=model)
     if refused is None:
         return actions
     log.warning(

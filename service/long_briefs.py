@@ -1,6 +1,7 @@
 """Briefs the model cannot take. A job that finds a segment's prompt too long for the model records
-it against the brief as it stood; the lifecycle then orders no copy for that segment until the
-brief changes, and the dashboard says why.
+it against the brief as it stood and the model it was configured with; the lifecycle then orders
+no copy for that segment until the brief changes or the configured model does (one with a longer
+context is the other remedy), and the dashboard says why.
 
 A brief's limits are in characters, the model's context in tokens, and the web workers do not load
 the tokenizer: 2,000 characters of Chinese come to some 19,000 tokens against 4,096. Every job for
@@ -20,7 +21,8 @@ from service.models import Experiment, GenerationJob, JobStatus, Segment, jobs_c
 if TYPE_CHECKING:
     from generation.writer import PromptTooLong
 
-# Where a job's result keeps them: segment key -> {"brief", "tokens", "limit"}.
+# Where a job's result keeps them: segment key -> {"brief", "tokens", "limit", "model"}, the model
+# as configured (Settings.model: a folder, or "" for the bundled default).
 BRIEFS_TOO_LONG = "briefs_too_long"
 
 
@@ -37,24 +39,39 @@ def brief_fingerprint(experiment: Experiment, segment: Segment) -> str:
     return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
 
 
-def too_long_record(experiment: Experiment, segment: Segment, exc: PromptTooLong) -> dict[str, Any]:
+def too_long_record(
+    experiment: Experiment, segment: Segment, exc: PromptTooLong, *, model: str
+) -> dict[str, Any]:
+    """`model`: the job's, as configured (Settings.model)."""
     return {
         "brief": brief_fingerprint(experiment, segment),
         "tokens": exc.tokens,
         "limit": exc.limit,
+        "model": model,
     }
+
+
+# What to do about it: the brief's fields, or the model.
+_REMEDY = (
+    "shorten it (the product description, brand voice or the segment's persona), or configure a "
+    "model with a longer context"
+)
 
 
 def refusal(record: dict[str, Any]) -> str:
     tokens, limit = record.get("tokens"), record.get("limit")
     if not isinstance(tokens, int) or not isinstance(limit, int):
-        return "brief too long for the model; shorten it"
-    return f"brief too long for the model: {tokens:,} tokens of {limit:,}; shorten it"
+        return f"brief too long for the model; {_REMEDY}"
+    return f"brief too long for the model: {tokens:,} tokens of {limit:,}; {_REMEDY}"
 
 
-def brief_refused(session: Session, experiment: Experiment, segment: Segment) -> str | None:
+def brief_refused(
+    session: Session, experiment: Experiment, segment: Segment, *, model: str
+) -> str | None:
     """Why no copy is ordered for the segment: the last job to end that covered it found its
-    brief, unchanged since, too long for the model; None otherwise."""
+    brief, unchanged since, too long for the model, which is still the one configured (`model`,
+    as Settings.model has it); None otherwise. Keyed on the brief alone, pointing the service at
+    a model with a longer context still ordered no copy, and the dashboard said to shorten it."""
     last = session.exec(
         select(GenerationJob)
         .where(
@@ -68,6 +85,10 @@ def brief_refused(session: Session, experiment: Experiment, segment: Segment) ->
     record = found.get(BRIEFS_TOO_LONG, {}).get(segment.key)
     if not isinstance(record, dict):
         return None
-    return (
-        refusal(record) if record.get("brief") == brief_fingerprint(experiment, segment) else None
+    # A record written before the model was kept has no key: it counts as the default model's.
+    # An install on a custom model then orders one job more at most, whose record names it.
+    held = (
+        record.get("brief") == brief_fingerprint(experiment, segment)
+        and record.get("model", "") == model
     )
+    return refusal(record) if held else None

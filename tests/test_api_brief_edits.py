@@ -194,7 +194,7 @@ def test_an_added_segment_comes_last_and_the_next_pass_orders_its_copy(
     assert served.get_json()["variant_id"] in default_ids
 
     engine = app.extensions["copybandit.engine"]
-    report = run_lifecycle(engine=engine)
+    report = run_lifecycle(engine=engine, model="")
     with Session(engine) as session:
         ordered = {
             session.get_one(Segment, session.get_one(GenerationJob, job_id).segment_id).key

@@ -5,6 +5,7 @@ the experiment pages. Runs on SQLite and, when configured, PostgreSQL (see conft
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import io
 import re
@@ -2447,8 +2448,8 @@ def test_the_experiment_page_says_why_a_segment_gets_no_new_copy(
     page = dash.html(f"/dashboard/experiments/{eid}")
     assert texts(section(page, "tea-lovers"), "p", data_testid="no-copy") == [
         "The lifecycle orders no new copy for this segment: brief too long for the model: 6,453 "
-        "tokens of 4,096; shorten it (the product description, brand voice or this segment's "
-        "persona)."
+        "tokens of 4,096; shorten it (the product description, brand voice or the segment's "
+        "persona), or configure a model with a longer context."
     ]
     assert texts(section(page, "busy-parents"), "p", data_testid="no-copy") == []
     with Session(app.extensions["copybandit.engine"]) as session:
@@ -2458,6 +2459,52 @@ def test_the_experiment_page_says_why_a_segment_gets_no_new_copy(
         session.commit()
     page = dash.html(f"/dashboard/experiments/{eid}")
     assert texts(section(page, "tea-lovers"), "p", data_testid="no-copy") == []
+
+
+def test_the_page_says_a_brief_is_too_long_only_while_the_model_it_was_too_long_for_is_configured(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """It said "shorten it" after the service was pointed at a model with a longer context,
+    which orders the segment copy again. A record from before records named their model counts
+    as the default model's."""
+    from service.long_briefs import brief_fingerprint
+
+    eid = experiment["id"]
+    with Session(app.extensions["copybandit.engine"]) as session:
+        segments = session.exec(select(Segment).where(Segment.experiment_id == eid)).all()
+        brief = {s.key: brief_fingerprint(session.get_one(Experiment, eid), s) for s in segments}
+        records = {
+            "tea-lovers": {"brief": brief["tea-lovers"], "tokens": 6453, "limit": 4096},
+            "busy-parents": {
+                "brief": brief["busy-parents"],
+                "tokens": 6453,
+                "limit": 4096,
+                "model": "/models/short",
+            },
+        }
+        session.add(
+            GenerationJob(
+                experiment_id=eid,
+                n=2,
+                status="failed",
+                result={"segments": {}, "briefs_too_long": records},
+            )
+        )
+        session.commit()
+
+    def noted(model: str) -> list[str]:
+        settings = app.extensions["copybandit.settings"]
+        app.extensions["copybandit.settings"] = dataclasses.replace(settings, model=model)
+        page = dash.html(f"/dashboard/experiments/{eid}")
+        return [
+            key
+            for key in ("tea-lovers", "busy-parents")
+            if texts(section(page, key), "p", data_testid="no-copy")
+        ]
+
+    assert noted("") == ["tea-lovers"]
+    assert noted("/models/short") == ["busy-parents"]
+    assert noted("/models/longer") == []
 
 
 def test_edit_then_approve(app: Any, dash: Dashboard, experiment: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gc
 import subprocess
@@ -17,7 +18,13 @@ from generation.lint import DEFAULT_BANNED_PHRASES
 from generation.writer import PromptTooLong, Sample
 from service import create_app
 from service.config import load_settings
-from service.generation_jobs import GenerationOptions, create_job, progress_bars_wanted, run_job
+from service.generation_jobs import (
+    GenerationOptions,
+    JobRunner,
+    create_job,
+    progress_bars_wanted,
+    run_job,
+)
 from service.lifecycle import run_lifecycle
 from service.models import GenerationJob
 from tests.conftest import PG_URL, store_policy_by_hand
@@ -388,11 +395,12 @@ def test_a_brief_too_long_for_one_segment_leaves_the_others_their_copy(api: Any,
     assert list(job["result"]["segments"]) == ["first", "last"]
 
 
-def _lifecycle_pass(app: Any) -> list[GenerationJob]:
-    """One pass with its jobs run by the app's runner; the jobs it ordered."""
+def _lifecycle_pass(app: Any, runner: JobRunner | None = None) -> list[GenerationJob]:
+    """One pass with its jobs run by the runner (the app's unless given), both configured with
+    the runner's model, as in one server; the jobs it ordered."""
     engine = app.extensions["copybandit.engine"]
-    runner = app.extensions["copybandit.jobs"]
-    report = run_lifecycle(engine=engine, submit_job=runner.submit)
+    runner = runner or app.extensions["copybandit.jobs"]
+    report = run_lifecycle(engine=engine, model=runner.options.model, submit_job=runner.submit)
     runner.join(timeout=30)
     with Session(engine) as session:
         return [session.get_one(GenerationJob, job_id) for job_id in report.jobs]
@@ -417,7 +425,8 @@ def test_the_lifecycle_orders_no_copy_for_a_brief_too_long_until_it_changes(
     assert _lifecycle_pass(app) == []
     assert (
         f"lifecycle: segment wordy of experiment {created['id']} gets no new copy: brief too long "
-        "for the model: 5,201 tokens of 4,096; shorten it"
+        "for the model: 5,201 tokens of 4,096; shorten it (the product description, brand voice or "
+        "the segment's persona), or configure a model with a longer context"
     ) in caplog.messages
     edited = api.patch(
         f"/v1/experiments/{created['id']}/segments/wordy",
@@ -426,6 +435,33 @@ def test_the_lifecycle_orders_no_copy_for_a_brief_too_long_until_it_changes(
     assert edited.status_code == 200, edited.get_json()
     jobs = _lifecycle_pass(app)
     assert [(job.segment_id, job.status) for job in jobs] == [(wordy_id, "succeeded")]
+
+
+def _server_on(app: Any, model: str, writer: ScriptedWriter) -> JobRunner:
+    """A runner as a server configured with COPYBANDIT_MODEL=`model` has, writing with `writer`."""
+    settings = dataclasses.replace(app.extensions["copybandit.settings"], model=model)
+    return JobRunner(
+        engine=app.extensions["copybandit.engine"], settings=settings, writer_factory=lambda: writer
+    )
+
+
+def test_a_brief_too_long_gets_copy_once_a_model_with_a_longer_context_is_configured(
+    api: Any, app: Any
+) -> None:
+    """The other remedy: the hold was keyed on the brief alone, and a server restarted on a
+    model with a longer context still ordered the segment no copy until its brief was edited."""
+    _wordy_experiment(api, app, also_last=False)
+    short = _server_on(app, "/models/short", _BriefTooLongFor(GOOD, WORDY))
+    refused = _lifecycle_pass(app, short)[1]
+    assert refused.status == "failed"
+    assert refused.result is not None
+    assert refused.result["briefs_too_long"]["wordy"]["model"] == "/models/short"
+    assert _lifecycle_pass(app, short) == []
+
+    longer = _server_on(app, "/models/longer", ScriptedWriter(GOOD))
+    assert [(job.segment_id, job.status) for job in _lifecycle_pass(app, longer)] == [
+        (refused.segment_id, "succeeded")
+    ]
 
 
 def test_a_brief_too_long_is_held_until_its_product_description_is_edited(

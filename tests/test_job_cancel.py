@@ -124,12 +124,12 @@ def test_a_pass_orders_a_cancelled_job_s_copy_again(
     api: Any, app: Any, experiment: dict[str, Any]
 ) -> None:
     engine = app.extensions["copybandit.engine"]
-    first = run_lifecycle(engine=engine)
+    first = run_lifecycle(engine=engine, model="")
     assert len(first.jobs) == 2
     for job_id in first.jobs:
         assert api.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
 
-    again = run_lifecycle(engine=engine)
+    again = run_lifecycle(engine=engine, model="")
 
     # As after a failed job: the segments still miss the lines the cancelled jobs were to write.
     assert len(again.jobs) == 2
@@ -139,7 +139,7 @@ def test_an_interrupted_job_says_its_copy_is_ordered_again_only_if_the_lifecycle
     app: Any, experiment: dict[str, Any]
 ) -> None:
     engine = app.extensions["copybandit.engine"]
-    (ordered, _) = run_lifecycle(engine=engine).jobs
+    (ordered, _) = run_lifecycle(engine=engine, model="").jobs
     by_hand = _queued_job(app, experiment)
     with Session(engine) as session:
         fail_interrupted_jobs(session=session, now=utcnow() + timedelta(hours=2))

@@ -54,14 +54,14 @@ def test_old_evidence_decays_and_new_evidence_counts_in_full(
     prior = (fresh.prior_alpha, fresh.prior_beta)
 
     _add(session, variant_id, impressions=100, conversions=10)
-    run_lifecycle(engine=engine, now=start + timedelta(hours=2))
+    run_lifecycle(engine=engine, model="", now=start + timedelta(hours=2))
     # Nothing was folded before: everything so far enters at full weight.
     assert _variant(session, variant_id).posterior() == pytest.approx(
         (prior[0] + 10, prior[1] + 90)
     )
 
     _add(session, variant_id, impressions=50, conversions=10)
-    run_lifecycle(engine=engine, now=start + timedelta(hours=4))
+    run_lifecycle(engine=engine, model="", now=start + timedelta(hours=4))
     # Two hours at 0.5 per hour: the old 10/90 weigh 0.25; the new 10/40 count in full.
     folded = _variant(session, variant_id)
     assert folded.posterior() == pytest.approx((prior[0] + 2.5 + 10, prior[1] + 22.5 + 40))
@@ -80,8 +80,8 @@ def test_each_fold_is_audited_with_the_weight_it_applied(
     _add(session, variant_id, impressions=1000, conversions=100)
     # Discounting turned on a month after the variant started: its first fold keeps it all.
     month_later = fresh.created_at + timedelta(days=30)
-    run_lifecycle(engine=engine, now=month_later)
-    run_lifecycle(engine=engine, now=month_later + timedelta(hours=1))
+    run_lifecycle(engine=engine, model="", now=month_later)
+    run_lifecycle(engine=engine, model="", now=month_later + timedelta(hours=1))
 
     first, second = session.exec(
         select(LifecycleEvent)
@@ -107,7 +107,7 @@ def test_two_passes_at_once_decay_the_evidence_once(
     engine, variant_id, fresh = setup
     prior = (fresh.prior_alpha, fresh.prior_beta)
     _add(session, variant_id, impressions=100, conversions=10)
-    run_lifecycle(engine=engine, now=fresh.created_at + timedelta(hours=1))
+    run_lifecycle(engine=engine, model="", now=fresh.created_at + timedelta(hours=1))
     later = fresh.created_at + timedelta(hours=3)
 
     # The other pass (the scheduler's beside `copybandit lifecycle --once`, say) folds after this
@@ -119,11 +119,11 @@ def test_two_passes_at_once_decay_the_evidence_once(
     def other_pass_folds_first(*args: Any, **kwargs: Any) -> LifecycleEvent | None:
         if not others:
             others.append(True)
-            run_lifecycle(engine=engine, now=later)
+            run_lifecycle(engine=engine, model="", now=later)
         return fold(*args, **kwargs)
 
     monkeypatch.setattr(lifecycle, "fold_segment", other_pass_folds_first)
-    run_lifecycle(engine=engine, now=later)
+    run_lifecycle(engine=engine, model="", now=later)
 
     # Two hours at 0.5 per hour, once: before, the evidence weighed 0.0625, and two audit rows
     # each said 0.25.
@@ -149,14 +149,14 @@ def test_a_fold_of_variants_another_writer_folded_since_they_were_read_changes_n
     engine, variant_id, fresh = setup
     prior = (fresh.prior_alpha, fresh.prior_beta)
     _add(session, variant_id, impressions=100, conversions=10)
-    run_lifecycle(engine=engine, now=fresh.created_at + timedelta(hours=1))
+    run_lifecycle(engine=engine, model="", now=fresh.created_at + timedelta(hours=1))
     later = fresh.created_at + timedelta(hours=3)
     experiment = session.get(Experiment, fresh.experiment_id)
     segment = session.get(Segment, fresh.segment_id)
     assert experiment is not None and segment is not None
     read = session.exec(select(Variant).where(Variant.segment_id == fresh.segment_id)).all()
 
-    run_lifecycle(engine=engine, now=later)
+    run_lifecycle(engine=engine, model="", now=later)
     stale_fold = lifecycle._fold(session, experiment, segment, read, 0.5, later)
     session.commit()
 
@@ -171,16 +171,16 @@ def test_a_pass_that_reads_a_later_passs_fold_leaves_it_alone(
 ) -> None:
     engine, variant_id, fresh = setup
     _add(session, variant_id, impressions=100, conversions=10)
-    run_lifecycle(engine=engine, now=fresh.created_at + timedelta(hours=1))
+    run_lifecycle(engine=engine, model="", now=fresh.created_at + timedelta(hours=1))
     _add(session, variant_id, impressions=50, conversions=10)
     # A pass that started later (the scheduler's, say) folds before one that started earlier
     # reads the variant.
     later, earlier = (fresh.created_at + timedelta(hours=h) for h in (3, 2))
-    run_lifecycle(engine=engine, now=later)
+    run_lifecycle(engine=engine, model="", now=later)
     folded = _variant(session, variant_id)
     expected = (folded.posterior(), folded.folded_at, folded.folded_impressions)
 
-    report = run_lifecycle(engine=engine, now=earlier)
+    report = run_lifecycle(engine=engine, model="", now=earlier)
 
     # Folding it again would decay by a negative age (refused: the segment failed its pass) and
     # move folded_at back, so the next fold would decay that hour again.
@@ -203,7 +203,9 @@ def test_without_discount_the_posterior_is_the_exact_counts(
     _add(session, variant_id, impressions=100, conversions=10)
     variant = _variant(session, variant_id)
     run_lifecycle(
-        engine=app.extensions["copybandit.engine"], now=variant.created_at + timedelta(hours=100)
+        engine=app.extensions["copybandit.engine"],
+        model="",
+        now=variant.created_at + timedelta(hours=100),
     )
     after = _variant(session, variant_id)
     assert after.posterior() == (variant.prior_alpha + 10, variant.prior_beta + 90)
@@ -216,8 +218,10 @@ def test_late_conversions_of_discounted_impressions_keep_beta_at_least_the_prior
     engine, variant_id, fresh = setup
     experiment_id, start = fresh.experiment_id, fresh.created_at
     shown = [api.decide(experiment_id, segment="tea-lovers")["impression_id"] for _ in range(6)]
-    run_lifecycle(engine=engine, now=start + timedelta(hours=1))
-    run_lifecycle(engine=engine, now=start + timedelta(hours=49))  # 6 failures decayed to ~0
+    run_lifecycle(engine=engine, model="", now=start + timedelta(hours=1))
+    run_lifecycle(
+        engine=engine, model="", now=start + timedelta(hours=49)
+    )  # 6 failures decayed to ~0
 
     # Every one of them converts afterwards (an order paid days later, say).
     converted = api.post(
@@ -225,7 +229,7 @@ def test_late_conversions_of_discounted_impressions_keep_beta_at_least_the_prior
         json={"events": [{"impression_id": i, "type": "conversion"} for i in shown]},
         key="serve",
     )
-    run_lifecycle(engine=engine, now=start + timedelta(hours=50))
+    run_lifecycle(engine=engine, model="", now=start + timedelta(hours=50))
 
     assert converted.get_json()["accepted"] == 6
     variant = _variant(session, variant_id)
@@ -251,16 +255,16 @@ def test_turning_the_discount_off_counts_all_evidence_in_full_again(
     other_id = api.add_variant(other["id"], "tea-lovers", "The Aurora kettle, quick.")["id"]
     for variant in (variant_id, other_id):
         _add(session, variant, impressions=1000, conversions=500)
-    run_lifecycle(engine=engine, now=fresh.created_at + timedelta(hours=1))
+    run_lifecycle(engine=engine, model="", now=fresh.created_at + timedelta(hours=1))
     _add(session, variant_id, impressions=10, conversions=0)
-    run_lifecycle(engine=engine, now=fresh.created_at + timedelta(hours=20))
+    run_lifecycle(engine=engine, model="", now=fresh.created_at + timedelta(hours=20))
     assert _variant(session, variant_id).posterior()[0] < prior[0] + 1  # shrunk to almost nothing
 
     response = api.patch(
         f"/v1/experiments/{experiment_id}/policy", json={"discount_per_hour": None}
     )
     assert response.status_code == 200, response.get_json()
-    run_lifecycle(engine=engine, now=fresh.created_at + timedelta(hours=21))
+    run_lifecycle(engine=engine, model="", now=fresh.created_at + timedelta(hours=21))
 
     assert _variant(session, variant_id).posterior() == pytest.approx(
         (prior[0] + 500, prior[1] + 510)
@@ -314,7 +318,7 @@ def test_a_pass_does_not_fold_after_a_patch_turned_discounting_off(
     experiment_id, start = fresh.experiment_id, fresh.created_at
     prior = (fresh.prior_alpha, fresh.prior_beta)
     _add(session, variant_id, impressions=100, conversions=10)
-    run_lifecycle(engine=engine, now=start + timedelta(hours=1))
+    run_lifecycle(engine=engine, model="", now=start + timedelta(hours=1))
     assert _variant(session, variant_id).folded_at is not None
 
     # The PATCH commits after the pass read the policy (discounting on), before it folds.
@@ -330,7 +334,7 @@ def test_a_pass_does_not_fold_after_a_patch_turned_discounting_off(
         return fold(*args, **kwargs)
 
     monkeypatch.setattr(lifecycle, "fold_segment", patch_commits_first)
-    report = run_lifecycle(engine=engine, now=start + timedelta(hours=3))
+    report = run_lifecycle(engine=engine, model="", now=start + timedelta(hours=3))
     monkeypatch.undo()
 
     assert patched == [200]
@@ -347,7 +351,7 @@ def test_a_pass_does_not_fold_after_a_patch_turned_discounting_off(
     # fold's folded_at had the next fold decay the seven hours since it.
     response = api.patch(f"/v1/experiments/{experiment_id}/policy", json={"discount_per_hour": 0.5})
     assert response.status_code == 200
-    run_lifecycle(engine=engine, now=start + timedelta(hours=10))
+    run_lifecycle(engine=engine, model="", now=start + timedelta(hours=10))
     assert _variant(session, variant_id).posterior() == pytest.approx(
         (prior[0] + 10, prior[1] + 90)
     )
@@ -362,12 +366,12 @@ def test_retired_copy_is_folded_no_more_and_reads_as_if_it_were(
     live_id = api.add_variant(experiment_id, "tea-lovers", "The Aurora kettle, quiet.")["id"]
     _add(session, retired_id, impressions=100, conversions=10)
     _add(session, live_id, impressions=100, conversions=20)
-    run_lifecycle(engine=engine, now=start + timedelta(hours=1))
+    run_lifecycle(engine=engine, model="", now=start + timedelta(hours=1))
     response = api.patch(f"/v1/variants/{retired_id}", json={"status": "retired"})
     assert response.status_code == 200, response.get_json()
 
     for hours in (2, 4):
-        run_lifecycle(engine=engine, now=start + timedelta(hours=hours))
+        run_lifecycle(engine=engine, model="", now=start + timedelta(hours=hours))
 
     # Nothing written to it after its retirement: each pass folded it, one UPDATE more per
     # variant ever retired.
@@ -394,7 +398,7 @@ def test_retired_copy_is_folded_no_more_and_reads_as_if_it_were(
     row = _report_row(api, experiment_id, retired_id)
     assert row["posterior_mean"] == pytest.approx(alpha / (alpha + beta))
     # It is folded in by the next pass, from when it is seen.
-    run_lifecycle(engine=engine, now=start + timedelta(hours=5))
+    run_lifecycle(engine=engine, model="", now=start + timedelta(hours=5))
     retired = _variant(session, retired_id)
     assert retired.folded_at == start + timedelta(hours=5)
     assert retired.posterior() == pytest.approx(

@@ -70,10 +70,14 @@ def lifecycle_events(session: Session, experiment: dict[str, Any]) -> list[Lifec
     return list(session.exec(query.order_by(col(LifecycleEvent.id))))
 
 
-def run(app: Any, submitted: list[int] | None = None) -> RunReport:
+def run(app: Any, submitted: list[int] | None = None, *, model: str = "") -> RunReport:
+    """A pass from a process configured with `model` (COPYBANDIT_MODEL; "" the bundled one)."""
     engine = app.extensions["copybandit.engine"]
     return run_lifecycle(
-        engine=engine, submit_job=None if submitted is None else submitted.append, now=NOW
+        engine=engine,
+        model=model,
+        submit_job=None if submitted is None else submitted.append,
+        now=NOW,
     )
 
 
@@ -168,7 +172,7 @@ def test_report_shows_the_declared_winner_once(
 
     run(app)
     later = NOW.replace(year=NOW.year + 1)
-    run_lifecycle(engine=app.extensions["copybandit.engine"], now=later)
+    run_lifecycle(engine=app.extensions["copybandit.engine"], model="", now=later)
 
     report = api.get(f"/v1/experiments/{experiment['id']}/report").get_json()
     winners = {s["key"]: s["winner"] for s in report["segments"]}
@@ -289,6 +293,67 @@ def test_a_pass_while_its_last_order_is_still_queued_orders_nothing_more(
     assert len(first.jobs) == 2
     # Before, each pass asked for the same two lines again while the first order still waited.
     assert again.jobs == [] and not [e for e in again.actions if e.action == "regenerate"]
+
+
+def held_as_too_long(
+    session: Session, experiment: dict[str, Any], key: str, model: str | None
+) -> int:
+    """A job that ended finding the segment's brief, as it stands, too long for `model`; None:
+    a record written before records named their model. The segment's id."""
+    from service.long_briefs import brief_fingerprint
+
+    segment = session.exec(
+        select(Segment).where(Segment.experiment_id == experiment["id"], Segment.key == key)
+    ).one()
+    record: dict[str, Any] = {
+        "brief": brief_fingerprint(session.get_one(Experiment, experiment["id"]), segment),
+        "tokens": 6453,
+        "limit": 4096,
+    }
+    if model is not None:
+        record["model"] = model
+    session.add(
+        GenerationJob(
+            experiment_id=experiment["id"],
+            segment_id=segment.id,
+            n=2,
+            status="failed",
+            result={"segments": {}, "briefs_too_long": {key: record}},
+        )
+    )
+    session.commit()
+    return segment.id  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(
+    ("recorded", "configured", "held"),
+    [
+        ("/models/short", "/models/short", True),
+        ("/models/short", "/models/longer", False),
+        ("/models/short", "", False),
+        ("", "/models/longer", False),
+        # Written before records named their model: as the default model's.
+        (None, "", True),
+        (None, "/models/longer", False),
+    ],
+)
+def test_a_brief_too_long_is_held_only_while_the_model_it_was_too_long_for_is_configured(
+    app: Any,
+    session: Session,
+    experiment: dict[str, Any],
+    recorded: str | None,
+    configured: str,
+    held: bool,
+) -> None:
+    """A model with a longer context is the other remedy: keyed on the brief alone, the hold
+    ordered no copy after COPYBANDIT_MODEL changed, until the brief was edited."""
+    tea = held_as_too_long(session, experiment, TEA, recorded)
+
+    report = run(app, model=configured)
+
+    ordered = {e.segment_id for e in report.actions if e.action == "regenerate"}
+    assert (tea not in ordered) == held
+    assert segment_id(session, experiment, PARENTS) in ordered
 
 
 def test_a_pass_fails_jobs_no_worker_finished_within_an_hour_and_orders_again(
@@ -721,7 +786,7 @@ def test_a_pass_on_a_database_it_cannot_write_logs_the_reason_once_per_segment(
 
     try:
         with caplog.at_level(logging.WARNING, logger="service.lifecycle"):
-            report = run_lifecycle(engine=engine, now=NOW)
+            report = run_lifecycle(engine=engine, model="", now=NOW)
     finally:
         engine.dispose()
 
@@ -936,6 +1001,26 @@ def test_cli_lifecycle_once_prints_what_it_did(
     session.expire_all()
     assert {job.status for job in session.exec(select(GenerationJob))} == {"queued"}
     assert not [line for line in result.output.splitlines() if line.startswith("job ")]
+
+
+def test_cli_lifecycle_once_judges_a_brief_too_long_by_the_model_it_is_configured_with(
+    clear_leader: None,
+    session: Session,
+    experiment: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("COPYBANDIT_MODEL", raising=False)
+    held_as_too_long(session, experiment, TEA, "")
+    tea = f"experiment {experiment['id']} segment {TEA}: regenerate: "
+
+    held = CliRunner().invoke(main, ["lifecycle", "--once", "--no-generate"])
+    assert held.exit_code == 0, held.output
+    assert tea not in held.output and "1 generation jobs queued" in held.output
+
+    monkeypatch.setenv("COPYBANDIT_MODEL", "/models/longer")
+    lifted = CliRunner().invoke(main, ["lifecycle", "--once", "--no-generate"])
+    assert lifted.exit_code == 0, lifted.output
+    assert tea in lifted.output and "1 generation jobs queued" in lifted.output
 
 
 @pytest.mark.usefixtures("clear_leader")

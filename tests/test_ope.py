@@ -312,7 +312,9 @@ def test_retired_copy_weighs_in_with_its_evidence_decayed_as_the_live_copys_is(
     assert api.patch(f"/v1/experiments/{experiment['id']}/policy", json=quiet).status_code == 200
     engine = app.extensions["copybandit.engine"]
     start = datetime.fromisoformat(experiment["created_at"])
-    run_lifecycle(engine=engine, now=start + timedelta(hours=1))  # a first fold keeps it all
+    run_lifecycle(
+        engine=engine, model="", now=start + timedelta(hours=1)
+    )  # a first fold keeps it all
     assert api.patch(f"/v1/variants/{ids['b']}", json={"status": "retired"}).status_code == 200
     session.execute(
         sa.update(Variant)
@@ -320,7 +322,7 @@ def test_retired_copy_weighs_in_with_its_evidence_decayed_as_the_live_copys_is(
         .values(impressions=Variant.impressions + 100, conversions=Variant.conversions + 40)
     )
     session.commit()
-    run_lifecycle(engine=engine, now=start + timedelta(hours=10))
+    run_lifecycle(engine=engine, model="", now=start + timedelta(hours=10))
 
     greedy = _by_segment(evaluate(session=session, experiment_id=experiment["id"], policy="greedy"))
     # A: its new 40 of 100 in full, mean 0.40. B: its 6 of 20 weigh 0.5**9, mean 0.50 (its

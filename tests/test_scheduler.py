@@ -378,7 +378,7 @@ def test_a_scheduled_pass_that_meets_a_restart_as_it_begins_runs_at_the_next_tic
         if not restarted:
             with admin.begin() as connection:
                 restarted.extend(end_backends(connection, "pass_under_test"))
-        reports.append(scheduled_pass(engine=engine))
+        reports.append(scheduled_pass(engine=engine, model=""))
 
     restarted: list[bool] = []
     job = PeriodicJob(
@@ -481,3 +481,23 @@ def test_a_server_starts_its_scheduler_under_a_posix_time_zone(tmp_path: Path, z
 
 def _raises() -> float:
     raise RuntimeError("no clock")
+
+
+def test_a_servers_scheduled_pass_is_told_the_model_it_is_configured_with(
+    app_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A brief too long for the model is held only while that model is configured
+    (service.long_briefs): the server's pass judges by COPYBANDIT_MODEL."""
+    import service
+
+    passes: list[dict[str, Any]] = []
+    monkeypatch.setattr(service, "scheduled_pass", lambda **kwargs: passes.append(kwargs))
+    app = service.create_app({**app_config, "scheduler": "on", "model": "/models/longer"})
+    scheduler = app.extensions["copybandit.scheduler"]
+    try:
+        # The job its ticks run once this process wins the slot.
+        scheduler.get_job("lifecycle").func.__self__.job()
+    finally:
+        scheduler.shutdown()
+        app.extensions["copybandit.engine"].dispose()
+    assert [kwargs["model"] for kwargs in passes] == ["/models/longer"]

@@ -105,7 +105,7 @@ def test_the_lifecycle_changes_variant_rows_in_id_order(
             # The row's id, as the statement's WHERE names it.
             updated.append(context.compiled_parameters[0]["id_1"])
 
-    run_lifecycle(engine=engine, now=datetime(2026, 3, 14, tzinfo=UTC))
+    run_lifecycle(engine=engine, model="", now=datetime(2026, 3, 14, tzinfo=UTC))
 
     session.expire_all()
     retired = {v: session.get(Variant, v).status for v in losers}  # type: ignore[union-attr]
@@ -161,7 +161,7 @@ def test_two_lifecycle_passes_at_once_order_a_segments_copy_once(
 ) -> None:
     engine = app.extensions["copybandit.engine"]
     elsewhere = make_engine(app.extensions["copybandit.settings"])
-    other = _writer_elsewhere(elsewhere, lambda: run_lifecycle(engine=elsewhere))
+    other = _writer_elsewhere(elsewhere, lambda: run_lifecycle(engine=elsewhere, model=""))
     plan = lifecycle.plan_segment
 
     def the_other_pass_runs_now(*args: Any, **kwargs: Any) -> Any:
@@ -171,7 +171,7 @@ def test_two_lifecycle_passes_at_once_order_a_segments_copy_once(
         return plan(*args, **kwargs)
 
     monkeypatch.setattr(lifecycle, "plan_segment", the_other_pass_runs_now)
-    run_lifecycle(engine=engine)
+    run_lifecycle(engine=engine, model="")
     other.join(timeout=60)
     elsewhere.dispose()
 

@@ -151,7 +151,10 @@ def experiment_page(experiment_id: int, refused: RefusedForm | None = None) -> s
     # By id, which a message about a segment's copy names (flash_about_segment).
     rows = segments_of(session=session, experiment_id=experiment_id)
     ids = {segment.key: segment.id for segment in rows if segment.id is not None}
-    no_copy = {segment.key: brief_refused(session, experiment, segment) for segment in rows}
+    model = current_app.extensions["copybandit.settings"].model
+    no_copy = {
+        segment.key: brief_refused(session, experiment, segment, model=model) for segment in rows
+    }
     return render_template(
         "experiment.html",
         experiment=experiment,
