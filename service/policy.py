@@ -40,14 +40,17 @@ class LifecyclePolicy(BaseModel):
         description="also retire when expected loss (conversion rate given up) exceeds this",
     )
     target_active: int = Field(
-        default=4, ge=1, le=50, description="below this many live variants, the model writes more"
+        default=4,
+        ge=1,
+        le=50,
+        description="below this many live variants, the model writes more; at most max_active",
     )
     max_active: int = Field(
         default=8,
         ge=1,
         le=50,
         description="the lifecycle orders no copy beyond this many live, pending and on-order "
-        "variants; hand generation and approvals are not capped",
+        "variants; hand generation and approvals are not capped; at least target_active",
     )
     declare_at: float = Field(
         default=0.95, gt=0.5, le=1, description="declare a winner at this probability best"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal, NotRequired
 
@@ -48,7 +49,9 @@ def _no_control(value: str) -> str:
 # Refused in copy wherever they are: the overrides LRO and RLO (after U+202E a storefront draws the
 # rest of the line backwards, not as the marketer who reviewed it read it), the deprecated shaping
 # controls, the zero-width space and the byte-order mark, which only change or hide what is shown.
-_REFUSED_FORMATTING = re.compile("[\u200b\u202d\u202e\u206a-\u206f\ufeff]")
+# Escapes, not the characters: ECMA-262 reads them alike, and the published pattern stays legible.
+_REFUSED_FORMATTING_CLASS = r"\u200b\u202d\u202e\u206a-\u206f\ufeff"
+_REFUSED_FORMATTING = re.compile(f"[{_REFUSED_FORMATTING_CLASS}]")
 # Embeddings (LRE, RLE; closed by PDF) and isolates (LRI, RLI, FSI; closed by PDI) are how W3C
 # says to embed text of the other direction (an English product name in Arabic copy), and a CMS
 # writes them: accepted when each is closed inside the copy, so its direction cannot spill into
@@ -162,12 +165,23 @@ _NoControl = AfterValidator(_no_control)
 # _no_control's rule as the published schemas say it, in ECMA-262 (JSON Schema's dialect, which
 # reads \xHH as Python does): a client checked against /openapi.json, or generated from it, sent
 # an event_id or a user_id with U+0001 in it and got a 400 the document did not foretell.
-NO_CONTROL_PATTERN = f"^[^{CONTROL_CHARACTERS.pattern[1:-1]}]*$"
-Name = Annotated[str, Field(min_length=1, max_length=200), _Normalized, _Clean, _Unformatted]
-Persona = Annotated[str, Field(min_length=1, max_length=2000), _Normalized, _Clean, _Unformatted]
-LongText = Annotated[str, Field(min_length=1, max_length=5000), _Normalized, _Clean, _Unformatted]
-CopyText = Annotated[str, Field(min_length=1, max_length=1000), _Normalized, _Clean, _Unformatted]
-Reason = Annotated[str, Field(min_length=1, max_length=500), _Normalized, _Clean, _Unformatted]
+_CONTROL_CLASS = CONTROL_CHARACTERS.pattern[1:-1]
+NO_CONTROL_PATTERN = f"^[^{_CONTROL_CLASS}]*$"
+# The same for text people write, which also refuses the invisible formatting it always refuses:
+# the schemas published only lengths, so a name with U+0007, or copy with U+202E, that a client
+# had checked against /openapi.json got a 400. Balance and blankness are the description's.
+_TEXT_RULES = Field(
+    description="stored without surrounding spaces, in Unicode NFC, with line breaks as LF; "
+    "refused with a control character or an invisible formatting character (the pattern's), a "
+    "bidi embedding or isolate it does not close, or only spaces and invisible characters",
+    json_schema_extra={"pattern": f"^[^{_CONTROL_CLASS}{_REFUSED_FORMATTING_CLASS}]*$"},
+)
+_Text = (_TEXT_RULES, _Normalized, _Clean, _Unformatted)
+Name = Annotated[str, Field(min_length=1, max_length=200), *_Text]
+Persona = Annotated[str, Field(min_length=1, max_length=2000), *_Text]
+LongText = Annotated[str, Field(min_length=1, max_length=5000), *_Text]
+CopyText = Annotated[str, Field(min_length=1, max_length=1000), *_Text]
+Reason = Annotated[str, Field(min_length=1, max_length=500), *_Text]
 
 
 def _client_key(value: str) -> str:
@@ -247,11 +261,16 @@ def _one_of(*forms: tuple[tuple[str, ...], tuple[str, ...]]) -> dict[str, Any]:
 # A scheme is case-insensitive (RFC 3986, 3.1): HTTPS://shop.example is a web address. Spelled out
 # letter by letter, not with an inline flag, so the OpenAPI document's pattern stays ECMA-262.
 _WEB_ADDRESS = r"^[hH][tT][tT][pP][sS]?://\S+$"
+# As published, with the control characters _Clean refuses after it: "https://a\x01" was valid by
+# the document and a 400 from the server.
+_PUBLISHED_WEB_ADDRESS = rf"^[hH][tT][tT][pP][sS]?://[^\s{_CONTROL_CLASS}]+$"
 
 
 def _web_address(value: str) -> str:
     # Checked here rather than by Field(pattern=...): pydantic's refusal quotes the regex.
-    if not re.match(_WEB_ADDRESS, value):
+    # fullmatch: re's $ also matches before a final newline, which ECMA-262's does not, so
+    # "https://shop.example/a\n" was refused by the published pattern and stored (stripped).
+    if not re.fullmatch(_WEB_ADDRESS, value):
         raise ValueError("must start with http:// or https:// and contain no spaces")
     # Shown as a link on the dashboard: U+202E in "https://shop.example/\u202egpj.exe" showed
     # "exe.jpg", and a zero-width space hid where the address really went. Unlike in names, no
@@ -273,7 +292,7 @@ WebAddress = Annotated[
         description="An http:// or https:// address with no spaces and no invisible formatting "
         "characters (Unicode category Cf: bidi controls, zero-width spaces, U+FEFF); one with "
         "either is refused.",
-        json_schema_extra={"pattern": _WEB_ADDRESS},
+        json_schema_extra={"pattern": _PUBLISHED_WEB_ADDRESS},
     ),
     AfterValidator(_web_address),
     _Clean,
@@ -295,7 +314,12 @@ class SegmentIn(Request):
 class ExperimentCreate(Request):
     name: Name
     product: ProductIn
-    segments: list[SegmentIn] = Field(min_length=1, max_length=MAX_SEGMENTS)
+    segments: list[SegmentIn] = Field(
+        min_length=1,
+        max_length=MAX_SEGMENTS,
+        # uniqueItems cannot say it: two segments alike but for their descriptions are refused.
+        description="each with a key of its own; the first is the default",
+    )
     sticky: bool = False
     brand_voice: Reason | None = Field(default=None, description="how the copy should sound")
     auto_approve: bool = Field(default=False, description="serve generated copy without review")
@@ -321,9 +345,29 @@ _NOT_EDITED_HERE = {
 }
 
 
+def _patch_schema(*never_null: str) -> Callable[[dict[str, Any]], None]:
+    """A PATCH body's published schema, as the server reads it: at least one field; a field left
+    out keeps its value, so none has a default (a client generated from the schema that filled in
+    the published null cleared the brand voice, the price and the address); and `never_null`
+    cannot be cleared, so their null, which the schema offered, is not offered."""
+
+    def publish(schema: dict[str, Any]) -> None:
+        describe_integers(schema)
+        schema["minProperties"] = 1
+        for name, field in schema["properties"].items():
+            field.pop("default", None)
+            if name in never_null:
+                (kept,) = [option for option in field.pop("anyOf") if option != {"type": "null"}]
+                field.update(kept)
+
+    return publish
+
+
 class ProductPatch(Request):
     """The product fields to change; a name and a description cannot be cleared, a price and an
     address can (null)."""
+
+    model_config = ConfigDict(json_schema_extra=_patch_schema("name", "description"))
 
     name: Name | None = None
     description: LongText | None = None
@@ -342,6 +386,8 @@ class ProductPatch(Request):
 
 class ExperimentPatch(Request):
     """The brief and settings to change; fields not given keep their values."""
+
+    model_config = ConfigDict(json_schema_extra=_patch_schema("name", "product", "auto_approve"))
 
     name: Name | None = None
     product: ProductPatch | None = None
