@@ -141,6 +141,21 @@ def test_every_api_operation_documents_the_503_of_a_database_that_is_down(
                 assert _ref(operation["responses"]["503"]["content"]) == "ErrorOut", (method, path)
 
 
+def test_every_answer_that_says_when_to_retry_documents_its_header(
+    spec: dict[str, Any],
+) -> None:
+    # 429 and 503 carry Retry-After; the document named no header, so generated clients had none.
+    undocumented = [
+        (method, path, status)
+        for path, operations in spec["paths"].items()
+        for method, operation in operations.items()
+        for status, answer in operation["responses"].items()
+        if status in ("429", "503")
+        and answer.get("headers", {}).get("Retry-After", {}).get("required") is not True
+    ]
+    assert undocumented == []
+
+
 def test_the_policy_patch_publishes_no_defaults(spec: dict[str, Any]) -> None:
     # A field left out keeps its stored value; a generated client that filled in the published
     # defaults (200, 0.95, ...) reset every policy it changed one field of.

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from werkzeug.routing import BaseConverter
 
 from service.auth import require_key
-from service.errors import RateLimited
+from service.errors import UNAVAILABLE_RETRY_AFTER, RateLimited
 from service.jsonbody import parse_json_body
 from service.models import Scope
 from service.query import refuse_repeated_parameters, refuse_unknown_parameters
@@ -23,7 +23,25 @@ BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 # Each of them reads the key from the database, so each can find it unreachable.
 # POSTs that read no body: `curl -X POST` alone does (a 415 asked for a JSON body of nothing).
 TAKES_NO_BODY = {"experiments.cancel"}
-AUTH_ERRORS: dict[int, type[BaseModel]] = {
+
+
+def retry_later(when: str) -> dict[str, Any]:
+    """An ErrorOut answer with its Retry-After header documented: a client generated from the
+    document learned of the header only from the README. flask-openapi3 documents no headers for
+    a model given alone, so the answer is written out."""
+    return {
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}},
+        "headers": {
+            "Retry-After": {
+                "description": f"seconds to wait before retrying: {when}",
+                "required": True,
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        },
+    }
+
+
+AUTH_ERRORS: dict[int, Any] = {
     400: ErrorOut,
     401: ErrorOut,
     403: ErrorOut,
@@ -31,7 +49,8 @@ AUTH_ERRORS: dict[int, type[BaseModel]] = {
     409: ErrorOut,
     413: ErrorOut,
     415: ErrorOut,
-    503: ErrorOut,  # the database is unreachable: {"error": "unavailable"}, retry
+    # The database is unreachable: {"error": "unavailable"}, retry.
+    503: retry_later(f"{UNAVAILABLE_RETRY_AFTER}, as the pool replaces a dropped connection"),
 }
 
 
@@ -55,7 +74,11 @@ class PathIdConverter(BaseConverter):
 def responses(*, rate_limited: bool = False, **ok: type[BaseModel]) -> dict[Any, Any]:
     """The endpoint's documented answers: its success, the errors every authenticated endpoint
     can give, and 429 where the key's request budget applies (decide and events only)."""
-    limited = {429: ErrorOut} if rate_limited else {}
+    limited = (
+        {429: retry_later("until the key's request budget has room for one more")}
+        if rate_limited
+        else {}
+    )
     return {
         **AUTH_ERRORS,
         **limited,

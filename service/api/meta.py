@@ -13,9 +13,9 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from service import db, write_health
 from service import migrate as migrations
-from service.api.common import json_of
+from service.api.common import AUTH_ERRORS, json_of
 from service.errors import ServiceUnavailable
-from service.schemas import Alive, ErrorOut, Health
+from service.schemas import Alive, Health
 
 log = logging.getLogger(__name__)
 api = APIBlueprint("meta", __name__, abp_tags=[Tag(name="meta")])
@@ -28,7 +28,7 @@ def livez() -> tuple[dict[str, Any], int]:
     return json_of(Alive(status="ok"))
 
 
-@api.get("/healthz", responses={200: Health, 503: ErrorOut})
+@api.get("/healthz", responses={200: Health, 503: AUTH_ERRORS[503]})
 def healthz() -> tuple[dict[str, Any], int]:
     """Liveness, database reachability, migrations, and that the database may be written.
     On SQLite, also that this process's last writes did not fail for want of space."""
