@@ -4,6 +4,7 @@ when COPYBANDIT_TEST_DATABASE_URL names one (CI sets it; `.ci/run` starts the se
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 from collections.abc import Iterator
@@ -79,12 +80,27 @@ def postgres_migrated() -> Iterator[str]:
         yield url
 
 
-def _truncate_postgres(url: str) -> None:
-    engine = sa.create_engine(url)
-    tables = ", ".join(f'"{t.name}"' for t in SQLModel.metadata.sorted_tables)
-    with engine.begin() as connection:
-        connection.exec_driver_sql(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
-    engine.dispose()
+def _empty_postgres(url: str) -> None:
+    """Every table emptied and every id sequence back at 1, as in a fresh schema. DELETEs, not
+    TRUNCATE: TRUNCATE makes each table new files, synced at commit, and took 0.26 s a test
+    (DELETEs of a test's few rows, 0.02 s), some 6 of `make test`'s 12 minutes."""
+    with _cleaner(url).begin() as connection:
+        # Only this test run's leftovers are at stake, not data anyone keeps.
+        connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
+        for table in reversed(SQLModel.metadata.sorted_tables):  # those that refer to others first
+            connection.exec_driver_sql(f'DELETE FROM "{table.name}"')
+        sequences = connection.exec_driver_sql(
+            "SELECT sequence_name FROM information_schema.sequences"
+            " WHERE sequence_schema = current_schema()"
+        ).scalars()
+        for sequence in sequences.all():
+            connection.exec_driver_sql(f'ALTER SEQUENCE "{sequence}" RESTART')
+
+
+@functools.cache
+def _cleaner(url: str) -> sa.Engine:
+    # Pinged: some tests end every connection to the server.
+    return sa.create_engine(url, pool_size=1, pool_pre_ping=True)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -94,7 +110,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         shutil.copy(request.getfixturevalue("sqlite_template"), path)
         return f"sqlite:///{path}"
     url: str = request.getfixturevalue("postgres_migrated")
-    _truncate_postgres(url)
+    _empty_postgres(url)
     return url
 
 
