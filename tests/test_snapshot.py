@@ -173,3 +173,17 @@ def test_a_load_builds_only_the_segments_decisions_ask_for(
     assert built == ["tea-lovers"]
     view.segment("busy-parents")
     assert built == ["tea-lovers", "busy-parents"]
+
+
+def test_a_worker_keeps_only_the_views_decided_for_within_a_ttl_or_two(
+    cache: SnapshotCache, clock: Clock, session: Session, api: Any
+) -> None:
+    """Every experiment a worker had ever decided for stayed in memory, stale, for good: 165 KB a
+    worker for one of 50 segments, and experiments are never deleted."""
+    ids = [api.create_experiment(name=f"Launch {n}")["id"] for n in range(30)]
+    for experiment_id in ids:
+        cache.get(session=session, experiment_id=experiment_id)
+        assert len(cache._views) <= 3  # TTL 1 s, a decision every 0.5 s: the last two to three
+        clock.now += 0.5
+    clock.now -= 0.5
+    assert cache.fresh(ids[-1]) is not None  # a view within its TTL is kept
