@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from generation import lint as lint_module
 from generation.brief import Brief
 from generation.lint import RULES, LintConfig, lint, product_terms
 
@@ -326,3 +327,17 @@ def test_every_failing_rule_is_reported_in_rule_order() -> None:
         "repetitive",
         "off_product",
     ]
+
+
+def test_a_worker_remembers_a_bounded_number_of_characters_and_names() -> None:
+    """Both caches lived as long as the worker, one entry per distinct character or product name
+    ever linted: up to Unicode's 1.1 million characters, 130 MB a worker."""
+    brief = Brief(product_name="Go", product_description="Shoes.", segment="Runners.")
+    for start in range(0x4E00, 0x4E00 + 3 * lint_module.AS_NUMBER_CACHE, 1000):
+        lint("".join(map(chr, range(start, start + 1000))), brief)
+    for n in range(2 * lint_module.NAME_PATTERN_CACHE):
+        # "Go 5 1 2": words too short to be product terms, so the name is looked for whole.
+        name = f"Go {n % 10} {n // 10 % 10} {n // 100}"
+        lint("A shoe for runners.", dataclasses.replace(brief, product_name=name))
+    assert lint_module._as_number.cache_info().currsize <= lint_module.AS_NUMBER_CACHE
+    assert lint_module._name_pattern.cache_info().currsize <= lint_module.NAME_PATTERN_CACHE
