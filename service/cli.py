@@ -988,6 +988,36 @@ def _check_host(host: str, *, from_option: bool) -> None:
         ) from None
 
 
+def _check_port(host: str, port: int, *, from_option: bool) -> None:
+    """A port another process listens on is one line naming where it came from: the server
+    printed "serving on ..." and then gunicorn's "Connection in use" a dozen times over 7 s
+    before it gave up. Bound and closed again at once, as gunicorn binds (SO_REUSEADDR, so a
+    port left in TIME_WAIT by a server just stopped passes); a process that takes the port in
+    between still meets gunicorn's own retries."""
+    import errno
+    import socket
+
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    family, kind, proto, _, address = socket.getaddrinfo(
+        bare, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            where = "--port" if from_option else "COPYBANDIT_PORT"
+            taken = exc.errno == errno.EADDRINUSE
+            raise click.ClickException(
+                f"{where}: cannot listen on {_address(host, port)}: "
+                + (
+                    "another process is listening there; stop it or choose another port"
+                    if taken
+                    else exc.strerror or str(exc)
+                )
+            ) from None
+
+
 def _address(host: str, port: int) -> str:
     """host:port, with an IPv6 address in brackets (gunicorn read `::1:8000` as host `::1:8000`
     with no port)."""
@@ -1275,6 +1305,7 @@ def serve(host: str | None, port: int | None, workers: int | None, access_log: b
     # Checked, then closed: the workers fork from this process and open their own connections.
     _engine(settings).dispose()
     _check_host(host or settings.host, from_option=bool(host))
+    _check_port(host or settings.host, port or settings.port, from_option=bool(port))
     options: dict[str, Any] = {
         "bind": _address(host or settings.host, port or settings.port),
         "workers": workers or settings.workers,

@@ -7,6 +7,7 @@ import pkgutil
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -376,6 +377,29 @@ def test_serve_refuses_a_host_it_cannot_resolve_naming_where_it_came_from(
     where = "--host" if from_option else "COPYBANDIT_HOST"
     assert result.exit_code == 1, result.output
     assert result.output.startswith(f"Error: {where}: cannot listen on 'not_a_host.invalid': ")
+
+
+@pytest.mark.parametrize("from_option", [True, False], ids=["--port", "COPYBANDIT_PORT"])
+def test_serve_refuses_a_port_another_process_listens_on_in_one_line(
+    database: str, monkeypatch: pytest.MonkeyPatch, from_option: bool
+) -> None:
+    # It printed "serving on ..." and then gunicorn's "Connection in use" a dozen times in 7 s.
+    assert run("migrate").exit_code == 0
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        if from_option:
+            result = run("serve", "--host", "127.0.0.1", "--port", str(port))
+        else:
+            monkeypatch.setenv("COPYBANDIT_PORT", str(port))
+            result = run("serve", "--host", "127.0.0.1")
+    where = "--port" if from_option else "COPYBANDIT_PORT"
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        f"Error: {where}: cannot listen on 127.0.0.1:{port}: another process is listening "
+        "there; stop it or choose another port\n"
+    )
 
 
 @pytest.mark.parametrize("host", ["[::1", "::1]"])
