@@ -11,7 +11,7 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from generation.brief import Brief
-from generation.prompts import instruction_texts
+from generation.prompts import EXAMPLE_BRANDS, instruction_texts
 
 # Claims a storefront must not make on a model's word: guarantees, health and money promises.
 DEFAULT_BANNED_PHRASES: tuple[str, ...] = (
@@ -224,6 +224,19 @@ def _echo(text: str, brief: Brief, config: LintConfig) -> str | None:
                 return f"copies the prompt: {' '.join(source_words[i : i + _ECHO_WORDS])!r}"
     if re.match(r"^\s*(product|facts|customer|voice)\s*:", text, re.IGNORECASE):
         return "starts with a prompt label"
+    return _example_brand(text, brief)
+
+
+def _example_brand(text: str, brief: Brief) -> str | None:
+    def names(source: str) -> set[str]:
+        return {_possessor(word) for word in _words(source.replace("-", " "))}
+
+    # A brief may sell an Aurora kettle itself (README's example does); then the name is its own.
+    own = names(" ".join([brief.product_name, *instruction_texts(brief)]))
+    used = names(text)
+    for brand in EXAMPLE_BRANDS:
+        if brand.casefold() in used and brand.casefold() not in own:
+            return f"names {brand!r}, the product of one of the prompt's worked examples"
     return None
 
 
@@ -234,9 +247,13 @@ def _repetitive(text: str, brief: Brief, config: LintConfig) -> str | None:
     return f"repeats {' '.join(repeated)!r}" if repeated else None
 
 
+def _possessor(word: str) -> str:
+    return word.removesuffix("'s").removesuffix("\u2019s")
+
+
 def _stem(word: str) -> str:
     """'Ridgeline's' and 'shoes' name what 'ridgeline' and 'shoe' do."""
-    return word.removesuffix("'s").removesuffix("\u2019s").removesuffix("s")
+    return _possessor(word).removesuffix("s")
 
 
 def product_terms(brief: Brief) -> set[str]:

@@ -34,6 +34,9 @@ _EXAMPLES = (
         "Ride dry through any downpour in the packable Nimbus rain jacket.",
     ),
 )
+# The examples' own brand names: the model carries them into its copy ("Nimbus trail-running
+# shoes" for a brief selling Ridgeline shoes), which names the category and so passes off_product.
+EXAMPLE_BRANDS = ("Aurora", "Nimbus")
 
 
 def _ask(brief: Brief) -> str:

@@ -341,3 +341,31 @@ def test_a_worker_remembers_a_bounded_number_of_characters_and_names() -> None:
         lint("A shoe for runners.", dataclasses.replace(brief, product_name=name))
     assert lint_module._as_number.cache_info().currsize <= lint_module.AS_NUMBER_CACHE
     assert lint_module._name_pattern.cache_info().currsize <= lint_module.NAME_PATTERN_CACHE
+
+
+def test_a_worked_examples_product_is_prompt_echo() -> None:
+    # Written by the bundled model for the demo's weekend hikers in a live run: the product of the
+    # prompt's second worked example, under the brief's category, passed every rule.
+    line = "Nimbus trail-running shoes. A no-brainer choice for the city walker."
+    report = lint(line, BRIEF)
+    assert {finding.rule for finding in report.findings} == {"prompt_echo"}
+    assert report.reasons() == [
+        "prompt_echo: names 'Nimbus', the product of one of the prompt's worked examples"
+    ]
+    assert rules("Boil water fast with the Aurora kettle and Ridgeline shoes.") >= {"prompt_echo"}
+    assert rules("Nimbus's grip, now in Ridgeline trail shoes for weekends.") == {"prompt_echo"}
+    assert rules("Nimbus-grade grip in Ridgeline trail shoes for weekends.") == {"prompt_echo"}
+
+
+def test_a_worked_examples_name_in_the_brief_itself_passes() -> None:
+    # README's own API example sells an Aurora kettle; its copy must be able to say so.
+    kettle = Brief("Aurora kettle", "A 1.7 l glass kettle.", "Busy parents.", price=49.0)
+    assert rules("The Aurora kettle: hot water before the toast pops.", kettle) == set()
+    jacket = Brief("Storm shell", "Shell in the Nimbus grey colourway.", "Cyclists.")
+    assert "prompt_echo" not in rules("The Storm shell in Nimbus grey keeps cyclists dry.", jacket)
+
+
+def test_example_brands_are_the_worked_examples_products() -> None:
+    from generation.prompts import _EXAMPLES, EXAMPLE_BRANDS
+
+    assert [example.product_name.split()[0] for example, _ in _EXAMPLES] == list(EXAMPLE_BRANDS)
