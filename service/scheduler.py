@@ -20,7 +20,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from datetime import UTC
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlmodel import Session, col
@@ -125,9 +125,9 @@ class PeriodicJob:
             log.warning("%s: database unavailable, slot skipped: %s", self.name, exc.orig)
             return False
         if won:
-            log.info("%s: running for slot %s as %s", self.name, slot, self.holder)
+            log.info("%s: running for slot %s as %s", self.name, _shown(slot), self.holder)
         elif slot == self._not_started:
-            log.info("%s: running again for slot %s, not started before", self.name, slot)
+            log.info("%s: running again for slot %s, not started before", self.name, _shown(slot))
         else:
             return False
         self._not_started = None
@@ -138,7 +138,7 @@ class PeriodicJob:
             log.warning(
                 "%s: database unavailable, slot %s not started, tried again at the next tick: %s",
                 self.name,
-                slot,
+                _shown(slot),
                 exc,
             )
         except Exception as exc:
@@ -147,10 +147,13 @@ class PeriodicJob:
                 # (reading an experiment's segments) logged a traceback; it may have changed
                 # segments before, so unlike NotStarted its slot is used up.
                 log.warning(
-                    "%s: database unavailable, slot %s given up: %s", self.name, slot, exc.orig
+                    "%s: database unavailable, slot %s given up: %s",
+                    self.name,
+                    _shown(slot),
+                    exc.orig,
                 )
             else:
-                log.exception("%s failed for slot %s", self.name, slot)
+                log.exception("%s failed for slot %s", self.name, _shown(slot))
         return True
 
     def _claim_current_slot(self) -> tuple[bool, int]:
@@ -162,6 +165,13 @@ class PeriodicJob:
             self.engine, name=self.name, slot=slot, holder=self.holder, ahead_above=ahead_above
         )
         return won, slot
+
+
+def _shown(slot: int) -> str:
+    """A slot as the log shows it: its start in UTC, as the operator reads a clock."""
+    start = datetime.fromtimestamp(slot / 1000, UTC)
+    shown = start.strftime("%Y-%m-%d %H:%M:%S")
+    return f"{shown}.{slot % 1000:03d} UTC" if slot % 1000 else f"{shown} UTC"
 
 
 def start_background(job: PeriodicJob) -> object:

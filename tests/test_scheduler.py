@@ -325,9 +325,8 @@ def test_a_pass_that_loses_the_database_gives_up_its_slot_with_one_warning(
         assert job.tick() is True
     [record] = caplog.records
     assert record.levelno == logging.WARNING and record.exc_info is None
-    slot = int(START * 1000)
     assert record.getMessage() == (
-        f"lifecycle: database unavailable, slot {slot} given up: "
+        "lifecycle: database unavailable, slot 2023-11-14 22:15:00 UTC given up: "
         "terminating connection due to administrator command"
     )
 
@@ -349,7 +348,7 @@ def test_a_job_that_did_not_start_runs_again_at_the_next_tick_of_its_slot(
     with caplog.at_level(logging.WARNING, logger="service.scheduler"):
         assert job.tick() is True
     assert [r.getMessage() for r in caplog.records] == [
-        f"lifecycle: database unavailable, slot {int(START * 1000)} not started, tried again at "
+        "lifecycle: database unavailable, slot 2023-11-14 22:15:00 UTC not started, tried again at "
         "the next tick: terminating connection due to administrator command"
     ]
     for step in (1, 2):
@@ -501,3 +500,19 @@ def test_a_servers_scheduled_pass_is_told_the_model_it_is_configured_with(
         scheduler.shutdown()
         app.extensions["copybandit.engine"].dispose()
     assert [kwargs["model"] for kwargs in passes] == ["/models/longer"]
+
+
+def test_a_pass_names_its_slot_as_a_utc_time(
+    engines: Callable[[], sa.Engine], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A live server logged 'running for slot 1796573400000' every pass: milliseconds since 1970,
+    which no operator reads as 16:10 UTC."""
+    job = _job(engines, FakeClock(), INTERVAL, [])
+    with caplog.at_level(logging.INFO, logger="service.scheduler"):
+        assert job.tick() is True
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line == f"lifecycle: running for slot 2023-11-14 22:15:00 UTC as {job.holder}"
+    half_second = _job(engines, FakeClock(START + 1000.5), 1.5, [])
+    with caplog.at_level(logging.INFO, logger="service.scheduler"):
+        assert half_second.tick() is True
+    assert "running for slot 2023-11-14 22:31:40.500 UTC as" in caplog.records[-1].getMessage()
