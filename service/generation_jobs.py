@@ -633,7 +633,13 @@ class JobRunner:
 
     def _run(self, job_id: int) -> None:
         try:
-            run_job(engine=self.engine, job_id=job_id, writer=self.writer, options=self.options)
+            job = run_job(
+                engine=self.engine, job_id=job_id, writer=self.writer, options=self.options
+            )
+            if job.status == JobStatus.SUCCEEDED.value:
+                # Failures were logged and successes not, so a server's log said jobs were
+                # ordered and never whether the model wrote anything. The commands print it.
+                log.info("%s", _succeeded(job))
         except Exception as exc:
             if not database_unavailable(exc):
                 log.exception("generation job %s could not be run", job_id)
@@ -670,6 +676,19 @@ class JobRunner:
 
     def _load_default_writer(self) -> Writer:
         return default_writer(self._settings)
+
+
+def _succeeded(job: GenerationJob) -> str:
+    segments = (job.result or {}).get("segments", {})
+    counts = [f"{key} {len(done['variant_ids'])}" for key, done in segments.items()]
+    if len(counts) > _SEGMENTS_LOGGED:
+        counts[_SEGMENTS_LOGGED:] = [f"and {len(counts) - _SEGMENTS_LOGGED} more segments"]
+    where = f" ({', '.join(counts)})" if counts else ""
+    return f"generation job {job.id} for experiment {job.experiment_id}: {job.message}{where}"
+
+
+# A job for all of an experiment's 50 segments would otherwise write them all on one line.
+_SEGMENTS_LOGGED = 10
 
 
 def write_off(*, engine: sa.Engine, job_ids: list[int], reason: str) -> list[int]:

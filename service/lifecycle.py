@@ -955,4 +955,14 @@ class GuardrailWatch:
             # logs why, and a traceback per segment each second here told no more.
             return []
         new, _ = apply_segment(session, experiment, segment, policy, guardrail_only=True)
+        for event in new:
+            # Between passes this is the only word of it: the pass's own line counts its pauses.
+            log.info(
+                "lifecycle: experiment %s: variant %s of segment %s %s after conversions: %s",
+                experiment.id,
+                event.variant_id,
+                segment.key,
+                "paused" if event.action == "pause" else event.action,
+                event.reason,
+            )
         return new

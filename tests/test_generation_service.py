@@ -1032,3 +1032,29 @@ def test_a_worker_stopped_mid_job_exits_cleanly_with_the_job_written_off(
     stopped = session.get(GenerationJob, job.id)
     assert stopped is not None and stopped.status == "failed"
     assert stopped.error is not None and stopped.error.startswith("interrupted: the server stopped")
+
+
+def test_a_server_logs_what_each_job_it_ran_stored(
+    api: Any, app: Any, experiment: dict[str, Any], writer: ScriptedWriter, caplog: Any
+) -> None:
+    """Live, the log said '3 generation jobs ordered' and then nothing of them: only a failure
+    was logged, so an operator could not tell from it whether the model wrote anything."""
+    with caplog.at_level("INFO", logger="service.generation_jobs"):
+        job = _run(api, app, experiment["id"], {"n": 2})
+    assert (
+        f"generation job {job['id']} for experiment {experiment['id']}: done: 4 new variants "
+        "(tea-lovers 2, busy-parents 2)"
+    ) in caplog.messages
+
+
+def test_a_jobs_log_line_names_ten_segments_then_how_many_more() -> None:
+    from service.generation_jobs import _succeeded
+
+    segments = {f"s{i}": {"variant_ids": [i]} for i in range(12)}
+    job = GenerationJob(
+        id=7, experiment_id=3, message="done: 12 new variants", result={"segments": segments}
+    )
+    named = ", ".join(f"s{i} 1" for i in range(10))
+    assert _succeeded(job) == (
+        f"generation job 7 for experiment 3: done: 12 new variants ({named}, and 2 more segments)"
+    )

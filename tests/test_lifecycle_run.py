@@ -841,6 +841,27 @@ def test_the_guardrail_pauses_on_a_conversion_event(
     assert pauses[0]["numbers"]["p_below_control"] >= 0.99
 
 
+def test_a_guardrail_pause_after_conversions_is_logged(
+    api: Any, session: Session, experiment: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Live, copy the guardrail took off air between passes was in the audit trail alone: the
+    log's pass lines said '0 paused' while two variants had stopped being served."""
+    tea, _ = _a_guardrail_case_in_each_segment(api, session, experiment)
+    decision = api.decide(experiment["id"], segment=TEA)
+    with caplog.at_level(logging.INFO, logger="service.lifecycle"):
+        sent = api.post(
+            "/v1/events",
+            json={"impression_id": decision["impression_id"], "type": "conversion"},
+            key="serve",
+        )
+    assert sent.status_code == 200
+    reason = variants(session, experiment)[tea["manual"]].status_reason
+    assert (
+        f"lifecycle: experiment {experiment['id']}: variant {tea['manual']} of segment {TEA} "
+        f"paused after conversions: {reason}"
+    ) in caplog.messages
+
+
 def test_the_guardrail_checks_at_most_its_share_of_segments_per_call_and_the_rest_next(
     app: Any, api: Any, session: Session, experiment: dict[str, Any]
 ) -> None:
