@@ -265,6 +265,17 @@ class TextMoved(Conflict):
         super().__init__(message, field="text")
 
 
+def _changed_by(current: VariantStatus, target: VariantStatus, by: str | None) -> str:
+    """Worded as the dashboard's reasons are ("approved by mia@example.com")."""
+    if by is None:
+        return "changed by hand"
+    if target is VariantStatus.ACTIVE:
+        verb = "resumed" if current is VariantStatus.PAUSED else "approved"
+    else:
+        verb = target.value
+    return f"{verb} by {by}"
+
+
 def text_version(text: str) -> str:
     """A short stand-in for `text` that a page sends back with its buttons. A pending variant's
     text may be edited after the page was drawn; approving it must not put the new text live
@@ -280,12 +291,14 @@ def update_variant(
     starts_from: Collection[VariantStatus] | None = None,
     text_seen: str | None = None,
     lint_config: LintConfig | None = None,
+    by: str | None = None,
 ) -> Variant:
-    """Apply `patch`. With `starts_from`, only to a variant in one of those statuses; with
-    `text_seen` (a `text_version`), only to one whose text is still that. The update below is
-    conditional on the status and text read here, so a change that lands meanwhile is refused too.
-    A text edit needs `lint_config`: the new text's lint replaces the generated line's in the
-    variant's audit.
+    """Apply `patch`. A status change with no reason of its own records `by` (who made it) in
+    the variant's reason, as "approved by API key k1". With `starts_from`, only to a variant in
+    one of those statuses; with `text_seen` (a `text_version`), only to one whose text is still
+    that. The update below is conditional on the status and text read here, so a change that
+    lands meanwhile is refused too. A text edit needs `lint_config`: the new text's lint replaces
+    the generated line's in the variant's audit.
     """
     variant = get_variant(session=session, variant_id=variant_id)
     current = VariantStatus(variant.status)
@@ -318,7 +331,7 @@ def update_variant(
                 session.rollback()
                 raise _last_active()
         values["status"] = target.value
-        values["status_reason"] = patch.reason or "changed by hand"
+        values["status_reason"] = patch.reason or _changed_by(current, target, by)
     # Conditional on the status we checked: a concurrent change makes this a 409, not a lost write.
     update = sa.update(Variant).where(
         col(Variant.id) == variant_id, col(Variant.status) == current.value

@@ -220,6 +220,23 @@ def test_pause_then_reactivate(api: Any, experiment: dict[str, Any]) -> None:
     assert _all_variants(api, experiment["id"])[manual]["status"] == "active"
 
 
+def test_a_status_change_without_a_reason_names_the_key_that_made_it(
+    api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    """Approved through the API, copy showed 'changed by hand' on the dashboard, where an
+    approval there names the marketer: whoever reviewed it could not be told."""
+    _, manual = _ids(experiment)
+    key_id = api.keys["admin"].split("_")[1]
+    assert _set_status(api, manual, "paused")["status_reason"] == f"paused by API key {key_id}"
+    assert _set_status(api, manual, "active")["status_reason"] == f"resumed by API key {key_id}"
+    assert _set_status(api, manual, "retired")["status_reason"] == f"retired by API key {key_id}"
+    approved, rejected = (_pending_variant(session, experiment["id"]) for _ in range(2))
+    assert _set_status(api, approved, "active")["status_reason"] == f"approved by API key {key_id}"
+    assert _set_status(api, rejected, "rejected")["status_reason"] == (
+        f"rejected by API key {key_id}"
+    )
+
+
 def test_retire_records_the_reason(api: Any, experiment: dict[str, Any]) -> None:
     _, manual = _ids(experiment)
 

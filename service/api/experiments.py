@@ -251,6 +251,7 @@ def patch_variant(path: VariantPath, body: VariantPatch) -> tuple[dict[str, Any]
         variant_id=path.variant_id,
         patch=body,
         lint_config=lint_config(current_app.extensions["copybandit.settings"]),
+        by=_by_key(),
     )
     current_app.extensions["copybandit.snapshots"].invalidate(variant.experiment_id)
     segment = session.get(Segment, variant.segment_id)
