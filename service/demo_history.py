@@ -91,8 +91,14 @@ def _spread(
     converted: list[tuple[int, str, timedelta]],
 ) -> None:
     step = span / max(len(shown), 1)
+    end = start + span
     when = [{"row_id": row_id, "when": start + step * i} for i, row_id in enumerate(shown)]
-    later = [{"row_id": row_id, "when": start + step * i + delay} for i, row_id, delay in converted]
+    # No later than the week's end, which is now: a delay after one of the last impressions had
+    # stamped its conversion minutes into the future.
+    later = [
+        {"row_id": row_id, "when": min(start + step * i + delay, end)}
+        for i, row_id, delay in converted
+    ]
     _backdate(session, Impression.__table__, "id", when)  # type: ignore[attr-defined]
     _backdate(session, Event.__table__, "impression_id", later)  # type: ignore[attr-defined]
     session.commit()

@@ -27,7 +27,16 @@ from service.cli import SCENARIOS, main
 from service.config import load_settings
 from service.db import make_engine
 from service.metrics import MULTIPROC_ENV
-from service.models import ApiKey, Experiment, GenerationJob, Marketer, Variant, utcnow
+from service.models import (
+    ApiKey,
+    Event,
+    Experiment,
+    GenerationJob,
+    Impression,
+    Marketer,
+    Variant,
+    utcnow,
+)
 from tests.conftest import BACKENDS, postgres_schema, postgres_schema_url
 
 KEY = re.compile(r"cb_[0-9a-f]{16}_[A-Za-z0-9_-]+")
@@ -51,6 +60,7 @@ def _session(url: str) -> Session:
 
 def test_init_migrates_seeds_and_prints_one_admin_key(database: str) -> None:
     first = run("init")
+    finished = utcnow()
     assert first.exit_code == 0, first.output
     assert "seeded demo experiment" in first.output
     printed = KEY.findall(first.output)
@@ -65,6 +75,13 @@ def test_init_migrates_seeds_and_prints_one_admin_key(database: str) -> None:
         assert len(session.exec(select(Variant)).all()) == 9
         key = authenticate(session=session, presented=printed[0])
         assert key is not None and key.scope == "admin"
+        # The demo's week ends when init ran: a conversion's delay after a late impression had
+        # stamped it minutes into the future.
+        shown_at = {i.id: i.created_at for i in session.exec(select(Impression))}
+        conversions = session.exec(select(Event)).all()
+        assert conversions and all(
+            shown_at[e.impression_id] <= e.created_at <= finished for e in conversions
+        )
 
 
 def test_init_prints_an_admin_key_while_no_live_one_exists(database: str) -> None:
