@@ -998,13 +998,15 @@ def _check_port(host: str, port: int, *, from_option: bool) -> None:
     import socket
 
     bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    family, kind, proto, _, address = socket.getaddrinfo(
-        bare, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    with socket.socket(family, kind, proto) as probe:
+    # The socket gunicorn binds: IPv6 for an IPv6 address, IPv4 for anything else, a name too.
+    # Bound at the name's first address instead, where /etc/hosts names ::1 localhost as well
+    # (Debian's), the check took [::1] for localhost: it passed with 127.0.0.1 taken, and
+    # refused to start with only [::1] taken (a dev server's), both unlike gunicorn.
+    family = socket.AF_INET6 if _is_ipv6_address(bare) else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind(address)
+            probe.bind((bare, port))
         except OSError as exc:
             where = "--port" if from_option else "COPYBANDIT_PORT"
             taken = exc.errno == errno.EADDRINUSE
@@ -1016,6 +1018,16 @@ def _check_port(host: str, port: int, *, from_option: bool) -> None:
                     else exc.strerror or str(exc)
                 )
             ) from None
+
+
+def _is_ipv6_address(host: str) -> bool:
+    import socket
+
+    try:
+        socket.inet_pton(socket.AF_INET6, host)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _address(host: str, port: int) -> str:

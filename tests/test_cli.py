@@ -1287,3 +1287,59 @@ print(len(made))
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert imported.stdout.strip() == "0"
+
+
+def _localhost_lists_ipv6_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """getaddrinfo as on a host whose /etc/hosts names ::1 localhost too (Debian's, Ubuntu's):
+    ::1 comes first, though gunicorn binds a name on an IPv4 socket, at 127.0.0.1."""
+    real = socket.getaddrinfo
+
+    def lookup(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        found = real(host, port, *args, **kwargs)
+        if host != "localhost":
+            return found
+        ipv6 = (socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("::1", port, 0, 0))
+        return [ipv6, *found]
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+
+
+def test_serve_refuses_a_taken_port_where_gunicorn_binds_a_name_not_where_it_resolves_first(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The check bound the first address the name resolved to, ::1, which was free, and gunicorn
+    # (binding 127.0.0.1) printed "Connection in use" a dozen times, as before the check.
+    assert run("migrate").exit_code == 0
+    _localhost_lists_ipv6_first(monkeypatch)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("serve", "--host", "localhost", "--port", str(port))
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        f"Error: --port: cannot listen on localhost:{port}: another process is listening "
+        "there; stop it or choose another port\n"
+    )
+
+
+def test_serve_starts_on_a_name_whose_ipv6_address_another_process_holds(
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A dev server on localhost often holds [::1]:port alone; gunicorn binds 127.0.0.1:port, which
+    # is free, yet the check, binding ::1, refused to start.
+    assert run("migrate").exit_code == 0
+    _localhost_lists_ipv6_first(monkeypatch)
+    monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path / "metrics"))
+    started: list[dict[str, Any]] = []
+    monkeypatch.setattr("service.gunicorn.run", started.append)
+    with socket.socket(socket.AF_INET6) as taken:
+        taken.bind(("::1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with socket.socket() as free:  # the IPv4 one, as gunicorn binds it
+            free.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            free.bind(("127.0.0.1", port))
+        result = run("serve", "--host", "localhost", "--port", str(port))
+    assert result.exit_code == 0, result.output
+    assert started[0]["bind"] == f"localhost:{port}"
