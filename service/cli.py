@@ -988,12 +988,13 @@ def _check_host(host: str, *, from_option: bool) -> None:
         ) from None
 
 
-def _check_port(host: str, port: int, *, from_option: bool) -> None:
+def _check_port(host: str, port: int, *, port_from_option: bool, host_from_option: bool) -> None:
     """A port another process listens on is one line naming where it came from: the server
     printed "serving on ..." and then gunicorn's "Connection in use" a dozen times over 7 s
     before it gave up. Bound and closed again at once, as gunicorn binds (SO_REUSEADDR, so a
     port left in TIME_WAIT by a server just stopped passes); a process that takes the port in
-    between still meets gunicorn's own retries."""
+    between still meets gunicorn's own retries. An address that is not this machine's names
+    the host's setting instead."""
     import errno
     import socket
 
@@ -1008,15 +1009,18 @@ def _check_port(host: str, port: int, *, from_option: bool) -> None:
         try:
             probe.bind((bare, port))
         except OSError as exc:
-            where = "--port" if from_option else "COPYBANDIT_PORT"
-            taken = exc.errno == errno.EADDRINUSE
+            reason = exc.strerror or str(exc)
+            # An address of no interface here, or a name with no IPv4 address: the host is
+            # wrong, though it resolved, and the port may well be free.
+            if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+                where = "--host" if host_from_option else "COPYBANDIT_HOST"
+                reason += "; give an address of this machine, like 127.0.0.1 or 0.0.0.0"
+            else:
+                where = "--port" if port_from_option else "COPYBANDIT_PORT"
+            if exc.errno == errno.EADDRINUSE:
+                reason = "another process is listening there; stop it or choose another port"
             raise click.ClickException(
-                f"{where}: cannot listen on {_address(host, port)}: "
-                + (
-                    "another process is listening there; stop it or choose another port"
-                    if taken
-                    else exc.strerror or str(exc)
-                )
+                f"{where}: cannot listen on {_address(host, port)}: {reason}"
             ) from None
 
 
@@ -1317,7 +1321,12 @@ def serve(host: str | None, port: int | None, workers: int | None, access_log: b
     # Checked, then closed: the workers fork from this process and open their own connections.
     _engine(settings).dispose()
     _check_host(host or settings.host, from_option=bool(host))
-    _check_port(host or settings.host, port or settings.port, from_option=bool(port))
+    _check_port(
+        host or settings.host,
+        port or settings.port,
+        port_from_option=bool(port),
+        host_from_option=bool(host),
+    )
     options: dict[str, Any] = {
         "bind": _address(host or settings.host, port or settings.port),
         "workers": workers or settings.workers,

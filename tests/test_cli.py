@@ -1343,3 +1343,26 @@ def test_serve_starts_on_a_name_whose_ipv6_address_another_process_holds(
         result = run("serve", "--host", "localhost", "--port", str(port))
     assert result.exit_code == 0, result.output
     assert started[0]["bind"] == f"localhost:{port}"
+
+
+@pytest.mark.parametrize("from_option", [True, False], ids=["--host", "COPYBANDIT_HOST"])
+def test_serve_refuses_an_address_of_another_machine_naming_the_host_not_the_port(
+    database: str, monkeypatch: pytest.MonkeyPatch, from_option: bool
+) -> None:
+    # 192.0.2.1 (an address for documentation) resolves, so the host check passed, and the port
+    # check said "--port: ... Cannot assign requested address" of a port that was free.
+    assert run("migrate").exit_code == 0
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    if from_option:
+        result = run("serve", "--host", "192.0.2.1", "--port", str(port))
+    else:
+        monkeypatch.setenv("COPYBANDIT_HOST", "192.0.2.1")
+        result = run("serve", "--port", str(port))
+    where = "--host" if from_option else "COPYBANDIT_HOST"
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        f"Error: {where}: cannot listen on 192.0.2.1:{port}: Cannot assign requested address; "
+        "give an address of this machine, like 127.0.0.1 or 0.0.0.0\n"
+    )
