@@ -49,6 +49,16 @@ def database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return url
 
 
+@pytest.fixture
+def free_port() -> str:
+    """A port free on every address, IPv4 and IPv6: serve binds the port it is given to check
+    it, so a fixed one failed these tests while anything else (`make run`: 8000) listened there."""
+    with socket.socket(socket.AF_INET6) as probe:
+        probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        probe.bind(("::", 0))
+        return str(probe.getsockname()[1])
+
+
 def run(*args: str) -> Result:
     result = CliRunner().invoke(main, list(args), catch_exceptions=False)
     return result
@@ -815,14 +825,19 @@ def test_a_run_too_large_for_memory_says_where_its_batch_is_set(tmp_path: Path) 
 @pytest.mark.parametrize(
     ("host", "bind"),
     [
-        ("::1", "[::1]:8123"),
-        ("[::1]", "[::1]:8123"),
-        ("::", "[::]:8123"),
-        ("0.0.0.0", "0.0.0.0:8123"),
+        ("::1", "[::1]:{port}"),
+        ("[::1]", "[::1]:{port}"),
+        ("::", "[::]:{port}"),
+        ("0.0.0.0", "0.0.0.0:{port}"),
     ],
 )
 def test_serve_binds_ipv6_addresses_in_brackets(
-    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, host: str, bind: str
+    database: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    free_port: str,
+    host: str,
+    bind: str,
 ) -> None:
     # gunicorn read "::1:8123" as a host with an empty port and refused to start.
     assert run("migrate").exit_code == 0
@@ -830,25 +845,31 @@ def test_serve_binds_ipv6_addresses_in_brackets(
     monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path / "metrics"))
     started: list[dict[str, Any]] = []
     monkeypatch.setattr("service.gunicorn.run", started.append)
-    result = run("serve", "--host", host, "--port", "8123")
+    result = run("serve", "--host", host, "--port", free_port)
     assert result.exit_code == 0, result.output
+    bind = bind.format(port=free_port)
     assert started[0]["bind"] == bind and f"serving on http://{bind} " in result.output
 
 
 @pytest.mark.parametrize(("workers", "said"), [("1", "with 1 worker\n"), ("3", "with 3 workers\n")])
 def test_serve_says_how_many_workers_it_starts(
-    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: str, said: str
+    database: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    free_port: str,
+    workers: str,
+    said: str,
 ) -> None:
     assert run("migrate").exit_code == 0
     monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path / "metrics"))
     monkeypatch.setattr("service.gunicorn.run", lambda _options: None)
-    result = run("serve", "--workers", workers)
+    result = run("serve", "--workers", workers, "--port", free_port)
     assert result.exit_code == 0, result.output
     assert said in result.output
 
 
 def test_serve_clears_only_metric_files_from_a_folder_it_was_given(
-    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, free_port: str
 ) -> None:
     """PROMETHEUS_MULTIPROC_DIR=var removed the whole folder, the database in it included, when
     the server started and again when it stopped."""
@@ -864,7 +885,7 @@ def test_serve_clears_only_metric_files_from_a_folder_it_was_given(
     monkeypatch.setenv(MULTIPROC_ENV, str(folder))
     started: list[dict[str, Any]] = []
     monkeypatch.setattr("service.gunicorn.run", started.append)
-    assert run("serve", "--port", "8123").exit_code == 0
+    assert run("serve", "--port", free_port).exit_code == 0
     assert sorted(folder.iterdir()) == sorted(keep)
     for path in stale:
         path.write_bytes(b"this run's counts")
@@ -874,7 +895,7 @@ def test_serve_clears_only_metric_files_from_a_folder_it_was_given(
 
 
 def test_serve_where_it_cannot_make_its_metrics_folder_is_one_line(
-    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, free_port: str
 ) -> None:
     # Run from a folder it could not write, serve ended in mkdir's traceback.
     assert run("migrate").exit_code == 0
@@ -885,7 +906,7 @@ def test_serve_where_it_cannot_make_its_metrics_folder_is_one_line(
     monkeypatch.delenv(MULTIPROC_ENV, raising=False)
     started: list[dict[str, Any]] = []
     monkeypatch.setattr("service.gunicorn.run", started.append)
-    result = CliRunner().invoke(main, ["serve", "--port", "8123"])
+    result = CliRunner().invoke(main, ["serve", "--port", free_port])
     assert result.exit_code == 1, result.output
     assert result.output.startswith(
         f"Error: cannot make the metrics folder {tmp_path / 'var' / 'metrics'}/"
@@ -896,7 +917,7 @@ def test_serve_where_it_cannot_make_its_metrics_folder_is_one_line(
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
 def test_serve_given_a_metrics_folder_it_cannot_write_in_is_one_line(
-    database: str, monkeypatch: pytest.MonkeyPatch
+    database: str, monkeypatch: pytest.MonkeyPatch, free_port: str
 ) -> None:
     # A folder that exists passed mkdir, serve started, and every decision it then stored was
     # answered 500 as its worker failed to count it. /proc: a folder no user, root included, may
@@ -905,7 +926,7 @@ def test_serve_given_a_metrics_folder_it_cannot_write_in_is_one_line(
     monkeypatch.setenv(MULTIPROC_ENV, "/proc")
     started: list[dict[str, Any]] = []
     monkeypatch.setattr("service.gunicorn.run", started.append)
-    result = CliRunner().invoke(main, ["serve", "--port", "8123"])
+    result = CliRunner().invoke(main, ["serve", "--port", free_port])
     assert result.exit_code == 1, result.output
     assert result.output.startswith("Error: cannot write in the metrics folder /proc (")
     assert result.output.endswith(f"set {MULTIPROC_ENV} to a folder serve may write\n")
