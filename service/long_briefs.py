@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session, col, select
@@ -47,8 +48,15 @@ def too_long_record(
         "brief": brief_fingerprint(experiment, segment),
         "tokens": exc.tokens,
         "limit": exc.limit,
-        "model": model,
+        "model": _model_folder(model),
     }
+
+
+def _model_folder(model: str) -> str:
+    """The configured model as one spelling of its folder ("" stays the bundled model's): a
+    server given `models/big` and a cron `lifecycle --once` given `/srv/cb/models/big/` name one
+    model, and compared as written, each pass would have ordered a held segment a job that fails."""
+    return os.path.realpath(model) if model else ""
 
 
 # What to do about it: the brief's fields, or the model.
@@ -87,8 +95,7 @@ def brief_refused(
         return None
     # A record written before the model was kept has no key: it counts as the default model's.
     # An install on a custom model then orders one job more at most, whose record names it.
-    held = (
-        record.get("brief") == brief_fingerprint(experiment, segment)
-        and record.get("model", "") == model
-    )
+    held = record.get("brief") == brief_fingerprint(experiment, segment) and record.get(
+        "model", ""
+    ) == _model_folder(model)
     return refusal(record) if held else None

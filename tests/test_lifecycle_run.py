@@ -7,6 +7,7 @@ import logging
 import re
 import sqlite3
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from click.testing import CliRunner
 from sqlmodel import Session, col, select
 
 from bandits.priors import empirical_bayes_prior
+from generation.writer import PromptTooLong
 from service import cli, lifecycle
 from service.cli import main
 from service.db import make_engine
@@ -329,6 +331,9 @@ def held_as_too_long(
     ("recorded", "configured", "held"),
     [
         ("/models/short", "/models/short", True),
+        # One folder spelled another way is the same model.
+        ("/models/short", "/models/short/", True),
+        ("/models/short", "/models/longer/../short", True),
         ("/models/short", "/models/longer", False),
         ("/models/short", "", False),
         ("", "/models/longer", False),
@@ -354,6 +359,41 @@ def test_a_brief_too_long_is_held_only_while_the_model_it_was_too_long_for_is_co
     ordered = {e.segment_id for e in report.actions if e.action == "regenerate"}
     assert (tea not in ordered) == held
     assert segment_id(session, experiment, PARENTS) in ordered
+
+
+def test_a_hold_recorded_under_a_relative_model_folder_holds_under_its_absolute_spelling(
+    app: Any,
+    session: Session,
+    experiment: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server given `models/short` and a cron `lifecycle --once` given the absolute path name
+    one model: compared as written, each pass ordered the held segment a job that failed."""
+    from service.long_briefs import too_long_record
+
+    monkeypatch.chdir(tmp_path)
+    segment = session.exec(
+        select(Segment).where(Segment.experiment_id == experiment["id"], Segment.key == TEA)
+    ).one()
+    too_long = PromptTooLong("too long", tokens=6453, limit=4096)
+    record = too_long_record(
+        session.get_one(Experiment, experiment["id"]), segment, too_long, model="models/short"
+    )
+    session.add(
+        GenerationJob(
+            experiment_id=experiment["id"],
+            segment_id=segment.id,
+            n=2,
+            status="failed",
+            result={"segments": {}, "briefs_too_long": {TEA: record}},
+        )
+    )
+    session.commit()
+
+    report = run(app, model=f"{tmp_path}/models/short/")
+
+    assert segment.id not in {e.segment_id for e in report.actions if e.action == "regenerate"}
 
 
 def test_a_pass_fails_jobs_no_worker_finished_within_an_hour_and_orders_again(
