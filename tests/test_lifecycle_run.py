@@ -300,20 +300,19 @@ def test_a_pass_while_its_last_order_is_still_queued_orders_nothing_more(
 def held_as_too_long(
     session: Session, experiment: dict[str, Any], key: str, model: str | None
 ) -> int:
-    """A job that ended finding the segment's brief, as it stands, too long for `model`; None:
-    a record written before records named their model. The segment's id."""
-    from service.long_briefs import brief_fingerprint
+    """A job that ended finding the segment's brief, as it stands, too long for `model` (recorded
+    as a job records it); None: a record written before records named their model. The
+    segment's id."""
+    from service.long_briefs import too_long_record
 
     segment = session.exec(
         select(Segment).where(Segment.experiment_id == experiment["id"], Segment.key == key)
     ).one()
-    record: dict[str, Any] = {
-        "brief": brief_fingerprint(session.get_one(Experiment, experiment["id"]), segment),
-        "tokens": 6453,
-        "limit": 4096,
-    }
-    if model is not None:
-        record["model"] = model
+    too_long = PromptTooLong("too long", tokens=6453, limit=4096)
+    experiment_row = session.get_one(Experiment, experiment["id"])
+    record = too_long_record(experiment_row, segment, too_long, model=model or "")
+    if model is None:
+        del record["model"]
     session.add(
         GenerationJob(
             experiment_id=experiment["id"],
@@ -370,30 +369,12 @@ def test_a_hold_recorded_under_a_relative_model_folder_holds_under_its_absolute_
 ) -> None:
     """A server given `models/short` and a cron `lifecycle --once` given the absolute path name
     one model: compared as written, each pass ordered the held segment a job that failed."""
-    from service.long_briefs import too_long_record
-
     monkeypatch.chdir(tmp_path)
-    segment = session.exec(
-        select(Segment).where(Segment.experiment_id == experiment["id"], Segment.key == TEA)
-    ).one()
-    too_long = PromptTooLong("too long", tokens=6453, limit=4096)
-    record = too_long_record(
-        session.get_one(Experiment, experiment["id"]), segment, too_long, model="models/short"
-    )
-    session.add(
-        GenerationJob(
-            experiment_id=experiment["id"],
-            segment_id=segment.id,
-            n=2,
-            status="failed",
-            result={"segments": {}, "briefs_too_long": {TEA: record}},
-        )
-    )
-    session.commit()
+    tea = held_as_too_long(session, experiment, TEA, "models/short")
 
     report = run(app, model=f"{tmp_path}/models/short/")
 
-    assert segment.id not in {e.segment_id for e in report.actions if e.action == "regenerate"}
+    assert tea not in {e.segment_id for e in report.actions if e.action == "regenerate"}
 
 
 def test_a_pass_fails_jobs_no_worker_finished_within_an_hour_and_orders_again(
