@@ -974,18 +974,24 @@ def _check_host(host: str, *, from_option: bool) -> None:
     named neither --host nor COPYBANDIT_HOST."""
     import socket
 
-    # Only a pair of brackets comes off: with one alone ("[::1") the check passed and gunicorn
-    # was given "[::1:8000", which it refused as "'' is not a valid port number."
-    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
-        socket.getaddrinfo(bare, None, type=socket.SOCK_STREAM)
+        socket.getaddrinfo(_unbracketed(host), None, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
         where = "--host" if from_option else "COPYBANDIT_HOST"
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise click.ClickException(
-            f"{where}: cannot listen on {host!r}: {reason}; give an address of this machine,"
-            " like 127.0.0.1 or 0.0.0.0"
+            f"{where}: cannot listen on {host!r}: {reason}; {_HOST_HINT}"
         ) from None
+
+
+# What to give instead of a host this machine cannot listen on.
+_HOST_HINT = "give an address of this machine, like 127.0.0.1 or 0.0.0.0"
+
+
+def _unbracketed(host: str) -> str:
+    # Only a pair of brackets comes off: with one alone ("[::1") the check passed and gunicorn
+    # was given "[::1:8000", which it refused as "'' is not a valid port number."
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
 def _check_port(host: str, port: int, *, port_from_option: bool, host_from_option: bool) -> None:
@@ -998,7 +1004,7 @@ def _check_port(host: str, port: int, *, port_from_option: bool, host_from_optio
     import errno
     import socket
 
-    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    bare = _unbracketed(host)
     # The socket gunicorn binds: IPv6 for an IPv6 address, IPv4 for anything else, a name too.
     # Bound at the name's first address instead, where /etc/hosts names ::1 localhost as well
     # (Debian's), the check took [::1] for localhost: it passed with 127.0.0.1 taken, and
@@ -1014,7 +1020,7 @@ def _check_port(host: str, port: int, *, port_from_option: bool, host_from_optio
             # wrong, though it resolved, and the port may well be free.
             if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
                 where = "--host" if host_from_option else "COPYBANDIT_HOST"
-                reason += "; give an address of this machine, like 127.0.0.1 or 0.0.0.0"
+                reason += f"; {_HOST_HINT}"
             else:
                 where = "--port" if port_from_option else "COPYBANDIT_PORT"
             if exc.errno == errno.EADDRINUSE:

@@ -59,6 +59,15 @@ def free_port() -> str:
         return str(probe.getsockname()[1])
 
 
+@contextlib.contextmanager
+def _taken_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that another process (this one) listens on, while the block runs."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]
+
+
 def run(*args: str) -> Result:
     result = CliRunner().invoke(main, list(args), catch_exceptions=False)
     return result
@@ -412,10 +421,7 @@ def test_serve_refuses_a_port_another_process_listens_on_in_one_line(
 ) -> None:
     # It printed "serving on ..." and then gunicorn's "Connection in use" a dozen times in 7 s.
     assert run("migrate").exit_code == 0
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with _taken_port() as port:
         if from_option:
             result = run("serve", "--host", "127.0.0.1", "--port", str(port))
         else:
@@ -1332,10 +1338,7 @@ def test_serve_refuses_a_taken_port_where_gunicorn_binds_a_name_not_where_it_res
     # (binding 127.0.0.1) printed "Connection in use" a dozen times, as before the check.
     assert run("migrate").exit_code == 0
     _localhost_lists_ipv6_first(monkeypatch)
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with _taken_port() as port:
         result = run("serve", "--host", "localhost", "--port", str(port))
     assert result.exit_code == 1, result.output
     assert result.output == (
@@ -1368,14 +1371,12 @@ def test_serve_starts_on_a_name_whose_ipv6_address_another_process_holds(
 
 @pytest.mark.parametrize("from_option", [True, False], ids=["--host", "COPYBANDIT_HOST"])
 def test_serve_refuses_an_address_of_another_machine_naming_the_host_not_the_port(
-    database: str, monkeypatch: pytest.MonkeyPatch, from_option: bool
+    database: str, monkeypatch: pytest.MonkeyPatch, from_option: bool, free_port: str
 ) -> None:
     # 192.0.2.1 (an address for documentation) resolves, so the host check passed, and the port
     # check said "--port: ... Cannot assign requested address" of a port that was free.
     assert run("migrate").exit_code == 0
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
+    port = free_port
     if from_option:
         result = run("serve", "--host", "192.0.2.1", "--port", str(port))
     else:
