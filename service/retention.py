@@ -98,34 +98,12 @@ def _purge_batch(engine: sa.Engine, cutoff: datetime, batch_size: int) -> tuple[
     An impression and its conversion go in the same transaction: the event row is what makes a
     replayed conversion a duplicate, and deleted on its own (events were once purged in batches
     of their own first) the impression took the replay as new and counted it again."""
-    young = _event.alias("young")
-    # The oldest `batch_size` impressions whose events, if any, are old too: ordered in full,
-    # ties on the time broken by id, so that both statements below name the same ones, and
-    # chosen along the index on created_at, which a scan in id order would read to the end
-    # of the table in the last batch, holding SQLite's write lock.
-    batch = (
-        sa.select(_impression.c.id)
-        .where(
-            _impression.c.created_at < cutoff,
-            ~sa.exists().where(
-                young.c.impression_id == _impression.c.id, young.c.created_at >= cutoff
-            ),
-        )
-        .order_by(_impression.c.created_at, _impression.c.id)
-        .limit(batch_size)
-    )
+    # The oldest `batch_size` impressions whose events, if any, are old too.
+    batch = _oldest_old_impressions(cutoff, batch_size, without_events_since=cutoff)
     # Once their events are gone, the same impressions are the first old ones with no event at
     # all. Asked that way, a conversion that committed since the first statement looked keeps
     # its impression (and one still in flight fails the foreign key: the batch is rolled back).
-    eventless = (
-        sa.select(_impression.c.id)
-        .where(
-            _impression.c.created_at < cutoff,
-            ~sa.exists().where(_event.c.impression_id == _impression.c.id),
-        )
-        .order_by(_impression.c.created_at, _impression.c.id)
-        .limit(batch_size)
-    )
+    eventless = _oldest_old_impressions(cutoff, batch_size, without_events_since=None)
     with engine.begin() as connection:
         # Each statement chooses its rows and deletes them. A SELECT of the ids and then DELETEs
         # naming them, 900 bound ids a statement, took a year's backlog of 1.52M impressions
@@ -149,6 +127,27 @@ def _purge_batch(engine: sa.Engine, cutoff: datetime, batch_size: int) -> tuple[
                 )
             )
     return events.total(), impressions.total()
+
+
+def _oldest_old_impressions(
+    cutoff: datetime, batch_size: int, *, without_events_since: datetime | None
+) -> sa.Select[tuple[int]]:
+    """Ids of the oldest `batch_size` impressions from before `cutoff` that no event refers to,
+    counting only events from `without_events_since` on (None: any event).
+
+    Ordered in full, ties on the time broken by id, so that a batch's two statements name the
+    same ones, and chosen along the index on created_at, which a scan in id order would read to
+    the end of the table in the last batch, holding SQLite's write lock."""
+    referring = _event.alias("referring")
+    refers = referring.c.impression_id == _impression.c.id
+    if without_events_since is not None:
+        refers = refers & (referring.c.created_at >= without_events_since)
+    return (
+        sa.select(_impression.c.id)
+        .where(_impression.c.created_at < cutoff, ~sa.exists().where(refers))
+        .order_by(_impression.c.created_at, _impression.c.id)
+        .limit(batch_size)
+    )
 
 
 def _deleted_per_variant(
