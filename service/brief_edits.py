@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from service.errors import Conflict, quoted
+from service.errors import Conflict, cut, quoted
 from service.experiments import find_segment, flush_named, get_experiment
 from service.models import Experiment, LifecycleEvent, Segment
 from service.schemas import MAX_SEGMENTS, ExperimentPatch, SegmentIn
@@ -184,7 +184,4 @@ def shown(value: Any) -> str:
         return str(value).lower()
     if isinstance(value, int | float):
         return str(value)
-    text = str(value)
-    if len(text) > SHOWN_CHARS:
-        text = text[: SHOWN_CHARS - 1] + "…"
-    return quoted(text)
+    return quoted(cut(str(value), SHOWN_CHARS))

@@ -52,6 +52,11 @@ def quoted(text: str) -> str:
     return f"'{spelled_out(text)}'"
 
 
+def cut(text: str, at_most: int) -> str:
+    """`text`, or its first `at_most - 1` characters and "…" when it is longer."""
+    return text if len(text) <= at_most else text[: at_most - 1] + "…"
+
+
 def spelled_out(text: str) -> str:
     """`text` with each character that shows nothing or is not text written as its code point
     in brackets, as `quoted` shows it, without the quotes."""

@@ -14,7 +14,7 @@ from sqlmodel import Session, col, select
 from generation.lint import LintConfig
 from service.copy_checks import audit_after_edit
 from service.db import rows_changed
-from service.errors import Conflict, InvalidInput, NotFound, first_problem, quoted
+from service.errors import Conflict, InvalidInput, NotFound, cut, first_problem, quoted
 from service.lifecycle import assign_prior
 from service.models import Experiment, Origin, Segment, Variant, VariantStatus, utcnow
 from service.policy import LifecyclePolicy, policy_shown
@@ -148,9 +148,9 @@ def find_segment(*, session: Session, experiment_id: int, key: str) -> Segment:
     if segment is None:
         # No key is longer than 40 characters, so a longer one is shown cut: a 3,000-character
         # path segment was quoted back whole, filling the error and every log line with it.
-        shown = key if len(key) <= _KEY_SHOWN else key[: _KEY_SHOWN - 1] + "…"
         raise NotFound(
-            f"experiment {experiment_id} has no segment {quoted(shown)}", field="segment"
+            f"experiment {experiment_id} has no segment {quoted(cut(key, _KEY_SHOWN))}",
+            field="segment",
         )
     return segment
 

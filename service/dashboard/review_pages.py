@@ -16,7 +16,7 @@ from service.copy_checks import brief_for, lint_config
 from service.dashboard.blueprint import bp, flash_about_segment, form_int, validated
 from service.dashboard.blueprint import invalidate as invalidate_snapshot
 from service.dashboard.session_auth import safe_next
-from service.errors import APIError, InvalidInput, spelled_out
+from service.errors import APIError, InvalidInput, cut, spelled_out
 from service.experiments import (
     StatusMoved,
     TextMoved,
@@ -287,11 +287,9 @@ def _reason(action: Action, note: str = "") -> str:
     # An account made before addresses with invisible formatting were refused (U+202E, U+200D)
     # still signs in; its address as stored fails a reason's rule for them, so every change that
     # marketer made was a 500, and the reason would show it as another address.
-    who = spelled_out(g.marketer.email)
-    if len(who) > _WHO_AT_MOST:
-        # Spelled out, 30 or more such characters in a 254-character address outgrew a reason's
-        # 500 characters: the change was a 500 again.
-        who = who[: _WHO_AT_MOST - 1] + "…"
+    # Cut: spelled out, 30 or more such characters in a 254-character address outgrew a
+    # reason's 500 characters, and the change was a 500 again.
+    who = cut(spelled_out(g.marketer.email), _WHO_AT_MOST)
     return f"{action.verb} by {who}" + (f" {note}" if note else "")
 
 
