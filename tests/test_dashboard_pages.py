@@ -12,11 +12,13 @@ import re
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
+from fractions import Fraction
 from html import unescape
 from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from flask.testing import FlaskClient
@@ -4017,3 +4019,18 @@ def test_probability_best_is_shown_rounded_down_so_it_never_reads_past_a_thresho
         :2
     ] == ["94.9%", "5.0%"]
     assert "100.0%" not in busy
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (0.29, "29.0%"),
+        (np.float64(0.29), "29.0%"),  # repr "np.float64(0.29)" was an InvalidOperation
+        (np.float64(0.94996), "94.9%"),
+        (np.float32(0.29), "29.0%"),  # as float64, 0.28999999165...: 28.9%
+        (1, "100.0%"),
+        (Fraction(1, 3), "33.3%"),
+    ],
+)
+def test_probability_rounded_down_takes_any_real_number(app: Any, value: Any, shown: str) -> None:
+    assert app.jinja_env.filters["pct_down"](value) == shown

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import ROUND_FLOOR, Decimal
-from typing import Any, TypeVar, cast
+from decimal import ROUND_FLOOR, Decimal, InvalidOperation
+from typing import Any, SupportsFloat, TypeVar, cast
 
 import sqlalchemy as sa
 from flask import Blueprint, current_app, flash, g, get_flashed_messages, render_template, url_for
@@ -116,16 +116,30 @@ def _pct(value: float | None, digits: int = 2) -> str:
 
 
 @bp.app_template_filter("pct_down")
-def _pct_down(value: float | None, digits: int = 1) -> str:
+def _pct_down(value: SupportsFloat | None, digits: int = 1) -> str:
     """A probability the lifecycle compares with a threshold, rounded down: rounded to nearest,
     0.94996 read "95.0%; no winner declared yet" beside declare_at 0.95, 0.04996 read 5.0% for a
     variant retired below 5%, and 0.99996 read 100.0%. Rounded down, a shown figure at or over a
     threshold (on the shown grid) means the value is too, and one under it means it is under."""
     if value is None:
         return "-"
-    # Through the shortest decimal that reads back as the float: 0.29 * 100 is 28.999999999999996.
-    shown = (Decimal(repr(value)) * 100).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_FLOOR)
+    # Through the shortest decimal that reads back as the number: 0.29 * 100 is 28.999999999999996.
+    shown = (_shortest_decimal(value) * 100).quantize(
+        Decimal(1).scaleb(-digits), rounding=ROUND_FLOOR
+    )
     return f"{shown}%"
+
+
+def _shortest_decimal(value: SupportsFloat) -> Decimal:
+    """`value` as the shortest decimal that reads back as it, for a float of any width.
+
+    A float's str is that decimal, and so is a numpy float's (np.float32(0.29) is "0.29"), whose
+    repr is not: "np.float64(0.29)" was an InvalidOperation, a 500 for the page."""
+    try:
+        return Decimal(str(value))
+    except InvalidOperation:
+        # Written some other way, as a Fraction's "1/3" is.
+        return Decimal(repr(float(value)))
 
 
 @bp.app_template_filter("status_phrase")
