@@ -14,6 +14,7 @@ import logging
 import operator
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -902,14 +903,18 @@ class GuardrailWatch:
         self.min_interval = min_interval
         self.max_checks = max_checks
         self.clock = clock or time.monotonic
-        self._last: dict[int, float] = {}
+        # When each segment checked in the last `min_interval` was checked, oldest first.
+        self._last: OrderedDict[int, float] = OrderedDict()
         # Due but not yet checked, in the order they came due (a dict as an ordered set).
         self._waiting: dict[int, None] = {}
         self._lock = threading.Lock()
 
     def counters_changed(self, segment_ids: set[int]) -> list[LifecycleEvent]:
-        now = self.clock()
         with self._lock:
+            # Read under the lock: read before another call forgot a check at a later time, it
+            # would find that check gone where its own time still held the segment back.
+            now = self.clock()
+            self._forget_checks_due_again(now)
             for s in sorted(segment_ids):
                 if now - self._last.get(s, -1e18) >= self.min_interval:
                     self._waiting.setdefault(s)
@@ -923,7 +928,7 @@ class GuardrailWatch:
             return events
         with Session(self.engine, expire_on_commit=False) as session:
             for position, segment_id in enumerate(due):
-                self._last[segment_id] = now
+                self._checked(segment_id, at=now)
                 # The conversions that set the check off have committed, and their request
                 # answers as stored whatever happens here: the scheduled pass checks again.
                 try:
@@ -943,6 +948,23 @@ class GuardrailWatch:
                     )
                     break
         return events
+
+    def _checked(self, segment_id: int, *, at: float) -> None:
+        with self._lock:
+            self._last[segment_id] = at
+            self._last.move_to_end(segment_id)
+
+    def _forget_checks_due_again(self, now: float) -> None:
+        """Drop the segments checked `min_interval` or longer ago. Such a segment is due as one
+        never checked is, so forgetting it changes no decision; kept, every segment that ever
+        converted stayed in `_last` for the life of the process, about 100 B each."""
+        while self._last:
+            segment_id, checked_at = next(iter(self._last.items()))
+            if now - checked_at < self.min_interval:
+                # Those after it were checked later (or, by a call that read the clock first and
+                # wrote last, a little earlier: kept a while longer, they are due just the same).
+                return
+            del self._last[segment_id]
 
     def _check(self, session: Session, segment_id: int) -> list[LifecycleEvent]:
         segment = session.get(Segment, segment_id)

@@ -930,6 +930,41 @@ def test_segments_left_waiting_are_checked_before_a_later_request_s_own(
     assert checked == [7, 8, 1, 9, 2, 3]
 
 
+def test_the_guardrail_forgets_a_segment_s_check_once_it_is_due_again(
+    app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watch kept when it last checked every segment that ever converted, about 100 B each,
+    for the life of the process; it now keeps only the checks of the last interval, and checks
+    a segment as often as it did."""
+    now = [0.0]
+    watch = GuardrailWatch(
+        app.extensions["copybandit.engine"], max_checks=1_000, clock=lambda: now[0]
+    )
+    checked: list[int] = []
+
+    def check(_session: Session, segment_id: int) -> list[LifecycleEvent]:
+        checked.append(segment_id)
+        return []
+
+    monkeypatch.setattr(watch, "_check", check)
+
+    watch.counters_changed(set(range(1, 1_001)))
+    now[0] = 0.5
+    watch.counters_changed({1, 1_001})
+    assert checked == [*range(1, 1_001), 1_001]  # segment 1 was checked half a second ago
+    assert len(watch._last) == 1_001
+
+    now[0] = 1.0
+    watch.counters_changed({1})
+    assert checked[1_001:] == [1]
+    assert list(watch._last) == [1_001, 1]
+
+    now[0] = 1.5
+    watch.counters_changed({1, 1_001})
+    assert checked[1_002:] == [1_001]
+    assert list(watch._last) == [1, 1_001]
+
+
 def test_the_guardrail_s_pauses_stay_readable_when_a_later_segment_s_check_fails(
     app: Any,
     api: Any,
