@@ -4,7 +4,8 @@ their sign-in sessions.
 Passwords are hashed with werkzeug's salted scrypt. Sign-in costs one hash whether or not the
 email exists, so response time does not tell which addresses have accounts. A session is a random
 token in the browser's cookie and its SHA-256 here; signing out, signing in again or changing the
-password deletes the row, which ends the session wherever the cookie was copied to.
+password deletes the row, which ends the session wherever the cookie was copied to. Every sign-in
+deletes the expired rows, everyone's, so `copybandit purge` has none to delete.
 """
 
 from __future__ import annotations

@@ -36,7 +36,15 @@ from service.marketers import (
     set_password,
     sign_in,
 )
-from service.models import Event, Experiment, Impression, Marketer, MarketerSession, Variant
+from service.models import (
+    Event,
+    Experiment,
+    Impression,
+    Marketer,
+    MarketerSession,
+    Variant,
+    utcnow,
+)
 
 PASSWORD = "correct horse battery"
 SIGN_IN = re.compile(r"email:\s+(\S+)\n\s+password: (\S+)")
@@ -205,6 +213,24 @@ def test_remove_deletes_the_account_and_ends_its_sessions(session: Session) -> N
     owner = session_owner(session=session, token=olas)
     assert owner is not None and owner.email == "ola@example.com"
     assert sign_in(session=session, email="mia@example.com", password=PASSWORD) is None
+
+
+def test_a_sign_in_deletes_every_expired_session_and_keeps_live_ones(session: Session) -> None:
+    """Nothing else deletes an expired session, and no `purge` needs to: the table keeps to the
+    sign-ins of one session lifetime."""
+    mia = create_marketer(session=session, email="mia@example.com", password=PASSWORD)
+    ola = create_marketer(session=session, email="ola@example.com", password=PASSWORD)
+    for marketer in (mia, ola, mia):
+        open_session(session=session, marketer=marketer, lifetime=timedelta(hours=1))
+    session.execute(sa.update(MarketerSession).values(expires_at=utcnow() - timedelta(seconds=1)))
+    session.commit()
+
+    mias = open_session(session=session, marketer=mia, lifetime=timedelta(hours=1))
+    olas = open_session(session=session, marketer=ola, lifetime=timedelta(hours=1))
+
+    assert len(session.exec(select(MarketerSession)).all()) == 2
+    owners = [session_owner(session=session, token=t) for t in (mias, olas)]  # type: ignore[arg-type]
+    assert [owner.email for owner in owners if owner is not None] == [mia.email, ola.email]
 
 
 def test_remove_refuses_an_unknown_address(session: Session) -> None:
