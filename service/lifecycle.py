@@ -36,6 +36,7 @@ from service.metrics import Metrics, count
 from service.models import (
     Experiment,
     GenerationJob,
+    Impression,
     JobStatus,
     LifecycleEvent,
     Origin,
@@ -74,6 +75,11 @@ class Arm:
         )
 
 
+# The segment's impressions since a variant went live, counted up to a limit (the count stops
+# there): (variant_id, limit) -> impressions.
+ServedSince = Callable[[int, int], int]
+
+
 @dataclass(frozen=True)
 class Action:
     kind: str  # "pause", "retire", "declare_winner", "regenerate"
@@ -89,10 +95,14 @@ def plan_segment(
     winner_id: int | None = None,
     pending: int = 0,
     on_order: int = 0,
+    served_since: ServedSince | None = None,
     rng: int | np.random.Generator | None = None,
 ) -> list[Action]:
     """What the lifecycle would do to one segment now. Never leaves it without a live variant,
     never retires or pauses the control.
+
+    `served_since`: asked only of copy starving under the policy's starved_after (see _starved);
+    without it, no copy counts as starved.
 
     `pending`: variants waiting for review; `on_order`: lines that queued or running generation
     jobs will deliver. Both take room under max_active; lines on order also count toward
@@ -104,9 +114,10 @@ def plan_segment(
     if len(active) >= 2:
         summary = stats.summarize([a.alpha for a in active], [a.beta for a in active], rng=rng)
         by_id = {a.variant_id: i for i, a in enumerate(active)}
+        starved = _starved(active, policy, summary["prob_best"], served_since)
         actions += _guardrail(active, policy, live, rng)
-        actions += _retirements(active, policy, summary, by_id, live)
-        winner = _winner(active, policy, summary, winner_id)
+        actions += _retirements(active, policy, summary, by_id, live, starved)
+        winner = _winner(active, policy, summary, winner_id, starved)
         if winner is not None:
             actions.append(winner)
     missing = policy.target_active - len(live) - on_order
@@ -170,12 +181,40 @@ def _guardrail(
     return actions
 
 
+def _starved(
+    active: list[Arm],
+    policy: LifecyclePolicy,
+    prob_best: np.ndarray,
+    served_since: ServedSince | None,
+) -> set[int]:
+    """Copy still under min_impressions, with probability best below retire_below, after its
+    segment served starved_after x min_impressions impressions since it went live.
+
+    Thompson sampling gives such copy about its probability best as its share of traffic, so it
+    may never reach min_impressions: a .02 line beside a .10 one took 2.3M segment impressions to
+    reach 200, and meanwhile it was never retired, no copy was ordered in its place and no winner
+    was declared. Being that far behind after that many impressions, while the segment had every
+    chance to show it more, is the evidence against it; the posterior, not its count, says how
+    sure that is. Only these candidates cost the look-up in `served_since`."""
+    if policy.starved_after is None or served_since is None:
+        return set()
+    after = policy.starved_after * policy.min_impressions
+    return {
+        arm.variant_id
+        for arm, best in zip(active, prob_best, strict=True)
+        if arm.impressions < policy.min_impressions
+        and best < policy.retire_below
+        and served_since(arm.variant_id, after) >= after
+    }
+
+
 def _retirements(
     active: list[Arm],
     policy: LifecyclePolicy,
     summary: dict[str, np.ndarray],
     by_id: dict[int, int],
     live: set[int],
+    starved: set[int],
 ) -> list[Action]:
     actions = []
     # The current leader always stays: retiring it could leave only worse copy (or a worse control).
@@ -191,7 +230,9 @@ def _retirements(
     for arm in sorted(active, key=lambda a: prob_best[by_id[a.variant_id]]):
         if arm.origin == Origin.CONTROL or arm.variant_id in kept or arm.variant_id not in live:
             continue
-        if arm.impressions < policy.min_impressions or len(live) <= 1:
+        if len(live) <= 1:
+            continue
+        if arm.impressions < policy.min_impressions and arm.variant_id not in starved:
             continue
         i = by_id[arm.variant_id]
         best, loss = float(summary["prob_best"][i]), float(summary["expected_loss"][i])
@@ -202,7 +243,13 @@ def _retirements(
             "min_impressions": policy.min_impressions,
         }
         below, above = policy.retire_below, policy.retire_loss_above
-        if best < below:
+        if arm.variant_id in starved:
+            reason = _starved_reason(arm, policy, best)
+            numbers["prob_best"] = float(_shown(best, operator.lt, below, 6))
+            numbers["retire_below"] = below
+            numbers["starved_after"] = policy.starved_after
+            numbers["segment_impressions_since_live"] = _starved_at(policy)
+        elif best < below:
             reason = f"prob_best {_shown(best, operator.lt, below, 4)} < retire_below {below}"
             numbers["prob_best"] = float(_shown(best, operator.lt, below, 6))
             numbers["retire_below"] = below
@@ -219,28 +266,55 @@ def _retirements(
     return actions
 
 
+def _starved_at(policy: LifecyclePolicy) -> int:
+    """The segment impressions after which copy under min_impressions counts as starved."""
+    assert policy.starved_after is not None  # asked only of starved copy
+    return policy.starved_after * policy.min_impressions
+
+
+def _starved_reason(arm: Arm, policy: LifecyclePolicy, best: float) -> str:
+    below = policy.retire_below
+    return (
+        f"starved: {arm.impressions} impressions, under min_impressions "
+        f"{policy.min_impressions}, after its segment served {_starved_at(policy)} since it "
+        f"went live (starved_after {policy.starved_after}); "
+        f"prob_best {_shown(best, operator.lt, below, 4)} < retire_below {below}"
+    )
+
+
 def _winner(
     active: list[Arm],
     policy: LifecyclePolicy,
     summary: dict[str, np.ndarray],
     winner_id: int | None,
+    starved: set[int],
 ) -> Action | None:
-    if any(a.impressions < policy.min_impressions for a in active):
-        return None
+    """The leader, once every live variant has min_impressions or is starved (see _starved): the
+    control too, which is never retired, stops holding the winner back once starved, as its
+    posterior is in the leader's probability best like every other line's. The leader itself
+    always needs min_impressions."""
     i = int(np.argmax(summary["prob_best"]))
+    waiting = [
+        a for a in active if a.impressions < policy.min_impressions and a.variant_id not in starved
+    ]
+    if waiting or active[i].impressions < policy.min_impressions:
+        return None
     best = float(summary["prob_best"][i])
     if best < policy.declare_at or active[i].variant_id == winner_id:
         return None
     at = policy.declare_at
+    numbers = {
+        "prob_best": float(_shown(best, operator.ge, at, 6)),
+        "declare_at": at,
+        **_counts(active[i]),
+    }
+    if starved:
+        numbers["starved_not_waited_for"] = sorted(starved)
     return Action(
         "declare_winner",
         active[i].variant_id,
         f"prob_best {_shown(best, operator.ge, at, 4)} >= declare_at {at}",
-        {
-            "prob_best": float(_shown(best, operator.ge, at, 6)),
-            "declare_at": at,
-            **_counts(active[i]),
-        },
+        numbers,
     )
 
 
@@ -510,6 +584,7 @@ def apply_segment(
             winner_id=segment.winner_variant_id,
             pending=sum(v.status == VariantStatus.PENDING_REVIEW for v in variants),
             on_order=_copy_on_order(session, segment),
+            served_since=_served_since(session, variants),
         )
         if model is None:
             raise TypeError("apply_segment: a pass orders copy, and needs the configured model")
@@ -626,6 +701,35 @@ def _unless_brief_refused(
 
 def _status_changes(actions: list[Action]) -> list[Action]:
     return [action for action in actions if action.kind in ("pause", "retire")]
+
+
+def _served_since(session: Session, variants: Sequence[Variant]) -> ServedSince:
+    """The segment's impressions since a variant went live, counted up to a limit: the rows of
+    every variant of the segment (the retired ones served some too) stamped since then. Each
+    count reads at most `limit` entries of the impression index on (variant_id, created_at), and
+    only copy the plan finds starving asks.
+
+    An active variant's updated_at is when it went live: only status changes and a pending
+    variant's edits write it (create, approve, resume), so no migration is needed. Impressions
+    `copybandit purge` deleted are not counted: copy live for longer than the purge's age is
+    found starved later, never sooner."""
+    went_live = {v.id: v.updated_at for v in variants}
+    segment_variants = list(went_live)
+
+    def served(variant_id: int, limit: int) -> int:
+        shown = (
+            sa.select(sa.literal(1))
+            .select_from(Impression)
+            .where(
+                col(Impression.variant_id).in_(segment_variants),
+                col(Impression.created_at) >= went_live[variant_id],
+            )
+            .limit(limit)
+            .subquery()
+        )
+        return int(session.execute(sa.select(sa.func.count()).select_from(shown)).scalar_one())
+
+    return served
 
 
 def _copy_on_order(session: Session, segment: Segment) -> int:

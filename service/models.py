@@ -193,6 +193,8 @@ class Variant(SQLModel, table=True):
     # For generated copy: model, prompt, seed, lint results and job, so every line can be explained.
     audit: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
     created_at: datetime = _timestamp()
+    # Written only by status changes and a pending variant's edits: the lifecycle reads an active
+    # variant's as when it went live (service.lifecycle._served_since, for starved_after).
     updated_at: datetime = _timestamp()
 
     def posterior(self, *, decay: float = 1.0) -> tuple[float, float]:

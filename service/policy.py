@@ -39,6 +39,15 @@ class LifecyclePolicy(BaseModel):
         le=1,
         description="also retire when expected loss (conversion rate given up) exceeds this",
     )
+    starved_after: int | None = Field(
+        default=10,
+        ge=2,
+        le=10**6,
+        description="also retire copy under min_impressions whose probability best is below "
+        "retire_below once its segment has served this many times min_impressions since it went "
+        "live, and stop waiting on such copy to declare a winner; null: wait for min_impressions "
+        "however long it takes",
+    )
     target_active: int = Field(
         default=4,
         ge=1,

@@ -21,7 +21,7 @@ from bandits.worlds import Segment, World
 from generation import Brief, generate_variants
 from generation.writer import Sample, Writer
 from service.demo import DEMO
-from service.lifecycle import Arm, plan_segment
+from service.lifecycle import Arm, ServedSince, plan_segment
 from service.models import Origin, VariantStatus
 from service.policy import LifecyclePolicy
 
@@ -80,6 +80,8 @@ class _Copy:
     wins: float = 0.0
     trials: float = 0.0
     status: str = VariantStatus.ACTIVE
+    # The segment's impressions when it went live, for the lifecycle's starved_after rule.
+    live_since: int = 0
 
     def arm(self) -> Arm:
         return Arm(
@@ -132,6 +134,7 @@ def full_loop(
         for s in segments
     }
     static_rates = {s.key: np.array([c.rate for c in live[s.key]]) for s in segments}
+    served = dict.fromkeys(live, 0)
     history: list[dict[str, Any]] = []
     # Summed from the counts, not rebuilt from the rounded per-round rates (that was off by 2
     # in 46,715 conversions).
@@ -141,6 +144,7 @@ def full_loop(
         loop_conv = static_conv = 0.0
         for segment, count in zip(segments, counts, strict=True):
             loop_conv += _serve(live[segment.key], int(count), rng)
+            served[segment.key] += int(count)
             static_conv += float(
                 rng.binomial(1, rng.choice(static_rates[segment.key], size=int(count))).sum()
             )
@@ -148,7 +152,13 @@ def full_loop(
         total_static += static_conv
         changes = [
             _lifecycle(
-                segment, live[segment.key], policy, writer, seed * 1000 + round_index, next_id
+                segment,
+                live[segment.key],
+                policy,
+                writer,
+                seed * 1000 + round_index,
+                next_id,
+                served[segment.key],
             )
             for segment in segments
         ]
@@ -208,10 +218,14 @@ def _lifecycle(
     writer: Writer,
     seed: int,
     next_id: Any,
+    served: int,
 ) -> dict[str, int]:
     by_id = {c.id: c for c in copies}
     retired = written = 0
-    for action in plan_segment([c.arm() for c in copies], policy, rng=seed):
+    actions = plan_segment(
+        [c.arm() for c in copies], policy, served_since=_served_since(copies, served), rng=seed
+    )
+    for action in actions:
         if action.kind in ("retire", "pause") and action.variant_id is not None:
             by_id[action.variant_id].status = VariantStatus.RETIRED
             retired += 1
@@ -241,7 +255,48 @@ def _lifecycle(
                         segment.response.rate(candidate.text),  # type: ignore[union-attr]
                         alpha=alpha,
                         beta=beta,
+                        live_since=served,
                     )
                 )
                 written += 1
     return {"retired": retired, "written": written}
+
+
+def _served_since(copies: list[_Copy], served: int) -> ServedSince:
+    """As the service counts it (lifecycle._served_since): the segment's impressions since a
+    line went live, up to `limit`."""
+    by_id = {c.id: c for c in copies}
+    return lambda variant_id, limit: min(limit, served - by_id[variant_id].live_since)
+
+
+def winner_declared_at(
+    rates: list[float],
+    *,
+    policy: LifecyclePolicy,
+    impressions: int = 200_000,
+    pass_every: int = 1_000,
+    seed: int = 0,
+) -> int | None:
+    """The segment impressions after which the lifecycle declared a winner among fixed copy at
+    `rates` (the first the control; nothing regenerated), a pass every `pass_every`
+    impressions; None when it declared none within `impressions`. For the starvation figures in
+    README ("The lifecycle loop")."""
+    rng = np.random.default_rng(seed)
+    copies = [
+        _Copy(i, f"line {i}", Origin.CONTROL if i == 1 else Origin.MANUAL, rate)
+        for i, rate in enumerate(rates, start=1)
+    ]
+    for served in range(pass_every, impressions + 1, pass_every):
+        _serve(copies, pass_every, rng)
+        actions = plan_segment(
+            [c.arm() for c in copies],
+            policy,
+            served_since=_served_since(copies, served),
+            rng=rng,
+        )
+        for action in actions:
+            if action.kind == "declare_winner":
+                return served
+            if action.kind in ("retire", "pause"):
+                copies[action.variant_id - 1].status = VariantStatus.RETIRED  # type: ignore[operator]
+    return None

@@ -292,6 +292,89 @@ def test_declare_winner(arms: list[Arm], winner_id: int | None, declared: int | 
         assert "declare_at" in action.reason
 
 
+# --- starved copy -------------------------------------------------------------------------------
+
+
+def served(impressions: int, asked: list[tuple[int, int]] | None = None) -> Any:
+    """A segment that served `impressions` since any of its variants went live (counted up to the
+    limit asked, as the database counts); `asked` records who was asked about."""
+
+    def since(variant_id: int, limit: int) -> int:
+        if asked is not None:
+            asked.append((variant_id, limit))
+        return min(impressions, limit)
+
+    return since
+
+
+# A proven 10% control, and a line that 60 impressions without a conversion put at prob_best
+# 0.0019: Thompson sampling shows it about that often, so it might take a million segment
+# impressions to reach min_impressions.
+STARVING = [control(5000, 500), arm(3, 60, 0)]
+
+
+@pytest.mark.parametrize(
+    ("starved_after", "segment_served", "starved"),
+    [
+        pytest.param(10, 1999, False, id="one-short-of-starved_after-x-min_impressions"),
+        pytest.param(10, 2000, True, id="at-starved_after-x-min_impressions"),
+        pytest.param(3, 600, True, id="a-smaller-starved_after"),
+        pytest.param(None, 10**9, False, id="starved_after-off"),
+    ],
+)
+def test_starved_copy_retires_and_stops_holding_the_winner_back_at_starved_after(
+    starved_after: int | None, segment_served: int, starved: bool
+) -> None:
+    rules = policy(min_impressions=200, retire_below=0.02, starved_after=starved_after)
+    actions = plan_segment(STARVING, rules, served_since=served(segment_served), rng=0)
+    assert touched(actions, "retire") == ({3} if starved else set())
+    assert touched(actions, "declare_winner") == ({CONTROL} if starved else set())
+    if starved:
+        retire, winner = actions
+        after = starved_after * 200  # type: ignore[operator]
+        assert retire.reason == (
+            f"starved: 60 impressions, under min_impressions 200, after its segment served"
+            f" {after} since it went live (starved_after {starved_after});"
+            " prob_best 0.0019 < retire_below 0.02"
+        )
+        assert retire.numbers["segment_impressions_since_live"] == after
+        assert retire.numbers["starved_after"] == starved_after
+        assert (retire.numbers["impressions"], retire.numbers["min_impressions"]) == (60, 200)
+        assert winner.numbers["starved_not_waited_for"] == [3]
+
+
+def test_only_starving_copy_costs_a_look_up() -> None:
+    # 2: under min_impressions but a contender (prob_best high); the control is judged.
+    arms = [control(5000, 500), arm(2, 150, 20), arm(3, 60, 0)]
+    asked: list[tuple[int, int]] = []
+    actions = plan_segment(arms, policy(), served_since=served(10**6, asked), rng=0)
+    assert asked == [(3, 2000)]
+    assert touched(actions, "retire") == {3}
+    # The contender still has too little evidence to lose to, so no winner yet.
+    assert of_kind(actions, "declare_winner") == []
+
+
+def test_a_starved_control_stays_live_but_no_longer_holds_the_winner_back() -> None:
+    arms = [control(60, 0), arm(2, 5000, 500)]
+    actions = plan_segment(arms, policy(), served_since=served(2000), rng=0)
+    assert touched(actions, "retire", "pause") == set()
+    (winner,) = of_kind(actions, "declare_winner")
+    assert winner.variant_id == 2 and winner.numbers["starved_not_waited_for"] == [CONTROL]
+    assert (
+        of_kind(plan_segment(arms, policy(), served_since=served(1999), rng=0), "declare_winner")
+        == []
+    )
+
+
+def test_the_winner_itself_needs_min_impressions_even_when_starved() -> None:
+    # retire_below above declare_at: the leader (150 impressions, prob_best 0.98) is starved too.
+    arms = [arm(2, 150, 19), arm(3, 5000, 400)]
+    rules = policy(retire_below=0.99, declare_at=0.95)
+    actions = plan_segment(arms, rules, served_since=served(10**6), rng=0)
+    assert of_kind(actions, "declare_winner") == []
+    assert touched(actions, "retire") == set()
+
+
 # --- reasons ------------------------------------------------------------------------------------
 
 

@@ -21,7 +21,14 @@ from service import cli, lifecycle
 from service.cli import main
 from service.db import make_engine
 from service.lifecycle import GuardrailWatch, RunReport, run_lifecycle
-from service.models import Experiment, GenerationJob, LifecycleEvent, Segment, Variant
+from service.models import (
+    Experiment,
+    GenerationJob,
+    Impression,
+    LifecycleEvent,
+    Segment,
+    Variant,
+)
 from service.policy import LifecyclePolicy
 from tests.conftest import store_policy_by_hand
 
@@ -132,6 +139,72 @@ def test_a_run_retires_a_clear_loser_and_records_why(
     assert events[0].numbers is not None and events[0].numbers["prob_best"] < 0.02
     assert report.experiments == 1
     assert [e.id for e in report.actions] == [e.id for e in events]
+
+
+def shown_in_segment(
+    session: Session, experiment: dict[str, Any], variant_id: int, times: list[datetime]
+) -> None:
+    """Impression rows for `variant_id`, one stamped at each of `times` (the counters stay)."""
+    rows = session.get(Variant, variant_id)
+    assert rows is not None
+    session.execute(
+        sa.insert(Impression),
+        [
+            {
+                "id": f"starve{variant_id}-{i}",
+                "experiment_id": experiment["id"],
+                "segment_id": rows.segment_id,
+                "variant_id": variant_id,
+                "propensity": 0.5,
+                "policy": "test",
+                "created_at": at,
+            }
+            for i, at in enumerate(times)
+        ],
+    )
+    session.commit()
+
+
+@pytest.mark.parametrize("served_since_live", [1999, 2000])
+def test_a_pass_retires_copy_starved_since_it_went_live_and_declares_the_winner(
+    api: Any,
+    app: Any,
+    session: Session,
+    experiment: dict[str, Any],
+    served_since_live: int,
+) -> None:
+    arms = ids(experiment, TEA)
+    starving = api.add_variant(experiment["id"], TEA, "Tea, the way you like it.")["id"]
+    # A proven 10% control, a clear loser (the guardrail pauses it), and a line at 60 impressions
+    # without a conversion (prob_best 0.002) that Thompson sampling all but stopped showing.
+    set_counts(
+        session, {arms["control"]: (5000, 500), arms["manual"]: (5000, 250), starving: (60, 0)}
+    )
+    assert patch_policy(api, experiment, regenerate=False).status_code == 200
+    went_live = variants(session, experiment)[starving].updated_at
+    # 2,000 (starved_after 10 x min_impressions 200) from before it went live count for nothing.
+    before = [went_live - timedelta(minutes=1)] * 2000
+    since = [went_live + timedelta(seconds=1)] * served_since_live
+    shown_in_segment(session, experiment, arms["control"], before + since)
+
+    run(app)
+
+    starved = served_since_live == 2000
+    row = variants(session, experiment)[starving]
+    assert row.status == ("retired" if starved else "active")
+    events = lifecycle_events(session, experiment)
+    assert {(e.action, e.variant_id) for e in events} == {
+        ("pause", arms["manual"]),
+        *([("retire", starving), ("declare_winner", arms["control"])] if starved else []),
+    }
+    if starved:
+        (retire,) = [e for e in events if e.variant_id == starving]
+        assert retire.reason == row.status_reason
+        assert retire.reason.startswith(
+            "starved: 60 impressions, under min_impressions 200, after its segment served 2000"
+        )
+        assert retire.numbers is not None
+        assert retire.numbers["segment_impressions_since_live"] == 2000
 
 
 def test_audit_trail_is_newest_first_with_the_numbers(
@@ -646,6 +719,8 @@ def test_a_stored_policy_with_a_field_no_longer_known_is_fixed_by_a_patch(
         {"retire_below": 2},
         {"declare_at": 0.5},
         {"min_impressions": "many"},
+        {"starved_after": 1},
+        {"starved_after": 2.5},
         {"retirement": "early"},
     ],
 )

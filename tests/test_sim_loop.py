@@ -68,3 +68,22 @@ def test_cli_full_loop_writes_summary_and_plot(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "static A/B" in result.output
     assert (tmp_path / "full_loop.json").is_file() and (tmp_path / "full_loop.png").is_file()
+
+
+@pytest.mark.parametrize("starved_after", [None, 10])
+def test_a_control_beside_three_starved_lines_is_declared_only_with_starved_after(
+    starved_after: int | None,
+) -> None:
+    # Each .02 line gets about its probability best (under 1%) of the traffic: without the rule
+    # none reaches min_impressions within 100,000 impressions, and the winner waits on them all.
+    rules = LifecyclePolicy(regenerate=False, starved_after=starved_after)
+    declared = [
+        sim_loop.winner_declared_at(
+            [0.10, 0.02, 0.02, 0.02], policy=rules, impressions=100_000, seed=seed
+        )
+        for seed in range(3)
+    ]
+    if starved_after is None:
+        assert declared == [None, None, None]
+    else:
+        assert all(at is not None and at <= 5_000 for at in declared), declared
