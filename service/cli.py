@@ -51,6 +51,7 @@ from service.generation_jobs import (
 )
 from service.job_cancel import cancel_job
 from service.lifecycle import run_lifecycle
+from service.long_briefs import BriefHeld
 from service.marketers import (
     MIN_PASSWORD_CHARS,
     create_marketer,
@@ -423,8 +424,14 @@ def generate(experiment_id: int, segment: str | None, n: int) -> None:
     engine = _engine(settings)
     with Session(engine, expire_on_commit=False) as session:
         try:
-            job = create_job(session=session, experiment_id=experiment_id, segment_key=segment, n=n)
-        except NotFound as exc:
+            job = create_job(
+                session=session,
+                experiment_id=experiment_id,
+                segment_key=segment,
+                n=n,
+                model=settings.model,
+            )
+        except (NotFound, BriefHeld) as exc:
             raise click.ClickException(exc.message) from None
     with (
         _cancelled_if_stopped(engine, job.id),  # type: ignore[arg-type]

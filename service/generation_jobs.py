@@ -19,7 +19,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -37,7 +37,7 @@ from service.copy_checks import brief_for, lint_config
 from service.db import database_unavailable, rows_changed
 from service.experiments import fetch, find_segment, get_experiment, segments_of
 from service.lifecycle import assign_prior, jobs_it_ordered
-from service.long_briefs import BRIEFS_TOO_LONG, too_long_record
+from service.long_briefs import BRIEFS_TOO_LONG, refuse_held, too_long_record
 from service.metrics import count
 from service.models import (
     JOB_ERROR_MAX_CHARS,
@@ -77,12 +77,21 @@ _SAID_IN_FULL = (ModelUnavailable, PromptTooLong)
 
 
 def create_job(
-    *, session: Session, experiment_id: int, segment_key: str | None, n: int
+    *, session: Session, experiment_id: int, segment_key: str | None, n: int, model: str
 ) -> GenerationJob:
-    get_experiment(session=session, experiment_id=experiment_id)
+    """Queue a job started by hand (the API, the dashboard, `copybandit generate`). `model`: as
+    configured where it will run (Settings.model). Raises BriefHeld, queueing nothing, when the
+    segment's brief is held as too long for that model (or every segment's, for a job for all):
+    the job loaded the model and failed as the last one had."""
+    experiment = get_experiment(session=session, experiment_id=experiment_id)
     segment_id = None
     if segment_key is not None:
-        segment_id = find_segment(session=session, experiment_id=experiment_id, key=segment_key).id
+        segment = find_segment(session=session, experiment_id=experiment_id, key=segment_key)
+        segment_id = segment.id
+        covered: Sequence[Segment] = [segment]
+    else:
+        covered = segments_of(session=session, experiment_id=experiment_id)
+    refuse_held(session, experiment, covered, model=model)
     job = GenerationJob(experiment_id=experiment_id, segment_id=segment_id, n=n)
     session.add(job)
     session.commit()

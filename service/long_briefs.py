@@ -13,10 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session, col, select
 
+from service.errors import Conflict, quoted
 from service.models import Experiment, GenerationJob, JobStatus, Segment, jobs_covering
 
 if TYPE_CHECKING:
@@ -73,13 +75,9 @@ def refusal(record: dict[str, Any]) -> str:
     return f"brief too long for the model: {tokens:,} tokens of {limit:,}; {_REMEDY}"
 
 
-def brief_refused(
-    session: Session, experiment: Experiment, segment: Segment, *, model: str
-) -> str | None:
-    """Why no copy is ordered for the segment: the last job to end that covered it found its
-    brief, unchanged since, too long for the model, which is still the one configured (`model`,
-    as Settings.model has it); None otherwise. Keyed on the brief alone, pointing the service at
-    a model with a longer context still ordered no copy, and the dashboard said to shorten it."""
+def last_record(session: Session, segment: Segment) -> dict[str, Any] | None:
+    """What the last job to end that covered the segment found of its brief: a too_long_record,
+    or None when it found nothing wrong with it."""
     last = session.exec(
         select(GenerationJob)
         .where(
@@ -91,11 +89,58 @@ def brief_refused(
     ).first()
     found = (last.result or {}) if last is not None else {}
     record = found.get(BRIEFS_TOO_LONG, {}).get(segment.key)
-    if not isinstance(record, dict):
+    return record if isinstance(record, dict) else None
+
+
+def brief_refused(
+    session: Session, experiment: Experiment, segment: Segment, *, model: str
+) -> str | None:
+    """Why no copy is ordered for the segment: the last job to end that covered it found its
+    brief, unchanged since, too long for the model, which is still the one configured (`model`,
+    as Settings.model has it); None otherwise. Keyed on the brief alone, pointing the service at
+    a model with a longer context still ordered no copy, and the dashboard said to shorten it."""
+    record = last_record(session, segment)
+    if record is None or hold_lifted(record, experiment, segment, model=model):
         return None
+    return refusal(record)
+
+
+def hold_lifted(
+    record: dict[str, Any], experiment: Experiment, segment: Segment, *, model: str
+) -> str | None:
+    """What changed since a job recorded the segment's brief too long for the model (`record`):
+    "the brief" or "the configured model"; None while neither has, and the segment is held."""
+    if record.get("brief") != brief_fingerprint(experiment, segment):
+        return "the brief"
     # A record written before the model was kept has no key: it counts as the default model's.
     # An install on a custom model then orders one job more at most, whose record names it.
-    held = record.get("brief") == brief_fingerprint(experiment, segment) and record.get(
-        "model", ""
-    ) == _model_folder(model)
-    return refusal(record) if held else None
+    if record.get("model", "") != _model_folder(model):
+        return "the configured model"
+    return None
+
+
+class BriefHeld(Conflict):
+    """A job started by hand for copy a held brief cannot get: it would load the model and fail
+    as the last one did."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, field="segment", code="brief_too_long")
+
+
+def refuse_held(
+    session: Session, experiment: Experiment, segments: Sequence[Segment], *, model: str
+) -> None:
+    """Raise BriefHeld when every one of `segments` (a hand job's) is held for its brief: a job
+    for them all would only fail again. A job for every segment runs while one of them can get
+    copy: the held ones fail again there, and the others get theirs, as before."""
+    held = [(s.key, brief_refused(session, experiment, s, model=model)) for s in segments]
+    if not held or any(why is None for _, why in held):
+        return
+    if len(held) == 1:
+        key, why = held[0]
+        raise BriefHeld(f"segment {quoted(key)} gets no new copy: {why}")
+    raise BriefHeld(
+        "no segment gets new copy: each one's brief is too long for the model; shorten them (the "
+        "product description, brand voice or each segment's persona), or configure a model with "
+        "a longer context"
+    )

@@ -38,6 +38,7 @@ from service.models import (
     utcnow,
 )
 from tests.conftest import BACKENDS, postgres_schema, postgres_schema_url
+from tests.test_lifecycle_run import held_as_too_long
 
 KEY = re.compile(r"cb_[0-9a-f]{16}_[A-Za-z0-9_-]+")
 
@@ -1259,6 +1260,35 @@ def test_generate_that_fails_midway_lists_the_copy_it_stored(
     assert result.output.endswith(
         "Error: generation job 1 failed: RuntimeError: CUDA out of memory\n"
     )
+
+
+def test_generate_for_a_held_brief_says_why_in_one_line_and_queues_nothing(
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It loaded the model, failed as the last job had, and printed the failure."""
+    assert run("init", "--no-demo-history").exit_code == 0
+    monkeypatch.setenv("COPYBANDIT_MODEL_CACHE_DIR", str(tmp_path / "models"))
+    monkeypatch.delenv("COPYBANDIT_MODEL", raising=False)
+    monkeypatch.setattr("service.cli.default_writer", _no_model_wanted)
+    with _session(database) as session:
+        held_as_too_long(session, {"id": 1}, "weekend-hikers", "")
+        before = session.exec(select(GenerationJob.id)).all()
+
+    result = CliRunner().invoke(
+        main, ["generate", "--experiment", "1", "--segment", "weekend-hikers"]
+    )
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: segment 'weekend-hikers' gets no new copy: brief too long for the model: 6,453 "
+        "tokens of 4,096; shorten it (the product description, brand voice or the segment's "
+        "persona), or configure a model with a longer context\n"
+    )
+    with _session(database) as session:
+        assert session.exec(select(GenerationJob.id)).all() == before
+
+
+def _no_model_wanted(settings: Any) -> Any:
+    raise AssertionError("the model was loaded")
 
 
 @pytest.mark.parametrize(

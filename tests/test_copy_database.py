@@ -72,7 +72,7 @@ def source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
         assert run("keys", "revoke", revoked[0]).exit_code == 0  # type: ignore[index]
         marketer = list_marketers(session=session)[0]
         open_session(session=session, marketer=marketer, lifetime=timedelta(hours=1))
-        create_job(session=session, experiment_id=sticky["id"], segment_key=None, n=2)
+        create_job(session=session, experiment_id=sticky["id"], segment_key=None, n=2, model="")
         engine = session.get_bind()
         assert isinstance(engine, sa.Engine)
         claim(engine, name="lifecycle", slot=1_700_000_000_000, holder="host-1", ahead_above=2**62)

@@ -47,6 +47,7 @@ from service.models import (
     utcnow,
 )
 from service.reports import experiment_report
+from tests.test_lifecycle_run import held_as_too_long
 
 EMAIL = "mia@example.com"
 PASSWORD = "correct horse battery"
@@ -1974,6 +1975,31 @@ def test_generate_for_an_unknown_segment_or_experiment_is_404(
     assert bad_segment.status_code == 404
     unknown = dash.post(f"/dashboard/experiments/{BIG_ID - 1}/generate", {"n": "2"})
     assert unknown.status_code == 404
+    assert stored(app) == before
+
+
+def test_generate_for_a_held_brief_says_why_beside_the_button_and_queues_nothing(
+    app: Any, dash: Dashboard, session: Session, experiment: dict[str, Any]
+) -> None:
+    """The job ran, loaded the model and failed as the last one had."""
+    eid = experiment["id"]
+    held_as_too_long(
+        session, experiment, "tea-lovers", app.extensions["copybandit.jobs"].options.model
+    )
+    before = stored(app)
+    response = dash.post(
+        f"/dashboard/experiments/{eid}/generate", {"segment": "tea-lovers", "n": "2"}
+    )
+    assert response.status_code == 303
+    assert urlsplit(response.headers["Location"]).fragment == "segment-tea-lovers"
+    html = dash.html(location(response))
+    tea = section(html, "tea-lovers")
+    assert [unescape(said) for said in flashes(tea)] == [
+        "segment 'tea-lovers' gets no new copy: brief too long for the model: 6,453 tokens of "
+        "4,096; shorten it (the product description, brand voice or the segment's persona), or "
+        "configure a model with a longer context"
+    ]
+    assert re.findall(r'<p class="flash[^"]*"', tea) == ['<p class="flash error"']
     assert stored(app) == before
 
 

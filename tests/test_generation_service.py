@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 from typing import Any
+from unittest import mock
 
 import pytest
 import sqlalchemy as sa
@@ -231,7 +232,11 @@ def _two_jobs(engine: Any, experiment: dict[str, Any]) -> tuple[Any, Any]:
     with Session(engine, expire_on_commit=False) as session:
         first, second = (
             create_job(
-                session=session, experiment_id=experiment["id"], segment_key="tea-lovers", n=2
+                session=session,
+                experiment_id=experiment["id"],
+                segment_key="tea-lovers",
+                n=2,
+                model="",
             )
             for _ in range(2)
         )
@@ -483,6 +488,87 @@ def test_a_brief_too_long_is_held_until_its_product_description_is_edited(
     assert _lifecycle_pass(app) == []
 
 
+HELD_WORDY = (
+    "segment 'wordy' gets no new copy: brief too long for the model: 5,201 tokens of 4,096; "
+    "shorten it (the product description, brand voice or the segment's persona), or configure a "
+    "model with a longer context"
+)
+
+
+def _jobs(app: Any) -> int:
+    with Session(app.extensions["copybandit.engine"]) as session:
+        return session.exec(sa.select(sa.func.count()).select_from(GenerationJob)).one()[0]
+
+
+def test_a_job_by_hand_for_a_held_brief_is_refused_until_the_brief_changes(
+    api: Any, app: Any
+) -> None:
+    """It ran, loaded the model and failed as the last job had."""
+    created = _wordy_experiment(api, app, also_last=False)
+    _lifecycle_pass(app)
+    before = _jobs(app)
+    generate = f"/v1/experiments/{created['id']}/generate"
+
+    refused = api.post(generate, json={"segment": "wordy", "n": 1})
+    assert refused.status_code == 409
+    assert refused.get_json() == {
+        "error": "brief_too_long",
+        "field": "segment",
+        "message": HELD_WORDY,
+    }
+    assert _jobs(app) == before
+    # A job for every segment still runs: "first" can get copy.
+    assert _run(api, app, created["id"], {"n": 1})["result"]["segments"] == {"first": mock.ANY}
+
+    edited = api.patch(
+        f"/v1/experiments/{created['id']}/segments/wordy",
+        json={"description": "Drink tea by the pot."},
+    )
+    assert edited.status_code == 200, edited.get_json()
+    assert _run(api, app, created["id"], {"segment": "wordy", "n": 1})["status"] == "succeeded"
+
+
+def test_a_job_by_hand_for_a_held_brief_runs_on_a_model_with_a_longer_context(
+    api: Any, app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created = _wordy_experiment(api, app, also_last=False)
+    _lifecycle_pass(app, _server_on(app, "/models/short", _BriefTooLongFor(GOOD, WORDY)))
+    monkeypatch.setitem(
+        app.extensions, "copybandit.jobs", _server_on(app, "/models/short", ScriptedWriter(GOOD))
+    )
+    generate = f"/v1/experiments/{created['id']}/generate"
+    assert api.post(generate, json={"segment": "wordy", "n": 1}).status_code == 409
+
+    monkeypatch.setitem(
+        app.extensions, "copybandit.jobs", _server_on(app, "/models/longer", ScriptedWriter(GOOD))
+    )
+    assert _run(api, app, created["id"], {"segment": "wordy", "n": 1})["status"] == "succeeded"
+
+
+def test_a_job_by_hand_for_every_segment_is_refused_when_each_brief_is_held(
+    api: Any, app: Any
+) -> None:
+    persona = "茶" * 1000
+    created = api.create_experiment(
+        name="All wordy",
+        segments=[{"key": key, "description": persona + key} for key in ("one", "two")],
+    )
+    app.extensions["copybandit.jobs"].writer_factory = lambda: _BriefTooLongFor(GOOD, persona)
+    _lifecycle_pass(app)
+    before = _jobs(app)
+
+    refused = api.post(f"/v1/experiments/{created['id']}/generate", json={"n": 1})
+    assert refused.status_code == 409
+    assert refused.get_json() == {
+        "error": "brief_too_long",
+        "field": "segment",
+        "message": "no segment gets new copy: each one's brief is too long for the model; "
+        "shorten them (the product description, brand voice or each segment's persona), or "
+        "configure a model with a longer context",
+    }
+    assert _jobs(app) == before
+
+
 def test_a_job_failing_many_briefs_names_whole_segments_then_how_many_more(
     api: Any, app: Any
 ) -> None:
@@ -542,7 +628,9 @@ def test_a_segment_that_has_its_copy_before_its_last_round_counts_as_done(
 ) -> None:
     engine = app.extensions["copybandit.engine"]
     with Session(engine, expire_on_commit=False) as session:
-        job = create_job(session=session, experiment_id=experiment["id"], segment_key=None, n=2)
+        job = create_job(
+            session=session, experiment_id=experiment["id"], segment_key=None, n=2, model=""
+        )
     reported: list[float] = []
 
     run_job(
@@ -565,7 +653,11 @@ def test_a_runner_keeps_nothing_of_the_jobs_it_finished(
     with Session(app.extensions["copybandit.engine"]) as session:
         job_ids = [
             create_job(
-                session=session, experiment_id=experiment["id"], segment_key="tea-lovers", n=1
+                session=session,
+                experiment_id=experiment["id"],
+                segment_key="tea-lovers",
+                n=1,
+                model="",
             ).id
             for _ in range(3)
         ]
@@ -602,7 +694,11 @@ def test_a_job_queued_before_a_database_restart_still_runs(
     try:
         with Session(engine) as pooled:
             job_id = create_job(
-                session=pooled, experiment_id=experiment["id"], segment_key="tea-lovers", n=2
+                session=pooled,
+                experiment_id=experiment["id"],
+                segment_key="tea-lovers",
+                n=2,
+                model="",
             ).id
         end_backends(session, "jobs_under_test")
         session.commit()
@@ -641,7 +737,9 @@ def test_a_job_holds_no_transaction_open_while_the_model_samples(
             session.commit()  # the next look reads pg_stat_activity afresh
             return super().sample(messages, n, seed)
 
-    job = create_job(session=session, experiment_id=experiment["id"], segment_key="tea-lovers", n=2)
+    job = create_job(
+        session=session, experiment_id=experiment["id"], segment_key="tea-lovers", n=2, model=""
+    )
     try:
         ran = run_job(
             engine=engine,
@@ -679,7 +777,9 @@ def test_a_job_whose_connection_is_lost_while_the_model_samples_carries_on(
                 session.commit()
             return super().sample(messages, n, seed)
 
-    job = create_job(session=session, experiment_id=experiment["id"], segment_key="tea-lovers", n=2)
+    job = create_job(
+        session=session, experiment_id=experiment["id"], segment_key="tea-lovers", n=2, model=""
+    )
     try:
         ran = run_job(
             engine=engine,
@@ -709,7 +809,9 @@ def test_a_job_given_up_as_interrupted_before_it_ran_is_not_run(
     from service.metrics import metrics
 
     engine = app.extensions["copybandit.engine"]
-    job = create_job(session=session, experiment_id=experiment["id"], segment_key="tea-lovers", n=2)
+    job = create_job(
+        session=session, experiment_id=experiment["id"], segment_key="tea-lovers", n=2, model=""
+    )
     now = job.created_at
     session.execute(
         sa.update(GenerationJob)
@@ -747,7 +849,9 @@ def test_a_job_that_waited_its_turn_is_not_given_up_while_it_runs(
     from service.generation_jobs import fail_interrupted_jobs
     from service.metrics import metrics
 
-    job = create_job(session=session, experiment_id=experiment["id"], segment_key="tea-lovers", n=2)
+    job = create_job(
+        session=session, experiment_id=experiment["id"], segment_key="tea-lovers", n=2, model=""
+    )
     queued_at = job.created_at
     started = queued_at + timedelta(minutes=59)
     session.execute(
@@ -784,7 +888,9 @@ def test_a_running_job_is_given_up_an_hour_after_its_last_progress_not_its_start
 
     from service.generation_jobs import fail_interrupted_jobs
 
-    job = create_job(session=session, experiment_id=experiment["id"], segment_key="tea-lovers", n=2)
+    job = create_job(
+        session=session, experiment_id=experiment["id"], segment_key="tea-lovers", n=2, model=""
+    )
     started = job.created_at
     last_progress = started + timedelta(hours=2)
     session.execute(
@@ -808,7 +914,9 @@ def test_a_job_that_writes_its_progress_while_a_pass_decides_is_not_given_up(
     from service import generation_jobs
     from service.generation_jobs import _progress, fail_interrupted_jobs
 
-    job = create_job(session=session, experiment_id=experiment["id"], segment_key="tea-lovers", n=2)
+    job = create_job(
+        session=session, experiment_id=experiment["id"], segment_key="tea-lovers", n=2, model=""
+    )
     silent_since = job.created_at - timedelta(hours=2)
     session.execute(
         sa.update(GenerationJob)
@@ -846,7 +954,7 @@ def test_a_job_given_up_while_it_runs_stops_and_stores_nothing_more(
     engine = app.extensions["copybandit.engine"]
     with Session(engine) as session:
         job_id = create_job(
-            session=session, experiment_id=experiment["id"], segment_key="tea-lovers", n=2
+            session=session, experiment_id=experiment["id"], segment_key="tea-lovers", n=2, model=""
         ).id
     before = _variants(api, experiment["id"], "tea-lovers")
 
@@ -917,7 +1025,7 @@ runner.writer_factory = never_loads
 with Session(app.extensions["copybandit.engine"]) as session:
     for _ in range(2):
         job = create_job(
-            session=session, experiment_id=int(sys.argv[2]), segment_key="tea-lovers", n=1
+            session=session, experiment_id=int(sys.argv[2]), segment_key="tea-lovers", n=1, model=""
         )
         print(job.id)
         runner.submit(job.id)
@@ -1017,7 +1125,9 @@ def test_a_worker_stopped_mid_job_exits_cleanly_with_the_job_written_off(
 ) -> None:
     """Stopping serve while a job ran ended the worker with SIGABRT ('terminate called without an
     active exception'): the interpreter finalized under the generation thread inside torch."""
-    job = create_job(session=session, experiment_id=experiment["id"], segment_key="tea-lovers", n=2)
+    job = create_job(
+        session=session, experiment_id=experiment["id"], segment_key="tea-lovers", n=2, model=""
+    )
     url = app.extensions["copybandit.settings"].database_url
     worker = subprocess.run(
         [sys.executable, "-c", _WORKER_STOPPING_MID_JOB, url, str(job.id)],

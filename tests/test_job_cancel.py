@@ -51,7 +51,9 @@ def _run(app: Any, job_id: int, writer: ScriptedWriter) -> GenerationJob:
 def _queued_job(app: Any, experiment: dict[str, Any]) -> int:
     """A job queued by hand for every segment, that nothing runs until the test does."""
     with Session(app.extensions["copybandit.engine"]) as session:
-        job = create_job(session=session, experiment_id=experiment["id"], segment_key=None, n=1)
+        job = create_job(
+            session=session, experiment_id=experiment["id"], segment_key=None, n=1, model=""
+        )
         return job.id  # type: ignore[return-value]
 
 

@@ -139,7 +139,7 @@ def test_every_operation_answers_as_documented(
     send(client, "patch", variant, variant_id=tea["variants"][1]["id"], json={"status": "paused"})
     send(client, "patch", variant, variant_id=tea["variants"][1]["id"], json={"status": "retired"})
     # Queued by hand, so that nothing runs it before it is cancelled.
-    queued = create_job(session=session, experiment_id=eid, segment_key=None, n=1)
+    queued = create_job(session=session, experiment_id=eid, segment_key=None, n=1, model="")
     send(client, "post", "/v1/jobs/{job_id}/cancel", job_id=queued.id)
     send(
         client,

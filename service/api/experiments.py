@@ -267,10 +267,15 @@ def report(path: ExperimentPath) -> tuple[dict[str, Any], int]:
 @api.post("/experiments/<path_id:experiment_id>/generate", responses=responses(_202=JobAccepted))
 def generate(path: ExperimentPath, body: GenerateIn) -> tuple[dict[str, Any], int]:
     """Have the model write `n` new lines per segment, in the background; poll the job."""
+    runner = current_app.extensions["copybandit.jobs"]
     job = create_job(
-        session=db.session(), experiment_id=path.experiment_id, segment_key=body.segment, n=body.n
+        session=db.session(),
+        experiment_id=path.experiment_id,
+        segment_key=body.segment,
+        n=body.n,
+        model=runner.options.model,
     )
-    current_app.extensions["copybandit.jobs"].submit(job.id)
+    runner.submit(job.id)
     return json_of(JobAccepted(job_id=job.id, status=job.status), 202)  # type: ignore[arg-type]
 
 

@@ -71,8 +71,9 @@ def invalidate(experiment_id: int) -> None:
 _ABOUT_SEGMENT = ":segment-"
 
 
-def flash_about_segment(message: str, segment_id: int) -> None:
-    flash(message, f"message{_ABOUT_SEGMENT}{segment_id}")
+def flash_about_segment(message: str, segment_id: int, kind: str = "message") -> None:
+    """`kind`: "message", or "error" for an action refused."""
+    flash(message, f"{kind}{_ABOUT_SEGMENT}{segment_id}")
 
 
 @dataclass(frozen=True)

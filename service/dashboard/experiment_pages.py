@@ -34,7 +34,7 @@ from service.generation_jobs import INTERRUPTED, create_job, get_job, interrupte
 from service.history import REACH, purged_impressions, segment_history
 from service.job_cancel import cancel_job
 from service.lifecycle import AUDIT_ACTIONS, AUDIT_PAGE, audit_trail, jobs_it_ordered
-from service.long_briefs import brief_refused
+from service.long_briefs import BriefHeld, brief_refused
 from service.models import (
     Experiment,
     GenerationJob,
@@ -428,10 +428,24 @@ def add_manual_variant(experiment_id: int) -> Response:
 def generate(experiment_id: int) -> Response:
     n = form_int("n", request.form.get("n", ""), high=20)
     body = validated(GenerateIn, {"segment": request.form.get("segment") or None, "n": n})
-    job = create_job(
-        session=db.session(), experiment_id=experiment_id, segment_key=body.segment, n=body.n
-    )
-    current_app.extensions["copybandit.jobs"].submit(job.id)
+    runner = current_app.extensions["copybandit.jobs"]
+    try:
+        job = create_job(
+            session=db.session(),
+            experiment_id=experiment_id,
+            segment_key=body.segment,
+            n=body.n,
+            model=runner.options.model,
+        )
+    except BriefHeld as exc:
+        # Beside the button pressed, in the segment's section; a job for every segment has none.
+        if body.segment is None:
+            flash(exc.message, "error")
+        else:
+            held = find_segment(session=db.session(), experiment_id=experiment_id, key=body.segment)
+            flash_about_segment(exc.message, held.id, "error")  # type: ignore[arg-type]
+        return back_to(experiment_id, body.segment)
+    runner.submit(job.id)
     return redirect(url_for("dashboard.job", job_id=job.id), code=303)
 
 
