@@ -37,13 +37,20 @@ from service.copy_checks import brief_for, lint_config
 from service.db import database_unavailable, rows_changed
 from service.experiments import fetch, find_segment, get_experiment, segments_of
 from service.lifecycle import assign_prior, jobs_it_ordered
-from service.long_briefs import BRIEFS_TOO_LONG, refuse_held, too_long_record
+from service.long_briefs import (
+    BRIEFS_TOO_LONG,
+    brief_refused,
+    hold_begun,
+    refuse_held,
+    too_long_record,
+)
 from service.metrics import count
 from service.models import (
     JOB_ERROR_MAX_CHARS,
     JOB_MESSAGE_MAX_CHARS,
     GenerationJob,
     JobStatus,
+    LifecycleEvent,
     Origin,
     Segment,
     Variant,
@@ -201,8 +208,9 @@ def run_job(
             )
             return job
         result: dict[str, Any] = {"segments": {}}
+        holds: list[LifecycleEvent] = []
         try:
-            _generate(session, job, writer, options, on_progress, result)
+            _generate(session, job, writer, options, on_progress, result, holds)
         except _Cancelled:
             # Whoever cancelled it wrote its row's end, with the copy kept by then: nothing since.
             session.rollback()
@@ -230,7 +238,7 @@ def run_job(
             # Segments done before the error kept their new copy (each commits on its own): the
             # job says which, so what is being served or reviewed can be traced back to it.
             stored = sum(len(s["variant_ids"]) for s in result["segments"].values())
-            _finish(
+            finished = _finish(
                 session,
                 job,
                 status=JobStatus.FAILED,
@@ -240,6 +248,10 @@ def run_job(
                 result=result if result["segments"] or result.get(BRIEFS_TOO_LONG) else None,
                 message=_failure_message(stored, list(result["segments"])),
             )
+            if finished and holds:
+                # Only once the job's record stands: one given up meanwhile held nothing.
+                session.add_all(holds)
+                session.commit()
             return job
         accepted = sum(len(s["variant_ids"]) for s in result["segments"].values())
         _finish(
@@ -299,18 +311,19 @@ def _listed_within(head: str, items: list[str], separator: str, limit: int) -> s
     return None
 
 
-def _finish(session: Session, job: GenerationJob, **values: Any) -> None:
+def _finish(session: Session, job: GenerationJob, **values: Any) -> bool:
     """Record how the job ended, while it still says running: a pass that gave it up as
     interrupted meanwhile has counted it failed and ordered its copy again, and its row keeps
-    saying so."""
+    saying so. Whether it was recorded."""
     if not _update(session, job, while_status=JobStatus.RUNNING, **values):
         log.warning(
             "generation job %s ended (%s) after it was given up as interrupted",
             job.id,
             values["status"],
         )
-        return
+        return False
     count(lambda m: m.generation_jobs.labels(str(values["status"])).inc())
+    return True
 
 
 class _GivenUp(Exception):
@@ -333,8 +346,10 @@ def _generate(
     options: GenerationOptions,
     on_progress: JobProgress | None,
     result: dict[str, Any],
+    holds: list[LifecycleEvent],
 ) -> None:
-    """Fills `result` segment by segment, as each segment's copy commits."""
+    """Fills `result` segment by segment, as each segment's copy commits, and `holds` with the
+    audit rows of the holds on briefs too long for the model that this job begins."""
     experiment = get_experiment(session=session, experiment_id=job.experiment_id)
     segments = [
         s
@@ -394,9 +409,11 @@ def _generate(
             # This segment's brief alone: the segments after it still get their copy, where
             # the job had stopped at the first such segment. The job fails at the end naming it.
             too_long.append(f"segment {segment.key}: {exc}")
-            result.setdefault(BRIEFS_TOO_LONG, {})[segment.key] = too_long_record(
-                experiment, segment, exc, model=options.model
-            )
+            record = too_long_record(experiment, segment, exc, model=options.model)
+            result.setdefault(BRIEFS_TOO_LONG, {})[segment.key] = record
+            # Held already, by an earlier job's record of this brief and model: no new hold.
+            if brief_refused(session, experiment, segment, model=options.model) is None:
+                holds.append(hold_begun(experiment, segment, record, job_id=job.id))  # type: ignore[arg-type]
             continue
         variants = [
             Variant(

@@ -9,6 +9,7 @@ state, and its row locks then need not wait out the planning).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import operator
@@ -31,7 +32,7 @@ from bandits import stats
 from bandits.priors import discount_factor, empirical_bayes_prior
 from service.db import database_unavailable, rows_changed
 from service.errors import first_problem
-from service.long_briefs import brief_refused
+from service.long_briefs import hold_lifted, last_record, refusal
 from service.metrics import Metrics, count
 from service.models import (
     Experiment,
@@ -684,19 +685,37 @@ def _unless_brief_refused(
 ) -> list[Action]:
     """The plan without its order for copy when a job found the segment's brief, unchanged since,
     too long for the model, still the one configured: every job for it fails, and each pass
-    ordered another (loading the model every time). Logged each pass it holds back an order."""
+    ordered another (loading the model every time). Logged each pass it holds back an order; the
+    order that ends a hold says what changed, as the hold's audit row said why it began."""
     if not any(action.kind == "regenerate" for action in actions):
         return actions
-    refused = brief_refused(session, experiment, segment, model=model)
-    if refused is None:
+    record = last_record(session, segment)
+    if record is None:
         return actions
+    lifted = hold_lifted(record, experiment, segment, model=model)
+    if lifted is not None:
+        return [_after_hold(action, lifted) for action in actions]
     log.warning(
         "lifecycle: segment %s of experiment %s gets no new copy: %s",
         segment.key,
         experiment.id,
-        refused,
+        refusal(record),
     )
     return [action for action in actions if action.kind != "regenerate"]
+
+
+_LIFTED_BY = {"brief": "the brief changed", "model": "the configured model changed"}
+
+
+def _after_hold(action: Action, lifted: str) -> Action:
+    if action.kind != "regenerate":
+        return action
+    return dataclasses.replace(
+        action,
+        reason=f"{action.reason}; the hold on a brief too long for the model ended: "
+        + _LIFTED_BY[lifted],
+        numbers={**action.numbers, "hold_lifted": lifted},
+    )
 
 
 def _status_changes(actions: list[Action]) -> list[Action]:
@@ -964,7 +983,16 @@ def new_arm_prior(
 
 
 # Every kind of row in the audit trail.
-AUDIT_ACTIONS = ("pause", "retire", "declare_winner", "regenerate", "prior", "discount", "edit")
+AUDIT_ACTIONS = (
+    "pause",
+    "retire",
+    "declare_winner",
+    "regenerate",
+    "prior",
+    "discount",
+    "edit",
+    "hold",
+)
 AUDIT_PAGE = 500
 
 

@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any
 from sqlmodel import Session, col, select
 
 from service.errors import Conflict, quoted
-from service.models import Experiment, GenerationJob, JobStatus, Segment, jobs_covering
+from service.models import (
+    Experiment,
+    GenerationJob,
+    JobStatus,
+    LifecycleEvent,
+    Segment,
+    jobs_covering,
+)
 
 if TYPE_CHECKING:
     from generation.writer import PromptTooLong
@@ -109,14 +116,34 @@ def hold_lifted(
     record: dict[str, Any], experiment: Experiment, segment: Segment, *, model: str
 ) -> str | None:
     """What changed since a job recorded the segment's brief too long for the model (`record`):
-    "the brief" or "the configured model"; None while neither has, and the segment is held."""
+    "brief" or "model" (the one configured); None while neither has, and the segment is held."""
     if record.get("brief") != brief_fingerprint(experiment, segment):
-        return "the brief"
+        return "brief"
     # A record written before the model was kept has no key: it counts as the default model's.
     # An install on a custom model then orders one job more at most, whose record names it.
     if record.get("model", "") != _model_folder(model):
-        return "the configured model"
+        return "model"
     return None
+
+
+def hold_begun(
+    experiment: Experiment, segment: Segment, record: dict[str, Any], *, job_id: int
+) -> LifecycleEvent:
+    """The audit row of a hold a job's `record` begins: the segment's history said nothing of why
+    the lifecycle stopped ordering its copy. Written once, not each pass that withholds an order."""
+    return LifecycleEvent(
+        experiment_id=experiment.id,  # type: ignore[arg-type]
+        segment_id=segment.id,
+        variant_id=None,
+        action="hold",
+        reason=f"no new copy ordered until the brief or the model changes: {refusal(record)}",
+        numbers={
+            "job_id": job_id,
+            "tokens": record["tokens"],
+            "limit": record["limit"],
+            "model": record["model"],
+        },
+    )
 
 
 class BriefHeld(Conflict):

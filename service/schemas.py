@@ -745,7 +745,7 @@ class Report(BaseModel):
 
 
 AuditAction = Literal[
-    "pause", "retire", "declare_winner", "regenerate", "prior", "discount", "edit"
+    "pause", "retire", "declare_winner", "regenerate", "prior", "discount", "edit", "hold"
 ]
 
 

@@ -467,6 +467,9 @@ def test_a_brief_too_long_gets_copy_once_a_model_with_a_longer_context_is_config
     assert [(job.segment_id, job.status) for job in _lifecycle_pass(app, longer)] == [
         (refused.segment_id, "succeeded")
     ]
+    regenerate = _audit(api, refused.experiment_id, "regenerate")[0]
+    assert regenerate["numbers"]["hold_lifted"] == "model"
+    assert regenerate["reason"].endswith("ended: the configured model changed")
 
 
 def test_a_brief_too_long_is_held_until_its_product_description_is_edited(
@@ -486,6 +489,45 @@ def test_a_brief_too_long_is_held_until_its_product_description_is_edited(
     # The writer still refuses the persona: the pass orders again, and that job fails again.
     assert [(job.segment_id, job.status) for job in _lifecycle_pass(app)] == [(wordy_id, "failed")]
     assert _lifecycle_pass(app) == []
+
+
+def _audit(api: Any, experiment_id: int, action: str) -> list[dict[str, Any]]:
+    response = api.get(f"/v1/experiments/{experiment_id}/audit?action={action}")
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["events"]  # type: ignore[no-any-return]
+
+
+def test_a_hold_is_one_audit_row_when_it_begins_and_the_order_that_ends_it_says_why(
+    api: Any, app: Any
+) -> None:
+    """The segment's history never said why the lifecycle stopped ordering its copy."""
+    created = _wordy_experiment(api, app, also_last=False)
+    refused = _lifecycle_pass(app)[1]
+    _lifecycle_pass(app)
+    # Another job that finds the brief, still held, too long begins no hold.
+    assert _run(api, app, created["id"], {"n": 1})["status"] == "failed"
+
+    holds = _audit(api, created["id"], "hold")
+    assert [(e["segment"], e["variant_id"]) for e in holds] == [("wordy", None)]
+    assert holds[0]["reason"] == (
+        "no new copy ordered until the brief or the model changes: brief too long for the model: "
+        "5,201 tokens of 4,096; shorten it (the product description, brand voice or the "
+        "segment's persona), or configure a model with a longer context"
+    )
+    assert holds[0]["numbers"] == {"job_id": refused.id, "tokens": 5201, "limit": 4096, "model": ""}
+
+    edited = api.patch(
+        f"/v1/experiments/{created['id']}/segments/wordy",
+        json={"description": "Drink tea by the pot."},
+    )
+    assert edited.status_code == 200, edited.get_json()
+    (ordered,) = _lifecycle_pass(app)
+    regenerate = _audit(api, created["id"], "regenerate")[0]
+    assert regenerate["numbers"]["job_id"] == ordered.id
+    assert regenerate["numbers"]["hold_lifted"] == "brief"
+    assert regenerate["reason"].endswith(
+        "; the hold on a brief too long for the model ended: the brief changed"
+    )
 
 
 HELD_WORDY = (
@@ -996,7 +1038,7 @@ def _run_given_up_meanwhile(app: Any, job_id: int, writer: ScriptedWriter) -> Ge
         job = own.get(GenerationJob, job_id)
         assert job is not None
         result: dict[str, Any] = {"segments": {}}
-        _generate(own, job, lambda: writer, options, None, result)
+        _generate(own, job, lambda: writer, options, None, result, [])
         own.execute(
             sa.update(GenerationJob)
             .where(col(GenerationJob.id) == job_id)

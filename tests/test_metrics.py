@@ -98,8 +98,8 @@ def test_every_action_a_pass_counts_is_listed_up_front() -> None:
     from service.lifecycle import AUDIT_ACTIONS
     from service.metrics import LIFECYCLE_ACTIONS
 
-    # A new variant's prior and an edit by a person are not a pass's actions.
-    assert set(LIFECYCLE_ACTIONS) == set(AUDIT_ACTIONS) - {"prior", "edit"}
+    # A new variant's prior, an edit by a person and a job's hold are not a pass's actions.
+    assert set(LIFECYCLE_ACTIONS) == set(AUDIT_ACTIONS) - {"prior", "edit", "hold"}
 
 
 WORKER_WITHOUT_ITS_METRICS_FOLDER = """
