@@ -323,6 +323,10 @@ def update_variant(
             return variant
         if target not in _TRANSITIONS[current]:
             raise Conflict(f"a variant cannot go from {current} to {target}", field="status")
+        # Only a change that takes copy out of service reads what another writer may change
+        # (is another still active?). An approval, a resume or a rejection writes this row alone
+        # and reads nothing a lifecycle pass writes: a pass that planned without it ends as if it
+        # had run first, so making it wait out the pass's Monte Carlo would change no outcome.
         if current is VariantStatus.ACTIVE:
             segment = session.get(Segment, variant.segment_id)
             assert segment is not None  # the foreign key
