@@ -11,7 +11,7 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from generation.brief import Brief
-from generation.prompts import EXAMPLE_BRANDS, instruction_texts
+from generation.prompts import EXAMPLE_BRANDS, PROMPT_LABELS, instruction_texts
 
 # Claims a storefront must not make on a model's word: guarantees, health and money promises.
 DEFAULT_BANNED_PHRASES: tuple[str, ...] = (
@@ -222,9 +222,37 @@ def _echo(text: str, brief: Brief, config: LintConfig) -> str | None:
         for i in range(len(source_words) - _ECHO_WORDS + 1):
             if tuple(source_words[i : i + _ECHO_WORDS]) in grams:
                 return f"copies the prompt: {' '.join(source_words[i : i + _ECHO_WORDS])!r}"
-    if re.match(r"^\s*(product|facts|customer|voice)\s*:", text, re.IGNORECASE):
-        return "starts with a prompt label"
-    return _example_brand(text, brief)
+    return _prompt_label(text, brief) or _example_brand(text, brief)
+
+
+# A label is the word and its colon ("Price:", "brand voice :", the full-width colon of Chinese
+# copy folded); the word alone ("the right price") is copy.
+_LABEL_WORDS = "|".join(label.replace(" ", r"\s+") for label in PROMPT_LABELS)
+_LABEL = re.compile(rf"(?<!\w)({_LABEL_WORDS})\s*:", re.IGNORECASE)
+
+
+def _prompt_label(text: str, brief: Brief) -> str | None:
+    folded = _folded(text)
+    if ":" not in folded:  # most copy: the search costs more than the rest of the rule
+        return None
+    for match in _LABEL.finditer(folded):
+        if _label_key(match.group(1)) not in _own_labels(brief):
+            return f"writes the prompt's label {match.group(0)!r}"
+    return None
+
+
+def _own_labels(brief: Brief) -> set[str]:
+    """Labels the brief writes itself ("Price: on request"), which its copy may write too."""
+    return {_label_key(label) for label in _LABEL.findall(_folded(_own_text(brief)))}
+
+
+def _label_key(label: str) -> str:
+    return " ".join(label.casefold().split())
+
+
+def _own_text(brief: Brief) -> str:
+    """The brief's words, with the prompt's system rule (which has no label or example brand)."""
+    return " ".join([brief.product_name, *instruction_texts(brief)])
 
 
 def _example_brand(text: str, brief: Brief) -> str | None:
@@ -232,7 +260,7 @@ def _example_brand(text: str, brief: Brief) -> str | None:
         return {_possessor(word) for word in _words(source.replace("-", " "))}
 
     # A brief may sell an Aurora kettle itself (README's example does); then the name is its own.
-    own = names(" ".join([brief.product_name, *instruction_texts(brief)]))
+    own = names(_own_text(brief))
     used = names(text)
     for brand in EXAMPLE_BRANDS:
         if brand.casefold() in used and brand.casefold() not in own:

@@ -37,6 +37,20 @@ _EXAMPLES = (
 # The examples' own brand names: the model carries them into its copy ("Nimbus trail-running
 # shoes" for a brief selling Ridgeline shoes), which names the category and so passes off_product.
 EXAMPLE_BRANDS = ("Aurora", "Nimbus")
+# The labels _ask and Brief.facts() write before the brief's fields, and the names the brief's
+# fields go by on the dashboard or in the model's own words for them: it echoes one in its copy
+# ("Price: $129.", "Audience: busy parents"). "Brand voice:" and "Product description:" end in one.
+PROMPT_LABELS = (
+    "Product",
+    "Product name",
+    "Facts",
+    "Price",
+    "Customer",
+    "Voice",
+    "Audience",
+    "Segment",
+    "Description",
+)
 
 
 def _ask(brief: Brief) -> str:

@@ -369,3 +369,49 @@ def test_example_brands_are_the_worked_examples_products() -> None:
     from generation.prompts import _EXAMPLES, EXAMPLE_BRANDS
 
     assert [example.product_name.split()[0] for example, _ in _EXAMPLES] == list(EXAMPLE_BRANDS)
+
+
+@pytest.mark.parametrize(
+    ("line", "label"),
+    [
+        # Written by the bundled model in live runs: the prompt's field labels, echoed into copy.
+        ("Ridgeline shoes for weekend trails. Price: $129.", "Price:"),
+        ("Ridgeline shoes, price : $129, for weekend trails.", "price :"),
+        ("Ridgeline shoes for weekend trails. Brand voice: warm.", "voice:"),
+        ("Audience: hikers. Ridgeline shoes for weekend trails.", "Audience:"),
+        ("Ridgeline shoes. Customer: casual weekend hikers.", "Customer:"),
+        ("Ridgeline shoes, Product name: grip on weekend trails.", "Product name:"),
+        # Chinese and Japanese copy writes the colon full-width.
+        ("Ridgeline shoes for weekend trails. PRICE\uff1a$129.", "PRICE:"),
+    ],
+)
+def test_a_prompt_label_in_the_copy_is_prompt_echo(line: str, label: str) -> None:
+    assert lint(line, BRIEF).reasons() == [f"prompt_echo: writes the prompt's label {label!r}"]
+
+
+def test_prompt_labels_are_every_label_the_prompt_writes() -> None:
+    from generation.prompts import PROMPT_LABELS, build_messages
+
+    asked = build_messages(dataclasses.replace(VOICED, leaders=("Ridgeline grips.",)))[-1]
+    written = re.findall(r"^(\w+): ", asked["content"], re.MULTILINE)
+    written += re.findall(r"(\w+): \$", asked["content"])  # Brief.facts() labels the price
+    assert set(written) == {"Product", "Facts", "Price", "Customer", "Voice"}
+    assert set(written) <= set(PROMPT_LABELS)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "Ridgeline shoes at the right price for weekend trails.",
+        "Ridgeline shoes: every customer gets weekend trail grip.",
+        "Ridgeline shoes give your voice to weekend trails.",
+    ],
+)
+def test_a_label_word_without_its_colon_is_copy(line: str) -> None:
+    assert rules(line) == set()
+
+
+def test_a_label_the_brief_writes_itself_passes() -> None:
+    brief = dataclasses.replace(BRIEF, segment="Weekend hikers. Price: what matters most to them.")
+    assert rules("Ridgeline shoes for weekend trails. Price: $129.", brief) == set()
+    assert rules("Ridgeline shoes for weekend trails. Audience: hikers.", brief) == {"prompt_echo"}
