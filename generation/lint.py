@@ -5,7 +5,9 @@ All rules run, so the audit trail shows every reason a line was refused, not onl
 
 from __future__ import annotations
 
+import bisect
 import functools
+import itertools
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -64,6 +66,8 @@ _MARKUP = re.compile(
 )
 # A verbatim run this long from the prompt is parroting, not writing.
 _ECHO_WORDS = 6
+# Three words said twice in one line ("grips trails, Ridgeline grips trails") are a stutter.
+_REPEATED_WORDS = 3
 _STOPWORDS = {"the", "and", "with", "for", "your", "that", "this", "from", "into", "our"}
 
 
@@ -100,8 +104,62 @@ class LintReport:
         return [f"{f.rule}: {f.reason}" for f in self.findings]
 
 
+_WORD = r"[^\W_]+(?:['\u2019-][^\W_]+)*"
+
+
 def _words(text: str) -> list[str]:
-    return re.findall(r"[^\W_]+(?:['\u2019-][^\W_]+)*", _plain_text(text))
+    return re.findall(_WORD, _plain_text(text))
+
+
+# Scripts written without spaces between words (Thai, Lao, Myanmar, Khmer, Japanese kana, Chinese
+# characters): a word of the name is found inside a longer run of text, not on its own, and a run
+# is no one word to the echo and repetition rules, which count its characters instead.
+_UNSPACED = re.compile(
+    "[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
+    "\uf900-\ufaff\U00020000-\U0003ffff]"
+)
+# Each character counts as the share of a word it is on average: half for a Chinese character
+# (kanji too), a third for a kana or a letter of Thai, Lao, Myanmar or Khmer (its vowel and tone
+# marks part of the letter before). In sixths of a word, to add exactly.
+_WHOLE_WORD = 6
+_HAN_CHARACTER = 3
+_UNSPACED_LETTER = 2
+_HAN = "[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003ffff]"
+_SPACED_LETTER = rf"(?:(?!{_UNSPACED.pattern})[^\W_])"
+_UNIT = re.compile(
+    rf"(?P<han>{_HAN})|(?P<letter>{_UNSPACED.pattern}(?:(?=\W){_UNSPACED.pattern})*)"
+    rf"|(?P<word>{_SPACED_LETTER}+(?:['\u2019-]{_SPACED_LETTER}+)*)"
+)
+_SHARES = {"han": _HAN_CHARACTER, "letter": _UNSPACED_LETTER, "word": _WHOLE_WORD}
+
+
+def _runs(text: str, words: int) -> list[tuple[str, ...]]:
+    """From each word on, the shortest run of words and characters that makes `words` words: in
+    a script with spaces, every `words` words in a row."""
+    plain = _plain_text(text)
+    if not _UNSPACED.search(plain):
+        found = re.findall(_WORD, plain)
+        return [tuple(found[i : i + words]) for i in range(len(found) - words + 1)]
+    units = [(unit.group(0), _SHARES[str(unit.lastgroup)]) for unit in _UNIT.finditer(plain)]
+    found = [unit for unit, _ in units]
+    # totals[i]: the words in found[:i], in sixths
+    totals = [0, *itertools.accumulate(share for _, share in units)]
+    runs = []
+    for start, before in enumerate(totals[:-1]):
+        end = bisect.bisect_left(totals, before + words * _WHOLE_WORD)
+        if end == len(totals):
+            break
+        runs.append(tuple(found[start:end]))
+    return runs
+
+
+def _shown(run: tuple[str, ...]) -> str:
+    """A run as it reads: words apart, the characters of a script without spaces together."""
+    shown = run[0]
+    for before, unit in itertools.pairwise(run):
+        together = _UNSPACED.match(before[-1]) and _UNSPACED.match(unit)
+        shown += unit if together else f" {unit}"
+    return shown
 
 
 def _length(text: str, brief: Brief, config: LintConfig) -> str | None:
@@ -215,13 +273,11 @@ def _plain(number: str) -> str:
 
 
 def _echo(text: str, brief: Brief, config: LintConfig) -> str | None:
-    words = _words(text)
-    grams = {tuple(words[i : i + _ECHO_WORDS]) for i in range(len(words) - _ECHO_WORDS + 1)}
+    copied = set(_runs(text, _ECHO_WORDS))
     for source in instruction_texts(brief):
-        source_words = _words(source)
-        for i in range(len(source_words) - _ECHO_WORDS + 1):
-            if tuple(source_words[i : i + _ECHO_WORDS]) in grams:
-                return f"copies the prompt: {' '.join(source_words[i : i + _ECHO_WORDS])!r}"
+        for run in _runs(source, _ECHO_WORDS):
+            if run in copied:
+                return f"copies the prompt: {_shown(run)!r}"
     return _prompt_label(text, brief) or _example_brand(text, brief)
 
 
@@ -269,10 +325,9 @@ def _example_brand(text: str, brief: Brief) -> str | None:
 
 
 def _repetitive(text: str, brief: Brief, config: LintConfig) -> str | None:
-    words = _words(text)
-    trigrams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
-    repeated = next((gram for gram in trigrams if trigrams.count(gram) > 1), None)
-    return f"repeats {' '.join(repeated)!r}" if repeated else None
+    runs = _runs(text, _REPEATED_WORDS)
+    repeated = next((run for run in runs if runs.count(run) > 1), None)
+    return f"repeats {_shown(repeated)!r}" if repeated else None
 
 
 def _possessor(word: str) -> str:
@@ -296,12 +351,6 @@ def product_terms(brief: Brief) -> set[str]:
 
 
 _MODEL_NAME = re.compile(r"(?=.*\d)(?=.*[^\W\d_])\w+")
-# Scripts written without spaces between words (Thai, Lao, Myanmar, Khmer, Japanese kana, Chinese
-# characters): a word of the name is found inside a longer run of text, not on its own.
-_UNSPACED = re.compile(
-    "[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
-    "\uf900-\ufaff\U00020000-\U0003ffff]"
-)
 
 
 def _mentions_product(text: str, brief: Brief, config: LintConfig) -> str | None:

@@ -415,3 +415,83 @@ def test_a_label_the_brief_writes_itself_passes() -> None:
     brief = dataclasses.replace(BRIEF, segment="Weekend hikers. Price: what matters most to them.")
     assert rules("Ridgeline shoes for weekend trails. Price: $129.", brief) == set()
     assert rules("Ridgeline shoes for weekend trails. Audience: hikers.", brief) == {"prompt_echo"}
+
+
+KETTLE_ZH = Brief(
+    "极光水壶",
+    "一款一点七升的玻璃水壶，三分钟就能把水烧开。",  # noqa: RUF001
+    "需要快速热水的忙碌父母，早上时间很紧。",  # noqa: RUF001
+)
+KETTLE_JA = Brief(
+    "オーロラケトル",
+    "ガラス製の電気ケトルで、たった三分でお湯が沸きます。",
+    "朝の時間がない忙しい親。",
+)
+KETTLE_TH = Brief("กาต้มน้ำออโรร่า", "กาต้มน้ำแก้วที่ต้มน้ำเดือดได้ในสามนาที", "พ่อแม่ที่ยุ่งในตอนเช้า")
+
+
+@pytest.mark.parametrize(
+    ("line", "brief", "reason"),
+    [
+        # A run of a script without spaces was one word to both rules: no six copied, no three
+        # said twice.
+        (
+            "极光水壶：一款一点七升的玻璃水壶，三分钟就能把水烧开。",  # noqa: RUF001
+            KETTLE_ZH,
+            "prompt_echo: copies the prompt: '一款一点七升的玻璃水壶三'",
+        ),
+        (
+            "オーロラケトルは、ガラス製の電気ケトルで、たった三分でお湯が沸きます。",
+            KETTLE_JA,
+            "prompt_echo: copies the prompt: 'ガラス製の電気ケトルでたった三分'",
+        ),
+        (
+            "กาต้มน้ำออโรร่า กาต้มน้ำแก้วที่ต้มน้ำเดือดได้ในสามนาที",
+            KETTLE_TH,
+            "prompt_echo: copies the prompt: 'กาต้มน้ําแก้วที่ต้มน้ําเดือด'",
+        ),
+        (
+            "极光水壶三分钟烧开水，三分钟烧开水，早餐不等待。",  # noqa: RUF001
+            KETTLE_ZH,
+            "repetitive: repeats '三分钟烧开水'",
+        ),
+        (
+            "オーロラケトルはお湯がすぐに沸きます、お湯がすぐに沸きます。",
+            KETTLE_JA,
+            "repetitive: repeats 'お湯がすぐに沸き'",
+        ),
+        (
+            "กาต้มน้ำออโรร่า ต้มน้ำเร็วมาก ต้มน้ำเร็วมาก ทุกเช้า",
+            KETTLE_TH,
+            "repetitive: repeats 'ต้มน้ําเร็วมา'",
+        ),
+    ],
+)
+def test_a_script_without_spaces_is_read_a_character_at_a_time(
+    line: str, brief: Brief, reason: str
+) -> None:
+    assert lint(line, brief).reasons() == [reason]
+
+
+@pytest.mark.parametrize(
+    ("line", "brief"),
+    [
+        # A few words of the facts, as English copy may use five: three minutes, glass, parents.
+        ("极光水壶三分钟就能烧开水，忙碌的早晨不再等待。", KETTLE_ZH),  # noqa: RUF001
+        ("オーロラケトルなら三分でお湯が沸き、朝食を待たせません。", KETTLE_JA),
+        ("กาต้มน้ำออโรร่าต้มน้ำเดือดในสามนาที ทันใจพ่อแม่ทุกเช้า", KETTLE_TH),
+    ],
+)
+def test_a_few_words_of_the_facts_in_a_script_without_spaces_pass(line: str, brief: Brief) -> None:
+    assert rules(line, brief) == set()
+
+
+def test_a_name_said_twice_in_a_script_without_spaces_is_not_repetitive() -> None:
+    # Two words again, as "Ridgeline shoes ... Ridgeline shoes" may be in English.
+    assert rules("极光水壶让早晨更轻松，选择极光水壶就对了。", KETTLE_ZH) == set()  # noqa: RUF001
+
+
+def test_words_beside_a_script_without_spaces_count_whole() -> None:
+    ridgeline = dataclasses.replace(BRIEF, product_name="Ridgeline 越野跑鞋")
+    line = "Ridgeline 越野跑鞋: grippy lugged sole, a rock plate and more."
+    assert rules(line, ridgeline) == {"prompt_echo"}
