@@ -191,13 +191,18 @@ def _banned(text: str, brief: Brief, config: LintConfig) -> str | None:
 
 # Characters that hide a word from a plain match without changing how it reads.
 _INVISIBLE = dict.fromkeys(map(ord, "\u00ad\u200b\u200c\u200d\u2060\ufeff"))
+# Percent signs other than the ASCII one make its claim ('20٪ off', 'Big ﹪ savings'). NFKC folds
+# the full-width and small forms (U+FF05, U+FE6A), not the Arabic (U+066A); the number rule reads
+# the text unfolded.
+_PERCENT_SIGNS = dict.fromkeys(map(ord, "\u066a\ufe6a\uff05"), "%")
+_AS_READ = _INVISIBLE | _PERCENT_SIGNS
 _DASHES = re.compile("[\u2010-\u2015\u2212\ufe58\ufe63\uff0d]")
 
 
 def _plain_text(text: str) -> str:
     """As a reader sees it: compatibility forms folded (full-width letters), invisible characters
-    gone, every dash a hyphen, lower case."""
-    return _DASHES.sub("-", unicodedata.normalize("NFKC", text).translate(_INVISIBLE)).casefold()
+    gone, every dash a hyphen and every percent sign '%', lower case."""
+    return _DASHES.sub("-", unicodedata.normalize("NFKC", text).translate(_AS_READ)).casefold()
 
 
 # "FDA-approved" makes the claim "FDA approved" does; _plain_text has made every dash a hyphen.
@@ -220,9 +225,9 @@ def _phrase_pattern(phrase: str) -> re.Pattern[str]:
 
 
 def _as_numbers(text: str) -> str:
-    """`text` as the number rule reads it: full-width forms as ASCII (a full-width comma or
-    percent sign is the facts' own), and any other form with a digit in it as that digit."""
-    return "".join(_as_number(char) for char in text.translate(_INVISIBLE))
+    """`text` as the number rule reads it: full-width forms as ASCII (a full-width comma is the
+    facts' own), every percent sign as '%', and any other form with a digit in it as that digit."""
+    return "".join(_as_number(char) for char in text.translate(_AS_READ))
 
 
 # A character is ~120 bytes here, kept for the worker's life: unbounded, this grew with every

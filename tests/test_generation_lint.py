@@ -190,6 +190,8 @@ def test_custom_banned_phrases_replace_the_default() -> None:
         ("The Summit tent sleeps 4 for $1,299.", TENT, {"invented_number"}),
         ("The Summit tent 1,299 keeps winter out.", TENT_PLAIN, set()),
         ("A 30% recycled fly on the Summit tent.", TENT_PLAIN, set()),
+        ("A 30\u066a recycled fly on the Summit tent.", TENT_PLAIN, set()),
+        ("A 30\ufe6a recycled fly on the Summit tent.", TENT_PLAIN, set()),
         ("A 40% recycled fly on the Summit tent.", TENT_PLAIN, {"invented_number"}),
         ("A recycled fly on the Summit tent, 20% off.", TENT, {"invented_number"}),
     ],
@@ -217,6 +219,11 @@ def _full_width(text: str) -> str:
         ("Ridgeline shoes, \u0661\u0662\u0669 dollars of weekend grip.", set()),
         (f"Ridgeline shoes, {_full_width('130')} dollars of weekend grip.", {"invented_number"}),
         (f"Ridgeline shoes give weekend hikers {_full_width('%')} more grip.", {"invented_number"}),
+        # The Arabic and the small percent sign: a percentage the facts do not give, or give.
+        ("Ridgeline shoes give weekend hikers \u066a more grip.", {"invented_number"}),
+        ("Ridgeline shoes give weekend hikers \ufe6a more grip.", {"invented_number"}),
+        ("Ridgeline shoes, \u0662\u0660\u066a off for weekend trails.", {"invented_number"}),
+        ("Ridgeline shoes: 100\u066a grip on every trail.", {"banned_phrase", "invented_number"}),
         # A superscript or subscript is no number of its own: NFKC reads each as the digit 2.
         ("Ridgeline shoes, made with less CO₂, for weekend trails.", set()),
         ("Ridgeline shoes grip every m² of your weekend trails.", set()),
