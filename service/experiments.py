@@ -18,7 +18,13 @@ from service.errors import Conflict, InvalidInput, NotFound, cut, first_problem,
 from service.lifecycle import assign_prior
 from service.models import Experiment, Origin, Segment, Variant, VariantStatus, utcnow
 from service.policy import LifecyclePolicy, policy_shown
-from service.schemas import ExperimentCreate, SegmentKey, VariantCreate, VariantPatch
+from service.schemas import (
+    ExperimentCreate,
+    SegmentKey,
+    VariantCreate,
+    VariantPatch,
+    stored_form,
+)
 from service.segment_guard import another_stays_active, lock_row, lock_segment
 
 Row = TypeVar("Row")
@@ -166,16 +172,20 @@ def _is_segment_key(key: str) -> bool:
 def add_variant(*, session: Session, experiment_id: int, variant_create: VariantCreate) -> Variant:
     experiment = get_experiment(session=session, experiment_id=experiment_id)
     segment = find_segment(session=session, experiment_id=experiment_id, key=variant_create.segment)
-    if variant_create.origin == Origin.CONTROL:
-        # Two requests adding a control at once both found none and both added one; the second
-        # control was never guarded against nor retirable. One adds at a time in a segment.
-        lock_row(session, segment)
-        if _has_control(session, segment.id):  # type: ignore[arg-type]
-            session.rollback()
-            raise Conflict(
-                f"segment {segment.key!r} already has a control variant; retire it to add another",
-                field="origin",
-            )
+    # One add at a time in a segment: two requests at once (a double click on "Add and serve")
+    # each found no twin, or no control, and both stored theirs.
+    lock_row(session, segment)
+    twin = _same_copy(session, segment.id, variant_create.text)  # type: ignore[arg-type]
+    if twin is not None:
+        session.rollback()
+        raise _twin_refused(twin, segment.key)
+    # A second control was never guarded against nor retirable.
+    if variant_create.origin == Origin.CONTROL and _has_control(session, segment.id):  # type: ignore[arg-type]
+        session.rollback()
+        raise Conflict(
+            f"segment {segment.key!r} already has a control variant; retire it to add another",
+            field="origin",
+        )
     variant = Variant(
         experiment_id=experiment_id,
         segment_id=segment.id,  # type: ignore[arg-type]
@@ -231,6 +241,48 @@ def _undo_discounting(session: Session, experiment_id: int) -> None:
             folded_conversions=0,
             folded_at=None,
         )
+    )
+
+
+# The copy hand-written copy may not repeat: a second variant with the same text splits one line's
+# traffic and evidence between two arms, and is what submitting the form twice (Back, then Add
+# again) left. Paused copy counts: resuming it keeps its evidence. Retired and rejected copy does
+# not: neither comes back (see _TRANSITIONS), so writing the text again is the one way to serve it
+# again, a person's decision, and it starts on fresh evidence. Generation refuses more (any
+# variant of the segment, retired ones included, and lines a word apart: generation_jobs), since
+# a model reheating copy the lifecycle retired spends traffic without a person asking for it.
+_TWIN_STATUSES = (VariantStatus.ACTIVE, VariantStatus.PAUSED, VariantStatus.PENDING_REVIEW)
+_TWIN_HINTS = {
+    VariantStatus.ACTIVE: "it is being served",
+    VariantStatus.PAUSED: "it is paused: resume it instead",
+    VariantStatus.PENDING_REVIEW: "it is waiting for review: approve it instead",
+}
+
+
+def _same_copy(session: Session, segment_id: int, text: str) -> tuple[int, VariantStatus] | None:
+    """The id and status of the segment's live, paused or pending variant whose text is `text`
+    (which the schema has normalised), read in the same form: copy stored before generated lines
+    were NFC may not be."""
+    query = (
+        sa.select(col(Variant.id), col(Variant.text), col(Variant.status))
+        .where(
+            col(Variant.segment_id) == segment_id,
+            col(Variant.status).in_([status.value for status in _TWIN_STATUSES]),
+        )
+        .order_by(col(Variant.id))
+    )
+    for variant_id, stored, status in session.execute(query):
+        if stored_form(stored) == text:
+            return variant_id, VariantStatus(status)
+    return None
+
+
+def _twin_refused(twin: tuple[int, VariantStatus], segment_key: str) -> Conflict:
+    variant_id, status = twin
+    return Conflict(
+        f"segment {quoted(segment_key)} already has this copy as variant #{variant_id}; "
+        f"{_TWIN_HINTS[status]}",
+        field="text",
     )
 
 

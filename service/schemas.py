@@ -126,6 +126,12 @@ def _normalized(value: Any) -> Any:
     return unicodedata.normalize("NFC", value.replace("\r\n", "\n").replace("\r", "\n"))
 
 
+def stored_form(text: str) -> str:
+    """`text` as text people write is stored: NFC, LF line breaks, stripped. For comparing what
+    was sent with a row stored before that rule held."""
+    return _normalized(text).strip()
+
+
 def _clean(value: str) -> str:
     return _not_blank(_no_control(value).strip())
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import threading
 from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
@@ -10,6 +12,7 @@ import pytest
 from sqlmodel import Session, select
 
 from generation.lint import RULES
+from service import experiments
 from service.models import Segment, Variant
 
 
@@ -524,3 +527,62 @@ def test_a_tiny_prior_max_trials_still_lets_new_copy_be_served(api: Any) -> None
 
     assert added["id"] in served
     assert report.status_code == 200, report.get_json()
+
+
+def test_the_same_copy_twice_in_a_segment_is_409_naming_text_and_stores_nothing(
+    api: Any, session: Session
+) -> None:
+    """A client retrying a POST whose answer it lost added the copy a second time; the text is
+    compared as stored (CRLF, NFC and surrounding spaces do not make it another)."""
+    created = api.create_experiment()
+    first = api.add_variant(created["id"], "tea-lovers", "Caf\u00e9 tea,\nbrewed right.")
+    before = _all_variants(api, created["id"])
+
+    again = api.post(
+        _variants_url(created["id"]),
+        json={"segment": "tea-lovers", "text": " Cafe\u0301 tea,\r\nbrewed right.\n"},
+    )
+
+    _assert_error(again, 409, "text")
+    assert again.get_json()["message"] == (
+        f"segment 'tea-lovers' already has this copy as variant #{first['id']}; it is being served"
+    )
+    assert _all_variants(api, created["id"]) == before
+    # Another segment may have it.
+    api.add_variant(created["id"], "busy-parents", "Caf\u00e9 tea,\nbrewed right.")
+
+
+def test_two_adds_of_the_same_copy_at_once_store_it_once(
+    app: Any, api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A double click sends the second request while the first runs: each looked for a twin
+    before either had stored its copy, found none, and both stored it."""
+    created = api.create_experiment()
+    body = {"segment": "tea-lovers", "text": "Steeped right, every time."}
+    other = copy.copy(api)
+    other.client = app.test_client()
+    second_looked = threading.Event()
+    answers: list[Any] = []
+    second = threading.Thread(
+        target=lambda: answers.append(other.post(_variants_url(created["id"]), json=body))
+    )
+    looked = experiments._same_copy
+
+    def look(*args: Any) -> Any:
+        found = looked(*args)
+        if threading.current_thread() is second:
+            second_looked.set()
+        elif not second.is_alive() and not answers:
+            second.start()
+            # Without the segment's lock it looks, finds nothing and stores its copy first; with
+            # it, it waits for this request to end, and the wait here runs out.
+            second_looked.wait(2)
+        return found
+
+    monkeypatch.setattr(experiments, "_same_copy", look)
+    first = api.post(_variants_url(created["id"]), json=body)
+    second.join(30)
+
+    assert sorted([first.status_code, answers[0].status_code]) == [201, 409]
+    texts = [v["text"] for v in _segment_variants(api, created["id"], "tea-lovers")]
+    assert texts == [body["text"]]

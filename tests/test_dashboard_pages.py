@@ -1928,12 +1928,25 @@ def test_copy_that_fits_the_box_is_taken_with_its_line_breaks_as_lf(
 
 
 @pytest.mark.parametrize(
-    ("path", "segment"),
-    [("experiments/{eid}/variants", "tea-lovers"), ("variants/{pending}/edit", None)],
+    ("path", "segment", "kept_in"),
+    [
+        # The experiment page again, its form holding the text, as its other forms' refusals.
+        (
+            "experiments/{eid}/variants",
+            "tea-lovers",
+            {"aria_label": "Add copy by hand to tea-lovers"},
+        ),
+        ("variants/{pending}/edit", None, {"data_testid": "unsaved"}),
+    ],
     ids=["add copy", "edit"],
 )
 def test_copy_refused_for_its_text_is_shown_back_to_copy(
-    app: Any, dash: Dashboard, experiment: dict[str, Any], path: str, segment: str | None
+    app: Any,
+    dash: Dashboard,
+    experiment: dict[str, Any],
+    path: str,
+    segment: str | None,
+    kept_in: dict[str, str],
 ) -> None:
     """Copy refused for what it holds (a bidi isolate left open, pasted from a CMS) is not lost:
     the error page's "Go back" link finds the form empty."""
@@ -1945,9 +1958,95 @@ def test_copy_refused_for_its_text_is_shown_back_to_copy(
     response = dash.post("/dashboard/" + path.format(eid=eid, pending=pending), data)
     assert response.status_code == 400
     assert error_text(response).startswith("text: must close every bidi embedding")
-    assert texts(response.get_data(as_text=True), "textarea", data_testid="unsaved") == [typed]
+    assert texts(response.get_data(as_text=True), "textarea", **kept_in) == [typed]
     assert "&lt;b&gt;Tea&lt;/b&gt;" in response.get_data(as_text=True)
     assert stored(app) == before
+
+
+def add_copy_box(html: str, segment: str) -> list[str]:
+    return texts(section(html, segment), "textarea", aria_label=f"Add copy by hand to {segment}")
+
+
+def test_adding_the_same_copy_twice_is_refused_on_the_page_keeping_what_was_typed(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """Back and "Add and serve" again sent the same copy a second time: two variants with one
+    text split its traffic and its evidence. The same text after the server's normalisation
+    (CRLF, NFC, surrounding spaces) is the same copy."""
+    eid = experiment["id"]
+    typed = "Caf\u00e9 mornings,\nwith the Aurora kettle."
+    first = dash.post(
+        f"/dashboard/experiments/{eid}/variants", {"segment": "busy-parents", "text": typed}
+    )
+    assert first.status_code == 303, error_text(first)
+    [twin] = [v for v in variant_rows(app, eid) if v.text == typed]
+    before = stored(app)
+    again = "  Cafe\u0301 mornings,\r\nwith the Aurora kettle. "
+
+    response = dash.post(
+        f"/dashboard/experiments/{eid}/variants", {"segment": "busy-parents", "text": again}
+    )
+
+    assert response.status_code == 409
+    assert stored(app) == before
+    html = response.get_data(as_text=True)
+    assert error_text(response) == (
+        f"segment 'busy-parents' already has this copy as variant #{twin.id}; it is being served"
+    )
+    # In the segment's own section, above its form, which holds what was typed.
+    assert texts(section(html, "busy-parents"), id="form-error") == [error_text(response)]
+    assert add_copy_box(html, "busy-parents") == [" ".join(again.split())]
+    assert f">{again}</textarea>" in section(html, "busy-parents")
+    assert add_copy_box(html, "tea-lovers") == [""]
+    assert list(marked_invalid(section(html, "busy-parents"))) == ["text"]
+
+
+def variant_rows(app: Any, experiment_id: int) -> list[Variant]:
+    with Session(app.extensions["copybandit.engine"]) as session:
+        return list(session.exec(select(Variant).where(Variant.experiment_id == experiment_id)))
+
+
+@pytest.mark.parametrize(
+    ("status", "refused"),
+    [
+        ("pending_review", "it is waiting for review: approve it instead"),
+        ("paused", "it is paused: resume it instead"),
+        ("retired", None),
+        ("rejected", None),
+    ],
+)
+def test_copy_the_segment_has_paused_or_waiting_is_refused_but_not_retired_or_rejected(
+    app: Any, dash: Dashboard, experiment: dict[str, Any], status: str, refused: str | None
+) -> None:
+    eid = experiment["id"]
+    vid = add_pending(app, eid, "tea-lovers", GOOD[2])
+    with Session(app.extensions["copybandit.engine"]) as session:
+        session.exec(sa.update(Variant).where(Variant.id == vid).values(status=status))  # type: ignore[call-overload]
+        session.commit()
+    before = stored(app)
+
+    response = dash.post(
+        f"/dashboard/experiments/{eid}/variants", {"segment": "tea-lovers", "text": GOOD[2]}
+    )
+
+    if refused is None:
+        assert response.status_code == 303, error_text(response)
+        assert [v.status for v in variant_rows(app, eid) if v.text == GOOD[2]] == [status, "active"]
+    else:
+        assert response.status_code == 409
+        assert error_text(response).endswith(f"as variant #{vid}; {refused}")
+        assert stored(app) == before
+
+
+def test_the_same_copy_in_another_segment_is_taken(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    eid = experiment["id"]
+    for segment in ("tea-lovers", "busy-parents"):
+        response = dash.post(
+            f"/dashboard/experiments/{eid}/variants", {"segment": segment, "text": GOOD[2]}
+        )
+        assert response.status_code == 303, error_text(response)
 
 
 @pytest.mark.parametrize(

@@ -14,11 +14,10 @@ from service.brief_edits import add_segment, update_experiment, update_segment
 from service.dashboard.blueprint import bp, flash_about_segment, validated
 from service.dashboard.blueprint import invalidate as invalidate_snapshot
 from service.dashboard.experiment_pages import (
-    RefusedForm,
     back_to,
     box_for,
-    experiment_page,
     form_price,
+    refused_form,
 )
 from service.errors import APIError, spelled_out
 from service.schemas import ExperimentPatch, SegmentIn, SegmentPatch
@@ -56,7 +55,7 @@ def edit_brief(experiment_id: int) -> Response | tuple[str, int]:
             session=db.session(), experiment_id=experiment_id, patch=patch, by=_by_marketer()
         )
     except APIError as exc:
-        return _refused(experiment_id, "brief", exc, box_for(exc.field))
+        return refused_form(experiment_id, "brief", exc, box_for(exc.field))
     flash("Saved the brief.")
     return back_to(experiment_id)
 
@@ -96,7 +95,7 @@ def new_segment(experiment_id: int) -> Response | tuple[str, int]:
             session=db.session(), experiment_id=experiment_id, segment_in=body, by=_by_marketer()
         )
     except APIError as exc:
-        return _refused(experiment_id, "add-segment", exc, exc.field)
+        return refused_form(experiment_id, "add-segment", exc, exc.field)
     invalidate_snapshot(experiment_id)
     flash_about_segment(
         f"Added segment {segment.key}. It has no copy yet: add some by hand or have the model "
@@ -125,22 +124,13 @@ def edit_segment(experiment_id: int, segment_key: str) -> Response | tuple[str, 
         # A segment that is not there has no form to show the error in: the error page says so.
         if exc.field == "segment":
             raise
-        return _refused(experiment_id, persona_form(segment_key), exc, exc.field)
+        return refused_form(experiment_id, persona_form(segment_key), exc, exc.field)
     flash_about_segment(f"Saved the persona of {segment.key}.", segment.id)  # type: ignore[arg-type]
     return back_to(experiment_id, segment.key)
 
 
 def _by_marketer() -> str:
     return spelled_out(g.marketer.email)
-
-
-def _refused(experiment_id: int, form: str, exc: APIError, box: str | None) -> tuple[str, int]:
-    """The experiment page again, the refused form open with what was typed and its error."""
-    db.session().rollback()
-    typed = request.form.to_dict()
-    typed.pop("csrf_token", None)
-    refused = RefusedForm(form=form, error=exc.message, box=box, typed=typed)
-    return experiment_page(experiment_id, refused), exc.status
 
 
 @bp.app_template_global()

@@ -130,8 +130,8 @@ def experiments() -> str:
 @dataclass(frozen=True)
 class RefusedForm:
     """A form on the experiment page that was refused: which one ("brief", "add-segment", or
-    "persona:" and a segment's key), the error, the box it names, and what was typed, shown back
-    in it."""
+    "persona:" or "add-copy:" and a segment's key), the error, the box it names, and what was
+    typed, shown back in it."""
 
     form: str
     error: str
@@ -410,18 +410,42 @@ def _segment_line_error(number: int, problem: str) -> InvalidInput:
 
 
 @bp.post("/experiments/<id:experiment_id>/variants")
-def add_manual_variant(experiment_id: int) -> Response:
-    body = validated(
-        VariantCreate,
-        {"segment": request.form.get("segment", ""), "text": request.form.get("text", "")},
-    )
-    variant = add_variant(session=db.session(), experiment_id=experiment_id, variant_create=body)
+def add_manual_variant(experiment_id: int) -> Response | tuple[str, int]:
+    segment_key = request.form.get("segment", "")
+    try:
+        body = validated(
+            VariantCreate, {"segment": segment_key, "text": request.form.get("text", "")}
+        )
+        variant = add_variant(
+            session=db.session(), experiment_id=experiment_id, variant_create=body
+        )
+    except APIError as exc:
+        # A segment that is not there has no form to show the error in: the error page says so.
+        if exc.field != "text":
+            raise
+        return refused_form(experiment_id, add_copy_form(segment_key), exc, "text")
     invalidate_snapshot(experiment_id)
     flash_about_segment(
         f"Added variant #{variant.id} to {body.segment}; it is being served now.",
         variant.segment_id,
     )
     return back_to(experiment_id, body.segment)
+
+
+@bp.app_template_global()
+def add_copy_form(segment_key: str) -> str:
+    """The name a refused "Add copy by hand" form goes by on the experiment page (see
+    persona_form)."""
+    return f"add-copy:{segment_key}"
+
+
+def refused_form(experiment_id: int, form: str, exc: APIError, box: str | None) -> tuple[str, int]:
+    """The experiment page again, the refused form open with what was typed and its error."""
+    db.session().rollback()
+    typed = request.form.to_dict()
+    typed.pop("csrf_token", None)
+    refused = RefusedForm(form=form, error=exc.message, box=box, typed=typed)
+    return experiment_page(experiment_id, refused), exc.status
 
 
 @bp.post("/experiments/<id:experiment_id>/generate")
