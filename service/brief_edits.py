@@ -17,7 +17,7 @@ from sqlmodel import Session, select
 from service.errors import Conflict, cut, quoted
 from service.experiments import find_segment, flush_named, get_experiment
 from service.models import Experiment, LifecycleEvent, Segment
-from service.schemas import MAX_SEGMENTS, ExperimentPatch, SegmentIn
+from service.schemas import MAX_SEGMENTS, ExperimentPatch, SegmentIn, stored_form
 from service.segment_guard import lock_row
 
 # The audit's reason shows each old and new value cut to this many characters: a description
@@ -123,15 +123,42 @@ def add_segment(*, session: Session, experiment_id: int, segment_in: SegmentIn, 
     return segment
 
 
+class PersonaMoved(Conflict):
+    """The persona is not the one the editor's page showed: someone changed it since."""
+
+    def __init__(self, message: str, *, current: str) -> None:
+        super().__init__(message, field="description")
+        self.current = current
+
+
 def update_segment(
-    *, session: Session, experiment_id: int, key: str, description: str, by: str
+    *,
+    session: Session,
+    experiment_id: int,
+    key: str,
+    description: str,
+    by: str,
+    description_seen: str | None = None,
 ) -> Segment:
     """Rewrite the segment's persona; the same text changes nothing and is left out of the
-    audit."""
+    audit. With `description_seen` (the persona the editor's page showed), only while it is still
+    the stored one: two marketers saving one persona each replaced it unseen, the last one silently
+    undoing the other's. Raises PersonaMoved then."""
     experiment = get_experiment(session=session, experiment_id=experiment_id)
     segment = find_segment(session=session, experiment_id=experiment_id, key=key)
     lock_row(session, experiment)
     session.refresh(segment)
+    # Both as stored: a browser sends the page's copy back with CRLF line breaks.
+    if description_seen is not None and stored_form(description_seen) != stored_form(
+        segment.description
+    ):
+        session.rollback()
+        raise PersonaMoved(
+            f"someone else changed the persona of {quoted(key)} since this page was opened; it "
+            "now reads as shown above, and what you typed is kept below: save it again to "
+            "replace theirs",
+            current=segment.description,
+        )
     changes = _changes(segment, {"description": ("description", description)})
     if not changes:
         session.rollback()

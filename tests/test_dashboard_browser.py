@@ -31,6 +31,7 @@ from werkzeug.serving import make_server
 
 from generation.writer import Sample
 from service import create_app
+from service.brief_edits import update_segment
 from service.config import Settings
 from service.copy_checks import lint_config
 from service.dashboard.experiment_pages import CSV_COLUMNS
@@ -126,6 +127,10 @@ class Site:
             variant = session.get(Variant, variant_id)
             assert variant is not None, f"variant {variant_id} is gone from the database"
             return variant
+
+    def segment_description(self, experiment_id: int, key: str) -> str:
+        with self.session() as session:
+            return find_segment(session=session, experiment_id=experiment_id, key=key).description
 
     def segment_variants(self, experiment_id: int, key: str) -> list[Variant]:
         with self.session() as session:
@@ -1003,6 +1008,51 @@ def test_a_refused_persona_puts_the_cursor_in_its_box(page: Page, site: Site) ->
     with site.session() as session:
         segment = find_segment(session=session, experiment_id=experiment_id, key="tea-lovers")
         assert segment.description == "People who are tea-lovers."
+
+
+def test_a_persona_changed_in_another_browser_since_is_refused_keeping_both(
+    page: Page, site: Site
+) -> None:
+    """Two marketers rewrite one persona: the second save replaced the first's without a word.
+    Theirs has two lines, which the browser sends back with CRLF: saved again over it, knowingly,
+    the form must not be taken for one drawn from another persona."""
+    experiment_id, _ = make_experiment(site)
+    page.goto(f"/dashboard/experiments/{experiment_id}")
+    section = page.locator("#segment-tea-lovers")
+    section.get_by_label("Edit the persona of tea-lovers").click()
+    box = section.get_by_role("textbox", name="Persona of tea-lovers")
+    box.fill("Tea at 80 °C, loose-leaf.")
+    theirs = "Up at 5 a.m. for green tea.\nSteep it twice."
+    with site.session() as session:
+        update_segment(
+            session=session,
+            experiment_id=experiment_id,
+            key="tea-lovers",
+            description=theirs,
+            by="ola@example.com",
+        )
+
+    with page.expect_response(re.compile(r"/segments/tea-lovers$")) as answer:
+        section.get_by_role("button", name="Save the persona of tea-lovers").click()
+
+    assert answer.value.status == 409
+    section = page.locator("#segment-tea-lovers")
+    expect(section.get_by_test_id("error")).to_have_text(
+        "someone else changed the persona of 'tea-lovers' since this page was opened; it now "
+        "reads as shown above, and what you typed is kept below: save it again to replace theirs"
+    )
+    expect(section.get_by_test_id("error")).to_be_focused()
+    expect(section.get_by_test_id("persona")).to_have_text(theirs)
+    box = section.get_by_role("textbox", name="Persona of tea-lovers")
+    expect(box).to_have_value("Tea at 80 °C, loose-leaf.")
+    assert site.segment_description(experiment_id, "tea-lovers") == theirs
+
+    section.get_by_role("button", name="Save the persona of tea-lovers").click()
+
+    expect(page.locator("#segment-tea-lovers .flash")).to_have_text(
+        "Saved the persona of tea-lovers."
+    )
+    assert site.segment_description(experiment_id, "tea-lovers") == "Tea at 80 °C, loose-leaf."
 
 
 # --- untrusted copy -------------------------------------------------------------------------

@@ -4048,6 +4048,85 @@ def test_a_refused_persona_opens_its_form_again_in_its_section(
     assert "Fast\u202e water</textarea>" in html
 
 
+def persona_shown(html: str, segment: str) -> str:
+    """What the persona form says its page showed."""
+    return unescape(hidden_value(section(html, segment), "was_description"))
+
+
+def test_a_persona_changed_since_the_page_was_opened_is_not_overwritten(
+    dash: Dashboard, api: Any, app: Any, experiment: dict[str, Any]
+) -> None:
+    """Two marketers open the page and rewrite one persona: the second save replaced the first's
+    without a word to either. It is refused, the page showing the persona as it now is and the
+    form keeping what was typed; saved again, knowingly, it replaces theirs."""
+    page = f"/dashboard/experiments/{experiment['id']}"
+    seen = persona_shown(dash.html(page), "busy-parents")
+    theirs = "Parents of toddlers, up at 5 a.m."
+    changed = api.patch(
+        f"/v1/experiments/{experiment['id']}/segments/busy-parents", json={"description": theirs}
+    )
+    assert changed.status_code == 200, changed.get_json()
+    before = stored(app)
+    mine = "Hot water <now>, one hand free."
+
+    response = dash.post(
+        f"{page}/segments/busy-parents", {"description": mine, "was_description": seen}
+    )
+
+    assert response.status_code == 409
+    assert stored(app) == before
+    html = section(response.get_data(as_text=True), "busy-parents")
+    assert texts(html, id="form-error") == [
+        "someone else changed the persona of 'busy-parents' since this page was opened; it now "
+        "reads as shown above, and what you typed is kept below: save it again to replace theirs"
+    ]
+    assert texts(html, data_testid="persona") == [theirs]
+    assert '<details class="edit-persona" open>' in html
+    assert "Hot water &lt;now&gt;, one hand free.</textarea>" in html
+    assert persona_shown(html, "busy-parents") == theirs
+
+    again = dash.post(
+        f"{page}/segments/busy-parents", {"description": mine, "was_description": theirs}
+    )
+    assert again.status_code == 303, error_text(again)
+    assert fresh(app, Segment, busy_parents_id(app, experiment["id"])).description == mine
+
+
+def busy_parents_id(app: Any, experiment_id: int) -> int:
+    with Session(app.extensions["copybandit.engine"]) as session:
+        return session.exec(  # type: ignore[no-any-return]
+            select(Segment.id).where(
+                Segment.experiment_id == experiment_id, Segment.key == "busy-parents"
+            )
+        ).one()
+
+
+def test_a_persona_of_several_lines_sent_back_with_crlf_is_not_taken_for_one_changed(
+    dash: Dashboard, api: Any, app: Any, experiment: dict[str, Any]
+) -> None:
+    """A browser sends the hidden copy of what the page showed with CRLF line breaks; stored,
+    the persona has LF."""
+    page = f"/dashboard/experiments/{experiment['id']}"
+    two_lines = "Need hot water fast.\nUsually with a toddler on one arm."
+    api.patch(
+        f"/v1/experiments/{experiment['id']}/segments/busy-parents",
+        json={"description": two_lines},
+    )
+    seen = persona_shown(dash.html(page), "busy-parents")
+    assert seen == two_lines
+
+    response = dash.post(
+        f"{page}/segments/busy-parents",
+        {"description": "Hot water in a minute.", "was_description": seen.replace("\n", "\r\n")},
+    )
+
+    assert response.status_code == 303, error_text(response)
+    assert (
+        fresh(app, Segment, busy_parents_id(app, experiment["id"])).description
+        == "Hot water in a minute."
+    )
+
+
 @pytest.mark.parametrize("key", ["brief", "add-segment"])
 def test_a_refused_persona_of_a_segment_keyed_as_another_form_opens_only_its_own(
     dash: Dashboard, api: Any, app: Any, experiment: dict[str, Any], key: str

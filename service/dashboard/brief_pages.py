@@ -10,7 +10,7 @@ from flask import flash, g, request
 from werkzeug.wrappers import Response
 
 from service import db
-from service.brief_edits import add_segment, update_experiment, update_segment
+from service.brief_edits import PersonaMoved, add_segment, update_experiment, update_segment
 from service.dashboard.blueprint import bp, flash_about_segment, validated
 from service.dashboard.blueprint import invalidate as invalidate_snapshot
 from service.dashboard.experiment_pages import (
@@ -108,7 +108,8 @@ def new_segment(experiment_id: int) -> Response | tuple[str, int]:
 @bp.post("/experiments/<id:experiment_id>/segments/<segment_key>")
 def edit_segment(experiment_id: int, segment_key: str) -> Response | tuple[str, int]:
     description = request.form.get("description", "")
-    if description == request.form.get("was_description"):
+    shown = request.form.get("was_description")
+    if description == shown:
         flash("Nothing in the persona was changed.")
         return back_to(experiment_id, segment_key)
     try:
@@ -119,7 +120,13 @@ def edit_segment(experiment_id: int, segment_key: str) -> Response | tuple[str, 
             key=segment_key,
             description=body.description,
             by=_by_marketer(),
+            # A form from before the page carried it is saved as it always was.
+            description_seen=shown,
         )
+    except PersonaMoved as moved:
+        # The page shows the persona as it now is; saved again, the form replaces that one.
+        seen_now = {"was_description": moved.current}
+        return refused_form(experiment_id, persona_form(segment_key), moved, None, seen_now)
     except APIError as exc:
         # A segment that is not there has no form to show the error in: the error page says so.
         if exc.field == "segment":

@@ -439,10 +439,18 @@ def add_copy_form(segment_key: str) -> str:
     return f"add-copy:{segment_key}"
 
 
-def refused_form(experiment_id: int, form: str, exc: APIError, box: str | None) -> tuple[str, int]:
-    """The experiment page again, the refused form open with what was typed and its error."""
+def refused_form(
+    experiment_id: int,
+    form: str,
+    exc: APIError,
+    box: str | None,
+    shown_now: dict[str, str] | None = None,
+) -> tuple[str, int]:
+    """The experiment page again, the refused form open with what was typed and its error.
+    `shown_now` replaces hidden fields that say what the page showed, for a form refused because
+    that has changed since."""
     db.session().rollback()
-    typed = request.form.to_dict()
+    typed = request.form.to_dict() | (shown_now or {})
     typed.pop("csrf_token", None)
     refused = RefusedForm(form=form, error=exc.message, box=box, typed=typed)
     return experiment_page(experiment_id, refused), exc.status
