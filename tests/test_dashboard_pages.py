@@ -2749,7 +2749,11 @@ def test_an_edit_typed_over_text_edited_through_the_api_since_is_refused_keeping
     response = dash.post(f"/dashboard/variants/{vid}/edit", {"text": GOOD[2], "shown": seen})
     assert response.status_code == 409
     assert error_text(response) == f"#{vid} was edited since you read it"
-    assert texts(response.get_data(as_text=True), "textarea", data_testid="unsaved") == [GOOD[2]]
+    # Both texts, to merge: the one stored now, and what was typed.
+    html = response.get_data(as_text=True)
+    assert texts(html, "textarea", data_testid="now-stored") == [GOOD[3]]
+    assert f"#{vid} as it now reads:" in html
+    assert texts(html, "textarea", data_testid="unsaved") == [GOOD[2]]
     assert stored(app) == before
     assert (fresh(app, Variant, vid).text, fresh(app, Variant, vid).status) == (
         GOOD[3],
@@ -2776,6 +2780,7 @@ def test_an_api_edit_landing_while_an_edit_is_saved_is_refused_the_same_way(
     response = dash.post(f"/dashboard/variants/{vid}/edit", {"text": GOOD[2], "shown": seen})
     assert response.status_code == 409
     assert error_text(response) == f"#{vid} was edited since you read it"
+    assert texts(response.get_data(as_text=True), "textarea", data_testid="now-stored") == [GOOD[3]]
     assert (fresh(app, Variant, vid).text, fresh(app, Variant, vid).status) == (
         GOOD[3],
         "pending_review",

@@ -162,12 +162,25 @@ def _came_from() -> str:
 @bp.errorhandler(APIError)
 def _api_error(exc: APIError) -> tuple[str, int, dict[str, str]]:
     db.roll_back()  # the connection may be as dead as the one that failed
+    return error_page(exc)
+
+
+def error_page(
+    exc: APIError, now_stored: Collection[tuple[str, str]] = ()
+) -> tuple[str, int, dict[str, str]]:
+    """The error page for a refused request. `now_stored`, (label, text) pairs: what is stored now
+    where the form was refused for being drawn from something changed since, shown beside what
+    was typed, so the marketer can merge the two."""
     # A refused form shows what was typed into it: the "Go back" link, and reloading the form's
     # page, find it empty. Only once its CSRF token passed, so the text is the marketer's own: a
     # database failure can come before the check.
     typed = typed_fields() if g.get("form_is_ours") else []
     page = render_template(
-        "error.html", status=exc.status, message=exc.message, unsaved_fields=typed
+        "error.html",
+        status=exc.status,
+        message=exc.message,
+        unsaved_fields=typed,
+        now_stored=now_stored,
     )
     headers = {"Retry-After": UNAVAILABLE_RETRY_AFTER} if exc.status == 503 else {}
     return page, exc.status, headers

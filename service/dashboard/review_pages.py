@@ -13,7 +13,7 @@ from werkzeug.wrappers import Response
 from generation.lint import LintReport, lint
 from service import db
 from service.copy_checks import brief_for, lint_config
-from service.dashboard.blueprint import bp, flash_about_segment, form_int, validated
+from service.dashboard.blueprint import bp, error_page, flash_about_segment, form_int, validated
 from service.dashboard.blueprint import invalidate as invalidate_snapshot
 from service.dashboard.session_auth import safe_next
 from service.errors import APIError, InvalidInput, cut, spelled_out
@@ -22,6 +22,7 @@ from service.experiments import (
     TextMoved,
     approve_edited,
     get_experiment,
+    get_variant,
     segments_of,
     text_version,
     update_variant,
@@ -147,7 +148,7 @@ def change_status(variant_id: int) -> Response:
 
 
 @bp.post("/variants/<id:variant_id>/edit")
-def edit_and_approve(variant_id: int) -> Response:
+def edit_and_approve(variant_id: int) -> Response | tuple[str, int, dict[str, str]]:
     patch = validated(VariantPatch, {"text": request.form.get("text", "")})
     assert patch.text is not None  # VariantPatch was given only text
     approve = ACTIONS["approve"]
@@ -167,7 +168,11 @@ def edit_and_approve(variant_id: int) -> Response:
             _moved_on(variant_id, approve, moved.current), current=moved.current
         ) from None
     except TextMoved:
-        raise _edited_since(variant_id) from None
+        # Someone else's edit, shown beside this one: neither is lost, and the marketer can
+        # merge them and save again from the review page.
+        db.session().rollback()
+        now = get_variant(session=db.session(), variant_id=variant_id).text
+        return error_page(_edited_since(variant_id), [(f"#{variant_id} as it now reads", now)])
     invalidate_snapshot(variant.experiment_id)
     flash(f"Variant #{variant.id} edited and approved.")
     return _return(variant.experiment_id)
