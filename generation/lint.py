@@ -287,9 +287,12 @@ def _echo(text: str, brief: Brief, config: LintConfig) -> str | None:
 
 
 # A label is the word and its colon ("Price:", "brand voice :", the full-width colon of Chinese
-# copy folded); the word alone ("the right price") is copy.
+# copy folded) where a field's label stands: first in the line, or after punctuation ("Ridgeline
+# shoes. Price: $129.", "Ridgeline shoes, price : $129"). The word alone ("the right price") is
+# copy, and so is a phrase it ends ("at a fair price: $129", "your inner voice: ..."): read
+# anywhere, such lines were refused.
 _LABEL_WORDS = "|".join(label.replace(" ", r"\s+") for label in PROMPT_LABELS)
-_LABEL = re.compile(rf"(?<!\w)({_LABEL_WORDS})\s*:", re.IGNORECASE)
+_LABEL = re.compile(rf"(?:^|(?<=[^\w\s]))\s*({_LABEL_WORDS})\s*:", re.IGNORECASE | re.MULTILINE)
 
 
 def _prompt_label(text: str, brief: Brief) -> str | None:
@@ -298,7 +301,7 @@ def _prompt_label(text: str, brief: Brief) -> str | None:
         return None
     for match in _LABEL.finditer(folded):
         if _label_key(match.group(1)) not in _own_labels(brief):
-            return f"writes the prompt's label {match.group(0)!r}"
+            return f"writes the prompt's label {folded[match.start(1) : match.end()]!r}"
     return None
 
 

@@ -39,10 +39,12 @@ _EXAMPLES = (
 EXAMPLE_BRANDS = ("Aurora", "Nimbus")
 # The labels _ask and Brief.facts() write before the brief's fields, and the names the brief's
 # fields go by on the dashboard or in the model's own words for them: it echoes one in its copy
-# ("Price: $129.", "Audience: busy parents"). "Brand voice:" and "Product description:" end in one.
+# ("Price: $129.", "Audience: busy parents").
 PROMPT_LABELS = (
     "Product",
     "Product name",
+    "Product description",
+    "Brand voice",
     "Facts",
     "Price",
     "Customer",

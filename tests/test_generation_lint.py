@@ -384,7 +384,9 @@ def test_example_brands_are_the_worked_examples_products() -> None:
         # Written by the bundled model in live runs: the prompt's field labels, echoed into copy.
         ("Ridgeline shoes for weekend trails. Price: $129.", "Price:"),
         ("Ridgeline shoes, price : $129, for weekend trails.", "price :"),
-        ("Ridgeline shoes for weekend trails. Brand voice: warm.", "voice:"),
+        ("Ridgeline shoes for weekend trails. Brand voice: warm.", "Brand voice:"),
+        ("Ridgeline shoes for weekend trails.\nPrice: $129.", "Price:"),
+        ("Ridgeline shoes for weekend trails (Price: $129).", "Price:"),
         ("Audience: hikers. Ridgeline shoes for weekend trails.", "Audience:"),
         ("Ridgeline shoes. Customer: casual weekend hikers.", "Customer:"),
         ("Ridgeline shoes, Product name: grip on weekend trails.", "Product name:"),
@@ -412,9 +414,16 @@ def test_prompt_labels_are_every_label_the_prompt_writes() -> None:
         "Ridgeline shoes at the right price for weekend trails.",
         "Ridgeline shoes: every customer gets weekend trail grip.",
         "Ridgeline shoes give your voice to weekend trails.",
+        # Marketing English puts a colon after a phrase that ends in a label's word: a label
+        # starts its line, sentence or clause, and these were refused as prompt_echo.
+        "Ridgeline shoes for weekend trails at a fair price: $129.",
+        "Same price: twice the grip. Ridgeline shoes for weekend trails.",
+        "Ridgeline shoes for one customer: the weekend hiker.",
+        "Weekend hikers, trust your inner voice: Ridgeline shoes grip wet rock.",
+        "Ridgeline shoes. The audience: every weekend hiker on the trail.",
     ],
 )
-def test_a_label_word_without_its_colon_is_copy(line: str) -> None:
+def test_a_label_word_without_its_colon_or_after_another_word_is_copy(line: str) -> None:
     assert rules(line) == set()
 
 
