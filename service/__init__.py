@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 
 from flask import Response
 from flask_openapi3 import Info, OpenAPI
@@ -102,6 +103,7 @@ def create_app(config: Mapping[str, object] | None = None) -> OpenAPI:
                 engine=app.extensions["copybandit.engine"],
                 model=settings.model,
                 submit_job=jobs.submit,
+                interval=timedelta(seconds=settings.lifecycle_interval_seconds),
             ),
         )
         app.extensions["copybandit.scheduler"] = start_background(lifecycle)

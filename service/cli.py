@@ -15,6 +15,7 @@ import tempfile
 import unicodedata
 import urllib.parse
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -486,7 +487,11 @@ def lifecycle(once: bool, generate: bool) -> None:
     settings = _settings(loads_model=generate)
     _log_to_terminal(settings)
     engine = _engine(settings)
-    report = run_lifecycle(engine=engine, model=settings.model)
+    report = run_lifecycle(
+        engine=engine,
+        model=settings.model,
+        interval=timedelta(seconds=settings.lifecycle_interval_seconds),
+    )
     acted_on = [e.segment_id for e in report.actions]
     places = _segment_places(engine, [*acted_on, *report.failed_segments])
     for event in report.actions:

@@ -33,6 +33,7 @@ from generation.model import ModelUnavailable
 from generation.similarity import DEFAULT_THRESHOLD, NgramSimilarity, most_similar
 from generation.writer import PromptTooLong, Writer
 from service.config import Settings
+from service.copy_backoff import DELIVERED_NOTHING, INTERRUPTED_PREFIX
 from service.copy_checks import brief_for, lint_config
 from service.db import database_unavailable, rows_changed
 from service.experiments import fetch, find_segment, get_experiment, segments_of
@@ -76,7 +77,8 @@ _NOT_REORDERED = (
     "(it was started by hand, so nothing orders its copy again: start another job if still wanted)"
 )
 INTERRUPTED = (
-    "interrupted: no worker finished it within an hour; its process exited or nothing ran it"
+    f"{INTERRUPTED_PREFIX}no worker finished it within an hour; its process exited or nothing "
+    "ran it"
 )
 _UNFINISHED = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 # Failures caused by the configuration or the brief, not by a bug here.
@@ -261,7 +263,9 @@ def run_job(
             finished_at=utcnow(),
             progress=1.0,
             result=result,
-            message=f"done: {_new_variants(accepted)}",
+            # No line accepted (the lint or the dedupe refused them all) is as good as a failure
+            # to the lifecycle's backoff, which reads this message (service.copy_backoff).
+            message=DELIVERED_NOTHING if accepted == 0 else f"done: {_new_variants(accepted)}",
         )
         return job
 
@@ -599,9 +603,9 @@ def _update(
 
 
 # A job this process held when it stopped: no wait for an hour, its copy is ordered again at once.
-STOPPED = "interrupted: the server stopped"
+STOPPED = f"{INTERRUPTED_PREFIX}the server stopped"
 # The same for `copybandit lifecycle --once` stopped (Ctrl-C, SIGTERM) mid-job.
-COMMAND_STOPPED = "interrupted: the command running it was stopped"
+COMMAND_STOPPED = f"{INTERRUPTED_PREFIX}the command running it was stopped"
 
 
 class JobRunner:

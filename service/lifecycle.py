@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ from sqlmodel.sql.expression import SelectOfScalar
 
 from bandits import stats
 from bandits.priors import discount_factor, empirical_bayes_prior
+from service.copy_backoff import Backoff, copy_backoff, orders_of
 from service.db import database_unavailable, rows_changed
 from service.errors import first_problem
 from service.long_briefs import hold_lifted, last_record, refusal
@@ -52,6 +53,9 @@ from service.scheduler import NotStarted
 from service.segment_guard import another_stays_active, lock_row, lock_segment
 
 log = logging.getLogger(__name__)
+
+# Settings.lifecycle_interval_seconds's default: what a pass's backoff counts from when not told.
+DEFAULT_INTERVAL = timedelta(seconds=900)
 
 
 @dataclass(frozen=True)
@@ -359,18 +363,24 @@ def run_lifecycle(
     model: str,
     submit_job: SubmitJob | None = None,
     now: datetime | None = None,
+    interval: timedelta = DEFAULT_INTERVAL,
 ) -> RunReport:
     """One pass over every experiment; each segment's changes commit on their own. `model`: as
     configured (Settings.model), which a brief held as too long for the model is judged against
-    (service.long_briefs)."""
+    (service.long_briefs). `interval`: between passes (Settings.lifecycle_interval_seconds), the
+    first wait of a segment whose ordered copy failed (service.copy_backoff)."""
     with Session(engine, expire_on_commit=False) as session:
         report, experiments = _begin_pass(session, now)
-        _pass_over(session, report, experiments, submit_job, now, model)
+        _pass_over(session, report, experiments, submit_job, now, _Ordering(model, interval))
     return report
 
 
 def scheduled_pass(
-    *, engine: sa.Engine, model: str, submit_job: SubmitJob | None = None
+    *,
+    engine: sa.Engine,
+    model: str,
+    submit_job: SubmitJob | None = None,
+    interval: timedelta = DEFAULT_INTERVAL,
 ) -> RunReport:
     """run_lifecycle for the scheduler: a pass that meets an unavailable database before its
     first segment raises NotStarted, and the process holding the slot runs it again at its next
@@ -383,8 +393,17 @@ def scheduled_pass(
             if not database_unavailable(exc):
                 raise
             raise NotStarted(str(exc.orig)) from exc
-        _pass_over(session, report, experiments, submit_job, None, model)
+        _pass_over(session, report, experiments, submit_job, None, _Ordering(model, interval))
     return report
+
+
+@dataclass(frozen=True)
+class _Ordering:
+    """What a pass judges its orders for copy by: the configured model, which a brief held as too
+    long is judged against, and the interval between passes, a backoff's first wait."""
+
+    model: str
+    interval: timedelta
 
 
 def _begin_pass(session: Session, now: datetime | None) -> tuple[RunReport, Sequence[Experiment]]:
@@ -406,13 +425,13 @@ def _pass_over(
     experiments: Sequence[Experiment],
     submit_job: SubmitJob | None,
     now: datetime | None,
-    model: str,
+    ordering: _Ordering,
 ) -> None:
     for experiment in experiments:
         report.experiments += 1
         started = time.monotonic()
         before = (len(report.actions), len(report.jobs), len(report.failed_segments))
-        passed = _pass_over_experiment(session, report, experiment, submit_job, now, model)
+        passed = _pass_over_experiment(session, report, experiment, submit_job, now, ordering)
         _log_experiment_passed(experiment, report, before, passed, time.monotonic() - started)
 
 
@@ -422,7 +441,7 @@ def _pass_over_experiment(
     experiment: Experiment,
     submit_job: SubmitJob | None,
     now: datetime | None,
-    model: str,
+    ordering: _Ordering,
 ) -> int:
     """The experiment's segments passed, each applied on its own; how many passed."""
     segments = session.exec(
@@ -455,7 +474,15 @@ def _pass_over_experiment(
                 if fold is not None:
                     report.actions.append(fold)
                     folded = True
-            events, job_id = apply_segment(session, experiment, segment, policy, at, model=model)
+            events, job_id = apply_segment(
+                session,
+                experiment,
+                segment,
+                policy,
+                at,
+                model=ordering.model,
+                interval=ordering.interval,
+            )
         except Exception as exc:
             session.rollback()
             _log_left_unchanged(experiment, segment, exc, folded=folded)
@@ -561,10 +588,12 @@ def apply_segment(
     *,
     guardrail_only: bool = False,
     model: str | None = None,
+    interval: timedelta = DEFAULT_INTERVAL,
 ) -> tuple[list[LifecycleEvent], int | None]:
     """Plan the segment (its fold, when the policy discounts, is fold_segment's) and apply the
     plan in one transaction. `model`: as configured, for a pass, whose order for copy a brief
-    held as too long for that model withholds; the guardrail orders none and needs none."""
+    held as too long for that model withholds; the guardrail orders none and needs none.
+    `interval`: between passes, the first wait after an order for copy failed."""
     now = now or utcnow()
     in_id_order = _in_id_order(segment)
     events: list[LifecycleEvent] = []
@@ -590,6 +619,7 @@ def apply_segment(
         if model is None:
             raise TypeError("apply_segment: a pass orders copy, and needs the configured model")
         actions = _unless_brief_refused(session, experiment, segment, actions, model=model)
+        actions = _unless_backing_off(session, segment, actions, now, interval)
     job_id = None
     # A pause or retirement that no longer applies is left out of the audit: on SQLite the
     # guardrail plans without a lock, so another worker's guardrail, a pass or a pause by hand can
@@ -704,6 +734,38 @@ def _unless_brief_refused(
     return [action for action in actions if action.kind != "regenerate"]
 
 
+def _unless_backing_off(
+    session: Session, segment: Segment, actions: list[Action], now: datetime, interval: timedelta
+) -> list[Action]:
+    """The plan without its order for copy while the segment's last orders failed and the next
+    waits (service.copy_backoff); the order that ends a wait says how many failed. Only logged
+    while it waits: an audit row each pass was the noise the failed jobs were."""
+    if not any(action.kind == "regenerate" for action in actions):
+        return actions
+    backoff = copy_backoff(session, segment, interval=interval)
+    if backoff is None:
+        return actions
+    if not backoff.holds_at(now, interval):
+        return [_after_failures(action, backoff) for action in actions]
+    log.warning(
+        "lifecycle: segment %s of experiment %s gets no new copy yet: %s",
+        segment.key,
+        segment.experiment_id,
+        backoff.paused(),
+    )
+    return [action for action in actions if action.kind != "regenerate"]
+
+
+def _after_failures(action: Action, backoff: Backoff) -> Action:
+    if action.kind != "regenerate":
+        return action
+    return dataclasses.replace(
+        action,
+        reason=f"{action.reason}; {backoff.resumed()}",
+        numbers={**action.numbers, "failed_in_a_row": backoff.failed_in_a_row},
+    )
+
+
 _LIFTED_BY = {"brief": "the brief changed", "model": "the configured model changed"}
 
 
@@ -767,19 +829,7 @@ def _copy_on_order(session: Session, segment: Segment) -> int:
 def jobs_it_ordered(session: Session, job_ids: Collection[int]) -> set[int]:
     """Those of the generation jobs a pass ordered (its regenerate events name them); the others
     were started by hand, and a pass orders only what its plan misses, not their copy."""
-    if not job_ids:
-        return set()
-    job_id = col(LifecycleEvent.numbers)["job_id"].as_integer()
-    experiments = select(GenerationJob.experiment_id).where(col(GenerationJob.id).in_(job_ids))
-    ordered = session.exec(
-        select(job_id).where(
-            # By experiment first: its index leaves the JSON read to that experiment's events.
-            col(LifecycleEvent.experiment_id).in_(experiments),
-            col(LifecycleEvent.action) == "regenerate",
-            job_id.in_(job_ids),
-        )
-    ).all()
-    return {int(found) for found in ordered}
+    return set(orders_of(session, job_ids))
 
 
 def _fold(

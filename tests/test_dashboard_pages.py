@@ -47,7 +47,7 @@ from service.models import (
     utcnow,
 )
 from service.reports import experiment_report
-from tests.test_lifecycle_run import held_as_too_long
+from tests.test_lifecycle_run import failed_in_a_row, held_as_too_long
 
 EMAIL = "mia@example.com"
 PASSWORD = "correct horse battery"
@@ -2586,6 +2586,23 @@ def test_the_experiment_page_says_why_a_segment_gets_no_new_copy(
         session.commit()
     page = dash.html(f"/dashboard/experiments/{eid}")
     assert texts(section(page, "tea-lovers"), "p", data_testid="no-copy") == []
+
+
+def test_the_experiment_page_says_a_segment_s_copy_waits_after_its_orders_failed(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """The passes that wait write no audit row: the page is where a marketer learns of it."""
+    ordered_at = utcnow().replace(microsecond=0) - timedelta(minutes=1)
+    with Session(app.extensions["copybandit.engine"]) as session:
+        failed_in_a_row(session, experiment, "tea-lovers", 3, last_at=ordered_at)
+    page = dash.html(f"/dashboard/experiments/{experiment['id']}")
+
+    until = ordered_at + timedelta(hours=1)
+    assert texts(section(page, "tea-lovers"), "p", data_testid="no-copy") == [
+        "The lifecycle orders no new copy for this segment: paused after 3 failed jobs in a row, "
+        f"until {until:%Y-%m-%d %H:%M} UTC."
+    ]
+    assert texts(section(page, "busy-parents"), "p", data_testid="no-copy") == []
 
 
 def test_the_page_says_a_brief_is_too_long_only_while_the_model_it_was_too_long_for_is_configured(

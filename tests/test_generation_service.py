@@ -442,6 +442,40 @@ def test_the_lifecycle_orders_no_copy_for_a_brief_too_long_until_it_changes(
     assert [(job.segment_id, job.status) for job in jobs] == [(wordy_id, "succeeded")]
 
 
+def test_a_model_that_keeps_failing_is_not_ordered_copy_each_pass_but_a_job_by_hand_runs(
+    api: Any, app: Any, experiment: dict[str, Any]
+) -> None:
+    """Before, every pass ordered each segment another job, which loaded the model and failed:
+    96 a day per segment at the default interval."""
+    broken = ScriptedWriter(GOOD, fail=True)
+    app.extensions["copybandit.jobs"].writer_factory = lambda: broken
+    failed = _lifecycle_pass(app)
+    assert [job.status for job in failed] == ["failed", "failed"]
+    tea_id = failed[0].segment_id
+
+    # The next order waits an interval (15 minutes) from this one.
+    assert _lifecycle_pass(app) == []
+
+    # The marketer mends the model: a job by hand is not held back, and its copy ends the wait.
+    broken.fail = False
+    job = _run(api, app, experiment["id"], {"segment": "tea-lovers", "n": 1})
+    assert job["status"] == "succeeded"
+    assert [(job.segment_id, job.status) for job in _lifecycle_pass(app)] == [(tea_id, "succeeded")]
+
+
+def test_a_job_whose_every_line_the_lint_refused_holds_back_the_next_order(
+    app: Any, experiment: dict[str, Any]
+) -> None:
+    refused = ScriptedWriter(["Guaranteed to cure your mornings, kettle fans!"])
+    app.extensions["copybandit.jobs"].writer_factory = lambda: refused
+    jobs = _lifecycle_pass(app)
+    assert [(job.status, job.message) for job in jobs] == [
+        ("succeeded", "done: 0 new variants")
+    ] * 2
+
+    assert _lifecycle_pass(app) == []
+
+
 def _server_on(app: Any, model: str, writer: ScriptedWriter) -> JobRunner:
     """A runner as a server configured with COPYBANDIT_MODEL=`model` has, writing with `writer`."""
     settings = dataclasses.replace(app.extensions["copybandit.settings"], model=model)

@@ -79,14 +79,17 @@ def lifecycle_events(session: Session, experiment: dict[str, Any]) -> list[Lifec
     return list(session.exec(query.order_by(col(LifecycleEvent.id))))
 
 
-def run(app: Any, submitted: list[int] | None = None, *, model: str = "") -> RunReport:
-    """A pass from a process configured with `model` (COPYBANDIT_MODEL; "" the bundled one)."""
+def run(
+    app: Any, submitted: list[int] | None = None, *, model: str = "", at: datetime = NOW
+) -> RunReport:
+    """A pass at `at` from a process configured with `model` (COPYBANDIT_MODEL; "" the bundled
+    one) and the default interval, 15 minutes."""
     engine = app.extensions["copybandit.engine"]
     return run_lifecycle(
         engine=engine,
         model=model,
         submit_job=None if submitted is None else submitted.append,
-        now=NOW,
+        now=at,
     )
 
 
@@ -448,6 +451,195 @@ def test_a_hold_recorded_under_a_relative_model_folder_holds_under_its_absolute_
     report = run(app, model=f"{tmp_path}/models/short/")
 
     assert tea not in {e.segment_id for e in report.actions if e.action == "regenerate"}
+
+
+# --- backing off from copy that keeps failing -----------------------------------------------------
+
+INTERVAL = timedelta(minutes=15)
+MODEL_ERROR = "RuntimeError: the model fell over"
+
+
+def ended_job(
+    session: Session,
+    experiment: dict[str, Any],
+    key: str,
+    *,
+    ordered_at: datetime | None,
+    status: str = "failed",
+    error: str | None = MODEL_ERROR,
+    message: str = "failed",
+) -> int:
+    """A job for the segment that ended as told, ordered by a pass at `ordered_at` (its
+    regenerate row), or started by hand when None; its id."""
+    job = GenerationJob(
+        experiment_id=experiment["id"],
+        segment_id=segment_id(session, experiment, key),
+        n=2,
+        status=status,
+        error=error if status == "failed" else None,
+        message=message,
+    )
+    session.add(job)
+    session.flush()
+    if ordered_at is not None:
+        session.add(
+            LifecycleEvent(
+                experiment_id=experiment["id"],
+                segment_id=job.segment_id,
+                action="regenerate",
+                reason="2 live variants, target 4: asking the model for 2 more",
+                numbers={"live": 2, "pending": 0, "on_order": 0, "n": 2, "job_id": job.id},
+                created_at=ordered_at,
+            )
+        )
+    session.commit()
+    return job.id  # type: ignore[return-value]
+
+
+def failed_in_a_row(
+    session: Session, experiment: dict[str, Any], key: str, n: int, *, last_at: datetime
+) -> None:
+    """`n` failed orders, a pass's interval apart, the last at `last_at`."""
+    for k in reversed(range(n)):
+        ended_job(session, experiment, key, ordered_at=last_at - k * INTERVAL)
+
+
+def tea_ordered(app: Any, session: Session, experiment: dict[str, Any], at: datetime) -> bool:
+    """Whether a pass at `at` orders tea-lovers copy."""
+    ordered = {e.segment_id for e in run(app, at=at).actions if e.action == "regenerate"}
+    return segment_id(session, experiment, TEA) in ordered
+
+
+@pytest.mark.parametrize(
+    ("failures", "waited", "ordered"),
+    [
+        (1, INTERVAL / 4, False),
+        (1, INTERVAL, True),
+        (2, INTERVAL, False),
+        (2, 2 * INTERVAL, True),
+        (3, 3 * INTERVAL, False),
+        (3, 4 * INTERVAL, True),
+        # 15 min x 2^9 is 128 h: at most a day.
+        (10, timedelta(hours=23), False),
+        (10, timedelta(hours=24), True),
+        (40, timedelta(hours=24), True),
+        # A pass's clock a moment short of the wait, as passes on interval boundaries are.
+        (2, 2 * INTERVAL - timedelta(seconds=2), True),
+    ],
+)
+def test_after_failed_orders_the_next_waits_an_interval_doubling_to_a_day(
+    app: Any,
+    session: Session,
+    experiment: dict[str, Any],
+    failures: int,
+    waited: timedelta,
+    ordered: bool,
+) -> None:
+    """Before, every pass ordered another job that failed: 96 a day per segment."""
+    failed_in_a_row(session, experiment, TEA, failures, last_at=NOW)
+
+    report = run(app, at=NOW + waited)
+
+    segments = {e.segment_id for e in report.actions if e.action == "regenerate"}
+    assert (segment_id(session, experiment, TEA) in segments) == ordered
+    # Another segment's failures hold none of its copy back.
+    assert segment_id(session, experiment, PARENTS) in segments
+
+
+@pytest.mark.parametrize("by_hand", [False, True], ids=["ordered", "by-hand"])
+def test_a_job_that_delivers_copy_ends_the_backoff(
+    app: Any, session: Session, experiment: dict[str, Any], by_hand: bool
+) -> None:
+    failed_in_a_row(session, experiment, TEA, 5, last_at=NOW)
+    ended_job(
+        session,
+        experiment,
+        TEA,
+        ordered_at=None if by_hand else NOW,
+        status="succeeded",
+        message="done: 1 new variant",
+    )
+
+    assert tea_ordered(app, session, experiment, NOW + timedelta(minutes=1))
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (
+            "failed",
+            "interrupted: the server stopped (the lifecycle orders copy still missing again)",
+        ),
+        ("failed", "interrupted: no worker finished it within an hour; its process exited"),
+        ("failed", "interrupted: the command running it was stopped"),
+        ("cancelled", None),
+        # Held as too long for the model instead (service.long_briefs).
+        ("failed", "PromptTooLong: segment tea-lovers: the prompt is 5,201 tokens"),
+    ],
+)
+def test_jobs_that_say_nothing_of_the_model_neither_count_nor_end_a_backoff(
+    app: Any, session: Session, experiment: dict[str, Any], status: str, error: str | None
+) -> None:
+    failed_in_a_row(session, experiment, TEA, 2, last_at=NOW)
+    ended_job(session, experiment, TEA, ordered_at=NOW + INTERVAL, status=status, error=error)
+    ended_job(session, experiment, TEA, ordered_at=NOW + INTERVAL, status=status, error=error)
+
+    # As after the two failures alone: two intervals from the last, not four, nor at once.
+    assert not tea_ordered(app, session, experiment, NOW + INTERVAL)
+    assert tea_ordered(app, session, experiment, NOW + 2 * INTERVAL)
+
+
+def test_a_job_started_by_hand_that_failed_does_not_count(
+    app: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    ended_job(session, experiment, TEA, ordered_at=NOW)
+    ended_job(session, experiment, TEA, ordered_at=None)
+    ended_job(session, experiment, TEA, ordered_at=None)
+
+    assert tea_ordered(app, session, experiment, NOW + INTERVAL)
+
+
+def test_a_job_whose_every_line_the_lint_refused_counts_as_failed(
+    app: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    failed_in_a_row(session, experiment, TEA, 1, last_at=NOW - INTERVAL)
+    ended_job(
+        session,
+        experiment,
+        TEA,
+        ordered_at=NOW,
+        status="succeeded",
+        message=("done: 0 new variants"),
+    )
+
+    assert not tea_ordered(app, session, experiment, NOW + INTERVAL)
+    assert tea_ordered(app, session, experiment, NOW + 2 * INTERVAL)
+
+
+def test_a_pass_backing_off_writes_no_audit_row_and_the_order_that_resumes_says_why(
+    app: Any, session: Session, experiment: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    failed_in_a_row(session, experiment, TEA, 3, last_at=NOW)
+    tea = segment_id(session, experiment, TEA)
+    written = len(lifecycle_events(session, experiment))
+
+    caplog.set_level(logging.WARNING, logger="service.lifecycle")
+    run(app, at=NOW + INTERVAL)
+
+    added = lifecycle_events(session, experiment)[written:]
+    assert [e.segment_id for e in added] == [segment_id(session, experiment, PARENTS)]
+    assert (
+        f"lifecycle: segment {TEA} of experiment {experiment['id']} gets no new copy yet: paused "
+        "after 3 failed jobs in a row, until 2026-03-14 16:09 UTC"
+    ) in caplog.messages
+
+    run(app, at=NOW + 4 * INTERVAL)
+    (resumed,) = [e for e in lifecycle_events(session, experiment)[written:] if e.segment_id == tea]
+    assert resumed.reason == (
+        "2 live variants, target 4: asking the model for 2 more; ordering again after 3 failed "
+        "jobs in a row"
+    )
+    assert resumed.numbers is not None and resumed.numbers["failed_in_a_row"] == 3
 
 
 def test_a_pass_fails_jobs_no_worker_finished_within_an_hour_and_orders_again(

@@ -17,6 +17,7 @@ from sqlmodel import Session, col, select
 from werkzeug.wrappers import Response
 
 from service import db
+from service.copy_backoff import copy_backoff
 from service.dashboard import charts
 from service.dashboard.blueprint import bp, flash_about_segment, form_int, validated
 from service.dashboard.blueprint import invalidate as invalidate_snapshot
@@ -151,9 +152,12 @@ def experiment_page(experiment_id: int, refused: RefusedForm | None = None) -> s
     # By id, which a message about a segment's copy names (flash_about_segment).
     rows = segments_of(session=session, experiment_id=experiment_id)
     ids = {segment.key: segment.id for segment in rows if segment.id is not None}
-    model = current_app.extensions["copybandit.settings"].model
+    settings = current_app.extensions["copybandit.settings"]
+    interval = timedelta(seconds=settings.lifecycle_interval_seconds)
     no_copy = {
-        segment.key: brief_refused(session, experiment, segment, model=model) for segment in rows
+        segment.key: brief_refused(session, experiment, segment, model=settings.model)
+        or _backing_off(session, segment, interval)
+        for segment in rows
     }
     return render_template(
         "experiment.html",
@@ -168,6 +172,14 @@ def experiment_page(experiment_id: int, refused: RefusedForm | None = None) -> s
         personas={segment.key: segment.description for segment in rows},
         refused=refused,
     )
+
+
+def _backing_off(session: Session, segment: Segment, interval: timedelta) -> str | None:
+    """Why the lifecycle orders the segment no copy for now, after its orders failed."""
+    backoff = copy_backoff(session, segment, interval=interval)
+    if backoff is None or not backoff.holds_at(utcnow(), interval):
+        return None
+    return backoff.paused()
 
 
 def _status_reasons(session: Session, experiment_id: int) -> dict[int, str | None]:
@@ -197,7 +209,8 @@ class SegmentView:
     purged: bool
     share_chart: charts.LineChart | None
     rate_chart: charts.LineChart | None
-    # Why the lifecycle orders no copy for it (a brief too long for the model), if it orders none.
+    # Why the lifecycle orders no copy for it (a brief too long for the model, or its last orders
+    # failed and the next waits), if it orders none.
     no_copy: str | None = None
 
 

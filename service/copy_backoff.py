@@ -1,0 +1,119 @@
+"""Backing off from ordering copy the model keeps failing to write.
+
+A pass orders a job for each segment short of live copy, and only queued or running jobs count as
+on order: with the model failing every time (a broken model folder, a model that always errors,
+the lint refusing every line, out of memory), every pass ordered another, about 96 failed jobs and
+96 "regenerate" audit rows per segment a day at the default interval, each loading the model for
+nothing. After n failed orders in a row the next one waits `interval` x 2^(n-1) from the last,
+at most BACKOFF_CAP. Only jobs a pass ordered count; a job started by hand is never held back, and
+any job that delivers copy ends the run of failures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlmodel import Session, col, select
+
+from generation.writer import PromptTooLong
+from service.models import GenerationJob, JobStatus, LifecycleEvent, Segment, jobs_covering
+
+# The longest a segment's next order waits: a day, so a model fixed overnight gets the segment
+# copy the next day at the latest, without anyone starting a job by hand.
+BACKOFF_CAP = timedelta(hours=24)
+# How a job no worker finished begins its error (the server or command stopped, or an hour
+# passed): it says nothing about the model, so it neither counts as a failure nor ends a run.
+INTERRUPTED_PREFIX = "interrupted: "
+# A job that ran to the end with every line refused (the lint, the dedupe): as good as failed.
+DELIVERED_NOTHING = "done: 0 new variants"
+# A brief too long for the model is held (service.long_briefs) until it or the model changes.
+_BRIEF_TOO_LONG = f"{PromptTooLong.__name__}: "
+# Jobs read per segment: 18 failures in a row reach the cap from a 1 s interval, so more only
+# ever repeat it.
+_JOBS_READ = 32
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """How many of the segment's pass-ordered jobs failed in a row, when the last of them was
+    ordered, and when the next order is due."""
+
+    failed_in_a_row: int
+    last_ordered_at: datetime
+    until: datetime
+
+    def holds_at(self, now: datetime, interval: timedelta) -> bool:
+        """Whether a pass at `now` still waits. Passes start on interval boundaries, give or take
+        a moment: half an interval's slack lets the pass due at `until` order, not the next."""
+        return now + interval / 2 < self.until
+
+    def paused(self) -> str:
+        return f"paused after {self._failed()}, until {self.until:%Y-%m-%d %H:%M} UTC"
+
+    def resumed(self) -> str:
+        return f"ordering again after {self._failed()}"
+
+    def _failed(self) -> str:
+        n = self.failed_in_a_row
+        return "1 failed job" if n == 1 else f"{n} failed jobs in a row"
+
+
+def backoff_after(failed_orders: Sequence[datetime], *, interval: timedelta) -> Backoff | None:
+    """When each failed order in a row was made, newest first; None without any."""
+    if not failed_orders:
+        return None
+    wait = interval
+    # Doubled one failure at a time, up to the cap: 2^(n-1) intervals overflow a timedelta.
+    for _ in failed_orders[1:]:
+        if wait >= BACKOFF_CAP:
+            break
+        wait *= 2
+    return Backoff(len(failed_orders), failed_orders[0], failed_orders[0] + min(wait, BACKOFF_CAP))
+
+
+def copy_backoff(session: Session, segment: Segment, *, interval: timedelta) -> Backoff | None:
+    """The segment's backoff, from its latest finished jobs: one read, and a second, of the
+    orders, only while the latest say the model failed."""
+    recent = session.exec(
+        select(GenerationJob.id, GenerationJob.status, GenerationJob.error, GenerationJob.message)
+        .where(
+            jobs_covering(segment),
+            col(GenerationJob.status).in_([JobStatus.SUCCEEDED.value, JobStatus.FAILED.value]),
+        )
+        .order_by(col(GenerationJob.id).desc())
+        .limit(_JOBS_READ)
+    ).all()
+    failed: list[int] = []
+    for job_id, status, error, message in recent:
+        if status == JobStatus.FAILED.value:
+            if not (error or "").startswith((INTERRUPTED_PREFIX, _BRIEF_TOO_LONG)):
+                failed.append(job_id)  # type: ignore[arg-type]
+        elif message == DELIVERED_NOTHING:
+            failed.append(job_id)  # type: ignore[arg-type]
+        else:
+            break
+    if not failed:
+        return None
+    ordered = orders_of(session, failed)
+    # A job started by hand that failed is the marketer's to see; only passes' orders wait.
+    return backoff_after([ordered[i] for i in failed if i in ordered], interval=interval)
+
+
+def orders_of(session: Session, job_ids: Collection[int]) -> dict[int, datetime]:
+    """Those of the generation jobs a pass ordered (its regenerate events name them), with when;
+    the others were started by hand."""
+    if not job_ids:
+        return {}
+    job_id = col(LifecycleEvent.numbers)["job_id"].as_integer()
+    experiments = select(GenerationJob.experiment_id).where(col(GenerationJob.id).in_(job_ids))
+    ordered = session.exec(
+        select(job_id, LifecycleEvent.created_at).where(
+            # By experiment first: its index leaves the JSON read to that experiment's events.
+            col(LifecycleEvent.experiment_id).in_(experiments),
+            col(LifecycleEvent.action) == "regenerate",
+            job_id.in_(job_ids),
+        )
+    ).all()
+    return {int(found): at for found, at in ordered}
