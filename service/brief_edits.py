@@ -38,11 +38,32 @@ _PRODUCT_FIELDS = {
 }
 
 
+class BriefMoved(Conflict):
+    """Fields an edit changes are not what the editor's page showed: someone changed them since."""
+
+    def __init__(self, current: dict[str, Any]) -> None:
+        super().__init__(
+            f"someone else changed {', '.join(current)} since this page was opened; save it "
+            "again to replace theirs"
+        )
+        # Each moved field's label ("product.price") and its stored value.
+        self.current = current
+
+
 def update_experiment(
-    *, session: Session, experiment_id: int, patch: ExperimentPatch, by: str
+    *,
+    session: Session,
+    experiment_id: int,
+    patch: ExperimentPatch,
+    by: str,
+    seen: dict[str, Any] | None = None,
 ) -> Experiment:
     """Apply the fields `patch` gives; one given with the value it has changes nothing and is left
-    out of the audit. `by` says who, for the audit ("API key k1", a marketer's email)."""
+    out of the audit. `by` says who, for the audit ("API key k1", a marketer's email). With `seen`
+    (label -> the value the editor's page showed, for the fields it changes), only while each
+    field it changes still holds that value: of two marketers changing one box, the last undid
+    the other's unseen. Raises BriefMoved then, storing nothing; a field seen stale that the edit
+    leaves as it now is refuses nothing."""
     experiment = get_experiment(session=session, experiment_id=experiment_id)
     # Two edits at once each compare with what the other left, not with what both first read, so
     # the audit's old values are the ones each replaced.
@@ -59,6 +80,10 @@ def update_experiment(
             if label in patch.product.model_fields_set
         }
     changes = _changes(experiment, wanted)
+    moved = _moved_since_seen(changes, seen or {})
+    if moved:
+        session.rollback()
+        raise BriefMoved(moved)
     if not changes:
         session.rollback()
         return experiment
@@ -148,10 +173,7 @@ def update_segment(
     segment = find_segment(session=session, experiment_id=experiment_id, key=key)
     lock_row(session, experiment)
     session.refresh(segment)
-    # Both as stored: a browser sends the page's copy back with CRLF line breaks.
-    if description_seen is not None and stored_form(description_seen) != stored_form(
-        segment.description
-    ):
+    if description_seen is not None and not _same(description_seen, segment.description):
         session.rollback()
         raise PersonaMoved(
             f"someone else changed the persona of {quoted(key)} since this page was opened; it "
@@ -181,6 +203,24 @@ def _changes(row: Any, wanted: dict[str, tuple[str, Any]]) -> dict[str, tuple[st
         for label, (column, new) in wanted.items()
         if getattr(row, column) != new
     }
+
+
+def _moved_since_seen(
+    changes: dict[str, tuple[str, Any, Any]], seen: dict[str, Any]
+) -> dict[str, Any]:
+    """label -> stored value for each field changing from a value other than the one seen."""
+    return {
+        label: old
+        for label, (_, old, _) in changes.items()
+        if label in seen and not _same(seen[label], old)
+    }
+
+
+def _same(seen: Any, stored: Any) -> bool:
+    # Text as stored: a browser sends the page's copy back with CRLF line breaks.
+    if isinstance(seen, str) and isinstance(stored, str):
+        return stored_form(seen) == stored_form(stored)
+    return bool(seen == stored)
 
 
 def _edited(by: str, changes: dict[str, tuple[str, Any, Any]]) -> str:

@@ -31,7 +31,7 @@ from werkzeug.serving import make_server
 
 from generation.writer import Sample
 from service import create_app
-from service.brief_edits import update_segment
+from service.brief_edits import update_experiment, update_segment
 from service.config import Settings
 from service.copy_checks import lint_config
 from service.dashboard.experiment_pages import CSV_COLUMNS
@@ -53,7 +53,15 @@ from service.models import (
     utcnow,
 )
 from service.reports import experiment_report
-from service.schemas import DecideIn, EventIn, ExperimentCreate, VariantCreate, VariantPatch
+from service.schemas import (
+    DecideIn,
+    EventIn,
+    ExperimentCreate,
+    ExperimentPatch,
+    ProductPatch,
+    VariantCreate,
+    VariantPatch,
+)
 from service.snapshot import SnapshotCache
 
 pytestmark = pytest.mark.slow
@@ -131,6 +139,10 @@ class Site:
     def segment_description(self, experiment_id: int, key: str) -> str:
         with self.session() as session:
             return find_segment(session=session, experiment_id=experiment_id, key=key).description
+
+    def brand_voice(self, experiment_id: int) -> str | None:
+        with self.session() as session:
+            return session.get_one(Experiment, experiment_id).brand_voice
 
     def segment_variants(self, experiment_id: int, key: str) -> list[Variant]:
         with self.session() as session:
@@ -1053,6 +1065,51 @@ def test_a_persona_changed_in_another_browser_since_is_refused_keeping_both(
         "Saved the persona of tea-lovers."
     )
     assert site.segment_description(experiment_id, "tea-lovers") == "Tea at 80 °C, loose-leaf."
+
+
+def test_a_brief_box_changed_in_another_browser_since_is_refused_keeping_both(
+    page: Page, site: Site
+) -> None:
+    """Two marketers set one brand voice: the second save replaced the first's without a word.
+    The description has two lines, which the browser sends back with CRLF: saved again,
+    knowingly, the form must not be taken for one drawn from another description."""
+    experiment_id, _ = make_experiment(site)
+    edit(site, experiment_id, product=ProductPatch(description="A glass kettle.\nBoils fast."))
+    page.goto(f"/dashboard/experiments/{experiment_id}")
+    page.get_by_text("Edit brief").click()
+    page.get_by_label("Product description").fill("A glass kettle, 1.7 litres.")
+    page.get_by_label("Brand voice (optional)").fill("Calm, precise.")
+    edit(site, experiment_id, brand_voice="Playful.")
+
+    with page.expect_response(re.compile(r"/brief$")) as answer:
+        page.get_by_role("button", name="Save brief").click()
+
+    assert answer.value.status == 409
+    error = page.locator(".edit-brief").get_by_test_id("error")
+    expect(error).to_have_text(
+        "someone else changed the brand voice (now 'Playful.') since this page was opened; what "
+        "you typed is kept below: save it again to replace theirs"
+    )
+    expect(error).to_be_focused()
+    expect(page.get_by_label("Brand voice (optional)")).to_have_value("Calm, precise.")
+    assert site.brand_voice(experiment_id) == "Playful."
+
+    page.get_by_role("button", name="Save brief").click()
+
+    expect(flash(page)).to_have_text("Saved the brief.")
+    assert site.brand_voice(experiment_id) == "Calm, precise."
+    expect(page.locator("p.product")).to_contain_text("A glass kettle, 1.7 litres.")
+
+
+def edit(site: Site, experiment_id: int, **fields: Any) -> None:
+    """Another marketer's edit of the brief, from their own browser."""
+    with site.session() as session:
+        update_experiment(
+            session=session,
+            experiment_id=experiment_id,
+            patch=ExperimentPatch(**fields),
+            by="ola@example.com",
+        )
 
 
 # --- untrusted copy -------------------------------------------------------------------------

@@ -3939,6 +3939,12 @@ def test_the_brief_form_saves_what_was_changed_and_audits_it_under_the_marketer(
     assert "Saved the brief." in flashes(dash.html(page))
 
 
+def brief_columns(app: Any, experiment_id: int) -> tuple[str, float | None, str | None]:
+    """The name, price and brand voice stored."""
+    stored_now = fresh(app, Experiment, experiment_id)
+    return (stored_now.name, stored_now.product_price, stored_now.brand_voice)
+
+
 def test_the_brief_form_leaves_alone_what_someone_changed_since_the_page_was_drawn(
     dash: Dashboard, api: Any, app: Any, experiment: dict[str, Any]
 ) -> None:
@@ -3953,10 +3959,63 @@ def test_the_brief_form_leaves_alone_what_someone_changed_since_the_page_was_dra
 
     assert dash.post(f"{page}/brief", form).status_code == 303
 
+    assert brief_columns(app, experiment["id"]) == ("Renamed", 39.0, "Warm.")
+
+
+def test_a_brief_box_changed_since_the_page_was_opened_is_not_overwritten(
+    dash: Dashboard, api: Any, app: Any, experiment: dict[str, Any]
+) -> None:
+    """Two marketers open the page and change the same boxes: the last save replaced the other's
+    price and brand voice without a word. It is refused naming them and what they now hold, the
+    form keeping what was typed and showing the name changed since too; saved again, knowingly,
+    it replaces theirs and leaves the name alone."""
+    page = f"/dashboard/experiments/{experiment['id']}"
+    mine = {"price": "45.50", "brand_voice": "Warm <and> calm."}
+    form = brief_form(dash.html(page), **mine)
+    changed = api.patch(
+        f"/v1/experiments/{experiment['id']}",
+        json={"name": "Renamed", "brand_voice": "Playful.", "product": {"price": 39.0}},
+    )
+    assert changed.status_code == 200, changed.get_json()
+    before = stored(app)
+
+    response = dash.post(f"{page}/brief", form)
+
+    assert response.status_code == 409
+    assert stored(app) == before
+    html = response.get_data(as_text=True)
+    assert texts(html, id="form-error") == [
+        "someone else changed the price (now '39.0') and the brand voice (now 'Playful.') since "
+        "this page was opened; what you typed is kept below: save it again to replace theirs"
+    ]
+    assert '<details class="edit-brief" open>' in html
+    shown_again = brief_form(html)
+    assert {box: shown_again[box] for box in mine} == mine
+    assert (shown_again["name"], shown_again["was_name"]) == ("Renamed", "Renamed")
+    assert (shown_again["was_price"], shown_again["was_brand_voice"]) == ("39.0", "Playful.")
+
+    again = dash.post(f"{page}/brief", shown_again)
+
+    assert again.status_code == 303, error_text(again)
+    assert brief_columns(app, experiment["id"]) == ("Renamed", 45.5, "Warm <and> calm.")
+
+
+def test_a_brief_box_changed_since_to_what_was_typed_is_not_refused(
+    dash: Dashboard, api: Any, app: Any, experiment: dict[str, Any]
+) -> None:
+    """Both marketers made the same change: neither loses anything, so neither is told off."""
+    page = f"/dashboard/experiments/{experiment['id']}"
+    form = brief_form(dash.html(page), price="45.50", auto_approve="on", brand_voice="Warm.")
+    theirs = {"product": {"price": 45.5}, "auto_approve": True}
+    assert api.patch(f"/v1/experiments/{experiment['id']}", json=theirs).status_code == 200
+
+    response = dash.post(f"{page}/brief", form)
+
+    assert response.status_code == 303, error_text(response)
     stored_now = fresh(app, Experiment, experiment["id"])
-    assert (stored_now.name, stored_now.product_price, stored_now.brand_voice) == (
-        "Renamed",
-        39.0,
+    assert (stored_now.product_price, stored_now.auto_approve, stored_now.brand_voice) == (
+        45.5,
+        True,
         "Warm.",
     )
 

@@ -10,7 +10,14 @@ from flask import flash, g, request
 from werkzeug.wrappers import Response
 
 from service import db
-from service.brief_edits import PersonaMoved, add_segment, update_experiment, update_segment
+from service.brief_edits import (
+    SHOWN_CHARS,
+    BriefMoved,
+    PersonaMoved,
+    add_segment,
+    update_experiment,
+    update_segment,
+)
 from service.dashboard.blueprint import bp, flash_about_segment, validated
 from service.dashboard.blueprint import invalidate as invalidate_snapshot
 from service.dashboard.experiment_pages import (
@@ -19,7 +26,9 @@ from service.dashboard.experiment_pages import (
     form_price,
     refused_form,
 )
-from service.errors import APIError, spelled_out
+from service.errors import APIError, Conflict, cut, quoted, spelled_out
+from service.experiments import get_experiment
+from service.models import Experiment
 from service.schemas import ExperimentPatch, SegmentIn, SegmentPatch
 
 # The brief form's boxes. Each comes with a hidden "was_<box>": what the page showed in it.
@@ -32,6 +41,30 @@ BRIEF_BOXES = (
     "brand_voice",
     "auto_approve",
 )
+# Each box as a refusal names it.
+_BOX_NAMES = {
+    "name": "the experiment name",
+    "product_name": "the product name",
+    "product_description": "the product description",
+    "price": "the price",
+    "product_url": "the product URL",
+    "brand_voice": "the brand voice",
+    "auto_approve": "serving generated copy without review",
+}
+
+
+@bp.app_template_global()
+def brief_boxes(experiment: Experiment) -> dict[str, str]:
+    """What the brief form's boxes show for `experiment`, as the browser sends them back."""
+    return {
+        "name": experiment.name,
+        "product_name": experiment.product_name,
+        "product_description": experiment.product_description,
+        "price": "" if experiment.product_price is None else str(experiment.product_price),
+        "product_url": experiment.product_url or "",
+        "brand_voice": experiment.brand_voice or "",
+        "auto_approve": "on" if experiment.auto_approve else "",
+    }
 
 
 @bp.post("/experiments/<id:experiment_id>/brief")
@@ -52,8 +85,14 @@ def edit_brief(experiment_id: int) -> Response | tuple[str, int]:
             return back_to(experiment_id)
         patch = validated(ExperimentPatch, _brief_patch(form, changed))
         update_experiment(
-            session=db.session(), experiment_id=experiment_id, patch=patch, by=_by_marketer()
+            session=db.session(),
+            experiment_id=experiment_id,
+            patch=patch,
+            by=_by_marketer(),
+            seen=_labelled(_brief_patch(shown, changed)),
         )
+    except BriefMoved as moved:
+        return _refused_as_moved(experiment_id, moved, changed)
     except APIError as exc:
         return refused_form(experiment_id, "brief", exc, box_for(exc.field))
     flash("Saved the brief.")
@@ -79,6 +118,42 @@ def _brief_patch(form: dict[str, str], changed: set[str]) -> dict[str, Any]:
     if "auto_approve" in changed:
         patch["auto_approve"] = form["auto_approve"] == "on"
     return patch
+
+
+def _labelled(patch: dict[str, Any]) -> dict[str, Any]:
+    """ExperimentPatch's shape under the labels of update_experiment's `seen` ("product.url")."""
+    product = patch.get("product", {})
+    top = {field: value for field, value in patch.items() if field != "product"}
+    return top | {f"product.{field}": value for field, value in product.items()}
+
+
+def _refused_as_moved(experiment_id: int, moved: BriefMoved, changed: set[str]) -> tuple[str, int]:
+    """The form again, what was typed kept, the boxes changed since named with what they now hold.
+    Every box and what it says the page showed is as stored now, but for the marketer's own
+    changes: saved again, it replaces the others' knowingly, and undoes none they did not see."""
+    db.session().rollback()
+    now = brief_boxes(get_experiment(session=db.session(), experiment_id=experiment_id))
+    named = {box_for(label) for label in moved.current}
+    moved_boxes = [box for box in BRIEF_BOXES if box in named]
+    said = [f"{_BOX_NAMES[box]} ({_now_said(box, now[box])})" for box in moved_boxes]
+    refusal = Conflict(
+        f"someone else changed {_listed(said)} since this page was opened; what you typed is "
+        "kept below: save it again to replace theirs"
+    )
+    seen_now = {f"was_{box}": text for box, text in now.items()} | {
+        box: text for box, text in now.items() if box not in changed
+    }
+    return refused_form(experiment_id, "brief", refusal, None, seen_now)
+
+
+def _listed(items: list[str]) -> str:
+    return " and ".join([", ".join(items[:-1]), items[-1]] if len(items) > 1 else items)
+
+
+def _now_said(box: str, text: str) -> str:
+    if box == "auto_approve":
+        return "now on" if text else "now off"
+    return f"now {quoted(cut(text, SHOWN_CHARS))}" if text else "now empty"
 
 
 @bp.post("/experiments/<id:experiment_id>/segments")
