@@ -9,12 +9,15 @@ A brief the model found too long is held back from the lifecycle until it change
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from service.errors import Conflict, cut, quoted
+from service.errors import Conflict, PreconditionFailed, cut, quoted
 from service.experiments import find_segment, flush_named, get_experiment
 from service.models import Experiment, LifecycleEvent, Segment
 from service.schemas import MAX_SEGMENTS, ExperimentPatch, SegmentIn, stored_form
@@ -57,17 +60,26 @@ def update_experiment(
     patch: ExperimentPatch,
     by: str,
     seen: dict[str, Any] | None = None,
+    etag_matches: Callable[[str], bool] | None = None,
 ) -> Experiment:
     """Apply the fields `patch` gives; one given with the value it has changes nothing and is left
     out of the audit. `by` says who, for the audit ("API key k1", a marketer's email). With `seen`
     (label -> the value the editor's page showed, for the fields it changes), only while each
     field it changes still holds that value: of two marketers changing one box, the last undid
     the other's unseen. Raises BriefMoved then, storing nothing; a field seen stale that the edit
-    leaves as it now is refuses nothing."""
+    leaves as it now is refuses nothing. With `etag_matches` (an If-Match), only while it takes
+    the brief's ETag (brief_etag): raises PreconditionFailed otherwise, storing nothing."""
     experiment = get_experiment(session=session, experiment_id=experiment_id)
     # Two edits at once each compare with what the other left, not with what both first read, so
     # the audit's old values are the ones each replaced.
     lock_row(session, experiment)
+    if etag_matches is not None and not etag_matches(brief_etag(experiment)):
+        session.rollback()
+        raise PreconditionFailed(
+            f"experiment {experiment_id}'s brief is no longer the one your If-Match names: "
+            "someone changed it since you read it; GET it again for its ETag",
+            field="If-Match",
+        )
     wanted: dict[str, tuple[str, Any]] = {
         label: (column, getattr(patch, label))
         for label, column in _EXPERIMENT_FIELDS.items()
@@ -95,6 +107,17 @@ def update_experiment(
     session.add(_edit_event(experiment_id, None, _edited(by, changes), list(changes)))
     session.commit()
     return experiment
+
+
+def brief_etag(experiment: Experiment) -> str:
+    """A strong ETag of what PATCH /v1/experiments/<id> can change, quoted as the header writes it:
+    a client's If-Match names the brief it read, and stays good while nothing of it changes."""
+    brief = {
+        column: getattr(experiment, column)
+        for column in [*_EXPERIMENT_FIELDS.values(), *_PRODUCT_FIELDS.values()]
+    }
+    digest = hashlib.sha256(json.dumps(brief, sort_keys=True).encode()).hexdigest()
+    return f'"{digest[:32]}"'
 
 
 def add_segment(*, session: Session, experiment_id: int, segment_in: SegmentIn, by: str) -> Segment:

@@ -23,6 +23,7 @@ HTTP_CODES = {
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
+    412: "precondition_failed",
     413: "payload_too_large",
     415: "unsupported_media_type",
     429: "rate_limited",
@@ -102,6 +103,11 @@ class NotFound(APIError):
 class Conflict(APIError):
     status = 409
     code = "conflict"
+
+
+class PreconditionFailed(APIError):
+    status = 412
+    code = "precondition_failed"
 
 
 class RateLimited(APIError):

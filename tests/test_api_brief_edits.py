@@ -385,3 +385,68 @@ def test_an_unknown_segment_key_is_quoted_cut_short_in_the_404(api: Any) -> None
     assert f"'{longest}'" in answers[0].get_json()["message"]
     message = answers[1].get_json()["message"]
     assert message == f"experiment {created['id']} has no segment '{'q' * 47}…'"
+
+
+def _patch_if_match(api: Any, experiment_id: int, etag: str, body: dict[str, Any]) -> Any:
+    return api.client.patch(
+        f"/v1/experiments/{experiment_id}",
+        json=body,
+        headers={**api._headers("admin"), "If-Match": etag},
+    )
+
+
+def test_a_patch_with_if_match_applies_while_the_brief_is_the_one_read(api: Any) -> None:
+    created = api.create_experiment()
+    read = api.get(f"/v1/experiments/{created['id']}")
+    etag = read.headers["ETag"]
+    # Copy added is not the brief: the ETag a client holds stays good.
+    api.post(
+        f"/v1/experiments/{created['id']}/variants",
+        json={"segment": "tea-lovers", "text": "Tea, sooner."},
+    )
+    assert api.get(f"/v1/experiments/{created['id']}").headers["ETag"] == etag
+
+    response = _patch_if_match(api, created["id"], etag, {"brand_voice": "Warm."})
+
+    assert response.status_code == 200, response.get_json()
+    assert response.json["brand_voice"] == "Warm."
+    assert response.headers["ETag"] not in {etag, None}
+    assert response.headers["ETag"] == api.get(f"/v1/experiments/{created['id']}").headers["ETag"]
+
+
+@pytest.mark.parametrize("stale", ["read", "weak", "other"])
+def test_a_patch_whose_if_match_names_a_brief_changed_since_is_refused_412(
+    api: Any, stale: str
+) -> None:
+    """Two clients read the brief and each set the price: the second replaced the first's
+    without a word. With If-Match, the second is refused and stores nothing."""
+    created = api.create_experiment()
+    read = api.get(f"/v1/experiments/{created['id']}").headers["ETag"]
+    theirs = _patch_if_match(api, created["id"], read, {"product": {"price": 39.0}})
+    assert theirs.status_code == 200, theirs.get_json()
+    etag = {"read": read, "weak": f"W/{theirs.headers['ETag']}", "other": '"x", "y"'}[stale]
+    before = api.get(f"/v1/experiments/{created['id']}").get_json()
+    trail = _edits(api, created["id"])
+
+    response = _patch_if_match(api, created["id"], etag, {"product": {"price": 45.0}})
+
+    assert response.status_code == 412
+    assert response.get_json() == {
+        "error": "precondition_failed",
+        "message": f"experiment {created['id']}'s brief is no longer the one your If-Match names: "
+        "someone changed it since you read it; GET it again for its ETag",
+        "field": "If-Match",
+    }
+    assert api.get(f"/v1/experiments/{created['id']}").get_json() == before
+    assert _edits(api, created["id"]) == trail
+
+
+def test_a_patch_with_if_match_star_or_none_is_not_held_back(api: Any) -> None:
+    created = api.create_experiment()
+    api.patch(f"/v1/experiments/{created['id']}", json={"brand_voice": "Calm."})
+
+    starred = _patch_if_match(api, created["id"], "*", {"brand_voice": "Warm."})
+    without = api.patch(f"/v1/experiments/{created['id']}", json={"brand_voice": "Wry."})
+
+    assert (starred.status_code, without.status_code) == (200, 200)
+    assert without.get_json()["brand_voice"] == "Wry."

@@ -51,9 +51,12 @@ class Contract:
         key: str | None = "admin",
         json: Any = None,
         query: str = "",
+        headers: dict[str, str] | None = None,
         **ids: Any,
     ) -> Any:
-        headers = {} if key is None else {"Authorization": f"Bearer {self.keys.get(key, key)}"}
+        headers = dict(headers or {})
+        if key is not None:
+            headers["Authorization"] = f"Bearer {self.keys.get(key, key)}"
         response = client.open(
             template.format(**ids) + query, method=method.upper(), json=json, headers=headers
         )
@@ -201,6 +204,8 @@ def test_every_operation_answers_as_documented(
     send(client, "post", "/v1/decide", key="serve", json={"experiment": 999999})
     send(client, "post", "/v1/events", key="serve", json=unknown)
     send(client, "patch", one, experiment_id=eid, json={"name": "Mugs"})
+    stale = {"If-Match": '"not-the-brief"'}
+    send(client, "patch", one, experiment_id=eid, json={"name": "Jugs"}, headers=stale)
     send(
         client,
         "patch",
@@ -221,7 +226,7 @@ def test_every_operation_answers_as_documented(
     send(down, "post", "/v1/decide", key="cb_0123456789abcdef_secret", json={"experiment": 1})
 
     assert contract.problems == []
-    assert {400, 401, 403, 404, 409, 429, 503} <= contract.statuses
+    assert {400, 401, 403, 404, 409, 412, 429, 503} <= contract.statuses
     documented = {
         (method, path)
         for path, operations in contract.spec["paths"].items()

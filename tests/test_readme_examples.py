@@ -25,8 +25,9 @@ CURL = re.compile(
 )
 
 
-def _examples() -> list[tuple[str, str, Any]]:
-    """(method, path, JSON body or None) of each curl call in those sections, in order."""
+def _examples() -> list[tuple[str, str, Any, bool]]:
+    """(method, path, JSON body or None, whether it sends the ETag read as If-Match) of each curl
+    call in those sections, in order."""
     text = README.read_text()
     part = text[text.index(FIRST) : text.index(LAST)]
     calls = []
@@ -41,7 +42,8 @@ def _examples() -> list[tuple[str, str, Any]]:
             assert call is not None, command
             body = json.loads(call["body"]) if call["body"] else None
             method = call["method"] or ("POST" if body is not None else "GET")
-            calls.append((method, call["path"].strip('"'), body))
+            if_match = '-H "If-Match: $etag"' in command
+            calls.append((method, call["path"].strip('"'), body, if_match))
     return calls
 
 
@@ -50,10 +52,18 @@ def test_the_readme_examples_from_creating_an_experiment_to_pausing_a_variant_wo
 ) -> None:
     seed_demo(session=session)  # experiment 1 and its variants, as `copybandit init` makes them
     calls = _examples()
-    # The brief's, a persona's and a variant's.
-    assert [m for m, _, _ in calls].count("PATCH") == 3
+    # The brief's, a persona's, the brief's with If-Match and a variant's.
+    assert [m for m, _, _, _ in calls].count("PATCH") == 4
+    assert [if_match for _, _, _, if_match in calls].count(True) == 1
 
-    for method, path, body in calls:
+    for method, path, body, if_match in calls:
+        if if_match:
+            # As `etag=$(curl -s -o /dev/null -D - ...)` reads it.
+            etag = api.get(path).headers["ETag"]
+            headers = {**api._headers("admin"), "If-Match": etag}
+            response = api.client.open(path, method=method, json=body, headers=headers)
+            assert response.status_code == 200, response.get_json()
+            continue
         send = getattr(api, method.lower())
         response = send(path) if body is None else send(path, json=body)
         # Before, the PATCH paused the new experiment's only tea-lovers variant: 409, "this is the

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from flask import current_app, g, request
 from flask_openapi3 import APIBlueprint
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 from werkzeug.routing import BaseConverter
 
 from service.auth import require_key
@@ -71,7 +73,46 @@ class PathIdConverter(BaseConverter):
         return int(value) if _CANONICAL_ID.fullmatch(value) else value
 
 
-def responses(*, rate_limited: bool = False, **ok: type[BaseModel]) -> dict[Any, Any]:
+def with_etag(model: type[BaseModel]) -> dict[str, Any]:
+    """A success answer in `model` with its ETag header documented (see retry_later)."""
+    return {
+        "content": {
+            "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+        },
+        "headers": {
+            "ETag": {
+                "description": "the state a PATCH can change, for its If-Match",
+                "required": True,
+                "schema": {"type": "string"},
+            }
+        },
+    }
+
+
+class IfMatch(BaseModel):
+    """The precondition a PATCH may carry."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    # Documented as the string a header is; absent, the PATCH has no precondition.
+    if_match: str | SkipJsonSchema[None] = Field(
+        default=None,
+        alias="If-Match",
+        description=(
+            "the ETag of the resource as last read: the change is refused (412, nothing stored) "
+            "if it has changed since; without it, the last change wins"
+        ),
+    )
+
+
+def etag_matches() -> Callable[[str], bool] | None:
+    """The request's If-Match as a test of the resource's ETag; None when it has none."""
+    if "If-Match" not in request.headers:
+        return None
+    return request.if_match.contains_raw
+
+
+def responses(*, rate_limited: bool = False, **ok: Any) -> dict[Any, Any]:
     """The endpoint's documented answers: its success, the errors every authenticated endpoint
     can give, and 429 where the key's request budget applies (decide and events only)."""
     limited = (

@@ -11,8 +11,16 @@ from flask_openapi3 import APIBlueprint, Tag
 from sqlmodel import Session
 
 from service import db
-from service.api.common import BEARER, guarded, json_of, responses
-from service.brief_edits import add_segment, update_experiment, update_segment
+from service.api.common import (
+    BEARER,
+    IfMatch,
+    etag_matches,
+    guarded,
+    json_of,
+    responses,
+    with_etag,
+)
+from service.brief_edits import add_segment, brief_etag, update_experiment, update_segment
 from service.copy_checks import lint_config
 from service.experiments import (
     add_variant,
@@ -35,6 +43,7 @@ from service.schemas import (
     AuditEvent,
     AuditQuery,
     AuditTrail,
+    ErrorOut,
     ExperimentCreate,
     ExperimentList,
     ExperimentListQuery,
@@ -170,12 +179,18 @@ def index(query: ExperimentListQuery) -> tuple[dict[str, Any], int]:
     return listed.model_dump(mode="json", exclude=_NO_AUDIT), 200
 
 
-@api.get("/experiments/<path_id:experiment_id>", responses=responses(_200=ExperimentOut))
-def show(path: ExperimentPath) -> tuple[dict[str, Any], int]:
-    """One experiment with its segments and variants."""
+@api.get("/experiments/<path_id:experiment_id>", responses=responses(_200=with_etag(ExperimentOut)))
+def show(path: ExperimentPath) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """One experiment with its segments and variants; its ETag is its brief's, for an If-Match."""
     session = db.session()
     experiment = get_experiment(session=session, experiment_id=path.experiment_id)
-    return json_of(_experiment_out(session, experiment))
+    return _with_brief_etag(session, experiment)
+
+
+def _with_brief_etag(
+    session: Session, experiment: Experiment
+) -> tuple[dict[str, Any], int, dict[str, str]]:
+    return *json_of(_experiment_out(session, experiment)), {"ETag": brief_etag(experiment)}
 
 
 def _by_key() -> str:
@@ -183,16 +198,26 @@ def _by_key() -> str:
     return f"API key {g.api_key_id}"
 
 
-@api.patch("/experiments/<path_id:experiment_id>", responses=responses(_200=ExperimentOut))
-def patch(path: ExperimentPath, body: ExperimentPatch) -> tuple[dict[str, Any], int]:
+@api.patch(
+    "/experiments/<path_id:experiment_id>",
+    responses={**responses(_200=with_etag(ExperimentOut)), 412: ErrorOut},
+)
+def patch(
+    path: ExperimentPath, body: ExperimentPatch, header: IfMatch
+) -> tuple[dict[str, Any], int, dict[str, str]]:
     # No blank line after the summary: see patch_policy.
     """Change the name, product, brand voice or auto-approval; fields not given keep their values.
-    Each change is an `edit` in the audit trail, with who made it and the old and new values."""
+    Each change is an `edit` in the audit trail, with who made it and the old and new values.
+    With If-Match, only while the brief's ETag is the one it names (412 otherwise)."""
     session = db.session()
     experiment = update_experiment(
-        session=session, experiment_id=path.experiment_id, patch=body, by=_by_key()
+        session=session,
+        experiment_id=path.experiment_id,
+        patch=body,
+        by=_by_key(),
+        etag_matches=etag_matches(),
     )
-    return json_of(_experiment_out(session, experiment))
+    return _with_brief_etag(session, experiment)
 
 
 @api.post("/experiments/<path_id:experiment_id>/segments", responses=responses(_201=SegmentOut))
