@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -1328,8 +1329,11 @@ def test_a_jobs_page_says_when_it_cannot_follow_the_job(page: Page, site: Site) 
     progress = f"**/dashboard/jobs/{job_id}/progress"
     page.route(progress, lambda route: route.fulfill(status=503, body="down"))
     # The page's timers run on a clock the test moves: waited out for real, the backoff alone
-    # took 14 of the test's 16 seconds.
-    page.clock.install()
+    # took 14 of the test's 16 seconds. Paused, or the clock also ran on real time, and on a busy
+    # machine the next check came before the test looked for the message it replaced.
+    now = datetime.now(UTC)
+    page.clock.install(time=now)
+    page.clock.pause_at(now + timedelta(seconds=1))
     page.goto(f"/dashboard/jobs/{job_id}")
     problem = page.locator(".job-poll-problem")
     page.clock.run_for(2_000)
