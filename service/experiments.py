@@ -172,13 +172,9 @@ def _is_segment_key(key: str) -> bool:
 def add_variant(*, session: Session, experiment_id: int, variant_create: VariantCreate) -> Variant:
     experiment = get_experiment(session=session, experiment_id=experiment_id)
     segment = find_segment(session=session, experiment_id=experiment_id, key=variant_create.segment)
-    # One add at a time in a segment: two requests at once (a double click on "Add and serve")
-    # each found no twin, or no control, and both stored theirs.
-    lock_row(session, segment)
-    twin = _same_copy(session, segment.id, variant_create.text)  # type: ignore[arg-type]
-    if twin is not None:
-        session.rollback()
-        raise _twin_refused(twin, segment.key)
+    # The segment's lock, taken there, holds other adds back until this one is stored: two at
+    # once (a double click on "Add and serve") each found no control, and both stored theirs.
+    _refuse_twin(session, segment, variant_create.text)
     # A second control was never guarded against nor retirable.
     if variant_create.origin == Origin.CONTROL and _has_control(session, segment.id):  # type: ignore[arg-type]
         session.rollback()
@@ -244,13 +240,14 @@ def _undo_discounting(session: Session, experiment_id: int) -> None:
     )
 
 
-# The copy hand-written copy may not repeat: a second variant with the same text splits one line's
-# traffic and evidence between two arms, and is what submitting the form twice (Back, then Add
-# again) left. Paused copy counts: resuming it keeps its evidence. Retired and rejected copy does
-# not: neither comes back (see _TRANSITIONS), so writing the text again is the one way to serve it
-# again, a person's decision, and it starts on fresh evidence. Generation refuses more (any
-# variant of the segment, retired ones included, and lines a word apart: generation_jobs), since
-# a model reheating copy the lifecycle retired spends traffic without a person asking for it.
+# The copy hand-written copy, or an edit of pending copy, may not repeat: a second variant with
+# the same text splits one line's traffic and evidence between two arms, and is what submitting
+# the form twice (Back, then Add again) left, or an edit of a generated line into its neighbour.
+# Paused copy counts: resuming it keeps its evidence. Retired and rejected copy does not: neither
+# comes back (see _TRANSITIONS), so writing the text again is the one way to serve it again, a
+# person's decision, and it starts on fresh evidence. Generation refuses more (any variant of the
+# segment, retired ones included, and lines a word apart: generation_jobs), since a model
+# reheating copy the lifecycle retired spends traffic without a person asking for it.
 _TWIN_STATUSES = (VariantStatus.ACTIVE, VariantStatus.PAUSED, VariantStatus.PENDING_REVIEW)
 _TWIN_HINTS = {
     VariantStatus.ACTIVE: "it is being served",
@@ -259,16 +256,35 @@ _TWIN_HINTS = {
 }
 
 
-def _same_copy(session: Session, segment_id: int, text: str) -> tuple[int, VariantStatus] | None:
-    """The id and status of the segment's live, paused or pending variant whose text is `text`
-    (which the schema has normalised), read in the same form: copy stored before generated lines
-    were NFC may not be."""
+def _refuse_twin(
+    session: Session, segment: Segment, text: str, *, editing: int | None = None
+) -> None:
+    """Raise a 409 naming text, rolled back, when the segment has copy `text` would repeat
+    (`editing`: the variant the text is for, which is no twin of itself). Takes the segment's
+    lock (lock_row), held to the end of the transaction: two adds or edits at once each found no
+    twin before either had stored its text, and both stored it."""
+    lock_row(session, segment)
+    twin = _same_copy(session, segment.id, text, other_than=editing)  # type: ignore[arg-type]
+    if twin is not None:
+        session.rollback()
+        raise _twin_refused(twin, segment.key)
+
+
+def _same_copy(
+    session: Session, segment_id: int, text: str, *, other_than: int | None = None
+) -> tuple[int, VariantStatus] | None:
+    """The id and status of the segment's live, paused or pending variant, other than
+    `other_than`, whose text is `text` (which the schema has normalised), read in the same form:
+    copy stored before generated lines were NFC may not be."""
+    kept = [
+        col(Variant.segment_id) == segment_id,
+        col(Variant.status).in_([status.value for status in _TWIN_STATUSES]),
+    ]
+    if other_than is not None:
+        kept.append(col(Variant.id) != other_than)
     query = (
         sa.select(col(Variant.id), col(Variant.text), col(Variant.status))
-        .where(
-            col(Variant.segment_id) == segment_id,
-            col(Variant.status).in_([status.value for status in _TWIN_STATUSES]),
-        )
+        .where(*kept)
         .order_by(col(Variant.id))
     )
     for variant_id, stored, status in session.execute(query):
@@ -350,7 +366,8 @@ def update_variant(
     one of those statuses; with `text_seen` (a `text_version`), only to one whose text is still
     that. The update below is conditional on the status and text read here, so a change that
     lands meanwhile is refused too. A text edit needs `lint_config`: the new text's lint replaces
-    the generated line's in the variant's audit.
+    the generated line's in the variant's audit; it is refused (409, text) where another variant
+    of the segment has that text, as an add is.
     """
     variant = get_variant(session=session, variant_id=variant_id)
     current = VariantStatus(variant.status)
@@ -368,6 +385,7 @@ def update_variant(
             raise TypeError("update_variant: a text edit needs lint_config to check the new text")
         values["text"] = patch.text
         values["audit"] = audit_after_edit(session, variant, patch.text, lint_config)
+        _refuse_twin(session, _segment_of(session, variant), patch.text, editing=variant_id)
     else:
         assert patch.status is not None  # VariantPatch guarantees status or text
         target = patch.status
@@ -380,9 +398,7 @@ def update_variant(
         # and reads nothing a lifecycle pass writes: a pass that planned without it ends as if it
         # had run first, so making it wait out the pass's Monte Carlo would change no outcome.
         if current is VariantStatus.ACTIVE:
-            segment = session.get(Segment, variant.segment_id)
-            assert segment is not None  # the foreign key
-            lock_segment(session, segment)
+            lock_segment(session, _segment_of(session, variant))
             if _is_last_active(session, variant):
                 session.rollback()
                 raise _last_active()
@@ -410,6 +426,12 @@ def update_variant(
     session.commit()
     session.refresh(variant)
     return variant
+
+
+def _segment_of(session: Session, variant: Variant) -> Segment:
+    segment = session.get(Segment, variant.segment_id)
+    assert segment is not None  # the foreign key
+    return segment
 
 
 def _text_moved(variant_id: int) -> TextMoved:
@@ -450,7 +472,8 @@ def approve_edited(
     either approved, and the first approval put the other's text live under its own name. Without
     the text, an edit typed over the page's text replaced one made through the API since, unseen.
     The new text's lint replaces the generated line's in the audit. Raises StatusMoved when the
-    variant is no longer pending, TextMoved when its text is no longer the one shown."""
+    variant is no longer pending, TextMoved when its text is no longer the one shown, Conflict
+    (text) when another variant of the segment has the new text, as an add would be."""
     variant = get_variant(session=session, variant_id=variant_id)
     if text_version(variant.text) != text_seen:
         current = VariantStatus(variant.status)
@@ -458,6 +481,8 @@ def approve_edited(
             raise StatusMoved(f"variant {variant_id} is {current}", current=current)
         raise _text_moved(variant_id)
     audit = audit_after_edit(session, variant, text, lint_config)
+    # Last before the write: on SQLite the lock holds every writer back.
+    _refuse_twin(session, _segment_of(session, variant), text, editing=variant_id)
     update = (
         sa.update(Variant)
         .where(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import threading
 from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
@@ -12,8 +11,8 @@ import pytest
 from sqlmodel import Session, select
 
 from generation.lint import RULES
-from service import experiments
 from service.models import Segment, Variant
+from tests.twin_race import second_looks_while_first_has_looked
 
 
 def _variants_url(experiment_id: int) -> str:
@@ -75,6 +74,7 @@ def _pending_variant(
     experiment_id: int,
     segment: str = "tea-lovers",
     audit: dict[str, Any] | None = None,
+    text: str = "Generated: the kettle that whistles in tune.",
 ) -> int:
     segment_id = session.exec(
         select(Segment.id).where(Segment.experiment_id == experiment_id, Segment.key == segment)
@@ -82,7 +82,7 @@ def _pending_variant(
     variant = Variant(
         experiment_id=experiment_id,
         segment_id=segment_id,
-        text="Generated: the kettle that whistles in tune.",
+        text=text,
         origin="generated",
         status="pending_review",
         audit=audit,
@@ -561,28 +561,93 @@ def test_two_adds_of_the_same_copy_at_once_store_it_once(
     body = {"segment": "tea-lovers", "text": "Steeped right, every time."}
     other = copy.copy(api)
     other.client = app.test_client()
-    second_looked = threading.Event()
-    answers: list[Any] = []
-    second = threading.Thread(
-        target=lambda: answers.append(other.post(_variants_url(created["id"]), json=body))
-    )
-    looked = experiments._same_copy
 
-    def look(*args: Any) -> Any:
-        found = looked(*args)
-        if threading.current_thread() is second:
-            second_looked.set()
-        elif not second.is_alive() and not answers:
-            second.start()
-            # Without the segment's lock it looks, finds nothing and stores its copy first; with
-            # it, it waits for this request to end, and the wait here runs out.
-            second_looked.wait(2)
-        return found
+    def second() -> Any:
+        return other.post(_variants_url(created["id"]), json=body)
 
-    monkeypatch.setattr(experiments, "_same_copy", look)
-    first = api.post(_variants_url(created["id"]), json=body)
-    second.join(30)
+    with second_looks_while_first_has_looked(monkeypatch, second) as answers:
+        first = api.post(_variants_url(created["id"]), json=body)
 
     assert sorted([first.status_code, answers[0].status_code]) == [201, 409]
     texts = [v["text"] for v in _segment_variants(api, created["id"], "tea-lovers")]
     assert texts == [body["text"]]
+
+
+@pytest.mark.parametrize(
+    ("status", "hint"),
+    [
+        ("active", "it is being served"),
+        ("paused", "it is paused: resume it instead"),
+        ("pending_review", "it is waiting for review: approve it instead"),
+    ],
+)
+def test_an_edit_to_the_text_of_other_copy_in_the_segment_is_409_naming_text(
+    api: Any, session: Session, experiment: dict[str, Any], status: str, hint: str
+) -> None:
+    """An add of that text was refused; editing a generated line into it made the same twin."""
+    twin = _pending_variant(session, experiment["id"], text="Caf\u00e9 tea,\nbrewed right.")
+    if status != "pending_review":
+        _set_status(api, twin, "active")
+    if status == "paused":
+        _set_status(api, twin, "paused")
+    edited = _pending_variant(session, experiment["id"])
+    before = _all_variants(api, experiment["id"])
+
+    response = _patch(api, edited, text=" Cafe\u0301 tea,\r\nbrewed right.\n")
+
+    _assert_error(response, 409, "text")
+    assert response.get_json()["message"] == (
+        f"segment 'tea-lovers' already has this copy as variant #{twin}; {hint}"
+    )
+    assert _all_variants(api, experiment["id"]) == before
+
+
+@pytest.mark.parametrize("status", ["retired", "rejected", "its own"])
+def test_an_edit_to_the_text_of_retired_rejected_or_its_own_copy_is_taken(
+    api: Any, session: Session, experiment: dict[str, Any], status: str
+) -> None:
+    text = "Steeped right, every time."
+    if status == "its own":
+        edited = _pending_variant(session, experiment["id"], text=text)
+    else:
+        gone = _pending_variant(session, experiment["id"], text=text)
+        _set_status(api, gone, "rejected" if status == "rejected" else "active")
+        if status == "retired":
+            _set_status(api, gone, "retired")
+        edited = _pending_variant(session, experiment["id"])
+
+    response = _patch(api, edited, text=text)
+
+    assert response.status_code == 200, response.get_json()
+    assert _all_variants(api, experiment["id"])[edited]["text"] == text
+
+
+def test_an_edit_into_copy_another_segment_has_is_taken(
+    api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    text = "Steeped right, every time."
+    api.add_variant(experiment["id"], "busy-parents", text)
+    edited = _pending_variant(session, experiment["id"])
+
+    assert _patch(api, edited, text=text).status_code == 200
+
+
+def test_two_edits_into_the_same_copy_at_once_store_it_once(
+    api: Any, session: Session, experiment: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two reviewers mending two generated lines into one: each looked for a twin before either
+    had stored its text, found none, and both stored it."""
+    first_id, second_id = (_pending_variant(session, experiment["id"]) for _ in range(2))
+    body = {"text": "Steeped right, every time."}
+    other = copy.copy(api)
+    other.client = api.client.application.test_client()
+
+    def second() -> Any:
+        return other.patch(f"/v1/variants/{second_id}", json=body)
+
+    with second_looks_while_first_has_looked(monkeypatch, second) as answers:
+        first = _patch(api, first_id, **body)
+
+    assert sorted([first.status_code, answers[0].status_code]) == [200, 409]
+    texts = [v["text"] for v in _all_variants(api, experiment["id"]).values()]
+    assert texts.count(body["text"]) == 1

@@ -48,6 +48,7 @@ from service.models import (
 )
 from service.reports import experiment_report
 from tests.test_lifecycle_run import failed_in_a_row, held_as_too_long
+from tests.twin_race import second_looks_while_first_has_looked
 
 EMAIL = "mia@example.com"
 PASSWORD = "correct horse battery"
@@ -2254,8 +2255,8 @@ def test_approving_copy_edited_since_the_page_was_drawn_is_refused_naming_it(
         hidden_value(row.group(0), "shown"),
         hidden_value(html, f"shown-{ticked}"),
     )
-    for vid in (one, ticked):
-        assert api.patch(f"/v1/variants/{vid}", json={"text": GOOD[3]}).status_code == 200
+    for vid, text in ((one, GOOD[3]), (ticked, GOOD[2])):
+        assert api.patch(f"/v1/variants/{vid}", json={"text": text}).status_code == 200
     before = stored(app)
     # Rejecting is final: a line mended since is not thrown out unread either.
     for action, done in (("approve", "Approved"), ("reject", "Rejected")):
@@ -2814,6 +2815,57 @@ def test_an_edit_without_the_text_its_page_showed_is_refused(
     assert error_text(response).startswith("shown: the form did not say which text it showed")
     assert texts(response.get_data(as_text=True), "textarea", data_testid="unsaved") == [GOOD[2]]
     assert stored(app) == before
+
+
+def test_an_edit_into_copy_the_segment_has_is_refused_keeping_what_was_typed(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """Saving an edit ("Save edit and approve") into the text of a line the segment serves put a
+    second arm on one line, splitting its evidence, where adding that text was refused."""
+    eid = experiment["id"]
+    live = variant_ids(experiment, "tea-lovers")[1]
+    twin = fresh(app, Variant, live).text
+    vid = add_pending(app, eid, "tea-lovers", BANNED)
+    before = stored(app)
+    typed = f"  {twin} "
+
+    response = dash.post(
+        f"/dashboard/variants/{vid}/edit", {"text": typed, "shown": shown(app, vid)}
+    )
+
+    assert response.status_code == 409
+    assert error_text(response) == (
+        f"segment 'tea-lovers' already has this copy as variant #{live}; it is being served"
+    )
+    assert texts(response.get_data(as_text=True), "textarea", data_testid="unsaved") == [
+        typed.strip()
+    ]
+    assert stored(app) == before
+    # Another segment's copy is no twin.
+    other = fresh(app, Variant, variant_ids(experiment, "busy-parents")[1]).text
+    response = dash.post(
+        f"/dashboard/variants/{vid}/edit", {"text": other, "shown": shown(app, vid)}
+    )
+    assert response.status_code == 303, error_text(response)
+
+
+def test_an_edit_saved_while_an_api_edit_makes_the_same_copy_stores_it_once(
+    app: Any, api: Any, dash: Dashboard, experiment: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each looked for a twin before either had stored its text, found none, and both stored it."""
+    eid = experiment["id"]
+    mine, theirs = (add_pending(app, eid, "tea-lovers", text) for text in (BANNED, GOOD[0]))
+
+    def theirs_edited() -> Any:
+        return api.patch(f"/v1/variants/{theirs}", json={"text": GOOD[2]})
+
+    with second_looks_while_first_has_looked(monkeypatch, theirs_edited) as answers:
+        response = dash.post(
+            f"/dashboard/variants/{mine}/edit", {"text": GOOD[2], "shown": shown(app, mine)}
+        )
+
+    assert sorted([response.status_code, answers[0].status_code]) == [303, 409]
+    assert [v.text for v in variant_rows(app, eid)].count(GOOD[2]) == 1
 
 
 def test_two_edits_saved_at_once_put_live_only_the_text_of_the_one_credited(
