@@ -100,7 +100,7 @@ def create_job(
         covered: Sequence[Segment] = [segment]
     else:
         covered = segments_of(session=session, experiment_id=experiment_id)
-    refuse_held(session, experiment, covered, model=model)
+    refuse_held(session, experiment, covered, model=model, every_segment=segment_key is None)
     job = GenerationJob(experiment_id=experiment_id, segment_id=segment_id, n=n)
     session.add(job)
     session.commit()

@@ -148,26 +148,35 @@ def hold_begun(
 
 class BriefHeld(Conflict):
     """A job started by hand for copy a held brief cannot get: it would load the model and fail
-    as the last one did."""
+    as the last one did. `field`: "segment" where the request named the segment, else None, the
+    whole request at fault."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, field="segment", code="brief_too_long")
+    def __init__(self, message: str, *, field: str | None) -> None:
+        super().__init__(message, field=field, code="brief_too_long")
 
 
 def refuse_held(
-    session: Session, experiment: Experiment, segments: Sequence[Segment], *, model: str
+    session: Session,
+    experiment: Experiment,
+    segments: Sequence[Segment],
+    *,
+    model: str,
+    every_segment: bool,
 ) -> None:
     """Raise BriefHeld when every one of `segments` (a hand job's) is held for its brief: a job
-    for them all would only fail again. A job for every segment runs while one of them can get
-    copy: the held ones fail again there, and the others get theirs, as before."""
+    for them all would only fail again. A job for every segment (`every_segment`: the request
+    named none, so the refusal names no field) runs while one of them can get copy: the held ones
+    fail again there, and the others get theirs, as before."""
     held = [(s.key, brief_refused(session, experiment, s, model=model)) for s in segments]
     if not held or any(why is None for _, why in held):
         return
+    field = None if every_segment else "segment"
     if len(held) == 1:
         key, why = held[0]
-        raise BriefHeld(f"segment {quoted(key)} gets no new copy: {why}")
+        raise BriefHeld(f"segment {quoted(key)} gets no new copy: {why}", field=field)
     raise BriefHeld(
         "no segment gets new copy: each one's brief is too long for the model; shorten them (the "
         "product description, brand voice or each segment's persona), or configure a model with "
-        "a longer context"
+        "a longer context",
+        field=field,
     )
