@@ -125,10 +125,8 @@ def plan_segment(
         winner = _winner(active, policy, summary, winner_id, starved)
         if winner is not None:
             actions.append(winner)
-    missing = policy.target_active - len(live) - on_order
-    room = policy.max_active - len(live) - pending - on_order
-    if policy.regenerate and missing > 0 and room > 0:
-        n = min(missing, room)
+    n = copy_to_order(policy, live=len(live), pending=pending, on_order=on_order)
+    if n > 0:
         actions.append(
             Action(
                 "regenerate",
@@ -139,6 +137,31 @@ def plan_segment(
             )
         )
     return actions
+
+
+def copy_to_order(policy: LifecyclePolicy, *, live: int, pending: int, on_order: int) -> int:
+    """How many lines a pass orders for a segment with `live` active variants once its plan's
+    pauses and retirements are done (see plan_segment for `pending` and `on_order`): 0 when the
+    segment is not short of copy, or the policy orders none."""
+    if not policy.regenerate:
+        return 0
+    missing = policy.target_active - live - on_order
+    room = policy.max_active - live - pending - on_order
+    return max(0, min(missing, room))
+
+
+def short_of_copy(session: Session, segment: Segment, policy: LifecyclePolicy) -> bool:
+    """Whether a pass would order the segment copy, by its variants and orders as they stand
+    (without the pauses or retirements its plan may add): what a note that the lifecycle holds
+    back an order is about."""
+    statuses = session.exec(select(Variant.status).where(Variant.segment_id == segment.id)).all()
+    n = copy_to_order(
+        policy,
+        live=statuses.count(VariantStatus.ACTIVE.value),
+        pending=statuses.count(VariantStatus.PENDING_REVIEW.value),
+        on_order=_copy_on_order(session, segment),
+    )
+    return n > 0
 
 
 def plan_guardrail(

@@ -47,6 +47,7 @@ from service.models import (
     utcnow,
 )
 from service.reports import experiment_report
+from tests.conftest import store_policy_by_hand
 from tests.test_lifecycle_run import failed_in_a_row, held_as_too_long
 from tests.twin_race import second_looks_while_first_has_looked
 
@@ -2604,6 +2605,47 @@ def test_the_experiment_page_says_a_segment_s_copy_waits_after_its_orders_failed
         f"until {until:%Y-%m-%d %H:%M} UTC."
     ]
     assert texts(section(page, "busy-parents"), "p", data_testid="no-copy") == []
+
+
+def _copy_enough(app: Any, api: Any, experiment: dict[str, Any]) -> None:
+    for text in GOOD[:2]:
+        api.add_variant(experiment["id"], "tea-lovers", text)
+
+
+def _copy_on_order(app: Any, api: Any, experiment: dict[str, Any]) -> None:
+    with Session(app.extensions["copybandit.engine"]) as session:
+        segment = session.exec(select(Segment).where(Segment.key == "tea-lovers")).one()
+        session.add(GenerationJob(experiment_id=experiment["id"], segment_id=segment.id, n=2))
+        session.commit()
+
+
+def _no_copy_ordered(app: Any, api: Any, experiment: dict[str, Any]) -> None:
+    policy = f"/v1/experiments/{experiment['id']}/policy"
+    assert api.patch(policy, json={"regenerate": False}).status_code == 200
+
+
+def _policy_invalid(app: Any, api: Any, experiment: dict[str, Any]) -> None:
+    with Session(app.extensions["copybandit.engine"]) as session:
+        store_policy_by_hand(session, experiment["id"], {"target_active": "four"})
+
+
+@pytest.mark.parametrize(
+    "would_not_order",
+    [_copy_enough, _copy_on_order, _no_copy_ordered, _policy_invalid],
+    ids=["target_active live", "copy on order", "regenerate off", "policy invalid"],
+)
+def test_the_page_says_nothing_of_a_wait_where_the_lifecycle_would_order_no_copy(
+    app: Any, api: Any, dash: Dashboard, experiment: dict[str, Any], would_not_order: Any
+) -> None:
+    """The note said the lifecycle held back an order for a segment it would order no copy
+    anyway: one with target_active (4) live variants, say."""
+    with Session(app.extensions["copybandit.engine"]) as session:
+        failed_in_a_row(session, experiment, "tea-lovers", 3, last_at=utcnow())
+    would_not_order(app, api, experiment)
+
+    page = dash.html(f"/dashboard/experiments/{experiment['id']}")
+
+    assert texts(section(page, "tea-lovers"), "p", data_testid="no-copy") == []
 
 
 def test_the_page_says_a_brief_is_too_long_only_while_the_model_it_was_too_long_for_is_configured(

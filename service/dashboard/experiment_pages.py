@@ -34,7 +34,13 @@ from service.experiments import (
 from service.generation_jobs import INTERRUPTED, create_job, get_job, interrupted, interruption
 from service.history import REACH, purged_impressions, segment_history
 from service.job_cancel import cancel_job
-from service.lifecycle import AUDIT_ACTIONS, AUDIT_PAGE, audit_trail, jobs_it_ordered
+from service.lifecycle import (
+    AUDIT_ACTIONS,
+    AUDIT_PAGE,
+    audit_trail,
+    jobs_it_ordered,
+    short_of_copy,
+)
 from service.long_briefs import BriefHeld, brief_refused
 from service.models import (
     Experiment,
@@ -45,6 +51,7 @@ from service.models import (
     VariantStatus,
     utcnow,
 )
+from service.policy import LifecyclePolicy, policy_of
 from service.query import refuse_repeated_parameters
 from service.reports import experiment_report, serving_winners
 from service.schemas import (
@@ -154,9 +161,10 @@ def experiment_page(experiment_id: int, refused: RefusedForm | None = None) -> s
     ids = {segment.key: segment.id for segment in rows if segment.id is not None}
     settings = current_app.extensions["copybandit.settings"]
     interval = timedelta(seconds=settings.lifecycle_interval_seconds)
+    policy = _policy_passes_use(experiment)
     no_copy = {
         segment.key: brief_refused(session, experiment, segment, model=settings.model)
-        or _backing_off(session, segment, interval)
+        or _backing_off(session, segment, interval, policy)
         for segment in rows
     }
     return render_template(
@@ -174,8 +182,22 @@ def experiment_page(experiment_id: int, refused: RefusedForm | None = None) -> s
     )
 
 
-def _backing_off(session: Session, segment: Segment, interval: timedelta) -> str | None:
-    """Why the lifecycle orders the segment no copy for now, after its orders failed."""
+def _policy_passes_use(experiment: Experiment) -> LifecyclePolicy | None:
+    """None where the stored policy does not validate: passes then leave the experiment alone."""
+    try:
+        return policy_of(experiment.policy)
+    except ValidationError:
+        return None
+
+
+def _backing_off(
+    session: Session, segment: Segment, interval: timedelta, policy: LifecyclePolicy | None
+) -> str | None:
+    """Why the lifecycle orders the segment no copy for now, after its orders failed. Said only
+    while it would otherwise order some: beside copy enough, the note said it held back an order
+    it would not have made."""
+    if policy is None or not short_of_copy(session, segment, policy):
+        return None
     backoff = copy_backoff(session, segment, interval=interval)
     if backoff is None or not backoff.holds_at(utcnow(), interval):
         return None
