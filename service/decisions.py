@@ -88,7 +88,9 @@ def decide(
                 f"neither segment {decide_in.segment!r} nor the default segment {arms.key!r} "
                 "has an active variant"
             )
-        raise Conflict(message, field="segment", code="no_active_variant")
+        # A request that named no segment sent no field at fault: its experiment has no live copy.
+        at_fault = "segment" if decide_in.segment is not None else None
+        raise Conflict(message, field=at_fault, code="no_active_variant")
     user_hash = (
         hash_user_id(decide_in.user_id, key=settings.user_id_key)
         if decide_in.user_id is not None

@@ -439,6 +439,15 @@ def test_segment_without_active_variants_is_409(api: Any, session: Session) -> N
     assert session.exec(select(sa.func.count()).select_from(Impression)).one() == 0
 
 
+def test_no_active_variant_without_a_segment_names_no_field(api: Any, session: Session) -> None:
+    """The request sent no segment, so no field of it is at fault: the experiment has no copy."""
+    created = api.create_experiment(name="Nothing to serve yet")
+    response = _post_decide(api, {"experiment": created["id"]})
+    _assert_refused(response, 409, "no_active_variant", None)
+    assert response.get_json()["message"] == "segment 'tea-lovers' has no active variant"
+    assert session.exec(select(sa.func.count()).select_from(Impression)).one() == 0
+
+
 def test_a_segment_with_no_copy_yet_is_served_the_default_segments(
     api: Any, session: Session
 ) -> None:
