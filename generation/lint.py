@@ -290,9 +290,13 @@ def _echo(text: str, brief: Brief, config: LintConfig) -> str | None:
 # copy folded) where a field's label stands: first in the line, or after punctuation ("Ridgeline
 # shoes. Price: $129.", "Ridgeline shoes, price : $129"). The word alone ("the right price") is
 # copy, and so is a phrase it ends ("at a fair price: $129", "your inner voice: ..."): read
-# anywhere, such lines were refused.
+# anywhere, such lines were refused. An apostrophe or hyphen after a letter ends or joins a word
+# ("hikers' price: $129", "low-price: $129"): a label after one follows another word too.
 _LABEL_WORDS = "|".join(label.replace(" ", r"\s+") for label in PROMPT_LABELS)
-_LABEL = re.compile(rf"(?:^|(?<=[^\w\s]))\s*({_LABEL_WORDS})\s*:", re.IGNORECASE | re.MULTILINE)
+_LABEL = re.compile(
+    rf"(?:^|(?<=[^\w\s])(?<!\w['\u2019\u2010-]))\s*({_LABEL_WORDS})\s*:",
+    re.IGNORECASE | re.MULTILINE,
+)
 
 
 def _prompt_label(text: str, brief: Brief) -> str | None:

@@ -390,6 +390,8 @@ def test_example_brands_are_the_worked_examples_products() -> None:
         ("Audience: hikers. Ridgeline shoes for weekend trails.", "Audience:"),
         ("Ridgeline shoes. Customer: casual weekend hikers.", "Customer:"),
         ("Ridgeline shoes, Product name: grip on weekend trails.", "Product name:"),
+        ("Ridgeline shoes for weekend trails. 'Price: $129'.", "Price:"),
+        ("Ridgeline shoes for weekend trails \u2014 price: $129.", "price:"),
         # Chinese and Japanese copy writes the colon full-width.
         ("Ridgeline shoes for weekend trails. PRICE\uff1a$129.", "PRICE:"),
     ],
@@ -421,6 +423,11 @@ def test_prompt_labels_are_every_label_the_prompt_writes() -> None:
         "Ridgeline shoes for one customer: the weekend hiker.",
         "Weekend hikers, trust your inner voice: Ridgeline shoes grip wet rock.",
         "Ridgeline shoes. The audience: every weekend hiker on the trail.",
+        # A plural possessive or a compound ends in a label's word, after an apostrophe or a
+        # hyphen: punctuation, but inside the words, and these were refused as prompt_echo.
+        "Weekend hikers' price: $129 for Ridgeline shoes that grip wet rock.",
+        "Weekend hikers\u2019 price: $129 for Ridgeline shoes that grip wet rock.",
+        "Ridgeline shoes for weekend trails, low-price: $129.",
     ],
 )
 def test_a_label_word_without_its_colon_or_after_another_word_is_copy(line: str) -> None:
