@@ -9,15 +9,13 @@ A brief the model found too long is held back from the lifecycle until it change
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from service.errors import Conflict, PreconditionFailed, cut, quoted
+from service.errors import Conflict, cut, quoted
+from service.etags import EtagTest, etag_of, require_match
 from service.experiments import find_segment, flush_named, get_experiment
 from service.models import Experiment, LifecycleEvent, Segment
 from service.schemas import MAX_SEGMENTS, ExperimentPatch, SegmentIn, stored_form
@@ -60,7 +58,7 @@ def update_experiment(
     patch: ExperimentPatch,
     by: str,
     seen: dict[str, Any] | None = None,
-    etag_matches: Callable[[str], bool] | None = None,
+    etag_matches: EtagTest | None = None,
 ) -> Experiment:
     """Apply the fields `patch` gives; one given with the value it has changes nothing and is left
     out of the audit. `by` says who, for the audit ("API key k1", a marketer's email). With `seen`
@@ -73,13 +71,9 @@ def update_experiment(
     # Two edits at once each compare with what the other left, not with what both first read, so
     # the audit's old values are the ones each replaced.
     lock_row(session, experiment)
-    if etag_matches is not None and not etag_matches(brief_etag(experiment)):
-        session.rollback()
-        raise PreconditionFailed(
-            f"experiment {experiment_id}'s brief is no longer the one your If-Match names: "
-            "someone changed it since you read it; GET it again for its ETag",
-            field="If-Match",
-        )
+    require_match(
+        session, etag_matches, brief_etag(experiment), what=f"experiment {experiment_id}'s brief"
+    )
     wanted: dict[str, tuple[str, Any]] = {
         label: (column, getattr(patch, label))
         for label, column in _EXPERIMENT_FIELDS.items()
@@ -112,12 +106,18 @@ def update_experiment(
 def brief_etag(experiment: Experiment) -> str:
     """A strong ETag of what PATCH /v1/experiments/<id> can change, quoted as the header writes it:
     a client's If-Match names the brief it read, and stays good while nothing of it changes."""
-    brief = {
-        column: getattr(experiment, column)
-        for column in [*_EXPERIMENT_FIELDS.values(), *_PRODUCT_FIELDS.values()]
-    }
-    digest = hashlib.sha256(json.dumps(brief, sort_keys=True).encode()).hexdigest()
-    return f'"{digest[:32]}"'
+    return etag_of(
+        {
+            column: getattr(experiment, column)
+            for column in [*_EXPERIMENT_FIELDS.values(), *_PRODUCT_FIELDS.values()]
+        }
+    )
+
+
+def persona_etag(segment: Segment) -> str:
+    """A strong ETag of what PATCH .../segments/<key> can change, its persona: copy added or
+    changed under the segment leaves it as it was."""
+    return etag_of({"description": segment.description})
 
 
 def add_segment(*, session: Session, experiment_id: int, segment_in: SegmentIn, by: str) -> Segment:
@@ -187,15 +187,23 @@ def update_segment(
     description: str,
     by: str,
     description_seen: str | None = None,
+    etag_matches: EtagTest | None = None,
 ) -> Segment:
     """Rewrite the segment's persona; the same text changes nothing and is left out of the
     audit. With `description_seen` (the persona the editor's page showed), only while it is still
     the stored one: two marketers saving one persona each replaced it unseen, the last one silently
-    undoing the other's. Raises PersonaMoved then."""
+    undoing the other's. Raises PersonaMoved then. With `etag_matches` (an If-Match), only while
+    it takes the persona's ETag (persona_etag): raises PreconditionFailed otherwise."""
     experiment = get_experiment(session=session, experiment_id=experiment_id)
     segment = find_segment(session=session, experiment_id=experiment_id, key=key)
     lock_row(session, experiment)
     session.refresh(segment)
+    require_match(
+        session,
+        etag_matches,
+        persona_etag(segment),
+        what=f"the persona of segment {quoted(key)}",
+    )
     if description_seen is not None and not _same(description_seen, segment.description):
         session.rollback()
         raise PersonaMoved(

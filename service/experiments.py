@@ -15,6 +15,7 @@ from generation.lint import LintConfig
 from service.copy_checks import audit_after_edit
 from service.db import rows_changed
 from service.errors import Conflict, InvalidInput, NotFound, cut, first_problem, quoted
+from service.etags import EtagTest, etag_of, require_match
 from service.lifecycle import assign_prior
 from service.models import Experiment, Origin, Segment, Variant, VariantStatus, utcnow
 from service.policy import LifecyclePolicy, policy_shown
@@ -196,14 +197,27 @@ def add_variant(*, session: Session, experiment_id: int, variant_create: Variant
     return variant
 
 
-def update_policy(*, session: Session, experiment_id: int, changes: LifecyclePolicy) -> Experiment:
+def update_policy(
+    *,
+    session: Session,
+    experiment_id: int,
+    changes: LifecyclePolicy,
+    etag_matches: EtagTest | None = None,
+) -> Experiment:
     """Merge the fields given into the stored policy; the result must be valid as a whole. A stored
     field this version does not know (written by another) is dropped: kept, it refused every PATCH,
-    the one way to make the policy valid again."""
+    the one way to make the policy valid again. With `etag_matches` (an If-Match), only while it
+    takes the policy's ETag (policy_etag): raises PreconditionFailed otherwise."""
     experiment = get_experiment(session=session, experiment_id=experiment_id)
     # Two changes at once each merged into the policy as it was before either and wrote it back
     # whole: one acknowledged change was lost. The second merges into the first's result.
     lock_row(session, experiment)
+    require_match(
+        session,
+        etag_matches,
+        policy_etag(experiment),
+        what=f"experiment {experiment_id}'s policy",
+    )
     known = {
         name: value
         for name, value in (experiment.policy or {}).items()
@@ -221,6 +235,13 @@ def update_policy(*, session: Session, experiment_id: int, changes: LifecyclePol
         _undo_discounting(session, experiment_id)
     session.commit()
     return experiment
+
+
+def policy_etag(experiment: Experiment) -> str:
+    """A strong ETag of the policy as it is shown, defaults filled in: a PATCH writing a default
+    that was left out changes no one's If-Match."""
+    policy, error = policy_shown(experiment.policy)
+    return etag_of({"policy": policy.model_dump(mode="json"), "error": error})
 
 
 def _undo_discounting(session: Session, experiment_id: int) -> None:
@@ -351,6 +372,12 @@ def text_version(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def variant_etag(variant: Variant) -> str:
+    """A strong ETag of what PATCH /v1/variants/<id> can change: its status and its text (a status
+    change rewrites the reason with it). Its counts move with every decision, and are left out."""
+    return etag_of({"status": variant.status, "text": text_version(variant.text)})
+
+
 def update_variant(
     *,
     session: Session,
@@ -360,6 +387,7 @@ def update_variant(
     text_seen: str | None = None,
     lint_config: LintConfig | None = None,
     by: str | None = None,
+    etag_matches: EtagTest | None = None,
 ) -> Variant:
     """Apply `patch`. A status change with no reason of its own records `by` (who made it) in
     the variant's reason, as "approved by API key k1". With `starts_from`, only to a variant in
@@ -367,9 +395,12 @@ def update_variant(
     that. The update below is conditional on the status and text read here, so a change that
     lands meanwhile is refused too. A text edit needs `lint_config`: the new text's lint replaces
     the generated line's in the variant's audit; it is refused (409, text) where another variant
-    of the segment has that text, as an add is.
+    of the segment has that text, as an add is. With `etag_matches` (an If-Match), only while it
+    takes the variant's ETag (variant_etag), read here and held by the same conditional update:
+    raises PreconditionFailed otherwise.
     """
     variant = get_variant(session=session, variant_id=variant_id)
+    require_match(session, etag_matches, variant_etag(variant), what=f"variant {variant_id}")
     current = VariantStatus(variant.status)
     if starts_from is not None and current not in starts_from:
         raise StatusMoved(f"variant {variant_id} is {current}", current=current)
@@ -410,11 +441,16 @@ def update_variant(
     )
     if "status" in values and current is VariantStatus.ACTIVE:
         update = update.where(another_stays_active())
-    if text_seen is not None:
+    if text_seen is not None or etag_matches is not None:
         update = update.where(col(Variant.text) == variant.text)
     changed = rows_changed(session, update.values(**values))
     if changed != 1:
         session.rollback()
+        if etag_matches is not None:
+            # A change that landed after the read above: the same refusal as one before it.
+            session.expire_all()
+            now = get_variant(session=session, variant_id=variant_id)
+            require_match(session, etag_matches, variant_etag(now), what=f"variant {variant_id}")
         if "status" in values and current is VariantStatus.ACTIVE:
             session.expire_all()
             if session.get(Variant, variant_id).status == current.value:  # type: ignore[union-attr]

@@ -227,3 +227,13 @@ def store_policy_by_hand(session: Session, experiment_id: int, policy: Any) -> N
         sa.update(Experiment).where(col(Experiment.id) == experiment_id).values(policy=policy)
     )
     session.commit()
+
+
+def precondition_failed(what: str) -> dict[str, Any]:
+    """The 412 of a PATCH whose If-Match names an ETag that `what` ("variant 3") no longer has."""
+    return {
+        "error": "precondition_failed",
+        "message": f"{what} is no longer the one your If-Match names: someone changed it since "
+        "you read it; GET it again for its ETag",
+        "field": "If-Match",
+    }

@@ -14,6 +14,7 @@ from service.db import make_engine
 from service.lifecycle import run_lifecycle
 from service.models import Experiment, GenerationJob, Segment
 from service.segment_guard import lock_row
+from tests.conftest import precondition_failed
 from tests.lock_waits import wait_until_someone_waits_for_a_lock
 
 
@@ -431,12 +432,7 @@ def test_a_patch_whose_if_match_names_a_brief_changed_since_is_refused_412(
     response = _patch_if_match(api, created["id"], etag, {"product": {"price": 45.0}})
 
     assert response.status_code == 412
-    assert response.get_json() == {
-        "error": "precondition_failed",
-        "message": f"experiment {created['id']}'s brief is no longer the one your If-Match names: "
-        "someone changed it since you read it; GET it again for its ETag",
-        "field": "If-Match",
-    }
+    assert response.get_json() == precondition_failed(f"experiment {created['id']}'s brief")
     assert api.get(f"/v1/experiments/{created['id']}").get_json() == before
     assert _edits(api, created["id"]) == trail
 

@@ -190,8 +190,10 @@ def test_every_operation_answers_as_documented(
         send(client, "get", "/v1/experiments", query=query)
     for query in ("", "?action=edit", "?before=1"):
         send(client, "get", one + "/audit", experiment_id=eid, query=query)
-    for path in (one, one + "/report"):
+    for path in (one, one + "/report", one + "/policy"):
         send(client, "get", path, experiment_id=eid)
+    send(client, "get", one + "/segments/{segment_key}", experiment_id=eid, segment_key="owls")
+    send(client, "get", variant, variant_id=pending)
     send(client, "get", "/livez", key=None)
     send(client, "get", "/healthz", key=None)
 
@@ -206,6 +208,12 @@ def test_every_operation_answers_as_documented(
     send(client, "patch", one, experiment_id=eid, json={"name": "Mugs"})
     stale = {"If-Match": '"not-the-brief"'}
     send(client, "patch", one, experiment_id=eid, json={"name": "Jugs"}, headers=stale)
+    for template, ids, body in (
+        (variant, {"variant_id": pending}, {"status": "paused"}),
+        (one + "/segments/{segment_key}", {"segment_key": "owls"}, {"description": "Later."}),
+        (one + "/policy", {}, {"target_active": 3}),
+    ):
+        send(client, "patch", template, experiment_id=eid, json=body, headers=stale, **ids)
     send(
         client,
         "patch",

@@ -52,9 +52,9 @@ def test_the_readme_examples_from_creating_an_experiment_to_pausing_a_variant_wo
 ) -> None:
     seed_demo(session=session)  # experiment 1 and its variants, as `copybandit init` makes them
     calls = _examples()
-    # The brief's, a persona's, the brief's with If-Match and a variant's.
+    # The brief's, a persona's, the brief's with If-Match and a variant's with If-Match.
     assert [m for m, _, _, _ in calls].count("PATCH") == 4
-    assert [if_match for _, _, _, if_match in calls].count(True) == 1
+    assert [if_match for _, _, _, if_match in calls].count(True) == 2
 
     for method, path, body, if_match in calls:
         if if_match:

@@ -112,6 +112,12 @@ def etag_matches() -> Callable[[str], bool] | None:
     return request.if_match.contains_raw
 
 
+def preconditioned(model: type[BaseModel]) -> dict[Any, Any]:
+    """A PATCH's documented answers: the resource with its new ETag, and the 412 of an If-Match
+    naming an ETag it no longer has, besides every endpoint's errors."""
+    return {**responses(_200=with_etag(model)), 412: ErrorOut}
+
+
 def responses(*, rate_limited: bool = False, **ok: Any) -> dict[Any, Any]:
     """The endpoint's documented answers: its success, the errors every authenticated endpoint
     can give, and 429 where the key's request budget applies (decide and events only)."""

@@ -17,20 +17,32 @@ from service.api.common import (
     etag_matches,
     guarded,
     json_of,
+    preconditioned,
     responses,
     with_etag,
 )
-from service.brief_edits import add_segment, brief_etag, update_experiment, update_segment
+from service.brief_edits import (
+    add_segment,
+    brief_etag,
+    persona_etag,
+    update_experiment,
+    update_segment,
+)
 from service.copy_checks import lint_config
+from service.errors import Conflict
 from service.experiments import (
     add_variant,
     contents_of,
     create_experiment,
+    find_segment,
     get_experiment,
+    get_variant,
     list_experiments,
+    policy_etag,
     segments_of,
     update_policy,
     update_variant,
+    variant_etag,
     variants_of,
 )
 from service.generation_jobs import create_job, get_job
@@ -43,7 +55,6 @@ from service.schemas import (
     AuditEvent,
     AuditQuery,
     AuditTrail,
-    ErrorOut,
     ExperimentCreate,
     ExperimentList,
     ExperimentListQuery,
@@ -198,10 +209,7 @@ def _by_key() -> str:
     return f"API key {g.api_key_id}"
 
 
-@api.patch(
-    "/experiments/<path_id:experiment_id>",
-    responses={**responses(_200=with_etag(ExperimentOut)), 412: ErrorOut},
-)
+@api.patch("/experiments/<path_id:experiment_id>", responses=preconditioned(ExperimentOut))
 def patch(
     path: ExperimentPath, body: ExperimentPatch, header: IfMatch
 ) -> tuple[dict[str, Any], int, dict[str, str]]:
@@ -233,12 +241,40 @@ def create_segment(path: ExperimentPath, body: SegmentIn) -> tuple[dict[str, Any
     return json_of(SegmentOut(key=segment.key, description=segment.description, variants=[]), 201)
 
 
+@api.get(
+    "/experiments/<path_id:experiment_id>/segments/<segment_key>",
+    responses=responses(_200=with_etag(SegmentOut)),
+)
+def show_segment(path: SegmentPath) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """One segment with its variants; its ETag is its persona's, for an If-Match."""
+    session = db.session()
+    get_experiment(session=session, experiment_id=path.experiment_id)
+    segment = find_segment(session=session, experiment_id=path.experiment_id, key=path.segment_key)
+    return _with_persona_etag(session, segment)
+
+
+def _with_persona_etag(
+    session: Session, segment: Segment
+) -> tuple[dict[str, Any], int, dict[str, str]]:
+    variants = variants_of(session=session, experiment_id=segment.experiment_id)
+    shown = SegmentOut(
+        key=segment.key,
+        description=segment.description,
+        variants=[_variant_out(v, segment.key) for v in variants if v.segment_id == segment.id],
+    )
+    return *json_of(shown), {"ETag": persona_etag(segment)}
+
+
 @api.patch(
     "/experiments/<path_id:experiment_id>/segments/<segment_key>",
-    responses=responses(_200=SegmentOut),
+    responses=preconditioned(SegmentOut),
 )
-def patch_segment(path: SegmentPath, body: SegmentPatch) -> tuple[dict[str, Any], int]:
-    """Rewrite a segment's description, the persona its copy is written for."""
+def patch_segment(
+    path: SegmentPath, body: SegmentPatch, header: IfMatch
+) -> tuple[dict[str, Any], int, dict[str, str]]:
+    # No blank line after the summary: see patch_policy.
+    """Rewrite a segment's description, the persona its copy is written for.
+    With If-Match, only while the persona's ETag is the one it names (412 otherwise)."""
     session = db.session()
     segment = update_segment(
         session=session,
@@ -246,15 +282,9 @@ def patch_segment(path: SegmentPath, body: SegmentPatch) -> tuple[dict[str, Any]
         key=path.segment_key,
         description=body.description,
         by=_by_key(),
+        etag_matches=etag_matches(),
     )
-    variants = variants_of(session=session, experiment_id=path.experiment_id)
-    return json_of(
-        SegmentOut(
-            key=segment.key,
-            description=segment.description,
-            variants=[_variant_out(v, segment.key) for v in variants if v.segment_id == segment.id],
-        )
-    )
+    return _with_persona_etag(session, segment)
 
 
 @api.post("/experiments/<path_id:experiment_id>/variants", responses=responses(_201=VariantOut))
@@ -267,9 +297,28 @@ def create_variant(path: ExperimentPath, body: VariantCreate) -> tuple[dict[str,
     return json_of(_variant_out(variant, body.segment), 201)
 
 
-@api.patch("/variants/<path_id:variant_id>", responses=responses(_200=VariantOut))
-def patch_variant(path: VariantPath, body: VariantPatch) -> tuple[dict[str, Any], int]:
-    """Change a variant's status, or the text of one still pending review."""
+@api.get("/variants/<path_id:variant_id>", responses=responses(_200=with_etag(VariantOut)))
+def show_variant(path: VariantPath) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """One variant; its ETag is its status's and text's, for an If-Match."""
+    session = db.session()
+    return _with_variant_etag(session, get_variant(session=session, variant_id=path.variant_id))
+
+
+def _with_variant_etag(
+    session: Session, variant: Variant
+) -> tuple[dict[str, Any], int, dict[str, str]]:
+    segment = session.get(Segment, variant.segment_id)
+    shown = _variant_out(variant, segment.key if segment else "")
+    return *json_of(shown), {"ETag": variant_etag(variant)}
+
+
+@api.patch("/variants/<path_id:variant_id>", responses=preconditioned(VariantOut))
+def patch_variant(
+    path: VariantPath, body: VariantPatch, header: IfMatch
+) -> tuple[dict[str, Any], int, dict[str, str]]:
+    # No blank line after the summary: see patch_policy.
+    """Change a variant's status, or the text of one still pending review.
+    With If-Match, only while the variant's ETag is the one it names (412 otherwise)."""
     session = db.session()
     variant = update_variant(
         session=session,
@@ -277,10 +326,10 @@ def patch_variant(path: VariantPath, body: VariantPatch) -> tuple[dict[str, Any]
         patch=body,
         lint_config=lint_config(current_app.extensions["copybandit.settings"]),
         by=_by_key(),
+        etag_matches=etag_matches(),
     )
     current_app.extensions["copybandit.snapshots"].invalidate(variant.experiment_id)
-    segment = session.get(Segment, variant.segment_id)
-    return json_of(_variant_out(variant, segment.key if segment else ""))
+    return _with_variant_etag(session, variant)
 
 
 @api.get("/experiments/<path_id:experiment_id>/report", responses=responses(_200=Report))
@@ -326,14 +375,38 @@ def cancel(path: JobPath) -> tuple[dict[str, Any], int]:
     return json_of(_job_out(session, job))
 
 
-@api.patch("/experiments/<path_id:experiment_id>/policy", responses=responses(_200=LifecyclePolicy))
-def patch_policy(path: ExperimentPath, body: PolicyChanges) -> tuple[dict[str, Any], int]:
+@api.get(
+    "/experiments/<path_id:experiment_id>/policy",
+    responses=responses(_200=with_etag(LifecyclePolicy)),
+)
+def show_policy(path: ExperimentPath) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """The lifecycle rules, defaults filled in; its ETag is the policy's, for an If-Match.
+    409 while the stored policy does not validate: a PATCH making it valid replaces it."""
+    experiment = get_experiment(session=db.session(), experiment_id=path.experiment_id)
+    policy, error = policy_shown(experiment.policy)
+    if error is not None:
+        # The defaults shown in its place are not what the experiment runs: the lifecycle leaves
+        # it alone until the policy validates.
+        raise Conflict(f"experiment {path.experiment_id}'s {error}", field="policy")
+    return *json_of(policy), {"ETag": policy_etag(experiment)}
+
+
+@api.patch("/experiments/<path_id:experiment_id>/policy", responses=preconditioned(LifecyclePolicy))
+def patch_policy(
+    path: ExperimentPath, body: PolicyChanges, header: IfMatch
+) -> tuple[dict[str, Any], int, dict[str, str]]:
     # No blank line after the summary: flask-openapi3 joins the docstring's other lines with
     # <br/> into the description, which then began with one.
     """Change lifecycle rules; fields not given keep their current values.
-    Stored fields this version does not know (written by another) are dropped."""
-    experiment = update_policy(session=db.session(), experiment_id=path.experiment_id, changes=body)
-    return json_of(policy_of(experiment.policy))
+    Stored fields this version does not know (written by another) are dropped.
+    With If-Match, only while the policy's ETag is the one it names (412 otherwise)."""
+    experiment = update_policy(
+        session=db.session(),
+        experiment_id=path.experiment_id,
+        changes=body,
+        etag_matches=etag_matches(),
+    )
+    return *json_of(policy_of(experiment.policy)), {"ETag": policy_etag(experiment)}
 
 
 @api.get("/experiments/<path_id:experiment_id>/audit", responses=responses(_200=AuditTrail))
