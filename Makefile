@@ -9,6 +9,9 @@ CHROMIUM := /usr/bin/chromium
 # The HTTP benchmark's load generator (Debian's wrk), and the compiler for its paced client.
 WRK := /usr/bin/wrk
 CC_BIN := /usr/bin/cc
+# Test processes: the suite is mostly CPU, and this machine has two cores; 0 runs it in one process.
+# Each file's tests share a process (--dist loadfile), as its module fixtures (the real model) do.
+TEST_WORKERS ?= 2
 
 .PHONY: run test lint bench simulate install clean
 
@@ -20,7 +23,7 @@ run: $(STAMP)
 	exec $(BIN)/copybandit serve
 
 test: $(STAMP) $(CHROMIUM)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: $(STAMP) $(WRK) $(CC_BIN)
 	# Benchmark-only: the embedding model the de-duplication figures compare against, and the
