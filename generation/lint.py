@@ -310,8 +310,14 @@ def _prompt_label(text: str, brief: Brief) -> str | None:
 
 
 def _own_labels(brief: Brief) -> set[str]:
-    """Labels the brief writes itself ("Price: on request"), which its copy may write too."""
-    return {_label_key(label) for label in _LABEL.findall(_folded(_own_text(brief)))}
+    """Labels the brief writes itself ("Price: on request"), which its copy may write too. Each
+    field on its own: joined, a label first in one field came after the last word of the one
+    before, and was no label there."""
+    return {
+        _label_key(label)
+        for source in _own_texts(brief)
+        for label in _LABEL.findall(_folded(source))
+    }
 
 
 def _label_key(label: str) -> str:
@@ -320,7 +326,11 @@ def _label_key(label: str) -> str:
 
 def _own_text(brief: Brief) -> str:
     """The brief's words, with the prompt's system rule (which has no label or example brand)."""
-    return " ".join([brief.product_name, *instruction_texts(brief)])
+    return " ".join(_own_texts(brief))
+
+
+def _own_texts(brief: Brief) -> list[str]:
+    return [brief.product_name, *instruction_texts(brief)]
 
 
 def _example_brand(text: str, brief: Brief) -> str | None:

@@ -440,6 +440,16 @@ def test_a_label_the_brief_writes_itself_passes() -> None:
     assert rules("Ridgeline shoes for weekend trails. Audience: hikers.", brief) == {"prompt_echo"}
 
 
+def test_a_label_first_in_a_field_of_the_brief_is_its_own() -> None:
+    """Read with the fields joined, a label opening one came after the last word of the field
+    before (a persona without a full stop): it was no label of the brief's, and copy writing it
+    was refused."""
+    brief = dataclasses.replace(
+        BRIEF, segment="Weekend hikers", brand_voice="Price: always said upfront"
+    )
+    assert rules("Ridgeline shoes for weekend trails. Price: $129.", brief) == set()
+
+
 KETTLE_ZH = Brief(
     "极光水壶",
     "一款一点七升的玻璃水壶，三分钟就能把水烧开。",  # noqa: RUF001
