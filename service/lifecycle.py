@@ -30,7 +30,8 @@ from sqlmodel.sql.expression import SelectOfScalar
 
 from bandits import stats
 from bandits.priors import discount_factor, empirical_bayes_prior
-from service.copy_backoff import Backoff, copy_backoff, orders_of
+from service.config import Settings
+from service.copy_backoff import copy_backoff, orders_of
 from service.db import database_unavailable, rows_changed
 from service.errors import first_problem
 from service.long_briefs import hold_lifted, last_record, refusal
@@ -54,8 +55,8 @@ from service.segment_guard import another_stays_active, lock_row, lock_segment
 
 log = logging.getLogger(__name__)
 
-# Settings.lifecycle_interval_seconds's default: what a pass's backoff counts from when not told.
-DEFAULT_INTERVAL = timedelta(seconds=900)
+# What a pass's backoff counts from when not told: the interval's default.
+DEFAULT_INTERVAL = timedelta(seconds=Settings.lifecycle_interval_seconds)
 
 
 @dataclass(frozen=True)
@@ -226,7 +227,7 @@ def _starved(
     sure that is. Only these candidates cost the look-up in `served_since`."""
     if policy.starved_after is None or served_since is None:
         return set()
-    after = policy.starved_after * policy.min_impressions
+    after = _starved_at(policy)
     return {
         arm.variant_id
         for arm, best in zip(active, prob_best, strict=True)
@@ -747,14 +748,15 @@ def _unless_brief_refused(
         return actions
     lifted = hold_lifted(record, experiment, segment, model=model)
     if lifted is not None:
-        return [_after_hold(action, lifted) for action in actions]
+        note = f"the hold on a brief too long for the model ended: {_LIFTED_BY[lifted]}"
+        return _order_noted(actions, note, {"hold_lifted": lifted})
     log.warning(
         "lifecycle: segment %s of experiment %s gets no new copy: %s",
         segment.key,
         experiment.id,
         refusal(record),
     )
-    return [action for action in actions if action.kind != "regenerate"]
+    return _without_order(actions)
 
 
 def _unless_backing_off(
@@ -769,38 +771,37 @@ def _unless_backing_off(
     if backoff is None:
         return actions
     if not backoff.holds_at(now, interval):
-        return [_after_failures(action, backoff) for action in actions]
+        return _order_noted(
+            actions, backoff.resumed(), {"failed_in_a_row": backoff.failed_in_a_row}
+        )
     log.warning(
         "lifecycle: segment %s of experiment %s gets no new copy yet: %s",
         segment.key,
         segment.experiment_id,
         backoff.paused(),
     )
-    return [action for action in actions if action.kind != "regenerate"]
-
-
-def _after_failures(action: Action, backoff: Backoff) -> Action:
-    if action.kind != "regenerate":
-        return action
-    return dataclasses.replace(
-        action,
-        reason=f"{action.reason}; {backoff.resumed()}",
-        numbers={**action.numbers, "failed_in_a_row": backoff.failed_in_a_row},
-    )
+    return _without_order(actions)
 
 
 _LIFTED_BY = {"brief": "the brief changed", "model": "the configured model changed"}
 
 
-def _after_hold(action: Action, lifted: str) -> Action:
-    if action.kind != "regenerate":
-        return action
-    return dataclasses.replace(
-        action,
-        reason=f"{action.reason}; the hold on a brief too long for the model ended: "
-        + _LIFTED_BY[lifted],
-        numbers={**action.numbers, "hold_lifted": lifted},
-    )
+def _without_order(actions: list[Action]) -> list[Action]:
+    return [action for action in actions if action.kind != "regenerate"]
+
+
+def _order_noted(actions: list[Action], note: str, numbers: dict[str, Any]) -> list[Action]:
+    """The plan with its order for copy saying `note` after its reason, and `numbers` besides."""
+    return [
+        dataclasses.replace(
+            action,
+            reason=f"{action.reason}; {note}",
+            numbers={**action.numbers, **numbers},
+        )
+        if action.kind == "regenerate"
+        else action
+        for action in actions
+    ]
 
 
 def _status_changes(actions: list[Action]) -> list[Action]:
