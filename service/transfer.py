@@ -42,12 +42,24 @@ class CopyReport:
 Progress = Callable[[str, int, int], None]
 
 
+# How long the copy waits for the target's tables: a server there finishes a request's
+# transaction in milliseconds, so a longer wait means one is busy or a session left one open, and
+# waiting on it without end hung the command with nothing said.
+LOCK_WAIT_SECONDS = 10.0
+
+
 def copy_database(
-    *, source: sa.Engine, target: sa.Engine, batch_size: int, progress: Progress
+    *,
+    source: sa.Engine,
+    target: sa.Engine,
+    batch_size: int,
+    progress: Progress,
+    lock_wait_seconds: float = LOCK_WAIT_SECONDS,
 ) -> CopyReport:
     """Copy every table's rows, in foreign-key order; raises CopyRefused where the target is not
-    an empty database at the source's migration, or where a row could not be written (the
-    target then keeps none of them)."""
+    an empty database at the source's migration, where its tables stay locked by another
+    connection for `lock_wait_seconds`, or where a row could not be written (the target then
+    keeps none of them)."""
     tables = SQLModel.metadata.sorted_tables
     with _snapshot(source) as reading, target.connect() as writing, writing.begin():
         revision = migrations.revision_on(reading)
@@ -59,8 +71,7 @@ def copy_database(
                 f"`COPYBANDIT_DATABASE_URL={display_url(target.url)} copybandit migrate` first"
             )
         # Until the commit no server on the target writes a row the check below did not see.
-        names = ", ".join(_quoted(writing, t.name) for t in tables)
-        writing.exec_driver_sql(f"LOCK TABLE {names} IN EXCLUSIVE MODE")
+        _lock(writing, tables, lock_wait_seconds)
         filled = [t.name for t in tables if writing.execute(sa.select(1).select_from(t)).first()]
         if filled:
             raise CopyRefused(
@@ -81,6 +92,31 @@ def copy_database(
             raise CopyRefused("`copybandit check` reads the copy differently from the source")
         sequences = _advance_sequences(writing, tables)
     return CopyReport(rows=copied, sequences=sequences, counters=counters)
+
+
+def _lock(writing: sa.Connection, tables: list[sa.Table], wait_seconds: float) -> None:
+    """Every table locked against writes until the commit; CopyRefused where another connection
+    holds one for longer than `wait_seconds`."""
+    names = ", ".join(_quoted(writing, t.name) for t in tables)
+    # SET LOCAL ends with this transaction; a timeout of 0 would mean "wait for ever".
+    milliseconds = max(1, round(wait_seconds * 1000))
+    writing.exec_driver_sql(f"SET LOCAL lock_timeout = {milliseconds}")
+    try:
+        writing.exec_driver_sql(f"LOCK TABLE {names} IN EXCLUSIVE MODE")
+    except sa.exc.OperationalError as exc:
+        if getattr(exc.orig, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
+            raise
+        # The transaction is aborted now, so who holds the lock cannot be asked here.
+        raise CopyRefused(
+            f"{display_url(writing.engine.url)}: another connection kept a table locked for "
+            f"{wait_seconds:g} s; stop the copybandit servers on it (nothing may write to the "
+            "copy's target) or end the session that holds it (see pg_stat_activity), and try "
+            "again"
+        ) from None
+
+
+# PostgreSQL's "lock_not_available", which lock_timeout raises.
+_LOCK_NOT_AVAILABLE = "55P03"
 
 
 @contextlib.contextmanager

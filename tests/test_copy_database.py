@@ -21,7 +21,7 @@ from service.generation_jobs import create_job
 from service.marketers import list_marketers, open_session
 from service.migrate import upgrade
 from service.scheduler import claim
-from service.transfer import copy_database
+from service.transfer import CopyRefused, copy_database
 from tests.conftest import BACKENDS, Api, postgres_schema, postgres_schema_url
 
 needs_postgres = pytest.mark.skipif(
@@ -288,3 +288,34 @@ def test_the_configured_database_as_its_own_target_is_refused(
 
     assert result.exit_code == 2
     assert "Invalid value for --to: names the configured database itself" in result.output
+
+
+@needs_postgres
+def test_a_target_whose_tables_another_session_keeps_locked_is_refused_in_time(
+    source: str, target: str
+) -> None:
+    # A session left open in a transaction that wrote to the target: the copy had waited on it
+    # without end, saying nothing.
+    holder = sa.create_engine(target)
+    reading, writing = sa.create_engine(source), sa.create_engine(target)
+    try:
+        with holder.connect() as held:
+            held.exec_driver_sql("LOCK TABLE variant IN ROW EXCLUSIVE MODE")
+            with pytest.raises(CopyRefused) as refused:
+                copy_database(
+                    source=reading,
+                    target=writing,
+                    batch_size=100,
+                    progress=lambda *_: None,
+                    lock_wait_seconds=0.2,
+                )
+            held.rollback()
+        assert "another connection kept a table locked for 0.2 s" in str(refused.value)
+        assert "stop the copybandit servers on it" in str(refused.value)
+        assert all(not rows for rows in _rows(target).values())
+        # Once it has ended the copy goes through.
+        copy_database(source=reading, target=writing, batch_size=100, progress=lambda *_: None)
+        assert _rows(target) == _rows(source)
+    finally:
+        for engine in (holder, reading, writing):
+            engine.dispose()
