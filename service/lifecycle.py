@@ -534,18 +534,23 @@ def _log_experiment_passed(
     actions = report.actions[before[0] :]
     done = {kind: sum(e.action == kind for e in actions) for kind in AUDIT_ACTIONS}
     log.info(
-        "lifecycle: experiment %s: %d segments passed, %d failed; %d retired, %d paused,"
-        " %d winners declared, %d generation jobs ordered, %d discount folds; %.2f s",
+        "lifecycle: experiment %s: %s passed, %d failed; %d retired, %d paused, %s declared,"
+        " %s ordered, %s; %.2f s",
         experiment.id,
-        passed,
+        _counted(passed, "segment"),
         len(report.failed_segments) - before[2],
         done["retire"],
         done["pause"],
-        done["declare_winner"],
-        len(report.jobs) - before[1],
-        done["discount"],
+        _counted(done["declare_winner"], "winner"),
+        _counted(len(report.jobs) - before[1], "generation job"),
+        _counted(done["discount"], "discount fold"),
         seconds,
     )
+
+
+def _counted(n: int, noun: str) -> str:
+    # "1 winners declared" read as a slip in a line people grep and quote.
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _log_left_unchanged(

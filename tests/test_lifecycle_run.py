@@ -718,10 +718,29 @@ def test_a_pass_logs_one_line_per_experiment_saying_what_it_did(
     assert len(said) == 2, said
     assert re.fullmatch(
         rf"lifecycle: experiment {experiment['id']}: 2 segments passed, 0 failed; 1 retired, "
-        r"0 paused, 1 winners declared, 0 generation jobs ordered, 0 discount folds; \d+\.\d\d s",
+        r"0 paused, 1 winner declared, 0 generation jobs ordered, 0 discount folds; \d+\.\d\d s",
         said[0],
     ), said[0]
     assert said[1].startswith(f"lifecycle: experiment {broken['id']}: 0 segments passed, 2 failed;")
+
+
+def test_a_pass_s_line_says_one_of_each_in_the_singular(
+    app: Any, api: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It said "1 segments passed" and "1 generation jobs ordered"."""
+    single = api.create_experiment(
+        name="One segment", segments=[{"key": TEA, "description": "Brew loose-leaf tea daily."}]
+    )
+    caplog.set_level(logging.INFO, logger="service.lifecycle")
+
+    run(app)
+
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert re.fullmatch(
+        rf"lifecycle: experiment {single['id']}: 1 segment passed, 0 failed; 0 retired, "
+        r"0 paused, 0 winners declared, 1 generation job ordered, 0 discount folds; \d+\.\d\d s",
+        said[-1],
+    ), said
 
 
 def test_the_guardrail_leaves_an_experiment_with_a_broken_policy_alone_quietly(
