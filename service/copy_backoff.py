@@ -6,7 +6,9 @@ the lint refusing every line, out of memory), every pass ordered another, about 
 96 "regenerate" audit rows per segment a day at the default interval, each loading the model for
 nothing. After n failed orders in a row the next one waits `interval` x 2^(n-1) from the last,
 at most BACKOFF_CAP. Only jobs a pass ordered count; a job started by hand is never held back, and
-any job that delivers copy ends the run of failures.
+any job that delivers copy ends the run of failures. A job that was interrupted, cancelled or found
+its brief too long for the model (held instead: service.long_briefs) says nothing of the model,
+and neither counts nor ends a run; each job's outcome column says which it was.
 """
 
 from __future__ import annotations
@@ -17,19 +19,14 @@ from datetime import datetime, timedelta
 
 from sqlmodel import Session, col, select
 
-from generation.writer import PromptTooLong
-from service.models import GenerationJob, JobStatus, LifecycleEvent, Segment, jobs_covering
+from service.models import GenerationJob, JobOutcome, LifecycleEvent, Segment, jobs_covering
 
 # The longest a segment's next order waits: a day, so a model fixed overnight gets the segment
 # copy the next day at the latest, without anyone starting a job by hand.
 BACKOFF_CAP = timedelta(hours=24)
-# How a job no worker finished begins its error (the server or command stopped, or an hour
-# passed): it says nothing about the model, so it neither counts as a failure nor ends a run.
-INTERRUPTED_PREFIX = "interrupted: "
-# A job that ran to the end with every line refused (the lint, the dedupe): as good as failed.
-DELIVERED_NOTHING = "done: 0 new variants"
-# A brief too long for the model is held (service.long_briefs) until it or the model changes.
-_BRIEF_TOO_LONG = f"{PromptTooLong.__name__}: "
+# The outcomes that say how the model did; a run of failures is read back to the last success.
+_FAILED = (JobOutcome.FAILED.value, JobOutcome.WROTE_NONE.value)
+_SAYS_OF_THE_MODEL = (JobOutcome.WROTE.value, *_FAILED)
 # Jobs read per segment: 18 failures in a row reach the cap from a 1 s interval, so more only
 # ever repeat it.
 _JOBS_READ = 32
@@ -77,23 +74,16 @@ def copy_backoff(session: Session, segment: Segment, *, interval: timedelta) -> 
     """The segment's backoff, from its latest finished jobs: one read, and a second, of the
     orders, only while the latest say the model failed."""
     recent = session.exec(
-        select(GenerationJob.id, GenerationJob.status, GenerationJob.error, GenerationJob.message)
-        .where(
-            jobs_covering(segment),
-            col(GenerationJob.status).in_([JobStatus.SUCCEEDED.value, JobStatus.FAILED.value]),
-        )
+        select(GenerationJob.id, GenerationJob.outcome)
+        .where(jobs_covering(segment), col(GenerationJob.outcome).in_(_SAYS_OF_THE_MODEL))
         .order_by(col(GenerationJob.id).desc())
         .limit(_JOBS_READ)
     ).all()
     failed: list[int] = []
-    for job_id, status, error, message in recent:
-        if status == JobStatus.FAILED.value:
-            if not (error or "").startswith((INTERRUPTED_PREFIX, _BRIEF_TOO_LONG)):
-                failed.append(job_id)  # type: ignore[arg-type]
-        elif message == DELIVERED_NOTHING:
-            failed.append(job_id)  # type: ignore[arg-type]
-        else:
+    for job_id, outcome in recent:
+        if outcome not in _FAILED:
             break
+        failed.append(job_id)  # type: ignore[arg-type]
     if not failed:
         return None
     ordered = orders_of(session, failed)

@@ -33,7 +33,6 @@ from generation.model import ModelUnavailable
 from generation.similarity import DEFAULT_THRESHOLD, NgramSimilarity, most_similar
 from generation.writer import PromptTooLong, Writer
 from service.config import Settings
-from service.copy_backoff import DELIVERED_NOTHING, INTERRUPTED_PREFIX
 from service.copy_checks import brief_for, lint_config
 from service.db import database_unavailable, rows_changed
 from service.experiments import fetch, find_segment, get_experiment, segments_of
@@ -50,6 +49,7 @@ from service.models import (
     JOB_ERROR_MAX_CHARS,
     JOB_MESSAGE_MAX_CHARS,
     GenerationJob,
+    JobOutcome,
     JobStatus,
     LifecycleEvent,
     Origin,
@@ -69,6 +69,8 @@ _REJECTIONS_KEPT = 50
 # still in its queue), or nothing ran it (`copybandit lifecycle --once --no-generate` queues jobs
 # and runs none).
 JOB_STALE_AFTER = timedelta(hours=1)
+# How a job no worker finished begins its error and message.
+_INTERRUPTED_PREFIX = "interrupted: "
 # What an interrupted job's message ends with: a marketer reading it learns whether anything is
 # lost. Only copy the lifecycle ordered is ordered again; a job started by hand asked for lines the
 # lifecycle's plan may not miss, and its message said they would come, which they never did.
@@ -77,7 +79,7 @@ _NOT_REORDERED = (
     "(it was started by hand, so nothing orders its copy again: start another job if still wanted)"
 )
 INTERRUPTED = (
-    f"{INTERRUPTED_PREFIX}no worker finished it within an hour; its process exited or nothing "
+    f"{_INTERRUPTED_PREFIX}no worker finished it within an hour; its process exited or nothing "
     "ran it"
 )
 _UNFINISHED = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
@@ -244,6 +246,7 @@ def run_job(
                 session,
                 job,
                 status=JobStatus.FAILED,
+                outcome=_failure_outcome(exc),
                 finished_at=utcnow(),
                 error=f"{type(exc).__name__}: {exc}"[:JOB_ERROR_MAX_CHARS],
                 # A brief too long is kept, so the lifecycle orders no more until it changes.
@@ -260,12 +263,13 @@ def run_job(
             session,
             job,
             status=JobStatus.SUCCEEDED,
+            # No line accepted (the lint or the dedupe refused them all) is as good as a failure
+            # to the lifecycle's backoff (service.copy_backoff).
+            outcome=JobOutcome.WROTE if accepted else JobOutcome.WROTE_NONE,
             finished_at=utcnow(),
             progress=1.0,
             result=result,
-            # No line accepted (the lint or the dedupe refused them all) is as good as a failure
-            # to the lifecycle's backoff, which reads this message (service.copy_backoff).
-            message=DELIVERED_NOTHING if accepted == 0 else f"done: {_new_variants(accepted)}",
+            message=f"done: {_new_variants(accepted)}",
         )
         return job
 
@@ -284,6 +288,11 @@ def _start(session: Session, job_id: int) -> tuple[GenerationJob, bool]:
         message="starting",
     )
     return job, started
+
+
+def _failure_outcome(exc: Exception) -> JobOutcome:
+    # A brief too long is held (service.long_briefs), not backed off from (service.copy_backoff).
+    return JobOutcome.TOO_LONG if isinstance(exc, PromptTooLong) else JobOutcome.FAILED
 
 
 def _new_variants(count: int) -> str:
@@ -575,6 +584,7 @@ def _written_off(reason: str, now: datetime) -> dict[str, Any]:
     """A job's row once no worker will finish it: failed, saying why."""
     return {
         "status": JobStatus.FAILED.value,
+        "outcome": JobOutcome.INTERRUPTED.value,
         "finished_at": now,
         "updated_at": now,
         "message": reason,
@@ -603,9 +613,9 @@ def _update(
 
 
 # A job this process held when it stopped: no wait for an hour, its copy is ordered again at once.
-STOPPED = f"{INTERRUPTED_PREFIX}the server stopped"
+STOPPED = f"{_INTERRUPTED_PREFIX}the server stopped"
 # The same for `copybandit lifecycle --once` stopped (Ctrl-C, SIGTERM) mid-job.
-COMMAND_STOPPED = f"{INTERRUPTED_PREFIX}the command running it was stopped"
+COMMAND_STOPPED = f"{_INTERRUPTED_PREFIX}the command running it was stopped"
 
 
 class JobRunner:

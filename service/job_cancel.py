@@ -21,7 +21,7 @@ from service.db import rows_changed
 from service.errors import Conflict
 from service.generation_jobs import get_job, stored_in
 from service.metrics import count
-from service.models import GenerationJob, JobStatus, utcnow
+from service.models import GenerationJob, JobOutcome, JobStatus, utcnow
 from service.segment_guard import lock_row
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,13 @@ def cancel_job(*, session: Session, job_id: int, by: str) -> GenerationJob:
         session,
         sa.update(GenerationJob)
         .where(col(GenerationJob.id) == job.id)
-        .values(status=JobStatus.CANCELLED.value, message=message, finished_at=now, updated_at=now),
+        .values(
+            status=JobStatus.CANCELLED.value,
+            outcome=JobOutcome.CANCELLED.value,
+            message=message,
+            finished_at=now,
+            updated_at=now,
+        ),
     )
     session.commit()
     session.refresh(job)

@@ -117,6 +117,23 @@ class JobStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+class JobOutcome(StrEnum):
+    """How a job ended, which its status alone does not say: the lifecycle backs off from copy
+    the model keeps failing to write (service.copy_backoff), and told these apart by the job's
+    error and message text. None while the job is queued or running. Migration 0015."""
+
+    WROTE = "wrote"
+    # Ran to the end with every line refused (the lint, the dedupe): as good as failed.
+    WROTE_NONE = "wrote_none"
+    FAILED = "failed"
+    # No worker finished it (the server or command stopped, or an hour passed): it says nothing
+    # of the model.
+    INTERRUPTED = "interrupted"
+    CANCELLED = "cancelled"
+    # A brief too long for the model, held instead (service.long_briefs).
+    TOO_LONG = "too_long"
+
+
 class Scope(StrEnum):
     SERVE = "serve"
     ADMIN = "admin"
@@ -307,7 +324,7 @@ class GenerationJob(SQLModel, table=True):
     """A request for generated copy, run in the background; its row is its progress report."""
 
     __tablename__ = "generation_job"
-    __table_args__ = (_one_of("status", JobStatus),)
+    __table_args__ = (_one_of("status", JobStatus), _one_of("outcome", JobOutcome))
 
     id: int | None = Field(default=None, primary_key=True)
     experiment_id: int = Field(foreign_key="experiment.id", index=True)
@@ -319,6 +336,7 @@ class GenerationJob(SQLModel, table=True):
     message: str = Field(default="queued", max_length=JOB_MESSAGE_MAX_CHARS)
     result: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
     error: str | None = Field(default=None, max_length=JOB_ERROR_MAX_CHARS)
+    outcome: str | None = Field(default=None, max_length=16)
     created_at: datetime = _timestamp()
     started_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UtcDateTime)

@@ -468,6 +468,7 @@ def ended_job(
     status: str = "failed",
     error: str | None = MODEL_ERROR,
     message: str = "failed",
+    outcome: str | None = "failed",
 ) -> int:
     """A job for the segment that ended as told, ordered by a pass at `ordered_at` (its
     regenerate row), or started by hand when None; its id."""
@@ -478,6 +479,7 @@ def ended_job(
         status=status,
         error=error if status == "failed" else None,
         message=message,
+        outcome=outcome,
     )
     session.add(job)
     session.flush()
@@ -558,31 +560,53 @@ def test_a_job_that_delivers_copy_ends_the_backoff(
         ordered_at=None if by_hand else NOW,
         status="succeeded",
         message="done: 1 new variant",
+        outcome="wrote",
     )
 
     assert tea_ordered(app, session, experiment, NOW + timedelta(minutes=1))
 
 
 @pytest.mark.parametrize(
-    ("status", "error"),
+    ("status", "error", "outcome"),
     [
         (
             "failed",
             "interrupted: the server stopped (the lifecycle orders copy still missing again)",
+            "interrupted",
         ),
-        ("failed", "interrupted: no worker finished it within an hour; its process exited"),
-        ("failed", "interrupted: the command running it was stopped"),
-        ("cancelled", None),
+        (
+            "failed",
+            "interrupted: no worker finished it within an hour; its process exited",
+            "interrupted",
+        ),
+        ("failed", "interrupted: the command running it was stopped", "interrupted"),
+        ("cancelled", None, "cancelled"),
         # Held as too long for the model instead (service.long_briefs).
-        ("failed", "PromptTooLong: segment tea-lovers: the prompt is 5,201 tokens"),
+        ("failed", "PromptTooLong: segment tea-lovers: the prompt is 5,201 tokens", "too_long"),
+        # Ended by a server of the release before 0015, which writes no outcome.
+        ("succeeded", None, None),
+        ("failed", MODEL_ERROR, None),
     ],
 )
 def test_jobs_that_say_nothing_of_the_model_neither_count_nor_end_a_backoff(
-    app: Any, session: Session, experiment: dict[str, Any], status: str, error: str | None
+    app: Any,
+    session: Session,
+    experiment: dict[str, Any],
+    status: str,
+    error: str | None,
+    outcome: str | None,
 ) -> None:
     failed_in_a_row(session, experiment, TEA, 2, last_at=NOW)
-    ended_job(session, experiment, TEA, ordered_at=NOW + INTERVAL, status=status, error=error)
-    ended_job(session, experiment, TEA, ordered_at=NOW + INTERVAL, status=status, error=error)
+    for _ in range(2):
+        ended_job(
+            session,
+            experiment,
+            TEA,
+            ordered_at=NOW + INTERVAL,
+            status=status,
+            error=error,
+            outcome=outcome,
+        )
 
     # As after the two failures alone: two intervals from the last, not four, nor at once.
     assert not tea_ordered(app, session, experiment, NOW + INTERVAL)
@@ -610,6 +634,7 @@ def test_a_job_whose_every_line_the_lint_refused_counts_as_failed(
         ordered_at=NOW,
         status="succeeded",
         message=("done: 0 new variants"),
+        outcome="wrote_none",
     )
 
     assert not tea_ordered(app, session, experiment, NOW + INTERVAL)

@@ -272,6 +272,75 @@ def test_a_job_may_end_cancelled_and_reads_failed_after_a_downgrade(
     assert tuple(row) == ("failed", "cancelled by x")
 
 
+# status, error, message as 0014 stored them, and the outcome 0015 gives them.
+_ENDED_BEFORE_0015 = [
+    ("queued", None, "queued", None),
+    ("running", None, "segment s: round 1/4, 0/1 accepted", None),
+    ("succeeded", None, "done: 2 new variants", "wrote"),
+    ("succeeded", None, "done: 0 new variants", "wrote_none"),
+    ("failed", "RuntimeError: the model fell over", "failed", "failed"),
+    ("failed", None, "failed", "failed"),
+    ("failed", "interrupted: the server stopped", "interrupted: the server stopped", "interrupted"),
+    ("failed", "PromptTooLong: segment s: 5,201 tokens", "failed", "too_long"),
+    ("cancelled", None, "cancelled by x", "cancelled"),
+    # Compared exactly, as the backoff compared them: not a prefix in another case.
+    ("failed", "Interrupted: by hand", "failed", "failed"),
+    ("failed", "prompttoolong: x", "failed", "failed"),
+]
+
+
+def test_jobs_stored_before_0015_are_given_the_outcome_their_text_said(
+    empty_engine: sa.Engine,
+) -> None:
+    """The backoff read a job's error and message text; it reads the outcome column now."""
+    migrate.upgrade(empty_engine, "0014")
+    ids = _a_stored_variant(empty_engine)
+    with empty_engine.begin() as connection:
+        for status, error, message, _ in _ENDED_BEFORE_0015:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO generation_job (experiment_id, n, status, progress, message,"
+                    " error, created_at, updated_at)"
+                    " VALUES (:experiment, 1, :status, 0, :message, :error, :now, :now)"
+                ).bindparams(sa.bindparam("now", type_=UtcDateTime)),
+                {
+                    "experiment": ids["experiment"],
+                    "status": status,
+                    "message": message,
+                    "error": error,
+                    "now": utcnow(),
+                },
+            )
+
+    migrate.upgrade(empty_engine)
+
+    with Session(empty_engine) as session:
+        jobs = session.exec(select(GenerationJob).order_by(col(GenerationJob.id))).all()
+    assert [job.outcome for job in jobs] == [outcome for *_, outcome in _ENDED_BEFORE_0015]
+
+    migrate.downgrade(empty_engine, "0014")
+    assert "outcome" not in _columns_and_indexes(empty_engine)["generation_job"][0]
+    with empty_engine.connect() as connection:
+        kept = connection.exec_driver_sql(
+            "SELECT status, error, message FROM generation_job ORDER BY id"
+        ).all()
+    assert [tuple(row) for row in kept] == [row[:3] for row in _ENDED_BEFORE_0015]
+
+
+def test_the_outcome_column_refuses_a_value_no_job_writes(empty_engine: sa.Engine) -> None:
+    migrate.upgrade(empty_engine)
+    ids = _a_stored_variant(empty_engine)
+    with pytest.raises(sa.exc.IntegrityError), empty_engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO generation_job (experiment_id, n, status, progress, message,"
+                " outcome, created_at, updated_at)"
+                " VALUES (:experiment, 1, 'failed', 0, 'm', 'exploded', :now, :now)"
+            ).bindparams(sa.bindparam("now", type_=UtcDateTime)),
+            {"experiment": ids["experiment"], "now": utcnow()},
+        )
+
+
 def _columns_and_indexes(engine: sa.Engine) -> dict[str, tuple[set[str], set[str]]]:
     inspector = sa.inspect(engine)
     return {
