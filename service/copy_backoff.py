@@ -97,11 +97,13 @@ def orders_of(session: Session, job_ids: Collection[int]) -> dict[int, datetime]
     if not job_ids:
         return {}
     job_id = col(LifecycleEvent.numbers)["job_id"].as_integer()
-    experiments = select(GenerationJob.experiment_id).where(col(GenerationJob.id).in_(job_ids))
+    # A pass orders a job for one segment, and its regenerate row names that segment.
+    segments = select(GenerationJob.segment_id).where(col(GenerationJob.id).in_(job_ids))
     ordered = session.exec(
         select(job_id, LifecycleEvent.created_at).where(
-            # By experiment first: its index leaves the JSON read to that experiment's events.
-            col(LifecycleEvent.experiment_id).in_(experiments),
+            # By segment and action first: the index on both leaves the JSON read to those
+            # segments' orders, where by experiment it read every fold of every segment.
+            col(LifecycleEvent.segment_id).in_(segments),
             col(LifecycleEvent.action) == "regenerate",
             job_id.in_(job_ids),
         )

@@ -329,7 +329,7 @@ class GenerationJob(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     experiment_id: int = Field(foreign_key="experiment.id", index=True)
     # None: every segment of the experiment.
-    segment_id: int | None = Field(default=None, foreign_key="segment.id")
+    segment_id: int | None = Field(default=None, foreign_key="segment.id", index=True)
     n: int
     status: str = Field(default=JobStatus.QUEUED.value, max_length=16)
     progress: float = Field(default=0.0)
@@ -361,6 +361,8 @@ class LifecycleEvent(SQLModel, table=True):
     """Audit trail: what the lifecycle did, to which variant, by which rule, with which numbers."""
 
     __tablename__ = "lifecycle_event"
+    # A segment's orders for copy (service.copy_backoff), not its every discount fold.
+    __table_args__ = (sa.Index("ix_lifecycle_event_segment_id_action", "segment_id", "action"),)
 
     id: int | None = Field(default=None, primary_key=True)
     experiment_id: int = Field(foreign_key="experiment.id", index=True)

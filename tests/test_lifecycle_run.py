@@ -31,6 +31,7 @@ from service.models import (
 )
 from service.policy import LifecyclePolicy
 from tests.conftest import store_policy_by_hand
+from tests.query_plans import sqlite_reads, statements_sent
 
 NOW = datetime(2026, 3, 14, 15, 9, 26, tzinfo=UTC)
 TEA, PARENTS = "tea-lovers", "busy-parents"
@@ -665,6 +666,38 @@ def test_a_pass_backing_off_writes_no_audit_row_and_the_order_that_resumes_says_
         "jobs in a row"
     )
     assert resumed.numbers is not None and resumed.numbers["failed_in_a_row"] == 3
+
+
+# SQLite's alone: its plans name the index whatever the tables hold; PostgreSQL's depend on the
+# tables' statistics.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_segment_s_jobs_and_orders_are_read_through_its_indexes(
+    session: Session, experiment: dict[str, Any]
+) -> None:
+    """Without an index on the segment, the jobs were read by scanning generation_job back from
+    its newest row (all of it for a segment with few jobs), and the orders by experiment, every
+    discount fold of every segment of it."""
+    from service.copy_backoff import copy_backoff
+    from service.long_briefs import last_record
+
+    failed_in_a_row(session, experiment, TEA, 2, last_at=NOW)
+    tea = session.get_one(Segment, segment_id(session, experiment, TEA))
+    engine = session.get_bind()
+    assert isinstance(engine, sa.Engine)
+    with statements_sent(engine) as sent:
+        assert copy_backoff(session, tea, interval=INTERVAL) is not None
+        last_record(session, tea)
+
+    reads = {
+        read.split(" (")[0] for read in sqlite_reads(engine, sent, "generation_job|lifecycle_event")
+    }
+    assert not any(read.startswith("SCAN") for read in reads), reads
+    # The experiment's index, for its jobs for every segment, or the segment's again.
+    assert reads - {"SEARCH generation_job USING INDEX ix_generation_job_experiment_id"} == {
+        "SEARCH generation_job USING INDEX ix_generation_job_segment_id",
+        "SEARCH generation_job USING INTEGER PRIMARY KEY",
+        "SEARCH lifecycle_event USING INDEX ix_lifecycle_event_segment_id_action",
+    }, reads
 
 
 def test_a_pass_fails_jobs_no_worker_finished_within_an_hour_and_orders_again(
