@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlmodel import Session, col, select
+from sqlmodel import Session, SQLModel, col, select
 
 from generation import LintConfig, generate_variants
 from generation.model import ModelUnavailable
@@ -59,7 +59,7 @@ from service.models import (
     utcnow,
 )
 from service.policy import policy_shown
-from service.segment_guard import lock_segment
+from service.segment_guard import lock_row, lock_segment
 
 log = logging.getLogger(__name__)
 # Lines kept in a job's result to explain rejections; the counts cover all of them.
@@ -242,9 +242,11 @@ def run_job(
             # Segments done before the error kept their new copy (each commits on its own): the
             # job says which, so what is being served or reviewed can be traced back to it.
             stored = sum(len(s["variant_ids"]) for s in result["segments"].values())
-            finished = _finish(
+            _finish(
                 session,
                 job,
+                # Only with the job's record: one given up meanwhile held nothing.
+                also=_holds_begun(session, job, holds, model=options.model),
                 status=JobStatus.FAILED,
                 outcome=_failure_outcome(exc),
                 finished_at=utcnow(),
@@ -253,10 +255,6 @@ def run_job(
                 result=result if result["segments"] or result.get(BRIEFS_TOO_LONG) else None,
                 message=_failure_message(stored, list(result["segments"])),
             )
-            if finished and holds:
-                # Only once the job's record stands: one given up meanwhile held nothing.
-                session.add_all(holds)
-                session.commit()
             return job
         accepted = sum(len(s["variant_ids"]) for s in result["segments"].values())
         _finish(
@@ -288,6 +286,27 @@ def _start(session: Session, job_id: int) -> tuple[GenerationJob, bool]:
         message="starting",
     )
     return job, started
+
+
+def _holds_begun(
+    session: Session, job: GenerationJob, holds: list[LifecycleEvent], *, model: str
+) -> list[LifecycleEvent]:
+    """Those of the job's `holds` that no job ended before it has begun: read under each
+    segment's lock (lock_row), which the caller holds to its commit of the job's end. Read as the
+    job found each brief too long, two jobs at once for one held brief each found none begun, and
+    each wrote its audit row."""
+    if not holds:
+        return []
+    experiment = get_experiment(session=session, experiment_id=job.experiment_id)
+    begun = []
+    # In one order, so two jobs for every segment ending at once wait for each other, not deadlock.
+    for hold in sorted(holds, key=lambda hold: hold.segment_id or 0):
+        segment = session.get_one(Segment, hold.segment_id)
+        lock_row(session, segment)
+        # Held already, by an earlier job's record of this brief and model: no new hold.
+        if brief_refused(session, experiment, segment, model=model) is None:
+            begun.append(hold)
+    return begun
 
 
 def _failure_outcome(exc: Exception) -> JobOutcome:
@@ -324,11 +343,13 @@ def _listed_within(head: str, items: list[str], separator: str, limit: int) -> s
     return None
 
 
-def _finish(session: Session, job: GenerationJob, **values: Any) -> bool:
-    """Record how the job ended, while it still says running: a pass that gave it up as
-    interrupted meanwhile has counted it failed and ordered its copy again, and its row keeps
-    saying so. Whether it was recorded."""
-    if not _update(session, job, while_status=JobStatus.RUNNING, **values):
+def _finish(
+    session: Session, job: GenerationJob, *, also: Sequence[SQLModel] = (), **values: Any
+) -> bool:
+    """Record how the job ended, with the rows `also`, while it still says running: a pass that
+    gave it up as interrupted meanwhile has counted it failed and ordered its copy again, and its
+    row keeps saying so. Whether it was recorded."""
+    if not _update(session, job, while_status=JobStatus.RUNNING, also=also, **values):
         log.warning(
             "generation job %s ended (%s) after it was given up as interrupted",
             job.id,
@@ -362,7 +383,8 @@ def _generate(
     holds: list[LifecycleEvent],
 ) -> None:
     """Fills `result` segment by segment, as each segment's copy commits, and `holds` with the
-    audit rows of the holds on briefs too long for the model that this job begins."""
+    audit rows of the holds on briefs too long for the model that this job may begin
+    (_holds_begun)."""
     experiment = get_experiment(session=session, experiment_id=job.experiment_id)
     segments = [
         s
@@ -424,9 +446,7 @@ def _generate(
             too_long.append(f"segment {segment.key}: {exc}")
             record = too_long_record(experiment, segment, exc, model=options.model)
             result.setdefault(BRIEFS_TOO_LONG, {})[segment.key] = record
-            # Held already, by an earlier job's record of this brief and model: no new hold.
-            if brief_refused(session, experiment, segment, model=options.model) is None:
-                holds.append(hold_begun(experiment, segment, record, job_id=job.id))  # type: ignore[arg-type]
+            holds.append(hold_begun(experiment, segment, record, job_id=job.id))  # type: ignore[arg-type]
             continue
         variants = [
             Variant(
@@ -593,16 +613,23 @@ def _written_off(reason: str, now: datetime) -> dict[str, Any]:
 
 
 def _update(
-    session: Session, job: GenerationJob, *, while_status: JobStatus | None = None, **values: Any
+    session: Session,
+    job: GenerationJob,
+    *,
+    while_status: JobStatus | None = None,
+    also: Sequence[SQLModel] = (),
+    **values: Any,
 ) -> bool:
-    """Write `values` to the job's row and to `job`, noting the time as its last write; with
-    `while_status`, only while the row still says so (False, and `job` read afresh, when it no
-    longer does)."""
+    """Write `values` to the job's row and to `job`, noting the time as its last write, and store
+    the rows `also` in the same transaction; with `while_status`, only while the row still says
+    so (False, nothing stored, and `job` read afresh, when it no longer does)."""
     update = sa.update(GenerationJob).where(col(GenerationJob.id) == job.id)
     if while_status is not None:
         update = update.where(col(GenerationJob.status) == while_status.value)
     values = {"updated_at": utcnow(), **values}
     changed = rows_changed(session, update.values(**values))
+    if changed:
+        session.add_all(also)
     session.commit()
     if not changed:
         session.refresh(job)

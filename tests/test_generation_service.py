@@ -531,6 +531,56 @@ def _audit(api: Any, experiment_id: int, action: str) -> list[dict[str, Any]]:
     return response.get_json()["events"]  # type: ignore[no-any-return]
 
 
+def test_two_jobs_at_once_for_one_held_brief_begin_one_hold(
+    api: Any, app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each job read whether the hold had begun as it found the brief too long, before either had
+    ended: both found none, and the segment's history said the hold began twice."""
+    from service import generation_jobs
+
+    created = _wordy_experiment(api, app, also_last=False)
+    engine = app.extensions["copybandit.engine"]
+    with Session(engine) as session:
+        first, second = (
+            create_job(
+                session=session, experiment_id=created["id"], segment_key="wordy", n=1, model=""
+            ).id
+            for _ in range(2)
+        )
+    writer = _BriefTooLongFor(GOOD, WORDY)
+    options = GenerationOptions.from_settings(app.extensions["copybandit.settings"])
+
+    def run(job_id: int | None) -> None:
+        run_job(engine=engine, job_id=job_id, writer=lambda: writer, options=options)  # type: ignore[arg-type]
+
+    thread = threading.Thread(target=run, args=(second,))
+    second_looked = threading.Event()
+    looked = generation_jobs.brief_refused
+
+    def look(*args: Any, **kwargs: Any) -> Any:
+        found = looked(*args, **kwargs)
+        if threading.current_thread() is thread:
+            second_looked.set()
+        elif thread.ident is None:
+            thread.start()
+            # Without the segment's lock the second job looks, finds no hold and begins one too;
+            # with it, it waits for the first job's end, and the wait here runs out.
+            second_looked.wait(2)
+        return found
+
+    monkeypatch.setattr(generation_jobs, "brief_refused", look)
+    run(first)
+    thread.join(30)
+
+    holds = _audit(api, created["id"], "hold")
+    assert [hold["numbers"]["job_id"] for hold in holds] == [first]
+    with Session(engine) as session:
+        assert [session.get_one(GenerationJob, job_id).status for job_id in (first, second)] == [
+            "failed",
+            "failed",
+        ]
+
+
 def test_a_hold_is_one_audit_row_when_it_begins_and_the_order_that_ends_it_says_why(
     api: Any, app: Any
 ) -> None:
