@@ -13,6 +13,8 @@ import pytest
 from click.testing import CliRunner
 from sqlmodel import Session
 
+from generation.lint import RULES
+from generation.pipeline import EMPTY, FRAGMENT
 from service.cli import main, users
 from service.demo import seed_demo
 from service.schemas import GenerateIn
@@ -142,3 +144,13 @@ def test_the_readme_gives_the_defaults_and_bounds_of_n_and_of_the_full_loop_roun
     assert f"({bounds}, default {option.default}; progress bar)" in text
     (rounds,) = [p for p in main.commands["simulate"].params if p.name == "rounds"]
     assert f"({rounds.default} rounds of 20,000 by default)" in text
+
+
+def test_the_readme_names_every_reason_a_generated_line_is_rejected_for() -> None:
+    # A job's rejections said `fragment: ...` and `empty: ...`, which the README's pipeline did
+    # not name, so a reader of GET /v1/jobs/<id> could not look them up.
+    text = " ".join(README.read_text().split())
+    for reason in (FRAGMENT, EMPTY):
+        assert f"`{reason}`" in text, reason
+    for rule in (*RULES, "near_duplicate"):
+        assert f"`{rule}" in text, rule
