@@ -1764,6 +1764,26 @@ def test_the_audit_page_with_only_discount_rows_points_to_them(
     assert "has not acted" not in html and "see the discount rows" in html
 
 
+def test_the_audit_page_writes_each_number_as_the_api_does(
+    app: Any, api: Any, dash: Dashboard
+) -> None:
+    # It wrote Python's spelling: informed_priors=True, fields=['auto_approve'], note=None.
+    numbers = {"informed_priors": True, "fields": ["auto_approve", "café"], "note": None}
+    created = api.create_experiment(name="Numbers")
+    with Session(app.extensions["copybandit.engine"]) as db:
+        db.add(
+            LifecycleEvent(
+                experiment_id=created["id"], action="edit", reason="edited", numbers=numbers
+            )
+        )
+        db.commit()
+    html = dash.html(f"/dashboard/experiments/{created['id']}/audit")
+    shown = [unescape(span) for span in re.findall(r"<span>([^<]*=[^<]*)</span>", html)]
+    assert sorted(shown) == ['fields=["auto_approve", "café"]', "informed_priors=true", "note=null"]
+    served = api.get(f"/v1/experiments/{created['id']}/audit?action=edit").get_json()
+    assert served["events"][0]["numbers"] == numbers
+
+
 def test_a_repeated_audit_parameter_is_refused_as_the_api_refuses_it(
     api: Any, dash: Dashboard
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
@@ -141,6 +142,14 @@ def _shortest_decimal(value: SupportsFloat) -> Decimal:
     except InvalidOperation:
         # Written some other way, as a Fraction's "1/3" is.
         return Decimal(repr(float(value)))
+
+
+@bp.app_template_filter("audit_value")
+def _audit_value(value: object) -> str:
+    """One of an audit row's numbers as GET /v1/experiments/<id>/audit writes it: the page showed
+    Python's spelling, `informed_priors=True` and `fields=['auto_approve']`, to a marketer who
+    reads the API's `true` and `["auto_approve"]` for the same row."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 @bp.app_template_filter("status_phrase")
