@@ -3572,6 +3572,17 @@ def test_a_segment_with_nothing_live_has_no_headline(app: Any, api: Any, dash: D
     assert "No copy is being served in this segment yet." in section(html, "tea-lovers")
 
 
+def test_a_segment_with_no_copy_has_no_table_of_it(api: Any, dash: Dashboard) -> None:
+    # It drew the variants table's headers over no rows, beside "No copy is being served".
+    created = api.create_experiment(name="Fresh")
+    api.add_variant(created["id"], "tea-lovers", GOOD[0])
+    html = dash.html(f"/dashboard/experiments/{created['id']}")
+    assert '<table class="variants">' in section(html, "tea-lovers")
+    empty = section(html, "busy-parents")
+    assert '<table class="variants">' not in empty
+    assert "No copy is being served in this segment yet." in empty
+
+
 def test_a_segment_whose_rows_were_all_purged_says_so_instead_of_awaiting_traffic(
     app: Any, api: Any, dash: Dashboard, experiment: dict[str, Any]
 ) -> None:
