@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
+import unicodedata
 
 import pytest
 
@@ -289,7 +291,7 @@ def test_off_product_reason_and_echo_keep_the_brief_as_written() -> None:
         # Scripts written without spaces: the name's words sit inside a longer run.
         ("オーロラケトルなら朝食を待たせません。", Brief("オーロラ ケトル", "ケトル。", "親。")),
         ("这款极光水壶三分钟烧开水。", Brief("极光水壶", "玻璃水壶。", "父母。")),
-        # Vowel signs split Devanagari words, so the name itself is looked for.
+        # Devanagari, its vowel signs inside its words.
         ("केतली अरोरा तीन मिनट में पानी उबालती है।", Brief("केतली अरोरा", "केतली।", "माता-पिता।")),
     ],
 )
@@ -528,3 +530,46 @@ def test_words_beside_a_script_without_spaces_count_whole() -> None:
     ridgeline = dataclasses.replace(BRIEF, product_name="Ridgeline 越野跑鞋")
     line = "Ridgeline 越野跑鞋: grippy lugged sole, a rock plate and more."
     assert rules(line, ridgeline) == {"prompt_echo"}
+
+
+KETTLE_HI = Brief(
+    "केतली अरोरा",
+    "काँच की केतली जो तीन मिनट में पानी उबालती है और सुबह जल्दी काम आती है।",
+    "व्यस्त माता-पिता।",
+)
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        # A vowel sign (Mc) or other mark (Mn) is part of its word, not a break between two:
+        # 'केतली' was read as 'क' and 'तल', and six of those pieces made a run of the prompt.
+        (
+            "केतली अरोरा: काँच की केतली जो तीन मिनट में पानी उबालती है।",
+            "prompt_echo: copies the prompt: 'काँच की केतली जो तीन मिनट'",
+        ),
+        (
+            "केतली अरोरा पानी उबालती है, पानी उबालती है, हर सुबह।",
+            "repetitive: repeats 'पानी उबालती है'",
+        ),
+    ],
+)
+def test_a_words_marks_stay_inside_it(line: str, reason: str) -> None:
+    assert lint(line, KETTLE_HI).reasons() == [reason]
+
+
+def test_words_of_a_script_with_vowel_signs_are_whole() -> None:
+    assert lint_module._words("केतली अरोरा पानी उबालती है") == [
+        "केतली",
+        "अरोरा",
+        "पानी",
+        "उबालती",
+        "है",
+    ]
+    # Five of the prompt's words and two of the copy's own: no run of six copied.
+    assert rules("केतली अरोरा: काँच की केतली तीन मिनट में, हर सुबह।", KETTLE_HI) == set()
+
+
+def test_every_combining_mark_continues_a_word() -> None:
+    marks = [chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c))[0] == "M"]
+    assert re.fullmatch(f"{lint_module._MARK}+", "".join(marks))
