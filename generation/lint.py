@@ -218,10 +218,18 @@ _AS_READ = _INVISIBLE | _PERCENT_SIGNS
 _DASHES = re.compile("[\u2010-\u2015\u2212\ufe58\ufe63\uff0d]")
 
 
+# NFKC writes Thai and Lao SARA AM as NIKHAHIT and SARA AA, which draw the same: put back, a
+# reason quotes the vowel as copy and prompt write it, not two characters no one typed.
+_SARA_AM = {"\u0e4d\u0e32": "\u0e33", "\u0ecd\u0eb2": "\u0eb3"}
+
+
 def _plain_text(text: str) -> str:
     """As a reader sees it: compatibility forms folded (full-width letters), invisible characters
     gone, every dash a hyphen and every percent sign '%', lower case."""
-    return _DASHES.sub("-", unicodedata.normalize("NFKC", text).translate(_AS_READ)).casefold()
+    folded = unicodedata.normalize("NFKC", text).translate(_AS_READ)
+    for decomposed, vowel in _SARA_AM.items():
+        folded = folded.replace(decomposed, vowel)
+    return _DASHES.sub("-", folded).casefold()
 
 
 # "FDA-approved" makes the claim "FDA approved" does; _plain_text has made every dash a hyphen.

@@ -483,7 +483,7 @@ KETTLE_TH = Brief("กาต้มน้ำออโรร่า", "กาต้
         (
             "กาต้มน้ำออโรร่า กาต้มน้ำแก้วที่ต้มน้ำเดือดได้ในสามนาที",
             KETTLE_TH,
-            "prompt_echo: copies the prompt: 'กาต้มน้ําแก้วที่ต้มน้ําเดือด'",
+            "prompt_echo: copies the prompt: 'กาต้มน้ำแก้วที่ต้มน้ำเดือด'",
         ),
         (
             "极光水壶三分钟烧开水，三分钟烧开水，早餐不等待。",  # noqa: RUF001
@@ -498,7 +498,7 @@ KETTLE_TH = Brief("กาต้มน้ำออโรร่า", "กาต้
         (
             "กาต้มน้ำออโรร่า ต้มน้ำเร็วมาก ต้มน้ำเร็วมาก ทุกเช้า",
             KETTLE_TH,
-            "repetitive: repeats 'ต้มน้ําเร็วมา'",
+            "repetitive: repeats 'ต้มน้ำเร็วมา'",
         ),
     ],
 )
@@ -568,6 +568,14 @@ def test_words_of_a_script_with_vowel_signs_are_whole() -> None:
     ]
     # Five of the prompt's words and two of the copy's own: no run of six copied.
     assert rules("केतली अरोरा: काँच की केतली तीन मिनट में, हर सुबह।", KETTLE_HI) == set()
+
+
+def test_a_reason_quotes_thai_as_written() -> None:
+    """NFKC writes the vowel SARA AM (U+0E33) as NIKHAHIT and SARA AA (U+0E4D U+0E32): the same
+    on screen, other characters to anyone who searches the line for what the reason quotes."""
+    (reason,) = lint("กาต้มน้ำออโรร่า ต้มน้ำเร็วมาก ต้มน้ำเร็วมาก ทุกเช้า", KETTLE_TH).reasons()
+    assert "\u0e33" in reason
+    assert "\u0e4d" not in reason
 
 
 def test_every_combining_mark_continues_a_word() -> None:
