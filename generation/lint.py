@@ -47,6 +47,25 @@ DEFAULT_BANNED_PHRASES: tuple[str, ...] = (
     "lowest price",
     "cheapest",
 )
+
+
+def _character_class(categories: tuple[str, ...], code_points: Iterable[int]) -> str:
+    """The characters of these general categories among `code_points`, as a regex class."""
+    found = [c for c in code_points if unicodedata.category(chr(c)) in categories]
+    ranges = []
+    for _, run in itertools.groupby(enumerate(found), lambda pair: pair[1] - pair[0]):
+        codes = [chr(code) for _, code in run]
+        ranges.append(f"{re.escape(codes[0])}-{re.escape(codes[-1])}")
+    return f"[{''.join(ranges)}]"
+
+
+# Combining marks: the vowel signs of Devanagari and the other Indic scripts (Mc, Mn), accents NFKC
+# has no precomposed letter for. Python's \w takes none of them, so 'केतली' was the words 'क' and
+# 'तल' to every rule. All lie below U+20000 but the variation selectors (U+E0100-U+E01EF); reading
+# those ranges takes ~35 ms at import, the whole of Unicode 0.5 s.
+_MARK = _character_class(
+    ("Mn", "Mc", "Me"), itertools.chain(range(0x300, 0x20000), range(0xE0100, 0xE01F0))
+)
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 # Endings of the domains copy would point at; a word after a dot with no space (vs.the rest) is not.
 _TLDS = (
@@ -61,8 +80,10 @@ _DOMAIN = (
     r"\b(?=[\w-]*[a-z])[\w-]+"
     rf"(?-i:(?:\.[a-z]{{2,24}})*\.(?:{_TLDS})(?![a-zA-Z])|(?:\.[a-z]{{2,24}})+(?=/))"
 )
+# A hashtag or handle whole, marks and all: a reason quoting '#1' of '#16' named a banned phrase.
+_TAG = rf"[#@]\w(?:\w|{_MARK})*"
 _MARKUP = re.compile(
-    rf"https?://|www\.|{_DOMAIN}|<[^>]+>|\[[^\]]*\]\(|\*\*|__|#\w|@\w|`",
+    rf"https?://|www\.|{_DOMAIN}|<[^>]+>|\[[^\]]*\]\(|\*\*|__|{_TAG}|`",
     re.IGNORECASE,
 )
 # A verbatim run this long from the prompt is parroting, not writing.
@@ -105,23 +126,6 @@ class LintReport:
         return [f"{f.rule}: {f.reason}" for f in self.findings]
 
 
-def _character_class(categories: tuple[str, ...], code_points: Iterable[int]) -> str:
-    """The characters of these general categories among `code_points`, as a regex class."""
-    found = [c for c in code_points if unicodedata.category(chr(c)) in categories]
-    ranges = []
-    for _, run in itertools.groupby(enumerate(found), lambda pair: pair[1] - pair[0]):
-        codes = [chr(code) for _, code in run]
-        ranges.append(f"{re.escape(codes[0])}-{re.escape(codes[-1])}")
-    return f"[{''.join(ranges)}]"
-
-
-# Combining marks: the vowel signs of Devanagari and the other Indic scripts (Mc, Mn), accents NFKC
-# has no precomposed letter for. Python's \w takes none of them, so 'केतली' was the words 'क' and
-# 'तल' to every rule. All lie below U+20000 but the variation selectors (U+E0100-U+E01EF); reading
-# those ranges takes ~35 ms at import, the whole of Unicode 0.5 s.
-_MARK = _character_class(
-    ("Mn", "Mc", "Me"), itertools.chain(range(0x300, 0x20000), range(0xE0100, 0xE01F0))
-)
 _LETTERS = rf"(?:[^\W_]{_MARK}*)+"
 _WORD = rf"{_LETTERS}(?:['\u2019-]{_LETTERS})*"
 

@@ -581,3 +581,17 @@ def test_a_reason_quotes_thai_as_written() -> None:
 def test_every_combining_mark_continues_a_word() -> None:
     marks = [chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c))[0] == "M"]
     assert re.fullmatch(f"{lint_module._MARK}+", "".join(marks))
+
+
+@pytest.mark.parametrize(
+    ("line", "quoted"),
+    [
+        # The reason quoted the sign and one character: '#1', a banned phrase this line never used.
+        ("Ridgeline shoes, rated #16 by weekend hikers on trails.", "#16"),
+        ("Ridgeline shoes give you real grip on #trails today.", "#trails"),
+        ("Ridgeline shoes give you real grip, says @hiker today.", "@hiker"),
+        ("Ridgeline shoes give you real grip on #रास्ते today.", "#रास्ते"),
+    ],
+)
+def test_a_markup_reason_quotes_the_whole_tag(line: str, quoted: str) -> None:
+    assert lint(line, BRIEF).reasons()[0] == f"markup: contains {quoted!r}"
