@@ -66,7 +66,8 @@ def _character_class(categories: tuple[str, ...], code_points: Iterable[int]) ->
 _MARK = _character_class(
     ("Mn", "Mc", "Me"), itertools.chain(range(0x300, 0x20000), range(0xE0100, 0xE01F0))
 )
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+# Arabic writes its thousands and decimal separators U+066C and U+066B, for $1,299 and 1.7.
+_NUMBER = re.compile(r"\d+(?:[.,\u066b\u066c]\d+)*")
 # Endings of the domains copy would point at; a word after a dot with no space (vs.the rest) is not.
 _TLDS = (
     "com|net|org|edu|gov|io|co|uk|de|eu|fr|es|it|nl|ch|se|dk|pl|jp|cn|br|ru|au|ca|us|me|ly|tv|ai"
@@ -204,7 +205,8 @@ def _folded(text: str) -> str:
 
 
 def _banned(text: str, brief: Brief, config: LintConfig) -> str | None:
-    plain = _plain_text(text)
+    # Digits of any script as ASCII: '100%' in Arabic-Indic digits is the same claim.
+    plain = re.sub(r"\d", lambda digit: str(unicodedata.decimal(digit[0])), _plain_text(text))
     for phrase in config.banned_phrases:
         match = _phrase_pattern(phrase).search(plain)
         if match:
@@ -218,7 +220,9 @@ _INVISIBLE = dict.fromkeys(map(ord, "\u00ad\u200b\u200c\u200d\u2060\ufeff"))
 # the full-width and small forms (U+FF05, U+FE6A), not the Arabic (U+066A); the number rule reads
 # the text unfolded.
 _PERCENT_SIGNS = dict.fromkeys(map(ord, "\u066a\ufe6a\uff05"), "%")
-_AS_READ = _INVISIBLE | _PERCENT_SIGNS
+# Per mille and per ten thousand claim a proportion as the percent sign does; Arabic has its own.
+_PER_MILLE_SIGNS = {ord("\u0609"): "\u2030", ord("\u060a"): "\u2031"}
+_AS_READ = _INVISIBLE | _PERCENT_SIGNS | _PER_MILLE_SIGNS
 _DASHES = re.compile("[\u2010-\u2015\u2212\ufe58\ufe63\uff0d]")
 
 
@@ -296,15 +300,25 @@ def _numbers(text: str, brief: Brief, config: LintConfig) -> str | None:
     invented = [n for n in _NUMBER.findall(text) if _plain(n) not in allowed]
     if invented:
         return f"numbers not in the product facts: {', '.join(invented)}"
-    if "%" in text and "%" not in facts:
-        return "a percentage not in the product facts"
+    for sign, proportion in _PROPORTIONS.items():
+        if sign in text and sign not in facts:
+            return f"{proportion} not in the product facts"
     return None
 
 
+# Five per mille is not five per cent: each sign must be the facts' own.
+_PROPORTIONS = {
+    "%": "a percentage",
+    "\u2030": "a per-mille figure",
+    "\u2031": "a per-ten-thousand figure",
+}
+
+
 def _plain(number: str) -> str:
-    """'1,299.00' and '1299' are the same claim, and so are '129' and Arabic-Indic '١٢٩'."""
+    """'1,299.00' and '1299' are the same claim, and so are '129' and Arabic-Indic '١٢٩', and
+    '1.7' and the same in Arabic-Indic digits with the Arabic decimal separator."""
     value = "".join(str(unicodedata.decimal(c)) if c.isdecimal() else c for c in number)
-    value = value.replace(",", "")
+    value = value.replace(",", "").replace("\u066c", "").replace("\u066b", ".")
     return value[:-3] if value.endswith(".00") else value
 
 

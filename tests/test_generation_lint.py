@@ -595,3 +595,68 @@ def test_every_combining_mark_continues_a_word() -> None:
 )
 def test_a_markup_reason_quotes_the_whole_tag(line: str, quoted: str) -> None:
     assert lint(line, BRIEF).reasons()[0] == f"markup: contains {quoted!r}"
+
+
+KETTLE = Brief("Aurora kettle", "A 1.7 l glass kettle.", "Busy parents.", price=1299.0)
+# A proportion in thousandths among the facts.
+SLOPE = Brief("Summit tent", "A four-season tent pitched on a 5\u2030 slope.", "Winter campers.")
+
+
+@pytest.mark.parametrize(
+    ("line", "brief", "reasons"),
+    [
+        # Arabic writes the thousands and decimal separators as U+066C and U+066B: the facts'
+        # '$1,299' and '1.7' were each read as two invented numbers.
+        ("The Aurora kettle for $1\u066c299, for busy parents.", KETTLE, []),
+        ("The Aurora kettle for $\u0661\u066c\u0662\u0669\u0669, for busy parents.", KETTLE, []),
+        ("The Aurora kettle holds \u0661\u066b\u0667 l for busy parents.", KETTLE, []),
+        (
+            "The Aurora kettle for $1\u066c399, for busy parents.",
+            KETTLE,
+            ["invented_number: numbers not in the product facts: 1\u066c399"],
+        ),
+        # Per mille and per ten thousand (and Arabic's own signs for them) claim a proportion as
+        # the percent sign does, and passed where the facts give none.
+        (
+            "The Aurora kettle: \u2030 more tea for busy parents.",
+            KETTLE,
+            ["invented_number: a per-mille figure not in the product facts"],
+        ),
+        (
+            "The Aurora kettle: \u0609 more tea for busy parents.",
+            KETTLE,
+            ["invented_number: a per-mille figure not in the product facts"],
+        ),
+        (
+            "The Aurora kettle: \u2031 more tea for busy parents.",
+            KETTLE,
+            ["invented_number: a per-ten-thousand figure not in the product facts"],
+        ),
+        (
+            "The Aurora kettle: \u060a more tea for busy parents.",
+            KETTLE,
+            ["invented_number: a per-ten-thousand figure not in the product facts"],
+        ),
+        ("The Summit tent stands on a 5\u2030 slope for winter campers.", SLOPE, []),
+        ("The Summit tent stands on a \u0665\u0609 slope for winter campers.", SLOPE, []),
+        # Five per mille is not five per cent.
+        (
+            "The Summit tent stands on a 5% slope for winter campers.",
+            SLOPE,
+            ["invented_number: a percentage not in the product facts"],
+        ),
+        # '100%' in Arabic-Indic digits is the banned claim too.
+        (
+            "Ridgeline shoes: \u0661\u0660\u0660\u066a grip on every trail.",
+            BRIEF,
+            [
+                "banned_phrase: uses '100%'",
+                "invented_number: numbers not in the product facts: \u0661\u0660\u0660",
+            ],
+        ),
+    ],
+)
+def test_arabic_separators_and_per_mille_signs_are_read(
+    line: str, brief: Brief, reasons: list[str]
+) -> None:
+    assert lint(line, brief).reasons() == reasons
