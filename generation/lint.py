@@ -10,7 +10,7 @@ import functools
 import itertools
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from generation.brief import Brief
@@ -337,20 +337,38 @@ def _echo(text: str, brief: Brief, config: LintConfig) -> str | None:
 # copy, and so is a phrase it ends ("at a fair price: $129", "your inner voice: ..."): read
 # anywhere, such lines were refused. An apostrophe or hyphen after a letter ends or joins a word
 # ("hikers' price: $129", "low-price: $129"): a label after one follows another word too.
+# A dash (any of them) is a label's colon only before a number or a price ("Price - $129"): before
+# words it sets off an aside or a list ("Facts - not hype - sell", "grip - price - Ridgeline").
 _LABEL_WORDS = "|".join(label.replace(" ", r"\s+") for label in PROMPT_LABELS)
 _LABEL = re.compile(
-    rf"(?:^|(?<=[^\w\s])(?<!\w['\u2019\u2010-]))\s*({_LABEL_WORDS})\s*:",
+    rf"(?:^|(?<=[^\w\s])(?<!\w['\u2019\u2010-]))\s*({_LABEL_WORDS})"
+    r"(?:\s*:|\s*[-\u2010-\u2015\u2212]\s*(?=(\S)))",
     re.IGNORECASE | re.MULTILINE,
 )
+# Drawn as a colon, and left as they are by NFKC (which folds the full-width and small colons):
+# RATIO, the modifier letters' colons, and the colons and full stops of other scripts.
+_COLONS = dict.fromkeys(map(ord, "\u2236\ua789\u02f8\u0589\u05c3\u0703\u0704\u16ec\u205a"), ":")
+# What _LABEL needs after a label's word: a colon, or a dash before a digit or a sign ('$').
+_SEPARATOR = re.compile(r":|[-\u2010-\u2015\u2212]\s*(?:\d|[^\w\s])")
+
+
+def _labels(folded: str) -> Iterator[re.Match[str]]:
+    """The prompt labels `folded` writes: each word with its colon, or its dash before a value."""
+    folded = folded.translate(_COLONS)
+    if not _SEPARATOR.search(folded):  # most copy: the search costs more than the rest of the rule
+        return
+    for match in _LABEL.finditer(folded):
+        value = match.group(2)
+        if value is None or value.isdecimal() or unicodedata.category(value) == "Sc":
+            yield match
 
 
 def _prompt_label(text: str, brief: Brief) -> str | None:
     folded = _folded(text)
-    if ":" not in folded:  # most copy: the search costs more than the rest of the rule
-        return None
-    for match in _LABEL.finditer(folded):
+    for match in _labels(folded):
         if _label_key(match.group(1)) not in _own_labels(brief):
-            return f"writes the prompt's label {folded[match.start(1) : match.end()]!r}"
+            label = folded[match.start(1) : match.end()].rstrip()  # as written, its colon RATIO too
+            return f"writes the prompt's label {label!r}"
     return None
 
 
@@ -359,9 +377,9 @@ def _own_labels(brief: Brief) -> set[str]:
     field on its own: joined, a label first in one field came after the last word of the one
     before, and was no label there."""
     return {
-        _label_key(label)
+        _label_key(match.group(1))
         for source in _own_texts(brief)
-        for label in _LABEL.findall(_folded(source))
+        for match in _labels(_folded(source))
     }
 
 

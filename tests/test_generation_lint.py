@@ -660,3 +660,55 @@ def test_arabic_separators_and_per_mille_signs_are_read(
     line: str, brief: Brief, reasons: list[str]
 ) -> None:
     assert lint(line, brief).reasons() == reasons
+
+
+@pytest.mark.parametrize(
+    ("line", "label"),
+    [
+        # A character drawn as a colon that NFKC leaves as it is (U+2236 RATIO and its like).
+        ("Ridgeline shoes for weekend trails. Price\u2236 $129.", "Price\u2236"),
+        ("Ridgeline shoes for weekend trails. Price\ua789 $129.", "Price\ua789"),
+        ("Audience\u2236 hikers. Ridgeline shoes for weekend trails.", "Audience\u2236"),
+        # A dash between a label and a number or a price: the field and its value, as written
+        # with a colon.
+        ("Ridgeline shoes for weekend trails. Price - $129.", "Price -"),
+        ("Ridgeline shoes for weekend trails. Price \u2013 $129.", "Price \u2013"),
+        ("Ridgeline shoes for weekend trails. Price \u2014 $129.", "Price \u2014"),
+        ("Ridgeline shoes for weekend trails. Price\u2014$129.", "Price\u2014"),
+        ("Ridgeline shoes for weekend trails (price \u2013 \u20ac129).", "price \u2013"),
+        ("Price \u2013 129 dollars for Ridgeline shoes on weekend trails.", "Price \u2013"),
+    ],
+)
+def test_a_prompt_label_with_a_colon_look_alike_or_a_dash_is_prompt_echo(
+    line: str, label: str
+) -> None:
+    assert lint(line, BRIEF).reasons() == [f"prompt_echo: writes the prompt's label {label!r}"]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        # A dash after a label's word is copy when words follow it, or when the word follows
+        # another: an aside, a list, a compound or a range.
+        "Trail shoes - $129 and worth it, Ridgeline grips.",
+        "Ridgeline shoes - $129 - grip for every weekend trail.",
+        "Ridgeline shoes \u2013 grip for every weekend trail.",
+        "Comfort \u2013 grip \u2013 price \u2013 Ridgeline shoes have it all.",
+        "Facts \u2013 not hype \u2013 sell Ridgeline shoes to weekend hikers.",
+        "Price \u2014 and grip \u2014 matter to weekend hikers in Ridgeline shoes.",
+        "Price-conscious hikers pick Ridgeline shoes for weekend trails.",
+        "Price- and grip-conscious hikers choose Ridgeline shoes.",
+        "Ridgeline shoes: the price\u2013performance pick for weekend trails.",
+        "Weekend trails, one price \u2014 Ridgeline shoes at $129.",
+        "Ridgeline shoes \u2014 the customer favourite for weekend trails.",
+        "Your voice - your trail - your Ridgeline shoes this weekend.",
+        "Ridgeline shoes for weekend trails \u2014 at a price hikers like.",
+        "Low price \u2013 $129 \u2013 for Ridgeline shoes on weekend trails.",
+        "Ridgeline shoes at a fair price - $129 for weekend trails.",
+        "Weekend hikers' price \u2013 $129 for Ridgeline shoes that grip.",
+        "Ridgeline shoes for weekend trails, low-price \u2013 $129.",
+        "Ridgeline shoes for weekend trails \u2013 customer-tested grip.",
+    ],
+)
+def test_natural_copy_with_dashes_passes(line: str) -> None:
+    assert rules(line) == set()
