@@ -143,18 +143,30 @@ _UNSPACED = re.compile(
     "\uf900-\ufaff\U00020000-\U0003ffff]"
 )
 # Each character counts as the share of a word it is on average: half for a Chinese character
-# (kanji too), a third for a kana or a letter of Thai, Lao, Myanmar or Khmer (its vowel and tone
-# marks part of the letter before). In sixths of a word, to add exactly.
-_WHOLE_WORD = 6
-_HAN_CHARACTER = 3
-_UNSPACED_LETTER = 2
+# (kanji too), a third for hiragana or a letter of Thai, Lao, Myanmar or Khmer (its vowel and tone
+# marks part of the letter before), a quarter for katakana. Katakana writes loanwords, longer than
+# hiragana's particles and endings (ケトル 'kettle', シューズ 'shoes', ランニング 'running'): at a
+# third, 'Ridgeline shoes' in katakana (10) said twice was three words said twice, where English
+# passes the name said twice; nine hiragana said twice are still three words. In twelfths of a word,
+# to add exactly.
+_WHOLE_WORD = 12
+_HAN_CHARACTER = 6
+_UNSPACED_LETTER = 4
+_KATAKANA_LETTER = 3
 _HAN = "[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003ffff]"
+_KATAKANA = "[\u30a0-\u30ff]"
 _SPACED_LETTERS = rf"(?:(?!{_UNSPACED.pattern})[^\W_]{_MARK}*)+"
 _UNIT = re.compile(
-    rf"(?P<han>{_HAN})|(?P<letter>{_UNSPACED.pattern}(?:(?=\W){_UNSPACED.pattern})*)"
+    rf"(?P<han>{_HAN})|(?P<katakana>{_KATAKANA}(?:(?=\W){_KATAKANA})*)"
+    rf"|(?P<letter>{_UNSPACED.pattern}(?:(?=\W){_UNSPACED.pattern})*)"
     rf"|(?P<word>{_SPACED_LETTERS}(?:['\u2019-]{_SPACED_LETTERS})*)"
 )
-_SHARES = {"han": _HAN_CHARACTER, "letter": _UNSPACED_LETTER, "word": _WHOLE_WORD}
+_SHARES = {
+    "han": _HAN_CHARACTER,
+    "katakana": _KATAKANA_LETTER,
+    "letter": _UNSPACED_LETTER,
+    "word": _WHOLE_WORD,
+}
 
 
 def _runs(text: str, words: int) -> list[tuple[str, ...]]:
@@ -166,7 +178,7 @@ def _runs(text: str, words: int) -> list[tuple[str, ...]]:
         return [tuple(found[i : i + words]) for i in range(len(found) - words + 1)]
     units = [(unit.group(0), _SHARES[str(unit.lastgroup)]) for unit in _UNIT.finditer(plain)]
     found = [unit for unit, _ in units]
-    # totals[i]: the words in found[:i], in sixths
+    # totals[i]: the words in found[:i], in twelfths
     totals = [0, *itertools.accumulate(share for _, share in units)]
     runs = []
     for start, before in enumerate(totals[:-1]):

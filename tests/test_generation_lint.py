@@ -478,7 +478,7 @@ KETTLE_TH = Brief("กาต้มน้ำออโรร่า", "กาต้
         (
             "オーロラケトルは、ガラス製の電気ケトルで、たった三分でお湯が沸きます。",
             KETTLE_JA,
-            "prompt_echo: copies the prompt: 'ガラス製の電気ケトルでたった三分'",
+            "prompt_echo: copies the prompt: 'ガラス製の電気ケトルでたった三分で'",
         ),
         (
             "กาต้มน้ำออโรร่า กาต้มน้ำแก้วที่ต้มน้ำเดือดได้ในสามนาที",
@@ -712,3 +712,35 @@ def test_a_prompt_label_with_a_colon_look_alike_or_a_dash_is_prompt_echo(
 )
 def test_natural_copy_with_dashes_passes(line: str) -> None:
     assert rules(line) == set()
+
+
+SHOES_JA = Brief("リッジラインシューズ", "グリップの効いたトレイル用シューズ。", "週末のハイカー。")
+
+
+def test_a_katakana_name_said_twice_is_not_repetitive() -> None:
+    """Katakana writes loanwords, longer than the hiragana words a third of a word fits: ケトル is
+    'kettle', シューズ 'shoes'. Counted a third of a word each, the ten of 'Ridgeline shoes' were
+    three words said twice, where 'Ridgeline shoes ... Ridgeline shoes' passes in English."""
+    assert (
+        rules("リッジラインシューズで週末の山道へ。雨の日もリッジラインシューズ。", SHOES_JA)
+        == set()
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        # Three words said twice, as in English: the name and a word after it.
+        (
+            "リッジラインシューズ最高、リッジラインシューズ最高。",
+            "repetitive: repeats 'リッジラインシューズ最'",
+        ),
+        # Hiragana still counts a third of a word: nine of them said twice are three words.
+        (
+            "リッジラインシューズ、すべらないやまみち、すべらないやまみち。",
+            "repetitive: repeats 'すべらないやまみち'",
+        ),
+    ],
+)
+def test_three_words_of_kana_said_twice_are_repetitive(line: str, reason: str) -> None:
+    assert lint(line, SHOES_JA).reasons() == [reason]
