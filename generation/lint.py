@@ -62,9 +62,17 @@ def _character_class(categories: tuple[str, ...], code_points: Iterable[int]) ->
 # Combining marks: the vowel signs of Devanagari and the other Indic scripts (Mc, Mn), accents NFKC
 # has no precomposed letter for. Python's \w takes none of them, so 'केतली' was the words 'क' and
 # 'तल' to every rule. All lie below U+20000 but the variation selectors (U+E0100-U+E01EF); reading
-# those ranges takes ~35 ms at import, the whole of Unicode 0.5 s.
-_MARK = _character_class(
-    ("Mn", "Mc", "Me"), itertools.chain(range(0x300, 0x20000), range(0xE0100, 0xE01F0))
+# those ranges takes ~35 ms at import, the whole of Unicode 0.5 s. In two classes: re looks a
+# character up in a class of the BMP at once, but tries a class past it range by range, which
+# tripled the cost of finding the words of English copy.
+_MARK_CATEGORIES = ("Mn", "Mc", "Me")
+_MARK = (
+    rf"(?:{_character_class(_MARK_CATEGORIES, range(0x300, 0x10000))}"
+    r"|(?=[\U00010000-\U0010ffff])"
+    + _character_class(
+        _MARK_CATEGORIES, itertools.chain(range(0x10000, 0x20000), range(0xE0100, 0xE01F0))
+    )
+    + ")"
 )
 # Arabic writes its thousands and decimal separators U+066C and U+066B, for $1,299 and 1.7.
 _NUMBER = re.compile(r"\d+(?:[.,\u066b\u066c]\d+)*")
@@ -127,7 +135,8 @@ class LintReport:
         return [f"{f.rule}: {f.reason}" for f in self.findings]
 
 
-_LETTERS = rf"(?:[^\W_]{_MARK}*)+"
+# Letters and marks, a letter first; written so that a word without marks costs one look for one.
+_LETTERS = rf"[^\W_]+(?:{_MARK}+[^\W_]*)*"
 _WORD = rf"{_LETTERS}(?:['\u2019-]{_LETTERS})*"
 
 
@@ -155,7 +164,8 @@ _UNSPACED_LETTER = 4
 _KATAKANA_LETTER = 3
 _HAN = "[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003ffff]"
 _KATAKANA = "[\u30a0-\u30ff]"
-_SPACED_LETTERS = rf"(?:(?!{_UNSPACED.pattern})[^\W_]{_MARK}*)+"
+_SPACED_LETTER = rf"(?:(?!{_UNSPACED.pattern})[^\W_])"
+_SPACED_LETTERS = rf"{_SPACED_LETTER}+(?:{_MARK}+{_SPACED_LETTER}*)*"
 _UNIT = re.compile(
     rf"(?P<han>{_HAN})|(?P<katakana>{_KATAKANA}(?:(?=\W){_KATAKANA})*)"
     rf"|(?P<letter>{_UNSPACED.pattern}(?:(?=\W){_UNSPACED.pattern})*)"
