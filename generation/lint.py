@@ -345,12 +345,44 @@ def _plain(number: str) -> str:
 
 
 def _echo(text: str, brief: Brief, config: LintConfig) -> str | None:
-    copied = set(_runs(text, _ECHO_WORDS))
-    for source in instruction_texts(brief):
+    prompt = _prompt(tuple(_own_texts(brief)))
+    copied = [run for run in _runs(text, _ECHO_WORDS) if run in prompt.runs]
+    if copied:  # the one the prompt writes first, as reading it run by run found
+        return f"copies the prompt: {_shown(min(copied, key=prompt.runs.__getitem__))!r}"
+    return _prompt_label(text, prompt) or _example_brand(text, prompt)
+
+
+@dataclass(frozen=True)
+class _Prompt:
+    """What the echo rule reads in the prompt, which is the same for every line of a batch."""
+
+    runs: dict[tuple[str, ...], int]
+    """Each run of _ECHO_WORDS words of the instructions, to its place among them."""
+    labels: frozenset[str]
+    """The labels the brief writes itself ("Price: on request"), which its copy may write too."""
+    names: frozenset[str]
+    """Its words as names: a worked example's product it names itself is its own."""
+
+
+# Reading a brief cost each line ~0.15 ms, more than the rest of the rule. The briefs a worker lints
+# in its life are many (one per segment, edited in between), those in use at a time few: a job
+# lints one segment's batch, a review page at most an experiment's 50 segments. An entry holds
+# ~12 KiB for a brief of a few sentences, ~300 KiB at the longest the API takes (a 5,000-character
+# description, 2,000-character persona): 64 of those are ~19 MB.
+PROMPT_CACHE = 64
+
+
+@functools.lru_cache(maxsize=PROMPT_CACHE)
+def _prompt(own_texts: tuple[str, ...]) -> _Prompt:
+    """`own_texts`: the product's name, then the prompt's instructions (_own_texts)."""
+    runs: dict[tuple[str, ...], int] = {}
+    for source in own_texts[1:]:
         for run in _runs(source, _ECHO_WORDS):
-            if run in copied:
-                return f"copies the prompt: {_shown(run)!r}"
-    return _prompt_label(text, brief) or _example_brand(text, brief)
+            runs.setdefault(run, len(runs))
+    # Each field on its own: joined, a label first in one field came after the last word of the
+    # one before, and was no label there.
+    labels = {_label_key(match.group(1)) for text in own_texts for match in _labels(_folded(text))}
+    return _Prompt(runs, frozenset(labels), frozenset(_names(" ".join(own_texts))))
 
 
 # A label is the word and its colon ("Price:", "brand voice :", the full-width colon of Chinese
@@ -385,48 +417,33 @@ def _labels(folded: str) -> Iterator[re.Match[str]]:
             yield match
 
 
-def _prompt_label(text: str, brief: Brief) -> str | None:
+def _prompt_label(text: str, prompt: _Prompt) -> str | None:
     folded = _folded(text)
     for match in _labels(folded):
-        if _label_key(match.group(1)) not in _own_labels(brief):
+        if _label_key(match.group(1)) not in prompt.labels:
             label = folded[match.start(1) : match.end()].rstrip()  # as written, its colon RATIO too
             return f"writes the prompt's label {label!r}"
     return None
-
-
-def _own_labels(brief: Brief) -> set[str]:
-    """Labels the brief writes itself ("Price: on request"), which its copy may write too. Each
-    field on its own: joined, a label first in one field came after the last word of the one
-    before, and was no label there."""
-    return {
-        _label_key(match.group(1))
-        for source in _own_texts(brief)
-        for match in _labels(_folded(source))
-    }
 
 
 def _label_key(label: str) -> str:
     return " ".join(label.casefold().split())
 
 
-def _own_text(brief: Brief) -> str:
-    """The brief's words, with the prompt's system rule (which has no label or example brand)."""
-    return " ".join(_own_texts(brief))
-
-
 def _own_texts(brief: Brief) -> list[str]:
+    """The brief's words, with the prompt's system rule (which has no label or example brand)."""
     return [brief.product_name, *instruction_texts(brief)]
 
 
-def _example_brand(text: str, brief: Brief) -> str | None:
-    def names(source: str) -> set[str]:
-        return {_possessor(word) for word in _words(source.replace("-", " "))}
+def _names(source: str) -> set[str]:
+    return {_possessor(word) for word in _words(source.replace("-", " "))}
 
+
+def _example_brand(text: str, prompt: _Prompt) -> str | None:
     # A brief may sell an Aurora kettle itself (README's example does); then the name is its own.
-    own = names(_own_text(brief))
-    used = names(text)
+    used = _names(text)
     for brand in EXAMPLE_BRANDS:
-        if brand.casefold() in used and brand.casefold() not in own:
+        if brand.casefold() in used and brand.casefold() not in prompt.names:
             return f"names {brand!r}, the product of one of the prompt's worked examples"
     return None
 

@@ -744,3 +744,17 @@ def test_a_katakana_name_said_twice_is_not_repetitive() -> None:
 )
 def test_three_words_of_kana_said_twice_are_repetitive(line: str, reason: str) -> None:
     assert lint(line, SHOES_JA).reasons() == [reason]
+
+
+def test_the_prompt_is_read_once_per_brief_and_remembered_bounded() -> None:
+    """The echo rule read the prompt's texts again for every line (its runs of six words, the
+    labels and names it writes), though a batch lints many lines against one brief."""
+    lint_module._prompt.cache_clear()
+    lines = ["Ridgeline shoes grip every weekend trail.", "Ridgeline shoes dry out fast."]
+    for line in lines:
+        lint(line, BRIEF)
+        lint(line, dataclasses.replace(BRIEF, leaders=(line,)))  # the leaders are not echo's
+    assert lint_module._prompt.cache_info().misses == 1
+    for n in range(2 * lint_module.PROMPT_CACHE):
+        lint(lines[0], dataclasses.replace(BRIEF, segment=f"Hikers who walk {n} trails."))
+    assert lint_module._prompt.cache_info().currsize <= lint_module.PROMPT_CACHE
