@@ -391,12 +391,13 @@ def _prompt(own_texts: tuple[str, ...]) -> _Prompt:
 # copy, and so is a phrase it ends ("at a fair price: $129", "your inner voice: ..."): read
 # anywhere, such lines were refused. An apostrophe or hyphen after a letter ends or joins a word
 # ("hikers' price: $129", "low-price: $129"): a label after one follows another word too.
-# A dash (any of them) is a label's colon only before a number or a price ("Price - $129"): before
-# words it sets off an aside or a list ("Facts - not hype - sell", "grip - price - Ridgeline").
+# A dash is a label's colon only before a number or a price ("Price - $129"): before words it sets
+# off an aside or a list ("Facts - not hype - sell", "grip - price - Ridgeline"). A hyphen or minus
+# sign against the word joins it to the number ("customer-8812", "Product-5"): spaced, it is a dash.
 _LABEL_WORDS = "|".join(label.replace(" ", r"\s+") for label in PROMPT_LABELS)
 _LABEL = re.compile(
     rf"(?:^|(?<=[^\w\s])(?<!\w['\u2019\u2010-]))\s*({_LABEL_WORDS})"
-    r"(?:\s*:|\s*[-\u2010-\u2015\u2212]\s*(?=(\S)))",
+    r"(?:\s*:|(?:\s+[-\u2010-\u2015\u2212]|[\u2012-\u2015])\s*(?=(\S)))",
     re.IGNORECASE | re.MULTILINE,
 )
 # Drawn as a colon, and left as they are by NFKC (which folds the full-width and small colons):

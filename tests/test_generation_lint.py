@@ -758,3 +758,16 @@ def test_the_prompt_is_read_once_per_brief_and_remembered_bounded() -> None:
     for n in range(2 * lint_module.PROMPT_CACHE):
         lint(lines[0], dataclasses.replace(BRIEF, segment=f"Hikers who walk {n} trails."))
     assert lint_module._prompt.cache_info().currsize <= lint_module.PROMPT_CACHE
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        # A hyphen against the word and the number joins them: a model name, an order number.
+        "Customer-8812 says Ridgeline shoes grip on weekend trails.",
+        "Product-129 is what hikers call Ridgeline shoes.",
+        "Ridgeline shoes. Price\u20111299 was never the point.",
+    ],
+)
+def test_a_label_joined_to_a_number_by_a_hyphen_is_no_label(line: str) -> None:
+    assert "prompt_echo" not in rules(line)
