@@ -51,7 +51,7 @@ from service.models import (
     VariantStatus,
     utcnow,
 )
-from service.policy import LifecyclePolicy, policy_of
+from service.policy import LifecyclePolicy
 from service.query import refuse_repeated_parameters
 from service.reports import experiment_report, serving_winners
 from service.schemas import (
@@ -161,7 +161,9 @@ def experiment_page(experiment_id: int, refused: RefusedForm | None = None) -> s
     ids = {segment.key: segment.id for segment in rows if segment.id is not None}
     settings = current_app.extensions["copybandit.settings"]
     interval = timedelta(seconds=settings.lifecycle_interval_seconds)
-    policy = _policy_passes_use(experiment)
+    # The report has validated the stored policy already: passes leave the experiment alone while
+    # it does not validate, and order it no copy.
+    policy = report.policy if report.policy_error is None else None
     no_copy = {
         segment.key: brief_refused(session, experiment, segment, model=settings.model)
         or _backing_off(session, segment, interval, policy)
@@ -180,14 +182,6 @@ def experiment_page(experiment_id: int, refused: RefusedForm | None = None) -> s
         personas={segment.key: segment.description for segment in rows},
         refused=refused,
     )
-
-
-def _policy_passes_use(experiment: Experiment) -> LifecyclePolicy | None:
-    """None where the stored policy does not validate: passes then leave the experiment alone."""
-    try:
-        return policy_of(experiment.policy)
-    except ValidationError:
-        return None
 
 
 def _backing_off(
