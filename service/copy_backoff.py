@@ -13,10 +13,14 @@ and neither counts nor ends a run; each job's outcome column says which it was.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import heapq
+import itertools
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from service.models import GenerationJob, JobOutcome, LifecycleEvent, Segment, jobs_covering
@@ -30,6 +34,9 @@ _SAYS_OF_THE_MODEL = (JobOutcome.WROTE.value, *_FAILED)
 # Jobs read per segment: 18 failures in a row reach the cap from a 1 s interval, so more only
 # ever repeat it.
 _JOBS_READ = 32
+_SAYS = col(GenerationJob.outcome).in_(_SAYS_OF_THE_MODEL)
+# A finished job as the backoff reads it: id, outcome.
+_Job = tuple[int, str]
 
 
 @dataclass(frozen=True)
@@ -75,18 +82,83 @@ def copy_backoff(session: Session, segment: Segment, *, interval: timedelta) -> 
     orders, only while the latest say the model failed."""
     recent = session.exec(
         select(GenerationJob.id, GenerationJob.outcome)
-        .where(jobs_covering(segment), col(GenerationJob.outcome).in_(_SAYS_OF_THE_MODEL))
+        .where(jobs_covering(segment), _SAYS)
         .order_by(col(GenerationJob.id).desc())
         .limit(_JOBS_READ)
     ).all()
-    failed: list[int] = []
-    for job_id, outcome in recent:
-        if outcome not in _FAILED:
-            break
-        failed.append(job_id)  # type: ignore[arg-type]
+    failed = _failed_run(recent)  # type: ignore[arg-type]
     if not failed:
         return None
-    ordered = orders_of(session, failed)
+    return _backoff(failed, orders_of(session, failed), interval=interval)
+
+
+def copy_backoffs(
+    session: Session, segments: Sequence[Segment], *, interval: timedelta
+) -> dict[int, Backoff | None]:
+    """copy_backoff of each of `segments`, by id, in two reads however many there are (the
+    dashboard shows every segment's): each segment's latest finished jobs, and their orders."""
+    ids = [segment.id for segment in segments]
+    if not ids:
+        return {}
+    # The latest jobs of each segment, and the latest jobs for every segment of an experiment:
+    # a segment's latest _JOBS_READ are among the two.
+    latest = (
+        sa.select(
+            col(GenerationJob.id),
+            col(GenerationJob.experiment_id),
+            col(GenerationJob.segment_id),
+            col(GenerationJob.outcome),
+            sa.func.row_number()
+            .over(
+                partition_by=(col(GenerationJob.experiment_id), col(GenerationJob.segment_id)),
+                order_by=col(GenerationJob.id).desc(),
+            )
+            .label("nth"),
+        )
+        .where(
+            col(GenerationJob.experiment_id).in_({segment.experiment_id for segment in segments}),
+            sa.or_(col(GenerationJob.segment_id).in_(ids), col(GenerationJob.segment_id).is_(None)),
+            _SAYS,
+        )
+        .subquery()
+    )
+    jobs: dict[tuple[int, int | None], list[_Job]] = defaultdict(list)
+    for job_id, experiment_id, segment_id, outcome, _ in session.execute(
+        sa.select(latest).where(latest.c.nth <= _JOBS_READ).order_by(latest.c.id.desc())
+    ):
+        jobs[experiment_id, segment_id].append((job_id, outcome))
+    failed = {
+        segment.id: _failed_run(
+            heapq.merge(
+                jobs[segment.experiment_id, segment.id],
+                jobs[segment.experiment_id, None],
+                key=lambda job: -job[0],
+            )
+        )
+        for segment in segments
+        if segment.id is not None
+    }
+    ordered = orders_of(session, [job_id for run in failed.values() for job_id in run])
+    return {
+        segment_id: _backoff(run, ordered, interval=interval) if run else None
+        for segment_id, run in failed.items()
+    }
+
+
+def _failed_run(recent: Iterable[_Job]) -> list[int]:
+    """The jobs (ids) of the run of failures that `recent`, a segment's finished jobs newest
+    first, begins with: at most _JOBS_READ of them."""
+    failed: list[int] = []
+    for job_id, outcome in itertools.islice(recent, _JOBS_READ):
+        if outcome not in _FAILED:
+            break
+        failed.append(job_id)
+    return failed
+
+
+def _backoff(
+    failed: list[int], ordered: dict[int, datetime], *, interval: timedelta
+) -> Backoff | None:
     # A job started by hand that failed is the marketer's to see; only passes' orders wait.
     return backoff_after([ordered[i] for i in failed if i in ordered], interval=interval)
 

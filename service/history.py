@@ -6,8 +6,10 @@ query runs on SQLite and PostgreSQL and scans each impression once.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 import numpy as np
 import sqlalchemy as sa
@@ -21,6 +23,8 @@ BUCKETS = 24
 _WIDTHS = [timedelta(minutes=m) for m in (1, 5, 15, 30, 60, 180, 360, 720, 1440, 2880, 10080)]
 # The furthest back a chart reaches: rows older than this are in the counters but in no bucket.
 REACH = _WIDTHS[-1] * BUCKETS
+
+Key = TypeVar("Key")
 
 
 @dataclass(frozen=True)
@@ -65,60 +69,122 @@ class History:
 def segment_history(
     *, session: Session, variant_ids: list[int], now: datetime | None = None
 ) -> History:
+    return segments_history(session=session, variant_ids={0: variant_ids}, now=now)[0]
+
+
+def segments_history(
+    *, session: Session, variant_ids: Mapping[Key, list[int]], now: datetime | None = None
+) -> dict[Key, History]:
+    """Each segment's history (`variant_ids`: its variants, by any key) in four queries however
+    many segments there are: asked one segment at a time, an experiment page of 20 segments sent
+    80. Segments whose charts share a width share its buckets, so each width is counted once."""
     now = now or utcnow()
-    first = _oldest_impression(session, variant_ids)
-    # Buckets are aligned to whole widths, so the same moment always lands in the same bucket;
-    # the last one ends after `now`, which the width must leave room for.
+    everyone = [variant_id for ids in variant_ids.values() for variant_id in ids]
+    oldest = _oldest_impressions(session, everyone)
+    grids = {
+        key: _grid(min((at for v in ids if (at := oldest.get(v)) is not None), default=now), now)
+        for key, ids in variant_ids.items()
+    }
+    # The longest grid of each width holds every shorter one's buckets as its last ones.
+    by_width: dict[timedelta, _Grid] = {}
+    for grid in grids.values():
+        if len(grid.starts) > len(by_width.get(grid.width, _NO_GRID).starts):
+            by_width[grid.width] = grid
+    ranges = {
+        width: (
+            [v for key, ids in variant_ids.items() if grids[key].width == width for v in ids],
+            grid,
+        )
+        for width, grid in by_width.items()
+    }
+    impressions = _counts(session, Impression, ranges)
+    conversions = _counts(session, Event, ranges)
+    total_impressions, total_conversions = _totals(session, everyone)
+    row_of = {variant_id: i for i, variant_id in enumerate(everyone)}
+    histories = {}
+    for key, ids in variant_ids.items():
+        grid = grids[key]
+        rows = [row_of[variant_id] for variant_id in ids]
+        own_impressions = _own(impressions, ids, grid)
+        own_conversions = _own(conversions, ids, grid)
+        # Floored: a decision committed between the counts above and the counters' read would
+        # otherwise leave a variant -1 impressions before the chart.
+        histories[key] = History(
+            ids,
+            grid.starts,
+            grid.width,
+            own_impressions,
+            own_conversions,
+            earlier_impressions=np.maximum(
+                total_impressions[rows] - own_impressions.sum(axis=1), 0
+            ),
+            earlier_conversions=np.maximum(
+                total_conversions[rows] - own_conversions.sum(axis=1), 0
+            ),
+        )
+    return histories
+
+
+@dataclass(frozen=True)
+class _Grid:
+    starts: list[datetime]
+    width: timedelta
+
+
+_NO_GRID = _Grid([], timedelta(0))
+
+
+def _grid(oldest: datetime, now: datetime) -> _Grid:
+    """The buckets of a chart from `oldest` to `now`. They are aligned to whole widths, so the
+    same moment always lands in the same bucket; the last one ends after `now`, which the width
+    must leave room for."""
     epoch = datetime(2000, 1, 1, tzinfo=now.tzinfo)
 
     def end_for(width: timedelta) -> datetime:
         return epoch + ((now - epoch) // width + 1) * width
 
-    oldest = first if first is not None else now
     width = next((w for w in _WIDTHS if end_for(w) - w * BUCKETS <= oldest), _WIDTHS[-1])
     end = end_for(width)
     # Start at the oldest impression's bucket, so a young segment's chart is not mostly empty.
     count = min(BUCKETS, max(2, -(-(end - oldest) // width)))
-    starts = [end - width * (count - i) for i in range(count)]
-    impressions = _counts(session, Impression, variant_ids, starts, width)
-    conversions = _counts(session, Event, variant_ids, starts, width)
-    total_impressions, total_conversions = _totals(session, variant_ids)
-    # Floored: a decision committed between the counts above and the counters' read would
-    # otherwise leave a variant -1 impressions before the chart.
-    return History(
-        variant_ids,
-        starts,
-        width,
-        impressions,
-        conversions,
-        earlier_impressions=np.maximum(total_impressions - impressions.sum(axis=1), 0),
-        earlier_conversions=np.maximum(total_conversions - conversions.sum(axis=1), 0),
-    )
+    return _Grid([end - width * (count - i) for i in range(count)], width)
 
 
-def purged_impressions(*, session: Session, variant_ids: list[int]) -> int:
-    """How many of these variants' impressions a retention purge deleted."""
-    if not variant_ids:
-        return 0
-    total = sa.select(sa.func.coalesce(sa.func.sum(col(Variant.purged_impressions)), 0)).where(
-        col(Variant.id).in_(variant_ids)
-    )
-    return int(session.execute(total).scalar_one())
+def _own(counts: dict[int, np.ndarray], variant_ids: list[int], grid: _Grid) -> np.ndarray:
+    """The rows of `variant_ids` in `counts`, cut to the last buckets, which are `grid`'s: rows
+    in the earlier buckets of a longer grid of its width are before its chart, as those older
+    than a chart's first bucket are."""
+    own = np.zeros((len(variant_ids), len(grid.starts)), dtype=np.int64)
+    for i, variant_id in enumerate(variant_ids):
+        if variant_id in counts:
+            own[i] = counts[variant_id][len(counts[variant_id]) - len(grid.starts) :]
+    return own
 
 
-def _oldest_impression(session: Session, variant_ids: list[int]) -> datetime | None:
+def purged_impressions(*, session: Session, variant_ids: Mapping[Key, list[int]]) -> dict[Key, int]:
+    """How many of each segment's variants' impressions (`variant_ids`: its variants, by any
+    key) a retention purge deleted, in one query."""
+    everyone = [variant_id for ids in variant_ids.values() for variant_id in ids]
+    if not everyone:
+        return {key: 0 for key in variant_ids}
+    query = sa.select(col(Variant.id), col(Variant.purged_impressions))
+    purged = {i: n for i, n in session.execute(query.where(col(Variant.id).in_(everyone)))}
+    return {key: sum(purged.get(v) or 0 for v in ids) for key, ids in variant_ids.items()}
+
+
+def _oldest_impressions(session: Session, variant_ids: list[int]) -> dict[int, datetime | None]:
     """Asked per variant, so each answer is the first entry of that variant in
     ix_impression_variant_id_created_at; PostgreSQL answered one min() over the whole list by
     walking the time index through every other experiment's impressions instead."""
     if not variant_ids:
-        return None
+        return {}
     oldest_of_variant = (
         sa.select(sa.func.min(col(Impression.created_at)))
         .where(col(Impression.variant_id) == col(Variant.id))
         .scalar_subquery()
     )
-    oldest = sa.select(sa.func.min(oldest_of_variant)).where(col(Variant.id).in_(variant_ids))
-    return session.execute(oldest).scalar_one()
+    oldest = sa.select(col(Variant.id), oldest_of_variant).where(col(Variant.id).in_(variant_ids))
+    return {variant_id: at for variant_id, at in session.execute(oldest)}
 
 
 def _totals(session: Session, variant_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -143,24 +209,34 @@ def _totals(session: Session, variant_ids: list[int]) -> tuple[np.ndarray, np.nd
 def _counts(
     session: Session,
     table: type[Impression] | type[Event],
-    variant_ids: list[int],
-    starts: list[datetime],
-    width: timedelta,
-) -> np.ndarray:
-    counts = np.zeros((len(variant_ids), len(starts)), dtype=np.int64)
-    if not variant_ids:
-        return counts
-    created = col(table.created_at)
-    bucket = sa.case(
-        *((created < start + width, index) for index, start in enumerate(starts)),
-        else_=len(starts) - 1,
+    ranges: Mapping[timedelta, tuple[list[int], _Grid]],
+) -> dict[int, np.ndarray]:
+    """Rows per variant and bucket, for the variants of each width on that width's grid; variants
+    without rows are left out."""
+    grids = [(ids, grid) for ids, grid in ranges.values() if ids]
+    if not grids:
+        return {}
+    variant_id, created = col(table.variant_id), col(table.created_at)
+
+    def bucket(grid: _Grid) -> sa.ColumnElement[int]:
+        return sa.case(
+            *((created < start + grid.width, index) for index, start in enumerate(grid.starts)),
+            else_=len(grid.starts) - 1,
+        )
+
+    # One grid (one segment, or segments of one width) is read as it always was: by the time
+    # alone, so SQLite and PostgreSQL search the variant and time index as before.
+    by_grid = (
+        bucket(grids[0][1])
+        if len(grids) == 1
+        else sa.case(*((variant_id.in_(ids), bucket(grid)) for ids, grid in grids))
     ).label("bucket")
     rows = session.execute(
-        sa.select(col(table.variant_id), bucket, sa.func.count())
-        .where(col(table.variant_id).in_(variant_ids), created >= starts[0])
-        .group_by(col(table.variant_id), bucket)
+        sa.select(variant_id, by_grid, sa.func.count())
+        .where(sa.or_(*(variant_id.in_(ids) & (created >= grid.starts[0]) for ids, grid in grids)))
+        .group_by(variant_id, by_grid)
     )
-    row_of = {variant_id: i for i, variant_id in enumerate(variant_ids)}
-    for variant_id, index, count in rows:
-        counts[row_of[variant_id], index] += count
+    counts = {v: np.zeros(len(grid.starts), dtype=np.int64) for ids, grid in grids for v in ids}
+    for found, index, count in rows:
+        counts[found][index] += count
     return counts

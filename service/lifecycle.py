@@ -151,18 +151,37 @@ def copy_to_order(policy: LifecyclePolicy, *, live: int, pending: int, on_order:
     return max(0, min(missing, room))
 
 
-def short_of_copy(session: Session, segment: Segment, policy: LifecyclePolicy) -> bool:
-    """Whether a pass would order the segment copy, by its variants and orders as they stand
-    (without the pauses or retirements its plan may add): what a note that the lifecycle holds
-    back an order is about."""
-    statuses = session.exec(select(Variant.status).where(Variant.segment_id == segment.id)).all()
-    n = copy_to_order(
-        policy,
-        live=statuses.count(VariantStatus.ACTIVE.value),
-        pending=statuses.count(VariantStatus.PENDING_REVIEW.value),
-        on_order=_copy_on_order(session, segment),
-    )
-    return n > 0
+def short_of_copy(
+    session: Session, segments: Sequence[Segment], policy: LifecyclePolicy
+) -> set[int]:
+    """Those of `segments` (ids) a pass would order copy for, by their variants and orders as
+    they stand (without the pauses or retirements its plan may add): what a note that the
+    lifecycle holds back an order is about. Two queries however many segments there are: asked
+    one segment at a time, the experiment page sent two per segment."""
+    ids = [segment.id for segment in segments]
+    if not ids:
+        return set()
+    statuses: dict[tuple[int, str], int] = {
+        (segment_id, status): n
+        for segment_id, status, n in session.execute(
+            sa.select(col(Variant.segment_id), col(Variant.status), sa.func.count())
+            .where(col(Variant.segment_id).in_(ids))
+            .group_by(col(Variant.segment_id), col(Variant.status))
+        )
+    }
+    on_order = _copies_on_order(session, segments)
+    return {
+        segment.id
+        for segment in segments
+        if segment.id is not None
+        and copy_to_order(
+            policy,
+            live=statuses.get((segment.id, VariantStatus.ACTIVE.value), 0),
+            pending=statuses.get((segment.id, VariantStatus.PENDING_REVIEW.value), 0),
+            on_order=on_order[segment.id],
+        )
+        > 0
+    }
 
 
 def plan_guardrail(
@@ -853,6 +872,33 @@ def _copy_on_order(session: Session, segment: Segment) -> int:
         )
     ).one()
     return int(ordered)
+
+
+def _copies_on_order(session: Session, segments: Sequence[Segment]) -> dict[int, int]:
+    """_copy_on_order of each of `segments`, by id, in one query."""
+    experiment_ids = {segment.experiment_id for segment in segments}
+    ordered: dict[tuple[int, int | None], int] = {
+        (experiment_id, segment_id): int(n or 0)
+        for experiment_id, segment_id, n in session.execute(
+            sa.select(
+                col(GenerationJob.experiment_id),
+                col(GenerationJob.segment_id),
+                sa.func.sum(GenerationJob.n),
+            )
+            .where(
+                col(GenerationJob.experiment_id).in_(experiment_ids),
+                col(GenerationJob.status).in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
+            )
+            .group_by(col(GenerationJob.experiment_id), col(GenerationJob.segment_id))
+        )
+    }
+    # A job for every segment of its experiment (no segment_id) writes each one's copy too.
+    return {
+        segment.id: ordered.get((segment.experiment_id, segment.id), 0)
+        + ordered.get((segment.experiment_id, None), 0)
+        for segment in segments
+        if segment.id is not None
+    }
 
 
 def jobs_it_ordered(session: Session, job_ids: Collection[int]) -> set[int]:

@@ -16,6 +16,7 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from service.errors import Conflict, quoted
@@ -94,8 +95,66 @@ def last_record(session: Session, segment: Segment) -> dict[str, Any] | None:
         .order_by(col(GenerationJob.id).desc())
         .limit(1)
     ).first()
-    found = (last.result or {}) if last is not None else {}
-    record = found.get(BRIEFS_TOO_LONG, {}).get(segment.key)
+    return _record_in(last.result if last is not None else None, segment)
+
+
+def last_records(session: Session, segments: Sequence[Segment]) -> dict[int, dict[str, Any] | None]:
+    """last_record of each of `segments`, by id, in two queries however many there are (the
+    dashboard shows every segment's): the last job each one's covering jobs ended with, then
+    what those jobs found."""
+    ids = [segment.id for segment in segments]
+    if not ids:
+        return {}
+    latest: dict[tuple[int, int | None], int] = {
+        (experiment_id, segment_id): job_id
+        for experiment_id, segment_id, job_id in session.execute(
+            sa.select(
+                col(GenerationJob.experiment_id),
+                col(GenerationJob.segment_id),
+                sa.func.max(GenerationJob.id),
+            )
+            .where(
+                col(GenerationJob.experiment_id).in_({s.experiment_id for s in segments}),
+                sa.or_(
+                    col(GenerationJob.segment_id).in_(ids), col(GenerationJob.segment_id).is_(None)
+                ),
+                col(GenerationJob.status).in_([JobStatus.SUCCEEDED.value, JobStatus.FAILED.value]),
+            )
+            .group_by(col(GenerationJob.experiment_id), col(GenerationJob.segment_id))
+        )
+    }
+    # A job for every segment of the experiment (no segment_id) covers each one too.
+    last = {
+        segment.id: max(
+            filter(
+                None,
+                (
+                    latest.get((segment.experiment_id, segment.id)),
+                    latest.get((segment.experiment_id, None)),
+                ),
+            ),
+            default=None,
+        )
+        for segment in segments
+        if segment.id is not None
+    }
+    found = {job_id for job_id in last.values() if job_id is not None}
+    results: dict[int | None, dict[str, Any] | None] = {}
+    if found:
+        query = sa.select(col(GenerationJob.id), col(GenerationJob.result))
+        results = {
+            i: result
+            for i, result in session.execute(query.where(col(GenerationJob.id).in_(found)))
+        }
+    return {
+        segment.id: _record_in(results.get(last[segment.id]), segment)
+        for segment in segments
+        if segment.id is not None
+    }
+
+
+def _record_in(result: dict[str, Any] | None, segment: Segment) -> dict[str, Any] | None:
+    record = (result or {}).get(BRIEFS_TOO_LONG, {}).get(segment.key)
     return record if isinstance(record, dict) else None
 
 
@@ -106,7 +165,25 @@ def brief_refused(
     brief, unchanged since, too long for the model, which is still the one configured (`model`,
     as Settings.model has it); None otherwise. Keyed on the brief alone, pointing the service at
     a model with a longer context still ordered no copy, and the dashboard said to shorten it."""
-    record = last_record(session, segment)
+    return _refused_for(last_record(session, segment), experiment, segment, model=model)
+
+
+def briefs_refused(
+    session: Session, experiment: Experiment, segments: Sequence[Segment], *, model: str
+) -> dict[int, str | None]:
+    """brief_refused of each of the experiment's `segments`, by id, in two queries."""
+    records = last_records(session, segments)
+    return {
+        segment.id: _refused_for(records[segment.id], experiment, segment, model=model)
+        for segment in segments
+        if segment.id is not None
+    }
+
+
+def _refused_for(
+    record: dict[str, Any] | None, experiment: Experiment, segment: Segment, *, model: str
+) -> str | None:
+    """brief_refused, from the segment's last_record (`record`)."""
     if record is None or hold_lifted(record, experiment, segment, model=model):
         return None
     return refusal(record)

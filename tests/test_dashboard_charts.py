@@ -18,7 +18,7 @@ from sqlmodel import Session
 from service.config import load_settings
 from service.dashboard import charts, experiment_pages
 from service.db import make_engine
-from service.history import BUCKETS, History, segment_history
+from service.history import BUCKETS, History, segment_history, segments_history
 from service.identity import new_impression_id
 from service.models import Event, Impression, Segment, Variant, VariantStatus
 from tests.query_plans import sqlite_reads, statements_sent
@@ -523,3 +523,69 @@ def test_history_finds_rows_by_variant_and_time_in_one_index(
             r"\(variant_id=\?",
             read,
         ), read
+
+
+def _same(together: History, alone: History) -> bool:
+    return (
+        together.variant_ids == alone.variant_ids
+        and together.starts == alone.starts
+        and together.width == alone.width
+        and all(
+            np.array_equal(getattr(together, part), getattr(alone, part))
+            for part in (
+                "impressions",
+                "conversions",
+                "earlier_impressions",
+                "earlier_conversions",
+            )
+        )
+    )
+
+
+def test_segments_asked_together_get_the_history_each_gets_alone(
+    session: Session, variants: list[Variant]
+) -> None:
+    """The experiment page asks for every segment's at once: four queries, where it sent four a
+    segment. Segments whose charts share a width share its buckets, each cut to its own: `b`'s
+    start after `a`'s, and a conversion of `b`'s before its first impression is no bucket's but
+    earlier evidence, as asked alone."""
+    a, b, c = variants
+    _add_rows(session, a, [NOW - timedelta(hours=23), NOW - timedelta(hours=2)])
+    _add_rows(
+        session,
+        b,
+        [NOW - timedelta(hours=13), NOW - timedelta(minutes=5)],
+        converted_at=[NOW - timedelta(hours=20), NOW - timedelta(minutes=4)],
+    )
+    _add_rows(session, c, [NOW - timedelta(days=9), NOW - timedelta(hours=1)], [NOW])
+    for variant, counters in ((a, (7, 1)), (b, (2, 2)), (c, (9, 3))):
+        variant.impressions, variant.conversions = counters
+        session.add(variant)
+    session.commit()
+    asked = {"a": [a.id], "b": [b.id], "c": [c.id], "none": []}
+    engine = session.get_bind()
+    with statements_sent(engine) as sent:  # type: ignore[arg-type]
+        together = segments_history(session=session, variant_ids=asked, now=NOW)  # type: ignore[arg-type]
+    assert len(sent) == 4, sent
+
+    alone = {
+        key: segment_history(session=session, variant_ids=ids, now=NOW)  # type: ignore[arg-type]
+        for key, ids in asked.items()
+    }
+    assert together["a"].width == together["b"].width == timedelta(hours=1)
+    assert len(together["a"].starts) > len(together["b"].starts)
+    assert together["c"].width > together["a"].width
+    assert together["b"].earlier_conversions.tolist() == [1]
+    for key in asked:
+        assert _same(together[key], alone[key]), key
+    if engine.dialect.name == "sqlite":
+        # Read by the variant and time index, as one segment's are, whatever the grids.
+        reads = sqlite_reads(engine, sent, "impression|event")  # type: ignore[arg-type]
+        # The oldest impressions, then one search a grid (two widths) of impressions and events.
+        assert len(reads) == 1 + 2 * 2, reads
+        for read in reads:
+            assert re.search(
+                r"SEARCH (impression|event) USING (COVERING )?INDEX ix_\1_variant_id_created_at "
+                r"\(variant_id=\?",
+                read,
+            ), read

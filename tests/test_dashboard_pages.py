@@ -2714,6 +2714,61 @@ def test_the_page_says_a_brief_is_too_long_only_while_the_model_it_was_too_long_
     assert noted("/models/longer") == []
 
 
+def _queries_to_draw(app: Any, dash: Dashboard, path: str) -> list[str]:
+    sent: list[str] = []
+
+    def record(*args: Any) -> None:
+        sent.append(args[2])
+
+    engine = app.extensions["copybandit.engine"]
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        dash.html(path)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+    return sent
+
+
+def _busy_experiment(app: Any, api: Any, n: int) -> int:
+    """An experiment of `n` segments, each with two variants served and converted (charts) and
+    short of copy, whose last orders failed (a wait); but the first is held for its brief, and
+    the last has counters without rows (a purge)."""
+    keys = [f"segment-{i}" for i in range(n)]
+    created = api.create_experiment(
+        name=f"{n} segments", segments=[{"key": k, "description": f"People {k}."} for k in keys]
+    )
+    eid = created["id"]
+    with Session(app.extensions["copybandit.engine"]) as session:
+        for key in keys:
+            control = api.add_variant(eid, key, f"The Aurora kettle, for {key}.", "control")
+            api.add_variant(eid, key, f"Boil faster, {key}.")
+            if key == keys[-1]:
+                set_counts(app, {control["id"]: (40, 2)})
+            else:
+                serve(api, eid, key, 2, convert_every=2)
+            failed_in_a_row(session, created, key, 3, last_at=utcnow())
+        held_as_too_long(session, created, keys[0], app.extensions["copybandit.jobs"].options.model)
+    return eid  # type: ignore[no-any-return]
+
+
+def test_the_experiment_page_sends_as_many_queries_for_twelve_segments_as_for_two(
+    app: Any, api: Any, dash: Dashboard
+) -> None:
+    """Asked one segment at a time, each segment's charts, brief, copy and failed orders took
+    eight queries: 168 to draw an experiment of 20 segments."""
+    two, twelve = _busy_experiment(app, api, 2), _busy_experiment(app, api, 12)
+    few = _queries_to_draw(app, dash, f"/dashboard/experiments/{two}")
+    many = _queries_to_draw(app, dash, f"/dashboard/experiments/{twelve}")
+    assert len(many) == len(few), (len(few), len(many))
+    # Every part of each segment was drawn: charts, the hold, the waits, the purge note.
+    html = dash.html(f"/dashboard/experiments/{twelve}")
+    assert html.count('<figure class="chart"') == 2 * 11
+    notes = [texts(section(html, f"segment-{i}"), "p", data_testid="no-copy") for i in range(12)]
+    assert notes[0][0].startswith("The lifecycle orders no new copy for this segment: brief too")
+    assert all(note[0].split(": ")[1].startswith("paused after 3 failed") for note in notes[1:])
+    assert "No traffic in the last" in section(html, "segment-11")
+
+
 def test_edit_then_approve(app: Any, dash: Dashboard, experiment: dict[str, Any]) -> None:
     eid = experiment["id"]
     vid = add_pending(app, eid, "tea-lovers", BANNED)

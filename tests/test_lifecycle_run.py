@@ -549,6 +549,33 @@ def test_after_failed_orders_the_next_waits_an_interval_doubling_to_a_day(
     assert segment_id(session, experiment, PARENTS) in segments
 
 
+def test_segments_read_together_wait_and_are_held_as_each_read_alone(
+    session: Session, experiment: dict[str, Any]
+) -> None:
+    """The dashboard reads every segment's backoff and held brief at once, in a few queries, not
+    a few a segment; a job for every segment is in each one's run, as it is read alone."""
+    from service.copy_backoff import copy_backoff, copy_backoffs
+    from service.long_briefs import last_record, last_records
+
+    ended_job(session, experiment, PARENTS, ordered_at=None, status="succeeded", message="done")
+    failed_in_a_row(session, experiment, TEA, 2, last_at=NOW - INTERVAL)
+    every = ended_job(session, experiment, TEA, ordered_at=NOW)
+    session.execute(
+        sa.update(GenerationJob).where(col(GenerationJob.id) == every).values(segment_id=None)
+    )
+    session.commit()
+    held_as_too_long(session, experiment, PARENTS, "")
+    segments = session.exec(select(Segment).where(Segment.experiment_id == experiment["id"])).all()
+
+    together = copy_backoffs(session, segments, interval=INTERVAL)
+    assert together == {s.id: copy_backoff(session, s, interval=INTERVAL) for s in segments}
+    assert together[segment_id(session, experiment, TEA)].failed_in_a_row == 3  # type: ignore[union-attr]
+    records = last_records(session, segments)
+    assert records == {s.id: last_record(session, s) for s in segments}
+    assert records[segment_id(session, experiment, TEA)] is None
+    assert records[segment_id(session, experiment, PARENTS)] is not None
+
+
 @pytest.mark.parametrize("by_hand", [False, True], ids=["ordered", "by-hand"])
 def test_a_job_that_delivers_copy_ends_the_backoff(
     app: Any, session: Session, experiment: dict[str, Any], by_hand: bool

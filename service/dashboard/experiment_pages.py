@@ -17,7 +17,7 @@ from sqlmodel import Session, col, select
 from werkzeug.wrappers import Response
 
 from service import db
-from service.copy_backoff import copy_backoff
+from service.copy_backoff import copy_backoffs
 from service.dashboard import charts
 from service.dashboard.blueprint import bp, flash_about_segment, form_int, validated
 from service.dashboard.blueprint import invalidate as invalidate_snapshot
@@ -32,7 +32,7 @@ from service.experiments import (
     variants_of,
 )
 from service.generation_jobs import INTERRUPTED, create_job, get_job, interrupted, interruption
-from service.history import REACH, purged_impressions, segment_history
+from service.history import REACH, History, purged_impressions, segments_history
 from service.job_cancel import cancel_job
 from service.lifecycle import (
     AUDIT_ACTIONS,
@@ -41,7 +41,7 @@ from service.lifecycle import (
     jobs_it_ordered,
     short_of_copy,
 )
-from service.long_briefs import BriefHeld, brief_refused
+from service.long_briefs import BriefHeld, briefs_refused
 from service.models import (
     Experiment,
     GenerationJob,
@@ -160,22 +160,39 @@ def experiment_page(experiment_id: int, refused: RefusedForm | None = None) -> s
     rows = segments_of(session=session, experiment_id=experiment_id)
     ids = {segment.key: segment.id for segment in rows if segment.id is not None}
     settings = current_app.extensions["copybandit.settings"]
-    interval = timedelta(seconds=settings.lifecycle_interval_seconds)
+    held = briefs_refused(session, experiment, rows, model=settings.model)
     # The report has validated the stored policy already: passes leave the experiment alone while
     # it does not validate, and order it no copy.
     policy = report.policy if report.policy_error is None else None
-    no_copy = {
-        segment.key: brief_refused(session, experiment, segment, model=settings.model)
-        or _backing_off(session, segment, interval, policy)
-        for segment in rows
-    }
+    waiting = _backing_off(
+        session,
+        [segment for segment in rows if held[segment.id] is None],  # type: ignore[index]
+        timedelta(seconds=settings.lifecycle_interval_seconds),
+        policy,
+    )
+    charted = {segment.key: _charted(segment) for segment in report.segments}
+    served = {key: variant_ids for key, (variant_ids, _) in charted.items() if variant_ids}
+    histories = segments_history(session=session, variant_ids=served)
+    quiet = {key: served[key] for key, history in histories.items() if history.empty}
+    purged = purged_impressions(session=session, variant_ids=quiet) if quiet else {}
+    views = []
+    for segment in report.segments:
+        segment_id = ids[segment.key]
+        why = held[segment_id]
+        views.append(
+            _segment_view(
+                segment_id,
+                segment,
+                charted[segment.key],
+                histories.get(segment.key),
+                purged=purged.get(segment.key, 0) > 0,
+                no_copy=why or waiting.get(segment_id),
+            )
+        )
     return render_template(
         "experiment.html",
         experiment=experiment,
-        segments=[
-            _segment_view(session, ids[segment.key], segment, no_copy.get(segment.key))
-            for segment in report.segments
-        ],
+        segments=views,
         pending=_pending_count(session, experiment_id),
         reasons=_status_reasons(session, experiment_id),
         reach_weeks=REACH.days // 7,
@@ -185,17 +202,24 @@ def experiment_page(experiment_id: int, refused: RefusedForm | None = None) -> s
 
 
 def _backing_off(
-    session: Session, segment: Segment, interval: timedelta, policy: LifecyclePolicy | None
-) -> str | None:
-    """Why the lifecycle orders the segment no copy for now, after its orders failed. Said only
-    while it would otherwise order some: beside copy enough, the note said it held back an order
-    it would not have made."""
-    if policy is None or not short_of_copy(session, segment, policy):
-        return None
-    backoff = copy_backoff(session, segment, interval=interval)
-    if backoff is None or not backoff.holds_at(utcnow(), interval):
-        return None
-    return backoff.paused()
+    session: Session,
+    segments: list[Segment],
+    interval: timedelta,
+    policy: LifecyclePolicy | None,
+) -> dict[int, str]:
+    """Why the lifecycle orders some of `segments` (by id) no copy for now, after their orders
+    failed. Said only while it would otherwise order some: beside copy enough, the note said it
+    held back an order it would not have made."""
+    if policy is None:
+        return {}
+    short = short_of_copy(session, segments, policy)
+    backoffs = copy_backoffs(session, [s for s in segments if s.id in short], interval=interval)
+    now = utcnow()
+    return {
+        segment_id: backoff.paused()
+        for segment_id, backoff in backoffs.items()
+        if backoff is not None and backoff.holds_at(now, interval)
+    }
 
 
 def _status_reasons(session: Session, experiment_id: int) -> dict[int, str | None]:
@@ -231,8 +255,16 @@ class SegmentView:
 
 
 def _segment_view(
-    session: Session, segment_id: int, report: SegmentReport, no_copy: str | None = None
+    segment_id: int,
+    report: SegmentReport,
+    charted: tuple[list[int], str],
+    history: History | None,
+    *,
+    purged: bool,
+    no_copy: str | None,
 ) -> SegmentView:
+    """`charted`: the variants the charts draw and a note on those left out (_charted);
+    `history`: theirs, None where there are none."""
     rows = {row.variant_id: row for row in report.variants}
     headline_id, kind = None, ""
     if report.winner is not None and report.winner.variant_id in rows:
@@ -244,32 +276,27 @@ def _segment_view(
         row.variant_id: charts.interval_bar(*row.interval, row.posterior_mean, scale)
         for row in report.variants
     }
-    served, charted_note = _charted(report)
+    served, charted_note = charted
     styles = {variant_id: charts.style(i) for i, variant_id in enumerate(served)}
     share_chart = rate_chart = None
-    purged = False
-    if served:
-        history = segment_history(session=session, variant_ids=served)
-        if not history.empty:
-            labels = [f"#{variant_id}" for variant_id in served]
-            fmt = _label_format(history.width)
-            x_labels = [start.strftime(fmt) for start in history.starts]
-            share_chart = charts.line_chart(
-                # The periods are UTC days or hours; a marketer elsewhere would misread them.
-                title="Traffic share per period (UTC)",
-                labels=labels,
-                series=history.traffic_share().tolist(),
-                x_labels=x_labels,
-                y_max=1.0,
-            )
-            rate_chart = charts.line_chart(
-                title="Conversion rate, cumulative (UTC)",
-                labels=labels,
-                series=history.cumulative_rate().tolist(),
-                x_labels=x_labels,
-            )
-        else:
-            purged = purged_impressions(session=session, variant_ids=served) > 0
+    if history is not None and not history.empty:
+        labels = [f"#{variant_id}" for variant_id in served]
+        fmt = _label_format(history.width)
+        x_labels = [start.strftime(fmt) for start in history.starts]
+        share_chart = charts.line_chart(
+            # The periods are UTC days or hours; a marketer elsewhere would misread them.
+            title="Traffic share per period (UTC)",
+            labels=labels,
+            series=history.traffic_share().tolist(),
+            x_labels=x_labels,
+            y_max=1.0,
+        )
+        rate_chart = charts.line_chart(
+            title="Conversion rate, cumulative (UTC)",
+            labels=labels,
+            series=history.cumulative_rate().tolist(),
+            x_labels=x_labels,
+        )
     return SegmentView(
         segment_id=segment_id,
         report=report,
