@@ -223,6 +223,12 @@ def hold_begun(
     )
 
 
+def held_for(key: str, why: str) -> str:
+    """What a hand job for the one segment `key`, held for its brief (`why`: brief_refused's
+    answer), is refused with; the dashboard says it beside the segment's Generate button."""
+    return f"segment {quoted(key)} gets no new copy: {why}"
+
+
 class BriefHeld(Conflict):
     """A job started by hand for copy a held brief cannot get: it would load the model and fail
     as the last one did. `field`: "segment" where the request named the segment, else None, the
@@ -250,7 +256,7 @@ def refuse_held(
     field = None if every_segment else "segment"
     if len(held) == 1:
         key, why = held[0]
-        raise BriefHeld(f"segment {quoted(key)} gets no new copy: {why}", field=field)
+        raise BriefHeld(held_for(key, why), field=field)  # type: ignore[arg-type]
     raise BriefHeld(
         "no segment gets new copy: each one's brief is too long for the model; shorten them (the "
         "product description, brand voice or each segment's persona), or configure a model with "

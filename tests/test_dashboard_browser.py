@@ -64,6 +64,7 @@ from service.schemas import (
     VariantPatch,
 )
 from service.snapshot import SnapshotCache
+from tests.test_lifecycle_run import held_as_too_long
 
 pytestmark = pytest.mark.slow
 
@@ -1419,3 +1420,43 @@ def test_cancel_a_running_job_from_its_page(page: Page, site: Site) -> None:
         job = session.get(GenerationJob, int(job_path.rsplit("/", 1)[1]))
     assert generated == []
     assert job is not None and job.status == "cancelled"
+
+
+# --- a held brief ----------------------------------------------------------------------------
+
+
+def test_a_held_segment_s_generate_button_is_off_and_says_why_beside_it(
+    page: Page, site: Site, tmp_path: Path
+) -> None:
+    """It was on: pressing it loaded the page again with the refusal, the job never queued."""
+    experiment_id, _ = make_experiment(
+        site,
+        segments=("tea-lovers", "busy-parents"),
+        active={"tea-lovers": ["Aurora: tea, sooner."], "busy-parents": ["Aurora: fast."]},
+    )
+    with site.session() as session:
+        held_as_too_long(session, {"id": experiment_id}, "tea-lovers", site.settings.model)
+    page.goto(f"/dashboard/experiments/{experiment_id}")
+
+    held = page.locator("#segment-tea-lovers form.generate")
+    button = held.get_by_role("button", name="Generate for tea-lovers")
+    why = (
+        "segment 'tea-lovers' gets no new copy: brief too long for the model: 6,453 tokens of "
+        "4,096; shorten it (the product description, brand voice or the segment's persona), or "
+        "configure a model with a longer context"
+    )
+    expect(button).to_be_disabled()
+    expect(held.get_by_role("spinbutton")).to_be_disabled()
+    expect(button).to_have_accessible_description(why)
+    note = held.get_by_test_id("generate-held")
+    expect(note).to_have_text(why)
+    # Beside the button: under it, within the form, no wider than the copy box.
+    under, box = button.bounding_box(), note.bounding_box()
+    assert under is not None and box is not None
+    assert under["y"] + under["height"] <= box["y"] < under["y"] + under["height"] + 40
+    assert box["width"] <= 26 * 16 + 1
+    held.screenshot(path=tmp_path / "held.png")
+
+    free = page.locator("#segment-busy-parents form.generate")
+    expect(free.get_by_role("button", name="Generate for busy-parents")).to_be_enabled()
+    expect(free.get_by_test_id("generate-held")).to_have_count(0)

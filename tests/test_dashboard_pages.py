@@ -2769,6 +2769,38 @@ def test_the_experiment_page_sends_as_many_queries_for_twelve_segments_as_for_tw
     assert "No traffic in the last" in section(html, "segment-11")
 
 
+def test_a_held_segment_s_generate_button_is_off_with_the_words_a_job_would_be_refused_with(
+    app: Any, dash: Dashboard, session: Session, experiment: dict[str, Any]
+) -> None:
+    """It was on: the marketer learnt only after pressing it that the job was refused."""
+    eid = experiment["id"]
+    held_as_too_long(
+        session, experiment, "tea-lovers", app.extensions["copybandit.jobs"].options.model
+    )
+    page = dash.html(f"/dashboard/experiments/{eid}")
+
+    def generate_form(key: str) -> str:
+        found = re.search(r'<form[^>]*class="generate".*?</form>', section(page, key), re.S)
+        assert found, key
+        return found.group(0)
+
+    held = generate_form("tea-lovers")
+    assert (
+        '<button type="submit" aria-label="Generate for tea-lovers" disabled '
+        'aria-describedby="generate-held-tea-lovers">Generate</button>'
+    ) in held
+    assert re.search(r'<input type="number" name="n"[^>]* disabled>', held)
+    why = texts(held, "p", id="generate-held-tea-lovers")
+    refused = dash.post(
+        f"/dashboard/experiments/{eid}/generate", {"segment": "tea-lovers", "n": "2"}
+    )
+    said = flashes(section(dash.html(location(refused)), "tea-lovers"))
+    assert why == [unescape(message) for message in said]
+    assert why[0].startswith("segment 'tea-lovers' gets no new copy: brief too long for the model")
+    free = generate_form("busy-parents")
+    assert "disabled" not in free and "generate-held" not in free
+
+
 def test_edit_then_approve(app: Any, dash: Dashboard, experiment: dict[str, Any]) -> None:
     eid = experiment["id"]
     vid = add_pending(app, eid, "tea-lovers", BANNED)

@@ -41,7 +41,7 @@ from service.lifecycle import (
     jobs_it_ordered,
     short_of_copy,
 )
-from service.long_briefs import BriefHeld, briefs_refused
+from service.long_briefs import BriefHeld, briefs_refused, held_for
 from service.models import (
     Experiment,
     GenerationJob,
@@ -187,6 +187,7 @@ def experiment_page(experiment_id: int, refused: RefusedForm | None = None) -> s
                 histories.get(segment.key),
                 purged=purged.get(segment.key, 0) > 0,
                 no_copy=why or waiting.get(segment_id),
+                held=held_for(segment.key, why) if why is not None else None,
             )
         )
     return render_template(
@@ -252,6 +253,9 @@ class SegmentView:
     # Why the lifecycle orders no copy for it (a brief too long for the model, or its last orders
     # failed and the next waits), if it orders none.
     no_copy: str | None = None
+    # What a job started by hand for it is refused with, while its brief is held as too long for
+    # the model: the page says so beside the Generate button, which it turns off.
+    held: str | None = None
 
 
 def _segment_view(
@@ -262,6 +266,7 @@ def _segment_view(
     *,
     purged: bool,
     no_copy: str | None,
+    held: str | None,
 ) -> SegmentView:
     """`charted`: the variants the charts draw and a note on those left out (_charted);
     `history`: theirs, None where there are none."""
@@ -311,6 +316,7 @@ def _segment_view(
         share_chart=share_chart,
         rate_chart=rate_chart,
         no_copy=no_copy,
+        held=held,
     )
 
 
