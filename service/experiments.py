@@ -99,12 +99,20 @@ def get_experiment(*, session: Session, experiment_id: int) -> Experiment:
 
 
 def list_experiments(
-    *, session: Session, after: int | None = None, limit: int | None = None
+    *,
+    session: Session,
+    after: int | None = None,
+    before: int | None = None,
+    limit: int | None = None,
 ) -> Sequence[Experiment]:
-    """Oldest first; `after` an experiment id: only newer ones, the page after the one it ended."""
+    """Oldest first; `after` an experiment id: only newer ones, the page after the one it ended;
+    `before` one: the `limit` just older than it, the page before the one it began."""
     query = select(Experiment)
     if after is not None:
         query = query.where(col(Experiment.id) > after)
+    if before is not None:
+        newest_first = query.where(col(Experiment.id) < before).order_by(col(Experiment.id).desc())
+        return session.exec(newest_first.limit(limit)).all()[::-1]
     return session.exec(query.order_by(col(Experiment.id)).limit(limit)).all()
 
 

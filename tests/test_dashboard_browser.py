@@ -35,6 +35,7 @@ from service import create_app
 from service.brief_edits import update_experiment, update_segment
 from service.config import Settings
 from service.copy_checks import lint_config
+from service.dashboard import experiment_pages
 from service.dashboard.experiment_pages import CSV_COLUMNS
 from service.decisions import decide
 from service.demo import DEMO, VARIANTS, seed_demo
@@ -1422,7 +1423,7 @@ def test_cancel_a_running_job_from_its_page(page: Page, site: Site) -> None:
     assert job is not None and job.status == "cancelled"
 
 
-# --- a held brief ----------------------------------------------------------------------------
+# --- a held brief, and the list's pages ------------------------------------------------------
 
 
 def test_a_held_segment_s_generate_button_is_off_and_says_why_beside_it(
@@ -1460,3 +1461,38 @@ def test_a_held_segment_s_generate_button_is_off_and_says_why_beside_it(
     free = page.locator("#segment-busy-parents form.generate")
     expect(free.get_by_role("button", name="Generate for busy-parents")).to_be_enabled()
     expect(free.get_by_test_id("generate-held")).to_have_count(0)
+
+
+def test_the_experiment_list_pages_forward_and_back(page: Page, site: Site) -> None:
+    """Thousands of experiments were drawn on one page. The experiments made here are removed
+    afterwards, so the other tests' lists stay one page long."""
+    with site.session() as session:
+        there = session.exec(select(sa.func.count()).select_from(Experiment)).one()
+    made = [
+        make_experiment(site)[0]
+        for _ in range(max(0, experiment_pages.EXPERIMENTS_PAGE + 5 - there))
+    ]
+    try:
+        with site.session() as session:
+            total = session.exec(select(sa.func.count()).select_from(Experiment)).one()
+        page.goto("/dashboard/")
+        rows = page.locator("table.list tbody tr")
+        pages = page.get_by_role("navigation", name="Pages of experiments")
+        expect(rows).to_have_count(experiment_pages.EXPERIMENTS_PAGE)
+        expect(rows.first).to_contain_text(DEMO["name"])  # oldest first
+        expect(pages).to_contain_text(f"1\u201350 of {total}, oldest first")
+        expect(pages.get_by_role("link", name="← Previous")).to_have_count(0)
+
+        pages.get_by_role("link", name="Next →").click()
+        expect(rows).to_have_count(total - experiment_pages.EXPERIMENTS_PAGE)
+        expect(pages).to_contain_text(f"51\u2013{total} of {total}")
+        expect(pages.get_by_role("link", name="Next →")).to_have_count(0)
+
+        pages.get_by_role("link", name="← Previous").click()
+        expect(rows).to_have_count(experiment_pages.EXPERIMENTS_PAGE)
+        expect(rows.first).to_contain_text(DEMO["name"])
+    finally:
+        with site.session() as session:
+            session.execute(sa.delete(Segment).where(col(Segment.experiment_id).in_(made)))
+            session.execute(sa.delete(Experiment).where(col(Experiment.id).in_(made)))
+            session.commit()

@@ -47,6 +47,7 @@ from service.models import (
     utcnow,
 )
 from service.reports import experiment_report
+from service.schemas import ExperimentCreate
 from tests.conftest import store_policy_by_hand
 from tests.test_lifecycle_run import failed_in_a_row, held_as_too_long
 from tests.twin_race import second_looks_while_first_has_looked
@@ -3554,6 +3555,95 @@ def test_experiment_list_shows_totals(
         "0",
     ]
     assert rows[str(empty["id"])][3:] == ["0", "0", "0 / 2", "0"]
+
+
+def _experiments(app: Any, n: int) -> list[int]:
+    """`n` experiments of one segment each, through the service's own function; their ids."""
+    ids = []
+    with Session(app.extensions["copybandit.engine"]) as session:
+        for i in range(n):
+            body = {
+                "name": f"Launch {i:03d}",
+                "product": {"name": "Aurora kettle", "description": "A 1.7 l glass kettle."},
+                "segments": [{"key": "tea-lovers", "description": "Brew loose-leaf tea daily."}],
+            }
+            created = experiments.create_experiment(
+                session=session, experiment_create=ExperimentCreate.model_validate(body)
+            )
+            ids.append(created.id)
+    return ids  # type: ignore[return-value]
+
+
+def _listed(html: str) -> list[int]:
+    return [int(i) for i in re.findall(r'<tr>\s*<td><a href="/dashboard/experiments/(\d+)"', html)]
+
+
+def _page_link(html: str, rel: str) -> str | None:
+    found = re.search(rf'<a href="([^"]*)" rel="{rel}">', html)
+    return unescape(found.group(1)) if found else None
+
+
+def test_the_experiment_list_is_paged_oldest_first_as_the_api_is(app: Any, dash: Dashboard) -> None:
+    """All of them were drawn on one page: thousands of rows, and the totals of every variant of
+    every experiment read to draw them."""
+    ids = _experiments(app, 2 * experiment_pages.EXPERIMENTS_PAGE + 20)
+    first = dash.html("/dashboard/")
+    assert _listed(first) == ids[:50]
+    assert texts(first, "nav", class_="pages") == ["1\u201350 of 120, oldest first Next →"]
+    assert _page_link(first, "prev") is None
+    assert _page_link(first, "next") == f"/dashboard/?after={ids[49]}"
+
+    second = dash.html(_page_link(first, "next"))  # type: ignore[arg-type]
+    assert _listed(second) == ids[50:100]
+    assert texts(second, "nav", class_="pages") == [
+        "51\u2013100 of 120, oldest first ← Previous Next →"
+    ]
+    last = dash.html(_page_link(second, "next"))  # type: ignore[arg-type]
+    assert _listed(last) == ids[100:]
+    assert texts(last, "nav", class_="pages") == ["101\u2013120 of 120, oldest first ← Previous"]
+    back = dash.html(_page_link(last, "prev"))  # type: ignore[arg-type]
+    assert _listed(back) == ids[50:100]
+    assert _listed(dash.html(_page_link(back, "prev"))) == ids[:50]  # type: ignore[arg-type]
+    # Fewer than a page before it (a list someone added to since): the first page, full.
+    assert _listed(dash.html(f"/dashboard/?before={ids[10]}")) == ids[:50]
+    # The API's cursor of its first page, 0, is the first page here too.
+    assert _listed(dash.html("/dashboard/?after=0")) == ids[:50]
+    past = dash.html(f"/dashboard/?after={ids[-1]}")
+    assert _listed(past) == []
+    assert texts(past, "p", class_="empty") == [
+        "No experiments after that one. Back to the first page."
+    ]
+
+
+def test_a_list_of_one_page_has_no_page_links(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    html = dash.html("/dashboard/")
+    assert _listed(html) == [experiment["id"]]
+    assert texts(html, "nav", class_="pages") == []
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("after=x", "after"),
+        ("after=-1", "after"),
+        ("after=1.5", "after"),
+        ("after=%D9%A4", "after"),
+        ("before=", "before"),
+        (f"after={BIG_ID}", "after"),
+        ("after=" + "9" * 5000, "after"),
+        ("after=1&after=2", "after"),
+        ("after=1&before=3", "before"),
+    ],
+)
+def test_a_bad_page_of_the_list_is_a_400_page_naming_the_parameter(
+    app: Any, dash: Dashboard, query: str, field: str
+) -> None:
+    response = dash.get(f"/dashboard/?{query}")
+    assert response.status_code == 400
+    assert response.mimetype == "text/html"
+    assert error_text(response).startswith(f"{field}:")
 
 
 def test_experiment_page_shows_interval_bars_and_the_leaders_full_text(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -97,9 +98,37 @@ class ExperimentRow:
     pending: int
 
 
+# Experiments on a page of the list: thousands on one page took seconds to draw and to scroll.
+EXPERIMENTS_PAGE = 50
+
+
+@dataclass(frozen=True)
+class ListPage:
+    """Where a page of the list is in it: its first and last experiment's places (from 1) and the
+    whole list's length, and the cursors of the pages around it (None where there is none)."""
+
+    first: int
+    last: int
+    total: int
+    previous_before: int | None
+    next_after: int | None
+
+
 @bp.get("/")
 def experiments() -> str:
+    """Oldest first, as the API lists them, EXPERIMENTS_PAGE at a time: `after` an experiment id
+    (the API's cursor: the page after the one it ended) or `before` one (the page before the one
+    it began, for Previous)."""
+    refuse_repeated_parameters()
+    after, before = _cursor("after"), _cursor("before")
+    if after is not None and before is not None:
+        raise InvalidInput("before: give after or before, not both", field="before")
     session = db.session()
+    page = list_experiments(session=session, after=after, before=before, limit=EXPERIMENTS_PAGE)
+    if before is not None and len(page) < EXPERIMENTS_PAGE:
+        # The start of the list: its first page, full, rather than the few before `before`.
+        page = list_experiments(session=session, limit=EXPERIMENTS_PAGE)
+    ids = [experiment.id for experiment in page]
     totals = {
         experiment_id: (impressions or 0, conversions or 0, pending or 0)
         for experiment_id, impressions, conversions, pending in session.execute(
@@ -110,15 +139,19 @@ def experiments() -> str:
                 sa.func.sum(
                     sa.case((col(Variant.status) == VariantStatus.PENDING_REVIEW.value, 1), else_=0)
                 ),
-            ).group_by(col(Variant.experiment_id))
+            )
+            .where(col(Variant.experiment_id).in_(ids))
+            .group_by(col(Variant.experiment_id))
         )
     }
     segments: dict[int, list[Segment]] = {}
-    for segment in session.exec(select(Segment).order_by(col(Segment.position))):
+    for segment in session.exec(
+        select(Segment).where(col(Segment.experiment_id).in_(ids)).order_by(col(Segment.position))
+    ):
         segments.setdefault(segment.experiment_id, []).append(segment)
     won = serving_winners(session, [s for own in segments.values() for s in own])
     rows = []
-    for experiment in list_experiments(session=session):
+    for experiment in page:
         assert experiment.id is not None
         own = segments.get(experiment.id, [])
         impressions, conversions, pending = totals.get(experiment.id, (0, 0, 0))
@@ -132,7 +165,41 @@ def experiments() -> str:
                 pending=int(pending),
             )
         )
-    return render_template("experiments.html", rows=rows)
+    return render_template(
+        "experiments.html",
+        rows=rows,
+        place=_place(session, page, after if after is not None else before),
+    )
+
+
+def _cursor(name: str) -> int | None:
+    """A page's `after` or `before`, or a 400 naming it: 0 as well as an id, as the API takes."""
+    text = request.args.get(name)
+    return None if text is None else form_int(name, text, low=0)
+
+
+def _place(session: Session, page: Sequence[Experiment], cursor: int | None) -> ListPage | None:
+    """Where `page` is in the list; None on a list that fits one page, which needs no links.
+    `cursor`: the page's after or before, for a page past either end of the list."""
+    total = session.exec(select(sa.func.count()).select_from(Experiment)).one()
+    if not page:
+        older = 0 if cursor is None else _older_than(session, cursor + 1)
+        return ListPage(older + 1, older, total, None, None) if total else None
+    if total <= EXPERIMENTS_PAGE and len(page) == total:
+        return None
+    older = _older_than(session, page[0].id)  # type: ignore[arg-type]
+    return ListPage(
+        first=older + 1,
+        last=older + len(page),
+        total=total,
+        previous_before=page[0].id if older else None,
+        next_after=page[-1].id if older + len(page) < total else None,
+    )
+
+
+def _older_than(session: Session, experiment_id: int) -> int:
+    query = select(sa.func.count()).where(col(Experiment.id) < experiment_id)
+    return session.exec(query).one()
 
 
 @dataclass(frozen=True)
