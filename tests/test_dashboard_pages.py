@@ -2026,7 +2026,12 @@ def test_adding_the_same_copy_twice_is_refused_on_the_page_keeping_what_was_type
 
 def variant_rows(app: Any, experiment_id: int) -> list[Variant]:
     with Session(app.extensions["copybandit.engine"]) as session:
-        return list(session.exec(select(Variant).where(Variant.experiment_id == experiment_id)))
+        # In id order: without one, PostgreSQL's order follows the table's layout after updates.
+        return list(
+            session.exec(
+                select(Variant).where(Variant.experiment_id == experiment_id).order_by(Variant.id)
+            )
+        )
 
 
 @pytest.mark.parametrize(
