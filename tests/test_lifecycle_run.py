@@ -557,9 +557,18 @@ def test_segments_read_together_wait_and_are_held_as_each_read_alone(
     from service.copy_backoff import copy_backoff, copy_backoffs
     from service.long_briefs import last_record, last_records
 
-    ended_job(session, experiment, PARENTS, ordered_at=None, status="succeeded", message="done")
+    ended_job(
+        session,
+        experiment,
+        PARENTS,
+        ordered_at=None,
+        status="succeeded",
+        message="done",
+        outcome="wrote",
+    )
     failed_in_a_row(session, experiment, TEA, 2, last_at=NOW - INTERVAL)
-    every = ended_job(session, experiment, TEA, ordered_at=NOW)
+    # Started by hand, as only a marketer starts a job for every segment: it does not end the run.
+    every = ended_job(session, experiment, TEA, ordered_at=None)
     session.execute(
         sa.update(GenerationJob).where(col(GenerationJob.id) == every).values(segment_id=None)
     )
@@ -569,11 +578,28 @@ def test_segments_read_together_wait_and_are_held_as_each_read_alone(
 
     together = copy_backoffs(session, segments, interval=INTERVAL)
     assert together == {s.id: copy_backoff(session, s, interval=INTERVAL) for s in segments}
-    assert together[segment_id(session, experiment, TEA)].failed_in_a_row == 3  # type: ignore[union-attr]
+    assert together[segment_id(session, experiment, TEA)].failed_in_a_row == 2  # type: ignore[union-attr]
+    assert together[segment_id(session, experiment, PARENTS)] is None
     records = last_records(session, segments)
     assert records == {s.id: last_record(session, s) for s in segments}
     assert records[segment_id(session, experiment, TEA)] is None
     assert records[segment_id(session, experiment, PARENTS)] is not None
+    # A job for every segment that delivered copy ends each segment's run, read either way.
+    delivered = ended_job(
+        session,
+        experiment,
+        TEA,
+        ordered_at=None,
+        status="succeeded",
+        message="done",
+        outcome="wrote",
+    )
+    session.execute(
+        sa.update(GenerationJob).where(col(GenerationJob.id) == delivered).values(segment_id=None)
+    )
+    session.commit()
+    alone = {s.id: copy_backoff(session, s, interval=INTERVAL) for s in segments}
+    assert copy_backoffs(session, segments, interval=INTERVAL) == alone == dict.fromkeys(alone)
 
 
 @pytest.mark.parametrize("by_hand", [False, True], ids=["ordered", "by-hand"])
