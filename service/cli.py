@@ -84,7 +84,11 @@ def _settings(*, loads_model: bool = False) -> Settings:
         settings = load_settings().validate()
         return settings.validate_model() if loads_model else settings
     except ConfigError as exc:
-        raise click.ClickException(f"configuration: {exc}") from None
+        if len(exc.problems) == 1:
+            raise click.ClickException(f"configuration: {exc}") from None
+        # One to a line under the heading, each naming its variable.
+        listed = "".join(f"\n  {problem}" for problem in exc.problems)
+        raise click.ClickException(f"configuration:{listed}") from None
 
 
 def _log_to_terminal(settings: Settings) -> None:

@@ -1,7 +1,7 @@
 """Settings: defaults, `COPYBANDIT_*` environment overrides, validation at start-up.
 
-Every setting is read once, when the app (or a CLI command) starts, and a bad value stops it with a
-message that names the variable and says what would be accepted.
+Every setting is read once, when the app (or a CLI command) starts, and bad values stop it with a
+message that names each variable, one to a line, and says what would be accepted.
 """
 
 from __future__ import annotations
@@ -27,7 +27,12 @@ DEV_SECRET = "dev-only-not-secret"
 
 
 class ConfigError(ValueError):
-    """A setting is missing or malformed; the message names the variable."""
+    """Settings missing or malformed: one line of the message for each, naming its variable.
+    All of them at once, so an operator fixes them in one restart, not one restart apiece."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
 
 
 @dataclass(frozen=True)
@@ -81,58 +86,81 @@ class Settings:
     trusted_proxies: int = 0
 
     def validate(self) -> Settings:
+        problems: list[str] = []
         _require(
-            self.env in ENVIRONMENTS, "ENV", f"must be one of {', '.join(ENVIRONMENTS)}", self.env
+            problems,
+            self.env in ENVIRONMENTS,
+            "ENV",
+            f"must be one of {', '.join(ENVIRONMENTS)}",
+            self.env,
         )
         _require(
+            problems,
             _is_usable_database_url(self.database_url),
             "DATABASE_URL",
             "must be a sqlite:///path or postgresql://user@host/db URL (driver: psycopg 3)",
             display_url(self.database_url),
         )
-        _require(1 <= self.port <= 65535, "PORT", "must be between 1 and 65535", self.port)
-        _require(1 <= self.workers <= 64, "WORKERS", "must be between 1 and 64", self.workers)
+        _require(
+            problems, 1 <= self.port <= 65535, "PORT", "must be between 1 and 65535", self.port
+        )
+        _require(
+            problems, 1 <= self.workers <= 64, "WORKERS", "must be between 1 and 64", self.workers
+        )
         # Upper bounds here and below also keep out inf, which a float setting parses: it passed
         # ">= 0", then each use failed (the scheduler's slot arithmetic on every tick).
         _require(
+            problems,
             0 <= self.snapshot_ttl_seconds <= 3600,
             "SNAPSHOT_TTL_SECONDS",
             "must be between 0 and 3600",
             self.snapshot_ttl_seconds,
         )
         _require(
+            problems,
             100 <= self.propensity_samples <= 1_000_000,
             "PROPENSITY_SAMPLES",
             "must be between 100 and 1000000",
             self.propensity_samples,
         )
         _require(
+            problems,
             0 <= self.rate_limit_per_second <= 1_000_000,
             "RATE_LIMIT_PER_SECOND",
             "must be between 0 and 1000000 (0 turns rate limiting off)",
             self.rate_limit_per_second,
         )
         _require(
+            problems,
             1 <= self.rate_limit_burst <= 10_000_000,
             "RATE_LIMIT_BURST",
             "must be between 1 and 10000000",
             self.rate_limit_burst,
         )
         _require(
+            problems,
             0 <= self.key_cache_seconds <= 300,
             "KEY_CACHE_SECONDS",
             "must be between 0 and 300",
             self.key_cache_seconds,
         )
         _require(
+            problems,
             self.max_request_bytes >= 1024,
             "MAX_REQUEST_BYTES",
             "must be >= 1024",
             self.max_request_bytes,
         )
         # Each bound named where it alone is wrong; COPY_MAX_CHARS=5 was blamed on COPY_MIN_CHARS.
-        _require(self.copy_min_chars >= 1, "COPY_MIN_CHARS", "must be >= 1", self.copy_min_chars)
         _require(
+            problems,
+            self.copy_min_chars >= 1,
+            "COPY_MIN_CHARS",
+            "must be >= 1",
+            self.copy_min_chars,
+        )
+        _require(
+            problems,
             self.copy_max_chars <= 1000,
             "COPY_MAX_CHARS",
             "must be at most 1000",
@@ -140,42 +168,54 @@ class Settings:
         )
         if self.copy_min_chars >= self.copy_max_chars:
             # Either may be the one set wrong, so the message blames neither.
-            raise ConfigError(
+            problems.append(
                 f"{ENV_PREFIX}COPY_MIN_CHARS and {ENV_PREFIX}COPY_MAX_CHARS: the minimum"
                 f" ({self.copy_min_chars}) must be below the maximum ({self.copy_max_chars})"
             )
         _require(
+            problems,
             1 <= self.generation_batch_size <= 256,
             "GENERATION_BATCH_SIZE",
             "must be between 1 and 256",
             self.generation_batch_size,
         )
         _require(
+            problems,
             1 <= self.generation_max_rounds <= 20,
             "GENERATION_MAX_ROUNDS",
             "must be between 1 and 20",
             self.generation_max_rounds,
         )
         _require(
+            problems,
             self.model_dtype in ("float32", "bfloat16", "float16"),
             "MODEL_DTYPE",
             "must be float32, bfloat16 or float16",
             self.model_dtype,
         )
-        _require(self.scheduler in ("on", "off"), "SCHEDULER", "must be on or off", self.scheduler)
         _require(
+            problems,
+            self.scheduler in ("on", "off"),
+            "SCHEDULER",
+            "must be on or off",
+            self.scheduler,
+        )
+        _require(
+            problems,
             self.log_level in LOG_LEVELS,
             "LOG_LEVEL",
             f"must be one of {', '.join(LOG_LEVELS)} (any case)",
             self.log_level,
         )
         _require(
+            problems,
             self.log_format in ("text", "json"),
             "LOG_FORMAT",
             "must be text or json",
             self.log_format,
         )
         _require(
+            problems,
             self.database_pre_ping in ("on", "off"),
             "DATABASE_PRE_PING",
             "must be on or off",
@@ -183,18 +223,21 @@ class Settings:
         )
         # The scheduler's slots are milliseconds in a BIGINT: a year keeps them far inside it.
         _require(
+            problems,
             1 <= self.lifecycle_interval_seconds <= 365 * 24 * 3600,
             "LIFECYCLE_INTERVAL_SECONDS",
             "must be between 1 and 31536000 (a year)",
             self.lifecycle_interval_seconds,
         )
         _require(
+            problems,
             0 < self.dashboard_session_hours <= 24 * 30,
             "DASHBOARD_SESSION_HOURS",
             "must be above 0 and at most 720",
             self.dashboard_session_hours,
         )
         _require(
+            problems,
             0 <= self.trusted_proxies <= 10,
             "TRUSTED_PROXIES",
             "must be between 0 and 10",
@@ -204,11 +247,14 @@ class Settings:
             for name in ("user_id_key", "secret_key"):
                 value = getattr(self, name)
                 _require(
+                    problems,
                     value != DEV_SECRET and len(value) >= 32,
                     name.upper(),
                     "must be set to a random value of at least 32 characters in production",
                     "<default>" if value == DEV_SECRET else "<too short>",
                 )
+        if problems:
+            raise ConfigError(*problems)
         return self
 
     def validate_model(self) -> Settings:
@@ -287,9 +333,9 @@ def _unparsed_url_masked(url: str) -> str:
     return f"{scheme}://{'***' if credentials else ''}{at}{location}{question_mark and '?***'}"
 
 
-def _require(ok: bool, name: str, rule: str, value: object) -> None:
+def _require(problems: list[str], ok: bool, name: str, rule: str, value: object) -> None:
     if not ok:
-        raise ConfigError(f"{ENV_PREFIX}{name} {rule}, got {value!r}")
+        problems.append(f"{ENV_PREFIX}{name} {rule}, got {value!r}")
 
 
 def _refuse(problem: str | None, name: str, value: object) -> None:
@@ -316,21 +362,34 @@ def load_settings(
     environ = os.environ if environ is None else environ
     fields = {f.name: f for f in dataclasses.fields(Settings)}
     values: dict[str, object] = {}
+    unparsed: list[str] = []
     for name, field in fields.items():
         raw = environ.get(ENV_PREFIX + name.upper())
         if raw is not None and raw != "":
-            values[name] = _parse(field, raw)
+            try:
+                values[name] = _parse(field, raw)
+            except ConfigError as exc:
+                unparsed.extend(exc.problems)
     for name, value in (overrides or {}).items():
         if name not in fields:
             raise ConfigError(f"unknown setting {name!r}")
         values[name] = value
     settings = Settings(**values)  # type: ignore[arg-type]
-    return dataclasses.replace(
+    settings = dataclasses.replace(
         settings,
         database_url=normalize_database_url(settings.database_url),
         # The JSON log lines spell levels in lower case; either spelling configures them.
         log_level=str(settings.log_level).upper(),
     )
+    if unparsed:
+        # With the other settings' problems in the same message (those unparsed left at their
+        # defaults): a port that is not a number and a default secret are fixed in one restart.
+        try:
+            settings.validate()
+        except ConfigError as exc:
+            unparsed.extend(exc.problems)
+        raise ConfigError(*unparsed)
+    return settings
 
 
 # Read by the test suite and the benchmarks, or by one command's option (simulate --key), not by

@@ -318,6 +318,18 @@ def test_bad_configuration_is_a_clear_error(database: str, monkeypatch: pytest.M
     assert "COPYBANDIT_PORT must be an int, got 'http'" in result.output
 
 
+def test_every_missing_secret_is_named_in_one_error(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COPYBANDIT_ENV", "production")
+    result = run("migrate")
+    assert result.exit_code == 1
+    rule = "must be set to a random value of at least 32 characters in production, got '<default>'"
+    assert result.output == (
+        f"Error: configuration:\n  COPYBANDIT_USER_ID_KEY {rule}\n  COPYBANDIT_SECRET_KEY {rule}\n"
+    )
+
+
 def test_a_misspelt_setting_is_named_once_not_silently_ignored(
     database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -409,6 +409,27 @@ def test_production_refuses_default_secrets() -> None:
     assert settings.user_id_key != DEV_SECRET
 
 
+def test_every_bad_setting_is_named_in_one_refusal() -> None:
+    # Each was refused alone: the operator fixed USER_ID_KEY, restarted, and only then heard of
+    # SECRET_KEY (and of a port, a number that does not parse, behind them).
+    environ = {
+        "COPYBANDIT_ENV": "production",
+        "COPYBANDIT_SECRET_KEY": "short",
+        "COPYBANDIT_PORT": "0",
+        "COPYBANDIT_WORKERS": "many",
+    }
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ=environ).validate()
+    assert str(refused.value).splitlines() == [
+        "COPYBANDIT_WORKERS must be an int, got 'many'",
+        "COPYBANDIT_PORT must be between 1 and 65535, got 0",
+        "COPYBANDIT_USER_ID_KEY must be set to a random value of at least 32 characters in"
+        " production, got '<default>'",
+        "COPYBANDIT_SECRET_KEY must be set to a random value of at least 32 characters in"
+        " production, got '<too short>'",
+    ]
+
+
 def test_unknown_override_is_an_error() -> None:
     with pytest.raises(ConfigError, match="unknown setting 'databse_url'"):
         load_settings({"databse_url": "sqlite:///x.db"}, environ={})
