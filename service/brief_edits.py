@@ -14,16 +14,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from service.errors import Conflict, cut, quoted
+from service.edit_audit import edit_event, edited, shown
+from service.errors import Conflict, quoted
 from service.etags import EtagTest, etag_of, require_match
 from service.experiments import find_segment, flush_named, get_experiment
-from service.models import Experiment, LifecycleEvent, Segment
+from service.models import Experiment, Segment
 from service.schemas import MAX_SEGMENTS, ExperimentPatch, SegmentIn, stored_form
 from service.segment_guard import lock_row
-
-# The audit's reason shows each old and new value cut to this many characters: a description
-# runs to 5,000, and the trail is read a page of 500 at a time.
-SHOWN_CHARS = 60
 
 # ExperimentPatch's fields by the column each changes, under the name the audit gives them.
 _EXPERIMENT_FIELDS = {
@@ -98,7 +95,7 @@ def update_experiment(
     session.add(experiment)
     # A name taken refuses the whole edit: none of its other fields is stored either.
     flush_named(session, experiment)
-    session.add(_edit_event(experiment_id, None, _edited(by, changes), list(changes)))
+    session.add(edit_event(experiment_id, None, edited(by, changes), list(changes)))
     session.commit()
     return experiment
 
@@ -159,7 +156,7 @@ def add_segment(*, session: Session, experiment_id: int, segment_in: SegmentIn, 
         session.rollback()
         raise _duplicate_key(experiment_id, segment_in.key) from None
     session.add(
-        _edit_event(
+        edit_event(
             experiment_id,
             segment.id,
             f"added by {by}: segment {quoted(segment.key)}, "
@@ -218,7 +215,7 @@ def update_segment(
         return segment
     segment.description = description
     session.add(segment)
-    session.add(_edit_event(experiment_id, segment.id, _edited(by, changes), list(changes)))
+    session.add(edit_event(experiment_id, segment.id, edited(by, changes), list(changes)))
     session.commit()
     return segment
 
@@ -252,34 +249,3 @@ def _same(seen: Any, stored: Any) -> bool:
     if isinstance(seen, str) and isinstance(stored, str):
         return stored_form(seen) == stored_form(stored)
     return bool(seen == stored)
-
-
-def _edited(by: str, changes: dict[str, tuple[str, Any, Any]]) -> str:
-    said = "; ".join(
-        f"{label} {shown(old)} → {shown(new)}" for label, (_, old, new) in changes.items()
-    )
-    return f"edited by {by}: {said}"
-
-
-def _edit_event(
-    experiment_id: int, segment_id: int | None, reason: str, fields: list[str]
-) -> LifecycleEvent:
-    return LifecycleEvent(
-        experiment_id=experiment_id,
-        segment_id=segment_id,
-        variant_id=None,
-        action="edit",
-        reason=reason,
-        numbers={"fields": fields},
-    )
-
-
-def shown(value: Any) -> str:
-    """A value as the audit's reason shows it: text quoted and cut to SHOWN_CHARS, none as none."""
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, int | float):
-        return str(value)
-    return quoted(cut(str(value), SHOWN_CHARS))

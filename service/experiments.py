@@ -14,6 +14,7 @@ from sqlmodel import Session, col, select
 from generation.lint import LintConfig
 from service.copy_checks import audit_after_edit
 from service.db import rows_changed
+from service.edit_audit import edit_event, edited
 from service.errors import Conflict, InvalidInput, NotFound, cut, first_problem, quoted
 from service.etags import EtagTest, etag_of, require_match
 from service.lifecycle import assign_prior
@@ -210,12 +211,16 @@ def update_policy(
     session: Session,
     experiment_id: int,
     changes: LifecyclePolicy,
+    by: str,
     etag_matches: EtagTest | None = None,
 ) -> Experiment:
     """Merge the fields given into the stored policy; the result must be valid as a whole. A stored
     field this version does not know (written by another) is dropped: kept, it refused every PATCH,
-    the one way to make the policy valid again. With `etag_matches` (an If-Match), only while it
-    takes the policy's ETag (policy_etag): raises PreconditionFailed otherwise."""
+    the one way to make the policy valid again. Each rule whose value changes is named in one
+    `edit` row of the audit trail, with `by` ("API key k1"); a field given with the value it has
+    (its default, if it was left out) changes no rule and writes no row. With `etag_matches` (an
+    If-Match), only while it takes the policy's ETag (policy_etag): raises PreconditionFailed
+    otherwise."""
     experiment = get_experiment(session=session, experiment_id=experiment_id)
     # Two changes at once each merged into the policy as it was before either and wrote it back
     # whole: one acknowledged change was lost. The second merges into the first's result.
@@ -237,12 +242,28 @@ def update_policy(
     except ValidationError as exc:
         message, field = first_problem(exc)
         raise InvalidInput(message, field=field or "policy") from None
+    changed = _rules_changed(known, merged)
     experiment.policy = merged
     session.add(experiment)
     if merged.get("discount_per_hour") is None:
         _undo_discounting(session, experiment_id)
+    if changed:
+        session.add(edit_event(experiment_id, None, edited(by, changed), list(changed)))
     session.commit()
     return experiment
+
+
+def _rules_changed(
+    before: dict[str, object], after: dict[str, object]
+) -> dict[str, tuple[str, object, object]]:
+    """ "policy.<rule>" -> (rule, old, new) for each rule whose value changes, a rule left out of
+    either read as its default: the value the lifecycle runs on, as GET .../policy shows it."""
+    changed = {}
+    for name, field in LifecyclePolicy.model_fields.items():
+        old, new = before.get(name, field.default), after.get(name, field.default)
+        if old != new:
+            changed[f"policy.{name}"] = (name, old, new)
+    return changed
 
 
 def policy_etag(experiment: Experiment) -> str:

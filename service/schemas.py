@@ -770,7 +770,8 @@ class AuditEvent(BaseModel):
     segment: str | None
     variant_id: int | None
     action: str = Field(
-        description="pause, retire, declare_winner, regenerate, prior, discount, edit"
+        description="pause, retire, declare_winner, regenerate, prior, discount, edit (a person's "
+        "change to the brief, a segment or the lifecycle policy), hold"
     )
     reason: str
     numbers: dict[str, Any] | None

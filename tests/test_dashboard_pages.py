@@ -1785,6 +1785,16 @@ def test_the_audit_page_writes_each_number_as_the_api_does(
     assert served["events"][0]["numbers"] == numbers
 
 
+def test_the_audit_page_shows_who_changed_the_policy_and_how(api: Any, dash: Dashboard) -> None:
+    created = api.create_experiment(name="Stricter")
+    patched = api.patch(f"/v1/experiments/{created['id']}/policy", json={"retire_below": 0.05})
+    assert patched.status_code == 200, patched.get_json()
+    html = unescape(dash.html(f"/dashboard/experiments/{created['id']}/audit"))
+    key_id = api.keys["admin"].split("_")[1]
+    assert f"edited by API key {key_id}: policy.retire_below 0.02 → 0.05" in html
+    assert 'fields=["policy.retire_below"]' in html
+
+
 def test_a_repeated_audit_parameter_is_refused_as_the_api_refuses_it(
     api: Any, dash: Dashboard
 ) -> None:

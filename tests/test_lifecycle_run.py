@@ -72,10 +72,12 @@ def variants(session: Session, experiment: dict[str, Any]) -> dict[int, Variant]
 
 
 def lifecycle_events(session: Session, experiment: dict[str, Any]) -> list[LifecycleEvent]:
-    """What runs wrote, oldest first; the "prior" rows that adding a variant writes are left out."""
+    """What runs wrote, oldest first; the "prior" rows that adding a variant writes are left out,
+    and the "edit" rows of a test's policy changes."""
     session.expire_all()
     query = select(LifecycleEvent).where(
-        LifecycleEvent.experiment_id == experiment["id"], LifecycleEvent.action != "prior"
+        LifecycleEvent.experiment_id == experiment["id"],
+        col(LifecycleEvent.action).not_in(("prior", "edit")),
     )
     return list(session.exec(query.order_by(col(LifecycleEvent.id))))
 
@@ -220,8 +222,9 @@ def test_audit_trail_is_newest_first_with_the_numbers(
     trail = response.get_json()["events"]
 
     assert [e["id"] for e in trail] == sorted((e["id"] for e in trail), reverse=True)
-    # Newest first: the run's winner, then its retirement, then the priors of the 5 variants.
-    assert [e["action"] for e in trail] == ["declare_winner", "retire"] + ["prior"] * 5
+    # Newest first: the run's winner, then its retirement, then three_arms's policy change, then
+    # the priors of the 5 variants.
+    assert [e["action"] for e in trail] == ["declare_winner", "retire", "edit"] + ["prior"] * 5
     winner, retire = trail[0], trail[1]
     assert (winner["segment"], winner["variant_id"]) == (TEA, three_arms["star"])
     assert (retire["segment"], retire["variant_id"]) == (TEA, three_arms["manual"])
@@ -235,7 +238,7 @@ def test_audit_trail_is_newest_first_with_the_numbers(
     }
     assert (retire["numbers"]["impressions"], retire["numbers"]["conversions"]) == (1000, 50)
     assert parse_time(retire["created_at"]) == NOW
-    assert {e["segment"] for e in trail[2:]} == {TEA, PARENTS}
+    assert {e["segment"] for e in trail[3:]} == {TEA, PARENTS}
 
 
 def test_missing_experiment_has_no_audit_trail(api: Any) -> None:
@@ -991,6 +994,49 @@ def test_policy_patch_merges_and_shows_everywhere(api: Any, experiment: dict[str
     assert second.get_json() == merged
     assert api.get(f"/v1/experiments/{experiment['id']}").get_json()["policy"] == merged
     assert api.get(f"/v1/experiments/{experiment['id']}/report").get_json()["policy"] == merged
+
+
+def _policy_edits(api: Any, experiment: dict[str, Any]) -> list[dict[str, Any]]:
+    response = api.get(f"/v1/experiments/{experiment['id']}/audit?action=edit")
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["events"]  # type: ignore[no-any-return]
+
+
+def test_each_policy_change_is_audited_with_who_and_each_rules_old_and_new_value(
+    api: Any, experiment: dict[str, Any]
+) -> None:
+    # A PATCH changed when copy retires and when winners are declared with nothing in the audit
+    # trail, where an edit to the brief says who changed what.
+    by = f"API key {api.keys['admin'].split('_')[1]}"
+    assert patch_policy(api, experiment, target_active=3, min_impressions=50).status_code == 200
+    # min_impressions given again as it is: only the rules that change are named.
+    changed = patch_policy(api, experiment, min_impressions=50, discount_per_hour=0.999)
+    assert changed.status_code == 200
+
+    second, first = _policy_edits(api, experiment)
+    assert first["reason"] == (
+        f"edited by {by}: policy.min_impressions 200 → 50; policy.target_active 4 → 3"
+    )
+    assert first["numbers"] == {"fields": ["policy.min_impressions", "policy.target_active"]}
+    assert (first["segment"], first["variant_id"]) == (None, None)
+    assert second["reason"] == f"edited by {by}: policy.discount_per_hour none → 0.999"
+    assert second["numbers"] == {"fields": ["policy.discount_per_hour"]}
+
+
+def test_a_policy_patch_that_changes_no_rule_writes_no_audit_row(
+    api: Any, experiment: dict[str, Any]
+) -> None:
+    assert patch_policy(api, experiment, declare_at=0.9).status_code == 200
+    [edit] = _policy_edits(api, experiment)
+    # The value each has, and a default written out that was left out: the rules stay the same.
+    assert patch_policy(api, experiment, declare_at=0.9, min_impressions=200).status_code == 200
+    assert patch_policy(api, experiment, retire_below=0.02, regenerate=True).status_code == 200
+    assert _policy_edits(api, experiment) == [edit]
+
+
+def test_a_policy_patch_refused_writes_no_audit_row(api: Any, experiment: dict[str, Any]) -> None:
+    assert patch_policy(api, experiment, min_impressions=50, max_active=2).status_code == 400
+    assert _policy_edits(api, experiment) == []
 
 
 def test_a_stored_policy_that_no_longer_validates_is_shown_with_why(

@@ -234,7 +234,10 @@ def test_two_policy_changes_at_once_both_stay(
     def change(on: sa.Engine, **fields: Any) -> None:
         with Session(on, expire_on_commit=False) as own:
             update_policy(
-                session=own, experiment_id=experiment["id"], changes=PolicyChanges(**fields)
+                session=own,
+                experiment_id=experiment["id"],
+                changes=PolicyChanges(**fields),
+                by="test",
             )
 
     other = _interleave(

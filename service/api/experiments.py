@@ -404,6 +404,7 @@ def patch_policy(
         session=db.session(),
         experiment_id=path.experiment_id,
         changes=body,
+        by=_by_key(),
         etag_matches=etag_matches(),
     )
     return *json_of(policy_of(experiment.policy)), {"ETag": policy_etag(experiment)}

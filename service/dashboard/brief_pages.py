@@ -11,7 +11,6 @@ from werkzeug.wrappers import Response
 
 from service import db
 from service.brief_edits import (
-    SHOWN_CHARS,
     BriefMoved,
     PersonaMoved,
     add_segment,
@@ -26,6 +25,7 @@ from service.dashboard.experiment_pages import (
     form_price,
     refused_form,
 )
+from service.edit_audit import SHOWN_CHARS
 from service.errors import APIError, Conflict, cut, quoted, spelled_out
 from service.experiments import get_experiment
 from service.models import Experiment
