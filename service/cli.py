@@ -14,7 +14,7 @@ import sys
 import tempfile
 import unicodedata
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -61,7 +61,16 @@ from service.marketers import (
     remove_marketer,
     set_password,
 )
-from service.models import MAX_DB_ID, ApiKey, JobStatus, LifecycleEvent, Scope, Segment, Variant
+from service.models import (
+    MAX_DB_ID,
+    ApiKey,
+    Experiment,
+    JobStatus,
+    LifecycleEvent,
+    Scope,
+    Segment,
+    Variant,
+)
 from service.ope import evaluate as evaluate_policy
 from service.ope import format_table as format_ope_table
 from service.retention import PurgeReport, parse_age
@@ -302,10 +311,12 @@ def seed_demo_command() -> None:
 )
 def init(demo_history: bool) -> None:
     """First-run set-up: migrate, seed the demo, and print an admin key if no live one exists
-    and a dashboard sign-in if there is no account."""
+    and a dashboard sign-in if there is no account. What is there already it names, secrets
+    left out, with the commands that make another."""
     settings = _settings()
     engine = _make_engine(settings)
     _say_migrated(engine, _upgrade(engine))
+    dashboard = f"http://{_address(settings.host, settings.port)}/dashboard/"
     with _session(settings) as session:
         _lock_first_run(session)
         experiment = seed_demo(session=session)
@@ -318,29 +329,81 @@ def init(demo_history: bool) -> None:
                     experiment_id=experiment.id,  # type: ignore[arg-type]
                 )
                 click.echo(f"simulated a week of demo traffic: {served:,} decisions")
+        else:
+            # A second init said only "database already up to date": nothing told a newcomer
+            # that the first had made a demo, a key and an account, nor how to get others once
+            # its output was gone.
+            click.echo(_experiments_already_here(session))
         _lock_first_run(session)
-        if session.exec(_LIVE_ADMIN_KEY).first() is None:
+        admin_keys = session.exec(_LIVE_ADMIN_KEYS).all()
+        if not admin_keys:
             _, plaintext = create_key(session=session, scope=Scope.ADMIN, label="first run")
             click.echo(
                 "\nAdmin API key (shown once; keep it):\n\n    "
                 f"{plaintext}\n\nLost it? `copybandit keys create --scope admin`.\n"
             )
+        else:
+            click.echo(_admin_keys_already_made(admin_keys))
         _lock_first_run(session)
-        if not list_marketers(session=session):
+        marketers = list_marketers(session=session)
+        if not marketers:
             password = generate_password()
             marketer = create_marketer(session=session, email=FIRST_MARKETER, password=password)
             click.echo(
-                f"Dashboard sign-in (shown once): http://{_address(settings.host, settings.port)}"
-                "/dashboard/"
+                f"Dashboard sign-in (shown once): {dashboard}"
                 f"\n\n    email:    {marketer.email}\n    password: {password}\n\n"
                 "More accounts: `copybandit users create --email you@example.com`.\n"
             )
+        else:
+            click.echo(_accounts_already_made(dashboard, [m.email for m in marketers]))
 
 
 # A serve key, or a revoked admin key, lets no one administer the service.
-_LIVE_ADMIN_KEY = select(ApiKey.id).where(
-    ApiKey.scope == Scope.ADMIN.value, col(ApiKey.revoked_at).is_(None)
+_LIVE_ADMIN_KEYS = (
+    select(ApiKey.id)
+    .where(ApiKey.scope == Scope.ADMIN.value, col(ApiKey.revoked_at).is_(None))
+    .order_by(col(ApiKey.created_at), col(ApiKey.id))
 )
+# How many of the experiments, keys or accounts already there a second init names.
+_NAMED = 3
+
+
+def _experiments_already_here(session: Session) -> str:
+    rows = session.exec(
+        select(Experiment.id, Experiment.name).order_by(col(Experiment.id)).limit(_NAMED)
+    ).all()
+    count = session.exec(select(sa.func.count()).select_from(Experiment)).one()
+    named = _listed([f"{id_}: {name}" for id_, name in rows], count)
+    return f"no demo seeded: the database already has {_counted(count, 'experiment')} ({named})"
+
+
+def _admin_keys_already_made(key_ids: Sequence[str]) -> str:
+    live = _listed(list(key_ids), len(key_ids))
+    return (
+        f"\nAdmin API key already made (live: {live}); it was shown once, when made."
+        "\nLost it? `copybandit keys create --scope admin`.\n"
+    )
+
+
+def _accounts_already_made(dashboard: str, emails: Sequence[str]) -> str:
+    return (
+        f"Dashboard sign-in: {dashboard} (accounts: {_listed(list(emails), len(emails))};"
+        " passwords are not shown again)."
+        f"\nLost a password? `copybandit users set-password --email {emails[0]}`."
+        "\nMore accounts: `copybandit users create --email you@example.com`.\n"
+    )
+
+
+def _listed(names: list[str], count: int) -> str:
+    """The first few names, and how many more."""
+    shown = ", ".join(names[:_NAMED])
+    return shown if count <= _NAMED else f"{shown} and {count - _NAMED} more"
+
+
+def _counted(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 # Any number no other code takes a PostgreSQL advisory lock with.
 _FIRST_RUN_LOCK = 7_243_901
 

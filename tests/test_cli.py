@@ -88,7 +88,7 @@ def test_init_migrates_seeds_and_prints_one_admin_key(database: str) -> None:
 
     again = run("init")
     assert again.exit_code == 0
-    assert KEY.findall(again.output) == [] and "seeded" not in again.output
+    assert KEY.findall(again.output) == [] and "seeded demo experiment" not in again.output
 
     with _session(database) as session:
         assert len(session.exec(select(Experiment)).all()) == 1
@@ -102,6 +102,46 @@ def test_init_migrates_seeds_and_prints_one_admin_key(database: str) -> None:
         assert conversions and all(
             shown_at[e.impression_id] <= e.created_at <= finished for e in conversions
         )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_second_init_names_what_the_first_made_and_how_to_get_more_but_no_secret(
+    backend: str, sqlite_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It said only "database already up to date": nothing of the demo, the key and the account
+    # the first had printed, nor of the commands that make others once that output was gone.
+    for name in ("COPYBANDIT_HOST", "COPYBANDIT_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    with contextlib.ExitStack() as cleanup:
+        if backend == "sqlite":
+            shutil.copy(sqlite_template, tmp_path / "init.db")
+            url = f"sqlite:///{tmp_path}/init.db"
+        else:
+            url, _ = cleanup.enter_context(postgres_schema(f"copybandit_again_{os.getpid()}"))
+        monkeypatch.setenv("COPYBANDIT_DATABASE_URL", url)
+        first = run("init", "--no-demo-history")
+        assert first.exit_code == 0, first.output
+        [key] = KEY.findall(first.output)
+        [password] = re.findall(r"password: (\S+)", first.output)
+        revoked = KEY.findall(run("keys", "create", "--scope", "admin").output)[0]
+        assert run("keys", "revoke", revoked).exit_code == 0
+
+        again = run("init", "--no-demo-history")
+
+    assert again.exit_code == 0, again.output
+    assert key not in again.output and password not in again.output
+    assert again.output.split("\n", 1)[1] == (
+        "no demo seeded: the database already has 1 experiment (1: Demo: Ridgeline trail shoes)\n"
+        "\n"
+        f"Admin API key already made (live: {key.split('_')[1]}); it was shown once, when made.\n"
+        "Lost it? `copybandit keys create --scope admin`.\n"
+        "\n"
+        "Dashboard sign-in: http://127.0.0.1:8000/dashboard/ (accounts: marketer@example.com;"
+        " passwords are not shown again).\n"
+        "Lost a password? `copybandit users set-password --email marketer@example.com`.\n"
+        "More accounts: `copybandit users create --email you@example.com`.\n"
+        "\n"
+    )
 
 
 def test_init_prints_an_admin_key_while_no_live_one_exists(database: str) -> None:

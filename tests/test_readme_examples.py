@@ -133,6 +133,23 @@ def test_the_readme_shows_what_init_prints_on_a_first_run(
     assert re.search(pattern, printed.output), printed.output
 
 
+def test_the_readme_shows_what_init_prints_on_a_later_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COPYBANDIT_DATABASE_URL", f"sqlite:///{tmp_path}/again.db")
+    for name in ("COPYBANDIT_HOST", "COPYBANDIT_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for _ in range(2):
+        printed = CliRunner().invoke(main, ["init", "--no-demo-history"], catch_exceptions=False)
+        assert printed.exit_code == 0, printed.output
+    shown = "\n".join(_fenced_after(README.read_text(), "makes none of them again"))
+    # The README's path and key id are made up; the lines around them are init's own.
+    made_up = re.split(r"sqlite:///\S+|[0-9a-f]{16}", shown)
+    assert len(made_up) == 3
+    pattern = r"\S+".join(map(re.escape, made_up))
+    assert re.fullmatch(pattern, printed.output.strip()), printed.output
+
+
 def test_the_readme_gives_the_defaults_and_bounds_of_n_and_of_the_full_loop_rounds() -> None:
     text = " ".join(README.read_text().split())
     (option,) = [p for p in main.commands["generate"].params if p.name == "n"]
