@@ -136,8 +136,9 @@ class LintReport:
 
 
 # Letters and marks, a letter first; written so that a word without marks costs one look for one.
-_LETTERS = rf"[^\W_]+(?:{_MARK}+[^\W_]*)*"
-_WORD = rf"{_LETTERS}(?:['\u2019-]{_LETTERS})*"
+# generation.similarity reads a line's words by it too, so that the two agree where a word ends.
+LETTERS = rf"[^\W_]+(?:{_MARK}+[^\W_]*)*"
+_WORD = rf"{LETTERS}(?:['\u2019-]{LETTERS})*"
 
 
 def _words(text: str) -> list[str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from generation import lint as lint_module
+from generation import similarity as similarity_module
 from generation.similarity import DEFAULT_THRESHOLD, NgramSimilarity, most_similar
 
 SIMILARITY = NgramSimilarity()
@@ -105,6 +107,7 @@ def score(left: str, right: str) -> float:
         ("Grip every trail!", "grip, every   trail"),
         ("Ridgeline: grip - every trail.", "Ridgeline grip every trail"),
         ("Аврора — лучший чайник для всей семьи.", "АВРОРА: лучший чайник для всей семьи!"),  # noqa: RUF001
+        ("ऑरोरा केतली: तीन मिनट में उबलता पानी।", "ऑरोरा केतली — तीन मिनट में उबलता पानी!"),
     ],
 )
 def test_same_words_score_one(left: str, right: str) -> None:
@@ -131,6 +134,28 @@ def test_unrelated_lines_score_low() -> None:
 )
 def test_lines_in_other_scripts_are_compared_by_their_own_letters(left: str, right: str) -> None:
     assert score(left, right) < 0.5
+
+
+@pytest.mark.parametrize(
+    ("left", "right"),
+    [
+        # 'Oil makes hair shine' and 'rhythm makes words shine': the words differ only in their
+        # vowel signs, which were read as spaces between pieces of a word (1.0, a near-duplicate).
+        ("तेल से बाल चमकें", "ताल से बोल चमकें"),
+        # 'The kettle boils water' and 'a killer boils it', vowel signs apart (0.84).
+        ("केतली तीन मिनट में पानी उबालती है", "कातिल तीन मिनट में पानी उबलता है"),
+    ],
+)
+def test_words_differing_in_their_vowel_signs_differ(left: str, right: str) -> None:
+    assert score(left, right) < DEFAULT_THRESHOLD
+
+
+def test_words_are_read_as_the_lint_reads_them() -> None:
+    """A word runs on through its combining marks in both (the lint also joins words at an
+    apostrophe or hyphen, which this line has none of)."""
+    line = "ऑरोरा केतली, जो तीन मिनट में पानी उबालती है: Ridgeline grips 3 trails."
+    assert similarity_module._words(line) == lint_module._words(line)
+    assert similarity_module._words(line)[:2] == ["ऑरोरा", "केतली"]
 
 
 @pytest.mark.parametrize(("left", "right"), [("", LINE), (LINE, ""), ("", ""), ("...", LINE)])
