@@ -317,16 +317,40 @@ def _without_super_or_subscripts(char: str) -> str:
 
 
 def _numbers(text: str, brief: Brief, config: LintConfig) -> str | None:
-    facts = _as_numbers(f"{brief.product_name} {brief.facts()}")
+    facts = _facts(f"{brief.product_name} {brief.facts()}")
     text = _as_numbers(text)
-    allowed = {_plain(n) for n in _NUMBER.findall(facts)}
-    invented = [n for n in _NUMBER.findall(text) if _plain(n) not in allowed]
+    invented = [n for n in _NUMBER.findall(text) if _plain(n) not in facts.numbers]
     if invented:
         return f"numbers not in the product facts: {', '.join(invented)}"
     for sign, proportion in _PROPORTIONS.items():
-        if sign in text and sign not in facts:
+        if sign in text and sign not in facts.proportions:
             return f"{proportion} not in the product facts"
     return None
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What the number rule reads in the facts, which are the same for every line of a batch."""
+
+    numbers: frozenset[str]
+    """Each number the facts give, as _plain writes it."""
+    proportions: frozenset[str]
+    """The proportion signs (_PROPORTIONS) the facts write."""
+
+
+# Reading the facts again cost each line ~50-110 us, a quarter of the lint, though a batch lints
+# many lines against one brief; as with _prompt, the briefs in use at a time are few. An entry holds
+# the facts text and its numbers: ~4 KiB for a description of a few sentences, ~100 KiB at the most
+# the API takes (a 5,000-character description of a thousand numbers); 64 of those are ~6 MB.
+FACTS_CACHE = 64
+
+
+@functools.lru_cache(maxsize=FACTS_CACHE)
+def _facts(text: str) -> _Facts:
+    """`text`: the product's name, then what Brief.facts() writes."""
+    read = _as_numbers(text)
+    numbers = frozenset(_plain(n) for n in _NUMBER.findall(read))
+    return _Facts(numbers, frozenset(sign for sign in _PROPORTIONS if sign in read))
 
 
 # Five per mille is not five per cent: each sign must be the facts' own.

@@ -760,6 +760,24 @@ def test_the_prompt_is_read_once_per_brief_and_remembered_bounded() -> None:
     assert lint_module._prompt.cache_info().currsize <= lint_module.PROMPT_CACHE
 
 
+def test_the_facts_are_read_once_per_brief_and_remembered_bounded() -> None:
+    """The number rule read the facts again for every line (their numbers and proportion signs),
+    though a batch lints many lines against one brief."""
+    lint_module._facts.cache_clear()
+    lines = ["Ridgeline shoes for $129 grip every weekend trail.", "Ridgeline: 30% more grip."]
+    for line in lines:
+        lint(line, BRIEF)
+        lint(line, dataclasses.replace(BRIEF, segment="Weekend hikers.", leaders=(line,)))
+    assert lint_module._facts.cache_info().misses == 1
+    # Each brief's facts are its own: the name and the price are among them.
+    assert "invented_number" in rules(lines[0], dataclasses.replace(BRIEF, price=99.0))
+    assert rules(lines[1], dataclasses.replace(BRIEF, product_name="Ridgeline 30%")) == set()
+    assert lint_module._facts.cache_info().misses == 3
+    for n in range(2 * lint_module.FACTS_CACHE):
+        lint(lines[0], dataclasses.replace(BRIEF, price=float(n)))
+    assert lint_module._facts.cache_info().currsize <= lint_module.FACTS_CACHE
+
+
 @pytest.mark.parametrize(
     "line",
     [
