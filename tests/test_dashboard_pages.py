@@ -3638,6 +3638,28 @@ def test_a_list_of_one_page_has_no_page_links(
     assert texts(html, "nav", class_="pages") == []
 
 
+@pytest.mark.parametrize("with_experiment", [True, False], ids=["one", "none"])
+@pytest.mark.parametrize("cursor", ["after", "before"])
+def test_a_page_past_the_largest_id_is_drawn_not_a_500(
+    app: Any, dash: Dashboard, api: Any, cursor: str, with_experiment: bool
+) -> None:
+    """The largest id the page takes was read back as one more to count the experiments before
+    it, which PostgreSQL's integer id refused (integer out of range): a 500."""
+    if with_experiment:
+        api.create_experiment()
+    response = dash.get(f"/dashboard/?{cursor}={BIG_ID - 1}")
+    assert response.status_code == 200, error_text(response)
+    html = response.get_data(as_text=True)
+    if not with_experiment:
+        assert "No experiments yet." in html
+    elif cursor == "after":
+        assert texts(html, "p", class_="empty") == [
+            "No experiments after that one. Back to the first page."
+        ]
+    else:
+        assert len(_listed(html)) == 1
+
+
 @pytest.mark.parametrize(
     ("query", "field"),
     [

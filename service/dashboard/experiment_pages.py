@@ -183,11 +183,12 @@ def _place(session: Session, page: Sequence[Experiment], cursor: int | None) -> 
     `cursor`: the page's after or before, for a page past either end of the list."""
     total = session.exec(select(sa.func.count()).select_from(Experiment)).one()
     if not page:
-        older = 0 if cursor is None else _older_than(session, cursor + 1)
+        # Up to the cursor itself: one past it is past the largest id PostgreSQL's column holds.
+        older = 0 if cursor is None else _counted(session, col(Experiment.id) <= cursor)
         return ListPage(older + 1, older, total, None, None) if total else None
     if total <= EXPERIMENTS_PAGE and len(page) == total:
         return None
-    older = _older_than(session, page[0].id)  # type: ignore[arg-type]
+    older = _counted(session, col(Experiment.id) < page[0].id)
     return ListPage(
         first=older + 1,
         last=older + len(page),
@@ -197,9 +198,8 @@ def _place(session: Session, page: Sequence[Experiment], cursor: int | None) -> 
     )
 
 
-def _older_than(session: Session, experiment_id: int) -> int:
-    query = select(sa.func.count()).where(col(Experiment.id) < experiment_id)
-    return session.exec(query).one()
+def _counted(session: Session, where: sa.ColumnElement[bool]) -> int:
+    return session.exec(select(sa.func.count()).where(where)).one()
 
 
 @dataclass(frozen=True)
