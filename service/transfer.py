@@ -63,15 +63,17 @@ def copy_database(
     tables = SQLModel.metadata.sorted_tables
     with _snapshot(source) as reading, target.connect() as writing, writing.begin():
         revision = migrations.revision_on(reading)
-        found = migrations.revision_on(writing)
-        if found != revision:
-            at = "has no tables" if found is None else f"is at migration {found}"
-            raise CopyRefused(
-                f"{display_url(target.url)} {at}, the source is at {revision}: run "
-                f"`COPYBANDIT_DATABASE_URL={display_url(target.url)} copybandit migrate` first"
-            )
-        # Until the commit no server on the target writes a row the check below did not see.
-        _lock(writing, tables, lock_wait_seconds)
+        with _lock_wait(writing, lock_wait_seconds):
+            found = migrations.revision_on(writing)
+            if found != revision:
+                at = "has no tables" if found is None else f"is at migration {found}"
+                raise CopyRefused(
+                    f"{display_url(target.url)} {at}, the source is at {revision}: run "
+                    f"`COPYBANDIT_DATABASE_URL={display_url(target.url)} copybandit migrate` first"
+                )
+            # Until the commit no server on the target writes a row the check below did not see.
+            names = ", ".join(_quoted(writing, t.name) for t in tables)
+            writing.exec_driver_sql(f"LOCK TABLE {names} IN EXCLUSIVE MODE")
         filled = [t.name for t in tables if writing.execute(sa.select(1).select_from(t)).first()]
         if filled:
             raise CopyRefused(
@@ -94,15 +96,15 @@ def copy_database(
     return CopyReport(rows=copied, sequences=sequences, counters=counters)
 
 
-def _lock(writing: sa.Connection, tables: list[sa.Table], wait_seconds: float) -> None:
-    """Every table locked against writes until the commit; CopyRefused where another connection
-    holds one for longer than `wait_seconds`."""
-    names = ", ".join(_quoted(writing, t.name) for t in tables)
+@contextlib.contextmanager
+def _lock_wait(writing: sa.Connection, wait_seconds: float) -> Iterator[None]:
+    """Every lock taken inside waits at most `wait_seconds`, then CopyRefused: reading the
+    migration waits on a session altering the tables, the LOCK on any writing to them."""
     # SET LOCAL ends with this transaction; a timeout of 0 would mean "wait for ever".
     milliseconds = max(1, round(wait_seconds * 1000))
     writing.exec_driver_sql(f"SET LOCAL lock_timeout = {milliseconds}")
     try:
-        writing.exec_driver_sql(f"LOCK TABLE {names} IN EXCLUSIVE MODE")
+        yield
     except sa.exc.OperationalError as exc:
         if getattr(exc.orig, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
             raise

@@ -308,16 +308,24 @@ def test_the_configured_database_as_its_own_target_is_refused(
 
 
 @needs_postgres
+@pytest.mark.parametrize(
+    "held",
+    [
+        # A session left open in a transaction that wrote to the target.
+        "LOCK TABLE variant IN ROW EXCLUSIVE MODE",
+        # One altering it (an unfinished migration), which the read of its migration waits on.
+        "LOCK TABLE alembic_version IN ACCESS EXCLUSIVE MODE",
+    ],
+)
 def test_a_target_whose_tables_another_session_keeps_locked_is_refused_in_time(
-    source: str, target: str
+    source: str, target: str, held: str
 ) -> None:
-    # A session left open in a transaction that wrote to the target: the copy had waited on it
-    # without end, saying nothing.
+    # The copy had waited on such a session without end, saying nothing.
     holder = sa.create_engine(target)
     reading, writing = sa.create_engine(source), sa.create_engine(target)
     try:
-        with holder.connect() as held:
-            held.exec_driver_sql("LOCK TABLE variant IN ROW EXCLUSIVE MODE")
+        with holder.connect() as holding:
+            holding.exec_driver_sql(held)
             with pytest.raises(CopyRefused) as refused:
                 copy_database(
                     source=reading,
@@ -326,7 +334,7 @@ def test_a_target_whose_tables_another_session_keeps_locked_is_refused_in_time(
                     progress=lambda *_: None,
                     lock_wait_seconds=0.2,
                 )
-            held.rollback()
+            holding.rollback()
         assert "another connection kept a table locked for 0.2 s" in str(refused.value)
         assert "stop the copybandit servers on it" in str(refused.value)
         assert all(not rows for rows in _rows(target).values())
