@@ -41,7 +41,13 @@ from service.decisions import decide
 from service.demo import DEMO, VARIANTS, seed_demo
 from service.demo_history import seed_demo_history
 from service.events import record_events
-from service.experiments import add_variant, create_experiment, find_segment, update_variant
+from service.experiments import (
+    add_variant,
+    create_experiment,
+    find_segment,
+    update_policy,
+    update_variant,
+)
 from service.generation_jobs import JobRunner
 from service.marketers import create_marketer
 from service.models import (
@@ -54,6 +60,7 @@ from service.models import (
     VariantStatus,
     utcnow,
 )
+from service.policy import LifecyclePolicy
 from service.reports import experiment_report
 from service.schemas import (
     DecideIn,
@@ -457,9 +464,12 @@ def test_sign_in_lists_experiments_and_opens_one(guest: Page, site: Site) -> Non
             expect(cells.nth(2).locator(".state")).to_have_text("active")
             expect(cells.nth(3)).to_have_text(f"{variant.impressions:,}")
             expect(cells.nth(4)).to_have_text(f"{variant.conversions:,}")
-        # No winner declared on the demo: the headline is the leader, with its P(best).
+        # No winner declared on the demo, and four days of test traffic give no line the
+        # policy's min_impressions: the headline is the leader, as too early to tell.
+        assert all(v.impressions < 200 for v in own), [v.impressions for v in own]
         headline = section.get_by_test_id("headline")
-        expect(headline.locator(".badge")).to_have_text("Leading")
+        expect(headline.locator(".badge")).to_have_text("Too early to tell")
+        expect(headline).to_contain_text("Ahead on too little evidence")
         expect(headline).to_contain_text("no winner declared yet")
 
 
@@ -668,6 +678,13 @@ def test_declared_winner_is_the_headline_with_its_full_text(page: Page, site: Si
     )
     control, winner = ids["tea-lovers"]
     # Only the control converts, so the control leads: a declared winner must beat the leader.
+    # Forty decisions are evidence enough to lead under this policy.
+    with site.session() as session:
+        update_policy(
+            session=session,
+            experiment_id=experiment_id,
+            changes=LifecyclePolicy.model_validate({"min_impressions": 10}),
+        )
     serve(site, experiment_id, "tea-lovers", 40, converts=lambda variant_id: variant_id == control)
     with site.session() as session:
         report = experiment_report(session=session, experiment_id=experiment_id)
@@ -703,6 +720,38 @@ def test_declared_winner_is_the_headline_with_its_full_text(page: Page, site: Si
         name = session.get(Experiment, experiment_id).name  # type: ignore[union-attr]
     listed = page.locator("table.list tbody tr", has_text=name)
     expect(listed.locator("td").nth(5)).to_have_text("1 / 1")
+
+
+def test_a_leader_on_too_little_evidence_is_not_marked_leading(page: Page, site: Site) -> None:
+    """A line served 12 times was marked LEADING on its prior's probability best over the
+    control, proven on 867 impressions: the control is headlined as the best proven copy, and
+    the other line's lead is named for what it is."""
+    experiment_id, ids = make_experiment(
+        site, active={"tea-lovers": ["The Aurora kettle: tea, sooner.", "Boil, pour, sip."]}
+    )
+    control, thin = ids["tea-lovers"]
+    with site.session() as session:
+        for variant_id, (impressions, conversions) in {control: (867, 43), thin: (12, 1)}.items():
+            variant = session.get_one(Variant, variant_id)
+            variant.impressions, variant.conversions = impressions, conversions
+            session.add(variant)
+        session.commit()
+        leader = experiment_report(session=session, experiment_id=experiment_id).segments[0].leader
+    assert leader is not None and leader.variant_id == thin
+
+    page.goto(f"/dashboard/experiments/{experiment_id}")
+    headline = page.get_by_test_id("headline")
+    expect(headline.locator(".badge")).to_have_text("Best proven")
+    expect(headline.locator(".badge")).to_have_css("text-transform", "uppercase")
+    expect(headline.locator(".variant-id")).to_have_text(f"#{control}")
+    expect(headline.locator("p.copy")).to_have_text("The Aurora kettle: tea, sooner.")
+    expect(page.get_by_test_id("thin-lead")).to_have_text(
+        f"#{thin} is ahead on too little evidence (12 impressions of 200 needed)."
+    )
+    expect(page.get_by_test_id("thin-lead")).to_be_visible()
+    expect(page.get_by_text("Leading", exact=True)).to_have_count(0)
+    expect(row(page, control)).to_have_class(re.compile(r"\bhighlighted\b"))
+    expect(row(page, thin)).not_to_have_class(re.compile(r"\bhighlighted\b"))
 
 
 def test_export_csv_matches_the_database(page: Page, site: Site, tmp_path: Path) -> None:

@@ -3749,6 +3749,64 @@ def test_a_declared_winner_is_the_headline(
     assert "The Aurora kettle: made for busy-parents." in headline
 
 
+def test_a_leader_on_too_little_evidence_is_not_marked_leading_over_proven_copy(
+    app: Any, api: Any, dash: Dashboard, experiment: dict[str, Any], session: Session
+) -> None:
+    """A line served 12 times led on its prior's probability best, and the headline marked it
+    "Leading" over the control proven on 867 impressions, which read as copy that was losing.
+    The lifecycle declares no winner under min_impressions and keeps the best line judged so far,
+    as the headline now says; the probabilities in the table are as before."""
+    eid = experiment["id"]
+    control, thin = variant_ids(experiment, "tea-lovers")
+    set_counts(app, {control: (867, 43), thin: (12, 1)})
+    report = experiment_report(session=session, experiment_id=eid)
+    tea_report = next(s for s in report.segments if s.key == "tea-lovers")
+    assert tea_report.leader is not None and tea_report.leader.variant_id == thin
+    chances = {row.variant_id: row.prob_best for row in tea_report.variants}
+    assert chances[thin] > chances[control]  # type: ignore[operator]
+
+    tea = section(dash.html(f"/dashboard/experiments/{eid}"), "tea-lovers")
+    headline = texts(tea, data_testid="headline")[0]
+    assert "Leading" not in headline
+    assert headline.startswith(f"Best proven #{control} The Aurora kettle: made for tea-lovers.")
+    pct_down = app.jinja_env.filters["pct_down"]
+    control_best = pct_down(chances[control])
+    assert (
+        f"Probability best {control_best}, the highest of the copy with 200 impressions or "
+        "more; no winner declared yet."
+    ) in headline
+    assert texts(tea, data_testid="thin-lead") == [
+        f"#{thin} is ahead on too little evidence (12 impressions of 200 needed)."
+    ]
+    assert re.search(rf'<tr data-variant-id="{control}" class="status-active highlighted"', tea)
+    assert re.search(rf'<tr data-variant-id="{thin}" class="status-active"', tea)
+    # P(best) as it was: the thin leader's first, above the control's.
+    shown = re.findall(r'<td class="num">([0-9.]+%)</td>\s*<td class="num">[0-9.]+%</td>', tea)
+    assert shown == [pct_down(chances[v]) for v in (thin, control)]
+
+    # With the evidence the policy asks for, the same line leads.
+    response = api.patch(f"/v1/experiments/{eid}/policy", json={"min_impressions": 12})
+    assert response.status_code == 200, response.get_json()
+    tea = section(dash.html(f"/dashboard/experiments/{eid}"), "tea-lovers")
+    assert texts(tea, data_testid="headline")[0].startswith(f"Leading #{thin}")
+    assert texts(tea, data_testid="thin-lead") == []
+
+
+def test_before_any_copy_has_the_evidence_the_headline_says_it_is_too_early(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """Two lines never served split probability best by their priors: one was "Leading"."""
+    first, second = variant_ids(experiment, "busy-parents")
+    set_counts(app, {first: (1, 1), second: (1, 0)})
+    busy = section(dash.html(f"/dashboard/experiments/{experiment['id']}"), "busy-parents")
+    headline = texts(busy, data_testid="headline")[0]
+    assert headline.startswith(f"Too early to tell #{first}") and "Leading" not in headline
+    (note,) = texts(busy, data_testid="thin-lead")
+    assert note.startswith("Ahead on too little evidence (1 impression of 200 needed); ")
+    assert note.endswith("; no winner declared yet.")
+    assert '<div class="headline early" data-testid="headline">' in busy
+
+
 @pytest.mark.parametrize("status", ["paused", "retired"])
 def test_a_winner_taken_out_of_service_is_no_longer_shown_as_one(
     app: Any, api: Any, dash: Dashboard, experiment: dict[str, Any], status: str
@@ -4638,10 +4696,19 @@ def test_the_experiment_page_marks_no_brief_box_before_a_form_is_sent(
 
 
 def test_probability_best_is_shown_rounded_down_so_it_never_reads_past_a_threshold(
-    dash: Dashboard, experiment: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    app: Any, dash: Dashboard, experiment: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Rounded to nearest, a leader at 0.94996 read "95.0%; no winner declared yet" beside
     declare_at 0.95, and 0.99996 read 100.0%."""
+    # Every line with min_impressions, so the leader is headlined as leading.
+    set_counts(
+        app,
+        {
+            v: (300, 30)
+            for key in ("tea-lovers", "busy-parents")
+            for v in variant_ids(experiment, key)
+        },
+    )
     real = experiment_pages.experiment_report
     chances = {"tea-lovers": [0.94996, 0.05004], "busy-parents": [0.99996, 0.00004]}
 

@@ -255,6 +255,7 @@ def experiment_page(experiment_id: int, refused: RefusedForm | None = None) -> s
                 purged=purged.get(segment.key, 0) > 0,
                 no_copy=why or waiting.get(segment_id),
                 held=held_for(segment.key, why) if why is not None else None,
+                min_impressions=report.policy.min_impressions,
             )
         )
     return render_template(
@@ -299,15 +300,31 @@ def _status_reasons(session: Session, experiment_id: int) -> dict[int, str | Non
 
 
 @dataclass(frozen=True)
+class ThinLead:
+    """A leader by probability best with fewer than the policy's min_impressions: its lead is
+    mostly its prior's (a line never served had 29% beside a line proven over 867 impressions),
+    and the lifecycle declares no leader a winner before it has them."""
+
+    variant_id: int
+    impressions: int
+    needed: int
+
+
+@dataclass(frozen=True)
 class SegmentView:
     segment_id: int
     report: SegmentReport
-    # The declared winner, else the current leader: the copy a marketer most wants to read.
+    # The copy a marketer most wants to read: the declared winner; else the leader ("leader")
+    # once it has min_impressions; else the best of the copy that has them ("proven"); else the
+    # leader, as too early to tell ("early").
     headline_id: int | None
     headline_text: str | None
     headline_kind: str
+    headline_prob_best: float | None
     bars: dict[int, charts.IntervalBar]
     styles: dict[int, charts.LineStyle]
+    # The leader, where it is ahead on too little evidence to be called leading.
+    thin_lead: ThinLead | None
     # Why some served variants have no line, when the chart would hold more than it can tell apart.
     charted_note: str
     # Whether any copy has been served: without charts, a segment that has served copy has no
@@ -334,15 +351,12 @@ def _segment_view(
     purged: bool,
     no_copy: str | None,
     held: str | None,
+    min_impressions: int,
 ) -> SegmentView:
     """`charted`: the variants the charts draw and a note on those left out (_charted);
     `history`: theirs, None where there are none."""
     rows = {row.variant_id: row for row in report.variants}
-    headline_id, kind = None, ""
-    if report.winner is not None and report.winner.variant_id in rows:
-        headline_id, kind = report.winner.variant_id, "winner"
-    elif report.leader is not None:
-        headline_id, kind = report.leader.variant_id, "leader"
+    headline_id, kind, thin_lead = _headline(report, min_impressions)
     scale = max((row.interval[1] for row in report.variants), default=0.0)
     bars = {
         row.variant_id: charts.interval_bar(*row.interval, row.posterior_mean, scale)
@@ -375,8 +389,10 @@ def _segment_view(
         headline_id=headline_id,
         headline_text=rows[headline_id].text if headline_id is not None else None,
         headline_kind=kind,
+        headline_prob_best=rows[headline_id].prob_best if headline_id is not None else None,
         bars=bars,
         styles=styles,
+        thin_lead=thin_lead,
         charted_note=charted_note,
         served=bool(served),
         purged=purged,
@@ -385,6 +401,35 @@ def _segment_view(
         no_copy=no_copy,
         held=held,
     )
+
+
+def _headline(
+    report: SegmentReport, min_impressions: int
+) -> tuple[int | None, str, ThinLead | None]:
+    """The headline's variant and kind (see SegmentView), and the leader if its lead is thin.
+    "Leading" takes the evidence the lifecycle wants of a winner: beside a thin leader, the line
+    with it is the one it keeps serving as the best judged so far, not a loser."""
+    rows = {row.variant_id: row for row in report.variants}
+    if report.winner is not None and report.winner.variant_id in rows:
+        return report.winner.variant_id, "winner", None
+    if report.leader is None:
+        return None, "", None
+    leader = rows[report.leader.variant_id]
+    if leader.impressions >= min_impressions:
+        return leader.variant_id, "leader", None
+    thin = ThinLead(leader.variant_id, leader.impressions, min_impressions)
+    # The rows are in order of probability best: the first judged one is the best judged.
+    proven = next(
+        (
+            row
+            for row in report.variants
+            if row.prob_best is not None and row.impressions >= min_impressions
+        ),
+        None,
+    )
+    if proven is None:
+        return leader.variant_id, "early", thin
+    return proven.variant_id, "proven", thin
 
 
 def _charted(report: SegmentReport) -> tuple[list[int], str]:
