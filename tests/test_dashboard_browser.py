@@ -1512,6 +1512,38 @@ def test_a_held_segment_s_generate_button_is_off_and_says_why_beside_it(
     expect(free.get_by_test_id("generate-held")).to_have_count(0)
 
 
+def test_an_empty_segment_says_its_copy_is_on_order_and_links_to_the_job(
+    page: Page, site: Site
+) -> None:
+    """With a job queued for a segment with no copy, the page said only that none was served."""
+    experiment_id, _ = make_experiment(
+        site, segments=("tea-lovers", "busy-parents"), active={"busy-parents": ["Aurora: fast."]}
+    )
+    with site.session() as session:
+        segment = find_segment(session=session, experiment_id=experiment_id, key="tea-lovers")
+        job = GenerationJob(experiment_id=experiment_id, segment_id=segment.id, n=4)
+        session.add(job)
+        session.commit()
+    page.goto(f"/dashboard/experiments/{experiment_id}")
+
+    tea = page.locator("#segment-tea-lovers")
+    expect(tea).to_contain_text("No copy is being served in this segment yet.")
+    note = tea.get_by_test_id("on-order")
+    expect(note).to_be_visible()
+    expect(note).to_have_text(f"Copy on order: job #{job.id} (queued, 0 of 4 lines).")
+    expect(page.locator("#segment-busy-parents").get_by_test_id("on-order")).to_have_count(0)
+
+    note.get_by_role("link", name=f"job #{job.id}").click()
+    expect(page).to_have_url(f"{site.base_url}/dashboard/jobs/{job.id}")
+    expect(page.get_by_role("heading", level=1)).to_have_text(f"Generation job {job.id}")
+    with site.session() as session:
+        # Nothing runs it: ended, so no later test finds it queued.
+        ended = session.get_one(GenerationJob, job.id)
+        ended.status = "cancelled"
+        session.add(ended)
+        session.commit()
+
+
 def test_the_experiment_list_pages_forward_and_back(page: Page, site: Site) -> None:
     """Thousands of experiments were drawn on one page. The experiments made here are removed
     afterwards, so the other tests' lists stay one page long."""

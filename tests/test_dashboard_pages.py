@@ -31,6 +31,7 @@ from service import create_app, experiments, retention
 from service.dashboard import account_pages, experiment_pages, session_auth
 from service.dashboard.sign_in_limits import ADDRESS_BURST, EMAIL_BURST, SignInLimits
 from service.errors import ServiceUnavailable
+from service.lifecycle import run_lifecycle
 from service.marketers import create_marketer, remove_marketer, set_password
 from service.models import (
     Event,
@@ -2730,6 +2731,91 @@ def test_the_page_says_a_brief_is_too_long_only_while_the_model_it_was_too_long_
     assert noted("/models/longer") == []
 
 
+def _on_order(html: str, key: str) -> list[str]:
+    return texts(section(html, key), "p", data_testid="on-order")
+
+
+def test_a_segment_says_which_jobs_have_its_copy_on_order(
+    app: Any, api: Any, dash: Dashboard, session: Session
+) -> None:
+    """After a pass queued copy for a segment with none, the page said only that no copy was
+    served: nothing of the order, nor where to follow it."""
+    created = api.create_experiment(name="Fresh")
+    eid = created["id"]
+    engine = app.extensions["copybandit.engine"]
+    submitted: list[int] = []
+    run_lifecycle(engine=engine, model="", submit_job=submitted.append)
+    jobs = {
+        session.get_one(Segment, job.segment_id).key: job  # type: ignore[arg-type]
+        for job in session.exec(select(GenerationJob).where(GenerationJob.experiment_id == eid))
+    }
+    tea, busy = jobs["tea-lovers"], jobs["busy-parents"]
+    assert sorted(submitted) == sorted([tea.id, busy.id]) and tea.n == 4
+
+    html = dash.html(f"/dashboard/experiments/{eid}")
+    assert "No copy is being served in this segment yet." in section(html, "tea-lovers")
+    assert _on_order(html, "tea-lovers") == [
+        f"Copy on order: job #{tea.id} (queued, 0 of 4 lines)."
+    ]
+    assert _on_order(html, "busy-parents") == [
+        f"Copy on order: job #{busy.id} (queued, 0 of 4 lines)."
+    ]
+    assert f'<a href="/dashboard/jobs/{tea.id}">job #{tea.id}</a>' in section(html, "tea-lovers")
+
+    # A job for every segment covers each; it stores a segment's lines as it finishes it.
+    stored = add_pending(app, eid, "tea-lovers", GOOD[0])
+    every = GenerationJob(
+        experiment_id=eid,
+        n=1,
+        status="running",
+        result={"segments": {"tea-lovers": {"variant_ids": [stored]}}},
+    )
+    # Ended, given up as interrupted, or another experiment's: not on order.
+    other = api.create_experiment(name="Other")
+    ended = [
+        GenerationJob(experiment_id=eid, segment_id=tea.segment_id, n=2, status=status)
+        for status in ("succeeded", "failed", "cancelled")
+    ]
+    stale = GenerationJob(
+        experiment_id=eid,
+        segment_id=tea.segment_id,
+        n=2,
+        created_at=utcnow() - timedelta(hours=2),
+        updated_at=utcnow() - timedelta(hours=2),
+    )
+    session.add_all([every, *ended, stale, GenerationJob(experiment_id=other["id"], n=3)])
+    busy.status = "running"
+    session.add(busy)
+    session.commit()
+    html = dash.html(f"/dashboard/experiments/{eid}")
+    assert _on_order(html, "tea-lovers") == [
+        f"Copy on order: job #{tea.id} (queued, 0 of 4 lines), job #{every.id} (running, 1 of 1 "
+        "line)."
+    ]
+    assert _on_order(html, "busy-parents") == [
+        f"Copy on order: job #{busy.id} (running, 0 of 4 lines), job #{every.id} (running, 0 of "
+        "1 line)."
+    ]
+
+    # Past three, the rest are counted.
+    more = [GenerationJob(experiment_id=eid, segment_id=tea.segment_id, n=2) for _ in range(3)]
+    for job in more:
+        session.add(job)
+        session.commit()
+    (note,) = _on_order(dash.html(f"/dashboard/experiments/{eid}"), "tea-lovers")
+    assert note.endswith(f", job #{more[0].id} (queued, 0 of 2 lines) and 2 more jobs.")
+    assert note.count("job #") == 3
+
+    # A segment held for its brief gets none of that job's copy: the page says why instead.
+    held_as_too_long(
+        session, created, "busy-parents", app.extensions["copybandit.jobs"].options.model
+    )
+    html = dash.html(f"/dashboard/experiments/{eid}")
+    assert _on_order(html, "busy-parents") == []
+    assert texts(section(html, "busy-parents"), "p", data_testid="no-copy")
+    assert _on_order(html, "tea-lovers")
+
+
 def _queries_to_draw(app: Any, dash: Dashboard, path: str) -> list[str]:
     sent: list[str] = []
 
@@ -2746,9 +2832,9 @@ def _queries_to_draw(app: Any, dash: Dashboard, path: str) -> list[str]:
 
 
 def _busy_experiment(app: Any, api: Any, n: int) -> int:
-    """An experiment of `n` segments, each with two variants served and converted (charts) and
-    short of copy, whose last orders failed (a wait); but the first is held for its brief, and
-    the last has counters without rows (a purge)."""
+    """An experiment of `n` segments, each with two variants served and converted (charts),
+    short of copy, whose last orders failed (a wait) and which has a line on order; but the
+    first is held for its brief, and the last has counters without rows (a purge)."""
     keys = [f"segment-{i}" for i in range(n)]
     created = api.create_experiment(
         name=f"{n} segments", segments=[{"key": k, "description": f"People {k}."} for k in keys]
@@ -2763,6 +2849,12 @@ def _busy_experiment(app: Any, api: Any, n: int) -> int:
             else:
                 serve(api, eid, key, 2, convert_every=2)
             failed_in_a_row(session, created, key, 3, last_at=utcnow())
+            # A line on order by hand, too few to end the wait the failures began.
+            segment = session.exec(
+                select(Segment).where(Segment.experiment_id == eid, Segment.key == key)
+            ).one()
+            session.add(GenerationJob(experiment_id=eid, segment_id=segment.id, n=1))
+            session.commit()
         held_as_too_long(session, created, keys[0], app.extensions["copybandit.jobs"].options.model)
     return eid  # type: ignore[no-any-return]
 
@@ -2782,6 +2874,10 @@ def test_the_experiment_page_sends_as_many_queries_for_twelve_segments_as_for_tw
     notes = [texts(section(html, f"segment-{i}"), "p", data_testid="no-copy") for i in range(12)]
     assert notes[0][0].startswith("The lifecycle orders no new copy for this segment: brief too")
     assert all(note[0].split(": ")[1].startswith("paused after 3 failed") for note in notes[1:])
+    on_order = [_on_order(html, f"segment-{i}") for i in range(12)]
+    assert on_order[0] == [] and all(
+        note[0].startswith("Copy on order: job #") for note in on_order[1:]
+    )
     assert "No traffic in the last" in section(html, "segment-11")
 
 

@@ -237,6 +237,8 @@ def experiment_page(experiment_id: int, refused: RefusedForm | None = None) -> s
         timedelta(seconds=settings.lifecycle_interval_seconds),
         policy,
     )
+    # A held segment's brief is too long for the model: a job for every segment fails there.
+    on_order = _on_order(session, experiment_id, [s for s in rows if held[s.id] is None])  # type: ignore[index]
     charted = {segment.key: _charted(segment) for segment in report.segments}
     served = {key: variant_ids for key, (variant_ids, _) in charted.items() if variant_ids}
     histories = segments_history(session=session, variant_ids=served)
@@ -256,6 +258,7 @@ def experiment_page(experiment_id: int, refused: RefusedForm | None = None) -> s
                 no_copy=why or waiting.get(segment_id),
                 held=held_for(segment.key, why) if why is not None else None,
                 min_impressions=report.policy.min_impressions,
+                on_order=on_order.get(segment_id, ()),
             )
         )
     return render_template(
@@ -288,6 +291,59 @@ def _backing_off(
         segment_id: backoff.paused()
         for segment_id, backoff in backoffs.items()
         if backoff is not None and backoff.holds_at(now, interval)
+    }
+
+
+@dataclass(frozen=True)
+class JobOnOrder:
+    """A queued or running generation job that writes a segment's copy, and how many of the
+    lines it was asked for it has stored there so far."""
+
+    job_id: int
+    status: str
+    delivered: int
+    n: int
+
+
+def _on_order(
+    session: Session, experiment_id: int, segments: list[Segment]
+) -> dict[int, tuple[JobOnOrder, ...]]:
+    """The jobs on order for each of `segments` (by id), oldest first: those jobs_covering finds,
+    read for the whole experiment in one query, as it would take one per segment. Without them a
+    segment with no copy said nothing while the lifecycle's order for it waited or ran. Jobs no
+    worker will finish (generation_jobs.interrupted) are left out, as a pass fails them."""
+    now = utcnow()
+    jobs = [
+        job
+        for job in session.exec(
+            select(GenerationJob)
+            .where(
+                col(GenerationJob.experiment_id) == experiment_id,
+                col(GenerationJob.status).in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
+            )
+            .order_by(col(GenerationJob.id))
+        )
+        if not interrupted(job, now)
+    ]
+    return {
+        segment.id: tuple(
+            JobOnOrder(
+                job_id=job.id,  # type: ignore[arg-type]
+                status=job.status,
+                delivered=len(
+                    (job.result or {})
+                    .get("segments", {})
+                    .get(segment.key, {})
+                    .get("variant_ids", [])
+                ),
+                n=job.n,
+            )
+            for job in jobs
+            # A job for every segment (no segment_id) writes each one's copy.
+            if job.segment_id in (None, segment.id)
+        )
+        for segment in segments
+        if segment.id is not None
     }
 
 
@@ -340,6 +396,8 @@ class SegmentView:
     # What a job started by hand for it is refused with, while its brief is held as too long for
     # the model: the page says so beside the Generate button, which it turns off.
     held: str | None = None
+    # The queued or running jobs that will write its copy.
+    on_order: tuple[JobOnOrder, ...] = ()
 
 
 def _segment_view(
@@ -352,6 +410,7 @@ def _segment_view(
     no_copy: str | None,
     held: str | None,
     min_impressions: int,
+    on_order: tuple[JobOnOrder, ...],
 ) -> SegmentView:
     """`charted`: the variants the charts draw and a note on those left out (_charted);
     `history`: theirs, None where there are none."""
@@ -400,6 +459,7 @@ def _segment_view(
         rate_chart=rate_chart,
         no_copy=no_copy,
         held=held,
+        on_order=on_order,
     )
 
 
