@@ -553,7 +553,8 @@ def test_init_prints_a_dashboard_sign_in_once_and_seeds_a_week_of_history(
 
     again = run("init")
     assert again.exit_code == 0, again.output
-    assert "Dashboard sign-in" not in again.output and SIGN_IN.findall(again.output) == []
+    # A later init names the account (e365c7a), never a password again.
+    assert SIGN_IN.findall(again.output) == [] and "passwords are not shown again" in again.output
     assert "simulated" not in again.output
     assert _demo_counts(cli_database)[0] == 420
     with _session(cli_database) as session:
@@ -609,7 +610,8 @@ def test_init_makes_no_account_when_there_is_one(cli_database: str, small_histor
     run("users", "create", "--email", "mia@example.com", "--password", PASSWORD)
     result = run("init", "--no-demo-history")
     assert result.exit_code == 0
-    assert "Dashboard sign-in" not in result.output
+    assert SIGN_IN.findall(result.output) == []
+    assert "(accounts: mia@example.com; passwords are not shown again)" in result.output
     with _session(cli_database) as session:
         assert [m.email for m in list_marketers(session=session)] == ["mia@example.com"]
 
@@ -620,7 +622,8 @@ def test_init_gives_no_history_to_a_database_that_has_experiments(
     api.create_experiment(name="Mine")
     result = run("init")
     assert result.exit_code == 0
-    assert "seeded" not in result.output and "simulated" not in result.output
+    assert "seeded demo experiment" not in result.output and "simulated" not in result.output
+    assert "no demo seeded: the database already has 1 experiment" in result.output
     assert _demo_counts(cli_database) == (0, 0, 0, 0)
 
 
