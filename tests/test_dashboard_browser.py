@@ -684,6 +684,7 @@ def test_declared_winner_is_the_headline_with_its_full_text(page: Page, site: Si
             session=session,
             experiment_id=experiment_id,
             changes=LifecyclePolicy.model_validate({"min_impressions": 10}),
+            by="test",
         )
     serve(site, experiment_id, "tea-lovers", 40, converts=lambda variant_id: variant_id == control)
     with site.session() as session:
