@@ -4844,3 +4844,21 @@ def test_probability_best_is_shown_rounded_down_so_it_never_reads_past_a_thresho
 )
 def test_probability_rounded_down_takes_any_real_number(app: Any, value: Any, shown: str) -> None:
     assert app.jinja_env.filters["pct_down"](value) == shown
+
+
+def test_a_segment_with_one_live_line_under_min_impressions_says_it_is_not_ahead_of_any(
+    app: Any, api: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """With its other line paused, a segment's one live line had probability best 100% on 12
+    impressions, and the headline said it was "ahead on too little evidence": ahead of nothing,
+    as no other copy is in the race."""
+    only, paused = variant_ids(experiment, "busy-parents")
+    set_counts(app, {only: (12, 1), paused: (900, 40)})
+    assert api.patch(f"/v1/variants/{paused}", json={"status": "paused"}).status_code == 200
+    busy = section(dash.html(f"/dashboard/experiments/{experiment['id']}"), "busy-parents")
+    headline = texts(busy, data_testid="headline")[0]
+    assert headline.startswith(f"Too early to tell #{only}") and "Leading" not in headline
+    assert texts(busy, data_testid="thin-lead") == [
+        "The only live copy (12 impressions of 200 needed); no winner declared yet."
+    ]
+    assert "ahead" not in headline.lower()

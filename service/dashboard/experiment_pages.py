@@ -364,6 +364,8 @@ class ThinLead:
     variant_id: int
     impressions: int
     needed: int
+    # The one live line of its segment: at 100% probability best, ahead of no other copy.
+    alone: bool = False
 
 
 @dataclass(frozen=True)
@@ -477,7 +479,8 @@ def _headline(
     leader = rows[report.leader.variant_id]
     if leader.impressions >= min_impressions:
         return leader.variant_id, "leader", None
-    thin = ThinLead(leader.variant_id, leader.impressions, min_impressions)
+    racing = sum(1 for row in report.variants if row.prob_best is not None)
+    thin = ThinLead(leader.variant_id, leader.impressions, min_impressions, alone=racing == 1)
     # The rows are in order of probability best: the first judged one is the best judged.
     proven = next(
         (
