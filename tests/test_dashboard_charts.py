@@ -199,6 +199,30 @@ def test_a_chart_of_more_lines_than_colours_draws_each_line_and_swatch_different
     assert len(set(lines)) == n and swatches == lines
 
 
+def test_a_period_between_gaps_is_drawn_as_a_dot(app: Any) -> None:
+    """A segment's first period of traffic, or any period with none on either side, is a piece of
+    one point, and a polyline of one point draws nothing: the traffic-share chart of a segment
+    that had served copy for one minute was its axes and legend over no line at all."""
+    nan = math.nan
+    chart = charts.line_chart(
+        title="t",
+        labels=["#10", "#11"],
+        series=[[0.4, nan, 0.2, 0.3], [0.6, nan, nan, nan]],
+        x_labels=[f"x{i}" for i in range(4)],
+        y_max=1.0,
+    )
+    with app.test_request_context("/dashboard/"):
+        html = app.jinja_env.get_template("_charts.html").module.line_chart(chart)
+    dots = re.findall(r'<circle cx="([\d.]+)" cy="([\d.]+)" r="[\d.]+" fill="(#[0-9a-f]{6})"', html)
+    first, second = (chart.lines[0].segments[0], chart.lines[1].segments[0])
+    assert dots == [
+        (*first.split(","), charts.PALETTE[0]),
+        (*second.split(","), charts.PALETTE[1]),
+    ]
+    # A piece of two points or more is still a line, and only that.
+    assert re.findall(r'<polyline points="([^"]+)"', html) == [chart.lines[0].segments[1]]
+
+
 def _report(*rows: tuple[int, str, int]) -> Any:
     return SimpleNamespace(
         variants=[
