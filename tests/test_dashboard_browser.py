@@ -1233,6 +1233,40 @@ def test_a_variants_origin_is_never_split_across_lines(page: Page, site: Site) -
     assert lines == [1, 1, 1], lines
 
 
+def test_an_audit_rows_action_is_never_split_across_lines(page: Page, site: Site) -> None:
+    """The action column is narrow, and a reason beside it took the width: at 1300 px a live
+    run's audit page showed "regener" over "ate" on every regenerate row, and at 1280 px
+    "declare_winner" broke in two."""
+    eid, ids = make_experiment(site, active={"tea-lovers": ["Aurora kettle control."]})
+    with site.session() as session:
+        segment = find_segment(session=session, experiment_id=eid, key="tea-lovers")
+        for action in ["regenerate", "declare_winner"]:
+            session.add(
+                LifecycleEvent(
+                    experiment_id=eid,
+                    segment_id=segment.id,
+                    variant_id=ids["tea-lovers"][0] if action == "declare_winner" else None,
+                    action=action,
+                    reason="2 live variants, target 5: asking the model for 3 more; ordering"
+                    " again after 2 failed jobs in a row",
+                    numbers={"failed_in_a_row": 2, "job_id": 16, "live": 2, "n": 3},
+                )
+            )
+        session.commit()
+    page.set_viewport_size({"width": 1280, "height": 720})
+    page.goto(f"/dashboard/experiments/{eid}/audit")
+    actions = page.locator("table td.action")
+    expect(actions.first).to_be_visible()
+    words = actions.all_text_contents()
+    lines = page.evaluate(
+        "tds => tds.map(td => { const r = document.createRange(); r.selectNodeContents(td);"
+        " return r.getClientRects().length; })",
+        actions.element_handles(),
+    )
+    assert {"regenerate", "declare_winner"} <= set(words), words
+    assert set(lines) == {1}, list(zip(words, lines, strict=True))
+
+
 @pytest.fixture
 def csp_off_tab(browser: Browser, site: Site, signed_in_state: dict[str, Any]) -> Iterator[Tab]:
     # The pages' CSP would stop an injected script on its own; with it bypassed, only escaping
