@@ -3413,6 +3413,9 @@ def test_a_failed_job_page_shows_the_error_and_stops_refreshing(
     assert "RuntimeError: the model fell over" in html
     assert 'http-equiv="refresh"' not in html
     assert "1 new line for every segment." in html
+    # The status once, not "failed — failed" (the message of a job that failed says it again).
+    (status,) = texts(html, "p", class_="job-status")
+    assert status == "failed"
 
 
 @pytest.mark.parametrize("auto_approve", [False, True], ids=["review", "auto-approve"])
