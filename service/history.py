@@ -52,10 +52,13 @@ class History:
         return not self.impressions.any()
 
     def traffic_share(self) -> np.ndarray:
-        """Each variant's share of the bucket's impressions; NaN where a bucket had none."""
+        """Each variant's share of the bucket's impressions; NaN where a bucket had none, and
+        before the variant was first shown: a line written on day 3 had been drawn at 0% on days
+        1 and 2, which reads as copy the bandit starved, not copy that did not exist yet."""
         totals = self.impressions.sum(axis=0)
+        shown_yet = (self.earlier_impressions[:, None] + self.impressions.cumsum(axis=1)) > 0
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(totals > 0, self.impressions / totals, np.nan)
+            return np.where((totals > 0) & shown_yet, self.impressions / totals, np.nan)
 
     def cumulative_rate(self) -> np.ndarray:
         """All conversions over all impressions up to the end of each bucket, those from before the

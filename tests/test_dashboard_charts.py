@@ -301,6 +301,19 @@ def test_traffic_share_sums_to_one_where_there_is_traffic() -> None:
     assert not history.empty
 
 
+def test_a_variant_has_no_share_before_it_was_first_shown() -> None:
+    # The second line arrived in the third period: no point at 0% before that.
+    history = _history([[4, 5, 3, 2], [0, 0, 1, 0]], [[0, 0, 0, 0], [0, 0, 0, 0]])
+    share = history.traffic_share()
+    assert share[0] == pytest.approx([1.0, 1.0, 0.75, 1.0])
+    assert np.isnan(share[1, :2]).all()
+    # Once shown, a period without its impressions is a real 0%.
+    assert share[1, 2:] == pytest.approx([0.25, 0.0])
+    # Shown before the chart begins (older or purged rows): 0% from the first period.
+    earlier = _history([[4, 5], [0, 1]], [[0, 0], [0, 0]], earlier=([0, 30], [0, 1]))
+    assert earlier.traffic_share()[1] == pytest.approx([0.0, 1 / 6])
+
+
 def test_cumulative_rate_runs_over_every_bucket_so_far() -> None:
     history = _history([[0, 4, 0, 6], [2, 0, 0, 0]], [[0, 1, 0, 2], [1, 0, 0, 0]])
     rate = history.cumulative_rate()
