@@ -23,7 +23,14 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from service.models import GenerationJob, JobOutcome, LifecycleEvent, Segment, jobs_covering
+from service.models import (
+    GenerationJob,
+    JobOutcome,
+    LifecycleEvent,
+    Segment,
+    jobs_covering,
+    jobs_covering_any,
+)
 
 # The longest a segment's next order waits: a day, so a model fixed overnight gets the segment
 # copy the next day at the latest, without anyone starting a job by hand.
@@ -115,11 +122,7 @@ def copy_backoffs(
             )
             .label("nth"),
         )
-        .where(
-            col(GenerationJob.experiment_id).in_({segment.experiment_id for segment in segments}),
-            sa.or_(col(GenerationJob.segment_id).in_(ids), col(GenerationJob.segment_id).is_(None)),
-            _SAYS,
-        )
+        .where(jobs_covering_any(segments), _SAYS)
         .subquery()
     )
     jobs: dict[tuple[int, int | None], list[_Job]] = defaultdict(list)

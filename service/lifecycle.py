@@ -47,6 +47,7 @@ from service.models import (
     Variant,
     VariantStatus,
     jobs_covering,
+    jobs_covering_any,
     utcnow,
 )
 from service.policy import LifecyclePolicy, policy_of, policy_shown
@@ -876,7 +877,6 @@ def _copy_on_order(session: Session, segment: Segment) -> int:
 
 def _copies_on_order(session: Session, segments: Sequence[Segment]) -> dict[int, int]:
     """_copy_on_order of each of `segments`, by id, in one query."""
-    experiment_ids = {segment.experiment_id for segment in segments}
     ordered: dict[tuple[int, int | None], int] = {
         (experiment_id, segment_id): int(n or 0)
         for experiment_id, segment_id, n in session.execute(
@@ -886,7 +886,7 @@ def _copies_on_order(session: Session, segments: Sequence[Segment]) -> dict[int,
                 sa.func.sum(GenerationJob.n),
             )
             .where(
-                col(GenerationJob.experiment_id).in_(experiment_ids),
+                jobs_covering_any(segments),
                 col(GenerationJob.status).in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
             )
             .group_by(col(GenerationJob.experiment_id), col(GenerationJob.segment_id))

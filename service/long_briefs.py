@@ -27,6 +27,7 @@ from service.models import (
     LifecycleEvent,
     Segment,
     jobs_covering,
+    jobs_covering_any,
 )
 
 if TYPE_CHECKING:
@@ -114,10 +115,7 @@ def last_records(session: Session, segments: Sequence[Segment]) -> dict[int, dic
                 sa.func.max(GenerationJob.id),
             )
             .where(
-                col(GenerationJob.experiment_id).in_({s.experiment_id for s in segments}),
-                sa.or_(
-                    col(GenerationJob.segment_id).in_(ids), col(GenerationJob.segment_id).is_(None)
-                ),
+                jobs_covering_any(segments),
                 col(GenerationJob.status).in_([JobStatus.SUCCEEDED.value, JobStatus.FAILED.value]),
             )
             .group_by(col(GenerationJob.experiment_id), col(GenerationJob.segment_id))

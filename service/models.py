@@ -7,6 +7,7 @@ always equal a recount of the impression and event rows.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -353,6 +354,18 @@ def jobs_covering(segment: Segment) -> sa.ColumnElement[bool]:
         sa.and_(
             col(GenerationJob.segment_id).is_(None),
             col(GenerationJob.experiment_id) == segment.experiment_id,
+        ),
+    )
+
+
+def jobs_covering_any(segments: Sequence[Segment]) -> sa.ColumnElement[bool]:
+    """The generation jobs that write any of `segments`' copy, to be read grouped by experiment
+    and segment: a job for every segment (no segment_id) counts for each of its experiment's."""
+    return sa.and_(
+        col(GenerationJob.experiment_id).in_({segment.experiment_id for segment in segments}),
+        sa.or_(
+            col(GenerationJob.segment_id).in_([segment.id for segment in segments]),
+            col(GenerationJob.segment_id).is_(None),
         ),
     )
 
