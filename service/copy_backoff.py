@@ -61,7 +61,8 @@ class Backoff:
         return now + interval / 2 < self.until
 
     def paused(self) -> str:
-        return f"paused after {self._failed()}, until {self.until:%Y-%m-%d %H:%M} UTC"
+        # To the second: at a 30 s interval, "until 22:16" for 22:16:47 read as already past.
+        return f"paused after {self._failed()}, until {self.until:%Y-%m-%d %H:%M:%S} UTC"
 
     def resumed(self) -> str:
         return f"ordering again after {self._failed()}"

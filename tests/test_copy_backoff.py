@@ -54,6 +54,16 @@ def test_the_wait_is_said_with_the_failures_and_its_end() -> None:
     one, three = (backoff_after(failed(n), interval=INTERVAL) for n in (1, 3))
 
     assert one is not None and three is not None
-    assert one.paused() == "paused after 1 failed job, until 2026-03-14 15:15 UTC"
-    assert three.paused() == "paused after 3 failed jobs in a row, until 2026-03-14 16:00 UTC"
+    assert one.paused() == "paused after 1 failed job, until 2026-03-14 15:15:00 UTC"
+    assert three.paused() == "paused after 3 failed jobs in a row, until 2026-03-14 16:00:00 UTC"
     assert three.resumed() == "ordering again after 3 failed jobs in a row"
+
+
+def test_the_wait_s_end_is_said_to_the_second() -> None:
+    """At a 30 s interval it said "until 22:16" of a wait that ends at 22:16:47, which a reader
+    at 22:16:30 took as already past."""
+    ordered = datetime(2026, 3, 14, 22, 16, 17, 250_000, tzinfo=UTC)
+    backoff = backoff_after([ordered], interval=timedelta(seconds=30))
+
+    assert backoff is not None
+    assert backoff.paused() == "paused after 1 failed job, until 2026-03-14 22:16:47 UTC"

@@ -2631,7 +2631,8 @@ def test_the_experiment_page_says_a_segment_s_copy_waits_after_its_orders_failed
     app: Any, dash: Dashboard, experiment: dict[str, Any]
 ) -> None:
     """The passes that wait write no audit row: the page is where a marketer learns of it."""
-    ordered_at = utcnow().replace(microsecond=0) - timedelta(minutes=1)
+    # Not on a whole minute: the page cut "until" to the minute, as the lifecycle's log did.
+    ordered_at = utcnow().replace(second=17, microsecond=250_000) - timedelta(minutes=1)
     with Session(app.extensions["copybandit.engine"]) as session:
         failed_in_a_row(session, experiment, "tea-lovers", 3, last_at=ordered_at)
     page = dash.html(f"/dashboard/experiments/{experiment['id']}")
@@ -2639,7 +2640,7 @@ def test_the_experiment_page_says_a_segment_s_copy_waits_after_its_orders_failed
     until = ordered_at + timedelta(hours=1)
     assert texts(section(page, "tea-lovers"), "p", data_testid="no-copy") == [
         "The lifecycle orders no new copy for this segment: paused after 3 failed jobs in a row, "
-        f"until {until:%Y-%m-%d %H:%M} UTC."
+        f"until {until:%Y-%m-%d %H:%M}:17 UTC."
     ]
     assert texts(section(page, "busy-parents"), "p", data_testid="no-copy") == []
 

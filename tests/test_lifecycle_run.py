@@ -712,7 +712,7 @@ def test_a_pass_backing_off_writes_no_audit_row_and_the_order_that_resumes_says_
     assert [e.segment_id for e in added] == [segment_id(session, experiment, PARENTS)]
     assert (
         f"lifecycle: segment {TEA} of experiment {experiment['id']} gets no new copy yet: paused "
-        "after 3 failed jobs in a row, until 2026-03-14 16:09 UTC"
+        "after 3 failed jobs in a row, until 2026-03-14 16:09:26 UTC"
     ) in caplog.messages
 
     run(app, at=NOW + 4 * INTERVAL)
