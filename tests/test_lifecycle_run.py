@@ -36,6 +36,9 @@ from tests.query_plans import sqlite_reads, statements_sent
 NOW = datetime(2026, 3, 14, 15, 9, 26, tzinfo=UTC)
 TEA, PARENTS = "tea-lovers", "busy-parents"
 DEFAULT_POLICY = LifecyclePolicy().model_dump()
+README = Path(__file__).resolve().parent.parent / "README.md"
+# How a pass's log lines end: the time it took.
+TOOK = r"; \d+\.\d\d s"
 
 Counts = dict[int, tuple[int, int]]
 
@@ -102,6 +105,10 @@ def patch_policy(api: Any, experiment: dict[str, Any], **changes: Any) -> Any:
 
 def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text)
+
+
+def info_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
 
 
 @pytest.fixture
@@ -812,7 +819,7 @@ def test_a_stored_policy_that_no_longer_validates_leaves_only_its_experiment_alo
     assert ordered == {experiment["id"]}
 
 
-def test_a_pass_logs_one_line_per_experiment_saying_what_it_did(
+def test_a_pass_logs_a_line_for_each_experiment_that_did_something_and_one_for_the_pass(
     app: Any,
     api: Any,
     session: Session,
@@ -820,25 +827,54 @@ def test_a_pass_logs_one_line_per_experiment_saying_what_it_did(
     three_arms: dict[str, int],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The scheduler's "running for slot" was all the log said of a pass."""
+    """It logged a line for every experiment every pass, most saying nothing happened: 62
+    experiments wrote 62 lines a pass, burying the few that said something."""
     broken = api.create_experiment(name="Edited by hand")
     store_policy_by_hand(session, broken["id"], {"max_active": 2})
+    quiet = api.create_experiment(name="Nothing to do")
+    assert patch_policy(api, quiet, regenerate=False).status_code == 200
     caplog.set_level(logging.INFO, logger="service.lifecycle")
 
     run(app)
 
-    said = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
-    # tea-lovers retires its loser and declares its star; busy-parents has nothing to do.
-    assert len(said) == 2, said
+    said = info_lines(caplog)
+    # tea-lovers retires its loser and declares its star; busy-parents has nothing to do. The
+    # broken policy's experiment failed; the quiet one has no line of its own.
+    assert len(said) == 3, said
     assert re.fullmatch(
         rf"lifecycle: experiment {experiment['id']}: 2 segments passed, 0 failed; 1 retired, "
-        r"0 paused, 1 winner declared, 0 generation jobs ordered, 0 discount folds; \d+\.\d\d s",
+        r"0 paused, 1 winner declared, 0 generation jobs ordered, 0 discount folds" + TOOK,
         said[0],
     ), said[0]
     assert said[1].startswith(f"lifecycle: experiment {broken['id']}: 0 segments passed, 2 failed;")
+    assert re.fullmatch(
+        r"lifecycle: pass over 3 experiments \(1 quiet\): 4 segments passed, 2 failed; 1 retired, "
+        r"0 paused, 1 winner declared, 0 generation jobs ordered, 0 discount folds" + TOOK,
+        said[2],
+    ), said[2]
 
 
-def test_a_pass_s_line_says_one_of_each_in_the_singular(
+def test_an_experiment_whose_pass_only_folded_its_evidence_is_quiet(
+    app: Any, api: Any, experiment: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fold is every pass's bookkeeping where the policy discounts: a line for it each pass
+    is the noise a line for nothing was. The pass's line still counts the folds."""
+    changed = patch_policy(api, experiment, regenerate=False, discount_per_hour=0.999)
+    assert changed.status_code == 200
+    caplog.set_level(logging.INFO, logger="service.lifecycle")
+
+    report = run(app)
+
+    assert [e.action for e in report.actions] == ["discount", "discount"]
+    (said,) = info_lines(caplog)
+    assert re.fullmatch(
+        r"lifecycle: pass over 1 experiment \(1 quiet\): 2 segments passed, 0 failed; 0 retired, "
+        r"0 paused, 0 winners declared, 0 generation jobs ordered, 2 discount folds" + TOOK,
+        said,
+    ), said
+
+
+def test_a_pass_s_lines_say_one_of_each_in_the_singular(
     app: Any, api: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     """It said "1 segments passed" and "1 generation jobs ordered"."""
@@ -849,12 +885,37 @@ def test_a_pass_s_line_says_one_of_each_in_the_singular(
 
     run(app)
 
-    said = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
-    assert re.fullmatch(
-        rf"lifecycle: experiment {single['id']}: 1 segment passed, 0 failed; 0 retired, "
-        r"0 paused, 0 winners declared, 1 generation job ordered, 0 discount folds; \d+\.\d\d s",
-        said[-1],
-    ), said
+    one_of_each = (
+        "1 segment passed, 0 failed; 0 retired, 0 paused, 0 winners declared, "
+        "1 generation job ordered, 0 discount folds" + TOOK
+    )
+    said = info_lines(caplog)
+    assert len(said) == 2, said
+    assert re.fullmatch(rf"lifecycle: experiment {single['id']}: {one_of_each}", said[0]), said
+    assert re.fullmatch(rf"lifecycle: pass over 1 experiment \(0 quiet\): {one_of_each}", said[1])
+
+
+def test_the_readme_shows_what_a_pass_logs(
+    app: Any,
+    api: Any,
+    experiment: dict[str, Any],
+    three_arms: dict[str, int],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What the README quotes of a pass's log is what a pass logs, but for ids and times."""
+    quiet = api.create_experiment(name="Nothing to do")
+    assert patch_policy(api, quiet, regenerate=False).status_code == 200
+    caplog.set_level(logging.INFO, logger="service.lifecycle")
+
+    run(app)
+
+    text = README.read_text()
+    lead = text.index("a second experiment with nothing to do:")
+    start = text.index("```\n", lead) + len("```\n")
+    shown = text[start : text.index("```", start)].splitlines()
+    # The README's ids and times are an example's; the rest is the pass's own.
+    said = [re.sub(r"experiment \d+:", "experiment 1:", line) for line in info_lines(caplog)]
+    assert [re.sub(TOOK, "", line) for line in said] == [re.sub(TOOK, "", line) for line in shown]
 
 
 def test_the_guardrail_leaves_an_experiment_with_a_broken_policy_alone_quietly(
