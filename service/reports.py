@@ -10,7 +10,15 @@ from service.experiments import get_experiment, segments_of, variants_of
 from service.lifecycle import posteriors
 from service.models import Segment, Variant, VariantStatus, utcnow
 from service.policy import policy_shown
-from service.schemas import Leader, Report, SegmentReport, VariantStats, Winner
+from service.schemas import (
+    Leader,
+    Report,
+    SegmentReport,
+    ThinLead,
+    VariantStats,
+    Verdict,
+    Winner,
+)
 
 
 def experiment_report(*, session: Session, experiment_id: int) -> Report:
@@ -19,7 +27,12 @@ def experiment_report(*, session: Session, experiment_id: int) -> Report:
     policy, policy_error = policy_shown(experiment.policy)
     posterior = posteriors(variants, policy.discount_per_hour)
     segments = [
-        _segment_report(segment, [v for v in variants if v.segment_id == segment.id], posterior)
+        _segment_report(
+            segment,
+            [v for v in variants if v.segment_id == segment.id],
+            posterior,
+            policy.min_impressions,
+        )
         for segment in segments_of(session=session, experiment_id=experiment_id)
     ]
     return Report(
@@ -52,7 +65,10 @@ def serving_winners(session: Session, segments: list[Segment]) -> set[int]:
 
 
 def _segment_report(
-    segment: Segment, variants: list[Variant], posterior: dict[int, tuple[float, float]]
+    segment: Segment,
+    variants: list[Variant],
+    posterior: dict[int, tuple[float, float]],
+    min_impressions: int,
 ) -> SegmentReport:
     alpha, beta = np.array([posterior[v.id or 0] for v in variants]).reshape(-1, 2).T
     # Probability best is a contest among what can be served; retired copy has left the race.
@@ -86,7 +102,13 @@ def _segment_report(
     rows.sort(key=lambda row: -1.0 if row.prob_best is None else row.prob_best, reverse=True)
     leader = next(
         (
-            Leader(variant_id=r.variant_id, text=r.text, prob_best=r.prob_best)
+            Leader(
+                variant_id=r.variant_id,
+                text=r.text,
+                prob_best=r.prob_best,
+                impressions=r.impressions,
+                proven=r.impressions >= min_impressions,
+            )
             for r in rows
             if r.prob_best is not None
         ),
@@ -106,5 +128,36 @@ def _segment_report(
         impressions=sum(v.impressions for v in variants),
         conversions=sum(v.conversions for v in variants),
         leader=leader,
+        verdict=_verdict(rows, winner, min_impressions),
         variants=rows,
     )
+
+
+def _verdict(
+    rows: list[VariantStats], winner: Winner | None, min_impressions: int
+) -> Verdict | None:
+    """What a segment's results say, for the report and the dashboard's headline alike: the two
+    disagreed when the report named a line served 3 times its leader, where the page said it
+    was too early to tell. `rows` are in order of probability best, as the report lists them.
+
+    The leader is "leader" only with min_impressions, the evidence the lifecycle asks of a
+    winner; beside a thin leader, the best line that has them is the one the lifecycle keeps
+    serving as the best judged so far, not a loser."""
+    if winner is not None:
+        return Verdict(kind="winner", variant_id=winner.variant_id, thin_lead=None)
+    racing = [row for row in rows if row.prob_best is not None]
+    if not racing:
+        return None
+    leader = racing[0]
+    if leader.impressions >= min_impressions:
+        return Verdict(kind="leader", variant_id=leader.variant_id, thin_lead=None)
+    thin = ThinLead(
+        variant_id=leader.variant_id,
+        impressions=leader.impressions,
+        needed=min_impressions,
+        alone=len(racing) == 1,
+    )
+    proven = next((row for row in racing if row.impressions >= min_impressions), None)
+    if proven is None:
+        return Verdict(kind="early", variant_id=leader.variant_id, thin_lead=thin)
+    return Verdict(kind="proven", variant_id=proven.variant_id, thin_lead=thin)

@@ -720,6 +720,40 @@ class Leader(BaseModel):
     variant_id: int
     text: str
     prob_best: float
+    impressions: int
+    proven: bool = Field(
+        description="has the policy's min_impressions, the evidence the lifecycle asks of a "
+        "winner: below it, a lead can be mostly the prior's (see the segment's verdict)"
+    )
+
+
+class ThinLead(BaseModel):
+    """The leader, ahead by probability best on fewer than the policy's min_impressions: so
+    little evidence that its lead can be mostly its prior's, and no winner is declared on it."""
+
+    variant_id: int
+    impressions: int
+    needed: int = Field(description="the policy's min_impressions")
+    alone: bool = Field(
+        description="the segment's only live copy: its probability best of 1 is a race it runs "
+        "alone, ahead of no other copy"
+    )
+
+
+class Verdict(BaseModel):
+    """What a segment's results say so far, as the dashboard's headline says it."""
+
+    kind: Literal["winner", "leader", "proven", "early"] = Field(
+        description="winner: the lifecycle declared one (the dashboard's Winner); leader: the "
+        "leader has min_impressions (Leading); proven: it has not, and variant_id is the best "
+        "of the copy that has (Best proven); early: no live copy has them yet, and variant_id "
+        "is the leader (Too early to tell)"
+    )
+    variant_id: int = Field(description="the copy the verdict names")
+    thin_lead: ThinLead | None = Field(
+        description="the leader, where it is ahead on too little evidence (kinds proven and "
+        "early); else null"
+    )
 
 
 class Winner(BaseModel):
@@ -731,8 +765,12 @@ class SegmentReport(BaseModel):
     key: str
     impressions: int
     conversions: int
-    leader: Leader | None
+    leader: Leader | None = Field(
+        description="the live copy with the highest probability best, however little evidence "
+        "it has (see proven); null with no live copy"
+    )
     winner: Winner | None = Field(description="declared by the lifecycle at policy.declare_at")
+    verdict: Verdict | None = Field(description="null with no live copy")
     variants: list[VariantStats]
 
 

@@ -166,6 +166,17 @@ def test_the_policy_patch_publishes_no_defaults(spec: dict[str, Any]) -> None:
     assert [name for name, field in changes.items() if "default" in field] == []
 
 
+def test_a_report_publishes_its_verdict_and_the_leaders_evidence(spec: dict[str, Any]) -> None:
+    # The leader alone read as the copy winning, on 3 impressions where the dashboard said too
+    # early to tell; the verdict's kinds are the headline's.
+    schemas = spec["components"]["schemas"]
+    assert {"impressions", "proven"} <= set(schemas["Leader"]["required"])
+    assert "verdict" in schemas["SegmentReport"]["required"]
+    verdict = schemas["Verdict"]["properties"]
+    assert verdict["kind"]["enum"] == ["winner", "leader", "proven", "early"]
+    assert set(schemas["ThinLead"]["required"]) == {"variant_id", "impressions", "needed", "alone"}
+
+
 def test_the_unauthenticated_probes_document_only_what_they_answer(
     spec: dict[str, Any], client: Any
 ) -> None:

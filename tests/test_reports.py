@@ -12,7 +12,7 @@ import scipy.stats
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from service.models import Variant
+from service.models import Segment, Variant, utcnow
 
 VARIANT_FIELDS = {
     "variant_id",
@@ -79,8 +79,23 @@ def test_report_shape(api: Any, experiment: dict[str, Any]) -> None:
     assert datetime.fromisoformat(report["generated_at"]).tzinfo is not None
     assert [s["key"] for s in report["segments"]] == ["tea-lovers", "busy-parents"]
     for segment in report["segments"]:
-        assert set(segment) == {"key", "impressions", "conversions", "leader", "winner", "variants"}
-        assert set(segment["leader"]) == {"variant_id", "text", "prob_best"}
+        assert set(segment) == {
+            "key",
+            "impressions",
+            "conversions",
+            "leader",
+            "winner",
+            "verdict",
+            "variants",
+        }
+        assert set(segment["leader"]) == {
+            "variant_id",
+            "text",
+            "prob_best",
+            "impressions",
+            "proven",
+        }
+        assert set(segment["verdict"]) == {"kind", "variant_id", "thin_lead"}
         assert len(segment["variants"]) == 2
         for row in segment["variants"]:
             assert set(row) == VARIANT_FIELDS
@@ -96,7 +111,10 @@ def test_clear_winner_leads(api: Any, skewed: dict[str, int]) -> None:
         "variant_id": skewed["best"],
         "text": best["text"],
         "prob_best": best["prob_best"],
+        "impressions": 1000,
+        "proven": True,
     }
+    assert tea["verdict"] == {"kind": "leader", "variant_id": skewed["best"], "thin_lead": None}
     assert best["prob_best"] > 0.99
     active = [row for row in tea["variants"] if row["status"] == "active"]
     assert math.isclose(sum(row["prob_best"] for row in active), 1.0, abs_tol=1e-9)
@@ -155,7 +173,7 @@ def test_segment_without_active_variants_has_no_leader(
 
     tea = _segment(_report(api, experiment["id"]), "tea-lovers")
 
-    assert tea["leader"] is None
+    assert tea["leader"] is None and tea["verdict"] is None
     assert [row["prob_best"] for row in tea["variants"]] == [None, None]
 
 
@@ -167,7 +185,7 @@ def test_segment_without_variants(api: Any) -> None:
     assert [s["key"] for s in report["segments"]] == ["tea-lovers", "busy-parents"]
     for segment in report["segments"]:
         summary = (segment["impressions"], segment["conversions"], segment["leader"])
-        assert (summary, segment["variants"]) == ((0, 0, None), [])
+        assert (summary, segment["verdict"], segment["variants"]) == ((0, 0, None), None, [])
 
 
 @pytest.mark.parametrize("experiment_id", [424242, 99999999999])
@@ -208,3 +226,91 @@ def test_report_counts_real_traffic(api: Any, experiment: dict[str, Any]) -> Non
                 served[row["variant_id"]],
                 converted[row["variant_id"]],
             )
+
+
+def test_a_fresh_line_ahead_on_a_few_impressions_is_not_reported_as_proven(
+    api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    """A line served 3 times topped probability best beside a control proven over 867
+    impressions, and the report named it `leader` with nothing more, where the dashboard said
+    Best proven for the control: an API client read the fresh line as the copy winning."""
+    eid = experiment["id"]
+    control, other = (v["id"] for v in experiment["segments"][0]["variants"])
+    fresh = api.add_variant(eid, "tea-lovers", "Tea in ninety seconds, Aurora.")["id"]
+    _set(session, control, impressions=867, conversions=43)
+    _set(session, other, impressions=900, conversions=20)
+    _set(session, fresh, impressions=3, conversions=1)
+
+    tea = _segment(_report(api, eid), "tea-lovers")
+
+    rows = _rows(tea)
+    assert tea["leader"]["variant_id"] == fresh  # still the highest probability best
+    assert rows[fresh]["prob_best"] > rows[control]["prob_best"] > rows[other]["prob_best"]
+    assert (tea["leader"]["impressions"], tea["leader"]["proven"]) == (3, False)
+    assert tea["verdict"] == {
+        "kind": "proven",
+        "variant_id": control,
+        "thin_lead": {"variant_id": fresh, "impressions": 3, "needed": 200, "alone": False},
+    }
+
+    # With the evidence the policy asks for, the same line leads.
+    response = api.patch(f"/v1/experiments/{eid}/policy", json={"min_impressions": 3})
+    assert response.status_code == 200, response.get_json()
+    tea = _segment(_report(api, eid), "tea-lovers")
+    assert tea["leader"]["proven"] is True
+    assert tea["verdict"] == {"kind": "leader", "variant_id": fresh, "thin_lead": None}
+
+
+def test_before_any_line_has_the_evidence_the_verdict_is_too_early(
+    api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    first, second = (v["id"] for v in experiment["segments"][1]["variants"])
+    _set(session, first, impressions=1, conversions=1)
+    _set(session, second, impressions=1)
+
+    parents = _segment(_report(api, experiment["id"]), "busy-parents")
+
+    assert (parents["leader"]["variant_id"], parents["leader"]["proven"]) == (first, False)
+    assert parents["verdict"] == {
+        "kind": "early",
+        "variant_id": first,
+        "thin_lead": {"variant_id": first, "impressions": 1, "needed": 200, "alone": False},
+    }
+
+
+def test_a_lone_live_line_is_too_early_and_ahead_of_none(
+    api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    # Its probability best of 1 is a race it runs alone: the paused line is out of it.
+    only, paused = (v["id"] for v in experiment["segments"][1]["variants"])
+    _set(session, only, impressions=12, conversions=1)
+    _set(session, paused, impressions=900, conversions=40, status="paused")
+
+    parents = _segment(_report(api, experiment["id"]), "busy-parents")
+
+    assert parents["leader"]["prob_best"] == 1.0 and parents["leader"]["proven"] is False
+    assert parents["verdict"] == {
+        "kind": "early",
+        "variant_id": only,
+        "thin_lead": {"variant_id": only, "impressions": 12, "needed": 200, "alone": True},
+    }
+
+
+def test_a_declared_winner_is_the_verdict_whatever_leads(
+    api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    control, fresh = (v["id"] for v in experiment["segments"][0]["variants"])
+    _set(session, control, impressions=867, conversions=43)
+    _set(session, fresh, impressions=3, conversions=1)
+    session.execute(
+        sa.update(Segment)
+        .where(Segment.experiment_id == experiment["id"], Segment.key == "tea-lovers")
+        .values(winner_variant_id=control, winner_declared_at=utcnow())
+    )
+    session.commit()
+
+    tea = _segment(_report(api, experiment["id"]), "tea-lovers")
+
+    assert tea["winner"]["variant_id"] == control
+    assert (tea["leader"]["variant_id"], tea["leader"]["proven"]) == (fresh, False)
+    assert tea["verdict"] == {"kind": "winner", "variant_id": control, "thin_lead": None}

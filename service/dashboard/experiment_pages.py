@@ -60,6 +60,7 @@ from service.schemas import (
     GenerateIn,
     SegmentIn,
     SegmentReport,
+    ThinLead,
     VariantCreate,
 )
 
@@ -257,7 +258,6 @@ def experiment_page(experiment_id: int, refused: RefusedForm | None = None) -> s
                 purged=purged.get(segment.key, 0) > 0,
                 no_copy=why or waiting.get(segment_id),
                 held=held_for(segment.key, why) if why is not None else None,
-                min_impressions=report.policy.min_impressions,
                 on_order=on_order.get(segment_id, ()),
             )
         )
@@ -356,25 +356,11 @@ def _status_reasons(session: Session, experiment_id: int) -> dict[int, str | Non
 
 
 @dataclass(frozen=True)
-class ThinLead:
-    """A leader by probability best with fewer than the policy's min_impressions: its lead is
-    mostly its prior's (a line never served had 29% beside a line proven over 867 impressions),
-    and the lifecycle declares no leader a winner before it has them."""
-
-    variant_id: int
-    impressions: int
-    needed: int
-    # The one live line of its segment: at 100% probability best, ahead of no other copy.
-    alone: bool = False
-
-
-@dataclass(frozen=True)
 class SegmentView:
     segment_id: int
     report: SegmentReport
-    # The copy a marketer most wants to read: the declared winner; else the leader ("leader")
-    # once it has min_impressions; else the best of the copy that has them ("proven"); else the
-    # leader, as too early to tell ("early").
+    # The copy a marketer most wants to read, as the report's verdict names it (its kind the
+    # headline's, "" with no live copy).
     headline_id: int | None
     headline_text: str | None
     headline_kind: str
@@ -411,13 +397,13 @@ def _segment_view(
     purged: bool,
     no_copy: str | None,
     held: str | None,
-    min_impressions: int,
     on_order: tuple[JobOnOrder, ...],
 ) -> SegmentView:
     """`charted`: the variants the charts draw and a note on those left out (_charted);
     `history`: theirs, None where there are none."""
     rows = {row.variant_id: row for row in report.variants}
-    headline_id, kind, thin_lead = _headline(report, min_impressions)
+    verdict = report.verdict
+    headline_id = verdict.variant_id if verdict is not None else None
     scale = max((row.interval[1] for row in report.variants), default=0.0)
     bars = {
         row.variant_id: charts.interval_bar(*row.interval, row.posterior_mean, scale)
@@ -449,11 +435,11 @@ def _segment_view(
         report=report,
         headline_id=headline_id,
         headline_text=rows[headline_id].text if headline_id is not None else None,
-        headline_kind=kind,
+        headline_kind=verdict.kind if verdict is not None else "",
         headline_prob_best=rows[headline_id].prob_best if headline_id is not None else None,
         bars=bars,
         styles=styles,
-        thin_lead=thin_lead,
+        thin_lead=verdict.thin_lead if verdict is not None else None,
         charted_note=charted_note,
         served=bool(served),
         purged=purged,
@@ -463,36 +449,6 @@ def _segment_view(
         held=held,
         on_order=on_order,
     )
-
-
-def _headline(
-    report: SegmentReport, min_impressions: int
-) -> tuple[int | None, str, ThinLead | None]:
-    """The headline's variant and kind (see SegmentView), and the leader if its lead is thin.
-    "Leading" takes the evidence the lifecycle wants of a winner: beside a thin leader, the line
-    with it is the one it keeps serving as the best judged so far, not a loser."""
-    rows = {row.variant_id: row for row in report.variants}
-    if report.winner is not None and report.winner.variant_id in rows:
-        return report.winner.variant_id, "winner", None
-    if report.leader is None:
-        return None, "", None
-    leader = rows[report.leader.variant_id]
-    if leader.impressions >= min_impressions:
-        return leader.variant_id, "leader", None
-    racing = sum(1 for row in report.variants if row.prob_best is not None)
-    thin = ThinLead(leader.variant_id, leader.impressions, min_impressions, alone=racing == 1)
-    # The rows are in order of probability best: the first judged one is the best judged.
-    proven = next(
-        (
-            row
-            for row in report.variants
-            if row.prob_best is not None and row.impressions >= min_impressions
-        ),
-        None,
-    )
-    if proven is None:
-        return leader.variant_id, "early", thin
-    return proven.variant_id, "proven", thin
 
 
 def _charted(report: SegmentReport) -> tuple[list[int], str]:
