@@ -85,6 +85,9 @@ INTERRUPTED = (
 _UNFINISHED = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 # Failures caused by the configuration or the brief, not by a bug here.
 _SAID_IN_FULL = (ModelUnavailable, PromptTooLong)
+# A job's row once it is writing no segment: the lines it accepted there are stored (and in its
+# result), or were thrown away with the job.
+NOT_WRITING: dict[str, Any] = {"writing_segment_id": None, "writing_accepted": 0}
 
 
 def create_job(
@@ -349,7 +352,9 @@ def _finish(
     """Record how the job ended, with the rows `also`, while it still says running: a pass that
     gave it up as interrupted meanwhile has counted it failed and ordered its copy again, and its
     row keeps saying so. Whether it was recorded."""
-    if not _update(session, job, while_status=JobStatus.RUNNING, also=also, **values):
+    if not _update(
+        session, job, while_status=JobStatus.RUNNING, also=also, **NOT_WRITING, **values
+    ):
         log.warning(
             "generation job %s ended (%s) after it was given up as interrupted",
             job.id,
@@ -399,8 +404,16 @@ def _generate(
     policy = policy_shown(experiment.policy)[0]
     result["model"] = writer.model_id
 
-    def report(fraction: float, message: str) -> None:
-        _progress(session, job, progress=round(fraction, 3), message=message)
+    def report(fraction: float, message: str, segment: Segment, accepted: int) -> None:
+        # The lines accepted ride on the progress write: the segment's are stored only as it ends.
+        _progress(
+            session,
+            job,
+            progress=round(fraction, 3),
+            message=message,
+            writing_segment_id=segment.id,
+            writing_accepted=accepted,
+        )
         if on_progress is not None:
             on_progress(fraction, message)
 
@@ -408,18 +421,21 @@ def _generate(
     for index, segment in enumerate(segments):
 
         def progress(
-            done: int, total: int, accepted: int, index: int = index, key: str = segment.key
+            done: int, total: int, accepted: int, index: int = index, segment: Segment = segment
         ) -> None:
-            message = f"segment {key}: round {done}/{total}, {accepted}/{job.n} accepted"
+            message = f"segment {segment.key}: round {done}/{total}, {accepted}/{job.n} accepted"
             # Enough accepted ends the segment before its last round: counted as done, where
             # `copybandit generate`'s bar ended a job that was done at a quarter.
             share = 1.0 if accepted >= job.n else done / total
-            report((index + share) / len(segments), message)
+            report((index + share) / len(segments), message, segment, accepted)
 
         # The pipeline reports a round once it is done: until then the status would still say
         # the model is loading, or show the previous segment's last round.
         report(
-            index / len(segments), f"segment {segment.key}: sampling round 1/{options.max_rounds}"
+            index / len(segments),
+            f"segment {segment.key}: sampling round 1/{options.max_rounds}",
+            segment,
+            0,
         )
         existing = session.exec(select(Variant.text).where(Variant.segment_id == segment.id)).all()
         brief = brief_for(session, experiment, segment)
@@ -492,7 +508,9 @@ def _generate(
         # With the copy, so the row's result always lists what is stored: a cancel says what it
         # kept from it, and stopping the job meanwhile stores no more.
         session.execute(
-            sa.update(GenerationJob).where(col(GenerationJob.id) == job.id).values(result=result)
+            sa.update(GenerationJob)
+            .where(col(GenerationJob.id) == job.id)
+            .values(result=result, **NOT_WRITING)
         )
         session.commit()  # one segment, one transaction
     if too_long:
@@ -609,6 +627,7 @@ def _written_off(reason: str, now: datetime) -> dict[str, Any]:
         "updated_at": now,
         "message": reason,
         "error": reason,
+        **NOT_WRITING,
     }
 
 

@@ -19,7 +19,7 @@ from sqlmodel import Session, col
 
 from service.db import rows_changed
 from service.errors import Conflict
-from service.generation_jobs import get_job, stored_in
+from service.generation_jobs import NOT_WRITING, get_job, stored_in
 from service.metrics import count
 from service.models import GenerationJob, JobOutcome, JobStatus, utcnow
 from service.segment_guard import lock_row
@@ -54,6 +54,8 @@ def cancel_job(*, session: Session, job_id: int, by: str) -> GenerationJob:
             message=message,
             finished_at=now,
             updated_at=now,
+            # The segment it was writing stores nothing now.
+            **NOT_WRITING,
         ),
     )
     session.commit()

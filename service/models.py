@@ -338,6 +338,12 @@ class GenerationJob(SQLModel, table=True):
     result: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
     error: str | None = Field(default=None, max_length=JOB_ERROR_MAX_CHARS)
     outcome: str | None = Field(default=None, max_length=16)
+    # The segment the running job is writing now, and how many of its lines have passed the checks
+    # so far: they are stored only when the segment ends, so without these a one-segment job read
+    # 0 lines until it was done. Written with its progress; cleared as the segment's copy is
+    # stored or the job ends. No foreign key, as for winner_variant_id. Migration 0017.
+    writing_segment_id: int | None = Field(default=None)
+    writing_accepted: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     created_at: datetime = _timestamp()
     started_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UtcDateTime)

@@ -576,6 +576,11 @@ class JobAccepted(BaseModel):
     status: JobStatus
 
 
+class JobWriting(BaseModel):
+    segment: str
+    accepted: int = Field(description="lines that passed the checks so far, none stored yet")
+
+
 class JobOut(BaseModel):
     id: int
     experiment_id: int
@@ -586,6 +591,10 @@ class JobOut(BaseModel):
     message: str
     result: dict[str, Any] | None = Field(
         description="variant_ids per segment, counts, and the reasons lines were rejected"
+    )
+    writing: JobWriting | None = Field(
+        description="while the job runs, the segment it is writing now and its lines accepted so"
+        " far: they are stored, and listed in result, when the segment ends; null otherwise"
     )
     error: str | None
     created_at: datetime

@@ -781,6 +781,111 @@ def test_a_segment_that_has_its_copy_before_its_last_round_counts_as_done(
     assert reported == [0.0, 0.5, 0.5, 1.0]
 
 
+class OneLinePerRound(ScriptedWriter):
+    """One new line a round, the same three in each segment: a segment of n=3 takes three."""
+
+    def sample(self, messages: list[dict[str, str]], n: int, seed: int) -> list[Sample]:
+        line = self.lines[len(self.calls) % 3]
+        self.calls.append(seed)
+        return [Sample(text=line, finished=True, logprob=-1.0)]
+
+
+def _job_for(app: Any, experiment_id: int, segment: str | None, n: int) -> GenerationJob:
+    with Session(app.extensions["copybandit.engine"], expire_on_commit=False) as session:
+        return create_job(
+            session=session, experiment_id=experiment_id, segment_key=segment, n=n, model=""
+        )
+
+
+@pytest.mark.parametrize("segment", ["tea-lovers", None])
+def test_a_running_job_shows_the_lines_accepted_in_the_segment_it_is_writing(
+    api: Any, app: Any, experiment: dict[str, Any], segment: str | None
+) -> None:
+    """A segment's lines are stored when it ends, so a one-segment job had no lines to show
+    (result null, the dashboard's "0 of 3 lines") to its end, while its message said 2/3
+    accepted. Its JSON now names the segment it is writing and its lines accepted so far."""
+    job = _job_for(app, experiment["id"], segment, n=3)
+    seen: list[tuple[str, Any, list[str]]] = []
+
+    def look(fraction: float, message: str) -> None:
+        shown = api.get(f"/v1/jobs/{job.id}").get_json()
+        stored = sorted((shown["result"] or {}).get("segments", {}))
+        seen.append((shown["message"], shown["writing"], stored))
+
+    run_job(
+        engine=app.extensions["copybandit.engine"],
+        job_id=job.id,  # type: ignore[arg-type]
+        writer=lambda: OneLinePerRound(GOOD),
+        options=_options(app),
+        on_progress=look,
+    )
+
+    def rounds(key: str, stored: list[str]) -> list[tuple[str, Any, list[str]]]:
+        return [
+            (f"segment {key}: sampling round 1/4", {"segment": key, "accepted": 0}, stored),
+            *(
+                (f"segment {key}: round {k}/4, {k}/3 accepted", {"segment": key, "accepted": k}, [])
+                for k in (1, 2, 3)
+            ),
+        ]
+
+    expected = rounds("tea-lovers", [])
+    if segment is None:
+        expected += [
+            (message, writing, ["tea-lovers"])
+            for message, writing, _ in rounds("busy-parents", ["tea-lovers"])
+        ]
+    assert seen == expected
+    done = api.get(f"/v1/jobs/{job.id}").get_json()
+    assert done["status"] == "succeeded" and done["writing"] is None
+    assert len(done["result"]["segments"]["tea-lovers"]["variant_ids"]) == 3
+
+
+@pytest.mark.parametrize("end", ["cancelled", "failed", "interrupted"])
+def test_a_job_ended_mid_segment_writes_no_segment(
+    api: Any, app: Any, experiment: dict[str, Any], end: str
+) -> None:
+    """The lines it had accepted there are thrown away: its row no longer counts them."""
+    from datetime import timedelta
+
+    from service.generation_jobs import fail_interrupted_jobs
+    from service.models import utcnow
+
+    engine = app.extensions["copybandit.engine"]
+    job = _job_for(app, experiment["id"], "tea-lovers", n=3)
+
+    class _FailsInRoundThree(OneLinePerRound):
+        def sample(self, messages: list[dict[str, str]], n: int, seed: int) -> list[Sample]:
+            if end == "failed" and len(self.calls) == 2:
+                raise RuntimeError("the model fell over")
+            return super().sample(messages, n, seed)
+
+    def end_at_two(fraction: float, message: str) -> None:
+        if not message.endswith("2/3 accepted"):
+            return
+        if end == "cancelled":
+            assert api.post(f"/v1/jobs/{job.id}/cancel").status_code == 200
+        elif end == "interrupted":
+            with Session(engine) as session:
+                later = utcnow() + timedelta(hours=2)
+                assert fail_interrupted_jobs(session=session, now=later) == [job.id]
+
+    run_job(
+        engine=engine,
+        job_id=job.id,  # type: ignore[arg-type]
+        writer=lambda: _FailsInRoundThree(GOOD),
+        options=_options(app),
+        on_progress=end_at_two,
+    )
+
+    shown = api.get(f"/v1/jobs/{job.id}").get_json()
+    assert shown["status"] == {"interrupted": "failed"}.get(end, end)
+    assert shown["writing"] is None and shown["result"] is None
+    with Session(engine) as session:
+        row = session.get_one(GenerationJob, job.id)
+        assert (row.writing_segment_id, row.writing_accepted) == (None, 0)
+
+
 def test_a_runner_keeps_nothing_of_the_jobs_it_finished(
     api: Any, app: Any, experiment: dict[str, Any], writer: ScriptedWriter
 ) -> None:

@@ -48,7 +48,7 @@ from service.experiments import (
 from service.generation_jobs import create_job, get_job
 from service.job_cancel import cancel_job
 from service.lifecycle import AUDIT_ACTIONS, AUDIT_PAGE, audit_trail
-from service.models import Experiment, GenerationJob, Scope, Segment, Variant
+from service.models import Experiment, GenerationJob, JobStatus, Scope, Segment, Variant
 from service.policy import LifecyclePolicy, PolicyChanges, policy_of, policy_shown
 from service.reports import experiment_report
 from service.schemas import (
@@ -65,6 +65,7 @@ from service.schemas import (
     JobAccepted,
     JobOut,
     JobPath,
+    JobWriting,
     ProductOut,
     Report,
     SegmentIn,
@@ -362,8 +363,16 @@ def show_job(path: JobPath) -> tuple[dict[str, Any], int]:
 
 def _job_out(session: Session, job: GenerationJob) -> JobOut:
     segment = session.get(Segment, job.segment_id) if job.segment_id is not None else None
+    writing = None
+    # Only while it runs: a server of the release before that ends the job leaves the columns be.
+    if job.status == JobStatus.RUNNING.value and job.writing_segment_id is not None:
+        written = session.get(Segment, job.writing_segment_id)
+        if written is not None:
+            writing = JobWriting(segment=written.key, accepted=job.writing_accepted)
     return JobOut(
-        segment=segment.key if segment else None, **job.model_dump(exclude={"segment_id"})
+        segment=segment.key if segment else None,
+        writing=writing,
+        **job.model_dump(exclude={"segment_id"}),
     )
 
 
