@@ -31,6 +31,7 @@ from service import create_app, experiments, retention
 from service.dashboard import account_pages, experiment_pages, session_auth
 from service.dashboard.sign_in_limits import ADDRESS_BURST, EMAIL_BURST, SignInLimits
 from service.errors import ServiceUnavailable
+from service.generation_jobs import GenerationOptions, create_job, run_job
 from service.lifecycle import run_lifecycle
 from service.marketers import create_marketer, remove_marketer, set_password
 from service.models import (
@@ -50,6 +51,7 @@ from service.models import (
 from service.reports import experiment_report
 from service.schemas import ExperimentCreate
 from tests.conftest import store_policy_by_hand
+from tests.test_generation_service import OneLinePerRound
 from tests.test_lifecycle_run import failed_in_a_row, held_as_too_long
 from tests.twin_race import second_looks_while_first_has_looked
 
@@ -2815,6 +2817,43 @@ def test_a_segment_says_which_jobs_have_its_copy_on_order(
     assert _on_order(html, "busy-parents") == []
     assert texts(section(html, "busy-parents"), "p", data_testid="no-copy")
     assert _on_order(html, "tea-lovers")
+
+
+@pytest.mark.parametrize("segment", ["tea-lovers", None])
+def test_the_segment_a_job_is_writing_shows_its_lines_accepted_so_far(
+    app: Any, api: Any, dash: Dashboard, segment: str | None
+) -> None:
+    """A job stores a segment's lines as it ends it: a one-segment job's note read "(running,
+    0 of 3 lines)" to its end, while its message said 2/3 accepted."""
+    eid = api.create_experiment(name="Fresh")["id"]
+    engine = app.extensions["copybandit.engine"]
+    with Session(engine, expire_on_commit=False) as own:
+        job = create_job(session=own, experiment_id=eid, segment_key=segment, n=3, model="")
+    notes: list[tuple[list[str], list[str]]] = []
+
+    def look(fraction: float, message: str) -> None:
+        html = dash.html(f"/dashboard/experiments/{eid}")
+        notes.append((_on_order(html, "tea-lovers"), _on_order(html, "busy-parents")))
+
+    run_job(
+        engine=engine,
+        job_id=job.id,  # type: ignore[arg-type]
+        writer=lambda: OneLinePerRound(GOOD),
+        options=GenerationOptions.from_settings(app.extensions["copybandit.settings"]),
+        on_progress=look,
+    )
+
+    def note(said: str) -> list[str]:
+        return [f"Copy on order: job #{job.id} (running, {said})."]
+
+    writing = [note(f"{k} of 3 lines accepted, not stored yet") for k in (0, 1, 2, 3)]
+    if segment is not None:
+        assert notes == [(shown, []) for shown in writing]
+        return
+    assert notes == [
+        *((shown, note("0 of 3 lines")) for shown in writing),
+        *((note("3 of 3 lines"), shown) for shown in writing),
+    ]
 
 
 def _queries_to_draw(app: Any, dash: Dashboard, path: str) -> list[str]:

@@ -297,12 +297,14 @@ def _backing_off(
 @dataclass(frozen=True)
 class JobOnOrder:
     """A queued or running generation job that writes a segment's copy, and how many of the
-    lines it was asked for it has stored there so far."""
+    lines it was asked for it has stored there so far; while it is writing that segment, how many
+    have passed the checks so far (`accepted`), none of them stored until the segment ends."""
 
     job_id: int
     status: str
     delivered: int
     n: int
+    accepted: int | None = None
 
 
 def _on_order(
@@ -337,6 +339,7 @@ def _on_order(
                     .get("variant_ids", [])
                 ),
                 n=job.n,
+                accepted=job.writing_accepted if job.writing_segment_id == segment.id else None,
             )
             for job in jobs
             # A job for every segment (no segment_id) writes each one's copy.
