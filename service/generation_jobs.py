@@ -40,8 +40,10 @@ from service.lifecycle import assign_prior, jobs_it_ordered
 from service.long_briefs import (
     BRIEFS_TOO_LONG,
     brief_refused,
+    held_records,
     hold_begun,
     refuse_held,
+    skipped,
     too_long_record,
 )
 from service.metrics import count
@@ -396,6 +398,19 @@ def _generate(
         for s in segments_of(session=session, experiment_id=experiment.id)  # type: ignore[arg-type]
         if job.segment_id is None or s.id == job.segment_id
     ]
+    too_long: list[str] = []
+    # Held segments are skipped: create_job refuses a job for one, but not one queued while
+    # another job ran that then began the hold, which loaded the model only to fail as that job
+    # had; nor a job for every segment, which gave each held prompt to the model again. The job
+    # keeps the hold's record: the last job to end that covers a segment says if it is held.
+    held = held_records(session, experiment, segments, model=options.model)
+    for segment in segments:
+        if segment.id in held:
+            too_long.append(skipped(segment.key, held[segment.id]))
+            result.setdefault(BRIEFS_TOO_LONG, {})[segment.key] = held[segment.id]
+    segments = [segment for segment in segments if segment.id not in held]
+    if not segments:
+        raise _too_long(too_long)
     # The first load in a fresh install de-quantizes the default model: say so, it takes a while.
     _progress(session, job, message="loading the model (about 40 s on the very first run)")
     writer = writer_factory()
@@ -417,7 +432,6 @@ def _generate(
         if on_progress is not None:
             on_progress(fraction, message)
 
-    too_long: list[str] = []
     for index, segment in enumerate(segments):
 
         def progress(
@@ -514,13 +528,18 @@ def _generate(
         )
         session.commit()  # one segment, one transaction
     if too_long:
-        # Within the error column, naming whole segments: cut at its width, 25 or so such
-        # segments ended mid-name and the rest went unnamed.
-        room = JOB_ERROR_MAX_CHARS - len(f"{PromptTooLong.__name__}: ")
-        listed = _listed_within("", too_long, "; ", room)
-        raise PromptTooLong(
-            listed or f"{len(too_long)} segments' briefs are too long for the model"
-        )
+        raise _too_long(too_long)
+
+
+def _too_long(segments_said: list[str]) -> PromptTooLong:
+    """What the job fails with, saying of each segment too long for the model why."""
+    # Within the error column, naming whole segments: cut at its width, 25 or so such segments
+    # ended mid-name and the rest went unnamed.
+    room = JOB_ERROR_MAX_CHARS - len(f"{PromptTooLong.__name__}: ")
+    listed = _listed_within("", segments_said, "; ", room)
+    return PromptTooLong(
+        listed or f"{len(segments_said)} segments' briefs are too long for the model"
+    )
 
 
 def _not_taken_meanwhile(

@@ -178,6 +178,21 @@ def briefs_refused(
     }
 
 
+def held_records(
+    session: Session, experiment: Experiment, segments: Sequence[Segment], *, model: str
+) -> dict[int, dict[str, Any]]:
+    """The records (too_long_record) of those of the experiment's `segments` held for their
+    brief, by id, in two queries."""
+    records = last_records(session, segments)
+    return {
+        segment.id: record
+        for segment in segments
+        if segment.id is not None
+        and (record := records[segment.id]) is not None
+        and hold_lifted(record, experiment, segment, model=model) is None
+    }
+
+
 def _refused_for(
     record: dict[str, Any] | None, experiment: Experiment, segment: Segment, *, model: str
 ) -> str | None:
@@ -221,6 +236,18 @@ def hold_begun(
     )
 
 
+def skipped(key: str, record: dict[str, Any]) -> str:
+    """What a job says of a segment it skips, held for its brief (`record`: the hold's
+    too_long_record): its prompt is not given to the model again."""
+    tokens, limit = record.get("tokens"), record.get("limit")
+    counted = (
+        f" ({tokens:,} tokens of {limit:,})"
+        if isinstance(tokens, int) and isinstance(limit, int)
+        else ""
+    )
+    return f"segment {key}: brief held as too long for the model{counted}, not tried again"
+
+
 def held_for(key: str, why: str) -> str:
     """What a hand job for the one segment `key`, held for its brief (`why`: brief_refused's
     answer), is refused with; the dashboard says it beside the segment's Generate button."""
@@ -246,8 +273,8 @@ def refuse_held(
 ) -> None:
     """Raise BriefHeld when every one of `segments` (a hand job's) is held for its brief: a job
     for them all would only fail again. A job for every segment (`every_segment`: the request
-    named none, so the refusal names no field) runs while one of them can get copy: the held ones
-    fail again there, and the others get theirs, as before."""
+    named none, so the refusal names no field) runs while one of them can get copy: it skips the
+    held ones, failing as too long for them, and the others get theirs."""
     held = [(s.key, brief_refused(session, experiment, s, model=model)) for s in segments]
     if not held or any(why is None for _, why in held):
         return

@@ -581,6 +581,98 @@ def test_two_jobs_at_once_for_one_held_brief_begin_one_hold(
         ]
 
 
+class _LoadsCounted:
+    """A writer factory that counts the model loads asked of it."""
+
+    def __init__(self, writer: ScriptedWriter) -> None:
+        self.writer = writer
+        self.loads = 0
+
+    def __call__(self) -> ScriptedWriter:
+        self.loads += 1
+        return self.writer
+
+
+def _queued_then_held(api: Any, app: Any, segment_key: str | None) -> tuple[int, int, Any]:
+    """A job for `segment_key` (None: every segment) queued while nothing was held yet, then a
+    job for "wordy" that ends and begins its hold: the queued job's id, the hold's job's id, and
+    the options to run jobs with."""
+    created = _wordy_experiment(api, app, also_last=True)
+    engine = app.extensions["copybandit.engine"]
+    with Session(engine) as session:
+        queued, holding = (
+            create_job(
+                session=session, experiment_id=created["id"], segment_key=key, n=1, model=""
+            ).id
+            for key in (segment_key, "wordy")
+        )
+    options = GenerationOptions.from_settings(app.extensions["copybandit.settings"])
+    writer = _BriefTooLongFor(GOOD, WORDY)
+    run_job(engine=engine, job_id=holding, writer=lambda: writer, options=options)  # type: ignore[arg-type]
+    assert [hold["numbers"]["job_id"] for hold in _audit(api, created["id"], "hold")] == [holding]
+    return queued, holding, options  # type: ignore[return-value]
+
+
+def test_a_job_queued_just_before_its_segment_was_held_ends_at_once_without_the_model(
+    api: Any, app: Any
+) -> None:
+    """create_job refuses a held segment, but a job queued as another ran to find the brief too
+    long was let through: it loaded the model, for a brief known to be too long, and failed."""
+    queued, holding, options = _queued_then_held(api, app, "wordy")
+    engine = app.extensions["copybandit.engine"]
+    loads = _LoadsCounted(_BriefTooLongFor(GOOD, WORDY))
+    run_job(engine=engine, job_id=queued, writer=loads, options=options)
+
+    assert loads.loads == 0
+    with Session(engine) as session:
+        job, hold = (session.get_one(GenerationJob, i) for i in (queued, holding))
+        assert (job.status, job.outcome) == ("failed", "too_long")
+        assert job.error == (
+            "PromptTooLong: segment wordy: brief held as too long for the model (5,201 tokens of "
+            "4,096), not tried again"
+        )
+        assert job.message == "failed"
+        # The job that ended last still holds the brief: one with no record lifted the hold.
+        assert job.result is not None and hold.result is not None
+        assert job.result["briefs_too_long"] == hold.result["briefs_too_long"]
+    experiment_id = job.experiment_id
+    assert [h["numbers"]["job_id"] for h in _audit(api, experiment_id, "hold")] == [holding]
+    refused = api.post(
+        f"/v1/experiments/{experiment_id}/generate", json={"segment": "wordy", "n": 1}
+    )
+    assert refused.status_code == 409
+
+
+def test_a_job_for_every_segment_queued_before_a_hold_skips_the_held_segment(
+    api: Any, app: Any
+) -> None:
+    queued, holding, options = _queued_then_held(api, app, None)
+    engine = app.extensions["copybandit.engine"]
+    writer = _BriefTooLongFor(GOOD, WORDY)
+    sampled: list[str] = []
+
+    def sample(messages: list[dict[str, str]], n: int, seed: int) -> list[Sample]:
+        sampled.append(messages[-1]["content"])
+        return _BriefTooLongFor.sample(writer, messages, n, seed)
+
+    writer.sample = sample  # type: ignore[method-assign]
+    run_job(engine=engine, job_id=queued, writer=lambda: writer, options=options)
+
+    assert sampled and not any(WORDY in prompt for prompt in sampled)
+    with Session(engine) as session:
+        job, hold = (session.get_one(GenerationJob, i) for i in (queued, holding))
+        assert (job.status, job.outcome) == ("failed", "too_long")
+        assert job.error == (
+            "PromptTooLong: segment wordy: brief held as too long for the model (5,201 tokens of "
+            "4,096), not tried again"
+        )
+        assert job.message == "failed after storing 2 new variants in first, last"
+        assert job.result is not None and hold.result is not None
+        assert list(job.result["segments"]) == ["first", "last"]
+        assert job.result["briefs_too_long"] == hold.result["briefs_too_long"]
+    assert [h["numbers"]["job_id"] for h in _audit(api, job.experiment_id, "hold")] == [holding]
+
+
 def test_a_hold_is_one_audit_row_when_it_begins_and_the_order_that_ends_it_says_why(
     api: Any, app: Any
 ) -> None:

@@ -238,7 +238,7 @@ def experiment_page(experiment_id: int, refused: RefusedForm | None = None) -> s
         timedelta(seconds=settings.lifecycle_interval_seconds),
         policy,
     )
-    # A held segment's brief is too long for the model: a job for every segment fails there.
+    # A held segment's brief is too long for the model: a job for every segment skips it.
     on_order = _on_order(session, experiment_id, [s for s in rows if held[s.id] is None])  # type: ignore[index]
     charted = {segment.key: _charted(segment) for segment in report.segments}
     served = {key: variant_ids for key, (variant_ids, _) in charted.items() if variant_ids}
