@@ -8,7 +8,9 @@ nothing. After n failed orders in a row the next one waits `interval` x 2^(n-1) 
 at most BACKOFF_CAP. Only jobs a pass ordered count; a job started by hand is never held back, and
 any job that delivers copy ends the run of failures. A job that was interrupted, cancelled or found
 its brief too long for the model (held instead: service.long_briefs) says nothing of the model,
-and neither counts nor ends a run; each job's outcome column says which it was.
+and neither counts nor ends a run; each job's outcome column says which it was. A job for every
+segment fails as a whole where one segment fails: the segments it stored copy in before, its
+result says which, had their copy delivered, and their runs end there.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -41,9 +43,18 @@ _SAYS_OF_THE_MODEL = (JobOutcome.WROTE.value, *_FAILED)
 # Jobs read per segment: 18 failures in a row reach the cap from a 1 s interval, so more only
 # ever repeat it.
 _JOBS_READ = 32
-_SAYS = col(GenerationJob.outcome).in_(_SAYS_OF_THE_MODEL)
-# A finished job as the backoff reads it: id, outcome.
-_Job = tuple[int, str]
+# A job for every segment (only ever started by hand) that ended so may have stored some segments'
+# copy first: it failed, or found a brief too long, in another segment.
+_FAILED_ELSEWHERE = (JobOutcome.FAILED.value, JobOutcome.TOO_LONG.value)
+_SAYS = sa.or_(
+    col(GenerationJob.outcome).in_(_SAYS_OF_THE_MODEL),
+    sa.and_(
+        col(GenerationJob.segment_id).is_(None),
+        col(GenerationJob.outcome).in_(_FAILED_ELSEWHERE),
+    ),
+)
+# A finished job as the backoff reads it: id, outcome, segment (None: every segment).
+_Job = tuple[int, str, int | None]
 
 
 @dataclass(frozen=True)
@@ -86,15 +97,18 @@ def backoff_after(failed_orders: Sequence[datetime], *, interval: timedelta) -> 
 
 
 def copy_backoff(session: Session, segment: Segment, *, interval: timedelta) -> Backoff | None:
-    """The segment's backoff, from its latest finished jobs: one read, and a second, of the
-    orders, only while the latest say the model failed."""
-    recent = session.exec(
-        select(GenerationJob.id, GenerationJob.outcome)
-        .where(jobs_covering(segment), _SAYS)
-        .order_by(col(GenerationJob.id).desc())
-        .limit(_JOBS_READ)
-    ).all()
-    failed = _failed_run(recent)  # type: ignore[arg-type]
+    """The segment's backoff, from its latest finished jobs: one read, a second (_stored_in) only
+    where a job for every segment failed among them, and a third, of the orders, only while the
+    latest say the model failed."""
+    recent = _until_wrote(
+        session.exec(
+            select(GenerationJob.id, GenerationJob.outcome, GenerationJob.segment_id)
+            .where(jobs_covering(segment), _SAYS)
+            .order_by(col(GenerationJob.id).desc())
+            .limit(_JOBS_READ)
+        ).all()  # type: ignore[arg-type]
+    )
+    failed = _failed_run(recent, segment, _stored_in(session, [recent]))
     if not failed:
         return None
     return _backoff(failed, orders_of(session, failed), interval=interval)
@@ -104,7 +118,8 @@ def copy_backoffs(
     session: Session, segments: Sequence[Segment], *, interval: timedelta
 ) -> dict[int, Backoff | None]:
     """copy_backoff of each of `segments`, by id, in two reads however many there are (the
-    dashboard shows every segment's): each segment's latest finished jobs, and their orders."""
+    dashboard shows every segment's): each segment's latest finished jobs, and their orders; a
+    third (_stored_in) where a job for every segment failed among them."""
     ids = [segment.id for segment in segments]
     if not ids:
         return {}
@@ -130,15 +145,21 @@ def copy_backoffs(
     for job_id, experiment_id, segment_id, outcome, _ in session.execute(
         sa.select(latest).where(latest.c.nth <= _JOBS_READ).order_by(latest.c.id.desc())
     ):
-        jobs[experiment_id, segment_id].append((job_id, outcome))
-    failed = {
-        segment.id: _failed_run(
+        jobs[experiment_id, segment_id].append((job_id, outcome, segment_id))
+    recent = {
+        segment.id: _until_wrote(
             heapq.merge(
                 jobs[segment.experiment_id, segment.id],
                 jobs[segment.experiment_id, None],
                 key=lambda job: -job[0],
             )
         )
+        for segment in segments
+        if segment.id is not None
+    }
+    stored = _stored_in(session, recent.values())
+    failed = {
+        segment.id: _failed_run(recent[segment.id], segment, stored)
         for segment in segments
         if segment.id is not None
     }
@@ -149,15 +170,51 @@ def copy_backoffs(
     }
 
 
-def _failed_run(recent: Iterable[_Job]) -> list[int]:
-    """The jobs (ids) of the run of failures that `recent`, a segment's finished jobs newest
-    first, begins with: at most _JOBS_READ of them."""
+def _until_wrote(recent: Iterable[_Job]) -> list[_Job]:
+    """Those of `recent`, a segment's finished jobs newest first, before the first that wrote
+    copy: at most _JOBS_READ of them."""
+    return list(
+        itertools.takewhile(
+            lambda job: job[1] != JobOutcome.WROTE.value, itertools.islice(recent, _JOBS_READ)
+        )
+    )
+
+
+def _failed_run(
+    recent: list[_Job], segment: Segment, stored: Mapping[int, Collection[str]]
+) -> list[int]:
+    """The jobs (ids) of the run of failures that `recent` (_until_wrote's) begins with: up to a
+    job for every segment that stored the segment's copy before it failed elsewhere (`stored`:
+    _stored_in's)."""
     failed: list[int] = []
-    for job_id, outcome in itertools.islice(recent, _JOBS_READ):
-        if outcome not in _FAILED:
+    for job_id, outcome, _ in recent:
+        if segment.key in stored.get(job_id, ()):
             break
-        failed.append(job_id)
+        # A job for every segment that found another's brief too long, having stored none here,
+        # says nothing of the model here.
+        if outcome in _FAILED:
+            failed.append(job_id)
     return failed
+
+
+def _stored_in(session: Session, runs: Iterable[list[_Job]]) -> dict[int, set[str]]:
+    """The segments (keys) that each job for every segment in `runs` that failed elsewhere
+    stored copy in, by id: one read, only where there are such jobs."""
+    ids = {
+        job_id
+        for run in runs
+        for job_id, outcome, segment_id in run
+        if segment_id is None and outcome in _FAILED_ELSEWHERE
+    }
+    if not ids:
+        return {}
+    done = col(GenerationJob.result)["segments"]
+    return {
+        job_id: {key for key, kept in (segments or {}).items() if kept.get("variant_ids")}
+        for job_id, segments in session.execute(
+            sa.select(col(GenerationJob.id), done).where(col(GenerationJob.id).in_(ids))
+        )
+    }
 
 
 def _backoff(

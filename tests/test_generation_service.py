@@ -26,6 +26,7 @@ from service.generation_jobs import (
     progress_bars_wanted,
     run_job,
 )
+from service.lifecycle import DEFAULT_INTERVAL as INTERVAL
 from service.lifecycle import run_lifecycle
 from service.models import GenerationJob
 from tests.conftest import PG_URL, store_policy_by_hand
@@ -461,6 +462,43 @@ def test_a_model_that_keeps_failing_is_not_ordered_copy_each_pass_but_a_job_by_h
     job = _run(api, app, experiment["id"], {"segment": "tea-lovers", "n": 1})
     assert job["status"] == "succeeded"
     assert [(job.segment_id, job.status) for job in _lifecycle_pass(app)] == [(tea_id, "succeeded")]
+
+
+def test_a_job_by_hand_for_every_segment_that_failed_elsewhere_ends_the_wait_where_it_wrote(
+    api: Any, app: Any
+) -> None:
+    """A job for every segment fails as a whole when one segment fails (here: one held as too
+    long for the model), after giving the others their copy: its outcome said nothing of those,
+    and a segment it wrote for still waited out its failed orders, its page saying so."""
+    from service.copy_backoff import copy_backoff, copy_backoffs
+    from service.experiments import segments_of
+
+    created = _wordy_experiment(api, app, also_last=False)
+    writer = _BriefTooLongFor(GOOD, WORDY)
+    writer.fail = True
+    app.extensions["copybandit.jobs"].writer_factory = lambda: writer
+    ordered = _lifecycle_pass(app)
+    assert [(job.status, job.outcome) for job in ordered] == [
+        ("failed", "failed"),
+        ("failed", "too_long"),
+    ]
+    first_id = ordered[0].segment_id
+    assert _lifecycle_pass(app) == []
+
+    # Mended: a job by hand for every segment writes "first" its copy and fails on "wordy".
+    writer.fail = False
+    job = _run(api, app, created["id"], {"n": 1})
+    assert (job["status"], list(job["result"]["segments"])) == ("failed", ["first"])
+
+    engine = app.extensions["copybandit.engine"]
+    with Session(engine) as session:
+        segments = segments_of(session=session, experiment_id=created["id"])
+        alone = {s.id: copy_backoff(session, s, interval=INTERVAL) for s in segments}
+        assert copy_backoffs(session, segments, interval=INTERVAL) == alone
+        assert alone == dict.fromkeys(alone)
+    assert [(job.segment_id, job.status) for job in _lifecycle_pass(app)] == [
+        (first_id, "succeeded")
+    ]
 
 
 def test_a_job_whose_every_line_the_lint_refused_holds_back_the_next_order(

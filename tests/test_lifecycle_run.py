@@ -612,6 +612,35 @@ def test_segments_read_together_wait_and_are_held_as_each_read_alone(
     assert copy_backoffs(session, segments, interval=INTERVAL) == alone == dict.fromkeys(alone)
 
 
+def test_a_job_for_every_segment_that_failed_ends_the_runs_of_the_segments_it_stored_copy_in(
+    session: Session, experiment: dict[str, Any]
+) -> None:
+    """It fails as a whole when one segment fails: the copy it stored first ended no run."""
+    from service.copy_backoff import copy_backoff, copy_backoffs
+
+    for key in (TEA, PARENTS):
+        failed_in_a_row(session, experiment, key, 2, last_at=NOW - INTERVAL)
+    every = ended_job(session, experiment, TEA, ordered_at=None)
+    stored = {"variant_ids": [], "sampled": 4, "rounds": 1, "rejected": 0, "rejections": []}
+    session.execute(
+        sa.update(GenerationJob)
+        .where(col(GenerationJob.id) == every)
+        .values(
+            segment_id=None,
+            result={"segments": {TEA: {**stored, "variant_ids": [1]}, PARENTS: stored}},
+        )
+    )
+    session.commit()
+    segments = session.exec(select(Segment).where(Segment.experiment_id == experiment["id"])).all()
+
+    alone = {s.key: copy_backoff(session, s, interval=INTERVAL) for s in segments}
+    together = copy_backoffs(session, segments, interval=INTERVAL)
+    assert together == {s.id: alone[s.key] for s in segments}
+    # busy-parents got none of its copy: it still waits, the job by hand not counted.
+    assert alone[TEA] is None
+    assert alone[PARENTS] is not None and alone[PARENTS].failed_in_a_row == 2
+
+
 @pytest.mark.parametrize("by_hand", [False, True], ids=["ordered", "by-hand"])
 def test_a_job_that_delivers_copy_ends_the_backoff(
     app: Any, session: Session, experiment: dict[str, Any], by_hand: bool
