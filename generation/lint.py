@@ -249,6 +249,15 @@ _AS_READ = _INVISIBLE | _PERCENT_SIGNS | _PER_MILLE_SIGNS
 _DASHES = re.compile("[\u2010-\u2015\u2212\ufe58\ufe63\uff0d]")
 
 
+# NFKC writes the trade and service mark signs as letters joined to the name they follow:
+# 'Ridgeline™' was the word 'ridgelinetm', no word of the product's, and the line off_product.
+# Dropped, they are no part of a word, as '®' (a sign to NFKC) is not.
+_TRADEMARK_SIGNS = dict.fromkeys(map(ord, "\u2120\u2122"))
+# All read before NFKC, which would make the mark signs letters; NFKC writes none of the others,
+# so they read as they did after it.
+_BEFORE_NFKC = _TRADEMARK_SIGNS | _AS_READ
+
+
 # NFKC writes Thai and Lao SARA AM as NIKHAHIT and SARA AA, which draw the same: put back, a
 # reason quotes the vowel as copy and prompt write it, not two characters no one typed.
 _SARA_AM = {"\u0e4d\u0e32": "\u0e33", "\u0ecd\u0eb2": "\u0eb3"}
@@ -257,7 +266,7 @@ _SARA_AM = {"\u0e4d\u0e32": "\u0e33", "\u0ecd\u0eb2": "\u0eb3"}
 def _plain_text(text: str) -> str:
     """As a reader sees it: compatibility forms folded (full-width letters), invisible characters
     gone, every dash a hyphen and every percent sign '%', lower case."""
-    folded = unicodedata.normalize("NFKC", text).translate(_AS_READ)
+    folded = unicodedata.normalize("NFKC", text.translate(_BEFORE_NFKC))
     for decomposed, vowel in _SARA_AM.items():
         folded = folded.replace(decomposed, vowel)
     return _DASHES.sub("-", folded).casefold()

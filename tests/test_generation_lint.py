@@ -280,6 +280,11 @@ def test_off_product_reason_and_echo_keep_the_brief_as_written() -> None:
         # The possessive of the name still names the product.
         ("Ridgeline's grip keeps you steady all weekend.", BRIEF),
         ("Ridgeline\u2019s grip keeps you steady all weekend.", BRIEF),
+        # A trade or service mark sign is no part of the name (NFKC had made it 'ridgelinetm').
+        ("Ridgeline\u2122 keeps you steady all weekend.", BRIEF),
+        ("Ridgeline\u2120 keeps you steady all weekend.", BRIEF),
+        ("Go\u2122 further on every morning run.", Brief("Go", "A cup.", "Anyone.")),
+        ("Go further on every morning run.", Brief("Go\u2122", "A cup.", "Anyone.")),
         # A name made only of short words is still a name.
         ("Roll out the Zen mat for calmer mornings.", Brief("Zen mat", "A cork mat.", "Yogis.")),
         # Letters outside a-z, and a model name of two characters.
