@@ -142,7 +142,7 @@ _WORD = rf"{LETTERS}(?:['\u2019-]{LETTERS})*"
 
 
 def _words(text: str) -> list[str]:
-    return re.findall(_WORD, _plain_text(text))
+    return re.findall(_WORD, plain_text(text))
 
 
 # Scripts written without spaces between words (Thai, Lao, Myanmar, Khmer, Japanese kana, Chinese
@@ -183,7 +183,7 @@ _SHARES = {
 def _runs(text: str, words: int) -> list[tuple[str, ...]]:
     """From each word on, the shortest run of words and characters that makes `words` words: in
     a script with spaces, every `words` words in a row."""
-    plain = _plain_text(text)
+    plain = plain_text(text)
     if not _UNSPACED.search(plain):
         found = re.findall(_WORD, plain)
         return [tuple(found[i : i + words]) for i in range(len(found) - words + 1)]
@@ -229,7 +229,7 @@ def _folded(text: str) -> str:
 
 def _banned(text: str, brief: Brief, config: LintConfig) -> str | None:
     # Digits of any script as ASCII: '100%' in Arabic-Indic digits is the same claim.
-    plain = re.sub(r"\d", lambda digit: str(unicodedata.decimal(digit[0])), _plain_text(text))
+    plain = re.sub(r"\d", lambda digit: str(unicodedata.decimal(digit[0])), plain_text(text))
     for phrase in config.banned_phrases:
         match = _phrase_pattern(phrase).search(plain)
         if match:
@@ -266,9 +266,10 @@ _TRANSLATED = re.compile(f"[{''.join(re.escape(chr(code)) for code in _BEFORE_NF
 _SARA_AM = {"\u0e4d\u0e32": "\u0e33", "\u0ecd\u0eb2": "\u0eb3"}
 
 
-def _plain_text(text: str) -> str:
+def plain_text(text: str) -> str:
     """As a reader sees it: compatibility forms folded (full-width letters), invisible characters
-    gone, every dash a hyphen and every percent sign '%', lower case."""
+    gone, every dash a hyphen and every percent sign '%', lower case. generation.similarity reads
+    copy by it too, so a line the lint reads as another is no new line to the duplicate check."""
     if _TRANSLATED.search(text):
         text = text.translate(_BEFORE_NFKC)
     folded = unicodedata.normalize("NFKC", text)
@@ -277,7 +278,7 @@ def _plain_text(text: str) -> str:
     return _DASHES.sub("-", folded).casefold()
 
 
-# "FDA-approved" makes the claim "FDA approved" does; _plain_text has made every dash a hyphen.
+# "FDA-approved" makes the claim "FDA approved" does; plain_text has made every dash a hyphen.
 _BETWEEN_WORDS = r"[\s-]+"
 
 
@@ -285,7 +286,7 @@ _BETWEEN_WORDS = r"[\s-]+"
 def _phrase_pattern(phrase: str) -> re.Pattern[str]:
     """The phrase with its last word in any of its usual forms: 'guarantee' also finds
     'guarantees', 'guaranteed' and 'guaranteeing'; 'cure' finds 'cured' and 'curing'."""
-    *head, last = re.split(_BETWEEN_WORDS, _plain_text(phrase))
+    *head, last = re.split(_BETWEEN_WORDS, plain_text(phrase))
     if re.fullmatch(r"[a-z]+", last):
         stem = last[:-1] if last.endswith("e") else last
         forms = r"(?:e|es|ed|eing|ing)" if last.endswith("e") else r"(?:s|es|ed|ing)?"
@@ -521,7 +522,7 @@ def _mentions_product(text: str, brief: Brief, config: LintConfig) -> str | None
     terms = product_terms(brief)
     if any(_stem(word) in terms for word in _words(text.replace("-", " "))):
         return None
-    plain, name = _plain_text(text), _plain_text(brief.product_name)
+    plain, name = plain_text(text), plain_text(brief.product_name)
     if any(term in plain for term in terms if _UNSPACED.search(term)):
         return None
     if not terms and _name_pattern(name).search(plain):  # short words only, or split by signs

@@ -12,6 +12,7 @@ SIMILARITY = NgramSimilarity()
 LINE = "Grip every weekend trail in Ridgeline shoes."
 ONE_WORD_SWAPPED = "Grip every weekend path in Ridgeline shoes."
 UNRELATED = "A glass kettle that boils water in three minutes."
+FULL_WIDTH = "".join(chr(ord(letter) + 0xFEE0) for letter in "RIDGELINE")  # U+FF21-U+FF3A
 
 # The same line with a word swapped, added or dropped, re-cased or re-punctuated.
 NEAR_DUPLICATES = [
@@ -108,6 +109,11 @@ def score(left: str, right: str) -> float:
         ("Ridgeline: grip - every trail.", "Ridgeline grip every trail"),
         ("Аврора — лучший чайник для всей семьи.", "АВРОРА: лучший чайник для всей семьи!"),  # noqa: RUF001
         ("ऑरोरा केतली: तीन मिनट में उबलता पानी।", "ऑरोरा केतली — तीन मिनट में उबलता पानी!"),
+        # Read as the lint reads them, these draw the same words: a soft hyphen had split one in two
+        # (0.94), and full-width letters were other letters (0.74).
+        ("Grip every weekend trail in Ridge\u00adline shoes.", LINE),
+        (f"Grip every weekend trail in {FULL_WIDTH} shoes.", LINE),
+        ("Grip every weekend trail in Ridgeline\u2122 shoes.", LINE),
     ],
 )
 def test_same_words_score_one(left: str, right: str) -> None:
@@ -116,6 +122,13 @@ def test_same_words_score_one(left: str, right: str) -> None:
 
 def test_one_word_swap_is_a_near_duplicate() -> None:
     assert DEFAULT_THRESHOLD < score(LINE, ONE_WORD_SWAPPED) < 1.0
+
+
+def test_a_soft_hyphen_does_not_hide_a_near_duplicate() -> None:
+    # One word swapped and a soft hyphen added scored 0.79: new copy to the check, the same line to
+    # a reader.
+    hyphenated = "Grip every weekend path in Ridge\u00adline shoes."
+    assert score(LINE, hyphenated) == score(LINE, ONE_WORD_SWAPPED) > DEFAULT_THRESHOLD
 
 
 def test_unrelated_lines_score_low() -> None:
@@ -150,12 +163,19 @@ def test_words_differing_in_their_vowel_signs_differ(left: str, right: str) -> N
     assert score(left, right) < DEFAULT_THRESHOLD
 
 
-def test_words_are_read_as_the_lint_reads_them() -> None:
-    """A word runs on through its combining marks in both (the lint also joins words at an
-    apostrophe or hyphen, which this line has none of)."""
-    line = "ऑरोरा केतली, जो तीन मिनट में पानी उबालती है: Ridgeline grips 3 trails."
+@pytest.mark.parametrize(
+    ("line", "first_words"),
+    [
+        ("ऑरोरा केतली, जो तीन मिनट में पानी उबालती है: Ridgeline grips 3 trails.", ["ऑरोरा", "केतली"]),
+        (f"{FULL_WIDTH[:5]}\u00adline\u2122 \ufb01ts every trail.", ["ridgeline", "fits"]),
+    ],
+)
+def test_words_are_read_as_the_lint_reads_them(line: str, first_words: list[str]) -> None:
+    """A word runs on through its combining marks in both, and is read in the same characters:
+    full-width letters as letters, invisible characters gone (the lint also joins words at an
+    apostrophe or hyphen, which these lines have none of)."""
     assert similarity_module._words(line) == lint_module._words(line)
-    assert similarity_module._words(line)[:2] == ["ऑरोरा", "केतली"]
+    assert similarity_module._words(line)[:2] == first_words
 
 
 @pytest.mark.parametrize(("left", "right"), [("", LINE), (LINE, ""), ("", ""), ("...", LINE)])
