@@ -58,6 +58,7 @@ from service.models import (
     Segment,
     Variant,
     VariantStatus,
+    jobs_covering_any,
     utcnow,
 )
 from service.policy import policy_shown
@@ -127,6 +128,37 @@ def interrupted(job: GenerationJob, now: datetime) -> bool:
         return False
     since = job.updated_at if job.status == JobStatus.RUNNING.value else job.created_at
     return since < now - JOB_STALE_AFTER
+
+
+def jobs_on_order(
+    *, session: Session, segments: Sequence[Segment], now: datetime
+) -> dict[int, tuple[GenerationJob, ...]]:
+    """The jobs that will write each of `segments`' copy (by id), oldest first, read in one query
+    however many segments there are: the queued or running jobs jobs_covering finds, less those
+    no worker will finish (interrupted), which a pass fails before it plans. The lifecycle counts
+    their lines as on order and the experiment page lists them: read apart, the two disagreed
+    on a job whose server had died."""
+    if not segments:
+        return {}
+    unfinished = session.exec(
+        select(GenerationJob)
+        .where(jobs_covering_any(segments), col(GenerationJob.status).in_(_UNFINISHED))
+        .order_by(col(GenerationJob.id))
+        # Judged by its row as it is: a pass's session keeps what it read, and by a job's
+        # progress when first read, one its worker went on writing would look given up.
+        .execution_options(populate_existing=True)
+    ).all()
+    live = [job for job in unfinished if not interrupted(job, now)]
+    return {
+        segment.id: tuple(
+            job
+            for job in live
+            # A job for every segment of its experiment (no segment_id) writes each one's copy.
+            if job.experiment_id == segment.experiment_id and job.segment_id in (None, segment.id)
+        )
+        for segment in segments
+        if segment.id is not None
+    }
 
 
 def interruption(reason: str, *, by_lifecycle: bool) -> str:

@@ -16,7 +16,7 @@ import operator
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -40,14 +40,11 @@ from service.models import (
     Experiment,
     GenerationJob,
     Impression,
-    JobStatus,
     LifecycleEvent,
     Origin,
     Segment,
     Variant,
     VariantStatus,
-    jobs_covering,
-    jobs_covering_any,
     utcnow,
 )
 from service.policy import LifecyclePolicy, policy_of, policy_shown
@@ -153,12 +150,17 @@ def copy_to_order(policy: LifecyclePolicy, *, live: int, pending: int, on_order:
 
 
 def short_of_copy(
-    session: Session, segments: Sequence[Segment], policy: LifecyclePolicy
+    session: Session,
+    segments: Sequence[Segment],
+    policy: LifecyclePolicy,
+    on_order: Mapping[int, Sequence[GenerationJob]],
 ) -> set[int]:
     """Those of `segments` (ids) a pass would order copy for, by their variants and orders as
     they stand (without the pauses or retirements its plan may add): what a note that the
-    lifecycle holds back an order is about. Two queries however many segments there are: asked
-    one segment at a time, the experiment page sent two per segment."""
+    lifecycle holds back an order is about. `on_order`: each one's jobs on order, as
+    generation_jobs.jobs_on_order reads them, which the page reads once for this and its list of
+    them. One query however many segments there are: asked one segment at a time, the experiment
+    page sent two per segment."""
     ids = [segment.id for segment in segments]
     if not ids:
         return set()
@@ -170,7 +172,6 @@ def short_of_copy(
             .group_by(col(Variant.segment_id), col(Variant.status))
         )
     }
-    on_order = _copies_on_order(session, segments)
     return {
         segment.id
         for segment in segments
@@ -179,7 +180,7 @@ def short_of_copy(
             policy,
             live=statuses.get((segment.id, VariantStatus.ACTIVE.value), 0),
             pending=statuses.get((segment.id, VariantStatus.PENDING_REVIEW.value), 0),
-            on_order=on_order[segment.id],
+            on_order=sum(job.n for job in on_order[segment.id]),
         )
         > 0
     }
@@ -457,7 +458,8 @@ def _begin_pass(session: Session, now: datetime | None) -> tuple[RunReport, Sequ
     from service.generation_jobs import fail_interrupted_jobs
 
     report = RunReport()
-    # First, so the jobs that will never deliver no longer count as copy on order.
+    # First, so the rows of the jobs that will never deliver say so before the pass orders their
+    # copy again (jobs_on_order already leaves them out of what is on order).
     report.interrupted_jobs = fail_interrupted_jobs(session=session, now=now or utcnow())
     experiments = session.exec(select(Experiment).order_by(col(Experiment.id))).all()
     return report, experiments
@@ -707,7 +709,7 @@ def apply_segment(
             policy,
             winner_id=segment.winner_variant_id,
             pending=sum(v.status == VariantStatus.PENDING_REVIEW for v in variants),
-            on_order=_copy_on_order(session, segment),
+            on_order=_copy_on_order(session, segment, now),
             served_since=_served_since(session, variants),
         )
         if model is None:
@@ -907,43 +909,13 @@ def _served_since(session: Session, variants: Sequence[Variant]) -> ServedSince:
     return served
 
 
-def _copy_on_order(session: Session, segment: Segment) -> int:
-    """Lines that queued or running generation jobs will deliver, so a pass does not order twice:
-    jobs for this segment, and jobs for every segment of its experiment (n lines each). Jobs that
-    will never end were failed at the start of the pass."""
-    ordered = session.exec(
-        select(sa.func.coalesce(sa.func.sum(GenerationJob.n), 0)).where(
-            jobs_covering(segment),
-            col(GenerationJob.status).in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
-        )
-    ).one()
-    return int(ordered)
+def _copy_on_order(session: Session, segment: Segment, now: datetime) -> int:
+    """Lines the jobs on order for the segment will deliver, so a pass does not order twice."""
+    # Imported here: generation_jobs imports this module (assign_prior).
+    from service.generation_jobs import jobs_on_order
 
-
-def _copies_on_order(session: Session, segments: Sequence[Segment]) -> dict[int, int]:
-    """_copy_on_order of each of `segments`, by id, in one query."""
-    ordered: dict[tuple[int, int | None], int] = {
-        (experiment_id, segment_id): int(n or 0)
-        for experiment_id, segment_id, n in session.execute(
-            sa.select(
-                col(GenerationJob.experiment_id),
-                col(GenerationJob.segment_id),
-                sa.func.sum(GenerationJob.n),
-            )
-            .where(
-                jobs_covering_any(segments),
-                col(GenerationJob.status).in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
-            )
-            .group_by(col(GenerationJob.experiment_id), col(GenerationJob.segment_id))
-        )
-    }
-    # A job for every segment of its experiment (no segment_id) writes each one's copy too.
-    return {
-        segment.id: ordered.get((segment.experiment_id, segment.id), 0)
-        + ordered.get((segment.experiment_id, None), 0)
-        for segment in segments
-        if segment.id is not None
-    }
+    (jobs,) = jobs_on_order(session=session, segments=[segment], now=now).values()
+    return sum(job.n for job in jobs)
 
 
 def jobs_it_ordered(session: Session, job_ids: Collection[int]) -> set[int]:

@@ -2688,6 +2688,36 @@ def test_the_page_says_nothing_of_a_wait_where_the_lifecycle_would_order_no_copy
     assert texts(section(page, "tea-lovers"), "p", data_testid="no-copy") == []
 
 
+def test_a_job_whose_worker_is_gone_is_neither_on_order_nor_in_the_way_of_the_wait(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """The page read a segment's jobs twice: its note of copy on order left out a running job
+    whose worker stopped writing its progress an hour ago (its server died), while its note of a
+    wait counted that job's lines as on order, so the segment read as short of nothing. Until the
+    next pass failed the job, the page said neither that copy was on order nor that the
+    lifecycle held its order back."""
+    with Session(app.extensions["copybandit.engine"]) as session:
+        failed_in_a_row(session, experiment, "tea-lovers", 3, last_at=utcnow())
+        segment = session.exec(select(Segment).where(Segment.key == "tea-lovers")).one()
+        session.add(
+            GenerationJob(
+                experiment_id=experiment["id"],
+                segment_id=segment.id,
+                n=2,
+                status="running",
+                created_at=utcnow() - timedelta(hours=3),
+                updated_at=utcnow() - timedelta(hours=2),
+            )
+        )
+        session.commit()
+
+    page = dash.html(f"/dashboard/experiments/{experiment['id']}")
+
+    assert _on_order(page, "tea-lovers") == []
+    (note,) = texts(section(page, "tea-lovers"), "p", data_testid="no-copy")
+    assert note.startswith("The lifecycle orders no new copy for this segment: paused after 3")
+
+
 def test_the_page_says_a_brief_is_too_long_only_while_the_model_it_was_too_long_for_is_configured(
     app: Any, dash: Dashboard, experiment: dict[str, Any]
 ) -> None:

@@ -1310,6 +1310,40 @@ def test_a_job_that_writes_its_progress_while_a_pass_decides_is_not_given_up(
     assert session.get(GenerationJob, job.id).status == "running"  # type: ignore[union-attr]
 
 
+def test_a_job_on_order_is_judged_by_its_row_as_it_is_not_as_the_session_first_read_it(
+    app: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    """A pass's session keeps what it read (expire_on_commit=False): while it still held a job
+    read earlier, a later read kept that job's old progress, so a job its worker went on writing
+    would look silent for an hour, be left out of the copy on order and its copy ordered twice."""
+    from datetime import timedelta
+
+    from service.generation_jobs import _progress, jobs_on_order
+    from service.models import Segment
+
+    job = create_job(
+        session=session, experiment_id=experiment["id"], segment_key="tea-lovers", n=2, model=""
+    )
+    first_read = job.created_at
+    session.execute(
+        sa.update(GenerationJob)
+        .where(col(GenerationJob.id) == job.id)
+        .values(status="running", updated_at=first_read - timedelta(minutes=59))
+    )
+    session.commit()
+    engine = app.extensions["copybandit.engine"]
+    with Session(engine, expire_on_commit=False) as passing:
+        tea = passing.get_one(Segment, job.segment_id)
+        held = jobs_on_order(session=passing, segments=[tea], now=first_read)[job.segment_id]  # type: ignore[index]
+        assert [j.id for j in held] == [job.id]
+        with Session(engine) as worker:
+            running = worker.get_one(GenerationJob, job.id)
+            _progress(worker, running, progress=0.5, message="segment tea-lovers: round 2/4")
+        later = first_read + timedelta(minutes=2)
+        on_order = jobs_on_order(session=passing, segments=[tea], now=later)[job.segment_id]  # type: ignore[index]
+    assert [j.id for j in on_order] == [job.id]
+
+
 @pytest.mark.parametrize("given_up", ["while the model writes", "after its last progress"])
 def test_a_job_given_up_while_it_runs_stops_and_stores_nothing_more(
     api: Any, app: Any, experiment: dict[str, Any], writer: ScriptedWriter, given_up: str

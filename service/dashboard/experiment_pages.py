@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -32,7 +32,14 @@ from service.experiments import (
     segments_of,
     variants_of,
 )
-from service.generation_jobs import INTERRUPTED, create_job, get_job, interrupted, interruption
+from service.generation_jobs import (
+    INTERRUPTED,
+    create_job,
+    get_job,
+    interrupted,
+    interruption,
+    jobs_on_order,
+)
 from service.history import REACH, History, purged_impressions, segments_history
 from service.job_cancel import cancel_job
 from service.lifecycle import (
@@ -232,14 +239,19 @@ def experiment_page(experiment_id: int, refused: RefusedForm | None = None) -> s
     # The report has validated the stored policy already: passes leave the experiment alone while
     # it does not validate, and order it no copy.
     policy = report.policy if report.policy_error is None else None
+    unheld = [segment for segment in rows if held[segment.id] is None]  # type: ignore[index]
+    # A held segment's brief is too long for the model: a job for every segment skips it.
+    # Read once for the note of copy on order and for whether a wait holds an order back, so the
+    # two count the same jobs.
+    orders = jobs_on_order(session=session, segments=unheld, now=utcnow())
     waiting = _backing_off(
         session,
-        [segment for segment in rows if held[segment.id] is None],  # type: ignore[index]
+        unheld,
         timedelta(seconds=settings.lifecycle_interval_seconds),
         policy,
+        orders,
     )
-    # A held segment's brief is too long for the model: a job for every segment skips it.
-    on_order = _on_order(session, experiment_id, [s for s in rows if held[s.id] is None])  # type: ignore[index]
+    on_order = _on_order(orders, unheld)
     charted = {segment.key: _charted(segment) for segment in report.segments}
     served = {key: variant_ids for key, (variant_ids, _) in charted.items() if variant_ids}
     histories = segments_history(session=session, variant_ids=served)
@@ -278,13 +290,14 @@ def _backing_off(
     segments: list[Segment],
     interval: timedelta,
     policy: LifecyclePolicy | None,
+    orders: Mapping[int, Sequence[GenerationJob]],
 ) -> dict[int, str]:
     """Why the lifecycle orders some of `segments` (by id) no copy for now, after their orders
     failed. Said only while it would otherwise order some: beside copy enough, the note said it
-    held back an order it would not have made."""
+    held back an order it would not have made. `orders`: each one's jobs on order."""
     if policy is None:
         return {}
-    short = short_of_copy(session, segments, policy)
+    short = short_of_copy(session, segments, policy, orders)
     backoffs = copy_backoffs(session, [s for s in segments if s.id in short], interval=interval)
     now = utcnow()
     return {
@@ -308,25 +321,12 @@ class JobOnOrder:
 
 
 def _on_order(
-    session: Session, experiment_id: int, segments: list[Segment]
+    orders: Mapping[int, Sequence[GenerationJob]], segments: list[Segment]
 ) -> dict[int, tuple[JobOnOrder, ...]]:
-    """The jobs on order for each of `segments` (by id), oldest first: those jobs_covering finds,
-    read for the whole experiment in one query, as it would take one per segment. Without them a
-    segment with no copy said nothing while the lifecycle's order for it waited or ran. Jobs no
-    worker will finish (generation_jobs.interrupted) are left out, as a pass fails them."""
-    now = utcnow()
-    jobs = [
-        job
-        for job in session.exec(
-            select(GenerationJob)
-            .where(
-                col(GenerationJob.experiment_id) == experiment_id,
-                col(GenerationJob.status).in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
-            )
-            .order_by(col(GenerationJob.id))
-        )
-        if not interrupted(job, now)
-    ]
+    """The jobs on order for each of `segments` (by id), oldest first, from `orders`
+    (generation_jobs.jobs_on_order, read for every segment in one query, as it would take one per
+    segment). Without them a segment with no copy said nothing while the lifecycle's order for it
+    waited or ran."""
     return {
         segment.id: tuple(
             JobOnOrder(
@@ -341,9 +341,7 @@ def _on_order(
                 n=job.n,
                 accepted=job.writing_accepted if job.writing_segment_id == segment.id else None,
             )
-            for job in jobs
-            # A job for every segment (no segment_id) writes each one's copy.
-            if job.segment_id in (None, segment.id)
+            for job in orders[segment.id]
         )
         for segment in segments
         if segment.id is not None
