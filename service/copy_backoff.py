@@ -6,11 +6,15 @@ the lint refusing every line, out of memory), every pass ordered another, about 
 96 "regenerate" audit rows per segment a day at the default interval, each loading the model for
 nothing. After n failed orders in a row the next one waits `interval` x 2^(n-1) from the last,
 at most BACKOFF_CAP. Only jobs a pass ordered count; a job started by hand is never held back, and
-any job that delivers copy ends the run of failures. A job that was interrupted, cancelled or found
-its brief too long for the model (held instead: service.long_briefs) says nothing of the model,
-and neither counts nor ends a run; each job's outcome column says which it was. A job for every
-segment fails as a whole where one segment fails: the segments it stored copy in before, its
-result says which, had their copy delivered, and their runs end there.
+any job that delivers copy ends the run of failures. A job that was cancelled or found its brief
+too long for the model (held instead: service.long_briefs) says nothing of the model, and neither
+counts nor ends a run; each job's outcome column says which it was. Nor does one interrupted job,
+as a deploy restart interrupts healthy ones; but a model that kills the worker loading it (out
+of memory) leaves every job of the segment interrupted, and each was ordered again, a worker
+killed every hour or so for ever: a run with two interrupted jobs that had started counts them
+all, each waiting from when it was given up. A job for every segment fails as a whole where one
+segment fails: the segments it stored copy in before, its result says which, had their copy
+delivered, and their runs end there.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
@@ -40,31 +45,54 @@ BACKOFF_CAP = timedelta(hours=24)
 # The outcomes that say how the model did; a run of failures is read back to the last success.
 _FAILED = (JobOutcome.FAILED.value, JobOutcome.WROTE_NONE.value)
 _SAYS_OF_THE_MODEL = (JobOutcome.WROTE.value, *_FAILED)
+# Interrupted jobs in a run that make it count them: one is as likely a deploy restart, but
+# a second in a row, no copy between, is the job killing its worker.
+_INTERRUPTED_COUNTED = 2
+# What a run's interrupted jobs are said to mean.
+_INTERRUPTED_WHY = "their worker stopped, out of memory perhaps"
+# One that never started (queued behind another, or nothing ran it) never loaded the model.
+_INTERRUPTED_RUNNING = sa.and_(
+    col(GenerationJob.outcome) == JobOutcome.INTERRUPTED.value,
+    col(GenerationJob.started_at).is_not(None),
+)
 # Jobs read per segment: 18 failures in a row reach the cap from a 1 s interval, so more only
 # ever repeat it.
 _JOBS_READ = 32
 # A job for every segment (only ever started by hand) that ended so may have stored some segments'
-# copy first: it failed, or found a brief too long, in another segment.
+# copy first: it failed, or found a brief too long, in another segment; or, having started
+# (_INTERRUPTED_RUNNING), it was interrupted.
 _FAILED_ELSEWHERE = (JobOutcome.FAILED.value, JobOutcome.TOO_LONG.value)
+_ENDED_MIDWAY = (*_FAILED_ELSEWHERE, JobOutcome.INTERRUPTED.value)
 _SAYS = sa.or_(
     col(GenerationJob.outcome).in_(_SAYS_OF_THE_MODEL),
+    _INTERRUPTED_RUNNING,
     sa.and_(
         col(GenerationJob.segment_id).is_(None),
         col(GenerationJob.outcome).in_(_FAILED_ELSEWHERE),
     ),
 )
-# A finished job as the backoff reads it: id, outcome, segment (None: every segment).
-_Job = tuple[int, str, int | None]
+# A finished job as the backoff reads it: id, outcome, segment (None: every segment), end.
+_Job = tuple[int, str, int | None, datetime | None]
+
+
+class _Failure(NamedTuple):
+    """A job of a run of failures; `ended_at`, for one interrupted, when a pass gave it up."""
+
+    job_id: int
+    interrupted: bool
+    ended_at: datetime | None
 
 
 @dataclass(frozen=True)
 class Backoff:
-    """How many of the segment's pass-ordered jobs failed in a row, when the last of them was
-    ordered, and when the next order is due."""
+    """How many of the segment's pass-ordered jobs failed in a row (`interrupted` of them
+    interrupted mid-job), when the wait began (the last one's order, or its giving up where it
+    was interrupted), and when the next order is due."""
 
     failed_in_a_row: int
-    last_ordered_at: datetime
+    since: datetime
     until: datetime
+    interrupted: int = 0
 
     def holds_at(self, now: datetime, interval: timedelta) -> bool:
         """Whether a pass at `now` still waits. Passes start on interval boundaries, give or take
@@ -79,12 +107,20 @@ class Backoff:
         return f"ordering again after {self._failed()}"
 
     def _failed(self) -> str:
-        n = self.failed_in_a_row
-        return "1 failed job" if n == 1 else f"{n} failed jobs in a row"
+        n, interrupted = self.failed_in_a_row, self.interrupted
+        failed = "1 failed job" if n == 1 else f"{n} failed jobs in a row"
+        if not interrupted:
+            return failed
+        # Nothing else on the dashboard says why: each job's page reads "interrupted" alone.
+        which = f"{interrupted} of them" if interrupted < n else "both" if n == 2 else "all"
+        return f"{failed} ({which} interrupted mid-job: {_INTERRUPTED_WHY})"
 
 
-def backoff_after(failed_orders: Sequence[datetime], *, interval: timedelta) -> Backoff | None:
-    """When each failed order in a row was made, newest first; None without any."""
+def backoff_after(
+    failed_orders: Sequence[datetime], *, interval: timedelta, interrupted: int = 0
+) -> Backoff | None:
+    """When each failed order in a row was made (one interrupted: given up), newest first, of
+    which `interrupted` were interrupted; None without any."""
     if not failed_orders:
         return None
     wait = interval
@@ -93,7 +129,8 @@ def backoff_after(failed_orders: Sequence[datetime], *, interval: timedelta) -> 
         if wait >= BACKOFF_CAP:
             break
         wait *= 2
-    return Backoff(len(failed_orders), failed_orders[0], failed_orders[0] + min(wait, BACKOFF_CAP))
+    since = failed_orders[0]
+    return Backoff(len(failed_orders), since, since + min(wait, BACKOFF_CAP), interrupted)
 
 
 def copy_backoff(session: Session, segment: Segment, *, interval: timedelta) -> Backoff | None:
@@ -102,7 +139,12 @@ def copy_backoff(session: Session, segment: Segment, *, interval: timedelta) -> 
     latest say the model failed."""
     recent = _until_wrote(
         session.exec(
-            select(GenerationJob.id, GenerationJob.outcome, GenerationJob.segment_id)
+            select(
+                GenerationJob.id,
+                GenerationJob.outcome,
+                GenerationJob.segment_id,
+                GenerationJob.finished_at,
+            )
             .where(jobs_covering(segment), _SAYS)
             .order_by(col(GenerationJob.id).desc())
             .limit(_JOBS_READ)
@@ -111,7 +153,7 @@ def copy_backoff(session: Session, segment: Segment, *, interval: timedelta) -> 
     failed = _failed_run(recent, segment, _stored_in(session, [recent]))
     if not failed:
         return None
-    return _backoff(failed, orders_of(session, failed), interval=interval)
+    return _backoff(failed, orders_of(session, [f.job_id for f in failed]), interval=interval)
 
 
 def copy_backoffs(
@@ -131,6 +173,7 @@ def copy_backoffs(
             col(GenerationJob.experiment_id),
             col(GenerationJob.segment_id),
             col(GenerationJob.outcome),
+            col(GenerationJob.finished_at),
             sa.func.row_number()
             .over(
                 partition_by=(col(GenerationJob.experiment_id), col(GenerationJob.segment_id)),
@@ -142,10 +185,10 @@ def copy_backoffs(
         .subquery()
     )
     jobs: dict[tuple[int, int | None], list[_Job]] = defaultdict(list)
-    for job_id, experiment_id, segment_id, outcome, _ in session.execute(
+    for job_id, experiment_id, segment_id, outcome, finished_at, _ in session.execute(
         sa.select(latest).where(latest.c.nth <= _JOBS_READ).order_by(latest.c.id.desc())
     ):
-        jobs[experiment_id, segment_id].append((job_id, outcome, segment_id))
+        jobs[experiment_id, segment_id].append((job_id, outcome, segment_id, finished_at))
     recent = {
         segment.id: _until_wrote(
             heapq.merge(
@@ -163,7 +206,7 @@ def copy_backoffs(
         for segment in segments
         if segment.id is not None
     }
-    ordered = orders_of(session, [job_id for run in failed.values() for job_id in run])
+    ordered = orders_of(session, [f.job_id for run in failed.values() for f in run])
     return {
         segment_id: _backoff(run, ordered, interval=interval) if run else None
         for segment_id, run in failed.items()
@@ -182,29 +225,39 @@ def _until_wrote(recent: Iterable[_Job]) -> list[_Job]:
 
 def _failed_run(
     recent: list[_Job], segment: Segment, stored: Mapping[int, Collection[str]]
-) -> list[int]:
-    """The jobs (ids) of the run of failures that `recent` (_until_wrote's) begins with: up to a
-    job for every segment that stored the segment's copy before it failed elsewhere (`stored`:
-    _stored_in's)."""
-    failed: list[int] = []
-    for job_id, outcome, _ in recent:
+) -> list[_Failure]:
+    """The jobs of the run of failures that `recent` (_until_wrote's) begins with: up to a job
+    for every segment that stored the segment's copy before it failed elsewhere or was
+    interrupted (`stored`: _stored_in's). Its interrupted jobs only where they count
+    (_counted): the orders are not read for a deploy's one."""
+    failed: list[_Failure] = []
+    for job_id, outcome, _, finished_at in recent:
         if segment.key in stored.get(job_id, ()):
             break
         # A job for every segment that found another's brief too long, having stored none here,
         # says nothing of the model here.
         if outcome in _FAILED:
-            failed.append(job_id)
-    return failed
+            failed.append(_Failure(job_id, False, finished_at))
+        elif outcome == JobOutcome.INTERRUPTED.value:
+            failed.append(_Failure(job_id, True, finished_at))
+    return _counted(failed)
+
+
+def _counted(run: list[_Failure]) -> list[_Failure]:
+    """The run, less its interrupted jobs unless _INTERRUPTED_COUNTED of them are there."""
+    if sum(f.interrupted for f in run) >= _INTERRUPTED_COUNTED:
+        return run
+    return [f for f in run if not f.interrupted]
 
 
 def _stored_in(session: Session, runs: Iterable[list[_Job]]) -> dict[int, set[str]]:
-    """The segments (keys) that each job for every segment in `runs` that failed elsewhere
+    """The segments (keys) that each job for every segment in `runs` that ended midway
     stored copy in, by id: one read, only where there are such jobs."""
     ids = {
         job_id
         for run in runs
-        for job_id, outcome, segment_id in run
-        if segment_id is None and outcome in _FAILED_ELSEWHERE
+        for job_id, outcome, segment_id, _ in run
+        if segment_id is None and outcome in _ENDED_MIDWAY
     }
     if not ids:
         return {}
@@ -218,10 +271,17 @@ def _stored_in(session: Session, runs: Iterable[list[_Job]]) -> dict[int, set[st
 
 
 def _backoff(
-    failed: list[int], ordered: dict[int, datetime], *, interval: timedelta
+    failed: list[_Failure], ordered: dict[int, datetime], *, interval: timedelta
 ) -> Backoff | None:
     # A job started by hand that failed is the marketer's to see; only passes' orders wait.
-    return backoff_after([ordered[i] for i in failed if i in ordered], interval=interval)
+    run = _counted([f for f in failed if f.job_id in ordered])
+    # From when a pass gave an interrupted job up: an hour after its worker's last sign of life,
+    # past the first waits from its order, which then held nothing back.
+    return backoff_after(
+        [f.ended_at if f.interrupted and f.ended_at else ordered[f.job_id] for f in run],
+        interval=interval,
+        interrupted=sum(f.interrupted for f in run),
+    )
 
 
 def orders_of(session: Session, job_ids: Collection[int]) -> dict[int, datetime]:

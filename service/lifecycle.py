@@ -843,9 +843,10 @@ def _unless_backing_off(
     if backoff is None:
         return actions
     if not backoff.holds_at(now, interval):
-        return _order_noted(
-            actions, backoff.resumed(), {"failed_in_a_row": backoff.failed_in_a_row}
-        )
+        numbers = {"failed_in_a_row": backoff.failed_in_a_row}
+        if backoff.interrupted:
+            numbers["interrupted"] = backoff.interrupted
+        return _order_noted(actions, backoff.resumed(), numbers)
     log.warning(
         "lifecycle: segment %s of experiment %s gets no new copy yet: %s",
         segment.key,

@@ -38,7 +38,7 @@ def test_the_wait_doubles_from_one_interval_up_to_a_day(n: int, wait: timedelta)
     backoff = backoff_after(failed(n), interval=INTERVAL)
 
     assert backoff is not None
-    assert (backoff.failed_in_a_row, backoff.last_ordered_at) == (n, LAST)
+    assert (backoff.failed_in_a_row, backoff.since) == (n, LAST)
     assert backoff.until == LAST + wait
 
 
@@ -67,3 +67,23 @@ def test_the_wait_s_end_is_said_to_the_second() -> None:
 
     assert backoff is not None
     assert backoff.paused() == "paused after 1 failed job, until 2026-03-14 22:16:47 UTC"
+
+
+@pytest.mark.parametrize(
+    ("n", "interrupted", "said"),
+    [
+        (2, 2, "2 failed jobs in a row (both interrupted mid-job"),
+        (3, 3, "3 failed jobs in a row (all interrupted mid-job"),
+        (3, 2, "3 failed jobs in a row (2 of them interrupted mid-job"),
+    ],
+)
+def test_a_wait_after_interrupted_jobs_says_they_were(n: int, interrupted: int, said: str) -> None:
+    """A model that kills its worker leaves each job interrupted: the note said only that jobs
+    failed, and nothing anywhere said why."""
+    backoff = backoff_after(failed(n), interval=INTERVAL, interrupted=interrupted)
+
+    assert backoff is not None
+    why = ": their worker stopped, out of memory perhaps)"
+    until = f"{backoff.until:%Y-%m-%d %H:%M:%S} UTC"
+    assert backoff.paused() == f"paused after {said}{why}, until {until}"
+    assert backoff.resumed() == f"ordering again after {said}{why}"

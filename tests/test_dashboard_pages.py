@@ -52,7 +52,12 @@ from service.reports import experiment_report
 from service.schemas import ExperimentCreate
 from tests.conftest import store_policy_by_hand
 from tests.test_generation_service import OneLinePerRound
-from tests.test_lifecycle_run import failed_in_a_row, held_as_too_long
+from tests.test_lifecycle_run import (
+    GIVEN_UP_AFTER,
+    failed_in_a_row,
+    held_as_too_long,
+    interrupted_while_running,
+)
 from tests.twin_race import second_looks_while_first_has_looked
 
 EMAIL = "mia@example.com"
@@ -2645,6 +2650,28 @@ def test_the_experiment_page_says_a_segment_s_copy_waits_after_its_orders_failed
         f"until {until:%Y-%m-%d %H:%M}:17 UTC."
     ]
     assert texts(section(page, "busy-parents"), "p", data_testid="no-copy") == []
+
+
+def test_the_experiment_page_says_a_segment_s_copy_waits_after_its_jobs_killed_their_worker(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """A model too big for the host kills each worker that loads it: the page said nothing, and
+    each job's own page read only "interrupted"."""
+    given_up = utcnow().replace(microsecond=0) - timedelta(minutes=1)
+    with Session(app.extensions["copybandit.engine"]) as session:
+        first = given_up - GIVEN_UP_AFTER
+        interrupted_while_running(
+            session, experiment, ordered_at=first - GIVEN_UP_AFTER, given_up_at=first
+        )
+        interrupted_while_running(session, experiment, ordered_at=first, given_up_at=given_up)
+    page = dash.html(f"/dashboard/experiments/{experiment['id']}")
+
+    until = given_up + timedelta(minutes=30)
+    assert texts(section(page, "tea-lovers"), "p", data_testid="no-copy") == [
+        "The lifecycle orders no new copy for this segment: paused after 2 failed jobs in a row "
+        "(both interrupted mid-job: their worker stopped, out of memory perhaps), "
+        f"until {until:%Y-%m-%d %H:%M:%S} UTC."
+    ]
 
 
 def _copy_enough(app: Any, api: Any, experiment: dict[str, Any]) -> None:

@@ -467,6 +467,8 @@ def test_a_hold_recorded_under_a_relative_model_folder_holds_under_its_absolute_
 # --- backing off from copy that keeps failing -----------------------------------------------------
 
 INTERVAL = timedelta(minutes=15)
+# A pass gives up a running job an hour after its last progress: at the first pass past that.
+GIVEN_UP_AFTER = timedelta(hours=1) + INTERVAL
 MODEL_ERROR = "RuntimeError: the model fell over"
 
 
@@ -480,6 +482,8 @@ def ended_job(
     error: str | None = MODEL_ERROR,
     message: str = "failed",
     outcome: str | None = "failed",
+    started_at: datetime | None = None,
+    finished_at: datetime | None = None,
 ) -> int:
     """A job for the segment that ended as told, ordered by a pass at `ordered_at` (its
     regenerate row), or started by hand when None; its id."""
@@ -491,6 +495,8 @@ def ended_job(
         error=error if status == "failed" else None,
         message=message,
         outcome=outcome,
+        started_at=started_at,
+        finished_at=finished_at,
     )
     session.add(job)
     session.flush()
@@ -612,15 +618,19 @@ def test_segments_read_together_wait_and_are_held_as_each_read_alone(
     assert copy_backoffs(session, segments, interval=INTERVAL) == alone == dict.fromkeys(alone)
 
 
+@pytest.mark.parametrize("outcome", ["failed", "interrupted"])
 def test_a_job_for_every_segment_that_failed_ends_the_runs_of_the_segments_it_stored_copy_in(
-    session: Session, experiment: dict[str, Any]
+    session: Session, experiment: dict[str, Any], outcome: str
 ) -> None:
-    """It fails as a whole when one segment fails: the copy it stored first ended no run."""
+    """It fails as a whole when one segment fails: the copy it stored first ended no run. The
+    same for one interrupted (its worker killed) in a later segment."""
     from service.copy_backoff import copy_backoff, copy_backoffs
 
     for key in (TEA, PARENTS):
         failed_in_a_row(session, experiment, key, 2, last_at=NOW - INTERVAL)
-    every = ended_job(session, experiment, TEA, ordered_at=None)
+    every = ended_job(
+        session, experiment, TEA, ordered_at=None, outcome=outcome, started_at=NOW, finished_at=NOW
+    )
     stored = {"variant_ids": [], "sampled": 4, "rounds": 1, "rejected": 0, "rejections": []}
     session.execute(
         sa.update(GenerationJob)
@@ -690,6 +700,8 @@ def test_jobs_that_say_nothing_of_the_model_neither_count_nor_end_a_backoff(
     outcome: str | None,
 ) -> None:
     failed_in_a_row(session, experiment, TEA, 2, last_at=NOW)
+    # Interrupted ones included, as none started (queued behind another job, or nothing ran
+    # them), so none loaded the model.
     for _ in range(2):
         ended_job(
             session,
@@ -704,6 +716,79 @@ def test_jobs_that_say_nothing_of_the_model_neither_count_nor_end_a_backoff(
     # As after the two failures alone: two intervals from the last, not four, nor at once.
     assert not tea_ordered(app, session, experiment, NOW + INTERVAL)
     assert tea_ordered(app, session, experiment, NOW + 2 * INTERVAL)
+
+
+def interrupted_while_running(
+    session: Session,
+    experiment: dict[str, Any],
+    *,
+    ordered_at: datetime | None,
+    given_up_at: datetime,
+    error: str = "interrupted: no worker finished it within an hour; its process exited",
+) -> int:
+    """A tea-lovers job that started and was given up as interrupted at `given_up_at`."""
+    return ended_job(
+        session,
+        experiment,
+        TEA,
+        ordered_at=ordered_at,
+        error=error,
+        message=error,
+        outcome="interrupted",
+        started_at=given_up_at - timedelta(hours=1),
+        finished_at=given_up_at,
+    )
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        "interrupted: the server stopped (the lifecycle orders copy still missing again)",
+        "interrupted: no worker finished it within an hour; its process exited",
+        "interrupted: the command running it was stopped",
+    ],
+    ids=["server-stopped", "no-worker", "command-stopped"],
+)
+def test_one_job_interrupted_while_it_ran_neither_counts_nor_ends_a_backoff(
+    app: Any, session: Session, experiment: dict[str, Any], error: str
+) -> None:
+    """A deploy restart interrupts healthy jobs: one such job delays nothing."""
+    failed_in_a_row(session, experiment, TEA, 2, last_at=NOW)
+    interrupted_while_running(
+        session, experiment, ordered_at=NOW + INTERVAL, given_up_at=NOW + INTERVAL, error=error
+    )
+
+    assert not tea_ordered(app, session, experiment, NOW + INTERVAL)
+    assert tea_ordered(app, session, experiment, NOW + 2 * INTERVAL)
+
+
+@pytest.mark.parametrize(
+    ("failed_before", "waits"), [(0, 2 * INTERVAL), (1, 4 * INTERVAL)], ids=["alone", "after-one"]
+)
+def test_two_jobs_interrupted_while_they_ran_count_from_when_they_were_given_up(
+    app: Any, session: Session, experiment: dict[str, Any], failed_before: int, waits: timedelta
+) -> None:
+    """The second in a row is the job killing its worker, not a deploy. The wait runs from
+    the give-up: from the order, an hour before, the first waits had passed already."""
+    failed_in_a_row(session, experiment, TEA, failed_before, last_at=NOW - timedelta(hours=3))
+    first = NOW - GIVEN_UP_AFTER
+    interrupted_while_running(
+        session, experiment, ordered_at=first - GIVEN_UP_AFTER, given_up_at=first
+    )
+    interrupted_while_running(session, experiment, ordered_at=first, given_up_at=NOW)
+
+    assert not tea_ordered(app, session, experiment, NOW + waits - INTERVAL)
+    assert tea_ordered(app, session, experiment, NOW + waits)
+
+
+def test_interrupted_jobs_started_by_hand_do_not_count(
+    app: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    first = NOW - GIVEN_UP_AFTER
+    interrupted_while_running(session, experiment, ordered_at=None, given_up_at=first)
+    interrupted_while_running(session, experiment, ordered_at=first, given_up_at=NOW)
+
+    assert tea_ordered(app, session, experiment, NOW)
 
 
 def test_a_job_started_by_hand_that_failed_does_not_count(
@@ -758,6 +843,64 @@ def test_a_pass_backing_off_writes_no_audit_row_and_the_order_that_resumes_says_
         "jobs in a row"
     )
     assert resumed.numbers is not None and resumed.numbers["failed_in_a_row"] == 3
+
+
+def killed_mid_job(session: Session, job_id: int, at: datetime) -> None:
+    """The job as a worker killed while loading the model (out of memory, SIGKILL) leaves it:
+    running, its last progress at `at`, nothing written off at exit."""
+    session.execute(
+        sa.update(GenerationJob)
+        .where(col(GenerationJob.id) == job_id)
+        .values(status="running", started_at=at, updated_at=at, message="loading the model")
+    )
+    session.commit()
+
+
+def orders(report: RunReport) -> dict[int | None, int]:
+    """The pass's orders for copy: job ids by segment."""
+    return {e.segment_id: e.numbers["job_id"] for e in report.actions if e.action == "regenerate"}  # type: ignore[index]
+
+
+def test_jobs_that_kill_their_worker_are_ordered_again_ever_more_slowly(
+    app: Any, session: Session, experiment: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A model too big for the host kills the worker that loads it. Interrupted jobs did not
+    count, as a deploy restart interrupts healthy ones, so each pass that gave one up ordered the
+    next: a worker killed (and every request it was serving) every hour and a quarter, for ever,
+    the wait never growing and the dashboard saying nothing of why."""
+    tea = segment_id(session, experiment, TEA)
+    at = NOW
+    job = orders(run(app, at=at))[tea]
+    killed_mid_job(session, job, at)
+
+    # One job interrupted (a deploy restart, say) delays nothing.
+    at += GIVEN_UP_AFTER
+    report = run(app, at=at)
+    assert job in report.interrupted_jobs
+    job = orders(report)[tea]
+    killed_mid_job(session, job, at)
+
+    # The second in a row counts both: the next order waits two intervals from the give-up.
+    at += GIVEN_UP_AFTER
+    caplog.set_level(logging.WARNING, logger="service.lifecycle")
+    report = run(app, at=at)
+    assert job in report.interrupted_jobs
+    assert tea not in orders(report)
+    assert (
+        f"lifecycle: segment {TEA} of experiment {experiment['id']} gets no new copy yet: paused "
+        "after 2 failed jobs in a row (both interrupted mid-job: their worker stopped, out of "
+        f"memory perhaps), until {at + 2 * INTERVAL:%Y-%m-%d %H:%M:%S} UTC"
+    ) in caplog.messages
+    assert tea not in orders(run(app, at=at + INTERVAL))
+
+    report = run(app, at=at + 2 * INTERVAL)
+    (resumed,) = [e for e in report.actions if e.action == "regenerate" and e.segment_id == tea]
+    assert resumed.reason.endswith(
+        "; ordering again after 2 failed jobs in a row (both interrupted mid-job: their worker "
+        "stopped, out of memory perhaps)"
+    )
+    assert resumed.numbers is not None
+    assert (resumed.numbers["failed_in_a_row"], resumed.numbers["interrupted"]) == (2, 2)
 
 
 # SQLite's alone: its plans name the index whatever the tables hold; PostgreSQL's depend on the
