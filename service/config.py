@@ -261,6 +261,10 @@ class Settings:
         """What loading the model needs: its device, its folder, or the default model's cache.
         Only the commands that may load it check these, so the others run where the cache cannot
         be made (a read-only working directory) and skip torch's import (about 1 s)."""
+        for name in _MODEL_SETTINGS:
+            # A cache folder so named was made, and the job failed writing the weights into it.
+            if _has_undecodable_bytes(getattr(self, name)):
+                raise ConfigError(f"{ENV_PREFIX}{name.upper()} {_NOT_UTF8}")
         _refuse(device_problem(self.model_device), "MODEL_DEVICE", self.model_device)
         if self.model:
             _refuse(folder_problem(Path(self.model)), "MODEL", self.model)
@@ -365,7 +369,13 @@ def load_settings(
     unparsed: list[str] = []
     for name, field in fields.items():
         raw = environ.get(ENV_PREFIX + name.upper())
-        if raw is not None and raw != "":
+        if raw is not None and _has_undecodable_bytes(raw) and name not in _MODEL_SETTINGS:
+            # Python keeps such bytes as lone surrogates, which nothing encodes again: the value
+            # passed, then its first use was a traceback (a database URL shown or connected to,
+            # the user-id key on every decision). Not shown: it may be a secret, or a URL with a
+            # password.
+            unparsed.append(f"{ENV_PREFIX}{name.upper()} {_NOT_UTF8}")
+        elif raw is not None and raw != "":
             try:
                 values[name] = _parse(field, raw)
             except ConfigError as exc:
@@ -390,6 +400,15 @@ def load_settings(
             unparsed.extend(exc.problems)
         raise ConfigError(*unparsed)
     return settings
+
+
+# Checked by validate_model alone, as the rest of what loading the model needs is.
+_MODEL_SETTINGS = ("model", "model_device", "model_cache_dir")
+_NOT_UTF8 = "holds bytes that are not UTF-8; check the encoding of the file or shell that sets it"
+
+
+def _has_undecodable_bytes(value: str) -> bool:
+    return any("\ud800" <= char <= "\udfff" for char in value)
 
 
 # Read by the test suite and the benchmarks, or by one command's option (simulate --key), not by

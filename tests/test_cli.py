@@ -358,6 +358,24 @@ def test_bad_configuration_is_a_clear_error(database: str, monkeypatch: pytest.M
     assert "COPYBANDIT_PORT must be an int, got 'http'" in result.output
 
 
+@pytest.mark.parametrize("command", [["migrate"], ["keys", "list"], ["migrate", "--check"]])
+def test_settings_holding_bytes_that_are_not_utf8_are_named_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    # A Latin-1 é in a path, as a shell in that encoding passes it: a UnicodeEncodeError traceback
+    # (the URL was shown, or handed to the driver), and its password was not ours to print either.
+    monkeypatch.setenv("COPYBANDIT_DATABASE_URL", f"sqlite:///{tmp_path}/caf\udce9.db")
+    monkeypatch.setenv("COPYBANDIT_USER_ID_KEY", "k\udce9y")
+    result = CliRunner().invoke(main, command)
+    # A traceback exits 1 too, with the exception kept.
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    how = "holds bytes that are not UTF-8; check the encoding of the file or shell that sets it"
+    assert result.output == (
+        f"Error: configuration:\n  COPYBANDIT_DATABASE_URL {how}\n  COPYBANDIT_USER_ID_KEY {how}\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_every_missing_secret_is_named_in_one_error(
     database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -388,6 +388,23 @@ def test_only_validate_model_checks_the_model_settings(tmp_path: Path) -> None:
         load_settings(environ={"COPYBANDIT_MODEL": str(tmp_path)}).validate().validate_model()
 
 
+@pytest.mark.parametrize("name", ["MODEL", "MODEL_DEVICE", "MODEL_CACHE_DIR"])
+def test_model_settings_holding_bytes_that_are_not_utf8_are_refused_by_validate_model(
+    tmp_path: Path, name: str
+) -> None:
+    # A cache folder named with a Latin-1 byte was made, and the job then failed writing the
+    # weights into it (UnicodeEncodeError); the other commands still run, as for any model setting.
+    value = str(tmp_path / "mod\udce8les")
+    (tmp_path / "mod\udce8les").mkdir()
+    settings = load_settings(environ={f"COPYBANDIT_{name}": value}).validate()
+    with pytest.raises(ConfigError) as refused:
+        settings.validate_model()
+    assert str(refused.value) == (
+        f"COPYBANDIT_{name} holds bytes that are not UTF-8; check the encoding of the file or shell"
+        " that sets it"
+    )
+
+
 def test_log_levels_are_taken_in_either_case() -> None:
     # A lower-case level once reached logging.setLevel unchecked and stopped every worker's boot.
     settings = load_settings(environ={"COPYBANDIT_LOG_LEVEL": "warning"}).validate()
