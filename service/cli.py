@@ -1274,9 +1274,21 @@ def keys() -> None:
 )
 def keys_create(scope: str, label: str) -> None:
     """Create a key and print it (it is stored only as a hash)."""
+    if sys.stdout is None:
+        # Started with its output closed (`>&-`): the key was made and printed nowhere, exit 0.
+        raise click.ClickException("standard output is closed: nowhere to print a key; none made")
     with _session(_settings()) as session:
         row, plaintext = create_key(session=session, scope=Scope(scope), label=label)
-    click.echo(plaintext)
+        try:
+            click.echo(plaintext)
+        except OSError as exc:
+            # A full disk under `> key.txt`, or a pipe whose reader is gone: a traceback, or (the
+            # pipe) exit 1 without a word, and a live key that no one had ever seen.
+            revoke_key(session=session, key_id=row.id)
+            raise click.ClickException(
+                f"could not print the key ({exc.strerror}); revoked it ({row.id}), so no key is "
+                "live that no one has seen"
+            ) from None
     click.echo(f"created {row.scope} key {row.id}", err=True)
 
 

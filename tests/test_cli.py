@@ -263,6 +263,59 @@ def test_keys_revoke_takes_the_whole_key_and_never_echoes_its_secret(database: s
     assert secret not in unknown.output
 
 
+def _keys_create_printing_to(
+    stdout: Any, *, closed: bool = False
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [Path(sys.executable).parent / "copybandit", "keys", "create", "--scope", "admin"],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+        # `>&-`: the child starts with no file descriptor 1.
+        preexec_fn=(lambda: os.close(1)) if closed else None,
+    )
+
+
+@pytest.mark.parametrize("output", ["a full disk", "a pipe no one reads"])
+def test_a_key_that_cannot_be_printed_is_revoked(database: str, output: str) -> None:
+    # A traceback (a full disk under `> key.txt`), or exit 1 without a word (a pipe whose reader
+    # had gone), and a live admin key that no one had seen.
+    assert run("migrate").exit_code == 0
+    if output == "a full disk":
+        if not Path("/dev/full").exists():
+            pytest.skip("no /dev/full here")
+        with open("/dev/full", "w") as full:
+            made = _keys_create_printing_to(full)
+        why = "No space left on device"
+    else:
+        reader, writer = os.pipe()
+        os.close(reader)
+        made = _keys_create_printing_to(writer)
+        os.close(writer)
+        why = "Broken pipe"
+    with _session(database) as session:
+        (key,) = session.exec(select(ApiKey)).all()
+    assert key.revoked_at is not None
+    assert made.returncode == 1
+    assert made.stderr == (
+        f"Error: could not print the key ({why}); revoked it ({key.id}), so no key is live that "
+        "no one has seen\n"
+    )
+
+
+def test_keys_create_with_its_output_closed_makes_no_key(database: str) -> None:
+    # It exited 0, saying "created admin key ...", with the key printed nowhere.
+    assert run("migrate").exit_code == 0
+    made = _keys_create_printing_to(subprocess.DEVNULL, closed=True)
+    assert (made.returncode, made.stderr) == (
+        1,
+        "Error: standard output is closed: nowhere to print a key; none made\n",
+    )
+    with _session(database) as session:
+        assert session.exec(select(ApiKey)).all() == []
+
+
 def test_keys_create_rejects_unknown_scope(database: str) -> None:
     result = run("keys", "create", "--scope", "root")
     assert result.exit_code == 2 and "'root' is not one of" in result.output
