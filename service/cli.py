@@ -114,6 +114,7 @@ def _make_engine(settings: Settings) -> sa.Engine:
             "database: COPYBANDIT_DATABASE_URL names an in-memory SQLite database, which no "
             "command keeps; name a file (sqlite:///path/to/copybandit.db)"
         )
+    _refuse_what_is_no_sqlite_file(settings)
     try:
         return make_engine(settings)
     except OSError as exc:  # a SQLite file's folder that cannot be made
@@ -140,8 +141,41 @@ def _engine(settings: Settings) -> sa.Engine:
 
 
 def _missing_sqlite_file(settings: Settings) -> Path | None:
+    _refuse_what_is_no_sqlite_file(settings)
     path = sqlite_file(settings.database_url) if settings.is_sqlite else None
     return path if path is not None and not path.exists() else None
+
+
+# The first 16 bytes of every SQLite database file (an empty file is one not yet written).
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _refuse_what_is_no_sqlite_file(settings: Settings) -> None:
+    """SQLite's words named neither the path nor what was wrong with it: a folder was "unable to
+    open database file", a text file "file is not a database", and a path under a file "File
+    exists" (from making its folder), or "no SQLite file; run `copybandit migrate` first"."""
+    path = sqlite_file(settings.database_url) if settings.is_sqlite else None
+    if path is None:
+        return
+    try:
+        problem = _what_is_no_sqlite_file(path)
+    except OSError:  # a folder on the way this user may not search: SQLite's error says so
+        return
+    if problem is not None:
+        raise click.ClickException(f"database: COPYBANDIT_DATABASE_URL names {path}, {problem}")
+
+
+def _what_is_no_sqlite_file(path: Path) -> str | None:
+    under_a_file = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if under_a_file is not None:
+        return f"under {under_a_file}, which is a file, not a folder"
+    if path.is_dir():
+        return f"a folder: name a file in it (sqlite:///{path / 'copybandit.db'})"
+    if not path.is_file():
+        return None  # not there yet: migrate makes it
+    with path.open("rb") as file:
+        header = file.read(len(_SQLITE_HEADER))
+    return None if header in (b"", _SQLITE_HEADER) else "which is not a SQLite database"
 
 
 def _session(settings: Settings) -> Session:

@@ -741,14 +741,33 @@ def test_a_sqlite_path_that_cannot_be_made_or_is_not_a_database_is_one_line(
 ) -> None:
     not_a_database = tmp_path / "notes.txt"
     not_a_database.write_text("hello, not a database\n" * 200)
-    for url in (f"sqlite:///{not_a_database}/copy.db", f"sqlite:///{not_a_database}"):
-        monkeypatch.setenv("COPYBANDIT_DATABASE_URL", url)
-        for command in (["migrate"], ["check"], ["serve", "--port", "1"]):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    # SQLite's words, which named neither the path nor what was wrong with it: "File exists"
+    # (making the folder; check said to run migrate), "file is not a database", and "unable to
+    # open database file".
+    said = {
+        not_a_database / "copy.db": f"under {not_a_database}, which is a file, not a folder",
+        not_a_database: "which is not a SQLite database",
+        folder: f"a folder: name a file in it (sqlite:///{folder}/copybandit.db)",
+    }
+    for path, problem in said.items():
+        monkeypatch.setenv("COPYBANDIT_DATABASE_URL", f"sqlite:///{path}")
+        commands = (
+            ["migrate"],
+            ["migrate", "--check"],
+            ["check"],
+            ["init"],
+            ["serve", "--port", "1"],
+        )
+        for command in commands:
             result = run(*command)
-            assert result.exit_code == 1, (url, command, result.output)
-            assert result.output.startswith("Error: database: "), result.output
-            assert "Traceback" not in result.output
+            assert (result.exit_code, result.output) == (
+                1,
+                f"Error: database: COPYBANDIT_DATABASE_URL names {path}, {problem}\n",
+            ), command
     assert not_a_database.read_text().startswith("hello")
+    assert list(folder.iterdir()) == []
 
 
 def test_key_text_the_command_line_could_not_read_as_utf8_is_refused(database: str) -> None:
