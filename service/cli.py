@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -227,6 +228,16 @@ class _Commands(click.Group):
             if isinstance(exc, sa.exc.ProgrammingError) and hint is None:
                 raise
             raise click.ClickException(f"database: {reason}{f'; {hint}' if hint else ''}") from None
+        except OSError as exc:
+            # `keys list > listing.txt` on a full disk ended in a traceback. Only a disk that
+            # refuses bytes: any other OSError is a fault worth its traceback.
+            if exc.errno not in _DISK_REFUSED:
+                raise
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise click.ClickException(f"could not write: {exc.strerror}{where}") from None
+
+
+_DISK_REFUSED = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
 
 
 @click.group(cls=_Commands)

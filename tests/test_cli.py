@@ -316,6 +316,24 @@ def test_keys_create_with_its_output_closed_makes_no_key(database: str) -> None:
         assert session.exec(select(ApiKey)).all() == []
 
 
+def test_a_listing_a_full_disk_refuses_ends_in_one_line(database: str) -> None:
+    # `keys list > listing.txt` on a full disk ended in a traceback.
+    assert run("migrate").exit_code == 0
+    assert run("keys", "create", "--scope", "admin").exit_code == 0
+    with open("/dev/full", "w") as full:
+        listed = subprocess.run(
+            [Path(sys.executable).parent / "copybandit", "keys", "list"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    assert (listed.returncode, listed.stderr) == (
+        1,
+        "Error: could not write: No space left on device\n",
+    )
+
+
 def test_keys_create_rejects_unknown_scope(database: str) -> None:
     result = run("keys", "create", "--scope", "root")
     assert result.exit_code == 2 and "'root' is not one of" in result.output
