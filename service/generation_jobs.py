@@ -131,13 +131,18 @@ def interrupted(job: GenerationJob, now: datetime) -> bool:
 
 
 def jobs_on_order(
-    *, session: Session, segments: Sequence[Segment], now: datetime
+    *, session: Session, segments: Sequence[Segment], now: datetime | None
 ) -> dict[int, tuple[GenerationJob, ...]]:
     """The jobs that will write each of `segments`' copy (by id), oldest first, read in one query
     however many segments there are: the queued or running jobs jobs_covering finds, less those
-    no worker will finish (interrupted), which a pass fails before it plans. The lifecycle counts
-    their lines as on order and the experiment page lists them: read apart, the two disagreed
-    on a job whose server had died."""
+    no worker will finish by `now` (interrupted), which the next pass fails before it plans. The
+    lifecycle counts their lines as on order and the experiment page lists them: read apart, the
+    two disagreed on a job whose server had died.
+
+    A pass plans with `now` None, leaving none out: it failed the jobs given up as it began, and
+    one that turned an hour old since, its segment planned minutes later, still says queued or
+    running, so a worker may yet start it or store its copy. Left out, its copy was ordered twice.
+    """
     if not segments:
         return {}
     unfinished = session.exec(
@@ -148,7 +153,7 @@ def jobs_on_order(
         # progress when first read, one its worker went on writing would look given up.
         .execution_options(populate_existing=True)
     ).all()
-    live = [job for job in unfinished if not interrupted(job, now)]
+    live = [job for job in unfinished if now is None or not interrupted(job, now)]
     return {
         segment.id: tuple(
             job

@@ -458,8 +458,8 @@ def _begin_pass(session: Session, now: datetime | None) -> tuple[RunReport, Sequ
     from service.generation_jobs import fail_interrupted_jobs
 
     report = RunReport()
-    # First, so the rows of the jobs that will never deliver say so before the pass orders their
-    # copy again (jobs_on_order already leaves them out of what is on order).
+    # First, so the jobs that will never deliver no longer count as copy on order, and their rows
+    # say so before the pass orders their copy again.
     report.interrupted_jobs = fail_interrupted_jobs(session=session, now=now or utcnow())
     experiments = session.exec(select(Experiment).order_by(col(Experiment.id))).all()
     return report, experiments
@@ -709,7 +709,7 @@ def apply_segment(
             policy,
             winner_id=segment.winner_variant_id,
             pending=sum(v.status == VariantStatus.PENDING_REVIEW for v in variants),
-            on_order=_copy_on_order(session, segment, now),
+            on_order=_copy_on_order(session, segment),
             served_since=_served_since(session, variants),
         )
         if model is None:
@@ -910,12 +910,12 @@ def _served_since(session: Session, variants: Sequence[Variant]) -> ServedSince:
     return served
 
 
-def _copy_on_order(session: Session, segment: Segment, now: datetime) -> int:
+def _copy_on_order(session: Session, segment: Segment) -> int:
     """Lines the jobs on order for the segment will deliver, so a pass does not order twice."""
     # Imported here: generation_jobs imports this module (assign_prior).
     from service.generation_jobs import jobs_on_order
 
-    (jobs,) = jobs_on_order(session=session, segments=[segment], now=now).values()
+    (jobs,) = jobs_on_order(session=session, segments=[segment], now=None).values()
     return sum(job.n for job in jobs)
 
 

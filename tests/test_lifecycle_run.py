@@ -973,6 +973,44 @@ def test_a_pass_fails_jobs_no_worker_finished_within_an_hour_and_orders_again(
     assert ordered == {tea: 2}
 
 
+@pytest.mark.parametrize("status", ["queued", "running"])
+def test_a_job_that_turns_an_hour_old_while_a_pass_runs_is_still_on_order(
+    app: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    session: Session,
+    experiment: dict[str, Any],
+    status: str,
+) -> None:
+    """A pass writes off the jobs no worker will finish as it begins, then plans each segment at
+    its own time, minutes later over many experiments. A job queued (or last heard from) 59
+    minutes before the pass began was not written off, but by its segment's plan it was an hour
+    old: left out of the copy on order, its copy was ordered again while its row still said
+    queued, so a worker started it later and both jobs stored the segment's lines."""
+    tea = segment_id(session, experiment, TEA)
+    job = GenerationJob(
+        experiment_id=experiment["id"],
+        segment_id=tea,
+        n=2,
+        status=status,
+        created_at=NOW - timedelta(minutes=59),
+        updated_at=NOW - timedelta(minutes=59),
+    )
+    session.add(job)
+    session.commit()
+    # The pass begins at NOW and plans two minutes on.
+    clock = iter([NOW])
+    monkeypatch.setattr(lifecycle, "utcnow", lambda: next(clock, NOW + timedelta(minutes=2)))
+
+    report = run_lifecycle(
+        engine=app.extensions["copybandit.engine"], model="", submit_job=None, now=None
+    )
+
+    assert report.interrupted_jobs == []
+    assert tea not in {e.segment_id for e in report.actions if e.action == "regenerate"}
+    session.expire_all()
+    assert session.get_one(GenerationJob, job.id).status == status
+
+
 def test_a_stored_policy_that_no_longer_validates_leaves_only_its_experiment_alone(
     app: Any, api: Any, session: Session, experiment: dict[str, Any]
 ) -> None:
