@@ -269,7 +269,8 @@ _SARA_AM = {"\u0e4d\u0e32": "\u0e33", "\u0ecd\u0eb2": "\u0eb3"}
 def plain_text(text: str) -> str:
     """As a reader sees it: compatibility forms folded (full-width letters), invisible characters
     gone, every dash a hyphen and every percent sign '%', lower case. generation.similarity reads
-    copy by it too, so a line the lint reads as another is no new line to the duplicate check."""
+    copy by it too, so a line the lint reads as another is no new line to the duplicate check
+    (but for a ZWNJ in Arabic script, which it reads as a space)."""
     if _TRANSLATED.search(text):
         text = text.translate(_BEFORE_NFKC)
     folded = unicodedata.normalize("NFKC", text)

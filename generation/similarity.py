@@ -32,7 +32,17 @@ class Similarity(Protocol):
 _WORD = re.compile(LETTERS)
 
 
+# Persian writes a word's parts apart with a ZWNJ, or, as often, a space: the two draw alike. The
+# lint drops a ZWNJ (a word split by one reads as the word), which read 'می‌روم' as one word and
+# 'می روم' as two, and a line written with spaces where the other had ZWNJs scored 0.74 against it.
+_ARABIC_SCRIPT_ZWNJ = re.compile(
+    "(?<=[\u0600-\u06ff\u0750-\u077f\u08a0-\u08ff\ufb50-\ufdff\ufe70-\ufefc])\u200c"
+)
+
+
 def _words(text: str) -> list[str]:
+    if "\u200c" in text:
+        text = _ARABIC_SCRIPT_ZWNJ.sub(" ", text)
     # As the lint reads text: composed, as in NFC (an accent typed as a combining mark and the
     # same letter precomposed: the same Vietnamese line in NFD and NFC shared few 3-grams, 0.56),
     # and also with compatibility forms folded and invisible characters gone. In NFC alone a line

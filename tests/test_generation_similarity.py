@@ -12,6 +12,8 @@ SIMILARITY = NgramSimilarity()
 LINE = "Grip every weekend trail in Ridgeline shoes."
 ONE_WORD_SWAPPED = "Grip every weekend path in Ridgeline shoes."
 UNRELATED = "A glass kettle that boils water in three minutes."
+# "I wear Ridgeline shoes and walk in the mountains", with a ZWNJ inside four of its words.
+PERSIAN_ZWNJ = "کفش\u200cهای ریج\u200cلاین را می\u200cپوشم و در کوه\u200cها راه می\u200cروم"  # noqa: RUF001
 FULL_WIDTH = "".join(chr(ord(letter) + 0xFEE0) for letter in "RIDGELINE")  # U+FF21-U+FF3A
 
 # The same line with a word swapped, added or dropped, re-cased or re-punctuated.
@@ -114,6 +116,9 @@ def score(left: str, right: str) -> float:
         ("Grip every weekend trail in Ridge\u00adline shoes.", LINE),
         (f"Grip every weekend trail in {FULL_WIDTH} shoes.", LINE),
         ("Grip every weekend trail in Ridgeline\u2122 shoes.", LINE),
+        # Persian writes a word's parts apart with a ZWNJ or a space, which draw alike: with the
+        # ZWNJ dropped, as the lint reads it, the line with spaces was new copy (0.74).
+        (PERSIAN_ZWNJ, PERSIAN_ZWNJ.replace("\u200c", " ")),
     ],
 )
 def test_same_words_score_one(left: str, right: str) -> None:
