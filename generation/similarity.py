@@ -12,7 +12,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from generation.lint import LETTERS, plain_text
 
@@ -56,22 +56,46 @@ def _grams(text: str, n: int) -> Counter[str]:
     return Counter(normalized[i : i + n] for i in range(len(normalized) - n + 1))
 
 
-def _cosine(a: Counter[str], b: Counter[str]) -> float:
-    if not a or not b:
+class _Grams(NamedTuple):
+    counts: Counter[str]
+    norm: float
+
+    @classmethod
+    def of(cls, text: str, n: int) -> _Grams:
+        counts = _grams(text, n)
+        return cls(counts, math.sqrt(sum(v * v for v in counts.values())))
+
+
+def _cosine(a: _Grams, b: _Grams) -> float:
+    if not a.counts or not b.counts:
         return 0.0
-    dot = sum(count * b[gram] for gram, count in a.items())
-    return dot / (
-        math.sqrt(sum(v * v for v in a.values())) * math.sqrt(sum(v * v for v in b.values()))
-    )
+    # Counts are ints, so the dot product is exact whichever grams it visits: visiting only the
+    # shared ones scores as visiting all of one line's did, without a lookup for each of the rest.
+    dot = sum(a.counts[gram] * b.counts[gram] for gram in a.counts.keys() & b.counts.keys())
+    return dot / (a.norm * b.norm)
 
 
 class NgramSimilarity:
+    """Character n-gram cosine. An instance keeps each text's n-grams once read: a generation
+    compares every candidate with the segment's copy and the lines accepted so far, and reading
+    each of those lines again for each candidate was most of its cost (2.7 ms a candidate against
+    80 lines, 0.3 ms with each line read once). Make one for a generation or a check, not one for
+    the life of a process."""
+
     def __init__(self, n: int = 3) -> None:
         self.n = n
+        self._read: dict[str, _Grams] = {}
+
+    def _grams_of(self, text: str) -> _Grams:
+        grams = self._read.get(text)
+        if grams is None:
+            grams = self._read[text] = _Grams.of(text, self.n)
+        return grams
 
     def matrix(self, left: Sequence[str], right: Sequence[str]) -> list[list[float]]:
-        right_grams = [_grams(text, self.n) for text in right]
-        return [[_cosine(_grams(text, self.n), other) for other in right_grams] for text in left]
+        left_grams = [self._grams_of(text) for text in left]
+        right_grams = [self._grams_of(text) for text in right]
+        return [[_cosine(a, b) for b in right_grams] for a in left_grams]
 
 
 def most_similar(
