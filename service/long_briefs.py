@@ -23,6 +23,7 @@ from service.errors import Conflict, quoted
 from service.models import (
     Experiment,
     GenerationJob,
+    JobOutcome,
     JobStatus,
     LifecycleEvent,
     Segment,
@@ -85,14 +86,11 @@ def refusal(record: dict[str, Any]) -> str:
 
 
 def last_record(session: Session, segment: Segment) -> dict[str, Any] | None:
-    """What the last job to end that covered the segment found of its brief: a too_long_record,
-    or None when it found nothing wrong with it."""
+    """What the last job to run to an end (_found_of_briefs) that covered the segment found of
+    its brief: a too_long_record, or None when it found nothing wrong with it."""
     last = session.exec(
         select(GenerationJob)
-        .where(
-            jobs_covering(segment),
-            col(GenerationJob.status).in_([JobStatus.SUCCEEDED.value, JobStatus.FAILED.value]),
-        )
+        .where(jobs_covering(segment), _found_of_briefs())
         .order_by(col(GenerationJob.id).desc())
         .limit(1)
     ).first()
@@ -114,10 +112,7 @@ def last_records(session: Session, segments: Sequence[Segment]) -> dict[int, dic
                 col(GenerationJob.segment_id),
                 sa.func.max(GenerationJob.id),
             )
-            .where(
-                jobs_covering_any(segments),
-                col(GenerationJob.status).in_([JobStatus.SUCCEEDED.value, JobStatus.FAILED.value]),
-            )
+            .where(jobs_covering_any(segments), _found_of_briefs())
             .group_by(col(GenerationJob.experiment_id), col(GenerationJob.segment_id))
         )
     }
@@ -149,6 +144,22 @@ def last_records(session: Session, segments: Sequence[Segment]) -> dict[int, dic
         for segment in segments
         if segment.id is not None
     }
+
+
+def _found_of_briefs() -> sa.ColumnElement[bool]:
+    """The jobs whose end says what they found of the briefs they cover: those that ran to an
+    end. Not one cancelled, nor one written off as interrupted: one given up while queued, or
+    whose worker died before it stored a segment's copy, has no result, and as the last job to
+    end it lifted the holds it never read or had skipped, so the next pass ordered a job that
+    loaded the model to fail as before. Nor does one begin a hold: it writes no hold row."""
+    return sa.and_(
+        col(GenerationJob.status).in_([JobStatus.SUCCEEDED.value, JobStatus.FAILED.value]),
+        # A job a server of the release before migration 0015 ended records no outcome.
+        sa.or_(
+            col(GenerationJob.outcome).is_(None),
+            col(GenerationJob.outcome) != JobOutcome.INTERRUPTED.value,
+        ),
+    )
 
 
 def _record_in(result: dict[str, Any] | None, segment: Segment) -> dict[str, Any] | None:

@@ -711,6 +711,125 @@ def test_a_job_for_every_segment_queued_before_a_hold_skips_the_held_segment(
     assert [h["numbers"]["job_id"] for h in _audit(api, job.experiment_id, "hold")] == [holding]
 
 
+@pytest.mark.parametrize(
+    "ended",
+    [
+        "stopped while the model loads",
+        "given up while queued",
+        "stopped after storing a segment",
+        "cancelled while the model loads",
+    ],
+)
+def test_a_job_for_every_segment_that_ends_unfinished_keeps_the_holds_it_skipped(
+    api: Any, app: Any, ended: str
+) -> None:
+    """A job written off as interrupted before it stored a segment (the server stopped, its worker
+    died, nothing ran it) ended with no result: the last job to end covering the held segment, it
+    lifted the hold, and the next pass ordered a job that loaded the model and failed again."""
+    from datetime import timedelta
+
+    from service.generation_jobs import STOPPED, fail_interrupted_jobs, write_off
+    from service.job_cancel import cancel_job
+    from service.models import utcnow
+
+    created = _wordy_experiment(api, app, also_last=True)
+    (wordy_id,) = [job.segment_id for job in _lifecycle_pass(app) if job.outcome == "too_long"]
+    assert [h["segment"] for h in _audit(api, created["id"], "hold")] == ["wordy"]
+    engine = app.extensions["copybandit.engine"]
+    with Session(engine) as session:
+        job_id = create_job(
+            session=session, experiment_id=created["id"], segment_key=None, n=1, model=""
+        ).id
+    writer = _BriefTooLongFor(GOOD, WORDY)
+
+    def end_it() -> None:
+        with Session(engine) as session:
+            if ended.startswith("cancelled"):
+                cancel_job(session=session, job_id=job_id, by="a test")  # type: ignore[arg-type]
+            elif ended.startswith("given up"):
+                later = utcnow() + timedelta(hours=2)
+                assert fail_interrupted_jobs(session=session, now=later) == [job_id]
+            else:
+                assert write_off(engine=engine, job_ids=[job_id], reason=STOPPED) == [job_id]  # type: ignore[list-item]
+
+    def load() -> ScriptedWriter:
+        if ended.endswith("while the model loads"):
+            end_it()
+        return writer
+
+    def after_first(fraction: float, message: str) -> None:
+        if ended == "stopped after storing a segment" and message.startswith("segment last"):
+            end_it()
+
+    if ended == "given up while queued":
+        end_it()
+    run_job(
+        engine=engine,
+        job_id=job_id,  # type: ignore[arg-type]
+        writer=load,
+        options=_options(app),
+        on_progress=after_first,
+    )
+
+    shown = api.get(f"/v1/jobs/{job_id}").get_json()
+    assert shown["status"] == ("cancelled" if ended.startswith("cancelled") else "failed")
+    stored = list((shown["result"] or {"segments": {}})["segments"])
+    assert stored == (["first"] if ended == "stopped after storing a segment" else [])
+    # The hold stands: no job by hand, and no order from the next pass, for the held segment.
+    refused = api.post(
+        f"/v1/experiments/{created['id']}/generate", json={"segment": "wordy", "n": 1}
+    )
+    assert refused.status_code == 409, refused.get_json()
+    assert refused.get_json()["message"] == HELD_WORDY
+    assert all(job.segment_id != wordy_id for job in _lifecycle_pass(app))
+    assert [h["segment"] for h in _audit(api, created["id"], "hold")] == ["wordy"]
+
+
+def test_a_job_interrupted_after_finding_a_brief_too_long_begins_no_hold(
+    api: Any, app: Any
+) -> None:
+    """Its result, stored with a later segment's copy, named the brief: the segment was held with
+    no hold row saying why. The next job to find it too long begins the hold, and writes its row."""
+    from service.generation_jobs import STOPPED, write_off
+
+    created = api.create_experiment(
+        name="Wordy, then two",
+        segments=[
+            {"key": "wordy", "description": WORDY},
+            {"key": "first", "description": "Tea drinkers."},
+            {"key": "last", "description": "Coffee drinkers."},
+        ],
+    )
+    writer = _BriefTooLongFor(GOOD, WORDY)
+    app.extensions["copybandit.jobs"].writer_factory = lambda: writer
+    engine = app.extensions["copybandit.engine"]
+    with Session(engine) as session:
+        job_id = create_job(
+            session=session, experiment_id=created["id"], segment_key=None, n=1, model=""
+        ).id
+
+    def stop_at_last(fraction: float, message: str) -> None:
+        if message.startswith("segment last"):
+            assert write_off(engine=engine, job_ids=[job_id], reason=STOPPED) == [job_id]  # type: ignore[list-item]
+
+    run_job(
+        engine=engine,
+        job_id=job_id,  # type: ignore[arg-type]
+        writer=lambda: writer,
+        options=_options(app),
+        on_progress=stop_at_last,
+    )
+    stopped = api.get(f"/v1/jobs/{job_id}").get_json()
+    assert list(stopped["result"]["briefs_too_long"]) == ["wordy"]
+    assert _audit(api, created["id"], "hold") == []
+
+    refused = [job for job in _lifecycle_pass(app) if job.outcome == "too_long"]
+    assert [h["numbers"]["job_id"] for h in _audit(api, created["id"], "hold")] == [
+        job.id for job in refused
+    ]
+    assert len(refused) == 1
+
+
 def test_a_hold_is_one_audit_row_when_it_begins_and_the_order_that_ends_it_says_why(
     api: Any, app: Any
 ) -> None:
