@@ -8,11 +8,12 @@ nothing. After n failed orders in a row the next one waits `interval` x 2^(n-1) 
 at most BACKOFF_CAP. Only jobs a pass ordered count; a job started by hand is never held back, and
 any job that delivers copy ends the run of failures. A job that was cancelled or found its brief
 too long for the model (held instead: service.long_briefs) says nothing of the model, and neither
-counts nor ends a run; each job's outcome column says which it was. Nor does one interrupted job,
-as a deploy restart interrupts healthy ones; but a model that kills the worker loading it (out
-of memory) leaves every job of the segment interrupted, and each was ordered again, a worker
-killed every hour or so for ever: a run with two interrupted jobs that had started counts them
-all, each waiting from when it was given up. A job for every segment fails as a whole where one
+counts nor ends a run; each job's outcome column says which it was. Nor does a job that a stopping
+server or command wrote off, as a deploy restart does to healthy ones, nor one alone that a pass
+gave up; but a model that kills the worker loading it (out of memory) leaves every job of the
+segment running until a pass gives it up, and each was ordered again, a worker killed every hour
+or so for ever: a run with two jobs a pass gave up after they started counts them all, each
+waiting from when it was given up. A job for every segment fails as a whole where one
 segment fails: the segments it stored copy in before, its result says which, had their copy
 delivered, and their runs end there.
 """
@@ -31,6 +32,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from service.models import (
+    JOB_GIVEN_UP,
     GenerationJob,
     JobOutcome,
     LifecycleEvent,
@@ -45,8 +47,8 @@ BACKOFF_CAP = timedelta(hours=24)
 # The outcomes that say how the model did; a run of failures is read back to the last success.
 _FAILED = (JobOutcome.FAILED.value, JobOutcome.WROTE_NONE.value)
 _SAYS_OF_THE_MODEL = (JobOutcome.WROTE.value, *_FAILED)
-# Interrupted jobs in a run that make it count them: one is as likely a deploy restart, but
-# a second in a row, no copy between, is the job killing its worker.
+# Jobs a pass gave up in a run that make it count them: one is as likely a worker killed for
+# another reason, but a second in a row, no copy between, is the job killing its worker.
 _INTERRUPTED_COUNTED = 2
 # What a run's interrupted jobs are said to mean.
 _INTERRUPTED_WHY = "their worker stopped, out of memory perhaps"
@@ -71,7 +73,14 @@ _SAYS = sa.or_(
         col(GenerationJob.outcome).in_(_FAILED_ELSEWHERE),
     ),
 )
-# A finished job as the backoff reads it: id, outcome, segment (None: every segment), end.
+# When a pass gave an interrupted job up, its worker gone without writing it off; NULL for one that
+# a stopping server or command wrote off itself (a deploy restart's, healthy most likely), which
+# says nothing of the model, and for every other job.
+_GIVEN_UP_AT = sa.case(
+    (col(GenerationJob.error).startswith(JOB_GIVEN_UP), col(GenerationJob.finished_at))
+)
+# A finished job as the backoff reads it: id, outcome, segment (None: every segment), when a pass
+# gave it up.
 _Job = tuple[int, str, int | None, datetime | None]
 
 
@@ -143,7 +152,7 @@ def copy_backoff(session: Session, segment: Segment, *, interval: timedelta) -> 
                 GenerationJob.id,
                 GenerationJob.outcome,
                 GenerationJob.segment_id,
-                GenerationJob.finished_at,
+                _GIVEN_UP_AT,
             )
             .where(jobs_covering(segment), _SAYS)
             .order_by(col(GenerationJob.id).desc())
@@ -173,7 +182,7 @@ def copy_backoffs(
             col(GenerationJob.experiment_id),
             col(GenerationJob.segment_id),
             col(GenerationJob.outcome),
-            col(GenerationJob.finished_at),
+            _GIVEN_UP_AT.label("given_up_at"),
             sa.func.row_number()
             .over(
                 partition_by=(col(GenerationJob.experiment_id), col(GenerationJob.segment_id)),
@@ -185,10 +194,10 @@ def copy_backoffs(
         .subquery()
     )
     jobs: dict[tuple[int, int | None], list[_Job]] = defaultdict(list)
-    for job_id, experiment_id, segment_id, outcome, finished_at, _ in session.execute(
+    for job_id, experiment_id, segment_id, outcome, given_up_at, _ in session.execute(
         sa.select(latest).where(latest.c.nth <= _JOBS_READ).order_by(latest.c.id.desc())
     ):
-        jobs[experiment_id, segment_id].append((job_id, outcome, segment_id, finished_at))
+        jobs[experiment_id, segment_id].append((job_id, outcome, segment_id, given_up_at))
     recent = {
         segment.id: _until_wrote(
             heapq.merge(
@@ -229,17 +238,17 @@ def _failed_run(
     """The jobs of the run of failures that `recent` (_until_wrote's) begins with: up to a job
     for every segment that stored the segment's copy before it failed elsewhere or was
     interrupted (`stored`: _stored_in's). Its interrupted jobs only where they count
-    (_counted): the orders are not read for a deploy's one."""
+    (_counted): the orders are not read for one alone."""
     failed: list[_Failure] = []
-    for job_id, outcome, _, finished_at in recent:
+    for job_id, outcome, _, given_up_at in recent:
         if segment.key in stored.get(job_id, ()):
             break
         # A job for every segment that found another's brief too long, having stored none here,
         # says nothing of the model here.
         if outcome in _FAILED:
-            failed.append(_Failure(job_id, False, finished_at))
-        elif outcome == JobOutcome.INTERRUPTED.value:
-            failed.append(_Failure(job_id, True, finished_at))
+            failed.append(_Failure(job_id, False, None))
+        elif outcome == JobOutcome.INTERRUPTED.value and given_up_at is not None:
+            failed.append(_Failure(job_id, True, given_up_at))
     return _counted(failed)
 
 

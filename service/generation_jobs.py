@@ -49,6 +49,7 @@ from service.long_briefs import (
 from service.metrics import count
 from service.models import (
     JOB_ERROR_MAX_CHARS,
+    JOB_GIVEN_UP,
     JOB_MESSAGE_MAX_CHARS,
     GenerationJob,
     JobOutcome,
@@ -81,10 +82,7 @@ _REORDERED = "(the lifecycle orders copy still missing again)"
 _NOT_REORDERED = (
     "(it was started by hand, so nothing orders its copy again: start another job if still wanted)"
 )
-INTERRUPTED = (
-    f"{_INTERRUPTED_PREFIX}no worker finished it within an hour; its process exited or nothing "
-    "ran it"
-)
+INTERRUPTED = f"{JOB_GIVEN_UP}; its process exited or nothing ran it"
 _UNFINISHED = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 # Failures caused by the configuration or the brief, not by a bug here.
 _SAID_IN_FULL = (ModelUnavailable, PromptTooLong)

@@ -128,11 +128,17 @@ class JobOutcome(StrEnum):
     WROTE_NONE = "wrote_none"
     FAILED = "failed"
     # No worker finished it (the server or command stopped, or an hour passed): it says nothing
-    # of the model.
+    # of the model, but for two in a row that a pass gave up as they ran (service.copy_backoff).
     INTERRUPTED = "interrupted"
     CANCELLED = "cancelled"
     # A brief too long for the model, held instead (service.long_briefs).
     TOO_LONG = "too_long"
+
+
+# How the error of a job a lifecycle pass gave up begins: its worker vanished without writing it
+# off (killed: out of memory, say). A server or command that stops writes its own jobs off, saying
+# so (service.generation_jobs), as a deploy restart does to healthy ones.
+JOB_GIVEN_UP = "interrupted: no worker finished it within an hour"
 
 
 class Scope(StrEnum):

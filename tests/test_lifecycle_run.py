@@ -20,6 +20,7 @@ from generation.writer import PromptTooLong
 from service import cli, lifecycle
 from service.cli import main
 from service.db import make_engine
+from service.generation_jobs import COMMAND_STOPPED, INTERRUPTED, STOPPED, interruption
 from service.lifecycle import GuardrailWatch, RunReport, run_lifecycle
 from service.models import (
     Experiment,
@@ -779,6 +780,35 @@ def test_two_jobs_interrupted_while_they_ran_count_from_when_they_were_given_up(
 
     assert not tea_ordered(app, session, experiment, NOW + waits - INTERVAL)
     assert tea_ordered(app, session, experiment, NOW + waits)
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [(STOPPED, STOPPED), (COMMAND_STOPPED, COMMAND_STOPPED), (STOPPED, INTERRUPTED)],
+    ids=["server", "command", "server-then-given-up"],
+)
+def test_jobs_a_stopping_server_wrote_off_do_not_count_however_many(
+    app: Any, session: Session, experiment: dict[str, Any], first: str, second: str
+) -> None:
+    """Two deploys in a row, each stopping the server mid-job: they counted as a job killing its
+    worker, and the segment waited half an hour, the note blaming memory. A worker the model
+    kills writes nothing off; a pass gives its job up an hour later."""
+    from service.copy_backoff import copy_backoffs
+
+    for error, ordered_at, ended_at in (
+        (first, NOW - 2 * INTERVAL, NOW - INTERVAL),
+        (second, NOW - INTERVAL, NOW),
+    ):
+        said = interruption(error, by_lifecycle=True)
+        interrupted_while_running(
+            session, experiment, ordered_at=ordered_at, given_up_at=ended_at, error=said
+        )
+    segments = session.exec(select(Segment).where(Segment.experiment_id == experiment["id"])).all()
+
+    assert copy_backoffs(session, segments, interval=INTERVAL) == dict.fromkeys(
+        s.id for s in segments
+    )
+    assert tea_ordered(app, session, experiment, NOW)
 
 
 def test_interrupted_jobs_started_by_hand_do_not_count(
