@@ -230,14 +230,16 @@ class _Commands(click.Group):
             raise click.ClickException(f"database: {reason}{f'; {hint}' if hint else ''}") from None
         except OSError as exc:
             # `keys list > listing.txt` on a full disk ended in a traceback. Only a disk that
-            # refuses bytes: any other OSError is a fault worth its traceback.
+            # refuses more bytes (full, over quota, file too large): not EIO, which a read raises
+            # too (model weights on a failing disk), where "could not write" would mislead; any
+            # other OSError is a fault worth its traceback.
             if exc.errno not in _DISK_REFUSED:
                 raise
             where = f" ({exc.filename})" if exc.filename else ""
             raise click.ClickException(f"could not write: {exc.strerror}{where}") from None
 
 
-_DISK_REFUSED = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
+_DISK_REFUSED = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 @click.group(cls=_Commands)
