@@ -50,6 +50,7 @@ from service.metrics import count
 from service.models import (
     JOB_ERROR_MAX_CHARS,
     JOB_GIVEN_UP,
+    JOB_INTERRUPTED,
     JOB_MESSAGE_MAX_CHARS,
     GenerationJob,
     JobOutcome,
@@ -73,8 +74,6 @@ _REJECTIONS_KEPT = 50
 # still in its queue), or nothing ran it (`copybandit lifecycle --once --no-generate` queues jobs
 # and runs none).
 JOB_STALE_AFTER = timedelta(hours=1)
-# How a job no worker finished begins its error and message.
-_INTERRUPTED_PREFIX = "interrupted: "
 # What an interrupted job's message ends with: a marketer reading it learns whether anything is
 # lost. Only copy the lifecycle ordered is ordered again; a job started by hand asked for lines the
 # lifecycle's plan may not miss, and its message said they would come, which they never did.
@@ -713,9 +712,9 @@ def _update(
 
 
 # A job this process held when it stopped: no wait for an hour, its copy is ordered again at once.
-STOPPED = f"{_INTERRUPTED_PREFIX}the server stopped"
+STOPPED = f"{JOB_INTERRUPTED}the server stopped"
 # The same for `copybandit lifecycle --once` stopped (Ctrl-C, SIGTERM) mid-job.
-COMMAND_STOPPED = f"{_INTERRUPTED_PREFIX}the command running it was stopped"
+COMMAND_STOPPED = f"{JOB_INTERRUPTED}the command running it was stopped"
 
 
 class JobRunner:

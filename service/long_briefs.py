@@ -21,6 +21,7 @@ from sqlmodel import Session, col, select
 
 from service.errors import Conflict, quoted
 from service.models import (
+    JOB_INTERRUPTED,
     Experiment,
     GenerationJob,
     JobOutcome,
@@ -154,10 +155,14 @@ def _found_of_briefs() -> sa.ColumnElement[bool]:
     loaded the model to fail as before. Nor does one begin a hold: it writes no hold row."""
     return sa.and_(
         col(GenerationJob.status).in_([JobStatus.SUCCEEDED.value, JobStatus.FAILED.value]),
-        # A job a server of the release before migration 0015 ended records no outcome.
         sa.or_(
-            col(GenerationJob.outcome).is_(None),
             col(GenerationJob.outcome) != JobOutcome.INTERRUPTED.value,
+            # A server of the release before migration 0015 records no outcome, and writes its
+            # jobs off as it stops, mid-rollout: its error's words alone say it was interrupted.
+            sa.and_(
+                col(GenerationJob.outcome).is_(None),
+                sa.not_(sa.func.coalesce(col(GenerationJob.error), "").startswith(JOB_INTERRUPTED)),
+            ),
         ),
     )
 

@@ -135,10 +135,13 @@ class JobOutcome(StrEnum):
     TOO_LONG = "too_long"
 
 
+# How the error of a job no worker finished begins, in every release: a job a server of the
+# release before migration 0015 wrote off has no outcome, and only these words say so.
+JOB_INTERRUPTED = "interrupted: "
 # How the error of a job a lifecycle pass gave up begins: its worker vanished without writing it
 # off (killed: out of memory, say). A server or command that stops writes its own jobs off, saying
 # so (service.generation_jobs), as a deploy restart does to healthy ones.
-JOB_GIVEN_UP = "interrupted: no worker finished it within an hour"
+JOB_GIVEN_UP = f"{JOB_INTERRUPTED}no worker finished it within an hour"
 
 
 class Scope(StrEnum):

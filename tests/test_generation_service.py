@@ -785,6 +785,64 @@ def test_a_job_for_every_segment_that_ends_unfinished_keeps_the_holds_it_skipped
     assert [h["segment"] for h in _audit(api, created["id"], "hold")] == ["wordy"]
 
 
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        # The words each way of writing a job off has had since f8a195f (migration 0015 reads
+        # them so), each followed by what becomes of its copy.
+        (
+            "failed",
+            "interrupted: the server stopped (the lifecycle orders copy still missing again)",
+        ),
+        (
+            "failed",
+            "interrupted: the command running it was stopped (the lifecycle orders copy still "
+            "missing again)",
+        ),
+        (
+            "failed",
+            "interrupted: no worker finished it within an hour; its process exited or nothing ran "
+            "it (the lifecycle orders copy still missing again)",
+        ),
+        # One that ran to its end, finding every brief short enough, still lifts the hold.
+        ("succeeded", None),
+    ],
+    ids=["server stopped", "command stopped", "given up", "succeeded"],
+)
+def test_a_job_an_older_server_wrote_off_keeps_the_holds_it_skipped(
+    api: Any, app: Any, status: str, error: str | None
+) -> None:
+    """A server of the release before migration 0015, still serving while the new release rolls
+    out, writes its jobs off as it stops (or its pass gives them up) with no outcome: read as a
+    job that ran to an end, one with no result lifted the holds, and the next pass ordered a job
+    that loaded the model to fail again."""
+    from service.models import utcnow
+
+    created = _wordy_experiment(api, app, also_last=False)
+    (wordy_id,) = [job.segment_id for job in _lifecycle_pass(app) if job.outcome == "too_long"]
+    engine = app.extensions["copybandit.engine"]
+    with Session(engine) as session:
+        job = create_job(
+            session=session, experiment_id=created["id"], segment_key=None, n=1, model=""
+        )
+        # As the older server writes it: its code knows no outcome column.
+        session.execute(
+            sa.update(GenerationJob)
+            .where(col(GenerationJob.id) == job.id)
+            .values(status=status, started_at=utcnow(), finished_at=utcnow(), error=error)
+        )
+        session.commit()
+
+    asked = api.post(f"/v1/experiments/{created['id']}/generate", json={"segment": "wordy", "n": 1})
+    if status == "succeeded":
+        assert asked.status_code == 202, asked.get_json()
+        return
+    assert asked.status_code == 409, asked.get_json()
+    assert asked.get_json()["message"] == HELD_WORDY
+    assert all(job.segment_id != wordy_id for job in _lifecycle_pass(app))
+    assert [h["segment"] for h in _audit(api, created["id"], "hold")] == ["wordy"]
+
+
 def test_a_job_interrupted_after_finding_a_brief_too_long_begins_no_hold(
     api: Any, app: Any
 ) -> None:
