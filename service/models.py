@@ -141,6 +141,8 @@ JOB_INTERRUPTED = "interrupted: "
 # How the error of a job a lifecycle pass gave up begins: its worker vanished without writing it
 # off (killed: out of memory, say). A server or command that stops writes its own jobs off, saying
 # so (service.generation_jobs), as a deploy restart does to healthy ones.
+# Both are read back from stored rows (the holds, the copy backoff): reworded, jobs already
+# stored would stop matching, so a new wording must keep these words at its start.
 JOB_GIVEN_UP = f"{JOB_INTERRUPTED}no worker finished it within an hour"
 
 
