@@ -1408,6 +1408,29 @@ def a_running_job_row(site: Site) -> int:
         return job.id  # type: ignore[return-value]
 
 
+def test_a_queued_jobs_page_says_queued_once(page: Page, site: Site) -> None:
+    """A job started by hand has the message "queued" until a worker takes it, and its page read
+    "queued — queued", for minutes where it waited behind another job. The status says it once;
+    the message shows once it says more than the status."""
+    experiment_id, _ = make_experiment(site)
+    with site.session() as session:
+        job = GenerationJob(experiment_id=experiment_id, n=2)
+        session.add(job)
+        session.commit()
+        job_id = job.id
+    page.goto(f"/dashboard/jobs/{job_id}")
+    status = page.locator("p.job-status")
+    expect(status).to_have_attribute("data-status", "queued")
+    expect(status).to_have_text("queued", use_inner_text=True)
+
+    with site.session() as session:
+        running = session.get(GenerationJob, job_id)
+        assert running is not None and running.message == "queued"
+        running.status, running.message = "running", "loading the model"
+        session.commit()
+    expect(status).to_have_text("running — loading the model", use_inner_text=True)
+
+
 def test_a_jobs_page_says_when_it_cannot_follow_the_job(page: Page, site: Site) -> None:
     """A failed check is said on the page, and the next comes later each time, not every 2
     seconds forever; signed out, the page stops and says how to sign in again."""

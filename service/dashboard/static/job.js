@@ -12,6 +12,7 @@
   }
   const url = status.dataset.progressUrl;
   const state = status.querySelector("strong");
+  const detail = status.querySelector(".job-detail");
   const message = status.querySelector(".job-message");
   const bar = document.querySelector("progress");
   const problem = document.querySelector(".job-poll-problem");
@@ -31,6 +32,7 @@
       status.dataset.status = job.status;
       state.textContent = job.status;
       message.textContent = job.message;
+      detail.hidden = job.message === job.status;
     }
     bar.value = job.progress;
     bar.textContent = `${Math.round(job.progress * 100)}%`;
