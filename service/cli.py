@@ -1344,7 +1344,12 @@ def keys_list() -> None:
     """List keys: id, scope, live or revoked (with the day), created (the day), label; days in
     UTC."""
     with _session(_settings()) as session:
-        for row in list_keys(session=session):
+        rows = list_keys(session=session)
+        if not rows:
+            # Nothing at all read as a command that had failed quietly. On stderr: a script
+            # counting the lines of stdout still counts none.
+            click.echo("no API keys: `copybandit keys create --scope serve` makes one", err=True)
+        for row in rows:
             # Days in UTC, and said so, as users list and purge say theirs: read on a host whose
             # clock is local time, a key made in the evening was listed as made the next day.
             revoked = f"revoked {row.revoked_at:%Y-%m-%d} UTC" if row.revoked_at else "live"
@@ -1437,7 +1442,10 @@ def users_remove(email: str) -> None:
 def users_list() -> None:
     """List marketers: email, created (the day), last sign-in; in UTC."""
     with _session(_settings()) as session:
-        for marketer in list_marketers(session=session):
+        marketers = list_marketers(session=session)
+        if not marketers:
+            click.echo("no marketers: `copybandit users create --email EMAIL` adds one", err=True)
+        for marketer in marketers:
             # Named, as the dashboard's times and purge's cutoff are: read on a host whose clock
             # is local time, an unlabelled time passed for one and was hours off.
             last = (

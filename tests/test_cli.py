@@ -334,6 +334,20 @@ def test_a_listing_a_full_disk_refuses_ends_in_one_line(database: str) -> None:
     )
 
 
+def test_empty_listings_say_so_on_stderr_and_print_nothing_on_stdout(database: str) -> None:
+    # An empty database's `keys list` printed nothing at all, which read as a command that had
+    # failed quietly; a script counting stdout's lines must still count none.
+    assert run("migrate").exit_code == 0
+    keys = run("keys", "list")
+    users = run("users", "list")
+    assert (keys.exit_code, keys.stdout) == (0, "")
+    assert keys.stderr == "no API keys: `copybandit keys create --scope serve` makes one\n"
+    assert (users.exit_code, users.stdout) == (0, "")
+    assert users.stderr == "no marketers: `copybandit users create --email EMAIL` adds one\n"
+    assert run("keys", "create", "--scope", "serve").exit_code == 0
+    assert run("keys", "list").stderr == ""
+
+
 def test_keys_create_rejects_unknown_scope(database: str) -> None:
     result = run("keys", "create", "--scope", "root")
     assert result.exit_code == 2 and "'root' is not one of" in result.output
@@ -795,7 +809,7 @@ def test_key_text_the_command_line_could_not_read_as_utf8_is_refused(database: s
     refused = run("keys", "create", "--scope", "serve", "--label", "caf\udce9")
     assert refused.exit_code == 2 and "--label" in refused.output
     assert "not UTF-8" in refused.output
-    assert run("keys", "list").output == ""
+    assert run("keys", "list").stdout == ""
     unknown = run("keys", "revoke", "caf\udce9")
     assert unknown.exit_code == 1 and unknown.output.startswith("Error: no API key with id")
 
@@ -804,7 +818,7 @@ def test_a_key_label_longer_than_its_column_is_refused(database: str) -> None:
     assert run("migrate").exit_code == 0
     refused = run("keys", "create", "--scope", "serve", "--label", "x" * 201)
     assert refused.exit_code == 2 and "at most 200 characters, got 201" in refused.output
-    assert "serve" not in run("keys", "list").output
+    assert "serve" not in run("keys", "list").stdout
     assert run("keys", "create", "--scope", "serve", "--label", "x" * 200).exit_code == 0
 
 
@@ -830,7 +844,7 @@ def test_a_key_label_that_would_break_the_key_list_is_refused(
     refused = run("keys", "create", "--scope", "serve", "--label", label)
     assert refused.exit_code == 2 and "--label" in refused.output, refused.output
     assert shown in refused.output, refused.output
-    assert run("keys", "list").output == ""
+    assert run("keys", "list").stdout == ""
 
 
 def test_a_label_stored_before_with_a_newline_lists_on_one_line(database: str) -> None:
