@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 from pydantic import ValidationError
+from sqlalchemy.orm import aliased
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
@@ -1148,12 +1149,21 @@ def audit_trail(
     actions: Collection[str] = AUDIT_ACTIONS,
 ) -> list[LifecycleEvent]:
     """Newest first; `before` an event id: only older ones, the page after the one it ended."""
-    query = select(LifecycleEvent).where(
-        LifecycleEvent.experiment_id == experiment_id, col(LifecycleEvent.action).in_(actions)
-    )
-    if before is not None:
-        query = query.where(col(LifecycleEvent.id) < before)
-    return list(session.exec(query.order_by(col(LifecycleEvent.id).desc()).limit(limit)))
+
+    # Each action's newest rows (an index range each), then the newest of those. Asked for all
+    # the actions at once, the rows were read newest first through every discount fold (one per
+    # segment and pass) to find a page of the rest, and PostgreSQL walked the whole table back
+    # by id, every experiment's rows, for an experiment that folds: 0.2 s at 590,000 rows.
+    def newest(action: str) -> sa.Select[Any]:
+        query = select(LifecycleEvent).where(
+            LifecycleEvent.experiment_id == experiment_id, LifecycleEvent.action == action
+        )
+        if before is not None:
+            query = query.where(col(LifecycleEvent.id) < before)
+        return query.order_by(col(LifecycleEvent.id).desc()).limit(limit).subquery().select()
+
+    event = aliased(LifecycleEvent, sa.union_all(*map(newest, actions)).subquery())
+    return list(session.exec(select(event).order_by(col(event.id).desc()).limit(limit)))
 
 
 # A check is a few reads and a Monte Carlo over the segment's arms, 14 ms on SQLite here: a batch

@@ -391,11 +391,16 @@ class LifecycleEvent(SQLModel, table=True):
     """Audit trail: what the lifecycle did, to which variant, by which rule, with which numbers."""
 
     __tablename__ = "lifecycle_event"
-    # A segment's orders for copy (service.copy_backoff), not its every discount fold.
-    __table_args__ = (sa.Index("ix_lifecycle_event_segment_id_action", "segment_id", "action"),)
+    __table_args__ = (
+        # A segment's orders for copy (service.copy_backoff), not its every discount fold.
+        sa.Index("ix_lifecycle_event_segment_id_action", "segment_id", "action"),
+        # An experiment's newest rows of one action, for the audit trail (lifecycle.audit_trail),
+        # without reading its discount folds, one per segment and pass (migration 0018).
+        sa.Index("ix_lifecycle_event_experiment_id_action_id", "experiment_id", "action", "id"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
-    experiment_id: int = Field(foreign_key="experiment.id", index=True)
+    experiment_id: int = Field(foreign_key="experiment.id")
     segment_id: int | None = Field(default=None, foreign_key="segment.id")
     variant_id: int | None = Field(default=None, foreign_key="variant.id")
     action: str = Field(max_length=32)
