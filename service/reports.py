@@ -143,21 +143,47 @@ def _verdict(
     The leader is "leader" only with min_impressions, the evidence the lifecycle asks of a
     winner; beside a thin leader, the best line that has them is the one the lifecycle keeps
     serving as the best judged so far, not a loser."""
-    if winner is not None:
-        return Verdict(kind="winner", variant_id=winner.variant_id, thin_lead=None)
     racing = [row for row in rows if row.prob_best is not None]
+    # The lifecycle declares a winner only among two or more live lines: a lone line's
+    # probability best of 1 is a race it runs alone, and "no winner yet" promised one.
+    alone = len(racing) == 1
+    if winner is not None:
+        return Verdict(
+            kind="winner",
+            variant_id=winner.variant_id,
+            thin_lead=None,
+            alone=alone,
+            none_shown=False,
+        )
     if not racing:
         return None
     leader = racing[0]
     if leader.impressions >= min_impressions:
-        return Verdict(kind="leader", variant_id=leader.variant_id, thin_lead=None)
+        return Verdict(
+            kind="leader",
+            variant_id=leader.variant_id,
+            thin_lead=None,
+            alone=alone,
+            none_shown=False,
+        )
     thin = ThinLead(
         variant_id=leader.variant_id,
         impressions=leader.impressions,
         needed=min_impressions,
-        alone=len(racing) == 1,
+        alone=alone,
     )
     proven = next((row for row in racing if row.impressions >= min_impressions), None)
     if proven is None:
-        return Verdict(kind="early", variant_id=leader.variant_id, thin_lead=thin)
-    return Verdict(kind="proven", variant_id=proven.variant_id, thin_lead=thin)
+        # Lines never shown split probability best by their priors' sampling noise: the one
+        # on top is ahead of nothing.
+        none_shown = all(row.impressions == 0 for row in racing)
+        return Verdict(
+            kind="early",
+            variant_id=leader.variant_id,
+            thin_lead=thin,
+            alone=alone,
+            none_shown=none_shown,
+        )
+    return Verdict(
+        kind="proven", variant_id=proven.variant_id, thin_lead=thin, alone=alone, none_shown=False
+    )

@@ -763,6 +763,14 @@ class Verdict(BaseModel):
         description="the leader, where it is ahead on too little evidence (kinds proven and "
         "early); else null"
     )
+    alone: bool = Field(
+        description="variant_id is the segment's only live copy: the lifecycle declares a winner "
+        "only among two or more, so none is declared until more copy is live"
+    )
+    none_shown: bool = Field(
+        description="kind early, and no live copy has been shown yet: variant_id tops "
+        "probability best on its prior alone, which is sampling noise, not a lead"
+    )
 
 
 class Winner(BaseModel):

@@ -3988,6 +3988,20 @@ def test_a_leader_on_too_little_evidence_is_not_marked_leading_over_proven_copy(
     assert texts(tea, data_testid="thin-lead") == []
 
 
+def test_a_line_never_shown_beside_proven_copy_is_not_said_to_be_ahead(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """New copy never shown tops probability best over a proven control on its prior alone:
+    the page said it was "ahead on too little evidence (0 impressions of 200 needed)"."""
+    control, fresh = variant_ids(experiment, "tea-lovers")
+    set_counts(app, {control: (867, 43), fresh: (0, 0)})
+    tea = section(dash.html(f"/dashboard/experiments/{experiment['id']}"), "tea-lovers")
+    assert texts(tea, data_testid="headline")[0].startswith(f"Best proven #{control}")
+    assert texts(tea, data_testid="thin-lead") == [
+        f"#{fresh} tops probability best on its prior alone: it has not been shown yet."
+    ]
+
+
 def test_before_any_copy_has_the_evidence_the_headline_says_it_is_too_early(
     app: Any, dash: Dashboard, experiment: dict[str, Any]
 ) -> None:
@@ -4961,6 +4975,49 @@ def test_a_segment_with_one_live_line_under_min_impressions_says_it_is_not_ahead
     headline = texts(busy, data_testid="headline")[0]
     assert headline.startswith(f"Too early to tell #{only}") and "Leading" not in headline
     assert texts(busy, data_testid="thin-lead") == [
-        "The only live copy (12 impressions of 200 needed); no winner declared yet."
+        "The only live copy (12 impressions of 200 needed); a winner is declared only among two "
+        "or more."
     ]
     assert "ahead" not in headline.lower()
+
+
+def test_a_segments_only_live_copy_is_promised_no_winner_it_will_not_get(
+    app: Any, api: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """A lone live line with min_impressions read "Leading ... Probability best 100.0%; no
+    winner declared yet", but the lifecycle declares a winner only among two or more live
+    lines: none comes until more copy is live."""
+    only, paused = variant_ids(experiment, "busy-parents")
+    set_counts(app, {only: (250, 12), paused: (900, 40)})
+    assert api.patch(f"/v1/variants/{paused}", json={"status": "paused"}).status_code == 200
+    busy = section(dash.html(f"/dashboard/experiments/{experiment['id']}"), "busy-parents")
+    (headline,) = texts(busy, data_testid="headline")
+    assert headline.startswith(f"Leading #{only}")
+    assert headline.endswith("The only live copy; a winner is declared only among two or more.")
+    assert "yet" not in headline and "100.0%" not in headline
+
+
+def test_lines_never_shown_are_too_early_to_tell_and_none_is_ahead(
+    app: Any, api: Any, dash: Dashboard, experiment: dict[str, Any], session: Session
+) -> None:
+    """Three lines never shown split probability best by their priors, and the headline named
+    whichever sampling noise put on top: "Ahead on too little evidence (0 impressions of 200
+    needed); probability best 33.4%"."""
+    eid = experiment["id"]
+    first, second = variant_ids(experiment, "busy-parents")
+    third = api.add_variant(eid, "busy-parents", "Aurora: tea before the school run.")["id"]
+    set_counts(app, {first: (0, 0), second: (0, 0), third: (0, 0)})
+    busy = section(dash.html(f"/dashboard/experiments/{eid}"), "busy-parents")
+    assert texts(busy, data_testid="headline") == ["Too early to tell No copy shown yet."]
+    assert "highlighted" not in busy
+
+    # Once some copy is shown, a leader never shown is still ahead of nothing.
+    set_counts(app, {second: (12, 1), third: (5, 0)})
+    busy = section(dash.html(f"/dashboard/experiments/{eid}"), "busy-parents")
+    report = experiment_report(session=session, experiment_id=eid)
+    verdict = next(s for s in report.segments if s.key == "busy-parents").verdict
+    assert verdict is not None and verdict.variant_id == first  # its prior, never served
+    assert texts(busy, data_testid="headline") == [
+        "Too early to tell No copy has 200 impressions yet, and the copy with the highest "
+        "probability best has not been shown."
+    ]

@@ -175,6 +175,8 @@ def test_a_report_publishes_its_verdict_and_the_leaders_evidence(spec: dict[str,
     verdict = schemas["Verdict"]["properties"]
     assert verdict["kind"]["enum"] == ["winner", "leader", "proven", "early"]
     assert set(schemas["ThinLead"]["required"]) == {"variant_id", "impressions", "needed", "alone"}
+    # A lone line is promised no winner, and lines never shown have no leader to speak of.
+    assert {"alone", "none_shown"} <= set(schemas["Verdict"]["required"])
 
 
 def test_the_unauthenticated_probes_document_only_what_they_answer(

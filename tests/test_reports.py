@@ -29,6 +29,10 @@ VARIANT_FIELDS = {
 }
 
 
+# A verdict on copy that has been shown, among two or more live lines.
+EVIDENCED = {"alone": False, "none_shown": False}
+
+
 def _report(api: Any, experiment_id: int) -> dict[str, Any]:
     response = api.get(f"/v1/experiments/{experiment_id}/report")
     assert response.status_code == 200, response.get_json()
@@ -95,7 +99,13 @@ def test_report_shape(api: Any, experiment: dict[str, Any]) -> None:
             "impressions",
             "proven",
         }
-        assert set(segment["verdict"]) == {"kind", "variant_id", "thin_lead"}
+        assert set(segment["verdict"]) == {
+            "kind",
+            "variant_id",
+            "thin_lead",
+            "alone",
+            "none_shown",
+        }
         assert len(segment["variants"]) == 2
         for row in segment["variants"]:
             assert set(row) == VARIANT_FIELDS
@@ -114,7 +124,12 @@ def test_clear_winner_leads(api: Any, skewed: dict[str, int]) -> None:
         "impressions": 1000,
         "proven": True,
     }
-    assert tea["verdict"] == {"kind": "leader", "variant_id": skewed["best"], "thin_lead": None}
+    assert tea["verdict"] == {
+        "kind": "leader",
+        "variant_id": skewed["best"],
+        "thin_lead": None,
+        **EVIDENCED,
+    }
     assert best["prob_best"] > 0.99
     active = [row for row in tea["variants"] if row["status"] == "active"]
     assert math.isclose(sum(row["prob_best"] for row in active), 1.0, abs_tol=1e-9)
@@ -251,6 +266,7 @@ def test_a_fresh_line_ahead_on_a_few_impressions_is_not_reported_as_proven(
         "kind": "proven",
         "variant_id": control,
         "thin_lead": {"variant_id": fresh, "impressions": 3, "needed": 200, "alone": False},
+        **EVIDENCED,
     }
 
     # With the evidence the policy asks for, the same line leads.
@@ -258,7 +274,7 @@ def test_a_fresh_line_ahead_on_a_few_impressions_is_not_reported_as_proven(
     assert response.status_code == 200, response.get_json()
     tea = _segment(_report(api, eid), "tea-lovers")
     assert tea["leader"]["proven"] is True
-    assert tea["verdict"] == {"kind": "leader", "variant_id": fresh, "thin_lead": None}
+    assert tea["verdict"] == {"kind": "leader", "variant_id": fresh, "thin_lead": None, **EVIDENCED}
 
 
 def test_before_any_line_has_the_evidence_the_verdict_is_too_early(
@@ -275,6 +291,7 @@ def test_before_any_line_has_the_evidence_the_verdict_is_too_early(
         "kind": "early",
         "variant_id": first,
         "thin_lead": {"variant_id": first, "impressions": 1, "needed": 200, "alone": False},
+        **EVIDENCED,
     }
 
 
@@ -293,7 +310,48 @@ def test_a_lone_live_line_is_too_early_and_ahead_of_none(
         "kind": "early",
         "variant_id": only,
         "thin_lead": {"variant_id": only, "impressions": 12, "needed": 200, "alone": True},
+        "alone": True,
+        "none_shown": False,
     }
+
+
+def test_a_lone_proven_line_leads_alone_as_no_winner_is_declared_among_one(
+    api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    """The lifecycle declares a winner only among two or more live lines, so a lone proven
+    line is not on its way to being one: the page said "no winner declared yet"."""
+    only, paused = (v["id"] for v in experiment["segments"][1]["variants"])
+    _set(session, only, impressions=250, conversions=12)
+    _set(session, paused, impressions=900, conversions=40, status="paused")
+
+    parents = _segment(_report(api, experiment["id"]), "busy-parents")
+
+    assert parents["verdict"] == {
+        "kind": "leader",
+        "variant_id": only,
+        "thin_lead": None,
+        "alone": True,
+        "none_shown": False,
+    }
+
+
+def test_lines_never_shown_are_too_early_with_no_evidence_at_all(
+    api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    # Which unserved line tops probability best is its prior's sampling noise.
+    first, second = (v["id"] for v in experiment["segments"][1]["variants"])
+    _set(session, first, impressions=0, conversions=0)
+    _set(session, second, impressions=0, conversions=0)
+
+    verdict = _segment(_report(api, experiment["id"]), "busy-parents")["verdict"]
+
+    assert (verdict["kind"], verdict["none_shown"], verdict["alone"]) == ("early", True, False)
+    assert verdict["thin_lead"]["impressions"] == 0
+
+    # One line shown once is evidence, however thin.
+    _set(session, second, impressions=1)
+    verdict = _segment(_report(api, experiment["id"]), "busy-parents")["verdict"]
+    assert (verdict["kind"], verdict["none_shown"]) == ("early", False)
 
 
 def test_a_declared_winner_is_the_verdict_whatever_leads(
@@ -313,4 +371,9 @@ def test_a_declared_winner_is_the_verdict_whatever_leads(
 
     assert tea["winner"]["variant_id"] == control
     assert (tea["leader"]["variant_id"], tea["leader"]["proven"]) == (fresh, False)
-    assert tea["verdict"] == {"kind": "winner", "variant_id": control, "thin_lead": None}
+    assert tea["verdict"] == {
+        "kind": "winner",
+        "variant_id": control,
+        "thin_lead": None,
+        **EVIDENCED,
+    }

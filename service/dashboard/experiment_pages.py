@@ -361,7 +361,8 @@ class SegmentView:
     segment_id: int
     report: SegmentReport
     # The copy a marketer most wants to read, as the report's verdict names it (its kind the
-    # headline's, "" with no live copy).
+    # headline's, "" with no live copy); None where it is too early and the leader has never
+    # been shown, so it names no copy.
     headline_id: int | None
     headline_text: str | None
     headline_kind: str
@@ -405,6 +406,16 @@ def _segment_view(
     rows = {row.variant_id: row for row in report.variants}
     verdict = report.verdict
     headline_id = verdict.variant_id if verdict is not None else None
+    thin = verdict.thin_lead if verdict is not None else None
+    if (
+        verdict is not None
+        and verdict.kind == "early"
+        and thin is not None
+        and thin.impressions == 0
+    ):
+        # A leader never shown tops probability best on its prior alone: the page named one of
+        # several unserved lines, picked by sampling noise, as "ahead".
+        headline_id = None
     scale = max((row.interval[1] for row in report.variants), default=0.0)
     bars = {
         row.variant_id: charts.interval_bar(*row.interval, row.posterior_mean, scale)
@@ -440,7 +451,7 @@ def _segment_view(
         headline_prob_best=rows[headline_id].prob_best if headline_id is not None else None,
         bars=bars,
         styles=styles,
-        thin_lead=verdict.thin_lead if verdict is not None else None,
+        thin_lead=thin,
         charted_note=charted_note,
         served=bool(served),
         purged=purged,
