@@ -15,6 +15,7 @@ import logging
 import operator
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -836,11 +837,14 @@ def _unless_backing_off(
     session: Session, segment: Segment, actions: list[Action], now: datetime, interval: timedelta
 ) -> list[Action]:
     """The plan without its order for copy while the segment's last orders failed and the next
-    waits (service.copy_backoff); the order that ends a wait says how many failed. Only logged
-    while it waits: an audit row each pass was the noise the failed jobs were."""
+    waits (service.copy_backoff); the order that ends a wait says how many failed. Only logged,
+    by the first pass that finds the wait (_WAITS_LOGGED): an audit row each pass was the noise
+    the failed jobs were, and so was the same warning each pass, up to 96 a day per segment."""
     if not any(action.kind == "regenerate" for action in actions):
         return actions
     backoff = copy_backoff(session, segment, interval=interval)
+    if backoff is None or not backoff.holds_at(now, interval):
+        _WAITS_LOGGED.ended(session.get_bind(), segment.id)  # type: ignore[arg-type]
     if backoff is None:
         return actions
     if not backoff.holds_at(now, interval):
@@ -848,13 +852,45 @@ def _unless_backing_off(
         if backoff.interrupted:
             numbers["interrupted"] = backoff.interrupted
         return _order_noted(actions, backoff.resumed(), numbers)
-    log.warning(
-        "lifecycle: segment %s of experiment %s gets no new copy yet: %s",
-        segment.key,
-        segment.experiment_id,
-        backoff.paused(),
-    )
+    if _WAITS_LOGGED.is_news(session.get_bind(), segment.id, backoff.until):  # type: ignore[arg-type]
+        log.warning(
+            "lifecycle: segment %s of experiment %s gets no new copy yet: %s",
+            segment.key,
+            segment.experiment_id,
+            backoff.paused(),
+        )
     return _without_order(actions)
+
+
+class _WaitsLogged:
+    """The copy backoffs this process has logged, by database and segment, with the end each was
+    logged with: a wait is news when it begins, and again when a new failure moves its end.
+    Per process, so each process that runs passes (the scheduler's slot moves between them, and
+    each `lifecycle --once` is one) logs a wait once; a database stored none of it. By database:
+    two apps in a process (tests) number their segments alike."""
+
+    def __init__(self) -> None:
+        self._until: weakref.WeakKeyDictionary[sa.Engine, dict[int, datetime]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+
+    def is_news(self, engine: sa.Engine, segment_id: int, until: datetime) -> bool:
+        """Whether the segment's wait until `until` has not been logged yet; it has been after."""
+        with self._lock:
+            logged = self._until.setdefault(engine, {})
+            news = logged.get(segment_id) != until
+            logged[segment_id] = until
+        return news
+
+    def ended(self, engine: sa.Engine, segment_id: int) -> None:
+        """Forget the segment's wait, over or gone: kept, every segment that ever waited stayed
+        here for the life of the process."""
+        with self._lock:
+            self._until.get(engine, {}).pop(segment_id, None)
+
+
+_WAITS_LOGGED = _WaitsLogged()
 
 
 _LIFTED_BY = {"brief": "the brief changed", "model": "the configured model changed"}

@@ -875,6 +875,34 @@ def test_a_pass_backing_off_writes_no_audit_row_and_the_order_that_resumes_says_
     assert resumed.numbers is not None and resumed.numbers["failed_in_a_row"] == 3
 
 
+def test_a_wait_is_logged_once_as_it_begins_and_again_when_a_failure_moves_its_end(
+    app: Any, session: Session, experiment: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each pass that found the wait still running logged it again: at the default interval up
+    to 96 identical warnings a day per segment, where the pass's own log is one line."""
+    failed_in_a_row(session, experiment, TEA, 3, last_at=NOW)
+    caplog.set_level(logging.WARNING, logger="service.lifecycle")
+
+    def waits_logged() -> list[str]:
+        return [m for m in caplog.messages if f"segment {TEA} " in m and "no new copy yet" in m]
+
+    for k in (1, 2, 3):
+        assert not tea_ordered(app, session, experiment, NOW + k * INTERVAL)
+    assert waits_logged() == [
+        f"lifecycle: segment {TEA} of experiment {experiment['id']} gets no new copy yet: paused "
+        f"after 3 failed jobs in a row, until {NOW + 4 * INTERVAL:%Y-%m-%d %H:%M:%S} UTC"
+    ]
+
+    # A fourth order failed (one a pass made before the wait was read, say): the end moved.
+    ended_job(session, experiment, TEA, ordered_at=NOW + 3 * INTERVAL)
+    for k in (4, 5):
+        assert not tea_ordered(app, session, experiment, NOW + k * INTERVAL)
+    assert len(waits_logged()) == 2
+    assert waits_logged()[1].endswith(
+        f"paused after 4 failed jobs in a row, until {NOW + 11 * INTERVAL:%Y-%m-%d %H:%M:%S} UTC"
+    )
+
+
 def killed_mid_job(session: Session, job_id: int, at: datetime) -> None:
     """The job as a worker killed while loading the model (out of memory, SIGKILL) leaves it:
     running, its last progress at `at`, nothing written off at exit."""
