@@ -31,6 +31,7 @@ from typing import NamedTuple
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
+from service.errors import cut
 from service.models import (
     JOB_GIVEN_UP,
     GenerationJob,
@@ -79,9 +80,16 @@ _SAYS = sa.or_(
 _GIVEN_UP_AT = sa.case(
     (col(GenerationJob.error).startswith(JOB_GIVEN_UP), col(GenerationJob.finished_at))
 )
+# What a job says of how it ended, as the dashboard's note quotes it: its error (a failed or
+# interrupted job's), or its message (one whose every line was refused: "done: 0 new variants");
+# only as much as the note shows of its first line, not an error's 2,000 characters per job read.
+_SAID_CHARS = 160
+_SAID = sa.func.substr(
+    sa.func.coalesce(col(GenerationJob.error), col(GenerationJob.message)), 1, _SAID_CHARS + 1
+)
 # A finished job as the backoff reads it: id, outcome, segment (None: every segment), when a pass
-# gave it up.
-_Job = tuple[int, str, int | None, datetime | None]
+# gave it up, what it said (_SAID).
+_Job = tuple[int, str, int | None, datetime | None, str | None]
 
 
 class _Failure(NamedTuple):
@@ -90,6 +98,15 @@ class _Failure(NamedTuple):
     job_id: int
     interrupted: bool
     ended_at: datetime | None
+    said: str | None
+
+
+class LatestFailure(NamedTuple):
+    """The newest job of a run of failures, and the first line of what it said as it ended,
+    cut short: where a marketer reads why the copy waits."""
+
+    job_id: int
+    said: str
 
 
 @dataclass(frozen=True)
@@ -102,6 +119,7 @@ class Backoff:
     since: datetime
     until: datetime
     interrupted: int = 0
+    latest: LatestFailure | None = None
 
     def holds_at(self, now: datetime, interval: timedelta) -> bool:
         """Whether a pass at `now` still waits. Passes start on interval boundaries, give or take
@@ -126,10 +144,14 @@ class Backoff:
 
 
 def backoff_after(
-    failed_orders: Sequence[datetime], *, interval: timedelta, interrupted: int = 0
+    failed_orders: Sequence[datetime],
+    *,
+    interval: timedelta,
+    interrupted: int = 0,
+    latest: LatestFailure | None = None,
 ) -> Backoff | None:
     """When each failed order in a row was made (one interrupted: given up), newest first, of
-    which `interrupted` were interrupted; None without any."""
+    which `interrupted` were interrupted; None without any. `latest`: the newest's job."""
     if not failed_orders:
         return None
     wait = interval
@@ -139,7 +161,7 @@ def backoff_after(
             break
         wait *= 2
     since = failed_orders[0]
-    return Backoff(len(failed_orders), since, since + min(wait, BACKOFF_CAP), interrupted)
+    return Backoff(len(failed_orders), since, since + min(wait, BACKOFF_CAP), interrupted, latest)
 
 
 def copy_backoff(session: Session, segment: Segment, *, interval: timedelta) -> Backoff | None:
@@ -147,17 +169,18 @@ def copy_backoff(session: Session, segment: Segment, *, interval: timedelta) -> 
     where a job for every segment failed among them, and a third, of the orders, only while the
     latest say the model failed."""
     recent = _until_wrote(
-        session.exec(
-            select(
-                GenerationJob.id,
-                GenerationJob.outcome,
-                GenerationJob.segment_id,
+        session.execute(
+            sa.select(
+                col(GenerationJob.id),
+                col(GenerationJob.outcome),
+                col(GenerationJob.segment_id),
                 _GIVEN_UP_AT,
+                _SAID,
             )
             .where(jobs_covering(segment), _SAYS)
             .order_by(col(GenerationJob.id).desc())
             .limit(_JOBS_READ)
-        ).all()  # type: ignore[arg-type]
+        )
     )
     failed = _failed_run(recent, segment, _stored_in(session, [recent]))
     if not failed:
@@ -183,6 +206,7 @@ def copy_backoffs(
             col(GenerationJob.segment_id),
             col(GenerationJob.outcome),
             _GIVEN_UP_AT.label("given_up_at"),
+            _SAID.label("said"),
             sa.func.row_number()
             .over(
                 partition_by=(col(GenerationJob.experiment_id), col(GenerationJob.segment_id)),
@@ -194,10 +218,10 @@ def copy_backoffs(
         .subquery()
     )
     jobs: dict[tuple[int, int | None], list[_Job]] = defaultdict(list)
-    for job_id, experiment_id, segment_id, outcome, given_up_at, _ in session.execute(
+    for job_id, experiment_id, segment_id, outcome, given_up_at, said, _ in session.execute(
         sa.select(latest).where(latest.c.nth <= _JOBS_READ).order_by(latest.c.id.desc())
     ):
-        jobs[experiment_id, segment_id].append((job_id, outcome, segment_id, given_up_at))
+        jobs[experiment_id, segment_id].append((job_id, outcome, segment_id, given_up_at, said))
     recent = {
         segment.id: _until_wrote(
             heapq.merge(
@@ -240,15 +264,15 @@ def _failed_run(
     interrupted (`stored`: _stored_in's). Its interrupted jobs only where they count
     (_counted): the orders are not read for one alone."""
     failed: list[_Failure] = []
-    for job_id, outcome, _, given_up_at in recent:
+    for job_id, outcome, _, given_up_at, said in recent:
         if segment.key in stored.get(job_id, ()):
             break
         # A job for every segment that found another's brief too long, having stored none here,
         # says nothing of the model here.
         if outcome in _FAILED:
-            failed.append(_Failure(job_id, False, None))
+            failed.append(_Failure(job_id, False, None, said))
         elif outcome == JobOutcome.INTERRUPTED.value and given_up_at is not None:
-            failed.append(_Failure(job_id, True, given_up_at))
+            failed.append(_Failure(job_id, True, given_up_at, said))
     return _counted(failed)
 
 
@@ -265,7 +289,7 @@ def _stored_in(session: Session, runs: Iterable[list[_Job]]) -> dict[int, set[st
     ids = {
         job_id
         for run in runs
-        for job_id, outcome, segment_id, _ in run
+        for job_id, outcome, segment_id, _, _ in run
         if segment_id is None and outcome in _ENDED_MIDWAY
     }
     if not ids:
@@ -290,7 +314,15 @@ def _backoff(
         [f.ended_at if f.interrupted and f.ended_at else ordered[f.job_id] for f in run],
         interval=interval,
         interrupted=sum(f.interrupted for f in run),
+        latest=LatestFailure(run[0].job_id, _first_line(run[0].said)) if run else None,
     )
+
+
+def _first_line(said: str | None) -> str:
+    # An exception's message may run on over lines (a library's hint under it): the first says
+    # what failed, and the job's page has the rest.
+    lines = (said or "").strip().splitlines()
+    return cut(lines[0] if lines else "no error recorded", _SAID_CHARS)
 
 
 def orders_of(session: Session, job_ids: Collection[int]) -> dict[int, datetime]:

@@ -54,6 +54,8 @@ from tests.conftest import store_policy_by_hand
 from tests.test_generation_service import OneLinePerRound
 from tests.test_lifecycle_run import (
     GIVEN_UP_AFTER,
+    TEA,
+    ended_job,
     failed_in_a_row,
     held_as_too_long,
     interrupted_while_running,
@@ -2642,12 +2644,17 @@ def test_the_experiment_page_says_a_segment_s_copy_waits_after_its_orders_failed
     ordered_at = utcnow().replace(second=17, microsecond=250_000) - timedelta(minutes=1)
     with Session(app.extensions["copybandit.engine"]) as session:
         failed_in_a_row(session, experiment, "tea-lovers", 3, last_at=ordered_at)
+        latest = max(session.exec(select(GenerationJob.id)).all())
     page = dash.html(f"/dashboard/experiments/{experiment['id']}")
 
     until = ordered_at + timedelta(hours=1)
     assert texts(section(page, "tea-lovers"), "p", data_testid="no-copy") == [
         "The lifecycle orders no new copy for this segment: paused after 3 failed jobs in a row, "
-        f"until {until:%Y-%m-%d %H:%M}:17 UTC."
+        f"until {until:%Y-%m-%d %H:%M}:17 UTC. The latest, job #{latest}, ended: RuntimeError: "
+        "the model fell over"
+    ]
+    assert texts(section(page, "tea-lovers"), "a", href=f"/dashboard/jobs/{latest}") == [
+        f"job #{latest}"
     ]
     assert texts(section(page, "busy-parents"), "p", data_testid="no-copy") == []
 
@@ -2663,15 +2670,55 @@ def test_the_experiment_page_says_a_segment_s_copy_waits_after_its_jobs_killed_t
         interrupted_while_running(
             session, experiment, ordered_at=first - GIVEN_UP_AFTER, given_up_at=first
         )
-        interrupted_while_running(session, experiment, ordered_at=first, given_up_at=given_up)
+        latest = interrupted_while_running(
+            session, experiment, ordered_at=first, given_up_at=given_up
+        )
     page = dash.html(f"/dashboard/experiments/{experiment['id']}")
 
     until = given_up + timedelta(minutes=30)
     assert texts(section(page, "tea-lovers"), "p", data_testid="no-copy") == [
         "The lifecycle orders no new copy for this segment: paused after 2 failed jobs in a row "
         "(both interrupted mid-job: their worker stopped, out of memory perhaps), "
-        f"until {until:%Y-%m-%d %H:%M:%S} UTC."
+        f"until {until:%Y-%m-%d %H:%M:%S} UTC. The latest, job #{latest}, ended: interrupted: "
+        "no worker finished it within an hour; its process exited"
     ]
+
+
+# What a model folder that cannot be loaded fails its job with, less its path.
+_UNLOADABLE = "ModelUnavailable: the model folder '/srv/models/{}' cannot be loaded"
+_HINT = (
+    "config.json is missing (a folder saved by save_pretrained has one); set COPYBANDIT_MODEL to "
+    "a model folder, or leave it empty for the bundled model"
+)
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (f"{_UNLOADABLE.format(XSS)}\n{_HINT}", _UNLOADABLE.format(XSS)),
+        (f"{_UNLOADABLE.format(XSS)}: {_HINT}", f"{_UNLOADABLE.format(XSS)}: {_HINT}"[:159] + "…"),
+    ],
+    ids=["first-line", "cut-short"],
+)
+def test_a_wait_s_note_links_its_latest_failed_job_and_quotes_what_it_failed_with(
+    app: Any, dash: Dashboard, experiment: dict[str, Any], error: str, said: str
+) -> None:
+    """ "paused after 3 failed jobs in a row" said neither why the jobs failed nor where to look:
+    the marketer went through the jobs list for the one that said the model folder cannot be
+    loaded. The note quotes the newest failed job's first line, cut short and escaped, and links
+    its page; a later job that says nothing of the model (cancelled) is passed over."""
+    with Session(app.extensions["copybandit.engine"]) as session:
+        failed_in_a_row(session, experiment, TEA, 2, last_at=utcnow() - timedelta(minutes=16))
+        latest = ended_job(session, experiment, TEA, ordered_at=utcnow(), error=error)
+        ended_job(
+            session, experiment, TEA, ordered_at=None, status="cancelled", outcome="cancelled"
+        )
+    page = section(dash.html(f"/dashboard/experiments/{experiment['id']}"), TEA)
+
+    (note,) = texts(page, "p", data_testid="no-copy")
+    assert note.endswith(f"UTC. The latest, job #{latest}, ended: {said}")
+    assert texts(page, "a", href=f"/dashboard/jobs/{latest}") == [f"job #{latest}"]
+    assert ESCAPED in page and XSS not in page
 
 
 def _copy_enough(app: Any, api: Any, experiment: dict[str, Any]) -> None:

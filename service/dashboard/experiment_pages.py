@@ -18,7 +18,7 @@ from sqlmodel import Session, col, select
 from werkzeug.wrappers import Response
 
 from service import db
-from service.copy_backoff import copy_backoffs
+from service.copy_backoff import Backoff, LatestFailure, copy_backoffs
 from service.dashboard import charts
 from service.dashboard.blueprint import bp, flash_about_segment, form_int, validated
 from service.dashboard.blueprint import invalidate as invalidate_snapshot
@@ -261,6 +261,8 @@ def experiment_page(experiment_id: int, refused: RefusedForm | None = None) -> s
     for segment in report.segments:
         segment_id = ids[segment.key]
         why = held[segment_id]
+        # Only an unheld segment's copy waits: its hold is why it gets none.
+        wait = waiting.get(segment_id)
         views.append(
             _segment_view(
                 segment_id,
@@ -268,7 +270,8 @@ def experiment_page(experiment_id: int, refused: RefusedForm | None = None) -> s
                 charted[segment.key],
                 histories.get(segment.key),
                 purged=purged.get(segment.key, 0) > 0,
-                no_copy=why or waiting.get(segment_id),
+                no_copy=why or (wait.paused() if wait else None),
+                failed_last=wait.latest if wait else None,
                 held=held_for(segment.key, why) if why is not None else None,
                 on_order=on_order.get(segment_id, ()),
             )
@@ -291,17 +294,17 @@ def _backing_off(
     interval: timedelta,
     policy: LifecyclePolicy | None,
     orders: Mapping[int, Sequence[GenerationJob]],
-) -> dict[int, str]:
-    """Why the lifecycle orders some of `segments` (by id) no copy for now, after their orders
-    failed. Said only while it would otherwise order some: beside copy enough, the note said it
-    held back an order it would not have made. `orders`: each one's jobs on order."""
+) -> dict[int, Backoff]:
+    """The waits that keep the lifecycle from ordering some of `segments` (by id) copy for now,
+    after their orders failed. Only where it would otherwise order some: beside copy enough, the
+    note said it held back an order it would not have made. `orders`: each one's jobs on order."""
     if policy is None:
         return {}
     short = short_of_copy(session, segments, policy, orders)
     backoffs = copy_backoffs(session, [s for s in segments if s.id in short], interval=interval)
     now = utcnow()
     return {
-        segment_id: backoff.paused()
+        segment_id: backoff
         for segment_id, backoff in backoffs.items()
         if backoff is not None and backoff.holds_at(now, interval)
     }
@@ -383,6 +386,9 @@ class SegmentView:
     # Why the lifecycle orders no copy for it (a brief too long for the model, or its last orders
     # failed and the next waits), if it orders none.
     no_copy: str | None = None
+    # Where its last orders failed: the newest of those jobs, and the first line of its error.
+    # "paused after 3 failed jobs" alone said neither why nor where to look.
+    failed_last: LatestFailure | None = None
     # What a job started by hand for it is refused with, while its brief is held as too long for
     # the model: the page says so beside the Generate button, which it turns off.
     held: str | None = None
@@ -398,6 +404,7 @@ def _segment_view(
     *,
     purged: bool,
     no_copy: str | None,
+    failed_last: LatestFailure | None,
     held: str | None,
     on_order: tuple[JobOnOrder, ...],
 ) -> SegmentView:
@@ -458,6 +465,7 @@ def _segment_view(
         share_chart=share_chart,
         rate_chart=rate_chart,
         no_copy=no_copy,
+        failed_last=failed_last,
         held=held,
         on_order=on_order,
     )
