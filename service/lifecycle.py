@@ -1198,7 +1198,12 @@ def audit_trail(
             query = query.where(col(LifecycleEvent.id) < before)
         return query.order_by(col(LifecycleEvent.id).desc()).limit(limit).subquery().select()
 
-    event = aliased(LifecycleEvent, sa.union_all(*map(newest, actions)).subquery())
+    # Each action once, as `IN (...)` read them: one named twice was read twice, and none at all
+    # made no query SQL can run.
+    distinct = sorted(set(actions))
+    if not distinct:
+        return []
+    event = aliased(LifecycleEvent, sa.union_all(*map(newest, distinct)).subquery())
     return list(session.exec(select(event).order_by(col(event.id).desc()).limit(limit)))
 
 

@@ -1289,6 +1289,24 @@ def test_the_audit_trail_reads_each_action_s_newest_rows_from_its_index(
     }, reads
 
 
+def test_the_audit_trail_reads_an_action_named_twice_once_and_none_as_no_rows(
+    session: Session, experiment: dict[str, Any]
+) -> None:
+    # Read as one range per action named: one named twice came back twice, and none at all made a
+    # query no database runs, where the `IN (...)` before had read each once and none as nothing.
+    tea = segment_id(session, experiment, TEA)
+    session.add_all(
+        LifecycleEvent(experiment_id=experiment["id"], segment_id=tea, action=a, reason="r")
+        for a in ["retire", "prior", "retire"]
+    )
+    session.commit()
+    twice = lifecycle.audit_trail(
+        session, experiment_id=experiment["id"], actions=("retire", "retire")
+    )
+    assert [event.action for event in twice] == ["retire", "retire"]
+    assert lifecycle.audit_trail(session, experiment_id=experiment["id"], actions=()) == []
+
+
 @pytest.mark.parametrize(
     ("query", "field"),
     [("action=prior&action=retire", "action"), ("before=5&before=6", "before")],
