@@ -17,7 +17,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -813,23 +813,30 @@ def _unless_brief_refused(
 ) -> list[Action]:
     """The plan without its order for copy when a job found the segment's brief, unchanged since,
     too long for the model, still the one configured: every job for it fails, and each pass
-    ordered another (loading the model every time). Logged each pass it holds back an order; the
-    order that ends a hold says what changed, as the hold's audit row said why it began."""
+    ordered another (loading the model every time). Logged by the first pass that holds back an
+    order (_WAITS_LOGGED), as a wait after failed jobs is; the order that ends a hold says what
+    changed, as the hold's audit row said why it began."""
     if not any(action.kind == "regenerate" for action in actions):
         return actions
+    engine = session.get_bind()
     record = last_record(session, segment)
+    lifted = None if record is None else hold_lifted(record, experiment, segment, model=model)
+    if record is None or lifted is not None:
+        _WAITS_LOGGED.ended(engine, ("hold", segment.id))  # type: ignore[arg-type]
     if record is None:
         return actions
-    lifted = hold_lifted(record, experiment, segment, model=model)
     if lifted is not None:
         note = f"the hold on a brief too long for the model ended: {_LIFTED_BY[lifted]}"
         return _order_noted(actions, note, {"hold_lifted": lifted})
-    log.warning(
-        "lifecycle: segment %s of experiment %s gets no new copy: %s",
-        segment.key,
-        experiment.id,
-        refusal(record),
-    )
+    why = refusal(record)
+    # Logged each pass, a brief held for a month was 2,900 lines of the same words.
+    if _WAITS_LOGGED.is_news(engine, ("hold", segment.id), why):  # type: ignore[arg-type]
+        log.warning(
+            "lifecycle: segment %s of experiment %s gets no new copy: %s",
+            segment.key,
+            experiment.id,
+            why,
+        )
     return _without_order(actions)
 
 
@@ -844,7 +851,7 @@ def _unless_backing_off(
         return actions
     backoff = copy_backoff(session, segment, interval=interval)
     if backoff is None or not backoff.holds_at(now, interval):
-        _WAITS_LOGGED.ended(session.get_bind(), segment.id)  # type: ignore[arg-type]
+        _WAITS_LOGGED.ended(session.get_bind(), ("backoff", segment.id))  # type: ignore[arg-type]
     if backoff is None:
         return actions
     if not backoff.holds_at(now, interval):
@@ -852,7 +859,7 @@ def _unless_backing_off(
         if backoff.interrupted:
             numbers["interrupted"] = backoff.interrupted
         return _order_noted(actions, backoff.resumed(), numbers)
-    if _WAITS_LOGGED.is_news(session.get_bind(), segment.id, backoff.until):  # type: ignore[arg-type]
+    if _WAITS_LOGGED.is_news(session.get_bind(), ("backoff", segment.id), backoff.until):  # type: ignore[arg-type]
         log.warning(
             "lifecycle: segment %s of experiment %s gets no new copy yet: %s",
             segment.key,
@@ -863,31 +870,32 @@ def _unless_backing_off(
 
 
 class _WaitsLogged:
-    """The copy backoffs this process has logged, by database and segment, with the end each was
-    logged with: a wait is news when it begins, and again when a new failure moves its end.
-    Per process, so each process that runs passes (the scheduler's slot moves between them, and
-    each `lifecycle --once` is one) logs a wait once; a database stored none of it. By database:
-    two apps in a process (tests) number their segments alike."""
+    """The waits this process has logged (a segment's copy backoff, its held brief), by database
+    and wait, with what each was logged with: a wait is news when it begins, and again when what
+    it says changes (a new failure moves a backoff's end). Per process, so each process that runs
+    passes (the scheduler's slot moves between them, and each `lifecycle --once` is one) logs a
+    wait once; a database stored none of it. By database: two apps in a process (tests) number
+    their segments alike."""
 
     def __init__(self) -> None:
-        self._until: weakref.WeakKeyDictionary[sa.Engine, dict[int, datetime]] = (
+        self._said: weakref.WeakKeyDictionary[sa.Engine, dict[Hashable, object]] = (
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
 
-    def is_news(self, engine: sa.Engine, segment_id: int, until: datetime) -> bool:
-        """Whether the segment's wait until `until` has not been logged yet; it has been after."""
+    def is_news(self, engine: sa.Engine, wait: Hashable, said: object) -> bool:
+        """Whether `wait` saying `said` has not been logged yet; it has been after."""
         with self._lock:
-            logged = self._until.setdefault(engine, {})
-            news = logged.get(segment_id) != until
-            logged[segment_id] = until
+            logged = self._said.setdefault(engine, {})
+            news = logged.get(wait) != said
+            logged[wait] = said
         return news
 
-    def ended(self, engine: sa.Engine, segment_id: int) -> None:
-        """Forget the segment's wait, over or gone: kept, every segment that ever waited stayed
-        here for the life of the process."""
+    def ended(self, engine: sa.Engine, wait: Hashable) -> None:
+        """Forget the wait, over or gone: kept, every segment that ever waited stayed here for
+        the life of the process."""
         with self._lock:
-            self._until.get(engine, {}).pop(segment_id, None)
+            self._said.get(engine, {}).pop(wait, None)
 
 
 _WAITS_LOGGED = _WaitsLogged()

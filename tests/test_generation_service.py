@@ -434,6 +434,10 @@ def test_the_lifecycle_orders_no_copy_for_a_brief_too_long_until_it_changes(
         "for the model: 5,201 tokens of 4,096; shorten it (the product description, brand voice or "
         "the segment's persona), or configure a model with a longer context"
     ) in caplog.messages
+    # Said once: logged every pass, a brief held for a month was 2,900 lines of the same words.
+    caplog.clear()
+    assert _lifecycle_pass(app) == []
+    assert not [m for m in caplog.messages if "gets no new copy" in m]
     edited = api.patch(
         f"/v1/experiments/{created['id']}/segments/wordy",
         json={"description": "Drink tea by the pot."},
