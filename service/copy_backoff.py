@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import re
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -87,6 +88,9 @@ _SAID_CHARS = 160
 _SAID = sa.func.substr(
     sa.func.coalesce(col(GenerationJob.error), col(GenerationJob.message)), 1, _SAID_CHARS + 1
 )
+# An exception's name alone on a line, as f"{type(exc).__name__}: {exc}" leaves it where the
+# message begins with a line break.
+_NAME_ALONE = re.compile(r"\w+:")
 # A finished job as the backoff reads it: id, outcome, segment (None: every segment), when a pass
 # gave it up, what it said (_SAID).
 _Job = tuple[int, str, int | None, datetime | None, str | None]
@@ -319,10 +323,25 @@ def _backoff(
 
 
 def _first_line(said: str | None) -> str:
+    """What the dashboard's note quotes of `said` (_SAID's read): its first line, cut short."""
     # An exception's message may run on over lines (a library's hint under it): the first says
     # what failed, and the job's page has the rest.
-    lines = (said or "").strip().splitlines()
-    return cut(lines[0] if lines else "no error recorded", _SAID_CHARS)
+    text = said or ""
+    quoted: list[str] = []
+    line = ""
+    for line in text.splitlines(keepends=True):
+        if line.strip():
+            quoted.append(line.strip())
+            # "ImportError:" alone said nothing of what failed: the message began on the next
+            # line, as transformers words a library it misses.
+            if not _NAME_ALONE.fullmatch(quoted[-1]):
+                break
+    first = " ".join(quoted) or "no error recorded"
+    # A read of a character more than the note shows that stopped in the line quoted cut it,
+    # though the line break and indent taken out may leave it short enough to read as whole.
+    if len(text) > _SAID_CHARS and line.splitlines() == [line]:
+        return first[: _SAID_CHARS - 1] + "…"
+    return cut(first, _SAID_CHARS)
 
 
 def orders_of(session: Session, job_ids: Collection[int]) -> dict[int, datetime]:

@@ -2690,6 +2690,15 @@ _HINT = (
     "config.json is missing (a folder saved by save_pretrained has one); set COPYBANDIT_MODEL to "
     "a model folder, or leave it empty for the bundled model"
 )
+# How transformers words a library it misses: its message begins on a line of its own.
+_MISSING = (
+    f"ImportError: \n{XSS} requires the SentencePiece library but it was not found in your "
+    "environment.\nCheck out the instructions on the installation page of its repo"
+)
+_MISSING_SAID = (
+    f"ImportError: {XSS} requires the SentencePiece library but it was not found in your "
+    "environment."
+)
 
 
 @pytest.mark.parametrize(
@@ -2697,8 +2706,16 @@ _HINT = (
     [
         (f"{_UNLOADABLE.format(XSS)}\n{_HINT}", _UNLOADABLE.format(XSS)),
         (f"{_UNLOADABLE.format(XSS)}: {_HINT}", f"{_UNLOADABLE.format(XSS)}: {_HINT}"[:159] + "…"),
+        # It quoted "ImportError:", which said nothing of what failed.
+        (_MISSING, _MISSING_SAID),
+        # The line read (161 characters, less the break and indent between its two parts) is
+        # short of the cut: it is still cut, as the read had cut it.
+        (
+            f"ValueError:\n{' ' * 40}{XSS} {'x' * 200}",
+            f"ValueError: {XSS} {'x' * 200}"[: 161 - 40] + "…",
+        ),
     ],
-    ids=["first-line", "cut-short"],
+    ids=["first-line", "cut-short", "name-alone", "name-alone-cut-short"],
 )
 def test_a_wait_s_note_links_its_latest_failed_job_and_quotes_what_it_failed_with(
     app: Any, dash: Dashboard, experiment: dict[str, Any], error: str, said: str
