@@ -765,7 +765,8 @@ class Verdict(BaseModel):
     )
     alone: bool = Field(
         description="variant_id is the segment's only live copy: the lifecycle declares a winner "
-        "only among two or more, so none is declared until more copy is live"
+        "only among two or more, so none is declared until more copy is live (kind winner: it was "
+        "declared while others were, and they have left since)"
     )
     none_shown: bool = Field(
         description="kind early, and no live copy has been shown yet: variant_id tops "
