@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import sqlalchemy as sa
@@ -62,6 +63,21 @@ def spelled_out(text: str) -> str:
     """`text` with each character that shows nothing or is not text written as its code point
     in brackets, as `quoted` shows it, without the quotes."""
     return "".join(char if char.isprintable() else f"[U+{ord(char):04X}]" for char in text)
+
+
+# NUL, which PostgreSQL refuses in text, and lone surrogates, which no driver encodes (what Python
+# keeps of bytes that were not UTF-8: a file name read with os.fsdecode, an argument, a variable).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """`text` with each character no database stores spelled out as `spelled_out` does.
+
+    For text the service writes of its own, an exception's message above all: a job whose error
+    quoted one failed to record its failure, and read running until a pass gave it up an hour
+    later. Spelled out, not replaced with U+FFFD, so whoever reads the error still sees which byte
+    it was (U+DCFF stands for 0xFF); its line breaks are kept."""
+    return _UNSTORABLE.sub(lambda match: spelled_out(match.group()), text)
 
 
 class APIError(Exception):

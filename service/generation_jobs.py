@@ -35,6 +35,7 @@ from generation.writer import PromptTooLong, Writer
 from service.config import Settings
 from service.copy_checks import brief_for, lint_config
 from service.db import database_unavailable, rows_changed
+from service.errors import storable
 from service.experiments import fetch, find_segment, get_experiment, segments_of
 from service.lifecycle import assign_prior, jobs_it_ordered
 from service.long_briefs import (
@@ -289,7 +290,7 @@ def run_job(
                 status=JobStatus.FAILED,
                 outcome=_failure_outcome(exc),
                 finished_at=utcnow(),
-                error=f"{type(exc).__name__}: {exc}"[:JOB_ERROR_MAX_CHARS],
+                error=storable(f"{type(exc).__name__}: {exc}")[:JOB_ERROR_MAX_CHARS],
                 # A brief too long is kept, so the lifecycle orders no more until it changes.
                 result=result if result["segments"] or result.get(BRIEFS_TOO_LONG) else None,
                 message=_failure_message(stored, list(result["segments"])),

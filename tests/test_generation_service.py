@@ -151,6 +151,33 @@ def test_a_failing_model_fails_the_job_and_stores_nothing(
     assert _variants(api, experiment["id"], "tea-lovers") == before
 
 
+@pytest.mark.parametrize(
+    ("said", "recorded"),
+    [
+        # A file name read with os.fsdecode keeps a byte that is not UTF-8 as a lone surrogate.
+        (
+            "cannot read /models/caf\udce9/config.json",
+            "cannot read /models/caf[U+DCE9]/config.json",
+        ),
+        ("the tokenizer cannot read 'ab\x00c'", "the tokenizer cannot read 'ab[U+0000]c'"),
+    ],
+)
+def test_a_job_whose_error_holds_characters_no_database_stores_records_its_failure(
+    api: Any, app: Any, experiment: dict[str, Any], said: str, recorded: str
+) -> None:
+    """Its failure could not be written (psycopg and sqlite3 encode no lone surrogate, PostgreSQL
+    stores no NUL), and the job read running until a pass gave it up an hour later."""
+
+    class Raises(ScriptedWriter):
+        def sample(self, messages: list[dict[str, str]], n: int, seed: int) -> list[Sample]:
+            raise OSError(said)
+
+    app.extensions["copybandit.jobs"].writer_factory = lambda: Raises([])
+    job = _run(api, app, experiment["id"], {"segment": "tea-lovers", "n": 2})
+
+    assert (job["status"], job["error"]) == ("failed", f"OSError: {recorded}")
+
+
 def test_a_model_that_cannot_be_loaded_fails_the_job_in_one_logged_line(
     api: Any, app: Any, experiment: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
