@@ -37,6 +37,11 @@ INVISIBLE_FORMATTING = re.compile("[\u200b\u202a-\u202e\u2066-\u206f\ufeff]")
 # English name apart in Arabic copy on purpose), and once they are gone the line reviewers read,
 # lint checks and de-duplication compares is the line a storefront draws.
 _UNWANTED = re.compile(f"{CONTROL_CHARACTERS.pattern}|{INVISIBLE_FORMATTING.pattern}")
+# What a writer that decodes with surrogateescape keeps of bytes that are not UTF-8. No driver
+# encodes them, so one in a line failed the job as it stored the segment's copy. Each is a
+# character lost, not a stray token: it becomes U+FFFD, as a decoder that replaces writes it (the
+# model's tokenizer does), so a reviewer sees that the line is missing a letter.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _unwrap(line: str) -> str:
@@ -75,7 +80,7 @@ def clean(raw: str, *, finished: bool = True) -> str:
     """
     # NFC, as the API stores copy written by hand: a line the model spelled with combining accents
     # looks the same as one typed precomposed, and must compare (de-duplication, exports) the same.
-    text = unicodedata.normalize("NFC", _UNWANTED.sub("", raw))
+    text = unicodedata.normalize("NFC", _LONE_SURROGATE.sub("\ufffd", _UNWANTED.sub("", raw)))
     line = next(filter(None, map(_copy_in, text.splitlines())), "")
     line = re.sub(r"\s+", " ", line)
     if not finished:

@@ -56,6 +56,9 @@ PERSIAN = "کتری\u200cهای Ridgeline"  # noqa: RUF001 (ZWNJ keeps its lette
         # control characters some tokens decode to: dropped (NUL could not even be stored)
         ("Tea lovers, the Aurora kettle\x00 is here.", "Tea lovers, the Aurora kettle is here."),
         ("\x07Grip every\x7f weekend\x08 trail.\x1b", "Grip every weekend trail."),
+        # lone surrogates, a writer's surrogateescape of bytes not UTF-8 (no database takes
+        # them): each a character lost, shown as one
+        ("Caf\udce9-ready Ridgeline shoes.", "Caf\ufffd-ready Ridgeline shoes."),
         # invisible formatting, which the API refuses in copy: dropped (after a U+202E a storefront
         # drew the rest of the line backwards, not as its reviewer read it)
         ("Grip every \u202eweekend trail.\u202c", "Grip every weekend trail."),

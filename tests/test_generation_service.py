@@ -178,6 +178,20 @@ def test_a_job_whose_error_holds_characters_no_database_stores_records_its_failu
     assert (job["status"], job["error"]) == ("failed", f"OSError: {recorded}")
 
 
+def test_generated_copy_with_a_lone_surrogate_is_stored_with_a_replacement_character(
+    api: Any, app: Any, experiment: dict[str, Any]
+) -> None:
+    # A writer that decodes with surrogateescape: the segment's copy failed to store, and the job.
+    garbled = "The Aurora kettle boils in three minutes flat, caf\udce9 or tea."
+    scripted = ScriptedWriter([garbled, GOOD[0]])
+    app.extensions["copybandit.jobs"].writer_factory = lambda: scripted
+    job = _run(api, app, experiment["id"], {"segment": "tea-lovers", "n": 2})
+
+    assert job["status"] == "succeeded", job["error"]
+    stored = {v["text"] for v in _variants(api, experiment["id"], "tea-lovers")}
+    assert "The Aurora kettle boils in three minutes flat, caf\ufffd or tea." in stored
+
+
 def test_a_model_that_cannot_be_loaded_fails_the_job_in_one_logged_line(
     api: Any, app: Any, experiment: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
