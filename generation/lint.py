@@ -220,6 +220,15 @@ def _markup(text: str, brief: Brief, config: LintConfig) -> str | None:
     return f"contains {match.group(0)!r}" if match else None
 
 
+def _lost_character(text: str, brief: Brief, config: LintConfig) -> str | None:
+    # U+FFFD stands where a decoder lost a character (the tokenizer's own, or the clean step's for
+    # a lone surrogate): shown to a shopper it is a "�" in the middle of a word, and with
+    # auto_approve such a line went live unseen.
+    if "\ufffd" in text:
+        return "contains U+FFFD, a character lost in decoding"
+    return None
+
+
 def _folded(text: str) -> str:
     """Compatibility forms as the characters they stand for, case kept (the domain pattern reads
     it): copy in Chinese or Japanese writes full-width forms (U+FF01-U+FF5E), and a full-width
@@ -553,6 +562,7 @@ RULES = {
     "prompt_echo": _echo,
     "repetitive": _repetitive,
     "off_product": _mentions_product,
+    "lost_character": _lost_character,
 }
 
 

@@ -340,7 +340,16 @@ def test_every_failing_rule_is_reported_in_rule_order() -> None:
         "prompt_echo",
         "repetitive",
         "off_product",
+        "lost_character",
     ]
+
+
+def test_a_line_holding_a_character_lost_in_decoding_is_refused() -> None:
+    # "Caf\ufffd-ready" is what a shopper would have read, live unseen under auto_approve.
+    brief = Brief(product_name="Ridgeline", product_description="Trail shoes.", segment="Hikers.")
+    refused = lint("Ridgeline: caf\ufffd-ready comfort on every trail.", brief)
+    assert refused.reasons() == ["lost_character: contains U+FFFD, a character lost in decoding"]
+    assert lint("Ridgeline: café-ready comfort on every trail.", brief).passed
 
 
 def test_a_worker_remembers_a_bounded_number_of_characters_and_names() -> None:

@@ -178,10 +178,12 @@ def test_a_job_whose_error_holds_characters_no_database_stores_records_its_failu
     assert (job["status"], job["error"]) == ("failed", f"OSError: {recorded}")
 
 
-def test_generated_copy_with_a_lone_surrogate_is_stored_with_a_replacement_character(
+def test_generated_copy_with_a_lone_surrogate_is_refused_with_a_replacement_character(
     api: Any, app: Any, experiment: dict[str, Any]
 ) -> None:
     # A writer that decodes with surrogateescape: the segment's copy failed to store, and the job.
+    # Now the line reads U+FFFD where the character was lost, and the lint refuses it, as a
+    # shopper would have read "caf\ufffd or tea"; the job stores the rest.
     garbled = "The Aurora kettle boils in three minutes flat, caf\udce9 or tea."
     scripted = ScriptedWriter([garbled, GOOD[0]])
     app.extensions["copybandit.jobs"].writer_factory = lambda: scripted
@@ -189,7 +191,12 @@ def test_generated_copy_with_a_lone_surrogate_is_stored_with_a_replacement_chara
 
     assert job["status"] == "succeeded", job["error"]
     stored = {v["text"] for v in _variants(api, experiment["id"], "tea-lovers")}
-    assert "The Aurora kettle boils in three minutes flat, caf\ufffd or tea." in stored
+    assert GOOD[0] in stored
+    assert not [text for text in stored if "\ufffd" in text or "\udce9" in text]
+    assert {
+        "text": "The Aurora kettle boils in three minutes flat, caf\ufffd or tea.",
+        "reasons": ["lost_character: contains U+FFFD, a character lost in decoding"],
+    } in job["result"]["segments"]["tea-lovers"]["rejections"]
 
 
 def test_a_model_that_cannot_be_loaded_fails_the_job_in_one_logged_line(
