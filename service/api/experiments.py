@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import current_app, g
 from flask_openapi3 import APIBlueprint, Tag
+from pydantic_core import to_jsonable_python
 from sqlmodel import Session
 
 from service import db
@@ -98,39 +99,43 @@ _VARIANT_FIELDS = {
     "status_reason",
     "impressions",
     "conversions",
+    "audit",
     "created_at",
     "updated_at",
 }
-# The list leaves the key out, rather than writing null, which would read as copy never generated.
-_NO_AUDIT = {
-    "experiments": {"__all__": {"segments": {"__all__": {"variants": {"__all__": {"audit"}}}}}}
-}
 
 
-def _variant_out(variant: Variant, segment_key: str, *, with_audit: bool = True) -> VariantOut:
-    fields = _VARIANT_FIELDS | {"audit"} if with_audit else _VARIANT_FIELDS
-    return VariantOut(segment=segment_key, **variant.model_dump(include=fields))
+def _variant_out(variant: Variant, segment_key: str) -> VariantOut:
+    return VariantOut(segment=segment_key, **variant.model_dump(include=_VARIANT_FIELDS))
 
 
-def _experiment_out(session: Session, experiment: Experiment) -> ExperimentOut:
-    segments = segments_of(session=session, experiment_id=experiment.id)  # type: ignore[arg-type]
-    variants = variants_of(session=session, experiment_id=experiment.id)  # type: ignore[arg-type]
+def _experiment_out(session: Session, experiment: Experiment) -> dict[str, Any]:
+    segments, variants = contents_of(
+        session=session,
+        experiment_ids=[experiment.id],  # type: ignore[list-item]
+        with_audit=True,
+    )
     return _shown(experiment, segments, variants, with_audit=True)
 
 
 def _shown(
     experiment: Experiment,
-    segments: Sequence[Segment],
-    variants: Sequence[Variant],
+    segments: Sequence[Sequence[Any]],
+    variants: Sequence[Sequence[Any]],
     *,
     with_audit: bool,
-) -> ExperimentOut:
-    """`segments` and `variants` are the experiment's, in the order they are shown."""
+) -> dict[str, Any]:
+    """ExperimentOut's JSON form. `segments` and `variants` are the experiment's rows from
+    contents_of, in the order they are shown. Without the audit, each variant leaves its key out
+    rather than writing null, which would read as copy never generated.
+
+    Below the experiment it is built as plain dicts, not models: a VariantOut validated and
+    dumped for each of a page's 30,000 variants was a third of its time (and reading the rows
+    by name, not unpacking them, 100 ms). Stored values are what VariantOut's would dump as (the
+    CHECK constraints hold origin and status to their enums); pydantic's own serializer writes
+    the timestamps and the audit, as it does a model's."""
     policy, policy_error = policy_shown(experiment.policy)
-    by_segment: dict[int, list[Variant]] = defaultdict(list)
-    for variant in variants:
-        by_segment[variant.segment_id].append(variant)
-    return ExperimentOut(
+    shown = ExperimentOut(
         id=experiment.id,  # type: ignore[arg-type]
         name=experiment.name,
         sticky=experiment.sticky,
@@ -145,18 +150,44 @@ def _shown(
             price=experiment.product_price,
             url=experiment.product_url,
         ),
-        segments=[
-            SegmentOut(
-                key=s.key,
-                description=s.description,
-                variants=[
-                    _variant_out(v, s.key, with_audit=with_audit)
-                    for v in by_segment[s.id]  # type: ignore[index]
-                ],
-            )
-            for s in segments
-        ],
-    )
+        segments=[],
+    ).model_dump(mode="json")
+    keys = {segment_id: key for _, segment_id, key, _ in segments}
+    by_segment: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for (
+        _,
+        segment_id,
+        variant_id,
+        text,
+        origin,
+        status,
+        status_reason,
+        impressions,
+        conversions,
+        created_at,
+        updated_at,
+        audit,
+    ) in variants:
+        variant = {
+            "id": variant_id,
+            "segment": keys[segment_id],
+            "text": text,
+            "origin": origin,
+            "status": status,
+            "status_reason": status_reason,
+            "impressions": impressions,
+            "conversions": conversions,
+            "created_at": to_jsonable_python(created_at),
+            "updated_at": to_jsonable_python(updated_at),
+        }
+        if with_audit:
+            variant["audit"] = to_jsonable_python(audit)
+        by_segment[segment_id].append(variant)
+    shown["segments"] = [
+        {"key": key, "description": description, "variants": by_segment[segment_id]}
+        for _, segment_id, key, description in segments
+    ]
+    return shown
 
 
 @api.post("/experiments", responses=responses(_201=ExperimentOut))
@@ -164,7 +195,7 @@ def create(body: ExperimentCreate) -> tuple[dict[str, Any], int]:
     """Create an experiment with its product and segments."""
     session = db.session()
     experiment = create_experiment(session=session, experiment_create=body)
-    return json_of(_experiment_out(session, experiment), 201)
+    return _experiment_out(session, experiment), 201
 
 
 @api.get("/experiments", responses=responses(_200=ExperimentList))
@@ -175,20 +206,21 @@ def index(query: ExperimentListQuery) -> tuple[dict[str, Any], int]:
     experiments = list_experiments(session=session, after=query.after, limit=query.limit + 1)
     page = experiments[: query.limit]
     segments, variants = contents_of(session=session, experiment_ids=[e.id for e in page])  # type: ignore[misc]
-    segments_by: dict[int, list[Segment]] = defaultdict(list)
-    variants_by: dict[int, list[Variant]] = defaultdict(list)
+    # Each row begins with its experiment's id.
+    segments_by: dict[int, list[Sequence[Any]]] = defaultdict(list)
+    variants_by: dict[int, list[Sequence[Any]]] = defaultdict(list)
     for segment in segments:
-        segments_by[segment.experiment_id].append(segment)
+        segments_by[segment[0]].append(segment)
     for variant in variants:
-        variants_by[variant.experiment_id].append(variant)
-    listed = ExperimentList(
-        experiments=[
+        variants_by[variant[0]].append(variant)
+    listed = {
+        "experiments": [
             _shown(e, segments_by[e.id], variants_by[e.id], with_audit=False)  # type: ignore[index]
             for e in page
         ],
-        next_after=page[-1].id if len(experiments) > query.limit else None,
-    )
-    return listed.model_dump(mode="json", exclude=_NO_AUDIT), 200
+        "next_after": page[-1].id if len(experiments) > query.limit else None,
+    }
+    return listed, 200
 
 
 @api.get("/experiments/<path_id:experiment_id>", responses=responses(_200=with_etag(ExperimentOut)))
@@ -202,7 +234,7 @@ def show(path: ExperimentPath) -> tuple[dict[str, Any], int, dict[str, str]]:
 def _with_brief_etag(
     session: Session, experiment: Experiment
 ) -> tuple[dict[str, Any], int, dict[str, str]]:
-    return *json_of(_experiment_out(session, experiment)), {"ETag": brief_etag(experiment)}
+    return _experiment_out(session, experiment), 200, {"ETag": brief_etag(experiment)}
 
 
 def _by_key() -> str:
