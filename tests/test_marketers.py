@@ -386,7 +386,11 @@ def test_users_create_refuses_a_second_account_for_an_address(cli_database: str)
 
 
 def test_users_list(cli_database: str) -> None:
-    assert run("users", "list").output == ""
+    empty = run("users", "list")
+    assert (empty.stdout, empty.stderr) == (
+        "",
+        "no marketers: `copybandit users create --email EMAIL` adds one\n",
+    )
     run("users", "create", "--email", "mia@example.com", "--password", PASSWORD)
     run("users", "create", "--email", "ola@example.com", "--password", PASSWORD)
     _checks(cli_database, "ola@example.com", PASSWORD)
