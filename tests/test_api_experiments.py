@@ -335,6 +335,31 @@ def test_the_list_and_an_experiment_answer_what_their_models_dump_as(
     assert listed == _as_json(app, expected)
 
 
+def test_an_audit_holding_a_float_json_cannot_write_is_shown_as_null_as_the_model_dumps_it(
+    app: Any, api: Any, session: Session
+) -> None:
+    engine = app.extensions["copybandit.engine"]
+    if engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL's json type refuses NaN: only SQLite's column keeps one")
+    (experiment_id,) = _created(api, 1)
+    audit = {"model": "smollm2", "logprob": float("nan"), "scores": [float("-inf"), 0.5]}
+    session.execute(
+        sa.update(Variant).where(col(Variant.experiment_id) == experiment_id).values(audit=audit)
+    )
+    session.commit()
+    session.expire_all()
+
+    answer = api.get(f"/v1/experiments/{experiment_id}")
+
+    assert answer.status_code == 200
+    # A NaN in the answer is no JSON: a browser's JSON.parse and Python's strict parser refuse it.
+    text = answer.get_data(as_text=True)
+    assert "NaN" not in text and "Infinity" not in text
+    assert text == _as_json(app, _as_models(session, experiment_id).model_dump(mode="json"))
+    variant = answer.get_json()["segments"][0]["variants"][0]
+    assert variant["audit"] == {"model": "smollm2", "logprob": None, "scores": [None, 0.5]}
+
+
 def test_the_list_leaves_out_each_variants_audit_which_its_experiment_shows(
     api: Any, session: Session
 ) -> None:

@@ -181,7 +181,9 @@ def _shown(
             "updated_at": to_jsonable_python(updated_at),
         }
         if with_audit:
-            variant["audit"] = to_jsonable_python(audit)
+            # A float JSON has no word for (a NaN logprob, which SQLite's JSON column keeps) is
+            # null, as a model dumps it: Flask's json.dumps writes NaN, which no JSON parser reads.
+            variant["audit"] = to_jsonable_python(audit, inf_nan_mode="null")
         by_segment[segment_id].append(variant)
     shown["segments"] = [
         {"key": key, "description": description, "variants": by_segment[segment_id]}
