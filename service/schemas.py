@@ -754,9 +754,9 @@ class Verdict(BaseModel):
 
     kind: Literal["winner", "leader", "proven", "early"] = Field(
         description="winner: the lifecycle declared one (the dashboard's Winner); leader: the "
-        "leader has min_impressions (Leading); proven: it has not, and variant_id is the best "
-        "of the copy that has (Best proven); early: no live copy has them yet, and variant_id "
-        "is the leader (Too early to tell)"
+        "leader has min_impressions (Leading, or Only live copy where alone); proven: it has "
+        "not, and variant_id is the best of the copy that has (Best proven); early: no live "
+        "copy has them yet, and variant_id is the leader (Too early to tell)"
     )
     variant_id: int = Field(description="the copy the verdict names")
     thin_lead: ThinLead | None = Field(

@@ -4097,7 +4097,8 @@ def test_a_winner_taken_out_of_service_is_no_longer_shown_as_one(
     headline = texts(
         section(dash.html(f"/dashboard/experiments/{eid}"), "busy-parents"), data_testid="headline"
     )[0]
-    assert headline.startswith(f"Leading #{second}") and "Winner" not in headline
+    # The other line is the only one live: it leads nothing.
+    assert headline.startswith(f"Only live copy #{second}") and "Winner" not in headline
     assert "0 / 2" in dash.html("/dashboard/")
     report = api.get(f"/v1/experiments/{eid}/report").get_json()
     busy = next(s for s in report["segments"] if s["key"] == "busy-parents")
@@ -5050,15 +5051,32 @@ def test_a_segments_only_live_copy_is_promised_no_winner_it_will_not_get(
 ) -> None:
     """A lone live line with min_impressions read "Leading ... Probability best 100.0%; no
     winner declared yet", but the lifecycle declares a winner only among two or more live
-    lines: none comes until more copy is live."""
+    lines: none comes until more copy is live. Its badge then still said "Leading" above the
+    note that it was the only live copy: it leads nothing."""
     only, paused = variant_ids(experiment, "busy-parents")
     set_counts(app, {only: (250, 12), paused: (900, 40)})
     assert api.patch(f"/v1/variants/{paused}", json={"status": "paused"}).status_code == 200
     busy = section(dash.html(f"/dashboard/experiments/{experiment['id']}"), "busy-parents")
     (headline,) = texts(busy, data_testid="headline")
-    assert headline.startswith(f"Leading #{only}")
+    assert headline.startswith(f"Only live copy #{only}")
     assert headline.endswith("The only live copy; a winner is declared only among two or more.")
-    assert "yet" not in headline and "100.0%" not in headline
+    assert "yet" not in headline and "100.0%" not in headline and "Leading" not in headline
+    assert re.search(rf'<tr data-variant-id="{only}" class="status-active highlighted"', busy)
+
+
+def test_a_winner_left_alone_by_the_others_is_still_the_winner(
+    app: Any, api: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """Declared while another line was live, a winner stays one once that line is paused: its
+    verdict is alone, as a lone leader's is, and only a leader alone is badged for it."""
+    eid = experiment["id"]
+    winner, other = variant_ids(experiment, "busy-parents")
+    set_counts(app, {winner: (1000, 90), other: (1000, 10)})
+    declare_winner(app, eid, "busy-parents", winner)
+    assert api.patch(f"/v1/variants/{other}", json={"status": "paused"}).status_code == 200
+    busy = section(dash.html(f"/dashboard/experiments/{eid}"), "busy-parents")
+    (headline,) = texts(busy, data_testid="headline")
+    assert headline.startswith(f"Winner #{winner}") and "only live copy" not in headline.lower()
 
 
 def test_lines_never_shown_are_too_early_to_tell_and_none_is_ahead(

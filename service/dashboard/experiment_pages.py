@@ -69,6 +69,7 @@ from service.schemas import (
     SegmentReport,
     ThinLead,
     VariantCreate,
+    Verdict,
 )
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
@@ -369,6 +370,8 @@ class SegmentView:
     headline_id: int | None
     headline_text: str | None
     headline_kind: str
+    # What the headline calls that copy (headline_badge), "" with no live copy.
+    headline_badge: str
     headline_prob_best: float | None
     bars: dict[int, charts.IntervalBar]
     styles: dict[int, charts.LineStyle]
@@ -455,6 +458,7 @@ def _segment_view(
         headline_id=headline_id,
         headline_text=rows[headline_id].text if headline_id is not None else None,
         headline_kind=verdict.kind if verdict is not None else "",
+        headline_badge=headline_badge(verdict) if verdict is not None else "",
         headline_prob_best=rows[headline_id].prob_best if headline_id is not None else None,
         bars=bars,
         styles=styles,
@@ -469,6 +473,23 @@ def _segment_view(
         held=held,
         on_order=on_order,
     )
+
+
+_BADGES = {
+    "winner": "Winner",
+    "leader": "Leading",
+    "proven": "Best proven",
+    "early": "Too early to tell",
+}
+
+
+def headline_badge(verdict: Verdict) -> str:
+    """What the headline calls the copy `verdict` names. A segment's only live copy with the
+    evidence was badged "Leading" above the note that it was the only live copy: it leads
+    nothing, so it is called what the note says it is."""
+    if verdict.kind == "leader" and verdict.alone:
+        return "Only live copy"
+    return _BADGES[verdict.kind]
 
 
 def _charted(report: SegmentReport) -> tuple[list[int], str]:
