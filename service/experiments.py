@@ -104,16 +104,21 @@ def list_experiments(
     after: int | None = None,
     before: int | None = None,
     limit: int | None = None,
+    newest_first: bool = False,
 ) -> Sequence[Experiment]:
-    """Oldest first; `after` an experiment id: only newer ones, the page after the one it ended;
-    `before` one: the `limit` just older than it, the page before the one it began."""
+    """Oldest first, or `newest_first`; `after` an experiment id: the `limit` just newer than it;
+    `before` one: the `limit` just older than it; neither: the `limit` the list starts with.
+    Cut by id, so an experiment created while someone pages moves no page's edges."""
     query = select(Experiment)
     if after is not None:
         query = query.where(col(Experiment.id) > after)
     if before is not None:
-        newest_first = query.where(col(Experiment.id) < before).order_by(col(Experiment.id).desc())
-        return session.exec(newest_first.limit(limit)).all()[::-1]
-    return session.exec(query.order_by(col(Experiment.id)).limit(limit)).all()
+        query = query.where(col(Experiment.id) < before)
+    # The `limit` nearest the cursor, read from it outwards; then put in the list's order.
+    upwards = after is not None or (before is None and not newest_first)
+    by_id = col(Experiment.id) if upwards else col(Experiment.id).desc()
+    page = session.exec(query.order_by(by_id).limit(limit)).all()
+    return page[::-1] if upwards == newest_first else page
 
 
 def contents_of(

@@ -1614,22 +1614,27 @@ def test_the_experiment_list_pages_forward_and_back(page: Page, site: Site) -> N
     try:
         with site.session() as session:
             total = session.exec(select(sa.func.count()).select_from(Experiment)).one()
+            newest = session.exec(
+                select(Experiment.name).order_by(col(Experiment.id).desc()).limit(1)
+            ).one()
         page.goto("/dashboard/")
         rows = page.locator("table.list tbody tr")
         pages = page.get_by_role("navigation", name="Pages of experiments")
         expect(rows).to_have_count(experiment_pages.EXPERIMENTS_PAGE)
-        expect(rows.first).to_contain_text(DEMO["name"])  # oldest first
-        expect(pages).to_contain_text(f"1\u201350 of {total}, oldest first")
+        expect(rows.first).to_contain_text(newest)  # newest first
+        expect(page.get_by_role("link", name=DEMO["name"])).to_have_count(0)
+        expect(pages).to_contain_text(f"1\u201350 of {total}, newest first")
         expect(pages.get_by_role("link", name="← Previous")).to_have_count(0)
 
         pages.get_by_role("link", name="Next →").click()
         expect(rows).to_have_count(total - experiment_pages.EXPERIMENTS_PAGE)
+        expect(rows.last).to_contain_text(DEMO["name"])  # the oldest, last
         expect(pages).to_contain_text(f"51\u2013{total} of {total}")
         expect(pages.get_by_role("link", name="Next →")).to_have_count(0)
 
         pages.get_by_role("link", name="← Previous").click()
         expect(rows).to_have_count(experiment_pages.EXPERIMENTS_PAGE)
-        expect(rows.first).to_contain_text(DEMO["name"])
+        expect(rows.first).to_contain_text(newest)
     finally:
         with site.session() as session:
             session.execute(sa.delete(Segment).where(col(Segment.experiment_id).in_(made)))

@@ -3832,11 +3832,12 @@ def test_experiment_list_shows_totals(
     assert rows[str(empty["id"])][3:] == ["0", "0", "0 / 2", "0"]
 
 
-def _experiments(app: Any, n: int) -> list[int]:
-    """`n` experiments of one segment each, through the service's own function; their ids."""
+def _experiments(app: Any, n: int, *, first: int = 0) -> list[int]:
+    """`n` experiments of one segment each, through the service's own function; their ids.
+    `first`: the number the first one's name carries, as names are unique."""
     ids = []
     with Session(app.extensions["copybandit.engine"]) as session:
-        for i in range(n):
+        for i in range(first, first + n):
             body = {
                 "name": f"Launch {i:03d}",
                 "product": {"name": "Aurora kettle", "description": "A 1.7 l glass kettle."},
@@ -3858,36 +3859,68 @@ def _page_link(html: str, rel: str) -> str | None:
     return unescape(found.group(1)) if found else None
 
 
-def test_the_experiment_list_is_paged_oldest_first_as_the_api_is(app: Any, dash: Dashboard) -> None:
+def test_the_experiment_list_is_paged_newest_first(app: Any, dash: Dashboard) -> None:
     """All of them were drawn on one page: thousands of rows, and the totals of every variant of
-    every experiment read to draw them."""
+    every experiment read to draw them. Then the pages were oldest first, as the API lists them,
+    and a shop's newest experiment, the one it came for, was on the last."""
     ids = _experiments(app, 2 * experiment_pages.EXPERIMENTS_PAGE + 20)
+    newest = ids[::-1]
     first = dash.html("/dashboard/")
-    assert _listed(first) == ids[:50]
-    assert texts(first, "nav", class_="pages") == ["1\u201350 of 120, oldest first Next →"]
+    assert _listed(first) == newest[:50]
+    assert texts(first, "nav", class_="pages") == ["1\u201350 of 120, newest first Next →"]
     assert _page_link(first, "prev") is None
-    assert _page_link(first, "next") == f"/dashboard/?after={ids[49]}"
+    assert _page_link(first, "next") == f"/dashboard/?before={newest[49]}"
 
     second = dash.html(_page_link(first, "next"))  # type: ignore[arg-type]
-    assert _listed(second) == ids[50:100]
+    assert _listed(second) == newest[50:100]
     assert texts(second, "nav", class_="pages") == [
-        "51\u2013100 of 120, oldest first ← Previous Next →"
+        "51\u2013100 of 120, newest first ← Previous Next →"
     ]
     last = dash.html(_page_link(second, "next"))  # type: ignore[arg-type]
-    assert _listed(last) == ids[100:]
-    assert texts(last, "nav", class_="pages") == ["101\u2013120 of 120, oldest first ← Previous"]
+    assert _listed(last) == newest[100:]
+    assert texts(last, "nav", class_="pages") == ["101\u2013120 of 120, newest first ← Previous"]
     back = dash.html(_page_link(last, "prev"))  # type: ignore[arg-type]
-    assert _listed(back) == ids[50:100]
-    assert _listed(dash.html(_page_link(back, "prev"))) == ids[:50]  # type: ignore[arg-type]
-    # Fewer than a page before it (a list someone added to since): the first page, full.
-    assert _listed(dash.html(f"/dashboard/?before={ids[10]}")) == ids[:50]
-    # The API's cursor of its first page, 0, is the first page here too.
-    assert _listed(dash.html("/dashboard/?after=0")) == ids[:50]
-    past = dash.html(f"/dashboard/?after={ids[-1]}")
+    assert _listed(back) == newest[50:100]
+    assert _listed(dash.html(_page_link(back, "prev"))) == newest[:50]  # type: ignore[arg-type]
+    # Fewer than a page newer than it (a list someone added to since): the first page, full.
+    assert _listed(dash.html(f"/dashboard/?after={newest[10]}")) == newest[:50]
+    # A page cursor the old, oldest-first list linked to shows the same experiments as it did.
+    assert sorted(_listed(dash.html(f"/dashboard/?after={ids[49]}"))) == ids[50:100]
+    past = dash.html(f"/dashboard/?before={ids[0]}")
     assert _listed(past) == []
     assert texts(past, "p", class_="empty") == [
-        "No experiments after that one. Back to the first page."
+        "No experiments older than that one. Back to the first page."
     ]
+
+
+def test_experiments_created_while_someone_pages_move_no_page_they_go_on_to(
+    app: Any, dash: Dashboard
+) -> None:
+    """Newest first, a list cut by place (page 2 from the 51st) would move by one for each
+    experiment created since page 1: the 50th shown again, or, the other way, one never shown."""
+    ids = _experiments(app, 2 * experiment_pages.EXPERIMENTS_PAGE + 20)
+    newest = ids[::-1]
+    first = dash.html("/dashboard/")
+    assert _listed(first) == newest[:50]
+    made_since = _experiments(app, 3, first=len(ids))
+
+    second = dash.html(_page_link(first, "next"))  # type: ignore[arg-type]
+    assert _listed(second) == newest[50:100]
+    assert texts(second, "nav", class_="pages") == [
+        "54\u2013103 of 123, newest first ← Previous Next →"
+    ]
+    last = dash.html(_page_link(second, "next"))  # type: ignore[arg-type]
+    assert _listed(last) == newest[100:]
+    # Back, page by page: the pages seen before, then the newer ones, from the first page.
+    back = dash.html(_page_link(last, "prev"))  # type: ignore[arg-type]
+    assert _listed(back) == newest[50:100]
+    seen_first = dash.html(_page_link(back, "prev"))  # type: ignore[arg-type]
+    assert _listed(seen_first) == newest[:50]
+    assert texts(seen_first, "nav", class_="pages") == [
+        "4\u201353 of 123, newest first ← Previous Next →"
+    ]
+    top = dash.html(_page_link(seen_first, "prev"))  # type: ignore[arg-type]
+    assert _listed(top) == (ids + made_since)[::-1][:50]
 
 
 def test_a_list_of_one_page_has_no_page_links(
@@ -3904,7 +3937,8 @@ def test_a_page_past_the_largest_id_is_drawn_not_a_500(
     app: Any, dash: Dashboard, api: Any, cursor: str, with_experiment: bool
 ) -> None:
     """The largest id the page takes was read back as one more to count the experiments before
-    it, which PostgreSQL's integer id refused (integer out of range): a 500."""
+    it, which PostgreSQL's integer id refused (integer out of range): a 500. Past the newest
+    (`after`) is the first page, and before the largest id (`before`) lists every one."""
     if with_experiment:
         api.create_experiment()
     response = dash.get(f"/dashboard/?{cursor}={BIG_ID - 1}")
@@ -3912,12 +3946,22 @@ def test_a_page_past_the_largest_id_is_drawn_not_a_500(
     html = response.get_data(as_text=True)
     if not with_experiment:
         assert "No experiments yet." in html
-    elif cursor == "after":
-        assert texts(html, "p", class_="empty") == [
-            "No experiments after that one. Back to the first page."
-        ]
     else:
         assert len(_listed(html)) == 1
+
+
+@pytest.mark.parametrize("cursor", ["0", "1"])
+def test_a_page_past_the_oldest_says_there_are_none_older(
+    app: Any, dash: Dashboard, api: Any, cursor: str
+) -> None:
+    created = api.create_experiment()
+    response = dash.get(f"/dashboard/?before={min(int(cursor), created['id'])}")
+    assert response.status_code == 200, error_text(response)
+    html = response.get_data(as_text=True)
+    assert _listed(html) == []
+    assert texts(html, "p", class_="empty") == [
+        "No experiments older than that one. Back to the first page."
+    ]
 
 
 @pytest.mark.parametrize(

@@ -119,24 +119,28 @@ class ListPage:
     first: int
     last: int
     total: int
-    previous_before: int | None
-    next_after: int | None
+    previous_after: int | None
+    next_before: int | None
 
 
 @bp.get("/")
 def experiments() -> str:
-    """Oldest first, as the API lists them, EXPERIMENTS_PAGE at a time: `after` an experiment id
-    (the API's cursor: the page after the one it ended) or `before` one (the page before the one
-    it began, for Previous)."""
+    """Newest first, EXPERIMENTS_PAGE at a time: oldest first, as the API lists them, a shop's
+    newest experiment was on the last page. `before` an experiment id: the page of those just
+    older than it (Next, from the id the page ended with); `after` one: those just newer
+    (Previous). Cut by id, so an experiment created while someone pages lands before the first
+    page, and moves no page they go on to."""
     refuse_repeated_parameters()
     after, before = _cursor("after"), _cursor("before")
     if after is not None and before is not None:
         raise InvalidInput("before: give after or before, not both", field="before")
     session = db.session()
-    page = list_experiments(session=session, after=after, before=before, limit=EXPERIMENTS_PAGE)
-    if before is not None and len(page) < EXPERIMENTS_PAGE:
-        # The start of the list: its first page, full, rather than the few before `before`.
-        page = list_experiments(session=session, limit=EXPERIMENTS_PAGE)
+    page = list_experiments(
+        session=session, after=after, before=before, limit=EXPERIMENTS_PAGE, newest_first=True
+    )
+    if after is not None and len(page) < EXPERIMENTS_PAGE:
+        # The start of the list: its first page, full, rather than the few after `after`.
+        page = list_experiments(session=session, limit=EXPERIMENTS_PAGE, newest_first=True)
     ids = [experiment.id for experiment in page]
     totals = {
         experiment_id: (impressions or 0, conversions or 0, pending or 0)
@@ -188,22 +192,22 @@ def _cursor(name: str) -> int | None:
 
 
 def _place(session: Session, page: Sequence[Experiment], cursor: int | None) -> ListPage | None:
-    """Where `page` is in the list; None on a list that fits one page, which needs no links.
-    `cursor`: the page's after or before, for a page past either end of the list."""
+    """Where `page` (newest first) is in the list; None on a list that fits one page, which needs
+    no links. `cursor`: the page's after or before, for a page past the list's end."""
     total = session.exec(select(sa.func.count()).select_from(Experiment)).one()
     if not page:
-        # Up to the cursor itself: one past it is past the largest id PostgreSQL's column holds.
-        older = 0 if cursor is None else _counted(session, col(Experiment.id) <= cursor)
-        return ListPage(older + 1, older, total, None, None) if total else None
+        # An empty page comes past the experiments from its cursor up, the newer ones.
+        newer = 0 if cursor is None else _counted(session, col(Experiment.id) >= cursor)
+        return ListPage(newer + 1, newer, total, None, None) if total else None
     if total <= EXPERIMENTS_PAGE and len(page) == total:
         return None
-    older = _counted(session, col(Experiment.id) < page[0].id)
+    newer = _counted(session, col(Experiment.id) > page[0].id)
     return ListPage(
-        first=older + 1,
-        last=older + len(page),
+        first=newer + 1,
+        last=newer + len(page),
         total=total,
-        previous_before=page[0].id if older else None,
-        next_after=page[-1].id if older + len(page) < total else None,
+        previous_after=page[0].id if newer else None,
+        next_before=page[-1].id if newer + len(page) < total else None,
     )
 
 
