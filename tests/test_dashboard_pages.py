@@ -1389,6 +1389,25 @@ def test_right_to_left_copy_and_names_are_laid_out_in_their_own_direction(
     assert shown_in_its_own_direction(response.get_data(as_text=True), RTL_NAME) == []
 
 
+RTL_ERROR = "המודל לא נטען: התיקייה ריקה"
+
+
+def test_a_right_to_left_job_error_is_quoted_in_its_own_direction(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """A job's error is not the marketer's text (a model's or a library's, in whatever language
+    it speaks): quoted on the job's page and in the wait's note without dir="auto", a Hebrew
+    error was laid out left to right, its words in the wrong order."""
+    with Session(app.extensions["copybandit.engine"]) as session:
+        failed_in_a_row(session, experiment, TEA, 2, last_at=utcnow() - timedelta(minutes=16))
+        latest = ended_job(session, experiment, TEA, ordered_at=utcnow(), error=RTL_ERROR)
+    job_page = dash.html(f"/dashboard/jobs/{latest}")
+    assert shown_in_its_own_direction(job_page, RTL_ERROR) == []
+    note = section(dash.html(f"/dashboard/experiments/{experiment['id']}"), TEA)
+    assert texts(note, "p", data_testid="no-copy")[0].endswith(f"ended: {RTL_ERROR}")
+    assert shown_in_its_own_direction(note, RTL_ERROR) == []
+
+
 def test_names_and_flash_messages_are_escaped(app: Any, dash: Dashboard) -> None:
     response = dash.post(
         "/dashboard/experiments/new",
