@@ -45,6 +45,7 @@ from service.demo_history import seed_demo_history
 from service.errors import APIError, Conflict, NotFound
 from service.generation_jobs import (
     COMMAND_STOPPED,
+    COMMAND_TERMINATED,
     GenerationOptions,
     create_job,
     default_writer,
@@ -477,10 +478,16 @@ def _raise_terminated(_signum: int, _frame: Any) -> None:
 def _written_off_if_stopped(engine: sa.Engine, job_ids: list[int]) -> Iterator[None]:
     """The jobs this command runs, failed as interrupted if it is stopped (Ctrl-C, or SIGTERM from
     `timeout` or a scheduler). Before, their rows said running or queued for an hour: the
-    dashboard showed them at work, and the lifecycle counted their copy as on order until then."""
-    with _on_stop(
-        lambda terminated: write_off(engine=engine, job_ids=job_ids, reason=COMMAND_STOPPED)
-    ):
+    dashboard showed them at work, and the lifecycle counted their copy as on order until then.
+    SIGTERM is worded apart: a time limit that a job too slow for it meets on every run was
+    written off as a Ctrl-C is, never counted, and each run ordered the job again first, the
+    segments after it starved."""
+
+    def written_off(terminated: bool) -> None:
+        reason = COMMAND_TERMINATED if terminated else COMMAND_STOPPED
+        write_off(engine=engine, job_ids=job_ids, reason=reason)
+
+    with _on_stop(written_off):
         yield
 
 

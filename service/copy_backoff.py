@@ -13,9 +13,11 @@ server or command wrote off, as a deploy restart does to healthy ones, nor one a
 gave up; but a model that kills the worker loading it (out of memory) leaves every job of the
 segment running until a pass gives it up, and each was ordered again, a worker killed every hour
 or so for ever: a run with two jobs a pass gave up after they started counts them all, each
-waiting from when it was given up. A job for every segment fails as a whole where one
-segment fails: the segments it stored copy in before, its result says which, had their copy
-delivered, and their runs end there.
+waiting from when it was given up. So does one with two that `lifecycle --once` held as SIGTERM
+stopped it: a cron `timeout` that a job too slow for it meets every run, which then ordered the
+job again first, and the segments after it never got theirs. A job for every segment fails as a
+whole where one segment fails: the segments it stored copy in before, its result says which, had
+their copy delivered, and their runs end there.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from sqlmodel import Session, col, select
 from service.errors import cut
 from service.models import (
     JOB_GIVEN_UP,
+    JOB_TERMINATED,
     GenerationJob,
     JobOutcome,
     LifecycleEvent,
@@ -49,11 +52,15 @@ BACKOFF_CAP = timedelta(hours=24)
 # The outcomes that say how the model did; a run of failures is read back to the last success.
 _FAILED = (JobOutcome.FAILED.value, JobOutcome.WROTE_NONE.value)
 _SAYS_OF_THE_MODEL = (JobOutcome.WROTE.value, *_FAILED)
-# Jobs a pass gave up in a run that make it count them: one is as likely a worker killed for
-# another reason, but a second in a row, no copy between, is the job killing its worker.
+# Jobs a pass gave up (or a command's SIGTERM ended) in a run that make it count them: one is as
+# likely a worker killed for another reason, but a second in a row, no copy between, is the job
+# killing its worker (or overrunning its command's time limit).
 _INTERRUPTED_COUNTED = 2
-# What a run's interrupted jobs are said to mean.
-_INTERRUPTED_WHY = "their worker stopped, out of memory perhaps"
+# What a run's interrupted jobs are said to mean, by whether they were given up, terminated, or
+# both (_interrupted_why).
+_WORKER_STOPPED = "their worker stopped, out of memory perhaps"
+_COMMAND_TERMINATED = "the command running them was terminated, at a time limit perhaps"
+_EITHER_STOPPED = "their worker or command stopped, out of memory or at a time limit perhaps"
 # One that never started (queued behind another, or nothing ran it) never loaded the model.
 _INTERRUPTED_RUNNING = sa.and_(
     col(GenerationJob.outcome) == JobOutcome.INTERRUPTED.value,
@@ -75,11 +82,18 @@ _SAYS = sa.or_(
         col(GenerationJob.outcome).in_(_FAILED_ELSEWHERE),
     ),
 )
-# When a pass gave an interrupted job up, its worker gone without writing it off; NULL for one that
-# a stopping server or command wrote off itself (a deploy restart's, healthy most likely), which
-# says nothing of the model, and for every other job.
-_GIVEN_UP_AT = sa.case(
-    (col(GenerationJob.error).startswith(JOB_GIVEN_UP), col(GenerationJob.finished_at))
+# When an interrupted job may have stopped itself: a pass gave it up, its worker gone without
+# writing it off, or SIGTERM ended the `lifecycle --once` running it. NULL for one that a stopping
+# server (a deploy restart's, healthy most likely) or a Ctrl-C wrote off, which says nothing of the
+# model, and for every other job.
+_SELF_STOPPED_AT = sa.case(
+    (
+        sa.or_(
+            col(GenerationJob.error).startswith(JOB_GIVEN_UP),
+            col(GenerationJob.error).startswith(JOB_TERMINATED),
+        ),
+        col(GenerationJob.finished_at),
+    )
 )
 # What a job says of how it ended, as the dashboard's note quotes it: its error (a failed or
 # interrupted job's), or its message (one whose every line was refused: "done: 0 new variants");
@@ -91,13 +105,14 @@ _SAID = sa.func.substr(
 # An exception's name alone on a line, as f"{type(exc).__name__}: {exc}" leaves it where the
 # message begins with a line break.
 _NAME_ALONE = re.compile(r"\w+:")
-# A finished job as the backoff reads it: id, outcome, segment (None: every segment), when a pass
-# gave it up, what it said (_SAID).
+# A finished job as the backoff reads it: id, outcome, segment (None: every segment), when it
+# stopped itself (_SELF_STOPPED_AT), what it said (_SAID).
 _Job = tuple[int, str, int | None, datetime | None, str | None]
 
 
 class _Failure(NamedTuple):
-    """A job of a run of failures; `ended_at`, for one interrupted, when a pass gave it up."""
+    """A job of a run of failures; `ended_at`, for one interrupted, when it was given up or
+    terminated (_SELF_STOPPED_AT)."""
 
     job_id: int
     interrupted: bool
@@ -124,6 +139,7 @@ class Backoff:
     until: datetime
     interrupted: int = 0
     latest: LatestFailure | None = None
+    interrupted_why: str = _WORKER_STOPPED
 
     def holds_at(self, now: datetime, interval: timedelta) -> bool:
         """Whether a pass at `now` still waits. Passes start on interval boundaries, give or take
@@ -144,7 +160,7 @@ class Backoff:
             return failed
         # Nothing else on the dashboard says why: each job's page reads "interrupted" alone.
         which = f"{interrupted} of them" if interrupted < n else "both" if n == 2 else "all"
-        return f"{failed} ({which} interrupted mid-job: {_INTERRUPTED_WHY})"
+        return f"{failed} ({which} interrupted mid-job: {self.interrupted_why})"
 
 
 def backoff_after(
@@ -153,9 +169,11 @@ def backoff_after(
     interval: timedelta,
     interrupted: int = 0,
     latest: LatestFailure | None = None,
+    interrupted_why: str = _WORKER_STOPPED,
 ) -> Backoff | None:
-    """When each failed order in a row was made (one interrupted: given up), newest first, of
-    which `interrupted` were interrupted; None without any. `latest`: the newest's job."""
+    """When each failed order in a row was made (one interrupted: given up or terminated), newest
+    first, of which `interrupted` were interrupted, as `interrupted_why` says; None without any.
+    `latest`: the newest's job."""
     if not failed_orders:
         return None
     wait = interval
@@ -165,7 +183,8 @@ def backoff_after(
             break
         wait *= 2
     since = failed_orders[0]
-    return Backoff(len(failed_orders), since, since + min(wait, BACKOFF_CAP), interrupted, latest)
+    until = since + min(wait, BACKOFF_CAP)
+    return Backoff(len(failed_orders), since, until, interrupted, latest, interrupted_why)
 
 
 def copy_backoff(session: Session, segment: Segment, *, interval: timedelta) -> Backoff | None:
@@ -178,7 +197,7 @@ def copy_backoff(session: Session, segment: Segment, *, interval: timedelta) -> 
                 col(GenerationJob.id),
                 col(GenerationJob.outcome),
                 col(GenerationJob.segment_id),
-                _GIVEN_UP_AT,
+                _SELF_STOPPED_AT,
                 _SAID,
             )
             .where(jobs_covering(segment), _SAYS)
@@ -209,7 +228,7 @@ def copy_backoffs(
             col(GenerationJob.experiment_id),
             col(GenerationJob.segment_id),
             col(GenerationJob.outcome),
-            _GIVEN_UP_AT.label("given_up_at"),
+            _SELF_STOPPED_AT.label("stopped_at"),
             _SAID.label("said"),
             sa.func.row_number()
             .over(
@@ -222,10 +241,10 @@ def copy_backoffs(
         .subquery()
     )
     jobs: dict[tuple[int, int | None], list[_Job]] = defaultdict(list)
-    for job_id, experiment_id, segment_id, outcome, given_up_at, said, _ in session.execute(
+    for job_id, experiment_id, segment_id, outcome, stopped_at, said, _ in session.execute(
         sa.select(latest).where(latest.c.nth <= _JOBS_READ).order_by(latest.c.id.desc())
     ):
-        jobs[experiment_id, segment_id].append((job_id, outcome, segment_id, given_up_at, said))
+        jobs[experiment_id, segment_id].append((job_id, outcome, segment_id, stopped_at, said))
     recent = {
         segment.id: _until_wrote(
             heapq.merge(
@@ -268,15 +287,15 @@ def _failed_run(
     interrupted (`stored`: _stored_in's). Its interrupted jobs only where they count
     (_counted): the orders are not read for one alone."""
     failed: list[_Failure] = []
-    for job_id, outcome, _, given_up_at, said in recent:
+    for job_id, outcome, _, stopped_at, said in recent:
         if segment.key in stored.get(job_id, ()):
             break
         # A job for every segment that found another's brief too long, having stored none here,
         # says nothing of the model here.
         if outcome in _FAILED:
             failed.append(_Failure(job_id, False, None, said))
-        elif outcome == JobOutcome.INTERRUPTED.value and given_up_at is not None:
-            failed.append(_Failure(job_id, True, given_up_at, said))
+        elif outcome == JobOutcome.INTERRUPTED.value and stopped_at is not None:
+            failed.append(_Failure(job_id, True, stopped_at, said))
     return _counted(failed)
 
 
@@ -319,7 +338,17 @@ def _backoff(
         interval=interval,
         interrupted=sum(f.interrupted for f in run),
         latest=LatestFailure(run[0].job_id, _first_line(run[0].said)) if run else None,
+        interrupted_why=_interrupted_why(run),
     )
+
+
+def _interrupted_why(run: list[_Failure]) -> str:
+    """What the run's interrupted jobs are said to mean: each counted one was given up, or
+    terminated with its command (its error, _SAID's read, begins with JOB_TERMINATED)."""
+    terminated = {(f.said or "").startswith(JOB_TERMINATED) for f in run if f.interrupted}
+    if terminated == {True}:
+        return _COMMAND_TERMINATED
+    return _EITHER_STOPPED if terminated == {True, False} else _WORKER_STOPPED
 
 
 def _first_line(said: str | None) -> str:

@@ -53,6 +53,7 @@ from service.models import (
     JOB_GIVEN_UP,
     JOB_INTERRUPTED,
     JOB_MESSAGE_MAX_CHARS,
+    JOB_TERMINATED,
     GenerationJob,
     JobOutcome,
     JobStatus,
@@ -714,8 +715,10 @@ def _update(
 
 # A job this process held when it stopped: no wait for an hour, its copy is ordered again at once.
 STOPPED = f"{JOB_INTERRUPTED}the server stopped"
-# The same for `copybandit lifecycle --once` stopped (Ctrl-C, SIGTERM) mid-job.
+# The same for `copybandit lifecycle --once` stopped by Ctrl-C mid-job,
 COMMAND_STOPPED = f"{JOB_INTERRUPTED}the command running it was stopped"
+# and by SIGTERM, which the copy backoff may count (service.copy_backoff).
+COMMAND_TERMINATED = f"{JOB_TERMINATED} (SIGTERM), at a time limit perhaps"
 
 
 class JobRunner:

@@ -141,9 +141,13 @@ JOB_INTERRUPTED = "interrupted: "
 # How the error of a job a lifecycle pass gave up begins: its worker vanished without writing it
 # off (killed: out of memory, say). A server or command that stops writes its own jobs off, saying
 # so (service.generation_jobs), as a deploy restart does to healthy ones.
-# Both are read back from stored rows (the holds, the copy backoff): reworded, jobs already
+# These are read back from stored rows (the holds, the copy backoff): reworded, jobs already
 # stored would stop matching, so a new wording must keep these words at its start.
 JOB_GIVEN_UP = f"{JOB_INTERRUPTED}no worker finished it within an hour"
+# How the error of a job begins that `lifecycle --once` held when SIGTERM stopped it: a time limit
+# (cron's `timeout`, systemd's RuntimeMaxSec) most likely, which a job too slow for it meets every
+# run, as a model too big meets the memory limit; Ctrl-C, a person's choice, words it otherwise.
+JOB_TERMINATED = f"{JOB_INTERRUPTED}the command running it was terminated"
 
 
 class Scope(StrEnum):

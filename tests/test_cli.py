@@ -1360,7 +1360,7 @@ service.cli.main(sys.argv[1:])
 def test_a_command_stopped_mid_job_ends_the_jobs_it_held(
     database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, how: str
 ) -> None:
-    from service.generation_jobs import COMMAND_STOPPED, interruption
+    from service.generation_jobs import COMMAND_STOPPED, COMMAND_TERMINATED, interruption
 
     assert run("init", "--no-demo-history").exit_code == 0
     monkeypatch.setenv("COPYBANDIT_MODEL_CACHE_DIR", str(tmp_path / "models"))
@@ -1392,7 +1392,9 @@ def test_a_command_stopped_mid_job_ends_the_jobs_it_held(
         said = f"cancelled by {by} copybandit generate; it had stored no copy yet"
         assert [(job.status, job.message, job.error) for job in jobs] == [("cancelled", said, None)]
     else:
-        said = interruption(COMMAND_STOPPED, by_lifecycle=True)
+        # SIGTERM, a cron `timeout` most likely, is worded apart: the copy backoff counts it.
+        reason = COMMAND_TERMINATED if how == "sigterm" else COMMAND_STOPPED
+        said = interruption(reason, by_lifecycle=True)
         assert {(job.status, job.error) for job in jobs} == {("failed", said)}
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 

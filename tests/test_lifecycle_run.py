@@ -20,7 +20,14 @@ from generation.writer import PromptTooLong
 from service import cli, lifecycle
 from service.cli import main
 from service.db import make_engine
-from service.generation_jobs import COMMAND_STOPPED, INTERRUPTED, STOPPED, interruption
+from service.generation_jobs import (
+    COMMAND_STOPPED,
+    COMMAND_TERMINATED,
+    INTERRUPTED,
+    STOPPED,
+    interruption,
+    write_off,
+)
 from service.lifecycle import GuardrailWatch, RunReport, run_lifecycle
 from service.models import (
     Experiment,
@@ -959,6 +966,92 @@ def test_jobs_that_kill_their_worker_are_ordered_again_ever_more_slowly(
     )
     assert resumed.numbers is not None
     assert (resumed.numbers["failed_in_a_row"], resumed.numbers["interrupted"]) == (2, 2)
+
+
+def stopped_mid_job(
+    app: Any, session: Session, running: int, queued: list[int], at: datetime, reason: str
+) -> None:
+    """`lifecycle --once` stopped at `at` as it ran the job `running`, the jobs `queued` waiting
+    their turn: all written off as the command writes them off, saying `reason`."""
+    killed_mid_job(session, running, at)
+    engine = app.extensions["copybandit.engine"]
+    assert sorted(write_off(engine=engine, job_ids=[running, *queued], reason=reason)) == sorted(
+        [running, *queued]
+    )
+    session.execute(
+        sa.update(GenerationJob)
+        .where(col(GenerationJob.id).in_([running, *queued]))
+        .values(finished_at=at, updated_at=at)
+    )
+    session.commit()
+
+
+@pytest.mark.parametrize(
+    ("reason", "counted"),
+    [(COMMAND_TERMINATED, True), (COMMAND_STOPPED, False)],
+    ids=["sigterm", "ctrl-c"],
+)
+def test_jobs_that_overrun_a_cron_time_limit_are_ordered_again_ever_more_slowly(
+    app: Any,
+    session: Session,
+    experiment: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
+    reason: str,
+    counted: bool,
+) -> None:
+    """`timeout 10m copybandit lifecycle --once` from cron, with a job that takes longer: SIGTERM
+    wrote it off as a Ctrl-C does, which never counts, so every run ordered it again, ran it first
+    and was stopped in it, and the segments queued behind it never got copy. Two in a row count,
+    as two jobs given up after their worker died do; Ctrl-C, a person's choice, does not."""
+    tea, parents = (segment_id(session, experiment, key) for key in (TEA, PARENTS))
+    at = NOW
+    for _ in range(2):
+        ordered = orders(run(app, at=at))
+        assert set(ordered) == {tea, parents}
+        # Tea-lovers' job runs first and is still running at the time limit.
+        at += INTERVAL
+        stopped_mid_job(app, session, ordered[tea], [ordered[parents]], at, reason)
+
+    caplog.set_level(logging.WARNING, logger="service.lifecycle")
+    ordered = orders(run(app, at=at))
+    # busy-parents' jobs never started: they count for nothing, and its copy is ordered again.
+    assert parents in ordered
+    assert (tea not in ordered) == counted
+    if counted:
+        assert (
+            f"lifecycle: segment {TEA} of experiment {experiment['id']} gets no new copy yet: "
+            "paused after 2 failed jobs in a row (both interrupted mid-job: the command running "
+            "them was terminated, at a time limit perhaps), until "
+            f"{at + 2 * INTERVAL:%Y-%m-%d %H:%M:%S} UTC"
+        ) in caplog.messages
+
+
+def test_a_wait_after_jobs_given_up_and_terminated_says_both(
+    session: Session, experiment: dict[str, Any]
+) -> None:
+    from service.copy_backoff import copy_backoff
+
+    first = NOW - GIVEN_UP_AFTER
+    interrupted_while_running(
+        session, experiment, ordered_at=first - GIVEN_UP_AFTER, given_up_at=first
+    )
+    interrupted_while_running(
+        session,
+        experiment,
+        ordered_at=first,
+        given_up_at=NOW,
+        error=interruption(COMMAND_TERMINATED, by_lifecycle=True),
+    )
+    tea = session.exec(
+        select(Segment).where(Segment.experiment_id == experiment["id"], Segment.key == TEA)
+    ).one()
+
+    backoff = copy_backoff(session, tea, interval=INTERVAL)
+    assert backoff is not None
+    assert backoff.paused().startswith(
+        "paused after 2 failed jobs in a row (both interrupted mid-job: their worker or command "
+        "stopped, out of memory or at a time limit perhaps), until "
+    )
 
 
 # SQLite's alone: its plans name the index whatever the tables hold; PostgreSQL's depend on the
