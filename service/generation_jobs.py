@@ -43,6 +43,7 @@ from service.long_briefs import (
     brief_refused,
     held_records,
     hold_begun,
+    hold_said_ended,
     refuse_held,
     skipped,
     too_long_record,
@@ -332,10 +333,11 @@ def _start(session: Session, job_id: int) -> tuple[GenerationJob, bool]:
 def _holds_begun(
     session: Session, job: GenerationJob, holds: list[LifecycleEvent], *, model: str
 ) -> list[LifecycleEvent]:
-    """Those of the job's `holds` that no job ended before it has begun: read under each
-    segment's lock (lock_row), which the caller holds to its commit of the job's end. Read as the
-    job found each brief too long, two jobs at once for one held brief each found none begun, and
-    each wrote its audit row."""
+    """Those of the job's `holds` that no job ended before it has begun, or that begin again
+    where the audit trail last said the hold ended (the brief edited back to the held one while
+    the order that said so waited): read under each segment's lock (lock_row), which the caller
+    holds to its commit of the job's end. Read as the job found each brief too long, two jobs at
+    once for one held brief each found none begun, and each wrote its audit row."""
     if not holds:
         return []
     experiment = get_experiment(session=session, experiment_id=job.experiment_id)
@@ -344,8 +346,11 @@ def _holds_begun(
     for hold in sorted(holds, key=lambda hold: hold.segment_id or 0):
         segment = session.get_one(Segment, hold.segment_id)
         lock_row(session, segment)
-        # Held already, by an earlier job's record of this brief and model: no new hold.
-        if brief_refused(session, experiment, segment, model=model) is None:
+        # Held already, by an earlier job's record of this brief and model: no new hold, unless
+        # the trail's last word on it is an order that said it ended.
+        if brief_refused(session, experiment, segment, model=model) is None or hold_said_ended(
+            session, segment
+        ):
             begun.append(hold)
     return begun
 
@@ -444,6 +449,8 @@ def _generate(
         if segment.id in held:
             too_long.append(skipped(segment.key, held[segment.id]))
             result.setdefault(BRIEFS_TOO_LONG, {})[segment.key] = held[segment.id]
+            # Begun again where the audit trail last said it ended (_holds_begun).
+            holds.append(hold_begun(experiment, segment, held[segment.id], job_id=job.id))  # type: ignore[arg-type]
     segments = [segment for segment in segments if segment.id not in held]
     if not segments:
         raise _too_long(too_long)

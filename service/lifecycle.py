@@ -36,7 +36,7 @@ from service.config import Settings
 from service.copy_backoff import copy_backoff, orders_of
 from service.db import database_unavailable, rows_changed
 from service.errors import first_problem
-from service.long_briefs import hold_lifted, last_record, refusal
+from service.long_briefs import HOLD_LIFTED, hold_lifted, hold_said_ended, last_record, refusal
 from service.metrics import Metrics, count
 from service.models import (
     Experiment,
@@ -826,8 +826,11 @@ def _unless_brief_refused(
     if record is None:
         return actions
     if lifted is not None:
+        # Said by the first order after it: one that ended unfinished left the record lifted.
+        if hold_said_ended(session, segment):
+            return actions
         note = f"the hold on a brief too long for the model ended: {_LIFTED_BY[lifted]}"
-        return _order_noted(actions, note, {"hold_lifted": lifted})
+        return _order_noted(actions, note, {HOLD_LIFTED: lifted})
     why = refusal(record)
     # Logged each pass, a brief held for a month was 2,900 lines of the same words.
     if _WAITS_LOGGED.is_news(engine, ("hold", segment.id), why):  # type: ignore[arg-type]

@@ -252,6 +252,37 @@ def hold_begun(
     )
 
 
+# The key of a `regenerate` row's numbers that says the order ends a hold (its value: what changed).
+HOLD_LIFTED = "hold_lifted"
+
+
+def hold_said_ended(session: Session, segment: Segment) -> bool:
+    """Whether the segment's audit trail last said of a hold on its brief that it ended: an order
+    whose numbers name HOLD_LIFTED, with no `hold` row since.
+
+    What the trail says must follow what a pass does: the order that ends a hold says so, once,
+    and a job that finds the brief held again (edited back while the order waited) writes a new
+    `hold` row. Read from the job's record alone, an order that ended unfinished (interrupted,
+    cancelled) left the hold lifted, and each order after it said again that the hold had ended;
+    and a hold begun again said nothing, the trail's last word on it "ended"."""
+    said = session.exec(
+        select(LifecycleEvent.action)
+        .where(
+            LifecycleEvent.segment_id == segment.id,
+            sa.or_(
+                col(LifecycleEvent.action) == "hold",
+                sa.and_(
+                    col(LifecycleEvent.action) == "regenerate",
+                    col(LifecycleEvent.numbers)[HOLD_LIFTED].as_string().is_not(None),
+                ),
+            ),
+        )
+        .order_by(col(LifecycleEvent.id).desc())
+        .limit(1)
+    ).first()
+    return said == "regenerate"
+
+
 def skipped(key: str, record: dict[str, Any]) -> str:
     """What a job says of a segment it skips, held for its brief (`record`: the hold's
     too_long_record): its prompt is not given to the model again."""

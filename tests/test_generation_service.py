@@ -984,6 +984,98 @@ def test_a_hold_is_one_audit_row_when_it_begins_and_the_order_that_ends_it_says_
     )
 
 
+def _edit_wordy(api: Any, experiment_id: int, description: str) -> None:
+    edited = api.patch(
+        f"/v1/experiments/{experiment_id}/segments/wordy", json={"description": description}
+    )
+    assert edited.status_code == 200, edited.get_json()
+
+
+def _order_without_running(app: Any) -> list[int]:
+    """A pass whose orders nothing runs: the jobs it queued."""
+    engine = app.extensions["copybandit.engine"]
+    return run_lifecycle(engine=engine, model="").jobs
+
+
+def _hold_trail(api: Any, experiment_id: int) -> list[tuple[str, Any]]:
+    """What the segment wordy's audit trail says of its hold, oldest first: each `hold` row's job,
+    and each order's note of a hold's end (None for an order with no such note)."""
+    events = _audit(api, experiment_id, "hold") + _audit(api, experiment_id, "regenerate")
+    return [
+        (e["action"], e["numbers"].get("hold_lifted") if e["action"] == "regenerate" else None)
+        for e in sorted(events, key=lambda e: e["id"])
+        if e["segment"] == "wordy"
+    ]
+
+
+@pytest.mark.parametrize("end", ["interrupted", "cancelled"])
+def test_the_end_of_a_hold_is_said_once_though_the_order_that_said_it_never_ran(
+    api: Any, app: Any, end: str
+) -> None:
+    """A job that never ran to its end records nothing of the brief, so the hold's record still
+    read as lifted, and each order after one interrupted or cancelled said the hold had just
+    ended, again."""
+    from service.generation_jobs import STOPPED, write_off
+    from service.job_cancel import cancel_job
+
+    created = _wordy_experiment(api, app, also_last=False)
+    _lifecycle_pass(app)
+    _edit_wordy(api, created["id"], "Drink tea by the pot.")
+    engine = app.extensions["copybandit.engine"]
+    for _ in range(2):
+        (ordered,) = _order_without_running(app)
+        if end == "interrupted":
+            assert write_off(engine=engine, job_ids=[ordered], reason=STOPPED) == [ordered]
+        else:
+            with Session(engine) as session:
+                cancel_job(session=session, job_id=ordered, by="a test")
+
+    # The first order, the one that ended the hold, and the one after it.
+    assert _hold_trail(api, created["id"]) == [
+        ("regenerate", None),
+        ("hold", None),
+        ("regenerate", "brief"),
+        ("regenerate", None),
+    ]
+    regenerates = [e for e in _audit(api, created["id"], "regenerate") if e["segment"] == "wordy"]
+    assert [e["reason"].count("the hold on a brief") for e in regenerates] == [0, 1, 0]
+
+
+def test_a_brief_edited_back_to_its_held_one_while_its_order_waits_is_held_again_in_the_audit(
+    api: Any, app: Any
+) -> None:
+    """The job skipped the segment, held by the record of the brief it was edited back to, and
+    wrote no `hold` row: the trail's last word on the hold was the order's "the hold ... ended",
+    while no pass ordered copy."""
+    created = _wordy_experiment(api, app, also_last=False)
+    held_by = _lifecycle_pass(app)[1].id
+    _edit_wordy(api, created["id"], "Drink tea by the pot.")
+    (ordered,) = _order_without_running(app)
+    _edit_wordy(api, created["id"], WORDY)
+
+    engine = app.extensions["copybandit.engine"]
+    writer = _BriefTooLongFor(GOOD, WORDY)
+    job = run_job(engine=engine, job_id=ordered, writer=lambda: writer, options=_options(app))
+    assert (job.status, job.outcome) == ("failed", "too_long")
+    assert writer.calls == []  # held: the model is not asked
+
+    holds = [h for h in _audit(api, created["id"], "hold") if h["segment"] == "wordy"]
+    assert [h["numbers"]["job_id"] for h in holds] == [ordered, held_by]
+    assert _hold_trail(api, created["id"]) == [
+        ("regenerate", None),
+        ("hold", None),
+        ("regenerate", "brief"),
+        ("hold", None),
+    ]
+    # Still held: no order, and no row more.
+    assert _order_without_running(app) == []
+    assert len(_audit(api, created["id"], "hold")) == 2
+    # Its end is said anew by the next order after the next edit.
+    _edit_wordy(api, created["id"], "Drink tea by the pot.")
+    assert len(_order_without_running(app)) == 1
+    assert _hold_trail(api, created["id"])[-1] == ("regenerate", "brief")
+
+
 HELD_WORDY = (
     "segment 'wordy' gets no new copy: brief too long for the model: 5,201 tokens of 4,096; "
     "shorten it (the product description, brand voice or the segment's persona), or configure a "
