@@ -141,6 +141,22 @@ def contents_of(
         .where(col(Segment.experiment_id).in_(experiment_ids))
         .order_by(col(Segment.position))
     ).all()
+    variants = _variant_rows(
+        session, col(Variant.experiment_id).in_(experiment_ids), with_audit=with_audit
+    )
+    return segments, variants
+
+
+def segment_contents_of(*, session: Session, segment_id: int) -> Sequence[Sequence[Any]]:
+    """The segment's variants (by id), as contents_of's rows, the audit read. Its own rows only:
+    GET and PATCH .../segments/<key> read every variant of the experiment as ORM objects to show
+    one segment's, 120-150 ms of CPU for one of 50 segments of 100 variants."""
+    return _variant_rows(session, col(Variant.segment_id) == segment_id, with_audit=True)
+
+
+def _variant_rows(
+    session: Session, where: sa.ColumnElement[bool], *, with_audit: bool
+) -> Sequence[Sequence[Any]]:
     columns: list[Any] = [
         col(Variant.experiment_id),
         col(Variant.segment_id),
@@ -156,12 +172,7 @@ def contents_of(
     ]
     # Left out, not read: the list's 30,000 prompts would be most of its read.
     columns.append(Variant.audit if with_audit else sa.null())
-    variants = session.execute(
-        sa.select(*columns)
-        .where(col(Variant.experiment_id).in_(experiment_ids))
-        .order_by(col(Variant.id))
-    ).all()
-    return segments, variants
+    return session.execute(sa.select(*columns).where(where).order_by(col(Variant.id))).all()
 
 
 def segments_of(*, session: Session, experiment_id: int) -> Sequence[Segment]:

@@ -40,11 +40,11 @@ from service.experiments import (
     get_variant,
     list_experiments,
     policy_etag,
+    segment_contents_of,
     segments_of,
     update_policy,
     update_variant,
     variant_etag,
-    variants_of,
 )
 from service.generation_jobs import create_job, get_job
 from service.job_cancel import cancel_job
@@ -152,6 +152,19 @@ def _shown(
         ),
         segments=[],
     ).model_dump(mode="json")
+    shown["segments"] = _segments_shown(segments, variants, with_audit=with_audit)
+    return shown
+
+
+def _segments_shown(
+    segments: Sequence[Sequence[Any]],
+    variants: Sequence[Sequence[Any]],
+    *,
+    with_audit: bool,
+) -> list[dict[str, Any]]:
+    """SegmentOut's JSON form of each of `segments` (rows of contents_of) with its `variants`
+    (rows of contents_of or segment_contents_of), for an experiment or a segment alike, so that
+    the two answers cannot come to differ (see _shown)."""
     keys = {segment_id: key for _, segment_id, key, _ in segments}
     by_segment: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for (
@@ -185,11 +198,10 @@ def _shown(
             # null, as a model dumps it: Flask's json.dumps writes NaN, which no JSON parser reads.
             variant["audit"] = to_jsonable_python(audit, inf_nan_mode="null")
         by_segment[segment_id].append(variant)
-    shown["segments"] = [
+    return [
         {"key": key, "description": description, "variants": by_segment[segment_id]}
         for _, segment_id, key, description in segments
     ]
-    return shown
 
 
 @api.post("/experiments", responses=responses(_201=ExperimentOut))
@@ -291,13 +303,10 @@ def show_segment(path: SegmentPath) -> tuple[dict[str, Any], int, dict[str, str]
 def _with_persona_etag(
     session: Session, segment: Segment
 ) -> tuple[dict[str, Any], int, dict[str, str]]:
-    variants = variants_of(session=session, experiment_id=segment.experiment_id)
-    shown = SegmentOut(
-        key=segment.key,
-        description=segment.description,
-        variants=[_variant_out(v, segment.key) for v in variants if v.segment_id == segment.id],
-    )
-    return *json_of(shown), {"ETag": persona_etag(segment)}
+    row = (segment.experiment_id, segment.id, segment.key, segment.description)
+    variants = segment_contents_of(session=session, segment_id=segment.id)  # type: ignore[arg-type]
+    (shown,) = _segments_shown([row], variants, with_audit=True)
+    return shown, 200, {"ETag": persona_etag(segment)}
 
 
 @api.patch(
