@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from pydantic import TypeAdapter, ValidationError
+from sqlalchemy.orm import defer
 from sqlmodel import Session, col, select
 
 from generation.lint import LintConfig
@@ -180,8 +181,14 @@ def segments_of(*, session: Session, experiment_id: int) -> Sequence[Segment]:
     return session.exec(query.order_by(col(Segment.position))).all()
 
 
-def variants_of(*, session: Session, experiment_id: int) -> Sequence[Variant]:
+def variants_of(
+    *, session: Session, experiment_id: int, with_audit: bool = True
+) -> Sequence[Variant]:
+    """By id. Without the audit (a generated line's whole prompt) for readers that show none:
+    it is left unread, and read by itself if touched."""
     query = select(Variant).where(Variant.experiment_id == experiment_id)
+    if not with_audit:
+        query = query.options(defer(Variant.audit))  # type: ignore[arg-type]
     return session.exec(query.order_by(col(Variant.id))).all()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from datetime import datetime
 from typing import Any
@@ -13,6 +14,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from service.models import Segment, Variant, utcnow
+from tests.query_plans import statements_sent
 
 VARIANT_FIELDS = {
     "variant_id",
@@ -110,6 +112,25 @@ def test_report_shape(api: Any, experiment: dict[str, Any]) -> None:
         for row in segment["variants"]:
             assert set(row) == VARIANT_FIELDS
             assert len(row["interval"]) == 2
+
+
+def test_the_report_reads_no_variants_audit_which_it_does_not_show(
+    app: Any, api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    session.execute(
+        sa.update(Variant)
+        .where(Variant.experiment_id == experiment["id"])
+        .values(audit={"model": "smollm2", "prompt": "Write copy for tea lovers. " * 200})
+    )
+    session.commit()
+
+    with statements_sent(app.extensions["copybandit.engine"]) as sent:
+        report = _report(api, experiment["id"])
+
+    assert [len(segment["variants"]) for segment in report["segments"]] == [2, 2]
+    # Each a generated line's whole prompt, read and decoded for every variant of the experiment.
+    reads = [statement for statement, _ in sent if re.search(r"\bFROM variant\b", statement)]
+    assert reads and not any("audit" in statement for statement in reads), reads
 
 
 def test_clear_winner_leads(api: Any, skewed: dict[str, int]) -> None:
