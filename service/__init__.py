@@ -14,6 +14,7 @@ from service import (
     dashboard,
     db,
     errors,
+    hourly_traffic,
     jsonbody,
     logs,
     marketers,
@@ -106,7 +107,15 @@ def create_app(config: Mapping[str, object] | None = None) -> OpenAPI:
                 interval=timedelta(seconds=settings.lifecycle_interval_seconds),
             ),
         )
-        app.extensions["copybandit.scheduler"] = start_background(lifecycle)
+        # Its own job, not a step of the lifecycle's pass: the charts count live the rows of
+        # hours not yet counted, and the lifecycle's interval may be a day.
+        hourly = PeriodicJob(
+            app.extensions["copybandit.engine"],
+            name="hourly_traffic",
+            interval_seconds=hourly_traffic.INTERVAL.total_seconds(),
+            job=lambda: hourly_traffic.count_hours(engine=app.extensions["copybandit.engine"]),
+        )
+        app.extensions["copybandit.scheduler"] = start_background(lifecycle, hourly)
     jsonbody.init_app(app)
     errors.register(app)
     api.register(app)

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from click.core import ParameterSource
 from sqlmodel import Session, col, select
 
-from service import logs
+from service import hourly_traffic, logs
 from service import migrate as migrations
 from service.auth import create_key, list_keys, revoke_key
 from service.config import (
@@ -613,6 +613,9 @@ def lifecycle(once: bool, generate: bool) -> None:
         model=settings.model,
         interval=timedelta(seconds=settings.lifecycle_interval_seconds),
     )
+    # Where the lifecycle runs from cron, with the servers' schedulers off, nothing else counts
+    # the charts' hours; what it counted goes to the log, as the servers' passes do.
+    hourly_traffic.count_hours(engine=engine)
     acted_on = [e.segment_id for e in report.actions]
     places = _segment_places(engine, [*acted_on, *report.failed_segments])
     for event in report.actions:

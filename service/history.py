@@ -2,6 +2,12 @@
 
 Bucketing is one CASE expression over fixed boundaries rather than a date function, so the same
 query runs on SQLite and PostgreSQL and scans each impression once.
+
+Charts of hour-wide buckets or wider (every width from 60 minutes is a whole number of hours,
+aligned to 2000-01-01 00:00 UTC, so each bucket is whole UTC hours) read the hours
+service.hourly_traffic has counted, and count only the rows from its mark on: their cost is a row
+per variant and hour plus the last hour or so of traffic, however much the window holds. Narrower
+charts, of a segment less than 12 hours old, count every row in their window, as all charts did.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ import numpy as np
 import sqlalchemy as sa
 from sqlmodel import Session, col
 
-from service.models import Event, Impression, Variant, utcnow
+from service.hourly_traffic import HOUR, counted_before
+from service.models import Event, HourlyTraffic, Impression, Variant, utcnow
 
 BUCKETS = 24
 # Bucket widths the chart may use; the smallest that covers the history in BUCKETS steps wins,
@@ -100,8 +107,14 @@ def segments_history(
         )
         for width, grid in by_width.items()
     }
-    impressions = _counts(session, Impression, ranges)
-    conversions = _counts(session, Event, ranges)
+    # Read once: hours before it are read from hourly_traffic, rows from it on are counted. Read
+    # again per query, a mark moved in between would count the hours between it twice.
+    mark = counted_before(session) if any(_whole_hours(g) for _, g in ranges.values()) else None
+    impressions = _counts(session, Impression, ranges, mark)
+    conversions = _counts(session, Event, ranges, mark)
+    for table, counts in _counted_hours(session, ranges, mark).items():
+        for variant_id, by_bucket in counts.items():
+            (impressions if table == "impressions" else conversions)[variant_id] += by_bucket
     total_impressions, total_conversions = _totals(session, everyone)
     row_of = {variant_id: i for i, variant_id in enumerate(everyone)}
     histories = {}
@@ -209,34 +222,105 @@ def _totals(session: Session, variant_ids: list[int]) -> tuple[np.ndarray, np.nd
     return impressions, conversions
 
 
-def _counts(
+def _whole_hours(grid: _Grid) -> bool:
+    """Whether each of the grid's buckets is whole UTC hours, which hourly_traffic can add up.
+    Asked of the grid rather than its width: a `now` given in another zone aligns it there."""
+    return grid.width >= HOUR and all(
+        start.timestamp() % HOUR.total_seconds() == 0 for start in grid.starts
+    )
+
+
+def _counted_since(grid: _Grid, mark: datetime | None) -> datetime:
+    """Where a grid's rows are counted from: its start, or the mark where hourly_traffic holds
+    the hours before it."""
+    if mark is None or not _whole_hours(grid):
+        return grid.starts[0]
+    return max(grid.starts[0], mark)
+
+
+def _counted_hours(
     session: Session,
-    table: type[Impression] | type[Event],
     ranges: Mapping[timedelta, tuple[list[int], _Grid]],
-) -> dict[int, np.ndarray]:
-    """Rows per variant and bucket, for the variants of each width on that width's grid; variants
-    without rows are left out."""
-    grids = [(ids, grid) for ids, grid in ranges.values() if ids]
-    if not grids:
-        return {}
-    variant_id, created = col(table.variant_id), col(table.created_at)
+    mark: datetime | None,
+) -> dict[str, dict[int, np.ndarray]]:
+    """hourly_traffic's impressions and conversions per variant and bucket, for the grids of
+    whole hours, from their start up to `mark`."""
+    grids = [
+        (ids, grid)
+        for ids, grid in ranges.values()
+        if ids and mark is not None and _whole_hours(grid) and grid.starts[0] < mark
+    ]
+    found: dict[str, dict[int, np.ndarray]] = {"impressions": {}, "conversions": {}}
+    if not grids or mark is None:
+        return found
+    variant_id, hour = col(HourlyTraffic.variant_id), col(HourlyTraffic.hour)
+    by_grid = _bucket_of(hour, variant_id, grids).label("bucket")
+    rows = session.execute(
+        sa.select(
+            variant_id,
+            by_grid,
+            sa.func.sum(col(HourlyTraffic.impressions)),
+            sa.func.sum(col(HourlyTraffic.conversions)),
+        )
+        .where(
+            sa.or_(*(variant_id.in_(ids) & (hour >= grid.starts[0]) for ids, grid in grids)),
+            hour < mark,
+        )
+        .group_by(variant_id, by_grid)
+    )
+    length = {v: len(grid.starts) for ids, grid in grids for v in ids}
+    for found_id, index, shown, converted in rows:
+        for part, count in (("impressions", shown), ("conversions", converted)):
+            counts = found[part].setdefault(found_id, np.zeros(length[found_id], dtype=np.int64))
+            counts[index] += count
+    return found
+
+
+def _bucket_of(
+    moment: sa.ColumnElement[datetime] | sa.orm.Mapped[datetime],
+    variant_id: sa.ColumnElement[int] | sa.orm.Mapped[int],
+    grids: list[tuple[list[int], _Grid]],
+) -> sa.ColumnElement[int]:
+    """The index of the bucket `moment` falls in, on its variant's grid; past the last bucket's
+    end (a host's clock ahead) it is the last bucket's."""
 
     def bucket(grid: _Grid) -> sa.ColumnElement[int]:
         return sa.case(
-            *((created < start + grid.width, index) for index, start in enumerate(grid.starts)),
+            *((moment < start + grid.width, index) for index, start in enumerate(grid.starts)),
             else_=len(grid.starts) - 1,
         )
 
     # One grid (one segment, or segments of one width) is read as it always was: by the time
     # alone, so SQLite and PostgreSQL search the variant and time index as before.
-    by_grid = (
-        bucket(grids[0][1])
-        if len(grids) == 1
-        else sa.case(*((variant_id.in_(ids), bucket(grid)) for ids, grid in grids))
-    ).label("bucket")
+    if len(grids) == 1:
+        return bucket(grids[0][1])
+    return sa.case(*((variant_id.in_(ids), bucket(grid)) for ids, grid in grids))
+
+
+def _counts(
+    session: Session,
+    table: type[Impression] | type[Event],
+    ranges: Mapping[timedelta, tuple[list[int], _Grid]],
+    mark: datetime | None,
+) -> dict[int, np.ndarray]:
+    """Rows per variant and bucket, for the variants of each width on that width's grid, from
+    where each grid's rows are counted (_counted_since); every variant asked for is in it."""
+    grids = [(ids, grid) for ids, grid in ranges.values() if ids]
+    if not grids:
+        return {}
+    variant_id, created = col(table.variant_id), col(table.created_at)
+
+    by_grid = _bucket_of(created, variant_id, grids).label("bucket")
     rows = session.execute(
         sa.select(variant_id, by_grid, sa.func.count())
-        .where(sa.or_(*(variant_id.in_(ids) & (created >= grid.starts[0]) for ids, grid in grids)))
+        .where(
+            sa.or_(
+                *(
+                    variant_id.in_(ids) & (created >= _counted_since(grid, mark))
+                    for ids, grid in grids
+                )
+            )
+        )
         .group_by(variant_id, by_grid)
     )
     counts = {v: np.zeros(len(grid.starts), dtype=np.int64) for ids, grid in grids for v in ids}

@@ -174,8 +174,8 @@ def _shown(slot: int) -> str:
     return f"{shown}.{slot % 1000:03d} UTC" if slot % 1000 else f"{shown} UTC"
 
 
-def start_background(job: PeriodicJob) -> object:
-    """An APScheduler thread that ticks `job` often enough to catch each slot early."""
+def start_background(*jobs: PeriodicJob) -> object:
+    """An APScheduler thread that ticks each of `jobs` often enough to catch each slot early."""
     from apscheduler.schedulers.background import BackgroundScheduler
 
     _quiet_apscheduler()
@@ -183,14 +183,15 @@ def start_background(job: PeriodicJob) -> object:
     # APScheduler, it asked tzlocal for the host's, which refuses a POSIX TZ ("UTC+3", "JST-9"),
     # and every server process failed to start.
     scheduler = BackgroundScheduler(daemon=True, timezone=UTC)
-    scheduler.add_job(
-        job.tick,
-        "interval",
-        seconds=max(1.0, min(60.0, job.interval / 4)),
-        id=job.name,
-        max_instances=1,
-        coalesce=True,
-    )
+    for job in jobs:
+        scheduler.add_job(
+            job.tick,
+            "interval",
+            seconds=max(1.0, min(60.0, job.interval / 4)),
+            id=job.name,
+            max_instances=1,
+            coalesce=True,
+        )
     scheduler.start()
     return scheduler
 

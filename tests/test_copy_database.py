@@ -18,6 +18,7 @@ from sqlmodel import Session, SQLModel
 from service import create_app
 from service.cli import main
 from service.generation_jobs import create_job
+from service.hourly_traffic import count_hours
 from service.marketers import list_marketers, open_session
 from service.migrate import upgrade
 from service.scheduler import claim
@@ -76,6 +77,8 @@ def source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
         engine = session.get_bind()
         assert isinstance(engine, sa.Engine)
         claim(engine, name="lifecycle", slot=1_700_000_000_000, holder="host-1", ahead_above=2**62)
+        # The demo week's hours, counted for the charts, with the mark of how far.
+        assert count_hours(engine=engine).hours > 0
         # SQL NULL, where the service's own writes leave JSON's null: both must arrive as they are.
         session.execute(sa.text("UPDATE variant SET audit = NULL WHERE id = 1"))
         session.execute(sa.text("UPDATE experiment SET product_price = 0.1 + 0.2 WHERE id = 1"))

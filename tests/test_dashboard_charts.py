@@ -582,10 +582,11 @@ def _same(together: History, alone: History) -> bool:
 def test_segments_asked_together_get_the_history_each_gets_alone(
     session: Session, variants: list[Variant]
 ) -> None:
-    """The experiment page asks for every segment's at once: four queries, where it sent four a
-    segment. Segments whose charts share a width share its buckets, each cut to its own: `b`'s
-    start after `a`'s, and a conversion of `b`'s before its first impression is no bucket's but
-    earlier evidence, as asked alone."""
+    """The experiment page asks for every segment's at once: five queries (four, and the mark of
+    the hours counted for the charts, service.hourly_traffic), where it sent four a segment.
+    Segments whose charts share a width share its buckets, each cut to its own: `b`'s start after
+    `a`'s, and a conversion of `b`'s before its first impression is no bucket's but earlier
+    evidence, as asked alone."""
     a, b, c = variants
     _add_rows(session, a, [NOW - timedelta(hours=23), NOW - timedelta(hours=2)])
     _add_rows(
@@ -603,7 +604,7 @@ def test_segments_asked_together_get_the_history_each_gets_alone(
     engine = session.get_bind()
     with statements_sent(engine) as sent:  # type: ignore[arg-type]
         together = segments_history(session=session, variant_ids=asked, now=NOW)  # type: ignore[arg-type]
-    assert len(sent) == 4, sent
+    assert len(sent) == 5, sent
 
     alone = {
         key: segment_history(session=session, variant_ids=ids, now=NOW)  # type: ignore[arg-type]

@@ -1,0 +1,210 @@
+"""Each variant's impressions and conversions per whole past hour, counted once into
+hourly_traffic, so that the dashboard's charts of hour-wide buckets or wider cost a row per variant
+and hour instead of a row per impression (service.history).
+
+Every impression and event row created before the mark (hourly_traffic_mark.counted_before) is
+counted in hourly_traffic, and none after it; a chart reads the hours before the mark and counts the
+rows from the mark on. The mark moves one hour at a time, in the transaction that counts that
+hour, and only from the value it was read at: a pass that dies half-way leaves the hour uncounted
+and the mark where it was, and of two passes at once (two servers on one PostgreSQL, or a server
+and `copybandit lifecycle --once`) the second finds the mark moved and counts nothing.
+
+An hour is counted once it ended LAG ago by the database's clock: a row's created_at is its host's
+clock when the request began, and it is committed later (see LAG). A row committed later still,
+into an hour already counted, is in no bucket: the charts then show it in the evidence before
+them, as they do rows a purge deleted, so their cumulative rate still ends at the report's.
+
+Purges (service.retention) leave hourly_traffic as it is: an hour counted before its rows were
+purged keeps its counts, and the charts show that traffic as long as they reach back to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+from sqlmodel import Session, col
+
+from service.db import insert_for, rows_changed
+from service.models import Event, HourlyTraffic, HourlyTrafficMark, Impression, utcnow
+
+log = logging.getLogger(__name__)
+
+HOUR = timedelta(hours=1)
+# How long after an hour ends it is counted. A web request waits at most about 10 s for a lock
+# (service.db.LOCK_WAIT_SECONDS, 2 s more for SQLite's writer turn) and gunicorn ends one busy
+# for 30 s, so a row is committed well under a minute after its host stamped it; hosts' clocks
+# under NTP agree to within a second. Five minutes leaves room for a host a few minutes off, and
+# costs only the rows the charts count live: at most an hour, this and the job's interval.
+LAG = timedelta(minutes=5)
+# How often servers count the hours that came due; any process sharing the database may run it.
+INTERVAL = timedelta(minutes=5)
+# A pass stops starting hours after this long; the next one carries on where it stopped. One hour
+# is one transaction, so a backlog (the first pass after the upgrade, a long outage) is counted
+# in chunks of one hour each, its progress in the log, and no pass holds a server for minutes.
+PASS_BUDGET = timedelta(seconds=30)
+# Hours older than this before the clock are never counted: no chart reaches them
+# (service.history.REACH is 24 weeks), and a page's own clock may be a little behind.
+COUNTED_BACK = timedelta(weeks=25)
+_MARK = "hourly_traffic"
+
+
+@dataclass
+class CountReport:
+    hours: int = 0
+    impressions: int = 0
+    conversions: int = 0
+    # Every row before it counted, when the pass ended; None while none has been.
+    counted_before: datetime | None = None
+    # The pass stopped at its budget with hours still to count.
+    unfinished: bool = False
+
+
+def counted_before(session: Session) -> datetime | None:
+    """The mark: rows created before it are in hourly_traffic, the rest are not."""
+    found = session.execute(
+        sa.select(col(HourlyTrafficMark.counted_before)).where(col(HourlyTrafficMark.name) == _MARK)
+    ).first()
+    return None if found is None else found[0]
+
+
+def count_hours(
+    *,
+    engine: sa.Engine,
+    now: datetime | None = None,
+    budget: timedelta = PASS_BUDGET,
+    clock: Callable[[], float] = time.monotonic,
+) -> CountReport:
+    """Count every whole hour that ended LAG before `now` (the database's clock when None) and
+    is not counted yet, oldest first, one transaction an hour, until `budget` is spent."""
+    report = CountReport()
+    started = clock()
+    with Session(engine) as session:
+        session.execute(
+            insert_for(session)(HourlyTrafficMark)
+            .values(name=_MARK, counted_before=None)
+            .on_conflict_do_nothing()
+        )
+        session.commit()
+        due_before = _floor_hour((now or _database_now(session)) - LAG)
+        while True:
+            mark = counted_before(session)
+            hour = _next_hour_with_rows(session, mark, due_before)
+            session.rollback()  # so that the claim below begins the transaction, on SQLite too
+            if hour is None:
+                report.counted_before = mark
+                break
+            if clock() - started > budget.total_seconds():
+                report.unfinished = True
+                report.counted_before = mark
+                break
+            counted = _count_hour(session, mark, hour)
+            if counted is not None:
+                report.hours += 1
+                report.impressions += counted[0]
+                report.conversions += counted[1]
+    if report.hours or report.unfinished:
+        log.info(
+            "hourly traffic: counted %d hours (%d impressions, %d conversions), every row before "
+            "%s now in; %s; %.2f s",
+            report.hours,
+            report.impressions,
+            report.conversions,
+            _shown(report.counted_before),
+            "more to count, the next pass goes on" if report.unfinished else "up to date",
+            clock() - started,
+        )
+    return report
+
+
+def _count_hour(session: Session, mark: datetime | None, hour: datetime) -> tuple[int, int] | None:
+    """Count `hour`'s rows and move the mark past it, in one transaction, if the mark is still
+    at `mark`; (impressions, conversions), or None where another pass moved it first."""
+    end = hour + HOUR
+    at_mark = (
+        col(HourlyTrafficMark.counted_before).is_(None)
+        if mark is None
+        else col(HourlyTrafficMark.counted_before) == mark
+    )
+    # The claim comes first: on PostgreSQL a second pass waits here on the row's lock until this
+    # one commits, then finds the mark moved and changes nothing.
+    claimed = rows_changed(
+        session,
+        sa.update(HourlyTrafficMark)
+        .where(col(HourlyTrafficMark.name) == _MARK, at_mark)
+        .values(counted_before=end),
+    )
+    if claimed != 1:
+        session.rollback()
+        return None
+    impressions = _per_variant(session, Impression, hour, end)
+    conversions = _per_variant(session, Event, hour, end)
+    rows = [
+        {
+            "variant_id": variant_id,
+            "hour": hour,
+            "impressions": impressions[variant_id],
+            "conversions": conversions[variant_id],
+        }
+        for variant_id in sorted(impressions | conversions)
+    ]
+    if rows:
+        session.execute(sa.insert(HourlyTraffic), rows)
+    session.commit()
+    return impressions.total(), conversions.total()
+
+
+def _per_variant(
+    session: Session, table: type[Impression] | type[Event], start: datetime, end: datetime
+) -> Counter[int]:
+    created = col(table.created_at)
+    found = session.execute(
+        sa.select(col(table.variant_id), sa.func.count())
+        .where(created >= start, created < end)
+        .group_by(col(table.variant_id))
+    )
+    return Counter({variant_id: count for variant_id, count in found})
+
+
+def _next_hour_with_rows(
+    session: Session, mark: datetime | None, due_before: datetime
+) -> datetime | None:
+    """The first hour from `mark` on that holds an impression or event and is due; None if
+    there is none. Empty hours are stepped over without a transaction each, and the mark stays
+    before the first row it has not counted: it never passes an hour nothing was counted in, so
+    rows written into the past of an empty database (the demo's week of traffic) are counted."""
+    since = due_before - COUNTED_BACK if mark is None else max(mark, due_before - COUNTED_BACK)
+    firsts = [
+        session.execute(
+            sa.select(sa.func.min(col(table.created_at))).where(col(table.created_at) >= since)
+        ).scalar()
+        for table in (Impression, Event)
+    ]
+    found = [first for first in firsts if first is not None]
+    if not found:
+        return None
+    hour = _floor_hour(min(found))
+    return hour if hour < due_before else None
+
+
+def _floor_hour(moment: datetime) -> datetime:
+    moment = moment.astimezone(UTC)
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def _database_now(session: Session) -> datetime:
+    """The clock every process sharing the database agrees on (as the scheduler's slots are):
+    PostgreSQL's server's; a SQLite file is shared only on one host."""
+    if session.get_bind().dialect.name != "postgresql":
+        return utcnow()
+    seconds = session.execute(sa.text("SELECT extract(epoch FROM clock_timestamp())")).scalar_one()
+    return datetime.fromtimestamp(float(seconds), UTC)
+
+
+def _shown(moment: datetime | None) -> str:
+    return "none" if moment is None else moment.strftime("%Y-%m-%d %H:%M UTC")

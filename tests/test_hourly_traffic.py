@@ -1,0 +1,365 @@
+"""service.hourly_traffic: whole past hours counted once, and the charts read from them exactly
+what they counted from the rows."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from service import hourly_traffic
+from service.history import History, segments_history
+from service.hourly_traffic import LAG, count_hours, counted_before
+from service.identity import new_impression_id
+from service.models import Event, HourlyTraffic, Impression, Variant
+from service.retention import purge
+
+NOW = datetime(2026, 3, 2, 12, 17, 30, tzinfo=UTC)
+
+
+@pytest.fixture
+def variants(session: Session, experiment: dict[str, Any]) -> list[Variant]:
+    """The experiment's two tea-lovers variants, then the two of busy-parents."""
+    ids = [v["id"] for s in experiment["segments"] for v in s["variants"]]
+    return list(session.exec(select(Variant).where(col(Variant.id).in_(ids)).order_by(Variant.id)))
+
+
+@pytest.fixture
+def engine(session: Session) -> Iterator[sa.Engine]:
+    yield session.get_bind()  # type: ignore[misc]
+
+
+def _store(session: Session, rows: list[tuple[Variant, datetime, datetime | None]]) -> None:
+    """Impressions (variant, shown at, converted at or None), with the variants' counters."""
+    impressions, events = [], []
+    for variant, shown, converted in rows:
+        impression_id = new_impression_id()
+        impressions.append(
+            Impression(
+                id=impression_id,
+                experiment_id=variant.experiment_id,
+                segment_id=variant.segment_id,
+                variant_id=variant.id,  # type: ignore[arg-type]
+                propensity=0.5,
+                policy="thompson",
+                created_at=shown,
+            )
+        )
+        if converted is not None:
+            events.append(
+                Event(
+                    impression_id=impression_id,
+                    variant_id=variant.id,  # type: ignore[arg-type]
+                    type="conversion",
+                    created_at=converted,
+                )
+            )
+    session.add_all(impressions)
+    session.flush()
+    session.add_all(events)
+    for variant in {variant.id: variant for variant, _, _ in rows}.values():
+        variant.impressions += sum(1 for v, _, _ in rows if v.id == variant.id)
+        variant.conversions += sum(1 for v, _, c in rows if v.id == variant.id and c is not None)
+        session.add(variant)
+    session.commit()
+
+
+def _random_rows(
+    rng: np.random.Generator, variants: list[Variant], span: timedelta, n: int
+) -> list[tuple[Variant, datetime, datetime | None]]:
+    """`n` impressions over the `span` before NOW, a few a little after it (a host's clock
+    ahead), a fifth of them converted from a second to two days later, a few converted
+    *before* they were shown (another host's clock)."""
+    rows: list[tuple[Variant, datetime, datetime | None]] = []
+    for _ in range(n):
+        variant = variants[int(rng.integers(len(variants)))]
+        shown = NOW - span * float(rng.random()) + timedelta(minutes=float(rng.uniform(-1, 3)))
+        converted = None
+        if rng.random() < 0.2:
+            delay = timedelta(seconds=float(rng.exponential(3600 * rng.choice([0.01, 1, 24]))))
+            converted = shown + delay if rng.random() < 0.9 else shown - delay / 100
+        rows.append((variant, shown, converted))
+    return rows
+
+
+def _same(got: History, expected: History) -> bool:
+    return (
+        got.variant_ids == expected.variant_ids
+        and got.starts == expected.starts
+        and got.width == expected.width
+        and all(
+            np.array_equal(getattr(got, part), getattr(expected, part))
+            for part in ("impressions", "conversions", "earlier_impressions", "earlier_conversions")
+        )
+    )
+
+
+def _histories(session: Session, variants: list[Variant], now: datetime) -> dict[str, History]:
+    """Three segments' at once (the page asks for every segment's), so grids of one width and
+    of several are read; a variant is in one segment only, as on the page."""
+    ids = [v.id for v in variants]
+    asked = {"tea": ids[:2], "busy": ids[2:3], "one": ids[3:]}
+    session.rollback()
+    return segments_history(session=session, variant_ids=asked, now=now)  # type: ignore[arg-type]
+
+
+def _stored_hours(engine: sa.Engine) -> list[tuple[Any, ...]]:
+    with Session(engine) as session:
+        return [
+            tuple(row)
+            for row in session.execute(
+                sa.select(HourlyTraffic.variant_id, HourlyTraffic.hour, HourlyTraffic.impressions)
+                .add_columns(col(HourlyTraffic.conversions))
+                .order_by(col(HourlyTraffic.variant_id), col(HourlyTraffic.hour))
+            )
+        ]
+
+
+def _rows_before_the_mark(engine: sa.Engine) -> tuple[int, int]:
+    """Impression and event rows created before the mark, counted from the rows."""
+    with Session(engine) as session:
+        mark = counted_before(session)
+        assert mark is not None
+        return tuple(  # type: ignore[return-value]
+            session.execute(
+                sa.select(sa.func.count()).select_from(table).where(col(table.created_at) < mark)
+            ).scalar_one()
+            for table in (Impression, Event)
+        )
+
+
+def _totals(engine: sa.Engine) -> tuple[int, int]:
+    with Session(engine) as session:
+        found = session.execute(
+            sa.select(
+                sa.func.coalesce(sa.func.sum(col(HourlyTraffic.impressions)), 0),
+                sa.func.coalesce(sa.func.sum(col(HourlyTraffic.conversions)), 0),
+            )
+        ).one()
+    return int(found[0]), int(found[1])
+
+
+@pytest.mark.parametrize(
+    ("seed", "span"),
+    [
+        (1, timedelta(hours=5)),
+        (2, timedelta(hours=30)),
+        (3, timedelta(days=6)),
+        (4, timedelta(days=40)),
+        (5, timedelta(days=200)),
+    ],
+    ids=["5h", "30h", "6d", "40d", "200d"],
+)
+def test_charts_read_from_counted_hours_are_the_charts_counted_from_rows(
+    session: Session, engine: sa.Engine, variants: list[Variant], seed: int, span: timedelta
+) -> None:
+    """Whatever the mark's place: before every row, part-way, or up to the last due hour, and
+    whatever the charts' now, every history is the one counted from the rows alone."""
+    rng = np.random.default_rng(seed)
+    _store(session, _random_rows(rng, variants, span, 400))
+    # Charts seen from now, from a little later, and from a day later.
+    nows = [NOW, NOW + timedelta(minutes=47), NOW + timedelta(days=1, minutes=5)]
+    from_rows = {now: _histories(session, variants, now) for now in nows}
+
+    counted = 0
+    # The mark moves in steps: hours up to part of the span, then up to the last due hour.
+    for counted_at in [NOW - span / 2, NOW - span / 7, NOW, NOW + timedelta(days=30)]:
+        counted += count_hours(engine=engine, now=counted_at).hours
+        for now in nows:
+            read = _histories(session, variants, now)
+            for key, expected in from_rows[now].items():
+                assert _same(read[key], expected), (counted_at, now, key)
+    # Not vacuous: the hours were counted, and every row is in them.
+    assert counted > 0
+    assert _totals(engine) == _rows_before_the_mark(engine)
+
+
+def test_hours_counted_before_a_purge_keep_their_counts(
+    session: Session, engine: sa.Engine, variants: list[Variant]
+) -> None:
+    """The charts show the traffic of hours counted before their rows were purged, and their
+    cumulative rate still ends at the report's rate: what is before the chart is the counters
+    less what its buckets hold."""
+    a = variants[0]
+    old = [NOW - timedelta(days=d, minutes=m) for d in (9, 8, 7) for m in (0, 10)]
+    _store(
+        session, [(a, t, t + timedelta(minutes=1) if i == 0 else None) for i, t in enumerate(old)]
+    )
+    _store(session, [(a, NOW - timedelta(days=1), None), (a, NOW - timedelta(hours=2), None)])
+    before = _histories(session, variants, NOW)["tea"]
+    count_hours(engine=engine, now=NOW)
+
+    report = purge(engine=engine, older_than=timedelta(days=5), now=NOW)
+    assert (report.impressions, report.events) == (6, 1)
+    after = _histories(session, variants, NOW)["tea"]
+
+    # The chart starts at the oldest impression left, so the purged week is before it...
+    assert after.starts[0] > min(old)
+    assert after.impressions[0].sum() == 2
+    # ...and counts in the evidence before it, from the counters, as a purge's rows always did.
+    assert after.earlier_impressions[0] == 6 and after.earlier_conversions[0] == 1
+    rate = after.cumulative_rate()[0]
+    assert rate[-1] == pytest.approx(1 / 8) == before.cumulative_rate()[0][-1]
+
+    # A chart that reaches back to the purged hours (a sibling's older rows) still draws them.
+    b = variants[1]
+    _store(session, [(b, NOW - timedelta(days=10), None)])
+    count_hours(engine=engine, now=NOW)
+    both = _histories(session, variants, NOW)["tea"]
+    assert both.impressions[0].sum() == 8 and both.conversions[0].sum() == 1
+    assert both.earlier_impressions[0] == 0 and both.earlier_conversions[0] == 0
+
+
+def test_counting_again_counts_nothing(
+    session: Session, engine: sa.Engine, variants: list[Variant]
+) -> None:
+    _store(session, _random_rows(np.random.default_rng(7), variants, timedelta(days=3), 200))
+    first = count_hours(engine=engine, now=NOW)
+    stored = _stored_hours(engine)
+    again = count_hours(engine=engine, now=NOW)
+    assert first.hours > 0 and again.hours == 0
+    assert _stored_hours(engine) == stored
+    assert again.counted_before == first.counted_before == counted_before(session)
+
+
+def test_an_hour_is_counted_only_once_it_ended_the_lag_ago(
+    session: Session, engine: sa.Engine, variants: list[Variant]
+) -> None:
+    """A row committed a little after its host stamped it, or stamped by a host whose clock is
+    behind, still lands in an hour not yet counted."""
+    hour = datetime(2026, 3, 2, 11, tzinfo=UTC)
+    _store(session, [(variants[0], hour + timedelta(minutes=30), None)])
+    assert count_hours(engine=engine, now=hour + timedelta(hours=1) + LAG / 2).hours == 0
+    assert counted_before(session) is None
+    _store(session, [(variants[0], hour + timedelta(minutes=59), None)])
+    assert count_hours(engine=engine, now=hour + timedelta(hours=1) + LAG).hours == 1
+    assert _totals(engine) == (2, 0)
+
+
+def test_the_mark_does_not_pass_hours_it_found_empty(
+    session: Session, engine: sa.Engine, variants: list[Variant]
+) -> None:
+    """The demo's week of traffic is written now and then moved into the past: had a server's
+    pass over the empty database moved the mark to the present, none of it was charted."""
+    assert count_hours(engine=engine, now=NOW).counted_before is None
+    _store(session, [(variants[0], NOW - timedelta(days=6), NOW - timedelta(days=5))])
+    count_hours(engine=engine, now=NOW)
+    assert _totals(engine) == (1, 1)
+    assert counted_before(session) == datetime(2026, 2, 25, 12, tzinfo=UTC) + timedelta(hours=1)
+
+
+def test_a_pass_that_dies_half_way_through_an_hour_counts_none_of_it(
+    session: Session, engine: sa.Engine, variants: list[Variant], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _store(session, _random_rows(np.random.default_rng(8), variants, timedelta(hours=20), 100))
+    per_variant = hourly_traffic._per_variant
+    counted: list[object] = []
+
+    def dies_at_the_third_hours_events(session: Session, table: Any, *args: Any) -> Any:
+        if table is Event and len(counted) == 2:
+            raise RuntimeError("killed")
+        if table is Event:
+            counted.append(args)
+        return per_variant(session, table, *args)
+
+    monkeypatch.setattr(hourly_traffic, "_per_variant", dies_at_the_third_hours_events)
+    with pytest.raises(RuntimeError, match="killed"):
+        count_hours(engine=engine, now=NOW)
+    # The two hours before it are counted, the mark just past them; of the third, nothing.
+    hours = sorted({row[1] for row in _stored_hours(engine)})
+    session.rollback()
+    assert len(hours) == 2 and counted_before(session) == hours[-1] + timedelta(hours=1)
+    monkeypatch.undo()
+
+    count_hours(engine=engine, now=NOW + timedelta(days=1))
+    assert _totals(engine) == _rows_before_the_mark(engine)
+
+
+def test_a_pass_that_finds_the_hour_counted_meanwhile_counts_nothing(
+    session: Session, engine: sa.Engine, variants: list[Variant], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two servers' passes at once: the second read the mark before the first moved it."""
+    _store(session, _random_rows(np.random.default_rng(9), variants, timedelta(hours=6), 100))
+    next_hour = hourly_traffic._next_hour_with_rows
+    raced: list[object] = []
+
+    def another_pass_counts_first(*args: Any) -> Any:
+        found = next_hour(*args)
+        if not raced:
+            raced.append(found)
+            assert count_hours(engine=engine, now=NOW).hours > 0
+        return found
+
+    monkeypatch.setattr(hourly_traffic, "_next_hour_with_rows", another_pass_counts_first)
+    late = count_hours(engine=engine, now=NOW)
+    assert late.hours == 0
+    assert _totals(engine) == _rows_before_the_mark(engine)
+
+
+def test_passes_running_together_count_each_row_once(
+    session: Session, engine: sa.Engine, variants: list[Variant]
+) -> None:
+    _store(session, _random_rows(np.random.default_rng(10), variants, timedelta(days=2), 300))
+    errors: list[BaseException] = []
+
+    def one_pass() -> None:
+        try:
+            count_hours(engine=engine, now=NOW)
+        except BaseException as exc:
+            errors.append(exc)
+
+    passes = [threading.Thread(target=one_pass) for _ in range(4)]
+    for thread in passes:
+        thread.start()
+    for thread in passes:
+        thread.join()
+    assert errors == []
+    assert _totals(engine) == _rows_before_the_mark(engine)
+
+
+def test_a_pass_stops_at_its_budget_and_the_next_goes_on(
+    session: Session,
+    engine: sa.Engine,
+    variants: list[Variant],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _store(session, _random_rows(np.random.default_rng(11), variants, timedelta(days=2), 200))
+    # A second passes between each look at the clock: the pass starts at 0 and counts an hour
+    # after looking at 1 and at 2, then stops at 3, past its 2.5 s.
+    ticks = iter(range(1000))
+    caplog.set_level("INFO", logger="service.hourly_traffic")
+    first = count_hours(
+        engine=engine, now=NOW, budget=timedelta(seconds=2.5), clock=lambda: float(next(ticks))
+    )
+    assert first.unfinished and first.hours == 2
+    assert "more to count, the next pass goes on" in caplog.text
+    rest = count_hours(engine=engine, now=NOW)
+    assert not rest.unfinished and rest.hours > 0
+    assert "up to date" in caplog.text
+
+
+def test_a_server_counts_the_hours_on_its_own_schedule(
+    app_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not in the lifecycle's pass, whose interval may be a day: the charts count live the rows
+    of every hour not yet counted."""
+    import service
+
+    passes: list[dict[str, Any]] = []
+    monkeypatch.setattr(hourly_traffic, "count_hours", lambda **kwargs: passes.append(kwargs))
+    app = service.create_app({**app_config, "scheduler": "on"})
+    scheduler = app.extensions["copybandit.scheduler"]
+    try:
+        ticked = scheduler.get_job("hourly_traffic").func.__self__
+        assert ticked.interval == hourly_traffic.INTERVAL.total_seconds()
+        ticked.job()
+    finally:
+        scheduler.shutdown()
+        app.extensions["copybandit.engine"].dispose()
+    assert [kwargs["engine"] for kwargs in passes] == [app.extensions["copybandit.engine"]]
