@@ -4,7 +4,7 @@ and hour instead of a row per impression (service.history).
 
 Every impression and event row created before the mark (hourly_traffic_mark.counted_before) is
 counted in hourly_traffic, and none after it; a chart reads the hours before the mark and counts the
-rows from the mark on. The mark moves one hour at a time, in the transaction that counts that
+rows from the mark on. The mark moves one hour at a time, in the transaction that stores that
 hour, and only from the value it was read at: a pass that dies half-way leaves the hour uncounted
 and the mark where it was, and of two passes at once (two servers on one PostgreSQL, or a server
 and `copybandit lifecycle --once`) the second finds the mark moved and counts nothing.
@@ -95,7 +95,7 @@ def count_hours(
         while True:
             mark = counted_before(session)
             hour = _next_hour_with_rows(session, mark, due_before)
-            session.rollback()  # so that the claim below begins the transaction, on SQLite too
+            session.rollback()  # ends the reads: each hour is counted and stored in its own
             if hour is None:
                 report.counted_before = mark
                 break
@@ -123,16 +123,24 @@ def count_hours(
 
 
 def _count_hour(session: Session, mark: datetime | None, hour: datetime) -> tuple[int, int] | None:
-    """Count `hour`'s rows and move the mark past it, in one transaction, if the mark is still
-    at `mark`; (impressions, conversions), or None where another pass moved it first."""
+    """Count `hour`'s rows, then store them and move the mark past it, in one transaction, if the
+    mark is still at `mark`; (impressions, conversions), or None where another pass moved it
+    first.
+
+    The rows are counted before the claim, not under it: on SQLite the claim takes the database's
+    write lock, and every decision waits for it (up to its 10 s, then a 503) while a busy hour's
+    rows are counted. A due hour's rows are all committed (LAG), so the counts are as good read
+    before the claim; two passes at once both count, and only the one whose claim lands stores."""
     end = hour + HOUR
+    impressions = _per_variant(session, Impression, hour, end)
+    conversions = _per_variant(session, Event, hour, end)
+    # Ends the read's transaction: on SQLite the claim below must begin its own.
+    session.rollback()
     at_mark = (
         col(HourlyTrafficMark.counted_before).is_(None)
         if mark is None
         else col(HourlyTrafficMark.counted_before) == mark
     )
-    # The claim comes first: on PostgreSQL a second pass waits here on the row's lock until this
-    # one commits, then finds the mark moved and changes nothing.
     claimed = rows_changed(
         session,
         sa.update(HourlyTrafficMark)
@@ -142,8 +150,6 @@ def _count_hour(session: Session, mark: datetime | None, hour: datetime) -> tupl
     if claimed != 1:
         session.rollback()
         return None
-    impressions = _per_variant(session, Impression, hour, end)
-    conversions = _per_variant(session, Event, hour, end)
     rows = [
         {
             "variant_id": variant_id,

@@ -281,6 +281,42 @@ def test_a_pass_that_dies_half_way_through_an_hour_counts_none_of_it(
     assert _totals(engine) == _rows_before_the_mark(engine)
 
 
+def test_an_hour_is_counted_before_the_mark_is_claimed_so_no_writer_waits_on_the_count(
+    session: Session, engine: sa.Engine, variants: list[Variant], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite the claim takes the database's write lock: counted under it, a busy hour's
+    rows held every decision's write back for as long as the count took."""
+    _store(session, _random_rows(np.random.default_rng(11), variants, timedelta(hours=3), 50))
+    per_variant = hourly_traffic._per_variant
+    writes_waited: list[bool] = []
+
+    def a_writer_meanwhile(counting: Session, table: Any, *args: Any) -> Any:
+        found = per_variant(counting, table, *args)
+        with engine.connect() as other:
+            sqlite = other.dialect.name == "sqlite"
+            # Each only for this write: the connection goes back to the pool.
+            if sqlite:
+                patience = other.exec_driver_sql("PRAGMA busy_timeout").scalar()
+                other.exec_driver_sql("PRAGMA busy_timeout = 0")
+            else:
+                other.exec_driver_sql("SET LOCAL lock_timeout = '100ms'")
+            try:
+                other.exec_driver_sql("UPDATE hourly_traffic_mark SET name = name")
+                writes_waited.append(False)
+            except sa.exc.OperationalError:
+                writes_waited.append(True)
+            finally:
+                other.rollback()
+                if sqlite:
+                    other.exec_driver_sql(f"PRAGMA busy_timeout = {patience}")
+        return found
+
+    monkeypatch.setattr(hourly_traffic, "_per_variant", a_writer_meanwhile)
+    assert count_hours(engine=engine, now=NOW).hours > 0
+    assert writes_waited and not any(writes_waited)
+    assert _totals(engine) == _rows_before_the_mark(engine)
+
+
 def test_a_pass_that_finds_the_hour_counted_meanwhile_counts_nothing(
     session: Session, engine: sa.Engine, variants: list[Variant], monkeypatch: pytest.MonkeyPatch
 ) -> None:
