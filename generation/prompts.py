@@ -55,19 +55,40 @@ PROMPT_LABELS = (
 )
 
 
+# What _ask writes around the brief's own words, which brief_words takes away again.
+_FIELD_LABELS = ("Product: ", "Facts: ", "Customer: ", "Voice: ", "- ")
+_LEADERS_INTRO = "Lines that work now; write a new one that could beat them:"
+_WRITE = "Write one advertising line."
+
+
 def _ask(brief: Brief) -> str:
+    product, facts, customer, voice, leader = _FIELD_LABELS
     lines = [
-        f"Product: {brief.product_name}",
-        f"Facts: {brief.facts()}",
-        f"Customer: {brief.segment}",
+        f"{product}{brief.product_name}",
+        f"{facts}{brief.facts()}",
+        f"{customer}{brief.segment}",
     ]
     if brief.brand_voice:
-        lines.append(f"Voice: {brief.brand_voice}")
+        lines.append(f"{voice}{brief.brand_voice}")
     if brief.leaders:
-        lines.append("Lines that work now; write a new one that could beat them:")
-        lines.extend(f"- {leader}" for leader in brief.leaders)
-    lines.append("Write one advertising line.")
+        lines.append(_LEADERS_INTRO)
+        lines.extend(f"{leader}{text}" for text in brief.leaders)
+    lines.append(_WRITE)
     return "\n".join(lines)
+
+
+def brief_words(messages: list[dict[str, str]]) -> str:
+    """The brief's own words in the last ask of `messages`: its fields without the English labels
+    and instructions _ask writes around them. The copy comes back in their script, which in a
+    Japanese brief's ask is only about half of the text."""
+    ask = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    words = []
+    for line in ask.split("\n"):
+        if line in (_LEADERS_INTRO, _WRITE):
+            continue
+        label = next((label for label in _FIELD_LABELS if line.startswith(label)), "")
+        words.append(line[len(label) :])
+    return "\n".join(words)
 
 
 def build_messages(brief: Brief) -> list[dict[str, str]]:

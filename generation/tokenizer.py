@@ -90,6 +90,9 @@ class ChatTokenizer:
         mask: Any = [1] * len(ids) if return_tensors is None else torch.ones_like(input_ids)
         return {"input_ids": input_ids, "attention_mask": mask} if return_dict else input_ids
 
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids)
+
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         return str(self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens))
 

@@ -31,8 +31,14 @@ class SamplingConfig:
     top_p: float = 0.95
     # transformers' default, which `model.generate` applied here before sampling was our own.
     top_k: int | None = 50
-    # 140 characters of English copy is about 30 tokens; longer lines fail the lint anyway.
+    # 140 characters of English copy is about 30 tokens; longer lines fail the lint anyway. Briefs
+    # in other scripts get room for `max_copy_chars` characters of theirs (generation.budget).
     max_new_tokens: int = 36
+    # The lint's longest line (COPYBANDIT_COPY_MAX_CHARS), which no budget should cut.
+    max_copy_chars: int = 140
+    # Korean or emoji copy of 140 characters takes up to ~440 tokens; the cap keeps a longer
+    # COPY_MAX_CHARS from letting a rambling row run for thousands of steps.
+    max_new_tokens_cap: int = 512
     # Briefs at the API's longest fields come to ~3,000 tokens of English; other scripts and emoji
     # take several tokens a character. Memory grows fast with the prompt: 9,727 tokens at batch
     # 16 peaked at 10.4 GB and wrote nothing usable, and ~29,000 would not fit in this machine.
@@ -54,6 +60,21 @@ class TransformersWriter:
         self.sampling = sampling or SamplingConfig()
         self.model_id = loaded.model_id
 
+    def token_budget(self, messages: list[dict[str, str]]) -> int:
+        """Tokens each row of this prompt may sample: room for the lint's longest line in the
+        script of the brief's own words (generation.budget)."""
+        from generation.budget import token_budget
+        from generation.prompts import brief_words
+
+        sampling, tokenizer = self.sampling, self.loaded.tokenizer
+        return token_budget(
+            brief_words(messages),
+            lambda words: len(tokenizer.encode(words, add_special_tokens=False)),
+            max_chars=sampling.max_copy_chars,
+            english_tokens=sampling.max_new_tokens,
+            cap=sampling.max_new_tokens_cap,
+        )
+
     def sample(self, messages: list[dict[str, str]], n: int, seed: int) -> list[Sample]:
         import torch
 
@@ -65,11 +86,12 @@ class TransformersWriter:
         def text(ids: list[int]) -> str:
             return str(tokenizer.decode(ids, skip_special_tokens=True))
 
+        max_new_tokens = self.token_budget(messages)
         prompt = tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )["input_ids"].to(loaded.device)
         context = getattr(getattr(loaded.model, "config", None), "max_position_embeddings", None)
-        limit = min(sampling.max_prompt_tokens, (context or 2**31) - sampling.max_new_tokens)
+        limit = min(sampling.max_prompt_tokens, (context or 2**31) - max_new_tokens)
         if prompt.shape[-1] > limit:
             raise PromptTooLong(
                 f"the prompt is {prompt.shape[-1]:,} tokens, and at most {limit:,} fit: shorten "
@@ -87,7 +109,7 @@ class TransformersWriter:
                 temperature=sampling.temperature,
                 top_k=sampling.top_k,
                 top_p=sampling.top_p,
-                max_new_tokens=sampling.max_new_tokens,
+                max_new_tokens=max_new_tokens,
                 stop_ids=loaded.stop_ids,
                 first_line=FirstLine(loaded.line_breaks, text),
                 generator=generator,

@@ -896,7 +896,7 @@ def interrupt_held_jobs() -> None:
 def default_writer(settings: Settings) -> Writer:
     """The configured model behind a sampling writer (loads torch and transformers)."""
     from generation.model import ModelConfig, load_model
-    from generation.writer import TransformersWriter
+    from generation.writer import SamplingConfig, TransformersWriter
 
     config = ModelConfig(
         path=settings.model or None,
@@ -905,7 +905,9 @@ def default_writer(settings: Settings) -> Writer:
         dtype=settings.model_dtype,
         progress_bars=progress_bars_wanted(settings),
     )
-    return TransformersWriter(load_model(config))
+    # Each row gets tokens for the lint's longest line, in whatever script the brief is written.
+    sampling = SamplingConfig(max_copy_chars=settings.copy_max_chars)
+    return TransformersWriter(load_model(config), sampling)
 
 
 def progress_bars_wanted(settings: Settings) -> bool:

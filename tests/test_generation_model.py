@@ -6,6 +6,7 @@ safetensors in about a second.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 from generation import Brief, generate_variants
-from generation.lint import lint
+from generation.lint import LintConfig, lint
 from generation.llama import Llama
 from generation.model import LoadedModel, ModelConfig, load_model
 from generation.prompts import build_messages
@@ -258,3 +259,69 @@ def test_a_folder_that_needs_its_own_code_is_refused_at_start(tmp_path: Path) ->
         ValueError, match=r"must be a model type transformers knows; .*'home-grown'"
     ):
         ModelConfig(path=str(folder)).validate()
+
+
+JAPANESE_BRIEF = Brief(
+    product_name="リッジライン トレイルランニングシューズ",
+    product_description="防水性のあるトレイルランニングシューズ。グリップ力の高いソールで、片足わずか"
+    "280グラム。",
+    segment="ぬかるんだ山道でも足を濡らさずに歩きたい、週末のハイカー。",
+    price=129.0,
+)
+# Copy as a Japanese copywriter writes it, not the brief's words: kana, kanji and punctuation.
+JAPANESE_COPY = (
+    "週末のハイキングに、軽くて滑りにくいリッジラインを。雨の山道でも足元はいつもドライ。"
+)
+
+
+def japanese_line(tokenizer: Any, chars: int) -> list[int]:
+    """Token ids of Japanese copy `chars` characters long, with no line break in it."""
+    text = (JAPANESE_COPY * (chars // len(JAPANESE_COPY) + 1))[:chars]
+    ids: list[int] = tokenizer.encode(text, add_special_tokens=False)
+    return ids
+
+
+def test_a_japanese_brief_gets_tokens_for_the_lints_longest_line(loaded: LoadedModel) -> None:
+    writer = TransformersWriter(loaded)
+    longest = len(japanese_line(loaded.tokenizer, LintConfig().max_chars))
+    assert longest > 6 * writer.sampling.max_new_tokens  # ~250 tokens, against 36
+    assert writer.token_budget(build_messages(JAPANESE_BRIEF)) >= longest
+    # English keeps the budget it always had.
+    assert writer.token_budget(build_messages(BRIEF)) == writer.sampling.max_new_tokens == 36
+
+
+class _WritesOneLineForever:
+    """A model that writes the same Japanese tokens over and over and never ends its line."""
+
+    def __init__(self, ids: list[int], vocab: int) -> None:
+        self.ids, self.vocab, self.written = ids, vocab, 0
+
+    def prefill(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        return self._next(1), self
+
+    def step(self, tokens: torch.Tensor, cache: Any) -> torch.Tensor:
+        return self._next(len(tokens))
+
+    def _next(self, rows: int) -> torch.Tensor:
+        logits = torch.zeros(rows, self.vocab)
+        logits[:, self.ids[self.written % len(self.ids)]] = 100.0
+        self.written += 1
+        return logits
+
+    def repeat(self, n: int) -> None:
+        pass
+
+    def keep(self, rows: torch.Tensor) -> None:
+        pass
+
+
+def test_japanese_copy_is_not_cut_short_of_the_lints_longest_line(loaded: LoadedModel) -> None:
+    # With 36 tokens, the budget English needs, a Japanese row was cut at about 19 characters and
+    # clean dropped it as a fragment.
+    limit = LintConfig().max_chars
+    ids = japanese_line(loaded.tokenizer, 3 * limit)
+    fake = dataclasses.replace(loaded, model=_WritesOneLineForever(ids, len(loaded.tokenizer)))
+    (sample,) = TransformersWriter(fake).sample(build_messages(JAPANESE_BRIEF), 1, seed=1)
+    assert not sample.finished
+    assert len(sample.text) > limit
+    assert sample.text.startswith(JAPANESE_COPY)

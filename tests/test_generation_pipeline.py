@@ -16,7 +16,7 @@ import pytest
 from generation import similarity as similarity_module
 from generation.lint import RULES, lint
 from generation.pipeline import FRAGMENT, GenerationResult, Rejection, generate_variants
-from generation.prompts import SYSTEM, build_messages
+from generation.prompts import SYSTEM, brief_words, build_messages
 from generation.similarity import DEFAULT_THRESHOLD, NgramSimilarity
 from generation.writer import Sample
 from tests.test_generation_lint import BRIEF
@@ -269,6 +269,26 @@ def test_build_messages_shape() -> None:
     assert "Voice:" not in final
     assert "Lines that work now" not in final
     assert all(m["content"].strip() for m in messages)
+
+
+def test_brief_words_are_the_fields_of_the_last_ask_without_its_english_scaffolding() -> None:
+    brief = dataclasses.replace(
+        BRIEF,
+        product_name="リッジライン",
+        product_description="防水のトレイルシューズ。\n片足280グラム。",
+        segment="週末のハイカー。",
+        brand_voice="静かで率直。",
+        leaders=("雨の山道でも足元はドライ。",),
+    )
+    assert brief_words(build_messages(brief)) == "\n".join(
+        [
+            "リッジライン",
+            f"防水のトレイルシューズ。\n片足280グラム。 Price: {brief.price_text()}.",
+            "週末のハイカー。",
+            "静かで率直。",
+            "雨の山道でも足元はドライ。",
+        ]
+    )
 
 
 def test_equally_diverse_lines_rank_by_logprob() -> None:

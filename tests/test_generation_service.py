@@ -24,6 +24,7 @@ from service.generation_jobs import (
     GenerationOptions,
     JobRunner,
     create_job,
+    default_writer,
     progress_bars_wanted,
     run_job,
 )
@@ -1824,6 +1825,18 @@ def test_the_model_shows_progress_bars_only_to_a_terminal_reading_text_logs(
         monkeypatch.setattr(sys, "stderr", _Terminal())
     settings = load_settings({"log_format": log_format})
     assert progress_bars_wanted(settings) is wanted
+
+
+def test_the_model_samples_for_the_configured_longest_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """COPYBANDIT_COPY_MAX_CHARS sizes the token budget: the lint's longest line is not cut."""
+    monkeypatch.setattr("generation.model.load_model", lambda config: _NoModel())
+    settings = load_settings({"copy_max_chars": 300})
+    writer = default_writer(settings)
+    assert writer.sampling.max_copy_chars == 300  # type: ignore[attr-defined]
+
+
+class _NoModel:
+    model_id = "none"
 
 
 # A worker's end as gunicorn's spawn_worker runs it: sys.exit(0), then worker_exit in the finally,
