@@ -36,7 +36,14 @@ from service.config import Settings
 from service.copy_backoff import copy_backoff, orders_of
 from service.db import database_unavailable, rows_changed
 from service.errors import first_problem
-from service.long_briefs import HOLD_LIFTED, hold_lifted, hold_said_ended, last_record, refusal
+from service.long_briefs import (
+    HOLD_LIFTED,
+    hold_lifted,
+    hold_said,
+    hold_said_ended,
+    last_recorded,
+    refusal,
+)
 from service.metrics import Metrics, count
 from service.models import (
     Experiment,
@@ -819,7 +826,8 @@ def _unless_brief_refused(
     if not any(action.kind == "regenerate" for action in actions):
         return actions
     engine = session.get_bind()
-    record = last_record(session, segment)
+    recorded = last_recorded(session, segment)
+    record = None if recorded is None else recorded[0]
     lifted = None if record is None else hold_lifted(record, experiment, segment, model=model)
     if record is None or lifted is not None:
         _WAITS_LOGGED.ended(engine, ("hold", segment.id))  # type: ignore[arg-type]
@@ -840,7 +848,14 @@ def _unless_brief_refused(
             experiment.id,
             why,
         )
-    return _without_order(actions)
+    withheld = _without_order(actions)
+    if recorded is not None and hold_said_ended(session, segment):
+        # Held again with no job to say so: the order that said the hold ended never ran to its
+        # end, and the brief (or the model) went back to the one held. The trail's last word
+        # was "ended" while no copy came, and the next end went unsaid, as said already.
+        reason, numbers = hold_said(record, job_id=recorded[1])
+        withheld.append(Action("hold", None, reason, numbers))
+    return withheld
 
 
 def _unless_backing_off(

@@ -89,13 +89,23 @@ def refusal(record: dict[str, Any]) -> str:
 def last_record(session: Session, segment: Segment) -> dict[str, Any] | None:
     """What the last job to run to an end (_found_of_briefs) that covered the segment found of
     its brief: a too_long_record, or None when it found nothing wrong with it."""
+    recorded = last_recorded(session, segment)
+    return None if recorded is None else recorded[0]
+
+
+def last_recorded(session: Session, segment: Segment) -> tuple[dict[str, Any], int] | None:
+    """last_record, where there is one, with the id of the job that wrote it: the job a `hold`
+    row names."""
     last = session.exec(
         select(GenerationJob)
         .where(jobs_covering(segment), _found_of_briefs())
         .order_by(col(GenerationJob.id).desc())
         .limit(1)
     ).first()
-    return _record_in(last.result if last is not None else None, segment)
+    if last is None or last.id is None:
+        return None
+    record = _record_in(last.result, segment)
+    return None if record is None else (record, last.id)
 
 
 def last_records(session: Session, segments: Sequence[Segment]) -> dict[int, dict[str, Any] | None]:
@@ -237,13 +247,23 @@ def hold_begun(
 ) -> LifecycleEvent:
     """The audit row of a hold a job's `record` begins: the segment's history said nothing of why
     the lifecycle stopped ordering its copy. Written once, not each pass that withholds an order."""
+    reason, numbers = hold_said(record, job_id=job_id)
     return LifecycleEvent(
         experiment_id=experiment.id,  # type: ignore[arg-type]
         segment_id=segment.id,
         variant_id=None,
         action="hold",
-        reason=f"no new copy ordered until the brief or the model changes: {refusal(record)}",
-        numbers={
+        reason=reason,
+        numbers=numbers,
+    )
+
+
+def hold_said(record: dict[str, Any], *, job_id: int) -> tuple[str, dict[str, Any]]:
+    """A `hold` row's reason and numbers, `record` found by the job `job_id`: a job's
+    (hold_begun), or a pass's that finds the hold begun again where no job ran to say so."""
+    return (
+        f"no new copy ordered until the brief or the model changes: {refusal(record)}",
+        {
             "job_id": job_id,
             "tokens": record["tokens"],
             "limit": record["limit"],

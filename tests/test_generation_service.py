@@ -1077,6 +1077,35 @@ def test_a_brief_edited_back_to_its_held_one_while_its_order_waits_is_held_again
     assert _hold_trail(api, created["id"])[-1] == ("regenerate", "brief")
 
 
+def test_a_brief_edited_back_after_the_order_ending_its_hold_never_ran_is_held_again_in_the_audit(
+    api: Any, app: Any
+) -> None:
+    """The order that said the hold ended was interrupted, so no job ran to say the brief edited
+    back was held again: the pass held it on the old record, and the trail's last word stayed
+    "ended". The next edit's order then said nothing, the end already said."""
+    from service.generation_jobs import STOPPED, write_off
+
+    created = _wordy_experiment(api, app, also_last=False)
+    held_by = _lifecycle_pass(app)[1].id
+    _edit_wordy(api, created["id"], "Drink tea by the pot.")
+    (ordered,) = _order_without_running(app)
+    engine = app.extensions["copybandit.engine"]
+    assert write_off(engine=engine, job_ids=[ordered], reason=STOPPED) == [ordered]
+    _edit_wordy(api, created["id"], WORDY)
+
+    assert _order_without_running(app) == []
+    assert _hold_trail(api, created["id"])[-2:] == [("regenerate", "brief"), ("hold", None)]
+    holds = [h for h in _audit(api, created["id"], "hold") if h["segment"] == "wordy"]
+    assert holds[0]["numbers"] == {**holds[1]["numbers"], "job_id": held_by}
+    assert holds[0]["reason"] == holds[1]["reason"]
+    # Said once: the passes after it, still held, write no row more.
+    assert _order_without_running(app) == []
+    assert len(_audit(api, created["id"], "hold")) == 2
+    _edit_wordy(api, created["id"], "Drink tea by the pot.")
+    assert len(_order_without_running(app)) == 1
+    assert _hold_trail(api, created["id"])[-1] == ("regenerate", "brief")
+
+
 HELD_WORDY = (
     "segment 'wordy' gets no new copy: brief too long for the model: 5,201 tokens of 4,096; "
     "shorten it (the product description, brand voice or the segment's persona), or configure a "
