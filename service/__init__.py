@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from datetime import timedelta
 
@@ -114,6 +115,8 @@ def create_app(config: Mapping[str, object] | None = None) -> OpenAPI:
             name="hourly_traffic",
             interval_seconds=hourly_traffic.INTERVAL.total_seconds(),
             job=lambda: hourly_traffic.count_hours(engine=app.extensions["copybandit.engine"]),
+            # It logs a line where it counted hours, once an hour at most while it keeps up.
+            slot_log_level=logging.DEBUG,
         )
         app.extensions["copybandit.scheduler"] = start_background(lifecycle, hourly)
     jsonbody.init_app(app)

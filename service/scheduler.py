@@ -102,11 +102,16 @@ class PeriodicJob:
         interval_seconds: float,
         job: Callable[[], object],
         clock: Callable[[], float] | None = None,
+        slot_log_level: int = logging.INFO,
     ) -> None:
         self.engine = engine
         self.name = name
         self.interval = interval_seconds
         self.job = job
+        # A frequent job that logs what it did itself, and most slots does nothing, says at
+        # DEBUG that it runs: at INFO, a job every 5 minutes wrote 288 lines a day saying only
+        # that, on an idle server.
+        self.slot_log_level = slot_log_level
         self.clock = clock or database_clock(engine)
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         # The slot this process won and whose job raised NotStarted: no other process can claim
@@ -125,7 +130,13 @@ class PeriodicJob:
             log.warning("%s: database unavailable, slot skipped: %s", self.name, exc.orig)
             return False
         if won:
-            log.info("%s: running for slot %s as %s", self.name, _shown(slot), self.holder)
+            log.log(
+                self.slot_log_level,
+                "%s: running for slot %s as %s",
+                self.name,
+                _shown(slot),
+                self.holder,
+            )
         elif slot == self._not_started:
             log.info("%s: running again for slot %s, not started before", self.name, _shown(slot))
         else:

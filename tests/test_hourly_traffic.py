@@ -3,6 +3,7 @@ what they counted from the rows."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -399,3 +400,23 @@ def test_a_server_counts_the_hours_on_its_own_schedule(
         scheduler.shutdown()
         app.extensions["copybandit.engine"].dispose()
     assert [kwargs["engine"] for kwargs in passes] == [app.extensions["copybandit.engine"]]
+
+
+def test_an_idle_server_logs_nothing_for_the_hours_it_has_nothing_to_count(
+    app_config: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each slot's 'hourly_traffic: running for slot ...' line was at INFO: every 5 minutes,
+    288 lines a day on a server with no traffic at all, where the lifecycle's pass, every 15,
+    writes two. The pass's own line says when it counted something."""
+    import service
+
+    app = service.create_app({**app_config, "scheduler": "on"})
+    scheduler = app.extensions["copybandit.scheduler"]
+    try:
+        ticked = scheduler.get_job("hourly_traffic").func.__self__
+        with caplog.at_level(logging.INFO):
+            assert ticked.tick() is True
+    finally:
+        scheduler.shutdown()
+        app.extensions["copybandit.engine"].dispose()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO] == []
