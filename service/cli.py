@@ -39,7 +39,7 @@ from service.config import (
     unknown_variables,
 )
 from service.consistency import check_counters
-from service.db import LOCK_WAIT_SECONDS, make_engine, sqlite_file
+from service.db import LOCK_WAIT_SECONDS, database_unavailable, make_engine, sqlite_file
 from service.demo import seed_demo
 from service.demo_history import seed_demo_history
 from service.errors import APIError, Conflict, NotFound
@@ -613,9 +613,6 @@ def lifecycle(once: bool, generate: bool) -> None:
         model=settings.model,
         interval=timedelta(seconds=settings.lifecycle_interval_seconds),
     )
-    # Where the lifecycle runs from cron, with the servers' schedulers off, nothing else counts
-    # the charts' hours; what it counted goes to the log, as the servers' passes do.
-    hourly_traffic.count_hours(engine=engine)
     acted_on = [e.segment_id for e in report.actions]
     places = _segment_places(engine, [*acted_on, *report.failed_segments])
     for event in report.actions:
@@ -638,8 +635,11 @@ def lifecycle(once: bool, generate: bool) -> None:
             click.echo(f"job {job_id}: {job.status}: {job.message}")
             if job.status != JobStatus.SUCCEEDED:
                 failed_jobs.append(job_id)
+    # Where the lifecycle runs from cron, with the servers' schedulers off, nothing else counts
+    # the charts' hours; what it counted goes to the log, as the servers' passes do.
+    not_counted = _count_chart_hours(engine)
     # A scheduler (cron, say) must learn that the pass did not do all it should have.
-    problems = []
+    problems = [not_counted] if not_counted else []
     if report.failed_segments:
         # A fold commits before the plan: such a segment's discount line is printed above.
         folded = {e.segment_id for e in report.actions if e.action == "discount"}
@@ -658,6 +658,27 @@ def lifecycle(once: bool, generate: bool) -> None:
         )
     if problems:
         raise click.ClickException("; ".join(problems))
+
+
+def _count_chart_hours(engine: sa.Engine) -> str | None:
+    """Count the hours the charts read that are due; None, or the problem to report.
+
+    Last, and its failure caught: raised at once after the pass (a database that went away, a
+    lock held too long), it ended the command in a traceback before the pass's actions were
+    printed or the jobs it queued were run, though all they lose without it is the charts'
+    speed, until the next run counts the same hours."""
+    try:
+        hourly_traffic.count_hours(engine=engine)
+    except Exception as exc:
+        if database_unavailable(exc):
+            logging.getLogger(__name__).warning(
+                "hourly traffic: database unavailable, hours not counted: %s",
+                logs.on_one_line(str(exc.orig)),
+            )
+        else:
+            logging.getLogger(__name__).exception("hourly traffic: counting failed")
+        return "counting the charts' hours failed (logged above); the next run counts them"
+    return None
 
 
 def _segment_places(engine: sa.Engine, segment_ids: list[int | None]) -> dict[int, str]:

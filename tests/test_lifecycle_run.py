@@ -17,7 +17,7 @@ from sqlmodel import Session, col, select
 
 from bandits.priors import empirical_bayes_prior
 from generation.writer import PromptTooLong
-from service import cli, lifecycle
+from service import cli, hourly_traffic, lifecycle
 from service.cli import main
 from service.db import make_engine
 from service.generation_jobs import (
@@ -2045,6 +2045,51 @@ def test_cli_lifecycle_once_exits_1_when_a_job_it_ran_failed(
     assert result.exit_code == 1, result.output
     assert "job 1: failed: failed" in result.output
     assert "2 generation job(s) did not succeed: 1, 2" in result.output
+
+
+@pytest.mark.parametrize(
+    ("raised", "logged"),
+    [
+        (
+            sa.exc.OperationalError("SELECT", {}, sqlite3.OperationalError("disk I/O error")),
+            "hourly traffic: database unavailable, hours not counted: disk I/O error",
+        ),
+        (RuntimeError("a bug"), "hourly traffic: counting failed"),
+    ],
+    ids=["database-unavailable", "bug"],
+)
+@pytest.mark.usefixtures("clear_leader")
+def test_cli_lifecycle_once_reports_and_runs_its_jobs_when_counting_the_charts_hours_fails(
+    monkeypatch: pytest.MonkeyPatch,
+    experiment: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
+    raised: Exception,
+    logged: str,
+) -> None:
+    """The count ran between the pass and its report: where it raised, the command ended in a
+    traceback, its actions unprinted and the jobs the pass queued not run."""
+
+    def no_model(_: Any) -> None:
+        raise RuntimeError("no model here")
+
+    def fails(**_: Any) -> None:
+        raise raised
+
+    monkeypatch.setattr(cli, "default_writer", no_model)
+    monkeypatch.setattr(hourly_traffic, "count_hours", fails)
+    result = CliRunner().invoke(main, ["lifecycle", "--once"])
+
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    tea = f"experiment {experiment['id']} segment {TEA}"
+    assert f"{tea} variant {ids(experiment, TEA)['manual']}: declare_winner: " in result.output
+    assert "1 experiments, 3 actions, 2 generation jobs queued" in result.output
+    assert "job 1: failed: failed" in result.output and "job 2: failed: failed" in result.output
+    assert (
+        "counting the charts' hours failed (logged above); the next run counts them; "
+        "2 generation job(s) did not succeed: 1, 2"
+    ) in result.output
+    assert logged in [r.getMessage() for r in caplog.records if r.name == "service.cli"]
 
 
 @pytest.mark.usefixtures("clear_leader")
