@@ -110,9 +110,10 @@ def count_hours(
                 report.conversions += counted[1]
     if report.hours or report.unfinished:
         log.info(
-            "hourly traffic: counted %d hours (%d impressions, %d conversions), every row before "
+            "hourly traffic: counted %d hour%s (%d impressions, %d conversions), every row before "
             "%s now in; %s; %.2f s",
             report.hours,
+            "" if report.hours == 1 else "s",
             report.impressions,
             report.conversions,
             _shown(report.counted_before),
