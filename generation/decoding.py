@@ -2,9 +2,10 @@
 
 Every row of a batch continues the same prompt, so the prompt runs through the model once and its
 cache is copied to each row: `model.generate` would run it once per row, and with a ~300-token
-prompt that was over a third of a round. A row stops at EOS, at the token limit, or as soon as its
-text holds a complete first line, because `clean` keeps only the first line; finished rows leave
-the batch. Sampling follows transformers' warpers (temperature, then top-k, then top-p).
+prompt that was over a third of a round. A row stops at EOS, at the token limit, as soon as its
+text holds a complete first line, because `clean` keeps only the first line, or as soon as the line
+it is writing is longer than the lint takes, because more tokens only make it longer; finished rows
+leave the batch. Sampling follows transformers' warpers (temperature, then top-k, then top-p).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor
 
-from generation.clean import holds_copy
+from generation.clean import clean, holds_copy
 
 # What str.splitlines() splits on, and so where `clean` ends a line.
 _BREAK = re.compile("[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
@@ -47,7 +48,9 @@ class Row:
     """Generated tokens, without the EOS that stopped the row."""
     logprobs: list[float] = field(default_factory=list)
     """Log-probability of every sampled token, the stopping EOS included."""
-    end: Literal["eos", "line", "limit"] = "limit"
+    end: Literal["eos", "line", "limit", "long"] = "limit"
+    """What stopped the row; "long": its line passed `FirstLine.max_chars` before it ended, cut
+    there as "limit" cuts it at the token limit."""
     eos: int | None = None
     """The stop token that ended the row, if one did."""
 
@@ -63,19 +66,38 @@ def line_break_table(texts: Sequence[str]) -> Tensor:
     return torch.tensor([_BREAK.search(text) is not None for text in texts], dtype=torch.bool)
 
 
+def char_count_table(texts: Sequence[str]) -> Tensor:
+    """int (len(texts),): the most characters each token id (`texts[i]`, decoded alone) can add
+    to a line. One more than its own: a tokenizer that writes a word's leading space as part of
+    the word (SentencePiece's "\u2581") drops it when the token is decoded alone."""
+    return torch.tensor([len(text) + 1 for text in texts], dtype=torch.long)
+
+
 @dataclass(frozen=True)
 class FirstLine:
     """Ends a row once its text holds a complete line with copy in it: all that `clean` keeps.
-    A label on a line of its own ("Headline:") does not count; the line after it is the copy."""
+    A label on a line of its own ("Headline:") does not count; the line after it is the copy.
+    With `max_chars`, also once the line being written is longer than that: the lint refuses it,
+    and a row that never ends its line would otherwise run to the token limit while the whole
+    batch waits for it."""
 
     breaks: Tensor
     """bool (vocab,) from `line_break_table`: only these tokens can complete a line."""
     decode: Callable[[list[int]], str]
+    max_chars: int | None = None
+    """The longest line the lint takes (SamplingConfig.max_copy_chars); None: no such stop."""
+    chars: Tensor | None = None
+    """int (vocab,) from `char_count_table`, so that a row's text is decoded to measure its line
+    only once its tokens could have passed `max_chars`; without it, at every token."""
 
     def complete(self, tokens: list[int]) -> bool:
         # Decoded whole, not token by token: a character split over two tokens reads right.
         *lines, _rest = _BREAK.split(self.decode(tokens))
         return any(holds_copy(line) for line in lines)
+
+    def line_length(self, tokens: list[int]) -> int:
+        """Characters of the line `clean` would keep, were the row to end with these tokens."""
+        return len(clean(self.decode(tokens)))
 
 
 def candidates(
@@ -126,6 +148,7 @@ def decode(
         breaks = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
         known = min(len(first_line.breaks), len(breaks))
         breaks[:known] = first_line.breaks[:known]
+    long_line = _LongLine.of(first_line, len(rows), logits)
     for step in range(max_new_tokens):
         logprobs = logits.float().log_softmax(-1)
         tokens = choose(logits)
@@ -145,6 +168,9 @@ def decode(
             if may_end and first_line is not None and first_line.complete(row.tokens):
                 row.end = "line"
                 continue
+            if long_line is not None and long_line.passed(active[position], row.tokens, token):
+                row.end = "long"
+                continue
             still.append(position)
         if not still or step == max_new_tokens - 1:
             break
@@ -155,6 +181,39 @@ def decode(
             active = [active[position] for position in still]
         logits = decoder.step(tokens, cache)
     return rows
+
+
+@dataclass
+class _LongLine:
+    """Which rows' lines have passed `first_line.max_chars`. Decoding a row's text costs CPU at
+    every step, so each row has an allowance: characters its tokens may add before its line could
+    pass the limit (a token adds at most its `chars` entry). Only a row whose allowance runs out is
+    decoded, and its allowance is then what its line lacks of the limit."""
+
+    first_line: FirstLine
+    max_chars: int
+    chars: list[int] | None
+    allowance: list[int]
+
+    @classmethod
+    def of(cls, first_line: FirstLine | None, rows: int, logits: Tensor) -> _LongLine | None:
+        if first_line is None or first_line.max_chars is None:
+            return None
+        # A list: a Python int per picked token is cheaper than a tensor gather per step.
+        chars = None if first_line.chars is None else first_line.chars.tolist()
+        if chars is not None:  # ids past the tokenizer's table decode to nothing
+            chars += [0] * (logits.shape[-1] - len(chars))
+        return cls(first_line, first_line.max_chars, chars, [first_line.max_chars] * rows)
+
+    def passed(self, row: int, tokens: list[int], token: int) -> bool:
+        """Whether row `row`'s line, `tokens` with `token` last, is longer than the limit."""
+        if self.chars is not None:
+            self.allowance[row] -= self.chars[token]
+            if self.allowance[row] >= 0:
+                return False
+        length = self.first_line.line_length(tokens)
+        self.allowance[row] = self.max_chars - length
+        return length > self.max_chars
 
 
 def sample_rows(

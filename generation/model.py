@@ -229,12 +229,24 @@ class LoadedModel:
     """Token ids that end a sample: the model's EOS ids and the tokenizer's."""
 
     @cached_property
+    def token_texts(self) -> list[str]:
+        """Each token id's text, decoded alone; a special token's is ""."""
+        ids = [[i] for i in range(len(self.tokenizer))]
+        return list(self.tokenizer.batch_decode(ids, skip_special_tokens=True))
+
+    @cached_property
     def line_breaks(self) -> Any:
         """bool tensor (vocab,): the tokens whose text holds a line break (see decoding)."""
         from generation.decoding import line_break_table
 
-        ids = [[i] for i in range(len(self.tokenizer))]
-        return line_break_table(self.tokenizer.batch_decode(ids, skip_special_tokens=True))
+        return line_break_table(self.token_texts)
+
+    @cached_property
+    def token_chars(self) -> Any:
+        """int tensor (vocab,): the most characters each token adds to a line (see decoding)."""
+        from generation.decoding import char_count_table
+
+        return char_count_table(self.token_texts)
 
 
 def _gguf_folder() -> Path:

@@ -23,6 +23,7 @@ from generation.similarity import DEFAULT_THRESHOLD, NgramSimilarity, Similarity
 from generation.writer import Writer
 
 FRAGMENT = "fragment: cut off mid-sentence at the token limit"
+TOO_LONG = "length: cut off once longer than the longest line allowed, no whole sentence within it"
 EMPTY = "empty: nothing left after cleaning"
 # Log-likelihood (nats per token) a line gives up for each unit of similarity to a line already
 # picked: an exact twin must be 0.5 nats/token more fluent to be picked over a distinct line.
@@ -91,7 +92,7 @@ def generate_variants(
             result.sampled += 1
             text = clean(sample.text, finished=sample.finished)
             if not text:
-                reason = EMPTY if sample.finished else FRAGMENT
+                reason = EMPTY if sample.finished else TOO_LONG if sample.too_long else FRAGMENT
                 result.rejected.append(Rejection(sample.text, (reason,)))
                 continue
             report = lint(text, brief, lint_config)

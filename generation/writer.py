@@ -12,11 +12,15 @@ from generation.model import LoadedModel
 class Sample:
     text: str
     finished: bool
-    """False when the token limit cut it off; True at EOS or once a first line is complete."""
+    """False when the token limit cut it off, or `too_long`; True at EOS or once a first line is
+    complete."""
     logprob: float
     """Mean log-probability per token under the model (before temperature/top-k/top-p)."""
     tokens: int = 0
     """Tokens generated, excluding the EOS that stopped it."""
+    too_long: bool = False
+    """Cut off as soon as its line was longer than SamplingConfig.max_copy_chars, before it
+    ended: more tokens could only make it longer."""
 
 
 class Writer(Protocol):
@@ -34,7 +38,8 @@ class SamplingConfig:
     # 140 characters of English copy is about 30 tokens; longer lines fail the lint anyway. Briefs
     # in other scripts get room for `max_copy_chars` characters of theirs (generation.budget).
     max_new_tokens: int = 36
-    # The lint's longest line (COPYBANDIT_COPY_MAX_CHARS), which no budget should cut.
+    # The lint's longest line (COPYBANDIT_COPY_MAX_CHARS), which no budget should cut; a row is cut
+    # as soon as its line is longer (generation.decoding.FirstLine).
     max_copy_chars: int = 140
     # Korean or emoji copy of 140 characters takes up to ~440 tokens; the cap keeps a longer
     # COPY_MAX_CHARS from letting a rambling row run for thousands of steps.
@@ -111,13 +116,19 @@ class TransformersWriter:
                 top_p=sampling.top_p,
                 max_new_tokens=max_new_tokens,
                 stop_ids=loaded.stop_ids,
-                first_line=FirstLine(loaded.line_breaks, text),
+                first_line=FirstLine(
+                    loaded.line_breaks,
+                    text,
+                    max_chars=sampling.max_copy_chars,
+                    chars=loaded.token_chars,
+                ),
                 generator=generator,
             )
         return [
             Sample(
                 text=text(row.tokens),
-                finished=row.end != "limit",
+                finished=row.end in ("eos", "line"),
+                too_long=row.end == "long",
                 # Raw logits, not the sampling-warped ones: the model's own view of the line.
                 logprob=row.mean_logprob,
                 tokens=len(row.tokens),

@@ -11,6 +11,7 @@ from generation.decoding import (
     FirstLine,
     Row,
     candidates,
+    char_count_table,
     decode,
     generate_like_transformers,
     line_break_table,
@@ -152,6 +153,61 @@ def test_a_label_on_a_line_of_its_own_does_not_complete_the_first_line() -> None
     first_line = FirstLine(line_break_table(vocab), lambda ids: "".join(vocab[i] for i in ids))
     assert not first_line.complete([0, 1])
     assert first_line.complete([0, 1, 2, 1])
+
+
+class CountedText:
+    """`text`, counting the calls: each is a row's text decoded, which costs CPU at every step."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, ids: list[int]) -> str:
+        self.calls += 1
+        return text(ids)
+
+
+def at_most(max_chars: int, decode: CountedText | None = None) -> FirstLine:
+    return FirstLine(
+        line_break_table(VOCAB),
+        decode or text,
+        max_chars=max_chars,
+        chars=char_count_table(VOCAB),
+    )
+
+
+def test_a_row_stops_once_its_line_is_longer_than_the_lint_takes() -> None:
+    # A row that never ended its line ran to the token limit (a Japanese one for 300 tokens,
+    # 1,116 characters), and every step of it cost the whole batch.
+    script = [
+        [HELLO] + [MORE] * 11,  # "Hello more more more more" is 25 characters
+        [HELLO, MORE, MORE, MORE, NL] + [MORE] * 7,  # "Hello more more more": 20, then ended
+        [NL, HELLO, MORE, MORE, MORE, NL] + [MORE] * 6,  # 21 characters, the line's 20
+    ]
+    rows, decoder, _ = run(script, max_new_tokens=12, first_line=at_most(20))
+
+    assert (rows[0].tokens, rows[0].end) == ([HELLO, MORE, MORE, MORE, MORE], "long")
+    assert (rows[1].tokens, rows[1].end) == ([HELLO, MORE, MORE, MORE, NL], "line")
+    assert (rows[2].tokens, rows[2].end) == ([NL, HELLO, MORE, MORE, MORE, NL], "line")
+    # The batch ends with its last line, not at the limit of 12 tokens.
+    assert decoder.steps == [3, 3, 3, 3, 1]
+
+
+def test_a_line_at_the_longest_the_lint_takes_runs_on_to_its_end() -> None:
+    (row,), _, _ = run([[HELLO, MORE, MORE, MORE, EOS]], max_new_tokens=8, first_line=at_most(20))
+    assert (row.tokens, row.end) == ([HELLO, MORE, MORE, MORE], "eos")
+
+
+def test_a_rows_text_is_decoded_to_measure_its_line_only_once_it_could_be_too_long() -> None:
+    counted = CountedText()
+    (row,), _, _ = run([[HELLO] + [MORE] * 30], max_new_tokens=30, first_line=at_most(60, counted))
+    assert (len(row.tokens), row.end) == (13, "long")  # "Hello" and 12 " more": 65 characters
+    # Each token adds at most 6 (its 5 and one), so the first 10 cannot pass 60: the text is
+    # decoded at the 11th (55), the 12th (60) and the 13th, not at each of the 13.
+    assert counted.calls == 3
+
+
+def test_char_count_table_allows_each_token_one_more_character_than_its_own() -> None:
+    assert char_count_table(["", "a", "\u2581word"]).tolist() == [1, 2, 6]
 
 
 def test_line_break_table_marks_every_splitlines_break() -> None:

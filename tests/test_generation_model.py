@@ -23,7 +23,7 @@ from generation.model import LoadedModel, ModelConfig, load_model
 from generation.prompts import build_messages
 from generation.similarity import DEFAULT_THRESHOLD, NgramSimilarity
 from generation.tokenizer import ChatTokenizer
-from generation.writer import PromptTooLong, TransformersWriter
+from generation.writer import PromptTooLong, SamplingConfig, TransformersWriter
 
 CACHE = Path(__file__).resolve().parent.parent / "var" / "models"
 FOLDER = CACHE / "smollm2-135m-instruct-q4_1"
@@ -325,3 +325,19 @@ def test_japanese_copy_is_not_cut_short_of_the_lints_longest_line(loaded: Loaded
     assert not sample.finished
     assert len(sample.text) > limit
     assert sample.text.startswith(JAPANESE_COPY)
+
+
+def test_a_row_stops_as_soon_as_its_line_is_longer_than_the_configured_longest(
+    loaded: LoadedModel,
+) -> None:
+    # A row that never ended its line ran to the token limit: a Japanese one for 300 tokens and
+    # 1,116 characters, which the lint refuses, while every step of it cost the whole batch.
+    limit = 100  # not the default: SamplingConfig's is the one the decoder obeys
+    ids = japanese_line(loaded.tokenizer, 3 * limit)
+    fake = dataclasses.replace(loaded, model=_WritesOneLineForever(ids, len(loaded.tokenizer)))
+    writer = TransformersWriter(fake, SamplingConfig(max_copy_chars=limit))
+    messages = build_messages(JAPANESE_BRIEF)
+    (sample,) = writer.sample(messages, 1, seed=1)
+    assert sample.too_long and not sample.finished
+    assert len(sample.text) == limit + 1  # each of these tokens adds at most one character
+    assert sample.tokens < writer.token_budget(messages)

@@ -15,7 +15,13 @@ import pytest
 
 from generation import similarity as similarity_module
 from generation.lint import RULES, lint
-from generation.pipeline import FRAGMENT, GenerationResult, Rejection, generate_variants
+from generation.pipeline import (
+    FRAGMENT,
+    TOO_LONG,
+    GenerationResult,
+    Rejection,
+    generate_variants,
+)
 from generation.prompts import SYSTEM, brief_words, build_messages
 from generation.similarity import DEFAULT_THRESHOLD, NgramSimilarity
 from generation.writer import Sample
@@ -121,6 +127,21 @@ def test_only_lint_passing_lines_are_accepted_and_every_rejection_has_reasons() 
     for candidate in result.accepted:
         assert candidate.lint == (*RULES, "near_duplicate")
         assert candidate.seed == 0
+
+
+def test_a_line_cut_off_as_too_long_is_trimmed_to_its_last_whole_sentence_as_at_the_limit() -> None:
+    # The sampler cuts a row whose line passed the lint's longest: the model had not ended it,
+    # so it is a fragment like a row cut at the token limit, not a line to be refused whole.
+    run_on = "Ridgeline shoes grip every weekend trail and keep going on and on past the end"
+    writer = FakeWriter(
+        [
+            Sample(f"{G1} {run_on}", finished=False, logprob=-1.0, too_long=True),
+            Sample(run_on, finished=False, logprob=-1.0, too_long=True),
+        ]
+    )
+    result = run(writer, 2, max_rounds=1, batch_size=2)
+    assert texts(result) == [G1]
+    assert result.rejected == [Rejection(run_on, (TOO_LONG,))]
 
 
 @pytest.mark.parametrize(

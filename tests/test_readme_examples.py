@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from sqlmodel import Session
 
 from generation.lint import RULES
-from generation.pipeline import EMPTY, FRAGMENT
+from generation.pipeline import EMPTY, FRAGMENT, TOO_LONG
 from service.cli import main, users
 from service.demo import seed_demo
 from service.schemas import GenerateIn
@@ -167,7 +167,7 @@ def test_the_readme_names_every_reason_a_generated_line_is_rejected_for() -> Non
     # A job's rejections said `fragment: ...` and `empty: ...`, which the README's pipeline did
     # not name, so a reader of GET /v1/jobs/<id> could not look them up.
     text = " ".join(README.read_text().split())
-    for reason in (FRAGMENT, EMPTY):
+    for reason in (FRAGMENT, TOO_LONG, EMPTY):
         assert f"`{reason}`" in text, reason
     for rule in (*RULES, "near_duplicate"):
         assert f"`{rule}" in text, rule
