@@ -19,7 +19,11 @@ _PAIRS = {'"': '"', "'": "'", "\u201c": "\u201d", "\u2018": "\u2019", "`": "`", 
 _QUOTES = "\"'\u201c\u201d\u2018\u2019`"
 # Words that begin with an apostrophe standing for the letters left out ('Tis the season).
 _ELISION = re.compile(r"['\u2019](?:tis|twas|til|cause|em|round)\b", re.IGNORECASE)
-_SENTENCE_END = re.compile(r"[.!?][\"'\u201d\u2019)]*(?=\s|$)")
+# Chinese and Japanese end a sentence with a full-width mark and write the next one with no space:
+# without them, every line in those scripts cut off by the sampler was dropped whole.
+_SENTENCE_END = re.compile(
+    r"[.!?][\"'\u201d\u2019)]*(?=\s|$)|[\u3002\uff01\uff1f][\u300d\u300f\uff09\u201d\u2019]*"
+)
 # Control characters, C0 and C1 (whitespace aside, which becomes a space): some of the model's
 # tokens decode to them, no storefront can show them (\x9b starts a terminal escape), the API
 # refuses them in text written by hand, and PostgreSQL cannot store NUL.

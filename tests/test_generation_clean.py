@@ -95,6 +95,11 @@ def test_clean_finished(raw: str, expected: str) -> None:
         ("Ridgeline shoes grip every", ""),
         ("Only $129.50 today", ""),
         ("- Ad: Ridgeline shoes grip every", ""),
+        # Chinese and Japanese sentences end with a full-width mark, the next with no space
+        ("雨の山道でもドライ。軽くて滑りにく", "雨の山道でもドライ。"),
+        ("「足元はいつもドライ\uff01」軽くて", "「足元はいつもドライ\uff01」"),
+        ("防水吗\uff1f轻便防滑的", "防水吗\uff1f"),
+        ("雨の山道でも足元は", ""),
     ],
 )
 def test_clean_cut_off_at_token_limit(raw: str, expected: str) -> None:
