@@ -186,7 +186,20 @@ def variants_of(
 ) -> Sequence[Variant]:
     """By id. Without the audit (a generated line's whole prompt) for readers that show none:
     it is left unread, and read by itself if touched."""
-    query = select(Variant).where(Variant.experiment_id == experiment_id)
+    return _variants(session, col(Variant.experiment_id) == experiment_id, with_audit=with_audit)
+
+
+def segment_variants_of(
+    *, session: Session, segment_id: int, with_audit: bool = True
+) -> Sequence[Variant]:
+    """The segment's variants, as variants_of gives them."""
+    return _variants(session, col(Variant.segment_id) == segment_id, with_audit=with_audit)
+
+
+def _variants(
+    session: Session, where: sa.ColumnElement[bool], *, with_audit: bool
+) -> Sequence[Variant]:
+    query = select(Variant).where(where)
     if not with_audit:
         query = query.options(defer(Variant.audit))  # type: ignore[arg-type]
     return session.exec(query.order_by(col(Variant.id))).all()

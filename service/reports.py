@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 
 import numpy as np
 from sqlmodel import Session, col, select
 
 from bandits import stats
-from service.experiments import get_experiment, segments_of, variants_of
+from service.experiments import get_experiment, segment_variants_of, segments_of, variants_of
 from service.lifecycle import posteriors
 from service.models import Segment, Variant, VariantStatus, utcnow
 from service.policy import policy_shown
@@ -53,6 +54,20 @@ def experiment_report(*, session: Session, experiment_id: int) -> Report:
     )
 
 
+def segment_report(*, session: Session, segment: Segment) -> SegmentReport:
+    """One segment's part of experiment_report, the same figures, from its own variants alone:
+    the CSV export of one segment of 50 ran the Monte Carlo of all 50 (3.4 s of CPU for 100
+    variants each). No segment's figures depend on another's: its posteriors are decayed from its
+    own latest fold, and its draws come from a generator seeded afresh (stats.DEFAULT_SEED),
+    whatever was drawn for the segments before it."""
+    experiment = get_experiment(session=session, experiment_id=segment.experiment_id)
+    policy, _ = policy_shown(experiment.policy)
+    segment_id = segment.id or 0  # a segment read from the database has an id
+    variants = segment_variants_of(session=session, segment_id=segment_id, with_audit=False)
+    posterior = posteriors(variants, policy.discount_per_hour)
+    return _segment_report(segment, variants, posterior, policy.min_impressions)
+
+
 def serving_winners(session: Session, segments: list[Segment]) -> set[int]:
     """The segments (ids) whose declared winner is still served. Copy paused or retired after
     it won is no segment's winner any more: the report and the dashboard showed it as one, beside
@@ -74,7 +89,7 @@ def serving_winners(session: Session, segments: list[Segment]) -> set[int]:
 
 def _segment_report(
     segment: Segment,
-    variants: list[Variant],
+    variants: Sequence[Variant],
     posterior: dict[int, tuple[float, float]],
     min_impressions: int,
 ) -> SegmentReport:

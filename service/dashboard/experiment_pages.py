@@ -61,7 +61,7 @@ from service.models import (
 )
 from service.policy import LifecyclePolicy
 from service.query import refuse_repeated_parameters
-from service.reports import experiment_report, serving_winners
+from service.reports import experiment_report, segment_report, serving_winners
 from service.schemas import (
     ExperimentCreate,
     GenerateIn,
@@ -816,10 +816,8 @@ def audit(experiment_id: int) -> str:
 @bp.get("/experiments/<id:experiment_id>/segments/<segment_key>.csv")
 def export_csv(experiment_id: int, segment_key: str) -> Response:
     session = db.session()
-    find_segment(session=session, experiment_id=experiment_id, key=segment_key)
-    report = experiment_report(session=session, experiment_id=experiment_id)
-    # find_segment above has already answered 404 for a segment the experiment lacks.
-    segment = next(s for s in report.segments if s.key == segment_key)
+    found = find_segment(session=session, experiment_id=experiment_id, key=segment_key)
+    segment = segment_report(session=session, segment=found)
     out = io.StringIO()
     # The byte-order mark tells Excel the file is UTF-8: without it, Excel read non-Latin copy as
     # Windows-1252 and showed mojibake. Read it in Python with encoding="utf-8-sig".
