@@ -205,6 +205,22 @@ def _variants(
     return session.exec(query.order_by(col(Variant.id))).all()
 
 
+def variant_texts(
+    *, session: Session, experiment_id: int, variant_ids: Collection[int]
+) -> dict[int, str]:
+    """The texts of the experiment's variants among `variant_ids`, by id, read as rows: the audit
+    trail's page names at most a page of variants, and read the experiment's every one as an ORM
+    object for their texts."""
+    if not variant_ids:
+        return {}
+    rows = session.execute(
+        sa.select(col(Variant.id), col(Variant.text)).where(
+            col(Variant.experiment_id) == experiment_id, col(Variant.id).in_(sorted(variant_ids))
+        )
+    )
+    return {variant_id: text for variant_id, text in rows}
+
+
 # A little longer than the longest key, so that any key that could exist is shown whole.
 _KEY_SHOWN = 48
 

@@ -30,7 +30,7 @@ from service.experiments import (
     get_experiment,
     list_experiments,
     segments_of,
-    variants_of,
+    variant_texts,
 )
 from service.generation_jobs import (
     INTERRUPTED,
@@ -799,12 +799,14 @@ def audit(experiment_id: int) -> str:
         before=None if before is None else form_int("before", before),
         actions=(action,) if action else _AUDIT_DEFAULT,
     )
+    shown = events[:AUDIT_PAGE]
     keys = {s.id: s.key for s in segments_of(session=session, experiment_id=experiment_id)}
-    texts = {v.id: v.text for v in variants_of(session=session, experiment_id=experiment_id)}
+    named = {event.variant_id for event in shown if event.variant_id is not None}
+    texts = variant_texts(session=session, experiment_id=experiment_id, variant_ids=named)
     return render_template(
         "audit.html",
         experiment=experiment,
-        events=events[:AUDIT_PAGE],
+        events=shown,
         older=events[AUDIT_PAGE - 1].id if len(events) > AUDIT_PAGE else None,
         action=action,
         actions=AUDIT_ACTIONS,
