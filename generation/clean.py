@@ -17,6 +17,8 @@ _LABEL = re.compile(
 _BULLET = re.compile(r"^\s*(?:[-*\u2022>]+|\d+[.)])\s+")
 _PAIRS = {'"': '"', "'": "'", "\u201c": "\u201d", "\u2018": "\u2019", "`": "`", "*": "*", "_": "_"}
 _QUOTES = "\"'\u201c\u201d\u2018\u2019`"
+# Japanese quotes, 「」 and 『』: a line trimmed to its last sentence inside one kept it open.
+_BRACKETS = (("\u300c", "\u300d"), ("\u300e", "\u300f"))
 # Words that begin with an apostrophe standing for the letters left out ('Tis the season).
 _ELISION = re.compile(r"['\u2019](?:tis|twas|til|cause|em|round)\b", re.IGNORECASE)
 # Chinese and Japanese end a sentence with a full-width mark and write the next one with no space:
@@ -58,6 +60,11 @@ def _unwrap(line: str) -> str:
             if _ELISION.match(line):
                 continue
             line = line.strip(quote).strip()
+    for opening, closing in _BRACKETS:
+        if line.startswith(opening) and closing not in line:
+            line = line[1:].strip()
+        elif line.endswith(closing) and opening not in line:
+            line = line[:-1].strip()
     return line
 
 

@@ -100,6 +100,10 @@ def test_clean_finished(raw: str, expected: str) -> None:
         ("「足元はいつもドライ\uff01」軽くて", "「足元はいつもドライ\uff01」"),
         ("防水吗\uff1f轻便防滑的", "防水吗\uff1f"),
         ("雨の山道でも足元は", ""),
+        # trimmed inside a 「」 quote: the bracket left open is what is left of a wrapper, as a
+        # lone quote is, not part of the copy
+        ("「足元はいつもドライ\uff01軽くて", "足元はいつもドライ\uff01"),
+        ("『雨の山道でもドライ。軽くて", "雨の山道でもドライ。"),
     ],
 )
 def test_clean_cut_off_at_token_limit(raw: str, expected: str) -> None:
