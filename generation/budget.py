@@ -29,14 +29,24 @@ def token_budget(
     brief_words: str,
     count_tokens: Callable[[str], int],
     *,
+    product_name: str = "",
     max_chars: int,
     english_tokens: int,
     cap: int,
 ) -> int:
     """Tokens a row may sample: `english_tokens` (at least) for a brief that tokenizes like English,
-    else room for `max_chars` characters at the brief's own tokens per character; at most `cap`."""
+    and the product name's own tokens where it does not; else room for `max_chars` characters at
+    the brief's own tokens per character; at most `cap`."""
     english = max(english_tokens, -(-english_tokens * max_chars // ENGLISH_CHARS))
-    rate = count_tokens(brief_words) / len(brief_words) if brief_words else 0.0
+    # Every line names the product (the lint's off_product), and an English brief for a product
+    # named in Japanese still reads as English: リッジライン alone is 11 tokens of the 36.
+    if _rate(product_name, count_tokens) > ENGLISH_LIKE_TOKENS_PER_CHAR:
+        english += count_tokens(product_name)
+    rate = _rate(brief_words, count_tokens)
     if rate <= ENGLISH_LIKE_TOKENS_PER_CHAR:
         return min(english, cap)
     return min(max(english, math.ceil(max_chars * rate * HEADROOM)), cap)
+
+
+def _rate(text: str, count_tokens: Callable[[str], int]) -> float:
+    return count_tokens(text) / len(text) if text else 0.0

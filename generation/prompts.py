@@ -91,6 +91,13 @@ def brief_words(messages: list[dict[str, str]]) -> str:
     return "\n".join(words)
 
 
+def product_name(messages: list[dict[str, str]]) -> str:
+    """The product name in the last ask of `messages`, which every line must mention."""
+    ask = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    first = ask.split("\n", 1)[0]
+    return first.removeprefix(_FIELD_LABELS[0]) if first.startswith(_FIELD_LABELS[0]) else ""
+
+
 def build_messages(brief: Brief) -> list[dict[str, str]]:
     messages = [{"role": "system", "content": SYSTEM}]
     for example, answer in _EXAMPLES:

@@ -69,12 +69,13 @@ class TransformersWriter:
         """Tokens each row of this prompt may sample: room for the lint's longest line in the
         script of the brief's own words (generation.budget)."""
         from generation.budget import token_budget
-        from generation.prompts import brief_words
+        from generation.prompts import brief_words, product_name
 
         sampling, tokenizer = self.sampling, self.loaded.tokenizer
         return token_budget(
             brief_words(messages),
             lambda words: len(tokenizer.encode(words, add_special_tokens=False)),
+            product_name=product_name(messages),
             max_chars=sampling.max_copy_chars,
             english_tokens=sampling.max_new_tokens,
             cap=sampling.max_new_tokens_cap,

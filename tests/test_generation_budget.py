@@ -16,9 +16,21 @@ def fake_count(text: str) -> int:
     return len(ascii_words) + 2 * sum(not c.isascii() for c in text)
 
 
-def budget(words: str, *, max_chars: int = 140, english_tokens: int = 36, cap: int = 512) -> int:
+def budget(
+    words: str,
+    *,
+    name: str = "",
+    max_chars: int = 140,
+    english_tokens: int = 36,
+    cap: int = 512,
+) -> int:
     return token_budget(
-        words, fake_count, max_chars=max_chars, english_tokens=english_tokens, cap=cap
+        words,
+        fake_count,
+        product_name=name,
+        max_chars=max_chars,
+        english_tokens=english_tokens,
+        cap=cap,
     )
 
 
@@ -26,6 +38,15 @@ def test_a_brief_that_tokenizes_like_english_keeps_the_english_budget() -> None:
     assert fake_count(ENGLISH) / len(ENGLISH) < 0.33
     assert budget(ENGLISH) == 36
     assert budget("") == 36
+
+
+def test_an_english_brief_for_a_product_named_in_another_script_gets_the_names_tokens_too() -> None:
+    # Every line names the product; the English words around it keep the brief English-like.
+    name = "リッジ"
+    words = f"{name}\n{ENGLISH} {ENGLISH} {ENGLISH}"
+    assert fake_count(words) / len(words) < 0.33
+    assert budget(words, name=name) == 36 + 6
+    assert budget(ENGLISH, name="Ridgeline") == 36
 
 
 def test_a_brief_in_a_script_of_two_tokens_a_character_gets_room_for_the_whole_line() -> None:

@@ -290,6 +290,23 @@ def test_a_japanese_brief_gets_tokens_for_the_lints_longest_line(loaded: LoadedM
     assert writer.token_budget(build_messages(BRIEF)) == writer.sampling.max_new_tokens == 36
 
 
+def test_an_english_brief_for_a_product_named_in_japanese_gets_tokens_for_the_name_too(
+    loaded: LoadedModel,
+) -> None:
+    # The brief reads as English (0.31 tokens a character), so it got 36 tokens; but every line
+    # must name the product (lint's off_product), and リッジライン alone is 11 of them: a line of
+    # 128 characters naming it takes 39, and was cut.
+    brief = dataclasses.replace(BRIEF, product_name="リッジライン")
+    line = (
+        "リッジライン keeps your feet dry on every muddy weekend trail, with a lugged sole "
+        "that bites into loose rock and a quick-drying upper."
+    )
+    assert len(line) <= LintConfig().max_chars
+    needed = len(loaded.tokenizer.encode(line, add_special_tokens=False))
+    assert needed > 36
+    assert TransformersWriter(loaded).token_budget(build_messages(brief)) >= needed
+
+
 class _WritesOneLineForever:
     """A model that writes the same Japanese tokens over and over and never ends its line."""
 
