@@ -185,7 +185,9 @@ def variants_of(
     *, session: Session, experiment_id: int, with_audit: bool = True
 ) -> Sequence[Variant]:
     """By id. Without the audit (a generated line's whole prompt) for readers that show none:
-    it is left unread, and read by itself if touched."""
+    it is left unread, and read by itself if touched while the session is open. Such a variant
+    must not be dumped (`model_dump` leaves the unread audit out, which `VariantOut` then shows
+    as null, "not generated") nor read after its session closes (DetachedInstanceError)."""
     return _variants(session, col(Variant.experiment_id) == experiment_id, with_audit=with_audit)
 
 
