@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import re
 import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -2051,10 +2052,12 @@ def test_cli_lifecycle_once_exits_1_when_a_job_it_ran_failed(
     ("raised", "logged"),
     [
         (
-            sa.exc.OperationalError("SELECT", {}, sqlite3.OperationalError("disk I/O error")),
+            lambda: sa.exc.OperationalError(
+                "SELECT", {}, sqlite3.OperationalError("disk I/O error")
+            ),
             "hourly traffic: database unavailable, hours not counted: disk I/O error",
         ),
-        (RuntimeError("a bug"), "hourly traffic: counting failed"),
+        (lambda: RuntimeError("a bug"), "hourly traffic: counting failed"),
     ],
     ids=["database-unavailable", "bug"],
 )
@@ -2063,7 +2066,7 @@ def test_cli_lifecycle_once_reports_and_runs_its_jobs_when_counting_the_charts_h
     monkeypatch: pytest.MonkeyPatch,
     experiment: dict[str, Any],
     caplog: pytest.LogCaptureFixture,
-    raised: Exception,
+    raised: Callable[[], Exception],
     logged: str,
 ) -> None:
     """The count ran between the pass and its report: where it raised, the command ended in a
@@ -2073,7 +2076,9 @@ def test_cli_lifecycle_once_reports_and_runs_its_jobs_when_counting_the_charts_h
         raise RuntimeError("no model here")
 
     def fails(**_: Any) -> None:
-        raise raised
+        # Made here: an exception made once for the session kept the traceback of its raise,
+        # and through its frames the command's jobs, for the rest of the worker's tests.
+        raise raised()
 
     monkeypatch.setattr(cli, "default_writer", no_model)
     monkeypatch.setattr(hourly_traffic, "count_hours", fails)
