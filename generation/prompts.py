@@ -81,9 +81,8 @@ def brief_words(messages: list[dict[str, str]]) -> str:
     """The brief's own words in the last ask of `messages`: its fields without the English labels
     and instructions _ask writes around them. The copy comes back in their script, which in a
     Japanese brief's ask is only about half of the text."""
-    ask = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
     words = []
-    for line in ask.split("\n"):
+    for line in _last_ask(messages).split("\n"):
         if line in (_LEADERS_INTRO, _WRITE):
             continue
         label = next((label for label in _FIELD_LABELS if line.startswith(label)), "")
@@ -93,9 +92,13 @@ def brief_words(messages: list[dict[str, str]]) -> str:
 
 def product_name(messages: list[dict[str, str]]) -> str:
     """The product name in the last ask of `messages`, which every line must mention."""
-    ask = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-    first = ask.split("\n", 1)[0]
+    first = _last_ask(messages).split("\n", 1)[0]
     return first.removeprefix(_FIELD_LABELS[0]) if first.startswith(_FIELD_LABELS[0]) else ""
+
+
+def _last_ask(messages: list[dict[str, str]]) -> str:
+    """The last user message's text: the ask for this brief, after the examples' asks."""
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
 
 
 def build_messages(brief: Brief) -> list[dict[str, str]]:
