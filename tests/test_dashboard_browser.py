@@ -365,6 +365,16 @@ def serve(
                 session.commit()
 
 
+def set_counts(site: Site, counts: dict[int, tuple[int, int]]) -> None:
+    """Give each variant its (impressions, conversions) outright, without serving them."""
+    with site.session() as session:
+        for variant_id, (impressions, conversions) in counts.items():
+            variant = session.get_one(Variant, variant_id)
+            variant.impressions, variant.conversions = impressions, conversions
+            session.add(variant)
+        session.commit()
+
+
 def row(page: Page, variant_id: int) -> Any:
     return page.locator(f'tr[data-variant-id="{variant_id}"]')
 
@@ -731,12 +741,8 @@ def test_a_leader_on_too_little_evidence_is_not_marked_leading(page: Page, site:
         site, active={"tea-lovers": ["The Aurora kettle: tea, sooner.", "Boil, pour, sip."]}
     )
     control, thin = ids["tea-lovers"]
+    set_counts(site, {control: (867, 43), thin: (12, 1)})
     with site.session() as session:
-        for variant_id, (impressions, conversions) in {control: (867, 43), thin: (12, 1)}.items():
-            variant = session.get_one(Variant, variant_id)
-            variant.impressions, variant.conversions = impressions, conversions
-            session.add(variant)
-        session.commit()
         leader = experiment_report(session=session, experiment_id=experiment_id).segments[0].leader
     assert leader is not None and leader.variant_id == thin
 
@@ -753,6 +759,37 @@ def test_a_leader_on_too_little_evidence_is_not_marked_leading(page: Page, site:
     expect(page.get_by_text("Leading", exact=True)).to_have_count(0)
     expect(row(page, control)).to_have_class(re.compile(r"\bhighlighted\b"))
     expect(row(page, thin)).not_to_have_class(re.compile(r"\bhighlighted\b"))
+
+
+def test_a_segments_only_live_copy_is_not_coloured_as_a_leader(page: Page, site: Site) -> None:
+    """Badged "Only live copy", a lone line with the evidence still had the leader's class, and
+    the leader's blue edge and background: it leads nothing, and is styled apart."""
+    experiment_id, ids = make_experiment(
+        site, active={"tea-lovers": ["The Aurora kettle: tea, sooner.", "Boil, pour, sip."]}
+    )
+    control, other = ids["tea-lovers"]
+    set_counts(site, {control: (900, 90), other: (900, 9)})
+
+    page.goto(f"/dashboard/experiments/{experiment_id}")
+    headline = page.get_by_test_id("headline")
+    expect(headline.locator(".badge")).to_have_text("Leading")
+    expect(headline).to_have_class(re.compile(r"\bleader\b"))
+    blue = "rgb(0, 114, 178)"  # --accent
+    expect(headline).to_have_css("border-left-color", blue)
+
+    with site.session() as session:
+        update_variant(
+            session=session,
+            variant_id=other,
+            patch=VariantPatch(status=VariantStatus.PAUSED),
+            by="test",
+        )
+    page.reload()
+    expect(headline.locator(".badge")).to_have_text("Only live copy")
+    expect(headline.locator(".variant-id")).to_have_text(f"#{control}")
+    expect(headline).not_to_have_class(re.compile(r"\bleader\b"))
+    expect(headline).to_have_css("border-left-color", "rgb(91, 100, 115)")  # --muted
+    expect(headline).to_have_css("background-color", "rgb(255, 255, 255)")
 
 
 def test_export_csv_matches_the_database(page: Page, site: Site, tmp_path: Path) -> None:

@@ -5300,6 +5300,8 @@ def test_a_segments_only_live_copy_is_promised_no_winner_it_will_not_get(
     assert headline.endswith("The only live copy; a winner is declared only among two or more.")
     assert "yet" not in headline and "100.0%" not in headline and "Leading" not in headline
     assert re.search(rf'<tr data-variant-id="{only}" class="status-active highlighted"', busy)
+    # Badged "Only live copy", it was still classed (and coloured) as a leader.
+    assert '<div class="headline alone" data-testid="headline">' in busy
 
 
 def test_a_winner_left_alone_by_the_others_is_still_the_winner(
@@ -5315,6 +5317,7 @@ def test_a_winner_left_alone_by_the_others_is_still_the_winner(
     busy = section(dash.html(f"/dashboard/experiments/{eid}"), "busy-parents")
     (headline,) = texts(busy, data_testid="headline")
     assert headline.startswith(f"Winner #{winner}") and "only live copy" not in headline.lower()
+    assert '<div class="headline winner" data-testid="headline">' in busy
 
 
 def test_lines_never_shown_are_too_early_to_tell_and_none_is_ahead(

@@ -376,6 +376,8 @@ class SegmentView:
     headline_kind: str
     # What the headline calls that copy (headline_badge), "" with no live copy.
     headline_badge: str
+    # The headline's CSS class (headline_style): its kind, but for a lone leader's own.
+    headline_style: str
     headline_prob_best: float | None
     bars: dict[int, charts.IntervalBar]
     styles: dict[int, charts.LineStyle]
@@ -463,6 +465,7 @@ def _segment_view(
         headline_text=rows[headline_id].text if headline_id is not None else None,
         headline_kind=verdict.kind if verdict is not None else "",
         headline_badge=headline_badge(verdict) if verdict is not None else "",
+        headline_style=headline_style(verdict) if verdict is not None else "",
         headline_prob_best=rows[headline_id].prob_best if headline_id is not None else None,
         bars=bars,
         styles=styles,
@@ -494,6 +497,14 @@ def headline_badge(verdict: Verdict) -> str:
     if verdict.kind == "leader" and verdict.alone:
         return "Only live copy"
     return _BADGES[verdict.kind]
+
+
+def headline_style(verdict: Verdict) -> str:
+    """The headline's class, which colours it. Badged "Only live copy", a lone leader was still
+    styled as a leader, in the leader's blue: it leads nothing, so it is styled as alone."""
+    if verdict.kind == "leader" and verdict.alone:
+        return "alone"
+    return verdict.kind
 
 
 def _charted(report: SegmentReport) -> tuple[list[int], str]:
