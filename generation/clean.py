@@ -21,10 +21,26 @@ _QUOTES = "\"'\u201c\u201d\u2018\u2019`"
 _BRACKETS = (("\u300c", "\u300d"), ("\u300e", "\u300f"))
 # Words that begin with an apostrophe standing for the letters left out ('Tis the season).
 _ELISION = re.compile(r"['\u2019](?:tis|twas|til|cause|em|round)\b", re.IGNORECASE)
-# Chinese and Japanese end a sentence with a full-width mark and write the next one with no space:
-# without them, every line in those scripts cut off by the sampler was dropped whole.
+# What may close a sentence after its stop: quotes, brackets and guillemets, Latin and CJK.
+_CLOSERS = "\"'\u201d\u2019)\\]\u00bb\u203a\u300d\u300f\uff09\uff63"
+# Where a Chinese or Japanese sentence starts: kana, ideographs, half-width katakana, Hangul, and
+# the brackets that open a quote. Those scripts start it straight after the last one's stop.
+_CJK_START = (
+    "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f\uac00-\ud7af"
+    "\u300c\u300e\uff08"
+)
+# A cut line is trimmed to its last sentence end; with none it is dropped whole, so a stop missed
+# here lost every cut line that ended with it (ASCII "!" before a 」, and the stops U+FF61 and
+# U+FF0E). ASCII "." ends a sentence before a space or the end, never before a letter or digit
+# ("v2.0", "$129.50", "Mr.田中"), and before CJK only after a closing quote. A run of "!" and "?"
+# ("Wow!!", "?!") ends one there or straight before CJK, which often takes ASCII "!" and "?" with
+# no space. The CJK stops end one wherever they are: U+3002 and its half-width U+FF61, U+FF01,
+# U+FF1F, and U+FF0E but not before a digit or letter, where it is a point (full-width "2.5").
 _SENTENCE_END = re.compile(
-    r"[.!?][\"'\u201d\u2019)]*(?=\s|$)|[\u3002\uff01\uff1f][\u300d\u300f\uff09\u201d\u2019]*"
+    rf"\.(?:[{_CLOSERS}]*(?=\s|$)|[{_CLOSERS}]+(?=[{_CJK_START}]))"
+    rf"|[!?]+[{_CLOSERS}]*(?=\s|$|[{_CJK_START}])"
+    r"|(?:[\u3002\uff61\uff01\uff1f]|\uff0e(?![0-9A-Za-z\uff10-\uff19\uff21-\uff3a\uff41-\uff5a]))"
+    rf"[{_CLOSERS}]*"
 )
 # Control characters, C0 and C1 (whitespace aside, which becomes a space): some of the model's
 # tokens decode to them, no storefront can show them (\x9b starts a terminal escape), the API

@@ -104,6 +104,27 @@ def test_clean_finished(raw: str, expected: str) -> None:
         # lone quote is, not part of the copy
         ("「足元はいつもドライ\uff01軽くて", "足元はいつもドライ\uff01"),
         ("『雨の山道でもドライ。軽くて", "雨の山道でもドライ。"),
+        # ASCII "!" and "?" end a sentence at the end of the line, before a closing quote or
+        # bracket, and straight before Chinese or Japanese, which often takes them with no space
+        ("Grip every trail!", "Grip every trail!"),
+        ('Hikers shout "Grip!" Buy no', 'Hikers shout "Grip!"'),
+        ("Hikers shout \u00abGrip!\u00bb Buy no", "Hikers shout \u00abGrip!\u00bb"),
+        ("Grip every trail! [Really?] Buy no", "Grip every trail! [Really?]"),
+        ("足元はいつもドライ!軽くて滑りにく", "足元はいつもドライ!"),
+        ("「足元はいつもドライ!」軽くて", "「足元はいつもドライ!」"),
+        ("防水吗?轻便防滑的", "防水吗?"),
+        ("「Always dry.」軽くて", "「Always dry.」"),
+        # the half-width stop and the full-width full stop end one too, as 。 does
+        ("雨の山道でもドライ\uff61軽くて", "雨の山道でもドライ\uff61"),
+        ("雨の山道でもドライ\uff0e軽くて", "雨の山道でもドライ\uff0e"),
+        # but not inside a number, a version or a run of marks
+        ("Ridgeline v2.0 grips every", ""),
+        ("Grip every trail. Wow!! Buy no", "Grip every trail. Wow!!"),
+        ("Grip? Really?!Buy no", "Grip?"),
+        ("Sizes at ridgeline.example/?size=9 and", ""),
+        ("Meet Mr.田中 who hikes", ""),
+        ("重さ\uff12\uff0e\uff15キロで軽", ""),
+        ("\uff56\uff12\uff0e\uff10の靴。軽くて", "\uff56\uff12\uff0e\uff10の靴。"),
     ],
 )
 def test_clean_cut_off_at_token_limit(raw: str, expected: str) -> None:
