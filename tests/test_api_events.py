@@ -11,9 +11,10 @@ from sqlmodel import Session, col, select
 
 from service import create_app, db
 from service.api import serving
+from service.events import EventsOutcome, NotADuplicate, record_events
 from service.identity import new_impression_id
 from service.models import Event, Impression, Segment, Variant
-from service.schemas import MAX_BATCH_EVENTS
+from service.schemas import MAX_BATCH_EVENTS, EventIn
 from tests.conftest import PG_URL, Api
 from tests.pg_backends import end_backends, named
 
@@ -233,6 +234,57 @@ def test_event_id_reused_for_another_impression_is_a_duplicate(
     assert _send(api, _conversion(first, event_id="order-9")).get_json()["accepted"] == 1
     response = _send(api, _conversion(second, event_id="order-9"))
     assert response.get_json() == {**_outcome(duplicate=1), "rejections": []}
+    assert session.exec(select(Event.impression_id)).all() == [first]
+    _assert_counters_match_rows(session)
+
+
+def _record(session: Session, impression_id: str, **fields: Any) -> EventsOutcome:
+    return record_events(session=session, events=[EventIn(**_conversion(impression_id, **fields))])
+
+
+def test_a_row_another_unique_key_refuses_is_not_answered_as_a_duplicate(
+    session: Session, decisions: list[dict[str, Any]]
+) -> None:
+    """The INSERT's ON CONFLICT named no key, so a row any unique key refused was counted as a
+    duplicate and its conversion lost without a word; only the impression's conversion and the
+    event_id make one. Here a unique index of the operator's own refuses it."""
+    first, second = _ids(decisions)[:2]
+    session.execute(sa.text("CREATE UNIQUE INDEX ix_event_one_value ON event (value)"))
+    session.commit()
+    try:
+        assert _record(session, first, value=7.0).accepted == 1
+        # SQLite names the two keys to the INSERT, which fails on any other; PostgreSQL can name
+        # one, and checks the rows it skipped.
+        with pytest.raises((sa.exc.IntegrityError, NotADuplicate)):
+            _record(session, second, value=7.0)
+        session.rollback()
+        # A true duplicate still is one, by impression and by event_id.
+        assert _record(session, first, value=8.0).duplicate == 1
+        assert _record(session, first, event_id="order-3").duplicate == 1
+        assert _record(session, second, event_id="order-4").accepted == 1
+        assert _record(session, decisions[2]["impression_id"], event_id="order-4").duplicate == 1
+    finally:
+        session.rollback()
+        session.execute(sa.text("DROP INDEX ix_event_one_value"))
+        session.commit()
+    assert sorted(session.exec(select(Event.impression_id)).all()) == sorted([first, second])
+    _assert_counters_match_rows(session)
+
+
+def test_an_id_sequence_behind_the_events_fails_the_batch_rather_than_losing_it(
+    session: Session, decisions: list[dict[str, Any]]
+) -> None:
+    """PostgreSQL: with the event id sequence set back (a copy or restore that did not advance
+    it), every new conversion met a stored row's id and was answered as a duplicate."""
+    if session.get_bind().dialect.name != "postgresql":
+        pytest.skip("SQLite numbers a new row past the largest id: no sequence to fall behind")
+    first, second = _ids(decisions)[:2]
+    assert _record(session, first).accepted == 1
+    session.execute(sa.text("SELECT setval(pg_get_serial_sequence('event', 'id'), 1, false)"))
+    session.commit()
+    with pytest.raises(NotADuplicate, match="id sequence"):
+        _record(session, second)
+    session.rollback()
     assert session.exec(select(Event.impression_id)).all() == [first]
     _assert_counters_match_rows(session)
 
