@@ -179,9 +179,39 @@ def summarize(
     dict with keys "mean", "lower", "upper", "prob_best", "expected_loss"
         Each an ndarray of float64, shape (n_arms,).
     """
-    interval = credible_interval(alpha, beta, level)
     best, loss = _best_and_loss(alpha, beta, n_samples, rng, loss=True)
     assert loss is not None
+    return _summary(alpha, beta, level, best, loss)
+
+
+def summarize_exact(
+    alpha: ArrayLike, beta: ArrayLike, *, level: float = 0.95
+) -> dict[str, FloatArray]:
+    """What :func:`summarize` gives, with probability best and expected loss integrated
+    (bandits.quadrature) rather than drawn: the same figures to about 1e-6 where the draws are
+    within their noise of them (0.35% on a probability best), and 20x faster.
+
+    Posteriors piled against 0 or 1 beyond what a double resolves (priors of 0.001) are left to
+    the draws, whose ties at exactly 0.0 or 1.0 are broken at random (``DEFAULT_SEED``).
+
+    Returns
+    -------
+    dict with the keys of :func:`summarize`, each an ndarray of float64, shape (n_arms,)
+    """
+    # Imported here, as scipy.special is (see credible_interval).
+    from bandits import quadrature
+
+    a, b = _params(alpha, beta)
+    found = quadrature.best_and_loss(a, b)
+    best, loss = found if found is not None else _best_and_loss(a, b, 20_000, None, loss=True)
+    assert loss is not None
+    return _summary(a, b, level, best, loss)
+
+
+def _summary(
+    alpha: ArrayLike, beta: ArrayLike, level: float, best: FloatArray, loss: FloatArray
+) -> dict[str, FloatArray]:
+    interval = credible_interval(alpha, beta, level)
     return {
         "mean": posterior_mean(alpha, beta),
         "lower": interval[:, 0],

@@ -58,8 +58,8 @@ def segment_report(*, session: Session, segment: Segment) -> SegmentReport:
     """One segment's part of experiment_report, the same figures, from its own variants alone:
     the CSV export of one segment of 50 ran the Monte Carlo of all 50 (3.4 s of CPU for 100
     variants each). No segment's figures depend on another's: its posteriors are decayed from its
-    own latest fold, and its draws come from a generator seeded afresh (stats.DEFAULT_SEED),
-    whatever was drawn for the segments before it."""
+    own latest fold, and its probability best and expected loss are integrated from those alone
+    (or, where integration cannot resolve them, drawn from a generator seeded afresh)."""
     experiment = get_experiment(session=session, experiment_id=segment.experiment_id)
     policy, _ = policy_shown(experiment.policy)
     segment_id = segment.id or 0  # a segment read from the database has an id
@@ -95,11 +95,13 @@ def _segment_report(
 ) -> SegmentReport:
     alpha, beta = np.array([posterior[v.id or 0] for v in variants]).reshape(-1, 2).T
     # Probability best is a contest among what can be served; retired copy has left the race.
+    # Integrated, not drawn: 20,000 draws of each segment's live copy were 60-100 ms a segment of
+    # 43 lines, 3.4-5 s of every view of an experiment page of 50 such segments.
     active = np.array([v.status == VariantStatus.ACTIVE for v in variants], dtype=bool)
     prob_best = np.full(len(variants), np.nan)
     loss = np.full(len(variants), np.nan)
     if active.any():
-        summary = stats.summarize(alpha[active], beta[active])
+        summary = stats.summarize_exact(alpha[active], beta[active])
         prob_best[active] = summary["prob_best"]
         loss[active] = summary["expected_loss"]
     rows = []

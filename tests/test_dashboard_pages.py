@@ -1558,18 +1558,18 @@ def raced_experiment(app: Any, api: Any) -> int:
     return eid  # type: ignore[no-any-return]
 
 
-def test_a_segments_csv_export_runs_the_monte_carlo_of_that_segment_alone(
+def test_a_segments_csv_export_computes_the_figures_of_that_segment_alone(
     app: Any, api: Any, dash: Dashboard, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     eid = raced_experiment(app, api)
     summarized: list[int] = []
-    summarize = stats.summarize
+    summarize = stats.summarize_exact
 
     def counted(alpha: Any, beta: Any, **kwargs: Any) -> dict[str, Any]:
         summarized.append(len(alpha))
         return summarize(alpha, beta, **kwargs)
 
-    monkeypatch.setattr(stats, "summarize", counted)
+    monkeypatch.setattr(stats, "summarize_exact", counted)
     loaded: list[Variant] = []
 
     def remember(target: Variant, _context: object) -> None:

@@ -8,6 +8,7 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import pytest
 import scipy.stats
 import sqlalchemy as sa
@@ -15,6 +16,7 @@ from sqlmodel import Session
 
 from service.models import Segment, Variant, utcnow
 from tests.query_plans import statements_sent
+from tests.test_bandits_quadrature import adaptive
 
 VARIANT_FIELDS = {
     "variant_id",
@@ -398,3 +400,28 @@ def test_a_declared_winner_is_the_verdict_whatever_leads(
         "thin_lead": None,
         **EVIDENCED,
     }
+
+
+def test_probability_best_and_expected_loss_are_integrated_not_drawn(
+    api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    """20,000 draws per segment were 60-100 ms of 43 lines, seconds for a page of 50 segments,
+    and 0.35% off at most; integrated, the figures are the posteriors' own to 1e-6."""
+    control, manual = (v["id"] for v in experiment["segments"][0]["variants"])
+    more = [api.add_variant(experiment["id"], "tea-lovers", f"Line {n}.")["id"] for n in range(2)]
+    counters = {control: (40_000, 800), manual: (52_000, 1_090), more[0]: (9_000, 190)}
+    counters[more[1]] = (120_000, 2_460)
+    for variant_id, (shown, converted) in counters.items():
+        _set(session, variant_id, impressions=shown, conversions=converted)
+
+    rows = _rows(_segment(_report(api, experiment["id"]), "tea-lovers"))
+
+    ids = list(counters)
+    posterior = [session.get(Variant, variant_id).posterior() for variant_id in ids]  # type: ignore[union-attr]
+    alpha, beta = (np.array(column) for column in zip(*posterior, strict=True))
+    want_best, want_loss = adaptive(alpha, beta)
+    got_best = [rows[variant_id]["prob_best"] for variant_id in ids]
+    got_loss = [rows[variant_id]["expected_loss"] for variant_id in ids]
+    np.testing.assert_allclose(got_best, want_best, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
+    assert 0.2 < max(got_best) < 0.8  # a race the draws would have blurred
