@@ -5,9 +5,10 @@ query runs on SQLite and PostgreSQL and scans each impression once.
 
 Charts of hour-wide buckets or wider (every width from 60 minutes is a whole number of hours,
 aligned to 2000-01-01 00:00 UTC, so each bucket is whole UTC hours) read the hours
-service.hourly_traffic has counted, and count only the rows from its mark on: their cost is a row
-per variant and hour plus the last hour or so of traffic, however much the window holds. Narrower
-charts, of a segment less than 12 hours old, count every row in their window, as all charts did.
+service.hourly_traffic has counted and the stretch of the hour it has counted since, and count
+only the rows from its marks on: their cost is a row per variant and hour plus the last ten
+minutes or so of traffic, however much the window holds. Narrower charts, of a segment less than
+12 hours old, count every row in their window, as all charts did.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import numpy as np
 import sqlalchemy as sa
 from sqlmodel import Session, col
 
-from service.hourly_traffic import HOUR, counted_before
-from service.models import Event, HourlyTraffic, Impression, Variant, utcnow
+from service.hourly_traffic import HOUR, Marks, marks
+from service.models import Event, HourlyTraffic, Impression, RecentTraffic, Variant, utcnow
 
 BUCKETS = 24
 # Bucket widths the chart may use; the smallest that covers the history in BUCKETS steps wins,
@@ -107,9 +108,10 @@ def segments_history(
         )
         for width, grid in by_width.items()
     }
-    # Read once: hours before it are read from hourly_traffic, rows from it on are counted. Read
-    # again per query, a mark moved in between would count the hours between it twice.
-    mark = counted_before(session) if any(_whole_hours(g) for _, g in ranges.values()) else None
+    # Read once: hours before them are read from hourly_traffic and recent_traffic, rows from
+    # them on are counted. Read again per query, a mark moved in between would count the rows
+    # between its two places twice.
+    mark = marks(session) if any(_whole_hours(g) for _, g in ranges.values()) else _NO_MARKS
     impressions = _counts(session, Impression, ranges, mark)
     conversions = _counts(session, Event, ranges, mark)
     for table, counts in _counted_hours(session, ranges, mark).items():
@@ -148,6 +150,7 @@ class _Grid:
 
 
 _NO_GRID = _Grid([], timedelta(0))
+_NO_MARKS = Marks(hours=None, recent=None)
 
 
 def _grid(oldest: datetime, now: datetime) -> _Grid:
@@ -230,43 +233,58 @@ def _whole_hours(grid: _Grid) -> bool:
     )
 
 
-def _counted_since(grid: _Grid, mark: datetime | None) -> datetime:
-    """Where a grid's rows are counted from: its start, or the mark where hourly_traffic holds
-    the hours before it."""
-    if mark is None or not _whole_hours(grid):
+def _counted_since(grid: _Grid, mark: Marks) -> datetime:
+    """Where a grid's rows are counted from: its start, or the marks where hourly_traffic and
+    recent_traffic hold the rows before them."""
+    if mark.counted_before is None or not _whole_hours(grid):
         return grid.starts[0]
-    return max(grid.starts[0], mark)
+    return max(grid.starts[0], mark.counted_before)
 
 
 def _counted_hours(
     session: Session,
     ranges: Mapping[timedelta, tuple[list[int], _Grid]],
-    mark: datetime | None,
+    mark: Marks,
 ) -> dict[str, dict[int, np.ndarray]]:
-    """hourly_traffic's impressions and conversions per variant and bucket, for the grids of
-    whole hours, from their start up to `mark`."""
+    """hourly_traffic's and recent_traffic's impressions and conversions per variant and
+    bucket, for the grids of whole hours, from their start up to the marks, in one query."""
+    until = mark.counted_before
     grids = [
         (ids, grid)
         for ids, grid in ranges.values()
-        if ids and mark is not None and _whole_hours(grid) and grid.starts[0] < mark
+        if ids and until is not None and _whole_hours(grid) and grid.starts[0] < until
     ]
     found: dict[str, dict[int, np.ndarray]] = {"impressions": {}, "conversions": {}}
-    if not grids or mark is None:
+    if not grids:
         return found
-    variant_id, hour = col(HourlyTraffic.variant_id), col(HourlyTraffic.hour)
-    by_grid = _bucket_of(hour, variant_id, grids).label("bucket")
+    parts: list[sa.Select[int, datetime, int, int]] = []
+    for table, at, since, before in (
+        (HourlyTraffic, col(HourlyTraffic.hour), None, mark.hours),
+        (RecentTraffic, col(RecentTraffic.start), mark.hours, mark.recent),
+    ):
+        if before is None:
+            continue
+        ids_in = col(table.variant_id)
+        stored: sa.Select[int, datetime, int, int] = sa.select(
+            ids_in.label("variant_id"),
+            at.label("at"),
+            col(table.impressions).label("impressions"),
+            col(table.conversions).label("conversions"),
+        ).where(
+            sa.or_(*(ids_in.in_(ids) & (at >= grid.starts[0]) for ids, grid in grids)),
+            at < before,
+        )
+        parts.append(stored if since is None else stored.where(at >= since))
+    counted = sa.union_all(*parts).subquery() if len(parts) > 1 else parts[0].subquery()
+    variant_id = counted.c.variant_id
+    by_grid = _bucket_of(counted.c.at, variant_id, grids).label("bucket")
     rows = session.execute(
         sa.select(
             variant_id,
             by_grid,
-            sa.func.sum(col(HourlyTraffic.impressions)),
-            sa.func.sum(col(HourlyTraffic.conversions)),
-        )
-        .where(
-            sa.or_(*(variant_id.in_(ids) & (hour >= grid.starts[0]) for ids, grid in grids)),
-            hour < mark,
-        )
-        .group_by(variant_id, by_grid)
+            sa.func.sum(counted.c.impressions),
+            sa.func.sum(counted.c.conversions),
+        ).group_by(variant_id, by_grid)
     )
     length = {v: len(grid.starts) for ids, grid in grids for v in ids}
     for found_id, index, shown, converted in rows:
@@ -301,7 +319,7 @@ def _counts(
     session: Session,
     table: type[Impression] | type[Event],
     ranges: Mapping[timedelta, tuple[list[int], _Grid]],
-    mark: datetime | None,
+    mark: Marks,
 ) -> dict[int, np.ndarray]:
     """Rows per variant and bucket, for the variants of each width on that width's grid, from
     where each grid's rows are counted (_counted_since); every variant asked for is in it."""

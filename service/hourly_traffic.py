@@ -14,8 +14,20 @@ clock when the request began, and it is committed later (see LAG). A row committ
 into an hour already counted, is in no bucket: the charts then show it in the evidence before
 them, as they do rows a purge deleted, so their cumulative rate still ends at the report's.
 
-Purges (service.retention) leave hourly_traffic as it is: an hour counted before its rows were
-purged keeps its counts, and the charts show that traffic as long as they reach back to it.
+The hour not due yet is counted too, into recent_traffic, so that a chart does not count up to
+an hour and ten minutes of rows live (1.8 M at 450 decisions a second, 0.9 s of SQL on PostgreSQL):
+once the hours are up to date, a pass counts the rows from where the last one stopped (or the
+hour's start) to LAG before its clock as one row per variant, keyed by where it started, and moves
+a mark of its own, 'recent_traffic', the same way. Such a row lies within one hour, so it falls in
+one bucket of any chart of whole hours. A chart reads the hours before the hourly mark, the
+recent rows from it up to the recent mark, and counts the rows from there: at most LAG and
+INTERVAL of them. Stored rows never change, so a chart that read the marks before a pass moved
+them adds up rows counted before them only, as it did. Recent rows an hour behind the hourly mark
+are deleted: the hour holds them.
+
+Purges (service.retention) leave hourly_traffic and recent_traffic as they are: an hour counted
+before its rows were purged keeps its counts, and the charts show that traffic as long as they
+reach back to it.
 """
 
 from __future__ import annotations
@@ -31,7 +43,14 @@ import sqlalchemy as sa
 from sqlmodel import Session, col
 
 from service.db import insert_for, rows_changed
-from service.models import Event, HourlyTraffic, HourlyTrafficMark, Impression, utcnow
+from service.models import (
+    Event,
+    HourlyTraffic,
+    HourlyTrafficMark,
+    Impression,
+    RecentTraffic,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +59,7 @@ HOUR = timedelta(hours=1)
 # (service.db.LOCK_WAIT_SECONDS, 2 s more for SQLite's writer turn) and gunicorn ends one busy
 # for 30 s, so a row is committed well under a minute after its host stamped it; hosts' clocks
 # under NTP agree to within a second. Five minutes leaves room for a host a few minutes off, and
-# costs only the rows the charts count live: at most an hour, this and the job's interval.
+# costs only the rows the charts count live: at most this and the job's interval.
 LAG = timedelta(minutes=5)
 # How often servers count the hours that came due; any process sharing the database may run it.
 INTERVAL = timedelta(minutes=5)
@@ -51,7 +70,11 @@ PASS_BUDGET = timedelta(seconds=30)
 # Hours older than this before the clock are never counted: no chart reaches them
 # (service.history.REACH is 24 weeks), and a page's own clock may be a little behind.
 COUNTED_BACK = timedelta(weeks=25)
+# How long recent_traffic's rows are kept once the hourly mark has passed them: a chart reads
+# the marks and then the rows, so one whose read stalled this long would miss them.
+RECENT_KEPT = HOUR
 _MARK = "hourly_traffic"
+_RECENT = "recent_traffic"
 
 
 @dataclass
@@ -63,14 +86,39 @@ class CountReport:
     counted_before: datetime | None = None
     # The pass stopped at its budget with hours still to count.
     unfinished: bool = False
+    # Where recent_traffic's counts end, when the pass ended; None while none have been.
+    recent_before: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Marks:
+    """Rows created before `hours` are in hourly_traffic; those from `hours` on and before
+    `recent` are in recent_traffic; the rest are in neither. None: nothing counted yet."""
+
+    hours: datetime | None
+    recent: datetime | None
+
+    @property
+    def counted_before(self) -> datetime | None:
+        """Every row before it is in one of the two tables."""
+        return max((m for m in (self.hours, self.recent) if m is not None), default=None)
+
+
+def marks(session: Session) -> Marks:
+    """Both marks, in one statement: read apart, a pass could move them in between."""
+    found = dict(
+        session.execute(
+            sa.select(col(HourlyTrafficMark.name), col(HourlyTrafficMark.counted_before)).where(
+                col(HourlyTrafficMark.name).in_([_MARK, _RECENT])
+            )
+        ).all()
+    )
+    return Marks(hours=found.get(_MARK), recent=found.get(_RECENT))
 
 
 def counted_before(session: Session) -> datetime | None:
-    """The mark: rows created before it are in hourly_traffic, the rest are not."""
-    found = session.execute(
-        sa.select(col(HourlyTrafficMark.counted_before)).where(col(HourlyTrafficMark.name) == _MARK)
-    ).first()
-    return None if found is None else found[0]
+    """The hourly mark: rows created before it are in hourly_traffic, the rest are not."""
+    return marks(session).hours
 
 
 def count_hours(
@@ -87,11 +135,12 @@ def count_hours(
     with Session(engine) as session:
         session.execute(
             insert_for(session)(HourlyTrafficMark)
-            .values(name=_MARK, counted_before=None)
+            .values([{"name": name, "counted_before": None} for name in (_MARK, _RECENT)])
             .on_conflict_do_nothing()
         )
         session.commit()
-        due_before = _floor_hour((now or _database_now(session)) - LAG)
+        due = (now or _database_now(session)) - LAG
+        due_before = _floor_hour(due)
         while True:
             mark = counted_before(session)
             hour = _next_hour_with_rows(session, mark, due_before)
@@ -108,6 +157,8 @@ def count_hours(
                 report.hours += 1
                 report.impressions += counted[0]
                 report.conversions += counted[1]
+        if not report.unfinished:
+            report.recent_before = _count_recent(session, due)
     if report.hours or report.unfinished:
         log.info(
             "hourly traffic: counted %d hour%s (%d impressions, %d conversions), every row before "
@@ -133,37 +184,93 @@ def _count_hour(session: Session, mark: datetime | None, hour: datetime) -> tupl
     rows are counted. A due hour's rows are all committed (LAG), so the counts are as good read
     before the claim; two passes at once both count, and only the one whose claim lands stores."""
     end = hour + HOUR
-    impressions = _per_variant(session, Impression, hour, end)
-    conversions = _per_variant(session, Event, hour, end)
-    # Ends the read's transaction: on SQLite the claim below must begin its own.
+    counts = impressions, conversions = _counts(session, hour, end)
+    if not _claim_and_store(session, _MARK, mark, end, HourlyTraffic, {"hour": hour}, counts):
+        return None
+    session.execute(sa.delete(RecentTraffic).where(col(RecentTraffic.start) < end - RECENT_KEPT))
+    session.commit()
+    return impressions.total(), conversions.total()
+
+
+def _count_recent(session: Session, due: datetime) -> datetime | None:
+    """Count the rows from the recent mark (or the hourly mark, or the start of `due`'s hour,
+    whichever is latest) up to `due` into recent_traffic, and move the recent mark to `due`, as
+    _count_hour counts an hour: counted first, stored only where the mark is still where it was
+    read. Where the recent mark is then; called once every hour before `due`'s is counted."""
+    found = marks(session)
+    start = max(m for m in (found.hours, found.recent, _floor_hour(due)) if m is not None)
+    if start >= due:
+        session.rollback()
+        return found.recent
+    counts = impressions, conversions = _counts(session, start, due)
+    if not impressions and not conversions:
+        # Not moved past a stretch found empty: rows written into it later (the demo's) are
+        # counted by the next pass, as _next_hour_with_rows leaves empty hours for them.
+        return found.recent
+    if not _claim_and_store(
+        session, _RECENT, found.recent, due, RecentTraffic, {"start": start}, counts
+    ):
+        moved = marks(session).recent
+        session.rollback()
+        return moved
+    session.commit()
+    log.debug(
+        "recent traffic: counted %d impressions, %d conversions from %s to %s",
+        impressions.total(),
+        conversions.total(),
+        start.isoformat(),
+        due.isoformat(),
+    )
+    return due
+
+
+def _counts(session: Session, start: datetime, end: datetime) -> tuple[Counter[int], Counter[int]]:
+    """Impressions and conversions per variant created from `start` to before `end`."""
+    counts = _per_variant(session, Impression, start, end), _per_variant(session, Event, start, end)
+    # Ends the read's transaction: on SQLite the claim that follows must begin its own.
     session.rollback()
+    return counts
+
+
+def _claim_and_store(
+    session: Session,
+    name: str,
+    read: datetime | None,
+    to: datetime,
+    table: type[HourlyTraffic] | type[RecentTraffic],
+    key: dict[str, datetime],
+    counts: tuple[Counter[int], Counter[int]],
+) -> bool:
+    """Move the mark `name` from `read`, where it was read, to `to`, and insert `counts`
+    (impressions, conversions) per variant into `table` under `key`, uncommitted; False, rolled
+    back, where another pass moved the mark first."""
     at_mark = (
         col(HourlyTrafficMark.counted_before).is_(None)
-        if mark is None
-        else col(HourlyTrafficMark.counted_before) == mark
+        if read is None
+        else col(HourlyTrafficMark.counted_before) == read
     )
     claimed = rows_changed(
         session,
         sa.update(HourlyTrafficMark)
-        .where(col(HourlyTrafficMark.name) == _MARK, at_mark)
-        .values(counted_before=end),
+        .where(col(HourlyTrafficMark.name) == name, at_mark)
+        .values(counted_before=to),
     )
     if claimed != 1:
         session.rollback()
-        return None
+        return False
+    impressions, conversions = counts
     rows = [
         {
             "variant_id": variant_id,
-            "hour": hour,
+            **key,
             "impressions": impressions[variant_id],
             "conversions": conversions[variant_id],
         }
         for variant_id in sorted(impressions | conversions)
     ]
     if rows:
-        session.execute(sa.insert(HourlyTraffic), rows)
-    session.commit()
-    return impressions.total(), conversions.total()
+        session.execute(sa.insert(table), rows)
+    return True
 
 
 def _per_variant(

@@ -6,7 +6,7 @@ import logging
 import os
 import re
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlmodel import Session, SQLModel, col, select
 
-from service import migrate
+from service import hourly_traffic, migrate
 from service.config import load_settings
 from service.db import make_engine
 from service.generation_jobs import fail_interrupted_jobs
@@ -173,6 +173,54 @@ def test_a_populated_database_downgrades_and_upgrades_again(empty_engine: sa.Eng
         # The connection that migrated went back to the pool with its foreign keys on again.
         with empty_engine.connect() as connection:
             assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+def test_recent_traffic_goes_with_its_mark_on_a_downgrade_and_is_counted_again_after(
+    empty_engine: sa.Engine,
+) -> None:
+    """0020: down to 0019, the recent counts and their mark go, the hours stay; a server of the
+    release before counts the rows after the hourly mark, and back up, the job counts them
+    again."""
+    migrate.upgrade(empty_engine)
+    with Session(empty_engine) as session:
+        variant = _a_variant(session)
+        at = datetime(2026, 3, 2, 12, 20, tzinfo=UTC)
+        for minutes in (90, 12, 8):
+            session.add(
+                Impression(
+                    id=new_impression_id(),
+                    experiment_id=variant.experiment_id,
+                    segment_id=variant.segment_id,
+                    variant_id=variant.id,  # type: ignore[arg-type]
+                    propensity=1.0,
+                    policy="thompson",
+                    created_at=at - timedelta(minutes=minutes),
+                )
+            )
+        session.commit()
+    # The hour of the first is counted, and the quarter hour of this one the others are in.
+    hourly_traffic.count_hours(engine=empty_engine, now=at)
+
+    def stored() -> tuple[list[tuple[object, ...]], ...]:
+        with empty_engine.connect() as connection:
+            return tuple(
+                connection.exec_driver_sql(f"SELECT * FROM {table} ORDER BY 1, 2").all()
+                for table in ("hourly_traffic", "hourly_traffic_mark")
+            )
+
+    hours, marks = stored()
+    assert {name for name, _ in marks} == {"hourly_traffic", "recent_traffic"}
+
+    migrate.downgrade(empty_engine, "0019")
+    assert "recent_traffic" not in _tables(empty_engine)
+    assert stored() == (hours, [m for m in marks if m[0] == "hourly_traffic"])
+    migrate.upgrade(empty_engine)
+    assert _diff(empty_engine) == []
+    with empty_engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM recent_traffic").scalar() == 0
+    assert hourly_traffic.count_hours(engine=empty_engine, now=at).recent_before is not None
+    with empty_engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM recent_traffic").scalar() == 1
 
 
 def test_assignments_stored_before_0010_count_as_used_at_the_migration(
