@@ -64,25 +64,34 @@ def best_and_loss(a: FloatArray, b: FloatArray) -> tuple[FloatArray, FloatArray]
     end = t_hi[rivals].max()
     if not (np.isfinite(start) and np.isfinite(end)):
         return None
-    t, w = _nodes(t_lo[rivals].clip(start, end), t_hi[rivals], _sd_logit(a[rivals], b[rivals]))
+    # Arms with the same posterior (new lines at the segment's prior) are integrated once, as
+    # one kind, and get the very same figures: taken one by one, their products were multiplied
+    # in different orders and differed in the last bits, which ranked equals.
+    # (a + ib: one array to sort, half np.unique's time by rows, 45 against 92 µs for 3 arms.)
+    kinds, first, kind_of, copies = np.unique(
+        a[rivals] + 1j * b[rivals], return_index=True, return_inverse=True, return_counts=True
+    )
+    ka, kb = kinds.real, kinds.imag
+    lo, hi = t_lo[rivals][first], t_hi[rivals][first]
+    t, w = _nodes(lo.clip(start, end), hi, _sd_logit(ka, kb))
 
     log_x, log_1mx = -np.logaddexp(0.0, -t), -np.logaddexp(0.0, t)
     x = np.exp(log_x)
-    inside = (t >= t_lo[rivals, None]) & (t <= t_hi[rivals, None])
+    inside = (t >= lo[:, None]) & (t <= hi[:, None])
     # Outside its range an arm's CDF is 0 below and 1 above (to TAIL): betainc only inside it.
-    cdf = (t > t_hi[rivals, None]).astype(np.float64)
+    cdf = (t > hi[:, None]).astype(np.float64)
     rows, cols = np.nonzero(inside)
-    cdf[rows, cols] = special.betainc(a[rivals][rows], b[rivals][rows], x[cols])
-    others = _products_leaving_each_out(cdf)
+    cdf[rows, cols] = special.betainc(ka[rows], kb[rows], x[cols])
+    # Each kind's rivals: every other kind as often as it occurs, and its own other copies.
+    others = _products_leaving_each_out(cdf ** copies[:, None]) * cdf ** (copies - 1)[:, None]
     density = np.zeros_like(cdf)
     density[rows, cols] = np.exp(
-        a[rivals][rows] * log_x[cols]
-        + b[rivals][rows] * log_1mx[cols]
-        - special.betaln(a[rivals], b[rivals])[rows]
+        ka[rows] * log_x[cols] + kb[rows] * log_1mx[cols] - special.betaln(ka, kb)[rows]
     )
+    best_of_kind = (density * others) @ w
     best = np.zeros(n)
-    best[rivals] = (density * others) @ w
-    total = best.sum()
+    best[rivals] = best_of_kind[kind_of]
+    total = best_of_kind @ copies
     if abs(total - 1.0) > SUM_TOLERANCE:
         return None
 
@@ -95,7 +104,7 @@ def best_and_loss(a: FloatArray, b: FloatArray) -> tuple[FloatArray, FloatArray]
     # An arm that is no rival has F_i = 1 there; a rival's F_i - Π F_j is taken as
     # F_i (1 - Π_{j≠i} F_j), free of cancellation: the leader's loss is a small difference.
     gap = np.full(n, (1.0 - cdf[0] * others[0]) @ dx)
-    gap[rivals] = (cdf * (1.0 - others)) @ dx
+    gap[rivals] = ((cdf * (1.0 - others)) @ dx)[kind_of]
     loss += gap
     return best / total, np.maximum(loss, 0.0)
 
