@@ -120,12 +120,18 @@ def plan_segment(
     `pending`: variants waiting for review; `on_order`: lines that queued or running generation
     jobs will deliver. Both take room under max_active; lines on order also count toward
     target_active, so a pass does not ask again for copy already asked for.
+
+    `rng`: the guardrail's draws (stats.prob_below). Probability best and expected loss are the
+    report's own (stats.summarize_exact, integrated), so a line retired at 0.0199 under
+    retire_below 0.02, or declared at 0.9502, reads so on the page; from 20,000 seeded draws
+    they were up to 0.35% off the page's figures, and a line could be retired below 0.02 that
+    the page showed above it.
     """
     active = [a for a in arms if a.status == VariantStatus.ACTIVE]
     actions: list[Action] = []
     live = {a.variant_id for a in active}
     if len(active) >= 2:
-        summary = stats.summarize([a.alpha for a in active], [a.beta for a in active], rng=rng)
+        summary = stats.summarize_exact([a.alpha for a in active], [a.beta for a in active])
         by_id = {a.variant_id: i for i, a in enumerate(active)}
         starved = _starved(active, policy, summary["prob_best"], served_since)
         actions += _guardrail(active, policy, live, rng)
@@ -661,7 +667,7 @@ def fold_segment(
     session: Session, experiment: Experiment, segment: Segment, now: datetime
 ) -> LifecycleEvent | None:
     """Discount the segment's older evidence (see _fold) and commit, before the plan: the fold's
-    row locks then need not wait out the Monte Carlo.
+    row locks then need not wait out the plan's figures.
 
     The discount is the policy's as it stands under the experiment's lock, which a PATCH of the
     policy takes too: the policy the pass read at its start may have been changed since, and a
