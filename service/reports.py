@@ -199,8 +199,8 @@ def _verdict(
     )
     proven = next((row for row in racing if row.impressions >= min_impressions), None)
     if proven is None:
-        # Lines never shown split probability best by their priors' sampling noise: the one
-        # on top is ahead of nothing.
+        # Lines never shown split probability best by their priors alone (equal priors, evenly):
+        # the one on top is ahead of nothing.
         none_shown = all(row.impressions == 0 for row in racing)
         return Verdict(
             kind="early",

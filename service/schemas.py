@@ -770,7 +770,7 @@ class Verdict(BaseModel):
     )
     none_shown: bool = Field(
         description="kind early, and no live copy has been shown yet: variant_id tops "
-        "probability best on its prior alone, which is sampling noise, not a lead"
+        "probability best on its prior alone (lines at one prior tie), not on evidence: no lead"
     )
 
 

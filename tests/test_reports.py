@@ -361,7 +361,7 @@ def test_a_lone_proven_line_leads_alone_as_no_winner_is_declared_among_one(
 def test_lines_never_shown_are_too_early_with_no_evidence_at_all(
     api: Any, session: Session, experiment: dict[str, Any]
 ) -> None:
-    # Which unserved line tops probability best is its prior's sampling noise.
+    # Which unserved line tops probability best is its prior's doing, not its copy's.
     first, second = (v["id"] for v in experiment["segments"][1]["variants"])
     _set(session, first, impressions=0, conversions=0)
     _set(session, second, impressions=0, conversions=0)
