@@ -22,8 +22,11 @@ a mark of its own, 'recent_traffic', the same way. Such a row lies within one ho
 one bucket of any chart of whole hours. A chart reads the hours before the hourly mark, the
 recent rows from it up to the recent mark, and counts the rows from there: at most LAG and
 INTERVAL of them. Stored rows never change, so a chart that read the marks before a pass moved
-them adds up rows counted before them only, as it did. Recent rows an hour behind the hourly mark
-are deleted: the hour holds them.
+them adds up rows counted before them only, as it did. A pass that counts an hour deletes the
+recent rows before the hourly mark as the pass found it, which the hours hold, and keeps those
+after: a chart that read the marks just before the pass still reads them, however many hours
+the pass counts (deleted an hour behind each hour counted, a pass that counted two, after the
+job was away an hour, took the first hour's from a chart between its reads).
 
 Purges (service.retention) leave hourly_traffic and recent_traffic as they are: an hour counted
 before its rows were purged keeps its counts, and the charts show that traffic as long as they
@@ -70,9 +73,6 @@ PASS_BUDGET = timedelta(seconds=30)
 # Hours older than this before the clock are never counted: no chart reaches them
 # (service.history.REACH is 24 weeks), and a page's own clock may be a little behind.
 COUNTED_BACK = timedelta(weeks=25)
-# How long recent_traffic's rows are kept once the hourly mark has passed them: a chart reads
-# the marks and then the rows, so one whose read stalled this long would miss them.
-RECENT_KEPT = HOUR
 _MARK = "hourly_traffic"
 _RECENT = "recent_traffic"
 
@@ -141,6 +141,7 @@ def count_hours(
         session.commit()
         due = (now or _database_now(session)) - LAG
         due_before = _floor_hour(due)
+        kept_from = counted_before(session)
         while True:
             mark = counted_before(session)
             hour = _next_hour_with_rows(session, mark, due_before)
@@ -152,7 +153,7 @@ def count_hours(
                 report.unfinished = True
                 report.counted_before = mark
                 break
-            counted = _count_hour(session, mark, hour)
+            counted = _count_hour(session, mark, hour, kept_from)
             if counted is not None:
                 report.hours += 1
                 report.impressions += counted[0]
@@ -174,10 +175,12 @@ def count_hours(
     return report
 
 
-def _count_hour(session: Session, mark: datetime | None, hour: datetime) -> tuple[int, int] | None:
+def _count_hour(
+    session: Session, mark: datetime | None, hour: datetime, kept_from: datetime | None
+) -> tuple[int, int] | None:
     """Count `hour`'s rows, then store them and move the mark past it, in one transaction, if the
-    mark is still at `mark`; (impressions, conversions), or None where another pass moved it
-    first.
+    mark is still at `mark`, deleting the recent rows before `kept_from`; (impressions,
+    conversions), or None where another pass moved it first.
 
     The rows are counted before the claim, not under it: on SQLite the claim takes the database's
     write lock, and every decision waits for it (up to its 10 s, then a 503) while a busy hour's
@@ -187,7 +190,8 @@ def _count_hour(session: Session, mark: datetime | None, hour: datetime) -> tupl
     counts = impressions, conversions = _counts(session, hour, end)
     if not _claim_and_store(session, _MARK, mark, end, HourlyTraffic, {"hour": hour}, counts):
         return None
-    session.execute(sa.delete(RecentTraffic).where(col(RecentTraffic.start) < end - RECENT_KEPT))
+    if kept_from is not None:
+        session.execute(sa.delete(RecentTraffic).where(col(RecentTraffic.start) < kept_from))
     session.commit()
     return impressions.total(), conversions.total()
 

@@ -14,9 +14,9 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from service import hourly_traffic
+from service import history, hourly_traffic
 from service.history import History, segments_history
-from service.hourly_traffic import HOUR, LAG, RECENT_KEPT, count_hours, counted_before, marks
+from service.hourly_traffic import HOUR, LAG, count_hours, counted_before, marks
 from service.identity import new_impression_id
 from service.models import Event, HourlyTraffic, Impression, RecentTraffic, Variant
 from service.retention import purge
@@ -494,11 +494,43 @@ def test_recent_counts_go_once_their_hour_is_counted_and_the_mark_an_hour_past(
         hours = marks(session).hours
         assert hours is not None
         starts = {start for _, start, _, _ in _stored_recent(engine)}
-        assert min(starts) >= hours - RECENT_KEPT, minutes
+        assert min(starts) >= hours - HOUR, minutes
         seen |= starts
         assert _same(_histories(session, variants, NOW)["tea"], from_rows), minutes
     # Not vacuous: the passes counted recent stretches, and deleted the older ones.
     assert len(seen) > 20 and len(starts) < 10
+
+
+def test_a_pass_that_counts_two_hours_keeps_the_recent_rows_a_chart_read_the_marks_for(
+    session: Session, engine: sa.Engine, variants: list[Variant], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the job was away over an hour, its pass counts two hours at once while a chart is
+    between its read of the marks and its read of the counts. Recent rows deleted an hour
+    behind each hour counted, the second hour took the first's: the chart lost 10 of 27."""
+    a = variants[0]
+    hour = datetime(2026, 3, 2, 13, tzinfo=UTC)
+    _store(session, [(a, NOW - timedelta(days=2), None)])
+    _store(session, [(a, hour + timedelta(minutes=m), None) for m in range(0, 50, 5)])
+    count_hours(engine=engine, now=hour + timedelta(minutes=55))
+    assert len(_stored_recent(engine)) == 1
+    _store(session, [(a, hour + timedelta(minutes=m), None) for m in range(50, 130, 5)])
+    now = hour + timedelta(hours=2, minutes=10)
+    from_rows = _histories(session, variants, now)["tea"]
+    counted_hours = history._counted_hours
+    passes: list[int] = []
+
+    def a_pass_between_the_reads(*args: Any) -> Any:
+        passes.append(count_hours(engine=engine, now=now).hours)
+        return counted_hours(*args)
+
+    monkeypatch.setattr(history, "_counted_hours", a_pass_between_the_reads)
+    assert _same(_histories(session, variants, now)["tea"], from_rows)
+    assert passes == [2]
+    # The next pass that counts an hour deletes them, as the hours hold them.
+    monkeypatch.undo()
+    count_hours(engine=engine, now=now + HOUR)
+    assert min(start for _, start, _, _ in _stored_recent(engine)) >= hour + 2 * HOUR
+    assert _same(_histories(session, variants, now)["tea"], from_rows)
 
 
 def test_a_recent_count_is_made_before_its_mark_is_claimed_and_stored_once(
