@@ -109,7 +109,6 @@ def plan_segment(
     pending: int = 0,
     on_order: int = 0,
     served_since: ServedSince | None = None,
-    rng: int | np.random.Generator | None = None,
 ) -> list[Action]:
     """What the lifecycle would do to one segment now. Never leaves it without a live variant,
     never retires or pauses the control.
@@ -121,11 +120,11 @@ def plan_segment(
     jobs will deliver. Both take room under max_active; lines on order also count toward
     target_active, so a pass does not ask again for copy already asked for.
 
-    `rng`: the guardrail's draws (stats.prob_below). Probability best and expected loss are the
-    report's own (stats.summarize_exact, integrated), so a line retired at 0.0199 under
-    retire_below 0.02, or declared at 0.9502, reads so on the page; from 20,000 seeded draws
-    they were up to 0.35% off the page's figures, and a line could be retired below 0.02 that
-    the page showed above it.
+    Probability best, expected loss and the guardrail's P(rate below control) are integrated
+    (stats.summarize_exact, stats.prob_below_exact), as the report's are, so a line retired at
+    0.0199 under retire_below 0.02, or declared at 0.9502, reads so on the page; from 20,000
+    seeded draws they were up to 0.35% off the page's figures, and a line could be retired below
+    0.02 that the page showed above it.
     """
     active = [a for a in arms if a.status == VariantStatus.ACTIVE]
     actions: list[Action] = []
@@ -134,7 +133,7 @@ def plan_segment(
         summary = stats.summarize_exact([a.alpha for a in active], [a.beta for a in active])
         by_id = {a.variant_id: i for i, a in enumerate(active)}
         starved = _starved(active, policy, summary["prob_best"], served_since)
-        actions += _guardrail(active, policy, live, rng)
+        actions += _guardrail(active, policy, live)
         actions += _retirements(active, policy, summary, by_id, live, starved)
         winner = _winner(active, policy, summary, winner_id, starved)
         if winner is not None:
@@ -201,19 +200,16 @@ def short_of_copy(
     }
 
 
-def plan_guardrail(
-    arms: Sequence[Arm], policy: LifecyclePolicy, rng: int | np.random.Generator | None = None
-) -> list[Action]:
+def plan_guardrail(arms: Sequence[Arm], policy: LifecyclePolicy) -> list[Action]:
     """Only the circuit breaker: cheap enough to run whenever counters change."""
     active = [a for a in arms if a.status == VariantStatus.ACTIVE]
-    return _guardrail(active, policy, {a.variant_id for a in active}, rng)
+    return _guardrail(active, policy, {a.variant_id for a in active})
 
 
 def _guardrail(
     active: list[Arm],
     policy: LifecyclePolicy,
     live: set[int],
-    rng: int | np.random.Generator | None,
 ) -> list[Action]:
     control = next((a for a in active if a.origin == Origin.CONTROL), None)
     if control is None or control.impressions < policy.min_impressions:
@@ -221,8 +217,8 @@ def _guardrail(
     judged = [a for a in active if a is not control and a.impressions >= policy.min_impressions]
     if not judged:
         return []
-    worse = stats.prob_below(
-        [a.alpha for a in judged], [a.beta for a in judged], control.alpha, control.beta, rng=rng
+    worse = stats.prob_below_exact(
+        [a.alpha for a in judged], [a.beta for a in judged], control.alpha, control.beta
     )
     actions = []
     for arm, p in zip(judged, worse, strict=True):

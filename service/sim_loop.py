@@ -223,7 +223,7 @@ def _lifecycle(
     by_id = {c.id: c for c in copies}
     retired = written = 0
     actions = plan_segment(
-        [c.arm() for c in copies], policy, served_since=_served_since(copies, served), rng=seed
+        [c.arm() for c in copies], policy, served_since=_served_since(copies, served)
     )
     for action in actions:
         if action.kind in ("retire", "pause") and action.variant_id is not None:
@@ -292,7 +292,6 @@ def winner_declared_at(
             [c.arm() for c in copies],
             policy,
             served_since=_served_since(copies, served),
-            rng=rng,
         )
         for action in actions:
             if action.kind == "declare_winner":

@@ -1,4 +1,4 @@
-"""bandits.priors (empirical-Bayes prior, discounting) and stats.prob_below."""
+"""bandits.priors (empirical-Bayes prior, discounting) and stats.prob_below (drawn and exact)."""
 
 from __future__ import annotations
 
@@ -194,3 +194,44 @@ def test_prob_below_is_reproducible_by_default() -> None:
     first = stats.prob_below([50, 60], [950, 940], 55, 945)
     assert np.array_equal(first, stats.prob_below([50, 60], [950, 940], 55, 945))
     assert 0 < first[1] < first[0] < 1
+
+
+@pytest.mark.parametrize(
+    ("alpha", "beta", "reference"),
+    [
+        pytest.param([72, 11, 201, 101], [930, 991, 801, 901], (101, 901), id="shop-rates"),
+        pytest.param([1, 3], [1, 2], (2, 5), id="little-evidence"),
+        pytest.param([0.4, 5], [19.6, 200], (30, 970), id="informed-prior-below-1"),
+        pytest.param([40_001, 49_001], [960_001, 951_001], (45_001, 955_001), id="millions"),
+    ],
+)
+def test_prob_below_exact_is_the_integral(
+    alpha: list[float], beta: list[float], reference: tuple[float, float]
+) -> None:
+    """P(X < Y) = the integral of F_X f_Y, by scipy's adaptive quadrature."""
+    from scipy import integrate
+    from scipy.stats import beta as beta_dist
+
+    ra, rb = reference
+    exact = stats.prob_below_exact(alpha, beta, ra, rb)
+    for i, (a, b) in enumerate(zip(alpha, beta, strict=True)):
+        lo, hi = beta_dist.ppf([1e-14, 1 - 1e-14], ra, rb)
+        points = beta_dist.ppf([0.001, 0.5, 0.999], ra, rb)
+        expected, _ = integrate.quad(
+            lambda x, a=a, b=b: beta_dist.cdf(x, a, b) * beta_dist.pdf(x, ra, rb),
+            lo,
+            hi,
+            points=points,
+            limit=200,
+            epsabs=1e-12,
+        )
+        assert exact[i] == pytest.approx(expected, abs=1e-6)
+
+
+def test_prob_below_exact_agrees_with_the_draws_and_splits_a_tie_evenly() -> None:
+    alpha, beta = [50, 60, 55], [950, 940, 945]
+    exact = stats.prob_below_exact(alpha, beta, 55, 945)
+    drawn = stats.prob_below(alpha, beta, 55, 945, n_samples=200_000)
+    # Within five standard errors of 200,000 draws.
+    assert exact == pytest.approx(drawn, abs=5 * 0.5 / np.sqrt(200_000))
+    assert exact[2] == 0.5
