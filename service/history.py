@@ -7,8 +7,10 @@ Charts of hour-wide buckets or wider (every width from 60 minutes is a whole num
 aligned to 2000-01-01 00:00 UTC, so each bucket is whole UTC hours) read the hours
 service.hourly_traffic has counted and the stretch of the hour it has counted since, and count
 only the rows from its marks on: their cost is a row per variant and hour plus the last ten
-minutes or so of traffic, however much the window holds. Narrower charts, of a segment less than
-12 hours old, count every row in their window, as all charts did.
+minutes or so of traffic, however much the window holds. Charts of 5-, 15- and 30-minute buckets
+(a segment 24 minutes to 12 hours old) read the 5-minute slices it has counted the same way, a row
+per variant and slice, from where the slices are whole (before it, after an upgrade or a gap in its
+passes, they count rows). One-minute charts, of a segment under 24 minutes old, count every row.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlmodel import Session, col
 
-from service.hourly_traffic import HOUR, Marks, marks
+from service.hourly_traffic import HOUR, SLICE, Marks, marks
 from service.models import Event, HourlyTraffic, Impression, RecentTraffic, Variant, utcnow
 
 BUCKETS = 24
@@ -111,7 +113,8 @@ def segments_history(
     # Read once: hours before them are read from hourly_traffic and recent_traffic, rows from
     # them on are counted. Read again per query, a mark moved in between would count the rows
     # between its two places twice.
-    mark = marks(session) if any(_whole_hours(g) for _, g in ranges.values()) else _NO_MARKS
+    read_any = any(_whole_hours(g) or _sliced(g) for _, g in ranges.values())
+    mark = marks(session) if read_any else _NO_MARKS
     impressions = _counts(session, Impression, ranges, mark)
     conversions = _counts(session, Event, ranges, mark)
     for table, counts in _counted_hours(session, ranges, mark).items():
@@ -233,12 +236,31 @@ def _whole_hours(grid: _Grid) -> bool:
     )
 
 
-def _counted_since(grid: _Grid, mark: Marks) -> datetime:
-    """Where a grid's rows are counted from: its start, or the marks where hourly_traffic and
-    recent_traffic hold the rows before them."""
-    if mark.counted_before is None or not _whole_hours(grid):
-        return grid.starts[0]
-    return max(grid.starts[0], mark.counted_before)
+def _sliced(grid: _Grid) -> bool:
+    """Whether each of the grid's buckets is whole slices of recent_traffic (5, 15 and 30
+    minutes wide, aligned to 2000-01-01 UTC as the slices are), and not whole hours."""
+    return (
+        not _whole_hours(grid)
+        and grid.width % SLICE == timedelta(0)
+        and all(start.timestamp() % SLICE.total_seconds() == 0 for start in grid.starts)
+    )
+
+
+def _rows_counted(
+    grid: _Grid, mark: Marks, created: sa.orm.Mapped[datetime]
+) -> sa.ColumnElement[bool]:
+    """Which of a grid's rows are counted: from its start, or the marks where hourly_traffic and
+    recent_traffic hold the rows before them; for a grid of slices, those before where the
+    slices are whole too."""
+    start = grid.starts[0]
+    if _whole_hours(grid) and mark.counted_before is not None:
+        return created >= max(start, mark.counted_before)
+    sliced_from = mark.sliced_from
+    if not _sliced(grid) or sliced_from is None or mark.recent is None:
+        return created >= start
+    if start >= sliced_from:
+        return created >= max(start, mark.recent)
+    return (created >= start) & ((created < sliced_from) | (created >= mark.recent))
 
 
 def _counted_hours(
@@ -247,34 +269,50 @@ def _counted_hours(
     mark: Marks,
 ) -> dict[str, dict[int, np.ndarray]]:
     """hourly_traffic's and recent_traffic's impressions and conversions per variant and
-    bucket, for the grids of whole hours, from their start up to the marks, in one query."""
-    until = mark.counted_before
-    grids = [
-        (ids, grid)
-        for ids, grid in ranges.values()
-        if ids and until is not None and _whole_hours(grid) and grid.starts[0] < until
-    ]
+    bucket, for the grids of whole hours from their start up to the marks, and for those of
+    slices from their start or where the slices are whole up to the recent mark, in one query."""
+    hourly: list[sa.ColumnElement[bool]] = []
+    recent: list[sa.ColumnElement[bool]] = []
+    grids = []
+    hours_at, recent_at = col(HourlyTraffic.hour), col(RecentTraffic.start)
+    for ids, grid in ranges.values():
+        start = grid.starts[0]
+        if not ids:
+            continue
+        if _whole_hours(grid) and mark.counted_before is not None:
+            if mark.hours is not None and start < mark.hours:
+                hourly.append(col(HourlyTraffic.variant_id).in_(ids) & (hours_at >= start))
+            if mark.recent is not None and max(start, mark.hours or start) < mark.recent:
+                recent.append(
+                    col(RecentTraffic.variant_id).in_(ids)
+                    & (recent_at >= max(start, mark.hours or start))
+                )
+        elif _sliced(grid) and (sliced_from := mark.sliced_from) is not None:
+            if max(start, sliced_from) < (mark.recent or sliced_from):
+                recent.append(
+                    col(RecentTraffic.variant_id).in_(ids) & (recent_at >= max(start, sliced_from))
+                )
+        else:
+            continue
+        grids.append((ids, grid))
     found: dict[str, dict[int, np.ndarray]] = {"impressions": {}, "conversions": {}}
-    if not grids:
+    if not hourly and not recent:
         return found
     parts: list[sa.Select[int, datetime, int, int]] = []
-    for table, at, since, before in (
-        (HourlyTraffic, col(HourlyTraffic.hour), None, mark.hours),
-        (RecentTraffic, col(RecentTraffic.start), mark.hours, mark.recent),
+    for table, at, wanted, before in (
+        (HourlyTraffic, hours_at, hourly, mark.hours),
+        (RecentTraffic, recent_at, recent, mark.recent),
     ):
-        if before is None:
+        if not wanted or before is None:
             continue
-        ids_in = col(table.variant_id)
-        stored: sa.Select[int, datetime, int, int] = sa.select(
-            ids_in.label("variant_id"),
-            at.label("at"),
-            col(table.impressions).label("impressions"),
-            col(table.conversions).label("conversions"),
-        ).where(
-            sa.or_(*(ids_in.in_(ids) & (at >= grid.starts[0]) for ids, grid in grids)),
-            at < before,
+        parts.append(
+            sa.select(
+                col(table.variant_id).label("variant_id"),
+                at.label("at"),
+                col(table.impressions).label("impressions"),
+                col(table.conversions).label("conversions"),
+            ).where(sa.or_(*wanted), at < before)
         )
-        parts.append(stored if since is None else stored.where(at >= since))
     counted = sa.union_all(*parts).subquery() if len(parts) > 1 else parts[0].subquery()
     variant_id = counted.c.variant_id
     by_grid = _bucket_of(counted.c.at, variant_id, grids).label("bucket")
@@ -322,7 +360,7 @@ def _counts(
     mark: Marks,
 ) -> dict[int, np.ndarray]:
     """Rows per variant and bucket, for the variants of each width on that width's grid, from
-    where each grid's rows are counted (_counted_since); every variant asked for is in it."""
+    where each grid's rows are counted (_rows_counted); every variant asked for is in it."""
     grids = [(ids, grid) for ids, grid in ranges.values() if ids]
     if not grids:
         return {}
@@ -333,10 +371,7 @@ def _counts(
         sa.select(variant_id, by_grid, sa.func.count())
         .where(
             sa.or_(
-                *(
-                    variant_id.in_(ids) & (created >= _counted_since(grid, mark))
-                    for ids, grid in grids
-                )
+                *(variant_id.in_(ids) & _rows_counted(grid, mark, created) for ids, grid in grids)
             )
         )
         .group_by(variant_id, by_grid)

@@ -16,17 +16,21 @@ them, as they do rows a purge deleted, so their cumulative rate still ends at th
 
 The hour not due yet is counted too, into recent_traffic, so that a chart does not count up to
 an hour and ten minutes of rows live (1.8 M at 450 decisions a second, 0.9 s of SQL on PostgreSQL):
-once the hours are up to date, a pass counts the rows from where the last one stopped (or the
-hour's start) to LAG before its clock as one row per variant, keyed by where it started, and moves
-a mark of its own, 'recent_traffic', the same way. Such a row lies within one hour, so it falls in
-one bucket of any chart of whole hours. A chart reads the hours before the hourly mark, the
-recent rows from it up to the recent mark, and counts the rows from there: at most LAG and
-INTERVAL of them. Stored rows never change, so a chart that read the marks before a pass moved
-them adds up rows counted before them only, as it did. A pass that counts an hour deletes the
-recent rows before the hourly mark as the pass found it, which the hours hold, and keeps those
-after: a chart that read the marks just before the pass still reads them, however many hours
-the pass counts (deleted an hour behind each hour counted, a pass that counted two, after the
-job was away an hour, took the first hour's from a chart between its reads).
+once the hours are up to date, a pass counts the rows from where the last one stopped up to the
+last 5-minute boundary LAG before its clock, as one row per variant and 5-minute slice (SLICE,
+aligned to whole hours, as service.history's buckets are), keyed by where it starts, and moves a
+mark of its own, 'recent_traffic', the same way. Such a row lies within one slice, so it falls in
+one bucket of any chart of whole hours or of whole slices. A chart of whole hours reads the hours
+before the hourly mark, the recent rows from it up to the recent mark, and counts the rows from
+there: at most LAG and INTERVAL of them. The slices go on from the recent mark across the hours
+counted meanwhile, and are kept KEPT (14 hours) behind the hourly mark, so that a chart of 5-, 15-
+or 30-minute buckets (a segment under 12 hours old, whose chart reaches 12 hours back) reads them
+too, from where they are whole: the mark 'recent_slices' says where, moved to where a pass starts
+afresh (the first after the upgrade, whose recent rows each span a pass's stretch; one after the
+recent mark fell over CATCH_UP behind). Stored rows never change, so a chart that read the marks
+before a pass moved them adds up rows counted before them only, as it did; a pass deletes only
+recent rows KEPT before the hourly mark as it found it, which no chart that read the marks before
+it reads (Marks.sliced_from).
 
 Purges (service.retention) leave hourly_traffic and recent_traffic as they are: an hour counted
 before its rows were purged keeps its counts, and the charts show that traffic as long as they
@@ -73,8 +77,21 @@ PASS_BUDGET = timedelta(seconds=30)
 # Hours older than this before the clock are never counted: no chart reaches them
 # (service.history.REACH is 24 weeks), and a page's own clock may be a little behind.
 COUNTED_BACK = timedelta(weeks=25)
+# recent_traffic is counted in slices of this width, aligned to whole hours (so to 2000-01-01,
+# where service.history's buckets start), so a chart of buckets a multiple of it wide (5, 15 and
+# 30 minutes: a segment under 12 hours old) adds slices up rather than counting rows.
+SLICE = timedelta(minutes=5)
+# How long recent rows are kept behind the hourly mark: the widest chart read from slices
+# reaches 12 hours back (30 minutes x 24), and a page's clock may be a little behind.
+KEPT = timedelta(hours=14)
+# A recent mark further behind than this (the job away, or idle traffic) is not caught up slice
+# by slice in one pass: it starts afresh, and the slices are known complete only from there.
+CATCH_UP = timedelta(hours=2)
 _MARK = "hourly_traffic"
 _RECENT = "recent_traffic"
+# Where recent_traffic's rows are whole slices from, up to the recent mark; the rows before it
+# (counted before the upgrade, or before a gap) may each span several slices.
+_SLICES = "recent_slices"
 
 
 @dataclass
@@ -93,27 +110,41 @@ class CountReport:
 @dataclass(frozen=True)
 class Marks:
     """Rows created before `hours` are in hourly_traffic; those from `hours` on and before
-    `recent` are in recent_traffic; the rest are in neither. None: nothing counted yet."""
+    `recent` are in recent_traffic; the rest are in neither. None: nothing counted yet. The rows
+    from `slices` on and before `recent` are in recent_traffic's rows that start from `slices`
+    on, each within one SLICE; those before `slices` may span more."""
 
     hours: datetime | None
     recent: datetime | None
+    slices: datetime | None = None
 
     @property
     def counted_before(self) -> datetime | None:
         """Every row before it is in one of the two tables."""
         return max((m for m in (self.hours, self.recent) if m is not None), default=None)
 
+    @property
+    def sliced_from(self) -> datetime | None:
+        """Where recent_traffic's rows are whole slices from, up to `recent`, as a chart that read
+        these marks may still read them; None where there are none. A pass deletes the rows KEPT
+        before the hourly mark it started from, which one pass after this read may have moved
+        an hour on."""
+        if self.slices is None or self.recent is None:
+            return None
+        start = self.slices if self.hours is None else max(self.slices, self.hours - KEPT + HOUR)
+        return start if start < self.recent else None
+
 
 def marks(session: Session) -> Marks:
-    """Both marks, in one statement: read apart, a pass could move them in between."""
+    """The marks, in one statement: read apart, a pass could move them in between."""
     found = dict(
         session.execute(
             sa.select(col(HourlyTrafficMark.name), col(HourlyTrafficMark.counted_before)).where(
-                col(HourlyTrafficMark.name).in_([_MARK, _RECENT])
+                col(HourlyTrafficMark.name).in_([_MARK, _RECENT, _SLICES])
             )
         ).all()
     )
-    return Marks(hours=found.get(_MARK), recent=found.get(_RECENT))
+    return Marks(hours=found.get(_MARK), recent=found.get(_RECENT), slices=found.get(_SLICES))
 
 
 def counted_before(session: Session) -> datetime | None:
@@ -135,7 +166,7 @@ def count_hours(
     with Session(engine) as session:
         session.execute(
             insert_for(session)(HourlyTrafficMark)
-            .values([{"name": name, "counted_before": None} for name in (_MARK, _RECENT)])
+            .values([{"name": name, "counted_before": None} for name in (_MARK, _RECENT, _SLICES)])
             .on_conflict_do_nothing()
         )
         session.commit()
@@ -188,44 +219,82 @@ def _count_hour(
     before the claim; two passes at once both count, and only the one whose claim lands stores."""
     end = hour + HOUR
     counts = impressions, conversions = _counts(session, hour, end)
-    if not _claim_and_store(session, _MARK, mark, end, HourlyTraffic, {"hour": hour}, counts):
+    if not _claim_and_store(session, _MARK, mark, end, HourlyTraffic, "hour", {hour: counts}):
         return None
     if kept_from is not None:
-        session.execute(sa.delete(RecentTraffic).where(col(RecentTraffic.start) < kept_from))
+        session.execute(sa.delete(RecentTraffic).where(col(RecentTraffic.start) < kept_from - KEPT))
     session.commit()
     return impressions.total(), conversions.total()
 
 
 def _count_recent(session: Session, due: datetime) -> datetime | None:
-    """Count the rows from the recent mark (or the hourly mark, or the start of `due`'s hour,
-    whichever is latest) up to `due` into recent_traffic, and move the recent mark to `due`, as
-    _count_hour counts an hour: counted first, stored only where the mark is still where it was
-    read. Where the recent mark is then; called once every hour before `due`'s is counted."""
+    """Count the rows from the recent mark up to the last SLICE boundary before `due` into
+    recent_traffic, a row per variant and slice, and move the recent mark there, as _count_hour
+    counts an hour: counted first, stored only where the mark is still where it was read. Where
+    the recent mark is then; called once every hour before `due`'s is counted.
+
+    A mark missing or over CATCH_UP behind starts afresh from the hourly mark or the start of
+    `due`'s hour, whichever is later (the hours before are counted), and the slices are known
+    whole from there only (the mark 'recent_slices'); else the slices go on from the mark,
+    across the hours counted meanwhile, which the charts of whole hours then read from
+    hourly_traffic."""
     found = marks(session)
-    start = max(m for m in (found.hours, found.recent, _floor_hour(due)) if m is not None)
-    if start >= due:
+    until = _floor_slice(due)
+    if found.recent is not None and found.slices is not None and found.recent >= until - CATCH_UP:
+        start, sliced_from = found.recent, found.slices
+    else:
+        start = max(m for m in (found.hours, found.recent, _floor_hour(due)) if m is not None)
+        sliced_from = start
+    if start >= until:
         session.rollback()
         return found.recent
-    counts = impressions, conversions = _counts(session, start, due)
-    if not impressions and not conversions:
+    slices = {}
+    for begin in _slice_starts(start, until):
+        counts = _counts(session, begin, min(begin + SLICE - _into_slice(begin), until))
+        if counts[0] or counts[1]:
+            slices[begin] = counts
+    if not slices:
         # Not moved past a stretch found empty: rows written into it later (the demo's) are
         # counted by the next pass, as _next_hour_with_rows leaves empty hours for them.
         return found.recent
-    if not _claim_and_store(
-        session, _RECENT, found.recent, due, RecentTraffic, {"start": start}, counts
-    ):
+    if not _claim_and_store(session, _RECENT, found.recent, until, RecentTraffic, "start", slices):
         moved = marks(session).recent
         session.rollback()
         return moved
+    if sliced_from != found.slices:
+        session.execute(
+            sa.update(HourlyTrafficMark)
+            .where(col(HourlyTrafficMark.name) == _SLICES)
+            .values(counted_before=sliced_from)
+        )
     session.commit()
     log.debug(
         "recent traffic: counted %d impressions, %d conversions from %s to %s",
-        impressions.total(),
-        conversions.total(),
+        sum(i.total() for i, _ in slices.values()),
+        sum(c.total() for _, c in slices.values()),
         start.isoformat(),
-        due.isoformat(),
+        until.isoformat(),
     )
-    return due
+    return until
+
+
+def _slice_starts(start: datetime, until: datetime) -> list[datetime]:
+    """`start`, then each SLICE boundary after it and before `until`."""
+    starts = [start]
+    while (following := starts[-1] + SLICE - _into_slice(starts[-1])) < until:
+        starts.append(following)
+    return starts
+
+
+def _into_slice(moment: datetime) -> timedelta:
+    moment = moment.astimezone(UTC)
+    return timedelta(
+        minutes=moment.minute % 5, seconds=moment.second, microseconds=moment.microsecond
+    )
+
+
+def _floor_slice(moment: datetime) -> datetime:
+    return moment.astimezone(UTC) - _into_slice(moment)
 
 
 def _counts(session: Session, start: datetime, end: datetime) -> tuple[Counter[int], Counter[int]]:
@@ -242,12 +311,13 @@ def _claim_and_store(
     read: datetime | None,
     to: datetime,
     table: type[HourlyTraffic] | type[RecentTraffic],
-    key: dict[str, datetime],
-    counts: tuple[Counter[int], Counter[int]],
+    key: str,
+    counts: dict[datetime, tuple[Counter[int], Counter[int]]],
 ) -> bool:
-    """Move the mark `name` from `read`, where it was read, to `to`, and insert `counts`
-    (impressions, conversions) per variant into `table` under `key`, uncommitted; False, rolled
-    back, where another pass moved the mark first."""
+    """Move the mark `name` from `read`, where it was read, to `to`, and insert each of `counts`
+    (impressions, conversions per variant, by the moment they start from) into `table`, that
+    moment in column `key`, uncommitted; False, rolled back, where another pass moved the mark
+    first."""
     at_mark = (
         col(HourlyTrafficMark.counted_before).is_(None)
         if read is None
@@ -262,14 +332,14 @@ def _claim_and_store(
     if claimed != 1:
         session.rollback()
         return False
-    impressions, conversions = counts
     rows = [
         {
             "variant_id": variant_id,
-            **key,
+            key: at,
             "impressions": impressions[variant_id],
             "conversions": conversions[variant_id],
         }
+        for at, (impressions, conversions) in counts.items()
         for variant_id in sorted(impressions | conversions)
     ]
     if rows:

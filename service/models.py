@@ -442,9 +442,10 @@ class HourlyTraffic(SQLModel, table=True):
 
 
 class RecentTraffic(SQLModel, table=True):
-    """A variant's impressions and conversions from `start` up to the recent mark, within one UTC
-    hour that hourly_traffic has not counted yet (service.hourly_traffic), so that a chart counts
-    the rows of minutes rather than of the hour and more since the hourly mark. Migration 0020."""
+    """A variant's impressions and conversions from `start` to the end of its 5-minute slice (or
+    the recent mark), counted by service.hourly_traffic and kept 14 hours behind the hourly mark,
+    so that a chart counts the rows of minutes rather than of the hour and more since the hourly
+    mark, or of the 12 hours a chart of 30-minute buckets reaches. Migrations 0020 and 0021."""
 
     __tablename__ = "recent_traffic"
 
@@ -457,8 +458,9 @@ class RecentTraffic(SQLModel, table=True):
 class HourlyTrafficMark(SQLModel, table=True):
     """How far hourly_traffic (name 'hourly_traffic') and recent_traffic (name 'recent_traffic')
     have counted: every impression and event row created before `counted_before` is in that
-    table, and none after. Each row is written in the transaction that stores what it counted, so
-    counts and mark are written together or not at all. Migrations 0019 and 0020."""
+    table, and none after; 'recent_slices': where recent_traffic's rows are whole 5-minute slices
+    from. Each row is written in the transaction that stores what it counted, so counts and mark
+    are written together or not at all. Migrations 0019, 0020 and 0021."""
 
     __tablename__ = "hourly_traffic_mark"
 

@@ -175,17 +175,12 @@ def test_a_populated_database_downgrades_and_upgrades_again(empty_engine: sa.Eng
             assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
 
 
-def test_recent_traffic_goes_with_its_mark_on_a_downgrade_and_is_counted_again_after(
-    empty_engine: sa.Engine,
-) -> None:
-    """0020: down to 0019, the recent counts and their mark go, the hours stay; a server of the
-    release before counts the rows after the hourly mark, and back up, the job counts them
-    again."""
-    migrate.upgrade(empty_engine)
-    with Session(empty_engine) as session:
+def _shown_before(engine: sa.Engine, at: datetime, minutes: list[int]) -> None:
+    """Migrated to the head, a variant's impressions the `minutes` before `at`."""
+    migrate.upgrade(engine)
+    with Session(engine) as session:
         variant = _a_variant(session)
-        at = datetime(2026, 3, 2, 12, 20, tzinfo=UTC)
-        for minutes in (90, 12, 8):
+        for before in minutes:
             session.add(
                 Impression(
                     id=new_impression_id(),
@@ -194,10 +189,20 @@ def test_recent_traffic_goes_with_its_mark_on_a_downgrade_and_is_counted_again_a
                     variant_id=variant.id,  # type: ignore[arg-type]
                     propensity=1.0,
                     policy="thompson",
-                    created_at=at - timedelta(minutes=minutes),
+                    created_at=at - timedelta(minutes=before),
                 )
             )
         session.commit()
+
+
+def test_recent_traffic_goes_with_its_mark_on_a_downgrade_and_is_counted_again_after(
+    empty_engine: sa.Engine,
+) -> None:
+    """0020: down to 0019, the recent counts and their mark go, the hours stay; a server of the
+    release before counts the rows after the hourly mark, and back up, the job counts them
+    again."""
+    at = datetime(2026, 3, 2, 12, 20, tzinfo=UTC)
+    _shown_before(empty_engine, at, [90, 12, 8])
     # The hour of the first is counted, and the quarter hour of this one the others are in.
     hourly_traffic.count_hours(engine=empty_engine, now=at)
 
@@ -209,7 +214,7 @@ def test_recent_traffic_goes_with_its_mark_on_a_downgrade_and_is_counted_again_a
             )
 
     hours, marks = stored()
-    assert {name for name, _ in marks} == {"hourly_traffic", "recent_traffic"}
+    assert {name for name, _ in marks} == {"hourly_traffic", "recent_traffic", "recent_slices"}
 
     migrate.downgrade(empty_engine, "0019")
     assert "recent_traffic" not in _tables(empty_engine)
@@ -220,7 +225,35 @@ def test_recent_traffic_goes_with_its_mark_on_a_downgrade_and_is_counted_again_a
         assert connection.exec_driver_sql("SELECT count(*) FROM recent_traffic").scalar() == 0
     assert hourly_traffic.count_hours(engine=empty_engine, now=at).recent_before is not None
     with empty_engine.connect() as connection:
-        assert connection.exec_driver_sql("SELECT count(*) FROM recent_traffic").scalar() == 1
+        # A 5-minute slice each.
+        assert connection.exec_driver_sql("SELECT count(*) FROM recent_traffic").scalar() == 2
+
+
+def test_recent_slices_start_afresh_after_a_release_that_did_not_keep_them(
+    empty_engine: sa.Engine,
+) -> None:
+    """0021: down to 0020, the mark of where recent_traffic's slices are whole goes, the rows
+    stay for a server of the release before, whose own rows are not slices; back up, the job
+    starts the slices afresh, rather than trust them from where they began."""
+    at = datetime(2026, 3, 2, 12, 20, tzinfo=UTC)
+    _shown_before(empty_engine, at, [40, 30, 12, 8])
+    hourly_traffic.count_hours(engine=empty_engine, now=at - timedelta(minutes=20))
+
+    def marks() -> dict[str, datetime | None]:
+        with Session(empty_engine) as session:
+            found = hourly_traffic.marks(session)
+        return {"recent": found.recent, "slices": found.slices}
+
+    assert marks() == {"recent": at - timedelta(minutes=25), "slices": at - timedelta(minutes=80)}
+    migrate.downgrade(empty_engine, "0020")
+    assert marks() == {"recent": at - timedelta(minutes=25), "slices": None}
+    with empty_engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM recent_traffic").scalar() == 2
+    migrate.upgrade(empty_engine)
+    assert _diff(empty_engine) == []
+    hourly_traffic.count_hours(engine=empty_engine, now=at)
+    # Afresh from the hour the hourly mark reached, not from 11:00 where they first began.
+    assert marks() == {"recent": at - timedelta(minutes=5), "slices": at - timedelta(minutes=20)}
 
 
 def test_assignments_stored_before_0010_count_as_used_at_the_migration(
