@@ -287,9 +287,12 @@ def _slice_starts(start: datetime, until: datetime) -> list[datetime]:
 
 
 def _into_slice(moment: datetime) -> timedelta:
+    """How far into its SLICE `moment` is (a whole number of minutes, dividing the hour)."""
     moment = moment.astimezone(UTC)
     return timedelta(
-        minutes=moment.minute % 5, seconds=moment.second, microseconds=moment.microsecond
+        minutes=moment.minute % (SLICE // timedelta(minutes=1)),
+        seconds=moment.second,
+        microseconds=moment.microsecond,
     )
 
 
