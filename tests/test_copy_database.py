@@ -78,12 +78,14 @@ def source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
         engine = session.get_bind()
         assert isinstance(engine, sa.Engine)
         claim(engine, name="lifecycle", slot=1_700_000_000_000, holder="host-1", ahead_above=2**62)
-        # The demo week's hours, counted for the charts, with the mark of how far, and the hour
-        # since into recent_traffic: by the clock of the newest impression, which that stretch
-        # then holds. By the wall clock, a run from hh:05 to about hh:07 found no row of the hour
-        # yet (the demo's are 2.4 minutes apart) and left recent_traffic empty.
+        # The demo week's hours, counted for the charts, with the mark of how far, and half an
+        # hour after it into recent_traffic: as if the pass ran at that half hour of the demo's
+        # last whole hour, whose rows (2.4 minutes apart) fill every slice of it. By the newest
+        # impression's clock, it found no whole slice of the hour when that impression was in
+        # its first 5 minutes (init run from hh:00 to hh:05) and left recent_traffic empty.
         newest = session.execute(sa.select(sa.func.max(col(Impression.created_at)))).scalar_one()
-        counted = count_hours(engine=engine, now=newest + LAG + timedelta(microseconds=1))
+        half_hour = newest.replace(minute=0, second=0, microsecond=0) - timedelta(minutes=30)
+        counted = count_hours(engine=engine, now=half_hour + LAG)
         assert counted.hours > 0 and counted.recent_before is not None
         # SQL NULL, where the service's own writes leave JSON's null: both must arrive as they are.
         session.execute(sa.text("UPDATE variant SET audit = NULL WHERE id = 1"))
