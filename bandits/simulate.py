@@ -25,7 +25,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from bandits._validation import FloatArray, require_count
 from bandits.priors import empirical_bayes_prior
-from bandits.stats import summarize_exact
+from bandits.stats import best_and_loss_exact
 from bandits.thompson import BetaBernoulliTS
 from bandits.worlds import World
 
@@ -504,7 +504,8 @@ def _prob_truly_best(policy: Policy, rates: FloatArray) -> float:
     10 arms against 1.1 (a run of a million impressions checks ~100 times, 2 s in all)."""
     assert isinstance(policy, HasPosterior)
     alpha, beta = policy.posterior()
-    return float(summarize_exact(alpha, beta)["prob_best"][int(np.argmax(rates))])
+    best, _ = best_and_loss_exact(alpha, beta)
+    return float(best[int(np.argmax(rates))])
 
 
 # ---------------------------------------------------------------------------------------------
