@@ -136,28 +136,27 @@ def _from_rows(session: Session, ids: dict[str, list[int]], now: datetime) -> di
         return segments_history(session=session, variant_ids=ids, now=now)
 
 
-def _stored_hours(engine: sa.Engine) -> list[tuple[Any, ...]]:
+def _stored(
+    engine: sa.Engine, table: type[HourlyTraffic] | type[RecentTraffic], at: Any
+) -> list[tuple[Any, ...]]:
+    """`table`'s rows, (variant, `at`, impressions, conversions), in variant and `at` order."""
     with Session(engine) as session:
         return [
             tuple(row)
             for row in session.execute(
-                sa.select(HourlyTraffic.variant_id, HourlyTraffic.hour, HourlyTraffic.impressions)
-                .add_columns(col(HourlyTraffic.conversions))
-                .order_by(col(HourlyTraffic.variant_id), col(HourlyTraffic.hour))
+                sa.select(col(table.variant_id), at, col(table.impressions))
+                .add_columns(col(table.conversions))
+                .order_by(col(table.variant_id), at)
             )
         ]
+
+
+def _stored_hours(engine: sa.Engine) -> list[tuple[Any, ...]]:
+    return _stored(engine, HourlyTraffic, col(HourlyTraffic.hour))
 
 
 def _stored_recent(engine: sa.Engine) -> list[tuple[Any, ...]]:
-    with Session(engine) as session:
-        return [
-            tuple(row)
-            for row in session.execute(
-                sa.select(RecentTraffic.variant_id, RecentTraffic.start, RecentTraffic.impressions)
-                .add_columns(col(RecentTraffic.conversions))
-                .order_by(col(RecentTraffic.variant_id), col(RecentTraffic.start))
-            )
-        ]
+    return _stored(engine, RecentTraffic, col(RecentTraffic.start))
 
 
 def _rows_before_the_mark(engine: sa.Engine) -> tuple[int, int]:
