@@ -248,11 +248,7 @@ def _count_recent(session: Session, due: datetime) -> datetime | None:
     if start >= until:
         session.rollback()
         return found.recent
-    slices = {}
-    for begin in _slice_starts(start, until):
-        counts = _counts(session, begin, min(begin + SLICE - _into_slice(begin), until))
-        if counts[0] or counts[1]:
-            slices[begin] = counts
+    slices = _counts_by_slice(session, _slice_starts(start, until), until)
     if not slices:
         # Not moved past a stretch found empty: rows written into it later (the demo's) are
         # counted by the next pass, as _next_hour_with_rows leaves empty hours for them.
@@ -306,6 +302,42 @@ def _counts(session: Session, start: datetime, end: datetime) -> tuple[Counter[i
     # Ends the read's transaction: on SQLite the claim that follows must begin its own.
     session.rollback()
     return counts
+
+
+def _counts_by_slice(
+    session: Session, starts: list[datetime], until: datetime
+) -> dict[datetime, tuple[Counter[int], Counter[int]]]:
+    """Impressions and conversions per variant in each slice from `starts` (ascending, the last
+    ending at `until`), for the slices that hold any."""
+    found: dict[datetime, tuple[Counter[int], Counter[int]]] = {}
+    tables: tuple[type[Impression] | type[Event], ...] = (Impression, Event)
+    for part, table in enumerate(tables):
+        for variant_id, index, count in _per_variant_and_slice(session, table, starts, until):
+            found.setdefault(starts[index], (Counter(), Counter()))[part][variant_id] += count
+    # Ends the read's transaction: on SQLite the claim that follows must begin its own.
+    session.rollback()
+    return found
+
+
+def _per_variant_and_slice(
+    session: Session,
+    table: type[Impression] | type[Event],
+    starts: list[datetime],
+    until: datetime,
+) -> list[tuple[int, int, int]]:
+    """(variant id, index of its slice in `starts`, rows) for each that holds any: one grouped
+    query, not one a slice (an idle server's pass reads up to CATCH_UP of empty slices again)."""
+    created = col(table.created_at)
+    ends = [*starts[1:], until]
+    in_slice = sa.case(
+        *((created < end, index) for index, end in enumerate(ends)), else_=len(ends) - 1
+    ).label("slice")
+    rows = session.execute(
+        sa.select(col(table.variant_id), in_slice, sa.func.count())
+        .where(created >= starts[0], created < until)
+        .group_by(col(table.variant_id), in_slice)
+    )
+    return [(variant_id, index, count) for variant_id, index, count in rows]
 
 
 def _claim_and_store(

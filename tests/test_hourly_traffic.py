@@ -645,18 +645,40 @@ def test_a_recent_count_is_made_before_its_mark_is_claimed_and_stored_once(
     _store(session, [(variants[0], NOW - timedelta(minutes=m), None) for m in (6, 9, 16)])
     count_hours(engine=engine, now=NOW - timedelta(minutes=5))
     session.rollback()
-    per_variant = hourly_traffic._per_variant
+    per_variant_and_slice = hourly_traffic._per_variant_and_slice
     raced: list[bool] = []
 
     def another_pass_meanwhile(counting: Session, table: Any, *args: Any) -> Any:
-        found = per_variant(counting, table, *args)
+        found = per_variant_and_slice(counting, table, *args)
         if table is Event and not raced:
             raced.append(True)
             # Were the mark claimed already, this would wait for it (SQLite: a locked error).
             assert count_hours(engine=engine, now=NOW).recent_before == DUE
         return found
 
-    monkeypatch.setattr(hourly_traffic, "_per_variant", another_pass_meanwhile)
+    monkeypatch.setattr(hourly_traffic, "_per_variant_and_slice", another_pass_meanwhile)
     assert count_hours(engine=engine, now=NOW).recent_before == DUE
     assert raced
     assert [row[2] for row in _stored_recent(engine)] == [1, 1]
+
+
+def test_an_idle_servers_pass_reads_its_slices_in_one_query_a_table(
+    session: Session, engine: sa.Engine, variants: list[Variant]
+) -> None:
+    """The recent mark stays before a stretch found empty, so each pass of an idle server read
+    up to CATCH_UP of slices again, two statements a slice: 46 statements every 5 minutes."""
+    _store(session, [(variants[0], NOW - timedelta(minutes=16), None)])
+    count_hours(engine=engine, now=NOW)
+    statements: list[str] = []
+
+    def counted(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", counted)
+    try:
+        report = count_hours(engine=engine, now=NOW + hourly_traffic.CATCH_UP - 10 * MINUTE)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", counted)
+    assert report.hours == 1 and report.recent_before == DUE
+    grouped = [s for s in statements if "GROUP BY" in s]
+    assert len(grouped) == 4, grouped
