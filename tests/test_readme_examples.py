@@ -79,6 +79,13 @@ def test_the_readme_examples_from_creating_an_experiment_to_pausing_a_variant_wo
     assert [s["key"] for s in created["segments"]][-1] == "night-owls"
     first = api.get("/v1/experiments?limit=1").get_json()
     assert ([e["id"] for e in first["experiments"]], first["next_after"]) == ([1], 1)
+    # The audit row the brief's PATCH wrote is the one the README quotes (its key id made up).
+    # Before, it showed the brand voice going from none, which the example had created with one.
+    edits = api.get("/v1/experiments/2/audit?action=edit").get_json()["events"]
+    (brief_edit,) = [e for e in edits if e["numbers"]["fields"] == ["brand_voice", "product.price"]]
+    key_id = api.keys["admin"].split("_")[1]
+    quoted = brief_edit["reason"].replace(key_id, "3f9a1c2e5b7d9e01")
+    assert f"`{quoted}`" in " ".join(README.read_text().split())
 
 
 def test_the_readme_names_every_option_of_the_users_commands() -> None:
