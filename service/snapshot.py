@@ -1,10 +1,12 @@
 """Each worker's cached view of an experiment's posteriors, so a decision reads no variant rows.
 
 A view is reloaded from the database counters when it is older than the configured TTL, and dropped
-at once when this worker changes something the posterior depends on (a conversion, a status
-change). Impressions this worker records are applied to its view in memory, from the next block of
-posterior draws (bandits.blocks), so a burst of decisions between reloads does not keep favouring
-the same arm. Each decision's propensity comes with its draw, from the block it was drawn in.
+at once when this worker changes which copy is served (copy or a segment added, a status change,
+the guardrail's pause after conversions). Conversions, this worker's too, reach it at the next
+reload (see service.api.serving.events). Impressions this worker records are applied to its view
+in memory, from the next block of posterior draws (bandits.blocks), so a burst of decisions between
+reloads does not keep favouring the same arm. Each decision's propensity comes with its draw, from
+the block it was drawn in.
 """
 
 from __future__ import annotations
