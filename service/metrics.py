@@ -42,7 +42,9 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 EVENT_OUTCOMES = ("accepted", "duplicate", "rejected")
 JOB_STATUSES = ("succeeded", "failed", "cancelled")  # the finished ones (service.models.JobStatus)
 # The actions a lifecycle pass counts (service.lifecycle.apply_segment): every audit action but
-# "prior", which is recorded when copy is added, outside a pass.
+# those recorded outside a pass: "prior" when copy is added, "edit" when a marketer edits a
+# brief, "hold" by the job that found its brief too long (a pass writes one only where that job
+# ended unfinished, and its series appears then).
 LIFECYCLE_ACTIONS = ("pause", "retire", "declare_winner", "regenerate", "discount")
 
 
