@@ -3,6 +3,7 @@ the charts read from them exactly what they counted from the rows."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections.abc import Iterator
@@ -682,3 +683,156 @@ def test_an_idle_servers_pass_reads_its_slices_in_one_query_a_table(
     assert report.hours == 1 and report.recent_before == DUE
     grouped = [s for s in statements if "GROUP BY" in s]
     assert len(grouped) == 4, grouped
+
+
+def _expected(rows: list[tuple[int, datetime]], read: History) -> tuple[np.ndarray, np.ndarray]:
+    """`rows` (variant, created at) per variant and bucket of `read`'s grid, counted one by one in
+    Python, from its first bucket on (later than its end: the last bucket's), and those before."""
+    end = read.starts[-1] + read.width
+    in_buckets = np.zeros((len(read.variant_ids), len(read.starts)), dtype=np.int64)
+    before = np.zeros(len(read.variant_ids), dtype=np.int64)
+    for variant_id, at in rows:
+        if variant_id not in read.variant_ids:
+            continue
+        row = read.variant_ids.index(variant_id)
+        if at < read.starts[0]:
+            before[row] += 1
+            continue
+        bucket = next(
+            (i for i, start in enumerate(read.starts) if start <= at < start + read.width),
+            len(read.starts) - 1,
+        )
+        assert at < end or bucket == len(read.starts) - 1
+        in_buckets[row, bucket] += 1
+    return in_buckets, before
+
+
+def _arrivals(
+    rng: np.random.Generator, start: datetime
+) -> list[tuple[datetime, str, int, datetime]]:
+    """(committed at, "impression" or "conversion", variant's index, created at), in the order
+    they commit: impressions of the four variants, first shown 30 h, 30 h, 5 h and 20 minutes
+    before `start` and up to 10 h after it, stamped by hosts up to 2 minutes apart and committed
+    up to a minute later; a third of them converted, minutes to hours after."""
+    first_shown = [timedelta(hours=30), timedelta(hours=30), timedelta(hours=5), 20 * MINUTE]
+    arrivals = []
+    for index, since in enumerate(first_shown):
+        for _ in range(int(rng.integers(60, 120))):
+            shown = start - since + (since + timedelta(hours=10)) * float(rng.random())
+            skew = timedelta(minutes=float(rng.uniform(-2, 2)))
+            committed = shown + timedelta(seconds=float(rng.uniform(0, 60)))
+            arrivals.append((committed, "impression", index, shown + skew))
+            if rng.random() < 0.3:
+                converted = shown + timedelta(minutes=float(rng.exponential(40)))
+                arrivals.append((converted + MINUTE, "conversion", index, converted + skew))
+    return sorted(arrivals, key=lambda arrival: arrival[0])
+
+
+def _commit(
+    session: Session,
+    variants: list[Variant],
+    arrived: list[tuple[datetime, str, int, datetime]],
+    unconverted: dict[int, list[str]],
+) -> list[tuple[str, int, datetime]]:
+    """Store what `arrived`, with the variants' counters: a conversion converts the variant's
+    oldest impression not yet converted (one of its own if there is none). (impression or
+    conversion, variant, created at) of each row stored."""
+    stored = []
+    for _, kind, index, at in arrived:
+        variant = variants[index]
+        if kind == "impression" or not unconverted[index]:
+            impression_id = new_impression_id()
+            session.add(
+                Impression(
+                    id=impression_id,
+                    experiment_id=variant.experiment_id,
+                    segment_id=variant.segment_id,
+                    variant_id=variant.id,  # type: ignore[arg-type]
+                    propensity=0.5,
+                    policy="thompson",
+                    created_at=at,
+                )
+            )
+            unconverted[index].append(impression_id)
+            variant.impressions += 1
+            stored.append(("impression", variant.id, at))
+        if kind == "conversion":
+            session.flush()
+            session.add(
+                Event(
+                    impression_id=unconverted[index].pop(0),
+                    variant_id=variant.id,  # type: ignore[arg-type]
+                    type="conversion",
+                    created_at=at,
+                )
+            )
+            variant.conversions += 1
+            stored.append(("conversion", variant.id, at))
+    session.commit()
+    return stored  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("seed", [21, 22, 23])
+def test_every_charts_buckets_hold_the_rows_committed_so_far_whatever_the_passes(
+    session: Session, engine: sa.Engine, variants: list[Variant], seed: int
+) -> None:
+    """Rows come in as the clock goes on (_arrivals); passes run at any minute (hh:00 to hh:07
+    included), after gaps longer than CATCH_UP, twice at once, or stop at their budget; charts
+    are read at any moment, by a page whose clock is a few minutes off. Each bucket of each
+    chart (minutes, slices, hours, as a segment grows) holds exactly the rows of its span,
+    counted one by one in Python, and the buckets and the evidence before them add up to the
+    variant's counters. The other tests compare the charts with charts counted from the rows by
+    the same code; this one with Python's own count."""
+    rng = np.random.default_rng(seed)
+    start = NOW - timedelta(hours=9, minutes=float(rng.uniform(0, 60)))
+    arrivals = _arrivals(rng, start)
+    stored: dict[str, list[tuple[int, datetime]]] = {"impression": [], "conversion": []}
+    unconverted: dict[int, list[str]] = {index: [] for index in range(len(variants))}
+    ids = [v.id for v in variants]
+    asked = {"tea": ids[:2], "busy": ids[2:3], "one": ids[3:]}
+    clock = start - timedelta(hours=31)
+    passes, widths = 0, set()
+    while clock < start + timedelta(hours=10):
+        clock += MINUTE * int(rng.choice([1, 2, 3, 7, 11, 17, 29, 61, 150]))
+        arrived = [arrival for arrival in arrivals if arrival[0] <= clock]
+        arrivals = arrivals[len(arrived) :]
+        for kind, variant_id, at in _commit(session, variants, arrived, unconverted):
+            stored[kind].append((variant_id, at))
+        if clock < start - HOUR:
+            continue
+        # Most passes on time, some at the top of the hour, some run twice or cut short.
+        at = clock
+        if rng.random() < 0.3:
+            at = at.replace(minute=int(rng.integers(0, 8)), second=int(rng.integers(0, 60)))
+        if rng.random() < 0.2:
+            # A second between each look at the clock: one hour counted, then stopped.
+            ticks = itertools.count().__next__
+            count_hours(engine=engine, now=at, budget=timedelta(seconds=1.5), clock=ticks)
+        else:
+            count_hours(engine=engine, now=at)
+        if rng.random() < 0.2:
+            count_hours(engine=engine, now=at)
+        passes += 1
+        seen = clock + timedelta(minutes=float(rng.uniform(-3, 3)))
+        read = _histories(session, variants, seen)
+        counters = {v.id: (v.impressions, v.conversions) for v in variants}
+        for key, variant_ids in asked.items():
+            got = read[key]
+            widths.add(got.width)
+            impressions, before = _expected(stored["impression"], got)
+            conversions, converted_before = _expected(stored["conversion"], got)
+            context = (seed, clock, seen, key, got.width)
+            assert np.array_equal(got.impressions, impressions), context
+            assert np.array_equal(got.conversions, conversions), context
+            assert got.earlier_impressions.tolist() == before.tolist(), context
+            assert got.earlier_conversions.tolist() == converted_before.tolist(), context
+            added_up = zip(
+                got.earlier_impressions + got.impressions.sum(axis=1),
+                got.earlier_conversions + got.conversions.sum(axis=1),
+                strict=True,
+            )
+            assert list(added_up) == [counters[v] for v in variant_ids], context
+    # Not vacuous: hours and slices were counted, and the charts were of every kind.
+    assert passes > 10 and _stored_hours(engine) and _stored_recent(engine)
+    assert {MINUTE, HOUR, 3 * HOUR} <= widths
+    assert widths & {5 * MINUTE, 15 * MINUTE, 30 * MINUTE}
