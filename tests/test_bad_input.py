@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
+from gunicorn.http.body import Body, ChunkedReader
+from gunicorn.http.unreader import IterUnreader
 from sqlmodel import Session, func, select
 
 from service import schemas
@@ -62,7 +64,7 @@ class Raw:
     def post(
         self,
         path: str,
-        data: str | bytes | None,
+        data: str | bytes | BinaryIO | None,
         content_type: str | None = "application/json",
         *,
         chunked: bool = False,
@@ -78,19 +80,20 @@ class Raw:
         path = path.replace(EXPERIMENT, str(self.experiment_id))
         if chunked:
             # No Content-Length; the server says it ends the input itself, as gunicorn does.
-            body = data.encode() if isinstance(data, str) else data or b""
+            # A stream given is the server's own reader, handed to the app as it is.
+            given = {"wsgi.input": data} if hasattr(data, "read") else {}
             return self.client.post(
                 path,
-                input_stream=io.BytesIO(body),
+                input_stream=io.BytesIO(b"" if given else _encoded(data)),  # type: ignore[arg-type]
                 headers={**headers, "Transfer-Encoding": "chunked"},
-                environ_overrides={"wsgi.input_terminated": True},
+                environ_overrides={"wsgi.input_terminated": True, **given},
             )
         return self.client.post(path, data=data, headers=headers)
 
     def refused(
         self,
         path: str,
-        data: str | bytes | None,
+        data: str | bytes | BinaryIO | None,
         status: int,
         error: str | None = None,
         content_type: str | None = "application/json",
@@ -103,6 +106,10 @@ class Raw:
         body = _assert_json_error(response, status, error)
         assert _snapshot(self.session) == before
         return body
+
+
+def _encoded(data: str | bytes | None) -> bytes:
+    return data.encode() if isinstance(data, str) else data or b""
 
 
 @pytest.fixture
@@ -187,6 +194,24 @@ def test_a_chunked_body_under_the_limit_is_read_whole(raw: Raw, path: str) -> No
     padded = _valid_body(path) + " " * (MIB - 200)
     response = raw.post(path, padded, chunked=True)
     assert response.status_code in (200, 201), response.get_json()
+
+
+# Chunked bodies whose framing is broken, as gunicorn's reader hands them to the app.
+BROKEN_CHUNKS = {
+    "chunk-size": b"zz\r\n{}\r\n0\r\n\r\n",
+    "chunk-terminator": b"2\r\n{}XX0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("framing", list(BROKEN_CHUNKS.values()), ids=list(BROKEN_CHUNKS))
+def test_a_chunked_body_broken_in_its_framing_is_400(raw: Raw, path: str, framing: bytes) -> None:
+    # gunicorn's reader raises its own ParseException on the body's first read, which no handler
+    # knew: a client's malformed request was a 500, logged as a bug with its traceback.
+    gunicorns_reader: Any = Body(ChunkedReader(None, IterUnreader([framing])))
+    body = raw.refused(path, gunicorns_reader, 400, "bad_request", chunked=True)
+    assert body["field"] == "body"
+    assert body["message"].startswith("the body's chunked framing is broken: Invalid chunk")
 
 
 @pytest.mark.parametrize(
