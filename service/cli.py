@@ -1050,6 +1050,13 @@ def purge(older_than: str, batch_size: int) -> None:
 
 def _postgresql_url(value: str) -> str:
     """The --to URL, pinned to psycopg 3 as COPYBANDIT_DATABASE_URL is."""
+    if any("\ud800" <= char <= "\udfff" for char in value):
+        # Bytes the command line could not read as UTF-8 (a password typed in another encoding):
+        # no driver encodes them, and the copy ended in a traceback. Not shown, as the settings'
+        # URL is not: it may hold a password.
+        raise click.BadParameter(
+            "holds bytes that are not UTF-8; check the terminal's encoding", param_hint="--to"
+        )
     url = normalize_database_url(value)
     if not is_postgresql_url(url):
         raise click.BadParameter(

@@ -255,6 +255,18 @@ def test_a_target_that_is_not_a_postgresql_url_is_one_line(
     assert not (tmp_path / "source.db").exists()
 
 
+def test_a_target_url_holding_bytes_that_are_not_utf8_is_one_line_not_showing_it(
+    source: str,
+) -> None:
+    # A password typed in another encoding: Python keeps its bytes as lone surrogates, which the
+    # driver could not encode, and the command ended in a traceback.
+    result = run("copy-database", "--to", "postgresql://shop:s\udcffcret@127.0.0.1/shop")
+
+    assert result.exit_code == 2
+    assert "Invalid value for --to: holds bytes that are not UTF-8" in result.output
+    assert "cret" not in result.output
+
+
 def test_a_target_that_cannot_be_reached_is_one_line_naming_the_option(source: str) -> None:
     result = run("copy-database", "--to", "postgresql://postgres@127.0.0.1:1/nowhere")
 
