@@ -179,7 +179,10 @@ def init_app(app: Flask) -> None:
             raise ServiceUnavailable(
                 f"this worker cannot record its metrics: {type(exc).__name__}: {exc}"
             ) from None
-        return Response(text, mimetype=CONTENT_TYPE_LATEST)
+        # As content_type, which is sent as given: as mimetype, a text/ type gets Flask's charset
+        # appended to the one CONTENT_TYPE_LATEST has, and Prometheus 3 fails a scrape whose
+        # Content-Type names a parameter twice.
+        return Response(text, content_type=CONTENT_TYPE_LATEST)
 
     # A plain Flask rule, like "/": not part of the JSON API's OpenAPI document.
     app.add_url_rule("/metrics", "metrics", scrape)

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST
+
 from service.metrics import MULTIPROC_ENV
 
 
@@ -43,6 +45,16 @@ def test_metrics_count_decisions_events_and_responses(
     assert delta('copybandit_request_seconds_count{route="/v1/decide"}') == 2
     for name in ("copybandit_lifecycle_actions", "copybandit_generation_jobs"):
         assert f"# TYPE {name}_total counter" in after
+
+
+def test_metrics_name_their_content_type_once(client: Any) -> None:
+    # Flask appended its own charset to prometheus_client's, which has one: "text/plain;
+    # version=1.0.0; charset=utf-8; charset=utf-8". Go's mime.ParseMediaType refuses a parameter
+    # named twice, and Prometheus 3 fails a scrape whose Content-Type it cannot parse.
+    content_type = client.get("/metrics").headers["Content-Type"]
+    assert content_type == CONTENT_TYPE_LATEST
+    names = [part.split("=")[0].strip() for part in content_type.split(";")[1:]]
+    assert len(names) == len(set(names)), content_type
 
 
 def test_metrics_need_no_key_and_show_no_copy_or_ids(
