@@ -49,6 +49,7 @@ def parse_json_body(*, optional: bool = False) -> None:
         return
     if optional and not request.content_length and "Transfer-Encoding" not in request.headers:
         return
+    _refuse_a_coded_body()
     if not request.is_json:
         raise APIError(
             "send a JSON body with 'Content-Type: application/json'",
@@ -67,6 +68,24 @@ def parse_json_body(*, optional: bool = False) -> None:
             f"malformed JSON: {cause}", field="body", code="malformed_json"
         ) from None
     _refuse_a_body_that_is_not_an_object(body)
+
+
+def _refuse_a_coded_body() -> None:
+    """A body sent compressed is a 415 naming Content-Encoding (RFC 9110, 15.5.16): no coding is
+    read here, so a gzipped body was parsed as it came, a 400 "malformed JSON: ... byte 0x8b"
+    naming the body, where the fault was the coding; and one labelled br that was plain JSON
+    after all was acted on."""
+    codings = [
+        coding.strip().lower()
+        for coding in request.headers.get("Content-Encoding", "").split(",")
+        if coding.strip()
+    ]
+    if any(coding != "identity" for coding in codings):
+        raise APIError(
+            f"send the body uncompressed: Content-Encoding {', '.join(codings)} is not read here",
+            field="Content-Encoding",
+            code="unsupported_media_type",
+        ).with_status(415)
 
 
 _JSON_TYPE_NAMES = {str: "a string", list: "an array", bool: "a boolean", type(None): "null"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 from typing import Any, BinaryIO
@@ -193,6 +194,47 @@ def test_a_chunked_body_over_one_mib_is_413_even_when_its_first_mib_is_valid(
 def test_a_chunked_body_under_the_limit_is_read_whole(raw: Raw, path: str) -> None:
     padded = _valid_body(path) + " " * (MIB - 200)
     response = raw.post(path, padded, chunked=True)
+    assert response.status_code in (200, 201), response.get_json()
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("coding", ["gzip", "br"])
+def test_a_compressed_body_is_415_naming_content_encoding(
+    raw: Raw, api: Any, path: str, coding: str
+) -> None:
+    # The coding was not read: gzip was "malformed JSON: ... byte 0x8b", naming the body, and a
+    # body labelled br that was plain JSON after all was acted on.
+    plain = _valid_body(path).replace(EXPERIMENT, str(raw.experiment_id))
+    plain = plain.replace(IMPRESSION, raw.impression_id)
+    data = gzip.compress(plain.encode()) if coding == "gzip" else plain.encode()
+    before = _snapshot(raw.session)
+    response = raw.client.post(
+        path,
+        data=data,
+        headers={
+            "Authorization": f"Bearer {raw.key}",
+            "Content-Type": "application/json",
+            "Content-Encoding": coding,
+        },
+    )
+    body = _assert_json_error(response, 415, "unsupported_media_type")
+    assert body["field"] == "Content-Encoding"
+    assert coding in body["message"]
+    assert _snapshot(raw.session) == before
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_body_said_to_be_uncoded_is_read(raw: Raw, api: Any, path: str) -> None:
+    plain = _valid_body(path).replace(EXPERIMENT, str(raw.experiment_id))
+    response = raw.client.post(
+        path,
+        data=plain.replace(IMPRESSION, raw.impression_id),
+        headers={
+            "Authorization": f"Bearer {raw.key}",
+            "Content-Type": "application/json",
+            "Content-Encoding": "identity",
+        },
+    )
     assert response.status_code in (200, 201), response.get_json()
 
 
