@@ -1244,6 +1244,53 @@ def test_long_unbroken_text_wraps_inside_the_window(page: Page, site: Site) -> N
         assert scroll_width <= window_width, (path, scroll_width, window_width)
 
 
+def test_every_page_fits_a_phone(page: Page, site: Site) -> None:
+    """At 375 px the header squeezed the email to one letter a line and pushed Sign out past the
+    window, the tables widened every page (the variants table to 772 px, its copy four letters a
+    line and its buttons one), and the charts ran off the edge. Now the page keeps the window's
+    width: the header wraps, a table scrolls sideways in its own box, a chart scales down."""
+    eid, _ = make_experiment(
+        site,
+        active={"tea-lovers": ["Wherever the weekend takes you, the Aurora kettle is ready."]},
+        pending={"tea-lovers": ["The Aurora kettle boils in three minutes flat."]},
+    )
+    page.set_viewport_size({"width": 375, "height": 800})
+    for path in [
+        "/dashboard/",
+        f"/dashboard/experiments/{site.demo_id}",
+        f"/dashboard/experiments/{eid}/review",
+        f"/dashboard/experiments/{site.demo_id}/audit",
+        "/dashboard/experiments/new",
+    ]:
+        page.goto(path)
+        scroll_width, window_width = page.evaluate(
+            "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+        )
+        assert scroll_width <= window_width, (path, scroll_width, window_width)
+        sign_out = page.get_by_role("button", name="Sign out").bounding_box()
+        assert sign_out is not None and sign_out["x"] + sign_out["width"] <= 375, path
+        who = page.locator("header .who")
+        assert who.evaluate("e => e.getClientRects().length") == 1
+        assert who.evaluate("e => e.getBoundingClientRect().height") < 30, path
+
+    page.goto(f"/dashboard/experiments/{site.demo_id}")
+    for box in page.locator("figure.chart > svg").evaluate_all(
+        "svgs => svgs.map(s => s.getBoundingClientRect().right)"
+    ):
+        assert box <= 375
+    # The copy keeps a reading width, and a button's word stays whole (one line of text high).
+    widths = page.locator("table.variants td.copy").evaluate_all(
+        "tds => tds.map(td => td.getBoundingClientRect().width)"
+    )
+    assert widths and min(widths) >= 150, widths
+    pause = page.get_by_role("button", name=re.compile(r"^Pause #")).first
+    pause.focus()
+    box = pause.bounding_box()
+    assert box is not None and box["height"] < 40, box
+    # Reached by the keyboard, the button scrolls its table's box into view.
+    assert box["x"] >= 0 and box["x"] + box["width"] <= 375, box
+
+
 def test_a_variants_origin_is_never_split_across_lines(page: Page, site: Site) -> None:
     """The id column is narrow, and letting every cell wrap at any letter let the table squeeze
     it: at 1280 px the README's screenshot showed "generate" over "d"."""
