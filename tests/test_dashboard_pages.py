@@ -5229,6 +5229,29 @@ def test_the_add_segment_form_adds_one_last_and_a_taken_key_is_refused(
     assert list(marked) == ["key"] and marked["key"]["aria-describedby"] == "form-error"
 
 
+def test_the_add_segment_form_says_a_bad_keys_rule_in_words_and_keeps_what_was_typed(
+    dash: Dashboard, app: Any, experiment: dict[str, Any]
+) -> None:
+    """A key with capitals or a space was refused with pydantic's pattern ("String should match
+    pattern '^[a-z0-9][a-z0-9_-]{0,39}$'"); the New experiment form says the rule in words."""
+    before = stored(app)
+    refused = dash.post(
+        f"/dashboard/experiments/{experiment['id']}/segments",
+        {"key": "Night Owls", "description": "Shop after midnight 🌙"},
+    )
+    assert refused.status_code == 400
+    assert stored(app) == before
+    html = refused.get_data(as_text=True)
+    assert error_text(refused) == (
+        "key: the key must be lower-case letters, digits, - or _, up to 40 characters, "
+        "starting with a letter or digit"
+    )
+    assert "pattern" not in html
+    marked = marked_invalid(html)
+    assert list(marked) == ["key"] and marked["key"]["value"] == "Night Owls"
+    assert ">Shop after midnight 🌙</textarea>" in html
+
+
 def test_the_experiment_page_marks_no_brief_box_before_a_form_is_sent(
     dash: Dashboard, experiment: dict[str, Any]
 ) -> None:

@@ -20,13 +20,14 @@ from service.brief_edits import (
 from service.dashboard.blueprint import bp, flash_about_segment, validated
 from service.dashboard.blueprint import invalidate as invalidate_snapshot
 from service.dashboard.experiment_pages import (
+    KEY_RULE,
     back_to,
     box_for,
     form_price,
     refused_form,
 )
 from service.edit_audit import SHOWN_CHARS
-from service.errors import APIError, Conflict, cut, quoted, spelled_out
+from service.errors import APIError, Conflict, InvalidInput, cut, quoted, spelled_out
 from service.experiments import get_experiment
 from service.models import Experiment
 from service.schemas import ExperimentPatch, SegmentIn, SegmentPatch
@@ -170,7 +171,12 @@ def new_segment(experiment_id: int) -> Response | tuple[str, int]:
             session=db.session(), experiment_id=experiment_id, segment_in=body, by=_by_marketer()
         )
     except APIError as exc:
-        return refused_form(experiment_id, "add-segment", exc, exc.field)
+        refusal = exc
+        if isinstance(exc, InvalidInput) and exc.field == "key":
+            # pydantic's words were the pattern itself ("String should match pattern
+            # '^[a-z0-9]…'"): the rule as the New experiment form says it.
+            refusal = InvalidInput(f"key: {KEY_RULE}", field="key")
+        return refused_form(experiment_id, "add-segment", refusal, exc.field)
     invalidate_snapshot(experiment_id)
     flash_about_segment(
         f"Added segment {segment.key}. It has no copy yet: add some by hand or have the model "

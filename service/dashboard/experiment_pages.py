@@ -641,14 +641,14 @@ def _check_segment_line(number: int, segment: dict[str, str]) -> None:
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         if first["loc"][0] == "key":
-            raise _segment_line_error(number, _KEY_RULE) from None
+            raise _segment_line_error(number, KEY_RULE) from None
         # pydantic says "String should have at least 1 character": the string is the description.
         problem = in_words(first).removeprefix("String ")
         raise _segment_line_error(number, f"the description after the colon {problem}") from None
 
 
 # SegmentKey's pattern, for people.
-_KEY_RULE = (
+KEY_RULE = (
     "the key must be lower-case letters, digits, - or _, up to 40 characters, "
     "starting with a letter or digit"
 )
