@@ -2710,6 +2710,32 @@ def test_review_queue_lists_pending_copy_with_lint_findings(
     assert re.search(rf'<a href="/dashboard/experiments/{eid}/review"[^>]*>3</a>', listing)
 
 
+def test_a_long_review_queue_is_counted_with_thousands_separators(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """The counts beside every other figure have separators: "Review queue (1200)" and a "To
+    review" link reading 1200 did not, while the link's own label said "1,200 variants"."""
+    eid = experiment["id"]
+    with Session(app.extensions["copybandit.engine"]) as session:
+        segment = session.exec(
+            select(Segment).where(Segment.experiment_id == eid, Segment.key == "tea-lovers")
+        ).one()
+        session.add_all(
+            Variant(
+                experiment_id=eid,
+                segment_id=segment.id,  # type: ignore[arg-type]
+                text=f"Aurora kettle, line {i}.",
+                origin=Origin.GENERATED.value,
+                status=VariantStatus.PENDING_REVIEW.value,
+            )
+            for i in range(1200)
+        )
+        session.commit()
+    assert "Review queue (1,200)" in dash.html(f"/dashboard/experiments/{eid}")
+    listing = dash.html("/dashboard/")
+    assert re.search(rf'<a href="/dashboard/experiments/{eid}/review"[^>]*>1,200</a>', listing)
+
+
 def test_an_empty_review_queue_says_so(dash: Dashboard, experiment: dict[str, Any]) -> None:
     assert "Nothing is waiting for review." in dash.html(
         f"/dashboard/experiments/{experiment['id']}/review"
