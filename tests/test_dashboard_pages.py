@@ -1722,6 +1722,14 @@ def test_new_experiment_form_creates_one(app: Any, dash: Dashboard, session: Ses
     assert created.product_url == "https://shop.example.com/aurora"
 
 
+def test_the_price_is_shown_with_thousands_separators(dash: Dashboard) -> None:
+    """Every count on the page has separators; the price read "12499.00"."""
+    response = dash.post("/dashboard/experiments/new", experiment_form(price="12499"))
+    assert response.status_code == 303
+    product = texts(dash.html(location(response)), "p", class_="product")
+    assert product == ["Aurora kettle · 12,499.00 — A 1.7 l glass kettle."]
+
+
 def _post_chunked(dash: Dashboard, path: str, body: bytes) -> Any:
     # No Content-Length; the server says it ends the input itself, as gunicorn does.
     return dash.client.post(
