@@ -1722,6 +1722,21 @@ def test_new_experiment_form_creates_one(app: Any, dash: Dashboard, session: Ses
     assert created.product_url == "https://shop.example.com/aurora"
 
 
+def test_a_segments_totals_say_one_impression_and_one_conversion(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """A segment's first decision read "1 impressions · 1 conversions"."""
+    first, *rest = variant_ids(experiment, "tea-lovers")
+    set_counts(app, {first: (1, 1)} | {v: (0, 0) for v in rest})
+    busy = variant_ids(experiment, "busy-parents")
+    set_counts(app, {busy[0]: (1_200, 0)} | {v: (0, 0) for v in busy[1:]})
+    html = dash.html(f"/dashboard/experiments/{experiment['id']}")
+    tea = texts(section(html, "tea-lovers"), "p", class_="totals")
+    assert tea[0].startswith("1 impression · 1 conversion · "), tea
+    busy_parents = texts(section(html, "busy-parents"), "p", class_="totals")
+    assert busy_parents[0].startswith("1,200 impressions · 0 conversions · "), busy_parents
+
+
 def test_the_price_is_shown_with_thousands_separators(dash: Dashboard) -> None:
     """Every count on the page has separators; the price read "12499.00"."""
     response = dash.post("/dashboard/experiments/new", experiment_form(price="12499"))
