@@ -30,7 +30,8 @@ def sign_in() -> Response | tuple[str, int] | tuple[str, int, dict[str, str]] | 
     wait = limits.wait(email=email, address=request.remote_addr)
     if wait > 0:
         seconds = retry_after_header(wait)
-        error = f"Too many wrong passwords. Try again in {seconds} seconds."
+        unit = "second" if seconds == "1" else "seconds"
+        error = f"Too many wrong passwords. Try again in {seconds} {unit}."
         page = render_template("sign_in.html", next=target, email=email, error=error)
         return page, 429, {"Retry-After": seconds}
     marketer = check_credentials(
