@@ -91,6 +91,10 @@ EMAIL = "ana@example.com"
 PASSWORD = "correct-horse-battery"
 
 SCRIPT_TEXT = "<script>alert(1)</script>"
+PRICE_RULE = (
+    "product.price: must be a number written like 1299.50, with a decimal point and "
+    "no currency sign or thousands separator"
+)
 IMG_TEXT = "<img src=x onerror=alert(1)>"
 
 # The literal format is pinned in test_dashboard_pages.py; here the browser download must match.
@@ -1408,11 +1412,11 @@ def test_a_refused_new_experiment_puts_the_cursor_in_the_box_to_fix(page: Page) 
     page.get_by_label("Segments, one per line").fill("tea-lovers: Brew loose-leaf tea daily.")
     page.get_by_role("button", name="Create experiment").click()
 
-    expect(page.get_by_role("alert")).to_have_text("product.price: must be a number")
+    expect(page.get_by_role("alert")).to_have_text(PRICE_RULE)
     price = page.get_by_label("Price (optional)")
     expect(price).to_be_focused()
     expect(price).to_have_value("forty-nine")
-    expect(price).to_have_accessible_description("product.price: must be a number")
+    expect(price).to_have_accessible_description(PRICE_RULE)
     expect(price).to_have_attribute("aria-invalid", "true")
     # Typing goes straight into the box.
     page.keyboard.press("ControlOrMeta+a")

@@ -1889,14 +1889,23 @@ def test_a_name_refused_for_a_bidi_override_is_kept_on_the_form(dash: Dashboard)
     assert f'value="{typed}"' in response.get_data(as_text=True)
 
 
-def test_a_price_with_an_underscore_is_refused_with_what_was_typed_kept(
-    app: Any, dash: Dashboard
+PRICE_RULE = (
+    "product.price: must be a number written like 1299.50, with a decimal point and "
+    "no currency sign or thousands separator"
+)
+
+
+@pytest.mark.parametrize("typed", ["1_000", "49,50", "1,299.00", "$49", "49 €"])
+def test_a_price_not_written_as_digits_and_a_point_is_refused_saying_how_with_what_was_typed_kept(
+    app: Any, dash: Dashboard, typed: str
 ) -> None:
+    """The error said "must be a number" to someone who had typed one, with a thousands
+    separator, a decimal comma or a currency sign; it says how a price is written."""
     before = stored(app)
-    response = dash.post("/dashboard/experiments/new", experiment_form(price="1_000"))
+    response = dash.post("/dashboard/experiments/new", experiment_form(price=typed))
     assert response.status_code == 400
-    assert error_text(response) == "product.price: must be a number"
-    assert 'value="1_000"' in response.get_data(as_text=True)
+    assert error_text(response) == PRICE_RULE
+    assert f'value="{typed}"' in response.get_data(as_text=True)
     assert stored(app) == before
 
 

@@ -629,7 +629,13 @@ def form_price(text: str) -> float | None:
     """The price box's text as a number; empty is none."""
     text = text.strip()
     if text and not _PRICE.fullmatch(text):
-        raise InvalidInput("product.price: must be a number", field="product.price")
+        # "must be a number" alone, to someone who typed "$49", "1,299.00" or (in much of Europe,
+        # and on a phone's decimal keypad there) "49,50", did not say what was wrong.
+        raise InvalidInput(
+            "product.price: must be a number written like 1299.50, with a decimal point and "
+            "no currency sign or thousands separator",
+            field="product.price",
+        )
     return float(text) if text else None
 
 
