@@ -2102,6 +2102,13 @@ def test_segment_line_without_colon_names_the_line(dash: Dashboard) -> None:
             "\ntea-lovers: Brew tea.\nbusy-parents: Need hot\x01water.",
             "segments, line 3: the description after the colon must not contain control characters",
         ),
+        # Said in the box's words, not pydantic's "List should have at least 1 item after
+        # validation, not 0" and "at most 50 items after validation, not 51".
+        (" \n\n \n", "segments: write at least one line, as 'key: description'"),
+        (
+            "\n".join(f"segment-{i}: Shopper {i}." for i in range(51)),
+            "segments: 51 lines, where an experiment has at most 50",
+        ),
     ],
 )
 def test_a_bad_segment_line_is_named_by_the_line_the_marketer_sees(

@@ -63,6 +63,7 @@ from service.policy import LifecyclePolicy
 from service.query import refuse_repeated_parameters
 from service.reports import experiment_report, segment_report, serving_winners
 from service.schemas import (
+    MAX_SEGMENTS,
     ExperimentCreate,
     GenerateIn,
     SegmentIn,
@@ -610,6 +611,17 @@ def _experiment_fields(form: dict[str, str]) -> dict[str, Any]:
             raise _segment_line_error(number, problem)
         first_line[segment["key"]] = number
         segments.append(segment)
+    # Counted here, in the box's words: pydantic's were "List should have at least 1 item after
+    # validation, not 0" (a box of blank lines) and "at most 50 items ..., not 51".
+    if not segments:
+        raise InvalidInput(
+            "segments: write at least one line, as 'key: description'", field="segments"
+        )
+    if len(segments) > MAX_SEGMENTS:
+        raise InvalidInput(
+            f"segments: {len(segments)} lines, where an experiment has at most {MAX_SEGMENTS}",
+            field="segments",
+        )
     price = form_price(form.get("price", ""))
     return {
         "name": form.get("name", ""),
