@@ -1321,6 +1321,39 @@ def test_a_variants_origin_is_never_split_across_lines(page: Page, site: Site) -
     assert lines == [1, 1, 1], lines
 
 
+def test_a_variants_status_words_are_never_split(page: Page, site: Site) -> None:
+    """At 768 px (a tablet) the variants table is squeezed to its narrowest, and its status cell
+    wrapped at any letter: "pendin" over "g review", "generat" over "ed by job 1"."""
+    eid, _ = make_experiment(
+        site,
+        active={"tea-lovers": ["Wherever the weekend takes you, the Aurora kettle is ready."]},
+        pending={"tea-lovers": ["The Aurora kettle boils in three minutes flat, every morning."]},
+    )
+    page.set_viewport_size({"width": 768, "height": 900})
+    page.goto(f"/dashboard/experiments/{eid}")
+    statuses = page.locator("table.variants td.status")
+    expect(statuses).to_have_count(2)
+    # Each word's own lines: 1 where it is whole; a word broken in two spans two.
+    split = statuses.evaluate_all(
+        """tds => tds.flatMap(td => {
+            const found = [];
+            const walker = document.createTreeWalker(td, NodeFilter.SHOW_TEXT);
+            for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+                for (const match of node.textContent.matchAll(/\\S+/g)) {
+                    const range = document.createRange();
+                    range.setStart(node, match.index);
+                    range.setEnd(node, match.index + match[0].length);
+                    found.push([match[0], range.getClientRects().length]);
+                }
+            }
+            return found;
+        })"""
+    )
+    words = [word for word, _ in split]
+    assert {"pending", "review", "active"} <= set(words), words
+    assert [word for word, lines in split if lines != 1] == [], split
+
+
 def test_an_audit_rows_action_is_never_split_across_lines(page: Page, site: Site) -> None:
     """The action column is narrow, and a reason beside it took the width: at 1300 px a live
     run's audit page showed "regener" over "ate" on every regenerate row, and at 1280 px
