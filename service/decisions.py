@@ -12,7 +12,7 @@ from sqlmodel import Session, col, select
 
 from service.config import Settings
 from service.db import insert_for, rows_changed
-from service.errors import Conflict
+from service.errors import Conflict, quoted
 from service.identity import hash_user_id, new_impression_id
 from service.models import (
     ASSIGNMENT_USE_NOTED_EVERY,
@@ -82,11 +82,11 @@ def decide(
     )
     arms = view.segment(decide_in.segment)
     if not arms.variant_ids:
-        message = f"segment {arms.key!r} has no active variant"
+        message = f"segment {quoted(arms.key)} has no active variant"
         if decide_in.segment is not None and decide_in.segment != arms.key:
             message = (
-                f"neither segment {decide_in.segment!r} nor the default segment {arms.key!r} "
-                "has an active variant"
+                f"neither segment {quoted(decide_in.segment)} nor the default segment"
+                f" {quoted(arms.key)} has an active variant"
             )
         # A request that named no segment sent no field at fault: its experiment has no live copy.
         at_fault = "segment" if decide_in.segment is not None else None

@@ -439,6 +439,20 @@ def test_segment_without_active_variants_is_409(api: Any, session: Session) -> N
     assert session.exec(select(sa.func.count()).select_from(Impression)).one() == 0
 
 
+def test_a_segment_named_with_an_invisible_character_is_quoted_as_people_read_it(
+    api: Any, session: Session
+) -> None:
+    """repr() wrote a no-break space as \\xa0, which a dashboard or log reader sees as four
+    characters; the service's other messages spell it as its code point."""
+    created = api.create_experiment(name="Nothing to serve yet")
+    response = _post_decide(api, {"experiment": created["id"], "segment": "busy\u00a0parents"})
+    _assert_refused(response, 409, "no_active_variant", "segment")
+    assert response.get_json()["message"] == (
+        "neither segment 'busy[U+00A0]parents' nor the default segment 'tea-lovers' has an"
+        " active variant"
+    )
+
+
 def test_no_active_variant_without_a_segment_names_no_field(api: Any, session: Session) -> None:
     """The request sent no segment, so no field of it is at fault: the experiment has no copy."""
     created = api.create_experiment(name="Nothing to serve yet")
