@@ -571,7 +571,23 @@ class JobPath(Request):
     job_id: DbId
 
 
+# The header of a 201 (what was created) and of generate's 202 (its job), as documented.
+LOCATION_HEADER = {
+    "Location": {
+        "description": "where what was created (or the job) is read",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+}
+
+
 class JobAccepted(BaseModel):
+    # Only ever generate's 202, so its Location is documented with the model: a response given
+    # as a dict, as common.located gives one, leaves its model out of the components.
+    model_config = ConfigDict(
+        openapi_extra={"headers": LOCATION_HEADER}  # type: ignore[typeddict-unknown-key]
+    )
+
     job_id: int
     status: JobStatus
 

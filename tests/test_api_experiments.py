@@ -74,6 +74,38 @@ def test_create_returns_201_with_everything_stored(api: Any) -> None:
     assert {**shown, "created_at": None} == {**created, "created_at": None}
 
 
+def test_what_a_post_creates_is_where_its_location_says(api: Any) -> None:
+    """A 201 named no Location (RFC 9110, 15.3.2), so a client built each path from the body."""
+    response = api.post(
+        "/v1/experiments",
+        json={
+            "name": "Located",
+            "product": {"name": "Aurora kettle", "description": "A 1.7 l glass kettle."},
+            "segments": [{"key": "tea-lovers", "description": "Brew loose-leaf tea daily."}],
+        },
+    )
+    assert response.status_code == 201
+    experiment_id = response.get_json()["id"]
+    assert response.headers["Location"] == f"/v1/experiments/{experiment_id}"
+    assert api.get(response.headers["Location"]).get_json() == response.get_json()
+
+    response = api.post(
+        f"/v1/experiments/{experiment_id}/segments",
+        json={"key": "night_owls", "description": "Brew after midnight."},
+    )
+    assert response.status_code == 201
+    assert response.headers["Location"] == f"/v1/experiments/{experiment_id}/segments/night_owls"
+    assert api.get(response.headers["Location"]).get_json()["key"] == "night_owls"
+
+    response = api.post(
+        f"/v1/experiments/{experiment_id}/variants",
+        json={"segment": "night_owls", "text": "Tea at midnight, ready in three minutes."},
+    )
+    assert response.status_code == 201
+    assert response.headers["Location"] == f"/v1/variants/{response.get_json()['id']}"
+    assert api.get(response.headers["Location"]).get_json() == response.get_json()
+
+
 def test_created_at_is_utc_and_reads_back_unchanged(api: Any) -> None:
     created = api.create_experiment()
     shown = api.get(f"/v1/experiments/{created['id']}").get_json()

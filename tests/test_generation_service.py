@@ -72,6 +72,7 @@ def _run(api: Any, app: Any, experiment_id: int, body: dict[str, Any]) -> dict[s
     assert response.status_code == 202, response.get_json()
     accepted = response.get_json()
     assert accepted["status"] == "queued"
+    assert response.headers["Location"] == f"/v1/jobs/{accepted['job_id']}"
     app.extensions["copybandit.jobs"].join(timeout=30)
     job = api.get(f"/v1/jobs/{accepted['job_id']}").get_json()
     return job  # type: ignore[no-any-return]

@@ -18,7 +18,7 @@ from service.jsonbody import parse_json_body
 from service.models import Scope
 from service.query import refuse_repeated_parameters, refuse_unknown_parameters
 from service.ratelimit import retry_after_header
-from service.schemas import ErrorOut
+from service.schemas import LOCATION_HEADER, ErrorOut
 
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 # Documented on every authenticated endpoint, so clients (and the fuzzer) know the error shape.
@@ -75,17 +75,28 @@ class PathIdConverter(BaseConverter):
 
 def with_etag(model: type[BaseModel]) -> dict[str, Any]:
     """A success answer in `model` with its ETag header documented (see retry_later)."""
+    etag = {
+        "ETag": {
+            "description": "the state a PATCH can change, for its If-Match",
+            "required": True,
+            "schema": {"type": "string"},
+        }
+    }
+    return _with_headers(model, etag)
+
+
+def located(model: type[BaseModel]) -> dict[str, Any]:
+    """A 201 in `model` with its Location header documented; `model` must be some other
+    answer's too, which puts it in the components (JobAccepted documents its own)."""
+    return _with_headers(model, LOCATION_HEADER)
+
+
+def _with_headers(model: type[BaseModel], headers: dict[str, Any]) -> dict[str, Any]:
     return {
         "content": {
             "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
         },
-        "headers": {
-            "ETag": {
-                "description": "the state a PATCH can change, for its If-Match",
-                "required": True,
-                "schema": {"type": "string"},
-            }
-        },
+        "headers": headers,
     }
 
 

@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from flask import current_app, g
+from flask import current_app, g, url_for
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic_core import to_jsonable_python
 from sqlmodel import Session
@@ -18,6 +18,7 @@ from service.api.common import (
     etag_matches,
     guarded,
     json_of,
+    located,
     preconditioned,
     responses,
     with_etag,
@@ -204,12 +205,18 @@ def _segments_shown(
     ]
 
 
-@api.post("/experiments", responses=responses(_201=ExperimentOut))
-def create(body: ExperimentCreate) -> tuple[dict[str, Any], int]:
+@api.post("/experiments", responses=responses(_201=located(ExperimentOut)))
+def create(body: ExperimentCreate) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Create an experiment with its product and segments."""
     session = db.session()
     experiment = create_experiment(session=session, experiment_create=body)
-    return _experiment_out(session, experiment), 201
+    return _experiment_out(session, experiment), 201, _at("show", experiment_id=experiment.id)
+
+
+def _at(endpoint: str, **values: Any) -> dict[str, str]:
+    """The Location of what a 201 created, or of the job a 202 accepted (RFC 9110, 10.2.2): a
+    client reads where to find it rather than building the path from the body's id."""
+    return {"Location": url_for(f"{api.name}.{endpoint}", **values)}
 
 
 @api.get("/experiments", responses=responses(_200=ExperimentList))
@@ -275,8 +282,12 @@ def patch(
     return _with_brief_etag(session, experiment)
 
 
-@api.post("/experiments/<path_id:experiment_id>/segments", responses=responses(_201=SegmentOut))
-def create_segment(path: ExperimentPath, body: SegmentIn) -> tuple[dict[str, Any], int]:
+@api.post(
+    "/experiments/<path_id:experiment_id>/segments", responses=responses(_201=located(SegmentOut))
+)
+def create_segment(
+    path: ExperimentPath, body: SegmentIn
+) -> tuple[dict[str, Any], int, dict[str, str]]:
     # No blank line after the summary: see patch_policy.
     """Add a segment, after the others; it has no copy until some is added or generated.
     Decisions for its key are served the default segment's copy until it has active copy."""
@@ -285,7 +296,9 @@ def create_segment(path: ExperimentPath, body: SegmentIn) -> tuple[dict[str, Any
     )
     # A view lists the segments it loaded: this worker's lists the new one at once.
     current_app.extensions["copybandit.snapshots"].invalidate(path.experiment_id)
-    return json_of(SegmentOut(key=segment.key, description=segment.description, variants=[]), 201)
+    created = SegmentOut(key=segment.key, description=segment.description, variants=[])
+    where = _at("show_segment", experiment_id=path.experiment_id, segment_key=segment.key)
+    return *json_of(created, 201), where
 
 
 @api.get(
@@ -331,14 +344,20 @@ def patch_segment(
     return _with_persona_etag(session, segment)
 
 
-@api.post("/experiments/<path_id:experiment_id>/variants", responses=responses(_201=VariantOut))
-def create_variant(path: ExperimentPath, body: VariantCreate) -> tuple[dict[str, Any], int]:
+@api.post(
+    "/experiments/<path_id:experiment_id>/variants", responses=responses(_201=located(VariantOut))
+)
+def create_variant(
+    path: ExperimentPath, body: VariantCreate
+) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Add hand-written copy to a segment; it is served at once."""
     variant = add_variant(
         session=db.session(), experiment_id=path.experiment_id, variant_create=body
     )
     current_app.extensions["copybandit.snapshots"].invalidate(path.experiment_id)
-    return json_of(_variant_out(variant, body.segment), 201)
+    return *json_of(_variant_out(variant, body.segment), 201), _at(
+        "show_variant", variant_id=variant.id
+    )
 
 
 @api.get("/variants/<path_id:variant_id>", responses=responses(_200=with_etag(VariantOut)))
@@ -383,7 +402,7 @@ def report(path: ExperimentPath) -> tuple[dict[str, Any], int]:
 
 
 @api.post("/experiments/<path_id:experiment_id>/generate", responses=responses(_202=JobAccepted))
-def generate(path: ExperimentPath, body: GenerateIn) -> tuple[dict[str, Any], int]:
+def generate(path: ExperimentPath, body: GenerateIn) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Have the model write `n` new lines per segment, in the background; poll the job."""
     runner = current_app.extensions["copybandit.jobs"]
     job = create_job(
@@ -394,7 +413,8 @@ def generate(path: ExperimentPath, body: GenerateIn) -> tuple[dict[str, Any], in
         model=runner.options.model,
     )
     runner.submit(job.id)
-    return json_of(JobAccepted(job_id=job.id, status=job.status), 202)  # type: ignore[arg-type]
+    accepted = JobAccepted(job_id=job.id, status=job.status)  # type: ignore[arg-type]
+    return *json_of(accepted, 202), _at("show_job", job_id=job.id)
 
 
 @api.get("/jobs/<path_id:job_id>", responses=responses(_200=JobOut))
