@@ -1354,6 +1354,44 @@ def test_a_variants_status_words_are_never_split(page: Page, site: Site) -> None
     assert [word for word, lines in split if lines != 1] == [], split
 
 
+def test_a_long_address_in_a_variants_reason_keeps_the_table_in_its_box(
+    page: Page, site: Site
+) -> None:
+    """The dashboard writes who changed a variant into its reason ("paused by <address>"), and
+    the API takes any reason: kept whole as the status words are, an address of 70 letters
+    widened the status column until the table scrolled sideways at 1280 px, its Pause and
+    Retire buttons out of sight, and a URL in a reason did it at 1024 px."""
+    email = "alexandra.konstantinopoulou.whitfield@marketing.northwindoutfitters.example"
+    eid, ids = make_experiment(
+        site,
+        active={
+            "tea-lovers": [
+                "Wherever the weekend takes you, the Aurora kettle is ready.",
+                "Boil less, sip more: the Aurora kettle.",
+                "The Aurora kettle boils in three minutes flat, every morning.",
+            ]
+        },
+    )
+    with site.session() as session:
+        update_variant(
+            session=session,
+            variant_id=ids["tea-lovers"][1],
+            patch=VariantPatch(status=VariantStatus.PAUSED, reason=f"paused by {email}"),
+            by=email,
+        )
+    page.set_viewport_size({"width": 1280, "height": 720})
+    page.goto(f"/dashboard/experiments/{eid}")
+    paused = page.locator(f"tr[data-variant-id='{ids['tea-lovers'][1]}'] small.reason")
+    expect(paused).to_have_text(f"paused by {email}")
+    box = page.locator(".table-scroll").evaluate("b => [b.scrollWidth, b.clientWidth]")
+    assert box[0] <= box[1], box
+    # The service's own words beside it still keep whole.
+    others = page.locator("tr.status-active small.reason")
+    expect(others).to_have_text(["added by hand", "added by hand"])
+    lines = others.evaluate_all("smalls => smalls.map(s => s.getClientRects().length)")
+    assert lines == [1, 1], lines
+
+
 def test_an_audit_rows_action_is_never_split_across_lines(page: Page, site: Site) -> None:
     """The action column is narrow, and a reason beside it took the width: at 1300 px a live
     run's audit page showed "regener" over "ate" on every regenerate row, and at 1280 px
