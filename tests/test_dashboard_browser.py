@@ -1327,6 +1327,27 @@ def test_a_variants_origin_is_never_split_across_lines(page: Page, site: Site) -
     assert lines == [1, 1, 1], lines
 
 
+def test_the_variants_table_fits_a_1024_px_window_without_scrolling(page: Page, site: Site) -> None:
+    """Kept a reading width for a phone, the copy column made the narrowest table 965 px, in a
+    942 px box at 1024 px: a pending row's Approve button sat past the edge, reached only by
+    scrolling sideways."""
+    eid, _ = make_experiment(
+        site,
+        active={"tea-lovers": ["Wherever the weekend takes you, the Aurora kettle is ready."]},
+        pending={"tea-lovers": ["The Aurora kettle boils in three minutes flat, every morning."]},
+    )
+    page.set_viewport_size({"width": 1024, "height": 900})
+    page.goto(f"/dashboard/experiments/{eid}")
+    approve = page.get_by_role("button", name=re.compile(r"^Approve"))
+    expect(approve.first).to_be_visible()
+    inner, outer = page.locator(".table-scroll").first.evaluate(
+        "box => [box.scrollWidth, box.clientWidth]"
+    )
+    assert inner <= outer, (inner, outer)
+    box = approve.first.bounding_box()
+    assert box is not None and box["x"] + box["width"] <= 1024, box
+
+
 def test_a_variants_status_words_are_never_split(page: Page, site: Site) -> None:
     """At 768 px (a tablet) the variants table is squeezed to its narrowest, and its status cell
     wrapped at any letter: "pendin" over "g review", "generat" over "ed by job 1"."""
