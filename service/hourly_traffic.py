@@ -329,9 +329,19 @@ def _per_variant_and_slice(
     query, not one a slice (an idle server's pass reads up to CATCH_UP of empty slices again)."""
     created = col(table.created_at)
     ends = [*starts[1:], until]
-    in_slice = sa.case(
-        *((created < end, index) for index, end in enumerate(ends)), else_=len(ends) - 1
-    ).label("slice")
+
+    def index_in(first: int, past: int) -> sa.ColumnElement[int]:
+        # Halving the slices at each step: a row meets 5 comparisons of 24 slices, not 12 on
+        # average (2 M rows over 24 slices on PostgreSQL: 0.40 s, against 0.55 s one by one in a
+        # flat CASE and 0.35 s in a query a slice).
+        if past - first == 1:
+            return sa.literal(first, sa.Integer)
+        middle = (first + past) // 2
+        return sa.case(
+            (created < ends[middle - 1], index_in(first, middle)), else_=index_in(middle, past)
+        )
+
+    in_slice = index_in(0, len(ends)).label("slice")
     rows = session.execute(
         sa.select(col(table.variant_id), in_slice, sa.func.count())
         .where(created >= starts[0], created < until)
