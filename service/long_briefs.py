@@ -260,14 +260,18 @@ def hold_begun(
 
 def hold_said(record: dict[str, Any], *, job_id: int) -> tuple[str, dict[str, Any]]:
     """A `hold` row's reason and numbers, `record` found by the job `job_id`: a job's
-    (hold_begun), or a pass's that finds the hold begun again where no job ran to say so."""
+    (hold_begun), or a pass's that finds the hold begun again where no job ran to say so.
+
+    Read as hold_lifted reads it: a record written before records named their model holds as
+    the default model's (""). Indexed, its missing key failed every job for all of the
+    experiment's segments that met the hold (KeyError: 'model'), before any got copy."""
     return (
         f"no new copy ordered until the brief or the model changes: {refusal(record)}",
         {
             "job_id": job_id,
-            "tokens": record["tokens"],
-            "limit": record["limit"],
-            "model": record["model"],
+            "tokens": record.get("tokens"),
+            "limit": record.get("limit"),
+            "model": record.get("model", ""),
         },
     )
 

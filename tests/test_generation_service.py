@@ -33,6 +33,7 @@ from service.lifecycle import run_lifecycle
 from service.models import GenerationJob
 from tests.conftest import PG_URL, store_policy_by_hand
 from tests.pg_backends import end_backends, named
+from tests.test_lifecycle_run import held_as_too_long
 
 GOOD = [
     "Brew every cup right with the Aurora kettle.",
@@ -774,6 +775,29 @@ def test_a_job_for_every_segment_queued_before_a_hold_skips_the_held_segment(
         assert list(job.result["segments"]) == ["first", "last"]
         assert job.result["briefs_too_long"] == hold.result["briefs_too_long"]
     assert [h["numbers"]["job_id"] for h in _audit(api, job.experiment_id, "hold")] == [holding]
+
+
+def test_a_job_for_every_segment_skips_a_segment_held_by_a_record_naming_no_model(
+    app: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    """A hold recorded before records named their model holds as the default model's: a job for
+    every segment read the model from it to say so, and failed at once (KeyError: 'model'),
+    giving no segment its copy."""
+    held_as_too_long(session, experiment, "tea-lovers", None)
+    job = create_job(
+        session=session, experiment_id=experiment["id"], segment_key=None, n=1, model=""
+    )
+    engine = app.extensions["copybandit.engine"]
+    writer = ScriptedWriter(GOOD)
+
+    ran = run_job(engine=engine, job_id=job.id, writer=lambda: writer, options=_options(app))  # type: ignore[arg-type]
+
+    assert (ran.status, ran.outcome) == ("failed", "too_long")
+    assert ran.error == (
+        "PromptTooLong: segment tea-lovers: brief held as too long for the model (6,453 tokens "
+        "of 4,096), not tried again"
+    )
+    assert ran.result is not None and list(ran.result["segments"]) == ["busy-parents"]
 
 
 @pytest.mark.parametrize(

@@ -473,6 +473,32 @@ def test_a_hold_recorded_under_a_relative_model_folder_holds_under_its_absolute_
     assert tea not in {e.segment_id for e in report.actions if e.action == "regenerate"}
 
 
+def test_a_hold_naming_no_model_held_again_after_the_trail_said_it_ended_fails_no_pass(
+    app: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    """The order that said the hold ended never ran to its end (the model was changed back, say):
+    the pass writes the hold's row again, from a record written before records named their model,
+    which failed the segment's pass every time (KeyError: 'model')."""
+    tea = held_as_too_long(session, experiment, TEA, None)
+    session.add(
+        LifecycleEvent(
+            experiment_id=experiment["id"],
+            segment_id=tea,
+            action="regenerate",
+            reason="2 live variants, target 4: asking the model for 2 more; the hold ended",
+            numbers={"live": 2, "n": 2, "job_id": 99, "hold_lifted": "model"},
+        )
+    )
+    session.commit()
+
+    report = run(app)
+
+    assert report.failed_segments == []
+    (hold,) = [e for e in report.actions if e.segment_id == tea]
+    assert hold.action == "hold"
+    assert hold.numbers == {"job_id": 1, "tokens": 6453, "limit": 4096, "model": ""}
+
+
 # --- backing off from copy that keeps failing -----------------------------------------------------
 
 INTERVAL = timedelta(minutes=15)
