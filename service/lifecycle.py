@@ -144,12 +144,27 @@ def plan_segment(
             Action(
                 "regenerate",
                 None,
-                f"{len(live)} live variants, target {policy.target_active}: "
-                f"asking the model for {n} more",
+                _order_reason(policy, live=len(live), pending=pending, on_order=on_order, n=n),
                 {"live": len(live), "pending": pending, "on_order": on_order, "n": n},
             )
         )
     return actions
+
+
+def _order_reason(
+    policy: LifecyclePolicy, *, live: int, pending: int, on_order: int, n: int
+) -> str:
+    """Why a pass orders `n` lines, with what made them fewer than the target misses: "1 live
+    variants, target 4: asking the model for 1 more" was an order cut by the lines on order or by
+    the room under max_active, which the reason left out (and one variant read "variants")."""
+    said = f"{_counted(live, 'live variant')}, target {policy.target_active}"
+    if on_order:
+        said += f", {on_order} more on order"
+    if n < policy.target_active - live - on_order:
+        said += f"; room for {n} under max_active {policy.max_active}"
+        if pending:
+            said += f", {pending} pending review"
+    return f"{said}: asking the model for {n} more"
 
 
 def copy_to_order(policy: LifecyclePolicy, *, live: int, pending: int, on_order: int) -> int:

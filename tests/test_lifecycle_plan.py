@@ -241,6 +241,41 @@ def test_copy_on_order_counts_toward_the_target_and_review_only_toward_the_room(
     assert [a.numbers["n"] for a in of_kind(actions, "regenerate")] == ([] if n is None else [n])
 
 
+@pytest.mark.parametrize(
+    ("live", "pending", "on_order", "max_active", "reason"),
+    [
+        (2, 0, 0, 8, "2 live variants, target 4: asking the model for 2 more"),
+        (1, 0, 0, 8, "1 live variant, target 4: asking the model for 3 more"),
+        (1, 0, 2, 8, "1 live variant, target 4, 2 more on order: asking the model for 1 more"),
+        (
+            1,
+            6,
+            0,
+            8,
+            "1 live variant, target 4; room for 1 under max_active 8, 6 pending review: "
+            "asking the model for 1 more",
+        ),
+        (
+            1,
+            1,
+            1,
+            4,
+            "1 live variant, target 4, 1 more on order; room for 1 under max_active 4, 1 pending "
+            "review: asking the model for 1 more",
+        ),
+    ],
+)
+def test_an_order_s_reason_says_what_made_it_fewer_than_the_target_misses(
+    live: int, pending: int, on_order: int, max_active: int, reason: str
+) -> None:
+    """It read '1 live variants, target 4: asking the model for 1 more' where lines on order or
+    the room under max_active set the number, which only `numbers` said."""
+    rules = LifecyclePolicy(target_active=4, max_active=max_active)
+    arms = [arm(i, 0, 0) for i in range(2, 2 + live)]
+    (order,) = of_kind(plan_segment(arms, rules, pending=pending, on_order=on_order), "regenerate")
+    assert order.reason == reason
+
+
 # --- guardrail ----------------------------------------------------------------------------------
 
 
