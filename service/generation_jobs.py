@@ -30,6 +30,7 @@ from sqlmodel import Session, SQLModel, col, select
 
 from generation import LintConfig, generate_variants
 from generation.model import ModelUnavailable
+from generation.pipeline import Rejection
 from generation.similarity import DEFAULT_THRESHOLD, NgramSimilarity, most_similar
 from generation.writer import PromptTooLong, Writer
 from service.config import Settings
@@ -549,17 +550,18 @@ def _generate(
             session.rollback()
             session.refresh(job)
             raise _stopped(job)
-        variants = _not_taken_meanwhile(session, segment, variants, compared=set(existing))
+        variants, taken = _not_taken_meanwhile(session, segment, variants, compared=set(existing))
         for variant in variants:
             assign_prior(session, variant, policy)
+        # Those first: the pipeline accepted them, so they are the ones a reader would miss.
+        rejections = [*taken, *generated.rejected]
         result["segments"][segment.key] = {
             "variant_ids": [v.id for v in variants],
             "sampled": generated.sampled,
             "rounds": generated.rounds,
-            "rejected": len(generated.rejected),
+            "rejected": len(rejections),
             "rejections": [
-                {"text": r.text, "reasons": list(r.reasons)}
-                for r in generated.rejected[:_REJECTIONS_KEPT]
+                {"text": r.text, "reasons": list(r.reasons)} for r in rejections[:_REJECTIONS_KEPT]
             ],
         }
         # With the copy, so the row's result always lists what is stored: a cancel says what it
@@ -587,8 +589,11 @@ def _too_long(segments_said: list[str]) -> PromptTooLong:
 
 def _not_taken_meanwhile(
     session: Session, segment: Segment, variants: list[Variant], *, compared: set[str]
-) -> list[Variant]:
-    """The new variants that are not near-duplicates of another variant of the segment by now.
+) -> tuple[list[Variant], list[Rejection]]:
+    """The new variants that are not near-duplicates of another variant of the segment by now,
+    and the lines of those that are, each refused as the pipeline refuses a near-duplicate: left
+    out of the job's result, a job whose every line another job had stored meanwhile said "done:
+    0 new variants", having rejected none of the lines it sampled.
 
     The pipeline compared its lines with the segment's copy as it was when the job started
     (`compared`); a job for the same segment in another worker may have stored the same lines, or
@@ -608,15 +613,19 @@ def _not_taken_meanwhile(
         if variant_id not in ours and text not in compared
     ]
     similarity = NgramSimilarity()  # as the pipeline measured, at its threshold
-    kept = []
+    kept: list[Variant] = []
+    refused: list[Rejection] = []
     for variant in variants:
-        if most_similar(variant.text, taken, similarity)[0] >= DEFAULT_THRESHOLD:
+        score, twin = most_similar(variant.text, taken, similarity)
+        if score >= DEFAULT_THRESHOLD:
             session.delete(variant)
+            said = f"near_duplicate: {score:.2f} similar to {twin!r}, added meanwhile"
+            refused.append(Rejection(variant.text, (said,)))
         else:
             kept.append(variant)
             taken.append(variant.text)
     session.flush()
-    return kept
+    return kept, refused
 
 
 # Seconds before each new try of a progress write the database could not take: 15.5 s in all,

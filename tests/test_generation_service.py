@@ -327,7 +327,14 @@ def test_two_jobs_for_one_segment_at_once_store_no_line_twice(
     assert sorted(t for t in texts if t in lines) == sorted(lines)
     assert {job.status for job in finished.values()} == {"succeeded"}
     assert len(finished[second.id].result["segments"]["tea-lovers"]["variant_ids"]) == 2
-    assert finished[first.id].result["segments"]["tea-lovers"]["variant_ids"] == []
+    outcome = finished[first.id].result["segments"]["tea-lovers"]
+    assert outcome["variant_ids"] == []
+    # Its lines are in its record, refused: it said "done: 0 new variants" and rejected none.
+    assert outcome["rejected"] == 2
+    assert outcome["rejections"] == [
+        {"text": line, "reasons": [f"near_duplicate: 1.00 similar to {line!r}, added meanwhile"]}
+        for line in lines
+    ]
 
 
 def test_two_jobs_for_one_segment_at_once_store_no_near_duplicates(
@@ -359,6 +366,10 @@ def test_two_jobs_for_one_segment_at_once_store_no_near_duplicates(
     # Before, only the same text (up to case and spaces) counted as taken: all four were stored.
     assert sorted(t for t in texts if t in [*theirs, *ours]) == sorted(theirs)
     assert done.status == "succeeded" and done.result["segments"]["tea-lovers"]["variant_ids"] == []
+    assert done.result["segments"]["tea-lovers"]["rejections"] == [
+        {"text": line, "reasons": [f"near_duplicate: 1.00 similar to {twin!r}, added meanwhile"]}
+        for line, twin in zip(ours, theirs, strict=True)
+    ]
 
 
 class _FailsOnSecondSegment(ScriptedWriter):
