@@ -62,6 +62,10 @@ def best_and_loss(a: FloatArray, b: FloatArray) -> tuple[FloatArray, FloatArray]
     # Below the highest lower end, some arm is under it, so no arm is best there.
     start = t_lo.max()
     rivals = np.flatnonzero(t_hi > start)
+    # None above it: the highest lower end rounded onto its own upper end (Beta(1e18, 1), whose
+    # whole mass a double cannot part from 1).
+    if not rivals.size:
+        return None
     end = t_hi[rivals].max()
     if not (np.isfinite(start) and np.isfinite(end)):
         return None
@@ -124,7 +128,10 @@ def _scale(sd: FloatArray, n: FloatArray, left: float, right: float) -> float:
     panels of 2 sds missed 1e-4 to 1e-2 of probability best, and such segments fell to the draws.
     """
     x = special.expit(min(max(0.0, left), right))
-    return float(min(sd.min(), 1.0 / np.sqrt(n.max() * x * (1.0 - x))))
+    # Far out in logit space x rounds to 1: no bend to bound the panels, and no divide by zero
+    # (a RuntimeWarning in the server's log for a posterior concentrated near 0 or 1).
+    curvature = n.max() * x * (1.0 - x)
+    return float(min(sd.min(), 1.0 / np.sqrt(curvature) if curvature > 0 else np.inf))
 
 
 def _nodes(

@@ -3,6 +3,8 @@ against adaptive quadrature and against many draws."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from scipy import integrate, special
@@ -172,6 +174,9 @@ def test_the_same_counters_give_the_same_figures() -> None:
     [
         ([0.001, 0.001], [300.001, 300.001]),
         ([0.001, 0.001, 0.002, 5.0], [300.001, 300.001, 0.001, 1.0]),
+        # The leader's whole range rounds to one point: no arm is above its lower end (a
+        # ValueError, taking the maximum of no rivals).
+        ([1e18, 2.0], [1.0, 3.0]),
     ],
 )
 def test_posteriors_piled_beyond_a_double_are_left_to_the_draws(
@@ -183,6 +188,15 @@ def test_posteriors_piled_beyond_a_double_are_left_to_the_draws(
     summary = stats.summarize_exact(a, b)
     np.testing.assert_array_equal(summary["prob_best"], stats.prob_best(a, b))
     np.testing.assert_array_equal(summary["expected_loss"], stats.expected_loss(a, b))
+
+
+def test_a_posterior_piled_near_1_integrates_without_a_warning() -> None:
+    """Panels far out in logit space, where the density's bend is 0: 1 / sqrt(0) was a divide
+    by zero, a RuntimeWarning in a server's log."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        summary = stats.summarize_exact([3e16, 3e16], [1.0, 2.0])
+    np.testing.assert_allclose(summary["prob_best"].sum(), 1.0)
 
 
 def test_summarize_exact_shows_what_summarize_shows() -> None:
