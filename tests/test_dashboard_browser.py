@@ -1330,12 +1330,13 @@ def test_a_variants_origin_is_never_split_across_lines(page: Page, site: Site) -
 def test_the_variants_table_fits_a_1024_px_window_without_scrolling(page: Page, site: Site) -> None:
     """Kept a reading width for a phone, the copy column made the narrowest table 965 px, in a
     942 px box at 1024 px: a pending row's Approve button sat past the edge, reached only by
-    scrolling sideways."""
-    eid, _ = make_experiment(
+    scrolling sideways. Counts of six digits widen their columns: they fit too."""
+    eid, ids = make_experiment(
         site,
         active={"tea-lovers": ["Wherever the weekend takes you, the Aurora kettle is ready."]},
         pending={"tea-lovers": ["The Aurora kettle boils in three minutes flat, every morning."]},
     )
+    set_counts(site, {ids["tea-lovers"][0]: (999_999, 99_999)})
     page.set_viewport_size({"width": 1024, "height": 900})
     page.goto(f"/dashboard/experiments/{eid}")
     approve = page.get_by_role("button", name=re.compile(r"^Approve"))
