@@ -14,7 +14,7 @@ from flask import Flask, current_app, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
-from service.errors import APIError, InvalidInput
+from service.errors import APIError, InvalidInput, quoted
 
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 
@@ -23,7 +23,7 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise ValueError(f"duplicate key {key!r}")
+            raise ValueError(f"duplicate key {quoted(key)}")
         result[key] = value
     return result
 

@@ -287,6 +287,14 @@ def test_ambiguous_or_hostile_json_is_400(raw: Raw, path: str, data: str | bytes
     assert raw.refused(path, data, 400, "malformed_json")["field"] == "body"
 
 
+def test_a_duplicate_key_is_named_as_people_read_it(raw: Raw) -> None:
+    """repr() wrote a key's no-break space as \\xa0, four characters in the message."""
+    body = raw.refused(
+        "/v1/decide", '{"experiment": 1, "a\u00a0b": 1, "a\u00a0b": 2}', 400, "malformed_json"
+    )
+    assert "duplicate key 'a[U+00A0]b'" in body["message"], body
+
+
 @pytest.mark.parametrize("data", ["[]", '[{"experiment": 1}]', '"text"', "42", "null", "true"])
 @pytest.mark.parametrize("path", PATHS)
 def test_a_body_that_is_not_an_object_is_400(raw: Raw, path: str, data: str) -> None:
