@@ -174,8 +174,12 @@ def interruption(reason: str, *, by_lifecycle: bool) -> str:
 
 def fail_interrupted_jobs(*, session: Session, now: datetime) -> list[int]:
     """Mark the jobs that will never end failed, so their rows say so; returns their ids."""
+    # In id order: each is updated in this one transaction, and two passes at once taking the
+    # same rows in different orders could deadlock on PostgreSQL.
     unfinished = session.exec(
-        select(GenerationJob).where(col(GenerationJob.status).in_(_UNFINISHED))
+        select(GenerationJob)
+        .where(col(GenerationJob.status).in_(_UNFINISHED))
+        .order_by(col(GenerationJob.id))
     ).all()
     stale = [job for job in unfinished if interrupted(job, now)]
     ordered = jobs_it_ordered(session, [job.id for job in stale])  # type: ignore[misc]
