@@ -1473,7 +1473,7 @@ def users_remove(email: str) -> None:
             marketer = remove_marketer(session=session, email=email)
         except APIError as exc:
             raise click.ClickException(exc.message) from None
-    click.echo(f"removed dashboard user {marketer.email}")
+    click.echo(f"removed dashboard user {_on_one_line(marketer.email)}")
 
 
 @users.command("list")
@@ -1491,8 +1491,11 @@ def users_list() -> None:
                 if marketer.last_sign_in_at
                 else "never"
             )
+            # An address made before invisible formatting was refused in one (U+202E drew it as
+            # another address) lists with that character escaped, as a key's label does.
             click.echo(
-                f"{marketer.email}  created {marketer.created_at:%Y-%m-%d} UTC  last sign-in {last}"
+                f"{_on_one_line(marketer.email)}  created {marketer.created_at:%Y-%m-%d} UTC  "
+                f"last sign-in {last}"
             )
 
 

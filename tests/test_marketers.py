@@ -406,6 +406,21 @@ def test_users_list(cli_database: str) -> None:
     assert "scrypt" not in "\n".join(lines) and "$" not in "\n".join(lines)
 
 
+def test_an_address_stored_before_with_a_format_character_lists_as_it_is(
+    cli_database: str,
+) -> None:
+    """Refused for new accounts since an override made an address that `users list` showed as
+    another one; an account made before still signs in, and must not list disguised."""
+    run("users", "create", "--email", "mia@example.com", "--password", PASSWORD)
+    with _session(cli_database) as session:
+        session.execute(sa.update(Marketer).values(email="moc.elpmaxe@\u202eaim"))
+        session.commit()
+    (line,) = run("users", "list").output.splitlines()
+    assert line.startswith("moc.elpmaxe@\\u202eaim  created "), line
+    removed = run("users", "remove", "--email", "moc.elpmaxe@\u202eaim")
+    assert removed.output == "removed dashboard user moc.elpmaxe@\\u202eaim\n", removed.output
+
+
 def test_users_set_password(cli_database: str) -> None:
     run("users", "create", "--email", "mia@example.com", "--password", PASSWORD)
     result = run("users", "set-password", "--email", "mia@example.com", "--password", "new one 123")
