@@ -221,14 +221,10 @@ class _Commands(click.Group):
         try:
             return super().invoke(ctx)
         except sa.exc.DatabaseError as exc:  # also a file that is not a database
-            # The driver's first line; PostgreSQL goes on with the SQL and a caret under it.
-            reason = str(exc.orig or exc).strip().splitlines()[0]
-            # SQLite says "no such table"; PostgreSQL raises undefined_table (SQLSTATE 42P01).
-            sqlstate = "42P01" if "no such table" in reason else getattr(exc.orig, "sqlstate", "")
-            hint = _SET_UP_HINTS.get(sqlstate or "")
-            if isinstance(exc, sa.exc.ProgrammingError) and hint is None:
+            words = _set_up_in_words(exc)
+            if words is None:
                 raise
-            raise click.ClickException(f"database: {reason}{f'; {hint}' if hint else ''}") from None
+            raise click.ClickException(f"database: {words}") from None
         except OSError as exc:
             # `keys list > listing.txt` on a full disk ended in a traceback. Only a disk that
             # refuses more bytes (full, over quota, file too large): not EIO, which a read raises
@@ -241,6 +237,19 @@ class _Commands(click.Group):
 
 
 _DISK_REFUSED = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _set_up_in_words(exc: sa.exc.DatabaseError) -> str | None:
+    """The driver's first line, with what would fix it where the error says how the database
+    was set up; None for a ProgrammingError that does not, a bug worth its traceback."""
+    # PostgreSQL goes on after the first line with the SQL and a caret under it.
+    reason = str(exc.orig or exc).strip().splitlines()[0]
+    # SQLite says "no such table"; PostgreSQL raises undefined_table (SQLSTATE 42P01).
+    sqlstate = "42P01" if "no such table" in reason else getattr(exc.orig, "sqlstate", "")
+    hint = _SET_UP_HINTS.get(sqlstate or "")
+    if isinstance(exc, sa.exc.ProgrammingError) and hint is None:
+        return None
+    return f"{reason}{f'; {hint}' if hint else ''}"
 
 
 @click.group(cls=_Commands)
@@ -1081,7 +1090,7 @@ def copy_database_command(to: str, batch_size: int) -> None:
     PostgreSQL database, in one transaction there; then verify the counts and set its id
     sequences past the copied ids. Rows the source's servers write after the copy begins are not
     copied: stop them first."""
-    from service.transfer import CopyRefused, copy_database
+    from service.transfer import CopyRefused, TargetFailed, copy_database
 
     settings = _settings()
     source = _engine(settings)
@@ -1107,6 +1116,13 @@ def copy_database_command(to: str, batch_size: int) -> None:
         report = copy_database(source=source, target=target, batch_size=batch_size, progress=say)
     except CopyRefused as exc:
         raise click.ClickException(f"copy-database: {exc}") from None
+    except TargetFailed as failed:
+        # Said as "database: ..." it read as the configured database's, the source's (a SQLite
+        # file, which has no roles to grant anything to).
+        words = _set_up_in_words(failed.error)
+        if words is None:
+            raise failed.error from None
+        raise click.ClickException(f"--to: {where}: {words}") from None
     finally:
         target.dispose()
     width = max(map(len, report.rows))

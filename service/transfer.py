@@ -30,6 +30,16 @@ class CopyRefused(Exception):
     """Why nothing was copied, in one line."""
 
 
+class TargetFailed(Exception):
+    """A statement on the target failed (`error`, as the driver raised it), so nothing was
+    copied. Raised apart from the source's errors, which the CLI words as the configured
+    database's: a role without privileges on the target read as if the source's lacked them."""
+
+    def __init__(self, error: sa.exc.DatabaseError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 @dataclass(frozen=True)
 class CopyReport:
     rows: dict[str, int]
@@ -59,11 +69,12 @@ def copy_database(
     """Copy every table's rows, in foreign-key order; raises CopyRefused where the target is not
     an empty database at the source's migration, where its tables stay locked by another
     connection for `lock_wait_seconds`, or where a row could not be written (the target then
-    keeps none of them)."""
+    keeps none of them); TargetFailed where another statement there fails (a role without
+    privileges on its tables or sequences)."""
     tables = SQLModel.metadata.sorted_tables
-    with _snapshot(source) as reading, target.connect() as writing, writing.begin():
+    with _snapshot(source) as reading, target.connect() as writing, writing.begin() as copying:
         revision = migrations.revision_on(reading)
-        with _lock_wait(writing, lock_wait_seconds):
+        with _on_target(), _lock_wait(writing, lock_wait_seconds):
             found = migrations.revision_on(writing)
             if found != revision:
                 at = "has no tables" if found is None else f"is at migration {found}"
@@ -74,7 +85,10 @@ def copy_database(
             # Until the commit no server on the target writes a row the check below did not see.
             names = ", ".join(_quoted(writing, t.name) for t in tables)
             writing.exec_driver_sql(f"LOCK TABLE {names} IN EXCLUSIVE MODE")
-        filled = [t.name for t in tables if writing.execute(sa.select(1).select_from(t)).first()]
+        with _on_target():
+            filled = [
+                t.name for t in tables if writing.execute(sa.select(1).select_from(t)).first()
+            ]
         if filled:
             raise CopyRefused(
                 f"{display_url(target.url)} already holds rows (in {', '.join(filled)}); copy "
@@ -83,17 +97,30 @@ def copy_database(
         expected = {t.name: reading.execute(_count(t)).scalar_one() for t in tables}
         for table in tables:
             _copy_table(reading, writing, table, expected[table.name], batch_size, progress)
-        copied = {t.name: writing.execute(_count(t)).scalar_one() for t in tables}
+        with _on_target():
+            copied = {t.name: writing.execute(_count(t)).scalar_one() for t in tables}
         if copied != expected:
             differ = [
                 f"{n} {expected[n]} -> {copied[n]}" for n in expected if expected[n] != copied[n]
             ]
             raise CopyRefused(f"row counts differ after the copy: {', '.join(differ)}")
-        counters = _counters(writing)
+        with _on_target():
+            counters = _counters(writing)
         if counters != _counters(reading):
             raise CopyRefused("`copybandit check` reads the copy differently from the source")
-        sequences = _advance_sequences(writing, tables)
+        with _on_target():
+            sequences = _advance_sequences(writing, tables)
+            copying.commit()
     return CopyReport(rows=copied, sequences=sequences, counters=counters)
+
+
+@contextlib.contextmanager
+def _on_target() -> Iterator[None]:
+    """A statement on the target that fails raises TargetFailed (see there)."""
+    try:
+        yield
+    except sa.exc.DatabaseError as exc:
+        raise TargetFailed(exc) from exc
 
 
 @contextlib.contextmanager

@@ -367,3 +367,35 @@ def test_a_target_whose_tables_another_session_keeps_locked_is_refused_in_time(
     finally:
         for engine in (holder, reading, writing):
             engine.dispose()
+
+
+@needs_postgres
+def test_a_target_whose_role_may_not_write_is_one_line_naming_the_target(
+    source: str, target: str
+) -> None:
+    # Said as "database: permission denied ...", which reads as the configured database's, the
+    # source's (a SQLite file, which has no role to grant anything to).
+    role = f"copybandit_copy_reader_{os.getpid()}"
+    admin = sa.create_engine(target)
+    with admin.begin() as connection:
+        schema = connection.exec_driver_sql("SELECT current_schema()").scalar_one()
+        connection.exec_driver_sql(f"CREATE ROLE {role} LOGIN PASSWORD 'pw'")
+        connection.exec_driver_sql(f"GRANT USAGE ON SCHEMA {schema} TO {role}")
+        connection.exec_driver_sql(f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}")
+    as_role = sa.engine.make_url(target).set(username=role, password="pw")
+    try:
+        result = run("copy-database", "--to", as_role.render_as_string(hide_password=False))
+    finally:
+        with admin.begin() as connection:
+            connection.exec_driver_sql(f"DROP OWNED BY {role}")
+            connection.exec_driver_sql(f"DROP ROLE {role}")
+        admin.dispose()
+
+    assert result.exit_code == 1, result.output
+    assert result.stdout == ""
+    assert re.fullmatch(
+        rf"copying .*\nError: --to: postgresql\+psycopg://{role}:\*\*\*@[^ ]+: permission denied "
+        r"for table api_key; the database role needs privileges on copybandit's tables .*\n",
+        result.stderr,
+    ), result.stderr
+    assert all(not rows for rows in _rows(target).values())
