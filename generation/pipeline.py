@@ -46,6 +46,11 @@ class Rejection:
     reasons: tuple[str, ...]
 
 
+def near_duplicate(score: float, twin: str) -> str:
+    """The reason a line too like `twin` (by `score`) is refused."""
+    return f"near_duplicate: {score:.2f} similar to {twin!r}"
+
+
 @dataclass
 class GenerationResult:
     accepted: list[Candidate]
@@ -101,8 +106,7 @@ def generate_variants(
                 continue
             score, twin = most_similar(text, [*existing, *(c.text for c in survivors)], similarity)
             if twin is not None and score >= duplicate_threshold:
-                reason = f"near_duplicate: {score:.2f} similar to {twin!r}"
-                result.rejected.append(Rejection(text, (reason,)))
+                result.rejected.append(Rejection(text, (near_duplicate(score, twin),)))
                 continue
             survivors.append(Candidate(text, sample.logprob, round_seed, passed))
         result.rounds = round_index + 1

@@ -30,7 +30,7 @@ from sqlmodel import Session, SQLModel, col, select
 
 from generation import LintConfig, generate_variants
 from generation.model import ModelUnavailable
-from generation.pipeline import Rejection
+from generation.pipeline import Rejection, near_duplicate
 from generation.similarity import DEFAULT_THRESHOLD, NgramSimilarity, most_similar
 from generation.writer import PromptTooLong, Writer
 from service.config import Settings
@@ -621,9 +621,9 @@ def _not_taken_meanwhile(
     refused: list[Rejection] = []
     for variant in variants:
         score, twin = most_similar(variant.text, taken, similarity)
-        if score >= DEFAULT_THRESHOLD:
+        if twin is not None and score >= DEFAULT_THRESHOLD:
             session.delete(variant)
-            said = f"near_duplicate: {score:.2f} similar to {twin!r}, added meanwhile"
+            said = f"{near_duplicate(score, twin)}, added meanwhile"
             refused.append(Rejection(variant.text, (said,)))
         else:
             kept.append(variant)
