@@ -55,22 +55,24 @@ def engine(session: Session) -> Iterator[sa.Engine]:
     yield session.get_bind()  # type: ignore[misc]
 
 
+def _impression(variant: Variant, impression_id: str, shown: datetime) -> Impression:
+    return Impression(
+        id=impression_id,
+        experiment_id=variant.experiment_id,
+        segment_id=variant.segment_id,
+        variant_id=variant.id,  # type: ignore[arg-type]
+        propensity=0.5,
+        policy="thompson",
+        created_at=shown,
+    )
+
+
 def _store(session: Session, rows: list[tuple[Variant, datetime, datetime | None]]) -> None:
     """Impressions (variant, shown at, converted at or None), with the variants' counters."""
     impressions, events = [], []
     for variant, shown, converted in rows:
         impression_id = new_impression_id()
-        impressions.append(
-            Impression(
-                id=impression_id,
-                experiment_id=variant.experiment_id,
-                segment_id=variant.segment_id,
-                variant_id=variant.id,  # type: ignore[arg-type]
-                propensity=0.5,
-                policy="thompson",
-                created_at=shown,
-            )
-        )
+        impressions.append(_impression(variant, impression_id, shown))
         if converted is not None:
             events.append(
                 Event(
@@ -742,17 +744,7 @@ def _commit(
         variant = variants[index]
         if kind == "impression" or not unconverted[index]:
             impression_id = new_impression_id()
-            session.add(
-                Impression(
-                    id=impression_id,
-                    experiment_id=variant.experiment_id,
-                    segment_id=variant.segment_id,
-                    variant_id=variant.id,  # type: ignore[arg-type]
-                    propensity=0.5,
-                    policy="thompson",
-                    created_at=at,
-                )
-            )
+            session.add(_impression(variant, impression_id, at))
             unconverted[index].append(impression_id)
             variant.impressions += 1
             stored.append(("impression", variant.id, at))
