@@ -44,7 +44,7 @@ class RateLimiter:
             tokens, now = self._refilled(key)
             if tokens >= 1.0:
                 if len(self._buckets) >= self.MAX_KEYS and key not in self._buckets:
-                    self._buckets.clear()  # keys are few; this only bounds a pathological case
+                    self._make_room(now)
                 self._buckets[key] = (tokens - 1.0, now)
                 return 0.0
             self._buckets[key] = (tokens, now)
@@ -55,6 +55,17 @@ class RateLimiter:
         now = self._clock()
         tokens, last = self._buckets.get(key, (self.burst, now))
         return min(self.burst, tokens + (now - last) * self.rate), now
+
+    def _make_room(self, now: float) -> None:
+        """Bounds memory when keys are many (the sign-in limits count one per email typed).
+        A bucket refilled to the burst is what an unseen key gets, so forgetting it changes no
+        answer; only if every bucket is still spending is everything forgotten. Clearing at once
+        gave a guesser who typed 10,000 other emails a fresh allowance for the one it was after."""
+        for key, (tokens, last) in list(self._buckets.items()):
+            if tokens + (now - last) * self.rate >= self.burst:
+                del self._buckets[key]
+        if len(self._buckets) >= self.MAX_KEYS:
+            self._buckets.clear()
 
     def _wait_for_one(self, tokens: float) -> float:
         return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate

@@ -96,3 +96,24 @@ def test_options_reads_the_allowed_methods_without_a_key_or_the_budget(
         api.post("/v1/decide", json={"experiment": experiment["id"]}, key="serve").status_code
         == 200
     )
+
+
+def test_many_keys_forget_the_rested_buckets_not_the_one_still_limited(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # At the key cap every bucket was dropped: typing enough other emails into the sign-in form
+    # gave back the allowance of the one being guessed.
+    monkeypatch.setattr(RateLimiter, "MAX_KEYS", 50)
+    clock = Clock()
+    limiter = RateLimiter(rate=1 / 60, burst=2.0, clock=clock)
+    for n in range(49):
+        limiter.take(f"other-{n}")
+    clock.now += 120.0  # each of those has refilled to the burst
+    limiter.take("target")
+    limiter.take("target")
+    clock.now += 1.0
+    assert limiter.take("newcomer") == 0.0
+    assert limiter.wait("target") > 0
+    for n in range(200):
+        limiter.take(f"another-{n}")  # no time passes: none of them rests
+    assert len(limiter._buckets) <= 50  # memory stays bounded even so
