@@ -253,6 +253,15 @@ class Settings:
                     "must be set to a random value of at least 32 characters in production",
                     "<default>" if value == DEV_SECRET else "<too short>",
                 )
+            # One value for both lets whoever learns one (it is in every host's environment)
+            # forge the other: sign a dashboard session, or link hashed user ids back to people.
+            _require(
+                problems,
+                self.user_id_key != self.secret_key or self.user_id_key == DEV_SECRET,
+                "SECRET_KEY",
+                "must differ from COPYBANDIT_USER_ID_KEY in production",
+                "<the same value>",
+            )
         if problems:
             raise ConfigError(*problems)
         return self

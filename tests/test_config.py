@@ -415,15 +415,30 @@ def test_log_levels_are_taken_in_either_case() -> None:
 def test_production_refuses_default_secrets() -> None:
     with pytest.raises(ConfigError, match="COPYBANDIT_USER_ID_KEY must be set"):
         load_settings(environ={"COPYBANDIT_ENV": "production"}).validate()
-    strong = "x" * 40
     settings = load_settings(
         environ={
             "COPYBANDIT_ENV": "production",
-            "COPYBANDIT_USER_ID_KEY": strong,
-            "COPYBANDIT_SECRET_KEY": strong,
+            "COPYBANDIT_USER_ID_KEY": "x" * 40,
+            "COPYBANDIT_SECRET_KEY": "y" * 40,
         }
     ).validate()
     assert settings.user_id_key != DEV_SECRET
+
+
+def test_production_refuses_one_value_for_both_secrets() -> None:
+    strong = "x" * 40
+    environ = {
+        "COPYBANDIT_ENV": "production",
+        "COPYBANDIT_USER_ID_KEY": strong,
+        "COPYBANDIT_SECRET_KEY": strong,
+    }
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ=environ).validate()
+    assert str(refused.value) == (
+        "COPYBANDIT_SECRET_KEY must differ from COPYBANDIT_USER_ID_KEY in production,"
+        " got '<the same value>'"
+    )
+    assert strong not in str(refused.value)
 
 
 def test_every_bad_setting_is_named_in_one_refusal() -> None:
