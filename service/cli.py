@@ -610,25 +610,34 @@ def generate(experiment_id: int, segment: str | None, n: int) -> None:
     "--generate/--no-generate",
     default=True,
     show_default=True,
-    help="Run the generation jobs the pass queues, here and now.",
+    help=(
+        "Order the copy the pass finds missing and run those jobs here and now; "
+        "--no-generate orders none and prints what it would have ordered."
+    ),
 )
 def lifecycle(once: bool, generate: bool) -> None:
     """Retire losers, pause guardrail failures, declare winners, queue new copy."""
     settings = _settings(loads_model=generate)
     _log_to_terminal(settings)
     engine = _engine(settings)
+    # With --no-generate nothing here runs a job, and nothing else runs one a pass queues here:
+    # each stayed queued until a pass wrote it off an hour later, its copy then ordered again.
     report = run_lifecycle(
         engine=engine,
         model=settings.model,
         interval=timedelta(seconds=settings.lifecycle_interval_seconds),
+        order_copy=generate,
     )
-    acted_on = [e.segment_id for e in report.actions]
+    acted_on = [e.segment_id for e in [*report.actions, *report.not_ordered]]
     places = _segment_places(engine, [*acted_on, *report.failed_segments])
     for event in report.actions:
         click.echo(f"{_event_place(event, places)}: {event.action}: {event.reason}")
+    for event in report.not_ordered:
+        click.echo(f"{_event_place(event, places)}: not ordered (--no-generate): {event.reason}")
+    not_ordered = f", {len(report.not_ordered)} not ordered" if report.not_ordered else ""
     click.echo(
         f"{report.experiments} experiments, {len(report.actions)} actions, "
-        f"{len(report.jobs)} generation jobs queued"
+        f"{len(report.jobs)} generation jobs queued{not_ordered}"
     )
     options = GenerationOptions.from_settings(settings)
     failed_jobs = []

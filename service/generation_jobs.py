@@ -75,8 +75,7 @@ log = logging.getLogger(__name__)
 _REJECTIONS_KEPT = 50
 # A job still queued this long after it was queued, or still running this long after its worker
 # last wrote its row, will never end: the process running it exited (a crash, a restart with jobs
-# still in its queue), or nothing ran it (`copybandit lifecycle --once --no-generate` queues jobs
-# and runs none).
+# still in its queue, a kill that left no time to write them off).
 JOB_STALE_AFTER = timedelta(hours=1)
 # What an interrupted job's message ends with: a marketer reading it learns whether anything is
 # lost. Only copy the lifecycle ordered is ordered again; a job started by hand asked for lines the

@@ -426,6 +426,9 @@ class RunReport:
     failed_segments: list[int] = field(default_factory=list)
     # Generation jobs failed as interrupted (see generation_jobs.JOB_STALE_AFTER).
     interrupted_jobs: list[int] = field(default_factory=list)
+    # The orders a pass told to order no copy would have made (`lifecycle --once --no-generate`),
+    # as their audit rows would read; none of them stored.
+    not_ordered: list[LifecycleEvent] = field(default_factory=list)
 
 
 def run_lifecycle(
@@ -435,14 +438,19 @@ def run_lifecycle(
     submit_job: SubmitJob | None = None,
     now: datetime | None = None,
     interval: timedelta = DEFAULT_INTERVAL,
+    order_copy: bool = True,
 ) -> RunReport:
     """One pass over every experiment; each segment's changes commit on their own. `model`: as
     configured (Settings.model), which a brief held as too long for the model is judged against
     (service.long_briefs). `interval`: between passes (Settings.lifecycle_interval_seconds), the
-    first wait of a segment whose ordered copy failed (service.copy_backoff)."""
+    first wait of a segment whose ordered copy failed (service.copy_backoff). `order_copy` False:
+    no job is queued and no order audited, for a pass whose caller runs none; what it would have
+    ordered is in the report's `not_ordered`. Queued all the same, nothing ran those jobs, and a
+    pass wrote them off as interrupted an hour later."""
+    ordering = _Ordering(model, interval, order_copy)
     with Session(engine, expire_on_commit=False) as session:
         report, experiments = _begin_pass(session, now)
-        _pass_over(session, report, experiments, submit_job, now, _Ordering(model, interval))
+        _pass_over(session, report, experiments, submit_job, now, ordering)
     return report
 
 
@@ -471,10 +479,12 @@ def scheduled_pass(
 @dataclass(frozen=True)
 class _Ordering:
     """What a pass judges its orders for copy by: the configured model, which a brief held as too
-    long is judged against, and the interval between passes, a backoff's first wait."""
+    long is judged against, and the interval between passes, a backoff's first wait; and whether
+    it orders any (`run_lifecycle`'s order_copy)."""
 
     model: str
     interval: timedelta
+    order_copy: bool = True
 
 
 def _begin_pass(session: Session, now: datetime | None) -> tuple[RunReport, Sequence[Experiment]]:
@@ -577,6 +587,7 @@ def _pass_over_experiment(
                 at,
                 model=ordering.model,
                 interval=ordering.interval,
+                not_ordered=None if ordering.order_copy else report.not_ordered,
             )
         except Exception as exc:
             session.rollback()
@@ -599,10 +610,16 @@ class _Mark:
     actions: int = 0
     jobs: int = 0
     failed: int = 0
+    not_ordered: int = 0
 
     @classmethod
     def of(cls, report: RunReport) -> _Mark:
-        return cls(len(report.actions), len(report.jobs), len(report.failed_segments))
+        return cls(
+            len(report.actions),
+            len(report.jobs),
+            len(report.failed_segments),
+            len(report.not_ordered),
+        )
 
 
 @dataclass(frozen=True)
@@ -613,6 +630,7 @@ class _Tally:
     jobs: int
     failed: int
     passed: int
+    not_ordered: int = 0
 
     @classmethod
     def since(cls, mark: _Mark, report: RunReport, *, passed: int) -> _Tally:
@@ -622,23 +640,33 @@ class _Tally:
             len(report.jobs) - mark.jobs,
             len(report.failed_segments) - mark.failed,
             passed,
+            len(report.not_ordered) - mark.not_ordered,
         )
 
     def eventful(self) -> bool:
         """Whether an experiment's pass is worth a line of its own. A discount fold alone is
         not: it is every pass's bookkeeping where the policy discounts (the dashboard's audit
         page leaves folds out too)."""
-        return bool(self.failed or self.jobs or any(e.action != "discount" for e in self.actions))
+        return bool(
+            self.failed
+            or self.jobs
+            or self.not_ordered
+            or any(e.action != "discount" for e in self.actions)
+        )
 
     def __str__(self) -> str:
         done = {kind: sum(e.action == kind for e in self.actions) for kind in AUDIT_ACTIONS}
-        return (
+        said = (
             f"{_counted(self.passed, 'segment')} passed, {self.failed} failed; "
             f"{done['retire']} retired, {done['pause']} paused, "
             f"{_counted(done['declare_winner'], 'winner')} declared, "
             f"{_counted(self.jobs, 'generation job')} ordered, "
             f"{_counted(done['discount'], 'discount fold')}"
         )
+        if self.not_ordered:
+            # A pass told to order no copy (--no-generate): "0 ordered" alone hid what it found.
+            said += f", {self.not_ordered} not ordered (told to order no copy)"
+        return said
 
 
 def _counted(n: int, noun: str) -> str:
@@ -711,11 +739,14 @@ def apply_segment(
     guardrail_only: bool = False,
     model: str | None = None,
     interval: timedelta = DEFAULT_INTERVAL,
+    not_ordered: list[LifecycleEvent] | None = None,
 ) -> tuple[list[LifecycleEvent], int | None]:
     """Plan the segment (its fold, when the policy discounts, is fold_segment's) and apply the
     plan in one transaction. `model`: as configured, for a pass, whose order for copy a brief
     held as too long for that model withholds; the guardrail orders none and needs none.
-    `interval`: between passes, the first wait after an order for copy failed."""
+    `interval`: between passes, the first wait after an order for copy failed. `not_ordered`:
+    given, the plan's order for copy is not made but appended there, as its audit row would
+    read, unstored."""
     now = now or utcnow()
     in_id_order = _in_id_order(segment)
     events: list[LifecycleEvent] = []
@@ -742,6 +773,13 @@ def apply_segment(
             raise TypeError("apply_segment: a pass orders copy, and needs the configured model")
         actions = _unless_brief_refused(session, experiment, segment, actions, model=model)
         actions = _unless_backing_off(session, segment, actions, now, interval)
+        if not_ordered is not None:
+            not_ordered += [
+                _audited(experiment, segment, action, now)
+                for action in actions
+                if action.kind == "regenerate"
+            ]
+            actions = _without_order(actions)
     job_id = None
     # A pause or retirement that no longer applies is left out of the audit: on SQLite the
     # guardrail plans without a lock, so another worker's guardrail, a pass or a pause by hand can
@@ -781,17 +819,7 @@ def apply_segment(
             session.flush()
             job_id = job.id
             action.numbers["job_id"] = job.id
-        events.append(
-            LifecycleEvent(
-                experiment_id=experiment.id,  # type: ignore[arg-type]
-                segment_id=segment.id,
-                variant_id=action.variant_id,
-                action=action.kind,
-                reason=action.reason,
-                numbers=action.numbers,
-                created_at=now,
-            )
-        )
+        events.append(_audited(experiment, segment, action, now))
     session.add_all(events)
     session.commit()
 
@@ -806,6 +834,21 @@ def apply_segment(
         # had closed (DetachedInstanceError), before it printed anything or ran its jobs.
         session.expunge(event)
     return events, job_id
+
+
+def _audited(
+    experiment: Experiment, segment: Segment, action: Action, now: datetime
+) -> LifecycleEvent:
+    """The action's audit row."""
+    return LifecycleEvent(
+        experiment_id=experiment.id,  # type: ignore[arg-type]
+        segment_id=segment.id,
+        variant_id=action.variant_id,
+        action=action.kind,
+        reason=action.reason,
+        numbers=action.numbers,
+        created_at=now,
+    )
 
 
 def _declare_winner(session: Session, segment: Segment, variant_id: int, now: datetime) -> bool:

@@ -2027,14 +2027,33 @@ def test_cli_lifecycle_once_prints_what_it_did(
     tea = f"experiment {experiment['id']} segment {TEA}"
     winner = ids(experiment, TEA)["manual"]
     assert f"{tea} variant {winner}: declare_winner: prob_best" in result.output
-    assert f"{tea}: regenerate: " in result.output
-    assert f"experiment {experiment['id']} segment {PARENTS}: regenerate: " in result.output
     assert "None" not in result.output
-    assert "1 experiments, 3 actions, 2 generation jobs queued" in result.output
-    # --no-generate: the jobs stay queued, nothing ran the model.
-    session.expire_all()
-    assert {job.status for job in session.exec(select(GenerationJob))} == {"queued"}
     assert not [line for line in result.output.splitlines() if line.startswith("job ")]
+
+
+@pytest.mark.usefixtures("clear_leader")
+def test_cli_lifecycle_once_no_generate_orders_no_copy_and_says_what_it_would_have(
+    session: Session, experiment: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """It queued the jobs and ran none, and nothing else runs a job a command queued: each stayed
+    queued until a pass wrote it off an hour later ("nothing ran it"), its copy ordered again."""
+    caplog.set_level(logging.INFO, logger="service.lifecycle")
+    for _ in range(2):  # the second orders no more than the first, as nothing was ordered
+        result = CliRunner().invoke(main, ["lifecycle", "--once", "--no-generate"])
+
+        assert result.exit_code == 0, result.output
+        for key in (TEA, PARENTS):
+            place = f"experiment {experiment['id']} segment {key}"
+            assert f"{place}: not ordered (--no-generate): " in result.output
+            assert f"{place}: regenerate: " not in result.output
+        assert "asking the model for 2 more" in result.output
+        assert "0 generation jobs queued, 2 not ordered" in result.output
+    session.expire_all()
+    assert session.exec(select(GenerationJob)).all() == []
+    orders = session.exec(select(LifecycleEvent).where(LifecycleEvent.action == "regenerate"))
+    assert orders.all() == []
+    passes = [r.getMessage() for r in caplog.records if "lifecycle: pass over" in r.getMessage()]
+    assert "0 generation jobs ordered, 0 discount folds, 2 not ordered" in passes[-1]
 
 
 def test_cli_lifecycle_once_judges_a_brief_too_long_by_the_model_it_is_configured_with(
@@ -2045,16 +2064,16 @@ def test_cli_lifecycle_once_judges_a_brief_too_long_by_the_model_it_is_configure
 ) -> None:
     monkeypatch.delenv("COPYBANDIT_MODEL", raising=False)
     held_as_too_long(session, experiment, TEA, "")
-    tea = f"experiment {experiment['id']} segment {TEA}: regenerate: "
+    tea = f"experiment {experiment['id']} segment {TEA}: not ordered (--no-generate): "
 
     held = CliRunner().invoke(main, ["lifecycle", "--once", "--no-generate"])
     assert held.exit_code == 0, held.output
-    assert tea not in held.output and "1 generation jobs queued" in held.output
+    assert tea not in held.output and "0 generation jobs queued, 1 not ordered" in held.output
 
     monkeypatch.setenv("COPYBANDIT_MODEL", "/models/longer")
     lifted = CliRunner().invoke(main, ["lifecycle", "--once", "--no-generate"])
     assert lifted.exit_code == 0, lifted.output
-    assert tea in lifted.output and "1 generation jobs queued" in lifted.output
+    assert tea in lifted.output and "0 generation jobs queued, 2 not ordered" in lifted.output
 
 
 @pytest.mark.usefixtures("clear_leader")
@@ -2142,7 +2161,7 @@ def test_cli_lifecycle_once_prints_what_it_did_before_a_later_segment_failed(
     assert result.exit_code == 1, result.output
     tea = f"experiment {experiment['id']} segment {TEA}"
     assert f"{tea} variant {ids(experiment, TEA)['manual']}: declare_winner: " in result.output
-    assert "1 experiments, 2 actions, 1 generation jobs queued" in result.output
+    assert "1 experiments, 1 actions, 0 generation jobs queued, 1 not ordered" in result.output
     parents = f"experiment {experiment['id']} segment {PARENTS}"
     assert f"1 segment(s) left unchanged after an error (logged above): {parents}" in result.output
 
