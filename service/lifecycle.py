@@ -663,6 +663,10 @@ class _Tally:
             f"{_counted(self.jobs, 'generation job')} ordered, "
             f"{_counted(done['discount'], 'discount fold')}"
         )
+        if done["hold"]:
+            # Its audit row, written where a hold began again with no job to say so, was all a
+            # pass did in such a segment, and the line read only zeros.
+            said += f", {_counted(done['hold'], 'segment')} held (brief too long for the model)"
         if self.not_ordered:
             # A pass told to order no copy (--no-generate): "0 ordered" alone hid what it found.
             said += f", {self.not_ordered} not ordered (told to order no copy)"

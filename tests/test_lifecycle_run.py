@@ -499,6 +499,37 @@ def test_a_hold_naming_no_model_held_again_after_the_trail_said_it_ended_fails_n
     assert hold.numbers == {"job_id": 1, "tokens": 6453, "limit": 4096, "model": ""}
 
 
+def test_a_pass_that_only_writes_a_hold_logs_the_hold(
+    app: Any, session: Session, experiment: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The pass's line counted retirements, pauses, winners, orders and folds only: a pass whose
+    one act was a hold's audit row logged "0 retired, 0 paused, ... 0 generation jobs ordered"."""
+    caplog.set_level(logging.INFO, logger="service.lifecycle")
+    tea = held_as_too_long(session, experiment, TEA, "")
+    session.add(
+        LifecycleEvent(
+            experiment_id=experiment["id"],
+            segment_id=tea,
+            action="regenerate",
+            reason="2 live variants, target 4: asking the model for 2 more; the hold ended",
+            numbers={"live": 2, "n": 2, "job_id": 99, "hold_lifted": "model"},
+        )
+    )
+    # busy-parents' copy is on order already: the hold is all the pass has to do.
+    parents = segment_id(session, experiment, PARENTS)
+    session.add(GenerationJob(experiment_id=experiment["id"], segment_id=parents, n=2))
+    session.commit()
+
+    report = run(app)
+
+    assert [e.action for e in report.actions] == ["hold"]
+    lines = [line for line in info_lines(caplog) if line.startswith("lifecycle: ")]
+    held = (
+        "0 generation jobs ordered, 0 discount folds, 1 segment held (brief too long for the model)"
+    )
+    assert [held in line for line in lines] == [True, True], lines
+
+
 # --- backing off from copy that keeps failing -----------------------------------------------------
 
 INTERVAL = timedelta(minutes=15)
