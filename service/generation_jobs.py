@@ -398,15 +398,27 @@ def _finish(
 ) -> bool:
     """Record how the job ended, with the rows `also`, while it still says running: a pass that
     gave it up as interrupted meanwhile has counted it failed and ordered its copy again, and its
-    row keeps saying so. Whether it was recorded."""
+    row keeps saying so, as one cancelled meanwhile keeps saying who cancelled it. Whether it was
+    recorded."""
     if not _update(
         session, job, while_status=JobStatus.RUNNING, also=also, **NOT_WRITING, **values
     ):
-        log.warning(
-            "generation job %s ended (%s) after it was given up as interrupted",
-            job.id,
-            values["status"],
-        )
+        # `job` as read afresh. Cancelled after its last write, it was logged as given up as
+        # interrupted, a warning of a fault where someone had asked it to stop.
+        if job.status == JobStatus.CANCELLED.value:
+            log.info(
+                "generation job %s ended (%s) after it was cancelled; its row keeps that: %s",
+                job.id,
+                values["status"],
+                job.message,
+            )
+        else:
+            log.warning(
+                "generation job %s ended (%s) after it was written off; its row keeps that: %s",
+                job.id,
+                values["status"],
+                job.error,
+            )
         return False
     count(lambda m: m.generation_jobs.labels(str(values["status"])).inc())
     return True

@@ -3,22 +3,27 @@ lifecycle ordering a cancelled job's copy again, and interrupted jobs started by
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from sqlmodel import Session
 
 from generation.writer import Sample
+from service import generation_jobs
 from service.generation_jobs import (
     INTERRUPTED,
+    STOPPED,
     GenerationOptions,
     create_job,
     fail_interrupted_jobs,
     interruption,
     run_job,
 )
+from service.job_cancel import cancel_job
 from service.lifecycle import run_lifecycle
 from service.models import GenerationJob, utcnow
 from tests.test_generation_service import GOOD, ScriptedWriter, _variants
@@ -102,6 +107,64 @@ def test_a_queued_job_cancelled_never_starts(
     assert response.status_code == 200
     assert response.get_json()["message"].endswith("before it started; nothing stored")
     assert ran.status == "cancelled" and writer.calls == []
+
+
+def test_a_job_cancelled_after_its_last_write_is_logged_as_cancelled(
+    app: Any, experiment: dict[str, Any], monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """Cancelled once its last segment's copy was stored, before it recorded its end: its end was
+    logged as "after it was given up as interrupted", a warning, which no one had done."""
+    job_id = _queued_job(app, experiment)
+    finish = generation_jobs._finish
+
+    def cancelled_first(session: Session, job: GenerationJob, **values: Any) -> bool:
+        with Session(app.extensions["copybandit.engine"]) as other:
+            cancel_job(session=other, job_id=job_id, by="mia@example.com")
+        return finish(session, job, **values)
+
+    monkeypatch.setattr(generation_jobs, "_finish", cancelled_first)
+    caplog.set_level(logging.INFO, logger="service.generation_jobs")
+
+    ran = _run(app, job_id, ScriptedWriter(GOOD))
+
+    assert ran.status == "cancelled"
+    assert ran.message == (
+        "cancelled by mia@example.com; kept 2 new variants in tea-lovers, busy-parents"
+    )
+    (said,) = [
+        r for r in caplog.records if r.getMessage().startswith(f"generation job {job_id} ended")
+    ]
+    assert said.levelno == logging.INFO
+    assert said.getMessage() == (
+        f"generation job {job_id} ended (succeeded) after it was cancelled; its row keeps that: "
+        f"{ran.message}"
+    )
+
+
+def test_a_job_written_off_after_its_last_write_is_logged_with_what_its_row_says(
+    app: Any, experiment: dict[str, Any], monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    job_id = _queued_job(app, experiment)
+    finish = generation_jobs._finish
+    engine = app.extensions["copybandit.engine"]
+
+    def written_off_first(session: Session, job: GenerationJob, **values: Any) -> bool:
+        generation_jobs.write_off(engine=engine, job_ids=[job_id], reason=STOPPED)
+        return finish(session, job, **values)
+
+    monkeypatch.setattr(generation_jobs, "_finish", written_off_first)
+
+    ran = _run(app, job_id, ScriptedWriter(GOOD))
+
+    assert ran.status == "failed"
+    (said,) = [
+        r for r in caplog.records if r.getMessage().startswith(f"generation job {job_id} ended")
+    ]
+    assert said.levelno == logging.WARNING
+    assert said.getMessage() == (
+        f"generation job {job_id} ended (succeeded) after it was written off; its row keeps "
+        f"that: {interruption(STOPPED, by_lifecycle=False)}"
+    )
 
 
 def test_cancelling_an_unknown_or_ended_job_says_why(
