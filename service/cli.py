@@ -53,7 +53,7 @@ from service.generation_jobs import (
     write_off,
 )
 from service.job_cancel import cancel_job
-from service.lifecycle import run_lifecycle
+from service.lifecycle import RunReport, run_lifecycle
 from service.long_briefs import BriefHeld
 from service.marketers import (
     MIN_PASSWORD_CHARS,
@@ -620,30 +620,23 @@ def lifecycle(once: bool, generate: bool) -> None:
     settings = _settings(loads_model=generate)
     _log_to_terminal(settings)
     engine = _engine(settings)
-    # With --no-generate nothing here runs a job, and nothing else runs one a pass queues here:
-    # each stayed queued until a pass wrote it off an hour later, its copy then ordered again.
-    report = run_lifecycle(
-        engine=engine,
-        model=settings.model,
-        interval=timedelta(seconds=settings.lifecycle_interval_seconds),
-        order_copy=generate,
-    )
-    acted_on = [e.segment_id for e in [*report.actions, *report.not_ordered]]
-    places = _segment_places(engine, [*acted_on, *report.failed_segments])
-    for event in report.actions:
-        click.echo(f"{_event_place(event, places)}: {event.action}: {event.reason}")
-    for event in report.not_ordered:
-        click.echo(f"{_event_place(event, places)}: not ordered (--no-generate): {event.reason}")
-    not_ordered = f", {len(report.not_ordered)} not ordered" if report.not_ordered else ""
-    click.echo(
-        f"{report.experiments} experiments, {len(report.actions)} actions, "
-        f"{len(report.jobs)} generation jobs queued{not_ordered}"
-    )
     options = GenerationOptions.from_settings(settings)
     failed_jobs = []
-    run_here = report.jobs if generate else []
-    with _written_off_if_stopped(engine, run_here):
-        for job_id in run_here:
+    # Each job as its segment's order commits: stopped mid-pass, the jobs it had queued were
+    # left queued, which nothing here would run, and counted as copy on order for an hour.
+    queued: list[int] = []
+    with _written_off_if_stopped(engine, queued):
+        # With --no-generate nothing here runs a job, and nothing else runs one a pass queues
+        # here: each stayed queued until a pass wrote it off an hour later.
+        report = run_lifecycle(
+            engine=engine,
+            model=settings.model,
+            submit_job=queued.append,
+            interval=timedelta(seconds=settings.lifecycle_interval_seconds),
+            order_copy=generate,
+        )
+        places = _print_pass(engine, report)
+        for job_id in report.jobs:
             job = run_job(
                 engine=engine,
                 job_id=job_id,
@@ -676,6 +669,23 @@ def lifecycle(once: bool, generate: bool) -> None:
         )
     if problems:
         raise click.ClickException("; ".join(problems))
+
+
+def _print_pass(engine: sa.Engine, report: RunReport) -> dict[int, str]:
+    """What `lifecycle --once`'s pass did, and would have ordered under --no-generate; the
+    segments it names and those it failed in, by id, as _segment_places names them."""
+    acted_on = [e.segment_id for e in [*report.actions, *report.not_ordered]]
+    places = _segment_places(engine, [*acted_on, *report.failed_segments])
+    for event in report.actions:
+        click.echo(f"{_event_place(event, places)}: {event.action}: {event.reason}")
+    for event in report.not_ordered:
+        click.echo(f"{_event_place(event, places)}: not ordered (--no-generate): {event.reason}")
+    not_ordered = f", {len(report.not_ordered)} not ordered" if report.not_ordered else ""
+    click.echo(
+        f"{report.experiments} experiments, {len(report.actions)} actions, "
+        f"{len(report.jobs)} generation jobs queued{not_ordered}"
+    )
+    return places
 
 
 def _count_chart_hours(engine: sa.Engine) -> str | None:

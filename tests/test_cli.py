@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner, Result
 from sqlmodel import Session, select
 
+from service import lifecycle
 from service import migrate as migrations
 from service.auth import authenticate
 from service.cli import SCENARIOS, main
@@ -1397,6 +1398,65 @@ def test_a_command_stopped_mid_job_ends_the_jobs_it_held(
         said = interruption(reason, by_lifecycle=True)
         assert {(job.status, job.error) for job in jobs} == {("failed", said)}
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+_STOPPED_MID_PASS = """
+import os, signal, sys
+import service.cli, service.lifecycle
+
+applied = service.lifecycle.apply_segment
+calls = []
+
+def stopped_at_the_second_segment(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the pass")
+    return applied(*args, **kwargs)
+
+service.lifecycle.apply_segment = stopped_at_the_second_segment
+service.cli.main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_lifecycle_once_stopped_mid_pass_ends_the_jobs_its_pass_had_queued(
+    database: str, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """The stop was caught only around the jobs' run: stopped in the pass, after the first
+    segment's order committed, its job stayed queued, which nothing would run, and counted as
+    copy on order until a pass gave it up an hour later."""
+    from service.generation_jobs import COMMAND_STOPPED, COMMAND_TERMINATED, interruption
+
+    assert run("init", "--no-demo-history").exit_code == 0
+    args = ["lifecycle", "--once"]
+    if how == "sigterm":
+        stopped = subprocess.run(
+            [sys.executable, "-c", _STOPPED_MID_PASS, *args],
+            env={**os.environ, "COPYBANDIT_DATABASE_URL": database},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert stopped.returncode == -signal.SIGTERM, (stopped.returncode, stopped.stderr[-2000:])
+    else:
+        applied = lifecycle.apply_segment
+        calls: list[int] = []
+
+        def interrupted_at_the_second_segment(*args: Any, **kwargs: Any) -> Any:
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return applied(*args, **kwargs)
+
+        monkeypatch.setattr(lifecycle, "apply_segment", interrupted_at_the_second_segment)
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1 and "Aborted!" in result.output, result.output
+    with _session(database) as session:
+        jobs = session.exec(select(GenerationJob)).all()
+    reason = COMMAND_TERMINATED if how == "sigterm" else COMMAND_STOPPED
+    said = interruption(reason, by_lifecycle=True)
+    assert [(job.status, job.error, job.started_at) for job in jobs] == [("failed", said, None)]
 
 
 class _FailsOnSecondSegment:
