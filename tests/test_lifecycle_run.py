@@ -2124,6 +2124,32 @@ def test_cli_lifecycle_once_exits_1_when_a_job_it_ran_failed(
     assert "2 generation job(s) did not succeed: 1, 2" in result.output
 
 
+@pytest.mark.usefixtures("clear_leader")
+def test_cli_lifecycle_once_exits_0_when_a_job_it_ran_was_cancelled(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A marketer's cancel is no failure of the pass: counted as one, it made the cron job exit
+    1, "generation job(s) did not succeed", an alert for what someone asked for."""
+    from service.job_cancel import cancel_job
+    from tests.test_generation_service import GOOD, ScriptedWriter
+
+    class CancelledWhileItSamples(ScriptedWriter):
+        def sample(self, messages: list[dict[str, str]], n: int, seed: int) -> list[Any]:
+            running = session.exec(select(GenerationJob).where(GenerationJob.status == "running"))
+            for job in running.all():
+                cancel_job(session=session, job_id=job.id, by="mia@example.com")  # type: ignore[arg-type]
+            return super().sample(messages, n, seed)
+
+    monkeypatch.setattr(cli, "default_writer", lambda _: CancelledWhileItSamples(GOOD))
+
+    result = CliRunner().invoke(main, ["lifecycle", "--once"])
+
+    assert result.exit_code == 0, result.output
+    said = "cancelled: cancelled by mia@example.com; it had stored no copy yet"
+    assert f"job 1: {said}" in result.output and f"job 2: {said}" in result.output
+    assert "did not succeed" not in result.output
+
+
 @pytest.mark.parametrize(
     ("raised", "logged"),
     [
