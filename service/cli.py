@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import json
 import logging
 import os
@@ -621,6 +622,9 @@ def lifecycle(once: bool, generate: bool) -> None:
     _log_to_terminal(settings)
     engine = _engine(settings)
     options = GenerationOptions.from_settings(settings)
+    # Loaded by the first job that needs it, and kept for the rest, as a server's runner keeps
+    # it: each job loaded the model again, a pass's three jobs three loads of the same weights.
+    writer = functools.cache(lambda: default_writer(settings))
     failed_jobs = []
     # Each job as its segment's order commits: stopped mid-pass, the jobs it had queued were
     # left queued, which nothing here would run, and counted as copy on order for an hour.
@@ -640,7 +644,7 @@ def lifecycle(once: bool, generate: bool) -> None:
             job = run_job(
                 engine=engine,
                 job_id=job_id,
-                writer=lambda: default_writer(settings),
+                writer=writer,
                 options=options,
             )
             click.echo(f"job {job_id}: {job.status}: {job.message}")

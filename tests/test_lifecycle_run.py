@@ -2125,6 +2125,28 @@ def test_cli_lifecycle_once_exits_1_when_a_job_it_ran_failed(
 
 
 @pytest.mark.usefixtures("clear_leader")
+def test_cli_lifecycle_once_loads_the_model_once_for_all_its_jobs(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each job loaded it again: the pass's two jobs here, two loads of the same weights."""
+    from tests.test_generation_service import GOOD, ScriptedWriter
+
+    loaded: list[ScriptedWriter] = []
+
+    def load(_: Any) -> ScriptedWriter:
+        loaded.append(ScriptedWriter(GOOD))
+        return loaded[-1]
+
+    monkeypatch.setattr(cli, "default_writer", load)
+
+    result = CliRunner().invoke(main, ["lifecycle", "--once"])
+
+    assert result.exit_code == 0, result.output
+    assert "job 1: succeeded: " in result.output and "job 2: succeeded: " in result.output
+    assert len(loaded) == 1 and len(loaded[0].calls) == 2
+
+
+@pytest.mark.usefixtures("clear_leader")
 def test_cli_lifecycle_once_exits_0_when_a_job_it_ran_was_cancelled(
     session: Session, monkeypatch: pytest.MonkeyPatch
 ) -> None:
