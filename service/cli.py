@@ -68,6 +68,7 @@ from service.models import (
     MAX_DB_ID,
     ApiKey,
     Experiment,
+    GenerationJob,
     JobStatus,
     LifecycleEvent,
     Scope,
@@ -647,7 +648,7 @@ def lifecycle(once: bool, generate: bool) -> None:
                 writer=writer,
                 options=options,
             )
-            click.echo(f"job {job_id}: {job.status}: {job.message}")
+            click.echo(_job_ended(job))
             # One cancelled (the API, the dashboard) ended as someone asked: exit 1 for it
             # alerted the cron job's owner to no fault of the pass.
             if job.status not in (JobStatus.SUCCEEDED, JobStatus.CANCELLED):
@@ -675,6 +676,18 @@ def lifecycle(once: bool, generate: bool) -> None:
         )
     if problems:
         raise click.ClickException("; ".join(problems))
+
+
+def _job_ended(job: GenerationJob) -> str:
+    """A job `lifecycle --once` ran, as it ended: a failed one with the first line of its error,
+    which its message leaves out. "job 1: failed: failed" was all the output said of a model
+    that would not load, the why only in the log."""
+    said = [job.status, *([job.message] if job.message and job.message != job.status else [])]
+    error = (job.error or "").strip()
+    # An interrupted job's message is its error.
+    if job.status == JobStatus.FAILED and error and error != job.message:
+        said.append(error.splitlines()[0])
+    return f"job {job.id}: " + ": ".join(said)
 
 
 def _print_pass(engine: sa.Engine, report: RunReport) -> dict[int, str]:

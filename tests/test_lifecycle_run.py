@@ -2120,7 +2120,8 @@ def test_cli_lifecycle_once_exits_1_when_a_job_it_ran_failed(
 
     # Before, it exited 0 while `copybandit generate` with the same failure exits 1.
     assert result.exit_code == 1, result.output
-    assert "job 1: failed: failed" in result.output
+    # With the why, which was only in the log: "job 1: failed: failed".
+    assert "job 1: failed: RuntimeError: no model here\n" in result.output
     assert "2 generation job(s) did not succeed: 1, 2" in result.output
 
 
@@ -2213,7 +2214,8 @@ def test_cli_lifecycle_once_reports_and_runs_its_jobs_when_counting_the_charts_h
     tea = f"experiment {experiment['id']} segment {TEA}"
     assert f"{tea} variant {ids(experiment, TEA)['manual']}: declare_winner: " in result.output
     assert "1 experiments, 3 actions, 2 generation jobs queued" in result.output
-    assert "job 1: failed: failed" in result.output and "job 2: failed: failed" in result.output
+    said = "failed: RuntimeError: no model here"
+    assert f"job 1: {said}" in result.output and f"job 2: {said}" in result.output
     assert (
         "counting the charts' hours failed (logged above); the next run counts them; "
         "2 generation job(s) did not succeed: 1, 2"
