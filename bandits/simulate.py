@@ -697,9 +697,12 @@ def compare(
 def _bernoulli_kl(p: FloatArray, q: float) -> FloatArray:
     """KL(Bernoulli(p) || Bernoulli(q)), elementwise; inf where q is 0 or 1 and p differs."""
     # log1p of the relative difference, not log of the ratio: for close rates the ratio's
-    # rounding error outweighed the KL itself, which came out negative.
+    # rounding error outweighed the KL itself, which came out negative. But log of the ratio for
+    # p far below q: there (p - q) / q rounds to -1 (p = 1e-20, q = 0.1), log1p made -inf, and
+    # the arm's term, and so a constant of 0.95, came out 0.
     with np.errstate(divide="ignore", invalid="ignore"):
-        a = np.where(p > 0, p * np.log1p((p - q) / q), 0.0)
+        log_ratio = np.where(p < q / 2, np.log(p / q), np.log1p((p - q) / q))
+        a = np.where(p > 0, p * log_ratio, 0.0)
         b = np.where(p < 1, (1 - p) * np.log1p((q - p) / (1 - q)), 0.0)
     result: FloatArray = a + b
     return result

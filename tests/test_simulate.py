@@ -784,6 +784,18 @@ def test_lai_robbins_constant_of_rates_a_rounding_step_apart() -> None:
             ), (star, gap)
 
 
+def test_lai_robbins_constant_of_an_arm_far_below_the_best() -> None:
+    # KL(p || q) tends to ln(1 / (1 - q)) as p -> 0; for p = 1e-20 it read -inf, and the constant
+    # 0 where it is 0.95.
+    for tiny in (1e-20, 1e-300, 5e-324):
+        assert lai_robbins_constant([tiny, 0.1]) == pytest.approx(
+            0.1 / math.log(1 / 0.9), rel=1e-9
+        ), tiny
+    assert lai_robbins_constant([1e-17, 0.05, 0.1]) == pytest.approx(
+        0.1 / math.log(1 / 0.9) + 0.05 / bernoulli_kl(0.05, 0.1), rel=1e-9
+    )
+
+
 def test_bandits_imports_only_numpy_scipy_and_stdlib() -> None:
     code = (
         "import sys, bandits.simulate, bandits.worlds\n"
