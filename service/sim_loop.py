@@ -241,11 +241,7 @@ def _lifecycle(
                 seed=seed,
                 existing=[c.text for c in copies],
             )
-            alpha, beta = empirical_bayes_prior(
-                [c.wins for c in copies],
-                [c.trials for c in copies],
-                max_pseudo_count=policy.prior_max_trials,
-            )
+            alpha, beta = _new_copy_prior(copies, policy)
             for candidate in result.accepted:
                 copies.append(
                     _Copy(
@@ -260,6 +256,19 @@ def _lifecycle(
                 )
                 written += 1
     return {"retired": retired, "written": written}
+
+
+def _new_copy_prior(copies: list[_Copy], policy: LifecyclePolicy) -> tuple[float, float]:
+    """As the service starts a new line (lifecycle.new_arm_prior): Beta(1, 1) unless the policy
+    asks for informed priors. A policy with informed_priors false was fitted priors all the same,
+    and its run read as the one with them."""
+    if not policy.informed_priors:
+        return 1.0, 1.0
+    return empirical_bayes_prior(
+        [c.wins for c in copies],
+        [c.trials for c in copies],
+        max_pseudo_count=policy.prior_max_trials,
+    )
 
 
 def _served_since(copies: list[_Copy], served: int) -> ServedSince:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -87,3 +88,26 @@ def test_a_control_beside_three_starved_lines_is_declared_only_with_starved_afte
         assert declared == [None, None, None]
     else:
         assert all(at is not None and at <= 5_000 for at in declared), declared
+
+
+@pytest.mark.parametrize("informed", [True, False])
+def test_new_copy_starts_at_the_prior_the_policy_asks_for(
+    monkeypatch: pytest.MonkeyPatch, informed: bool
+) -> None:
+    # informed_priors false was ignored: every written line started at the fitted prior.
+    made: list[sim_loop._Copy] = []
+    copy = sim_loop._Copy
+
+    def recorded(*args: Any, **kwargs: Any) -> sim_loop._Copy:
+        made.append(copy(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(sim_loop, "_Copy", recorded)
+    policy = EAGER.model_copy(update={"informed_priors": informed})
+    full_loop(WORLD, writer=PhraseWriter(), rounds=2, round_impressions=5_000, policy=policy)
+    written = [(c.alpha, c.beta) for c in made if c.origin == "generated"]
+    assert written
+    if informed:
+        assert all(prior != (1.0, 1.0) for prior in written)
+    else:
+        assert all(prior == (1.0, 1.0) for prior in written)
