@@ -16,6 +16,8 @@ LABELS = {
     "epsilon_greedy": "epsilon-greedy (0.1)",
     "oracle": "oracle",
 }
+# The policies with a posterior, which a run can see declare a winner (bandits.simulate.Trace).
+DECLARE_WINNERS = ("thompson", "thompson_informed")
 
 
 def lai_robbins_bound(world: World, summary: dict[str, Any]) -> float:
@@ -112,11 +114,13 @@ def table(world: World, summary: dict[str, Any]) -> str:
     ]
     for name, stats in summary["policies"].items():
         winner = stats["impressions_to_winner"]
-        won = (
-            f"{cell(winner)} ({winner['declared']}/{winner['runs']})"
-            if winner.get("mean") is not None
-            else "-"
-        )
+        declared = f"({winner['declared']}/{winner['runs']})"
+        if winner.get("mean") is not None:
+            won = f"{cell(winner)} {declared}"
+        else:
+            # A posterior policy that declared none in any run: "-" read as "not measured", as
+            # for the policies that cannot declare one.
+            won = f"none {declared}" if name in DECLARE_WINNERS else "-"
         lines.append(
             f"{LABELS.get(name, name):<28}{cell(stats['conversions']):>26}"
             f"{cell(stats['regret'], 1):>26}{cell(stats['share_to_best'], 3):>22}"
