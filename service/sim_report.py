@@ -27,8 +27,10 @@ def lai_robbins_bound(world: World, summary: dict[str, Any]) -> float:
 
 
 def _bound_at(world: World, impressions: float) -> float:
+    # A segment expecting under one impression adds nothing (ln 1): the floor was 2, and a
+    # segment that got no traffic at all added C * ln 2.
     return sum(
-        float(segment_bound(s.rates, max(impressions * s.share, 2.0))) for s in world.segments
+        float(segment_bound(s.rates, max(impressions * s.share, 1.0))) for s in world.segments
     )
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from bandits.simulate import compare
+import math
+
+import pytest
+
+from bandits.simulate import compare, lai_robbins_constant
 from bandits.worlds import load_scenario
-from service.sim_report import table
+from service.sim_report import lai_robbins_bound, table
 
 # Two arms alike: in 300 impressions neither posterior comes near 0.95.
 CLOSE = load_scenario({"segments": [{"key": "everyone", "rates": [0.05, 0.05]}]})
@@ -29,3 +33,17 @@ def test_declared_winners_show_their_impressions_and_count() -> None:
     row = _row(table(apart, summary).splitlines(), "Thompson sampling")
     assert row.endswith("(2/2)")
     assert "none" not in row
+
+
+def test_a_segment_that_expects_no_traffic_adds_nothing_to_the_bound() -> None:
+    world = load_scenario(
+        {
+            "segments": [
+                {"key": "everyone", "rates": [0.05, 0.1]},
+                {"key": "nobody", "share": 1e-12, "rates": [0.05, 0.1]},
+            ]
+        }
+    )
+    # Before, 1,000 impressions put the second segment's C * ln 2 (2.8) beside the first's.
+    want = lai_robbins_constant([0.05, 0.1]) * math.log(1_000 / (1 + 1e-12))
+    assert lai_robbins_bound(world, {"impressions": 1_000}) == pytest.approx(want)
