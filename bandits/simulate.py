@@ -15,7 +15,6 @@ visitors and the same luck (common random numbers).
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -601,7 +600,8 @@ def compare(
         Called every 50 batches of each run and at its end, with impressions simulated so far
         and in all.
     max_points : int
-        Curves are averaged into at most this many points.
+        Curves are thinned to at most this many points: regret at each point's last batch, rate
+        and share over the impressions of its batches.
 
     Returns
     -------
@@ -664,13 +664,19 @@ def compare(
             },
         }
         regret = np.mean([t.regret for t in traces], axis=0)
-        rate = np.mean([t.rate for t in traces], axis=0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN bins: no traffic there
-            share = np.nanmean([t.share[first.key] for t in traces], axis=0)
-            share_pts = [np.nanmean(share[b], axis=0) for b in bins]
+        # Rate and share over the impressions of each point, not a mean of its batches' own: a
+        # batch of 1 impression (the last of 1,001 in batches of 100) weighed as much as one of
+        # 100, and its 0 or 1 moved the curve's last point by a tenth.
+        shown = np.sum([t.traffic[:, 0] for t in traces], axis=0)
+        arms_shown = np.sum(
+            [np.nan_to_num(t.share[first.key]) * t.traffic[:, [0]] for t in traces], axis=0
+        )
+        converted = np.sum([np.diff(t.conversions, prepend=0) for t in traces], axis=0)
+        served = np.diff(traces[0].impressions, prepend=0) * len(traces)
+        with np.errstate(divide="ignore", invalid="ignore"):  # no traffic to the segment there
+            share_pts = [arms_shown[b].sum(axis=0) / shown[b].sum() for b in bins]
         curves["regret"][name] = _json_floats(regret[b[-1]] for b in bins)
-        curves["rate"][name] = _json_floats(rate[b].mean() for b in bins)
+        curves["rate"][name] = _json_floats(converted[b].sum() / served[b].sum() for b in bins)
         curves["share"][name] = {
             "segment": first.key,
             "variants": list(first.variants),

@@ -828,3 +828,25 @@ def test_the_winner_check_is_the_posteriors_not_the_luck_of_its_draws() -> None:
     assert 0.949 < exact < simulate_module.WINNER_THRESHOLD
     checked = simulate_module._prob_truly_best(policy, np.array([0.10, 0.08]))  # type: ignore[arg-type]
     assert checked == exact
+
+
+def test_curves_weigh_each_batch_by_its_impressions() -> None:
+    # 1,001 impressions in batches of 100: the oracle serves arm 0, which never converts, for
+    # 1,000 of them, then the drift moves it to arm 1, which always does, for the last. One point
+    # covers all 11 batches; it read the mean of their own figures (a rate of 1/11, a share of
+    # 10/11 to arm 0), where the impressions say 1 of 1,001 and 1,000 of 1,001.
+    world = load_scenario(
+        {
+            "impressions": 1_001,
+            "segments": [{"key": "a", "rates": [0.0, 0.0]}],
+            "drift": {"at_fraction": 0.95, "segments": {"a": {"rates": [0.0, 1.0]}}},
+        }
+    )
+    assert world.drift_batch(1_001, 100) == 10
+    result = compare(world, ["oracle"], seeds=2, batch=100, max_points=1)
+    curves = result["curves"]
+    assert curves["impressions"] == [1_001]
+    assert curves["rate"]["oracle"] == [pytest.approx(1 / 1_001)]
+    assert curves["share"]["oracle"]["values"] == [
+        [pytest.approx(1_000 / 1_001), pytest.approx(1 / 1_001)]
+    ]
