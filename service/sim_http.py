@@ -167,6 +167,21 @@ def _lasting_failure(status: int | str, body: Any) -> str | None:
     return f"answered {status}: {problem or body}"
 
 
+def _other_segment(body: Any, asked: str, experiment_id: int) -> str | None:
+    """What a decision answered from another segment than the one `asked` for says, or None.
+    Every decision for that segment would be answered so: the run went on, and stored each
+    one as an impression of the experiment's first segment, which an admin key's check of the
+    experiment refuses before the run."""
+    served = body.get("segment") if isinstance(body, dict) else None
+    if served is None or served == asked:
+        return None
+    return (
+        f"answered for segment {asked!r} with copy of {served!r}: experiment {experiment_id} "
+        "lacks that segment or has no live copy in it, and the server serves its first "
+        "segment's copy there"
+    )
+
+
 def drive(
     world: World,
     *,
@@ -189,8 +204,9 @@ def drive(
     rngs = [np.random.default_rng([seed, i]) for i in range(clients)]
     connections = [_Client(base_url, key) for _ in range(clients)]
 
-    def decision(index: int) -> tuple[int | str, Any]:
-        """One decision of client `index`, scored and counted; the server's answer to it."""
+    def decision(index: int) -> tuple[int | str, Any, str]:
+        """One decision of client `index`, scored and counted; the server's answer to it, and the
+        segment it asked for."""
         rng, connection = rngs[index], connections[index]
         segment = segments[int(rng.choice(len(segments), p=shares))]
         started = time.perf_counter()
@@ -201,17 +217,17 @@ def drive(
         if status != 200:
             with lock:
                 run.errors[f"decide {status}"] += 1
-            return status, body
+            return status, body, segment.key
         if not isinstance(body, dict) or not isinstance(body.get("text"), str):
             # Not a decision (another server's JSON): counted, not a traceback in a client thread.
             with lock:
                 run.errors["decide 200 not a decision"] += 1
-            return status, body
+            return status, body, segment.key
         if body.get("segment") != segment.key:
             # Copy of another segment: the scenario has no true rate for it here.
             with lock:
                 run.errors["decide other segment"] += 1
-            return status, body
+            return status, body, segment.key
         rate = segment.response.rate(body["text"])  # type: ignore[union-attr]
         best = best_rate[segment.key]
         converted = bool(rng.random() < rate)
@@ -231,7 +247,7 @@ def drive(
             run.expected_conversions += rate
             run.best_expected += max(best, rate)
             run.latencies_ms.append(elapsed)
-        return status, body
+        return status, body, segment.key
 
     def client(index: int) -> None:
         for _ in range(per_client[index]):
@@ -243,7 +259,8 @@ def drive(
         # the clients start, checks what the read would have: no impression beyond the run's own
         # is recorded, as a probe decision would have been.
         per_client[0] -= 1
-        problem = _lasting_failure(*decision(0))
+        status, body, asked = decision(0)
+        problem = _lasting_failure(status, body) or _other_segment(body, asked, experiment_id)
         if problem:
             raise ValueError(f"POST /v1/decide {problem}")
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]

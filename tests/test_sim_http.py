@@ -92,11 +92,17 @@ def test_answers_that_are_not_json_and_refused_conversions_are_counted_not_lost(
 
 
 class _OneSegment(BaseHTTPRequestHandler):
-    """An experiment with only a tea-lovers segment, which every decision is answered from, as
-    the service answers a segment it does not have. Its GET is 403 unless `readable`."""
+    """An experiment with live copy only in its first segment, `served`, which every decision is
+    answered from, as the service answers a segment it does not have or that has no live copy;
+    its GET lists `served` and the segments of `empty` (with no copy). Its GET is 403 unless
+    `readable`."""
 
     protocol_version = "HTTP/1.1"
     readable = True
+    served = "tea-lovers"
+    empty: ClassVar[tuple[str, ...]] = ()
+    decisions = 0
+    lock = threading.Lock()
 
     def log_message(self, *_: Any) -> None:
         pass
@@ -114,19 +120,24 @@ class _OneSegment(BaseHTTPRequestHandler):
             self._send(403, {"error": "forbidden"})
             return
         variant = {"text": "Tea at the right temperature.", "status": "active"}
-        self._send(200, {"segments": [{"key": "tea-lovers", "variants": [variant]}]})
+        segments = [{"key": self.served, "variants": [variant]}]
+        segments += [{"key": key, "variants": []} for key in self.empty]
+        self._send(200, {"segments": segments})
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        with self.lock:
+            type(self).decisions += 1
         text = "Tea at the right temperature."
         self._send(
-            200, {"impression_id": "i", "text": text, "variant_id": 1, "segment": "tea-lovers"}
+            200, {"impression_id": "i", "text": text, "variant_id": 1, "segment": self.served}
         )
 
 
 @pytest.fixture
 def one_segment() -> Iterator[str]:
-    _OneSegment.readable = True
+    _OneSegment.readable, _OneSegment.decisions = True, 0
+    _OneSegment.served, _OneSegment.empty = "tea-lovers", ()
     with _serving(_OneSegment) as url:
         yield url
 
@@ -139,14 +150,25 @@ def test_an_experiment_without_the_scenarios_segments_is_refused(one_segment: st
 
 
 def test_answers_from_another_segment_are_errors_not_scored(one_segment: str) -> None:
-    # A serve key cannot read the experiment, so only the answers can tell.
-    _OneSegment.readable = False
+    # The experiment has the scenario's segments, but live copy only in weekend-hikers, whose
+    # copy the server serves for the other two.
+    _OneSegment.served, _OneSegment.empty = "weekend-hikers", ("trail-racers", "value-seekers")
     world = load_scenario(SCENARIOS / "default.json")
-    run = drive(world, base_url=one_segment, key="k", experiment_id=1, impressions=20, clients=2)
+    run = drive(world, base_url=one_segment, key="k", experiment_id=1, impressions=40, clients=2)
 
     summary = run.summary()
-    assert summary["errors"] == {"decide other segment": 20}
-    assert (summary["decisions"], summary["conversions"]) == (0, 0)
+    assert summary["errors"]["decide other segment"] + summary["decisions"] == 40
+    assert 0 < summary["decisions"] < 40
+
+
+def test_a_first_decision_answered_from_another_segment_stops_the_run(one_segment: str) -> None:
+    # A serve key cannot read the experiment, so only its first answer can tell. Before, all 20
+    # decisions were sent, each stored as an impression of the server's tea-lovers segment.
+    _OneSegment.readable = False
+    world = load_scenario(SCENARIOS / "default.json")
+    with pytest.raises(ValueError, match="with copy of 'tea-lovers': experiment 1 lacks that"):
+        drive(world, base_url=one_segment, key="k", experiment_id=1, impressions=20, clients=2)
+    assert _OneSegment.decisions == 1
 
 
 class _Refuses(BaseHTTPRequestHandler):
