@@ -43,10 +43,23 @@ def write_outputs(world: World, summary: dict[str, Any], out: Path) -> list[Path
     return paths
 
 
-def _plots(world: World, summary: dict[str, Any], out: Path) -> list[Path]:
+def _literal_text() -> Any:
+    """A context in which matplotlib sets every string as written: copy, names and keys are
+    text, never TeX. A line with two dollar signs ("from $89, free over $100") was set as maths
+    between them, and one such as "$5 \\frac off $" ended the run, every seed simulated, in a
+    ParseSyntaxException."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on a server
+    return matplotlib.rc_context({"text.parse_math": False})
+
+
+def _plots(world: World, summary: dict[str, Any], out: Path) -> list[Path]:
+    with _literal_text():
+        return _draw_plots(world, summary, out)
+
+
+def _draw_plots(world: World, summary: dict[str, Any], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     curves = summary["curves"]
@@ -141,9 +154,11 @@ def table(world: World, summary: dict[str, Any]) -> str:
 
 
 def plot_full_loop(result: dict[str, Any], out: Path) -> Path:
-    import matplotlib
+    with _literal_text():
+        return _draw_full_loop(result, out)
 
-    matplotlib.use("Agg")
+
+def _draw_full_loop(result: dict[str, Any], out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     rounds = [r["round"] for r in result["rounds"]]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
 from bandits.simulate import compare, lai_robbins_constant
 from bandits.worlds import load_scenario
-from service.sim_report import lai_robbins_bound, table
+from service.sim_report import lai_robbins_bound, table, write_outputs
 
 # Two arms alike: in 300 impressions neither posterior comes near 0.95.
 CLOSE = load_scenario({"segments": [{"key": "everyone", "rates": [0.05, 0.05]}]})
@@ -47,3 +48,21 @@ def test_a_segment_that_expects_no_traffic_adds_nothing_to_the_bound() -> None:
     # Before, 1,000 impressions put the second segment's C * ln 2 (2.8) beside the first's.
     want = lai_robbins_constant([0.05, 0.1]) * math.log(1_000 / (1 + 1e-12))
     assert lai_robbins_bound(world, {"impressions": 1_000}) == pytest.approx(want)
+
+
+def test_copy_with_dollar_signs_is_plotted_as_text(tmp_path: Path) -> None:
+    # matplotlib reads text between two dollar signs as TeX: the first line was set as maths,
+    # and the second ended the command in a ParseSyntaxException after the whole simulation.
+    lines = ["From $89, free shipping over $100.", "Save $5 \\frac on $ orders"]
+    world = load_scenario(
+        {"name": "$sale$", "segments": [{"key": "a", "rates": [0.1, 0.2], "variants": lines}]}
+    )
+    summary = compare(world, ["thompson"], impressions=300, seeds=1)
+    written = write_outputs(world, summary, tmp_path)
+    assert [path.name for path in written] == [
+        "summary.json",
+        "regret.png",
+        "rate.png",
+        "traffic_share.png",
+    ]
+    assert all(path.stat().st_size > 0 for path in written)
