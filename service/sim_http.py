@@ -96,7 +96,8 @@ def _best_rates(
 ) -> tuple[dict[str, float], bool]:
     """The true rate of the best live copy per segment: the server's copy if the key may read it
     (admin), else the scenario's lines; and whether it could read it. Refuses an experiment that
-    lacks a scenario segment, and a key or experiment the server does not know."""
+    lacks a scenario segment or live copy in one, and a key or experiment the server does not
+    know."""
     texts = {s.key: list(s.variants) for s in segments}
     client = _Client(base_url, key)
     path = f"/v1/experiments/{experiment_id}"
@@ -139,10 +140,21 @@ def _best_rates(
                 f"experiment {experiment_id} lacks the scenario's segments {', '.join(missing)}"
                 " (the server would serve its first segment's copy for them)"
             )
-        for segment in body["segments"]:
-            live = [v["text"] for v in segment["variants"] if v["status"] == "active"]
-            if segment["key"] in texts and live:
-                texts[segment["key"]] = live
+        live = {
+            segment["key"]: [v["text"] for v in segment["variants"] if v["status"] == "active"]
+            for segment in body["segments"]
+            if segment["key"] in texts
+        }
+        # As good as missing: the server serves such a segment its first one's copy too (or,
+        # when that has none either, answers 409). The run went on, and stored each decision
+        # for it as an impression of the first segment.
+        no_copy = sorted(key for key, lines in live.items() if not lines)
+        if no_copy:
+            raise ValueError(
+                f"experiment {experiment_id} has no live copy in the scenario's segments "
+                f"{', '.join(no_copy)} (the server would serve its first segment's copy for them)"
+            )
+        texts.update(live)
     rates = {s.key: max(s.response.rate(t) for t in texts[s.key]) for s in segments}
     return rates, status == 200
 

@@ -101,6 +101,8 @@ class _OneSegment(BaseHTTPRequestHandler):
     readable = True
     served = "tea-lovers"
     empty: ClassVar[tuple[str, ...]] = ()
+    # The first this many decisions are answered from the segment asked for.
+    honest_for = 0
     decisions = 0
     lock = threading.Lock()
 
@@ -125,18 +127,17 @@ class _OneSegment(BaseHTTPRequestHandler):
         self._send(200, {"segments": segments})
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        asked = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
         with self.lock:
             type(self).decisions += 1
+            served = asked["segment"] if self.decisions <= self.honest_for else self.served
         text = "Tea at the right temperature."
-        self._send(
-            200, {"impression_id": "i", "text": text, "variant_id": 1, "segment": self.served}
-        )
+        self._send(200, {"impression_id": "i", "text": text, "variant_id": 1, "segment": served})
 
 
 @pytest.fixture
 def one_segment() -> Iterator[str]:
-    _OneSegment.readable, _OneSegment.decisions = True, 0
+    _OneSegment.readable, _OneSegment.decisions, _OneSegment.honest_for = True, 0, 0
     _OneSegment.served, _OneSegment.empty = "tea-lovers", ()
     with _serving(_OneSegment) as url:
         yield url
@@ -149,16 +150,29 @@ def test_an_experiment_without_the_scenarios_segments_is_refused(one_segment: st
         drive(world, base_url=one_segment, key="k", experiment_id=1, impressions=10, clients=1)
 
 
-def test_answers_from_another_segment_are_errors_not_scored(one_segment: str) -> None:
-    # The experiment has the scenario's segments, but live copy only in weekend-hikers, whose
-    # copy the server serves for the other two.
+def test_an_experiment_without_live_copy_in_a_scenario_segment_is_refused(
+    one_segment: str,
+) -> None:
+    # Before, the run went on, and the server answered every decision for those two segments
+    # with weekend-hikers' copy, stored as impressions there.
     _OneSegment.served, _OneSegment.empty = "weekend-hikers", ("trail-racers", "value-seekers")
+    world = load_scenario(SCENARIOS / "default.json")
+    with pytest.raises(ValueError, match="no live copy in the scenario's segments trail-racers, "):
+        drive(world, base_url=one_segment, key="k", experiment_id=1, impressions=40, clients=2)
+    assert _OneSegment.decisions == 0
+
+
+def test_answers_from_another_segment_are_errors_not_scored(one_segment: str) -> None:
+    # A serve key's first decision comes from the segment asked for, the rest from
+    # weekend-hikers (its other segments' copy retired meanwhile, say).
+    _OneSegment.readable, _OneSegment.honest_for = False, 1
+    _OneSegment.served = "weekend-hikers"
     world = load_scenario(SCENARIOS / "default.json")
     run = drive(world, base_url=one_segment, key="k", experiment_id=1, impressions=40, clients=2)
 
     summary = run.summary()
     assert summary["errors"]["decide other segment"] + summary["decisions"] == 40
-    assert 0 < summary["decisions"] < 40
+    assert 0 < summary["errors"]["decide other segment"] < 39
 
 
 def test_a_first_decision_answered_from_another_segment_stops_the_run(one_segment: str) -> None:
