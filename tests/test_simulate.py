@@ -361,6 +361,29 @@ def test_a_yaml_scenario_reads_as_its_json_twin(tmp_path: Path) -> None:
         np.testing.assert_array_equal(ours.rates, theirs.rates)
 
 
+def test_a_yaml_number_with_an_exponent_is_a_number(tmp_path: Path) -> None:
+    # YAML 1.1 wants a dot in a float: "1e-3" was read as text, and refused as a rate that JSON
+    # takes ("segments[0].rates[0] must be a number in [0, 1], got '1e-3'").
+    scenario = tmp_path / "mine.yaml"
+    scenario.write_text(
+        "delay: {mean_impressions: 3E2}\n"
+        "segments:\n"
+        "  - {key: a, rates: [1e-3, 5e-2, 1.5e-2]}\n"
+        "  - {key: b, variants: [Hi!],\n"
+        "     response: {base_rate: 4e-2, weights: {exclamation: -1e-1}}}\n"
+    )
+    world = load_scenario(scenario)
+    assert world.segments[0].rates.tolist() == [0.001, 0.05, 0.015]
+    assert world.delay_mean == 300.0
+    assert world.segments[1].rates[0] == pytest.approx(1 / (1 + 24 * math.exp(0.1)))
+    # Text that only looks like one stays text.
+    scenario.write_text("name: '1e3'\nsegments: [{key: 2e5x, rates: [0.1]}]\n")
+    assert (load_scenario(scenario).name, load_scenario(scenario).segments[0].key) == (
+        "1e3",
+        "2e5x",
+    )
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
