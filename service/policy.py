@@ -100,8 +100,10 @@ class LifecyclePolicy(BaseModel):
         return self
 
 
-def _without_defaults(schema: dict[str, Any]) -> None:
+def _as_changes(schema: dict[str, Any]) -> None:
     describe_integers(schema)
+    # At least one field, as the server reads it (and as the brief's PATCH publishes).
+    schema["minProperties"] = 1
     for field in schema.get("properties", {}).values():
         field.pop("default", None)
 
@@ -112,10 +114,21 @@ class PolicyChanges(LifecyclePolicy):
 
     # A field left out keeps its stored value, so the schema publishes no defaults: a client
     # generated from it that filled them in would reset the rest of the policy.
-    model_config = ConfigDict(json_schema_extra=_without_defaults)
+    model_config = ConfigDict(json_schema_extra=_as_changes)
 
     @model_validator(mode="after")
     def _bounds(self, info: ValidationInfo) -> PolicyChanges:
+        return self
+
+    @model_validator(mode="after")
+    def _some_change(self) -> PolicyChanges:
+        # `{}` was a 200 that changed nothing the client asked for (it only dropped stored fields
+        # this version does not know), where the brief's PATCH refuses an empty change.
+        if not self.model_fields_set:
+            raise at_fault(
+                "body",
+                f"give at least one rule to change: {', '.join(LifecyclePolicy.model_fields)}",
+            )
         return self
 
 

@@ -412,8 +412,9 @@ class ExperimentPatch(Request):
     @model_validator(mode="after")
     def _some_change(self) -> ExperimentPatch:
         if not self.model_fields_set:
-            raise ValueError(
-                "give at least one field to change: name, product, brand_voice or auto_approve"
+            raise at_fault(
+                "body",
+                "give at least one field to change: name, product, brand_voice or auto_approve",
             )
         for name in ("name", "product", "auto_approve"):
             if name in self.model_fields_set and getattr(self, name) is None:

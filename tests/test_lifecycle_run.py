@@ -1625,6 +1625,29 @@ def test_a_stored_policy_with_a_field_no_longer_known_is_fixed_by_a_patch(
     }
 
 
+def test_an_empty_policy_patch_is_refused_naming_the_body_and_changes_nothing(
+    api: Any, session: Session, experiment: dict[str, Any]
+) -> None:
+    # It was a 200 that dropped the stored field this version does not know, where the brief's
+    # PATCH refuses `{}`.
+    stored = {"min_impressions": 50, "retired_rule": 3}
+    store_policy_by_hand(session, experiment["id"], stored)
+
+    response = patch_policy(api, experiment)
+
+    assert response.status_code == 400
+    assert response.get_json() == {
+        "error": "invalid",
+        "field": "body",
+        "message": "body: give at least one rule to change: min_impressions, retire_below, "
+        "retire_loss_above, starved_after, target_active, max_active, declare_at, "
+        "informed_priors, prior_max_trials, guardrail_at, regenerate, discount_per_hour",
+    }
+    session.expire_all()
+    assert session.get(Experiment, experiment["id"]).policy == stored  # type: ignore[union-attr]
+    assert _policy_edits(api, experiment) == []
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -1683,7 +1706,8 @@ def test_a_policy_patch_is_judged_merged_with_the_stored_policy(
     refused: tuple[str, str] | None,
 ) -> None:
     accepted = refused is None
-    assert patch_policy(api, experiment, **stored).status_code == 200
+    if stored:  # `{}` changes nothing: a 400
+        assert patch_policy(api, experiment, **stored).status_code == 200
     response = patch_policy(api, experiment, **change)
     assert response.status_code == (200 if accepted else 400), response.get_json()
     if not accepted:

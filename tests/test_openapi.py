@@ -166,6 +166,13 @@ def test_the_policy_patch_publishes_no_defaults(spec: dict[str, Any]) -> None:
     assert [name for name, field in changes.items() if "default" in field] == []
 
 
+def test_a_patch_publishes_that_it_needs_a_change(spec: dict[str, Any]) -> None:
+    # The policy's `{}` was published as valid, and answered 200, where the brief's was refused.
+    schemas = spec["components"]["schemas"]
+    assert schemas["PolicyChanges"]["minProperties"] == 1
+    assert schemas["ExperimentPatch"]["minProperties"] == 1
+
+
 def test_a_report_publishes_its_verdict_and_the_leaders_evidence(spec: dict[str, Any]) -> None:
     # The leader alone read as the copy winning, on 3 impressions where the dashboard said too
     # early to tell; the verdict's kinds are the headline's.
