@@ -81,9 +81,11 @@ def _refuse_a_coded_body() -> None:
     if not named:
         return
     codings = [coding.strip().lower() for coding in named.split(",") if coding.strip()]
-    if any(coding != "identity" for coding in codings):
+    # identity beside a coding ("gzip, identity") is read well enough: only the rest is named.
+    refused = [coding for coding in codings if coding != "identity"]
+    if refused:
         raise APIError(
-            f"send the body uncompressed: Content-Encoding {', '.join(codings)} is not read here",
+            f"send the body uncompressed: Content-Encoding {', '.join(refused)} is not read here",
             field="Content-Encoding",
             code="unsupported_media_type",
         ).with_status(415)

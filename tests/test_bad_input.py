@@ -223,6 +223,31 @@ def test_a_compressed_body_is_415_naming_content_encoding(
     assert _snapshot(raw.session) == before
 
 
+@pytest.mark.parametrize(
+    ("named", "refused"),
+    [
+        ("gzip, identity", "gzip"),
+        ("identity, br", "br"),
+        ("IDENTITY,gzip, identity,br", "gzip, br"),
+    ],
+)
+def test_a_415_names_only_the_codings_refused(raw: Raw, api: Any, named: str, refused: str) -> None:
+    # identity listed beside a coding was named among those "not read here", though it is.
+    response = raw.client.post(
+        "/v1/decide",
+        data=f'{{"experiment": {raw.experiment_id}}}',
+        headers={
+            "Authorization": f"Bearer {raw.key}",
+            "Content-Type": "application/json",
+            "Content-Encoding": named,
+        },
+    )
+    body = _assert_json_error(response, 415, "unsupported_media_type")
+    assert body["message"] == (
+        f"send the body uncompressed: Content-Encoding {refused} is not read here"
+    )
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_a_body_said_to_be_uncoded_is_read(raw: Raw, api: Any, path: str) -> None:
     plain = _valid_body(path).replace(EXPERIMENT, str(raw.experiment_id))
