@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from flask import Flask, Response, current_app, jsonify, request
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails, PydanticCustomError
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.exceptions import ClientDisconnected, HTTPException, MethodNotAllowed
 
 from service import db, write_health
 
@@ -237,6 +237,10 @@ def register(app: Flask) -> None:
 
     app.register_error_handler(HTTPException, http_error)
 
+    @app.errorhandler(ClientDisconnected)
+    def _cut_off(exc: ClientDisconnected) -> Response:
+        return _api_error(body_cut_off())
+
     @app.errorhandler(sa.exc.DBAPIError)
     def _database_error(exc: sa.exc.DBAPIError) -> Response:
         return _api_error(database_error(exc))
@@ -268,6 +272,22 @@ def unexpected_error(exc: Exception) -> APIError:
     log.exception("unhandled error")
     db.roll_back()
     return InternalError("internal error; it has been logged")
+
+
+def body_cut_off() -> APIError:
+    """A body the client stopped sending partway, as the 400 naming `body` that broken chunked
+    framing is (unexpected_error). werkzeug raises ClientDisconnected when the server's reader
+    runs dry (gunicorn's raises NoMoreData mid-chunk; a Content-Length body just ends short), and
+    answered it with its generic "could not understand" 400, naming nothing."""
+    declared = request.content_length
+    short_of = (
+        "before its last chunk"
+        if declared is None
+        else f"short of its Content-Length ({declared:,} bytes)"
+    )
+    return APIError(
+        f"the body ended {short_of}: the client stopped sending it partway", field="body"
+    )
 
 
 def _unreadable_body(exc: Exception) -> bool:

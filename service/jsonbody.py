@@ -12,9 +12,9 @@ from typing import Any
 
 from flask import Flask, current_app, request
 from flask.json.provider import DefaultJSONProvider
-from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
+from werkzeug.exceptions import BadRequest, ClientDisconnected, RequestEntityTooLarge
 
-from service.errors import APIError, InvalidInput, quoted
+from service.errors import APIError, InvalidInput, body_cut_off, quoted
 
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 
@@ -59,6 +59,8 @@ def parse_json_body(*, optional: bool = False) -> None:
     refuse_an_unsized_body_over_the_limit()
     try:
         body = request.get_json()  # parsed once here; the validation layer reads the cached result
+    except ClientDisconnected:
+        raise body_cut_off() from None  # not JSON that broke: it never all came
     except BadRequest as exc:
         # The parser's ValueError says where the JSON broke; werkzeug's wrappers do not.
         cause: BaseException = exc

@@ -281,6 +281,47 @@ def test_a_chunked_body_broken_in_its_framing_is_400(raw: Raw, path: str, framin
     assert body["message"].startswith("the body's chunked framing is broken: Invalid chunk")
 
 
+# Chunked bodies the client stopped sending partway (it closed the connection), as gunicorn's
+# reader hands them to the app: it raises NoMoreData, an OSError, which werkzeug reads as a
+# disconnected client.
+CUT_OFF_CHUNKS = {
+    "mid-chunk": b'10\r\n{"experi',
+    "mid-chunk-size": b"1",
+    "before-the-last-chunk": b"2\r\n{}\r\n",
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("cut_off", list(CUT_OFF_CHUNKS.values()), ids=list(CUT_OFF_CHUNKS))
+def test_a_chunked_body_cut_off_is_400_naming_the_body(raw: Raw, path: str, cut_off: bytes) -> None:
+    # It was werkzeug's "The browser (or proxy) sent a request that this server could not
+    # understand.", naming no field, where broken framing names the body.
+    gunicorns_reader: Any = Body(ChunkedReader(None, IterUnreader([cut_off])))
+    body = raw.refused(path, gunicorns_reader, 400, "bad_request", chunked=True)
+    assert body["field"] == "body"
+    assert body["message"] == (
+        "the body ended before its last chunk: the client stopped sending it partway"
+    )
+
+
+def test_a_body_cut_short_of_its_content_length_is_400_naming_the_body(raw: Raw) -> None:
+    # A server that leaves the length to werkzeug (flask run's) has it raise ClientDisconnected.
+    before = _snapshot(raw.session)
+    response = raw.client.post(
+        "/v1/decide",
+        input_stream=io.BytesIO(b'{"experi'),
+        environ_overrides={"CONTENT_LENGTH": "100"},
+        headers={"Authorization": f"Bearer {raw.key}", "Content-Type": "application/json"},
+    )
+    body = _assert_json_error(response, 400, "bad_request")
+    assert (body["field"], body["message"]) == (
+        "body",
+        "the body ended short of its Content-Length (100 bytes): the client stopped sending it "
+        "partway",
+    )
+    assert _snapshot(raw.session) == before
+
+
 @pytest.mark.parametrize(
     ("path", "data"),
     [

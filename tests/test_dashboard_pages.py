@@ -1821,6 +1821,34 @@ def test_a_chunked_form_broken_in_its_framing_is_400_and_stores_nothing(
     assert stored(app) == before
 
 
+def test_a_chunked_form_cut_off_is_400_naming_the_body_and_stores_nothing(
+    app: Any, dash: Dashboard
+) -> None:
+    """A client that stopped sending partway through a chunk: the page gave werkzeug's "The
+    browser (or proxy) sent a request that this server could not understand.", where broken
+    framing says what was wrong with the body."""
+    fields = "&".join(f"{name}={quote(value)}" for name, value in experiment_form().items())
+    form = f"csrf_token={dash.token}&{fields}".encode()
+    cut_off = f"{len(form):x}\r\n".encode() + form[: len(form) // 2]
+    before = stored(app)
+
+    response = dash.client.post(
+        "/dashboard/experiments/new",
+        input_stream=io.BytesIO(b""),
+        content_type="application/x-www-form-urlencoded",
+        headers={"Transfer-Encoding": "chunked"},
+        environ_overrides={
+            "wsgi.input_terminated": True,
+            "wsgi.input": Body(ChunkedReader(None, IterUnreader([cut_off]))),
+        },
+    )
+
+    assert response.status_code == 400
+    page = response.get_data(as_text=True)
+    assert "the body ended before its last chunk" in page
+    assert stored(app) == before
+
+
 def test_the_created_flash_isolates_a_right_to_left_name_from_its_sentence(
     dash: Dashboard,
 ) -> None:

@@ -12,7 +12,7 @@ from typing import Any, SupportsFloat, TypeVar, cast
 import sqlalchemy as sa
 from flask import Blueprint, current_app, flash, g, get_flashed_messages, render_template, url_for
 from pydantic import BaseModel, ValidationError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
 from service import db
@@ -21,6 +21,7 @@ from service.errors import (
     UNAVAILABLE_RETRY_AFTER,
     APIError,
     InvalidInput,
+    body_cut_off,
     database_error,
     first_problem,
     unexpected_error,
@@ -206,6 +207,11 @@ def _database_error(exc: sa.exc.DBAPIError) -> tuple[str, int, dict[str, str]]:
 @bp.errorhandler(Exception)
 def _unexpected(exc: Exception) -> tuple[str, int, dict[str, str]]:
     return _api_error(unexpected_error(exc))
+
+
+@bp.errorhandler(ClientDisconnected)
+def _cut_off(exc: ClientDisconnected) -> tuple[str, int, dict[str, str]]:
+    return _api_error(body_cut_off())
 
 
 @bp.errorhandler(HTTPException)
