@@ -84,9 +84,21 @@ from service.schemas import no_invisible_formatting
 # The account `init` makes on first run, so `make run` can be signed in to at once.
 FIRST_MARKETER = "marketer@example.com"
 SCENARIOS = Path(__file__).resolve().parent.parent / "bandits" / "scenarios"
+
+
 # The experiment ids the API and the dashboard take (service.schemas.DbId): a larger one reached
 # the database, where SQLite's driver raised OverflowError with a traceback.
-EXPERIMENT_ID = click.IntRange(1, MAX_DB_ID)
+class WholeNumber(click.IntRange):
+    """click.IntRange written in the digits 0-9 alone: int() reads any script's, so
+    `--experiment ٣` acted on experiment 3. Refused as a word is, in click's own message."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip().isascii():
+            self.fail(f"{value!r} is not a valid {self.name}.", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+EXPERIMENT_ID = WholeNumber(1, MAX_DB_ID)
 # gunicorn's default, now set on purpose: three times the longest a request waits for a lock.
 WORKER_TIMEOUT_SECONDS = round(3 * LOCK_WAIT_SECONDS)
 
@@ -545,7 +557,7 @@ def _on_stop(ended: Callable[[bool], object]) -> Iterator[None]:
 @click.option(
     "-n",
     "n",
-    type=click.IntRange(1, 20),
+    type=WholeNumber(1, 20),
     default=4,
     show_default=True,
     help="Accepted lines wanted per segment.",
@@ -817,14 +829,14 @@ def _refuse_other_modes_options(ctx: click.Context, mode: str) -> None:
     "--impressions",
     # As many as a scenario may ask for (bandits.worlds): more overflowed numpy's multinomial in
     # full-loop mode, a traceback.
-    type=click.IntRange(1, 10**12),
+    type=WholeNumber(1, 10**12),
     default=None,
     help="In-process mode: per run (default: the scenario's); HTTP mode: in all (default "
     "2000); full-loop mode: per round (default 20000).",
 )
 @click.option(
     "--seeds",
-    type=click.IntRange(1),
+    type=WholeNumber(1),
     default=None,
     help="In-process mode: runs per policy (default: the scenario's).",
 )
@@ -852,7 +864,7 @@ def _refuse_other_modes_options(ctx: click.Context, mode: str) -> None:
 )
 @click.option(
     "--clients",
-    type=click.IntRange(1, 64),
+    type=WholeNumber(1, 64),
     default=4,
     show_default=True,
     help="HTTP mode: concurrent storefront clients.",
@@ -871,7 +883,7 @@ def _refuse_other_modes_options(ctx: click.Context, mode: str) -> None:
 )
 @click.option(
     "--rounds",
-    type=click.IntRange(1, 100),
+    type=WholeNumber(1, 100),
     default=6,
     show_default=True,
     help="Full-loop mode: rounds of traffic, each followed by a lifecycle pass.",
@@ -1068,7 +1080,7 @@ def check() -> None:
 
 @main.command()
 @click.option("--older-than", "older_than", required=True, help="Age, like 90d, 12h or 30m.")
-@click.option("--batch-size", type=click.IntRange(1, 1_000_000), default=5_000, show_default=True)
+@click.option("--batch-size", type=WholeNumber(1, 1_000_000), default=5_000, show_default=True)
 def purge(older_than: str, batch_size: int) -> None:
     """Delete impressions and events older than --older-than, and sticky assignments unused
     since a day before that, in batches; counters stay exact."""
@@ -1122,7 +1134,7 @@ def _postgresql_url(value: str) -> str:
     help="The PostgreSQL database to copy into: migrated (`copybandit migrate`) and empty.",
     callback=lambda _c, _p, v: _postgresql_url(v),
 )
-@click.option("--batch-size", type=click.IntRange(1, 1_000_000), default=5_000, show_default=True)
+@click.option("--batch-size", type=WholeNumber(1, 1_000_000), default=5_000, show_default=True)
 def copy_database_command(to: str, batch_size: int) -> None:
     """Copy every row of the configured database (COPYBANDIT_DATABASE_URL) into an empty
     PostgreSQL database, in one transaction there; then verify the counts and set its id
@@ -1556,10 +1568,10 @@ def users_list() -> None:
 @main.command()
 @click.option("--host", default=None, help="Default: COPYBANDIT_HOST or 127.0.0.1.")
 @click.option(
-    "--port", type=click.IntRange(1, 65535), default=None, help="Default: COPYBANDIT_PORT or 8000."
+    "--port", type=WholeNumber(1, 65535), default=None, help="Default: COPYBANDIT_PORT or 8000."
 )
 @click.option(
-    "--workers", type=click.IntRange(1, 64), default=None, help="Default: COPYBANDIT_WORKERS or 2."
+    "--workers", type=WholeNumber(1, 64), default=None, help="Default: COPYBANDIT_WORKERS or 2."
 )
 @click.option("--access-log/--no-access-log", default=False)
 def serve(host: str | None, port: int | None, workers: int | None, access_log: bool) -> None:

@@ -359,8 +359,12 @@ def _refuse(problem: str | None, name: str, value: object) -> None:
 
 def _parse(field: dataclasses.Field[Any], raw: str) -> object:
     kind: Callable[[str], object] = {"int": int, "float": float}.get(str(field.type), str)
+    text = raw.strip()
     try:
-        return kind(raw.strip())
+        # int() and float() read any script's digits: "٣" (Arabic-Indic three) was port 3.
+        if kind is not str and not text.isascii():
+            raise ValueError(text)
+        return kind(text)
     except ValueError:
         raise ConfigError(
             f"{ENV_PREFIX}{field.name.upper()} must be {'an' if kind is int else 'a'} "

@@ -592,6 +592,25 @@ def test_serve_refuses_a_port_another_process_listens_on_in_one_line(
     )
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["generate", "--experiment", "\u0663"],
+        ["generate", "--experiment", "1", "-n", "\uff12"],
+        ["purge", "--older-than", "90d", "--batch-size", "\u0665\u0660"],
+        ["serve", "--port", "\u0668\u0660\u0660\u0660"],
+    ],
+    ids=["experiment", "n", "batch-size", "port"],
+)
+def test_a_number_in_another_scripts_digits_is_refused_as_a_word_is(
+    database: str, args: list[str]
+) -> None:
+    # int() reads them: `generate --experiment ٣` generated for experiment 3.
+    result = run(*args)
+    assert result.exit_code == 2, result.output
+    assert f"{args[-1]!r} is not a valid integer range." in result.output
+
+
 @pytest.mark.parametrize("host", ["[::1", "::1]"])
 def test_serve_refuses_an_ipv6_host_with_one_bracket_naming_the_option(
     database: str, host: str

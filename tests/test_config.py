@@ -37,6 +37,14 @@ def test_environment_variables_override_defaults() -> None:
     ("variable", "value", "message"),
     [
         ("COPYBANDIT_PORT", "eighty", r"COPYBANDIT_PORT must be an int, got 'eighty'"),
+        # int() and float() read any script's digits: port 3, 16 workers, a 2.5 s TTL.
+        ("COPYBANDIT_PORT", "\u0663", r"^COPYBANDIT_PORT must be an int, got '\u0663'$"),
+        ("COPYBANDIT_WORKERS", "\uff11\uff16", r"^COPYBANDIT_WORKERS must be an int, got '"),
+        (
+            "COPYBANDIT_SNAPSHOT_TTL_SECONDS",
+            "\u0662.\u0665",
+            r"^COPYBANDIT_SNAPSHOT_TTL_SECONDS must be a float, got '\u0662.\u0665'$",
+        ),
         ("COPYBANDIT_PORT", "70000", r"COPYBANDIT_PORT must be between 1 and 65535"),
         ("COPYBANDIT_ENV", "staging", r"COPYBANDIT_ENV must be one of development, test"),
         ("COPYBANDIT_DATABASE_URL", "mysql://x/y", r"COPYBANDIT_DATABASE_URL must be a sqlite"),
