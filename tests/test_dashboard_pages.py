@@ -1849,6 +1849,29 @@ def test_a_chunked_form_cut_off_is_400_naming_the_body_and_stores_nothing(
     assert stored(app) == before
 
 
+def test_a_form_cut_short_of_its_content_length_is_400_and_stores_nothing(
+    app: Any, dash: Dashboard
+) -> None:
+    """A connection dropped partway through the form: gunicorn hands the app what came, and an
+    experiment was made with its second segment's persona cut off mid-word."""
+    fields = "&".join(f"{name}={quote(value)}" for name, value in experiment_form().items())
+    form = f"csrf_token={dash.token}&{fields}".encode()
+    before = stored(app)
+
+    response = dash.client.post(
+        "/dashboard/experiments/new",
+        input_stream=io.BytesIO(form[:-6]),
+        content_type="application/x-www-form-urlencoded",
+        # gunicorn says it ends the input itself, so werkzeug does not count it.
+        environ_overrides={"wsgi.input_terminated": True, "CONTENT_LENGTH": str(len(form))},
+    )
+
+    assert response.status_code == 400
+    page = response.get_data(as_text=True)
+    assert f"the body ended short of its Content-Length ({len(form):,} bytes)" in page
+    assert stored(app) == before
+
+
 def test_the_created_flash_isolates_a_right_to_left_name_from_its_sentence(
     dash: Dashboard,
 ) -> None:

@@ -147,6 +147,51 @@ def test_a_request_gunicorn_cannot_parse_is_refused_in_json(server: tuple[str, s
         assert refusal["message"]
 
 
+def test_a_body_the_client_stops_sending_partway_is_refused_naming_it(
+    server: tuple[str, str],
+) -> None:
+    # gunicorn handed the app what came before the client closed its side as the whole body: a
+    # whole JSON value short of its Content-Length made an experiment (201); cut mid-chunk, it
+    # was werkzeug's generic 400, naming nothing.
+    base, key = server
+    port = int(base.rsplit(":", 1)[1])
+    whole = json.dumps(
+        {
+            "name": "Cut short",
+            "product": {"name": "Kettle", "description": "Glass."},
+            "segments": [{"key": "tea", "description": "Tea people."}],
+        }
+    ).encode()
+    for framing, sent, short_of in (
+        (
+            f"Content-Length: {len(whole) + 50}",
+            whole,
+            f"short of its Content-Length ({len(whole) + 50} bytes)",
+        ),
+        (
+            "Transfer-Encoding: chunked",
+            f"{len(whole):x}\r\n".encode() + whole[:20],
+            "before its last chunk",
+        ),
+    ):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            head = (
+                f"POST /v1/experiments HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n"
+                f"Content-Type: application/json\r\n{framing}\r\n\r\n"
+            )
+            sock.sendall(head.encode() + sent)
+            sock.shutdown(socket.SHUT_WR)
+            answer_head, _, body = _answer(sock).partition(b"\r\n\r\n")
+        assert answer_head.startswith(b"HTTP/1.1 400 "), answer_head
+        assert json.loads(body) == {
+            "error": "bad_request",
+            "field": "body",
+            "message": f"the body ended {short_of}: the client stopped sending it partway",
+        }
+    names = [e["name"] for e in call(base, "/v1/experiments", key)[1]["experiments"]]
+    assert "Cut short" not in names
+
+
 # A worker that takes its time between the fork and installing its own signal handlers, as one
 # does on a loaded machine: the stop below comes inside that window every time.
 _SLOW_WORKER_START = """

@@ -24,7 +24,7 @@ from flask import (
 from werkzeug.wrappers import Response
 
 from service import db
-from service.jsonbody import refuse_an_unsized_body_over_the_limit
+from service.jsonbody import refuse_a_body_cut_short, refuse_an_unsized_body_over_the_limit
 from service.marketers import close_session, open_session, session_owner
 from service.models import Marketer
 
@@ -118,6 +118,7 @@ def protect(bp: Blueprint) -> None:
         if request.method in _FORM_METHODS:
             # Before anything reads request.form, which would hold only the first MiB of it.
             refuse_an_unsized_body_over_the_limit()
+            refuse_a_body_cut_short()
         if request.endpoint == "dashboard.sign_out" and not isinstance(session.get("token"), str):
             # Signed out already (in another tab, say): the CSRF token went with the session, and
             # there is nothing left for a forged sign-out to end.
