@@ -192,7 +192,10 @@ def update_segment(
     undoing the other's. Raises PersonaMoved then. With `etag_matches` (an If-Match), only while
     it takes the persona's ETag (persona_etag): raises PreconditionFailed otherwise."""
     experiment = get_experiment(session=session, experiment_id=experiment_id)
-    segment = find_segment(session=session, experiment_id=experiment_id, key=key)
+    # The key is always the address's: the API's path, the dashboard's page.
+    segment = find_segment(
+        session=session, experiment_id=experiment_id, key=key, field="segment_key"
+    )
     lock_row(session, experiment)
     session.refresh(segment)
     require_match(

@@ -227,7 +227,11 @@ def variant_texts(
 _KEY_SHOWN = 48
 
 
-def find_segment(*, session: Session, experiment_id: int, key: str) -> Segment:
+def find_segment(
+    *, session: Session, experiment_id: int, key: str, field: str = "segment"
+) -> Segment:
+    """The experiment's segment with this key, or a 404 naming `field`, where the key came in: a
+    body's `segment`, or the path's `segment_key`."""
     # Keys are made as SegmentKey slugs, so another key names none; it is not looked up, since one
     # with a NUL (from a URL) is a database error on PostgreSQL.
     segment = (
@@ -242,7 +246,7 @@ def find_segment(*, session: Session, experiment_id: int, key: str) -> Segment:
         # path segment was quoted back whole, filling the error and every log line with it.
         raise NotFound(
             f"experiment {experiment_id} has no segment {quoted(cut(key, _KEY_SHOWN))}",
-            field="segment",
+            field=field,
         )
     return segment
 

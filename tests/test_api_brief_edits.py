@@ -291,8 +291,10 @@ def test_patch_segment_rewrites_its_description_and_audits_it(
 @pytest.mark.parametrize(
     ("key", "body", "status", "field"),
     [
-        pytest.param("nobody", {"description": "x"}, 404, "segment", id="unknown-key"),
-        pytest.param("Not%20A%20Slug", {"description": "x"}, 404, "segment", id="not-a-key"),
+        # It named `segment`, which the request has not: the path's parameter is segment_key,
+        # as an unknown experiment's 404 names experiment_id.
+        pytest.param("nobody", {"description": "x"}, 404, "segment_key", id="unknown-key"),
+        pytest.param("Not%20A%20Slug", {"description": "x"}, 404, "segment_key", id="not-a-key"),
         pytest.param("tea-lovers", {}, 400, "description", id="no-description"),
         pytest.param("tea-lovers", {"description": "x\u200b"}, 400, "description", id="hidden"),
         pytest.param(
@@ -310,6 +312,17 @@ def test_a_refused_segment_patch_changes_nothing(
     assert response.status_code == status, response.get_json()
     assert response.get_json()["field"] == field
     assert api.get(f"/v1/experiments/{created['id']}").get_json() == created
+
+
+def test_an_unknown_segment_is_named_where_its_key_came_in(api: Any) -> None:
+    created = api.create_experiment()
+    one = f"/v1/experiments/{created['id']}"
+
+    by_address = api.get(f"{one}/segments/nobody")
+    by_body = api.post(f"{one}/variants", json={"segment": "nobody", "text": "Hot water, fast."})
+
+    assert (by_address.status_code, by_address.get_json()["field"]) == (404, "segment_key")
+    assert (by_body.status_code, by_body.get_json()["field"]) == (404, "segment")
 
 
 def test_an_edit_waits_for_the_experiments_lock_and_audits_what_it_replaced(

@@ -222,7 +222,7 @@ def test_the_policy_get_refuses_a_stored_policy_that_does_not_validate(
     ("address", "field"),
     [
         ("/v1/variants/999999", "variant_id"),
-        ("/v1/experiments/{id}/segments/owls", "segment"),
+        ("/v1/experiments/{id}/segments/owls", "segment_key"),
         ("/v1/experiments/999999/segments/tea-lovers", "experiment_id"),
         ("/v1/experiments/999999/policy", "experiment_id"),
     ],

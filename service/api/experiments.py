@@ -309,7 +309,12 @@ def show_segment(path: SegmentPath) -> tuple[dict[str, Any], int, dict[str, str]
     """One segment with its variants; its ETag is its persona's, for an If-Match."""
     session = db.session()
     get_experiment(session=session, experiment_id=path.experiment_id)
-    segment = find_segment(session=session, experiment_id=path.experiment_id, key=path.segment_key)
+    segment = find_segment(
+        session=session,
+        experiment_id=path.experiment_id,
+        key=path.segment_key,
+        field="segment_key",
+    )
     return _with_persona_etag(session, segment)
 
 
