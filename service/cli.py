@@ -1288,7 +1288,8 @@ def _prepare_metrics_folder(options: dict[str, Any]) -> None:
     if not os.environ.get(MULTIPROC_ENV):
         # Folders of servers that were killed (no clean exit to remove them) are swept here.
         for old in Path("var/metrics").glob("*"):
-            if old.name.isdigit() and not _alive(int(old.name)):
+            pid = _pid_named(old.name)
+            if pid is not None and not _alive(pid):
                 shutil.rmtree(old, ignore_errors=True)
     given = os.environ.get(MULTIPROC_ENV)
     folder = Path(given or f"var/metrics/{os.getpid()}").resolve()
@@ -1338,6 +1339,15 @@ def _remove_metric_files(folder: Path) -> None:
     for pattern in _METRIC_FILES:
         for path in folder.glob(pattern):
             path.unlink(missing_ok=True)
+
+
+def _pid_named(name: str) -> int | None:
+    """The process id a metrics folder is named after (serve names each by its own), or None for
+    a name no pid has. str.isdigit passed "²", which int() refuses (serve ended in a traceback),
+    "٣", read as pid 3 (another's folder removed), and 20 digits, which os.kill refuses."""
+    if name.isascii() and name.isdecimal() and len(name) <= 9:
+        return int(name)
+    return None
 
 
 def _alive(pid: int) -> bool:

@@ -1095,6 +1095,31 @@ def test_serve_clears_only_metric_files_from_a_folder_it_was_given(
     assert all(path.read_text() == "not ours" for path in keep)
 
 
+def test_serve_sweeps_only_the_metrics_folders_of_dead_servers(
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, free_port: str
+) -> None:
+    # A folder named "²" ended serve in int()'s traceback (str.isdigit passes it), and one of 20
+    # digits in os.kill's; "٣" was read as pid 3.
+    assert run("migrate").exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COPYBANDIT_MODEL_CACHE_DIR", str(tmp_path / "models"))
+    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
+    monkeypatch.setattr("service.gunicorn.run", lambda _options: None)
+    dead = subprocess.Popen(["true"])  # a pid no process has now
+    dead.wait()
+    metrics = tmp_path / "var" / "metrics"
+    others = ["\u00b2", "\u0663", "9" * 20, "notes"]
+    for name in [str(dead.pid), *others]:
+        (metrics / name).mkdir(parents=True)
+
+    result = run("serve", "--port", free_port)
+
+    assert result.exit_code == 0, result.output
+    left = {path.name for path in metrics.iterdir()}
+    assert str(dead.pid) not in left
+    assert set(others) <= left
+
+
 def test_serve_where_it_cannot_make_its_metrics_folder_is_one_line(
     database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, free_port: str
 ) -> None:
