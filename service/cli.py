@@ -43,7 +43,7 @@ from service.consistency import check_counters
 from service.db import LOCK_WAIT_SECONDS, database_unavailable, make_engine, sqlite_file
 from service.demo import seed_demo
 from service.demo_history import seed_demo_history
-from service.errors import APIError, Conflict, NotFound
+from service.errors import APIError, Conflict, NotFound, headline
 from service.generation_jobs import (
     COMMAND_STOPPED,
     COMMAND_TERMINATED,
@@ -691,14 +691,15 @@ def lifecycle(once: bool, generate: bool) -> None:
 
 
 def _job_ended(job: GenerationJob) -> str:
-    """A job `lifecycle --once` ran, as it ended: a failed one with the first line of its error,
-    which its message leaves out. "job 1: failed: failed" was all the output said of a model
-    that would not load, the why only in the log."""
+    """A job `lifecycle --once` ran, as it ended: a failed one with the first line of its error
+    that says what failed (service.errors.headline), which its message leaves out. "job 1:
+    failed: failed" was all the output said of a model that would not load, the why only in the
+    log."""
     said = [job.status, *([job.message] if job.message and job.message != job.status else [])]
     error = (job.error or "").strip()
     # An interrupted job's message is its error.
     if job.status == JobStatus.FAILED and error and error != job.message:
-        said.append(error.splitlines()[0])
+        said.append(headline(error).text)
     return f"job {job.id}: " + ": ".join(said)
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import re
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from typing import NamedTuple
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from service.errors import cut
+from service.errors import cut, headline
 from service.models import (
     JOB_GIVEN_UP,
     JOB_TERMINATED,
@@ -102,9 +101,6 @@ _SAID_CHARS = 160
 _SAID = sa.func.substr(
     sa.func.coalesce(col(GenerationJob.error), col(GenerationJob.message)), 1, _SAID_CHARS + 1
 )
-# An exception's name alone on a line, as f"{type(exc).__name__}: {exc}" leaves it where the
-# message begins with a line break.
-_NAME_ALONE = re.compile(r"\w+:")
 # A finished job as the backoff reads it: id, outcome, segment (None: every segment), when it
 # stopped itself (_SELF_STOPPED_AT), what it said (_SAID).
 _Job = tuple[int, str, int | None, datetime | None, str | None]
@@ -352,23 +348,13 @@ def _interrupted_why(run: list[_Failure]) -> str:
 
 
 def _first_line(said: str | None) -> str:
-    """What the dashboard's note quotes of `said` (_SAID's read): its first line, cut short."""
-    # An exception's message may run on over lines (a library's hint under it): the first says
-    # what failed, and the job's page has the rest.
+    """What the dashboard's note quotes of `said` (_SAID's read): its headline, cut short."""
     text = said or ""
-    quoted: list[str] = []
-    line = ""
-    for line in text.splitlines(keepends=True):
-        if line.strip():
-            quoted.append(line.strip())
-            # "ImportError:" alone said nothing of what failed: the message began on the next
-            # line, as transformers words a library it misses.
-            if not _NAME_ALONE.fullmatch(quoted[-1]):
-                break
-    first = " ".join(quoted) or "no error recorded"
+    said, ends_it = headline(text)
+    first = said or "no error recorded"
     # A read of a character more than the note shows that stopped in the line quoted cut it,
     # though the line break and indent taken out may leave it short enough to read as whole.
-    if len(text) > _SAID_CHARS and line.splitlines() == [line]:
+    if len(text) > _SAID_CHARS and ends_it:
         return first[: _SAID_CHARS - 1] + "…"
     return cut(first, _SAID_CHARS)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from flask import Flask, Response, current_app, jsonify, request
@@ -58,6 +58,34 @@ def quoted(text: str) -> str:
 def cut(text: str, at_most: int) -> str:
     """`text`, or its first `at_most - 1` characters and "…" when it is longer."""
     return text if len(text) <= at_most else text[: at_most - 1] + "…"
+
+
+# An exception's name alone on a line, as f"{type(exc).__name__}: {exc}" leaves it where the
+# message begins with a line break.
+_NAME_ALONE = re.compile(r"\w+:")
+
+
+class Headline(NamedTuple):
+    """What an error says on its first line; `ends_it`: no line break follows (where the error was
+    read cut short, the line may have been cut too)."""
+
+    text: str
+    ends_it: bool
+
+
+def headline(error: str) -> Headline:
+    """The first line of `error` (a job's, as stored: "RuntimeError: ..."), stripped, that says
+    what failed: "ImportError:" alone said nothing, the message beginning on the next line, as
+    transformers words a library it misses, and those lines are joined. An exception's message
+    may run on over lines (a library's hint under it): the first says what failed."""
+    said: list[str] = []
+    line = ""
+    for line in error.splitlines(keepends=True):
+        if line.strip():
+            said.append(line.strip())
+            if not _NAME_ALONE.fullmatch(said[-1]):
+                break
+    return Headline(" ".join(said), line.splitlines() == [line])
 
 
 def spelled_out(text: str) -> str:

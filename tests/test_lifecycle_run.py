@@ -2150,6 +2150,31 @@ def test_cli_lifecycle_once_exits_1_when_a_job_it_ran_failed(
 
 
 @pytest.mark.usefixtures("clear_leader")
+def test_cli_lifecycle_once_prints_a_failed_jobs_error_that_begins_on_its_second_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """transformers words a library it misses from a line break on: the job's error is
+    "ImportError: \\nAutoModelForCausalLM requires ...", and its first line alone said
+    "job 1: failed: ImportError: ", nothing of what failed (the dashboard's note reads on)."""
+
+    def no_torch(_: Any) -> None:
+        raise ImportError(
+            "\nAutoModelForCausalLM requires the PyTorch library but it was not found in your "
+            "environment.\nCheck out the instructions on the installation page."
+        )
+
+    monkeypatch.setattr(cli, "default_writer", no_torch)
+
+    result = CliRunner().invoke(main, ["lifecycle", "--once"])
+
+    assert result.exit_code == 1, result.output
+    assert (
+        "job 1: failed: ImportError: AutoModelForCausalLM requires the PyTorch library but it "
+        "was not found in your environment.\n"
+    ) in result.output
+
+
+@pytest.mark.usefixtures("clear_leader")
 def test_cli_lifecycle_once_loads_the_model_once_for_all_its_jobs(
     session: Session, monkeypatch: pytest.MonkeyPatch
 ) -> None:
