@@ -750,10 +750,11 @@ def apply_segment(
     held as too long for that model withholds; the guardrail orders none and needs none.
     `interval`: between passes, the first wait after an order for copy failed. `not_ordered`:
     given, the plan's order for copy is not made but appended there, as its audit row would
-    read, unstored."""
+    read, unstored, once the plan's other changes commit."""
     now = now or utcnow()
     in_id_order = _in_id_order(segment)
     events: list[LifecycleEvent] = []
+    would_order: list[LifecycleEvent] = []
     # A status change by hand in this segment, or another pass's order for it, commits before the
     # plan reads what it changed (two passes at once on SQLite, where a plain read locks nothing,
     # each counted the other's order as missing: 52 jobs for 30 segments). The guardrail alone
@@ -778,7 +779,7 @@ def apply_segment(
         actions = _unless_brief_refused(session, experiment, segment, actions, model=model)
         actions = _unless_backing_off(session, segment, actions, now, interval)
         if not_ordered is not None:
-            not_ordered += [
+            would_order = [
                 _audited(experiment, segment, action, now)
                 for action in actions
                 if action.kind == "regenerate"
@@ -826,6 +827,10 @@ def apply_segment(
         events.append(_audited(experiment, segment, action, now))
     session.add_all(events)
     session.commit()
+    if not_ordered is not None:
+        # Once the rest commits: noted as planned, a segment whose changes then failed and rolled
+        # back was printed as not ordered, and as left unchanged, both.
+        not_ordered += would_order
 
     def count_actions(m: Metrics) -> None:
         for event in events:

@@ -2297,6 +2297,32 @@ def test_cli_lifecycle_once_prints_what_it_did_before_a_later_segment_failed(
 
 
 @pytest.mark.usefixtures("clear_leader")
+def test_cli_lifecycle_once_no_generate_says_nothing_would_be_ordered_in_a_segment_that_failed(
+    experiment: dict[str, Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The order it would have made was noted as planned, before the segment's changes failed
+    and rolled back: tea-lovers was printed as "not ordered (--no-generate)", and counted so in
+    the output and the pass's line, and then as left unchanged after an error."""
+    caplog.set_level(logging.INFO, logger="service.lifecycle")
+
+    def fails(*_: Any) -> bool:
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(lifecycle, "_declare_winner", fails)
+    result = CliRunner().invoke(main, ["lifecycle", "--once", "--no-generate"])
+
+    assert result.exit_code == 1, result.output
+    tea = f"experiment {experiment['id']} segment {TEA}"
+    parents = f"experiment {experiment['id']} segment {PARENTS}"
+    assert f"{tea}: not ordered" not in result.output
+    assert f"{parents}: not ordered (--no-generate): " in result.output
+    assert "1 experiments, 0 actions, 0 generation jobs queued, 1 not ordered" in result.output
+    assert f"1 segment(s) left unchanged after an error (logged above): {tea}" in result.output
+    (passed,) = [r.getMessage() for r in caplog.records if "lifecycle: pass over" in r.getMessage()]
+    assert "1 segment passed, 1 failed; " in passed and ", 1 not ordered (" in passed
+
+
+@pytest.mark.usefixtures("clear_leader")
 def test_cli_lifecycle_once_exits_1_when_a_segment_failed(
     monkeypatch: pytest.MonkeyPatch, experiment: dict[str, Any]
 ) -> None:
