@@ -639,8 +639,9 @@ def lifecycle(once: bool, generate: bool) -> None:
     # it: each job loaded the model again, a pass's three jobs three loads of the same weights.
     writer = functools.cache(lambda: default_writer(settings))
     failed_jobs = []
-    # Each job as its segment's order commits: stopped mid-pass, the jobs it had queued were
-    # left queued, which nothing here would run, and counted as copy on order for an hour.
+    # Each job as its segment's order is queued, before it commits: stopped mid-pass, the jobs
+    # it had queued were left queued, which nothing here would run, and counted as copy on order
+    # for an hour (and so was one whose commit the stop met, noted only after it).
     queued: list[int] = []
     with _written_off_if_stopped(engine, queued):
         # With --no-generate nothing here runs a job, and nothing else runs one a pass queues
@@ -648,10 +649,13 @@ def lifecycle(once: bool, generate: bool) -> None:
         report = run_lifecycle(
             engine=engine,
             model=settings.model,
-            submit_job=queued.append,
+            on_queued=queued.append,
             interval=timedelta(seconds=settings.lifecycle_interval_seconds),
             order_copy=generate,
         )
+        # Less those whose segment then failed, never stored: on SQLite, a job queued since
+        # (by the API, a server's pass) may have taken such an id.
+        queued[:] = report.jobs
         places = _print_pass(engine, report)
         for job_id in report.jobs:
             job = run_job(

@@ -439,6 +439,7 @@ def run_lifecycle(
     now: datetime | None = None,
     interval: timedelta = DEFAULT_INTERVAL,
     order_copy: bool = True,
+    on_queued: SubmitJob | None = None,
 ) -> RunReport:
     """One pass over every experiment; each segment's changes commit on their own. `model`: as
     configured (Settings.model), which a brief held as too long for the model is judged against
@@ -446,8 +447,12 @@ def run_lifecycle(
     first wait of a segment whose ordered copy failed (service.copy_backoff). `order_copy` False:
     no job is queued and no order audited, for a pass whose caller runs none; what it would have
     ordered is in the report's `not_ordered`. Queued all the same, nothing ran those jobs, and a
-    pass wrote them off as interrupted an hour later."""
-    ordering = _Ordering(model, interval, order_copy)
+    pass wrote them off as interrupted an hour later. `on_queued`: told each job's id as it is
+    queued, before its segment's changes commit (submit_job: once they have), for a caller that
+    must end the jobs it ordered should it be stopped (a stop raised in the commit, or just after
+    it, left a job stored that submit_job was never told of); an id whose segment then failed
+    names no job stored, and on SQLite may be a later job's, another process's."""
+    ordering = _Ordering(model, interval, order_copy, on_queued)
     with Session(engine, expire_on_commit=False) as session:
         report, experiments = _begin_pass(session, now)
         _pass_over(session, report, experiments, submit_job, now, ordering)
@@ -479,12 +484,14 @@ def scheduled_pass(
 @dataclass(frozen=True)
 class _Ordering:
     """What a pass judges its orders for copy by: the configured model, which a brief held as too
-    long is judged against, and the interval between passes, a backoff's first wait; and whether
-    it orders any (`run_lifecycle`'s order_copy)."""
+    long is judged against, and the interval between passes, a backoff's first wait; whether it
+    orders any, and whom it tells of each job as it is queued (`run_lifecycle`'s order_copy and
+    on_queued)."""
 
     model: str
     interval: timedelta
     order_copy: bool = True
+    on_queued: SubmitJob | None = None
 
 
 def _begin_pass(session: Session, now: datetime | None) -> tuple[RunReport, Sequence[Experiment]]:
@@ -588,6 +595,7 @@ def _pass_over_experiment(
                 model=ordering.model,
                 interval=ordering.interval,
                 not_ordered=None if ordering.order_copy else report.not_ordered,
+                on_queued=ordering.on_queued,
             )
         except Exception as exc:
             session.rollback()
@@ -744,13 +752,15 @@ def apply_segment(
     model: str | None = None,
     interval: timedelta = DEFAULT_INTERVAL,
     not_ordered: list[LifecycleEvent] | None = None,
+    on_queued: SubmitJob | None = None,
 ) -> tuple[list[LifecycleEvent], int | None]:
     """Plan the segment (its fold, when the policy discounts, is fold_segment's) and apply the
     plan in one transaction. `model`: as configured, for a pass, whose order for copy a brief
     held as too long for that model withholds; the guardrail orders none and needs none.
     `interval`: between passes, the first wait after an order for copy failed. `not_ordered`:
     given, the plan's order for copy is not made but appended there, as its audit row would
-    read, unstored, once the plan's other changes commit."""
+    read, unstored, once the plan's other changes commit. `on_queued`: told the id of the job
+    the plan orders as it is queued, before the commit (run_lifecycle's)."""
     now = now or utcnow()
     in_id_order = _in_id_order(segment)
     events: list[LifecycleEvent] = []
@@ -824,6 +834,8 @@ def apply_segment(
             session.flush()
             job_id = job.id
             action.numbers["job_id"] = job.id
+            if on_queued is not None:
+                on_queued(job.id)  # type: ignore[arg-type]
         events.append(_audited(experiment, segment, action, now))
     session.add_all(events)
     session.commit()

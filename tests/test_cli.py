@@ -1503,6 +1503,33 @@ def test_lifecycle_once_stopped_mid_pass_ends_the_jobs_its_pass_had_queued(
     assert [(job.status, job.error, job.started_at) for job in jobs] == [("failed", said, None)]
 
 
+def test_lifecycle_once_stopped_as_its_order_commits_ends_the_job_it_ordered(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pass noted a job for the write-off only after its segment's changes committed and
+    were counted: a Ctrl-C (or SIGTERM) raised in the commit, as PostgreSQL answers it, or just
+    after, left the job stored and queued, which nothing would run, as copy on order for an
+    hour."""
+    from service.generation_jobs import COMMAND_STOPPED, interruption
+
+    assert run("init", "--no-demo-history").exit_code == 0
+    counted = lifecycle.count
+
+    def stopped_once_the_first_order_commits(*args: Any) -> None:
+        if sys._getframe(1).f_code.co_name == "apply_segment":
+            raise KeyboardInterrupt
+        counted(*args)
+
+    monkeypatch.setattr(lifecycle, "count", stopped_once_the_first_order_commits)
+    result = CliRunner().invoke(main, ["lifecycle", "--once"])
+
+    assert result.exit_code == 1 and "Aborted!" in result.output, result.output
+    with _session(database) as session:
+        jobs = session.exec(select(GenerationJob)).all()
+    said = interruption(COMMAND_STOPPED, by_lifecycle=True)
+    assert [(job.status, job.error) for job in jobs] == [("failed", said)]
+
+
 class _FailsOnSecondSegment:
     model_id = "fails-on-second-segment"
 
