@@ -152,17 +152,18 @@ def _parse_yaml(text: str) -> Any:
                 )
             return self.construct_document(node)
 
-    # YAML 1.1, which PyYAML reads, takes a float only with a dot: `1e-3` was the text '1e-3',
-    # and a rate JSON writes so was refused in YAML. (Added to _Loader's own copy of the table.)
-    _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789"))
+    # YAML 1.1, which PyYAML reads, takes a float only with a dot, and an exponent only with a
+    # sign: `1e-3` and `1.5e2` were text, and a number JSON takes was refused in YAML. (Added to
+    # _Loader's own copy of the table.)
+    _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+.0123456789"))
     try:
         return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         raise ValueError(f"not valid YAML: {' '.join(str(exc).split())}") from None
 
 
-# A number with an exponent and no dot, as JSON writes one: 1e-3, 2E5, -5e+2.
-_EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$")
+# A number with an exponent, as JSON (and YAML 1.2) writes one: 1e-3, 2E5, -5e+2, 1.5e2, .5e1.
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$")
 
 
 def _written_out(node: Any, sizes: dict[int, int]) -> int:

@@ -376,6 +376,15 @@ def test_a_yaml_number_with_an_exponent_is_a_number(tmp_path: Path) -> None:
     assert world.segments[0].rates.tolist() == [0.001, 0.05, 0.015]
     assert world.delay_mean == 300.0
     assert world.segments[1].rates[0] == pytest.approx(1 / (1 + 24 * math.exp(0.1)))
+    # With a dot, an exponent without a sign was text to YAML 1.1 as well (1.5e2); JSON reads
+    # every one of these as a number.
+    scenario.write_text(
+        "delay: {mean_impressions: 1.5e2}\n"
+        "segments: [{key: a, rates: [2.5E-1, 0.5e0, .5e-1, 5.e-2, -0.0e3]}]\n"
+    )
+    world = load_scenario(scenario)
+    assert world.delay_mean == 150.0
+    assert world.segments[0].rates.tolist() == [0.25, 0.5, 0.05, 0.05, 0.0]
     # Text that only looks like one stays text.
     scenario.write_text("name: '1e3'\nsegments: [{key: 2e5x, rates: [0.1]}]\n")
     assert (load_scenario(scenario).name, load_scenario(scenario).segments[0].key) == (
