@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from bandits.worlds import World
+from bandits.worlds import Segment, World
 
 
 @dataclass
@@ -124,7 +124,7 @@ def _best_rates(
     except ValueError:  # a web server's or proxy's HTML page: the URL is not copybandit's API
         raise not_the_api("no JSON") from None
     # Every decision would fail the same way. A 403 is a serve key, which may not read the
-    # experiment: `drive` checks it with the run's first decision.
+    # experiment: `drive` checks it with the run's first decision of each segment.
     if status in (401, 404):
         problem = body.get("message") if isinstance(body, dict) else None
         raise ValueError(f"{what} answered {status}: {problem or body}")
@@ -212,15 +212,15 @@ def drive(
     best_rate, checked = _best_rates(base_url, key, experiment_id, segments)
     run = HttpRun(requested=impressions)
     lock = threading.Lock()
-    per_client = [impressions // clients + (i < impressions % clients) for i in range(clients)]
     rngs = [np.random.default_rng([seed, i]) for i in range(clients)]
     connections = [_Client(base_url, key) for _ in range(clients)]
 
-    def decision(index: int) -> tuple[int | str, Any, str]:
-        """One decision of client `index`, scored and counted; the server's answer to it, and the
-        segment it asked for."""
+    def decision(index: int, segment: Segment | None = None) -> tuple[int | str, Any]:
+        """One decision of client `index` for `segment` (None: drawn by the world's shares),
+        scored and counted; the server's answer to it."""
         rng, connection = rngs[index], connections[index]
-        segment = segments[int(rng.choice(len(segments), p=shares))]
+        if segment is None:
+            segment = segments[int(rng.choice(len(segments), p=shares))]
         started = time.perf_counter()
         status, body = connection.post(
             "/v1/decide", {"experiment": experiment_id, "segment": segment.key}
@@ -229,17 +229,17 @@ def drive(
         if status != 200:
             with lock:
                 run.errors[f"decide {status}"] += 1
-            return status, body, segment.key
+            return status, body
         if not isinstance(body, dict) or not isinstance(body.get("text"), str):
             # Not a decision (another server's JSON): counted, not a traceback in a client thread.
             with lock:
                 run.errors["decide 200 not a decision"] += 1
-            return status, body, segment.key
+            return status, body
         if body.get("segment") != segment.key:
             # Copy of another segment: the scenario has no true rate for it here.
             with lock:
                 run.errors["decide other segment"] += 1
-            return status, body, segment.key
+            return status, body
         rate = segment.response.rate(body["text"])  # type: ignore[union-attr]
         best = best_rate[segment.key]
         converted = bool(rng.random() < rate)
@@ -259,22 +259,27 @@ def drive(
             run.expected_conversions += rate
             run.best_expected += max(best, rate)
             run.latencies_ms.append(elapsed)
-        return status, body, segment.key
+        return status, body
+
+    started = time.perf_counter()
+    # A serve key may not read the experiment (403). The run's first decision for each of the
+    # scenario's segments, made before the clients start, checks what the read would have: no
+    # impression beyond the run's own is recorded, as a probe decision would have been. One
+    # decision for the first segment drawn checked that one alone, so whether the run stopped
+    # for a segment the experiment lacks hung on which segment the seed drew first.
+    probes = [] if checked else segments[:impressions]
+    for segment in probes:
+        status, body = decision(0, segment)
+        problem = _lasting_failure(status, body) or _other_segment(body, segment.key, experiment_id)
+        if problem:
+            raise ValueError(f"POST /v1/decide {problem}")
+    left = impressions - len(probes)
+    per_client = [left // clients + (i < left % clients) for i in range(clients)]
 
     def client(index: int) -> None:
         for _ in range(per_client[index]):
             decision(index)
 
-    started = time.perf_counter()
-    if not checked:
-        # A serve key may not read the experiment (403). The run's first decision, made before
-        # the clients start, checks what the read would have: no impression beyond the run's own
-        # is recorded, as a probe decision would have been.
-        per_client[0] -= 1
-        status, body, asked = decision(0)
-        problem = _lasting_failure(status, body) or _other_segment(body, asked, experiment_id)
-        if problem:
-            raise ValueError(f"POST /v1/decide {problem}")
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for thread in threads:
         thread.start()

@@ -163,9 +163,9 @@ def test_an_experiment_without_live_copy_in_a_scenario_segment_is_refused(
 
 
 def test_answers_from_another_segment_are_errors_not_scored(one_segment: str) -> None:
-    # A serve key's first decision comes from the segment asked for, the rest from
-    # weekend-hikers (its other segments' copy retired meanwhile, say).
-    _OneSegment.readable, _OneSegment.honest_for = False, 1
+    # A serve key's first decision of each segment comes from the segment asked for, the rest
+    # from weekend-hikers (its other segments' copy retired meanwhile, say).
+    _OneSegment.readable, _OneSegment.honest_for = False, 3
     _OneSegment.served = "weekend-hikers"
     world = load_scenario(SCENARIOS / "default.json")
     run = drive(world, base_url=one_segment, key="k", experiment_id=1, impressions=40, clients=2)
@@ -183,6 +183,23 @@ def test_a_first_decision_answered_from_another_segment_stops_the_run(one_segmen
     with pytest.raises(ValueError, match="with copy of 'tea-lovers': experiment 1 lacks that"):
         drive(world, base_url=one_segment, key="k", experiment_id=1, impressions=20, clients=2)
     assert _OneSegment.decisions == 1
+
+
+def test_a_segment_the_first_decision_did_not_ask_for_is_checked_too(one_segment: str) -> None:
+    # The experiment has weekend-hikers alone, which the run's first decision asked for. Before,
+    # that one passed the check, and the run went on: every decision for the other two segments
+    # was stored as an impression of weekend-hikers.
+    _OneSegment.readable, _OneSegment.served = False, "weekend-hikers"
+    scenario = json.loads((SCENARIOS / "default.json").read_text())
+    for segment in scenario["segments"]:
+        segment["share"] = 1_000_000 if segment["key"] == "weekend-hikers" else 1
+    world = load_scenario(scenario)
+    with pytest.raises(
+        ValueError, match="for segment 'trail-racers' with copy of 'weekend-hikers'"
+    ):
+        drive(world, base_url=one_segment, key="k", experiment_id=1, impressions=40, clients=2)
+    # weekend-hikers' first decision, then trail-racers'.
+    assert _OneSegment.decisions == 2
 
 
 class _Refuses(BaseHTTPRequestHandler):
