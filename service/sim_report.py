@@ -47,11 +47,12 @@ def _literal_text() -> Any:
     """A context in which matplotlib sets every string as written: copy, names and keys are
     text, never TeX. A line with two dollar signs ("from $89, free over $100") was set as maths
     between them, and one such as "$5 \\frac off $" ended the run, every seed simulated, in a
-    ParseSyntaxException."""
+    ParseSyntaxException. TeX off too: a matplotlibrc that turns it on (in the working folder or
+    the user's config) handed every string to LaTeX, where "50% off & $5 back" is not text."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on a server
-    return matplotlib.rc_context({"text.parse_math": False})
+    return matplotlib.rc_context({"text.parse_math": False, "text.usetex": False})
 
 
 def _plots(world: World, summary: dict[str, Any], out: Path) -> list[Path]:

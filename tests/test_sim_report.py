@@ -9,7 +9,7 @@ import pytest
 
 from bandits.simulate import compare, lai_robbins_constant
 from bandits.worlds import load_scenario
-from service.sim_report import lai_robbins_bound, table, write_outputs
+from service.sim_report import lai_robbins_bound, plot_full_loop, table, write_outputs
 
 # Two arms alike: in 300 impressions neither posterior comes near 0.95.
 CLOSE = load_scenario({"segments": [{"key": "everyone", "rates": [0.05, 0.05]}]})
@@ -66,3 +66,22 @@ def test_copy_with_dollar_signs_is_plotted_as_text(tmp_path: Path) -> None:
         "traffic_share.png",
     ]
     assert all(path.stat().st_size > 0 for path in written)
+
+
+def test_copy_is_plotted_as_written_where_matplotlibrc_asks_for_tex(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A matplotlibrc with `text.usetex: True` (read from the working folder or the user's
+    # config) handed every string to LaTeX, where "50% off & $5 back" is not text: the plots
+    # ended the command after the whole simulation, or without LaTeX installed, at once.
+    import matplotlib
+
+    monkeypatch.setitem(matplotlib.rcParams, "text.usetex", True)
+    world = load_scenario(
+        {"segments": [{"key": "a", "rates": [0.1, 0.2], "variants": ["50% off & $5 back", "B"]}]}
+    )
+    summary = compare(world, ["thompson"], impressions=300, seeds=1)
+    written = write_outputs(world, summary, tmp_path)
+    assert all(path.stat().st_size > 0 for path in written)
+    rounds = [{"round": 1, "loop_rate": 0.05, "static_ab_rate": 0.04}]
+    assert plot_full_loop({"rounds": rounds, "writer": "50% & $5"}, tmp_path).stat().st_size > 0
