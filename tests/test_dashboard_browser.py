@@ -1327,17 +1327,22 @@ def test_a_variants_origin_is_never_split_across_lines(page: Page, site: Site) -
     assert lines == [1, 1, 1], lines
 
 
-def test_the_variants_table_fits_a_1024_px_window_without_scrolling(page: Page, site: Site) -> None:
+@pytest.mark.parametrize("width", [900, 960, 1024])
+def test_the_variants_table_fits_a_900_to_1024_px_window_without_scrolling(
+    page: Page, site: Site, width: int
+) -> None:
     """Kept a reading width for a phone, the copy column made the narrowest table 965 px, in a
     942 px box at 1024 px: a pending row's Approve button sat past the edge, reached only by
-    scrolling sideways. Counts of six digits widen their columns: they fit too."""
+    scrolling sideways. Counts of seven digits widen their columns: with them, and the interval
+    bar's fixed 160 px, the narrowest table was 956 px, wider than the box of a window under
+    1040 px. They fit down to 900 px."""
     eid, ids = make_experiment(
         site,
         active={"tea-lovers": ["Wherever the weekend takes you, the Aurora kettle is ready."]},
         pending={"tea-lovers": ["The Aurora kettle boils in three minutes flat, every morning."]},
     )
-    set_counts(site, {ids["tea-lovers"][0]: (999_999, 99_999)})
-    page.set_viewport_size({"width": 1024, "height": 900})
+    set_counts(site, {ids["tea-lovers"][0]: (9_999_999, 999_999)})
+    page.set_viewport_size({"width": width, "height": 900})
     page.goto(f"/dashboard/experiments/{eid}")
     approve = page.get_by_role("button", name=re.compile(r"^Approve"))
     expect(approve.first).to_be_visible()
@@ -1346,7 +1351,7 @@ def test_the_variants_table_fits_a_1024_px_window_without_scrolling(page: Page, 
     )
     assert inner <= outer, (inner, outer)
     box = approve.first.bounding_box()
-    assert box is not None and box["x"] + box["width"] <= 1024, box
+    assert box is not None and box["x"] + box["width"] <= width, box
 
 
 def test_a_variants_status_words_are_never_split(page: Page, site: Site) -> None:
