@@ -119,8 +119,8 @@ def _normalized(value: Any) -> Any:
     (U+FB2C becomes three code points), and a name past its column's width was a 500.
 
     Line breaks are stored as LF, as the API's clients send them: a browser sends a textarea's as
-    CRLF, and counts each as one character against the box's maxlength, so copy that fit the
-    dashboard's box came to the server longer than its limit, and was refused."""
+    CRLF, and the dashboard's boxes, when they had a maxlength, counted each as one character, so
+    copy that fit the box came to the server longer than its limit, and was refused."""
     if not isinstance(value, str):
         return value
     return unicodedata.normalize("NFC", value.replace("\r\n", "\n").replace("\r", "\n"))

@@ -1097,6 +1097,59 @@ def test_edit_the_brief_and_a_persona_then_add_a_segment(page: Page, site: Site)
     ]
 
 
+# A teapot emoji: one character to the server, two UTF-16 code units to a browser's maxlength.
+TEAPOT = "\U0001fad6"
+
+
+def test_a_box_takes_as_many_characters_as_the_server_does(page: Page, site: Site) -> None:
+    """The boxes had HTML maxlength, which a browser counts in UTF-16 code units, where the
+    server counts characters: a name of emoji stopped at 100 of its 200, and copy at 500 of its
+    1,000. The server's limit is the one limit: within it, all that was typed is kept and
+    stored; past it, the refusal names the box and keeps what was typed in it."""
+    name = TEAPOT * 199 + str(next(_names))[-1]
+    page.goto("/dashboard/experiments/new")
+    page.get_by_label("Experiment name").fill(name)
+    page.get_by_label("Product name").fill(TEAPOT * 200)
+    page.get_by_label("Product description").fill("A 1.7 l glass kettle.")
+    page.get_by_label("Segments, one per line").fill("tea-lovers: Brew loose-leaf tea daily.")
+    expect(page.get_by_label("Experiment name")).to_have_value(name)
+    page.get_by_role("button", name="Create experiment").click()
+    expect(page.locator("h1")).to_have_text(name)
+    with site.session() as session:
+        stored = session.exec(select(Experiment).where(Experiment.name == name)).one()
+    assert stored.product_name == TEAPOT * 200
+
+    copy = TEAPOT * 1000
+    section = page.locator("#segment-tea-lovers")
+    section.get_by_label("Add copy by hand").fill(copy)
+    section.get_by_role("button", name="Add and serve").click()
+    expect(flash(page)).to_contain_text("to tea-lovers; it is being served now.")
+    assert [variant.text for variant in site.segment_variants(stored.id, "tea-lovers")] == [copy]  # type: ignore[arg-type]
+
+    page.get_by_text("Edit brief").click()
+    box = page.get_by_label("Experiment name")
+    box.fill(TEAPOT * 201)
+    page.get_by_role("button", name="Save brief").click()
+    expect(page.get_by_role("alert")).to_contain_text(
+        "name: String should have at most 200 characters"
+    )
+    expect(box).to_have_value(TEAPOT * 201)
+    expect(box).to_have_attribute("aria-invalid", "true")
+    expect(box).to_be_focused()
+
+
+def test_an_edit_in_the_review_queue_takes_as_many_characters_as_the_server_does(
+    page: Page, site: Site
+) -> None:
+    """The edit box's maxlength of 1,000 stopped copy of emoji at 500."""
+    experiment_id, edited = one_line_to_edit(site)
+    page.goto(f"/dashboard/experiments/{experiment_id}/review")
+    page.get_by_label(f"edit #{edited}").fill(TEAPOT * 1000)
+    row(page, edited).get_by_role("button", name="Save edit and approve").click()
+    expect(flash(page)).to_have_text(f"Variant #{edited} edited and approved.")
+    assert site.variant(edited).text == TEAPOT * 1000
+
+
 def test_a_refused_persona_puts_the_cursor_in_its_box(page: Page, site: Site) -> None:
     """As on the New experiment page: the error is read with the box it is about."""
     experiment_id, _ = make_experiment(site)

@@ -2273,8 +2273,8 @@ def test_add_variant_with_bad_input_changes_nothing(
 def test_copy_that_fits_the_box_is_taken_with_its_line_breaks_as_lf(
     session: Session, dash: Dashboard, experiment: dict[str, Any]
 ) -> None:
-    # As a browser sends a textarea holding its maxlength, 1,000 characters, ten of them line
-    # breaks: each goes as CRLF, so 1,010 arrived and were refused as over 1,000.
+    # As a browser sends a textarea holding the limit, 1,000 characters, ten of them line breaks:
+    # each goes as CRLF, so 1,010 arrived and were refused as over 1,000.
     typed = "\n".join(["Brewed right, every time." + "x" * 65] * 11)[:1000]
     sent = typed.replace("\n", "\r\n")
     assert (len(typed), len(sent)) == (1000, 1010)
