@@ -4704,6 +4704,43 @@ def test_every_table_column_has_a_header_a_screen_reader_can_read(
         assert headers and all(headers), (path, headers)
 
 
+def test_with_discounting_the_page_says_which_figures_weigh_recent_traffic_more(
+    app: Any, api: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """With discount_per_hour set, the interval, probability best and expected loss read decayed
+    evidence, while impressions, conversions and rate count all of it: a line converting 10% over
+    its life, 2.5% of late, read "10.00%" beside an interval of 1.10%-5.71% and trailed copy at
+    3%, with nothing on the page to say why."""
+    eid = experiment["id"]
+    page = f"/dashboard/experiments/{eid}"
+    assert texts(dash.html(page), data_testid="discounted") == []
+
+    assert (
+        api.patch(f"/v1/experiments/{eid}/policy", json={"discount_per_hour": 0.99}).status_code
+        == 200
+    )
+    first, _ = variant_ids(experiment, "tea-lovers")
+    with Session(app.extensions["copybandit.engine"]) as session:
+        variant = session.get_one(Variant, first)
+        variant.impressions, variant.conversions = 10_000, 1_000
+        variant.folded_impressions, variant.folded_conversions = 10_000, 1_000
+        variant.decayed_successes, variant.decayed_failures = 5.0, 195.0
+        variant.folded_at = utcnow()
+        session.add(variant)
+        session.commit()
+    html = dash.html(page)
+    tea = section(html, "tea-lovers")
+    # Its lifetime rate beside an interval below it.
+    lifetime_rate_outside = rf'<tr data-variant-id="{first}".*?10\.00%.*?1\.\d\d% \u2013 5\.\d\d%'
+    assert re.search(lifetime_rate_outside, tea, re.S)
+    for key in ("tea-lovers", "busy-parents"):
+        note = texts(section(html, key), data_testid="discounted")
+        assert note == [
+            "Older evidence is weighted by 0.99 per hour: the 95% interval, P(best) and Exp. "
+            "loss lean on recent traffic; Impr., Conv. and Rate count all of it."
+        ], (key, note)
+
+
 def test_the_interval_bar_is_hidden_from_screen_readers_beside_its_numbers(
     dash: Dashboard, experiment: dict[str, Any]
 ) -> None:

@@ -291,6 +291,7 @@ def experiment_page(experiment_id: int, refused: RefusedForm | None = None) -> s
         reach_weeks=REACH.days // 7,
         personas={segment.key: segment.description for segment in rows},
         refused=refused,
+        discount_per_hour=report.policy.discount_per_hour,
     )
 
 
