@@ -1380,6 +1380,40 @@ def test_a_variants_origin_is_never_split_across_lines(page: Page, site: Site) -
     assert lines == [1, 1, 1], lines
 
 
+def test_a_variants_swatch_stays_beside_its_id(page: Page, site: Site) -> None:
+    """The id column is as narrow as its longest word ("manual"): at 1280 px a served line's
+    swatch and an id of two digits or more did not fit beside each other, and the swatch sat on
+    a line of its own above "#13"."""
+    eid, ids = make_experiment(
+        site,
+        active={
+            "tea-lovers": [
+                "Wherever the weekend takes you, the Aurora kettle keeps your tea hot and ready.",
+                "Sure-footed mornings, every morning: meet your new weekend tea kettle.",
+            ]
+        },
+    )
+    set_counts(site, {ids["tea-lovers"][0]: (10_000, 300), ids["tea-lovers"][1]: (10_000, 1000)})
+    page.set_viewport_size({"width": 1280, "height": 720})
+    page.goto(f"/dashboard/experiments/{eid}")
+    cells = page.locator("table.variants td.id")
+    expect(cells.locator("svg.swatch")).to_have_count(2)
+    # The swatch's middle against the line of text holding the id.
+    placed = cells.evaluate_all(
+        """tds => tds.map(td => {
+            const swatch = td.querySelector('svg.swatch').getBoundingClientRect();
+            const id = [...td.childNodes].find(
+                n => n.nodeType === Node.TEXT_NODE && n.textContent.includes('#'));
+            const range = document.createRange();
+            range.selectNodeContents(id);
+            const line = range.getClientRects()[0];
+            const middle = swatch.top + swatch.height / 2;
+            return [id.textContent.trim(), line.top <= middle && middle <= line.bottom];
+        })"""
+    )
+    assert sorted(placed) == sorted([f"#{i}", True] for i in ids["tea-lovers"]), placed
+
+
 @pytest.mark.parametrize("width", [900, 960, 1024])
 def test_the_variants_table_fits_a_900_to_1024_px_window_without_scrolling(
     page: Page, site: Site, width: int
