@@ -678,6 +678,64 @@ def test_bulk_approve_the_ticked_variants(page: Page, site: Site) -> None:
     assert site.variant(untouched).status == VariantStatus.PENDING_REVIEW
 
 
+def test_bulk_approve_of_a_ticked_line_edited_in_its_box_approves_the_edit(
+    page: Page, site: Site
+) -> None:
+    """Each row's edit box was in a form of its own: a line fixed in its box ("four minutes"),
+    ticked and approved with the others went live as it read before ("three minutes"), under
+    the name of the marketer who had just corrected it, and what they typed was gone."""
+    experiment_id, ids = make_experiment(
+        site,
+        active={"tea-lovers": ["The Aurora kettle: tea, sooner."]},
+        pending={
+            "tea-lovers": [
+                "The Aurora kettle boils in three minutes flat.",
+                "Aurora: a kettle to see.",
+                "Brew better tea with the Aurora kettle.",
+            ]
+        },
+    )
+    edited, as_shown, left = ids["tea-lovers"][1:]
+    fixed = "The Aurora kettle boils in four minutes flat."
+    page.goto(f"/dashboard/experiments/{experiment_id}/review")
+    page.get_by_label(f"edit #{edited}").fill(fixed)
+    # Typed into but not ticked: not approved, and not changed.
+    page.get_by_label(f"edit #{left}").fill("Brew better tea, sooner.")
+    page.get_by_label(f"select #{edited}").check()
+    page.get_by_label(f"select #{as_shown}").check()
+    page.get_by_role("button", name="Approve selected").click()
+
+    expect(flash(page)).to_have_text(f"Approved 2: #{edited}, #{as_shown}.")
+    variant = site.variant(edited)
+    assert (variant.text, variant.status) == (fixed, VariantStatus.ACTIVE)
+    assert variant.status_reason == f"approved by {EMAIL} after editing"
+    variant = site.variant(as_shown)
+    assert (variant.text, variant.status) == ("Aurora: a kettle to see.", VariantStatus.ACTIVE)
+    assert variant.status_reason == f"approved by {EMAIL}"
+    variant = site.variant(left)
+    assert (variant.text, variant.status) == (
+        "Brew better tea with the Aurora kettle.",
+        VariantStatus.PENDING_REVIEW,
+    )
+
+
+def test_enter_in_a_ticked_box_approves_the_ticked_lines(page: Page, site: Site) -> None:
+    """The rows' "Save edit and approve" buttons send the queue's one form: Enter in a ticked
+    box must still send it as "Approve selected", not as the first row's button."""
+    experiment_id, ids = make_experiment(
+        site,
+        active={"tea-lovers": ["The Aurora kettle: tea, sooner."]},
+        pending={"tea-lovers": ["Aurora: a kettle to see.", "Brew better tea with Aurora."]},
+    )
+    first, ticked = ids["tea-lovers"][1:]
+    page.goto(f"/dashboard/experiments/{experiment_id}/review")
+    page.get_by_label(f"select #{ticked}").check()
+    page.get_by_label(f"select #{ticked}").press("Enter")
+    expect(flash(page)).to_have_text(f"Approved 1: #{ticked}.")
+    assert site.variant(first).status == VariantStatus.PENDING_REVIEW
+    assert site.variant(ticked).status == VariantStatus.ACTIVE
+
+
 # --- reading the results --------------------------------------------------------------------
 
 

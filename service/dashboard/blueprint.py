@@ -176,15 +176,21 @@ def _api_error(exc: APIError) -> tuple[str, int, dict[str, str]]:
 
 
 def error_page(
-    exc: APIError, now_stored: Collection[tuple[str, str]] = ()
+    exc: APIError,
+    now_stored: Collection[tuple[str, str]] = (),
+    unsaved: Collection[tuple[str, str]] | None = None,
 ) -> tuple[str, int, dict[str, str]]:
     """The error page for a refused request. `now_stored`, (label, text) pairs: what is stored now
     where the form was refused for being drawn from something changed since, shown beside what
-    was typed, so the marketer can merge the two."""
+    was typed, so the marketer can merge the two. `unsaved`, the same: what of the typed text
+    was not saved, where some of the form's boxes were."""
     # A refused form shows what was typed into it: the "Go back" link, and reloading the form's
     # page, find it empty. Only once its CSRF token passed, so the text is the marketer's own: a
     # database failure can come before the check.
-    typed = typed_fields() if g.get("form_is_ours") else []
+    if unsaved is not None:
+        typed = list(unsaved)
+    else:
+        typed = typed_fields() if g.get("form_is_ours") else []
     page = render_template(
         "error.html",
         status=exc.status,

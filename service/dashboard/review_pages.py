@@ -15,8 +15,8 @@ from service import db
 from service.copy_checks import brief_for, lint_config
 from service.dashboard.blueprint import bp, error_page, flash_about_segment, form_int, validated
 from service.dashboard.blueprint import invalidate as invalidate_snapshot
-from service.dashboard.session_auth import safe_next
-from service.errors import APIError, InvalidInput, cut, spelled_out
+from service.dashboard.session_auth import review_edit, safe_next
+from service.errors import APIError, Conflict, InvalidInput, cut, spelled_out
 from service.experiments import (
     StatusMoved,
     TextMoved,
@@ -149,10 +149,31 @@ def change_status(variant_id: int) -> Response:
 
 @bp.post("/variants/<id:variant_id>/edit")
 def edit_and_approve(variant_id: int) -> Response | tuple[str, int, dict[str, str]]:
-    patch = validated(VariantPatch, {"text": request.form.get("text", "")})
+    # The review page sends its one form, every row's box in it (`text-<id>`, `shown-<id>`); a
+    # form of this row alone says `text` and `shown`.
+    text = request.form.get(f"text-{variant_id}", request.form.get("text", ""))
+    shown = request.form.get(f"shown-{variant_id}", request.form.get("shown"))
+    try:
+        variant, edited = _approve_as_typed(variant_id, text, shown)
+    # The edit was not stored; the error page shows it, as any refused form's text, so the
+    # marketer can copy it elsewhere.
+    except TextMoved:
+        # Someone else's edit, shown beside this one: neither is lost, and the marketer can
+        # merge them and save again from the review page.
+        db.session().rollback()
+        now = get_variant(session=db.session(), variant_id=variant_id).text
+        return error_page(_edited_since(variant_id), [(f"#{variant_id} as it now reads", now)])
+    flash(f"Variant #{variant.id} {'edited and approved' if edited else 'approved'}.")
+    return _return(variant.experiment_id)
+
+
+def _approve_as_typed(variant_id: int, text: str, shown: str | None) -> tuple[Variant, bool]:
+    """Approves `text`, edited or as the page showed it (`shown`, its version): the variant, and
+    whether the text was edited."""
+    patch = validated(VariantPatch, {"text": text})
     assert patch.text is not None  # VariantPatch was given only text
+    text_seen = _shown_text(shown)
     approve = ACTIONS["approve"]
-    text_seen = _shown_text(request.form.get("shown"))
     # "Save edit and approve" with the text as the page showed it: the reason said "after
     # editing" of copy no one had changed.
     edited = text_version(patch.text) != text_seen
@@ -165,25 +186,18 @@ def edit_and_approve(variant_id: int) -> Response | tuple[str, int, dict[str, st
             lint_config=lint_config(current_app.extensions["copybandit.settings"]),
             text_seen=text_seen,
         )
-    # The edit was not stored; the error page shows it, as any refused form's text, so the
-    # marketer can copy it elsewhere.
     except StatusMoved as moved:
         raise StatusMoved(
             _moved_on(variant_id, approve, moved.current), current=moved.current
         ) from None
     except TextMoved:
-        # Someone else's edit, shown beside this one: neither is lost, and the marketer can
-        # merge them and save again from the review page.
-        db.session().rollback()
-        now = get_variant(session=db.session(), variant_id=variant_id).text
-        return error_page(_edited_since(variant_id), [(f"#{variant_id} as it now reads", now)])
+        raise _edited_since(variant_id) from None
     invalidate_snapshot(variant.experiment_id)
-    flash(f"Variant #{variant.id} {'edited and approved' if edited else 'approved'}.")
-    return _return(variant.experiment_id)
+    return variant, edited
 
 
 @bp.post("/experiments/<id:experiment_id>/review")
-def bulk(experiment_id: int) -> Response:
+def bulk(experiment_id: int) -> Response | tuple[str, int, dict[str, str]]:
     action = request.form.get("action", "")
     if action not in ("approve", "reject"):
         raise InvalidInput("action: must be approve or reject", field="action")
@@ -191,13 +205,22 @@ def bulk(experiment_id: int) -> Response:
     if not ids:
         raise InvalidInput("variant_id: tick at least one variant", field="variant_id")
     done, refused = [], []
+    # The edits typed into ticked rows that were refused: shown back, not lost with the redirect.
+    unsaved = []
     for variant_id in sorted({form_int("variant_id", text) for text in ids}):
         variant = db.session().get(Variant, variant_id)
         if variant is None or variant.experiment_id != experiment_id:
             refused.append(f"#{variant_id}: not in this experiment")
             continue
+        shown = request.form.get(f"shown-{variant_id}")
+        typed = review_edit(variant_id)
         try:
-            _apply(variant_id, action, request.form.get(f"shown-{variant_id}"))
+            # Approving a line edited in its box approves the edit, as its own "Save edit and
+            # approve" does: approved as it read before, the line went live unmended.
+            if action == "approve" and typed is not None:
+                _approve_as_typed(variant_id, typed, shown)
+            else:
+                _apply(variant_id, action, shown)
             done.append(variant_id)
         except APIError as exc:
             db.session().rollback()
@@ -205,7 +228,12 @@ def bulk(experiment_id: int) -> Response:
             moved = isinstance(exc, (StatusMoved, TextMoved))
             named = exc.message if moved else f"#{variant_id}: {exc.message}"
             refused.append(named)
-    flash(_summary(ACTIONS[action].verb, done, refused), "error" if refused else "message")
+            if action == "approve" and typed is not None:
+                unsaved.append((f"Copy #{variant_id}", typed))
+    summary = _summary(ACTIONS[action].verb, done, refused)
+    if unsaved:
+        return error_page(Conflict(summary), unsaved=unsaved)
+    flash(summary, "error" if refused else "message")
     return redirect(url_for("dashboard.review", experiment_id=experiment_id), code=303)
 
 

@@ -24,9 +24,11 @@ from flask import (
 from werkzeug.wrappers import Response
 
 from service import db
+from service.experiments import text_version
 from service.jsonbody import refuse_a_body_cut_short, refuse_an_unsized_body_over_the_limit
 from service.marketers import close_session, open_session, session_owner
 from service.models import Marketer
+from service.schemas import stored_form
 
 # Pages may load only the app's own stylesheet; no script runs, no other site may frame them.
 CSP = (
@@ -193,7 +195,28 @@ def typed_fields() -> list[tuple[str, str]]:
         for name, label in _TYPED_FIELDS.items()
         for value in request.form.getlist(name)
         if value.strip()
-    ]
+    ] + _review_edits()
+
+
+def _review_edits() -> list[tuple[str, str]]:
+    """The review page's boxes that were edited: it sends one a row, and those left as shown
+    hold nothing typed."""
+    edits = []
+    for name in request.form:
+        variant_id = name.removeprefix("text-")
+        if variant_id != name and (typed := review_edit(variant_id)) is not None:
+            edits.append((f"Copy #{variant_id}", typed))
+    return edits
+
+
+def review_edit(variant_id: int | str) -> str | None:
+    """What was typed into the review page's box of `variant_id` (`text-<id>`) where it is not
+    the text the page showed (`shown-<id>`, that text's version); None where the box was left
+    as it was, or not sent."""
+    typed = request.form.get(f"text-{variant_id}")
+    if typed is None or text_version(stored_form(typed)) == request.form.get(f"shown-{variant_id}"):
+        return None
+    return typed
 
 
 def _same_origin() -> bool:
