@@ -719,6 +719,26 @@ def test_bulk_approve_of_a_ticked_line_edited_in_its_box_approves_the_edit(
     )
 
 
+def test_a_rows_approve_after_an_edit_in_its_box_approves_the_edit(page: Page, site: Site) -> None:
+    """The row's Approve button was in a form of its own, without the box: a line corrected in
+    its box and approved with the button beside it went live uncorrected."""
+    experiment_id, ids = make_experiment(
+        site,
+        active={"tea-lovers": ["The Aurora kettle: tea, sooner."]},
+        pending={"tea-lovers": ["The Aurora kettle boils in three minutes flat."]},
+    )
+    edited = ids["tea-lovers"][1]
+    fixed = "The Aurora kettle boils in four minutes flat."
+    page.goto(f"/dashboard/experiments/{experiment_id}/review")
+    page.get_by_label(f"edit #{edited}").fill(fixed)
+    page.get_by_role("button", name=f"Approve #{edited}", exact=True).click()
+
+    expect(flash(page)).to_have_text(f"Variant #{edited} edited and approved.")
+    variant = site.variant(edited)
+    assert (variant.text, variant.status) == (fixed, VariantStatus.ACTIVE)
+    assert variant.status_reason == f"approved by {EMAIL} after editing"
+
+
 def test_enter_in_a_ticked_box_approves_the_ticked_lines(page: Page, site: Site) -> None:
     """The rows' "Save edit and approve" buttons send the queue's one form: Enter in a ticked
     box must still send it as "Approve selected", not as the first row's button."""

@@ -2650,7 +2650,7 @@ def test_approving_copy_edited_since_the_page_was_drawn_is_refused_naming_it(
     row = re.search(rf'<tr data-variant-id="{one}".*?</tr>', html, re.S)
     assert row
     seen_one, seen_ticked = (
-        hidden_value(row.group(0), "shown"),
+        hidden_value(row.group(0), f"shown-{one}"),
         hidden_value(html, f"shown-{ticked}"),
     )
     for vid, text in ((one, GOOD[3]), (ticked, GOOD[2])):
@@ -2676,7 +2676,7 @@ def test_approving_copy_edited_since_the_page_was_drawn_is_refused_naming_it(
     html = dash.html(f"/dashboard/experiments/{eid}/review")
     response = dash.post(
         f"/dashboard/variants/{one}/status",
-        {"action": "approve", "shown": hidden_value(html, "shown")},
+        {"action": "approve", f"shown-{one}": hidden_value(html, f"shown-{one}")},
     )
     assert response.status_code == 303
     assert (fresh(app, Variant, one).status, fresh(app, Variant, one).text) == ("active", GOOD[3])

@@ -135,15 +135,18 @@ def review(experiment_id: int) -> str:
 
 @bp.post("/variants/<id:variant_id>/status")
 def change_status(variant_id: int) -> Response:
-    variant = _apply(
-        variant_id,
-        request.form.get("action", ""),
-        request.form.get("shown"),
-        request.form.get("shown_status"),
-    )
-    flash_about_segment(
-        f"Variant #{variant.id} {ACTIONS[request.form['action']].verb}.", variant.segment_id
-    )
+    action = request.form.get("action", "")
+    # The review queue sends its one form (`shown-<id>`, and the row's box); the experiment
+    # page, a form of this button alone (`shown`).
+    shown = request.form.get("shown", request.form.get(f"shown-{variant_id}"))
+    typed = review_edit(variant_id)
+    if action == "approve" and typed is not None:
+        # Approved as it read before, a line corrected in its box went live uncorrected.
+        variant, _ = _approve_as_typed(variant_id, typed, shown)
+        flash(f"Variant #{variant.id} edited and approved.")
+        return _return(variant.experiment_id)
+    variant = _apply(variant_id, action, shown, request.form.get("shown_status"))
+    flash_about_segment(f"Variant #{variant.id} {ACTIONS[action].verb}.", variant.segment_id)
     return _return(variant.experiment_id)
 
 
