@@ -3137,6 +3137,28 @@ def _policy_invalid(app: Any, api: Any, experiment: dict[str, Any]) -> None:
         store_policy_by_hand(session, experiment["id"], {"target_active": "four"})
 
 
+def test_a_stored_policy_that_does_not_validate_is_named_on_the_experiment_page(
+    app: Any, api: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """Lifecycle passes leave such an experiment alone, but its page said nothing of it: each
+    segment read "no winner declared yet", waiting on a lifecycle that would never declare one,
+    nor retire, pause or order copy, while the API's report named the reason."""
+    page = f"/dashboard/experiments/{experiment['id']}"
+    assert texts(dash.html(page), data_testid="policy-error") == []
+    with Session(app.extensions["copybandit.engine"]) as session:
+        store_policy_by_hand(session, experiment["id"], {"declare_at": 5})
+
+    [said] = texts(dash.html(page), data_testid="policy-error")
+
+    assert said == (
+        "The lifecycle leaves this experiment alone: it declares no winner, retires and pauses "
+        "nothing and orders no copy until PATCH /v1/experiments/"
+        f"{experiment['id']}/policy makes its rules valid, and the figures here use the default "
+        'rules (stored policy {"declare_at": 5} does not validate: declare_at: Input should be '
+        "less than or equal to 1)."
+    )
+
+
 @pytest.mark.parametrize(
     "would_not_order",
     [_copy_enough, _copy_on_order, _no_copy_ordered, _policy_invalid],

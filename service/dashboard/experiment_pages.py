@@ -292,6 +292,7 @@ def experiment_page(experiment_id: int, refused: RefusedForm | None = None) -> s
         personas={segment.key: segment.description for segment in rows},
         refused=refused,
         discount_per_hour=report.policy.discount_per_hour,
+        policy_error=report.policy_error,
     )
 
 
