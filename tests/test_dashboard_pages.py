@@ -4191,6 +4191,11 @@ def test_the_audit_page_hides_discount_rows_until_asked_and_pages_through_them(
     rest = dash.html(older.group(1).replace("&amp;", "&"))
     assert folds.count("older evidence weighted") == 500
     assert rest.count("older evidence weighted") == 100 and "Older entries" not in rest
+    # And back to the newest, with the filter kept: the older page had no link there.
+    assert "Newest entries" not in folds
+    newest = re.search(r'<a href="([^"]*)">Newest entries</a>', rest)
+    assert newest is not None
+    assert newest.group(1).replace("&amp;", "&") == f"{audit}?action=discount"
     assert dash.get(f"{audit}?action=nap").status_code == 400
     assert dash.get(f"{audit}?before=x").status_code == 400
 
