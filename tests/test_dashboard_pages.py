@@ -2629,6 +2629,25 @@ def test_bulk_approve_refusing_a_line_edited_in_its_box_shows_the_edit_back(
     assert fresh(app, Variant, untouched).status == "pending_review"
 
 
+def test_a_line_stored_before_the_text_rules_and_left_as_shown_is_approved_unedited(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """A line stored before text was stripped and normalized comes back from its box as it
+    reads; compared in its stored form, it read as edited, and approving it rewrote it "after
+    editing" that no one did."""
+    eid = experiment["id"]
+    legacy = "Tea lovers,\nmeet the Aurora kettle. "
+    vid = add_pending(app, eid, "tea-lovers", legacy)
+    form = bulk_form(app, "approve", [vid]) | {f"text-{vid}": legacy.replace("\n", "\r\n")}
+
+    response = dash.post(f"/dashboard/experiments/{eid}/review", form)
+
+    assert response.status_code == 303, error_text(response)
+    approved = fresh(app, Variant, vid)
+    assert (approved.text, approved.status) == (legacy, "active")
+    assert approved.status_reason == f"approved by {EMAIL}"
+
+
 def hidden_value(html: str, name: str) -> str:
     found = re.findall(rf'<input type="hidden" name="{re.escape(name)}" value="([^"]*)"', html)
     assert found, f"no hidden {name}"

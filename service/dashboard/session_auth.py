@@ -214,7 +214,14 @@ def review_edit(variant_id: int | str) -> str | None:
     the text the page showed (`shown-<id>`, that text's version); None where the box was left
     as it was, or not sent."""
     typed = request.form.get(f"text-{variant_id}")
-    if typed is None or text_version(stored_form(typed)) == request.form.get(f"shown-{variant_id}"):
+    if typed is None:
+        return None
+    shown = request.form.get(f"shown-{variant_id}")
+    # A browser sends the box's line breaks as CRLF. Read as typed too: a row stored before text
+    # was stored in its stored_form (a trailing space, say) read as edited, and its approval
+    # rewrote it "after editing".
+    as_sent = (typed, typed.replace("\r\n", "\n"), stored_form(typed))
+    if any(text_version(text) == shown for text in as_sent):
         return None
     return typed
 
