@@ -5434,6 +5434,24 @@ def test_a_refused_persona_of_a_segment_keyed_as_another_form_opens_only_its_own
     assert "aria-invalid" not in html.replace(section(html, key), "")
 
 
+def test_a_persona_of_a_segment_not_there_is_the_not_found_page_saying_so(
+    dash: Dashboard, app: Any, experiment: dict[str, Any]
+) -> None:
+    """A segment the experiment has not has no form to show the error in: once its 404 named
+    segment_key, not segment, it was the experiment page, a 404 saying nothing of why."""
+    page = f"/dashboard/experiments/{experiment['id']}"
+    before = stored(app)
+
+    response = dash.post(
+        f"{page}/segments/nobody", {"description": "Night owls.", "was_description": "Who."}
+    )
+
+    assert response.status_code == 404
+    assert stored(app) == before
+    gone = f"experiment {experiment['id']} has no segment 'nobody'"
+    assert texts(response.get_data(as_text=True), "h1") == [gone]
+
+
 def test_the_add_segment_form_adds_one_last_and_a_taken_key_is_refused(
     dash: Dashboard, app: Any, experiment: dict[str, Any]
 ) -> None:

@@ -210,7 +210,8 @@ def edit_segment(experiment_id: int, segment_key: str) -> Response | tuple[str, 
         return refused_form(experiment_id, persona_form(segment_key), moved, None, seen_now)
     except APIError as exc:
         # A segment that is not there has no form to show the error in: the error page says so.
-        if exc.field == "segment":
+        # update_segment names the address's segment_key (as the API's 404 does).
+        if exc.field == "segment_key":
             raise
         return refused_form(experiment_id, persona_form(segment_key), exc, exc.field)
     flash_about_segment(f"Saved the persona of {segment.key}.", segment.id)  # type: ignore[arg-type]
