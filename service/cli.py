@@ -90,10 +90,11 @@ SCENARIOS = Path(__file__).resolve().parent.parent / "bandits" / "scenarios"
 # the database, where SQLite's driver raised OverflowError with a traceback.
 class WholeNumber(click.IntRange):
     """click.IntRange written in the digits 0-9 alone: int() reads any script's, so
-    `--experiment ٣` acted on experiment 3. Refused as a word is, in click's own message."""
+    `--experiment ٣` acted on experiment 3, and underscores (`--port 8_000`). Refused as a word
+    is, in click's own message."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, str) and not value.strip().isascii():
+        if isinstance(value, str) and (not value.strip().isascii() or "_" in value):
             self.fail(f"{value!r} is not a valid {self.name}.", param, ctx)
         return super().convert(value, param, ctx)
 

@@ -361,8 +361,9 @@ def _parse(field: dataclasses.Field[Any], raw: str) -> object:
     kind: Callable[[str], object] = {"int": int, "float": float}.get(str(field.type), str)
     text = raw.strip()
     try:
-        # int() and float() read any script's digits: "٣" (Arabic-Indic three) was port 3.
-        if kind is not str and not text.isascii():
+        # int() and float() read any script's digits: "٣" (Arabic-Indic three) was port 3. And
+        # underscores, which the API's numbers (?before=1_000) and a shell's do not.
+        if kind is not str and (not text.isascii() or "_" in text):
             raise ValueError(text)
         return kind(text)
     except ValueError:

@@ -599,8 +599,9 @@ def test_serve_refuses_a_port_another_process_listens_on_in_one_line(
         ["generate", "--experiment", "1", "-n", "\uff12"],
         ["purge", "--older-than", "90d", "--batch-size", "\u0665\u0660"],
         ["serve", "--port", "\u0668\u0660\u0660\u0660"],
+        ["serve", "--port", "8_000"],
     ],
-    ids=["experiment", "n", "batch-size", "port"],
+    ids=["experiment", "n", "batch-size", "port", "underscore"],
 )
 def test_a_number_in_another_scripts_digits_is_refused_as_a_word_is(
     database: str, args: list[str]

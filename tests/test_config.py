@@ -40,6 +40,12 @@ def test_environment_variables_override_defaults() -> None:
         # int() and float() read any script's digits: port 3, 16 workers, a 2.5 s TTL.
         ("COPYBANDIT_PORT", "\u0663", r"^COPYBANDIT_PORT must be an int, got '\u0663'$"),
         ("COPYBANDIT_WORKERS", "\uff11\uff16", r"^COPYBANDIT_WORKERS must be an int, got '"),
+        ("COPYBANDIT_PORT", "8_000", r"^COPYBANDIT_PORT must be an int, got '8_000'$"),
+        (
+            "COPYBANDIT_SNAPSHOT_TTL_SECONDS",
+            "1_0.5",
+            r"^COPYBANDIT_SNAPSHOT_TTL_SECONDS must be a float, got '1_0.5'$",
+        ),
         (
             "COPYBANDIT_SNAPSHOT_TTL_SECONDS",
             "\u0662.\u0665",
