@@ -3643,6 +3643,35 @@ def test_an_edit_typed_over_text_edited_through_the_api_since_is_refused_keeping
     )
 
 
+@pytest.mark.parametrize("sent_by", ["its Approve", "Approve selected"])
+def test_an_edit_approved_over_text_edited_through_the_api_since_shows_both_texts(
+    app: Any, api: Any, dash: Dashboard, experiment: dict[str, Any], sent_by: str
+) -> None:
+    """A line edited in its box is approved as edited by the row's Approve, or ticked, as "Save
+    edit and approve" would; refused because a PATCH changed the text since, only what was typed
+    came back, not the text as it now reads, so the two could not be merged as the refusal of
+    "Save edit and approve" lets them be."""
+    eid = experiment["id"]
+    vid = add_pending(app, eid, "tea-lovers", GOOD[0])
+    form = {f"text-{vid}": GOOD[2], f"shown-{vid}": shown(app, vid)}
+    assert api.patch(f"/v1/variants/{vid}", json={"text": GOOD[3]}).status_code == 200
+    before = stored(app)
+    if sent_by == "its Approve":
+        response = dash.post(f"/dashboard/variants/{vid}/status", {"action": "approve", **form})
+    else:
+        response = dash.post(
+            f"/dashboard/experiments/{eid}/review", bulk_form(app, "approve", [vid]) | form
+        )
+
+    assert response.status_code == 409
+    assert f"#{vid} was edited since you read it" in error_text(response)
+    html = response.get_data(as_text=True)
+    assert texts(html, "textarea", data_testid="now-stored") == [GOOD[3]]
+    assert f"#{vid} as it now reads:" in html
+    assert texts(html, "textarea", data_testid="unsaved") == [GOOD[2]]
+    assert stored(app) == before
+
+
 def test_an_api_edit_landing_while_an_edit_is_saved_is_refused_the_same_way(
     app: Any, dash: Dashboard, experiment: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -134,7 +134,7 @@ def review(experiment_id: int) -> str:
 
 
 @bp.post("/variants/<id:variant_id>/status")
-def change_status(variant_id: int) -> Response:
+def change_status(variant_id: int) -> Response | tuple[str, int, dict[str, str]]:
     action = request.form.get("action", "")
     # The review queue sends its one form (`shown-<id>`, and the row's box); the experiment
     # page, a form of this button alone (`shown`).
@@ -142,7 +142,10 @@ def change_status(variant_id: int) -> Response:
     typed = review_edit(variant_id)
     if action == "approve" and typed is not None:
         # Approved as it read before, a line corrected in its box went live uncorrected.
-        variant, _ = _approve_as_typed(variant_id, typed, shown)
+        try:
+            variant, _ = _approve_as_typed(variant_id, typed, shown)
+        except TextMoved:
+            return _refused_beside_text_now(variant_id)
         flash(f"Variant #{variant.id} edited and approved.")
         return _return(variant.experiment_id)
     variant = _apply(variant_id, action, shown, request.form.get("shown_status"))
@@ -158,16 +161,27 @@ def edit_and_approve(variant_id: int) -> Response | tuple[str, int, dict[str, st
     shown = request.form.get(f"shown-{variant_id}", request.form.get("shown"))
     try:
         variant, edited = _approve_as_typed(variant_id, text, shown)
-    # The edit was not stored; the error page shows it, as any refused form's text, so the
-    # marketer can copy it elsewhere.
     except TextMoved:
-        # Someone else's edit, shown beside this one: neither is lost, and the marketer can
-        # merge them and save again from the review page.
-        db.session().rollback()
-        now = get_variant(session=db.session(), variant_id=variant_id).text
-        return error_page(_edited_since(variant_id), [(f"#{variant_id} as it now reads", now)])
+        return _refused_beside_text_now(variant_id)
     flash(f"Variant #{variant.id} {'edited and approved' if edited else 'approved'}.")
     return _return(variant.experiment_id)
+
+
+def _refused_beside_text_now(variant_id: int) -> tuple[str, int, dict[str, str]]:
+    """The refusal of an edit typed over text changed (through the API) since the page showed
+    it. The edit was not stored; the error page shows it, as any refused form's text, beside
+    someone else's edit: neither is lost, and the marketer can merge them and save again from
+    the review page."""
+    return error_page(_edited_since(variant_id), [_text_now(variant_id)])
+
+
+def _text_now(variant_id: int) -> tuple[str, str]:
+    # Read afresh: the session still holds the row as it read it before the refused write.
+    db.session().rollback()
+    return (
+        f"#{variant_id} as it now reads",
+        get_variant(session=db.session(), variant_id=variant_id).text,
+    )
 
 
 def _approve_as_typed(variant_id: int, text: str, shown: str | None) -> tuple[Variant, bool]:
@@ -208,8 +222,9 @@ def bulk(experiment_id: int) -> Response | tuple[str, int, dict[str, str]]:
     if not ids:
         raise InvalidInput("variant_id: tick at least one variant", field="variant_id")
     done, refused = [], []
-    # The edits typed into ticked rows that were refused: shown back, not lost with the redirect.
-    unsaved = []
+    # The edits typed into ticked rows that were refused: shown back, not lost with the redirect,
+    # with the text as it now reads where it was edited (through the API) since, to merge.
+    unsaved, now_stored = [], []
     for variant_id in sorted({form_int("variant_id", text) for text in ids}):
         variant = db.session().get(Variant, variant_id)
         if variant is None or variant.experiment_id != experiment_id:
@@ -233,9 +248,11 @@ def bulk(experiment_id: int) -> Response | tuple[str, int, dict[str, str]]:
             refused.append(named)
             if action == "approve" and typed is not None:
                 unsaved.append((f"Copy #{variant_id}", typed))
+                if isinstance(exc, TextMoved):
+                    now_stored.append(_text_now(variant_id))
     summary = _summary(ACTIONS[action].verb, done, refused)
     if unsaved:
-        return error_page(Conflict(summary), unsaved=unsaved)
+        return error_page(Conflict(summary), now_stored, unsaved=unsaved)
     flash(summary, "error" if refused else "message")
     return redirect(url_for("dashboard.review", experiment_id=experiment_id), code=303)
 
