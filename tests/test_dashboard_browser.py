@@ -739,6 +739,29 @@ def test_a_rows_approve_after_an_edit_in_its_box_approves_the_edit(page: Page, s
     assert variant.status_reason == f"approved by {EMAIL} after editing"
 
 
+def test_a_line_stored_starting_with_a_line_break_and_left_as_shown_is_approved_unedited(
+    page: Page, site: Site
+) -> None:
+    """A browser drops a line break straight after <textarea>: a line stored before text was
+    stripped, starting with one, came back from its untouched box without it, read as edited,
+    and its Approve rewrote it "after editing" that no one did."""
+    legacy = "\nTea lovers, meet the Aurora kettle."
+    experiment_id, ids = make_experiment(
+        site,
+        active={"tea-lovers": ["The Aurora kettle: tea, sooner."]},
+        pending={"tea-lovers": [legacy]},
+    )
+    vid = ids["tea-lovers"][1]
+    page.goto(f"/dashboard/experiments/{experiment_id}/review")
+    expect(page.get_by_label(f"edit #{vid}")).to_have_value(legacy)
+    page.get_by_role("button", name=f"Approve #{vid}", exact=True).click()
+
+    expect(flash(page)).to_have_text(f"Variant #{vid} approved.")
+    variant = site.variant(vid)
+    assert (variant.text, variant.status) == (legacy, VariantStatus.ACTIVE)
+    assert variant.status_reason == f"approved by {EMAIL}"
+
+
 def test_enter_in_a_ticked_box_approves_the_ticked_lines(page: Page, site: Site) -> None:
     """The rows' "Save edit and approve" buttons send the queue's one form: Enter in a ticked
     box must still send it as "Approve selected", not as the first row's button."""
