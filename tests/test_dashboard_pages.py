@@ -2648,6 +2648,27 @@ def test_a_line_stored_before_the_text_rules_and_left_as_shown_is_approved_unedi
     assert approved.status_reason == f"approved by {EMAIL}"
 
 
+def test_a_line_stored_before_the_text_rules_saved_as_shown_is_approved_unedited(
+    app: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """As its Approve does, "Save edit and approve" of such a line left as shown approves it as
+    it reads: compared in its stored form alone, it was "edited and approved", rewritten "after
+    editing" that no one did."""
+    eid = experiment["id"]
+    legacy = "Tea lovers,\nmeet the Aurora kettle. "
+    vid = add_pending(app, eid, "tea-lovers", legacy)
+    form = {f"text-{vid}": legacy.replace("\n", "\r\n"), f"shown-{vid}": shown(app, vid)}
+    form["next"] = f"/dashboard/experiments/{eid}/review"
+
+    response = dash.post(f"/dashboard/variants/{vid}/edit", form)
+
+    assert response.status_code == 303, error_text(response)
+    assert flashes(dash.html(form["next"])) == [f"Variant #{vid} approved."]
+    approved = fresh(app, Variant, vid)
+    assert (approved.text, approved.status) == (legacy, "active")
+    assert approved.status_reason == f"approved by {EMAIL}"
+
+
 def hidden_value(html: str, name: str) -> str:
     found = re.findall(rf'<input type="hidden" name="{re.escape(name)}" value="([^"]*)"', html)
     assert found, f"no hidden {name}"

@@ -15,7 +15,7 @@ from service import db
 from service.copy_checks import brief_for, lint_config
 from service.dashboard.blueprint import bp, error_page, flash_about_segment, form_int, validated
 from service.dashboard.blueprint import invalidate as invalidate_snapshot
-from service.dashboard.session_auth import review_edit, safe_next
+from service.dashboard.session_auth import edited_text, review_edit, safe_next
 from service.errors import APIError, Conflict, InvalidInput, cut, spelled_out
 from service.experiments import (
     StatusMoved,
@@ -143,7 +143,7 @@ def change_status(variant_id: int) -> Response | tuple[str, int, dict[str, str]]
     if action == "approve" and typed is not None:
         # Approved as it read before, a line corrected in its box went live uncorrected.
         try:
-            variant, _ = _approve_as_typed(variant_id, typed, shown)
+            variant = _approve_edit(variant_id, typed, shown)
         except TextMoved:
             return _refused_beside_text_now(variant_id)
         flash(f"Variant #{variant.id} edited and approved.")
@@ -159,11 +159,17 @@ def edit_and_approve(variant_id: int) -> Response | tuple[str, int, dict[str, st
     # form of this row alone says `text` and `shown`.
     text = request.form.get(f"text-{variant_id}", request.form.get("text", ""))
     shown = request.form.get(f"shown-{variant_id}", request.form.get("shown"))
+    typed = edited_text(text, shown)
     try:
-        variant, edited = _approve_as_typed(variant_id, text, shown)
+        if typed is None:
+            # Left as shown, it is approved as it reads: a line stored before text was stripped
+            # (a trailing space) was rewritten in its stored form, "after editing" no one did.
+            variant = _apply(variant_id, "approve", shown)
+        else:
+            variant = _approve_edit(variant_id, typed, shown)
     except TextMoved:
         return _refused_beside_text_now(variant_id)
-    flash(f"Variant #{variant.id} {'edited and approved' if edited else 'approved'}.")
+    flash(f"Variant #{variant.id} {'approved' if typed is None else 'edited and approved'}.")
     return _return(variant.experiment_id)
 
 
@@ -184,22 +190,20 @@ def _text_now(variant_id: int) -> tuple[str, str]:
     )
 
 
-def _approve_as_typed(variant_id: int, text: str, shown: str | None) -> tuple[Variant, bool]:
-    """Approves `text`, edited or as the page showed it (`shown`, its version): the variant, and
-    whether the text was edited."""
+def _approve_edit(variant_id: int, text: str, shown: str | None) -> Variant:
+    """Approves `text`, typed over the text whose version the page showed (`shown`). Text left
+    as shown goes through `_apply`, approved as it reads: a line stored before text was stripped
+    was rewritten in its stored form, and the reason said "after editing" no one did."""
     patch = validated(VariantPatch, {"text": text})
     assert patch.text is not None  # VariantPatch was given only text
     text_seen = _shown_text(shown)
     approve = ACTIONS["approve"]
-    # "Save edit and approve" with the text as the page showed it: the reason said "after
-    # editing" of copy no one had changed.
-    edited = text_version(patch.text) != text_seen
     try:
         variant = approve_edited(
             session=db.session(),
             variant_id=variant_id,
             text=patch.text,
-            reason=_reason(approve, note="after editing" if edited else ""),
+            reason=_reason(approve, note="after editing"),
             lint_config=lint_config(current_app.extensions["copybandit.settings"]),
             text_seen=text_seen,
         )
@@ -210,7 +214,7 @@ def _approve_as_typed(variant_id: int, text: str, shown: str | None) -> tuple[Va
     except TextMoved:
         raise _edited_since(variant_id) from None
     invalidate_snapshot(variant.experiment_id)
-    return variant, edited
+    return variant
 
 
 @bp.post("/experiments/<id:experiment_id>/review")
@@ -236,7 +240,7 @@ def bulk(experiment_id: int) -> Response | tuple[str, int, dict[str, str]]:
             # Approving a line edited in its box approves the edit, as its own "Save edit and
             # approve" does: approved as it read before, the line went live unmended.
             if action == "approve" and typed is not None:
-                _approve_as_typed(variant_id, typed, shown)
+                _approve_edit(variant_id, typed, shown)
             else:
                 _apply(variant_id, action, shown)
             done.append(variant_id)

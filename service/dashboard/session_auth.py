@@ -213,10 +213,16 @@ def review_edit(variant_id: int | str) -> str | None:
     """What was typed into the review page's box of `variant_id` (`text-<id>`) where it is not
     the text the page showed (`shown-<id>`, that text's version); None where the box was left
     as it was, or not sent."""
-    typed = request.form.get(f"text-{variant_id}")
+    return edited_text(
+        request.form.get(f"text-{variant_id}"), request.form.get(f"shown-{variant_id}")
+    )
+
+
+def edited_text(typed: str | None, shown: str | None) -> str | None:
+    """`typed`, where it is not the text whose version is `shown`; None where it was left as it
+    was, or not sent."""
     if typed is None:
         return None
-    shown = request.form.get(f"shown-{variant_id}")
     # A browser sends the box's line breaks as CRLF. Read as typed too: a row stored before text
     # was stored in its stored_form (a trailing space, say) read as edited, and its approval
     # rewrote it "after editing".
