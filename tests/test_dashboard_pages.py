@@ -4871,6 +4871,20 @@ def test_with_discounting_the_page_says_which_figures_weigh_recent_traffic_more(
         ], (key, note)
 
 
+def test_a_discount_of_1_per_hour_gets_no_note_of_recent_traffic(
+    api: Any, dash: Dashboard, experiment: dict[str, Any]
+) -> None:
+    """Each hour keeping all of the evidence (1) weighs none of it less: the note said "Older
+    evidence is weighted by 1 per hour" and that the interval leaned on recent traffic, where it
+    reads all of it, as Impr., Conv. and Rate do."""
+    eid = experiment["id"]
+    response = api.patch(f"/v1/experiments/{eid}/policy", json={"discount_per_hour": 1})
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["discount_per_hour"] == 1
+
+    assert texts(dash.html(f"/dashboard/experiments/{eid}"), data_testid="discounted") == []
+
+
 def test_the_interval_bar_is_hidden_from_screen_readers_beside_its_numbers(
     dash: Dashboard, experiment: dict[str, Any]
 ) -> None:
