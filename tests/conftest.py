@@ -20,6 +20,7 @@ from service import create_app
 from service.auth import create_key
 from service.config import load_settings, normalize_database_url
 from service.db import make_engine
+from service.metrics import MULTIPROC_ENV
 from service.migrate import upgrade
 from service.models import Experiment, Scope
 
@@ -34,6 +35,20 @@ def pytest_report_header(config: pytest.Config) -> str:
         else "PostgreSQL not configured (set COPYBANDIT_TEST_DATABASE_URL)"
     )
     return f"copybandit database tests: SQLite file; {where}"
+
+
+@pytest.fixture(autouse=True)
+def _metrics_folder_restored() -> Iterator[None]:
+    """`serve` run in process sets PROMETHEUS_MULTIPROC_DIR for its workers, and monkeypatch undoes
+    only a variable it saw: one left set sent every later count in that test process to the
+    folder of a server long gone, and service.metrics, cached at its first count, failed every
+    count after (test_metrics read no decisions, depending on which tests xdist ran before)."""
+    before = os.environ.get(MULTIPROC_ENV)
+    yield
+    if before is None:
+        os.environ.pop(MULTIPROC_ENV, None)
+    else:
+        os.environ[MULTIPROC_ENV] = before
 
 
 @pytest.fixture(scope="session")
