@@ -241,10 +241,17 @@ def _in_words(exc: HTTPException, status: int) -> str:
         return f"{request.method} is not allowed here; this address takes {allowed}"
     if status == 404:
         return f"no such address: {request.path}; /openapi.json lists the API's"
-    limit = current_app.config.get("MAX_CONTENT_LENGTH")
-    if status == 413 and limit is not None:
-        return f"the body is over the {limit:,}-byte limit (COPYBANDIT_MAX_REQUEST_BYTES)"
+    if status == 413 and (words := over_the_limit()):
+        return words
     return exc.description or ""
+
+
+def over_the_limit() -> str | None:
+    """A 413's words: which limit, and the setting that raises it."""
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if limit is None:
+        return None
+    return f"the body is over the {limit:,}-byte limit (COPYBANDIT_MAX_REQUEST_BYTES)"
 
 
 def with_allow_header(response: Response, exc: HTTPException) -> Response:

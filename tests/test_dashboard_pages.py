@@ -1784,6 +1784,26 @@ def test_a_chunked_form_over_the_size_limit_is_413_and_stores_nothing(
     assert stored(app) == before
 
 
+def test_a_form_over_the_size_limit_names_the_limit_and_its_setting(
+    app: Any, dash: Dashboard
+) -> None:
+    """A review queue of many lines sends them all with each button; the page said werkzeug's
+    "The data value transmitted exceeds the capacity limit.", naming neither."""
+    limit = app.config["MAX_CONTENT_LENGTH"]
+    body = f"csrf_token={dash.token}&action=approve&text-1={'x' * limit}"
+
+    response = dash.client.post(
+        "/dashboard/variants/1/status",
+        data=body,
+        content_type="application/x-www-form-urlencoded",
+    )
+
+    assert response.status_code == 413
+    assert error_text(response) == (
+        f"the body is over the {limit:,}-byte limit (COPYBANDIT_MAX_REQUEST_BYTES)"
+    )
+
+
 def test_a_chunked_form_under_the_size_limit_is_read_whole(app: Any, dash: Dashboard) -> None:
     limit = app.config["MAX_CONTENT_LENGTH"]
     fields = "&".join(f"{name}={quote(value)}" for name, value in experiment_form().items())

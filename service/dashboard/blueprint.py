@@ -24,6 +24,7 @@ from service.errors import (
     body_cut_off,
     database_error,
     first_problem,
+    over_the_limit,
     unexpected_error,
 )
 from service.models import MAX_DB_ID
@@ -223,4 +224,7 @@ def _cut_off(exc: ClientDisconnected) -> tuple[str, int, dict[str, str]]:
 @bp.errorhandler(HTTPException)
 def _http_error(exc: HTTPException) -> tuple[str, int]:
     status = exc.code or 500
-    return render_template("error.html", status=status, message=exc.description), status
+    # werkzeug's "exceeds the capacity limit" named neither the limit nor how to raise it, which
+    # a review queue of many lines reaches (every button sends every line's text).
+    message = (status == 413 and over_the_limit()) or exc.description
+    return render_template("error.html", status=status, message=message), status
