@@ -178,3 +178,17 @@ def test_the_readme_names_every_reason_a_generated_line_is_rejected_for() -> Non
         assert f"`{reason}`" in text, reason
     for rule in (*RULES, "near_duplicate"):
         assert f"`{rule}" in text, rule
+
+
+def test_the_readme_says_where_make_run_puts_the_copybandit_command() -> None:
+    # `make run` installs copybandit into the venv alone, and the README's next lines (what init
+    # prints: "Lost it? `copybandit keys create --scope admin`") and every command after them
+    # said `copybandit ...`: typed as shown, each was "copybandit: command not found".
+    makefile = (README.parent / "Makefile").read_text()
+    venv = re.search(r"^VENV := (\S+)$", makefile, re.MULTILINE)
+    assert venv is not None
+    assert "$(BIN)/copybandit init" in makefile and "BIN := $(VENV)/bin" in makefile
+    text = README.read_text()
+    before_first_command = text[: text.index("`copybandit keys create")]
+    assert f"`{venv[1]}/bin/copybandit " in before_first_command
+    assert f"`. {venv[1]}/bin/activate`" in before_first_command
