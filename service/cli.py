@@ -295,7 +295,14 @@ def _echo_log_line(level: int, message: str) -> None:
 
 
 @main.command()
-@click.option("--check", is_flag=True, help="Only report whether migrations are pending.")
+@click.option(
+    "--check",
+    is_flag=True,
+    help=(
+        "Change nothing: exit 1 if migrations are pending, if a newer copybandit migrated the "
+        "database, or, for SQLite, if there is no database file yet (it makes none)."
+    ),
+)
 def migrate(check: bool) -> None:
     """Apply database migrations (Alembic) up to the latest."""
     settings = _settings()
@@ -631,7 +638,9 @@ def generate(experiment_id: int, segment: str | None, n: int) -> None:
     ),
 )
 def lifecycle(once: bool, generate: bool) -> None:
-    """Retire losers, pause guardrail failures, declare winners, queue new copy."""
+    """Retire losers, pause guardrail failures, declare winners, queue new copy; then run the
+    jobs the pass queued and count the charts' hours that are due. Exit 1 if a segment's pass, a
+    job it ran or that count failed."""
     settings = _settings(loads_model=generate)
     _log_to_terminal(settings)
     engine = _engine(settings)

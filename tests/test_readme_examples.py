@@ -192,3 +192,32 @@ def test_the_readme_says_where_make_run_puts_the_copybandit_command() -> None:
     before_first_command = text[: text.index("`copybandit keys create")]
     assert f"`{venv[1]}/bin/copybandit " in before_first_command
     assert f"`. {venv[1]}/bin/activate`" in before_first_command
+
+
+def _command_line_entries() -> dict[str, str]:
+    """Each command of the README's Command line block (`keys create`, `migrate`, ...), with the
+    lines that describe it, joined."""
+    text = README.read_text()
+    start = text.index("```\n", text.index("## Command line")) + len("```\n")
+    entries: dict[str, str] = {}
+    name = ""
+    for line in text[start : text.index("```", start)].splitlines():
+        if line.startswith("copybandit "):
+            words = line.split()
+            name = " ".join(words[1:3] if words[1] in ("keys", "users") else words[1:2])
+        entries[name] = f"{entries.get(name, '')} {line.strip()}"
+    return entries
+
+
+def test_a_command_whose_exit_status_the_readme_gives_says_it_in_its_help() -> None:
+    # A deploy script checks `migrate --check` and cron `lifecycle --once` by their exit status;
+    # the README gave it, but their --help did not ("Only report whether migrations are pending").
+    named = [name for name, entry in _command_line_entries().items() if "exit 1" in entry]
+    assert {"migrate", "lifecycle", "check"} <= set(named)
+    silent = []
+    for name in named:
+        shown = CliRunner().invoke(main, [*name.split(), "--help"], catch_exceptions=False)
+        assert shown.exit_code == 0, shown.output
+        if "exit 1" not in " ".join(shown.output.split()).lower():
+            silent.append(name)
+    assert silent == []
