@@ -480,7 +480,7 @@ def _listed(names: list[str], count: int) -> str:
 
 
 def _counted(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
 # Any number no other code takes a PostgreSQL advisory lock with.
@@ -728,8 +728,8 @@ def _print_pass(engine: sa.Engine, report: RunReport) -> dict[int, str]:
         click.echo(f"{_event_place(event, places)}: not ordered (--no-generate): {event.reason}")
     not_ordered = f", {len(report.not_ordered)} not ordered" if report.not_ordered else ""
     click.echo(
-        f"{report.experiments} experiments, {len(report.actions)} actions, "
-        f"{len(report.jobs)} generation jobs queued{not_ordered}"
+        f"{_counted(report.experiments, 'experiment')}, {_counted(len(report.actions), 'action')}, "
+        f"{_counted(len(report.jobs), 'generation job')} queued{not_ordered}"
     )
     return places
 
@@ -1088,9 +1088,10 @@ def check() -> None:
         )
     if not report.ok:
         raise click.ClickException(
-            f"{len(report.mismatches)} mismatched counter(s) in {report.variants} variants"
+            f"{_counted(len(report.mismatches), 'mismatched counter')} in "
+            f"{_counted(report.variants, 'variant')}"
         )
-    click.echo(f"{report.variants} variants checked: every counter matches its rows")
+    click.echo(f"{_counted(report.variants, 'variant')} checked: every counter matches its rows")
 
 
 @main.command()
@@ -1107,8 +1108,9 @@ def purge(older_than: str, batch_size: int) -> None:
 
     def say(report: PurgeReport) -> None:
         click.echo(
-            f"  deleted {report.events:,} events, {report.impressions:,} impressions, "
-            f"{report.assignments:,} sticky assignments so far",
+            f"  deleted {_counted(report.events, 'event')}, "
+            f"{_counted(report.impressions, 'impression')}, "
+            f"{_counted(report.assignments, 'sticky assignment')} so far",
             err=True,
         )
 
@@ -1116,9 +1118,10 @@ def purge(older_than: str, batch_size: int) -> None:
         engine=_engine(settings), older_than=age, batch_size=batch_size, progress=say
     )
     click.echo(
-        f"purged {report.events:,} events and {report.impressions:,} impressions older than "
-        f"{report.cutoff:%Y-%m-%d %H:%M} UTC, and {report.assignments:,} sticky assignments "
-        "unused since a day before that"
+        f"purged {_counted(report.events, 'event')} and "
+        f"{_counted(report.impressions, 'impression')} older than "
+        f"{report.cutoff:%Y-%m-%d %H:%M} UTC, and "
+        f"{_counted(report.assignments, 'sticky assignment')} unused since a day before that"
     )
 
 
@@ -1201,12 +1204,17 @@ def copy_database_command(to: str, batch_size: int) -> None:
     )
     click.echo(
         f"copied {_rows(sum(report.rows.values()))} in {len(report.rows)} tables to {where}; "
-        f"row counts match the source's, and {report.counters.variants} variants' counters "
-        f"{counters}"
+        f"row counts match the source's, and {_whose(report.counters.variants, 'variant')} "
+        f"counters {counters}"
     )
     click.echo(
         "next ids: " + ", ".join(f"{t} {n}" for t, n in report.sequences.items()),
     )
+
+
+def _whose(n: int, noun: str) -> str:
+    """_counted's possessive: "1 variant's", "14 variants'"."""
+    return f"{n:,} {noun}'s" if n == 1 else f"{n:,} {noun}s'"
 
 
 def _rows(count: int) -> str:

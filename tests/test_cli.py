@@ -653,6 +653,28 @@ def _unmigrated(backend: str, tmp_path: Path) -> Iterator[str]:
         engine.dispose()
 
 
+def test_check_counts_one_variant_and_one_mismatch_in_the_singular(
+    api: Any, session: Session, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It said "1 variants checked", and "1 mismatched counter(s) in 1 variants".
+    created = api.create_experiment()
+    variant = api.add_variant(created["id"], "tea-lovers", "The Aurora kettle, boiled in 3 min.")
+    monkeypatch.setenv("COPYBANDIT_DATABASE_URL", database_url)
+    checked = run("check")
+    assert (checked.exit_code, checked.output) == (
+        0,
+        "1 variant checked: every counter matches its rows\n",
+    )
+    stored = session.get(Variant, variant["id"])
+    assert stored is not None
+    stored.impressions = 3
+    session.add(stored)
+    session.commit()
+    mismatched = run("check")
+    assert mismatched.exit_code == 1
+    assert mismatched.output.splitlines()[-1] == "Error: 1 mismatched counter in 1 variant"
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_command_on_an_unmigrated_database_says_to_migrate(
     backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -1373,7 +1395,7 @@ def test_commands_log_json_lines_when_the_log_format_is_json(
     loggers = [line["logger"] for line in logged]
     assert loggers == ["service.generation_jobs", "service.lifecycle"], result.stderr
     # What the command prints for the person who ran it stays as it was.
-    assert result.stdout == "1 experiments, 0 actions, 0 generation jobs queued\n"
+    assert result.stdout == "1 experiment, 0 actions, 0 generation jobs queued\n"
 
 
 class _StoppedMidJob:

@@ -300,7 +300,7 @@ def test_a_fold_whose_plan_then_fails_is_in_the_pass_report(
     assert len(audited) == 1  # the segment with a variant; the empty one folds nothing
     place = f"experiment {audited[0].experiment_id} segment tea-lovers"
     assert f"{place}: discount: older evidence weighted by 0.5 per hour" in result.output
-    assert "1 experiments, 1 actions, 0 generation jobs queued" in result.output
+    assert "1 experiment, 1 action, 0 generation jobs queued" in result.output
     # The segment printed with a discount line above is not said to be left unchanged, bare.
     assert (
         f"2 segment(s) left unchanged after an error (logged above): {place} (but for its"

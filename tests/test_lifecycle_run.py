@@ -2262,7 +2262,7 @@ def test_cli_lifecycle_once_reports_and_runs_its_jobs_when_counting_the_charts_h
     assert isinstance(result.exception, SystemExit), result.exception
     tea = f"experiment {experiment['id']} segment {TEA}"
     assert f"{tea} variant {ids(experiment, TEA)['manual']}: declare_winner: " in result.output
-    assert "1 experiments, 3 actions, 2 generation jobs queued" in result.output
+    assert "1 experiment, 3 actions, 2 generation jobs queued" in result.output
     said = "failed: RuntimeError: no model here"
     assert f"job 1: {said}" in result.output and f"job 2: {said}" in result.output
     assert (
@@ -2291,7 +2291,7 @@ def test_cli_lifecycle_once_prints_what_it_did_before_a_later_segment_failed(
     assert result.exit_code == 1, result.output
     tea = f"experiment {experiment['id']} segment {TEA}"
     assert f"{tea} variant {ids(experiment, TEA)['manual']}: declare_winner: " in result.output
-    assert "1 experiments, 1 actions, 0 generation jobs queued, 1 not ordered" in result.output
+    assert "1 experiment, 1 action, 0 generation jobs queued, 1 not ordered" in result.output
     parents = f"experiment {experiment['id']} segment {PARENTS}"
     assert f"1 segment(s) left unchanged after an error (logged above): {parents}" in result.output
 
@@ -2316,7 +2316,7 @@ def test_cli_lifecycle_once_no_generate_says_nothing_would_be_ordered_in_a_segme
     parents = f"experiment {experiment['id']} segment {PARENTS}"
     assert f"{tea}: not ordered" not in result.output
     assert f"{parents}: not ordered (--no-generate): " in result.output
-    assert "1 experiments, 0 actions, 0 generation jobs queued, 1 not ordered" in result.output
+    assert "1 experiment, 0 actions, 0 generation jobs queued, 1 not ordered" in result.output
     assert f"1 segment(s) left unchanged after an error (logged above): {tea}" in result.output
     (passed,) = [r.getMessage() for r in caplog.records if "lifecycle: pass over" in r.getMessage()]
     assert "1 segment passed, 1 failed; " in passed and ", 1 not ordered (" in passed

@@ -483,6 +483,23 @@ def test_parse_age_refuses_ages_before_year_one(text: str) -> None:
     assert parse_age("052560000m") == timedelta(days=36_500)
 
 
+def test_cli_purge_counts_one_of_each_in_the_singular(
+    api: Any,
+    session: Session,
+    experiment: dict[str, Any],
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # It said "purged 1 events and 1 impressions".
+    monkeypatch.setenv("COPYBANDIT_DATABASE_URL", database_url)
+    _age(session, _traffic(api, experiment["id"], 1, convert_every=1), days=10)
+    purged = CliRunner().invoke(main, ["purge", "--older-than", "7d"])
+    assert purged.exit_code == 0, purged.output
+    progress, done = purged.output.splitlines()
+    assert progress == "  deleted 1 event, 1 impression, 0 sticky assignments so far"
+    assert done.startswith("purged 1 event and 1 impression older than "), done
+
+
 def test_cli_check_and_purge(
     app: Any,
     api: Any,
@@ -508,7 +525,7 @@ def test_cli_check_and_purge(
     session.execute(sa.update(Variant).values(impressions=Variant.impressions + 1))
     session.commit()
     broken = runner.invoke(main, ["check"])
-    assert broken.exit_code == 1 and "mismatched counter(s)" in broken.output
+    assert broken.exit_code == 1 and "mismatched counter" in broken.output
 
 
 def test_a_batch_larger_than_a_statement_may_bind_is_purged(
