@@ -571,7 +571,8 @@ def _on_stop(ended: Callable[[bool], object]) -> Iterator[None]:
     help="Accepted lines wanted per segment.",
 )
 def generate(experiment_id: int, segment: str | None, n: int) -> None:
-    """Have the language model write new variants now, with a progress bar."""
+    """Have the language model write new variants now, with a progress bar. Ctrl-C (or SIGTERM)
+    cancels the job, keeping the segments it had stored."""
     settings = _settings(loads_model=True)
     _log_to_terminal(settings)
     engine = _engine(settings)
@@ -1606,7 +1607,14 @@ def users_list() -> None:
 @click.option(
     "--workers", type=WholeNumber(1, 64), default=None, help="Default: COPYBANDIT_WORKERS or 2."
 )
-@click.option("--access-log/--no-access-log", default=False)
+@click.option(
+    "--access-log/--no-access-log",
+    default=False,
+    help=(
+        "Log a line per request on stdout (at INFO), its address as sent with an API key's "
+        "secret hidden."
+    ),
+)
 def serve(host: str | None, port: int | None, workers: int | None, access_log: bool) -> None:
     """Serve the API with gunicorn."""
     settings = _settings(loads_model=True)

@@ -221,3 +221,25 @@ def test_a_command_whose_exit_status_the_readme_gives_says_it_in_its_help() -> N
         if "exit 1" not in " ".join(shown.output.split()).lower():
             silent.append(name)
     assert silent == []
+
+
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        # What Ctrl-C does to the job it runs, which the README's Command line says.
+        ("generate", "ctrl-c"),
+        # Where the access log goes and that an API key in an address is hidden there.
+        ("serve", "access-log"),
+    ],
+)
+def test_the_help_says_what_the_readme_says_of_the_command(name: str, said: str) -> None:
+    assert said in _command_line_entries()[name].lower()
+    shown = CliRunner().invoke(main, [name, "--help"], catch_exceptions=False)
+    text = " ".join(shown.output.split()).lower()
+    if name == "serve":
+        # The option was listed bare: `--access-log / --no-access-log`, no word on what it logs.
+        (line,) = [line for line in shown.output.splitlines() if "--access-log" in line]
+        assert line.strip() != "--access-log / --no-access-log", shown.output
+        assert "hidden" in text and "info" in text, shown.output
+    else:
+        assert said in text, shown.output
