@@ -397,6 +397,15 @@ def test_signed_out_pages_redirect_to_sign_in_with_next(
     assert redirects_to_sign_in(head, next_=path), (head.status_code, head.headers)
 
 
+def test_the_icon_browsers_ask_for_is_no_404(client: FlaskClient) -> None:
+    # Every dashboard page a browser opened was followed by a JSON 404 for /favicon.ico,
+    # counted in copybandit_http_responses_total{code="404"}.
+    response = client.get("/favicon.ico")
+    assert response.status_code == 204
+    assert response.get_data() == b""
+    assert response.headers["Cache-Control"] == "max-age=86400"
+
+
 def test_home_leads_to_the_dashboard(client: FlaskClient) -> None:
     response = client.get("/")
     assert response.status_code == 302 and location(response) == "/dashboard/"

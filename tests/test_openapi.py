@@ -75,12 +75,13 @@ def test_429_is_documented_only_where_the_key_has_a_request_budget(
 
 
 def test_nothing_undocumented_is_routed(app: Any, spec: dict[str, Any]) -> None:
-    # Not part of the JSON API: the dashboard pages, "/" (a redirect to them) and /metrics.
+    # Not part of the JSON API: the dashboard pages, "/" (a redirect to them), the browsers'
+    # /favicon.ico (no icon) and /metrics.
     routed = {
         re.sub(r"<(\w+:)?", "{", rule.rule).replace(">", "}")
         for rule in app.url_map.iter_rules()
         if rule.endpoint != "static" and not rule.endpoint.startswith("dashboard.")
-    } - {"/openapi.json", "/", "/metrics"}
+    } - {"/openapi.json", "/", "/favicon.ico", "/metrics"}
     assert routed == set(spec["paths"])
 
 

@@ -64,6 +64,9 @@ def register(app: Flask, settings: Settings) -> None:
 
     # A plain Flask rule: the OpenAPI app's own decorators would document it as part of the API.
     app.add_url_rule("/", "home", _home)
+    # Browsers ask for it with every page they have not cached it for: a JSON 404 each time,
+    # counted among the 404s a scrape alerts on. No icon, and a day before asking again.
+    app.add_url_rule("/favicon.ico", "favicon", _no_icon)
     # No route matched, so no blueprint handler or header hook runs: a mistyped dashboard address
     # got the API's JSON error, without the pages' headers.
     for status in (404, 405):
@@ -75,6 +78,12 @@ def _unrouted(exc: HTTPException) -> Response:
         return errors.http_error(exc)
     page = render_template("error.html", status=exc.code, message=exc.description)
     return page_headers(errors.with_allow_header(make_response(page, exc.code), exc))
+
+
+def _no_icon() -> Response:
+    response = make_response("", 204)
+    response.headers["Cache-Control"] = "max-age=86400"
+    return response
 
 
 def _home() -> Response:
