@@ -395,7 +395,7 @@ def init(demo_history: bool) -> None:
     settings = _settings()
     engine = _make_engine(settings)
     _say_migrated(engine, _upgrade(engine))
-    dashboard = f"http://{_address(settings.host, settings.port)}/dashboard/"
+    dashboard = f"http://{_address(_reachable(settings.host), settings.port)}/dashboard/"
     with _session(settings) as session:
         _lock_first_run(session)
         experiment = seed_demo(session=session)
@@ -1292,6 +1292,13 @@ def _is_ipv6_address(host: str) -> bool:
     except (OSError, ValueError):
         return False
     return True
+
+
+def _reachable(host: str) -> str:
+    """Where a browser on this machine finds a server listening on `host`. A wildcard is no
+    address to open: init printed the sign-in at http://0.0.0.0:8000/, which some browsers
+    refuse outright."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1", "": "127.0.0.1"}.get(host, host)
 
 
 def _address(host: str, port: int) -> str:
