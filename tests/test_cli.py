@@ -145,21 +145,6 @@ def test_a_second_init_names_what_the_first_made_and_how_to_get_more_but_no_secr
     )
 
 
-@pytest.mark.parametrize(
-    ("host", "shown"),
-    [("0.0.0.0", "127.0.0.1:8000"), ("::", "[::1]:8000"), ("192.0.2.7", "192.0.2.7:8000")],
-)
-def test_init_names_a_sign_in_address_a_browser_can_open(
-    database: str, monkeypatch: pytest.MonkeyPatch, host: str, shown: str
-) -> None:
-    # With COPYBANDIT_HOST=0.0.0.0 (serve on every interface) it printed http://0.0.0.0:8000/.
-    monkeypatch.setenv("COPYBANDIT_HOST", host)
-    monkeypatch.delenv("COPYBANDIT_PORT", raising=False)
-    result = run("init", "--no-demo-history")
-    assert result.exit_code == 0, result.output
-    assert f"Dashboard sign-in (shown once): http://{shown}/dashboard/\n" in result.output
-
-
 def test_init_prints_an_admin_key_while_no_live_one_exists(database: str) -> None:
     # A serve key, or an admin key since revoked, made init think one had been printed.
     assert run("migrate").exit_code == 0

@@ -646,13 +646,18 @@ def test_init_gives_no_history_to_a_database_that_has_experiments(
     assert _demo_counts(cli_database) == (0, 0, 0, 0)
 
 
+@pytest.mark.parametrize(
+    ("host", "shown"),
+    # A wildcard is no address to open: with 0.0.0.0 it printed http://0.0.0.0:9123/.
+    [("192.0.2.7", "192.0.2.7"), ("0.0.0.0", "127.0.0.1"), ("::", "[::1]")],
+)
 def test_init_uses_the_configured_host_and_port(
-    cli_database: str, monkeypatch: pytest.MonkeyPatch
+    cli_database: str, monkeypatch: pytest.MonkeyPatch, host: str, shown: str
 ) -> None:
-    monkeypatch.setenv("COPYBANDIT_HOST", "0.0.0.0")
+    monkeypatch.setenv("COPYBANDIT_HOST", host)
     monkeypatch.setenv("COPYBANDIT_PORT", "9123")
     result = run("init", "--no-demo-history")
-    assert "Dashboard sign-in (shown once): http://0.0.0.0:9123/dashboard/" in result.output
+    assert f"Dashboard sign-in (shown once): http://{shown}:9123/dashboard/\n" in result.output
 
 
 def test_the_password_rule_is_told_where_passwords_are_given() -> None:
