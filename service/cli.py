@@ -58,6 +58,7 @@ from service.lifecycle import RunReport, run_lifecycle
 from service.long_briefs import BriefHeld
 from service.marketers import (
     MIN_PASSWORD_CHARS,
+    check_password,
     create_marketer,
     generate_password,
     list_marketers,
@@ -1544,7 +1545,7 @@ def users_create(email: str, password: str | None, generate: bool) -> None:
     if generate:
         password = generate_password()
     elif password is None:
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+        password = _prompt_for_password()
     with _session(_settings()) as session:
         try:
             marketer = create_marketer(session=session, email=email, password=password)
@@ -1555,13 +1556,32 @@ def users_create(email: str, password: str | None, generate: bool) -> None:
         click.echo(f"password: {password}")
 
 
+def _prompt_for_password() -> str:
+    """A password typed twice, its rule checked before the second time: click's confirmation
+    came first, and a password too short was refused only once typed twice, ending the command."""
+    while True:
+        password: str = click.prompt("Password", hide_input=True)
+        try:
+            check_password(password)
+        except APIError as exc:
+            click.echo(f"Error: {exc.message.removeprefix('password: ')}", err=True)
+            continue
+        if click.prompt("Repeat for confirmation", hide_input=True) == password:
+            return password
+        click.echo("Error: The two entered values do not match.", err=True)
+
+
 @users.command("set-password")
 @click.option("--email", required=True)
-@click.password_option(
-    help=f"At least {MIN_PASSWORD_CHARS} characters. Default: prompt for one, twice."
+@click.option(
+    "--password",
+    default=None,
+    help=f"At least {MIN_PASSWORD_CHARS} characters. Default: prompt for one, twice.",
 )
-def users_set_password(email: str, password: str) -> None:
+def users_set_password(email: str, password: str | None) -> None:
     """Change a marketer's password; browsers signed in with the old one are signed out."""
+    if password is None:
+        password = _prompt_for_password()
     with _session(_settings()) as session:
         try:
             set_password(session=session, email=email, password=password)

@@ -52,7 +52,7 @@ def normalize_email(email: str) -> str:
     return email
 
 
-def _check_password(password: str) -> None:
+def check_password(password: str) -> None:
     if any("\ud800" <= char <= "\udfff" for char in password):
         # Bytes the command line could not read as UTF-8 (a terminal in another encoding): the
         # hash cannot be computed, and what was typed could not be typed again at sign-in.
@@ -85,7 +85,7 @@ def generate_password() -> str:
 def create_marketer(*, session: Session, email: str, password: str) -> Marketer:
     email = normalize_email(email)
     _check_no_format_characters(email)
-    _check_password(password)
+    check_password(password)
     marketer = Marketer(email=email, password_hash=generate_password_hash(password))
     session.add(marketer)
     try:
@@ -99,7 +99,7 @@ def create_marketer(*, session: Session, email: str, password: str) -> Marketer:
 
 
 def set_password(*, session: Session, email: str, password: str) -> Marketer:
-    _check_password(password)
+    check_password(password)
     marketer = session.exec(
         select(Marketer).where(Marketer.email == normalize_email(email))
     ).first()

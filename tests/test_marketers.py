@@ -429,6 +429,21 @@ def test_users_set_password(cli_database: str) -> None:
     assert _checks(cli_database, "mia@example.com", "new one 123")
 
 
+@pytest.mark.parametrize("command", ["create", "set-password"])
+def test_a_password_too_short_is_refused_before_it_is_asked_again(
+    cli_database: str, command: str
+) -> None:
+    # The confirmation came first: "short", typed twice, then refused, the command ended.
+    if command == "set-password":
+        run("users", "create", "--email", "mia@example.com", "--password", PASSWORD)
+    typed = f"short\n{'new one 123'}\nnew one 123\n"
+    result = run("users", command, "--email", "mia@example.com", input=typed)
+    assert result.exit_code == 0, result.output
+    assert f"Error: must be at least {MIN_PASSWORD_CHARS} characters" in result.output
+    assert result.output.count("Repeat for confirmation") == 1
+    assert _checks(cli_database, "mia@example.com", "new one 123")
+
+
 def test_users_set_password_prompts_with_confirmation(cli_database: str) -> None:
     run("users", "create", "--email", "mia@example.com", "--password", PASSWORD)
     mismatch = run(
