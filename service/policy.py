@@ -4,7 +4,7 @@ writes more. Stored with the experiment as JSON; missing fields take these defau
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, ClassVar, get_args
 
 from pydantic import (
     BaseModel,
@@ -87,6 +87,21 @@ class LifecyclePolicy(BaseModel):
         description="weight each hour leaves on older evidence (e.g. 0.999); null keeps it all",
     )
 
+    # What a null is told to do instead, where a field cannot be null.
+    LEAVE_OUT: ClassVar[str] = "leave it out for its default"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_only_where_it_means_something(cls, data: Any) -> Any:
+        # Strict typing answered null with "Input should be a valid integer", as if a number
+        # had been mistyped; the brief's PATCH says a field cannot be null.
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name)
+                if value is None and field is not None and not _nullable(field.annotation):
+                    raise at_fault(name, f"must not be null: {cls.LEAVE_OUT}")
+        return data
+
     @model_validator(mode="after")
     def _bounds(self, info: ValidationInfo) -> LifecyclePolicy:
         if self.max_active < self.target_active:
@@ -98,6 +113,10 @@ class LifecyclePolicy(BaseModel):
                 raise at_fault("target_active", f"must be <= max_active ({self.max_active})")
             raise at_fault("max_active", "must be >= target_active")
         return self
+
+
+def _nullable(annotation: Any) -> bool:
+    return type(None) in get_args(annotation)
 
 
 def _as_changes(schema: dict[str, Any]) -> None:
@@ -115,6 +134,7 @@ class PolicyChanges(LifecyclePolicy):
     # A field left out keeps its stored value, so the schema publishes no defaults: a client
     # generated from it that filled them in would reset the rest of the policy.
     model_config = ConfigDict(json_schema_extra=_as_changes)
+    LEAVE_OUT: ClassVar[str] = "leave it out to keep its value"
 
     @model_validator(mode="after")
     def _bounds(self, info: ValidationInfo) -> PolicyChanges:

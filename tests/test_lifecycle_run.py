@@ -1720,6 +1720,42 @@ def test_a_policy_patch_is_judged_merged_with_the_stored_policy(
 
 
 @pytest.mark.parametrize(
+    ("field", "nullable"),
+    [("min_impressions", False), ("informed_priors", False), ("discount_per_hour", True)],
+)
+def test_null_is_refused_as_null_where_a_rule_cannot_be_null(
+    api: Any, experiment: dict[str, Any], field: str, nullable: bool
+) -> None:
+    # "min_impressions: Input should be a valid integer" answered a null, as if a number had
+    # been mistyped; the brief's PATCH says "must not be null".
+    response = patch_policy(api, experiment, **{field: None})
+    if nullable:
+        assert response.status_code == 200
+        return
+    assert response.status_code == 400
+    error = response.get_json()
+    assert (error["field"], error["message"]) == (
+        field,
+        f"{field}: must not be null: leave it out to keep its value",
+    )
+    body = {
+        "name": "Nulls",
+        "product": {"name": "Kettle", "description": "A kettle."},
+        "segments": [{"key": "all", "description": "Everyone."}],
+        "policy": {field: None},
+    }
+    created = api.post("/v1/experiments", json=body)
+    assert created.status_code == 400
+    assert (created.get_json()["field"], created.get_json()["message"]) == (
+        f"policy.{field}",
+        f"policy.{field}: must not be null: leave it out for its default",
+    )
+    assert [e["name"] for e in api.get("/v1/experiments").get_json()["experiments"]] == [
+        experiment["name"]
+    ]
+
+
+@pytest.mark.parametrize(
     ("policy", "refused"),
     [
         pytest.param(
