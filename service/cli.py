@@ -690,8 +690,8 @@ def lifecycle(once: bool, generate: bool) -> None:
         # A fold commits before the plan: such a segment's discount line is printed above.
         folded = {e.segment_id for e in report.actions if e.action == "discount"}
         problems.append(
-            f"{len(report.failed_segments)} segment(s) left unchanged after an error (logged "
-            "above): "
+            f"{_counted(len(report.failed_segments), 'segment')} left unchanged after an error "
+            "(logged above): "
             + ", ".join(
                 places[s] + (" (but for its discount fold)" if s in folded else "")
                 for s in report.failed_segments
@@ -699,7 +699,7 @@ def lifecycle(once: bool, generate: bool) -> None:
         )
     if failed_jobs:
         problems.append(
-            f"{len(failed_jobs)} generation job(s) did not succeed: "
+            f"{_counted(len(failed_jobs), 'generation job')} did not succeed: "
             f"{', '.join(map(str, failed_jobs))}"
         )
     if problems:

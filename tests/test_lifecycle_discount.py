@@ -303,7 +303,7 @@ def test_a_fold_whose_plan_then_fails_is_in_the_pass_report(
     assert "1 experiment, 1 action, 0 generation jobs queued" in result.output
     # The segment printed with a discount line above is not said to be left unchanged, bare.
     assert (
-        f"2 segment(s) left unchanged after an error (logged above): {place} (but for its"
+        f"2 segments left unchanged after an error (logged above): {place} (but for its"
         " discount fold), " in result.output
     )
 

@@ -2182,7 +2182,7 @@ def test_cli_lifecycle_once_exits_1_when_a_job_it_ran_failed(
     assert result.exit_code == 1, result.output
     # With the why, which was only in the log: "job 1: failed: failed".
     assert "job 1: failed: RuntimeError: no model here\n" in result.output
-    assert "2 generation job(s) did not succeed: 1, 2" in result.output
+    assert "2 generation jobs did not succeed: 1, 2" in result.output
 
 
 @pytest.mark.usefixtures("clear_leader")
@@ -2303,7 +2303,7 @@ def test_cli_lifecycle_once_reports_and_runs_its_jobs_when_counting_the_charts_h
     assert f"job 1: {said}" in result.output and f"job 2: {said}" in result.output
     assert (
         "counting the charts' hours failed (logged above); the next run counts them; "
-        "2 generation job(s) did not succeed: 1, 2"
+        "2 generation jobs did not succeed: 1, 2"
     ) in result.output
     assert logged in [r.getMessage() for r in caplog.records if r.name == "service.cli"]
 
@@ -2329,7 +2329,8 @@ def test_cli_lifecycle_once_prints_what_it_did_before_a_later_segment_failed(
     assert f"{tea} variant {ids(experiment, TEA)['manual']}: declare_winner: " in result.output
     assert "1 experiment, 1 action, 0 generation jobs queued, 1 not ordered" in result.output
     parents = f"experiment {experiment['id']} segment {PARENTS}"
-    assert f"1 segment(s) left unchanged after an error (logged above): {parents}" in result.output
+    # "1 segment(s) left unchanged" below the singular "1 experiment, 1 action" above it.
+    assert f"1 segment left unchanged after an error (logged above): {parents}" in result.output
 
 
 @pytest.mark.usefixtures("clear_leader")
@@ -2353,7 +2354,7 @@ def test_cli_lifecycle_once_no_generate_says_nothing_would_be_ordered_in_a_segme
     assert f"{tea}: not ordered" not in result.output
     assert f"{parents}: not ordered (--no-generate): " in result.output
     assert "1 experiment, 0 actions, 0 generation jobs queued, 1 not ordered" in result.output
-    assert f"1 segment(s) left unchanged after an error (logged above): {tea}" in result.output
+    assert f"1 segment left unchanged after an error (logged above): {tea}" in result.output
     (passed,) = [r.getMessage() for r in caplog.records if "lifecycle: pass over" in r.getMessage()]
     assert "1 segment passed, 1 failed; " in passed and ", 1 not ordered (" in passed
 
@@ -2373,4 +2374,4 @@ def test_cli_lifecycle_once_exits_1_when_a_segment_failed(
     assert result.exit_code == 1, result.output
     place = f"experiment {experiment['id']} segment"
     named = f"(logged above): {place} {TEA}, {place} {PARENTS}"  # before: "1, 2", the row ids
-    assert f"2 segment(s) left unchanged after an error {named}" in result.output
+    assert f"2 segments left unchanged after an error {named}" in result.output
