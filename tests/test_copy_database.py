@@ -160,6 +160,27 @@ def test_every_row_arrives_exactly_and_the_target_serves_new_rows(source: str, t
 
 
 @needs_postgres
+def test_one_variants_counters_are_said_in_the_singular(
+    tmp_path: Path, target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 3c06381 made it "1 variant's counters", where it had said "1 variants' counters", and no
+    # test read it.
+    url = f"sqlite:///{tmp_path}/one.db"
+    monkeypatch.setenv("COPYBANDIT_DATABASE_URL", url)
+    assert run("migrate").exit_code == 0
+    with _api(url) as (api, _):
+        created = api.create_experiment()
+        api.add_variant(created["id"], "tea-lovers", "The Aurora kettle, boiled in 3 min.")
+
+    result = run("copy-database", "--to", target)
+
+    assert result.exit_code == 0, result.output
+    assert "; row counts match the source's, and 1 variant's counters match their rows\n" in (
+        result.stdout
+    )
+
+
+@needs_postgres
 def test_a_target_that_holds_rows_is_refused_and_left_as_it_was(source: str, target: str) -> None:
     assert run("copy-database", "--to", target).exit_code == 0
     before = _rows(target)
