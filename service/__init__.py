@@ -75,7 +75,13 @@ def create_app(config: Mapping[str, object] | None = None) -> OpenAPI:
         validation_error_callback=validation_error_response,
         doc_ui=False,
     )
-    app.config.update(MAX_CONTENT_LENGTH=settings.max_request_bytes, SECRET_KEY=settings.secret_key)
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_request_bytes,
+        # Flask's own 500,000 bytes a form field refused a multipart form under the limit (and,
+        # before werkzeug 3.1.9, the review queue's own), a 413 saying it was over the limit.
+        MAX_FORM_MEMORY_SIZE=settings.max_request_bytes,
+        SECRET_KEY=settings.secret_key,
+    )
     if settings.trusted_proxies:
         # The client's address (what the sign-in limits count by) from the header the nearest
         # proxy wrote; nothing else it forwards is taken on trust.
