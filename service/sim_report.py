@@ -122,9 +122,11 @@ def table(world: World, summary: dict[str, Any]) -> str:
             return "-"
         return f"{stat['mean']:.{digits}f} [{stat['low']:.{digits}f}, {stat['high']:.{digits}f}]"
 
+    impressions, seeds = summary["impressions"], len(summary["seeds"])
     lines = [
-        f"{summary['world']}: {summary['impressions']:,} impressions x "
-        f"{len(summary['seeds'])} seeds (mean [2.5%, 97.5%] over seeds)",
+        # "1 impressions x 1 seeds" for `simulate --seeds 1 --impressions 1`.
+        f"{summary['world']}: {impressions:,} impression{'' if impressions == 1 else 's'} x "
+        f"{seeds:,} seed{'' if seeds == 1 else 's'} (mean [2.5%, 97.5%] over seeds)",
         f"{'policy':<28}{'conversions':>26}{'regret vs oracle':>26}{'share to best':>22}"
         f"{'impressions to winner':>30}",
     ]

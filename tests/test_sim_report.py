@@ -36,6 +36,16 @@ def test_declared_winners_show_their_impressions_and_count() -> None:
     assert "none" not in row
 
 
+def test_one_impression_and_one_seed_are_counted_in_the_singular() -> None:
+    # It said "1 impressions x 1 seeds", as the commands' other counts of one no longer do.
+    one = compare(CLOSE, ["uniform"], impressions=1, seeds=1)
+    head = table(CLOSE, one).splitlines()[0]
+    assert head.startswith(f"{one['world']}: 1 impression x 1 seed ("), head
+    more = compare(CLOSE, ["uniform"], impressions=1_000, seeds=2)
+    head = table(CLOSE, more).splitlines()[0]
+    assert head.startswith(f"{more['world']}: 1,000 impressions x 2 seeds ("), head
+
+
 def test_a_segment_that_expects_no_traffic_adds_nothing_to_the_bound() -> None:
     world = load_scenario(
         {
