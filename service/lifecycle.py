@@ -351,7 +351,7 @@ def _starved_at(policy: LifecyclePolicy) -> int:
 def _starved_reason(arm: Arm, policy: LifecyclePolicy, best: float) -> str:
     below = policy.retire_below
     return (
-        f"starved: {arm.impressions} impressions, under min_impressions "
+        f"starved: {_counted(arm.impressions, 'impression')}, under min_impressions "
         f"{policy.min_impressions}, after its segment served {_starved_at(policy)} since it "
         f"went live (starved_after {policy.starved_after}); "
         f"prob_best {_shown(best, operator.lt, below, 4)} < retire_below {below}"

@@ -405,6 +405,17 @@ def test_starved_copy_retires_and_stops_holding_the_winner_back_at_starved_after
         assert winner.numbers["starved_not_waited_for"] == [3]
 
 
+def test_copy_starved_after_one_impression_says_so_in_the_singular() -> None:
+    # Beside a control converting 90%, one impression without a sale leaves prob_best near 1%:
+    # the reason read "starved: 1 impressions".
+    rules = policy(min_impressions=200, retire_below=0.02, starved_after=10)
+    [retire, _] = plan_segment(
+        [control(5000, 4500), arm(3, 1, 0)], rules, served_since=served(2000)
+    )
+    assert retire.kind == "retire" and retire.variant_id == 3
+    assert retire.reason.startswith("starved: 1 impression, under min_impressions 200,")
+
+
 def test_only_starving_copy_costs_a_look_up() -> None:
     # 2: under min_impressions but a contender (prob_best high); the control is judged.
     arms = [control(5000, 500), arm(2, 150, 20), arm(3, 60, 0)]
