@@ -406,6 +406,24 @@ def test_the_icon_browsers_ask_for_is_no_404(client: FlaskClient) -> None:
     assert response.headers["Cache-Control"] == "max-age=86400"
 
 
+@pytest.mark.parametrize(
+    ("path", "allowed"),
+    [
+        ("/dashboard/experiments/1", {"GET", "HEAD", "OPTIONS"}),
+        ("/dashboard/variants/1/status", {"POST", "OPTIONS"}),
+    ],
+)
+def test_options_reads_a_pages_methods_without_a_sign_in(
+    client: FlaskClient, path: str, allowed: set[str]
+) -> None:
+    # Signed out, it was a 401 page saying "Your sign-in ran out; nothing was saved", where the
+    # API answers OPTIONS without a key.
+    response = client.options(path)
+    assert response.status_code == 204
+    assert set(response.headers["Allow"].split(", ")) == allowed
+    assert response.get_data() == b""
+
+
 def test_home_leads_to_the_dashboard(client: FlaskClient) -> None:
     response = client.get("/")
     assert response.status_code == 302 and location(response) == "/dashboard/"

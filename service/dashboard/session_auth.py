@@ -117,6 +117,10 @@ def safe_next(target: str | None, default: str) -> str:
 def protect(bp: Blueprint) -> None:
     @bp.before_request
     def _require_sign_in() -> Response | tuple[str, int] | None:
+        if request.method == "OPTIONS":
+            # Flask answers it with the methods the address takes, and nothing else, as the API
+            # does without a key; signed out it was "Your sign-in ran out; nothing was saved".
+            return None
         if request.method in _FORM_METHODS:
             # Before anything reads request.form, which would hold only the first MiB of it.
             refuse_an_unsized_body_over_the_limit()
