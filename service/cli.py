@@ -1074,7 +1074,7 @@ def _simulate_http(
     click.echo(f"wrote {out / 'http.json'}")
     if not run.decisions:
         raise click.ClickException(
-            f"HTTP simulation: none of {run.requested} decisions succeeded (errors above)"
+            f"HTTP simulation: 0 of {_counted(run.requested, 'decision')} succeeded (errors above)"
         )
 
 

@@ -309,20 +309,26 @@ def serve_key() -> Iterator[str]:
         yield url
 
 
+@pytest.mark.parametrize(
+    ("impressions", "says"),
+    # "none of 1 decisions succeeded" for a run of one.
+    [(6, "0 of 6 decisions succeeded"), (1, "0 of 1 decision succeeded")],
+)
 def test_a_run_without_one_decision_reports_no_latency_or_regret_and_fails(
-    serve_key: str, tmp_path: Any
+    serve_key: str, tmp_path: Any, impressions: int, says: str
 ) -> None:
     # A serve key cannot read the copy, and a 503 may pass, so the run goes ahead.
-    arguments = ["--http", serve_key, "--key", "k", "--experiment", "1", "--impressions", "6"]
+    arguments = ["--http", serve_key, "--key", "k", "--experiment", "1"]
+    arguments += ["--impressions", str(impressions)]
     result = CliRunner().invoke(main, ["simulate", *arguments, "--out", str(tmp_path)])
 
     summary = json.loads((tmp_path / "http.json").read_text())
     # Before, p50 and p99 read 0.0 ms and regret 0.0, and the command exited 0.
-    assert summary["errors"] == {"decide 503": 6} and summary["decisions"] == 0
+    assert summary["errors"] == {"decide 503": impressions} and summary["decisions"] == 0
     assert summary["decide_latency_ms"] == {"p50": None, "p99": None}
     assert summary["regret_vs_best_served_copy"] is None
     assert result.exit_code == 1
-    assert "none of 6 decisions succeeded" in result.output
+    assert f"HTTP simulation: {says} (errors above)" in result.output
 
 
 @pytest.mark.parametrize(
