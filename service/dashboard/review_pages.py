@@ -142,12 +142,7 @@ def change_status(variant_id: int) -> Response | tuple[str, int, dict[str, str]]
     typed = review_edit(variant_id)
     if action == "approve" and typed is not None:
         # Approved as it read before, a line corrected in its box went live uncorrected.
-        try:
-            variant = _approve_edit(variant_id, typed, shown)
-        except TextMoved:
-            return _refused_beside_text_now(variant_id)
-        flash(f"Variant #{variant.id} edited and approved.")
-        return _return(variant.experiment_id)
+        return _approve_as_typed(variant_id, typed, shown)
     variant = _apply(variant_id, action, shown, request.form.get("shown_status"))
     flash_about_segment(f"Variant #{variant.id} {ACTIONS[action].verb}.", variant.segment_id)
     return _return(variant.experiment_id)
@@ -159,11 +154,17 @@ def edit_and_approve(variant_id: int) -> Response | tuple[str, int, dict[str, st
     # form of this row alone says `text` and `shown`.
     text = request.form.get(f"text-{variant_id}", request.form.get("text", ""))
     shown = request.form.get(f"shown-{variant_id}", request.form.get("shown"))
-    typed = edited_text(text, shown)
+    return _approve_as_typed(variant_id, edited_text(text, shown), shown)
+
+
+def _approve_as_typed(
+    variant_id: int, typed: str | None, shown: str | None
+) -> Response | tuple[str, int, dict[str, str]]:
+    """Approves the line as typed over the text the page showed (`shown`), or, `typed` None
+    (left as shown), as it reads: a line stored before text was stripped (a trailing space) was
+    rewritten in its stored form, "after editing" no one did."""
     try:
         if typed is None:
-            # Left as shown, it is approved as it reads: a line stored before text was stripped
-            # (a trailing space) was rewritten in its stored form, "after editing" no one did.
             variant = _apply(variant_id, "approve", shown)
         else:
             variant = _approve_edit(variant_id, typed, shown)
