@@ -43,7 +43,7 @@ from service.consistency import check_counters
 from service.db import LOCK_WAIT_SECONDS, database_unavailable, make_engine, sqlite_file
 from service.demo import seed_demo
 from service.demo_history import seed_demo_history
-from service.errors import APIError, Conflict, NotFound, headline
+from service.errors import APIError, Conflict, NotFound, counted, headline
 from service.generation_jobs import (
     COMMAND_STOPPED,
     COMMAND_TERMINATED,
@@ -454,7 +454,7 @@ def _experiments_already_here(session: Session) -> str:
     ).all()
     count = session.exec(select(sa.func.count()).select_from(Experiment)).one()
     named = _listed([f"{id_}: {name}" for id_, name in rows], count)
-    return f"no demo seeded: the database already has {_counted(count, 'experiment')} ({named})"
+    return f"no demo seeded: the database already has {counted(count, 'experiment')} ({named})"
 
 
 def _admin_keys_already_made(key_ids: Sequence[str]) -> str:
@@ -478,10 +478,6 @@ def _listed(names: list[str], count: int) -> str:
     """The first few names, and how many more."""
     shown = ", ".join(names[:_NAMED])
     return shown if count <= _NAMED else f"{shown} and {count - _NAMED} more"
-
-
-def _counted(n: int, noun: str) -> str:
-    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
 # Any number no other code takes a PostgreSQL advisory lock with.
@@ -690,7 +686,7 @@ def lifecycle(once: bool, generate: bool) -> None:
         # A fold commits before the plan: such a segment's discount line is printed above.
         folded = {e.segment_id for e in report.actions if e.action == "discount"}
         problems.append(
-            f"{_counted(len(report.failed_segments), 'segment')} left unchanged after an error "
+            f"{counted(len(report.failed_segments), 'segment')} left unchanged after an error "
             "(logged above): "
             + ", ".join(
                 places[s] + (" (but for its discount fold)" if s in folded else "")
@@ -699,7 +695,7 @@ def lifecycle(once: bool, generate: bool) -> None:
         )
     if failed_jobs:
         problems.append(
-            f"{_counted(len(failed_jobs), 'generation job')} did not succeed: "
+            f"{counted(len(failed_jobs), 'generation job')} did not succeed: "
             f"{', '.join(map(str, failed_jobs))}"
         )
     if problems:
@@ -730,8 +726,8 @@ def _print_pass(engine: sa.Engine, report: RunReport) -> dict[int, str]:
         click.echo(f"{_event_place(event, places)}: not ordered (--no-generate): {event.reason}")
     not_ordered = f", {len(report.not_ordered)} not ordered" if report.not_ordered else ""
     click.echo(
-        f"{_counted(report.experiments, 'experiment')}, {_counted(len(report.actions), 'action')}, "
-        f"{_counted(len(report.jobs), 'generation job')} queued{not_ordered}"
+        f"{counted(report.experiments, 'experiment')}, {counted(len(report.actions), 'action')}, "
+        f"{counted(len(report.jobs), 'generation job')} queued{not_ordered}"
     )
     return places
 
@@ -1074,7 +1070,7 @@ def _simulate_http(
     click.echo(f"wrote {out / 'http.json'}")
     if not run.decisions:
         raise click.ClickException(
-            f"HTTP simulation: 0 of {_counted(run.requested, 'decision')} succeeded (errors above)"
+            f"HTTP simulation: 0 of {counted(run.requested, 'decision')} succeeded (errors above)"
         )
 
 
@@ -1090,10 +1086,10 @@ def check() -> None:
         )
     if not report.ok:
         raise click.ClickException(
-            f"{_counted(len(report.mismatches), 'mismatched counter')} in "
-            f"{_counted(report.variants, 'variant')}"
+            f"{counted(len(report.mismatches), 'mismatched counter')} in "
+            f"{counted(report.variants, 'variant')}"
         )
-    click.echo(f"{_counted(report.variants, 'variant')} checked: every counter matches its rows")
+    click.echo(f"{counted(report.variants, 'variant')} checked: every counter matches its rows")
 
 
 @main.command()
@@ -1110,9 +1106,9 @@ def purge(older_than: str, batch_size: int) -> None:
 
     def say(report: PurgeReport) -> None:
         click.echo(
-            f"  deleted {_counted(report.events, 'event')}, "
-            f"{_counted(report.impressions, 'impression')}, "
-            f"{_counted(report.assignments, 'sticky assignment')} so far",
+            f"  deleted {counted(report.events, 'event')}, "
+            f"{counted(report.impressions, 'impression')}, "
+            f"{counted(report.assignments, 'sticky assignment')} so far",
             err=True,
         )
 
@@ -1120,10 +1116,10 @@ def purge(older_than: str, batch_size: int) -> None:
         engine=_engine(settings), older_than=age, batch_size=batch_size, progress=say
     )
     click.echo(
-        f"purged {_counted(report.events, 'event')} and "
-        f"{_counted(report.impressions, 'impression')} older than "
+        f"purged {counted(report.events, 'event')} and "
+        f"{counted(report.impressions, 'impression')} older than "
         f"{report.cutoff:%Y-%m-%d %H:%M} UTC, and "
-        f"{_counted(report.assignments, 'sticky assignment')} unused since a day before that"
+        f"{counted(report.assignments, 'sticky assignment')} unused since a day before that"
     )
 
 
@@ -1180,7 +1176,7 @@ def copy_database_command(to: str, batch_size: int) -> None:
     click.echo(f"copying {display_url(settings.database_url)} to {where}", err=True)
 
     def say(table: str, done: int, total: int) -> None:
-        click.echo(f"  {table}: {done:,} of {_rows(total)}", err=True)
+        click.echo(f"  {table}: {done:,} of {counted(total, 'row')}", err=True)
 
     try:
         report = copy_database(source=source, target=target, batch_size=batch_size, progress=say)
@@ -1205,7 +1201,8 @@ def copy_database_command(to: str, batch_size: int) -> None:
         else "read as on the source, where they do not match (see `copybandit check`)"
     )
     click.echo(
-        f"copied {_rows(sum(report.rows.values()))} in {len(report.rows)} tables to {where}; "
+        f"copied {counted(sum(report.rows.values()), 'row')} in {len(report.rows)} tables "
+        f"to {where}; "
         f"row counts match the source's, and {_whose(report.counters.variants, 'variant')} "
         f"counters {counters}"
     )
@@ -1215,12 +1212,8 @@ def copy_database_command(to: str, batch_size: int) -> None:
 
 
 def _whose(n: int, noun: str) -> str:
-    """_counted's possessive: "1 variant's", "14 variants'"."""
+    """counted's possessive: "1 variant's", "14 variants'"."""
     return f"{n:,} {noun}'s" if n == 1 else f"{n:,} {noun}s'"
-
-
-def _rows(count: int) -> str:
-    return f"{count:,} row" if count == 1 else f"{count:,} rows"
 
 
 def _check_host(host: str, *, from_option: bool) -> None:
@@ -1681,10 +1674,7 @@ def serve(host: str | None, port: int | None, workers: int | None, access_log: b
     # The master logs too (gunicorn's lines, and whatever it imports), in the workers' format.
     logs.configure(settings.log_level, settings.log_format)
     worker_count = options["workers"]
-    starting = (
-        f"serving on http://{options['bind']} with {worker_count} "
-        f"worker{'' if worker_count == 1 else 's'}"
-    )
+    starting = f"serving on http://{options['bind']} with {counted(worker_count, 'worker')}"
     if settings.log_format == "json":
         logging.getLogger(__name__).info(starting)
     else:

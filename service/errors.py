@@ -88,6 +88,11 @@ def headline(error: str) -> Headline:
     return Headline(" ".join(said), line.splitlines() == [line])
 
 
+def counted(n: int, noun: str) -> str:
+    """`n` and its noun, in the singular for one: "1 variant checked" where it read "1 variants"."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
 def spelled_out(text: str) -> str:
     """`text` with each character that shows nothing or is not text written as its code point
     in brackets, as `quoted` shows it, without the quotes."""

@@ -8,6 +8,7 @@ from typing import Any
 
 from bandits.simulate import lai_robbins_bound as segment_bound
 from bandits.worlds import World
+from service.errors import counted
 
 LABELS = {
     "thompson": "Thompson sampling",
@@ -125,8 +126,8 @@ def table(world: World, summary: dict[str, Any]) -> str:
     impressions, seeds = summary["impressions"], len(summary["seeds"])
     lines = [
         # "1 impressions x 1 seeds" for `simulate --seeds 1 --impressions 1`.
-        f"{summary['world']}: {impressions:,} impression{'' if impressions == 1 else 's'} x "
-        f"{seeds:,} seed{'' if seeds == 1 else 's'} (mean [2.5%, 97.5%] over seeds)",
+        f"{summary['world']}: {counted(impressions, 'impression')} x "
+        f"{counted(seeds, 'seed')} (mean [2.5%, 97.5%] over seeds)",
         f"{'policy':<28}{'conversions':>26}{'regret vs oracle':>26}{'share to best':>22}"
         f"{'impressions to winner':>30}",
     ]
